@@ -1,0 +1,224 @@
+"""The canonical unit model shared by every registry.
+
+A unit block is identified after the Kyoto DES ``UnitBlockIdentifier``: the
+originating program plus an inclusive serial range.  Some programs restart their
+serial numbers for every issuance batch (Gold Standard serials ``...-30645-608-30350``
+and ``...-30307-1-19149`` both start low), so the identity also carries
+``serial_series``: the namespace inside the program in which serials are unique.
+It is the empty string for programs whose serials are unique program-wide (Verra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import date, datetime
+
+
+class UnitKind(enum.StrEnum):
+    """Whether a unit is an allowance of a cap-and-trade scheme or an offset credit."""
+
+    ALLOWANCE = "allowance"
+    OFFSET_CREDIT = "offset_credit"
+
+
+class Program(enum.StrEnum):
+    """The originating program of a unit: the namespace its serials are unique in."""
+
+    VCS = "VCS"
+    """Verra Verified Carbon Standard, Verified Carbon Units (VCU)."""
+    GS = "GS"
+    """Gold Standard Verified Emission Reductions (VER)."""
+    CCER = "CCER"
+    """China Certified Emission Reductions (national voluntary program)."""
+    SZ_CI = "SZ-CI"
+    """Shenzhen carbon-inclusive certified reductions."""
+    GD_PHCER = "GD-PHCER"
+    """Guangdong carbon-inclusive (Pu Hui) certified emission reductions."""
+    BRI_ITMO = "BRI-ITMO"
+    """Internationally transferred mitigation outcomes of a Belt-and-Road Article 6.2 registry."""
+    SZA = "SZA"
+    """Shenzhen pilot ETS allowances."""
+    GDEA = "GDEA"
+    """Guangdong pilot ETS allowances (the name GDEA is unconfirmed; see RULES-REFERENCE §3)."""
+    CEA = "CEA"
+    """China national ETS allowances."""
+
+    @property
+    def unit_kind(self) -> UnitKind:
+        """The kind of unit the program issues."""
+        if self in (Program.SZA, Program.GDEA, Program.CEA):
+            return UnitKind.ALLOWANCE
+        return UnitKind.OFFSET_CREDIT
+
+
+class HoldingStatus(enum.StrEnum):
+    """Where a block stands at the registry that holds it."""
+
+    ACTIVE = "active"
+    LOCKED = "locked"
+    """Pending a transfer; the lock has an expiry."""
+    BRIDGED = "bridged"
+    """Immobilized at its origin while a mirror block exists elsewhere."""
+    RETIRED = "retired"
+    CANCELLED = "cancelled"
+    SURRENDERED = "surrendered"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Terminal states never change again."""
+        return self in (HoldingStatus.RETIRED, HoldingStatus.CANCELLED, HoldingStatus.SURRENDERED)
+
+
+class CorrespondingAdjustment(enum.StrEnum):
+    """Whether the host country has applied (or committed to) a corresponding adjustment."""
+
+    NOT_APPLICABLE = "not_applicable"
+    PENDING = "pending"
+    APPLIED = "applied"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A host-country letter of authorization (Paris Agreement Art. 6.2, CORSIA)."""
+
+    letter_id: str
+    host_country: str
+    """ISO 3166-1 alpha-2 code of the authorizing Party."""
+    authorized_uses: frozenset[str]
+    """For example ``{"ndc", "corsia", "oimp"}``."""
+    issued_on: date
+
+
+@dataclass(frozen=True, order=True)
+class BlockId:
+    """The global identity of a serial block (DES ``UnitBlockIdentifier``)."""
+
+    program: Program
+    serial_series: str
+    serial_start: int
+    serial_end: int
+
+    def __post_init__(self) -> None:
+        if self.serial_start < 0:
+            raise ValueError(f"serial_start must be >= 0, got {self.serial_start}")
+        if self.serial_end < self.serial_start:
+            raise ValueError(
+                f"serial_end {self.serial_end} is below serial_start {self.serial_start}"
+            )
+
+    @property
+    def quantity(self) -> int:
+        """Number of units (tCO2e) in the inclusive range."""
+        return self.serial_end - self.serial_start + 1
+
+    def overlaps(self, other: BlockId) -> bool:
+        """True when both blocks share at least one serial of the same program and series."""
+        return (
+            self.program == other.program
+            and self.serial_series == other.serial_series
+            and self.serial_start <= other.serial_end
+            and other.serial_start <= self.serial_end
+        )
+
+    def contains(self, other: BlockId) -> bool:
+        """True when every serial of ``other`` lies in this block."""
+        return (
+            self.program == other.program
+            and self.serial_series == other.serial_series
+            and self.serial_start <= other.serial_start
+            and other.serial_end <= self.serial_end
+        )
+
+
+@dataclass(frozen=True)
+class UnitBlock:
+    """A run of units with everything the rules need to know about them.
+
+    ``native_attributes`` keeps the segments of a registry's own serial that have no
+    canonical meaning (Verra's verifier code, Gold Standard's leading ``GS1-1``), so a
+    serial formats back exactly as it was parsed.
+    """
+
+    id: BlockId
+    project_id: str
+    country: str
+    """ISO 3166-1 alpha-2 host country."""
+    vintage_start: date
+    vintage_end: date
+    region: str = ""
+    """Province or city where the project lies, for local-origin rules."""
+    project_type: str = ""
+    methodology: str = ""
+    gas: str = "CO2"
+    gwp_basis: str = ""
+    """The IPCC assessment report whose GWP values converted the gas to CO2e, e.g. ``AR5``."""
+    issuance_id: str = ""
+    authorization: Authorization | None = None
+    corresponding_adjustment: CorrespondingAdjustment = CorrespondingAdjustment.NOT_APPLICABLE
+    labels: frozenset[str] = frozenset()
+    native_attributes: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.vintage_end < self.vintage_start:
+            raise ValueError(
+                f"vintage_end {self.vintage_end} is before vintage_start {self.vintage_start}"
+            )
+
+    @property
+    def program(self) -> Program:
+        """The originating program."""
+        return self.id.program
+
+    @property
+    def unit_kind(self) -> UnitKind:
+        """Allowance or offset credit, from the program."""
+        return self.id.program.unit_kind
+
+    @property
+    def quantity(self) -> int:
+        """Number of units in the block."""
+        return self.id.quantity
+
+    def native(self, key: str) -> str:
+        """The native serial attribute ``key``; raises KeyError when absent."""
+        for name, value in self.native_attributes:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def with_range(self, serial_start: int, serial_end: int) -> UnitBlock:
+        """The same block attributes over a sub-range (used when a block splits)."""
+        if not (self.id.serial_start <= serial_start <= serial_end <= self.id.serial_end):
+            raise ValueError(
+                f"range {serial_start}-{serial_end} is not inside "
+                f"{self.id.serial_start}-{self.id.serial_end}"
+            )
+        return dataclasses.replace(
+            self,
+            id=BlockId(self.id.program, self.id.serial_series, serial_start, serial_end),
+        )
+
+    def split(self, quantity: int) -> tuple[UnitBlock, UnitBlock]:
+        """Split off the first ``quantity`` units; the two pieces sum to the whole."""
+        if not 0 < quantity < self.quantity:
+            raise ValueError(f"cannot split {quantity} off a block of {self.quantity}")
+        cut = self.id.serial_start + quantity
+        return (
+            self.with_range(self.id.serial_start, cut - 1),
+            self.with_range(cut, self.id.serial_end),
+        )
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Where a block sits now: registry, account and status."""
+
+    block: UnitBlock
+    registry: str
+    account: str
+    status: HoldingStatus
+    lock_expires_at: datetime | None = None
+    mirror_of: BlockId | None = None
+    """For a mirror block: the origin block it stands for."""

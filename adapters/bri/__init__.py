@@ -1,0 +1,1 @@
+"""The bri registry adapter."""

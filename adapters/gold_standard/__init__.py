@@ -1,0 +1,1 @@
+"""The gold_standard registry adapter."""

@@ -1,0 +1,1 @@
+"""The guangdong registry adapter."""

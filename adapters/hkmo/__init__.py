@@ -1,0 +1,1 @@
+"""The hkmo registry adapter."""

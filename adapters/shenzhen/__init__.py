@@ -1,0 +1,1 @@
+"""The shenzhen registry adapter."""

@@ -1,0 +1,1 @@
+"""The verra registry adapter."""

@@ -1,16 +1,19 @@
 """Typed errors of the registry serial codecs and export readers.
 
 Every failure to read a registry's own text (a serial number, a row of an export
-file) is a :class:`RegistryFormatError`, a ``ValueError``: the input is wrong, not
-the program.  Each subclass carries the fields a caller needs to point a user at
-the exact bad piece (the serial segment, the CSV line), so the gateway can map it
-to ``INVALID_ARGUMENT`` with a field violation without parsing messages.
+file) is a :class:`RegistryFormatError`: an ``InvalidRequest`` of carbonlink's error
+tree (and a ``ValueError``), since the input is wrong, not the program.  Each subclass
+carries the fields a caller needs to point a user at the exact bad piece (the serial
+segment, the CSV line) and one ``FieldViolation`` saying the same, so the gateway maps
+it to ``INVALID_ARGUMENT`` with a field violation without parsing messages.
 """
 
 from __future__ import annotations
 
+from registry_bridge.errors import FieldViolation, InvalidRequest
 
-class RegistryFormatError(ValueError):
+
+class RegistryFormatError(InvalidRequest, ValueError):
     """Root of the errors raised on malformed registry text."""
 
 
@@ -40,7 +43,8 @@ class SerialFormatError(RegistryFormatError):
         self.segment_name = segment_name
         self.reason = reason
         super().__init__(
-            f"{registry} serial {serial!r}: segment {segment_index} ({segment_name}) {reason}"
+            f"{registry} serial {serial!r}: segment {segment_index} ({segment_name}) {reason}",
+            [FieldViolation(f"serial.segment[{segment_index}].{segment_name}", reason)],
         )
 
 
@@ -61,7 +65,10 @@ class SerialEncodeError(RegistryFormatError):
         self.registry = registry
         self.field = field
         self.reason = reason
-        super().__init__(f"{registry} cannot format block: {field} {reason}")
+        super().__init__(
+            f"{registry} cannot format block: {field} {reason}",
+            [FieldViolation(f"block.{field}", reason)],
+        )
 
 
 class UnknownRegistryError(RegistryFormatError):
@@ -75,7 +82,8 @@ class UnknownRegistryError(RegistryFormatError):
     def __init__(self, registry: str, known: tuple[str, ...]) -> None:
         self.registry = registry
         self.known = known
-        super().__init__(f"unknown registry {registry!r}; known registries: {', '.join(known)}")
+        reason = f"unknown registry {registry!r}; known registries: {', '.join(known)}"
+        super().__init__(reason, [FieldViolation("registry", reason)])
 
 
 class ExportFormatError(RegistryFormatError):
@@ -96,7 +104,9 @@ class ExportFormatError(RegistryFormatError):
         self.reason = reason
         where = f"{source}:{line}"
         what = f"column {column!r}: {reason}" if column else reason
-        super().__init__(f"{where}: {what}")
+        super().__init__(
+            f"{where}: {what}", [FieldViolation(f"line[{line}].{column or 'record'}", reason)]
+        )
 
 
 class ExportRowError(ExportFormatError):

@@ -57,13 +57,13 @@ class SerialEncodeError(RegistryFormatError):
 
     Attributes:
         registry: Registry id whose codec refused the block.
-        field: The block attribute at fault (``"vintage_start"``, ``"native:vvb_id"``).
+        attribute: The block attribute at fault (``"vintage_start"``, ``"native:vvb_id"``).
         reason: Why it cannot be written.
     """
 
     def __init__(self, *, registry: str, field: str, reason: str) -> None:
         self.registry = registry
-        self.field = field
+        self.attribute = field
         self.reason = reason
         super().__init__(
             f"{registry} cannot format block: {field} {reason}",

@@ -1,0 +1,99 @@
+"""The ``carbonlink`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from gateway import demo
+from gateway.config import ConfigError, load_config
+from gateway.logging_setup import configure_logging
+from gateway.server import GatewayServer
+from registry_bridge.errors import CarbonlinkError
+
+_logger = structlog.get_logger(__name__)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {
+        "listen": args.listen,
+        "database_url": args.database_url,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "registries": ",".join(args.registry) if args.registry else None,
+    }
+    try:
+        config = load_config(file=args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    server = GatewayServer(config)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _logger.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except (CarbonlinkError, OSError) as exc:
+        _logger.error("gateway_start_failed", error=str(exc))
+        print(f"carbonlink serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stopping.wait()
+    server.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="carbonlink",
+        description="Cross-border linkage gateway for carbon markets.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML configuration file")
+    serve.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL: sqlite:///PATH (default) or postgresql+psycopg://...",
+    )
+    serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.add_argument("--log-format", help="json or console")
+    serve.add_argument(
+        "--registry",
+        action="append",
+        metavar="ID=HOST:PORT",
+        help="wire a registry's native API (repeatable)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    demo_parser = commands.add_parser("demo", help="run the user journeys end to end")
+    demo_parser.add_argument(
+        "--workdir", type=Path, help="keep the demo's databases here (default: a temp dir)"
+    )
+    demo_parser.set_defaults(handler=demo.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``carbonlink`` command."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Typed gateway configuration from a YAML file, the environment and flags.
+
+Precedence: command-line flags over ``CARBONLINK_*`` environment variables over the file
+over the defaults.  Every value is checked before the gateway starts; a bad value stops
+it with a ``ConfigError`` naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from registry_bridge.errors import CarbonlinkError
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
+_REGISTRY_ID = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("json", "console")
+ENV_PREFIX = "CARBONLINK_"
+
+
+class ConfigError(CarbonlinkError):
+    """A configuration value is missing or invalid; the gateway refuses to start."""
+
+
+@dataclass(frozen=True)
+class RegistryEndpoint:
+    """A registry the gateway talks to."""
+
+    registry_id: str
+    """Adapter to use, e.g. ``verra``."""
+    target: str
+    """gRPC target of the registry's native API, ``HOST:PORT``."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs to start. Units are in the field names."""
+
+    listen: str = "127.0.0.1:50051"
+    """Address the gRPC server binds, ``HOST:PORT``; port 0 picks a free port."""
+    database_url: str = "sqlite:///carbonlink.db"
+    """SQLAlchemy URL: the embedded SQLite file by default, or ``postgresql+psycopg://...``."""
+    log_level: str = "info"
+    """One of debug, info, warning, error."""
+    log_format: str = "json"
+    """``json`` (one object per line, for machines) or ``console`` (for people)."""
+    registries: tuple[RegistryEndpoint, ...] = ()
+    """Registries wired at start-up; each needs an adapter of that id."""
+    grace_period_seconds: float = 10.0
+    """How long in-flight calls may finish after SIGTERM before the server stops."""
+    max_workers: int = 16
+    """Threads serving RPCs."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest request accepted: a safety cap against memory exhaustion by one client."""
+    max_batch_size: int = 1000
+    """Most instructions in one SubmitTransfers call, bounding one transaction's size."""
+    lock_ttl_seconds: int = 300
+    """How long a source lock lives before a stuck transfer rolls back."""
+    registry_timeout_seconds: float = 5.0
+    """Deadline of one call to a registry."""
+    registry_retry_attempts: int = 5
+    """Attempts for a transient registry failure before the transfer gives up on the step."""
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "listen": str,
+    "database_url": str,
+    "log_level": str,
+    "log_format": str,
+    "grace_period_seconds": float,
+    "max_workers": int,
+    "max_message_bytes": int,
+    "max_batch_size": int,
+    "lock_ttl_seconds": int,
+    "registry_timeout_seconds": float,
+    "registry_retry_attempts": int,
+}
+
+
+def _coerce(name: str, raw: Any, origin: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    if isinstance(raw, bool):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got a boolean ({origin})")
+    try:
+        if kind is int:
+            if isinstance(raw, float):
+                raise ValueError("not an integer")
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r} ({origin})") from exc
+    if not isinstance(raw, str):
+        raise ConfigError(f"{name}: expected a string, got {raw!r} ({origin})")
+    return raw
+
+
+def _parse_registries(raw: Any, origin: str) -> tuple[RegistryEndpoint, ...]:
+    """Registries as a mapping ``{id: target}`` (file) or ``id=target,...`` (env, flags)."""
+    if isinstance(raw, str):
+        pairs: list[tuple[Any, Any]] = []
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            if "=" not in item:
+                raise ConfigError(f"registries: {item!r} is not ID=HOST:PORT ({origin})")
+            key, _, value = item.partition("=")
+            pairs.append((key.strip(), value.strip()))
+    elif isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    else:
+        raise ConfigError(f"registries: expected a mapping of id to HOST:PORT ({origin})")
+    endpoints = []
+    for key, value in pairs:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"registries: entry {key!r} must map a string to a string ({origin})")
+        endpoints.append(RegistryEndpoint(key, value))
+    return tuple(endpoints)
+
+
+def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
+    def origin(name: str) -> str:
+        return origins.get(name, "default")
+
+    if not _HOST_PORT.match(config.listen) or int(config.listen.rsplit(":", 1)[1]) > 65535:
+        raise ConfigError(f"listen: {config.listen!r} is not HOST:PORT ({origin('listen')})")
+    if not config.database_url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
+        raise ConfigError(
+            "database_url: must start with sqlite:// or postgresql+psycopg:// "
+            f"({origin('database_url')})"
+        )
+    if config.log_level not in _LOG_LEVELS:
+        raise ConfigError(
+            f"log_level: {config.log_level!r} is not one of {', '.join(_LOG_LEVELS)} "
+            f"({origin('log_level')})"
+        )
+    if config.log_format not in _LOG_FORMATS:
+        raise ConfigError(
+            f"log_format: {config.log_format!r} is not one of {', '.join(_LOG_FORMATS)} "
+            f"({origin('log_format')})"
+        )
+    positive = {
+        "grace_period_seconds": config.grace_period_seconds,
+        "max_workers": config.max_workers,
+        "max_message_bytes": config.max_message_bytes,
+        "max_batch_size": config.max_batch_size,
+        "lock_ttl_seconds": config.lock_ttl_seconds,
+        "registry_timeout_seconds": config.registry_timeout_seconds,
+        "registry_retry_attempts": config.registry_retry_attempts,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}: must be greater than 0, got {value} ({origin(name)})")
+    seen: set[str] = set()
+    for endpoint in config.registries:
+        if not _REGISTRY_ID.match(endpoint.registry_id):
+            raise ConfigError(
+                f"registries: {endpoint.registry_id!r} is not a registry id "
+                f"({origin('registries')})"
+            )
+        if endpoint.registry_id in seen:
+            raise ConfigError(
+                f"registries: {endpoint.registry_id!r} is listed twice ({origin('registries')})"
+            )
+        seen.add(endpoint.registry_id)
+        if not _HOST_PORT.match(endpoint.target):
+            raise ConfigError(
+                f"registries.{endpoint.registry_id}: {endpoint.target!r} is not HOST:PORT "
+                f"({origin('registries')})"
+            )
+
+
+def load_config(
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """Build and check the configuration.
+
+    Args:
+        file: Optional YAML file whose top-level keys are the field names.
+        environ: Environment to read ``CARBONLINK_<FIELD>`` variables from.
+        flags: Values given on the command line; ``None`` values are ignored.
+
+    Returns:
+        The checked configuration.
+
+    Raises:
+        ConfigError: A value is unknown, of the wrong type or out of range; the message
+            names the setting and where it came from.
+    """
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    known = {f.name for f in dataclasses.fields(GatewayConfig)}
+
+    def put(name: str, raw: Any, origin: str) -> None:
+        if name not in known:
+            raise ConfigError(f"{name}: unknown setting ({origin})")
+        if name == "registries":
+            values[name] = _parse_registries(raw, origin)
+        else:
+            values[name] = _coerce(name, raw, origin)
+        origins[name] = origin
+
+    if file is not None:
+        try:
+            document = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: cannot be read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file}: not valid YAML: {exc}") from exc
+        if document is None:
+            document = {}
+        if not isinstance(document, Mapping):
+            raise ConfigError(f"config file {file}: top level must be a mapping")
+        for name, raw in document.items():
+            put(str(name), raw, f"file {file}")
+    env = os.environ if environ is None else environ
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX) and key not in _IGNORED_ENV:
+            put(key[len(ENV_PREFIX) :].lower(), raw, f"env {key}")
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            put(name, raw, f"flag --{name.replace('_', '-')}")
+    config = GatewayConfig(**values)
+    _validate(config, origins)
+    return config
+
+
+# Variables with the prefix that are not settings (read by other tools).
+_IGNORED_ENV = frozenset({"CARBONLINK_TEST_POSTGRES_URL"})

@@ -1,0 +1,197 @@
+"""Domain errors to gRPC status codes, in one table, with ``google.rpc`` details.
+
+The interceptor here wraps every RPC handler: it binds the request id and method to the
+log context, turns a ``CarbonlinkError`` into its status with rich details, and turns
+anything else into INTERNAL with a generic message and one full log line.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from registry_bridge.errors import (
+    CarbonlinkError,
+    FailedPrecondition,
+    InvalidRequest,
+    LedgerConflict,
+    NotFound,
+    NotYetImplemented,
+    PermissionDenied,
+    RegistryRejected,
+    RegistryUnavailable,
+    RequestIdConflict,
+    ResourceExhausted,
+    Unauthenticated,
+)
+
+_logger = structlog.get_logger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+# The most specific class wins: the first entry the error is an instance of.
+_STATUS_TABLE: tuple[tuple[type[CarbonlinkError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (RegistryRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (LedgerConflict, grpc.StatusCode.ABORTED),
+    (RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotYetImplemented, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+INTERNAL_MESSAGE = "internal error; the gateway logged the details under this request id"
+
+
+def status_code_for(error: CarbonlinkError) -> grpc.StatusCode:
+    """The gRPC status code of a domain error."""
+    for kind, code in _STATUS_TABLE:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_rpc_status(error: CarbonlinkError) -> status_pb2.Status:
+    """A ``google.rpc.Status`` for the error, with BadRequest or PreconditionFailure details."""
+    code = status_code_for(error)
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    if isinstance(error, InvalidRequest) and error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        status.details.append(_pack(bad_request))
+    elif isinstance(error, FailedPrecondition) and error.violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        status.details.append(_pack(failure))
+    elif isinstance(error, RegistryRejected):
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=f"REGISTRY_{error.code}", subject=error.registry, description=str(error)
+                )
+            ]
+        )
+        status.details.append(_pack(failure))
+    return status
+
+
+def internal_status() -> status_pb2.Status:
+    """The status every unexpected error becomes: INTERNAL, with nothing leaked."""
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+    """Binds request context to logs and maps every error leaving a handler."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
+        return handler
+
+
+def _enter(context: grpc.ServicerContext, method: str) -> str:
+    request_id = _request_id(context)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+    return request_id
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, CarbonlinkError):
+        status = to_rpc_status(exc)
+        _logger.info("rpc_failed", code=status_code_for(exc).name, error=str(exc))
+    else:
+        status = internal_status()
+        _logger.exception("rpc_internal_error", error_type=type(exc).__name__)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
+    # A handler that aborted on purpose raises a bare Exception after setting the code.
+    return type(exc) is Exception and context.code() is not None
+
+
+def _wrap_unary(
+    behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+        _enter(context, method)
+        try:
+            return behavior(request, context)
+        except Exception as exc:
+            if _is_abort(exc, context):
+                raise
+            _abort(context, exc)
+            raise  # unreachable: abort_with_status raises
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    return wrapped
+
+
+def _wrap_stream(
+    behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        request_id = _enter(context, method)
+        try:
+            for item in behavior(request, context):
+                structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+                yield item
+        except Exception as exc:
+            if _is_abort(exc, context):
+                raise
+            _abort(context, exc)
+            raise
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    return wrapped

@@ -1,0 +1,143 @@
+"""Database engine, sessions and schema migrations for the ledger.
+
+SQLite is the embedded default; PostgreSQL is production.  On SQLite every transaction
+starts with ``BEGIN IMMEDIATE``, so writers are serialized by the database itself: the
+ledger's overlap check and the insert that follows it can never interleave with another
+writer's.  On PostgreSQL the schema's constraints do that work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge.errors import CarbonlinkError
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Serializes concurrent migrators (several gateways starting at once) on PostgreSQL.
+_MIGRATION_LOCK_KEY = 0x6361_7262_6F6E  # "carbon"
+
+
+class DatabaseError(CarbonlinkError):
+    """The database cannot be reached or its schema cannot be brought up to date."""
+
+
+def is_sqlite(url: str | sa.URL) -> bool:
+    """True when the URL names an SQLite database."""
+    return sa.make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` with carbonlink's connection settings.
+
+    Raises:
+        DatabaseError: The URL is malformed or names an unsupported backend.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise DatabaseError(f"database_url is not a valid URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            poolclass=sa.pool.QueuePool if database not in ("", ":memory:") else sa.pool.StaticPool,
+        )
+        _serialize_sqlite_writers(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    raise DatabaseError(f"database backend {backend!r} is not supported (use sqlite or postgresql)")
+
+
+def _serialize_sqlite_writers(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that never expire loaded objects on commit (results outlive the unit of work)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back when it raises."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def _alembic_config(connection: sa.Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to ``revision``; safe when several gateways start at once.
+
+    Raises:
+        DatabaseError: The database cannot be reached or a migration fails.
+    """
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
+                )
+            command.upgrade(_alembic_config(connection), revision)
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot migrate the database: {exc.__class__.__name__}: {exc}"
+        ) from exc
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    """Roll the schema back to ``revision`` (used by migration tests)."""
+    with engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at, or None when it has none."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise DatabaseError unless the database answers a trivial query."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot connect to the database: {exc.__class__.__name__}") from exc

@@ -1,0 +1,96 @@
+"""``carbonlink serve`` as its own process: start, answer, log JSON, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+CARBONLINK = [sys.executable, "-m", "gateway.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway at {target} never became SERVING")
+            time.sleep(0.1)
+
+
+def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*CARBONLINK, "serve", "--listen", target, "--database-url", database_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
+    )
+    try:
+        _wait_serving(target)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "gateway_started" in names
+    assert names[-1] == "gateway_stopped"
+    assert any(e["event"] == "shutdown_requested" and e["signal"] == "SIGTERM" for e in events)
+
+
+def test_serve_refuses_a_bad_setting_and_names_it() -> None:
+    result = subprocess.run(
+        [*CARBONLINK, "serve", "--listen", "not-an-address"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
+    )
+    assert result.returncode == 2
+    assert "listen: 'not-an-address' is not HOST:PORT (flag --listen)" in result.stderr
+
+
+def test_serve_refuses_an_unreachable_database() -> None:
+    result = subprocess.run(
+        [
+            *CARBONLINK,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
+    )
+    assert result.returncode == 1
+    assert "cannot connect to the database" in result.stderr

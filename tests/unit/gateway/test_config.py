@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig, RegistryEndpoint, load_config
+
+
+def test_defaults_are_valid() -> None:
+    assert load_config(environ={}) == GatewayConfig()
+
+
+def test_flags_override_env_override_file(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.yaml"
+    file.write_text("listen: 127.0.0.1:7000\nlog_level: debug\nmax_batch_size: 10\n")
+    config = load_config(
+        file=file,
+        environ={"CARBONLINK_LISTEN": "127.0.0.1:7001", "CARBONLINK_MAX_BATCH_SIZE": "20"},
+        flags={"listen": "127.0.0.1:7002", "log_level": None},
+    )
+    assert config.listen == "127.0.0.1:7002"
+    assert config.max_batch_size == 20
+    assert config.log_level == "debug"
+
+
+def test_registries_from_file_and_env(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.yaml"
+    file.write_text("registries:\n  verra: 127.0.0.1:6001\n")
+    assert load_config(file=file, environ={}).registries == (
+        RegistryEndpoint("verra", "127.0.0.1:6001"),
+    )
+    config = load_config(
+        environ={"CARBONLINK_REGISTRIES": "verra=127.0.0.1:6001, shenzhen=localhost:6002"}
+    )
+    assert [e.registry_id for e in config.registries] == ["verra", "shenzhen"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        (
+            {"CARBONLINK_LISTEN": "nonsense"},
+            "listen: 'nonsense' is not HOST:PORT (env CARBONLINK_LISTEN)",
+        ),
+        ({"CARBONLINK_LISTEN": "127.0.0.1:99999"}, "listen"),
+        ({"CARBONLINK_MAX_BATCH_SIZE": "ten"}, "max_batch_size: expected int, got 'ten'"),
+        ({"CARBONLINK_MAX_BATCH_SIZE": "0"}, "max_batch_size: must be greater than 0"),
+        ({"CARBONLINK_LOG_LEVEL": "loud"}, "log_level: 'loud' is not one of"),
+        ({"CARBONLINK_DATABASE_URL": "mysql://x"}, "database_url: must start with"),
+        ({"CARBONLINK_REGISTRIES": "verra"}, "registries: 'verra' is not ID=HOST:PORT"),
+        ({"CARBONLINK_REGISTRIES": "verra=a:1,verra=b:2"}, "'verra' is listed twice"),
+        ({"CARBONLINK_REGISTRIES": "verra=nohost"}, "registries.verra: 'nohost' is not HOST:PORT"),
+        ({"CARBONLINK_COLOUR": "blue"}, "colour: unknown setting (env CARBONLINK_COLOUR)"),
+    ],
+)
+def test_bad_values_are_refused_by_name(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=environ)
+    assert named in str(caught.value)
+
+
+def test_bad_file_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.yaml"
+    file.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(file=file, environ={})
+    file.write_text("max_workers: 1.5\n")
+    with pytest.raises(ConfigError, match=r"max_workers: expected int, got 1.5 \(file "):
+        load_config(file=file, environ={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(file=tmp_path / "missing.yaml", environ={})

@@ -1,0 +1,635 @@
+"""The rule kinds: small check objects built from a pack's :class:`RuleSpec`.
+
+Each kind reads its figures from the spec (never from code), returns violations as values and
+raises only when the engine's own invariants break (a spec the schema should have refused).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import date
+from decimal import Decimal
+from typing import ClassVar
+
+from compliance_rules.decision import DetailValue, Violation
+from compliance_rules.errors import EngineInvariantError
+from compliance_rules.facts import (
+    Block,
+    BlockRef,
+    CaStatus,
+    EntityYear,
+    GecStatus,
+    HoldingStatus,
+    OffsetUse,
+    Project,
+    TransferFacts,
+)
+from compliance_rules.pack import RuleSpec
+from compliance_rules.rules import Context, Rule, Scope, Subject
+
+# --- typed access to validated params -------------------------------------------------------
+
+
+def _strs(params: Mapping[str, object], key: str) -> frozenset[str]:
+    value = params.get(key, ())
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise EngineInvariantError(f"param {key!r} should be a list of strings, got {value!r}")
+    return frozenset(value)
+
+
+def _decimal(params: Mapping[str, object], key: str) -> Decimal:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise EngineInvariantError(f"param {key!r} should be a number, got {value!r}")
+    return Decimal(value)
+
+
+def _bool(params: Mapping[str, object], key: str) -> bool:
+    value = params.get(key)
+    if not isinstance(value, bool):
+        raise EngineInvariantError(f"param {key!r} should be a boolean, got {value!r}")
+    return value
+
+
+def _str(params: Mapping[str, object], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str):
+        raise EngineInvariantError(f"param {key!r} should be a string, got {value!r}")
+    return value
+
+
+def _optional_date(params: Mapping[str, object], key: str) -> date | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EngineInvariantError(f"param {key!r} should be a date string, got {value!r}")
+    return date.fromisoformat(value)
+
+
+def _place_matches(place: str, country: str, region: str, city: str) -> bool:
+    """``CN``, ``CN/Guangdong`` or ``CN/Guangdong/Meizhou`` against a location (any case)."""
+    parts = [p.strip().casefold() for p in place.split("/")]
+    location = [country.casefold(), region.casefold(), city.casefold()]
+    return all(part == location[i] for i, part in enumerate(parts[:3]))
+
+
+def _project_in(places: Iterable[str], project: Project) -> bool:
+    return any(_place_matches(p, project.country, project.region, project.city) for p in places)
+
+
+def _use_in(places: Iterable[str], use: OffsetUse) -> bool:
+    return any(_place_matches(p, use.country, use.region, use.city) for p in places)
+
+
+def _where(subject: Subject) -> str:
+    p = subject.project
+    return f"{p.program} project {p.project_id} ({subject.vintage.start}..{subject.vintage.end})"
+
+
+# --- base classes ---------------------------------------------------------------------------
+
+
+class _Check:
+    scope: ClassVar[Scope]
+
+    def __init__(self, spec: RuleSpec) -> None:
+        self.spec = spec
+        programs = spec.params.get("programs")
+        self._program_filter = None if programs is None else _strs(spec.params, "programs")
+
+    @property
+    def rule_id(self) -> str:
+        return self.spec.rule_id
+
+    @property
+    def unconfirmed_params(self) -> tuple[str, ...]:
+        return self.spec.unconfirmed_params
+
+    def _applies(self, program: str) -> bool:
+        return self._program_filter is None or program in self._program_filter
+
+    def violation(
+        self,
+        blocks: Iterable[BlockRef],
+        detail: str,
+        details: Iterable[tuple[str, DetailValue]] = (),
+    ) -> Violation:
+        return Violation(
+            rule_id=self.spec.rule_id,
+            message=self.spec.message,
+            source=self.spec.source,
+            blocks=tuple(sorted(blocks)),
+            detail=detail,
+            details=tuple(details),
+            unconfirmed_params=self.spec.unconfirmed_params,
+        )
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        raise NotImplementedError
+
+
+class _SubjectCheck(_Check):
+    """A check of one project and period at a time (also evaluated for listings)."""
+
+    scope = Scope.SUBJECT
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        raise NotImplementedError
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        out: list[Violation] = []
+        for subject in ctx.subjects:
+            if not self._applies(subject.project.program):
+                continue
+            problem = self.check(subject, ctx)
+            if problem is not None:
+                refs = () if subject.block is None else (subject.block.ref,)
+                out.append(self.violation(refs, f"{_where(subject)}: {problem}"))
+        return out
+
+
+class _BlockCheck(_Check):
+    """A check of one block's unit-level facts (transfers only)."""
+
+    scope = Scope.BLOCK
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        """Return ``("", ())`` when the block passes, else the detail and its figures."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        out: list[Violation] = []
+        for subject in ctx.subjects:
+            block = subject.block
+            if block is None or not self._applies(block.program):
+                continue
+            problem, figures = self.check(block, ctx)
+            if problem:
+                out.append(self.violation((block.ref,), f"{block.ref}: {problem}", figures))
+        return out
+
+
+class _RequestCheck(_Check):
+    """A check over the whole request (entity, known blocks)."""
+
+    scope = Scope.REQUEST
+
+    def facts(self, ctx: Context) -> TransferFacts:
+        if ctx.facts is None:
+            raise EngineInvariantError(f"{self.rule_id} is a request rule run without a request")
+        return ctx.facts
+
+    def entity_or_violation(self, ctx: Context) -> EntityYear | Violation:
+        facts = self.facts(ctx)
+        if facts.entity is None:
+            # Without the entity's year there is no limit to check against: fail closed.
+            return self.violation(
+                (b.ref for b in facts.blocks),
+                "the entity and its compliance year are required to check this rule",
+            )
+        return facts.entity
+
+
+# --- subject checks -------------------------------------------------------------------------
+
+
+class AcceptedPrograms(_SubjectCheck):
+    """The program must be one the pack accepts for the use."""
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._accepted = _strs(spec.params, "programs")
+        self._program_filter = None
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        if subject.project.program in self._accepted:
+            return None
+        accepted = ", ".join(sorted(self._accepted))
+        return (
+            f"program {subject.project.program} is not accepted for {ctx.use.value} "
+            f"(accepted: {accepted})"
+        )
+
+
+class ProjectTypesAllowed(_SubjectCheck):
+    """Only listed project types are eligible (an unknown type is not)."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        kind = subject.project.project_type
+        if kind in _strs(self.spec.params, "types"):
+            return None
+        return f"project type {kind or '(none given)'!r} is not on the eligible list"
+
+
+class ProjectTypesExcluded(_SubjectCheck):
+    """Listed project types are excluded."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        kind = subject.project.project_type
+        if kind in _strs(self.spec.params, "types"):
+            return f"project type {kind!r} is excluded"
+        return None
+
+
+class OriginAllowed(_SubjectCheck):
+    """Projects (optionally of listed types) must lie in a listed place."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        types = self.spec.params.get("project_types")
+        if types is not None and subject.project.project_type not in _strs(
+            self.spec.params, "project_types"
+        ):
+            return None
+        if _project_in(_strs(self.spec.params, "places"), subject.project):
+            return None
+        p = subject.project
+        where = "/".join(x for x in (p.country, p.region, p.city) if x)
+        return f"origin {where or '(none given)'} is not on the allowed list"
+
+
+class OriginExcluded(_SubjectCheck):
+    """Projects lying in a listed place are excluded."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        if _project_in(_strs(self.spec.params, "places"), subject.project):
+            p = subject.project
+            return f"origin {p.country}/{p.region}/{p.city} is excluded".rstrip("/")
+        return None
+
+
+class DateWindow(_SubjectCheck):
+    """A project or vintage date must fall inside a window."""
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._field = _str(spec.params, "field")
+        self._after = _optional_date(spec.params, "after")
+        self._on_or_after = _optional_date(spec.params, "on_or_after")
+        self._before = _optional_date(spec.params, "before")
+        self._on_or_before = _optional_date(spec.params, "on_or_before")
+
+    def _value(self, subject: Subject) -> date | None:
+        match self._field:
+            case "start_date":
+                return subject.project.start_date
+            case "construction_start":
+                return subject.project.construction_start
+            case "vintage_start":
+                return subject.vintage.start
+            case "vintage_end":
+                return subject.vintage.end
+        raise EngineInvariantError(f"unknown date field {self._field!r}")
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        value = self._value(subject)
+        if value is None:
+            return f"{self._field} is not given, so the date window cannot be checked"
+        if self._after is not None and not value > self._after:
+            return f"{self._field} {value} is not after {self._after}"
+        if self._on_or_after is not None and value < self._on_or_after:
+            return f"{self._field} {value} is before {self._on_or_after}"
+        if self._before is not None and not value < self._before:
+            return f"{self._field} {value} is not before {self._before}"
+        if self._on_or_before is not None and value > self._on_or_before:
+            return f"{self._field} {value} is after {self._on_or_before}"
+        return None
+
+
+class ProjectLabelExcluded(_SubjectCheck):
+    """Projects carrying a listed label (e.g. ``pre_cdm``) are excluded."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        hit = subject.project.labels & _strs(self.spec.params, "labels")
+        return f"project is labelled {', '.join(sorted(hit))}" if hit else None
+
+
+class DoubleIssuanceProject(_SubjectCheck):
+    """The same project's reductions for an overlapping period issued by another program."""
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        own = (subject.project.program, subject.project.project_id)
+        clashes = [
+            f"{reg.program} project {reg.project_id} issued {period.start}..{period.end}"
+            for reg in subject.project.registrations
+            if (reg.program, reg.project_id) != own
+            for period in reg.issued_periods
+            if period.overlaps(subject.vintage)
+        ]
+        if not clashes:
+            return None
+        return "reductions already issued elsewhere: " + "; ".join(sorted(clashes))
+
+
+# --- block checks ---------------------------------------------------------------------------
+
+_OK: tuple[str, tuple[tuple[str, DetailValue], ...]] = ("", ())
+
+
+class BlockLabelRequired(_BlockCheck):
+    """Units must carry a label (e.g. the registry's CORSIA-eligible tag)."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        label = _str(self.spec.params, "label")
+        return _OK if label in block.labels else (f"units are not labelled {label!r}", ())
+
+
+class BlockLabelImplies(_BlockCheck):
+    """Units carrying one label must also carry another (e.g. tokenized needs consent)."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        label = _str(self.spec.params, "label")
+        requires = _str(self.spec.params, "requires")
+        if label in block.labels and requires not in block.labels:
+            return f"units labelled {label!r} lack {requires!r}", ()
+        return _OK
+
+
+class AuthorizationRequired(_BlockCheck):
+    """A host-country letter of authorization covering the use."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        mapping = self.spec.params.get("authorized_uses")
+        if not isinstance(mapping, Mapping):
+            raise EngineInvariantError(f"{self.rule_id}: authorized_uses is not a mapping")
+        needed = mapping.get(ctx.use.value)
+        if needed is None:
+            return f"the pack names no authorized use that covers {ctx.use.value}", ()
+        needed_set = _strs(mapping, ctx.use.value)
+        auth = block.authorization
+        if auth is None:
+            return "no letter of authorization from the host country", ()
+        if auth.host_country != block.project.country:
+            return (
+                f"letter {auth.letter_id} is from {auth.host_country}, "
+                f"but the project is hosted in {block.project.country}",
+                (),
+            )
+        if not auth.authorized_uses & needed_set:
+            return (
+                f"letter {auth.letter_id} authorizes {sorted(auth.authorized_uses)}, "
+                f"none of {sorted(needed_set)}",
+                (),
+            )
+        return _OK
+
+
+class CorrespondingAdjustment(_BlockCheck):
+    """Double claiming: a transfer that needs a corresponding adjustment must have one."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        if (
+            _bool(self.spec.params, "cross_border_only")
+            and block.project.country == ctx.destination_country
+        ):
+            return _OK
+        accepted = {CaStatus(s) for s in _strs(self.spec.params, "accepted_statuses")}
+        if block.ca_status in accepted:
+            return _OK
+        return (
+            f"corresponding adjustment is {block.ca_status.value} "
+            f"({block.project.country} -> {ctx.destination_country}); "
+            f"required: {', '.join(sorted(s.value for s in accepted))}",
+            (("ca_status", block.ca_status.value),),
+        )
+
+
+class GecExclusivity(_BlockCheck):
+    """The same generation may not earn both a GEC and a CCER."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        if block.project.project_type not in _strs(self.spec.params, "project_types"):
+            return _OK
+        conflicting = {GecStatus(s) for s in _strs(self.spec.params, "conflicting_statuses")}
+        if block.gec_status in conflicting:
+            return (
+                f"green electricity certificates for this generation are {block.gec_status.value}",
+                (("gec_status", block.gec_status.value),),
+            )
+        return _OK
+
+
+class GasConversion(_BlockCheck):
+    """A non-CO2 block may not claim more tCO2e than its gas converts to in the pack's table."""
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        gwp = ctx.version.gwp
+        if block.gas == "CO2":
+            return _OK
+        factor = gwp.table.get(block.gas)
+        if factor is None:
+            return f"gas {block.gas} has no GWP in this pack's {gwp.report} table", ()
+        if block.gas_amount is None:
+            return f"gas {block.gas} is given without its amount in tonnes of {block.gas}", ()
+        converted = block.gas_amount * factor
+        allowed = math.floor(converted)
+        if block.quantity > allowed:
+            return (
+                f"{block.gas_amount} t {block.gas} x {factor} ({gwp.report}) = {converted} tCO2e, "
+                f"less than the {block.quantity} units claimed",
+                (
+                    ("gas_amount", block.gas_amount),
+                    ("gwp", factor),
+                    ("co2e", converted),
+                    ("quantity", block.quantity),
+                ),
+            )
+        return _OK
+
+
+# --- request checks -------------------------------------------------------------------------
+
+
+def offset_limit_figures(spec: RuleSpec, entity: EntityYear) -> tuple[int, int, tuple[str, ...]]:
+    """The limit (whole tCO2e), the amount already used and the programs counted.
+
+    A strict limit ("below 10%") allows the largest whole tonne strictly below the share.
+    """
+    share = _decimal(spec.params, "share")
+    basis_name = _str(spec.params, "basis")
+    basis = (
+        entity.verified_emissions if basis_name == "verified_emissions" else entity.allowances_due
+    )
+    exact = share * basis
+    limit = math.ceil(exact) - 1 if _bool(spec.params, "strict") else math.floor(exact)
+    programs = _strs(spec.params, "programs")
+    used = sum(o.quantity for o in entity.offsets_surrendered if o.program in programs)
+    return max(limit, 0), used, tuple(sorted(programs))
+
+
+class OffsetLimit(_RequestCheck):
+    """Offsets, summed over every program counting toward the limit, within a share."""
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        facts = self.facts(ctx)
+        programs = _strs(self.spec.params, "programs")
+        counted = [b for b in facts.blocks if b.program in programs]
+        if not counted:
+            return []
+        entity = self.entity_or_violation(ctx)
+        if isinstance(entity, Violation):
+            return [entity]
+        limit, used, _ = offset_limit_figures(self.spec, entity)
+        asked = sum(b.quantity for b in counted)
+        if used + asked <= limit:
+            return []
+        share = _decimal(self.spec.params, "share")
+        basis = _str(self.spec.params, "basis")
+        return [
+            self.violation(
+                (b.ref for b in counted),
+                f"offsets {used} already used + {asked} asked = {used + asked} exceed the limit "
+                f"of {limit} ({share} of {basis.replace('_', ' ')}, "
+                f"{'strictly below' if _bool(self.spec.params, 'strict') else 'at most'}) "
+                f"for {entity.entity_id} in {entity.compliance_year}",
+                (
+                    ("limit", limit),
+                    ("already_used", used),
+                    ("asked", asked),
+                    ("share", share),
+                    ("basis", basis),
+                ),
+            )
+        ]
+
+
+class LocalShare(_RequestCheck):
+    """At least a share of the offsets counted (used + asked) must come from listed places."""
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        facts = self.facts(ctx)
+        programs = _strs(self.spec.params, "programs")
+        places = _strs(self.spec.params, "places")
+        counted = [b for b in facts.blocks if b.program in programs]
+        if not counted:
+            return []
+        entity = self.entity_or_violation(ctx)
+        if isinstance(entity, Violation):
+            return [entity]
+        share = _decimal(self.spec.params, "share")
+        prior = [o for o in entity.offsets_surrendered if o.program in programs]
+        total = sum(o.quantity for o in prior) + sum(b.quantity for b in counted)
+        local = sum(o.quantity for o in prior if _use_in(places, o)) + sum(
+            b.quantity for b in counted if _project_in(places, b.project)
+        )
+        required = math.ceil(share * total)
+        if local >= required:
+            return []
+        outside = [b.ref for b in counted if not _project_in(places, b.project)]
+        return [
+            self.violation(
+                outside,
+                f"{local} of {total} offsets come from {', '.join(sorted(places))}; "
+                f"at least {required} ({share}) must",
+                (
+                    ("local", local),
+                    ("total", total),
+                    ("required_local", required),
+                    ("share", share),
+                ),
+            )
+        ]
+
+
+class NationalEtsCarveOut(_RequestCheck):
+    """An entity covered by the national ETS does not comply in the pilot."""
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        entity = self.entity_or_violation(ctx)
+        if isinstance(entity, Violation):
+            return [entity]
+        if not entity.covered_by_national_ets:
+            return []
+        return [
+            self.violation(
+                (b.ref for b in self.facts(ctx).blocks),
+                f"{entity.entity_id} is covered by the national ETS for {entity.compliance_year}",
+            )
+        ]
+
+
+class DoubleIssuanceSerial(_RequestCheck):
+    """Overlapping serials of one program and series live in two places."""
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        facts = self.facts(ctx)
+        live = {HoldingStatus(s) for s in _strs(self.spec.params, "live_statuses")}
+        out: list[Violation] = []
+        blocks = sorted(facts.blocks, key=lambda b: b.ref)
+        for i, a in enumerate(blocks):
+            for b in blocks[i + 1 :]:
+                if a.ref.overlaps(b.ref):
+                    out.append(self.violation((a.ref, b.ref), f"{a.ref} overlaps {b.ref}"))
+        for block in blocks:
+            for known in facts.known_blocks:
+                if known.holding_id and known.holding_id == block.holding_id:
+                    continue  # the block's own holding, not another copy of it
+                if known.status in live and block.ref.overlaps(known.ref):
+                    where = f" at {known.registry}" if known.registry else ""
+                    out.append(
+                        self.violation(
+                            (block.ref,),
+                            f"{block.ref} overlaps {known.ref}, {known.status.value}{where}",
+                            (("known_block", str(known.ref)), ("known_status", known.status.value)),
+                        )
+                    )
+        return out
+
+
+class DoubleUse(_RequestCheck):
+    """A unit already retired, cancelled or surrendered anywhere known."""
+
+    def evaluate(self, ctx: Context) -> list[Violation]:
+        facts = self.facts(ctx)
+        used = {HoldingStatus(s) for s in _strs(self.spec.params, "used_statuses")}
+        out: list[Violation] = []
+        for block in facts.blocks:
+            for known in facts.known_blocks:
+                if known.status in used and block.ref.overlaps(known.ref):
+                    where = f" at {known.registry}" if known.registry else ""
+                    out.append(
+                        self.violation(
+                            (block.ref,),
+                            f"{block.ref} overlaps {known.ref}, "
+                            f"already {known.status.value}{where}",
+                            (("known_block", str(known.ref)), ("known_status", known.status.value)),
+                        )
+                    )
+        return out
+
+
+KINDS: dict[str, type[_Check]] = {
+    "accepted_programs": AcceptedPrograms,
+    "project_types_allowed": ProjectTypesAllowed,
+    "project_types_excluded": ProjectTypesExcluded,
+    "origin_allowed": OriginAllowed,
+    "origin_excluded": OriginExcluded,
+    "date_window": DateWindow,
+    "project_label_excluded": ProjectLabelExcluded,
+    "double_issuance_project": DoubleIssuanceProject,
+    "block_label_required": BlockLabelRequired,
+    "block_label_implies": BlockLabelImplies,
+    "authorization": AuthorizationRequired,
+    "corresponding_adjustment": CorrespondingAdjustment,
+    "gec_exclusivity": GecExclusivity,
+    "gas_conversion": GasConversion,
+    "offset_limit": OffsetLimit,
+    "local_share": LocalShare,
+    "national_ets_carve_out": NationalEtsCarveOut,
+    "double_issuance_serial": DoubleIssuanceSerial,
+    "double_use": DoubleUse,
+}
+
+
+def build_rule(spec: RuleSpec) -> Rule:
+    """The check object for a rule spec.
+
+    Raises:
+        EngineInvariantError: The kind is unknown (the pack schema lists every kind).
+    """
+    try:
+        kind = KINDS[spec.kind]
+    except KeyError as exc:
+        raise EngineInvariantError(f"{spec.rule_id}: unknown rule kind {spec.kind!r}") from exc
+    return kind(spec)

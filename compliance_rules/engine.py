@@ -1,0 +1,265 @@
+"""The engine: facts in, decision out. Pure; the clock is a parameter.
+
+Which pack version applies: for a request with a compliance year, the version in force on the
+last day of that year (the rules that govern the year's compliance); otherwise the version in
+force on ``clock``. The baseline pack (double counting) is applied under every scheme pack,
+with its own version chosen the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from compliance_rules.checks import build_rule, offset_limit_figures
+from compliance_rules.decision import (
+    Decision,
+    ListingDecision,
+    OffsetLimitStatus,
+    UseEligibility,
+    Violation,
+)
+from compliance_rules.facts import (
+    Block,
+    EntityYear,
+    KnownBlock,
+    ListingFacts,
+    TransferFacts,
+    Use,
+)
+from compliance_rules.loader import BASELINE_PACK, load_builtin
+from compliance_rules.pack import PackVersion, RulePack, RuleSpec
+from compliance_rules.rules import (
+    ENGINE_SOURCE,
+    NO_BLOCKS,
+    USE_NOT_SUPPORTED,
+    AllOf,
+    Context,
+    Rule,
+    Scope,
+    Subject,
+)
+
+
+def decision_date(facts: TransferFacts, clock: date) -> date:
+    """The date whose rules apply: end of the compliance year if any, else the clock.
+
+    Args:
+        facts: The request.
+        clock: Today, as injected by the caller.
+
+    Returns:
+        The date to choose pack versions by.
+    """
+    if facts.entity is not None:
+        return date(facts.entity.compliance_year, 12, 31)
+    return clock
+
+
+def _specs(
+    pack: RulePack, baseline: RulePack | None, day: date, use: Use
+) -> tuple[PackVersion, list[RuleSpec]]:
+    version = pack.version_for(day)
+    specs = [s for s in version.rules if use in s.uses]
+    if baseline is not None and not pack.baseline:
+        specs += [s for s in baseline.version_for(day).rules if use in s.uses]
+    return version, specs
+
+
+def _unconfirmed(pack: RulePack, rules: Sequence[Rule]) -> tuple[str, ...]:
+    return tuple(sorted({f"{pack.name}:{n}" for r in rules for n in r.unconfirmed_params}))
+
+
+def default_baseline() -> RulePack:
+    """The built-in baseline pack (double issuance, double use)."""
+    return load_builtin(BASELINE_PACK)
+
+
+def evaluate_transfer(
+    pack: RulePack,
+    facts: TransferFacts,
+    clock: date,
+    *,
+    baseline: RulePack | None = None,
+) -> Decision:
+    """Decide whether blocks may move to ``pack``'s jurisdiction for ``facts.use``.
+
+    Every rule in force for the use is evaluated and every violation is returned; any
+    violation denies (deny-overrides). The baseline pack's double-counting rules apply too.
+
+    Args:
+        pack: The destination scheme's pack.
+        facts: The blocks, the use, the entity and the known blocks elsewhere.
+        clock: Today (injected; no rule reads the system clock).
+        baseline: The baseline pack; the built-in one when ``None``.
+
+    Returns:
+        The decision.
+
+    Raises:
+        NoVersionInForceError: The pack has no version in force on the decision date.
+    """
+    base = default_baseline() if baseline is None else baseline
+    day = decision_date(facts, clock)
+    version, specs = _specs(pack, base, day, facts.use)
+    rules = [build_rule(s) for s in specs]
+    ctx = Context.for_transfer(facts, clock, version)
+    violations = []
+    if facts.use not in version.uses:
+        violations.append(
+            Violation(
+                rule_id=USE_NOT_SUPPORTED,
+                message="The pack does not provide for this use",
+                source=ENGINE_SOURCE,
+                detail=(
+                    f"{pack.name} (version {version.effective_from}) provides for "
+                    f"{', '.join(sorted(u.value for u in version.uses))}, not {facts.use.value}"
+                ),
+            )
+        )
+    if not facts.blocks:
+        violations.append(
+            Violation(
+                rule_id=NO_BLOCKS,
+                message="A request without blocks is refused (fail closed)",
+                source=ENGINE_SOURCE,
+            )
+        )
+    else:
+        violations.extend(AllOf(rules).evaluate(ctx))
+    violations.sort(key=Violation.sort_key)
+    return Decision(
+        allowed=not violations,
+        violations=tuple(violations),
+        pack=pack.name,
+        pack_version=version.effective_from,
+        use=facts.use,
+        evaluated_rules=tuple(sorted(r.rule_id for r in rules)),
+        unconfirmed_params=_unconfirmed(pack, rules),
+    )
+
+
+def evaluate_surrender(
+    pack: RulePack,
+    entity: EntityYear,
+    blocks: Sequence[Block],
+    clock: date,
+    *,
+    destination_country: str = "CN",
+    known_blocks: Sequence[KnownBlock] = (),
+    baseline: RulePack | None = None,
+) -> Decision:
+    """Decide a compliance surrender of offsets and allowances for an entity's year.
+
+    A surrender over an offset limit is refused with a violation whose ``details`` carry
+    ``limit``, ``already_used`` and ``asked`` (tCO2e).
+
+    Args:
+        pack: The scheme the entity complies under.
+        entity: The entity's compliance year, with offsets already surrendered.
+        blocks: The blocks to surrender.
+        clock: Today (injected).
+        destination_country: Where the scheme is.
+        known_blocks: Other blocks the gateway knows of (double counting).
+        baseline: The baseline pack; the built-in one when ``None``.
+
+    Returns:
+        The decision.
+    """
+    facts = TransferFacts(
+        use=Use.COMPLIANCE,
+        blocks=tuple(blocks),
+        destination_country=destination_country,
+        entity=entity,
+        known_blocks=tuple(known_blocks),
+    )
+    return evaluate_transfer(pack, facts, clock, baseline=baseline)
+
+
+def offset_limits(pack: RulePack, entity: EntityYear) -> tuple[OffsetLimitStatus, ...]:
+    """Where an entity stands against each offset limit of its compliance year.
+
+    Args:
+        pack: The scheme the entity complies under.
+        entity: The entity's year.
+
+    Returns:
+        One status per ``offset_limit`` rule in force for the year.
+    """
+    version = pack.version_for(date(entity.compliance_year, 12, 31))
+    out = []
+    for spec in version.rules:
+        if spec.kind != "offset_limit":
+            continue
+        limit, used, programs = offset_limit_figures(spec, entity)
+        out.append(
+            OffsetLimitStatus(
+                rule_id=spec.rule_id,
+                limit=limit,
+                already_used=used,
+                remaining=max(limit - used, 0),
+                programs=programs,
+            )
+        )
+    return tuple(out)
+
+
+def evaluate_listing(
+    pack: RulePack,
+    listing: ListingFacts,
+    clock: date,
+    *,
+    baseline: RulePack | None = None,
+) -> ListingDecision:
+    """Which uses a project's units would be eligible for in ``pack``'s jurisdiction.
+
+    Only rules about the project and its periods are decided here; unit-level and
+    request-level rules are returned as ``conditions`` checked on each transfer. A project
+    whose reductions for a period are already issued under another program is refused.
+
+    Args:
+        pack: The destination scheme's pack.
+        listing: The project and the periods it would bring in.
+        clock: Today (injected); chooses the pack version.
+        baseline: The baseline pack; the built-in one when ``None``.
+
+    Returns:
+        The listing decision.
+    """
+    base = default_baseline() if baseline is None else baseline
+    version = pack.version_for(clock)
+    subjects = tuple(Subject(listing.project, p) for p in listing.periods)
+    refusals: dict[tuple[str, str], Violation] = {}
+    uses: list[UseEligibility] = []
+    for use in sorted(version.uses):
+        _, specs = _specs(pack, base, clock, use)
+        rules = [build_rule(s) for s in specs]
+        ctx = Context(use, subjects, clock, version, listing.destination_country)
+        now = [r for r in rules if r.scope is Scope.SUBJECT]
+        later = tuple(sorted(r.rule_id for r in rules if r.scope is not Scope.SUBJECT))
+        found = AllOf(now).evaluate(ctx) if subjects else []
+        if not subjects:
+            found = [
+                Violation(
+                    rule_id=NO_BLOCKS,
+                    message="A listing without monitoring periods is refused (fail closed)",
+                    source=ENGINE_SOURCE,
+                )
+            ]
+        for v in found:
+            spec_kind = next((s.kind for s in specs if s.rule_id == v.rule_id), "")
+            if spec_kind == "double_issuance_project":
+                refusals[(v.rule_id, v.detail)] = v
+        uses.append(UseEligibility(use, not found, tuple(found), later))
+    refused = bool(refusals)
+    if refused:
+        uses = [UseEligibility(u.use, False, u.violations, u.conditions) for u in uses]
+    return ListingDecision(
+        pack=pack.name,
+        pack_version=version.effective_from,
+        program=listing.project.program,
+        project_id=listing.project.project_id,
+        refused=refused,
+        refusals=tuple(sorted(refusals.values(), key=Violation.sort_key)),
+        uses=tuple(uses),
+    )

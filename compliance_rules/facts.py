@@ -1,0 +1,298 @@
+"""The facts the engine decides on: frozen, typed, free of any I/O.
+
+A decision is asked about a :class:`TransferFacts` (units about to move, and what for) or a
+:class:`ListingFacts` (a project asking to be listed). Quantities are whole tCO2e as ``int``;
+gas amounts in their native unit (tonnes of that gas) are ``Decimal``; there is no float
+anywhere, because a limit computed in binary floating point can refuse a surrender by 1 t.
+
+Programs are plain strings (``"VCS"``, ``"CCER"``, ``"SZ-CI"``, ``"BRI-ITMO"`` ...), not an enum:
+packs name programs the gateway does not bridge yet (CORSIA accepts ACR, CAR, CDM, ART), and a
+pack must be able to name them without a code change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+
+class Use(enum.StrEnum):
+    """What the units are moved for; packs accept programs per use."""
+
+    COMPLIANCE = "compliance"
+    VOLUNTARY_RETIREMENT = "voluntary_retirement"
+    LISTING = "listing"
+    CORSIA = "corsia"
+
+
+class CaStatus(enum.StrEnum):
+    """Corresponding-adjustment status of a block (same values as the bridge's model)."""
+
+    NOT_APPLICABLE = "not_applicable"
+    PENDING = "pending"
+    APPLIED = "applied"
+
+
+class HoldingStatus(enum.StrEnum):
+    """Status of a known block at the registry holding it (same values as the bridge's model)."""
+
+    ACTIVE = "active"
+    LOCKED = "locked"
+    BRIDGED = "bridged"
+    RETIRED = "retired"
+    CANCELLED = "cancelled"
+    SURRENDERED = "surrendered"
+
+
+class GecStatus(enum.StrEnum):
+    """Green electricity certificates (GEC) for the generation behind a block.
+
+    NEA/MEE notice 国能综通新能[2024]124号: for a CCER project, untraded GECs of the
+    crediting period are frozen at registration and cancelled for the verified reductions.
+    ``active`` and ``traded`` mean the same MWh still earns (or earned) a GEC benefit.
+    """
+
+    NONE = "none"
+    FROZEN = "frozen"
+    CANCELLED = "cancelled"
+    ACTIVE = "active"
+    TRADED = "traded"
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """An inclusive date range (vintage or monitoring period)."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"period end {self.end} is before its start {self.start}")
+
+    def overlaps(self, other: Period) -> bool:
+        """True when both periods share at least one day."""
+        return self.start <= other.end and other.start <= self.end
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The same project registered under another program, with what that program issued."""
+
+    program: str
+    project_id: str
+    issued_periods: tuple[Period, ...] = ()
+    """Monitoring periods for which that program has issued units."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """A mitigation project as registered in one program."""
+
+    program: str
+    project_id: str
+    country: str
+    """ISO 3166-1 alpha-2 host country."""
+    region: str = ""
+    """Province-level region (``"Guangdong"``, ``"Xinjiang"``), for origin rules."""
+    city: str = ""
+    """City inside the region (``"Meizhou"``), for origin lists that name cities."""
+    project_type: str = ""
+    """Lower-case type key used by packs: ``wind``, ``hydro``, ``solar_thermal`` ..."""
+    methodology: str = ""
+    start_date: date | None = None
+    """Start of the project activity (CORSIA's "activity start")."""
+    construction_start: date | None = None
+    """Start of construction (CCER eligibility)."""
+    labels: frozenset[str] = frozenset()
+    """Project-level labels, e.g. ``pre_cdm``."""
+    registrations: tuple[Registration, ...] = ()
+    """Registrations of the same project in other programs."""
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A host-country letter of authorization (Paris Agreement Art. 6.2, CORSIA)."""
+
+    letter_id: str
+    host_country: str
+    authorized_uses: frozenset[str]
+    """Authorized purposes as written in the letter, e.g. ``{"ndc", "oimp", "corsia"}``."""
+
+
+@dataclass(frozen=True, order=True)
+class BlockRef:
+    """The identity of a serial block: program, serial series and inclusive range."""
+
+    program: str
+    serial_series: str
+    serial_start: int
+    serial_end: int
+
+    def __post_init__(self) -> None:
+        if self.serial_start < 0:
+            raise ValueError(f"serial_start must be >= 0, got {self.serial_start}")
+        if self.serial_end < self.serial_start:
+            raise ValueError(f"serial_end {self.serial_end} is below {self.serial_start}")
+
+    @property
+    def quantity(self) -> int:
+        """Number of units in the inclusive range."""
+        return self.serial_end - self.serial_start + 1
+
+    def overlaps(self, other: BlockRef) -> bool:
+        """True when both share a serial of the same program and series."""
+        return (
+            self.program == other.program
+            and self.serial_series == other.serial_series
+            and self.serial_start <= other.serial_end
+            and other.serial_start <= self.serial_end
+        )
+
+    def __str__(self) -> str:
+        series = f"/{self.serial_series}" if self.serial_series else ""
+        return f"{self.program}{series}:{self.serial_start}-{self.serial_end}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of units the decision is about (one tCO2e per serial)."""
+
+    ref: BlockRef
+    project: Project
+    vintage: Period
+    """Vintage, or monitoring period, of the reductions."""
+    gas: str = "CO2"
+    gas_amount: Decimal | None = None
+    """Reductions in tonnes of ``gas`` itself; required when ``gas`` is not CO2."""
+    authorization: Authorization | None = None
+    ca_status: CaStatus = CaStatus.NOT_APPLICABLE
+    labels: frozenset[str] = frozenset()
+    """Unit-level labels, e.g. ``corsia_eligible``, ``tokenized``."""
+    gec_status: GecStatus = GecStatus.NONE
+    holding_id: str = ""
+    """The gateway's id of the holding this block sits in; a known block with the same
+    non-empty id is this block itself, not another one."""
+
+    def __post_init__(self) -> None:
+        if self.ref.program != self.project.program:
+            raise ValueError(
+                f"block program {self.ref.program} differs from its project's "
+                f"{self.project.program}"
+            )
+
+    @property
+    def program(self) -> str:
+        """The originating program."""
+        return self.ref.program
+
+    @property
+    def quantity(self) -> int:
+        """Number of units (tCO2e)."""
+        return self.ref.quantity
+
+
+@dataclass(frozen=True)
+class KnownBlock:
+    """Another block the gateway knows of, anywhere, with its status there."""
+
+    ref: BlockRef
+    status: HoldingStatus
+    registry: str = ""
+    holding_id: str = ""
+
+
+@dataclass(frozen=True)
+class OffsetUse:
+    """Offsets an entity has already surrendered for the compliance year."""
+
+    program: str
+    quantity: int
+    country: str = ""
+    region: str = ""
+    city: str = ""
+
+
+@dataclass(frozen=True)
+class EntityYear:
+    """A covered entity in one compliance year, with what it owes and has already used."""
+
+    entity_id: str
+    compliance_year: int
+    verified_emissions: int
+    """Verified emissions of the year, tCO2e."""
+    allowances_due: int
+    """Allowances the entity must surrender for the year (应清缴配额)."""
+    offsets_surrendered: tuple[OffsetUse, ...] = ()
+    covered_by_national_ets: bool = False
+    """True when the entity is a key emitter of the national ETS (pilot carve-outs)."""
+
+
+@dataclass(frozen=True)
+class TransferFacts:
+    """Units about to move to a destination jurisdiction for a use."""
+
+    use: Use
+    blocks: tuple[Block, ...]
+    destination_country: str
+    """ISO alpha-2 of where the units land (``CN``, ``HK``, ``MO``): decides whether a
+    transfer is cross-border and so needs a corresponding adjustment."""
+    entity: EntityYear | None = None
+    """Required for compliance surrenders (offset limits); absent for other uses."""
+    known_blocks: tuple[KnownBlock, ...] = ()
+    """Other live or used blocks the gateway knows of, for the double-counting checks."""
+
+
+@dataclass(frozen=True)
+class ListingFacts:
+    """A project whose owner asks to list it (ListProject, foreign-issuer journey)."""
+
+    project: Project
+    periods: tuple[Period, ...]
+    """The monitoring periods whose reductions would be brought in."""
+    destination_country: str = "CN"
+
+
+GwpTable = Mapping[str, int]
+"""Gas name to 100-year GWP, as an integer multiple of CO2."""
+
+
+def co2e(gas: str, amount: Decimal, gwp: GwpTable) -> Decimal:
+    """Convert ``amount`` tonnes of ``gas`` to tCO2e with a pack's GWP table.
+
+    Args:
+        gas: Gas name as in the table (``"CH4"``, ``"SF6"``).
+        amount: Tonnes of that gas.
+        gwp: The pack's GWP table.
+
+    Returns:
+        The exact CO2-equivalent in tonnes.
+
+    Raises:
+        KeyError: The table has no value for ``gas``.
+    """
+    return amount * gwp[gas]
+
+
+__all__ = [
+    "Authorization",
+    "Block",
+    "BlockRef",
+    "CaStatus",
+    "EntityYear",
+    "GecStatus",
+    "GwpTable",
+    "HoldingStatus",
+    "KnownBlock",
+    "ListingFacts",
+    "OffsetUse",
+    "Period",
+    "Project",
+    "Registration",
+    "TransferFacts",
+    "Use",
+    "co2e",
+]

@@ -1,0 +1,124 @@
+"""Typed, immutable form of a loaded rule pack (the data; loading lives in ``loader``)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+
+from compliance_rules.errors import NoVersionInForceError
+from compliance_rules.facts import Use
+
+
+class Confidence(enum.StrEnum):
+    """How well a figure is sourced (RULES-REFERENCE tags C, S and U)."""
+
+    CONFIRMED = "confirmed"
+    """C: seen in the cited excerpt or file."""
+    SECONDARY = "secondary"
+    """S: only a secondary source (news, law-firm note, mirror of an official text)."""
+    UNCONFIRMED = "unconfirmed"
+    """U: not found, or found only in part; never to be presented as fact."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a rule or figure comes from."""
+
+    document: str
+    clause: str
+    confidence: Confidence
+    url: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.document}, {self.clause}"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A named figure of a pack version, with how sure we are of it."""
+
+    name: str
+    value: object
+    """``None`` when the figure is unknown; rules may not reference an unknown figure."""
+    confidence: Confidence
+    note: str
+    source: Source | None = None
+
+
+@dataclass(frozen=True)
+class GwpBasis:
+    """The GWP table a pack version converts non-CO2 gases with."""
+
+    report: str
+    """The IPCC assessment report, e.g. ``"IPCC AR5"``."""
+    horizon_years: int
+    confidence: Confidence
+    note: str
+    table: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule as written in a pack, parameters resolved."""
+
+    rule_id: str
+    kind: str
+    message: str
+    source: Source
+    uses: frozenset[Use]
+    params: Mapping[str, object]
+    unconfirmed_params: tuple[str, ...] = ()
+    """Names of the unconfirmed pack parameters this rule's figures come from."""
+
+
+@dataclass(frozen=True)
+class PackVersion:
+    """The rules of a pack in force from ``effective_from`` until the next version."""
+
+    effective_from: date
+    description: str
+    uses: frozenset[Use]
+    parameters: Mapping[str, Parameter]
+    gwp: GwpBasis
+    rules: tuple[RuleSpec, ...]
+
+
+@dataclass(frozen=True)
+class RulePack:
+    """A scheme's rule pack: versions in ascending ``effective_from`` order."""
+
+    name: str
+    title: str
+    rule_id_prefix: str
+    baseline: bool
+    """True for the baseline pack whose rules apply under every scheme pack."""
+    versions: tuple[PackVersion, ...]
+    origin: str
+    """Where the pack was loaded from (for messages)."""
+
+    def version_for(self, day: date) -> PackVersion:
+        """The version in force on ``day``.
+
+        Args:
+            day: The date the decision is made for.
+
+        Returns:
+            The latest version whose ``effective_from`` is on or before ``day``.
+
+        Raises:
+            NoVersionInForceError: ``day`` is before the first version.
+        """
+        in_force = [v for v in self.versions if v.effective_from <= day]
+        if not in_force:
+            raise NoVersionInForceError(
+                f"pack {self.name} has no version in force on {day.isoformat()} "
+                f"(first version: {self.versions[0].effective_from.isoformat()})"
+            )
+        return in_force[-1]
+
+    @property
+    def rule_ids(self) -> frozenset[str]:
+        """Every rule id of every version."""
+        return frozenset(r.rule_id for v in self.versions for r in v.rules)

@@ -162,6 +162,12 @@ class OffsetFormat:
         Raises:
             SerialEncodeError: The block cannot be spelled in the format.
         """
+        if not block.region.startswith("CN-"):
+            raise SerialEncodeError(
+                registry=registry,
+                field="region",
+                reason=f"{block.region!r} is not an ISO 3166-2:CN subdivision such as CN-GD",
+            )
         province = block.region.removeprefix("CN-")
         text = (
             f"{self.origin}-{self.unit_type}-{block.id.serial_start}-{block.id.serial_end}-"

@@ -181,6 +181,15 @@ def split(registry: str, text: str, layouts: Mapping[int, tuple[str, ...]]) -> S
         SerialFormatError: The segment count fits no layout; the error names the first
             missing segment, or the first one past the end of the longest layout.
     """
+    if not text.strip():
+        first = min(layouts.values(), key=len)[0]
+        raise SerialFormatError(
+            registry=registry,
+            serial=text,
+            segment_index=1,
+            segment_name=first,
+            reason="is empty: the serial is blank",
+        )
     values = tuple(text.split("-"))
     names = layouts.get(len(values))
     if names is not None:

@@ -154,10 +154,15 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(dict(pack_schema()))
 
 
+def _short(message: str, limit: int = 300) -> str:
+    # jsonschema quotes the whole offending instance; a whole rule list helps nobody.
+    return message if len(message) <= limit else message[:limit] + " ..."
+
+
 def schema_issues(document: Any, *, prefix: Sequence[object] = ()) -> list[Issue]:
     """Every schema error of ``document``, sorted by path."""
     errors = _validator().iter_errors(document)
-    issues = [Issue(json_path([*prefix, *e.absolute_path]), e.message) for e in errors]
+    issues = [Issue(json_path([*prefix, *e.absolute_path]), _short(e.message)) for e in errors]
     return sorted(issues, key=lambda i: (i.path, i.message))
 
 
@@ -165,7 +170,8 @@ def _params_issues(kind: str, params: Mapping[str, Any], prefix: Sequence[object
     validator = _validator()
     sub = validator.evolve(schema={"$ref": f"#/$defs/params/{kind}"})
     return [
-        Issue(json_path([*prefix, *e.absolute_path]), e.message) for e in sub.iter_errors(params)
+        Issue(json_path([*prefix, *e.absolute_path]), _short(e.message))
+        for e in sub.iter_errors(params)
     ]
 
 

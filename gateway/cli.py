@@ -12,7 +12,7 @@ from types import FrameType
 
 import structlog
 
-from gateway import demo
+from gateway import cli_serial, demo
 from gateway.config import ConfigError, load_config
 from gateway.logging_setup import configure_logging
 from gateway.server import GatewayServer
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, help="keep the demo's databases here (default: a temp dir)"
     )
     demo_parser.set_defaults(handler=demo.run)
+
+    cli_serial.register(commands)
     return parser
 
 

@@ -7,10 +7,13 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 import structlog
 
+from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import convert, paging
 from gateway.catalog import RegistryInfo
-from registry_bridge.errors import NotYetImplemented
+from registry_bridge.errors import InvalidRequest, NotYetImplemented
+
+MAX_SERIAL_LENGTH = 256
 
 _logger = structlog.get_logger(__name__)
 
@@ -42,12 +45,21 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             ),
         )
 
-    # Capabilities of later issues answer UNIMPLEMENTED until they exist: no fake answers.
-
     def ParseSerial(
         self, request: gateway_pb2.ParseSerialRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ParseSerialResponse:
-        raise NotYetImplemented("ParseSerial (registry serial codecs)", issue=3)
+        if not request.registry:
+            raise InvalidRequest.field("registry", "is required")
+        if not request.serial:
+            raise InvalidRequest.field("serial", "is required")
+        if len(request.serial) > MAX_SERIAL_LENGTH:
+            raise InvalidRequest.field("serial", f"is longer than {MAX_SERIAL_LENGTH} characters")
+        block = serials.parse_serial(request.registry, request.serial)
+        return gateway_pb2.ParseSerialResponse(
+            block=convert.unit_block_to_pb(block, native_serial=request.serial)
+        )
+
+    # Capabilities of later issues answer UNIMPLEMENTED until they exist: no fake answers.
 
     def ListProject(
         self, request: gateway_pb2.ListProjectRequest, context: grpc.ServicerContext

@@ -202,3 +202,38 @@ def test_unexpected_error_becomes_internal_with_one_full_log_line(log_lines: io.
     ]
     assert len(errors) == 1
     assert "secret internal detail" in errors[0]["exception"]
+
+
+def test_parse_serial_over_grpc(gateway: grpc.Channel) -> None:
+    stub = gateway_pb2_grpc.LinkageGatewayStub(gateway)
+    serial = "GS1-1-KE-GS7495-16-2025-30645-608-30350"
+    reply = stub.ParseSerial(
+        gateway_pb2.ParseSerialRequest(registry="gold-standard", serial=serial), timeout=5
+    )
+    assert reply.block.id.program == "GS"
+    assert reply.block.id.serial_series == "30645"
+    assert (reply.block.id.serial_start, reply.block.id.serial_end) == (608, 30350)
+    assert reply.block.quantity == 29743
+    assert reply.block.native_serial == serial
+
+
+def test_parse_serial_names_the_bad_segment(gateway: grpc.Channel) -> None:
+    stub = gateway_pb2_grpc.LinkageGatewayStub(gateway)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ParseSerial(
+            gateway_pb2.ParseSerialRequest(
+                registry="verra",
+                serial="9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31132019-0",
+            ),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "vintage_end" in (caught.value.details() or "")
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert "vintage_end" in bad_request.field_violations[0].field
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ParseSerial(gateway_pb2.ParseSerialRequest(registry="nowhere", serial="x"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,96 @@
+"""What every registry client shares: calling a native RPC and typing its failures.
+
+A native call either answers, or fails with a gRPC status.  UNAVAILABLE and
+DEADLINE_EXCEEDED mean the registry may not have seen the call (or its answer was lost):
+they become :class:`RegistryUnavailable`, which the retry policy retries with the same
+operation id.  Every other status is the registry's answer and becomes
+:class:`RegistryRejected`, carrying the registry's own rejection code when it sent one in
+the trailing metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import TypeVar
+
+import grpc
+
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+
+# Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
+REJECTION_CODE_KEY = "registry-rejection-code"
+
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def rejection_code(error: grpc.RpcError) -> str:
+    """The registry's own rejection code of a failed call, else the gRPC status name."""
+    for key, value in error.trailing_metadata() or ():
+        if key == REJECTION_CODE_KEY:
+            return str(value)
+    return str(error.code().name)
+
+
+def invoke(
+    registry_id: str,
+    method: Callable[..., Resp],
+    request: Req,
+    timeout_s: float,
+) -> Resp:
+    """Call one native RPC, typing its failure.
+
+    Args:
+        registry_id: The registry, named in the errors.
+        method: A stub method.
+        request: The native request.
+        timeout_s: The call's deadline, in seconds.
+
+    Returns:
+        The native response.
+
+    Raises:
+        RegistryUnavailable: The registry was unreachable or too slow (transient).
+        RegistryRejected: The registry refused the call (final).
+    """
+    try:
+        return method(request, timeout=timeout_s)
+    except grpc.RpcError as exc:
+        status = exc.code()
+        if status in _TRANSIENT:
+            raise RegistryUnavailable(registry_id, f"{status.name}: {exc.details()}") from exc
+        raise RegistryRejected(registry_id, rejection_code(exc), str(exc.details())) from exc
+
+
+def not_supported(registry_id: str, operation: str) -> RegistryRejected:
+    """The error for a canonical operation the registry has no native counterpart of."""
+    return RegistryRejected(
+        registry_id, "NOT_SUPPORTED", f"{registry_id} has no native {operation} operation"
+    )
+
+
+def to_rfc3339(moment: datetime | None) -> str:
+    """A timezone-aware moment as RFC 3339 in UTC ('' for none)."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        raise ValueError(f"moment {moment} has no time zone")
+    return moment.astimezone(UTC).isoformat()
+
+
+def from_rfc3339(text: str) -> datetime | None:
+    """The moment of an RFC 3339 string (``None`` for '')."""
+    return datetime.fromisoformat(text) if text else None
+
+
+def to_ddmmyyyy(day: date) -> str:
+    """Verra's date form, DDMMYYYY."""
+    return day.strftime("%d%m%Y")
+
+
+def from_iso_date(text: str) -> date:
+    """A YYYY-MM-DD date."""
+    return date.fromisoformat(text)

@@ -1,0 +1,40 @@
+"""Shared machinery of the registry emulators: store, fault injection, server runner."""
+
+from adapters.client_core import REJECTION_CODE_KEY
+from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
+from adapters.emulator_core.server import (
+    EmulatorSpec,
+    RunningEmulator,
+    abort_rejected,
+    native_rules,
+    run_emulator,
+    start_emulator,
+)
+from adapters.emulator_core.store import (
+    CreditMode,
+    OperationRecord,
+    Rejection,
+    Store,
+    StoredHolding,
+    UnitState,
+    utc_now,
+)
+
+__all__ = [
+    "REJECTION_CODE_KEY",
+    "CreditMode",
+    "EmulatorSpec",
+    "FaultConfig",
+    "FaultInterceptor",
+    "OperationRecord",
+    "Rejection",
+    "RunningEmulator",
+    "Store",
+    "StoredHolding",
+    "UnitState",
+    "abort_rejected",
+    "native_rules",
+    "run_emulator",
+    "start_emulator",
+    "utc_now",
+]

@@ -1,0 +1,148 @@
+"""Fault injection for emulated registries, configured by a dataclass or a YAML file.
+
+Faults are applied by a server interceptor around every unary call, so every native API
+gets the same faults without its servicer knowing:
+
+* ``latency_ms``: added before the call is handled;
+* ``unavailable_fraction``: the call is refused with UNAVAILABLE before it is handled;
+* ``crash_after_commit_fraction``: the call is handled (its effect committed), then the
+  reply is lost: in-process the call aborts with UNAVAILABLE, standalone the process may
+  exit at once (``crash_exits_process``), as a registry that dies mid-reply would;
+* ``duplicate_delivery_fraction``: the request is handled twice, as when a network
+  delivers it twice; the second delivery must be answered from the operation log.
+
+Draws come from one RNG seeded by ``seed``, so a test's faults repeat exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+# Exit status of a standalone emulator killed by an injected crash (EX_SOFTWARE).
+_CRASH_EXIT_STATUS = 70
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Which faults an emulator injects; all off by default."""
+
+    latency_ms: int = 0
+    """Added to every call, in milliseconds."""
+    unavailable_fraction: float = 0.0
+    """Share of calls refused with UNAVAILABLE before they are handled (0..1)."""
+    crash_after_commit_fraction: float = 0.0
+    """Share of calls whose reply is lost after their effect is committed (0..1)."""
+    duplicate_delivery_fraction: float = 0.0
+    """Share of calls delivered (applied) twice (0..1)."""
+    crash_exits_process: bool = False
+    """Standalone only: an injected crash exits the process instead of failing the call."""
+    seed: int = 0
+    """Seed of the fault RNG."""
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        for name in (
+            "unavailable_fraction",
+            "crash_after_commit_fraction",
+            "duplicate_delivery_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {value}")
+
+    @property
+    def active(self) -> bool:
+        """True when any fault is configured."""
+        return bool(
+            self.latency_ms
+            or self.unavailable_fraction
+            or self.crash_after_commit_fraction
+            or self.duplicate_delivery_fraction
+        )
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> FaultConfig:
+        """Build from a mapping, refusing unknown keys (a typo must not disable a fault).
+
+        Raises:
+            ValueError: An unknown key or a value out of range.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad fault settings: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> FaultConfig:
+        """Load a YAML mapping of the fields above.
+
+        Raises:
+            ValueError: The file is not a mapping, or a setting is unknown or out of range.
+        """
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: fault settings must be a mapping")
+        return cls.from_mapping(data)
+
+
+class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    # NOTE(registry-adapters): grpc ships no type stubs, so its base classes are Any.
+    """Applies a :class:`FaultConfig` around every unary-unary handler."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self._config = config
+        self._rng = random.Random(config.seed)
+        self._rng_lock = threading.Lock()
+
+    def _draw(self) -> tuple[float, float, float]:
+        with self._rng_lock:
+            return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[Any], Any],
+        handler_call_details: Any,
+    ) -> Any:
+        """Wrap the handler of one call with the configured faults."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or not self._config.active:
+            return handler
+        inner = handler.unary_unary
+        config = self._config
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            if config.latency_ms:
+                time.sleep(config.latency_ms / 1000)
+            unavailable, duplicate, crash = self._draw()
+            if unavailable < config.unavailable_fraction:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault: unavailable")
+            response = inner(request, context)
+            if duplicate < config.duplicate_delivery_fraction:
+                response = inner(request, context)
+            if crash < config.crash_after_commit_fraction:
+                if config.crash_exits_process:
+                    os._exit(_CRASH_EXIT_STATUS)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault: crash after commit")
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

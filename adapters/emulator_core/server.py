@@ -1,0 +1,179 @@
+"""Running an emulated registry: in-process for tests (port 0) or standalone for the CLI.
+
+Each registry's ``emulator.py`` provides an :class:`EmulatorSpec`: which programs the
+registry issues, what it does with arriving units, and how to add its native servicer to
+a gRPC server.  :func:`start_emulator` runs one in the background and returns a handle;
+:func:`run_emulator` runs one until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import grpc
+import structlog
+
+from adapters.client_core import REJECTION_CODE_KEY
+from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
+from adapters.emulator_core.store import Clock, CreditMode, Rejection, Store, utc_now
+from registry_bridge.model import Program
+
+_logger = structlog.get_logger(__name__)
+
+
+# Seconds a stopping server lets in-flight calls finish.
+_GRACE_SECONDS = 2.0
+
+_STATUS_OF_CODE: dict[str, grpc.StatusCode] = {
+    "UNITS_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "DUPLICATE_ISSUANCE": grpc.StatusCode.ALREADY_EXISTS,
+    "DUPLICATE_MIRROR": grpc.StatusCode.ALREADY_EXISTS,
+    "DUPLICATE_CREDIT": grpc.StatusCode.ALREADY_EXISTS,
+    "OPERATION_ID_REUSED": grpc.StatusCode.ALREADY_EXISTS,
+    "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
+    "OPERATION_ID_REQUIRED": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def abort_rejected(context: grpc.ServicerContext, rejection: Rejection) -> NoReturn:
+    """End a call with the registry's rejection: a gRPC status plus its own code."""
+    context.set_trailing_metadata(((REJECTION_CODE_KEY, rejection.code),))
+    context.abort(
+        _STATUS_OF_CODE.get(rejection.code, grpc.StatusCode.FAILED_PRECONDITION),
+        rejection.message,
+    )
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+@contextmanager
+def native_rules(context: grpc.ServicerContext) -> Iterator[None]:
+    """Answer a :class:`Rejection` (or a malformed native value) as a rejected call."""
+    try:
+        yield
+    except Rejection as rejection:
+        abort_rejected(context, rejection)
+    except ValueError as exc:
+        # A native message that does not translate (a bad date, an unknown program).
+        abort_rejected(context, Rejection("INVALID_REQUEST", str(exc)))
+
+
+@dataclass(frozen=True)
+class EmulatorSpec:
+    """What distinguishes one emulated registry."""
+
+    registry_id: str
+    programs: frozenset[Program]
+    credit_mode: CreditMode
+    add_servicer: Callable[[grpc.Server, Store], None]
+    """Adds the registry's native servicer, bound to ``store``, to a server."""
+
+    def open_store(self, data_dir: Path | None, clock: Clock = utc_now) -> Store:
+        """Open the registry's store: ``<data_dir>/<registry_id>.sqlite3`` or in memory."""
+        path = None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = data_dir / f"{self.registry_id}.sqlite3"
+        return Store(self.registry_id, self.programs, self.credit_mode, path, clock)
+
+
+@dataclass
+class RunningEmulator:
+    """A started emulator: its address, its store and how to stop it."""
+
+    spec: EmulatorSpec
+    server: grpc.Server
+    store: Store
+    port: int
+    host: str
+
+    @property
+    def target(self) -> str:
+        """The ``host:port`` a client channel connects to."""
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float | None = _GRACE_SECONDS) -> None:
+        """Stop serving, let in-flight calls finish, and close the store."""
+        self.server.stop(grace).wait()
+        self.store.close()
+
+
+def start_emulator(
+    spec: EmulatorSpec,
+    listen: str = "127.0.0.1:0",
+    data_dir: Path | None = None,
+    faults: FaultConfig | None = None,
+    clock: Clock = utc_now,
+    max_workers: int = 8,
+) -> RunningEmulator:
+    """Start an emulator in the background.
+
+    Args:
+        spec: The registry to emulate.
+        listen: ``HOST:PORT``; port 0 picks a free port (tests).
+        data_dir: Directory of the persistent store; ``None`` keeps it in memory.
+        faults: Faults to inject; none by default.
+        clock: The registry's clock (tests inject one to expire locks).
+        max_workers: Threads serving calls.
+
+    Returns:
+        The running emulator; call ``stop()`` when done.
+
+    Raises:
+        OSError: The address could not be bound.
+    """
+    store = spec.open_store(data_dir, clock)
+    interceptors = [FaultInterceptor(faults)] if faults is not None and faults.active else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
+    )
+    spec.add_servicer(server, store)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        store.close()
+        raise OSError(f"could not listen on {listen}")
+    server.start()
+    host = listen.rsplit(":", 1)[0] or "127.0.0.1"
+    _logger.info("emulator_started", registry=spec.registry_id, host=host, port=port)
+    return RunningEmulator(spec, server, store, port, host)
+
+
+def run_emulator(
+    spec: EmulatorSpec,
+    listen: str,
+    data_dir: Path,
+    faults: FaultConfig | None = None,
+    on_started: Callable[[RunningEmulator], None] | None = None,
+) -> None:
+    """Serve an emulator until SIGTERM or SIGINT, then stop gracefully.
+
+    Args:
+        spec: The registry to emulate.
+        listen: ``HOST:PORT`` to bind.
+        data_dir: Directory of the persistent store.
+        faults: Faults to inject (with ``crash_exits_process`` an injected crash exits).
+        on_started: Called once the server listens (the CLI prints the address).
+    """
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    running = start_emulator(spec, listen, data_dir, faults)
+    try:
+        if on_started is not None:
+            on_started(running)
+        stopping.wait()
+    finally:
+        running.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _logger.info("emulator_stopped", registry=spec.registry_id)

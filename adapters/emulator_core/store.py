@@ -1,0 +1,938 @@
+"""The persistent store every registry emulator shares: blocks per account and an op log.
+
+A registry's servicer translates its native vocabulary (Verra "immobilize", a DES
+proposal, a pilot registry's 冻结) to the operations here, which enforce the rules any
+registry keeps:
+
+* a block is issued once: an issuance overlapping any block of the same program and
+  serial series is refused;
+* retired, cancelled, surrendered or exported units never move again, and locked or
+  immobilized units move only through their lock;
+* an operation on part of a held block splits the block, and the pieces sum to the whole;
+* every mutating operation is recorded under its operation id with its outcome (the
+  holding, or the rejection), so a repeat of the same operation returns the first outcome,
+  and a reuse of the id for a different request is refused.
+
+The store is one sqlite3 database (a file under the emulator's data directory, or
+``:memory:`` for tests).  Every operation runs in one serialized write transaction, so
+overlap checks and splits cannot race.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adapters.emulator_core.blocks import (
+    attributes_to_json,
+    block_from_json,
+    block_from_parts,
+    block_id_from_dict,
+    block_id_to_dict,
+    block_to_json,
+)
+from registry_bridge.model import BlockId, Program, UnitBlock
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware (the default clock of a store)."""
+    return datetime.now(UTC)
+
+
+class UnitState(enum.StrEnum):
+    """Where a block stands inside one emulated registry."""
+
+    ACTIVE = "active"
+    LOCKED = "locked"
+    """Held for a pending transfer until ``lock_expires_at``."""
+    IMMOBILIZED = "immobilized"
+    """Bridged: held still while a mirror of it exists elsewhere."""
+    RETIRED = "retired"
+    CANCELLED = "cancelled"
+    SURRENDERED = "surrendered"
+    EXPORTED = "exported"
+    """Left this registry (a venue position delivered out, a mirror returned)."""
+
+
+_TERMINAL = frozenset(
+    {UnitState.RETIRED, UnitState.CANCELLED, UnitState.SURRENDERED, UnitState.EXPORTED}
+)
+
+
+class CreditMode(enum.StrEnum):
+    """What a registry does with units arriving from another registry."""
+
+    MIRROR = "mirror"
+    """Issue a mirror block with local serials that references the origin block."""
+    HOLD = "hold"
+    """Hold the origin block as it is (a venue holding units of other programs)."""
+    RETURN_ONLY = "return_only"
+    """Accept only its own immobilized units coming back (Verra, Gold Standard)."""
+
+
+class Rejection(Exception):
+    """The registry's final refusal of an operation, with a stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StoredHolding:
+    """One row of the store: a block, where it is held, and in what state."""
+
+    block: UnitBlock
+    account: str
+    state: UnitState
+    lock_expires_at: datetime | None = None
+    lock_transfer: str = ""
+    mirror_of: BlockId | None = None
+    mirror_registry: str = ""
+    details: tuple[tuple[str, str], ...] = ()
+    """What the registry recorded with the last operation (beneficiary, currency...)."""
+
+    def detail(self, key: str, default: str = "") -> str:
+        """One recorded detail, or ``default``."""
+        return dict(self.details).get(key, default)
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """The op log's entry for one operation id."""
+
+    operation_id: str
+    method: str
+    holding: StoredHolding | None
+    rejection: Rejection | None
+    recorded_at: datetime
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY,
+    program TEXT NOT NULL,
+    series TEXT NOT NULL,
+    serial_start INTEGER NOT NULL,
+    serial_end INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lock_expires_at TEXT,
+    lock_transfer TEXT NOT NULL DEFAULT '',
+    mirror_program TEXT,
+    mirror_series TEXT,
+    mirror_start INTEGER,
+    mirror_registry TEXT NOT NULL DEFAULT '',
+    attributes TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS blocks_range ON blocks (program, series, serial_start);
+CREATE TABLE IF NOT EXISTS operations (
+    operation_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class _Row:
+    rowid: int
+    holding: StoredHolding
+    mirror_start: int | None
+
+
+def _holding_to_json(holding: StoredHolding) -> dict[str, Any]:
+    return {
+        "block": block_to_json(holding.block),
+        "account": holding.account,
+        "state": holding.state.value,
+        "lock_expires_at": None
+        if holding.lock_expires_at is None
+        else holding.lock_expires_at.isoformat(),
+        "lock_transfer": holding.lock_transfer,
+        "mirror_of": None if holding.mirror_of is None else block_id_to_dict(holding.mirror_of),
+        "mirror_registry": holding.mirror_registry,
+        "details": [list(pair) for pair in holding.details],
+    }
+
+
+def _holding_from_json(data: dict[str, Any]) -> StoredHolding:
+    return StoredHolding(
+        block=block_from_json(data["block"]),
+        account=data["account"],
+        state=UnitState(data["state"]),
+        lock_expires_at=None
+        if data["lock_expires_at"] is None
+        else datetime.fromisoformat(data["lock_expires_at"]),
+        lock_transfer=data["lock_transfer"],
+        mirror_of=None if data["mirror_of"] is None else block_id_from_dict(data["mirror_of"]),
+        mirror_registry=data["mirror_registry"],
+        details=tuple((str(k), str(v)) for k, v in data["details"]),
+    )
+
+
+class Store:
+    """One emulated registry's units and operation log.
+
+    Args:
+        registry_id: The registry this store belongs to (used for mirror serial series).
+        programs: The programs this registry issues; issuance of any other is refused.
+        credit_mode: What the registry does with arriving foreign units.
+        path: The sqlite3 file, or ``None`` for an in-memory store.
+        clock: The registry's clock, for lock expiry (tests inject one).
+    """
+
+    def __init__(
+        self,
+        registry_id: str,
+        programs: frozenset[Program],
+        credit_mode: CreditMode,
+        path: Path | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.registry_id = registry_id
+        self.programs = programs
+        self.credit_mode = credit_mode
+        self.mirror_series = f"{registry_id}-mirror"
+        self._clock = clock
+        # One connection used under one lock: sqlite serializes writers anyway, and the
+        # overlap checks must see the state their own transaction will change.
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            ":memory:" if path is None else str(path),
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    # -- transactions and the operation log -------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _run(
+        self,
+        operation_id: str,
+        method: str,
+        request: dict[str, Any],
+        apply: Callable[[sqlite3.Connection, datetime], StoredHolding],
+    ) -> StoredHolding:
+        """Apply ``apply`` at most once per operation id, recording its outcome."""
+        if not operation_id:
+            raise Rejection("OPERATION_ID_REQUIRED", "every operation needs an operation id")
+        fingerprint = json.dumps({"method": method, **request}, sort_keys=True, default=str)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT method, fingerprint, outcome FROM operations WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is not None:
+                if row[1] != fingerprint:
+                    raise Rejection(
+                        "OPERATION_ID_REUSED",
+                        f"operation {operation_id} was already used for a different "
+                        f"{row[0]} request",
+                    )
+                return self._replay(json.loads(row[2]))
+            now = self._clock()
+            self._expire_locks(db, now)
+            db.execute("SAVEPOINT op")
+            try:
+                holding = apply(db, now)
+            except Rejection as rejection:
+                # The rejection is final: undo what the operation did, and record it so
+                # a repeat answers the same.
+                db.execute("ROLLBACK TO op")
+                outcome: dict[str, Any] = {
+                    "rejection": {"code": rejection.code, "message": rejection.message}
+                }
+            else:
+                outcome = {"holding": _holding_to_json(holding)}
+            db.execute("RELEASE op")
+            db.execute(
+                "INSERT INTO operations VALUES (?, ?, ?, ?, ?)",
+                (operation_id, method, fingerprint, json.dumps(outcome), now.isoformat()),
+            )
+        return self._replay(outcome)
+
+    @staticmethod
+    def _replay(outcome: dict[str, Any]) -> StoredHolding:
+        if "rejection" in outcome:
+            raise Rejection(outcome["rejection"]["code"], outcome["rejection"]["message"])
+        return _holding_from_json(outcome["holding"])
+
+    def operation(self, operation_id: str) -> OperationRecord | None:
+        """The recorded outcome of an operation, or ``None`` if it never ran."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT method, outcome, recorded_at FROM operations WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        outcome = json.loads(row[1])
+        rejection = None
+        holding = None
+        if "rejection" in outcome:
+            rejection = Rejection(outcome["rejection"]["code"], outcome["rejection"]["message"])
+        else:
+            holding = _holding_from_json(outcome["holding"])
+        return OperationRecord(
+            operation_id, row[0], holding, rejection, datetime.fromisoformat(row[2])
+        )
+
+    # -- rows ---------------------------------------------------------------------------
+
+    _COLUMNS = (
+        "id, program, series, serial_start, serial_end, account, state, lock_expires_at, "
+        "lock_transfer, mirror_program, mirror_series, mirror_start, mirror_registry, "
+        "attributes, details"
+    )
+
+    @staticmethod
+    def _row(values: Sequence[Any]) -> _Row:
+        (rowid, program, series, start, end, account, state, expires, transfer) = values[:9]
+        (m_program, m_series, m_start, m_registry, attributes, details) = values[9:]
+        block_id = BlockId(Program(program), series, start, end)
+        mirror_of = None
+        if m_program is not None:
+            mirror_of = BlockId(Program(m_program), m_series, m_start, m_start + end - start)
+        return _Row(
+            rowid,
+            StoredHolding(
+                block=block_from_parts(block_id, attributes),
+                account=account,
+                state=UnitState(state),
+                lock_expires_at=None if expires is None else datetime.fromisoformat(expires),
+                lock_transfer=transfer,
+                mirror_of=mirror_of,
+                mirror_registry=m_registry,
+                details=tuple((str(k), str(v)) for k, v in json.loads(details)),
+            ),
+            m_start,
+        )
+
+    def _select(self, db: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[_Row]:
+        rows = db.execute(
+            f"SELECT {self._COLUMNS} FROM blocks WHERE {where} "
+            "ORDER BY program, series, serial_start",
+            tuple(args),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def _overlapping(self, db: sqlite3.Connection, block_id: BlockId) -> list[_Row]:
+        return self._select(
+            db,
+            "program = ? AND series = ? AND serial_start <= ? AND serial_end >= ?",
+            (
+                block_id.program.value,
+                block_id.serial_series,
+                block_id.serial_end,
+                block_id.serial_start,
+            ),
+        )
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, holding: StoredHolding, mirror_start: int | None) -> None:
+        block = holding.block
+        mirror = holding.mirror_of
+        db.execute(
+            "INSERT INTO blocks (program, series, serial_start, serial_end, account, state, "
+            "lock_expires_at, lock_transfer, mirror_program, mirror_series, mirror_start, "
+            "mirror_registry, attributes, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                block.id.program.value,
+                block.id.serial_series,
+                block.id.serial_start,
+                block.id.serial_end,
+                holding.account,
+                holding.state.value,
+                None if holding.lock_expires_at is None else holding.lock_expires_at.isoformat(),
+                holding.lock_transfer,
+                None if mirror is None else mirror.program.value,
+                None if mirror is None else mirror.serial_series,
+                mirror_start,
+                holding.mirror_registry,
+                attributes_to_json(block),
+                json.dumps([list(p) for p in holding.details]),
+            ),
+        )
+
+    def _expire_locks(self, db: sqlite3.Connection, now: datetime) -> None:
+        # Expiry is applied lazily, at the start of each operation, in the same
+        # transaction: an expired lock holds nothing.
+        expired = self._select(
+            db, "state = 'locked' AND lock_expires_at <= ?", (now.astimezone(UTC).isoformat(),)
+        )
+        for row in expired:
+            db.execute(
+                "UPDATE blocks SET state = 'active', lock_expires_at = NULL, lock_transfer = '' "
+                "WHERE id = ?",
+                (row.rowid,),
+            )
+            self._coalesce(db, _with(row.holding, UnitState.ACTIVE))
+
+    def _replace(
+        self,
+        db: sqlite3.Connection,
+        row: _Row,
+        target: BlockId,
+        change: Callable[[StoredHolding], StoredHolding],
+    ) -> StoredHolding:
+        """Split ``row`` around ``target`` and apply ``change`` to the middle piece."""
+        held = row.holding
+        db.execute("DELETE FROM blocks WHERE id = ?", (row.rowid,))
+        pieces = [
+            (held.block.id.serial_start, target.serial_start - 1, False),
+            (target.serial_start, target.serial_end, True),
+            (target.serial_end + 1, held.block.id.serial_end, False),
+        ]
+        result: StoredHolding | None = None
+        for start, end, is_target in pieces:
+            if start > end:
+                continue
+            piece = _piece(held, start, end)
+            if is_target:
+                piece = change(piece)
+                result = piece
+            self._insert(db, piece, _mirror_start(row, start))
+        assert result is not None
+        if result.state is UnitState.ACTIVE:
+            self._coalesce(db, result)
+        return result
+
+    def _coalesce(self, db: sqlite3.Connection, holding: StoredHolding) -> None:
+        """Merge active neighbours that are one block again (after an unlock or return)."""
+        rows = self._select(
+            db,
+            "program = ? AND series = ? AND account = ? AND state = 'active' "
+            "AND serial_end >= ? AND serial_start <= ?",
+            (
+                holding.block.id.program.value,
+                holding.block.id.serial_series,
+                holding.account,
+                holding.block.id.serial_start - 1,
+                holding.block.id.serial_end + 1,
+            ),
+        )
+        merged: list[_Row] = []
+        for row in rows:
+            if merged and _joinable(merged[-1], row):
+                last = merged.pop()
+                db.execute("DELETE FROM blocks WHERE id IN (?, ?)", (last.rowid, row.rowid))
+                whole = _piece(
+                    last.holding,
+                    last.holding.block.id.serial_start,
+                    row.holding.block.id.serial_end,
+                )
+                self._insert(db, whole, last.mirror_start)
+                rowid = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                merged.append(_Row(rowid, whole, last.mirror_start))
+            else:
+                merged.append(row)
+
+    def _take(
+        self,
+        db: sqlite3.Connection,
+        account: str,
+        block_id: BlockId,
+        allowed: frozenset[UnitState],
+    ) -> _Row:
+        """The one row in ``account`` containing ``block_id``, checked to be in ``allowed``."""
+        rows = self._overlapping(db, block_id)
+        if not rows:
+            raise Rejection("UNITS_NOT_FOUND", f"no units {_describe(block_id)} at this registry")
+        for row in rows:
+            if row.holding.state not in allowed:
+                state = row.holding.state
+                if state in _TERMINAL:
+                    raise Rejection(
+                        f"UNITS_{state.value.upper()}",
+                        f"units {_describe(row.holding.block.id)} are {state.value}; "
+                        "they can never move again",
+                    )
+                raise Rejection(
+                    f"UNITS_{state.value.upper()}",
+                    f"units {_describe(row.holding.block.id)} are {state.value}",
+                )
+        for row in rows:
+            if row.holding.account == account and row.holding.block.id.contains(block_id):
+                return row
+        if all(row.holding.account != account for row in rows):
+            raise Rejection(
+                "UNITS_NOT_HELD", f"account {account} does not hold units {_describe(block_id)}"
+            )
+        raise Rejection(
+            "UNITS_NOT_ONE_BLOCK",
+            f"units {_describe(block_id)} are not held as one block in account {account}",
+        )
+
+    # -- operations -----------------------------------------------------------------------
+
+    def issue(self, operation_id: str, account: str, block: UnitBlock) -> StoredHolding:
+        """Issue ``block`` into ``account``; an overlapping issuance is refused."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            if block.program not in self.programs:
+                raise Rejection(
+                    "PROGRAM_NOT_ISSUED_HERE",
+                    f"{self.registry_id} does not issue {block.program.value} units",
+                )
+            if block.id.serial_series == self.mirror_series:
+                raise Rejection(
+                    "RESERVED_SERIES", f"series {self.mirror_series} is reserved for mirrors"
+                )
+            clash = self._overlapping(db, block.id)
+            if clash:
+                raise Rejection(
+                    "DUPLICATE_ISSUANCE",
+                    f"units {_describe(block.id)} overlap issued units "
+                    f"{_describe(clash[0].holding.block.id)}",
+                )
+            holding = StoredHolding(block=block, account=account, state=UnitState.ACTIVE)
+            self._insert(db, holding, None)
+            return holding
+
+        return self._run(
+            operation_id, "issue", {"account": account, "block": block_to_json(block)}, apply
+        )
+
+    def lock(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        expires_at: datetime,
+        transfer: str,
+    ) -> StoredHolding:
+        """Lock active units until ``expires_at`` for ``transfer``."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            if expires_at.tzinfo is None:
+                raise Rejection("LOCK_EXPIRY_NOT_UTC", "a lock expiry needs a time zone")
+            if expires_at <= now:
+                raise Rejection(
+                    "LOCK_EXPIRY_IN_PAST", f"lock expiry {expires_at} is not after {now}"
+                )
+            row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
+            return self._replace(
+                db,
+                row,
+                block_id,
+                lambda h: _with(
+                    h,
+                    UnitState.LOCKED,
+                    lock_expires_at=expires_at.astimezone(UTC),
+                    transfer=transfer,
+                ),
+            )
+
+        return self._run(
+            operation_id,
+            "lock",
+            {
+                "account": account,
+                "block": block_id_to_dict(block_id),
+                "expires_at": expires_at.isoformat(),
+                "transfer": transfer,
+            },
+            apply,
+        )
+
+    def _locked_row(
+        self, db: sqlite3.Connection, account: str, block_id: BlockId, transfer: str
+    ) -> _Row:
+        row = self._take(db, account, block_id, frozenset({UnitState.LOCKED, UnitState.ACTIVE}))
+        if row.holding.state is UnitState.ACTIVE:
+            raise Rejection("UNITS_NOT_LOCKED", f"units {_describe(block_id)} are not locked")
+        if row.holding.lock_transfer != transfer:
+            raise Rejection(
+                "LOCK_TRANSFER_MISMATCH",
+                f"units {_describe(block_id)} are locked for another transfer",
+            )
+        return row
+
+    def unlock(
+        self, operation_id: str, account: str, block_id: BlockId, transfer: str
+    ) -> StoredHolding:
+        """Release a lock held for ``transfer``; the units are active again."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            row = self._locked_row(db, account, block_id, transfer)
+            return self._replace(db, row, block_id, lambda h: _with(h, UnitState.ACTIVE))
+
+        return self._run(
+            operation_id,
+            "unlock",
+            {"account": account, "block": block_id_to_dict(block_id), "transfer": transfer},
+            apply,
+        )
+
+    def finalize(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        transfer: str,
+        *,
+        export: bool,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Complete the source side of a locked transfer: immobilize, or export the units."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            row = self._locked_row(db, account, block_id, transfer)
+            state = UnitState.EXPORTED if export else UnitState.IMMOBILIZED
+            return self._replace(
+                db,
+                row,
+                block_id,
+                lambda h: _with(h, state, transfer=transfer, details=details, lock_expires_at=None),
+            )
+
+        return self._run(
+            operation_id,
+            "finalize",
+            {
+                "account": account,
+                "block": block_id_to_dict(block_id),
+                "transfer": transfer,
+                "export": export,
+                "details": details,
+            },
+            apply,
+        )
+
+    def credit(
+        self,
+        operation_id: str,
+        account: str,
+        origin: UnitBlock,
+        origin_registry: str,
+        transfer: str,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Credit arriving units: re-activate returning units, or mirror or hold them."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            live = [
+                r
+                for r in self._overlapping(db, origin.id)
+                if r.holding.state is not UnitState.EXPORTED
+            ]
+            if any(r.holding.state is UnitState.IMMOBILIZED for r in live):
+                return self._reactivate(db, account, origin.id, details)
+            if self.credit_mode is CreditMode.RETURN_ONLY:
+                raise Rejection(
+                    "FOREIGN_UNITS_NOT_ACCEPTED",
+                    f"{self.registry_id} accepts only its own immobilized units back",
+                )
+            if self.credit_mode is CreditMode.HOLD:
+                if live:
+                    raise Rejection(
+                        "DUPLICATE_CREDIT",
+                        f"units {_describe(origin.id)} are already held here",
+                    )
+                holding = StoredHolding(
+                    block=origin,
+                    account=account,
+                    state=UnitState.ACTIVE,
+                    mirror_registry=origin_registry,
+                    details=details,
+                )
+                self._insert(db, holding, None)
+                return holding
+            mirrors = self._select(
+                db,
+                "mirror_program = ? AND mirror_series = ? AND state != 'exported' "
+                "AND mirror_start <= ? AND mirror_start + serial_end - serial_start >= ?",
+                (
+                    origin.id.program.value,
+                    origin.id.serial_series,
+                    origin.id.serial_end,
+                    origin.id.serial_start,
+                ),
+            )
+            if mirrors:
+                raise Rejection(
+                    "DUPLICATE_MIRROR",
+                    f"units {_describe(origin.id)} already have a mirror here: "
+                    f"{_describe(mirrors[0].holding.block.id)}",
+                )
+            start = self._next_serial(db, origin.id.program, origin.quantity)
+            mirror_block = origin.with_range(origin.id.serial_start, origin.id.serial_end)
+            mirror_block = _relabel(
+                mirror_block,
+                BlockId(origin.id.program, self.mirror_series, start, start + origin.quantity - 1),
+            )
+            holding = StoredHolding(
+                block=mirror_block,
+                account=account,
+                state=UnitState.ACTIVE,
+                mirror_of=origin.id,
+                mirror_registry=origin_registry,
+                details=details,
+            )
+            self._insert(db, holding, origin.id.serial_start)
+            return holding
+
+        return self._run(
+            operation_id,
+            "credit",
+            {
+                "account": account,
+                "origin": block_to_json(origin),
+                "origin_registry": origin_registry,
+                "transfer": transfer,
+                "details": details,
+            },
+            apply,
+        )
+
+    def _reactivate(
+        self,
+        db: sqlite3.Connection,
+        account: str,
+        block_id: BlockId,
+        details: tuple[tuple[str, str], ...],
+    ) -> StoredHolding:
+        # Units this registry immobilized are coming back (their mirror was returned).
+        for row in self._overlapping(db, block_id):
+            if row.holding.state is UnitState.IMMOBILIZED and row.holding.block.id.contains(
+                block_id
+            ):
+                return self._replace(
+                    db,
+                    row,
+                    block_id,
+                    lambda h: _with(h, UnitState.ACTIVE, account=account, details=details),
+                )
+        raise Rejection(
+            "UNITS_NOT_IMMOBILIZED",
+            f"units {_describe(block_id)} are not one immobilized block at this registry",
+        )
+
+    def reactivate(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        transfer: str,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Release immobilized units back to ``account`` (their mirror was returned)."""
+
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            return self._reactivate(db, account, block_id, details)
+
+        return self._run(
+            operation_id,
+            "reactivate",
+            {
+                "account": account,
+                "block": block_id_to_dict(block_id),
+                "transfer": transfer,
+                "details": details,
+            },
+            apply,
+        )
+
+    def _next_serial(self, db: sqlite3.Connection, program: Program, quantity: int) -> int:
+        name = f"mirror:{program.value}"
+        row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        last = 0 if row is None else int(row[0])
+        db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+            (name, last + quantity, last + quantity),
+        )
+        return last + 1
+
+    def _terminate(
+        self,
+        operation_id: str,
+        method: str,
+        state: UnitState,
+        account: str,
+        block_id: BlockId,
+        details: tuple[tuple[str, str], ...],
+    ) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
+            return self._replace(db, row, block_id, lambda h: _with(h, state, details=details))
+
+        return self._run(
+            operation_id,
+            method,
+            {"account": account, "block": block_id_to_dict(block_id), "details": details},
+            apply,
+        )
+
+    def retire(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Retire active units (terminal), recording ``details`` (beneficiary, claim)."""
+        return self._terminate(
+            operation_id, "retire", UnitState.RETIRED, account, block_id, details
+        )
+
+    def surrender(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Surrender active units for compliance (terminal)."""
+        return self._terminate(
+            operation_id, "surrender", UnitState.SURRENDERED, account, block_id, details
+        )
+
+    def cancel(
+        self,
+        operation_id: str,
+        account: str,
+        block_id: BlockId,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> StoredHolding:
+        """Cancel active units (terminal)."""
+        return self._terminate(
+            operation_id, "cancel", UnitState.CANCELLED, account, block_id, details
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _read(self, where: str, args: Sequence[Any]) -> list[StoredHolding]:
+        with self._transaction() as db:
+            self._expire_locks(db, self._clock())
+            return [row.holding for row in self._select(db, where, args)]
+
+    def find(self, block_id: BlockId) -> list[StoredHolding]:
+        """Every row overlapping ``block_id``, exported ones included."""
+        return self._read(
+            "program = ? AND series = ? AND serial_start <= ? AND serial_end >= ?",
+            (
+                block_id.program.value,
+                block_id.serial_series,
+                block_id.serial_end,
+                block_id.serial_start,
+            ),
+        )
+
+    def holdings(self, account: str = "", *, include_exported: bool = False) -> list[StoredHolding]:
+        """Rows of one account (or all), without exported ones unless asked."""
+        where = "1 = 1" if include_exported else "state != 'exported'"
+        if account:
+            return self._read(f"{where} AND account = ?", (account,))
+        return self._read(where, ())
+
+    def totals(self) -> list[tuple[Program, UnitState, int]]:
+        """Units held per program and state (exported units are no longer held here)."""
+        with self._transaction() as db:
+            self._expire_locks(db, self._clock())
+            rows = db.execute(
+                "SELECT program, state, SUM(serial_end - serial_start + 1) FROM blocks "
+                "WHERE state != 'exported' GROUP BY program, state ORDER BY program, state"
+            ).fetchall()
+        return [(Program(p), UnitState(s), int(q)) for p, s, q in rows]
+
+
+def _describe(block_id: BlockId) -> str:
+    series = f"{block_id.serial_series}:" if block_id.serial_series else ""
+    return f"{block_id.program.value}/{series}{block_id.serial_start}-{block_id.serial_end}"
+
+
+def _relabel(block: UnitBlock, block_id: BlockId) -> UnitBlock:
+    return dataclasses.replace(block, id=block_id)
+
+
+def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
+    """``held`` over ``start..end``: a piece of it, or (merging) it grown to the right."""
+    block_id = BlockId(held.block.id.program, held.block.id.serial_series, start, end)
+    mirror = held.mirror_of
+    if mirror is not None:
+        offset = start - held.block.id.serial_start
+        mirror = BlockId(
+            mirror.program,
+            mirror.serial_series,
+            mirror.serial_start + offset,
+            mirror.serial_start + offset + block_id.quantity - 1,
+        )
+    return dataclasses.replace(held, block=_relabel(held.block, block_id), mirror_of=mirror)
+
+
+def _mirror_start(row: _Row, start: int) -> int | None:
+    if row.mirror_start is None:
+        return None
+    return row.mirror_start + start - row.holding.block.id.serial_start
+
+
+def _joinable(left: _Row, right: _Row) -> bool:
+    a, b = left.holding, right.holding
+    if a.block.id.serial_end + 1 != b.block.id.serial_start:
+        return False
+    if attributes_to_json(a.block) != attributes_to_json(b.block):
+        return False
+    if (a.mirror_of is None) != (b.mirror_of is None) or a.mirror_registry != b.mirror_registry:
+        return False
+    if a.mirror_of is not None and b.mirror_of is not None:
+        return (
+            a.mirror_of.program == b.mirror_of.program
+            and a.mirror_of.serial_series == b.mirror_of.serial_series
+            and a.mirror_of.serial_end + 1 == b.mirror_of.serial_start
+        )
+    return True
+
+
+def _with(
+    holding: StoredHolding,
+    state: UnitState,
+    *,
+    lock_expires_at: datetime | None = None,
+    transfer: str = "",
+    account: str | None = None,
+    details: tuple[tuple[str, str], ...] | None = None,
+) -> StoredHolding:
+    return dataclasses.replace(
+        holding,
+        state=state,
+        lock_expires_at=lock_expires_at,
+        lock_transfer=transfer,
+        account=holding.account if account is None else account,
+        details=holding.details if details is None else details,
+    )

@@ -1,0 +1,139 @@
+"""The one retry policy of every registry adapter, applied where the adapter is built.
+
+Only :class:`RegistryUnavailable` is retried: a registry that answered (even with a
+refusal) has spoken, and every mutating call carries an operation id, so repeating it
+after a lost reply returns the first result instead of applying it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from registry_bridge.errors import RegistryUnavailable
+from registry_bridge.port import (
+    BlockStatusRequest,
+    CancelRequest,
+    CreditRequest,
+    FinalizeRequest,
+    IssueRequest,
+    ListHoldingsRequest,
+    LockRequest,
+    ProgramTotal,
+    RegistryHolding,
+    RegistryPort,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient registry failures are retried."""
+
+    attempts: int = 5
+    """Calls in all, the first included."""
+    initial_wait_s: float = 0.1
+    """First backoff, in seconds; it doubles per attempt."""
+    max_wait_s: float = 2.0
+    """Cap of one backoff, in seconds."""
+    jitter_s: float = 0.1
+    """Random extra per backoff, in seconds, so retrying clients spread out."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.initial_wait_s < 0 or self.max_wait_s < 0 or self.jitter_s < 0:
+            raise ValueError("retry waits must be >= 0")
+
+    def retrying(self) -> Retrying:
+        """A tenacity controller for this policy (re-raises the last error when spent)."""
+        return Retrying(
+            retry=retry_if_exception_type(RegistryUnavailable),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self.initial_wait_s, max=self.max_wait_s, jitter=self.jitter_s
+            ),
+            reraise=True,
+        )
+
+
+class RetryingRegistry:
+    """A :class:`RegistryPort` that retries another one's transient failures.
+
+    Args:
+        inner: The adapter to wrap.
+        policy: The retry policy.
+    """
+
+    def __init__(self, inner: RegistryPort, policy: RetryPolicy) -> None:
+        self._inner = inner
+        self._policy = policy
+
+    @property
+    def registry_id(self) -> str:
+        """The wrapped registry's id."""
+        return self._inner.registry_id
+
+    @property
+    def inner(self) -> RegistryPort:
+        """The wrapped adapter."""
+        return self._inner
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        return self._policy.retrying()(operation)
+
+    def issue(self, request: IssueRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.issue`."""
+        return self._call(lambda: self._inner.issue(request))
+
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """See :meth:`RegistryPort.block_status`."""
+        return self._call(lambda: self._inner.block_status(request))
+
+    def lock(self, request: LockRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.lock`."""
+        return self._call(lambda: self._inner.lock(request))
+
+    def unlock(self, request: UnlockRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.unlock`."""
+        return self._call(lambda: self._inner.unlock(request))
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.finalize`."""
+        return self._call(lambda: self._inner.finalize(request))
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.credit`."""
+        return self._call(lambda: self._inner.credit(request))
+
+    def retire(self, request: RetireRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.retire`."""
+        return self._call(lambda: self._inner.retire(request))
+
+    def surrender(self, request: SurrenderRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.surrender`."""
+        return self._call(lambda: self._inner.surrender(request))
+
+    def cancel(self, request: CancelRequest) -> RegistryHolding:
+        """See :meth:`RegistryPort.cancel`."""
+        return self._call(lambda: self._inner.cancel(request))
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """See :meth:`RegistryPort.list_holdings`."""
+        return self._call(lambda: self._inner.list_holdings(request))
+
+    def totals(self) -> Sequence[ProgramTotal]:
+        """See :meth:`RegistryPort.totals`."""
+        return self._call(self._inner.totals)

@@ -1,0 +1,341 @@
+"""The Hong Kong / Macau venue adapter: the canonical port over a venue's native API.
+
+A venue holds units of other programs under their original serials, so a canonical block
+is a venue ``SerialRange`` as it is.  Canonical -> venue: issue is ``DepositUnits``, lock
+``EarmarkForSettlement``, unlock ``ReleaseEarmark``, finalize ``SettleDelivery`` (keep in
+custody, or deliver out), credit ``ReceiveDelivery`` (the origin block is held as it is),
+retire ``RetireOnBehalf``, cancel ``CancelUnits``; venues have no compliance surrender.
+Every settlement records its settlement currency, configured per adapter (HKEX Core
+Climate settles in HKD or RMB, the Macau exchange in MOP).  The block translation lives
+here once; the emulator reuses it to read its own wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import grpc
+
+from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
+from adapters._pb.registries.hkmo.v1 import hkmo_pb2_grpc as pb_grpc
+from adapters.client_core import (
+    from_iso_date,
+    from_rfc3339,
+    invoke,
+    not_supported,
+    to_rfc3339,
+)
+from registry_bridge.model import (
+    Authorization,
+    BlockId,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
+from registry_bridge.port import (
+    BlockStatusRequest,
+    CancelRequest,
+    CreditRequest,
+    FinalizeDisposition,
+    FinalizeRequest,
+    IssueRequest,
+    ListHoldingsRequest,
+    LockRequest,
+    ProgramTotal,
+    RegistryHolding,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+
+REGISTRY_ID = "hkmo"
+
+SETTLEMENT_CURRENCIES = ("HKD", "RMB", "MOP")
+
+STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
+    pb.AVAILABLE: HoldingStatus.ACTIVE,
+    pb.EARMARKED: HoldingStatus.LOCKED,
+    pb.IN_CUSTODY: HoldingStatus.BRIDGED,
+    pb.RETIRED: HoldingStatus.RETIRED,
+    pb.CANCELLED: HoldingStatus.CANCELLED,
+    pb.SURRENDERED: HoldingStatus.SURRENDERED,
+}
+
+
+def range_to_native(block_id: BlockId) -> pb.SerialRange:
+    """A canonical block id as a venue serial range."""
+    return pb.SerialRange(
+        program=block_id.program.value,
+        series=block_id.serial_series,
+        first_serial=block_id.serial_start,
+        last_serial=block_id.serial_end,
+    )
+
+
+def range_from_native(native: pb.SerialRange) -> BlockId:
+    """The canonical id of a venue serial range.
+
+    Raises:
+        ValueError: Unknown program, or an empty or reversed range.
+    """
+    return BlockId(Program(native.program), native.series, native.first_serial, native.last_serial)
+
+
+def units_to_native(block: UnitBlock) -> pb.Units:
+    """A canonical block as venue units."""
+    auth = block.authorization
+    return pb.Units(
+        range=range_to_native(block.id),
+        project_id=block.project_id,
+        country=block.country,
+        region=block.region,
+        vintage_from=block.vintage_start.isoformat(),
+        vintage_to=block.vintage_end.isoformat(),
+        project_type=block.project_type,
+        methodology=block.methodology,
+        gas=block.gas,
+        gwp_basis=block.gwp_basis,
+        issuance_id=block.issuance_id,
+        labels=sorted(block.labels),
+        authorization=None
+        if auth is None
+        else pb.Authorization(
+            letter_id=auth.letter_id,
+            host_country=auth.host_country,
+            authorized_uses=sorted(auth.authorized_uses),
+            issued_on=auth.issued_on.isoformat(),
+        ),
+        corresponding_adjustment=block.corresponding_adjustment.value,
+        origin_serial_attributes=[pb.Attribute(key=k, value=v) for k, v in block.native_attributes],
+    )
+
+
+def units_from_native(native: pb.Units) -> UnitBlock:
+    """The canonical block of venue units.
+
+    Raises:
+        ValueError: A field is malformed.
+    """
+    auth = None
+    if native.HasField("authorization"):
+        auth = Authorization(
+            letter_id=native.authorization.letter_id,
+            host_country=native.authorization.host_country,
+            authorized_uses=frozenset(native.authorization.authorized_uses),
+            issued_on=date.fromisoformat(native.authorization.issued_on),
+        )
+    return UnitBlock(
+        id=range_from_native(native.range),
+        project_id=native.project_id,
+        country=native.country,
+        vintage_start=from_iso_date(native.vintage_from),
+        vintage_end=from_iso_date(native.vintage_to),
+        region=native.region,
+        project_type=native.project_type,
+        methodology=native.methodology,
+        gas=native.gas or "CO2",
+        gwp_basis=native.gwp_basis,
+        issuance_id=native.issuance_id,
+        authorization=auth,
+        corresponding_adjustment=CorrespondingAdjustment(
+            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
+        ),
+        labels=frozenset(native.labels),
+        native_attributes=tuple((a.key, a.value) for a in native.origin_serial_attributes),
+    )
+
+
+class VenueClient:
+    """A Hong Kong or Macau venue behind :class:`registry_bridge.port.RegistryPort`.
+
+    Args:
+        channel: A gRPC channel to the venue's native API.
+        timeout_s: Deadline of each call, in seconds.
+        settlement_currency: Recorded with each settlement: ``HKD``, ``RMB`` or ``MOP``.
+
+    Raises:
+        ValueError: An unknown settlement currency.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout_s: float = 5.0,
+        settlement_currency: str = "HKD",
+    ) -> None:
+        if settlement_currency not in SETTLEMENT_CURRENCIES:
+            raise ValueError(
+                f"settlement currency must be one of {SETTLEMENT_CURRENCIES}, "
+                f"not {settlement_currency!r}"
+            )
+        self._stub = pb_grpc.CarbonVenueStub(channel)
+        self._timeout_s = timeout_s
+        self._currency = pb.SettlementCurrency.Value(settlement_currency)
+
+    @property
+    def registry_id(self) -> str:
+        """``"hkmo"``."""
+        return REGISTRY_ID
+
+    def _holding(self, native: pb.Position) -> RegistryHolding:
+        status = STATE_TO_CANONICAL.get(native.state)
+        if status is None:
+            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
+            # adapters/verra/client.py.
+            status = HoldingStatus.CANCELLED
+        return RegistryHolding(
+            block=units_from_native(native.units),
+            account=native.client_account,
+            status=status,
+            lock_expires_at=from_rfc3339(native.earmark_until),
+        )
+
+    def issue(self, request: IssueRequest) -> RegistryHolding:
+        """List units onto the venue (``DepositUnits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.DepositUnits,
+            pb.DepositUnitsRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                units=units_to_native(request.block),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def _positions(self, request: pb.QueryPositionsRequest) -> Sequence[RegistryHolding]:
+        native = invoke(REGISTRY_ID, self._stub.QueryPositions, request, self._timeout_s)
+        return tuple(self._holding(p) for p in native.positions if p.state != pb.DELIVERED_OUT)
+
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """Positions overlapping the block (``QueryPositions``)."""
+        return self._positions(pb.QueryPositionsRequest(overlapping=range_to_native(request.block)))
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """Positions of one client account or all (``QueryPositions``)."""
+        return self._positions(pb.QueryPositionsRequest(client_account=request.account))
+
+    def lock(self, request: LockRequest) -> RegistryHolding:
+        """Earmark units for a pending settlement (``EarmarkForSettlement``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.EarmarkForSettlement,
+            pb.EarmarkForSettlementRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                range=range_to_native(request.block),
+                earmark_until=to_rfc3339(request.expires_at),
+                settlement_reference=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def unlock(self, request: UnlockRequest) -> RegistryHolding:
+        """Release an earmark (``ReleaseEarmark``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ReleaseEarmark,
+            pb.ReleaseEarmarkRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                range=range_to_native(request.block),
+                settlement_reference=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Settle the delivery: keep in custody, or deliver out (``SettleDelivery``)."""
+        mode = (
+            pb.KEEP_IN_CUSTODY
+            if request.disposition is FinalizeDisposition.IMMOBILIZE
+            else pb.DELIVER_OUT
+        )
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.SettleDelivery,
+            pb.SettleDeliveryRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                range=range_to_native(request.block),
+                settlement_reference=request.transfer,
+                mode=mode,
+                counterparty_registry=request.destination_registry,
+                settlement_currency=self._currency,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        """Receive delivered units into a client account (``ReceiveDelivery``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ReceiveDelivery,
+            pb.ReceiveDeliveryRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                units=units_to_native(request.origin),
+                origin_registry=request.origin_registry,
+                settlement_reference=request.transfer,
+                settlement_currency=self._currency,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def retire(self, request: RetireRequest) -> RegistryHolding:
+        """Retire units on behalf of a beneficiary (``RetireOnBehalf``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RetireOnBehalf,
+            pb.RetireOnBehalfRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                range=range_to_native(request.block),
+                beneficiary=request.beneficiary,
+                claim=request.claim_text,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def surrender(self, request: SurrenderRequest) -> RegistryHolding:
+        """Voluntary venues have no compliance surrender.
+
+        Raises:
+            RegistryRejected: Always, with code ``NOT_SUPPORTED``.
+        """
+        raise not_supported(REGISTRY_ID, "compliance surrender")
+
+    def cancel(self, request: CancelRequest) -> RegistryHolding:
+        """Cancel units (``CancelUnits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.CancelUnits,
+            pb.CancelUnitsRequest(
+                operation_id=request.operation_id,
+                client_account=request.account,
+                range=range_to_native(request.block),
+                reason=request.reason,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def totals(self) -> Sequence[ProgramTotal]:
+        """Quantities per program and position state (``VenueTotals``)."""
+        native = invoke(
+            REGISTRY_ID, self._stub.VenueTotals, pb.VenueTotalsRequest(), self._timeout_s
+        )
+        return tuple(
+            ProgramTotal(Program(t.program), STATE_TO_CANONICAL[t.state], t.quantity)
+            for t in native.totals
+            if t.state in STATE_TO_CANONICAL
+        )

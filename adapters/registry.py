@@ -1,0 +1,134 @@
+"""The table of registries carbonlink links, and how to build an adapter for one.
+
+The gateway wires its adapters once at start-up::
+
+    adapter = build_adapter("verra", "registry.example:50051", RetryPolicy(attempts=5))
+
+and tests start the matching emulator in-process (port 0) from the same table::
+
+    running = start_emulator(REGISTRIES["verra"].emulator())
+    adapter = build_adapter("verra", running.target)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import grpc
+
+from adapters.emulator_core import EmulatorSpec
+from adapters.retry import RetryingRegistry, RetryPolicy
+from registry_bridge.errors import NotFound
+from registry_bridge.model import Program
+from registry_bridge.port import RegistryPort
+
+ClientFactory = Callable[..., RegistryPort]
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One registry: its adapter, its emulator and how people know it."""
+
+    registry_id: str
+    display_name: str
+    programs: tuple[Program, ...]
+    """Programs whose units the registry holds natively (issues, or holds as a venue)."""
+    serial_format: str
+    """One line describing the registry's serial format."""
+    package: str
+    """The adapter package under ``adapters/``."""
+    client_class: str
+    """The client class in ``adapters/<package>/client.py``."""
+
+    def client(self, channel: grpc.Channel, timeout_s: float = 5.0) -> RegistryPort:
+        """A client of the registry's native API over ``channel`` (without retries)."""
+        module = importlib.import_module(f"adapters.{self.package}.client")
+        factory: ClientFactory = getattr(module, self.client_class)
+        return factory(channel, timeout_s=timeout_s)
+
+    def emulator(self) -> EmulatorSpec:
+        """The registry's emulator spec."""
+        module = importlib.import_module(f"adapters.{self.package}.emulator")
+        spec: EmulatorSpec = module.SPEC
+        return spec
+
+
+REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
+    {
+        entry.registry_id: entry
+        for entry in (
+            RegistryEntry(
+                "verra",
+                "Verra Registry (VCS)",
+                (Program.VCS,),
+                "batch-start-end-VCS-VCU-vvb-VER-CC-type-project-DDMMYYYY-DDMMYYYY-flag",
+                "verra",
+                "VerraClient",
+            ),
+            RegistryEntry(
+                "national",
+                "China national registry (CEA and CCER)",
+                (Program.CEA, Program.CCER),
+                "DES-style unit block: originating program, start, end (adapters.national)",
+                "national",
+                "NationalClient",
+            ),
+            RegistryEntry(
+                "hkmo",
+                "Hong Kong and Macau voluntary carbon venues",
+                (Program.VCS, Program.GS, Program.CCER, Program.BRI_ITMO),
+                "the originating program's serial, held as it is",
+                "hkmo",
+                "VenueClient",
+            ),
+        )
+    }
+)
+"""Every registry by id."""
+
+
+def entry(registry_id: str) -> RegistryEntry:
+    """The table entry of ``registry_id``.
+
+    Raises:
+        NotFound: No registry has that id.
+    """
+    try:
+        return REGISTRIES[registry_id]
+    except KeyError as exc:
+        raise NotFound(f"registry {registry_id}") from exc
+
+
+def build_adapter(
+    registry_id: str,
+    target: str,
+    retry: RetryPolicy | None = None,
+    *,
+    timeout_s: float = 5.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> RegistryPort:
+    """Build the adapter of ``registry_id`` talking to ``target``, with the retry policy.
+
+    Args:
+        registry_id: A key of :data:`REGISTRIES`.
+        target: ``host:port`` of the registry's native API.
+        retry: The retry policy (default :class:`RetryPolicy`).
+        timeout_s: Deadline of each native call, in seconds.
+        credentials: TLS credentials; ``None`` opens an insecure channel (emulators).
+
+    Returns:
+        The adapter, retrying transient failures.
+
+    Raises:
+        NotFound: No registry has that id.
+    """
+    registry = entry(registry_id)
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        else grpc.secure_channel(target, credentials)
+    )
+    return RetryingRegistry(registry.client(channel, timeout_s), retry or RetryPolicy())

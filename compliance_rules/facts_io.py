@@ -85,10 +85,10 @@ class _Obj:
         if not isinstance(value, Mapping):
             raise FactsError(path, f"must be an object, got {type(value).__name__}")
         unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            raise FactsError(f"{path}.{unknown[0]}", "unknown field")
         self.value = value
         self.path = path
+        if unknown:
+            raise FactsError(self.at(unknown[0]), "unknown field")
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key

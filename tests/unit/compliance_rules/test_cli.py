@@ -1,0 +1,249 @@
+"""The ``carbonlink rules`` commands, called in-process."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from gateway import cli_rules
+
+FACTS = """
+entity: {entity_id: E-1, compliance_year: 2024, verified_emissions: 110000,
+         allowances_due: 100000}
+blocks:
+  - serial_start: 1
+    serial_end: 6000
+    vintage_start: 2022-01-01
+    vintage_end: 2022-12-31
+    project: {program: CCER, project_id: C-1, country: CN, region: Gansu,
+              project_type: wind, construction_start: 2015-01-01}
+"""
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="carbonlink")
+    cli_rules.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["rules", *argv])
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    args = _parse(*argv)
+    out, err = io.StringIO(), io.StringIO()
+    code: int = args.handler(args, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_validate_builtin_packs() -> None:
+    code, out, err = _run(
+        "validate",
+        "shenzhen",
+        "national",
+        "guangdong",
+        "hkmo",
+        "corsia",
+        "article6-bri",
+        "baseline",
+    )
+    assert code == 0, err
+    assert out.count("valid (") == 7
+
+
+def test_validate_reports_every_error_with_its_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "pack: Bad Name\ntitle: t\nrule_id_prefix: CR-X-\nrole: scheme\n"
+        "versions:\n  - {effective_from: 2020-01-01, description: d, uses: [compliance],\n"
+        "     gwp: {report: AR5, horizon_years: 100, confidence: sure, note: n,\n"
+        "           table: {CO2: 1}}, rules: []}\n",
+        encoding="utf-8",
+    )
+    code, out, err = _run("validate", "shenzhen", str(bad))
+    assert code == 1
+    assert "shenzhen: valid" in out
+    assert "$.pack:" in err
+    assert "$.versions[0].gwp.report:" in err
+    assert "$.versions[0].gwp.confidence:" in err
+    assert "invalid (3 error(s))" in err
+
+
+def test_validate_unknown_pack(tmp_path: Path) -> None:
+    code, _, err = _run("validate", str(tmp_path / "nope.yaml"))
+    assert code == 1
+    assert "neither a built-in rule pack" in err
+
+
+def test_evaluate_json_denial(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(FACTS, encoding="utf-8")
+    code, out, err = _run(
+        "evaluate",
+        "--pack",
+        "national",
+        "--use",
+        "compliance",
+        "--facts",
+        str(facts),
+        "--clock",
+        "2025-06-01",
+        "--json",
+    )
+    assert code == 1, err
+    view = json.loads(out)
+    assert view["allowed"] is False
+    (violation,) = view["violations"]
+    assert violation["rule_id"] == "CR-NAT-0002"
+    assert violation["source"]["document"]
+    assert violation["message"]
+    assert violation["details"]["limit"] == 5000
+    assert violation["details"]["asked"] == 6000
+
+
+def test_evaluate_json_facts_allowed(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.json"
+    facts.write_text(
+        json.dumps(
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 10,
+                        "vintage_start": "2019-01-01",
+                        "vintage_end": "2019-12-31",
+                        "project": {"program": "VCS", "project_id": "1060", "country": "ID"},
+                    }
+                ],
+                "destination_country": "HK",
+            }
+        ),
+        encoding="utf-8",
+    )
+    code, out, err = _run(
+        "evaluate",
+        "--pack",
+        "hkmo",
+        "--use",
+        "listing",
+        "--facts",
+        str(facts),
+        "--clock",
+        "2024-01-01",
+    )
+    assert code == 0, err
+    assert out.startswith("ALLOWED by hkmo")
+
+
+def test_evaluate_defaults_the_clock_at_the_edge(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(FACTS, encoding="utf-8")
+    args = _parse(
+        "evaluate",
+        "--pack",
+        "national",
+        "--use",
+        "voluntary_retirement",
+        "--facts",
+        str(facts),
+        "--json",
+    )
+    out = io.StringIO()
+    code = cli_rules.handle_evaluate(args, stdout=out, stderr=io.StringIO(), today=date(2025, 1, 1))
+    assert code == 1
+    assert json.loads(out.getvalue())["violations"][0]["rule_id"] == "CR-ENGINE-0002"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("blocks: [{serial_start: -1}]", "field blocks[0].project"),
+        (
+            "blocks:\n  - {serial_start: x, serial_end: 2, vintage_start: 2020-01-01,\n"
+            "     vintage_end: 2020-01-02, project: {program: VCS, project_id: a, country: KE}}",
+            "field blocks[0].serial_start",
+        ),
+        ("entity: {}\nblocks: []", "field entity."),
+        ("blocks: [unclosed", "not valid YAML"),
+    ],
+)
+def test_evaluate_bad_facts_exit_2(tmp_path: Path, content: str, needle: str) -> None:
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(content, encoding="utf-8")
+    code, out, err = _run(
+        "evaluate",
+        "--pack",
+        "national",
+        "--use",
+        "compliance",
+        "--facts",
+        str(facts),
+        "--clock",
+        "2025-06-01",
+    )
+    assert code == 2
+    assert needle in err
+    assert out == ""
+
+
+def test_evaluate_bad_arguments_exit_2(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(FACTS, encoding="utf-8")
+    base = ["evaluate", "--facts", str(facts)]
+    assert _run(*base, "--pack", "mars", "--use", "compliance")[0] == 2
+    assert _run(*base, "--pack", "national", "--use", "hoarding")[0] == 2
+    assert _run(*base, "--pack", "national", "--use", "compliance", "--clock", "soon")[0] == 2
+    early = tmp_path / "early.yaml"
+    early.write_text(FACTS.replace("compliance_year: 2024", "compliance_year: 2019"), "utf-8")
+    code, _, err = _run(
+        "evaluate",
+        "--facts",
+        str(early),
+        "--pack",
+        "national",
+        "--use",
+        "compliance",
+        "--clock",
+        "2025-06-01",
+    )
+    assert code == 2 and "no version in force on 2019-12-31" in err
+    missing = _run(
+        "evaluate",
+        "--pack",
+        "national",
+        "--use",
+        "compliance",
+        "--facts",
+        str(tmp_path / "none.yaml"),
+    )
+    assert missing[0] == 2 and "cannot read" in missing[2]
+
+
+def test_evaluate_listing(tmp_path: Path) -> None:
+    facts = tmp_path / "listing.yaml"
+    facts.write_text(
+        "project: {program: VCS, project_id: '1060', country: CN, project_type: wind,\n"
+        "          registrations: [{program: CCER, project_id: C-9,\n"
+        "                           issued_periods: [{start: 2021-03-01, end: 2021-04-01}]}]}\n"
+        "periods: [{start: 2021-01-01, end: 2021-12-31}]\n",
+        encoding="utf-8",
+    )
+    code, out, _ = _run(
+        "evaluate",
+        "--pack",
+        "shenzhen",
+        "--use",
+        "listing",
+        "--facts",
+        str(facts),
+        "--clock",
+        "2024-06-01",
+        "--listing",
+        "--json",
+    )
+    assert code == 1
+    view = json.loads(out)
+    assert view["refused"] is True
+    assert view["refusals"][0]["rule_id"] == "CR-DC-0002"

@@ -1,0 +1,442 @@
+"""Engine behaviour beyond the rule cases: fail-closed, surrenders, listings, invariants."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compliance_rules
+from compliance_rules import (
+    Block,
+    BlockRef,
+    CaStatus,
+    EntityYear,
+    FactsError,
+    GecStatus,
+    HoldingStatus,
+    KnownBlock,
+    ListingFacts,
+    OffsetUse,
+    Period,
+    Project,
+    Registration,
+    TransferFacts,
+    Use,
+    co2e,
+    evaluate_listing,
+    evaluate_surrender,
+    evaluate_transfer,
+    load_builtin,
+    offset_limits,
+    parse_transfer,
+)
+from compliance_rules.rules import EMPTY_RULE_SET, NO_BLOCKS, AllOf, Context
+
+CLOCK = date(2025, 6, 1)
+GANSU_WIND = Project(
+    program="CCER",
+    project_id="CCER-1",
+    country="CN",
+    region="Gansu",
+    project_type="wind",
+    construction_start=date(2015, 1, 1),
+)
+YEAR = Period(date(2022, 1, 1), date(2022, 12, 31))
+
+
+def ccer(start: int, end: int, **changes: Any) -> Block:
+    block = Block(BlockRef("CCER", "", start, end), GANSU_WIND, YEAR)
+    return dataclasses.replace(block, **changes)
+
+
+def entity(**changes: Any) -> EntityYear:
+    base = EntityYear("E-1", 2024, verified_emissions=110_000, allowances_due=100_000)
+    return dataclasses.replace(base, **changes)
+
+
+def test_an_empty_rule_set_fails_closed() -> None:
+    version = load_builtin("national").version_for(CLOCK)
+    facts = TransferFacts(Use.COMPLIANCE, (ccer(1, 10),), "CN")
+    found = AllOf([]).evaluate(Context.for_transfer(facts, CLOCK, version))
+    assert [v.rule_id for v in found] == [EMPTY_RULE_SET]
+
+
+def test_a_request_without_blocks_is_denied() -> None:
+    facts = TransferFacts(Use.COMPLIANCE, (), "CN", entity())
+    decision = evaluate_transfer(load_builtin("national"), facts, CLOCK)
+    assert not decision.allowed
+    assert decision.rule_ids == (NO_BLOCKS,)
+
+
+def test_surrender_over_the_limit_carries_limit_used_and_asked() -> None:
+    used = (OffsetUse("CCER", 4_000),)
+    decision = evaluate_surrender(
+        load_builtin("national"), entity(offsets_surrendered=used), [ccer(1, 1_500)], CLOCK
+    )
+    assert not decision.allowed
+    (violation,) = decision.violations
+    assert violation.rule_id == "CR-NAT-0002"
+    assert violation.detail_value("limit") == 5_000
+    assert violation.detail_value("already_used") == 4_000
+    assert violation.detail_value("asked") == 1_500
+    assert violation.blocks == (BlockRef("CCER", "", 1, 1_500),)
+
+
+def test_surrender_within_the_limit_is_allowed() -> None:
+    used = (OffsetUse("CCER", 4_000),)
+    decision = evaluate_surrender(
+        load_builtin("national"), entity(offsets_surrendered=used), [ccer(1, 1_000)], CLOCK
+    )
+    assert decision.allowed, decision.violations
+
+
+def test_offset_limits_reports_headroom() -> None:
+    used = (OffsetUse("CCER", 1_200), OffsetUse("VCS", 99))
+    (status,) = offset_limits(load_builtin("national"), entity(offsets_surrendered=used))
+    assert (status.limit, status.already_used, status.remaining) == (5_000, 1_200, 3_800)
+    (gd,) = offset_limits(load_builtin("guangdong"), entity(compliance_year=2023))
+    assert gd.limit == 10_999  # strictly below 10% of 110,000
+
+
+def test_all_violations_are_returned_across_blocks() -> None:
+    hydro = dataclasses.replace(GANSU_WIND, project_type="hydro", country="VN")
+    blocks = (ccer(1, 10, project=hydro), ccer(20, 30, gec_status="traded"))
+    facts = TransferFacts(Use.COMPLIANCE, blocks, "CN", entity(), ())
+    decision = evaluate_transfer(load_builtin("national"), facts, CLOCK)
+    assert decision.rule_ids == ("CR-NAT-0003",)
+    facts = dataclasses.replace(
+        facts, known_blocks=(KnownBlock(BlockRef("CCER", "", 5, 25), HoldingStatus.RETIRED),)
+    )
+    decision = evaluate_transfer(load_builtin("national"), facts, CLOCK)
+    assert decision.rule_ids == ("CR-DC-0003", "CR-NAT-0003")
+    assert len([v for v in decision.violations if v.rule_id == "CR-DC-0003"]) == 2
+
+
+def test_decisions_name_the_unconfirmed_figures_they_rest_on() -> None:
+    sza = Block(
+        BlockRef("SZA", "", 1, 10),
+        Project("SZA", "SZA-2023", "CN", "Guangdong", "Shenzhen"),
+        Period(date(2023, 1, 1), date(2023, 12, 31)),
+    )
+    facts = TransferFacts(Use.COMPLIANCE, (sza,), "CN", entity(compliance_year=2023))
+    decision = evaluate_transfer(load_builtin("shenzhen"), facts, CLOCK)
+    assert decision.allowed
+    assert "shenzhen:offset_limit_share" in decision.unconfirmed_params
+
+
+def test_listing_refuses_a_project_already_issued_elsewhere() -> None:
+    vcs = Project(
+        "VCS",
+        "1060",
+        "CN",
+        project_type="wind",
+        registrations=(
+            Registration("CCER", "CCER-9", (Period(date(2021, 6, 1), date(2021, 8, 1)),)),
+        ),
+    )
+    listing = ListingFacts(vcs, (YEAR, Period(date(2021, 1, 1), date(2021, 12, 31))))
+    decision = evaluate_listing(load_builtin("shenzhen"), listing, CLOCK)
+    assert decision.refused
+    assert decision.eligible_uses == ()
+    assert [v.rule_id for v in decision.refusals] == ["CR-DC-0002"]
+    clean = ListingFacts(dataclasses.replace(vcs, registrations=()), (YEAR,))
+    decision = evaluate_listing(load_builtin("shenzhen"), clean, CLOCK)
+    assert not decision.refused
+    assert decision.eligible_uses == (Use.LISTING, Use.VOLUNTARY_RETIREMENT)
+    compliance = next(u for u in decision.uses if u.use is Use.COMPLIANCE)
+    assert "CR-SZ-0006" in compliance.conditions  # offset limits are checked per surrender
+    json.dumps(decision.to_json())
+
+
+def test_co2e_is_exact() -> None:
+    assert co2e("SF6", Decimal("0.1"), {"SF6": 23_500}) == Decimal("2350.0")
+
+
+def test_non_co2_conversion_boundary_and_json_without_floats() -> None:
+    pack = load_builtin("national")
+    within = ccer(1, 294, gas="CH4", gas_amount=Decimal("10.5"))  # 10.5 x 28 = 294
+    facts = TransferFacts(Use.COMPLIANCE, (within,), "CN", entity())
+    assert evaluate_transfer(pack, facts, CLOCK).allowed
+    over = ccer(1, 295, gas="CH4", gas_amount=Decimal("10.5"))
+    view = evaluate_transfer(pack, dataclasses.replace(facts, blocks=(over,)), CLOCK).to_json()
+    assert view["allowed"] is False
+    (violation,) = view["violations"]
+    assert violation["details"] == {
+        "gas_amount": "10.5",
+        "gwp": 28,
+        "co2e": "294.0",
+        "quantity": 295,
+    }
+    json.loads(json.dumps(view), parse_float=lambda _: pytest.fail("float in decision JSON"))
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ({}, "blocks"),
+        ({"blocks": [{"serial_start": 1}]}, "blocks[0].project"),
+        (
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 0,
+                        "vintage_start": "2020-01-01",
+                        "vintage_end": "2020-12-31",
+                        "project": {"program": "VCS", "project_id": "1", "country": "KE"},
+                    }
+                ]
+            },
+            "blocks[0].serial_end",
+        ),
+        (
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 2,
+                        "quantity": 3,
+                        "vintage_start": "2020-01-01",
+                        "vintage_end": "2020-12-31",
+                        "project": {"program": "VCS", "project_id": "1", "country": "KE"},
+                    }
+                ]
+            },
+            "blocks[0].quantity",
+        ),
+        (
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 2,
+                        "gas_amount": 0.5,
+                        "vintage_start": "2020-01-01",
+                        "vintage_end": "2020-12-31",
+                        "project": {"program": "VCS", "project_id": "1", "country": "KE"},
+                    }
+                ]
+            },
+            "blocks[0].gas_amount",
+        ),
+        (
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 2,
+                        "vintage_start": "2020-13-01",
+                        "vintage_end": "2020-12-31",
+                        "project": {"program": "VCS", "project_id": "1", "country": "KE"},
+                    }
+                ]
+            },
+            "blocks[0].vintage_start",
+        ),
+        (
+            {
+                "blocks": [
+                    {
+                        "serial_start": 1,
+                        "serial_end": 2,
+                        "vintage_start": "2020-01-01",
+                        "vintage_end": "2020-12-31",
+                        "ca_status": "done",
+                        "project": {"program": "VCS", "project_id": "1", "country": "KEN"},
+                    }
+                ]
+            },
+            "blocks[0].project.country",
+        ),
+        ({"blocks": [], "entity": {"entity_id": "E"}}, "entity.compliance_year"),
+        ({"blocks": [], "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_facts_name_the_field(document: dict[str, Any], field: str) -> None:
+    with pytest.raises(FactsError) as info:
+        parse_transfer(document, "compliance")
+    assert info.value.field == field
+
+
+def test_unknown_use_is_a_facts_error() -> None:
+    with pytest.raises(FactsError) as info:
+        parse_transfer({"blocks": []}, "hoarding")
+    assert info.value.field == "use"
+
+
+# --- invariants ----------------------------------------------------------------------------
+
+_programs = st.sampled_from(["CCER", "VCS", "CEA", "SZA"])
+_types = st.sampled_from(["wind", "hydro", "solar_thermal", "energy_efficiency"])
+
+
+@st.composite
+def _blocks(draw: st.DrawFn) -> Block:
+    program = draw(_programs)
+    start = draw(st.integers(0, 200))
+    end = start + draw(st.integers(0, 60))
+    project = Project(
+        program,
+        draw(st.sampled_from(["P1", "P2"])),
+        draw(st.sampled_from(["CN", "KE"])),
+        draw(st.sampled_from(["Gansu", "Guangdong"])),
+        project_type=draw(_types),
+        construction_start=draw(st.sampled_from([None, date(2011, 1, 1), date(2016, 1, 1)])),
+    )
+    return Block(
+        BlockRef(program, "", start, end),
+        project,
+        YEAR,
+        ca_status=draw(st.sampled_from(list(CaStatus))),
+        gec_status=draw(st.sampled_from([GecStatus.NONE, GecStatus.TRADED])),
+    )
+
+
+_known = st.builds(
+    lambda program, start, length, status: KnownBlock(
+        BlockRef(program, "", start, start + length), status
+    ),
+    _programs,
+    st.integers(0, 200),
+    st.integers(0, 30),
+    st.sampled_from(list(HoldingStatus)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    blocks=st.lists(_blocks(), min_size=1, max_size=6),
+    known=st.lists(_known, max_size=5),
+    used=st.integers(0, 6_000),
+    pack=st.sampled_from(["national", "shenzhen", "guangdong"]),
+    data=st.data(),
+)
+def test_decision_does_not_depend_on_the_order_of_facts(
+    blocks: list[Block], known: list[KnownBlock], used: int, pack: str, data: st.DataObject
+) -> None:
+    the_entity = entity(offsets_surrendered=(OffsetUse("CCER", used, "CN", "Guangdong"),))
+    facts = TransferFacts(Use.COMPLIANCE, tuple(blocks), "CN", the_entity, tuple(known))
+    shuffled = dataclasses.replace(
+        facts,
+        blocks=tuple(data.draw(st.permutations(blocks))),
+        known_blocks=tuple(data.draw(st.permutations(known))),
+    )
+    first = evaluate_transfer(load_builtin(pack), facts, CLOCK)
+    second = evaluate_transfer(load_builtin(pack), shuffled, CLOCK)
+    assert first == second
+    assert first.allowed is (not first.violations)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks=st.lists(_blocks(), min_size=1, max_size=5), extra=_blocks())
+def test_adding_a_block_never_removes_a_violation(blocks: list[Block], extra: Block) -> None:
+    """Deny-overrides is monotone: more units can only add reasons to refuse."""
+    pack = load_builtin("national")
+    facts = TransferFacts(Use.COMPLIANCE, tuple(blocks), "CN", entity())
+    before = evaluate_transfer(pack, facts, CLOCK)
+    after = evaluate_transfer(pack, dataclasses.replace(facts, blocks=(*blocks, extra)), CLOCK)
+    assert set(before.rule_ids) <= set(after.rule_ids)
+
+
+@given(share_used=st.integers(0, 10_000), asked=st.integers(1, 10_000))
+def test_offset_limit_boundary(share_used: int, asked: int) -> None:
+    the_entity = entity(offsets_surrendered=(OffsetUse("CCER", share_used),))
+    decision = evaluate_surrender(load_builtin("national"), the_entity, [ccer(1, asked)], CLOCK)
+    assert ("CR-NAT-0002" in decision.rule_ids) is (share_used + asked > 5_000)
+
+
+# --- purity and API ------------------------------------------------------------------------
+
+PACKAGE = Path(compliance_rules.__file__).parent
+
+
+def test_package_imports_nothing_from_the_layers_above() -> None:
+    forbidden = ("gateway", "adapters", "registry_bridge", "grpc", "sqlalchemy")
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_rules_never_read_the_clock() -> None:
+    for name in ("checks.py", "rules.py", "engine.py"):
+        text = (PACKAGE / name).read_text(encoding="utf-8")
+        assert "today(" not in text and "now(" not in text, name
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(compliance_rules.__all__) == sorted(
+        [
+            "BUILTIN_PACKS",
+            "Authorization",
+            "Block",
+            "BlockRef",
+            "CaStatus",
+            "ComplianceRulesError",
+            "Confidence",
+            "Decision",
+            "DocumentError",
+            "EngineInvariantError",
+            "EntityYear",
+            "FactsError",
+            "GecStatus",
+            "HoldingStatus",
+            "Issue",
+            "KnownBlock",
+            "ListingDecision",
+            "ListingFacts",
+            "NoVersionInForceError",
+            "OffsetLimitStatus",
+            "OffsetUse",
+            "PackError",
+            "PackInvalidError",
+            "PackNotFoundError",
+            "Period",
+            "Project",
+            "Registration",
+            "RulePack",
+            "Source",
+            "TransferFacts",
+            "Use",
+            "UseEligibility",
+            "Violation",
+            "co2e",
+            "evaluate_listing",
+            "evaluate_surrender",
+            "evaluate_transfer",
+            "load_builtin",
+            "load_pack",
+            "offset_limits",
+            "parse_listing",
+            "parse_transfer",
+        ]
+    )
+    for name in compliance_rules.__all__:
+        assert hasattr(compliance_rules, name)
+
+
+def test_errors_share_one_root() -> None:
+    for name in (
+        "DocumentError",
+        "FactsError",
+        "PackInvalidError",
+        "PackNotFoundError",
+        "NoVersionInForceError",
+        "EngineInvariantError",
+    ):
+        assert issubclass(getattr(compliance_rules, name), compliance_rules.ComplianceRulesError)

@@ -1,0 +1,195 @@
+"""Pack loading: schema checks, semantic checks, version choice, every error reported."""
+
+from __future__ import annotations
+
+import copy
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compliance_rules import (
+    BUILTIN_PACKS,
+    Confidence,
+    NoVersionInForceError,
+    PackInvalidError,
+    PackNotFoundError,
+    load_builtin,
+    load_pack,
+)
+from compliance_rules.loader import build_pack, pack_schema, parse_document
+
+
+def _minimal() -> dict[str, Any]:
+    return {
+        "pack": "demo",
+        "title": "Demo",
+        "rule_id_prefix": "CR-DEMO-",
+        "role": "scheme",
+        "versions": [
+            {
+                "effective_from": "2020-01-01",
+                "description": "first",
+                "uses": ["compliance"],
+                "parameters": {
+                    "share": {"value": Decimal("0.05"), "confidence": "secondary", "note": "n"},
+                    "unknown": {"value": None, "confidence": "unconfirmed", "note": "not found"},
+                },
+                "gwp": {
+                    "report": "IPCC AR5",
+                    "horizon_years": 100,
+                    "confidence": "unconfirmed",
+                    "note": "n",
+                    "table": {"CO2": 1, "CH4": 28},
+                },
+                "rules": [
+                    {
+                        "id": "CR-DEMO-0001",
+                        "kind": "accepted_programs",
+                        "message": "m",
+                        "source": {"document": "d", "clause": "c", "confidence": "secondary"},
+                        "uses": ["compliance"],
+                        "params": {"programs": ["CCER"]},
+                    },
+                    {
+                        "id": "CR-DEMO-0002",
+                        "kind": "offset_limit",
+                        "message": "m",
+                        "source": {"document": "d", "clause": "c", "confidence": "secondary"},
+                        "uses": ["compliance"],
+                        "params": {
+                            "basis": "allowances_due",
+                            "share": {"param": "share"},
+                            "strict": False,
+                            "programs": ["CCER"],
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def _issues(doc: Any) -> list[tuple[str, str]]:
+    with pytest.raises(PackInvalidError) as info:
+        build_pack(doc, origin="test")
+    return [(i.path, i.message) for i in info.value.issues]
+
+
+@pytest.mark.parametrize("name", BUILTIN_PACKS)
+def test_builtin_packs_load(name: str) -> None:
+    pack = load_builtin(name)
+    assert pack.name == name
+    assert pack.versions == tuple(sorted(pack.versions, key=lambda v: v.effective_from))
+    for version in pack.versions:
+        assert version.gwp.report.startswith("IPCC AR")
+        assert version.gwp.table["CO2"] == 1
+        for rule in version.rules:
+            assert rule.rule_id.startswith(pack.rule_id_prefix)
+            assert rule.source.document and rule.source.clause
+
+
+def test_minimal_pack_resolves_parameters_to_decimals() -> None:
+    pack = build_pack(_minimal(), origin="test")
+    (version,) = pack.versions
+    assert version.rules[1].params["share"] == Decimal("0.05")
+    assert isinstance(version.rules[1].params["share"], Decimal)
+
+
+def test_reals_in_yaml_are_decimals_never_floats() -> None:
+    doc = parse_document("a: 0.1\nb: [1.5, 2]\nc: 2023-01-01\n")
+    assert doc == {"a": Decimal("0.1"), "b": [Decimal("1.5"), 2], "c": "2023-01-01"}
+    assert parse_document('{"a": 0.1}', json_only=True) == {"a": Decimal("0.1")}
+
+
+def test_every_schema_error_is_reported_with_its_path() -> None:
+    doc = _minimal()
+    del doc["title"]
+    doc["versions"][0]["rules"][0]["kind"] = "no_such_kind"
+    doc["versions"][0]["rules"][1]["id"] = "bad id"
+    doc["versions"][0]["gwp"]["table"]["CO2"] = 2
+    paths = {path for path, _ in _issues(doc)}
+    assert {
+        "$",
+        "$.versions[0].rules[0].kind",
+        "$.versions[0].rules[1].id",
+        "$.versions[0].gwp.table.CO2",
+    } <= paths
+
+
+def test_semantic_errors_are_all_reported() -> None:
+    doc = _minimal()
+    version = doc["versions"][0]
+    version["effective_from"] = "2020-02-30"
+    version["rules"][1]["params"]["share"] = {"param": "nope"}
+    version["rules"][1]["id"] = "CR-DEMO-0001"
+    version["rules"][0]["uses"] = ["corsia"]
+    found = _issues(doc)
+    paths = [p for p, _ in found]
+    assert "$.versions[0].effective_from" in paths
+    assert "$.versions[0].rules[1].params.share" in paths
+    assert "$.versions[0].rules[1].id" in paths
+    assert "$.versions[0].rules[0].uses" in paths
+    assert "$.versions[0].rules" in paths  # no accepted_programs rule left for compliance
+
+
+def test_a_rule_may_not_use_an_unknown_figure() -> None:
+    doc = _minimal()
+    doc["versions"][0]["rules"][1]["params"]["share"] = {"param": "unknown"}
+    messages = [m for p, m in _issues(doc) if p == "$.versions[0].rules[1].params.share"]
+    assert any("unknown" in m for m in messages)
+
+
+def test_kind_params_are_checked_after_resolution() -> None:
+    doc = _minimal()
+    doc["versions"][0]["parameters"]["share"]["value"] = Decimal("1.5")
+    assert ("$.versions[0].rules[1].params.share") in {p for p, _ in _issues(doc)}
+
+
+def test_versions_must_ascend() -> None:
+    doc = _minimal()
+    doc["versions"].append(copy.deepcopy(doc["versions"][0]))
+    assert ("$.versions[1].effective_from") in {p for p, _ in _issues(doc)}
+
+
+def test_unconfirmed_parameters_are_carried_by_rules() -> None:
+    pack = load_builtin("shenzhen")
+    limit = next(r for r in pack.version_for(date(2023, 12, 31)).rules if r.rule_id == "CR-SZ-0006")
+    assert limit.unconfirmed_params == ("offset_limit_programs", "offset_limit_share")
+    figure = pack.version_for(date(2023, 12, 31)).parameters["offset_limit_share"]
+    assert figure.confidence is Confidence.UNCONFIRMED
+
+
+def test_every_unknown_figure_is_marked_unconfirmed() -> None:
+    for name in BUILTIN_PACKS:
+        for version in load_builtin(name).versions:
+            for parameter in version.parameters.values():
+                if parameter.value is None:
+                    assert parameter.confidence is Confidence.UNCONFIRMED, parameter.name
+
+
+def test_version_for_picks_the_rules_in_force() -> None:
+    pack = load_builtin("shenzhen")
+    assert pack.version_for(date(2022, 6, 30)).effective_from == date(2015, 6, 2)
+    assert pack.version_for(date(2022, 7, 1)).effective_from == date(2022, 7, 1)
+    with pytest.raises(NoVersionInForceError):
+        pack.version_for(date(2015, 6, 1))
+
+
+def test_load_pack_by_path_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("pack: [unclosed\n", encoding="utf-8")
+    with pytest.raises(PackInvalidError) as info:
+        load_pack(str(path))
+    assert info.value.issues[0].path == "$"
+    assert isinstance(info.value.__cause__, Exception)
+    with pytest.raises(PackNotFoundError):
+        load_pack(str(tmp_path / "missing.yaml"))
+    with pytest.raises(PackNotFoundError):
+        load_builtin("atlantis")
+
+
+def test_schema_is_a_valid_2020_12_schema() -> None:
+    assert pack_schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"

@@ -217,6 +217,7 @@ class Store:
         # One connection used under one lock: sqlite serializes writers anyway, and the
         # overlap checks must see the state their own transaction will change.
         self._lock = threading.RLock()
+        self._depth = 0
         self._db = sqlite3.connect(
             ":memory:" if path is None else str(path),
             check_same_thread=False,
@@ -234,13 +235,33 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:
+                # Inside atomic(): the outer transaction commits or rolls back everything.
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Run several operations as one: if any raises, none of them happened.
+
+        Used by imports, where a file with one bad row must import nothing.
+        """
+        with self._transaction():
+            yield
 
     def _run(
         self,

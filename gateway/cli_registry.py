@@ -1,0 +1,85 @@
+"""The registry emulator commands of ``carbonlink``.
+
+``carbonlink emulate <registry> --listen HOST:PORT --data DIR [--faults FILE]`` serves an
+emulated registry's native API until SIGTERM or SIGINT;
+``carbonlink registry import <registry> FILE --data DIR`` loads a registry export into
+that registry's emulator store.  ``register`` adds both to the main parser; each handler
+is the ``handler`` default of its namespace and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from adapters.emulator_core import FaultConfig, RunningEmulator, run_emulator
+from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
+from adapters.registry import REGISTRIES
+from adapters.serial_errors import RegistryFormatError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``emulate`` and ``registry import`` to the ``carbonlink`` parser."""
+    emulate = subparsers.add_parser("emulate", help="serve an emulated registry's native API")
+    emulate.add_argument("registry", choices=sorted(REGISTRIES), help="the registry")
+    emulate.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
+    emulate.add_argument("--data", required=True, type=Path, help="directory of the store")
+    emulate.add_argument("--faults", type=Path, help="YAML fault-injection settings")
+    emulate.set_defaults(handler=handle_emulate)
+
+    registry = subparsers.add_parser("registry", help="work with emulated registry data")
+    commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    imp = commands.add_parser("import", help="load a registry export into an emulator store")
+    imp.add_argument("registry", choices=sorted(REGISTRIES), help="the registry")
+    imp.add_argument("file", type=Path, help="the export (CSV)")
+    imp.add_argument("--data", required=True, type=Path, help="directory of the store")
+    imp.set_defaults(handler=handle_import)
+
+
+def handle_emulate(args: argparse.Namespace) -> int:
+    """Serve the emulator until SIGTERM or SIGINT."""
+    faults = None
+    if args.faults is not None:
+        try:
+            faults = FaultConfig.from_yaml(args.faults)
+        except (OSError, ValueError) as exc:
+            print(f"carbonlink emulate: bad fault settings: {exc}", file=sys.stderr)
+            return 2
+
+    def started(running: RunningEmulator) -> None:
+        print(f"emulating {args.registry} on {running.target}", flush=True)
+
+    spec = REGISTRIES[args.registry].emulator()
+    try:
+        run_emulator(spec, args.listen, args.data, faults, on_started=started)
+    except OSError as exc:
+        print(f"carbonlink emulate: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def handle_import(args: argparse.Namespace) -> int:
+    """Import an export file; on a bad row report its line and import nothing."""
+    source = str(args.file)
+    try:
+        rows = read_export(args.registry, args.file)
+    except RegistryFormatError as exc:
+        print(f"carbonlink registry import: {exc}; nothing imported", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"carbonlink registry import: {exc}", file=sys.stderr)
+        return 2
+    store = REGISTRIES[args.registry].emulator().open_store(args.data)
+    try:
+        report = import_rows(store, rows, source)
+    except ImportRowRejected as exc:
+        print(f"carbonlink registry import: {exc}; nothing imported", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"imported {report.imported} of {report.rows} rows into {args.registry} "
+        f"({report.already_present} already present)"
+    )
+    return 0

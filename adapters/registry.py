@@ -69,6 +69,14 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "VerraClient",
             ),
             RegistryEntry(
+                "gold-standard",
+                "Gold Standard Impact Registry (VER)",
+                (Program.GS,),
+                "GS serial: GS1-1-CC-GSnnnn-type-YYYY-batch-first-last",
+                "gold_standard",
+                "GoldStandardClient",
+            ),
+            RegistryEntry(
                 "national",
                 "China national registry (CEA and CCER)",
                 (Program.CEA, Program.CCER),

@@ -133,9 +133,7 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
             )
             return _holding(held)
 
-    def Retire(
-        self, request: pb.RetireRequest, context: grpc.ServicerContext
-    ) -> pb.VcuHolding:
+    def Retire(self, request: pb.RetireRequest, context: grpc.ServicerContext) -> pb.VcuHolding:
         """Retire VCUs for a beneficiary."""
         with native_rules(context):
             held = self._store.retire(
@@ -149,9 +147,7 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
             )
             return _holding(held)
 
-    def Cancel(
-        self, request: pb.CancelRequest, context: grpc.ServicerContext
-    ) -> pb.VcuHolding:
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.VcuHolding:
         """Cancel VCUs."""
         with native_rules(context):
             held = self._store.cancel(

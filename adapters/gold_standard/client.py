@@ -1,0 +1,370 @@
+"""The Gold Standard adapter: the canonical port over the GS Impact Registry's native API.
+
+Canonical -> Gold Standard: lock is ``InitiateTransfer`` (the "pending transfer" state,
+with an expiry), unlock ``WithdrawTransfer``, finalize ``CompleteTransfer`` (immobilize,
+or transfer out), credit ``AcceptReturn`` (GS accepts only its own immobilized credits
+back), retire ``RetireCredits`` (beneficiary and use), cancel ``CancelCredits``; GS has no
+compliance surrender.  Blocks travel as GS serial numbers, written and read with the Gold
+Standard serial codec; a part of a block is named by issuance batch and credit numbers.
+
+The block translation lives here once; the emulator reuses it to read its own wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import grpc
+
+from adapters import serials
+from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
+from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
+from adapters.client_core import (
+    from_rfc3339,
+    invoke,
+    not_supported,
+    to_rfc3339,
+)
+from registry_bridge.errors import RegistryRejected
+from registry_bridge.model import (
+    Authorization,
+    BlockId,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
+from registry_bridge.port import (
+    BlockStatusRequest,
+    CancelRequest,
+    CreditRequest,
+    FinalizeDisposition,
+    FinalizeRequest,
+    IssueRequest,
+    ListHoldingsRequest,
+    LockRequest,
+    ProgramTotal,
+    RegistryHolding,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+
+REGISTRY_ID = "gold-standard"
+
+STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
+    pb.CREDIT_STATUS_ISSUED: HoldingStatus.ACTIVE,
+    pb.CREDIT_STATUS_PENDING_TRANSFER: HoldingStatus.LOCKED,
+    pb.CREDIT_STATUS_IMMOBILIZED: HoldingStatus.BRIDGED,
+    pb.CREDIT_STATUS_RETIRED: HoldingStatus.RETIRED,
+    pb.CREDIT_STATUS_CANCELLED: HoldingStatus.CANCELLED,
+}
+
+
+def authorization_to_native(auth: Authorization | None) -> pb.ArticleSixAuthorization | None:
+    """An authorization as Gold Standard's Article 6 record (``None`` for none)."""
+    if auth is None:
+        return None
+    return pb.ArticleSixAuthorization(
+        letter_id=auth.letter_id,
+        host_country=auth.host_country,
+        authorized_uses=sorted(auth.authorized_uses),
+        issued_on=auth.issued_on.isoformat(),
+    )
+
+
+def block_to_native(block: UnitBlock) -> pb.CreditBlock:
+    """A canonical GS block as a Gold Standard credit block (serial written by the codec).
+
+    Raises:
+        SerialEncodeError: The block cannot be spelled as a GS serial.
+    """
+    return pb.CreditBlock(
+        serial_number=serials.format_serial(REGISTRY_ID, block),
+        project_type=block.project_type,
+        methodology=block.methodology,
+        region=block.region,
+        gas=block.gas,
+        gwp_basis=block.gwp_basis,
+        labels=sorted(block.labels),
+        article_six_authorization=authorization_to_native(block.authorization),
+        corresponding_adjustment=block.corresponding_adjustment.value,
+        monitoring_period_start=block.vintage_start.isoformat(),
+        monitoring_period_end=block.vintage_end.isoformat(),
+        number_of_credits=block.quantity,
+    )
+
+
+def block_from_native(credits: pb.CreditBlock) -> UnitBlock:
+    """The canonical block of a Gold Standard credit block.
+
+    Raises:
+        SerialFormatError: The serial number is malformed.
+        ValueError: Another field is malformed.
+    """
+    parsed = serials.parse_serial(REGISTRY_ID, credits.serial_number)
+    auth = None
+    if credits.HasField("article_six_authorization"):
+        auth = Authorization(
+            letter_id=credits.article_six_authorization.letter_id,
+            host_country=credits.article_six_authorization.host_country,
+            authorized_uses=frozenset(credits.article_six_authorization.authorized_uses),
+            issued_on=date.fromisoformat(credits.article_six_authorization.issued_on),
+        )
+    return UnitBlock(
+        id=parsed.id,
+        project_id=parsed.project_id,
+        country=parsed.country,
+        vintage_start=parsed.vintage_start,
+        vintage_end=parsed.vintage_end,
+        region=credits.region,
+        project_type=credits.project_type,
+        methodology=credits.methodology,
+        gas=credits.gas or "CO2",
+        gwp_basis=credits.gwp_basis,
+        issuance_id=parsed.issuance_id,
+        authorization=auth,
+        corresponding_adjustment=CorrespondingAdjustment(
+            credits.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
+        ),
+        labels=frozenset(credits.labels),
+        native_attributes=parsed.native_attributes,
+    )
+
+
+def range_to_native(block_id: BlockId) -> pb.CreditRange:
+    """A GS block id as a credit range (batch, first, last).
+
+    Raises:
+        ValueError: The block is not a GS block of a batch.
+    """
+    if block_id.program is not Program.GS or not block_id.serial_series:
+        raise ValueError(f"Gold Standard holds only GS units of a batch, not {block_id}")
+    return pb.CreditRange(
+        issuance_batch=block_id.serial_series,
+        first_credit=block_id.serial_start,
+        last_credit=block_id.serial_end,
+    )
+
+
+def range_from_native(credit_range: pb.CreditRange) -> BlockId:
+    """The canonical id of a credit range.
+
+    Raises:
+        ValueError: The range is empty or reversed.
+    """
+    return BlockId(
+        Program.GS, credit_range.issuance_batch, credit_range.first_credit, credit_range.last_credit
+    )
+
+
+class GoldStandardClient:
+    """The Gold Standard registry behind :class:`registry_bridge.port.RegistryPort`.
+
+    Args:
+        channel: A gRPC channel to a Gold Standard native API.
+        timeout_s: Deadline of each call, in seconds.
+    """
+
+    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
+        self._stub = pb_grpc.GoldStandardRegistryStub(channel)
+        self._timeout_s = timeout_s
+
+    @property
+    def registry_id(self) -> str:
+        """``"gold-standard"``."""
+        return REGISTRY_ID
+
+    def _holding(self, native: pb.CreditHolding) -> RegistryHolding:
+        status = STATUS_TO_CANONICAL.get(native.status)
+        if status is None:
+            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; units
+            # transferred out are no longer held here, which only a cancellation-like
+            # terminal state expresses. Asked the lead for HoldingStatus.EXPORTED.
+            status = HoldingStatus.CANCELLED
+        return RegistryHolding(
+            block=block_from_native(native.credits),
+            account=native.account_id,
+            status=status,
+            lock_expires_at=from_rfc3339(native.pending_until),
+        )
+
+    def _range(self, block_id: BlockId) -> pb.CreditRange:
+        try:
+            return range_to_native(block_id)
+        except ValueError as exc:
+            raise not_supported(REGISTRY_ID, f"operation on {block_id}") from exc
+
+    def issue(self, request: IssueRequest) -> RegistryHolding:
+        """Issue credits (``IssueCredits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.IssueCredits,
+            pb.IssueCreditsRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                credits=block_to_native(request.block),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """Holdings overlapping the block (``GetCreditBlock``), transferred-out ones omitted."""
+        if request.block.program is not Program.GS:
+            return ()
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.GetCreditBlock,
+            pb.GetCreditBlockRequest(range=self._range(request.block)),
+            self._timeout_s,
+        )
+        return tuple(
+            self._holding(h) for h in native.holdings if h.status != pb.CREDIT_STATUS_TRANSFERRED
+        )
+
+    def lock(self, request: LockRequest) -> RegistryHolding:
+        """Put credits in pending transfer (``InitiateTransfer``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.InitiateTransfer,
+            pb.InitiateTransferRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.block),
+                pending_until=to_rfc3339(request.expires_at),
+                transfer_reference=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def unlock(self, request: UnlockRequest) -> RegistryHolding:
+        """Withdraw the pending transfer (``WithdrawTransfer``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.WithdrawTransfer,
+            pb.WithdrawTransferRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.block),
+                transfer_reference=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Complete the transfer: immobilize, or transfer out (``CompleteTransfer``)."""
+        kind = (
+            pb.COMPLETION_IMMOBILIZE
+            if request.disposition is FinalizeDisposition.IMMOBILIZE
+            else pb.COMPLETION_TRANSFER_OUT
+        )
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.CompleteTransfer,
+            pb.CompleteTransferRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.block),
+                transfer_reference=request.transfer,
+                completion=kind,
+                destination_registry=request.destination_registry,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        """Take back immobilized credits (``AcceptReturn``); foreign units are refused.
+
+        Raises:
+            RegistryRejected: ``FOREIGN_UNITS_NOT_ACCEPTED`` for units of another program,
+                which the GS API cannot even name; otherwise as the registry answers.
+        """
+        if request.origin.program is not Program.GS:
+            raise RegistryRejected(
+                REGISTRY_ID,
+                "FOREIGN_UNITS_NOT_ACCEPTED",
+                f"Gold Standard holds only GS units, not {request.origin.program.value}",
+            )
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.AcceptReturn,
+            pb.AcceptReturnRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.origin.id),
+                transfer_reference=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def retire(self, request: RetireRequest) -> RegistryHolding:
+        """Retire credits for a beneficiary and a use (``RetireCredits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RetireCredits,
+            pb.RetireCreditsRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.block),
+                beneficiary=request.beneficiary,
+                use_case="voluntary",
+                note=request.claim_text,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def surrender(self, request: SurrenderRequest) -> RegistryHolding:
+        """Gold Standard has no compliance surrender.
+
+        Raises:
+            RegistryRejected: Always, with code ``NOT_SUPPORTED``.
+        """
+        raise not_supported(REGISTRY_ID, "compliance surrender")
+
+    def cancel(self, request: CancelRequest) -> RegistryHolding:
+        """Cancel credits (``CancelCredits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.CancelCredits,
+            pb.CancelCreditsRequest(
+                operation_id=request.operation_id,
+                account_id=request.account,
+                range=self._range(request.block),
+                reason=request.reason,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """Holdings of one account or all (``ListAccountCredits``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ListAccountCredits,
+            pb.ListAccountCreditsRequest(account_id=request.account),
+            self._timeout_s,
+        )
+        return tuple(
+            self._holding(h) for h in native.holdings if h.status != pb.CREDIT_STATUS_TRANSFERRED
+        )
+
+    def totals(self) -> Sequence[ProgramTotal]:
+        """Credit quantities per status (``GetTotals``)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.GetTotals,
+            pb.GetTotalsRequest(),
+            self._timeout_s,
+        )
+        return tuple(
+            ProgramTotal(Program.GS, STATUS_TO_CANONICAL[t.status], t.quantity)
+            for t in native.totals
+            if t.status in STATUS_TO_CANONICAL
+        )

@@ -1,0 +1,196 @@
+"""An emulated Gold Standard Impact Registry: its native API over an emulator store.
+
+Gold Standard issues only GS credits and accepts no foreign units: arriving units are only
+its own immobilized credits coming back (``AcceptReturn``).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
+from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
+from adapters.client_core import from_rfc3339, to_rfc3339
+from adapters.emulator_core import (
+    CreditMode,
+    EmulatorSpec,
+    Store,
+    StoredHolding,
+    UnitState,
+    native_rules,
+)
+from adapters.gold_standard.client import (
+    REGISTRY_ID,
+    block_from_native,
+    block_to_native,
+    range_from_native,
+)
+from registry_bridge.model import Program
+
+_STATUS: dict[UnitState, int] = {
+    UnitState.ACTIVE: pb.CREDIT_STATUS_ISSUED,
+    UnitState.LOCKED: pb.CREDIT_STATUS_PENDING_TRANSFER,
+    UnitState.IMMOBILIZED: pb.CREDIT_STATUS_IMMOBILIZED,
+    UnitState.RETIRED: pb.CREDIT_STATUS_RETIRED,
+    UnitState.CANCELLED: pb.CREDIT_STATUS_CANCELLED,
+    UnitState.EXPORTED: pb.CREDIT_STATUS_TRANSFERRED,
+}
+
+
+def _holding(held: StoredHolding) -> pb.CreditHolding:
+    return pb.CreditHolding(
+        credits=block_to_native(held.block),
+        account_id=held.account,
+        status=_STATUS[held.state],  # type: ignore[arg-type]
+        # NOTE(registry-adapters): mypy-protobuf types enum fields as a NewType of int.
+        pending_until=to_rfc3339(held.lock_expires_at),
+        transfer_reference=held.lock_transfer,
+        beneficiary=held.detail("beneficiary"),
+        use_case=held.detail("use"),
+        note=held.detail("note") or held.detail("reason"),
+    )
+
+
+class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
+    """Gold Standard's native operations, translated to the emulator store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def IssueCredits(
+        self, request: pb.IssueCreditsRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Issue a credit block into an account."""
+        with native_rules(context):
+            block = block_from_native(request.credits)
+            return _holding(self._store.issue(request.operation_id, request.account_id, block))
+
+    def GetCreditBlock(
+        self, request: pb.GetCreditBlockRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHoldingList:
+        """Every holding overlapping a block range."""
+        with native_rules(context):
+            found = self._store.find(range_from_native(request.range))
+            return pb.CreditHoldingList(holdings=[_holding(h) for h in found])
+
+    def InitiateTransfer(
+        self, request: pb.InitiateTransferRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Put credits in pending transfer."""
+        with native_rules(context):
+            until = from_rfc3339(request.pending_until)
+            if until is None:
+                raise ValueError("hold_until is required")
+            held = self._store.lock(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                until,
+                request.transfer_reference,
+            )
+            return _holding(held)
+
+    def WithdrawTransfer(
+        self, request: pb.WithdrawTransferRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Withdraw a pending transfer."""
+        with native_rules(context):
+            held = self._store.unlock(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                request.transfer_reference,
+            )
+            return _holding(held)
+
+    def CompleteTransfer(
+        self, request: pb.CompleteTransferRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Immobilize pending credits, or transfer them out."""
+        with native_rules(context):
+            if request.completion == pb.COMPLETION_UNSPECIFIED:
+                raise ValueError("kind is required")
+            held = self._store.finalize(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                request.transfer_reference,
+                export=request.completion == pb.COMPLETION_TRANSFER_OUT,
+                details=(("destination_registry", request.destination_registry),),
+            )
+            return _holding(held)
+
+    def AcceptReturn(
+        self, request: pb.AcceptReturnRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Take back immobilized credits."""
+        with native_rules(context):
+            held = self._store.reactivate(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                request.transfer_reference,
+            )
+            return _holding(held)
+
+    def RetireCredits(
+        self, request: pb.RetireCreditsRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Retire credits for a beneficiary and a use."""
+        with native_rules(context):
+            held = self._store.retire(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                (
+                    ("beneficiary", request.beneficiary),
+                    ("use", request.use_case),
+                    ("note", request.note),
+                ),
+            )
+            return _holding(held)
+
+    def CancelCredits(
+        self, request: pb.CancelCreditsRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHolding:
+        """Cancel credits."""
+        with native_rules(context):
+            held = self._store.cancel(
+                request.operation_id,
+                request.account_id,
+                range_from_native(request.range),
+                (("reason", request.reason),),
+            )
+            return _holding(held)
+
+    def ListAccountCredits(
+        self, request: pb.ListAccountCreditsRequest, context: grpc.ServicerContext
+    ) -> pb.CreditHoldingList:
+        """Holdings of one account, or of all."""
+        with native_rules(context):
+            held = self._store.holdings(request.account_id)
+            return pb.CreditHoldingList(holdings=[_holding(h) for h in held])
+
+    def GetTotals(self, request: pb.GetTotalsRequest, context: grpc.ServicerContext) -> pb.Totals:
+        """Credit quantities per status."""
+        with native_rules(context):
+            totals = [
+                pb.StatusTotal(status=_STATUS[state], quantity=quantity)  # type: ignore[arg-type]
+                # NOTE(registry-adapters): enum NewType, as above.
+                for program, state, quantity in self._store.totals()
+                if program is Program.GS
+            ]
+            return pb.Totals(totals=totals)
+
+
+def _add_servicer(server: grpc.Server, store: Store) -> None:
+    pb_grpc.add_GoldStandardRegistryServicer_to_server(GoldStandardServicer(store), server)
+
+
+SPEC = EmulatorSpec(
+    registry_id=REGISTRY_ID,
+    programs=frozenset({Program.GS}),
+    credit_mode=CreditMode.RETURN_ONLY,
+    add_servicer=_add_servicer,
+)
+"""The emulated Gold Standard registry (see :func:`adapters.emulator_core.start_emulator`)."""

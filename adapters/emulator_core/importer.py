@@ -3,7 +3,8 @@
 The Verra VCU export and the Gold Standard issuance and retirement exports are read with
 the serial helper's export readers (a bad row is refused with its line, before anything is
 written); each row is issued into the import account, and a retired or cancelled row is
-then retired or cancelled, all in one transaction: a row the registry refuses (an
+then retired or cancelled (a retirement row inside an already imported issuance retires
+that part of it), all in one transaction: a row the registry refuses (an
 overlapping serial, say) is reported with its line number and nothing is imported.
 Operation ids derive from the serial, so importing a file again changes nothing.
 """
@@ -114,17 +115,20 @@ def import_rows(store: Store, rows: Sequence[ImportRow], source: str) -> ImportR
     with store.atomic():
         for row in rows:
             issue_op = f"import:issue:{row.serial}"
-            fresh = store.operation(issue_op) is None
+            final_op = f"import:{row.status.value}:{row.serial}"
+            terminal = row.status in (HoldingStatus.RETIRED, HoldingStatus.CANCELLED)
+            # A retirement export names the retired part of a block an issuance export
+            # already brought in: retire that part instead of issuing it again.
+            issued_before = store.operation(issue_op) is not None
+            part_of_issued = terminal and not issued_before and bool(store.find(row.block.id))
+            fresh = store.operation(final_op if part_of_issued else issue_op) is None
             try:
-                store.issue(issue_op, IMPORT_ACCOUNT, row.block)
+                if not part_of_issued:
+                    store.issue(issue_op, IMPORT_ACCOUNT, row.block)
                 if row.status is HoldingStatus.RETIRED:
-                    store.retire(
-                        f"import:retire:{row.serial}", IMPORT_ACCOUNT, row.block.id, row.details
-                    )
+                    store.retire(final_op, IMPORT_ACCOUNT, row.block.id, row.details)
                 elif row.status is HoldingStatus.CANCELLED:
-                    store.cancel(
-                        f"import:cancel:{row.serial}", IMPORT_ACCOUNT, row.block.id, row.details
-                    )
+                    store.cancel(final_op, IMPORT_ACCOUNT, row.block.id, row.details)
             except Rejection as rejection:
                 raise ImportRowRejected(
                     source, row.line, rejection.code, rejection.message

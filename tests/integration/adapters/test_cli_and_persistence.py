@@ -87,11 +87,12 @@ def test_a_row_the_registry_refuses_imports_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = VERRA_EXPORT.read_text(encoding="utf-8-sig").splitlines(keepends=True)
-    # The first data row shifted by one serial, appended: a block overlapping it.
-    first = read_transactions(VERRA_EXPORT)[0]
+    # An issuance row shifted by one serial, appended: a block overlapping it.
+    first = next(t for t in read_transactions(VERRA_EXPORT) if t.status is HoldingStatus.ACTIVE)
     start, end = first.block.id.serial_start, first.block.id.serial_end
-    shifted = lines[1].replace(f"-{start}-{end}-", f"-{start + 1}-{end + 1}-", 1)
-    assert shifted != lines[1]
+    original = lines[first.line - 1]
+    shifted = original.replace(f"-{start}-{end}-", f"-{start + 1}-{end + 1}-", 1)
+    assert shifted != original
     dup = tmp_path / "dup.csv"
     dup.write_text("".join([*lines, shifted]), encoding="utf-8")
 
@@ -180,3 +181,31 @@ def test_emulate_serves_until_sigterm_and_keeps_its_data(tmp_path: Path) -> None
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+def test_gold_standard_retirements_retire_parts_of_imported_issuances(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapters.gold_standard.export import read_issuances, read_retirements
+
+    issued = sum(c.quantity for c in read_issuances(SAMPLES / "gold-standard" / "issuances.csv"))
+    retirements = read_retirements(SAMPLES / "gold-standard" / "retirements.csv")
+    for name in ("issuances", "retirements", "retirements"):
+        path = SAMPLES / "gold-standard" / f"{name}.csv"
+        assert (
+            run_cli("registry", "import", "gold-standard", str(path), "--data", str(tmp_path)) == 0
+        )
+    assert "(70 already present)" in capsys.readouterr().out
+
+    store = REGISTRIES["gold-standard"].emulator().open_store(tmp_path)
+    try:
+        totals = Counter({state.value: q for _, state, q in store.totals()})
+    finally:
+        store.close()
+    ended: Counter[str] = Counter()
+    for credit in retirements:
+        ended[credit.status.value] += credit.quantity
+    # Retirement rows inside an issued block retire that part; the others add their units.
+    assert totals["retired"] == ended["retired"]
+    assert totals["cancelled"] == ended["cancelled"]
+    assert totals["active"] + totals["retired"] + totals["cancelled"] >= issued

@@ -112,6 +112,9 @@ class CreditRequest:
     origin: UnitBlock
     origin_registry: str
     transfer: str
+    deadline: datetime | None = None
+    """A registry must refuse the credit after this instant (the source lock's expiry), so
+    a transfer rolled back for an expired lock can never be credited late."""
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,31 @@ agrees on the clock of record.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """An aware UTC timestamp on every backend (SQLite hands back naive ones otherwise)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -39,6 +60,143 @@ class IdempotencyRecord(Base):
     """Hash of the canonical request body, to refuse a reused id with another body."""
     response: Mapped[bytes] = mapped_column(sa.LargeBinary)
     """The serialized first response, returned again for a repeat."""
-    created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=sa.func.now())
+
+
+class LedgerBlock(Base):
+    """One holding of a run of units: a version of where a block sits and in what state.
+
+    A row is *live* while it describes the present. Splitting a block retires the row
+    (``live`` false) and inserts the pieces, so the history of a range stays readable and
+    the live rows of one program never overlap (the database enforces it: an exclusion
+    constraint on PostgreSQL, serialized writers on SQLite).
+    """
+
+    __tablename__ = "ledger_blocks"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
     )
+    program: Mapped[str] = mapped_column(sa.String(16))
+    """Program the row's serials belong to (a mirror's own serial space for mirrors)."""
+    serial_series: Mapped[str] = mapped_column(sa.String(64))
+    serial_start: Mapped[int] = mapped_column(sa.BigInteger)
+    serial_end: Mapped[int] = mapped_column(sa.BigInteger)
+    # "registry" is taken by SQLAlchemy's declarative base, hence the attribute name.
+    registry_id: Mapped[str] = mapped_column("registry", sa.String(32))
+    """Registry that holds the units now."""
+    account: Mapped[str] = mapped_column(sa.String(128))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    """active, locked, bridged, retired, cancelled or surrendered."""
+    live: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    is_mirror: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    origin_program: Mapped[str] = mapped_column(sa.String(16))
+    """For a mirror: the origin block's program; for an origin row: its own program."""
+    origin_series: Mapped[str] = mapped_column(sa.String(64))
+    origin_start: Mapped[int] = mapped_column(sa.BigInteger)
+    """Origin serial that this row's first serial stands for (a mirror maps 1:1 onto it)."""
+    attributes: Mapped[str] = mapped_column(sa.Text)
+    """The unit block's other attributes (project, vintage, ...) as canonical JSON."""
+    lock_transfer_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=sa.func.now())
+
+    __table_args__ = (
+        sa.Index("ix_ledger_blocks_live_range", "program", "serial_series", "serial_start", "live"),
+        sa.Index("ix_ledger_blocks_origin", "origin_program", "origin_series", "origin_start"),
+        sa.Index("ix_ledger_blocks_holder", "registry", "account", "live"),
+        sa.CheckConstraint("serial_end >= serial_start", name="range_ordered"),
+    )
+
+
+class TransferRecord(Base):
+    """A cross-registry transfer and where its state machine stands."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    """Client request id: one transfer per id (the database refuses a second)."""
+    body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    state: Mapped[str] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    """bridge_out (origin to mirror) or return (mirror back to the origin side)."""
+    source_registry: Mapped[str] = mapped_column(sa.String(32))
+    source_account: Mapped[str] = mapped_column(sa.String(128))
+    destination_registry: Mapped[str] = mapped_column(sa.String(32))
+    destination_account: Mapped[str] = mapped_column(sa.String(128))
+    instruction: Mapped[str] = mapped_column(sa.Text)
+    """The instruction as received, canonical JSON."""
+    plan: Mapped[str] = mapped_column(sa.Text, default="")
+    """Resolved blocks and registry legs, canonical JSON, fixed once CHECKED."""
+    decision: Mapped[str] = mapped_column(sa.Text, default="")
+    failure_reason: Mapped[str] = mapped_column(sa.Text, default="")
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    lease_owner: Mapped[str] = mapped_column(sa.String(64), default="")
+    """Gateway process driving the transfer now, so two gateways never drive one transfer."""
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (sa.Index("ix_transfers_state", "state"),)
+
+
+class TransferStepRecord(Base):
+    """One state a transfer entered, in order."""
+
+    __tablename__ = "transfer_steps"
+
+    transfer_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("transfers.id", ondelete="RESTRICT"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(sa.String(32))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class UnitUseRecord(Base):
+    """A retirement or a surrender, and the registry legs that carry it out."""
+
+    __tablename__ = "unit_uses"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    """retirement or surrender."""
+    state: Mapped[str] = mapped_column(sa.String(16))
+    """pending (legs under way), completed, or rejected."""
+    registry_id: Mapped[str] = mapped_column("registry", sa.String(32))
+    account: Mapped[str] = mapped_column(sa.String(128))
+    detail: Mapped[str] = mapped_column(sa.Text)
+    """Beneficiary, claim, entity, year, jurisdiction, blocks and legs, canonical JSON."""
+    decision: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LogHead(Base):
+    """The provenance log's size: one row, locked by every append so indexes are dense."""
+
+    __tablename__ = "log_head"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class LedgerEvent(Base):
+    """One entry of the append-only provenance log: exactly one per ledger state change."""
+
+    __tablename__ = "ledger_events"
+
+    idx: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    """Position in the log, dense from 0."""
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    """Canonical JSON of the change: the exact bytes hashed into the log."""
+    leaf_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    """RFC 9162 leaf hash: SHA-256(0x00 || payload)."""
+    transfer_id: Mapped[str] = mapped_column(sa.String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (sa.Index("ix_ledger_events_transfer", "transfer_id"),)

@@ -810,7 +810,11 @@ class Store:
         details: tuple[tuple[str, str], ...],
     ) -> StoredHolding:
         def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
-            row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
+            # Immobilized units may end too: retiring a mirror retires its origin (the
+            # immobilization model registries adopted for bridged units).
+            row = self._take(
+                db, account, block_id, frozenset({UnitState.ACTIVE, UnitState.IMMOBILIZED})
+            )
             return self._replace(db, row, block_id, lambda h: _with(h, state, details=details))
 
         return self._run(

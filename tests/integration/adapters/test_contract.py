@@ -205,8 +205,10 @@ def test_finalize_immobilize_then_the_units_come_back(harness: Harness) -> None:
         FinalizeRequest(harness.op(), ACCOUNT, part, FinalizeDisposition.IMMOBILIZE, "T1", "x")
     )
     assert (bridged.block.id, bridged.status) == (part, HoldingStatus.BRIDGED)
+    # Immobilized units cannot move; they can only come back (below) or end with their
+    # mirror (retiring a mirror retires its origin: see the next test).
     with rejected("UNITS_IMMOBILIZED"):
-        harness.adapter.retire(RetireRequest(harness.op(), ACCOUNT, part, "Acme", ""))
+        harness.adapter.lock(LockRequest(harness.op(), ACCOUNT, part, later(harness), "T2"))
 
     # The mirror elsewhere is returned: the immobilized units are active again.
     back = harness.adapter.credit(
@@ -217,6 +219,19 @@ def test_finalize_immobilize_then_the_units_come_back(harness: Harness) -> None:
         (1001, 1400): HoldingStatus.ACTIVE,
         (1401, 2000): HoldingStatus.ACTIVE,
     }
+
+
+def test_retiring_immobilized_units_ends_them(harness: Harness) -> None:
+    held = issue(harness, 1001, 2000)
+    part = sub(held.block.id, 1001, 1400)
+    harness.adapter.lock(LockRequest(harness.op(), ACCOUNT, part, later(harness), "T1"))
+    harness.adapter.finalize(
+        FinalizeRequest(harness.op(), ACCOUNT, part, FinalizeDisposition.IMMOBILIZE, "T1", "x")
+    )
+    retired = harness.adapter.retire(RetireRequest(harness.op(), ACCOUNT, part, "Acme", "claim"))
+    assert (retired.block.id, retired.status) == (part, HoldingStatus.RETIRED)
+    with rejected("UNITS_RETIRED"):
+        harness.adapter.lock(LockRequest(harness.op(), ACCOUNT, part, later(harness), "T3"))
 
 
 def test_finalize_export_takes_the_units_off_the_registry(harness: Harness) -> None:

@@ -1,0 +1,1289 @@
+"""The registry bridge: atomic, crash-safe transfers of unit blocks across registries.
+
+Each transfer runs the state machine of DESIGN.md.  A state is committed to the database
+*before* the registry calls it leads to are made, and every registry call carries an
+operation id derived from the transfer id and the step, so a call repeated after a
+timeout, a crash or a restart has exactly one effect.  Before DESTINATION_CREDITED any
+failure rolls the transfer back (the source is unlocked); after it, the transfer only
+rolls forward.
+
+Where units live: each program has an origin registry (VCS at Verra, CCER at the national
+registry...).  Custody venues (the Hong Kong and Macau venues) hold origin units on their
+own books, backed at the origin registry by the venue's account there; every other
+registry receives a *mirror* block while the origin is immobilized (Verra's model since
+2022, never "retire to bridge").
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge import ledger
+from registry_bridge.block_json import (
+    block_from_json,
+    block_id_from_dict,
+    block_id_to_dict,
+    block_to_json,
+)
+from registry_bridge.db import unit_of_work
+from registry_bridge.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    LedgerConflict,
+    NotFound,
+    PreconditionViolation,
+    RegistryRejected,
+    RegistryUnavailable,
+    RequestIdConflict,
+)
+from registry_bridge.event_log import append_event
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
+from registry_bridge.port import (
+    CreditRequest,
+    FinalizeDisposition,
+    FinalizeRequest,
+    LockRequest,
+    RegistryPort,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+from registry_bridge.schema import TransferRecord, TransferStepRecord, UnitUseRecord
+from registry_bridge.transfers import (
+    AccountRef,
+    RulesDecision,
+    RuleViolation,
+    Transfer,
+    TransferInstruction,
+    TransferKind,
+    TransferState,
+    TransferStep,
+    UnitUse,
+    UseRequest,
+    body_digest,
+)
+
+_logger = structlog.get_logger(__name__)
+
+ORIGIN_REGISTRY: Mapping[Program, str] = {
+    Program.VCS: "verra",
+    Program.GS: "gold-standard",
+    Program.CCER: "national",
+    Program.CEA: "national",
+    Program.SZ_CI: "shenzhen",
+    Program.SZA: "shenzhen",
+    Program.GD_PHCER: "guangdong",
+    Program.GDEA: "guangdong",
+    Program.BRI_ITMO: "bri",
+}
+CUSTODY_VENUES = frozenset({"hkmo"})
+
+
+def venue_account(venue: str) -> str:
+    """The account a custody venue holds its clients' units in at an origin registry."""
+    return f"venue-{venue}"
+
+
+@dataclass(frozen=True)
+class TransferCheck:
+    """What the rules are asked about a transfer."""
+
+    instruction: TransferInstruction
+    kind: TransferKind
+    blocks: tuple[UnitBlock, ...]
+    """The origin blocks whose units move."""
+    known: tuple[LedgerHolding, ...]
+    """Every live ledger row touching the same origin units, for double counting."""
+    at: datetime
+
+
+@dataclass(frozen=True)
+class UseCheck:
+    """What the rules are asked about a retirement or a surrender."""
+
+    request: UseRequest
+    blocks: tuple[UnitBlock, ...]
+    known: tuple[LedgerHolding, ...]
+    at: datetime
+
+
+class TransferRules(Protocol):
+    """The rules engine as the bridge sees it (implemented over ``compliance_rules``)."""
+
+    def check_transfer(self, check: TransferCheck) -> RulesDecision:
+        """Allow or deny a transfer with every violation."""
+        ...
+
+    def check_use(self, check: UseCheck) -> RulesDecision:
+        """Allow or deny a retirement or surrender with every violation."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One contiguous run of moving units, as planned when the transfer is CHECKED."""
+
+    source_block: BlockId
+    origin_block: BlockId
+    origin_account: str
+    block: UnitBlock
+    """The origin block's attributes over exactly this run."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source_block": block_id_to_dict(self.source_block),
+            "origin_block": block_id_to_dict(self.origin_block),
+            "origin_account": self.origin_account,
+            "block": block_to_json(self.block),
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> _Piece:
+        return _Piece(
+            source_block=block_id_from_dict(data["source_block"]),
+            origin_block=block_id_from_dict(data["origin_block"]),
+            origin_account=data["origin_account"],
+            block=block_from_json(data["block"]),
+        )
+
+
+def _ledger_violations(error: FailedPrecondition) -> tuple[RuleViolation, ...]:
+    return tuple(
+        RuleViolation(
+            rule_id=f"CL-LEDGER-{v.type}",
+            message=f"{v.subject}: {v.description}",
+            source="carbonlink ledger (DESIGN.md invariants 2-3)",
+        )
+        for v in error.violations
+    ) or (RuleViolation("CL-LEDGER", str(error), "carbonlink ledger"),)
+
+
+def _decision_json(decision: RulesDecision) -> str:
+    return json.dumps(
+        {
+            "allowed": decision.allowed,
+            "pack_versions": list(decision.pack_versions),
+            "violations": [
+                {
+                    "rule_id": v.rule_id,
+                    "message": v.message,
+                    "source": v.source,
+                    "blocks": [block_id_to_dict(b) for b in v.blocks],
+                    "details": [list(d) for d in v.details],
+                }
+                for v in decision.violations
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def _decision_from_json(text: str) -> RulesDecision | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return RulesDecision(
+        allowed=data["allowed"],
+        pack_versions=tuple(data["pack_versions"]),
+        violations=tuple(
+            RuleViolation(
+                rule_id=v["rule_id"],
+                message=v["message"],
+                source=v["source"],
+                blocks=tuple(block_id_from_dict(b) for b in v["blocks"]),
+                details=tuple((str(k), str(val)) for k, val in v["details"]),
+            )
+            for v in data["violations"]
+        ),
+    )
+
+
+def _instruction_from_json(text: str) -> TransferInstruction:
+    from decimal import Decimal
+
+    from registry_bridge.transfers import Settlement
+
+    data = json.loads(text)
+    settlement = data["settlement"]
+    return TransferInstruction(
+        source=AccountRef(**data["source"]),
+        destination=AccountRef(**data["destination"]),
+        units=tuple(block_id_from_dict(u) for u in data["units"]),
+        intended_use=data["intended_use"],
+        settlement=None
+        if settlement is None
+        else Settlement(
+            settlement["currency"], Decimal(settlement["amount"]), settlement["trade_reference"]
+        ),
+    )
+
+
+class Bridge:
+    """Drives transfers and uses of units across the wired registries."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        registries: Mapping[str, RegistryPort],
+        rules: TransferRules,
+        *,
+        clock: Callable[[], datetime],
+        lock_ttl: timedelta = timedelta(minutes=5),
+        registry_lock_grace: timedelta = timedelta(hours=24),
+        owner: str = "",
+        lease: timedelta = timedelta(minutes=1),
+    ) -> None:
+        """Build a bridge.
+
+        Args:
+            sessions: Database sessions of the ledger.
+            registries: Adapters by registry id.
+            rules: The rules engine.
+            clock: Now, as an aware datetime (injected for tests).
+            lock_ttl: How long a source lock may wait for the destination credit; past it
+                a transfer not yet credited rolls back.
+            registry_lock_grace: Extra time the registries keep the lock after the
+                gateway's own expiry, so a transfer credited just before its expiry can
+                still be finalized.
+            owner: This gateway process, for the lease on transfers it drives.
+            lease: How long a gateway's claim on driving a transfer lasts.
+        """
+        self._sessions = sessions
+        self._registries = dict(registries)
+        self._rules = rules
+        self._clock = clock
+        self._lock_ttl = lock_ttl
+        self._registry_lock_grace = registry_lock_grace
+        self._owner = owner or uuid.uuid4().hex
+        self._lease = lease
+
+    # ----------------------------------------------------------------------------- reads
+
+    @property
+    def registry_ids(self) -> tuple[str, ...]:
+        """Ids of the wired registries."""
+        return tuple(sorted(self._registries))
+
+    def get(self, transfer_id: str) -> Transfer:
+        """A transfer by id.
+
+        Raises:
+            NotFound: No such transfer.
+        """
+        with unit_of_work(self._sessions) as session:
+            record = session.get(TransferRecord, transfer_id)
+            if record is None:
+                raise NotFound(f"transfers/{transfer_id}")
+            return self._view(session, record)
+
+    def list_transfers(
+        self, offset: int, limit: int, state: TransferState | None = None, registry: str = ""
+    ) -> tuple[list[Transfer], bool]:
+        """A page of transfers, oldest first; the flag tells whether more follow."""
+        with unit_of_work(self._sessions) as session:
+            query = sa.select(TransferRecord)
+            if state is not None:
+                query = query.where(TransferRecord.state == state.value)
+            if registry:
+                query = query.where(
+                    sa.or_(
+                        TransferRecord.source_registry == registry,
+                        TransferRecord.destination_registry == registry,
+                    )
+                )
+            rows = list(
+                session.execute(
+                    query.order_by(TransferRecord.created_at, TransferRecord.id)
+                    .offset(offset)
+                    .limit(limit + 1)
+                ).scalars()
+            )
+            return [self._view(session, r) for r in rows[:limit]], len(rows) > limit
+
+    def _view(self, session: Session, record: TransferRecord) -> Transfer:
+        steps = session.execute(
+            sa.select(TransferStepRecord)
+            .where(TransferStepRecord.transfer_id == record.id)
+            .order_by(TransferStepRecord.seq)
+        ).scalars()
+        plan = json.loads(record.plan) if record.plan else {}
+        credited = tuple(block_from_json(b) for b in plan.get("credited", []))
+        return Transfer(
+            transfer_id=record.id,
+            request_id=record.request_id,
+            instruction=_instruction_from_json(record.instruction),
+            state=TransferState(record.state),
+            decision=_decision_from_json(record.decision),
+            history=tuple(TransferStep(TransferState(s.state), s.at, s.reason) for s in steps),
+            failure_reason=record.failure_reason,
+            credited_blocks=credited,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    # ------------------------------------------------------------------------ evaluation
+
+    def _validate(self, instruction: TransferInstruction) -> None:
+        problems = []
+        for name, ref in (("source", instruction.source), ("destination", instruction.destination)):
+            if ref.registry not in self._registries:
+                problems.append(
+                    (f"instruction.{name}.registry", f"registry {ref.registry!r} is not wired")
+                )
+            if not ref.account:
+                problems.append((f"instruction.{name}.account", "is required"))
+        if instruction.source.registry == instruction.destination.registry:
+            problems.append(
+                (
+                    "instruction.destination.registry",
+                    "is the source registry: carbonlink moves units across registries; "
+                    "use the registry's own internal transfer",
+                )
+            )
+        if not instruction.units:
+            problems.append(("instruction.units", "must name at least one block"))
+        for i, unit in enumerate(instruction.units):
+            for other in instruction.units[i + 1 :]:
+                if unit.overlaps(other):
+                    problems.append((f"instruction.units[{i}]", "overlaps another unit selector"))
+        if problems:
+            from registry_bridge.errors import FieldViolation
+
+            raise InvalidRequest(
+                "; ".join(f"{f}: {d}" for f, d in problems),
+                [FieldViolation(f, d) for f, d in problems],
+            )
+
+    def _plan(
+        self, session: Session, instruction: TransferInstruction
+    ) -> tuple[TransferKind, list[_Piece], list[LedgerHolding], list[LedgerHolding]]:
+        """Resolve the units to ledger rows and the pieces that move.
+
+        Returns the kind, the pieces, the source rows and every row that knows the units.
+
+        Raises:
+            FailedPrecondition: The units are not all held, active, at the source, or the
+                route is not one the bridge can take.
+        """
+        source, destination = instruction.source, instruction.destination
+        rows: list[LedgerHolding] = []
+        for unit in instruction.units:
+            rows.extend(ledger.require_holding(session, source.registry, source.account, unit))
+        mirrors = {h.is_mirror for h in rows}
+        if len(mirrors) > 1:
+            raise FailedPrecondition(
+                "a transfer cannot mix mirror units and origin units",
+                [PreconditionViolation("ROUTE", "instruction.units", "mixed mirrors and origins")],
+            )
+        kind = TransferKind.RETURN if mirrors == {True} else TransferKind.BRIDGE_OUT
+        pieces: list[_Piece] = []
+        known: list[LedgerHolding] = []
+        route_problems: list[PreconditionViolation] = []
+        for unit in instruction.units:
+            for row in rows:
+                if not row.block.id.overlaps(unit):
+                    continue
+                start = max(row.block.id.serial_start, unit.serial_start)
+                end = min(row.block.id.serial_end, unit.serial_end)
+                offset = start - row.block.id.serial_start
+                origin = BlockId(
+                    row.origin.program,
+                    row.origin.serial_series,
+                    row.origin.serial_start + offset,
+                    row.origin.serial_start + offset + (end - start),
+                )
+                origin_registry = ORIGIN_REGISTRY[origin.program]
+                source_block = BlockId(row.block.id.program, row.block.id.serial_series, start, end)
+                if kind is TransferKind.BRIDGE_OUT:
+                    if source.registry != origin_registry and source.registry not in CUSTODY_VENUES:
+                        route_problems.append(
+                            PreconditionViolation(
+                                "ROUTE",
+                                source.registry,
+                                f"holds {origin.program.value} units neither as origin nor as a "
+                                "custody venue",
+                            )
+                        )
+                        continue
+                    if (
+                        destination.registry == origin_registry
+                        or destination.registry in CUSTODY_VENUES
+                    ):
+                        route_problems.append(
+                            PreconditionViolation(
+                                "ROUTE",
+                                destination.registry,
+                                f"holds {origin.program.value} units natively; moves between an "
+                                "origin registry and its custody venues are not bridged",
+                            )
+                        )
+                        continue
+                    origin_account = (
+                        venue_account(source.registry)
+                        if source.registry in CUSTODY_VENUES
+                        else source.account
+                    )
+                    attributes = row.block.with_range(start, end)
+                    pieces.append(_Piece(source_block, origin, origin_account, attributes))
+                else:
+                    if (
+                        destination.registry != origin_registry
+                        and destination.registry not in CUSTODY_VENUES
+                    ):
+                        route_problems.append(
+                            PreconditionViolation(
+                                "ROUTE",
+                                destination.registry,
+                                "a mirror returns to its origin registry or a custody venue",
+                            )
+                        )
+                        continue
+                    for origin_row in ledger.origin_rows(session, origin):
+                        if origin_row.status is not HoldingStatus.BRIDGED:
+                            route_problems.append(
+                                PreconditionViolation(
+                                    "ORIGIN",
+                                    str(origin_row.block.id),
+                                    f"origin of a live mirror is {origin_row.status.value}",
+                                )
+                            )
+                            continue
+                        o_start = max(origin_row.block.id.serial_start, origin.serial_start)
+                        o_end = min(origin_row.block.id.serial_end, origin.serial_end)
+                        m_start = source_block.serial_start + (o_start - origin.serial_start)
+                        pieces.append(
+                            _Piece(
+                                BlockId(
+                                    source_block.program,
+                                    source_block.serial_series,
+                                    m_start,
+                                    m_start + (o_end - o_start),
+                                ),
+                                BlockId(origin.program, origin.serial_series, o_start, o_end),
+                                origin_row.account,
+                                origin_row.block.with_range(o_start, o_end),
+                            )
+                        )
+                known.extend(ledger.origin_rows(session, origin))
+                known.extend(ledger.mirrors_of(session, origin))
+        if route_problems:
+            raise FailedPrecondition(
+                "; ".join(f"{p.subject}: {p.description}" for p in route_problems), route_problems
+            )
+        return kind, pieces, rows, known
+
+    def evaluate(self, instruction: TransferInstruction) -> RulesDecision:
+        """Dry run: the decision a transfer would get now; nothing changes.
+
+        Raises:
+            InvalidRequest: The instruction is malformed.
+        """
+        self._validate(instruction)
+        with self._sessions() as session, session.begin():
+            try:
+                kind, pieces, _, known = self._plan(session, instruction)
+            except FailedPrecondition as exc:
+                return RulesDecision(allowed=False, violations=_ledger_violations(exc))
+            decision = self._rules.check_transfer(
+                TransferCheck(
+                    instruction, kind, tuple(p.block for p in pieces), tuple(known), self._clock()
+                )
+            )
+            session.rollback()
+        return decision
+
+    # ------------------------------------------------------------------------- submission
+
+    def submit(self, request_id: str, instruction: TransferInstruction) -> Transfer:
+        """Propose a transfer and drive it as far as the registries let it go now.
+
+        The same request id with the same instruction returns the first transfer; with a
+        different instruction it is refused.
+
+        Raises:
+            InvalidRequest: The instruction is malformed.
+            RequestIdConflict: The request id was used for another instruction.
+        """
+        if not request_id:
+            raise InvalidRequest.field("request_id", "is required")
+        self._validate(instruction)
+        transfer_id, created = self._propose(request_id, instruction)
+        if created:
+            self.drive(transfer_id)
+        return self.get(transfer_id)
+
+    def submit_many(
+        self, items: Sequence[tuple[str, TransferInstruction]]
+    ) -> list[Transfer | Exception]:
+        """Submit a batch of settlement instructions; each succeeds or fails on its own."""
+        results: list[Transfer | Exception] = []
+        for request_id, instruction in items:
+            try:
+                results.append(self.submit(request_id, instruction))
+            except (InvalidRequest, RequestIdConflict, LedgerConflict) as exc:
+                results.append(exc)
+        return results
+
+    def _propose(self, request_id: str, instruction: TransferInstruction) -> tuple[str, bool]:
+        digest = body_digest(instruction.canonical())
+        now = self._clock()
+        try:
+            with unit_of_work(self._sessions) as session:
+                existing = session.execute(
+                    sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
+                ).scalar_one_or_none()
+                if existing is not None:
+                    return self._same_request(existing.body_sha256, digest, request_id, existing.id)
+                transfer_id = uuid.uuid4().hex
+                session.add(
+                    TransferRecord(
+                        id=transfer_id,
+                        request_id=request_id,
+                        body_sha256=digest,
+                        state=TransferState.PROPOSED.value,
+                        kind="",
+                        source_registry=instruction.source.registry,
+                        source_account=instruction.source.account,
+                        destination_registry=instruction.destination.registry,
+                        destination_account=instruction.destination.account,
+                        instruction=json.dumps(instruction.canonical(), sort_keys=True),
+                        plan="",
+                        decision="",
+                        failure_reason="",
+                        lock_expires_at=None,
+                        lease_owner=self._owner,
+                        lease_expires_at=now + self._lease,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                session.flush()
+                self._step(session, transfer_id, TransferState.PROPOSED, now)
+        except sa.exc.IntegrityError:
+            # Another gateway inserted the same request id first: answer with its transfer.
+            with unit_of_work(self._sessions) as session:
+                existing = session.execute(
+                    sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
+                ).scalar_one()
+                return self._same_request(existing.body_sha256, digest, request_id, existing.id)
+        return transfer_id, True
+
+    @staticmethod
+    def _same_request(
+        stored: bytes, digest: bytes, request_id: str, transfer_id: str
+    ) -> tuple[str, bool]:
+        if stored != digest:
+            raise RequestIdConflict(
+                f"request_id {request_id!r} was already used for a different instruction "
+                f"(transfers/{transfer_id}); use a new request id for a new instruction"
+            )
+        return transfer_id, False
+
+    def _step(
+        self,
+        session: Session,
+        transfer_id: str,
+        state: TransferState,
+        at: datetime,
+        reason: str = "",
+    ) -> None:
+        seq = session.execute(
+            sa.select(sa.func.count()).where(TransferStepRecord.transfer_id == transfer_id)
+        ).scalar_one()
+        session.add(
+            TransferStepRecord(
+                transfer_id=transfer_id, seq=int(seq), state=state.value, reason=reason, at=at
+            )
+        )
+
+    # ---------------------------------------------------------------------------- driving
+
+    def _claim(self, transfer_id: str) -> bool:
+        """Take the lease on a transfer unless another live gateway holds it."""
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            result = session.execute(
+                sa.update(TransferRecord)
+                .where(
+                    TransferRecord.id == transfer_id,
+                    sa.or_(
+                        TransferRecord.lease_owner == self._owner,
+                        TransferRecord.lease_expires_at.is_(None),
+                        TransferRecord.lease_expires_at < now,
+                    ),
+                )
+                .values(lease_owner=self._owner, lease_expires_at=now + self._lease)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def _load(self, session: Session, transfer_id: str) -> TransferRecord:
+        record = session.get(TransferRecord, transfer_id, with_for_update=True)
+        if record is None:
+            raise NotFound(f"transfers/{transfer_id}")
+        return record
+
+    def drive(self, transfer_id: str) -> TransferState:
+        """Advance a transfer until it is final or a registry is unavailable.
+
+        Returns the state reached.  A transient registry failure leaves the transfer where
+        it is, to be resumed later; it is recorded as the failure reason meanwhile.
+        """
+        if not self._claim(transfer_id):
+            with unit_of_work(self._sessions) as session:
+                return TransferState(self._load(session, transfer_id).state)
+        steps = {
+            TransferState.PROPOSED: self._check,
+            TransferState.CHECKED: self._lock,
+            TransferState.SOURCE_LOCKED: self._credit,
+            TransferState.DESTINATION_CREDITED: self._finalize,
+            TransferState.SOURCE_FINALIZED: self._complete,
+        }
+        while True:
+            with unit_of_work(self._sessions) as session:
+                state = TransferState(self._load(session, transfer_id).state)
+            if state.is_final:
+                return state
+            try:
+                steps[state](transfer_id)
+            except RegistryUnavailable as exc:
+                self._note(transfer_id, f"waiting for a registry: {exc}")
+                _logger.warning(
+                    "transfer_waiting", transfer=transfer_id, state=state.value, error=str(exc)
+                )
+                return state
+
+    def _note(self, transfer_id: str, reason: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            record.failure_reason = reason
+            record.updated_at = self._clock()
+
+    def _advance(
+        self, session: Session, record: TransferRecord, state: TransferState, reason: str = ""
+    ) -> None:
+        now = self._clock()
+        record.state = state.value
+        record.updated_at = now
+        if state.is_final or reason:
+            record.failure_reason = reason
+        elif record.failure_reason.startswith("waiting for a registry"):
+            record.failure_reason = ""
+        self._step(session, record.id, state, now, reason)
+        append_event(
+            session,
+            "transfer_state",
+            {"transfer": record.id, "state": state.value, "reason": reason},
+            now,
+            record.id,
+        )
+
+    def _check(self, transfer_id: str) -> None:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            instruction = _instruction_from_json(record.instruction)
+            try:
+                kind, pieces, rows, known = self._plan(session, instruction)
+            except FailedPrecondition as exc:
+                decision = RulesDecision(allowed=False, violations=_ledger_violations(exc))
+                record.decision = _decision_json(decision)
+                self._advance(session, record, TransferState.REJECTED, str(exc))
+                return
+            decision = self._rules.check_transfer(
+                TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
+            )
+            record.decision = _decision_json(decision)
+            if not decision.allowed:
+                self._advance(
+                    session,
+                    record,
+                    TransferState.REJECTED,
+                    "; ".join(f"{v.rule_id}: {v.message}" for v in decision.violations),
+                )
+                return
+            expires = now + self._lock_ttl
+            # Claim the units in the ledger in the same transaction as CHECKED: of two
+            # transfers racing for the same units, exactly one gets here.
+            for piece in pieces:
+                for row in rows:
+                    if row.block.id.overlaps(piece.source_block):
+                        carved = ledger.carve(session, row, piece.source_block, now, transfer_id)
+                        ledger.change(
+                            session,
+                            carved,
+                            "lock",
+                            now,
+                            status=HoldingStatus.LOCKED,
+                            lock_transfer_id=transfer_id,
+                            lock_expires_at=expires,
+                            transfer_id=transfer_id,
+                        )
+                        rows = ledger.require_holding(
+                            session,
+                            instruction.source.registry,
+                            instruction.source.account,
+                            piece.source_block,
+                            allowed=(HoldingStatus.LOCKED,),
+                        ) + [r for r in rows if not r.block.id.overlaps(piece.source_block)]
+                        break
+            record.kind = kind.value
+            record.plan = json.dumps(
+                {"pieces": [p.to_json() for p in pieces], "credited": []}, sort_keys=True
+            )
+            record.lock_expires_at = expires
+            self._advance(session, record, TransferState.CHECKED)
+
+    def _pieces(self, record: TransferRecord) -> list[_Piece]:
+        return [_Piece.from_json(p) for p in json.loads(record.plan)["pieces"]]
+
+    def _port(self, registry: str) -> RegistryPort:
+        port = self._registries.get(registry)
+        if port is None:
+            raise RegistryUnavailable(registry, "not wired in this gateway")
+        return port
+
+    def _lock_legs(self, record: TransferRecord) -> Iterator[tuple[str, str, str, BlockId]]:
+        """(operation id, registry, account, block) of every registry lock of a transfer."""
+        for i, piece in enumerate(self._pieces(record)):
+            yield (
+                f"{record.id}:lock:{i}",
+                record.source_registry,
+                record.source_account,
+                piece.source_block,
+            )
+            if record.kind == TransferKind.BRIDGE_OUT and record.source_registry in CUSTODY_VENUES:
+                origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
+                yield (
+                    f"{record.id}:lock-origin:{i}",
+                    origin_registry,
+                    piece.origin_account,
+                    piece.origin_block,
+                )
+
+    def _lock(self, transfer_id: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            legs = list(self._lock_legs(record))
+            expires = record.lock_expires_at
+        assert expires is not None
+        if self._clock() >= expires:
+            self._roll_back(transfer_id, "the source lock expired before the units were locked")
+            return
+        try:
+            for operation_id, registry, account, block in legs:
+                self._port(registry).lock(
+                    LockRequest(
+                        operation_id,
+                        account,
+                        block,
+                        expires + self._registry_lock_grace,
+                        transfer_id,
+                    )
+                )
+        except RegistryRejected as exc:
+            self._roll_back(transfer_id, f"lock refused: {exc}")
+            return
+        with unit_of_work(self._sessions) as session:
+            self._advance(session, self._load(session, transfer_id), TransferState.SOURCE_LOCKED)
+
+    def _credit(self, transfer_id: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            pieces = self._pieces(record)
+            kind = TransferKind(record.kind)
+            destination = AccountRef(record.destination_registry, record.destination_account)
+            deadline = record.lock_expires_at
+        credited: list[tuple[_Piece, UnitBlock]] = []
+        try:
+            for i, piece in enumerate(pieces):
+                origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
+                holding = self._port(destination.registry).credit(
+                    CreditRequest(
+                        f"{transfer_id}:credit:{i}",
+                        destination.account,
+                        piece.block,
+                        origin_registry,
+                        transfer_id,
+                        deadline,
+                    )
+                )
+                if kind is TransferKind.RETURN and destination.registry in CUSTODY_VENUES:
+                    self._port(origin_registry).credit(
+                        CreditRequest(
+                            f"{transfer_id}:credit-origin:{i}",
+                            venue_account(destination.registry),
+                            piece.block,
+                            origin_registry,
+                            transfer_id,
+                            deadline,
+                        )
+                    )
+                credited.append((piece, holding.block))
+        except RegistryRejected as exc:
+            if credited:
+                # Part of a multi-block transfer was credited; the rest must follow, so
+                # the transfer waits rather than rolling back.
+                self._note(transfer_id, f"credit refused after a partial credit: {exc}")
+                raise RegistryUnavailable(destination.registry, str(exc)) from exc
+            self._roll_back(transfer_id, f"credit refused: {exc}")
+            return
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            for piece, block in credited:
+                if kind is TransferKind.BRIDGE_OUT:
+                    ledger.add_mirror(
+                        session,
+                        destination.registry,
+                        destination.account,
+                        block,
+                        piece.origin_block,
+                        now,
+                        transfer_id,
+                    )
+                else:
+                    for origin_row in ledger.origin_rows(session, piece.origin_block):
+                        carved = ledger.carve(
+                            session, origin_row, piece.origin_block, now, transfer_id
+                        )
+                        ledger.change(
+                            session,
+                            carved,
+                            "credit",
+                            now,
+                            status=HoldingStatus.ACTIVE,
+                            registry=destination.registry,
+                            account=destination.account,
+                            transfer_id=transfer_id,
+                        )
+            plan = json.loads(record.plan)
+            plan["credited"] = [block_to_json(b) for _, b in credited]
+            record.plan = json.dumps(plan, sort_keys=True)
+            self._advance(session, record, TransferState.DESTINATION_CREDITED)
+
+    def _finalize(self, transfer_id: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            pieces = self._pieces(record)
+            kind = TransferKind(record.kind)
+            source = AccountRef(record.source_registry, record.source_account)
+            destination_registry = record.destination_registry
+        try:
+            for i, piece in enumerate(pieces):
+                origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
+                at_origin = source.registry == origin_registry
+                disposition = (
+                    FinalizeDisposition.IMMOBILIZE
+                    if kind is TransferKind.BRIDGE_OUT and at_origin
+                    else FinalizeDisposition.EXPORT
+                )
+                self._port(source.registry).finalize(
+                    FinalizeRequest(
+                        f"{transfer_id}:finalize:{i}",
+                        source.account,
+                        piece.source_block,
+                        disposition,
+                        transfer_id,
+                        destination_registry,
+                    )
+                )
+                if kind is TransferKind.BRIDGE_OUT and not at_origin:
+                    self._port(origin_registry).finalize(
+                        FinalizeRequest(
+                            f"{transfer_id}:finalize-origin:{i}",
+                            piece.origin_account,
+                            piece.origin_block,
+                            FinalizeDisposition.IMMOBILIZE,
+                            transfer_id,
+                            destination_registry,
+                        )
+                    )
+        except RegistryRejected as exc:
+            # After DESTINATION_CREDITED a transfer only rolls forward: keep retrying.
+            _logger.error("finalize_refused", transfer=transfer_id, error=str(exc))
+            raise RegistryUnavailable(source.registry, f"finalize refused: {exc}") from exc
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            for piece in pieces:
+                for row in ledger.live_at(
+                    session, source.registry, source.account, piece.source_block
+                ):
+                    if row.lock_transfer_id != transfer_id:
+                        continue
+                    if kind is TransferKind.BRIDGE_OUT:
+                        ledger.change(
+                            session,
+                            row,
+                            "finalize",
+                            now,
+                            status=HoldingStatus.BRIDGED,
+                            registry=ORIGIN_REGISTRY[piece.origin_block.program],
+                            account=piece.origin_account,
+                            transfer_id=transfer_id,
+                        )
+                    else:
+                        ledger.end_mirror(session, row, now, transfer_id)
+            self._advance(session, record, TransferState.SOURCE_FINALIZED)
+
+    def _complete(self, transfer_id: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            record.lease_owner = ""
+            record.lease_expires_at = None
+            self._advance(session, record, TransferState.COMPLETED)
+
+    def _roll_back(self, transfer_id: str, reason: str) -> None:
+        """Undo a transfer that has not reached DESTINATION_CREDITED: unlock everything."""
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            state = TransferState(record.state)
+            if state not in (TransferState.CHECKED, TransferState.SOURCE_LOCKED):
+                raise FailedPrecondition(
+                    f"transfers/{transfer_id} is {state.value}: it cannot roll back"
+                )
+            legs = list(self._lock_legs(record))
+        for operation_id, registry, account, block in legs:
+            try:
+                self._port(registry).unlock(
+                    UnlockRequest(f"{operation_id}:unlock", account, block, transfer_id)
+                )
+            except RegistryRejected as exc:
+                # A lock that never took (or already expired) has nothing to release.
+                _logger.info(
+                    "unlock_not_needed", transfer=transfer_id, registry=registry, reason=str(exc)
+                )
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            for piece in self._pieces(record):
+                for row in ledger.live_at(
+                    session, record.source_registry, record.source_account, piece.source_block
+                ):
+                    if row.lock_transfer_id == transfer_id:
+                        ledger.change(
+                            session,
+                            row,
+                            "rollback",
+                            now,
+                            status=HoldingStatus.ACTIVE,
+                            transfer_id=transfer_id,
+                            detail={"reason": reason},
+                        )
+            record.lease_owner = ""
+            record.lease_expires_at = None
+            self._advance(session, record, TransferState.ROLLED_BACK, reason)
+
+    def resume_unfinished(self) -> dict[str, TransferState]:
+        """Drive every unfinished transfer this gateway can claim; returns where each ended.
+
+        Run at start-up and periodically: a transfer stuck before DESTINATION_CREDITED
+        whose lock expired rolls back; one past it rolls forward.
+        """
+        with unit_of_work(self._sessions) as session:
+            pending = list(
+                session.execute(
+                    sa.select(TransferRecord.id, TransferRecord.state).where(
+                        TransferRecord.state.not_in([s.value for s in TransferState if s.is_final])
+                    )
+                ).all()
+            )
+        outcome: dict[str, TransferState] = {}
+        for transfer_id, state in pending:
+            if state == TransferState.SOURCE_LOCKED.value:
+                self._expire_if_stale(transfer_id)
+            outcome[transfer_id] = self.drive(transfer_id)
+        return outcome
+
+    def _expire_if_stale(self, transfer_id: str) -> None:
+        """A SOURCE_LOCKED transfer past its expiry: probe the credit, or roll back."""
+        with unit_of_work(self._sessions) as session:
+            record = self._load(session, transfer_id)
+            expired = record.lock_expires_at is not None and self._clock() >= record.lock_expires_at
+        if not expired or not self._claim(transfer_id):
+            return
+        # The credit may have been applied before a crash; resending it with the same
+        # operation id (and the lock's expiry as deadline) either returns that first
+        # result, and the transfer rolls forward, or is refused, and it rolls back.
+        try:
+            self._credit(transfer_id)
+        except RegistryUnavailable:
+            return
+
+    # ------------------------------------------------------------------------ final uses
+
+    def use(self, request_id: str, request: UseRequest) -> UnitUse:
+        """Retire or surrender units: at their registry and, for a mirror, at its origin.
+
+        Raises:
+            InvalidRequest: The request is malformed.
+            RequestIdConflict: The request id was used for another request.
+            FailedPrecondition: The units are not held active by the account, or the rules
+                refuse the use (the violations say why).
+        """
+        self._validate_use(request_id, request)
+        digest = body_digest(request.canonical())
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            existing = session.execute(
+                sa.select(UnitUseRecord).where(UnitUseRecord.request_id == request_id)
+            ).scalar_one_or_none()
+            if existing is not None:
+                if existing.body_sha256 != digest:
+                    raise RequestIdConflict(
+                        f"request_id {request_id!r} was already used for a different request "
+                        f"(uses/{existing.id})"
+                    )
+                use_id = existing.id
+            else:
+                use_id = self._start_use(session, request_id, request, digest, now)
+        self._finish_use(use_id)
+        return self.get_use(use_id)
+
+    def _validate_use(self, request_id: str, request: UseRequest) -> None:
+        from registry_bridge.errors import FieldViolation
+
+        problems: list[FieldViolation] = []
+        if not request_id:
+            problems.append(FieldViolation("request_id", "is required"))
+        if request.account.registry not in self._registries:
+            problems.append(
+                FieldViolation(
+                    "account.registry", f"registry {request.account.registry!r} is not wired"
+                )
+            )
+        if not request.account.account:
+            problems.append(FieldViolation("account.account", "is required"))
+        if not request.units:
+            problems.append(FieldViolation("units", "must name at least one block"))
+        if request.kind == "retirement" and not request.beneficiary:
+            problems.append(FieldViolation("beneficiary", "is required for a retirement"))
+        if request.kind == "surrender":
+            if not request.entity_id:
+                problems.append(FieldViolation("entity_id", "is required for a surrender"))
+            if not 2000 <= request.compliance_year <= 2100:
+                problems.append(
+                    FieldViolation("compliance_year", "must be a year between 2000 and 2100")
+                )
+            if not request.jurisdiction:
+                problems.append(FieldViolation("jurisdiction", "is required for a surrender"))
+        if problems:
+            raise InvalidRequest(
+                "; ".join(f"{p.field}: {p.description}" for p in problems), problems
+            )
+
+    def _start_use(
+        self, session: Session, request_id: str, request: UseRequest, digest: bytes, now: datetime
+    ) -> str:
+        use_id = uuid.uuid4().hex
+        rows: list[LedgerHolding] = []
+        for unit in request.units:
+            for row in ledger.require_holding(
+                session, request.account.registry, request.account.account, unit
+            ):
+                rows.append(ledger.carve(session, row, unit, now))
+        known: list[LedgerHolding] = []
+        for row in rows:
+            known.extend(ledger.origin_rows(session, row.origin))
+            known.extend(ledger.mirrors_of(session, row.origin))
+        decision = self._rules.check_use(
+            UseCheck(request, tuple(r.block for r in rows), tuple(known), now)
+        )
+        if not decision.allowed:
+            raise FailedPrecondition(
+                f"the {request.kind} is refused: "
+                + "; ".join(f"{v.rule_id}: {v.message}" for v in decision.violations),
+                [PreconditionViolation("RULE", v.rule_id, v.message) for v in decision.violations],
+            )
+        legs: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            ledger.change(
+                session,
+                row,
+                "lock",
+                now,
+                status=HoldingStatus.LOCKED,
+                lock_transfer_id=use_id,
+                transfer_id=use_id,
+            )
+            legs.append(
+                {
+                    "op": f"{use_id}:{i}",
+                    "registry": row.registry,
+                    "account": row.account,
+                    "block": block_id_to_dict(row.block.id),
+                    "mirror": row.is_mirror,
+                    "origin": block_id_to_dict(row.origin),
+                }
+            )
+            origin_registry = ORIGIN_REGISTRY[row.origin.program]
+            if row.registry != origin_registry:
+                for j, origin_row in enumerate(ledger.origin_rows(session, row.origin)):
+                    o_start = max(origin_row.block.id.serial_start, row.origin.serial_start)
+                    o_end = min(origin_row.block.id.serial_end, row.origin.serial_end)
+                    origin_account = (
+                        venue_account(row.registry)
+                        if row.registry in CUSTODY_VENUES and not row.is_mirror
+                        else origin_row.account
+                    )
+                    legs.append(
+                        {
+                            "op": f"{use_id}:{i}:origin:{j}",
+                            "registry": origin_registry,
+                            "account": origin_account,
+                            "block": block_id_to_dict(
+                                BlockId(
+                                    row.origin.program, row.origin.serial_series, o_start, o_end
+                                )
+                            ),
+                            "mirror": False,
+                            "origin": None,
+                        }
+                    )
+        session.add(
+            UnitUseRecord(
+                id=use_id,
+                request_id=request_id,
+                body_sha256=digest,
+                kind=request.kind,
+                state="pending",
+                registry_id=request.account.registry,
+                account=request.account.account,
+                detail=json.dumps({"request": request.canonical(), "legs": legs}, sort_keys=True),
+                decision=_decision_json(decision),
+                created_at=now,
+            )
+        )
+        return use_id
+
+    def _finish_use(self, use_id: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id)
+            if record is None:
+                raise NotFound(f"uses/{use_id}")
+            if record.state != "pending":
+                return
+            detail = json.loads(record.detail)
+        request = detail["request"]
+        kind = request["kind"]
+        terminal = HoldingStatus.RETIRED if kind == "retirement" else HoldingStatus.SURRENDERED
+        for leg in detail["legs"]:
+            block = block_id_from_dict(leg["block"])
+            port = self._port(leg["registry"])
+            if kind == "retirement":
+                port.retire(
+                    RetireRequest(
+                        leg["op"],
+                        leg["account"],
+                        block,
+                        request["beneficiary"],
+                        request["claim_text"],
+                    )
+                )
+            else:
+                port.surrender(
+                    SurrenderRequest(
+                        leg["op"],
+                        leg["account"],
+                        block,
+                        request["entity_id"],
+                        request["compliance_year"],
+                    )
+                )
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id, with_for_update=True)
+            if record is None or record.state != "pending":
+                return
+            for leg in detail["legs"]:
+                block = block_id_from_dict(leg["block"])
+                for row in (
+                    ledger.live_at(session, leg["registry"], leg["account"], block)
+                    if leg["mirror"] or leg["origin"] is not None
+                    else []
+                ):
+                    if row.lock_transfer_id == use_id:
+                        ledger.change(
+                            session,
+                            row,
+                            kind_event(kind),
+                            now,
+                            status=terminal,
+                            transfer_id=use_id,
+                            detail=_use_detail(request),
+                        )
+                if leg["origin"] is None:
+                    for origin_row in ledger.origin_rows(session, block):
+                        if (
+                            origin_row.status is HoldingStatus.BRIDGED
+                            or origin_row.status is HoldingStatus.ACTIVE
+                        ):
+                            carved = ledger.carve(session, origin_row, block, now, use_id)
+                            ledger.change(
+                                session,
+                                carved,
+                                kind_event(kind),
+                                now,
+                                status=terminal,
+                                transfer_id=use_id,
+                                detail=_use_detail(request),
+                            )
+            record.state = "completed"
+
+    def get_use(self, use_id: str) -> UnitUse:
+        """A retirement or surrender by id.
+
+        Raises:
+            NotFound: No such use.
+        """
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id)
+            if record is None:
+                raise NotFound(f"uses/{use_id}")
+            detail = json.loads(record.detail)
+            request_data = detail["request"]
+            request = UseRequest(
+                kind=request_data["kind"],
+                account=AccountRef(**request_data["account"]),
+                units=tuple(block_id_from_dict(u) for u in request_data["units"]),
+                beneficiary=request_data["beneficiary"],
+                claim_text=request_data["claim_text"],
+                entity_id=request_data["entity_id"],
+                compliance_year=request_data["compliance_year"],
+                jurisdiction=request_data["jurisdiction"],
+            )
+            return UnitUse(
+                use_id=record.id,
+                request_id=record.request_id,
+                request=request,
+                state=record.state,
+                blocks=(),
+                decision=_decision_from_json(record.decision),
+                created_at=record.created_at,
+                legs=tuple(leg["op"] for leg in detail["legs"]),
+            )
+
+
+def kind_event(kind: str) -> str:
+    """The provenance event kind of a use."""
+    return "retire" if kind == "retirement" else "surrender"
+
+
+def _use_detail(request: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "beneficiary": request["beneficiary"],
+        "claim_text": request["claim_text"],
+        "entity_id": request["entity_id"],
+        "compliance_year": request["compliance_year"],
+        "jurisdiction": request["jurisdiction"],
+    }

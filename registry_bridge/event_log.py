@@ -1,0 +1,64 @@
+"""The append-only provenance log: one event per ledger state change.
+
+Events are appended in the same database transaction as the change they record, so a
+change without its event (or an event without its change) cannot be committed.  Indexes
+are dense: every append takes the single ``log_head`` row for update, which serializes
+appenders on PostgreSQL as SQLite's BEGIN IMMEDIATE already does.  Leaves are hashed as
+RFC 9162 prescribes (SHA-256 of 0x00 followed by the entry) so the Merkle tree of the
+provenance issue can be built over them unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry_bridge.schema import LedgerEvent, LogHead
+
+LEAF_PREFIX = b"\x00"
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """The one byte encoding of an event: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def leaf_hash(payload: bytes) -> bytes:
+    """RFC 9162 leaf hash of an entry."""
+    return hashlib.sha256(LEAF_PREFIX + payload).digest()
+
+
+def append_event(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    at: datetime,
+    transfer_id: str = "",
+) -> int:
+    """Append one event in the caller's transaction; returns its index."""
+    head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
+    index = head.size
+    head.size = index + 1
+    body = canonical_json({"index": index, "kind": kind, "at": at.isoformat(), **payload})
+    session.add(
+        LedgerEvent(
+            idx=index,
+            kind=kind,
+            payload=body,
+            leaf_hash=leaf_hash(body),
+            transfer_id=transfer_id,
+            created_at=at,
+        )
+    )
+    return index
+
+
+def log_size(session: Session) -> int:
+    """Number of events in the log."""
+    return int(session.execute(sa.select(LogHead.size).where(LogHead.id == 1)).scalar_one())

@@ -1,0 +1,402 @@
+"""The ledger of unit blocks: where every run of units is, in what state, and its mirrors.
+
+All functions work inside the caller's transaction (repositories never commit) and
+append exactly one provenance event per state change.  Live rows of one program and
+serial series never overlap: ``_claim_range`` checks before every insert, on SQLite
+inside the serialized write transaction, and PostgreSQL's exclusion constraint backs
+the check up against any writer that got past it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
+from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
+from registry_bridge.event_log import append_event
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
+from registry_bridge.schema import LedgerBlock
+
+
+@dataclass(frozen=True)
+class LedgerHolding:
+    """A live ledger row: a block, where it is, its state and, for a mirror, its origin."""
+
+    row_id: int
+    block: UnitBlock
+    registry: str
+    account: str
+    status: HoldingStatus
+    is_mirror: bool
+    origin: BlockId
+    """The origin range this row stands for (itself, for an origin row)."""
+    lock_transfer_id: str | None = None
+    lock_expires_at: datetime | None = None
+
+
+def _to_holding(row: LedgerBlock) -> LedgerHolding:
+    block_id = BlockId(Program(row.program), row.serial_series, row.serial_start, row.serial_end)
+    origin = BlockId(
+        Program(row.origin_program),
+        row.origin_series,
+        row.origin_start,
+        row.origin_start + (row.serial_end - row.serial_start),
+    )
+    return LedgerHolding(
+        row_id=row.id,
+        block=block_from_parts(block_id, row.attributes),
+        registry=row.registry_id,
+        account=row.account,
+        status=HoldingStatus(row.status),
+        is_mirror=row.is_mirror,
+        origin=origin,
+        lock_transfer_id=row.lock_transfer_id,
+        lock_expires_at=row.lock_expires_at,
+    )
+
+
+def _describe(block_id: BlockId) -> str:
+    series = f"/{block_id.serial_series}" if block_id.serial_series else ""
+    return f"{block_id.program.value}{series} {block_id.serial_start}-{block_id.serial_end}"
+
+
+def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
+    return list(
+        session.execute(
+            sa.select(LedgerBlock)
+            .where(
+                LedgerBlock.program == block_id.program.value,
+                LedgerBlock.serial_series == block_id.serial_series,
+                LedgerBlock.live.is_(True),
+                LedgerBlock.serial_start <= block_id.serial_end,
+                LedgerBlock.serial_end >= block_id.serial_start,
+            )
+            .order_by(LedgerBlock.serial_start)
+        ).scalars()
+    )
+
+
+def _claim_range(session: Session, block_id: BlockId) -> None:
+    clash = _overlapping(session, block_id)
+    if clash:
+        raise LedgerConflict(
+            f"{_describe(block_id)} overlaps live units already in the ledger "
+            f"({', '.join(_describe(_to_holding(r).block.id) for r in clash)})"
+        )
+
+
+def _event_body(holding: LedgerHolding, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "block": block_id_to_dict(holding.block.id),
+        "origin": block_id_to_dict(holding.origin),
+        "registry": holding.registry,
+        "account": holding.account,
+        "status": holding.status.value,
+        "mirror": holding.is_mirror,
+        "row": holding.row_id,
+    }
+    body.update(extra)
+    return body
+
+
+def _insert(
+    session: Session,
+    block: UnitBlock,
+    registry: str,
+    account: str,
+    status: HoldingStatus,
+    origin: BlockId,
+    is_mirror: bool,
+    lock_transfer_id: str | None = None,
+    lock_expires_at: datetime | None = None,
+) -> LedgerHolding:
+    _claim_range(session, block.id)
+    row = LedgerBlock(
+        program=block.id.program.value,
+        serial_series=block.id.serial_series,
+        serial_start=block.id.serial_start,
+        serial_end=block.id.serial_end,
+        registry_id=registry,
+        account=account,
+        status=status.value,
+        live=True,
+        is_mirror=is_mirror,
+        origin_program=origin.program.value,
+        origin_series=origin.serial_series,
+        origin_start=origin.serial_start,
+        attributes=attributes_to_json(block),
+        lock_transfer_id=lock_transfer_id,
+        lock_expires_at=lock_expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return _to_holding(row)
+
+
+def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
+    row = session.get(LedgerBlock, holding.row_id, with_for_update=True)
+    if row is None or not row.live:
+        raise LedgerConflict(f"{_describe(holding.block.id)} changed under a concurrent writer")
+    return row
+
+
+def issue(
+    session: Session, registry: str, account: str, block: UnitBlock, at: datetime
+) -> LedgerHolding:
+    """Record an issuance (or an import of a registry's existing units).
+
+    Raises:
+        LedgerConflict: Some of the serials are already live in the ledger (double
+            issuance of one program's serials).
+    """
+    holding = _insert(
+        session, block, registry, account, HoldingStatus.ACTIVE, block.id, is_mirror=False
+    )
+    append_event(
+        session,
+        "issuance",
+        _event_body(holding, attributes=attributes_to_json(block)),
+        at,
+    )
+    return holding
+
+
+def live_at(
+    session: Session, registry: str, account: str, block_id: BlockId
+) -> list[LedgerHolding]:
+    """Live rows held at ``registry``/``account`` that overlap ``block_id``."""
+    return [
+        _to_holding(r)
+        for r in _overlapping(session, block_id)
+        if r.registry_id == registry and r.account == account
+    ]
+
+
+def require_holding(
+    session: Session,
+    registry: str,
+    account: str,
+    block_id: BlockId,
+    allowed: Sequence[HoldingStatus] = (HoldingStatus.ACTIVE,),
+) -> list[LedgerHolding]:
+    """The live rows that together hold exactly the units of ``block_id``.
+
+    Raises:
+        FailedPrecondition: Some units are not held by the account, or not in an allowed
+            state (retired, locked by another transfer, ...); the violation names them.
+    """
+    rows = [_to_holding(r) for r in _overlapping(session, block_id)]
+    problems: list[PreconditionViolation] = []
+    covered = block_id.serial_start
+    for holding in rows:
+        if holding.block.id.serial_start > covered:
+            break
+        if holding.registry != registry or holding.account != account:
+            problems.append(
+                PreconditionViolation(
+                    "HOLDER",
+                    _describe(holding.block.id),
+                    f"held by {holding.registry}/{holding.account}, not {registry}/{account}",
+                )
+            )
+        elif holding.status not in allowed:
+            problems.append(
+                PreconditionViolation(
+                    "STATUS",
+                    _describe(holding.block.id),
+                    f"units are {holding.status.value}",
+                )
+            )
+        covered = max(covered, holding.block.id.serial_end + 1)
+    if covered <= block_id.serial_end:
+        problems.append(
+            PreconditionViolation(
+                "UNKNOWN_UNITS",
+                _describe(block_id),
+                f"serials from {covered} are not in the ledger at {registry}/{account}",
+            )
+        )
+    if problems:
+        raise FailedPrecondition(
+            f"{registry}/{account} cannot use {_describe(block_id)}: "
+            + "; ".join(f"{p.subject}: {p.description}" for p in problems),
+            problems,
+        )
+    return rows
+
+
+def carve(
+    session: Session, holding: LedgerHolding, block_id: BlockId, at: datetime, transfer_id: str = ""
+) -> LedgerHolding:
+    """Split ``holding`` so that exactly ``block_id`` (within it) is one row; returns that row.
+
+    The pieces always sum to the whole; one ``split`` event records the cut.
+    """
+    own = holding.block.id
+    start = max(own.serial_start, block_id.serial_start)
+    end = min(own.serial_end, block_id.serial_end)
+    if (start, end) == (own.serial_start, own.serial_end):
+        return holding
+    row = _row(session, holding)
+    row.live = False
+    session.flush()
+    pieces: list[LedgerHolding] = []
+    wanted: LedgerHolding | None = None
+    for piece_start, piece_end in (
+        (own.serial_start, start - 1),
+        (start, end),
+        (end + 1, own.serial_end),
+    ):
+        if piece_start > piece_end:
+            continue
+        offset = piece_start - own.serial_start
+        origin = BlockId(
+            holding.origin.program,
+            holding.origin.serial_series,
+            holding.origin.serial_start + offset,
+            holding.origin.serial_start + offset + (piece_end - piece_start),
+        )
+        piece = _insert(
+            session,
+            holding.block.with_range(piece_start, piece_end),
+            holding.registry,
+            holding.account,
+            holding.status,
+            origin,
+            holding.is_mirror,
+            holding.lock_transfer_id,
+            holding.lock_expires_at,
+        )
+        pieces.append(piece)
+        if piece_start == start:
+            wanted = piece
+    if wanted is None:
+        raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
+    append_event(
+        session,
+        "split",
+        _event_body(holding, pieces=[block_id_to_dict(p.block.id) for p in pieces]),
+        at,
+        transfer_id,
+    )
+    return wanted
+
+
+def change(
+    session: Session,
+    holding: LedgerHolding,
+    kind: str,
+    at: datetime,
+    *,
+    status: HoldingStatus | None = None,
+    registry: str | None = None,
+    account: str | None = None,
+    lock_transfer_id: str | None = None,
+    lock_expires_at: datetime | None = None,
+    transfer_id: str = "",
+    detail: dict[str, Any] | None = None,
+) -> LedgerHolding:
+    """Change a row's state or holder and record one event of ``kind``.
+
+    Raises:
+        FailedPrecondition: The row is in a terminal state (terminal states never change).
+    """
+    if holding.status.is_terminal:
+        raise FailedPrecondition(
+            f"{_describe(holding.block.id)} is {holding.status.value}: "
+            "terminal states never change",
+            [PreconditionViolation("TERMINAL", _describe(holding.block.id), holding.status.value)],
+        )
+    row = _row(session, holding)
+    if status is not None:
+        row.status = status.value
+    if registry is not None:
+        row.registry_id = registry
+    if account is not None:
+        row.account = account
+    row.lock_transfer_id = lock_transfer_id
+    row.lock_expires_at = lock_expires_at
+    session.flush()
+    changed = _to_holding(row)
+    append_event(
+        session,
+        kind,
+        _event_body(changed, previous_status=holding.status.value, **(detail or {})),
+        at,
+        transfer_id,
+    )
+    return changed
+
+
+def add_mirror(
+    session: Session,
+    registry: str,
+    account: str,
+    mirror: UnitBlock,
+    origin: BlockId,
+    at: datetime,
+    transfer_id: str,
+) -> LedgerHolding:
+    """Record a mirror block a destination registry issued for ``origin``."""
+    if mirror.quantity != origin.quantity:
+        raise LedgerConflict(
+            f"mirror {_describe(mirror.id)} has {mirror.quantity} units but its origin "
+            f"{_describe(origin)} has {origin.quantity}"
+        )
+    holding = _insert(
+        session, mirror, registry, account, HoldingStatus.ACTIVE, origin, is_mirror=True
+    )
+    append_event(session, "credit", _event_body(holding), at, transfer_id)
+    return holding
+
+
+def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_id: str) -> None:
+    """A mirror returned to its origin side: its row stops being live."""
+    row = _row(session, holding)
+    row.live = False
+    session.flush()
+    append_event(session, "finalize", _event_body(holding, exported=True), at, transfer_id)
+
+
+def origin_rows(session: Session, origin: BlockId) -> list[LedgerHolding]:
+    """The live origin rows (not mirrors) overlapping an origin range."""
+    return [_to_holding(r) for r in _overlapping(session, origin) if not r.is_mirror]
+
+
+def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
+    """Live mirror rows standing for any part of an origin range."""
+    rows = session.execute(
+        sa.select(LedgerBlock).where(
+            LedgerBlock.is_mirror.is_(True),
+            LedgerBlock.live.is_(True),
+            LedgerBlock.origin_program == origin.program.value,
+            LedgerBlock.origin_series == origin.serial_series,
+            LedgerBlock.origin_start <= origin.serial_end,
+        )
+    ).scalars()
+    found = [_to_holding(r) for r in rows]
+    return [h for h in found if h.origin.overlaps(origin)]
+
+
+def all_live(session: Session) -> list[LedgerHolding]:
+    """Every live row (for invariants and reconciliation)."""
+    rows = session.execute(
+        sa.select(LedgerBlock).where(LedgerBlock.live.is_(True)).order_by(LedgerBlock.id)
+    ).scalars()
+    return [_to_holding(r) for r in rows]
+
+
+def holdings_of(session: Session, registry: str, account: str = "") -> list[LedgerHolding]:
+    """Live rows held at a registry (one account, when given)."""
+    query = sa.select(LedgerBlock).where(
+        LedgerBlock.live.is_(True), LedgerBlock.registry_id == registry
+    )
+    if account:
+        query = query.where(LedgerBlock.account == account)
+    return [_to_holding(r) for r in session.execute(query.order_by(LedgerBlock.id)).scalars()]

@@ -1,0 +1,176 @@
+"""Transfers, retirements and surrenders as domain values."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from registry_bridge.block_json import block_id_to_dict
+from registry_bridge.model import BlockId, UnitBlock
+
+
+class TransferState(enum.StrEnum):
+    """After the IETF SATP stages and the Kyoto ITL flow (DESIGN.md)."""
+
+    PROPOSED = "PROPOSED"
+    CHECKED = "CHECKED"
+    SOURCE_LOCKED = "SOURCE_LOCKED"
+    DESTINATION_CREDITED = "DESTINATION_CREDITED"
+    SOURCE_FINALIZED = "SOURCE_FINALIZED"
+    COMPLETED = "COMPLETED"
+    REJECTED = "REJECTED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+    @property
+    def is_final(self) -> bool:
+        """A final transfer never changes again."""
+        return self in (TransferState.COMPLETED, TransferState.REJECTED, TransferState.ROLLED_BACK)
+
+
+class TransferKind(enum.StrEnum):
+    BRIDGE_OUT = "bridge_out"
+    """Origin units leave for a registry that issues a mirror of them."""
+    RETURN = "return"
+    """A mirror goes back to its origin side: the origin registry or a custody venue."""
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    """A registry account."""
+
+    registry: str
+    account: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The price leg recorded with a venue settlement (HKD, RMB, MOP)."""
+
+    currency: str
+    amount: Decimal
+    trade_reference: str = ""
+
+
+@dataclass(frozen=True)
+class TransferInstruction:
+    """What a transfer asks for, with units already resolved to canonical block ids."""
+
+    source: AccountRef
+    destination: AccountRef
+    units: tuple[BlockId, ...]
+    intended_use: str = "holding"
+    settlement: Settlement | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        """The instruction as plain data, for hashing and storage."""
+        return {
+            "source": {"registry": self.source.registry, "account": self.source.account},
+            "destination": {
+                "registry": self.destination.registry,
+                "account": self.destination.account,
+            },
+            "units": [block_id_to_dict(u) for u in self.units],
+            "intended_use": self.intended_use,
+            "settlement": None
+            if self.settlement is None
+            else {
+                "currency": self.settlement.currency,
+                "amount": str(self.settlement.amount),
+                "trade_reference": self.settlement.trade_reference,
+            },
+        }
+
+
+def body_digest(body: dict[str, Any]) -> bytes:
+    """SHA-256 of a request body's canonical JSON: the idempotency fingerprint."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+@dataclass(frozen=True)
+class RuleViolation:
+    """One violated rule, as the rules engine reported it."""
+
+    rule_id: str
+    message: str
+    source: str
+    blocks: tuple[BlockId, ...] = ()
+    details: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RulesDecision:
+    """The rules engine's decision: allowed, or every violation."""
+
+    allowed: bool
+    violations: tuple[RuleViolation, ...] = ()
+    pack_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransferStep:
+    state: TransferState
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer as clients see it."""
+
+    transfer_id: str
+    request_id: str
+    instruction: TransferInstruction
+    state: TransferState
+    decision: RulesDecision | None
+    history: tuple[TransferStep, ...]
+    failure_reason: str
+    credited_blocks: tuple[UnitBlock, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UseRequest:
+    """A retirement (voluntary) or surrender (compliance) of some units."""
+
+    kind: str
+    """``retirement`` or ``surrender``."""
+    account: AccountRef
+    units: tuple[BlockId, ...]
+    beneficiary: str = ""
+    claim_text: str = ""
+    entity_id: str = ""
+    compliance_year: int = 0
+    jurisdiction: str = ""
+
+    def canonical(self) -> dict[str, Any]:
+        """The request as plain data, for hashing and storage."""
+        return {
+            "kind": self.kind,
+            "account": {"registry": self.account.registry, "account": self.account.account},
+            "units": [block_id_to_dict(u) for u in self.units],
+            "beneficiary": self.beneficiary,
+            "claim_text": self.claim_text,
+            "entity_id": self.entity_id,
+            "compliance_year": self.compliance_year,
+            "jurisdiction": self.jurisdiction,
+        }
+
+
+@dataclass(frozen=True)
+class UnitUse:
+    """A completed (or refused) retirement or surrender."""
+
+    use_id: str
+    request_id: str
+    request: UseRequest
+    state: str
+    blocks: tuple[UnitBlock, ...]
+    decision: RulesDecision | None
+    created_at: datetime
+    legs: tuple[str, ...] = field(default=())

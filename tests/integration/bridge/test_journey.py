@@ -1,0 +1,245 @@
+"""The exchange-operator journey, idempotency and rejections, over real gRPC emulators.
+
+VCUs held at the Hong Kong venue (backed at Verra in the venue's account) are sold to a
+buyer in the national registry, who retires part of them and sends the rest back to Hong
+Kong.  At every step Verra must show the origin block in the right state, and every
+invariant of DESIGN.md must hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from registry_bridge.errors import InvalidRequest, RequestIdConflict
+from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.transfers import (
+    AccountRef,
+    TransferInstruction,
+    TransferState,
+    UseRequest,
+)
+from tests.integration.bridge.conftest import World, ccer_block, gs_block, vcs_block
+
+HK_SELLER = AccountRef("hkmo", "hk-seller")
+HK_BUYER = AccountRef("hkmo", "hk-buyer")
+NATIONAL_BUYER = AccountRef("national", "buyer")
+
+
+def vcs(start: int, end: int) -> BlockId:
+    """A VCS serial range."""
+    return BlockId(Program.VCS, "", start, end)
+
+
+def test_exchange_journey_keeps_verra_in_step(world: World) -> None:
+    world.seed("hkmo", "hk-seller", vcs_block(1001, 1100))
+    assert world.violations() == []
+    assert world.at_registry("verra", vcs(1001, 1100)) == [(1001, 1100, "venue-hkmo", "active")]
+
+    # 1. 60 of the 100 VCUs move to the national registry as a mirror.
+    moved = world.bridge.submit(
+        "r1", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(1001, 1060),))
+    )
+    assert moved.state is TransferState.COMPLETED, moved.failure_reason
+    assert [s.state for s in moved.history] == [
+        TransferState.PROPOSED,
+        TransferState.CHECKED,
+        TransferState.SOURCE_LOCKED,
+        TransferState.DESTINATION_CREDITED,
+        TransferState.SOURCE_FINALIZED,
+        TransferState.COMPLETED,
+    ]
+    (mirror,) = moved.credited_blocks
+    assert mirror.quantity == 60
+    assert mirror.id.serial_series == "national-mirror"
+    assert world.at_registry("verra", vcs(1001, 1100)) == [
+        (1001, 1060, "venue-hkmo", "bridged"),  # immobilized while the mirror exists
+        (1061, 1100, "venue-hkmo", "active"),
+    ]
+    assert world.at_registry("hkmo", vcs(1001, 1100)) == [(1061, 1100, "hk-seller", "active")]
+    assert world.at_registry("national", mirror.id) == [
+        (mirror.id.serial_start, mirror.id.serial_end, "buyer", "active")
+    ]
+    assert world.violations() == []
+
+    # 2. The buyer retires the first 20 mirror units: their origin retires at Verra.
+    retired_part = dataclasses.replace(mirror.id, serial_end=mirror.id.serial_start + 19)
+    use = world.bridge.use(
+        "u1",
+        UseRequest("retirement", NATIONAL_BUYER, (retired_part,), beneficiary="ACME"),
+    )
+    assert use.state == "completed"
+    assert world.at_registry("verra", vcs(1001, 1100)) == [
+        (1001, 1020, "venue-hkmo", "retired"),
+        (1021, 1060, "venue-hkmo", "bridged"),
+        (1061, 1100, "venue-hkmo", "active"),
+    ]
+    assert world.violations() == []
+
+    # 3. The other 40 return to Hong Kong: their origin is free again at Verra.
+    rest = dataclasses.replace(mirror.id, serial_start=mirror.id.serial_start + 20)
+    back = world.bridge.submit("r2", TransferInstruction(NATIONAL_BUYER, HK_BUYER, (rest,)))
+    assert back.state is TransferState.COMPLETED, back.failure_reason
+    assert world.at_registry("verra", vcs(1001, 1100)) == [
+        (1001, 1020, "venue-hkmo", "retired"),
+        (1021, 1100, "venue-hkmo", "active"),
+    ]
+    assert world.at_registry("hkmo", vcs(1001, 1100)) == [
+        (1021, 1060, "hk-buyer", "active"),
+        (1061, 1100, "hk-seller", "active"),
+    ]
+    assert world.at_registry("national", mirror.id) == [
+        (mirror.id.serial_start, mirror.id.serial_start + 19, "buyer", "retired")
+    ]
+    assert world.statuses("hkmo", "hk-buyer", vcs(1021, 1060)) == {HoldingStatus.ACTIVE}
+    assert world.violations() == []
+
+
+def test_same_request_id_same_body_returns_the_same_transfer(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    instruction = TransferInstruction(AccountRef("verra", "dev-1"), NATIONAL_BUYER, (vcs(1, 10),))
+    first = world.bridge.submit("req-1", instruction)
+    events_before = _log_size(world)
+    again = world.bridge.submit("req-1", instruction)
+    assert again.transfer_id == first.transfer_id
+    assert again.state is first.state is TransferState.COMPLETED
+    assert again.history == first.history
+    # A repeat changes nothing: no new event, no second mirror.
+    assert _log_size(world) == events_before
+    assert len([h for h in world.live() if h.is_mirror]) == 1
+    assert world.violations() == []
+
+
+def test_same_request_id_other_body_is_refused(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    source = AccountRef("verra", "dev-1")
+    first = world.bridge.submit("req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),)))
+    events_before = _log_size(world)
+    with pytest.raises(RequestIdConflict, match=first.transfer_id):
+        world.bridge.submit("req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 11),)))
+    assert _log_size(world) == events_before
+    assert world.bridge.get(first.transfer_id).instruction.units == (vcs(1, 10),)
+
+
+def test_use_request_id_is_idempotent_too(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    owner = AccountRef("verra", "dev-1")
+    request = UseRequest("retirement", owner, (vcs(1, 5),), beneficiary="ACME")
+    first = world.bridge.use("u-1", request)
+    events_before = _log_size(world)
+    assert world.bridge.use("u-1", request).use_id == first.use_id
+    assert _log_size(world) == events_before
+    with pytest.raises(RequestIdConflict):
+        world.bridge.use("u-1", dataclasses.replace(request, beneficiary="Other"))
+    assert world.violations() == []
+
+
+def _log_size(world: World) -> int:
+    from registry_bridge import db
+    from registry_bridge.event_log import log_size
+
+    with db.unit_of_work(world.sessions) as session:
+        return log_size(session)
+
+
+def _rejected(world: World, request_id: str, instruction: TransferInstruction) -> str:
+    """Submit, check the transfer ends REJECTED with its reasons and changed nothing."""
+    up = world.ports
+    rows_before = {(h.block.id, h.registry, h.account, h.status) for h in world.live()}
+    totals_before = {r: sorted(map(str, p.totals())) for r, p in up.items() if r not in world.down}
+    transfer = world.bridge.submit(request_id, instruction)
+    assert transfer.state is TransferState.REJECTED
+    assert transfer.decision is not None
+    assert not transfer.decision.allowed
+    assert transfer.decision.violations, "a rejection names its reasons"
+    assert transfer.failure_reason
+    assert {(h.block.id, h.registry, h.account, h.status) for h in world.live()} == rows_before
+    totals_after = {r: sorted(map(str, p.totals())) for r, p in up.items() if r not in world.down}
+    assert totals_after == totals_before
+    assert world.violations(registries=not world.down) == []
+    return " ".join(v.rule_id + " " + v.message for v in transfer.decision.violations)
+
+
+def test_units_not_held_are_rejected(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    # Someone else's units, and units that were never issued.
+    reasons = _rejected(
+        world,
+        "r-not-held",
+        TransferInstruction(AccountRef("verra", "dev-2"), NATIONAL_BUYER, (vcs(1, 10),)),
+    )
+    assert "CL-LEDGER-HOLDER" in reasons
+    reasons = _rejected(
+        world,
+        "r-unknown",
+        TransferInstruction(AccountRef("verra", "dev-1"), NATIONAL_BUYER, (vcs(40, 60),)),
+    )
+    assert "CL-LEDGER-UNKNOWN_UNITS" in reasons
+
+
+def test_retired_units_are_rejected(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    owner = AccountRef("verra", "dev-1")
+    world.bridge.use("u-1", UseRequest("retirement", owner, (vcs(1, 10),), beneficiary="ACME"))
+    reasons = _rejected(
+        world, "r-retired", TransferInstruction(owner, NATIONAL_BUYER, (vcs(5, 15),))
+    )
+    assert "CL-LEDGER-STATUS" in reasons and "retired" in reasons
+
+
+def test_units_locked_by_another_transfer_are_rejected(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    owner = AccountRef("verra", "dev-1")
+    # The national registry is down: the first transfer holds its lock, waiting.
+    world.take_down("national")
+    waiting = world.bridge.submit(
+        "r-first", TransferInstruction(owner, NATIONAL_BUYER, (vcs(1, 20),))
+    )
+    assert waiting.state is TransferState.SOURCE_LOCKED
+    assert world.violations(registries=False) == []
+    reasons = _rejected(
+        world,
+        "r-second",
+        TransferInstruction(owner, AccountRef("national", "other"), (vcs(15, 30),)),
+    )
+    assert "CL-LEDGER-STATUS" in reasons and "locked" in reasons
+    world.bring_up("national")
+    assert world.bridge.resume_unfinished() == {waiting.transfer_id: TransferState.COMPLETED}
+    assert world.violations() == []
+
+
+def test_routes_the_bridge_does_not_take_are_rejected(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    world.seed("national", "ent-1", ccer_block(1, 50))
+    # Verra and its custody venue hold VCUs natively: no bridge between them.
+    reasons = _rejected(
+        world,
+        "r-to-venue",
+        TransferInstruction(AccountRef("verra", "dev-1"), HK_BUYER, (vcs(1, 10),)),
+    )
+    assert "CL-LEDGER-ROUTE" in reasons
+    # A transfer inside one registry is that registry's business: refused as malformed.
+    with pytest.raises(InvalidRequest, match=r"destination\.registry"):
+        world.bridge.submit(
+            "r-internal",
+            TransferInstruction(
+                AccountRef("verra", "dev-1"), AccountRef("verra", "x"), (vcs(1, 2),)
+            ),
+        )
+    assert world.violations() == []
+
+
+def test_foreign_units_refused_by_the_destination_roll_back(world: World) -> None:
+    world.seed("gold-standard", "gs-dev", gs_block(1, 30))
+    gs = gs_block(1, 30).id
+    transfer = world.bridge.submit(
+        "r-gs-to-verra",
+        TransferInstruction(AccountRef("gold-standard", "gs-dev"), AccountRef("verra", "x"), (gs,)),
+    )
+    # Verra accepts only its own units back: the credit is refused, the lock released.
+    assert transfer.state is TransferState.ROLLED_BACK
+    assert "credit refused" in transfer.failure_reason
+    assert world.at_registry("gold-standard", gs) == [(1, 30, "gs-dev", "active")]
+    assert world.statuses("gold-standard", "gs-dev", gs) == {HoldingStatus.ACTIVE}
+    assert world.violations() == []

@@ -1,0 +1,896 @@
+"""The bridge's rules gate: ledger facts in, ``compliance_rules`` decisions out.
+
+:class:`ComplianceRules` implements :class:`registry_bridge.bridge.TransferRules`, the port
+the bridge asks before any state changes; :func:`list_project` answers the gateway's
+ListProject RPC. Both translate the bridge's canonical model (``UnitBlock``,
+``LedgerHolding``) into the engine's facts, evaluate them with the built-in rule packs (loaded
+once, cached by :func:`compliance_rules.load_builtin`) and translate the engine's decisions
+back into :class:`~registry_bridge.transfers.RulesDecision` values.
+
+Which packs decide:
+
+- a transfer: the pack of the destination registry (``shenzhen``, ``national``,
+  ``guangdong``, ``hkmo``, ``bri`` -> ``article6-bri``), with the baseline double-counting
+  pack under it. Verra and Gold Standard, and any mirror returning to its own origin
+  registry, get the baseline pack only: the units go home, where they are native, and the
+  only question is whether they are counted once. A ``corsia`` use adds the ``corsia`` pack;
+  Belt-and-Road ITMOs add ``article6-bri`` (for those blocks) wherever they go, because
+  authorization and corresponding adjustment travel with the unit, not with the market;
+- a retirement: the pack of the registry the units are retired in, for voluntary
+  retirement (baseline only at Verra and Gold Standard);
+- a surrender: the pack of the request's jurisdiction, with the entity's compliance year
+  from :class:`EntityRecords` (no record: refused, never guessed).
+
+Double counting is decided in *origin coordinates*: every ledger row, origin or mirror, is
+given to the engine as the origin serial range it stands for, so a mirror at Shenzhen and
+its origin at Verra are recognised as the same units. A moving block carries its ledger row
+id as ``holding_id``; a bridged origin row standing behind a moving mirror carries the same
+id, because a bridged origin and its mirror are one holding (DESIGN.md, invariant 1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Protocol
+
+from compliance_rules import (
+    Authorization,
+    Block,
+    BlockRef,
+    CaStatus,
+    Decision,
+    EntityYear,
+    KnownBlock,
+    ListingFacts,
+    NoVersionInForceError,
+    Period,
+    Project,
+    Registration,
+    RulePack,
+    TransferFacts,
+    Use,
+    Violation,
+    evaluate_listing,
+    evaluate_transfer,
+    load_builtin,
+)
+from compliance_rules import HoldingStatus as FactStatus
+from compliance_rules.engine import decision_date
+from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
+from registry_bridge.errors import InvalidRequest
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import Authorization as UnitAuthorization
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
+from registry_bridge.transfers import RulesDecision, RuleViolation, TransferKind
+
+BASELINE = "baseline"
+CORSIA = "corsia"
+ARTICLE6 = "article6-bri"
+
+PACK_BY_REGISTRY: Mapping[str, str] = {
+    "shenzhen": "shenzhen",
+    "national": "national",
+    "guangdong": "guangdong",
+    "hkmo": "hkmo",
+    "bri": ARTICLE6,
+}
+"""The rule pack of each registry (or jurisdiction) that has one."""
+
+BASELINE_ONLY_REGISTRIES = frozenset({"verra", "gold-standard"})
+"""International standards' home registries: no market rules of ours apply there, only the
+double-counting checks (units going there are mirrors returning home)."""
+
+DESTINATION_COUNTRY: Mapping[str, str] = {
+    "shenzhen": "CN",
+    "national": "CN",
+    "guangdong": "CN",
+    # NOTE(rules-gate): one registry id serves both venues and the check does not say which;
+    # the country only matters to corresponding-adjustment rules, where a Hong Kong and a
+    # Macau destination are both cross-border for any project not hosted there.
+    "hkmo": "HK",
+    # The Belt-and-Road registries span many host countries: no single destination country,
+    # so every project counts as cross-border there (the stricter reading).
+    "bri": "",
+    "verra": "",
+    "gold-standard": "",
+}
+"""ISO alpha-2 of where units land, for the corresponding-adjustment rules."""
+
+INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+"""The intended uses a transfer instruction may name (as the gateway validates them)."""
+
+# Market dates: every scheme served (Shenzhen, Guangdong, national, Hong Kong, Macau) keeps
+# China Standard Time / HKT, UTC+8 without daylight saving; an instrument effective "1 May"
+# is in force from midnight there, not in UTC.
+MARKET_TIME = timezone(timedelta(hours=8))
+
+GATE_SOURCE = "carbonlink DESIGN.md, Rules: decisions fail closed when a fact is missing"
+ENTITY_SOURCE = "carbonlink DESIGN.md, Rules: offset limits need the entity's compliance year"
+
+UNKNOWN_JURISDICTION = "CL-GATE-0001"
+NO_VERSION_IN_FORCE = "CL-GATE-0002"
+UNITS_NOT_IN_LEDGER = "CL-GATE-0003"
+UNKNOWN_INTENDED_USE = "CL-GATE-0004"
+UNKNOWN_USE_KIND = "CL-GATE-0005"
+FACT_NOT_RECORDED = "CL-GATE-0006"
+NO_ENTITY_RECORD = "CL-ENTITY-0001"
+ENTITY_RECORD_MISMATCH = "CL-ENTITY-0002"
+
+# ISO 3166-2:CN subdivision codes (2017 revision) to the province names the packs use in
+# their place lists ("CN/Guangdong/Meizhou"). Hong Kong, Macau and Taiwan are left out: their
+# projects carry their own ISO 3166-1 country code.
+_CN_PROVINCES: Mapping[str, str] = {
+    "AH": "Anhui",
+    "BJ": "Beijing",
+    "CQ": "Chongqing",
+    "FJ": "Fujian",
+    "GD": "Guangdong",
+    "GS": "Gansu",
+    "GX": "Guangxi",
+    "GZ": "Guizhou",
+    "HA": "Henan",
+    "HB": "Hubei",
+    "HE": "Hebei",
+    "HI": "Hainan",
+    "HL": "Heilongjiang",
+    "HN": "Hunan",
+    "JL": "Jilin",
+    "JS": "Jiangsu",
+    "JX": "Jiangxi",
+    "LN": "Liaoning",
+    "NM": "Inner Mongolia",
+    "NX": "Ningxia",
+    "QH": "Qinghai",
+    "SC": "Sichuan",
+    "SD": "Shandong",
+    "SH": "Shanghai",
+    "SN": "Shaanxi",
+    "SX": "Shanxi",
+    "TJ": "Tianjin",
+    "XJ": "Xinjiang",
+    "XZ": "Tibet",
+    "YN": "Yunnan",
+    "ZJ": "Zhejiang",
+}
+_ISO_SUBDIVISION = re.compile(r"CN-([A-Z]{2})")
+
+
+class EntityRecords(Protocol):
+    """Where a covered entity's compliance year comes from (verified emissions, allowances
+    due, offsets already surrendered): the facts an offset limit is computed from."""
+
+    def get(self, entity_id: str, jurisdiction: str, year: int) -> EntityYear | None:
+        """The entity's compliance year in a jurisdiction.
+
+        Args:
+            entity_id: The covered entity.
+            jurisdiction: The scheme it complies under (``"shenzhen"``, ``"national"``...).
+            year: The compliance year.
+
+        Returns:
+            The record, or ``None`` when none is recorded (the surrender is then refused).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class OtherRegistration:
+    """The same project registered under another program, with a period issued there."""
+
+    program: str
+    project_id: str
+    issued_period_start: date
+    issued_period_end: date
+
+
+@dataclass(frozen=True)
+class ProjectListing:
+    """A crediting project as an issuer presents it for listing (``carbonlink.v1.Project``).
+
+    Dates are already parsed: the gateway turns a bad ISO date into INVALID_ARGUMENT.
+    """
+
+    program: str
+    """Originating program, e.g. ``"VCS"``, ``"GS"``, ``"BRI-ITMO"``."""
+    project_id: str
+    display_name: str = ""
+    project_type: str = ""
+    methodology: str = ""
+    country: str = ""
+    """ISO 3166-1 alpha-2 host country."""
+    region: str = ""
+    """Province (``"Guangdong"``, or ISO ``"CN-GD"``), optionally ``"Guangdong/Meizhou"``."""
+    start_date: date | None = None
+    crediting_period_start: date | None = None
+    crediting_period_end: date | None = None
+    other_registrations: tuple[OtherRegistration, ...] = ()
+    """Registrations of the same project under other programs (double-issuance checks)."""
+    authorization: UnitAuthorization | None = None
+    """Unit-level: checked on each transfer, not at listing."""
+    labels: frozenset[str] = frozenset()
+    gas: str = "CO2"
+    """Unit-level: checked on each transfer, not at listing."""
+
+
+@dataclass(frozen=True)
+class ListingEligibility:
+    """Whether a listed project's units would be eligible for one use."""
+
+    use: str
+    decision: RulesDecision
+    conditions: tuple[str, ...] = ()
+    """Rules that depend on unit-level facts and so are checked on each transfer."""
+
+
+@dataclass(frozen=True)
+class ListingOutcome:
+    """The answer to ListProject."""
+
+    listed: bool
+    """True when the project is not refused and at least one use is eligible."""
+    eligibility: tuple[ListingEligibility, ...]
+    refusals: tuple[RuleViolation, ...]
+    """Violations that refuse the listing as a whole (double issuance)."""
+    pack_versions: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------ translation
+
+
+def _market_day(at: datetime) -> date:
+    if at.tzinfo is None:
+        # A naive instant has no market day; the bridge's clock is aware by contract.
+        raise ValueError(f"the rules clock must be timezone-aware, got {at.isoformat()}")
+    return at.astimezone(MARKET_TIME).date()
+
+
+def _place(country: str, region: str) -> tuple[str, str]:
+    """The pack's (region, city) for a block's region: ``CN-GD`` -> ``("Guangdong", "")``."""
+    if country == "CN":
+        match = _ISO_SUBDIVISION.fullmatch(region)
+        if match is not None and match.group(1) in _CN_PROVINCES:
+            return _CN_PROVINCES[match.group(1)], ""
+    province, _, city = region.partition("/")
+    return province.strip(), city.strip()
+
+
+def _ref(block_id: BlockId) -> BlockRef:
+    return BlockRef(
+        block_id.program.value, block_id.serial_series, block_id.serial_start, block_id.serial_end
+    )
+
+
+def _block_id(ref: BlockRef) -> BlockId:
+    return BlockId(Program(ref.program), ref.serial_series, ref.serial_start, ref.serial_end)
+
+
+def _fact_block(unit: UnitBlock, origin: BlockId, holding_id: str) -> Block:
+    """The engine's view of a unit block, placed at the origin range it stands for.
+
+    The unit model carries no project start date, construction start, city, GEC status,
+    gas amount or other-program registrations; the engine fails closed on the rules that
+    need the dates and the gas amount, and the gate on the GEC rule (see
+    :func:`_unrecorded_gec`). Unit labels are also given as project labels, because the
+    model keeps one label set (``pre_cdm`` is a project label, ``corsia_eligible`` a unit one).
+    """
+    region, city = _place(unit.country, unit.region)
+    auth = unit.authorization
+    return Block(
+        ref=_ref(origin),
+        project=Project(
+            program=unit.program.value,
+            project_id=unit.project_id,
+            country=unit.country,
+            region=region,
+            city=city,
+            project_type=unit.project_type,
+            methodology=unit.methodology,
+            labels=unit.labels,
+        ),
+        vintage=Period(unit.vintage_start, unit.vintage_end),
+        gas=unit.gas,
+        authorization=None
+        if auth is None
+        else Authorization(auth.letter_id, auth.host_country, auth.authorized_uses),
+        ca_status=CaStatus(unit.corresponding_adjustment.value),
+        labels=unit.labels,
+        holding_id=holding_id,
+    )
+
+
+def _origin_part(row: LedgerHolding, part: BlockId) -> BlockId:
+    """The origin range of ``part``, a sub-range of ``row``'s own serials."""
+    offset = part.serial_start - row.block.id.serial_start
+    return BlockId(
+        row.origin.program,
+        row.origin.serial_series,
+        row.origin.serial_start + offset,
+        row.origin.serial_start + offset + part.quantity - 1,
+    )
+
+
+def _unique(rows: Iterable[LedgerHolding]) -> list[LedgerHolding]:
+    # The bridge collects rows per unit selector, so one row may be listed more than once.
+    seen: dict[int, LedgerHolding] = {}
+    for row in rows:
+        seen.setdefault(row.row_id, row)
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class _Moving:
+    """A block about to move or be used, with the ledger row it comes from."""
+
+    unit: UnitBlock
+    """As the bridge gave it (reported back in violations)."""
+    origin: BlockId
+    row: LedgerHolding
+
+    @property
+    def holding_id(self) -> str:
+        return str(self.row.row_id)
+
+
+def _cut(span: BlockId, holes: Sequence[BlockId]) -> list[BlockId]:
+    """``span`` minus ``holes`` (all of one program and series), as contiguous ranges."""
+    out: list[BlockId] = []
+    start = span.serial_start
+    for hole in sorted(holes):
+        if hole.serial_start > start:
+            out.append(
+                BlockId(
+                    span.program,
+                    span.serial_series,
+                    start,
+                    min(hole.serial_start - 1, span.serial_end),
+                )
+            )
+        start = max(start, hole.serial_end + 1)
+        if start > span.serial_end:
+            return out
+    out.append(BlockId(span.program, span.serial_series, start, span.serial_end))
+    return out
+
+
+def _known_blocks(
+    rows: Sequence[LedgerHolding], moving: Sequence[_Moving]
+) -> tuple[KnownBlock, ...]:
+    """Every known ledger row as the engine sees it: origin range, status, holding id.
+
+    A bridged origin row is immobilized *because* a mirror of it exists: where a moving
+    block is such a mirror, the overlapping part of the bridged origin is the same holding
+    and carries the mirror's id, so it is not taken for a second live copy of the units.
+    """
+    mirrors = [m for m in moving if m.row.is_mirror]
+    out: list[KnownBlock] = []
+    for row in rows:
+        status = FactStatus(row.status.value)
+        behind = (
+            [m for m in mirrors if m.origin.overlaps(row.origin)]
+            if not row.is_mirror and row.status is HoldingStatus.BRIDGED
+            else []
+        )
+        own = str(row.row_id)
+        if not behind:
+            out.append(KnownBlock(_ref(row.origin), status, row.registry, own))
+            continue
+        shared: list[BlockId] = []
+        for m in behind:
+            part = BlockId(
+                row.origin.program,
+                row.origin.serial_series,
+                max(row.origin.serial_start, m.origin.serial_start),
+                min(row.origin.serial_end, m.origin.serial_end),
+            )
+            shared.append(part)
+            out.append(KnownBlock(_ref(part), status, row.registry, m.holding_id))
+        out.extend(
+            KnownBlock(_ref(rest), status, row.registry, own) for rest in _cut(row.origin, shared)
+        )
+    return tuple(out)
+
+
+def _violation(v: Violation, reported: Mapping[BlockRef, BlockId]) -> RuleViolation:
+    """The bridge's form of an engine violation; blocks as the bridge named them."""
+    details = [(name, str(value)) for name, value in v.details]
+    if v.unconfirmed_params:
+        # A reviewer must know when a refusal rests on a figure the pack marks unconfirmed.
+        details.append(("unconfirmed_params", ",".join(v.unconfirmed_params)))
+    return RuleViolation(
+        rule_id=v.rule_id,
+        message=f"{v.message}: {v.detail}" if v.detail else v.message,
+        source=str(v.source),
+        blocks=tuple(reported.get(ref) or _block_id(ref) for ref in v.blocks),
+        details=tuple(details),
+    )
+
+
+def _gate_violation(
+    rule_id: str,
+    message: str,
+    blocks: Iterable[BlockId] = (),
+    details: Iterable[tuple[str, str]] = (),
+    source: str = GATE_SOURCE,
+) -> RuleViolation:
+    return RuleViolation(rule_id, message, source, tuple(blocks), tuple(details))
+
+
+def _market_use(intended: str) -> Use:
+    """The use a transfer is checked for in the destination market (see check_transfer)."""
+    if intended in ("holding", "corsia"):
+        return Use.LISTING
+    return Use(intended)
+
+
+def _deny(*violations: RuleViolation) -> RulesDecision:
+    return RulesDecision(allowed=False, violations=violations)
+
+
+def _version(pack: str, day: date) -> str:
+    return f"{pack}@{day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """One pack asked about some blocks for one use."""
+
+    pack: str
+    use: Use
+    moving: tuple[_Moving, ...]
+
+
+class _Combined:
+    """Deny-overrides over several pack decisions, every violation kept once."""
+
+    def __init__(self) -> None:
+        self.violations: dict[RuleViolation, None] = {}
+        self.versions: dict[str, None] = {}
+
+    def add(self, violations: Iterable[RuleViolation], versions: Iterable[str] = ()) -> None:
+        # The baseline pack runs under each scheme pack: the same double-counting violation
+        # may come from two evaluations and is reported once.
+        self.violations.update(dict.fromkeys(violations))
+        self.versions.update(dict.fromkeys(versions))
+
+    def decision(self) -> RulesDecision:
+        return RulesDecision(
+            allowed=not self.violations,
+            violations=tuple(self.violations),
+            pack_versions=tuple(self.versions),
+        )
+
+
+# ------------------------------------------------------------------------------------ gate
+
+
+class ComplianceRules:
+    """The bridge's :class:`~registry_bridge.bridge.TransferRules` over ``compliance_rules``.
+
+    Pure apart from :class:`EntityRecords`: every fact comes with the check, the clock from
+    ``check.at``, and the packs are loaded once, here.
+    """
+
+    def __init__(self, entities: EntityRecords) -> None:
+        """Build the gate.
+
+        Args:
+            entities: The covered entities' compliance years, for surrender offset limits.
+
+        Raises:
+            PackInvalidError: A built-in pack is invalid (a packaging bug).
+        """
+        self._entities = entities
+        names = {BASELINE, CORSIA, ARTICLE6, *PACK_BY_REGISTRY.values()}
+        self._packs: dict[str, RulePack] = {name: load_builtin(name) for name in names}
+
+    # ---------------------------------------------------------------------------- transfers
+
+    def check_transfer(self, check: TransferCheck) -> RulesDecision:
+        """Allow or deny a transfer, with every violation.
+
+        The intended use maps onto the packs' uses as follows. ``"holding"`` (units simply
+        move to an account in the destination registry) is :attr:`Use.LISTING`: the units
+        are admitted to be held and traded in that market, which is what a pack's listing
+        rules decide (HKEX Core Climate: "source, hold, trade"). A market whose pack provides
+        no listing use (the national and Guangdong ETSs are compliance-only) therefore refuses
+        a holding transfer with ``CR-ENGINE-0002``: fail closed rather than admit units no
+        rule speaks to. ``"corsia"`` is a holding in the destination market plus
+        :attr:`Use.CORSIA` under the ``corsia`` pack. ``"compliance"``,
+        ``"voluntary_retirement"`` and ``"listing"`` map to the use of the same name.
+
+        Args:
+            check: The instruction, the origin blocks that move and every live ledger row
+                touching the same origin units.
+
+        Returns:
+            The combined decision (deny-overrides) of every pack asked.
+
+        Raises:
+            ValueError: ``check.at`` is naive.
+        """
+        instruction = check.instruction
+        destination = instruction.destination.registry
+        if instruction.intended_use not in INTENDED_USES:
+            return _deny(
+                _gate_violation(
+                    UNKNOWN_INTENDED_USE,
+                    f"intended use {instruction.intended_use!r} is none of "
+                    f"{', '.join(sorted(INTENDED_USES))}",
+                )
+            )
+        known = _unique(check.known)
+        source = instruction.source
+        moving: list[_Moving] = []
+        missing: list[BlockId] = []
+        for unit in check.blocks:
+            # The bridge gives origin blocks; the row they move from is the source account's
+            # (a mirror for a return, an origin row otherwise) that holds that origin range.
+            rows = [
+                r
+                for r in known
+                if r.registry == source.registry
+                and r.account == source.account
+                and r.is_mirror == (check.kind is TransferKind.RETURN)
+                and r.origin.contains(unit.id)
+            ]
+            if len(rows) == 1:
+                moving.append(_Moving(unit, unit.id, rows[0]))
+            else:
+                missing.append(unit.id)
+        if missing:
+            return _deny(self._not_in_ledger(missing, f"{source.registry}/{source.account}"))
+        day = _market_day(check.at)
+        returning_home = check.kind is TransferKind.RETURN and all(
+            ORIGIN_REGISTRY.get(m.unit.program) == destination for m in moving
+        )
+        use = _market_use(instruction.intended_use)
+        evaluations: list[_Evaluation] = []
+        if destination in BASELINE_ONLY_REGISTRIES or returning_home:
+            evaluations.append(_Evaluation(BASELINE, use, tuple(moving)))
+        elif destination in PACK_BY_REGISTRY:
+            pack = PACK_BY_REGISTRY[destination]
+            evaluations.append(_Evaluation(pack, use, tuple(moving)))
+            if instruction.intended_use == "corsia":
+                evaluations.append(_Evaluation(CORSIA, Use.CORSIA, tuple(moving)))
+            itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
+            if itmos and pack != ARTICLE6:
+                evaluations.append(_Evaluation(ARTICLE6, use, itmos))
+        else:
+            return _deny(self._unknown_jurisdiction("destination registry", destination))
+        return self._run(
+            evaluations, known, DESTINATION_COUNTRY.get(destination, ""), day, entity=None
+        )
+
+    # --------------------------------------------------------------------------------- uses
+
+    def check_use(self, check: UseCheck) -> RulesDecision:
+        """Allow or deny a retirement or a surrender, with every violation.
+
+        A retirement is voluntary: double use and double counting through the baseline pack,
+        and the voluntary-retirement rules of the pack of the registry the units sit in (the
+        baseline only at Verra and Gold Standard). A surrender is compliance use under the
+        request's jurisdiction, with the entity's compliance year from :class:`EntityRecords`:
+        without a record the surrender is refused (``CL-ENTITY-0001``), never guessed.
+
+        Args:
+            check: The request, the blocks used (as held, mirrors in their own serials) and
+                every live ledger row touching the same origin units.
+
+        Returns:
+            The combined decision of every pack asked.
+
+        Raises:
+            ValueError: ``check.at`` is naive.
+        """
+        request = check.request
+        account = request.account
+        known = _unique(check.known)
+        moving: list[_Moving] = []
+        missing: list[BlockId] = []
+        for unit in check.blocks:
+            rows = [
+                r
+                for r in known
+                if r.registry == account.registry
+                and r.account == account.account
+                and r.block.id.contains(unit.id)
+            ]
+            if len(rows) == 1:
+                moving.append(_Moving(unit, _origin_part(rows[0], unit.id), rows[0]))
+            else:
+                missing.append(unit.id)
+        if missing:
+            return _deny(self._not_in_ledger(missing, f"{account.registry}/{account.account}"))
+        day = _market_day(check.at)
+        if request.kind == "retirement":
+            return self._retirement(tuple(moving), known, account.registry, day)
+        if request.kind == "surrender":
+            return self._surrender(
+                tuple(moving),
+                known,
+                request.entity_id,
+                request.jurisdiction,
+                request.compliance_year,
+                day,
+            )
+        return _deny(
+            _gate_violation(
+                UNKNOWN_USE_KIND, f"use kind {request.kind!r} is neither retirement nor surrender"
+            )
+        )
+
+    def _retirement(
+        self, moving: tuple[_Moving, ...], known: Sequence[LedgerHolding], registry: str, day: date
+    ) -> RulesDecision:
+        use = Use.VOLUNTARY_RETIREMENT
+        if registry in BASELINE_ONLY_REGISTRIES:
+            evaluations = [_Evaluation(BASELINE, use, moving)]
+        elif registry in PACK_BY_REGISTRY:
+            pack = PACK_BY_REGISTRY[registry]
+            evaluations = [_Evaluation(pack, use, moving)]
+            itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
+            if itmos and pack != ARTICLE6:
+                evaluations.append(_Evaluation(ARTICLE6, use, itmos))
+        else:
+            return _deny(self._unknown_jurisdiction("registry", registry))
+        return self._run(evaluations, known, DESTINATION_COUNTRY.get(registry, ""), day, None)
+
+    def _surrender(
+        self,
+        moving: tuple[_Moving, ...],
+        known: Sequence[LedgerHolding],
+        entity_id: str,
+        jurisdiction: str,
+        year: int,
+        day: date,
+    ) -> RulesDecision:
+        pack = PACK_BY_REGISTRY.get(jurisdiction)
+        if pack is None:
+            return _deny(self._unknown_jurisdiction("jurisdiction", jurisdiction))
+        evaluations = [_Evaluation(pack, Use.COMPLIANCE, moving)]
+        itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
+        if itmos and pack != ARTICLE6:
+            evaluations.append(_Evaluation(ARTICLE6, Use.COMPLIANCE, itmos))
+        country = DESTINATION_COUNTRY.get(jurisdiction, "")
+        entity = self._entities.get(entity_id, jurisdiction, year)
+        if entity is not None and (entity.entity_id, entity.compliance_year) != (entity_id, year):
+            return _deny(
+                _gate_violation(
+                    ENTITY_RECORD_MISMATCH,
+                    f"the record found for entity {entity_id} in {year} is "
+                    f"{entity.entity_id}'s for {entity.compliance_year}",
+                    (m.unit.id for m in moving),
+                    source=ENTITY_SOURCE,
+                )
+            )
+        if entity is None:
+            refused = _gate_violation(
+                NO_ENTITY_RECORD,
+                f"no verified emissions recorded for entity {entity_id} in year {year} "
+                f"({jurisdiction}): the offset limit cannot be computed",
+                (m.unit.id for m in moving),
+                (("entity_id", entity_id), ("compliance_year", str(year))),
+                source=ENTITY_SOURCE,
+            )
+            # The other rules are still evaluated, so the refusal lists every violation.
+            # The engine picks a compliance year's rules by the year's last day; without the
+            # record it cannot know the year, so the same day is passed as the clock (the
+            # clock only selects pack versions: no rule reads it).
+            decided = self._run(evaluations, known, country, date(year, 12, 31), None)
+            return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
+        return self._run(evaluations, known, country, day, entity)
+
+    # ------------------------------------------------------------------------------ engine
+
+    def _run(
+        self,
+        evaluations: Sequence[_Evaluation],
+        known: Sequence[LedgerHolding],
+        destination_country: str,
+        day: date,
+        entity: EntityYear | None,
+    ) -> RulesDecision:
+        combined = _Combined()
+        all_moving = tuple(m for e in evaluations for m in e.moving)
+        known_blocks = _known_blocks(known, all_moving)
+        baseline = self._packs[BASELINE]
+        for evaluation in evaluations:
+            reported = {_ref(m.origin): m.unit.id for m in evaluation.moving}
+            facts = TransferFacts(
+                use=evaluation.use,
+                blocks=tuple(
+                    _fact_block(m.unit, m.origin, m.holding_id) for m in evaluation.moving
+                ),
+                destination_country=destination_country,
+                entity=entity,
+                known_blocks=known_blocks,
+            )
+            pack = self._packs[evaluation.pack]
+            try:
+                decision = evaluate_transfer(pack, facts, day, baseline=baseline)
+                base_version = baseline.version_for(decision_date(facts, day))
+            except NoVersionInForceError as exc:
+                combined.add([_gate_violation(NO_VERSION_IN_FORCE, str(exc))])
+                continue
+            combined.add(
+                [_violation(v, reported) for v in decision.violations],
+                _versions(decision, base_version.effective_from),
+            )
+            combined.add(_unrecorded_gec(pack, decision, evaluation.moving))
+        return combined.decision()
+
+    def _not_in_ledger(self, blocks: Sequence[BlockId], where: str) -> RuleViolation:
+        return _gate_violation(
+            UNITS_NOT_IN_LEDGER,
+            f"the ledger rows given with the check do not hold these units at {where} exactly "
+            "once, so double counting cannot be checked",
+            blocks,
+        )
+
+    def _unknown_jurisdiction(self, what: str, name: str) -> RuleViolation:
+        known = ", ".join(sorted({*PACK_BY_REGISTRY, *BASELINE_ONLY_REGISTRIES}))
+        return _gate_violation(
+            UNKNOWN_JURISDICTION, f"no rule pack for {what} {name!r} (known: {known})"
+        )
+
+
+def _versions(decision: Decision, baseline_from: date) -> tuple[str, ...]:
+    own = _version(decision.pack, decision.pack_version)
+    if decision.pack == BASELINE:
+        return (own,)
+    return (own, _version(BASELINE, baseline_from))
+
+
+def _unrecorded_gec(
+    pack: RulePack, decision: Decision, moving: Sequence[_Moving]
+) -> list[RuleViolation]:
+    """Fail closed on GEC/CCER exclusivity, whose fact the unit model does not carry.
+
+    The engine reads a block's GEC status and, given none, takes "no GEC"; the unit model has
+    no such field, so a block the rule covers would pass unchecked. Each GEC rule in force
+    for the decision's use is read from the pack, and every block it covers is refused.
+    """
+    out: list[RuleViolation] = []
+    version = next(v for v in pack.versions if v.effective_from == decision.pack_version)
+    for spec in version.rules:
+        if spec.kind != "gec_exclusivity" or decision.use not in spec.uses:
+            continue
+        types = spec.params.get("project_types", ())
+        programs = spec.params.get("programs")
+        covered = [
+            m.unit.id
+            for m in moving
+            if isinstance(types, tuple)
+            and m.unit.project_type in types
+            and (not isinstance(programs, tuple) or m.unit.program.value in programs)
+        ]
+        if covered:
+            out.append(
+                _gate_violation(
+                    FACT_NOT_RECORDED,
+                    f"the green-electricity-certificate status of the generation is not "
+                    f"recorded for these units, so {spec.rule_id} ({spec.message}) cannot be "
+                    "checked",
+                    covered,
+                    (("rule", spec.rule_id),),
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------ ListProject
+
+
+def _listing_facts(project: ProjectListing, destination_country: str) -> ListingFacts:
+    grouped: dict[tuple[str, str], list[Period]] = {}
+    for i, reg in enumerate(project.other_registrations):
+        if reg.issued_period_end < reg.issued_period_start:
+            raise InvalidRequest.field(
+                f"project.other_registrations[{i}].issued_period_end",
+                f"{reg.issued_period_end} is before issued_period_start {reg.issued_period_start}",
+            )
+        grouped.setdefault((reg.program, reg.project_id), []).append(
+            Period(reg.issued_period_start, reg.issued_period_end)
+        )
+    start, end = project.crediting_period_start, project.crediting_period_end
+    periods: tuple[Period, ...] = ()
+    if start is not None and end is not None:
+        if end < start:
+            raise InvalidRequest.field(
+                "project.crediting_period_end", f"{end} is before crediting_period_start {start}"
+            )
+        periods = (Period(start, end),)
+    # Without a crediting period there is nothing to decide on: the engine refuses every use
+    # (fail closed) rather than the gate inventing a period.
+    region, city = _place(project.country, project.region)
+    return ListingFacts(
+        project=Project(
+            program=project.program,
+            project_id=project.project_id,
+            country=project.country,
+            region=region,
+            city=city,
+            project_type=project.project_type,
+            methodology=project.methodology,
+            start_date=project.start_date,
+            labels=project.labels,
+            registrations=tuple(
+                Registration(program, project_id, tuple(issued))
+                for (program, project_id), issued in grouped.items()
+            ),
+        ),
+        periods=periods,
+        destination_country=destination_country,
+    )
+
+
+def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> ListingOutcome:
+    """Which uses a project's units would be eligible for in a jurisdiction (ListProject).
+
+    A project whose reductions for an overlapping period are already issued under another
+    program is refused as a whole. Unit-level rules (authorization, corresponding
+    adjustment, gas, offset limits) are returned as each use's ``conditions``: they are
+    checked on every transfer.
+
+    Args:
+        project: The project as its issuer presents it.
+        jurisdiction: ``"shenzhen"``, ``"guangdong"``, ``"national"``, ``"hkmo"`` or ``"bri"``.
+        as_of: The day whose rules apply.
+
+    Returns:
+        The outcome: listed or not, per-use eligibility, refusals.
+
+    Raises:
+        InvalidRequest: Unknown jurisdiction, a period ending before it starts, or a day
+            before the jurisdiction's first pack version.
+    """
+    pack_name = PACK_BY_REGISTRY.get(jurisdiction)
+    if pack_name is None:
+        raise InvalidRequest.field(
+            "jurisdiction",
+            f"{jurisdiction!r} has no rule pack (known: {', '.join(sorted(PACK_BY_REGISTRY))})",
+        )
+    facts = _listing_facts(project, DESTINATION_COUNTRY.get(jurisdiction, ""))
+    pack, baseline = load_builtin(pack_name), load_builtin(BASELINE)
+    try:
+        decision = evaluate_listing(pack, facts, as_of, baseline=baseline)
+        base_from = baseline.version_for(as_of).effective_from
+    except NoVersionInForceError as exc:
+        raise InvalidRequest.field("as_of", str(exc)) from exc
+    versions = (_version(decision.pack, decision.pack_version), _version(BASELINE, base_from))
+    eligibility = tuple(
+        ListingEligibility(
+            use=u.use.value,
+            decision=RulesDecision(
+                allowed=u.eligible,
+                violations=tuple(_violation(v, {}) for v in u.violations),
+                pack_versions=versions,
+            ),
+            conditions=u.conditions,
+        )
+        for u in decision.uses
+    )
+    return ListingOutcome(
+        listed=not decision.refused and bool(decision.eligible_uses),
+        eligibility=eligibility,
+        refusals=tuple(_violation(v, {}) for v in decision.refusals),
+        pack_versions=versions,
+    )
+
+
+__all__ = [
+    "BASELINE_ONLY_REGISTRIES",
+    "DESTINATION_COUNTRY",
+    "INTENDED_USES",
+    "PACK_BY_REGISTRY",
+    "ComplianceRules",
+    "EntityRecords",
+    "ListingEligibility",
+    "ListingOutcome",
+    "OtherRegistration",
+    "ProjectListing",
+    "list_project",
+]

@@ -1,0 +1,554 @@
+"""The bridge's rules gate over the real built-in packs (no mock of compliance_rules)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime
+
+import pytest
+
+from compliance_rules import EntityYear, OffsetUse
+from registry_bridge.bridge import TransferCheck, TransferRules, UseCheck
+from registry_bridge.errors import InvalidRequest
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import (
+    Authorization,
+    BlockId,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
+from registry_bridge.rules_gate import (
+    ComplianceRules,
+    OtherRegistration,
+    ProjectListing,
+    list_project,
+)
+from registry_bridge.transfers import (
+    AccountRef,
+    RulesDecision,
+    TransferInstruction,
+    TransferKind,
+    UseRequest,
+)
+
+AT = datetime(2025, 3, 1, 2, 0, tzinfo=UTC)
+
+
+class Entities:
+    """A plain table of compliance years (the real EntityRecords port, in memory)."""
+
+    def __init__(self, *records: tuple[str, EntityYear]) -> None:
+        self._records = {(j, r.entity_id, r.compliance_year): r for j, r in records}
+
+    def get(self, entity_id: str, jurisdiction: str, year: int) -> EntityYear | None:
+        return self._records.get((jurisdiction, entity_id, year))
+
+
+def gate(*records: tuple[str, EntityYear]) -> ComplianceRules:
+    return ComplianceRules(Entities(*records))
+
+
+def vcs(start: int = 1001, end: int = 1100, series: str = "") -> UnitBlock:
+    return UnitBlock(
+        id=BlockId(Program.VCS, series, start, end),
+        project_id="1748",
+        country="ID",
+        vintage_start=date(2021, 1, 1),
+        vintage_end=date(2021, 12, 31),
+        project_type="wind",
+        methodology="ACM0002",
+    )
+
+
+def ccer(
+    start: int,
+    end: int,
+    *,
+    project_id: str = "CCER-0042",
+    region: str = "CN-XJ",
+    project_type: str = "wind",
+) -> UnitBlock:
+    return UnitBlock(
+        id=BlockId(Program.CCER, "", start, end),
+        project_id=project_id,
+        country="CN",
+        region=region,
+        vintage_start=date(2023, 1, 1),
+        vintage_end=date(2023, 12, 31),
+        project_type=project_type,
+    )
+
+
+def itmo(
+    authorization: Authorization | None = None,
+    adjustment: CorrespondingAdjustment = CorrespondingAdjustment.PENDING,
+) -> UnitBlock:
+    return UnitBlock(
+        id=BlockId(Program.BRI_ITMO, "LA", 1, 500),
+        project_id="BRI-LA-7",
+        country="LA",
+        vintage_start=date(2023, 1, 1),
+        vintage_end=date(2023, 12, 31),
+        project_type="solar",
+        authorization=authorization,
+        corresponding_adjustment=adjustment,
+    )
+
+
+def row(
+    row_id: int,
+    block: UnitBlock,
+    registry: str,
+    account: str,
+    status: HoldingStatus = HoldingStatus.ACTIVE,
+    origin: BlockId | None = None,
+) -> LedgerHolding:
+    return LedgerHolding(
+        row_id=row_id,
+        block=block,
+        registry=registry,
+        account=account,
+        status=status,
+        is_mirror=origin is not None,
+        origin=block.id if origin is None else origin,
+    )
+
+
+def transfer(
+    blocks: tuple[UnitBlock, ...],
+    known: tuple[LedgerHolding, ...],
+    *,
+    source: tuple[str, str],
+    destination: tuple[str, str],
+    use: str = "holding",
+    kind: TransferKind = TransferKind.BRIDGE_OUT,
+    at: datetime = AT,
+) -> TransferCheck:
+    instruction = TransferInstruction(
+        source=AccountRef(*source),
+        destination=AccountRef(*destination),
+        units=tuple(b.id for b in blocks),
+        intended_use=use,
+    )
+    return TransferCheck(instruction, kind, blocks, known, at)
+
+
+def ids(decision: RulesDecision) -> set[str]:
+    return {v.rule_id for v in decision.violations}
+
+
+def test_the_gate_is_the_bridges_rules_port() -> None:
+    rules: TransferRules = gate()
+    assert isinstance(rules, ComplianceRules)
+
+
+# ------------------------------------------------------------------------------ transfers
+
+
+def test_vcs_from_the_hong_kong_venue_into_shenzhen_for_holding_is_allowed() -> None:
+    block = vcs()
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "hkmo", "seller"),),
+            source=("hkmo", "seller"),
+            destination=("shenzhen", "buyer"),
+        )
+    )
+    assert decision == RulesDecision(
+        allowed=True, pack_versions=("shenzhen@2023-11-24", "baseline@2000-01-01")
+    )
+
+
+def test_holding_is_listing_so_a_market_without_listing_rules_refuses_it() -> None:
+    block = vcs()
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "verra", "owner"),),
+            source=("verra", "owner"),
+            destination=("guangdong", "buyer"),
+        )
+    )
+    assert not decision.allowed
+    assert ids(decision) == {"CR-ENGINE-0002"}
+
+
+def test_hydro_ccer_into_guangdong_for_compliance_is_denied_with_the_rule_id() -> None:
+    block = ccer(1, 100, project_type="hydro", region="CN-GD")
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(3, block, "national", "seller"),),
+            source=("national", "seller"),
+            destination=("guangdong", "entity-1"),
+            use="compliance",
+        )
+    )
+    assert not decision.allowed
+    hydro = [v for v in decision.violations if v.rule_id == "CR-GD-0004"]
+    assert len(hydro) == 1
+    assert hydro[0].blocks == (block.id,)
+    assert "hydro" in hydro[0].message
+    assert hydro[0].source.startswith("Guangdong offset rule of 9 Jan 2017")
+    assert "guangdong@2024-05-01" in decision.pack_versions
+
+
+def test_bri_itmo_without_authorization_or_adjustment_is_denied_wherever_it_goes() -> None:
+    block = itmo()
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(9, block, "bri", "host-la"),),
+            source=("bri", "host-la"),
+            destination=("shenzhen", "buyer"),
+        )
+    )
+    assert not decision.allowed
+    # Shenzhen accepts BRI ITMOs for listing; Article 6 still needs the letter and the CA.
+    assert ids(decision) == {"CR-A6-0002", "CR-A6-0003"}
+    ca = next(v for v in decision.violations if v.rule_id == "CR-A6-0003")
+    assert ("ca_status", "pending") in ca.details
+    assert ca.blocks == (block.id,)
+    assert {"shenzhen@2023-11-24", "article6-bri@2022-03-28"} <= set(decision.pack_versions)
+
+
+def test_bri_itmo_authorized_and_adjusted_is_allowed() -> None:
+    block = itmo(
+        Authorization("LOA-LA-1", "LA", frozenset({"oimp"}), date(2024, 1, 5)),
+        CorrespondingAdjustment.APPLIED,
+    )
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(9, block, "bri", "host-la"),),
+            source=("bri", "host-la"),
+            destination=("shenzhen", "buyer"),
+        )
+    )
+    assert decision.allowed, decision.violations
+
+
+def test_units_already_retired_elsewhere_are_denied_as_double_use() -> None:
+    block = vcs()
+    retired_mirror = row(
+        12,
+        vcs(1, 50, series="guangdong-mirror"),
+        "guangdong",
+        "x",
+        HoldingStatus.RETIRED,
+        origin=BlockId(Program.VCS, "", 1001, 1050),
+    )
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "hkmo", "seller"), retired_mirror),
+            source=("hkmo", "seller"),
+            destination=("shenzhen", "buyer"),
+        )
+    )
+    assert not decision.allowed
+    assert ids(decision) == {"CR-DC-0003"}
+    (double_use,) = decision.violations
+    assert double_use.blocks == (block.id,)
+    assert "retired at guangdong" in double_use.message
+    assert ("known_status", "retired") in double_use.details
+
+
+def test_a_second_live_mirror_of_the_same_origin_is_double_issuance() -> None:
+    block = vcs()
+    other = row(
+        13,
+        vcs(1, 100, series="guangdong-mirror"),
+        "guangdong",
+        "x",
+        origin=block.id,
+    )
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "hkmo", "seller"), other),
+            source=("hkmo", "seller"),
+            destination=("shenzhen", "buyer"),
+        )
+    )
+    assert ids(decision) == {"CR-DC-0001"}
+
+
+def test_a_mirror_returning_to_the_venue_is_not_a_double_of_its_bridged_origin() -> None:
+    origin = vcs()
+    mirror = vcs(1, 100, series="shenzhen-mirror")
+    known = (
+        row(7, origin, "verra", "venue-hkmo", HoldingStatus.BRIDGED),
+        row(8, mirror, "shenzhen", "buyer", origin=origin.id),
+    )
+    decision = gate().check_transfer(
+        transfer(
+            (origin,),
+            known,
+            source=("shenzhen", "buyer"),
+            destination=("hkmo", "seller"),
+            kind=TransferKind.RETURN,
+        )
+    )
+    assert decision == RulesDecision(
+        allowed=True, pack_versions=("hkmo@2024-10-30", "baseline@2000-01-01")
+    )
+
+
+def test_a_mirror_returning_home_gets_the_baseline_pack_only() -> None:
+    origin = vcs()
+    half = vcs(1001, 1050)
+    mirrors = (
+        row(8, vcs(1, 50, series="shenzhen-mirror"), "shenzhen", "b", origin=half.id),
+        row(
+            9,
+            vcs(51, 100, series="shenzhen-mirror"),
+            "shenzhen",
+            "b",
+            origin=BlockId(Program.VCS, "", 1051, 1100),
+        ),
+    )
+    decision = gate().check_transfer(
+        transfer(
+            (half,),
+            (row(7, origin, "verra", "owner", HoldingStatus.BRIDGED), *mirrors),
+            source=("shenzhen", "b"),
+            destination=("verra", "owner"),
+            kind=TransferKind.RETURN,
+        )
+    )
+    assert decision == RulesDecision(allowed=True, pack_versions=("baseline@2000-01-01",))
+
+
+def test_a_corsia_use_is_decided_by_the_corsia_pack_too() -> None:
+    block = vcs()
+    decision = gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "hkmo", "seller"),),
+            source=("hkmo", "seller"),
+            destination=("shenzhen", "airline"),
+            use="corsia",
+        )
+    )
+    assert ids(decision) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
+    assert "corsia@2024-10-31" in decision.pack_versions
+    # The baseline ran under both packs; its versions and violations appear once.
+    assert decision.pack_versions.count("baseline@2000-01-01") == 1
+
+
+def test_an_unknown_destination_and_units_missing_from_the_ledger_fail_closed() -> None:
+    block = vcs()
+    held = (row(7, block, "hkmo", "seller"),)
+    unknown = gate().check_transfer(
+        transfer((block,), held, source=("hkmo", "seller"), destination=("x", "y"))
+    )
+    assert ids(unknown) == {"CL-GATE-0001"}
+    missing = gate().check_transfer(
+        transfer((block,), (), source=("hkmo", "seller"), destination=("shenzhen", "buyer"))
+    )
+    assert ids(missing) == {"CL-GATE-0003"}
+    assert missing.violations[0].blocks == (block.id,)
+
+
+def test_a_naive_clock_is_a_programming_error() -> None:
+    block = vcs()
+    check = transfer(
+        (block,),
+        (row(7, block, "hkmo", "seller"),),
+        source=("hkmo", "seller"),
+        destination=("shenzhen", "buyer"),
+        at=datetime(2025, 3, 1),
+    )
+    with pytest.raises(ValueError, match="timezone-aware"):
+        gate().check_transfer(check)
+
+
+# ----------------------------------------------------------------------------------- uses
+
+
+def retirement(block: UnitBlock, known: tuple[LedgerHolding, ...], registry: str) -> UseCheck:
+    request = UseRequest(
+        kind="retirement",
+        account=AccountRef(registry, "buyer"),
+        units=(block.id,),
+        beneficiary="ACME",
+    )
+    return UseCheck(request, (block,), known, AT)
+
+
+def test_retiring_a_mirror_whose_origin_is_bridged_is_allowed() -> None:
+    origin = vcs()
+    mirror = vcs(1, 100, series="shenzhen-mirror")
+    known = (
+        row(7, origin, "verra", "venue-hkmo", HoldingStatus.BRIDGED),
+        row(8, mirror, "shenzhen", "buyer", origin=origin.id),
+    )
+    decision = gate().check_use(retirement(mirror, known, "shenzhen"))
+    assert decision.allowed, decision.violations
+
+
+def test_retiring_a_mirror_whose_origin_was_retired_is_double_use() -> None:
+    origin = vcs()
+    mirror = vcs(1, 100, series="shenzhen-mirror")
+    known = (
+        row(7, origin, "verra", "owner", HoldingStatus.RETIRED),
+        row(8, mirror, "shenzhen", "buyer", origin=origin.id),
+    )
+    decision = gate().check_use(retirement(mirror, known, "shenzhen"))
+    assert ids(decision) == {"CR-DC-0003"}
+    # Reported in the serials the request named (the mirror's), not the origin's.
+    assert decision.violations[0].blocks == (mirror.id,)
+
+
+def surrender(
+    blocks: tuple[UnitBlock, ...], jurisdiction: str, registry: str, year: int = 2024
+) -> UseCheck:
+    request = UseRequest(
+        kind="surrender",
+        account=AccountRef(registry, "entity-7"),
+        units=tuple(b.id for b in blocks),
+        entity_id="SZ-0007",
+        compliance_year=year,
+        jurisdiction=jurisdiction,
+    )
+    known = tuple(row(i, b, registry, "entity-7") for i, b in enumerate(blocks, start=1))
+    return UseCheck(request, blocks, known, AT)
+
+
+SZ_ENTITY = EntityYear(
+    entity_id="SZ-0007",
+    compliance_year=2024,
+    verified_emissions=5000,
+    allowances_due=4800,
+    offsets_surrendered=(OffsetUse("CCER", 300, "CN", "Xinjiang"),),
+)
+
+
+def test_a_surrender_within_the_offset_limit_is_allowed() -> None:
+    decision = gate(("shenzhen", SZ_ENTITY)).check_use(
+        surrender((ccer(1, 200),), "shenzhen", "shenzhen")
+    )
+    assert decision.allowed, decision.violations
+    assert decision.pack_versions == ("shenzhen@2023-11-24", "baseline@2000-01-01")
+
+
+def test_a_surrender_over_the_offset_limit_is_denied_with_limit_used_and_asked() -> None:
+    block = ccer(1, 300)
+    decision = gate(("shenzhen", SZ_ENTITY)).check_use(surrender((block,), "shenzhen", "shenzhen"))
+    assert ids(decision) == {"CR-SZ-0006"}
+    (limit,) = decision.violations
+    figures = dict(limit.details)
+    assert (figures["limit"], figures["already_used"], figures["asked"]) == ("500", "300", "300")
+    assert limit.blocks == (block.id,)
+    # The limit rests on figures the pack marks unconfirmed: the reviewer is told which.
+    assert figures["unconfirmed_params"] == "offset_limit_programs,offset_limit_share"
+
+
+def test_a_surrender_without_an_entity_record_is_denied_not_guessed() -> None:
+    decision = gate().check_use(surrender((ccer(1, 10),), "shenzhen", "shenzhen"))
+    assert not decision.allowed
+    refusal = decision.violations[0]
+    assert refusal.rule_id == "CL-ENTITY-0001"
+    assert "SZ-0007" in refusal.message
+    assert "2024" in refusal.message
+
+
+def test_a_record_for_another_entity_or_year_is_refused() -> None:
+    wrong_year = dataclasses.replace(SZ_ENTITY, compliance_year=2023)
+
+    class Sloppy:
+        def get(self, entity_id: str, jurisdiction: str, year: int) -> EntityYear | None:
+            return wrong_year
+
+    decision = ComplianceRules(Sloppy()).check_use(
+        surrender((ccer(1, 10),), "shenzhen", "shenzhen")
+    )
+    assert ids(decision) == {"CL-ENTITY-0002"}
+
+
+def test_a_decision_lists_every_violation() -> None:
+    hydro = ccer(1, 300, project_type="hydro", region="CN-GD")
+    shanghai = ccer(301, 600, project_id="CCER-0099", region="CN-SH")
+    entity = EntityYear("SZ-0007", 2024, verified_emissions=5000, allowances_due=5000)
+    decision = gate(("guangdong", entity)).check_use(
+        surrender((hydro, shanghai), "guangdong", "guangdong")
+    )
+    assert ids(decision) == {
+        "CR-GD-0002",  # 600 offsets, the limit is strictly below 500
+        "CR-GD-0003",  # 300 of 600 from Guangdong, 70% needed
+        "CR-GD-0004",  # hydro
+        "CR-GD-0006",  # Shanghai is another pilot region
+    }
+    by_rule = {v.rule_id: v for v in decision.violations}
+    assert by_rule["CR-GD-0002"].blocks == (hydro.id, shanghai.id)
+    assert by_rule["CR-GD-0004"].blocks == (hydro.id,)
+    assert by_rule["CR-GD-0006"].blocks == (shanghai.id,)
+    assert dict(by_rule["CR-GD-0002"].details)["limit"] == "499"
+
+
+def test_gec_exclusivity_fails_closed_when_the_gec_status_is_not_recorded() -> None:
+    block = ccer(1, 100, project_type="offshore_wind_deep_sea")
+    entity = EntityYear("SZ-0007", 2024, verified_emissions=50_000, allowances_due=50_000)
+    decision = gate(("national", entity)).check_use(surrender((block,), "national", "national"))
+    assert "CL-GATE-0006" in ids(decision)
+    gec = next(v for v in decision.violations if v.rule_id == "CL-GATE-0006")
+    assert ("rule", "CR-NAT-0007") in gec.details
+
+
+# ----------------------------------------------------------------------------- ListProject
+
+
+def test_a_project_already_issued_under_ccer_for_the_same_period_is_refused() -> None:
+    project = ProjectListing(
+        program="VCS",
+        project_id="1748",
+        project_type="wind",
+        country="CN",
+        region="CN-XJ",
+        crediting_period_start=date(2022, 1, 1),
+        crediting_period_end=date(2022, 12, 31),
+        other_registrations=(
+            OtherRegistration("CCER", "CCER-0042", date(2022, 6, 1), date(2023, 5, 31)),
+        ),
+    )
+    outcome = list_project(project, "shenzhen", date(2025, 3, 1))
+    assert not outcome.listed
+    assert [v.rule_id for v in outcome.refusals] == ["CR-DC-0002"]
+    assert "CCER project CCER-0042" in outcome.refusals[0].message
+    assert not any(e.decision.allowed for e in outcome.eligibility)
+
+
+def test_a_vcs_project_lists_in_shenzhen_for_listing_and_voluntary_retirement() -> None:
+    project = ProjectListing(
+        program="VCS",
+        project_id="1748",
+        project_type="wind",
+        country="ID",
+        crediting_period_start=date(2022, 1, 1),
+        crediting_period_end=date(2022, 12, 31),
+    )
+    outcome = list_project(project, "shenzhen", date(2025, 3, 1))
+    assert outcome.listed
+    assert outcome.refusals == ()
+    eligible = {e.use: e.decision.allowed for e in outcome.eligibility}
+    assert eligible == {"compliance": False, "listing": True, "voluntary_retirement": True}
+    compliance = next(e for e in outcome.eligibility if e.use == "compliance")
+    assert {v.rule_id for v in compliance.decision.violations} == {"CR-SZ-0001"}
+    assert outcome.pack_versions == ("shenzhen@2023-11-24", "baseline@2000-01-01")
+
+
+def test_list_project_refuses_bad_input() -> None:
+    project = ProjectListing(program="VCS", project_id="1")
+    with pytest.raises(InvalidRequest, match="jurisdiction"):
+        list_project(project, "atlantis", date(2025, 3, 1))
+    backwards = dataclasses.replace(
+        project,
+        crediting_period_start=date(2022, 1, 1),
+        crediting_period_end=date(2021, 1, 1),
+    )
+    with pytest.raises(InvalidRequest, match="crediting_period_end"):
+        list_project(backwards, "shenzhen", date(2025, 3, 1))

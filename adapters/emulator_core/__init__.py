@@ -11,7 +11,9 @@ from adapters.emulator_core.server import (
     start_emulator,
 )
 from adapters.emulator_core.store import (
+    RECORD_PREFIX,
     CreditMode,
+    Guard,
     OperationRecord,
     Rejection,
     Store,
@@ -21,11 +23,13 @@ from adapters.emulator_core.store import (
 )
 
 __all__ = [
+    "RECORD_PREFIX",
     "REJECTION_CODE_KEY",
     "CreditMode",
     "EmulatorSpec",
     "FaultConfig",
     "FaultInterceptor",
+    "Guard",
     "OperationRecord",
     "Rejection",
     "RunningEmulator",

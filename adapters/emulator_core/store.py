@@ -11,7 +11,17 @@ registry keeps:
 * an operation on part of a held block splits the block, and the pieces sum to the whole;
 * every mutating operation is recorded under its operation id with its outcome (the
   holding, or the rejection), so a repeat of the same operation returns the first outcome,
-  and a reuse of the id for a different request is refused.
+  and a reuse of the id for a different request is refused;
+* arriving units are credited only until the credit's deadline (the source lock's expiry),
+  so a transfer rolled back for an expired lock can never be credited late; the op log
+  answers a repeat before the deadline is looked at, so a credit applied in time stays
+  applied.
+
+A registry's own rules sit in its servicer, or run inside the store's transaction as a
+``guard`` on the units an operation takes (the Article 6 registry refuses the first
+transfer of an unauthorized ITMO that way).  Details recorded under :data:`RECORD_PREFIX`
+are permanent records of the units (an Article 6 first transfer): written once, kept
+through every later operation and split.
 
 The store is one sqlite3 database (a file under the emulator's data directory, or
 ``:memory:`` for tests).  Every operation runs in one serialized write transaction, so
@@ -43,6 +53,11 @@ from adapters.emulator_core.blocks import (
 from registry_bridge.model import BlockId, Program, UnitBlock
 
 Clock = Callable[[], datetime]
+
+RECORD_PREFIX = "record."
+"""Details whose key starts with this are permanent records of the units: the first value
+written stays, and later operations keep it (unlike other details, which describe only
+the last operation)."""
 
 
 def utc_now() -> datetime:
@@ -107,6 +122,15 @@ class StoredHolding:
     def detail(self, key: str, default: str = "") -> str:
         """One recorded detail, or ``default``."""
         return dict(self.details).get(key, default)
+
+    @property
+    def records(self) -> tuple[tuple[str, str], ...]:
+        """The permanent records (details under :data:`RECORD_PREFIX`), in order."""
+        return tuple(pair for pair in self.details if pair[0].startswith(RECORD_PREFIX))
+
+
+Guard = Callable[[StoredHolding], None]
+"""A registry's own check of the units an operation is about to take; raises Rejection."""
 
 
 @dataclass(frozen=True)
@@ -557,8 +581,13 @@ class Store:
         block_id: BlockId,
         expires_at: datetime,
         transfer: str,
+        guard: Guard | None = None,
     ) -> StoredHolding:
-        """Lock active units until ``expires_at`` for ``transfer``."""
+        """Lock active units until ``expires_at`` for ``transfer``.
+
+        ``guard``, when given, sees the held units first and may refuse the lock (the
+        registry's own rule); its refusal is recorded like any other.
+        """
 
         def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
             if expires_at.tzinfo is None:
@@ -568,6 +597,8 @@ class Store:
                     "LOCK_EXPIRY_IN_PAST", f"lock expiry {expires_at} is not after {now}"
                 )
             row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
+            if guard is not None:
+                guard(row.holding)
             return self._replace(
                 db,
                 row,
@@ -664,10 +695,16 @@ class Store:
         origin_registry: str,
         transfer: str,
         details: tuple[tuple[str, str], ...] = (),
+        deadline: datetime | None = None,
     ) -> StoredHolding:
-        """Credit arriving units: re-activate returning units, or mirror or hold them."""
+        """Credit arriving units: re-activate returning units, or mirror or hold them.
+
+        A credit after ``deadline`` is refused (``DEADLINE_PASSED``); a repeat of a credit
+        applied in time is answered from the op log, whatever the time.
+        """
 
         def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            _check_deadline(deadline, now)
             live = [
                 r
                 for r in self._overlapping(db, origin.id)
@@ -738,6 +775,7 @@ class Store:
                 "origin_registry": origin_registry,
                 "transfer": transfer,
                 "details": details,
+                "deadline": None if deadline is None else deadline.isoformat(),
             },
             apply,
         )
@@ -772,10 +810,15 @@ class Store:
         block_id: BlockId,
         transfer: str,
         details: tuple[tuple[str, str], ...] = (),
+        deadline: datetime | None = None,
     ) -> StoredHolding:
-        """Release immobilized units back to ``account`` (their mirror was returned)."""
+        """Release immobilized units back to ``account`` (their mirror was returned).
+
+        Refused after ``deadline`` (``DEADLINE_PASSED``), as :meth:`credit` is.
+        """
 
         def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+            _check_deadline(deadline, now)
             return self._reactivate(db, account, block_id, details)
 
         return self._run(
@@ -786,6 +829,7 @@ class Store:
                 "block": block_id_to_dict(block_id),
                 "transfer": transfer,
                 "details": details,
+                "deadline": None if deadline is None else deadline.isoformat(),
             },
             apply,
         )
@@ -897,6 +941,17 @@ class Store:
         return [(Program(p), UnitState(s), int(q)) for p, s, q in rows]
 
 
+def _check_deadline(deadline: datetime | None, now: datetime) -> None:
+    if deadline is None:
+        return
+    if deadline.tzinfo is None:
+        raise Rejection("DEADLINE_NOT_UTC", "a credit deadline needs a time zone")
+    if now > deadline:
+        raise Rejection(
+            "DEADLINE_PASSED", f"the credit's deadline {deadline.isoformat()} passed at {now}"
+        )
+
+
 def _describe(block_id: BlockId) -> str:
     series = f"{block_id.serial_series}:" if block_id.serial_series else ""
     return f"{block_id.program.value}/{series}{block_id.serial_start}-{block_id.serial_end}"
@@ -935,6 +990,10 @@ def _joinable(left: _Row, right: _Row) -> bool:
         return False
     if (a.mirror_of is None) != (b.mirror_of is None) or a.mirror_registry != b.mirror_registry:
         return False
+    if a.records != b.records:
+        # Units with different permanent records (one first-transferred, one not) must
+        # not become one block, or one piece's record would be lost or spread.
+        return False
     if a.mirror_of is not None and b.mirror_of is not None:
         return (
             a.mirror_of.program == b.mirror_of.program
@@ -953,6 +1012,11 @@ def _with(
     account: str | None = None,
     details: tuple[tuple[str, str], ...] | None = None,
 ) -> StoredHolding:
+    if details is not None:
+        # Permanent records are written once and outlive the operation that wrote them.
+        kept = holding.records
+        recorded = {key for key, _ in kept}
+        details = kept + tuple(pair for pair in details if pair[0] not in recorded)
     return dataclasses.replace(
         holding,
         state=state,

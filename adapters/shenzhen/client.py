@@ -1,0 +1,354 @@
+"""The Shenzhen pilot registry adapter: the canonical port over the registry's native API.
+
+Canonical -> Shenzhen (深圳):
+
+=========  =====================================================================
+canonical  native call
+=========  =====================================================================
+issue      ``Register`` (登记)
+lock       ``Freeze`` (冻结) against a transfer order, until a time
+unlock     ``Unfreeze`` (解冻)
+finalize   ``SettleTransferOrder`` (划转结算): custody (托管) or transfer out (划出)
+credit     ``TransferIn`` (划入), before the order's latest entry time
+retire     ``Cancel`` (注销), voluntary kind (自愿注销)
+surrender  ``Fulfil`` (履约)
+cancel     ``Cancel`` (注销), administrative kind (行政注销)
+reads      ``QueryLots`` and ``Statistics`` (统计)
+=========  =====================================================================
+
+Every mutating call carries the operation id as its business serial number (业务流水号).
+Lots travel as a number range plus the registry's lot information, not as serial strings:
+mirror lots of other programs have Shenzhen numbers no serial format spells.  The lot
+translation lives here once; the emulator reuses it to read its own wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import grpc
+
+from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
+from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
+from adapters.client_core import from_iso_date, from_rfc3339, invoke, to_rfc3339
+from registry_bridge.model import (
+    Authorization,
+    BlockId,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
+from registry_bridge.port import (
+    BlockStatusRequest,
+    CancelRequest,
+    CreditRequest,
+    FinalizeDisposition,
+    FinalizeRequest,
+    IssueRequest,
+    ListHoldingsRequest,
+    LockRequest,
+    ProgramTotal,
+    RegistryHolding,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+
+REGISTRY_ID = "shenzhen"
+
+STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
+    pb.LOT_STATE_AVAILABLE: HoldingStatus.ACTIVE,
+    pb.LOT_STATE_FROZEN: HoldingStatus.LOCKED,
+    pb.LOT_STATE_IN_CUSTODY: HoldingStatus.BRIDGED,
+    pb.LOT_STATE_FULFILLED: HoldingStatus.SURRENDERED,
+    pb.LOT_STATE_VOLUNTARILY_CANCELLED: HoldingStatus.RETIRED,
+    pb.LOT_STATE_CANCELLED: HoldingStatus.CANCELLED,
+}
+
+
+def numbers_to_native(block_id: BlockId) -> pb.NumberRange:
+    """A canonical block id as a Shenzhen number range (编号)."""
+    return pb.NumberRange(
+        product=block_id.program.value,
+        segment=block_id.serial_series,
+        number_from=block_id.serial_start,
+        number_to=block_id.serial_end,
+    )
+
+
+def numbers_from_native(native: pb.NumberRange) -> BlockId:
+    """The canonical id of a Shenzhen number range.
+
+    Raises:
+        ValueError: Unknown product, or an empty or reversed range.
+    """
+    return BlockId(Program(native.product), native.segment, native.number_from, native.number_to)
+
+
+def info_to_native(block: UnitBlock) -> pb.LotInfo:
+    """A canonical block as the registry's lot information (登记信息)."""
+    auth = block.authorization
+    return pb.LotInfo(
+        numbers=numbers_to_native(block.id),
+        project_code=block.project_id,
+        host_country=block.country,
+        region=block.region,
+        period_from=block.vintage_start.isoformat(),
+        period_to=block.vintage_end.isoformat(),
+        project_type=block.project_type,
+        methodology=block.methodology,
+        gas=block.gas,
+        gwp_basis=block.gwp_basis,
+        issuance_no=block.issuance_id,
+        labels=sorted(block.labels),
+        authorization=None
+        if auth is None
+        else pb.Authorization(
+            letter_id=auth.letter_id,
+            host_country=auth.host_country,
+            authorized_uses=sorted(auth.authorized_uses),
+            issued_on=auth.issued_on.isoformat(),
+        ),
+        corresponding_adjustment=block.corresponding_adjustment.value,
+        extra_attributes=[pb.ExtraAttribute(key=k, value=v) for k, v in block.native_attributes],
+    )
+
+
+def info_from_native(native: pb.LotInfo) -> UnitBlock:
+    """The canonical block of the registry's lot information.
+
+    Raises:
+        ValueError: A field is malformed.
+    """
+    auth = None
+    if native.HasField("authorization"):
+        auth = Authorization(
+            letter_id=native.authorization.letter_id,
+            host_country=native.authorization.host_country,
+            authorized_uses=frozenset(native.authorization.authorized_uses),
+            issued_on=date.fromisoformat(native.authorization.issued_on),
+        )
+    return UnitBlock(
+        id=numbers_from_native(native.numbers),
+        project_id=native.project_code,
+        country=native.host_country,
+        vintage_start=from_iso_date(native.period_from),
+        vintage_end=from_iso_date(native.period_to),
+        region=native.region,
+        project_type=native.project_type,
+        methodology=native.methodology,
+        gas=native.gas or "CO2",
+        gwp_basis=native.gwp_basis,
+        issuance_id=native.issuance_no,
+        authorization=auth,
+        corresponding_adjustment=CorrespondingAdjustment(
+            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
+        ),
+        labels=frozenset(native.labels),
+        native_attributes=tuple((a.key, a.value) for a in native.extra_attributes),
+    )
+
+
+class ShenzhenClient:
+    """The Shenzhen pilot registry behind :class:`registry_bridge.port.RegistryPort`.
+
+    Args:
+        channel: A gRPC channel to the registry's native API.
+        timeout_s: Deadline of each call, in seconds.
+    """
+
+    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
+        self._stub = pb_grpc.ShenzhenRegistryStub(channel)
+        self._timeout_s = timeout_s
+
+    @property
+    def registry_id(self) -> str:
+        """``"shenzhen"``."""
+        return REGISTRY_ID
+
+    def _holding(self, native: pb.Lot) -> RegistryHolding:
+        status = STATE_TO_CANONICAL.get(native.state)
+        if status is None:
+            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
+            # adapters/verra/client.py.
+            status = HoldingStatus.CANCELLED
+        mirror = native.mirror_source if native.HasField("mirror_source") else None
+        return RegistryHolding(
+            block=info_from_native(native.info),
+            account=native.account_no,
+            status=status,
+            lock_expires_at=from_rfc3339(native.frozen_until),
+            mirror_of=None if mirror is None else numbers_from_native(mirror.origin),
+            mirror_origin_registry="" if mirror is None else mirror.origin_registry,
+        )
+
+    def issue(self, request: IssueRequest) -> RegistryHolding:
+        """Register units into an account (``Register``, 登记)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Register,
+            pb.RegisterRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                info=info_to_native(request.block),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def _lots(self, request: pb.QueryLotsRequest) -> Sequence[RegistryHolding]:
+        native = invoke(REGISTRY_ID, self._stub.QueryLots, request, self._timeout_s)
+        return tuple(
+            self._holding(lot) for lot in native.lots if lot.state != pb.LOT_STATE_TRANSFERRED_OUT
+        )
+
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """Lots overlapping the block (``QueryLots``)."""
+        return self._lots(pb.QueryLotsRequest(overlapping=numbers_to_native(request.block)))
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """Lots of one account or all (``QueryLots``)."""
+        return self._lots(pb.QueryLotsRequest(account_no=request.account))
+
+    def lock(self, request: LockRequest) -> RegistryHolding:
+        """Freeze units against the transfer order (``Freeze``, 冻结)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Freeze,
+            pb.FreezeRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                numbers=numbers_to_native(request.block),
+                frozen_until=to_rfc3339(request.expires_at),
+                transfer_order_no=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def unlock(self, request: UnlockRequest) -> RegistryHolding:
+        """Unfreeze the order's units (``Unfreeze``, 解冻)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Unfreeze,
+            pb.UnfreezeRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                numbers=numbers_to_native(request.block),
+                transfer_order_no=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Settle the order: custody (托管) or transfer out (划出)."""
+        settlement = (
+            pb.SETTLEMENT_CUSTODY
+            if request.disposition is FinalizeDisposition.IMMOBILIZE
+            else pb.SETTLEMENT_TRANSFER_OUT
+        )
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.SettleTransferOrder,
+            pb.SettleTransferOrderRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                numbers=numbers_to_native(request.block),
+                transfer_order_no=request.transfer,
+                settlement=settlement,
+                counterparty_registry=request.destination_registry,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        """Transfer arriving units in (``TransferIn``, 划入), before the deadline."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.TransferIn,
+            pb.TransferInRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                info=info_to_native(request.origin),
+                source_registry=request.origin_registry,
+                transfer_order_no=request.transfer,
+                latest_entry_time=to_rfc3339(request.deadline),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def _cancel(
+        self,
+        operation_id: str,
+        account: str,
+        block: BlockId,
+        kind: pb.CancellationKind.ValueType,
+        beneficiary: str,
+        statement: str,
+    ) -> RegistryHolding:
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Cancel,
+            pb.CancelRequest(
+                business_serial_no=operation_id,
+                account_no=account,
+                numbers=numbers_to_native(block),
+                kind=kind,
+                beneficiary=beneficiary,
+                statement=statement,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def retire(self, request: RetireRequest) -> RegistryHolding:
+        """Voluntary cancellation for a claimed use (``Cancel``, 自愿注销)."""
+        return self._cancel(
+            request.operation_id,
+            request.account,
+            request.block,
+            pb.CANCELLATION_KIND_VOLUNTARY,
+            request.beneficiary,
+            request.claim_text,
+        )
+
+    def cancel(self, request: CancelRequest) -> RegistryHolding:
+        """Administrative cancellation (``Cancel``, 行政注销)."""
+        return self._cancel(
+            request.operation_id,
+            request.account,
+            request.block,
+            pb.CANCELLATION_KIND_ADMINISTRATIVE,
+            "",
+            request.reason,
+        )
+
+    def surrender(self, request: SurrenderRequest) -> RegistryHolding:
+        """Compliance surrender of a covered entity (``Fulfil``, 履约)."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Fulfil,
+            pb.FulfilRequest(
+                business_serial_no=request.operation_id,
+                account_no=request.account,
+                numbers=numbers_to_native(request.block),
+                entity_code=request.entity_id,
+                compliance_year=request.compliance_year,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def totals(self) -> Sequence[ProgramTotal]:
+        """Quantities per product and lot state (``Statistics``, 统计)."""
+        native = invoke(REGISTRY_ID, self._stub.Statistics, pb.StatisticsRequest(), self._timeout_s)
+        return tuple(
+            ProgramTotal(Program(s.product), STATE_TO_CANONICAL[s.state], s.quantity)
+            for s in native.statistics
+            if s.state in STATE_TO_CANONICAL
+        )

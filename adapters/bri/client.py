@@ -1,0 +1,347 @@
+"""The Belt-and-Road Article 6.2 registry adapter: the canonical port over ITMO actions.
+
+Canonical -> Article 6.2 registry:
+
+=========  =============================================================================
+canonical  native action
+=========  =============================================================================
+issue      ``RecordIssuance`` into a holding account, with the host Party's authorization
+lock       ``ReserveForTransfer`` (refused for the first transfer of an unauthorized ITMO)
+unlock     ``ReleaseReservation``
+finalize   ``RecordTransfer``: held for the linked registry, or transferred internationally
+credit     ``RecordAcquisition``, refused after its ``acquire_by`` deadline
+retire     ``RecordUse`` for a using entity
+cancel     ``RecordCancellation``
+surrender  none: compliance surrender is not an action of this registry
+reads      ``GetHoldings`` and ``ReportTotals``
+=========  =============================================================================
+
+Every action carries the operation id as its action id.  The authorization and the
+corresponding-adjustment status travel with the units; the first-transfer record is the
+registry's own and is not part of the canonical block.  The translation lives here once;
+the emulator reuses it to read its own wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import grpc
+
+from adapters._pb.registries.bri.v1 import bri_pb2 as pb
+from adapters._pb.registries.bri.v1 import bri_pb2_grpc as pb_grpc
+from adapters.client_core import (
+    from_iso_date,
+    from_rfc3339,
+    invoke,
+    not_supported,
+    to_rfc3339,
+)
+from registry_bridge.model import (
+    Authorization,
+    BlockId,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
+from registry_bridge.port import (
+    BlockStatusRequest,
+    CancelRequest,
+    CreditRequest,
+    FinalizeDisposition,
+    FinalizeRequest,
+    IssueRequest,
+    ListHoldingsRequest,
+    LockRequest,
+    ProgramTotal,
+    RegistryHolding,
+    RetireRequest,
+    SurrenderRequest,
+    UnlockRequest,
+)
+
+REGISTRY_ID = "bri"
+
+STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
+    pb.ITMO_STATUS_HELD: HoldingStatus.ACTIVE,
+    pb.ITMO_STATUS_RESERVED: HoldingStatus.LOCKED,
+    pb.ITMO_STATUS_HELD_FOR_LINKED_REGISTRY: HoldingStatus.BRIDGED,
+    pb.ITMO_STATUS_USED: HoldingStatus.RETIRED,
+    pb.ITMO_STATUS_CANCELLED: HoldingStatus.CANCELLED,
+    pb.ITMO_STATUS_SURRENDERED: HoldingStatus.SURRENDERED,
+}
+
+CA_TO_NATIVE: dict[CorrespondingAdjustment, int] = {
+    CorrespondingAdjustment.NOT_APPLICABLE: pb.CORRESPONDING_ADJUSTMENT_STATUS_NOT_APPLICABLE,
+    CorrespondingAdjustment.PENDING: pb.CORRESPONDING_ADJUSTMENT_STATUS_PENDING,
+    CorrespondingAdjustment.APPLIED: pb.CORRESPONDING_ADJUSTMENT_STATUS_APPLIED,
+}
+CA_FROM_NATIVE: dict[int, CorrespondingAdjustment] = {v: k for k, v in CA_TO_NATIVE.items()}
+
+
+def range_to_native(block_id: BlockId) -> pb.UnitRange:
+    """A canonical block id as a unit range."""
+    return pb.UnitRange(
+        unit_type=block_id.program.value,
+        series=block_id.serial_series,
+        first=block_id.serial_start,
+        last=block_id.serial_end,
+    )
+
+
+def range_from_native(native: pb.UnitRange) -> BlockId:
+    """The canonical id of a unit range.
+
+    Raises:
+        ValueError: Unknown unit type, or an empty or reversed range.
+    """
+    return BlockId(Program(native.unit_type), native.series, native.first, native.last)
+
+
+def itmos_to_native(block: UnitBlock) -> pb.Itmos:
+    """A canonical block as the registry's ITMO description."""
+    auth = block.authorization
+    return pb.Itmos(
+        range=range_to_native(block.id),
+        activity_id=block.project_id,
+        host_party=block.country,
+        region=block.region,
+        vintage_start=block.vintage_start.isoformat(),
+        vintage_end=block.vintage_end.isoformat(),
+        activity_type=block.project_type,
+        methodology=block.methodology,
+        gas=block.gas,
+        gwp_basis=block.gwp_basis,
+        issuance_id=block.issuance_id,
+        labels=sorted(block.labels),
+        authorization=None
+        if auth is None
+        else pb.HostAuthorization(
+            letter_id=auth.letter_id,
+            host_party=auth.host_country,
+            authorized_uses=sorted(auth.authorized_uses),
+            authorized_on=auth.issued_on.isoformat(),
+        ),
+        corresponding_adjustment=CA_TO_NATIVE[block.corresponding_adjustment],  # type: ignore[arg-type]
+        # NOTE(registry-adapters): mypy-protobuf types enum fields as a NewType of int.
+        serial_attributes=[pb.NativeAttribute(key=k, value=v) for k, v in block.native_attributes],
+    )
+
+
+def itmos_from_native(native: pb.Itmos) -> UnitBlock:
+    """The canonical block of the registry's ITMO description.
+
+    Raises:
+        ValueError: A field is malformed, or the corresponding-adjustment status is unset.
+    """
+    auth = None
+    if native.HasField("authorization"):
+        auth = Authorization(
+            letter_id=native.authorization.letter_id,
+            host_country=native.authorization.host_party,
+            authorized_uses=frozenset(native.authorization.authorized_uses),
+            issued_on=date.fromisoformat(native.authorization.authorized_on),
+        )
+    adjustment = CA_FROM_NATIVE.get(native.corresponding_adjustment)
+    if adjustment is None:
+        raise ValueError("corresponding_adjustment status is required")
+    return UnitBlock(
+        id=range_from_native(native.range),
+        project_id=native.activity_id,
+        country=native.host_party,
+        vintage_start=from_iso_date(native.vintage_start),
+        vintage_end=from_iso_date(native.vintage_end),
+        region=native.region,
+        project_type=native.activity_type,
+        methodology=native.methodology,
+        gas=native.gas or "CO2",
+        gwp_basis=native.gwp_basis,
+        issuance_id=native.issuance_id,
+        authorization=auth,
+        corresponding_adjustment=adjustment,
+        labels=frozenset(native.labels),
+        native_attributes=tuple((a.key, a.value) for a in native.serial_attributes),
+    )
+
+
+class BriClient:
+    """A Belt-and-Road Article 6.2 registry behind :class:`registry_bridge.port.RegistryPort`.
+
+    Args:
+        channel: A gRPC channel to the registry's native API.
+        timeout_s: Deadline of each call, in seconds.
+    """
+
+    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
+        self._stub = pb_grpc.ItmoRegistryStub(channel)
+        self._timeout_s = timeout_s
+
+    @property
+    def registry_id(self) -> str:
+        """``"bri"``."""
+        return REGISTRY_ID
+
+    def _holding(self, native: pb.ItmoHolding) -> RegistryHolding:
+        status = STATUS_TO_CANONICAL.get(native.status)
+        if status is None:
+            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
+            # adapters/verra/client.py.
+            status = HoldingStatus.CANCELLED
+        return RegistryHolding(
+            block=itmos_from_native(native.itmos),
+            account=native.holding_account,
+            status=status,
+            lock_expires_at=from_rfc3339(native.reserved_until),
+            mirror_of=range_from_native(native.mirror_of) if native.HasField("mirror_of") else None,
+            mirror_origin_registry=native.mirror_registry,
+        )
+
+    def issue(self, request: IssueRequest) -> RegistryHolding:
+        """``RecordIssuance`` into a holding account."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RecordIssuance,
+            pb.RecordIssuanceRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                itmos=itmos_to_native(request.block),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def _holdings(self, request: pb.GetHoldingsRequest) -> Sequence[RegistryHolding]:
+        native = invoke(REGISTRY_ID, self._stub.GetHoldings, request, self._timeout_s)
+        return tuple(
+            self._holding(h) for h in native.holdings if h.status != pb.ITMO_STATUS_TRANSFERRED
+        )
+
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """``GetHoldings`` overlapping the block."""
+        return self._holdings(pb.GetHoldingsRequest(overlapping=range_to_native(request.block)))
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """``GetHoldings`` of one holding account or all."""
+        return self._holdings(pb.GetHoldingsRequest(holding_account=request.account))
+
+    def lock(self, request: LockRequest) -> RegistryHolding:
+        """``ReserveForTransfer`` until the expiry."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ReserveForTransfer,
+            pb.ReserveForTransferRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                range=range_to_native(request.block),
+                reserved_until=to_rfc3339(request.expires_at),
+                transfer_id=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def unlock(self, request: UnlockRequest) -> RegistryHolding:
+        """``ReleaseReservation`` of the transfer."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ReleaseReservation,
+            pb.ReleaseReservationRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                range=range_to_native(request.block),
+                transfer_id=request.transfer,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """``RecordTransfer``: held for the linked registry, or international."""
+        kind = (
+            pb.TRANSFER_KIND_HOLD_FOR_LINKED_REGISTRY
+            if request.disposition is FinalizeDisposition.IMMOBILIZE
+            else pb.TRANSFER_KIND_INTERNATIONAL
+        )
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RecordTransfer,
+            pb.RecordTransferRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                range=range_to_native(request.block),
+                transfer_id=request.transfer,
+                kind=kind,
+                acquiring_registry=request.destination_registry,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        """``RecordAcquisition``, refused by the registry after the deadline."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RecordAcquisition,
+            pb.RecordAcquisitionRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                itmos=itmos_to_native(request.origin),
+                transferring_registry=request.origin_registry,
+                transfer_id=request.transfer,
+                acquire_by=to_rfc3339(request.deadline),
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def retire(self, request: RetireRequest) -> RegistryHolding:
+        """``RecordUse`` for the beneficiary as using entity."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RecordUse,
+            pb.RecordUseRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                range=range_to_native(request.block),
+                using_entity=request.beneficiary,
+                statement=request.claim_text,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def surrender(self, request: SurrenderRequest) -> RegistryHolding:
+        """An Article 6.2 registry has no compliance surrender.
+
+        Raises:
+            RegistryRejected: Always, with code ``NOT_SUPPORTED``.
+        """
+        raise not_supported(REGISTRY_ID, "compliance surrender")
+
+    def cancel(self, request: CancelRequest) -> RegistryHolding:
+        """``RecordCancellation`` with a reason."""
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.RecordCancellation,
+            pb.RecordCancellationRequest(
+                action_id=request.operation_id,
+                holding_account=request.account,
+                range=range_to_native(request.block),
+                reason=request.reason,
+            ),
+            self._timeout_s,
+        )
+        return self._holding(native)
+
+    def totals(self) -> Sequence[ProgramTotal]:
+        """``ReportTotals``: quantities per unit type and status."""
+        native = invoke(
+            REGISTRY_ID, self._stub.ReportTotals, pb.ReportTotalsRequest(), self._timeout_s
+        )
+        return tuple(
+            ProgramTotal(Program(t.unit_type), STATUS_TO_CANONICAL[t.status], t.quantity)
+            for t in native.totals
+            if t.status in STATUS_TO_CANONICAL
+        )

@@ -92,6 +92,32 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "hkmo",
                 "VenueClient",
             ),
+            RegistryEntry(
+                "shenzhen",
+                "Shenzhen pilot registry (SZA, SZ carbon-inclusive, CCER)",
+                (Program.SZA, Program.SZ_CI, Program.CCER),
+                "SZA-YYYY-start-end; SZ-CI-start-end-from-to-province-project; "
+                "CCER as national (adapters.shenzhen)",
+                "shenzhen",
+                "ShenzhenClient",
+            ),
+            RegistryEntry(
+                "guangdong",
+                "Guangdong pilot registry (GDEA, PHCER)",
+                (Program.GDEA, Program.GD_PHCER),
+                "GDEA-YYYY-start-end; GD-PHCER-start-end-from-to-province-project "
+                "(adapters.guangdong)",
+                "guangdong",
+                "GuangdongClient",
+            ),
+            RegistryEntry(
+                "bri",
+                "Belt-and-Road Article 6.2 registry (ITMOs)",
+                (Program.BRI_ITMO,),
+                "HOST-ITMO-scope-programme-YYYY-reserved-start-end (adapters.bri)",
+                "bri",
+                "BriClient",
+            ),
         )
     }
 )

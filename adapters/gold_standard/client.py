@@ -298,6 +298,7 @@ class GoldStandardClient:
                 account_id=request.account,
                 range=self._range(request.origin.id),
                 transfer_reference=request.transfer,
+                accept_by=to_rfc3339(request.deadline),
             ),
             self._timeout_s,
         )

@@ -130,6 +130,7 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
                 request.account_id,
                 range_from_native(request.range),
                 request.transfer_reference,
+                deadline=from_rfc3339(request.accept_by),
             )
             return _holding(held)
 

@@ -285,6 +285,7 @@ class VenueClient:
                 origin_registry=request.origin_registry,
                 settlement_reference=request.transfer,
                 settlement_currency=self._currency,
+                settle_by=to_rfc3339(request.deadline),
             ),
             self._timeout_s,
         )

@@ -157,6 +157,7 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
                     ("settlement_currency", _currency(request.settlement_currency)),
                     ("settlement_reference", request.settlement_reference),
                 ),
+                deadline=from_rfc3339(request.settle_by),
             )
             return _position(held)
 

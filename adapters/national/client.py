@@ -298,6 +298,7 @@ class NationalClient:
                 acquiring_account_identifier=request.account,
                 notification_identifier=request.transfer,
                 proposal_unit_blocks=[block_to_native(request.origin)],
+                acquisition_deadline=to_rfc3339(request.deadline),
             )
         )
 

@@ -129,6 +129,7 @@ class NationalServicer(pb_grpc.NationalRegistryServicer):
                 block_from_native(block),
                 tx.transferring_registry_code,
                 tx.notification_identifier,
+                deadline=from_rfc3339(tx.acquisition_deadline),
             ),
             (pb.RETIREMENT, pb.VOLUNTARY): lambda: store.retire(
                 op,

@@ -292,6 +292,7 @@ class VerraClient:
                 account_id=request.account,
                 range=self._range(request.origin.id),
                 reference=request.transfer,
+                restore_by=to_rfc3339(request.deadline),
             ),
             self._timeout_s,
         )

@@ -130,6 +130,7 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
                 request.account_id,
                 range_from_native(request.range),
                 request.reference,
+                deadline=from_rfc3339(request.restore_by),
             )
             return _holding(held)
 

@@ -398,9 +398,12 @@ class AcceptReturnRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
     TRANSFER_REFERENCE_FIELD_NUMBER: _builtins.int
+    ACCEPT_BY_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     account_id: _builtins.str
     transfer_reference: _builtins.str
+    accept_by: _builtins.str
+    """Gold Standard refuses the return after this (RFC 3339; empty: no limit)."""
     @_builtins.property
     def range(self) -> Global___CreditRange: ...
     def __init__(
@@ -410,10 +413,11 @@ class AcceptReturnRequest(_message.Message):
         account_id: _builtins.str = ...,
         range: Global___CreditRange | None = ...,
         transfer_reference: _builtins.str = ...,
+        accept_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "operation_id", b"operation_id", "range", b"range", "transfer_reference", b"transfer_reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_by", b"accept_by", "account_id", b"account_id", "operation_id", b"operation_id", "range", b"range", "transfer_reference", b"transfer_reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

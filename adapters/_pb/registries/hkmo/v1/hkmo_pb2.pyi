@@ -468,11 +468,14 @@ class ReceiveDeliveryRequest(_message.Message):
     ORIGIN_REGISTRY_FIELD_NUMBER: _builtins.int
     SETTLEMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_CURRENCY_FIELD_NUMBER: _builtins.int
+    SETTLE_BY_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     client_account: _builtins.str
     origin_registry: _builtins.str
     settlement_reference: _builtins.str
     settlement_currency: Global___SettlementCurrency.ValueType
+    settle_by: _builtins.str
+    """The venue refuses the delivery after this settlement deadline (RFC 3339; empty: none)."""
     @_builtins.property
     def units(self) -> Global___Units: ...
     def __init__(
@@ -484,10 +487,11 @@ class ReceiveDeliveryRequest(_message.Message):
         origin_registry: _builtins.str = ...,
         settlement_reference: _builtins.str = ...,
         settlement_currency: Global___SettlementCurrency.ValueType = ...,
+        settle_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["units", b"units"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_account", b"client_account", "operation_id", b"operation_id", "origin_registry", b"origin_registry", "settlement_currency", b"settlement_currency", "settlement_reference", b"settlement_reference", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_account", b"client_account", "operation_id", b"operation_id", "origin_registry", b"origin_registry", "settle_by", b"settle_by", "settlement_currency", b"settlement_currency", "settlement_reference", b"settlement_reference", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

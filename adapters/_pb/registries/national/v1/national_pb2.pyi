@@ -383,6 +383,7 @@ class ProposalTransaction(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     ENTITY_IDENTIFIER_FIELD_NUMBER: _builtins.int
     COMPLIANCE_YEAR_FIELD_NUMBER: _builtins.int
+    ACQUISITION_DEADLINE_FIELD_NUMBER: _builtins.int
     transaction_identifier: _builtins.str
     transaction_type: Global___TransactionType.ValueType
     supp_transaction_type: Global___SuppTransactionType.ValueType
@@ -400,6 +401,8 @@ class ProposalTransaction(_message.Message):
     """COMPLIANCE only"""
     compliance_year: _builtins.int
     """COMPLIANCE only"""
+    acquisition_deadline: _builtins.str
+    """ACQUIRE only: the registry rejects the acquisition after this (RFC 3339; empty: none)."""
     @_builtins.property
     def proposal_unit_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransactionUnitBlock]: ...
     def __init__(
@@ -419,10 +422,11 @@ class ProposalTransaction(_message.Message):
         comment: _builtins.str = ...,
         entity_identifier: _builtins.str = ...,
         compliance_year: _builtins.int = ...,
+        acquisition_deadline: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquiring_account_identifier", b"acquiring_account_identifier", "acquiring_registry_code", b"acquiring_registry_code", "comment", b"comment", "compliance_year", b"compliance_year", "entity_identifier", b"entity_identifier", "notification_identifier", b"notification_identifier", "proposal_unit_blocks", b"proposal_unit_blocks", "reservation_expiry", b"reservation_expiry", "retirement_beneficiary", b"retirement_beneficiary", "supp_transaction_type", b"supp_transaction_type", "transaction_identifier", b"transaction_identifier", "transaction_type", b"transaction_type", "transferring_account_identifier", b"transferring_account_identifier", "transferring_registry_code", b"transferring_registry_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquiring_account_identifier", b"acquiring_account_identifier", "acquiring_registry_code", b"acquiring_registry_code", "acquisition_deadline", b"acquisition_deadline", "comment", b"comment", "compliance_year", b"compliance_year", "entity_identifier", b"entity_identifier", "notification_identifier", b"notification_identifier", "proposal_unit_blocks", b"proposal_unit_blocks", "reservation_expiry", b"reservation_expiry", "retirement_beneficiary", b"retirement_beneficiary", "supp_transaction_type", b"supp_transaction_type", "transaction_identifier", b"transaction_identifier", "transaction_type", b"transaction_type", "transferring_account_identifier", b"transferring_account_identifier", "transferring_registry_code", b"transferring_registry_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -398,9 +398,12 @@ class RestoreImmobilizedRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    RESTORE_BY_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     account_id: _builtins.str
     reference: _builtins.str
+    restore_by: _builtins.str
+    """Verra refuses the restoration after this (RFC 3339; empty: no limit)."""
     @_builtins.property
     def range(self) -> Global___VcuRange: ...
     def __init__(
@@ -410,10 +413,11 @@ class RestoreImmobilizedRequest(_message.Message):
         account_id: _builtins.str = ...,
         range: Global___VcuRange | None = ...,
         reference: _builtins.str = ...,
+        restore_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "operation_id", b"operation_id", "range", b"range", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "operation_id", b"operation_id", "range", b"range", "reference", b"reference", "restore_by", b"restore_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ adapter's retries must end with exactly one effect.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -292,6 +293,70 @@ def test_credit_of_foreign_units(harness: Harness) -> None:
             origin.id, origin.id.serial_start, origin.id.serial_start + 9
         )
     assert list(harness.adapter.block_status(BlockStatusRequest(credited.block.id)))
+
+
+def _bridged(h: Harness) -> RegistryHolding:
+    """Units 1001-1400 of a fresh block, immobilized here (their mirror is elsewhere)."""
+    held = issue(h, 1001, 2000)
+    part = sub(held.block.id, 1001, 1400)
+    h.adapter.lock(LockRequest(h.op(), ACCOUNT, part, later(h), "T1"))
+    return h.adapter.finalize(
+        FinalizeRequest(h.op(), ACCOUNT, part, FinalizeDisposition.IMMOBILIZE, "T1", "x")
+    )
+
+
+def test_a_credit_after_its_deadline_is_refused(harness: Harness) -> None:
+    bridged = _bridged(harness)
+    past = harness.clock() - timedelta(seconds=1)
+    with rejected("DEADLINE_PASSED"):
+        harness.adapter.credit(
+            CreditRequest(harness.op(), OTHER, bridged.block, "x", "T9", deadline=past)
+        )
+    mode = REGISTRIES[harness.registry_id].emulator().credit_mode
+    if mode is not CreditMode.RETURN_ONLY:
+        origin_registry, origin = FOREIGN_BLOCK[harness.registry_id]
+        with rejected("DEADLINE_PASSED"):
+            harness.adapter.credit(
+                CreditRequest(harness.op(), OTHER, origin, origin_registry, "T7", deadline=past)
+            )
+    # Nothing was credited: the returning units are still immobilized, nothing arrived.
+    assert statuses(harness.adapter.list_holdings(ListHoldingsRequest())) == {
+        (1001, 1400): HoldingStatus.BRIDGED,
+        (1401, 2000): HoldingStatus.ACTIVE,
+    }
+
+    # Up to the deadline itself the credit is in time.
+    back = harness.adapter.credit(
+        CreditRequest(harness.op(), OTHER, bridged.block, "x", "T9", deadline=harness.clock())
+    )
+    assert (back.account, back.status) == (OTHER, HoldingStatus.ACTIVE)
+
+
+def test_a_credit_applied_in_time_answers_its_repeat_after_the_deadline(harness: Harness) -> None:
+    bridged = _bridged(harness)
+    returning = CreditRequest(
+        harness.op(), OTHER, bridged.block, "x", "T9", deadline=later(harness, 10)
+    )
+    first = harness.adapter.credit(returning)
+    mode = REGISTRIES[harness.registry_id].emulator().credit_mode
+    foreign: CreditRequest | None = None
+    if mode is not CreditMode.RETURN_ONLY:
+        origin_registry, origin = FOREIGN_BLOCK[harness.registry_id]
+        foreign = CreditRequest(
+            harness.op(), ACCOUNT, origin, origin_registry, "T7", deadline=later(harness, 10)
+        )
+        mirrored = harness.adapter.credit(foreign)
+    before = statuses(harness.adapter.list_holdings(ListHoldingsRequest()))
+
+    harness.clock.advance(timedelta(minutes=11))
+    # The op log answers a repeat first: the credit stays applied, once.
+    assert harness.adapter.credit(returning) == first
+    if foreign is not None:
+        assert harness.adapter.credit(foreign) == mirrored
+    assert statuses(harness.adapter.list_holdings(ListHoldingsRequest())) == before
+    # A new credit after the deadline is refused all the same.
+    with rejected("DEADLINE_PASSED"):
+        harness.adapter.credit(dataclasses.replace(returning, operation_id=harness.op("late")))
 
 
 # -- terminal operations -----------------------------------------------------------------

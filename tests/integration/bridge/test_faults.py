@@ -181,15 +181,6 @@ def test_expired_lock_waits_while_the_destination_is_down(world: World) -> None:
     assert world.violations(registries=False) == []
 
 
-DEADLINE_DROPPED = (
-    "adapters gap: no registry client forwards CreditRequest.deadline to its native API "
-    "(adapters/national/client.py credit), so the emulator's DEADLINE_PASSED check never "
-    "runs and a credit sent after the lock expired is applied: the transfer completes "
-    "instead of rolling back"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DEADLINE_DROPPED)
 def test_expired_lock_rolls_back_once_the_destination_answers(world: World) -> None:
     transfer, block = _stuck_past_expiry(world)
     # Once the destination answers, the late credit is refused (its deadline passed), and

@@ -68,6 +68,11 @@ class GatewayConfig:
     """Deadline of one call to a registry."""
     registry_retry_attempts: int = 5
     """Attempts for a transient registry failure before the transfer gives up on the step."""
+    recovery_interval_seconds: float = 5.0
+    """How often unfinished transfers are resumed (and expired locks rolled back)."""
+    fault_crash_after_state: str = ""
+    """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
+    transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -82,6 +87,8 @@ _FIELD_TYPES: dict[str, type] = {
     "lock_ttl_seconds": int,
     "registry_timeout_seconds": float,
     "registry_retry_attempts": int,
+    "recovery_interval_seconds": float,
+    "fault_crash_after_state": str,
 }
 
 
@@ -153,10 +160,25 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "lock_ttl_seconds": config.lock_ttl_seconds,
         "registry_timeout_seconds": config.registry_timeout_seconds,
         "registry_retry_attempts": config.registry_retry_attempts,
+        "recovery_interval_seconds": config.recovery_interval_seconds,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name}: must be greater than 0, got {value} ({origin(name)})")
+    states = (
+        "",
+        "PROPOSED",
+        "CHECKED",
+        "SOURCE_LOCKED",
+        "DESTINATION_CREDITED",
+        "SOURCE_FINALIZED",
+        "COMPLETED",
+    )
+    if config.fault_crash_after_state not in states:
+        raise ConfigError(
+            f"fault_crash_after_state: {config.fault_crash_after_state!r} is not one of "
+            f"{', '.join(s for s in states if s)} ({origin('fault_crash_after_state')})"
+        )
     seen: set[str] = set()
     for endpoint in config.registries:
         if not _REGISTRY_ID.match(endpoint.registry_id):

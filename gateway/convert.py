@@ -6,14 +6,31 @@ way in and each domain result into a message on the way out.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from google.protobuf import timestamp_pb2
+
 from adapters._pb.carbonlink.v1 import model_pb2
 from gateway.catalog import RegistryInfo
+from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.model import (
     BlockId,
     CorrespondingAdjustment,
     HoldingStatus,
+    Program,
     UnitBlock,
     UnitKind,
+)
+from registry_bridge.transfers import (
+    AccountRef,
+    RulesDecision,
+    Settlement,
+    Transfer,
+    TransferInstruction,
+    TransferState,
+    UnitUse,
 )
 
 _UNIT_KIND = {
@@ -32,6 +49,7 @@ HOLDING_STATUS = {
     HoldingStatus.RETIRED: model_pb2.HOLDING_STATUS_RETIRED,
     HoldingStatus.CANCELLED: model_pb2.HOLDING_STATUS_CANCELLED,
     HoldingStatus.SURRENDERED: model_pb2.HOLDING_STATUS_SURRENDERED,
+    HoldingStatus.EXPORTED: model_pb2.HOLDING_STATUS_EXPORTED,
 }
 
 
@@ -86,4 +104,238 @@ def unit_block_to_pb(block: UnitBlock, native_serial: str = "") -> model_pb2.Uni
                 issued_on=block.authorization.issued_on.isoformat(),
             )
         )
+    return message
+
+
+# ----------------------------------------------------------------------------- transfers
+
+_TRANSFER_STATE = {
+    TransferState.PROPOSED: model_pb2.TRANSFER_STATE_PROPOSED,
+    TransferState.CHECKED: model_pb2.TRANSFER_STATE_CHECKED,
+    TransferState.SOURCE_LOCKED: model_pb2.TRANSFER_STATE_SOURCE_LOCKED,
+    TransferState.DESTINATION_CREDITED: model_pb2.TRANSFER_STATE_DESTINATION_CREDITED,
+    TransferState.SOURCE_FINALIZED: model_pb2.TRANSFER_STATE_SOURCE_FINALIZED,
+    TransferState.COMPLETED: model_pb2.TRANSFER_STATE_COMPLETED,
+    TransferState.REJECTED: model_pb2.TRANSFER_STATE_REJECTED,
+    TransferState.ROLLED_BACK: model_pb2.TRANSFER_STATE_ROLLED_BACK,
+}
+TRANSFER_STATE_FROM_PB = {v: k for k, v in _TRANSFER_STATE.items()}
+
+MAX_ID_LENGTH = 128
+MAX_UNITS_PER_REQUEST = 1000
+MAX_TEXT_LENGTH = 2000
+_CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
+_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _text(
+    problems: list[FieldViolation],
+    path: str,
+    value: str,
+    *,
+    required: bool = True,
+    limit: int = MAX_ID_LENGTH,
+) -> str:
+    if required and not value:
+        problems.append(FieldViolation(path, "is required"))
+    elif len(value) > limit:
+        problems.append(FieldViolation(path, f"is longer than {limit} characters"))
+    elif any(ord(c) < 32 for c in value):
+        problems.append(FieldViolation(path, "contains control characters"))
+    return value
+
+
+def account_from_pb(
+    problems: list[FieldViolation], path: str, message: model_pb2.AccountRef
+) -> AccountRef:
+    """A registry account, with field violations recorded in ``problems``."""
+    return AccountRef(
+        _text(problems, f"{path}.registry", message.registry),
+        _text(problems, f"{path}.account", message.account),
+    )
+
+
+def units_from_pb(
+    problems: list[FieldViolation],
+    path: str,
+    registry: str,
+    selectors: Sequence[model_pb2.UnitSelector],
+    parse_serial: Callable[[str, str], UnitBlock],
+) -> tuple[BlockId, ...]:
+    """Canonical block ids of unit selectors: serials in ``registry``'s format, or block ids."""
+    if not selectors:
+        problems.append(FieldViolation(path, "must name at least one block"))
+    if len(selectors) > MAX_UNITS_PER_REQUEST:
+        problems.append(FieldViolation(path, f"names more than {MAX_UNITS_PER_REQUEST} blocks"))
+        return ()
+    blocks: list[BlockId] = []
+    for i, selector in enumerate(selectors):
+        which = selector.WhichOneof("selector")
+        if which == "serial":
+            try:
+                blocks.append(parse_serial(registry, selector.serial).id)
+            except InvalidRequest as exc:
+                problems.append(FieldViolation(f"{path}[{i}].serial", str(exc)))
+        elif which == "block":
+            block = selector.block
+            try:
+                blocks.append(
+                    BlockId(
+                        Program(block.program),
+                        _text(
+                            problems,
+                            f"{path}[{i}].block.serial_series",
+                            block.serial_series,
+                            required=False,
+                        ),
+                        block.serial_start,
+                        block.serial_end,
+                    )
+                )
+            except ValueError as exc:
+                problems.append(FieldViolation(f"{path}[{i}].block", str(exc)))
+        else:
+            problems.append(FieldViolation(f"{path}[{i}]", "needs a serial or a block"))
+    return tuple(blocks)
+
+
+def instruction_from_pb(
+    message: model_pb2.TransferInstruction,
+    parse_serial: Callable[[str, str], UnitBlock],
+    path: str = "instruction",
+) -> TransferInstruction:
+    """A transfer instruction.
+
+    Raises:
+        InvalidRequest: Every bad field, each with its path.
+    """
+    problems: list[FieldViolation] = []
+    source = account_from_pb(problems, f"{path}.source", message.source)
+    destination = account_from_pb(problems, f"{path}.destination", message.destination)
+    units = units_from_pb(problems, f"{path}.units", source.registry, message.units, parse_serial)
+    use = message.intended_use or "holding"
+    if use not in _USES:
+        problems.append(
+            FieldViolation(f"{path}.intended_use", f"must be one of {', '.join(sorted(_USES))}")
+        )
+    settlement = None
+    if message.HasField("settlement"):
+        currency = message.settlement.currency
+        if currency not in _CURRENCIES:
+            problems.append(
+                FieldViolation(
+                    f"{path}.settlement.currency",
+                    f"must be one of {', '.join(sorted(_CURRENCIES))}",
+                )
+            )
+        try:
+            amount = Decimal(message.settlement.amount)
+            if not amount.is_finite() or amount < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            problems.append(
+                FieldViolation(f"{path}.settlement.amount", "must be a non-negative decimal")
+            )
+            amount = Decimal(0)
+        settlement = Settlement(
+            currency,
+            amount,
+            _text(
+                problems,
+                f"{path}.settlement.trade_reference",
+                message.settlement.trade_reference,
+                required=False,
+            ),
+        )
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+    return TransferInstruction(source, destination, units, use, settlement)
+
+
+def decision_to_pb(decision: RulesDecision) -> model_pb2.Decision:
+    """A rules decision with every violation."""
+    return model_pb2.Decision(
+        allowed=decision.allowed,
+        pack_versions=list(decision.pack_versions),
+        violations=[
+            model_pb2.Violation(
+                rule_id=v.rule_id,
+                message=v.message,
+                source=v.source,
+                blocks=[block_id_to_pb(b) for b in v.blocks],
+                details=dict(v.details),
+            )
+            for v in decision.violations
+        ],
+    )
+
+
+def transfer_to_pb(transfer: Transfer) -> model_pb2.Transfer:
+    """A transfer resource."""
+    instruction = transfer.instruction
+    message = model_pb2.Transfer(
+        name=f"transfers/{transfer.transfer_id}",
+        request_id=transfer.request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(
+                registry=instruction.source.registry, account=instruction.source.account
+            ),
+            destination=model_pb2.AccountRef(
+                registry=instruction.destination.registry,
+                account=instruction.destination.account,
+            ),
+            units=[model_pb2.UnitSelector(block=block_id_to_pb(u)) for u in instruction.units],
+            intended_use=instruction.intended_use,
+        ),
+        state=_TRANSFER_STATE[transfer.state],
+        history=[
+            model_pb2.TransferStep(
+                state=_TRANSFER_STATE[step.state], time=_timestamp(step.at), reason=step.reason
+            )
+            for step in transfer.history
+        ],
+        failure_reason=transfer.failure_reason,
+        credited_blocks=[unit_block_to_pb(b) for b in transfer.credited_blocks],
+        create_time=_timestamp(transfer.created_at),
+        update_time=_timestamp(transfer.updated_at),
+    )
+    if instruction.settlement is not None:
+        message.instruction.settlement.CopyFrom(
+            model_pb2.Settlement(
+                currency=instruction.settlement.currency,
+                amount=str(instruction.settlement.amount),
+                trade_reference=instruction.settlement.trade_reference,
+            )
+        )
+    if transfer.decision is not None:
+        message.decision.CopyFrom(decision_to_pb(transfer.decision))
+    return message
+
+
+def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
+    """A retirement or surrender resource."""
+    request = use.request
+    message = model_pb2.UnitUse(
+        name=f"uses/{use.use_id}",
+        request_id=use.request_id,
+        kind=request.kind,
+        account=model_pb2.AccountRef(
+            registry=request.account.registry, account=request.account.account
+        ),
+        blocks=[],
+        beneficiary=request.beneficiary,
+        claim_text=request.claim_text,
+        entity_id=request.entity_id,
+        compliance_year=request.compliance_year,
+        jurisdiction=request.jurisdiction,
+        create_time=_timestamp(use.created_at),
+    )
+    if use.decision is not None:
+        message.decision.CopyFrom(decision_to_pb(use.decision))
     return message

@@ -1,28 +1,63 @@
 """``carbonlink demo``: the gateway's user journeys, end to end, on the embedded database.
 
-Everything here goes over real gRPC sockets on the loopback interface; nothing is
-called in-process behind the API's back.
+The demo starts an emulator of each registry's native API and a gateway wired to them,
+then plays each journey as its user would: over real gRPC sockets on the loopback
+interface, through the public API.  Registry state is read back through the registries'
+own APIs, so what the demo prints is what each registry holds, not what the gateway says.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.config import GatewayConfig
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.serials import parse_serial
+from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
+from registry_bridge.bridge import venue_account
+from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.port import BlockStatusRequest, CreditRequest, IssueRequest, RegistryPort
+
+DEMO_REGISTRIES = ("verra", "gold-standard", "hkmo", "shenzhen", "guangdong", "national", "bri")
+# A real Verra issuance (Verra public export): 20,745 VCUs of project 1060, vintage 2019.
+VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+SOLD_QUANTITY = 5_000
+RETIRED_QUANTITY = 1_200
+
+
+class DemoFailure(Exception):
+    """A journey did not end as it must; the demo exits non-zero."""
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+@contextlib.contextmanager
+def _emulators(workdir: Path) -> Iterator[dict[str, RunningEmulator]]:
+    running: dict[str, RunningEmulator] = {}
+    try:
+        for registry_id in DEMO_REGISTRIES:
+            running[registry_id] = start_emulator(
+                REGISTRIES[registry_id].emulator(), data_dir=workdir / registry_id
+            )
+        yield running
+    finally:
+        for emulator in running.values():
+            emulator.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,21 +67,43 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="carbonlink-demo-") as scratch:
         workdir: Path = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        config = GatewayConfig(
-            listen="127.0.0.1:0",
-            database_url=f"sqlite:///{workdir / 'gateway.db'}",
-        )
-        server = GatewayServer(config)
-        port = server.start()
-        target = f"127.0.0.1:{port}"
         try:
-            with grpc.insecure_channel(target) as channel:
-                _journey_gateway_up(channel, target)
-        finally:
-            server.stop(grace_seconds=1)
+            with _emulators(workdir) as emulators:
+                _run_journeys(workdir, emulators)
+        except (DemoFailure, grpc.RpcError) as exc:
+            _say()
+            _say(f"demo FAILED: {exc}")
+            return 1
     _say()
     _say("demo finished: every journey ran over real gRPC.")
     return 0
+
+
+def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
+    registry_ports = {r: build_adapter(r, e.target) for r, e in emulators.items()}
+    _seed_hong_kong_venue(registry_ports)
+    config = GatewayConfig(
+        listen="127.0.0.1:0",
+        database_url=f"sqlite:///{workdir / 'gateway.db'}",
+        registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
+    )
+    server = GatewayServer(config)
+    port = server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            _journey_gateway_up(channel, target)
+            _journey_exchange_operator(channel, registry_ports["verra"])
+    finally:
+        server.stop(grace_seconds=1)
+
+
+def _seed_hong_kong_venue(ports: dict[str, RegistryPort]) -> None:
+    """Verra issues the block into the HK venue's Verra account; the venue books it."""
+    block = parse_serial("verra", VERRA_SERIAL)
+    seed = uuid.uuid4().hex
+    ports["verra"].issue(IssueRequest(f"demo-seed-{seed}", venue_account("hkmo"), block))
+    ports["hkmo"].credit(CreditRequest(f"demo-deposit-{seed}", "hk-seller", block, "verra", "seed"))
 
 
 def _journey_gateway_up(channel: grpc.Channel, target: str) -> None:
@@ -57,13 +114,165 @@ def _journey_gateway_up(channel: grpc.Channel, target: str) -> None:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         _say(f"   health {service or '(server)'}: {status}")
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise SystemExit(f"gateway health for {service!r} is {status}")
+            raise DemoFailure(f"gateway health for {service!r} is {status}")
     gateway = gateway_pb2_grpc.LinkageGatewayStub(channel)
     listed = gateway.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=5)
     _say(f"   ListRegistries: {len(listed.registries)} registries wired")
     for registry in listed.registries:
-        state = "reachable" if registry.reachable else "unreachable"
+        state = "reachable" if registry.reachable else "UNREACHABLE"
         _say(f"     {registry.name:28} {registry.display_name} [{state}]")
+        if not registry.reachable:
+            raise DemoFailure(f"{registry.name} is not reachable")
+
+
+def _verra_states(verra: RegistryPort, block: BlockId) -> dict[tuple[int, int], HoldingStatus]:
+    return {
+        (h.block.id.serial_start, h.block.id.serial_end): h.status
+        for h in verra.block_status(BlockStatusRequest(block))
+    }
+
+
+def _expect_verra(
+    verra: RegistryPort, block: BlockId, expected: dict[tuple[int, int], HoldingStatus]
+) -> None:
+    found = _verra_states(verra, block)
+    for (start, end), status in sorted(found.items()):
+        _say(f"     Verra {start}-{end}: {status.value}")
+    if found != expected:
+        raise DemoFailure(f"Verra shows {found}, expected {expected}")
+
+
+def _transfer(
+    gateway: gateway_pb2_grpc.LinkageGatewayStub, request: gateway_pb2.SubmitTransferRequest
+) -> model_pb2.Transfer:
+    transfer: model_pb2.Transfer = gateway.SubmitTransfer(request, timeout=60)
+    states = " -> ".join(
+        model_pb2.TransferState.Name(s.state).removeprefix("TRANSFER_STATE_")
+        for s in transfer.history
+    )
+    _say(f"   {transfer.name}: {states}")
+    if transfer.state != model_pb2.TRANSFER_STATE_COMPLETED:
+        raise DemoFailure(f"{transfer.name} ended {transfer.state}: {transfer.failure_reason}")
+    return transfer
+
+
+def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> None:
+    _say()
+    _say("== exchange operator: Verra VCUs sold at the Hong Kong venue to a Shenzhen buyer")
+    gateway = gateway_pb2_grpc.LinkageGatewayStub(channel)
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    first = origin.serial_start
+    sold = BlockId(origin.program, "", first, first + SOLD_QUANTITY - 1)
+    rest = BlockId(origin.program, "", sold.serial_end + 1, origin.serial_end)
+    _say(f"   hk-seller holds {origin.quantity} VCUs {VERRA_SERIAL} at the HK venue")
+
+    selector = model_pb2.UnitSelector(block=_block_pb(sold))
+    evaluation = gateway.EvaluateTransfer(
+        gateway_pb2.EvaluateTransferRequest(
+            instruction=model_pb2.TransferInstruction(
+                source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+                units=[selector],
+            )
+        ),
+        timeout=30,
+    )
+    _say(f"   EvaluateTransfer (dry run): allowed={evaluation.decision.allowed}")
+    if not evaluation.decision.allowed:
+        raise DemoFailure(f"evaluation denied: {evaluation.decision.violations}")
+
+    settlement = _transfer(
+        gateway,
+        gateway_pb2.SubmitTransferRequest(
+            request_id=f"hkex-trade-{uuid.uuid4().hex[:8]}",
+            instruction=model_pb2.TransferInstruction(
+                source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+                units=[selector],
+                settlement=model_pb2.Settlement(
+                    currency="HKD", amount="412500.00", trade_reference="HKEX-CC-0001"
+                ),
+            ),
+        ),
+    )
+    mirror = settlement.credited_blocks[0]
+    _say(
+        f"   Shenzhen issued mirror {mirror.id.serial_series} "
+        f"{mirror.id.serial_start}-{mirror.id.serial_end} ({mirror.quantity} units)"
+    )
+    _expect_verra(
+        verra,
+        origin,
+        {
+            (sold.serial_start, sold.serial_end): HoldingStatus.BRIDGED,
+            (rest.serial_start, rest.serial_end): HoldingStatus.ACTIVE,
+        },
+    )
+
+    _say(f"   sz-buyer retires {RETIRED_QUANTITY} mirror units")
+    retired_mirror = model_pb2.BlockId(
+        program=mirror.id.program,
+        serial_series=mirror.id.serial_series,
+        serial_start=mirror.id.serial_start,
+        serial_end=mirror.id.serial_start + RETIRED_QUANTITY - 1,
+    )
+    use = gateway.Retire(
+        gateway_pb2.RetireRequest(
+            request_id=f"retire-{uuid.uuid4().hex[:8]}",
+            account=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+            units=[model_pb2.UnitSelector(block=retired_mirror)],
+            beneficiary="Shenzhen Example Manufacturing Co.",
+            claim_text="Offsetting 2025 scope 2 emissions",
+        ),
+        timeout=60,
+    )
+    _say(f"   {use.name}: retired for {use.beneficiary}")
+    retired_origin_end = sold.serial_start + RETIRED_QUANTITY - 1
+    _expect_verra(
+        verra,
+        origin,
+        {
+            (sold.serial_start, retired_origin_end): HoldingStatus.RETIRED,
+            (retired_origin_end + 1, sold.serial_end): HoldingStatus.BRIDGED,
+            (rest.serial_start, rest.serial_end): HoldingStatus.ACTIVE,
+        },
+    )
+
+    _say("   the rest of the mirror returns to Hong Kong")
+    returning = model_pb2.BlockId(
+        program=mirror.id.program,
+        serial_series=mirror.id.serial_series,
+        serial_start=retired_mirror.serial_end + 1,
+        serial_end=mirror.id.serial_end,
+    )
+    _transfer(
+        gateway,
+        gateway_pb2.SubmitTransferRequest(
+            request_id=f"return-{uuid.uuid4().hex[:8]}",
+            instruction=model_pb2.TransferInstruction(
+                source=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+                destination=model_pb2.AccountRef(registry="hkmo", account="hk-buyer"),
+                units=[model_pb2.UnitSelector(block=returning)],
+            ),
+        ),
+    )
+    _expect_verra(
+        verra,
+        origin,
+        {
+            (sold.serial_start, retired_origin_end): HoldingStatus.RETIRED,
+            (retired_origin_end + 1, origin.serial_end): HoldingStatus.ACTIVE,
+        },
+    )
+
+
+def _block_pb(block: BlockId) -> model_pb2.BlockId:
+    return model_pb2.BlockId(
+        program=block.program.value,
+        serial_series=block.serial_series,
+        serial_start=block.serial_start,
+        serial_end=block.serial_end,
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ date, wires the registries named in the configuration once, and serves.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
@@ -16,11 +20,19 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import Engine
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.retry import RetryPolicy
 from gateway.catalog import RegistryInfo
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
 from gateway.servicer import LinkageGatewayServicer
 from registry_bridge import db
+from registry_bridge.bridge import Bridge, TransferRules
+from registry_bridge.entities import DatabaseEntityRecords
+from registry_bridge.errors import CarbonlinkError
+from registry_bridge.port import RegistryPort
+from registry_bridge.rules_gate import ComplianceRules
+from registry_bridge.transfers import TransferState
 
 _logger = structlog.get_logger(__name__)
 
@@ -57,28 +69,88 @@ class RegistryProbe:
 
 
 def wired_registries(config: GatewayConfig) -> list[RegistryInfo]:
-    """The registries named in the configuration."""
-    return [
-        RegistryInfo(
-            registry_id=endpoint.registry_id,
-            display_name=endpoint.registry_id,
-            programs=(),
-            serial_format="",
-            target=endpoint.target,
+    """The registries named in the configuration, described from the adapter table.
+
+    Raises:
+        ConfigError: A configured registry has no adapter.
+    """
+    infos = []
+    for endpoint in config.registries:
+        entry = REGISTRIES.get(endpoint.registry_id)
+        if entry is None:
+            raise ConfigError(
+                f"registries: no adapter for {endpoint.registry_id!r} "
+                f"(known: {', '.join(sorted(REGISTRIES))})"
+            )
+        infos.append(
+            RegistryInfo(
+                registry_id=endpoint.registry_id,
+                display_name=entry.display_name,
+                programs=tuple(p.value for p in entry.programs),
+                serial_format=entry.serial_format,
+                target=endpoint.target,
+            )
         )
-        for endpoint in config.registries
-    ]
+    return infos
+
+
+def _crash_hook(state_name: str) -> Callable[[str, TransferState], None] | None:
+    """Fault injection for crash tests: SIGKILL this process once ``state_name`` commits."""
+    if not state_name:
+        return None
+    _logger.warning("fault_injection_enabled", crash_after_state=state_name)
+
+    def crash(transfer_id: str, state: TransferState) -> None:
+        if state.value == state_name:
+            _logger.warning("fault_injection_crash", transfer=transfer_id, state=state_name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class GatewayServer:
     """One gateway process."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        rules: TransferRules | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        """Wire the gateway: database, registry adapters (once), rules and bridge.
+
+        Raises:
+            ConfigError: A configured registry has no adapter.
+            DatabaseError: The database URL is unusable.
+        """
         self.config = config
         self.engine: Engine = db.create_engine(config.database_url)
         self._probe = RegistryProbe()
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
+        self._registries = wired_registries(config)
+        retry = RetryPolicy(attempts=config.registry_retry_attempts)
+        self.adapters: dict[str, RegistryPort] = {
+            info.registry_id: build_adapter(
+                info.registry_id, info.target, retry, timeout_s=config.registry_timeout_seconds
+            )
+            for info in self._registries
+        }
+        sessions = db.session_factory(self.engine)
+        self.bridge = Bridge(
+            sessions,
+            self.adapters,
+            rules if rules is not None else ComplianceRules(DatabaseEntityRecords(sessions)),
+            clock=clock,
+            lock_ttl=timedelta(seconds=config.lock_ttl_seconds),
+            on_state=_crash_hook(config.fault_crash_after_state),
+        )
+        self._recovery_stop = threading.Event()
+        self._recovery: threading.Thread | None = None
         self.port = 0
 
     def start(self) -> int:
@@ -90,6 +162,8 @@ class GatewayServer:
         """
         db.check_connection(self.engine)
         db.upgrade(self.engine)
+        # Learn the units the registries issued before taking any call about them.
+        self.import_registries()
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=self.config.max_workers, thread_name_prefix="rpc"
@@ -100,7 +174,9 @@ class GatewayServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        servicer = LinkageGatewayServicer(wired_registries(self.config), self._probe)
+        servicer = LinkageGatewayServicer(
+            self._registries, self._probe, self.bridge, self.config.max_batch_size
+        )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -114,6 +190,10 @@ class GatewayServer:
         self.port = port
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._recovery = threading.Thread(
+            target=self._recover_forever, name="transfer-recovery", daemon=True
+        )
+        self._recovery.start()
         host = self.config.listen.rsplit(":", 1)[0]
         _logger.info(
             "gateway_started",
@@ -127,12 +207,39 @@ class GatewayServer:
         if self._server is None:
             return
         self._health.enter_graceful_shutdown()
+        self._recovery_stop.set()
         grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
         self._server.stop(grace).wait()
+        if self._recovery is not None:
+            self._recovery.join(timeout=grace + 5)
         self._server = None
         self._probe.close()
         self.engine.dispose()
         _logger.info("gateway_stopped")
+
+    def import_registries(self) -> dict[str, int]:
+        """Record in the ledger the units each reachable registry issued; count per registry."""
+        imported: dict[str, int] = {}
+        for registry_id in self.adapters:
+            try:
+                imported[registry_id] = self.bridge.import_registry(registry_id)
+            except CarbonlinkError as exc:
+                _logger.warning("registry_import_skipped", registry=registry_id, error=str(exc))
+        return imported
+
+    def _recover_forever(self) -> None:
+        """Resume unfinished transfers at start-up, then every recovery interval."""
+        while True:
+            try:
+                outcome = self.bridge.resume_unfinished()
+                if outcome:
+                    _logger.info(
+                        "transfers_resumed", transfers={k: v.value for k, v in outcome.items()}
+                    )
+            except CarbonlinkError as exc:
+                _logger.warning("transfer_recovery_failed", error=str(exc))
+            if self._recovery_stop.wait(self.config.recovery_interval_seconds):
+                return
 
     def wait(self) -> None:
         """Block until the server stops."""

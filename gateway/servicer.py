@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -9,11 +10,39 @@ import structlog
 
 from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway import convert, paging
+from gateway import convert, error_mapping, paging
 from gateway.catalog import RegistryInfo
-from registry_bridge.errors import InvalidRequest, NotYetImplemented
+from registry_bridge.bridge import Bridge
+from registry_bridge.errors import (
+    CarbonlinkError,
+    FieldViolation,
+    InvalidRequest,
+    NotYetImplemented,
+)
+from registry_bridge.transfers import TransferInstruction, UseRequest
 
 MAX_SERIAL_LENGTH = 256
+
+
+def _request_id(value: str, path: str = "request_id") -> str:
+    if not value:
+        raise InvalidRequest.field(path, "is required on every mutating call")
+    if len(value) > convert.MAX_ID_LENGTH:
+        raise InvalidRequest.field(path, f"is longer than {convert.MAX_ID_LENGTH} characters")
+    return value
+
+
+def _transfer_id(name: str) -> str:
+    prefix = "transfers/"
+    if not name.startswith(prefix) or not name[len(prefix) :] or len(name) > 200:
+        raise InvalidRequest.field("name", "must be transfers/{transfer_id}")
+    return name[len(prefix) :]
+
+
+def _raise_if(problems: list[FieldViolation]) -> None:
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
 
 _logger = structlog.get_logger(__name__)
 
@@ -25,9 +54,15 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self,
         registries: Sequence[RegistryInfo],
         probe_registry: Callable[[RegistryInfo], bool],
+        bridge: Bridge,
+        max_batch_size: int,
+        watch_poll_seconds: float = 0.1,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
         self._probe_registry = probe_registry
+        self._bridge = bridge
+        self._max_batch_size = max_batch_size
+        self._watch_poll_seconds = watch_poll_seconds
 
     def ListRegistries(
         self, request: gateway_pb2.ListRegistriesRequest, context: grpc.ServicerContext
@@ -69,42 +104,160 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def EvaluateTransfer(
         self, request: gateway_pb2.EvaluateTransferRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.EvaluateTransferResponse:
-        raise NotYetImplemented("EvaluateTransfer (registry bridge)", issue=4)
+        instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
+        decision = self._bridge.evaluate(instruction)
+        return gateway_pb2.EvaluateTransferResponse(decision=convert.decision_to_pb(decision))
 
     def SubmitTransfer(
         self, request: gateway_pb2.SubmitTransferRequest, context: grpc.ServicerContext
     ) -> model_pb2.Transfer:
-        raise NotYetImplemented("SubmitTransfer (registry bridge)", issue=4)
+        request_id = _request_id(request.request_id)
+        instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
+        return convert.transfer_to_pb(self._bridge.submit(request_id, instruction))
 
     def SubmitTransfers(
         self, request: gateway_pb2.SubmitTransfersRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.SubmitTransfersResponse:
-        raise NotYetImplemented("SubmitTransfers (registry bridge)", issue=4)
+        if not request.transfers:
+            raise InvalidRequest.field("transfers", "must hold at least one instruction")
+        if len(request.transfers) > self._max_batch_size:
+            raise InvalidRequest.field(
+                "transfers", f"holds more than the batch cap of {self._max_batch_size}"
+            )
+        results: list[gateway_pb2.BatchTransferResult] = []
+        parsed: list[tuple[int, str, TransferInstruction]] = []
+        for i, item in enumerate(request.transfers):
+            try:
+                parsed.append(
+                    (
+                        i,
+                        _request_id(item.request_id, f"transfers[{i}].request_id"),
+                        convert.instruction_from_pb(
+                            item.instruction, serials.parse_serial, f"transfers[{i}].instruction"
+                        ),
+                    )
+                )
+            except CarbonlinkError as exc:
+                results.append(
+                    gateway_pb2.BatchTransferResult(
+                        request_id=item.request_id, error=error_mapping.to_rpc_status(exc)
+                    )
+                )
+        outcomes = self._bridge.submit_many([(rid, ins) for _, rid, ins in parsed])
+        for (_, request_id, _), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, CarbonlinkError):
+                results.append(
+                    gateway_pb2.BatchTransferResult(
+                        request_id=request_id, error=error_mapping.to_rpc_status(outcome)
+                    )
+                )
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                results.append(
+                    gateway_pb2.BatchTransferResult(
+                        request_id=request_id, transfer=convert.transfer_to_pb(outcome)
+                    )
+                )
+        order = {item.request_id: i for i, item in enumerate(request.transfers)}
+        results.sort(key=lambda r: order.get(r.request_id, len(order)))
+        return gateway_pb2.SubmitTransfersResponse(results=results)
 
     def GetTransfer(
         self, request: gateway_pb2.GetTransferRequest, context: grpc.ServicerContext
     ) -> model_pb2.Transfer:
-        raise NotYetImplemented("GetTransfer (registry bridge)", issue=4)
+        return convert.transfer_to_pb(self._bridge.get(_transfer_id(request.name)))
 
     def ListTransfers(
         self, request: gateway_pb2.ListTransfersRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListTransfersResponse:
-        raise NotYetImplemented("ListTransfers (registry bridge)", issue=4)
+        size = paging.page_size(request.page_size)
+        state = None
+        if request.state:
+            state = convert.TRANSFER_STATE_FROM_PB.get(request.state)
+            if state is None:
+                raise InvalidRequest.field("state", f"unknown transfer state {request.state}")
+        scope = f"transfers:{request.state}:{request.registry}"
+        offset = paging.decode_token(request.page_token, scope)
+        transfers, more = self._bridge.list_transfers(offset, size, state, request.registry)
+        return gateway_pb2.ListTransfersResponse(
+            transfers=[convert.transfer_to_pb(t) for t in transfers],
+            next_page_token=paging.encode_token(offset + len(transfers), scope) if more else "",
+        )
 
     def WatchTransfer(
         self, request: gateway_pb2.WatchTransferRequest, context: grpc.ServicerContext
     ) -> Iterator[model_pb2.Transfer]:
-        raise NotYetImplemented("WatchTransfer (registry bridge)", issue=4)
+        transfer_id = _transfer_id(request.name)
+        last: tuple[str, int] | None = None
+        while context.is_active():
+            transfer = self._bridge.get(transfer_id)
+            seen = (transfer.state.value, len(transfer.history))
+            if seen != last:
+                last = seen
+                yield convert.transfer_to_pb(transfer)
+            if transfer.state.is_final:
+                return
+            time.sleep(self._watch_poll_seconds)
 
     def Retire(
         self, request: gateway_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> model_pb2.UnitUse:
-        raise NotYetImplemented("Retire (registry bridge)", issue=4)
+        request_id = _request_id(request.request_id)
+        problems: list[FieldViolation] = []
+        account = convert.account_from_pb(problems, "account", request.account)
+        units = convert.units_from_pb(
+            problems, "units", account.registry, request.units, serials.parse_serial
+        )
+        if not request.beneficiary:
+            problems.append(FieldViolation("beneficiary", "is required for a retirement"))
+        if len(request.beneficiary) > convert.MAX_ID_LENGTH:
+            problems.append(FieldViolation("beneficiary", "is too long"))
+        if len(request.claim_text) > convert.MAX_TEXT_LENGTH:
+            problems.append(FieldViolation("claim_text", "is too long"))
+        _raise_if(problems)
+        use = self._bridge.use(
+            request_id,
+            UseRequest(
+                "retirement",
+                account,
+                units,
+                beneficiary=request.beneficiary,
+                claim_text=request.claim_text,
+            ),
+        )
+        return convert.use_to_pb(use)
 
     def Surrender(
         self, request: gateway_pb2.SurrenderRequest, context: grpc.ServicerContext
     ) -> model_pb2.UnitUse:
-        raise NotYetImplemented("Surrender (registry bridge)", issue=4)
+        request_id = _request_id(request.request_id)
+        problems: list[FieldViolation] = []
+        account = convert.account_from_pb(problems, "account", request.account)
+        units = convert.units_from_pb(
+            problems, "units", account.registry, request.units, serials.parse_serial
+        )
+        if not request.entity_id or len(request.entity_id) > convert.MAX_ID_LENGTH:
+            problems.append(FieldViolation("entity_id", "is required (at most 128 characters)"))
+        if not 2000 <= request.compliance_year <= 2100:
+            problems.append(FieldViolation("compliance_year", "must be between 2000 and 2100"))
+        if request.jurisdiction not in ("shenzhen", "guangdong", "national"):
+            problems.append(
+                FieldViolation("jurisdiction", "must be shenzhen, guangdong or national")
+            )
+        _raise_if(problems)
+        use = self._bridge.use(
+            request_id,
+            UseRequest(
+                "surrender",
+                account,
+                units,
+                entity_id=request.entity_id,
+                compliance_year=request.compliance_year,
+                jurisdiction=request.jurisdiction,
+            ),
+        )
+        return convert.use_to_pb(use)
 
     def PlanMigration(
         self, request: gateway_pb2.PlanMigrationRequest, context: grpc.ServicerContext

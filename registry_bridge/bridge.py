@@ -87,6 +87,7 @@ ORIGIN_REGISTRY: Mapping[Program, str] = {
     Program.BRI_ITMO: "bri",
 }
 CUSTODY_VENUES = frozenset({"hkmo"})
+_MAX_CONFLICT_RETRIES = 3
 
 
 def venue_account(venue: str) -> str:
@@ -242,6 +243,7 @@ class Bridge:
         registry_lock_grace: timedelta = timedelta(hours=24),
         owner: str = "",
         lease: timedelta = timedelta(minutes=1),
+        on_state: Callable[[str, TransferState], None] | None = None,
     ) -> None:
         """Build a bridge.
 
@@ -257,6 +259,8 @@ class Bridge:
                 still be finalized.
             owner: This gateway process, for the lease on transfers it drives.
             lease: How long a gateway's claim on driving a transfer lasts.
+            on_state: Called after each new state of a transfer is committed (crash-test
+                fault injection hooks in here).
         """
         self._sessions = sessions
         self._registries = dict(registries)
@@ -266,6 +270,7 @@ class Bridge:
         self._registry_lock_grace = registry_lock_grace
         self._owner = owner or uuid.uuid4().hex
         self._lease = lease
+        self._on_state = on_state
 
     # ----------------------------------------------------------------------------- reads
 
@@ -517,9 +522,10 @@ class Bridge:
         if not request_id:
             raise InvalidRequest.field("request_id", "is required")
         self._validate(instruction)
-        transfer_id, created = self._propose(request_id, instruction)
-        if created:
-            self.drive(transfer_id)
+        transfer_id, _ = self._propose(request_id, instruction)
+        # A repeat of an unfinished transfer drives it on (when no other gateway holds it),
+        # so a client retrying after an error never leaves its transfer stranded.
+        self.drive(transfer_id)
         return self.get(transfer_id)
 
     def submit_many(
@@ -648,13 +654,24 @@ class Bridge:
             TransferState.DESTINATION_CREDITED: self._finalize,
             TransferState.SOURCE_FINALIZED: self._complete,
         }
+        conflicts = 0
         while True:
             with unit_of_work(self._sessions) as session:
                 state = TransferState(self._load(session, transfer_id).state)
+            if self._on_state is not None:
+                self._on_state(transfer_id, state)
             if state.is_final:
                 return state
             try:
                 steps[state](transfer_id)
+            except LedgerConflict as exc:
+                # A concurrent transaction touched the same rows; the step re-reads the
+                # ledger, so a retry either proceeds or rejects with the real reason.
+                conflicts += 1
+                if conflicts > _MAX_CONFLICT_RETRIES:
+                    raise
+                _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
+                continue
             except RegistryUnavailable as exc:
                 self._note(transfer_id, f"waiting for a registry: {exc}")
                 _logger.warning(
@@ -1020,6 +1037,45 @@ class Bridge:
         except RegistryUnavailable:
             return
 
+    # ------------------------------------------------------------------------- issuance
+
+    def import_registry(self, registry_id: str) -> int:
+        """Record in the ledger the units a registry issued that the ledger does not know.
+
+        Units are issued at their registries; the gateway learns of them here (at start-up
+        and on demand), one ``issuance`` event per block.  Origin units a custody venue
+        holds are recorded at the venue, not in the venue's account at the origin
+        registry, so no unit is counted twice.  Returns how many blocks were recorded.
+
+        Raises:
+            RegistryUnavailable: The registry cannot be reached.
+        """
+        from registry_bridge.port import ListHoldingsRequest
+
+        holdings = self._port(registry_id).list_holdings(ListHoldingsRequest())
+        recorded = 0
+        now = self._clock()
+        for holding in holdings:
+            if holding.status is not HoldingStatus.ACTIVE or holding.mirror_of is not None:
+                continue
+            origin_registry = ORIGIN_REGISTRY[holding.block.program]
+            if registry_id == origin_registry and holding.account.startswith("venue-"):
+                continue
+            if registry_id != origin_registry and registry_id not in CUSTODY_VENUES:
+                continue
+            try:
+                with unit_of_work(self._sessions) as session:
+                    if ledger.origin_rows(session, holding.block.id) or ledger.mirrors_of(
+                        session, holding.block.id
+                    ):
+                        continue
+                    ledger.issue(session, registry_id, holding.account, holding.block, now)
+                    recorded += 1
+            except LedgerConflict:
+                # Another gateway recorded the same issuance first.
+                continue
+        return recorded
+
     # ------------------------------------------------------------------------ final uses
 
     def use(self, request_id: str, request: UseRequest) -> UnitUse:
@@ -1205,14 +1261,23 @@ class Bridge:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
             if record is None or record.state != "pending":
                 return
+            surrendered: list[dict[str, Any]] = []
             for leg in detail["legs"]:
                 block = block_id_from_dict(leg["block"])
-                for row in (
-                    ledger.live_at(session, leg["registry"], leg["account"], block)
-                    if leg["mirror"] or leg["origin"] is not None
-                    else []
-                ):
-                    if row.lock_transfer_id == use_id:
+                if leg["origin"] is not None:
+                    # The holder's own rows (an origin row, or a mirror).
+                    for row in ledger.live_at(session, leg["registry"], leg["account"], block):
+                        if row.lock_transfer_id != use_id:
+                            continue
+                        surrendered.append(
+                            {
+                                "program": row.origin.program.value,
+                                "quantity": row.block.quantity,
+                                "country": row.block.country,
+                                "region": row.block.region,
+                                "offset": row.block.unit_kind.value == "offset_credit",
+                            }
+                        )
                         ledger.change(
                             session,
                             row,
@@ -1222,12 +1287,10 @@ class Bridge:
                             transfer_id=use_id,
                             detail=_use_detail(request),
                         )
-                if leg["origin"] is None:
+                else:
+                    # The origin behind a mirror or a custody position ends with it.
                     for origin_row in ledger.origin_rows(session, block):
-                        if (
-                            origin_row.status is HoldingStatus.BRIDGED
-                            or origin_row.status is HoldingStatus.ACTIVE
-                        ):
+                        if origin_row.status in (HoldingStatus.BRIDGED, HoldingStatus.ACTIVE):
                             carved = ledger.carve(session, origin_row, block, now, use_id)
                             ledger.change(
                                 session,
@@ -1238,6 +1301,8 @@ class Bridge:
                                 transfer_id=use_id,
                                 detail=_use_detail(request),
                             )
+            detail["surrendered"] = surrendered
+            record.detail = json.dumps(detail, sort_keys=True)
             record.state = "completed"
 
     def get_use(self, use_id: str) -> UnitUse:

@@ -135,7 +135,14 @@ def _insert(
         lock_expires_at=lock_expires_at,
     )
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except sa.exc.IntegrityError as exc:
+        # PostgreSQL's exclusion constraint caught a concurrent writer that our own check
+        # could not see yet: the other transaction won the race for these serials.
+        raise LedgerConflict(
+            f"{_describe(block.id)} was claimed by a concurrent transaction"
+        ) from exc
     return _to_holding(row)
 
 

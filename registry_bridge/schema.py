@@ -200,3 +200,20 @@ class LedgerEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (sa.Index("ix_ledger_events_transfer", "transfer_id"),)
+
+
+class EntityYearRecord(Base):
+    """A covered entity's compliance year in one jurisdiction: what it emitted and owes."""
+
+    __tablename__ = "entity_years"
+
+    entity_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    jurisdiction: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    """The scheme the entity complies under: shenzhen, guangdong or national."""
+    compliance_year: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    verified_emissions: Mapped[int] = mapped_column(sa.BigInteger)
+    """Verified emissions of the year, tCO2e."""
+    allowances_due: Mapped[int] = mapped_column(sa.BigInteger)
+    """Allowances the entity must surrender for the year."""
+    covered_by_national_ets: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    """True when the entity is a key emitter of the national ETS (pilot carve-outs)."""

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from adapters.client_core import REJECTION_CODE_KEY
 from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
@@ -135,6 +136,10 @@ def start_emulator(
         futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
     )
     spec.add_servicer(server, store)
+    # The standard health service lets the gateway (and operators) probe the registry.
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         store.close()

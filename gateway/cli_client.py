@@ -1,0 +1,188 @@
+"""Client commands of a running gateway: ``carbonlink transfer submit|get|list`` and ``retire``.
+
+They speak the public gRPC API (``--target``), like any other client, and print either a
+short human summary or, with ``--json``, the resource in protobuf's JSON mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+_DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _account(text: str) -> model_pb2.AccountRef:
+    registry, sep, account = text.partition(":")
+    if not sep or not registry or not account:
+        raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT")
+    return model_pb2.AccountRef(registry=registry, account=account)
+
+
+def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
+    channel = grpc.insecure_channel(args.target)
+    return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
+
+
+def _print(message: Message, args: argparse.Namespace, summary: str) -> None:
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+    else:
+        print(summary)
+
+
+def _summary(transfer: model_pb2.Transfer) -> str:
+    state = model_pb2.TransferState.Name(transfer.state).removeprefix("TRANSFER_STATE_")
+    line = f"{transfer.name} {state}"
+    if transfer.failure_reason:
+        line += f": {transfer.failure_reason}"
+    return line
+
+
+def _call(args: argparse.Namespace, invoke: Any) -> int:
+    channel, stub = _stub(args)
+    try:
+        return int(invoke(stub))
+    except grpc.RpcError as exc:
+        print(f"carbonlink: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        channel.close()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    request = gateway_pb2.SubmitTransferRequest(
+        request_id=args.request_id or uuid.uuid4().hex,
+        instruction=model_pb2.TransferInstruction(
+            source=args.source,
+            destination=args.destination,
+            units=[model_pb2.UnitSelector(serial=s) for s in args.serial],
+            intended_use=args.use,
+        ),
+    )
+    if args.currency:
+        request.instruction.settlement.CopyFrom(
+            model_pb2.Settlement(currency=args.currency, amount=args.amount or "0")
+        )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        transfer = stub.SubmitTransfer(request, timeout=args.timeout)
+        _print(transfer, args, _summary(transfer))
+        return EXIT_OK if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def _get(args: argparse.Namespace) -> int:
+    name = args.name if args.name.startswith("transfers/") else f"transfers/{args.name}"
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        transfer = stub.GetTransfer(gateway_pb2.GetTransferRequest(name=name), timeout=args.timeout)
+        _print(transfer, args, _summary(transfer))
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _list(args: argparse.Namespace) -> int:
+    state = model_pb2.TRANSFER_STATE_UNSPECIFIED
+    if args.state:
+        state = model_pb2.TransferState.Value(f"TRANSFER_STATE_{args.state.upper()}")
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        reply = stub.ListTransfers(
+            gateway_pb2.ListTransfersRequest(
+                page_size=args.page_size,
+                page_token=args.page_token,
+                state=state,
+                registry=args.registry,
+            ),
+            timeout=args.timeout,
+        )
+        _print(reply, args, "\n".join(_summary(t) for t in reply.transfers) or "no transfers")
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _retire(args: argparse.Namespace) -> int:
+    request = gateway_pb2.RetireRequest(
+        request_id=args.request_id or uuid.uuid4().hex,
+        account=args.account,
+        units=[model_pb2.UnitSelector(serial=s) for s in args.serial],
+        beneficiary=args.beneficiary,
+        claim_text=args.claim,
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        use = stub.Retire(request, timeout=args.timeout)
+        _print(use, args, f"{use.name} retired for {use.beneficiary}")
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    parser.add_argument("--json", action="store_true", help="print the resource as JSON")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``transfer submit|get|list`` and ``retire`` to the CLI."""
+    transfer = subparsers.add_parser("transfer", help="cross-registry transfers")
+    commands = transfer.add_subparsers(dest="transfer_command", required=True)
+
+    submit = commands.add_parser("submit", help="move units from one registry to another")
+    _common(submit)
+    submit.add_argument(
+        "--from", dest="source", type=_account, required=True, metavar="REGISTRY:ACCOUNT"
+    )
+    submit.add_argument(
+        "--to", dest="destination", type=_account, required=True, metavar="REGISTRY:ACCOUNT"
+    )
+    submit.add_argument(
+        "--serial",
+        action="append",
+        required=True,
+        help="serial in the source registry's format (repeatable)",
+    )
+    submit.add_argument("--use", default="holding", help="intended use of the units")
+    submit.add_argument("--request-id", help="idempotency key (default: a new one)")
+    submit.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
+    submit.add_argument("--amount", help="settlement amount, a decimal")
+    submit.set_defaults(handler=_submit)
+
+    get = commands.add_parser("get", help="show one transfer")
+    _common(get)
+    get.add_argument("name", help="transfers/ID or ID")
+    get.set_defaults(handler=_get)
+
+    listing = commands.add_parser("list", help="list transfers")
+    _common(listing)
+    listing.add_argument("--state", help="only transfers in this state, e.g. completed")
+    listing.add_argument("--registry", default="", help="only transfers touching this registry")
+    listing.add_argument("--page-size", type=int, default=50)
+    listing.add_argument("--page-token", default="")
+    listing.set_defaults(handler=_list)
+
+    retire = subparsers.add_parser("retire", help="retire units for a voluntary claim")
+    _common(retire)
+    retire.add_argument("--account", type=_account, required=True, metavar="REGISTRY:ACCOUNT")
+    retire.add_argument("--serial", action="append", required=True, help="serial (repeatable)")
+    retire.add_argument("--beneficiary", required=True)
+    retire.add_argument("--claim", default="", help="claim text recorded with the retirement")
+    retire.add_argument("--request-id", help="idempotency key (default: a new one)")
+    retire.set_defaults(handler=_retire)

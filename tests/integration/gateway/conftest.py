@@ -1,0 +1,77 @@
+"""A gateway wired to in-process registry emulators, over real gRPC sockets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.serials import parse_serial
+from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.server import GatewayServer
+from registry_bridge.bridge import venue_account
+from registry_bridge.model import UnitBlock
+from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+
+WIRED = ("verra", "hkmo", "shenzhen")
+VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+
+
+@dataclass
+class LinkedRegistries:
+    """Running emulators and adapters to read their state through their own APIs."""
+
+    emulators: dict[str, RunningEmulator]
+    ports: dict[str, RegistryPort]
+
+    def endpoints(self) -> tuple[RegistryEndpoint, ...]:
+        return tuple(RegistryEndpoint(r, e.target) for r, e in self.emulators.items())
+
+    def seed_venue(self, account: str = "hk-seller", serial: str = VERRA_SERIAL) -> UnitBlock:
+        """Verra issues a block into the HK venue's Verra account; the venue books it."""
+        block = parse_serial("verra", serial)
+        seed = uuid.uuid4().hex
+        self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
+        self.ports["hkmo"].credit(CreditRequest(f"deposit-{seed}", account, block, "verra", "seed"))
+        return block
+
+
+@pytest.fixture
+def registries() -> Iterator[LinkedRegistries]:
+    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in WIRED}
+    try:
+        yield LinkedRegistries(
+            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
+        )
+    finally:
+        for emulator in emulators.values():
+            emulator.stop()
+
+
+@dataclass
+class LiveGateway:
+    server: GatewayServer
+    channel: grpc.Channel
+    stub: gateway_pb2_grpc.LinkageGatewayStub
+
+
+@pytest.fixture
+def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
+    registries.seed_venue()
+    config = GatewayConfig(
+        listen="127.0.0.1:0", database_url=database_url, registries=registries.endpoints()
+    )
+    server = GatewayServer(config)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel))
+    finally:
+        channel.close()
+        server.stop(grace_seconds=0)

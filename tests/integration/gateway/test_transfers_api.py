@@ -1,0 +1,232 @@
+"""Transfers, retirements and their refusals through the public gRPC API."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.serials import parse_serial
+from registry_bridge.model import HoldingStatus
+from registry_bridge.port import BlockStatusRequest
+from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+
+ORIGIN = parse_serial("verra", VERRA_SERIAL).id
+START = ORIGIN.serial_start
+
+
+def _block(start: int, end: int, program: str = "VCS", series: str = "") -> model_pb2.UnitSelector:
+    return model_pb2.UnitSelector(
+        block=model_pb2.BlockId(
+            program=program, serial_series=series, serial_start=start, serial_end=end
+        )
+    )
+
+
+def _instruction(
+    units: list[model_pb2.UnitSelector],
+    source: tuple[str, str] = ("hkmo", "hk-seller"),
+    destination: tuple[str, str] = ("shenzhen", "buyer"),
+) -> model_pb2.TransferInstruction:
+    return model_pb2.TransferInstruction(
+        source=model_pb2.AccountRef(registry=source[0], account=source[1]),
+        destination=model_pb2.AccountRef(registry=destination[0], account=destination[1]),
+        units=units,
+    )
+
+
+def _field_violations(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    return [v.field for v in bad_request.field_violations]
+
+
+def test_submit_is_idempotent_on_request_id(live_gateway: LiveGateway) -> None:
+    request = gateway_pb2.SubmitTransferRequest(
+        request_id="trade-1", instruction=_instruction([_block(START, START + 99)])
+    )
+    first = live_gateway.stub.SubmitTransfer(request, timeout=30)
+    assert first.state == model_pb2.TRANSFER_STATE_COMPLETED
+    again = live_gateway.stub.SubmitTransfer(request, timeout=30)
+    assert again.name == first.name
+    assert again.state == first.state
+    changed = gateway_pb2.SubmitTransferRequest(
+        request_id="trade-1", instruction=_instruction([_block(START + 100, START + 199)])
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.SubmitTransfer(changed, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "trade-1" in (caught.value.details() or "")
+
+
+def test_a_native_serial_selects_units(
+    live_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    transfer = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(
+            request_id="trade-serial",
+            instruction=_instruction([model_pb2.UnitSelector(serial=VERRA_SERIAL)]),
+        ),
+        timeout=30,
+    )
+    assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED, transfer.failure_reason
+    assert sum(b.quantity for b in transfer.credited_blocks) == 20745
+    verra = registries.ports["verra"].block_status(BlockStatusRequest(ORIGIN))
+    assert {h.status for h in verra} == {HoldingStatus.BRIDGED}
+
+
+def test_bad_instruction_names_every_bad_field(live_gateway: LiveGateway) -> None:
+    request = gateway_pb2.SubmitTransferRequest(
+        request_id="bad-1",
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account=""),
+            destination=model_pb2.AccountRef(registry="", account="x"),
+            units=[model_pb2.UnitSelector(serial="not-a-serial")],
+            intended_use="speculation",
+        ),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.SubmitTransfer(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = _field_violations(caught.value)
+    assert "instruction.source.account" in fields
+    assert "instruction.destination.registry" in fields
+    assert "instruction.units[0].serial" in fields
+    assert "instruction.intended_use" in fields
+    listed = live_gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=30)
+    assert list(listed.transfers) == []
+
+
+def test_missing_request_id_is_refused(live_gateway: LiveGateway) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(instruction=_instruction([_block(START, START)])),
+            timeout=30,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(caught.value) == ["request_id"]
+
+
+def test_units_not_held_end_rejected_and_change_nothing(
+    live_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    transfer = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(
+            request_id="not-mine",
+            instruction=_instruction([_block(START, START + 9)], source=("hkmo", "someone-else")),
+        ),
+        timeout=30,
+    )
+    assert transfer.state == model_pb2.TRANSFER_STATE_REJECTED
+    assert "hk-seller" in transfer.failure_reason
+    assert not transfer.decision.allowed
+    assert {v.rule_id for v in transfer.decision.violations} == {"CL-LEDGER-HOLDER"}
+    states = {h.status for h in registries.ports["verra"].block_status(BlockStatusRequest(ORIGIN))}
+    assert states == {HoldingStatus.ACTIVE}
+
+
+def test_batch_settles_each_instruction_on_its_own(live_gateway: LiveGateway) -> None:
+    reply = live_gateway.stub.SubmitTransfers(
+        gateway_pb2.SubmitTransfersRequest(
+            request_id="batch-1",
+            transfers=[
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="b-1", instruction=_instruction([_block(START, START + 9)])
+                ),
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="b-2", instruction=_instruction([_block(START, START + 9)])
+                ),
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="", instruction=_instruction([_block(START + 10, START + 19)])
+                ),
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="b-4", instruction=_instruction([_block(START + 20, START + 29)])
+                ),
+            ],
+        ),
+        timeout=60,
+    )
+    outcomes = [r.WhichOneof("outcome") for r in reply.results]
+    assert outcomes == ["transfer", "transfer", "error", "transfer"]
+    assert reply.results[0].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+    # The second instruction asked for units the first had just moved.
+    assert reply.results[1].transfer.state == model_pb2.TRANSFER_STATE_REJECTED
+    assert reply.results[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.results[3].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+
+
+def test_get_list_and_watch(live_gateway: LiveGateway) -> None:
+    created = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(
+            request_id="watch-me", instruction=_instruction([_block(START, START + 4)])
+        ),
+        timeout=30,
+    )
+    fetched = live_gateway.stub.GetTransfer(
+        gateway_pb2.GetTransferRequest(name=created.name), timeout=30
+    )
+    assert fetched == created
+    watched = list(
+        live_gateway.stub.WatchTransfer(
+            gateway_pb2.WatchTransferRequest(name=created.name), timeout=30
+        )
+    )
+    assert watched[-1].state == model_pb2.TRANSFER_STATE_COMPLETED
+    completed = live_gateway.stub.ListTransfers(
+        gateway_pb2.ListTransfersRequest(state=model_pb2.TRANSFER_STATE_COMPLETED), timeout=30
+    )
+    assert [t.name for t in completed.transfers] == [created.name]
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.GetTransfer(
+            gateway_pb2.GetTransferRequest(name="transfers/nope"), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_retire_mirror_retires_origin_and_is_idempotent(
+    live_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    transfer = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(
+            request_id="to-retire", instruction=_instruction([_block(START, START + 49)])
+        ),
+        timeout=30,
+    )
+    mirror = transfer.credited_blocks[0].id
+    request = gateway_pb2.RetireRequest(
+        request_id="retire-1",
+        account=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+        units=[
+            _block(
+                mirror.serial_start, mirror.serial_start + 9, mirror.program, mirror.serial_series
+            )
+        ],
+        beneficiary="Acme Ltd",
+        claim_text="2025 travel",
+    )
+    use = live_gateway.stub.Retire(request, timeout=30)
+    assert use.beneficiary == "Acme Ltd"
+    assert live_gateway.stub.Retire(request, timeout=30).name == use.name
+    verra = {
+        (h.block.id.serial_start, h.block.id.serial_end): h.status
+        for h in registries.ports["verra"].block_status(BlockStatusRequest(ORIGIN))
+    }
+    assert verra[(START, START + 9)] == HoldingStatus.RETIRED
+    assert verra[(START + 10, START + 49)] == HoldingStatus.BRIDGED
+    # Double use: the same units cannot be retired twice.
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.Retire(
+            gateway_pb2.RetireRequest(
+                request_id="retire-2",
+                account=request.account,
+                units=request.units,
+                beneficiary="Someone else",
+            ),
+            timeout=30,
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "retired" in (caught.value.details() or "")

@@ -64,11 +64,19 @@ class HoldingStatus(enum.StrEnum):
     RETIRED = "retired"
     CANCELLED = "cancelled"
     SURRENDERED = "surrendered"
+    EXPORTED = "exported"
+    """Left this registry (a venue position delivered out, or a mirror returned); it never
+    changes again at this registry."""
 
     @property
     def is_terminal(self) -> bool:
         """Terminal states never change again."""
-        return self in (HoldingStatus.RETIRED, HoldingStatus.CANCELLED, HoldingStatus.SURRENDERED)
+        return self in (
+            HoldingStatus.RETIRED,
+            HoldingStatus.CANCELLED,
+            HoldingStatus.SURRENDERED,
+            HoldingStatus.EXPORTED,
+        )
 
 
 class CorrespondingAdjustment(enum.StrEnum):

@@ -59,6 +59,7 @@ class _HoldingStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Holding
     HOLDING_STATUS_RETIRED: _HoldingStatus.ValueType  # 4
     HOLDING_STATUS_CANCELLED: _HoldingStatus.ValueType  # 5
     HOLDING_STATUS_SURRENDERED: _HoldingStatus.ValueType  # 6
+    HOLDING_STATUS_EXPORTED: _HoldingStatus.ValueType  # 7
 
 class HoldingStatus(_HoldingStatus, metaclass=_HoldingStatusEnumTypeWrapper):
     """Where a block stands at the registry that holds it."""
@@ -72,6 +73,7 @@ HOLDING_STATUS_BRIDGED: HoldingStatus.ValueType  # 3
 HOLDING_STATUS_RETIRED: HoldingStatus.ValueType  # 4
 HOLDING_STATUS_CANCELLED: HoldingStatus.ValueType  # 5
 HOLDING_STATUS_SURRENDERED: HoldingStatus.ValueType  # 6
+HOLDING_STATUS_EXPORTED: HoldingStatus.ValueType  # 7
 Global___HoldingStatus: _TypeAlias = HoldingStatus  # noqa: Y015
 
 class _CorrespondingAdjustment:

@@ -10,13 +10,14 @@ the trailing metadata.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import TypeVar
 
 import grpc
 
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.model import HoldingStatus
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
@@ -70,6 +71,32 @@ def not_supported(registry_id: str, operation: str) -> RegistryRejected:
     return RegistryRejected(
         registry_id, "NOT_SUPPORTED", f"{registry_id} has no native {operation} operation"
     )
+
+
+def canonical_status(
+    registry_id: str, statuses: Mapping[int, HoldingStatus], native: int
+) -> HoldingStatus:
+    """The canonical status of a registry's native state.
+
+    Args:
+        registry_id: The registry, named in the error.
+        statuses: The registry's native state -> canonical status table.
+        native: The native state the registry answered.
+
+    Returns:
+        The canonical status.
+
+    Raises:
+        RegistryRejected: ``UNKNOWN_STATE``: the registry answered a state the adapter
+            cannot translate (unset, or newer than the adapter); guessing one would
+            misreport where the units are.
+    """
+    status = statuses.get(native)
+    if status is None:
+        raise RegistryRejected(
+            registry_id, "UNKNOWN_STATE", f"{registry_id} answered an unknown state {native}"
+        )
+    return status
 
 
 def to_rfc3339(moment: datetime | None) -> str:

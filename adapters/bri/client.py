@@ -32,6 +32,7 @@ import grpc
 from adapters._pb.registries.bri.v1 import bri_pb2 as pb
 from adapters._pb.registries.bri.v1 import bri_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    canonical_status,
     from_iso_date,
     from_rfc3339,
     invoke,
@@ -71,6 +72,7 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.ITMO_STATUS_USED: HoldingStatus.RETIRED,
     pb.ITMO_STATUS_CANCELLED: HoldingStatus.CANCELLED,
     pb.ITMO_STATUS_SURRENDERED: HoldingStatus.SURRENDERED,
+    pb.ITMO_STATUS_TRANSFERRED: HoldingStatus.EXPORTED,
 }
 
 CA_TO_NATIVE: dict[CorrespondingAdjustment, int] = {
@@ -184,11 +186,7 @@ class BriClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.ItmoHolding) -> RegistryHolding:
-        status = STATUS_TO_CANONICAL.get(native.status)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
-            # adapters/verra/client.py.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATUS_TO_CANONICAL, native.status)
         return RegistryHolding(
             block=itmos_from_native(native.itmos),
             account=native.holding_account,

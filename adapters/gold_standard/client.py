@@ -20,12 +20,7 @@ import grpc
 from adapters import serials
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
-from adapters.client_core import (
-    from_rfc3339,
-    invoke,
-    not_supported,
-    to_rfc3339,
-)
+from adapters.client_core import canonical_status, from_rfc3339, invoke, not_supported, to_rfc3339
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -59,6 +54,7 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.CREDIT_STATUS_IMMOBILIZED: HoldingStatus.BRIDGED,
     pb.CREDIT_STATUS_RETIRED: HoldingStatus.RETIRED,
     pb.CREDIT_STATUS_CANCELLED: HoldingStatus.CANCELLED,
+    pb.CREDIT_STATUS_TRANSFERRED: HoldingStatus.EXPORTED,
 }
 
 
@@ -177,12 +173,7 @@ class GoldStandardClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.CreditHolding) -> RegistryHolding:
-        status = STATUS_TO_CANONICAL.get(native.status)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; units
-            # transferred out are no longer held here, which only a cancellation-like
-            # terminal state expresses. Asked the lead for HoldingStatus.EXPORTED.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATUS_TO_CANONICAL, native.status)
         return RegistryHolding(
             block=block_from_native(native.credits),
             account=native.account_id,

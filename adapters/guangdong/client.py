@@ -30,7 +30,7 @@ import grpc
 
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2 as pb
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2_grpc as pb_grpc
-from adapters.client_core import from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -65,6 +65,7 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.BATCH_STATUS_CLEARED: HoldingStatus.SURRENDERED,
     pb.BATCH_STATUS_NEUTRALITY_CANCELLED: HoldingStatus.RETIRED,
     pb.BATCH_STATUS_CANCELLED: HoldingStatus.CANCELLED,
+    pb.BATCH_STATUS_TRANSFERRED_OUT: HoldingStatus.EXPORTED,
 }
 
 
@@ -169,11 +170,7 @@ class GuangdongClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.HeldBatch) -> RegistryHolding:
-        status = STATUS_TO_CANONICAL.get(native.status)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
-            # adapters/verra/client.py.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATUS_TO_CANONICAL, native.status)
         return RegistryHolding(
             block=batch_from_native(native.batch),
             account=native.holder_code,

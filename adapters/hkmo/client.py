@@ -20,6 +20,7 @@ import grpc
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    canonical_status,
     from_iso_date,
     from_rfc3339,
     invoke,
@@ -61,6 +62,7 @@ STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.RETIRED: HoldingStatus.RETIRED,
     pb.CANCELLED: HoldingStatus.CANCELLED,
     pb.SURRENDERED: HoldingStatus.SURRENDERED,
+    pb.DELIVERED_OUT: HoldingStatus.EXPORTED,
 }
 
 
@@ -181,11 +183,7 @@ class VenueClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.Position) -> RegistryHolding:
-        status = STATE_TO_CANONICAL.get(native.state)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
-            # adapters/verra/client.py.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATE_TO_CANONICAL, native.state)
         return RegistryHolding(
             block=units_from_native(native.units),
             account=native.client_account,

@@ -32,7 +32,7 @@ import grpc
 
 from adapters._pb.registries.national.v1 import national_pb2 as pb
 from adapters._pb.registries.national.v1 import national_pb2_grpc as pb_grpc
-from adapters.client_core import from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -72,6 +72,7 @@ STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.BLOCK_RETIRED: HoldingStatus.RETIRED,
     pb.BLOCK_CANCELLED: HoldingStatus.CANCELLED,
     pb.BLOCK_SURRENDERED: HoldingStatus.SURRENDERED,
+    pb.BLOCK_EXPORTED: HoldingStatus.EXPORTED,
 }
 
 
@@ -187,11 +188,7 @@ class NationalClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.HeldUnitBlock) -> RegistryHolding:
-        status = STATE_TO_CANONICAL.get(native.state)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
-            # adapters/verra/client.py.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATE_TO_CANONICAL, native.state)
         return RegistryHolding(
             block=block_from_native(native.block),
             account=native.account_identifier,

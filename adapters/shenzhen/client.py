@@ -31,7 +31,7 @@ import grpc
 
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
-from adapters.client_core import from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -65,6 +65,7 @@ STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.LOT_STATE_FULFILLED: HoldingStatus.SURRENDERED,
     pb.LOT_STATE_VOLUNTARILY_CANCELLED: HoldingStatus.RETIRED,
     pb.LOT_STATE_CANCELLED: HoldingStatus.CANCELLED,
+    pb.LOT_STATE_TRANSFERRED_OUT: HoldingStatus.EXPORTED,
 }
 
 
@@ -169,11 +170,7 @@ class ShenzhenClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.Lot) -> RegistryHolding:
-        status = STATE_TO_CANONICAL.get(native.state)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; see
-            # adapters/verra/client.py.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATE_TO_CANONICAL, native.state)
         mirror = native.mirror_source if native.HasField("mirror_source") else None
         return RegistryHolding(
             block=info_from_native(native.info),

@@ -20,6 +20,7 @@ from adapters import serials
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
 from adapters._pb.registries.verra.v1 import verra_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    canonical_status,
     from_rfc3339,
     invoke,
     not_supported,
@@ -59,6 +60,7 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
     pb.VCU_STATUS_IMMOBILIZED: HoldingStatus.BRIDGED,
     pb.VCU_STATUS_RETIRED: HoldingStatus.RETIRED,
     pb.VCU_STATUS_CANCELLED: HoldingStatus.CANCELLED,
+    pb.VCU_STATUS_TRANSFERRED_OUT: HoldingStatus.EXPORTED,
 }
 
 
@@ -171,12 +173,7 @@ class VerraClient:
         return REGISTRY_ID
 
     def _holding(self, native: pb.VcuHolding) -> RegistryHolding:
-        status = STATUS_TO_CANONICAL.get(native.status)
-        if status is None:
-            # NOTE(registry-adapters): canonical HoldingStatus has no "exported"; units
-            # transferred out are no longer held here, which only a cancellation-like
-            # terminal state expresses. Asked the lead for HoldingStatus.EXPORTED.
-            status = HoldingStatus.CANCELLED
+        status = canonical_status(REGISTRY_ID, STATUS_TO_CANONICAL, native.status)
         return RegistryHolding(
             block=block_from_native(native.vcus),
             account=native.account_id,

@@ -243,9 +243,11 @@ def test_finalize_export_takes_the_units_off_the_registry(harness: Harness) -> N
         harness.adapter.finalize(
             FinalizeRequest(harness.op(), ACCOUNT, part, FinalizeDisposition.EXPORT, "T2", "x")
         )
-    harness.adapter.finalize(
+    exported = harness.adapter.finalize(
         FinalizeRequest(harness.op(), ACCOUNT, part, FinalizeDisposition.EXPORT, "T1", "x")
     )
+    assert (exported.block.id, exported.status) == (part, HoldingStatus.EXPORTED)
+    assert exported.status.is_terminal
     assert statuses(harness.adapter.list_holdings(ListHoldingsRequest(ACCOUNT))) == {
         (1001, 1900): HoldingStatus.ACTIVE
     }

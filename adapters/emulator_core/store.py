@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.emulator_core.blocks import (
+from registry_bridge.block_json import (
     attributes_to_json,
     block_from_json,
     block_from_parts,

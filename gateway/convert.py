@@ -7,15 +7,16 @@ way in and each domain result into a message on the way out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from google.protobuf import timestamp_pb2
 
-from adapters._pb.carbonlink.v1 import model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway.catalog import RegistryInfo
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.model import (
+    Authorization,
     BlockId,
     CorrespondingAdjustment,
     HoldingStatus,
@@ -23,6 +24,7 @@ from registry_bridge.model import (
     UnitBlock,
     UnitKind,
 )
+from registry_bridge.rules_gate import ListingOutcome, OtherRegistration, ProjectListing
 from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,
@@ -339,3 +341,109 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
     if use.decision is not None:
         message.decision.CopyFrom(decision_to_pb(use.decision))
     return message
+
+
+# ------------------------------------------------------------------------------ listings
+
+
+def iso_date(path: str, text: str) -> date:
+    """An ISO 8601 date field.
+
+    Raises:
+        InvalidRequest: The text is not a date, naming the field.
+    """
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequest.field(path, f"{text!r} is not an ISO 8601 date (YYYY-MM-DD)") from exc
+
+
+def project_from_pb(message: model_pb2.Project) -> ProjectListing:
+    """A project as an issuer presents it for listing.
+
+    Raises:
+        InvalidRequest: Every bad field, each with its path.
+    """
+    problems: list[FieldViolation] = []
+    _text(problems, "project.program", message.program)
+    _text(problems, "project.project_id", message.project_id)
+    if message.country and len(message.country) != 2:
+        problems.append(FieldViolation("project.country", "must be an ISO 3166-1 alpha-2 code"))
+
+    def optional_date(path: str, text: str) -> date | None:
+        if not text:
+            return None
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            problems.append(FieldViolation(path, f"{text!r} is not an ISO 8601 date"))
+            return None
+
+    registrations = []
+    for i, other in enumerate(message.other_registrations):
+        start = optional_date(
+            f"project.other_registrations[{i}].issued_period_start", other.issued_period_start
+        )
+        end = optional_date(
+            f"project.other_registrations[{i}].issued_period_end", other.issued_period_end
+        )
+        if start is None or end is None:
+            problems.append(
+                FieldViolation(f"project.other_registrations[{i}]", "needs both period dates")
+            )
+            continue
+        registrations.append(OtherRegistration(other.program, other.project_id, start, end))
+    authorization = None
+    if message.HasField("authorization"):
+        issued = optional_date("project.authorization.issued_on", message.authorization.issued_on)
+        authorization = Authorization(
+            letter_id=message.authorization.letter_id,
+            host_country=message.authorization.host_country,
+            authorized_uses=frozenset(message.authorization.authorized_uses),
+            issued_on=issued or date.min,
+        )
+    listing = ProjectListing(
+        program=message.program,
+        project_id=message.project_id,
+        display_name=message.display_name,
+        project_type=message.project_type,
+        methodology=message.methodology,
+        country=message.country,
+        region=message.region,
+        start_date=optional_date("project.start_date", message.start_date),
+        crediting_period_start=optional_date(
+            "project.crediting_period_start", message.crediting_period_start
+        ),
+        crediting_period_end=optional_date(
+            "project.crediting_period_end", message.crediting_period_end
+        ),
+        other_registrations=tuple(registrations),
+        authorization=authorization,
+        labels=frozenset(message.labels),
+        gas=message.gas or "CO2",
+    )
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+    return listing
+
+
+def listing_to_pb(outcome: ListingOutcome, name: str) -> gateway_pb2.ListProjectResponse:
+    """The answer to ListProject."""
+    return gateway_pb2.ListProjectResponse(
+        name=name,
+        listed=outcome.listed,
+        eligibility=[
+            gateway_pb2.UseEligibility(use=e.use, decision=decision_to_pb(e.decision))
+            for e in outcome.eligibility
+        ],
+        refusals=[
+            model_pb2.Violation(
+                rule_id=v.rule_id,
+                message=v.message,
+                source=v.source,
+                blocks=[block_id_to_pb(b) for b in v.blocks],
+                details=dict(v.details),
+            )
+            for v in outcome.refusals
+        ],
+    )

@@ -94,6 +94,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
         with grpc.insecure_channel(target) as channel:
             _journey_gateway_up(channel, target)
             _journey_exchange_operator(channel, registry_ports["verra"])
+            _journey_foreign_issuer(channel)
     finally:
         server.stop(grace_seconds=1)
 
@@ -264,6 +265,69 @@ def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> No
             (retired_origin_end + 1, origin.serial_end): HoldingStatus.ACTIVE,
         },
     )
+
+
+def _journey_foreign_issuer(channel: grpc.Channel) -> None:
+    _say()
+    _say("== foreign credit issuer: projects ask to list in Shenzhen")
+    gateway = gateway_pb2_grpc.LinkageGatewayStub(channel)
+    # Real projects from Verra's public project list.
+    landfill = model_pb2.Project(
+        program="VCS",
+        project_id="5955",
+        display_name="Cascavel Landfill Gas Project",
+        project_type="Waste handling and disposal",
+        methodology="VMR0016",
+        country="BR",
+        start_date="2024-07-20",
+        crediting_period_start="2024-07-20",
+        crediting_period_end="2031-07-19",
+    )
+    reply = gateway.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id=f"list-{uuid.uuid4().hex[:8]}", project=landfill, jurisdiction="shenzhen"
+        ),
+        timeout=30,
+    )
+    _say(f"   VCS 5955 (Brazil, landfill gas): listed={reply.listed}")
+    for use in reply.eligibility:
+        verdict = "eligible" if use.decision.allowed else "not eligible"
+        reasons = "; ".join(v.rule_id for v in use.decision.violations)
+        _say(f"     {use.use:22} {verdict}{' (' + reasons + ')' if reasons else ''}")
+    if not reply.listed:
+        raise DemoFailure(f"VCS 5955 was refused: {reply.refusals}")
+
+    twice = model_pb2.Project(
+        program="VCS",
+        project_id="5954",
+        display_name="Yunyang County No.2 Domestic Waste Landfill Gas Power Generation Project",
+        project_type="Energy industries (renewable/non-renewable sources)",
+        methodology="ACM0001",
+        country="CN",
+        region="Chongqing",
+        start_date="2024-09-21",
+        crediting_period_start="2024-09-21",
+        crediting_period_end="2034-09-20",
+        other_registrations=[
+            model_pb2.ProjectRegistration(
+                program="CCER",
+                project_id="CCER-500-2024-0042",
+                issued_period_start="2024-09-21",
+                issued_period_end="2025-09-20",
+            )
+        ],
+    )
+    refused = gateway.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id=f"list-{uuid.uuid4().hex[:8]}", project=twice, jurisdiction="shenzhen"
+        ),
+        timeout=30,
+    )
+    _say(f"   VCS 5954, also issued as CCER for 2024-25: listed={refused.listed}")
+    for violation in refused.refusals:
+        _say(f"     refused {violation.rule_id}: {violation.message}")
+    if refused.listed or not refused.refusals:
+        raise DemoFailure("a project already issued under CCER for the same period was listed")
 
 
 def _block_pb(block: BlockId) -> model_pb2.BlockId:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -19,6 +21,8 @@ from registry_bridge.errors import (
     InvalidRequest,
     NotYetImplemented,
 )
+from registry_bridge.idempotency import answer_once
+from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import TransferInstruction, UseRequest
 
 MAX_SERIAL_LENGTH = 256
@@ -99,7 +103,20 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def ListProject(
         self, request: gateway_pb2.ListProjectRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListProjectResponse:
-        raise NotYetImplemented("ListProject (rules engine)", issue=5)
+        request_id = _request_id(request.request_id)
+        project = convert.project_from_pb(request.project)
+        if not request.jurisdiction:
+            raise InvalidRequest.field("jurisdiction", "is required")
+        as_of = convert.iso_date("as_of", request.as_of) if request.as_of else None
+        body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+        def decide() -> bytes:
+            outcome = list_project(project, request.jurisdiction, as_of or self._bridge.today())
+            reply = convert.listing_to_pb(outcome, f"listings/{uuid.uuid4().hex}")
+            return bytes(reply.SerializeToString(deterministic=True))
+
+        answer = answer_once(self._bridge.sessions, "ListProject", request_id, body, decide)
+        return gateway_pb2.ListProjectResponse.FromString(answer)
 
     def EvaluateTransfer(
         self, request: gateway_pb2.EvaluateTransferRequest, context: grpc.ServicerContext

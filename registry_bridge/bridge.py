@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -273,6 +273,15 @@ class Bridge:
         self._on_state = on_state
 
     # ----------------------------------------------------------------------------- reads
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The ledger database's sessions."""
+        return self._sessions
+
+    def today(self) -> date:
+        """The bridge clock's date (UTC)."""
+        return self._clock().date()
 
     @property
     def registry_ids(self) -> tuple[str, ...]:

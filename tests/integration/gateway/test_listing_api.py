@@ -1,0 +1,80 @@
+"""ListProject: a foreign issuer asks to list a project in a domestic market."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from tests.integration.gateway.conftest import LiveGateway
+
+LANDFILL = model_pb2.Project(
+    program="VCS",
+    project_id="5955",
+    project_type="Waste handling and disposal",
+    methodology="VMR0016",
+    country="BR",
+    start_date="2024-07-20",
+    crediting_period_start="2024-07-20",
+    crediting_period_end="2031-07-19",
+)
+
+
+def _ask(
+    gateway: LiveGateway, request_id: str, project: model_pb2.Project, where: str = "shenzhen"
+) -> gateway_pb2.ListProjectResponse:
+    reply: gateway_pb2.ListProjectResponse = gateway.stub.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id=request_id, project=project, jurisdiction=where, as_of="2026-11-26"
+        ),
+        timeout=30,
+    )
+    return reply
+
+
+def test_eligible_uses_are_listed_and_the_answer_is_idempotent(live_gateway: LiveGateway) -> None:
+    reply = _ask(live_gateway, "listing-1", LANDFILL)
+    assert reply.listed
+    uses = {e.use: e.decision.allowed for e in reply.eligibility}
+    assert uses["listing"] is True
+    assert uses["voluntary_retirement"] is True
+    assert _ask(live_gateway, "listing-1", LANDFILL) == reply
+    other = model_pb2.Project()
+    other.CopyFrom(LANDFILL)
+    other.project_id = "5956"
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, "listing-1", other)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_reductions_issued_under_another_program_are_refused(live_gateway: LiveGateway) -> None:
+    project = model_pb2.Project()
+    project.CopyFrom(LANDFILL)
+    project.other_registrations.append(
+        model_pb2.ProjectRegistration(
+            program="CCER",
+            project_id="CCER-1",
+            issued_period_start="2025-01-01",
+            issued_period_end="2025-12-31",
+        )
+    )
+    reply = _ask(live_gateway, "listing-2", project)
+    assert not reply.listed
+    assert [v.rule_id for v in reply.refusals] == ["CR-DC-0002"]
+
+
+def test_bad_dates_and_places_are_named(live_gateway: LiveGateway) -> None:
+    project = model_pb2.Project()
+    project.CopyFrom(LANDFILL)
+    project.start_date = "20-07-2024"
+    project.country = "Brazil"
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, "listing-3", project)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "project.start_date" in details
+    assert "project.country" in details
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, "listing-4", LANDFILL, where="atlantis")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "jurisdiction" in (caught.value.details() or "")

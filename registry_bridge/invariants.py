@@ -369,13 +369,14 @@ class Snapshot:
 def snapshot(session: Session) -> Snapshot:
     """Record the final transfers and terminal units as they are now."""
     finals: dict[str, tuple[str, int]] = {}
-    counts = dict(
-        session.execute(
+    counts: dict[str, int] = {
+        transfer_id: int(count)
+        for transfer_id, count in session.execute(
             sa.select(TransferStepRecord.transfer_id, sa.func.count()).group_by(
                 TransferStepRecord.transfer_id
             )
         ).tuples()
-    )
+    }
     for record in session.execute(sa.select(TransferRecord)).scalars():
         if TransferState(record.state).is_final:
             finals[record.id] = (record.state, int(counts.get(record.id, 0)))

@@ -8,11 +8,12 @@ invariant of DESIGN.md must hold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 
-from registry_bridge.errors import InvalidRequest, RequestIdConflict
+from registry_bridge.errors import FailedPrecondition, InvalidRequest, RequestIdConflict
 from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.transfers import (
     AccountRef,
@@ -243,3 +244,35 @@ def test_foreign_units_refused_by_the_destination_roll_back(world: World) -> Non
     assert world.at_registry("gold-standard", gs) == [(1, 30, "gs-dev", "active")]
     assert world.statuses("gold-standard", "gs-dev", gs) == {HoldingStatus.ACTIVE}
     assert world.violations() == []
+
+
+USE_LEG_REFUSED_BUG = (
+    "bug: Bridge._finish_use (registry_bridge/bridge.py) applies the use's registry legs "
+    "in order (the mirror at its registry first, then the origin) and lets a final "
+    "RegistryRejected from a later leg escape: the mirror is already surrendered at the "
+    "national registry, the ledger keeps it locked by a use that stays 'pending' forever "
+    "(a repeat replays the recorded refusal), and the ledger no longer reconciles"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=USE_LEG_REFUSED_BUG)
+def test_a_use_refused_by_the_origin_registry_leaves_the_ledger_reconciled(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    moved = world.bridge.submit(
+        "r1", TransferInstruction(AccountRef("verra", "dev-1"), NATIONAL_BUYER, (vcs(1, 20),))
+    )
+    (mirror,) = moved.credited_blocks
+    # Verra has no compliance surrender, so surrendering the mirror cannot be carried out
+    # at the origin.  Whatever the bridge answers, it must not leave the two apart.
+    request = UseRequest(
+        "surrender",
+        NATIONAL_BUYER,
+        (mirror.id,),
+        entity_id="ENT-1",
+        compliance_year=2026,
+        jurisdiction="CN",
+    )
+    with contextlib.suppress(FailedPrecondition):
+        world.bridge.use("s1", request)
+    assert world.violations() == []
+    assert all(h.status is not HoldingStatus.LOCKED for h in world.live())

@@ -70,6 +70,9 @@ class GatewayConfig:
     """Attempts for a transient registry failure before the transfer gives up on the step."""
     recovery_interval_seconds: float = 5.0
     """How often unfinished transfers are resumed (and expired locks rolled back)."""
+    transfer_lease_seconds: float = 15.0
+    """How long a gateway's claim on driving a transfer lasts without renewal: after a
+    crash, another gateway (or the restarted one) takes the transfer over past it."""
     fault_crash_after_state: str = ""
     """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
     transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""
@@ -89,6 +92,7 @@ _FIELD_TYPES: dict[str, type] = {
     "registry_retry_attempts": int,
     "recovery_interval_seconds": float,
     "fault_crash_after_state": str,
+    "transfer_lease_seconds": float,
 }
 
 
@@ -161,6 +165,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "registry_timeout_seconds": config.registry_timeout_seconds,
         "registry_retry_attempts": config.registry_retry_attempts,
         "recovery_interval_seconds": config.recovery_interval_seconds,
+        "transfer_lease_seconds": config.transfer_lease_seconds,
     }
     for name, value in positive.items():
         if value <= 0:

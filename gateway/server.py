@@ -148,6 +148,7 @@ class GatewayServer:
             clock=clock,
             lock_ttl=timedelta(seconds=config.lock_ttl_seconds),
             on_state=_crash_hook(config.fault_crash_after_state),
+            lease=timedelta(seconds=config.transfer_lease_seconds),
         )
         self._recovery_stop = threading.Event()
         self._recovery: threading.Thread | None = None
@@ -231,6 +232,7 @@ class GatewayServer:
         """Resume unfinished transfers at start-up, then every recovery interval."""
         while True:
             try:
+                self.bridge.resume_uses()
                 outcome = self.bridge.resume_unfinished()
                 if outcome:
                     _logger.info(

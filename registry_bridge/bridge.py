@@ -17,6 +17,7 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -229,6 +230,10 @@ def _instruction_from_json(text: str) -> TransferInstruction:
     )
 
 
+class _StaleStep(Exception):
+    """A step found its transfer already moved on by another driver (not an error)."""
+
+
 class Bridge:
     """Drives transfers and uses of units across the wired registries."""
 
@@ -242,7 +247,7 @@ class Bridge:
         lock_ttl: timedelta = timedelta(minutes=5),
         registry_lock_grace: timedelta = timedelta(hours=24),
         owner: str = "",
-        lease: timedelta = timedelta(minutes=1),
+        lease: timedelta = timedelta(seconds=15),
         on_state: Callable[[str, TransferState], None] | None = None,
     ) -> None:
         """Build a bridge.
@@ -271,6 +276,8 @@ class Bridge:
         self._owner = owner or uuid.uuid4().hex
         self._lease = lease
         self._on_state = on_state
+        self._driving: set[str] = set()
+        self._driving_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- reads
 
@@ -641,21 +648,43 @@ class Bridge:
             )
             return bool(getattr(result, "rowcount", 0))
 
-    def _load(self, session: Session, transfer_id: str) -> TransferRecord:
+    def _load(self, session: Session, transfer_id: str, *expected: TransferState) -> TransferRecord:
+        """The transfer row, locked; with ``expected``, only if it is still in one of them.
+
+        Raises:
+            _StaleStep: Another driver moved the transfer on meanwhile; the step's outcome
+                is already recorded and must not be recorded twice.
+        """
         record = session.get(TransferRecord, transfer_id, with_for_update=True)
         if record is None:
             raise NotFound(f"transfers/{transfer_id}")
+        if expected and TransferState(record.state) not in expected:
+            raise _StaleStep(f"transfers/{transfer_id} is already {record.state}")
         return record
 
     def drive(self, transfer_id: str) -> TransferState:
+        """Advance a transfer unless another thread of this gateway already drives it."""
+        with self._driving_lock:
+            if transfer_id in self._driving:
+                busy = True
+            else:
+                busy = False
+                self._driving.add(transfer_id)
+        if busy:
+            with unit_of_work(self._sessions) as session:
+                return TransferState(self._load(session, transfer_id).state)
+        try:
+            return self._drive(transfer_id)
+        finally:
+            with self._driving_lock:
+                self._driving.discard(transfer_id)
+
+    def _drive(self, transfer_id: str) -> TransferState:
         """Advance a transfer until it is final or a registry is unavailable.
 
         Returns the state reached.  A transient registry failure leaves the transfer where
         it is, to be resumed later; it is recorded as the failure reason meanwhile.
         """
-        if not self._claim(transfer_id):
-            with unit_of_work(self._sessions) as session:
-                return TransferState(self._load(session, transfer_id).state)
         steps = {
             TransferState.PROPOSED: self._check,
             TransferState.CHECKED: self._lock,
@@ -665,6 +694,11 @@ class Bridge:
         }
         conflicts = 0
         while True:
+            # Renew the lease at every step: a gateway that dies stops renewing, and another
+            # takes the transfer over once the lease runs out.
+            if not self._claim(transfer_id):
+                with unit_of_work(self._sessions) as session:
+                    return TransferState(self._load(session, transfer_id).state)
             with unit_of_work(self._sessions) as session:
                 state = TransferState(self._load(session, transfer_id).state)
             if self._on_state is not None:
@@ -673,6 +707,8 @@ class Bridge:
                 return state
             try:
                 steps[state](transfer_id)
+            except _StaleStep:
+                continue
             except LedgerConflict as exc:
                 # A concurrent transaction touched the same rows; the step re-reads the
                 # ledger, so a retry either proceeds or rejects with the real reason.
@@ -716,7 +752,7 @@ class Bridge:
     def _check(self, transfer_id: str) -> None:
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
+            record = self._load(session, transfer_id, TransferState.PROPOSED)
             instruction = _instruction_from_json(record.instruction)
             try:
                 kind, pieces, rows, known = self._plan(session, instruction)
@@ -820,7 +856,11 @@ class Bridge:
             self._roll_back(transfer_id, f"lock refused: {exc}")
             return
         with unit_of_work(self._sessions) as session:
-            self._advance(session, self._load(session, transfer_id), TransferState.SOURCE_LOCKED)
+            self._advance(
+                session,
+                self._load(session, transfer_id, TransferState.CHECKED),
+                TransferState.SOURCE_LOCKED,
+            )
 
     def _credit(self, transfer_id: str) -> None:
         with unit_of_work(self._sessions) as session:
@@ -865,7 +905,7 @@ class Bridge:
             return
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
+            record = self._load(session, transfer_id, TransferState.SOURCE_LOCKED)
             for piece, block in credited:
                 if kind is TransferKind.BRIDGE_OUT:
                     ledger.add_mirror(
@@ -940,7 +980,7 @@ class Bridge:
             raise RegistryUnavailable(source.registry, f"finalize refused: {exc}") from exc
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
+            record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)
             for piece in pieces:
                 for row in ledger.live_at(
                     session, source.registry, source.account, piece.source_block
@@ -964,7 +1004,7 @@ class Bridge:
 
     def _complete(self, transfer_id: str) -> None:
         with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
+            record = self._load(session, transfer_id, TransferState.SOURCE_FINALIZED)
             record.lease_owner = ""
             record.lease_expires_at = None
             self._advance(session, record, TransferState.COMPLETED)
@@ -975,9 +1015,7 @@ class Bridge:
             record = self._load(session, transfer_id)
             state = TransferState(record.state)
             if state not in (TransferState.CHECKED, TransferState.SOURCE_LOCKED):
-                raise FailedPrecondition(
-                    f"transfers/{transfer_id} is {state.value}: it cannot roll back"
-                )
+                raise _StaleStep(f"transfers/{transfer_id} is {state.value}: nothing to undo")
             legs = list(self._lock_legs(record))
         for operation_id, registry, account, block in legs:
             try:
@@ -991,7 +1029,9 @@ class Bridge:
                 )
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
+            record = self._load(
+                session, transfer_id, TransferState.CHECKED, TransferState.SOURCE_LOCKED
+            )
             for piece in self._pieces(record):
                 for row in ledger.live_at(
                     session, record.source_registry, record.source_account, piece.source_block
@@ -1025,28 +1065,12 @@ class Bridge:
                 ).all()
             )
         outcome: dict[str, TransferState] = {}
-        for transfer_id, state in pending:
-            if state == TransferState.SOURCE_LOCKED.value:
-                self._expire_if_stale(transfer_id)
+        for transfer_id, _ in pending:
+            # A SOURCE_LOCKED transfer past its expiry resends its credit with the lock's
+            # expiry as deadline: the registry answers a credit it applied before a crash
+            # (roll forward) and refuses a late one (roll back).
             outcome[transfer_id] = self.drive(transfer_id)
         return outcome
-
-    def _expire_if_stale(self, transfer_id: str) -> None:
-        """A SOURCE_LOCKED transfer past its expiry: probe the credit, or roll back."""
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
-            expired = record.lock_expires_at is not None and self._clock() >= record.lock_expires_at
-        if not expired or not self._claim(transfer_id):
-            return
-        # The credit may have been applied before a crash; resending it with the same
-        # operation id (and the lock's expiry as deadline) either returns that first
-        # result, and the transfer rolls forward, or is refused, and it rolls back.
-        try:
-            self._credit(transfer_id)
-        except RegistryUnavailable:
-            return
-
-    # ------------------------------------------------------------------------- issuance
 
     def import_registry(self, registry_id: str) -> int:
         """Record in the ledger the units a registry issued that the ledger does not know.
@@ -1108,6 +1132,12 @@ class Bridge:
                     raise RequestIdConflict(
                         f"request_id {request_id!r} was already used for a different request "
                         f"(uses/{existing.id})"
+                    )
+                if existing.state == "rejected":
+                    reason = json.loads(existing.detail).get("rejection", "refused")
+                    raise FailedPrecondition(
+                        f"the {request.kind} was refused: {reason}",
+                        [PreconditionViolation("REGISTRY", existing.registry_id, reason)],
                     )
                 use_id = existing.id
             else:
@@ -1242,29 +1272,46 @@ class Bridge:
         request = detail["request"]
         kind = request["kind"]
         terminal = HoldingStatus.RETIRED if kind == "retirement" else HoldingStatus.SURRENDERED
-        for leg in detail["legs"]:
+        for position, leg in enumerate(detail["legs"]):
             block = block_id_from_dict(leg["block"])
             port = self._port(leg["registry"])
-            if kind == "retirement":
-                port.retire(
-                    RetireRequest(
-                        leg["op"],
-                        leg["account"],
-                        block,
-                        request["beneficiary"],
-                        request["claim_text"],
+            try:
+                if kind == "surrender" and leg["origin"] is not None:
+                    port.surrender(
+                        SurrenderRequest(
+                            leg["op"],
+                            leg["account"],
+                            block,
+                            request["entity_id"],
+                            request["compliance_year"],
+                        )
                     )
-                )
-            else:
-                port.surrender(
-                    SurrenderRequest(
-                        leg["op"],
-                        leg["account"],
-                        block,
-                        request["entity_id"],
-                        request["compliance_year"],
+                else:
+                    # The holder's leg comes first; the origin behind a mirror or a venue
+                    # position is then retired for the use, whatever the use was (origin
+                    # registries such as Verra know retirement, not foreign compliance).
+                    port.retire(
+                        RetireRequest(
+                            leg["op"],
+                            leg["account"],
+                            block,
+                            request["beneficiary"] or request["entity_id"],
+                            request["claim_text"] or _surrender_claim(request),
+                        )
                     )
+            except RegistryRejected as exc:
+                if position == 0:
+                    self._reject_use(use_id, f"{leg['registry']} refused the {kind}: {exc}")
+                    raise FailedPrecondition(
+                        f"the {kind} is refused by {leg['registry']}: {exc}",
+                        [PreconditionViolation("REGISTRY", leg["registry"], str(exc))],
+                    ) from exc
+                # Part of the use is done and cannot be undone: it stays pending and the
+                # recovery loop retries it (the registry's refusal is logged).
+                _logger.error(
+                    "use_leg_refused", use=use_id, registry=leg["registry"], error=str(exc)
                 )
+                raise RegistryUnavailable(leg["registry"], f"use leg refused: {exc}") from exc
         now = self._clock()
         with unit_of_work(self._sessions) as session:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
@@ -1297,22 +1344,67 @@ class Bridge:
                             detail=_use_detail(request),
                         )
                 else:
-                    # The origin behind a mirror or a custody position ends with it.
+                    # The origin behind a mirror or a custody position ends with it, retired
+                    # at its registry whatever the use was.
                     for origin_row in ledger.origin_rows(session, block):
                         if origin_row.status in (HoldingStatus.BRIDGED, HoldingStatus.ACTIVE):
                             carved = ledger.carve(session, origin_row, block, now, use_id)
                             ledger.change(
                                 session,
                                 carved,
-                                kind_event(kind),
+                                "retire",
                                 now,
-                                status=terminal,
+                                status=HoldingStatus.RETIRED,
                                 transfer_id=use_id,
                                 detail=_use_detail(request),
                             )
             detail["surrendered"] = surrendered
             record.detail = json.dumps(detail, sort_keys=True)
             record.state = "completed"
+
+    def _reject_use(self, use_id: str, reason: str) -> None:
+        """A use refused before any registry applied it: release its units."""
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id, with_for_update=True)
+            if record is None or record.state != "pending":
+                return
+            detail = json.loads(record.detail)
+            for leg in detail["legs"]:
+                if leg["origin"] is None:
+                    continue
+                block = block_id_from_dict(leg["block"])
+                for row in ledger.live_at(session, leg["registry"], leg["account"], block):
+                    if row.lock_transfer_id == use_id:
+                        ledger.change(
+                            session,
+                            row,
+                            "rollback",
+                            now,
+                            status=HoldingStatus.ACTIVE,
+                            transfer_id=use_id,
+                            detail={"reason": reason},
+                        )
+            detail["rejection"] = reason
+            record.detail = json.dumps(detail, sort_keys=True)
+            record.state = "rejected"
+
+    def resume_uses(self) -> int:
+        """Finish every pending retirement or surrender; returns how many completed."""
+        with unit_of_work(self._sessions) as session:
+            pending = list(
+                session.execute(
+                    sa.select(UnitUseRecord.id).where(UnitUseRecord.state == "pending")
+                ).scalars()
+            )
+        done = 0
+        for use_id in pending:
+            try:
+                self._finish_use(use_id)
+                done += 1
+            except (RegistryUnavailable, FailedPrecondition) as exc:
+                _logger.warning("use_waiting", use=use_id, error=str(exc))
+        return done
 
     def get_use(self, use_id: str) -> UnitUse:
         """A retirement or surrender by id.
@@ -1351,6 +1443,13 @@ class Bridge:
 def kind_event(kind: str) -> str:
     """The provenance event kind of a use."""
     return "retire" if kind == "retirement" else "surrender"
+
+
+def _surrender_claim(request: dict[str, Any]) -> str:
+    return (
+        f"surrendered for compliance in {request['jurisdiction']} by {request['entity_id']} "
+        f"for {request['compliance_year']}"
+    )
 
 
 def _use_detail(request: dict[str, Any]) -> dict[str, Any]:

@@ -259,6 +259,10 @@ def _fits(
     mirror: LedgerHolding, origin: LedgerHolding, transfers: Mapping[str, TransferRecord]
 ) -> bool:
     """Whether an origin row's status fits the status of a live mirror of it."""
+    if mirror.status is HoldingStatus.SURRENDERED:
+        # Origin registries know retirement, not a foreign compliance surrender: the origin
+        # behind a surrendered mirror is retired for that use.
+        return origin.status is HoldingStatus.RETIRED
     if mirror.status.is_terminal:
         return origin.status is mirror.status
     if origin.status is HoldingStatus.BRIDGED:

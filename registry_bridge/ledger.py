@@ -147,8 +147,21 @@ def _insert(
 
 
 def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
-    row = session.get(LedgerBlock, holding.row_id, with_for_update=True)
-    if row is None or not row.live:
+    """The row behind ``holding``, locked, and only if it is still as the caller read it.
+
+    Callers plan from rows read earlier in their transaction; on PostgreSQL a concurrent
+    transaction may have changed the row since.  Comparing state and lock after taking the
+    row lock turns that race into a LedgerConflict instead of a silent overwrite.
+    """
+    row = session.get(LedgerBlock, holding.row_id, with_for_update=True, populate_existing=True)
+    if (
+        row is None
+        or not row.live
+        or row.status != holding.status.value
+        or row.lock_transfer_id != holding.lock_transfer_id
+        or row.registry_id != holding.registry
+        or row.account != holding.account
+    ):
         raise LedgerConflict(f"{_describe(holding.block.id)} changed under a concurrent writer")
     return row
 

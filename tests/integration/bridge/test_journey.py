@@ -246,16 +246,6 @@ def test_foreign_units_refused_by_the_destination_roll_back(world: World) -> Non
     assert world.violations() == []
 
 
-USE_LEG_REFUSED_BUG = (
-    "bug: Bridge._finish_use (registry_bridge/bridge.py) applies the use's registry legs "
-    "in order (the mirror at its registry first, then the origin) and lets a final "
-    "RegistryRejected from a later leg escape: the mirror is already surrendered at the "
-    "national registry, the ledger keeps it locked by a use that stays 'pending' forever "
-    "(a repeat replays the recorded refusal), and the ledger no longer reconciles"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=USE_LEG_REFUSED_BUG)
 def test_a_use_refused_by_the_origin_registry_leaves_the_ledger_reconciled(world: World) -> None:
     world.seed("verra", "dev-1", vcs_block(1, 50))
     moved = world.bridge.submit(

@@ -79,20 +79,9 @@ def _check(world: World) -> None:
     assert all(h.status.value != "locked" for h in world.live())
 
 
-STALE_LOCK_BUG = (
-    "bug: ledger.change() locks a row planned from a read taken without a lock and never "
-    "checks that the row still has that status; on PostgreSQL several transfers lock the "
-    "same whole row, the losers' rollbacks set it active and the winner's finalize finds "
-    "no row locked by it: origin active at Verra's account in the ledger while Verra has "
-    "it immobilized and a mirror exists (see test_ledger_change_refuses_a_stale_holding)"
-)
-
-
-def test_same_whole_block_one_winner(world: World, request: pytest.FixtureRequest) -> None:
+def test_same_whole_block_one_winner(world: World) -> None:
     """Every thread asks for the very same block: no split, so nothing but the row's status
     tells the threads apart.  Three rounds, so the race is met for sure."""
-    if "postgresql" in request.node.callspec.id:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=STALE_LOCK_BUG))
     for round_ in range(3):
         block = vcs_block(1 + 100 * round_, 100 * (round_ + 1))
         world.seed("verra", "dev-1", block)
@@ -110,7 +99,6 @@ def test_overlapping_blocks_one_winner_per_conflict(world: World) -> None:
     _check(world)
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_LOCK_BUG)
 def test_ledger_change_refuses_a_stale_holding(database_url: str) -> None:
     """The root cause of the race above, made deterministic with two sessions.
 

@@ -1,0 +1,182 @@
+"""Kill the gateway (SIGKILL) at each step of a transfer; the restarted gateway finishes it.
+
+The gateway runs as its own process with the fault hook ``fault_crash_after_state``: it
+kills itself the moment a transfer's state is committed.  A second gateway on the same
+database then resumes: every transfer ends COMPLETED or ROLLED_BACK, the registries agree
+with the ledger, and every invariant holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from registry_bridge import db, invariants
+from registry_bridge.model import HoldingStatus
+from registry_bridge.port import BlockStatusRequest
+from tests.integration.gateway.conftest import LinkedRegistries
+
+FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _gateway(
+    database_url: str, registries: LinkedRegistries, **settings: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    target = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
+    env["CARBONLINK_REGISTRIES"] = ",".join(
+        f"{e.registry_id}={e.target}" for e in registries.endpoints()
+    )
+    env["CARBONLINK_RECOVERY_INTERVAL_SECONDS"] = "0.2"
+    # A short lease lets the restarted gateway take over the dead one's transfer quickly.
+    env["CARBONLINK_TRANSFER_LEASE_SECONDS"] = "1"
+    env.update({f"CARBONLINK_{k.upper()}": v for k, v in settings.items()})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--listen",
+            target,
+            "--database-url",
+            database_url,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield process, target
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _submit(target: str, request_id: str, start: int, quantity: int) -> None:
+    with grpc.insecure_channel(target) as channel:
+        gateway_pb2_grpc.LinkageGatewayStub(channel).SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(
+                request_id=request_id,
+                instruction=model_pb2.TransferInstruction(
+                    source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                    destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+                    units=[
+                        model_pb2.UnitSelector(
+                            block=model_pb2.BlockId(
+                                program="VCS", serial_start=start, serial_end=start + quantity - 1
+                            )
+                        )
+                    ],
+                ),
+            ),
+            timeout=30,
+        )
+
+
+def _wait_final(target: str, deadline_seconds: float = 60) -> model_pb2.Transfer:
+    deadline = time.monotonic() + deadline_seconds
+    with grpc.insecure_channel(target) as channel:
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        while True:
+            listed = stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=10)
+            assert len(listed.transfers) == 1
+            transfer: model_pb2.Transfer = listed.transfers[0]
+            if transfer.state in FINAL:
+                return transfer
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"transfer stuck in {transfer.state}: {transfer.failure_reason}"
+                )
+            time.sleep(0.2)
+
+
+def _check_invariants(database_url: str, registries: LinkedRegistries) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        with db.session_factory(engine)() as session:
+            assert invariants.check_all(session, registries.ports) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "crash_after",
+    ["PROPOSED", "CHECKED", "SOURCE_LOCKED", "DESTINATION_CREDITED", "SOURCE_FINALIZED"],
+)
+def test_a_killed_gateway_finishes_the_transfer_after_restart(
+    database_url: str, registries: LinkedRegistries, crash_after: str
+) -> None:
+    origin = registries.seed_venue()
+    start, quantity = origin.id.serial_start, 700
+    with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (
+        process,
+        target,
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            _submit(target, "crash-1", start, quantity)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    with _gateway(database_url, registries) as (_, target):
+        transfer = _wait_final(target)
+    # The lock had not expired, so every crash point rolls forward.
+    assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED, transfer.failure_reason
+    verra = {
+        (h.block.id.serial_start, h.block.id.serial_end): h.status
+        for h in registries.ports["verra"].block_status(BlockStatusRequest(origin.id))
+    }
+    assert verra[(start, start + quantity - 1)] == HoldingStatus.BRIDGED
+    _check_invariants(database_url, registries)
+
+
+def test_an_expired_lock_rolls_back_after_a_crash(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    origin = registries.seed_venue()
+    start = origin.id.serial_start
+    with _gateway(
+        database_url, registries, fault_crash_after_state="CHECKED", lock_ttl_seconds="1"
+    ) as (process, target):
+        with pytest.raises(grpc.RpcError):
+            _submit(target, "crash-2", start, 50)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    time.sleep(1.5)
+    with _gateway(database_url, registries) as (_, target):
+        transfer = _wait_final(target)
+    assert transfer.state == model_pb2.TRANSFER_STATE_ROLLED_BACK
+    statuses = {
+        h.status for h in registries.ports["verra"].block_status(BlockStatusRequest(origin.id))
+    }
+    assert statuses == {HoldingStatus.ACTIVE}
+    statuses = {
+        h.status for h in registries.ports["hkmo"].block_status(BlockStatusRequest(origin.id))
+    }
+    assert statuses == {HoldingStatus.ACTIVE}
+    _check_invariants(database_url, registries)

@@ -5,6 +5,7 @@ The public API, for the bridge and the gateway:
 - load a pack: :func:`load_pack` (built-in name or path), :func:`load_builtin`;
 - decide: :func:`evaluate_transfer`, :func:`evaluate_surrender`, :func:`evaluate_listing`,
   :func:`offset_limits`;
+- how an entity leaves a scheme: :class:`MigrationRules` (a pack version's ``migration``);
 - build facts from plain data (RPC or CLI input): :func:`parse_transfer`,
   :func:`parse_listing`.
 """
@@ -53,7 +54,7 @@ from compliance_rules.facts import (
 )
 from compliance_rules.facts_io import parse_listing, parse_transfer
 from compliance_rules.loader import BUILTIN_PACKS, load_builtin, load_pack
-from compliance_rules.pack import Confidence, RulePack, Source
+from compliance_rules.pack import Confidence, Disposition, MigrationRules, RulePack, Source
 
 __all__ = [
     "BUILTIN_PACKS",
@@ -64,6 +65,7 @@ __all__ = [
     "ComplianceRulesError",
     "Confidence",
     "Decision",
+    "Disposition",
     "DocumentError",
     "EngineInvariantError",
     "EntityYear",
@@ -74,6 +76,7 @@ __all__ = [
     "KnownBlock",
     "ListingDecision",
     "ListingFacts",
+    "MigrationRules",
     "NoVersionInForceError",
     "OffsetLimitStatus",
     "OffsetUse",

@@ -34,7 +34,9 @@ from compliance_rules.errors import DocumentError, Issue, PackInvalidError, Pack
 from compliance_rules.facts import Use
 from compliance_rules.pack import (
     Confidence,
+    Disposition,
     GwpBasis,
+    MigrationRules,
     PackVersion,
     Parameter,
     RulePack,
@@ -303,6 +305,11 @@ def _build_version(
             issues.append(
                 Issue(f"{base}.rules", f"no accepted_programs rule for use {missing.value!r}")
             )
+    migration = (
+        _build_migration(doc["migration"], parameters, index, issues)
+        if "migration" in doc
+        else None
+    )
     if effective is None:
         return None
     return PackVersion(
@@ -312,6 +319,53 @@ def _build_version(
         parameters=MappingProxyType(parameters),
         gwp=gwp,
         rules=tuple(rules),
+        migration=migration,
+    )
+
+
+def _build_migration(
+    doc: Mapping[str, Any], parameters: Mapping[str, Parameter], index: int, issues: list[Issue]
+) -> MigrationRules | None:
+    """A version's migration section, parameters resolved and checked like a rule's params."""
+    base = f"$.versions[{index}].migration"
+    names: dict[str, str] = {}
+    unconfirmed: set[str] = set()
+
+    def resolve(key: str, value: Any, path: str) -> Any:
+        used: set[str] = set()
+        resolved = _resolve(value, parameters, path, issues, used)
+        for name in used:
+            names[key] = name
+            if parameters[name].confidence is Confidence.UNCONFIRMED:
+                unconfirmed.add(key)
+        return resolved
+
+    sectors = resolve("sectors", doc["sectors"], f"{base}.sectors")
+    dispositions = {
+        program: resolve(program, value, f"{base}.dispositions.{program}")
+        for program, value in doc["dispositions"].items()
+    }
+    resolved = {
+        "destination": doc["destination"],
+        "source": doc["source"],
+        "sectors": sectors,
+        "dispositions": dispositions,
+    }
+    sub = _validator().evolve(schema={"$ref": "#/$defs/migration_resolved"})
+    found = [
+        Issue(json_path(["versions", index, "migration", *e.absolute_path]), _short(e.message))
+        for e in sub.iter_errors(resolved)
+    ]
+    issues.extend(found)
+    if found or not isinstance(sectors, dict):
+        return None
+    return MigrationRules(
+        destination=doc["destination"],
+        source=_source(doc["source"]),
+        dispositions=MappingProxyType({p: Disposition(d) for p, d in dispositions.items()}),
+        sectors=MappingProxyType(dict(sectors)),
+        parameters=MappingProxyType(names),
+        unconfirmed=frozenset(unconfirmed),
     )
 
 

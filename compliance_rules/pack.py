@@ -73,6 +73,38 @@ class RuleSpec:
     """Names of the unconfirmed pack parameters this rule's figures come from."""
 
 
+class Disposition(enum.StrEnum):
+    """What happens to a migrating entity's remaining holding of one program."""
+
+    KEEP_FOR_SALE = "keep_for_sale"
+    """The units stay in the entity's pilot account, to be sold on the local market."""
+    CANCEL = "cancel"
+    """The units are cancelled at their registry (terminal)."""
+    TRANSFER = "transfer"
+    """The units move to the entity's account in the destination scheme's registry."""
+
+
+@dataclass(frozen=True)
+class MigrationRules:
+    """How a covered entity leaves this scheme for ``destination`` (a pack version's section).
+
+    Every figure keeps the parameter it came from, so a plan can say which of its
+    dispositions rest on an unconfirmed figure.
+    """
+
+    destination: str
+    """The scheme entities move to, e.g. ``"national"``."""
+    source: Source
+    dispositions: Mapping[str, Disposition]
+    """Program (``"SZA"``, ``"CCER"``...) -> what happens to remaining units of it."""
+    sectors: Mapping[str, int | None]
+    """Sector -> first compliance year the destination covers it; None when unconfirmed."""
+    parameters: Mapping[str, str]
+    """Program or ``"sectors"`` -> name of the pack parameter the figure came from."""
+    unconfirmed: frozenset[str]
+    """Programs (and ``"sectors"``) whose figure comes from an unconfirmed parameter."""
+
+
 @dataclass(frozen=True)
 class PackVersion:
     """The rules of a pack in force from ``effective_from`` until the next version."""
@@ -83,6 +115,8 @@ class PackVersion:
     parameters: Mapping[str, Parameter]
     gwp: GwpBasis
     rules: tuple[RuleSpec, ...]
+    migration: MigrationRules | None = None
+    """How entities leave this scheme, where the version says so."""
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def test_vcs_from_the_hong_kong_venue_into_shenzhen_for_holding_is_allowed() -> 
         )
     )
     assert decision == RulesDecision(
-        allowed=True, pack_versions=("shenzhen@2023-11-24", "baseline@2000-01-01")
+        allowed=True, pack_versions=("shenzhen@2024-05-01", "baseline@2000-01-01")
     )
 
 
@@ -212,7 +212,7 @@ def test_bri_itmo_without_authorization_or_adjustment_is_denied_wherever_it_goes
     ca = next(v for v in decision.violations if v.rule_id == "CR-A6-0003")
     assert ("ca_status", "pending") in ca.details
     assert ca.blocks == (block.id,)
-    assert {"shenzhen@2023-11-24", "article6-bri@2022-03-28"} <= set(decision.pack_versions)
+    assert {"shenzhen@2024-05-01", "article6-bri@2022-03-28"} <= set(decision.pack_versions)
 
 
 def test_bri_itmo_authorized_and_adjusted_is_allowed() -> None:
@@ -433,7 +433,7 @@ def test_a_surrender_within_the_offset_limit_is_allowed() -> None:
         surrender((ccer(1, 200),), "shenzhen", "shenzhen")
     )
     assert decision.allowed, decision.violations
-    assert decision.pack_versions == ("shenzhen@2023-11-24", "baseline@2000-01-01")
+    assert decision.pack_versions == ("shenzhen@2024-05-01", "baseline@2000-01-01")
 
 
 def test_a_surrender_over_the_offset_limit_is_denied_with_limit_used_and_asked() -> None:
@@ -538,7 +538,7 @@ def test_a_vcs_project_lists_in_shenzhen_for_listing_and_voluntary_retirement() 
     assert eligible == {"compliance": False, "listing": True, "voluntary_retirement": True}
     compliance = next(e for e in outcome.eligibility if e.use == "compliance")
     assert {v.rule_id for v in compliance.decision.violations} == {"CR-SZ-0001"}
-    assert outcome.pack_versions == ("shenzhen@2023-11-24", "baseline@2000-01-01")
+    assert outcome.pack_versions == ("shenzhen@2024-05-01", "baseline@2000-01-01")
 
 
 def test_list_project_refuses_bad_input() -> None:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry_bridge.schema import LedgerEvent, LogHead
+from registry_bridge.model import BlockId
+from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
 
 LEAF_PREFIX = b"\x00"
 
@@ -40,8 +41,19 @@ def append_event(
     payload: Mapping[str, Any],
     at: datetime,
     transfer_id: str = "",
+    blocks: Iterable[BlockId] = (),
 ) -> int:
-    """Append one event in the caller's transaction; returns its index."""
+    """Append one event in the caller's transaction; returns its index.
+
+    Args:
+        session: The caller's session (its transaction commits the event with the change).
+        kind: The event kind (issuance, split, lock, ...).
+        payload: What changed; serialized as canonical JSON with the index, kind and time.
+        at: When the change happened.
+        transfer_id: The transfer or use the change belongs to, if any.
+        blocks: The serial ranges the event concerns (a row's own range and, for a
+            mirror, its origin range), indexed in ``event_blocks`` for TraceUnits.
+    """
     head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
     index = head.size
     head.size = index + 1
@@ -56,6 +68,19 @@ def append_event(
             created_at=at,
         )
     )
+    ranges = list(dict.fromkeys(blocks))
+    if ranges:
+        session.add_all(
+            EventBlock(
+                event_idx=index,
+                seq=seq,
+                program=block.program.value,
+                serial_series=block.serial_series,
+                serial_start=block.serial_start,
+                serial_end=block.serial_end,
+            )
+            for seq, block in enumerate(ranges)
+        )
     return index
 
 

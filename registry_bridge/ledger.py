@@ -105,6 +105,11 @@ def _event_body(holding: LedgerHolding, **extra: Any) -> dict[str, Any]:
     return body
 
 
+def _ranges(holding: LedgerHolding) -> tuple[BlockId, ...]:
+    """The serial ranges an event about ``holding`` is indexed under (see TraceUnits)."""
+    return (holding.block.id, holding.origin)
+
+
 def _insert(
     session: Session,
     block: UnitBlock,
@@ -183,6 +188,7 @@ def issue(
         "issuance",
         _event_body(holding, attributes=attributes_to_json(block)),
         at,
+        blocks=_ranges(holding),
     )
     return holding
 
@@ -304,6 +310,7 @@ def carve(
         _event_body(holding, pieces=[block_id_to_dict(p.block.id) for p in pieces]),
         at,
         transfer_id,
+        blocks=_ranges(holding),
     )
     return wanted
 
@@ -350,6 +357,7 @@ def change(
         _event_body(changed, previous_status=holding.status.value, **(detail or {})),
         at,
         transfer_id,
+        blocks=_ranges(changed),
     )
     return changed
 
@@ -372,7 +380,7 @@ def add_mirror(
     holding = _insert(
         session, mirror, registry, account, HoldingStatus.ACTIVE, origin, is_mirror=True
     )
-    append_event(session, "credit", _event_body(holding), at, transfer_id)
+    append_event(session, "credit", _event_body(holding), at, transfer_id, blocks=_ranges(holding))
     return holding
 
 
@@ -381,7 +389,14 @@ def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_
     row = _row(session, holding)
     row.live = False
     session.flush()
-    append_event(session, "finalize", _event_body(holding, exported=True), at, transfer_id)
+    append_event(
+        session,
+        "finalize",
+        _event_body(holding, exported=True),
+        at,
+        transfer_id,
+        blocks=_ranges(holding),
+    )
 
 
 def origin_rows(session: Session, origin: BlockId) -> list[LedgerHolding]:

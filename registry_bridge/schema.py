@@ -202,6 +202,53 @@ class LedgerEvent(Base):
     __table_args__ = (sa.Index("ix_ledger_events_transfer", "transfer_id"),)
 
 
+class EventBlock(Base):
+    """Which serial ranges an event concerns: the index TraceUnits looks units up in.
+
+    Written with the event, in the same transaction: the row's own range and, for a
+    mirror, the origin range it stands for, so a trace from either side finds it.
+    """
+
+    __tablename__ = "event_blocks"
+
+    # No foreign key to ledger_events on purpose: the index is derived data, rebuilt from
+    # the events' payloads if need be, and must not stand in the way of the invariant
+    # checker's tests that corrupt the log itself.
+    event_idx: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    """Index of the event in the log."""
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    """Position of the range among the event's ranges."""
+    program: Mapped[str] = mapped_column(sa.String(16))
+    serial_series: Mapped[str] = mapped_column(sa.String(64))
+    serial_start: Mapped[int] = mapped_column(sa.BigInteger)
+    serial_end: Mapped[int] = mapped_column(sa.BigInteger)
+
+    __table_args__ = (
+        sa.Index("ix_event_blocks_range", "program", "serial_series", "serial_start"),
+    )
+
+
+class MerkleHead(Base):
+    """How many leaves the Merkle node cache covers: one row, locked by whoever extends it."""
+
+    __tablename__ = "merkle_head"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class MerkleNode(Base):
+    """A complete subtree's hash (level >= 1): never changes once the log covers it."""
+
+    __tablename__ = "merkle_nodes"
+
+    level: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    """Height above the leaves: the subtree spans 2**level leaves."""
+    idx: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    """The subtree's position at its level: it covers leaves [idx * 2**level, ...)."""
+    hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+
+
 class EntityYearRecord(Base):
     """A covered entity's compliance year in one jurisdiction: what it emitted and owes."""
 

@@ -867,11 +867,16 @@ class Checkpoint(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     ROOT_HASH_FIELD_NUMBER: _builtins.int
     SIGNED_NOTE_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     tree_size: _builtins.int
     root_hash: _builtins.bytes
     signed_note: _builtins.str
     """The whole signed note: origin, size, base64 root, blank line, signature lines."""
+    verifier_key: _builtins.str
+    """The log's verifier key (name+keyid+base64 key, note format). Auditors should pin
+    the key they got out of band rather than trust this field.
+    """
     def __init__(
         self,
         *,
@@ -879,10 +884,11 @@ class Checkpoint(_message.Message):
         tree_size: _builtins.int = ...,
         root_hash: _builtins.bytes = ...,
         signed_note: _builtins.str = ...,
+        verifier_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "root_hash", b"root_hash", "signed_note", b"signed_note", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "root_hash", b"root_hash", "signed_note", b"signed_note", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -582,6 +582,12 @@ class MigrationPlan(_message.Message):
     DISPOSITIONS_FIELD_NUMBER: _builtins.int
     DESTINATION_ACCOUNT_FIELD_NUMBER: _builtins.int
     BLOCKING_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    PACK_VERSION_FIELD_NUMBER: _builtins.int
+    ALLOWANCES_DUE_FIELD_NUMBER: _builtins.int
+    ALLOWANCES_SURRENDERED_FIELD_NUMBER: _builtins.int
+    OFFSETS_SURRENDERED_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     from_jurisdiction: _builtins.str
     to_jurisdiction: _builtins.str
@@ -591,12 +597,23 @@ class MigrationPlan(_message.Message):
     units_surrendered: _builtins.int
     shortfall: _builtins.int
     """Positive: shortfall still to surrender; negative: surplus."""
+    pack_version: _builtins.str
+    """The pilot pack version whose migration rules decided, e.g. "shenzhen@2024-05-01"."""
+    allowances_due: _builtins.int
+    allowances_surrendered: _builtins.int
+    offsets_surrendered: _builtins.int
+    executable: _builtins.bool
+    """True when no violation blocks the migration."""
     @_builtins.property
     def dispositions(self) -> _containers.RepeatedCompositeFieldContainer[Global___HoldingDisposition]: ...
     @_builtins.property
     def destination_account(self) -> _model_pb2.AccountRef: ...
     @_builtins.property
     def blocking_violations(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Violation]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Violation]:
+        """Findings that do not block, e.g. a disposition resting on an unconfirmed pack figure."""
+
     def __init__(
         self,
         *,
@@ -611,10 +628,16 @@ class MigrationPlan(_message.Message):
         dispositions: _abc.Iterable[Global___HoldingDisposition] | None = ...,
         destination_account: _model_pb2.AccountRef | None = ...,
         blocking_violations: _abc.Iterable[_model_pb2.Violation] | None = ...,
+        warnings: _abc.Iterable[_model_pb2.Violation] | None = ...,
+        pack_version: _builtins.str = ...,
+        allowances_due: _builtins.int = ...,
+        allowances_surrendered: _builtins.int = ...,
+        offsets_surrendered: _builtins.int = ...,
+        executable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["destination_account", b"destination_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocking_violations", b"blocking_violations", "destination_account", b"destination_account", "dispositions", b"dispositions", "entity_id", b"entity_id", "final_pilot_year", b"final_pilot_year", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "shortfall", b"shortfall", "to_jurisdiction", b"to_jurisdiction", "units_surrendered", b"units_surrendered", "verified_emissions", b"verified_emissions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowances_due", b"allowances_due", "allowances_surrendered", b"allowances_surrendered", "blocking_violations", b"blocking_violations", "destination_account", b"destination_account", "dispositions", b"dispositions", "entity_id", b"entity_id", "executable", b"executable", "final_pilot_year", b"final_pilot_year", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "offsets_surrendered", b"offsets_surrendered", "pack_version", b"pack_version", "shortfall", b"shortfall", "to_jurisdiction", b"to_jurisdiction", "units_surrendered", b"units_surrendered", "verified_emissions", b"verified_emissions", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -651,14 +674,22 @@ class Migration(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "migrations/{migration_id}"."""
     state: _builtins.str
     """"running", "completed" or "failed"."""
+    failure_reason: _builtins.str
+    """Why the migration failed, or what it is waiting for while running."""
+    request_id: _builtins.str
     @_builtins.property
     def plan(self) -> Global___MigrationPlan: ...
     @_builtins.property
     def transfers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationStep]: ...
     def __init__(
         self,
         *,
@@ -666,14 +697,180 @@ class Migration(_message.Message):
         plan: Global___MigrationPlan | None = ...,
         state: _builtins.str = ...,
         transfers: _abc.Iterable[_builtins.str] | None = ...,
+        steps: _abc.Iterable[Global___MigrationStep] | None = ...,
+        failure_reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "plan", b"plan", "state", b"state", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "name", b"name", "plan", b"plan", "request_id", b"request_id", "state", b"state", "steps", b"steps", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Migration: _TypeAlias = Migration  # noqa: Y015
+
+@_typing.final
+class MigrationStep(_message.Message):
+    """One operation of a migration; its registry call carries an id derived from the
+    migration id, so a repeat after a crash has one effect.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    kind: _builtins.str
+    """"cancel", "transfer", "keep" or "register"."""
+    state: _builtins.str
+    """"pending", "applied" (ledger committed, registry call outstanding), "done" or "failed"."""
+    description: _builtins.str
+    operation: _builtins.str
+    """The operation id (cancel) or transfer request id (transfer) the step uses."""
+    transfer: _builtins.str
+    """Resource name of the step's transfer, "transfers/{id}", if any."""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        state: _builtins.str = ...,
+        description: _builtins.str = ...,
+        operation: _builtins.str = ...,
+        transfer: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error", "kind", b"kind", "operation", b"operation", "seq", b"seq", "state", b"state", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationStep: _TypeAlias = MigrationStep  # noqa: Y015
+
+@_typing.final
+class GetMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"migrations/{migration_id}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMigrationRequest: _TypeAlias = GetMigrationRequest  # noqa: Y015
+
+@_typing.final
+class ComplianceYear(_message.Message):
+    """A covered entity's verified emissions and allowances due for one compliance year."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JURISDICTION_FIELD_NUMBER: _builtins.int
+    COMPLIANCE_YEAR_FIELD_NUMBER: _builtins.int
+    VERIFIED_EMISSIONS_FIELD_NUMBER: _builtins.int
+    ALLOWANCES_DUE_FIELD_NUMBER: _builtins.int
+    jurisdiction: _builtins.str
+    """"shenzhen", "guangdong" or "national"."""
+    compliance_year: _builtins.int
+    verified_emissions: _builtins.int
+    allowances_due: _builtins.int
+    def __init__(
+        self,
+        *,
+        jurisdiction: _builtins.str = ...,
+        compliance_year: _builtins.int = ...,
+        verified_emissions: _builtins.int = ...,
+        allowances_due: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowances_due", b"allowances_due", "compliance_year", b"compliance_year", "jurisdiction", b"jurisdiction", "verified_emissions", b"verified_emissions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceYear: _TypeAlias = ComplianceYear  # noqa: Y015
+
+@_typing.final
+class CoveredEntity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SECTOR_FIELD_NUMBER: _builtins.int
+    GASES_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    YEARS_FIELD_NUMBER: _builtins.int
+    entity_id: _builtins.str
+    display_name: _builtins.str
+    sector: _builtins.str
+    """As the rule packs name sectors: "steel", "cement", "aluminium", "civil_aviation", ..."""
+    @_builtins.property
+    def gases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. "CO2", "CF4", "C2F6"."""
+
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.AccountRef]:
+        """One account per registry (e.g. shenzhen and national)."""
+
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceYear]: ...
+    def __init__(
+        self,
+        *,
+        entity_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        sector: _builtins.str = ...,
+        gases: _abc.Iterable[_builtins.str] | None = ...,
+        accounts: _abc.Iterable[_model_pb2.AccountRef] | None = ...,
+        years: _abc.Iterable[Global___ComplianceYear] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "display_name", b"display_name", "entity_id", b"entity_id", "gases", b"gases", "sector", b"sector", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoveredEntity: _TypeAlias = CoveredEntity  # noqa: Y015
+
+@_typing.final
+class UpsertCoveredEntityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def entity(self) -> Global___CoveredEntity:
+        """Accounts and years given are recorded or corrected; those not given are kept."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        entity: Global___CoveredEntity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertCoveredEntityRequest: _TypeAlias = UpsertCoveredEntityRequest  # noqa: Y015
 
 @_typing.final
 class TraceUnitsRequest(_message.Message):

@@ -100,6 +100,16 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ExecuteMigrationRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
                 _registered_method=True)
+        self.GetMigration = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/GetMigration',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
+                _registered_method=True)
+        self.UpsertCoveredEntity = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/UpsertCoveredEntity',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.UpsertCoveredEntityRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.CoveredEntity.FromString,
+                _registered_method=True)
         self.TraceUnits = channel.unary_unary(
                 '/carbonlink.v1.LinkageGateway/TraceUnits',
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.TraceUnitsRequest.SerializeToString,
@@ -215,6 +225,20 @@ class LinkageGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMigration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertCoveredEntity(self, request, context):
+        """Records (or corrects) a covered entity: sector, gases, registry accounts and
+        verified emissions / allowances due per jurisdiction and year.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TraceUnits(self, request, context):
         """The whole history of every unit in a serial range, with inclusion proofs.
         """
@@ -309,6 +333,16 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
                     servicer.ExecuteMigration,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ExecuteMigrationRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.SerializeToString,
+            ),
+            'GetMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMigration,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.SerializeToString,
+            ),
+            'UpsertCoveredEntity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertCoveredEntity,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.UpsertCoveredEntityRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.CoveredEntity.SerializeToString,
             ),
             'TraceUnits': grpc.unary_unary_rpc_method_handler(
                     servicer.TraceUnits,
@@ -682,6 +716,60 @@ class LinkageGateway:
             '/carbonlink.v1.LinkageGateway/ExecuteMigration',
             carbonlink_dot_v1_dot_gateway__pb2.ExecuteMigrationRequest.SerializeToString,
             carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/GetMigration',
+            carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertCoveredEntity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/UpsertCoveredEntity',
+            carbonlink_dot_v1_dot_gateway__pb2.UpsertCoveredEntityRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.CoveredEntity.FromString,
             options,
             channel_credentials,
             insecure,

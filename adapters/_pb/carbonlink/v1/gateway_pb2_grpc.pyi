@@ -65,6 +65,11 @@ class LinkageGatewayStub:
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]
     """Carries a migration plan out, resumably, under one migration id."""
+    GetMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]
+    UpsertCoveredEntity: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]
+    """Records (or corrects) a covered entity: sector, gases, registry accounts and
+    verified emissions / allowances due per jurisdiction and year.
+    """
     TraceUnits: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.TraceUnitsRequest, _gateway_pb2.TraceUnitsResponse]
     """The whole history of every unit in a serial range, with inclusion proofs."""
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointRequest, _model_pb2.Checkpoint]
@@ -102,6 +107,11 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
     """Carries a migration plan out, resumably, under one migration id."""
+    GetMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
+    UpsertCoveredEntity: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]  # type: ignore[assignment]
+    """Records (or corrects) a covered entity: sector, gases, registry accounts and
+    verified emissions / allowances due per jurisdiction and year.
+    """
     TraceUnits: _aio.UnaryUnaryMultiCallable[_gateway_pb2.TraceUnitsRequest, _gateway_pb2.TraceUnitsResponse]  # type: ignore[assignment]
     """The whole history of every unit in a serial range, with inclusion proofs."""
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointRequest, _model_pb2.Checkpoint]  # type: ignore[assignment]
@@ -214,6 +224,23 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Migration, _abc.Awaitable[_gateway_pb2.Migration]]:
         """Carries a migration plan out, resumably, under one migration id."""
+
+    @_abc_1.abstractmethod
+    def GetMigration(
+        self,
+        request: _gateway_pb2.GetMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Migration, _abc.Awaitable[_gateway_pb2.Migration]]: ...
+
+    @_abc_1.abstractmethod
+    def UpsertCoveredEntity(
+        self,
+        request: _gateway_pb2.UpsertCoveredEntityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CoveredEntity, _abc.Awaitable[_gateway_pb2.CoveredEntity]]:
+        """Records (or corrects) a covered entity: sector, gases, registry accounts and
+        verified emissions / allowances due per jurisdiction and year.
+        """
 
     @_abc_1.abstractmethod
     def TraceUnits(

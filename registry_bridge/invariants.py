@@ -42,13 +42,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry_bridge import ledger
+from registry_bridge import ledger, reconcile
 from registry_bridge.block_json import block_id_from_dict
-from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.event_log import leaf_hash
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.model import BlockId, HoldingStatus, Program
-from registry_bridge.port import BlockStatusRequest, RegistryPort
+from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.port import RegistryPort
 from registry_bridge.schema import (
     LedgerEvent,
     LogHead,
@@ -581,27 +580,9 @@ def check_ledger(session: Session, earlier: Snapshot | None = None) -> list[str]
 # ------------------------------------------------------------------------ invariant 6
 
 
-def _registry_view(row: LedgerHolding) -> list[tuple[str, str]]:
-    """(registry, account) where a ledger row's units must show at the registries.
-
-    A row shows at its own registry; an origin row held at a custody venue also shows
-    at its origin registry, in the venue's account there (the venue's backing).
-    """
-    where = [(row.registry, row.account)]
-    if not row.is_mirror and row.registry in CUSTODY_VENUES:
-        where.append((ORIGIN_REGISTRY[row.block.id.program], venue_account(row.registry)))
-    return where
-
-
-def expected_totals(
-    rows: Iterable[LedgerHolding],
-) -> dict[str, Counter[tuple[Program, HoldingStatus]]]:
-    """Per registry, the quantities per (program, status) the ledger says it holds."""
-    expected: dict[str, Counter[tuple[Program, HoldingStatus]]] = defaultdict(Counter)
-    for row in rows:
-        for registry, _ in _registry_view(row):
-            expected[registry][(row.block.id.program, row.status)] += row.block.quantity
-    return expected
+# The ITL phases live in registry_bridge.reconcile (the Reconcile RPC reports them);
+# invariant 6 is the same comparison, formatted as violations.
+expected_totals = reconcile.expected_totals
 
 
 def check_registries(
@@ -624,51 +605,10 @@ def check_registries(
     Returns:
         The violations; empty when the registries agree with the ledger.
     """
-    problems: list[str] = []
     rows = ledger.all_live(session)
-    expected = expected_totals(rows)
-    for registry_id, port in sorted(ports.items()):
-        reported: Counter[tuple[Program, HoldingStatus]] = Counter()
-        for total in port.totals():
-            reported[(total.program, total.status)] += total.quantity
-        want = expected.get(registry_id, Counter())
-        for program, status in sorted(set(reported) | set(want)):
-            if reported[(program, status)] != want[(program, status)]:
-                problems.append(
-                    f"[I6 totals] {registry_id} reports {reported[(program, status)]} "
-                    f"{program.value} {status.value}, the ledger {want[(program, status)]}"
-                )
-    if not blocks:
-        return problems
-    for row in rows:
-        for registry_id, account in _registry_view(row):
-            reached = ports.get(registry_id)
-            if reached is None:
-                continue
-            held = [
-                h
-                for h in reached.block_status(BlockStatusRequest(row.block.id))
-                if h.account == account and h.status is row.status
-            ]
-            spans = _merge(
-                [
-                    (
-                        max(h.block.id.serial_start, row.block.id.serial_start),
-                        min(h.block.id.serial_end, row.block.id.serial_end),
-                    )
-                    for h in held
-                    if h.block.id.overlaps(row.block.id)
-                ]
-            )
-            if spans != [(row.block.id.serial_start, row.block.id.serial_end)]:
-                others = [
-                    (_describe(h.block.id), h.account, h.status.value)
-                    for h in reached.block_status(BlockStatusRequest(row.block.id))
-                ]
-                problems.append(
-                    f"[I6 blocks] ledger has {_describe(row.block.id)} {row.status.value} at "
-                    f"{registry_id}/{account}; {registry_id} shows {others}"
-                )
+    problems = [f"[I6 totals] {d.detail}" for d in reconcile.compare_totals(rows, ports)]
+    if blocks:
+        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_blocks(rows, ports)]
     return problems
 
 

@@ -1,0 +1,347 @@
+"""Offline verification of a unit trace: no database, no network, no trust in the gateway.
+
+An audit bundle is what ``carbonlink trace --json`` writes: the signed checkpoint, the
+log's verifier key, the query, and every event of the traced units as the exact bytes
+hashed into the log, each with its inclusion proof.  :func:`verify_bundle` checks, and
+stops at the first failure with its reason:
+
+1. the bundle was signed by the key the auditor trusts (given out of band);
+2. the checkpoint's signature;
+3. every event's inclusion proof against the checkpoint's root, and that each event's
+   bytes name its own position;
+4. that the history is well formed: every unit traces back to an issuance in the bundle,
+   rows are only changed while live and in the state the log last left them, no event
+   follows a terminal state, splits cut a block into pieces that sum to the whole, a
+   mirror stands for exactly as many origin units as it holds, and the events cover the
+   queried serials.
+
+Everything checked comes from the proven bytes; the bundle's other fields are only
+conveniences and are never trusted.  This module deliberately re-implements the little
+replay it needs rather than import the ledger's invariant checker: the verifier is the
+auditor's trusted code and should stay small and free of database code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry_bridge import merkle
+from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
+from registry_bridge.errors import CarbonlinkError
+from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint
+
+BUNDLE_FORMAT = "carbonlink-audit-bundle/1"
+_LEAF_PREFIX = b"\x00"
+
+
+class AuditFailure(CarbonlinkError):
+    """The bundle does not verify; the message is the first reason found."""
+
+
+@dataclass(frozen=True)
+class BundleEvent:
+    """One proven event of a bundle."""
+
+    index: int
+    leaf_data: bytes
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An audit bundle: a trace and everything needed to check it offline."""
+
+    registry: str
+    serial: str
+    query: BlockId
+    checkpoint: str
+    log_key: str
+    events: tuple[BundleEvent, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The bundle as a JSON document (bytes in base64)."""
+        return {
+            "format": BUNDLE_FORMAT,
+            "query": {
+                "registry": self.registry,
+                "serial": self.serial,
+                "block": block_id_to_dict(self.query),
+            },
+            "checkpoint": self.checkpoint,
+            "log_key": self.log_key,
+            "events": [
+                {
+                    "index": e.index,
+                    "leaf_data": base64.b64encode(e.leaf_data).decode(),
+                    "proof": [base64.b64encode(h).decode() for h in e.proof],
+                }
+                for e in self.events
+            ],
+        }
+
+
+def bundle_from_json(document: Any) -> Bundle:
+    """Read a bundle document.
+
+    Raises:
+        AuditFailure: The document is not a bundle of this format.
+    """
+    try:
+        if document["format"] != BUNDLE_FORMAT:
+            raise AuditFailure(f"bundle format is {document['format']!r}, not {BUNDLE_FORMAT}")
+        query = document["query"]
+        return Bundle(
+            registry=str(query["registry"]),
+            serial=str(query["serial"]),
+            query=block_id_from_dict(query["block"]),
+            checkpoint=str(document["checkpoint"]),
+            log_key=str(document["log_key"]),
+            events=tuple(
+                BundleEvent(
+                    index=int(e["index"]),
+                    leaf_data=base64.b64decode(e["leaf_data"], validate=True),
+                    proof=tuple(base64.b64decode(h, validate=True) for h in e["proof"]),
+                )
+                for e in document["events"]
+            ),
+        )
+    except AuditFailure:
+        raise
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise AuditFailure(f"not an audit bundle: {exc.__class__.__name__}: {exc}") from exc
+
+
+@dataclass
+class AuditReport:
+    """What a verified bundle shows."""
+
+    query: BlockId
+    tree_size: int
+    events: int
+    kinds: Counter[str] = field(default_factory=Counter)
+    issued: list[BlockId] = field(default_factory=list)
+    """Origin blocks whose issuance the bundle contains."""
+    retirements: list[tuple[BlockId, str]] = field(default_factory=list)
+    """Retired blocks (origin side and mirrors) with their beneficiary."""
+    final: list[tuple[BlockId, str, str, str]] = field(default_factory=list)
+    """Rows over the queried serials as the history leaves them: block, registry,
+    account, status."""
+
+
+@dataclass
+class _Row:
+    registry: str
+    account: str
+    status: str
+    mirror: bool
+    origin: BlockId
+
+
+def _key(block: BlockId) -> tuple[str, str, int, int]:
+    return (block.program.value, block.serial_series, block.serial_start, block.serial_end)
+
+
+def _describe(block: BlockId) -> str:
+    series = f"/{block.serial_series}" if block.serial_series else ""
+    return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
+
+
+def _terminal(status: str) -> bool:
+    try:
+        return HoldingStatus(status).is_terminal
+    except ValueError:
+        return False
+
+
+def _covered(block: BlockId, spans: Sequence[BlockId]) -> bool:
+    """Whether the union of ``spans`` covers every serial of ``block``."""
+    at = block.serial_start
+    for span in sorted(s for s in spans if s.overlaps(block)):
+        if span.serial_start > at:
+            return False
+        at = max(at, span.serial_end + 1)
+        if at > block.serial_end:
+            return True
+    return at > block.serial_end
+
+
+def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditReport) -> None:
+    live: dict[tuple[str, str, int, int], _Row] = {}
+    blocks: dict[tuple[str, str, int, int], BlockId] = {}
+    for index, body in bodies:
+        kind = str(body.get("kind", ""))
+        report.kinds[kind] += 1
+        if "block" not in body:
+            continue  # transfer_state and other events that change no row
+        where = f"event {index} ({kind})"
+        try:
+            block = block_id_from_dict(body["block"])
+            origin = block_id_from_dict(body["origin"])
+            registry, account = str(body["registry"]), str(body["account"])
+            status, mirror = str(body["status"]), bool(body["mirror"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AuditFailure(f"{where}: malformed row event: {exc}") from exc
+        if block.quantity != origin.quantity:
+            raise AuditFailure(
+                f"{where}: {_describe(block)} holds {block.quantity} units but stands for "
+                f"{origin.quantity} origin units ({_describe(origin)}): units not conserved"
+            )
+        if kind == "issuance":
+            report.issued.append(block)
+        if not _covered(origin, report.issued):
+            raise AuditFailure(
+                f"{where}: origin units {_describe(origin)} have no issuance earlier in the history"
+            )
+        key = _key(block)
+        previous = live.get(key)
+        creates = kind == "issuance" or (kind == "credit" and "previous_status" not in body)
+        if creates:
+            if kind == "issuance":
+                if mirror or block != origin:
+                    raise AuditFailure(f"{where}: an issuance must be an origin block")
+            elif not mirror:
+                raise AuditFailure(f"{where}: a credit without a prior state must be a mirror")
+            if previous is not None:
+                raise AuditFailure(f"{where}: {_describe(block)} is already live")
+            live[key] = _Row(registry, account, status, mirror, origin)
+            blocks[key] = block
+            continue
+        if previous is None:
+            raise AuditFailure(
+                f"{where}: {_describe(block)} is not live at this point of the history"
+            )
+        if _terminal(previous.status):
+            raise AuditFailure(
+                f"{where}: {_describe(block)} changes after reaching the terminal state "
+                f"{previous.status}"
+            )
+        if previous.origin != origin or previous.mirror != mirror:
+            raise AuditFailure(f"{where}: {_describe(block)} changed the origin it stands for")
+        if kind == "split":
+            held = (previous.registry, previous.account, previous.status)
+            if (registry, account, status) != held:
+                raise AuditFailure(f"{where}: a split must not change holder or state")
+            try:
+                pieces = sorted(block_id_from_dict(p) for p in body["pieces"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise AuditFailure(f"{where}: malformed split pieces: {exc}") from exc
+            at = block.serial_start
+            for piece in pieces:
+                if (piece.program, piece.serial_series) != (block.program, block.serial_series) or (
+                    piece.serial_start != at
+                ):
+                    raise AuditFailure(
+                        f"{where}: the pieces of {_describe(block)} do not tile it "
+                        f"({', '.join(_describe(p) for p in pieces)}): units not conserved"
+                    )
+                at = piece.serial_end + 1
+            if at != block.serial_end + 1 or len(pieces) < 2:
+                raise AuditFailure(
+                    f"{where}: the pieces of {_describe(block)} do not sum to the whole: "
+                    "units not conserved"
+                )
+            del live[key]
+            for piece in pieces:
+                offset = piece.serial_start - block.serial_start
+                live[_key(piece)] = _Row(
+                    previous.registry,
+                    previous.account,
+                    previous.status,
+                    previous.mirror,
+                    BlockId(
+                        origin.program,
+                        origin.serial_series,
+                        origin.serial_start + offset,
+                        origin.serial_start + offset + piece.quantity - 1,
+                    ),
+                )
+                blocks[_key(piece)] = piece
+            continue
+        if body.get("previous_status", previous.status) != previous.status:
+            raise AuditFailure(
+                f"{where}: says {_describe(block)} was {body['previous_status']}, but the "
+                f"history left it {previous.status}"
+            )
+        if body.get("exported"):
+            del live[key]
+            continue
+        live[key] = _Row(registry, account, status, mirror, origin)
+        if status == HoldingStatus.RETIRED.value:
+            report.retirements.append((block, str(body.get("beneficiary", ""))))
+    report.final = sorted(
+        (
+            (blocks[k], row.registry, row.account, row.status)
+            for k, row in live.items()
+            if blocks[k].overlaps(report.query) or row.origin.overlaps(report.query)
+        ),
+        key=lambda r: _key(r[0]),
+    )
+
+
+def verify_bundle(bundle: Bundle, trusted: Verifier) -> AuditReport:
+    """Verify a bundle offline against the log key the auditor trusts.
+
+    Args:
+        bundle: The bundle, as read by :func:`bundle_from_json`.
+        trusted: The log's verifier key, obtained out of band (not from the bundle).
+
+    Returns:
+        What the verified history shows.
+
+    Raises:
+        AuditFailure: At the first check that fails, saying which and why.
+    """
+    if bundle.log_key.strip() != trusted.encode():
+        raise AuditFailure(
+            f"the bundle names log key {bundle.log_key.strip()!r}, not the trusted "
+            f"{trusted.encode()!r}"
+        )
+    try:
+        checkpoint = open_checkpoint(bundle.checkpoint, trusted)
+    except NoteError as exc:
+        raise AuditFailure(f"checkpoint: {exc}") from exc
+    if checkpoint.origin != trusted.name:
+        raise AuditFailure(f"checkpoint origin {checkpoint.origin!r} is not {trusted.name!r}")
+    if not bundle.events:
+        raise AuditFailure("the bundle holds no events")
+    bodies: list[tuple[int, dict[str, Any]]] = []
+    last = -1
+    for event in bundle.events:
+        if event.index <= last:
+            raise AuditFailure(f"event {event.index} is out of order (after {last})")
+        last = event.index
+        leaf = hashlib.sha256(_LEAF_PREFIX + event.leaf_data).digest()
+        try:
+            merkle.verify_inclusion(
+                event.index, checkpoint.size, leaf, event.proof, checkpoint.root
+            )
+        except merkle.ProofError as exc:
+            raise AuditFailure(
+                f"event {event.index}: not in the log of checkpoint size {checkpoint.size}: {exc}"
+            ) from exc
+        try:
+            body = json.loads(event.leaf_data)
+        except ValueError as exc:
+            raise AuditFailure(f"event {event.index}: leaf data is not JSON") from exc
+        if not isinstance(body, Mapping) or body.get("index") != event.index:
+            raise AuditFailure(f"event {event.index}: leaf data does not name index {event.index}")
+        bodies.append((event.index, dict(body)))
+    report = AuditReport(query=bundle.query, tree_size=checkpoint.size, events=len(bodies))
+    _check_history(bodies, report)
+    touched = [
+        block_id_from_dict(b[key])
+        for _, b in bodies
+        for key in ("block", "origin")
+        if isinstance(b.get(key), dict)
+    ]
+    if not _covered(bundle.query, touched):
+        raise AuditFailure(f"the events do not cover the queried units {_describe(bundle.query)}")
+    return report

@@ -1,0 +1,227 @@
+"""The provenance log as auditors see it: signed checkpoints, proofs and unit traces.
+
+Every ledger change is already an event of the log (``event_log``) with its serial
+ranges indexed (``event_blocks``).  This module signs checkpoints over the log's Merkle
+tree (``merkle``), proves consistency between any two sizes, and traces units: given any
+serial range, on the origin side or a mirror's, it finds every event of every unit in
+it, each with an inclusion proof against one checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge import merkle
+from registry_bridge.block_json import block_id_from_dict
+from registry_bridge.db import unit_of_work
+from registry_bridge.errors import InvalidRequest, NotFound
+from registry_bridge.event_log import log_size
+from registry_bridge.model import BlockId, Program
+from registry_bridge.schema import EventBlock, LedgerEvent
+from registry_bridge.signed_note import Checkpoint, NoteSigner
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """A checkpoint, its signed note and the key that verifies it."""
+
+    checkpoint: Checkpoint
+    note: str
+    verifier_key: str
+    """The signer's verifier key, ``name+hexid+base64key`` (publish it out of band too)."""
+
+
+@dataclass(frozen=True)
+class ProvenEvent:
+    """One event of a trace with its inclusion proof."""
+
+    index: int
+    kind: str
+    at: datetime
+    transfer_id: str
+    blocks: tuple[BlockId, ...]
+    """The serial ranges the event concerns (the row's own and its origin)."""
+    leaf_data: bytes
+    """The exact bytes hashed into the log."""
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The history of a serial range, proven against one checkpoint."""
+
+    query: BlockId
+    checkpoint: SignedCheckpoint
+    events: tuple[ProvenEvent, ...]
+
+
+def _overlap(session: Session, block: BlockId, size: int) -> set[int]:
+    """Indexes (below ``size``) of events whose indexed ranges overlap ``block``."""
+    return set(
+        session.execute(
+            sa.select(EventBlock.event_idx).where(
+                EventBlock.program == block.program.value,
+                EventBlock.serial_series == block.serial_series,
+                EventBlock.serial_start <= block.serial_end,
+                EventBlock.serial_end >= block.serial_start,
+                EventBlock.event_idx < size,
+            )
+        ).scalars()
+    )
+
+
+def _clip(block: BlockId, query: BlockId) -> tuple[int, int] | None:
+    if not block.overlaps(query):
+        return None
+    return max(block.serial_start, query.serial_start), min(block.serial_end, query.serial_end)
+
+
+def origin_ranges(bodies: Iterable[dict[str, Any]], query: BlockId) -> list[BlockId]:
+    """The origin serials that the units of ``query`` stand for, per the events' rows.
+
+    A mirror row maps its serials 1:1 onto its origin range; an origin row is its own.
+    """
+    found: set[BlockId] = set()
+    for body in bodies:
+        if not isinstance(body.get("block"), dict) or not isinstance(body.get("origin"), dict):
+            continue
+        block = block_id_from_dict(body["block"])
+        origin = block_id_from_dict(body["origin"])
+        own = _clip(block, query)
+        if own is not None:
+            offset = origin.serial_start - block.serial_start
+            found.add(
+                BlockId(origin.program, origin.serial_series, own[0] + offset, own[1] + offset)
+            )
+        direct = _clip(origin, query)
+        if direct is not None:
+            found.add(BlockId(origin.program, origin.serial_series, *direct))
+    return sorted(found)
+
+
+class ProvenanceLog:
+    """Checkpoints, proofs and traces over the ledger's provenance log."""
+
+    def __init__(self, sessions: sessionmaker[Session], signer: NoteSigner) -> None:
+        """Serve the log in ``sessions``'s database, signing with ``signer``.
+
+        The signer's name is the log's origin line.
+        """
+        self._sessions = sessions
+        self._signer = signer
+
+    @property
+    def verifier_key(self) -> str:
+        """The key that verifies this log's checkpoints."""
+        return self._signer.verifier.encode()
+
+    def _cover(self) -> int:
+        """The log's size now, with the node cache extended to it."""
+        with unit_of_work(self._sessions) as session:
+            size = log_size(session)
+            if merkle.cached_size(session) < size:
+                merkle.extend_cache(session, size)
+        return size
+
+    def _sign(self, size: int, root: bytes) -> SignedCheckpoint:
+        checkpoint = Checkpoint(self._signer.name, size, root)
+        return SignedCheckpoint(checkpoint, self._signer.sign(checkpoint), self.verifier_key)
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """A signed checkpoint of the log as it is now."""
+        size = self._cover()
+        with self._sessions() as session:
+            return self._sign(size, merkle.stored_root(session, size))
+
+    def consistency(self, first: int, second: int) -> merkle.StoredProof:
+        """The proof that the log at ``second`` extends the log at ``first``.
+
+        Raises:
+            InvalidRequest: Unless ``0 < first <= second <= size of the log``.
+        """
+        size = self._cover()
+        if second > size:
+            raise InvalidRequest.field("second_size", f"{second} is beyond the log's size {size}")
+        with self._sessions() as session:
+            return merkle.consistency_proof(session, first, second)
+
+    def trace(self, query: BlockId) -> Trace:
+        """Every event of every unit of ``query``, proven against one fresh checkpoint.
+
+        ``query`` may be an origin range or a mirror's local range: the units' origin
+        serials are found first, then every event of any row standing for them (origin
+        rows, their splits, their mirrors at any registry).
+
+        Raises:
+            NotFound: No event concerns these serials.
+        """
+        size = self._cover()
+        with self._sessions() as session:
+            first = _overlap(session, query, size)
+            if not first:
+                raise NotFound(
+                    f"units {query.program.value}/{query.serial_series or '-'} "
+                    f"{query.serial_start}-{query.serial_end}"
+                )
+            found = set(first)
+            for origin in origin_ranges(self._bodies(session, first).values(), query):
+                found |= _overlap(session, origin, size)
+            events = list(
+                session.execute(
+                    sa.select(LedgerEvent)
+                    .where(LedgerEvent.idx.in_(sorted(found)))
+                    .order_by(LedgerEvent.idx)
+                ).scalars()
+            )
+            ranges: dict[int, list[BlockId]] = {}
+            for row in session.execute(
+                sa.select(EventBlock)
+                .where(EventBlock.event_idx.in_(sorted(found)))
+                .order_by(EventBlock.event_idx, EventBlock.seq)
+            ).scalars():
+                ranges.setdefault(row.event_idx, []).append(
+                    BlockId(
+                        Program(row.program), row.serial_series, row.serial_start, row.serial_end
+                    )
+                )
+            proofs = merkle.inclusion_proofs(session, [e.idx for e in events], size)
+            root = merkle.stored_root(session, size)
+        return Trace(
+            query,
+            self._sign(size, root),
+            tuple(
+                ProvenEvent(
+                    index=e.idx,
+                    kind=e.kind,
+                    at=e.created_at,
+                    transfer_id=e.transfer_id,
+                    blocks=tuple(ranges.get(e.idx, ())),
+                    leaf_data=bytes(e.payload),
+                    proof=proofs[e.idx].hashes,
+                )
+                for e in events
+            ),
+        )
+
+    @staticmethod
+    def _bodies(session: Session, indexes: Iterable[int]) -> dict[int, dict[str, Any]]:
+        bodies: dict[int, dict[str, Any]] = {}
+        for idx, payload in session.execute(
+            sa.select(LedgerEvent.idx, LedgerEvent.payload).where(
+                LedgerEvent.idx.in_(sorted(indexes))
+            )
+        ).tuples():
+            try:
+                body = json.loads(bytes(payload))
+            except ValueError:
+                continue
+            if isinstance(body, dict):
+                bodies[int(idx)] = body
+        return bodies

@@ -1,0 +1,256 @@
+"""ITL-style reconciliation of the gateway's ledger with each registry (DESIGN.md, I6).
+
+The Kyoto ITL reconciles in three phases (ANCHORS §1.6): ``TOTALS(1)``, then
+``UNIT_BLOCK_DETAIL(2)``, then ``TRAIL(3)``.  Here:
+
+1. totals: each registry's quantities per program and status against the ledger's (a
+   custody venue's origin units count at the venue and, as its backing, in the venue's
+   account at their origin registry);
+2. unit blocks: for every block the ledger places at a registry, the same account must
+   hold every serial of it there, in the same status;
+3. trail: for every block that differs, the ledger's own audit trail of it, read from
+   the provenance log, so an operator sees which change the registry missed or made
+   behind the gateway's back.
+
+The phases return structured :class:`Discrepancy` values; ``invariants.check_registries``
+formats the same values as invariant violations for the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry_bridge import ledger
+from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.port import BlockStatusRequest, RegistryPort
+from registry_bridge.schema import EventBlock, LedgerEvent
+
+TOTALS = "totals"
+UNIT_BLOCKS = "unit_blocks"
+TRAIL = "trail"
+COMPLETED = "completed"
+
+_TRAIL_EVENTS = 20
+"""Most events of one block's trail put in a report (the newest ones)."""
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """One difference between the ledger and a registry."""
+
+    registry: str
+    phase: str
+    """``totals``, ``unit_blocks`` or ``trail``."""
+    detail: str
+    program: Program | None = None
+    status: HoldingStatus | None = None
+    gateway_quantity: int = 0
+    registry_quantity: int = 0
+    block: BlockId | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """The outcome of a reconciliation."""
+
+    phase: str
+    """The last phase reached: ``completed`` when nothing differs, else ``trail``."""
+    discrepancies: tuple[Discrepancy, ...]
+
+    @property
+    def consistent(self) -> bool:
+        """True when the ledger and every registry agree."""
+        return not self.discrepancies
+
+
+def _describe(block: BlockId) -> str:
+    series = f"/{block.serial_series}" if block.serial_series else ""
+    return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def registry_view(row: LedgerHolding) -> list[tuple[str, str]]:
+    """(registry, account) where a ledger row's units must show at the registries.
+
+    A row shows at its own registry; an origin row held at a custody venue also shows
+    at its origin registry, in the venue's account there (the venue's backing).
+    """
+    where = [(row.registry, row.account)]
+    if not row.is_mirror and row.registry in CUSTODY_VENUES:
+        where.append((ORIGIN_REGISTRY[row.block.id.program], venue_account(row.registry)))
+    return where
+
+
+def expected_totals(
+    rows: Iterable[LedgerHolding],
+) -> dict[str, Counter[tuple[Program, HoldingStatus]]]:
+    """Per registry, the quantities per (program, status) the ledger says it holds."""
+    expected: dict[str, Counter[tuple[Program, HoldingStatus]]] = defaultdict(Counter)
+    for row in rows:
+        for registry, _ in registry_view(row):
+            expected[registry][(row.block.id.program, row.status)] += row.block.quantity
+    return expected
+
+
+def compare_totals(
+    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+) -> list[Discrepancy]:
+    """Phase 1: each registry's totals per program and status against the ledger's."""
+    found: list[Discrepancy] = []
+    expected = expected_totals(rows)
+    for registry_id, port in sorted(ports.items()):
+        reported: Counter[tuple[Program, HoldingStatus]] = Counter()
+        for total in port.totals():
+            reported[(total.program, total.status)] += total.quantity
+        want = expected.get(registry_id, Counter())
+        for program, status in sorted(set(reported) | set(want)):
+            if reported[(program, status)] != want[(program, status)]:
+                found.append(
+                    Discrepancy(
+                        registry=registry_id,
+                        phase=TOTALS,
+                        detail=(
+                            f"{registry_id} reports {reported[(program, status)]} "
+                            f"{program.value} {status.value}, the ledger "
+                            f"{want[(program, status)]}"
+                        ),
+                        program=program,
+                        status=status,
+                        gateway_quantity=want[(program, status)],
+                        registry_quantity=reported[(program, status)],
+                    )
+                )
+    return found
+
+
+def compare_blocks(
+    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+) -> list[Discrepancy]:
+    """Phase 2: every ledger block, serial by serial, at the registries that must hold it."""
+    found: list[Discrepancy] = []
+    for row in rows:
+        for registry_id, account in registry_view(row):
+            reached = ports.get(registry_id)
+            if reached is None:
+                continue
+            shown = list(reached.block_status(BlockStatusRequest(row.block.id)))
+            held = [h for h in shown if h.account == account and h.status is row.status]
+            spans = _merge(
+                [
+                    (
+                        max(h.block.id.serial_start, row.block.id.serial_start),
+                        min(h.block.id.serial_end, row.block.id.serial_end),
+                    )
+                    for h in held
+                    if h.block.id.overlaps(row.block.id)
+                ]
+            )
+            if spans != [(row.block.id.serial_start, row.block.id.serial_end)]:
+                others = [(_describe(h.block.id), h.account, h.status.value) for h in shown]
+                found.append(
+                    Discrepancy(
+                        registry=registry_id,
+                        phase=UNIT_BLOCKS,
+                        detail=(
+                            f"ledger has {_describe(row.block.id)} {row.status.value} at "
+                            f"{registry_id}/{account}; {registry_id} shows {others}"
+                        ),
+                        program=row.block.id.program,
+                        status=row.status,
+                        gateway_quantity=row.block.quantity,
+                        registry_quantity=sum(e - s + 1 for s, e in spans),
+                        block=row.block.id,
+                    )
+                )
+    return found
+
+
+def trail(session: Session, block: BlockId, limit: int = _TRAIL_EVENTS) -> list[str]:
+    """The ledger's audit trail of ``block``: its newest events, oldest first, one line each."""
+    indexes = (
+        sa.select(EventBlock.event_idx)
+        .where(
+            EventBlock.program == block.program.value,
+            EventBlock.serial_series == block.serial_series,
+            EventBlock.serial_start <= block.serial_end,
+            EventBlock.serial_end >= block.serial_start,
+        )
+        .distinct()
+        .order_by(EventBlock.event_idx.desc())
+        .limit(limit)
+    )
+    lines: list[str] = []
+    for event in session.execute(
+        sa.select(LedgerEvent)
+        .where(LedgerEvent.idx.in_(indexes.scalar_subquery()))
+        .order_by(LedgerEvent.idx)
+    ).scalars():
+        try:
+            body = json.loads(event.payload)
+        except ValueError:
+            lines.append(f"#{event.idx} {event.kind}: payload is not JSON")
+            continue
+        where = f"{body.get('registry', '?')}/{body.get('account', '?')}"
+        via = f" ({event.transfer_id})" if event.transfer_id else ""
+        lines.append(f"#{event.idx} {event.kind}{via}: {where} {body.get('status', '?')}")
+    return lines
+
+
+def reconcile(
+    session: Session, ports: Mapping[str, RegistryPort], registries: Iterable[str] = ()
+) -> ReconcileReport:
+    """Reconcile the ledger with the given registries (all of ``ports`` when none named).
+
+    Call it while no transfer is between two registry calls for an exact answer: a step
+    committed in the ledger and not yet acted on differs from the registries by design.
+
+    Args:
+        session: A session on the ledger (only read).
+        ports: The wired registries by id.
+        registries: Registry ids to reconcile; empty means every wired registry.
+
+    Returns:
+        The report: every discrepancy of phases 1 and 2, and the ledger's trail of every
+        block that differs (phase 3).
+    """
+    wanted = set(registries)
+    chosen = {r: p for r, p in ports.items() if not wanted or r in wanted}
+    rows = ledger.all_live(session)
+    found = compare_totals(rows, chosen) + compare_blocks(rows, chosen)
+    if not found:
+        return ReconcileReport(COMPLETED, ())
+    trails: list[Discrepancy] = []
+    for item in found:
+        if item.block is None:
+            continue
+        lines = trail(session, item.block)
+        trails.append(
+            Discrepancy(
+                registry=item.registry,
+                phase=TRAIL,
+                detail=f"ledger trail of {_describe(item.block)}: " + "; ".join(lines),
+                program=item.program,
+                status=item.status,
+                gateway_quantity=item.gateway_quantity,
+                registry_quantity=item.registry_quantity,
+                block=item.block,
+            )
+        )
+    return ReconcileReport(TRAIL if trails else UNIT_BLOCKS, tuple(found + trails))

@@ -878,18 +878,24 @@ class TraceUnitsRequest(_message.Message):
 
     REGISTRY_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
     registry: _builtins.str
     """Registry whose serial format the serial is in (origin or mirror)."""
     serial: _builtins.str
+    @_builtins.property
+    def block(self) -> _model_pb2.BlockId:
+        """Or, instead of registry and serial: a canonical block (origin or mirror serials)."""
+
     def __init__(
         self,
         *,
         registry: _builtins.str = ...,
         serial: _builtins.str = ...,
+        block: _model_pb2.BlockId | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "registry", b"registry", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

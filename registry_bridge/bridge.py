@@ -20,6 +20,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -278,6 +279,8 @@ class Bridge:
         self._on_state = on_state
         self._driving: set[str] = set()
         self._driving_lock = threading.Lock()
+        # Registry calls of a batch's transfers run side by side.
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
 
     # ----------------------------------------------------------------------------- reads
 
@@ -301,11 +304,20 @@ class Bridge:
         Raises:
             NotFound: No such transfer.
         """
+        return self._get_many([transfer_id])[transfer_id]
+
+    def _get_many(self, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
         with unit_of_work(self._sessions) as session:
-            record = session.get(TransferRecord, transfer_id)
-            if record is None:
-                raise NotFound(f"transfers/{transfer_id}")
-            return self._view(session, record)
+            records = list(
+                session.execute(
+                    sa.select(TransferRecord).where(TransferRecord.id.in_(transfer_ids))
+                ).scalars()
+            )
+            found = {r.id for r in records}
+            for transfer_id in transfer_ids:
+                if transfer_id not in found:
+                    raise NotFound(f"transfers/{transfer_id}")
+            return {v.transfer_id: v for v in self._views(session, records)}
 
     def list_transfers(
         self, offset: int, limit: int, state: TransferState | None = None, registry: str = ""
@@ -329,28 +341,37 @@ class Bridge:
                     .limit(limit + 1)
                 ).scalars()
             )
-            return [self._view(session, r) for r in rows[:limit]], len(rows) > limit
+            return self._views(session, rows[:limit]), len(rows) > limit
 
-    def _view(self, session: Session, record: TransferRecord) -> Transfer:
-        steps = session.execute(
-            sa.select(TransferStepRecord)
-            .where(TransferStepRecord.transfer_id == record.id)
-            .order_by(TransferStepRecord.seq)
-        ).scalars()
-        plan = json.loads(record.plan) if record.plan else {}
-        credited = tuple(block_from_json(b) for b in plan.get("credited", []))
-        return Transfer(
-            transfer_id=record.id,
-            request_id=record.request_id,
-            instruction=_instruction_from_json(record.instruction),
-            state=TransferState(record.state),
-            decision=_decision_from_json(record.decision),
-            history=tuple(TransferStep(TransferState(s.state), s.at, s.reason) for s in steps),
-            failure_reason=record.failure_reason,
-            credited_blocks=credited,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-        )
+    def _views(self, session: Session, records: Sequence[TransferRecord]) -> list[Transfer]:
+        history: dict[str, list[TransferStep]] = {r.id: [] for r in records}
+        if records:
+            for step in session.execute(
+                sa.select(TransferStepRecord)
+                .where(TransferStepRecord.transfer_id.in_(list(history)))
+                .order_by(TransferStepRecord.transfer_id, TransferStepRecord.seq)
+            ).scalars():
+                history[step.transfer_id].append(
+                    TransferStep(TransferState(step.state), step.at, step.reason)
+                )
+        views = []
+        for record in records:
+            plan = json.loads(record.plan) if record.plan else {}
+            views.append(
+                Transfer(
+                    transfer_id=record.id,
+                    request_id=record.request_id,
+                    instruction=_instruction_from_json(record.instruction),
+                    state=TransferState(record.state),
+                    decision=_decision_from_json(record.decision),
+                    history=tuple(history[record.id]),
+                    failure_reason=record.failure_reason,
+                    credited_blocks=tuple(block_from_json(b) for b in plan.get("credited", [])),
+                    created_at=record.created_at,
+                    updated_at=record.updated_at,
+                )
+            )
+        return views
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -547,14 +568,112 @@ class Bridge:
     def submit_many(
         self, items: Sequence[tuple[str, TransferInstruction]]
     ) -> list[Transfer | Exception]:
-        """Submit a batch of settlement instructions; each succeeds or fails on its own."""
-        results: list[Transfer | Exception] = []
-        for request_id, instruction in items:
+        """Submit a batch of settlement instructions; each succeeds or fails on its own.
+
+        The batch's database work is grouped: one transaction proposes every new transfer,
+        then each step of the state machine is taken for the whole batch at once (see
+        ``drive_many``).  An instruction that is malformed or reuses a request id for
+        another body fails alone, as its own exception in the result list.
+        """
+        results: list[Transfer | Exception | None] = [None] * len(items)
+        valid: list[tuple[int, str, TransferInstruction]] = []
+        for position, (request_id, instruction) in enumerate(items):
             try:
-                results.append(self.submit(request_id, instruction))
-            except (InvalidRequest, RequestIdConflict, LedgerConflict) as exc:
-                results.append(exc)
-        return results
+                if not request_id:
+                    raise InvalidRequest.field("request_id", "is required")
+                self._validate(instruction)
+                valid.append((position, request_id, instruction))
+            except InvalidRequest as exc:
+                results[position] = exc
+        proposed = self._propose_many([(r, i) for _, r, i in valid])
+        ids: dict[int, str] = {}
+        for (position, _, _), outcome in zip(valid, proposed, strict=True):
+            if isinstance(outcome, Exception):
+                results[position] = outcome
+            else:
+                ids[position] = outcome
+        if ids:
+            self.drive_many(list(dict.fromkeys(ids.values())))
+            views = self._get_many(list(ids.values()))
+            for position, transfer_id in ids.items():
+                results[position] = views[transfer_id]
+        return [r for r in results if r is not None]
+
+    def _propose_many(
+        self, items: Sequence[tuple[str, TransferInstruction]]
+    ) -> list[str | Exception]:
+        """Propose many transfers in one transaction; each result is an id or its error."""
+        if not items:
+            return []
+        digests = [body_digest(i.canonical()) for _, i in items]
+        now = self._clock()
+        try:
+            with unit_of_work(self._sessions) as session:
+                known = {
+                    r.request_id: (r.id, r.body_sha256)
+                    for r in session.execute(
+                        sa.select(TransferRecord).where(
+                            TransferRecord.request_id.in_([r for r, _ in items])
+                        )
+                    ).scalars()
+                }
+                results: list[str | Exception] = []
+                for (request_id, instruction), digest in zip(items, digests, strict=True):
+                    if request_id in known:
+                        transfer_id, stored = known[request_id]
+                        try:
+                            results.append(
+                                self._same_request(stored, digest, request_id, transfer_id)[0]
+                            )
+                        except RequestIdConflict as exc:
+                            results.append(exc)
+                        continue
+                    transfer_id = uuid.uuid4().hex
+                    session.add(self._new_record(transfer_id, request_id, instruction, digest, now))
+                    session.flush()
+                    self._step(session, transfer_id, TransferState.PROPOSED, now)
+                    known[request_id] = (transfer_id, digest)
+                    results.append(transfer_id)
+                return results
+        except sa.exc.IntegrityError:
+            # Another gateway proposed one of these request ids at the same moment: fall
+            # back to one transaction per instruction, which answers each race exactly.
+            fallback: list[str | Exception] = []
+            for request_id, instruction in items:
+                try:
+                    fallback.append(self._propose(request_id, instruction)[0])
+                except RequestIdConflict as exc:
+                    fallback.append(exc)
+            return fallback
+
+    def _new_record(
+        self,
+        transfer_id: str,
+        request_id: str,
+        instruction: TransferInstruction,
+        digest: bytes,
+        now: datetime,
+    ) -> TransferRecord:
+        return TransferRecord(
+            id=transfer_id,
+            request_id=request_id,
+            body_sha256=digest,
+            state=TransferState.PROPOSED.value,
+            kind="",
+            source_registry=instruction.source.registry,
+            source_account=instruction.source.account,
+            destination_registry=instruction.destination.registry,
+            destination_account=instruction.destination.account,
+            instruction=json.dumps(instruction.canonical(), sort_keys=True),
+            plan="",
+            decision="",
+            failure_reason="",
+            lock_expires_at=None,
+            lease_owner=self._owner,
+            lease_expires_at=now + self._lease,
+            created_at=now,
+            updated_at=now,
+        )
 
     def _propose(self, request_id: str, instruction: TransferInstruction) -> tuple[str, bool]:
         digest = body_digest(instruction.canonical())
@@ -567,28 +686,7 @@ class Bridge:
                 if existing is not None:
                     return self._same_request(existing.body_sha256, digest, request_id, existing.id)
                 transfer_id = uuid.uuid4().hex
-                session.add(
-                    TransferRecord(
-                        id=transfer_id,
-                        request_id=request_id,
-                        body_sha256=digest,
-                        state=TransferState.PROPOSED.value,
-                        kind="",
-                        source_registry=instruction.source.registry,
-                        source_account=instruction.source.account,
-                        destination_registry=instruction.destination.registry,
-                        destination_account=instruction.destination.account,
-                        instruction=json.dumps(instruction.canonical(), sort_keys=True),
-                        plan="",
-                        decision="",
-                        failure_reason="",
-                        lock_expires_at=None,
-                        lease_owner=self._owner,
-                        lease_expires_at=now + self._lease,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+                session.add(self._new_record(transfer_id, request_id, instruction, digest, now))
                 session.flush()
                 self._step(session, transfer_id, TransferState.PROPOSED, now)
         except sa.exc.IntegrityError:
@@ -630,14 +728,16 @@ class Bridge:
 
     # ---------------------------------------------------------------------------- driving
 
-    def _claim(self, transfer_id: str) -> bool:
-        """Take the lease on a transfer unless another live gateway holds it."""
+    def _claim_many(self, transfer_ids: Sequence[str]) -> set[str]:
+        """Take (or renew) the lease on transfers no other live gateway holds; the claimed ids."""
+        if not transfer_ids:
+            return set()
         now = self._clock()
         with unit_of_work(self._sessions) as session:
-            result = session.execute(
+            session.execute(
                 sa.update(TransferRecord)
                 .where(
-                    TransferRecord.id == transfer_id,
+                    TransferRecord.id.in_(transfer_ids),
                     sa.or_(
                         TransferRecord.lease_owner == self._owner,
                         TransferRecord.lease_expires_at.is_(None),
@@ -645,8 +745,16 @@ class Bridge:
                     ),
                 )
                 .values(lease_owner=self._owner, lease_expires_at=now + self._lease)
+                .execution_options(synchronize_session=False)
             )
-            return bool(getattr(result, "rowcount", 0))
+            return set(
+                session.execute(
+                    sa.select(TransferRecord.id).where(
+                        TransferRecord.id.in_(transfer_ids),
+                        TransferRecord.lease_owner == self._owner,
+                    )
+                ).scalars()
+            )
 
     def _load(self, session: Session, transfer_id: str, *expected: TransferState) -> TransferRecord:
         """The transfer row, locked; with ``expected``, only if it is still in one of them.
@@ -663,66 +771,144 @@ class Bridge:
         return record
 
     def drive(self, transfer_id: str) -> TransferState:
-        """Advance a transfer unless another thread of this gateway already drives it."""
+        """Advance one transfer as far as the registries let it go now; its state then."""
+        return self.drive_many([transfer_id])[transfer_id]
+
+    def drive_many(self, transfer_ids: Sequence[str]) -> dict[str, TransferState]:
+        """Advance transfers together, one state at a time, grouping database work per step.
+
+        Each round reads the states of all transfers in one transaction, makes the registry
+        calls of every transfer in the same state (concurrently), and records all their
+        outcomes in one transaction, each in a savepoint of its own so one transfer's
+        conflict never undoes another's progress.  A transient registry failure leaves a
+        transfer where it is (the recovery loop resumes it); a transfer another thread of
+        this gateway is driving, or another gateway holds the lease of, is left alone.
+
+        Returns:
+            The state each transfer reached.
+        """
         with self._driving_lock:
-            if transfer_id in self._driving:
-                busy = True
-            else:
-                busy = False
-                self._driving.add(transfer_id)
-        if busy:
-            with unit_of_work(self._sessions) as session:
-                return TransferState(self._load(session, transfer_id).state)
+            mine = [t for t in dict.fromkeys(transfer_ids) if t not in self._driving]
+            self._driving.update(mine)
         try:
-            return self._drive(transfer_id)
+            self._drive_rounds(mine)
         finally:
             with self._driving_lock:
-                self._driving.discard(transfer_id)
-
-    def _drive(self, transfer_id: str) -> TransferState:
-        """Advance a transfer until it is final or a registry is unavailable.
-
-        Returns the state reached.  A transient registry failure leaves the transfer where
-        it is, to be resumed later; it is recorded as the failure reason meanwhile.
-        """
-        steps = {
-            TransferState.PROPOSED: self._check,
-            TransferState.CHECKED: self._lock,
-            TransferState.SOURCE_LOCKED: self._credit,
-            TransferState.DESTINATION_CREDITED: self._finalize,
-            TransferState.SOURCE_FINALIZED: self._complete,
-        }
-        conflicts = 0
-        while True:
-            # Renew the lease at every step: a gateway that dies stops renewing, and another
-            # takes the transfer over once the lease runs out.
-            if not self._claim(transfer_id):
-                with unit_of_work(self._sessions) as session:
-                    return TransferState(self._load(session, transfer_id).state)
-            with unit_of_work(self._sessions) as session:
-                state = TransferState(self._load(session, transfer_id).state)
-            if self._on_state is not None:
-                self._on_state(transfer_id, state)
-            if state.is_final:
-                return state
-            try:
-                steps[state](transfer_id)
-            except _StaleStep:
-                continue
-            except LedgerConflict as exc:
-                # A concurrent transaction touched the same rows; the step re-reads the
-                # ledger, so a retry either proceeds or rejects with the real reason.
-                conflicts += 1
-                if conflicts > _MAX_CONFLICT_RETRIES:
-                    raise
-                _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
-                continue
-            except RegistryUnavailable as exc:
-                self._note(transfer_id, f"waiting for a registry: {exc}")
-                _logger.warning(
-                    "transfer_waiting", transfer=transfer_id, state=state.value, error=str(exc)
+                self._driving.difference_update(mine)
+        with unit_of_work(self._sessions) as session:
+            states: dict[str, str] = {
+                row.id: row.state
+                for row in session.execute(
+                    sa.select(TransferRecord.id, TransferRecord.state).where(
+                        TransferRecord.id.in_(list(dict.fromkeys(transfer_ids)))
+                    )
                 )
-                return state
+            }
+        missing = [t for t in transfer_ids if t not in states]
+        if missing:
+            raise NotFound(f"transfers/{missing[0]}")
+        return {t: TransferState(states[t]) for t in transfer_ids}
+
+    def _drive_rounds(self, transfer_ids: list[str]) -> None:
+        conflicts: dict[str, int] = {}
+        active = transfer_ids
+        while active:
+            # Renew the lease every round: a gateway that dies stops renewing, and another
+            # takes its transfers over once the lease runs out.
+            claimed = self._claim_many(active)
+            with unit_of_work(self._sessions) as session:
+                states: dict[str, str] = {
+                    row.id: row.state
+                    for row in session.execute(
+                        sa.select(TransferRecord.id, TransferRecord.state).where(
+                            TransferRecord.id.in_(list(claimed))
+                        )
+                    )
+                }
+            groups: dict[TransferState, list[str]] = {}
+            for transfer_id in active:
+                if transfer_id not in states:
+                    continue
+                state = TransferState(states[transfer_id])
+                if self._on_state is not None:
+                    self._on_state(transfer_id, state)
+                if not state.is_final:
+                    groups.setdefault(state, []).append(transfer_id)
+            active = []
+            for state, group in groups.items():
+                progressed, conflicted = self._round(state, group)
+                active.extend(progressed)
+                for transfer_id in conflicted:
+                    conflicts[transfer_id] = conflicts.get(transfer_id, 0) + 1
+                    if conflicts[transfer_id] <= _MAX_CONFLICT_RETRIES:
+                        active.append(transfer_id)
+
+    def _round(self, state: TransferState, group: list[str]) -> tuple[list[str], list[str]]:
+        """One step for every transfer of ``group`` (all in ``state``).
+
+        Returns the transfers that moved on and those that met a concurrent change.
+        """
+        if state is TransferState.PROPOSED:
+            return self._commit_all(group, {t: None for t in group}, self._check_in)
+        if state is TransferState.SOURCE_FINALIZED:
+            return self._commit_all(group, {t: None for t in group}, self._complete_in)
+        act, commit = {
+            TransferState.CHECKED: (self._lock_act, self._lock_commit),
+            TransferState.SOURCE_LOCKED: (self._credit_act, self._credit_commit),
+            TransferState.DESTINATION_CREDITED: (self._finalize_act, self._finalize_commit),
+        }[state]
+        with unit_of_work(self._sessions) as session:
+            snapshots = {
+                r.id: r
+                for r in session.execute(
+                    sa.select(TransferRecord).where(TransferRecord.id.in_(group))
+                ).scalars()
+            }
+        outcomes = (
+            [act(snapshots[group[0]])]
+            if len(group) == 1
+            else list(self._pool.map(act, [snapshots[t] for t in group]))
+        )
+        done: dict[str, Any] = {}
+        moved: list[str] = []
+        for transfer_id, (verdict, payload) in zip(group, outcomes, strict=True):
+            if verdict == "ok":
+                done[transfer_id] = payload
+            elif verdict == "rollback":
+                self._roll_back(transfer_id, str(payload))
+                moved.append(transfer_id)
+            else:
+                self._note(transfer_id, f"waiting for a registry: {payload}")
+                _logger.warning(
+                    "transfer_waiting", transfer=transfer_id, state=state.value, error=str(payload)
+                )
+        progressed, conflicted = self._commit_all(list(done), done, commit)
+        return moved + progressed, conflicted
+
+    def _commit_all(
+        self,
+        transfer_ids: list[str],
+        payloads: Mapping[str, Any],
+        commit: Callable[[Session, str, Any, datetime], None],
+    ) -> tuple[list[str], list[str]]:
+        """Record many step outcomes in one transaction, each in its own savepoint."""
+        if not transfer_ids:
+            return [], []
+        progressed: list[str] = []
+        conflicted: list[str] = []
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            for transfer_id in transfer_ids:
+                try:
+                    with session.begin_nested():
+                        commit(session, transfer_id, payloads[transfer_id], now)
+                    progressed.append(transfer_id)
+                except _StaleStep:
+                    progressed.append(transfer_id)
+                except LedgerConflict as exc:
+                    _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
+                    conflicted.append(transfer_id)
+        return progressed, conflicted
 
     def _note(self, transfer_id: str, reason: str) -> None:
         with unit_of_work(self._sessions) as session:
@@ -749,61 +935,60 @@ class Bridge:
             record.id,
         )
 
-    def _check(self, transfer_id: str) -> None:
-        now = self._clock()
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id, TransferState.PROPOSED)
-            instruction = _instruction_from_json(record.instruction)
-            try:
-                kind, pieces, rows, known = self._plan(session, instruction)
-            except FailedPrecondition as exc:
-                decision = RulesDecision(allowed=False, violations=_ledger_violations(exc))
-                record.decision = _decision_json(decision)
-                self._advance(session, record, TransferState.REJECTED, str(exc))
-                return
-            decision = self._rules.check_transfer(
-                TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
-            )
+    def _check_in(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
+        """PROPOSED -> CHECKED (units claimed in the ledger) or REJECTED, in the caller's tx."""
+        record = self._load(session, transfer_id, TransferState.PROPOSED)
+        instruction = _instruction_from_json(record.instruction)
+        try:
+            kind, pieces, rows, known = self._plan(session, instruction)
+        except FailedPrecondition as exc:
+            decision = RulesDecision(allowed=False, violations=_ledger_violations(exc))
             record.decision = _decision_json(decision)
-            if not decision.allowed:
-                self._advance(
-                    session,
-                    record,
-                    TransferState.REJECTED,
-                    "; ".join(f"{v.rule_id}: {v.message}" for v in decision.violations),
-                )
-                return
-            expires = now + self._lock_ttl
-            # Claim the units in the ledger in the same transaction as CHECKED: of two
-            # transfers racing for the same units, exactly one gets here.
-            for piece in pieces:
-                for row in rows:
-                    if row.block.id.overlaps(piece.source_block):
-                        carved = ledger.carve(session, row, piece.source_block, now, transfer_id)
-                        ledger.change(
-                            session,
-                            carved,
-                            "lock",
-                            now,
-                            status=HoldingStatus.LOCKED,
-                            lock_transfer_id=transfer_id,
-                            lock_expires_at=expires,
-                            transfer_id=transfer_id,
-                        )
-                        rows = ledger.require_holding(
-                            session,
-                            instruction.source.registry,
-                            instruction.source.account,
-                            piece.source_block,
-                            allowed=(HoldingStatus.LOCKED,),
-                        ) + [r for r in rows if not r.block.id.overlaps(piece.source_block)]
-                        break
-            record.kind = kind.value
-            record.plan = json.dumps(
-                {"pieces": [p.to_json() for p in pieces], "credited": []}, sort_keys=True
+            self._advance(session, record, TransferState.REJECTED, str(exc))
+            return
+        decision = self._rules.check_transfer(
+            TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
+        )
+        record.decision = _decision_json(decision)
+        if not decision.allowed:
+            self._advance(
+                session,
+                record,
+                TransferState.REJECTED,
+                "; ".join(f"{v.rule_id}: {v.message}" for v in decision.violations),
             )
-            record.lock_expires_at = expires
-            self._advance(session, record, TransferState.CHECKED)
+            return
+        expires = now + self._lock_ttl
+        # Claim the units in the ledger in the same transaction as CHECKED: of two
+        # transfers racing for the same units, exactly one gets here.
+        for piece in pieces:
+            for row in rows:
+                if row.block.id.overlaps(piece.source_block):
+                    carved = ledger.carve(session, row, piece.source_block, now, transfer_id)
+                    ledger.change(
+                        session,
+                        carved,
+                        "lock",
+                        now,
+                        status=HoldingStatus.LOCKED,
+                        lock_transfer_id=transfer_id,
+                        lock_expires_at=expires,
+                        transfer_id=transfer_id,
+                    )
+                    rows = ledger.require_holding(
+                        session,
+                        instruction.source.registry,
+                        instruction.source.account,
+                        piece.source_block,
+                        allowed=(HoldingStatus.LOCKED,),
+                    ) + [r for r in rows if not r.block.id.overlaps(piece.source_block)]
+                    break
+        record.kind = kind.value
+        record.plan = json.dumps(
+            {"pieces": [p.to_json() for p in pieces], "credited": []}, sort_keys=True
+        )
+        record.lock_expires_at = expires
+        self._advance(session, record, TransferState.CHECKED)
 
     def _pieces(self, record: TransferRecord) -> list[_Piece]:
         return [_Piece.from_json(p) for p in json.loads(record.plan)["pieces"]]
@@ -832,66 +1017,59 @@ class Bridge:
                     piece.origin_block,
                 )
 
-    def _lock(self, transfer_id: str) -> None:
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
-            legs = list(self._lock_legs(record))
-            expires = record.lock_expires_at
-        assert expires is not None
-        if self._clock() >= expires:
-            self._roll_back(transfer_id, "the source lock expired before the units were locked")
-            return
+    def _lock_act(self, record: TransferRecord) -> tuple[str, Any]:
+        """Lock the units at the source (and, for a venue, at the origin registry)."""
+        expires = record.lock_expires_at
+        if expires is None or self._clock() >= expires:
+            return "rollback", "the source lock expired before the units were locked"
         try:
-            for operation_id, registry, account, block in legs:
+            for operation_id, registry, account, block in self._lock_legs(record):
                 self._port(registry).lock(
                     LockRequest(
                         operation_id,
                         account,
                         block,
                         expires + self._registry_lock_grace,
-                        transfer_id,
+                        record.id,
                     )
                 )
         except RegistryRejected as exc:
-            self._roll_back(transfer_id, f"lock refused: {exc}")
-            return
-        with unit_of_work(self._sessions) as session:
-            self._advance(
-                session,
-                self._load(session, transfer_id, TransferState.CHECKED),
-                TransferState.SOURCE_LOCKED,
-            )
+            return "rollback", f"lock refused: {exc}"
+        except RegistryUnavailable as exc:
+            return "wait", exc
+        return "ok", None
 
-    def _credit(self, transfer_id: str) -> None:
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
-            pieces = self._pieces(record)
-            kind = TransferKind(record.kind)
-            destination = AccountRef(record.destination_registry, record.destination_account)
-            deadline = record.lock_expires_at
+    def _lock_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
+        record = self._load(session, transfer_id, TransferState.CHECKED)
+        self._advance(session, record, TransferState.SOURCE_LOCKED)
+
+    def _credit_act(self, record: TransferRecord) -> tuple[str, Any]:
+        """Credit the destination; the lock's expiry is the registry's deadline for it."""
+        kind = TransferKind(record.kind)
+        destination = AccountRef(record.destination_registry, record.destination_account)
         credited: list[tuple[_Piece, UnitBlock]] = []
         try:
-            for i, piece in enumerate(pieces):
+            for i, piece in enumerate(self._pieces(record)):
                 origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
                 holding = self._port(destination.registry).credit(
                     CreditRequest(
-                        f"{transfer_id}:credit:{i}",
+                        f"{record.id}:credit:{i}",
                         destination.account,
                         piece.block,
                         origin_registry,
-                        transfer_id,
-                        deadline,
+                        record.id,
+                        record.lock_expires_at,
                     )
                 )
                 if kind is TransferKind.RETURN and destination.registry in CUSTODY_VENUES:
                     self._port(origin_registry).credit(
                         CreditRequest(
-                            f"{transfer_id}:credit-origin:{i}",
+                            f"{record.id}:credit-origin:{i}",
                             venue_account(destination.registry),
                             piece.block,
                             origin_registry,
-                            transfer_id,
-                            deadline,
+                            record.id,
+                            record.lock_expires_at,
                         )
                     )
                 credited.append((piece, holding.block))
@@ -899,115 +1077,120 @@ class Bridge:
             if credited:
                 # Part of a multi-block transfer was credited; the rest must follow, so
                 # the transfer waits rather than rolling back.
-                self._note(transfer_id, f"credit refused after a partial credit: {exc}")
-                raise RegistryUnavailable(destination.registry, str(exc)) from exc
-            self._roll_back(transfer_id, f"credit refused: {exc}")
-            return
-        now = self._clock()
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id, TransferState.SOURCE_LOCKED)
-            for piece, block in credited:
-                if kind is TransferKind.BRIDGE_OUT:
-                    ledger.add_mirror(
-                        session,
-                        destination.registry,
-                        destination.account,
-                        block,
-                        piece.origin_block,
-                        now,
-                        transfer_id,
-                    )
-                else:
-                    for origin_row in ledger.origin_rows(session, piece.origin_block):
-                        carved = ledger.carve(
-                            session, origin_row, piece.origin_block, now, transfer_id
-                        )
-                        ledger.change(
-                            session,
-                            carved,
-                            "credit",
-                            now,
-                            status=HoldingStatus.ACTIVE,
-                            registry=destination.registry,
-                            account=destination.account,
-                            transfer_id=transfer_id,
-                        )
-            plan = json.loads(record.plan)
-            plan["credited"] = [block_to_json(b) for _, b in credited]
-            record.plan = json.dumps(plan, sort_keys=True)
-            self._advance(session, record, TransferState.DESTINATION_CREDITED)
+                return "wait", f"credit refused after a partial credit: {exc}"
+            return "rollback", f"credit refused: {exc}"
+        except RegistryUnavailable as exc:
+            return "wait", exc
+        return "ok", credited
 
-    def _finalize(self, transfer_id: str) -> None:
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id)
-            pieces = self._pieces(record)
-            kind = TransferKind(record.kind)
-            source = AccountRef(record.source_registry, record.source_account)
-            destination_registry = record.destination_registry
+    def _credit_commit(
+        self,
+        session: Session,
+        transfer_id: str,
+        credited: list[tuple[_Piece, UnitBlock]],
+        now: datetime,
+    ) -> None:
+        record = self._load(session, transfer_id, TransferState.SOURCE_LOCKED)
+        kind = TransferKind(record.kind)
+        for piece, block in credited:
+            if kind is TransferKind.BRIDGE_OUT:
+                ledger.add_mirror(
+                    session,
+                    record.destination_registry,
+                    record.destination_account,
+                    block,
+                    piece.origin_block,
+                    now,
+                    transfer_id,
+                )
+            else:
+                for origin_row in ledger.origin_rows(session, piece.origin_block):
+                    carved = ledger.carve(session, origin_row, piece.origin_block, now, transfer_id)
+                    ledger.change(
+                        session,
+                        carved,
+                        "credit",
+                        now,
+                        status=HoldingStatus.ACTIVE,
+                        registry=record.destination_registry,
+                        account=record.destination_account,
+                        transfer_id=transfer_id,
+                    )
+        plan = json.loads(record.plan)
+        plan["credited"] = [block_to_json(b) for _, b in credited]
+        record.plan = json.dumps(plan, sort_keys=True)
+        self._advance(session, record, TransferState.DESTINATION_CREDITED)
+
+    def _finalize_act(self, record: TransferRecord) -> tuple[str, Any]:
+        """Immobilize (at the origin) or export (venue position, returning mirror)."""
+        kind = TransferKind(record.kind)
         try:
-            for i, piece in enumerate(pieces):
+            for i, piece in enumerate(self._pieces(record)):
                 origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
-                at_origin = source.registry == origin_registry
+                at_origin = record.source_registry == origin_registry
                 disposition = (
                     FinalizeDisposition.IMMOBILIZE
                     if kind is TransferKind.BRIDGE_OUT and at_origin
                     else FinalizeDisposition.EXPORT
                 )
-                self._port(source.registry).finalize(
+                self._port(record.source_registry).finalize(
                     FinalizeRequest(
-                        f"{transfer_id}:finalize:{i}",
-                        source.account,
+                        f"{record.id}:finalize:{i}",
+                        record.source_account,
                         piece.source_block,
                         disposition,
-                        transfer_id,
-                        destination_registry,
+                        record.id,
+                        record.destination_registry,
                     )
                 )
                 if kind is TransferKind.BRIDGE_OUT and not at_origin:
                     self._port(origin_registry).finalize(
                         FinalizeRequest(
-                            f"{transfer_id}:finalize-origin:{i}",
+                            f"{record.id}:finalize-origin:{i}",
                             piece.origin_account,
                             piece.origin_block,
                             FinalizeDisposition.IMMOBILIZE,
-                            transfer_id,
-                            destination_registry,
+                            record.id,
+                            record.destination_registry,
                         )
                     )
         except RegistryRejected as exc:
             # After DESTINATION_CREDITED a transfer only rolls forward: keep retrying.
-            _logger.error("finalize_refused", transfer=transfer_id, error=str(exc))
-            raise RegistryUnavailable(source.registry, f"finalize refused: {exc}") from exc
-        now = self._clock()
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)
-            for piece in pieces:
-                for row in ledger.live_at(
-                    session, source.registry, source.account, piece.source_block
-                ):
-                    if row.lock_transfer_id != transfer_id:
-                        continue
-                    if kind is TransferKind.BRIDGE_OUT:
-                        ledger.change(
-                            session,
-                            row,
-                            "finalize",
-                            now,
-                            status=HoldingStatus.BRIDGED,
-                            registry=ORIGIN_REGISTRY[piece.origin_block.program],
-                            account=piece.origin_account,
-                            transfer_id=transfer_id,
-                        )
-                    else:
-                        ledger.end_mirror(session, row, now, transfer_id)
-            self._advance(session, record, TransferState.SOURCE_FINALIZED)
+            _logger.error("finalize_refused", transfer=record.id, error=str(exc))
+            return "wait", f"finalize refused: {exc}"
+        except RegistryUnavailable as exc:
+            return "wait", exc
+        return "ok", None
 
-    def _complete(self, transfer_id: str) -> None:
-        with unit_of_work(self._sessions) as session:
-            record = self._load(session, transfer_id, TransferState.SOURCE_FINALIZED)
-            record.lease_owner = ""
-            record.lease_expires_at = None
-            self._advance(session, record, TransferState.COMPLETED)
+    def _finalize_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
+        record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)
+        kind = TransferKind(record.kind)
+        for piece in self._pieces(record):
+            for row in ledger.live_at(
+                session, record.source_registry, record.source_account, piece.source_block
+            ):
+                if row.lock_transfer_id != transfer_id:
+                    continue
+                if kind is TransferKind.BRIDGE_OUT:
+                    ledger.change(
+                        session,
+                        row,
+                        "finalize",
+                        now,
+                        status=HoldingStatus.BRIDGED,
+                        registry=ORIGIN_REGISTRY[piece.origin_block.program],
+                        account=piece.origin_account,
+                        transfer_id=transfer_id,
+                    )
+                else:
+                    ledger.end_mirror(session, row, now, transfer_id)
+        self._advance(session, record, TransferState.SOURCE_FINALIZED)
+
+    def _complete_in(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
+        record = self._load(session, transfer_id, TransferState.SOURCE_FINALIZED)
+        record.lease_owner = ""
+        record.lease_expires_at = None
+        self._advance(session, record, TransferState.COMPLETED)
 
     def _roll_back(self, transfer_id: str, reason: str) -> None:
         """Undo a transfer that has not reached DESTINATION_CREDITED: unlock everything."""
@@ -1064,13 +1247,10 @@ class Bridge:
                     )
                 ).all()
             )
-        outcome: dict[str, TransferState] = {}
-        for transfer_id, _ in pending:
-            # A SOURCE_LOCKED transfer past its expiry resends its credit with the lock's
-            # expiry as deadline: the registry answers a credit it applied before a crash
-            # (roll forward) and refuses a late one (roll back).
-            outcome[transfer_id] = self.drive(transfer_id)
-        return outcome
+        # A SOURCE_LOCKED transfer past its expiry resends its credit with the lock's expiry
+        # as deadline: the registry answers a credit it applied before a crash (roll
+        # forward) and refuses a late one (roll back).
+        return self.drive_many([transfer_id for transfer_id, _ in pending])
 
     def import_registry(self, registry_id: str) -> int:
         """Record in the ledger the units a registry issued that the ledger does not know.

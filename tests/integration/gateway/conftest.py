@@ -59,6 +59,7 @@ class LiveGateway:
     server: GatewayServer
     channel: grpc.Channel
     stub: gateway_pb2_grpc.LinkageGatewayStub
+    target: str
 
 
 @pytest.fixture
@@ -69,9 +70,10 @@ def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[Li
     )
     server = GatewayServer(config)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    target = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(target)
     try:
-        yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel))
+        yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel), target)
     finally:
         channel.close()
         server.stop(grace_seconds=0)

@@ -1,0 +1,23 @@
+"""The README's main command, `carbonlink demo`, runs every journey and exits 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_every_journey(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== exchange operator" in result.stdout
+    assert "== foreign credit issuer" in result.stdout
+    assert "demo finished" in result.stdout

@@ -73,6 +73,13 @@ class GatewayConfig:
     transfer_lease_seconds: float = 15.0
     """How long a gateway's claim on driving a transfer lasts without renewal: after a
     crash, another gateway (or the restarted one) takes the transfer over past it."""
+    log_origin: str = "carbonlink.local/provenance"
+    """The provenance log's origin line in checkpoints, also the signing key's name: unique
+    per log (e.g. the operator's host name and a path); no spaces or '+'."""
+    log_signing_key_file: str = ""
+    """PEM file of the Ed25519 key that signs log checkpoints (PKCS#8, unencrypted; keep
+    it private). Empty: an ephemeral key per process, with a loud warning, so checkpoints
+    verify only until restart -- for development only."""
     fault_crash_after_state: str = ""
     """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
     transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""
@@ -93,6 +100,8 @@ _FIELD_TYPES: dict[str, type] = {
     "recovery_interval_seconds": float,
     "fault_crash_after_state": str,
     "transfer_lease_seconds": float,
+    "log_origin": str,
+    "log_signing_key_file": str,
 }
 
 
@@ -179,6 +188,20 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "SOURCE_FINALIZED",
         "COMPLETED",
     )
+    if (
+        not config.log_origin
+        or "+" in config.log_origin
+        or any(c.isspace() for c in config.log_origin)
+    ):
+        raise ConfigError(
+            f"log_origin: {config.log_origin!r} must be non-empty, without spaces or '+' "
+            f"({origin('log_origin')})"
+        )
+    if config.log_signing_key_file and not Path(config.log_signing_key_file).is_file():
+        raise ConfigError(
+            f"log_signing_key_file: {config.log_signing_key_file!r} is not a file "
+            f"({origin('log_signing_key_file')})"
+        )
     if config.fault_crash_after_state not in states:
         raise ConfigError(
             f"fault_crash_after_state: {config.fault_crash_after_state!r} is not one of "

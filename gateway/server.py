@@ -25,12 +25,14 @@ from adapters.retry import RetryPolicy
 from gateway.catalog import RegistryInfo
 from gateway.config import ConfigError, GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
+from gateway.log_keys import load_signer
 from gateway.servicer import LinkageGatewayServicer
 from registry_bridge import db
 from registry_bridge.bridge import Bridge, TransferRules
 from registry_bridge.entities import DatabaseEntityRecords
 from registry_bridge.errors import CarbonlinkError
 from registry_bridge.port import RegistryPort
+from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
 
@@ -150,6 +152,7 @@ class GatewayServer:
             on_state=_crash_hook(config.fault_crash_after_state),
             lease=timedelta(seconds=config.transfer_lease_seconds),
         )
+        self.provenance = ProvenanceLog(sessions, load_signer(config))
         self._recovery_stop = threading.Event()
         self._recovery: threading.Thread | None = None
         self.port = 0
@@ -176,7 +179,12 @@ class GatewayServer:
             ],
         )
         servicer = LinkageGatewayServicer(
-            self._registries, self._probe, self.bridge, self.config.max_batch_size
+            self._registries,
+            self._probe,
+            self.bridge,
+            self.config.max_batch_size,
+            provenance=self.provenance,
+            ports=self.adapters,
         )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

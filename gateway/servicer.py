@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grpc
 import structlog
 
 from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway import convert, error_mapping, paging
+from gateway import convert, convert_provenance, error_mapping, paging
 from gateway.catalog import RegistryInfo
 from registry_bridge.bridge import Bridge
+from registry_bridge.db import unit_of_work
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
@@ -22,6 +23,10 @@ from registry_bridge.errors import (
     NotYetImplemented,
 )
 from registry_bridge.idempotency import answer_once
+from registry_bridge.model import BlockId, Program
+from registry_bridge.port import RegistryPort
+from registry_bridge.provenance import ProvenanceLog
+from registry_bridge.reconcile import reconcile
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import TransferInstruction, UseRequest
 
@@ -61,12 +66,16 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         bridge: Bridge,
         max_batch_size: int,
         watch_poll_seconds: float = 0.1,
+        provenance: ProvenanceLog | None = None,
+        ports: Mapping[str, RegistryPort] | None = None,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
         self._probe_registry = probe_registry
         self._bridge = bridge
         self._max_batch_size = max_batch_size
         self._watch_poll_seconds = watch_poll_seconds
+        self._provenance = provenance
+        self._ports = dict(ports or {})
 
     def ListRegistries(
         self, request: gateway_pb2.ListRegistriesRequest, context: grpc.ServicerContext
@@ -286,22 +295,57 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> gateway_pb2.Migration:
         raise NotYetImplemented("ExecuteMigration (national ETS migration)", issue=7)
 
+    def _log(self) -> ProvenanceLog:
+        if self._provenance is None:
+            raise NotYetImplemented("the provenance log (not wired in this server)", issue=6)
+        return self._provenance
+
     def TraceUnits(
         self, request: gateway_pb2.TraceUnitsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.TraceUnitsResponse:
-        raise NotYetImplemented("TraceUnits (provenance log)", issue=6)
+        if request.HasField("block"):
+            if request.registry or request.serial:
+                raise InvalidRequest.field("block", "give either registry and serial, or block")
+            try:
+                query = BlockId(
+                    Program(request.block.program),
+                    request.block.serial_series,
+                    request.block.serial_start,
+                    request.block.serial_end,
+                )
+            except ValueError as exc:
+                raise InvalidRequest.field("block", str(exc)) from exc
+        else:
+            if not request.registry:
+                raise InvalidRequest.field("registry", "is required with a serial")
+            if not request.serial or len(request.serial) > MAX_SERIAL_LENGTH:
+                raise InvalidRequest.field(
+                    "serial", f"is required (at most {MAX_SERIAL_LENGTH} characters)"
+                )
+            query = serials.parse_serial(request.registry, request.serial).id
+        return convert_provenance.trace_to_pb(self._log().trace(query))
 
     def GetCheckpoint(
         self, request: gateway_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> model_pb2.Checkpoint:
-        raise NotYetImplemented("GetCheckpoint (provenance log)", issue=6)
+        return convert_provenance.checkpoint_to_pb(self._log().checkpoint())
 
     def GetConsistencyProof(
         self, request: gateway_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
     ) -> model_pb2.ConsistencyProof:
-        raise NotYetImplemented("GetConsistencyProof (provenance log)", issue=6)
+        proof = self._log().consistency(request.first_size, request.second_size)
+        return convert_provenance.consistency_to_pb(request.first_size, proof)
 
     def Reconcile(
         self, request: gateway_pb2.ReconcileRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ReconcileReport:
-        raise NotYetImplemented("Reconcile (provenance and reconciliation)", issue=6)
+        # Read-only: request_id is accepted for symmetry with the ITL's reconciliation
+        # id, but a reconciliation changes nothing, so it is not answered once-only.
+        unknown = sorted(set(request.registries) - set(self._ports))
+        if unknown:
+            raise InvalidRequest.field(
+                "registries", f"not wired: {', '.join(unknown)} (wired: {sorted(self._ports)})"
+            )
+        with unit_of_work(self._bridge.sessions) as session:
+            report = reconcile(session, self._ports, request.registries)
+        return convert_provenance.report_to_pb(report)

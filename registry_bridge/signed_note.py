@@ -87,7 +87,8 @@ def parse_verifier_key(text: str) -> Verifier:
     Raises:
         NoteError: The key is malformed or its id does not match its name and key.
     """
-    parts = text.strip().split("+")
+    # Only the first two "+" separate: the base64 key may contain more.
+    parts = text.strip().split("+", 2)
     if len(parts) != 3:
         raise NoteError("a verifier key is NAME+KEYID+KEY")
     name, hex_id, encoded = parts

@@ -1,0 +1,308 @@
+"""Auditor commands: ``carbonlink trace``, ``audit verify|key|keygen`` and ``reconcile``.
+
+``trace`` asks a running gateway (``--target``) for the history of some units and, with
+``--json``, writes an audit bundle.  ``audit verify`` checks such a bundle with no
+database and no network: the checkpoint's signature under the log key the auditor
+trusts, every inclusion proof, and the history's shape (``registry_bridge.audit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.serial_errors import RegistryFormatError
+from adapters.serials import REGISTRY_IDS, parse_serial
+from gateway.log_keys import write_new_key
+from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, bundle_from_json
+from registry_bridge.audit import verify_bundle as verify_audit_bundle
+from registry_bridge.model import BlockId, Program
+from registry_bridge.signed_note import NoteError, NoteSigner, Verifier, parse_verifier_key
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The bundle does not verify, the units are unknown, or the registries disagree."""
+EXIT_USAGE = 2
+_DEFAULT_TARGET = "127.0.0.1:50051"
+_BLOCK = re.compile(
+    r"^(?P<program>[A-Z][A-Z0-9-]*)(/(?P<series>[^:]*))?:(?P<start>\d+)-(?P<end>\d+)$"
+)
+
+
+def parse_block(text: str) -> BlockId:
+    """A canonical block written ``PROGRAM[/SERIES]:START-END`` (e.g. a mirror's).
+
+    Raises:
+        argparse.ArgumentTypeError: The text is not a block.
+    """
+    match = _BLOCK.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not PROGRAM[/SERIES]:START-END")
+    try:
+        return BlockId(
+            Program(match["program"]),
+            match["series"] or "",
+            int(match["start"]),
+            int(match["end"]),
+        )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+
+
+def bundle_from_response(
+    response: gateway_pb2.TraceUnitsResponse, registry: str, serial: str, query: BlockId
+) -> Bundle:
+    """The audit bundle of a TraceUnits answer."""
+    return Bundle(
+        registry=registry,
+        serial=serial,
+        query=query,
+        checkpoint=response.checkpoint.signed_note,
+        log_key=response.checkpoint.verifier_key,
+        events=tuple(
+            BundleEvent(
+                index=e.event.index,
+                leaf_data=bytes(e.event.leaf_data),
+                proof=tuple(bytes(h) for h in e.proof.hashes),
+            )
+            for e in response.events
+        ),
+    )
+
+
+def _block_pb(block: BlockId) -> model_pb2.BlockId:
+    return model_pb2.BlockId(
+        program=block.program.value,
+        serial_series=block.serial_series,
+        serial_start=block.serial_start,
+        serial_end=block.serial_end,
+    )
+
+
+def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    if (args.block is None) == (args.serial is None):
+        print("carbonlink trace: give either --registry R SERIAL or --block", file=sys.stderr)
+        return EXIT_USAGE
+    if args.block is not None:
+        query: BlockId = args.block
+        request = gateway_pb2.TraceUnitsRequest(block=_block_pb(query))
+        registry, serial = "", ""
+    else:
+        if not args.registry:
+            print("carbonlink trace: --registry is required with a serial", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            query = parse_serial(args.registry, args.serial).id
+        except RegistryFormatError as exc:
+            print(f"carbonlink trace: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        registry, serial = args.registry, args.serial
+        request = gateway_pb2.TraceUnitsRequest(registry=registry, serial=serial)
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = gateway_pb2_grpc.LinkageGatewayStub(channel).TraceUnits(
+                request, timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"carbonlink trace: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_FAILED
+    bundle = bundle_from_response(response, registry, serial, query)
+    if args.json or args.out:
+        text = json.dumps(bundle.to_json(), indent=2, sort_keys=True)
+        if args.out:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        else:
+            print(text, file=stdout)
+        return EXIT_OK
+    print(
+        f"{len(response.events)} events, proven against checkpoint size "
+        f"{response.checkpoint.tree_size}",
+        file=stdout,
+    )
+    for traced in response.events:
+        event = traced.event
+        body = json.loads(event.leaf_data)
+        where = f"{body.get('registry', '')}/{body.get('account', '')}".strip("/")
+        print(
+            f"  #{event.index:<6} {event.kind:<15} {where:<32} {body.get('status', '')}",
+            file=stdout,
+        )
+    return EXIT_OK
+
+
+def read_log_key(text: str) -> Verifier:
+    """A verifier key given as the key itself or as a file holding it.
+
+    Raises:
+        NoteError: Neither a key nor a readable file with one.
+    """
+    candidate = Path(text)
+    if "+" not in text or candidate.is_file():
+        try:
+            text = candidate.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise NoteError(f"{text!r} is neither a verifier key nor a readable file") from exc
+    return parse_verifier_key(text)
+
+
+def _verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    try:
+        trusted = read_log_key(args.log_key)
+    except NoteError as exc:
+        print(f"carbonlink audit verify: --log-key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        document: Any = json.loads(Path(args.bundle).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"carbonlink audit verify: cannot read {args.bundle}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = verify_audit_bundle(bundle_from_json(document), trusted)
+    except AuditFailure as exc:
+        print(f"carbonlink audit verify: FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
+    print(
+        f"OK: {report.events} events verified against the checkpoint of size "
+        f"{report.tree_size} signed by {trusted.name} ({kinds})",
+        file=stdout,
+    )
+    for block, beneficiary in report.retirements:
+        print(
+            f"  retired {block.quantity} units ({_describe(block)}) for {beneficiary}", file=stdout
+        )
+    for block, registry, account, status in report.final:
+        print(f"  now {_describe(block)}: {status} at {registry}/{account}", file=stdout)
+    return EXIT_OK
+
+
+def _describe(block: BlockId) -> str:
+    series = f"/{block.serial_series}" if block.serial_series else ""
+    return f"{block.program.value}{series}:{block.serial_start}-{block.serial_end}"
+
+
+def _key(args: argparse.Namespace) -> int:
+    try:
+        signer = NoteSigner.from_pem(args.origin, Path(args.signing_key).read_bytes())
+    except (OSError, NoteError) as exc:
+        print(f"carbonlink audit key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(signer.verifier.encode())
+    return EXIT_OK
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        write_new_key(Path(args.out))
+    except OSError as exc:
+        print(f"carbonlink audit keygen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote a new Ed25519 log signing key to {args.out} (keep it private)")
+    return EXIT_OK
+
+
+def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            report = gateway_pb2_grpc.LinkageGatewayStub(channel).Reconcile(
+                gateway_pb2.ReconcileRequest(registries=args.registry or []),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as exc:
+            print(f"carbonlink reconcile: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        print(
+            json.dumps(
+                json_format.MessageToDict(report, always_print_fields_with_no_presence=True),
+                indent=2,
+                sort_keys=True,
+            ),
+            file=stdout,
+        )
+    else:
+        print(f"consistent={str(report.consistent).lower()} phase={report.phase}", file=stdout)
+        for item in report.discrepancies:
+            print(f"  [{item.phase}] {item.registry}: {item.detail}", file=stdout)
+    return EXIT_OK if report.consistent else EXIT_FAILED
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``trace``, ``audit verify|key|keygen`` and ``reconcile`` to the CLI.
+
+    Args:
+        subparsers: The top-level CLI's subparsers.
+    """
+    trace = subparsers.add_parser(
+        "trace",
+        help="the proven history of units, from any registry's serial",
+        description=(
+            "Ask the gateway for every event of the units of SERIAL (in registry R's format, "
+            "origin or mirror) or of --block, each with an inclusion proof."
+        ),
+    )
+    trace.add_argument("--registry", metavar="R", help=f"registry id: {', '.join(REGISTRY_IDS)}")
+    trace.add_argument("serial", nargs="?", metavar="SERIAL", help="the serial, as R writes it")
+    trace.add_argument(
+        "--block",
+        type=parse_block,
+        help="a canonical block instead, PROGRAM[/SERIES]:START-END (e.g. a mirror's)",
+    )
+    trace.add_argument("--json", action="store_true", help="print the audit bundle as JSON")
+    trace.add_argument("--out", help="write the audit bundle to this file")
+    trace.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    trace.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    trace.set_defaults(handler=_trace)
+
+    audit = subparsers.add_parser("audit", help="verify provenance offline")
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = commands.add_parser(
+        "verify",
+        help="verify an audit bundle offline (no database, no network)",
+        description=(
+            "Check the checkpoint signature under KEY, every inclusion proof, and that the "
+            "history is well formed. Exits 1 at the first failure, with the reason."
+        ),
+    )
+    verify.add_argument("bundle", help="the bundle written by carbonlink trace --json")
+    verify.add_argument(
+        "--log-key",
+        required=True,
+        metavar="KEY",
+        help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
+    )
+    verify.set_defaults(handler=_verify)
+    key = commands.add_parser("key", help="print the verifier key of a log signing key")
+    key.add_argument("--signing-key", required=True, help="the PEM file of the signing key")
+    key.add_argument(
+        "--origin", default="carbonlink.local/provenance", help="the log origin (key name)"
+    )
+    key.set_defaults(handler=_key)
+    keygen = commands.add_parser("keygen", help="write a new Ed25519 log signing key (PEM)")
+    keygen.add_argument("out", help="file to create (refuses to overwrite)")
+    keygen.set_defaults(handler=_keygen)
+
+    reconcile = subparsers.add_parser(
+        "reconcile",
+        help="ITL-style reconciliation of the gateway with each registry",
+        description="Totals per program and status, then unit blocks, then the trail of "
+        "any block that differs. Exits 1 when a registry disagrees.",
+    )
+    reconcile.add_argument(
+        "--registry", action="append", help="only this registry (repeatable; default all)"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    reconcile.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    reconcile.set_defaults(handler=_reconcile)

@@ -1,0 +1,85 @@
+"""Protobuf conversion of the provenance log's and reconciliation's domain objects.
+
+Part of the gRPC edge, like ``gateway.convert``: generated types stop here.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from gateway import convert
+from registry_bridge.merkle import StoredProof
+from registry_bridge.provenance import SignedCheckpoint, Trace
+from registry_bridge.reconcile import ReconcileReport
+
+
+def checkpoint_to_pb(signed: SignedCheckpoint) -> model_pb2.Checkpoint:
+    """A signed checkpoint as the API's Checkpoint."""
+    return model_pb2.Checkpoint(
+        origin=signed.checkpoint.origin,
+        tree_size=signed.checkpoint.size,
+        root_hash=signed.checkpoint.root,
+        signed_note=signed.note,
+        verifier_key=signed.verifier_key,
+    )
+
+
+def consistency_to_pb(first: int, proof: StoredProof) -> model_pb2.ConsistencyProof:
+    """A consistency proof from ``first`` to ``proof.size`` leaves."""
+    return model_pb2.ConsistencyProof(
+        first_size=first, second_size=proof.size, hashes=list(proof.hashes)
+    )
+
+
+def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
+    """A trace: its checkpoint and every event with its inclusion proof."""
+    events = []
+    for event in trace.events:
+        at = timestamp_pb2.Timestamp()
+        at.FromDatetime(event.at)
+        events.append(
+            gateway_pb2.TracedEvent(
+                event=model_pb2.ProvenanceEvent(
+                    index=event.index,
+                    kind=event.kind,
+                    time=at,
+                    blocks=[convert.block_id_to_pb(b) for b in event.blocks],
+                    transfer=event.transfer_id,
+                    leaf_data=event.leaf_data,
+                ),
+                proof=model_pb2.InclusionProof(
+                    leaf_index=event.index,
+                    tree_size=trace.checkpoint.checkpoint.size,
+                    hashes=list(event.proof),
+                ),
+            )
+        )
+    return gateway_pb2.TraceUnitsResponse(
+        checkpoint=checkpoint_to_pb(trace.checkpoint), events=events
+    )
+
+
+def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
+    """A reconciliation report."""
+    return gateway_pb2.ReconcileReport(
+        phase=report.phase,
+        consistent=report.consistent,
+        discrepancies=[
+            gateway_pb2.Discrepancy(
+                registry=d.registry,
+                phase=d.phase,
+                program=d.program.value if d.program is not None else "",
+                status=(
+                    convert.HOLDING_STATUS[d.status]
+                    if d.status is not None
+                    else model_pb2.HOLDING_STATUS_UNSPECIFIED
+                ),
+                gateway_quantity=d.gateway_quantity,
+                registry_quantity=d.registry_quantity,
+                block=convert.block_id_to_pb(d.block) if d.block is not None else None,
+                detail=d.detail,
+            )
+            for d in report.discrepancies
+        ],
+    )

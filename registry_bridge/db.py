@@ -79,12 +79,38 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            # A reader takes no write lock: under WAL it reads its snapshot while another
+            # connection -- even this thread's own write transaction -- holds the lock.
+            connection.exec_driver_sql("BEGIN")
+            return
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that never expire loaded objects on commit (results outlive the unit of work)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+READ_ONLY = "carbonlink_read_only"
+"""Execution option marking a read-only transaction (see :func:`read_only`)."""
+
+
+@contextmanager
+def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A read-only transaction, always rolled back.
+
+    For lookups made while the calling thread already holds a write transaction (the rules
+    gate reads entity records inside the bridge's surrender transaction): on SQLite a
+    second ``BEGIN IMMEDIATE`` from the same thread would wait for the first until it
+    times out, so readers begin deferred instead.
+    """
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from compliance_rules import EntityYear, OffsetUse
-from registry_bridge.db import unit_of_work
+from registry_bridge.db import read_only
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.schema import EntityYearRecord, UnitUseRecord
 
@@ -58,7 +58,8 @@ class DatabaseEntityRecords:
 
     def get(self, entity_id: str, jurisdiction: str, year: int) -> EntityYear | None:
         """The entity's year with the offsets it already surrendered, or None."""
-        with unit_of_work(self._sessions) as session:
+        # Read-only: the gate asks while the bridge's surrender transaction is open.
+        with read_only(self._sessions) as session:
             record = session.get(EntityYearRecord, (entity_id, jurisdiction, year))
             if record is None:
                 return None

@@ -264,3 +264,80 @@ class EntityYearRecord(Base):
     """Allowances the entity must surrender for the year."""
     covered_by_national_ets: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     """True when the entity is a key emitter of the national ETS (pilot carve-outs)."""
+
+
+class CoveredEntityRecord(Base):
+    """A covered entity of an ETS: who it is, its sector and the gases it is covered for."""
+
+    __tablename__ = "covered_entities"
+
+    entity_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(sa.String(256))
+    sector: Mapped[str] = mapped_column(sa.String(64))
+    """Sector as the rule packs name it: ``steel``, ``civil_aviation``, ``power``..."""
+    gases: Mapped[str] = mapped_column(sa.Text)
+    """Gases the entity is covered for, canonical JSON list (``["CO2"]``)."""
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CoveredEntityAccountRecord(Base):
+    """The account a covered entity holds (or is registered for) at one registry."""
+
+    __tablename__ = "covered_entity_accounts"
+
+    entity_id: Mapped[str] = mapped_column(
+        sa.String(128),
+        sa.ForeignKey("covered_entities.entity_id", ondelete="RESTRICT"),
+        primary_key=True,
+    )
+    # "registry" is taken by SQLAlchemy's declarative base, hence the attribute name.
+    registry_id: Mapped[str] = mapped_column("registry", sa.String(32), primary_key=True)
+    account: Mapped[str] = mapped_column(sa.String(128))
+
+
+class MigrationRecord(Base):
+    """A covered entity's migration from a pilot ETS to the national ETS, and its plan.
+
+    One per entity and pilot (the database refuses a second): an entity leaves a scheme
+    once, so no two migrations can cover the same years differently.
+    """
+
+    __tablename__ = "migrations"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    entity_id: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("covered_entities.entity_id", ondelete="RESTRICT")
+    )
+    from_jurisdiction: Mapped[str] = mapped_column(sa.String(32))
+    to_jurisdiction: Mapped[str] = mapped_column(sa.String(32))
+    first_year: Mapped[int] = mapped_column(sa.Integer)
+    """First compliance year the destination covers; the pilot covers the years before."""
+    state: Mapped[str] = mapped_column(sa.String(16))
+    """running, completed or failed."""
+    plan: Mapped[str] = mapped_column(sa.Text)
+    """The plan as executed, canonical JSON, fixed when the migration starts."""
+    failure_reason: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (sa.UniqueConstraint("entity_id", "from_jurisdiction"),)
+
+
+class MigrationStepRecord(Base):
+    """One operation of a migration, in order; each is idempotent under its derived id."""
+
+    __tablename__ = "migration_steps"
+
+    migration_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("migrations.id", ondelete="RESTRICT"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    """cancel, transfer, keep or register."""
+    state: Mapped[str] = mapped_column(sa.String(16))
+    """pending, applied (ledger committed, registry call may be outstanding), done, failed."""
+    detail: Mapped[str] = mapped_column(sa.Text)
+    """What the step does and what came of it (operation ids, transfer id), canonical JSON."""
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1,0 +1,259 @@
+"""Covered entities of the emissions trading schemes: who they are and where they hold units.
+
+An entity is recorded once (sector, gases, one account per registry) with its compliance
+years (verified emissions and allowances due per jurisdiction and year, the
+``entity_years`` table that offset limits already read). Records come through the
+gateway's ``UpsertCoveredEntity`` RPC or are imported from a registry's export
+(:func:`parse_entities`), and are corrected by recording them again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry_bridge.entities import record_entity_year
+from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound
+from registry_bridge.schema import (
+    CoveredEntityAccountRecord,
+    CoveredEntityRecord,
+    EntityYearRecord,
+)
+
+MAX_ID_LENGTH = 128
+JURISDICTIONS = frozenset({"shenzhen", "guangdong", "national"})
+"""The schemes an entity complies under (each has a rule pack and a registry)."""
+GASES = frozenset({"CO2", "CH4", "N2O", "HFCs", "PFCs", "SF6", "NF3", "CF4", "C2F6"})
+"""Gases an entity may be covered for: the Kyoto basket, and CF4/C2F6 by name because the
+national ETS covers them for aluminium (RULES-REFERENCE §2)."""
+
+
+@dataclass(frozen=True)
+class ComplianceYear:
+    """An entity's year in one scheme: what it emitted and must surrender."""
+
+    jurisdiction: str
+    compliance_year: int
+    verified_emissions: int
+    """tCO2e, verified."""
+    allowances_due: int
+
+
+@dataclass(frozen=True)
+class CoveredEntity:
+    """A covered entity as recorded in the gateway."""
+
+    entity_id: str
+    display_name: str
+    sector: str
+    """As the packs name sectors: ``steel``, ``cement``, ``aluminium``, ``civil_aviation``..."""
+    gases: tuple[str, ...]
+    accounts: Mapping[str, str]
+    """Registry id -> the entity's account there."""
+    years: tuple[ComplianceYear, ...] = field(default=())
+
+
+def _validate(entity: CoveredEntity) -> None:
+    problems: list[FieldViolation] = []
+    if not entity.entity_id or len(entity.entity_id) > MAX_ID_LENGTH:
+        problems.append(FieldViolation("entity.entity_id", "is required (at most 128 characters)"))
+    if not entity.sector or len(entity.sector) > 64:
+        problems.append(FieldViolation("entity.sector", "is required (at most 64 characters)"))
+    if len(entity.display_name) > 256:
+        problems.append(FieldViolation("entity.display_name", "is longer than 256 characters"))
+    if not entity.gases:
+        problems.append(FieldViolation("entity.gases", "must name at least one gas"))
+    for i, gas in enumerate(entity.gases):
+        if gas not in GASES:
+            problems.append(
+                FieldViolation(f"entity.gases[{i}]", f"{gas!r} is none of {sorted(GASES)}")
+            )
+    for registry, account in entity.accounts.items():
+        if not registry or len(registry) > 32:
+            problems.append(FieldViolation("entity.accounts", "a registry id is empty or long"))
+        if not account or len(account) > MAX_ID_LENGTH:
+            problems.append(
+                FieldViolation(f"entity.accounts[{registry}]", "account is empty or too long")
+            )
+    seen: set[tuple[str, int]] = set()
+    for i, year in enumerate(entity.years):
+        path = f"entity.years[{i}]"
+        if year.jurisdiction not in JURISDICTIONS:
+            problems.append(
+                FieldViolation(f"{path}.jurisdiction", f"must be one of {sorted(JURISDICTIONS)}")
+            )
+        if (year.jurisdiction, year.compliance_year) in seen:
+            problems.append(FieldViolation(path, "repeats a jurisdiction and year"))
+        seen.add((year.jurisdiction, year.compliance_year))
+        if not 2000 <= year.compliance_year <= 2100:
+            problems.append(FieldViolation(f"{path}.compliance_year", "must be 2000-2100"))
+        if year.verified_emissions < 0:
+            problems.append(FieldViolation(f"{path}.verified_emissions", "must not be negative"))
+        if year.allowances_due < 0:
+            problems.append(FieldViolation(f"{path}.allowances_due", "must not be negative"))
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
+
+def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None:
+    """Record (or correct) a covered entity, its accounts and the years it gives.
+
+    Accounts and years not given are left as they are: a correction names what it
+    corrects. The caller owns the transaction.
+
+    Raises:
+        InvalidRequest: A field is missing or out of range (every problem listed).
+    """
+    _validate(entity)
+    session.merge(
+        CoveredEntityRecord(
+            entity_id=entity.entity_id,
+            display_name=entity.display_name,
+            sector=entity.sector,
+            gases=json.dumps(sorted(set(entity.gases))),
+            updated_at=at,
+        )
+    )
+    session.flush()
+    for registry, account in sorted(entity.accounts.items()):
+        session.merge(
+            CoveredEntityAccountRecord(
+                entity_id=entity.entity_id, registry_id=registry, account=account
+            )
+        )
+    for year in entity.years:
+        record_entity_year(
+            session,
+            entity.entity_id,
+            year.jurisdiction,
+            year.compliance_year,
+            year.verified_emissions,
+            year.allowances_due,
+        )
+
+
+def get_entity(session: Session, entity_id: str) -> CoveredEntity:
+    """A covered entity with its accounts and every recorded year.
+
+    Raises:
+        NotFound: No such entity.
+    """
+    record = session.get(CoveredEntityRecord, entity_id)
+    if record is None:
+        raise NotFound(f"entities/{entity_id}")
+    accounts = session.execute(
+        sa.select(CoveredEntityAccountRecord).where(
+            CoveredEntityAccountRecord.entity_id == entity_id
+        )
+    ).scalars()
+    years = session.execute(
+        sa.select(EntityYearRecord)
+        .where(EntityYearRecord.entity_id == entity_id)
+        .order_by(EntityYearRecord.jurisdiction, EntityYearRecord.compliance_year)
+    ).scalars()
+    return CoveredEntity(
+        entity_id=record.entity_id,
+        display_name=record.display_name,
+        sector=record.sector,
+        gases=tuple(json.loads(record.gases)),
+        accounts={a.registry_id: a.account for a in accounts},
+        years=tuple(
+            ComplianceYear(
+                y.jurisdiction, y.compliance_year, y.verified_emissions, y.allowances_due
+            )
+            for y in years
+        ),
+    )
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest.field(path, "must be an integer")
+    return value
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest.field(path, "must be a string")
+    return value
+
+
+def parse_entities(document: Any) -> list[CoveredEntity]:
+    """Covered entities from an import document (a registry export, as JSON data).
+
+    The document is ``{"entities": [{"entity_id", "display_name", "sector", "gases",
+    "accounts": {registry: account}, "years": [{"jurisdiction", "compliance_year",
+    "verified_emissions", "allowances_due"}]}]}``.
+
+    Raises:
+        InvalidRequest: The document does not have that shape (the path says where).
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("entities"), list):
+        raise InvalidRequest.field("entities", "the document must hold a list of entities")
+    out: list[CoveredEntity] = []
+    for i, item in enumerate(document["entities"]):
+        path = f"entities[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest.field(path, "must be an object")
+        accounts = item.get("accounts", {})
+        gases = item.get("gases", [])
+        years = item.get("years", [])
+        if not isinstance(accounts, dict):
+            raise InvalidRequest.field(f"{path}.accounts", "must map registry to account")
+        if not isinstance(gases, list) or not isinstance(years, list):
+            raise InvalidRequest.field(path, "gases and years must be lists")
+        out.append(
+            CoveredEntity(
+                entity_id=_str(item.get("entity_id"), f"{path}.entity_id"),
+                display_name=_str(item.get("display_name", ""), f"{path}.display_name"),
+                sector=_str(item.get("sector"), f"{path}.sector"),
+                gases=tuple(_str(g, f"{path}.gases[]") for g in gases),
+                accounts={
+                    _str(r, f"{path}.accounts"): _str(a, f"{path}.accounts.{r}")
+                    for r, a in accounts.items()
+                },
+                years=tuple(
+                    ComplianceYear(
+                        jurisdiction=_str(y.get("jurisdiction"), f"{path}.years[{j}].jurisdiction"),
+                        compliance_year=_int(
+                            y.get("compliance_year"), f"{path}.years[{j}].compliance_year"
+                        ),
+                        verified_emissions=_int(
+                            y.get("verified_emissions"), f"{path}.years[{j}].verified_emissions"
+                        ),
+                        allowances_due=_int(
+                            y.get("allowances_due"), f"{path}.years[{j}].allowances_due"
+                        ),
+                    )
+                    for j, y in enumerate(years)
+                    if isinstance(y, dict)
+                ),
+            )
+        )
+    return out
+
+
+def entity_to_json(entity: CoveredEntity) -> dict[str, Any]:
+    """The import document's form of one entity (round-trips through :func:`parse_entities`)."""
+    return {
+        "entity_id": entity.entity_id,
+        "display_name": entity.display_name,
+        "sector": entity.sector,
+        "gases": list(entity.gases),
+        "accounts": dict(entity.accounts),
+        "years": [
+            {
+                "jurisdiction": y.jurisdiction,
+                "compliance_year": y.compliance_year,
+                "verified_emissions": y.verified_emissions,
+                "allowances_due": y.allowances_due,
+            }
+            for y in entity.years
+        ],
+    }

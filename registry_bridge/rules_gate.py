@@ -118,6 +118,14 @@ UNKNOWN_USE_KIND = "CL-GATE-0005"
 FACT_NOT_RECORDED = "CL-GATE-0006"
 NO_ENTITY_RECORD = "CL-ENTITY-0001"
 ENTITY_RECORD_MISMATCH = "CL-ENTITY-0002"
+MIGRATED_OUT = "CL-MIGRATION-0001"
+"""A surrender in a pilot for a year the entity's migration gave to the national ETS."""
+PILOT_COVERED = "CL-MIGRATION-0002"
+"""A surrender in the national ETS for a year the entity's pilot still covers."""
+MIGRATION_SOURCE = (
+    "Order No. 775 (2024): key emitters stop trading in local ETSs for the same gases and "
+    "industries (RULES-REFERENCE §2); carbonlink DESIGN.md: no year covered twice"
+)
 
 # ISO 3166-2:CN subdivision codes (2017 revision) to the province names the packs use in
 # their place lists ("CN/Guangdong/Meizhou"). Hong Kong, Macau and Taiwan are left out: their
@@ -173,6 +181,26 @@ class EntityRecords(Protocol):
         Returns:
             The record, or ``None`` when none is recorded (the surrender is then refused).
         """
+        ...
+
+
+@dataclass(frozen=True)
+class Cutover:
+    """A covered entity's move from one scheme to another, from a first compliance year."""
+
+    migration_id: str
+    entity_id: str
+    from_jurisdiction: str
+    to_jurisdiction: str
+    first_year: int
+    """The destination covers this year and later; the origin the years before."""
+
+
+class Cutovers(Protocol):
+    """Where the entities' migrations between schemes come from."""
+
+    def cutovers(self, entity_id: str) -> Sequence[Cutover]:
+        """Every recorded migration of the entity (in any state)."""
         ...
 
 
@@ -473,16 +501,19 @@ class ComplianceRules:
     ``check.at``, and the packs are loaded once, here.
     """
 
-    def __init__(self, entities: EntityRecords) -> None:
+    def __init__(self, entities: EntityRecords, cutovers: Cutovers | None = None) -> None:
         """Build the gate.
 
         Args:
             entities: The covered entities' compliance years, for surrender offset limits.
+            cutovers: The entities' migrations between schemes; a surrender on the wrong
+                side of one is refused. None: no migrations are known.
 
         Raises:
             PackInvalidError: A built-in pack is invalid (a packaging bug).
         """
         self._entities = entities
+        self._cutovers = cutovers
         names = {BASELINE, CORSIA, ARTICLE6, *PACK_BY_REGISTRY.values()}
         self._packs: dict[str, RulePack] = {name: load_builtin(name) for name in names}
 
@@ -655,6 +686,62 @@ class ComplianceRules:
         if itmos and pack != ARTICLE6:
             evaluations.append(_Evaluation(ARTICLE6, Use.COMPLIANCE, itmos))
         country = DESTINATION_COUNTRY.get(jurisdiction, "")
+        moved = self._migrated(moving, entity_id, jurisdiction, year)
+        if moved:
+            # Reported with every other violation, so the refusal explains itself fully.
+            decided = self._surrender_rules(
+                moving, known, entity_id, jurisdiction, year, day, evaluations, country
+            )
+            return RulesDecision(False, (*moved, *decided.violations), decided.pack_versions)
+        return self._surrender_rules(
+            moving, known, entity_id, jurisdiction, year, day, evaluations, country
+        )
+
+    def _migrated(
+        self, moving: Sequence[_Moving], entity_id: str, jurisdiction: str, year: int
+    ) -> list[RuleViolation]:
+        """The entity's migrations that put this year in another scheme."""
+        if self._cutovers is None:
+            return []
+        out: list[RuleViolation] = []
+        for c in self._cutovers.cutovers(entity_id):
+            if c.from_jurisdiction == jurisdiction and year >= c.first_year:
+                out.append(
+                    _gate_violation(
+                        MIGRATED_OUT,
+                        f"{entity_id} moved from {jurisdiction} to the {c.to_jurisdiction} ETS "
+                        f"from {c.first_year} (migrations/{c.migration_id}): it cannot "
+                        f"surrender in {jurisdiction} for {year}",
+                        (m.unit.id for m in moving),
+                        (("migration", c.migration_id), ("first_year", str(c.first_year))),
+                        source=MIGRATION_SOURCE,
+                    )
+                )
+            elif c.to_jurisdiction == jurisdiction and year < c.first_year:
+                out.append(
+                    _gate_violation(
+                        PILOT_COVERED,
+                        f"{entity_id} is covered by {c.from_jurisdiction} until "
+                        f"{c.first_year - 1} (migrations/{c.migration_id}): {year} is not a "
+                        f"{jurisdiction} compliance year for it",
+                        (m.unit.id for m in moving),
+                        (("migration", c.migration_id), ("first_year", str(c.first_year))),
+                        source=MIGRATION_SOURCE,
+                    )
+                )
+        return out
+
+    def _surrender_rules(
+        self,
+        moving: tuple[_Moving, ...],
+        known: Sequence[LedgerHolding],
+        entity_id: str,
+        jurisdiction: str,
+        year: int,
+        day: date,
+        evaluations: list[_Evaluation],
+        country: str,
+    ) -> RulesDecision:
         entity = self._entities.get(entity_id, jurisdiction, year)
         if entity is not None and (entity.entity_id, entity.compliance_year) != (entity_id, year):
             return _deny(
@@ -887,6 +974,8 @@ __all__ = [
     "INTENDED_USES",
     "PACK_BY_REGISTRY",
     "ComplianceRules",
+    "Cutover",
+    "Cutovers",
     "EntityRecords",
     "ListingEligibility",
     "ListingOutcome",

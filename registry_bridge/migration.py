@@ -1,0 +1,1287 @@
+"""A covered entity's migration from a pilot ETS (Shenzhen) to the national ETS.
+
+Order No. 775 stops key emitters trading in local ETSs for the same gases and industries,
+and steel, cement and aluminium enter the national ETS from 2024 emissions
+(RULES-REFERENCE §2): a Shenzhen entity of those sectors leaves the pilot. The gateway hands
+it over in two calls:
+
+- :meth:`Migrations.plan` is a dry run: the final pilot year's obligation, what happens to
+  each remaining holding under the pilot pack's ``migration`` section (kept for sale,
+  cancelled or transferred), the destination account in the national registry, and every
+  violation that blocks the migration. Nothing changes.
+- :meth:`Migrations.execute` carries the plan out as a sequence of steps under one
+  migration id. The migration and its steps are persisted *before* anything is done; each
+  step's registry call carries an id derived from the migration id (a cancellation's
+  operation id, a transfer's request id), so a step repeated after a crash has one effect.
+  The gateway's recovery loop calls :meth:`Migrations.resume`.
+
+From the moment a migration is recorded the pilot covers the entity's years before the
+first national year only, and the national ETS the years from it: the rules gate refuses a
+surrender on the wrong side (``CL-MIGRATION-0001``/``0002``, via :class:`DatabaseCutovers`).
+Offsets the entity surrendered in the pilot are terminal in the ledger (and their origin
+retired at the national registry), so the national surrender path refuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from compliance_rules import Disposition, MigrationRules, NoVersionInForceError, load_builtin
+from registry_bridge import ledger
+from registry_bridge.block_json import (
+    block_from_json,
+    block_id_from_dict,
+    block_id_to_dict,
+    block_to_json,
+)
+from registry_bridge.bridge import ORIGIN_REGISTRY, Bridge
+from registry_bridge.covered_entities import CoveredEntity, get_entity
+from registry_bridge.db import read_only, unit_of_work
+from registry_bridge.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidRequest,
+    LedgerConflict,
+    NotFound,
+    PreconditionViolation,
+    RegistryRejected,
+    RegistryUnavailable,
+    RequestIdConflict,
+)
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import HoldingStatus
+from registry_bridge.port import CancelRequest, RegistryPort
+from registry_bridge.rules_gate import (
+    MARKET_TIME,
+    MIGRATED_OUT,
+    PACK_BY_REGISTRY,
+    PILOT_COVERED,
+    Cutover,
+)
+from registry_bridge.schema import (
+    EntityYearRecord,
+    MigrationRecord,
+    MigrationStepRecord,
+    TransferRecord,
+    UnitUseRecord,
+)
+from registry_bridge.transfers import (
+    AccountRef,
+    RuleViolation,
+    TransferInstruction,
+    TransferState,
+    body_digest,
+)
+
+_logger = structlog.get_logger(__name__)
+
+SOURCE = "carbonlink issue 7 (national ETS migration); RULES-REFERENCE §2 (Order No. 775)"
+
+NO_MIGRATION_RULES = "CL-MIGRATION-0003"
+NO_FINAL_YEAR = "CL-MIGRATION-0004"
+UNFINISHED_COMPLIANCE = "CL-MIGRATION-0005"
+PENDING_OPERATIONS = "CL-MIGRATION-0006"
+YEAR_COVERED_TWICE = "CL-MIGRATION-0007"
+NO_DESTINATION_ACCOUNT = "CL-MIGRATION-0008"
+ALREADY_MIGRATING = "CL-MIGRATION-0009"
+DISPOSITION_REFUSED = "CL-MIGRATION-0010"
+SECTOR_NOT_COVERED_YET = "CL-MIGRATION-0011"
+SECTOR_YEAR_UNCONFIRMED = "CL-MIGRATION-0012"
+"""A warning, not a block: the destination's first year for the sector is not confirmed."""
+NO_DISPOSITION_RULE = "CL-MIGRATION-0013"
+"""A warning: the pack says nothing about a program held; the units stay where they are."""
+UNCONFIRMED_DISPOSITION = "CL-MIGRATION-0014"
+"""A warning: a disposition rests on a pack parameter marked unconfirmed."""
+
+STEP_STATES = ("pending", "applied", "done", "failed")
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """Which entity moves, from which pilot, to which scheme, from which compliance year."""
+
+    entity_id: str
+    from_jurisdiction: str
+    to_jurisdiction: str
+    first_year: int
+    """First compliance year the destination covers; the pilot's last is the year before."""
+
+    def canonical(self) -> dict[str, Any]:
+        """The request as plain data, for hashing and storage."""
+        return {
+            "entity_id": self.entity_id,
+            "from_jurisdiction": self.from_jurisdiction,
+            "to_jurisdiction": self.to_jurisdiction,
+            "first_year": self.first_year,
+        }
+
+
+@dataclass(frozen=True)
+class FinalObligation:
+    """The final pilot compliance year: what was due and what was surrendered."""
+
+    compliance_year: int
+    verified_emissions: int
+    allowances_due: int
+    allowances_surrendered: int
+    offsets_surrendered: int
+
+    @property
+    def units_surrendered(self) -> int:
+        """Allowances and offsets surrendered for the year."""
+        return self.allowances_surrendered + self.offsets_surrendered
+
+    @property
+    def shortfall(self) -> int:
+        """Positive: still to surrender; negative: surrendered beyond what was due."""
+        return self.allowances_due - self.units_surrendered
+
+
+@dataclass(frozen=True)
+class PlannedDisposition:
+    """What happens to one remaining holding of the migrating entity."""
+
+    holding: LedgerHolding
+    action: Disposition
+    destination: AccountRef | None
+    """For a transfer: the entity's account in the destination registry."""
+    reason: str
+    unconfirmed: bool
+    """True when the action comes from a pack parameter marked unconfirmed."""
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """The dry run's answer: obligation, dispositions, destination and what blocks it."""
+
+    request: MigrationRequest
+    final_pilot_year: int
+    obligation: FinalObligation | None
+    """None when the final pilot year is not recorded (a blocking violation says so)."""
+    dispositions: tuple[PlannedDisposition, ...]
+    destination_account: AccountRef | None
+    blocking: tuple[RuleViolation, ...]
+    warnings: tuple[RuleViolation, ...]
+    pack_version: str
+    """The pilot pack version whose migration section decided, e.g. ``shenzhen@2024-05-01``."""
+
+    @property
+    def executable(self) -> bool:
+        """True when nothing blocks the migration."""
+        return not self.blocking
+
+
+@dataclass(frozen=True)
+class MigrationStep:
+    """One operation of a migration, as clients see it."""
+
+    seq: int
+    kind: str
+    """cancel, transfer, keep or register."""
+    state: str
+    """pending, applied, done or failed."""
+    description: str
+    operation: str
+    """The derived id the step's registry call carries (operation or transfer request id)."""
+    transfer_id: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A migration as clients see it."""
+
+    migration_id: str
+    request_id: str
+    plan: MigrationPlan
+    state: str
+    """running, completed or failed."""
+    steps: tuple[MigrationStep, ...]
+    failure_reason: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def transfers(self) -> tuple[str, ...]:
+        """Ids of the bridge transfers the migration made."""
+        return tuple(s.transfer_id for s in self.steps if s.transfer_id)
+
+
+def _violation(rule_id: str, message: str, *details: tuple[str, str]) -> RuleViolation:
+    return RuleViolation(rule_id, message, SOURCE, (), tuple(details))
+
+
+# ----------------------------------------------------------------------- plan storage
+
+
+def _holding_to_json(h: LedgerHolding) -> dict[str, Any]:
+    return {
+        "row_id": h.row_id,
+        "block": block_to_json(h.block),
+        "registry": h.registry,
+        "account": h.account,
+        "status": h.status.value,
+        "is_mirror": h.is_mirror,
+        "origin": block_id_to_dict(h.origin),
+    }
+
+
+def _holding_from_json(d: dict[str, Any]) -> LedgerHolding:
+    return LedgerHolding(
+        row_id=d["row_id"],
+        block=block_from_json(d["block"]),
+        registry=d["registry"],
+        account=d["account"],
+        status=HoldingStatus(d["status"]),
+        is_mirror=d["is_mirror"],
+        origin=block_id_from_dict(d["origin"]),
+    )
+
+
+def _violation_to_json(v: RuleViolation) -> dict[str, Any]:
+    return {
+        "rule_id": v.rule_id,
+        "message": v.message,
+        "source": v.source,
+        "blocks": [block_id_to_dict(b) for b in v.blocks],
+        "details": [list(d) for d in v.details],
+    }
+
+
+def _violation_from_json(d: dict[str, Any]) -> RuleViolation:
+    return RuleViolation(
+        d["rule_id"],
+        d["message"],
+        d["source"],
+        tuple(block_id_from_dict(b) for b in d["blocks"]),
+        tuple((str(k), str(v)) for k, v in d["details"]),
+    )
+
+
+def _account_json(a: AccountRef | None) -> dict[str, str] | None:
+    return None if a is None else {"registry": a.registry, "account": a.account}
+
+
+def _account_from(d: dict[str, str] | None) -> AccountRef | None:
+    return None if d is None else AccountRef(d["registry"], d["account"])
+
+
+def plan_to_json(plan: MigrationPlan) -> dict[str, Any]:
+    """The plan as plain data (stored with the migration it is executed by)."""
+    o = plan.obligation
+    return {
+        "request": plan.request.canonical(),
+        "final_pilot_year": plan.final_pilot_year,
+        "obligation": None
+        if o is None
+        else {
+            "compliance_year": o.compliance_year,
+            "verified_emissions": o.verified_emissions,
+            "allowances_due": o.allowances_due,
+            "allowances_surrendered": o.allowances_surrendered,
+            "offsets_surrendered": o.offsets_surrendered,
+        },
+        "dispositions": [
+            {
+                "holding": _holding_to_json(d.holding),
+                "action": d.action.value,
+                "destination": _account_json(d.destination),
+                "reason": d.reason,
+                "unconfirmed": d.unconfirmed,
+            }
+            for d in plan.dispositions
+        ],
+        "destination_account": _account_json(plan.destination_account),
+        "blocking": [_violation_to_json(v) for v in plan.blocking],
+        "warnings": [_violation_to_json(v) for v in plan.warnings],
+        "pack_version": plan.pack_version,
+    }
+
+
+def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
+    """The plan stored by :func:`plan_to_json`."""
+    o = d["obligation"]
+    return MigrationPlan(
+        request=MigrationRequest(**d["request"]),
+        final_pilot_year=d["final_pilot_year"],
+        obligation=None if o is None else FinalObligation(**o),
+        dispositions=tuple(
+            PlannedDisposition(
+                holding=_holding_from_json(x["holding"]),
+                action=Disposition(x["action"]),
+                destination=_account_from(x["destination"]),
+                reason=x["reason"],
+                unconfirmed=x["unconfirmed"],
+            )
+            for x in d["dispositions"]
+        ),
+        destination_account=_account_from(d["destination_account"]),
+        blocking=tuple(_violation_from_json(v) for v in d["blocking"]),
+        warnings=tuple(_violation_from_json(v) for v in d["warnings"]),
+        pack_version=d["pack_version"],
+    )
+
+
+# --------------------------------------------------------------------------- cutovers
+
+
+class DatabaseCutovers:
+    """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``.
+
+    Every recorded migration counts, whatever its state: from the moment it is recorded
+    the entity's years are split between the two schemes, so no surrender can slip into a
+    year while the steps run.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def cutovers(self, entity_id: str) -> Sequence[Cutover]:
+        """The entity's migrations, oldest first."""
+        # Read-only: the gate asks while the bridge's surrender transaction is open.
+        with read_only(self._sessions) as session:
+            rows = session.execute(
+                sa.select(MigrationRecord)
+                .where(MigrationRecord.entity_id == entity_id)
+                .order_by(MigrationRecord.created_at)
+            ).scalars()
+            return [
+                Cutover(r.id, r.entity_id, r.from_jurisdiction, r.to_jurisdiction, r.first_year)
+                for r in rows
+            ]
+
+
+# ------------------------------------------------------------------------------ service
+
+
+def _surrendered(session: Session, entity_id: str, jurisdiction: str) -> dict[int, tuple[int, int]]:
+    """Completed surrenders per compliance year: (allowances, offsets) surrendered."""
+    out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    uses = session.execute(
+        sa.select(UnitUseRecord.detail).where(
+            UnitUseRecord.kind == "surrender", UnitUseRecord.state == "completed"
+        )
+    ).scalars()
+    for raw in uses:
+        detail = json.loads(raw)
+        request = detail["request"]
+        if (request["entity_id"], request["jurisdiction"]) != (entity_id, jurisdiction):
+            continue
+        for spent in detail.get("surrendered", []):
+            out[request["compliance_year"]][1 if spent["offset"] else 0] += spent["quantity"]
+    return {year: (a, o) for year, (a, o) in out.items()}
+
+
+class Migrations:
+    """Plans and executes covered entities' migrations over the bridge."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        registries: Mapping[str, RegistryPort],
+        *,
+        clock: Callable[[], datetime],
+        on_step: Callable[[str, MigrationStep], None] | None = None,
+    ) -> None:
+        """Build the service.
+
+        Args:
+            bridge: The bridge whose transfers carry ``transfer`` dispositions.
+            registries: Adapters by registry id (``cancel`` dispositions call them).
+            clock: Now, as an aware datetime; picks the pack version in force.
+            on_step: Called after each step state is committed (crash-test fault hook).
+        """
+        self._bridge = bridge
+        self._sessions = bridge.sessions
+        self._registries = dict(registries)
+        self._clock = clock
+        self._on_step = on_step
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The ledger database's sessions."""
+        return self._sessions
+
+    def now(self) -> datetime:
+        """The service clock (aware)."""
+        return self._clock()
+
+    # ----------------------------------------------------------------------------- plan
+
+    def _validate(self, request: MigrationRequest) -> None:
+        problems: list[FieldViolation] = []
+        if not request.entity_id or len(request.entity_id) > 128:
+            problems.append(FieldViolation("entity_id", "is required (at most 128 characters)"))
+        if request.from_jurisdiction not in PACK_BY_REGISTRY:
+            problems.append(
+                FieldViolation(
+                    "from_jurisdiction",
+                    f"{request.from_jurisdiction!r} is not a scheme with a rule pack",
+                )
+            )
+        if request.to_jurisdiction != "national":
+            problems.append(FieldViolation("to_jurisdiction", "must be national"))
+        if request.from_jurisdiction == request.to_jurisdiction:
+            problems.append(FieldViolation("from_jurisdiction", "is the destination"))
+        if not 2000 < request.first_year <= 2100:
+            problems.append(FieldViolation("first_year", "must be a year between 2001 and 2100"))
+        if problems:
+            raise InvalidRequest(
+                "; ".join(f"{p.field}: {p.description}" for p in problems), problems
+            )
+
+    def plan(self, request: MigrationRequest) -> MigrationPlan:
+        """Dry run of a migration: nothing changes.
+
+        Raises:
+            InvalidRequest: The request is malformed.
+            NotFound: The entity is not recorded.
+        """
+        self._validate(request)
+        with unit_of_work(self._sessions) as session:
+            plan, checks = self._plan(session, request, own_migration="")
+        # The bridge's dry run opens its own transaction: never inside ours (SQLite has one
+        # writer, and a second BEGIN IMMEDIATE from this thread would wait on the first).
+        refused: list[RuleViolation] = []
+        for row, source, destination in checks:
+            self._check_transfer(row, source, destination, refused)
+        if not refused:
+            return plan
+        return dataclasses.replace(plan, blocking=(*plan.blocking, *refused))
+
+    def _rules(self, request: MigrationRequest) -> tuple[MigrationRules | None, str]:
+        pack = load_builtin(PACK_BY_REGISTRY[request.from_jurisdiction])
+        day = self._clock().astimezone(MARKET_TIME).date()
+        try:
+            version = pack.version_for(day)
+        except NoVersionInForceError:
+            return None, ""
+        return version.migration, f"{pack.name}@{version.effective_from.isoformat()}"
+
+    def _plan(
+        self, session: Session, request: MigrationRequest, own_migration: str
+    ) -> tuple[MigrationPlan, list[tuple[LedgerHolding, AccountRef, AccountRef]]]:
+        entity = get_entity(session, request.entity_id)
+        source_registry = request.from_jurisdiction
+        destination_registry = request.to_jurisdiction
+        blocking: list[RuleViolation] = []
+        warnings: list[RuleViolation] = []
+        rules, pack_version = self._rules(request)
+        if rules is None or rules.destination != request.to_jurisdiction:
+            blocking.append(
+                _violation(
+                    NO_MIGRATION_RULES,
+                    f"the {request.from_jurisdiction} pack in force ({pack_version or 'none'}) "
+                    f"has no migration rules to {request.to_jurisdiction}",
+                )
+            )
+        else:
+            self._check_sector(entity, request, rules, blocking, warnings)
+
+        for other in session.execute(
+            sa.select(MigrationRecord).where(
+                MigrationRecord.entity_id == request.entity_id,
+                MigrationRecord.from_jurisdiction == request.from_jurisdiction,
+            )
+        ).scalars():
+            if other.id != own_migration:
+                blocking.append(
+                    _violation(
+                        ALREADY_MIGRATING,
+                        f"{request.entity_id} already has migrations/{other.id} out of "
+                        f"{request.from_jurisdiction} from {other.first_year} ({other.state})",
+                        ("migration", other.id),
+                    )
+                )
+
+        final_year = request.first_year - 1
+        obligation = self._obligation(session, request, final_year, blocking)
+        self._check_coverage(session, request, blocking)
+
+        destination_account: AccountRef | None = None
+        if destination_registry not in self._registries:
+            blocking.append(
+                _violation(
+                    NO_DESTINATION_ACCOUNT,
+                    f"the {destination_registry} registry is not wired in this gateway",
+                )
+            )
+        elif destination_registry not in entity.accounts:
+            blocking.append(
+                _violation(
+                    NO_DESTINATION_ACCOUNT,
+                    f"{request.entity_id} has no account recorded at the {destination_registry} "
+                    "registry: record it (UpsertCoveredEntity) before migrating",
+                )
+            )
+        else:
+            destination_account = AccountRef(
+                destination_registry, entity.accounts[destination_registry]
+            )
+
+        source_account = entity.accounts.get(source_registry)
+        dispositions: list[PlannedDisposition] = []
+        checks: list[tuple[LedgerHolding, AccountRef, AccountRef]] = []
+        if source_account is None:
+            blocking.append(
+                _violation(
+                    NO_DESTINATION_ACCOUNT,
+                    f"{request.entity_id} has no account recorded at the {source_registry} "
+                    "registry, so its pilot holdings cannot be found",
+                )
+            )
+        else:
+            self._check_pending(session, entity, blocking, own_migration)
+            if rules is not None:
+                dispositions = self._dispositions(
+                    session,
+                    request,
+                    AccountRef(source_registry, source_account),
+                    entity,
+                    rules,
+                    blocking,
+                    warnings,
+                    checks,
+                )
+        plan = MigrationPlan(
+            request=request,
+            final_pilot_year=final_year,
+            obligation=obligation,
+            dispositions=tuple(dispositions),
+            destination_account=destination_account,
+            blocking=tuple(blocking),
+            warnings=tuple(warnings),
+            pack_version=pack_version,
+        )
+        return plan, checks
+
+    @staticmethod
+    def _check_sector(
+        entity: CoveredEntity,
+        request: MigrationRequest,
+        rules: MigrationRules,
+        blocking: list[RuleViolation],
+        warnings: list[RuleViolation],
+    ) -> None:
+        if entity.sector not in rules.sectors:
+            warnings.append(
+                _violation(
+                    SECTOR_YEAR_UNCONFIRMED,
+                    f"the pack lists no {rules.destination} coverage for sector "
+                    f"{entity.sector!r}; first year {request.first_year} is the operator's",
+                    ("sector", entity.sector),
+                )
+            )
+            return
+        first = rules.sectors[entity.sector]
+        if first is None:
+            warnings.append(
+                _violation(
+                    SECTOR_YEAR_UNCONFIRMED,
+                    f"the {rules.destination} ETS's first compliance year for sector "
+                    f"{entity.sector!r} is not confirmed (pack parameter "
+                    f"{rules.parameters.get('sectors', 'sectors')}); first year "
+                    f"{request.first_year} is the operator's",
+                    ("sector", entity.sector),
+                )
+            )
+        elif request.first_year < first:
+            blocking.append(
+                _violation(
+                    SECTOR_NOT_COVERED_YET,
+                    f"the {rules.destination} ETS covers sector {entity.sector!r} from {first}: "
+                    f"year {request.first_year} would be covered by no scheme",
+                    ("sector", entity.sector),
+                    ("national_first_year", str(first)),
+                )
+            )
+
+    def _obligation(
+        self,
+        session: Session,
+        request: MigrationRequest,
+        final_year: int,
+        blocking: list[RuleViolation],
+    ) -> FinalObligation | None:
+        pilot = request.from_jurisdiction
+        surrendered = _surrendered(session, request.entity_id, pilot)
+        years = {
+            r.compliance_year: r
+            for r in session.execute(
+                sa.select(EntityYearRecord).where(
+                    EntityYearRecord.entity_id == request.entity_id,
+                    EntityYearRecord.jurisdiction == pilot,
+                )
+            ).scalars()
+        }
+        for year, record in sorted(years.items()):
+            if year > final_year:
+                continue
+            allowances, offsets = surrendered.get(year, (0, 0))
+            owed = record.allowances_due - allowances - offsets
+            if owed > 0:
+                blocking.append(
+                    _violation(
+                        UNFINISHED_COMPLIANCE,
+                        f"{request.entity_id} still owes {owed} units for {pilot} year {year} "
+                        f"({record.allowances_due} due, {allowances + offsets} surrendered)",
+                        ("compliance_year", str(year)),
+                        ("shortfall", str(owed)),
+                    )
+                )
+        final = years.get(final_year)
+        if final is None:
+            blocking.append(
+                _violation(
+                    NO_FINAL_YEAR,
+                    f"no verified emissions recorded for {request.entity_id} in {pilot} "
+                    f"year {final_year}, the final pilot year: its compliance cannot be checked",
+                    ("compliance_year", str(final_year)),
+                )
+            )
+            return None
+        allowances, offsets = surrendered.get(final_year, (0, 0))
+        return FinalObligation(
+            final_year, final.verified_emissions, final.allowances_due, allowances, offsets
+        )
+
+    @staticmethod
+    def _check_coverage(
+        session: Session, request: MigrationRequest, blocking: list[RuleViolation]
+    ) -> None:
+        """No year may be covered by both schemes once the entity moves."""
+        pilot, national, first = (
+            request.from_jurisdiction,
+            request.to_jurisdiction,
+            request.first_year,
+        )
+        twice: list[tuple[str, int, str]] = []
+        for record in session.execute(
+            sa.select(EntityYearRecord).where(EntityYearRecord.entity_id == request.entity_id)
+        ).scalars():
+            if record.jurisdiction == pilot and record.compliance_year >= first:
+                twice.append((pilot, record.compliance_year, "has a compliance year recorded"))
+            if record.jurisdiction == national and record.compliance_year < first:
+                twice.append((national, record.compliance_year, "has a compliance year recorded"))
+        for jurisdiction in (pilot, national):
+            for year in _surrendered(session, request.entity_id, jurisdiction):
+                if (jurisdiction == pilot and year >= first) or (
+                    jurisdiction == national and year < first
+                ):
+                    twice.append((jurisdiction, year, "has surrenders"))
+        for jurisdiction, year, what in sorted(set(twice)):
+            blocking.append(
+                _violation(
+                    YEAR_COVERED_TWICE,
+                    f"{request.entity_id} {what} in {jurisdiction} for {year}: with the national "
+                    f"ETS from {first}, year {year} would be covered by both schemes",
+                    ("jurisdiction", jurisdiction),
+                    ("compliance_year", str(year)),
+                )
+            )
+
+    @staticmethod
+    def _check_pending(
+        session: Session,
+        entity: CoveredEntity,
+        blocking: list[RuleViolation],
+        own_migration: str,
+    ) -> None:
+        accounts = set(entity.accounts.items())
+        finals = [s.value for s in TransferState if s.is_final]
+        for t in session.execute(
+            sa.select(TransferRecord).where(TransferRecord.state.not_in(finals))
+        ).scalars():
+            touched = {
+                (t.source_registry, t.source_account),
+                (t.destination_registry, t.destination_account),
+            }
+            # The migration's own transfers are its steps, not something it waits for.
+            if touched & accounts and not (
+                own_migration and t.request_id.startswith(f"{own_migration}:")
+            ):
+                blocking.append(
+                    _violation(
+                        PENDING_OPERATIONS,
+                        f"transfers/{t.id} ({t.state}) touches an account of {entity.entity_id}",
+                        ("transfer", t.id),
+                    )
+                )
+        for u in session.execute(
+            sa.select(UnitUseRecord).where(UnitUseRecord.state == "pending")
+        ).scalars():
+            if (u.registry_id, u.account) in accounts:
+                blocking.append(
+                    _violation(
+                        PENDING_OPERATIONS,
+                        f"uses/{u.id} ({u.kind}) is pending in {u.registry_id}/{u.account}",
+                        ("use", u.id),
+                    )
+                )
+
+    def _dispositions(
+        self,
+        session: Session,
+        request: MigrationRequest,
+        source: AccountRef,
+        entity: CoveredEntity,
+        rules: MigrationRules,
+        blocking: list[RuleViolation],
+        warnings: list[RuleViolation],
+        checks: list[tuple[LedgerHolding, AccountRef, AccountRef]],
+    ) -> list[PlannedDisposition]:
+        out: list[PlannedDisposition] = []
+        for row in ledger.holdings_of(session, source.registry, source.account):
+            if row.status.is_terminal:
+                continue
+            program = row.origin.program.value
+            if row.status is not HoldingStatus.ACTIVE:
+                if row.status is HoldingStatus.LOCKED and not row.lock_transfer_id:
+                    continue
+                blocking.append(
+                    _violation(
+                        PENDING_OPERATIONS,
+                        f"{program} {row.block.id.serial_start}-{row.block.id.serial_end} in "
+                        f"{source.registry}/{source.account} is {row.status.value} "
+                        f"({row.lock_transfer_id or 'no lock owner'})",
+                    )
+                )
+                continue
+            action = rules.dispositions.get(program)
+            if action is None:
+                warnings.append(
+                    _violation(
+                        NO_DISPOSITION_RULE,
+                        f"the {request.from_jurisdiction} pack has no migration rule for "
+                        f"{program}: the units stay in {source.registry}/{source.account}",
+                        ("program", program),
+                    )
+                )
+                out.append(
+                    PlannedDisposition(
+                        row,
+                        Disposition.KEEP_FOR_SALE,
+                        None,
+                        f"no migration rule for {program}: kept",
+                        False,
+                    )
+                )
+                continue
+            unconfirmed = program in rules.unconfirmed
+            parameter = rules.parameters.get(program, "")
+            reason = f"{program}: {action.value} (pack parameter {parameter}"
+            reason += ", unconfirmed)" if unconfirmed else ")"
+            destination: AccountRef | None = None
+            if action is Disposition.TRANSFER:
+                registry = request.to_jurisdiction
+                account = entity.accounts.get(registry)
+                if account is not None:
+                    destination = AccountRef(registry, account)
+                    checks.append((row, source, destination))
+            elif action is Disposition.CANCEL and (
+                row.is_mirror or ORIGIN_REGISTRY.get(row.origin.program) != source.registry
+            ):
+                blocking.append(
+                    _violation(
+                        DISPOSITION_REFUSED,
+                        f"{program} {row.block.id.serial_start}-{row.block.id.serial_end} is "
+                        f"not native to {source.registry}: cancelling it there would leave its "
+                        "origin live; the gateway does not cancel mirrors",
+                    )
+                )
+            out.append(PlannedDisposition(row, action, destination, reason, unconfirmed))
+        for program in sorted({d.holding.origin.program.value for d in out if d.unconfirmed}):
+            warnings.append(
+                _violation(
+                    UNCONFIRMED_DISPOSITION,
+                    f"the {program} disposition rests on pack parameter "
+                    f"{rules.parameters.get(program, '')}, marked unconfirmed",
+                    ("program", program),
+                )
+            )
+        return out
+
+    def _check_transfer(
+        self,
+        row: LedgerHolding,
+        source: AccountRef,
+        destination: AccountRef,
+        blocking: list[RuleViolation],
+    ) -> None:
+        decision = self._bridge.evaluate(
+            TransferInstruction(source, destination, (row.block.id,), intended_use="holding")
+        )
+        for v in decision.violations:
+            blocking.append(
+                RuleViolation(
+                    DISPOSITION_REFUSED,
+                    f"transferring {row.origin.program.value} "
+                    f"{row.block.id.serial_start}-{row.block.id.serial_end} to "
+                    f"{destination.registry}/{destination.account} is refused: "
+                    f"{v.rule_id}: {v.message}",
+                    v.source,
+                    v.blocks,
+                    (("rule", v.rule_id), *v.details),
+                )
+            )
+
+    # -------------------------------------------------------------------------- execute
+
+    def execute(self, request_id: str, request: MigrationRequest) -> Migration:
+        """Carry a migration out (or resume it): the same request id resumes the same one.
+
+        Raises:
+            InvalidRequest: The request is malformed.
+            NotFound: The entity is not recorded.
+            RequestIdConflict: The request id was used for another migration.
+            FailedPrecondition: The plan has blocking violations (nothing was recorded).
+        """
+        if not request_id or len(request_id) > 128:
+            raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
+        self._validate(request)
+        digest = body_digest(request.canonical())
+        migration_id = self._start(request_id, request, digest)
+        self.drive(migration_id)
+        return self.get(migration_id)
+
+    def _start(self, request_id: str, request: MigrationRequest, digest: bytes) -> str:
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            existing = session.execute(
+                sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
+            ).scalar_one_or_none()
+            if existing is not None:
+                return self._repeat(session, existing, digest, request_id, now)
+        # Planned outside the transaction that records it (the plan asks the bridge); each
+        # step re-checks its units when it runs, and the database refuses a second
+        # migration of the entity, so a change in between cannot slip through.
+        plan = self.plan(request)
+        try:
+            with unit_of_work(self._sessions) as session:
+                existing = session.execute(
+                    sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
+                ).scalar_one_or_none()
+                if existing is not None:
+                    return self._repeat(session, existing, digest, request_id, now)
+                if not plan.executable:
+                    raise FailedPrecondition(
+                        "the migration is blocked: "
+                        + "; ".join(f"{v.rule_id}: {v.message}" for v in plan.blocking),
+                        [
+                            PreconditionViolation("MIGRATION", v.rule_id, v.message)
+                            for v in plan.blocking
+                        ],
+                    )
+                migration_id = uuid.uuid4().hex
+                session.add(
+                    MigrationRecord(
+                        id=migration_id,
+                        request_id=request_id,
+                        body_sha256=digest,
+                        entity_id=request.entity_id,
+                        from_jurisdiction=request.from_jurisdiction,
+                        to_jurisdiction=request.to_jurisdiction,
+                        first_year=request.first_year,
+                        state="running",
+                        plan=json.dumps(plan_to_json(plan), sort_keys=True),
+                        failure_reason="",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                session.flush()
+                for seq, detail in enumerate(_steps(migration_id, plan)):
+                    session.add(
+                        MigrationStepRecord(
+                            migration_id=migration_id,
+                            seq=seq,
+                            kind=detail["kind"],
+                            state="pending",
+                            detail=json.dumps(detail, sort_keys=True),
+                            updated_at=now,
+                        )
+                    )
+        except sa.exc.IntegrityError as exc:
+            # Another gateway recorded a migration of the same entity (or this request id)
+            # first: answer with it, or refuse a second migration of the entity.
+            with unit_of_work(self._sessions) as session:
+                existing = session.execute(
+                    sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
+                ).scalar_one_or_none()
+                if existing is not None:
+                    return self._repeat(session, existing, digest, request_id, now)
+            raise FailedPrecondition(
+                f"{request.entity_id} is already migrating out of {request.from_jurisdiction}",
+                [PreconditionViolation("MIGRATION", ALREADY_MIGRATING, request.entity_id)],
+            ) from exc
+        _logger.info(
+            "migration_started",
+            migration=migration_id,
+            entity=request.entity_id,
+            first_year=request.first_year,
+        )
+        return migration_id
+
+    @staticmethod
+    def _repeat(
+        session: Session, existing: MigrationRecord, digest: bytes, request_id: str, now: datetime
+    ) -> str:
+        if existing.body_sha256 != digest:
+            raise RequestIdConflict(
+                f"request_id {request_id!r} was already used for a different migration "
+                f"(migrations/{existing.id})"
+            )
+        if existing.state == "failed":
+            # A repeat of a failed migration retries its failed steps under new derived ids
+            # (a rolled-back transfer is final under its own request id).
+            for step in session.execute(
+                sa.select(MigrationStepRecord).where(
+                    MigrationStepRecord.migration_id == existing.id,
+                    MigrationStepRecord.state == "failed",
+                )
+            ).scalars():
+                detail = json.loads(step.detail)
+                detail["attempt"] = detail.get("attempt", 0) + 1
+                detail.pop("error", None)
+                step.detail = json.dumps(detail, sort_keys=True)
+                step.state = "pending"
+                step.updated_at = now
+            existing.state = "running"
+            existing.failure_reason = ""
+            existing.updated_at = now
+        return existing.id
+
+    def resume(self) -> int:
+        """Drive every running migration; returns how many completed now."""
+        with unit_of_work(self._sessions) as session:
+            running = list(
+                session.execute(
+                    sa.select(MigrationRecord.id).where(MigrationRecord.state == "running")
+                ).scalars()
+            )
+        return sum(1 for m in running if self.drive(m) == "completed")
+
+    def drive(self, migration_id: str) -> str:
+        """Run the migration's steps in order until it completes, fails or must wait.
+
+        Returns the migration's state. A registry that is unavailable leaves the step
+        where it is (recorded as the failure reason) for the recovery loop.
+        """
+        while True:
+            with unit_of_work(self._sessions) as session:
+                record = session.get(MigrationRecord, migration_id)
+                if record is None:
+                    raise NotFound(f"migrations/{migration_id}")
+                if record.state != "running":
+                    return record.state
+                step = session.execute(
+                    sa.select(MigrationStepRecord)
+                    .where(
+                        MigrationStepRecord.migration_id == migration_id,
+                        MigrationStepRecord.state != "done",
+                    )
+                    .order_by(MigrationStepRecord.seq)
+                    .limit(1)
+                ).scalar_one_or_none()
+                if step is None:
+                    record.state = "completed"
+                    record.failure_reason = ""
+                    record.updated_at = self._clock()
+                    _logger.info("migration_completed", migration=migration_id)
+                    return "completed"
+                seq, kind = step.seq, step.kind
+            try:
+                progressed = self._run_step(migration_id, seq, kind)
+            except (RegistryUnavailable, LedgerConflict) as exc:
+                self._note(migration_id, f"waiting: {exc}")
+                _logger.warning(
+                    "migration_waiting", migration=migration_id, step=seq, error=str(exc)
+                )
+                return "running"
+            if not progressed:
+                return self._state(migration_id)
+
+    def _state(self, migration_id: str) -> str:
+        with unit_of_work(self._sessions) as session:
+            record = session.get(MigrationRecord, migration_id)
+            return "" if record is None else record.state
+
+    def _note(self, migration_id: str, reason: str) -> None:
+        with unit_of_work(self._sessions) as session:
+            record = session.get(MigrationRecord, migration_id, with_for_update=True)
+            if record is not None and record.state == "running":
+                record.failure_reason = reason
+                record.updated_at = self._clock()
+
+    def _set_step(
+        self,
+        session: Session,
+        migration_id: str,
+        seq: int,
+        state: str,
+        **extra: Any,
+    ) -> MigrationStep:
+        step = session.get(MigrationStepRecord, (migration_id, seq), with_for_update=True)
+        assert step is not None  # the step was read just before, and steps are never deleted
+        detail = json.loads(step.detail)
+        detail.update(extra)
+        step.detail = json.dumps(detail, sort_keys=True)
+        step.state = state
+        step.updated_at = self._clock()
+        if state == "failed":
+            record = session.get(MigrationRecord, migration_id, with_for_update=True)
+            assert record is not None
+            record.state = "failed"
+            record.failure_reason = f"step {seq} ({step.kind}) failed: {extra.get('error', '')}"
+            record.updated_at = self._clock()
+        return _step_view(step)
+
+    def _hook(self, migration_id: str, step: MigrationStep) -> None:
+        if self._on_step is not None:
+            self._on_step(migration_id, step)
+
+    def _run_step(self, migration_id: str, seq: int, kind: str) -> bool:
+        """Advance one step; True when it moved (so the next may run)."""
+        with unit_of_work(self._sessions) as session:
+            record = session.get(MigrationStepRecord, (migration_id, seq))
+            assert record is not None
+            detail = json.loads(record.detail)
+            state = record.state
+        if kind in ("keep", "register"):
+            # Nothing to call: kept units stay where they are, and the national coverage is
+            # the migration record itself (the national registry has no account-opening
+            # call in the port; the destination account is the entity's recorded one).
+            with unit_of_work(self._sessions) as session:
+                step = self._set_step(session, migration_id, seq, "done")
+            self._hook(migration_id, step)
+            return True
+        if kind == "cancel":
+            return self._cancel(migration_id, seq, detail, state)
+        if kind == "transfer":
+            return self._transfer(migration_id, seq, detail)
+        raise LedgerConflict(f"migrations/{migration_id} step {seq} has unknown kind {kind!r}")
+
+    def _cancel(self, migration_id: str, seq: int, detail: dict[str, Any], state: str) -> bool:
+        registry, account = detail["registry"], detail["account"]
+        block = block_id_from_dict(detail["block"])
+        if state == "pending":
+            # The ledger decides first (the units become CANCELLED, terminal, so no other
+            # operation can take them), then the registry follows under a derived
+            # operation id: like a transfer past DESTINATION_CREDITED, a cancellation only
+            # rolls forward.
+            now = self._clock()
+            try:
+                with unit_of_work(self._sessions) as session:
+                    for row in ledger.require_holding(session, registry, account, block):
+                        carved = ledger.carve(session, row, block, now, migration_id)
+                        ledger.change(
+                            session,
+                            carved,
+                            "cancel",
+                            now,
+                            status=HoldingStatus.CANCELLED,
+                            transfer_id=migration_id,
+                            detail={"migration": migration_id, "reason": detail["reason"]},
+                        )
+                    step = self._set_step(session, migration_id, seq, "applied")
+            except FailedPrecondition as exc:
+                with unit_of_work(self._sessions) as session:
+                    step = self._set_step(session, migration_id, seq, "failed", error=str(exc))
+                self._hook(migration_id, step)
+                return False
+            self._hook(migration_id, step)
+        try:
+            self._port(registry).cancel(
+                CancelRequest(detail["operation"], account, block, detail["reason"])
+            )
+        except RegistryRejected as exc:
+            # The ledger already cancelled the units; the registry must follow. Keep
+            # retrying (the recovery loop) and say why loudly.
+            _logger.error("migration_cancel_refused", migration=migration_id, error=str(exc))
+            raise RegistryUnavailable(registry, f"cancel refused: {exc}") from exc
+        with unit_of_work(self._sessions) as session:
+            step = self._set_step(session, migration_id, seq, "done")
+        self._hook(migration_id, step)
+        return True
+
+    def _transfer(self, migration_id: str, seq: int, detail: dict[str, Any]) -> bool:
+        request_id = f"{detail['operation']}:{detail.get('attempt', 0)}"
+        instruction = TransferInstruction(
+            AccountRef(detail["registry"], detail["account"]),
+            AccountRef(detail["destination"]["registry"], detail["destination"]["account"]),
+            (block_id_from_dict(detail["block"]),),
+            intended_use="holding",
+        )
+        transfer = self._bridge.submit(request_id, instruction)
+        with unit_of_work(self._sessions) as session:
+            if transfer.state is TransferState.COMPLETED:
+                step = self._set_step(
+                    session, migration_id, seq, "done", transfer_id=transfer.transfer_id
+                )
+            elif transfer.state.is_final:
+                step = self._set_step(
+                    session,
+                    migration_id,
+                    seq,
+                    "failed",
+                    transfer_id=transfer.transfer_id,
+                    error=f"transfers/{transfer.transfer_id} {transfer.state.value}: "
+                    f"{transfer.failure_reason}",
+                )
+            else:
+                # Still in flight (a registry is waiting): the bridge's own recovery drives
+                # it on, and the migration picks it up on its next pass.
+                step = self._set_step(
+                    session, migration_id, seq, "pending", transfer_id=transfer.transfer_id
+                )
+                self._hook(migration_id, step)
+                raise RegistryUnavailable(
+                    detail["destination"]["registry"],
+                    f"transfers/{transfer.transfer_id} is {transfer.state.value}",
+                )
+        self._hook(migration_id, step)
+        return step.state == "done"
+
+    def _port(self, registry: str) -> RegistryPort:
+        port = self._registries.get(registry)
+        if port is None:
+            raise RegistryUnavailable(registry, "not wired in this gateway")
+        return port
+
+    # ---------------------------------------------------------------------------- reads
+
+    def get(self, migration_id: str) -> Migration:
+        """A migration by id.
+
+        Raises:
+            NotFound: No such migration.
+        """
+        with unit_of_work(self._sessions) as session:
+            record = session.get(MigrationRecord, migration_id)
+            if record is None:
+                raise NotFound(f"migrations/{migration_id}")
+            steps = session.execute(
+                sa.select(MigrationStepRecord)
+                .where(MigrationStepRecord.migration_id == migration_id)
+                .order_by(MigrationStepRecord.seq)
+            ).scalars()
+            return Migration(
+                migration_id=record.id,
+                request_id=record.request_id,
+                plan=plan_from_json(json.loads(record.plan)),
+                state=record.state,
+                steps=tuple(_step_view(s) for s in steps),
+                failure_reason=record.failure_reason,
+                created_at=record.created_at,
+                updated_at=record.updated_at,
+            )
+
+
+def _steps(migration_id: str, plan: MigrationPlan) -> list[dict[str, Any]]:
+    """The steps that carry a plan out, each with the id its registry call will carry."""
+    steps: list[dict[str, Any]] = []
+    for d in plan.dispositions:
+        seq = len(steps)
+        h = d.holding
+        base = {
+            "registry": h.registry,
+            "account": h.account,
+            "block": block_id_to_dict(h.block.id),
+            "program": h.origin.program.value,
+            "quantity": h.block.quantity,
+            "reason": d.reason,
+        }
+        if d.action is Disposition.CANCEL:
+            steps.append({**base, "kind": "cancel", "operation": f"{migration_id}:cancel:{seq}"})
+        elif d.action is Disposition.TRANSFER:
+            assert d.destination is not None  # a plan without one is blocked
+            steps.append(
+                {
+                    **base,
+                    "kind": "transfer",
+                    "operation": f"{migration_id}:transfer:{seq}",
+                    "destination": _account_json(d.destination),
+                }
+            )
+        else:
+            steps.append({**base, "kind": "keep", "operation": ""})
+    assert plan.destination_account is not None  # a plan without one is blocked
+    steps.append(
+        {
+            "kind": "register",
+            "operation": f"{migration_id}:register",
+            "registry": plan.destination_account.registry,
+            "account": plan.destination_account.account,
+            "first_year": plan.request.first_year,
+            "reason": f"covered by the {plan.request.to_jurisdiction} ETS from "
+            f"{plan.request.first_year}",
+        }
+    )
+    return steps
+
+
+def _step_view(record: MigrationStepRecord) -> MigrationStep:
+    detail = json.loads(record.detail)
+    if record.kind == "register":
+        description = f"register {detail['registry']}/{detail['account']}: {detail['reason']}"
+    else:
+        block = detail["block"]
+        description = (
+            f"{record.kind} {detail['quantity']} {detail['program']} "
+            f"{block['serial_start']}-{block['serial_end']} at "
+            f"{detail['registry']}/{detail['account']}"
+        )
+        if record.kind == "transfer":
+            dest = detail["destination"]
+            description += f" -> {dest['registry']}/{dest['account']}"
+    operation = detail["operation"]
+    if record.kind == "transfer":
+        operation = f"{operation}:{detail.get('attempt', 0)}"
+    return MigrationStep(
+        seq=record.seq,
+        kind=record.kind,
+        state=record.state,
+        description=description,
+        operation=operation,
+        transfer_id=detail.get("transfer_id", ""),
+        error=detail.get("error", ""),
+    )
+
+
+__all__ = [
+    "ALREADY_MIGRATING",
+    "DISPOSITION_REFUSED",
+    "MIGRATED_OUT",
+    "NO_DESTINATION_ACCOUNT",
+    "NO_DISPOSITION_RULE",
+    "NO_FINAL_YEAR",
+    "NO_MIGRATION_RULES",
+    "PENDING_OPERATIONS",
+    "PILOT_COVERED",
+    "SECTOR_NOT_COVERED_YET",
+    "SECTOR_YEAR_UNCONFIRMED",
+    "UNCONFIRMED_DISPOSITION",
+    "UNFINISHED_COMPLIANCE",
+    "YEAR_COVERED_TWICE",
+    "DatabaseCutovers",
+    "FinalObligation",
+    "Migration",
+    "MigrationPlan",
+    "MigrationRequest",
+    "MigrationStep",
+    "Migrations",
+    "PlannedDisposition",
+    "plan_from_json",
+    "plan_to_json",
+]

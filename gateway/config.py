@@ -83,7 +83,15 @@ class GatewayConfig:
     fault_crash_after_state: str = ""
     """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
     transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""
+    fault_crash_after_migration_step: str = ""
+    """FAULT INJECTION, for crash tests only: ``KIND:STATE`` (e.g. ``cancel:applied``,
+    ``transfer:done``): the gateway SIGKILLs itself as soon as the first migration step of
+    that kind reaches that state. Empty: off."""
 
+
+# Migration step kinds and states a crash can be injected after (registry_bridge.migration).
+_STEP_KINDS = ("cancel", "transfer", "keep", "register")
+_STEP_STATES = ("applied", "pending", "done", "failed")
 
 _FIELD_TYPES: dict[str, type] = {
     "listen": str,
@@ -99,6 +107,7 @@ _FIELD_TYPES: dict[str, type] = {
     "registry_retry_attempts": int,
     "recovery_interval_seconds": float,
     "fault_crash_after_state": str,
+    "fault_crash_after_migration_step": str,
     "transfer_lease_seconds": float,
     "log_origin": str,
     "log_signing_key_file": str,
@@ -207,6 +216,15 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
             f"fault_crash_after_state: {config.fault_crash_after_state!r} is not one of "
             f"{', '.join(s for s in states if s)} ({origin('fault_crash_after_state')})"
         )
+    step = config.fault_crash_after_migration_step
+    if step:
+        kind, _, state = step.partition(":")
+        if kind not in _STEP_KINDS or state not in _STEP_STATES:
+            raise ConfigError(
+                f"fault_crash_after_migration_step: {step!r} is not KIND:STATE with KIND one of "
+                f"{', '.join(_STEP_KINDS)} and STATE one of {', '.join(_STEP_STATES)} "
+                f"({origin('fault_crash_after_migration_step')})"
+            )
     seen: set[str] = set()
     for endpoint in config.registries:
         if not _REGISTRY_ID.match(endpoint.registry_id):

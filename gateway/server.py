@@ -31,6 +31,7 @@ from registry_bridge import db
 from registry_bridge.bridge import Bridge, TransferRules
 from registry_bridge.entities import DatabaseEntityRecords
 from registry_bridge.errors import CarbonlinkError
+from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationStep
 from registry_bridge.port import RegistryPort
 from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.rules_gate import ComplianceRules
@@ -110,6 +111,20 @@ def _crash_hook(state_name: str) -> Callable[[str, TransferState], None] | None:
     return crash
 
 
+def _migration_crash_hook(step_name: str) -> Callable[[str, MigrationStep], None] | None:
+    """Fault injection for crash tests: SIGKILL this process once a ``KIND:STATE`` step commits."""
+    if not step_name:
+        return None
+    _logger.warning("fault_injection_enabled", crash_after_migration_step=step_name)
+
+    def crash(migration_id: str, step: MigrationStep) -> None:
+        if f"{step.kind}:{step.state}" == step_name:
+            _logger.warning("fault_injection_crash", migration=migration_id, step=step.seq)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -146,11 +161,19 @@ class GatewayServer:
         self.bridge = Bridge(
             sessions,
             self.adapters,
-            rules if rules is not None else ComplianceRules(DatabaseEntityRecords(sessions)),
+            rules
+            if rules is not None
+            else ComplianceRules(DatabaseEntityRecords(sessions), DatabaseCutovers(sessions)),
             clock=clock,
             lock_ttl=timedelta(seconds=config.lock_ttl_seconds),
             on_state=_crash_hook(config.fault_crash_after_state),
             lease=timedelta(seconds=config.transfer_lease_seconds),
+        )
+        self.migrations = Migrations(
+            self.bridge,
+            self.adapters,
+            clock=clock,
+            on_step=_migration_crash_hook(config.fault_crash_after_migration_step),
         )
         self.provenance = ProvenanceLog(sessions, load_signer(config))
         self._recovery_stop = threading.Event()
@@ -183,6 +206,7 @@ class GatewayServer:
             self._probe,
             self.bridge,
             self.config.max_batch_size,
+            migrations=self.migrations,
             provenance=self.provenance,
             ports=self.adapters,
         )
@@ -242,6 +266,8 @@ class GatewayServer:
             try:
                 self.bridge.resume_uses()
                 outcome = self.bridge.resume_unfinished()
+                # After the transfers: a migration step waits on its transfer finishing.
+                self.migrations.resume()
                 if outcome:
                     _logger.info(
                         "transfers_resumed", transfers={k: v.value for k, v in outcome.items()}

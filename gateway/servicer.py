@@ -14,6 +14,12 @@ from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import convert, convert_provenance, error_mapping, paging
 from gateway.catalog import RegistryInfo
+from gateway.migration_api import (
+    execute_migration,
+    get_migration,
+    plan_migration,
+    upsert_covered_entity,
+)
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import unit_of_work
 from registry_bridge.errors import (
@@ -23,6 +29,7 @@ from registry_bridge.errors import (
     NotYetImplemented,
 )
 from registry_bridge.idempotency import answer_once
+from registry_bridge.migration import Migrations
 from registry_bridge.model import BlockId, Program
 from registry_bridge.port import RegistryPort
 from registry_bridge.provenance import ProvenanceLog
@@ -66,6 +73,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         bridge: Bridge,
         max_batch_size: int,
         watch_poll_seconds: float = 0.1,
+        migrations: Migrations | None = None,
         provenance: ProvenanceLog | None = None,
         ports: Mapping[str, RegistryPort] | None = None,
     ) -> None:
@@ -74,6 +82,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self._bridge = bridge
         self._max_batch_size = max_batch_size
         self._watch_poll_seconds = watch_poll_seconds
+        self._migrations = migrations
         self._provenance = provenance
         self._ports = dict(ports or {})
 
@@ -288,12 +297,27 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def PlanMigration(
         self, request: gateway_pb2.PlanMigrationRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.MigrationPlan:
-        raise NotYetImplemented("PlanMigration (national ETS migration)", issue=7)
+        return plan_migration(self._migration_service(), request)
 
     def ExecuteMigration(
         self, request: gateway_pb2.ExecuteMigrationRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.Migration:
-        raise NotYetImplemented("ExecuteMigration (national ETS migration)", issue=7)
+        return execute_migration(self._migration_service(), request)
+
+    def GetMigration(
+        self, request: gateway_pb2.GetMigrationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Migration:
+        return get_migration(self._migration_service(), request)
+
+    def UpsertCoveredEntity(
+        self, request: gateway_pb2.UpsertCoveredEntityRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CoveredEntity:
+        return upsert_covered_entity(self._migration_service(), request)
+
+    def _migration_service(self) -> Migrations:
+        if self._migrations is None:
+            raise NotYetImplemented("migrations (not wired in this server)", issue=7)
+        return self._migrations
 
     def _log(self) -> ProvenanceLog:
         if self._provenance is None:

@@ -1,0 +1,263 @@
+"""The covered-entity and migration RPCs: protobuf in, domain calls, protobuf out.
+
+Kept apart from ``servicer.py`` (whose methods delegate here) so that the migration
+conversions stay in one place; like ``convert``, this is the only place these generated
+types meet ``registry_bridge.migration``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from gateway import convert
+from registry_bridge.covered_entities import (
+    ComplianceYear,
+    CoveredEntity,
+    get_entity,
+    upsert_entity,
+)
+from registry_bridge.db import unit_of_work
+from registry_bridge.errors import FieldViolation, InvalidRequest
+from registry_bridge.idempotency import answer_once
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.migration import Migration, MigrationPlan, MigrationRequest, Migrations
+from registry_bridge.transfers import AccountRef, RuleViolation
+
+_MAX_ITEMS = 100
+"""Accounts or years in one UpsertCoveredEntity: far above any real entity, well below a
+request that would hold a transaction open for long."""
+
+
+def _raise_if(problems: list[FieldViolation]) -> None:
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
+
+def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -> MigrationRequest:
+    """A migration request; every missing field reported at once.
+
+    Raises:
+        InvalidRequest: A field is missing or too long.
+    """
+    prefix = f"{path}." if path else ""
+    problems: list[FieldViolation] = []
+    for name in ("entity_id", "from_jurisdiction", "to_jurisdiction"):
+        value = getattr(message, name)
+        if not value:
+            problems.append(FieldViolation(f"{prefix}{name}", "is required"))
+        elif len(value) > convert.MAX_ID_LENGTH:
+            problems.append(FieldViolation(f"{prefix}{name}", "is too long"))
+    if not message.first_year:
+        problems.append(FieldViolation(f"{prefix}first_year", "is required"))
+    _raise_if(problems)
+    return MigrationRequest(
+        entity_id=message.entity_id,
+        from_jurisdiction=message.from_jurisdiction,
+        to_jurisdiction=message.to_jurisdiction,
+        first_year=message.first_year,
+    )
+
+
+def _account_pb(account: AccountRef | None) -> model_pb2.AccountRef | None:
+    if account is None:
+        return None
+    return model_pb2.AccountRef(registry=account.registry, account=account.account)
+
+
+def _holding_pb(holding: LedgerHolding) -> model_pb2.Holding:
+    message = model_pb2.Holding(
+        block=convert.unit_block_to_pb(holding.block),
+        registry=holding.registry,
+        account=holding.account,
+        status=convert.HOLDING_STATUS[holding.status],
+    )
+    if holding.is_mirror:
+        message.mirror_of.CopyFrom(convert.block_id_to_pb(holding.origin))
+    return message
+
+
+def _violation_pb(v: RuleViolation) -> model_pb2.Violation:
+    return model_pb2.Violation(
+        rule_id=v.rule_id,
+        message=v.message,
+        source=v.source,
+        blocks=[convert.block_id_to_pb(b) for b in v.blocks],
+        details=dict(v.details),
+    )
+
+
+def plan_to_pb(plan: MigrationPlan) -> gateway_pb2.MigrationPlan:
+    """A migration plan (the dry run's answer)."""
+    request = plan.request
+    message = gateway_pb2.MigrationPlan(
+        entity_id=request.entity_id,
+        from_jurisdiction=request.from_jurisdiction,
+        to_jurisdiction=request.to_jurisdiction,
+        first_year=request.first_year,
+        final_pilot_year=plan.final_pilot_year,
+        dispositions=[
+            gateway_pb2.HoldingDisposition(
+                holding=_holding_pb(d.holding),
+                action=d.action.value,
+                destination=_account_pb(d.destination),
+                reason=d.reason,
+            )
+            for d in plan.dispositions
+        ],
+        destination_account=_account_pb(plan.destination_account),
+        blocking_violations=[_violation_pb(v) for v in plan.blocking],
+        warnings=[_violation_pb(v) for v in plan.warnings],
+        pack_version=plan.pack_version,
+        executable=plan.executable,
+    )
+    o = plan.obligation
+    if o is not None:
+        message.verified_emissions = o.verified_emissions
+        message.allowances_due = o.allowances_due
+        message.allowances_surrendered = o.allowances_surrendered
+        message.offsets_surrendered = o.offsets_surrendered
+        message.units_surrendered = o.units_surrendered
+        message.shortfall = o.shortfall
+    return message
+
+
+def migration_to_pb(migration: Migration) -> gateway_pb2.Migration:
+    """A migration resource."""
+    return gateway_pb2.Migration(
+        name=f"migrations/{migration.migration_id}",
+        request_id=migration.request_id,
+        plan=plan_to_pb(migration.plan),
+        state=migration.state,
+        transfers=[f"transfers/{t}" for t in migration.transfers],
+        steps=[
+            gateway_pb2.MigrationStep(
+                seq=s.seq,
+                kind=s.kind,
+                state=s.state,
+                description=s.description,
+                operation=s.operation,
+                transfer=f"transfers/{s.transfer_id}" if s.transfer_id else "",
+                error=s.error,
+            )
+            for s in migration.steps
+        ],
+        failure_reason=migration.failure_reason,
+    )
+
+
+def migration_id(name: str) -> str:
+    """The id of a ``migrations/{id}`` resource name.
+
+    Raises:
+        InvalidRequest: The name is not of that form.
+    """
+    prefix = "migrations/"
+    if not name.startswith(prefix) or not name[len(prefix) :] or len(name) > 200:
+        raise InvalidRequest.field("name", "must be migrations/{migration_id}")
+    return name[len(prefix) :]
+
+
+def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
+    """A covered entity from its message (checked again by the domain on upsert).
+
+    Raises:
+        InvalidRequest: Duplicate registries or too many accounts or years.
+    """
+    problems: list[FieldViolation] = []
+    if len(message.accounts) > _MAX_ITEMS or len(message.years) > _MAX_ITEMS:
+        problems.append(FieldViolation("entity", f"at most {_MAX_ITEMS} accounts and years"))
+    accounts: dict[str, str] = {}
+    for i, a in enumerate(message.accounts):
+        if a.registry in accounts:
+            problems.append(
+                FieldViolation(f"entity.accounts[{i}].registry", "names a registry twice")
+            )
+        accounts[a.registry] = a.account
+    _raise_if(problems)
+    return CoveredEntity(
+        entity_id=message.entity_id,
+        display_name=message.display_name,
+        sector=message.sector,
+        gases=tuple(message.gases),
+        accounts=accounts,
+        years=tuple(
+            ComplianceYear(
+                y.jurisdiction, y.compliance_year, y.verified_emissions, y.allowances_due
+            )
+            for y in message.years
+        ),
+    )
+
+
+def entity_to_pb(entity: CoveredEntity) -> gateway_pb2.CoveredEntity:
+    """A covered entity resource, with every recorded year."""
+    return gateway_pb2.CoveredEntity(
+        entity_id=entity.entity_id,
+        display_name=entity.display_name,
+        sector=entity.sector,
+        gases=list(entity.gases),
+        accounts=[
+            model_pb2.AccountRef(registry=r, account=a) for r, a in sorted(entity.accounts.items())
+        ],
+        years=[
+            gateway_pb2.ComplianceYear(
+                jurisdiction=y.jurisdiction,
+                compliance_year=y.compliance_year,
+                verified_emissions=y.verified_emissions,
+                allowances_due=y.allowances_due,
+            )
+            for y in entity.years
+        ],
+    )
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def plan_migration(
+    migrations: Migrations, request: gateway_pb2.PlanMigrationRequest
+) -> gateway_pb2.MigrationPlan:
+    """PlanMigration: the dry run."""
+    return plan_to_pb(migrations.plan(request_from_pb(request)))
+
+
+def execute_migration(
+    migrations: Migrations, request: gateway_pb2.ExecuteMigrationRequest
+) -> gateway_pb2.Migration:
+    """ExecuteMigration: start, or resume, the migration of the request id."""
+    if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
+        raise InvalidRequest.field("request_id", "is required on every mutating call")
+    if not request.HasField("plan"):
+        raise InvalidRequest.field("plan", "is required")
+    return migration_to_pb(
+        migrations.execute(request.request_id, request_from_pb(request.plan, "plan"))
+    )
+
+
+def get_migration(
+    migrations: Migrations, request: gateway_pb2.GetMigrationRequest
+) -> gateway_pb2.Migration:
+    """GetMigration."""
+    return migration_to_pb(migrations.get(migration_id(request.name)))
+
+
+def upsert_covered_entity(
+    migrations: Migrations, request: gateway_pb2.UpsertCoveredEntityRequest
+) -> gateway_pb2.CoveredEntity:
+    """UpsertCoveredEntity: record the entity once per request id; answer with its record."""
+    if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
+        raise InvalidRequest.field("request_id", "is required on every mutating call")
+    entity = entity_from_pb(request.entity)
+    body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    sessions = migrations.sessions
+
+    def record() -> bytes:
+        with unit_of_work(sessions) as session:
+            upsert_entity(session, entity, migrations.now())
+        with unit_of_work(sessions) as session:
+            reply = entity_to_pb(get_entity(session, entity.entity_id))
+        return bytes(reply.SerializeToString(deterministic=True))
+
+    answer = answer_once(sessions, "UpsertCoveredEntity", request.request_id, body, record)
+    return gateway_pb2.CoveredEntity.FromString(answer)

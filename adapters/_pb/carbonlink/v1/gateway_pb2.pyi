@@ -14,6 +14,7 @@ from adapters._pb.carbonlink.v1 import model_pb2 as _model_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
@@ -251,18 +252,24 @@ class SubmitTransferRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def instruction(self) -> _model_pb2.TransferInstruction: ...
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The instructing party's signature (see InstructionSignature)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         instruction: _model_pb2.TransferInstruction | None = ...,
+        signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,19 +281,25 @@ class SubmitTransfersRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Identifies the batch as a whole; each instruction keeps its own request_id."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransferRequest]: ...
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The instructing party's signature (see InstructionSignature)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         transfers: _abc.Iterable[Global___SubmitTransferRequest] | None = ...,
+        signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "signature", b"signature", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +457,7 @@ class RetireRequest(_message.Message):
     UNITS_FIELD_NUMBER: _builtins.int
     BENEFICIARY_FIELD_NUMBER: _builtins.int
     CLAIM_TEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     beneficiary: _builtins.str
     claim_text: _builtins.str
@@ -451,6 +465,10 @@ class RetireRequest(_message.Message):
     def account(self) -> _model_pb2.AccountRef: ...
     @_builtins.property
     def units(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.UnitSelector]: ...
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The instructing party's signature (see InstructionSignature)."""
+
     def __init__(
         self,
         *,
@@ -459,10 +477,11 @@ class RetireRequest(_message.Message):
         units: _abc.Iterable[_model_pb2.UnitSelector] | None = ...,
         beneficiary: _builtins.str = ...,
         claim_text: _builtins.str = ...,
+        signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "claim_text", b"claim_text", "request_id", b"request_id", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "claim_text", b"claim_text", "request_id", b"request_id", "signature", b"signature", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -478,6 +497,7 @@ class SurrenderRequest(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     COMPLIANCE_YEAR_FIELD_NUMBER: _builtins.int
     JURISDICTION_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     entity_id: _builtins.str
     compliance_year: _builtins.int
@@ -487,6 +507,10 @@ class SurrenderRequest(_message.Message):
     def account(self) -> _model_pb2.AccountRef: ...
     @_builtins.property
     def units(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.UnitSelector]: ...
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The instructing party's signature (see InstructionSignature)."""
+
     def __init__(
         self,
         *,
@@ -496,10 +520,11 @@ class SurrenderRequest(_message.Message):
         entity_id: _builtins.str = ...,
         compliance_year: _builtins.int = ...,
         jurisdiction: _builtins.str = ...,
+        signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "compliance_year", b"compliance_year", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "request_id", b"request_id", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "compliance_year", b"compliance_year", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "request_id", b"request_id", "signature", b"signature", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -649,18 +674,24 @@ class ExecuteMigrationRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def plan(self) -> Global___PlanMigrationRequest: ...
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The instructing party's signature (see InstructionSignature)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         plan: Global___PlanMigrationRequest | None = ...,
+        signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1083,3 +1114,49 @@ class ReconcileReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileReport: _TypeAlias = ReconcileReport  # noqa: Y015
+
+@_typing.final
+class InstructionSignature(_message.Message):
+    """An instructing party's Ed25519 signature over a request that moves units.
+
+    Signed bytes: the ASCII string "carbonlink.v1 signed instruction\\n", the full gRPC
+    method name (e.g. "/carbonlink.v1.LinkageGateway/SubmitTransfer"), "\\n", then the
+    request serialized deterministically with only `signature.signature` cleared -- so
+    key_id, nonce and timestamp are signed too. The gateway refuses an unknown key, a key
+    not owned by the token's subject, a timestamp outside its window, a nonce seen before
+    for the key, or a signature that does not verify; it keeps key id and signature in
+    the provenance events of the change. In a SubmitTransfers batch only the batch's own
+    signature counts and each item's must be unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Id of the signing key in the gateway's instruction-key registry."""
+    nonce: _builtins.str
+    """Single use per key: 16 to 128 characters of [A-Za-z0-9_-]."""
+    signature: _builtins.bytes
+    """The 64-byte Ed25519 signature."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the party signed; must be within the gateway's window of its clock."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        nonce: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "nonce", b"nonce", "signature", b"signature", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstructionSignature: _TypeAlias = InstructionSignature  # noqa: Y015

@@ -12,7 +12,7 @@ from types import FrameType
 
 import structlog
 
-from gateway import cli_audit, cli_client, cli_registry, cli_rules, cli_serial, demo
+from gateway import cli_audit, cli_client, cli_migrate, cli_registry, cli_rules, cli_serial, demo
 from gateway.config import ConfigError, load_config
 from gateway.logging_setup import configure_logging
 from gateway.server import GatewayServer
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rules.register(commands)
     cli_registry.register(commands)
     cli_client.register(commands)
+    cli_migrate.register(commands)
     cli_audit.register(commands)
     return parser
 

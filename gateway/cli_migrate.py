@@ -1,0 +1,187 @@
+"""``carbonlink migrate plan|execute|get`` and ``carbonlink entity import``.
+
+Clients of a running gateway, like ``carbonlink transfer``: they speak the public gRPC API
+(``--target``) and print a short summary or, with ``--json``, the resource in protobuf's
+JSON mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print
+from registry_bridge.covered_entities import parse_entities
+from registry_bridge.errors import InvalidRequest
+
+
+def _request(args: argparse.Namespace) -> gateway_pb2.PlanMigrationRequest:
+    return gateway_pb2.PlanMigrationRequest(
+        entity_id=args.entity,
+        from_jurisdiction=args.source,
+        to_jurisdiction=args.destination,
+        first_year=args.from_year,
+    )
+
+
+def _plan_summary(plan: gateway_pb2.MigrationPlan) -> str:
+    lines = [
+        f"{plan.entity_id}: {plan.from_jurisdiction} -> {plan.to_jurisdiction} from "
+        f"{plan.first_year} ({plan.pack_version or 'no pack version'})",
+        f"  final pilot year {plan.final_pilot_year}: verified {plan.verified_emissions}, "
+        f"due {plan.allowances_due}, surrendered {plan.units_surrendered} "
+        f"({plan.allowances_surrendered} allowances + {plan.offsets_surrendered} offsets), "
+        + (f"shortfall {plan.shortfall}" if plan.shortfall >= 0 else f"surplus {-plan.shortfall}"),
+    ]
+    if plan.HasField("destination_account"):
+        account = plan.destination_account
+        lines.append(f"  national registration: {account.registry}/{account.account}")
+    for d in plan.dispositions:
+        block = d.holding.block.id
+        lines.append(
+            f"  {d.action:14} {block.program} {block.serial_start}-{block.serial_end}: {d.reason}"
+        )
+    lines += [f"  BLOCKED {v.rule_id}: {v.message}" for v in plan.blocking_violations]
+    lines += [f"  warning {v.rule_id}: {v.message}" for v in plan.warnings]
+    lines.append("  executable" if plan.executable else "  not executable")
+    return "\n".join(lines)
+
+
+def _migration_summary(migration: gateway_pb2.Migration) -> str:
+    lines = [f"{migration.name} {migration.state}"]
+    if migration.failure_reason:
+        lines[0] += f": {migration.failure_reason}"
+    lines += [f"  step {s.seq} {s.kind} {s.state}: {s.description}" for s in migration.steps]
+    return "\n".join(lines)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        plan = stub.PlanMigration(_request(args), timeout=args.timeout)
+        _print(plan, args, _plan_summary(plan))
+        return EXIT_OK if plan.executable else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def _execute(args: argparse.Namespace) -> int:
+    request = gateway_pb2.ExecuteMigrationRequest(
+        # The default is derived, not random: re-running the same command resumes the same
+        # migration instead of being refused as a second one.
+        request_id=args.request_id
+        or f"migrate-{args.entity}-{args.source}-{args.destination}-{args.from_year}",
+        plan=_request(args),
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        migration = stub.ExecuteMigration(request, timeout=args.timeout)
+        _print(migration, args, _migration_summary(migration))
+        return EXIT_OK if migration.state == "completed" else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def _get(args: argparse.Namespace) -> int:
+    name = args.name if args.name.startswith("migrations/") else f"migrations/{args.name}"
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        migration = stub.GetMigration(gateway_pb2.GetMigrationRequest(name=name), timeout=10)
+        _print(migration, args, _migration_summary(migration))
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _import(args: argparse.Namespace) -> int:
+    try:
+        entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, InvalidRequest) as exc:
+        print(f"carbonlink entity import: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    batch = args.request_id or uuid.uuid4().hex
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        for entity in entities:
+            reply = stub.UpsertCoveredEntity(
+                gateway_pb2.UpsertCoveredEntityRequest(
+                    request_id=f"{batch}:{entity.entity_id}",
+                    entity=gateway_pb2.CoveredEntity(
+                        entity_id=entity.entity_id,
+                        display_name=entity.display_name,
+                        sector=entity.sector,
+                        gases=list(entity.gases),
+                        accounts=[
+                            model_pb2.AccountRef(registry=r, account=a)
+                            for r, a in sorted(entity.accounts.items())
+                        ],
+                        years=[
+                            gateway_pb2.ComplianceYear(
+                                jurisdiction=y.jurisdiction,
+                                compliance_year=y.compliance_year,
+                                verified_emissions=y.verified_emissions,
+                                allowances_due=y.allowances_due,
+                            )
+                            for y in entity.years
+                        ],
+                    ),
+                ),
+                timeout=args.timeout,
+            )
+            _print(
+                reply,
+                args,
+                f"entities/{reply.entity_id}: {reply.sector}, "
+                f"{len(reply.accounts)} accounts, {len(reply.years)} years",
+            )
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``migrate plan|execute|get`` and ``entity import`` to the CLI."""
+    migrate = subparsers.add_parser(
+        "migrate", help="move a covered entity from a pilot ETS to the national ETS"
+    )
+    commands = migrate.add_subparsers(dest="migrate_command", required=True)
+    for name, handler, text in (
+        ("plan", _plan, "dry run: obligation, dispositions, blocking violations"),
+        ("execute", _execute, "carry the migration out (re-run to resume)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        _common(sub)
+        sub.add_argument("--entity", required=True, help="covered entity id")
+        sub.add_argument(
+            "--from", dest="source", default="shenzhen", help="pilot ETS (default shenzhen)"
+        )
+        sub.add_argument("--to", dest="destination", default="national", choices=["national"])
+        sub.add_argument(
+            "--from-year",
+            dest="from_year",
+            type=int,
+            required=True,
+            help="first compliance year covered by the national ETS",
+        )
+        if name == "execute":
+            sub.add_argument(
+                "--request-id", help="idempotency key (default: derived from the migration)"
+            )
+        sub.set_defaults(handler=handler)
+    get = commands.add_parser("get", help="show one migration and its steps")
+    _common(get)
+    get.add_argument("name", help="migrations/ID or ID")
+    get.set_defaults(handler=_get)
+
+    entity = subparsers.add_parser("entity", help="covered entities")
+    entity_commands = entity.add_subparsers(dest="entity_command", required=True)
+    load = entity_commands.add_parser(
+        "import", help="record covered entities from a JSON export (UpsertCoveredEntity)"
+    )
+    _common(load)
+    load.add_argument("file", help='JSON: {"entities": [{entity_id, sector, gases, ...}]}')
+    load.add_argument("--request-id", help="idempotency key prefix (default: a new one)")
+    load.set_defaults(handler=_import)

@@ -101,6 +101,16 @@ def to_rpc_status(error: CarbonlinkError) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(failure))
+    elif isinstance(error, ResourceExhausted):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=getattr(error, "subject", ""),
+                    description=getattr(error, "description", str(error)),
+                )
+            ]
+        )
+        status.details.append(_pack(quota))
     return status
 
 

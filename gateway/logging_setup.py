@@ -8,6 +8,7 @@ carries them.  Output is one JSON object per line on stderr.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TextIO
 
@@ -15,7 +16,36 @@ import structlog
 
 _REDACTED = "[redacted]"
 # Keys whose values must never reach a log line, whatever logs them.
-_SECRET_KEYS = frozenset({"authorization", "token", "password", "private_key", "secret", "jwt"})
+_SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "token",
+        "password",
+        "private_key",
+        "secret",
+        "jwt",
+        "bearer",
+        "access_token",
+        "id_token",
+        "key_pem",
+        "tls_key",
+        "signing_key",
+        "metadata",
+        "invocation_metadata",
+    }
+)
+# A JWT (or any JWS) anywhere in a value: three base64url segments, the first a JSON
+# header ("eyJ"). Caught even when a library puts a token inside a message string.
+_JWS = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_PEM_PRIVATE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+)
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, str):
+        return _PEM_PRIVATE.sub(_REDACTED, _JWS.sub(_REDACTED, value))
+    return value
 
 
 def _redact_secrets(
@@ -24,6 +54,8 @@ def _redact_secrets(
     for key in list(event):
         if key.lower() in _SECRET_KEYS:
             event[key] = _REDACTED
+        else:
+            event[key] = _scrub(event[key])
     return event
 
 
@@ -45,8 +77,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact_secrets,
             structlog.processors.format_exc_info,
+            # After format_exc_info, so tracebacks are scrubbed as well.
+            _redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

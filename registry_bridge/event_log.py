@@ -10,9 +10,11 @@ provenance issue can be built over them unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +25,22 @@ from registry_bridge.model import BlockId
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
 
 LEAF_PREFIX = b"\x00"
+
+# The signed instruction being carried out by this thread, if any: every event its change
+# appends records who signed it (the gateway verifies the signature before the change).
+_signed_by: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "signed_by", default=None
+)
+
+
+@contextlib.contextmanager
+def signed_instruction(signed_by: Mapping[str, str]) -> Iterator[None]:
+    """Record ``signed_by`` (key id, signature...) in every event appended inside the block."""
+    token = _signed_by.set(dict(signed_by))
+    try:
+        yield
+    finally:
+        _signed_by.reset(token)
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
@@ -57,7 +75,9 @@ def append_event(
     head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
     index = head.size
     head.size = index + 1
-    body = canonical_json({"index": index, "kind": kind, "at": at.isoformat(), **payload})
+    signed_by = _signed_by.get()
+    extra = {"signed_by": dict(signed_by)} if signed_by is not None else {}
+    body = canonical_json({"index": index, "kind": kind, "at": at.isoformat(), **payload, **extra})
     session.add(
         LedgerEvent(
             idx=index,

@@ -341,3 +341,20 @@ class MigrationStepRecord(Base):
     detail: Mapped[str] = mapped_column(sa.Text)
     """What the step does and what came of it (operation ids, transfer id), canonical JSON."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class InstructionNonce(Base):
+    """A nonce of a signed instruction, kept so the same signed instruction runs once.
+
+    Security bookkeeping, not ledger state: rows are dropped once ``forget_after`` has
+    passed, since a replay that late fails the timestamp window anyway.
+    """
+
+    __tablename__ = "instruction_nonces"
+
+    key_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    """The signing key's id: nonces are unique per key."""
+    nonce: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    forget_after: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    """When the row may go: past the timestamp window of the instruction's signing time."""

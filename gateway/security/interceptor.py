@@ -1,0 +1,103 @@
+"""The authentication and authorization interceptor of the gateway service.
+
+For every call to ``carbonlink.v1.LinkageGateway`` (health and reflection stay open) it
+reads the bearer token, verifies it, spends one call of the caller's rate budget,
+checks the RPC's roles and the accounts the request moves, and for a signed RPC checks
+the instruction signature and claims its nonce; the handler then runs with the
+signature bound to the provenance events it appends. It sits inside the error-mapping
+interceptor, which turns the typed errors raised here into status codes with details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+
+from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
+from gateway.security.policy import SERVICE_PREFIX, authorize
+from gateway.security.ratelimit import RateLimiter
+from gateway.security.tokens import Principal, TokenVerifier
+from registry_bridge.errors import Unauthenticated
+from registry_bridge.event_log import signed_instruction
+
+_logger = structlog.get_logger(__name__)
+_BEARER = "bearer "
+
+
+class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+    """Bearer JWT, rate limit, roles, account scope and instruction signature per call."""
+
+    def __init__(
+        self,
+        tokens: TokenVerifier,
+        limiter: RateLimiter,
+        instructions: InstructionVerifier,
+    ) -> None:
+        self._tokens = tokens
+        self._limiter = limiter
+        self._instructions = instructions
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        full_method: str = handler_call_details.method
+        if handler is None or not full_method.startswith(SERVICE_PREFIX):
+            return handler  # health, reflection: open by design
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, full_method))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, full_method))
+        return handler
+
+    def _admit(self, full_method: str, request: Any, context: grpc.ServicerContext) -> Any:
+        """Check the call; returns the signature to record (or None for unsigned RPCs)."""
+        principal = self._principal(context)
+        structlog.contextvars.bind_contextvars(client=principal.subject)
+        self._limiter.take(principal.subject)
+        method = full_method[len(SERVICE_PREFIX) :]
+        authorize(method, principal, request)
+        if method not in SIGNED_METHODS:
+            return None
+        signed_by = self._instructions.verify(full_method, request, principal)
+        _logger.info("instruction_signature_verified", key_id=signed_by["key_id"])
+        return signed_by
+
+    def _principal(self, context: grpc.ServicerContext) -> Principal:
+        values = [
+            value
+            for key, value in context.invocation_metadata() or ()
+            if key == "authorization" and isinstance(value, str)
+        ]
+        if not values:
+            raise Unauthenticated("no bearer token: send 'authorization: Bearer <JWT>'")
+        if len(values) > 1 or not values[0][: len(_BEARER)].lower() == _BEARER:
+            raise Unauthenticated("authorization must be one 'Bearer <JWT>' header")
+        return self._tokens.verify(values[0][len(_BEARER) :].strip())
+
+    def _unary(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], full_method: str
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            signed_by = self._admit(full_method, request, context)
+            if signed_by is None:
+                return behavior(request, context)
+            with signed_instruction(signed_by):
+                return behavior(request, context)
+
+        return wrapped
+
+    def _stream(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], full_method: str
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self._admit(full_method, request, context)
+            yield from behavior(request, context)
+
+        return wrapped

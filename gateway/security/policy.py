@@ -1,0 +1,102 @@
+"""Who may call what: the one table of roles per RPC, and per-account scoping.
+
+Each RPC of ``carbonlink.v1.LinkageGateway`` names the roles it accepts; an RPC missing
+from the table is refused to everyone (fail closed), and a test pins the table to the
+service's methods. Roles that move units (exchange operator, covered entity, issuer)
+move them only out of the accounts their token names (``accounts: ["hkmo:hk-seller"]``),
+and a covered entity executes only its own migration (``entities: ["steelco"]``).
+The auditor's and the regulator's roles appear only on reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from gateway.security.tokens import Principal
+from registry_bridge.errors import PermissionDenied
+
+SERVICE_PREFIX = "/carbonlink.v1.LinkageGateway/"
+
+_EVERYONE = frozenset(
+    {"exchange_operator", "issuer", "covered_entity", "auditor", "regulator", "registry"}
+)
+_MOVERS = frozenset({"exchange_operator", "covered_entity"})
+
+RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        # Reads: every authenticated role.
+        "ListRegistries": _EVERYONE,
+        "ParseSerial": _EVERYONE,
+        "EvaluateTransfer": _EVERYONE,
+        "GetTransfer": _EVERYONE,
+        "ListTransfers": _EVERYONE,
+        "WatchTransfer": _EVERYONE,
+        "GetMigration": _EVERYONE,
+        "TraceUnits": _EVERYONE,
+        "GetCheckpoint": _EVERYONE,
+        "GetConsistencyProof": _EVERYONE,
+        # Dry runs and audits that change nothing.
+        "PlanMigration": frozenset({"covered_entity", "regulator", "auditor"}),
+        "Reconcile": frozenset({"auditor", "regulator"}),
+        # Writes.
+        "ListProject": frozenset({"issuer", "regulator"}),
+        "SubmitTransfer": _MOVERS,
+        "SubmitTransfers": _MOVERS,
+        "Retire": _MOVERS | {"issuer"},
+        "Surrender": _MOVERS,
+        "ExecuteMigration": frozenset({"covered_entity"}),
+        "UpsertCoveredEntity": frozenset({"regulator", "registry"}),
+    }
+)
+"""Roles accepted by each RPC of the gateway service (by method name)."""
+
+
+def _accounts_moved(method: str, request: Message) -> list[tuple[str, str]]:
+    """``(field path, registry:account)`` of every account the request moves units out of."""
+    if isinstance(request, gateway_pb2.SubmitTransferRequest):
+        source = request.instruction.source
+        return [("instruction.source", f"{source.registry}:{source.account}")]
+    if isinstance(request, gateway_pb2.SubmitTransfersRequest):
+        return [
+            (
+                f"transfers[{i}].instruction.source",
+                f"{t.instruction.source.registry}:{t.instruction.source.account}",
+            )
+            for i, t in enumerate(request.transfers)
+        ]
+    if isinstance(request, gateway_pb2.RetireRequest | gateway_pb2.SurrenderRequest):
+        return [("account", f"{request.account.registry}:{request.account.account}")]
+    return []
+
+
+def authorize(method: str, principal: Principal, request: Message) -> None:
+    """Refuse the call unless the principal's roles and accounts allow it.
+
+    Args:
+        method: The RPC's method name, e.g. ``SubmitTransfer``.
+        principal: The authenticated caller.
+        request: The request message.
+
+    Raises:
+        PermissionDenied: No role of the caller is accepted by the RPC, or the request
+            moves units out of an account (or migrates an entity) the token does not name.
+    """
+    accepted = RPC_ROLES.get(method)
+    if accepted is None or not principal.roles & accepted:
+        raise PermissionDenied(
+            f"{method} needs one of the roles {', '.join(sorted(accepted or ()))}; "
+            f"the caller has {', '.join(sorted(principal.roles))}"
+        )
+    for path, account in _accounts_moved(method, request):
+        if account not in principal.accounts:
+            raise PermissionDenied(f"{path}: the caller's token does not name account {account!r}")
+    if isinstance(request, gateway_pb2.ExecuteMigrationRequest):
+        entity = request.plan.entity_id
+        if entity not in principal.entities:
+            raise PermissionDenied(
+                f"plan.entity_id: the caller's token does not name entity {entity!r}"
+            )

@@ -1,0 +1,64 @@
+"""Per-client rate limits: a token bucket per token subject, in this gateway process.
+
+Several gateways behind one balancer each keep their own buckets, so a client's
+effective ceiling is the per-process rate times the number of gateways; the setting is
+a guard against one client starving the others, not a billing quota.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from registry_bridge.errors import ResourceExhausted
+
+_MAX_CLIENTS = 100_000
+
+
+class RateLimited(ResourceExhausted):
+    """One client called faster than its configured rate."""
+
+    def __init__(self, subject: str, rate_per_second: float, burst: int) -> None:
+        super().__init__(
+            f"client {subject!r} exceeded {rate_per_second:g} calls per second "
+            f"(burst {burst}); retry later"
+        )
+        self.subject = f"clients/{subject}"
+        self.description = f"at most {rate_per_second:g} calls/s, burst {burst}"
+
+
+class RateLimiter:
+    """Token buckets keyed by client identity."""
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = rate_per_second
+        self._burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, subject: str) -> None:
+        """Spend one call of ``subject``'s budget.
+
+        Raises:
+            RateLimited: The bucket is empty.
+        """
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(subject, (float(self._burst), now))
+            tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+            if tokens < 1.0:
+                self._buckets[subject] = (tokens, now)
+                raise RateLimited(subject, self._rate, self._burst)
+            self._buckets[subject] = (tokens - 1.0, now)
+            if len(self._buckets) > _MAX_CLIENTS:
+                # Forget full buckets (idle clients); bounds memory whatever the subjects.
+                self._buckets = {
+                    s: (t, at) for s, (t, at) in self._buckets.items() if t < self._burst
+                }

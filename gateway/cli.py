@@ -12,7 +12,16 @@ from types import FrameType
 
 import structlog
 
-from gateway import cli_audit, cli_client, cli_migrate, cli_registry, cli_rules, cli_serial, demo
+from gateway import (
+    cli_audit,
+    cli_certs,
+    cli_client,
+    cli_migrate,
+    cli_registry,
+    cli_rules,
+    cli_serial,
+    demo,
+)
 from gateway.config import ConfigError, load_config
 from gateway.logging_setup import configure_logging
 from gateway.server import GatewayServer
@@ -28,6 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "registries": ",".join(args.registry) if args.registry else None,
+        "insecure": True if args.insecure else None,
+        **cli_certs.serve_flags(args.tls_dir),
     }
     try:
         config = load_config(file=args.config, flags=flags)
@@ -78,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID=HOST:PORT",
         help="wire a registry's native API (repeatable)",
     )
+    serve.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="TLS, token and signing files from `carbonlink certs init DIR`",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="LOCAL DEVELOPMENT ONLY: no TLS, tokens or signatures (logged loudly)",
+    )
     serve.set_defaults(handler=_serve)
 
     demo_parser = commands.add_parser("demo", help="run the user journeys end to end")
@@ -91,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_registry.register(commands)
     cli_client.register(commands)
     cli_migrate.register(commands)
+    cli_certs.register(commands)
     cli_audit.register(commands)
     return parser
 

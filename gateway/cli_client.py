@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from gateway import client_security
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -32,7 +33,7 @@ def _account(text: str) -> model_pb2.AccountRef:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
-    channel = grpc.insecure_channel(args.target)
+    channel = client_security.open_channel(args)
     return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
 
 
@@ -52,12 +53,19 @@ def _summary(transfer: model_pb2.Transfer) -> str:
 
 
 def _call(args: argparse.Namespace, invoke: Any) -> int:
-    channel, stub = _stub(args)
+    try:
+        channel, stub = _stub(args)
+    except client_security.ClientSetupError as exc:
+        print(f"carbonlink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(invoke(stub))
     except grpc.RpcError as exc:
         print(f"carbonlink: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_REFUSED
+    except client_security.ClientSetupError as exc:
+        print(f"carbonlink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         channel.close()
 
@@ -78,6 +86,7 @@ def _submit(args: argparse.Namespace) -> int:
         )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "SubmitTransfer", request)
         transfer = stub.SubmitTransfer(request, timeout=args.timeout)
         _print(transfer, args, _summary(transfer))
         return EXIT_OK if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED else EXIT_REFUSED
@@ -127,6 +136,7 @@ def _retire(args: argparse.Namespace) -> int:
     )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "Retire", request)
         use = stub.Retire(request, timeout=args.timeout)
         _print(use, args, f"{use.name} retired for {use.beneficiary}")
         return EXIT_OK
@@ -138,6 +148,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print the resource as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    client_security.add_arguments(parser)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

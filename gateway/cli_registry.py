@@ -1,7 +1,7 @@
 """The registry emulator commands of ``carbonlink``.
 
-``carbonlink emulate <registry> --listen HOST:PORT --data DIR [--faults FILE]`` serves an
-emulated registry's native API until SIGTERM or SIGINT;
+``carbonlink emulate <registry> --listen HOST:PORT --data DIR [--faults FILE] [--tls-dir DIR]``
+serves an emulated registry's native API until SIGTERM or SIGINT;
 ``carbonlink registry import <registry> FILE --data DIR`` loads a registry export into
 that registry's emulator store.  ``register`` adds both to the main parser; each handler
 is the ``handler`` default of its namespace and returns the process exit code.
@@ -17,6 +17,8 @@ from adapters.emulator_core import FaultConfig, RunningEmulator, run_emulator
 from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
 from adapters.registry import REGISTRIES
 from adapters.serial_errors import RegistryFormatError
+from gateway.security.layout import TlsLayout
+from gateway.security.tls import server_credentials
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     emulate.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
     emulate.add_argument("--data", required=True, type=Path, help="directory of the store")
     emulate.add_argument("--faults", type=Path, help="YAML fault-injection settings")
+    emulate.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve mutual TLS with the certificates of `carbonlink certs init DIR` "
+        "(clients need a certificate of that CA); without it: plaintext, for local tests",
+    )
     emulate.set_defaults(handler=handle_emulate)
 
     registry = subparsers.add_parser("registry", help="work with emulated registry data")
@@ -51,8 +59,22 @@ def handle_emulate(args: argparse.Namespace) -> int:
         print(f"emulating {args.registry} on {running.target}", flush=True)
 
     spec = REGISTRIES[args.registry].emulator()
+    credentials = None
+    if args.tls_dir is not None:
+        layout = TlsLayout(args.tls_dir)
+        try:
+            credentials = server_credentials(
+                layout.registry_cert(args.registry),
+                layout.registry_key(args.registry),
+                layout.ca_cert,
+            )
+        except OSError as exc:
+            print(f"carbonlink emulate: bad --tls-dir: {exc}", file=sys.stderr)
+            return 2
     try:
-        run_emulator(spec, args.listen, args.data, faults, on_started=started)
+        run_emulator(
+            spec, args.listen, args.data, faults, on_started=started, credentials=credentials
+        )
     except OSError as exc:
         print(f"carbonlink emulate: cannot serve: {exc}", file=sys.stderr)
         return 1

@@ -80,6 +80,33 @@ class GatewayConfig:
     """PEM file of the Ed25519 key that signs log checkpoints (PKCS#8, unencrypted; keep
     it private). Empty: an ephemeral key per process, with a loud warning, so checkpoints
     verify only until restart -- for development only."""
+    insecure: bool = False
+    """FOR LOCAL DEVELOPMENT ONLY: no TLS, no bearer tokens, no instruction signatures.
+    The gateway logs a loud warning at every start while it is set."""
+    tls_cert_file: str = ""
+    """PEM certificate the gateway serves with; it also presents it to the registries."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file`` (keep it private)."""
+    tls_ca_file: str = ""
+    """PEM CA bundle: client certificates must chain to it (mutual TLS is required)."""
+    registry_ca_file: str = ""
+    """PEM CA bundle the registries' certificates must chain to; empty: ``tls_ca_file``."""
+    jwks_file: str = ""
+    """JSON Web Key Set of the token issuer's public keys; re-read when it changes."""
+    jwt_issuer: str = "https://idp.carbonlink.local"
+    """The ``iss`` every bearer token must carry."""
+    jwt_audience: str = "carbonlink-gateway"
+    """The ``aud`` every bearer token must carry."""
+    jwt_leeway_seconds: float = 30.0
+    """Clock skew tolerated on ``exp`` and ``nbf``."""
+    instruction_keys_file: str = ""
+    """JSON registry of the parties' Ed25519 instruction-signing keys (``certs init``)."""
+    instruction_window_seconds: float = 300.0
+    """How far an instruction's signing time may be from the gateway's clock."""
+    rate_limit_per_second: float = 50.0
+    """Calls per second each client (token subject) may make, per gateway process."""
+    rate_limit_burst: int = 100
+    """Calls a client may make at once before the per-second rate applies."""
     fault_crash_after_state: str = ""
     """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
     transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""
@@ -111,11 +138,32 @@ _FIELD_TYPES: dict[str, type] = {
     "transfer_lease_seconds": float,
     "log_origin": str,
     "log_signing_key_file": str,
+    "insecure": bool,
+    "tls_cert_file": str,
+    "tls_key_file": str,
+    "tls_ca_file": str,
+    "registry_ca_file": str,
+    "jwks_file": str,
+    "jwt_issuer": str,
+    "jwt_audience": str,
+    "jwt_leeway_seconds": float,
+    "instruction_keys_file": str,
+    "instruction_window_seconds": float,
+    "rate_limit_per_second": float,
+    "rate_limit_burst": int,
 }
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 def _coerce(name: str, raw: Any, origin: str) -> Any:
     kind = _FIELD_TYPES[name]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigError(f"{name}: expected true or false, got {raw!r} ({origin})")
     if isinstance(raw, bool):
         raise ConfigError(f"{name}: expected {kind.__name__}, got a boolean ({origin})")
     try:
@@ -184,6 +232,9 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "registry_retry_attempts": config.registry_retry_attempts,
         "recovery_interval_seconds": config.recovery_interval_seconds,
         "transfer_lease_seconds": config.transfer_lease_seconds,
+        "instruction_window_seconds": config.instruction_window_seconds,
+        "rate_limit_per_second": config.rate_limit_per_second,
+        "rate_limit_burst": config.rate_limit_burst,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -225,6 +276,11 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
                 f"{', '.join(_STEP_KINDS)} and STATE one of {', '.join(_STEP_STATES)} "
                 f"({origin('fault_crash_after_migration_step')})"
             )
+    # Security settings are checked by the module that uses them, one place for both
+    # load_config and a GatewayConfig built in code (imported here: it imports this module).
+    from gateway.security.settings import check_security
+
+    check_security(config, origin)
     seen: set[str] = set()
     for endpoint in config.registries:
         if not _REGISTRY_ID.match(endpoint.registry_id):

@@ -24,6 +24,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
+from gateway import demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
@@ -32,6 +33,8 @@ from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import BlockStatusRequest, CreditRequest, IssueRequest, RegistryPort
 
 DEMO_REGISTRIES = ("verra", "gold-standard", "hkmo", "shenzhen", "guangdong", "national", "bri")
+# The exchange operator settles for its members: it moves units out of these accounts only.
+DEMO_OPERATOR_ACCOUNTS = ("hkmo:hk-seller", "shenzhen:sz-buyer")
 # A real Verra issuance (Verra public export): 20,745 VCUs of project 1060, vintage 2019.
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
 SOLD_QUANTITY = 5_000
@@ -52,7 +55,9 @@ def _emulators(workdir: Path) -> Iterator[dict[str, RunningEmulator]]:
     try:
         for registry_id in DEMO_REGISTRIES:
             running[registry_id] = start_emulator(
-                REGISTRIES[registry_id].emulator(), data_dir=workdir / registry_id
+                REGISTRIES[registry_id].emulator(),
+                data_dir=workdir / registry_id,
+                credentials=demo_security.emulator_credentials(workdir, registry_id),
             )
         yield running
     finally:
@@ -80,21 +85,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
-    registry_ports = {r: build_adapter(r, e.target) for r, e in emulators.items()}
+    seeding = demo_security.registry_credentials(workdir)
+    registry_ports = {
+        r: build_adapter(r, e.target, credentials=seeding) for r, e in emulators.items()
+    }
     _seed_hong_kong_venue(registry_ports)
     config = GatewayConfig(
         listen="127.0.0.1:0",
         database_url=f"sqlite:///{workdir / 'gateway.db'}",
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
+        **demo_security.gateway_settings(workdir),
     )
     server = GatewayServer(config)
     port = server.start()
     target = f"127.0.0.1:{port}"
     try:
-        with grpc.insecure_channel(target) as channel:
+        # Each party over mutual TLS with a token of its role; instructions signed.
+        with (
+            demo_security.channel(
+                workdir, target, "exchange_operator", accounts=DEMO_OPERATOR_ACCOUNTS
+            ) as channel,
+            demo_security.channel(workdir, target, "issuer") as issuer,
+        ):
             _journey_gateway_up(channel, target)
             _journey_exchange_operator(channel, registry_ports["verra"])
-            _journey_foreign_issuer(channel)
+            _journey_foreign_issuer(issuer)
     finally:
         server.stop(grace_seconds=1)
 

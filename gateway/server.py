@@ -26,6 +26,7 @@ from gateway.catalog import RegistryInfo
 from gateway.config import ConfigError, GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
 from gateway.log_keys import load_signer
+from gateway.security.settings import GatewaySecurity, warn_if_insecure
 from gateway.servicer import LinkageGatewayServicer
 from registry_bridge import db
 from registry_bridge.bridge import Bridge, TransferRules
@@ -46,7 +47,8 @@ _PROBE_TIMEOUT_SECONDS = 0.5
 class RegistryProbe:
     """Asks a registry's standard health service whether it is up; one channel per target."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -54,7 +56,11 @@ class RegistryProbe:
         with self._lock:
             channel = self._channels.get(info.target)
             if channel is None:
-                channel = grpc.insecure_channel(info.target)
+                channel = (
+                    grpc.insecure_channel(info.target)
+                    if self._credentials is None
+                    else grpc.secure_channel(info.target, self._credentials)
+                )
                 self._channels[info.target] = channel
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -146,14 +152,19 @@ class GatewayServer:
         """
         self.config = config
         self.engine: Engine = db.create_engine(config.database_url)
-        self._probe = RegistryProbe()
+        self.security = GatewaySecurity.from_config(config, db.session_factory(self.engine))
+        self._probe = RegistryProbe(self.security.registry_credentials)
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
         self._registries = wired_registries(config)
         retry = RetryPolicy(attempts=config.registry_retry_attempts)
         self.adapters: dict[str, RegistryPort] = {
             info.registry_id: build_adapter(
-                info.registry_id, info.target, retry, timeout_s=config.registry_timeout_seconds
+                info.registry_id,
+                info.target,
+                retry,
+                timeout_s=config.registry_timeout_seconds,
+                credentials=self.security.registry_credentials,
             )
             for info in self._registries
         }
@@ -187,6 +198,7 @@ class GatewayServer:
             DatabaseError: The database cannot be reached or migrated.
             OSError: The listen address cannot be bound.
         """
+        warn_if_insecure(self.config)
         db.check_connection(self.engine)
         db.upgrade(self.engine)
         # Learn the units the registries issued before taking any call about them.
@@ -195,7 +207,8 @@ class GatewayServer:
             futures.ThreadPoolExecutor(
                 max_workers=self.config.max_workers, thread_name_prefix="rpc"
             ),
-            interceptors=[ErrorMappingInterceptor()],
+            # Error mapping outermost: it maps what the security interceptor refuses.
+            interceptors=[ErrorMappingInterceptor(), *self.security.interceptors],
             options=[
                 ("grpc.max_receive_message_length", self.config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -215,7 +228,12 @@ class GatewayServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port: int = server.add_insecure_port(self.config.listen)
+        credentials = self.security.server_credentials
+        port: int = (
+            server.add_insecure_port(self.config.listen)
+            if credentials is None
+            else server.add_secure_port(self.config.listen, credentials)
+        )
         if port == 0:
             raise OSError(f"cannot bind {self.config.listen}")
         server.start()

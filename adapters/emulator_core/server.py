@@ -113,6 +113,7 @@ def start_emulator(
     faults: FaultConfig | None = None,
     clock: Clock = utc_now,
     max_workers: int = 8,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningEmulator:
     """Start an emulator in the background.
 
@@ -123,6 +124,8 @@ def start_emulator(
         faults: Faults to inject; none by default.
         clock: The registry's clock (tests inject one to expire locks).
         max_workers: Threads serving calls.
+        credentials: TLS server credentials (requiring a client certificate, as a real
+            registry does); ``None`` serves plaintext (tests of the adapters alone).
 
     Returns:
         The running emulator; call ``stop()`` when done.
@@ -140,7 +143,11 @@ def start_emulator(
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    port = (
+        server.add_insecure_port(listen)
+        if credentials is None
+        else server.add_secure_port(listen, credentials)
+    )
     if port == 0:
         store.close()
         raise OSError(f"could not listen on {listen}")
@@ -156,6 +163,7 @@ def run_emulator(
     data_dir: Path,
     faults: FaultConfig | None = None,
     on_started: Callable[[RunningEmulator], None] | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
     """Serve an emulator until SIGTERM or SIGINT, then stop gracefully.
 
@@ -165,6 +173,7 @@ def run_emulator(
         data_dir: Directory of the persistent store.
         faults: Faults to inject (with ``crash_exits_process`` an injected crash exits).
         on_started: Called once the server listens (the CLI prints the address).
+        credentials: TLS server credentials; ``None`` serves plaintext.
     """
     stopping = threading.Event()
 
@@ -172,7 +181,7 @@ def run_emulator(
         stopping.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    running = start_emulator(spec, listen, data_dir, faults)
+    running = start_emulator(spec, listen, data_dir, faults, credentials=credentials)
     try:
         if on_started is not None:
             on_started(running)

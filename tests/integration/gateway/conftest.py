@@ -66,7 +66,10 @@ class LiveGateway:
 def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
     registries.seed_venue()
     config = GatewayConfig(
-        listen="127.0.0.1:0", database_url=database_url, registries=registries.endpoints()
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        registries=registries.endpoints(),
+        insecure=True,  # the secure path has its own fixtures (test_security*.py)
     )
     server = GatewayServer(config)
     port = server.start()

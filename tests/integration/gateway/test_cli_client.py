@@ -12,7 +12,7 @@ from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main([*argv, "--insecure"])  # live_gateway is insecure; test_security covers TLS
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -45,6 +45,7 @@ def _gateway(
     env["CARBONLINK_REGISTRIES"] = ",".join(
         f"{e.registry_id}={e.target}" for e in registries.endpoints()
     )
+    env["CARBONLINK_INSECURE"] = "true"
     env["CARBONLINK_RECOVERY_INTERVAL_SECONDS"] = "0.2"
     # A short lease lets the restarted gateway take over the dead one's transfer quickly.
     env["CARBONLINK_TRANSFER_LEASE_SECONDS"] = "1"

@@ -46,6 +46,7 @@ def gateway_target(tmp_path: Path) -> Iterator[str]:
         listen="127.0.0.1:0",
         database_url=f"sqlite:///{tmp_path}/gateway.db",
         registries=(RegistryEndpoint("verra", "127.0.0.1:1"),),
+        insecure=True,
     )
     server = GatewayServer(config)
     port = server.start()

@@ -68,6 +68,7 @@ def world(database_url: str, pilot_registries: dict[str, RunningEmulator]) -> It
         database_url=database_url,
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in pilot_registries.items()),
         recovery_interval_seconds=3600,
+        insecure=True,
     )
     server = GatewayServer(config)
     port = server.start()

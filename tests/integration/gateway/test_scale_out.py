@@ -48,6 +48,7 @@ def _free_port() -> int:
 def _deployed_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[str]:
     target = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
+    env["CARBONLINK_INSECURE"] = "true"
     env["CARBONLINK_LISTEN"] = target
     env["CARBONLINK_DATABASE_URL"] = database_url
     env["CARBONLINK_REGISTRIES"] = ",".join(

@@ -44,7 +44,7 @@ def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str, tmp_p
     port = _free_port()
     target = f"127.0.0.1:{port}"
     process = subprocess.Popen(
-        [*CARBONLINK, "serve", "--listen", target, "--database-url", database_url],
+        [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -82,6 +82,7 @@ def test_serve_refuses_an_unreachable_database() -> None:
         [
             *CARBONLINK,
             "serve",
+            "--insecure",
             "--listen",
             "127.0.0.1:0",
             "--database-url",

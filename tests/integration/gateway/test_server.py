@@ -72,6 +72,7 @@ def gateway(database_url: str, registry_with_health: str) -> Iterator[grpc.Chann
             RegistryEndpoint("verra", registry_with_health),
             RegistryEndpoint("shenzhen", "127.0.0.1:1"),
         ),
+        insecure=True,
     )
     server = GatewayServer(config)
     port = server.start()

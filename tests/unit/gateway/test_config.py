@@ -4,11 +4,23 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, RegistryEndpoint, load_config
+from gateway import config as config_module
+from gateway.config import ConfigError, GatewayConfig, RegistryEndpoint
+
+
+def load_config(
+    file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    flags: dict[str, object] | None = None,
+) -> GatewayConfig:
+    """load_config in development mode: security settings are tested in test_security_config."""
+    return config_module.load_config(
+        file, {"CARBONLINK_INSECURE": "true", **(environ or {})}, flags
+    )
 
 
 def test_defaults_are_valid() -> None:
-    assert load_config(environ={}) == GatewayConfig()
+    assert load_config(environ={}) == GatewayConfig(insecure=True)
 
 
 def test_flags_override_env_override_file(tmp_path: Path) -> None:

@@ -1,0 +1,98 @@
+"""``carbonlink certs init DIR`` and ``carbonlink certs token DIR --role ROLE``.
+
+``init`` writes a development PKI (see ``gateway.security.layout``); ``token`` signs a
+bearer token with a role's development key, as an identity provider would, and prints
+it (or writes it 0600 with ``--out``) for ``--token-file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from adapters.registry import REGISTRIES
+from gateway.security.certs import init_dev_pki, load_private_key
+from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, ROLES, TlsLayout
+from gateway.security.tokens import mint_token
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``certs init`` and ``certs token`` to the ``carbonlink`` parser."""
+    certs = subparsers.add_parser("certs", help="development certificates, keys and tokens")
+    commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    init = commands.add_parser(
+        "init", help="create a development CA, certificates, token and signing keys"
+    )
+    init.add_argument("dir", type=Path, help="directory to write (created if missing)")
+    init.set_defaults(handler=_init)
+
+    token = commands.add_parser("token", help="sign a development bearer token for a role")
+    token.add_argument("dir", type=Path, help="a directory made by `certs init`")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--subject", help="the token's sub (default: the role's name)")
+    token.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="REGISTRY:ACCOUNT",
+        help="an account the holder may move units out of (repeatable)",
+    )
+    token.add_argument(
+        "--entity", action="append", default=[], help="a covered entity id (repeatable)"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--out", type=Path, help="write the token here (0600) instead of stdout")
+    token.set_defaults(handler=_token)
+
+
+def _init(args: argparse.Namespace) -> int:
+    layout = init_dev_pki(args.dir, REGISTRIES)
+    print(f"development PKI written to {layout.root}")
+    print(f"  serve with: carbonlink serve --tls-dir {layout.root}")
+    print(f"  tokens:     carbonlink certs token {layout.root} --role exchange_operator")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    layout = TlsLayout(args.dir)
+    try:
+        key = load_private_key(layout.jwt_key(args.role))
+    except (OSError, ValueError) as exc:
+        print(f"carbonlink certs token: cannot read the {args.role} key: {exc}", file=sys.stderr)
+        return 2
+    token = mint_token(
+        key,
+        f"{args.role}-1",
+        subject=args.subject or args.role,
+        roles=[args.role],
+        issuer=DEV_ISSUER,
+        audience=DEV_AUDIENCE,
+        accounts=args.account,
+        entities=args.entity,
+        ttl_seconds=args.ttl,
+    )
+    if args.out is None:
+        print(token)
+        return 0
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return 0
+
+
+def serve_flags(tls_dir: Path | None) -> dict[str, str | None]:
+    """The gateway settings a ``--tls-dir`` stands for (all None without one)."""
+    names = ("tls_cert_file", "tls_key_file", "tls_ca_file", "jwks_file", "instruction_keys_file")
+    if tls_dir is None:
+        return dict.fromkeys(names)
+    layout = TlsLayout(tls_dir)
+    paths = (
+        layout.gateway_cert,
+        layout.gateway_key,
+        layout.ca_cert,
+        layout.jwks,
+        layout.instruction_keys,
+    )
+    return {name: str(path) for name, path in zip(names, paths, strict=True)}

@@ -1,0 +1,78 @@
+"""Security units: the role table, the config's secure default, canonical bytes, buckets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from structlog.testing import capture_logs
+
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.security.certs import init_dev_pki
+from gateway.security.instructions import SIGNED_METHODS, canonical_bytes, sign_request
+from gateway.security.policy import RPC_ROLES
+from gateway.security.ratelimit import RateLimited, RateLimiter
+from gateway.security.settings import warn_if_insecure
+
+
+def test_every_rpc_declares_its_roles_and_every_mover_is_signed() -> None:
+    service = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"]
+    assert set(RPC_ROLES) == {m.name for m in service.methods}
+    for method in SIGNED_METHODS:
+        assert "auditor" not in RPC_ROLES[method]
+        request = service.methods_by_name[method].input_type
+        assert "signature" in request.fields_by_name
+    readers = {m for m, roles in RPC_ROLES.items() if "auditor" in roles}
+    assert readers.isdisjoint({"SubmitTransfer", "Retire", "Surrender", "ListProject"})
+
+
+def test_security_is_on_by_default_and_names_the_missing_file() -> None:
+    with pytest.raises(ConfigError, match="tls_cert_file: required unless insecure"):
+        load_config(environ={})
+    with pytest.raises(ConfigError, match="insecure: expected true or false"):
+        load_config(environ={"CARBONLINK_INSECURE": "maybe"})
+    assert load_config(environ={"CARBONLINK_INSECURE": "yes"}).insecure
+
+
+def test_a_tls_dir_configures_everything(tmp_path: Path) -> None:
+    layout = init_dev_pki(tmp_path / "pki", ("verra",))
+    config = load_config(file=layout.gateway_config, environ={})
+    assert not config.insecure
+    assert config.tls_ca_file == str(layout.ca_cert)
+    with pytest.raises(ConfigError, match=r"jwks_file: .* is not a file"):
+        load_config(file=layout.gateway_config, environ={"CARBONLINK_JWKS_FILE": "/nope"})
+    assert (layout.ca_key.stat().st_mode & 0o777) == 0o600
+
+
+def test_insecure_mode_warns_loudly() -> None:
+    with capture_logs() as logs:
+        warn_if_insecure(GatewayConfig(insecure=True))
+        warn_if_insecure(GatewayConfig())
+    assert [(e["event"], e["log_level"]) for e in logs] == [("INSECURE_MODE", "warning")]
+
+
+def test_canonical_bytes_cover_everything_but_the_signature_bytes() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    request = gateway_pb2.RetireRequest(request_id="r", beneficiary="b")
+    method = "/carbonlink.v1.LinkageGateway/Retire"
+    sign_request(method, request, key, "k-1", now=datetime(2026, 1, 1, tzinfo=UTC), nonce="n" * 16)
+    signed = canonical_bytes(method, request)
+    key.public_key().verify(request.signature.signature, signed)
+    assert b"k-1" in signed and b"n" * 16 in signed
+    assert request.signature.signature not in signed
+    assert canonical_bytes("/carbonlink.v1.LinkageGateway/Surrender", request) != signed
+
+
+def test_token_buckets_refill() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2.0, 2, clock=lambda: now[0])
+    limiter.take("a")
+    limiter.take("a")
+    with pytest.raises(RateLimited):
+        limiter.take("a")
+    limiter.take("b")
+    now[0] = 0.5
+    limiter.take("a")

@@ -1,0 +1,138 @@
+"""A gateway with security on: mutual TLS to clients and registries, JWTs, signed instructions."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.serials import parse_serial
+from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.security.certs import init_dev_pki, load_private_key
+from gateway.security.client import InstructionSigner, role_channel
+from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
+from gateway.security.tls import channel_credentials, server_credentials
+from gateway.security.tokens import mint_token
+from gateway.server import GatewayServer
+from registry_bridge.bridge import venue_account
+from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+
+WIRED = ("verra", "hkmo", "shenzhen")
+VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsLayout:
+    """One development PKI for the session (tests that rotate keys make their own)."""
+    return init_dev_pki(tmp_path_factory.mktemp("pki"), REGISTRIES)
+
+
+@dataclass
+class SecureGateway:
+    """A running secure gateway and what a test needs to speak to it."""
+
+    server: GatewayServer
+    target: str
+    pki: TlsLayout
+    ports: dict[str, RegistryPort]
+    emulators: dict[str, RunningEmulator]
+
+    def token(
+        self,
+        role: str,
+        *,
+        subject: str | None = None,
+        accounts: Sequence[str] = (),
+        entities: Sequence[str] = (),
+        **overrides: Any,
+    ) -> str:
+        """A valid token of ``role`` signed by the role's development key."""
+        key = load_private_key(self.pki.jwt_key(role))
+        settings: dict[str, Any] = {
+            "subject": subject or role,
+            "roles": [role],
+            "issuer": DEV_ISSUER,
+            "audience": DEV_AUDIENCE,
+            "accounts": accounts,
+            "entities": entities,
+        }
+        settings.update(overrides)
+        return mint_token(key, f"{role}-1", **settings)
+
+    def channel(self, role: str, token: str | None) -> grpc.Channel:
+        """A mutual-TLS channel with ``role``'s client certificate and ``token``."""
+        return role_channel(self.target, self.pki, role, token)
+
+    def stub(self, role: str, token: str | None) -> gateway_pb2_grpc.LinkageGatewayStub:
+        return gateway_pb2_grpc.LinkageGatewayStub(self.channel(role, token))
+
+    def signer(self, party: str) -> InstructionSigner:
+        return InstructionSigner.from_file(self.pki.instruction_key(party))
+
+    def seed_venue(self, account: str = "hk-seller") -> None:
+        block = parse_serial("verra", VERRA_SERIAL)
+        seed = uuid.uuid4().hex
+        self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
+        self.ports["hkmo"].credit(CreditRequest(f"dep-{seed}", account, block, "verra", "seed"))
+
+
+def start_secure_gateway(
+    pki: TlsLayout, database_url: str, **settings: Any
+) -> tuple[GatewayServer, dict[str, RunningEmulator], dict[str, RegistryPort]]:
+    """Emulators serving mutual TLS, and a gateway with every security setting on."""
+    emulators = {
+        r: start_emulator(
+            REGISTRIES[r].emulator(),
+            credentials=server_credentials(pki.registry_cert(r), pki.registry_key(r), pki.ca_cert),
+        )
+        for r in WIRED
+    }
+    seeding = channel_credentials(
+        pki.ca_cert, pki.client_cert("registry"), pki.client_key("registry")
+    )
+    ports = {r: build_adapter(r, e.target, credentials=seeding) for r, e in emulators.items()}
+    fields: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "database_url": database_url,
+        "registries": tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
+        "tls_cert_file": str(pki.gateway_cert),
+        "tls_key_file": str(pki.gateway_key),
+        "tls_ca_file": str(pki.ca_cert),
+        "jwks_file": str(pki.jwks),
+        "instruction_keys_file": str(pki.instruction_keys),
+    }
+    fields.update(settings)
+    return GatewayServer(GatewayConfig(**fields)), emulators, ports
+
+
+@contextlib.contextmanager
+def running_secure_gateway(
+    pki: TlsLayout, database_url: str, **settings: Any
+) -> Iterator[SecureGateway]:
+    """Start a secure gateway (with its emulators, the HK venue seeded); stop it after."""
+    server, emulators, ports = start_secure_gateway(pki, database_url, **settings)
+    try:
+        gateway = SecureGateway(server, "", pki, ports, emulators)
+        gateway.seed_venue()
+        port = server.start()
+        gateway.target = f"127.0.0.1:{port}"
+        yield gateway
+    finally:
+        server.stop(grace_seconds=0)
+        for emulator in emulators.values():
+            emulator.stop()
+
+
+@pytest.fixture
+def secure_gateway(pki: TlsLayout, tmp_path: Path) -> Iterator[SecureGateway]:
+    with running_secure_gateway(pki, f"sqlite:///{tmp_path}/gateway.db") as gateway:
+        yield gateway

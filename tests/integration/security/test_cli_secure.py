@@ -1,0 +1,59 @@
+"""The CLI's client commands over mutual TLS with a token file and a signing key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.serials import format_serial, parse_serial
+from gateway.cli import main
+from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
+
+
+def test_certs_token_then_a_signed_transfer_from_the_cli(
+    secure_gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = secure_gateway.pki
+    token_file = tmp_path / "token"
+    assert (
+        main(
+            [
+                "certs",
+                "token",
+                str(pki.root),
+                "--role",
+                "exchange_operator",
+                "--account",
+                "hkmo:hk-seller",
+                "--out",
+                str(token_file),
+            ]
+        )
+        == 0
+    )
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    origin = parse_serial("verra", VERRA_SERIAL)
+    serial = format_serial(
+        "verra", origin.with_range(origin.id.serial_start, origin.id.serial_start + 9)
+    )
+    common = ["--target", secure_gateway.target, "--tls-dir", str(pki.root)]
+    common += ["--token-file", str(token_file)]
+    move = ["transfer", "submit", "--from", "hkmo:hk-seller", "--to", "shenzhen:b"]
+    move += ["--serial", serial, "--json", *common]
+
+    # Unsigned: the CLI refuses before calling.
+    assert main(move) == 2
+    assert "--signing-key" in capsys.readouterr().err
+    signed = [*move, "--signing-key", str(pki.instruction_key("exchange_operator"))]
+    assert main(signed) == 0
+    out = capsys.readouterr().out  # the in-process gateway's default logs share stdout
+    transfer, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
+    assert transfer["state"] == "TRANSFER_STATE_COMPLETED"
+    # Neither TLS nor --insecure: a usage error naming the options.
+    assert main(["transfer", "list", "--target", secure_gateway.target]) == 2
+    assert "--tls-dir" in capsys.readouterr().err
+    # Plaintext against the secure gateway is refused by the transport.
+    assert main(["transfer", "list", "--target", secure_gateway.target, "--insecure"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""Rate limits per client identity, key rotation, and tokens never reaching a log line."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from structlog.testing import capture_logs
+
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from gateway.logging_setup import configure_logging
+from gateway.security.certs import jwk_of
+from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
+from gateway.security.tokens import mint_token
+from tests.integration.security.conftest import running_secure_gateway
+
+
+def test_a_client_over_its_rate_gets_resource_exhausted_with_quota_failure(
+    pki: TlsLayout, tmp_path: Path
+) -> None:
+    with running_secure_gateway(
+        pki, f"sqlite:///{tmp_path}/g.db", rate_limit_burst=3, rate_limit_per_second=0.01
+    ) as gateway:
+        greedy = gateway.stub("auditor", gateway.token("auditor", subject="greedy"))
+        for _ in range(3):
+            greedy.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            greedy.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = rpc_status.from_call(caught.value)
+        assert status is not None
+        quota = error_details_pb2.QuotaFailure()
+        assert status.details[0].Unpack(quota)
+        assert quota.violations[0].subject == "clients/greedy"
+        # Another client is not starved by the greedy one.
+        other = gateway.stub("auditor", gateway.token("auditor", subject="patient"))
+        assert other.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
+
+
+def test_a_new_token_key_is_picked_up_without_a_restart(pki: TlsLayout, tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    shutil.copy(pki.jwks, jwks)
+    with running_secure_gateway(pki, f"sqlite:///{tmp_path}/g.db", jwks_file=str(jwks)) as gateway:
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        token = mint_token(
+            new_key,
+            "auditor-2",
+            subject="auditor",
+            roles=["auditor"],
+            issuer=DEV_ISSUER,
+            audience=DEV_AUDIENCE,
+        )
+        stub = gateway.stub("auditor", token)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        document = json.loads(jwks.read_text())
+        document["keys"].append(jwk_of(new_key, "auditor-2"))
+        jwks.write_text(json.dumps(document))
+        assert stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
+        # Retiring the old key: its tokens stop working.
+        document["keys"] = [k for k in document["keys"] if k["kid"] != "auditor-1"]
+        jwks.write_text(json.dumps(document, indent=1))
+        old = gateway.stub("auditor", gateway.token("auditor"))
+        with pytest.raises(grpc.RpcError) as caught:
+            old.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_tokens_and_signatures_never_reach_the_logs(pki: TlsLayout, tmp_path: Path) -> None:
+    sink = io.StringIO()
+    configure_logging("debug", "json", stream=sink)
+    try:
+        with (
+            capture_logs() as captured,
+            running_secure_gateway(pki, f"sqlite:///{tmp_path}/g.db") as gateway,
+        ):
+            good = gateway.token("auditor")
+            expired = gateway.token("auditor", now=0, ttl_seconds=60)
+            gateway.stub("auditor", good).ListRegistries(
+                gateway_pb2.ListRegistriesRequest(), timeout=10
+            )
+            with pytest.raises(grpc.RpcError):
+                gateway.stub("auditor", expired).ListRegistries(
+                    gateway_pb2.ListRegistriesRequest(), timeout=10
+                )
+    finally:
+        configure_logging("info", "json")
+    # Nothing handed to a logger carries a token (capture_logs bypasses the processors).
+    text = repr(captured)
+    assert captured and good not in text and expired not in text
+    assert good.split(".")[2] not in text
+    assert any(e.get("event") == "rpc_failed" for e in captured)
+
+
+def test_the_redaction_processor_scrubs_what_a_library_might_log() -> None:
+    sink = io.StringIO()
+    configure_logging("debug", "json", stream=sink)
+    try:
+        import structlog
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        token = mint_token(key, "k", subject="s", roles=["auditor"], issuer="i", audience="a")
+        log = structlog.get_logger("test")
+        log.info("call", authorization=f"Bearer {token}", detail=f"metadata had {token}")
+        log.info(
+            "oops", note="-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----"
+        )
+    finally:
+        configure_logging("info", "json")
+    output = sink.getvalue()
+    assert token not in output and token.split(".")[1] not in output
+    assert "MIGHAgEAMBMG" not in output
+    assert output.count("[redacted]") == 3

@@ -1,0 +1,386 @@
+"""Every refusal of the security layer, over real mutual TLS, and what it leaves unchanged.
+
+No token, an expired token, a wrong audience, ``alg: none``, HS256 signed with the public
+key as secret, a wrong role, another party's account, a replayed nonce, a stale
+timestamp, a client certificate from another CA -- and the accepted path, whose
+provenance events keep the instruction's key id and signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.emulator_core import start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.retry import RetryPolicy
+from adapters.serials import parse_serial
+from gateway.security.certs import init_dev_pki, load_private_key
+from gateway.security.client import secure_channel
+from gateway.security.instructions import sign_request
+from gateway.security.layout import TlsLayout
+from gateway.security.policy import SERVICE_PREFIX
+from gateway.security.tls import channel_credentials, server_credentials
+from gateway.security.tokens import mint_token
+from registry_bridge.errors import RegistryUnavailable
+from registry_bridge.schema import LedgerEvent
+from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
+
+OPERATOR_ACCOUNTS = ("hkmo:hk-seller",)
+
+
+def _transfer_request(request_id: str = "trade-1") -> gateway_pb2.SubmitTransferRequest:
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    return gateway_pb2.SubmitTransferRequest(
+        request_id=request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program=origin.program.value,
+                        serial_start=origin.serial_start,
+                        serial_end=origin.serial_start + 99,
+                    )
+                )
+            ],
+        ),
+    )
+
+
+def _signed(
+    gateway: SecureGateway, request_id: str = "trade-1", party: str = "exchange_operator"
+) -> gateway_pb2.SubmitTransferRequest:
+    request = _transfer_request(request_id)
+    gateway.signer(party).sign("SubmitTransfer", request)
+    return request
+
+
+def _operator(gateway: SecureGateway) -> gateway_pb2_grpc.LinkageGatewayStub:
+    token = gateway.token("exchange_operator", accounts=OPERATOR_ACCOUNTS)
+    return gateway.stub("exchange_operator", token)
+
+
+def _code(call: object) -> tuple[grpc.StatusCode, str]:
+    assert isinstance(call, grpc.RpcError)
+    return call.code(), call.details() or ""
+
+
+def _refused(invoke: object) -> tuple[grpc.StatusCode, str]:
+    assert callable(invoke)
+    with pytest.raises(grpc.RpcError) as caught:
+        invoke()
+    return _code(caught.value)
+
+
+def _event_count(gateway: SecureGateway) -> int:
+    with gateway.server.engine.connect() as connection:
+        return int(
+            connection.execute(sa.select(sa.func.count()).select_from(LedgerEvent)).scalar_one()
+        )
+
+
+def _no_transfers(gateway: SecureGateway) -> None:
+    stub = gateway.stub("auditor", gateway.token("auditor"))
+    assert list(stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=10).transfers) == []
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(gateway: SecureGateway) -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "iss": "https://idp.carbonlink.local",
+        "aud": "carbonlink-gateway",
+        "sub": "auditor",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "roles": ["auditor"],
+    }
+
+
+def test_a_signed_transfer_by_its_account_holder_completes_and_the_log_keeps_the_signature(
+    secure_gateway: SecureGateway,
+) -> None:
+    request = _signed(secure_gateway)
+    transfer = _operator(secure_gateway).SubmitTransfer(request, timeout=60)
+    assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+    with secure_gateway.server.engine.connect() as connection:
+        payloads = [
+            json.loads(bytes(p))
+            for p in connection.execute(
+                sa.select(LedgerEvent.payload).where(LedgerEvent.transfer_id != "")
+            ).scalars()
+        ]
+    signed = [p["signed_by"] for p in payloads if "signed_by" in p]
+    assert signed and len(signed) == len(payloads)
+    expected = base64.b64encode(request.signature.signature).decode()
+    assert {(s["key_id"], s["signature"]) for s in signed} == {("exchange_operator-1", expected)}
+
+
+def test_health_and_reflection_need_no_token(secure_gateway: SecureGateway) -> None:
+    with secure_gateway.channel("auditor", None) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_no_token(secure_gateway: SecureGateway) -> None:
+    stub = secure_gateway.stub("auditor", None)
+    code, details = _refused(
+        lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "bearer" in details
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"now": time.time() - 7200, "ttl_seconds": 3600}, "expired"),
+        ({"audience": "another-service"}, "audience"),
+        ({"issuer": "https://evil.example"}, "issuer"),
+        ({"now": time.time() + 3600}, "not yet valid"),
+        ({"roles": ["superuser"]}, "roles"),
+    ],
+)
+def test_bad_tokens(secure_gateway: SecureGateway, overrides: dict[str, Any], message: str) -> None:
+    stub = secure_gateway.stub("auditor", secure_gateway.token("auditor", **overrides))
+    code, details = _refused(
+        lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert message in details
+
+
+def test_alg_none_is_refused(secure_gateway: SecureGateway) -> None:
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": "auditor-1"}).encode())
+    token = f"{header}.{_b64(json.dumps(_claims(secure_gateway)).encode())}."
+    stub = secure_gateway.stub("auditor", token)
+    code, _ = _refused(lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("secret_form", ["pem", "jwk"])
+def test_hs256_signed_with_the_public_key_is_refused(
+    secure_gateway: SecureGateway, secret_form: str
+) -> None:
+    public = load_private_key(secure_gateway.pki.jwt_key("auditor")).public_key()
+    jwks = json.loads(secure_gateway.pki.jwks.read_text())
+    secrets_by_form = {
+        "pem": public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "jwk": json.dumps(next(k for k in jwks["keys"] if k["kid"] == "auditor-1")).encode(),
+    }
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "auditor-1"}).encode())
+    body = _b64(json.dumps(_claims(secure_gateway)).encode())
+    mac = hmac.new(secrets_by_form[secret_form], f"{header}.{body}".encode(), hashlib.sha256)
+    token = f"{header}.{body}.{_b64(mac.digest())}"
+    stub = secure_gateway.stub("auditor", token)
+    code, details = _refused(
+        lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "ES256" in details
+
+
+def test_a_token_signed_by_an_unknown_key_is_refused(
+    secure_gateway: SecureGateway, tmp_path: Path
+) -> None:
+    other = init_dev_pki(tmp_path / "other", ())
+    token = secure_gateway.token("auditor")
+    # Same kid, other key: the signature cannot verify against the gateway's JWKS.
+    forged = mint_token(
+        load_private_key(other.jwt_key("auditor")),
+        "auditor-1",
+        subject="auditor",
+        roles=["auditor"],
+        issuer="https://idp.carbonlink.local",
+        audience="carbonlink-gateway",
+    )
+    assert forged != token
+    stub = secure_gateway.stub("auditor", forged)
+    code, _ = _refused(lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_wrong_role_and_an_auditor_only_reads(secure_gateway: SecureGateway) -> None:
+    before = _event_count(secure_gateway)
+    auditor = secure_gateway.stub("auditor", secure_gateway.token("auditor"))
+    code, details = _refused(lambda: auditor.SubmitTransfer(_signed(secure_gateway), timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "exchange_operator" in details
+    issuer = secure_gateway.stub("issuer", secure_gateway.token("issuer"))
+    code, _ = _refused(lambda: issuer.Reconcile(gateway_pb2.ReconcileRequest(), timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert auditor.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
+    _no_transfers(secure_gateway)
+    assert _event_count(secure_gateway) == before
+
+
+def test_another_partys_account_is_refused(secure_gateway: SecureGateway) -> None:
+    before = _event_count(secure_gateway)
+    token = secure_gateway.token("exchange_operator", accounts=["hkmo:someone-else"])
+    stub = secure_gateway.stub("exchange_operator", token)
+    code, details = _refused(lambda: stub.SubmitTransfer(_signed(secure_gateway), timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "hkmo:hk-seller" in details
+    retire = gateway_pb2.RetireRequest(
+        request_id="r-1",
+        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        units=[model_pb2.UnitSelector(serial=VERRA_SERIAL)],
+        beneficiary="someone",
+    )
+    covered = secure_gateway.stub(
+        "covered_entity", secure_gateway.token("covered_entity", accounts=["shenzhen:mine"])
+    )
+    signed = secure_gateway.signer("covered_entity").sign("Retire", retire)
+    code, _ = _refused(lambda: covered.Retire(signed, timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    _no_transfers(secure_gateway)
+    assert _event_count(secure_gateway) == before
+
+
+def test_a_replayed_nonce_is_refused(secure_gateway: SecureGateway) -> None:
+    stub = _operator(secure_gateway)
+    request = _signed(secure_gateway)
+    assert stub.SubmitTransfer(request, timeout=60).state == model_pb2.TRANSFER_STATE_COMPLETED
+    before = _event_count(secure_gateway)
+    code, details = _refused(lambda: stub.SubmitTransfer(request, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "nonce" in details
+    # A retry signed afresh is answered idempotently by its request id.
+    again = stub.SubmitTransfer(_signed(secure_gateway), timeout=60)
+    assert again.state == model_pb2.TRANSFER_STATE_COMPLETED
+    assert _event_count(secure_gateway) == before
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=-1), timedelta(hours=1)])
+def test_a_stale_or_future_timestamp_is_refused(
+    secure_gateway: SecureGateway, skew: timedelta
+) -> None:
+    request = _transfer_request()
+    key = load_private_key(secure_gateway.pki.instruction_key("exchange_operator"))
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    sign_request(
+        SERVICE_PREFIX + "SubmitTransfer",
+        request,
+        key,
+        "exchange_operator-1",
+        now=datetime.now(UTC) + skew,
+    )
+    code, details = _refused(lambda: _operator(secure_gateway).SubmitTransfer(request, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "window" in details
+    _no_transfers(secure_gateway)
+
+
+def test_bad_signatures_unknown_keys_and_others_keys_are_refused(
+    secure_gateway: SecureGateway,
+) -> None:
+    stub = _operator(secure_gateway)
+    tampered = _signed(secure_gateway)
+    tampered.instruction.destination.account = "attacker"
+    code, details = _refused(lambda: stub.SubmitTransfer(tampered, timeout=10))
+    assert (code, "does not verify" in details) == (grpc.StatusCode.UNAUTHENTICATED, True)
+
+    unknown = _signed(secure_gateway)
+    unknown.signature.key_id = "nobody-1"
+    code, details = _refused(lambda: stub.SubmitTransfer(unknown, timeout=10))
+    assert (code, "unknown key" in details) == (grpc.StatusCode.UNAUTHENTICATED, True)
+
+    # The covered entity's key, used by the exchange operator's token.
+    foreign = _signed(secure_gateway, party="covered_entity")
+    code, details = _refused(lambda: stub.SubmitTransfer(foreign, timeout=10))
+    assert (code, "does not belong" in details) == (grpc.StatusCode.UNAUTHENTICATED, True)
+
+    unsigned = _transfer_request()
+    code, details = _refused(lambda: stub.SubmitTransfer(unsigned, timeout=10))
+    assert (code, "signature" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+    # Signed for Retire, replayed against SubmitTransfer: the method is in the signed bytes.
+    cross = _transfer_request()
+    key = load_private_key(secure_gateway.pki.instruction_key("exchange_operator"))
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    sign_request(SERVICE_PREFIX + "Retire", cross, key, "exchange_operator-1")
+    code, _ = _refused(lambda: stub.SubmitTransfer(cross, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    _no_transfers(secure_gateway)
+
+
+def test_a_client_certificate_from_another_ca_is_refused(
+    secure_gateway: SecureGateway, tmp_path: Path
+) -> None:
+    other = init_dev_pki(tmp_path / "other", ())
+    token = secure_gateway.token("auditor")
+    # Trusts the right CA (so the server is authenticated) but presents another CA's cert.
+    channel = secure_channel(
+        secure_gateway.target,
+        secure_gateway.pki.ca_cert,
+        other.client_cert("auditor"),
+        other.client_key("auditor"),
+        token,
+    )
+    stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+    code, _ = _refused(lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    # Without any client certificate the handshake fails as well, even for health.
+    bare = grpc.secure_channel(
+        secure_gateway.target,
+        grpc.ssl_channel_credentials(root_certificates=secure_gateway.pki.ca_cert.read_bytes()),
+    )
+    code, _ = _refused(
+        lambda: health_pb2_grpc.HealthStub(bare).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.UNAVAILABLE
+    # And plaintext is not served at all.
+    plain = grpc.insecure_channel(secure_gateway.target)
+    code, _ = _refused(
+        lambda: health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    )
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_gateway_refuses_a_registry_with_a_certificate_from_another_ca(
+    secure_gateway: SecureGateway, tmp_path: Path
+) -> None:
+    """The gateway's channels authenticate the registries too (mutual TLS both ways)."""
+    other: TlsLayout = init_dev_pki(tmp_path / "rogue", ("verra",))
+    rogue = start_emulator(
+        REGISTRIES["verra"].emulator(),
+        credentials=server_credentials(
+            other.registry_cert("verra"), other.registry_key("verra"), other.ca_cert
+        ),
+    )
+    try:
+        pki = secure_gateway.pki
+        adapter = build_adapter(
+            "verra",
+            rogue.target,
+            RetryPolicy(attempts=1),
+            credentials=channel_credentials(pki.ca_cert, pki.gateway_cert, pki.gateway_key),
+        )
+        with pytest.raises(RegistryUnavailable):
+            adapter.totals()
+    finally:
+        rogue.stop()

@@ -26,6 +26,7 @@ from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway import demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.demo_migration import journey_covered_entity
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
 from registry_bridge.bridge import venue_account
@@ -110,6 +111,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
             _journey_gateway_up(channel, target)
             _journey_exchange_operator(channel, registry_ports["verra"])
             _journey_foreign_issuer(issuer)
+        journey_covered_entity(workdir, target, registry_ports, server.import_registries)
     finally:
         server.stop(grace_seconds=1)
 

@@ -12,11 +12,13 @@ import dataclasses
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
+from gateway import demo_security
 from registry_bridge.model import BlockId, HoldingStatus, UnitBlock
 from registry_bridge.port import BlockStatusRequest, IssueRequest, RegistryPort
 
@@ -196,24 +198,49 @@ def statuses(port: RegistryPort, block: BlockId) -> dict[tuple[int, int], Holdin
     }
 
 
+DEMO_ENTITY = pilot_entity("sz-steel-demo", "steel", 2023, 70_000_000)
+"""The demo's steel works: its serials sit far from every other journey's."""
+
+
 def journey_covered_entity(
-    channel: grpc.Channel, ports: Mapping[str, RegistryPort], learn: Callable[[], object]
+    workdir: Path, target: str, ports: Mapping[str, RegistryPort], learn: Callable[[], object]
 ) -> None:
     """The covered-entity journey of ``carbonlink demo``.
 
+    The regulator records the entity; the entity itself (a covered-entity token naming its
+    two accounts and itself) settles its final pilot year and migrates.
+
     Args:
-        channel: A channel to the gateway.
+        workdir: The demo's directory (its TLS material and keys).
+        target: The gateway's address.
         ports: Adapters of the emulated registries (to seed and to read back).
         learn: Makes the gateway import what the registries issued (start-up import).
     """
+    entity = DEMO_ENTITY
+    accounts = (f"shenzhen:{entity.shenzhen_account}", f"national:{entity.national_account}")
+    with (
+        demo_security.channel(workdir, target, "regulator") as regulator,
+        demo_security.channel(
+            workdir, target, "covered_entity", accounts=accounts, entities=(entity.entity_id,)
+        ) as channel,
+    ):
+        _journey(regulator, channel, entity, ports, learn)
+
+
+def _journey(
+    regulator: grpc.Channel,
+    channel: grpc.Channel,
+    entity: PilotEntity,
+    ports: Mapping[str, RegistryPort],
+    learn: Callable[[], object],
+) -> None:
     say = print
     say()
     say("== covered entity: a Shenzhen steel works moves to the national ETS")
     gateway = gateway_pb2_grpc.LinkageGatewayStub(channel)
-    entity = pilot_entity("sz-steel-demo", "steel", 2023, 70_000_000)
     seed_registries(ports, entity)
     learn()
-    record_entity(gateway, entity)
+    record_entity(gateway_pb2_grpc.LinkageGatewayStub(regulator), entity)
     say(f"   {entity.entity_id}: sector steel, final pilot year {entity.final_year}")
     settle_final_pilot_year(gateway, entity)
     say(f"   surrendered {entity.verified_emissions} units for {entity.final_year} (SZA + CCER)")

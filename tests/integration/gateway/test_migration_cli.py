@@ -1,0 +1,77 @@
+"""``carbonlink entity import`` and ``carbonlink migrate plan|execute`` against a gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters.emulator_core import start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from gateway.cli import main
+from gateway.demo_migration import pilot_entity, seed_registries, settle_final_pilot_year
+from registry_bridge.covered_entities import ComplianceYear, CoveredEntity, entity_to_json
+from tests.integration.gateway.conftest import LinkedRegistries
+from tests.integration.gateway.test_crash_recovery import _gateway
+
+
+@pytest.fixture
+def pilot() -> Iterator[LinkedRegistries]:
+    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in ("shenzhen", "national")}
+    try:
+        yield LinkedRegistries(
+            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
+        )
+    finally:
+        for emulator in emulators.values():
+            emulator.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_import_plan_and_execute_from_the_command_line(
+    database_url: str,
+    pilot: LinkedRegistries,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steel = pilot_entity("steel-cli", "steel", 2023, 6_000_000)
+    seed_registries(pilot.ports, steel)
+    export = tmp_path / "entities.json"
+    record = CoveredEntity(
+        entity_id=steel.entity_id,
+        display_name=steel.display_name,
+        sector="steel",
+        gases=("CO2",),
+        accounts={"shenzhen": steel.shenzhen_account, "national": steel.national_account},
+        years=(ComplianceYear("shenzhen", 2023, 50_000, 50_000),),
+    )
+    export.write_text(json.dumps({"entities": [entity_to_json(record)]}))
+    with _gateway(database_url, pilot) as (_, target):
+        common = ["--target", target, "--insecure"]
+        assert main(["entity", "import", str(export), *common]) == 0
+        with grpc.insecure_channel(target) as channel:
+            settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), steel)
+        capsys.readouterr()
+        args = ["--entity", "steel-cli", "--to", "national", "--from-year", "2024", "--json"]
+        assert main(["migrate", "plan", *args, *common]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["executable"] is True
+        assert {d["action"] for d in plan["dispositions"]} == {
+            "cancel",
+            "transfer",
+            "keep_for_sale",
+        }
+        assert main(["migrate", "execute", *args, *common]) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert first["state"] == "completed"
+        # Re-running the command resumes the same migration (derived request id).
+        assert main(["migrate", "execute", *args, *common]) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert again["name"] == first["name"] and again["steps"] == first["steps"]
+        # A blocked plan exits non-zero.
+        blocked = ["--entity", "steel-cli", "--to", "national", "--from-year", "2023"]
+        assert main(["migrate", "plan", *blocked, *common]) == 1

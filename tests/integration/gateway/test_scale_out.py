@@ -119,6 +119,7 @@ def _process_client(target: str, request_id: str, serial: str, buyer: str) -> su
             "--request-id",
             request_id,
             "--json",
+            "--insecure",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

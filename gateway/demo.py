@@ -26,6 +26,7 @@ from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway import demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.demo_auditor import demo_log_key, journey_auditor
 from gateway.demo_migration import journey_covered_entity
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
@@ -95,6 +96,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
         listen="127.0.0.1:0",
         database_url=f"sqlite:///{workdir / 'gateway.db'}",
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
+        log_signing_key_file=str(demo_log_key(workdir)),
         **demo_security.gateway_settings(workdir),
     )
     server = GatewayServer(config)
@@ -107,10 +109,12 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
                 workdir, target, "exchange_operator", accounts=DEMO_OPERATOR_ACCOUNTS
             ) as channel,
             demo_security.channel(workdir, target, "issuer") as issuer,
+            demo_security.channel(workdir, target, "auditor") as auditor,
         ):
             _journey_gateway_up(channel, target)
             _journey_exchange_operator(channel, registry_ports["verra"])
             _journey_foreign_issuer(issuer)
+            journey_auditor(auditor, workdir, VERRA_SERIAL, DemoFailure)
         journey_covered_entity(workdir, target, registry_ports, server.import_registries)
     finally:
         server.stop(grace_seconds=1)

@@ -147,12 +147,13 @@ def test_bad_argument_gets_field_violation(gateway: grpc.Channel) -> None:
     assert bad_request.field_violations[0].field == "page_token"
 
 
-def test_later_capabilities_answer_unimplemented(gateway: grpc.Channel) -> None:
+def test_the_provenance_log_answers_a_signed_checkpoint(gateway: grpc.Channel) -> None:
+    from registry_bridge.signed_note import open_checkpoint, parse_verifier_key
+
     stub = gateway_pb2_grpc.LinkageGatewayStub(gateway)
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue #6" in (caught.value.details() or "")
+    checkpoint = stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=5)
+    opened = open_checkpoint(checkpoint.signed_note, parse_verifier_key(checkpoint.verifier_key))
+    assert (opened.size, opened.root) == (checkpoint.tree_size, checkpoint.root_hash)
 
 
 def test_request_id_is_echoed_and_logged(gateway: grpc.Channel, log_lines: io.StringIO) -> None:

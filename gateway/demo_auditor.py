@@ -1,0 +1,160 @@
+"""The auditor's journey of ``carbonlink demo``: trace units, verify offline, reconcile.
+
+The auditor trusts only the log key it was given out of band (here: derived from the
+demo's key file, not asked of the gateway), traces the units the exchange journey moved
+from their Verra serial, finds their Shenzhen mirror in that history, traces the mirror
+too, writes each audit bundle to disk and verifies it with the offline verifier, then
+checks that a later checkpoint is consistent with the first and that every registry
+reconciles with the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.serials import parse_serial
+from gateway.cli_audit import bundle_from_response
+from gateway.log_keys import write_new_key
+from registry_bridge import merkle
+from registry_bridge.audit import AuditFailure, AuditReport, bundle_from_json, verify_bundle
+from registry_bridge.model import BlockId, Program
+from registry_bridge.signed_note import NoteSigner, Verifier
+
+LOG_ORIGIN = "carbonlink.local/provenance"
+
+
+def demo_log_key(workdir: Path) -> Path:
+    """The demo's log signing key file, created on first use."""
+    path = workdir / "log-signing-key.pem"
+    if not path.exists():
+        write_new_key(path)
+    return path
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _describe(block: BlockId) -> str:
+    series = f"/{block.serial_series}" if block.serial_series else ""
+    return f"{block.program.value}{series}:{block.serial_start}-{block.serial_end}"
+
+
+def _audit(
+    gateway: gateway_pb2_grpc.LinkageGatewayStub,
+    request: gateway_pb2.TraceUnitsRequest,
+    query: BlockId,
+    bundle_path: Path,
+    trusted: Verifier,
+    failure: type[Exception],
+) -> tuple[gateway_pb2.TraceUnitsResponse, AuditReport]:
+    response: gateway_pb2.TraceUnitsResponse = gateway.TraceUnits(request, timeout=30)
+    bundle = bundle_from_response(response, request.registry, request.serial, query)
+    bundle_path.write_text(json.dumps(bundle.to_json(), indent=2, sort_keys=True) + "\n")
+    # Read the bundle back from disk, as an auditor elsewhere would.
+    try:
+        report = verify_bundle(bundle_from_json(json.loads(bundle_path.read_text())), trusted)
+    except AuditFailure as exc:
+        raise failure(f"audit of {bundle_path.name} failed: {exc}") from exc
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
+    _say(
+        f"   {bundle_path.name}: {report.events} events, every proof verified offline "
+        f"against checkpoint size {report.tree_size} ({kinds})"
+    )
+    for block, beneficiary in report.retirements:
+        _say(f"     retired {block.quantity} units {_describe(block)} for {beneficiary}")
+    return response, report
+
+
+def journey_auditor(
+    channel: grpc.Channel,
+    workdir: Path,
+    verra_serial: str,
+    failure: type[Exception],
+) -> None:
+    """Trace the exchange journey's units, verify the bundles offline, then reconcile.
+
+    Args:
+        channel: A channel to the gateway.
+        workdir: Where the audit bundles are written (next to the demo's log key).
+        verra_serial: The Verra serial the exchange journey sold from.
+        failure: The exception to raise when the journey does not end as it must.
+    """
+    _say()
+    _say("== auditor: trace units from any registry's serial and verify the answer offline")
+    gateway = gateway_pb2_grpc.LinkageGatewayStub(channel)
+    trusted = NoteSigner.from_pem(LOG_ORIGIN, demo_log_key(workdir).read_bytes()).verifier
+    _say(f"   trusted log key (from the operator, out of band): {trusted.encode()[:48]}...")
+
+    origin = parse_serial("verra", verra_serial).id
+    first, report = _audit(
+        gateway,
+        gateway_pb2.TraceUnitsRequest(registry="verra", serial=verra_serial),
+        origin,
+        workdir / "audit-verra.json",
+        trusted,
+        failure,
+    )
+    mirrors = sorted(
+        block
+        for block, registry, _, _ in report.final
+        if registry == "shenzhen" and block.serial_series
+    )
+    if not mirrors:
+        raise failure("the Verra units' history shows no Shenzhen mirror")
+    mirror = mirrors[0]
+    _say(f"   the history shows a Shenzhen mirror {_describe(mirror)}; tracing it")
+    _audit(
+        gateway,
+        gateway_pb2.TraceUnitsRequest(
+            block=model_pb2.BlockId(
+                program=mirror.program.value,
+                serial_series=mirror.serial_series,
+                serial_start=mirror.serial_start,
+                serial_end=mirror.serial_end,
+            )
+        ),
+        BlockId(
+            Program(mirror.program), mirror.serial_series, mirror.serial_start, mirror.serial_end
+        ),
+        workdir / "audit-shenzhen-mirror.json",
+        trusted,
+        failure,
+    )
+
+    latest = gateway.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)
+    proof = gateway.GetConsistencyProof(
+        gateway_pb2.GetConsistencyProofRequest(
+            first_size=first.checkpoint.tree_size, second_size=latest.tree_size
+        ),
+        timeout=10,
+    )
+    try:
+        merkle.verify_consistency(
+            first.checkpoint.tree_size,
+            latest.tree_size,
+            list(proof.hashes),
+            first.checkpoint.root_hash,
+            latest.root_hash,
+        )
+    except merkle.ProofError as exc:
+        raise failure(f"the log is not consistent with its earlier checkpoint: {exc}") from exc
+    if latest.tree_size == first.checkpoint.tree_size:
+        _say(f"   the latest checkpoint is the traced one: size {latest.tree_size}, same root")
+    else:
+        _say(
+            f"   checkpoint {latest.tree_size} is consistent with checkpoint "
+            f"{first.checkpoint.tree_size} ({len(proof.hashes)}-hash proof)"
+        )
+
+    reconciled = gateway.Reconcile(gateway_pb2.ReconcileRequest(), timeout=120)
+    consistent = str(reconciled.consistent).lower()
+    _say(f"   Reconcile (totals, unit blocks, trail): consistent={consistent}")
+    for item in reconciled.discrepancies:
+        _say(f"     [{item.phase}] {item.registry}: {item.detail}")
+    if not reconciled.consistent:
+        raise failure("the registries do not reconcile with the gateway")

@@ -21,6 +21,8 @@ from google.protobuf import json_format
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
+from gateway import client_security
+from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, bundle_from_json
 from registry_bridge.audit import verify_bundle as verify_audit_bundle
@@ -107,7 +109,12 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             return EXIT_USAGE
         registry, serial = args.registry, args.serial
         request = gateway_pb2.TraceUnitsRequest(registry=registry, serial=serial)
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel = client_security.open_channel(args)
+    except ClientSetupError as exc:
+        print(f"carbonlink trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with channel:
         try:
             response = gateway_pb2_grpc.LinkageGatewayStub(channel).TraceUnits(
                 request, timeout=args.timeout
@@ -213,7 +220,12 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stdout = sys.stdout if out is None else out
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel = client_security.open_channel(args)
+    except ClientSetupError as exc:
+        print(f"carbonlink reconcile: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with channel:
         try:
             report = gateway_pb2_grpc.LinkageGatewayStub(channel).Reconcile(
                 gateway_pb2.ReconcileRequest(registries=args.registry or []),
@@ -263,7 +275,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     trace.add_argument("--out", help="write the audit bundle to this file")
     trace.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
     trace.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
-    trace.set_defaults(handler=_trace)
+    client_security.add_arguments(trace)
+    trace.set_defaults(handler=_trace, client="auditor")
 
     audit = subparsers.add_parser("audit", help="verify provenance offline")
     commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -305,4 +318,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
     reconcile.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
-    reconcile.set_defaults(handler=_reconcile)
+    client_security.add_arguments(reconcile)
+    reconcile.set_defaults(handler=_reconcile, client="auditor")

@@ -47,7 +47,17 @@ def test_trace_then_verify_offline(
     bundle = tmp_path / "bundle.json"
     assert (
         main(
-            ["trace", "--registry", "verra", VERRA_SERIAL, "--out", str(bundle), "--target", target]
+            [
+                "trace",
+                "--registry",
+                "verra",
+                VERRA_SERIAL,
+                "--out",
+                str(bundle),
+                "--target",
+                target,
+                "--insecure",
+            ]
         )
         == 0
     )
@@ -76,16 +86,18 @@ def test_trace_then_verify_offline(
     capsys.readouterr()
 
     block = f"VCS/{mirror.serial_series}:{mirror.serial_start}-{mirror.serial_start + 9}"
-    assert main(["trace", "--block", block, "--target", target]) == 0
+    assert main(["trace", "--block", block, "--target", target, "--insecure"]) == 0
     summary = capsys.readouterr().out
     assert "issuance" in summary and "credit" in summary and "shenzhen/sz-buyer" in summary
-    assert main(["trace", "--registry", "verra", "bad-serial", "--target", target]) == 2
+    assert (
+        main(["trace", "--registry", "verra", "bad-serial", "--target", target, "--insecure"]) == 2
+    )
 
 
 def test_reconcile_command(live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]) -> None:
     _sell(live_gateway)
     target = f"127.0.0.1:{live_gateway.server.port}"
-    assert main(["reconcile", "--json", "--target", target]) == 0
+    assert main(["reconcile", "--json", "--target", target, "--insecure"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["consistent"] is True and report["phase"] == "completed"
 

@@ -21,10 +21,12 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.emulator_core import FaultConfig, start_emulator
+from adapters.registry import REGISTRIES, build_adapter
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
-from tests.integration.gateway.conftest import LinkedRegistries
+from tests.integration.gateway.conftest import WIRED, LinkedRegistries
 
 FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
 
@@ -180,4 +182,49 @@ def test_an_expired_lock_rolls_back_after_a_crash(
         h.status for h in registries.ports["hkmo"].block_status(BlockStatusRequest(origin.id))
     }
     assert statuses == {HoldingStatus.ACTIVE}
+    _check_invariants(database_url, registries)
+
+
+@pytest.fixture
+def faulty_registries() -> Iterator[LinkedRegistries]:
+    """The registries again, now dropping, duplicating and delaying calls."""
+    faults = FaultConfig(
+        latency_ms=2,
+        unavailable_fraction=0.2,
+        crash_after_commit_fraction=0.1,
+        duplicate_delivery_fraction=0.2,
+        seed=7,
+    )
+    emulators = {r: start_emulator(REGISTRIES[r].emulator(), faults=faults) for r in WIRED}
+    try:
+        yield LinkedRegistries(
+            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
+        )
+    finally:
+        for emulator in emulators.values():
+            emulator.stop()
+
+
+@pytest.mark.parametrize("crash_after", ["SOURCE_LOCKED", "DESTINATION_CREDITED"])
+def test_crash_recovery_with_registry_faults(
+    database_url: str, faulty_registries: LinkedRegistries, crash_after: str
+) -> None:
+    registries = faulty_registries
+    origin = registries.seed_venue()
+    start, quantity = origin.id.serial_start, 300
+    with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (
+        process,
+        target,
+    ):
+        with pytest.raises(grpc.RpcError):
+            _submit(target, "crash-faults", start, quantity)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    with _gateway(database_url, registries) as (_, target):
+        transfer = _wait_final(target)
+    assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED, transfer.failure_reason
+    verra = {
+        (h.block.id.serial_start, h.block.id.serial_end): h.status
+        for h in registries.ports["verra"].block_status(BlockStatusRequest(origin.id))
+    }
+    assert verra[(start, start + quantity - 1)] == HoldingStatus.BRIDGED
     _check_invariants(database_url, registries)

@@ -127,6 +127,7 @@ MAX_ID_LENGTH = 128
 MAX_UNITS_PER_REQUEST = 1000
 MAX_TEXT_LENGTH = 2000
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
+_GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
 _USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
 
 
@@ -367,6 +368,12 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
     problems: list[FieldViolation] = []
     _text(problems, "project.program", message.program)
     _text(problems, "project.project_id", message.project_id)
+    if message.gec_status not in _GEC_STATUSES:
+        problems.append(
+            FieldViolation(
+                "project.gec_status", f"must be one of {', '.join(sorted(_GEC_STATUSES - {''}))}"
+            )
+        )
     if message.country and len(message.country) != 2:
         problems.append(FieldViolation("project.country", "must be an ISO 3166-1 alpha-2 code"))
 
@@ -411,6 +418,8 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
         country=message.country,
         region=message.region,
         start_date=optional_date("project.start_date", message.start_date),
+        construction_start=optional_date("project.construction_start", message.construction_start),
+        gec_status=message.gec_status,
         crediting_period_start=optional_date(
             "project.crediting_period_start", message.crediting_period_start
         ),

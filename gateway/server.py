@@ -34,6 +34,7 @@ from registry_bridge.entities import DatabaseEntityRecords
 from registry_bridge.errors import CarbonlinkError
 from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationStep
 from registry_bridge.port import RegistryPort
+from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
@@ -174,7 +175,11 @@ class GatewayServer:
             self.adapters,
             rules
             if rules is not None
-            else ComplianceRules(DatabaseEntityRecords(sessions), DatabaseCutovers(sessions)),
+            else ComplianceRules(
+                DatabaseEntityRecords(sessions),
+                DatabaseCutovers(sessions),
+                DatabaseProjectRecords(sessions),
+            ),
             clock=clock,
             lock_ttl=timedelta(seconds=config.lock_ttl_seconds),
             on_state=_crash_hook(config.fault_crash_after_state),

@@ -6,6 +6,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 
 import grpc
 import structlog
@@ -32,6 +33,7 @@ from registry_bridge.idempotency import answer_once
 from registry_bridge.migration import Migrations
 from registry_bridge.model import BlockId, Program
 from registry_bridge.port import RegistryPort
+from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.reconcile import reconcile
 from registry_bridge.rules_gate import list_project
@@ -130,6 +132,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
 
         def decide() -> bytes:
             outcome = list_project(project, request.jurisdiction, as_of or self._bridge.today())
+            if outcome.listed:
+                # The declared facts decide every later transfer of the project's units.
+                DatabaseProjectRecords(self._bridge.sessions).record(project, datetime.now(UTC))
             reply = convert.listing_to_pb(outcome, f"listings/{uuid.uuid4().hex}")
             return bytes(reply.SerializeToString(deterministic=True))
 

@@ -43,6 +43,7 @@ from compliance_rules import (
     CaStatus,
     Decision,
     EntityYear,
+    GecStatus,
     KnownBlock,
     ListingFacts,
     NoVersionInForceError,
@@ -204,6 +205,14 @@ class Cutovers(Protocol):
         ...
 
 
+class ProjectRecords(Protocol):
+    """The facts issuers declared for their projects when listing them (ListProject)."""
+
+    def get(self, program: str, project_id: str) -> ProjectListing | None:
+        """The project's recorded facts, or None when the project was never listed."""
+        ...
+
+
 @dataclass(frozen=True)
 class OtherRegistration:
     """The same project registered under another program, with a period issued there."""
@@ -232,8 +241,13 @@ class ProjectListing:
     region: str = ""
     """Province (``"Guangdong"``, or ISO ``"CN-GD"``), optionally ``"Guangdong/Meizhou"``."""
     start_date: date | None = None
+    construction_start: date | None = None
+    """Construction start (CCER eligibility: after 2012-11-08)."""
     crediting_period_start: date | None = None
     crediting_period_end: date | None = None
+    gec_status: str = ""
+    """Green-electricity-certificate status of the generation (``GecStatus`` value);
+    empty when not declared, and then GEC/CCER exclusivity refuses covered units."""
     other_registrations: tuple[OtherRegistration, ...] = ()
     """Registrations of the same project under other programs (double-issuance checks)."""
     authorization: UnitAuthorization | None = None
@@ -295,16 +309,30 @@ def _block_id(ref: BlockRef) -> BlockId:
     return BlockId(Program(ref.program), ref.serial_series, ref.serial_start, ref.serial_end)
 
 
-def _fact_block(unit: UnitBlock, origin: BlockId, holding_id: str) -> Block:
+def _registrations(project: ProjectListing) -> tuple[Registration, ...]:
+    grouped: dict[tuple[str, str], list[Period]] = {}
+    for reg in project.other_registrations:
+        grouped.setdefault((reg.program, reg.project_id), []).append(
+            Period(reg.issued_period_start, reg.issued_period_end)
+        )
+    return tuple(Registration(p, i, tuple(issued)) for (p, i), issued in grouped.items())
+
+
+def _fact_block(
+    unit: UnitBlock, origin: BlockId, holding_id: str, listing: ProjectListing | None = None
+) -> Block:
     """The engine's view of a unit block, placed at the origin range it stands for.
 
-    The unit model carries no project start date, construction start, city, GEC status,
-    gas amount or other-program registrations; the engine fails closed on the rules that
-    need the dates and the gas amount, and the gate on the GEC rule (see
-    :func:`_unrecorded_gec`). Unit labels are also given as project labels, because the
-    model keeps one label set (``pre_cdm`` is a project label, ``corsia_eligible`` a unit one).
+    Project facts the unit model does not carry (start and construction dates, city, GEC
+    status, registrations under other programs) come from the project's listing when its
+    issuer listed it (ListProject).  Without a listing the engine fails closed on the
+    rules that need the dates, and the gate on the GEC rule (see :func:`_unrecorded_gec`).
+    Unit labels are also given as project labels, because the model keeps one label set
+    (``pre_cdm`` is a project label, ``corsia_eligible`` a unit one).
     """
     region, city = _place(unit.country, unit.region)
+    if listing is not None and not city:
+        city = _place(listing.country or unit.country, listing.region)[1]
     auth = unit.authorization
     return Block(
         ref=_ref(origin),
@@ -316,7 +344,10 @@ def _fact_block(unit: UnitBlock, origin: BlockId, holding_id: str) -> Block:
             city=city,
             project_type=unit.project_type,
             methodology=unit.methodology,
-            labels=unit.labels,
+            labels=unit.labels | (listing.labels if listing is not None else frozenset()),
+            start_date=None if listing is None else listing.start_date,
+            construction_start=None if listing is None else listing.construction_start,
+            registrations=() if listing is None else _registrations(listing),
         ),
         vintage=Period(unit.vintage_start, unit.vintage_end),
         gas=unit.gas,
@@ -325,6 +356,11 @@ def _fact_block(unit: UnitBlock, origin: BlockId, holding_id: str) -> Block:
         else Authorization(auth.letter_id, auth.host_country, auth.authorized_uses),
         ca_status=CaStatus(unit.corresponding_adjustment.value),
         labels=unit.labels,
+        gec_status=(
+            GecStatus(listing.gec_status)
+            if listing is not None and listing.gec_status
+            else GecStatus.NONE
+        ),
         holding_id=holding_id,
     )
 
@@ -501,19 +537,27 @@ class ComplianceRules:
     ``check.at``, and the packs are loaded once, here.
     """
 
-    def __init__(self, entities: EntityRecords, cutovers: Cutovers | None = None) -> None:
+    def __init__(
+        self,
+        entities: EntityRecords,
+        cutovers: Cutovers | None = None,
+        projects: ProjectRecords | None = None,
+    ) -> None:
         """Build the gate.
 
         Args:
             entities: The covered entities' compliance years, for surrender offset limits.
             cutovers: The entities' migrations between schemes; a surrender on the wrong
                 side of one is refused. None: no migrations are known.
+            projects: The projects' listed facts (dates, GEC status, registrations); None:
+                no project was listed, and the rules that need those facts fail closed.
 
         Raises:
             PackInvalidError: A built-in pack is invalid (a packaging bug).
         """
         self._entities = entities
         self._cutovers = cutovers
+        self._projects = projects
         names = {BASELINE, CORSIA, ARTICLE6, *PACK_BY_REGISTRY.values()}
         self._packs: dict[str, RulePack] = {name: load_builtin(name) for name in names}
 
@@ -786,10 +830,12 @@ class ComplianceRules:
         baseline = self._packs[BASELINE]
         for evaluation in evaluations:
             reported = {_ref(m.origin): m.unit.id for m in evaluation.moving}
+            listings = [self._listing(m.unit) for m in evaluation.moving]
             facts = TransferFacts(
                 use=evaluation.use,
                 blocks=tuple(
-                    _fact_block(m.unit, m.origin, m.holding_id) for m in evaluation.moving
+                    _fact_block(m.unit, m.origin, m.holding_id, listing)
+                    for m, listing in zip(evaluation.moving, listings, strict=True)
                 ),
                 destination_country=destination_country,
                 entity=entity,
@@ -806,8 +852,18 @@ class ComplianceRules:
                 [_violation(v, reported) for v in decision.violations],
                 _versions(decision, base_version.effective_from),
             )
-            combined.add(_unrecorded_gec(pack, decision, evaluation.moving))
+            unrecorded = [
+                m
+                for m, listing in zip(evaluation.moving, listings, strict=True)
+                if listing is None or not listing.gec_status
+            ]
+            combined.add(_unrecorded_gec(pack, decision, unrecorded))
         return combined.decision()
+
+    def _listing(self, unit: UnitBlock) -> ProjectListing | None:
+        if self._projects is None:
+            return None
+        return self._projects.get(unit.program.value, unit.project_id)
 
     def _not_in_ledger(self, blocks: Sequence[BlockId], where: str) -> RuleViolation:
         return _gate_violation(
@@ -903,6 +959,7 @@ def _listing_facts(project: ProjectListing, destination_country: str) -> Listing
             project_type=project.project_type,
             methodology=project.methodology,
             start_date=project.start_date,
+            construction_start=project.construction_start,
             labels=project.labels,
             registrations=tuple(
                 Registration(program, project_id, tuple(issued))

@@ -358,3 +358,19 @@ class InstructionNonce(Base):
     seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
     forget_after: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     """When the row may go: past the timestamp window of the instruction's signing time."""
+
+
+class ProjectListingRecord(Base):
+    """The facts an issuer declared for a project when it was listed (ListProject).
+
+    The rules read them for every transfer of the project's units: start and construction
+    dates, GEC status and registrations under other programs are not in any serial.
+    """
+
+    __tablename__ = "project_listings"
+
+    program: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    project_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    facts: Mapped[str] = mapped_column(sa.Text)
+    """The declared facts, canonical JSON."""
+    listed_at: Mapped[datetime] = mapped_column(UtcDateTime())

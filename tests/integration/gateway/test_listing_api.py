@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from registry_bridge.projects import DatabaseProjectRecords
 from tests.integration.gateway.conftest import LiveGateway
 
 LANDFILL = model_pb2.Project(
@@ -78,3 +81,24 @@ def test_bad_dates_and_places_are_named(live_gateway: LiveGateway) -> None:
         _ask(live_gateway, "listing-4", LANDFILL, where="atlantis")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "jurisdiction" in (caught.value.details() or "")
+
+
+def test_a_listed_projects_facts_are_recorded_for_its_transfers(live_gateway: LiveGateway) -> None:
+    project = model_pb2.Project()
+    project.CopyFrom(LANDFILL)
+    project.construction_start = "2023-11-02"
+    project.gec_status = "none"
+    assert _ask(live_gateway, "listing-5", project).listed
+    recorded = DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("VCS", "5955")
+    assert recorded is not None
+    assert recorded.construction_start == date(2023, 11, 2)
+    assert recorded.gec_status == "none"
+    refused = model_pb2.Project()
+    refused.CopyFrom(project)
+    refused.project_id = "5999"
+    refused.gec_status = "sold"
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, "listing-6", refused)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "project.gec_status" in (caught.value.details() or "")
+    assert DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("VCS", "5999") is None

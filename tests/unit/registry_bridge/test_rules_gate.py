@@ -552,3 +552,46 @@ def test_list_project_refuses_bad_input() -> None:
     )
     with pytest.raises(InvalidRequest, match="crediting_period_end"):
         list_project(backwards, "shenzhen", date(2025, 3, 1))
+
+
+# --------------------------------------------------------------------- listed project facts
+
+
+class Projects:
+    """Listed projects' facts (the real ProjectRecords port, in memory)."""
+
+    def __init__(self, *listings: ProjectListing) -> None:
+        self._listings = {(p.program, p.project_id): p for p in listings}
+
+    def get(self, program: str, project_id: str) -> ProjectListing | None:
+        return self._listings.get((program, project_id))
+
+
+NATIONAL_ENTITY = EntityYear("SZ-0007", 2024, verified_emissions=50_000, allowances_due=50_000)
+
+
+def test_listed_facts_decide_rules_the_serial_cannot() -> None:
+    block = ccer(1, 100, project_type="offshore_wind_deep_sea")
+    check = surrender((block,), "national", "national")
+    unlisted = ComplianceRules(Entities(("national", NATIONAL_ENTITY))).check_use(check)
+    # Without the project's facts both rules fail closed.
+    assert {"CR-NAT-0006", "CL-GATE-0006"} <= ids(unlisted)
+    listed = ProjectListing(
+        program="CCER",
+        project_id="CCER-0042",
+        country="CN",
+        region="Xinjiang",
+        project_type="offshore_wind_deep_sea",
+        construction_start=date(2019, 5, 1),
+        gec_status="frozen",
+    )
+    decided = ComplianceRules(
+        Entities(("national", NATIONAL_ENTITY)), projects=Projects(listed)
+    ).check_use(check)
+    assert not {"CR-NAT-0006", "CL-GATE-0006", "CR-NAT-0007"} & ids(decided)
+    too_old = dataclasses.replace(listed, construction_start=date(2011, 1, 1), gec_status="active")
+    refused = ComplianceRules(
+        Entities(("national", NATIONAL_ENTITY)), projects=Projects(too_old)
+    ).check_use(check)
+    assert {"CR-NAT-0006", "CR-NAT-0007"} <= ids(refused)
+    assert "CL-GATE-0006" not in ids(refused)

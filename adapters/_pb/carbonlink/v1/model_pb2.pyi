@@ -380,6 +380,8 @@ class Project(_message.Message):
     AUTHORIZATION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     GAS_FIELD_NUMBER: _builtins.int
+    CONSTRUCTION_START_FIELD_NUMBER: _builtins.int
+    GEC_STATUS_FIELD_NUMBER: _builtins.int
     program: _builtins.str
     """Originating program, e.g. "VCS", "GS", "BRI-ITMO"."""
     project_id: _builtins.str
@@ -394,6 +396,12 @@ class Project(_message.Message):
     crediting_period_start: _builtins.str
     crediting_period_end: _builtins.str
     gas: _builtins.str
+    construction_start: _builtins.str
+    """ISO 8601 date construction started (CCER: must be after 2012-11-08)."""
+    gec_status: _builtins.str
+    """Green-electricity-certificate status of the generation: "none", "frozen",
+    "cancelled", "active" or "traded"; empty when not declared.
+    """
     @_builtins.property
     def other_registrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectRegistration]:
         """The same project registered under other programs, for double-issuance checks."""
@@ -419,10 +427,12 @@ class Project(_message.Message):
         authorization: Global___Authorization | None = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         gas: _builtins.str = ...,
+        construction_start: _builtins.str = ...,
+        gec_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "country", b"country", "crediting_period_end", b"crediting_period_end", "crediting_period_start", b"crediting_period_start", "display_name", b"display_name", "gas", b"gas", "labels", b"labels", "methodology", b"methodology", "other_registrations", b"other_registrations", "program", b"program", "project_id", b"project_id", "project_type", b"project_type", "region", b"region", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "construction_start", b"construction_start", "country", b"country", "crediting_period_end", b"crediting_period_end", "crediting_period_start", b"crediting_period_start", "display_name", b"display_name", "gas", b"gas", "gec_status", b"gec_status", "labels", b"labels", "methodology", b"methodology", "other_registrations", b"other_registrations", "program", b"program", "project_id", b"project_id", "project_type", b"project_type", "region", b"region", "start_date", b"start_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

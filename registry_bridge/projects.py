@@ -1,0 +1,136 @@
+"""Listed projects' facts, stored in the ledger database for the rules to read.
+
+A project's start and construction dates, its green-electricity-certificate status and
+its registrations under other programs are carried by no serial; the issuer declares them
+when listing the project (ListProject), and every later transfer of the project's units is
+decided on them.  A re-listing replaces the facts (the issuer's latest declaration).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge.db import read_only, unit_of_work
+from registry_bridge.model import Authorization
+from registry_bridge.rules_gate import OtherRegistration, ProjectListing
+from registry_bridge.schema import ProjectListingRecord
+
+
+def _day(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_day(value: str | None) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def listing_to_json(listing: ProjectListing) -> str:
+    """The canonical JSON of a project's declared facts."""
+    auth = listing.authorization
+    data: dict[str, Any] = {
+        "program": listing.program,
+        "project_id": listing.project_id,
+        "display_name": listing.display_name,
+        "project_type": listing.project_type,
+        "methodology": listing.methodology,
+        "country": listing.country,
+        "region": listing.region,
+        "start_date": _day(listing.start_date),
+        "construction_start": _day(listing.construction_start),
+        "crediting_period_start": _day(listing.crediting_period_start),
+        "crediting_period_end": _day(listing.crediting_period_end),
+        "gec_status": listing.gec_status,
+        "other_registrations": [
+            {
+                "program": r.program,
+                "project_id": r.project_id,
+                "issued_period_start": r.issued_period_start.isoformat(),
+                "issued_period_end": r.issued_period_end.isoformat(),
+            }
+            for r in listing.other_registrations
+        ],
+        "authorization": None
+        if auth is None
+        else {
+            "letter_id": auth.letter_id,
+            "host_country": auth.host_country,
+            "authorized_uses": sorted(auth.authorized_uses),
+            "issued_on": auth.issued_on.isoformat(),
+        },
+        "labels": sorted(listing.labels),
+        "gas": listing.gas,
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+def listing_from_json(text: str) -> ProjectListing:
+    """The facts of :func:`listing_to_json`."""
+    data = json.loads(text)
+    auth = data["authorization"]
+    return ProjectListing(
+        program=data["program"],
+        project_id=data["project_id"],
+        display_name=data["display_name"],
+        project_type=data["project_type"],
+        methodology=data["methodology"],
+        country=data["country"],
+        region=data["region"],
+        start_date=_parse_day(data["start_date"]),
+        construction_start=_parse_day(data["construction_start"]),
+        crediting_period_start=_parse_day(data["crediting_period_start"]),
+        crediting_period_end=_parse_day(data["crediting_period_end"]),
+        gec_status=data["gec_status"],
+        other_registrations=tuple(
+            OtherRegistration(
+                r["program"],
+                r["project_id"],
+                date.fromisoformat(r["issued_period_start"]),
+                date.fromisoformat(r["issued_period_end"]),
+            )
+            for r in data["other_registrations"]
+        ),
+        authorization=None
+        if auth is None
+        else Authorization(
+            letter_id=auth["letter_id"],
+            host_country=auth["host_country"],
+            authorized_uses=frozenset(auth["authorized_uses"]),
+            issued_on=date.fromisoformat(auth["issued_on"]),
+        ),
+        labels=frozenset(data["labels"]),
+        gas=data["gas"],
+    )
+
+
+def record_listing(session: Session, listing: ProjectListing, at: datetime) -> None:
+    """Record (or replace) a listed project's declared facts, in the caller's transaction."""
+    session.merge(
+        ProjectListingRecord(
+            program=listing.program,
+            project_id=listing.project_id,
+            facts=listing_to_json(listing),
+            listed_at=at,
+        )
+    )
+
+
+class DatabaseProjectRecords:
+    """``ProjectRecords`` over the ledger database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def get(self, program: str, project_id: str) -> ProjectListing | None:
+        """The project's listed facts, or None when it was never listed."""
+        with read_only(self._sessions) as session:
+            record = session.get(ProjectListingRecord, (program, project_id))
+            return None if record is None else listing_from_json(record.facts)
+
+    def record(self, listing: ProjectListing, at: datetime) -> None:
+        """Record a listing in a transaction of its own."""
+        with unit_of_work(self._sessions) as session:
+            record_listing(session, listing, at)

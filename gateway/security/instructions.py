@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,6 +193,12 @@ class InstructionVerifier:
             problems.append(FieldViolation("signature.timestamp", "is required"))
         if len(signature.signature) != 64:
             problems.append(FieldViolation("signature.signature", "must be 64 bytes (Ed25519)"))
+        # A batch is signed as a whole; a signature inside it would be checked by nobody.
+        for i, item in enumerate(getattr(request, "transfers", ())):
+            if item.HasField("signature"):
+                problems.append(
+                    FieldViolation(f"transfers[{i}].signature", "must be unset: sign the batch")
+                )
         if problems:
             message = "; ".join(f"{p.field}: {p.description}" for p in problems)
             raise InvalidRequest(message, problems)
@@ -230,8 +236,3 @@ class InstructionVerifier:
             "timestamp": signed_at.isoformat(),
             "signed_sha256": hashlib.sha256(signed).hexdigest(),
         }
-
-
-def signed_by_view(signed: Mapping[str, str]) -> dict[str, str]:
-    """The part of a signature that a log line may show (never the signature itself)."""
-    return {"key_id": signed["key_id"], "nonce": signed["nonce"]}

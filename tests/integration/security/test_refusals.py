@@ -384,3 +384,20 @@ def test_the_gateway_refuses_a_registry_with_a_certificate_from_another_ca(
             adapter.totals()
     finally:
         rogue.stop()
+
+
+def test_a_batch_is_signed_as_a_whole(secure_gateway: SecureGateway) -> None:
+    stub = _operator(secure_gateway)
+    signer = secure_gateway.signer("exchange_operator")
+    inner = _signed(secure_gateway, "batch-item-1")
+    batch = gateway_pb2.SubmitTransfersRequest(request_id="batch-1", transfers=[inner])
+    signer.sign("SubmitTransfers", batch)
+    code, details = _refused(lambda: stub.SubmitTransfers(batch, timeout=10))
+    assert (code, "transfers[0].signature" in details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        True,
+    )
+    batch.transfers[0].ClearField("signature")
+    signer.sign("SubmitTransfers", batch)
+    reply = stub.SubmitTransfers(batch, timeout=60)
+    assert reply.results[0].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_migrate.register(commands)
     cli_certs.register(commands)
     cli_audit.register(commands)
+    __import__("gateway.cli_bench").cli_bench.register(commands)
     return parser
 
 

@@ -82,6 +82,14 @@ def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
     )
 
 
+def overlapping(session: Session, block_id: BlockId) -> list[LedgerHolding]:
+    """Live rows of ``block_id``'s program and series that share a serial with it.
+
+    The double-counting check behind every insert (and what ``bench.overlap`` times).
+    """
+    return [_to_holding(r) for r in _overlapping(session, block_id)]
+
+
 def _claim_range(session: Session, block_id: BlockId) -> None:
     clash = _overlapping(session, block_id)
     if clash:

@@ -1,0 +1,176 @@
+"""Shared pieces: sizes per mode, repeated timing, and the result record."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does in one mode."""
+
+    mode: str
+    runs: int
+    """Measured runs after one warm-up run."""
+    echo_calls: int
+    """Echo calls per run (per client group)."""
+    transfer_calls: int
+    """Single SubmitTransfer calls per run."""
+    clients: int
+    """Concurrent clients of the N-client runs."""
+    batch_sizes: tuple[int, ...]
+    rules_decisions: int
+    overlap_sizes: tuple[int, ...]
+    overlap_probes: int
+    overlap_budget_s: float
+    """Time allowed for the probes at one size (an O(n) check at 10^7 blocks is slow)."""
+    appends: int
+    proof_leaves: int
+    proof_samples: int
+    recovery_transfers: int
+
+
+SMOKE = Sizes(
+    mode="smoke",
+    runs=1,
+    echo_calls=50,
+    transfer_calls=3,
+    clients=2,
+    batch_sizes=(10,),
+    rules_decisions=20,
+    overlap_sizes=(1_000,),
+    overlap_probes=10,
+    overlap_budget_s=2.0,
+    appends=50,
+    proof_leaves=1_000,
+    proof_samples=10,
+    recovery_transfers=10,
+)
+QUICK = Sizes(
+    mode="quick",
+    runs=2,
+    echo_calls=500,
+    transfer_calls=15,
+    clients=4,
+    batch_sizes=(100,),
+    rules_decisions=300,
+    overlap_sizes=(10_000, 100_000),
+    overlap_probes=50,
+    overlap_budget_s=3.0,
+    appends=500,
+    proof_leaves=100_000,
+    proof_samples=100,
+    recovery_transfers=200,
+)
+FULL = Sizes(
+    mode="full",
+    runs=3,
+    echo_calls=2_000,
+    transfer_calls=60,
+    clients=8,
+    batch_sizes=(100, 1_000),
+    rules_decisions=2_000,
+    overlap_sizes=(100_000, 1_000_000, 10_000_000),
+    overlap_probes=200,
+    overlap_budget_s=10.0,
+    appends=2_000,
+    proof_leaves=1_000_000,
+    proof_samples=500,
+    recovery_transfers=1_000,
+)
+MODES = {s.mode: s for s in (SMOKE, QUICK, FULL)}
+BENCHES = ("transport", "batch", "rules", "overlap", "provenance", "recovery")
+
+
+@dataclass
+class Result:
+    """One figure: the median of its runs, their spread, and what it is compared with."""
+
+    bench: str
+    """The benchmark (transport, batch, rules, overlap, provenance, recovery)."""
+    name: str
+    """What was measured, e.g. ``submit_transfer.clients_1``."""
+    database: str
+    """``sqlite``, ``postgresql`` or ``-`` (no database involved)."""
+    unit: str
+    """``ops/s``, ``us``, ``ms`` or ``s``."""
+    median: float
+    low: float
+    """Smallest run value."""
+    high: float
+    """Largest run value."""
+    runs: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Percentiles, ratios and sizes that go with the figure."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as plain data."""
+        return {
+            "bench": self.bench,
+            "name": self.name,
+            "database": self.database,
+            "unit": self.unit,
+            "median": self.median,
+            "low": self.low,
+            "high": self.high,
+            "runs": self.runs,
+            "extra": self.extra,
+        }
+
+
+def result(
+    bench: str, name: str, database: str, unit: str, runs: Sequence[float], **extra: Any
+) -> Result:
+    """A :class:`Result` from the values of its measured runs.
+
+    Raises:
+        ValueError: No runs.
+    """
+    if not runs:
+        raise ValueError(f"{bench}.{name}: no runs")
+    return Result(
+        bench,
+        name,
+        database,
+        unit,
+        statistics.median(runs),
+        min(runs),
+        max(runs),
+        [float(r) for r in runs],
+        dict(extra),
+    )
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` in [0, 1]) of ``values``.
+
+    Raises:
+        ValueError: No values.
+    """
+    if not values:
+        raise ValueError("percentile of nothing")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def repeat(runs: int, once: Callable[[], float]) -> list[float]:
+    """One warm-up call of ``once``, then ``runs`` measured calls; their values."""
+    once()
+    return [once() for _ in range(runs)]
+
+
+def per_second(count: int, seconds: float) -> float:
+    """Operations per second (a zero-length interval counts as one nanosecond)."""
+    return count / max(seconds, 1e-9)
+
+
+def timed(action: Callable[[], object]) -> float:
+    """Seconds ``action`` takes."""
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started

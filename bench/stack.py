@@ -1,0 +1,202 @@
+"""What the benchmarks run on: scratch databases, registry emulators and a gateway.
+
+The same wiring as the integration tests (``tests/integration/gateway/conftest.py``):
+Verra issues a block into the Hong Kong venue's Verra account, the venue credits it to
+``hk-seller``, and transfers move units from there to a Shenzhen account over real gRPC.
+The gateway runs insecure (plaintext, no tokens): on loopback the benchmarks measure the
+gateway's own work, and the per-client rate limit of the secure path would cap them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import sqlalchemy as sa
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.serials import parse_serial
+from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.server import GatewayServer
+from registry_bridge.bridge import venue_account
+from registry_bridge.model import UnitBlock
+from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+WIRED = ("verra", "hkmo", "shenzhen")
+SERIAL_START = 300_000_001
+SERIAL_END = 301_000_000
+# One million units: enough for every transfer of a full run, one unit each.
+VERRA_SERIAL = f"9660-{SERIAL_START}-{SERIAL_END}-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+DATABASES = ("sqlite", "postgresql")
+
+
+def postgres_available() -> bool:
+    """Whether the local PostgreSQL server answers."""
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+    return True
+
+
+@contextmanager
+def scratch_database(kind: str) -> Iterator[str]:
+    """A new empty database of ``kind`` (``sqlite`` or ``postgresql``), dropped afterwards.
+
+    Yields:
+        Its SQLAlchemy URL.
+
+    Raises:
+        ValueError: ``kind`` is neither.
+    """
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="carbonlink-bench-") as folder:
+            yield f"sqlite:///{folder}/carbonlink.db"
+        return
+    if kind != "postgresql":
+        raise ValueError(f"unknown database {kind!r}")
+    name = f"carbonlink_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield (
+            sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@dataclass
+class Registries:
+    """Running emulators and adapters that read and seed them through their native APIs."""
+
+    emulators: dict[str, RunningEmulator]
+    ports: dict[str, RegistryPort]
+
+    def endpoints(
+        self, down: tuple[str, ...] = (), dead_target: str = ""
+    ) -> tuple[RegistryEndpoint, ...]:
+        """The gateway's registry endpoints; those in ``down`` point at ``dead_target``."""
+        return tuple(
+            RegistryEndpoint(r, dead_target if r in down else e.target)
+            for r, e in self.emulators.items()
+        )
+
+    def seed_venue(self) -> UnitBlock:
+        """Verra issues the benchmark block to the HK venue, which credits ``hk-seller``."""
+        block = parse_serial("verra", VERRA_SERIAL)
+        seed = uuid.uuid4().hex
+        self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
+        self.ports["hkmo"].credit(
+            CreditRequest(f"deposit-{seed}", "hk-seller", block, "verra", "seed")
+        )
+        return block
+
+
+@contextmanager
+def registries() -> Iterator[Registries]:
+    """Verra, HK/Macau and Shenzhen emulators on loopback, seeded; stopped afterwards."""
+    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in WIRED}
+    try:
+        linked = Registries(
+            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
+        )
+        linked.seed_venue()
+        yield linked
+    finally:
+        for emulator in emulators.values():
+            emulator.stop(grace=0)
+
+
+def gateway_config(database_url: str, endpoints: tuple[RegistryEndpoint, ...]) -> GatewayConfig:
+    """The benchmark gateway's configuration: defaults, insecure, loopback."""
+    return GatewayConfig(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        registries=endpoints,
+        insecure=True,
+        log_level="error",
+    )
+
+
+@dataclass
+class Gateway:
+    """A started gateway and a channel to it."""
+
+    server: GatewayServer
+    target: str
+
+
+@contextmanager
+def gateway(config: GatewayConfig) -> Iterator[Gateway]:
+    """A started gateway; stopped afterwards."""
+    server = GatewayServer(config)
+    port = server.start()
+    try:
+        yield Gateway(server, f"127.0.0.1:{port}")
+    finally:
+        server.stop(grace_seconds=0)
+
+
+def stub(target: str) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
+    """A new channel to ``target`` and a gateway stub over it."""
+    channel = grpc.insecure_channel(target)
+    return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
+
+
+class SerialCursor:
+    """Hands out one-unit blocks of the seeded Verra block, each once."""
+
+    def __init__(self) -> None:
+        """Start at the block's first serial."""
+        self._next = SERIAL_START
+
+    def take(self) -> int:
+        """The next unused serial.
+
+        Raises:
+            RuntimeError: The seeded block is used up.
+        """
+        serial = self._next
+        if serial > SERIAL_END:
+            raise RuntimeError("the benchmark's seeded block is used up")
+        self._next += 1
+        return serial
+
+
+def transfer_request(request_id: str, serial: int) -> gateway_pb2.SubmitTransferRequest:
+    """A one-unit transfer from the HK venue's seller to a Shenzhen buyer."""
+    return gateway_pb2.SubmitTransferRequest(
+        request_id=request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program="VCS", serial_series="", serial_start=serial, serial_end=serial
+                    )
+                )
+            ],
+        ),
+    )
+
+
+def scratch_dir() -> Path:
+    """A new temporary folder (the caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix="carbonlink-bench-"))

@@ -10,14 +10,15 @@ the trailing metadata.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import TypeVar
 
 import grpc
 
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
-from registry_bridge.model import HoldingStatus
+from registry_bridge.model import HoldingStatus, Program
+from registry_bridge.port import ProgramTotal
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
@@ -97,6 +98,28 @@ def canonical_status(
             registry_id, "UNKNOWN_STATE", f"{registry_id} answered an unknown state {native}"
         )
     return status
+
+
+def program_totals(
+    statuses: Mapping[int, HoldingStatus], rows: Iterable[tuple[str, int, int]]
+) -> tuple[ProgramTotal, ...]:
+    """A registry's totals in canonical terms, native states it has no canonical name for left out.
+
+    Args:
+        statuses: The registry's native state -> canonical status table.
+        rows: ``(program, native state, quantity)`` per native total row.
+
+    Returns:
+        One total per row whose state the table names.
+
+    Raises:
+        ValueError: A kept row names an unknown program.
+    """
+    return tuple(
+        ProgramTotal(Program(program), statuses[state], quantity)
+        for program, state, quantity in rows
+        if state in statuses
+    )
 
 
 def to_rfc3339(moment: datetime | None) -> str:

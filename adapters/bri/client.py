@@ -37,6 +37,7 @@ from adapters.client_core import (
     from_rfc3339,
     invoke,
     not_supported,
+    program_totals,
     to_rfc3339,
 )
 from registry_bridge.model import (
@@ -338,8 +339,6 @@ class BriClient:
         native = invoke(
             REGISTRY_ID, self._stub.ReportTotals, pb.ReportTotalsRequest(), self._timeout_s
         )
-        return tuple(
-            ProgramTotal(Program(t.unit_type), STATUS_TO_CANONICAL[t.status], t.quantity)
-            for t in native.totals
-            if t.status in STATUS_TO_CANONICAL
+        return program_totals(
+            STATUS_TO_CANONICAL, ((t.unit_type, t.status, t.quantity) for t in native.totals)
         )

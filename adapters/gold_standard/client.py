@@ -20,7 +20,14 @@ import grpc
 from adapters import serials
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
-from adapters.client_core import canonical_status, from_rfc3339, invoke, not_supported, to_rfc3339
+from adapters.client_core import (
+    canonical_status,
+    from_rfc3339,
+    invoke,
+    not_supported,
+    program_totals,
+    to_rfc3339,
+)
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -355,8 +362,6 @@ class GoldStandardClient:
             pb.GetTotalsRequest(),
             self._timeout_s,
         )
-        return tuple(
-            ProgramTotal(Program.GS, STATUS_TO_CANONICAL[t.status], t.quantity)
-            for t in native.totals
-            if t.status in STATUS_TO_CANONICAL
+        return program_totals(
+            STATUS_TO_CANONICAL, ((Program.GS, t.status, t.quantity) for t in native.totals)
         )

@@ -30,7 +30,14 @@ import grpc
 
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2 as pb
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2_grpc as pb_grpc
-from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import (
+    canonical_status,
+    from_iso_date,
+    from_rfc3339,
+    invoke,
+    program_totals,
+    to_rfc3339,
+)
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -314,8 +321,6 @@ class GuangdongClient:
     def totals(self) -> Sequence[ProgramTotal]:
         """``Summarize`` (汇总): quantities per variety and batch status."""
         native = invoke(REGISTRY_ID, self._stub.Summarize, pb.SummarizeRequest(), self._timeout_s)
-        return tuple(
-            ProgramTotal(Program(t.variety), STATUS_TO_CANONICAL[t.status], t.quantity)
-            for t in native.totals
-            if t.status in STATUS_TO_CANONICAL
+        return program_totals(
+            STATUS_TO_CANONICAL, ((t.variety, t.status, t.quantity) for t in native.totals)
         )

@@ -25,6 +25,7 @@ from adapters.client_core import (
     from_rfc3339,
     invoke,
     not_supported,
+    program_totals,
     to_rfc3339,
 )
 from registry_bridge.model import (
@@ -333,8 +334,6 @@ class VenueClient:
         native = invoke(
             REGISTRY_ID, self._stub.VenueTotals, pb.VenueTotalsRequest(), self._timeout_s
         )
-        return tuple(
-            ProgramTotal(Program(t.program), STATE_TO_CANONICAL[t.state], t.quantity)
-            for t in native.totals
-            if t.state in STATE_TO_CANONICAL
+        return program_totals(
+            STATE_TO_CANONICAL, ((t.program, t.state, t.quantity) for t in native.totals)
         )

@@ -32,7 +32,14 @@ import grpc
 
 from adapters._pb.registries.national.v1 import national_pb2 as pb
 from adapters._pb.registries.national.v1 import national_pb2_grpc as pb_grpc
-from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import (
+    canonical_status,
+    from_iso_date,
+    from_rfc3339,
+    invoke,
+    program_totals,
+    to_rfc3339,
+)
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
@@ -361,10 +368,7 @@ class NationalClient:
         native = invoke(
             REGISTRY_ID, self._stub.ProvideTotals, pb.ProvideTotalsRequest(), self._timeout_s
         )
-        return tuple(
-            ProgramTotal(
-                Program(t.originating_registry_code), STATE_TO_CANONICAL[t.state], t.quantity
-            )
-            for t in native.totals
-            if t.state in STATE_TO_CANONICAL
+        return program_totals(
+            STATE_TO_CANONICAL,
+            ((t.originating_registry_code, t.state, t.quantity) for t in native.totals),
         )

@@ -31,7 +31,14 @@ import grpc
 
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
-from adapters.client_core import canonical_status, from_iso_date, from_rfc3339, invoke, to_rfc3339
+from adapters.client_core import (
+    canonical_status,
+    from_iso_date,
+    from_rfc3339,
+    invoke,
+    program_totals,
+    to_rfc3339,
+)
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -344,8 +351,6 @@ class ShenzhenClient:
     def totals(self) -> Sequence[ProgramTotal]:
         """Quantities per product and lot state (``Statistics``, 统计)."""
         native = invoke(REGISTRY_ID, self._stub.Statistics, pb.StatisticsRequest(), self._timeout_s)
-        return tuple(
-            ProgramTotal(Program(s.product), STATE_TO_CANONICAL[s.state], s.quantity)
-            for s in native.statistics
-            if s.state in STATE_TO_CANONICAL
+        return program_totals(
+            STATE_TO_CANONICAL, ((s.product, s.state, s.quantity) for s in native.statistics)
         )

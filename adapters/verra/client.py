@@ -24,6 +24,7 @@ from adapters.client_core import (
     from_rfc3339,
     invoke,
     not_supported,
+    program_totals,
     to_ddmmyyyy,
     to_rfc3339,
 )
@@ -354,8 +355,6 @@ class VerraClient:
             pb.GetRegistryTotalsRequest(),
             self._timeout_s,
         )
-        return tuple(
-            ProgramTotal(Program.VCS, STATUS_TO_CANONICAL[t.status], t.quantity)
-            for t in native.totals
-            if t.status in STATUS_TO_CANONICAL
+        return program_totals(
+            STATUS_TO_CANONICAL, ((Program.VCS, t.status, t.quantity) for t in native.totals)
         )

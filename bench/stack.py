@@ -32,9 +32,21 @@ from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 WIRED = ("verra", "hkmo", "shenzhen")
 SERIAL_START = 300_000_001
-SERIAL_END = 301_000_000
-# One million units: enough for every transfer of a full run, one unit each.
-VERRA_SERIAL = f"9660-{SERIAL_START}-{SERIAL_END}-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+LANES = 8
+LANE_SIZE = 100_000
+SERIAL_END = SERIAL_START + LANES * LANE_SIZE - 1
+# One issued block per lane, 100,000 units each: concurrent clients take units from
+# blocks of their own (transfers carving one shared block would contend for its row).
+
+
+def lane_serial(lane: int) -> str:
+    """The Verra serial of lane ``lane``'s block."""
+    start = SERIAL_START + lane * LANE_SIZE
+    end = start + LANE_SIZE - 1
+    return f"9660-{start}-{end}-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+
+
+VERRA_SERIAL = lane_serial(0)
 DATABASES = ("sqlite", "postgresql")
 
 
@@ -97,15 +109,18 @@ class Registries:
             for r, e in self.emulators.items()
         )
 
-    def seed_venue(self) -> UnitBlock:
-        """Verra issues the benchmark block to the HK venue, which credits ``hk-seller``."""
-        block = parse_serial("verra", VERRA_SERIAL)
-        seed = uuid.uuid4().hex
-        self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
-        self.ports["hkmo"].credit(
-            CreditRequest(f"deposit-{seed}", "hk-seller", block, "verra", "seed")
-        )
-        return block
+    def seed_venue(self) -> list[UnitBlock]:
+        """Verra issues each lane's block to the HK venue, which credits ``hk-seller``."""
+        blocks = []
+        for lane in range(LANES):
+            block = parse_serial("verra", lane_serial(lane))
+            seed = uuid.uuid4().hex
+            self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
+            self.ports["hkmo"].credit(
+                CreditRequest(f"deposit-{seed}", "hk-seller", block, "verra", "seed")
+            )
+            blocks.append(block)
+        return blocks
 
 
 @contextmanager
@@ -160,20 +175,21 @@ def stub(target: str) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub
 
 
 class SerialCursor:
-    """Hands out one-unit blocks of the seeded Verra block, each once."""
+    """Hands out one-unit blocks of one lane's seeded Verra block, each once."""
 
-    def __init__(self) -> None:
-        """Start at the block's first serial."""
-        self._next = SERIAL_START
+    def __init__(self, lane: int = 0) -> None:
+        """Start at the lane's first serial."""
+        self._next = SERIAL_START + lane * LANE_SIZE
+        self._end = self._next + LANE_SIZE - 1
 
     def take(self) -> int:
         """The next unused serial.
 
         Raises:
-            RuntimeError: The seeded block is used up.
+            RuntimeError: The lane's block is used up.
         """
         serial = self._next
-        if serial > SERIAL_END:
+        if serial > self._end:
             raise RuntimeError("the benchmark's seeded block is used up")
         self._next += 1
         return serial

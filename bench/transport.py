@@ -158,19 +158,19 @@ def _echo_client(
     return make
 
 
-def _transfer_client(
-    target: str, cursor: stack.SerialCursor
-) -> Callable[[], tuple[grpc.Channel, Call]]:
-    lock = threading.Lock()
+def _transfer_client(target: str) -> Callable[[], tuple[grpc.Channel, Call]]:
+    """Clients that each take units from a lane (a seeded block) of their own."""
+    cursors = [stack.SerialCursor(lane) for lane in range(stack.LANES)]
+    made = [0]
 
     def make() -> tuple[grpc.Channel, Call]:
         channel, gateway = stack.stub(target)
+        cursor = cursors[made[0] % stack.LANES]
+        made[0] += 1
 
         def call(_: int) -> None:
-            with lock:
-                serial = cursor.take()
             reply = gateway.SubmitTransfer(
-                stack.transfer_request(uuid.uuid4().hex, serial), timeout=60
+                stack.transfer_request(uuid.uuid4().hex, cursor.take()), timeout=60
             )
             if reply.state != model_pb2.TRANSFER_STATE_COMPLETED:
                 raise RuntimeError(f"transfer ended {reply.state}: {reply.failure_reason}")
@@ -200,7 +200,7 @@ def submit_transfer(sizes: Sizes, database: str, echo_results: list[Result]) -> 
     with stack.scratch_database(database) as url, stack.registries() as linked:
         config = stack.gateway_config(url, linked.endpoints())
         with stack.gateway(config) as running:
-            make = _transfer_client(running.target, stack.SerialCursor())
+            make = _transfer_client(running.target)
             for clients, echo_result in zip((1, sizes.clients), echo_results, strict=True):
                 figure = _throughput(
                     f"submit_transfer.clients_{clients}",

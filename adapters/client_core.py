@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
-from registry_bridge.model import HoldingStatus, Program
+from registry_bridge.model import Authorization, CorrespondingAdjustment, HoldingStatus, Program
 from registry_bridge.port import ProgramTotal
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
@@ -27,6 +27,20 @@ _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Msg = TypeVar("Msg")
+
+
+class NativeAuthorization(Protocol):
+    """A native authorization message spelled in the common way (all registries but BRI)."""
+
+    @property
+    def letter_id(self) -> str: ...
+    @property
+    def host_country(self) -> str: ...
+    @property
+    def authorized_uses(self) -> Iterable[str]: ...
+    @property
+    def issued_on(self) -> str: ...
 
 
 def rejection_code(error: grpc.RpcError) -> str:
@@ -98,6 +112,47 @@ def canonical_status(
             registry_id, "UNKNOWN_STATE", f"{registry_id} answered an unknown state {native}"
         )
     return status
+
+
+def authorization_to_native(message: Callable[..., Msg], auth: Authorization | None) -> Msg | None:
+    """An authorization as a registry's native message of the common spelling (``None`` for none).
+
+    Args:
+        message: The native message type, with fields ``letter_id``, ``host_country``,
+            ``authorized_uses`` and ``issued_on`` (ISO date).
+        auth: The canonical authorization, if any.
+    """
+    if auth is None:
+        return None
+    return message(
+        letter_id=auth.letter_id,
+        host_country=auth.host_country,
+        authorized_uses=sorted(auth.authorized_uses),
+        issued_on=auth.issued_on.isoformat(),
+    )
+
+
+def authorization_from_native(native: NativeAuthorization) -> Authorization:
+    """The canonical authorization of a native message of the common spelling.
+
+    Raises:
+        ValueError: ``issued_on`` is not an ISO date.
+    """
+    return Authorization(
+        letter_id=native.letter_id,
+        host_country=native.host_country,
+        authorized_uses=frozenset(native.authorized_uses),
+        issued_on=date.fromisoformat(native.issued_on),
+    )
+
+
+def adjustment_from_native(text: str) -> CorrespondingAdjustment:
+    """The corresponding-adjustment status of its native text ('' is not applicable).
+
+    Raises:
+        ValueError: An unknown status.
+    """
+    return CorrespondingAdjustment(text or CorrespondingAdjustment.NOT_APPLICABLE.value)
 
 
 def program_totals(

@@ -13,7 +13,6 @@ The block translation lives here once; the emulator reuses it to read its own wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import grpc
 
@@ -21,6 +20,9 @@ from adapters import serials
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_rfc3339,
     invoke,
@@ -30,9 +32,7 @@ from adapters.client_core import (
 )
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -65,18 +65,6 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
 }
 
 
-def authorization_to_native(auth: Authorization | None) -> pb.ArticleSixAuthorization | None:
-    """An authorization as Gold Standard's Article 6 record (``None`` for none)."""
-    if auth is None:
-        return None
-    return pb.ArticleSixAuthorization(
-        letter_id=auth.letter_id,
-        host_country=auth.host_country,
-        authorized_uses=sorted(auth.authorized_uses),
-        issued_on=auth.issued_on.isoformat(),
-    )
-
-
 def block_to_native(block: UnitBlock) -> pb.CreditBlock:
     """A canonical GS block as a Gold Standard credit block (serial written by the codec).
 
@@ -91,7 +79,9 @@ def block_to_native(block: UnitBlock) -> pb.CreditBlock:
         gas=block.gas,
         gwp_basis=block.gwp_basis,
         labels=sorted(block.labels),
-        article_six_authorization=authorization_to_native(block.authorization),
+        article_six_authorization=authorization_to_native(
+            pb.ArticleSixAuthorization, block.authorization
+        ),
         corresponding_adjustment=block.corresponding_adjustment.value,
         monitoring_period_start=block.vintage_start.isoformat(),
         monitoring_period_end=block.vintage_end.isoformat(),
@@ -109,12 +99,7 @@ def block_from_native(credits: pb.CreditBlock) -> UnitBlock:
     parsed = serials.parse_serial(REGISTRY_ID, credits.serial_number)
     auth = None
     if credits.HasField("article_six_authorization"):
-        auth = Authorization(
-            letter_id=credits.article_six_authorization.letter_id,
-            host_country=credits.article_six_authorization.host_country,
-            authorized_uses=frozenset(credits.article_six_authorization.authorized_uses),
-            issued_on=date.fromisoformat(credits.article_six_authorization.issued_on),
-        )
+        auth = authorization_from_native(credits.article_six_authorization)
     return UnitBlock(
         id=parsed.id,
         project_id=parsed.project_id,
@@ -128,9 +113,7 @@ def block_from_native(credits: pb.CreditBlock) -> UnitBlock:
         gwp_basis=credits.gwp_basis,
         issuance_id=parsed.issuance_id,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            credits.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(credits.corresponding_adjustment),
         labels=frozenset(credits.labels),
         native_attributes=parsed.native_attributes,
     )

@@ -24,13 +24,15 @@ The batch translation lives here once; the emulator reuses it to read its own wi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date
 
 import grpc
 
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2 as pb
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_iso_date,
     from_rfc3339,
@@ -40,9 +42,7 @@ from adapters.client_core import (
 )
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -97,7 +97,6 @@ def range_from_native(native: pb.BatchRange) -> BlockId:
 
 def batch_to_native(block: UnitBlock) -> pb.Batch:
     """A canonical block as a Guangdong batch (批次)."""
-    auth = block.authorization
     return pb.Batch(
         range=range_to_native(block.id),
         project_code=block.project_id,
@@ -111,14 +110,7 @@ def batch_to_native(block: UnitBlock) -> pb.Batch:
         gwp_basis=block.gwp_basis,
         issuance_code=block.issuance_id,
         labels=sorted(block.labels),
-        authorization=None
-        if auth is None
-        else pb.LetterOfAuthorization(
-            letter_id=auth.letter_id,
-            host_country=auth.host_country,
-            authorized_uses=sorted(auth.authorized_uses),
-            issued_on=auth.issued_on.isoformat(),
-        ),
+        authorization=authorization_to_native(pb.LetterOfAuthorization, block.authorization),
         corresponding_adjustment=block.corresponding_adjustment.value,
         attributes=[pb.Attribute(key=k, value=v) for k, v in block.native_attributes],
     )
@@ -132,12 +124,7 @@ def batch_from_native(native: pb.Batch) -> UnitBlock:
     """
     auth = None
     if native.HasField("authorization"):
-        auth = Authorization(
-            letter_id=native.authorization.letter_id,
-            host_country=native.authorization.host_country,
-            authorized_uses=frozenset(native.authorization.authorized_uses),
-            issued_on=date.fromisoformat(native.authorization.issued_on),
-        )
+        auth = authorization_from_native(native.authorization)
     return UnitBlock(
         id=range_from_native(native.range),
         project_id=native.project_code,
@@ -151,9 +138,7 @@ def batch_from_native(native: pb.Batch) -> UnitBlock:
         gwp_basis=native.gwp_basis,
         issuance_id=native.issuance_code,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(native.corresponding_adjustment),
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.attributes),
     )

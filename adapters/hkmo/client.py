@@ -13,13 +13,15 @@ here once; the emulator reuses it to read its own wire format.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import grpc
 
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_iso_date,
     from_rfc3339,
@@ -29,9 +31,7 @@ from adapters.client_core import (
     to_rfc3339,
 )
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -88,7 +88,6 @@ def range_from_native(native: pb.SerialRange) -> BlockId:
 
 def units_to_native(block: UnitBlock) -> pb.Units:
     """A canonical block as venue units."""
-    auth = block.authorization
     return pb.Units(
         range=range_to_native(block.id),
         project_id=block.project_id,
@@ -102,14 +101,7 @@ def units_to_native(block: UnitBlock) -> pb.Units:
         gwp_basis=block.gwp_basis,
         issuance_id=block.issuance_id,
         labels=sorted(block.labels),
-        authorization=None
-        if auth is None
-        else pb.Authorization(
-            letter_id=auth.letter_id,
-            host_country=auth.host_country,
-            authorized_uses=sorted(auth.authorized_uses),
-            issued_on=auth.issued_on.isoformat(),
-        ),
+        authorization=authorization_to_native(pb.Authorization, block.authorization),
         corresponding_adjustment=block.corresponding_adjustment.value,
         origin_serial_attributes=[pb.Attribute(key=k, value=v) for k, v in block.native_attributes],
     )
@@ -123,12 +115,7 @@ def units_from_native(native: pb.Units) -> UnitBlock:
     """
     auth = None
     if native.HasField("authorization"):
-        auth = Authorization(
-            letter_id=native.authorization.letter_id,
-            host_country=native.authorization.host_country,
-            authorized_uses=frozenset(native.authorization.authorized_uses),
-            issued_on=date.fromisoformat(native.authorization.issued_on),
-        )
+        auth = authorization_from_native(native.authorization)
     return UnitBlock(
         id=range_from_native(native.range),
         project_id=native.project_id,
@@ -142,9 +129,7 @@ def units_from_native(native: pb.Units) -> UnitBlock:
         gwp_basis=native.gwp_basis,
         issuance_id=native.issuance_id,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(native.corresponding_adjustment),
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.origin_serial_attributes),
     )

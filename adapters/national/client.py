@@ -26,13 +26,15 @@ lives here once; the emulator reuses it to read its own wire format.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import grpc
 
 from adapters._pb.registries.national.v1 import national_pb2 as pb
 from adapters._pb.registries.national.v1 import national_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_iso_date,
     from_rfc3339,
@@ -42,9 +44,7 @@ from adapters.client_core import (
 )
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -109,7 +109,6 @@ def identifier_from_native(identifier: pb.UnitBlockIdentifier) -> BlockId:
 
 def block_to_native(block: UnitBlock) -> pb.TransactionUnitBlock:
     """A canonical block as a DES transaction unit block."""
-    auth = block.authorization
     return pb.TransactionUnitBlock(
         identifier=identifier_to_native(block.id),
         unit_type=pb.ALLOWANCE if block.unit_kind is UnitKind.ALLOWANCE else pb.OFFSET_CREDIT,
@@ -124,14 +123,7 @@ def block_to_native(block: UnitBlock) -> pb.TransactionUnitBlock:
         gwp_basis=block.gwp_basis,
         issuance_identifier=block.issuance_id,
         labels=sorted(block.labels),
-        authorization=None
-        if auth is None
-        else pb.Authorization(
-            letter_id=auth.letter_id,
-            host_country=auth.host_country,
-            authorized_uses=sorted(auth.authorized_uses),
-            issued_on=auth.issued_on.isoformat(),
-        ),
+        authorization=authorization_to_native(pb.Authorization, block.authorization),
         corresponding_adjustment=block.corresponding_adjustment.value,
         native_attributes=[pb.NativeAttribute(key=k, value=v) for k, v in block.native_attributes],
     )
@@ -145,12 +137,7 @@ def block_from_native(native: pb.TransactionUnitBlock) -> UnitBlock:
     """
     auth = None
     if native.HasField("authorization"):
-        auth = Authorization(
-            letter_id=native.authorization.letter_id,
-            host_country=native.authorization.host_country,
-            authorized_uses=frozenset(native.authorization.authorized_uses),
-            issued_on=date.fromisoformat(native.authorization.issued_on),
-        )
+        auth = authorization_from_native(native.authorization)
     return UnitBlock(
         id=identifier_from_native(native.identifier),
         project_id=native.project_identifier,
@@ -164,9 +151,7 @@ def block_from_native(native: pb.TransactionUnitBlock) -> UnitBlock:
         gwp_basis=native.gwp_basis,
         issuance_id=native.issuance_identifier,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(native.corresponding_adjustment),
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.native_attributes),
     )

@@ -25,13 +25,15 @@ translation lives here once; the emulator reuses it to read its own wire format.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import grpc
 
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_iso_date,
     from_rfc3339,
@@ -40,9 +42,7 @@ from adapters.client_core import (
     to_rfc3339,
 )
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -97,7 +97,6 @@ def numbers_from_native(native: pb.NumberRange) -> BlockId:
 
 def info_to_native(block: UnitBlock) -> pb.LotInfo:
     """A canonical block as the registry's lot information (登记信息)."""
-    auth = block.authorization
     return pb.LotInfo(
         numbers=numbers_to_native(block.id),
         project_code=block.project_id,
@@ -111,14 +110,7 @@ def info_to_native(block: UnitBlock) -> pb.LotInfo:
         gwp_basis=block.gwp_basis,
         issuance_no=block.issuance_id,
         labels=sorted(block.labels),
-        authorization=None
-        if auth is None
-        else pb.Authorization(
-            letter_id=auth.letter_id,
-            host_country=auth.host_country,
-            authorized_uses=sorted(auth.authorized_uses),
-            issued_on=auth.issued_on.isoformat(),
-        ),
+        authorization=authorization_to_native(pb.Authorization, block.authorization),
         corresponding_adjustment=block.corresponding_adjustment.value,
         extra_attributes=[pb.ExtraAttribute(key=k, value=v) for k, v in block.native_attributes],
     )
@@ -132,12 +124,7 @@ def info_from_native(native: pb.LotInfo) -> UnitBlock:
     """
     auth = None
     if native.HasField("authorization"):
-        auth = Authorization(
-            letter_id=native.authorization.letter_id,
-            host_country=native.authorization.host_country,
-            authorized_uses=frozenset(native.authorization.authorized_uses),
-            issued_on=date.fromisoformat(native.authorization.issued_on),
-        )
+        auth = authorization_from_native(native.authorization)
     return UnitBlock(
         id=numbers_from_native(native.numbers),
         project_id=native.project_code,
@@ -151,9 +138,7 @@ def info_from_native(native: pb.LotInfo) -> UnitBlock:
         gwp_basis=native.gwp_basis,
         issuance_id=native.issuance_no,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            native.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(native.corresponding_adjustment),
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.extra_attributes),
     )

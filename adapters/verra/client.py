@@ -12,7 +12,6 @@ The block translation lives here once; the emulator reuses it to read its own wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import grpc
 
@@ -20,6 +19,9 @@ from adapters import serials
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
 from adapters._pb.registries.verra.v1 import verra_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    adjustment_from_native,
+    authorization_from_native,
+    authorization_to_native,
     canonical_status,
     from_rfc3339,
     invoke,
@@ -30,9 +32,7 @@ from adapters.client_core import (
 )
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
-    Authorization,
     BlockId,
-    CorrespondingAdjustment,
     HoldingStatus,
     Program,
     UnitBlock,
@@ -65,18 +65,6 @@ STATUS_TO_CANONICAL: dict[int, HoldingStatus] = {
 }
 
 
-def authorization_to_native(auth: Authorization | None) -> pb.AuthorizationLabel | None:
-    """An authorization as Verra's label (``None`` for none)."""
-    if auth is None:
-        return None
-    return pb.AuthorizationLabel(
-        letter_id=auth.letter_id,
-        host_country=auth.host_country,
-        authorized_uses=sorted(auth.authorized_uses),
-        issued_on=auth.issued_on.isoformat(),
-    )
-
-
 def block_to_native(block: UnitBlock) -> pb.VcuBlock:
     """A canonical VCS block as a Verra VCU block (serial written by the codec).
 
@@ -91,7 +79,7 @@ def block_to_native(block: UnitBlock) -> pb.VcuBlock:
         gas=block.gas,
         gwp_basis=block.gwp_basis,
         additional_certifications=sorted(block.labels),
-        authorization=authorization_to_native(block.authorization),
+        authorization=authorization_to_native(pb.AuthorizationLabel, block.authorization),
         corresponding_adjustment=block.corresponding_adjustment.value,
         vintage_start=to_ddmmyyyy(block.vintage_start),
         vintage_end=to_ddmmyyyy(block.vintage_end),
@@ -109,12 +97,7 @@ def block_from_native(vcus: pb.VcuBlock) -> UnitBlock:
     parsed = serials.parse_serial(REGISTRY_ID, vcus.serial_number)
     auth = None
     if vcus.HasField("authorization"):
-        auth = Authorization(
-            letter_id=vcus.authorization.letter_id,
-            host_country=vcus.authorization.host_country,
-            authorized_uses=frozenset(vcus.authorization.authorized_uses),
-            issued_on=date.fromisoformat(vcus.authorization.issued_on),
-        )
+        auth = authorization_from_native(vcus.authorization)
     return UnitBlock(
         id=parsed.id,
         project_id=parsed.project_id,
@@ -128,9 +111,7 @@ def block_from_native(vcus: pb.VcuBlock) -> UnitBlock:
         gwp_basis=vcus.gwp_basis,
         issuance_id=parsed.issuance_id,
         authorization=auth,
-        corresponding_adjustment=CorrespondingAdjustment(
-            vcus.corresponding_adjustment or CorrespondingAdjustment.NOT_APPLICABLE.value
-        ),
+        corresponding_adjustment=adjustment_from_native(vcus.corresponding_adjustment),
         labels=frozenset(vcus.additional_certifications),
         native_attributes=parsed.native_attributes,
     )

@@ -37,6 +37,8 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    query_holdings,
+    required_moment,
 )
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
 
@@ -135,12 +137,10 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
     ) -> pb.ItmoHoldingList:
         """Holdings of an account, or overlapping a range."""
         with native_rules(context):
-            if request.HasField("overlapping"):
-                found = self._store.find(range_from_native(request.overlapping))
-                if request.holding_account:
-                    found = [h for h in found if h.account == request.holding_account]
-            else:
-                found = self._store.holdings(request.holding_account)
+            overlapping = (
+                range_from_native(request.overlapping) if request.HasField("overlapping") else None
+            )
+            found = query_holdings(self._store, overlapping, request.holding_account)
             return pb.ItmoHoldingList(holdings=[self._holding(h) for h in found])
 
     def ReserveForTransfer(
@@ -148,9 +148,9 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
     ) -> pb.ItmoHolding:
         """Reserve ITMOs for a transfer; an unauthorized first transfer is refused."""
         with native_rules(context):
-            until = from_rfc3339(request.reserved_until)
-            if until is None:
-                raise ValueError("reserved_until is required to reserve ITMOs")
+            until = required_moment(
+                request.reserved_until, "reserved_until is required to reserve ITMOs"
+            )
             held = self._store.lock(
                 request.action_id,
                 request.holding_account,

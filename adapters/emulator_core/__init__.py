@@ -10,6 +10,7 @@ from adapters.emulator_core.server import (
     run_emulator,
     start_emulator,
 )
+from adapters.emulator_core.servicing import query_holdings, required_moment
 from adapters.emulator_core.store import (
     RECORD_PREFIX,
     CreditMode,
@@ -38,6 +39,8 @@ __all__ = [
     "UnitState",
     "abort_rejected",
     "native_rules",
+    "query_holdings",
+    "required_moment",
     "run_emulator",
     "start_emulator",
     "utc_now",

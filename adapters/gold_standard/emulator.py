@@ -18,6 +18,7 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    required_moment,
 )
 from adapters.gold_standard.client import (
     REGISTRY_ID,
@@ -78,9 +79,7 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
     ) -> pb.CreditHolding:
         """Put credits in pending transfer."""
         with native_rules(context):
-            until = from_rfc3339(request.pending_until)
-            if until is None:
-                raise ValueError("hold_until is required")
+            until = required_moment(request.pending_until, "hold_until is required")
             held = self._store.lock(
                 request.operation_id,
                 request.account_id,

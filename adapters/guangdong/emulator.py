@@ -26,6 +26,8 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    query_holdings,
+    required_moment,
 )
 from adapters.guangdong.client import (
     REGISTRY_ID,
@@ -117,9 +119,9 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
         """限制: restrict units for a transfer until a time."""
 
         def apply() -> StoredHolding:
-            until = from_rfc3339(request.restricted_until)
-            if until is None:
-                raise ValueError("restricted_until is required to restrict units")
+            until = required_moment(
+                request.restricted_until, "restricted_until is required to restrict units"
+            )
             return self._store.lock(
                 request.application_no,
                 request.holder_code,
@@ -260,12 +262,10 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
     ) -> pb.BatchList:
         """持仓查询: batches of a holder, or overlapping a range."""
         with native_rules(context):
-            if request.HasField("overlapping"):
-                found = self._store.find(range_from_native(request.overlapping))
-                if request.holder_code:
-                    found = [h for h in found if h.account == request.holder_code]
-            else:
-                found = self._store.holdings(request.holder_code)
+            overlapping = (
+                range_from_native(request.overlapping) if request.HasField("overlapping") else None
+            )
+            found = query_holdings(self._store, overlapping, request.holder_code)
             return pb.BatchList(batches=[_held(h) for h in found])
 
     def Summarize(self, request: pb.SummarizeRequest, context: grpc.ServicerContext) -> pb.Summary:

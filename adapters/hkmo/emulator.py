@@ -20,6 +20,8 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    query_holdings,
+    required_moment,
 )
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_to_native
 from registry_bridge.model import Program
@@ -83,12 +85,10 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
     ) -> pb.PositionList:
         """Positions of a client account, or overlapping a serial range."""
         with native_rules(context):
-            if request.HasField("overlapping"):
-                found = self._store.find(range_from_native(request.overlapping))
-                if request.client_account:
-                    found = [h for h in found if h.account == request.client_account]
-            else:
-                found = self._store.holdings(request.client_account)
+            overlapping = (
+                range_from_native(request.overlapping) if request.HasField("overlapping") else None
+            )
+            found = query_holdings(self._store, overlapping, request.client_account)
             return pb.PositionList(positions=[_position(h) for h in found])
 
     def EarmarkForSettlement(
@@ -96,9 +96,7 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
     ) -> pb.Position:
         """Earmark units for a pending settlement."""
         with native_rules(context):
-            until = from_rfc3339(request.earmark_until)
-            if until is None:
-                raise ValueError("earmark_until is required")
+            until = required_moment(request.earmark_until, "earmark_until is required")
             held = self._store.lock(
                 request.operation_id,
                 request.client_account,

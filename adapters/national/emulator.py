@@ -24,6 +24,8 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    query_holdings,
+    required_moment,
 )
 from adapters.national.client import (
     REGISTRY_CODE,
@@ -240,20 +242,19 @@ class NationalServicer(pb_grpc.NationalRegistryServicer):
     ) -> pb.ProvideUnitBlocksResponse:
         """Blocks of an account, or overlapping a block (reconciliation phase 2)."""
         with native_rules(context):
-            if request.HasField("overlapping"):
-                found = self._store.find(identifier_from_native(request.overlapping))
-                if request.account_identifier:
-                    found = [h for h in found if h.account == request.account_identifier]
-            else:
-                found = self._store.holdings(request.account_identifier)
+            overlapping = (
+                identifier_from_native(request.overlapping)
+                if request.HasField("overlapping")
+                else None
+            )
+            found = query_holdings(self._store, overlapping, request.account_identifier)
             return pb.ProvideUnitBlocksResponse(blocks=[_held(h) for h in found])
 
 
 def _expiry(tx: pb.ProposalTransaction) -> datetime:
-    expiry = from_rfc3339(tx.reservation_expiry)
-    if expiry is None:
-        raise ValueError("reservation_expiry is required to reserve blocks")
-    return expiry
+    return required_moment(
+        tx.reservation_expiry, "reservation_expiry is required to reserve blocks"
+    )
 
 
 def _add_servicer(server: grpc.Server, store: Store) -> None:

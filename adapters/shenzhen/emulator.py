@@ -22,6 +22,8 @@ from adapters.emulator_core import (
     StoredHolding,
     UnitState,
     native_rules,
+    query_holdings,
+    required_moment,
 )
 from adapters.shenzhen.client import (
     REGISTRY_ID,
@@ -87,20 +89,20 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
     def QueryLots(self, request: pb.QueryLotsRequest, context: grpc.ServicerContext) -> pb.LotList:
         """查询: lots of an account, or overlapping a number range."""
         with native_rules(context):
-            if request.HasField("overlapping"):
-                found = self._store.find(numbers_from_native(request.overlapping))
-                if request.account_no:
-                    found = [h for h in found if h.account == request.account_no]
-            else:
-                found = self._store.holdings(request.account_no)
+            overlapping = (
+                numbers_from_native(request.overlapping)
+                if request.HasField("overlapping")
+                else None
+            )
+            found = query_holdings(self._store, overlapping, request.account_no)
             return pb.LotList(lots=[_lot(h) for h in found])
 
     def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext) -> pb.Lot:
         """冻结: freeze units against a transfer order."""
         with native_rules(context):
-            until = from_rfc3339(request.frozen_until)
-            if until is None:
-                raise ValueError("frozen_until is required to freeze units")
+            until = required_moment(
+                request.frozen_until, "frozen_until is required to freeze units"
+            )
             held = self._store.lock(
                 request.business_serial_no,
                 request.account_no,

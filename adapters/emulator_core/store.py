@@ -517,6 +517,11 @@ class Store:
     ) -> _Row:
         """The one row in ``account`` containing ``block_id``, checked to be in ``allowed``."""
         rows = self._overlapping(db, block_id)
+        held = [r for r in rows if r.holding.state is not UnitState.EXPORTED]
+        if held:
+            # Units that left and came back (a venue position delivered out, then returned)
+            # are held again: the record of their earlier export must not refuse them.
+            rows = held
         if not rows:
             raise Rejection("UNITS_NOT_FOUND", f"no units {_describe(block_id)} at this registry")
         for row in rows:

@@ -256,6 +256,23 @@ def test_finalize_export_takes_the_units_off_the_registry(harness: Harness) -> N
         harness.adapter.lock(LockRequest(harness.op(), ACCOUNT, part, later(harness), "T3"))
 
 
+def test_units_delivered_out_and_back_move_again(harness: Harness) -> None:
+    """A venue position exported to another registry and returned is held (and used) again."""
+    origin_registry, origin = FOREIGN_BLOCK[harness.registry_id]
+    if REGISTRIES[harness.registry_id].emulator().credit_mode is not CreditMode.HOLD:
+        pytest.skip("only a venue holds foreign units as they are")
+    harness.adapter.credit(CreditRequest(harness.op(), ACCOUNT, origin, origin_registry, "T1"))
+    harness.adapter.lock(LockRequest(harness.op(), ACCOUNT, origin.id, later(harness), "T2"))
+    harness.adapter.finalize(
+        FinalizeRequest(harness.op(), ACCOUNT, origin.id, FinalizeDisposition.EXPORT, "T2", "x")
+    )
+    back = harness.adapter.credit(CreditRequest(harness.op(), OTHER, origin, origin_registry, "T3"))
+    assert (back.account, back.status) == (OTHER, HoldingStatus.ACTIVE)
+    part = sub(origin.id, origin.id.serial_start, origin.id.serial_start)
+    retired = harness.adapter.retire(RetireRequest(harness.op(), OTHER, part, "Acme", "claim"))
+    assert retired.status is HoldingStatus.RETIRED
+
+
 def test_credit_of_foreign_units(harness: Harness) -> None:
     origin_registry, origin = FOREIGN_BLOCK[harness.registry_id]
     request = CreditRequest(harness.op(), ACCOUNT, origin, origin_registry, "T7")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -129,16 +128,16 @@ def main(
     out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run, print the table (and progress) to ``out``, write JSON; the report."""
-    with open(os.devnull, "w") as sink:
-        # The gateways log every step; a benchmark's output is its table.
-        configure_logging("error", "console", sink)
-        databases = databases_for(database)
+    # The gateways log every step; a benchmark's output is its table, so only errors are
+    # logged (to stderr, which stays open: the process, or a test run, goes on logging).
+    configure_logging("error", "console")
+    databases = databases_for(database)
 
-        def progress(stage: str) -> None:
-            if out is not None:
-                print(f"... {stage}", file=out, flush=True)
+    def progress(stage: str) -> None:
+        if out is not None:
+            print(f"... {stage}", file=out, flush=True)
 
-        report = run(sizes, databases, only, progress)
+    report = run(sizes, databases, only, progress)
     if out is not None:
         print(table(report), file=out)
     if json_path is not None:

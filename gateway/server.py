@@ -297,6 +297,10 @@ class GatewayServer:
                     )
             except CarbonlinkError as exc:
                 _logger.warning("transfer_recovery_failed", error=str(exc))
+            except Exception:
+                # A database busy past its timeout, a registry answering nonsense: this round
+                # is lost, not the recovery loop, which would otherwise stop for good.
+                _logger.exception("transfer_recovery_crashed")
             if self._recovery_stop.wait(self.config.recovery_interval_seconds):
                 return
 

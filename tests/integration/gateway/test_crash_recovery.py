@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,23 +25,16 @@ from adapters.registry import REGISTRIES, build_adapter
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
-from tests.integration.gateway.conftest import WIRED, LinkedRegistries
+from tests.integration.gateway.conftest import WIRED, LinkedRegistries, free_port
 
 FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
 def _gateway(
     database_url: str, registries: LinkedRegistries, **settings: str
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
     env["CARBONLINK_REGISTRIES"] = ",".join(
         f"{e.registry_id}={e.target}" for e in registries.endpoints()

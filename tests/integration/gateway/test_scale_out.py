@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import format_serial
 from registry_bridge import db, invariants
 from registry_bridge.model import UnitBlock
-from tests.integration.gateway.conftest import LinkedRegistries
+from tests.integration.gateway.conftest import LinkedRegistries, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_CONFIG = ROOT / "deploy" / "gateway.example.yaml"
@@ -37,16 +36,9 @@ PROCESS_CLIENTS = 2
 FINAL = {"TRANSFER_STATE_COMPLETED", "TRANSFER_STATE_REJECTED", "TRANSFER_STATE_ROLLED_BACK"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _deployed_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[str]:
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
     env["CARBONLINK_INSECURE"] = "true"
     env["CARBONLINK_LISTEN"] = target

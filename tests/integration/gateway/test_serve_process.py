@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.integration.gateway.conftest import free_port
+
 CARBONLINK = [sys.executable, "-m", "gateway.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
@@ -41,7 +35,7 @@ def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
 
 
 def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     process = subprocess.Popen(
         [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],

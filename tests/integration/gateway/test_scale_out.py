@@ -41,6 +41,8 @@ def _deployed_gateway(database_url: str, registries: LinkedRegistries) -> Iterat
     target = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
     env["CARBONLINK_INSECURE"] = "true"
+    # The example's key file lives on a real host; here each gateway signs with its own.
+    env["CARBONLINK_LOG_SIGNING_KEY_FILE"] = ""
     env["CARBONLINK_LISTEN"] = target
     env["CARBONLINK_DATABASE_URL"] = database_url
     env["CARBONLINK_REGISTRIES"] = ",".join(

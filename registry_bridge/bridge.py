@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -39,6 +40,7 @@ from registry_bridge.block_json import (
 from registry_bridge.db import unit_of_work
 from registry_bridge.errors import (
     FailedPrecondition,
+    FieldViolation,
     InvalidRequest,
     LedgerConflict,
     NotFound,
@@ -54,6 +56,7 @@ from registry_bridge.port import (
     CreditRequest,
     FinalizeDisposition,
     FinalizeRequest,
+    ListHoldingsRequest,
     LockRequest,
     RegistryPort,
     RetireRequest,
@@ -65,6 +68,7 @@ from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,
     RuleViolation,
+    Settlement,
     Transfer,
     TransferInstruction,
     TransferKind,
@@ -212,9 +216,6 @@ def _decision_from_json(text: str) -> RulesDecision | None:
 
 
 def _instruction_from_json(text: str) -> TransferInstruction:
-    from decimal import Decimal
-
-    from registry_bridge.transfers import Settlement
 
     data = json.loads(text)
     settlement = data["settlement"]
@@ -399,8 +400,6 @@ class Bridge:
                 if unit.overlaps(other):
                     problems.append((f"instruction.units[{i}]", "overlaps another unit selector"))
         if problems:
-            from registry_bridge.errors import FieldViolation
-
             raise InvalidRequest(
                 "; ".join(f"{f}: {d}" for f, d in problems),
                 [FieldViolation(f, d) for f, d in problems],
@@ -1263,8 +1262,6 @@ class Bridge:
         Raises:
             RegistryUnavailable: The registry cannot be reached.
         """
-        from registry_bridge.port import ListHoldingsRequest
-
         holdings = self._port(registry_id).list_holdings(ListHoldingsRequest())
         recorded = 0
         now = self._clock()
@@ -1326,8 +1323,6 @@ class Bridge:
         return self.get_use(use_id)
 
     def _validate_use(self, request_id: str, request: UseRequest) -> None:
-        from registry_bridge.errors import FieldViolation
-
         problems: list[FieldViolation] = []
         if not request_id:
             problems.append(FieldViolation("request_id", "is required"))

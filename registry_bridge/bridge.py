@@ -93,7 +93,9 @@ ORIGIN_REGISTRY: Mapping[Program, str] = {
     Program.BRI_ITMO: "bri",
 }
 CUSTODY_VENUES = frozenset({"hkmo"})
-_MAX_CONFLICT_RETRIES = 3
+# A conflict means another transaction changed the same rows and committed; re-planning
+# then either proceeds or rejects with the real reason, so a few more rounds are cheap.
+_MAX_CONFLICT_RETRIES = 10
 
 
 def venue_account(venue: str) -> str:
@@ -792,6 +794,7 @@ class Bridge:
         try:
             self._drive_rounds(mine)
         finally:
+            self._release(mine)
             with self._driving_lock:
                 self._driving.difference_update(mine)
         with unit_of_work(self._sessions) as session:
@@ -807,6 +810,25 @@ class Bridge:
         if missing:
             raise NotFound(f"transfers/{missing[0]}")
         return {t: TransferState(states[t]) for t in transfer_ids}
+
+    def _release(self, transfer_ids: Sequence[str]) -> None:
+        """Give up this gateway's lease on transfers it stops driving.
+
+        A lease is held only while a transfer is being driven, so one left waiting for a
+        registry is free for the recovery loop (of any gateway) to resume at once.
+        """
+        if not transfer_ids:
+            return
+        with unit_of_work(self._sessions) as session:
+            session.execute(
+                sa.update(TransferRecord)
+                .where(
+                    TransferRecord.id.in_(transfer_ids),
+                    TransferRecord.lease_owner == self._owner,
+                )
+                .values(lease_owner="", lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
 
     def _drive_rounds(self, transfer_ids: list[str]) -> None:
         conflicts: dict[str, int] = {}
@@ -1238,11 +1260,18 @@ class Bridge:
         Run at start-up and periodically: a transfer stuck before DESTINATION_CREDITED
         whose lock expired rolls back; one past it rolls forward.
         """
+        now = self._clock()
         with unit_of_work(self._sessions) as session:
+            # Only transfers nobody is driving: a leased one is in a live driver's hands
+            # (for example one just proposed, about to be driven by its submitter).
             pending = list(
                 session.execute(
                     sa.select(TransferRecord.id, TransferRecord.state).where(
-                        TransferRecord.state.not_in([s.value for s in TransferState if s.is_final])
+                        TransferRecord.state.not_in([s.value for s in TransferState if s.is_final]),
+                        sa.or_(
+                            TransferRecord.lease_expires_at.is_(None),
+                            TransferRecord.lease_expires_at < now,
+                        ),
                     )
                 ).all()
             )

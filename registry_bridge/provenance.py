@@ -10,7 +10,8 @@ it, each with an inclusion proof against one checkpoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict
-from registry_bridge.db import unit_of_work
+from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
 from registry_bridge.event_log import log_size
 from registry_bridge.model import BlockId, Program
@@ -122,13 +123,26 @@ class ProvenanceLog:
         """The key that verifies this log's checkpoints."""
         return self._signer.verifier.encode()
 
-    def _cover(self) -> int:
-        """The log's size now, with the node cache extended to it."""
-        with unit_of_work(self._sessions) as session:
+    @contextmanager
+    def _covered(self) -> Iterator[tuple[Session, int]]:
+        """A read-only snapshot of the log, and its size, with the node cache covering it.
+
+        Reads take no write lock (on SQLite a plain ``BEGIN`` under WAL, not ``BEGIN
+        IMMEDIATE``), so proofs never queue behind the bridge's write transactions.  Only
+        when events were appended since the cache was last extended does a short write
+        transaction extend it first (``extend_cache`` re-checks under its own row lock).
+        """
+        with read_only(self._sessions) as session:
             size = log_size(session)
-            if merkle.cached_size(session) < size:
-                merkle.extend_cache(session, size)
-        return size
+            if merkle.cached_size(session) >= size:
+                yield session, size
+                return
+        with unit_of_work(self._sessions) as session:
+            merkle.extend_cache(session, size)
+        # A new snapshot: the one above predates the extension. The log may have grown
+        # since, but the cache now covers at least ``size``, which is all this answer uses.
+        with read_only(self._sessions) as session:
+            yield session, size
 
     def _sign(self, size: int, root: bytes) -> SignedCheckpoint:
         checkpoint = Checkpoint(self._signer.name, size, root)
@@ -136,9 +150,9 @@ class ProvenanceLog:
 
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the log as it is now."""
-        size = self._cover()
-        with self._sessions() as session:
-            return self._sign(size, merkle.stored_root(session, size))
+        with self._covered() as (session, size):
+            root = merkle.stored_root(session, size)
+        return self._sign(size, root)
 
     def consistency(self, first: int, second: int) -> merkle.StoredProof:
         """The proof that the log at ``second`` extends the log at ``first``.
@@ -146,10 +160,11 @@ class ProvenanceLog:
         Raises:
             InvalidRequest: Unless ``0 < first <= second <= size of the log``.
         """
-        size = self._cover()
-        if second > size:
-            raise InvalidRequest.field("second_size", f"{second} is beyond the log's size {size}")
-        with self._sessions() as session:
+        with self._covered() as (session, size):
+            if second > size:
+                raise InvalidRequest.field(
+                    "second_size", f"{second} is beyond the log's size {size}"
+                )
             return merkle.consistency_proof(session, first, second)
 
     def trace(self, query: BlockId) -> Trace:
@@ -162,8 +177,7 @@ class ProvenanceLog:
         Raises:
             NotFound: No event concerns these serials.
         """
-        size = self._cover()
-        with self._sessions() as session:
+        with self._covered() as (session, size):
             first = _overlap(session, query, size)
             if not first:
                 raise NotFound(
@@ -193,10 +207,9 @@ class ProvenanceLog:
                 )
             proofs = merkle.inclusion_proofs(session, [e.idx for e in events], size)
             root = merkle.stored_root(session, size)
-        return Trace(
-            query,
-            self._sign(size, root),
-            tuple(
+            # Built inside the snapshot: the read-only session rolls back on exit, which
+            # expires the loaded rows.
+            proven = tuple(
                 ProvenEvent(
                     index=e.idx,
                     kind=e.kind,
@@ -207,8 +220,8 @@ class ProvenanceLog:
                     proof=proofs[e.idx].hashes,
                 )
                 for e in events
-            ),
-        )
+            )
+        return Trace(query, self._sign(size, root), proven)
 
     @staticmethod
     def _bodies(session: Session, indexes: Iterable[int]) -> dict[int, dict[str, Any]]:

@@ -23,9 +23,8 @@ from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
-from registry_bridge.event_log import log_size
 from registry_bridge.model import BlockId, Program
-from registry_bridge.schema import EventBlock, LedgerEvent
+from registry_bridge.schema import EventBlock, LedgerEvent, LogHead, MerkleHead
 from registry_bridge.signed_note import Checkpoint, NoteSigner
 
 
@@ -107,6 +106,14 @@ def origin_ranges(bodies: Iterable[dict[str, Any]], query: BlockId) -> list[Bloc
     return sorted(found)
 
 
+_SIZES = sa.select(
+    sa.select(LogHead.size).where(LogHead.id == 1).scalar_subquery(),
+    sa.select(MerkleHead.size).where(MerkleHead.id == 1).scalar_subquery(),
+)
+"""The log's size and how much of it the node cache covers, in one round trip (every
+request starts with both, and on PostgreSQL each round trip is a sizeable part of it)."""
+
+
 class ProvenanceLog:
     """Checkpoints, proofs and traces over the ledger's provenance log."""
 
@@ -133,8 +140,9 @@ class ProvenanceLog:
         transaction extend it first (``extend_cache`` re-checks under its own row lock).
         """
         with read_only(self._sessions) as session:
-            size = log_size(session)
-            if merkle.cached_size(session) >= size:
+            size, cached = session.connection().execute(_SIZES).one()
+            size = int(size)
+            if int(cached or 0) >= size:
                 yield session, size
                 return
         with unit_of_work(self._sessions) as session:

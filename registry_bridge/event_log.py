@@ -25,6 +25,7 @@ from registry_bridge.model import BlockId
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
 
 LEAF_PREFIX = b"\x00"
+_HEAD_KEY = "carbonlink.log_head"
 
 # The signed instruction being carried out by this thread, if any: every event its change
 # appends records who signed it (the gateway verifies the signature before the change).
@@ -53,6 +54,23 @@ def leaf_hash(payload: bytes) -> bytes:
     return hashlib.sha256(LEAF_PREFIX + payload).digest()
 
 
+def _locked_head(session: Session) -> LogHead:
+    """The log head row, locked once per transaction and reused by every later append.
+
+    Appends of one transaction are serialized by that one lock; re-reading the row for
+    every event only cost a round trip each.  The cache is tied to the root transaction,
+    so a session that commits and goes on locks the head afresh.
+    """
+    transaction = session.get_transaction()
+    cached = session.info.get(_HEAD_KEY)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        head: LogHead = cached[1]
+        return head  # attributes a rolled-back savepoint expired reload on access
+    head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
+    session.info[_HEAD_KEY] = (transaction, head)
+    return head
+
+
 def append_event(
     session: Session,
     kind: str,
@@ -72,7 +90,7 @@ def append_event(
         blocks: The serial ranges the event concerns (a row's own range and, for a
             mirror, its origin range), indexed in ``event_blocks`` for TraceUnits.
     """
-    head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
+    head = _locked_head(session)
     index = head.size
     head.size = index + 1
     signed_by = _signed_by.get()

@@ -9,7 +9,7 @@ the check up against any writer that got past it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,40 +61,79 @@ def _to_holding(row: LedgerBlock) -> LedgerHolding:
     )
 
 
+# session.info key: ledger rows read in the session's transaction, by id (see _keep).
+_KEPT_ROWS = "carbonlink.ledger_rows"
+
+
 def _describe(block_id: BlockId) -> str:
     series = f"/{block_id.serial_series}" if block_id.serial_series else ""
     return f"{block_id.program.value}{series} {block_id.serial_start}-{block_id.serial_end}"
 
 
-def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
+def _overlap_query() -> sa.Select[tuple[LedgerBlock]]:
     same_run = (
-        LedgerBlock.program == block_id.program.value,
-        LedgerBlock.serial_series == block_id.serial_series,
+        LedgerBlock.program == sa.bindparam("program"),
+        LedgerBlock.serial_series == sa.bindparam("series"),
         LedgerBlock.live.is_(True),
     )
     # Live rows of one run never overlap one another, so of the live rows starting before
-    # block_id only the last can reach into it.  Bounding the scan below by that row's
+    # the block only the last can reach into it.  Bounding the scan below by that row's
     # start turns "every row starting before the end" (O(n) index entries) into an index
     # seek plus the rows inside the range (O(log n)); the result is the same.
     previous_start = (
         sa.select(LedgerBlock.serial_start)
-        .where(*same_run, LedgerBlock.serial_start < block_id.serial_start)
+        .where(*same_run, LedgerBlock.serial_start < sa.bindparam("start"))
         .order_by(LedgerBlock.serial_start.desc())
         .limit(1)
         .scalar_subquery()
     )
-    return list(
-        session.execute(
-            sa.select(LedgerBlock)
-            .where(
-                *same_run,
-                LedgerBlock.serial_start >= sa.func.coalesce(previous_start, block_id.serial_start),
-                LedgerBlock.serial_start <= block_id.serial_end,
-                LedgerBlock.serial_end >= block_id.serial_start,
-            )
-            .order_by(LedgerBlock.serial_start)
-        ).scalars()
+    return (
+        sa.select(LedgerBlock)
+        .where(
+            *same_run,
+            LedgerBlock.serial_start >= sa.func.coalesce(previous_start, sa.bindparam("start")),
+            LedgerBlock.serial_start <= sa.bindparam("end"),
+            LedgerBlock.serial_end >= sa.bindparam("start"),
+        )
+        .order_by(LedgerBlock.serial_start)
     )
+
+
+# Built once: the check runs before every ledger insert, and building and keying the
+# statement anew cost more than running it.
+_OVERLAP = _overlap_query()
+
+
+def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
+    # Every change that adds a row or ends one is flushed where it is made (_insert,
+    # carve), so the query needs no autoflush of the transaction's other pending writes;
+    # a row ended in memory but not yet flushed is dropped by the ``live`` test below.
+    with session.no_autoflush:
+        rows = [
+            r
+            for r in session.execute(
+                _OVERLAP,
+                {
+                    "program": block_id.program.value,
+                    "series": block_id.serial_series,
+                    "start": block_id.serial_start,
+                    "end": block_id.serial_end,
+                },
+            ).scalars()
+            if r.live
+        ]
+    _keep(session, rows)
+    return rows
+
+
+def _keep(session: Session, rows: Iterable[LedgerBlock]) -> None:
+    """Hold rows read in this transaction, so ``_row`` finds them without a second read.
+
+    The identity map keeps unmodified objects only weakly; callers mostly keep the
+    LedgerHolding views, not the rows, and would otherwise read each row twice.
+    """
+    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
+    kept.update((r.id, r) for r in rows)
 
 
 def overlapping(session: Session, block_id: BlockId) -> list[LedgerHolding]:
@@ -133,7 +172,7 @@ def _ranges(holding: LedgerHolding) -> tuple[BlockId, ...]:
     return (holding.block.id, holding.origin)
 
 
-def _insert(
+def _new_row(
     session: Session,
     block: UnitBlock,
     registry: str,
@@ -143,8 +182,7 @@ def _insert(
     is_mirror: bool,
     lock_transfer_id: str | None = None,
     lock_expires_at: datetime | None = None,
-) -> LedgerHolding:
-    _claim_range(session, block.id)
+) -> LedgerBlock:
     row = LedgerBlock(
         program=block.id.program.value,
         serial_series=block.id.serial_series,
@@ -163,14 +201,38 @@ def _insert(
         lock_expires_at=lock_expires_at,
     )
     session.add(row)
+    return row
+
+
+def _flush_claims(session: Session, block_id: BlockId, rows: Sequence[LedgerBlock]) -> None:
+    """Write ``rows`` now; a concurrent claim of the same serials becomes a LedgerConflict.
+
+    Only the ledger rows are flushed: the overlap checks that follow must see them, while
+    the transaction's events and steps are cheaper written together at commit.
+    """
     try:
-        session.flush()
+        session.flush(rows)
     except sa.exc.IntegrityError as exc:
         # PostgreSQL's exclusion constraint caught a concurrent writer that our own check
         # could not see yet: the other transaction won the race for these serials.
         raise LedgerConflict(
-            f"{_describe(block.id)} was claimed by a concurrent transaction"
+            f"{_describe(block_id)} was claimed by a concurrent transaction"
         ) from exc
+
+
+def _insert(
+    session: Session,
+    block: UnitBlock,
+    registry: str,
+    account: str,
+    status: HoldingStatus,
+    origin: BlockId,
+    is_mirror: bool,
+) -> LedgerHolding:
+    _claim_range(session, block.id)
+    row = _new_row(session, block, registry, account, status, origin, is_mirror)
+    _flush_claims(session, block.id, [row])
+    _keep(session, (row,))
     return _to_holding(row)
 
 
@@ -181,7 +243,13 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
     transaction may have changed the row since.  Comparing state and lock after taking the
     row lock turns that race into a LedgerConflict instead of a silent overwrite.
     """
-    row = session.get(LedgerBlock, holding.row_id, with_for_update=True, populate_existing=True)
+    row: LedgerBlock | None
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite runs one write transaction at a time (BEGIN IMMEDIATE) and every session
+        # is one transaction: a row this session already read is the row as it is now.
+        row = session.get(LedgerBlock, holding.row_id)
+    else:
+        row = session.get(LedgerBlock, holding.row_id, with_for_update=True, populate_existing=True)
     if (
         row is None
         or not row.live
@@ -294,9 +362,10 @@ def carve(
         return holding
     row = _row(session, holding)
     row.live = False
-    session.flush()
-    pieces: list[LedgerHolding] = []
-    wanted: LedgerHolding | None = None
+    # The pieces lie inside a live row this transaction holds, and live rows never overlap,
+    # so they need no overlap check of their own; one flush ends the row and writes them
+    # (the ORM updates before it inserts, as PostgreSQL's exclusion constraint needs).
+    new_rows: list[tuple[int, LedgerBlock]] = []
     for piece_start, piece_end in (
         (own.serial_start, start - 1),
         (start, end),
@@ -311,20 +380,28 @@ def carve(
             holding.origin.serial_start + offset,
             holding.origin.serial_start + offset + (piece_end - piece_start),
         )
-        piece = _insert(
-            session,
-            holding.block.with_range(piece_start, piece_end),
-            holding.registry,
-            holding.account,
-            holding.status,
-            origin,
-            holding.is_mirror,
-            holding.lock_transfer_id,
-            holding.lock_expires_at,
+        new_rows.append(
+            (
+                piece_start,
+                _new_row(
+                    session,
+                    holding.block.with_range(piece_start, piece_end),
+                    holding.registry,
+                    holding.account,
+                    holding.status,
+                    origin,
+                    holding.is_mirror,
+                    holding.lock_transfer_id,
+                    holding.lock_expires_at,
+                ),
+            )
         )
-        pieces.append(piece)
-        if piece_start == start:
-            wanted = piece
+    _flush_claims(session, own, [row, *(r for _, r in new_rows)])
+    _keep(session, (r for _, r in new_rows))
+    pieces = [_to_holding(r) for _, r in new_rows]
+    wanted = next(
+        (p for (first, _), p in zip(new_rows, pieces, strict=True) if first == start), None
+    )
     if wanted is None:
         raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
     append_event(
@@ -372,7 +449,8 @@ def change(
         row.account = account
     row.lock_transfer_id = lock_transfer_id
     row.lock_expires_at = lock_expires_at
-    session.flush()
+    # No flush here: a change keeps the row's serials and liveness, so it cannot clash with
+    # a claim, and the next query's autoflush writes it.
     changed = _to_holding(row)
     append_event(
         session,
@@ -411,7 +489,9 @@ def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_
     """A mirror returned to its origin side: its row stops being live."""
     row = _row(session, holding)
     row.live = False
-    session.flush()
+    # Flushed now, so a later claim of these serials in the same transaction is not
+    # refused by PostgreSQL's exclusion constraint over live rows.
+    session.flush([row])
     append_event(
         session,
         "finalize",
@@ -427,22 +507,37 @@ def origin_rows(session: Session, origin: BlockId) -> list[LedgerHolding]:
     return [_to_holding(r) for r in _overlapping(session, origin) if not r.is_mirror]
 
 
+_MIRRORS = sa.select(LedgerBlock).where(
+    LedgerBlock.is_mirror.is_(True),
+    LedgerBlock.live.is_(True),
+    LedgerBlock.origin_program == sa.bindparam("program"),
+    LedgerBlock.origin_series == sa.bindparam("series"),
+    LedgerBlock.origin_start <= sa.bindparam("end"),
+    # The origin range's end, in SQL: rows that end before ``origin`` are never built
+    # into holdings (the bridge asks this for every transfer).
+    LedgerBlock.origin_start + (LedgerBlock.serial_end - LedgerBlock.serial_start)
+    >= sa.bindparam("start"),
+)
+
+
 def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
     """Live mirror rows standing for any part of an origin range."""
-    rows = session.execute(
-        sa.select(LedgerBlock).where(
-            LedgerBlock.is_mirror.is_(True),
-            LedgerBlock.live.is_(True),
-            LedgerBlock.origin_program == origin.program.value,
-            LedgerBlock.origin_series == origin.serial_series,
-            LedgerBlock.origin_start <= origin.serial_end,
-            # The origin range's end, in SQL: rows that end before ``origin`` are never
-            # built into holdings (the bridge asks this for every transfer).
-            LedgerBlock.origin_start + (LedgerBlock.serial_end - LedgerBlock.serial_start)
-            >= origin.serial_start,
-        )
-    ).scalars()
-    found = [_to_holding(r) for r in rows]
+    with session.no_autoflush:  # as in _overlapping: row inserts and ends are flushed
+        kept = [
+            r
+            for r in session.execute(
+                _MIRRORS,
+                {
+                    "program": origin.program.value,
+                    "series": origin.serial_series,
+                    "start": origin.serial_start,
+                    "end": origin.serial_end,
+                },
+            ).scalars()
+            if r.live
+        ]
+    _keep(session, kept)
+    found = [_to_holding(r) for r in kept]
     return [h for h in found if h.origin.overlaps(origin)]
 
 

@@ -10,7 +10,12 @@ from adapters.emulator_core.server import (
     run_emulator,
     start_emulator,
 )
-from adapters.emulator_core.servicing import query_holdings, required_moment
+from adapters.emulator_core.servicing import (
+    BATCH_ITEMS_CAP,
+    query_holdings,
+    required_moment,
+    serve_batch,
+)
 from adapters.emulator_core.store import (
     RECORD_PREFIX,
     CreditMode,
@@ -24,6 +29,7 @@ from adapters.emulator_core.store import (
 )
 
 __all__ = [
+    "BATCH_ITEMS_CAP",
     "RECORD_PREFIX",
     "REJECTION_CODE_KEY",
     "CreditMode",
@@ -42,6 +48,7 @@ __all__ = [
     "query_holdings",
     "required_moment",
     "run_emulator",
+    "serve_batch",
     "start_emulator",
     "utc_now",
 ]

@@ -9,7 +9,11 @@ gets the same faults without its servicer knowing:
   reply is lost: in-process the call aborts with UNAVAILABLE, standalone the process may
   exit at once (``crash_exits_process``), as a registry that dies mid-reply would;
 * ``duplicate_delivery_fraction``: the request is handled twice, as when a network
-  delivers it twice; the second delivery must be answered from the operation log.
+  delivers it twice; the second delivery must be answered from the operation log;
+* ``crash_mid_batch_fraction``: a batch call commits only a leading part of its items
+  (cut at a random item), then its reply is lost as with a crash after commit, as a
+  registry that commits item by item and dies mid-batch would; calls that are not
+  batches are left alone.
 
 Draws come from one RNG seeded by ``seed``, so a test's faults repeat exactly.
 """
@@ -22,6 +26,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,8 @@ class FaultConfig:
     """Share of calls whose reply is lost after their effect is committed (0..1)."""
     duplicate_delivery_fraction: float = 0.0
     """Share of calls delivered (applied) twice (0..1)."""
+    crash_mid_batch_fraction: float = 0.0
+    """Share of batch calls that commit only their first items, then lose the reply (0..1)."""
     crash_exits_process: bool = False
     """Standalone only: an injected crash exits the process instead of failing the call."""
     seed: int = 0
@@ -57,6 +64,7 @@ class FaultConfig:
             "unavailable_fraction",
             "crash_after_commit_fraction",
             "duplicate_delivery_fraction",
+            "crash_mid_batch_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -70,6 +78,7 @@ class FaultConfig:
             or self.unavailable_fraction
             or self.crash_after_commit_fraction
             or self.duplicate_delivery_fraction
+            or self.crash_mid_batch_fraction
         )
 
     @classmethod
@@ -101,6 +110,38 @@ class FaultConfig:
         return cls.from_mapping(data)
 
 
+@dataclass
+class _BatchCrash:
+    """A mid-batch crash drawn for the call being handled."""
+
+    share: float
+    """Share of the batch's items committed before the crash, in [0, 1)."""
+    cut: bool = False
+    """Set once a batch was cut: the call must then lose its reply."""
+
+
+# The crash drawn for the call this thread is handling: the interceptor draws it, the
+# batch servicing (which alone knows the items) applies it.  A context variable rather
+# than an argument, so no servicer has to carry fault plumbing.
+_BATCH_CRASH: ContextVar[_BatchCrash | None] = ContextVar("batch_crash", default=None)
+
+
+def batch_cut(items: int) -> int | None:
+    """How many leading items of a batch to apply before an injected mid-batch crash.
+
+    Called by the batch servicing before it applies a batch of ``items`` items.
+
+    Returns:
+        ``None`` when no crash was drawn for this call (apply every item); else a count
+        below ``items``, after which the batch is committed and its reply lost.
+    """
+    crash = _BATCH_CRASH.get()
+    if crash is None or items == 0:
+        return None
+    crash.cut = True
+    return int(crash.share * items)
+
+
 class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     # NOTE(registry-adapters): grpc ships no type stubs, so its base classes are Any.
     """Applies a :class:`FaultConfig` around every unary-unary handler."""
@@ -113,6 +154,15 @@ class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _draw(self) -> tuple[float, float, float]:
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def _draw_batch_crash(self) -> _BatchCrash | None:
+        # Drawn only when configured, so configurations without it see the same fault
+        # sequence for their seed as before it existed.
+        if not self._config.crash_mid_batch_fraction:
+            return None
+        with self._rng_lock:
+            crash, share = self._rng.random(), self._rng.random()
+        return _BatchCrash(share) if crash < self._config.crash_mid_batch_fraction else None
 
     def intercept_service(
         self,
@@ -132,7 +182,16 @@ class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             unavailable, duplicate, crash = self._draw()
             if unavailable < config.unavailable_fraction:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault: unavailable")
-            response = inner(request, context)
+            batch_crash = self._draw_batch_crash()
+            token = _BATCH_CRASH.set(batch_crash)
+            try:
+                response = inner(request, context)
+            finally:
+                _BATCH_CRASH.reset(token)
+            if batch_crash is not None and batch_crash.cut:
+                if config.crash_exits_process:
+                    os._exit(_CRASH_EXIT_STATUS)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault: crash mid-batch")
             if duplicate < config.duplicate_delivery_fraction:
                 response = inner(request, context)
             if crash < config.crash_after_commit_fraction:

@@ -41,6 +41,7 @@ _STATUS_OF_CODE: dict[str, grpc.StatusCode] = {
     "OPERATION_ID_REUSED": grpc.StatusCode.ALREADY_EXISTS,
     "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
     "OPERATION_ID_REQUIRED": grpc.StatusCode.INVALID_ARGUMENT,
+    "BATCH_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

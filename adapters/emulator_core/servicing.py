@@ -6,11 +6,22 @@ vocabulary (field names, refusal wording) stays in the registry's ``emulator.py`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from adapters.client_core import from_rfc3339
-from adapters.emulator_core.store import Store, StoredHolding
+from adapters.emulator_core.faults import batch_cut
+from adapters.emulator_core.store import Rejection, Store, StoredHolding
 from registry_bridge.model import BlockId
+
+BATCH_ITEMS_CAP = 1000
+"""Items one batch call may carry; a longer batch is refused whole (``BATCH_TOO_LARGE``).
+It bounds how long one call holds the store's write lock, and so how long every other
+caller of the registry waits; the clients split batches well below it."""
+
+Item = TypeVar("Item")
+Reply = TypeVar("Reply")
 
 
 def query_holdings(store: Store, overlapping: BlockId | None, account: str) -> list[StoredHolding]:
@@ -47,3 +58,50 @@ def required_moment(text: str, message: str) -> datetime:
     if moment is None:
         raise ValueError(message)
     return moment
+
+
+def serve_batch(
+    store: Store,
+    items: Sequence[Item],
+    serve: Callable[[Item], Reply],
+    refuse: Callable[[Item, Rejection], Reply],
+) -> list[Reply]:
+    """Serve a batch RPC: every item as its single call, in one store transaction.
+
+    Each item runs through ``serve``, the single call's own handling, so the rules, the
+    refusals and the operation-id idempotency are the single call's; the store makes
+    each of its operations a savepoint of the batch's transaction, so a refused item is
+    undone alone (its refusal still recorded) and the next item goes on.
+
+    Args:
+        store: The registry's store.
+        items: The native items, applied in order.
+        serve: The single call's handling of one item (raises ``Rejection``, or
+            ``ValueError`` for a native value that does not translate).
+        refuse: The registry's answer for a refused item, in its own vocabulary.
+
+    Returns:
+        One reply per item, in order (fewer only when an injected mid-batch crash cut
+        the batch: the call then loses its reply anyway).
+
+    Raises:
+        Rejection: ``BATCH_TOO_LARGE``: more than :data:`BATCH_ITEMS_CAP` items; nothing
+            was applied.
+    """
+    if len(items) > BATCH_ITEMS_CAP:
+        raise Rejection(
+            "BATCH_TOO_LARGE",
+            f"a batch carries at most {BATCH_ITEMS_CAP} items, not {len(items)}",
+        )
+    cut = batch_cut(len(items))
+    replies: list[Reply] = []
+    with store.batch():
+        for item in items if cut is None else items[:cut]:
+            try:
+                replies.append(serve(item))
+            except Rejection as rejection:
+                replies.append(refuse(item, rejection))
+            except ValueError as exc:
+                # Answered as the single call's native_rules would answer it.
+                replies.append(refuse(item, Rejection("INVALID_REQUEST", str(exc))))
+    return replies

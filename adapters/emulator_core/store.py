@@ -25,7 +25,9 @@ through every later operation and split.
 
 The store is one sqlite3 database (a file under the emulator's data directory, or
 ``:memory:`` for tests).  Every operation runs in one serialized write transaction, so
-overlap checks and splits cannot race.
+overlap checks and splits cannot race.  A batch (:meth:`Store.batch`) runs many operations
+in one transaction, one commit, each operation a savepoint of it, so each still succeeds
+or fails on its own.
 """
 
 from __future__ import annotations
@@ -260,12 +262,22 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._depth:
-                # Inside atomic(): the outer transaction commits or rolls back everything.
+                # Inside atomic() or batch(): the outer transaction commits everything at
+                # once, and this one is a savepoint in it, so an operation that fails
+                # undoes only itself, as it would standing alone (a batch item refused
+                # halfway must not leave half its change in the batch's commit).
+                savepoint = f"nested_{self._depth}"
+                self._db.execute(f"SAVEPOINT {savepoint}")
                 self._depth += 1
                 try:
                     yield self._db
+                except BaseException:
+                    self._db.execute(f"ROLLBACK TO {savepoint}")
+                    self._db.execute(f"RELEASE {savepoint}")
+                    raise
                 finally:
                     self._depth -= 1
+                self._db.execute(f"RELEASE {savepoint}")
                 return
             self._db.execute("BEGIN IMMEDIATE")
             self._depth = 1
@@ -283,6 +295,19 @@ class Store:
         """Run several operations as one: if any raises, none of them happened.
 
         Used by imports, where a file with one bad row must import nothing.
+        """
+        with self._transaction():
+            yield
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several independent operations in one transaction: one commit for a batch.
+
+        Unlike :meth:`atomic`, the operations stay independent: each is a savepoint of
+        the batch's transaction, so one that raises is undone alone and the caller may
+        go on with the next; what the others did (refusals recorded in the op log
+        included) is committed together when the block ends.  An exception leaving the
+        block rolls the whole batch back, as a crash before the commit would.
         """
         with self._transaction():
             yield

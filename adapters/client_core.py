@@ -10,24 +10,43 @@ the trailing metadata.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.model import Authorization, CorrespondingAdjustment, HoldingStatus, Program
-from registry_bridge.port import ProgramTotal
+from registry_bridge.port import ProgramTotal, RegistryHolding
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
 
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
+BATCH_MAX_ITEMS = 500
+"""Items per batch RPC at most; a longer batch is split into several calls.  Half the
+emulators' cap (``adapters.emulator_core.servicing.BATCH_ITEMS_CAP``), so a registry with
+a lower cap than ours is still unlikely to refuse a whole call."""
+
+BATCH_MAX_REQUEST_BYTES = 512 * 1024
+"""Serialized items per batch RPC at most, in bytes.  A reply carries a whole block per
+item (several times a lock request's size), and gRPC refuses messages over 4 MiB by
+default: a quarter of that for the request keeps the reply under the limit too."""
+
+BATCH_ITEM_TIMEOUT_S = 0.02
+"""Added to a batch RPC's deadline per item, in seconds: a registry applies the items one
+after the other, so one call-sized deadline would time out a large batch that is merely
+working (and the retry would redo it from the operation log, slower still)."""
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Msg = TypeVar("Msg")
+Canonical = TypeVar("Canonical")
+Item = TypeVar("Item", bound=Message)
+Result = TypeVar("Result")
 
 
 class NativeAuthorization(Protocol):
@@ -79,6 +98,103 @@ def invoke(
         if status in _TRANSIENT:
             raise RegistryUnavailable(registry_id, f"{status.name}: {exc.details()}") from exc
         raise RegistryRejected(registry_id, rejection_code(exc), str(exc.details())) from exc
+
+
+class NativeRefusal(Protocol):
+    """A registry's refusal of one item of a batch, spelled as most registries spell it."""
+
+    @property
+    def code(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+def item_refused(registry_id: str, refusal: NativeRefusal) -> RegistryRejected:
+    """The error of one refused batch item: the one its single call would have raised."""
+    return RegistryRejected(registry_id, refusal.code or "REJECTED", refusal.message)
+
+
+def _chunks(
+    items: Sequence[tuple[int, Item]], max_items: int, max_bytes: int
+) -> Iterator[list[tuple[int, Item]]]:
+    """Consecutive runs of ``items``, each within both caps (an oversized item goes alone)."""
+    chunk: list[tuple[int, Item]] = []
+    size = 0
+    for position, item in items:
+        item_size = item.ByteSize()
+        if chunk and (len(chunk) >= max_items or size + item_size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((position, item))
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def invoke_batch(
+    registry_id: str,
+    requests: Sequence[Canonical],
+    *,
+    to_native: Callable[[Canonical], Item],
+    call: Callable[[list[Item], float], Sequence[Result]],
+    from_native: Callable[[Result], RegistryHolding],
+    timeout_s: float,
+    max_items: int = BATCH_MAX_ITEMS,
+    max_bytes: int = BATCH_MAX_REQUEST_BYTES,
+) -> list[RegistryHolding | RegistryRejected]:
+    """Apply many canonical requests through a registry's batch RPC (the port's ``*_many``).
+
+    Each request is translated as its single call translates it; one the adapter already
+    refuses (a program the registry cannot name) gets that refusal in its slot and is not
+    sent.  The rest go in as few calls as the caps allow, in order, and each answer is
+    translated as the single call's answer is, a refused item becoming its
+    ``RegistryRejected`` in its slot.
+
+    Args:
+        registry_id: The registry, named in the errors.
+        requests: The canonical requests, in the order the registry must apply them.
+        to_native: The single call's request translation; raises ``RegistryRejected``
+            for a request the registry cannot take.
+        call: One batch RPC over native items with a deadline in seconds, answering one
+            result per item in order (typically :func:`invoke` of the batch stub).
+        from_native: The single call's answer translation; raises ``RegistryRejected``
+            for a refused item (see :func:`item_refused`).
+        timeout_s: The single call's deadline, in seconds; a batch call gets
+            :data:`BATCH_ITEM_TIMEOUT_S` more per item.
+        max_items: Items per call at most.
+        max_bytes: Serialized items per call at most, in bytes.
+
+    Returns:
+        Per request, in order: the holding, or the refusal its single call would raise.
+
+    Raises:
+        RegistryUnavailable: A call failed in transit (earlier calls' items may have been
+            applied; repeating the whole batch is safe, as every item has its operation id).
+        RegistryRejected: The registry refused a call as a whole, or answered a number of
+            results other than the number of items (the reply cannot be matched up).
+    """
+    # Filled by position: by the adapter's own refusal, or by the registry's answer.
+    results: dict[int, RegistryHolding | RegistryRejected] = {}
+    outgoing: list[tuple[int, Item]] = []
+    for position, request in enumerate(requests):
+        try:
+            outgoing.append((position, to_native(request)))
+        except RegistryRejected as refusal:
+            results[position] = refusal
+    for chunk in _chunks(outgoing, max_items, max_bytes):
+        answers = call([item for _, item in chunk], timeout_s + BATCH_ITEM_TIMEOUT_S * len(chunk))
+        if len(answers) != len(chunk):
+            raise RegistryRejected(
+                registry_id,
+                "BATCH_REPLY_MISMATCH",
+                f"{registry_id} answered {len(answers)} results to a batch of {len(chunk)}",
+            )
+        for (position, _), answer in zip(chunk, answers, strict=True):
+            try:
+                results[position] = from_native(answer)
+            except RegistryRejected as refusal:
+                results[position] = refusal
+    return [results[position] for position in range(len(requests))]
 
 
 def not_supported(registry_id: str, operation: str) -> RegistryRejected:

@@ -18,7 +18,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from registry_bridge.errors import RegistryUnavailable
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.port import (
     BlockStatusRequest,
     CancelRequest,
@@ -137,3 +137,26 @@ class RetryingRegistry:
     def totals(self) -> Sequence[ProgramTotal]:
         """See :meth:`RegistryPort.totals`."""
         return self._call(self._inner.totals)
+
+    # A batch is retried whole: a transient failure may have come after some items were
+    # applied, and every item carries its operation id, so the repeat answers those from
+    # the registry's operation log and applies only the rest.  Refused items are results,
+    # not exceptions, so they are never retried.
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """See :meth:`RegistryPort.lock_many`; the whole batch is retried."""
+        return self._call(lambda: self._inner.lock_many(requests))
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """See :meth:`RegistryPort.credit_many`; the whole batch is retried."""
+        return self._call(lambda: self._inner.credit_many(requests))
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """See :meth:`RegistryPort.finalize_many`; the whole batch is retried."""
+        return self._call(lambda: self._inner.finalize_many(requests))

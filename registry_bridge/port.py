@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 
 
@@ -201,4 +202,75 @@ class RegistryPort(Protocol):
 
     def totals(self) -> Sequence[ProgramTotal]:
         """Quantities per program and status (reconciliation phase 1)."""
+        ...
+
+    # -- batches of the settlement steps ------------------------------------------------
+    #
+    # A settlement batch of many transfers costs one call per registry per step instead
+    # of one per transfer.  The contract, the same for all three:
+    #
+    # * one result per request, in request order: the holding the single call would have
+    #   returned, or the ``RegistryRejected`` it would have raised (same code, same
+    #   message), returned as a value and never raised;
+    # * each item is applied on its own, exactly as its single call (same rules, same
+    #   operation-id idempotency), in request order: an item sees the effects of the items
+    #   before it, and a refused item never undoes or blocks another;
+    # * ``RegistryUnavailable`` is raised when the call as a whole failed in transit: some
+    #   items may have been applied, and repeating the whole batch is safe because every
+    #   item carries its operation id (a repeat answers the first results);
+    # * ``RegistryRejected`` is raised only when the registry refused the call as a whole
+    #   (it answered the batch itself with an error), never for one item;
+    # * an empty sequence returns an empty result without calling the registry;
+    # * a batch larger than one call may carry is split into several calls by the adapter.
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Lock many blocks, each as :meth:`lock` would, in one call where possible.
+
+        Args:
+            requests: The locks, applied in this order.
+
+        Returns:
+            Per request, in order: the locked holding, or the refusal :meth:`lock` raises.
+
+        Raises:
+            RegistryUnavailable: The call failed in transit; repeat the whole batch.
+            RegistryRejected: The registry refused the batch call as a whole.
+        """
+        ...
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Credit many arriving blocks, each as :meth:`credit` would, in one call where possible.
+
+        Args:
+            requests: The credits, applied in this order.
+
+        Returns:
+            Per request, in order: the credited holding, or the refusal :meth:`credit` raises.
+
+        Raises:
+            RegistryUnavailable: The call failed in transit; repeat the whole batch.
+            RegistryRejected: The registry refused the batch call as a whole.
+        """
+        ...
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Finalize many locked blocks, each as :meth:`finalize` would, in one call where possible.
+
+        Args:
+            requests: The finalizations, applied in this order.
+
+        Returns:
+            Per request, in order: the finalized holding, or the refusal :meth:`finalize`
+            raises.
+
+        Raises:
+            RegistryUnavailable: The call failed in transit; repeat the whole batch.
+            RegistryRejected: The registry refused the batch call as a whole.
+        """
         ...

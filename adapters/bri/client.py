@@ -36,10 +36,13 @@ from adapters.client_core import (
     from_iso_date,
     from_rfc3339,
     invoke,
+    invoke_batch,
+    item_refused,
     not_supported,
     program_totals,
     to_rfc3339,
 )
+from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -225,19 +228,19 @@ class BriClient:
         """``GetHoldings`` of one holding account or all."""
         return self._holdings(pb.GetHoldingsRequest(holding_account=request.account))
 
+    def _reserve(self, request: LockRequest) -> pb.ReserveForTransferRequest:
+        return pb.ReserveForTransferRequest(
+            action_id=request.operation_id,
+            holding_account=request.account,
+            range=range_to_native(request.block),
+            reserved_until=to_rfc3339(request.expires_at),
+            transfer_id=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """``ReserveForTransfer`` until the expiry."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.ReserveForTransfer,
-            pb.ReserveForTransferRequest(
-                action_id=request.operation_id,
-                holding_account=request.account,
-                range=range_to_native(request.block),
-                reserved_until=to_rfc3339(request.expires_at),
-                transfer_id=request.transfer,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.ReserveForTransfer, self._reserve(request), self._timeout_s
         )
         return self._holding(native)
 
@@ -256,44 +259,109 @@ class BriClient:
         )
         return self._holding(native)
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """``RecordTransfer``: held for the linked registry, or international."""
+    def _record_transfer(self, request: FinalizeRequest) -> pb.RecordTransferRequest:
         kind = (
             pb.TRANSFER_KIND_HOLD_FOR_LINKED_REGISTRY
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.TRANSFER_KIND_INTERNATIONAL
         )
+        return pb.RecordTransferRequest(
+            action_id=request.operation_id,
+            holding_account=request.account,
+            range=range_to_native(request.block),
+            transfer_id=request.transfer,
+            kind=kind,
+            acquiring_registry=request.destination_registry,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """``RecordTransfer``: held for the linked registry, or international."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.RecordTransfer,
-            pb.RecordTransferRequest(
-                action_id=request.operation_id,
-                holding_account=request.account,
-                range=range_to_native(request.block),
-                transfer_id=request.transfer,
-                kind=kind,
-                acquiring_registry=request.destination_registry,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.RecordTransfer, self._record_transfer(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _acquire(self, request: CreditRequest) -> pb.RecordAcquisitionRequest:
+        return pb.RecordAcquisitionRequest(
+            action_id=request.operation_id,
+            holding_account=request.account,
+            itmos=itmos_to_native(request.origin),
+            transferring_registry=request.origin_registry,
+            transfer_id=request.transfer,
+            acquire_by=to_rfc3339(request.deadline),
+        )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """``RecordAcquisition``, refused by the registry after the deadline."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.RecordAcquisition,
-            pb.RecordAcquisitionRequest(
-                action_id=request.operation_id,
-                holding_account=request.account,
-                itmos=itmos_to_native(request.origin),
-                transferring_registry=request.origin_registry,
-                transfer_id=request.transfer,
-                acquire_by=to_rfc3339(request.deadline),
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.RecordAcquisition, self._acquire(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _result(self, native: pb.ItmoBatchResult) -> RegistryHolding:
+        if native.HasField("refusal"):
+            raise item_refused(REGISTRY_ID, native.refusal)
+        return self._holding(native.holding)
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many reservations in one call per chunk (``ReserveForTransferBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._reserve,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ReserveForTransferBatch,
+                    pb.ReserveForTransferBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many transfers recorded in one call per chunk (``RecordTransferBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._record_transfer,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.RecordTransferBatch,
+                    pb.RecordTransferBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many acquisitions in one call per chunk (``RecordAcquisitionBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._acquire,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.RecordAcquisitionBatch,
+                    pb.RecordAcquisitionBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """``RecordUse`` for the beneficiary as using entity."""

@@ -16,6 +16,9 @@ mirror series; they are not ITMOs, and the first-transfer rules do not apply to 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import grpc
 
 from adapters._pb.registries.bri.v1 import bri_pb2 as pb
@@ -39,8 +42,11 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch,
 )
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
+
+Item = TypeVar("Item")
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.ITMO_STATUS_HELD,
@@ -89,6 +95,12 @@ def first_transfer_guard(held: StoredHolding) -> None:
             "the first transfer of an ITMO needs the host Party's authorization "
             "(a letter of authorization with its authorized uses)",
         )
+
+
+def _refusal(item: object, rejection: Rejection) -> pb.ItmoBatchResult:
+    return pb.ItmoBatchResult(
+        refusal=pb.ItmoRefusal(code=rejection.code, message=rejection.message)
+    )
 
 
 class BriServicer(pb_grpc.ItmoRegistryServicer):
@@ -143,23 +155,26 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
             found = query_holdings(self._store, overlapping, request.holding_account)
             return pb.ItmoHoldingList(holdings=[self._holding(h) for h in found])
 
+    def _reserve(self, request: pb.ReserveForTransferRequest) -> pb.ItmoHolding:
+        until = required_moment(
+            request.reserved_until, "reserved_until is required to reserve ITMOs"
+        )
+        held = self._store.lock(
+            request.action_id,
+            request.holding_account,
+            range_from_native(request.range),
+            until,
+            request.transfer_id,
+            guard=first_transfer_guard,
+        )
+        return self._holding(held)
+
     def ReserveForTransfer(
         self, request: pb.ReserveForTransferRequest, context: grpc.ServicerContext
     ) -> pb.ItmoHolding:
         """Reserve ITMOs for a transfer; an unauthorized first transfer is refused."""
         with native_rules(context):
-            until = required_moment(
-                request.reserved_until, "reserved_until is required to reserve ITMOs"
-            )
-            held = self._store.lock(
-                request.action_id,
-                request.holding_account,
-                range_from_native(request.range),
-                until,
-                request.transfer_id,
-                guard=first_transfer_guard,
-            )
-            return self._holding(held)
+            return self._reserve(request)
 
     def ReleaseReservation(
         self, request: pb.ReleaseReservationRequest, context: grpc.ServicerContext
@@ -174,50 +189,89 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
             )
             return self._holding(held)
 
+    def _record_transfer(self, request: pb.RecordTransferRequest) -> pb.ItmoHolding:
+        if request.kind == pb.TRANSFER_KIND_UNSPECIFIED:
+            raise ValueError("kind is required")
+        block_id = range_from_native(request.range)
+        details: tuple[tuple[str, str], ...] = (
+            ("transfer_id", request.transfer_id),
+            ("acquiring_registry", request.acquiring_registry),
+        )
+        if block_id.program is Program.BRI_ITMO:
+            # Written once: on a later transfer the store keeps the first record.
+            details += (
+                (FIRST_TRANSFER_ID, request.transfer_id),
+                (FIRST_TRANSFER_TO, request.acquiring_registry),
+                (FIRST_TRANSFER_ACTION, request.action_id),
+            )
+        held = self._store.finalize(
+            request.action_id,
+            request.holding_account,
+            block_id,
+            request.transfer_id,
+            export=request.kind == pb.TRANSFER_KIND_INTERNATIONAL,
+            details=details,
+        )
+        return self._holding(held)
+
     def RecordTransfer(
         self, request: pb.RecordTransferRequest, context: grpc.ServicerContext
     ) -> pb.ItmoHolding:
         """Record a reserved transfer, and the ITMOs' first transfer if this is it."""
         with native_rules(context):
-            if request.kind == pb.TRANSFER_KIND_UNSPECIFIED:
-                raise ValueError("kind is required")
-            block_id = range_from_native(request.range)
-            details: tuple[tuple[str, str], ...] = (
-                ("transfer_id", request.transfer_id),
-                ("acquiring_registry", request.acquiring_registry),
-            )
-            if block_id.program is Program.BRI_ITMO:
-                # Written once: on a later transfer the store keeps the first record.
-                details += (
-                    (FIRST_TRANSFER_ID, request.transfer_id),
-                    (FIRST_TRANSFER_TO, request.acquiring_registry),
-                    (FIRST_TRANSFER_ACTION, request.action_id),
-                )
-            held = self._store.finalize(
-                request.action_id,
-                request.holding_account,
-                block_id,
-                request.transfer_id,
-                export=request.kind == pb.TRANSFER_KIND_INTERNATIONAL,
-                details=details,
-            )
-            return self._holding(held)
+            return self._record_transfer(request)
+
+    def _acquire(self, request: pb.RecordAcquisitionRequest) -> pb.ItmoHolding:
+        held = self._store.credit(
+            request.action_id,
+            request.holding_account,
+            itmos_from_native(request.itmos),
+            request.transferring_registry,
+            request.transfer_id,
+            details=(("transfer_id", request.transfer_id),),
+            deadline=from_rfc3339(request.acquire_by),
+        )
+        return self._holding(held)
 
     def RecordAcquisition(
         self, request: pb.RecordAcquisitionRequest, context: grpc.ServicerContext
     ) -> pb.ItmoHolding:
         """Acquire arriving units, before the ``acquire_by`` deadline."""
         with native_rules(context):
-            held = self._store.credit(
-                request.action_id,
-                request.holding_account,
-                itmos_from_native(request.itmos),
-                request.transferring_registry,
-                request.transfer_id,
-                details=(("transfer_id", request.transfer_id),),
-                deadline=from_rfc3339(request.acquire_by),
+            return self._acquire(request)
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        items: Sequence[Item],
+        serve: Callable[[Item], pb.ItmoHolding],
+    ) -> pb.ItmoBatchResponse:
+        with native_rules(context):
+            results = serve_batch(
+                self._store,
+                items,
+                lambda item: pb.ItmoBatchResult(holding=serve(item)),
+                _refusal,
             )
-            return self._holding(held)
+            return pb.ItmoBatchResponse(results=results)
+
+    def ReserveForTransferBatch(
+        self, request: pb.ReserveForTransferBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ItmoBatchResponse:
+        """Many reservations, each as ``ReserveForTransfer``, in one transaction."""
+        return self._batch(context, request.requests, self._reserve)
+
+    def RecordTransferBatch(
+        self, request: pb.RecordTransferBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ItmoBatchResponse:
+        """Many transfers recorded, each as ``RecordTransfer``, in one transaction."""
+        return self._batch(context, request.requests, self._record_transfer)
+
+    def RecordAcquisitionBatch(
+        self, request: pb.RecordAcquisitionBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ItmoBatchResponse:
+        """Many acquisitions, each as ``RecordAcquisition``, in one transaction."""
+        return self._batch(context, request.requests, self._acquire)
 
     def RecordUse(
         self, request: pb.RecordUseRequest, context: grpc.ServicerContext

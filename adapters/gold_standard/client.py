@@ -26,6 +26,8 @@ from adapters.client_core import (
     canonical_status,
     from_rfc3339,
     invoke,
+    invoke_batch,
+    item_refused,
     not_supported,
     program_totals,
     to_rfc3339,
@@ -205,19 +207,19 @@ class GoldStandardClient:
             self._holding(h) for h in native.holdings if h.status != pb.CREDIT_STATUS_TRANSFERRED
         )
 
+    def _initiate(self, request: LockRequest) -> pb.InitiateTransferRequest:
+        return pb.InitiateTransferRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.block),
+            pending_until=to_rfc3339(request.expires_at),
+            transfer_reference=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """Put credits in pending transfer (``InitiateTransfer``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.InitiateTransfer,
-            pb.InitiateTransferRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.block),
-                pending_until=to_rfc3339(request.expires_at),
-                transfer_reference=request.transfer,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.InitiateTransfer, self._initiate(request), self._timeout_s
         )
         return self._holding(native)
 
@@ -236,27 +238,42 @@ class GoldStandardClient:
         )
         return self._holding(native)
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """Complete the transfer: immobilize, or transfer out (``CompleteTransfer``)."""
+    def _complete(self, request: FinalizeRequest) -> pb.CompleteTransferRequest:
         kind = (
             pb.COMPLETION_IMMOBILIZE
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.COMPLETION_TRANSFER_OUT
         )
+        return pb.CompleteTransferRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.block),
+            transfer_reference=request.transfer,
+            completion=kind,
+            destination_registry=request.destination_registry,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Complete the transfer: immobilize, or transfer out (``CompleteTransfer``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.CompleteTransfer,
-            pb.CompleteTransferRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.block),
-                transfer_reference=request.transfer,
-                completion=kind,
-                destination_registry=request.destination_registry,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.CompleteTransfer, self._complete(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _accept_return(self, request: CreditRequest) -> pb.AcceptReturnRequest:
+        if request.origin.program is not Program.GS:
+            raise RegistryRejected(
+                REGISTRY_ID,
+                "FOREIGN_UNITS_NOT_ACCEPTED",
+                f"Gold Standard holds only GS units, not {request.origin.program.value}",
+            )
+        return pb.AcceptReturnRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.origin.id),
+            transfer_reference=request.transfer,
+            accept_by=to_rfc3339(request.deadline),
+        )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """Take back immobilized credits (``AcceptReturn``); foreign units are refused.
@@ -265,25 +282,78 @@ class GoldStandardClient:
             RegistryRejected: ``FOREIGN_UNITS_NOT_ACCEPTED`` for units of another program,
                 which the GS API cannot even name; otherwise as the registry answers.
         """
-        if request.origin.program is not Program.GS:
-            raise RegistryRejected(
-                REGISTRY_ID,
-                "FOREIGN_UNITS_NOT_ACCEPTED",
-                f"Gold Standard holds only GS units, not {request.origin.program.value}",
-            )
         native = invoke(
-            REGISTRY_ID,
-            self._stub.AcceptReturn,
-            pb.AcceptReturnRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.origin.id),
-                transfer_reference=request.transfer,
-                accept_by=to_rfc3339(request.deadline),
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.AcceptReturn, self._accept_return(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _result(self, native: pb.CreditBatchResult) -> RegistryHolding:
+        if native.HasField("refusal"):
+            raise item_refused(REGISTRY_ID, native.refusal)
+        return self._holding(native.holding)
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many pending transfers in one call per chunk (``InitiateTransferBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._initiate,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.InitiateTransferBatch,
+                    pb.InitiateTransferBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many completions in one call per chunk (``CompleteTransferBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._complete,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.CompleteTransferBatch,
+                    pb.CompleteTransferBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many returns in one call per chunk (``AcceptReturnBatch``).
+
+        Foreign units get their ``FOREIGN_UNITS_NOT_ACCEPTED`` refusal without being sent.
+        """
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._accept_return,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.AcceptReturnBatch,
+                    pb.AcceptReturnBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """Retire credits for a beneficiary and a use (``RetireCredits``)."""

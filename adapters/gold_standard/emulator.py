@@ -6,6 +6,9 @@ its own immobilized credits coming back (``AcceptReturn``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import grpc
 
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
@@ -14,11 +17,13 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
     required_moment,
+    serve_batch,
 )
 from adapters.gold_standard.client import (
     REGISTRY_ID,
@@ -27,6 +32,8 @@ from adapters.gold_standard.client import (
     range_from_native,
 )
 from registry_bridge.model import Program
+
+Item = TypeVar("Item")
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.CREDIT_STATUS_ISSUED,
@@ -52,6 +59,12 @@ def _holding(held: StoredHolding) -> pb.CreditHolding:
     )
 
 
+def _refusal(item: object, rejection: Rejection) -> pb.CreditBatchResult:
+    return pb.CreditBatchResult(
+        refusal=pb.CreditRefusal(code=rejection.code, message=rejection.message)
+    )
+
+
 class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
     """Gold Standard's native operations, translated to the emulator store."""
 
@@ -74,20 +87,23 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
             found = self._store.find(range_from_native(request.range))
             return pb.CreditHoldingList(holdings=[_holding(h) for h in found])
 
+    def _initiate(self, request: pb.InitiateTransferRequest) -> pb.CreditHolding:
+        until = required_moment(request.pending_until, "hold_until is required")
+        held = self._store.lock(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            until,
+            request.transfer_reference,
+        )
+        return _holding(held)
+
     def InitiateTransfer(
         self, request: pb.InitiateTransferRequest, context: grpc.ServicerContext
     ) -> pb.CreditHolding:
         """Put credits in pending transfer."""
         with native_rules(context):
-            until = required_moment(request.pending_until, "hold_until is required")
-            held = self._store.lock(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                until,
-                request.transfer_reference,
-            )
-            return _holding(held)
+            return self._initiate(request)
 
     def WithdrawTransfer(
         self, request: pb.WithdrawTransferRequest, context: grpc.ServicerContext
@@ -102,36 +118,75 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
             )
             return _holding(held)
 
+    def _complete(self, request: pb.CompleteTransferRequest) -> pb.CreditHolding:
+        if request.completion == pb.COMPLETION_UNSPECIFIED:
+            raise ValueError("kind is required")
+        held = self._store.finalize(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            request.transfer_reference,
+            export=request.completion == pb.COMPLETION_TRANSFER_OUT,
+            details=(("destination_registry", request.destination_registry),),
+        )
+        return _holding(held)
+
     def CompleteTransfer(
         self, request: pb.CompleteTransferRequest, context: grpc.ServicerContext
     ) -> pb.CreditHolding:
         """Immobilize pending credits, or transfer them out."""
         with native_rules(context):
-            if request.completion == pb.COMPLETION_UNSPECIFIED:
-                raise ValueError("kind is required")
-            held = self._store.finalize(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                request.transfer_reference,
-                export=request.completion == pb.COMPLETION_TRANSFER_OUT,
-                details=(("destination_registry", request.destination_registry),),
-            )
-            return _holding(held)
+            return self._complete(request)
+
+    def _accept_return(self, request: pb.AcceptReturnRequest) -> pb.CreditHolding:
+        held = self._store.reactivate(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            request.transfer_reference,
+            deadline=from_rfc3339(request.accept_by),
+        )
+        return _holding(held)
 
     def AcceptReturn(
         self, request: pb.AcceptReturnRequest, context: grpc.ServicerContext
     ) -> pb.CreditHolding:
         """Take back immobilized credits."""
         with native_rules(context):
-            held = self._store.reactivate(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                request.transfer_reference,
-                deadline=from_rfc3339(request.accept_by),
+            return self._accept_return(request)
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        items: Sequence[Item],
+        serve: Callable[[Item], pb.CreditHolding],
+    ) -> pb.CreditBatchResponse:
+        with native_rules(context):
+            results = serve_batch(
+                self._store,
+                items,
+                lambda item: pb.CreditBatchResult(holding=serve(item)),
+                _refusal,
             )
-            return _holding(held)
+            return pb.CreditBatchResponse(results=results)
+
+    def InitiateTransferBatch(
+        self, request: pb.InitiateTransferBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CreditBatchResponse:
+        """Many pending transfers, each as ``InitiateTransfer``, in one transaction."""
+        return self._batch(context, request.requests, self._initiate)
+
+    def CompleteTransferBatch(
+        self, request: pb.CompleteTransferBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CreditBatchResponse:
+        """Many completions, each as ``CompleteTransfer``, in one transaction."""
+        return self._batch(context, request.requests, self._complete)
+
+    def AcceptReturnBatch(
+        self, request: pb.AcceptReturnBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CreditBatchResponse:
+        """Many returns, each as ``AcceptReturn``, in one transaction."""
+        return self._batch(context, request.requests, self._accept_return)
 
     def RetireCredits(
         self, request: pb.RetireCreditsRequest, context: grpc.ServicerContext

@@ -37,6 +37,7 @@ from adapters.client_core import (
     from_iso_date,
     from_rfc3339,
     invoke,
+    invoke_batch,
     program_totals,
     to_rfc3339,
 )
@@ -173,7 +174,9 @@ class GuangdongClient:
         )
 
     def _apply(self, method: Callable[..., pb.Receipt], application: object) -> RegistryHolding:
-        receipt = invoke(REGISTRY_ID, method, application, self._timeout_s)
+        return self._receipt(invoke(REGISTRY_ID, method, application, self._timeout_s))
+
+    def _receipt(self, receipt: pb.Receipt) -> RegistryHolding:
         if receipt.outcome != pb.OUTCOME_APPROVED:
             raise RegistryRejected(
                 REGISTRY_ID,
@@ -193,18 +196,19 @@ class GuangdongClient:
             ),
         )
 
+    @staticmethod
+    def _restrict(request: LockRequest) -> pb.RestrictApplication:
+        return pb.RestrictApplication(
+            application_no=request.operation_id,
+            holder_code=request.account,
+            range=range_to_native(request.block),
+            restricted_until=to_rfc3339(request.expires_at),
+            transfer_no=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """``Restrict`` (限制) units for the transfer until the expiry."""
-        return self._apply(
-            self._stub.Restrict,
-            pb.RestrictApplication(
-                application_no=request.operation_id,
-                holder_code=request.account,
-                range=range_to_native(request.block),
-                restricted_until=to_rfc3339(request.expires_at),
-                transfer_no=request.transfer,
-            ),
-        )
+        return self._apply(self._stub.Restrict, self._restrict(request))
 
     def unlock(self, request: UnlockRequest) -> RegistryHolding:
         """``LiftRestriction`` (解除限制) of the transfer."""
@@ -218,37 +222,99 @@ class GuangdongClient:
             ),
         )
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """``ConcludeTransferOut`` (转出办结): escrow, or transfer out."""
+    @staticmethod
+    def _conclude(request: FinalizeRequest) -> pb.ConcludeTransferOutApplication:
         conclusion = (
             pb.CONCLUSION_ESCROW
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.CONCLUSION_TRANSFER_OUT
         )
-        return self._apply(
-            self._stub.ConcludeTransferOut,
-            pb.ConcludeTransferOutApplication(
-                application_no=request.operation_id,
-                holder_code=request.account,
-                range=range_to_native(request.block),
-                transfer_no=request.transfer,
-                conclusion=conclusion,
-                receiving_registry=request.destination_registry,
-            ),
+        return pb.ConcludeTransferOutApplication(
+            application_no=request.operation_id,
+            holder_code=request.account,
+            range=range_to_native(request.block),
+            transfer_no=request.transfer,
+            conclusion=conclusion,
+            receiving_registry=request.destination_registry,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """``ConcludeTransferOut`` (转出办结): escrow, or transfer out."""
+        return self._apply(self._stub.ConcludeTransferOut, self._conclude(request))
+
+    @staticmethod
+    def _receive(request: CreditRequest) -> pb.ReceiveTransferInApplication:
+        return pb.ReceiveTransferInApplication(
+            application_no=request.operation_id,
+            holder_code=request.account,
+            batch=batch_to_native(request.origin),
+            sending_registry=request.origin_registry,
+            transfer_no=request.transfer,
+            accept_before=to_rfc3339(request.deadline),
         )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """``ReceiveTransferIn`` (转入), refused by the registry after the deadline."""
-        return self._apply(
-            self._stub.ReceiveTransferIn,
-            pb.ReceiveTransferInApplication(
-                application_no=request.operation_id,
-                holder_code=request.account,
-                batch=batch_to_native(request.origin),
-                sending_registry=request.origin_registry,
-                transfer_no=request.transfer,
-                accept_before=to_rfc3339(request.deadline),
+        return self._apply(self._stub.ReceiveTransferIn, self._receive(request))
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量申请 of restrictions, one call per chunk (``RestrictBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._restrict,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.RestrictBatch,
+                    pb.RestrictBatchApplication(applications=items),
+                    timeout_s,
+                ).receipts
             ),
+            from_native=self._receipt,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量申请 of conclusions, one call per chunk (``ConcludeTransferOutBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._conclude,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ConcludeTransferOutBatch,
+                    pb.ConcludeTransferOutBatchApplication(applications=items),
+                    timeout_s,
+                ).receipts
+            ),
+            from_native=self._receipt,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量申请 of transfers-in, one call per chunk (``ReceiveTransferInBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._receive,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ReceiveTransferInBatch,
+                    pb.ReceiveTransferInBatchApplication(applications=items),
+                    timeout_s,
+                ).receipts
+            ),
+            from_native=self._receipt,
+            timeout_s=self._timeout_s,
         )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:

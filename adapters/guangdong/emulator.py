@@ -11,7 +11,8 @@ cancellation (碳中和注销) names its beneficiary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -28,6 +29,7 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch,
 )
 from adapters.guangdong.client import (
     REGISTRY_ID,
@@ -43,6 +45,16 @@ PROGRAMS = frozenset({Program.GDEA, Program.GD_PHCER})
 
 COMPLIANCE_VARIETIES = frozenset({Program.GDEA, Program.GD_PHCER, Program.CCER})
 """What a Guangdong covered entity may clear for compliance (CCER as a mirror batch)."""
+
+
+class _Numbered(Protocol):
+    """Any application: each carries its application number."""
+
+    @property
+    def application_no(self) -> str: ...
+
+
+Application = TypeVar("Application", bound=_Numbered)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.BATCH_STATUS_NORMAL,
@@ -117,7 +129,9 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
         self, request: pb.RestrictApplication, context: grpc.ServicerContext
     ) -> pb.Receipt:
         """限制: restrict units for a transfer until a time."""
+        return self._restrict(request)
 
+    def _restrict(self, request: pb.RestrictApplication) -> pb.Receipt:
         def apply() -> StoredHolding:
             until = required_moment(
                 request.restricted_until, "restricted_until is required to restrict units"
@@ -150,7 +164,9 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
         self, request: pb.ConcludeTransferOutApplication, context: grpc.ServicerContext
     ) -> pb.Receipt:
         """转出办结: escrow the restricted units, or transfer them out."""
+        return self._conclude(request)
 
+    def _conclude(self, request: pb.ConcludeTransferOutApplication) -> pb.Receipt:
         def apply() -> StoredHolding:
             if request.conclusion == pb.CONCLUSION_UNSPECIFIED:
                 raise ValueError("conclusion is required")
@@ -172,6 +188,9 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
         self, request: pb.ReceiveTransferInApplication, context: grpc.ServicerContext
     ) -> pb.Receipt:
         """转入: receive units from another registry, before the acceptance deadline."""
+        return self._receive(request)
+
+    def _receive(self, request: pb.ReceiveTransferInApplication) -> pb.Receipt:
         return self._decide(
             request.application_no,
             lambda: self._store.credit(
@@ -184,6 +203,41 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
                 deadline=from_rfc3339(request.accept_before),
             ),
         )
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        applications: Sequence[Application],
+        decide: Callable[[Application], pb.Receipt],
+    ) -> pb.ReceiptList:
+        # decide() answers every refusal with a receipt itself; the refusal answer below
+        # is serve_batch's contract, kept the same in case a refusal ever escapes it.
+        with native_rules(context):
+            receipts = serve_batch(
+                self._store,
+                applications,
+                decide,
+                lambda application, rejection: self._refused(application.application_no, rejection),
+            )
+            return pb.ReceiptList(receipts=receipts)
+
+    def RestrictBatch(
+        self, request: pb.RestrictBatchApplication, context: grpc.ServicerContext
+    ) -> pb.ReceiptList:
+        """批量限制: many restrictions, each decided as ``Restrict``, in one transaction."""
+        return self._batch(context, request.applications, self._restrict)
+
+    def ConcludeTransferOutBatch(
+        self, request: pb.ConcludeTransferOutBatchApplication, context: grpc.ServicerContext
+    ) -> pb.ReceiptList:
+        """批量转出办结: many conclusions, each as ``ConcludeTransferOut``, in one transaction."""
+        return self._batch(context, request.applications, self._conclude)
+
+    def ReceiveTransferInBatch(
+        self, request: pb.ReceiveTransferInBatchApplication, context: grpc.ServicerContext
+    ) -> pb.ReceiptList:
+        """批量转入: many transfers-in, each as ``ReceiveTransferIn``, in one transaction."""
+        return self._batch(context, request.applications, self._receive)
 
     def ClearForCompliance(
         self, request: pb.ClearForComplianceApplication, context: grpc.ServicerContext

@@ -26,10 +26,13 @@ from adapters.client_core import (
     from_iso_date,
     from_rfc3339,
     invoke,
+    invoke_batch,
+    item_refused,
     not_supported,
     program_totals,
     to_rfc3339,
 )
+from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     BlockId,
     HoldingStatus,
@@ -203,19 +206,19 @@ class VenueClient:
         """Positions of one client account or all (``QueryPositions``)."""
         return self._positions(pb.QueryPositionsRequest(client_account=request.account))
 
+    def _earmark(self, request: LockRequest) -> pb.EarmarkForSettlementRequest:
+        return pb.EarmarkForSettlementRequest(
+            operation_id=request.operation_id,
+            client_account=request.account,
+            range=range_to_native(request.block),
+            earmark_until=to_rfc3339(request.expires_at),
+            settlement_reference=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """Earmark units for a pending settlement (``EarmarkForSettlement``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.EarmarkForSettlement,
-            pb.EarmarkForSettlementRequest(
-                operation_id=request.operation_id,
-                client_account=request.account,
-                range=range_to_native(request.block),
-                earmark_until=to_rfc3339(request.expires_at),
-                settlement_reference=request.transfer,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.EarmarkForSettlement, self._earmark(request), self._timeout_s
         )
         return self._holding(native)
 
@@ -234,46 +237,111 @@ class VenueClient:
         )
         return self._holding(native)
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """Settle the delivery: keep in custody, or deliver out (``SettleDelivery``)."""
+    def _settle(self, request: FinalizeRequest) -> pb.SettleDeliveryRequest:
         mode = (
             pb.KEEP_IN_CUSTODY
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.DELIVER_OUT
         )
+        return pb.SettleDeliveryRequest(
+            operation_id=request.operation_id,
+            client_account=request.account,
+            range=range_to_native(request.block),
+            settlement_reference=request.transfer,
+            mode=mode,
+            counterparty_registry=request.destination_registry,
+            settlement_currency=self._currency,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Settle the delivery: keep in custody, or deliver out (``SettleDelivery``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.SettleDelivery,
-            pb.SettleDeliveryRequest(
-                operation_id=request.operation_id,
-                client_account=request.account,
-                range=range_to_native(request.block),
-                settlement_reference=request.transfer,
-                mode=mode,
-                counterparty_registry=request.destination_registry,
-                settlement_currency=self._currency,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.SettleDelivery, self._settle(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _receive(self, request: CreditRequest) -> pb.ReceiveDeliveryRequest:
+        return pb.ReceiveDeliveryRequest(
+            operation_id=request.operation_id,
+            client_account=request.account,
+            units=units_to_native(request.origin),
+            origin_registry=request.origin_registry,
+            settlement_reference=request.transfer,
+            settlement_currency=self._currency,
+            settle_by=to_rfc3339(request.deadline),
+        )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """Receive delivered units into a client account (``ReceiveDelivery``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.ReceiveDelivery,
-            pb.ReceiveDeliveryRequest(
-                operation_id=request.operation_id,
-                client_account=request.account,
-                units=units_to_native(request.origin),
-                origin_registry=request.origin_registry,
-                settlement_reference=request.transfer,
-                settlement_currency=self._currency,
-                settle_by=to_rfc3339(request.deadline),
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.ReceiveDelivery, self._receive(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _result(self, native: pb.PositionBatchResult) -> RegistryHolding:
+        if native.HasField("refusal"):
+            raise item_refused(REGISTRY_ID, native.refusal)
+        return self._holding(native.position)
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many earmarks in one call per chunk (``EarmarkForSettlementBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._earmark,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.EarmarkForSettlementBatch,
+                    pb.EarmarkForSettlementBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many settlements in one call per chunk (``SettleDeliveryBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._settle,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.SettleDeliveryBatch,
+                    pb.SettleDeliveryBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many deliveries received in one call per chunk (``ReceiveDeliveryBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._receive,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ReceiveDeliveryBatch,
+                    pb.ReceiveDeliveryBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """Retire units on behalf of a beneficiary (``RetireOnBehalf``)."""

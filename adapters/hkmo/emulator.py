@@ -7,6 +7,9 @@ a settlement currency is refused, and the currency is recorded with the position
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import grpc
 
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
@@ -22,9 +25,12 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch,
 )
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_to_native
 from registry_bridge.model import Program
+
+Item = TypeVar("Item")
 
 _STATE: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.AVAILABLE,
@@ -64,6 +70,12 @@ def _deposit_programs() -> frozenset[Program]:
     return frozenset({Program.VCS, Program.GS, Program.CCER, Program.BRI_ITMO})
 
 
+def _refusal(item: object, rejection: Rejection) -> pb.PositionBatchResult:
+    return pb.PositionBatchResult(
+        refusal=pb.PositionRefusal(code=rejection.code, message=rejection.message)
+    )
+
+
 class VenueServicer(pb_grpc.CarbonVenueServicer):
     """The venue's native operations, translated to the emulator store."""
 
@@ -91,20 +103,23 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
             found = query_holdings(self._store, overlapping, request.client_account)
             return pb.PositionList(positions=[_position(h) for h in found])
 
+    def _earmark(self, request: pb.EarmarkForSettlementRequest) -> pb.Position:
+        until = required_moment(request.earmark_until, "earmark_until is required")
+        held = self._store.lock(
+            request.operation_id,
+            request.client_account,
+            range_from_native(request.range),
+            until,
+            request.settlement_reference,
+        )
+        return _position(held)
+
     def EarmarkForSettlement(
         self, request: pb.EarmarkForSettlementRequest, context: grpc.ServicerContext
     ) -> pb.Position:
         """Earmark units for a pending settlement."""
         with native_rules(context):
-            until = required_moment(request.earmark_until, "earmark_until is required")
-            held = self._store.lock(
-                request.operation_id,
-                request.client_account,
-                range_from_native(request.range),
-                until,
-                request.settlement_reference,
-            )
-            return _position(held)
+            return self._earmark(request)
 
     def ReleaseEarmark(
         self, request: pb.ReleaseEarmarkRequest, context: grpc.ServicerContext
@@ -119,45 +134,84 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
             )
             return _position(held)
 
+    def _settle(self, request: pb.SettleDeliveryRequest) -> pb.Position:
+        if request.mode == pb.DELIVERY_MODE_UNSPECIFIED:
+            raise ValueError("mode is required")
+        held = self._store.finalize(
+            request.operation_id,
+            request.client_account,
+            range_from_native(request.range),
+            request.settlement_reference,
+            export=request.mode == pb.DELIVER_OUT,
+            details=(
+                ("settlement_currency", _currency(request.settlement_currency)),
+                ("settlement_reference", request.settlement_reference),
+                ("counterparty_registry", request.counterparty_registry),
+            ),
+        )
+        return _position(held)
+
     def SettleDelivery(
         self, request: pb.SettleDeliveryRequest, context: grpc.ServicerContext
     ) -> pb.Position:
         """Settle an earmarked delivery, recording the settlement currency."""
         with native_rules(context):
-            if request.mode == pb.DELIVERY_MODE_UNSPECIFIED:
-                raise ValueError("mode is required")
-            held = self._store.finalize(
-                request.operation_id,
-                request.client_account,
-                range_from_native(request.range),
-                request.settlement_reference,
-                export=request.mode == pb.DELIVER_OUT,
-                details=(
-                    ("settlement_currency", _currency(request.settlement_currency)),
-                    ("settlement_reference", request.settlement_reference),
-                    ("counterparty_registry", request.counterparty_registry),
-                ),
-            )
-            return _position(held)
+            return self._settle(request)
+
+    def _receive(self, request: pb.ReceiveDeliveryRequest) -> pb.Position:
+        held = self._store.credit(
+            request.operation_id,
+            request.client_account,
+            units_from_native(request.units),
+            request.origin_registry,
+            request.settlement_reference,
+            details=(
+                ("settlement_currency", _currency(request.settlement_currency)),
+                ("settlement_reference", request.settlement_reference),
+            ),
+            deadline=from_rfc3339(request.settle_by),
+        )
+        return _position(held)
 
     def ReceiveDelivery(
         self, request: pb.ReceiveDeliveryRequest, context: grpc.ServicerContext
     ) -> pb.Position:
         """Receive delivered units, recording the settlement currency."""
         with native_rules(context):
-            held = self._store.credit(
-                request.operation_id,
-                request.client_account,
-                units_from_native(request.units),
-                request.origin_registry,
-                request.settlement_reference,
-                details=(
-                    ("settlement_currency", _currency(request.settlement_currency)),
-                    ("settlement_reference", request.settlement_reference),
-                ),
-                deadline=from_rfc3339(request.settle_by),
+            return self._receive(request)
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        items: Sequence[Item],
+        serve: Callable[[Item], pb.Position],
+    ) -> pb.PositionBatchResponse:
+        with native_rules(context):
+            results = serve_batch(
+                self._store,
+                items,
+                lambda item: pb.PositionBatchResult(position=serve(item)),
+                _refusal,
             )
-            return _position(held)
+            return pb.PositionBatchResponse(results=results)
+
+    def EarmarkForSettlementBatch(
+        self, request: pb.EarmarkForSettlementBatchRequest, context: grpc.ServicerContext
+    ) -> pb.PositionBatchResponse:
+        """Many earmarks, each as ``EarmarkForSettlement``, in one transaction."""
+        return self._batch(context, request.requests, self._earmark)
+
+    def SettleDeliveryBatch(
+        self, request: pb.SettleDeliveryBatchRequest, context: grpc.ServicerContext
+    ) -> pb.PositionBatchResponse:
+        """Many settlements, each as ``SettleDelivery``, in one transaction."""
+        return self._batch(context, request.requests, self._settle)
+
+    def ReceiveDeliveryBatch(
+        self, request: pb.ReceiveDeliveryBatchRequest, context: grpc.ServicerContext
+    ) -> pb.PositionBatchResponse:
+        """Many deliveries, each as ``ReceiveDelivery``, in one transaction."""
+        return self._batch(context, request.requests, self._receive)
 
     def RetireOnBehalf(
         self, request: pb.RetireOnBehalfRequest, context: grpc.ServicerContext

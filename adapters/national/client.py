@@ -25,7 +25,8 @@ lives here once; the emulator reuses it to read its own wire format.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
@@ -39,6 +40,7 @@ from adapters.client_core import (
     from_iso_date,
     from_rfc3339,
     invoke,
+    invoke_batch,
     program_totals,
     to_rfc3339,
 )
@@ -65,6 +67,8 @@ from registry_bridge.port import (
     SurrenderRequest,
     UnlockRequest,
 )
+
+Canonical = TypeVar("Canonical")
 
 REGISTRY_ID = "national"
 REGISTRY_CODE = "CN"
@@ -192,19 +196,23 @@ class NationalClient:
             mirror_origin_registry=native.mirror_origin_registry_code,
         )
 
+    @staticmethod
+    def _proposal(transaction: pb.ProposalTransaction) -> pb.ProposalRequest:
+        return pb.ProposalRequest(
+            to=REGISTRY_CODE,
+            major_version=DES_MAJOR_VERSION,
+            minor_version=DES_MINOR_VERSION,
+            proposed_transaction=transaction,
+            **{"from": "carbonlink"},
+        )
+
     def _propose(self, transaction: pb.ProposalTransaction) -> RegistryHolding:
         response = invoke(
-            REGISTRY_ID,
-            self._stub.AcceptProposal,
-            pb.ProposalRequest(
-                to=REGISTRY_CODE,
-                major_version=DES_MAJOR_VERSION,
-                minor_version=DES_MINOR_VERSION,
-                proposed_transaction=transaction,
-                **{"from": "carbonlink"},
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.AcceptProposal, self._proposal(transaction), self._timeout_s
         )
+        return self._response(response)
+
+    def _response(self, response: pb.ProposalResponse) -> RegistryHolding:
         if response.transaction_status == pb.REJECTED:
             first = response.evaluation_results[0] if response.evaluation_results else None
             raise RegistryRejected(
@@ -226,20 +234,22 @@ class NationalClient:
             )
         )
 
+    @staticmethod
+    def _reserve(request: LockRequest) -> pb.ProposalTransaction:
+        return pb.ProposalTransaction(
+            transaction_identifier=request.operation_id,
+            transaction_type=pb.EXTERNAL_TRANSFER,
+            supp_transaction_type=pb.RESERVE,
+            transferring_registry_code=REGISTRY_CODE,
+            transferring_account_identifier=request.account,
+            notification_identifier=request.transfer,
+            proposal_unit_blocks=[_unit_block_of(request.block)],
+            reservation_expiry=to_rfc3339(request.expires_at),
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """An EXTERNAL_TRANSFER proposal reserving the blocks."""
-        return self._propose(
-            pb.ProposalTransaction(
-                transaction_identifier=request.operation_id,
-                transaction_type=pb.EXTERNAL_TRANSFER,
-                supp_transaction_type=pb.RESERVE,
-                transferring_registry_code=REGISTRY_CODE,
-                transferring_account_identifier=request.account,
-                notification_identifier=request.transfer,
-                proposal_unit_blocks=[_unit_block_of(request.block)],
-                reservation_expiry=to_rfc3339(request.expires_at),
-            )
-        )
+        return self._propose(self._reserve(request))
 
     def unlock(self, request: UnlockRequest) -> RegistryHolding:
         """An EXTERNAL_TRANSFER proposal terminating the transfer."""
@@ -255,41 +265,85 @@ class NationalClient:
             )
         )
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """An EXTERNAL_TRANSFER proposal completing the transfer."""
+    @staticmethod
+    def _complete(request: FinalizeRequest) -> pb.ProposalTransaction:
         supp = (
             pb.COMPLETE_IMMOBILIZE
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.COMPLETE_EXPORT
         )
-        return self._propose(
-            pb.ProposalTransaction(
-                transaction_identifier=request.operation_id,
-                transaction_type=pb.EXTERNAL_TRANSFER,
-                supp_transaction_type=supp,
-                transferring_registry_code=REGISTRY_CODE,
-                transferring_account_identifier=request.account,
-                acquiring_registry_code=request.destination_registry,
-                notification_identifier=request.transfer,
-                proposal_unit_blocks=[_unit_block_of(request.block)],
-            )
+        return pb.ProposalTransaction(
+            transaction_identifier=request.operation_id,
+            transaction_type=pb.EXTERNAL_TRANSFER,
+            supp_transaction_type=supp,
+            transferring_registry_code=REGISTRY_CODE,
+            transferring_account_identifier=request.account,
+            acquiring_registry_code=request.destination_registry,
+            notification_identifier=request.transfer,
+            proposal_unit_blocks=[_unit_block_of(request.block)],
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """An EXTERNAL_TRANSFER proposal completing the transfer."""
+        return self._propose(self._complete(request))
+
+    @staticmethod
+    def _acquire(request: CreditRequest) -> pb.ProposalTransaction:
+        return pb.ProposalTransaction(
+            transaction_identifier=request.operation_id,
+            transaction_type=pb.EXTERNAL_TRANSFER,
+            supp_transaction_type=pb.ACQUIRE,
+            transferring_registry_code=request.origin_registry,
+            acquiring_registry_code=REGISTRY_CODE,
+            acquiring_account_identifier=request.account,
+            notification_identifier=request.transfer,
+            proposal_unit_blocks=[block_to_native(request.origin)],
+            acquisition_deadline=to_rfc3339(request.deadline),
         )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """An EXTERNAL_TRANSFER proposal on the acquiring side."""
-        return self._propose(
-            pb.ProposalTransaction(
-                transaction_identifier=request.operation_id,
-                transaction_type=pb.EXTERNAL_TRANSFER,
-                supp_transaction_type=pb.ACQUIRE,
-                transferring_registry_code=request.origin_registry,
-                acquiring_registry_code=REGISTRY_CODE,
-                acquiring_account_identifier=request.account,
-                notification_identifier=request.transfer,
-                proposal_unit_blocks=[block_to_native(request.origin)],
-                acquisition_deadline=to_rfc3339(request.deadline),
-            )
+        return self._propose(self._acquire(request))
+
+    def _propose_many(
+        self,
+        requests: Sequence[Canonical],
+        to_transaction: Callable[[Canonical], pb.ProposalTransaction],
+    ) -> list[RegistryHolding | RegistryRejected]:
+        # Every kind of proposal goes through the one batch RPC, as through AcceptProposal.
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=lambda request: self._proposal(to_transaction(request)),
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.AcceptProposals,
+                    pb.ProposalBatchRequest(proposals=items),
+                    timeout_s,
+                ).responses
+            ),
+            from_native=self._response,
+            timeout_s=self._timeout_s,
         )
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many reserving proposals, one ``AcceptProposals`` call per chunk."""
+        return self._propose_many(requests, self._reserve)
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many completing proposals, one ``AcceptProposals`` call per chunk."""
+        return self._propose_many(requests, self._complete)
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many acquiring proposals, one ``AcceptProposals`` call per chunk."""
+        return self._propose_many(requests, self._acquire)
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """A voluntary RETIREMENT proposal."""

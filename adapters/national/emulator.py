@@ -26,6 +26,7 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch,
 )
 from adapters.national.client import (
     REGISTRY_CODE,
@@ -157,39 +158,44 @@ class NationalServicer(pb_grpc.NationalRegistryServicer):
             )
         return handler()
 
+    def _accept(self, request: pb.ProposalRequest) -> pb.ProposalResponse:
+        """One proposal's response; raises ``Rejection`` only for a misaddressed proposal."""
+        tx = request.proposed_transaction
+        if request.to != REGISTRY_CODE:
+            raise Rejection("WRONG_REGISTRY", f"proposal is for {request.to!r}, not CN")
+        try:
+            held = self._apply(tx)
+        except Rejection as rejection:
+            return _rejected(request, rejection)
+        except ValueError as exc:
+            return _rejected(request, Rejection("INVALID_REQUEST", str(exc)))
+        record = self._store.operation(tx.transaction_identifier)
+        method = record.method if record is not None else "issue"
+        return pb.ProposalResponse(
+            transaction_identifier=tx.transaction_identifier,
+            transaction_status=_ACCEPTED_STATUS[method],  # type: ignore[arg-type]
+            # NOTE(registry-adapters): enum NewType, as above.
+            resulting_block=_held(held),
+        )
+
     def AcceptProposal(
         self, request: pb.ProposalRequest, context: grpc.ServicerContext
     ) -> pb.ProposalResponse:
         """Check and apply one proposal; a refusal is answered as REJECTED 6."""
-        tx = request.proposed_transaction
         with native_rules(context):
-            if request.to != REGISTRY_CODE:
-                raise Rejection("WRONG_REGISTRY", f"proposal is for {request.to!r}, not CN")
-            try:
-                held = self._apply(tx)
-            except (Rejection, ValueError) as exc:
-                rejection = (
-                    exc if isinstance(exc, Rejection) else Rejection("INVALID_REQUEST", str(exc))
-                )
-                return pb.ProposalResponse(
-                    transaction_identifier=tx.transaction_identifier,
-                    transaction_status=pb.REJECTED,
-                    evaluation_results=[
-                        pb.EvaluationResult(
-                            response_code=rejection.code,
-                            message=rejection.message,
-                            unit_block_identifiers=[b.identifier for b in tx.proposal_unit_blocks],
-                        )
-                    ],
-                )
-            record = self._store.operation(tx.transaction_identifier)
-            method = record.method if record is not None else "issue"
-            return pb.ProposalResponse(
-                transaction_identifier=tx.transaction_identifier,
-                transaction_status=_ACCEPTED_STATUS[method],  # type: ignore[arg-type]
-                # NOTE(registry-adapters): enum NewType, as above.
-                resulting_block=_held(held),
-            )
+            return self._accept(request)
+
+    def AcceptProposals(
+        self, request: pb.ProposalBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ProposalBatchResponse:
+        """Check and apply many proposals, each as ``AcceptProposal``, in one transaction.
+
+        A misaddressed proposal, which ``AcceptProposal`` refuses as a call, is answered
+        here as REJECTED with the same code and message, so it does not sink the others.
+        """
+        with native_rules(context):
+            responses = serve_batch(self._store, request.proposals, self._accept, _rejected)
+            return pb.ProposalBatchResponse(responses=responses)
 
     def GetTransactionStatus(
         self, request: pb.TransactionStatusRequest, context: grpc.ServicerContext
@@ -249,6 +255,22 @@ class NationalServicer(pb_grpc.NationalRegistryServicer):
             )
             found = query_holdings(self._store, overlapping, request.account_identifier)
             return pb.ProvideUnitBlocksResponse(blocks=[_held(h) for h in found])
+
+
+def _rejected(request: pb.ProposalRequest, rejection: Rejection) -> pb.ProposalResponse:
+    """A proposal answered REJECTED 6, pointing at its unit blocks."""
+    tx = request.proposed_transaction
+    return pb.ProposalResponse(
+        transaction_identifier=tx.transaction_identifier,
+        transaction_status=pb.REJECTED,
+        evaluation_results=[
+            pb.EvaluationResult(
+                response_code=rejection.code,
+                message=rejection.message,
+                unit_block_identifiers=[b.identifier for b in tx.proposal_unit_blocks],
+            )
+        ],
+    )
 
 
 def _expiry(tx: pb.ProposalTransaction) -> datetime:

@@ -38,9 +38,12 @@ from adapters.client_core import (
     from_iso_date,
     from_rfc3339,
     invoke,
+    invoke_batch,
+    item_refused,
     program_totals,
     to_rfc3339,
 )
+from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import (
     BlockId,
     HoldingStatus,
@@ -201,20 +204,18 @@ class ShenzhenClient:
         """Lots of one account or all (``QueryLots``)."""
         return self._lots(pb.QueryLotsRequest(account_no=request.account))
 
+    def _freeze(self, request: LockRequest) -> pb.FreezeRequest:
+        return pb.FreezeRequest(
+            business_serial_no=request.operation_id,
+            account_no=request.account,
+            numbers=numbers_to_native(request.block),
+            frozen_until=to_rfc3339(request.expires_at),
+            transfer_order_no=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """Freeze units against the transfer order (``Freeze``, 冻结)."""
-        native = invoke(
-            REGISTRY_ID,
-            self._stub.Freeze,
-            pb.FreezeRequest(
-                business_serial_no=request.operation_id,
-                account_no=request.account,
-                numbers=numbers_to_native(request.block),
-                frozen_until=to_rfc3339(request.expires_at),
-                transfer_order_no=request.transfer,
-            ),
-            self._timeout_s,
-        )
+        native = invoke(REGISTRY_ID, self._stub.Freeze, self._freeze(request), self._timeout_s)
         return self._holding(native)
 
     def unlock(self, request: UnlockRequest) -> RegistryHolding:
@@ -232,42 +233,42 @@ class ShenzhenClient:
         )
         return self._holding(native)
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """Settle the order: custody (托管) or transfer out (划出)."""
+    def _settle(self, request: FinalizeRequest) -> pb.SettleTransferOrderRequest:
         settlement = (
             pb.SETTLEMENT_CUSTODY
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.SETTLEMENT_TRANSFER_OUT
         )
+        return pb.SettleTransferOrderRequest(
+            business_serial_no=request.operation_id,
+            account_no=request.account,
+            numbers=numbers_to_native(request.block),
+            transfer_order_no=request.transfer,
+            settlement=settlement,
+            counterparty_registry=request.destination_registry,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Settle the order: custody (托管) or transfer out (划出)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.SettleTransferOrder,
-            pb.SettleTransferOrderRequest(
-                business_serial_no=request.operation_id,
-                account_no=request.account,
-                numbers=numbers_to_native(request.block),
-                transfer_order_no=request.transfer,
-                settlement=settlement,
-                counterparty_registry=request.destination_registry,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.SettleTransferOrder, self._settle(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _transfer_in(self, request: CreditRequest) -> pb.TransferInRequest:
+        return pb.TransferInRequest(
+            business_serial_no=request.operation_id,
+            account_no=request.account,
+            info=info_to_native(request.origin),
+            source_registry=request.origin_registry,
+            transfer_order_no=request.transfer,
+            latest_entry_time=to_rfc3339(request.deadline),
+        )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """Transfer arriving units in (``TransferIn``, 划入), before the deadline."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.TransferIn,
-            pb.TransferInRequest(
-                business_serial_no=request.operation_id,
-                account_no=request.account,
-                info=info_to_native(request.origin),
-                source_registry=request.origin_registry,
-                transfer_order_no=request.transfer,
-                latest_entry_time=to_rfc3339(request.deadline),
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.TransferIn, self._transfer_in(request), self._timeout_s
         )
         return self._holding(native)
 
@@ -294,6 +295,71 @@ class ShenzhenClient:
             self._timeout_s,
         )
         return self._holding(native)
+
+    def _result(self, native: pb.LotBatchResult) -> RegistryHolding:
+        if native.HasField("refusal"):
+            raise item_refused(REGISTRY_ID, native.refusal)
+        return self._holding(native.lot)
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量冻结: many freezes in one call per chunk (``FreezeBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._freeze,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.FreezeBatch,
+                    pb.FreezeBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量划转结算: many settlements in one call per chunk (``SettleTransferOrderBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._settle,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.SettleTransferOrderBatch,
+                    pb.SettleTransferOrderBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """批量划入: many transfers-in in one call per chunk (``TransferInBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._transfer_in,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.TransferInBatch,
+                    pb.TransferInBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """Voluntary cancellation for a claimed use (``Cancel``, 自愿注销)."""

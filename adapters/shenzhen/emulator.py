@@ -9,6 +9,9 @@ the beneficiary the use is claimed for.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import grpc
 
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
@@ -24,6 +27,7 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch,
 )
 from adapters.shenzhen.client import (
     REGISTRY_ID,
@@ -39,6 +43,8 @@ PROGRAMS = frozenset({Program.SZA, Program.SZ_CI, Program.CCER})
 
 COMPLIANCE_PRODUCTS = PROGRAMS
 """What a Shenzhen covered entity may surrender (履约): a mirror of a foreign unit may not."""
+
+Item = TypeVar("Item")
 
 _STATE: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.LOT_STATE_AVAILABLE,
@@ -72,6 +78,10 @@ def _lot(held: StoredHolding) -> pb.Lot:
     )
 
 
+def _refusal(item: object, rejection: Rejection) -> pb.LotBatchResult:
+    return pb.LotBatchResult(refusal=pb.LotRefusal(code=rejection.code, message=rejection.message))
+
+
 class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
     """Shenzhen's native operations, translated to the emulator store."""
 
@@ -97,20 +107,21 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
             found = query_holdings(self._store, overlapping, request.account_no)
             return pb.LotList(lots=[_lot(h) for h in found])
 
+    def _freeze(self, request: pb.FreezeRequest) -> pb.Lot:
+        until = required_moment(request.frozen_until, "frozen_until is required to freeze units")
+        held = self._store.lock(
+            request.business_serial_no,
+            request.account_no,
+            numbers_from_native(request.numbers),
+            until,
+            request.transfer_order_no,
+        )
+        return _lot(held)
+
     def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext) -> pb.Lot:
         """冻结: freeze units against a transfer order."""
         with native_rules(context):
-            until = required_moment(
-                request.frozen_until, "frozen_until is required to freeze units"
-            )
-            held = self._store.lock(
-                request.business_serial_no,
-                request.account_no,
-                numbers_from_native(request.numbers),
-                until,
-                request.transfer_order_no,
-            )
-            return _lot(held)
+            return self._freeze(request)
 
     def Unfreeze(self, request: pb.UnfreezeRequest, context: grpc.ServicerContext) -> pb.Lot:
         """解冻: unfreeze a transfer order's units."""
@@ -123,39 +134,78 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
             )
             return _lot(held)
 
+    def _settle(self, request: pb.SettleTransferOrderRequest) -> pb.Lot:
+        if request.settlement == pb.SETTLEMENT_UNSPECIFIED:
+            raise ValueError("settlement is required")
+        held = self._store.finalize(
+            request.business_serial_no,
+            request.account_no,
+            numbers_from_native(request.numbers),
+            request.transfer_order_no,
+            export=request.settlement == pb.SETTLEMENT_TRANSFER_OUT,
+            details=(
+                ("transfer_order_no", request.transfer_order_no),
+                ("counterparty_registry", request.counterparty_registry),
+            ),
+        )
+        return _lot(held)
+
     def SettleTransferOrder(
         self, request: pb.SettleTransferOrderRequest, context: grpc.ServicerContext
     ) -> pb.Lot:
         """划转结算: keep the frozen units in custody, or transfer them out."""
         with native_rules(context):
-            if request.settlement == pb.SETTLEMENT_UNSPECIFIED:
-                raise ValueError("settlement is required")
-            held = self._store.finalize(
-                request.business_serial_no,
-                request.account_no,
-                numbers_from_native(request.numbers),
-                request.transfer_order_no,
-                export=request.settlement == pb.SETTLEMENT_TRANSFER_OUT,
-                details=(
-                    ("transfer_order_no", request.transfer_order_no),
-                    ("counterparty_registry", request.counterparty_registry),
-                ),
-            )
-            return _lot(held)
+            return self._settle(request)
+
+    def _transfer_in(self, request: pb.TransferInRequest) -> pb.Lot:
+        held = self._store.credit(
+            request.business_serial_no,
+            request.account_no,
+            info_from_native(request.info),
+            request.source_registry,
+            request.transfer_order_no,
+            details=(("transfer_order_no", request.transfer_order_no),),
+            deadline=from_rfc3339(request.latest_entry_time),
+        )
+        return _lot(held)
 
     def TransferIn(self, request: pb.TransferInRequest, context: grpc.ServicerContext) -> pb.Lot:
         """划入: units arriving from another registry, before the latest entry time."""
         with native_rules(context):
-            held = self._store.credit(
-                request.business_serial_no,
-                request.account_no,
-                info_from_native(request.info),
-                request.source_registry,
-                request.transfer_order_no,
-                details=(("transfer_order_no", request.transfer_order_no),),
-                deadline=from_rfc3339(request.latest_entry_time),
+            return self._transfer_in(request)
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        items: Sequence[Item],
+        serve: Callable[[Item], pb.Lot],
+    ) -> pb.LotBatchResponse:
+        with native_rules(context):
+            results = serve_batch(
+                self._store,
+                items,
+                lambda item: pb.LotBatchResult(lot=serve(item)),
+                _refusal,
             )
-            return _lot(held)
+            return pb.LotBatchResponse(results=results)
+
+    def FreezeBatch(
+        self, request: pb.FreezeBatchRequest, context: grpc.ServicerContext
+    ) -> pb.LotBatchResponse:
+        """批量冻结: many freezes, each as ``Freeze``, in one transaction."""
+        return self._batch(context, request.requests, self._freeze)
+
+    def SettleTransferOrderBatch(
+        self, request: pb.SettleTransferOrderBatchRequest, context: grpc.ServicerContext
+    ) -> pb.LotBatchResponse:
+        """批量划转结算: many settlements, each as ``SettleTransferOrder``, in one transaction."""
+        return self._batch(context, request.requests, self._settle)
+
+    def TransferInBatch(
+        self, request: pb.TransferInBatchRequest, context: grpc.ServicerContext
+    ) -> pb.LotBatchResponse:
+        """批量划入: many transfers-in, each as ``TransferIn``, in one transaction."""
+        return self._batch(context, request.requests, self._transfer_in)
 
     def Fulfil(self, request: pb.FulfilRequest, context: grpc.ServicerContext) -> pb.Lot:
         """履约: surrender units for a covered entity's compliance year."""

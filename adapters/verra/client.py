@@ -25,6 +25,8 @@ from adapters.client_core import (
     canonical_status,
     from_rfc3339,
     invoke,
+    invoke_batch,
+    item_refused,
     not_supported,
     program_totals,
     to_ddmmyyyy,
@@ -197,19 +199,19 @@ class VerraClient:
             self._holding(h) for h in native.holdings if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
         )
 
+    def _immobilize(self, request: LockRequest) -> pb.ImmobilizeRequest:
+        return pb.ImmobilizeRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.block),
+            hold_until=to_rfc3339(request.expires_at),
+            hold_reference=request.transfer,
+        )
+
     def lock(self, request: LockRequest) -> RegistryHolding:
         """Place VCUs on hold pending immobilization (``Immobilize``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.Immobilize,
-            pb.ImmobilizeRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.block),
-                hold_until=to_rfc3339(request.expires_at),
-                hold_reference=request.transfer,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.Immobilize, self._immobilize(request), self._timeout_s
         )
         return self._holding(native)
 
@@ -228,27 +230,42 @@ class VerraClient:
         )
         return self._holding(native)
 
-    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
-        """Confirm the immobilization, or transfer the VCUs out (``ConfirmImmobilization``)."""
+    def _confirm(self, request: FinalizeRequest) -> pb.ConfirmImmobilizationRequest:
         kind = (
             pb.CONFIRMATION_KIND_IMMOBILIZE
             if request.disposition is FinalizeDisposition.IMMOBILIZE
             else pb.CONFIRMATION_KIND_TRANSFER_OUT
         )
+        return pb.ConfirmImmobilizationRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.block),
+            hold_reference=request.transfer,
+            kind=kind,
+            destination_registry=request.destination_registry,
+        )
+
+    def finalize(self, request: FinalizeRequest) -> RegistryHolding:
+        """Confirm the immobilization, or transfer the VCUs out (``ConfirmImmobilization``)."""
         native = invoke(
-            REGISTRY_ID,
-            self._stub.ConfirmImmobilization,
-            pb.ConfirmImmobilizationRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.block),
-                hold_reference=request.transfer,
-                kind=kind,
-                destination_registry=request.destination_registry,
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.ConfirmImmobilization, self._confirm(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _restore(self, request: CreditRequest) -> pb.RestoreImmobilizedRequest:
+        if request.origin.program is not Program.VCS:
+            raise RegistryRejected(
+                REGISTRY_ID,
+                "FOREIGN_UNITS_NOT_ACCEPTED",
+                f"Verra holds only VCS units, not {request.origin.program.value}",
+            )
+        return pb.RestoreImmobilizedRequest(
+            operation_id=request.operation_id,
+            account_id=request.account,
+            range=self._range(request.origin.id),
+            reference=request.transfer,
+            restore_by=to_rfc3339(request.deadline),
+        )
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """Take back immobilized VCUs (``RestoreImmobilized``); foreign units are refused.
@@ -257,25 +274,78 @@ class VerraClient:
             RegistryRejected: ``FOREIGN_UNITS_NOT_ACCEPTED`` for units of another program,
                 which Verra's API cannot even name; otherwise as the registry answers.
         """
-        if request.origin.program is not Program.VCS:
-            raise RegistryRejected(
-                REGISTRY_ID,
-                "FOREIGN_UNITS_NOT_ACCEPTED",
-                f"Verra holds only VCS units, not {request.origin.program.value}",
-            )
         native = invoke(
-            REGISTRY_ID,
-            self._stub.RestoreImmobilized,
-            pb.RestoreImmobilizedRequest(
-                operation_id=request.operation_id,
-                account_id=request.account,
-                range=self._range(request.origin.id),
-                reference=request.transfer,
-                restore_by=to_rfc3339(request.deadline),
-            ),
-            self._timeout_s,
+            REGISTRY_ID, self._stub.RestoreImmobilized, self._restore(request), self._timeout_s
         )
         return self._holding(native)
+
+    def _result(self, native: pb.VcuBatchResult) -> RegistryHolding:
+        if native.HasField("refusal"):
+            raise item_refused(REGISTRY_ID, native.refusal)
+        return self._holding(native.holding)
+
+    def lock_many(
+        self, requests: Sequence[LockRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many holds in one call per chunk (``ImmobilizeBatch``); see the port's contract."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._immobilize,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ImmobilizeBatch,
+                    pb.ImmobilizeBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def finalize_many(
+        self, requests: Sequence[FinalizeRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many confirmations in one call per chunk (``ConfirmImmobilizationBatch``)."""
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._confirm,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.ConfirmImmobilizationBatch,
+                    pb.ConfirmImmobilizationBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        """Many restorations in one call per chunk (``RestoreImmobilizedBatch``).
+
+        Foreign units get their ``FOREIGN_UNITS_NOT_ACCEPTED`` refusal without being sent.
+        """
+        return invoke_batch(
+            REGISTRY_ID,
+            requests,
+            to_native=self._restore,
+            call=lambda items, timeout_s: (
+                invoke(
+                    REGISTRY_ID,
+                    self._stub.RestoreImmobilizedBatch,
+                    pb.RestoreImmobilizedBatchRequest(requests=items),
+                    timeout_s,
+                ).results
+            ),
+            from_native=self._result,
+            timeout_s=self._timeout_s,
+        )
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """Retire VCUs for a beneficiary (``Retire``)."""

@@ -6,6 +6,9 @@ immobilized VCUs coming back (``RestoreImmobilized``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import grpc
 
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
@@ -14,11 +17,13 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
     required_moment,
+    serve_batch,
 )
 from adapters.verra.client import (
     REGISTRY_ID,
@@ -27,6 +32,8 @@ from adapters.verra.client import (
     range_from_native,
 )
 from registry_bridge.model import Program
+
+Item = TypeVar("Item")
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.VCU_STATUS_ACTIVE,
@@ -52,6 +59,10 @@ def _holding(held: StoredHolding) -> pb.VcuHolding:
     )
 
 
+def _refusal(item: object, rejection: Rejection) -> pb.VcuBatchResult:
+    return pb.VcuBatchResult(refusal=pb.VcuRefusal(code=rejection.code, message=rejection.message))
+
+
 class VerraServicer(pb_grpc.VerraRegistryServicer):
     """Verra's native operations, translated to the emulator store."""
 
@@ -74,20 +85,23 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
             found = self._store.find(range_from_native(request.range))
             return pb.VcuHoldingList(holdings=[_holding(h) for h in found])
 
+    def _immobilize(self, request: pb.ImmobilizeRequest) -> pb.VcuHolding:
+        until = required_moment(request.hold_until, "hold_until is required")
+        held = self._store.lock(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            until,
+            request.hold_reference,
+        )
+        return _holding(held)
+
     def Immobilize(
         self, request: pb.ImmobilizeRequest, context: grpc.ServicerContext
     ) -> pb.VcuHolding:
         """Place VCUs on hold pending immobilization."""
         with native_rules(context):
-            until = required_moment(request.hold_until, "hold_until is required")
-            held = self._store.lock(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                until,
-                request.hold_reference,
-            )
-            return _holding(held)
+            return self._immobilize(request)
 
     def ReleaseImmobilization(
         self, request: pb.ReleaseImmobilizationRequest, context: grpc.ServicerContext
@@ -102,36 +116,72 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
             )
             return _holding(held)
 
+    def _confirm(self, request: pb.ConfirmImmobilizationRequest) -> pb.VcuHolding:
+        if request.kind == pb.CONFIRMATION_KIND_UNSPECIFIED:
+            raise ValueError("kind is required")
+        held = self._store.finalize(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            request.hold_reference,
+            export=request.kind == pb.CONFIRMATION_KIND_TRANSFER_OUT,
+            details=(("destination_registry", request.destination_registry),),
+        )
+        return _holding(held)
+
     def ConfirmImmobilization(
         self, request: pb.ConfirmImmobilizationRequest, context: grpc.ServicerContext
     ) -> pb.VcuHolding:
         """Immobilize held VCUs, or transfer them out."""
         with native_rules(context):
-            if request.kind == pb.CONFIRMATION_KIND_UNSPECIFIED:
-                raise ValueError("kind is required")
-            held = self._store.finalize(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                request.hold_reference,
-                export=request.kind == pb.CONFIRMATION_KIND_TRANSFER_OUT,
-                details=(("destination_registry", request.destination_registry),),
-            )
-            return _holding(held)
+            return self._confirm(request)
+
+    def _restore(self, request: pb.RestoreImmobilizedRequest) -> pb.VcuHolding:
+        held = self._store.reactivate(
+            request.operation_id,
+            request.account_id,
+            range_from_native(request.range),
+            request.reference,
+            deadline=from_rfc3339(request.restore_by),
+        )
+        return _holding(held)
 
     def RestoreImmobilized(
         self, request: pb.RestoreImmobilizedRequest, context: grpc.ServicerContext
     ) -> pb.VcuHolding:
         """Restore immobilized VCUs to an account."""
         with native_rules(context):
-            held = self._store.reactivate(
-                request.operation_id,
-                request.account_id,
-                range_from_native(request.range),
-                request.reference,
-                deadline=from_rfc3339(request.restore_by),
+            return self._restore(request)
+
+    def _batch(
+        self,
+        context: grpc.ServicerContext,
+        items: Sequence[Item],
+        serve: Callable[[Item], pb.VcuHolding],
+    ) -> pb.VcuBatchResponse:
+        with native_rules(context):
+            results = serve_batch(
+                self._store, items, lambda item: pb.VcuBatchResult(holding=serve(item)), _refusal
             )
-            return _holding(held)
+            return pb.VcuBatchResponse(results=results)
+
+    def ImmobilizeBatch(
+        self, request: pb.ImmobilizeBatchRequest, context: grpc.ServicerContext
+    ) -> pb.VcuBatchResponse:
+        """Many holds, each as ``Immobilize``, in one transaction."""
+        return self._batch(context, request.requests, self._immobilize)
+
+    def ConfirmImmobilizationBatch(
+        self, request: pb.ConfirmImmobilizationBatchRequest, context: grpc.ServicerContext
+    ) -> pb.VcuBatchResponse:
+        """Many confirmations, each as ``ConfirmImmobilization``, in one transaction."""
+        return self._batch(context, request.requests, self._confirm)
+
+    def RestoreImmobilizedBatch(
+        self, request: pb.RestoreImmobilizedBatchRequest, context: grpc.ServicerContext
+    ) -> pb.VcuBatchResponse:
+        """Many restorations, each as ``RestoreImmobilized``, in one transaction."""
+        return self._batch(context, request.requests, self._restore)
 
     def Retire(self, request: pb.RetireRequest, context: grpc.ServicerContext) -> pb.VcuHolding:
         """Retire VCUs for a beneficiary."""

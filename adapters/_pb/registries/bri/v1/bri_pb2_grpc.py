@@ -74,6 +74,21 @@ class ItmoRegistryStub:
                 request_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordCancellationRequest.SerializeToString,
                 response_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoHolding.FromString,
                 _registered_method=True)
+        self.ReserveForTransferBatch = channel.unary_unary(
+                '/registries.bri.v1.ItmoRegistry/ReserveForTransferBatch',
+                request_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ReserveForTransferBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
+                _registered_method=True)
+        self.RecordTransferBatch = channel.unary_unary(
+                '/registries.bri.v1.ItmoRegistry/RecordTransferBatch',
+                request_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordTransferBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
+                _registered_method=True)
+        self.RecordAcquisitionBatch = channel.unary_unary(
+                '/registries.bri.v1.ItmoRegistry/RecordAcquisitionBatch',
+                request_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordAcquisitionBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
+                _registered_method=True)
         self.ReportTotals = channel.unary_unary(
                 '/registries.bri.v1.ItmoRegistry/ReportTotals',
                 request_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ReportTotalsRequest.SerializeToString,
@@ -141,6 +156,29 @@ class ItmoRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveForTransferBatch(self, request, context):
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        action_id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordTransferBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAcquisitionBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportTotals(self, request, context):
         """Quantities per unit type and status (the registry's annual information).
         """
@@ -190,6 +228,21 @@ def add_ItmoRegistryServicer_to_server(servicer, server):
                     servicer.RecordCancellation,
                     request_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordCancellationRequest.FromString,
                     response_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoHolding.SerializeToString,
+            ),
+            'ReserveForTransferBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveForTransferBatch,
+                    request_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.ReserveForTransferBatchRequest.FromString,
+                    response_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.SerializeToString,
+            ),
+            'RecordTransferBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordTransferBatch,
+                    request_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordTransferBatchRequest.FromString,
+                    response_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.SerializeToString,
+            ),
+            'RecordAcquisitionBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAcquisitionBatch,
+                    request_deserializer=registries_dot_bri_dot_v1_dot_bri__pb2.RecordAcquisitionBatchRequest.FromString,
+                    response_serializer=registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.SerializeToString,
             ),
             'ReportTotals': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportTotals,
@@ -413,6 +466,87 @@ class ItmoRegistry:
             '/registries.bri.v1.ItmoRegistry/RecordCancellation',
             registries_dot_bri_dot_v1_dot_bri__pb2.RecordCancellationRequest.SerializeToString,
             registries_dot_bri_dot_v1_dot_bri__pb2.ItmoHolding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveForTransferBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.bri.v1.ItmoRegistry/ReserveForTransferBatch',
+            registries_dot_bri_dot_v1_dot_bri__pb2.ReserveForTransferBatchRequest.SerializeToString,
+            registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordTransferBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.bri.v1.ItmoRegistry/RecordTransferBatch',
+            registries_dot_bri_dot_v1_dot_bri__pb2.RecordTransferBatchRequest.SerializeToString,
+            registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAcquisitionBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.bri.v1.ItmoRegistry/RecordAcquisitionBatch',
+            registries_dot_bri_dot_v1_dot_bri__pb2.RecordAcquisitionBatchRequest.SerializeToString,
+            registries_dot_bri_dot_v1_dot_bri__pb2.ItmoBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,15 @@ class ItmoRegistryStub:
     """Use towards a purpose for a using entity (a retirement)."""
     RecordCancellation: _grpc.UnaryUnaryMultiCallable[_bri_pb2.RecordCancellationRequest, _bri_pb2.ItmoHolding]
     """Cancellation (issued in error, a ruling)."""
+    ReserveForTransferBatch: _grpc.UnaryUnaryMultiCallable[_bri_pb2.ReserveForTransferBatchRequest, _bri_pb2.ItmoBatchResponse]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    action_id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    RecordTransferBatch: _grpc.UnaryUnaryMultiCallable[_bri_pb2.RecordTransferBatchRequest, _bri_pb2.ItmoBatchResponse]
+    RecordAcquisitionBatch: _grpc.UnaryUnaryMultiCallable[_bri_pb2.RecordAcquisitionBatchRequest, _bri_pb2.ItmoBatchResponse]
     ReportTotals: _grpc.UnaryUnaryMultiCallable[_bri_pb2.ReportTotalsRequest, _bri_pb2.ReportTotalsResponse]
     """Quantities per unit type and status (the registry's annual information)."""
 
@@ -87,6 +96,15 @@ class ItmoRegistryAsyncStub(ItmoRegistryStub):
     """Use towards a purpose for a using entity (a retirement)."""
     RecordCancellation: _aio.UnaryUnaryMultiCallable[_bri_pb2.RecordCancellationRequest, _bri_pb2.ItmoHolding]  # type: ignore[assignment]
     """Cancellation (issued in error, a ruling)."""
+    ReserveForTransferBatch: _aio.UnaryUnaryMultiCallable[_bri_pb2.ReserveForTransferBatchRequest, _bri_pb2.ItmoBatchResponse]  # type: ignore[assignment]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    action_id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    RecordTransferBatch: _aio.UnaryUnaryMultiCallable[_bri_pb2.RecordTransferBatchRequest, _bri_pb2.ItmoBatchResponse]  # type: ignore[assignment]
+    RecordAcquisitionBatch: _aio.UnaryUnaryMultiCallable[_bri_pb2.RecordAcquisitionBatchRequest, _bri_pb2.ItmoBatchResponse]  # type: ignore[assignment]
     ReportTotals: _aio.UnaryUnaryMultiCallable[_bri_pb2.ReportTotalsRequest, _bri_pb2.ReportTotalsResponse]  # type: ignore[assignment]
     """Quantities per unit type and status (the registry's annual information)."""
 
@@ -157,6 +175,33 @@ class ItmoRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bri_pb2.ItmoHolding, _abc.Awaitable[_bri_pb2.ItmoHolding]]:
         """Cancellation (issued in error, a ruling)."""
+
+    @_abc_1.abstractmethod
+    def ReserveForTransferBatch(
+        self,
+        request: _bri_pb2.ReserveForTransferBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bri_pb2.ItmoBatchResponse, _abc.Awaitable[_bri_pb2.ItmoBatchResponse]]:
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        action_id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordTransferBatch(
+        self,
+        request: _bri_pb2.RecordTransferBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bri_pb2.ItmoBatchResponse, _abc.Awaitable[_bri_pb2.ItmoBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordAcquisitionBatch(
+        self,
+        request: _bri_pb2.RecordAcquisitionBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bri_pb2.ItmoBatchResponse, _abc.Awaitable[_bri_pb2.ItmoBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def ReportTotals(

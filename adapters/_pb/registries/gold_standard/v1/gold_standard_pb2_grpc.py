@@ -79,6 +79,21 @@ class GoldStandardRegistryStub:
                 request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.SerializeToString,
                 response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.FromString,
                 _registered_method=True)
+        self.InitiateTransferBatch = channel.unary_unary(
+                '/registries.gold_standard.v1.GoldStandardRegistry/InitiateTransferBatch',
+                request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.InitiateTransferBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
+                _registered_method=True)
+        self.CompleteTransferBatch = channel.unary_unary(
+                '/registries.gold_standard.v1.GoldStandardRegistry/CompleteTransferBatch',
+                request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CompleteTransferBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
+                _registered_method=True)
+        self.AcceptReturnBatch = channel.unary_unary(
+                '/registries.gold_standard.v1.GoldStandardRegistry/AcceptReturnBatch',
+                request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.AcceptReturnBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
+                _registered_method=True)
         self.GetTotals = channel.unary_unary(
                 '/registries.gold_standard.v1.GoldStandardRegistry/GetTotals',
                 request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.GetTotalsRequest.SerializeToString,
@@ -148,6 +163,29 @@ class GoldStandardRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitiateTransferBatch(self, request, context):
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTransferBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptReturnBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTotals(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -201,6 +239,21 @@ def add_GoldStandardRegistryServicer_to_server(servicer, server):
                     servicer.ListAccountCredits,
                     request_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.FromString,
                     response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.SerializeToString,
+            ),
+            'InitiateTransferBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitiateTransferBatch,
+                    request_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.InitiateTransferBatchRequest.FromString,
+                    response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.SerializeToString,
+            ),
+            'CompleteTransferBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTransferBatch,
+                    request_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CompleteTransferBatchRequest.FromString,
+                    response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.SerializeToString,
+            ),
+            'AcceptReturnBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptReturnBatch,
+                    request_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.AcceptReturnBatchRequest.FromString,
+                    response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.SerializeToString,
             ),
             'GetTotals': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTotals,
@@ -451,6 +504,87 @@ class GoldStandardRegistry:
             '/registries.gold_standard.v1.GoldStandardRegistry/ListAccountCredits',
             registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.SerializeToString,
             registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitiateTransferBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.gold_standard.v1.GoldStandardRegistry/InitiateTransferBatch',
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.InitiateTransferBatchRequest.SerializeToString,
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTransferBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.gold_standard.v1.GoldStandardRegistry/CompleteTransferBatch',
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CompleteTransferBatchRequest.SerializeToString,
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptReturnBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.gold_standard.v1.GoldStandardRegistry/AcceptReturnBatch',
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.AcceptReturnBatchRequest.SerializeToString,
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,15 @@ class GoldStandardRegistryStub:
     RetireCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.RetireCreditsRequest, _gold_standard_pb2.CreditHolding]
     CancelCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.CancelCreditsRequest, _gold_standard_pb2.CreditHolding]
     ListAccountCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.CreditHoldingList]
+    InitiateTransferBatch: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    CompleteTransferBatch: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.CompleteTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]
+    AcceptReturnBatch: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.AcceptReturnBatchRequest, _gold_standard_pb2.CreditBatchResponse]
     GetTotals: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.GetTotalsRequest, _gold_standard_pb2.Totals]
 
 @_typing.type_check_only
@@ -73,6 +82,15 @@ class GoldStandardRegistryAsyncStub(GoldStandardRegistryStub):
     RetireCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.RetireCreditsRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
     CancelCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.CancelCreditsRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
     ListAccountCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.CreditHoldingList]  # type: ignore[assignment]
+    InitiateTransferBatch: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]  # type: ignore[assignment]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    CompleteTransferBatch: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.CompleteTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]  # type: ignore[assignment]
+    AcceptReturnBatch: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.AcceptReturnBatchRequest, _gold_standard_pb2.CreditBatchResponse]  # type: ignore[assignment]
     GetTotals: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.GetTotalsRequest, _gold_standard_pb2.Totals]  # type: ignore[assignment]
 
 class GoldStandardRegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +161,33 @@ class GoldStandardRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _gold_standard_pb2.ListAccountCreditsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gold_standard_pb2.CreditHoldingList, _abc.Awaitable[_gold_standard_pb2.CreditHoldingList]]: ...
+
+    @_abc_1.abstractmethod
+    def InitiateTransferBatch(
+        self,
+        request: _gold_standard_pb2.InitiateTransferBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gold_standard_pb2.CreditBatchResponse, _abc.Awaitable[_gold_standard_pb2.CreditBatchResponse]]:
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteTransferBatch(
+        self,
+        request: _gold_standard_pb2.CompleteTransferBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gold_standard_pb2.CreditBatchResponse, _abc.Awaitable[_gold_standard_pb2.CreditBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AcceptReturnBatch(
+        self,
+        request: _gold_standard_pb2.AcceptReturnBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gold_standard_pb2.CreditBatchResponse, _abc.Awaitable[_gold_standard_pb2.CreditBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetTotals(

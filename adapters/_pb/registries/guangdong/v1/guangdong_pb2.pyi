@@ -738,3 +738,93 @@ class Summary(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Summary: _TypeAlias = Summary  # noqa: Y015
+
+@_typing.final
+class RestrictBatchApplication(_message.Message):
+    """-- batch applications (批量申请) ---------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___RestrictApplication]:
+        """Decided in this order, each as Restrict would decide it."""
+
+    def __init__(
+        self,
+        *,
+        applications: _abc.Iterable[Global___RestrictApplication] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applications", b"applications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestrictBatchApplication: _TypeAlias = RestrictBatchApplication  # noqa: Y015
+
+@_typing.final
+class ConcludeTransferOutBatchApplication(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConcludeTransferOutApplication]:
+        """Decided in this order, each as ConcludeTransferOut would decide it."""
+
+    def __init__(
+        self,
+        *,
+        applications: _abc.Iterable[Global___ConcludeTransferOutApplication] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applications", b"applications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConcludeTransferOutBatchApplication: _TypeAlias = ConcludeTransferOutBatchApplication  # noqa: Y015
+
+@_typing.final
+class ReceiveTransferInBatchApplication(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceiveTransferInApplication]:
+        """Decided in this order, each as ReceiveTransferIn would decide it."""
+
+    def __init__(
+        self,
+        *,
+        applications: _abc.Iterable[Global___ReceiveTransferInApplication] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applications", b"applications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveTransferInBatchApplication: _TypeAlias = ReceiveTransferInBatchApplication  # noqa: Y015
+
+@_typing.final
+class ReceiptList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Receipt]:
+        """One receipt per application, in application order."""
+
+    def __init__(
+        self,
+        *,
+        receipts: _abc.Iterable[Global___Receipt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipts", b"receipts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptList: _TypeAlias = ReceiptList  # noqa: Y015

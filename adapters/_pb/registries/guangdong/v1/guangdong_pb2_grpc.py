@@ -74,6 +74,21 @@ class GuangdongRegistryStub:
                 request_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.CancelApplication.SerializeToString,
                 response_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.Receipt.FromString,
                 _registered_method=True)
+        self.RestrictBatch = channel.unary_unary(
+                '/registries.guangdong.v1.GuangdongRegistry/RestrictBatch',
+                request_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.RestrictBatchApplication.SerializeToString,
+                response_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
+                _registered_method=True)
+        self.ConcludeTransferOutBatch = channel.unary_unary(
+                '/registries.guangdong.v1.GuangdongRegistry/ConcludeTransferOutBatch',
+                request_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ConcludeTransferOutBatchApplication.SerializeToString,
+                response_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
+                _registered_method=True)
+        self.ReceiveTransferInBatch = channel.unary_unary(
+                '/registries.guangdong.v1.GuangdongRegistry/ReceiveTransferInBatch',
+                request_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiveTransferInBatchApplication.SerializeToString,
+                response_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
+                _registered_method=True)
         self.GetReceipt = channel.unary_unary(
                 '/registries.guangdong.v1.GuangdongRegistry/GetReceipt',
                 request_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.GetReceiptRequest.SerializeToString,
@@ -150,6 +165,29 @@ class GuangdongRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestrictBatch(self, request, context):
+        """批量申请: many restrictions, conclusions or receptions in one call, so a settlement
+        batch costs one call per step. Each application is decided on its own, exactly as its
+        single call would be (same rules, same application number, so a repeated batch answers
+        the first receipts), in request order; a refused one gets its refusal receipt and never
+        undoes or blocks another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConcludeTransferOutBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveTransferInBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetReceipt(self, request, context):
         """回执查询: the receipt of an application, by its number.
         """
@@ -213,6 +251,21 @@ def add_GuangdongRegistryServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.CancelApplication.FromString,
                     response_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.Receipt.SerializeToString,
+            ),
+            'RestrictBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestrictBatch,
+                    request_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.RestrictBatchApplication.FromString,
+                    response_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.SerializeToString,
+            ),
+            'ConcludeTransferOutBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConcludeTransferOutBatch,
+                    request_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ConcludeTransferOutBatchApplication.FromString,
+                    response_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.SerializeToString,
+            ),
+            'ReceiveTransferInBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveTransferInBatch,
+                    request_deserializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiveTransferInBatchApplication.FromString,
+                    response_serializer=registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.SerializeToString,
             ),
             'GetReceipt': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReceipt,
@@ -446,6 +499,87 @@ class GuangdongRegistry:
             '/registries.guangdong.v1.GuangdongRegistry/Cancel',
             registries_dot_guangdong_dot_v1_dot_guangdong__pb2.CancelApplication.SerializeToString,
             registries_dot_guangdong_dot_v1_dot_guangdong__pb2.Receipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestrictBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.guangdong.v1.GuangdongRegistry/RestrictBatch',
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.RestrictBatchApplication.SerializeToString,
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConcludeTransferOutBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.guangdong.v1.GuangdongRegistry/ConcludeTransferOutBatch',
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ConcludeTransferOutBatchApplication.SerializeToString,
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveTransferInBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.guangdong.v1.GuangdongRegistry/ReceiveTransferInBatch',
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiveTransferInBatchApplication.SerializeToString,
+            registries_dot_guangdong_dot_v1_dot_guangdong__pb2.ReceiptList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,15 @@ class GuangdongRegistryStub:
     """碳中和注销: cancel units for a carbon-neutrality (voluntary) claim."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.CancelApplication, _guangdong_pb2.Receipt]
     """注销: cancel units (by the registry: issued in error, a ruling)."""
+    RestrictBatch: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.RestrictBatchApplication, _guangdong_pb2.ReceiptList]
+    """批量申请: many restrictions, conclusions or receptions in one call, so a settlement
+    batch costs one call per step. Each application is decided on its own, exactly as its
+    single call would be (same rules, same application number, so a repeated batch answers
+    the first receipts), in request order; a refused one gets its refusal receipt and never
+    undoes or blocks another.
+    """
+    ConcludeTransferOutBatch: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.ConcludeTransferOutBatchApplication, _guangdong_pb2.ReceiptList]
+    ReceiveTransferInBatch: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.ReceiveTransferInBatchApplication, _guangdong_pb2.ReceiptList]
     GetReceipt: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.GetReceiptRequest, _guangdong_pb2.Receipt]
     """回执查询: the receipt of an application, by its number."""
     ListBatches: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.ListBatchesRequest, _guangdong_pb2.BatchList]
@@ -88,6 +97,15 @@ class GuangdongRegistryAsyncStub(GuangdongRegistryStub):
     """碳中和注销: cancel units for a carbon-neutrality (voluntary) claim."""
     Cancel: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.CancelApplication, _guangdong_pb2.Receipt]  # type: ignore[assignment]
     """注销: cancel units (by the registry: issued in error, a ruling)."""
+    RestrictBatch: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.RestrictBatchApplication, _guangdong_pb2.ReceiptList]  # type: ignore[assignment]
+    """批量申请: many restrictions, conclusions or receptions in one call, so a settlement
+    batch costs one call per step. Each application is decided on its own, exactly as its
+    single call would be (same rules, same application number, so a repeated batch answers
+    the first receipts), in request order; a refused one gets its refusal receipt and never
+    undoes or blocks another.
+    """
+    ConcludeTransferOutBatch: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.ConcludeTransferOutBatchApplication, _guangdong_pb2.ReceiptList]  # type: ignore[assignment]
+    ReceiveTransferInBatch: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.ReceiveTransferInBatchApplication, _guangdong_pb2.ReceiptList]  # type: ignore[assignment]
     GetReceipt: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.GetReceiptRequest, _guangdong_pb2.Receipt]  # type: ignore[assignment]
     """回执查询: the receipt of an application, by its number."""
     ListBatches: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.ListBatchesRequest, _guangdong_pb2.BatchList]  # type: ignore[assignment]
@@ -159,6 +177,33 @@ class GuangdongRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_guangdong_pb2.Receipt, _abc.Awaitable[_guangdong_pb2.Receipt]]:
         """注销: cancel units (by the registry: issued in error, a ruling)."""
+
+    @_abc_1.abstractmethod
+    def RestrictBatch(
+        self,
+        request: _guangdong_pb2.RestrictBatchApplication,
+        context: _ServicerContext,
+    ) -> _typing.Union[_guangdong_pb2.ReceiptList, _abc.Awaitable[_guangdong_pb2.ReceiptList]]:
+        """批量申请: many restrictions, conclusions or receptions in one call, so a settlement
+        batch costs one call per step. Each application is decided on its own, exactly as its
+        single call would be (same rules, same application number, so a repeated batch answers
+        the first receipts), in request order; a refused one gets its refusal receipt and never
+        undoes or blocks another.
+        """
+
+    @_abc_1.abstractmethod
+    def ConcludeTransferOutBatch(
+        self,
+        request: _guangdong_pb2.ConcludeTransferOutBatchApplication,
+        context: _ServicerContext,
+    ) -> _typing.Union[_guangdong_pb2.ReceiptList, _abc.Awaitable[_guangdong_pb2.ReceiptList]]: ...
+
+    @_abc_1.abstractmethod
+    def ReceiveTransferInBatch(
+        self,
+        request: _guangdong_pb2.ReceiveTransferInBatchApplication,
+        context: _ServicerContext,
+    ) -> _typing.Union[_guangdong_pb2.ReceiptList, _abc.Awaitable[_guangdong_pb2.ReceiptList]]: ...
 
     @_abc_1.abstractmethod
     def GetReceipt(

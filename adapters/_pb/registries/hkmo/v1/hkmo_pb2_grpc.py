@@ -74,6 +74,21 @@ class CarbonVenueStub:
                 request_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.CancelUnitsRequest.SerializeToString,
                 response_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.Position.FromString,
                 _registered_method=True)
+        self.EarmarkForSettlementBatch = channel.unary_unary(
+                '/registries.hkmo.v1.CarbonVenue/EarmarkForSettlementBatch',
+                request_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.EarmarkForSettlementBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
+                _registered_method=True)
+        self.SettleDeliveryBatch = channel.unary_unary(
+                '/registries.hkmo.v1.CarbonVenue/SettleDeliveryBatch',
+                request_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.SettleDeliveryBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
+                _registered_method=True)
+        self.ReceiveDeliveryBatch = channel.unary_unary(
+                '/registries.hkmo.v1.CarbonVenue/ReceiveDeliveryBatch',
+                request_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.ReceiveDeliveryBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
+                _registered_method=True)
         self.VenueTotals = channel.unary_unary(
                 '/registries.hkmo.v1.CarbonVenue/VenueTotals',
                 request_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.VenueTotalsRequest.SerializeToString,
@@ -137,6 +152,29 @@ class CarbonVenueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EarmarkForSettlementBatch(self, request, context):
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleDeliveryBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveDeliveryBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VenueTotals(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -185,6 +223,21 @@ def add_CarbonVenueServicer_to_server(servicer, server):
                     servicer.CancelUnits,
                     request_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.CancelUnitsRequest.FromString,
                     response_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.Position.SerializeToString,
+            ),
+            'EarmarkForSettlementBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EarmarkForSettlementBatch,
+                    request_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.EarmarkForSettlementBatchRequest.FromString,
+                    response_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.SerializeToString,
+            ),
+            'SettleDeliveryBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleDeliveryBatch,
+                    request_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.SettleDeliveryBatchRequest.FromString,
+                    response_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.SerializeToString,
+            ),
+            'ReceiveDeliveryBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveDeliveryBatch,
+                    request_deserializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.ReceiveDeliveryBatchRequest.FromString,
+                    response_serializer=registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.SerializeToString,
             ),
             'VenueTotals': grpc.unary_unary_rpc_method_handler(
                     servicer.VenueTotals,
@@ -408,6 +461,87 @@ class CarbonVenue:
             '/registries.hkmo.v1.CarbonVenue/CancelUnits',
             registries_dot_hkmo_dot_v1_dot_hkmo__pb2.CancelUnitsRequest.SerializeToString,
             registries_dot_hkmo_dot_v1_dot_hkmo__pb2.Position.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EarmarkForSettlementBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.hkmo.v1.CarbonVenue/EarmarkForSettlementBatch',
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.EarmarkForSettlementBatchRequest.SerializeToString,
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleDeliveryBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.hkmo.v1.CarbonVenue/SettleDeliveryBatch',
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.SettleDeliveryBatchRequest.SerializeToString,
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveDeliveryBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.hkmo.v1.CarbonVenue/ReceiveDeliveryBatch',
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.ReceiveDeliveryBatchRequest.SerializeToString,
+            registries_dot_hkmo_dot_v1_dot_hkmo__pb2.PositionBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

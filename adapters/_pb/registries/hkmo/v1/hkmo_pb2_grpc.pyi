@@ -52,6 +52,15 @@ class CarbonVenueStub:
     """Receive units delivered to a client account from another registry."""
     RetireOnBehalf: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.RetireOnBehalfRequest, _hkmo_pb2.Position]
     CancelUnits: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.CancelUnitsRequest, _hkmo_pb2.Position]
+    EarmarkForSettlementBatch: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.EarmarkForSettlementBatchRequest, _hkmo_pb2.PositionBatchResponse]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    SettleDeliveryBatch: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.SettleDeliveryBatchRequest, _hkmo_pb2.PositionBatchResponse]
+    ReceiveDeliveryBatch: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.ReceiveDeliveryBatchRequest, _hkmo_pb2.PositionBatchResponse]
     VenueTotals: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.VenueTotalsRequest, _hkmo_pb2.VenueTotalsResponse]
 
 @_typing.type_check_only
@@ -70,6 +79,15 @@ class CarbonVenueAsyncStub(CarbonVenueStub):
     """Receive units delivered to a client account from another registry."""
     RetireOnBehalf: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.RetireOnBehalfRequest, _hkmo_pb2.Position]  # type: ignore[assignment]
     CancelUnits: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.CancelUnitsRequest, _hkmo_pb2.Position]  # type: ignore[assignment]
+    EarmarkForSettlementBatch: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.EarmarkForSettlementBatchRequest, _hkmo_pb2.PositionBatchResponse]  # type: ignore[assignment]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    SettleDeliveryBatch: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.SettleDeliveryBatchRequest, _hkmo_pb2.PositionBatchResponse]  # type: ignore[assignment]
+    ReceiveDeliveryBatch: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.ReceiveDeliveryBatchRequest, _hkmo_pb2.PositionBatchResponse]  # type: ignore[assignment]
     VenueTotals: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.VenueTotalsRequest, _hkmo_pb2.VenueTotalsResponse]  # type: ignore[assignment]
 
 class CarbonVenueServicer(metaclass=_abc_1.ABCMeta):
@@ -133,6 +151,33 @@ class CarbonVenueServicer(metaclass=_abc_1.ABCMeta):
         request: _hkmo_pb2.CancelUnitsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hkmo_pb2.Position, _abc.Awaitable[_hkmo_pb2.Position]]: ...
+
+    @_abc_1.abstractmethod
+    def EarmarkForSettlementBatch(
+        self,
+        request: _hkmo_pb2.EarmarkForSettlementBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hkmo_pb2.PositionBatchResponse, _abc.Awaitable[_hkmo_pb2.PositionBatchResponse]]:
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+
+    @_abc_1.abstractmethod
+    def SettleDeliveryBatch(
+        self,
+        request: _hkmo_pb2.SettleDeliveryBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hkmo_pb2.PositionBatchResponse, _abc.Awaitable[_hkmo_pb2.PositionBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReceiveDeliveryBatch(
+        self,
+        request: _hkmo_pb2.ReceiveDeliveryBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hkmo_pb2.PositionBatchResponse, _abc.Awaitable[_hkmo_pb2.PositionBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def VenueTotals(

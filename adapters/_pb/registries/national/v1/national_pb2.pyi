@@ -671,3 +671,47 @@ class ProvideUnitBlocksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProvideUnitBlocksResponse: _TypeAlias = ProvideUnitBlocksResponse  # noqa: Y015
+
+@_typing.final
+class ProposalBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposalRequest]:
+        """Checked and applied in this order, each as AcceptProposal would."""
+
+    def __init__(
+        self,
+        *,
+        proposals: _abc.Iterable[Global___ProposalRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposals", b"proposals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposalBatchRequest: _TypeAlias = ProposalBatchRequest  # noqa: Y015
+
+@_typing.final
+class ProposalBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposalResponse]:
+        """One per proposal, in request order."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___ProposalResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposalBatchResponse: _TypeAlias = ProposalBatchResponse  # noqa: Y015

@@ -39,6 +39,11 @@ class NationalRegistryStub:
                 request_serializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalRequest.SerializeToString,
                 response_deserializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalResponse.FromString,
                 _registered_method=True)
+        self.AcceptProposals = channel.unary_unary(
+                '/registries.national.v1.NationalRegistry/AcceptProposals',
+                request_serializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchResponse.FromString,
+                _registered_method=True)
         self.GetTransactionStatus = channel.unary_unary(
                 '/registries.national.v1.NationalRegistry/GetTransactionStatus',
                 request_serializer=registries_dot_national_dot_v1_dot_national__pb2.TransactionStatusRequest.SerializeToString,
@@ -61,6 +66,17 @@ class NationalRegistryServicer:
 
     def AcceptProposal(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptProposals(self, request, context):
+        """Many proposals in one call, so a settlement batch costs one call per step. Each is
+        checked and applied on its own, exactly as AcceptProposal would (same rules, same
+        transaction identifier, so a repeated batch answers the first responses), in request
+        order; a rejected one is answered REJECTED with its evaluation results, as
+        AcceptProposal would answer it, and never undoes or blocks another.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -90,6 +106,11 @@ def add_NationalRegistryServicer_to_server(servicer, server):
                     servicer.AcceptProposal,
                     request_deserializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalRequest.FromString,
                     response_serializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalResponse.SerializeToString,
+            ),
+            'AcceptProposals': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptProposals,
+                    request_deserializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchRequest.FromString,
+                    response_serializer=registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchResponse.SerializeToString,
             ),
             'GetTransactionStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransactionStatus,
@@ -134,6 +155,33 @@ class NationalRegistry:
             '/registries.national.v1.NationalRegistry/AcceptProposal',
             registries_dot_national_dot_v1_dot_national__pb2.ProposalRequest.SerializeToString,
             registries_dot_national_dot_v1_dot_national__pb2.ProposalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptProposals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.national.v1.NationalRegistry/AcceptProposals',
+            registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchRequest.SerializeToString,
+            registries_dot_national_dot_v1_dot_national__pb2.ProposalBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

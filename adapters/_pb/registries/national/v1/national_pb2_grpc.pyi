@@ -42,6 +42,13 @@ class NationalRegistryStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NationalRegistryAsyncStub: ...
     AcceptProposal: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProposalRequest, _national_pb2.ProposalResponse]
+    AcceptProposals: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProposalBatchRequest, _national_pb2.ProposalBatchResponse]
+    """Many proposals in one call, so a settlement batch costs one call per step. Each is
+    checked and applied on its own, exactly as AcceptProposal would (same rules, same
+    transaction identifier, so a repeated batch answers the first responses), in request
+    order; a rejected one is answered REJECTED with its evaluation results, as
+    AcceptProposal would answer it, and never undoes or blocks another.
+    """
     GetTransactionStatus: _grpc.UnaryUnaryMultiCallable[_national_pb2.TransactionStatusRequest, _national_pb2.TransactionStatusResponse]
     ProvideTotals: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProvideTotalsRequest, _national_pb2.ProvideTotalsResponse]
     ProvideUnitBlocks: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProvideUnitBlocksRequest, _national_pb2.ProvideUnitBlocksResponse]
@@ -50,6 +57,13 @@ class NationalRegistryStub:
 class NationalRegistryAsyncStub(NationalRegistryStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     AcceptProposal: _aio.UnaryUnaryMultiCallable[_national_pb2.ProposalRequest, _national_pb2.ProposalResponse]  # type: ignore[assignment]
+    AcceptProposals: _aio.UnaryUnaryMultiCallable[_national_pb2.ProposalBatchRequest, _national_pb2.ProposalBatchResponse]  # type: ignore[assignment]
+    """Many proposals in one call, so a settlement batch costs one call per step. Each is
+    checked and applied on its own, exactly as AcceptProposal would (same rules, same
+    transaction identifier, so a repeated batch answers the first responses), in request
+    order; a rejected one is answered REJECTED with its evaluation results, as
+    AcceptProposal would answer it, and never undoes or blocks another.
+    """
     GetTransactionStatus: _aio.UnaryUnaryMultiCallable[_national_pb2.TransactionStatusRequest, _national_pb2.TransactionStatusResponse]  # type: ignore[assignment]
     ProvideTotals: _aio.UnaryUnaryMultiCallable[_national_pb2.ProvideTotalsRequest, _national_pb2.ProvideTotalsResponse]  # type: ignore[assignment]
     ProvideUnitBlocks: _aio.UnaryUnaryMultiCallable[_national_pb2.ProvideUnitBlocksRequest, _national_pb2.ProvideUnitBlocksResponse]  # type: ignore[assignment]
@@ -61,6 +75,19 @@ class NationalRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _national_pb2.ProposalRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_national_pb2.ProposalResponse, _abc.Awaitable[_national_pb2.ProposalResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AcceptProposals(
+        self,
+        request: _national_pb2.ProposalBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_national_pb2.ProposalBatchResponse, _abc.Awaitable[_national_pb2.ProposalBatchResponse]]:
+        """Many proposals in one call, so a settlement batch costs one call per step. Each is
+        checked and applied on its own, exactly as AcceptProposal would (same rules, same
+        transaction identifier, so a repeated batch answers the first responses), in request
+        order; a rejected one is answered REJECTED with its evaluation results, as
+        AcceptProposal would answer it, and never undoes or blocks another.
+        """
 
     @_abc_1.abstractmethod
     def GetTransactionStatus(

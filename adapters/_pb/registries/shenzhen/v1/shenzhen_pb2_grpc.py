@@ -74,6 +74,21 @@ class ShenzhenRegistryStub:
                 request_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.CancelRequest.SerializeToString,
                 response_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.Lot.FromString,
                 _registered_method=True)
+        self.FreezeBatch = channel.unary_unary(
+                '/registries.shenzhen.v1.ShenzhenRegistry/FreezeBatch',
+                request_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.FreezeBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
+                _registered_method=True)
+        self.SettleTransferOrderBatch = channel.unary_unary(
+                '/registries.shenzhen.v1.ShenzhenRegistry/SettleTransferOrderBatch',
+                request_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.SettleTransferOrderBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
+                _registered_method=True)
+        self.TransferInBatch = channel.unary_unary(
+                '/registries.shenzhen.v1.ShenzhenRegistry/TransferInBatch',
+                request_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.TransferInBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
+                _registered_method=True)
         self.Statistics = channel.unary_unary(
                 '/registries.shenzhen.v1.ShenzhenRegistry/Statistics',
                 request_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.StatisticsRequest.SerializeToString,
@@ -140,6 +155,30 @@ class ShenzhenRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FreezeBatch(self, request, context):
+        """批量冻结, 批量划转结算, 批量划入: many transfer orders' freezes, settlements and
+        transfers-in in one call, so a settlement batch costs one call per step. Each item is
+        applied on its own, exactly as its single call would be (same rules, same business
+        serial number, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleTransferOrderBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferInBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Statistics(self, request, context):
         """统计: quantities per product and lot state, for reconciliation.
         """
@@ -189,6 +228,21 @@ def add_ShenzhenRegistryServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.CancelRequest.FromString,
                     response_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.Lot.SerializeToString,
+            ),
+            'FreezeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeBatch,
+                    request_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.FreezeBatchRequest.FromString,
+                    response_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.SerializeToString,
+            ),
+            'SettleTransferOrderBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleTransferOrderBatch,
+                    request_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.SettleTransferOrderBatchRequest.FromString,
+                    response_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.SerializeToString,
+            ),
+            'TransferInBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferInBatch,
+                    request_deserializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.TransferInBatchRequest.FromString,
+                    response_serializer=registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.SerializeToString,
             ),
             'Statistics': grpc.unary_unary_rpc_method_handler(
                     servicer.Statistics,
@@ -412,6 +466,87 @@ class ShenzhenRegistry:
             '/registries.shenzhen.v1.ShenzhenRegistry/Cancel',
             registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.CancelRequest.SerializeToString,
             registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.Lot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.shenzhen.v1.ShenzhenRegistry/FreezeBatch',
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.FreezeBatchRequest.SerializeToString,
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleTransferOrderBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.shenzhen.v1.ShenzhenRegistry/SettleTransferOrderBatch',
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.SettleTransferOrderBatchRequest.SerializeToString,
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferInBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.shenzhen.v1.ShenzhenRegistry/TransferInBatch',
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.TransferInBatchRequest.SerializeToString,
+            registries_dot_shenzhen_dot_v1_dot_shenzhen__pb2.LotBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,16 @@ class ShenzhenRegistryStub:
     """履约: compliance surrender by a covered entity for a compliance year."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.CancelRequest, _shenzhen_pb2.Lot]
     """注销: voluntary (a claimed use) or administrative cancellation."""
+    FreezeBatch: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.FreezeBatchRequest, _shenzhen_pb2.LotBatchResponse]
+    """批量冻结, 批量划转结算, 批量划入: many transfer orders' freezes, settlements and
+    transfers-in in one call, so a settlement batch costs one call per step. Each item is
+    applied on its own, exactly as its single call would be (same rules, same business
+    serial number, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    SettleTransferOrderBatch: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.SettleTransferOrderBatchRequest, _shenzhen_pb2.LotBatchResponse]
+    TransferInBatch: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.TransferInBatchRequest, _shenzhen_pb2.LotBatchResponse]
     Statistics: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.StatisticsRequest, _shenzhen_pb2.StatisticsResponse]
     """统计: quantities per product and lot state, for reconciliation."""
 
@@ -83,6 +93,16 @@ class ShenzhenRegistryAsyncStub(ShenzhenRegistryStub):
     """履约: compliance surrender by a covered entity for a compliance year."""
     Cancel: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.CancelRequest, _shenzhen_pb2.Lot]  # type: ignore[assignment]
     """注销: voluntary (a claimed use) or administrative cancellation."""
+    FreezeBatch: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.FreezeBatchRequest, _shenzhen_pb2.LotBatchResponse]  # type: ignore[assignment]
+    """批量冻结, 批量划转结算, 批量划入: many transfer orders' freezes, settlements and
+    transfers-in in one call, so a settlement batch costs one call per step. Each item is
+    applied on its own, exactly as its single call would be (same rules, same business
+    serial number, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    SettleTransferOrderBatch: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.SettleTransferOrderBatchRequest, _shenzhen_pb2.LotBatchResponse]  # type: ignore[assignment]
+    TransferInBatch: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.TransferInBatchRequest, _shenzhen_pb2.LotBatchResponse]  # type: ignore[assignment]
     Statistics: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.StatisticsRequest, _shenzhen_pb2.StatisticsResponse]  # type: ignore[assignment]
     """统计: quantities per product and lot state, for reconciliation."""
 
@@ -150,6 +170,34 @@ class ShenzhenRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shenzhen_pb2.Lot, _abc.Awaitable[_shenzhen_pb2.Lot]]:
         """注销: voluntary (a claimed use) or administrative cancellation."""
+
+    @_abc_1.abstractmethod
+    def FreezeBatch(
+        self,
+        request: _shenzhen_pb2.FreezeBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shenzhen_pb2.LotBatchResponse, _abc.Awaitable[_shenzhen_pb2.LotBatchResponse]]:
+        """批量冻结, 批量划转结算, 批量划入: many transfer orders' freezes, settlements and
+        transfers-in in one call, so a settlement batch costs one call per step. Each item is
+        applied on its own, exactly as its single call would be (same rules, same business
+        serial number, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+
+    @_abc_1.abstractmethod
+    def SettleTransferOrderBatch(
+        self,
+        request: _shenzhen_pb2.SettleTransferOrderBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shenzhen_pb2.LotBatchResponse, _abc.Awaitable[_shenzhen_pb2.LotBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TransferInBatch(
+        self,
+        request: _shenzhen_pb2.TransferInBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shenzhen_pb2.LotBatchResponse, _abc.Awaitable[_shenzhen_pb2.LotBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def Statistics(

@@ -560,3 +560,147 @@ class RegistryTotals(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegistryTotals: _TypeAlias = RegistryTotals  # noqa: Y015
+
+@_typing.final
+class ImmobilizeBatchRequest(_message.Message):
+    """-- batches ------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImmobilizeRequest]:
+        """Applied in this order, each as Immobilize would be."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ImmobilizeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImmobilizeBatchRequest: _TypeAlias = ImmobilizeBatchRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmImmobilizationBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfirmImmobilizationRequest]:
+        """Applied in this order, each as ConfirmImmobilization would be."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ConfirmImmobilizationRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmImmobilizationBatchRequest: _TypeAlias = ConfirmImmobilizationBatchRequest  # noqa: Y015
+
+@_typing.final
+class RestoreImmobilizedBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RestoreImmobilizedRequest]:
+        """Applied in this order, each as RestoreImmobilized would be."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RestoreImmobilizedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreImmobilizedBatchRequest: _TypeAlias = RestoreImmobilizedBatchRequest  # noqa: Y015
+
+@_typing.final
+class VcuRefusal(_message.Message):
+    """Why the registry refused one item of a batch: the code and message its single call
+    would have failed with (the single call's registry-rejection-code and status message).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VcuRefusal: _TypeAlias = VcuRefusal  # noqa: Y015
+
+@_typing.final
+class VcuBatchResult(_message.Message):
+    """The answer to one item of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDING_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holding(self) -> Global___VcuHolding: ...
+    @_builtins.property
+    def refusal(self) -> Global___VcuRefusal: ...
+    def __init__(
+        self,
+        *,
+        holding: Global___VcuHolding | None = ...,
+        refusal: Global___VcuRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["holding", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___VcuBatchResult: _TypeAlias = VcuBatchResult  # noqa: Y015
+
+@_typing.final
+class VcuBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___VcuBatchResult]:
+        """One per item, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___VcuBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VcuBatchResponse: _TypeAlias = VcuBatchResponse  # noqa: Y015

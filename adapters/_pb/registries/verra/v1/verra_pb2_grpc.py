@@ -79,6 +79,21 @@ class VerraRegistryStub:
                 request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.SerializeToString,
                 response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.FromString,
                 _registered_method=True)
+        self.ImmobilizeBatch = channel.unary_unary(
+                '/registries.verra.v1.VerraRegistry/ImmobilizeBatch',
+                request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.ImmobilizeBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
+                _registered_method=True)
+        self.ConfirmImmobilizationBatch = channel.unary_unary(
+                '/registries.verra.v1.VerraRegistry/ConfirmImmobilizationBatch',
+                request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.ConfirmImmobilizationBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
+                _registered_method=True)
+        self.RestoreImmobilizedBatch = channel.unary_unary(
+                '/registries.verra.v1.VerraRegistry/RestoreImmobilizedBatch',
+                request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.RestoreImmobilizedBatchRequest.SerializeToString,
+                response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
+                _registered_method=True)
         self.GetRegistryTotals = channel.unary_unary(
                 '/registries.verra.v1.VerraRegistry/GetRegistryTotals',
                 request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.GetRegistryTotalsRequest.SerializeToString,
@@ -149,6 +164,29 @@ class VerraRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImmobilizeBatch(self, request, context):
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmImmobilizationBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreImmobilizedBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRegistryTotals(self, request, context):
         """Registry-wide quantities per status, for reconciliation.
         """
@@ -203,6 +241,21 @@ def add_VerraRegistryServicer_to_server(servicer, server):
                     servicer.ListAccountHoldings,
                     request_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.FromString,
                     response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.SerializeToString,
+            ),
+            'ImmobilizeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImmobilizeBatch,
+                    request_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.ImmobilizeBatchRequest.FromString,
+                    response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.SerializeToString,
+            ),
+            'ConfirmImmobilizationBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmImmobilizationBatch,
+                    request_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.ConfirmImmobilizationBatchRequest.FromString,
+                    response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.SerializeToString,
+            ),
+            'RestoreImmobilizedBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreImmobilizedBatch,
+                    request_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.RestoreImmobilizedBatchRequest.FromString,
+                    response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.SerializeToString,
             ),
             'GetRegistryTotals': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRegistryTotals,
@@ -453,6 +506,87 @@ class VerraRegistry:
             '/registries.verra.v1.VerraRegistry/ListAccountHoldings',
             registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.SerializeToString,
             registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImmobilizeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.verra.v1.VerraRegistry/ImmobilizeBatch',
+            registries_dot_verra_dot_v1_dot_verra__pb2.ImmobilizeBatchRequest.SerializeToString,
+            registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmImmobilizationBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.verra.v1.VerraRegistry/ConfirmImmobilizationBatch',
+            registries_dot_verra_dot_v1_dot_verra__pb2.ConfirmImmobilizationBatchRequest.SerializeToString,
+            registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreImmobilizedBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/registries.verra.v1.VerraRegistry/RestoreImmobilizedBatch',
+            registries_dot_verra_dot_v1_dot_verra__pb2.RestoreImmobilizedBatchRequest.SerializeToString,
+            registries_dot_verra_dot_v1_dot_verra__pb2.VcuBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,15 @@ class VerraRegistryStub:
     Retire: _grpc.UnaryUnaryMultiCallable[_verra_pb2.RetireRequest, _verra_pb2.VcuHolding]
     Cancel: _grpc.UnaryUnaryMultiCallable[_verra_pb2.CancelRequest, _verra_pb2.VcuHolding]
     ListAccountHoldings: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.VcuHoldingList]
+    ImmobilizeBatch: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeBatchRequest, _verra_pb2.VcuBatchResponse]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    ConfirmImmobilizationBatch: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ConfirmImmobilizationBatchRequest, _verra_pb2.VcuBatchResponse]
+    RestoreImmobilizedBatch: _grpc.UnaryUnaryMultiCallable[_verra_pb2.RestoreImmobilizedBatchRequest, _verra_pb2.VcuBatchResponse]
     GetRegistryTotals: _grpc.UnaryUnaryMultiCallable[_verra_pb2.GetRegistryTotalsRequest, _verra_pb2.RegistryTotals]
     """Registry-wide quantities per status, for reconciliation."""
 
@@ -74,6 +83,15 @@ class VerraRegistryAsyncStub(VerraRegistryStub):
     Retire: _aio.UnaryUnaryMultiCallable[_verra_pb2.RetireRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_verra_pb2.CancelRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
     ListAccountHoldings: _aio.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.VcuHoldingList]  # type: ignore[assignment]
+    ImmobilizeBatch: _aio.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeBatchRequest, _verra_pb2.VcuBatchResponse]  # type: ignore[assignment]
+    """Batches of the three settlement steps, so a settlement batch costs one call per step.
+    Each item is applied on its own, exactly as its single call would be (same rules, same
+    operation id, so a repeated batch answers the first results), in request order; a
+    refused item is answered with the code and message its single call would have failed
+    with, and never undoes or blocks another item.
+    """
+    ConfirmImmobilizationBatch: _aio.UnaryUnaryMultiCallable[_verra_pb2.ConfirmImmobilizationBatchRequest, _verra_pb2.VcuBatchResponse]  # type: ignore[assignment]
+    RestoreImmobilizedBatch: _aio.UnaryUnaryMultiCallable[_verra_pb2.RestoreImmobilizedBatchRequest, _verra_pb2.VcuBatchResponse]  # type: ignore[assignment]
     GetRegistryTotals: _aio.UnaryUnaryMultiCallable[_verra_pb2.GetRegistryTotalsRequest, _verra_pb2.RegistryTotals]  # type: ignore[assignment]
     """Registry-wide quantities per status, for reconciliation."""
 
@@ -146,6 +164,33 @@ class VerraRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _verra_pb2.ListAccountHoldingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verra_pb2.VcuHoldingList, _abc.Awaitable[_verra_pb2.VcuHoldingList]]: ...
+
+    @_abc_1.abstractmethod
+    def ImmobilizeBatch(
+        self,
+        request: _verra_pb2.ImmobilizeBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verra_pb2.VcuBatchResponse, _abc.Awaitable[_verra_pb2.VcuBatchResponse]]:
+        """Batches of the three settlement steps, so a settlement batch costs one call per step.
+        Each item is applied on its own, exactly as its single call would be (same rules, same
+        operation id, so a repeated batch answers the first results), in request order; a
+        refused item is answered with the code and message its single call would have failed
+        with, and never undoes or blocks another item.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmImmobilizationBatch(
+        self,
+        request: _verra_pb2.ConfirmImmobilizationBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verra_pb2.VcuBatchResponse, _abc.Awaitable[_verra_pb2.VcuBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RestoreImmobilizedBatch(
+        self,
+        request: _verra_pb2.RestoreImmobilizedBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verra_pb2.VcuBatchResponse, _abc.Awaitable[_verra_pb2.VcuBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetRegistryTotals(

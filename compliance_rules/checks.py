@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import ClassVar
@@ -68,19 +69,74 @@ def _optional_date(params: Mapping[str, object], key: str) -> date | None:
     return date.fromisoformat(value)
 
 
-def _place_matches(place: str, country: str, region: str, city: str) -> bool:
-    """``CN``, ``CN/Guangdong`` or ``CN/Guangdong/Meizhou`` against a location (any case)."""
-    parts = [p.strip().casefold() for p in place.split("/")]
-    location = [country.casefold(), region.casefold(), city.casefold()]
-    return all(part == location[i] for i, part in enumerate(parts[:3]))
+_LEVELS = ("country", "province", "city")
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a project (or an offset already used) lies, down to the level it is known."""
+
+    parts: tuple[str, str, str]
+    """Country, province and city as given (empty when not given)."""
+
+    @classmethod
+    def of(cls, country: str, region: str, city: str) -> _Origin:
+        # A region given as "Guangdong/Shenzhen" names the province and the city in one field.
+        province, _, rest = region.partition("/")
+        return cls((country.strip(), province.strip(), (city or rest.split("/")[0]).strip()))
+
+    def __str__(self) -> str:
+        return "/".join(p for p in self.parts if p) or "(none given)"
+
+    def match(self, place: str) -> str | None:
+        """How ``place`` (``CN``, ``CN/Guangdong``, ``CN/Guangdong/Meizhou``) relates to it.
+
+        Returns:
+            ``"in"`` when the origin lies in the place (a province-level place holds every city
+            of the province), ``"out"`` when it does not, or the level (``"province"``,
+            ``"city"``) the origin would need for the place to decide: a city-level place is
+            never satisfied by an origin that names only the province.
+        """
+        for level, (part, known) in enumerate(zip(place.split("/")[:3], self.parts, strict=False)):
+            if not known:
+                return _LEVELS[level]
+            if part.strip().casefold() != known.casefold():
+                return "out"
+        return "in"
+
+    def against(self, places: Iterable[str]) -> tuple[bool, tuple[str, ...]]:
+        """Whether the origin lies in one of ``places``, and, when it does not, the places
+        that could not decide because the origin stops above their level (sorted)."""
+        undecided: list[str] = []
+        for place in places:
+            found = self.match(place)
+            if found == "in":
+                return True, ()
+            if found != "out":
+                undecided.append(place)
+        return False, tuple(sorted(undecided))
+
+
+def _needs(origin: _Origin, undecided: tuple[str, ...]) -> str:
+    levels = sorted({_LEVELS[min(len(p.split("/")), 3) - 1] for p in undecided})
+    shown = ", ".join(undecided[:6]) + (" ..." if len(undecided) > 6 else "")
+    return (
+        f"origin {origin} does not say its {' and '.join(levels)}, and the list names "
+        f"{shown}: the {' and '.join(levels)} is needed to decide (fail closed)"
+    )
+
+
+def _project_origin(project: Project) -> _Origin:
+    return _Origin.of(project.country, project.region, project.city)
 
 
 def _project_in(places: Iterable[str], project: Project) -> bool:
-    return any(_place_matches(p, project.country, project.region, project.city) for p in places)
+    """True only when the project is shown to lie in one of ``places``."""
+    return _project_origin(project).against(places)[0]
 
 
 def _use_in(places: Iterable[str], use: OffsetUse) -> bool:
-    return any(_place_matches(p, use.country, use.region, use.city) for p in places)
+    return _Origin.of(use.country, use.region, use.city).against(places)[0]
 
 
 def _where(subject: Subject) -> str:
@@ -234,7 +290,12 @@ class ProjectTypesExcluded(_SubjectCheck):
 
 
 class OriginAllowed(_SubjectCheck):
-    """Projects (optionally of listed types) must lie in a listed place."""
+    """Projects (optionally of listed types) must lie in a listed place.
+
+    A province-level entry (``CN/Guangdong``) admits every city of the province; a city-level
+    entry (``CN/Guangdong/Meizhou``) admits only that city, so a project that names only its
+    province is not shown to lie in it and is refused with a message asking for the city.
+    """
 
     def check(self, subject: Subject, ctx: Context) -> str | None:
         types = self.spec.params.get("project_types")
@@ -242,20 +303,29 @@ class OriginAllowed(_SubjectCheck):
             self.spec.params, "project_types"
         ):
             return None
-        if _project_in(_strs(self.spec.params, "places"), subject.project):
+        origin = _project_origin(subject.project)
+        inside, undecided = origin.against(_strs(self.spec.params, "places"))
+        if inside:
             return None
-        p = subject.project
-        where = "/".join(x for x in (p.country, p.region, p.city) if x)
-        return f"origin {where or '(none given)'} is not on the allowed list"
+        if undecided:
+            return _needs(origin, undecided)
+        return f"origin {origin} is not on the allowed list"
 
 
 class OriginExcluded(_SubjectCheck):
-    """Projects lying in a listed place are excluded."""
+    """Projects lying in a listed place are excluded.
+
+    A project that names only its province, where the list names a city of that province,
+    cannot be shown to lie outside it: it is refused with a message asking for the city.
+    """
 
     def check(self, subject: Subject, ctx: Context) -> str | None:
-        if _project_in(_strs(self.spec.params, "places"), subject.project):
-            p = subject.project
-            return f"origin {p.country}/{p.region}/{p.city} is excluded".rstrip("/")
+        origin = _project_origin(subject.project)
+        inside, undecided = origin.against(_strs(self.spec.params, "places"))
+        if inside:
+            return f"origin {origin} is excluded"
+        if undecided:
+            return _needs(origin, undecided)
         return None
 
 

@@ -97,9 +97,12 @@ class Project:
     country: str
     """ISO 3166-1 alpha-2 host country."""
     region: str = ""
-    """Province-level region (``"Guangdong"``, ``"Xinjiang"``), for origin rules."""
+    """Province-level region (``"Guangdong"``, ``"Xinjiang"``), for origin rules; a region
+    written ``"Guangdong/Meizhou"`` names the province and the city in one field."""
     city: str = ""
-    """City inside the region (``"Meizhou"``), for origin lists that name cities."""
+    """City inside the region (``"Meizhou"``), for origin lists that name cities. A place list
+    naming a city is never satisfied by a project that names only its province: the origin
+    rules then fail closed and ask for the city."""
     project_type: str = ""
     """Lower-case type key used by packs: ``wind``, ``hydro``, ``solar_thermal`` ..."""
     methodology: str = ""

@@ -29,7 +29,7 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
           program: CCER
           project_id: "001"
           country: CN
-          region: Guangdong          # province-level region
+          region: Guangdong          # province, or "Guangdong/Meizhou" (province/city)
           city: Meizhou              # optional
           project_type: wind
           methodology: CMS-002-V01   # optional

@@ -44,8 +44,8 @@
               program: CCER
               project_id: "001"
               country: CN
-              region: Guangdong
-              city: Meizhou
+              region: Guangdong          # or "Guangdong/Meizhou"; a list naming cities
+              city: Meizhou              # is not satisfied by a province alone
               project_type: wind
               start_date: 2016-03-01
               construction_start: 2015-06-01

@@ -65,6 +65,8 @@ class Outcome:
     violated: frozenset[str]
     evaluated: frozenset[str]
     details: dict[str, Any]
+    texts: tuple[str, ...] = ()
+    """Every violation's detail, in words."""
 
 
 def run_case(case: Case) -> Outcome:
@@ -84,7 +86,11 @@ def run_case(case: Case) -> Outcome:
         )
         details: dict[str, Any] = {"refused": listing.refused}
         return Outcome(
-            entry.eligible, frozenset(v.rule_id for v in entry.violations), evaluated, details
+            entry.eligible,
+            frozenset(v.rule_id for v in entry.violations),
+            evaluated,
+            details,
+            tuple(v.detail for v in entry.violations),
         )
     decision = evaluate_transfer(pack, parse_transfer(case.doc["facts"], use), clock)
     details = {k: v for viol in decision.violations for k, v in viol.details}
@@ -93,6 +99,7 @@ def run_case(case: Case) -> Outcome:
         frozenset(decision.rule_ids),
         frozenset(decision.evaluated_rules),
         details,
+        tuple(v.detail for v in decision.violations),
     )
 
 
@@ -107,6 +114,8 @@ def test_case(case: Case) -> None:
     for key, value in expected.get("details", {}).items():
         got = outcome.details[key]
         assert (str(got) if isinstance(got, Decimal | str) else got) == value, key
+    if "detail_contains" in expected:
+        assert any(expected["detail_contains"] in t for t in outcome.texts), outcome.texts
 
 
 def test_every_pack_has_a_case_file() -> None:

@@ -481,12 +481,15 @@ def test_a_decision_lists_every_violation() -> None:
         "CR-GD-0002",  # 600 offsets, the limit is strictly below 500
         "CR-GD-0003",  # 300 of 600 from Guangdong, 70% needed
         "CR-GD-0004",  # hydro
-        "CR-GD-0006",  # Shanghai is another pilot region
+        "CR-GD-0006",  # Shanghai is another pilot region; CN-GD does not say it is not Shenzhen
     }
     by_rule = {v.rule_id: v for v in decision.violations}
     assert by_rule["CR-GD-0002"].blocks == (hydro.id, shanghai.id)
     assert by_rule["CR-GD-0004"].blocks == (hydro.id,)
-    assert by_rule["CR-GD-0006"].blocks == (shanghai.id,)
+    pilots = {v.blocks: v.message for v in decision.violations if v.rule_id == "CR-GD-0006"}
+    assert set(pilots) == {(hydro.id,), (shanghai.id,)}
+    assert "origin CN/Shanghai is excluded" in pilots[(shanghai.id,)]
+    assert "the city is needed to decide" in pilots[(hydro.id,)]
     assert dict(by_rule["CR-GD-0002"].details)["limit"] == "499"
 
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import ClassVar
 
 from compliance_rules.decision import DetailValue, Violation
@@ -26,6 +26,7 @@ from compliance_rules.facts import (
     Project,
     TransferFacts,
 )
+from compliance_rules.gwp import gas_key
 from compliance_rules.pack import RuleSpec
 from compliance_rules.rules import Context, Rule, Scope, Subject
 
@@ -481,31 +482,69 @@ class GecExclusivity(_BlockCheck):
 
 
 class GasConversion(_BlockCheck):
-    """A non-CO2 block may not claim more tCO2e than its gas converts to in the pack's table."""
+    """A non-CO2 block may not claim more tCO2e than its gas converts to in the pack's table.
+
+    The unit model carries no gas mass: a block's quantity (tCO2e) and its ``gwp_basis`` (the
+    report its issuer converted with) determine it, mass = quantity / GWP_basis(gas). The
+    pack's report re-expresses that mass, mass x GWP_pack(gas); a block claiming more than
+    that is refused. The comparison is done by cross-multiplication, quantity x GWP_basis
+    against quantity x GWP_pack, so no inexact division decides it; the mass and the
+    re-expressed amount in the message are truncated for reading only.
+    """
+
+    _SHOWN = Decimal("0.000001")
 
     def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
-        gwp = ctx.version.gwp
-        if block.gas == "CO2":
+        pack = ctx.version.gwp
+        if gas_key(block.gas) == gas_key("CO2"):
             return _OK
-        factor = gwp.table.get(block.gas)
-        if factor is None:
-            return f"gas {block.gas} has no GWP in this pack's {gwp.report} table", ()
-        if block.gas_amount is None:
-            return f"gas {block.gas} is given without its amount in tonnes of {block.gas}", ()
-        converted = block.gas_amount * factor
-        allowed = math.floor(converted)
-        if block.quantity > allowed:
+        if not block.gwp_basis:
             return (
-                f"{block.gas_amount} t {block.gas} x {factor} ({gwp.report}) = {converted} tCO2e, "
-                f"less than the {block.quantity} units claimed",
-                (
-                    ("gas_amount", block.gas_amount),
-                    ("gwp", factor),
-                    ("co2e", converted),
-                    ("quantity", block.quantity),
-                ),
+                f"{block.gas} block gives no GWP basis (the IPCC report its tCO2e were "
+                "converted with), so its gas mass cannot be determined",
+                (("gas", block.gas),),
             )
-        return _OK
+        basis = pack.catalog.find(block.gwp_basis)
+        if basis is None:
+            return (
+                f"GWP basis {block.gwp_basis!r} is not a known IPCC report "
+                f"(known: {', '.join(pack.catalog.known)}), so the {block.gas} mass cannot be "
+                "determined",
+                (("gas", block.gas), ("gwp_basis", block.gwp_basis)),
+            )
+        basis_factor = basis.factor(block.gas)
+        if basis_factor is None:
+            return (
+                f"gas {block.gas} has no GWP in the {basis.report} table (the block's basis)",
+                (("gas", block.gas), ("gwp_basis", basis.report)),
+            )
+        pack_factor = pack.values.factor(block.gas)
+        if pack_factor is None:
+            return (
+                f"gas {block.gas} has no GWP in this pack's {pack.report} table",
+                (("gas", block.gas), ("pack_gwp_report", pack.values.report)),
+            )
+        claimed = Decimal(block.quantity)
+        if claimed * basis_factor <= claimed * pack_factor:
+            return _OK
+        # Shown truncated to 6 places (never rounded up to the amount claimed).
+        mass = (claimed / basis_factor).quantize(self._SHOWN, ROUND_DOWN)
+        converted = (claimed * pack_factor / basis_factor).quantize(self._SHOWN, ROUND_DOWN)
+        return (
+            f"{block.quantity} tCO2e at {basis.report} GWP {basis_factor} = {mass} t "
+            f"{block.gas}; x {pack_factor} ({pack.report}) = {converted} tCO2e, less than the "
+            f"{block.quantity} claimed",
+            (
+                ("gas", block.gas),
+                ("gas_mass", mass),
+                ("gwp_basis", basis.report),
+                ("basis_gwp", basis_factor),
+                ("pack_gwp_report", pack.values.report),
+                ("pack_gwp", pack_factor),
+                ("co2e", converted),
+                ("quantity", block.quantity),
+            ),
+        )
 
 
 # --- request checks -------------------------------------------------------------------------

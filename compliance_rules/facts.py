@@ -2,8 +2,9 @@
 
 A decision is asked about a :class:`TransferFacts` (units about to move, and what for) or a
 :class:`ListingFacts` (a project asking to be listed). Quantities are whole tCO2e as ``int``;
-gas amounts in their native unit (tonnes of that gas) are ``Decimal``; there is no float
-anywhere, because a limit computed in binary floating point can refuse a surrender by 1 t.
+a non-CO2 block states its gas and the IPCC report its tCO2e were converted with, and every
+conversion is ``Decimal``; there is no float anywhere, because a limit computed in binary
+floating point can refuse a surrender by 1 t.
 
 Programs are plain strings (``"VCS"``, ``"CCER"``, ``"SZ-CI"``, ``"BRI-ITMO"`` ...), not an enum:
 packs name programs the gateway does not bridge yet (CORSIA accepts ACR, CAR, CDM, ART), and a
@@ -169,8 +170,10 @@ class Block:
     vintage: Period
     """Vintage, or monitoring period, of the reductions."""
     gas: str = "CO2"
-    gas_amount: Decimal | None = None
-    """Reductions in tonnes of ``gas`` itself; required when ``gas`` is not CO2."""
+    gwp_basis: str = ""
+    """The IPCC report whose GWP converted ``gas`` into the block's tCO2e (``"AR5"``,
+    ``"SAR"``); required when ``gas`` is not CO2, because the quantity and this basis
+    determine the gas mass (quantity / GWP), which the pack's own table re-expresses."""
     authorization: Authorization | None = None
     ca_status: CaStatus = CaStatus.NOT_APPLICABLE
     labels: frozenset[str] = frozenset()
@@ -259,8 +262,8 @@ class ListingFacts:
     destination_country: str = "CN"
 
 
-GwpTable = Mapping[str, int]
-"""Gas name to 100-year GWP, as an integer multiple of CO2."""
+GwpTable = Mapping[str, Decimal | int]
+"""Gas name to 100-year GWP, as a multiple of CO2."""
 
 
 def co2e(gas: str, amount: Decimal, gwp: GwpTable) -> Decimal:

@@ -18,8 +18,8 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
         quantity: 1000               # optional; must equal end - start + 1
         vintage_start: 2021-01-01
         vintage_end: 2021-12-31
-        gas: CO2                     # optional; CH4, N2O, SF6 ... need gas_amount
-        gas_amount: "12.5"           # tonnes of the gas; string or integer, never a float
+        gas: CO2                     # optional; CH4, N2O, SF6 ... need gwp_basis
+        gwp_basis: AR5               # IPCC report the tCO2e were converted with (SAR/AR2..AR6)
         authorization: {letter_id: LoA-1, host_country: KE, authorized_uses: [ndc, oimp]}
         ca_status: not_applicable    # not_applicable | pending | applied
         labels: []                   # e.g. corsia_eligible, tokenized
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from compliance_rules.errors import FactsError
@@ -133,22 +133,6 @@ class _Obj:
         if not isinstance(value, bool):
             raise FactsError(self.at(key), f"must be true or false, got {value!r}")
         return value
-
-    def number(self, key: str) -> Decimal | None:
-        if not self.has(key):
-            return None
-        value = self.value[key]
-        if isinstance(value, float):
-            raise FactsError(self.at(key), "must be a decimal string or an integer, not a float")
-        if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-            raise FactsError(self.at(key), f"must be a number, got {value!r}")
-        try:
-            number = Decimal(value)
-        except InvalidOperation as exc:
-            raise FactsError(self.at(key), f"{value!r} is not a number") from exc
-        if not number.is_finite() or number < 0:
-            raise FactsError(self.at(key), f"must be a finite non-negative number, got {value}")
-        return number
 
     def day(self, key: str) -> date:
         found = self.optional_day(key)
@@ -268,7 +252,7 @@ _BLOCK = frozenset(
         "vintage_start",
         "vintage_end",
         "gas",
-        "gas_amount",
+        "gwp_basis",
         "authorization",
         "ca_status",
         "labels",
@@ -304,7 +288,6 @@ def parse_block(value: Any, path: str) -> Block:
     if vend < vstart:
         raise FactsError(o.at("vintage_end"), f"{vend} is before vintage_start {vstart}")
     gas = o.text("gas", "CO2")
-    gas_amount = o.number("gas_amount")
     authorization = None
     if o.has("authorization"):
         a = _Obj(
@@ -320,7 +303,7 @@ def parse_block(value: Any, path: str) -> Block:
         project=project,
         vintage=Period(vstart, vend),
         gas=gas,
-        gas_amount=gas_amount,
+        gwp_basis=o.text("gwp_basis", ""),
         authorization=authorization,
         ca_status=o.enum("ca_status", CaStatus, CaStatus.NOT_APPLICABLE),
         labels=o.texts("labels"),

@@ -9,6 +9,10 @@ JSON path rather than stopping at the first:
    to named parameters, an ``accepted_programs`` rule for every use of a version;
 3. each rule's resolved ``params`` against the schema's ``$defs/params/<kind>``.
 
+A version's GWP basis names an IPCC report; its values come from the package's GWP data
+(``data/gwp100.yaml``, checked against ``schemas/gwp.schema.json`` the same way), so every
+pack and every block's ``gwp_basis`` are read against one sourced set of tables.
+
 YAML timestamps are kept as strings (the schema checks their form and the loader parses them),
 and YAML/JSON reals are read as ``Decimal`` so that no figure of a pack is ever a float.
 """
@@ -32,6 +36,7 @@ from jsonschema.exceptions import SchemaError
 
 from compliance_rules.errors import DocumentError, Issue, PackInvalidError, PackNotFoundError
 from compliance_rules.facts import Use
+from compliance_rules.gwp import GwpCatalog, GwpReport
 from compliance_rules.pack import (
     Confidence,
     Disposition,
@@ -258,14 +263,7 @@ def _build_version(
         )
         for name, p in doc.get("parameters", {}).items()
     }
-    g = doc["gwp"]
-    gwp = GwpBasis(
-        report=g["report"],
-        horizon_years=g["horizon_years"],
-        confidence=Confidence(g["confidence"]),
-        note=g["note"],
-        table=MappingProxyType(dict(g["table"])),
-    )
+    gwp = _build_gwp(doc["gwp"], f"{base}.gwp", issues)
     prefix = pack_doc["rule_id_prefix"]
     seen: set[str] = set()
     rules: list[RuleSpec] = []
@@ -310,7 +308,7 @@ def _build_version(
         if "migration" in doc
         else None
     )
-    if effective is None:
+    if effective is None or gwp is None:
         return None
     return PackVersion(
         effective_from=effective,
@@ -320,6 +318,37 @@ def _build_version(
         gwp=gwp,
         rules=tuple(rules),
         migration=migration,
+    )
+
+
+def _build_gwp(doc: Mapping[str, Any], path: str, issues: list[Issue]) -> GwpBasis | None:
+    """A version's GWP basis, its values taken from the package's GWP data."""
+    catalog = load_gwp_catalog()
+    found = catalog.find(doc["report"])
+    if found is None:
+        issues.append(
+            Issue(
+                f"{path}.report",
+                f"{doc['report']!r} is not a report of the GWP data "
+                f"(known: {', '.join(catalog.known)})",
+            )
+        )
+    if doc["horizon_years"] != catalog.horizon_years:
+        issues.append(
+            Issue(
+                f"{path}.horizon_years",
+                f"the GWP data holds {catalog.horizon_years}-year values only",
+            )
+        )
+    if found is None or doc["horizon_years"] != catalog.horizon_years:
+        return None
+    return GwpBasis(
+        report=doc["report"],
+        horizon_years=doc["horizon_years"],
+        confidence=Confidence(doc["confidence"]),
+        note=doc["note"],
+        values=found,
+        catalog=catalog,
     )
 
 
@@ -449,6 +478,61 @@ def load_pack_file(path: Path) -> RulePack:
     except OSError as exc:
         raise PackNotFoundError(f"cannot read rule pack {path}: {exc.strerror}") from exc
     return load_pack_text(text, origin=str(path), json_only=path.suffix == ".json")
+
+
+GWP_DATA = "gwp100.yaml"
+"""The IPCC GWP tables shipped in ``compliance_rules/data``."""
+
+
+def build_gwp_catalog(document: Any, *, origin: str) -> GwpCatalog:
+    """Validate a parsed GWP data document and build the typed catalog.
+
+    Args:
+        document: The parsed YAML/JSON document.
+        origin: Name used in error messages.
+
+    Returns:
+        The catalog.
+
+    Raises:
+        PackInvalidError: With every schema issue found, each with its JSON path.
+    """
+    text = resources.files("compliance_rules.schemas").joinpath("gwp.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    errors = Draft202012Validator(schema).iter_errors(document)
+    issues = sorted(
+        (Issue(json_path(e.absolute_path), _short(e.message)) for e in errors),
+        key=lambda i: (i.path, i.message),
+    )
+    if issues:
+        raise PackInvalidError(origin, issues)
+    reports = {
+        report: GwpReport(
+            report=report,
+            title=r["title"],
+            aliases=tuple(r["aliases"]),
+            source=_source(r["source"]),
+            table=MappingProxyType({gas: Decimal(v) for gas, v in r["table"].items()}),
+        )
+        for report, r in document["reports"].items()
+    }
+    return GwpCatalog(document["horizon_years"], MappingProxyType(reports))
+
+
+@functools.cache
+def load_gwp_catalog() -> GwpCatalog:
+    """The GWP tables shipped with the package (cached; they are immutable).
+
+    Raises:
+        PackInvalidError: The shipped data is invalid (a packaging bug).
+    """
+    text = resources.files("compliance_rules.data").joinpath(GWP_DATA).read_text("utf-8")
+    try:
+        document = parse_document(text)
+    except DocumentError as exc:
+        raise PackInvalidError(GWP_DATA, [Issue("$", str(exc))]) from exc
+    return build_gwp_catalog(document, origin=GWP_DATA)
 
 
 @functools.cache

@@ -6,9 +6,14 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 from compliance_rules.errors import NoVersionInForceError
 from compliance_rules.facts import Use
+
+if TYPE_CHECKING:
+    # NOTE(compliance_rules): annotations only; gwp imports Source from this module.
+    from compliance_rules.gwp import GwpCatalog, GwpReport
 
 
 class Confidence(enum.StrEnum):
@@ -52,11 +57,15 @@ class GwpBasis:
     """The GWP table a pack version converts non-CO2 gases with."""
 
     report: str
-    """The IPCC assessment report, e.g. ``"IPCC AR5"``."""
+    """The IPCC assessment report as the pack names it, e.g. ``"IPCC AR5"``."""
     horizon_years: int
     confidence: Confidence
+    """How sure the pack is that the scheme uses this report (not the values' sourcing)."""
     note: str
-    table: Mapping[str, int]
+    values: GwpReport
+    """The report's values, from the package's GWP data (``data/gwp100.yaml``)."""
+    catalog: GwpCatalog
+    """Every report's values: a block converted with another report is re-expressed."""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@
     "evaluated_rules", "unconfirmed_params"}``. Exit 0 when allowed, 1 when denied, 2 when
     the pack, the use, the clock or the facts are invalid (the error names the field).
 
-    The facts document of a transfer (all quantities are integers in tCO2e; reals such as
-    ``gas_amount`` are decimal strings or are read exactly, never as binary floats)::
+    The facts document of a transfer (all quantities are integers in tCO2e; a non-CO2 block
+    names the IPCC report its tCO2e were converted with, and the pack's own report
+    re-expresses it in Decimal arithmetic, never binary floats)::
 
         destination_country: CN          # ISO alpha-2 of where the units land (default CN)
         entity:                          # required for compliance (offset limits)
@@ -35,7 +36,8 @@
             serial_end: 1000             # inclusive
             vintage_start: 2021-01-01
             vintage_end: 2021-12-31
-            gas: CO2                     # CH4, N2O, SF6 ... need gas_amount (t of that gas)
+            gas: CO2                     # CH4, N2O, SF6 ... need gwp_basis
+            gwp_basis: AR5               # SAR (AR2), AR4, AR5 or AR6: the issuer's GWP report
             authorization: {letter_id: L-1, host_country: KE, authorized_uses: [ndc, oimp]}
             ca_status: not_applicable    # not_applicable | pending | applied
             labels: []                   # corsia_eligible, tokenized, verra_consent ...

@@ -351,6 +351,7 @@ def _fact_block(
         ),
         vintage=Period(unit.vintage_start, unit.vintage_end),
         gas=unit.gas,
+        gwp_basis=unit.gwp_basis,
         authorization=None
         if auth is None
         else Authorization(auth.letter_id, auth.host_country, auth.authorized_uses),

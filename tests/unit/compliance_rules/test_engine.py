@@ -29,6 +29,7 @@ from compliance_rules import (
     Period,
     Project,
     Registration,
+    RulePack,
     TransferFacts,
     Use,
     co2e,
@@ -39,6 +40,7 @@ from compliance_rules import (
     offset_limits,
     parse_transfer,
 )
+from compliance_rules.loader import load_pack_text
 from compliance_rules.rules import EMPTY_RULE_SET, NO_BLOCKS, AllOf, Context
 
 CLOCK = date(2025, 6, 1)
@@ -163,20 +165,60 @@ def test_co2e_is_exact() -> None:
 
 def test_non_co2_conversion_boundary_and_json_without_floats() -> None:
     pack = load_builtin("national")
-    within = ccer(1, 294, gas="CH4", gas_amount=Decimal("10.5"))  # 10.5 x 28 = 294
-    facts = TransferFacts(Use.COMPLIANCE, (within,), "CN", entity())
+    # 10.5 t CH4 at AR4 (25) is 262.5 tCO2e; the pack's AR5 (28) makes it 294.
+    under = ccer(1, 262, gas="CH4", gwp_basis="AR4")
+    facts = TransferFacts(Use.COMPLIANCE, (under,), "CN", entity())
     assert evaluate_transfer(pack, facts, CLOCK).allowed
-    over = ccer(1, 295, gas="CH4", gas_amount=Decimal("10.5"))
+    same = ccer(1, 294, gas="CH4", gwp_basis="IPCC AR5")
+    assert evaluate_transfer(pack, dataclasses.replace(facts, blocks=(same,)), CLOCK).allowed
+    over = ccer(1, 300, gas="N2O", gwp_basis="AR4")  # 300 / 298 t x 265
     view = evaluate_transfer(pack, dataclasses.replace(facts, blocks=(over,)), CLOCK).to_json()
     assert view["allowed"] is False
     (violation,) = view["violations"]
     assert violation["details"] == {
-        "gas_amount": "10.5",
-        "gwp": 28,
-        "co2e": "294.0",
-        "quantity": 295,
+        "gas": "N2O",
+        "gas_mass": "1.006711",
+        "gwp_basis": "AR4",
+        "basis_gwp": "298",
+        "pack_gwp_report": "AR5",
+        "pack_gwp": "265",
+        "co2e": "266.778523",
+        "quantity": 300,
     }
+    assert "300 tCO2e at AR4 GWP 298 = 1.006711 t N2O" in violation["detail"]
+    assert "x 265 (IPCC AR5) = 266.778523 tCO2e, less than the 300 claimed" in violation["detail"]
     json.loads(json.dumps(view), parse_float=lambda _: pytest.fail("float in decision JSON"))
+
+
+def _ar6_pack() -> RulePack:
+    text = (Path(compliance_rules.__file__).parent / "packs" / "hkmo.yaml").read_text()
+    return load_pack_text(text.replace("report: IPCC AR5", "report: IPCC AR6"), origin="ar6")
+
+
+def test_a_decimal_gwp_decides_exactly() -> None:
+    """AR6 gives CH4 as 27.9: an AR5 block (28) over-claims by a tenth per tonne of gas."""
+    pack = _ar6_pack()
+    assert pack.versions[0].gwp.values.factor("ch4") == Decimal("27.9")
+    vcs = Project(program="VCS", project_id="1748", country="ID", project_type="landfill_gas")
+    block = Block(BlockRef("VCS", "", 1, 28), vcs, YEAR, gas="CH4", gwp_basis="AR5")
+    decision = evaluate_transfer(pack, TransferFacts(Use.LISTING, (block,), "HK"), CLOCK)
+    (violation,) = decision.violations
+    assert violation.detail_value("co2e") == Decimal("27.900000")
+    assert violation.detail_value("pack_gwp") == Decimal("27.9")
+    ar4 = dataclasses.replace(block, gwp_basis="AR4")  # 25 < 27.9: under-claims
+    assert evaluate_transfer(pack, TransferFacts(Use.LISTING, (ar4,), "HK"), CLOCK).allowed
+
+
+def test_non_co2_without_a_usable_basis_is_refused_with_the_reason() -> None:
+    pack = load_builtin("national")
+    facts = TransferFacts(Use.COMPLIANCE, (ccer(1, 10, gas="CH4"),), "CN", entity())
+    (missing,) = evaluate_transfer(pack, facts, CLOCK).violations
+    assert "gives no GWP basis" in missing.detail
+    unknown = dataclasses.replace(facts, blocks=(ccer(1, 10, gas="CH4", gwp_basis="AR3"),))
+    (v,) = evaluate_transfer(pack, unknown, CLOCK).violations
+    assert "'AR3' is not a known IPCC report (known: AR2, AR4, AR5, AR6)" in v.detail
+    co2 = dataclasses.replace(facts, blocks=(ccer(1, 10, gas="co2"),))
+    assert evaluate_transfer(pack, co2, CLOCK).allowed
 
 
 @pytest.mark.parametrize(
@@ -218,15 +260,14 @@ def test_non_co2_conversion_boundary_and_json_without_floats() -> None:
                 "blocks": [
                     {
                         "serial_start": 1,
-                        "serial_end": 2,
-                        "gas_amount": 0.5,
+                        "serial_end": 2.0,
                         "vintage_start": "2020-01-01",
                         "vintage_end": "2020-12-31",
                         "project": {"program": "VCS", "project_id": "1", "country": "KE"},
                     }
                 ]
             },
-            "blocks[0].gas_amount",
+            "blocks[0].serial_end",
         ),
         (
             {

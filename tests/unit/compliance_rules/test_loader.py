@@ -19,7 +19,13 @@ from compliance_rules import (
     load_builtin,
     load_pack,
 )
-from compliance_rules.loader import build_pack, pack_schema, parse_document
+from compliance_rules.loader import (
+    build_gwp_catalog,
+    build_pack,
+    load_gwp_catalog,
+    pack_schema,
+    parse_document,
+)
 
 
 def _minimal() -> dict[str, Any]:
@@ -42,7 +48,6 @@ def _minimal() -> dict[str, Any]:
                     "horizon_years": 100,
                     "confidence": "unconfirmed",
                     "note": "n",
-                    "table": {"CO2": 1, "CH4": 28},
                 },
                 "rules": [
                     {
@@ -85,7 +90,8 @@ def test_builtin_packs_load(name: str) -> None:
     assert pack.versions == tuple(sorted(pack.versions, key=lambda v: v.effective_from))
     for version in pack.versions:
         assert version.gwp.report.startswith("IPCC AR")
-        assert version.gwp.table["CO2"] == 1
+        assert version.gwp.values.factor("CO2") == 1
+        assert version.gwp.values.report in version.gwp.catalog.known
         for rule in version.rules:
             assert rule.rule_id.startswith(pack.rule_id_prefix)
             assert rule.source.document and rule.source.clause
@@ -109,14 +115,53 @@ def test_every_schema_error_is_reported_with_its_path() -> None:
     del doc["title"]
     doc["versions"][0]["rules"][0]["kind"] = "no_such_kind"
     doc["versions"][0]["rules"][1]["id"] = "bad id"
-    doc["versions"][0]["gwp"]["table"]["CO2"] = 2
+    doc["versions"][0]["gwp"]["table"] = {"CO2": 1}  # values come from the GWP data only
     paths = {path for path, _ in _issues(doc)}
     assert {
         "$",
         "$.versions[0].rules[0].kind",
         "$.versions[0].rules[1].id",
-        "$.versions[0].gwp.table.CO2",
+        "$.versions[0].gwp",
     } <= paths
+
+
+def test_a_gwp_report_must_be_in_the_gwp_data() -> None:
+    doc = _minimal()
+    doc["versions"][0]["gwp"]["report"] = "IPCC AR3"
+    doc["versions"][0]["gwp"]["horizon_years"] = 20
+    assert _issues(doc) == [
+        (
+            "$.versions[0].gwp.report",
+            "'IPCC AR3' is not a report of the GWP data (known: AR2, AR4, AR5, AR6)",
+        ),
+        ("$.versions[0].gwp.horizon_years", "the GWP data holds 100-year values only"),
+    ]
+
+
+def test_the_gwp_data_is_sourced_decimal_and_schema_checked() -> None:
+    catalog = load_gwp_catalog()
+    assert catalog.known == ("AR2", "AR4", "AR5", "AR6")
+    assert catalog.find("SAR") is catalog.find("ipcc ar2") is catalog.reports["AR2"]
+    assert catalog.find("TAR") is None and catalog.find("") is None
+    for report in catalog.reports.values():
+        assert report.source.document and report.source.url
+        assert all(isinstance(v, Decimal) for v in report.table.values())
+        assert report.factor("CO2") == 1
+    assert catalog.reports["AR6"].factor("ch4") == Decimal("27.9")
+    assert catalog.reports["AR5"].factor("hfc134a") == 1300
+    assert catalog.reports["AR2"].factor("NF3") is None
+    doc = parse_document(
+        "horizon_years: 100\ncompilation: {document: d, clause: c, confidence: sure}\n"
+        "reports: {AR5: {title: t, aliases: [], source: {document: d, clause: c,\n"
+        "  confidence: secondary}, table: {CO2: 2, CH4: -1}}}\n"
+    )
+    with pytest.raises(PackInvalidError) as info:
+        build_gwp_catalog(doc, origin="gwp")
+    assert {i.path for i in info.value.issues} == {
+        "$.compilation.confidence",
+        "$.reports.AR5.table.CO2",
+        "$.reports.AR5.table.CH4",
+    }
 
 
 def test_semantic_errors_are_all_reported() -> None:

@@ -54,7 +54,6 @@ def _pack(migration: dict[str, Any], parameters: dict[str, Any] | None = None) -
                     "horizon_years": 100,
                     "confidence": "unconfirmed",
                     "note": "n",
-                    "table": {"CO2": 1},
                 },
                 "rules": [
                     {

@@ -1,0 +1,1 @@
+"""Reference data the packs build on (the IPCC GWP tables); read by ``loader`` only."""

@@ -9,6 +9,11 @@ gateway's own work, and the per-client rate limit of the secure path would cap t
 
 from __future__ import annotations
 
+import contextlib
+import json
+import select
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,8 +25,7 @@ import grpc
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from adapters.emulator_core import RunningEmulator, start_emulator
-from adapters.registry import REGISTRIES, build_adapter
+from adapters.registry import build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.server import GatewayServer
@@ -97,7 +101,8 @@ def scratch_database(kind: str) -> Iterator[str]:
 class Registries:
     """Running emulators and adapters that read and seed them through their native APIs."""
 
-    emulators: dict[str, RunningEmulator]
+    targets: dict[str, str]
+    """Each wired registry's ``host:port``."""
     ports: dict[str, RegistryPort]
 
     def endpoints(
@@ -105,8 +110,8 @@ class Registries:
     ) -> tuple[RegistryEndpoint, ...]:
         """The gateway's registry endpoints; those in ``down`` point at ``dead_target``."""
         return tuple(
-            RegistryEndpoint(r, dead_target if r in down else e.target)
-            for r, e in self.emulators.items()
+            RegistryEndpoint(r, dead_target if r in down else target)
+            for r, target in self.targets.items()
         )
 
     def seed_venue(self) -> list[UnitBlock]:
@@ -123,19 +128,49 @@ class Registries:
         return blocks
 
 
+_START_TIMEOUT_SECONDS = 60.0
+_STOP_TIMEOUT_SECONDS = 10.0
+
+
 @contextmanager
 def registries() -> Iterator[Registries]:
-    """Verra, HK/Macau and Shenzhen emulators on loopback, seeded; stopped afterwards."""
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in WIRED}
+    """Verra, HK/Macau and Shenzhen emulators on loopback, seeded; stopped afterwards.
+
+    They run in one child process (:mod:`bench.registry_process`), as real registries
+    are other systems: inside the gateway's process they competed with it for one GIL
+    (on 2 cores), and their work was counted as the gateway's.  The child stops when
+    its stdin closes -- here on the way out, whatever happened inside, or by itself if
+    this process dies -- and is killed if it does not stop in time.
+    """
+    # -P: the working directory must not shadow the installed packages (a stray
+    # ``bench.py`` there would be imported instead of this package).
+    command = [sys.executable, "-P", "-m", "bench.registry_process", *WIRED]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None  # PIPE sets both
     try:
-        linked = Registries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
-        )
+        ready, _, _ = select.select([process.stdout], [], [], _START_TIMEOUT_SECONDS)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(
+                "the registry emulators did not start "
+                f"(exit code {process.poll()}; see stderr above)"
+            )
+        answer = json.loads(line)
+        if "targets" not in answer:
+            raise RuntimeError(f"the registry emulators did not start: {answer.get('error')}")
+        targets: dict[str, str] = answer["targets"]
+        linked = Registries(targets, {r: build_adapter(r, t) for r, t in targets.items()})
         linked.seed_venue()
         yield linked
     finally:
-        for emulator in emulators.values():
-            emulator.stop(grace=0)
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # the child's signal to stop
+        try:
+            process.wait(_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 def gateway_config(database_url: str, endpoints: tuple[RegistryEndpoint, ...]) -> GatewayConfig:

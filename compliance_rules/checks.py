@@ -150,6 +150,9 @@ def _where(subject: Subject) -> str:
 
 class _Check:
     scope: ClassVar[Scope]
+    needs_entity: ClassVar[bool] = False
+    """True for rules decided on the entity's compliance year (offset limits and the like),
+    which a transfer toward compliance leaves to the surrender."""
 
     def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
@@ -570,6 +573,8 @@ def offset_limit_figures(spec: RuleSpec, entity: EntityYear) -> tuple[int, int, 
 class OffsetLimit(_RequestCheck):
     """Offsets, summed over every program counting toward the limit, within a share."""
 
+    needs_entity = True
+
     def evaluate(self, ctx: Context) -> list[Violation]:
         facts = self.facts(ctx)
         programs = _strs(self.spec.params, "programs")
@@ -605,6 +610,8 @@ class OffsetLimit(_RequestCheck):
 
 class LocalShare(_RequestCheck):
     """At least a share of the offsets counted (used + asked) must come from listed places."""
+
+    needs_entity = True
 
     def evaluate(self, ctx: Context) -> list[Violation]:
         facts = self.facts(ctx)
@@ -643,6 +650,8 @@ class LocalShare(_RequestCheck):
 
 class NationalEtsCarveOut(_RequestCheck):
     """An entity covered by the national ETS does not comply in the pilot."""
+
+    needs_entity = True
 
     def evaluate(self, ctx: Context) -> list[Violation]:
         entity = self.entity_or_violation(ctx)
@@ -729,6 +738,10 @@ KINDS: dict[str, type[_Check]] = {
     "double_issuance_serial": DoubleIssuanceSerial,
     "double_use": DoubleUse,
 }
+
+
+ENTITY_KINDS: frozenset[str] = frozenset(k for k, c in KINDS.items() if c.needs_entity)
+"""Rule kinds decided on an entity's compliance year (deferred by a transfer to the surrender)."""
 
 
 def build_rule(spec: RuleSpec) -> Rule:

@@ -85,6 +85,10 @@ class Decision:
     """Ids of every rule that was evaluated (passed or not)."""
     unconfirmed_params: tuple[str, ...] = ()
     """Unconfirmed figures any evaluated rule relied on (``pack:name``)."""
+    deferred_rules: tuple[str, ...] = ()
+    """Rules that need the entity's compliance year and were not evaluated because the
+    request is a transfer toward compliance, not the surrender (``defer_entity_rules``):
+    they decide the surrender."""
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
@@ -101,6 +105,7 @@ class Decision:
             "violations": [v.to_json() for v in self.violations],
             "evaluated_rules": list(self.evaluated_rules),
             "unconfirmed_params": list(self.unconfirmed_params),
+            "deferred_rules": list(self.deferred_rules),
         }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
-from compliance_rules.checks import build_rule, offset_limit_figures
+from compliance_rules.checks import ENTITY_KINDS, build_rule, offset_limit_figures
 from compliance_rules.decision import (
     Decision,
     ListingDecision,
@@ -81,6 +81,7 @@ def evaluate_transfer(
     clock: date,
     *,
     baseline: RulePack | None = None,
+    defer_entity_rules: bool = False,
 ) -> Decision:
     """Decide whether blocks may move to ``pack``'s jurisdiction for ``facts.use``.
 
@@ -92,6 +93,11 @@ def evaluate_transfer(
         facts: The blocks, the use, the entity and the known blocks elsewhere.
         clock: Today (injected; no rule reads the system clock).
         baseline: The baseline pack; the built-in one when ``None``.
+        defer_entity_rules: The request moves units toward compliance (into an entity's
+            account) but is not the surrender: when it names no entity, the rules decided on
+            the entity's compliance year (offset limits, local share, carve-outs) are left to
+            the surrender and listed in ``Decision.deferred_rules`` instead of failing closed.
+            Without this flag a missing entity fails those rules closed.
 
     Returns:
         The decision.
@@ -102,6 +108,10 @@ def evaluate_transfer(
     base = default_baseline() if baseline is None else baseline
     day = decision_date(facts, clock)
     version, specs = _specs(pack, base, day, facts.use)
+    deferred: tuple[str, ...] = ()
+    if defer_entity_rules and facts.entity is None:
+        deferred = tuple(sorted(s.rule_id for s in specs if s.kind in ENTITY_KINDS))
+        specs = [s for s in specs if s.kind not in ENTITY_KINDS]
     rules = [build_rule(s) for s in specs]
     ctx = Context.for_transfer(facts, clock, version)
     violations = []
@@ -136,6 +146,7 @@ def evaluate_transfer(
         use=facts.use,
         evaluated_rules=tuple(sorted(r.rule_id for r in rules)),
         unconfirmed_params=_unconfirmed(pack, rules),
+        deferred_rules=deferred,
     )
 
 

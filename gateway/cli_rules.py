@@ -15,8 +15,9 @@
     defaults to today; rules never read the clock themselves. With ``--json`` the decision is
     printed as ``{"allowed": bool, "violations": [{"rule_id", "message", "source", "blocks",
     "detail", "details", "unconfirmed_params"}], "pack", "pack_version", "use",
-    "evaluated_rules", "unconfirmed_params"}``. Exit 0 when allowed, 1 when denied, 2 when
-    the pack, the use, the clock or the facts are invalid (the error names the field).
+    "evaluated_rules", "unconfirmed_params", "deferred_rules"}``. Exit 0 when allowed, 1
+    when denied, 2 when the pack, the use, the clock or the facts are invalid (the error
+    names the field).
 
     The facts document of a transfer (all quantities are integers in tCO2e; a non-CO2 block
     names the IPCC report its tCO2e were converted with, and the pack's own report

@@ -570,12 +570,17 @@ class ComplianceRules:
         The intended use maps onto the packs' uses as follows. ``"holding"`` (units simply
         move to an account in the destination registry) is :attr:`Use.LISTING`: the units
         are admitted to be held and traded in that market, which is what a pack's listing
-        rules decide (HKEX Core Climate: "source, hold, trade"). A market whose pack provides
-        no listing use (the national and Guangdong ETSs are compliance-only) therefore refuses
-        a holding transfer with ``CR-ENGINE-0002``: fail closed rather than admit units no
-        rule speaks to. ``"corsia"`` is a holding in the destination market plus
+        rules decide (HKEX Core Climate: "source, hold, trade"; CCER held in national
+        accounts and traded on the national venue; CCER and PHCER held in Guangdong accounts
+        before surrender). Every scheme pack provides a listing use; one that did not would
+        refuse a holding transfer with ``CR-ENGINE-0002`` (fail closed rather than admit
+        units no rule speaks to). ``"corsia"`` is a holding in the destination market plus
         :attr:`Use.CORSIA` under the ``corsia`` pack. ``"compliance"``,
-        ``"voluntary_retirement"`` and ``"listing"`` map to the use of the same name.
+        ``"voluntary_retirement"`` and ``"listing"`` map to the use of the same name; a
+        transfer for compliance moves units into an entity's account but is not the
+        surrender, so the rules decided on the entity's compliance year (offset limits,
+        local share, national-ETS carve-out) are left to the surrender (:meth:`check_use`),
+        where the entity's record is known; every other compliance rule is decided here.
 
         Args:
             check: The instruction, the origin blocks that move and every live ledger row
@@ -637,7 +642,12 @@ class ComplianceRules:
         else:
             return _deny(self._unknown_jurisdiction("destination registry", destination))
         return self._run(
-            evaluations, known, DESTINATION_COUNTRY.get(destination, ""), day, entity=None
+            evaluations,
+            known,
+            DESTINATION_COUNTRY.get(destination, ""),
+            day,
+            entity=None,
+            defer_entity_rules=True,
         )
 
     # --------------------------------------------------------------------------------- uses
@@ -824,6 +834,8 @@ class ComplianceRules:
         destination_country: str,
         day: date,
         entity: EntityYear | None,
+        *,
+        defer_entity_rules: bool = False,
     ) -> RulesDecision:
         combined = _Combined()
         all_moving = tuple(m for e in evaluations for m in e.moving)
@@ -844,7 +856,9 @@ class ComplianceRules:
             )
             pack = self._packs[evaluation.pack]
             try:
-                decision = evaluate_transfer(pack, facts, day, baseline=baseline)
+                decision = evaluate_transfer(
+                    pack, facts, day, baseline=baseline, defer_entity_rules=defer_entity_rules
+                )
                 base_version = baseline.version_for(decision_date(facts, day))
             except NoVersionInForceError as exc:
                 combined.add([_gate_violation(NO_VERSION_IN_FORCE, str(exc))])

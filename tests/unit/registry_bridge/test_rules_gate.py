@@ -162,18 +162,144 @@ def test_vcs_from_the_hong_kong_venue_into_shenzhen_for_holding_is_allowed() -> 
     )
 
 
-def test_holding_is_listing_so_a_market_without_listing_rules_refuses_it() -> None:
-    block = vcs()
+def phcer(start: int, end: int) -> UnitBlock:
+    return UnitBlock(
+        id=BlockId(Program.GD_PHCER, "", start, end),
+        project_id="PH-9",
+        country="CN",
+        region="Guangdong/Guangzhou",
+        vintage_start=date(2023, 1, 1),
+        vintage_end=date(2023, 12, 31),
+        project_type="forestry_sink",
+    )
+
+
+def hold(block: UnitBlock, source: str, destination: str) -> TransferCheck:
+    return transfer(
+        (block,),
+        (row(3, block, source, "seller"),),
+        source=(source, "seller"),
+        destination=(destination, "buyer"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("block", "source", "destination", "pack_version"),
+    [
+        (ccer(1, 100), "guangdong", "national", "national@2024-10-01"),
+        (ccer(1, 100, project_type="hydro"), "national", "guangdong", "guangdong@2024-05-01"),
+        (phcer(1, 100), "shenzhen", "guangdong", "guangdong@2024-05-01"),
+    ],
+)
+def test_offsets_may_be_held_in_national_and_guangdong_accounts(
+    block: UnitBlock, source: str, destination: str, pack_version: str
+) -> None:
+    """A holding transfer is checked for the pack's listing use (hold and trade there); the
+    compliance rules (hydro excluded in Guangdong...) decide the surrender, not the holding."""
+    decision = gate().check_transfer(hold(block, source, destination))
+    assert decision.allowed, decision.violations
+    assert decision.pack_versions == (pack_version, "baseline@2000-01-01")
+
+
+@pytest.mark.parametrize(
+    ("block", "destination", "rule_id"),
+    [(vcs(), "guangdong", "CR-GD-0009"), (vcs(), "national", "CR-NAT-0008")],
+)
+def test_units_a_market_does_not_hold_are_refused_for_holding(
+    block: UnitBlock, destination: str, rule_id: str
+) -> None:
+    decision = gate().check_transfer(hold(block, "verra", destination))
+    assert ids(decision) == {rule_id}
+    assert decision.violations[0].blocks == (block.id,)
+
+
+def test_phcer_are_not_held_in_national_accounts() -> None:
+    decision = gate().check_transfer(hold(phcer(1, 100), "guangdong", "national"))
+    assert ids(decision) == {"CR-NAT-0008"}
+
+
+def test_a_refused_holding_lists_every_violation() -> None:
+    used = ccer(1, 100)
+    methane = dataclasses.replace(ccer(201, 300), gas="CH4")  # no GWP basis
+    foreign = vcs()
+    known = (
+        row(3, used, "national", "seller"),
+        row(4, methane, "national", "seller"),
+        row(5, foreign, "national", "seller"),
+        row(9, used, "shenzhen", "entity-2", HoldingStatus.SURRENDERED),
+    )
     decision = gate().check_transfer(
         transfer(
-            (block,),
-            (row(7, block, "verra", "owner"),),
-            source=("verra", "owner"),
+            (used, methane, foreign),
+            known,
+            source=("national", "seller"),
             destination=("guangdong", "buyer"),
         )
     )
-    assert not decision.allowed
-    assert ids(decision) == {"CR-ENGINE-0002"}
+    assert ids(decision) == {"CR-DC-0003", "CR-GD-0007", "CR-GD-0009"}
+    by_rule = {v.rule_id: v for v in decision.violations}
+    assert by_rule["CR-DC-0003"].blocks == (used.id,)
+    assert by_rule["CR-GD-0007"].blocks == (methane.id,)
+    assert "gives no GWP basis" in by_rule["CR-GD-0007"].message
+    assert by_rule["CR-GD-0009"].blocks == (foreign.id,)
+
+
+def test_non_co2_units_are_re_expressed_with_the_packs_gwp_table() -> None:
+    under = dataclasses.replace(ccer(1, 250), gas="CH4", gwp_basis="AR4")  # 25 < AR5's 28
+    assert gate().check_transfer(hold(under, "guangdong", "national")).allowed
+    over = dataclasses.replace(ccer(1, 298), gas="N2O", gwp_basis="IPCC AR4")  # 298 > 265
+    decision = gate().check_transfer(hold(over, "guangdong", "national"))
+    assert ids(decision) == {"CR-NAT-0005"}
+    (violation,) = decision.violations
+    figures = dict(violation.details)
+    assert (figures["gas_mass"], figures["basis_gwp"], figures["pack_gwp"]) == (
+        "1.000000",
+        "298",
+        "265",
+    )
+    assert (figures["co2e"], figures["quantity"]) == ("265.000000", "298")
+    assert "298 tCO2e at AR4 GWP 298 = 1.000000 t N2O" in violation.message
+    unknown = dataclasses.replace(over, gwp_basis="TAR")
+    (refusal,) = gate().check_transfer(hold(unknown, "guangdong", "national")).violations
+    assert "'TAR' is not a known IPCC report" in refusal.message
+
+
+def test_a_transfer_for_compliance_leaves_the_entity_rules_to_the_surrender() -> None:
+    """No entity record is asked for a transfer into an entity's account: the offset limit
+    is decided when the units are surrendered; the other compliance rules are decided now."""
+    block = ccer(1, 100)
+    check = transfer(
+        (block,),
+        (row(3, block, "guangdong", "seller"),),
+        source=("guangdong", "seller"),
+        destination=("national", "entity-1"),
+        use="compliance",
+    )
+    unlisted = gate().check_transfer(check)
+    assert ids(unlisted) == {"CR-NAT-0006"}  # construction date unknown: fails closed
+    listed = ProjectListing(
+        program="CCER",
+        project_id="CCER-0042",
+        country="CN",
+        region="Xinjiang",
+        project_type="wind",
+        construction_start=date(2019, 5, 1),
+    )
+    decision = ComplianceRules(Entities(), projects=Projects(listed)).check_transfer(check)
+    assert decision.allowed, decision.violations
+    hydro = dataclasses.replace(block, project_type="hydro")
+    national_hydro = ComplianceRules(Entities(), projects=Projects(listed)).check_transfer(
+        dataclasses.replace(check, blocks=(hydro,), known=(row(3, hydro, "guangdong", "seller"),))
+    )
+    assert national_hydro.allowed  # hydro is renewable: the national CCER rules accept it
+    into_guangdong = transfer(
+        (hydro,),
+        (row(3, hydro, "national", "seller"),),
+        source=("national", "seller"),
+        destination=("guangdong", "entity-1"),
+        use="compliance",
+    )
+    assert ids(gate().check_transfer(into_guangdong)) == {"CR-GD-0004"}
 
 
 def test_hydro_ccer_into_guangdong_for_compliance_is_denied_with_the_rule_id() -> None:

@@ -58,6 +58,7 @@ from registry_bridge.port import (
     FinalizeRequest,
     ListHoldingsRequest,
     LockRequest,
+    RegistryHolding,
     RegistryPort,
     RetireRequest,
     SurrenderRequest,
@@ -232,6 +233,44 @@ def _instruction_from_json(text: str) -> TransferInstruction:
             settlement["currency"], Decimal(settlement["amount"]), settlement["trade_reference"]
         ),
     )
+
+
+# session.info key: transfer ids whose rows this transaction has read and locked.
+_LOCKED_TRANSFERS = "carbonlink.locked_transfers"
+
+# Where each non-final state sits on the state machine's one path (its step number).
+_CHAIN_SEQ: dict[TransferState, int] = {
+    TransferState.PROPOSED: 0,
+    TransferState.CHECKED: 1,
+    TransferState.SOURCE_LOCKED: 2,
+    TransferState.DESTINATION_CREDITED: 3,
+    TransferState.SOURCE_FINALIZED: 4,
+}
+
+
+@dataclass(frozen=True)
+class _Leg:
+    """One registry call a transfer step makes."""
+
+    registry: str
+    request: LockRequest | CreditRequest | FinalizeRequest
+    piece: int = 0
+    """The transfer's piece this call is for."""
+    follows: bool = False
+    """A second call for the same piece (at the origin registry, after the first)."""
+
+
+_LegOutcome = RegistryHolding | RegistryRejected | RegistryUnavailable
+
+
+def _first_failure(
+    outcomes: Sequence[_LegOutcome],
+) -> RegistryRejected | RegistryUnavailable | None:
+    return next((o for o in outcomes if not isinstance(o, RegistryHolding)), None)
+
+
+class _GroupConflict(Exception):
+    """A transfer of a group recorded without savepoints met a conflict: redo it isolated."""
 
 
 class _StaleStep(Exception):
@@ -419,9 +458,13 @@ class Bridge:
                 route is not one the bridge can take.
         """
         source, destination = instruction.source, instruction.destination
-        rows: list[LedgerHolding] = []
+        found: dict[int, LedgerHolding] = {}
         for unit in instruction.units:
-            rows.extend(ledger.require_holding(session, source.registry, source.account, unit))
+            for row in ledger.require_holding(session, source.registry, source.account, unit):
+                # Several units of one instruction may lie in the same row: one entry
+                # per row, or each of those units would become a piece twice.
+                found[row.row_id] = row
+        rows = list(found.values())
         mirrors = {h.is_mirror for h in rows}
         if len(mirrors) > 1:
             raise FailedPrecondition(
@@ -523,7 +566,10 @@ class Bridge:
             raise FailedPrecondition(
                 "; ".join(f"{p.subject}: {p.description}" for p in route_problems), route_problems
             )
-        return kind, pieces, rows, known
+        # Units of one instruction may lie in the same row: the rules must see each row
+        # once, or it would look like the same serials live twice (double issuance).
+        unique_known = list({h.row_id: h for h in known}.values())
+        return kind, pieces, rows, unique_known
 
     def evaluate(self, instruction: TransferInstruction) -> RulesDecision:
         """Dry run: the decision a transfer would get now; nothing changes.
@@ -710,20 +756,24 @@ class Bridge:
             )
         return transfer_id, False
 
+    @staticmethod
     def _step(
-        self,
         session: Session,
         transfer_id: str,
         state: TransferState,
         at: datetime,
         reason: str = "",
+        previous: TransferState | None = None,
     ) -> None:
-        seq = session.execute(
-            sa.select(sa.func.count()).where(TransferStepRecord.transfer_id == transfer_id)
-        ).scalar_one()
+        """Record that a transfer entered ``state`` (from ``previous``; none for PROPOSED)."""
+        # The state machine has no cycles and every non-final state sits at a fixed place
+        # on its one path, so a step's number follows from the state it leaves: no count
+        # of the transfer's earlier steps is needed (the primary key still refuses a
+        # step recorded twice).
+        seq = 0 if previous is None else _CHAIN_SEQ[previous] + 1
         session.add(
             TransferStepRecord(
-                transfer_id=transfer_id, seq=int(seq), state=state.value, reason=reason, at=at
+                transfer_id=transfer_id, seq=seq, state=state.value, reason=reason, at=at
             )
         )
 
@@ -764,7 +814,12 @@ class Bridge:
             _StaleStep: Another driver moved the transfer on meanwhile; the step's outcome
                 is already recorded and must not be recorded twice.
         """
-        record = session.get(TransferRecord, transfer_id, with_for_update=True)
+        if transfer_id in session.info.get(_LOCKED_TRANSFERS, ()):
+            # Already read and locked in this transaction (see _lock_rows): the identity
+            # map holds it, reloaded after any savepoint that rolled back.
+            record = session.get(TransferRecord, transfer_id)
+        else:
+            record = session.get(TransferRecord, transfer_id, with_for_update=True)
         if record is None:
             raise NotFound(f"transfers/{transfer_id}")
         if expected and TransferState(record.state) not in expected:
@@ -873,10 +928,18 @@ class Bridge:
             return self._commit_all(group, {t: None for t in group}, self._check_in)
         if state is TransferState.SOURCE_FINALIZED:
             return self._commit_all(group, {t: None for t in group}, self._complete_in)
-        act, commit = {
-            TransferState.CHECKED: (self._lock_act, self._lock_commit),
-            TransferState.SOURCE_LOCKED: (self._credit_act, self._credit_commit),
-            TransferState.DESTINATION_CREDITED: (self._finalize_act, self._finalize_commit),
+        plan, verdict_of, commit = {
+            TransferState.CHECKED: (self._lock_plan, self._lock_verdict, self._lock_commit),
+            TransferState.SOURCE_LOCKED: (
+                self._credit_plan,
+                self._credit_verdict,
+                self._credit_commit,
+            ),
+            TransferState.DESTINATION_CREDITED: (
+                self._finalize_plan,
+                self._finalize_verdict,
+                self._finalize_commit,
+            ),
         }[state]
         with unit_of_work(self._sessions) as session:
             snapshots = {
@@ -885,11 +948,19 @@ class Bridge:
                     sa.select(TransferRecord).where(TransferRecord.id.in_(group))
                 ).scalars()
             }
-        outcomes = (
-            [act(snapshots[group[0]])]
-            if len(group) == 1
-            else list(self._pool.map(act, [snapshots[t] for t in group]))
-        )
+        planned: dict[str, list[_Leg]] = {}
+        early: dict[str, tuple[str, Any]] = {}
+        for transfer_id in group:
+            legs = plan(snapshots[transfer_id])
+            if isinstance(legs, tuple):
+                early[transfer_id] = legs
+            else:
+                planned[transfer_id] = legs
+        leg_outcomes = self._run_legs(planned)
+        outcomes = [
+            early[t] if t in early else verdict_of(snapshots[t], planned[t], leg_outcomes[t])
+            for t in group
+        ]
         done: dict[str, Any] = {}
         moved: list[str] = []
         for transfer_id, (verdict, payload) in zip(group, outcomes, strict=True):
@@ -912,24 +983,75 @@ class Bridge:
         payloads: Mapping[str, Any],
         commit: Callable[[Session, str, Any, datetime], None],
     ) -> tuple[list[str], list[str]]:
-        """Record many step outcomes in one transaction, each in its own savepoint."""
+        """Record many step outcomes in one transaction.
+
+        Conflicts are rare, so the whole group is first recorded without savepoints (each
+        costs a flush and two statements per transfer); if any transfer meets a conflict,
+        that transaction is rolled back and the group recorded again with a savepoint per
+        transfer, so one transfer's conflict never undoes another's progress.
+        """
         if not transfer_ids:
             return [], []
+        if len(transfer_ids) > 1:
+            try:
+                return self._commit_group(transfer_ids, payloads, commit, isolated=False)
+            except _GroupConflict:
+                pass
+        return self._commit_group(transfer_ids, payloads, commit, isolated=True)
+
+    def _commit_group(
+        self,
+        transfer_ids: list[str],
+        payloads: Mapping[str, Any],
+        commit: Callable[[Session, str, Any, datetime], None],
+        *,
+        isolated: bool,
+    ) -> tuple[list[str], list[str]]:
         progressed: list[str] = []
         conflicted: list[str] = []
         now = self._clock()
         with unit_of_work(self._sessions) as session:
+            self._lock_rows(session, transfer_ids)
             for transfer_id in transfer_ids:
                 try:
-                    with session.begin_nested():
+                    if isolated:
+                        with session.begin_nested():
+                            commit(session, transfer_id, payloads[transfer_id], now)
+                    else:
+                        # _StaleStep is raised before a commit function changes anything,
+                        # so it needs no savepoint to undo.
                         commit(session, transfer_id, payloads[transfer_id], now)
                     progressed.append(transfer_id)
                 except _StaleStep:
                     progressed.append(transfer_id)
                 except LedgerConflict as exc:
+                    if not isolated:
+                        raise _GroupConflict from exc
                     _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
                     conflicted.append(transfer_id)
         return progressed, conflicted
+
+    @staticmethod
+    def _lock_rows(session: Session, transfer_ids: Sequence[str]) -> None:
+        """Read and lock many transfer rows with one statement, for ``_load`` to reuse.
+
+        Rows are locked in id order, so two gateways committing overlapping groups wait
+        for each other instead of deadlocking.
+        """
+        ordered = sorted(set(transfer_ids))
+        # Held here as well as in the identity map, which keeps unmodified objects only
+        # weakly.
+        locked: dict[str, TransferRecord] = session.info.setdefault(_LOCKED_TRANSFERS, {})
+        for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500)):
+            locked.update(
+                (r.id, r)
+                for r in session.execute(
+                    sa.select(TransferRecord)
+                    .where(TransferRecord.id.in_(chunk))
+                    .order_by(TransferRecord.id)
+                    .with_for_update()
+                ).scalars()
+            )
 
     def _note(self, transfer_id: str, reason: str) -> None:
         with unit_of_work(self._sessions) as session:
@@ -941,13 +1063,14 @@ class Bridge:
         self, session: Session, record: TransferRecord, state: TransferState, reason: str = ""
     ) -> None:
         now = self._clock()
+        previous = TransferState(record.state)
         record.state = state.value
         record.updated_at = now
         if state.is_final or reason:
             record.failure_reason = reason
         elif record.failure_reason.startswith("waiting for a registry"):
             record.failure_reason = ""
-        self._step(session, record.id, state, now, reason)
+        self._step(session, record.id, state, now, reason, previous)
         append_event(
             session,
             "transfer_state",
@@ -983,27 +1106,33 @@ class Bridge:
         # Claim the units in the ledger in the same transaction as CHECKED: of two
         # transfers racing for the same units, exactly one gets here.
         for piece in pieces:
-            for row in rows:
-                if row.block.id.overlaps(piece.source_block):
-                    carved = ledger.carve(session, row, piece.source_block, now, transfer_id)
-                    ledger.change(
-                        session,
-                        carved,
-                        "lock",
-                        now,
-                        status=HoldingStatus.LOCKED,
-                        lock_transfer_id=transfer_id,
-                        lock_expires_at=expires,
-                        transfer_id=transfer_id,
-                    )
-                    rows = ledger.require_holding(
+            # Each piece lies inside one source row; an earlier piece may have split that
+            # row, so its current row is read afresh (the rows _plan read may be gone).
+            holder = next(
+                row
+                for row in (
+                    rows
+                    if piece is pieces[0]
+                    else ledger.live_at(
                         session,
                         instruction.source.registry,
                         instruction.source.account,
                         piece.source_block,
-                        allowed=(HoldingStatus.LOCKED,),
-                    ) + [r for r in rows if not r.block.id.overlaps(piece.source_block)]
-                    break
+                    )
+                )
+                if row.block.id.overlaps(piece.source_block)
+            )
+            carved = ledger.carve(session, holder, piece.source_block, now, transfer_id)
+            ledger.change(
+                session,
+                carved,
+                "lock",
+                now,
+                status=HoldingStatus.LOCKED,
+                lock_transfer_id=transfer_id,
+                lock_expires_at=expires,
+                transfer_id=transfer_id,
+            )
         record.kind = kind.value
         record.plan = json.dumps(
             {"pieces": [p.to_json() for p in pieces], "credited": []}, sort_keys=True
@@ -1038,70 +1167,95 @@ class Bridge:
                     piece.origin_block,
                 )
 
-    def _lock_act(self, record: TransferRecord) -> tuple[str, Any]:
+    def _lock_plan(self, record: TransferRecord) -> list[_Leg] | tuple[str, Any]:
         """Lock the units at the source (and, for a venue, at the origin registry)."""
         expires = record.lock_expires_at
         if expires is None or self._clock() >= expires:
             return "rollback", "the source lock expired before the units were locked"
-        try:
-            for operation_id, registry, account, block in self._lock_legs(record):
-                self._port(registry).lock(
-                    LockRequest(
-                        operation_id,
-                        account,
-                        block,
-                        expires + self._registry_lock_grace,
-                        record.id,
-                    )
-                )
-        except RegistryRejected as exc:
-            return "rollback", f"lock refused: {exc}"
-        except RegistryUnavailable as exc:
-            return "wait", exc
+        return [
+            _Leg(
+                registry,
+                LockRequest(
+                    operation_id, account, block, expires + self._registry_lock_grace, record.id
+                ),
+            )
+            for operation_id, registry, account, block in self._lock_legs(record)
+        ]
+
+    @staticmethod
+    def _lock_verdict(
+        record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+    ) -> tuple[str, Any]:
+        failure = _first_failure(outcomes)
+        if isinstance(failure, RegistryRejected):
+            return "rollback", f"lock refused: {failure}"
+        if isinstance(failure, RegistryUnavailable):
+            return "wait", failure
         return "ok", None
 
     def _lock_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         record = self._load(session, transfer_id, TransferState.CHECKED)
         self._advance(session, record, TransferState.SOURCE_LOCKED)
 
-    def _credit_act(self, record: TransferRecord) -> tuple[str, Any]:
+    def _credit_plan(self, record: TransferRecord) -> list[_Leg]:
         """Credit the destination; the lock's expiry is the registry's deadline for it."""
         kind = TransferKind(record.kind)
-        destination = AccountRef(record.destination_registry, record.destination_account)
-        credited: list[tuple[_Piece, UnitBlock]] = []
-        try:
-            for i, piece in enumerate(self._pieces(record)):
-                origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
-                holding = self._port(destination.registry).credit(
+        legs: list[_Leg] = []
+        for i, piece in enumerate(self._pieces(record)):
+            origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
+            legs.append(
+                _Leg(
+                    record.destination_registry,
                     CreditRequest(
                         f"{record.id}:credit:{i}",
-                        destination.account,
+                        record.destination_account,
                         piece.block,
                         origin_registry,
                         record.id,
                         record.lock_expires_at,
-                    )
+                    ),
+                    piece=i,
                 )
-                if kind is TransferKind.RETURN and destination.registry in CUSTODY_VENUES:
-                    self._port(origin_registry).credit(
+            )
+            if kind is TransferKind.RETURN and record.destination_registry in CUSTODY_VENUES:
+                legs.append(
+                    _Leg(
+                        origin_registry,
                         CreditRequest(
                             f"{record.id}:credit-origin:{i}",
-                            venue_account(destination.registry),
+                            venue_account(record.destination_registry),
                             piece.block,
                             origin_registry,
                             record.id,
                             record.lock_expires_at,
-                        )
+                        ),
+                        piece=i,
+                        follows=True,
                     )
-                credited.append((piece, holding.block))
-        except RegistryRejected as exc:
-            if credited:
-                # Part of a multi-block transfer was credited; the rest must follow, so
-                # the transfer waits rather than rolling back.
-                return "wait", f"credit refused after a partial credit: {exc}"
-            return "rollback", f"credit refused: {exc}"
-        except RegistryUnavailable as exc:
-            return "wait", exc
+                )
+        return legs
+
+    def _credit_verdict(
+        self, record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+    ) -> tuple[str, Any]:
+        pieces = self._pieces(record)
+        credited: list[tuple[_Piece, UnitBlock]] = []
+        destination_block: UnitBlock | None = None
+        for index, outcome in enumerate(outcomes):
+            leg = legs[index]
+            if isinstance(outcome, RegistryRejected):
+                if credited:
+                    # Part of a multi-block transfer was credited; the rest must follow,
+                    # so the transfer waits rather than rolling back.
+                    return "wait", f"credit refused after a partial credit: {outcome}"
+                return "rollback", f"credit refused: {outcome}"
+            if isinstance(outcome, RegistryUnavailable):
+                return "wait", outcome
+            if not leg.follows:
+                destination_block = outcome.block
+            last_of_piece = index + 1 == len(legs) or legs[index + 1].piece != leg.piece
+            if last_of_piece and destination_block is not None:
+                credited.append((pieces[leg.piece], destination_block))
         return "ok", credited
 
     def _credit_commit(
@@ -1142,19 +1296,21 @@ class Bridge:
         record.plan = json.dumps(plan, sort_keys=True)
         self._advance(session, record, TransferState.DESTINATION_CREDITED)
 
-    def _finalize_act(self, record: TransferRecord) -> tuple[str, Any]:
+    def _finalize_plan(self, record: TransferRecord) -> list[_Leg]:
         """Immobilize (at the origin) or export (venue position, returning mirror)."""
         kind = TransferKind(record.kind)
-        try:
-            for i, piece in enumerate(self._pieces(record)):
-                origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
-                at_origin = record.source_registry == origin_registry
-                disposition = (
-                    FinalizeDisposition.IMMOBILIZE
-                    if kind is TransferKind.BRIDGE_OUT and at_origin
-                    else FinalizeDisposition.EXPORT
-                )
-                self._port(record.source_registry).finalize(
+        legs: list[_Leg] = []
+        for i, piece in enumerate(self._pieces(record)):
+            origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
+            at_origin = record.source_registry == origin_registry
+            disposition = (
+                FinalizeDisposition.IMMOBILIZE
+                if kind is TransferKind.BRIDGE_OUT and at_origin
+                else FinalizeDisposition.EXPORT
+            )
+            legs.append(
+                _Leg(
+                    record.source_registry,
                     FinalizeRequest(
                         f"{record.id}:finalize:{i}",
                         record.source_account,
@@ -1162,10 +1318,14 @@ class Bridge:
                         disposition,
                         record.id,
                         record.destination_registry,
-                    )
+                    ),
+                    piece=i,
                 )
-                if kind is TransferKind.BRIDGE_OUT and not at_origin:
-                    self._port(origin_registry).finalize(
+            )
+            if kind is TransferKind.BRIDGE_OUT and not at_origin:
+                legs.append(
+                    _Leg(
+                        origin_registry,
                         FinalizeRequest(
                             f"{record.id}:finalize-origin:{i}",
                             piece.origin_account,
@@ -1173,15 +1333,82 @@ class Bridge:
                             FinalizeDisposition.IMMOBILIZE,
                             record.id,
                             record.destination_registry,
-                        )
+                        ),
+                        piece=i,
+                        follows=True,
                     )
-        except RegistryRejected as exc:
+                )
+        return legs
+
+    @staticmethod
+    def _finalize_verdict(
+        record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+    ) -> tuple[str, Any]:
+        failure = _first_failure(outcomes)
+        if isinstance(failure, RegistryRejected):
             # After DESTINATION_CREDITED a transfer only rolls forward: keep retrying.
-            _logger.error("finalize_refused", transfer=record.id, error=str(exc))
-            return "wait", f"finalize refused: {exc}"
-        except RegistryUnavailable as exc:
-            return "wait", exc
+            _logger.error("finalize_refused", transfer=record.id, error=str(failure))
+            return "wait", f"finalize refused: {failure}"
+        if isinstance(failure, RegistryUnavailable):
+            return "wait", failure
         return "ok", None
+
+    def _run_legs(self, planned: Mapping[str, Sequence[_Leg]]) -> dict[str, list[_LegOutcome]]:
+        """Make every transfer's registry calls, in each transfer's order, batched across them.
+
+        A transfer's legs run one after another and it stops at its first leg that fails,
+        exactly as if it were alone; the legs standing at the same place in different
+        transfers go to each registry as one batch call, so a batch of transfers costs a
+        few calls per registry rather than a few per transfer.
+
+        Returns:
+            Per transfer, the outcome of each leg that ran, in order (a failed leg last).
+        """
+        outcomes: dict[str, list[_LegOutcome]] = {t: [] for t in planned}
+        position = 0
+        while True:
+            due = [
+                (transfer_id, legs[position])
+                for transfer_id, legs in planned.items()
+                if position < len(legs) and _first_failure(outcomes[transfer_id]) is None
+            ]
+            if not due:
+                return outcomes
+            calls: dict[tuple[str, type], list[tuple[str, _Leg]]] = {}
+            for transfer_id, leg in due:
+                calls.setdefault((leg.registry, type(leg.request)), []).append((transfer_id, leg))
+            batches = list(calls.values())
+            answers = (
+                [self._call_batch(batches[0])]
+                if len(batches) == 1
+                else list(self._pool.map(self._call_batch, batches))
+            )
+            for batch, answer in zip(batches, answers, strict=True):
+                for (transfer_id, _), outcome in zip(batch, answer, strict=True):
+                    outcomes[transfer_id].append(outcome)
+            position += 1
+
+    def _call_batch(self, batch: Sequence[tuple[str, _Leg]]) -> list[_LegOutcome]:
+        """One batch call to one registry; a failure of the call is every item's outcome."""
+        registry = batch[0][1].registry
+        requests = [leg.request for _, leg in batch]
+        answer: Sequence[RegistryHolding | RegistryRejected]
+        try:
+            port = self._port(registry)
+            if isinstance(requests[0], LockRequest):
+                answer = port.lock_many([r for r in requests if isinstance(r, LockRequest)])
+            elif isinstance(requests[0], CreditRequest):
+                answer = port.credit_many([r for r in requests if isinstance(r, CreditRequest)])
+            else:
+                answer = port.finalize_many([r for r in requests if isinstance(r, FinalizeRequest)])
+        except (RegistryRejected, RegistryUnavailable) as exc:
+            return [exc for _ in batch]
+        if len(answer) != len(batch):
+            failure = RegistryUnavailable(
+                registry, f"answered {len(answer)} results for {len(batch)} requests"
+            )
+            return [failure for _ in batch]
+        return list(answer)
 
     def _finalize_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)

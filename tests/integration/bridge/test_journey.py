@@ -266,3 +266,27 @@ def test_a_use_refused_by_the_origin_registry_leaves_the_ledger_reconciled(world
         world.bridge.use("s1", request)
     assert world.violations() == []
     assert all(h.status is not HoldingStatus.LOCKED for h in world.live())
+
+
+def test_units_of_one_row_move_together_in_one_transfer(world: World) -> None:
+    """Two ranges cut from the same held block: each moves once, the gap stays behind."""
+    world.seed("hkmo", "hk-seller", vcs_block(2001, 2100))
+
+    moved = world.bridge.submit(
+        "two-ranges",
+        TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(2001, 2005), vcs(2011, 2015))),
+    )
+
+    assert moved.state is TransferState.COMPLETED, moved.failure_reason
+    assert sorted(b.quantity for b in moved.credited_blocks) == [5, 5]
+    assert world.at_registry("hkmo", vcs(2001, 2100)) == [
+        (2006, 2010, "hk-seller", "active"),
+        (2016, 2100, "hk-seller", "active"),
+    ]
+    assert world.at_registry("verra", vcs(2001, 2100)) == [
+        (2001, 2005, "venue-hkmo", "bridged"),
+        (2006, 2010, "venue-hkmo", "active"),
+        (2011, 2015, "venue-hkmo", "bridged"),
+        (2016, 2100, "venue-hkmo", "active"),
+    ]
+    assert world.violations() == []

@@ -266,6 +266,7 @@ def decision_to_pb(decision: RulesDecision) -> model_pb2.Decision:
     return model_pb2.Decision(
         allowed=decision.allowed,
         pack_versions=list(decision.pack_versions),
+        deferred_rules=list(decision.deferred_rules),
         violations=[
             model_pb2.Violation(
                 rule_id=v.rule_id,

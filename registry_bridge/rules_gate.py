@@ -513,18 +513,26 @@ class _Combined:
     def __init__(self) -> None:
         self.violations: dict[RuleViolation, None] = {}
         self.versions: dict[str, None] = {}
+        self.deferred: dict[str, None] = {}
 
-    def add(self, violations: Iterable[RuleViolation], versions: Iterable[str] = ()) -> None:
+    def add(
+        self,
+        violations: Iterable[RuleViolation],
+        versions: Iterable[str] = (),
+        deferred: Iterable[str] = (),
+    ) -> None:
         # The baseline pack runs under each scheme pack: the same double-counting violation
         # may come from two evaluations and is reported once.
         self.violations.update(dict.fromkeys(violations))
         self.versions.update(dict.fromkeys(versions))
+        self.deferred.update(dict.fromkeys(deferred))
 
     def decision(self) -> RulesDecision:
         return RulesDecision(
             allowed=not self.violations,
             violations=tuple(self.violations),
             pack_versions=tuple(self.versions),
+            deferred_rules=tuple(sorted(self.deferred)),
         )
 
 
@@ -866,6 +874,7 @@ class ComplianceRules:
             combined.add(
                 [_violation(v, reported) for v in decision.violations],
                 _versions(decision, base_version.effective_from),
+                decision.deferred_rules,
             )
             unrecorded = [
                 m

@@ -109,6 +109,8 @@ class RulesDecision:
     allowed: bool
     violations: tuple[RuleViolation, ...] = ()
     pack_versions: tuple[str, ...] = ()
+    deferred_rules: tuple[str, ...] = ()
+    """Rules left to the later surrender (decided on the entity's compliance year)."""
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,14 @@ def test_evaluate_returns_the_decision_with_rule_id_message_source_and_blocks(
     ).decision
     assert allowed.allowed, allowed.violations
     assert "shenzhen@2024-05-01" in allowed.pack_versions
+    assert list(allowed.deferred_rules) == []  # a holding defers nothing
 
     denied = live_gateway.stub.EvaluateTransfer(
         gateway_pb2.EvaluateTransferRequest(instruction=_instruction("compliance")), timeout=30
     ).decision
     assert not denied.allowed
+    # The offset limit needs the entity's compliance year: left to the surrender, said so.
+    assert denied.deferred_rules and all(r.startswith("CR-SZ-") for r in denied.deferred_rules)
     (violation,) = denied.violations
     assert violation.rule_id == "CR-SZ-0001"
     assert "program VCS is not accepted for compliance" in violation.message

@@ -287,6 +287,10 @@ def test_a_transfer_for_compliance_leaves_the_entity_rules_to_the_surrender() ->
     )
     decision = ComplianceRules(Entities(), projects=Projects(listed)).check_transfer(check)
     assert decision.allowed, decision.violations
+    # The decision says which rules it left to the surrender, so "allowed" is not read
+    # as "may be surrendered".
+    assert decision.deferred_rules
+    assert all(r.startswith("CR-NAT-") for r in decision.deferred_rules)
     hydro = dataclasses.replace(block, project_type="hydro")
     national_hydro = ComplianceRules(Entities(), projects=Projects(listed)).check_transfer(
         dataclasses.replace(check, blocks=(hydro,), known=(row(3, hydro, "guangdong", "seller"),))

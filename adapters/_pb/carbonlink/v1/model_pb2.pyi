@@ -539,6 +539,7 @@ class Decision(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     PACK_VERSIONS_FIELD_NUMBER: _builtins.int
+    DEFERRED_RULES_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]: ...
@@ -546,16 +547,24 @@ class Decision(_message.Message):
     def pack_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Rule pack versions that decided, e.g. "national@2024-05-01"."""
 
+    @_builtins.property
+    def deferred_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rules a transfer leaves to the later surrender, because they are decided on the
+        entity's compliance year (offset limits, local-origin shares): an allowed transfer
+        does not mean the units can be surrendered.
+        """
+
     def __init__(
         self,
         *,
         allowed: _builtins.bool = ...,
         violations: _abc.Iterable[Global___Violation] | None = ...,
         pack_versions: _abc.Iterable[_builtins.str] | None = ...,
+        deferred_rules: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "pack_versions", b"pack_versions", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "deferred_rules", b"deferred_rules", "pack_versions", b"pack_versions", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

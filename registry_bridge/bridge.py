@@ -37,7 +37,7 @@ from registry_bridge.block_json import (
     block_id_to_dict,
     block_to_json,
 )
-from registry_bridge.db import unit_of_work
+from registry_bridge.db import read_scope, unit_of_work
 from registry_bridge.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -183,6 +183,7 @@ def _decision_json(decision: RulesDecision) -> str:
         {
             "allowed": decision.allowed,
             "pack_versions": list(decision.pack_versions),
+            "deferred_rules": list(decision.deferred_rules),
             "violations": [
                 {
                     "rule_id": v.rule_id,
@@ -205,6 +206,8 @@ def _decision_from_json(text: str) -> RulesDecision | None:
     return RulesDecision(
         allowed=data["allowed"],
         pack_versions=tuple(data["pack_versions"]),
+        # Decisions recorded before deferred rules were reported carry none.
+        deferred_rules=tuple(data.get("deferred_rules", ())),
         violations=tuple(
             RuleViolation(
                 rule_id=v["rule_id"],
@@ -779,10 +782,15 @@ class Bridge:
 
     # ---------------------------------------------------------------------------- driving
 
-    def _claim_many(self, transfer_ids: Sequence[str]) -> set[str]:
-        """Take (or renew) the lease on transfers no other live gateway holds; the claimed ids."""
+    def _claim_many(self, transfer_ids: Sequence[str]) -> dict[str, TransferRecord]:
+        """Take (or renew) the lease on transfers no other live gateway holds.
+
+        Returns:
+            The claimed transfers, as read in the claiming transaction (detached copies
+            the round plans from; every step re-reads its row locked before recording).
+        """
         if not transfer_ids:
-            return set()
+            return {}
         now = self._clock()
         with unit_of_work(self._sessions) as session:
             session.execute(
@@ -798,14 +806,15 @@ class Bridge:
                 .values(lease_owner=self._owner, lease_expires_at=now + self._lease)
                 .execution_options(synchronize_session=False)
             )
-            return set(
-                session.execute(
-                    sa.select(TransferRecord.id).where(
+            return {
+                r.id: r
+                for r in session.execute(
+                    sa.select(TransferRecord).where(
                         TransferRecord.id.in_(transfer_ids),
                         TransferRecord.lease_owner == self._owner,
                     )
                 ).scalars()
-            )
+            }
 
     def _load(self, session: Session, transfer_id: str, *expected: TransferState) -> TransferRecord:
         """The transfer row, locked; with ``expected``, only if it is still in one of them.
@@ -892,34 +901,27 @@ class Bridge:
             # Renew the lease every round: a gateway that dies stops renewing, and another
             # takes its transfers over once the lease runs out.
             claimed = self._claim_many(active)
-            with unit_of_work(self._sessions) as session:
-                states: dict[str, str] = {
-                    row.id: row.state
-                    for row in session.execute(
-                        sa.select(TransferRecord.id, TransferRecord.state).where(
-                            TransferRecord.id.in_(list(claimed))
-                        )
-                    )
-                }
             groups: dict[TransferState, list[str]] = {}
             for transfer_id in active:
-                if transfer_id not in states:
+                if transfer_id not in claimed:
                     continue
-                state = TransferState(states[transfer_id])
+                state = TransferState(claimed[transfer_id].state)
                 if self._on_state is not None:
                     self._on_state(transfer_id, state)
                 if not state.is_final:
                     groups.setdefault(state, []).append(transfer_id)
             active = []
             for state, group in groups.items():
-                progressed, conflicted = self._round(state, group)
+                progressed, conflicted = self._round(state, group, claimed)
                 active.extend(progressed)
                 for transfer_id in conflicted:
                     conflicts[transfer_id] = conflicts.get(transfer_id, 0) + 1
                     if conflicts[transfer_id] <= _MAX_CONFLICT_RETRIES:
                         active.append(transfer_id)
 
-    def _round(self, state: TransferState, group: list[str]) -> tuple[list[str], list[str]]:
+    def _round(
+        self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRecord]
+    ) -> tuple[list[str], list[str]]:
         """One step for every transfer of ``group`` (all in ``state``).
 
         Returns the transfers that moved on and those that met a concurrent change.
@@ -941,13 +943,6 @@ class Bridge:
                 self._finalize_commit,
             ),
         }[state]
-        with unit_of_work(self._sessions) as session:
-            snapshots = {
-                r.id: r
-                for r in session.execute(
-                    sa.select(TransferRecord).where(TransferRecord.id.in_(group))
-                ).scalars()
-            }
         planned: dict[str, list[_Leg]] = {}
         early: dict[str, tuple[str, Any]] = {}
         for transfer_id in group:
@@ -1010,7 +1005,7 @@ class Bridge:
         progressed: list[str] = []
         conflicted: list[str] = []
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
+        with unit_of_work(self._sessions) as session, read_scope():
             self._lock_rows(session, transfer_ids)
             for transfer_id in transfer_ids:
                 try:

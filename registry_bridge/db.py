@@ -8,10 +8,11 @@ writer's.  On PostgreSQL the schema's constraints do that work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -167,3 +168,37 @@ def check_connection(engine: Engine) -> None:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as exc:
         raise DatabaseError(f"cannot connect to the database: {exc.__class__.__name__}") from exc
+
+
+T = TypeVar("T")
+
+# Lookups already made in the current read scope (see read_scope), by key.
+_read_scope: contextvars.ContextVar[dict[Hashable, Any] | None] = contextvars.ContextVar(
+    "read_scope", default=None
+)
+
+
+@contextmanager
+def read_scope() -> Iterator[None]:
+    """Within the block, ``scoped_lookup`` answers a repeated lookup from its first answer.
+
+    A batch of transfers recorded in one transaction asks the same reference data (a
+    project's listing) once per transfer; inside one scope it reads it once, as of the
+    scope's start, which is when the batch's transaction reads everything else too.
+    """
+    token = _read_scope.set({})
+    try:
+        yield
+    finally:
+        _read_scope.reset(token)
+
+
+def scoped_lookup(key: Hashable, load: Callable[[], T]) -> T:
+    """``load()``, or the answer it gave earlier in the current ``read_scope``."""
+    scope = _read_scope.get()
+    if scope is None:
+        return load()
+    if key not in scope:
+        scope[key] = load()
+    value: T = scope[key]
+    return value

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge.db import read_only, unit_of_work
+from registry_bridge.db import read_only, scoped_lookup, unit_of_work
 from registry_bridge.model import Authorization
 from registry_bridge.rules_gate import OtherRegistration, ProjectListing
 from registry_bridge.schema import ProjectListingRecord
@@ -126,9 +126,13 @@ class DatabaseProjectRecords:
 
     def get(self, program: str, project_id: str) -> ProjectListing | None:
         """The project's listed facts, or None when it was never listed."""
-        with read_only(self._sessions) as session:
-            record = session.get(ProjectListingRecord, (program, project_id))
-            return None if record is None else listing_from_json(record.facts)
+
+        def load() -> ProjectListing | None:
+            with read_only(self._sessions) as session:
+                record = session.get(ProjectListingRecord, (program, project_id))
+                return None if record is None else listing_from_json(record.facts)
+
+        return scoped_lookup(("project_listing", program, project_id), load)
 
     def record(self, listing: ProjectListing, at: datetime) -> None:
         """Record a listing in a transaction of its own."""

@@ -30,14 +30,19 @@ def run(
     """
     began = time.perf_counter()
     results: list[Result] = []
+    # Seconds per stage: where a run's time goes, to keep each mode within its budget.
+    stages: dict[str, float] = {}
 
-    def stage(name: str, action: Callable[[], list[Result]]) -> None:
+    def stage(name: str, action: Callable[[], list[Result]]) -> list[Result]:
         progress(name)
-        results.extend(action())
+        stage_began = time.perf_counter()
+        found = action()
+        stages[name] = time.perf_counter() - stage_began
+        results.extend(found)
+        return found
 
     if "transport" in only:
-        echo = transport.echo(sizes)
-        results.extend(echo)
+        echo = stage("transport (echo)", partial(transport.echo, sizes))
         for database in databases:
             stage(
                 f"transport ({database})",
@@ -63,6 +68,7 @@ def run(
         "mode": sizes.mode,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - began,
+        "stage_seconds": stages,
         "databases": list(databases),
         "machine": machine.describe(),
         "results": [r.to_json() for r in results],
@@ -100,8 +106,14 @@ def table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     machine_line = ", ".join(f"{k}={v}" for k, v in report["machine"].items())
+    stage_line = ", ".join(f"{k} {v:.0f}s" for k, v in report.get("stage_seconds", {}).items())
     return "\n".join(
-        [*lines, "", f"mode={report['mode']} in {report['seconds']:.0f}s; {machine_line}"]
+        [
+            *lines,
+            "",
+            f"mode={report['mode']} in {report['seconds']:.0f}s; {machine_line}",
+            f"stages: {stage_line}",
+        ]
     )
 
 

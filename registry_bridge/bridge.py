@@ -37,7 +37,7 @@ from registry_bridge.block_json import (
     block_id_to_dict,
     block_to_json,
 )
-from registry_bridge.db import read_scope, unit_of_work
+from registry_bridge.db import defer_insert, read_scope, savepoint, unit_of_work
 from registry_bridge.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -237,6 +237,8 @@ def _instruction_from_json(text: str) -> TransferInstruction:
         ),
     )
 
+
+_STEPS = TransferStepRecord.__table__
 
 # session.info key: transfer ids whose rows this transaction has read and locked.
 _LOCKED_TRANSFERS = "carbonlink.locked_transfers"
@@ -774,10 +776,18 @@ class Bridge:
         # of the transfer's earlier steps is needed (the primary key still refuses a
         # step recorded twice).
         seq = 0 if previous is None else _CHAIN_SEQ[previous] + 1
-        session.add(
-            TransferStepRecord(
-                transfer_id=transfer_id, seq=seq, state=state.value, reason=reason, at=at
-            )
+        # Deferred, not an ORM object: see db.defer_insert.  The transfer row the step
+        # belongs to changes in the same transaction, so a flush writes it.
+        defer_insert(
+            session,
+            _STEPS,
+            {
+                "transfer_id": transfer_id,
+                "seq": seq,
+                "state": state.value,
+                "reason": reason,
+                "at": at,
+            },
         )
 
     # ---------------------------------------------------------------------------- driving
@@ -1010,7 +1020,7 @@ class Bridge:
             for transfer_id in transfer_ids:
                 try:
                     if isolated:
-                        with session.begin_nested():
+                        with savepoint(session):
                             commit(session, transfer_id, payloads[transfer_id], now)
                     else:
                         # _StaleStep is raised before a commit function changes anything,

@@ -202,3 +202,62 @@ def scoped_lookup(key: Hashable, load: Callable[[], T]) -> T:
         scope[key] = load()
     value: T = scope[key]
     return value
+
+
+# session.info key: rows to insert with the session's next flush, by table, in order.
+_DEFERRED_INSERTS = "carbonlink.deferred_inserts"
+
+
+def defer_insert(session: Session, table: sa.FromClause, row: dict[str, Any]) -> None:
+    """Insert ``row`` into ``table`` before the session's next flush or commit, batched.
+
+    For append-only rows nothing reads back in the same transaction (log events, transfer
+    steps): as ORM objects they would each join the unit of work, whose every flush walks
+    all pending objects, so a transaction of many changes cost quadratic time.  Tables are
+    written in the order their first row was deferred (an event before its ranges), before
+    the flush's own objects.  Savepoints must be taken with :func:`savepoint`.
+    """
+    pending: dict[sa.FromClause, list[dict[str, Any]]] = session.info.setdefault(
+        _DEFERRED_INSERTS, {}
+    )
+    pending.setdefault(table, []).append(row)
+
+
+def write_deferred(session: Session) -> None:
+    """Insert the rows deferred so far (see :func:`defer_insert`)."""
+    pending: dict[sa.FromClause, list[dict[str, Any]]] | None = session.info.pop(
+        _DEFERRED_INSERTS, None
+    )
+    if not pending:
+        return
+    connection = session.connection()
+    for table, rows in pending.items():
+        if isinstance(table, sa.Table):
+            connection.execute(table.insert(), rows)
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A savepoint; what it defers is written if it is released and dropped if rolled back."""
+    # Rows deferred before the savepoint belong to the enclosing transaction: written
+    # now, a rollback of the savepoint cannot take them along.
+    write_deferred(session)
+    with session.begin_nested():
+        yield
+
+
+@event.listens_for(Session, "before_flush")
+def _write_before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    write_deferred(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_before_commit(session: Session) -> None:
+    write_deferred(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_deferred(session: Session, _previous: Any) -> None:
+    # Rows still deferred belong to what was just rolled back (a savepoint starts with
+    # none, see savepoint()), and must never be written.
+    session.info.pop(_DEFERRED_INSERTS, None)

@@ -21,11 +21,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from registry_bridge.db import defer_insert
 from registry_bridge.model import BlockId
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
 
 LEAF_PREFIX = b"\x00"
 _HEAD_KEY = "carbonlink.log_head"
+_EVENTS = LedgerEvent.__table__
+_EVENT_BLOCKS = EventBlock.__table__
 
 # The signed instruction being carried out by this thread, if any: every event its change
 # appends records who signed it (the gateway verifies the signature before the change).
@@ -96,28 +99,30 @@ def append_event(
     signed_by = _signed_by.get()
     extra = {"signed_by": dict(signed_by)} if signed_by is not None else {}
     body = canonical_json({"index": index, "kind": kind, "at": at.isoformat(), **payload, **extra})
-    session.add(
-        LedgerEvent(
-            idx=index,
-            kind=kind,
-            payload=body,
-            leaf_hash=leaf_hash(body),
-            transfer_id=transfer_id,
-            created_at=at,
-        )
+    defer_insert(
+        session,
+        _EVENTS,
+        {
+            "idx": index,
+            "kind": kind,
+            "payload": body,
+            "leaf_hash": leaf_hash(body),
+            "transfer_id": transfer_id,
+            "created_at": at,
+        },
     )
-    ranges = list(dict.fromkeys(blocks))
-    if ranges:
-        session.add_all(
-            EventBlock(
-                event_idx=index,
-                seq=seq,
-                program=block.program.value,
-                serial_series=block.serial_series,
-                serial_start=block.serial_start,
-                serial_end=block.serial_end,
-            )
-            for seq, block in enumerate(ranges)
+    for seq, block in enumerate(dict.fromkeys(blocks)):
+        defer_insert(
+            session,
+            _EVENT_BLOCKS,
+            {
+                "event_idx": index,
+                "seq": seq,
+                "program": block.program.value,
+                "serial_series": block.serial_series,
+                "serial_start": block.serial_start,
+                "serial_end": block.serial_end,
+            },
         )
     return index
 

@@ -507,17 +507,32 @@ def origin_rows(session: Session, origin: BlockId) -> list[LedgerHolding]:
     return [_to_holding(r) for r in _overlapping(session, origin) if not r.is_mirror]
 
 
-_MIRRORS = sa.select(LedgerBlock).where(
-    LedgerBlock.is_mirror.is_(True),
-    LedgerBlock.live.is_(True),
-    LedgerBlock.origin_program == sa.bindparam("program"),
-    LedgerBlock.origin_series == sa.bindparam("series"),
-    LedgerBlock.origin_start <= sa.bindparam("end"),
-    # The origin range's end, in SQL: rows that end before ``origin`` are never built
-    # into holdings (the bridge asks this for every transfer).
-    LedgerBlock.origin_start + (LedgerBlock.serial_end - LedgerBlock.serial_start)
-    >= sa.bindparam("start"),
-)
+def _mirrors_query() -> sa.Select[tuple[LedgerBlock]]:
+    live_mirrors = (
+        # Spelled as the partial index ix_ledger_blocks_live_mirrors is, so it is used.
+        LedgerBlock.is_mirror == sa.true(),
+        LedgerBlock.live == sa.true(),
+        LedgerBlock.origin_program == sa.bindparam("program"),
+        LedgerBlock.origin_series == sa.bindparam("series"),
+    )
+    # A serial has at most one live mirror, so live mirrors' origin ranges never overlap:
+    # of those starting before the range only the last can reach into it (as in
+    # _overlap_query), which bounds the index scan instead of reading every earlier mirror.
+    previous_start = (
+        sa.select(LedgerBlock.origin_start)
+        .where(*live_mirrors, LedgerBlock.origin_start < sa.bindparam("start"))
+        .order_by(LedgerBlock.origin_start.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.select(LedgerBlock).where(
+        *live_mirrors,
+        LedgerBlock.origin_start >= sa.func.coalesce(previous_start, sa.bindparam("start")),
+        LedgerBlock.origin_start <= sa.bindparam("end"),
+    )
+
+
+_MIRRORS = _mirrors_query()
 
 
 def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:

@@ -105,6 +105,14 @@ class LedgerBlock(Base):
         sa.Index("ix_ledger_blocks_live_range", "program", "serial_series", "serial_start", "live"),
         sa.Index("ix_ledger_blocks_origin", "origin_program", "origin_series", "origin_start"),
         sa.Index("ix_ledger_blocks_holder", "registry", "account", "live"),
+        sa.Index(
+            "ix_ledger_blocks_live_mirrors",
+            "origin_program",
+            "origin_series",
+            "origin_start",
+            sqlite_where=sa.text("is_mirror = 1 AND live = 1"),
+            postgresql_where=sa.text("is_mirror AND live"),
+        ),
         sa.CheckConstraint("serial_end >= serial_start", name="range_ordered"),
     )
 

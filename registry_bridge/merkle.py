@@ -13,6 +13,13 @@ each event; levels above are cached.  Every range the RFC's recursions (``MTH``,
 ``PATH``, ``SUBPROOF``) ask for starts at a multiple of a power of two at least its
 length, so its hash is the right fold of the complete subtrees of its binary
 decomposition: at most log2(n) nodes.
+
+A proof reads all its nodes in one statement (~24 primary-key probes at 10^6 leaves).
+There is deliberately no in-process cache of nodes in front of the database: the
+round trip is needed anyway (the leaf-side nodes differ per proof), so it would save
+little, and the stored nodes must stay the only truth -- every gateway answers from the
+same rows, and a node cache rebuilt in the database (after a restore, or by a forger,
+whom the consistency proofs then expose) is what every gateway proves from at once.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ writer's.  On PostgreSQL the schema's constraints do that work.
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,11 @@ def is_sqlite(url: str | sa.URL) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 
 
+_SQLITE_BUSY_SECONDS = 30
+# connection.info key: this connection's transaction holds the process's writer lock.
+_HOLDS_WRITER = "carbonlink.holds_writer"
+
+
 def create_engine(url: str) -> Engine:
     """An engine for ``url`` with carbonlink's connection settings.
 
@@ -54,7 +60,7 @@ def create_engine(url: str) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             parsed,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={"timeout": _SQLITE_BUSY_SECONDS, "check_same_thread": False},
             poolclass=sa.pool.QueuePool if database not in ("", ":memory:") else sa.pool.StaticPool,
         )
         _serialize_sqlite_writers(engine)
@@ -75,8 +81,15 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_SECONDS * 1000}")
         cursor.close()
+
+    # Writers of this process queue here for SQLite's one write lock.  Waiting inside
+    # SQLite means its busy handler, which polls with sleeps of up to 100 ms: threads of
+    # one gateway that contend for the lock (concurrent requests, a batch's parts, the
+    # recovery loop) then idle while it is free.  Other processes still meet the busy
+    # handler; this lock only orders this process's own writers, first come first served.
+    writer = threading.Lock()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
@@ -85,7 +98,35 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
             # connection -- even this thread's own write transaction -- holds the lock.
             connection.exec_driver_sql("BEGIN")
             return
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if not writer.acquire(timeout=_SQLITE_BUSY_SECONDS):
+            raise DatabaseError(
+                f"no write transaction within {_SQLITE_BUSY_SECONDS} s: the database is busy"
+            )
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
+        connection.info[_HOLDS_WRITER] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(connection: sa.Connection) -> None:
+        if connection.info.pop(_HOLDS_WRITER, False):
+            writer.release()
+
+    # A connection that goes back to the pool (or is thrown away) without a commit or a
+    # rollback event -- e.g. after its thread died mid-transaction -- must not keep the
+    # lock: connection.info is its pool record's info, seen here too.
+    @event.listens_for(engine, "reset")
+    def _on_reset(_dbapi_connection: Any, record: Any, _state: Any) -> None:
+        if record.info.pop(_HOLDS_WRITER, False):
+            writer.release()
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        if record.info.pop(_HOLDS_WRITER, False):
+            writer.release()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -97,6 +97,9 @@ CUSTODY_VENUES = frozenset({"hkmo"})
 # A conflict means another transaction changed the same rows and committed; re-planning
 # then either proceeds or rejects with the real reason, so a few more rounds are cheap.
 _MAX_CONFLICT_RETRIES = 10
+# A batch larger than one part is driven as parts of this many transfers, this many at once.
+_PIPELINE_PART = 250
+_PIPELINE_PARTS = 3
 
 
 def venue_account(venue: str) -> str:
@@ -328,6 +331,8 @@ class Bridge:
         self._driving_lock = threading.Lock()
         # Registry calls of a batch's transfers run side by side.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
+        # Parts of a large batch are driven side by side (see drive_many).
+        self._parts = ThreadPoolExecutor(max_workers=_PIPELINE_PARTS, thread_name_prefix="batch")
 
     # ----------------------------------------------------------------------------- reads
 
@@ -866,7 +871,14 @@ class Bridge:
             mine = [t for t in dict.fromkeys(transfer_ids) if t not in self._driving]
             self._driving.update(mine)
         try:
-            self._drive_rounds(mine)
+            parts = [mine[i : i + _PIPELINE_PART] for i in range(0, len(mine), _PIPELINE_PART)]
+            if len(parts) == 1:
+                self._drive_rounds(mine)
+            else:
+                # While one part waits for the registries, another records its step:
+                # the gateway's work and the registries' overlap instead of alternating.
+                for finished in [self._parts.submit(self._drive_rounds, p) for p in parts]:
+                    finished.result()
         finally:
             self._release(mine)
             with self._driving_lock:

@@ -918,35 +918,41 @@ class Bridge:
 
     def _drive_rounds(self, transfer_ids: list[str]) -> None:
         conflicts: dict[str, int] = {}
-        active = transfer_ids
+        snapshots = self._claim_many(transfer_ids)
+        active = [t for t in transfer_ids if t in snapshots]
         while active:
-            # Renew the lease every round: a gateway that dies stops renewing, and another
-            # takes its transfers over once the lease runs out.
-            claimed = self._claim_many(active)
             groups: dict[TransferState, list[str]] = {}
             for transfer_id in active:
-                if transfer_id not in claimed:
-                    continue
-                state = TransferState(claimed[transfer_id].state)
+                state = TransferState(snapshots[transfer_id].state)
                 if self._on_state is not None:
                     self._on_state(transfer_id, state)
                 if not state.is_final:
                     groups.setdefault(state, []).append(transfer_id)
-            active = []
+            moving = [t for group in groups.values() for t in group]
+            # Each step's transaction renews the lease of the transfers it moves (a gateway
+            # that dies stops renewing, and another takes them over once it runs out) and
+            # hands back their rows for the next round; others are claimed afresh.
+            fresh: dict[str, TransferRecord] = {}
+            reclaim: list[str] = []
             for state, group in groups.items():
-                progressed, conflicted = self._round(state, group, claimed)
-                active.extend(progressed)
+                progressed, conflicted, renewed = self._round(state, group, snapshots)
+                fresh.update(renewed)
+                reclaim.extend(t for t in progressed if t not in renewed)
                 for transfer_id in conflicted:
                     conflicts[transfer_id] = conflicts.get(transfer_id, 0) + 1
                     if conflicts[transfer_id] <= _MAX_CONFLICT_RETRIES:
-                        active.append(transfer_id)
+                        reclaim.append(transfer_id)
+            fresh.update(self._claim_many(reclaim))
+            snapshots = fresh
+            active = [t for t in moving if t in snapshots]
 
     def _round(
         self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRecord]
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
         """One step for every transfer of ``group`` (all in ``state``).
 
-        Returns the transfers that moved on and those that met a concurrent change.
+        Returns the transfers that moved on, those that met a concurrent change, and the
+        rows (lease renewed) of those of the first this gateway still drives.
         """
         if state is TransferState.PROPOSED:
             return self._commit_all(group, {t: None for t in group}, self._check_in)
@@ -991,15 +997,15 @@ class Bridge:
                 _logger.warning(
                     "transfer_waiting", transfer=transfer_id, state=state.value, error=str(payload)
                 )
-        progressed, conflicted = self._commit_all(list(done), done, commit)
-        return moved + progressed, conflicted
+        progressed, conflicted, renewed = self._commit_all(list(done), done, commit)
+        return moved + progressed, conflicted, renewed
 
     def _commit_all(
         self,
         transfer_ids: list[str],
         payloads: Mapping[str, Any],
         commit: Callable[[Session, str, Any, datetime], None],
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
         """Record many step outcomes in one transaction.
 
         Conflicts are rare, so the whole group is first recorded without savepoints (each
@@ -1008,7 +1014,7 @@ class Bridge:
         transfer, so one transfer's conflict never undoes another's progress.
         """
         if not transfer_ids:
-            return [], []
+            return [], [], {}
         if len(transfer_ids) > 1:
             try:
                 return self._commit_group(transfer_ids, payloads, commit, isolated=False)
@@ -1023,12 +1029,13 @@ class Bridge:
         commit: Callable[[Session, str, Any, datetime], None],
         *,
         isolated: bool,
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
         progressed: list[str] = []
         conflicted: list[str] = []
+        renewed: dict[str, TransferRecord] = {}
         now = self._clock()
         with unit_of_work(self._sessions) as session, read_scope():
-            self._lock_rows(session, transfer_ids)
+            locked = self._lock_rows(session, transfer_ids)
             for transfer_id in transfer_ids:
                 try:
                     if isolated:
@@ -1046,10 +1053,18 @@ class Bridge:
                         raise _GroupConflict from exc
                     _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
                     conflicted.append(transfer_id)
-        return progressed, conflicted
+            for transfer_id in progressed:
+                record = locked[transfer_id]  # reloaded here if a savepoint expired it
+                if TransferState(record.state).is_final:
+                    renewed[transfer_id] = record  # done: only reported, never driven
+                elif record.lease_owner == self._owner:
+                    record.lease_expires_at = now + self._lease
+                    renewed[transfer_id] = record
+                # else taken over (our lease ran out): no longer ours to drive
+        return progressed, conflicted, renewed
 
     @staticmethod
-    def _lock_rows(session: Session, transfer_ids: Sequence[str]) -> None:
+    def _lock_rows(session: Session, transfer_ids: Sequence[str]) -> dict[str, TransferRecord]:
         """Read and lock many transfer rows with one statement, for ``_load`` to reuse.
 
         Rows are locked in id order, so two gateways committing overlapping groups wait
@@ -1069,6 +1084,7 @@ class Bridge:
                     .with_for_update()
                 ).scalars()
             )
+        return locked
 
     def _note(self, transfer_id: str, reason: str) -> None:
         with unit_of_work(self._sessions) as session:

@@ -13,6 +13,7 @@ import dataclasses
 
 import pytest
 
+from registry_bridge import bridge as bridge_module
 from registry_bridge.errors import FailedPrecondition, InvalidRequest, RequestIdConflict
 from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.transfers import (
@@ -288,5 +289,33 @@ def test_units_of_one_row_move_together_in_one_transfer(world: World) -> None:
         (2006, 2010, "venue-hkmo", "active"),
         (2011, 2015, "venue-hkmo", "bridged"),
         (2016, 2100, "venue-hkmo", "active"),
+    ]
+    assert world.violations() == []
+
+
+def test_a_batch_driven_as_parallel_parts_settles_every_transfer_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of one batch carve the same held block at the same time; none is lost."""
+    monkeypatch.setattr(bridge_module, "_PIPELINE_PART", 7)
+    world.seed("hkmo", "hk-seller", vcs_block(3001, 3100))
+    good = [
+        (f"part-{i}", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(3001 + i, 3001 + i),)))
+        for i in range(40)
+    ]
+    # The same units twice in one batch: exactly one of the two transfers may have them.
+    twice = [
+        (f"twice-{i}", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(3090, 3091),)))
+        for i in range(2)
+    ]
+
+    results = world.bridge.submit_many(good + twice)
+
+    states = {r.request_id: r.state for r in results if not isinstance(r, Exception)}
+    assert all(states[r] is TransferState.COMPLETED for r, _ in good), states
+    assert sorted(states[r].value for r, _ in twice) == ["COMPLETED", "REJECTED"]
+    assert world.at_registry("hkmo", vcs(3001, 3100)) == [
+        (3041, 3089, "hk-seller", "active"),
+        (3092, 3100, "hk-seller", "active"),
     ]
     assert world.violations() == []

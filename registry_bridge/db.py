@@ -288,8 +288,12 @@ def savepoint(session: Session) -> Iterator[None]:
 
 
 @event.listens_for(Session, "before_flush")
-def _write_before_flush(session: Session, _context: Any, _instances: Any) -> None:
-    write_deferred(session)
+def _write_before_flush(session: Session, _context: Any, instances: Any) -> None:
+    # A full flush (an autoflush before a query, say) writes them, so what the query
+    # reads is complete; a flush of chosen objects only (the ledger's claims) leaves them
+    # to gather into one batch at commit.
+    if instances is None:
+        write_deferred(session)
 
 
 @event.listens_for(Session, "before_commit")

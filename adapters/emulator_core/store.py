@@ -37,7 +37,7 @@ import enum
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -162,7 +162,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     mirror_start INTEGER,
     mirror_registry TEXT NOT NULL DEFAULT '',
     attributes TEXT NOT NULL,
-    details TEXT NOT NULL DEFAULT '[]'
+    details TEXT NOT NULL DEFAULT '[]',
+    layer INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS blocks_range ON blocks (program, series, serial_start);
 CREATE TABLE IF NOT EXISTS operations (
@@ -177,6 +178,105 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
+
+# Every operation must cost O(log n) in the number of rows (the bench leaves tens of
+# thousands of one-unit blocks behind), so every statement on its path seeks an index and
+# reads only the rows it needs; tests/unit/adapters/test_store_scaling.py holds them to
+# it.  Listings (``holdings``, ``totals``) read what they list.
+#
+# The serial-range lookups rest on one invariant: the rows of one (program, series) and
+# ``layer`` never share a serial.  Rows not exported are layer 0, and they never overlap:
+# an issuance overlapping any row is refused, a held credit overlapping a live row is
+# refused, mirrors take fresh serials from a counter, and splits and merges keep a
+# block's serials.  Exported rows are the history of units that left, and units that
+# come back (a venue position delivered out and returned) are held again over the same
+# serials, so exported rows may overlap live rows and one another; each is placed in the
+# lowest layer from 1 up where it overlaps nothing, and layers are never rewritten (an
+# exported row is never changed or deleted).  Within one layer, of the rows starting
+# before a range only the last can reach into it, so a lookup seeks that row and scans
+# from its start: O(log n) plus the rows it returns, where ``serial_start <= end AND
+# serial_end >= start`` alone scanned every earlier row.  An operation reads the exported
+# layers only when it needs the history (``find``, an issuance's overlap check, a refusal
+# of exported units), at O(log n) per layer; layers stack only as deep as units of one
+# serial left and came back.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS blocks_layer ON blocks (program, series, layer, serial_start);
+CREATE INDEX IF NOT EXISTS blocks_mirror
+    ON blocks (mirror_program, mirror_series, layer, mirror_start)
+    WHERE mirror_program IS NOT NULL;
+CREATE INDEX IF NOT EXISTS blocks_lock_expiry ON blocks (lock_expires_at)
+    WHERE state = 'locked';
+"""
+
+_LAYER_OVERLAP = (
+    "program = :program AND series = :series AND layer = :layer "
+    "AND serial_start >= coalesce(("
+    "SELECT serial_start FROM blocks WHERE program = :program AND series = :series "
+    "AND layer = :layer AND serial_start < :start ORDER BY serial_start DESC LIMIT 1"
+    "), :start) "
+    "AND serial_start <= :end AND serial_end >= :start"
+)
+"""Rows of one layer of a (program, series) sharing a serial with ``start..end``."""
+
+_MIRROR_OVERLAP = (
+    # Live mirrors of one origin series never overlap in their origin serials either: a
+    # credit is refused (DUPLICATE_MIRROR) while a live mirror of any of its units
+    # exists, and a split or merge hands each piece exactly its own origin serials.  So
+    # the bound of ``_LAYER_OVERLAP`` holds here, on the origin serials.
+    "mirror_program = :program AND mirror_series = :series AND layer = 0 "
+    "AND mirror_start >= coalesce(("
+    "SELECT mirror_start FROM blocks WHERE mirror_program = :program "
+    "AND mirror_series = :series AND layer = 0 AND mirror_start < :start "
+    "ORDER BY mirror_start DESC LIMIT 1"
+    "), :start) "
+    "AND mirror_start <= :end AND mirror_start + serial_end - serial_start >= :start"
+)
+"""Live mirror rows whose origin serials share a serial with ``start..end``."""
+
+_EXPIRED_LOCKS = "state = 'locked' AND lock_expires_at <= ?"
+"""Locks expired at a moment (an ISO 8601 UTC text: stored expiries are written the same
+way, so text order is time order)."""
+
+
+def _open_schema(db: sqlite3.Connection) -> None:
+    """Create the tables and indexes, bringing a store file from before layers up to date."""
+    db.executescript(_SCHEMA)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(blocks)")}
+        if "layer" not in columns:
+            db.execute("ALTER TABLE blocks ADD COLUMN layer INTEGER NOT NULL DEFAULT 0")
+            _assign_layers(db)
+        # One statement at a time: executescript would commit the transaction first.
+        for statement in _INDEXES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _assign_layers(db: sqlite3.Connection) -> None:
+    """Place the exported rows of a store file written before layers (once, on opening)."""
+    # Greedy by start: each row goes to the lowest layer whose last row ends before it,
+    # which keeps every layer free of overlaps and the layers numbered 1, 2, ... densely.
+    ends: dict[tuple[str, str], list[int]] = {}
+    placed: list[tuple[int, int]] = []
+    for rowid, program, series, start, end in db.execute(
+        "SELECT id, program, series, serial_start, serial_end FROM blocks "
+        "WHERE state = 'exported' ORDER BY program, series, serial_start, id"
+    ).fetchall():
+        layer_ends = ends.setdefault((program, series), [])
+        for index, last in enumerate(layer_ends):
+            if last < start:
+                layer_ends[index] = end
+                placed.append((index + 1, rowid))
+                break
+        else:
+            layer_ends.append(end)
+            placed.append((len(layer_ends), rowid))
+    db.executemany("UPDATE blocks SET layer = ? WHERE id = ?", placed)
 
 
 @dataclass(frozen=True)
@@ -249,7 +349,7 @@ class Store:
             check_same_thread=False,
             isolation_level=None,
         )
-        self._db.executescript(_SCHEMA)
+        _open_schema(self._db)
 
     def close(self) -> None:
         """Close the database."""
@@ -414,34 +514,86 @@ class Store:
             m_start,
         )
 
-    def _select(self, db: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[_Row]:
+    def _select(
+        self,
+        db: sqlite3.Connection,
+        where: str,
+        args: Sequence[Any] | Mapping[str, Any],
+        *,
+        ordered: bool = True,
+    ) -> list[_Row]:
+        # ``id`` last: rows of one start (an exported row and the units held again over
+        # it) come in the order they were written, as the index on the range gives them.
+        order = " ORDER BY program, series, serial_start, id" if ordered else ""
         rows = db.execute(
-            f"SELECT {self._COLUMNS} FROM blocks WHERE {where} "
-            "ORDER BY program, series, serial_start",
-            tuple(args),
+            f"SELECT {self._COLUMNS} FROM blocks WHERE {where}{order}",
+            args if isinstance(args, Mapping) else tuple(args),
         ).fetchall()
         return [self._row(r) for r in rows]
 
-    def _overlapping(self, db: sqlite3.Connection, block_id: BlockId) -> list[_Row]:
+    def _layer(
+        self, db: sqlite3.Connection, block_id: BlockId, layer: int, extra: str = "", **args: Any
+    ) -> list[_Row]:
+        """Rows of one layer overlapping ``block_id``, narrowed by ``extra`` conditions."""
         return self._select(
             db,
-            "program = ? AND series = ? AND serial_start <= ? AND serial_end >= ?",
-            (
-                block_id.program.value,
-                block_id.serial_series,
-                block_id.serial_end,
-                block_id.serial_start,
-            ),
+            _LAYER_OVERLAP + extra,
+            {
+                "program": block_id.program.value,
+                "series": block_id.serial_series,
+                "layer": layer,
+                "start": block_id.serial_start,
+                "end": block_id.serial_end,
+                **args,
+            },
         )
 
+    def _live(self, db: sqlite3.Connection, block_id: BlockId) -> list[_Row]:
+        """Rows overlapping ``block_id`` that are still here (not exported)."""
+        return self._layer(db, block_id, 0)
+
     @staticmethod
-    def _insert(db: sqlite3.Connection, holding: StoredHolding, mirror_start: int | None) -> None:
+    def _top_layer(db: sqlite3.Connection, block_id: BlockId) -> int:
+        # Layers are numbered densely from 0, so the highest names them all.
+        row = db.execute(
+            "SELECT layer FROM blocks WHERE program = ? AND series = ? ORDER BY layer DESC LIMIT 1",
+            (block_id.program.value, block_id.serial_series),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _exported(self, db: sqlite3.Connection, block_id: BlockId) -> list[_Row]:
+        """Exported rows overlapping ``block_id``, in serial order."""
+        rows = [
+            row
+            for layer in range(1, self._top_layer(db, block_id) + 1)
+            for row in self._layer(db, block_id, layer)
+        ]
+        return sorted(rows, key=_store_order)
+
+    def _overlapping(self, db: sqlite3.Connection, block_id: BlockId) -> list[_Row]:
+        """Every row overlapping ``block_id``, exported ones included, in serial order."""
+        return sorted(self._live(db, block_id) + self._exported(db, block_id), key=_store_order)
+
+    def _free_layer(self, db: sqlite3.Connection, block_id: BlockId) -> int:
+        """The lowest exported layer where ``block_id`` overlaps no row."""
+        layer = 1
+        while self._layer(db, block_id, layer):
+            layer += 1
+        return layer
+
+    def _insert(
+        self, db: sqlite3.Connection, holding: StoredHolding, mirror_start: int | None
+    ) -> None:
+        # Rows become exported only here (an exported row is never updated or deleted),
+        # so this is the one place a row leaves layer 0.
         block = holding.block
         mirror = holding.mirror_of
+        layer = self._free_layer(db, block.id) if holding.state is UnitState.EXPORTED else 0
         db.execute(
             "INSERT INTO blocks (program, series, serial_start, serial_end, account, state, "
             "lock_expires_at, lock_transfer, mirror_program, mirror_series, mirror_start, "
-            "mirror_registry, attributes, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "mirror_registry, attributes, details, layer) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 block.id.program.value,
                 block.id.serial_series,
@@ -457,14 +609,18 @@ class Store:
                 holding.mirror_registry,
                 attributes_to_json(block),
                 json.dumps([list(p) for p in holding.details]),
+                layer,
             ),
         )
 
     def _expire_locks(self, db: sqlite3.Connection, now: datetime) -> None:
         # Expiry is applied lazily, at the start of each operation, in the same
         # transaction: an expired lock holds nothing.
-        expired = self._select(
-            db, "state = 'locked' AND lock_expires_at <= ?", (now.astimezone(UTC).isoformat(),)
+        # Read unordered and sorted here: asked for the store's order, sqlite walks the
+        # whole range index to skip a sort, where the expiry index finds just these rows.
+        expired = sorted(
+            self._select(db, _EXPIRED_LOCKS, (now.astimezone(UTC).isoformat(),), ordered=False),
+            key=_store_order,
         )
         for row in expired:
             db.execute(
@@ -505,17 +661,18 @@ class Store:
 
     def _coalesce(self, db: sqlite3.Connection, holding: StoredHolding) -> None:
         """Merge active neighbours that are one block again (after an unlock or return)."""
-        rows = self._select(
+        block_id = holding.block.id
+        # The block and its neighbours either side: active rows are live (layer 0).
+        rows = self._layer(
             db,
-            "program = ? AND series = ? AND account = ? AND state = 'active' "
-            "AND serial_end >= ? AND serial_start <= ?",
-            (
-                holding.block.id.program.value,
-                holding.block.id.serial_series,
-                holding.account,
-                holding.block.id.serial_start - 1,
-                holding.block.id.serial_end + 1,
+            dataclasses.replace(
+                block_id,
+                serial_start=max(block_id.serial_start - 1, 0),
+                serial_end=block_id.serial_end + 1,
             ),
+            0,
+            " AND account = :account AND state = 'active'",
+            account=holding.account,
         )
         merged: list[_Row] = []
         for row in rows:
@@ -541,12 +698,10 @@ class Store:
         allowed: frozenset[UnitState],
     ) -> _Row:
         """The one row in ``account`` containing ``block_id``, checked to be in ``allowed``."""
-        rows = self._overlapping(db, block_id)
-        held = [r for r in rows if r.holding.state is not UnitState.EXPORTED]
-        if held:
-            # Units that left and came back (a venue position delivered out, then returned)
-            # are held again: the record of their earlier export must not refuse them.
-            rows = held
+        # Units that left and came back (a venue position delivered out, then returned)
+        # are held again: the record of their earlier export must not refuse them, so the
+        # exported rows are read only when no units are held here.
+        rows = self._live(db, block_id) or self._exported(db, block_id)
         if not rows:
             raise Rejection("UNITS_NOT_FOUND", f"no units {_describe(block_id)} at this registry")
         for row in rows:
@@ -735,11 +890,7 @@ class Store:
 
         def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
             _check_deadline(deadline, now)
-            live = [
-                r
-                for r in self._overlapping(db, origin.id)
-                if r.holding.state is not UnitState.EXPORTED
-            ]
+            live = self._live(db, origin.id)
             if any(r.holding.state is UnitState.IMMOBILIZED for r in live):
                 return self._reactivate(db, account, origin.id, details)
             if self.credit_mode is CreditMode.RETURN_ONLY:
@@ -764,14 +915,13 @@ class Store:
                 return holding
             mirrors = self._select(
                 db,
-                "mirror_program = ? AND mirror_series = ? AND state != 'exported' "
-                "AND mirror_start <= ? AND mirror_start + serial_end - serial_start >= ?",
-                (
-                    origin.id.program.value,
-                    origin.id.serial_series,
-                    origin.id.serial_end,
-                    origin.id.serial_start,
-                ),
+                _MIRROR_OVERLAP,
+                {
+                    "program": origin.id.program.value,
+                    "series": origin.id.serial_series,
+                    "start": origin.id.serial_start,
+                    "end": origin.id.serial_end,
+                },
             )
             if mirrors:
                 raise Rejection(
@@ -818,7 +968,7 @@ class Store:
         details: tuple[tuple[str, str], ...],
     ) -> StoredHolding:
         # Units this registry immobilized are coming back (their mirror was returned).
-        for row in self._overlapping(db, block_id):
+        for row in self._live(db, block_id):
             if row.holding.state is UnitState.IMMOBILIZED and row.holding.block.id.contains(
                 block_id
             ):
@@ -943,15 +1093,9 @@ class Store:
 
     def find(self, block_id: BlockId) -> list[StoredHolding]:
         """Every row overlapping ``block_id``, exported ones included."""
-        return self._read(
-            "program = ? AND series = ? AND serial_start <= ? AND serial_end >= ?",
-            (
-                block_id.program.value,
-                block_id.serial_series,
-                block_id.serial_end,
-                block_id.serial_start,
-            ),
-        )
+        with self._transaction() as db:
+            self._expire_locks(db, self._clock())
+            return [row.holding for row in self._overlapping(db, block_id)]
 
     def holdings(self, account: str = "", *, include_exported: bool = False) -> list[StoredHolding]:
         """Rows of one account (or all), without exported ones unless asked."""
@@ -1004,6 +1148,12 @@ def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
             mirror.serial_start + offset + block_id.quantity - 1,
         )
     return dataclasses.replace(held, block=_relabel(held.block, block_id), mirror_of=mirror)
+
+
+def _store_order(row: _Row) -> tuple[str, str, int, int]:
+    """The order ``_select`` reads rows in: by program, series and start, then as written."""
+    block_id = row.holding.block.id
+    return (block_id.program.value, block_id.serial_series, block_id.serial_start, row.rowid)
 
 
 def _mirror_start(row: _Row, start: int) -> int | None:

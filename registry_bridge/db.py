@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from registry_bridge.errors import CarbonlinkError
 
@@ -294,6 +294,14 @@ def _write_before_flush(session: Session, _context: Any, instances: Any) -> None
     # to gather into one batch at commit.
     if instances is None:
         write_deferred(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _write_before_query(state: ORMExecuteState) -> None:
+    # As an autoflush would: what a query reads includes the rows deferred before it
+    # (unless autoflush is off, as in the ledger's overlap checks, which read no such row).
+    if state.session.autoflush:
+        write_deferred(state.session)
 
 
 @event.listens_for(Session, "before_commit")

@@ -1,0 +1,139 @@
+"""Deferred inserts follow their transaction and savepoints; SQLite writers queue in order.
+
+``db.defer_insert`` keeps append-only rows (log events, transfer steps) out of the ORM
+until a flush or commit writes them in one batch: a row must be written exactly when the
+change it belongs to is, never after a rollback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge import db
+from registry_bridge.schema import EventBlock
+
+_TABLE = EventBlock.__table__
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = db.create_engine(f"sqlite:///{tmp_path}/ledger.db")
+    db.upgrade(engine)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
+def _row(index: int) -> dict[str, Any]:
+    return {
+        "event_idx": index,
+        "seq": 0,
+        "program": "VCS",
+        "serial_series": "",
+        "serial_start": index,
+        "serial_end": index,
+    }
+
+
+def _written(sessions: sessionmaker[Session]) -> list[int]:
+    with db.read_only(sessions) as session:
+        return [
+            int(i)
+            for i in session.execute(
+                sa.select(EventBlock.event_idx).order_by(EventBlock.event_idx)
+            ).scalars()
+        ]
+
+
+def test_deferred_rows_are_written_at_commit(sessions: sessionmaker[Session]) -> None:
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+        db.defer_insert(session, _TABLE, _row(2))
+        assert _written(sessions) == []  # not before the commit
+    assert _written(sessions) == [1, 2]
+
+
+def test_a_rolled_back_transaction_writes_none(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(RuntimeError), db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+        raise RuntimeError("the change failed")
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(2))
+    assert _written(sessions) == [2]  # nothing of the failed transaction leaks into the next
+
+
+def test_a_savepoint_keeps_rows_before_it_and_drops_its_own_on_rollback(
+    sessions: sessionmaker[Session],
+) -> None:
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+        with pytest.raises(RuntimeError), db.savepoint(session):
+            db.defer_insert(session, _TABLE, _row(2))
+            raise RuntimeError("one transfer's step failed")
+        with db.savepoint(session):
+            db.defer_insert(session, _TABLE, _row(3))
+        db.defer_insert(session, _TABLE, _row(4))
+    assert _written(sessions) == [1, 3, 4]
+
+
+def test_a_query_sees_the_rows_deferred_before_it(sessions: sessionmaker[Session]) -> None:
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(7))
+        found = session.execute(sa.select(EventBlock.event_idx)).scalars().all()
+    assert list(found) == [7]
+
+
+def test_sqlite_writers_of_one_process_wait_for_each_other_in_turn(
+    sessions: sessionmaker[Session],
+) -> None:
+    order: list[str] = []
+    first_in = threading.Event()
+
+    def first() -> None:
+        with db.unit_of_work(sessions) as session:
+            db.defer_insert(session, _TABLE, _row(1))
+            session.execute(sa.select(EventBlock.event_idx)).all()  # begins: takes the lock
+            first_in.set()
+            time.sleep(0.3)  # hold the write transaction while the second asks for one
+            order.append("first")
+
+    def second() -> None:
+        first_in.wait(timeout=10)
+        with db.unit_of_work(sessions) as session:
+            db.defer_insert(session, _TABLE, _row(2))
+            session.execute(sa.select(EventBlock.event_idx)).all()
+            order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == ["first", "second"]
+    assert _written(sessions) == [1, 2]
+
+
+def test_a_failed_write_transaction_releases_the_writer_lock(
+    sessions: sessionmaker[Session],
+) -> None:
+    with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sessions) as session:
+        session.execute(sa.insert(EventBlock), [_row(1), _row(1)])  # duplicate primary key
+    done = threading.Event()
+
+    def writer() -> None:
+        with db.unit_of_work(sessions) as session:
+            db.defer_insert(session, _TABLE, _row(5))
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join(timeout=10)
+    assert done.is_set()  # another thread could write: the lock was not left held
+    assert _written(sessions) == [5]

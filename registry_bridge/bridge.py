@@ -277,6 +277,65 @@ def _first_failure(
     return next((o for o in outcomes if not isinstance(o, RegistryHolding)), None)
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """One submission waiting for its transfer to be driven (see _SharedRounds)."""
+
+    transfer_id: str
+    leads: bool = False
+    done: bool = False
+    error: Exception | None = None
+
+
+class _SharedRounds:
+    """Drives the transfers of concurrent single submissions together (group commit).
+
+    A submission that finds no round running leads one: it takes every transfer waiting
+    at that moment, its own included, and drives them as one group, so each step's
+    transaction and each registry call serve all of them; submissions arriving meanwhile
+    wait, and the first of them leads the next round.  One submission alone is driven at
+    once, as before; many at a time share rounds instead of queueing for the database one
+    step each.
+    """
+
+    def __init__(self, drive_many: Callable[[Sequence[str]], object]) -> None:
+        self._drive_many = drive_many
+        self._changed = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._leading = False
+
+    def drive(self, transfer_id: str) -> None:
+        """Return once ``transfer_id`` was driven as far as the registries let it go now."""
+        me = _Waiter(transfer_id)
+        with self._changed:
+            self._queue.append(me)
+            if not self._leading:
+                self._leading = me.leads = True
+            while not (me.done or me.leads):
+                self._changed.wait()
+            if me.done:
+                if me.error is not None:
+                    raise me.error
+                return
+            group, self._queue = self._queue, []
+        error: Exception | None = None
+        try:
+            self._drive_many(list(dict.fromkeys(w.transfer_id for w in group)))
+        except Exception as exc:  # every submission of the group hears of it
+            error = exc
+        finally:
+            with self._changed:
+                for waiter in group:
+                    waiter.done, waiter.error = True, error
+                if self._queue:
+                    self._queue[0].leads = True  # the next round's leader
+                else:
+                    self._leading = False
+                self._changed.notify_all()
+        if error is not None:
+            raise error
+
+
 class _GroupConflict(Exception):
     """A transfer of a group recorded without savepoints met a conflict: redo it isolated."""
 
@@ -331,6 +390,8 @@ class Bridge:
         self._driving_lock = threading.Lock()
         # Registry calls of a batch's transfers run side by side.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
+        # Concurrent single submissions share rounds (see _SharedRounds).
+        self._shared_rounds = _SharedRounds(self.drive_many)
         # Parts of a large batch are driven side by side (see drive_many).
         self._parts = ThreadPoolExecutor(max_workers=_PIPELINE_PARTS, thread_name_prefix="batch")
 
@@ -619,7 +680,7 @@ class Bridge:
         transfer_id, _ = self._propose(request_id, instruction)
         # A repeat of an unfinished transfer drives it on (when no other gateway holds it),
         # so a client retrying after an error never leaves its transfer stranded.
-        self.drive(transfer_id)
+        self._shared_rounds.drive(transfer_id)
         return self.get(transfer_id)
 
     def submit_many(

@@ -1095,33 +1095,48 @@ class Bridge:
         conflicted: list[str] = []
         renewed: dict[str, TransferRecord] = {}
         now = self._clock()
-        with unit_of_work(self._sessions) as session, read_scope():
-            locked = self._lock_rows(session, transfer_ids)
-            for transfer_id in transfer_ids:
-                try:
-                    if isolated:
-                        with savepoint(session):
+        try:
+            with unit_of_work(self._sessions) as session, read_scope():
+                if not isolated:
+                    # A savepoint's rollback would leave its unwritten rows behind in the
+                    # ledger's index of new rows: isolated groups write claims at once.
+                    ledger.defer_claims(session)
+                locked = self._lock_rows(session, transfer_ids)
+                for transfer_id in transfer_ids:
+                    try:
+                        if isolated:
+                            with savepoint(session):
+                                commit(session, transfer_id, payloads[transfer_id], now)
+                        else:
+                            # _StaleStep is raised before a commit function changes
+                            # anything, so it needs no savepoint to undo.
                             commit(session, transfer_id, payloads[transfer_id], now)
-                    else:
-                        # _StaleStep is raised before a commit function changes anything,
-                        # so it needs no savepoint to undo.
-                        commit(session, transfer_id, payloads[transfer_id], now)
-                    progressed.append(transfer_id)
-                except _StaleStep:
-                    progressed.append(transfer_id)
-                except LedgerConflict as exc:
-                    if not isolated:
-                        raise _GroupConflict from exc
-                    _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
-                    conflicted.append(transfer_id)
-            for transfer_id in progressed:
-                record = locked[transfer_id]  # reloaded here if a savepoint expired it
-                if TransferState(record.state).is_final:
-                    renewed[transfer_id] = record  # done: only reported, never driven
-                elif record.lease_owner == self._owner:
-                    record.lease_expires_at = now + self._lease
-                    renewed[transfer_id] = record
-                # else taken over (our lease ran out): no longer ours to drive
+                        progressed.append(transfer_id)
+                    except _StaleStep:
+                        progressed.append(transfer_id)
+                    except (LedgerConflict, sa.exc.IntegrityError) as exc:
+                        if isinstance(exc, sa.exc.IntegrityError) and not (
+                            ledger.is_claim_conflict(exc)
+                        ):
+                            raise
+                        if not isolated:
+                            raise _GroupConflict from exc
+                        _logger.info("transfer_step_conflict", transfer=transfer_id, error=str(exc))
+                        conflicted.append(transfer_id)
+                for transfer_id in progressed:
+                    record = locked[transfer_id]  # reloaded if a savepoint expired it
+                    if TransferState(record.state).is_final:
+                        renewed[transfer_id] = record  # done: only reported, never driven
+                    elif record.lease_owner == self._owner:
+                        record.lease_expires_at = now + self._lease
+                        renewed[transfer_id] = record
+                    # else taken over (our lease ran out): no longer ours to drive
+        except sa.exc.IntegrityError as exc:
+            # The group's new rows are written at commit (ledger.defer_claims): a
+            # concurrent gateway's claim of the same serials is refused there.
+            if isolated or not ledger.is_claim_conflict(exc):
+                raise
+            raise _GroupConflict from exc
         return progressed, conflicted, renewed
 
     @staticmethod

@@ -9,7 +9,9 @@ the check up against any writer that got past it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import bisect
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +65,135 @@ def _to_holding(row: LedgerBlock) -> LedgerHolding:
 
 # session.info key: ledger rows read in the session's transaction, by id (see _keep).
 _KEPT_ROWS = "carbonlink.ledger_rows"
+# session.info key: the transaction's unflushed new rows (see defer_claims).
+_PENDING = "carbonlink.ledger_pending"
+_ID_CHUNK = 256
+
+
+class _Pending:
+    """New rows of a transaction that writes them only at commit (see ``defer_claims``).
+
+    The overlap checks and mirror lookups that follow in the same transaction must see
+    them; they are indexed by serial start per run (and by origin start per origin run,
+    for mirrors) so a lookup costs a bisection, not a walk over every new row.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._ids: list[int] = []
+        self._rows: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
+        self._mirrors: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
+        self._count = 0
+
+    def next_id(self) -> int:
+        if not self._ids:
+            self._ids = _allocate_ids(self._session, _ID_CHUNK)
+        return self._ids.pop(0)
+
+    def add(self, row: LedgerBlock) -> None:
+        self._count += 1
+        bisect.insort(
+            self._rows.setdefault((row.program, row.serial_series), []),
+            (row.serial_start, self._count, row),
+            key=lambda entry: (entry[0], entry[1]),
+        )
+        if row.is_mirror:
+            bisect.insort(
+                self._mirrors.setdefault((row.origin_program, row.origin_series), []),
+                (row.origin_start, self._count, row),
+                key=lambda entry: (entry[0], entry[1]),
+            )
+
+    @staticmethod
+    def _reaching(
+        entries: list[tuple[int, int, LedgerBlock]],
+        start: int,
+        end: int,
+        span: Callable[[LedgerBlock], tuple[int, int]],
+    ) -> list[LedgerBlock]:
+        # Entries starting after ``end`` cannot overlap; walking back from there, live rows
+        # never overlap one another, so the first live one that ends before ``start``
+        # closes the search (ended rows are stepped over).
+        found: list[LedgerBlock] = []
+        position = bisect.bisect_right(entries, (end, sys.maxsize), key=lambda e: (e[0], e[1]))
+        for _, _, row in reversed(entries[:position]):
+            if not row.live:
+                continue
+            first, last = span(row)
+            if last < start:
+                break
+            if first <= end:
+                found.append(row)
+        return found
+
+    def overlapping(self, block_id: BlockId) -> list[LedgerBlock]:
+        entries = self._rows.get((block_id.program.value, block_id.serial_series), [])
+        return self._reaching(
+            entries,
+            block_id.serial_start,
+            block_id.serial_end,
+            lambda r: (r.serial_start, r.serial_end),
+        )
+
+    def mirrors(self, origin: BlockId) -> list[LedgerBlock]:
+        entries = self._mirrors.get((origin.program.value, origin.serial_series), [])
+        return self._reaching(
+            entries,
+            origin.serial_start,
+            origin.serial_end,
+            lambda r: (r.origin_start, r.origin_start + (r.serial_end - r.serial_start)),
+        )
+
+
+def _allocate_ids(session: Session, count: int) -> list[int]:
+    """``count`` unused row ids for this transaction's new rows."""
+    with session.no_autoflush:  # allocating writes nothing
+        return _fresh_ids(session, count)
+
+
+def _fresh_ids(session: Session, count: int) -> list[int]:
+    if session.get_bind().dialect.name == "sqlite":
+        # One writer at a time (BEGIN IMMEDIATE), and rows are never deleted: the ids
+        # after the largest are this transaction's to use.
+        taken = int(
+            session.execute(
+                sa.select(sa.func.coalesce(sa.func.max(LedgerBlock.id), 0))
+            ).scalar_one()
+        )
+        last = session.info.get(_LAST_SQLITE_ID, taken)
+        start = max(taken, last) + 1
+        session.info[_LAST_SQLITE_ID] = start + count - 1
+        return list(range(start, start + count))
+    return [
+        int(i)
+        for i in session.execute(
+            sa.text(
+                "SELECT nextval(pg_get_serial_sequence('ledger_blocks', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": count},
+        ).scalars()
+    ]
+
+
+_LAST_SQLITE_ID = "carbonlink.ledger_last_id"
+
+
+def defer_claims(session: Session) -> None:
+    """From now on in this transaction, new and split rows are written at commit.
+
+    For a group of transfers recorded in one transaction: a flush per split or mirror cost
+    more than the rest of the step.  Rows get their ids up front and the ledger's own
+    lookups see them before they are written.  On PostgreSQL the exclusion constraint
+    then refuses a concurrent claim at the commit, as an ``IntegrityError`` that
+    ``is_claim_conflict`` recognizes, instead of as a LedgerConflict at the insert.
+    """
+    session.info.setdefault(_PENDING, _Pending(session))
+
+
+def is_claim_conflict(error: sa.exc.IntegrityError) -> bool:
+    """Whether ``error`` is PostgreSQL's refusal of overlapping live serials."""
+    return "ex_ledger_blocks_live_overlap" in str(error.orig)
 
 
 def _describe(block_id: BlockId) -> str:
@@ -122,8 +253,20 @@ def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
             ).scalars()
             if r.live
         ]
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is not None:
+        rows = _merged(rows, pending.overlapping(block_id), lambda r: r.serial_start)
     _keep(session, rows)
     return rows
+
+
+def _merged(
+    read: list[LedgerBlock], new: list[LedgerBlock], order: Callable[[LedgerBlock], int]
+) -> list[LedgerBlock]:
+    if not new:
+        return read
+    # A new row is one object whether or not some flush already wrote it and a query read it.
+    return sorted({id(r): r for r in [*read, *new]}.values(), key=order)
 
 
 def _keep(session: Session, rows: Iterable[LedgerBlock]) -> None:
@@ -200,6 +343,10 @@ def _new_row(
         lock_transfer_id=lock_transfer_id,
         lock_expires_at=lock_expires_at,
     )
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is not None:
+        row.id = pending.next_id()
+        pending.add(row)
     session.add(row)
     return row
 
@@ -210,6 +357,8 @@ def _flush_claims(session: Session, block_id: BlockId, rows: Sequence[LedgerBloc
     Only the ledger rows are flushed: the overlap checks that follow must see them, while
     the transaction's events and steps are cheaper written together at commit.
     """
+    if _PENDING in session.info:
+        return  # written at commit (see defer_claims)
     try:
         session.flush(rows)
     except sa.exc.IntegrityError as exc:
@@ -244,7 +393,15 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
     row lock turns that race into a LedgerConflict instead of a silent overwrite.
     """
     row: LedgerBlock | None
-    if session.get_bind().dialect.name == "sqlite":
+    pending: _Pending | None = session.info.get(_PENDING)
+    if (
+        pending is not None
+        and holding.row_id in session.info.get(_KEPT_ROWS, {})
+        and (session.info[_KEPT_ROWS][holding.row_id] in session.new)
+    ):
+        # Created by this transaction and not yet written: no one else can have it.
+        row = session.info[_KEPT_ROWS][holding.row_id]
+    elif session.get_bind().dialect.name == "sqlite":
         # SQLite runs one write transaction at a time (BEGIN IMMEDIATE) and every session
         # is one transaction: a row this session already read is the row as it is now.
         row = session.get(LedgerBlock, holding.row_id)
@@ -491,7 +648,8 @@ def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_
     row.live = False
     # Flushed now, so a later claim of these serials in the same transaction is not
     # refused by PostgreSQL's exclusion constraint over live rows.
-    session.flush([row])
+    if _PENDING not in session.info:
+        session.flush([row])
     append_event(
         session,
         "finalize",
@@ -551,6 +709,9 @@ def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
             ).scalars()
             if r.live
         ]
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is not None:
+        kept = _merged(kept, pending.mirrors(origin), lambda r: r.origin_start)
     _keep(session, kept)
     found = [_to_holding(r) for r in kept]
     return [h for h in found if h.origin.overlaps(origin)]

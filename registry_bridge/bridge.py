@@ -631,7 +631,13 @@ class Bridge:
                                 origin_row.block.with_range(o_start, o_end),
                             )
                         )
-                known.extend(ledger.origin_rows(session, origin))
+                if kind is TransferKind.BRIDGE_OUT:
+                    # Origin units held at the source: require_holding read every live row
+                    # over these serials (and refused any held elsewhere), so the origin
+                    # rows are the source rows read above.
+                    known.extend(r for r in rows if r.origin.overlaps(origin))
+                else:
+                    known.extend(ledger.origin_rows(session, origin))
                 known.extend(ledger.mirrors_of(session, origin))
         if route_problems:
             raise FailedPrecondition(

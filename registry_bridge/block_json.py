@@ -6,6 +6,7 @@ so a split piece keeps every attribute of the block it came from.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date
 from typing import Any
@@ -72,6 +73,24 @@ def attributes_to_json(block: UnitBlock) -> str:
 
 def block_from_parts(block_id: BlockId, attributes_json: str) -> UnitBlock:
     """Rebuild a block from its id and the JSON of :func:`attributes_to_json`."""
+    # Many rows share one set of attributes (every split of a block keeps them): they are
+    # parsed once and only the range differs.
+    template = _TEMPLATES.get(attributes_json)
+    if template is None:
+        template = _parse_block(block_id, attributes_json)
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[attributes_json] = template
+        return template
+    return dataclasses.replace(template, id=block_id)
+
+
+# Parsed attributes by their JSON (a block's attributes never change), bounded.
+_TEMPLATES: dict[str, UnitBlock] = {}
+_MAX_TEMPLATES = 4096
+
+
+def _parse_block(block_id: BlockId, attributes_json: str) -> UnitBlock:
     data = json.loads(attributes_json)
     auth = data["authorization"]
     return UnitBlock(

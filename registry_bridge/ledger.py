@@ -397,7 +397,7 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
     if (
         pending is not None
         and holding.row_id in session.info.get(_KEPT_ROWS, {})
-        and (session.info[_KEPT_ROWS][holding.row_id] in session.new)
+        and sa.inspect(session.info[_KEPT_ROWS][holding.row_id]).pending
     ):
         # Created by this transaction and not yet written: no one else can have it.
         row = session.info[_KEPT_ROWS][holding.row_id]

@@ -742,6 +742,7 @@ class Bridge:
                     ).scalars()
                 }
                 results: list[str | Exception] = []
+                new: list[str] = []
                 for (request_id, instruction), digest in zip(items, digests, strict=True):
                     if request_id in known:
                         transfer_id, stored = known[request_id]
@@ -754,10 +755,14 @@ class Bridge:
                         continue
                     transfer_id = uuid.uuid4().hex
                     session.add(self._new_record(transfer_id, request_id, instruction, digest, now))
-                    session.flush()
-                    self._step(session, transfer_id, TransferState.PROPOSED, now)
                     known[request_id] = (transfer_id, digest)
                     results.append(transfer_id)
+                    new.append(transfer_id)
+                # One flush writes every new transfer (a batch insert); their first steps,
+                # which refer to them, are written after it.
+                session.flush()
+                for transfer_id in new:
+                    self._step(session, transfer_id, TransferState.PROPOSED, now)
                 return results
         except sa.exc.IntegrityError:
             # Another gateway proposed one of these request ids at the same moment: fall

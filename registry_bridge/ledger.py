@@ -201,7 +201,7 @@ def _describe(block_id: BlockId) -> str:
     return f"{block_id.program.value}{series} {block_id.serial_start}-{block_id.serial_end}"
 
 
-def _overlap_query() -> sa.Select[tuple[LedgerBlock]]:
+def _overlap_query() -> sa.Select[tuple[int]]:
     same_run = (
         LedgerBlock.program == sa.bindparam("program"),
         LedgerBlock.serial_series == sa.bindparam("series"),
@@ -219,7 +219,7 @@ def _overlap_query() -> sa.Select[tuple[LedgerBlock]]:
         .scalar_subquery()
     )
     return (
-        sa.select(LedgerBlock)
+        sa.select(LedgerBlock.id)
         .where(
             *same_run,
             LedgerBlock.serial_start >= sa.func.coalesce(previous_start, sa.bindparam("start")),
@@ -235,24 +235,42 @@ def _overlap_query() -> sa.Select[tuple[LedgerBlock]]:
 _OVERLAP = _overlap_query()
 
 
+_BY_IDS = sa.select(LedgerBlock).where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
+
+
+def _read_rows(
+    session: Session, id_query: sa.Select[tuple[int]], params: dict[str, Any]
+) -> list[LedgerBlock]:
+    """The live rows whose ids ``id_query`` finds, in its order.
+
+    The ids come from a plain statement on the transaction's connection; rows this
+    transaction already holds are taken from memory (as the ORM's identity map would,
+    without its per-query cost) and only the others are loaded, in one query.  Every
+    change that adds or ends a row is written where it is made, or indexed in memory
+    (see defer_claims), so no autoflush is needed; a row ended in memory but not yet
+    written is dropped by the ``live`` test.
+    """
+    ids = list(session.connection().execute(id_query, params).scalars())
+    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
+    # A row object of a rolled-back savepoint is no longer the row with that id.
+    missing = [i for i in ids if i not in kept or not sa.inspect(kept[i]).persistent]
+    if missing:
+        with session.no_autoflush:
+            kept.update((r.id, r) for r in session.execute(_BY_IDS, {"ids": missing}).scalars())
+    return [kept[i] for i in ids if i in kept and kept[i].live]
+
+
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
-    # Every change that adds a row or ends one is flushed where it is made (_insert,
-    # carve), so the query needs no autoflush of the transaction's other pending writes;
-    # a row ended in memory but not yet flushed is dropped by the ``live`` test below.
-    with session.no_autoflush:
-        rows = [
-            r
-            for r in session.execute(
-                _OVERLAP,
-                {
-                    "program": block_id.program.value,
-                    "series": block_id.serial_series,
-                    "start": block_id.serial_start,
-                    "end": block_id.serial_end,
-                },
-            ).scalars()
-            if r.live
-        ]
+    rows = _read_rows(
+        session,
+        _OVERLAP,
+        {
+            "program": block_id.program.value,
+            "series": block_id.serial_series,
+            "start": block_id.serial_start,
+            "end": block_id.serial_end,
+        },
+    )
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         rows = _merged(rows, pending.overlapping(block_id), lambda r: r.serial_start)
@@ -665,7 +683,7 @@ def origin_rows(session: Session, origin: BlockId) -> list[LedgerHolding]:
     return [_to_holding(r) for r in _overlapping(session, origin) if not r.is_mirror]
 
 
-def _mirrors_query() -> sa.Select[tuple[LedgerBlock]]:
+def _mirrors_query() -> sa.Select[tuple[int]]:
     live_mirrors = (
         # Spelled as the partial index ix_ledger_blocks_live_mirrors is, so it is used.
         LedgerBlock.is_mirror == sa.true(),
@@ -683,7 +701,7 @@ def _mirrors_query() -> sa.Select[tuple[LedgerBlock]]:
         .limit(1)
         .scalar_subquery()
     )
-    return sa.select(LedgerBlock).where(
+    return sa.select(LedgerBlock.id).where(
         *live_mirrors,
         LedgerBlock.origin_start >= sa.func.coalesce(previous_start, sa.bindparam("start")),
         LedgerBlock.origin_start <= sa.bindparam("end"),
@@ -695,20 +713,16 @@ _MIRRORS = _mirrors_query()
 
 def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
     """Live mirror rows standing for any part of an origin range."""
-    with session.no_autoflush:  # as in _overlapping: row inserts and ends are flushed
-        kept = [
-            r
-            for r in session.execute(
-                _MIRRORS,
-                {
-                    "program": origin.program.value,
-                    "series": origin.serial_series,
-                    "start": origin.serial_start,
-                    "end": origin.serial_end,
-                },
-            ).scalars()
-            if r.live
-        ]
+    kept = _read_rows(
+        session,
+        _MIRRORS,
+        {
+            "program": origin.program.value,
+            "series": origin.serial_series,
+            "start": origin.serial_start,
+            "end": origin.serial_end,
+        },
+    )
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         kept = _merged(kept, pending.mirrors(origin), lambda r: r.origin_start)

@@ -16,6 +16,7 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
@@ -334,6 +335,17 @@ class _SharedRounds:
                 self._changed.notify_all()
         if error is not None:
             raise error
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_pieces(plan: str) -> tuple[_Piece, ...]:
+    # Every step of a transfer reads its pieces, some more than once: parsed once per plan.
+    return tuple(_Piece.from_json(p) for p in json.loads(plan)["pieces"])
+
+
+def _locked_rows(plan: str) -> list[int]:
+    """The ledger rows a transfer locked at CHECKED (none in plans older than the field)."""
+    return [int(i) for i in json.loads(plan).get("locked_rows", [])] if plan else []
 
 
 class _GroupConflict(Exception):
@@ -1113,6 +1125,12 @@ class Bridge:
                     # ledger's index of new rows: isolated groups write claims at once.
                     ledger.defer_claims(session)
                 locked = self._lock_rows(session, transfer_ids)
+                if commit == self._finalize_commit:
+                    # The rows the group's transfers locked, read in one query rather
+                    # than one lookup per transfer.
+                    ledger.read_rows_by_id(
+                        session, [i for r in locked.values() for i in _locked_rows(r.plan)]
+                    )
                 for transfer_id in transfer_ids:
                     try:
                         if isolated:
@@ -1223,6 +1241,7 @@ class Bridge:
             )
             return
         expires = now + self._lock_ttl
+        locked_rows: list[int] = []
         # Claim the units in the ledger in the same transaction as CHECKED: of two
         # transfers racing for the same units, exactly one gets here.
         for piece in pieces:
@@ -1243,6 +1262,7 @@ class Bridge:
                 if row.block.id.overlaps(piece.source_block)
             )
             carved = ledger.carve(session, holder, piece.source_block, now, transfer_id)
+            locked_rows.append(carved.row_id)
             ledger.change(
                 session,
                 carved,
@@ -1255,13 +1275,15 @@ class Bridge:
             )
         record.kind = kind.value
         record.plan = json.dumps(
-            {"pieces": [p.to_json() for p in pieces], "credited": []}, sort_keys=True
+            {"pieces": [p.to_json() for p in pieces], "credited": [], "locked_rows": locked_rows},
+            sort_keys=True,
         )
         record.lock_expires_at = expires
         self._advance(session, record, TransferState.CHECKED)
 
-    def _pieces(self, record: TransferRecord) -> list[_Piece]:
-        return [_Piece.from_json(p) for p in json.loads(record.plan)["pieces"]]
+    @staticmethod
+    def _pieces(record: TransferRecord) -> tuple[_Piece, ...]:
+        return _plan_pieces(record.plan)
 
     def _port(self, registry: str) -> RegistryPort:
         port = self._registries.get(registry)

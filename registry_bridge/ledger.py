@@ -260,6 +260,17 @@ def _read_rows(
     return [kept[i] for i in ids if i in kept and kept[i].live]
 
 
+def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
+    """Read these rows into the transaction at once, for the lookups that follow."""
+    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
+    wanted = [
+        i for i in dict.fromkeys(row_ids) if i not in kept or not sa.inspect(kept[i]).persistent
+    ]
+    for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+        with session.no_autoflush:
+            kept.update((r.id, r) for r in session.execute(_BY_IDS, {"ids": chunk}).scalars())
+
+
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
     rows = _read_rows(
         session,

@@ -235,6 +235,41 @@ def _overlap_query() -> sa.Select[tuple[int]]:
 _OVERLAP = _overlap_query()
 
 
+# Per (statement, dialect): the SQL text and, for positional parameters, their names in
+# order (a name repeats where the statement uses it twice).
+_PLAIN_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+
+def _run_plain(
+    session: Session, query: sa.Select[tuple[int]], params: dict[str, Any]
+) -> Sequence[Any]:
+    """Rows of one of this module's fixed lookups, its text sent straight to the driver.
+
+    Compiled once per database kind: SQLAlchemy's per-execution work (parameter
+    processing, result set-up) cost more than the index seek behind it.  It runs on the
+    session's own connection, in its transaction.
+    """
+    connection = session.connection()
+    key = (id(query), connection.dialect.name)
+    plain = _PLAIN_SQL.get(key)
+    if plain is None:
+        compiled = query.compile(dialect=connection.dialect)
+        # Parameters the statement fixes itself (the LIMIT of the predecessor search).
+        given: dict[str, Any] = {"program": "", "series": "", "start": 0, "end": 0}
+        fixed = {
+            name: value
+            for name, value in compiled.construct_params(given).items()
+            if name not in given
+        }
+        positions = tuple(compiled.positiontup) if compiled.positiontup else None
+        plain = (str(compiled), positions, fixed)
+        _PLAIN_SQL[key] = plain
+    sql, positions, fixed = plain
+    values = {**fixed, **params}
+    arguments: Any = tuple(values[name] for name in positions) if positions else values
+    return connection.exec_driver_sql(sql, arguments).all()
+
+
 _BY_IDS = sa.select(LedgerBlock).where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
 
 
@@ -250,7 +285,7 @@ def _read_rows(
     (see defer_claims), so no autoflush is needed; a row ended in memory but not yet
     written is dropped by the ``live`` test.
     """
-    ids = list(session.connection().execute(id_query, params).scalars())
+    ids = [int(row[0]) for row in _run_plain(session, id_query, params)]
     kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
     # A row object of a rolled-back savepoint is no longer the row with that id.
     missing = [i for i in ids if i not in kept or not sa.inspect(kept[i]).persistent]

@@ -402,6 +402,7 @@ class Bridge:
         self._driving_lock = threading.Lock()
         # Registry calls of a batch's transfers run side by side.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
+        self._checking = threading.Lock()
         # Concurrent single submissions share rounds (see _SharedRounds).
         self._shared_rounds = _SharedRounds(self.drive_many)
         # Parts of a large batch are driven side by side (see drive_many).
@@ -1039,7 +1040,10 @@ class Bridge:
         rows (lease renewed) of those of the first this gateway still drives.
         """
         if state is TransferState.PROPOSED:
-            return self._commit_all(group, {t: None for t in group}, self._check_in)
+            # Checking claims source rows, and a batch's parts often split the same one:
+            # run side by side they would only meet as conflicts and redo their work.
+            with self._checking:
+                return self._commit_all(group, {t: None for t in group}, self._check_in)
         if state is TransferState.SOURCE_FINALIZED:
             return self._commit_all(group, {t: None for t in group}, self._complete_in)
         plan, verdict_of, commit = {

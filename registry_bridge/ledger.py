@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
+from registry_bridge.db import DatabaseError
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -250,6 +251,9 @@ def _run_plain(
     session's own connection, in its transaction.
     """
     connection = session.connection()
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise DatabaseError("the session's connection has no driver connection")
     key = (id(query), connection.dialect.name)
     plain = _PLAIN_SQL.get(key)
     if plain is None:
@@ -267,7 +271,13 @@ def _run_plain(
     sql, positions, fixed = plain
     values = {**fixed, **params}
     arguments: Any = tuple(values[name] for name in positions) if positions else values
-    return connection.exec_driver_sql(sql, arguments).all()
+    cursor = driver.cursor()  # the DB-API connection behind the session's transaction
+    try:
+        cursor.execute(sql, arguments)
+        rows: Sequence[Any] = cursor.fetchall()
+    finally:
+        cursor.close()
+    return rows
 
 
 _BY_IDS = sa.select(LedgerBlock).where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))

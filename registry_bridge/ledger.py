@@ -399,7 +399,9 @@ def _new_row(
     is_mirror: bool,
     lock_transfer_id: str | None = None,
     lock_expires_at: datetime | None = None,
+    attributes: str | None = None,
 ) -> LedgerBlock:
+    """A new live row (``attributes``: the block's attributes JSON, when already known)."""
     row = LedgerBlock(
         program=block.id.program.value,
         serial_series=block.id.serial_series,
@@ -413,7 +415,7 @@ def _new_row(
         origin_program=origin.program.value,
         origin_series=origin.serial_series,
         origin_start=origin.serial_start,
-        attributes=attributes_to_json(block),
+        attributes=attributes_to_json(block) if attributes is None else attributes,
         lock_transfer_id=lock_transfer_id,
         lock_expires_at=lock_expires_at,
     )
@@ -624,6 +626,8 @@ def carve(
                     holding.is_mirror,
                     holding.lock_transfer_id,
                     holding.lock_expires_at,
+                    # A split keeps every attribute but the range, which is not in them.
+                    attributes=row.attributes,
                 ),
             )
         )

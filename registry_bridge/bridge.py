@@ -1103,12 +1103,10 @@ class Bridge:
         """
         if not transfer_ids:
             return [], [], {}
-        if len(transfer_ids) > 1:
-            try:
-                return self._commit_group(transfer_ids, payloads, commit, isolated=False)
-            except _GroupConflict:
-                pass
-        return self._commit_group(transfer_ids, payloads, commit, isolated=True)
+        try:
+            return self._commit_group(transfer_ids, payloads, commit, isolated=False)
+        except _GroupConflict:
+            return self._commit_group(transfer_ids, payloads, commit, isolated=True)
 
     def _commit_group(
         self,

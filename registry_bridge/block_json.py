@@ -40,9 +40,32 @@ def block_id_from_dict(data: dict[str, Any]) -> BlockId:
     )
 
 
+def authorization_to_dict(auth: Authorization | None) -> dict[str, Any] | None:
+    """A letter of authorization as JSON-ready data (None stays None)."""
+    if auth is None:
+        return None
+    return {
+        "letter_id": auth.letter_id,
+        "host_country": auth.host_country,
+        "authorized_uses": sorted(auth.authorized_uses),
+        "issued_on": auth.issued_on.isoformat(),
+    }
+
+
+def authorization_from_dict(data: dict[str, Any] | None) -> Authorization | None:
+    """The letter of :func:`authorization_to_dict`."""
+    if data is None:
+        return None
+    return Authorization(
+        letter_id=data["letter_id"],
+        host_country=data["host_country"],
+        authorized_uses=frozenset(data["authorized_uses"]),
+        issued_on=date.fromisoformat(data["issued_on"]),
+    )
+
+
 def attributes_to_json(block: UnitBlock) -> str:
     """Every attribute of ``block`` except its serial range, as canonical JSON."""
-    auth = block.authorization
     return json.dumps(
         {
             "project_id": block.project_id,
@@ -55,14 +78,7 @@ def attributes_to_json(block: UnitBlock) -> str:
             "gas": block.gas,
             "gwp_basis": block.gwp_basis,
             "issuance_id": block.issuance_id,
-            "authorization": None
-            if auth is None
-            else {
-                "letter_id": auth.letter_id,
-                "host_country": auth.host_country,
-                "authorized_uses": sorted(auth.authorized_uses),
-                "issued_on": auth.issued_on.isoformat(),
-            },
+            "authorization": authorization_to_dict(block.authorization),
             "corresponding_adjustment": block.corresponding_adjustment.value,
             "labels": sorted(block.labels),
             "native_attributes": [list(pair) for pair in block.native_attributes],
@@ -92,7 +108,6 @@ _MAX_TEMPLATES = 4096
 
 def _parse_block(block_id: BlockId, attributes_json: str) -> UnitBlock:
     data = json.loads(attributes_json)
-    auth = data["authorization"]
     return UnitBlock(
         id=block_id,
         project_id=data["project_id"],
@@ -105,14 +120,7 @@ def _parse_block(block_id: BlockId, attributes_json: str) -> UnitBlock:
         gas=data["gas"],
         gwp_basis=data["gwp_basis"],
         issuance_id=data["issuance_id"],
-        authorization=None
-        if auth is None
-        else Authorization(
-            letter_id=auth["letter_id"],
-            host_country=auth["host_country"],
-            authorized_uses=frozenset(auth["authorized_uses"]),
-            issued_on=date.fromisoformat(auth["issued_on"]),
-        ),
+        authorization=authorization_from_dict(data["authorization"]),
         corresponding_adjustment=CorrespondingAdjustment(data["corresponding_adjustment"]),
         labels=frozenset(data["labels"]),
         native_attributes=tuple((str(k), str(v)) for k, v in data["native_attributes"]),

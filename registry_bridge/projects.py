@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry_bridge.block_json import authorization_from_dict, authorization_to_dict
 from registry_bridge.db import read_only, scoped_lookup, unit_of_work
-from registry_bridge.model import Authorization
 from registry_bridge.rules_gate import OtherRegistration, ProjectListing
 from registry_bridge.schema import ProjectListingRecord
 
@@ -30,7 +30,6 @@ def _parse_day(value: str | None) -> date | None:
 
 def listing_to_json(listing: ProjectListing) -> str:
     """The canonical JSON of a project's declared facts."""
-    auth = listing.authorization
     data: dict[str, Any] = {
         "program": listing.program,
         "project_id": listing.project_id,
@@ -53,14 +52,7 @@ def listing_to_json(listing: ProjectListing) -> str:
             }
             for r in listing.other_registrations
         ],
-        "authorization": None
-        if auth is None
-        else {
-            "letter_id": auth.letter_id,
-            "host_country": auth.host_country,
-            "authorized_uses": sorted(auth.authorized_uses),
-            "issued_on": auth.issued_on.isoformat(),
-        },
+        "authorization": authorization_to_dict(listing.authorization),
         "labels": sorted(listing.labels),
         "gas": listing.gas,
     }
@@ -70,7 +62,6 @@ def listing_to_json(listing: ProjectListing) -> str:
 def listing_from_json(text: str) -> ProjectListing:
     """The facts of :func:`listing_to_json`."""
     data = json.loads(text)
-    auth = data["authorization"]
     return ProjectListing(
         program=data["program"],
         project_id=data["project_id"],
@@ -93,14 +84,7 @@ def listing_from_json(text: str) -> ProjectListing:
             )
             for r in data["other_registrations"]
         ),
-        authorization=None
-        if auth is None
-        else Authorization(
-            letter_id=auth["letter_id"],
-            host_country=auth["host_country"],
-            authorized_uses=frozenset(auth["authorized_uses"]),
-            issued_on=date.fromisoformat(auth["issued_on"]),
-        ),
+        authorization=authorization_from_dict(data["authorization"]),
         labels=frozenset(data["labels"]),
         gas=data["gas"],
     )

@@ -258,23 +258,20 @@ def defer_insert(session: Session, table: sa.FromClause, row: dict[str, Any]) ->
     written in the order their first row was deferred (an event before its ranges), before
     the flush's own objects.  Savepoints must be taken with :func:`savepoint`.
     """
-    pending: dict[sa.FromClause, list[dict[str, Any]]] = session.info.setdefault(
-        _DEFERRED_INSERTS, {}
-    )
+    if not isinstance(table, sa.Table):
+        raise TypeError(f"deferred inserts go to a table, not {table!r}")
+    pending: dict[sa.Table, list[dict[str, Any]]] = session.info.setdefault(_DEFERRED_INSERTS, {})
     pending.setdefault(table, []).append(row)
 
 
 def write_deferred(session: Session) -> None:
     """Insert the rows deferred so far (see :func:`defer_insert`)."""
-    pending: dict[sa.FromClause, list[dict[str, Any]]] | None = session.info.pop(
-        _DEFERRED_INSERTS, None
-    )
+    pending: dict[sa.Table, list[dict[str, Any]]] | None = session.info.pop(_DEFERRED_INSERTS, None)
     if not pending:
         return
     connection = session.connection()
     for table, rows in pending.items():
-        if isinstance(table, sa.Table):
-            connection.execute(table.insert(), rows)
+        connection.execute(table.insert(), rows)
 
 
 @contextmanager

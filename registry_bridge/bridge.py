@@ -1249,20 +1249,17 @@ class Bridge:
         for piece in pieces:
             # Each piece lies inside one source row; an earlier piece may have split that
             # row, so its current row is read afresh (the rows _plan read may be gone).
-            holder = next(
-                row
-                for row in (
-                    rows
-                    if piece is pieces[0]
-                    else ledger.live_at(
-                        session,
-                        instruction.source.registry,
-                        instruction.source.account,
-                        piece.source_block,
-                    )
+            candidates = (
+                rows
+                if piece is pieces[0]
+                else ledger.live_at(
+                    session,
+                    instruction.source.registry,
+                    instruction.source.account,
+                    piece.source_block,
                 )
-                if row.block.id.overlaps(piece.source_block)
             )
+            holder = next(r for r in candidates if r.block.id.overlaps(piece.source_block))
             carved = ledger.carve(session, holder, piece.source_block, now, transfer_id)
             locked_rows.append(carved.row_id)
             ledger.change(

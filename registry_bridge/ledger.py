@@ -68,6 +68,8 @@ def _to_holding(row: LedgerBlock) -> LedgerHolding:
 _KEPT_ROWS = "carbonlink.ledger_rows"
 # session.info key: the transaction's unflushed new rows (see defer_claims).
 _PENDING = "carbonlink.ledger_pending"
+# session.info key: the last row id allocated on SQLite in this transaction.
+_LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 _ID_CHUNK = 256
 
 
@@ -92,17 +94,16 @@ class _Pending:
         return self._ids.pop(0)
 
     def add(self, row: LedgerBlock) -> None:
+        # (start, insertion count) is unique, so entries order without comparing rows.
         self._count += 1
         bisect.insort(
             self._rows.setdefault((row.program, row.serial_series), []),
             (row.serial_start, self._count, row),
-            key=lambda entry: (entry[0], entry[1]),
         )
         if row.is_mirror:
             bisect.insort(
                 self._mirrors.setdefault((row.origin_program, row.origin_series), []),
                 (row.origin_start, self._count, row),
-                key=lambda entry: (entry[0], entry[1]),
             )
 
     @staticmethod
@@ -116,7 +117,7 @@ class _Pending:
         # never overlap one another, so the first live one that ends before ``start``
         # closes the search (ended rows are stepped over).
         found: list[LedgerBlock] = []
-        position = bisect.bisect_right(entries, (end, sys.maxsize), key=lambda e: (e[0], e[1]))
+        position = bisect.bisect_right(entries, (end, sys.maxsize))
         for _, _, row in reversed(entries[:position]):
             if not row.live:
                 continue
@@ -175,9 +176,6 @@ def _fresh_ids(session: Session, count: int) -> list[int]:
             {"n": count},
         ).scalars()
     ]
-
-
-_LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 
 
 def defer_claims(session: Session) -> None:
@@ -296,24 +294,25 @@ def _read_rows(
     written is dropped by the ``live`` test.
     """
     ids = [int(row[0]) for row in _run_plain(session, id_query, params)]
-    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
-    # A row object of a rolled-back savepoint is no longer the row with that id.
-    missing = [i for i in ids if i not in kept or not sa.inspect(kept[i]).persistent]
-    if missing:
-        with session.no_autoflush:
-            kept.update((r.id, r) for r in session.execute(_BY_IDS, {"ids": missing}).scalars())
+    kept = read_rows_by_id(session, ids)
     return [kept[i] for i in ids if i in kept and kept[i].live]
 
 
-def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
-    """Read these rows into the transaction at once, for the lookups that follow."""
+def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, LedgerBlock]:
+    """Read these rows into the transaction at once, for the lookups that follow.
+
+    Returns:
+        Every row the transaction holds, by id (those asked for among them).
+    """
     kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
+    # A row object of a rolled-back savepoint is no longer the row with that id.
     wanted = [
         i for i in dict.fromkeys(row_ids) if i not in kept or not sa.inspect(kept[i]).persistent
     ]
     for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
         with session.no_autoflush:
             kept.update((r.id, r) for r in session.execute(_BY_IDS, {"ids": chunk}).scalars())
+    return kept
 
 
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
@@ -330,7 +329,6 @@ def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         rows = _merged(rows, pending.overlapping(block_id), lambda r: r.serial_start)
-    _keep(session, rows)
     return rows
 
 
@@ -596,8 +594,9 @@ def carve(
     row = _row(session, holding)
     row.live = False
     # The pieces lie inside a live row this transaction holds, and live rows never overlap,
-    # so they need no overlap check of their own; one flush ends the row and writes them
-    # (the ORM updates before it inserts, as PostgreSQL's exclusion constraint needs).
+    # so they need no overlap check of their own; one flush (or the commit, under
+    # defer_claims) ends the row and writes them (the ORM updates before it inserts, as
+    # PostgreSQL's exclusion constraint needs).
     new_rows: list[tuple[int, LedgerBlock]] = []
     for piece_start, piece_end in (
         (own.serial_start, start - 1),
@@ -786,7 +785,6 @@ def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         kept = _merged(kept, pending.mirrors(origin), lambda r: r.origin_start)
-    _keep(session, kept)
     found = [_to_holding(r) for r in kept]
     return [h for h in found if h.origin.overlaps(origin)]
 

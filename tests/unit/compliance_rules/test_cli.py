@@ -247,3 +247,31 @@ def test_evaluate_listing(tmp_path: Path) -> None:
     view = json.loads(out)
     assert view["refused"] is True
     assert view["refusals"][0]["rule_id"] == "CR-DC-0002"
+
+
+def test_the_readme_example_is_denied_over_the_national_ccer_limit() -> None:
+    example = Path(__file__).parents[3] / "compliance_rules/examples/ccer-surrender-national.yaml"
+    code, out, _ = _run(
+        "evaluate",
+        "--pack",
+        "national",
+        "--use",
+        "compliance",
+        "--clock",
+        "2025-06-30",
+        "--facts",
+        str(example),
+        "--json",
+    )
+    decision = json.loads(out)
+    assert code == 1
+    assert decision["allowed"] is False
+    (violation,) = decision["violations"]
+    assert violation["rule_id"] == "CR-NAT-0002"
+    assert violation["details"] == {
+        "limit": 5000,
+        "already_used": 0,
+        "asked": 6000,
+        "share": "0.05",
+        "basis": "allowances_due",
+    }

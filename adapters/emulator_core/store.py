@@ -32,6 +32,7 @@ or fails on its own.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -42,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from registry_bridge.block_json import (
     attributes_to_json,
@@ -50,7 +51,6 @@ from registry_bridge.block_json import (
     block_from_parts,
     block_id_from_dict,
     block_id_to_dict,
-    block_to_json,
 )
 from registry_bridge.model import BlockId, Program, UnitBlock
 
@@ -237,6 +237,12 @@ _EXPIRED_LOCKS = "state = 'locked' AND lock_expires_at <= ?"
 """Locks expired at a moment (an ISO 8601 UTC text: stored expiries are written the same
 way, so text order is time order)."""
 
+_INSERT_ROW = (
+    "INSERT INTO blocks (program, series, serial_start, serial_end, account, state, "
+    "lock_expires_at, lock_transfer, mirror_program, mirror_series, mirror_start, "
+    "mirror_registry, attributes, details, layer) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
 
 def _open_schema(db: sqlite3.Connection) -> None:
     """Create the tables and indexes, bringing a store file from before layers up to date."""
@@ -284,11 +290,39 @@ class _Row:
     rowid: int
     holding: StoredHolding
     mirror_start: int | None
+    attributes: str
+    """The row's attribute JSON as stored: every piece of the row keeps it as it is."""
+    details: str
+    """The row's details JSON as stored."""
 
 
-def _holding_to_json(holding: StoredHolding) -> dict[str, Any]:
+class _Held(NamedTuple):
+    """What an operation leaves: the holding, and its block's attribute JSON."""
+
+    holding: StoredHolding
+    attributes: str
+
+
+# Encoders built once (``json.dumps`` with keyword arguments builds one per call), each
+# writing what the ``json.dumps`` call it stands for wrote: recorded fingerprints and
+# outcomes are compared and read back, so their text must not change.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def _block_json(block_id: BlockId, attributes: str) -> str:
+    """:func:`block_to_json` of a block whose :func:`attributes_to_json` is ``attributes``."""
+    return _SORTED_JSON.encode({"id": block_id_to_dict(block_id), "attributes": attributes})
+
+
+def _details_json(details: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps([list(pair) for pair in details]) if details else "[]"
+
+
+def _holding_to_json(holding: StoredHolding, attributes: str) -> dict[str, Any]:
+    """The op log's form of ``holding`` (``attributes``: its block's attribute JSON)."""
     return {
-        "block": block_to_json(holding.block),
+        "block": _block_json(holding.block.id, attributes),
         "account": holding.account,
         "state": holding.state.value,
         "lock_expires_at": None
@@ -372,8 +406,7 @@ class Store:
                 try:
                     yield self._db
                 except BaseException:
-                    self._db.execute(f"ROLLBACK TO {savepoint}")
-                    self._db.execute(f"RELEASE {savepoint}")
+                    self._rollback(savepoint)
                     raise
                 finally:
                     self._depth -= 1
@@ -384,11 +417,19 @@ class Store:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             finally:
                 self._depth = 0
             self._db.execute("COMMIT")
+
+    def _rollback(self, savepoint: str = "") -> None:
+        """Undo the transaction, or back to ``savepoint`` (and release it)."""
+        if savepoint:
+            self._db.execute(f"ROLLBACK TO {savepoint}")
+            self._db.execute(f"RELEASE {savepoint}")
+        else:
+            self._db.execute("ROLLBACK")
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -417,45 +458,82 @@ class Store:
         operation_id: str,
         method: str,
         request: dict[str, Any],
-        apply: Callable[[sqlite3.Connection, datetime], StoredHolding],
+        apply: Callable[[sqlite3.Connection, datetime], _Held],
     ) -> StoredHolding:
         """Apply ``apply`` at most once per operation id, recording its outcome."""
         if not operation_id:
             raise Rejection("OPERATION_ID_REQUIRED", "every operation needs an operation id")
-        fingerprint = json.dumps({"method": method, **request}, sort_keys=True, default=str)
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT method, fingerprint, outcome FROM operations WHERE operation_id = ?",
-                (operation_id,),
-            ).fetchone()
-            if row is not None:
-                if row[1] != fingerprint:
-                    raise Rejection(
-                        "OPERATION_ID_REUSED",
-                        f"operation {operation_id} was already used for a different "
-                        f"{row[0]} request",
-                    )
-                return self._replay(json.loads(row[2]))
-            now = self._clock()
-            self._expire_locks(db, now)
-            db.execute("SAVEPOINT op")
+        fingerprint = _FINGERPRINT_JSON.encode({"method": method, **request})
+        with self._lock:
+            outer = not self._depth
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
             try:
-                holding = apply(db, now)
+                outcome = self._once(operation_id, method, fingerprint, apply)
+            except BaseException:
+                if outer:
+                    self._rollback()
+                raise
+            finally:
+                self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+        if isinstance(outcome, Rejection):
+            raise outcome
+        return outcome
+
+    def _once(
+        self,
+        operation_id: str,
+        method: str,
+        fingerprint: str,
+        apply: Callable[[sqlite3.Connection, datetime], _Held],
+    ) -> StoredHolding | Rejection:
+        """The body of :meth:`_run`, inside its transaction: the outcome, new or recorded."""
+        db = self._db
+        row = db.execute(
+            "SELECT method, fingerprint, outcome FROM operations WHERE operation_id = ?",
+            (operation_id,),
+        ).fetchone()
+        if row is not None:
+            if row[1] != fingerprint:
+                raise Rejection(
+                    "OPERATION_ID_REUSED",
+                    f"operation {operation_id} was already used for a different {row[0]} request",
+                )
+            return self._replay(json.loads(row[2]))
+        now = self._clock()
+        # Outside the operation's savepoint: a refused operation still finds its expired
+        # locks released (as any later operation would).
+        self._expire_locks(db, now)
+        # One savepoint holds everything the operation writes, its op-log entry last, so
+        # an operation that fails undoes only itself (inside a batch, the others stay).
+        db.execute("SAVEPOINT op")
+        try:
+            outcome: StoredHolding | Rejection
+            try:
+                held = apply(db, now)
             except Rejection as rejection:
                 # The rejection is final: undo what the operation did, and record it so
                 # a repeat answers the same.
                 db.execute("ROLLBACK TO op")
-                outcome: dict[str, Any] = {
+                recorded: dict[str, Any] = {
                     "rejection": {"code": rejection.code, "message": rejection.message}
                 }
+                outcome = Rejection(rejection.code, rejection.message)
             else:
-                outcome = {"holding": _holding_to_json(holding)}
-            db.execute("RELEASE op")
+                recorded = {"holding": _holding_to_json(held.holding, held.attributes)}
+                outcome = held.holding
             db.execute(
                 "INSERT INTO operations VALUES (?, ?, ?, ?, ?)",
-                (operation_id, method, fingerprint, json.dumps(outcome), now.isoformat()),
+                (operation_id, method, fingerprint, json.dumps(recorded), now.isoformat()),
             )
-        return self._replay(outcome)
+        except BaseException:
+            self._rollback("op")
+            raise
+        db.execute("RELEASE op")
+        return outcome
 
     @staticmethod
     def _replay(outcome: dict[str, Any]) -> StoredHolding:
@@ -502,16 +580,20 @@ class Store:
         return _Row(
             rowid,
             StoredHolding(
-                block=block_from_parts(block_id, attributes),
+                block=_block_of(block_id, attributes),
                 account=account,
                 state=UnitState(state),
                 lock_expires_at=None if expires is None else datetime.fromisoformat(expires),
                 lock_transfer=transfer,
                 mirror_of=mirror_of,
                 mirror_registry=m_registry,
-                details=tuple((str(k), str(v)) for k, v in json.loads(details)),
+                details=()
+                if details == "[]"
+                else tuple((str(k), str(v)) for k, v in json.loads(details)),
             ),
             m_start,
+            attributes,
+            details,
         )
 
     def _select(
@@ -577,38 +659,56 @@ class Store:
     def _free_layer(self, db: sqlite3.Connection, block_id: BlockId) -> int:
         """The lowest exported layer where ``block_id`` overlaps no row."""
         layer = 1
-        while self._layer(db, block_id, layer):
+        while db.execute(
+            f"SELECT id FROM blocks WHERE {_LAYER_OVERLAP} LIMIT 1",
+            {
+                "program": block_id.program.value,
+                "series": block_id.serial_series,
+                "layer": layer,
+                "start": block_id.serial_start,
+                "end": block_id.serial_end,
+            },
+        ).fetchone():
             layer += 1
         return layer
 
     def _insert(
-        self, db: sqlite3.Connection, holding: StoredHolding, mirror_start: int | None
+        self,
+        db: sqlite3.Connection,
+        holding: StoredHolding,
+        mirror_start: int | None,
+        attributes: str,
+        details: str | None = None,
     ) -> None:
+        """Write ``holding`` as a new row.
+
+        ``attributes`` is its block's :func:`attributes_to_json`, and ``details`` (when
+        known) the JSON of its details: a piece of a row keeps the row's text as it is.
+        """
         # Rows become exported only here (an exported row is never updated or deleted),
         # so this is the one place a row leaves layer 0.
-        block = holding.block
+        block_id = holding.block.id
         mirror = holding.mirror_of
-        layer = self._free_layer(db, block.id) if holding.state is UnitState.EXPORTED else 0
+        state = holding.state
+        layer = self._free_layer(db, block_id) if state is UnitState.EXPORTED else 0
+        expires = self._expiry_text(holding)
         db.execute(
-            "INSERT INTO blocks (program, series, serial_start, serial_end, account, state, "
-            "lock_expires_at, lock_transfer, mirror_program, mirror_series, mirror_start, "
-            "mirror_registry, attributes, details, layer) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _INSERT_ROW,
             (
-                block.id.program.value,
-                block.id.serial_series,
-                block.id.serial_start,
-                block.id.serial_end,
+                block_id.program.value,
+                block_id.serial_series,
+                block_id.serial_start,
+                block_id.serial_end,
                 holding.account,
-                holding.state.value,
-                None if holding.lock_expires_at is None else holding.lock_expires_at.isoformat(),
+                state.value,
+                expires,
                 holding.lock_transfer,
                 None if mirror is None else mirror.program.value,
                 None if mirror is None else mirror.serial_series,
                 mirror_start,
                 holding.mirror_registry,
-                attributes_to_json(block),
-                json.dumps([list(p) for p in holding.details]),
+                attributes,
+                _details_json(holding.details) if details is None else details,
                 layer,
             ),
         )
@@ -616,11 +716,11 @@ class Store:
     def _expire_locks(self, db: sqlite3.Connection, now: datetime) -> None:
         # Expiry is applied lazily, at the start of each operation, in the same
         # transaction: an expired lock holds nothing.
+        moment = now.astimezone(UTC).isoformat()
         # Read unordered and sorted here: asked for the store's order, sqlite walks the
         # whole range index to skip a sort, where the expiry index finds just these rows.
         expired = sorted(
-            self._select(db, _EXPIRED_LOCKS, (now.astimezone(UTC).isoformat(),), ordered=False),
-            key=_store_order,
+            self._select(db, _EXPIRED_LOCKS, (moment,), ordered=False), key=_store_order
         )
         for row in expired:
             db.execute(
@@ -636,28 +736,55 @@ class Store:
         row: _Row,
         target: BlockId,
         change: Callable[[StoredHolding], StoredHolding],
-    ) -> StoredHolding:
+    ) -> _Held:
         """Split ``row`` around ``target`` and apply ``change`` to the middle piece."""
         held = row.holding
+        start, end = held.block.id.serial_start, held.block.id.serial_end
         db.execute("DELETE FROM blocks WHERE id = ?", (row.rowid,))
-        pieces = [
-            (held.block.id.serial_start, target.serial_start - 1, False),
-            (target.serial_start, target.serial_end, True),
-            (target.serial_end + 1, held.block.id.serial_end, False),
-        ]
-        result: StoredHolding | None = None
-        for start, end, is_target in pieces:
-            if start > end:
-                continue
-            piece = _piece(held, start, end)
-            if is_target:
-                piece = change(piece)
-                result = piece
-            self._insert(db, piece, _mirror_start(row, start))
-        assert result is not None
+        if start < target.serial_start:
+            self._insert_cut(db, row, start, target.serial_start - 1)
+        result = change(_piece(held, target.serial_start, target.serial_end))
+        details = row.details if result.details is held.details else None
+        self._insert(db, result, _mirror_start(row, target.serial_start), row.attributes, details)
+        if target.serial_end < end:
+            self._insert_cut(db, row, target.serial_end + 1, end)
         if result.state is UnitState.ACTIVE:
             self._coalesce(db, result)
-        return result
+        return _Held(result, row.attributes)
+
+    @staticmethod
+    def _expiry_text(holding: StoredHolding) -> str | None:
+        """The stored form of ``holding``'s lock expiry."""
+        if holding.lock_expires_at is None:
+            return None
+        return holding.lock_expires_at.isoformat()
+
+    @staticmethod
+    def _insert_cut(db: sqlite3.Connection, row: _Row, start: int, end: int) -> None:
+        """Write ``row`` cut down to ``start..end`` as a new live row, otherwise unchanged."""
+        held = row.holding
+        block_id = held.block.id
+        mirror = held.mirror_of
+        db.execute(
+            _INSERT_ROW,
+            (
+                block_id.program.value,
+                block_id.serial_series,
+                start,
+                end,
+                held.account,
+                held.state.value,
+                None if held.lock_expires_at is None else held.lock_expires_at.isoformat(),
+                held.lock_transfer,
+                None if mirror is None else mirror.program.value,
+                None if mirror is None else mirror.serial_series,
+                _mirror_start(row, start),
+                held.mirror_registry,
+                row.attributes,
+                row.details,
+                0,
+            ),
+        )
 
     def _coalesce(self, db: sqlite3.Connection, holding: StoredHolding) -> None:
         """Merge active neighbours that are one block again (after an unlock or return)."""
@@ -684,9 +811,9 @@ class Store:
                     last.holding.block.id.serial_start,
                     row.holding.block.id.serial_end,
                 )
-                self._insert(db, whole, last.mirror_start)
+                self._insert(db, whole, last.mirror_start, last.attributes, last.details)
                 rowid = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                merged.append(_Row(rowid, whole, last.mirror_start))
+                merged.append(_Row(rowid, whole, last.mirror_start, last.attributes, last.details))
             else:
                 merged.append(row)
 
@@ -734,7 +861,7 @@ class Store:
     def issue(self, operation_id: str, account: str, block: UnitBlock) -> StoredHolding:
         """Issue ``block`` into ``account``; an overlapping issuance is refused."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             if block.program not in self.programs:
                 raise Rejection(
                     "PROGRAM_NOT_ISSUED_HERE",
@@ -752,11 +879,15 @@ class Store:
                     f"{_describe(clash[0].holding.block.id)}",
                 )
             holding = StoredHolding(block=block, account=account, state=UnitState.ACTIVE)
-            self._insert(db, holding, None)
-            return holding
+            self._insert(db, holding, None, attributes)
+            return _Held(holding, attributes)
 
+        attributes = attributes_to_json(block)
         return self._run(
-            operation_id, "issue", {"account": account, "block": block_to_json(block)}, apply
+            operation_id,
+            "issue",
+            {"account": account, "block": _block_json(block.id, attributes)},
+            apply,
         )
 
     def lock(
@@ -774,7 +905,7 @@ class Store:
         registry's own rule); its refusal is recorded like any other.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             if expires_at.tzinfo is None:
                 raise Rejection("LOCK_EXPIRY_NOT_UTC", "a lock expiry needs a time zone")
             if expires_at <= now:
@@ -826,7 +957,7 @@ class Store:
     ) -> StoredHolding:
         """Release a lock held for ``transfer``; the units are active again."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             row = self._locked_row(db, account, block_id, transfer)
             return self._replace(db, row, block_id, lambda h: _with(h, UnitState.ACTIVE))
 
@@ -849,7 +980,7 @@ class Store:
     ) -> StoredHolding:
         """Complete the source side of a locked transfer: immobilize, or export the units."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             row = self._locked_row(db, account, block_id, transfer)
             state = UnitState.EXPORTED if export else UnitState.IMMOBILIZED
             return self._replace(
@@ -888,7 +1019,7 @@ class Store:
         applied in time is answered from the op log, whatever the time.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             _check_deadline(deadline, now)
             live = self._live(db, origin.id)
             if any(r.holding.state is UnitState.IMMOBILIZED for r in live):
@@ -911,8 +1042,8 @@ class Store:
                     mirror_registry=origin_registry,
                     details=details,
                 )
-                self._insert(db, holding, None)
-                return holding
+                self._insert(db, holding, None, attributes)
+                return _Held(holding, attributes)
             mirrors = self._select(
                 db,
                 _MIRROR_OVERLAP,
@@ -930,9 +1061,8 @@ class Store:
                     f"{_describe(mirrors[0].holding.block.id)}",
                 )
             start = self._next_serial(db, origin.id.program, origin.quantity)
-            mirror_block = origin.with_range(origin.id.serial_start, origin.id.serial_end)
             mirror_block = _relabel(
-                mirror_block,
+                origin,
                 BlockId(origin.id.program, self.mirror_series, start, start + origin.quantity - 1),
             )
             holding = StoredHolding(
@@ -943,15 +1073,16 @@ class Store:
                 mirror_registry=origin_registry,
                 details=details,
             )
-            self._insert(db, holding, origin.id.serial_start)
-            return holding
+            self._insert(db, holding, origin.id.serial_start, attributes)
+            return _Held(holding, attributes)
 
+        attributes = attributes_to_json(origin)
         return self._run(
             operation_id,
             "credit",
             {
                 "account": account,
-                "origin": block_to_json(origin),
+                "origin": _block_json(origin.id, attributes),
                 "origin_registry": origin_registry,
                 "transfer": transfer,
                 "details": details,
@@ -966,7 +1097,7 @@ class Store:
         account: str,
         block_id: BlockId,
         details: tuple[tuple[str, str], ...],
-    ) -> StoredHolding:
+    ) -> _Held:
         # Units this registry immobilized are coming back (their mirror was returned).
         for row in self._live(db, block_id):
             if row.holding.state is UnitState.IMMOBILIZED and row.holding.block.id.contains(
@@ -997,7 +1128,7 @@ class Store:
         Refused after ``deadline`` (``DEADLINE_PASSED``), as :meth:`credit` is.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             _check_deadline(deadline, now)
             return self._reactivate(db, account, block_id, details)
 
@@ -1033,7 +1164,7 @@ class Store:
         block_id: BlockId,
         details: tuple[tuple[str, str], ...],
     ) -> StoredHolding:
-        def apply(db: sqlite3.Connection, now: datetime) -> StoredHolding:
+        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
             # Immobilized units may end too: retiring a mirror retires its origin (the
             # immobilization model registries adopted for bridged units).
             row = self._take(
@@ -1132,7 +1263,31 @@ def _describe(block_id: BlockId) -> str:
 
 
 def _relabel(block: UnitBlock, block_id: BlockId) -> UnitBlock:
-    return dataclasses.replace(block, id=block_id)
+    """``block``'s attributes over another id."""
+    # NOTE(emulator-store): dataclasses.replace runs __init__ over every field again
+    # (~3 µs, several times per operation) to change one; the attributes were checked
+    # when ``block`` was made and a BlockId checks itself, so a copy with the new id is
+    # the same block.
+    relabelled = copy.copy(block)
+    object.__setattr__(relabelled, "id", block_id)
+    return relabelled
+
+
+# Blocks parsed from their attribute JSON, by the JSON (every split of a block keeps its
+# attributes, so a store's rows share a few), bounded.
+_TEMPLATES: dict[str, UnitBlock] = {}
+_MAX_TEMPLATES = 4096
+
+
+def _block_of(block_id: BlockId, attributes: str) -> UnitBlock:
+    """The block of a stored row: its id and its attribute JSON."""
+    template = _TEMPLATES.get(attributes)
+    if template is None:
+        template = block_from_parts(block_id, attributes)
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[attributes] = template
+    return _relabel(template, block_id)
 
 
 def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
@@ -1147,7 +1302,16 @@ def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
             mirror.serial_start + offset,
             mirror.serial_start + offset + block_id.quantity - 1,
         )
-    return dataclasses.replace(held, block=_relabel(held.block, block_id), mirror_of=mirror)
+    return StoredHolding(
+        block=_relabel(held.block, block_id),
+        account=held.account,
+        state=held.state,
+        lock_expires_at=held.lock_expires_at,
+        lock_transfer=held.lock_transfer,
+        mirror_of=mirror,
+        mirror_registry=held.mirror_registry,
+        details=held.details,
+    )
 
 
 def _store_order(row: _Row) -> tuple[str, str, int, int]:
@@ -1166,7 +1330,11 @@ def _joinable(left: _Row, right: _Row) -> bool:
     a, b = left.holding, right.holding
     if a.block.id.serial_end + 1 != b.block.id.serial_start:
         return False
-    if attributes_to_json(a.block) != attributes_to_json(b.block):
+    if left.attributes != right.attributes and attributes_to_json(a.block) != attributes_to_json(
+        b.block
+    ):
+        # (Texts written the same way are the same text; the blocks are compared only
+        # when they are not, as a file written by an older store may hold either.)
         return False
     if (a.mirror_of is None) != (b.mirror_of is None) or a.mirror_registry != b.mirror_registry:
         return False
@@ -1197,11 +1365,13 @@ def _with(
         kept = holding.records
         recorded = {key for key, _ in kept}
         details = kept + tuple(pair for pair in details if pair[0] not in recorded)
-    return dataclasses.replace(
-        holding,
+    return StoredHolding(
+        block=holding.block,
+        account=holding.account if account is None else account,
         state=state,
         lock_expires_at=lock_expires_at,
         lock_transfer=transfer,
-        account=holding.account if account is None else account,
+        mirror_of=holding.mirror_of,
+        mirror_registry=holding.mirror_registry,
         details=holding.details if details is None else details,
     )

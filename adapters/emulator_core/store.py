@@ -740,17 +740,52 @@ class Store:
         """Split ``row`` around ``target`` and apply ``change`` to the middle piece."""
         held = row.holding
         start, end = held.block.id.serial_start, held.block.id.serial_end
-        db.execute("DELETE FROM blocks WHERE id = ?", (row.rowid,))
-        if start < target.serial_start:
-            self._insert_cut(db, row, start, target.serial_start - 1)
+        before = start < target.serial_start
+        after = target.serial_end < end
+        # A piece left unchanged either side of the target is the row itself, cut down
+        # in place (the row is live: exported rows are never taken).  Rows of one start
+        # still read in the order they were written: a live row's id is that of a row
+        # which has held its first serial ever since, so it is newer than any exported
+        # row starting there, as a rewritten row would be.
         result = change(_piece(held, target.serial_start, target.serial_end))
         details = row.details if result.details is held.details else None
+        if before:
+            self._cut(db, row, start, target.serial_start - 1)
+        elif after:
+            self._cut(db, row, target.serial_end + 1, end)
+        elif result.state is not UnitState.EXPORTED:
+            # The whole row changes and stays live: it is the target, changed in place.
+            self._change(db, row, result, details)
+            if result.state is UnitState.ACTIVE:
+                self._coalesce(db, result)
+            return _Held(result, row.attributes)
+        else:
+            # Exported: written anew, in a layer of its own.
+            db.execute("DELETE FROM blocks WHERE id = ?", (row.rowid,))
         self._insert(db, result, _mirror_start(row, target.serial_start), row.attributes, details)
-        if target.serial_end < end:
+        if before and after:
             self._insert_cut(db, row, target.serial_end + 1, end)
         if result.state is UnitState.ACTIVE:
             self._coalesce(db, result)
         return _Held(result, row.attributes)
+
+    def _change(
+        self, db: sqlite3.Connection, row: _Row, holding: StoredHolding, details: str | None
+    ) -> None:
+        """Write ``holding``, ``row``'s units in a live state, over ``row`` in place."""
+        expires = self._expiry_text(holding)
+        db.execute(
+            "UPDATE blocks SET account = ?, state = ?, lock_expires_at = ?, lock_transfer = ?, "
+            "details = ? WHERE id = ?",
+            (
+                holding.account,
+                holding.state.value,
+                expires,
+                holding.lock_transfer,
+                _details_json(holding.details) if details is None else details,
+                row.rowid,
+            ),
+        )
 
     @staticmethod
     def _expiry_text(holding: StoredHolding) -> str | None:
@@ -758,6 +793,14 @@ class Store:
         if holding.lock_expires_at is None:
             return None
         return holding.lock_expires_at.isoformat()
+
+    @staticmethod
+    def _cut(db: sqlite3.Connection, row: _Row, start: int, end: int) -> None:
+        """Cut ``row`` down to ``start..end`` in place."""
+        db.execute(
+            "UPDATE blocks SET serial_start = ?, serial_end = ?, mirror_start = ? WHERE id = ?",
+            (start, end, _mirror_start(row, start), row.rowid),
+        )
 
     @staticmethod
     def _insert_cut(db: sqlite3.Connection, row: _Row, start: int, end: int) -> None:

@@ -286,6 +286,24 @@ def test_exported_rows_that_overlap_are_found_as_before() -> None:
         store.credit("twice", "A", block(5, 5, "venue"), "other", "t")
 
 
+def test_rows_of_one_start_read_in_the_order_they_were_written() -> None:
+    # Exported history first, then the units held again over it: splits cut a row down
+    # in place rather than writing it anew, and must not change that order.
+    store = registry(CreditMode.HOLD)
+    deliver_out_and_back(store, 3)
+    # Held again: 2..8.  Each lock leaves the row cut down to the units before or after
+    # it, one of them starting where exported rows start (3).
+    store.lock("cut", "A", BlockId(Program.CCER, "venue", 2, 2), LATER, "t")
+    store.lock("cut-again", "A", BlockId(Program.CCER, "venue", 5, 5), LATER, "t2")
+    found = store.find(BlockId(Program.CCER, "venue", 0, 20))
+    assert found == plainly_overlapping(store, BlockId(Program.CCER, "venue", 0, 20))
+    for start in {h.block.id.serial_start for h in found}:
+        states = [h.state.value for h in found if h.block.id.serial_start == start]
+        exported = [s for s in states if s == "exported"]
+        assert states == exported + [s for s in states if s != "exported"], (start, states)
+    assert [h.block.id.serial_start for h in found if h.state.value != "exported"] == [2, 3, 5, 6]
+
+
 def test_a_store_file_from_before_layers_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     store = registry(CreditMode.HOLD, path=path)

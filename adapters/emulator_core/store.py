@@ -243,6 +243,12 @@ _INSERT_ROW = (
     "mirror_registry, attributes, details, layer) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
+_EARLIEST_LOCK_EXPIRY = "SELECT min(lock_expires_at) FROM blocks WHERE state = 'locked'"
+"""The expiry of the lock that expires first (one seek of the expiry index)."""
+
+_NO_LOCKS = "\uffff"
+"""Stands for the earliest lock expiry when no lock is held: after every ISO 8601 text."""
+
 
 def _open_schema(db: sqlite3.Connection) -> None:
     """Create the tables and indexes, bringing a store file from before layers up to date."""
@@ -384,6 +390,11 @@ class Store:
             isolation_level=None,
         )
         _open_schema(self._db)
+        # The earliest expiry of a lock held (ISO 8601 UTC text, as stored), or
+        # _NO_LOCKS, or None when not known: an operation before it has no lock to
+        # release and skips the expiry query.  Lowered by every lock written; forgotten
+        # on every rollback (which may bring back a lock released in it).
+        self._next_expiry: str | None = None
 
     def close(self) -> None:
         """Close the database."""
@@ -430,6 +441,7 @@ class Store:
             self._db.execute(f"RELEASE {savepoint}")
         else:
             self._db.execute("ROLLBACK")
+        self._next_expiry = None
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -518,6 +530,7 @@ class Store:
                 # The rejection is final: undo what the operation did, and record it so
                 # a repeat answers the same.
                 db.execute("ROLLBACK TO op")
+                self._next_expiry = None
                 recorded: dict[str, Any] = {
                     "rejection": {"code": rejection.code, "message": rejection.message}
                 }
@@ -717,6 +730,8 @@ class Store:
         # Expiry is applied lazily, at the start of each operation, in the same
         # transaction: an expired lock holds nothing.
         moment = now.astimezone(UTC).isoformat()
+        if self._next_expiry is not None and moment < self._next_expiry:
+            return  # no lock held expires before the earliest one known
         # Read unordered and sorted here: asked for the store's order, sqlite walks the
         # whole range index to skip a sort, where the expiry index finds just these rows.
         expired = sorted(
@@ -729,6 +744,8 @@ class Store:
                 (row.rowid,),
             )
             self._coalesce(db, _with(row.holding, UnitState.ACTIVE))
+        (earliest,) = db.execute(_EARLIEST_LOCK_EXPIRY).fetchone()
+        self._next_expiry = _NO_LOCKS if earliest is None else earliest
 
     def _replace(
         self,
@@ -787,12 +804,16 @@ class Store:
             ),
         )
 
-    @staticmethod
-    def _expiry_text(holding: StoredHolding) -> str | None:
-        """The stored form of ``holding``'s lock expiry."""
+    def _expiry_text(self, holding: StoredHolding) -> str | None:
+        """The stored form of ``holding``'s lock expiry, noted if it is the earliest."""
         if holding.lock_expires_at is None:
             return None
-        return holding.lock_expires_at.isoformat()
+        expires = holding.lock_expires_at.isoformat()
+        if holding.state is UnitState.LOCKED and (
+            self._next_expiry is not None and expires < self._next_expiry
+        ):
+            self._next_expiry = expires
+        return expires
 
     @staticmethod
     def _cut(db: sqlite3.Connection, row: _Row, start: int, end: int) -> None:

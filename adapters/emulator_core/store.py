@@ -26,8 +26,8 @@ through every later operation and split.
 The store is one sqlite3 database (a file under the emulator's data directory, or
 ``:memory:`` for tests).  Every operation runs in one serialized write transaction, so
 overlap checks and splits cannot race.  A batch (:meth:`Store.batch`) runs many operations
-in one transaction, one commit, each operation a savepoint of it, so each still succeeds
-or fails on its own.
+in one transaction, one commit, and each operation still succeeds or fails on its own: an
+operation makes every check first and is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -309,6 +309,9 @@ class _Held(NamedTuple):
     attributes: str
 
 
+_Check = Callable[[sqlite3.Connection, datetime], Callable[[], _Held]]
+"""An operation's checks (raising :class:`Rejection`, writing nothing), returning its write."""
+
 # Encoders built once (``json.dumps`` with keyword arguments builds one per call), each
 # writing what the ``json.dumps`` call it stands for wrote: recorded fingerprints and
 # outcomes are compared and read back, so their text must not change.
@@ -395,6 +398,8 @@ class Store:
         # release and skips the expiry query.  Lowered by every lock written; forgotten
         # on every rollback (which may bring back a lock released in it).
         self._next_expiry: str | None = None
+        # Set when an operation failed while writing: the transaction must not commit.
+        self._failed = False
 
     def close(self) -> None:
         """Close the database."""
@@ -408,9 +413,8 @@ class Store:
         with self._lock:
             if self._depth:
                 # Inside atomic() or batch(): the outer transaction commits everything at
-                # once, and this one is a savepoint in it, so an operation that fails
-                # undoes only itself, as it would standing alone (a batch item refused
-                # halfway must not leave half its change in the batch's commit).
+                # once, and this one is a savepoint in it, so a block that fails undoes
+                # only itself (atomic() inside a batch: one item of several operations).
                 savepoint = f"nested_{self._depth}"
                 self._db.execute(f"SAVEPOINT {savepoint}")
                 self._depth += 1
@@ -427,6 +431,10 @@ class Store:
             self._depth = 1
             try:
                 yield self._db
+                if self._failed:
+                    raise RuntimeError(
+                        "an operation failed while writing; the transaction is rolled back"
+                    )
             except BaseException:
                 self._rollback()
                 raise
@@ -441,6 +449,7 @@ class Store:
             self._db.execute(f"RELEASE {savepoint}")
         else:
             self._db.execute("ROLLBACK")
+            self._failed = False
         self._next_expiry = None
 
     @contextmanager
@@ -456,11 +465,12 @@ class Store:
     def batch(self) -> Iterator[None]:
         """Run several independent operations in one transaction: one commit for a batch.
 
-        Unlike :meth:`atomic`, the operations stay independent: each is a savepoint of
-        the batch's transaction, so one that raises is undone alone and the caller may
-        go on with the next; what the others did (refusals recorded in the op log
-        included) is committed together when the block ends.  An exception leaving the
-        block rolls the whole batch back, as a crash before the commit would.
+        Unlike :meth:`atomic`, the operations stay independent: one that is refused is
+        refused alone (its checks come before its writes) and the caller may go on with
+        the next; what the others did (refusals recorded in the op log included) is
+        committed together when the block ends.  An exception leaving the block rolls
+        the whole batch back, as a crash before the commit would; so does an operation
+        failing while it writes (the database failing), which cannot be undone alone.
         """
         with self._transaction():
             yield
@@ -470,9 +480,13 @@ class Store:
         operation_id: str,
         method: str,
         request: dict[str, Any],
-        apply: Callable[[sqlite3.Connection, datetime], _Held],
+        check: _Check,
     ) -> StoredHolding:
-        """Apply ``apply`` at most once per operation id, recording its outcome."""
+        """Apply an operation at most once per operation id, recording its outcome.
+
+        ``check`` runs the operation's checks, refusing it with a :class:`Rejection`
+        before it writes anything, and returns what writes it: a write refuses nothing.
+        """
         if not operation_id:
             raise Rejection("OPERATION_ID_REQUIRED", "every operation needs an operation id")
         fingerprint = _FINGERPRINT_JSON.encode({"method": method, **request})
@@ -482,7 +496,7 @@ class Store:
                 self._db.execute("BEGIN IMMEDIATE")
             self._depth += 1
             try:
-                outcome = self._once(operation_id, method, fingerprint, apply)
+                outcome = self._once(operation_id, method, fingerprint, check)
             except BaseException:
                 if outer:
                     self._rollback()
@@ -496,11 +510,7 @@ class Store:
         return outcome
 
     def _once(
-        self,
-        operation_id: str,
-        method: str,
-        fingerprint: str,
-        apply: Callable[[sqlite3.Connection, datetime], _Held],
+        self, operation_id: str, method: str, fingerprint: str, check: _Check
     ) -> StoredHolding | Rejection:
         """The body of :meth:`_run`, inside its transaction: the outcome, new or recorded."""
         db = self._db
@@ -516,36 +526,43 @@ class Store:
                 )
             return self._replay(json.loads(row[2]))
         now = self._clock()
-        # Outside the operation's savepoint: a refused operation still finds its expired
-        # locks released (as any later operation would).
-        self._expire_locks(db, now)
-        # One savepoint holds everything the operation writes, its op-log entry last, so
-        # an operation that fails undoes only itself (inside a batch, the others stay).
-        db.execute("SAVEPOINT op")
+        # No savepoint per operation (one costs as much as a small write): a refusal
+        # comes before the operation's first write, so it has nothing to undo, and an
+        # operation that fails while writing (the database failing, or a bug: a write
+        # refuses nothing) cannot be undone alone, so it fails the whole transaction.
+        # Standing alone, _run rolls that back; inside atomic() or batch(), the
+        # transaction is marked unfit to commit.
         try:
-            outcome: StoredHolding | Rejection
+            # A refused operation still finds its expired locks released, as any later
+            # operation would.
+            self._expire_locks(db, now)
+        except BaseException:
+            self._failed = True
+            raise
+        try:
+            write = check(db, now)
+        except Rejection as rejection:
+            # The rejection is final: record it, so a repeat answers the same.
+            recorded: dict[str, Any] = {
+                "rejection": {"code": rejection.code, "message": rejection.message}
+            }
+            outcome: StoredHolding | Rejection = Rejection(rejection.code, rejection.message)
+        else:
             try:
-                held = apply(db, now)
-            except Rejection as rejection:
-                # The rejection is final: undo what the operation did, and record it so
-                # a repeat answers the same.
-                db.execute("ROLLBACK TO op")
-                self._next_expiry = None
-                recorded: dict[str, Any] = {
-                    "rejection": {"code": rejection.code, "message": rejection.message}
-                }
-                outcome = Rejection(rejection.code, rejection.message)
-            else:
-                recorded = {"holding": _holding_to_json(held.holding, held.attributes)}
-                outcome = held.holding
+                held = write()
+            except BaseException:
+                self._failed = True
+                raise
+            recorded = {"holding": _holding_to_json(held.holding, held.attributes)}
+            outcome = held.holding
+        try:
             db.execute(
                 "INSERT INTO operations VALUES (?, ?, ?, ?, ?)",
                 (operation_id, method, fingerprint, json.dumps(recorded), now.isoformat()),
             )
         except BaseException:
-            self._rollback("op")
+            self._failed = True
             raise
-        db.execute("RELEASE op")
         return outcome
 
     @staticmethod
@@ -925,7 +942,7 @@ class Store:
     def issue(self, operation_id: str, account: str, block: UnitBlock) -> StoredHolding:
         """Issue ``block`` into ``account``; an overlapping issuance is refused."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             if block.program not in self.programs:
                 raise Rejection(
                     "PROGRAM_NOT_ISSUED_HERE",
@@ -943,15 +960,14 @@ class Store:
                     f"{_describe(clash[0].holding.block.id)}",
                 )
             holding = StoredHolding(block=block, account=account, state=UnitState.ACTIVE)
-            self._insert(db, holding, None, attributes)
-            return _Held(holding, attributes)
+            return lambda: self._insert_new(db, holding, None, attributes)
 
         attributes = attributes_to_json(block)
         return self._run(
             operation_id,
             "issue",
             {"account": account, "block": _block_json(block.id, attributes)},
-            apply,
+            check,
         )
 
     def lock(
@@ -969,7 +985,7 @@ class Store:
         registry's own rule); its refusal is recorded like any other.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             if expires_at.tzinfo is None:
                 raise Rejection("LOCK_EXPIRY_NOT_UTC", "a lock expiry needs a time zone")
             if expires_at <= now:
@@ -979,7 +995,7 @@ class Store:
             row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
             if guard is not None:
                 guard(row.holding)
-            return self._replace(
+            return lambda: self._replace(
                 db,
                 row,
                 block_id,
@@ -1000,7 +1016,7 @@ class Store:
                 "expires_at": expires_at.isoformat(),
                 "transfer": transfer,
             },
-            apply,
+            check,
         )
 
     def _locked_row(
@@ -1021,15 +1037,15 @@ class Store:
     ) -> StoredHolding:
         """Release a lock held for ``transfer``; the units are active again."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             row = self._locked_row(db, account, block_id, transfer)
-            return self._replace(db, row, block_id, lambda h: _with(h, UnitState.ACTIVE))
+            return lambda: self._replace(db, row, block_id, lambda h: _with(h, UnitState.ACTIVE))
 
         return self._run(
             operation_id,
             "unlock",
             {"account": account, "block": block_id_to_dict(block_id), "transfer": transfer},
-            apply,
+            check,
         )
 
     def finalize(
@@ -1044,10 +1060,10 @@ class Store:
     ) -> StoredHolding:
         """Complete the source side of a locked transfer: immobilize, or export the units."""
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             row = self._locked_row(db, account, block_id, transfer)
             state = UnitState.EXPORTED if export else UnitState.IMMOBILIZED
-            return self._replace(
+            return lambda: self._replace(
                 db,
                 row,
                 block_id,
@@ -1064,7 +1080,7 @@ class Store:
                 "export": export,
                 "details": details,
             },
-            apply,
+            check,
         )
 
     def credit(
@@ -1083,7 +1099,7 @@ class Store:
         applied in time is answered from the op log, whatever the time.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             _check_deadline(deadline, now)
             live = self._live(db, origin.id)
             if any(r.holding.state is UnitState.IMMOBILIZED for r in live):
@@ -1106,8 +1122,7 @@ class Store:
                     mirror_registry=origin_registry,
                     details=details,
                 )
-                self._insert(db, holding, None, attributes)
-                return _Held(holding, attributes)
+                return lambda: self._insert_new(db, holding, None, attributes)
             mirrors = self._select(
                 db,
                 _MIRROR_OVERLAP,
@@ -1124,21 +1139,7 @@ class Store:
                     f"units {_describe(origin.id)} already have a mirror here: "
                     f"{_describe(mirrors[0].holding.block.id)}",
                 )
-            start = self._next_serial(db, origin.id.program, origin.quantity)
-            mirror_block = _relabel(
-                origin,
-                BlockId(origin.id.program, self.mirror_series, start, start + origin.quantity - 1),
-            )
-            holding = StoredHolding(
-                block=mirror_block,
-                account=account,
-                state=UnitState.ACTIVE,
-                mirror_of=origin.id,
-                mirror_registry=origin_registry,
-                details=details,
-            )
-            self._insert(db, holding, origin.id.serial_start, attributes)
-            return _Held(holding, attributes)
+            return lambda: self._mirror(db, account, origin, origin_registry, details, attributes)
 
         attributes = attributes_to_json(origin)
         return self._run(
@@ -1152,8 +1153,43 @@ class Store:
                 "details": details,
                 "deadline": None if deadline is None else deadline.isoformat(),
             },
-            apply,
+            check,
         )
+
+    def _mirror(
+        self,
+        db: sqlite3.Connection,
+        account: str,
+        origin: UnitBlock,
+        origin_registry: str,
+        details: tuple[tuple[str, str], ...],
+        attributes: str,
+    ) -> _Held:
+        """Write a mirror of ``origin`` (attribute JSON ``attributes``) with local serials."""
+        start = self._next_serial(db, origin.id.program, origin.quantity)
+        mirror_block = _relabel(
+            origin,
+            BlockId(origin.id.program, self.mirror_series, start, start + origin.quantity - 1),
+        )
+        holding = StoredHolding(
+            block=mirror_block,
+            account=account,
+            state=UnitState.ACTIVE,
+            mirror_of=origin.id,
+            mirror_registry=origin_registry,
+            details=details,
+        )
+        return self._insert_new(db, holding, origin.id.serial_start, attributes)
+
+    def _insert_new(
+        self,
+        db: sqlite3.Connection,
+        holding: StoredHolding,
+        mirror_start: int | None,
+        attributes: str,
+    ) -> _Held:
+        self._insert(db, holding, mirror_start, attributes)
+        return _Held(holding, attributes)
 
     def _reactivate(
         self,
@@ -1161,13 +1197,13 @@ class Store:
         account: str,
         block_id: BlockId,
         details: tuple[tuple[str, str], ...],
-    ) -> _Held:
+    ) -> Callable[[], _Held]:
         # Units this registry immobilized are coming back (their mirror was returned).
         for row in self._live(db, block_id):
             if row.holding.state is UnitState.IMMOBILIZED and row.holding.block.id.contains(
                 block_id
             ):
-                return self._replace(
+                return lambda: self._replace(
                     db,
                     row,
                     block_id,
@@ -1192,7 +1228,7 @@ class Store:
         Refused after ``deadline`` (``DEADLINE_PASSED``), as :meth:`credit` is.
         """
 
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             _check_deadline(deadline, now)
             return self._reactivate(db, account, block_id, details)
 
@@ -1206,7 +1242,7 @@ class Store:
                 "details": details,
                 "deadline": None if deadline is None else deadline.isoformat(),
             },
-            apply,
+            check,
         )
 
     def _next_serial(self, db: sqlite3.Connection, program: Program, quantity: int) -> int:
@@ -1228,19 +1264,21 @@ class Store:
         block_id: BlockId,
         details: tuple[tuple[str, str], ...],
     ) -> StoredHolding:
-        def apply(db: sqlite3.Connection, now: datetime) -> _Held:
+        def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             # Immobilized units may end too: retiring a mirror retires its origin (the
             # immobilization model registries adopted for bridged units).
             row = self._take(
                 db, account, block_id, frozenset({UnitState.ACTIVE, UnitState.IMMOBILIZED})
             )
-            return self._replace(db, row, block_id, lambda h: _with(h, state, details=details))
+            return lambda: self._replace(
+                db, row, block_id, lambda h: _with(h, state, details=details)
+            )
 
         return self._run(
             operation_id,
             method,
             {"account": account, "block": block_id_to_dict(block_id), "details": details},
-            apply,
+            check,
         )
 
     def retire(

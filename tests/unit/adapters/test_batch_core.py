@@ -215,6 +215,41 @@ def test_a_batch_that_raises_commits_nothing(store: Store) -> None:
     assert store.operation("issue-1") is None
 
 
+@pytest.mark.parametrize("failure", [ValueError("bug"), Rejection("BUG", "refused late")])
+def test_an_item_failing_while_it_writes_fails_the_whole_batch(
+    store: Store, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # Operations are refused before they write, so no savepoint is taken per item; one
+    # that fails halfway through its writes (the database, or a bug) cannot be undone
+    # alone, and must not be committed with the others as a refusal.
+    store.issue("issue", "A", block(1, 100))
+    until = NOW + timedelta(hours=1)
+    calls = 0
+    cut = store._cut
+
+    def cut_then_fail(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        cut(*args)  # type: ignore[arg-type]
+        # NOTE(emulator-store): the real method's arguments, passed through.
+        if calls == 2:
+            raise failure
+
+    monkeypatch.setattr(store, "_cut", cut_then_fail)
+
+    def lock(start: int) -> str:
+        return store.lock(f"lock-{start}", "A", block(start, start).id, until, "T").account
+
+    with pytest.raises(RuntimeError, match="failed while writing"):
+        serve_batch(store, [1, 2, 3], lock, lambda start, rejection: rejection.code)
+    monkeypatch.undo()
+    assert [(h.block.id.serial_start, h.state.value) for h in store.holdings()] == [(1, "active")]
+    assert store.operation("lock-1") is None
+    # The store goes on: the next transaction commits.
+    store.lock("lock-1", "A", block(1, 1).id, until, "T")
+    assert store.operation("lock-1") is not None
+
+
 def test_a_batch_over_the_cap_is_refused_whole(store: Store) -> None:
     with pytest.raises(Rejection, match="BATCH_TOO_LARGE"):
         serve_batch(store, [0] * (BATCH_ITEMS_CAP + 1), lambda i: i, lambda i, r: i)

@@ -17,7 +17,7 @@ mirror series; they are not ITMOs, and the first-transfer rules do not apply to 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -46,7 +46,15 @@ from adapters.emulator_core import (
 )
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
 
-Item = TypeVar("Item")
+
+class _Identified(Protocol):
+    """A native batch item: it carries its operation id."""
+
+    @property
+    def action_id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Identified)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.ITMO_STATUS_HELD,
@@ -252,6 +260,7 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
                 items,
                 lambda item: pb.ItmoBatchResult(holding=serve(item)),
                 _refusal,
+                operation_id=lambda item: item.action_id,
             )
             return pb.ItmoBatchResponse(results=results)
 

@@ -65,13 +65,14 @@ def serve_batch(
     items: Sequence[Item],
     serve: Callable[[Item], Reply],
     refuse: Callable[[Item, Rejection], Reply],
+    operation_id: Callable[[Item], str] | None = None,
 ) -> list[Reply]:
     """Serve a batch RPC: every item as its single call, in one store transaction.
 
     Each item runs through ``serve``, the single call's own handling, so the rules, the
-    refusals and the operation-id idempotency are the single call's; the store makes
-    each of its operations a savepoint of the batch's transaction, so a refused item is
-    undone alone (its refusal still recorded) and the next item goes on.
+    refusals and the operation-id idempotency are the single call's; the store refuses
+    an operation before it writes anything (:meth:`Store.batch`), so a refused item
+    leaves nothing behind but its recorded refusal, and the next item goes on.
 
     Args:
         store: The registry's store.
@@ -79,6 +80,8 @@ def serve_batch(
         serve: The single call's handling of one item (raises ``Rejection``, or
             ``ValueError`` for a native value that does not translate).
         refuse: The registry's answer for a refused item, in its own vocabulary.
+        operation_id: The operation id an item carries, when the registry names it so:
+            the store then reads the batch's op-log entries in one query.
 
     Returns:
         One reply per item, in order (fewer only when an injected mid-batch crash cut
@@ -94,9 +97,10 @@ def serve_batch(
             f"a batch carries at most {BATCH_ITEMS_CAP} items, not {len(items)}",
         )
     cut = batch_cut(len(items))
+    applied = items if cut is None else items[:cut]
     replies: list[Reply] = []
-    with store.batch():
-        for item in items if cut is None else items[:cut]:
+    with store.batch([operation_id(item) for item in applied] if operation_id else ()):
+        for item in applied:
             try:
                 replies.append(serve(item))
             except Rejection as rejection:

@@ -38,7 +38,7 @@ import enum
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -312,6 +312,12 @@ class _Held(NamedTuple):
 _Check = Callable[[sqlite3.Connection, datetime], Callable[[], _Held]]
 """An operation's checks (raising :class:`Rejection`, writing nothing), returning its write."""
 
+_Recorded = tuple[str, str, str]
+"""An op-log entry: the method, the request's fingerprint and the outcome's JSON."""
+
+_IDS_PER_QUERY = 500
+"""Operation ids looked up per query (sqlite builds may allow as few as 999 parameters)."""
+
 # Encoders built once (``json.dumps`` with keyword arguments builds one per call), each
 # writing what the ``json.dumps`` call it stands for wrote: recorded fingerprints and
 # outcomes are compared and read back, so their text must not change.
@@ -400,6 +406,9 @@ class Store:
         self._next_expiry: str | None = None
         # Set when an operation failed while writing: the transaction must not commit.
         self._failed = False
+        # Inside batch(): the op-log entries of its operation ids, read up front and
+        # kept up to date by the batch's operations; dropped on any rollback.
+        self._recorded: dict[str, _Recorded | None] | None = None
 
     def close(self) -> None:
         """Close the database."""
@@ -451,6 +460,7 @@ class Store:
             self._db.execute("ROLLBACK")
             self._failed = False
         self._next_expiry = None
+        self._recorded = None
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -462,7 +472,7 @@ class Store:
             yield
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, operation_ids: Collection[str] = ()) -> Iterator[None]:
         """Run several independent operations in one transaction: one commit for a batch.
 
         Unlike :meth:`atomic`, the operations stay independent: one that is refused is
@@ -471,9 +481,34 @@ class Store:
         committed together when the block ends.  An exception leaving the block rolls
         the whole batch back, as a crash before the commit would; so does an operation
         failing while it writes (the database failing), which cannot be undone alone.
+
+        Args:
+            operation_ids: The operation ids the batch will carry, if known: their op-log
+                entries are read in one query up front instead of one per operation.
         """
         with self._transaction():
-            yield
+            outermost = self._recorded is None
+            if outermost and operation_ids:
+                self._recorded = self._read_recorded(operation_ids)
+            try:
+                yield
+            finally:
+                if outermost:
+                    self._recorded = None
+
+    def _read_recorded(self, operation_ids: Collection[str]) -> dict[str, _Recorded | None]:
+        """The op-log entries of ``operation_ids`` (``None`` for an id never used)."""
+        found: dict[str, _Recorded | None] = dict.fromkeys(operation_ids)
+        ids = list(found)
+        for i in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[i : i + _IDS_PER_QUERY]
+            for operation_id, *entry in self._db.execute(
+                "SELECT operation_id, method, fingerprint, outcome FROM operations "
+                f"WHERE operation_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                found[operation_id] = (entry[0], entry[1], entry[2])
+        return found
 
     def _run(
         self,
@@ -514,10 +549,15 @@ class Store:
     ) -> StoredHolding | Rejection:
         """The body of :meth:`_run`, inside its transaction: the outcome, new or recorded."""
         db = self._db
-        row = db.execute(
-            "SELECT method, fingerprint, outcome FROM operations WHERE operation_id = ?",
-            (operation_id,),
-        ).fetchone()
+        recorded_here = self._recorded
+        row: _Recorded | None
+        if recorded_here is not None and operation_id in recorded_here:
+            row = recorded_here[operation_id]
+        else:
+            row = db.execute(
+                "SELECT method, fingerprint, outcome FROM operations WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
         if row is not None:
             if row[1] != fingerprint:
                 raise Rejection(
@@ -555,14 +595,17 @@ class Store:
                 raise
             recorded = {"holding": _holding_to_json(held.holding, held.attributes)}
             outcome = held.holding
+        text = json.dumps(recorded)
         try:
             db.execute(
                 "INSERT INTO operations VALUES (?, ?, ?, ?, ?)",
-                (operation_id, method, fingerprint, json.dumps(recorded), now.isoformat()),
+                (operation_id, method, fingerprint, text, now.isoformat()),
             )
         except BaseException:
             self._failed = True
             raise
+        if recorded_here is not None:
+            recorded_here[operation_id] = (method, fingerprint, text)
         return outcome
 
     @staticmethod

@@ -7,7 +7,7 @@ its own immobilized credits coming back (``AcceptReturn``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -33,7 +33,15 @@ from adapters.gold_standard.client import (
 )
 from registry_bridge.model import Program
 
-Item = TypeVar("Item")
+
+class _Identified(Protocol):
+    """A native batch item: it carries its operation id."""
+
+    @property
+    def operation_id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Identified)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.CREDIT_STATUS_ISSUED,
@@ -167,6 +175,7 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
                 items,
                 lambda item: pb.CreditBatchResult(holding=serve(item)),
                 _refusal,
+                operation_id=lambda item: item.operation_id,
             )
             return pb.CreditBatchResponse(results=results)
 

@@ -8,7 +8,7 @@ a settlement currency is refused, and the currency is recorded with the position
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -30,7 +30,15 @@ from adapters.emulator_core import (
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_to_native
 from registry_bridge.model import Program
 
-Item = TypeVar("Item")
+
+class _Identified(Protocol):
+    """A native batch item: it carries its operation id."""
+
+    @property
+    def operation_id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Identified)
 
 _STATE: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.AVAILABLE,
@@ -192,6 +200,7 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
                 items,
                 lambda item: pb.PositionBatchResult(position=serve(item)),
                 _refusal,
+                operation_id=lambda item: item.operation_id,
             )
             return pb.PositionBatchResponse(results=results)
 

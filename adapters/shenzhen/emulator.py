@@ -10,7 +10,7 @@ the beneficiary the use is claimed for.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -44,7 +44,15 @@ PROGRAMS = frozenset({Program.SZA, Program.SZ_CI, Program.CCER})
 COMPLIANCE_PRODUCTS = PROGRAMS
 """What a Shenzhen covered entity may surrender (履约): a mirror of a foreign unit may not."""
 
-Item = TypeVar("Item")
+
+class _Identified(Protocol):
+    """A native batch item: it carries its operation id."""
+
+    @property
+    def business_serial_no(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Identified)
 
 _STATE: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.LOT_STATE_AVAILABLE,
@@ -186,6 +194,7 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
                 items,
                 lambda item: pb.LotBatchResult(lot=serve(item)),
                 _refusal,
+                operation_id=lambda item: item.business_serial_no,
             )
             return pb.LotBatchResponse(results=results)
 

@@ -7,7 +7,7 @@ immobilized VCUs coming back (``RestoreImmobilized``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -33,7 +33,15 @@ from adapters.verra.client import (
 )
 from registry_bridge.model import Program
 
-Item = TypeVar("Item")
+
+class _Identified(Protocol):
+    """A native batch item: it carries its operation id."""
+
+    @property
+    def operation_id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Identified)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.VCU_STATUS_ACTIVE,
@@ -161,7 +169,11 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
     ) -> pb.VcuBatchResponse:
         with native_rules(context):
             results = serve_batch(
-                self._store, items, lambda item: pb.VcuBatchResult(holding=serve(item)), _refusal
+                self._store,
+                items,
+                lambda item: pb.VcuBatchResult(holding=serve(item)),
+                _refusal,
+                operation_id=lambda item: item.operation_id,
             )
             return pb.VcuBatchResponse(results=results)
 

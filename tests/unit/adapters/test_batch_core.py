@@ -9,7 +9,8 @@ failures only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -213,6 +214,44 @@ def test_a_batch_that_raises_commits_nothing(store: Store) -> None:
         raise KeyError("crash before the commit")
     assert store.holdings() == []
     assert store.operation("issue-1") is None
+
+
+def test_a_batch_reading_its_op_log_up_front_answers_as_one_reading_per_item() -> None:
+    until = NOW + timedelta(hours=1)
+
+    def scenario(store: Store, ids: list[str]) -> list[object]:
+        answers: list[object] = []
+
+        def note(run: Callable[[], object]) -> None:
+            try:
+                answers.append(run())
+            except Rejection as rejection:
+                answers.append(rejection.code)
+
+        store.issue("issue", "A", block(1, 100))
+        store.lock("before", "A", block(1, 1).id, until, "T")
+        with store.batch(ids):
+            note(lambda: store.lock("before", "A", block(1, 1).id, until, "T"))  # a repeat
+            note(lambda: store.lock("new", "A", block(2, 2).id, until, "T"))
+            note(lambda: store.lock("new", "A", block(2, 2).id, until, "T"))  # again, in it
+            note(lambda: store.lock("new", "A", block(3, 3).id, until, "T"))  # id reused
+            note(lambda: store.lock("taken", "A", block(2, 2).id, until, "T"))  # refused
+            note(lambda: store.lock("taken", "A", block(2, 2).id, until, "T"))
+            with suppress(KeyError), store.atomic():
+                note(lambda: store.lock("undone", "A", block(4, 4).id, until, "T"))
+                raise KeyError("rolled back")
+            note(lambda: store.lock("undone", "A", block(5, 5).id, until, "T"))  # not a repeat
+            note(lambda: store.lock("unlisted", "A", block(6, 6).id, until, "T"))
+        note(lambda: store.operation("undone"))
+        note(lambda: store.holdings())
+        return answers
+
+    ids = ["before", "new", "new", "new", "taken", "taken", "undone", "undone"]
+    assert scenario(
+        Store("national", frozenset({Program.CCER}), CreditMode.MIRROR, clock=lambda: NOW), ids
+    ) == scenario(
+        Store("national", frozenset({Program.CCER}), CreditMode.MIRROR, clock=lambda: NOW), []
+    )
 
 
 @pytest.mark.parametrize("failure", [ValueError("bug"), Rejection("BUG", "refused late")])

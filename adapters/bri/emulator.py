@@ -105,10 +105,8 @@ def first_transfer_guard(held: StoredHolding) -> None:
         )
 
 
-def _refusal(item: object, rejection: Rejection) -> pb.ItmoBatchResult:
-    return pb.ItmoBatchResult(
-        refusal=pb.ItmoRefusal(code=rejection.code, message=rejection.message)
-    )
+def _refusal(rejection: Rejection) -> pb.ItmoRefusal:
+    return pb.ItmoRefusal(code=rejection.code, message=rejection.message)
 
 
 class BriServicer(pb_grpc.ItmoRegistryServicer):
@@ -254,15 +252,23 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.ItmoHolding],
     ) -> pb.ItmoBatchResponse:
+        # Each result is built inside the response: one built apart would be copied in,
+        # which costs as much as building it.
+        response = pb.ItmoBatchResponse()
+        add = response.results.add
+
+        def served(item: Item) -> None:
+            answer = serve(item)
+            add().holding.CopyFrom(answer)
+
+        def refused(item: Item, rejection: Rejection) -> None:
+            add(refusal=_refusal(rejection))
+
         with native_rules(context):
-            results = serve_batch(
-                self._store,
-                items,
-                lambda item: pb.ItmoBatchResult(holding=serve(item)),
-                _refusal,
-                operation_id=lambda item: item.action_id,
+            serve_batch(
+                self._store, items, served, refused, operation_id=lambda item: item.action_id
             )
-            return pb.ItmoBatchResponse(results=results)
+            return response
 
     def ReserveForTransferBatch(
         self, request: pb.ReserveForTransferBatchRequest, context: grpc.ServicerContext

@@ -67,10 +67,8 @@ def _holding(held: StoredHolding) -> pb.CreditHolding:
     )
 
 
-def _refusal(item: object, rejection: Rejection) -> pb.CreditBatchResult:
-    return pb.CreditBatchResult(
-        refusal=pb.CreditRefusal(code=rejection.code, message=rejection.message)
-    )
+def _refusal(rejection: Rejection) -> pb.CreditRefusal:
+    return pb.CreditRefusal(code=rejection.code, message=rejection.message)
 
 
 class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
@@ -169,15 +167,23 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.CreditHolding],
     ) -> pb.CreditBatchResponse:
+        # Each result is built inside the response: one built apart would be copied in,
+        # which costs as much as building it.
+        response = pb.CreditBatchResponse()
+        add = response.results.add
+
+        def served(item: Item) -> None:
+            answer = serve(item)
+            add().holding.CopyFrom(answer)
+
+        def refused(item: Item, rejection: Rejection) -> None:
+            add(refusal=_refusal(rejection))
+
         with native_rules(context):
-            results = serve_batch(
-                self._store,
-                items,
-                lambda item: pb.CreditBatchResult(holding=serve(item)),
-                _refusal,
-                operation_id=lambda item: item.operation_id,
+            serve_batch(
+                self._store, items, served, refused, operation_id=lambda item: item.operation_id
             )
-            return pb.CreditBatchResponse(results=results)
+            return response
 
     def InitiateTransferBatch(
         self, request: pb.InitiateTransferBatchRequest, context: grpc.ServicerContext

@@ -78,10 +78,8 @@ def _deposit_programs() -> frozenset[Program]:
     return frozenset({Program.VCS, Program.GS, Program.CCER, Program.BRI_ITMO})
 
 
-def _refusal(item: object, rejection: Rejection) -> pb.PositionBatchResult:
-    return pb.PositionBatchResult(
-        refusal=pb.PositionRefusal(code=rejection.code, message=rejection.message)
-    )
+def _refusal(rejection: Rejection) -> pb.PositionRefusal:
+    return pb.PositionRefusal(code=rejection.code, message=rejection.message)
 
 
 class VenueServicer(pb_grpc.CarbonVenueServicer):
@@ -194,15 +192,23 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.Position],
     ) -> pb.PositionBatchResponse:
+        # Each result is built inside the response: one built apart would be copied in,
+        # which costs as much as building it.
+        response = pb.PositionBatchResponse()
+        add = response.results.add
+
+        def served(item: Item) -> None:
+            answer = serve(item)
+            add().position.CopyFrom(answer)
+
+        def refused(item: Item, rejection: Rejection) -> None:
+            add(refusal=_refusal(rejection))
+
         with native_rules(context):
-            results = serve_batch(
-                self._store,
-                items,
-                lambda item: pb.PositionBatchResult(position=serve(item)),
-                _refusal,
-                operation_id=lambda item: item.operation_id,
+            serve_batch(
+                self._store, items, served, refused, operation_id=lambda item: item.operation_id
             )
-            return pb.PositionBatchResponse(results=results)
+            return response
 
     def EarmarkForSettlementBatch(
         self, request: pb.EarmarkForSettlementBatchRequest, context: grpc.ServicerContext

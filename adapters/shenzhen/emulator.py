@@ -86,8 +86,8 @@ def _lot(held: StoredHolding) -> pb.Lot:
     )
 
 
-def _refusal(item: object, rejection: Rejection) -> pb.LotBatchResult:
-    return pb.LotBatchResult(refusal=pb.LotRefusal(code=rejection.code, message=rejection.message))
+def _refusal(rejection: Rejection) -> pb.LotRefusal:
+    return pb.LotRefusal(code=rejection.code, message=rejection.message)
 
 
 class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
@@ -188,15 +188,27 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.Lot],
     ) -> pb.LotBatchResponse:
+        # Each result is built inside the response: one built apart would be copied in,
+        # which costs as much as building it.
+        response = pb.LotBatchResponse()
+        add = response.results.add
+
+        def served(item: Item) -> None:
+            answer = serve(item)
+            add().lot.CopyFrom(answer)
+
+        def refused(item: Item, rejection: Rejection) -> None:
+            add(refusal=_refusal(rejection))
+
         with native_rules(context):
-            results = serve_batch(
+            serve_batch(
                 self._store,
                 items,
-                lambda item: pb.LotBatchResult(lot=serve(item)),
-                _refusal,
+                served,
+                refused,
                 operation_id=lambda item: item.business_serial_no,
             )
-            return pb.LotBatchResponse(results=results)
+            return response
 
     def FreezeBatch(
         self, request: pb.FreezeBatchRequest, context: grpc.ServicerContext

@@ -67,8 +67,8 @@ def _holding(held: StoredHolding) -> pb.VcuHolding:
     )
 
 
-def _refusal(item: object, rejection: Rejection) -> pb.VcuBatchResult:
-    return pb.VcuBatchResult(refusal=pb.VcuRefusal(code=rejection.code, message=rejection.message))
+def _refusal(rejection: Rejection) -> pb.VcuRefusal:
+    return pb.VcuRefusal(code=rejection.code, message=rejection.message)
 
 
 class VerraServicer(pb_grpc.VerraRegistryServicer):
@@ -167,15 +167,23 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.VcuHolding],
     ) -> pb.VcuBatchResponse:
+        # Each result is built inside the response: one built apart would be copied in,
+        # which costs as much as building it.
+        response = pb.VcuBatchResponse()
+        add = response.results.add
+
+        def served(item: Item) -> None:
+            answer = serve(item)
+            add().holding.CopyFrom(answer)
+
+        def refused(item: Item, rejection: Rejection) -> None:
+            add(refusal=_refusal(rejection))
+
         with native_rules(context):
-            results = serve_batch(
-                self._store,
-                items,
-                lambda item: pb.VcuBatchResult(holding=serve(item)),
-                _refusal,
-                operation_id=lambda item: item.operation_id,
+            serve_batch(
+                self._store, items, served, refused, operation_id=lambda item: item.operation_id
             )
-            return pb.VcuBatchResponse(results=results)
+            return response
 
     def ImmobilizeBatch(
         self, request: pb.ImmobilizeBatchRequest, context: grpc.ServicerContext

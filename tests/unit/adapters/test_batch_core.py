@@ -340,3 +340,47 @@ def test_the_retry_wrapper_retries_a_batch_whole_on_transient_failures_only(meth
     # Two transient failures, then one answer; its refused items are results, not retried.
     assert flaky.calls == 3
     assert [r.code for r in results] == ["UNITS_LOCKED", "UNITS_LOCKED"]
+
+
+@pytest.mark.parametrize(("failures", "attempts"), [(0, 3), (1, 3), (2, 3), (3, 3), (1, 1)])
+def test_the_retry_wrapper_makes_the_policys_attempts_with_its_waits(
+    monkeypatch: pytest.MonkeyPatch, failures: int, attempts: int
+) -> None:
+    # The first attempt is made outside tenacity; the attempts and the waits between
+    # them must still be the policy's.
+    waits: list[float] = []
+    controller = RetryPolicy.retrying
+    monkeypatch.setattr(
+        RetryPolicy, "retrying", lambda policy: controller(policy).copy(sleep=waits.append)
+    )
+    flaky = Flaky(failures=failures)
+    # NOTE(registry-adapters): only the batch methods are reached here.
+    port: RegistryPort = flaky  # type: ignore[assignment]
+    policy = RetryPolicy(attempts=attempts, initial_wait_s=0.1, max_wait_s=0.3, jitter_s=0)
+    retrying = RetryingRegistry(port, policy)
+    request = LockRequest("lock", "A", block(1, 1).id, NOW, "T")
+    if failures >= attempts:
+        with pytest.raises(RegistryUnavailable):
+            retrying.lock_many([request])
+    else:
+        (result,) = retrying.lock_many([request])
+        assert isinstance(result, RegistryRejected) and result.code == "UNITS_LOCKED"
+    assert flaky.calls == min(failures + 1, attempts)
+    assert waits == pytest.approx([0.1, 0.2][: flaky.calls - 1])
+
+
+def test_the_retry_wrapper_does_not_retry_a_refusal() -> None:
+    class Refusing:
+        calls = 0
+        registry_id = "x"
+
+        def lock_many(self, requests: Sequence[LockRequest]) -> list[RegistryHolding]:
+            self.calls += 1
+            raise RegistryRejected("x", "UNITS_LOCKED", "locked")
+
+    refusing = Refusing()
+    # NOTE(registry-adapters): only lock_many is reached here.
+    port: RegistryPort = refusing  # type: ignore[assignment]
+    with pytest.raises(RegistryRejected):
+        RetryingRegistry(port, RetryPolicy(attempts=3, initial_wait_s=0)).lock_many([])
+    assert refusing.calls == 1

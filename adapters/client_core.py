@@ -10,6 +10,7 @@ the trailing metadata.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Protocol, TypeVar
@@ -17,8 +18,15 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from adapters import serials
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
-from registry_bridge.model import Authorization, CorrespondingAdjustment, HoldingStatus, Program
+from registry_bridge.model import (
+    Authorization,
+    CorrespondingAdjustment,
+    HoldingStatus,
+    Program,
+    UnitBlock,
+)
 from registry_bridge.port import ProgramTotal, RegistryHolding
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
@@ -195,6 +203,33 @@ def invoke_batch(
             except RegistryRejected as refusal:
                 results[position] = refusal
     return [results[position] for position in range(len(requests))]
+
+
+SERIALS_KEPT = 8192
+"""Serials remembered each way (spelled from a block, parsed into one), per process.  A
+block is named again at every step of its transfer (its lock, its finalize, a listing),
+and a registry whose wire carries serials spells (and checks by parsing back) or parses
+one per block named, ~10 us each; a few thousand cover the blocks of the batches in flight."""
+
+
+@functools.lru_cache(maxsize=SERIALS_KEPT)
+def spell_serial(registry_id: str, block: UnitBlock) -> str:
+    """:func:`adapters.serials.format_serial`, remembered (a block is immutable).
+
+    Raises:
+        SerialEncodeError: The registry's format cannot spell the block.
+    """
+    return serials.format_serial(registry_id, block)
+
+
+@functools.lru_cache(maxsize=SERIALS_KEPT)
+def read_serial(registry_id: str, text: str) -> UnitBlock:
+    """:func:`adapters.serials.parse_serial`, remembered (a block is immutable).
+
+    Raises:
+        SerialFormatError: The serial is malformed.
+    """
+    return serials.parse_serial(registry_id, text)
 
 
 def not_supported(registry_id: str, operation: str) -> RegistryRejected:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import grpc
 
-from adapters import serials
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
 from adapters.client_core import (
@@ -30,6 +29,8 @@ from adapters.client_core import (
     item_refused,
     not_supported,
     program_totals,
+    read_serial,
+    spell_serial,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -74,7 +75,7 @@ def block_to_native(block: UnitBlock) -> pb.CreditBlock:
         SerialEncodeError: The block cannot be spelled as a GS serial.
     """
     return pb.CreditBlock(
-        serial_number=serials.format_serial(REGISTRY_ID, block),
+        serial_number=spell_serial(REGISTRY_ID, block),
         project_type=block.project_type,
         methodology=block.methodology,
         region=block.region,
@@ -98,7 +99,7 @@ def block_from_native(credits: pb.CreditBlock) -> UnitBlock:
         SerialFormatError: The serial number is malformed.
         ValueError: Another field is malformed.
     """
-    parsed = serials.parse_serial(REGISTRY_ID, credits.serial_number)
+    parsed = read_serial(REGISTRY_ID, credits.serial_number)
     auth = None
     if credits.HasField("article_six_authorization"):
         auth = authorization_from_native(credits.article_six_authorization)

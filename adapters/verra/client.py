@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import grpc
 
-from adapters import serials
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
 from adapters._pb.registries.verra.v1 import verra_pb2_grpc as pb_grpc
 from adapters.client_core import (
@@ -29,6 +28,8 @@ from adapters.client_core import (
     item_refused,
     not_supported,
     program_totals,
+    read_serial,
+    spell_serial,
     to_ddmmyyyy,
     to_rfc3339,
 )
@@ -74,7 +75,7 @@ def block_to_native(block: UnitBlock) -> pb.VcuBlock:
         SerialEncodeError: The block cannot be spelled as a VCU serial.
     """
     return pb.VcuBlock(
-        serial_number=serials.format_serial(REGISTRY_ID, block),
+        serial_number=spell_serial(REGISTRY_ID, block),
         project_type=block.project_type,
         methodology=block.methodology,
         region=block.region,
@@ -96,7 +97,7 @@ def block_from_native(vcus: pb.VcuBlock) -> UnitBlock:
         SerialFormatError: The serial number is malformed.
         ValueError: Another field is malformed.
     """
-    parsed = serials.parse_serial(REGISTRY_ID, vcus.serial_number)
+    parsed = read_serial(REGISTRY_ID, vcus.serial_number)
     auth = None
     if vcus.HasField("authorization"):
         auth = authorization_from_native(vcus.authorization)

@@ -32,7 +32,6 @@ operation makes every check first and is refused before it writes anything.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import json
@@ -45,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from adapters.client_core import relabelled
 from registry_bridge.block_json import (
     attributes_to_json,
     block_from_json,
@@ -1210,7 +1210,7 @@ class Store:
     ) -> _Held:
         """Write a mirror of ``origin`` (attribute JSON ``attributes``) with local serials."""
         start = self._next_serial(db, origin.id.program, origin.quantity)
-        mirror_block = _relabel(
+        mirror_block = relabelled(
             origin,
             BlockId(origin.id.program, self.mirror_series, start, start + origin.quantity - 1),
         )
@@ -1407,17 +1407,6 @@ def _describe(block_id: BlockId) -> str:
     return f"{block_id.program.value}/{series}{block_id.serial_start}-{block_id.serial_end}"
 
 
-def _relabel(block: UnitBlock, block_id: BlockId) -> UnitBlock:
-    """``block``'s attributes over another id."""
-    # NOTE(emulator-store): dataclasses.replace runs __init__ over every field again
-    # (~3 µs, several times per operation) to change one; the attributes were checked
-    # when ``block`` was made and a BlockId checks itself, so a copy with the new id is
-    # the same block.
-    relabelled = copy.copy(block)
-    object.__setattr__(relabelled, "id", block_id)
-    return relabelled
-
-
 # Blocks parsed from their attribute JSON, by the JSON (every split of a block keeps its
 # attributes, so a store's rows share a few), bounded.
 _TEMPLATES: dict[str, UnitBlock] = {}
@@ -1432,7 +1421,7 @@ def _block_of(block_id: BlockId, attributes: str) -> UnitBlock:
         if len(_TEMPLATES) >= _MAX_TEMPLATES:
             _TEMPLATES.clear()
         _TEMPLATES[attributes] = template
-    return _relabel(template, block_id)
+    return relabelled(template, block_id)
 
 
 def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
@@ -1448,7 +1437,7 @@ def _piece(held: StoredHolding, start: int, end: int) -> StoredHolding:
             mirror.serial_start + offset + block_id.quantity - 1,
         )
     return StoredHolding(
-        block=_relabel(held.block, block_id),
+        block=relabelled(held.block, block_id),
         account=held.account,
         state=held.state,
         lock_expires_at=held.lock_expires_at,

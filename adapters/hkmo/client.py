@@ -19,6 +19,8 @@ import grpc
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    AttributeMemo,
+    NativeAttributeMemo,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -72,12 +74,16 @@ STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
 
 def range_to_native(block_id: BlockId) -> pb.SerialRange:
     """A canonical block id as a venue serial range."""
-    return pb.SerialRange(
-        program=block_id.program.value,
-        series=block_id.serial_series,
-        first_serial=block_id.serial_start,
-        last_serial=block_id.serial_end,
-    )
+    native = pb.SerialRange()
+    _range_into(native, block_id)
+    return native
+
+
+def _range_into(native: pb.SerialRange, block_id: BlockId) -> None:
+    native.program = block_id.program.value
+    native.series = block_id.serial_series
+    native.first_serial = block_id.serial_start
+    native.last_serial = block_id.serial_end
 
 
 def range_from_native(native: pb.SerialRange) -> BlockId:
@@ -91,8 +97,20 @@ def range_from_native(native: pb.SerialRange) -> BlockId:
 
 def units_to_native(block: UnitBlock) -> pb.Units:
     """A canonical block as venue units."""
+    native = pb.Units()
+    units_into(native, block)
+    return native
+
+
+def units_into(native: pb.Units, block: UnitBlock) -> None:
+    """Write a canonical block into ``native`` as venue units (see :func:`units_to_native`)."""
+    native.CopyFrom(_UNITS_OF_ATTRIBUTES(block))
+    _range_into(native.range, block.id)
+
+
+def _units_of_attributes(block: UnitBlock) -> pb.Units:
+    """Venue units of a block, its range left unset."""
     return pb.Units(
-        range=range_to_native(block.id),
         project_id=block.project_id,
         country=block.country,
         region=block.region,
@@ -110,12 +128,19 @@ def units_to_native(block: UnitBlock) -> pb.Units:
     )
 
 
+_UNITS_OF_ATTRIBUTES = AttributeMemo(_units_of_attributes)
+
+
 def units_from_native(native: pb.Units) -> UnitBlock:
     """The canonical block of venue units.
 
     Raises:
         ValueError: A field is malformed.
     """
+    return _BLOCKS_OF_UNITS(native, range_from_native(native.range))
+
+
+def _block_of_units(native: pb.Units) -> UnitBlock:
     auth = None
     if native.HasField("authorization"):
         auth = authorization_from_native(native.authorization)
@@ -136,6 +161,9 @@ def units_from_native(native: pb.Units) -> UnitBlock:
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.origin_serial_attributes),
     )
+
+
+_BLOCKS_OF_UNITS = NativeAttributeMemo(pb.Units, "range", _block_of_units)
 
 
 class VenueClient:

@@ -27,7 +27,7 @@ from adapters.emulator_core import (
     required_moment,
     serve_batch,
 )
-from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_to_native
+from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_into
 from registry_bridge.model import Program
 
 
@@ -59,19 +59,22 @@ def _currency(value: int) -> str:
 
 
 def _position(held: StoredHolding) -> pb.Position:
-    currency = held.detail("settlement_currency")
-    return pb.Position(
-        units=units_to_native(held.block),
+    details = dict(held.details)
+    currency = details.get("settlement_currency", "")
+    position = pb.Position(
         client_account=held.account,
         state=_STATE[held.state],  # type: ignore[arg-type]
         # NOTE(registry-adapters): mypy-protobuf types enum fields as a NewType of int.
         earmark_until=to_rfc3339(held.lock_expires_at),
-        settlement_reference=held.lock_transfer or held.detail("settlement_reference"),
+        settlement_reference=held.lock_transfer or details.get("settlement_reference", ""),
         settlement_currency=pb.SettlementCurrency.Value(currency) if currency else 0,  # type: ignore[arg-type]
         origin_registry=held.mirror_registry,
-        beneficiary=held.detail("beneficiary"),
-        note=held.detail("claim") or held.detail("reason"),
+        beneficiary=details.get("beneficiary", ""),
+        note=details.get("claim", "") or details.get("reason", ""),
     )
+    # Written in place: units made apart would be copied in.
+    units_into(position.units, held.block)
+    return position
 
 
 def _deposit_programs() -> frozenset[Program]:

@@ -31,6 +31,8 @@ import grpc
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    AttributeMemo,
+    NativeAttributeMemo,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -81,12 +83,17 @@ STATE_TO_CANONICAL: dict[int, HoldingStatus] = {
 
 def numbers_to_native(block_id: BlockId) -> pb.NumberRange:
     """A canonical block id as a Shenzhen number range (编号)."""
-    return pb.NumberRange(
-        product=block_id.program.value,
-        segment=block_id.serial_series,
-        number_from=block_id.serial_start,
-        number_to=block_id.serial_end,
-    )
+    native = pb.NumberRange()
+    numbers_into(native, block_id)
+    return native
+
+
+def numbers_into(native: pb.NumberRange, block_id: BlockId) -> None:
+    """Write a canonical block id into ``native`` (see :func:`numbers_to_native`)."""
+    native.product = block_id.program.value
+    native.segment = block_id.serial_series
+    native.number_from = block_id.serial_start
+    native.number_to = block_id.serial_end
 
 
 def numbers_from_native(native: pb.NumberRange) -> BlockId:
@@ -100,8 +107,20 @@ def numbers_from_native(native: pb.NumberRange) -> BlockId:
 
 def info_to_native(block: UnitBlock) -> pb.LotInfo:
     """A canonical block as the registry's lot information (登记信息)."""
+    native = pb.LotInfo()
+    info_into(native, block)
+    return native
+
+
+def info_into(native: pb.LotInfo, block: UnitBlock) -> None:
+    """Write a canonical block into ``native`` (see :func:`info_to_native`)."""
+    native.CopyFrom(_INFO_OF_ATTRIBUTES(block))
+    numbers_into(native.numbers, block.id)
+
+
+def _info_of_attributes(block: UnitBlock) -> pb.LotInfo:
+    """The lot information of a block, its numbers left unset."""
     return pb.LotInfo(
-        numbers=numbers_to_native(block.id),
         project_code=block.project_id,
         host_country=block.country,
         region=block.region,
@@ -119,12 +138,19 @@ def info_to_native(block: UnitBlock) -> pb.LotInfo:
     )
 
 
+_INFO_OF_ATTRIBUTES = AttributeMemo(_info_of_attributes)
+
+
 def info_from_native(native: pb.LotInfo) -> UnitBlock:
     """The canonical block of the registry's lot information.
 
     Raises:
         ValueError: A field is malformed.
     """
+    return _BLOCKS_OF_INFO(native, numbers_from_native(native.numbers))
+
+
+def _block_of_info(native: pb.LotInfo) -> UnitBlock:
     auth = None
     if native.HasField("authorization"):
         auth = authorization_from_native(native.authorization)
@@ -145,6 +171,9 @@ def info_from_native(native: pb.LotInfo) -> UnitBlock:
         labels=frozenset(native.labels),
         native_attributes=tuple((a.key, a.value) for a in native.extra_attributes),
     )
+
+
+_BLOCKS_OF_INFO = NativeAttributeMemo(pb.LotInfo, "numbers", _block_of_info)
 
 
 class ShenzhenClient:

@@ -32,9 +32,9 @@ from adapters.emulator_core import (
 from adapters.shenzhen.client import (
     REGISTRY_ID,
     info_from_native,
-    info_to_native,
+    info_into,
     numbers_from_native,
-    numbers_to_native,
+    numbers_into,
 )
 from registry_bridge.model import Program
 
@@ -66,24 +66,25 @@ _STATE: dict[UnitState, int] = {
 
 
 def _lot(held: StoredHolding) -> pb.Lot:
-    year = held.detail("year")
-    return pb.Lot(
-        info=info_to_native(held.block),
+    details = dict(held.details)
+    year = details.get("year", "")
+    lot = pb.Lot(
         account_no=held.account,
         state=_STATE[held.state],  # type: ignore[arg-type]
         # NOTE(registry-adapters): mypy-protobuf types enum fields as a NewType of int.
         frozen_until=to_rfc3339(held.lock_expires_at),
-        transfer_order_no=held.lock_transfer or held.detail("transfer_order_no"),
-        mirror_source=None
-        if held.mirror_of is None
-        else pb.MirrorSource(
-            origin=numbers_to_native(held.mirror_of), origin_registry=held.mirror_registry
-        ),
-        entity_code=held.detail("entity"),
+        transfer_order_no=held.lock_transfer or details.get("transfer_order_no", ""),
+        entity_code=details.get("entity", ""),
         compliance_year=int(year) if year else 0,
-        beneficiary=held.detail("beneficiary"),
-        statement=held.detail("statement"),
+        beneficiary=details.get("beneficiary", ""),
+        statement=details.get("statement", ""),
     )
+    # Written in place: messages made apart would be copied in.
+    info_into(lot.info, held.block)
+    if held.mirror_of is not None:
+        numbers_into(lot.mirror_source.origin, held.mirror_of)
+        lot.mirror_source.origin_registry = held.mirror_registry
+    return lot
 
 
 def _refusal(rejection: Rejection) -> pb.LotRefusal:

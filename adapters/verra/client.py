@@ -18,6 +18,7 @@ import grpc
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
 from adapters._pb.registries.verra.v1 import verra_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    AttributeMemo,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -74,8 +75,26 @@ def block_to_native(block: UnitBlock) -> pb.VcuBlock:
     Raises:
         SerialEncodeError: The block cannot be spelled as a VCU serial.
     """
+    native = pb.VcuBlock()
+    block_into(native, block)
+    return native
+
+
+def block_into(native: pb.VcuBlock, block: UnitBlock) -> None:
+    """Write a canonical VCS block into ``native`` (see :func:`block_to_native`).
+
+    Raises:
+        SerialEncodeError: The block cannot be spelled as a VCU serial.
+    """
+    serial = spell_serial(REGISTRY_ID, block)
+    native.CopyFrom(_VCUS_OF_ATTRIBUTES(block))
+    native.serial_number = serial
+    native.quantity = block.quantity
+
+
+def _vcus_of_attributes(block: UnitBlock) -> pb.VcuBlock:
+    """A Verra VCU block of a block, its serial and quantity (its range) left unset."""
     return pb.VcuBlock(
-        serial_number=spell_serial(REGISTRY_ID, block),
         project_type=block.project_type,
         methodology=block.methodology,
         region=block.region,
@@ -86,8 +105,10 @@ def block_to_native(block: UnitBlock) -> pb.VcuBlock:
         corresponding_adjustment=block.corresponding_adjustment.value,
         vintage_start=to_ddmmyyyy(block.vintage_start),
         vintage_end=to_ddmmyyyy(block.vintage_end),
-        quantity=block.quantity,
     )
+
+
+_VCUS_OF_ATTRIBUTES = AttributeMemo(_vcus_of_attributes)
 
 
 def block_from_native(vcus: pb.VcuBlock) -> UnitBlock:

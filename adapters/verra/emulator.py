@@ -28,7 +28,7 @@ from adapters.emulator_core import (
 from adapters.verra.client import (
     REGISTRY_ID,
     block_from_native,
-    block_to_native,
+    block_into,
     range_from_native,
 )
 from registry_bridge.model import Program
@@ -54,17 +54,20 @@ _STATUS: dict[UnitState, int] = {
 
 
 def _holding(held: StoredHolding) -> pb.VcuHolding:
-    return pb.VcuHolding(
-        vcus=block_to_native(held.block),
+    details = dict(held.details)
+    holding = pb.VcuHolding(
         account_id=held.account,
         status=_STATUS[held.state],  # type: ignore[arg-type]
         # NOTE(registry-adapters): mypy-protobuf types enum fields as a NewType of int.
         hold_until=to_rfc3339(held.lock_expires_at),
         hold_reference=held.lock_transfer,
-        retirement_beneficiary=held.detail("beneficiary"),
-        retirement_details=held.detail("retirement_details"),
-        cancellation_reason=held.detail("reason"),
+        retirement_beneficiary=details.get("beneficiary", ""),
+        retirement_details=details.get("retirement_details", ""),
+        cancellation_reason=details.get("reason", ""),
     )
+    # Written in place: a block made apart would be copied in.
+    block_into(holding.vcus, held.block)
+    return holding
 
 
 def _refusal(rejection: Rejection) -> pb.VcuRefusal:

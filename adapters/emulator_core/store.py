@@ -85,6 +85,9 @@ class UnitState(enum.StrEnum):
 _TERMINAL = frozenset(
     {UnitState.RETIRED, UnitState.CANCELLED, UnitState.SURRENDERED, UnitState.EXPORTED}
 )
+_ACTIVE = frozenset({UnitState.ACTIVE})
+_LOCKED_OR_ACTIVE = frozenset({UnitState.LOCKED, UnitState.ACTIVE})
+_ACTIVE_OR_IMMOBILIZED = frozenset({UnitState.ACTIVE, UnitState.IMMOBILIZED})
 
 
 class CreditMode(enum.StrEnum):
@@ -342,7 +345,7 @@ def _holding_to_json(holding: StoredHolding, attributes: str) -> dict[str, Any]:
         "state": holding.state.value,
         "lock_expires_at": None
         if holding.lock_expires_at is None
-        else holding.lock_expires_at.isoformat(),
+        else _iso(holding.lock_expires_at),
         "lock_transfer": holding.lock_transfer,
         "mirror_of": None if holding.mirror_of is None else block_id_to_dict(holding.mirror_of),
         "mirror_registry": holding.mirror_registry,
@@ -599,7 +602,7 @@ class Store:
         try:
             db.execute(
                 "INSERT INTO operations VALUES (?, ?, ?, ?, ?)",
-                (operation_id, method, fingerprint, text, now.isoformat()),
+                (operation_id, method, fingerprint, text, _iso(now)),
             )
         except BaseException:
             self._failed = True
@@ -789,7 +792,7 @@ class Store:
     def _expire_locks(self, db: sqlite3.Connection, now: datetime) -> None:
         # Expiry is applied lazily, at the start of each operation, in the same
         # transaction: an expired lock holds nothing.
-        moment = now.astimezone(UTC).isoformat()
+        moment = _iso(now.astimezone(UTC))
         if self._next_expiry is not None and moment < self._next_expiry:
             return  # no lock held expires before the earliest one known
         # Read unordered and sorted here: asked for the store's order, sqlite walks the
@@ -868,7 +871,7 @@ class Store:
         """The stored form of ``holding``'s lock expiry, noted if it is the earliest."""
         if holding.lock_expires_at is None:
             return None
-        expires = holding.lock_expires_at.isoformat()
+        expires = _iso(holding.lock_expires_at)
         if holding.state is UnitState.LOCKED and (
             self._next_expiry is not None and expires < self._next_expiry
         ):
@@ -898,7 +901,7 @@ class Store:
                 end,
                 held.account,
                 held.state.value,
-                None if held.lock_expires_at is None else held.lock_expires_at.isoformat(),
+                None if held.lock_expires_at is None else _iso(held.lock_expires_at),
                 held.lock_transfer,
                 None if mirror is None else mirror.program.value,
                 None if mirror is None else mirror.serial_series,
@@ -1035,7 +1038,7 @@ class Store:
                 raise Rejection(
                     "LOCK_EXPIRY_IN_PAST", f"lock expiry {expires_at} is not after {now}"
                 )
-            row = self._take(db, account, block_id, frozenset({UnitState.ACTIVE}))
+            row = self._take(db, account, block_id, _ACTIVE)
             if guard is not None:
                 guard(row.holding)
             return lambda: self._replace(
@@ -1056,7 +1059,7 @@ class Store:
             {
                 "account": account,
                 "block": block_id_to_dict(block_id),
-                "expires_at": expires_at.isoformat(),
+                "expires_at": _iso(expires_at),
                 "transfer": transfer,
             },
             check,
@@ -1065,7 +1068,7 @@ class Store:
     def _locked_row(
         self, db: sqlite3.Connection, account: str, block_id: BlockId, transfer: str
     ) -> _Row:
-        row = self._take(db, account, block_id, frozenset({UnitState.LOCKED, UnitState.ACTIVE}))
+        row = self._take(db, account, block_id, _LOCKED_OR_ACTIVE)
         if row.holding.state is UnitState.ACTIVE:
             raise Rejection("UNITS_NOT_LOCKED", f"units {_describe(block_id)} are not locked")
         if row.holding.lock_transfer != transfer:
@@ -1310,9 +1313,7 @@ class Store:
         def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             # Immobilized units may end too: retiring a mirror retires its origin (the
             # immobilization model registries adopted for bridged units).
-            row = self._take(
-                db, account, block_id, frozenset({UnitState.ACTIVE, UnitState.IMMOBILIZED})
-            )
+            row = self._take(db, account, block_id, _ACTIVE_OR_IMMOBILIZED)
             return lambda: self._replace(
                 db, row, block_id, lambda h: _with(h, state, details=details)
             )
@@ -1400,6 +1401,24 @@ def _check_deadline(deadline: datetime | None, now: datetime) -> None:
         raise Rejection(
             "DEADLINE_PASSED", f"the credit's deadline {deadline.isoformat()} passed at {now}"
         )
+
+
+_last_iso: tuple[datetime, str] = (datetime.min, datetime.min.isoformat())
+
+
+def _iso(moment: datetime) -> str:
+    """``moment.isoformat()``, remembered for the last moment written.
+
+    An operation writes the same moment several times (a lock's expiry in its request's
+    fingerprint, its row and its outcome; the clock's reading for expiry and the op log).
+    """
+    global _last_iso
+    last = _last_iso
+    if last[0] is moment:
+        return last[1]
+    text = moment.isoformat()
+    _last_iso = (moment, text)
+    return text
 
 
 def _describe(block_id: BlockId) -> str:

@@ -59,6 +59,7 @@ Canonical = TypeVar("Canonical")
 Item = TypeVar("Item", bound=Message)
 Result = TypeVar("Result")
 Native = TypeVar("Native", bound=Message)
+Converted = TypeVar("Converted")
 
 
 class NativeAuthorization(Protocol):
@@ -248,31 +249,32 @@ _attributes_of = operator.attrgetter(
 )
 
 
-class AttributeMemo(Generic[Native]):
-    """A block's native form without its serial range, remembered by the block's attributes.
+class AttributeMemo(Generic[Converted]):
+    """A conversion of a block's attributes (not its serial range), remembered by them.
 
     Every block of a batch, and every piece of a split block, shares its attributes
     (project, vintage, labels, ...) with others, and converting them is most of the cost
     of converting a block; the range is written per block.
 
     Args:
-        convert: The native form of a block's attributes (its range left unset).
+        convert: The conversion; it must not read the block's id (a native message
+            leaves its range unset).
     """
 
-    def __init__(self, convert: Callable[[UnitBlock], Native]) -> None:
+    def __init__(self, convert: Callable[[UnitBlock], Converted]) -> None:
         self._convert = convert
-        self._kept: dict[object, Native] = {}
+        self._kept: dict[object, Converted] = {}
 
-    def __call__(self, block: UnitBlock) -> Native:
-        """The native form of ``block``'s attributes: shared, so copy from it, never change it."""
+    def __call__(self, block: UnitBlock) -> Converted:
+        """The conversion of ``block``'s attributes: shared, so a message is copied, not changed."""
         key = _attributes_of(block)
-        native = self._kept.get(key)
-        if native is None:
-            native = self._convert(block)
+        converted = self._kept.get(key)
+        if converted is None:
+            converted = self._convert(block)
             if len(self._kept) >= ATTRIBUTE_SETS_KEPT:
                 self._kept.clear()
-            self._kept[key] = native
-        return native
+            self._kept[key] = converted
+        return converted
 
 
 class NativeAttributeMemo(Generic[Native]):

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adapters.client_core import relabelled
+from adapters.client_core import AttributeMemo, relabelled
 from registry_bridge.block_json import (
     attributes_to_json,
     block_from_json,
@@ -1008,7 +1008,7 @@ class Store:
             holding = StoredHolding(block=block, account=account, state=UnitState.ACTIVE)
             return lambda: self._insert_new(db, holding, None, attributes)
 
-        attributes = attributes_to_json(block)
+        attributes = _attributes_json(block)
         return self._run(
             operation_id,
             "issue",
@@ -1187,7 +1187,7 @@ class Store:
                 )
             return lambda: self._mirror(db, account, origin, origin_registry, details, attributes)
 
-        attributes = attributes_to_json(origin)
+        attributes = _attributes_json(origin)
         return self._run(
             operation_id,
             "credit",
@@ -1425,6 +1425,10 @@ def _describe(block_id: BlockId) -> str:
     series = f"{block_id.serial_series}:" if block_id.serial_series else ""
     return f"{block_id.program.value}/{series}{block_id.serial_start}-{block_id.serial_end}"
 
+
+_attributes_json = AttributeMemo(attributes_to_json)
+"""A block's :func:`attributes_to_json` (every block credited in a batch shares its
+attributes with the others)."""
 
 # Blocks parsed from their attribute JSON, by the JSON (every split of a block keeps its
 # attributes, so a store's rows share a few), bounded.

@@ -246,6 +246,8 @@ _STEPS = TransferStepRecord.__table__
 
 # session.info key: transfer ids whose rows this transaction has read and locked.
 _LOCKED_TRANSFERS = "carbonlink.locked_transfers"
+# session.info key: the (transfer, state) steps recorded in the transaction, in order.
+_ENTERED = "carbonlink.entered_states"
 
 # Where each non-final state sits on the state machine's one path (its step number).
 _CHAIN_SEQ: dict[TransferState, int] = {
@@ -278,63 +280,81 @@ def _first_failure(
     return next((o for o in outcomes if not isinstance(o, RegistryHolding)), None)
 
 
+_Submission = tuple[str, TransferInstruction]
+"""A request id and its instruction."""
+
+
 @dataclass(eq=False)
 class _Waiter:
-    """One submission waiting for its transfer to be driven (see _SharedRounds)."""
+    """One submission waiting for its round (see _SharedRounds)."""
 
-    transfer_id: str
+    submission: _Submission
     leads: bool = False
     done: bool = False
+    outcome: str | Exception | None = None
+    """The transfer id, or the error of this submission alone."""
     error: Exception | None = None
+    """What failed the whole round."""
 
 
 class _SharedRounds:
-    """Drives the transfers of concurrent single submissions together (group commit).
+    """Settles concurrent single submissions together (group commit).
 
-    A submission that finds no round running leads one: it takes every transfer waiting
-    at that moment, its own included, and drives them as one group, so each step's
-    transaction and each registry call serve all of them; submissions arriving meanwhile
-    wait, and the first of them leads the next round.  One submission alone is driven at
-    once, as before; many at a time share rounds instead of queueing for the database one
-    step each.
+    A submission that finds no round running leads one: it takes every submission
+    waiting at that moment, its own included, and settles them as one group, so the
+    proposal, each step's transaction and each registry call serve all of them;
+    submissions arriving meanwhile wait, and the first of them leads the next round.  One
+    submission alone is settled at once; many at a time share rounds instead of queueing
+    for the database one step each.
     """
 
-    def __init__(self, drive_many: Callable[[Sequence[str]], object]) -> None:
-        self._drive_many = drive_many
+    def __init__(self, settle: Callable[[Sequence[_Submission]], list[str | Exception]]) -> None:
+        self._settle = settle
         self._changed = threading.Condition()
         self._queue: list[_Waiter] = []
         self._leading = False
 
-    def drive(self, transfer_id: str) -> None:
-        """Return once ``transfer_id`` was driven as far as the registries let it go now."""
-        me = _Waiter(transfer_id)
+    def submit(self, submission: _Submission) -> str:
+        """Settle ``submission`` as far as the registries let it go now; its transfer id.
+
+        Raises:
+            RequestIdConflict: The request id was used for another instruction.
+        """
+        me = _Waiter(submission)
         with self._changed:
             self._queue.append(me)
             if not self._leading:
                 self._leading = me.leads = True
             while not (me.done or me.leads):
                 self._changed.wait()
-            if me.done:
-                if me.error is not None:
-                    raise me.error
-                return
-            group, self._queue = self._queue, []
-        error: Exception | None = None
-        try:
-            self._drive_many(list(dict.fromkeys(w.transfer_id for w in group)))
-        except Exception as exc:  # every submission of the group hears of it
-            error = exc
-        finally:
-            with self._changed:
-                for waiter in group:
-                    waiter.done, waiter.error = True, error
-                if self._queue:
-                    self._queue[0].leads = True  # the next round's leader
-                else:
-                    self._leading = False
-                self._changed.notify_all()
-        if error is not None:
-            raise error
+            if not me.done:
+                group, self._queue = self._queue, []
+        if not me.done:
+            outcomes: list[str | Exception] = []
+            error: Exception | None = None
+            try:
+                outcomes = self._settle([w.submission for w in group])
+            except Exception as exc:  # every submission of the group hears of it
+                error = exc
+            finally:
+                if error is None and len(outcomes) != len(group):
+                    error = RuntimeError("the round ended without answering every submission")
+                with self._changed:
+                    for position, waiter in enumerate(group):
+                        waiter.done, waiter.error = True, error
+                        if error is None:
+                            waiter.outcome = outcomes[position]
+                    if self._queue:
+                        self._queue[0].leads = True  # the next round's leader
+                    else:
+                        self._leading = False
+                    self._changed.notify_all()
+        if me.error is not None:
+            raise me.error
+        if isinstance(me.outcome, Exception):
+            raise me.outcome
+        assert me.outcome is not None  # done without an error: the round answered it
+        return me.outcome
 
 
 @functools.lru_cache(maxsize=4096)
@@ -404,7 +424,7 @@ class Bridge:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
         self._checking = threading.Lock()
         # Concurrent single submissions share rounds (see _SharedRounds).
-        self._shared_rounds = _SharedRounds(self.drive_many)
+        self._shared_rounds = _SharedRounds(self._settle)
         # Parts of a large batch are driven side by side (see drive_many).
         self._parts = ThreadPoolExecutor(max_workers=_PIPELINE_PARTS, thread_name_prefix="batch")
 
@@ -696,56 +716,88 @@ class Bridge:
         if not request_id:
             raise InvalidRequest.field("request_id", "is required")
         self._validate(instruction)
-        transfer_id, _ = self._propose(request_id, instruction)
-        # A repeat of an unfinished transfer drives it on (when no other gateway holds it),
-        # so a client retrying after an error never leaves its transfer stranded.
-        self._shared_rounds.drive(transfer_id)
-        return self.get(transfer_id)
+        return self.get(self._shared_rounds.submit((request_id, instruction)))
 
-    def submit_many(
-        self, items: Sequence[tuple[str, TransferInstruction]]
-    ) -> list[Transfer | Exception]:
+    def submit_many(self, items: Sequence[_Submission]) -> list[Transfer | Exception]:
         """Submit a batch of settlement instructions; each succeeds or fails on its own.
 
-        The batch's database work is grouped: one transaction proposes every new transfer,
-        then each step of the state machine is taken for the whole batch at once (see
-        ``drive_many``).  An instruction that is malformed or reuses a request id for
-        another body fails alone, as its own exception in the result list.
+        The batch's database work is grouped: one transaction proposes and checks every
+        new transfer, then each step of the state machine is taken for the whole batch at
+        once (see ``_settle``).  An instruction that is malformed or reuses a request id
+        for another body fails alone, as its own exception in the result list.
         """
         results: list[Transfer | Exception | None] = [None] * len(items)
-        valid: list[tuple[int, str, TransferInstruction]] = []
+        valid: list[tuple[int, _Submission]] = []
         for position, (request_id, instruction) in enumerate(items):
             try:
                 if not request_id:
                     raise InvalidRequest.field("request_id", "is required")
                 self._validate(instruction)
-                valid.append((position, request_id, instruction))
+                valid.append((position, (request_id, instruction)))
             except InvalidRequest as exc:
                 results[position] = exc
-        proposed = self._propose_many([(r, i) for _, r, i in valid])
+        parts = [valid[i : i + _PIPELINE_PART] for i in range(0, len(valid), _PIPELINE_PART)]
+        if len(parts) <= 1:
+            settled = self._settle([s for _, s in valid])
+        else:
+            # While one part waits for the registries, another records its step: the
+            # gateway's work and the registries' overlap instead of alternating.
+            running = [self._parts.submit(self._settle, [s for _, s in p]) for p in parts]
+            settled = [outcome for part in running for outcome in part.result()]
         ids: dict[int, str] = {}
-        for (position, _, _), outcome in zip(valid, proposed, strict=True):
+        for (position, _), outcome in zip(valid, settled, strict=True):
             if isinstance(outcome, Exception):
                 results[position] = outcome
             else:
                 ids[position] = outcome
         if ids:
-            self.drive_many(list(dict.fromkeys(ids.values())))
-            views = self._get_many(list(ids.values()))
+            views = self._get_many(list(dict.fromkeys(ids.values())))
             for position, transfer_id in ids.items():
                 results[position] = views[transfer_id]
         return [r for r in results if r is not None]
 
+    def _settle(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
+        """Propose, check and drive submissions; each one's transfer id, or its error.
+
+        A new transfer is proposed and checked in one transaction (nothing is asked of a
+        registry in between, so nothing is lost by recording both at once: a crash before
+        the commit leaves no trace, and the client's retry proposes it anew), then driven.
+        A repeated request drives its transfer on, so a client retrying after an error
+        never leaves its transfer stranded.
+        """
+        with self._checking:
+            outcomes, proposed = self._propose_many(submissions, check=True)
+        new = list(proposed)
+        with self._driving_lock:
+            self._driving.update(new)
+        try:
+            self._drive_rounds(new, proposed)
+        finally:
+            self._let_go(new, proposed)
+        repeats = [o for o in outcomes if isinstance(o, str) and o not in proposed]
+        if repeats:
+            self.drive_many(repeats)
+        return outcomes
+
     def _propose_many(
-        self, items: Sequence[tuple[str, TransferInstruction]]
-    ) -> list[str | Exception]:
-        """Propose many transfers in one transaction; each result is an id or its error."""
+        self, items: Sequence[_Submission], *, check: bool = False
+    ) -> tuple[list[str | Exception], dict[str, TransferRecord]]:
+        """Propose many transfers in one transaction (and with ``check``, check them in it).
+
+        Returns:
+            Each item's transfer id or its error; and the new transfers' rows as committed
+            (this gateway holds their lease), for driving them on.
+        """
         if not items:
-            return []
+            return [], {}
         digests = [body_digest(i.canonical()) for _, i in items]
         now = self._clock()
+        entered: list[tuple[str, TransferState]] = []
         try:
-            with unit_of_work(self._sessions) as session:
+            with unit_of_work(self._sessions) as session, read_scope():
+                if check:
+                    ledger.defer_claims(session)
+                session.info[_ENTERED] = entered
                 known = {
                     r.request_id: (r.id, r.body_sha256)
                     for r in session.execute(
@@ -755,7 +807,7 @@ class Bridge:
                     ).scalars()
                 }
                 results: list[str | Exception] = []
-                new: list[str] = []
+                new: dict[str, TransferRecord] = {}
                 for (request_id, instruction), digest in zip(items, digests, strict=True):
                     if request_id in known:
                         transfer_id, stored = known[request_id]
@@ -767,26 +819,43 @@ class Bridge:
                             results.append(exc)
                         continue
                     transfer_id = uuid.uuid4().hex
-                    session.add(self._new_record(transfer_id, request_id, instruction, digest, now))
+                    record = self._new_record(transfer_id, request_id, instruction, digest, now)
+                    session.add(record)
                     known[request_id] = (transfer_id, digest)
                     results.append(transfer_id)
-                    new.append(transfer_id)
+                    new[transfer_id] = record
                 # One flush writes every new transfer (a batch insert); their first steps,
                 # which refer to them, are written after it.
                 session.flush()
                 for transfer_id in new:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
-                return results
-        except sa.exc.IntegrityError:
+                    entered.append((transfer_id, TransferState.PROPOSED))
+                if check:
+                    # Rows this transaction inserted: no other can hold them.
+                    session.info[_LOCKED_TRANSFERS] = dict(new)
+                    for transfer_id in new:
+                        self._check_in(session, transfer_id, None, now)
+        except (LedgerConflict, sa.exc.IntegrityError) as exc:
+            if check and (isinstance(exc, LedgerConflict) or ledger.is_claim_conflict(exc)):
+                # Another gateway claimed some of the same units meanwhile: propose alone;
+                # the rounds check each transfer on its own, retrying its conflict.
+                return self._propose_many(items)
             # Another gateway proposed one of these request ids at the same moment: fall
             # back to one transaction per instruction, which answers each race exactly.
             fallback: list[str | Exception] = []
             for request_id, instruction in items:
                 try:
-                    fallback.append(self._propose(request_id, instruction)[0])
+                    transfer_id, created = self._propose(request_id, instruction)
                 except RequestIdConflict as exc:
                     fallback.append(exc)
-            return fallback
+                    continue
+                fallback.append(transfer_id)
+                if created:
+                    self._entered([(transfer_id, TransferState.PROPOSED)])
+            # Driven as repeats are: claimed afresh (the lease is this gateway's already).
+            return fallback, {}
+        self._entered(entered)
+        return results, new
 
     def _new_record(
         self,
@@ -955,62 +1024,82 @@ class Bridge:
         with self._driving_lock:
             mine = [t for t in dict.fromkeys(transfer_ids) if t not in self._driving]
             self._driving.update(mine)
+        reached: dict[str, TransferRecord] = {}
         try:
             parts = [mine[i : i + _PIPELINE_PART] for i in range(0, len(mine), _PIPELINE_PART)]
             if len(parts) == 1:
-                self._drive_rounds(mine)
+                reached = self._drive_rounds(mine, self._claim_many(mine))
             else:
                 # While one part waits for the registries, another records its step:
                 # the gateway's work and the registries' overlap instead of alternating.
-                for finished in [self._parts.submit(self._drive_rounds, p) for p in parts]:
-                    finished.result()
+                running = [
+                    self._parts.submit(lambda p: self._drive_rounds(p, self._claim_many(p)), p)
+                    for p in parts
+                ]
+                for part in running:
+                    reached.update(part.result())
         finally:
-            self._release(mine)
-            with self._driving_lock:
-                self._driving.difference_update(mine)
-        with unit_of_work(self._sessions) as session:
-            states: dict[str, str] = {
-                row.id: row.state
-                for row in session.execute(
-                    sa.select(TransferRecord.id, TransferRecord.state).where(
-                        TransferRecord.id.in_(list(dict.fromkeys(transfer_ids)))
+            self._let_go(mine, reached)
+        states = {t: TransferState(r.state) for t, r in reached.items()}
+        others = [t for t in dict.fromkeys(transfer_ids) if t not in states]
+        if others:
+            with unit_of_work(self._sessions) as session:
+                states.update(
+                    (row.id, TransferState(row.state))
+                    for row in session.execute(
+                        sa.select(TransferRecord.id, TransferRecord.state).where(
+                            TransferRecord.id.in_(others)
+                        )
                     )
                 )
-            }
         missing = [t for t in transfer_ids if t not in states]
         if missing:
             raise NotFound(f"transfers/{missing[0]}")
-        return {t: TransferState(states[t]) for t in transfer_ids}
+        return {t: states[t] for t in transfer_ids}
 
-    def _release(self, transfer_ids: Sequence[str]) -> None:
-        """Give up this gateway's lease on transfers it stops driving.
+    def _let_go(self, transfer_ids: Sequence[str], reached: Mapping[str, TransferRecord]) -> None:
+        """Stop driving transfers: give up the lease of those left unfinished.
 
         A lease is held only while a transfer is being driven, so one left waiting for a
-        registry is free for the recovery loop (of any gateway) to resume at once.
+        registry is free for the recovery loop (of any gateway) to resume at once.  A
+        transfer that ended gave its lease up in the step that ended it.
         """
-        if not transfer_ids:
-            return
-        with unit_of_work(self._sessions) as session:
-            session.execute(
-                sa.update(TransferRecord)
-                .where(
-                    TransferRecord.id.in_(transfer_ids),
-                    TransferRecord.lease_owner == self._owner,
-                )
-                .values(lease_owner="", lease_expires_at=None)
-                .execution_options(synchronize_session=False)
-            )
+        try:
+            unfinished = [
+                t
+                for t in transfer_ids
+                if t not in reached or not TransferState(reached[t].state).is_final
+            ]
+            if unfinished:
+                with unit_of_work(self._sessions) as session:
+                    session.execute(
+                        sa.update(TransferRecord)
+                        .where(
+                            TransferRecord.id.in_(unfinished),
+                            TransferRecord.lease_owner == self._owner,
+                        )
+                        .values(lease_owner="", lease_expires_at=None)
+                        .execution_options(synchronize_session=False)
+                    )
+        finally:
+            with self._driving_lock:
+                self._driving.difference_update(transfer_ids)
 
-    def _drive_rounds(self, transfer_ids: list[str]) -> None:
+    def _drive_rounds(
+        self, transfer_ids: list[str], snapshots: Mapping[str, TransferRecord]
+    ) -> dict[str, TransferRecord]:
+        """Drive claimed transfers (``snapshots``: their rows) round after round.
+
+        Returns:
+            The last row seen of each transfer this gateway still held when it stopped.
+        """
         conflicts: dict[str, int] = {}
-        snapshots = self._claim_many(transfer_ids)
+        reached: dict[str, TransferRecord] = dict(snapshots)
         active = [t for t in transfer_ids if t in snapshots]
         while active:
             groups: dict[TransferState, list[str]] = {}
             for transfer_id in active:
-                state = TransferState(snapshots[transfer_id].state)
-                if self._on_state is not None:
-                    self._on_state(transfer_id, state)
+                state = TransferState(reached[transfer_id].state)
                 if not state.is_final:
                     groups.setdefault(state, []).append(transfer_id)
             moving = [t for group in groups.values() for t in group]
@@ -1020,7 +1109,7 @@ class Bridge:
             fresh: dict[str, TransferRecord] = {}
             reclaim: list[str] = []
             for state, group in groups.items():
-                progressed, conflicted, renewed = self._round(state, group, snapshots)
+                progressed, conflicted, renewed = self._round(state, group, reached)
                 fresh.update(renewed)
                 reclaim.extend(t for t in progressed if t not in renewed)
                 for transfer_id in conflicted:
@@ -1028,8 +1117,18 @@ class Bridge:
                     if conflicts[transfer_id] <= _MAX_CONFLICT_RETRIES:
                         reclaim.append(transfer_id)
             fresh.update(self._claim_many(reclaim))
-            snapshots = fresh
-            active = [t for t in moving if t in snapshots]
+            for transfer_id in moving:
+                if transfer_id not in fresh:
+                    reached.pop(transfer_id, None)  # no longer ours: another driver has it
+            reached.update(fresh)
+            active = [t for t in moving if t in fresh]
+        return reached
+
+    def _entered(self, entered: Sequence[tuple[str, TransferState]]) -> None:
+        """Tell the on_state hook of states just committed."""
+        if self._on_state is not None:
+            for transfer_id, state in entered:
+                self._on_state(transfer_id, state)
 
     def _round(
         self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRecord]
@@ -1067,26 +1166,31 @@ class Bridge:
                 early[transfer_id] = legs
             else:
                 planned[transfer_id] = legs
-        leg_outcomes = self._run_legs(planned)
+        # A step's locks (and its finalizations) are independent of each other: they go
+        # out together.  A venue's credit and its origin's follow one another.
+        leg_outcomes = self._run_legs(planned, in_order=state is TransferState.SOURCE_LOCKED)
         outcomes = [
             early[t] if t in early else verdict_of(snapshots[t], planned[t], leg_outcomes[t])
             for t in group
         ]
         done: dict[str, Any] = {}
         moved: list[str] = []
+        ended: dict[str, TransferRecord] = {}
         for transfer_id, (verdict, payload) in zip(group, outcomes, strict=True):
             if verdict == "ok":
                 done[transfer_id] = payload
             elif verdict == "rollback":
-                self._roll_back(transfer_id, str(payload))
+                rolled_back = self._roll_back(transfer_id, str(payload))
                 moved.append(transfer_id)
+                if rolled_back is not None:
+                    ended[transfer_id] = rolled_back
             else:
                 self._note(transfer_id, f"waiting for a registry: {payload}")
                 _logger.warning(
                     "transfer_waiting", transfer=transfer_id, state=state.value, error=str(payload)
                 )
         progressed, conflicted, renewed = self._commit_all(list(done), done, commit)
-        return moved + progressed, conflicted, renewed
+        return moved + progressed, conflicted, renewed | ended
 
     def _commit_all(
         self,
@@ -1119,9 +1223,11 @@ class Bridge:
         progressed: list[str] = []
         conflicted: list[str] = []
         renewed: dict[str, TransferRecord] = {}
+        entered: list[tuple[str, TransferState]] = []
         now = self._clock()
         try:
             with unit_of_work(self._sessions) as session, read_scope():
+                session.info[_ENTERED] = entered
                 if not isolated:
                     # A savepoint's rollback would leave its unwritten rows behind in the
                     # ledger's index of new rows: isolated groups write claims at once.
@@ -1168,6 +1274,8 @@ class Bridge:
             if isolated or not ledger.is_claim_conflict(exc):
                 raise
             raise _GroupConflict from exc
+        undone = set(conflicted)
+        self._entered([(t, s) for t, s in entered if t not in undone])
         return progressed, conflicted, renewed
 
     @staticmethod
@@ -1211,6 +1319,7 @@ class Bridge:
         elif record.failure_reason.startswith("waiting for a registry"):
             record.failure_reason = ""
         self._step(session, record.id, state, now, reason, previous)
+        session.info.setdefault(_ENTERED, []).append((record.id, state))
         append_event(
             session,
             "transfer_state",
@@ -1494,30 +1603,35 @@ class Bridge:
             return "wait", failure
         return "ok", None
 
-    def _run_legs(self, planned: Mapping[str, Sequence[_Leg]]) -> dict[str, list[_LegOutcome]]:
-        """Make every transfer's registry calls, in each transfer's order, batched across them.
+    def _run_legs(
+        self, planned: Mapping[str, Sequence[_Leg]], *, in_order: bool
+    ) -> dict[str, list[_LegOutcome]]:
+        """Make every transfer's registry calls, batched across transfers.
 
-        A transfer's legs run one after another and it stops at its first leg that fails,
-        exactly as if it were alone; the legs standing at the same place in different
-        transfers go to each registry as one batch call, so a batch of transfers costs a
-        few calls per registry rather than a few per transfer.
+        ``in_order``: a transfer's legs run one after another and it stops at its first
+        leg that fails, exactly as if it were alone.  Otherwise its legs are independent
+        and all go out at once.  Either way, the legs due at the same moment go to each
+        registry as one batch call (calls to different registries run side by side), so
+        a batch of transfers costs a few calls per registry rather than a few per transfer.
 
         Returns:
-            Per transfer, the outcome of each leg that ran, in order (a failed leg last).
+            Per transfer, the outcome of each leg that ran, in the order of its legs.
         """
-        outcomes: dict[str, list[_LegOutcome]] = {t: [] for t in planned}
-        position = 0
-        while True:
-            due = [
-                (transfer_id, legs[position])
-                for transfer_id, legs in planned.items()
-                if position < len(legs) and _first_failure(outcomes[transfer_id]) is None
-            ]
+        ran: dict[str, dict[int, _LegOutcome]] = {t: {} for t in planned}
+        waves = max((len(legs) for legs in planned.values()), default=0) if in_order else 1
+        for wave in range(waves):
+            due: list[tuple[str, int, _Leg]] = []
+            for transfer_id, legs in planned.items():
+                if _first_failure(list(ran[transfer_id].values())) is not None:
+                    continue  # stopped at a failed leg
+                indexes = range(wave, min(wave + 1, len(legs))) if in_order else range(len(legs))
+                due.extend((transfer_id, index, legs[index]) for index in indexes)
             if not due:
-                return outcomes
-            calls: dict[tuple[str, type], list[tuple[str, _Leg]]] = {}
-            for transfer_id, leg in due:
-                calls.setdefault((leg.registry, type(leg.request)), []).append((transfer_id, leg))
+                break
+            calls: dict[tuple[str, type], list[tuple[str, int, _Leg]]] = {}
+            for item in due:
+                leg = item[2]
+                calls.setdefault((leg.registry, type(leg.request)), []).append(item)
             batches = list(calls.values())
             answers = (
                 [self._call_batch(batches[0])]
@@ -1525,14 +1639,14 @@ class Bridge:
                 else list(self._pool.map(self._call_batch, batches))
             )
             for batch, answer in zip(batches, answers, strict=True):
-                for (transfer_id, _), outcome in zip(batch, answer, strict=True):
-                    outcomes[transfer_id].append(outcome)
-            position += 1
+                for (transfer_id, index, _), outcome in zip(batch, answer, strict=True):
+                    ran[transfer_id][index] = outcome
+        return {t: [outcomes[i] for i in sorted(outcomes)] for t, outcomes in ran.items()}
 
-    def _call_batch(self, batch: Sequence[tuple[str, _Leg]]) -> list[_LegOutcome]:
+    def _call_batch(self, batch: Sequence[tuple[str, int, _Leg]]) -> list[_LegOutcome]:
         """One batch call to one registry; a failure of the call is every item's outcome."""
-        registry = batch[0][1].registry
-        requests = [leg.request for _, leg in batch]
+        registry = batch[0][2].registry
+        requests = [leg.request for _, _, leg in batch]
         answer: Sequence[RegistryHolding | RegistryRejected]
         try:
             port = self._port(registry)
@@ -1574,20 +1688,30 @@ class Bridge:
                 else:
                     ledger.end_mirror(session, row, now, transfer_id)
         self._advance(session, record, TransferState.SOURCE_FINALIZED)
+        # Completing asks nothing of a registry: recorded in the same transaction.
+        self._complete(session, record)
 
     def _complete_in(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
-        record = self._load(session, transfer_id, TransferState.SOURCE_FINALIZED)
+        """SOURCE_FINALIZED -> COMPLETED, for a transfer a crash left finalized."""
+        self._complete(session, self._load(session, transfer_id, TransferState.SOURCE_FINALIZED))
+
+    def _complete(self, session: Session, record: TransferRecord) -> None:
         record.lease_owner = ""
         record.lease_expires_at = None
         self._advance(session, record, TransferState.COMPLETED)
 
-    def _roll_back(self, transfer_id: str, reason: str) -> None:
-        """Undo a transfer that has not reached DESTINATION_CREDITED: unlock everything."""
+    def _roll_back(self, transfer_id: str, reason: str) -> TransferRecord | None:
+        """Undo a transfer that has not reached DESTINATION_CREDITED: unlock everything.
+
+        Returns:
+            The transfer's row, rolled back; None when another driver moved it on first.
+        """
         with unit_of_work(self._sessions) as session:
             record = self._load(session, transfer_id)
             state = TransferState(record.state)
             if state not in (TransferState.CHECKED, TransferState.SOURCE_LOCKED):
-                raise _StaleStep(f"transfers/{transfer_id} is {state.value}: nothing to undo")
+                _logger.info("rollback_not_needed", transfer=transfer_id, state=state.value)
+                return None
             legs = list(self._lock_legs(record))
         for operation_id, registry, account, block in legs:
             try:
@@ -1600,27 +1724,34 @@ class Bridge:
                     "unlock_not_needed", transfer=transfer_id, registry=registry, reason=str(exc)
                 )
         now = self._clock()
-        with unit_of_work(self._sessions) as session:
-            record = self._load(
-                session, transfer_id, TransferState.CHECKED, TransferState.SOURCE_LOCKED
-            )
-            for piece in self._pieces(record):
-                for row in ledger.live_at(
-                    session, record.source_registry, record.source_account, piece.source_block
-                ):
-                    if row.lock_transfer_id == transfer_id:
-                        ledger.change(
-                            session,
-                            row,
-                            "rollback",
-                            now,
-                            status=HoldingStatus.ACTIVE,
-                            transfer_id=transfer_id,
-                            detail={"reason": reason},
-                        )
-            record.lease_owner = ""
-            record.lease_expires_at = None
-            self._advance(session, record, TransferState.ROLLED_BACK, reason)
+        entered: list[tuple[str, TransferState]] = []
+        try:
+            with unit_of_work(self._sessions) as session:
+                session.info[_ENTERED] = entered
+                record = self._load(
+                    session, transfer_id, TransferState.CHECKED, TransferState.SOURCE_LOCKED
+                )
+                for piece in self._pieces(record):
+                    for row in ledger.live_at(
+                        session, record.source_registry, record.source_account, piece.source_block
+                    ):
+                        if row.lock_transfer_id == transfer_id:
+                            ledger.change(
+                                session,
+                                row,
+                                "rollback",
+                                now,
+                                status=HoldingStatus.ACTIVE,
+                                transfer_id=transfer_id,
+                                detail={"reason": reason},
+                            )
+                record.lease_owner = ""
+                record.lease_expires_at = None
+                self._advance(session, record, TransferState.ROLLED_BACK, reason)
+        except _StaleStep:
+            return None  # another driver resolved it meanwhile
+        self._entered(entered)
+        return record
 
     def resume_unfinished(self) -> dict[str, TransferState]:
         """Drive every unfinished transfer this gateway can claim; returns where each ended.

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from registry_bridge import bridge as bridge_module
 from registry_bridge.errors import FailedPrecondition, InvalidRequest, RequestIdConflict
 from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.port import BlockStatusRequest, LockRequest
+from registry_bridge.schema import LedgerEvent
 from registry_bridge.transfers import (
     AccountRef,
     TransferInstruction,
@@ -318,4 +323,77 @@ def test_a_batch_driven_as_parallel_parts_settles_every_transfer_once(
         (3041, 3089, "hk-seller", "active"),
         (3092, 3100, "hk-seller", "active"),
     ]
+    assert world.violations() == []
+
+
+def test_a_lock_refused_at_the_venue_releases_the_origin_lock_taken_beside_it(
+    world: World,
+) -> None:
+    """A venue's lock and its origin's go out together; a refusal of one undoes both."""
+    world.seed("hkmo", "hk-seller", vcs_block(3001, 3050))
+    # Someone else's lock at the venue, unknown to the gateway: the venue refuses ours.
+    world.ports["hkmo"].lock(
+        LockRequest(
+            "outside-lock",
+            "hk-seller",
+            vcs(3001, 3050),
+            world.clock() + timedelta(hours=1),
+            "outside",
+        )
+    )
+    transfer = world.bridge.submit(
+        "venue-refuses", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(3001, 3010),))
+    )
+    assert transfer.state is TransferState.ROLLED_BACK
+    assert "lock refused" in transfer.failure_reason
+    # The origin lock was taken beside the refused one (the legs are independent) and
+    # released by the rollback: Verra shows the venue's position whole and active.
+    verra = world.emulators["verra"].store
+    locked = verra.operation(f"{transfer.transfer_id}:lock-origin:0")
+    assert locked is not None and locked.rejection is None
+    unlocked = verra.operation(f"{transfer.transfer_id}:lock-origin:0:unlock")
+    assert unlocked is not None and unlocked.rejection is None
+    origin = world.ports["verra"]
+    trail = origin.block_status(BlockStatusRequest(vcs(3001, 3050)))
+    assert [(h.block.id.serial_start, h.block.id.serial_end, h.status) for h in trail] == [
+        (3001, 3050, HoldingStatus.ACTIVE)
+    ]
+    assert [s.state for s in transfer.history] == [
+        TransferState.PROPOSED,
+        TransferState.CHECKED,
+        TransferState.ROLLED_BACK,
+    ]
+    assert world.statuses("hkmo", "hk-seller", vcs(3001, 3050)) == {HoldingStatus.ACTIVE}
+
+
+def test_a_completed_transfer_records_every_step_once(world: World) -> None:
+    """Steps recorded in one transaction (proposed and checked; finalized and completed)
+    are each in the history, in order, with one provenance event each."""
+    world.seed("hkmo", "hk-seller", vcs_block(4001, 4010))
+    transfer = world.bridge.submit(
+        "every-step", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(4001, 4010),))
+    )
+    assert transfer.state is TransferState.COMPLETED, transfer.failure_reason
+    assert [s.state for s in transfer.history] == [
+        TransferState.PROPOSED,
+        TransferState.CHECKED,
+        TransferState.SOURCE_LOCKED,
+        TransferState.DESTINATION_CREDITED,
+        TransferState.SOURCE_FINALIZED,
+        TransferState.COMPLETED,
+    ]
+    with world.sessions() as session:
+        states = [
+            json.loads(payload)["state"]
+            for payload in session.execute(
+                sa.select(LedgerEvent.payload)
+                .where(
+                    LedgerEvent.transfer_id == transfer.transfer_id,
+                    LedgerEvent.kind == "transfer_state",
+                )
+                .order_by(LedgerEvent.idx)
+            ).scalars()
+        ]
+    # PROPOSED is the transfer's creation, not a change of state: no event of its own.
+    assert states == [s.state.value for s in transfer.history[1:]]
     assert world.violations() == []

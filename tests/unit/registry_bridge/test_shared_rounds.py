@@ -1,4 +1,4 @@
-"""Concurrent single submissions share rounds: each is driven, none waits forever."""
+"""Concurrent single submissions share rounds: each is settled, none waits forever."""
 
 from __future__ import annotations
 
@@ -7,43 +7,73 @@ from collections.abc import Sequence
 
 import pytest
 
-from registry_bridge.bridge import _SharedRounds
+from registry_bridge.bridge import _SharedRounds, _Submission
+from registry_bridge.errors import RequestIdConflict
+from registry_bridge.model import BlockId, Program
+from registry_bridge.transfers import AccountRef, TransferInstruction
+
+_INSTRUCTION = TransferInstruction(
+    AccountRef("hkmo", "hk-seller"),
+    AccountRef("shenzhen", "buyer"),
+    (BlockId(Program.VCS, "", 1, 1),),
+)
+
+
+def _submission(request_id: str) -> _Submission:
+    return request_id, _INSTRUCTION
 
 
 class _Recorder:
-    """A drive_many that records its groups; the first call waits until released."""
+    """A settle that records its groups; the first call waits until released.
 
-    def __init__(self, fail_on: str = "") -> None:
+    A request id in ``conflicting`` is answered with its own error; ``fail_on`` fails
+    the whole round it is in.
+    """
+
+    def __init__(self, fail_on: str = "", conflicting: frozenset[str] = frozenset()) -> None:
         self.groups: list[list[str]] = []
         self.first_started = threading.Event()
         self.release_first = threading.Event()
         self._fail_on = fail_on
+        self._conflicting = conflicting
 
-    def __call__(self, transfer_ids: Sequence[str]) -> object:
-        self.groups.append(list(transfer_ids))
+    def __call__(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
+        request_ids = [r for r, _ in submissions]
+        self.groups.append(request_ids)
         if len(self.groups) == 1:
             self.first_started.set()
             self.release_first.wait(timeout=10)
-        if self._fail_on in transfer_ids:
-            raise RuntimeError(f"database down while driving {self._fail_on}")
-        return None
+        if self._fail_on in request_ids:
+            raise RuntimeError(f"database down while settling {self._fail_on}")
+        return [
+            RequestIdConflict(f"{r} reused") if r in self._conflicting else f"transfer-of-{r}"
+            for r in request_ids
+        ]
 
 
-def _run(rounds: _SharedRounds, transfer_id: str, errors: dict[str, Exception]) -> None:
+def _run(
+    rounds: _SharedRounds,
+    request_id: str,
+    answers: dict[str, str],
+    errors: dict[str, Exception],
+) -> None:
     try:
-        rounds.drive(transfer_id)
-    except RuntimeError as exc:
-        errors[transfer_id] = exc
+        answers[request_id] = rounds.submit(_submission(request_id))
+    except (RuntimeError, RequestIdConflict) as exc:
+        errors[request_id] = exc
 
 
-def test_submissions_arriving_during_a_round_are_driven_together_next() -> None:
-    recorder = _Recorder()
+def test_submissions_arriving_during_a_round_are_settled_together_next() -> None:
+    recorder = _Recorder(conflicting=frozenset({"r2"}))
     rounds = _SharedRounds(recorder)
+    answers: dict[str, str] = {}
     errors: dict[str, Exception] = {}
-    first = threading.Thread(target=_run, args=(rounds, "t0", errors))
+    first = threading.Thread(target=_run, args=(rounds, "r0", answers, errors))
     first.start()
     assert recorder.first_started.wait(timeout=10)
-    others = [threading.Thread(target=_run, args=(rounds, f"t{i}", errors)) for i in (1, 2, 3)]
+    others = [
+        threading.Thread(target=_run, args=(rounds, f"r{i}", answers, errors)) for i in (1, 2, 3)
+    ]
     for thread in others:
         thread.start()
     while len(rounds._queue) < 3:  # all three wait behind the running round
@@ -52,19 +82,24 @@ def test_submissions_arriving_during_a_round_are_driven_together_next() -> None:
     for thread in [first, *others]:
         thread.join(timeout=10)
         assert not thread.is_alive()
-    assert recorder.groups[0] == ["t0"]
-    assert sorted(recorder.groups[1]) == ["t1", "t2", "t3"]  # one shared round
-    assert errors == {}
+    assert recorder.groups[0] == ["r0"]
+    assert sorted(recorder.groups[1]) == ["r1", "r2", "r3"]  # one shared round
+    # Each hears its own answer; one submission's own error is its alone.
+    assert answers == {"r0": "transfer-of-r0", "r1": "transfer-of-r1", "r3": "transfer-of-r3"}
+    assert list(errors) == ["r2"] and isinstance(errors["r2"], RequestIdConflict)
 
 
 def test_a_failed_round_fails_each_of_its_submissions_and_the_next_round_still_runs() -> None:
-    recorder = _Recorder(fail_on="t1")
+    recorder = _Recorder(fail_on="r1")
     rounds = _SharedRounds(recorder)
+    answers: dict[str, str] = {}
     errors: dict[str, Exception] = {}
-    first = threading.Thread(target=_run, args=(rounds, "t0", errors))
+    first = threading.Thread(target=_run, args=(rounds, "r0", answers, errors))
     first.start()
     assert recorder.first_started.wait(timeout=10)
-    second = [threading.Thread(target=_run, args=(rounds, f"t{i}", errors)) for i in (1, 2)]
+    second = [
+        threading.Thread(target=_run, args=(rounds, f"r{i}", answers, errors)) for i in (1, 2)
+    ]
     for thread in second:
         thread.start()
     while len(rounds._queue) < 2:
@@ -72,27 +107,36 @@ def test_a_failed_round_fails_each_of_its_submissions_and_the_next_round_still_r
     recorder.release_first.set()
     for thread in [first, *second]:
         thread.join(timeout=10)
-    assert sorted(errors) == ["t1", "t2"]  # the failed group's submissions, not t0's
-    rounds.drive("t9")  # no leader left stuck: a later submission leads a round of its own
-    assert recorder.groups[-1] == ["t9"]
+    assert sorted(errors) == ["r1", "r2"]  # the failed group's submissions, not r0's
+    assert answers == {"r0": "transfer-of-r0"}
+    # No leader left stuck: a later submission leads a round of its own.
+    assert rounds.submit(_submission("r9")) == "transfer-of-r9"
+    assert recorder.groups[-1] == ["r9"]
 
 
-def test_a_lone_submission_is_driven_at_once_by_its_own_thread() -> None:
+def test_a_lone_submission_is_settled_at_once_by_its_own_thread() -> None:
     seen: list[str] = []
 
-    def drive_many(transfer_ids: Sequence[str]) -> object:
+    def settle(submissions: Sequence[_Submission]) -> list[str | Exception]:
         seen.append(threading.current_thread().name)
-        return None
+        return ["t0"]
 
-    _SharedRounds(drive_many).drive("t0")
+    assert _SharedRounds(settle).submit(_submission("r0")) == "t0"
     assert seen == [threading.current_thread().name]
 
 
+def test_a_round_that_answers_too_few_submissions_fails_them() -> None:
+    rounds = _SharedRounds(lambda submissions: [])
+    with pytest.raises(RuntimeError, match="without answering"):
+        rounds.submit(_submission("r0"))
+    assert rounds._leading is False and rounds._queue == []
+
+
 def test_a_base_exception_in_a_round_still_hands_the_lead_over() -> None:
-    def drive_many(transfer_ids: Sequence[str]) -> object:
+    def settle(submissions: Sequence[_Submission]) -> list[str | Exception]:
         raise KeyboardInterrupt
 
-    rounds = _SharedRounds(drive_many)
+    rounds = _SharedRounds(settle)
     with pytest.raises(KeyboardInterrupt):
-        rounds.drive("t0")
+        rounds.submit(_submission("r0"))
     assert rounds._leading is False and rounds._queue == []

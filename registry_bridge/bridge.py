@@ -492,14 +492,13 @@ class Bridge:
     def _views(self, session: Session, records: Sequence[TransferRecord]) -> list[Transfer]:
         history: dict[str, list[TransferStep]] = {r.id: [] for r in records}
         if records:
-            for step in session.execute(
-                sa.select(TransferStepRecord)
-                .where(TransferStepRecord.transfer_id.in_(list(history)))
-                .order_by(TransferStepRecord.transfer_id, TransferStepRecord.seq)
-            ).scalars():
-                history[step.transfer_id].append(
-                    TransferStep(TransferState(step.state), step.at, step.reason)
-                )
+            # Plain rows, not ORM objects: a batch's views read six steps per transfer.
+            for transfer_id, state, at, reason in session.execute(
+                sa.select(_STEPS.c.transfer_id, _STEPS.c.state, _STEPS.c.at, _STEPS.c.reason)
+                .where(_STEPS.c.transfer_id.in_(list(history)))
+                .order_by(_STEPS.c.transfer_id, _STEPS.c.seq)
+            ):
+                history[transfer_id].append(TransferStep(TransferState(state), at, reason))
         views = []
         for record in records:
             plan = json.loads(record.plan) if record.plan else {}

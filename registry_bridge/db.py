@@ -264,14 +264,65 @@ def defer_insert(session: Session, table: sa.FromClause, row: dict[str, Any]) ->
     pending.setdefault(table, []).append(row)
 
 
+# Per (table, columns, database kind): the INSERT's text, its parameters' order (None for
+# named parameters) and each column's bind processor.
+_Processor = Callable[[Any], Any] | None
+_INSERT_SQL: dict[
+    tuple[sa.Table, tuple[str, ...], str], tuple[str, tuple[str, ...] | None, dict[str, _Processor]]
+] = {}
+
+
+def _plain_insert(
+    table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect
+) -> tuple[str, tuple[str, ...] | None, dict[str, _Processor]] | None:
+    """The INSERT of ``columns`` into ``table`` as driver text; None if a column is left
+    to a default SQLAlchemy would compute (those rows go through SQLAlchemy)."""
+    key = (table, columns, dialect.name)
+    if key not in _INSERT_SQL:
+        if any(c.key not in columns and c.default is not None for c in table.columns):
+            return None
+        compiled = table.insert().compile(dialect=dialect, column_keys=list(columns))
+        positions = tuple(compiled.positiontup) if compiled.positiontup else None
+        processors: dict[str, _Processor] = {}
+        for c in columns:
+            processors[c] = table.columns[c].type.bind_processor(dialect)
+        _INSERT_SQL[key] = (str(compiled), positions, processors)
+    return _INSERT_SQL[key]
+
+
+def _bind(processor: _Processor, value: Any) -> Any:
+    return value if processor is None else processor(value)
+
+
 def write_deferred(session: Session) -> None:
-    """Insert the rows deferred so far (see :func:`defer_insert`)."""
+    """Insert the rows deferred so far (see :func:`defer_insert`).
+
+    Each table's rows go to the driver as one ``executemany`` of text compiled once:
+    SQLAlchemy's per-row parameter handling cost more than the insert itself.
+    """
     pending: dict[sa.Table, list[dict[str, Any]]] | None = session.info.pop(_DEFERRED_INSERTS, None)
     if not pending:
         return
     connection = session.connection()
+    driver = connection.connection.driver_connection
     for table, rows in pending.items():
-        connection.execute(table.insert(), rows)
+        columns = tuple(rows[0])
+        plain = _plain_insert(table, columns, connection.dialect)
+        if plain is None or driver is None or any(tuple(r) != columns for r in rows):
+            connection.execute(table.insert(), rows)
+            continue
+        sql, positions, processors = plain
+        converted = [{c: _bind(processors[c], v) for c, v in row.items()} for row in rows]
+        arguments: list[Any] = (
+            [tuple(row[name] for name in positions) for row in converted]
+            if positions
+            else converted
+        )
+        cursor = driver.cursor()  # the DB-API connection behind the session's transaction
+        try:
+            cursor.executemany(sql, arguments)
+        finally:
+            cursor.close()
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from registry_bridge.block_json import (
     block_id_to_dict,
     block_to_json,
 )
-from registry_bridge.db import defer_insert, read_scope, savepoint, unit_of_work
+from registry_bridge.db import defer_insert, read_only, read_scope, savepoint, unit_of_work
 from registry_bridge.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -453,7 +453,7 @@ class Bridge:
         return self._get_many([transfer_id])[transfer_id]
 
     def _get_many(self, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
-        with unit_of_work(self._sessions) as session:
+        with read_only(self._sessions) as session:
             records = list(
                 session.execute(
                     sa.select(TransferRecord).where(TransferRecord.id.in_(transfer_ids))
@@ -769,10 +769,11 @@ class Bridge:
         new = list(proposed)
         with self._driving_lock:
             self._driving.update(new)
+        reached: dict[str, TransferRecord] = {}
         try:
-            self._drive_rounds(new, proposed)
+            reached = self._drive_rounds(new, proposed)
         finally:
-            self._let_go(new, proposed)
+            self._let_go(new, reached)
         repeats = [o for o in outcomes if isinstance(o, str) and o not in proposed]
         if repeats:
             self.drive_many(repeats)
@@ -793,7 +794,7 @@ class Bridge:
         now = self._clock()
         entered: list[tuple[str, TransferState]] = []
         try:
-            with unit_of_work(self._sessions) as session, read_scope():
+            with unit_of_work(self._sessions) as session, read_scope(session):
                 if check:
                     ledger.defer_claims(session)
                 session.info[_ENTERED] = entered
@@ -1225,7 +1226,7 @@ class Bridge:
         entered: list[tuple[str, TransferState]] = []
         now = self._clock()
         try:
-            with unit_of_work(self._sessions) as session, read_scope():
+            with unit_of_work(self._sessions) as session, read_scope(session):
                 session.info[_ENTERED] = entered
                 if not isolated:
                     # A savepoint's rollback would leave its unwritten rows behind in the
@@ -1264,7 +1265,6 @@ class Bridge:
                     if TransferState(record.state).is_final:
                         renewed[transfer_id] = record  # done: only reported, never driven
                     elif record.lease_owner == self._owner:
-                        record.lease_expires_at = now + self._lease
                         renewed[transfer_id] = record
                     # else taken over (our lease ran out): no longer ours to drive
         except sa.exc.IntegrityError as exc:
@@ -1313,6 +1313,13 @@ class Bridge:
         previous = TransferState(record.state)
         record.state = state.value
         record.updated_at = now
+        if state.is_final:
+            # Nothing is left to drive: the lease is given up with the step that ends it.
+            record.lease_owner = ""
+            record.lease_expires_at = None
+        elif record.lease_owner == self._owner:
+            # The step renews the lease of the gateway driving it (one UPDATE writes both).
+            record.lease_expires_at = now + self._lease
         if state.is_final or reason:
             record.failure_reason = reason
         elif record.failure_reason.startswith("waiting for a registry"):
@@ -1695,8 +1702,6 @@ class Bridge:
         self._complete(session, self._load(session, transfer_id, TransferState.SOURCE_FINALIZED))
 
     def _complete(self, session: Session, record: TransferRecord) -> None:
-        record.lease_owner = ""
-        record.lease_expires_at = None
         self._advance(session, record, TransferState.COMPLETED)
 
     def _roll_back(self, transfer_id: str, reason: str) -> TransferRecord | None:
@@ -1744,8 +1749,6 @@ class Bridge:
                                 transfer_id=transfer_id,
                                 detail={"reason": reason},
                             )
-                record.lease_owner = ""
-                record.lease_expires_at = None
                 self._advance(session, record, TransferState.ROLLED_BACK, reason)
         except _StaleStep:
             return None  # another driver resolved it meanwhile

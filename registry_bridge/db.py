@@ -12,6 +12,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -213,25 +214,43 @@ def check_connection(engine: Engine) -> None:
 
 T = TypeVar("T")
 
-# Lookups already made in the current read scope (see read_scope), by key.
-_read_scope: contextvars.ContextVar[dict[Hashable, Any] | None] = contextvars.ContextVar(
+
+@dataclass
+class _ReadScope:
+    answers: dict[Hashable, Any]
+    """Lookups already made in the scope, by key."""
+    session: Session | None
+    """The transaction the scope's lookups read in, if any."""
+
+
+_read_scope: contextvars.ContextVar[_ReadScope | None] = contextvars.ContextVar(
     "read_scope", default=None
 )
 
 
 @contextmanager
-def read_scope() -> Iterator[None]:
+def read_scope(session: Session | None = None) -> Iterator[None]:
     """Within the block, ``scoped_lookup`` answers a repeated lookup from its first answer.
 
     A batch of transfers recorded in one transaction asks the same reference data (a
     project's listing) once per transfer; inside one scope it reads it once, as of the
     scope's start, which is when the batch's transaction reads everything else too.
+    With ``session``, lookups read in that session's transaction (see ``scope_session``)
+    instead of opening one of their own.
     """
-    token = _read_scope.set({})
+    token = _read_scope.set(_ReadScope({}, session))
     try:
         yield
     finally:
         _read_scope.reset(token)
+
+
+def scope_session(engine: sa.Engine | None) -> Session | None:
+    """The current read scope's session, if it has one bound to ``engine``."""
+    scope = _read_scope.get()
+    if scope is None or scope.session is None or scope.session.get_bind() is not engine:
+        return None
+    return scope.session
 
 
 def scoped_lookup(key: Hashable, load: Callable[[], T]) -> T:
@@ -239,9 +258,9 @@ def scoped_lookup(key: Hashable, load: Callable[[], T]) -> T:
     scope = _read_scope.get()
     if scope is None:
         return load()
-    if key not in scope:
-        scope[key] = load()
-    value: T = scope[key]
+    if key not in scope.answers:
+        scope.answers[key] = load()
+    value: T = scope.answers[key]
     return value
 
 

@@ -69,7 +69,12 @@ def _locked_head(session: Session) -> LogHead:
     if cached is not None and transaction is not None and cached[0] is transaction:
         head: LogHead = cached[1]
         return head  # attributes a rolled-back savepoint expired reload on access
-    head = session.execute(sa.select(LogHead).where(LogHead.id == 1).with_for_update()).scalar_one()
+    # No autoflush: the head row depends on nothing pending, and a flush here would split
+    # the changes a step makes to one row into several UPDATEs.
+    with session.no_autoflush:
+        head = session.execute(
+            sa.select(LogHead).where(LogHead.id == 1).with_for_update()
+        ).scalar_one()
     session.info[_HEAD_KEY] = (transaction, head)
     return head
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge.block_json import authorization_from_dict, authorization_to_dict
-from registry_bridge.db import read_only, scoped_lookup, unit_of_work
+from registry_bridge.db import read_only, scope_session, scoped_lookup, unit_of_work
 from registry_bridge.rules_gate import OtherRegistration, ProjectListing
 from registry_bridge.schema import ProjectListingRecord
 
@@ -102,6 +102,11 @@ def record_listing(session: Session, listing: ProjectListing, at: datetime) -> N
     )
 
 
+def _read_listing(session: Session, program: str, project_id: str) -> ProjectListing | None:
+    record = session.get(ProjectListingRecord, (program, project_id))
+    return None if record is None else listing_from_json(record.facts)
+
+
 class DatabaseProjectRecords:
     """``ProjectRecords`` over the ledger database."""
 
@@ -112,9 +117,13 @@ class DatabaseProjectRecords:
         """The project's listed facts, or None when it was never listed."""
 
         def load() -> ProjectListing | None:
+            # Inside a transaction that checks transfers, read in it: a transaction of
+            # its own per lookup cost more than the lookup.
+            session = scope_session(self._sessions.kw.get("bind"))
+            if session is not None:
+                return _read_listing(session, program, project_id)
             with read_only(self._sessions) as session:
-                record = session.get(ProjectListingRecord, (program, project_id))
-                return None if record is None else listing_from_json(record.facts)
+                return _read_listing(session, program, project_id)
 
         return scoped_lookup(("project_listing", program, project_id), load)
 

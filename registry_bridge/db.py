@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -291,6 +292,10 @@ _INSERT_SQL: dict[
 ] = {}
 
 
+# Drivers that bind ``bytes`` as a blob with no wrapping.
+_BYTES_NATIVE = frozenset({"pysqlite", "psycopg"})
+
+
 def _plain_insert(
     table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect
 ) -> tuple[str, tuple[str, ...] | None, dict[str, _Processor]] | None:
@@ -304,13 +309,34 @@ def _plain_insert(
         positions = tuple(compiled.positiontup) if compiled.positiontup else None
         processors: dict[str, _Processor] = {}
         for c in columns:
-            processors[c] = table.columns[c].type.bind_processor(dialect)
+            column_type = table.columns[c].type
+            # Both drivers (sqlite3, psycopg) bind bytes as a blob themselves; the
+            # processor only wraps them, at a cost that showed in every batch.
+            binary = isinstance(column_type, sa.LargeBinary) and dialect.driver in _BYTES_NATIVE
+            processors[c] = None if binary else column_type.bind_processor(dialect)
         _INSERT_SQL[key] = (str(compiled), positions, processors)
     return _INSERT_SQL[key]
 
 
-def _bind(processor: _Processor, value: Any) -> Any:
-    return value if processor is None else processor(value)
+class _Binder:
+    """Converts values with a column's bind processor, each distinct timestamp once.
+
+    The rows of one transaction share their few timestamps (every row of a step carries
+    the step's time), and converting one cost more than writing it.
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[tuple[int, datetime], Any] = {}
+
+    def __call__(self, processor: _Processor, value: Any) -> Any:
+        if processor is None:
+            return value
+        if type(value) is not datetime:
+            return processor(value)
+        key = (id(processor), value)
+        if key not in self._times:
+            self._times[key] = processor(value)
+        return self._times[key]
 
 
 def write_deferred(session: Session) -> None:
@@ -331,7 +357,8 @@ def write_deferred(session: Session) -> None:
             connection.execute(table.insert(), rows)
             continue
         sql, positions, processors = plain
-        converted = [{c: _bind(processors[c], v) for c, v in row.items()} for row in rows]
+        bind = _Binder()
+        converted = [{c: bind(processors[c], v) for c, v in row.items()} for row in rows]
         arguments: list[Any] = (
             [tuple(row[name] for name in positions) for row in converted]
             if positions

@@ -1234,9 +1234,9 @@ class Bridge:
                     ledger.defer_claims(session)
                 locked = self._lock_rows(session, transfer_ids)
                 if commit == self._finalize_commit:
-                    # The rows the group's transfers locked, read in one query rather
-                    # than one lookup per transfer.
-                    ledger.read_rows_by_id(
+                    # The rows the group's transfers locked, read (and on PostgreSQL
+                    # locked) in one query rather than one per transfer.
+                    ledger.lock_rows_by_id(
                         session, [i for r in locked.values() for i in _locked_rows(r.plan)]
                     )
                 for transfer_id in transfer_ids:

@@ -66,6 +66,8 @@ def _to_holding(row: LedgerBlock) -> LedgerHolding:
 
 # session.info key: ledger rows read in the session's transaction, by id (see _keep).
 _KEPT_ROWS = "carbonlink.ledger_rows"
+# session.info key: ids of rows read FOR UPDATE in the transaction (see lock_rows_by_id).
+_LOCKED_ROWS = "carbonlink.ledger_locked_rows"
 # session.info key: the transaction's unflushed new rows (see defer_claims).
 _PENDING = "carbonlink.ledger_pending"
 # session.info key: the last row id allocated on SQLite in this transaction.
@@ -315,6 +317,32 @@ def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, Ledge
     return kept
 
 
+_BY_IDS_LOCKED = (
+    _BY_IDS.order_by(LedgerBlock.id).with_for_update().execution_options(populate_existing=True)
+)
+
+
+def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
+    """Read and lock these rows at once, before the transaction changes any of them.
+
+    On PostgreSQL each change otherwise locks its row with a query of its own (see
+    ``_row``); here one statement locks a group's rows, in id order (two transactions
+    locking overlapping groups wait for each other instead of deadlocking).  On SQLite the
+    transaction holds the whole database already: the rows are only read.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        read_rows_by_id(session, row_ids)
+        return
+    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
+    locked: set[int] = session.info.setdefault(_LOCKED_ROWS, set())
+    wanted = sorted(set(row_ids) - locked)
+    for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+        with session.no_autoflush:
+            rows = list(session.execute(_BY_IDS_LOCKED, {"ids": chunk}).scalars())
+        kept.update((r.id, r) for r in rows)
+        locked.update(r.id for r in rows)
+
+
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
     rows = _read_rows(
         session,
@@ -479,6 +507,9 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
         # SQLite runs one write transaction at a time (BEGIN IMMEDIATE) and every session
         # is one transaction: a row this session already read is the row as it is now.
         row = session.get(LedgerBlock, holding.row_id)
+    elif holding.row_id in session.info.get(_LOCKED_ROWS, ()):
+        # Locked by this transaction already (lock_rows_by_id): as it is now, and ours.
+        row = session.info[_KEPT_ROWS][holding.row_id]
     else:
         row = session.get(LedgerBlock, holding.row_id, with_for_update=True, populate_existing=True)
     if (

@@ -6,7 +6,7 @@ so a split piece keeps every attribute of the block it came from.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 from datetime import date
 from typing import Any
@@ -98,7 +98,11 @@ def block_from_parts(block_id: BlockId, attributes_json: str) -> UnitBlock:
             _TEMPLATES.clear()
         _TEMPLATES[attributes_json] = template
         return template
-    return dataclasses.replace(template, id=block_id)
+    # The template passed UnitBlock's checks, none of which reads the range: a copy with
+    # the range set needs no second run of them (dataclasses.replace runs them all again).
+    block = copy.copy(template)
+    object.__setattr__(block, "id", block_id)
+    return block
 
 
 # Parsed attributes by their JSON (a block's attributes never change), bounded.

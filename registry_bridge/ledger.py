@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_state
 
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
 from registry_bridge.db import DatabaseError
@@ -309,7 +310,7 @@ def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, Ledge
     kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
     # A row object of a rolled-back savepoint is no longer the row with that id.
     wanted = [
-        i for i in dict.fromkeys(row_ids) if i not in kept or not sa.inspect(kept[i]).persistent
+        i for i in dict.fromkeys(row_ids) if i not in kept or not instance_state(kept[i]).persistent
     ]
     for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
         with session.no_autoflush:
@@ -499,7 +500,7 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
     if (
         pending is not None
         and holding.row_id in session.info.get(_KEPT_ROWS, {})
-        and sa.inspect(session.info[_KEPT_ROWS][holding.row_id]).pending
+        and instance_state(session.info[_KEPT_ROWS][holding.row_id]).pending
     ):
         # Created by this transaction and not yet written: no one else can have it.
         row = session.info[_KEPT_ROWS][holding.row_id]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from registry_bridge.bridge import Bridge
-from registry_bridge.errors import LedgerConflict
+from registry_bridge.errors import LedgerConflict, RequestIdConflict
 from registry_bridge.model import BlockId, Program
 from registry_bridge.transfers import AccountRef, Transfer, TransferInstruction, TransferState
 from tests.integration.bridge.conftest import PermitAllRules, World, vcs_block
@@ -133,3 +133,47 @@ def test_ledger_change_refuses_a_stale_holding(database_url: str) -> None:
                 )
     finally:
         engine.dispose()
+
+
+def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answers(
+    world: World,
+) -> None:
+    """Single submissions to one gateway at once are settled together (group commit); each
+    still gets its own answer: a repeated request its first transfer, a request id reused
+    for another body its own refusal, the others their completed transfer."""
+    world.seed("verra", "dev-1", vcs_block(1, 100))
+    start = threading.Barrier(THREADS)
+
+    def instruction(i: int) -> TransferInstruction:
+        return TransferInstruction(
+            AccountRef("verra", "dev-1"),
+            AccountRef("national", f"buyer-{i}"),
+            (BlockId(Program.VCS, "", 1 + 10 * i, 10 + 10 * i),),
+        )
+
+    # Threads 0 and 1 send the same request; 2 and 3 one request id with two bodies.
+    submissions = [("same", instruction(0)), ("same", instruction(0))]
+    submissions += [("reused", instruction(2)), ("reused", instruction(3))]
+    submissions += [(f"own-{i}", instruction(i)) for i in range(4, THREADS)]
+
+    def submit(i: int) -> Transfer | RequestIdConflict:
+        start.wait()
+        try:
+            return world.bridge.submit(*submissions[i])
+        except RequestIdConflict as exc:
+            return exc
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        answers = list(pool.map(submit, range(THREADS)))
+
+    first, second = answers[0], answers[1]
+    assert isinstance(first, Transfer) and isinstance(second, Transfer)
+    assert first.transfer_id == second.transfer_id
+    reused = answers[2:4]
+    assert sorted(type(a).__name__ for a in reused) == ["RequestIdConflict", "Transfer"]
+    for answer in [first, *[a for a in reused if isinstance(a, Transfer)], *answers[4:]]:
+        assert isinstance(answer, Transfer)
+        assert answer.state is TransferState.COMPLETED, answer.failure_reason
+    transfers, _ = world.bridge.list_transfers(0, 100)
+    assert len(transfers) == 1 + 1 + (THREADS - 4)  # one per distinct request id
+    _check(world)

@@ -1011,12 +1011,13 @@ class Bridge:
     def drive_many(self, transfer_ids: Sequence[str]) -> dict[str, TransferState]:
         """Advance transfers together, one state at a time, grouping database work per step.
 
-        Each round reads the states of all transfers in one transaction, makes the registry
-        calls of every transfer in the same state (concurrently), and records all their
-        outcomes in one transaction, each in a savepoint of its own so one transfer's
-        conflict never undoes another's progress.  A transient registry failure leaves a
-        transfer where it is (the recovery loop resumes it); a transfer another thread of
-        this gateway is driving, or another gateway holds the lease of, is left alone.
+        Each round makes the registry calls of every transfer in the same state (batched
+        per registry) and records all their outcomes in one transaction; if one transfer
+        meets a conflict there, the group is recorded again with a savepoint per transfer,
+        so one transfer's conflict never undoes another's progress (see ``_commit_all``).
+        A transient registry failure leaves a transfer where it is (the recovery loop
+        resumes it); a transfer another thread of this gateway is driving, or another
+        gateway holds the lease of, is left alone.
 
         Returns:
             The state each transfer reached.

@@ -1,9 +1,13 @@
 """What every registry client shares: calling a native RPC and typing its failures.
 
 A native call either answers, or fails with a gRPC status.  UNAVAILABLE and
-DEADLINE_EXCEEDED mean the registry may not have seen the call (or its answer was lost):
-they become :class:`RegistryUnavailable`, which the retry policy retries with the same
-operation id.  Every other status is the registry's answer and becomes
+DEADLINE_EXCEEDED mean the registry may not have seen the call (or its answer was lost);
+UNKNOWN, INTERNAL and ABORTED mean it failed while handling it, and may or may not have
+applied it.  None of these is an answer: they become :class:`RegistryUnavailable`, which
+the retry policy retries with the same operation id (a repeat of an applied operation
+answers what it did), and which leaves a transfer where it stands.  Taken as a refusal,
+a credit applied before its answer was lost would have rolled its transfer back while
+the destination held the units.  Every other status is the registry's answer and becomes
 :class:`RegistryRejected`, carrying the registry's own rejection code when it sent one in
 the trailing metadata.
 """
@@ -35,7 +39,15 @@ from registry_bridge.port import ProgramTotal, RegistryHolding
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
 
-_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+    }
+)
 
 BATCH_MAX_ITEMS = 500
 """Items per batch RPC at most; a longer batch is split into several calls.  Half the
@@ -101,7 +113,8 @@ def invoke(
         The native response.
 
     Raises:
-        RegistryUnavailable: The registry was unreachable or too slow (transient).
+        RegistryUnavailable: The registry was unreachable, too slow, or failed while
+            handling the call (transient: it may be retried with the same operation id).
         RegistryRejected: The registry refused the call (final).
     """
     try:

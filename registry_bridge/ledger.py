@@ -73,6 +73,10 @@ _LOCKED_ROWS = "carbonlink.ledger_locked_rows"
 _PENDING = "carbonlink.ledger_pending"
 # session.info key: the last row id allocated on SQLite in this transaction.
 _LAST_SQLITE_ID = "carbonlink.ledger_last_id"
+# Ids are allocated for a transaction's new rows a few at first, then in doubling chunks
+# up to the largest: a single transfer needs two or three, a batch thousands (on
+# PostgreSQL each allocation is a round trip returning one row per id).
+_FIRST_ID_CHUNK = 4
 _ID_CHUNK = 256
 
 
@@ -87,14 +91,17 @@ class _Pending:
     def __init__(self, session: Session) -> None:
         self._session = session
         self._ids: list[int] = []
+        self._chunk = _FIRST_ID_CHUNK
         self._rows: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
         self._mirrors: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
         self._count = 0
 
     def next_id(self) -> int:
         if not self._ids:
-            self._ids = _allocate_ids(self._session, _ID_CHUNK)
-        return self._ids.pop(0)
+            # Reversed, so that pop() hands them out in ascending order.
+            self._ids = _allocate_ids(self._session, self._chunk)[::-1]
+            self._chunk = min(self._chunk * 2, _ID_CHUNK)
+        return self._ids.pop()
 
     def add(self, row: LedgerBlock) -> None:
         # (start, insertion count) is unique, so entries order without comparing rows.

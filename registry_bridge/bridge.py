@@ -1657,6 +1657,10 @@ class Bridge:
         answer: Sequence[RegistryHolding | RegistryRejected]
         try:
             port = self._port(registry)
+            if len(requests) == 1:
+                # One item (a single transfer's leg): the plain call, which every registry
+                # answers faster than a batch of one.  Its refusal is the item's outcome.
+                return [self._call_one(port, requests[0])]
             if isinstance(requests[0], LockRequest):
                 answer = port.lock_many([r for r in requests if isinstance(r, LockRequest)])
             elif isinstance(requests[0], CreditRequest):
@@ -1671,6 +1675,19 @@ class Bridge:
             )
             return [failure for _ in batch]
         return list(answer)
+
+    @staticmethod
+    def _call_one(
+        port: RegistryPort, request: LockRequest | CreditRequest | FinalizeRequest
+    ) -> _LegOutcome:
+        try:
+            if isinstance(request, LockRequest):
+                return port.lock(request)
+            if isinstance(request, CreditRequest):
+                return port.credit(request)
+            return port.finalize(request)
+        except (RegistryRejected, RegistryUnavailable) as exc:
+            return exc
 
     def _finalize_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)

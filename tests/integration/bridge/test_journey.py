@@ -12,12 +12,18 @@ import contextlib
 import dataclasses
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from registry_bridge import bridge as bridge_module
-from registry_bridge.errors import FailedPrecondition, InvalidRequest, RequestIdConflict
+from registry_bridge.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    LedgerConflict,
+    RequestIdConflict,
+)
 from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.port import BlockStatusRequest, LockRequest
 from registry_bridge.schema import LedgerEvent
@@ -396,4 +402,48 @@ def test_a_completed_transfer_records_every_step_once(world: World) -> None:
         ]
     # PROPOSED is the transfer's creation, not a change of state: no event of its own.
     assert states == [s.state.value for s in transfer.history[1:]]
+    assert world.violations() == []
+
+
+def test_a_conflict_met_while_checking_new_transfers_leaves_them_proposed_for_the_rounds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New transfers are proposed and checked in one transaction; a conflict there (another
+    gateway claimed the same units meanwhile) undoes it whole, and they are proposed
+    alone and checked by the rounds, each once."""
+    world.seed("hkmo", "hk-seller", vcs_block(5001, 5010))
+    checked: list[str] = []
+    check_in = bridge_module.Bridge._check_in
+
+    def conflicting_once(
+        self: bridge_module.Bridge, session: Any, transfer_id: str, payload: Any, now: Any
+    ) -> None:
+        checked.append(transfer_id)
+        if len(checked) == 1:
+            raise LedgerConflict("another gateway claimed these units meanwhile")
+        check_in(self, session, transfer_id, payload, now)
+
+    monkeypatch.setattr(bridge_module.Bridge, "_check_in", conflicting_once)
+    results = world.bridge.submit_many(
+        [
+            (
+                f"conflict-{i}",
+                TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(5001 + i, 5001 + i),)),
+            )
+            for i in range(2)
+        ]
+    )
+
+    assert [r.state for r in results if not isinstance(r, Exception)] == [
+        TransferState.COMPLETED,
+        TransferState.COMPLETED,
+    ]
+    assert len(checked) == 3  # the undone attempt, then each transfer once
+    transfers, _ = world.bridge.list_transfers(0, 10)
+    assert sorted(t.request_id for t in transfers) == ["conflict-0", "conflict-1"]
+    for transfer in transfers:
+        assert [s.state for s in transfer.history][:2] == [
+            TransferState.PROPOSED,
+            TransferState.CHECKED,
+        ]
     assert world.violations() == []

@@ -396,7 +396,15 @@ def overlapping(session: Session, block_id: BlockId) -> list[LedgerHolding]:
 
 
 def _claim_range(session: Session, block_id: BlockId) -> None:
-    clash = _overlapping(session, block_id)
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is not None and session.get_bind().dialect.name == "postgresql":
+        # Claims written at commit (defer_claims) on PostgreSQL: the exclusion constraint
+        # refuses there any overlap with a live row, as a conflict the caller redoes with
+        # a check per claim; a query here would only repeat it, a round trip per claim.
+        # Rows of this transaction not yet written are checked in memory.
+        clash = pending.overlapping(block_id)
+    else:
+        clash = _overlapping(session, block_id)
     if clash:
         raise LedgerConflict(
             f"{_describe(block_id)} overlaps live units already in the ledger "

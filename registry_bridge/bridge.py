@@ -1692,12 +1692,9 @@ class Bridge:
     def _finalize_commit(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         record = self._load(session, transfer_id, TransferState.DESTINATION_CREDITED)
         kind = TransferKind(record.kind)
+        held = ledger.live_rows_by_id(session, _locked_rows(record.plan))
         for piece in self._pieces(record):
-            for row in ledger.live_at(
-                session, record.source_registry, record.source_account, piece.source_block
-            ):
-                if row.lock_transfer_id != transfer_id:
-                    continue
+            for row in self._locked_over(session, record, piece, held):
                 if kind is TransferKind.BRIDGE_OUT:
                     ledger.change(
                         session,
@@ -1714,6 +1711,41 @@ class Bridge:
         self._advance(session, record, TransferState.SOURCE_FINALIZED)
         # Completing asks nothing of a registry: recorded in the same transaction.
         self._complete(session, record)
+
+    @staticmethod
+    def _locked_over(
+        session: Session,
+        record: TransferRecord,
+        piece: _Piece,
+        held: Sequence[LedgerHolding],
+    ) -> list[LedgerHolding]:
+        """The live rows of the transfer's source that it locked over ``piece``.
+
+        ``held``: the live rows among those its plan says it locked (read for the whole
+        group at once).  When those of them inside the piece add up to the piece, they
+        are all there is (live rows never overlap): no lookup is needed.  Otherwise (a
+        plan older than the field, or rows changed since) the ledger is asked.
+        """
+        mine = sorted(
+            (
+                h
+                for h in held
+                if h.lock_transfer_id == record.id
+                and h.registry == record.source_registry
+                and h.account == record.source_account
+                and piece.source_block.contains(h.block.id)
+            ),
+            key=lambda h: h.block.id.serial_start,
+        )
+        if sum(h.block.quantity for h in mine) == piece.source_block.quantity:
+            return mine
+        return [
+            h
+            for h in ledger.live_at(
+                session, record.source_registry, record.source_account, piece.source_block
+            )
+            if h.lock_transfer_id == record.id
+        ]
 
     def _complete_in(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         """SOURCE_FINALIZED -> COMPLETED, for a transfer a crash left finalized."""

@@ -351,6 +351,12 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
         locked.update(r.id for r in rows)
 
 
+def live_rows_by_id(session: Session, row_ids: Sequence[int]) -> list[LedgerHolding]:
+    """The live rows among ``row_ids`` (read into the transaction if it does not hold them)."""
+    kept = read_rows_by_id(session, row_ids)
+    return [_to_holding(kept[i]) for i in dict.fromkeys(row_ids) if i in kept and kept[i].live]
+
+
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
     rows = _read_rows(
         session,

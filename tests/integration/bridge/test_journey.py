@@ -447,3 +447,25 @@ def test_a_conflict_met_while_checking_new_transfers_leaves_them_proposed_for_th
             TransferState.CHECKED,
         ]
     assert world.violations() == []
+
+
+def test_a_plan_that_names_no_locked_rows_still_finalizes_from_the_ledger(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finalizing takes the rows a transfer locked from its plan; a plan written before
+    the plan named them (or rows changed since) falls back to looking them up."""
+    world.seed("hkmo", "hk-seller", vcs_block(6001, 6100))
+    monkeypatch.setattr(bridge_module, "_locked_rows", lambda plan: [])
+    moved = world.bridge.submit(
+        "old-plan",
+        TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(6001, 6005), vcs(6011, 6015))),
+    )
+    assert moved.state is TransferState.COMPLETED, moved.failure_reason
+    assert world.at_registry("verra", vcs(6001, 6100)) == [
+        (6001, 6005, "venue-hkmo", "bridged"),
+        (6006, 6010, "venue-hkmo", "active"),
+        (6011, 6015, "venue-hkmo", "bridged"),
+        (6016, 6100, "venue-hkmo", "active"),
+    ]
+    assert world.statuses("verra", "venue-hkmo", vcs(6001, 6005)) == {HoldingStatus.BRIDGED}
+    assert world.violations() == []

@@ -1739,13 +1739,9 @@ class Bridge:
         )
         if sum(h.block.quantity for h in mine) == piece.source_block.quantity:
             return mine
-        return [
-            h
-            for h in ledger.live_at(
-                session, record.source_registry, record.source_account, piece.source_block
-            )
-            if h.lock_transfer_id == record.id
-        ]
+        return ledger.locked_by(
+            session, record.source_registry, record.source_account, piece.source_block, record.id
+        )
 
     def _complete_in(self, session: Session, transfer_id: str, _: Any, now: datetime) -> None:
         """SOURCE_FINALIZED -> COMPLETED, for a transfer a crash left finalized."""
@@ -1786,19 +1782,19 @@ class Bridge:
                     session, transfer_id, TransferState.CHECKED, TransferState.SOURCE_LOCKED
                 )
                 for piece in self._pieces(record):
-                    for row in ledger.live_at(
-                        session, record.source_registry, record.source_account, piece.source_block
-                    ):
-                        if row.lock_transfer_id == transfer_id:
-                            ledger.change(
-                                session,
-                                row,
-                                "rollback",
-                                now,
-                                status=HoldingStatus.ACTIVE,
-                                transfer_id=transfer_id,
-                                detail={"reason": reason},
-                            )
+                    _unlock(
+                        session,
+                        ledger.locked_by(
+                            session,
+                            record.source_registry,
+                            record.source_account,
+                            piece.source_block,
+                            transfer_id,
+                        ),
+                        transfer_id,
+                        now,
+                        reason,
+                    )
                 self._advance(session, record, TransferState.ROLLED_BACK, reason)
         except _StaleStep:
             return None  # another driver resolved it meanwhile
@@ -2077,9 +2073,9 @@ class Bridge:
                 block = block_id_from_dict(leg["block"])
                 if leg["origin"] is not None:
                     # The holder's own rows (an origin row, or a mirror).
-                    for row in ledger.live_at(session, leg["registry"], leg["account"], block):
-                        if row.lock_transfer_id != use_id:
-                            continue
+                    for row in ledger.locked_by(
+                        session, leg["registry"], leg["account"], block, use_id
+                    ):
                         surrendered.append(
                             {
                                 "program": row.origin.program.value,
@@ -2129,17 +2125,8 @@ class Bridge:
                 if leg["origin"] is None:
                     continue
                 block = block_id_from_dict(leg["block"])
-                for row in ledger.live_at(session, leg["registry"], leg["account"], block):
-                    if row.lock_transfer_id == use_id:
-                        ledger.change(
-                            session,
-                            row,
-                            "rollback",
-                            now,
-                            status=HoldingStatus.ACTIVE,
-                            transfer_id=use_id,
-                            detail={"reason": reason},
-                        )
+                locked = ledger.locked_by(session, leg["registry"], leg["account"], block, use_id)
+                _unlock(session, locked, use_id, now, reason)
             detail["rejection"] = reason
             record.detail = json.dumps(detail, sort_keys=True)
             record.state = "rejected"
@@ -2193,6 +2180,22 @@ class Bridge:
                 created_at=record.created_at,
                 legs=tuple(leg["op"] for leg in detail["legs"]),
             )
+
+
+def _unlock(
+    session: Session, rows: Sequence[LedgerHolding], owner: str, at: datetime, reason: str
+) -> None:
+    """Release rows ``owner`` (a transfer or a use) locked, undoing it for ``reason``."""
+    for row in rows:
+        ledger.change(
+            session,
+            row,
+            "rollback",
+            at,
+            status=HoldingStatus.ACTIVE,
+            transfer_id=owner,
+            detail={"reason": reason},
+        )
 
 
 def kind_event(kind: str) -> str:

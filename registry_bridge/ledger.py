@@ -357,17 +357,18 @@ def live_rows_by_id(session: Session, row_ids: Sequence[int]) -> list[LedgerHold
     return [_to_holding(kept[i]) for i in dict.fromkeys(row_ids) if i in kept and kept[i].live]
 
 
+def _range_params(block_id: BlockId) -> dict[str, Any]:
+    """The parameters of the range lookups (``_OVERLAP``, ``_MIRRORS``) for ``block_id``."""
+    return {
+        "program": block_id.program.value,
+        "series": block_id.serial_series,
+        "start": block_id.serial_start,
+        "end": block_id.serial_end,
+    }
+
+
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
-    rows = _read_rows(
-        session,
-        _OVERLAP,
-        {
-            "program": block_id.program.value,
-            "series": block_id.serial_series,
-            "start": block_id.serial_start,
-            "end": block_id.serial_end,
-        },
-    )
+    rows = _read_rows(session, _OVERLAP, _range_params(block_id))
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         rows = _merged(rows, pending.overlapping(block_id), lambda r: r.serial_start)
@@ -577,6 +578,14 @@ def live_at(
         for r in _overlapping(session, block_id)
         if r.registry_id == registry and r.account == account
     ]
+
+
+def locked_by(
+    session: Session, registry: str, account: str, block_id: BlockId, owner: str
+) -> list[LedgerHolding]:
+    """Live rows held at ``registry``/``account`` over ``block_id`` that ``owner`` (a
+    transfer or a use) locked."""
+    return [h for h in live_at(session, registry, account, block_id) if h.lock_transfer_id == owner]
 
 
 def require_holding(
@@ -825,16 +834,7 @@ _MIRRORS = _mirrors_query()
 
 def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
     """Live mirror rows standing for any part of an origin range."""
-    kept = _read_rows(
-        session,
-        _MIRRORS,
-        {
-            "program": origin.program.value,
-            "series": origin.serial_series,
-            "start": origin.serial_start,
-            "end": origin.serial_end,
-        },
-    )
+    kept = _read_rows(session, _MIRRORS, _range_params(origin))
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         kept = _merged(kept, pending.mirrors(origin), lambda r: r.origin_start)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -339,6 +339,31 @@ class _Binder:
         return self._times[key]
 
 
+@contextmanager
+def driver_cursor(session: Session) -> Iterator[Any]:
+    """A DB-API cursor on the session's own connection, inside its transaction.
+
+    For statements whose text is compiled once (deferred inserts, the ledger's fixed
+    lookups): SQLAlchemy's per-execution work cost more than the statements themselves.
+
+    Raises:
+        DatabaseError: The session's connection has no driver connection behind it.
+    """
+    driver = session.connection().connection.driver_connection
+    if driver is None:
+        raise DatabaseError("the session's connection has no driver connection")
+    cursor = driver.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
+def driver_parameters(values: Mapping[str, Any], positions: tuple[str, ...] | None) -> Any:
+    """Parameters as the compiled text takes them: in ``positions`` order, else by name."""
+    return tuple(values[name] for name in positions) if positions else values
+
+
 def write_deferred(session: Session) -> None:
     """Insert the rows deferred so far (see :func:`defer_insert`).
 
@@ -359,16 +384,8 @@ def write_deferred(session: Session) -> None:
         sql, positions, processors = plain
         bind = _Binder()
         converted = [{c: bind(processors[c], v) for c, v in row.items()} for row in rows]
-        arguments: list[Any] = (
-            [tuple(row[name] for name in positions) for row in converted]
-            if positions
-            else converted
-        )
-        cursor = driver.cursor()  # the DB-API connection behind the session's transaction
-        try:
-            cursor.executemany(sql, arguments)
-        finally:
-            cursor.close()
+        with driver_cursor(session) as cursor:
+            cursor.executemany(sql, [driver_parameters(row, positions) for row in converted])
 
 
 @contextmanager

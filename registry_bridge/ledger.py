@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
-from registry_bridge.db import DatabaseError
+from registry_bridge.db import driver_cursor, driver_parameters
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -259,9 +259,6 @@ def _run_plain(
     session's own connection, in its transaction.
     """
     connection = session.connection()
-    driver = connection.connection.driver_connection
-    if driver is None:
-        raise DatabaseError("the session's connection has no driver connection")
     key = (id(query), connection.dialect.name)
     plain = _PLAIN_SQL.get(key)
     if plain is None:
@@ -277,14 +274,9 @@ def _run_plain(
         plain = (str(compiled), positions, fixed)
         _PLAIN_SQL[key] = plain
     sql, positions, fixed = plain
-    values = {**fixed, **params}
-    arguments: Any = tuple(values[name] for name in positions) if positions else values
-    cursor = driver.cursor()  # the DB-API connection behind the session's transaction
-    try:
-        cursor.execute(sql, arguments)
+    with driver_cursor(session) as cursor:
+        cursor.execute(sql, driver_parameters({**fixed, **params}, positions))
         rows: Sequence[Any] = cursor.fetchall()
-    finally:
-        cursor.close()
     return rows
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +23,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from registry_bridge.errors import CarbonlinkError
 
@@ -364,12 +365,74 @@ def driver_parameters(values: Mapping[str, Any], positions: tuple[str, ...] | No
     return tuple(values[name] for name in positions) if positions else values
 
 
+# Per (statement, database kind): the SQL text, its parameters' order (None for named
+# parameters), and the values the statement binds itself (a LIMIT, a fixed id).
+_PLAIN_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+
+def run_plain(
+    session: Session, statement: sa.ClauseElement, params: Mapping[str, Any]
+) -> Sequence[Any]:
+    """Run a fixed statement's text straight on the driver, in the session's transaction.
+
+    For a module-level statement run in every step (a ledger lookup, the log head): its
+    text is compiled once per database kind, as SQLAlchemy's per-execution work (keying,
+    parameter processing, result set-up) cost more than the index seek behind it.
+    Parameters must need no bind processing (integers and text).
+
+    Returns:
+        The rows it returned, if any, as the driver gives them.
+    """
+    connection = session.connection()
+    key = (id(statement), connection.dialect.name)
+    plain = _PLAIN_SQL.get(key)
+    if plain is None:
+        compiled = statement.compile(dialect=connection.dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise DatabaseError(f"{statement!r} does not compile to SQL")
+        given = {name: None for name, bind in compiled.binds.items() if bind.required}
+        fixed = {
+            name: value
+            for name, value in compiled.construct_params(given).items()
+            if name not in given
+        }
+        positions = tuple(compiled.positiontup) if compiled.positiontup else None
+        plain = (str(compiled), positions, fixed)
+        _PLAIN_SQL[key] = plain
+    sql, positions, fixed = plain
+    with driver_cursor(session) as cursor:
+        cursor.execute(sql, driver_parameters({**fixed, **params}, positions))
+        rows: Sequence[Any] = cursor.fetchall() if cursor.description is not None else ()
+    return rows
+
+
+# Further writes a module holds back until the deferred rows go out (the log head's new
+# size): each is called with the session whenever write_deferred runs.
+_DEFERRED_WRITERS: list[Callable[[Session], None]] = []
+
+
+def on_write_deferred(writer: Callable[[Session], None]) -> Callable[[Session], None]:
+    """Have ``writer(session)`` called wherever deferred rows are written.
+
+    For a change held in memory through a transaction (see ``event_log``): it then reaches
+    the database before every flush, query, savepoint and commit, as the rows do.
+    """
+    _DEFERRED_WRITERS.append(writer)
+    return writer
+
+
 def write_deferred(session: Session) -> None:
-    """Insert the rows deferred so far (see :func:`defer_insert`).
+    """Insert the rows deferred so far (see :func:`defer_insert`), then run the writers.
 
     Each table's rows go to the driver as one ``executemany`` of text compiled once:
     SQLAlchemy's per-row parameter handling cost more than the insert itself.
     """
+    _insert_deferred(session)
+    for writer in _DEFERRED_WRITERS:
+        writer(session)
+
+
+def _insert_deferred(session: Session) -> None:
     pending: dict[sa.Table, list[dict[str, Any]]] | None = session.info.pop(_DEFERRED_INSERTS, None)
     if not pending:
         return

@@ -15,13 +15,15 @@ import contextvars
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
-from registry_bridge.db import defer_insert
+from registry_bridge.db import defer_insert, on_write_deferred, run_plain
 from registry_bridge.model import BlockId
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
 
@@ -57,26 +59,56 @@ def leaf_hash(payload: bytes) -> bytes:
     return hashlib.sha256(LEAF_PREFIX + payload).digest()
 
 
-def _locked_head(session: Session) -> LogHead:
-    """The log head row, locked once per transaction and reused by every later append.
+@dataclass
+class _Head:
+    """The log head as one transaction holds it: locked, its new size written back later."""
+
+    transaction: SessionTransaction
+    """The root transaction that locked it."""
+    size: int
+    """The index the next event takes."""
+    written: int
+    """The size as the database holds it within the transaction."""
+
+
+_READ_HEAD = sa.select(LogHead.size).where(LogHead.id == 1).with_for_update()
+_WRITE_HEAD = sa.update(LogHead).where(LogHead.id == 1).values(size=sa.bindparam("size"))
+
+
+def _locked_head(session: Session) -> _Head:
+    """The log head, locked once per transaction and reused by every later append.
 
     Appends of one transaction are serialized by that one lock; re-reading the row for
-    every event only cost a round trip each.  The cache is tied to the root transaction,
-    so a session that commits and goes on locks the head afresh.
+    every event only cost a round trip each.  The size is kept in memory and written with
+    the deferred rows (see ``_write_head``): as an ORM object, its read and its update
+    cost more than the rest of a small step's transaction.
     """
     transaction = session.get_transaction()
-    cached = session.info.get(_HEAD_KEY)
-    if cached is not None and transaction is not None and cached[0] is transaction:
-        head: LogHead = cached[1]
-        return head  # attributes a rolled-back savepoint expired reload on access
-    # No autoflush: the head row depends on nothing pending, and a flush here would split
-    # the changes a step makes to one row into several UPDATEs.
-    with session.no_autoflush:
-        head = session.execute(
-            sa.select(LogHead).where(LogHead.id == 1).with_for_update()
-        ).scalar_one()
-    session.info[_HEAD_KEY] = (transaction, head)
+    cached: _Head | None = session.info.get(_HEAD_KEY)
+    if cached is not None and cached.transaction is transaction:
+        return cached
+    if transaction is None:
+        raise RuntimeError("the provenance log is appended to only inside a transaction")
+    size = int(run_plain(session, _READ_HEAD, {})[0][0])
+    head = _Head(transaction, size, size)
+    session.info[_HEAD_KEY] = head
     return head
+
+
+@on_write_deferred
+def _write_head(session: Session) -> None:
+    head: _Head | None = session.info.get(_HEAD_KEY)
+    if head is not None and head.size != head.written:
+        run_plain(session, _WRITE_HEAD, {"size": head.size})
+        head.written = head.size
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_head(session: Session, _previous: Any) -> None:
+    # What a rolled-back savepoint appended is dropped with its deferred rows; the size
+    # is read again, as the database holds it from before the savepoint (which wrote
+    # the head, see db.savepoint).
+    session.info.pop(_HEAD_KEY, None)
 
 
 def append_event(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
 
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
-from registry_bridge.db import driver_cursor, driver_parameters
+from registry_bridge.db import run_plain
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -244,42 +244,6 @@ def _overlap_query() -> sa.Select[tuple[int]]:
 _OVERLAP = _overlap_query()
 
 
-# Per (statement, dialect): the SQL text and, for positional parameters, their names in
-# order (a name repeats where the statement uses it twice).
-_PLAIN_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-
-
-def _run_plain(
-    session: Session, query: sa.Select[tuple[int]], params: dict[str, Any]
-) -> Sequence[Any]:
-    """Rows of one of this module's fixed lookups, its text sent straight to the driver.
-
-    Compiled once per database kind: SQLAlchemy's per-execution work (parameter
-    processing, result set-up) cost more than the index seek behind it.  It runs on the
-    session's own connection, in its transaction.
-    """
-    connection = session.connection()
-    key = (id(query), connection.dialect.name)
-    plain = _PLAIN_SQL.get(key)
-    if plain is None:
-        compiled = query.compile(dialect=connection.dialect)
-        # Parameters the statement fixes itself (the LIMIT of the predecessor search).
-        given: dict[str, Any] = {"program": "", "series": "", "start": 0, "end": 0}
-        fixed = {
-            name: value
-            for name, value in compiled.construct_params(given).items()
-            if name not in given
-        }
-        positions = tuple(compiled.positiontup) if compiled.positiontup else None
-        plain = (str(compiled), positions, fixed)
-        _PLAIN_SQL[key] = plain
-    sql, positions, fixed = plain
-    with driver_cursor(session) as cursor:
-        cursor.execute(sql, driver_parameters({**fixed, **params}, positions))
-        rows: Sequence[Any] = cursor.fetchall()
-    return rows
-
-
 _BY_IDS = sa.select(LedgerBlock).where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
 
 
@@ -295,7 +259,7 @@ def _read_rows(
     (see defer_claims), so no autoflush is needed; a row ended in memory but not yet
     written is dropped by the ``live`` test.
     """
-    ids = [int(row[0]) for row in _run_plain(session, id_query, params)]
+    ids = [int(row[0]) for row in run_plain(session, id_query, params)]
     kept = read_rows_by_id(session, ids)
     return [kept[i] for i in ids if i in kept and kept[i].live]
 

@@ -357,6 +357,19 @@ class _SharedRounds:
         return me.outcome
 
 
+# Built once: a step's every transaction runs them, and building and keying a statement
+# anew cost more than running it.
+_LOCK_TRANSFERS = (
+    sa.select(TransferRecord)
+    .where(TransferRecord.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(TransferRecord.id)
+    .with_for_update()
+)
+_BY_REQUEST_IDS = sa.select(
+    TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
+).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan_pieces(plan: str) -> tuple[_Piece, ...]:
     # Every step of a transfer reads its pieces, some more than once: parsed once per plan.
@@ -798,13 +811,11 @@ class Bridge:
                 if check:
                     ledger.defer_claims(session)
                 session.info[_ENTERED] = entered
-                known = {
-                    r.request_id: (r.id, r.body_sha256)
-                    for r in session.execute(
-                        sa.select(TransferRecord).where(
-                            TransferRecord.request_id.in_([r for r, _ in items])
-                        )
-                    ).scalars()
+                known: dict[str, tuple[str, bytes]] = {
+                    request_id: (transfer_id, digest)
+                    for request_id, transfer_id, digest in session.execute(
+                        _BY_REQUEST_IDS, {"request_ids": [r for r, _ in items]}
+                    )
                 }
                 results: list[str | Exception] = []
                 new: dict[str, TransferRecord] = {}
@@ -1291,13 +1302,7 @@ class Bridge:
         locked: dict[str, TransferRecord] = session.info.setdefault(_LOCKED_TRANSFERS, {})
         for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500)):
             locked.update(
-                (r.id, r)
-                for r in session.execute(
-                    sa.select(TransferRecord)
-                    .where(TransferRecord.id.in_(chunk))
-                    .order_by(TransferRecord.id)
-                    .with_for_update()
-                ).scalars()
+                (r.id, r) for r in session.execute(_LOCK_TRANSFERS, {"ids": chunk}).scalars()
             )
         return locked
 

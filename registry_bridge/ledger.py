@@ -163,29 +163,24 @@ def _allocate_ids(session: Session, count: int) -> list[int]:
         return _fresh_ids(session, count)
 
 
+# Fixed statements, run as plain text (see db.run_plain): ids are allocated in every
+# transaction that adds a row.
+_LARGEST_ID = sa.select(sa.func.coalesce(sa.func.max(LedgerBlock.id), 0))
+_NEXT_IDS = sa.text(
+    "SELECT nextval(pg_get_serial_sequence('ledger_blocks', 'id')) FROM generate_series(1, :n)"
+)
+
+
 def _fresh_ids(session: Session, count: int) -> list[int]:
     if session.get_bind().dialect.name == "sqlite":
         # One writer at a time (BEGIN IMMEDIATE), and rows are never deleted: the ids
         # after the largest are this transaction's to use.
-        taken = int(
-            session.execute(
-                sa.select(sa.func.coalesce(sa.func.max(LedgerBlock.id), 0))
-            ).scalar_one()
-        )
+        taken = int(run_plain(session, _LARGEST_ID, {})[0][0])
         last = session.info.get(_LAST_SQLITE_ID, taken)
         start = max(taken, last) + 1
         session.info[_LAST_SQLITE_ID] = start + count - 1
         return list(range(start, start + count))
-    return [
-        int(i)
-        for i in session.execute(
-            sa.text(
-                "SELECT nextval(pg_get_serial_sequence('ledger_blocks', 'id')) "
-                "FROM generate_series(1, :n)"
-            ),
-            {"n": count},
-        ).scalars()
-    ]
+    return [int(row[0]) for row in run_plain(session, _NEXT_IDS, {"n": count})]
 
 
 def defer_claims(session: Session) -> None:

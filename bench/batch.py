@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from bench import stack
-from bench.common import Result, Sizes, per_second, result
+from bench.common import CpuMeter, CpuShares, Result, Sizes, median_shares, per_second, result
 from registry_bridge import db
 
 # Tables a transfer writes rows to, with the column that orders them (newest last).
@@ -155,16 +155,21 @@ def run(sizes: Sizes, database: str) -> list[Result]:
             channel, gateway = stack.stub(running.target)
             engine = running.server.engine
             rows: dict[str, float] = {}
+            meter = CpuMeter(linked.pid)
             for size in sizes.batch_sizes:
                 rates: list[float] = []
+                shares: list[CpuShares] = []
                 for position in range(sizes.runs + 1):
                     # The warm-up batch is small: it warms caches and connections, and
                     # a full-size one would double the run time of the slowest figure.
                     request = batch_request(size if position else min(size, 100), cursor)
                     before = _counts(engine)
+                    meter.start()
+                    client_cpu = time.thread_time()
                     began = time.perf_counter()
                     reply = gateway.SubmitTransfers(request, timeout=600)
                     seconds = time.perf_counter() - began
+                    used = meter.shares(len(request.transfers), time.thread_time() - client_cpu)
                     done = sum(
                         1
                         for r in reply.results
@@ -176,10 +181,18 @@ def run(sizes: Sizes, database: str) -> list[Result]:
                         )
                     if position:  # the first batch of each size is the warm-up
                         rates.append(per_second(size, seconds))
+                        shares.append(used)
                     after = _counts(engine)
                     rows = {t: (after[t] - before[t]) / len(request.transfers) for t in _TABLES}
                 out.append(
-                    result("batch", f"submit_transfers.batch_{size}", database, "ops/s", rates)
+                    result(
+                        "batch",
+                        f"submit_transfers.batch_{size}",
+                        database,
+                        "ops/s",
+                        rates,
+                        **median_shares(shares),
+                    )
                 )
             templates = _templates(engine)
             channel.close()

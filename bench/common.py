@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -177,3 +178,70 @@ def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far, read from /proc.
+
+    Raises:
+        OSError: The process is gone, or this system has no /proc.
+    """
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The command name (field 2) may hold spaces: fields are counted after its ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuShares:
+    """Where the CPU of a measured interval went, per operation, in milliseconds.
+
+    Wall throughput on a shared machine moves with its neighbours; CPU per operation
+    moves far less, and says which side bounds a figure.
+    """
+
+    gateway_ms: float
+    """This process's CPU less the benchmark clients' own threads: the server under
+    test (its gRPC threads included)."""
+    registries_ms: float | None
+    """The registry emulators' process, where it runs apart (None where there is none)."""
+
+    def to_extra(self) -> dict[str, float]:
+        """The shares as result extras."""
+        extra = {"gateway_cpu_ms_per_op": self.gateway_ms}
+        if self.registries_ms is not None:
+            extra["registries_cpu_ms_per_op"] = self.registries_ms
+        return extra
+
+
+class CpuMeter:
+    """Measures :class:`CpuShares` over an interval: ``start()``, then ``shares(...)``."""
+
+    def __init__(self, registries_pid: int | None = None) -> None:
+        """Measure this process, and the registries' process ``registries_pid`` if given."""
+        self._registries_pid = registries_pid
+        self._process = 0.0
+        self._registries = 0.0
+
+    def start(self) -> None:
+        """Begin the interval."""
+        self._process = time.process_time()
+        if self._registries_pid is not None:
+            self._registries = process_cpu_seconds(self._registries_pid)
+
+    def shares(self, operations: int, client_seconds: float) -> CpuShares:
+        """The interval's CPU per operation; ``client_seconds``: the clients' own threads'."""
+        count = max(operations, 1)
+        gateway = time.process_time() - self._process - client_seconds
+        registries = None
+        if self._registries_pid is not None:
+            registries = (process_cpu_seconds(self._registries_pid) - self._registries) / count
+        return CpuShares(gateway * 1e3 / count, None if registries is None else registries * 1e3)
+
+
+def median_shares(shares: Sequence[CpuShares]) -> dict[str, float]:
+    """The median of each share over runs, as result extras."""
+    if not shares:
+        return {}
+    extras = [s.to_extra() for s in shares]
+    return {key: statistics.median(e[key] for e in extras) for key in extras[0]}

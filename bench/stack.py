@@ -104,6 +104,8 @@ class Registries:
     targets: dict[str, str]
     """Each wired registry's ``host:port``."""
     ports: dict[str, RegistryPort]
+    pid: int
+    """The emulators' process (for its CPU time)."""
 
     def endpoints(
         self, down: tuple[str, ...] = (), dead_target: str = ""
@@ -159,7 +161,9 @@ def registries() -> Iterator[Registries]:
         if "targets" not in answer:
             raise RuntimeError(f"the registry emulators did not start: {answer.get('error')}")
         targets: dict[str, str] = answer["targets"]
-        linked = Registries(targets, {r: build_adapter(r, t) for r, t in targets.items()})
+        linked = Registries(
+            targets, {r: build_adapter(r, t) for r, t in targets.items()}, process.pid
+        )
         linked.seed_venue()
         yield linked
     finally:

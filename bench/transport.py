@@ -23,7 +23,16 @@ import grpc
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from bench import stack
-from bench.common import Result, Sizes, per_second, percentile, result
+from bench.common import (
+    CpuMeter,
+    CpuShares,
+    Result,
+    Sizes,
+    median_shares,
+    per_second,
+    percentile,
+    result,
+)
 from gateway.config import GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
 from gateway.security.settings import GatewaySecurity
@@ -72,14 +81,16 @@ Call = Callable[[int], None]
 
 def closed_loop(
     make_client: Callable[[], tuple[grpc.Channel, Call]], clients: int, calls: int
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
     """Run ``clients`` closed-loop clients making ``calls`` calls in all.
 
     Returns:
-        Wall seconds for all of them, and every call's latency in seconds.
+        Wall seconds for all of them, every call's latency in seconds, and the CPU seconds
+        the clients' own threads used.
     """
     made = [make_client() for _ in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    client_cpu = [0.0] * clients
     share = max(1, calls // clients)
     start = threading.Barrier(clients + 1)
     errors: list[BaseException] = []
@@ -88,6 +99,7 @@ def closed_loop(
         _, call = made[position]
         own = latencies[position]
         start.wait()
+        cpu = time.thread_time()
         try:
             for i in range(share):
                 began = time.perf_counter()
@@ -95,6 +107,7 @@ def closed_loop(
                 own.append(time.perf_counter() - began)
         except BaseException as exc:  # reported after the join, not lost in the thread
             errors.append(exc)
+        client_cpu[position] = time.thread_time() - cpu
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -108,7 +121,7 @@ def closed_loop(
         channel.close()
     if errors:
         raise RuntimeError(f"a benchmark client failed: {errors[0]!r}") from errors[0]
-    return wall, [x for own in latencies for x in own]
+    return wall, [x for own in latencies for x in own], sum(client_cpu)
 
 
 def _throughput(
@@ -118,12 +131,17 @@ def _throughput(
     clients: int,
     calls: int,
     make_client: Callable[[], tuple[grpc.Channel, Call]],
+    registries_pid: int | None = None,
 ) -> Result:
     closed_loop(make_client, clients, max(clients, calls // 5))  # warm-up
     rates: list[float] = []
     latencies: list[float] = []
+    shares: list[CpuShares] = []
+    meter = CpuMeter(registries_pid)
     for _ in range(sizes.runs):
-        wall, own = closed_loop(make_client, clients, calls)
+        meter.start()
+        wall, own, client_cpu = closed_loop(make_client, clients, calls)
+        shares.append(meter.shares(len(own), client_cpu))
         rates.append(per_second(len(own), wall))
         latencies.extend(own)
     return result(
@@ -136,6 +154,7 @@ def _throughput(
         calls_per_run=calls,
         p50_ms=percentile(latencies, 0.5) * 1e3,
         p99_ms=percentile(latencies, 0.99) * 1e3,
+        **median_shares(shares),
     )
 
 
@@ -209,6 +228,7 @@ def submit_transfer(sizes: Sizes, database: str, echo_results: list[Result]) -> 
                     clients,
                     sizes.transfer_calls,
                     make,
+                    linked.pid,
                 )
                 figure.extra["ratio_to_echo"] = figure.median / echo_result.median
                 out.append(figure)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import runner, stack
+from bench.common import CpuMeter, process_cpu_seconds
 from gateway.cli import main
 
 _UNITS = {"ops/s", "us", "ms", "s"}
@@ -40,6 +43,13 @@ def test_smoke_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     assert {"p50_ms", "p99_ms", "ratio_to_echo"} <= set(transfer["extra"])
     batch = next(r for r in results if r["name"].startswith("submit_transfers.batch_"))
     assert "ratio_to_raw" in batch["extra"]
+    # Where the CPU went: the gateway's share always, the registries' where they run apart.
+    echo = next(r for r in results if r["name"] == "echo.clients_1")
+    assert echo["extra"]["gateway_cpu_ms_per_op"] > 0
+    assert "registries_cpu_ms_per_op" not in echo["extra"]
+    for figure in (transfer, batch):
+        assert figure["extra"]["gateway_cpu_ms_per_op"] > 0, figure
+        assert figure["extra"]["registries_cpu_ms_per_op"] >= 0, figure
     pymerkle_append = next(r for r in results if r["name"] == "pymerkle.append")
     # Both trees are RFC 9162: the comparison is of the same work.
     assert pymerkle_append["extra"]["same_root_as_carbonlink"] is True
@@ -67,6 +77,31 @@ def test_table_lists_every_figure() -> None:
     text = runner.table(report)
     assert "check_transfer" in text
     assert "p99_us=15.00" in text
+
+
+def _burn_cpu(seconds: float) -> float:
+    """Spin this thread for ``seconds`` of its own CPU time; the CPU time it took."""
+    began = time.thread_time()
+    while time.thread_time() - began < seconds:
+        pass
+    return time.thread_time() - began
+
+
+def test_cpu_meter_counts_the_server_side_and_leaves_out_the_clients() -> None:
+    meter = CpuMeter(registries_pid=os.getpid())
+    meter.start()
+    spent = _burn_cpu(0.1)
+    as_server = meter.shares(operations=10, client_seconds=0.0)
+    as_client = meter.shares(operations=10, client_seconds=spent)
+    # 100 ms over 10 operations: at least 10 ms each when it was the server's work...
+    assert as_server.gateway_ms >= 9.5
+    # ...and next to nothing when the clients' threads did it.
+    assert as_client.gateway_ms < as_server.gateway_ms - 9.0
+    # The "registries" here are this very process: /proc saw the same work (counted in
+    # clock ticks of 10 ms, hence the margin).
+    assert as_server.registries_ms is not None and as_server.registries_ms >= 5.0
+    assert set(as_server.to_extra()) == {"gateway_cpu_ms_per_op", "registries_cpu_ms_per_op"}
+    assert process_cpu_seconds(os.getpid()) > 0
 
 
 def test_postgresql_alone_needs_the_server(monkeypatch: pytest.MonkeyPatch) -> None:

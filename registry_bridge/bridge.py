@@ -365,6 +365,18 @@ _LOCK_TRANSFERS = (
     .order_by(TransferRecord.id)
     .with_for_update()
 )
+# What a reply shows of a transfer, as plain columns: a reply only reads them.
+_VIEW_COLUMNS = sa.select(
+    TransferRecord.id,
+    TransferRecord.request_id,
+    TransferRecord.instruction,
+    TransferRecord.state,
+    TransferRecord.decision,
+    TransferRecord.failure_reason,
+    TransferRecord.plan,
+    TransferRecord.created_at,
+    TransferRecord.updated_at,
+).where(TransferRecord.id.in_(sa.bindparam("ids", expanding=True)))
 _BY_REQUEST_IDS = sa.select(
     TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
@@ -467,11 +479,7 @@ class Bridge:
 
     def _get_many(self, transfer_ids: Sequence[str]) -> dict[str, Transfer]:
         with read_only(self._sessions) as session:
-            records = list(
-                session.execute(
-                    sa.select(TransferRecord).where(TransferRecord.id.in_(transfer_ids))
-                ).scalars()
-            )
+            records = list(session.execute(_VIEW_COLUMNS, {"ids": list(transfer_ids)}))
             found = {r.id for r in records}
             for transfer_id in transfer_ids:
                 if transfer_id not in found:
@@ -502,7 +510,9 @@ class Bridge:
             )
             return self._views(session, rows[:limit]), len(rows) > limit
 
-    def _views(self, session: Session, records: Sequence[TransferRecord]) -> list[Transfer]:
+    def _views(
+        self, session: Session, records: Sequence[TransferRecord | sa.Row[Any]]
+    ) -> list[Transfer]:
         history: dict[str, list[TransferStep]] = {r.id: [] for r in records}
         if records:
             # Plain rows, not ORM objects: a batch's views read six steps per transfer.

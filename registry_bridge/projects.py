@@ -12,6 +12,7 @@ import json
 from datetime import date, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge.block_json import authorization_from_dict, authorization_to_dict
@@ -102,9 +103,23 @@ def record_listing(session: Session, listing: ProjectListing, at: datetime) -> N
     )
 
 
+# Built once, and only the facts column: every transfer check reads a listing, and an
+# ORM object per lookup cost more than the lookup.
+_LISTING_FACTS = sa.select(ProjectListingRecord.facts).where(
+    ProjectListingRecord.program == sa.bindparam("program"),
+    ProjectListingRecord.project_id == sa.bindparam("project_id"),
+)
+
+
 def _read_listing(session: Session, program: str, project_id: str) -> ProjectListing | None:
-    record = session.get(ProjectListingRecord, (program, project_id))
-    return None if record is None else listing_from_json(record.facts)
+    # No autoflush: listings are recorded in transactions of their own, so nothing the
+    # caller's transaction holds unwritten can change the answer, and a flush here would
+    # write its new rows early, and then again as they change.
+    with session.no_autoflush:
+        facts = session.execute(
+            _LISTING_FACTS, {"program": program, "project_id": project_id}
+        ).scalar_one_or_none()
+    return None if facts is None else listing_from_json(facts)
 
 
 class DatabaseProjectRecords:

@@ -845,9 +845,8 @@ class Bridge:
                     known[request_id] = (transfer_id, digest)
                     results.append(transfer_id)
                     new[transfer_id] = record
-                # One flush writes every new transfer (a batch insert); their first steps,
-                # which refer to them, are written after it.
-                session.flush()
+                # The new transfers are written at the commit, with the state the check
+                # leaves them in (one INSERT each, no UPDATE); their steps after them.
                 for transfer_id in new:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
                     entered.append((transfer_id, TransferState.PROPOSED))
@@ -1013,10 +1012,12 @@ class Bridge:
             _StaleStep: Another driver moved the transfer on meanwhile; the step's outcome
                 is already recorded and must not be recorded twice.
         """
-        if transfer_id in session.info.get(_LOCKED_TRANSFERS, ()):
-            # Already read and locked in this transaction (see _lock_rows): the identity
-            # map holds it, reloaded after any savepoint that rolled back.
-            record = session.get(TransferRecord, transfer_id)
+        locked: dict[str, TransferRecord] = session.info.get(_LOCKED_TRANSFERS, {})
+        if transfer_id in locked:
+            # Already read and locked in this transaction (see _lock_rows), or inserted by
+            # it and not yet written: the identity map's own object (after a savepoint
+            # that rolled back, its attributes reload on access).
+            record: TransferRecord | None = locked[transfer_id]
         else:
             record = session.get(TransferRecord, transfer_id, with_for_update=True)
         if record is None:

@@ -268,16 +268,19 @@ def scoped_lookup(key: Hashable, load: Callable[[], T]) -> T:
 
 # session.info key: rows to insert with the session's next flush, by table, in order.
 _DEFERRED_INSERTS = "carbonlink.deferred_inserts"
+# session.info key: set while a flush of the whole session (not of chosen objects) runs.
+_FULL_FLUSH = "carbonlink.full_flush"
 
 
 def defer_insert(session: Session, table: sa.FromClause, row: dict[str, Any]) -> None:
-    """Insert ``row`` into ``table`` before the session's next flush or commit, batched.
+    """Insert ``row`` into ``table`` with the session's next full flush or commit, batched.
 
     For append-only rows nothing reads back in the same transaction (log events, transfer
     steps): as ORM objects they would each join the unit of work, whose every flush walks
     all pending objects, so a transaction of many changes cost quadratic time.  Tables are
-    written in the order their first row was deferred (an event before its ranges), before
-    the flush's own objects.  Savepoints must be taken with :func:`savepoint`.
+    written in the order their first row was deferred (an event before its ranges), after
+    the flush's own objects (a row may refer to one: a step to its transfer).  Savepoints
+    must be taken with :func:`savepoint`.
     """
     if not isinstance(table, sa.Table):
         raise TypeError(f"deferred inserts go to a table, not {table!r}")
@@ -455,18 +458,28 @@ def _insert_deferred(session: Session) -> None:
 def savepoint(session: Session) -> Iterator[None]:
     """A savepoint; what it defers is written if it is released and dropped if rolled back."""
     # Rows deferred before the savepoint belong to the enclosing transaction: written
-    # now, a rollback of the savepoint cannot take them along.
+    # now (after the objects they may refer to), a rollback of the savepoint cannot take
+    # them along.
+    session.flush()
     write_deferred(session)
     with session.begin_nested():
         yield
 
 
 @event.listens_for(Session, "before_flush")
-def _write_before_flush(session: Session, _context: Any, instances: Any) -> None:
+def _note_full_flush(session: Session, _context: Any, instances: Any) -> None:
     # A full flush (an autoflush before a query, say) writes them, so what the query
     # reads is complete; a flush of chosen objects only (the ledger's claims) leaves them
     # to gather into one batch at commit.
     if instances is None:
+        session.info[_FULL_FLUSH] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _write_after_flush(session: Session, _context: Any) -> None:
+    # After the flush's own objects, not before: a deferred row may refer to one (a
+    # transfer's step to the transfer), while no object refers to a deferred row.
+    if session.info.pop(_FULL_FLUSH, False):
         write_deferred(session)
 
 
@@ -475,11 +488,17 @@ def _write_before_query(state: ORMExecuteState) -> None:
     # As an autoflush would: what a query reads includes the rows deferred before it
     # (unless autoflush is off, as in the ledger's overlap checks, which read no such row).
     if state.session.autoflush:
+        # This event comes before the query's own autoflush: the objects are flushed
+        # here, so the rows that may refer to them follow them (see _write_after_flush).
+        state.session.flush()
         write_deferred(state.session)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_before_commit(session: Session) -> None:
+    # The commit would flush what is left anyway; flushed here, the deferred rows follow
+    # the objects (see _write_after_flush), and a clean session writes them at once.
+    session.flush()
     write_deferred(session)
 
 

@@ -42,8 +42,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
-    serve_batch,
 )
+from adapters.emulator_core.servicing import serve_batch_into
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
 
 
@@ -107,6 +107,14 @@ def first_transfer_guard(held: StoredHolding) -> None:
 
 def _refusal(rejection: Rejection) -> pb.ItmoRefusal:
     return pb.ItmoRefusal(code=rejection.code, message=rejection.message)
+
+
+def _holding_of(result: pb.ItmoBatchResult) -> pb.ItmoHolding:
+    return result.holding
+
+
+def _operation_id(item: _Identified) -> str:
+    return item.action_id
 
 
 class BriServicer(pb_grpc.ItmoRegistryServicer):
@@ -252,23 +260,11 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.ItmoHolding],
     ) -> pb.ItmoBatchResponse:
-        # Each result is built inside the response: one built apart would be copied in,
-        # which costs as much as building it.
         response = pb.ItmoBatchResponse()
-        add = response.results.add
-
-        def served(item: Item) -> None:
-            answer = serve(item)
-            add().holding.CopyFrom(answer)
-
-        def refused(item: Item, rejection: Rejection) -> None:
-            add(refusal=_refusal(rejection))
-
-        with native_rules(context):
-            serve_batch(
-                self._store, items, served, refused, operation_id=lambda item: item.action_id
-            )
-            return response
+        serve_batch_into(
+            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+        )
+        return response
 
     def ReserveForTransferBatch(
         self, request: pb.ReserveForTransferBatchRequest, context: grpc.ServicerContext

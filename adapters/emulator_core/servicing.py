@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from google.protobuf.message import Message
 
 from adapters.client_core import from_rfc3339
 from adapters.emulator_core.faults import batch_cut
+from adapters.emulator_core.server import native_rules
 from adapters.emulator_core.store import Rejection, Store, StoredHolding
 from registry_bridge.model import BlockId
 
@@ -22,6 +27,15 @@ caller of the registry waits; the clients split batches well below it."""
 
 Item = TypeVar("Item")
 Reply = TypeVar("Reply")
+Result = TypeVar("Result", bound=Message)
+Answer = TypeVar("Answer", bound=Message)
+
+
+class BatchResponse(Protocol[Result]):
+    """A native batch response: one result per item, each an answer or a refusal."""
+
+    @property
+    def results(self) -> RepeatedCompositeFieldContainer[Result]: ...
 
 
 def query_holdings(store: Store, overlapping: BlockId | None, account: str) -> list[StoredHolding]:
@@ -109,3 +123,43 @@ def serve_batch(
                 # Answered as the single call's native_rules would answer it.
                 replies.append(refuse(item, Rejection("INVALID_REQUEST", str(exc))))
     return replies
+
+
+def serve_batch_into(
+    context: grpc.ServicerContext,
+    store: Store,
+    items: Sequence[Item],
+    serve: Callable[[Item], Answer],
+    response: BatchResponse[Result],
+    answer_of: Callable[[Result], Answer],
+    refusal: Callable[[Rejection], Message],
+    operation_id: Callable[[Item], str] | None = None,
+) -> None:
+    """Serve a batch RPC (:func:`serve_batch`) into its native response.
+
+    Args:
+        context: The call's context: a refused batch ends the call as a rejected one.
+        store: The registry's store.
+        items: The native items, applied in order.
+        serve: The single call's handling of one item.
+        response: The batch response, empty; it receives one result per item. The
+            caller makes and returns it: only its own type ties ``answer_of`` to the
+            registry's result message, for the type checker.
+        answer_of: A result's field for a served item's answer (``result.holding``).
+        refusal: The registry's refusal message for a refused item, written to the
+            result's ``refusal`` field.
+        operation_id: The operation id an item carries (see :func:`serve_batch`).
+    """
+    # Each result is built inside the response: one built apart would be copied in,
+    # which costs as much as building it.
+    add = response.results.add
+
+    def served(item: Item) -> None:
+        answer = serve(item)
+        answer_of(add()).CopyFrom(answer)
+
+    def refused(item: Item, rejection: Rejection) -> None:
+        add(refusal=refusal(rejection))
+
+    with native_rules(context):
+        serve_batch(store, items, served, refused, operation_id=operation_id)

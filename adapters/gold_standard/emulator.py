@@ -23,8 +23,8 @@ from adapters.emulator_core import (
     UnitState,
     native_rules,
     required_moment,
-    serve_batch,
 )
+from adapters.emulator_core.servicing import serve_batch_into
 from adapters.gold_standard.client import (
     REGISTRY_ID,
     block_from_native,
@@ -69,6 +69,14 @@ def _holding(held: StoredHolding) -> pb.CreditHolding:
 
 def _refusal(rejection: Rejection) -> pb.CreditRefusal:
     return pb.CreditRefusal(code=rejection.code, message=rejection.message)
+
+
+def _holding_of(result: pb.CreditBatchResult) -> pb.CreditHolding:
+    return result.holding
+
+
+def _operation_id(item: _Identified) -> str:
+    return item.operation_id
 
 
 class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
@@ -167,23 +175,11 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.CreditHolding],
     ) -> pb.CreditBatchResponse:
-        # Each result is built inside the response: one built apart would be copied in,
-        # which costs as much as building it.
         response = pb.CreditBatchResponse()
-        add = response.results.add
-
-        def served(item: Item) -> None:
-            answer = serve(item)
-            add().holding.CopyFrom(answer)
-
-        def refused(item: Item, rejection: Rejection) -> None:
-            add(refusal=_refusal(rejection))
-
-        with native_rules(context):
-            serve_batch(
-                self._store, items, served, refused, operation_id=lambda item: item.operation_id
-            )
-            return response
+        serve_batch_into(
+            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+        )
+        return response
 
     def InitiateTransferBatch(
         self, request: pb.InitiateTransferBatchRequest, context: grpc.ServicerContext

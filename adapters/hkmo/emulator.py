@@ -25,8 +25,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
-    serve_batch,
 )
+from adapters.emulator_core.servicing import serve_batch_into
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_into
 from registry_bridge.model import Program
 
@@ -83,6 +83,14 @@ def _deposit_programs() -> frozenset[Program]:
 
 def _refusal(rejection: Rejection) -> pb.PositionRefusal:
     return pb.PositionRefusal(code=rejection.code, message=rejection.message)
+
+
+def _position_of(result: pb.PositionBatchResult) -> pb.Position:
+    return result.position
+
+
+def _operation_id(item: _Identified) -> str:
+    return item.operation_id
 
 
 class VenueServicer(pb_grpc.CarbonVenueServicer):
@@ -195,23 +203,11 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.Position],
     ) -> pb.PositionBatchResponse:
-        # Each result is built inside the response: one built apart would be copied in,
-        # which costs as much as building it.
         response = pb.PositionBatchResponse()
-        add = response.results.add
-
-        def served(item: Item) -> None:
-            answer = serve(item)
-            add().position.CopyFrom(answer)
-
-        def refused(item: Item, rejection: Rejection) -> None:
-            add(refusal=_refusal(rejection))
-
-        with native_rules(context):
-            serve_batch(
-                self._store, items, served, refused, operation_id=lambda item: item.operation_id
-            )
-            return response
+        serve_batch_into(
+            context, self._store, items, serve, response, _position_of, _refusal, _operation_id
+        )
+        return response
 
     def EarmarkForSettlementBatch(
         self, request: pb.EarmarkForSettlementBatchRequest, context: grpc.ServicerContext

@@ -27,8 +27,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
-    serve_batch,
 )
+from adapters.emulator_core.servicing import serve_batch_into
 from adapters.shenzhen.client import (
     REGISTRY_ID,
     info_from_native,
@@ -89,6 +89,14 @@ def _lot(held: StoredHolding) -> pb.Lot:
 
 def _refusal(rejection: Rejection) -> pb.LotRefusal:
     return pb.LotRefusal(code=rejection.code, message=rejection.message)
+
+
+def _lot_of(result: pb.LotBatchResult) -> pb.Lot:
+    return result.lot
+
+
+def _operation_id(item: _Identified) -> str:
+    return item.business_serial_no
 
 
 class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
@@ -189,27 +197,11 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.Lot],
     ) -> pb.LotBatchResponse:
-        # Each result is built inside the response: one built apart would be copied in,
-        # which costs as much as building it.
         response = pb.LotBatchResponse()
-        add = response.results.add
-
-        def served(item: Item) -> None:
-            answer = serve(item)
-            add().lot.CopyFrom(answer)
-
-        def refused(item: Item, rejection: Rejection) -> None:
-            add(refusal=_refusal(rejection))
-
-        with native_rules(context):
-            serve_batch(
-                self._store,
-                items,
-                served,
-                refused,
-                operation_id=lambda item: item.business_serial_no,
-            )
-            return response
+        serve_batch_into(
+            context, self._store, items, serve, response, _lot_of, _refusal, _operation_id
+        )
+        return response
 
     def FreezeBatch(
         self, request: pb.FreezeBatchRequest, context: grpc.ServicerContext

@@ -23,8 +23,8 @@ from adapters.emulator_core import (
     UnitState,
     native_rules,
     required_moment,
-    serve_batch,
 )
+from adapters.emulator_core.servicing import serve_batch_into
 from adapters.verra.client import (
     REGISTRY_ID,
     block_from_native,
@@ -72,6 +72,14 @@ def _holding(held: StoredHolding) -> pb.VcuHolding:
 
 def _refusal(rejection: Rejection) -> pb.VcuRefusal:
     return pb.VcuRefusal(code=rejection.code, message=rejection.message)
+
+
+def _holding_of(result: pb.VcuBatchResult) -> pb.VcuHolding:
+    return result.holding
+
+
+def _operation_id(item: _Identified) -> str:
+    return item.operation_id
 
 
 class VerraServicer(pb_grpc.VerraRegistryServicer):
@@ -170,23 +178,11 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
         items: Sequence[Item],
         serve: Callable[[Item], pb.VcuHolding],
     ) -> pb.VcuBatchResponse:
-        # Each result is built inside the response: one built apart would be copied in,
-        # which costs as much as building it.
         response = pb.VcuBatchResponse()
-        add = response.results.add
-
-        def served(item: Item) -> None:
-            answer = serve(item)
-            add().holding.CopyFrom(answer)
-
-        def refused(item: Item, rejection: Rejection) -> None:
-            add(refusal=_refusal(rejection))
-
-        with native_rules(context):
-            serve_batch(
-                self._store, items, served, refused, operation_id=lambda item: item.operation_id
-            )
-            return response
+        serve_batch_into(
+            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+        )
+        return response
 
     def ImmobilizeBatch(
         self, request: pb.ImmobilizeBatchRequest, context: grpc.ServicerContext

@@ -16,7 +16,6 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import uuid
@@ -382,15 +381,54 @@ _BY_REQUEST_IDS = sa.select(
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
 
 
-@functools.lru_cache(maxsize=4096)
+@dataclass(frozen=True)
+class _ParsedPlan:
+    pieces: tuple[_Piece, ...]
+    locked_rows: tuple[int, ...]
+    """The ledger rows the transfer locked at CHECKED (none in plans older than the field)."""
+
+
+class _PlanCache:
+    """Plans already parsed, by their text; the newest ``size`` kept.
+
+    Every step of a transfer reads its plan, some more than once, and the step that writes
+    a plan knows what it holds: it is parsed at most once per text, and most often never.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._plans: dict[str, _ParsedPlan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, plan: str) -> _ParsedPlan:
+        with self._lock:
+            parsed = self._plans.get(plan)
+        if parsed is None:
+            data = json.loads(plan)
+            parsed = _ParsedPlan(
+                tuple(_Piece.from_json(p) for p in data["pieces"]),
+                tuple(int(i) for i in data.get("locked_rows", [])),
+            )
+            self.remember(plan, parsed)
+        return parsed
+
+    def remember(self, plan: str, parsed: _ParsedPlan) -> None:
+        with self._lock:
+            self._plans[plan] = parsed
+            if len(self._plans) > self._size:
+                del self._plans[next(iter(self._plans))]  # the oldest
+
+
+_PLANS = _PlanCache(8192)
+
+
 def _plan_pieces(plan: str) -> tuple[_Piece, ...]:
-    # Every step of a transfer reads its pieces, some more than once: parsed once per plan.
-    return tuple(_Piece.from_json(p) for p in json.loads(plan)["pieces"])
+    return _PLANS.get(plan).pieces
 
 
 def _locked_rows(plan: str) -> list[int]:
-    """The ledger rows a transfer locked at CHECKED (none in plans older than the field)."""
-    return [int(i) for i in json.loads(plan).get("locked_rows", [])] if plan else []
+    """The ledger rows a transfer locked at CHECKED (none for a transfer with no plan)."""
+    return list(_PLANS.get(plan).locked_rows) if plan else []
 
 
 class _GroupConflict(Exception):
@@ -1409,6 +1447,7 @@ class Bridge:
             {"pieces": [p.to_json() for p in pieces], "credited": [], "locked_rows": locked_rows},
             sort_keys=True,
         )
+        _PLANS.remember(record.plan, _ParsedPlan(tuple(pieces), tuple(locked_rows)))
         record.lock_expires_at = expires
         self._advance(session, record, TransferState.CHECKED)
 
@@ -1564,9 +1603,11 @@ class Bridge:
                         account=record.destination_account,
                         transfer_id=transfer_id,
                     )
+        parsed = _PLANS.get(record.plan)
         plan = json.loads(record.plan)
         plan["credited"] = [block_to_json(b) for _, b in credited]
         record.plan = json.dumps(plan, sort_keys=True)
+        _PLANS.remember(record.plan, parsed)  # the credited blocks change neither part
         self._advance(session, record, TransferState.DESTINATION_CREDITED)
 
     def _finalize_plan(self, record: TransferRecord) -> list[_Leg]:

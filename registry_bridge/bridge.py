@@ -376,6 +376,11 @@ _VIEW_COLUMNS = sa.select(
     TransferRecord.created_at,
     TransferRecord.updated_at,
 ).where(TransferRecord.id.in_(sa.bindparam("ids", expanding=True)))
+_VIEW_STEPS = (
+    sa.select(_STEPS.c.transfer_id, _STEPS.c.state, _STEPS.c.at, _STEPS.c.reason)
+    .where(_STEPS.c.transfer_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_STEPS.c.transfer_id, _STEPS.c.seq)
+)
 _BY_REQUEST_IDS = sa.select(
     TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
@@ -555,9 +560,7 @@ class Bridge:
         if records:
             # Plain rows, not ORM objects: a batch's views read six steps per transfer.
             for transfer_id, state, at, reason in session.execute(
-                sa.select(_STEPS.c.transfer_id, _STEPS.c.state, _STEPS.c.at, _STEPS.c.reason)
-                .where(_STEPS.c.transfer_id.in_(list(history)))
-                .order_by(_STEPS.c.transfer_id, _STEPS.c.seq)
+                _VIEW_STEPS, {"ids": list(history)}
             ):
                 history[transfer_id].append(TransferStep(TransferState(state), at, reason))
         views = []

@@ -1047,6 +1047,18 @@ class Migrations:
             record.updated_at = self._clock()
         return _step_view(step)
 
+    @staticmethod
+    def _still(session: Session, migration_id: str, seq: int, state: str) -> bool:
+        """Whether the step is still in ``state``, read under its row lock in ``session``.
+
+        Drivers of one migration may run at once (a request and the recovery loop, or two
+        gateways); the step's lock orders them, and each acts only on the state it holds.
+        """
+        step = session.get(
+            MigrationStepRecord, (migration_id, seq), with_for_update=True, populate_existing=True
+        )
+        return step is not None and step.state == state
+
     def _hook(self, migration_id: str, step: MigrationStep) -> None:
         if self._on_step is not None:
             self._on_step(migration_id, step)
@@ -1083,6 +1095,11 @@ class Migrations:
             now = self._clock()
             try:
                 with unit_of_work(self._sessions) as session:
+                    if not self._still(session, migration_id, seq, "pending"):
+                        # Another driver of this migration (the recovery loop, a second
+                        # gateway) took the step since it was read: its ledger change is
+                        # made, and this one would only find the units already cancelled.
+                        return True
                     for row in ledger.require_holding(session, registry, account, block):
                         carved = ledger.carve(session, row, block, now, migration_id)
                         ledger.change(

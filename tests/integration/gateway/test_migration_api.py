@@ -8,11 +8,13 @@ an offset from being used twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
@@ -31,6 +33,7 @@ from gateway.server import GatewayServer
 from registry_bridge import db, invariants
 from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import RegistryPort
+from registry_bridge.schema import MigrationRecord, MigrationStepRecord
 
 MIGRATION_REGISTRIES = ("shenzhen", "national")
 
@@ -196,6 +199,46 @@ def test_an_aviation_plan_warns_that_the_national_year_is_unconfirmed(world: Wor
     assert "CL-MIGRATION-0012" in {w.rule_id for w in plan.warnings}
     migration = _execute(world, aviation)
     assert migration.state == "completed", migration.failure_reason
+    world.check_invariants()
+
+
+def test_a_driver_that_read_the_cancel_step_before_another_took_it_changes_nothing(
+    world: World,
+) -> None:
+    """Two drivers of one migration (a request and the recovery loop, or two gateways) may
+    both read its cancel step as pending. The one whose turn at the ledger comes second
+    must find the step taken, under the step's lock, and leave it: not try the
+    cancellation again, find the units already cancelled and fail the migration."""
+    steel = pilot_entity("steel-02", "steel", 2023, 1_000_000)
+    _seeded(world, steel)
+    migration = _execute(world, steel)
+    assert migration.state == "completed", migration.failure_reason
+    engine = db.create_engine(world.database_url)
+    try:
+        with db.session_factory(engine)() as session:
+            by_request = MigrationRecord.request_id == "migrate-steel-02"
+            migration_id = session.execute(
+                sa.select(MigrationRecord.id).where(by_request)
+            ).scalar_one()
+            step = session.execute(
+                sa.select(MigrationStepRecord).where(
+                    MigrationStepRecord.migration_id == migration_id,
+                    MigrationStepRecord.kind == "cancel",
+                )
+            ).scalar_one()
+            seq, detail = step.seq, json.loads(step.detail)
+    finally:
+        engine.dispose()
+
+    # The late driver goes on from the state it read: the step was still pending then.
+    assert world.server.migrations._cancel(migration_id, seq, detail, "pending") is True
+
+    after = world.server.migrations.get(migration_id)
+    assert after.state == "completed", after.failure_reason
+    assert [s.state for s in after.steps] == [s.state for s in migration.steps]
+    sza = steel.sza.id
+    cut = sza.serial_start + 46_000
+    assert statuses(world.ports["shenzhen"], sza)[(cut, sza.serial_end)] == HoldingStatus.CANCELLED
     world.check_invariants()
 
 

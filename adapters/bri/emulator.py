@@ -42,8 +42,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch_into,
 )
-from adapters.emulator_core.servicing import serve_batch_into
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
 
 

@@ -15,6 +15,7 @@ from adapters.emulator_core.servicing import (
     query_holdings,
     required_moment,
     serve_batch,
+    serve_batch_into,
 )
 from adapters.emulator_core.store import (
     RECORD_PREFIX,
@@ -49,6 +50,7 @@ __all__ = [
     "required_moment",
     "run_emulator",
     "serve_batch",
+    "serve_batch_into",
     "start_emulator",
     "utc_now",
 ]

@@ -25,8 +25,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch_into,
 )
-from adapters.emulator_core.servicing import serve_batch_into
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_into
 from registry_bridge.model import Program
 

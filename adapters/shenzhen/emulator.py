@@ -27,8 +27,8 @@ from adapters.emulator_core import (
     native_rules,
     query_holdings,
     required_moment,
+    serve_batch_into,
 )
-from adapters.emulator_core.servicing import serve_batch_into
 from adapters.shenzhen.client import (
     REGISTRY_ID,
     info_from_native,

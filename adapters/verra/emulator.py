@@ -23,8 +23,8 @@ from adapters.emulator_core import (
     UnitState,
     native_rules,
     required_moment,
+    serve_batch_into,
 )
-from adapters.emulator_core.servicing import serve_batch_into
 from adapters.verra.client import (
     REGISTRY_ID,
     block_from_native,

@@ -105,10 +105,6 @@ def first_transfer_guard(held: StoredHolding) -> None:
         )
 
 
-def _refusal(rejection: Rejection) -> pb.ItmoRefusal:
-    return pb.ItmoRefusal(code=rejection.code, message=rejection.message)
-
-
 def _holding_of(result: pb.ItmoBatchResult) -> pb.ItmoHolding:
     return result.holding
 
@@ -262,7 +258,7 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
     ) -> pb.ItmoBatchResponse:
         response = pb.ItmoBatchResponse()
         serve_batch_into(
-            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+            context, self._store, items, serve, response, _holding_of, pb.ItmoRefusal, _operation_id
         )
         return response
 

@@ -12,6 +12,8 @@ from adapters.emulator_core.server import (
 )
 from adapters.emulator_core.servicing import (
     BATCH_ITEMS_CAP,
+    Identified,
+    operation_id_of,
     query_holdings,
     required_moment,
     serve_batch,
@@ -38,6 +40,7 @@ __all__ = [
     "FaultConfig",
     "FaultInterceptor",
     "Guard",
+    "Identified",
     "OperationRecord",
     "Rejection",
     "RunningEmulator",
@@ -46,6 +49,7 @@ __all__ = [
     "UnitState",
     "abort_rejected",
     "native_rules",
+    "operation_id_of",
     "query_holdings",
     "required_moment",
     "run_emulator",

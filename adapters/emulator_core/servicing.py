@@ -38,6 +38,18 @@ class BatchResponse(Protocol[Result]):
     def results(self) -> RepeatedCompositeFieldContainer[Result]: ...
 
 
+class Identified(Protocol):
+    """A native batch item whose operation id is named ``operation_id``."""
+
+    @property
+    def operation_id(self) -> str: ...
+
+
+def operation_id_of(item: Identified) -> str:
+    """The operation id of an item that names it ``operation_id`` (see :func:`serve_batch`)."""
+    return item.operation_id
+
+
 def query_holdings(store: Store, overlapping: BlockId | None, account: str) -> list[StoredHolding]:
     """A holdings query: rows overlapping a block (exported included), or an account's rows.
 
@@ -132,7 +144,7 @@ def serve_batch_into(
     serve: Callable[[Item], Answer],
     response: BatchResponse[Result],
     answer_of: Callable[[Result], Answer],
-    refusal: Callable[[Rejection], Message],
+    refusal_type: Callable[..., Message],
     operation_id: Callable[[Item], str] | None = None,
 ) -> None:
     """Serve a batch RPC (:func:`serve_batch`) into its native response.
@@ -146,8 +158,8 @@ def serve_batch_into(
             caller makes and returns it: only its own type ties ``answer_of`` to the
             registry's result message, for the type checker.
         answer_of: A result's field for a served item's answer (``result.holding``).
-        refusal: The registry's refusal message for a refused item, written to the
-            result's ``refusal`` field.
+        refusal_type: The registry's refusal message type (``pb.VcuRefusal``), built
+            from a refused item's code and message into the result's ``refusal`` field.
         operation_id: The operation id an item carries (see :func:`serve_batch`).
     """
     # Each result is built inside the response: one built apart would be copied in,
@@ -159,7 +171,7 @@ def serve_batch_into(
         answer_of(add()).CopyFrom(answer)
 
     def refused(item: Item, rejection: Rejection) -> None:
-        add(refusal=refusal(rejection))
+        add(refusal=refusal_type(code=rejection.code, message=rejection.message))
 
     with native_rules(context):
         serve_batch(store, items, served, refused, operation_id=operation_id)

@@ -7,7 +7,7 @@ its own immobilized credits coming back (``AcceptReturn``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -17,11 +17,12 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
-    Rejection,
+    Identified,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
+    operation_id_of,
     required_moment,
     serve_batch_into,
 )
@@ -33,15 +34,7 @@ from adapters.gold_standard.client import (
 )
 from registry_bridge.model import Program
 
-
-class _Identified(Protocol):
-    """A native batch item: it carries its operation id."""
-
-    @property
-    def operation_id(self) -> str: ...
-
-
-Item = TypeVar("Item", bound=_Identified)
+Item = TypeVar("Item", bound=Identified)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.CREDIT_STATUS_ISSUED,
@@ -67,16 +60,8 @@ def _holding(held: StoredHolding) -> pb.CreditHolding:
     )
 
 
-def _refusal(rejection: Rejection) -> pb.CreditRefusal:
-    return pb.CreditRefusal(code=rejection.code, message=rejection.message)
-
-
 def _holding_of(result: pb.CreditBatchResult) -> pb.CreditHolding:
     return result.holding
-
-
-def _operation_id(item: _Identified) -> str:
-    return item.operation_id
 
 
 class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
@@ -177,7 +162,14 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
     ) -> pb.CreditBatchResponse:
         response = pb.CreditBatchResponse()
         serve_batch_into(
-            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+            context,
+            self._store,
+            items,
+            serve,
+            response,
+            _holding_of,
+            pb.CreditRefusal,
+            operation_id_of,
         )
         return response
 

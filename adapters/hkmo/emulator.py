@@ -8,7 +8,7 @@ a settlement currency is refused, and the currency is recorded with the position
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -18,11 +18,13 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    Identified,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
+    operation_id_of,
     query_holdings,
     required_moment,
     serve_batch_into,
@@ -30,15 +32,7 @@ from adapters.emulator_core import (
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_into
 from registry_bridge.model import Program
 
-
-class _Identified(Protocol):
-    """A native batch item: it carries its operation id."""
-
-    @property
-    def operation_id(self) -> str: ...
-
-
-Item = TypeVar("Item", bound=_Identified)
+Item = TypeVar("Item", bound=Identified)
 
 _STATE: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.AVAILABLE,
@@ -81,16 +75,8 @@ def _deposit_programs() -> frozenset[Program]:
     return frozenset({Program.VCS, Program.GS, Program.CCER, Program.BRI_ITMO})
 
 
-def _refusal(rejection: Rejection) -> pb.PositionRefusal:
-    return pb.PositionRefusal(code=rejection.code, message=rejection.message)
-
-
 def _position_of(result: pb.PositionBatchResult) -> pb.Position:
     return result.position
-
-
-def _operation_id(item: _Identified) -> str:
-    return item.operation_id
 
 
 class VenueServicer(pb_grpc.CarbonVenueServicer):
@@ -205,7 +191,14 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
     ) -> pb.PositionBatchResponse:
         response = pb.PositionBatchResponse()
         serve_batch_into(
-            context, self._store, items, serve, response, _position_of, _refusal, _operation_id
+            context,
+            self._store,
+            items,
+            serve,
+            response,
+            _position_of,
+            pb.PositionRefusal,
+            operation_id_of,
         )
         return response
 

@@ -87,10 +87,6 @@ def _lot(held: StoredHolding) -> pb.Lot:
     return lot
 
 
-def _refusal(rejection: Rejection) -> pb.LotRefusal:
-    return pb.LotRefusal(code=rejection.code, message=rejection.message)
-
-
 def _lot_of(result: pb.LotBatchResult) -> pb.Lot:
     return result.lot
 
@@ -199,7 +195,7 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
     ) -> pb.LotBatchResponse:
         response = pb.LotBatchResponse()
         serve_batch_into(
-            context, self._store, items, serve, response, _lot_of, _refusal, _operation_id
+            context, self._store, items, serve, response, _lot_of, pb.LotRefusal, _operation_id
         )
         return response
 

@@ -7,7 +7,7 @@ immobilized VCUs coming back (``RestoreImmobilized``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -17,11 +17,12 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
-    Rejection,
+    Identified,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
+    operation_id_of,
     required_moment,
     serve_batch_into,
 )
@@ -33,15 +34,7 @@ from adapters.verra.client import (
 )
 from registry_bridge.model import Program
 
-
-class _Identified(Protocol):
-    """A native batch item: it carries its operation id."""
-
-    @property
-    def operation_id(self) -> str: ...
-
-
-Item = TypeVar("Item", bound=_Identified)
+Item = TypeVar("Item", bound=Identified)
 
 _STATUS: dict[UnitState, int] = {
     UnitState.ACTIVE: pb.VCU_STATUS_ACTIVE,
@@ -70,16 +63,8 @@ def _holding(held: StoredHolding) -> pb.VcuHolding:
     return holding
 
 
-def _refusal(rejection: Rejection) -> pb.VcuRefusal:
-    return pb.VcuRefusal(code=rejection.code, message=rejection.message)
-
-
 def _holding_of(result: pb.VcuBatchResult) -> pb.VcuHolding:
     return result.holding
-
-
-def _operation_id(item: _Identified) -> str:
-    return item.operation_id
 
 
 class VerraServicer(pb_grpc.VerraRegistryServicer):
@@ -180,7 +165,14 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
     ) -> pb.VcuBatchResponse:
         response = pb.VcuBatchResponse()
         serve_batch_into(
-            context, self._store, items, serve, response, _holding_of, _refusal, _operation_id
+            context,
+            self._store,
+            items,
+            serve,
+            response,
+            _holding_of,
+            pb.VcuRefusal,
+            operation_id_of,
         )
         return response
 

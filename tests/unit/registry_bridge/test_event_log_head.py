@@ -7,7 +7,6 @@ database always equals the number of events.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,14 +18,6 @@ from registry_bridge.event_log import append_event, log_size
 from registry_bridge.schema import LedgerEvent, LogHead
 
 _AT = datetime(2026, 11, 26, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = db.create_engine(database_url)
-    db.upgrade(engine)
-    yield db.session_factory(engine)
-    engine.dispose()
 
 
 def _append(session: Session, note: str) -> int:

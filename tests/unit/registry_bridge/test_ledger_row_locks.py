@@ -8,7 +8,6 @@ a row as the transaction left it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -22,14 +21,6 @@ from registry_bridge.model import BlockId, HoldingStatus, Program
 from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 AT = datetime(2026, 11, 26, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = db.create_engine(database_url)
-    db.upgrade(engine)
-    yield db.session_factory(engine)
-    engine.dispose()
 
 
 def _seed(sessions: sessionmaker[Session]) -> list[int]:

@@ -454,14 +454,18 @@ def _insert_deferred(session: Session) -> None:
             cursor.executemany(sql, [driver_parameters(row, positions) for row in converted])
 
 
+def _write_everything(session: Session) -> None:
+    """Flush the session's objects, then the deferred rows, which may refer to them."""
+    session.flush()  # a full flush writes the deferred rows after it (_write_after_flush)
+    write_deferred(session)  # and a clean session, which did not flush, writes them here
+
+
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
     """A savepoint; what it defers is written if it is released and dropped if rolled back."""
     # Rows deferred before the savepoint belong to the enclosing transaction: written
-    # now (after the objects they may refer to), a rollback of the savepoint cannot take
-    # them along.
-    session.flush()
-    write_deferred(session)
+    # now, a rollback of the savepoint cannot take them along.
+    _write_everything(session)
     with session.begin_nested():
         yield
 
@@ -488,18 +492,16 @@ def _write_before_query(state: ORMExecuteState) -> None:
     # As an autoflush would: what a query reads includes the rows deferred before it
     # (unless autoflush is off, as in the ledger's overlap checks, which read no such row).
     if state.session.autoflush:
-        # This event comes before the query's own autoflush: the objects are flushed
-        # here, so the rows that may refer to them follow them (see _write_after_flush).
-        state.session.flush()
-        write_deferred(state.session)
+        # This event comes before the query's own autoflush, which is done here, so that
+        # the rows follow the objects they may refer to.
+        _write_everything(state.session)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_before_commit(session: Session) -> None:
     # The commit would flush what is left anyway; flushed here, the deferred rows follow
-    # the objects (see _write_after_flush), and a clean session writes them at once.
-    session.flush()
-    write_deferred(session)
+    # the objects they may refer to.
+    _write_everything(session)
 
 
 @event.listens_for(Session, "after_soft_rollback")

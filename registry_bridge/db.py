@@ -311,15 +311,17 @@ def _plain_insert(
             return None
         compiled = table.insert().compile(dialect=dialect, column_keys=list(columns))
         positions = tuple(compiled.positiontup) if compiled.positiontup else None
-        processors: dict[str, _Processor] = {}
-        for c in columns:
-            column_type = table.columns[c].type
-            # Both drivers (sqlite3, psycopg) bind bytes as a blob themselves; the
-            # processor only wraps them, at a cost that showed in every batch.
-            binary = isinstance(column_type, sa.LargeBinary) and dialect.driver in _BYTES_NATIVE
-            processors[c] = None if binary else column_type.bind_processor(dialect)
+        processors = {c: _bind_processor(table.columns[c].type, dialect) for c in columns}
         _INSERT_SQL[key] = (str(compiled), positions, processors)
     return _INSERT_SQL[key]
+
+
+def _bind_processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> _Processor:
+    # Both drivers (sqlite3, psycopg) bind bytes as a blob themselves; the processor
+    # only wraps them, at a cost that showed in every batch.
+    if isinstance(column_type, sa.LargeBinary) and dialect.driver in _BYTES_NATIVE:
+        return None
+    return column_type.bind_processor(dialect)
 
 
 class _Binder:
@@ -409,9 +411,60 @@ def run_plain(
     return rows
 
 
-# Further writes a module holds back until the deferred rows go out (the log head's new
-# size): each is called with the session whenever write_deferred runs.
+# Per (statement, database kind): the SQL text, its parameters' order (None for named
+# parameters) and each parameter's bind processor.
+_PlainMany = tuple[str, tuple[str, ...] | None, dict[str, _Processor]]
+_PLAIN_MANY_SQL: dict[tuple[int, str], _PlainMany] = {}
+
+
+def run_plain_many(
+    session: Session, statement: sa.ClauseElement, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Run a fixed statement once per row as one ``executemany`` on the driver.
+
+    For a module-level statement whose every parameter is a typed ``bindparam`` (an
+    INSERT or UPDATE of many rows): its text is compiled once per database kind and
+    each value goes through its type's bind processor, as SQLAlchemy would, without
+    SQLAlchemy's per-row work.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    key = (id(statement), connection.dialect.name)
+    plain = _PLAIN_MANY_SQL.get(key)
+    if plain is None:
+        compiled = statement.compile(dialect=connection.dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise DatabaseError(f"{statement!r} does not compile to SQL")
+        processors = {
+            name: _bind_processor(bind.type, connection.dialect)
+            for name, bind in compiled.binds.items()
+        }
+        positions = tuple(compiled.positiontup) if compiled.positiontup else None
+        plain = (str(compiled), positions, processors)
+        _PLAIN_MANY_SQL[key] = plain
+    sql, positions, processors = plain
+    bind = _Binder()
+    converted = [{n: bind(processors[n], row[n]) for n in processors} for row in rows]
+    with driver_cursor(session) as cursor:
+        cursor.executemany(sql, [driver_parameters(row, positions) for row in converted])
+
+
+# Writes a module holds back until the deferred rows go out: those that deferred rows may
+# refer to (a new transfer's row, before its steps), then those that only follow them
+# (the log head's new size).  Each is called with the session whenever write_deferred runs.
+_FIRST_WRITERS: list[Callable[[Session], None]] = []
 _DEFERRED_WRITERS: list[Callable[[Session], None]] = []
+
+
+def before_deferred_inserts(writer: Callable[[Session], None]) -> Callable[[Session], None]:
+    """Have ``writer(session)`` called wherever deferred rows are written, before them.
+
+    For rows a module holds in memory through a transaction that deferred rows refer to
+    (see ``transfer_rows``).
+    """
+    _FIRST_WRITERS.append(writer)
+    return writer
 
 
 def on_write_deferred(writer: Callable[[Session], None]) -> Callable[[Session], None]:
@@ -425,11 +478,14 @@ def on_write_deferred(writer: Callable[[Session], None]) -> Callable[[Session], 
 
 
 def write_deferred(session: Session) -> None:
-    """Insert the rows deferred so far (see :func:`defer_insert`), then run the writers.
+    """Run the first writers, insert the rows deferred so far (see :func:`defer_insert`),
+    then run the other writers.
 
     Each table's rows go to the driver as one ``executemany`` of text compiled once:
     SQLAlchemy's per-row parameter handling cost more than the insert itself.
     """
+    for writer in _FIRST_WRITERS:
+        writer(session)
     _insert_deferred(session)
     for writer in _DEFERRED_WRITERS:
         writer(session)

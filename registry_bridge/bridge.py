@@ -30,7 +30,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import ledger
+from registry_bridge import ledger, transfer_rows
 from registry_bridge.block_json import (
     block_from_json,
     block_id_from_dict,
@@ -65,6 +65,7 @@ from registry_bridge.port import (
     UnlockRequest,
 )
 from registry_bridge.schema import TransferRecord, TransferStepRecord, UnitUseRecord
+from registry_bridge.transfer_rows import TransferRow
 from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,
@@ -243,8 +244,6 @@ def _instruction_from_json(text: str) -> TransferInstruction:
 
 _STEPS = TransferStepRecord.__table__
 
-# session.info key: transfer ids whose rows this transaction has read and locked.
-_LOCKED_TRANSFERS = "carbonlink.locked_transfers"
 # session.info key: the (transfer, state) steps recorded in the transaction, in order.
 _ENTERED = "carbonlink.entered_states"
 
@@ -358,12 +357,6 @@ class _SharedRounds:
 
 # Built once: a step's every transaction runs them, and building and keying a statement
 # anew cost more than running it.
-_LOCK_TRANSFERS = (
-    sa.select(TransferRecord)
-    .where(TransferRecord.id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(TransferRecord.id)
-    .with_for_update()
-)
 # What a reply shows of a transfer, as plain columns: a reply only reads them.
 _VIEW_COLUMNS = sa.select(
     TransferRecord.id,
@@ -833,7 +826,7 @@ class Bridge:
         new = list(proposed)
         with self._driving_lock:
             self._driving.update(new)
-        reached: dict[str, TransferRecord] = {}
+        reached: dict[str, TransferRow] = {}
         try:
             reached = self._drive_rounds(new, proposed)
         finally:
@@ -845,7 +838,7 @@ class Bridge:
 
     def _propose_many(
         self, items: Sequence[_Submission], *, check: bool = False
-    ) -> tuple[list[str | Exception], dict[str, TransferRecord]]:
+    ) -> tuple[list[str | Exception], dict[str, TransferRow]]:
         """Propose many transfers in one transaction (and with ``check``, check them in it).
 
         Returns:
@@ -869,7 +862,7 @@ class Bridge:
                     )
                 }
                 results: list[str | Exception] = []
-                new: dict[str, TransferRecord] = {}
+                new: dict[str, TransferRow] = {}
                 for (request_id, instruction), digest in zip(items, digests, strict=True):
                     if request_id in known:
                         transfer_id, stored = known[request_id]
@@ -882,7 +875,7 @@ class Bridge:
                         continue
                     transfer_id = uuid.uuid4().hex
                     record = self._new_record(transfer_id, request_id, instruction, digest, now)
-                    session.add(record)
+                    transfer_rows.add(session, record)
                     known[request_id] = (transfer_id, digest)
                     results.append(transfer_id)
                     new[transfer_id] = record
@@ -892,8 +885,6 @@ class Bridge:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
                     entered.append((transfer_id, TransferState.PROPOSED))
                 if check:
-                    # Rows this transaction inserted: no other can hold them.
-                    session.info[_LOCKED_TRANSFERS] = dict(new)
                     for transfer_id in new:
                         self._check_in(session, transfer_id, None, now)
         except (LedgerConflict, sa.exc.IntegrityError) as exc:
@@ -925,8 +916,8 @@ class Bridge:
         instruction: TransferInstruction,
         digest: bytes,
         now: datetime,
-    ) -> TransferRecord:
-        return TransferRecord(
+    ) -> TransferRow:
+        return TransferRow(
             id=transfer_id,
             request_id=request_id,
             body_sha256=digest,
@@ -958,8 +949,9 @@ class Bridge:
                 if existing is not None:
                     return self._same_request(existing.body_sha256, digest, request_id, existing.id)
                 transfer_id = uuid.uuid4().hex
-                session.add(self._new_record(transfer_id, request_id, instruction, digest, now))
-                session.flush()
+                transfer_rows.add(
+                    session, self._new_record(transfer_id, request_id, instruction, digest, now)
+                )
                 self._step(session, transfer_id, TransferState.PROPOSED, now)
         except sa.exc.IntegrityError:
             # Another gateway inserted the same request id first: answer with its transfer.
@@ -1012,7 +1004,7 @@ class Bridge:
 
     # ---------------------------------------------------------------------------- driving
 
-    def _claim_many(self, transfer_ids: Sequence[str]) -> dict[str, TransferRecord]:
+    def _claim_many(self, transfer_ids: Sequence[str]) -> dict[str, TransferRow]:
         """Take (or renew) the lease on transfers no other live gateway holds.
 
         Returns:
@@ -1038,29 +1030,20 @@ class Bridge:
             )
             return {
                 r.id: r
-                for r in session.execute(
-                    sa.select(TransferRecord).where(
-                        TransferRecord.id.in_(transfer_ids),
-                        TransferRecord.lease_owner == self._owner,
-                    )
-                ).scalars()
+                for r in transfer_rows.read(session, transfer_ids)
+                if r.lease_owner == self._owner
             }
 
-    def _load(self, session: Session, transfer_id: str, *expected: TransferState) -> TransferRecord:
+    def _load(self, session: Session, transfer_id: str, *expected: TransferState) -> TransferRow:
         """The transfer row, locked; with ``expected``, only if it is still in one of them.
 
         Raises:
             _StaleStep: Another driver moved the transfer on meanwhile; the step's outcome
                 is already recorded and must not be recorded twice.
         """
-        locked: dict[str, TransferRecord] = session.info.get(_LOCKED_TRANSFERS, {})
-        if transfer_id in locked:
-            # Already read and locked in this transaction (see _lock_rows), or inserted by
-            # it and not yet written: the identity map's own object (after a savepoint
-            # that rolled back, its attributes reload on access).
-            record: TransferRecord | None = locked[transfer_id]
-        else:
-            record = session.get(TransferRecord, transfer_id, with_for_update=True)
+        # Taken as the transaction holds it when it already read and locked it (see
+        # _lock_rows) or inserted it.
+        record = transfer_rows.lock(session, [transfer_id]).get(transfer_id)
         if record is None:
             raise NotFound(f"transfers/{transfer_id}")
         if expected and TransferState(record.state) not in expected:
@@ -1088,7 +1071,7 @@ class Bridge:
         with self._driving_lock:
             mine = [t for t in dict.fromkeys(transfer_ids) if t not in self._driving]
             self._driving.update(mine)
-        reached: dict[str, TransferRecord] = {}
+        reached: dict[str, TransferRow] = {}
         try:
             parts = [mine[i : i + _PIPELINE_PART] for i in range(0, len(mine), _PIPELINE_PART)]
             if len(parts) == 1:
@@ -1121,7 +1104,7 @@ class Bridge:
             raise NotFound(f"transfers/{missing[0]}")
         return {t: states[t] for t in transfer_ids}
 
-    def _let_go(self, transfer_ids: Sequence[str], reached: Mapping[str, TransferRecord]) -> None:
+    def _let_go(self, transfer_ids: Sequence[str], reached: Mapping[str, TransferRow]) -> None:
         """Stop driving transfers: give up the lease of those left unfinished.
 
         A lease is held only while a transfer is being driven, so one left waiting for a
@@ -1150,15 +1133,15 @@ class Bridge:
                 self._driving.difference_update(transfer_ids)
 
     def _drive_rounds(
-        self, transfer_ids: list[str], snapshots: Mapping[str, TransferRecord]
-    ) -> dict[str, TransferRecord]:
+        self, transfer_ids: list[str], snapshots: Mapping[str, TransferRow]
+    ) -> dict[str, TransferRow]:
         """Drive claimed transfers (``snapshots``: their rows) round after round.
 
         Returns:
             The last row seen of each transfer this gateway still held when it stopped.
         """
         conflicts: dict[str, int] = {}
-        reached: dict[str, TransferRecord] = dict(snapshots)
+        reached: dict[str, TransferRow] = dict(snapshots)
         active = [t for t in transfer_ids if t in snapshots]
         while active:
             groups: dict[TransferState, list[str]] = {}
@@ -1170,7 +1153,7 @@ class Bridge:
             # Each step's transaction renews the lease of the transfers it moves (a gateway
             # that dies stops renewing, and another takes them over once it runs out) and
             # hands back their rows for the next round; others are claimed afresh.
-            fresh: dict[str, TransferRecord] = {}
+            fresh: dict[str, TransferRow] = {}
             reclaim: list[str] = []
             for state, group in groups.items():
                 progressed, conflicted, renewed = self._round(state, group, reached)
@@ -1195,8 +1178,8 @@ class Bridge:
                 self._on_state(transfer_id, state)
 
     def _round(
-        self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRecord]
-    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
+        self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRow]
+    ) -> tuple[list[str], list[str], dict[str, TransferRow]]:
         """One step for every transfer of ``group`` (all in ``state``).
 
         Returns the transfers that moved on, those that met a concurrent change, and the
@@ -1239,7 +1222,7 @@ class Bridge:
         ]
         done: dict[str, Any] = {}
         moved: list[str] = []
-        ended: dict[str, TransferRecord] = {}
+        ended: dict[str, TransferRow] = {}
         for transfer_id, (verdict, payload) in zip(group, outcomes, strict=True):
             if verdict == "ok":
                 done[transfer_id] = payload
@@ -1261,7 +1244,7 @@ class Bridge:
         transfer_ids: list[str],
         payloads: Mapping[str, Any],
         commit: Callable[[Session, str, Any, datetime], None],
-    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
+    ) -> tuple[list[str], list[str], dict[str, TransferRow]]:
         """Record many step outcomes in one transaction.
 
         Conflicts are rare, so the whole group is first recorded without savepoints (each
@@ -1283,10 +1266,10 @@ class Bridge:
         commit: Callable[[Session, str, Any, datetime], None],
         *,
         isolated: bool,
-    ) -> tuple[list[str], list[str], dict[str, TransferRecord]]:
+    ) -> tuple[list[str], list[str], dict[str, TransferRow]]:
         progressed: list[str] = []
         conflicted: list[str] = []
-        renewed: dict[str, TransferRecord] = {}
+        renewed: dict[str, TransferRow] = {}
         entered: list[tuple[str, TransferState]] = []
         now = self._clock()
         try:
@@ -1342,21 +1325,9 @@ class Bridge:
         return progressed, conflicted, renewed
 
     @staticmethod
-    def _lock_rows(session: Session, transfer_ids: Sequence[str]) -> dict[str, TransferRecord]:
-        """Read and lock many transfer rows with one statement, for ``_load`` to reuse.
-
-        Rows are locked in id order, so two gateways committing overlapping groups wait
-        for each other instead of deadlocking.
-        """
-        ordered = sorted(set(transfer_ids))
-        # Held here as well as in the identity map, which keeps unmodified objects only
-        # weakly.
-        locked: dict[str, TransferRecord] = session.info.setdefault(_LOCKED_TRANSFERS, {})
-        for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500)):
-            locked.update(
-                (r.id, r) for r in session.execute(_LOCK_TRANSFERS, {"ids": chunk}).scalars()
-            )
-        return locked
+    def _lock_rows(session: Session, transfer_ids: Sequence[str]) -> dict[str, TransferRow]:
+        """Read and lock many transfer rows at once, for ``_load`` to reuse."""
+        return transfer_rows.lock(session, transfer_ids)
 
     def _note(self, transfer_id: str, reason: str) -> None:
         with unit_of_work(self._sessions) as session:
@@ -1365,7 +1336,7 @@ class Bridge:
             record.updated_at = self._clock()
 
     def _advance(
-        self, session: Session, record: TransferRecord, state: TransferState, reason: str = ""
+        self, session: Session, record: TransferRow, state: TransferState, reason: str = ""
     ) -> None:
         now = self._clock()
         previous = TransferState(record.state)
@@ -1455,7 +1426,7 @@ class Bridge:
         self._advance(session, record, TransferState.CHECKED)
 
     @staticmethod
-    def _pieces(record: TransferRecord) -> tuple[_Piece, ...]:
+    def _pieces(record: TransferRow) -> tuple[_Piece, ...]:
         return _plan_pieces(record.plan)
 
     def _port(self, registry: str) -> RegistryPort:
@@ -1464,7 +1435,7 @@ class Bridge:
             raise RegistryUnavailable(registry, "not wired in this gateway")
         return port
 
-    def _lock_legs(self, record: TransferRecord) -> Iterator[tuple[str, str, str, BlockId]]:
+    def _lock_legs(self, record: TransferRow) -> Iterator[tuple[str, str, str, BlockId]]:
         """(operation id, registry, account, block) of every registry lock of a transfer."""
         for i, piece in enumerate(self._pieces(record)):
             yield (
@@ -1482,7 +1453,7 @@ class Bridge:
                     piece.origin_block,
                 )
 
-    def _lock_plan(self, record: TransferRecord) -> list[_Leg] | tuple[str, Any]:
+    def _lock_plan(self, record: TransferRow) -> list[_Leg] | tuple[str, Any]:
         """Lock the units at the source (and, for a venue, at the origin registry)."""
         expires = record.lock_expires_at
         if expires is None or self._clock() >= expires:
@@ -1499,7 +1470,7 @@ class Bridge:
 
     @staticmethod
     def _lock_verdict(
-        record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+        record: TransferRow, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
     ) -> tuple[str, Any]:
         failure = _first_failure(outcomes)
         if isinstance(failure, RegistryRejected):
@@ -1512,7 +1483,7 @@ class Bridge:
         record = self._load(session, transfer_id, TransferState.CHECKED)
         self._advance(session, record, TransferState.SOURCE_LOCKED)
 
-    def _credit_plan(self, record: TransferRecord) -> list[_Leg]:
+    def _credit_plan(self, record: TransferRow) -> list[_Leg]:
         """Credit the destination; the lock's expiry is the registry's deadline for it."""
         kind = TransferKind(record.kind)
         legs: list[_Leg] = []
@@ -1551,7 +1522,7 @@ class Bridge:
         return legs
 
     def _credit_verdict(
-        self, record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+        self, record: TransferRow, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
     ) -> tuple[str, Any]:
         pieces = self._pieces(record)
         credited: list[tuple[_Piece, UnitBlock]] = []
@@ -1613,7 +1584,7 @@ class Bridge:
         _PLANS.remember(record.plan, parsed)  # the credited blocks change neither part
         self._advance(session, record, TransferState.DESTINATION_CREDITED)
 
-    def _finalize_plan(self, record: TransferRecord) -> list[_Leg]:
+    def _finalize_plan(self, record: TransferRow) -> list[_Leg]:
         """Immobilize (at the origin) or export (venue position, returning mirror)."""
         kind = TransferKind(record.kind)
         legs: list[_Leg] = []
@@ -1659,7 +1630,7 @@ class Bridge:
 
     @staticmethod
     def _finalize_verdict(
-        record: TransferRecord, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
+        record: TransferRow, legs: Sequence[_Leg], outcomes: Sequence[_LegOutcome]
     ) -> tuple[str, Any]:
         failure = _first_failure(outcomes)
         if isinstance(failure, RegistryRejected):
@@ -1775,7 +1746,7 @@ class Bridge:
     @staticmethod
     def _locked_over(
         session: Session,
-        record: TransferRecord,
+        record: TransferRow,
         piece: _Piece,
         held: Sequence[LedgerHolding],
     ) -> list[LedgerHolding]:
@@ -1807,10 +1778,10 @@ class Bridge:
         """SOURCE_FINALIZED -> COMPLETED, for a transfer a crash left finalized."""
         self._complete(session, self._load(session, transfer_id, TransferState.SOURCE_FINALIZED))
 
-    def _complete(self, session: Session, record: TransferRecord) -> None:
+    def _complete(self, session: Session, record: TransferRow) -> None:
         self._advance(session, record, TransferState.COMPLETED)
 
-    def _roll_back(self, transfer_id: str, reason: str) -> TransferRecord | None:
+    def _roll_back(self, transfer_id: str, reason: str) -> TransferRow | None:
         """Undo a transfer that has not reached DESTINATION_CREDITED: unlock everything.
 
         Returns:

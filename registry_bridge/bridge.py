@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -282,43 +282,50 @@ _Submission = tuple[str, TransferInstruction]
 """A request id and its instruction."""
 
 
+_Answer = TypeVar("_Answer")
+"""What a round answers each submission with (the transfer as the round left it)."""
+
+
 @dataclass(eq=False)
-class _Waiter:
+class _Waiter(Generic[_Answer]):
     """One submission waiting for its round (see _SharedRounds)."""
 
     submission: _Submission
     leads: bool = False
     done: bool = False
-    outcome: str | Exception | None = None
-    """The transfer id, or the error of this submission alone."""
+    outcome: _Answer | Exception | None = None
+    """The round's answer, or the error of this submission alone."""
     error: Exception | None = None
     """What failed the whole round."""
 
 
-class _SharedRounds:
+class _SharedRounds(Generic[_Answer]):
     """Settles concurrent single submissions together (group commit).
 
     A submission that finds no round running leads one: it takes every submission
     waiting at that moment, its own included, and settles them as one group, so the
-    proposal, each step's transaction and each registry call serve all of them;
+    proposal, each step's transaction, each registry call and the replies' read serve
+    all of them;
     submissions arriving meanwhile wait, and the first of them leads the next round.  One
     submission alone is settled at once; many at a time share rounds instead of queueing
     for the database one step each.
     """
 
-    def __init__(self, settle: Callable[[Sequence[_Submission]], list[str | Exception]]) -> None:
+    def __init__(
+        self, settle: Callable[[Sequence[_Submission]], list[_Answer | Exception]]
+    ) -> None:
         self._settle = settle
         self._changed = threading.Condition()
-        self._queue: list[_Waiter] = []
+        self._queue: list[_Waiter[_Answer]] = []
         self._leading = False
 
-    def submit(self, submission: _Submission) -> str:
-        """Settle ``submission`` as far as the registries let it go now; its transfer id.
+    def submit(self, submission: _Submission) -> _Answer:
+        """Settle ``submission`` as far as the registries let it go now; the round's answer.
 
         Raises:
             RequestIdConflict: The request id was used for another instruction.
         """
-        me = _Waiter(submission)
+        me: _Waiter[_Answer] = _Waiter(submission)
         with self._changed:
             self._queue.append(me)
             if not self._leading:
@@ -328,7 +335,7 @@ class _SharedRounds:
             if not me.done:
                 group, self._queue = self._queue, []
         if not me.done:
-            outcomes: list[str | Exception] = []
+            outcomes: list[_Answer | Exception] = []
             error: Exception | None = None
             try:
                 outcomes = self._settle([w.submission for w in group])
@@ -485,7 +492,7 @@ class Bridge:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
         self._checking = threading.Lock()
         # Concurrent single submissions share rounds (see _SharedRounds).
-        self._shared_rounds = _SharedRounds(self._settle)
+        self._shared_rounds = _SharedRounds(self._settled_views)
         # Parts of a large batch are driven side by side (see drive_many).
         self._parts = ThreadPoolExecutor(max_workers=_PIPELINE_PARTS, thread_name_prefix="batch")
 
@@ -772,7 +779,7 @@ class Bridge:
         if not request_id:
             raise InvalidRequest.field("request_id", "is required")
         self._validate(instruction)
-        return self.get(self._shared_rounds.submit((request_id, instruction)))
+        return self._shared_rounds.submit((request_id, instruction))
 
     def submit_many(self, items: Sequence[_Submission]) -> list[Transfer | Exception]:
         """Submit a batch of settlement instructions; each succeeds or fails on its own.
@@ -794,23 +801,25 @@ class Bridge:
                 results[position] = exc
         parts = [valid[i : i + _PIPELINE_PART] for i in range(0, len(valid), _PIPELINE_PART)]
         if len(parts) <= 1:
-            settled = self._settle([s for _, s in valid])
+            settled = self._settled_views([s for _, s in valid])
         else:
             # While one part waits for the registries, another records its step: the
             # gateway's work and the registries' overlap instead of alternating.
-            running = [self._parts.submit(self._settle, [s for _, s in p]) for p in parts]
+            running = [self._parts.submit(self._settled_views, [s for _, s in p]) for p in parts]
             settled = [outcome for part in running for outcome in part.result()]
-        ids: dict[int, str] = {}
         for (position, _), outcome in zip(valid, settled, strict=True):
-            if isinstance(outcome, Exception):
-                results[position] = outcome
-            else:
-                ids[position] = outcome
-        if ids:
-            views = self._get_many(list(dict.fromkeys(ids.values())))
-            for position, transfer_id in ids.items():
-                results[position] = views[transfer_id]
+            results[position] = outcome
         return [r for r in results if r is not None]
+
+    def _settled_views(self, submissions: Sequence[_Submission]) -> list[Transfer | Exception]:
+        """Settle submissions (see ``_settle``); each one's transfer then, or its error.
+
+        The transfers are read back together, in one transaction.
+        """
+        settled = self._settle(submissions)
+        ids = [o for o in settled if isinstance(o, str)]
+        views = self._get_many(list(dict.fromkeys(ids))) if ids else {}
+        return [o if isinstance(o, Exception) else views[o] for o in settled]
 
     def _settle(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
         """Propose, check and drive submissions; each one's transfer id, or its error.

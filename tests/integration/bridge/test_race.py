@@ -7,6 +7,7 @@ lease owner) over one database and the same registries.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -136,7 +137,7 @@ def test_ledger_change_refuses_a_stale_holding(database_url: str) -> None:
 
 
 def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answers(
-    world: World,
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Single submissions to one gateway at once are settled together (group commit); each
     still gets its own answer: a repeated request its first transfer, a request id reused
@@ -156,6 +157,22 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     submissions += [("reused", instruction(2)), ("reused", instruction(3))]
     submissions += [(f"own-{i}", instruction(i)) for i in range(4, THREADS)]
 
+    # Every round reads its transfers back once, for all its submissions together.
+    rounds: list[int] = []
+    reads: list[int] = []
+    settle, read = world.bridge._settle, world.bridge._get_many
+
+    def counted_settle(group: Sequence[tuple[str, TransferInstruction]]) -> list[str | Exception]:
+        rounds.append(len(group))
+        return settle(group)
+
+    def counted_read(transfer_ids: Sequence[str]) -> dict[str, Transfer]:
+        reads.append(len(transfer_ids))
+        return read(transfer_ids)
+
+    monkeypatch.setattr(world.bridge, "_settle", counted_settle)
+    monkeypatch.setattr(world.bridge, "_get_many", counted_read)
+
     def submit(i: int) -> Transfer | RequestIdConflict:
         start.wait()
         try:
@@ -165,6 +182,8 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
 
     with ThreadPoolExecutor(THREADS) as pool:
         answers = list(pool.map(submit, range(THREADS)))
+    assert sum(rounds) == THREADS
+    assert len(reads) == len(rounds)
 
     first, second = answers[0], answers[1]
     assert isinstance(first, Transfer) and isinstance(second, Transfer)

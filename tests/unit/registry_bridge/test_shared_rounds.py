@@ -52,7 +52,7 @@ class _Recorder:
 
 
 def _run(
-    rounds: _SharedRounds,
+    rounds: _SharedRounds[str],
     request_id: str,
     answers: dict[str, str],
     errors: dict[str, Exception],
@@ -126,7 +126,7 @@ def test_a_lone_submission_is_settled_at_once_by_its_own_thread() -> None:
 
 
 def test_a_round_that_answers_too_few_submissions_fails_them() -> None:
-    rounds = _SharedRounds(lambda submissions: [])
+    rounds: _SharedRounds[str] = _SharedRounds(lambda submissions: [])
     with pytest.raises(RuntimeError, match="without answering"):
         rounds.submit(_submission("r0"))
     assert rounds._leading is False and rounds._queue == []

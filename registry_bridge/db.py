@@ -411,6 +411,33 @@ def run_plain(
     return rows
 
 
+# Per (select, database kind): its columns' names and result processors.
+_RESULT_COLUMNS: dict[tuple[int, str], tuple[tuple[str, ...], tuple[_Processor, ...]]] = {}
+
+
+def read_plain(
+    session: Session, statement: sa.Select[Any], params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """:func:`run_plain` for a select: each row by column name, with its values as
+    SQLAlchemy would return them (each column's result processor applied)."""
+    rows = run_plain(session, statement, params)
+    dialect = session.connection().dialect
+    key = (id(statement), dialect.name)
+    columns = _RESULT_COLUMNS.get(key)
+    if columns is None:
+        selected = statement.selected_columns
+        columns = (
+            tuple(selected.keys()),
+            tuple(c.type.result_processor(dialect, None) for c in selected),
+        )
+        _RESULT_COLUMNS[key] = columns
+    names, processors = columns
+    return [
+        {n: v if p is None else p(v) for n, p, v in zip(names, processors, row, strict=True)}
+        for row in rows
+    ]
+
+
 # Per (statement, database kind): the SQL text, its parameters' order (None for named
 # parameters) and each parameter's bind processor.
 _PlainMany = tuple[str, tuple[str, ...] | None, dict[str, _Processor]]

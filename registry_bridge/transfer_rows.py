@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from registry_bridge.db import before_deferred_inserts, run_plain_many
+from registry_bridge.db import before_deferred_inserts, read_plain, run_plain_many
 from registry_bridge.schema import TransferRecord
 
 
@@ -161,6 +161,10 @@ def _rows(session: Session, statement: sa.Select[Any], ids: Sequence[str]) -> li
     return found
 
 
+# One row, as a single transfer's every step reads it: run as plain text (db.read_plain).
+_LOCK_ONE = sa.select(*_TABLE.columns).where(_TABLE.c.id == sa.bindparam("id")).with_for_update()
+
+
 def lock(session: Session, transfer_ids: Iterable[str]) -> dict[str, TransferRow]:
     """The rows of ``transfer_ids`` (those that exist), locked and held by the transaction.
 
@@ -170,7 +174,12 @@ def lock(session: Session, transfer_ids: Iterable[str]) -> dict[str, TransferRow
     """
     book = _book(session)
     wanted = sorted(set(transfer_ids))
-    for row in _rows(session, _LOCK, [t for t in wanted if t not in book.rows]):
+    unread = [t for t in wanted if t not in book.rows]
+    if len(unread) == 1:
+        found = [TransferRow(**r) for r in read_plain(session, _LOCK_ONE, {"id": unread[0]})]
+    else:
+        found = _rows(session, _LOCK, unread)
+    for row in found:
         book.hold(row, new=False)
     return {t: book.rows[t] for t in wanted if t in book.rows}
 

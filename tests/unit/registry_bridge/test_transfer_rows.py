@@ -207,3 +207,21 @@ def test_read_rows_are_snapshots(sessions: sessionmaker[Session]) -> None:
         (row,) = transfer_rows.read(session, ["t1", "t1"])
         row.state = "CHECKED"
     assert _stored(sessions) == {"t1": ("PROPOSED", "", None)}
+
+
+@pytest.mark.parametrize("others", [0, 2], ids=["alone", "in-a-group"])
+def test_a_locked_row_reads_back_every_column_as_written(
+    sessions: sessionmaker[Session], others: int
+) -> None:
+    # One row is read by a statement of its own, a group by another: both give the same.
+    written = _row("t1")
+    with db.unit_of_work(sessions) as session:
+        transfer_rows.add(session, written)
+        written.lock_expires_at = _AT + timedelta(minutes=5)
+        for n in range(others):
+            transfer_rows.add(session, _row(f"other-{n}"))
+    with db.unit_of_work(sessions) as session:
+        read = transfer_rows.lock(session, ["t1", *(f"other-{n}" for n in range(others))])["t1"]
+        for column in transfer_rows.COLUMNS:
+            assert getattr(read, column) == getattr(written, column), column
+        assert read.created_at.tzinfo is not None

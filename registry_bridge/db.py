@@ -355,12 +355,18 @@ def driver_cursor(session: Session) -> Iterator[Any]:
     Raises:
         DatabaseError: The session's connection has no driver connection behind it.
     """
-    driver = session.connection().connection.driver_connection
+    connection = session.connection()
+    driver = connection.connection.driver_connection
     if driver is None:
         raise DatabaseError("the session's connection has no driver connection")
+    driver_error: type[Exception] = connection.dialect.loaded_dbapi.Error
     cursor = driver.cursor()
     try:
         yield cursor
+    except driver_error as exc:
+        # As SQLAlchemy raises it (an IntegrityError for a refused row, say), so callers
+        # handle a statement's failure alike whoever ran it.
+        raise sa.exc.DBAPIError.instance(None, None, exc, driver_error) from exc
     finally:
         cursor.close()
 

@@ -225,3 +225,16 @@ def test_a_locked_row_reads_back_every_column_as_written(
         for column in transfer_rows.COLUMNS:
             assert getattr(read, column) == getattr(written, column), column
         assert read.created_at.tzinfo is not None
+
+
+def test_a_refused_insert_is_raised_as_sqlalchemy_raises_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    # Callers tell a lost race (another gateway's row with the same request id) by
+    # SQLAlchemy's IntegrityError, whether the ORM or a plain statement wrote the row.
+    _insert(sessions, "t1")
+    duplicate = _row("t2")
+    object.__setattr__(duplicate, "request_id", "request-t1")
+    with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sessions) as session:
+        transfer_rows.add(session, duplicate)
+    assert _stored(sessions) == {"t1": ("PROPOSED", "", None)}

@@ -11,21 +11,88 @@ from __future__ import annotations
 
 import bisect
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import instance_state
 
+from registry_bridge import plain_rows
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
-from registry_bridge.db import run_plain
+from registry_bridge.db import read_plain, run_plain
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
+from registry_bridge.plain_rows import PlainRow
 from registry_bridge.schema import LedgerBlock
+
+
+def _ledger_table() -> sa.Table:
+    table = LedgerBlock.__table__
+    if not isinstance(table, sa.Table):
+        raise TypeError(f"LedgerBlock maps {table!r}, not a table")
+    return table
+
+
+class LedgerRow(PlainRow):
+    """One row of ``ledger_blocks`` as plain attributes (the names of ``LedgerBlock``'s).
+
+    Held through a transaction (see ``plain_rows``): a group's step reads, splits and
+    changes thousands, and as ORM objects they cost more than the rest of the step.
+    """
+
+    __slots__ = (
+        "account",
+        "attributes",
+        "id",
+        "is_mirror",
+        "live",
+        "lock_expires_at",
+        "lock_transfer_id",
+        "origin_program",
+        "origin_series",
+        "origin_start",
+        "program",
+        "registry_id",
+        "serial_end",
+        "serial_series",
+        "serial_start",
+        "status",
+    )
+
+    TABLE = _ledger_table()
+    # Every column but created_at, which the database fills in and nothing here reads.
+    COLUMNS: ClassVar[Mapping[str, str]] = {
+        a: "registry" if a == "registry_id" else a for a in __slots__
+    }
+    # A row's range and origin never change: a split ends it and inserts its pieces.
+    CHANGEABLE: ClassVar[tuple[str, ...]] = (
+        "registry_id",
+        "account",
+        "status",
+        "live",
+        "lock_transfer_id",
+        "lock_expires_at",
+    )
+
+    id: int
+    program: str
+    serial_series: str
+    serial_start: int
+    serial_end: int
+    registry_id: str
+    account: str
+    status: str
+    live: bool
+    is_mirror: bool
+    origin_program: str
+    origin_series: str
+    origin_start: int
+    attributes: str
+    lock_transfer_id: str | None
+    lock_expires_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -44,7 +111,7 @@ class LedgerHolding:
     lock_expires_at: datetime | None = None
 
 
-def _to_holding(row: LedgerBlock) -> LedgerHolding:
+def _to_holding(row: LedgerRow) -> LedgerHolding:
     block_id = BlockId(Program(row.program), row.serial_series, row.serial_start, row.serial_end)
     origin = BlockId(
         Program(row.origin_program),
@@ -65,12 +132,12 @@ def _to_holding(row: LedgerBlock) -> LedgerHolding:
     )
 
 
-# session.info key: ledger rows read in the session's transaction, by id (see _keep).
-_KEPT_ROWS = "carbonlink.ledger_rows"
 # session.info key: ids of rows read FOR UPDATE in the transaction (see lock_rows_by_id).
 _LOCKED_ROWS = "carbonlink.ledger_locked_rows"
 # session.info key: the transaction's unflushed new rows (see defer_claims).
 _PENDING = "carbonlink.ledger_pending"
+# session.info key: the transaction's _Ids.
+_IDS = "carbonlink.ledger_ids"
 # session.info key: the last row id allocated on SQLite in this transaction.
 _LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 # Ids are allocated for a transaction's new rows a few at first, then in doubling chunks
@@ -78,6 +145,28 @@ _LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 # PostgreSQL each allocation is a round trip returning one row per id).
 _FIRST_ID_CHUNK = 4
 _ID_CHUNK = 256
+
+
+class _Ids:
+    """Ids for a transaction's new rows, allocated a chunk at a time (see _fresh_ids)."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+        self._chunk = _FIRST_ID_CHUNK
+
+    def next(self, session: Session) -> int:
+        if not self._ids:
+            # Reversed, so that pop() hands them out in ascending order.
+            self._ids = _allocate_ids(session, self._chunk)[::-1]
+            self._chunk = min(self._chunk * 2, _ID_CHUNK)
+        return self._ids.pop()
+
+
+def _next_id(session: Session) -> int:
+    ids: _Ids | None = session.info.get(_IDS)
+    if ids is None:
+        ids = session.info[_IDS] = _Ids()
+    return ids.next(session)
 
 
 class _Pending:
@@ -88,22 +177,12 @@ class _Pending:
     for mirrors) so a lookup costs a bisection, not a walk over every new row.
     """
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._ids: list[int] = []
-        self._chunk = _FIRST_ID_CHUNK
-        self._rows: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
-        self._mirrors: dict[tuple[str, str], list[tuple[int, int, LedgerBlock]]] = {}
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], list[tuple[int, int, LedgerRow]]] = {}
+        self._mirrors: dict[tuple[str, str], list[tuple[int, int, LedgerRow]]] = {}
         self._count = 0
 
-    def next_id(self) -> int:
-        if not self._ids:
-            # Reversed, so that pop() hands them out in ascending order.
-            self._ids = _allocate_ids(self._session, self._chunk)[::-1]
-            self._chunk = min(self._chunk * 2, _ID_CHUNK)
-        return self._ids.pop()
-
-    def add(self, row: LedgerBlock) -> None:
+    def add(self, row: LedgerRow) -> None:
         # (start, insertion count) is unique, so entries order without comparing rows.
         self._count += 1
         bisect.insort(
@@ -118,15 +197,15 @@ class _Pending:
 
     @staticmethod
     def _reaching(
-        entries: list[tuple[int, int, LedgerBlock]],
+        entries: list[tuple[int, int, LedgerRow]],
         start: int,
         end: int,
-        span: Callable[[LedgerBlock], tuple[int, int]],
-    ) -> list[LedgerBlock]:
+        span: Callable[[LedgerRow], tuple[int, int]],
+    ) -> list[LedgerRow]:
         # Entries starting after ``end`` cannot overlap; walking back from there, live rows
         # never overlap one another, so the first live one that ends before ``start``
         # closes the search (ended rows are stepped over).
-        found: list[LedgerBlock] = []
+        found: list[LedgerRow] = []
         position = bisect.bisect_right(entries, (end, sys.maxsize))
         for _, _, row in reversed(entries[:position]):
             if not row.live:
@@ -138,7 +217,7 @@ class _Pending:
                 found.append(row)
         return found
 
-    def overlapping(self, block_id: BlockId) -> list[LedgerBlock]:
+    def overlapping(self, block_id: BlockId) -> list[LedgerRow]:
         entries = self._rows.get((block_id.program.value, block_id.serial_series), [])
         return self._reaching(
             entries,
@@ -147,7 +226,7 @@ class _Pending:
             lambda r: (r.serial_start, r.serial_end),
         )
 
-    def mirrors(self, origin: BlockId) -> list[LedgerBlock]:
+    def mirrors(self, origin: BlockId) -> list[LedgerRow]:
         entries = self._mirrors.get((origin.program.value, origin.serial_series), [])
         return self._reaching(
             entries,
@@ -186,13 +265,13 @@ def _fresh_ids(session: Session, count: int) -> list[int]:
 def defer_claims(session: Session) -> None:
     """From now on in this transaction, new and split rows are written at commit.
 
-    For a group of transfers recorded in one transaction: a flush per split or mirror cost
-    more than the rest of the step.  Rows get their ids up front and the ledger's own
-    lookups see them before they are written.  On PostgreSQL the exclusion constraint
+    For a group of transfers recorded in one transaction: a write per split or mirror cost
+    more than the rest of the step.  The ledger's own lookups see them before they are
+    written.  On PostgreSQL the exclusion constraint
     then refuses a concurrent claim at the commit, as an ``IntegrityError`` that
     ``is_claim_conflict`` recognizes, instead of as a LedgerConflict at the insert.
     """
-    session.info.setdefault(_PENDING, _Pending(session))
+    session.info.setdefault(_PENDING, _Pending())
 
 
 def is_claim_conflict(error: sa.exc.IntegrityError) -> bool:
@@ -239,46 +318,46 @@ def _overlap_query() -> sa.Select[tuple[int]]:
 _OVERLAP = _overlap_query()
 
 
-_BY_IDS = sa.select(LedgerBlock).where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
+_BY_IDS = LedgerRow.SELECT.where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
+_BY_ID = LedgerRow.SELECT.where(LedgerBlock.id == sa.bindparam("id"))
+_BY_ID_LOCKED = _BY_ID.with_for_update()
 
 
 def _read_rows(
     session: Session, id_query: sa.Select[tuple[int]], params: dict[str, Any]
-) -> list[LedgerBlock]:
+) -> list[LedgerRow]:
     """The live rows whose ids ``id_query`` finds, in its order.
 
     The ids come from a plain statement on the transaction's connection; rows this
-    transaction already holds are taken from memory (as the ORM's identity map would,
-    without its per-query cost) and only the others are loaded, in one query.  Every
-    change that adds or ends a row is written where it is made, or indexed in memory
-    (see defer_claims), so no autoflush is needed; a row ended in memory but not yet
-    written is dropped by the ``live`` test.
+    transaction already holds are taken as it holds them and only the others are read,
+    in one query.  Every change that adds or ends a row is written where it is made, or
+    indexed in memory (see defer_claims), so nothing needs writing first; a row ended in
+    memory but not yet written is dropped by the ``live`` test.
     """
     ids = [int(row[0]) for row in run_plain(session, id_query, params)]
     kept = read_rows_by_id(session, ids)
     return [kept[i] for i in ids if i in kept and kept[i].live]
 
 
-def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, LedgerBlock]:
+def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, LedgerRow]:
     """Read these rows into the transaction at once, for the lookups that follow.
 
     Returns:
-        Every row the transaction holds, by id (those asked for among them).
+        Those of them that exist, by id, as the transaction holds them.
     """
-    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
-    # A row object of a rolled-back savepoint is no longer the row with that id.
-    wanted = [
-        i for i in dict.fromkeys(row_ids) if i not in kept or not instance_state(kept[i]).persistent
-    ]
-    for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
-        with session.no_autoflush:
-            kept.update((r.id, r) for r in session.execute(_BY_IDS, {"ids": chunk}).scalars())
-    return kept
+    wanted = [i for i in dict.fromkeys(row_ids) if plain_rows.held(session, LedgerRow, i) is None]
+    if len(wanted) == 1:
+        plain_rows.hold(session, LedgerRow, read_plain(session, _BY_ID, {"id": wanted[0]}))
+    else:
+        for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+            with session.no_autoflush:
+                found = list(session.execute(_BY_IDS, {"ids": chunk}).mappings())
+            plain_rows.hold(session, LedgerRow, found)
+    held = {i: plain_rows.held(session, LedgerRow, i) for i in dict.fromkeys(row_ids)}
+    return {i: row for i, row in held.items() if row is not None}
 
 
-_BY_IDS_LOCKED = (
-    _BY_IDS.order_by(LedgerBlock.id).with_for_update().execution_options(populate_existing=True)
-)
+_BY_IDS_LOCKED = _BY_IDS.order_by(LedgerBlock.id).with_for_update()
 
 
 def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
@@ -292,14 +371,13 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
     if session.get_bind().dialect.name == "sqlite":
         read_rows_by_id(session, row_ids)
         return
-    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
     locked: set[int] = session.info.setdefault(_LOCKED_ROWS, set())
     wanted = sorted(set(row_ids) - locked)
     for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
         with session.no_autoflush:
-            rows = list(session.execute(_BY_IDS_LOCKED, {"ids": chunk}).scalars())
-        kept.update((r.id, r) for r in rows)
-        locked.update(r.id for r in rows)
+            found = list(session.execute(_BY_IDS_LOCKED, {"ids": chunk}).mappings())
+        plain_rows.hold(session, LedgerRow, found, fresh=True)
+        locked.update(int(m["id"]) for m in found)
 
 
 def live_rows_by_id(session: Session, row_ids: Sequence[int]) -> list[LedgerHolding]:
@@ -318,7 +396,7 @@ def _range_params(block_id: BlockId) -> dict[str, Any]:
     }
 
 
-def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
+def _overlapping(session: Session, block_id: BlockId) -> list[LedgerRow]:
     rows = _read_rows(session, _OVERLAP, _range_params(block_id))
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
@@ -327,22 +405,12 @@ def _overlapping(session: Session, block_id: BlockId) -> list[LedgerBlock]:
 
 
 def _merged(
-    read: list[LedgerBlock], new: list[LedgerBlock], order: Callable[[LedgerBlock], int]
-) -> list[LedgerBlock]:
+    read: list[LedgerRow], new: list[LedgerRow], order: Callable[[LedgerRow], int]
+) -> list[LedgerRow]:
     if not new:
         return read
-    # A new row is one object whether or not some flush already wrote it and a query read it.
+    # A row is one object whether or not it was written and a query read it back.
     return sorted({id(r): r for r in [*read, *new]}.values(), key=order)
-
-
-def _keep(session: Session, rows: Iterable[LedgerBlock]) -> None:
-    """Hold rows read in this transaction, so ``_row`` finds them without a second read.
-
-    The identity map keeps unmodified objects only weakly; callers mostly keep the
-    LedgerHolding views, not the rows, and would otherwise read each row twice.
-    """
-    kept: dict[int, LedgerBlock] = session.info.setdefault(_KEPT_ROWS, {})
-    kept.update((r.id, r) for r in rows)
 
 
 def overlapping(session: Session, block_id: BlockId) -> list[LedgerHolding]:
@@ -400,9 +468,10 @@ def _new_row(
     lock_transfer_id: str | None = None,
     lock_expires_at: datetime | None = None,
     attributes: str | None = None,
-) -> LedgerBlock:
+) -> LedgerRow:
     """A new live row (``attributes``: the block's attributes JSON, when already known)."""
-    row = LedgerBlock(
+    row = LedgerRow(
+        id=_next_id(session),
         program=block.id.program.value,
         serial_series=block.id.serial_series,
         serial_start=block.id.serial_start,
@@ -419,24 +488,24 @@ def _new_row(
         lock_transfer_id=lock_transfer_id,
         lock_expires_at=lock_expires_at,
     )
+    plain_rows.add(session, row)
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
-        row.id = pending.next_id()
         pending.add(row)
-    session.add(row)
     return row
 
 
-def _flush_claims(session: Session, block_id: BlockId, rows: Sequence[LedgerBlock]) -> None:
-    """Write ``rows`` now; a concurrent claim of the same serials becomes a LedgerConflict.
+def _write_claims(session: Session, block_id: BlockId) -> None:
+    """Write the new and changed rows now; a concurrent claim of the same serials becomes
+    a LedgerConflict.
 
-    Only the ledger rows are flushed: the overlap checks that follow must see them, while
+    Only the ledger rows are written: the overlap checks that follow must see them, while
     the transaction's events and steps are cheaper written together at commit.
     """
     if _PENDING in session.info:
         return  # written at commit (see defer_claims)
     try:
-        session.flush(rows)
+        plain_rows.write(session, LedgerRow)
     except sa.exc.IntegrityError as exc:
         # PostgreSQL's exclusion constraint caught a concurrent writer that our own check
         # could not see yet: the other transaction won the race for these serials.
@@ -456,36 +525,33 @@ def _insert(
 ) -> LedgerHolding:
     _claim_range(session, block.id)
     row = _new_row(session, block, registry, account, status, origin, is_mirror)
-    _flush_claims(session, block.id, [row])
-    _keep(session, (row,))
+    _write_claims(session, block.id)
     return _to_holding(row)
 
 
-def _row(session: Session, holding: LedgerHolding) -> LedgerBlock:
+def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
     """The row behind ``holding``, locked, and only if it is still as the caller read it.
 
     Callers plan from rows read earlier in their transaction; on PostgreSQL a concurrent
     transaction may have changed the row since.  Comparing state and lock after taking the
     row lock turns that race into a LedgerConflict instead of a silent overwrite.
     """
-    row: LedgerBlock | None
-    pending: _Pending | None = session.info.get(_PENDING)
-    if (
-        pending is not None
-        and holding.row_id in session.info.get(_KEPT_ROWS, {})
-        and instance_state(session.info[_KEPT_ROWS][holding.row_id]).pending
-    ):
-        # Created by this transaction and not yet written: no one else can have it.
-        row = session.info[_KEPT_ROWS][holding.row_id]
+    row = plain_rows.held(session, LedgerRow, holding.row_id)
+    if row is not None and plain_rows.is_new(session, row):
+        pass  # created by this transaction and not yet written: no one else can have it
     elif session.get_bind().dialect.name == "sqlite":
         # SQLite runs one write transaction at a time (BEGIN IMMEDIATE) and every session
         # is one transaction: a row this session already read is the row as it is now.
-        row = session.get(LedgerBlock, holding.row_id)
+        if row is None:
+            row = read_rows_by_id(session, [holding.row_id]).get(holding.row_id)
     elif holding.row_id in session.info.get(_LOCKED_ROWS, ()):
-        # Locked by this transaction already (lock_rows_by_id): as it is now, and ours.
-        row = session.info[_KEPT_ROWS][holding.row_id]
+        pass  # locked by this transaction already: held as it is now, and ours
     else:
-        row = session.get(LedgerBlock, holding.row_id, with_for_update=True, populate_existing=True)
+        # Read again under the row's lock, every time: a savepoint that rolled back may
+        # have taken an earlier lock along.  A row with changes not yet written was
+        # locked when they were made (rows change only here) and stays as held.
+        found = read_plain(session, _BY_ID_LOCKED, {"id": holding.row_id})
+        row = next(iter(plain_rows.hold(session, LedgerRow, found, fresh=True)), None)
     if (
         row is None
         or not row.live
@@ -607,10 +673,10 @@ def carve(
     row = _row(session, holding)
     row.live = False
     # The pieces lie inside a live row this transaction holds, and live rows never overlap,
-    # so they need no overlap check of their own; one flush (or the commit, under
-    # defer_claims) ends the row and writes them (the ORM updates before it inserts, as
-    # PostgreSQL's exclusion constraint needs).
-    new_rows: list[tuple[int, LedgerBlock]] = []
+    # so they need no overlap check of their own; one write (or the commit, under
+    # defer_claims) ends the row and inserts them (changed rows are written before new
+    # ones, as PostgreSQL's exclusion constraint needs).
+    new_rows: list[tuple[int, LedgerRow]] = []
     for piece_start, piece_end in (
         (own.serial_start, start - 1),
         (start, end),
@@ -643,8 +709,7 @@ def carve(
                 ),
             )
         )
-    _flush_claims(session, own, [row, *(r for _, r in new_rows)])
-    _keep(session, (r for _, r in new_rows))
+    _write_claims(session, own)
     pieces = [_to_holding(r) for _, r in new_rows]
     wanted = next(
         (p for (first, _), p in zip(new_rows, pieces, strict=True) if first == start), None
@@ -736,10 +801,10 @@ def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_
     """A mirror returned to its origin side: its row stops being live."""
     row = _row(session, holding)
     row.live = False
-    # Flushed now, so a later claim of these serials in the same transaction is not
+    # Written now, so a later claim of these serials in the same transaction is not
     # refused by PostgreSQL's exclusion constraint over live rows.
     if _PENDING not in session.info:
-        session.flush([row])
+        plain_rows.write(session, LedgerRow)
     append_event(
         session,
         "finalize",
@@ -795,17 +860,20 @@ def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
 
 def all_live(session: Session) -> list[LedgerHolding]:
     """Every live row (for invariants and reconciliation)."""
-    rows = session.execute(
-        sa.select(LedgerBlock).where(LedgerBlock.live.is_(True)).order_by(LedgerBlock.id)
-    ).scalars()
-    return [_to_holding(r) for r in rows]
+    query = LedgerRow.SELECT.where(LedgerBlock.live.is_(True))
+    return _holdings(session, query)
 
 
 def holdings_of(session: Session, registry: str, account: str = "") -> list[LedgerHolding]:
     """Live rows held at a registry (one account, when given)."""
-    query = sa.select(LedgerBlock).where(
-        LedgerBlock.live.is_(True), LedgerBlock.registry_id == registry
-    )
+    query = LedgerRow.SELECT.where(LedgerBlock.live.is_(True), LedgerBlock.registry_id == registry)
     if account:
         query = query.where(LedgerBlock.account == account)
-    return [_to_holding(r) for r in session.execute(query.order_by(LedgerBlock.id)).scalars()]
+    return _holdings(session, query)
+
+
+def _holdings(session: Session, query: sa.Select[Any]) -> list[LedgerHolding]:
+    # Read after everything the transaction changed is written (the query hook), and not
+    # held: a listing only reports.
+    rows = session.execute(query.order_by(LedgerBlock.id)).mappings()
+    return [_to_holding(LedgerRow(**r)) for r in rows]

@@ -477,10 +477,37 @@ def run_plain_many(
         plain = (str(compiled), positions, processors)
         _PLAIN_MANY_SQL[key] = plain
     sql, positions, processors = plain
-    bind = _Binder()
-    converted = [{n: bind(processors[n], row[n]) for n in processors} for row in rows]
     with driver_cursor(session) as cursor:
-        cursor.executemany(sql, [driver_parameters(row, positions) for row in converted])
+        cursor.executemany(sql, _driver_rows(rows, positions, processors))
+
+
+def _driver_rows(
+    rows: Sequence[Mapping[str, Any]],
+    positions: tuple[str, ...] | None,
+    processors: Mapping[str, _Processor],
+) -> list[Any]:
+    """Each row as compiled text takes it (see driver_parameters), its values converted
+    by their columns' bind processors (a batch's hundreds of thousands of values: only
+    those that have a processor are touched)."""
+    bind = _Binder()
+    converting = [(n, p) for n, p in processors.items() if p is not None]
+    if positions:
+        index = {n: i for i, n in enumerate(positions)}
+        by_position = [(index[n], p) for n, p in converting]
+        listed: list[list[Any]] = []
+        for row in rows:
+            values = [row[n] for n in positions]
+            for i, processor in by_position:
+                values[i] = bind(processor, values[i])
+            listed.append(values)
+        return listed
+    named: list[dict[str, Any]] = []
+    for row in rows:
+        mapping = {n: row[n] for n in processors}
+        for n, processor in converting:
+            mapping[n] = bind(processor, mapping[n])
+        named.append(mapping)
+    return named
 
 
 # Writes a module holds back until the deferred rows go out: those that deferred rows may
@@ -537,10 +564,8 @@ def _insert_deferred(session: Session) -> None:
             connection.execute(table.insert(), rows)
             continue
         sql, positions, processors = plain
-        bind = _Binder()
-        converted = [{c: bind(processors[c], v) for c, v in row.items()} for row in rows]
         with driver_cursor(session) as cursor:
-            cursor.executemany(sql, [driver_parameters(row, positions) for row in converted])
+            cursor.executemany(sql, _driver_rows(rows, positions, processors))
 
 
 def _write_everything(session: Session) -> None:

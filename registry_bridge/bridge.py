@@ -30,7 +30,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import ledger, transfer_rows
+from registry_bridge import ledger, plain_rows, transfer_rows
 from registry_bridge.block_json import (
     block_from_json,
     block_id_from_dict,
@@ -1052,7 +1052,9 @@ class Bridge:
         """
         # Taken as the transaction holds it when it already read and locked it (see
         # _lock_rows) or inserted it.
-        record = transfer_rows.lock(session, [transfer_id]).get(transfer_id)
+        record = plain_rows.held(session, TransferRow, transfer_id)
+        if record is None:
+            record = transfer_rows.lock(session, [transfer_id]).get(transfer_id)
         if record is None:
             raise NotFound(f"transfers/{transfer_id}")
         if expected and TransferState(record.state) not in expected:

@@ -997,8 +997,8 @@ class Bridge:
         # of the transfer's earlier steps is needed (the primary key still refuses a
         # step recorded twice).
         seq = 0 if previous is None else _CHAIN_SEQ[previous] + 1
-        # Deferred, not an ORM object: see db.defer_insert.  The transfer row the step
-        # belongs to changes in the same transaction, so a flush writes it.
+        # Deferred, not an ORM object: see db.defer_insert.  The transfer row it refers to
+        # is written before it (see transfer_rows).
         defer_insert(
             session,
             _STEPS,
@@ -1259,9 +1259,9 @@ class Bridge:
         """Record many step outcomes in one transaction.
 
         Conflicts are rare, so the whole group is first recorded without savepoints (each
-        costs a flush and two statements per transfer); if any transfer meets a conflict,
-        that transaction is rolled back and the group recorded again with a savepoint per
-        transfer, so one transfer's conflict never undoes another's progress.
+        costs a write of the rows so far and two statements per transfer); if any transfer
+        meets a conflict, that transaction is rolled back and the group recorded again with
+        a savepoint per transfer, so one transfer's conflict never undoes another's progress.
         """
         if not transfer_ids:
             return [], [], {}

@@ -134,7 +134,7 @@ def _to_holding(row: LedgerRow) -> LedgerHolding:
 
 # session.info key: ids of rows read FOR UPDATE in the transaction (see lock_rows_by_id).
 _LOCKED_ROWS = "carbonlink.ledger_locked_rows"
-# session.info key: the transaction's unflushed new rows (see defer_claims).
+# session.info key: the transaction's new rows not yet written (see defer_claims).
 _PENDING = "carbonlink.ledger_pending"
 # session.info key: the transaction's _Ids.
 _IDS = "carbonlink.ledger_ids"
@@ -761,8 +761,9 @@ def change(
         row.account = account
     row.lock_transfer_id = lock_transfer_id
     row.lock_expires_at = lock_expires_at
-    # No flush here: a change keeps the row's serials and liveness, so it cannot clash with
-    # a claim, and the next query's autoflush writes it.
+    # Not written here: a change keeps the row's serials and liveness, so it cannot clash
+    # with a claim, and the transaction's next write (before a query, a savepoint or the
+    # commit) takes it along.
     changed = _to_holding(row)
     append_event(
         session,

@@ -16,6 +16,7 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import uuid
@@ -244,8 +245,15 @@ def _instruction_from_json(text: str) -> TransferInstruction:
 
 _STEPS = TransferStepRecord.__table__
 
-# session.info key: the (transfer, state) steps recorded in the transaction, in order.
+# session.info key: the steps recorded in the transaction, in order (see _Entered).
 _ENTERED = "carbonlink.entered_states"
+_Entered = tuple[str, int, TransferStep]
+"""A step a transfer took: its id, the step's number and the step."""
+# The steps committed so far by the _settle running on this thread, by transfer: enough
+# to answer with a transfer it drove from its proposal to its end without reading it.
+_SETTLED_STEPS: contextvars.ContextVar[dict[str, list[tuple[int, TransferStep]]] | None] = (
+    contextvars.ContextVar("carbonlink_settled_steps", default=None)
+)
 
 # Where each non-final state sits on the state machine's one path (its step number).
 _CHAIN_SEQ: dict[TransferState, int] = {
@@ -444,6 +452,25 @@ class _StaleStep(Exception):
     """A step found its transfer already moved on by another driver (not an error)."""
 
 
+def _view(
+    record: TransferRecord | TransferRow | sa.Row[Any], history: Sequence[TransferStep]
+) -> Transfer:
+    """A transfer as a reply shows it: its row and its steps, in order."""
+    plan = json.loads(record.plan) if record.plan else {}
+    return Transfer(
+        transfer_id=record.id,
+        request_id=record.request_id,
+        instruction=_instruction_from_json(record.instruction),
+        state=TransferState(record.state),
+        decision=_decision_from_json(record.decision),
+        history=tuple(history),
+        failure_reason=record.failure_reason,
+        credited_blocks=tuple(block_from_json(b) for b in plan.get("credited", [])),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
 class Bridge:
     """Drives transfers and uses of units across the wired registries."""
 
@@ -563,24 +590,7 @@ class Bridge:
                 _VIEW_STEPS, {"ids": list(history)}
             ):
                 history[transfer_id].append(TransferStep(TransferState(state), at, reason))
-        views = []
-        for record in records:
-            plan = json.loads(record.plan) if record.plan else {}
-            views.append(
-                Transfer(
-                    transfer_id=record.id,
-                    request_id=record.request_id,
-                    instruction=_instruction_from_json(record.instruction),
-                    state=TransferState(record.state),
-                    decision=_decision_from_json(record.decision),
-                    history=tuple(history[record.id]),
-                    failure_reason=record.failure_reason,
-                    credited_blocks=tuple(block_from_json(b) for b in plan.get("credited", [])),
-                    created_at=record.created_at,
-                    updated_at=record.updated_at,
-                )
-            )
-        return views
+        return [_view(record, history[record.id]) for record in records]
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -816,13 +826,20 @@ class Bridge:
 
         The transfers are read back together, in one transaction.
         """
-        settled = self._settle(submissions)
-        ids = [o for o in settled if isinstance(o, str)]
-        views = self._get_many(list(dict.fromkeys(ids))) if ids else {}
+        settled, ended = self._settle(submissions)
+        unread = [o for o in settled if isinstance(o, str) and o not in ended]
+        views = dict(ended)
+        if unread:
+            views.update(self._get_many(list(dict.fromkeys(unread))))
         return [o if isinstance(o, Exception) else views[o] for o in settled]
 
-    def _settle(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
+    def _settle(
+        self, submissions: Sequence[_Submission]
+    ) -> tuple[list[str | Exception], dict[str, Transfer]]:
         """Propose, check and drive submissions; each one's transfer id, or its error.
+
+        Also returns the transfers this call proposed and saw to their end, as they ended:
+        built from the rows and steps it committed, they need no reading back.
 
         A new transfer is proposed and checked in one transaction (nothing is asked of a
         registry in between, so nothing is lost by recording both at once: a crash before
@@ -830,20 +847,39 @@ class Bridge:
         A repeated request drives its transfer on, so a client retrying after an error
         never leaves its transfer stranded.
         """
-        with self._checking:
-            outcomes, proposed = self._propose_many(submissions, check=True)
-        new = list(proposed)
-        with self._driving_lock:
-            self._driving.update(new)
-        reached: dict[str, TransferRow] = {}
+        steps: dict[str, list[tuple[int, TransferStep]]] = {}
+        collecting = _SETTLED_STEPS.set(steps)
         try:
-            reached = self._drive_rounds(new, proposed)
+            with self._checking:
+                outcomes, proposed = self._propose_many(submissions, check=True)
+            new = list(proposed)
+            with self._driving_lock:
+                self._driving.update(new)
+            reached: dict[str, TransferRow] = {}
+            try:
+                reached = self._drive_rounds(new, proposed)
+            finally:
+                self._let_go(new, reached)
         finally:
-            self._let_go(new, reached)
+            _SETTLED_STEPS.reset(collecting)
         repeats = [o for o in outcomes if isinstance(o, str) and o not in proposed]
         if repeats:
             self.drive_many(repeats)
-        return outcomes
+        ended: dict[str, Transfer] = {}
+        for transfer_id in proposed:
+            record = reached.get(transfer_id)
+            taken = steps.get(transfer_id, [])
+            # Only a history this call saw whole: every step from the proposal (numbered
+            # from 0, none missing) to the state the row ended in.  Anything else (a
+            # transfer left waiting, or finished by another gateway) is read back.
+            if (
+                record is not None
+                and TransferState(record.state).is_final
+                and [seq for seq, _ in taken] == list(range(len(taken)))
+                and taken[-1][1].state.value == record.state
+            ):
+                ended[transfer_id] = _view(record, [step for _, step in taken])
+        return outcomes, ended
 
     def _propose_many(
         self, items: Sequence[_Submission], *, check: bool = False
@@ -858,7 +894,7 @@ class Bridge:
             return [], {}
         digests = [body_digest(i.canonical()) for _, i in items]
         now = self._clock()
-        entered: list[tuple[str, TransferState]] = []
+        entered: list[_Entered] = []
         try:
             with unit_of_work(self._sessions) as session, read_scope(session):
                 if check:
@@ -877,7 +913,7 @@ class Bridge:
                         transfer_id, stored = known[request_id]
                         try:
                             results.append(
-                                self._same_request(stored, digest, request_id, transfer_id)[0]
+                                self._same_request(stored, digest, request_id, transfer_id)
                             )
                         except RequestIdConflict as exc:
                             results.append(exc)
@@ -892,7 +928,6 @@ class Bridge:
                 # leaves them in (one INSERT each, no UPDATE); their steps after them.
                 for transfer_id in new:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
-                    entered.append((transfer_id, TransferState.PROPOSED))
                 if check:
                     for transfer_id in new:
                         self._check_in(session, transfer_id, None, now)
@@ -906,13 +941,9 @@ class Bridge:
             fallback: list[str | Exception] = []
             for request_id, instruction in items:
                 try:
-                    transfer_id, created = self._propose(request_id, instruction)
+                    fallback.append(self._propose(request_id, instruction))
                 except RequestIdConflict as exc:
                     fallback.append(exc)
-                    continue
-                fallback.append(transfer_id)
-                if created:
-                    self._entered([(transfer_id, TransferState.PROPOSED)])
             # Driven as repeats are: claimed afresh (the lease is this gateway's already).
             return fallback, {}
         self._entered(entered)
@@ -947,11 +978,14 @@ class Bridge:
             updated_at=now,
         )
 
-    def _propose(self, request_id: str, instruction: TransferInstruction) -> tuple[str, bool]:
+    def _propose(self, request_id: str, instruction: TransferInstruction) -> str:
+        """Propose one transfer in a transaction of its own; its id (new or the request's)."""
         digest = body_digest(instruction.canonical())
         now = self._clock()
+        entered: list[_Entered] = []
         try:
             with unit_of_work(self._sessions) as session:
+                session.info[_ENTERED] = entered
                 existing = session.execute(
                     sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
                 ).scalar_one_or_none()
@@ -969,18 +1003,17 @@ class Bridge:
                     sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
                 ).scalar_one()
                 return self._same_request(existing.body_sha256, digest, request_id, existing.id)
-        return transfer_id, True
+        self._entered(entered)
+        return transfer_id
 
     @staticmethod
-    def _same_request(
-        stored: bytes, digest: bytes, request_id: str, transfer_id: str
-    ) -> tuple[str, bool]:
+    def _same_request(stored: bytes, digest: bytes, request_id: str, transfer_id: str) -> str:
         if stored != digest:
             raise RequestIdConflict(
                 f"request_id {request_id!r} was already used for a different instruction "
                 f"(transfers/{transfer_id}); use a new request id for a new instruction"
             )
-        return transfer_id, False
+        return transfer_id
 
     @staticmethod
     def _step(
@@ -997,6 +1030,9 @@ class Bridge:
         # of the transfer's earlier steps is needed (the primary key still refuses a
         # step recorded twice).
         seq = 0 if previous is None else _CHAIN_SEQ[previous] + 1
+        session.info.setdefault(_ENTERED, []).append(
+            (transfer_id, seq, TransferStep(state, at, reason))
+        )
         # Deferred, not an ORM object: see db.defer_insert.  The transfer row it refers to
         # is written before it (see transfer_rows).
         defer_insert(
@@ -1182,11 +1218,14 @@ class Bridge:
             active = [t for t in moving if t in fresh]
         return reached
 
-    def _entered(self, entered: Sequence[tuple[str, TransferState]]) -> None:
-        """Tell the on_state hook of states just committed."""
-        if self._on_state is not None:
-            for transfer_id, state in entered:
-                self._on_state(transfer_id, state)
+    def _entered(self, entered: Sequence[_Entered]) -> None:
+        """Tell the on_state hook, and the _settle running here, of steps just committed."""
+        settled = _SETTLED_STEPS.get()
+        for transfer_id, seq, step in entered:
+            if settled is not None:
+                settled.setdefault(transfer_id, []).append((seq, step))
+            if self._on_state is not None:
+                self._on_state(transfer_id, step.state)
 
     def _round(
         self, state: TransferState, group: list[str], snapshots: Mapping[str, TransferRow]
@@ -1281,7 +1320,7 @@ class Bridge:
         progressed: list[str] = []
         conflicted: list[str] = []
         renewed: dict[str, TransferRow] = {}
-        entered: list[tuple[str, TransferState]] = []
+        entered: list[_Entered] = []
         now = self._clock()
         try:
             with unit_of_work(self._sessions) as session, read_scope(session):
@@ -1332,7 +1371,7 @@ class Bridge:
                 raise
             raise _GroupConflict from exc
         undone = set(conflicted)
-        self._entered([(t, s) for t, s in entered if t not in undone])
+        self._entered([e for e in entered if e[0] not in undone])
         return progressed, conflicted, renewed
 
     @staticmethod
@@ -1365,7 +1404,6 @@ class Bridge:
         elif record.failure_reason.startswith("waiting for a registry"):
             record.failure_reason = ""
         self._step(session, record.id, state, now, reason, previous)
-        session.info.setdefault(_ENTERED, []).append((record.id, state))
         append_event(
             session,
             "transfer_state",
@@ -1816,7 +1854,7 @@ class Bridge:
                     "unlock_not_needed", transfer=transfer_id, registry=registry, reason=str(exc)
                 )
         now = self._clock()
-        entered: list[tuple[str, TransferState]] = []
+        entered: list[_Entered] = []
         try:
             with unit_of_work(self._sessions) as session:
                 session.info[_ENTERED] = entered

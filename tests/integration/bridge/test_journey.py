@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from registry_bridge.port import BlockStatusRequest, LockRequest
 from registry_bridge.schema import LedgerEvent
 from registry_bridge.transfers import (
     AccountRef,
+    Transfer,
     TransferInstruction,
     TransferState,
     UseRequest,
@@ -469,3 +471,49 @@ def test_a_plan_that_names_no_locked_rows_still_finalizes_from_the_ledger(
     ]
     assert world.statuses("verra", "venue-hkmo", vcs(6001, 6005)) == {HoldingStatus.BRIDGED}
     assert world.violations() == []
+
+
+def test_a_reply_built_from_the_settlement_equals_the_transfer_read_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer settled from proposal to end is answered from what its steps committed,
+    without reading it back: the answer must be what a read gives, field for field, for
+    every way a transfer ends; one left waiting is read back."""
+    monkeypatch.setattr(bridge_module, "_PIPELINE_PART", 3)  # parts, as big batches run
+    world.seed("hkmo", "hk-seller", vcs_block(5001, 5100))
+    world.seed("gold-standard", "gs-dev", gs_block(1, 30))
+    reads: list[str] = []
+    read = world.bridge._get_many
+
+    def counted_read(transfer_ids: Sequence[str]) -> dict[str, Transfer]:
+        reads.extend(transfer_ids)
+        return read(transfer_ids)
+
+    monkeypatch.setattr(world.bridge, "_get_many", counted_read)
+    completed = [
+        (f"done-{i}", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(5001 + i, 5001 + i),)))
+        for i in range(5)
+    ]
+    rejected = ("not-held", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(9001, 9002),)))
+    rolled_back = (
+        "refused",
+        TransferInstruction(
+            AccountRef("gold-standard", "gs-dev"), AccountRef("verra", "x"), (gs_block(1, 30).id,)
+        ),
+    )
+    answers = world.bridge.submit_many([*completed, rejected, rolled_back])
+    single = world.bridge.submit(
+        "single", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(5050, 5051),))
+    )
+    world.take_down("national")
+    waiting = world.bridge.submit(
+        "waiting", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(5060, 5061),))
+    )
+
+    assert reads == [waiting.transfer_id]  # the ended ones were not read back
+    ended = [a for a in [*answers, single] if isinstance(a, Transfer)]
+    assert sorted({a.state.value for a in ended}) == ["COMPLETED", "REJECTED", "ROLLED_BACK"]
+    assert waiting.state is TransferState.SOURCE_LOCKED
+    for answer in [*ended, waiting]:
+        assert answer == world.bridge.get(answer.transfer_id)
+    world.bring_up("national")

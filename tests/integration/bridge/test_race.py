@@ -157,12 +157,15 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     submissions += [("reused", instruction(2)), ("reused", instruction(3))]
     submissions += [(f"own-{i}", instruction(i)) for i in range(4, THREADS)]
 
-    # Every round reads its transfers back once, for all its submissions together.
+    # A round reads back at most once, for all its submissions together (those it saw
+    # to their end from its own steps, not at all).
     rounds: list[int] = []
     reads: list[int] = []
     settle, read = world.bridge._settle, world.bridge._get_many
 
-    def counted_settle(group: Sequence[tuple[str, TransferInstruction]]) -> list[str | Exception]:
+    def counted_settle(
+        group: Sequence[tuple[str, TransferInstruction]],
+    ) -> tuple[list[str | Exception], dict[str, Transfer]]:
         rounds.append(len(group))
         return settle(group)
 
@@ -183,7 +186,7 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     with ThreadPoolExecutor(THREADS) as pool:
         answers = list(pool.map(submit, range(THREADS)))
     assert sum(rounds) == THREADS
-    assert len(reads) == len(rounds)
+    assert len(reads) <= len(rounds)
 
     first, second = answers[0], answers[1]
     assert isinstance(first, Transfer) and isinstance(second, Transfer)

@@ -875,6 +875,7 @@ class Bridge:
             if (
                 record is not None
                 and TransferState(record.state).is_final
+                and taken
                 and [seq for seq, _ in taken] == list(range(len(taken)))
                 and taken[-1][1].state.value == record.state
             ):

@@ -146,20 +146,25 @@ class _Book:
                 values = row.changeable()
                 if values != self.written[key]:
                     updates.append(dict(zip(kind.CHANGEABLE, values, strict=True), row_key=key))
-        # Taken off before writing: a write that fails leaves them to the rollback.
         new, changed = list(self.new.items()), list(self.changed.items())
+        # Noted in the savepoint before the statements run: if one fails, the savepoint's
+        # rollback undoes what the others did, and must find here what to put back.
+        if self.savepoints:
+            for key, _ in (*changed, *new):
+                self.savepoints[-1].setdefault(key, self.written.get(key))
+        # Taken off before writing: a write that fails leaves them to the rollback.
         self.new, self.changed = {}, {}
         run_plain_many(session, kind._UPDATE, updates)
         run_plain_many(session, kind._INSERT, [row.values() for _, row in new])
         for key, row in (*changed, *new):
-            if self.savepoints:
-                self.savepoints[-1].setdefault(key, self.written.get(key))
             self.written[key] = row.changeable()
 
     def roll_back_savepoint(self) -> None:
         # Rows the savepoint inserted are gone, and those it wrote are as they were
         # before it; its unwritten changes and new rows were never in the database.
         for key, before in self.savepoints.pop().items():
+            if key not in self.rows:
+                continue  # dropped already (a row inserted in a savepoint inside this one)
             if before is None:
                 self.drop(key)
             else:

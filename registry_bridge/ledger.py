@@ -333,9 +333,23 @@ def _read_rows(
     in one query.  Every change that adds or ends a row is written where it is made, or
     indexed in memory (see defer_claims), so nothing needs writing first; a row ended in
     memory but not yet written is dropped by the ``live`` test.
+
+    Raises:
+        LedgerConflict: A concurrent transaction ended one of the rows between the two
+            reads (PostgreSQL only: SQLite runs one writer at a time).
     """
     ids = [int(row[0]) for row in run_plain(session, id_query, params)]
+    unheld = [i for i in ids if plain_rows.held(session, LedgerRow, i) is None]
     kept = read_rows_by_id(session, ids)
+    # The ids and the rows are read by two statements.  On PostgreSQL another transaction
+    # may commit in between; a row it ended then is gone from what the ids promised, and
+    # the rows replacing it are not among them: answering without it would report units
+    # missing that are there.  The caller meets a conflict instead, and retries.
+    gone = [i for i in unheld if i not in kept or not kept[i].live]
+    if gone:
+        raise LedgerConflict(
+            f"ledger rows {gone} changed under a concurrent writer while being read"
+        )
     return [kept[i] for i in ids if i in kept and kept[i].live]
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,53 @@ def test_ledger_change_refuses_a_stale_holding(database_url: str) -> None:
                 ledger.change(
                     a, read_by_a, "lock", at, status=HoldingStatus.LOCKED, lock_transfer_id="t-a"
                 )
+    finally:
+        engine.dispose()
+
+
+def test_a_row_ended_between_the_ledgers_two_reads_is_a_conflict_not_missing_units(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup reads the ids of the live rows, then the rows. Gateway B splits the row
+    in between and commits: A must meet a conflict (and retry), not conclude that the
+    units are not in the ledger (a spurious rejection, seen once under the race above).
+    """
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes whole transactions: no write can fall between reads")
+    from registry_bridge import db, ledger
+
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        block = vcs_block(1, 100)
+        at = datetime(2026, 3, 1, tzinfo=UTC)
+        with db.unit_of_work(sessions) as session:
+            ledger.issue(session, "verra", "dev-1", block, at)
+        run_plain = db.run_plain
+        split = threading.Event()
+
+        def then_b_splits(session: Any, statement: Any, params: Any) -> Any:
+            rows = run_plain(session, statement, params)
+            if statement is ledger._OVERLAP and not split.is_set():
+                split.set()
+                with db.unit_of_work(sessions) as b:
+                    (held,) = ledger.require_holding(b, "verra", "dev-1", block.id)
+                    ledger.carve(b, held, BlockId(Program.VCS, "", 1, 10), at)
+            return rows
+
+        monkeypatch.setattr("registry_bridge.ledger.run_plain", then_b_splits)
+        with sessions() as a, a.begin(), pytest.raises(LedgerConflict, match="concurrent"):
+            ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
+        assert split.is_set()
+        monkeypatch.setattr("registry_bridge.ledger.run_plain", run_plain)
+        # Read again, the ledger has every unit, in the pieces B left.
+        with db.unit_of_work(sessions) as a:
+            pieces = ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
+            assert [(h.block.id.serial_start, h.block.id.serial_end) for h in pieces] == [
+                (1, 10),
+                (11, 100),
+            ]
     finally:
         engine.dispose()
 

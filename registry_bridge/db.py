@@ -376,6 +376,17 @@ def driver_parameters(values: Mapping[str, Any], positions: tuple[str, ...] | No
     return tuple(values[name] for name in positions) if positions else values
 
 
+def _compile(
+    statement: sa.ClauseElement, dialect: sa.Dialect
+) -> tuple[SQLCompiler, tuple[str, ...] | None]:
+    """A fixed statement compiled for the driver, and its parameters' order (None for
+    named parameters)."""
+    compiled = statement.compile(dialect=dialect)
+    if not isinstance(compiled, SQLCompiler):
+        raise DatabaseError(f"{statement!r} does not compile to SQL")
+    return compiled, tuple(compiled.positiontup) if compiled.positiontup else None
+
+
 # Per (statement, database kind): the SQL text, its parameters' order (None for named
 # parameters), and the values the statement binds itself (a LIMIT, a fixed id).
 _PLAIN_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
@@ -398,16 +409,13 @@ def run_plain(
     key = (id(statement), connection.dialect.name)
     plain = _PLAIN_SQL.get(key)
     if plain is None:
-        compiled = statement.compile(dialect=connection.dialect)
-        if not isinstance(compiled, SQLCompiler):
-            raise DatabaseError(f"{statement!r} does not compile to SQL")
+        compiled, positions = _compile(statement, connection.dialect)
         given = {name: None for name, bind in compiled.binds.items() if bind.required}
         fixed = {
             name: value
             for name, value in compiled.construct_params(given).items()
             if name not in given
         }
-        positions = tuple(compiled.positiontup) if compiled.positiontup else None
         plain = (str(compiled), positions, fixed)
         _PLAIN_SQL[key] = plain
     sql, positions, fixed = plain
@@ -466,14 +474,11 @@ def run_plain_many(
     key = (id(statement), connection.dialect.name)
     plain = _PLAIN_MANY_SQL.get(key)
     if plain is None:
-        compiled = statement.compile(dialect=connection.dialect)
-        if not isinstance(compiled, SQLCompiler):
-            raise DatabaseError(f"{statement!r} does not compile to SQL")
+        compiled, positions = _compile(statement, connection.dialect)
         processors = {
             name: _bind_processor(bind.type, connection.dialect)
             for name, bind in compiled.binds.items()
         }
-        positions = tuple(compiled.positiontup) if compiled.positiontup else None
         plain = (str(compiled), positions, processors)
         _PLAIN_MANY_SQL[key] = plain
     sql, positions, processors = plain

@@ -7,16 +7,18 @@ lease owner) over one database and the same registries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from registry_bridge import db, ledger
 from registry_bridge.bridge import Bridge
 from registry_bridge.errors import LedgerConflict, RequestIdConflict
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import AccountRef, Transfer, TransferInstruction, TransferState
 from tests.integration.bridge.conftest import PermitAllRules, World, vcs_block
 
@@ -101,87 +103,85 @@ def test_overlapping_blocks_one_winner_per_conflict(world: World) -> None:
     _check(world)
 
 
-def test_ledger_change_refuses_a_stale_holding(database_url: str) -> None:
-    """The root cause of the race above, made deterministic with two sessions.
+_AT = datetime(2026, 3, 1, tzinfo=UTC)
 
-    Gateway A reads a holding (active); gateway B locks it and commits; A then changes
-    the holding it read.  ``ledger.change`` must refuse (LedgerConflict): the row is no
-    longer what A planned from.  On SQLite the two reads cannot interleave (every
-    transaction is BEGIN IMMEDIATE), so only PostgreSQL can show it.
+
+@pytest.fixture
+def issued(database_url: str) -> Iterator[tuple[sessionmaker[Session], UnitBlock]]:
+    """Sessions on PostgreSQL whose ledger holds VCS 1-100 at verra/dev-1.
+
+    On SQLite two transactions cannot interleave (every one is BEGIN IMMEDIATE), so the
+    races below cannot happen there, and only PostgreSQL can show them.
     """
     if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes whole transactions: a holding cannot go stale inside one")
-    from registry_bridge import db, ledger
-    from registry_bridge.model import HoldingStatus
-
-    engine = db.create_engine(database_url)
-    try:
-        db.upgrade(engine)
-        sessions = db.session_factory(engine)
-        block = vcs_block(1, 10)
-        at = datetime(2026, 3, 1, tzinfo=UTC)
-        with db.unit_of_work(sessions) as session:
-            ledger.issue(session, "verra", "dev-1", block, at)
-        with sessions() as a, a.begin():
-            (read_by_a,) = ledger.require_holding(a, "verra", "dev-1", block.id)
-            with db.unit_of_work(sessions) as b:
-                (read_by_b,) = ledger.require_holding(b, "verra", "dev-1", block.id)
-                ledger.change(
-                    b, read_by_b, "lock", at, status=HoldingStatus.LOCKED, lock_transfer_id="t-b"
-                )
-            with pytest.raises(LedgerConflict):
-                ledger.change(
-                    a, read_by_a, "lock", at, status=HoldingStatus.LOCKED, lock_transfer_id="t-a"
-                )
-    finally:
-        engine.dispose()
-
-
-def test_a_row_ended_between_the_ledgers_two_reads_is_a_conflict_not_missing_units(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A lookup reads the ids of the live rows, then the rows. Gateway B splits the row
-    in between and commits: A must meet a conflict (and retry), not conclude that the
-    units are not in the ledger (a spurious rejection, seen once under the race above).
-    """
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes whole transactions: no write can fall between reads")
-    from registry_bridge import db, ledger
-
+        pytest.skip("SQLite serializes whole transactions: no write can fall inside another")
     engine = db.create_engine(database_url)
     try:
         db.upgrade(engine)
         sessions = db.session_factory(engine)
         block = vcs_block(1, 100)
-        at = datetime(2026, 3, 1, tzinfo=UTC)
         with db.unit_of_work(sessions) as session:
-            ledger.issue(session, "verra", "dev-1", block, at)
-        run_plain = db.run_plain
-        split = threading.Event()
-
-        def then_b_splits(session: Any, statement: Any, params: Any) -> Any:
-            rows = run_plain(session, statement, params)
-            if statement is ledger._OVERLAP and not split.is_set():
-                split.set()
-                with db.unit_of_work(sessions) as b:
-                    (held,) = ledger.require_holding(b, "verra", "dev-1", block.id)
-                    ledger.carve(b, held, BlockId(Program.VCS, "", 1, 10), at)
-            return rows
-
-        monkeypatch.setattr("registry_bridge.ledger.run_plain", then_b_splits)
-        with sessions() as a, a.begin(), pytest.raises(LedgerConflict, match="concurrent"):
-            ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
-        assert split.is_set()
-        monkeypatch.setattr("registry_bridge.ledger.run_plain", run_plain)
-        # Read again, the ledger has every unit, in the pieces B left.
-        with db.unit_of_work(sessions) as a:
-            pieces = ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
-            assert [(h.block.id.serial_start, h.block.id.serial_end) for h in pieces] == [
-                (1, 10),
-                (11, 100),
-            ]
+            ledger.issue(session, "verra", "dev-1", block, _AT)
+        yield sessions, block
     finally:
         engine.dispose()
+
+
+def test_ledger_change_refuses_a_stale_holding(
+    issued: tuple[sessionmaker[Session], UnitBlock],
+) -> None:
+    """The root cause of the race above, made deterministic with two sessions.
+
+    Gateway A reads a holding (active); gateway B locks it and commits; A then changes
+    the holding it read.  ``ledger.change`` must refuse (LedgerConflict): the row is no
+    longer what A planned from.
+    """
+    sessions, block = issued
+    with sessions() as a, a.begin():
+        (read_by_a,) = ledger.require_holding(a, "verra", "dev-1", block.id)
+        with db.unit_of_work(sessions) as b:
+            (read_by_b,) = ledger.require_holding(b, "verra", "dev-1", block.id)
+            ledger.change(
+                b, read_by_b, "lock", _AT, status=HoldingStatus.LOCKED, lock_transfer_id="t-b"
+            )
+        with pytest.raises(LedgerConflict):
+            ledger.change(
+                a, read_by_a, "lock", _AT, status=HoldingStatus.LOCKED, lock_transfer_id="t-a"
+            )
+
+
+def test_a_row_ended_between_the_ledgers_two_reads_is_a_conflict_not_missing_units(
+    issued: tuple[sessionmaker[Session], UnitBlock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup reads the ids of the live rows, then the rows. Gateway B splits the row
+    in between and commits: A must meet a conflict (and retry), not conclude that the
+    units are not in the ledger (a spurious rejection, seen once under the race above).
+    """
+    sessions, block = issued
+    run_plain = db.run_plain
+    split = threading.Event()
+
+    def then_b_splits(session: Any, statement: Any, params: Any) -> Any:
+        rows = run_plain(session, statement, params)
+        if statement is ledger._OVERLAP and not split.is_set():
+            split.set()
+            with db.unit_of_work(sessions) as b:
+                (held,) = ledger.require_holding(b, "verra", "dev-1", block.id)
+                ledger.carve(b, held, BlockId(Program.VCS, "", 1, 10), _AT)
+        return rows
+
+    monkeypatch.setattr("registry_bridge.ledger.run_plain", then_b_splits)
+    with sessions() as a, a.begin(), pytest.raises(LedgerConflict, match="concurrent"):
+        ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
+    assert split.is_set()
+    monkeypatch.setattr("registry_bridge.ledger.run_plain", run_plain)
+    # Read again, the ledger has every unit, in the pieces B left.
+    with db.unit_of_work(sessions) as a:
+        pieces = ledger.require_holding(a, "verra", "dev-1", BlockId(Program.VCS, "", 1, 20))
+        assert [(h.block.id.serial_start, h.block.id.serial_end) for h in pieces] == [
+            (1, 10),
+            (11, 100),
+        ]
 
 
 def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answers(

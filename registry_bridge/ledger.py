@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from registry_bridge import plain_rows
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
-from registry_bridge.db import read_plain, run_plain
+from registry_bridge.db import run_plain
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -318,8 +318,11 @@ def _overlap_query() -> sa.Select[tuple[int]]:
 _OVERLAP = _overlap_query()
 
 
-_BY_IDS = LedgerRow.SELECT.where(LedgerBlock.id.in_(sa.bindparam("ids", expanding=True)))
-_BY_ID = LedgerRow.SELECT.where(LedgerBlock.id == sa.bindparam("id"))
+_BY_IDS = LedgerRow.SELECT.where(LedgerBlock.id.in_(sa.bindparam("keys", expanding=True)))
+_BY_ID = LedgerRow.SELECT.where(LedgerBlock.id == sa.bindparam("key"))
+# Locked in id order: two transactions locking overlapping groups wait for each other
+# instead of deadlocking.
+_BY_IDS_LOCKED = _BY_IDS.order_by(LedgerBlock.id).with_for_update()
 _BY_ID_LOCKED = _BY_ID.with_for_update()
 
 
@@ -359,19 +362,7 @@ def read_rows_by_id(session: Session, row_ids: Sequence[int]) -> dict[int, Ledge
     Returns:
         Those of them that exist, by id, as the transaction holds them.
     """
-    wanted = [i for i in dict.fromkeys(row_ids) if plain_rows.held(session, LedgerRow, i) is None]
-    if len(wanted) == 1:
-        plain_rows.hold(session, LedgerRow, read_plain(session, _BY_ID, {"id": wanted[0]}))
-    else:
-        for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
-            with session.no_autoflush:
-                found = list(session.execute(_BY_IDS, {"ids": chunk}).mappings())
-            plain_rows.hold(session, LedgerRow, found)
-    held = {i: plain_rows.held(session, LedgerRow, i) for i in dict.fromkeys(row_ids)}
-    return {i: row for i, row in held.items() if row is not None}
-
-
-_BY_IDS_LOCKED = _BY_IDS.order_by(LedgerBlock.id).with_for_update()
+    return plain_rows.read(session, LedgerRow, row_ids, _BY_ID, _BY_IDS)
 
 
 def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
@@ -387,11 +378,9 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
         return
     locked: set[int] = session.info.setdefault(_LOCKED_ROWS, set())
     wanted = sorted(set(row_ids) - locked)
-    for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
-        with session.no_autoflush:
-            found = list(session.execute(_BY_IDS_LOCKED, {"ids": chunk}).mappings())
-        plain_rows.hold(session, LedgerRow, found, fresh=True)
-        locked.update(int(m["id"]) for m in found)
+    locked.update(
+        plain_rows.read(session, LedgerRow, wanted, _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True)
+    )
 
 
 def live_rows_by_id(session: Session, row_ids: Sequence[int]) -> list[LedgerHolding]:
@@ -564,8 +553,9 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
         # Read again under the row's lock, every time: a savepoint that rolled back may
         # have taken an earlier lock along.  A row with changes not yet written was
         # locked when they were made (rows change only here) and stays as held.
-        found = read_plain(session, _BY_ID_LOCKED, {"id": holding.row_id})
-        row = next(iter(plain_rows.hold(session, LedgerRow, found, fresh=True)), None)
+        row = plain_rows.read(
+            session, LedgerRow, [holding.row_id], _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True
+        ).get(holding.row_id)
     if (
         row is None
         or not row.live

@@ -19,14 +19,14 @@ changing them writes nothing anywhere.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from registry_bridge.db import before_deferred_inserts, run_plain_many
+from registry_bridge.db import before_deferred_inserts, read_plain, run_plain_many
 
 
 class PlainRow:
@@ -251,6 +251,45 @@ def hold(
         if isinstance(row, kind):
             found.append(row)
     return found
+
+
+def fetch(
+    session: Session, one: sa.Select[Any], many: sa.Select[Any], keys: Sequence[Any]
+) -> list[Mapping[Any, Any]]:
+    """The rows of ``keys`` as plain values, each by attribute name (a select of
+    ``SELECT``'s columns): one key by ``one``, run as plain text (``db.read_plain``, its
+    parameter ``key``); more by ``many``, 500 keys per statement (its parameter ``keys``).
+    """
+    if len(keys) == 1:
+        return list(read_plain(session, one, {"key": keys[0]}))
+    found: list[Mapping[Any, Any]] = []
+    for chunk in (keys[i : i + 500] for i in range(0, len(keys), 500)):
+        # Read by key: rows the transaction has not written are held, not read.
+        with session.no_autoflush:
+            found.extend(session.execute(many, {"keys": list(chunk)}).mappings())
+    return found
+
+
+def read(
+    session: Session,
+    kind: type[Row],
+    keys: Iterable[Any],
+    one: sa.Select[Any],
+    many: sa.Select[Any],
+    *,
+    fresh: bool = False,
+) -> dict[Any, Row]:
+    """The rows of ``keys`` that exist, held by the transaction, by key.
+
+    Those it holds already are taken as it holds them and the others read (see
+    ``fetch``); with ``fresh`` (``one`` and ``many`` lock the rows), every one is read
+    and held as ``hold`` says.
+    """
+    wanted = list(dict.fromkeys(keys))
+    unread = wanted if fresh else [k for k in wanted if held(session, kind, k) is None]
+    hold(session, kind, fetch(session, one, many, unread), fresh=fresh)
+    rows = {k: held(session, kind, k) for k in wanted}
+    return {k: row for k, row in rows.items() if row is not None}
 
 
 def write(session: Session, kind: type[PlainRow]) -> None:

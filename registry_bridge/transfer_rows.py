@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry_bridge import plain_rows
-from registry_bridge.db import read_plain
 from registry_bridge.plain_rows import PlainRow
 from registry_bridge.schema import TransferRecord
 
@@ -77,37 +76,24 @@ def add(session: Session, row: TransferRow) -> None:
     plain_rows.add(session, row)
 
 
-_SELECT = TransferRow.SELECT.where(_TABLE.c.id.in_(sa.bindparam("ids", expanding=True)))
+_SELECT = TransferRow.SELECT.where(_TABLE.c.id.in_(sa.bindparam("keys", expanding=True)))
+_SELECT_ONE = TransferRow.SELECT.where(_TABLE.c.id == sa.bindparam("key"))
+# Locked in id order, so two gateways locking overlapping groups wait for each other
+# instead of deadlocking.  One row (as a single transfer's every step reads it) is read
+# as plain text (see plain_rows.fetch).
 _LOCK = _SELECT.order_by(_TABLE.c.id).with_for_update()
-# One row, as a single transfer's every step reads it: run as plain text (db.read_plain).
-_LOCK_ONE = TransferRow.SELECT.where(_TABLE.c.id == sa.bindparam("id")).with_for_update()
-
-
-def _read(session: Session, statement: sa.Select[Any], ids: Sequence[str]) -> list[Any]:
-    found: list[Any] = []
-    for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
-        found.extend(row._mapping for row in session.execute(statement, {"ids": chunk}))
-    return found
+_LOCK_ONE = _SELECT_ONE.with_for_update()
 
 
 def lock(session: Session, transfer_ids: Iterable[str]) -> dict[str, TransferRow]:
     """The rows of ``transfer_ids`` (those that exist), locked and held by the transaction.
 
-    A row the transaction already holds is taken as it holds it; the others are read with
-    one statement per 500, in id order, so two gateways locking overlapping groups wait
-    for each other instead of deadlocking.
+    A row the transaction already holds is taken as it holds it.
     """
-    wanted = sorted(set(transfer_ids))
-    unread = [t for t in wanted if plain_rows.held(session, TransferRow, t) is None]
-    if len(unread) == 1:
-        found = read_plain(session, _LOCK_ONE, {"id": unread[0]})
-    else:
-        found = _read(session, _LOCK, unread)
-    plain_rows.hold(session, TransferRow, found)
-    rows = {t: plain_rows.held(session, TransferRow, t) for t in wanted}
-    return {t: row for t, row in rows.items() if row is not None}
+    return plain_rows.read(session, TransferRow, sorted(set(transfer_ids)), _LOCK_ONE, _LOCK)
 
 
 def read(session: Session, transfer_ids: Sequence[str]) -> list[TransferRow]:
     """The rows of ``transfer_ids`` as they are now, unlocked and not held: snapshots."""
-    return [TransferRow(**m) for m in _read(session, _SELECT, list(dict.fromkeys(transfer_ids)))]
+    keys = list(dict.fromkeys(transfer_ids))
+    return [TransferRow(**m) for m in plain_rows.fetch(session, _SELECT_ONE, _SELECT, keys)]

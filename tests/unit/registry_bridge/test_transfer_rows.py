@@ -20,10 +20,10 @@ from registry_bridge.transfer_rows import TransferRow
 _AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def _row(transfer_id: str, state: str = "PROPOSED") -> TransferRow:
+def _row(transfer_id: str, state: str = "PROPOSED", request_id: str = "") -> TransferRow:
     return TransferRow(
         id=transfer_id,
-        request_id=f"request-{transfer_id}",
+        request_id=request_id or f"request-{transfer_id}",
         body_sha256=bytes(32),
         state=state,
         kind="",
@@ -233,8 +233,7 @@ def test_a_refused_insert_is_raised_as_sqlalchemy_raises_it(
     # Callers tell a lost race (another gateway's row with the same request id) by
     # SQLAlchemy's IntegrityError, whether the ORM or a plain statement wrote the row.
     _insert(sessions, "t1")
-    duplicate = _row("t2")
-    object.__setattr__(duplicate, "request_id", "request-t1")
+    duplicate = _row("t2", request_id="request-t1")
     with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sessions) as session:
         transfer_rows.add(session, duplicate)
     assert _stored(sessions) == {"t1": ("PROPOSED", "", None)}
@@ -252,8 +251,7 @@ def test_a_write_that_fails_in_a_savepoint_is_undone_with_it(
         row = transfer_rows.lock(session, ["t1"])["t1"]
         with pytest.raises(sa.exc.IntegrityError), db.savepoint(session):
             row.state = "CHECKED"
-            refused = _row("t2")
-            object.__setattr__(refused, "request_id", "request-t1")
+            refused = _row("t2", request_id="request-t1")
             transfer_rows.add(session, refused)
             session.execute(sa.select(TransferRecord.id)).all()  # writes both, and fails
         assert row.state == "PROPOSED"

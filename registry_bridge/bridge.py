@@ -824,7 +824,8 @@ class Bridge:
     def _settled_views(self, submissions: Sequence[_Submission]) -> list[Transfer | Exception]:
         """Settle submissions (see ``_settle``); each one's transfer then, or its error.
 
-        The transfers are read back together, in one transaction.
+        Those the settlement did not see to their end are read back together, in one
+        transaction.
         """
         settled, ended = self._settle(submissions)
         unread = [o for o in settled if isinstance(o, str) and o not in ended]

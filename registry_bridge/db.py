@@ -21,11 +21,11 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from registry_bridge.errors import CarbonlinkError
+from registry_bridge.errors import CarbonlinkError, TransactionAborted
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Serializes concurrent migrators (several gateways starting at once) on PostgreSQL.
@@ -71,8 +71,30 @@ def create_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        event.listen(engine, "handle_error", _aborted_by_the_database, retval=True)
+        return engine
     raise DatabaseError(f"database backend {backend!r} is not supported (use sqlite or postgresql)")
+
+
+# PostgreSQL's SQLSTATEs for a transaction it rolled back because of a concurrent one.
+_ABORTED_SQLSTATES = {"40001": "a serialization conflict", "40P01": "a deadlock"}
+
+
+def _transaction_aborted(driver_error: BaseException) -> TransactionAborted | None:
+    cause = _ABORTED_SQLSTATES.get(getattr(driver_error, "sqlstate", None) or "")
+    if cause is None:
+        return None
+    return TransactionAborted(
+        f"the database aborted the transaction to break {cause} with a concurrent one: "
+        f"{str(driver_error).splitlines()[0]}"
+    )
+
+
+def _aborted_by_the_database(context: ExceptionContext) -> BaseException | None:
+    # A concurrent transaction's locks, not this one's statements, caused the failure:
+    # callers retry it as the lost race it is, instead of reporting an internal error.
+    return _transaction_aborted(context.original_exception)
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:
@@ -364,8 +386,12 @@ def driver_cursor(session: Session) -> Iterator[Any]:
     try:
         yield cursor
     except driver_error as exc:
-        # As SQLAlchemy raises it (an IntegrityError for a refused row, say), so callers
-        # handle a statement's failure alike whoever ran it.
+        # As SQLAlchemy raises it (an IntegrityError for a refused row, say, or what the
+        # engine's handle_error makes of it), so callers handle a statement's failure
+        # alike whoever ran it.
+        aborted = _transaction_aborted(exc)
+        if aborted is not None:
+            raise aborted from exc
         raise sa.exc.DBAPIError.instance(None, None, exc, driver_error) from exc
     finally:
         cursor.close()

@@ -71,6 +71,14 @@ class LedgerConflict(CarbonlinkError):
     """A concurrent change won a race for the same units; the caller may retry."""
 
 
+class TransactionAborted(LedgerConflict):
+    """The database aborted a transaction to break a deadlock or a serialization conflict.
+
+    Nothing the transaction did was kept, and running it again is safe.  A LedgerConflict,
+    so every caller that retries a lost race retries this too.
+    """
+
+
 class RegistryUnavailable(CarbonlinkError):
     """A registry could not be reached or timed out: transient, safe to retry."""
 

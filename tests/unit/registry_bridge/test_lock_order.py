@@ -1,0 +1,123 @@
+"""A deadlock the database breaks is a retryable conflict.
+
+PostgreSQL only: SQLite runs one write transaction at a time, so two writers never hold
+locks together there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters import serials
+from registry_bridge import db, ledger
+from registry_bridge.errors import LedgerConflict, TransactionAborted
+from registry_bridge.ledger import LedgerHolding
+from registry_bridge.model import BlockId, Program
+from registry_bridge.schema import LedgerBlock
+from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
+
+AT = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+@pytest.fixture
+def pg_sessions() -> Iterator[sessionmaker[Session]]:
+    require_postgres()
+    database_url = create_postgres_database()
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        yield db.session_factory(engine)
+    finally:
+        engine.dispose()
+        drop_postgres_database(database_url)
+
+
+def _vcs(start: int, end: int) -> BlockId:
+    return BlockId(Program.VCS, "", start, end)
+
+
+def _two_rows(sessions: sessionmaker[Session]) -> tuple[LedgerHolding, LedgerHolding]:
+    """VCS 1-50 and 51-100 held by verra/dev, as two ledger rows."""
+    block = serials.parse_serial(
+        "verra", "19385-1-100-VCS-VCU-1507-VER-ET-14-1340-01012020-31122020-1"
+    )
+    with db.unit_of_work(sessions) as session:
+        whole = ledger.issue(session, "verra", "dev", block, AT)
+        ledger.carve(session, whole, _vcs(1, 50), AT)
+    with db.read_only(sessions) as session:
+        (first,) = ledger.require_holding(session, "verra", "dev", _vcs(1, 50))
+        (second,) = ledger.require_holding(session, "verra", "dev", _vcs(51, 100))
+    return first, second
+
+
+def _wait_until_blocked(sessions: sessionmaker[Session], count: int) -> None:
+    """Until ``count`` other connections to the database wait for a lock."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sessions() as probe:
+            waiting = probe.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the other writer never waited for a lock")
+
+
+def _lock_by_orm(session: Session, row_id: int) -> None:
+    session.execute(sa.select(LedgerBlock.id).where(LedgerBlock.id == row_id).with_for_update())
+
+
+_LOCK_ONE = sa.select(LedgerBlock.id).where(LedgerBlock.id == sa.bindparam("id")).with_for_update()
+
+
+def _lock_by_driver(session: Session, row_id: int) -> None:
+    db.run_plain(session, _LOCK_ONE, {"id": row_id})
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("lock", [_lock_by_orm, _lock_by_driver], ids=["orm", "driver"])
+def test_a_deadlock_the_database_breaks_is_a_retryable_conflict(
+    pg_sessions: sessionmaker[Session], lock: Callable[[Session, int], None]
+) -> None:
+    """Whichever way the statement ran, the aborted writer gets TransactionAborted (a
+    LedgerConflict, which callers retry), never the driver's error."""
+    first, second = _two_rows(pg_sessions)
+    victim_outcome: list[BaseException | None] = []
+
+    def victim() -> None:
+        try:
+            with db.unit_of_work(pg_sessions) as v:
+                # Its wait is checked for a cycle first, so it is the one aborted.
+                v.execute(sa.text("SET LOCAL deadlock_timeout = '50ms'"))
+                lock(v, second.row_id)
+                holds_second.set()
+                lock(v, first.row_id)
+            victim_outcome.append(None)
+        except BaseException as exc:  # reported to the test thread
+            victim_outcome.append(exc)
+
+    holds_second = threading.Event()
+    with db.unit_of_work(pg_sessions) as survivor:
+        survivor.execute(sa.text("SET LOCAL deadlock_timeout = '10s'"))
+        lock(survivor, first.row_id)
+        thread = threading.Thread(target=victim)
+        thread.start()
+        assert holds_second.wait(timeout=30)
+        _wait_until_blocked(pg_sessions, 1)
+        lock(survivor, second.row_id)
+    thread.join(timeout=30)
+    (error,) = victim_outcome
+    assert isinstance(error, TransactionAborted), error
+    assert isinstance(error, LedgerConflict)
+    assert "deadlock" in str(error)

@@ -95,6 +95,18 @@ def _locked_head(session: Session) -> _Head:
     return head
 
 
+def hold_head(session: Session) -> None:
+    """Lock the log head now, if the caller's transaction does not hold it yet.
+
+    Every transaction that changes the ledger appends to the log and so holds the head
+    until it commits.  Taken before any ledger row, it makes every writer lock in one
+    order, the head and then rows: two writers can never each hold what the other waits
+    for.  (A writer that locked a row first and then waited for the head, while the
+    head's holder waited for that row, stalled both until PostgreSQL aborted one.)
+    """
+    _locked_head(session)
+
+
 @on_write_deferred
 def _write_head(session: Session) -> None:
     head: _Head | None = session.info.get(_HEAD_KEY)

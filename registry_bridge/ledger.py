@@ -23,7 +23,7 @@ from registry_bridge import plain_rows
 from registry_bridge.block_json import attributes_to_json, block_from_parts, block_id_to_dict
 from registry_bridge.db import run_plain
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
-from registry_bridge.event_log import append_event
+from registry_bridge.event_log import append_event, hold_head
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.plain_rows import PlainRow
 from registry_bridge.schema import LedgerBlock
@@ -369,8 +369,8 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
     """Read and lock these rows at once, before the transaction changes any of them.
 
     On PostgreSQL each change otherwise locks its row with a query of its own (see
-    ``_row``); here one statement locks a group's rows, in id order (two transactions
-    locking overlapping groups wait for each other instead of deadlocking).  On SQLite the
+    ``_row``); here one statement locks a group's rows, in id order, after the log head
+    (see ``event_log.hold_head``), so that two writers never deadlock.  On SQLite the
     transaction holds the whole database already: the rows are only read.
     """
     if session.get_bind().dialect.name == "sqlite":
@@ -378,6 +378,8 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
         return
     locked: set[int] = session.info.setdefault(_LOCKED_ROWS, set())
     wanted = sorted(set(row_ids) - locked)
+    if wanted:
+        hold_head(session)
     locked.update(
         plain_rows.read(session, LedgerRow, wanted, _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True)
     )
@@ -553,6 +555,7 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
         # Read again under the row's lock, every time: a savepoint that rolled back may
         # have taken an earlier lock along.  A row with changes not yet written was
         # locked when they were made (rows change only here) and stays as held.
+        hold_head(session)
         row = plain_rows.read(
             session, LedgerRow, [holding.row_id], _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True
         ).get(holding.row_id)

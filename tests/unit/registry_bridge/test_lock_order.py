@@ -1,7 +1,11 @@
-"""A deadlock the database breaks is a retryable conflict.
+"""Writers take their locks in one order, and a deadlock the database breaks is retryable.
 
 PostgreSQL only: SQLite runs one write transaction at a time, so two writers never hold
 locks together there.
+
+Seen in CI under two gateways: a check group locked a ledger row, then waited for the log
+head, while the head's holder waited for that row.  PostgreSQL broke the cycle after its
+``deadlock_timeout`` by aborting one transaction, and its clients got an internal error.
 """
 
 from __future__ import annotations
@@ -72,6 +76,44 @@ def _wait_until_blocked(sessions: sessionmaker[Session], count: int) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("the other writer never waited for a lock")
+
+
+@pytest.mark.postgres
+def test_writers_crossing_over_two_rows_do_not_deadlock(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    """A carves row 1 then row 2; B carves row 2 in between.  B must queue behind A (for
+    the log head) without taking row 2 first; A then finishes, and B meets a plain
+    conflict on the row A ended, which its caller retries."""
+    first, second = _two_rows(pg_sessions)
+    b_outcome: list[BaseException | None] = []
+
+    def b_carves_the_second_row() -> None:
+        try:
+            with db.unit_of_work(pg_sessions) as b:
+                ledger.carve(b, second, _vcs(51, 60), AT)
+            b_outcome.append(None)
+        except BaseException as exc:  # reported to the test thread
+            b_outcome.append(exc)
+
+    with db.unit_of_work(pg_sessions) as a:
+        # Long enough that a cycle, if there were one, would be broken by aborting B.
+        a.execute(sa.text("SET LOCAL deadlock_timeout = '5s'"))
+        ledger.carve(a, first, _vcs(1, 10), AT)
+        b = threading.Thread(target=b_carves_the_second_row)
+        b.start()
+        _wait_until_blocked(pg_sessions, 1)
+        ledger.carve(a, second, _vcs(51, 60), AT)
+    b.join(timeout=30)
+    assert not b.is_alive()
+    (error,) = b_outcome
+    assert isinstance(error, LedgerConflict), error
+    assert not isinstance(error, TransactionAborted), error
+    with db.read_only(pg_sessions) as session:
+        ranges = sorted(
+            (h.block.id.serial_start, h.block.id.serial_end) for h in ledger.all_live(session)
+        )
+    assert ranges == [(1, 10), (11, 50), (51, 60), (61, 100)]
 
 
 def _lock_by_orm(session: Session, row_id: int) -> None:

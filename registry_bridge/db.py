@@ -381,20 +381,29 @@ def driver_cursor(session: Session) -> Iterator[Any]:
     driver = connection.connection.driver_connection
     if driver is None:
         raise DatabaseError("the session's connection has no driver connection")
+    with driver_errors(connection):
+        cursor = driver.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
+
+@contextmanager
+def driver_errors(connection: sa.Connection) -> Iterator[None]:
+    """The driver's errors raised in the block, as SQLAlchemy raises them.
+
+    An IntegrityError for a refused row, say, or what the engine's handle_error makes of
+    it: callers handle a statement's failure alike whoever ran it.
+    """
     driver_error: type[Exception] = connection.dialect.loaded_dbapi.Error
-    cursor = driver.cursor()
     try:
-        yield cursor
+        yield
     except driver_error as exc:
-        # As SQLAlchemy raises it (an IntegrityError for a refused row, say, or what the
-        # engine's handle_error makes of it), so callers handle a statement's failure
-        # alike whoever ran it.
         aborted = _transaction_aborted(exc)
         if aborted is not None:
             raise aborted from exc
         raise sa.exc.DBAPIError.instance(None, None, exc, driver_error) from exc
-    finally:
-        cursor.close()
 
 
 def driver_parameters(values: Mapping[str, Any], positions: tuple[str, ...] | None) -> Any:
@@ -575,11 +584,30 @@ def write_deferred(session: Session) -> None:
     Each table's rows go to the driver as one ``executemany`` of text compiled once:
     SQLAlchemy's per-row parameter handling cost more than the insert itself.
     """
-    for writer in _FIRST_WRITERS:
-        writer(session)
-    _insert_deferred(session)
-    for writer in _DEFERRED_WRITERS:
-        writer(session)
+    with _pipelined(session):
+        for writer in _FIRST_WRITERS:
+            writer(session)
+        _insert_deferred(session)
+        for writer in _DEFERRED_WRITERS:
+            writer(session)
+
+
+@contextmanager
+def _pipelined(session: Session) -> Iterator[None]:
+    """On PostgreSQL, the block's statements go out together, in one round trip.
+
+    Writes only: a statement whose rows are read inside the block waits for the ones
+    before it.  A failing statement's error (a refused row, say) is raised at the
+    latest where the block ends, as SQLAlchemy's or carbonlink's, as ``driver_cursor``
+    raises it; the statements after it are not run.
+    """
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if connection.dialect.name != "postgresql" or driver is None:
+        yield
+        return
+    with driver_errors(connection), driver.pipeline():
+        yield
 
 
 def _insert_deferred(session: Session) -> None:

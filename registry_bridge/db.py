@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,10 +72,42 @@ def create_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = sa.create_engine(parsed, pool_size=10, max_overflow=20)
         event.listen(engine, "handle_error", _aborted_by_the_database, retval=True)
+        _ping_idle_connections(engine)
         return engine
     raise DatabaseError(f"database backend {backend!r} is not supported (use sqlite or postgresql)")
+
+
+# A pooled connection idle this long is pinged before it is used again.
+PING_IDLE_SECONDS = 1.0
+# connection record info key: when the connection last went back to the pool.
+_CHECKED_IN_AT = "carbonlink.checked_in_at"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it has been idle a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip for each of a
+    transfer's transactions, four per SubmitTransfer.  A connection the server dropped
+    (a restart, an idle timeout) was idle when it happened; one in steady use would have
+    failed in use already, and the engine then drops the whole pool anyway.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in: float | None = record.info.get(_CHECKED_IN_AT)
+        if checked_in is None or time.monotonic() - checked_in < PING_IDLE_SECONDS:
+            return  # new, or back in the pool a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and checks out another (a new one if need be).
+            raise sa.exc.DisconnectionError(f"a pooled connection was closed: {exc}") from exc
 
 
 # PostgreSQL's SQLSTATEs for a transaction it rolled back because of a concurrent one.

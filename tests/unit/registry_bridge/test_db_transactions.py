@@ -1,8 +1,8 @@
 """Deferred inserts follow their transaction and savepoints; SQLite writers queue in order.
 
 ``db.defer_insert`` keeps append-only rows (log events, transfer steps) out of the ORM
-until a flush or commit writes them in one batch: a row must be written exactly when the
-change it belongs to is, never after a rollback.
+until a flush or commit writes them in one batch (on PostgreSQL, one pipeline): a row must
+be written exactly when the change it belongs to is, never after a rollback.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import db
-from registry_bridge.schema import EventBlock
+from registry_bridge.schema import EventBlock, LogHead
 
 _TABLE = EventBlock.__table__
+_LOG_HEAD = LogHead.__table__
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+def sqlite_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine = db.create_engine(f"sqlite:///{tmp_path}/ledger.db")
     db.upgrade(engine)
     yield db.session_factory(engine)
@@ -90,14 +91,44 @@ def test_a_query_sees_the_rows_deferred_before_it(sessions: sessionmaker[Session
     assert list(found) == [7]
 
 
-def test_sqlite_writers_of_one_process_wait_for_each_other_in_turn(
+def test_rows_of_differing_shapes_are_written_through_sqlalchemy_alike(
     sessions: sessionmaker[Session],
+) -> None:
+    # Rows whose columns differ go through SQLAlchemy, not the plain executemany (on
+    # PostgreSQL, inside the same pipeline as the plain ones).
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+        db.defer_insert(session, _TABLE, dict(reversed(_row(2).items())))
+        db.defer_insert(session, _LOG_HEAD, {"id": 5, "size": 0})
+    assert _written(sessions) == [1, 2]
+
+
+def test_a_refused_row_among_several_tables_writes_none_of_them(
+    sessions: sessionmaker[Session],
+) -> None:
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+    with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _LOG_HEAD, {"id": 6, "size": 0})
+        db.defer_insert(session, _TABLE, _row(2))
+        db.defer_insert(session, _TABLE, _row(1))  # its primary key is taken
+        db.defer_insert(session, _TABLE, _row(3))
+    assert _written(sessions) == [1]
+    with db.read_only(sessions) as session:
+        assert session.execute(sa.select(LogHead.id).where(LogHead.id == 6)).all() == []
+    with db.unit_of_work(sessions) as session:  # the connection is fit for the next
+        db.defer_insert(session, _TABLE, _row(4))
+    assert _written(sessions) == [1, 4]
+
+
+def test_sqlite_writers_of_one_process_wait_for_each_other_in_turn(
+    sqlite_sessions: sessionmaker[Session],
 ) -> None:
     order: list[str] = []
     first_in = threading.Event()
 
     def first() -> None:
-        with db.unit_of_work(sessions) as session:
+        with db.unit_of_work(sqlite_sessions) as session:
             db.defer_insert(session, _TABLE, _row(1))
             session.execute(sa.select(EventBlock.event_idx)).all()  # begins: takes the lock
             first_in.set()
@@ -106,7 +137,7 @@ def test_sqlite_writers_of_one_process_wait_for_each_other_in_turn(
 
     def second() -> None:
         first_in.wait(timeout=10)
-        with db.unit_of_work(sessions) as session:
+        with db.unit_of_work(sqlite_sessions) as session:
             db.defer_insert(session, _TABLE, _row(2))
             session.execute(sa.select(EventBlock.event_idx)).all()
             order.append("second")
@@ -117,18 +148,18 @@ def test_sqlite_writers_of_one_process_wait_for_each_other_in_turn(
     for thread in threads:
         thread.join(timeout=30)
     assert order == ["first", "second"]
-    assert _written(sessions) == [1, 2]
+    assert _written(sqlite_sessions) == [1, 2]
 
 
 def test_a_failed_write_transaction_releases_the_writer_lock(
-    sessions: sessionmaker[Session],
+    sqlite_sessions: sessionmaker[Session],
 ) -> None:
-    with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sessions) as session:
+    with pytest.raises(sa.exc.IntegrityError), db.unit_of_work(sqlite_sessions) as session:
         session.execute(sa.insert(EventBlock), [_row(1), _row(1)])  # duplicate primary key
     done = threading.Event()
 
     def writer() -> None:
-        with db.unit_of_work(sessions) as session:
+        with db.unit_of_work(sqlite_sessions) as session:
             db.defer_insert(session, _TABLE, _row(5))
         done.set()
 
@@ -136,4 +167,4 @@ def test_a_failed_write_transaction_releases_the_writer_lock(
     thread.start()
     thread.join(timeout=10)
     assert done.is_set()  # another thread could write: the lock was not left held
-    assert _written(sessions) == [5]
+    assert _written(sqlite_sessions) == [5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -140,3 +141,78 @@ def test_a_base_exception_in_a_round_still_hands_the_lead_over() -> None:
     with pytest.raises(KeyboardInterrupt):
         rounds.submit(_submission("r0"))
     assert rounds._leading is False and rounds._queue == []
+
+
+class _Paced:
+    """A settle that records its groups and takes ``seconds_per_round`` for each."""
+
+    def __init__(self, seconds_per_round: float) -> None:
+        self.groups: list[list[str]] = []
+        self._seconds = seconds_per_round
+        self.release_first = threading.Event()
+
+    def __call__(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
+        request_ids = [r for r, _ in submissions]
+        self.groups.append(request_ids)
+        if len(self.groups) == 1:
+            self.release_first.wait(timeout=10)
+        else:
+            time.sleep(self._seconds)
+        return [f"transfer-of-{r}" for r in request_ids]
+
+
+def test_the_submitters_of_a_round_who_come_back_at_once_share_the_next_round() -> None:
+    """Clients that submit again as soon as they are answered come back a little apart;
+    the round after theirs waits for them (a share of a round's time) instead of leaving
+    with the first alone and the others for the round after."""
+    paced = _Paced(seconds_per_round=1.0)  # so the window is 100 ms
+    rounds = _SharedRounds(paced, gather_cap_seconds=10.0)
+    answers: dict[str, str] = {}
+    errors: dict[str, Exception] = {}
+    blocker = threading.Thread(target=_run, args=(rounds, "r0", answers, errors))
+    blocker.start()
+    while not paced.groups:
+        time.sleep(0.001)
+
+    def client(i: int) -> None:
+        _run(rounds, f"a{i}", answers, errors)
+        time.sleep(0.01 * i)  # answered together, back a little apart
+        _run(rounds, f"b{i}", answers, errors)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for thread in clients:
+        thread.start()
+    while len(rounds._queue) < 3:
+        time.sleep(0.001)
+    paced.release_first.set()
+    for thread in [blocker, *clients]:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert errors == {}
+    assert [sorted(g) for g in paced.groups] == [["r0"], ["a0", "a1", "a2"], ["b0", "b1", "b2"]]
+    # Only one came back: its round went without the others, and the next expects one.
+    assert rounds.submit(_submission("c0")) == "transfer-of-c0"
+    assert paced.groups[-1] == ["c0"]
+    assert rounds._submitters == 1
+
+
+def test_a_lone_client_never_waits_for_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    paced = _Paced(seconds_per_round=0.05)
+    paced.release_first.set()
+    rounds = _SharedRounds(paced, gather_cap_seconds=10.0)
+    waits: list[float | None] = []
+    arrived = rounds._arrived
+
+    class _Spy:
+        def notify(self) -> None:
+            arrived.notify()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return arrived.wait(timeout)
+
+    monkeypatch.setattr(rounds, "_arrived", _Spy())
+    for i in range(4):
+        assert rounds.submit(_submission(f"r{i}")) == f"transfer-of-r{i}"
+    assert paced.groups == [["r0"], ["r1"], ["r2"], ["r3"]]
+    assert waits == []

@@ -636,11 +636,20 @@ def _pipelined(session: Session) -> Iterator[None]:
     """
     connection = session.connection()
     driver = connection.connection.driver_connection
-    if connection.dialect.name != "postgresql" or driver is None:
+    if driver is None or not _can_pipeline(connection.dialect):
         yield
         return
     with driver_errors(connection), driver.pipeline():
         yield
+
+
+def _can_pipeline(dialect: sa.Dialect) -> bool:
+    # psycopg 3 over a libpq of version 14 or later: other PostgreSQL drivers (psycopg2,
+    # should a deployment name one), and SQLite, run the block's statements one by one.
+    if dialect.driver != "psycopg":
+        return False
+    supported: bool = dialect.loaded_dbapi.Pipeline.is_supported()
+    return supported
 
 
 def _insert_deferred(session: Session) -> None:

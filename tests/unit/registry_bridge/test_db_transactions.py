@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -168,3 +169,24 @@ def test_a_failed_write_transaction_releases_the_writer_lock(
     thread.join(timeout=10)
     assert done.is_set()  # another thread could write: the lock was not left held
     assert _written(sqlite_sessions) == [5]
+
+
+@pytest.mark.postgres
+def test_postgresql_writes_a_transactions_deferred_rows_in_one_pipeline(
+    database_url: str, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's statements run in-process: there is no round trip to save")
+    entered: list[int] = []
+    pipeline = psycopg.Connection.pipeline
+
+    def counted(self: psycopg.Connection[Any]) -> Any:
+        entered.append(1)
+        return pipeline(self)
+
+    monkeypatch.setattr(psycopg.Connection, "pipeline", counted)
+    with db.unit_of_work(sessions) as session:
+        db.defer_insert(session, _TABLE, _row(1))
+        db.defer_insert(session, _LOG_HEAD, {"id": 7, "size": 0})
+    assert entered == [1]
+    assert _written(sessions) == [1]

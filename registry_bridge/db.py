@@ -12,7 +12,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -414,6 +414,9 @@ def driver_cursor(session: Session) -> Iterator[Any]:
     driver = connection.connection.driver_connection
     if driver is None:
         raise DatabaseError("the session's connection has no driver connection")
+    open_pipeline: Callable[[], None] | None = session.info.pop(_OPEN_PIPELINE, None)
+    if open_pipeline is not None:
+        open_pipeline()
     with driver_errors(connection):
         cursor = driver.cursor()
         try:
@@ -625,6 +628,10 @@ def write_deferred(session: Session) -> None:
             writer(session)
 
 
+# session.info key: opens the pipeline of the write_deferred block running (see _pipelined).
+_OPEN_PIPELINE = "carbonlink.open_pipeline"
+
+
 @contextmanager
 def _pipelined(session: Session) -> Iterator[None]:
     """On PostgreSQL, the block's statements go out together, in one round trip.
@@ -639,8 +646,20 @@ def _pipelined(session: Session) -> Iterator[None]:
     if driver is None or not _can_pipeline(connection.dialect):
         yield
         return
-    with driver_errors(connection), driver.pipeline():
-        yield
+    with ExitStack() as pipeline:
+
+        def open_pipeline() -> None:
+            pipeline.enter_context(driver_errors(connection))
+            pipeline.enter_context(driver.pipeline())
+
+        # Opened by the block's first statement (see driver_cursor), not here: closing a
+        # pipeline costs a round trip, and most blocks (one runs before every query)
+        # write nothing.
+        session.info[_OPEN_PIPELINE] = open_pipeline
+        try:
+            yield
+        finally:
+            session.info.pop(_OPEN_PIPELINE, None)
 
 
 def _can_pipeline(dialect: sa.Dialect) -> bool:

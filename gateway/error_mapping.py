@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from registry_bridge.errors import (
     CarbonlinkError,
+    DatabaseUnavailable,
     FailedPrecondition,
     InvalidRequest,
     LedgerConflict,
@@ -45,6 +46,7 @@ _STATUS_TABLE: tuple[tuple[type[CarbonlinkError], grpc.StatusCode], ...] = (
     (RegistryRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (LedgerConflict, grpc.StatusCode.ABORTED),
     (RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from registry_bridge.errors import CarbonlinkError, TransactionAborted
+from registry_bridge.errors import CarbonlinkError, DatabaseUnavailable, TransactionAborted
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Serializes concurrent migrators (several gateways starting at once) on PostgreSQL.
@@ -124,9 +124,40 @@ def _transaction_aborted(driver_error: BaseException) -> TransactionAborted | No
     )
 
 
+def _lost_connection(driver_error: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"the database connection was lost or refused: {str(driver_error).splitlines()[0]}"
+    )
+
+
+# SQLSTATEs of a server that went away: class 08 (connection exceptions), and an
+# administrator's or a crash's shutdown, or a server not accepting connections yet.
+_SERVER_GONE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def _server_gone(error: BaseException | None) -> bool:
+    # The error or one it arose from: closing a pipeline on a connection the server just
+    # ended fails with its own error, whose context is the server's.
+    while error is not None:
+        sqlstate: str = getattr(error, "sqlstate", None) or ""
+        if sqlstate.startswith(_SERVER_GONE_SQLSTATES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _aborted_by_the_database(context: ExceptionContext) -> BaseException | None:
-    # A concurrent transaction's locks, not this one's statements, caused the failure:
-    # callers retry it as the lost race it is, instead of reporting an internal error.
+    # A concurrent transaction's locks, or the server's going away, not this request's
+    # statements, caused the failure: callers retry a lost race, and clients hear that
+    # the database is unavailable (and may retry), instead of an internal error.
+    # SQLAlchemy drops the pool's connections after this when it is a disconnect.
+    if _server_gone(context.original_exception):
+        context.is_disconnect = True
+    if context.is_disconnect or (
+        context.connection is None
+        and isinstance(context.original_exception, context.dialect.loaded_dbapi.OperationalError)
+    ):
+        return _lost_connection(context.original_exception)
     return _transaction_aborted(context.original_exception)
 
 
@@ -240,7 +271,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                     sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
                 )
             command.upgrade(_alembic_config(connection), revision)
-    except sa.exc.SQLAlchemyError as exc:
+    except (sa.exc.SQLAlchemyError, DatabaseUnavailable) as exc:
         raise DatabaseError(
             f"cannot migrate the database: {exc.__class__.__name__}: {exc}"
         ) from exc
@@ -265,7 +296,7 @@ def check_connection(engine: Engine) -> None:
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-    except sa.exc.SQLAlchemyError as exc:
+    except (sa.exc.SQLAlchemyError, DatabaseUnavailable) as exc:
         raise DatabaseError(f"cannot connect to the database: {exc.__class__.__name__}") from exc
 
 
@@ -436,6 +467,14 @@ def driver_errors(connection: sa.Connection) -> Iterator[None]:
     try:
         yield
     except driver_error as exc:
+        # (SQLAlchemy types the driver's error class as its PEP 249 protocol.)
+        if _server_gone(exc) or connection.dialect.is_disconnect(
+            cast(Any, exc), connection.connection.dbapi_connection, None
+        ):
+            # Dropped, as SQLAlchemy drops a connection it sees fail so: the session's
+            # rollback must not be sent on it, nor the pool hand it out again.
+            connection.invalidate(exc)
+            raise _lost_connection(exc) from exc
         aborted = _transaction_aborted(exc)
         if aborted is not None:
             raise aborted from exc

@@ -87,6 +87,15 @@ class RegistryUnavailable(CarbonlinkError):
         self.registry = registry
 
 
+class DatabaseUnavailable(CarbonlinkError):
+    """The database could not be reached, or dropped the connection, mid-request.
+
+    Transient: what the request committed before stays committed, a transfer left
+    unfinished is resumed by the recovery loop, and a retry with the same request id is
+    answered as the first try would have been.
+    """
+
+
 class RegistryRejected(CarbonlinkError):
     """A registry refused an operation for good (e.g. the units are retired)."""
 

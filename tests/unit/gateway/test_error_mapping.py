@@ -7,6 +7,7 @@ from google.rpc import code_pb2, error_details_pb2
 from gateway.error_mapping import internal_status, status_code_for, to_rpc_status
 from registry_bridge.errors import (
     CarbonlinkError,
+    DatabaseUnavailable,
     FailedPrecondition,
     FieldViolation,
     InvalidRequest,
@@ -33,6 +34,7 @@ from registry_bridge.errors import (
         ),
         (LedgerConflict("raced"), grpc.StatusCode.ABORTED),
         (RegistryUnavailable("verra", "timeout"), grpc.StatusCode.UNAVAILABLE),
+        (DatabaseUnavailable("connection lost"), grpc.StatusCode.UNAVAILABLE),
         (NotYetImplemented("X", issue=6), grpc.StatusCode.UNIMPLEMENTED),
     ],
 )

@@ -1,18 +1,23 @@
-"""PostgreSQL's pooled connections: pinged after idling, not before every transaction.
+"""PostgreSQL's connections: pinged after idling, not before every transaction; a lost or
+refused connection is DatabaseUnavailable.
 
 PostgreSQL only: SQLite's connections are files, with no server to drop them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from registry_bridge import db
+from registry_bridge.errors import DatabaseUnavailable
+from registry_bridge.schema import EventBlock
 from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 
@@ -81,5 +86,59 @@ def test_a_connection_in_steady_use_is_not_pinged(
         for _ in range(5):
             _backend_pid(engine)
         assert pings == []
+    finally:
+        engine.dispose()
+
+
+def _plain_select_one(session: Session) -> None:
+    db.run_plain(session, _SELECT_ONE, {})
+
+
+def _orm_select_one(session: Session) -> None:
+    session.execute(_SELECT_ONE).all()
+
+
+def _pipelined_write(session: Session) -> None:
+    row = {"event_idx": 1, "seq": 0, "program": "VCS", "serial_series": ""}
+    db.defer_insert(session, EventBlock.__table__, {**row, "serial_start": 1, "serial_end": 1})
+    db.write_deferred(session)
+
+
+_SELECT_ONE: sa.Select[tuple[Any]] = sa.select(sa.literal_column("1"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "statement",
+    [_orm_select_one, _plain_select_one, _pipelined_write],
+    ids=["orm", "driver", "pipeline"],
+)
+def test_a_connection_lost_mid_transaction_is_database_unavailable(
+    pg_url: str, statement: Callable[[Session], None]
+) -> None:
+    """Whichever way the statement ran: clients hear UNAVAILABLE (and may retry), not
+    an internal error, and the next transaction gets a working connection."""
+    engine = db.create_engine(pg_url)
+    sessions = db.session_factory(engine)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="lost"), db.unit_of_work(sessions) as s:
+            pid = int(s.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+            _terminate(pg_url, pid)
+            statement(s)
+        assert _backend_pid(engine) != pid
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_database_that_refuses_connections_is_database_unavailable() -> None:
+    require_postgres()
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = db.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="refused"):
+            _backend_pid(engine)
     finally:
         engine.dispose()

@@ -379,10 +379,17 @@ def lock_rows_by_id(session: Session, row_ids: Sequence[int]) -> None:
     locked: set[int] = session.info.setdefault(_LOCKED_ROWS, set())
     wanted = sorted(set(row_ids) - locked)
     if wanted:
-        hold_head(session)
-    locked.update(
-        plain_rows.read(session, LedgerRow, wanted, _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True)
-    )
+        locked.update(_read_locked(session, wanted))
+
+
+def _read_locked(session: Session, row_ids: Sequence[int]) -> dict[int, LedgerRow]:
+    """These rows read afresh and locked (PostgreSQL), after the log head.
+
+    Every ledger row lock is taken here, so that every writer locks in one order, the
+    head and then rows (see ``event_log.hold_head``).
+    """
+    hold_head(session)
+    return plain_rows.read(session, LedgerRow, row_ids, _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True)
 
 
 def live_rows_by_id(session: Session, row_ids: Sequence[int]) -> list[LedgerHolding]:
@@ -555,10 +562,7 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
         # Read again under the row's lock, every time: a savepoint that rolled back may
         # have taken an earlier lock along.  A row with changes not yet written was
         # locked when they were made (rows change only here) and stays as held.
-        hold_head(session)
-        row = plain_rows.read(
-            session, LedgerRow, [holding.row_id], _BY_ID_LOCKED, _BY_IDS_LOCKED, fresh=True
-        ).get(holding.row_id)
+        row = _read_locked(session, [holding.row_id]).get(holding.row_id)
     if (
         row is None
         or not row.live

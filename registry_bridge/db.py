@@ -73,7 +73,7 @@ def create_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         engine = sa.create_engine(parsed, pool_size=10, max_overflow=20)
-        event.listen(engine, "handle_error", _aborted_by_the_database, retval=True)
+        event.listen(engine, "handle_error", _as_carbonlink_error, retval=True)
         _ping_idle_connections(engine)
         return engine
     raise DatabaseError(f"database backend {backend!r} is not supported (use sqlite or postgresql)")
@@ -146,19 +146,28 @@ def _server_gone(error: BaseException | None) -> bool:
     return False
 
 
-def _aborted_by_the_database(context: ExceptionContext) -> BaseException | None:
-    # A concurrent transaction's locks, or the server's going away, not this request's
-    # statements, caused the failure: callers retry a lost race, and clients hear that
-    # the database is unavailable (and may retry), instead of an internal error.
+def _carbonlink_error(driver_error: BaseException, disconnect: bool) -> CarbonlinkError | None:
+    """What a driver error is to carbonlink, when neither the request nor the code caused it.
+
+    A lost connection (``disconnect``, or the server's own word that it went away) or a
+    transaction the database aborted against a concurrent one: callers retry a lost race,
+    and clients hear that the database is unavailable (and may retry), instead of an
+    internal error.  None for any other error.
+    """
+    if disconnect or _server_gone(driver_error):
+        return _lost_connection(driver_error)
+    return _transaction_aborted(driver_error)
+
+
+def _as_carbonlink_error(context: ExceptionContext) -> BaseException | None:
     # SQLAlchemy drops the pool's connections after this when it is a disconnect.
-    if _server_gone(context.original_exception):
+    error = context.original_exception
+    if _server_gone(error):
         context.is_disconnect = True
-    if context.is_disconnect or (
-        context.connection is None
-        and isinstance(context.original_exception, context.dialect.loaded_dbapi.OperationalError)
-    ):
-        return _lost_connection(context.original_exception)
-    return _transaction_aborted(context.original_exception)
+    refused = context.connection is None and isinstance(
+        error, context.dialect.loaded_dbapi.OperationalError
+    )
+    return _carbonlink_error(error, context.is_disconnect or refused)
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:
@@ -468,16 +477,16 @@ def driver_errors(connection: sa.Connection) -> Iterator[None]:
         yield
     except driver_error as exc:
         # (SQLAlchemy types the driver's error class as its PEP 249 protocol.)
-        if _server_gone(exc) or connection.dialect.is_disconnect(
+        disconnect = _server_gone(exc) or connection.dialect.is_disconnect(
             cast(Any, exc), connection.connection.dbapi_connection, None
-        ):
+        )
+        if disconnect:
             # Dropped, as SQLAlchemy drops a connection it sees fail so: the session's
             # rollback must not be sent on it, nor the pool hand it out again.
             connection.invalidate(exc)
-            raise _lost_connection(exc) from exc
-        aborted = _transaction_aborted(exc)
-        if aborted is not None:
-            raise aborted from exc
+        translated = _carbonlink_error(exc, disconnect)
+        if translated is not None:
+            raise translated from exc
         raise sa.exc.DBAPIError.instance(None, None, exc, driver_error) from exc
 
 

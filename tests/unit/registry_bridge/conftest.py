@@ -13,7 +13,19 @@ from registry_bridge import db
 @pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     """Sessions on a fresh, migrated database of each supported kind."""
-    engine = db.create_engine(database_url)
-    db.upgrade(engine)
-    yield db.session_factory(engine)
-    engine.dispose()
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
+def postgres_sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a fresh, migrated PostgreSQL database only."""
+    yield from _migrated(postgres_url)
+
+
+def _migrated(url: str) -> Iterator[sessionmaker[Session]]:
+    engine = db.create_engine(url)
+    try:
+        db.upgrade(engine)
+        yield db.session_factory(engine)
+    finally:
+        engine.dispose()

@@ -18,17 +18,16 @@ from sqlalchemy.orm import Session
 from registry_bridge import db
 from registry_bridge.errors import DatabaseUnavailable
 from registry_bridge.schema import EventBlock
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
+from tests.conftest import require_postgres
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    require_postgres()
-    database_url = create_postgres_database()
+def engine(postgres_url: str) -> Iterator[sa.Engine]:
+    engine = db.create_engine(postgres_url)
     try:
-        yield database_url
+        yield engine
     finally:
-        drop_postgres_database(database_url)
+        engine.dispose()
 
 
 def _backend_pid(engine: sa.Engine) -> int:
@@ -59,35 +58,27 @@ def _counting_pings(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> list[
 
 @pytest.mark.postgres
 def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = db.create_engine(pg_url)
-    try:
-        first = _backend_pid(engine)
-        _terminate(pg_url, first)  # as a server restart or an idle timeout would
-        monkeypatch.setattr(db, "PING_IDLE_SECONDS", 0.0)
-        pings = _counting_pings(engine, monkeypatch)
-        second = _backend_pid(engine)  # would fail on the dead connection unpinged
-        assert second != first
-        assert pings
-    finally:
-        engine.dispose()
+    first = _backend_pid(engine)
+    _terminate(postgres_url, first)  # as a server restart or an idle timeout would
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", 0.0)
+    pings = _counting_pings(engine, monkeypatch)
+    second = _backend_pid(engine)  # would fail on the dead connection unpinged
+    assert second != first
+    assert pings
 
 
 @pytest.mark.postgres
 def test_a_connection_in_steady_use_is_not_pinged(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = db.create_engine(pg_url)
-    try:
+    _backend_pid(engine)
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", 60.0)
+    pings = _counting_pings(engine, monkeypatch)
+    for _ in range(5):
         _backend_pid(engine)
-        monkeypatch.setattr(db, "PING_IDLE_SECONDS", 60.0)
-        pings = _counting_pings(engine, monkeypatch)
-        for _ in range(5):
-            _backend_pid(engine)
-        assert pings == []
-    finally:
-        engine.dispose()
+    assert pings == []
 
 
 def _plain_select_one(session: Session) -> None:
@@ -114,20 +105,16 @@ _SELECT_ONE: sa.Select[tuple[Any]] = sa.select(sa.literal_column("1"))
     ids=["orm", "driver", "pipeline"],
 )
 def test_a_connection_lost_mid_transaction_is_database_unavailable(
-    pg_url: str, statement: Callable[[Session], None]
+    postgres_url: str, engine: sa.Engine, statement: Callable[[Session], None]
 ) -> None:
     """Whichever way the statement ran: clients hear UNAVAILABLE (and may retry), not
     an internal error, and the next transaction gets a working connection."""
-    engine = db.create_engine(pg_url)
     sessions = db.session_factory(engine)
-    try:
-        with pytest.raises(DatabaseUnavailable, match="lost"), db.unit_of_work(sessions) as s:
-            pid = int(s.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-            _terminate(pg_url, pid)
-            statement(s)
-        assert _backend_pid(engine) != pid
-    finally:
-        engine.dispose()
+    with pytest.raises(DatabaseUnavailable, match="lost"), db.unit_of_work(sessions) as s:
+        pid = int(s.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        _terminate(postgres_url, pid)
+        statement(s)
+    assert _backend_pid(engine) != pid
 
 
 @pytest.mark.postgres

@@ -8,7 +8,6 @@ transaction are checked against each other in memory at once.  Both refusals mus
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +18,6 @@ from adapters import serials
 from registry_bridge import db, ledger
 from registry_bridge.errors import LedgerConflict
 from registry_bridge.model import UnitBlock
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 AT = datetime(2026, 11, 26, tzinfo=UTC)
 
@@ -27,16 +25,9 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def sessions() -> Iterator[sessionmaker[Session]]:
-    require_postgres()
-    url = create_postgres_database()
-    engine = db.create_engine(url)
-    db.upgrade(engine)
-    try:
-        yield db.session_factory(engine)
-    finally:
-        engine.dispose()
-        drop_postgres_database(url)
+def sessions(postgres_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Every test here runs on PostgreSQL only."""
+    return postgres_sessions
 
 
 def _vcs(start: int, end: int) -> UnitBlock:

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import serials
 from registry_bridge import db, ledger
 from registry_bridge.model import BlockId, HoldingStatus, Program
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 AT = datetime(2026, 11, 26, tzinfo=UTC)
 
@@ -54,32 +53,25 @@ def test_locked_rows_are_changed_as_the_transaction_left_them(
 
 
 @pytest.mark.postgres
-def test_rows_locked_for_a_group_make_another_writer_wait() -> None:
+def test_rows_locked_for_a_group_make_another_writer_wait(
+    postgres_url: str, postgres_sessions: sessionmaker[Session]
+) -> None:
     # PostgreSQL only: SQLite locks the whole database for each write transaction.
-    require_postgres()
-    database_url = create_postgres_database()
-    engine = db.create_engine(database_url)
-    db.upgrade(engine)
-    sessions = db.session_factory(engine)
-    try:
-        ids = _seed(sessions)
-        with db.unit_of_work(sessions) as session:
-            ledger.lock_rows_by_id(session, ids[:2])
-            url = sa.make_url(database_url)
-            with psycopg.connect(
-                host=url.host, port=url.port, user=url.username, dbname=url.database
-            ) as other:
-                for row_id, held in ((ids[0], True), (ids[1], True), (ids[2], False)):
-                    try:
-                        other.execute(
-                            "SELECT id FROM ledger_blocks WHERE id = %s FOR UPDATE NOWAIT",
-                            (row_id,),
-                        )
-                        waited = False
-                    except psycopg.errors.LockNotAvailable:
-                        waited = True
-                    other.rollback()
-                    assert waited is held, f"row {row_id}"
-    finally:
-        engine.dispose()
-        drop_postgres_database(database_url)
+    ids = _seed(postgres_sessions)
+    with db.unit_of_work(postgres_sessions) as session:
+        ledger.lock_rows_by_id(session, ids[:2])
+        url = sa.make_url(postgres_url)
+        with psycopg.connect(
+            host=url.host, port=url.port, user=url.username, dbname=url.database
+        ) as other:
+            for row_id, held in ((ids[0], True), (ids[1], True), (ids[2], False)):
+                try:
+                    other.execute(
+                        "SELECT id FROM ledger_blocks WHERE id = %s FOR UPDATE NOWAIT",
+                        (row_id,),
+                    )
+                    waited = False
+                except psycopg.errors.LockNotAvailable:
+                    waited = True
+                other.rollback()
+                assert waited is held, f"row {row_id}"

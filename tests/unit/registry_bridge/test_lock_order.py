@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -25,22 +25,8 @@ from registry_bridge.errors import LedgerConflict, TransactionAborted
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, Program
 from registry_bridge.schema import LedgerBlock
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 AT = datetime(2026, 11, 26, tzinfo=UTC)
-
-
-@pytest.fixture
-def pg_sessions() -> Iterator[sessionmaker[Session]]:
-    require_postgres()
-    database_url = create_postgres_database()
-    engine = db.create_engine(database_url)
-    try:
-        db.upgrade(engine)
-        yield db.session_factory(engine)
-    finally:
-        engine.dispose()
-        drop_postgres_database(database_url)
 
 
 def _vcs(start: int, end: int) -> BlockId:
@@ -80,36 +66,36 @@ def _wait_until_blocked(sessions: sessionmaker[Session], count: int) -> None:
 
 @pytest.mark.postgres
 def test_writers_crossing_over_two_rows_do_not_deadlock(
-    pg_sessions: sessionmaker[Session],
+    postgres_sessions: sessionmaker[Session],
 ) -> None:
     """A carves row 1 then row 2; B carves row 2 in between.  B must queue behind A (for
     the log head) without taking row 2 first; A then finishes, and B meets a plain
     conflict on the row A ended, which its caller retries."""
-    first, second = _two_rows(pg_sessions)
+    first, second = _two_rows(postgres_sessions)
     b_outcome: list[BaseException | None] = []
 
     def b_carves_the_second_row() -> None:
         try:
-            with db.unit_of_work(pg_sessions) as b:
+            with db.unit_of_work(postgres_sessions) as b:
                 ledger.carve(b, second, _vcs(51, 60), AT)
             b_outcome.append(None)
         except BaseException as exc:  # reported to the test thread
             b_outcome.append(exc)
 
-    with db.unit_of_work(pg_sessions) as a:
+    with db.unit_of_work(postgres_sessions) as a:
         # Long enough that a cycle, if there were one, would be broken by aborting B.
         a.execute(sa.text("SET LOCAL deadlock_timeout = '5s'"))
         ledger.carve(a, first, _vcs(1, 10), AT)
         b = threading.Thread(target=b_carves_the_second_row)
         b.start()
-        _wait_until_blocked(pg_sessions, 1)
+        _wait_until_blocked(postgres_sessions, 1)
         ledger.carve(a, second, _vcs(51, 60), AT)
     b.join(timeout=30)
     assert not b.is_alive()
     (error,) = b_outcome
     assert isinstance(error, LedgerConflict), error
     assert not isinstance(error, TransactionAborted), error
-    with db.read_only(pg_sessions) as session:
+    with db.read_only(postgres_sessions) as session:
         ranges = sorted(
             (h.block.id.serial_start, h.block.id.serial_end) for h in ledger.all_live(session)
         )
@@ -130,16 +116,16 @@ def _lock_by_driver(session: Session, row_id: int) -> None:
 @pytest.mark.postgres
 @pytest.mark.parametrize("lock", [_lock_by_orm, _lock_by_driver], ids=["orm", "driver"])
 def test_a_deadlock_the_database_breaks_is_a_retryable_conflict(
-    pg_sessions: sessionmaker[Session], lock: Callable[[Session, int], None]
+    postgres_sessions: sessionmaker[Session], lock: Callable[[Session, int], None]
 ) -> None:
     """Whichever way the statement ran, the aborted writer gets TransactionAborted (a
     LedgerConflict, which callers retry), never the driver's error."""
-    first, second = _two_rows(pg_sessions)
+    first, second = _two_rows(postgres_sessions)
     victim_outcome: list[BaseException | None] = []
 
     def victim() -> None:
         try:
-            with db.unit_of_work(pg_sessions) as v:
+            with db.unit_of_work(postgres_sessions) as v:
                 # Its wait is checked for a cycle first, so it is the one aborted.
                 v.execute(sa.text("SET LOCAL deadlock_timeout = '50ms'"))
                 lock(v, second.row_id)
@@ -150,13 +136,13 @@ def test_a_deadlock_the_database_breaks_is_a_retryable_conflict(
             victim_outcome.append(exc)
 
     holds_second = threading.Event()
-    with db.unit_of_work(pg_sessions) as survivor:
+    with db.unit_of_work(postgres_sessions) as survivor:
         survivor.execute(sa.text("SET LOCAL deadlock_timeout = '10s'"))
         lock(survivor, first.row_id)
         thread = threading.Thread(target=victim)
         thread.start()
         assert holds_second.wait(timeout=30)
-        _wait_until_blocked(pg_sessions, 1)
+        _wait_until_blocked(postgres_sessions, 1)
         lock(survivor, second.row_id)
     thread.join(timeout=30)
     (error,) = victim_outcome

@@ -138,6 +138,8 @@ _LOCKED_ROWS = "carbonlink.ledger_locked_rows"
 _PENDING = "carbonlink.ledger_pending"
 # session.info key: the transaction's _Ids.
 _IDS = "carbonlink.ledger_ids"
+# session.info key: what the transaction's group lookups read at once (see prefetch).
+_PREFETCHED = "carbonlink.ledger_prefetched"
 # session.info key: the last row id allocated on SQLite in this transaction.
 _LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 # Ids are allocated for a transaction's new rows a few at first, then in doubling chunks
@@ -234,6 +236,48 @@ class _Pending:
             origin.serial_end,
             lambda r: (r.origin_start, r.origin_start + (r.serial_end - r.serial_start)),
         )
+
+
+_Run = tuple[str, str]
+"""A program and serial series: the run of serials a range lies in."""
+_Found = list[tuple[int, int, tuple[int, ...]]]
+"""Per run, sorted: each range read (first and last serial) and the ids it found."""
+
+
+class _Prefetched:
+    """What one statement read for a whole group's lookups (see ``prefetch``).
+
+    By range: the ids of the live rows (and, apart, of the live mirrors by origin range)
+    that the range's own lookup would have found at that moment.  A later lookup of a
+    range inside one of them is answered from those rows as the transaction holds them
+    now, with the rows it created since (its _Pending), instead of with a statement.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[_Run, _Found] = {}
+        self.mirrors: dict[_Run, _Found] = {}
+
+    @staticmethod
+    def record(index: dict[_Run, _Found], block_id: BlockId, ids: tuple[int, ...]) -> None:
+        bisect.insort(
+            index.setdefault((block_id.program.value, block_id.serial_series), []),
+            (block_id.serial_start, block_id.serial_end, ids),
+        )
+
+    @staticmethod
+    def find(index: dict[_Run, _Found], block_id: BlockId) -> tuple[int, ...] | None:
+        """The ids read for a range holding all of ``block_id``; None if none was read."""
+        entries = index.get((block_id.program.value, block_id.serial_series))
+        if not entries:
+            return None
+        # The range read last among those starting at or before the block; ranges of
+        # one group may overlap, so a block another of them holds may be missed: it is
+        # then looked up on its own, which is always right.
+        position = bisect.bisect_right(entries, (block_id.serial_start, sys.maxsize))
+        if position == 0:
+            return None
+        _, last, ids = entries[position - 1]
+        return ids if last >= block_id.serial_end else None
 
 
 def _allocate_ids(session: Session, count: int) -> list[int]:
@@ -409,7 +453,9 @@ def _range_params(block_id: BlockId) -> dict[str, Any]:
 
 
 def _overlapping(session: Session, block_id: BlockId) -> list[LedgerRow]:
-    rows = _read_rows(session, _OVERLAP, _range_params(block_id))
+    rows = _prefetched(session, block_id, mirrors=False)
+    if rows is None:
+        rows = _read_rows(session, _OVERLAP, _range_params(block_id))
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         rows = _merged(rows, pending.overlapping(block_id), lambda r: r.serial_start)
@@ -862,12 +908,135 @@ _MIRRORS = _mirrors_query()
 
 def mirrors_of(session: Session, origin: BlockId) -> list[LedgerHolding]:
     """Live mirror rows standing for any part of an origin range."""
-    kept = _read_rows(session, _MIRRORS, _range_params(origin))
+    kept = _prefetched(session, origin, mirrors=True)
+    if kept is None:
+        kept = _read_rows(session, _MIRRORS, _range_params(origin))
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is not None:
         kept = _merged(kept, pending.mirrors(origin), lambda r: r.origin_start)
     found = [_to_holding(r) for r in kept]
     return [h for h in found if h.origin.overlaps(origin)]
+
+
+# One statement for many range lookups (PostgreSQL): each range's _OVERLAP or _MIRRORS,
+# run per element of the arrays, its ids tagged with the element's position.  OFFSET 0
+# keeps each lookup a subquery of its own: pulled up into the outer query, it became a
+# hash join testing every range against every live row, its bound re-sought per pair.
+_PREFETCH_FROM = """
+SELECT q.n, hit.id
+FROM unnest(
+    CAST(:programs AS text[]), CAST(:series AS text[]),
+    CAST(:starts AS bigint[]), CAST(:ends AS bigint[])
+) WITH ORDINALITY AS q(program, series, first, last, n)
+CROSS JOIN LATERAL ({lookup}
+    OFFSET 0) AS hit
+"""
+_PREFETCH_ROWS = sa.text(
+    _PREFETCH_FROM.format(
+        lookup="""
+        SELECT b.id FROM ledger_blocks AS b
+        WHERE b.program = q.program AND b.serial_series = q.series AND b.live IS true
+          AND b.serial_start >= coalesce((
+              SELECT p.serial_start FROM ledger_blocks AS p
+              WHERE p.program = q.program AND p.serial_series = q.series AND p.live IS true
+                AND p.serial_start < q.first
+              ORDER BY p.serial_start DESC LIMIT 1
+          ), q.first)
+          AND b.serial_start <= q.last AND b.serial_end >= q.first"""
+    )
+)
+# Spelled as the partial index ix_ledger_blocks_live_mirrors is, so it is used.
+_PREFETCH_MIRRORS = sa.text(
+    _PREFETCH_FROM.format(
+        lookup="""
+        SELECT b.id FROM ledger_blocks AS b
+        WHERE b.is_mirror AND b.live
+          AND b.origin_program = q.program AND b.origin_series = q.series
+          AND b.origin_start >= coalesce((
+              SELECT p.origin_start FROM ledger_blocks AS p
+              WHERE p.is_mirror AND p.live
+                AND p.origin_program = q.program AND p.origin_series = q.series
+                AND p.origin_start < q.first
+              ORDER BY p.origin_start DESC LIMIT 1
+          ), q.first)
+          AND b.origin_start <= q.last"""
+    )
+)
+
+
+def prefetch(session: Session, blocks: Sequence[BlockId], *, mirrors: bool = False) -> bool:
+    """Read at once what the lookups of ``blocks`` will ask, for a group of transfers.
+
+    The live rows over each block (``overlapping`` and what builds on it) or, with
+    ``mirrors``, the live mirrors of each origin range (``mirrors_of``): one statement
+    for the group instead of one per lookup, each a round trip on PostgreSQL.  A lookup
+    inside a block read here is then answered from the rows the transaction holds.
+
+    Only on PostgreSQL, and only in a transaction whose claims are written at commit
+    (``defer_claims``): there every row it adds is indexed in memory and every row it
+    ends is ended in memory, so the rows read here, as the transaction holds them, with
+    its new ones, are what the lookup would read.  A row another transaction commits
+    meanwhile is missed as it would be a moment later; one it changes is caught where
+    the row is locked and compared before it changes (``_row``), as for any lookup.
+    On SQLite a lookup is a call into the same process and gains nothing from this.
+
+    Returns:
+        Whether lookups are read ahead here (PostgreSQL, claims written at commit).
+    """
+    if _PENDING not in session.info or session.get_bind().dialect.name != "postgresql":
+        return False
+    if not blocks:
+        return True
+    found: dict[int, list[int]] = {}
+    for position, row_id in run_plain(
+        session,
+        _PREFETCH_MIRRORS if mirrors else _PREFETCH_ROWS,
+        {
+            "programs": [b.program.value for b in blocks],
+            "series": [b.serial_series for b in blocks],
+            "starts": [b.serial_start for b in blocks],
+            "ends": [b.serial_end for b in blocks],
+        },
+    ):
+        found.setdefault(int(position) - 1, []).append(int(row_id))
+    kept = read_rows_by_id(session, [i for ids in found.values() for i in ids])
+    prefetched: _Prefetched = session.info.setdefault(_PREFETCHED, _Prefetched())
+    index = prefetched.mirrors if mirrors else prefetched.rows
+    for position, block_id in enumerate(blocks):
+        ids = tuple(found.get(position, ()))
+        # A row ended by a transaction that committed between the two reads: this
+        # range is left to its own lookup, which meets the change as it would have.
+        if all(i in kept and kept[i].live for i in ids):
+            _Prefetched.record(index, block_id, ids)
+    return True
+
+
+def _prefetched(session: Session, block_id: BlockId, *, mirrors: bool) -> list[LedgerRow] | None:
+    """The live rows (or live mirrors) over ``block_id`` from a ``prefetch``, in serial
+    (or origin) order; None when none covers it."""
+    prefetched: _Prefetched | None = session.info.get(_PREFETCHED)
+    if prefetched is None or _PENDING not in session.info:
+        return None
+    ids = _Prefetched.find(prefetched.mirrors if mirrors else prefetched.rows, block_id)
+    if ids is None:
+        return None
+    rows: list[LedgerRow] = []
+    for row_id in ids:
+        row = plain_rows.held(session, LedgerRow, row_id)
+        if row is None:
+            return None  # no longer held as read: looked up afresh
+        if row.live:
+            rows.append(row)
+    if mirrors:
+        return sorted(rows, key=lambda r: r.origin_start)
+    return sorted(
+        (
+            r
+            for r in rows
+            if r.serial_start <= block_id.serial_end and r.serial_end >= block_id.serial_start
+        ),
+        key=lambda r: r.serial_start,
+    )
 
 
 def all_live(session: Session) -> list[LedgerHolding]:

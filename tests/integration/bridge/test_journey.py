@@ -334,6 +334,65 @@ def test_a_batch_driven_as_parallel_parts_settles_every_transfer_once(
     assert world.violations() == []
 
 
+def test_a_batch_of_returns_and_bridge_outs_settles_as_each_would_alone(world: World) -> None:
+    """One check group holds returns of mirrors, new bridge-outs and a refused transfer;
+    on PostgreSQL the group's ledger lookups are read at once (``ledger.prefetch``), and
+    each transfer must end as it would have alone."""
+    world.seed("hkmo", "hk-seller", vcs_block(8001, 8100))
+    out = world.bridge.submit(
+        "out", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(8001, 8020),))
+    )
+    assert out.state is TransferState.COMPLETED, out.failure_reason
+    (mirror,) = out.credited_blocks
+    first = mirror.id.serial_start
+
+    def part(offset: int, size: int) -> BlockId:
+        return dataclasses.replace(
+            mirror.id, serial_start=first + offset, serial_end=first + offset + size - 1
+        )
+
+    batch = [
+        ("back-1", TransferInstruction(NATIONAL_BUYER, HK_BUYER, (part(0, 5),))),
+        ("back-2", TransferInstruction(NATIONAL_BUYER, HK_BUYER, (part(5, 1), part(10, 3)))),
+        ("out-1", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(8050, 8054),))),
+        ("out-2", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(8055, 8055),))),
+        # Already moved out by "out": not held by the seller any more.
+        ("gone", TransferInstruction(HK_SELLER, NATIONAL_BUYER, (vcs(8010, 8011),))),
+        # The same mirror units as back-1: the first of the two has them.
+        ("back-again", TransferInstruction(NATIONAL_BUYER, HK_BUYER, (part(0, 5),))),
+    ]
+
+    results = world.bridge.submit_many(batch)
+
+    states = {r.request_id: r.state for r in results if not isinstance(r, Exception)}
+    assert states == {
+        "back-1": TransferState.COMPLETED,
+        "back-2": TransferState.COMPLETED,
+        "out-1": TransferState.COMPLETED,
+        "out-2": TransferState.COMPLETED,
+        "gone": TransferState.REJECTED,
+        "back-again": TransferState.REJECTED,
+    }
+    assert world.at_registry("verra", vcs(8001, 8100)) == [
+        (8001, 8006, "venue-hkmo", "active"),
+        (8007, 8010, "venue-hkmo", "bridged"),
+        (8011, 8013, "venue-hkmo", "active"),
+        (8014, 8020, "venue-hkmo", "bridged"),
+        (8021, 8049, "venue-hkmo", "active"),
+        (8050, 8054, "venue-hkmo", "bridged"),  # one block per transfer
+        (8055, 8055, "venue-hkmo", "bridged"),
+        (8056, 8100, "venue-hkmo", "active"),
+    ]
+    assert world.at_registry("hkmo", vcs(8001, 8100)) == [
+        (8001, 8005, "hk-buyer", "active"),
+        (8006, 8006, "hk-buyer", "active"),
+        (8011, 8013, "hk-buyer", "active"),
+        (8021, 8049, "hk-seller", "active"),
+        (8056, 8100, "hk-seller", "active"),
+    ]
+    assert world.violations() == []
+
+
 def test_a_lock_refused_at_the_venue_releases_the_origin_lock_taken_beside_it(
     world: World,
 ) -> None:

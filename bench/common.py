@@ -70,11 +70,14 @@ QUICK = Sizes(
     proof_samples=100,
     recovery_transfers=100,
 )
+# Full mode's transport runs last seconds each: runs of 60 transfers (under a second,
+# 7 calls per client with 8 clients) were mostly the shared rounds filling up and
+# moved with the machine from one run to the next.
 FULL = Sizes(
     mode="full",
     runs=3,
-    echo_calls=2_000,
-    transfer_calls=60,
+    echo_calls=5_000,
+    transfer_calls=600,
     clients=8,
     batch_sizes=(100, 1_000),
     rules_decisions=2_000,

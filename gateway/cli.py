@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
@@ -25,6 +22,7 @@ from gateway import (
 from gateway.config import ConfigError, load_config
 from gateway.logging_setup import configure_logging
 from gateway.server import GatewayServer
+from gateway.stop_signals import StopSignals
 from registry_bridge.errors import CarbonlinkError
 
 _logger = structlog.get_logger(__name__)
@@ -47,22 +45,16 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     server = GatewayServer(config)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        _logger.info("shutdown_requested", signal=signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except (CarbonlinkError, OSError) as exc:
-        _logger.error("gateway_start_failed", error=str(exc))
-        print(f"carbonlink serve: cannot start: {exc}", file=sys.stderr)
-        return 1
-    stopping.wait()
-    server.stop()
+    with StopSignals() as stop:
+        try:
+            server.start()
+        except (CarbonlinkError, OSError) as exc:
+            _logger.error("gateway_start_failed", error=str(exc))
+            print(f"carbonlink serve: cannot start: {exc}", file=sys.stderr)
+            return 1
+        received = stop.wait()
+        _logger.info("shutdown_requested", signal=received.name)
+        server.stop()
     return 0
 
 

@@ -13,12 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from adapters.emulator_core import FaultConfig, RunningEmulator, run_emulator
+import structlog
+
+from adapters.emulator_core import FaultConfig, start_emulator
 from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
 from adapters.registry import REGISTRIES
 from adapters.serial_errors import RegistryFormatError
 from gateway.security.layout import TlsLayout
 from gateway.security.tls import server_credentials
+from gateway.stop_signals import StopSignals
+
+_logger = structlog.get_logger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,9 +60,6 @@ def handle_emulate(args: argparse.Namespace) -> int:
             print(f"carbonlink emulate: bad fault settings: {exc}", file=sys.stderr)
             return 2
 
-    def started(running: RunningEmulator) -> None:
-        print(f"emulating {args.registry} on {running.target}", flush=True)
-
     spec = REGISTRIES[args.registry].emulator()
     credentials = None
     if args.tls_dir is not None:
@@ -71,13 +73,18 @@ def handle_emulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"carbonlink emulate: bad --tls-dir: {exc}", file=sys.stderr)
             return 2
-    try:
-        run_emulator(
-            spec, args.listen, args.data, faults, on_started=started, credentials=credentials
-        )
-    except OSError as exc:
-        print(f"carbonlink emulate: cannot serve: {exc}", file=sys.stderr)
-        return 1
+    with StopSignals() as stop:
+        try:
+            running = start_emulator(spec, args.listen, args.data, faults, credentials=credentials)
+        except OSError as exc:
+            print(f"carbonlink emulate: cannot serve: {exc}", file=sys.stderr)
+            return 1
+        try:
+            print(f"emulating {args.registry} on {running.target}", flush=True)
+            stop.wait()
+        finally:
+            running.stop()
+            _logger.info("emulator_stopped", registry=args.registry)
     return 0
 
 

@@ -7,7 +7,6 @@ from adapters.emulator_core.server import (
     RunningEmulator,
     abort_rejected,
     native_rules,
-    run_emulator,
     start_emulator,
 )
 from adapters.emulator_core.servicing import (
@@ -52,7 +51,6 @@ __all__ = [
     "operation_id_of",
     "query_holdings",
     "required_moment",
-    "run_emulator",
     "serve_batch",
     "serve_batch_into",
     "start_emulator",

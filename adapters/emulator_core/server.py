@@ -2,20 +2,17 @@
 
 Each registry's ``emulator.py`` provides an :class:`EmulatorSpec`: which programs the
 registry issues, what it does with arriving units, and how to add its native servicer to
-a gRPC server.  :func:`start_emulator` runs one in the background and returns a handle;
-:func:`run_emulator` runs one until SIGTERM or SIGINT.
+a gRPC server.  :func:`start_emulator` runs one in the background and returns a handle
+(``carbonlink emulate`` runs one until SIGTERM or SIGINT).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 import grpc
@@ -156,39 +153,3 @@ def start_emulator(
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     _logger.info("emulator_started", registry=spec.registry_id, host=host, port=port)
     return RunningEmulator(spec, server, store, port, host)
-
-
-def run_emulator(
-    spec: EmulatorSpec,
-    listen: str,
-    data_dir: Path,
-    faults: FaultConfig | None = None,
-    on_started: Callable[[RunningEmulator], None] | None = None,
-    credentials: grpc.ServerCredentials | None = None,
-) -> None:
-    """Serve an emulator until SIGTERM or SIGINT, then stop gracefully.
-
-    Args:
-        spec: The registry to emulate.
-        listen: ``HOST:PORT`` to bind.
-        data_dir: Directory of the persistent store.
-        faults: Faults to inject (with ``crash_exits_process`` an injected crash exits).
-        on_started: Called once the server listens (the CLI prints the address).
-        credentials: TLS server credentials; ``None`` serves plaintext.
-    """
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    running = start_emulator(spec, listen, data_dir, faults, credentials=credentials)
-    try:
-        if on_started is not None:
-            on_started(running)
-        stopping.wait()
-    finally:
-        running.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _logger.info("emulator_stopped", registry=spec.registry_id)

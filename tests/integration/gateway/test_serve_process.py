@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.gateway.conftest import free_port
+from tests.integration.signals import signal_another_thread
 
 CARBONLINK = [sys.executable, "-m", "gateway.cli"]
 
@@ -57,6 +58,32 @@ def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str, tmp_p
     assert "gateway_started" in names
     assert names[-1] == "gateway_stopped"
     assert any(e["event"] == "shutdown_requested" and e["signal"] == "SIGTERM" for e in events)
+
+
+def test_serve_stops_on_a_sigterm_taken_by_another_thread(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The kernel may give the SIGTERM to any of the gateway's threads (see
+    tests.integration.signals); it stops all the same."""
+    target = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
+    )
+    try:
+        _wait_serving(target)
+        signal_another_thread(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    names = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "shutdown_requested" in names
+    assert names[-1] == "gateway_stopped"
 
 
 def test_serve_refuses_a_bad_setting_and_names_it() -> None:

@@ -9,9 +9,12 @@ gateway's own work, and the per-client rate limit of the secure path would cap t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.registry import build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
+from gateway.log_keys import write_new_key
 from gateway.server import GatewayServer
 from registry_bridge.bridge import venue_account
 from registry_bridge.model import UnitBlock
@@ -177,6 +181,20 @@ def registries() -> Iterator[Registries]:
         process.stdout.close()
 
 
+@functools.cache
+def _log_signing_key() -> Path:
+    """One log signing key for every gateway of a run, removed when the process ends.
+
+    As a deployment configures one: without it, each gateway would sign with a key of its
+    own and say so at error level, a line per gateway in the middle of the results.
+    """
+    folder = scratch_dir()
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "log-signing-key.pem"
+    write_new_key(path)
+    return path
+
+
 def gateway_config(database_url: str, endpoints: tuple[RegistryEndpoint, ...]) -> GatewayConfig:
     """The benchmark gateway's configuration: defaults, insecure, loopback."""
     return GatewayConfig(
@@ -185,6 +203,7 @@ def gateway_config(database_url: str, endpoints: tuple[RegistryEndpoint, ...]) -
         registries=endpoints,
         insecure=True,
         log_level="error",
+        log_signing_key_file=str(_log_signing_key()),
     )
 
 

@@ -553,7 +553,46 @@ def read_plain(
 ) -> list[dict[str, Any]]:
     """:func:`run_plain` for a select: each row by column name, with its values as
     SQLAlchemy would return them (each column's result processor applied)."""
-    rows = run_plain(session, statement, params)
+    return _processed(session, statement, run_plain(session, statement, params))
+
+
+# Per (statement, database kind, number of values): the SQL text with one parameter per
+# value of the list, and the parameters' order (None for named parameters).
+_PLAIN_IN_SQL: dict[tuple[int, str, int], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def read_plain_in(
+    session: Session, statement: sa.Select[Any], name: str, values: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """:func:`read_plain` for a select whose only parameter, ``name``, is an expanding
+    one (``IN``): its text is compiled once per number of values.
+
+    For the reads of a group's rows by key, run in every step of every group:
+    SQLAlchemy expands the list anew at each execution, which cost more than the
+    read. Values must need no bind processing (integers and text).
+    """
+    connection = session.connection()
+    key = (id(statement), connection.dialect.name, len(values))
+    plain = _PLAIN_IN_SQL.get(key)
+    if plain is None:
+        compiled = statement.params({name: list(range(len(values)))}).compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        plain = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None)
+        _PLAIN_IN_SQL[key] = plain
+    sql, positions = plain
+    # The expanded parameters are named name_1, name_2, ... in the list's order.
+    expanded = {f"{name}_{i}": value for i, value in enumerate(values, start=1)}
+    with driver_cursor(session) as cursor:
+        cursor.execute(sql, driver_parameters(expanded, positions))
+        rows: Sequence[Any] = cursor.fetchall()
+    return _processed(session, statement, rows)
+
+
+def _processed(
+    session: Session, statement: sa.Select[Any], rows: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """Driver rows of ``statement`` by column name, each column's result processor applied."""
     dialect = session.connection().dialect
     key = (id(statement), dialect.name)
     columns = _RESULT_COLUMNS.get(key)

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from registry_bridge.db import before_deferred_inserts, read_plain, run_plain_many
+from registry_bridge.db import before_deferred_inserts, read_plain, read_plain_in, run_plain_many
 
 
 class PlainRow:
@@ -257,16 +257,17 @@ def fetch(
     session: Session, one: sa.Select[Any], many: sa.Select[Any], keys: Sequence[Any]
 ) -> list[Mapping[Any, Any]]:
     """The rows of ``keys`` as plain values, each by attribute name (a select of
-    ``SELECT``'s columns): one key by ``one``, run as plain text (``db.read_plain``, its
-    parameter ``key``); more by ``many``, 500 keys per statement (its parameter ``keys``).
+    ``SELECT``'s columns), read as plain text: one key by ``one`` (``db.read_plain``, its
+    parameter ``key``); more by ``many`` (``db.read_plain_in``, its expanding parameter
+    ``keys``), 500 keys per statement.
     """
     if len(keys) == 1:
         return list(read_plain(session, one, {"key": keys[0]}))
     found: list[Mapping[Any, Any]] = []
     for chunk in (keys[i : i + 500] for i in range(0, len(keys), 500)):
-        # Read by key: rows the transaction has not written are held, not read.
-        with session.no_autoflush:
-            found.extend(session.execute(many, {"keys": list(chunk)}).mappings())
+        # As plain text, which does not flush: rows the transaction has not written are
+        # held, not read.
+        found.extend(read_plain_in(session, many, "keys", chunk))
     return found
 
 

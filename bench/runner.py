@@ -93,6 +93,7 @@ _NOTES = {
     "growth_vs_smallest": "growth_vs_smallest",
     "gateway_cpu_ms_per_op": "cpu_ms",
     "registries_cpu_ms_per_op": "registries_cpu_ms",
+    "gateway_cpu_per_registries_cpu": "cpu_vs_registries",
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import runner, stack
-from bench.common import CpuMeter, process_cpu_seconds
+from bench.common import CpuMeter, CpuShares, median_shares, process_cpu_seconds
 from gateway.cli import main
 
 _UNITS = {"ops/s", "us", "ms", "s"}
@@ -100,7 +100,17 @@ def test_cpu_meter_counts_the_server_side_and_leaves_out_the_clients() -> None:
     # The "registries" here are this very process: /proc saw the same work (counted in
     # clock ticks of 10 ms, hence the margin).
     assert as_server.registries_ms is not None and as_server.registries_ms >= 5.0
-    assert set(as_server.to_extra()) == {"gateway_cpu_ms_per_op", "registries_cpu_ms_per_op"}
+    extra = as_server.to_extra()
+    assert set(extra) == {
+        "gateway_cpu_ms_per_op",
+        "registries_cpu_ms_per_op",
+        "gateway_cpu_per_registries_cpu",
+    }
+    assert extra["gateway_cpu_per_registries_cpu"] == pytest.approx(
+        as_server.gateway_ms / as_server.registries_ms
+    )
+    # Where the registries used no measurable CPU there is no multiple of it.
+    assert "gateway_cpu_per_registries_cpu" not in CpuShares(1.0, 0.0).to_extra()
     assert process_cpu_seconds(os.getpid()) > 0
 
 
@@ -109,3 +119,12 @@ def test_postgresql_alone_needs_the_server(monkeypatch: pytest.MonkeyPatch) -> N
     assert runner.databases_for("both") == ["sqlite"]
     with pytest.raises(RuntimeError):
         runner.databases_for("postgresql")
+
+
+def test_median_shares_take_each_extra_over_the_runs_that_have_it() -> None:
+    runs = [CpuShares(2.0, 1.0), CpuShares(3.0, 0.0), CpuShares(4.0, 1.0)]
+    medians = median_shares(runs)
+    assert medians["gateway_cpu_ms_per_op"] == 3.0
+    assert medians["registries_cpu_ms_per_op"] == 1.0
+    # The multiple is left out of the run whose registries showed no CPU.
+    assert medians["gateway_cpu_per_registries_cpu"] == 3.0

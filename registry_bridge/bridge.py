@@ -42,7 +42,6 @@ from registry_bridge.block_json import (
 from registry_bridge.db import (
     defer_insert,
     read_only,
-    read_plain,
     read_plain_in,
     read_scope,
     savepoint,
@@ -449,9 +448,6 @@ _VIEW_STEPS = (
 _BY_REQUEST_IDS = sa.select(
     TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
-_BY_REQUEST_ID = sa.select(
-    TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
-).where(TransferRecord.request_id == sa.bindparam("request_id"))
 
 
 def _proposed_under(session: Session, request_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
@@ -459,16 +455,7 @@ def _proposed_under(session: Session, request_ids: Sequence[str]) -> dict[str, t
     digest, by request id."""
     # As plain text: through the ORM, the lookup cost a single transfer more than a
     # third of a millisecond.
-    if len(request_ids) == 1:
-        rows = read_plain(session, _BY_REQUEST_ID, {"request_id": request_ids[0]})
-    else:
-        rows = [
-            row
-            for i in range(0, len(request_ids), 500)
-            for row in read_plain_in(
-                session, _BY_REQUEST_IDS, "request_ids", request_ids[i : i + 500]
-            )
-        ]
+    rows = read_plain_in(session, _BY_REQUEST_IDS, "request_ids", request_ids)
     return {r["request_id"]: (r["id"], bytes(r["body_sha256"])) for r in rows}
 
 

@@ -561,31 +561,39 @@ def read_plain(
 _PLAIN_IN_SQL: dict[tuple[int, str, int], tuple[str, tuple[str, ...] | None]] = {}
 
 
+# Values per statement of read_plain_in: a longer list is read in several.
+_PLAIN_IN_CHUNK = 500
+
+
 def read_plain_in(
     session: Session, statement: sa.Select[Any], name: str, values: Sequence[Any]
 ) -> list[dict[str, Any]]:
     """:func:`read_plain` for a select whose only parameter, ``name``, is an expanding
-    one (``IN``): its text is compiled once per number of values.
+    one (``IN``): its text is compiled once per number of values, up to 500 values per
+    statement.
 
     For the reads of a group's rows by key, run in every step of every group:
     SQLAlchemy expands the list anew at each execution, which cost more than the
     read. Values must need no bind processing (integers and text).
     """
     connection = session.connection()
-    key = (id(statement), connection.dialect.name, len(values))
-    plain = _PLAIN_IN_SQL.get(key)
-    if plain is None:
-        compiled = statement.params({name: list(range(len(values)))}).compile(
-            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-        )
-        plain = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None)
-        _PLAIN_IN_SQL[key] = plain
-    sql, positions = plain
-    # The expanded parameters are named name_1, name_2, ... in the list's order.
-    expanded = {f"{name}_{i}": value for i, value in enumerate(values, start=1)}
-    with driver_cursor(session) as cursor:
-        cursor.execute(sql, driver_parameters(expanded, positions))
-        rows: Sequence[Any] = cursor.fetchall()
+    rows: list[Any] = []
+    for first in range(0, len(values), _PLAIN_IN_CHUNK):
+        chunk = values[first : first + _PLAIN_IN_CHUNK]
+        key = (id(statement), connection.dialect.name, len(chunk))
+        plain = _PLAIN_IN_SQL.get(key)
+        if plain is None:
+            compiled = statement.params({name: list(range(len(chunk)))}).compile(
+                dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+            )
+            plain = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None)
+            _PLAIN_IN_SQL[key] = plain
+        sql, positions = plain
+        # The expanded parameters are named name_1, name_2, ... in the list's order.
+        expanded = {f"{name}_{i}": value for i, value in enumerate(chunk, start=1)}
+        with driver_cursor(session) as cursor:
+            cursor.execute(sql, driver_parameters(expanded, positions))
+            rows.extend(cursor.fetchall())
     return _processed(session, statement, rows)
 
 

@@ -259,16 +259,12 @@ def fetch(
     """The rows of ``keys`` as plain values, each by attribute name (a select of
     ``SELECT``'s columns), read as plain text: one key by ``one`` (``db.read_plain``, its
     parameter ``key``); more by ``many`` (``db.read_plain_in``, its expanding parameter
-    ``keys``), 500 keys per statement.
+    ``keys``).  Plain text does not flush: rows the transaction has not written are held,
+    not read.
     """
     if len(keys) == 1:
         return list(read_plain(session, one, {"key": keys[0]}))
-    found: list[Mapping[Any, Any]] = []
-    for chunk in (keys[i : i + 500] for i in range(0, len(keys), 500)):
-        # As plain text, which does not flush: rows the transaction has not written are
-        # held, not read.
-        found.extend(read_plain_in(session, many, "keys", chunk))
-    return found
+    return list(read_plain_in(session, many, "keys", keys))
 
 
 def read(

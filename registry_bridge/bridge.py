@@ -991,6 +991,7 @@ class Bridge:
                 known = _proposed_under(session, [r for r, _ in items])
                 results: list[str | Exception] = []
                 new: dict[str, TransferRow] = {}
+                new_instructions: list[TransferInstruction] = []
                 for (request_id, instruction), digest in zip(items, digests, strict=True):
                     if request_id in known:
                         transfer_id, stored = known[request_id]
@@ -1007,15 +1008,13 @@ class Bridge:
                     known[request_id] = (transfer_id, digest)
                     results.append(transfer_id)
                     new[transfer_id] = record
+                    new_instructions.append(instruction)
                 # The new transfers are written at the commit, with the state the check
                 # leaves them in (one INSERT each, no UPDATE); their steps after them.
                 for transfer_id in new:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
                 if check:
-                    self._prefetch_plans(
-                        session,
-                        [i for (r, i) in items if r in known and known[r][0] in new],
-                    )
+                    self._prefetch_plans(session, new_instructions)
                     for transfer_id in new:
                         self._check_in(session, transfer_id, None, now)
         except (LedgerConflict, sa.exc.IntegrityError) as exc:

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,36 +36,9 @@ def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
             time.sleep(0.1)
 
 
-def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")},
-    )
-    try:
-        _wait_serving(target)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr
-    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    names = [e["event"] for e in events]
-    assert "gateway_started" in names
-    assert names[-1] == "gateway_stopped"
-    assert any(e["event"] == "shutdown_requested" and e["signal"] == "SIGTERM" for e in events)
-
-
-def test_serve_stops_on_a_sigterm_taken_by_another_thread(
-    database_url: str, tmp_path: Path
-) -> None:
-    """The kernel may give the SIGTERM to any of the gateway's threads (see
-    tests.integration.signals); it stops all the same."""
+def _serve_then_stop(database_url: str, send_stop: Callable[[int], None]) -> list[dict[str, Any]]:
+    """Run ``carbonlink serve`` until it serves, stop it with ``send_stop(pid)``, and
+    return its log events once it has exited with 0."""
     target = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],
@@ -75,13 +49,28 @@ def test_serve_stops_on_a_sigterm_taken_by_another_thread(
     )
     try:
         _wait_serving(target)
-        signal_another_thread(process.pid, signal.SIGTERM)
+        send_stop(process.pid)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
-    names = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_serve_answers_then_stops_gracefully_on_sigterm(database_url: str) -> None:
+    events = _serve_then_stop(database_url, lambda pid: os.kill(pid, signal.SIGTERM))
+    names = [e["event"] for e in events]
+    assert "gateway_started" in names
+    assert names[-1] == "gateway_stopped"
+    assert any(e["event"] == "shutdown_requested" and e["signal"] == "SIGTERM" for e in events)
+
+
+def test_serve_stops_on_a_sigterm_taken_by_another_thread(database_url: str) -> None:
+    """The kernel may give the SIGTERM to any of the gateway's threads (see
+    tests.integration.signals); it stops all the same."""
+    events = _serve_then_stop(database_url, lambda pid: signal_another_thread(pid, signal.SIGTERM))
+    names = [e["event"] for e in events]
     assert "shutdown_requested" in names
     assert names[-1] == "gateway_stopped"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,10 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141
+"""As a shell reports a command killed by SIGPIPE (128 + 13)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``carbonlink`` command."""
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (``carbonlink trace ... | head``): not an error of ours.
+        # Python would report the pipe again while flushing stdout at exit, so stdout
+        # is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

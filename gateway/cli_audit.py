@@ -68,6 +68,7 @@ def bundle_from_response(
         serial=serial,
         query=query,
         checkpoint=response.checkpoint.signed_note,
+        trace_note=response.trace_note,
         log_key=response.checkpoint.verifier_key,
         events=tuple(
             BundleEvent(
@@ -181,7 +182,8 @@ def _verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
     print(
         f"OK: {report.events} events verified against the checkpoint of size "
-        f"{report.tree_size} signed by {trusted.name} ({kinds})",
+        f"{report.tree_size} signed by {trusted.name} ({kinds}); the gateway signed them "
+        f"as every event of {_describe(report.query)} at that size",
         file=stdout,
     )
     for block, beneficiary in report.retirements:
@@ -189,7 +191,10 @@ def _verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"  retired {block.quantity} units ({_describe(block)}) for {beneficiary}", file=stdout
         )
     for block, registry, account, status in report.final:
-        print(f"  now {_describe(block)}: {status} at {registry}/{account}", file=stdout)
+        print(
+            f"  at size {report.tree_size}: {_describe(block)} {status} at {registry}/{account}",
+            file=stdout,
+        )
     return EXIT_OK
 
 

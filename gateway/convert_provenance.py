@@ -33,7 +33,7 @@ def consistency_to_pb(first: int, proof: StoredProof) -> model_pb2.ConsistencyPr
 
 
 def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
-    """A trace: its checkpoint and every event with its inclusion proof."""
+    """A trace: its checkpoint, every event with its inclusion proof, and its note."""
     events = []
     for event in trace.events:
         at = timestamp_pb2.Timestamp()
@@ -56,7 +56,7 @@ def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
             )
         )
     return gateway_pb2.TraceUnitsResponse(
-        checkpoint=checkpoint_to_pb(trace.checkpoint), events=events
+        checkpoint=checkpoint_to_pb(trace.checkpoint), events=events, trace_note=trace.trace_note
     )
 
 

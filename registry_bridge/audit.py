@@ -7,13 +7,22 @@ stops at the first failure with its reason:
 
 1. the bundle was signed by the key the auditor trusts (given out of band);
 2. the checkpoint's signature;
-3. every event's inclusion proof against the checkpoint's root, and that each event's
+3. the trace note's signature, and that it answers this bundle's query at this
+   checkpoint with exactly this bundle's events: none left out, none added;
+4. every event's inclusion proof against the checkpoint's root, and that each event's
    bytes name its own position;
-4. that the history is well formed: every unit traces back to an issuance in the bundle,
+5. that the history is well formed: every unit traces back to an issuance in the bundle,
    rows are only changed while live and in the state the log last left them, no event
    follows a terminal state, splits cut a block into pieces that sum to the whole, a
    mirror stands for exactly as many origin units as it holds, and the events cover the
    queried serials.
+
+Inclusion proofs show that each event given is in the log; they cannot show that none
+was left out, and a history cut short reads as a consistent, wrong present (units shown
+spendable that were retired since).  So the gateway signs, with the log's key, which
+events answer the query at the checkpoint (the trace note), and a bundle missing one of
+them is refused.  A gateway that signs an incomplete list has put its key to a false
+statement, which a later trace of the same units exposes.
 
 Everything checked comes from the proven bytes; the bundle's other fields are only
 conveniences and are never trusted.  This module deliberately re-implements the little
@@ -36,14 +45,85 @@ from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
 from registry_bridge.errors import CarbonlinkError
 from registry_bridge.model import BlockId, HoldingStatus
-from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint
+from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint, open_note
 
-BUNDLE_FORMAT = "carbonlink-audit-bundle/1"
+BUNDLE_FORMAT = "carbonlink-audit-bundle/2"
+_FORMAT_1 = "carbonlink-audit-bundle/1"
 _LEAF_PREFIX = b"\x00"
+TRACE_NOTE_TYPE = "carbonlink trace/1"
+"""The second line of a trace note (a checkpoint's second line is its tree size)."""
 
 
 class AuditFailure(CarbonlinkError):
     """The bundle does not verify; the message is the first reason found."""
+
+
+def index_ranges(indexes: Sequence[int]) -> str:
+    """Sorted event indexes written as ranges: ``0-3,7,9-12``."""
+    parts: list[str] = []
+    ordered = sorted(set(indexes))
+    at = 0
+    while at < len(ordered):
+        end = at
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
+            end += 1
+        first, last = ordered[at], ordered[end]
+        parts.append(str(first) if first == last else f"{first}-{last}")
+        at = end + 1
+    return ",".join(parts)
+
+
+def _parse_index_ranges(text: str) -> tuple[int, ...]:
+    indexes: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise NoteError(f"event indexes {part!r} are not N or N-M")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low or (indexes and low <= indexes[-1]):
+            raise NoteError(f"event indexes {part!r} are not in rising order")
+        indexes.extend(range(low, high + 1))
+    return tuple(indexes)
+
+
+@dataclass(frozen=True)
+class TraceStatement:
+    """What the gateway signs with a trace: these events answer this query at this tree."""
+
+    origin: str
+    size: int
+    root: bytes
+    query: BlockId
+    indexes: tuple[int, ...]
+    """Every event of the trace, in rising order."""
+
+    def body(self) -> str:
+        """The exact text that is signed."""
+        query = json.dumps(block_id_to_dict(self.query), sort_keys=True, separators=(",", ":"))
+        return (
+            f"{self.origin}\n{TRACE_NOTE_TYPE}\n{self.size}\n"
+            f"{base64.b64encode(self.root).decode()}\n{query}\n{index_ranges(self.indexes)}\n"
+        )
+
+
+def open_trace_note(note: str, trusted: Verifier) -> TraceStatement:
+    """Verify a trace note against the log key and return what it states.
+
+    Raises:
+        NoteError: The note is malformed, or not signed by ``trusted``.
+    """
+    lines = open_note(note, trusted, "trace note")
+    if len(lines) != 6 or lines[1] != TRACE_NOTE_TYPE:
+        raise NoteError(f"a trace note's body is six lines, the second {TRACE_NOTE_TYPE!r}")
+    origin, _, size_text, root_text, query_text, ranges = lines
+    if not size_text.isdigit():
+        raise NoteError(f"tree size {size_text!r} is not a decimal number")
+    try:
+        root = base64.b64decode(root_text, validate=True)
+        query = block_id_from_dict(json.loads(query_text))
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise NoteError(f"the trace note's root or query is malformed: {exc}") from exc
+    return TraceStatement(origin, int(size_text), root, query, _parse_index_ranges(ranges))
 
 
 @dataclass(frozen=True)
@@ -65,6 +145,8 @@ class Bundle:
     checkpoint: str
     log_key: str
     events: tuple[BundleEvent, ...]
+    trace_note: str
+    """The gateway's signed list of the events answering the query (a TraceStatement)."""
 
     def to_json(self) -> dict[str, Any]:
         """The bundle as a JSON document (bytes in base64)."""
@@ -76,6 +158,7 @@ class Bundle:
                 "block": block_id_to_dict(self.query),
             },
             "checkpoint": self.checkpoint,
+            "trace_note": self.trace_note,
             "log_key": self.log_key,
             "events": [
                 {
@@ -95,6 +178,12 @@ def bundle_from_json(document: Any) -> Bundle:
         AuditFailure: The document is not a bundle of this format.
     """
     try:
+        if document["format"] == _FORMAT_1:
+            raise AuditFailure(
+                f"a {_FORMAT_1} bundle has no trace note: events left out of it cannot be "
+                "detected, so it is not verified; trace the units again for a bundle of "
+                f"format {BUNDLE_FORMAT}"
+            )
         if document["format"] != BUNDLE_FORMAT:
             raise AuditFailure(f"bundle format is {document['format']!r}, not {BUNDLE_FORMAT}")
         query = document["query"]
@@ -103,6 +192,7 @@ def bundle_from_json(document: Any) -> Bundle:
             serial=str(query["serial"]),
             query=block_id_from_dict(query["block"]),
             checkpoint=str(document["checkpoint"]),
+            trace_note=str(document["trace_note"]),
             log_key=str(document["log_key"]),
             events=tuple(
                 BundleEvent(
@@ -286,6 +376,35 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
     )
 
 
+def _check_trace_note(bundle: Bundle, size: int, root: bytes, trusted: Verifier) -> None:
+    """The signed trace note answers this query at this checkpoint with these events."""
+    try:
+        statement = open_trace_note(bundle.trace_note, trusted)
+    except NoteError as exc:
+        raise AuditFailure(f"trace note: {exc}") from exc
+    if (statement.origin, statement.size, statement.root) != (trusted.name, size, root):
+        raise AuditFailure(
+            f"the trace note is for tree size {statement.size} of {statement.origin!r}, not "
+            "the checkpoint's"
+        )
+    if statement.query != bundle.query:
+        raise AuditFailure(
+            f"the trace note answers {_describe(statement.query)}, not the queried "
+            f"{_describe(bundle.query)}"
+        )
+    signed = set(statement.indexes)
+    given = {e.index for e in bundle.events}
+    if missing := sorted(signed - given):
+        raise AuditFailure(
+            f"the bundle leaves out events {index_ranges(missing)} of the "
+            f"{len(signed)} the gateway signed as this trace's: the history is incomplete"
+        )
+    if extra := sorted(given - signed):
+        raise AuditFailure(
+            f"events {index_ranges(extra)} are not among those the gateway signed as this trace's"
+        )
+
+
 def verify_bundle(bundle: Bundle, trusted: Verifier) -> AuditReport:
     """Verify a bundle offline against the log key the auditor trusts.
 
@@ -310,6 +429,7 @@ def verify_bundle(bundle: Bundle, trusted: Verifier) -> AuditReport:
         raise AuditFailure(f"checkpoint: {exc}") from exc
     if checkpoint.origin != trusted.name:
         raise AuditFailure(f"checkpoint origin {checkpoint.origin!r} is not {trusted.name!r}")
+    _check_trace_note(bundle, checkpoint.size, checkpoint.root, trusted)
     if not bundle.events:
         raise AuditFailure("the bundle holds no events")
     bodies: list[tuple[int, dict[str, Any]]] = []

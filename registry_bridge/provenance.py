@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import merkle
+from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
@@ -60,6 +61,9 @@ class Trace:
     query: BlockId
     checkpoint: SignedCheckpoint
     events: tuple[ProvenEvent, ...]
+    trace_note: str
+    """The log key's signature that ``events`` are every event of ``query`` at the
+    checkpoint (an ``audit.TraceStatement``): what lets an auditor see one left out."""
 
 
 def _overlap(session: Session, block: BlockId, size: int) -> set[int]:
@@ -229,7 +233,12 @@ class ProvenanceLog:
                 )
                 for e in events
             )
-        return Trace(query, self._sign(size, root), proven)
+        statement = TraceStatement(
+            self._signer.name, size, root, query, tuple(e.index for e in proven)
+        )
+        return Trace(
+            query, self._sign(size, root), proven, self._signer.sign_body(statement.body())
+        )
 
     @staticmethod
     def _bodies(session: Session, indexes: Iterable[int]) -> dict[int, dict[str, Any]]:

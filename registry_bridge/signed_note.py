@@ -15,6 +15,10 @@ first four bytes of SHA-256(name || 0x0A || 0x01 || public key), 0x01 naming Ed2
 as in golang.org/x/mod/sumdb/note; a verifier key is written ``name+hexid+base64(0x01 ||
 public key)`` in the same format, so the standard tooling reads ours.
 
+Other statements of the log (a trace's list of events, see ``audit.TraceStatement``) are
+signed notes of the same form whose body cannot be read as a checkpoint's: its second
+line is not a tree size.
+
 Pure: no database, no network.  The offline auditor uses it.
 """
 
@@ -135,7 +139,12 @@ class NoteSigner:
 
     def sign(self, checkpoint: Checkpoint) -> str:
         """The signed note of ``checkpoint``."""
-        body = checkpoint.body()
+        return self.sign_body(checkpoint.body())
+
+    def sign_body(self, body: str) -> str:
+        """The signed note of ``body``: lines of text, each ending in a newline, none empty."""
+        if not body.endswith("\n") or "\n\n" in body:
+            raise NoteError("a note body is non-empty lines, each ending in a newline")
         signature = self._key.sign(body.encode())
         blob = base64.b64encode(self.verifier.key_id + signature).decode()
         return f"{body}\n{SIGNATURE_DASH} {self.name} {blob}\n"
@@ -150,31 +159,20 @@ def generate_private_key_pem() -> bytes:
     )
 
 
-def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
-    """Verify a signed checkpoint against ``verifier`` and return what it states.
+def open_note(note: str, verifier: Verifier, what: str = "note") -> list[str]:
+    """Verify a signed note against ``verifier`` and return its body's lines.
 
     Signature lines by other keys (witnesses) are allowed and ignored; at least one line
     must be by ``verifier`` and every line by it must verify.
 
     Raises:
-        NoteError: The note is malformed, not signed by the key, or a signature is bad.
+        NoteError: The note is malformed, not signed by the key, or a signature is bad;
+            the message calls it ``what``.
     """
     body, sep, signatures = note.partition("\n\n")
     if not sep:
         raise NoteError("a signed note needs a blank line between body and signatures")
     body += "\n"
-    lines = body.split("\n")[:-1]
-    if len(lines) < 3:
-        raise NoteError("a checkpoint body has origin, size and root lines")
-    origin, size_text, root_text = lines[:3]
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
-        raise NoteError(f"tree size {size_text!r} is not a decimal number")
-    try:
-        root = base64.b64decode(root_text, validate=True)
-    except binascii.Error as exc:
-        raise NoteError(f"root hash {root_text!r} is not base64") from exc
-    if len(root) != 32:
-        raise NoteError(f"root hash is {len(root)} bytes, not 32")
     public = Ed25519PublicKey.from_public_bytes(verifier.public_key)
     matched = 0
     for line in signatures.splitlines():
@@ -196,7 +194,26 @@ def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
             raise NoteError(f"the signature by {name} does not verify") from exc
         matched += 1
     if not matched:
-        raise NoteError(
-            f"the checkpoint is not signed by {verifier.name} ({verifier.key_id.hex()})"
-        )
+        raise NoteError(f"the {what} is not signed by {verifier.name} ({verifier.key_id.hex()})")
+    return body.split("\n")[:-1]
+
+
+def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
+    """Verify a signed checkpoint against ``verifier`` and return what it states.
+
+    Raises:
+        NoteError: The note is malformed, not signed by the key, or a signature is bad.
+    """
+    lines = open_note(note, verifier, "checkpoint")
+    if len(lines) < 3:
+        raise NoteError("a checkpoint body has origin, size and root lines")
+    origin, size_text, root_text = lines[:3]
+    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+        raise NoteError(f"tree size {size_text!r} is not a decimal number")
+    try:
+        root = base64.b64decode(root_text, validate=True)
+    except binascii.Error as exc:
+        raise NoteError(f"root hash {root_text!r} is not base64") from exc
+    if len(root) != 32:
+        raise NoteError(f"root hash is {len(root)} bytes, not 32")
     return Checkpoint(origin, int(size_text), root)

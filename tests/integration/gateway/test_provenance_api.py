@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import pytest
@@ -191,6 +193,22 @@ def test_trace_from_the_origin_serial_and_from_the_mirror_agree(moved: Moved) ->
     assert [(b.quantity, who) for b, who in report.retirements] == [(RETIRED, BENEFICIARY)] * 2
     finals = {(status, registry) for _, registry, _, status in report.final}
     assert ("retired", "shenzhen") in finals
+
+
+def test_a_trace_with_events_left_out_is_refused(moved: Moved) -> None:
+    response = _trace(moved, gateway_pb2.TraceUnitsRequest(registry="verra", serial=VERRA_SERIAL))
+    trusted = parse_verifier_key(response.checkpoint.verifier_key)
+    honest = _bundle_json(response, ORIGIN)
+    verify_bundle(bundle_from_json(honest), trusted)
+    events = cast(list[dict[str, object]], honest["events"])
+    kinds = [json.loads(base64.b64decode(cast(str, e["leaf_data"])))["kind"] for e in events]
+    # Without its retirements, the history would read as units still spendable.
+    cut = [e for e, kind in zip(events, kinds, strict=True) if kind != "retire"]
+    assert len(cut) < len(events)
+    with pytest.raises(AuditFailure, match=r"leaves out events .* the history is incomplete"):
+        verify_bundle(bundle_from_json({**honest, "events": cut}), trusted)
+    with pytest.raises(AuditFailure, match="leaves out events"):
+        verify_bundle(bundle_from_json({**honest, "events": events[:-1]}), trusted)
 
 
 def _leaf(data: bytes) -> bytes:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
 import pytest
 
 from registry_bridge import merkle
-from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, verify_bundle
+from registry_bridge.audit import (
+    AuditFailure,
+    Bundle,
+    BundleEvent,
+    TraceStatement,
+    bundle_from_json,
+    index_ranges,
+    verify_bundle,
+)
 from registry_bridge.event_log import canonical_json
 from registry_bridge.model import BlockId, Program
 from registry_bridge.signed_note import (
@@ -52,8 +61,13 @@ HONEST = [
 
 
 def _bundle(
-    bodies: list[dict[str, Any]], signer: NoteSigner, keep: list[int] | None = None
+    bodies: list[dict[str, Any]],
+    signer: NoteSigner,
+    keep: list[int] | None = None,
+    signed: list[int] | None = None,
 ) -> Bundle:
+    """A bundle of the events ``keep`` (all by default), its trace note listing ``signed``
+    (those kept by default: a gateway that signs what it sends)."""
     payloads = [canonical_json({**b, "index": i}) for i, b in enumerate(bodies)]
     leaves = [hashlib.sha256(b"\x00" + p).digest() for p in payloads]
     size = len(leaves)
@@ -65,6 +79,7 @@ def _bundle(
         )
 
     chosen = range(size) if keep is None else keep
+    listed = tuple(chosen if signed is None else signed)
     return Bundle(
         registry="verra",
         serial="",
@@ -72,6 +87,7 @@ def _bundle(
         checkpoint=signer.sign(Checkpoint(ORIGIN, size, root)),
         log_key=signer.verifier.encode(),
         events=tuple(BundleEvent(i, payloads[i], proof(i)) for i in chosen),
+        trace_note=signer.sign_body(TraceStatement(ORIGIN, size, root, BLOCK, listed).body()),
     )
 
 
@@ -156,25 +172,76 @@ def test_another_key_or_a_changed_byte_is_refused(signer: NoteSigner) -> None:
     stranger = NoteSigner.from_pem(ORIGIN, generate_private_key_pem())
     with pytest.raises(AuditFailure, match="not the trusted"):
         verify_bundle(bundle, stranger.verifier)
-    forged = Bundle(
-        bundle.registry,
-        bundle.serial,
-        bundle.query,
-        bundle.checkpoint,
-        stranger.verifier.encode(),
-        bundle.events,
-    )
+    forged = dataclasses.replace(bundle, log_key=stranger.verifier.encode())
     with pytest.raises(AuditFailure, match="checkpoint: the checkpoint is not signed"):
         verify_bundle(forged, stranger.verifier)
     first = bundle.events[0]
     changed = BundleEvent(first.index, first.leaf_data.replace(b"199", b"198"), first.proof)
-    tampered = Bundle(
-        bundle.registry,
-        bundle.serial,
-        bundle.query,
-        bundle.checkpoint,
-        bundle.log_key,
-        (changed, *bundle.events[1:]),
-    )
+    tampered = dataclasses.replace(bundle, events=(changed, *bundle.events[1:]))
     with pytest.raises(AuditFailure, match="event 0: not in the log"):
         verify_bundle(tampered, signer.verifier)
+
+
+@pytest.mark.parametrize(("keep", "missing"), [([0, 1, 2], "3"), ([0, 3], "1-2"), ([1, 2, 3], "0")])
+def test_an_event_left_out_of_what_the_gateway_signed_is_refused(
+    signer: NoteSigner, keep: list[int], missing: str
+) -> None:
+    # Cut short, this history would read as a consistent, wrong present: units 100-149
+    # active, when they were retired.
+    bundle = _bundle(HONEST, signer, keep, signed=[0, 1, 2, 3])
+    with pytest.raises(AuditFailure, match=f"leaves out events {missing} of the 4 the gateway"):
+        verify_bundle(bundle, signer.verifier)
+
+
+def test_an_event_the_gateway_did_not_sign_for_the_trace_is_refused(signer: NoteSigner) -> None:
+    with pytest.raises(AuditFailure, match="events 3 are not among those the gateway signed"):
+        verify_bundle(_bundle(HONEST, signer, signed=[0, 1, 2]), signer.verifier)
+
+
+def test_a_trace_note_for_another_query_size_or_key_is_refused(signer: NoteSigner) -> None:
+    bundle = _bundle(HONEST, signer)
+    statement = TraceStatement(ORIGIN, 4, b"\x00" * 32, BLOCK, (0, 1, 2, 3))
+    elsewhere = dataclasses.replace(
+        statement, query=BlockId(Program.VCS, "", 100, 120), root=_root(bundle, signer)
+    )
+    with pytest.raises(AuditFailure, match="answers VCS 100-120, not the queried VCS 100-199"):
+        verify_bundle(
+            dataclasses.replace(bundle, trace_note=signer.sign_body(elsewhere.body())),
+            signer.verifier,
+        )
+    with pytest.raises(AuditFailure, match=r"trace note is for tree size 4 .* not the checkpoint"):
+        verify_bundle(
+            dataclasses.replace(bundle, trace_note=signer.sign_body(statement.body())),
+            signer.verifier,
+        )
+    stranger = NoteSigner.from_pem(ORIGIN, generate_private_key_pem())
+    with pytest.raises(AuditFailure, match="trace note: the trace note is not signed by"):
+        verify_bundle(
+            dataclasses.replace(bundle, trace_note=stranger.sign_body(statement.body())),
+            signer.verifier,
+        )
+    # A checkpoint is not a trace note, though signed by the same key.
+    with pytest.raises(AuditFailure, match="trace note: a trace note's body is six lines"):
+        verify_bundle(dataclasses.replace(bundle, trace_note=bundle.checkpoint), signer.verifier)
+    changed = bundle.trace_note.replace("\n0-3\n", "\n0-2\n")
+    with pytest.raises(AuditFailure, match=r"trace note: the signature by .* does not verify"):
+        verify_bundle(dataclasses.replace(bundle, trace_note=changed), signer.verifier)
+
+
+def _root(bundle: Bundle, signer: NoteSigner) -> bytes:
+    return open_checkpoint(bundle.checkpoint, signer.verifier).root
+
+
+def test_a_bundle_of_the_first_format_is_not_verified(signer: NoteSigner) -> None:
+    bundle = _bundle(HONEST, signer)
+    document = bundle.to_json()
+    assert bundle_from_json(document) == bundle
+    old = {**document, "format": "carbonlink-audit-bundle/1"}
+    del old["trace_note"]
+    with pytest.raises(AuditFailure, match="has no trace note: events left out of it cannot"):
+        bundle_from_json(old)
+
+
+def test_event_indexes_are_written_as_ranges() -> None:
+    assert index_ranges([9, 0, 1, 2, 3, 7, 10, 11, 12]) == "0-3,7,9-12"
+    assert index_ranges([5]) == "5"

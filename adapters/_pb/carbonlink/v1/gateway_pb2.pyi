@@ -964,6 +964,12 @@ class TraceUnitsResponse(_message.Message):
 
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    TRACE_NOTE_FIELD_NUMBER: _builtins.int
+    trace_note: _builtins.str
+    """A signed note, by the checkpoint's key, listing the index of every event that
+    answers the query at the checkpoint: an auditor refuses an answer that leaves one
+    out (inclusion proofs alone cannot show that none is missing).
+    """
     @_builtins.property
     def checkpoint(self) -> _model_pb2.Checkpoint: ...
     @_builtins.property
@@ -973,10 +979,11 @@ class TraceUnitsResponse(_message.Message):
         *,
         checkpoint: _model_pb2.Checkpoint | None = ...,
         events: _abc.Iterable[Global___TracedEvent] | None = ...,
+        trace_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "events", b"events", "trace_note", b"trace_note"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

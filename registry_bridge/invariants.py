@@ -594,8 +594,10 @@ def check_registries(
     (a custody venue's origin units count at the venue and, as its backing, at their
     origin registry).  Phase 2 (``blocks``) asks each registry about every block the
     ledger places there and checks that the same account holds every serial of it in the
-    same status.  Call it only while no transfer is between two registry calls: a step
-    committed in the ledger but not yet acted on differs from the registries by design.
+    same status, then lists each registry's holdings and checks that the ledger places
+    every serial of them there.  Call it only while no transfer is between two registry
+    calls: a step committed in the ledger but not yet acted on differs from the
+    registries by design.
 
     Args:
         session: A session on the ledger database (only read).
@@ -609,6 +611,7 @@ def check_registries(
     problems = [f"[I6 totals] {d.detail}" for d in reconcile.compare_totals(rows, ports)]
     if blocks:
         problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_blocks(rows, ports)]
+        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_holdings(rows, ports)]
     return problems
 
 

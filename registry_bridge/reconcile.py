@@ -7,7 +7,11 @@ The Kyoto ITL reconciles in three phases (ANCHORS §1.6): ``TOTALS(1)``, then
    custody venue's origin units count at the venue and, as its backing, in the venue's
    account at their origin registry);
 2. unit blocks: for every block the ledger places at a registry, the same account must
-   hold every serial of it there, in the same status;
+   hold every serial of it there, in the same status; and the other way round, every
+   serial a registry lists (in any status but exported) must be one the ledger places
+   in that account there, in that status -- units a registry holds that the ledger does
+   not know (created, or moved, behind the gateway's back) are named, not netted into a
+   total;
 3. trail: for every block that differs, the ledger's own audit trail of it, read from
    the provenance log, so an operator sees which change the registry missed or made
    behind the gateway's back.
@@ -30,7 +34,7 @@ from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program
-from registry_bridge.port import BlockStatusRequest, RegistryPort
+from registry_bridge.port import BlockStatusRequest, ListHoldingsRequest, RegistryPort
 from registry_bridge.schema import EventBlock, LedgerEvent
 
 TOTALS = "totals"
@@ -182,6 +186,65 @@ def compare_blocks(
     return found
 
 
+def _uncovered(start: int, end: int, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``start..end`` outside the merged, sorted ``spans``."""
+    gaps: list[tuple[int, int]] = []
+    at = start
+    for low, high in spans:
+        if high < at:
+            continue
+        if low > end:
+            break
+        if low > at:
+            gaps.append((at, low - 1))
+        at = max(at, high + 1)
+        if at > end:
+            return gaps
+    if at <= end:
+        gaps.append((at, end))
+    return gaps
+
+
+def compare_holdings(
+    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+) -> list[Discrepancy]:
+    """Phase 2, the registries' side: every serial each registry lists, against the ledger."""
+    placed: dict[tuple[str, str, HoldingStatus, Program, str], list[tuple[int, int]]] = defaultdict(
+        list
+    )
+    for row in rows:
+        block = row.block.id
+        for registry_id, account in registry_view(row):
+            key = (registry_id, account, row.status, block.program, block.serial_series)
+            placed[key].append((block.serial_start, block.serial_end))
+    merged = {key: _merge(spans) for key, spans in placed.items()}
+    found: list[Discrepancy] = []
+    for registry_id, port in ports.items():
+        for holding in port.list_holdings(ListHoldingsRequest()):
+            if holding.status is HoldingStatus.EXPORTED:
+                continue  # gone from this registry: the ledger keeps no live row of it
+            block = holding.block.id
+            key = (registry_id, holding.account, holding.status, block.program, block.serial_series)
+            for start, end in _uncovered(block.serial_start, block.serial_end, merged.get(key, [])):
+                unknown = BlockId(block.program, block.serial_series, start, end)
+                found.append(
+                    Discrepancy(
+                        registry=registry_id,
+                        phase=UNIT_BLOCKS,
+                        detail=(
+                            f"{registry_id} shows {_describe(unknown)} {holding.status.value} at "
+                            f"{registry_id}/{holding.account}; the ledger has no such units there"
+                        ),
+                        program=block.program,
+                        status=holding.status,
+                        gateway_quantity=0,
+                        registry_quantity=unknown.quantity,
+                        block=unknown,
+                    )
+                )
+    return found
+
+
 def trail(session: Session, block: BlockId, limit: int = _TRAIL_EVENTS) -> list[str]:
     """The ledger's audit trail of ``block``: its newest events, oldest first, one line each."""
     indexes = (
@@ -233,7 +296,9 @@ def reconcile(
     wanted = set(registries)
     chosen = {r: p for r, p in ports.items() if not wanted or r in wanted}
     rows = ledger.all_live(session)
-    found = compare_totals(rows, chosen) + compare_blocks(rows, chosen)
+    found = (
+        compare_totals(rows, chosen) + compare_blocks(rows, chosen) + compare_holdings(rows, chosen)
+    )
     if not found:
         return ReconcileReport(COMPLETED, ())
     trails: list[Discrepancy] = []
@@ -245,7 +310,8 @@ def reconcile(
             Discrepancy(
                 registry=item.registry,
                 phase=TRAIL,
-                detail=f"ledger trail of {_describe(item.block)}: " + "; ".join(lines),
+                detail=f"ledger trail of {_describe(item.block)}: "
+                + ("; ".join(lines) or "no event of the log concerns these units"),
                 program=item.program,
                 status=item.status,
                 gateway_quantity=item.gateway_quantity,

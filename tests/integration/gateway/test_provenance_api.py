@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from typing import cast
 
 import grpc
@@ -18,7 +19,7 @@ from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from registry_bridge import db, invariants, ledger, merkle
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
-from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.schema import LedgerEvent, MerkleHead, MerkleNode
 from registry_bridge.signed_note import open_checkpoint, parse_verifier_key
 from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
@@ -356,9 +357,33 @@ def test_a_holding_changed_at_a_registry_is_reported_by_reconcile(moved: Moved) 
     assert (model_pb2.HOLDING_STATUS_ACTIVE, active, active - 10) in totals
     assert (model_pb2.HOLDING_STATUS_RETIRED, RETIRED, RETIRED + 10) in totals
     blocks = [d for d in report.discrepancies if d.phase == "unit_blocks"]
-    assert len(blocks) == 1 and blocks[0].block.serial_series == moved.mirror.serial_series
+    # Seen from both sides: the ledger's active block is not all active at Shenzhen, and
+    # the ten retired units Shenzhen lists are none the ledger placed there retired.
+    assert len(blocks) == 2
+    assert all(d.block.serial_series == moved.mirror.serial_series for d in blocks)
+    unknown = [d for d in blocks if d.gateway_quantity == 0]
+    assert len(unknown) == 1 and unknown[0].registry_quantity == 10
+    assert (unknown[0].block.serial_start, unknown[0].block.serial_end) == (
+        victim.serial_start,
+        victim.serial_end,
+    )
+    assert "the ledger has no such units there" in unknown[0].detail
     trail = [d for d in report.discrepancies if d.phase == "trail"]
     assert "credit" in trail[0].detail
+    # Units made at a registry behind the gateway's back are named, block and account.
+    phantom_block = UnitBlock(
+        BlockId(Program.SZA, "", 900_000_000, 900_000_099),
+        project_id="",
+        country="CN",
+        vintage_start=date(2024, 1, 1),
+        vintage_end=date(2024, 12, 31),
+    )
+    store.issue("phantom", "sz-thief", phantom_block)
+    report = stub.Reconcile(gateway_pb2.ReconcileRequest(registries=["shenzhen"]), timeout=60)
+    phantom = [d for d in report.discrepancies if "sz-thief" in d.detail]
+    assert [(d.phase, d.registry_quantity, d.block.serial_start) for d in phantom] == [
+        ("unit_blocks", 100, 900_000_000)
+    ]
     # Verra is untouched and still reconciles.
     assert stub.Reconcile(gateway_pb2.ReconcileRequest(registries=["verra"]), timeout=60).consistent
     with pytest.raises(grpc.RpcError) as caught:

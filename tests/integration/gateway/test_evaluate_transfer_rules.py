@@ -38,7 +38,7 @@ def test_evaluate_returns_the_decision_with_rule_id_message_source_and_blocks(
         gateway_pb2.EvaluateTransferRequest(instruction=_instruction("holding")), timeout=30
     ).decision
     assert allowed.allowed, allowed.violations
-    assert "shenzhen@2024-05-01" in allowed.pack_versions
+    assert "shenzhen@2024-10-01" in allowed.pack_versions
     assert list(allowed.deferred_rules) == []  # a holding defers nothing
 
     denied = live_gateway.stub.EvaluateTransfer(

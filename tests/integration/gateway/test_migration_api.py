@@ -111,7 +111,7 @@ def test_a_steel_entity_plans_and_executes_its_migration(world: World) -> None:
     assert (plan.allowances_due, plan.units_surrendered, plan.shortfall) == (50_000, 50_000, 0)
     assert (plan.allowances_surrendered, plan.offsets_surrendered) == (46_000, 4_000)
     assert plan.destination_account.account == "cn-steel-01"
-    assert plan.pack_version == "shenzhen@2024-05-01"
+    assert plan.pack_version == "shenzhen@2024-10-01"
     actions = {d.holding.block.id.program: d.action for d in plan.dispositions}
     assert actions == {"SZA": "cancel", "CCER": "transfer", "SZ-CI": "keep_for_sale"}
     assert {w.rule_id for w in plan.warnings} == {"CL-MIGRATION-0014"}

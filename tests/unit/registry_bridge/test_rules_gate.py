@@ -158,7 +158,7 @@ def test_vcs_from_the_hong_kong_venue_into_shenzhen_for_holding_is_allowed() -> 
         )
     )
     assert decision == RulesDecision(
-        allowed=True, pack_versions=("shenzhen@2024-05-01", "baseline@2000-01-01")
+        allowed=True, pack_versions=("shenzhen@2024-10-01", "baseline@2000-01-01")
     )
 
 
@@ -187,8 +187,8 @@ def hold(block: UnitBlock, source: str, destination: str) -> TransferCheck:
     ("block", "source", "destination", "pack_version"),
     [
         (ccer(1, 100), "guangdong", "national", "national@2024-10-01"),
-        (ccer(1, 100, project_type="hydro"), "national", "guangdong", "guangdong@2024-05-01"),
-        (phcer(1, 100), "shenzhen", "guangdong", "guangdong@2024-05-01"),
+        (ccer(1, 100, project_type="hydro"), "national", "guangdong", "guangdong@2024-10-01"),
+        (phcer(1, 100), "shenzhen", "guangdong", "guangdong@2024-10-01"),
     ],
 )
 def test_offsets_may_be_held_in_national_and_guangdong_accounts(
@@ -323,7 +323,7 @@ def test_hydro_ccer_into_guangdong_for_compliance_is_denied_with_the_rule_id() -
     assert hydro[0].blocks == (block.id,)
     assert "hydro" in hydro[0].message
     assert hydro[0].source.startswith("Guangdong offset rule of 9 Jan 2017")
-    assert "guangdong@2024-05-01" in decision.pack_versions
+    assert "guangdong@2024-10-01" in decision.pack_versions
 
 
 def test_bri_itmo_without_authorization_or_adjustment_is_denied_wherever_it_goes() -> None:
@@ -342,7 +342,7 @@ def test_bri_itmo_without_authorization_or_adjustment_is_denied_wherever_it_goes
     ca = next(v for v in decision.violations if v.rule_id == "CR-A6-0003")
     assert ("ca_status", "pending") in ca.details
     assert ca.blocks == (block.id,)
-    assert {"shenzhen@2024-05-01", "article6-bri@2022-03-28"} <= set(decision.pack_versions)
+    assert {"shenzhen@2024-10-01", "article6-bri@2022-03-28"} <= set(decision.pack_versions)
 
 
 def test_bri_itmo_authorized_and_adjusted_is_allowed() -> None:
@@ -563,7 +563,7 @@ def test_a_surrender_within_the_offset_limit_is_allowed() -> None:
         surrender((ccer(1, 200),), "shenzhen", "shenzhen")
     )
     assert decision.allowed, decision.violations
-    assert decision.pack_versions == ("shenzhen@2024-05-01", "baseline@2000-01-01")
+    assert decision.pack_versions == ("shenzhen@2024-10-01", "baseline@2000-01-01")
 
 
 def test_a_surrender_over_the_offset_limit_is_denied_with_limit_used_and_asked() -> None:
@@ -671,7 +671,7 @@ def test_a_vcs_project_lists_in_shenzhen_for_listing_and_voluntary_retirement() 
     assert eligible == {"compliance": False, "listing": True, "voluntary_retirement": True}
     compliance = next(e for e in outcome.eligibility if e.use == "compliance")
     assert {v.rule_id for v in compliance.decision.violations} == {"CR-SZ-0001"}
-    assert outcome.pack_versions == ("shenzhen@2024-05-01", "baseline@2000-01-01")
+    assert outcome.pack_versions == ("shenzhen@2024-10-01", "baseline@2000-01-01")
 
 
 def test_list_project_refuses_bad_input() -> None:

@@ -16,9 +16,10 @@ from adapters.gold_standard import serial as gold_standard
 from adapters.guangdong import serial as guangdong
 from adapters.hkmo import serial as hkmo
 from adapters.national import serial as national
-from adapters.serial_errors import UnknownRegistryError
+from adapters.serial_errors import RegistryFormatError, UnknownRegistryError
 from adapters.shenzhen import serial as shenzhen
 from adapters.verra import serial as verra
+from registry_bridge.errors import FieldViolation
 from registry_bridge.model import UnitBlock
 
 
@@ -71,7 +72,17 @@ def parse_serial(registry_id: str, text: str) -> UnitBlock:
         UnknownRegistryError: No registry has that id.
         SerialFormatError: The serial is malformed; the error names the bad segment.
     """
-    return codec(registry_id).parse(text)
+    try:
+        return codec(registry_id).parse(text)
+    except RegistryFormatError:
+        raise
+    except ValueError as exc:
+        # A well-formed serial whose block cannot exist (a number past the largest serial
+        # the ledger can hold, say): as wrong an input as a bad segment.
+        raise RegistryFormatError(
+            f"{registry_id} serial {text!r}: {exc}",
+            [FieldViolation("serial", f"{registry_id}: {exc}")],
+        ) from exc
 
 
 def format_serial(registry_id: str, block: UnitBlock) -> str:

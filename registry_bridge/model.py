@@ -99,6 +99,10 @@ class Authorization:
     issued_on: date
 
 
+MAX_SERIAL = 2**63 - 1
+"""The largest serial number: the ledger stores serials as signed 64-bit integers."""
+
+
 @dataclass(frozen=True, order=True)
 class BlockId:
     """The global identity of a serial block (DES ``UnitBlockIdentifier``)."""
@@ -114,6 +118,10 @@ class BlockId:
         if self.serial_end < self.serial_start:
             raise ValueError(
                 f"serial_end {self.serial_end} is below serial_start {self.serial_start}"
+            )
+        if self.serial_end > MAX_SERIAL:
+            raise ValueError(
+                f"serial_end {self.serial_end} is above the largest serial {MAX_SERIAL}"
             )
 
     @property

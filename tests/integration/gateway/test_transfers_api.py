@@ -101,6 +101,23 @@ def test_bad_instruction_names_every_bad_field(live_gateway: LiveGateway) -> Non
     assert list(listed.transfers) == []
 
 
+def test_a_serial_past_the_largest_is_an_invalid_argument(live_gateway: LiveGateway) -> None:
+    huge = "9660-1-99999999999999999999999-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+    instruction = model_pb2.TransferInstruction(
+        source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+        units=[model_pb2.UnitSelector(serial=huge)],
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(request_id="huge-1", instruction=instruction),
+            timeout=30,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "above the largest serial" in (caught.value.details() or "")
+    assert _field_violations(caught.value) == ["instruction.units[0].serial"]
+
+
 def test_missing_request_id_is_refused(live_gateway: LiveGateway) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         live_gateway.stub.SubmitTransfer(

@@ -188,3 +188,19 @@ def test_attributes_outside_the_serial_are_not_written() -> None:
     )
 
     assert serials.format_serial("verra", enriched) == VCU
+
+
+@pytest.mark.parametrize(("registry", "serial"), [("verra", VCU), ("gold-standard", GS)])
+def test_a_serial_past_the_largest_the_ledger_holds_is_invalid(registry: str, serial: str) -> None:
+    # As the reviewer sent it: well formed, but no 64-bit integer holds its end.
+    huge = serial.replace("941467431", "99999999999999999999999").replace("30350", "9" * 23)
+    with pytest.raises(RegistryFormatError, match="above the largest serial") as caught:
+        serials.parse_serial(registry, huge)
+    assert isinstance(caught.value, InvalidRequest)
+    assert [v.field for v in caught.value.violations] == ["serial"]
+
+
+def test_a_block_past_the_largest_serial_cannot_exist() -> None:
+    BlockId(Program.VCS, "", 1, 2**63 - 1)
+    with pytest.raises(ValueError, match="above the largest serial"):
+        BlockId(Program.VCS, "", 1, 2**63)

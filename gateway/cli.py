@@ -45,7 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
-    server = GatewayServer(config)
+    try:
+        server = GatewayServer(config)
+    except ConfigError as exc:  # a setting only the server can judge (a registry's name)
+        print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
+        return 2
     with StopSignals() as stop:
         try:
             server.start()

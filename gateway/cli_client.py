@@ -23,6 +23,11 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 _DEFAULT_TARGET = "127.0.0.1:50051"
+_STATE_NAMES = tuple(
+    name.removeprefix("TRANSFER_STATE_").lower()
+    for name, _ in model_pb2.TransferState.items()
+    if name != "TRANSFER_STATE_UNSPECIFIED"
+)
 
 
 def _account(text: str) -> model_pb2.AccountRef:
@@ -183,7 +188,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = commands.add_parser("list", help="list transfers")
     _common(listing)
-    listing.add_argument("--state", help="only transfers in this state, e.g. completed")
+    listing.add_argument(
+        "--state",
+        type=str.lower,
+        choices=_STATE_NAMES,
+        help="only transfers in this state, e.g. completed",
+    )
     listing.add_argument("--registry", default="", help="only transfers touching this registry")
     listing.add_argument("--page-size", type=int, default=50)
     listing.add_argument("--page-token", default="")

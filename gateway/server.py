@@ -234,11 +234,14 @@ class GatewayServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         credentials = self.security.server_credentials
-        port: int = (
-            server.add_insecure_port(self.config.listen)
-            if credentials is None
-            else server.add_secure_port(self.config.listen, credentials)
-        )
+        try:
+            port: int = (
+                server.add_insecure_port(self.config.listen)
+                if credentials is None
+                else server.add_secure_port(self.config.listen, credentials)
+            )
+        except RuntimeError as exc:  # grpcio raises where it once returned port 0
+            raise OSError(f"cannot bind {self.config.listen}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot bind {self.config.listen}")
         server.start()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
-from gateway.cli import EXIT_BROKEN_PIPE
+import pytest
+
+from gateway.cli import EXIT_BROKEN_PIPE, main
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
@@ -18,3 +22,31 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=60) == EXIT_BROKEN_PIPE
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_serve_names_an_unknown_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = f"sqlite:///{tmp_path}/gateway.db"
+    argv = ["serve", "--insecure", "--database-url", database, "--registry", "foo=127.0.0.1:1"]
+    assert main(argv) == 2
+    assert "configuration error: registries: no adapter for 'foo'" in capsys.readouterr().err
+
+
+def test_serve_says_its_address_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        argv = ["serve", "--insecure", "--listen", listen]
+        assert main([*argv, "--database-url", f"sqlite:///{tmp_path}/gateway.db"]) == 1
+    assert f"cannot start: cannot bind {listen}" in capsys.readouterr().err
+
+
+def test_an_unknown_transfer_state_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["transfer", "list", "--insecure", "--state", "bogus"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

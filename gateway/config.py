@@ -70,6 +70,10 @@ class GatewayConfig:
     """Attempts for a transient registry failure before the transfer gives up on the step."""
     recovery_interval_seconds: float = 5.0
     """How often unfinished transfers are resumed (and expired locks rolled back)."""
+    registry_import_interval_seconds: float = 60.0
+    """How often the gateway learns the units each registry holds that its ledger does not
+    know yet (issued, or deposited from outside, since the last look; a registry that was
+    down at start-up is read at its next look)."""
     transfer_lease_seconds: float = 15.0
     """How long a gateway's claim on driving a transfer lasts without renewal: after a
     crash, another gateway (or the restarted one) takes the transfer over past it."""
@@ -133,6 +137,7 @@ _FIELD_TYPES: dict[str, type] = {
     "registry_timeout_seconds": float,
     "registry_retry_attempts": int,
     "recovery_interval_seconds": float,
+    "registry_import_interval_seconds": float,
     "fault_crash_after_state": str,
     "fault_crash_after_migration_step": str,
     "transfer_lease_seconds": float,
@@ -231,6 +236,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "registry_timeout_seconds": config.registry_timeout_seconds,
         "registry_retry_attempts": config.registry_retry_attempts,
         "recovery_interval_seconds": config.recovery_interval_seconds,
+        "registry_import_interval_seconds": config.registry_import_interval_seconds,
         "transfer_lease_seconds": config.transfer_lease_seconds,
         "instruction_window_seconds": config.instruction_window_seconds,
         "rate_limit_per_second": config.rate_limit_per_second,

@@ -194,6 +194,7 @@ class GatewayServer:
         self.provenance = ProvenanceLog(sessions, load_signer(config))
         self._recovery_stop = threading.Event()
         self._recovery: threading.Thread | None = None
+        self._importing: threading.Thread | None = None
         self.port = 0
 
     def start(self) -> int:
@@ -253,6 +254,10 @@ class GatewayServer:
             target=self._recover_forever, name="transfer-recovery", daemon=True
         )
         self._recovery.start()
+        self._importing = threading.Thread(
+            target=self._import_forever, name="registry-import", daemon=True
+        )
+        self._importing.start()
         host = self.config.listen.rsplit(":", 1)[0]
         _logger.info(
             "gateway_started",
@@ -269,8 +274,9 @@ class GatewayServer:
         self._recovery_stop.set()
         grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
         self._server.stop(grace).wait()
-        if self._recovery is not None:
-            self._recovery.join(timeout=grace + 5)
+        for thread in (self._recovery, self._importing):
+            if thread is not None:
+                thread.join(timeout=grace + 5)
         self._server = None
         self._probe.close()
         self.engine.dispose()
@@ -285,6 +291,17 @@ class GatewayServer:
             except CarbonlinkError as exc:
                 _logger.warning("registry_import_skipped", registry=registry_id, error=str(exc))
         return imported
+
+    def _import_forever(self) -> None:
+        """Learn what the registries hold, every import interval after the start-up import."""
+        while not self._recovery_stop.wait(self.config.registry_import_interval_seconds):
+            try:
+                imported = self.import_registries()
+                if any(imported.values()):
+                    _logger.info("registry_units_imported", blocks=imported)
+            except Exception:
+                # A database busy past its timeout: this look is lost, not the later ones.
+                _logger.exception("registry_import_crashed")
 
     def _recover_forever(self) -> None:
         """Resume unfinished transfers at start-up, then every recovery interval."""

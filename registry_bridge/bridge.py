@@ -536,6 +536,17 @@ def _view(
     )
 
 
+_IMPORTED_STATUSES = frozenset(
+    {
+        HoldingStatus.ACTIVE,
+        HoldingStatus.RETIRED,
+        HoldingStatus.CANCELLED,
+        HoldingStatus.SURRENDERED,
+    }
+)
+"""Registry holdings the ledger records when it learns them (see ``import_registry``)."""
+
+
 class Bridge:
     """Drives transfers and uses of units across the wired registries."""
 
@@ -1997,9 +2008,13 @@ class Bridge:
         """Record in the ledger the units a registry issued that the ledger does not know.
 
         Units are issued at their registries; the gateway learns of them here (at start-up
-        and on demand), one ``issuance`` event per block.  Origin units a custody venue
-        holds are recorded at the venue, not in the venue's account at the origin
-        registry, so no unit is counted twice.  Returns how many blocks were recorded.
+        and every import interval), one ``issuance`` event per block, in the status the
+        registry shows: active, or retired, cancelled or surrendered before the gateway
+        knew them (the ledger must know those serials too, or it would take them for
+        unissued and reconcile would count them as missing).  Blocks locked or exported at
+        the registry are left until they settle.  Origin units a custody venue holds are
+        recorded at the venue, not in the venue's account at the origin registry, so no
+        unit is counted twice.  Returns how many blocks were recorded.
 
         Raises:
             RegistryUnavailable: The registry cannot be reached.
@@ -2008,7 +2023,7 @@ class Bridge:
         recorded = 0
         now = self._clock()
         for holding in holdings:
-            if holding.status is not HoldingStatus.ACTIVE or holding.mirror_of is not None:
+            if holding.status not in _IMPORTED_STATUSES or holding.mirror_of is not None:
                 continue
             origin_registry = ORIGIN_REGISTRY[holding.block.program]
             if registry_id == origin_registry and holding.account.startswith("venue-"):
@@ -2021,7 +2036,9 @@ class Bridge:
                         session, holding.block.id
                     ):
                         continue
-                    ledger.issue(session, registry_id, holding.account, holding.block, now)
+                    ledger.issue(
+                        session, registry_id, holding.account, holding.block, now, holding.status
+                    )
                     recorded += 1
             except LedgerConflict:
                 # Another gateway recorded the same issuance first.

@@ -622,17 +622,22 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
 
 
 def issue(
-    session: Session, registry: str, account: str, block: UnitBlock, at: datetime
+    session: Session,
+    registry: str,
+    account: str,
+    block: UnitBlock,
+    at: datetime,
+    status: HoldingStatus = HoldingStatus.ACTIVE,
 ) -> LedgerHolding:
-    """Record an issuance (or an import of a registry's existing units).
+    """Record an issuance (or an import of a registry's existing units, in the status the
+    registry shows them: units retired before the gateway knew them are still issued, and
+    must never be issued or used again).
 
     Raises:
         LedgerConflict: Some of the serials are already live in the ledger (double
             issuance of one program's serials).
     """
-    holding = _insert(
-        session, block, registry, account, HoldingStatus.ACTIVE, block.id, is_mirror=False
-    )
+    holding = _insert(session, block, registry, account, status, block.id, is_mirror=False)
     append_event(
         session,
         "issuance",

@@ -1,0 +1,112 @@
+"""The gateway learns what the registries hold: at start-up, in every status a unit can
+have been left in, and again at every import interval."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.serials import parse_serial
+from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
+from registry_bridge import db, ledger
+from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.port import IssueRequest, RetireRequest
+from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+
+ISSUED = parse_serial("verra", VERRA_SERIAL)
+START = ISSUED.id.serial_start
+
+
+@contextmanager
+def _gateway(
+    database_url: str, registries: LinkedRegistries, import_every: float = 60.0
+) -> Iterator[LiveGateway]:
+    config = GatewayConfig(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        registries=registries.endpoints(),
+        insecure=True,
+        registry_import_interval_seconds=import_every,
+    )
+    server = GatewayServer(config)
+    target = f"127.0.0.1:{server.start()}"
+    channel = grpc.insecure_channel(target)
+    try:
+        yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel), target)
+    finally:
+        channel.close()
+        server.stop(grace_seconds=0)
+
+
+def _statuses(gateway: LiveGateway, block: BlockId) -> list[tuple[int, int, HoldingStatus]]:
+    with db.read_only(db.session_factory(gateway.server.engine)) as session:
+        return sorted(
+            (h.block.id.serial_start, h.block.id.serial_end, h.status)
+            for h in ledger.origin_rows(session, block)
+        )
+
+
+def _retire(gateway: LiveGateway, block: BlockId) -> model_pb2.UnitUse:
+    selector = model_pb2.UnitSelector(
+        block=model_pb2.BlockId(
+            program=block.program.value,
+            serial_series=block.serial_series,
+            serial_start=block.serial_start,
+            serial_end=block.serial_end,
+        )
+    )
+    reply: model_pb2.UnitUse = gateway.stub.Retire(
+        gateway_pb2.RetireRequest(
+            request_id=uuid.uuid4().hex,
+            account=model_pb2.AccountRef(registry="verra", account="issuer"),
+            units=[selector],
+            beneficiary="Again Co.",
+        ),
+        timeout=30,
+    )
+    return reply
+
+
+def test_units_retired_before_the_gateway_started_are_known_retired_and_reconcile(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    verra = registries.ports["verra"]
+    verra.issue(IssueRequest("issue-1", "issuer", ISSUED))
+    retired = BlockId(ISSUED.id.program, "", START, START + 99)
+    verra.retire(RetireRequest("retire-1", "issuer", retired, "Early Co.", ""))
+
+    with _gateway(database_url, registries) as gateway:
+        assert _statuses(gateway, ISSUED.id) == [
+            (START, START + 99, HoldingStatus.RETIRED),
+            (START + 100, ISSUED.id.serial_end, HoldingStatus.ACTIVE),
+        ]
+        report = gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
+        assert report.consistent, [d.detail for d in report.discrepancies]
+        # Retired once at the registry, the units cannot be retired again through it.
+        with pytest.raises(grpc.RpcError) as refused:
+            _retire(gateway, BlockId(ISSUED.id.program, "", START, START + 9))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "retired" in (refused.value.details() or "")
+
+
+def test_units_issued_after_start_up_are_learned_at_the_next_look(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    with _gateway(database_url, registries, import_every=0.2) as gateway:
+        assert _statuses(gateway, ISSUED.id) == []
+        registries.ports["verra"].issue(IssueRequest("issue-late", "issuer", ISSUED))
+        deadline = time.monotonic() + 30
+        while not _statuses(gateway, ISSUED.id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _statuses(gateway, ISSUED.id) == [
+            (START, ISSUED.id.serial_end, HoldingStatus.ACTIVE)
+        ]
+        used = _retire(gateway, BlockId(ISSUED.id.program, "", START, START + 9))
+        assert used.beneficiary == "Again Co." and used.kind == "retirement"

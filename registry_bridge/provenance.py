@@ -110,6 +110,36 @@ def origin_ranges(bodies: Iterable[dict[str, Any]], query: BlockId) -> list[Bloc
     return sorted(found)
 
 
+def _check_covered(query: BlockId, bodies: Iterable[dict[str, Any]]) -> None:
+    """Every serial of ``query`` is a row of some event (its own range or, for a row that
+    stands for other units, its origin range).
+
+    Raises:
+        NotFound: Naming the first serials of ``query`` no event concerns.
+    """
+    spans: list[tuple[int, int]] = []
+    for body in bodies:
+        for key in ("block", "origin"):
+            if isinstance(body.get(key), dict):
+                clipped = _clip(block_id_from_dict(body[key]), query)
+                if clipped is not None:
+                    spans.append(clipped)
+    at = query.serial_start
+    for start, end in sorted(spans):
+        if start > at:
+            break
+        at = max(at, end + 1)
+    if at <= query.serial_end:
+        gap_end = min((s for s, _ in spans if s > at), default=query.serial_end + 1) - 1
+        series = f"/{query.serial_series}" if query.serial_series else ""
+        # Rendered "... not found": never issued, or issued where the gateway has not
+        # looked yet.
+        raise NotFound(
+            f"events of units {query.program.value}{series} {at}-{gap_end} (part of the "
+            f"queried {query.serial_start}-{query.serial_end})"
+        )
+
+
 _SIZES = sa.select(
     sa.select(LogHead.size).where(LogHead.id == 1).scalar_subquery(),
     sa.select(MerkleHead.size).where(MerkleHead.id == 1).scalar_subquery(),
@@ -187,7 +217,8 @@ class ProvenanceLog:
         rows, their splits, their mirrors at any registry).
 
         Raises:
-            NotFound: No event concerns these serials.
+            NotFound: No event concerns some of these serials: the answer would be the
+                history of only part of what was asked, so there is none.
         """
         with self._covered() as (session, size):
             first = _overlap(session, query, size)
@@ -196,8 +227,10 @@ class ProvenanceLog:
                     f"units {query.program.value}/{query.serial_series or '-'} "
                     f"{query.serial_start}-{query.serial_end}"
                 )
+            direct = self._bodies(session, first)
+            _check_covered(query, direct.values())
             found = set(first)
-            for origin in origin_ranges(self._bodies(session, first).values(), query):
+            for origin in origin_ranges(direct.values(), query):
                 found |= _overlap(session, origin, size)
             events = list(
                 session.execute(

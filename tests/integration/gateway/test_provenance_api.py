@@ -225,6 +225,24 @@ def test_unknown_units_and_bad_queries(moved: Moved) -> None:
             ),
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # Partly issued: the history of only the issued part would pass for the whole.
+    issued = parse_serial("verra", VERRA_SERIAL).id
+    for start, end, gap in [
+        (issued.serial_start - 314, issued.serial_start, (-314, -1)),
+        (issued.serial_end - 10, issued.serial_end + 90, (1, 90)),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            _trace(
+                moved,
+                gateway_pb2.TraceUnitsRequest(
+                    block=model_pb2.BlockId(program="VCS", serial_start=start, serial_end=end)
+                ),
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        edge = issued.serial_start if gap[0] < 0 else issued.serial_end
+        assert f"units VCS {edge + gap[0]}-{edge + gap[1]} (part of the queried" in (
+            caught.value.details() or ""
+        )
     with pytest.raises(grpc.RpcError) as caught:
         _trace(moved, gateway_pb2.TraceUnitsRequest(registry="verra", serial="not-a-serial"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

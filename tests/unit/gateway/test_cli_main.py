@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import cli
 from gateway.cli import EXIT_BROKEN_PIPE, main
 
 
@@ -24,6 +25,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
 
 
+@pytest.fixture
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve points the process's logging at the stderr of the moment: here a capture
+    # that closes with the test, which later tests' logging would then write to.
+    monkeypatch.setattr(cli, "configure_logging", lambda *_: None)
+
+
+@pytest.mark.usefixtures("_keep_logging")
 def test_serve_names_an_unknown_registry(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -33,6 +42,7 @@ def test_serve_names_an_unknown_registry(
     assert "configuration error: registries: no adapter for 'foo'" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("_keep_logging")
 def test_serve_says_its_address_is_taken(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,12 +21,14 @@ from gateway.migration_api import (
     plan_migration,
     upsert_covered_entity,
 )
+from gateway.security.policy import readable_accounts
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import unit_of_work
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
     InvalidRequest,
+    NotFound,
     NotYetImplemented,
 )
 from registry_bridge.idempotency import answer_once
@@ -37,7 +39,7 @@ from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.reconcile import reconcile
 from registry_bridge.rules_gate import list_project
-from registry_bridge.transfers import TransferInstruction, UseRequest
+from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
 
 MAX_SERIAL_LENGTH = 256
 
@@ -48,6 +50,22 @@ def _request_id(value: str, path: str = "request_id") -> str:
     if len(value) > convert.MAX_ID_LENGTH:
         raise InvalidRequest.field(path, f"is longer than {convert.MAX_ID_LENGTH} characters")
     return value
+
+
+def _readable(transfer: Transfer) -> Transfer:
+    """``transfer``, if the caller may read it.
+
+    Raises:
+        NotFound: The caller may not: the same answer as for a transfer that does not
+            exist, so that a name tells a stranger nothing.
+    """
+    accounts = readable_accounts()
+    if accounts is None:
+        return transfer
+    ends = (transfer.instruction.source, transfer.instruction.destination)
+    if any(f"{end.registry}:{end.account}" in accounts for end in ends):
+        return transfer
+    raise NotFound(f"transfers/{transfer.transfer_id}")
 
 
 def _transfer_id(name: str) -> str:
@@ -206,7 +224,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def GetTransfer(
         self, request: gateway_pb2.GetTransferRequest, context: grpc.ServicerContext
     ) -> model_pb2.Transfer:
-        return convert.transfer_to_pb(self._bridge.get(_transfer_id(request.name)))
+        return convert.transfer_to_pb(_readable(self._bridge.get(_transfer_id(request.name))))
 
     def ListTransfers(
         self, request: gateway_pb2.ListTransfersRequest, context: grpc.ServicerContext
@@ -217,9 +235,13 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             state = convert.TRANSFER_STATE_FROM_PB.get(request.state)
             if state is None:
                 raise InvalidRequest.field("state", f"unknown transfer state {request.state}")
-        scope = f"transfers:{request.state}:{request.registry}"
+        accounts = readable_accounts()
+        readable = "*" if accounts is None else ",".join(sorted(accounts))
+        scope = f"transfers:{request.state}:{request.registry}:{readable}"
         offset = paging.decode_token(request.page_token, scope)
-        transfers, more = self._bridge.list_transfers(offset, size, state, request.registry)
+        transfers, more = self._bridge.list_transfers(
+            offset, size, state, request.registry, accounts
+        )
         return gateway_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_pb(t) for t in transfers],
             next_page_token=paging.encode_token(offset + len(transfers), scope) if more else "",
@@ -230,6 +252,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> Iterator[model_pb2.Transfer]:
         transfer_id = _transfer_id(request.name)
         last: tuple[str, int] | None = None
+        _readable(self._bridge.get(transfer_id))
         while context.is_active():
             transfer = self._bridge.get(transfer_id)
             seen = (transfer.state.value, len(transfer.history))

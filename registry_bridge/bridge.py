@@ -633,11 +633,27 @@ class Bridge:
             return {v.transfer_id: v for v in self._views(session, records)}
 
     def list_transfers(
-        self, offset: int, limit: int, state: TransferState | None = None, registry: str = ""
+        self,
+        offset: int,
+        limit: int,
+        state: TransferState | None = None,
+        registry: str = "",
+        accounts: frozenset[str] | None = None,
     ) -> tuple[list[Transfer], bool]:
-        """A page of transfers, oldest first; the flag tells whether more follow."""
+        """A page of transfers, oldest first; the flag tells whether more follow.
+
+        ``accounts`` (``registry:account``), when given, keeps only the transfers whose
+        source or destination is one of them.
+        """
         with unit_of_work(self._sessions) as session:
             query = sa.select(TransferRecord)
+            if accounts is not None:
+                pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
+                source = sa.tuple_(TransferRecord.source_registry, TransferRecord.source_account)
+                destination = sa.tuple_(
+                    TransferRecord.destination_registry, TransferRecord.destination_account
+                )
+                query = query.where(sa.or_(source.in_(pairs), destination.in_(pairs)))
             if state is not None:
                 query = query.where(TransferRecord.state == state.value)
             if registry:

@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
-from gateway.security.policy import SERVICE_PREFIX, authorize
+from gateway.security.policy import SERVICE_PREFIX, authorize, reading_as
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.tokens import Principal, TokenVerifier
 from registry_bridge.errors import Unauthenticated
@@ -56,18 +56,21 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler._replace(unary_stream=self._stream(handler.unary_stream, full_method))
         return handler
 
-    def _admit(self, full_method: str, request: Any, context: grpc.ServicerContext) -> Any:
-        """Check the call; returns the signature to record (or None for unsigned RPCs)."""
+    def _admit(
+        self, full_method: str, request: Any, context: grpc.ServicerContext
+    ) -> tuple[Principal, Any]:
+        """Check the call; returns the caller and the signature to record (or None for
+        unsigned RPCs)."""
         principal = self._principal(context)
         structlog.contextvars.bind_contextvars(client=principal.subject)
         self._limiter.take(principal.subject)
         method = full_method[len(SERVICE_PREFIX) :]
         authorize(method, principal, request)
         if method not in SIGNED_METHODS:
-            return None
+            return principal, None
         signed_by = self._instructions.verify(full_method, request, principal)
         _logger.info("instruction_signature_verified", key_id=signed_by["key_id"])
-        return signed_by
+        return principal, signed_by
 
     def _principal(self, context: grpc.ServicerContext) -> Principal:
         values = [
@@ -85,11 +88,12 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, behavior: Callable[[Any, grpc.ServicerContext], Any], full_method: str
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            signed_by = self._admit(full_method, request, context)
-            if signed_by is None:
-                return behavior(request, context)
-            with signed_instruction(signed_by):
-                return behavior(request, context)
+            principal, signed_by = self._admit(full_method, request, context)
+            with reading_as(principal):
+                if signed_by is None:
+                    return behavior(request, context)
+                with signed_instruction(signed_by):
+                    return behavior(request, context)
 
         return wrapped
 
@@ -97,7 +101,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], full_method: str
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self._admit(full_method, request, context)
-            yield from behavior(request, context)
+            principal, _ = self._admit(full_method, request, context)
+            with reading_as(principal):
+                yield from behavior(request, context)
 
         return wrapped

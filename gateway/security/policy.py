@@ -6,11 +6,19 @@ service's methods. Roles that move units (exchange operator, covered entity, iss
 move them only out of the accounts their token names (``accounts: ["hkmo:hk-seller"]``),
 and a covered entity executes only its own migration (``entities: ["steelco"]``).
 The auditor's and the regulator's roles appear only on reads.
+
+Transfers are also read by account: an exchange operator's or a covered entity's trades
+and their settlement amounts are its own business, not its competitors'.  A caller sees
+the transfers whose source or destination is an account its token names; the auditor
+and the regulator see every transfer.  The servicer asks :func:`readable_accounts`,
+which the security interceptor sets for the call (:func:`reading_as`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -100,3 +108,31 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
             raise PermissionDenied(
                 f"plan.entity_id: the caller's token does not name entity {entity!r}"
             )
+
+
+READ_EVERY_TRANSFER = frozenset({"auditor", "regulator"})
+"""Roles that read every transfer; the others read only their own accounts'."""
+
+_readable: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "readable_accounts", default=None
+)
+
+
+@contextlib.contextmanager
+def reading_as(principal: Principal) -> Iterator[None]:
+    """Scope the transfer reads of the block to what ``principal`` may see."""
+    scope = None if principal.roles & READ_EVERY_TRANSFER else frozenset(principal.accounts)
+    token = _readable.set(scope)
+    try:
+        yield
+    finally:
+        _readable.reset(token)
+
+
+def readable_accounts() -> frozenset[str] | None:
+    """``registry:account`` whose transfers the current caller may read; None for all.
+
+    None also when no caller is authenticated: the gateway runs insecure, for local
+    development only.
+    """
+    return _readable.get()

@@ -136,6 +136,52 @@ def test_a_signed_transfer_by_its_account_holder_completes_and_the_log_keeps_the
     assert {(s["key_id"], s["signature"]) for s in signed} == {("exchange_operator-1", expected)}
 
 
+def test_a_transfer_is_read_only_by_its_parties_and_the_auditor(
+    secure_gateway: SecureGateway,
+) -> None:
+    transfer = _operator(secure_gateway).SubmitTransfer(_signed(secure_gateway), timeout=60)
+    assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+    by_name = gateway_pb2.GetTransferRequest(name=transfer.name)
+    everything = gateway_pb2.ListTransfersRequest()
+
+    def sees(stub: gateway_pb2_grpc.LinkageGatewayStub) -> bool:
+        listed = [t.name for t in stub.ListTransfers(everything, timeout=10).transfers]
+        try:
+            found = stub.GetTransfer(by_name, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+            assert listed == []
+            with pytest.raises(grpc.RpcError) as watched:
+                next(iter(stub.WatchTransfer(gateway_pb2.WatchTransferRequest(name=transfer.name))))
+            assert watched.value.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        assert found.name == transfer.name and listed == [transfer.name]
+        return True
+
+    parties = {
+        "seller": ("exchange_operator", ["hkmo:hk-seller"]),
+        "buyer": ("covered_entity", ["shenzhen:sz-buyer"]),
+        "another member": ("exchange_operator", ["hkmo:someone-else"]),
+        "another buyer": ("covered_entity", ["shenzhen:sz-other"]),
+        "an issuer": ("issuer", []),
+        "the auditor": ("auditor", []),
+        "the regulator": ("regulator", []),
+    }
+    seen = {
+        who: sees(secure_gateway.stub(role, secure_gateway.token(role, accounts=accounts)))
+        for who, (role, accounts) in parties.items()
+    }
+    assert seen == {
+        "seller": True,
+        "buyer": True,
+        "another member": False,
+        "another buyer": False,
+        "an issuer": False,
+        "the auditor": True,
+        "the regulator": True,
+    }
+
+
 def test_health_and_reflection_need_no_token(secure_gateway: SecureGateway) -> None:
     with secure_gateway.channel("auditor", None) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(

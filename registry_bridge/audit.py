@@ -263,9 +263,25 @@ def _covered(block: BlockId, spans: Sequence[BlockId]) -> bool:
     return at > block.serial_end
 
 
+def _origin_part(block: BlockId, origin: BlockId, query: BlockId) -> BlockId | None:
+    """The origin serials that the part of ``block`` inside ``query`` stands for."""
+    if not block.overlaps(query):
+        return None
+    offset = origin.serial_start - block.serial_start
+    return BlockId(
+        origin.program,
+        origin.serial_series,
+        max(block.serial_start, query.serial_start) + offset,
+        min(block.serial_end, query.serial_end) + offset,
+    )
+
+
 def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditReport) -> None:
     live: dict[tuple[str, str, int, int], _Row] = {}
     blocks: dict[tuple[str, str, int, int], BlockId] = {}
+    # The origin serials the queried units stand for: a mirror's query follows its units
+    # home when they are returned, where they are origin rows of other serials.
+    asked: list[BlockId] = [report.query]
     for index, body in bodies:
         kind = str(body.get("kind", ""))
         report.kinds[kind] += 1
@@ -279,6 +295,9 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
             status, mirror = str(body["status"]), bool(body["mirror"])
         except (KeyError, TypeError, ValueError) as exc:
             raise AuditFailure(f"{where}: malformed row event: {exc}") from exc
+        part = _origin_part(block, origin, report.query)
+        if part is not None:
+            asked.append(part)
         if block.quantity != origin.quantity:
             raise AuditFailure(
                 f"{where}: {_describe(block)} holds {block.quantity} units but stands for "
@@ -370,7 +389,7 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
         (
             (blocks[k], row.registry, row.account, row.status)
             for k, row in live.items()
-            if blocks[k].overlaps(report.query) or row.origin.overlaps(report.query)
+            if blocks[k].overlaps(report.query) or any(row.origin.overlaps(a) for a in asked)
         ),
         key=lambda r: _key(r[0]),
     )

@@ -16,6 +16,7 @@ from registry_bridge.audit import (
     TraceStatement,
     bundle_from_json,
     index_ranges,
+    open_trace_note,
     verify_bundle,
 )
 from registry_bridge.event_log import canonical_json
@@ -245,3 +246,33 @@ def test_a_bundle_of_the_first_format_is_not_verified(signer: NoteSigner) -> Non
 def test_event_indexes_are_written_as_ranges() -> None:
     assert index_ranges([9, 0, 1, 2, 3, 7, 10, 11, 12]) == "0-3,7,9-12"
     assert index_ranges([5]) == "5"
+
+
+def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
+    mirror = _block(1, 100, "sz-mirror")
+    origin = _block(100, 199)
+    at_shenzhen = {"registry": "shenzhen", "mirror": True, "origin": origin}
+    bodies = [
+        _row("issuance", origin, "active"),
+        _row("lock", origin, "locked", previous_status="active"),
+        _row("finalize", origin, "bridged", previous_status="locked"),
+        _row("credit", mirror, "active", **at_shenzhen),
+        _row("lock", mirror, "locked", previous_status="active", **at_shenzhen),
+        _row("credit", origin, "active", previous_status="bridged", registry="hkmo", account="b"),
+        _row("finalize", mirror, "locked", previous_status="locked", exported=True, **at_shenzhen),
+    ]
+    query = BlockId(Program.VCS, "sz-mirror", 1, 100)
+    bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
+    statement = open_trace_statement(bundle, signer)
+    bundle = dataclasses.replace(
+        bundle, trace_note=signer.sign_body(dataclasses.replace(statement, query=query).body())
+    )
+    report = verify_bundle(bundle, signer.verifier)
+    # The mirror's units are back at their origin, in the buyer's hands at the venue.
+    assert [(b.serial_start, r, a, s) for b, r, a, s in report.final] == [
+        (100, "hkmo", "b", "active")
+    ]
+
+
+def open_trace_statement(bundle: Bundle, signer: NoteSigner) -> TraceStatement:
+    return open_trace_note(bundle.trace_note, signer.verifier)

@@ -2111,6 +2111,9 @@ class Bridge:
             problems.append(FieldViolation("account.account", "is required"))
         if not request.units:
             problems.append(FieldViolation("units", "must name at least one block"))
+        for i, unit in enumerate(request.units):
+            if any(unit.overlaps(other) for other in request.units[i + 1 :]):
+                problems.append(FieldViolation(f"units[{i}]", "overlaps another unit selector"))
         if request.kind == "retirement" and not request.beneficiary:
             problems.append(FieldViolation("beneficiary", "is required for a retirement"))
         if request.kind == "surrender":

@@ -150,6 +150,17 @@ def test_use_request_id_is_idempotent_too(world: World) -> None:
     assert world.violations() == []
 
 
+def test_a_use_of_overlapping_selectors_names_them_and_changes_nothing(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    owner = AccountRef("verra", "dev-1")
+    events_before = _log_size(world)
+    request = UseRequest("retirement", owner, (vcs(1, 10), vcs(5, 15)), beneficiary="ACME")
+    with pytest.raises(InvalidRequest, match=r"units\[0\]: overlaps another unit selector"):
+        world.bridge.use("u-overlap", request)
+    assert _log_size(world) == events_before
+    assert world.violations() == []
+
+
 def _log_size(world: World) -> int:
     from registry_bridge import db
     from registry_bridge.event_log import log_size

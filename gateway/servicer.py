@@ -36,7 +36,7 @@ from registry_bridge.migration import Migrations
 from registry_bridge.model import BlockId, Program
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
-from registry_bridge.provenance import ProvenanceLog
+from registry_bridge.provenance import ProvenanceLog, check_serial_claims
 from registry_bridge.reconcile import reconcile
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
@@ -374,7 +374,10 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 raise InvalidRequest.field(
                     "serial", f"is required (at most {MAX_SERIAL_LENGTH} characters)"
                 )
-            query = serials.parse_serial(request.registry, request.serial).id
+            claimed = serials.parse_serial(request.registry, request.serial)
+            trace = self._log().trace(claimed.id)
+            check_serial_claims(trace, request.serial, claimed)
+            return convert_provenance.trace_to_pb(trace)
         return convert_provenance.trace_to_pb(self._log().trace(query))
 
     def GetCheckpoint(

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import merkle
 from registry_bridge.audit import TraceStatement
-from registry_bridge.block_json import block_id_from_dict
+from registry_bridge.block_json import attributes_to_json, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId, Program, UnitBlock
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead, MerkleHead
 from registry_bridge.signed_note import Checkpoint, NoteSigner
 
@@ -137,6 +137,41 @@ def _check_covered(query: BlockId, bodies: Iterable[dict[str, Any]]) -> None:
         raise NotFound(
             f"events of units {query.program.value}{series} {at}-{gap_end} (part of the "
             f"queried {query.serial_start}-{query.serial_end})"
+        )
+
+
+_CLAIMED = ("project_id", "country", "vintage_start", "vintage_end")
+"""Attributes a registry's serial states about its units, checked against their issuance."""
+
+
+def check_serial_claims(trace: Trace, serial: str, claimed: UnitBlock) -> None:
+    """The units were issued as ``serial`` says: same project, country and vintage (and,
+    for an origin serial, the same issuance), not merely the same serial numbers.
+
+    Raises:
+        InvalidRequest: Naming each attribute the serial states otherwise than the
+            issuance of its units.
+    """
+    stated = json.loads(attributes_to_json(claimed))
+    own = claimed.id
+    problems: list[str] = []
+    for event in trace.events:
+        if event.kind != "issuance":
+            continue
+        body = json.loads(event.leaf_data)
+        issued = block_id_from_dict(body["block"])
+        recorded = json.loads(body.get("attributes") or "{}")
+        names: tuple[str, ...] = _CLAIMED
+        if (issued.program, issued.serial_series) == (own.program, own.serial_series):
+            names = (*_CLAIMED, "issuance_id")
+        for name in names:
+            said, was = stated.get(name), recorded.get(name)
+            if said and was and said != was:
+                problems.append(f"{name} {said} (issued as {was})")
+    if problems:
+        raise InvalidRequest.field(
+            "serial",
+            f"{serial!r} does not describe the units it numbers: " + ", ".join(problems),
         )
 
 

@@ -243,6 +243,17 @@ def test_unknown_units_and_bad_queries(moved: Moved) -> None:
         assert f"units VCS {edge + gap[0]}-{edge + gap[1]} (part of the queried" in (
             caught.value.details() or ""
         )
+    # The right serial numbers under another project, vintage and issuance.
+    wrong = "9999-115597313-115597400-VCS-VCU-261-VER-US-14-7777-01012015-31122015-0"
+    with pytest.raises(grpc.RpcError) as caught:
+        _trace(moved, gateway_pb2.TraceUnitsRequest(registry="verra", serial=wrong))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "does not describe the units it numbers" in details
+    for claim in ("project_id 7777 (issued as 1060)", "vintage_start 2015-01-01", "issuance_id"):
+        assert claim in details
+    right = "9660-115597313-115597400-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+    assert _trace(moved, gateway_pb2.TraceUnitsRequest(registry="verra", serial=right)).events
     with pytest.raises(grpc.RpcError) as caught:
         _trace(moved, gateway_pb2.TraceUnitsRequest(registry="verra", serial="not-a-serial"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -25,6 +25,7 @@ def _request(args: argparse.Namespace) -> gateway_pb2.PlanMigrationRequest:
         from_jurisdiction=args.source,
         to_jurisdiction=args.destination,
         first_year=args.from_year,
+        acknowledged_warnings=args.acknowledge,
     )
 
 
@@ -165,6 +166,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             type=int,
             required=True,
             help="first compliance year covered by the national ETS",
+        )
+        sub.add_argument(
+            "--acknowledge",
+            action="append",
+            default=[],
+            metavar="CODE",
+            help="a warning of the plan accepted, e.g. CL-MIGRATION-0014 (repeatable)",
         )
         if name == "execute":
             sub.add_argument(

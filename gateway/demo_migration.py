@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,13 +180,16 @@ def settle_final_pilot_year(
     return mirror
 
 
-def migration_request(entity: PilotEntity) -> gateway_pb2.PlanMigrationRequest:
+def migration_request(
+    entity: PilotEntity, acknowledged: Sequence[str] = ()
+) -> gateway_pb2.PlanMigrationRequest:
     """PlanMigration's request: from Shenzhen to the national ETS from the next year."""
     return gateway_pb2.PlanMigrationRequest(
         entity_id=entity.entity_id,
         from_jurisdiction="shenzhen",
         to_jurisdiction="national",
         first_year=entity.first_national_year,
+        acknowledged_warnings=acknowledged,
     )
 
 
@@ -258,10 +261,19 @@ def _journey(
         )
     for w in plan.warnings:
         say(f"     warning {w.rule_id}: {w.message}")
+    for v in plan.blocking_violations:
+        say(f"     blocked {v.rule_id}: {v.message}")
+    irreversible = [v for v in plan.blocking_violations if v.rule_id == "CL-MIGRATION-0015"]
+    if not irreversible or len(irreversible) != len(plan.blocking_violations):
+        raise JourneyFailure(f"expected only the cancellation to wait: {plan.blocking_violations}")
+    # The entity has read the pack's note on its SZA and accepts their cancellation.
+    accepted = migration_request(entity, acknowledged=["CL-MIGRATION-0014"])
+    plan = gateway.PlanMigration(accepted, timeout=60)
     if not plan.executable:
         raise JourneyFailure(f"the migration is blocked: {list(plan.blocking_violations)}")
+    say("   the entity acknowledges CL-MIGRATION-0014: the plan is executable")
     request = gateway_pb2.ExecuteMigrationRequest(
-        request_id=f"migrate-{entity.entity_id}", plan=migration_request(entity)
+        request_id=f"migrate-{entity.entity_id}", plan=accepted
     )
     migration: gateway_pb2.Migration = gateway.ExecuteMigration(request, timeout=120)
     for step in migration.steps:

@@ -8,6 +8,7 @@ types meet ``registry_bridge.migration``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert
@@ -27,6 +28,9 @@ from registry_bridge.transfers import AccountRef, RuleViolation
 _MAX_ITEMS = 100
 """Accounts or years in one UpsertCoveredEntity: far above any real entity, well below a
 request that would hold a transaction open for long."""
+
+
+_WARNING_CODE = re.compile(r"CL-[A-Z]+-\d{4}")
 
 
 def _raise_if(problems: list[FieldViolation]) -> None:
@@ -50,12 +54,18 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
             problems.append(FieldViolation(f"{prefix}{name}", "is too long"))
     if not message.first_year:
         problems.append(FieldViolation(f"{prefix}first_year", "is required"))
+    for i, code in enumerate(message.acknowledged_warnings):
+        if not _WARNING_CODE.fullmatch(code):
+            problems.append(
+                FieldViolation(f"{prefix}acknowledged_warnings[{i}]", "is not a warning code")
+            )
     _raise_if(problems)
     return MigrationRequest(
         entity_id=message.entity_id,
         from_jurisdiction=message.from_jurisdiction,
         to_jurisdiction=message.to_jurisdiction,
         first_year=message.first_year,
+        acknowledged=frozenset(message.acknowledged_warnings),
     )
 
 

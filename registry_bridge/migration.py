@@ -102,6 +102,12 @@ SECTOR_YEAR_UNCONFIRMED = "CL-MIGRATION-0012"
 NO_DISPOSITION_RULE = "CL-MIGRATION-0013"
 """A warning: the pack says nothing about a program held; the units stay where they are."""
 UNCONFIRMED_DISPOSITION = "CL-MIGRATION-0014"
+IRREVERSIBLE_UNCONFIRMED = "CL-MIGRATION-0015"
+"""A cancellation rests on an unconfirmed disposition the entity has not acknowledged."""
+LATE_FIRST_YEAR = "CL-MIGRATION-0016"
+"""The first national year is after the sector's: the years between stay in the pilot."""
+DUE_BELOW_VERIFIED = "CL-MIGRATION-0017"
+"""The final pilot year's allowances due are below its verified emissions."""
 """A warning: a disposition rests on a pack parameter marked unconfirmed."""
 
 STEP_STATES = ("pending", "applied", "done", "failed")
@@ -116,15 +122,20 @@ class MigrationRequest:
     to_jurisdiction: str
     first_year: int
     """First compliance year the destination covers; the pilot's last is the year before."""
+    acknowledged: frozenset[str] = frozenset()
+    """Codes of the plan's warnings the entity accepts (see IRREVERSIBLE_UNCONFIRMED)."""
 
     def canonical(self) -> dict[str, Any]:
         """The request as plain data, for hashing and storage."""
-        return {
+        body: dict[str, Any] = {
             "entity_id": self.entity_id,
             "from_jurisdiction": self.from_jurisdiction,
             "to_jurisdiction": self.to_jurisdiction,
             "first_year": self.first_year,
         }
+        if self.acknowledged:  # absent when empty: requests made before it hash as they did
+            body["acknowledged"] = sorted(self.acknowledged)
+        return body
 
 
 @dataclass(frozen=True)
@@ -506,7 +517,7 @@ class Migrations:
                 )
 
         final_year = request.first_year - 1
-        obligation = self._obligation(session, request, final_year, blocking)
+        obligation = self._obligation(session, request, final_year, blocking, warnings)
         self._check_coverage(session, request, blocking)
 
         destination_account: AccountRef | None = None
@@ -606,6 +617,20 @@ class Migrations:
                     ("national_first_year", str(first)),
                 )
             )
+        elif request.first_year > first:
+            # Not blocking: an entity can enter the national ETS after its sector did (its
+            # emissions crossed the threshold later), and then stays in the pilot until.
+            warnings.append(
+                _violation(
+                    LATE_FIRST_YEAR,
+                    f"the {rules.destination} ETS covers sector {entity.sector!r} from {first}; "
+                    f"with a first year of {request.first_year}, years {first}-"
+                    f"{request.first_year - 1} stay in the pilot: right only if the entity "
+                    "entered the national ETS after its sector",
+                    ("sector", entity.sector),
+                    ("national_first_year", str(first)),
+                )
+            )
 
     def _obligation(
         self,
@@ -613,6 +638,7 @@ class Migrations:
         request: MigrationRequest,
         final_year: int,
         blocking: list[RuleViolation],
+        warnings: list[RuleViolation],
     ) -> FinalObligation | None:
         pilot = request.from_jurisdiction
         surrendered = _surrendered(session, request.entity_id, pilot)
@@ -629,6 +655,18 @@ class Migrations:
             if year > final_year:
                 continue
             allowances, offsets = surrendered.get(year, (0, 0))
+            if record.allowances_due < record.verified_emissions:
+                warnings.append(
+                    _violation(
+                        DUE_BELOW_VERIFIED,
+                        f"{request.entity_id} owes {record.allowances_due} for {pilot} year "
+                        f"{year}, below its verified emissions of {record.verified_emissions}: "
+                        "the plan takes the recorded amount due; confirm it with the pilot",
+                        ("compliance_year", str(year)),
+                        ("verified_emissions", str(record.verified_emissions)),
+                        ("allowances_due", str(record.allowances_due)),
+                    )
+                )
             owed = record.allowances_due - allowances - offsets
             if owed > 0:
                 blocking.append(
@@ -810,6 +848,20 @@ class Migrations:
                     ("program", program),
                 )
             )
+        if UNCONFIRMED_DISPOSITION not in request.acknowledged:
+            for d in out:
+                if d.unconfirmed and d.action is Disposition.CANCEL:
+                    block = d.holding.block.id
+                    blocking.append(
+                        _violation(
+                            IRREVERSIBLE_UNCONFIRMED,
+                            f"cancelling {block.program.value} {block.serial_start}-"
+                            f"{block.serial_end} cannot be undone, and the pack's disposition "
+                            f"of {block.program.value} is marked unconfirmed: acknowledge "
+                            f"{UNCONFIRMED_DISPOSITION} to accept it",
+                            ("program", block.program.value),
+                        )
+                    )
         return out
 
     def _check_transfer(

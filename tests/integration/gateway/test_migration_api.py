@@ -37,6 +37,9 @@ from registry_bridge.schema import MigrationRecord, MigrationStepRecord
 
 MIGRATION_REGISTRIES = ("shenzhen", "national")
 
+ACCEPT_UNCONFIRMED = "CL-MIGRATION-0014"
+"""The entity accepts dispositions resting on unconfirmed pack figures."""
+
 
 @dataclass
 class World:
@@ -94,7 +97,8 @@ def _seeded(world: World, entity: PilotEntity) -> model_pb2.BlockId:
 def _execute(world: World, entity: PilotEntity) -> gateway_pb2.Migration:
     migration: gateway_pb2.Migration = world.stub.ExecuteMigration(
         gateway_pb2.ExecuteMigrationRequest(
-            request_id=f"migrate-{entity.entity_id}", plan=migration_request(entity)
+            request_id=f"migrate-{entity.entity_id}",
+            plan=migration_request(entity, acknowledged=[ACCEPT_UNCONFIRMED]),
         ),
         timeout=120,
     )
@@ -105,7 +109,21 @@ def test_a_steel_entity_plans_and_executes_its_migration(world: World) -> None:
     steel = pilot_entity("steel-01", "steel", 2023, 1_000_000)
     mirror = _seeded(world, steel)
 
-    plan = world.stub.PlanMigration(migration_request(steel), timeout=60)
+    # Cancelling the SZA cannot be undone and rests on an unconfirmed pack figure: the plan
+    # waits for the entity to accept it, and names what it would cancel.
+    waiting = world.stub.PlanMigration(migration_request(steel), timeout=60)
+    assert [v.rule_id for v in waiting.blocking_violations] == ["CL-MIGRATION-0015"]
+    assert "cancelling SZA" in waiting.blocking_violations[0].message
+    with pytest.raises(grpc.RpcError) as refused:
+        world.stub.ExecuteMigration(
+            gateway_pb2.ExecuteMigrationRequest(
+                request_id="migrate-unaccepted", plan=migration_request(steel)
+            ),
+            timeout=60,
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    accepted = migration_request(steel, acknowledged=[ACCEPT_UNCONFIRMED])
+    plan = world.stub.PlanMigration(accepted, timeout=60)
     assert plan.executable, list(plan.blocking_violations)
     assert plan.final_pilot_year == 2023
     assert (plan.allowances_due, plan.units_surrendered, plan.shortfall) == (50_000, 50_000, 0)
@@ -194,7 +212,9 @@ def test_a_steel_entity_plans_and_executes_its_migration(world: World) -> None:
 def test_an_aviation_plan_warns_that_the_national_year_is_unconfirmed(world: World) -> None:
     aviation = pilot_entity("air-01", "civil_aviation", 2024, 2_000_000)
     _seeded(world, aviation)
-    plan = world.stub.PlanMigration(migration_request(aviation), timeout=60)
+    plan = world.stub.PlanMigration(
+        migration_request(aviation, acknowledged=[ACCEPT_UNCONFIRMED]), timeout=60
+    )
     assert plan.executable, list(plan.blocking_violations)
     assert "CL-MIGRATION-0012" in {w.rule_id for w in plan.warnings}
     migration = _execute(world, aviation)
@@ -240,6 +260,44 @@ def test_a_driver_that_read_the_cancel_step_before_another_took_it_changes_nothi
     cut = sza.serial_start + 46_000
     assert statuses(world.ports["shenzhen"], sza)[(cut, sza.serial_end)] == HoldingStatus.CANCELLED
     world.check_invariants()
+
+
+def test_a_late_first_year_and_an_amount_due_below_emissions_are_flagged(world: World) -> None:
+    steel = pilot_entity("steel-03", "steel", 2023, 4_000_000)
+    seed_registries(world.ports, steel)
+    world.server.import_registries()
+    record_entity(world.stub, steel)
+    # Recorded as owing nothing for 2023, though it emitted 60,000 t.
+    world.stub.UpsertCoveredEntity(
+        gateway_pb2.UpsertCoveredEntityRequest(
+            request_id="steel-03-due",
+            entity=gateway_pb2.CoveredEntity(
+                entity_id="steel-03",
+                sector="steel",
+                gases=["CO2"],
+                years=[
+                    gateway_pb2.ComplianceYear(
+                        jurisdiction="shenzhen",
+                        compliance_year=2023,
+                        verified_emissions=60_000,
+                        allowances_due=0,
+                    )
+                ],
+            ),
+        ),
+        timeout=30,
+    )
+    late = gateway_pb2.PlanMigrationRequest(
+        entity_id="steel-03",
+        from_jurisdiction="shenzhen",
+        to_jurisdiction="national",
+        first_year=2026,
+        acknowledged_warnings=[ACCEPT_UNCONFIRMED],
+    )
+    plan = world.stub.PlanMigration(late, timeout=60)
+    warned = {w.rule_id: w.message for w in plan.warnings}
+    assert "years 2024-2025 stay in the pilot" in warned["CL-MIGRATION-0016"]
+    assert "below its verified emissions of 60000" in warned["CL-MIGRATION-0017"]
 
 
 def test_every_blocking_violation_is_listed(world: World) -> None:

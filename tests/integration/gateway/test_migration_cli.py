@@ -57,6 +57,10 @@ def test_import_plan_and_execute_from_the_command_line(
             settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), steel)
         capsys.readouterr()
         args = ["--entity", "steel-cli", "--to", "national", "--from-year", "2024", "--json"]
+        assert main(["migrate", "plan", *args, *common]) == 1  # the SZA cancellation waits
+        waiting = json.loads(capsys.readouterr().out)
+        assert [v["ruleId"] for v in waiting["blockingViolations"]] == ["CL-MIGRATION-0015"]
+        args += ["--acknowledge", "CL-MIGRATION-0014"]
         assert main(["migrate", "plan", *args, *common]) == 0
         plan = json.loads(capsys.readouterr().out)
         assert plan["executable"] is True

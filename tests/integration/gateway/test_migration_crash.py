@@ -50,7 +50,8 @@ def test_a_killed_migration_completes_on_a_second_execute(
     aviation = pilot_entity("air-crash", "civil_aviation", 2024, 5_000_000)
     seed_registries(pilot.ports, aviation)
     execute = gateway_pb2.ExecuteMigrationRequest(
-        request_id="migrate-air-crash", plan=migration_request(aviation)
+        request_id="migrate-air-crash",
+        plan=migration_request(aviation, acknowledged=["CL-MIGRATION-0014"]),
     )
     with _gateway(database_url, pilot, fault_crash_after_migration_step=crash_after) as (
         process,

@@ -538,11 +538,19 @@ class PlanMigrationRequest(_message.Message):
     FROM_JURISDICTION_FIELD_NUMBER: _builtins.int
     TO_JURISDICTION_FIELD_NUMBER: _builtins.int
     FIRST_YEAR_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_WARNINGS_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     from_jurisdiction: _builtins.str
     to_jurisdiction: _builtins.str
     first_year: _builtins.int
     """First compliance year covered by the destination system."""
+    @_builtins.property
+    def acknowledged_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings of the plan the entity has read and accepts, by code: a cancellation, which
+        cannot be undone, resting on an unconfirmed pack figure (CL-MIGRATION-0014) blocks
+        the plan until it is acknowledged here.
+        """
+
     def __init__(
         self,
         *,
@@ -550,10 +558,11 @@ class PlanMigrationRequest(_message.Message):
         from_jurisdiction: _builtins.str = ...,
         to_jurisdiction: _builtins.str = ...,
         first_year: _builtins.int = ...,
+        acknowledged_warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "to_jurisdiction", b"to_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_warnings", b"acknowledged_warnings", "entity_id", b"entity_id", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "to_jurisdiction", b"to_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,6 +52,7 @@ def _init(args: argparse.Namespace) -> int:
     print(f"development PKI written to {layout.root}")
     print(f"  serve with: carbonlink serve --tls-dir {layout.root}")
     print(f"  tokens:     carbonlink certs token {layout.root} --role exchange_operator")
+    print(f"  log key:    carbonlink audit key --signing-key {layout.log_signing_key}")
     return 0
 
 
@@ -84,7 +85,14 @@ def _token(args: argparse.Namespace) -> int:
 
 def serve_flags(tls_dir: Path | None) -> dict[str, str | None]:
     """The gateway settings a ``--tls-dir`` stands for (all None without one)."""
-    names = ("tls_cert_file", "tls_key_file", "tls_ca_file", "jwks_file", "instruction_keys_file")
+    names = (
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_ca_file",
+        "jwks_file",
+        "instruction_keys_file",
+        "log_signing_key_file",
+    )
     if tls_dir is None:
         return dict.fromkeys(names)
     layout = TlsLayout(tls_dir)
@@ -94,5 +102,6 @@ def serve_flags(tls_dir: Path | None) -> dict[str, str | None]:
         layout.ca_cert,
         layout.jwks,
         layout.instruction_keys,
+        layout.log_signing_key,
     )
     return {name: str(path) for name, path in zip(names, paths, strict=True)}

@@ -170,7 +170,9 @@ def init_dev_pki(directory: Path, registries: Iterable[str]) -> TlsLayout:
     Creates a CA; server certificates for the gateway and each registry emulator (SAN
     localhost and 127.0.0.1; the gateway's also authenticates it to the registries);
     per role a client certificate, a token-signing key and an instruction-signing key;
-    the JWKS and the instruction-key registry; and ``gateway.yaml`` naming the files.
+    the JWKS and the instruction-key registry; the log's checkpoint-signing key, kept if
+    it exists (auditors pin its verifier key: a new one would disown every checkpoint
+    signed before); and ``gateway.yaml`` naming the files.
 
     Args:
         directory: Where to write; created if missing. Existing files are replaced.
@@ -206,6 +208,8 @@ def init_dev_pki(directory: Path, registries: Iterable[str]) -> TlsLayout:
         signing_key = ed25519.Ed25519PrivateKey.generate()
         _write_key(layout.instruction_key(role), signing_key)
         instruction_keys[instruction_key_id(role)] = instruction_key_entry(signing_key, role)
+    if not layout.log_signing_key.exists():
+        _write_key(layout.log_signing_key, ed25519.Ed25519PrivateKey.generate())
     layout.jwks.write_text(json.dumps({"keys": jwks}, indent=2) + "\n", encoding="utf-8")
     layout.instruction_keys.write_text(
         json.dumps({"keys": instruction_keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -221,6 +225,7 @@ def init_dev_pki(directory: Path, registries: Iterable[str]) -> TlsLayout:
                 f"jwt_issuer: {json.dumps(str(DEV_ISSUER))}",
                 f"jwt_audience: {json.dumps(str(DEV_AUDIENCE))}",
                 f"instruction_keys_file: {json.dumps(str(layout.instruction_keys))}",
+                f"log_signing_key_file: {json.dumps(str(layout.log_signing_key))}",
                 "",
             ]
         ),

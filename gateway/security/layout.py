@@ -86,6 +86,11 @@ class TlsLayout:
         return self.root / "signing" / "keys.json"
 
     @property
+    def log_signing_key(self) -> Path:
+        """The Ed25519 key that signs the provenance log's checkpoints (PEM, PKCS#8)."""
+        return self.root / "log" / "signing.key"
+
+    @property
     def gateway_config(self) -> Path:
         """A gateway config fragment naming the files above (``serve --config``)."""
         return self.root / "gateway.yaml"

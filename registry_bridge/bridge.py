@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import random
 import threading
 import time
 import uuid
@@ -545,6 +546,10 @@ _IMPORTED_STATUSES = frozenset(
     }
 )
 """Registry holdings the ledger records when it learns them (see ``import_registry``)."""
+
+
+_USE_START_ATTEMPTS = 5
+"""Transactions a use's start may take when concurrent writers keep winning its rows."""
 
 
 class Bridge:
@@ -2074,6 +2079,22 @@ class Bridge:
         """
         self._validate_use(request_id, request)
         digest = body_digest(request.canonical())
+        for attempt in range(1, _USE_START_ATTEMPTS + 1):
+            try:
+                use_id = self._start_or_find_use(request_id, request, digest)
+                break
+            except LedgerConflict:
+                # Another writer changed a row this use reads (a concurrent retirement of
+                # another part of the same holding): nothing was kept, so it starts again
+                # on the rows as they are now.
+                if attempt == _USE_START_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.02 * attempt))
+        self._finish_use(use_id)
+        return self.get_use(use_id)
+
+    def _start_or_find_use(self, request_id: str, request: UseRequest, digest: bytes) -> str:
+        """The use recorded under ``request_id``, or a new one started in one transaction."""
         now = self._clock()
         with unit_of_work(self._sessions) as session:
             existing = session.execute(
@@ -2091,11 +2112,10 @@ class Bridge:
                         f"the {request.kind} was refused: {reason}",
                         [PreconditionViolation("REGISTRY", existing.registry_id, reason)],
                     )
-                use_id = existing.id
+                use_id: str = existing.id
             else:
                 use_id = self._start_use(session, request_id, request, digest, now)
-        self._finish_use(use_id)
-        return self.get_use(use_id)
+        return use_id
 
     def _validate_use(self, request_id: str, request: UseRequest) -> None:
         problems: list[FieldViolation] = []

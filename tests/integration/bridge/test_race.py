@@ -19,7 +19,13 @@ from registry_bridge import db, ledger
 from registry_bridge.bridge import Bridge
 from registry_bridge.errors import LedgerConflict, RequestIdConflict
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
-from registry_bridge.transfers import AccountRef, Transfer, TransferInstruction, TransferState
+from registry_bridge.transfers import (
+    AccountRef,
+    Transfer,
+    TransferInstruction,
+    TransferState,
+    UseRequest,
+)
 from tests.integration.bridge.conftest import PermitAllRules, World, vcs_block
 
 THREADS = 8
@@ -247,3 +253,30 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     transfers, _ = world.bridge.list_transfers(0, 100)
     assert len(transfers) == 1 + 1 + (THREADS - 4)  # one per distinct request id
     _check(world)
+
+
+def test_concurrent_retirements_of_parts_of_one_holding_all_complete(world: World) -> None:
+    # Each carves its part out of the same row: all but one lose the race for the row,
+    # and each starts again on the rows as they are, instead of failing its caller.
+    world.seed("verra", "dev-1", vcs_block(1, 1000))
+    gateways = _gateways(world)
+    owner = AccountRef("verra", "dev-1")
+    start = threading.Barrier(THREADS)
+
+    def retire(i: int) -> str:
+        part = BlockId(Program.VCS, "", 1 + i * 100, 100 + i * 100)
+        request = UseRequest("retirement", owner, (part,), beneficiary=f"B{i}")
+        start.wait()
+        return gateways[i].use(f"retire-{i}", request).state
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        states = list(pool.map(retire, range(THREADS)))
+    assert states == ["completed"] * THREADS
+    with db.read_only(world.sessions) as session:
+        retired = [
+            h.block.id
+            for h in ledger.origin_rows(session, BlockId(Program.VCS, "", 1, 1000))
+            if h.status is HoldingStatus.RETIRED
+        ]
+    assert sum(b.quantity for b in retired) == THREADS * 100
+    assert world.violations() == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,11 +21,12 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
 from gateway import client_security
+from gateway.blocks import parse_block
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, bundle_from_json
 from registry_bridge.audit import verify_bundle as verify_audit_bundle
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId
 from registry_bridge.signed_note import NoteError, NoteSigner, Verifier, parse_verifier_key
 
 EXIT_OK = 0
@@ -34,29 +34,6 @@ EXIT_FAILED = 1
 """The bundle does not verify, the units are unknown, or the registries disagree."""
 EXIT_USAGE = 2
 _DEFAULT_TARGET = "127.0.0.1:50051"
-_BLOCK = re.compile(
-    r"^(?P<program>[A-Z][A-Z0-9-]*)(/(?P<series>[^:]*))?:(?P<start>\d+)-(?P<end>\d+)$"
-)
-
-
-def parse_block(text: str) -> BlockId:
-    """A canonical block written ``PROGRAM[/SERIES]:START-END`` (e.g. a mirror's).
-
-    Raises:
-        argparse.ArgumentTypeError: The text is not a block.
-    """
-    match = _BLOCK.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not PROGRAM[/SERIES]:START-END")
-    try:
-        return BlockId(
-            Program(match["program"]),
-            match["series"] or "",
-            int(match["start"]),
-            int(match["end"]),
-        )
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def bundle_from_response(

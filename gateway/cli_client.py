@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import client_security
+from gateway.blocks import parse_block
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -75,19 +76,47 @@ def _call(args: argparse.Namespace, invoke: Any) -> int:
         channel.close()
 
 
+def _selectors(args: argparse.Namespace) -> list[model_pb2.UnitSelector]:
+    """The units named by ``--serial`` and ``--block``, in that order."""
+    selectors = [model_pb2.UnitSelector(serial=s) for s in args.serial]
+    for block in args.block:
+        selectors.append(
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=block.program.value,
+                    serial_series=block.serial_series,
+                    serial_start=block.serial_start,
+                    serial_end=block.serial_end,
+                )
+            )
+        )
+    return selectors
+
+
+def _usage(command: str, message: str) -> int:
+    print(f"carbonlink {command}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _submit(args: argparse.Namespace) -> int:
+    if not (args.serial or args.block):
+        return _usage("transfer submit", "name the units with --serial or --block")
+    if bool(args.currency) != bool(args.amount):
+        return _usage(
+            "transfer submit", "a settlement needs both --currency and --amount, or neither"
+        )
     request = gateway_pb2.SubmitTransferRequest(
         request_id=args.request_id or uuid.uuid4().hex,
         instruction=model_pb2.TransferInstruction(
             source=args.source,
             destination=args.destination,
-            units=[model_pb2.UnitSelector(serial=s) for s in args.serial],
+            units=_selectors(args),
             intended_use=args.use,
         ),
     )
     if args.currency:
         request.instruction.settlement.CopyFrom(
-            model_pb2.Settlement(currency=args.currency, amount=args.amount or "0")
+            model_pb2.Settlement(currency=args.currency, amount=args.amount)
         )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
@@ -132,10 +161,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _retire(args: argparse.Namespace) -> int:
+    if not (args.serial or args.block):
+        return _usage("retire", "name the units with --serial or --block")
     request = gateway_pb2.RetireRequest(
         request_id=args.request_id or uuid.uuid4().hex,
         account=args.account,
-        units=[model_pb2.UnitSelector(serial=s) for s in args.serial],
+        units=_selectors(args),
         beneficiary=args.beneficiary,
         claim_text=args.claim,
     )
@@ -156,6 +187,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     client_security.add_arguments(parser)
 
 
+def _unit_arguments(parser: argparse.ArgumentParser, serial_help: str) -> None:
+    parser.add_argument("--serial", action="append", default=[], help=serial_help)
+    parser.add_argument(
+        "--block",
+        action="append",
+        default=[],
+        type=parse_block,
+        metavar="PROGRAM[/SERIES]:START-END",
+        help="units by canonical block, e.g. a mirror's VCS/shenzhen-mirror:1-100 (repeatable)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``transfer submit|get|list`` and ``retire`` to the CLI."""
     transfer = subparsers.add_parser("transfer", help="cross-registry transfers")
@@ -169,12 +212,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument(
         "--to", dest="destination", type=_account, required=True, metavar="REGISTRY:ACCOUNT"
     )
-    submit.add_argument(
-        "--serial",
-        action="append",
-        required=True,
-        help="serial in the source registry's format (repeatable)",
-    )
+    _unit_arguments(submit, "serial in the source registry's format (repeatable)")
     submit.add_argument("--use", default="holding", help="intended use of the units")
     submit.add_argument("--request-id", help="idempotency key (default: a new one)")
     submit.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
@@ -202,7 +240,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retire = subparsers.add_parser("retire", help="retire units for a voluntary claim")
     _common(retire)
     retire.add_argument("--account", type=_account, required=True, metavar="REGISTRY:ACCOUNT")
-    retire.add_argument("--serial", action="append", required=True, help="serial (repeatable)")
+    _unit_arguments(retire, "serial in the account's registry format (repeatable)")
     retire.add_argument("--beneficiary", required=True)
     retire.add_argument("--claim", default="", help="claim text recorded with the retirement")
     retire.add_argument("--request-id", help="idempotency key (default: a new one)")

@@ -94,3 +94,59 @@ def test_submit_get_list_and_retire(
     )
     assert code == 0, err
     assert json.loads(out)["beneficiary"] == "Acme Ltd"
+
+
+def test_mirror_units_are_retired_and_returned_by_block(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's journey: the Shenzhen buyer retires part of its mirror units and
+    # returns the rest; mirror units have no registry serial, so they are named as blocks.
+    target = live_gateway.target
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    first = f"VCS:{origin.serial_start}-{origin.serial_start + 99}"
+    code, out, err = _run(
+        capsys, "transfer", "submit", "--target", target, "--json",
+        "--from", "hkmo:hk-seller", "--to", "shenzhen:buyer", "--block", first,
+    )  # fmt: skip
+    assert code == 0, err
+    mirror = json.loads(out)["creditedBlocks"][0]["id"]
+    start, end = int(mirror["serialStart"]), int(mirror["serialEnd"])
+    code, out, err = _run(
+        capsys, "retire", "--target", target, "--json", "--account", "shenzhen:buyer",
+        "--block", f"VCS/shenzhen-mirror:{start}-{start + 29}", "--beneficiary", "Buyer Co.",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["beneficiary"] == "Buyer Co."
+    code, out, err = _run(
+        capsys, "transfer", "submit", "--target", target, "--json",
+        "--from", "shenzhen:buyer", "--to", "hkmo:hk-buyer",
+        "--block", f"VCS/shenzhen-mirror:{start + 30}-{end}",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["state"] == "TRANSFER_STATE_COMPLETED"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["transfer", "submit", "--from", "hkmo:a", "--to", "shenzhen:b"], "--serial or --block"),
+        (["retire", "--account", "hkmo:a", "--beneficiary", "B"], "--serial or --block"),
+        (
+            ["transfer", "submit", "--from", "hkmo:a", "--to", "shenzhen:b", "--block",
+             "VCS:1-2", "--amount", "10"],
+            "both --currency and --amount",
+        ),
+    ],
+)  # fmt: skip
+def test_units_and_settlement_are_checked_before_any_call(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--insecure", "--target", "127.0.0.1:1"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_malformed_block_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["retire", "--account", "hkmo:a", "--beneficiary", "B", "--block", "VCS:9-1"])
+    assert exited.value.code == 2
+    assert "serial_end 1 is below serial_start 9" in capsys.readouterr().err

@@ -40,7 +40,14 @@ def _serve(args: argparse.Namespace) -> int:
         **cli_certs.serve_flags(args.tls_dir),
     }
     try:
-        config = load_config(file=args.config, flags=flags)
+        config = load_config(
+            file=args.config,
+            flags=flags,
+            flag_names={
+                "registries": "--registry",
+                **{name: "--tls-dir" for name in cli_certs.serve_flags(None)},
+            },
+        )
     except ConfigError as exc:
         print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
         return 2

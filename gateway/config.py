@@ -310,6 +310,7 @@ def load_config(
     file: Path | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> GatewayConfig:
     """Build and check the configuration.
 
@@ -317,6 +318,8 @@ def load_config(
         file: Optional YAML file whose top-level keys are the field names.
         environ: Environment to read ``CARBONLINK_<FIELD>`` variables from.
         flags: Values given on the command line; ``None`` values are ignored.
+        flag_names: The command-line flag that gave a setting, where it is not the
+            setting's own name (``--registry`` for ``registries``), for error messages.
 
     Returns:
         The checked configuration.
@@ -357,7 +360,8 @@ def load_config(
             put(key[len(ENV_PREFIX) :].lower(), raw, f"env {key}")
     for name, raw in (flags or {}).items():
         if raw is not None:
-            put(name, raw, f"flag --{name.replace('_', '-')}")
+            flag = (flag_names or {}).get(name, f"--{name.replace('_', '-')}")
+            put(name, raw, f"flag {flag}")
     config = GatewayConfig(**values)
     _validate(config, origins)
     return config

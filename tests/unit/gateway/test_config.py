@@ -12,10 +12,11 @@ def load_config(
     file: Path | None = None,
     environ: dict[str, str] | None = None,
     flags: dict[str, object] | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> GatewayConfig:
     """load_config in development mode: security settings are tested in test_security_config."""
     return config_module.load_config(
-        file, {"CARBONLINK_INSECURE": "true", **(environ or {})}, flags
+        file, {"CARBONLINK_INSECURE": "true", **(environ or {})}, flags, flag_names
     )
 
 
@@ -82,3 +83,12 @@ def test_bad_file_is_refused(tmp_path: Path) -> None:
         load_config(file=file, environ={})
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(file=tmp_path / "missing.yaml", environ={})
+
+
+def test_a_bad_flag_is_named_as_it_was_typed() -> None:
+    with pytest.raises(ConfigError, match=r"is not ID=HOST:PORT \(flag --registry\)"):
+        load_config(
+            environ={}, flags={"registries": "verra"}, flag_names={"registries": "--registry"}
+        )
+    with pytest.raises(ConfigError, match=r"\(flag --max-workers\)"):
+        load_config(environ={}, flags={"max_workers": "0"})

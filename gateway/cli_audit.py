@@ -24,10 +24,17 @@ from gateway import client_security
 from gateway.blocks import parse_block
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
+from registry_bridge import merkle
 from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, bundle_from_json
 from registry_bridge.audit import verify_bundle as verify_audit_bundle
 from registry_bridge.model import BlockId
-from registry_bridge.signed_note import NoteError, NoteSigner, Verifier, parse_verifier_key
+from registry_bridge.signed_note import (
+    NoteError,
+    NoteSigner,
+    Verifier,
+    open_checkpoint,
+    parse_verifier_key,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -180,6 +187,73 @@ def _describe(block: BlockId) -> str:
     return f"{block.program.value}{series}:{block.serial_start}-{block.serial_end}"
 
 
+def _kept_checkpoint(path: Path) -> str:
+    """The signed checkpoint note in ``path``: a note as written, or an audit bundle's."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text
+    checkpoint = document.get("checkpoint") if isinstance(document, dict) else None
+    if isinstance(checkpoint, str):
+        return checkpoint
+    raise NoteError(f"{path} is neither a signed checkpoint nor an audit bundle")
+
+
+def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    name = "carbonlink audit consistency"
+    try:
+        trusted = read_log_key(args.log_key)
+        kept = open_checkpoint(_kept_checkpoint(Path(args.checkpoint)), trusted)
+    except (OSError, NoteError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        channel = client_security.open_channel(args)
+    except ClientSetupError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with channel:
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        try:
+            latest = stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=args.timeout)
+            now = open_checkpoint(latest.signed_note, trusted)
+            proof = (
+                stub.GetConsistencyProof(
+                    gateway_pb2.GetConsistencyProofRequest(
+                        first_size=kept.size, second_size=now.size
+                    ),
+                    timeout=args.timeout,
+                ).hashes
+                if kept.size and kept.size != now.size
+                else []
+            )
+        except grpc.RpcError as exc:
+            print(f"{name}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_FAILED
+        except NoteError as exc:
+            print(f"{name}: FAILED: the gateway's checkpoint: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        if kept.size == now.size:
+            if kept.root != now.root:
+                raise merkle.ProofError(f"two different roots for size {now.size}: a forked log")
+        elif kept.size:
+            merkle.verify_consistency(kept.size, now.size, list(proof), kept.root, now.root)
+    except merkle.ProofError as exc:
+        print(f"{name}: FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.save:
+        Path(args.save).write_text(latest.signed_note, encoding="utf-8")
+    print(
+        f"OK: the log now at size {now.size} extends the checkpoint of size {kept.size} "
+        f"kept in {args.checkpoint}, both signed by {trusted.name}",
+        file=stdout,
+    )
+    return EXIT_OK
+
+
 def _key(args: argparse.Namespace) -> int:
     try:
         signer = NoteSigner.from_pem(args.origin, Path(args.signing_key).read_bytes())
@@ -278,6 +352,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
     )
     verify.set_defaults(handler=_verify)
+    consistency = commands.add_parser(
+        "consistency",
+        help="check that the log still extends a checkpoint you kept",
+        description=(
+            "Fetch the gateway's latest checkpoint and a consistency proof from CHECKPOINT "
+            "(a signed note, or an audit bundle holding one) to it, and verify both "
+            "signatures under KEY and the proof: any rewrite of the log since CHECKPOINT "
+            "fails. Exits 1 with the reason."
+        ),
+    )
+    consistency.add_argument("checkpoint", help="a checkpoint kept earlier, or a bundle")
+    consistency.add_argument(
+        "--log-key",
+        required=True,
+        metavar="KEY",
+        help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
+    )
+    consistency.add_argument("--save", help="write the latest checkpoint here, to keep")
+    consistency.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    consistency.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    client_security.add_arguments(consistency)
+    consistency.set_defaults(handler=_consistency, client="auditor")
     key = commands.add_parser("key", help="print the verifier key of a log signing key")
     key.add_argument("--signing-key", required=True, help="the PEM file of the signing key")
     key.add_argument(

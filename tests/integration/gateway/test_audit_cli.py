@@ -6,27 +6,34 @@ import base64
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway.cli import main
-from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+from gateway.config import GatewayConfig
+from gateway.log_keys import write_new_key
+from gateway.server import GatewayServer
+from registry_bridge.signed_note import Checkpoint, NoteSigner, generate_private_key_pem
+from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
 
 
-def _sell(gateway: LiveGateway) -> model_pb2.BlockId:
+def _sell(gateway: LiveGateway, offset: int = 0) -> model_pb2.BlockId:
     transfer = gateway.stub.SubmitTransfer(
         gateway_pb2.SubmitTransferRequest(
-            request_id="cli-trade",
+            request_id=f"cli-trade-{offset}",
             instruction=model_pb2.TransferInstruction(
                 source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
                 destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
                 units=[
                     model_pb2.UnitSelector(
                         block=model_pb2.BlockId(
-                            program="VCS", serial_start=START, serial_end=START + 49
+                            program="VCS",
+                            serial_start=START + offset,
+                            serial_end=START + offset + 49,
                         )
                     )
                 ],
@@ -110,3 +117,68 @@ def test_keygen_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     capsys.readouterr()
     assert main(["audit", "key", "--signing-key", str(pem), "--origin", "x.example/log"]) == 0
     assert capsys.readouterr().out.startswith("x.example/log+")
+
+
+def test_the_log_still_extends_a_kept_checkpoint(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    _sell(live_gateway)
+    first = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
+    key = first.verifier_key
+    kept = tmp_path / "kept.note"
+    kept.write_text(first.signed_note)
+    assert main(["audit", "consistency", str(kept), "--log-key", key, *target]) == 0
+    assert f"extends the checkpoint of size {first.tree_size}" in capsys.readouterr().out
+
+    _sell(live_gateway, offset=500)  # the log grows
+    latest = tmp_path / "latest.note"
+    argv = ["audit", "consistency", str(kept), "--log-key", key, "--save", str(latest)]
+    assert main([*argv, *target]) == 0
+    out = capsys.readouterr().out
+    grown = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
+    assert grown.tree_size > first.tree_size and f"now at size {grown.tree_size}" in out
+    assert latest.read_text() == grown.signed_note
+
+
+def test_a_rewritten_log_fails_against_a_kept_checkpoint(
+    database_url: str,
+    registries: LinkedRegistries,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registries.seed_venue()  # imported at start: the log holds its issuance
+    key_file = tmp_path / "log.pem"
+    write_new_key(key_file)
+    config = GatewayConfig(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        registries=registries.endpoints(),
+        insecure=True,
+        log_signing_key_file=str(key_file),
+    )
+    server = GatewayServer(config)
+    target = ["--target", f"127.0.0.1:{server.start()}", "--insecure"]
+    try:
+        with grpc.insecure_channel(target[1]) as channel:
+            stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+            latest = stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)
+        signer = NoteSigner.from_pem(latest.origin, key_file.read_bytes())
+        key = ["--log-key", latest.verifier_key]
+        # What an auditor kept, signed by the log's own key, that the log no longer extends.
+        for size, message in [
+            (latest.tree_size, "two different roots for size"),
+            (max(1, latest.tree_size - 1), "FAILED"),
+        ]:
+            kept = tmp_path / f"kept-{size}.note"
+            kept.write_text(signer.sign(Checkpoint(latest.origin, size, b"\x07" * 32)))
+            assert main(["audit", "consistency", str(kept), *key, *target]) == 1
+            assert message in capsys.readouterr().err
+        # A kept checkpoint whose signature is not the log's is no evidence of anything.
+        stranger = tmp_path / "stranger.note"
+        other = NoteSigner.from_pem(latest.origin, generate_private_key_pem())
+        stranger.write_text(other.sign(Checkpoint(latest.origin, 1, b"\x07" * 32)))
+        assert main(["audit", "consistency", str(stranger), *key, *target]) == 2
+        assert "is not signed by" in capsys.readouterr().err
+    finally:
+        server.stop(grace_seconds=0)

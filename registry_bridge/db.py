@@ -307,7 +307,13 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
     except (sa.exc.SQLAlchemyError, DatabaseUnavailable) as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc.__class__.__name__}") from exc
+        # The driver's own first line says which (no such database, refused, no file);
+        # drivers do not echo a password there, and the URL is not quoted.
+        cause = exc.__cause__ or getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        raise DatabaseError(
+            f"cannot connect to the database: {exc.__class__.__name__}: {reason}"
+        ) from exc
 
 
 T = TypeVar("T")

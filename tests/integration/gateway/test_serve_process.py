@@ -105,3 +105,5 @@ def test_serve_refuses_an_unreachable_database() -> None:
     )
     assert result.returncode == 1
     assert "cannot connect to the database" in result.stderr
+    # ...and why, in the driver's words: here nothing listens on the port.
+    assert 'connection to server at "127.0.0.1", port 1 failed' in result.stderr

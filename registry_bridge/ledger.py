@@ -667,6 +667,12 @@ def locked_by(
     return [h for h in live_at(session, registry, account, block_id) if h.lock_transfer_id == owner]
 
 
+def _bridged(session: Session, holding: LedgerHolding) -> str:
+    """Why bridged units cannot be used here: immobilized, their mirror is elsewhere."""
+    mirrors = sorted({f"{m.registry}/{m.account}" for m in mirrors_of(session, holding.origin)})
+    return f"units are bridged out: their mirror is at {', '.join(mirrors) or 'no registry'}"
+
+
 def require_holding(
     session: Session,
     registry: str,
@@ -687,19 +693,18 @@ def require_holding(
         if holding.block.id.serial_start > covered:
             break
         if holding.registry != registry or holding.account != account:
-            problems.append(
-                PreconditionViolation(
-                    "HOLDER",
-                    _describe(holding.block.id),
-                    f"held by {holding.registry}/{holding.account}, not {registry}/{account}",
-                )
-            )
+            where = f"held by {holding.registry}/{holding.account}, not {registry}/{account}"
+            if holding.status is HoldingStatus.BRIDGED:
+                where = _bridged(session, holding)
+            problems.append(PreconditionViolation("HOLDER", _describe(holding.block.id), where))
         elif holding.status not in allowed:
             problems.append(
                 PreconditionViolation(
                     "STATUS",
                     _describe(holding.block.id),
-                    f"units are {holding.status.value}",
+                    _bridged(session, holding)
+                    if holding.status is HoldingStatus.BRIDGED
+                    else f"units are {holding.status.value}",
                 )
             )
         covered = max(covered, holding.block.id.serial_end + 1)

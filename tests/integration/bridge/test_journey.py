@@ -204,6 +204,17 @@ def test_units_not_held_are_rejected(world: World) -> None:
     assert "CL-LEDGER-UNKNOWN_UNITS" in reasons
 
 
+def test_bridged_units_say_where_their_mirror_is(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    source = AccountRef("verra", "dev-1")
+    moved = world.bridge.submit("out-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),)))
+    assert moved.state is TransferState.COMPLETED
+    reasons = _rejected(
+        world, "again-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),))
+    )
+    assert "units are bridged out: their mirror is at national/buyer" in reasons
+
+
 def test_retired_units_are_rejected(world: World) -> None:
     world.seed("verra", "dev-1", vcs_block(1, 50))
     owner = AccountRef("verra", "dev-1")

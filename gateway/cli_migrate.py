@@ -15,7 +15,7 @@ from pathlib import Path
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print
-from registry_bridge.covered_entities import parse_entities
+from registry_bridge.covered_entities import parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
 
@@ -102,6 +102,19 @@ def _import(args: argparse.Namespace) -> int:
         entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, InvalidRequest) as exc:
         print(f"carbonlink entity import: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # Every entity is checked before any is sent: a file is imported whole or not at all.
+    bad = []
+    for i, entity in enumerate(entities):
+        try:
+            validate_entity(entity)
+        except InvalidRequest as exc:
+            bad.append(f"entities[{i}] ({entity.entity_id or 'no id'}): {exc}")
+    if bad:
+        print(
+            f"carbonlink entity import: {args.file}: nothing imported: " + "; ".join(bad),
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     batch = args.request_id or uuid.uuid4().hex
 

@@ -59,7 +59,12 @@ class CoveredEntity:
     years: tuple[ComplianceYear, ...] = field(default=())
 
 
-def _validate(entity: CoveredEntity) -> None:
+def validate_entity(entity: CoveredEntity) -> None:
+    """Refuse an entity the gateway would refuse, naming every bad field.
+
+    Raises:
+        InvalidRequest: Each problem as a field violation under ``entity.``.
+    """
     problems: list[FieldViolation] = []
     if not entity.entity_id or len(entity.entity_id) > MAX_ID_LENGTH:
         problems.append(FieldViolation("entity.entity_id", "is required (at most 128 characters)"))
@@ -110,7 +115,7 @@ def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None
     Raises:
         InvalidRequest: A field is missing or out of range (every problem listed).
     """
-    _validate(entity)
+    validate_entity(entity)
     session.merge(
         CoveredEntityRecord(
             entity_id=entity.entity_id,

@@ -79,3 +79,32 @@ def test_import_plan_and_execute_from_the_command_line(
         # A blocked plan exits non-zero.
         blocked = ["--entity", "steel-cli", "--to", "national", "--from-year", "2023"]
         assert main(["migrate", "plan", *blocked, *common]) == 1
+
+
+def test_an_import_file_with_a_bad_entity_imports_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = CoveredEntity(
+        entity_id="fine-co",
+        display_name="Fine Co.",
+        sector="steel",
+        gases=("CO2",),
+        accounts={"shenzhen": "sz-fine"},
+        years=(ComplianceYear("shenzhen", 2023, 1_000, 1_000),),
+    )
+    bad = CoveredEntity(
+        entity_id="bad-co",
+        display_name="Bad Co.",
+        sector="steel",
+        gases=("CO2",),
+        accounts={"shenzhen": "sz-bad"},
+        years=(ComplianceYear("shenzhen", 2023, -5, 0),),
+    )
+    export = tmp_path / "entities.json"
+    export.write_text(json.dumps({"entities": [entity_to_json(good), entity_to_json(bad)]}))
+    # No gateway listens: the file is refused before any call.
+    argv = ["entity", "import", str(export), "--target", "127.0.0.1:1", "--insecure"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nothing imported: entities[1] (bad-co)" in err
+    assert "entity.years[0].verified_emissions: must not be negative" in err

@@ -24,6 +24,7 @@ from registry_bridge.schema import (
     CoveredEntityAccountRecord,
     CoveredEntityRecord,
     EntityYearRecord,
+    MigrationRecord,
 )
 
 MAX_ID_LENGTH = 128
@@ -106,6 +107,35 @@ def validate_entity(entity: CoveredEntity) -> None:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 
 
+def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
+    """A migrated (or migrating) entity's years stay on their side of its first year: a
+    pilot year from then on, or a national year before it, would be a year that two
+    schemes cover (the migration plan refuses the same, CL-MIGRATION-0007)."""
+    moves = session.execute(
+        sa.select(
+            MigrationRecord.from_jurisdiction,
+            MigrationRecord.to_jurisdiction,
+            MigrationRecord.first_year,
+        ).where(
+            MigrationRecord.entity_id == entity.entity_id,
+            MigrationRecord.state.in_(("running", "completed")),
+        )
+    ).all()
+    problems = [
+        FieldViolation(
+            f"entity.years[{i}]",
+            f"{year.jurisdiction} {year.compliance_year}: the entity moved from "
+            f"{pilot} to {national} from {first}, so that year is not {year.jurisdiction}'s",
+        )
+        for pilot, national, first in moves
+        for i, year in enumerate(entity.years)
+        if (year.jurisdiction == pilot and year.compliance_year >= first)
+        or (year.jurisdiction == national and year.compliance_year < first)
+    ]
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
+
 def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None:
     """Record (or correct) a covered entity, its accounts and the years it gives.
 
@@ -113,9 +143,11 @@ def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None
     corrects. The caller owns the transaction.
 
     Raises:
-        InvalidRequest: A field is missing or out of range (every problem listed).
+        InvalidRequest: A field is missing or out of range (every problem listed), or a
+            year falls on the wrong side of the entity's migration.
     """
     validate_entity(entity)
+    _check_migrated_years(session, entity)
     session.merge(
         CoveredEntityRecord(
             entity_id=entity.entity_id,

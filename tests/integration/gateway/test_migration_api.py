@@ -182,6 +182,31 @@ def test_a_steel_entity_plans_and_executes_its_migration(world: World) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "CL-MIGRATION-0001" in (refused.value.details() or "")
 
+    # Nor can its record gain a year on the wrong side of the move.
+    for jurisdiction, year in [("national", 2023), ("shenzhen", 2024)]:
+        with pytest.raises(grpc.RpcError) as misplaced:
+            world.stub.UpsertCoveredEntity(
+                gateway_pb2.UpsertCoveredEntityRequest(
+                    request_id=f"late-{jurisdiction}",
+                    entity=gateway_pb2.CoveredEntity(
+                        entity_id="steel-01",
+                        sector="steel",
+                        gases=["CO2"],
+                        years=[
+                            gateway_pb2.ComplianceYear(
+                                jurisdiction=jurisdiction,
+                                compliance_year=year,
+                                verified_emissions=1,
+                                allowances_due=1,
+                            )
+                        ],
+                    ),
+                ),
+                timeout=30,
+            )
+        assert misplaced.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "moved from shenzhen to national from 2024" in (misplaced.value.details() or "")
+
     # Offsets used in the pilot cannot be used again in the national ETS.
     with pytest.raises(grpc.RpcError) as twice:
         world.stub.Surrender(

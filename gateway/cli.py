@@ -15,6 +15,7 @@ from gateway import (
     cli_certs,
     cli_client,
     cli_migrate,
+    cli_project,
     cli_registry,
     cli_rules,
     cli_serial,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rules.register(commands)
     cli_registry.register(commands)
     cli_client.register(commands)
+    cli_project.register(commands)
     cli_migrate.register(commands)
     cli_certs.register(commands)
     cli_audit.register(commands)

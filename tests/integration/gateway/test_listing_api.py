@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from gateway.cli import main
 from registry_bridge.projects import DatabaseProjectRecords
 from tests.integration.gateway.conftest import LiveGateway
 
@@ -102,3 +104,33 @@ def test_a_listed_projects_facts_are_recorded_for_its_transfers(live_gateway: Li
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "project.gec_status" in (caught.value.details() or "")
     assert DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("VCS", "5999") is None
+
+
+def test_an_issuer_lists_a_project_from_the_command_line(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", live_gateway.target, "--insecure"]
+    landfill = tmp_path / "landfill.yaml"
+    landfill.write_text(
+        "program: VCS\nproject_id: '5955'\nproject_type: Waste handling and disposal\n"
+        "methodology: VMR0016\ncountry: BR\nstart_date: 2024-07-20\n"
+        "crediting_period_start: 2024-07-20\ncrediting_period_end: 2031-07-19\n"
+    )
+    argv = ["project", "list", str(landfill), "--jurisdiction", "shenzhen"]
+    assert main([*argv, "--as-of", "2026-11-26", *target]) == 0
+    out = capsys.readouterr().out
+    assert ": listed" in out and "voluntary_retirement: eligible" in out
+    # Issued under CCER for part of the same period: refused, with the rule.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(
+        landfill.read_text().replace("project_id: '5955'", "project_id: '5957'")
+        + "other_registrations:\n  - {program: CCER, project_id: CCER-1,\n"
+        "     issued_period_start: 2025-01-01, issued_period_end: 2025-12-31}\n"
+    )
+    argv = ["project", "list", str(twice), "--jurisdiction", "shenzhen"]
+    assert main([*argv, "--as-of", "2026-11-26", *target]) == 1
+    assert "refused CR-DC-0002" in capsys.readouterr().out
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("program: VCS\nproject_idd: '1'\n")
+    assert main(["project", "list", str(wrong), "--jurisdiction", "shenzhen", *target]) == 2
+    assert "project_idd" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""``carbonlink project list``: a foreign issuer asks to list a project in a jurisdiction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print
+
+_JURISDICTIONS = ("shenzhen", "guangdong", "national")
+
+
+def _read_project(path: Path) -> model_pb2.Project:
+    """The project described in ``path`` (YAML or JSON, the fields of ``Project``).
+
+    Raises:
+        ValueError: The file is unreadable, not a mapping, or names an unknown field or a
+            value of the wrong type (the message says which).
+    """
+    try:
+        document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a project is a mapping of Project's fields")
+    # YAML reads an unquoted date as a date: the API takes ISO 8601 text.
+    document = json.loads(json.dumps(document, default=str))
+    project = model_pb2.Project()
+    try:
+        json_format.ParseDict(document, project)
+    except json_format.ParseError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return project
+
+
+def _summary(reply: gateway_pb2.ListProjectResponse) -> str:
+    lines = [f"{reply.name}: {'listed' if reply.listed else 'REFUSED'}"]
+    for refusal in reply.refusals:
+        lines.append(f"  refused {refusal.rule_id}: {refusal.message}")
+    for use in reply.eligibility:
+        verdict = "eligible" if use.decision.allowed else "not eligible"
+        lines.append(f"  {use.use}: {verdict}")
+        for violation in use.decision.violations:
+            lines.append(f"    {violation.rule_id}: {violation.message}")
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        project = _read_project(Path(args.file))
+    except ValueError as exc:
+        print(f"carbonlink project list: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    request = gateway_pb2.ListProjectRequest(
+        request_id=args.request_id or uuid.uuid4().hex,
+        project=project,
+        jurisdiction=args.jurisdiction,
+        as_of=args.as_of or "",
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        reply = stub.ListProject(request, timeout=args.timeout)
+        _print(reply, args, _summary(reply))
+        return EXIT_OK if reply.listed else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``project list`` to the CLI."""
+    project = subparsers.add_parser("project", help="foreign projects listed in a jurisdiction")
+    commands = project.add_subparsers(dest="project_command", required=True)
+    listing = commands.add_parser(
+        "list",
+        help="ask to list a project: refusals, and its units' eligibility per use",
+        description=(
+            "FILE describes the project (YAML or JSON, the fields of carbonlink.v1.Project: "
+            "program, project_id, country, project_type, start_date, other_registrations, "
+            "authorization, labels...). Exits 1 when the listing is refused."
+        ),
+    )
+    _common(listing)
+    listing.add_argument("file", help="the project, YAML or JSON")
+    listing.add_argument("--jurisdiction", required=True, choices=_JURISDICTIONS)
+    listing.add_argument("--as-of", help="ISO 8601 date the decision is taken for (default today)")
+    listing.add_argument("--request-id", help="idempotency key (default: a new one)")
+    listing.set_defaults(handler=_list, client="issuer")

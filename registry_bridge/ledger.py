@@ -866,9 +866,10 @@ def add_mirror(
 
 
 def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_id: str) -> None:
-    """A mirror returned to its origin side: its row stops being live."""
+    """A mirror returned to its origin side: its row stops being live, exported."""
     row = _row(session, holding)
     row.live = False
+    row.status = HoldingStatus.EXPORTED.value
     # Written now, so a later claim of these serials in the same transaction is not
     # refused by PostgreSQL's exclusion constraint over live rows.
     if _PENDING not in session.info:
@@ -876,7 +877,14 @@ def end_mirror(session: Session, holding: LedgerHolding, at: datetime, transfer_
     append_event(
         session,
         "finalize",
-        _event_body(holding, exported=True),
+        # Says where the units went, as the registry does: a reader of the trail would
+        # otherwise see the mirror's last status as still locked.
+        _event_body(
+            holding,
+            status=HoldingStatus.EXPORTED.value,
+            previous_status=holding.status.value,
+            exported=True,
+        ),
         at,
         transfer_id,
         blocks=_ranges(holding),

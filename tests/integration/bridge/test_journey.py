@@ -108,6 +108,11 @@ def test_exchange_journey_keeps_verra_in_step(world: World) -> None:
         (mirror.id.serial_start, mirror.id.serial_start + 19, "buyer", "retired")
     ]
     assert world.statuses("hkmo", "hk-buyer", vcs(1021, 1060)) == {HoldingStatus.ACTIVE}
+    # The returned mirror's last event says it left the national registry.
+    ended = [b for b in _bodies(world, back.transfer_id) if b.get("exported")]
+    assert [(b["kind"], b["status"], b["previous_status"]) for b in ended] == [
+        ("finalize", "exported", "locked")
+    ]
     assert world.violations() == []
 
 
@@ -159,6 +164,21 @@ def test_a_use_of_overlapping_selectors_names_them_and_changes_nothing(world: Wo
         world.bridge.use("u-overlap", request)
     assert _log_size(world) == events_before
     assert world.violations() == []
+
+
+def _bodies(world: World, transfer_id: str) -> list[dict[str, Any]]:
+    from registry_bridge import db
+    from registry_bridge.schema import LedgerEvent
+
+    with db.read_only(world.sessions) as session:
+        return [
+            json.loads(bytes(payload))
+            for payload in session.execute(
+                sa.select(LedgerEvent.payload)
+                .where(LedgerEvent.transfer_id == transfer_id)
+                .order_by(LedgerEvent.idx)
+            ).scalars()
+        ]
 
 
 def _log_size(world: World) -> int:

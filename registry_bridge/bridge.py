@@ -592,6 +592,8 @@ class Bridge:
         self._lock_ttl = lock_ttl
         self._registry_lock_grace = registry_lock_grace
         self._owner = owner or uuid.uuid4().hex
+        self._imported: dict[str, set[tuple[str, BlockId, HoldingStatus]]] = {}
+        """Per registry, the holdings its imports have already looked at."""
         self._lease = lease
         self._on_state = on_state
         self._driving: set[str] = set()
@@ -2043,6 +2045,10 @@ class Bridge:
         holdings = self._port(registry_id).list_holdings(ListHoldingsRequest())
         recorded = 0
         now = self._clock()
+        # Holdings seen at an earlier look are known or were recorded then: each look
+        # checks only what changed since, and reads the ledger for those in one snapshot.
+        seen = self._imported.setdefault(registry_id, set())
+        fresh: list[RegistryHolding] = []
         for holding in holdings:
             if holding.status not in _IMPORTED_STATUSES or holding.mirror_of is not None:
                 continue
@@ -2051,7 +2057,22 @@ class Bridge:
                 continue
             if registry_id != origin_registry and registry_id not in CUSTODY_VENUES:
                 continue
+            key = (holding.account, holding.block.id, holding.status)
+            if key not in seen:
+                fresh.append(holding)
+        with read_only(self._sessions) as session:
+            unknown = [
+                h
+                for h in fresh
+                if not (
+                    ledger.origin_rows(session, h.block.id)
+                    or ledger.mirrors_of(session, h.block.id)
+                )
+            ]
+        for holding in unknown:
             try:
+                # Checked again in the transaction that records it: another gateway may
+                # have recorded it since the snapshot.
                 with unit_of_work(self._sessions) as session:
                     if ledger.origin_rows(session, holding.block.id) or ledger.mirrors_of(
                         session, holding.block.id
@@ -2064,6 +2085,7 @@ class Bridge:
             except LedgerConflict:
                 # Another gateway recorded the same issuance first.
                 continue
+        seen.update((h.account, h.block.id, h.status) for h in fresh)
         return recorded
 
     # ------------------------------------------------------------------------ final uses

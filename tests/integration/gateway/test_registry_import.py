@@ -3,6 +3,7 @@ have been left in, and again at every import interval."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,3 +111,25 @@ def test_units_issued_after_start_up_are_learned_at_the_next_look(
         ]
         used = _retire(gateway, BlockId(ISSUED.id.program, "", START, START + 9))
         assert used.beneficiary == "Again Co." and used.kind == "retirement"
+
+
+def test_a_later_look_reads_the_ledger_only_for_what_changed(
+    database_url: str, registries: LinkedRegistries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verra = registries.ports["verra"]
+    verra.issue(IssueRequest("issue-1", "issuer", ISSUED))
+    with _gateway(database_url, registries) as gateway:
+        looked: list[BlockId] = []
+        origin_rows = ledger.origin_rows
+
+        def counted(session: object, block: BlockId) -> object:
+            looked.append(block)
+            return origin_rows(session, block)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ledger, "origin_rows", counted)
+        assert gateway.server.import_registries()["verra"] == 0
+        assert looked == []  # the start-up look saw every holding there is
+        later = BlockId(ISSUED.id.program, "", ISSUED.id.serial_end + 1, ISSUED.id.serial_end + 5)
+        verra.issue(IssueRequest("issue-2", "issuer", dataclasses.replace(ISSUED, id=later)))
+        assert gateway.server.import_registries()["verra"] == 1
+        assert later in looked and ISSUED.id not in looked

@@ -21,7 +21,7 @@ from gateway.migration_api import (
     plan_migration,
     upsert_covered_entity,
 )
-from gateway.security.policy import readable_accounts
+from gateway.security.policy import may_read_migration, readable_accounts
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import unit_of_work
 from registry_bridge.errors import (
@@ -335,7 +335,11 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def GetMigration(
         self, request: gateway_pb2.GetMigrationRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.Migration:
-        return get_migration(self._migration_service(), request)
+        migration = get_migration(self._migration_service(), request)
+        if not may_read_migration(migration.plan.entity_id):
+            # As for a migration that does not exist: a name tells a stranger nothing.
+            raise NotFound(migration.name)
+        return migration
 
     def UpsertCoveredEntity(
         self, request: gateway_pb2.UpsertCoveredEntityRequest, context: grpc.ServicerContext

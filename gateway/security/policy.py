@@ -9,9 +9,11 @@ The auditor's and the regulator's roles appear only on reads.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
 and their settlement amounts are its own business, not its competitors'.  A caller sees
-the transfers whose source or destination is an account its token names; the auditor
-and the regulator see every transfer.  The servicer asks :func:`readable_accounts`,
-which the security interceptor sets for the call (:func:`reading_as`).
+the transfers whose source or destination is an account its token names, and the
+migrations of the entities its token names (a plan shows an entity's holdings and
+obligations); the auditor and the regulator see all of them.  The servicer asks
+:func:`readable_accounts` and :func:`may_read_migration`, which the security interceptor
+sets for the call (:func:`reading_as`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
 """Roles accepted by each RPC of the gateway service (by method name)."""
 
 
+READ_EVERY_TRANSFER = frozenset({"auditor", "regulator"})
+"""Roles that read every transfer and migration; the others only their own accounts' and
+entities'."""
+
+
 def _accounts_moved(method: str, request: Message) -> list[tuple[str, str]]:
     """``(field path, registry:account)`` of every account the request moves units out of."""
     if isinstance(request, gateway_pb2.SubmitTransferRequest):
@@ -102,30 +109,37 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
     for path, account in _accounts_moved(method, request):
         if account not in principal.accounts:
             raise PermissionDenied(f"{path}: the caller's token does not name account {account!r}")
+    entity: tuple[str, str] | None = None
     if isinstance(request, gateway_pb2.ExecuteMigrationRequest):
-        entity = request.plan.entity_id
-        if entity not in principal.entities:
-            raise PermissionDenied(
-                f"plan.entity_id: the caller's token does not name entity {entity!r}"
-            )
+        entity = ("plan.entity_id", request.plan.entity_id)
+    elif isinstance(request, gateway_pb2.PlanMigrationRequest) and not (
+        principal.roles & READ_EVERY_TRANSFER
+    ):
+        entity = ("entity_id", request.entity_id)
+    if entity is not None and entity[1] not in principal.entities:
+        raise PermissionDenied(
+            f"{entity[0]}: the caller's token does not name entity {entity[1]!r}"
+        )
 
-
-READ_EVERY_TRANSFER = frozenset({"auditor", "regulator"})
-"""Roles that read every transfer; the others read only their own accounts'."""
 
 _readable: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "readable_accounts", default=None
+)
+_readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "readable_entities", default=None
 )
 
 
 @contextlib.contextmanager
 def reading_as(principal: Principal) -> Iterator[None]:
     """Scope the transfer reads of the block to what ``principal`` may see."""
-    scope = None if principal.roles & READ_EVERY_TRANSFER else frozenset(principal.accounts)
-    token = _readable.set(scope)
+    everything = bool(principal.roles & READ_EVERY_TRANSFER)
+    token = _readable.set(None if everything else frozenset(principal.accounts))
+    entities = _readable_entities.set(None if everything else frozenset(principal.entities))
     try:
         yield
     finally:
+        _readable_entities.reset(entities)
         _readable.reset(token)
 
 
@@ -136,3 +150,10 @@ def readable_accounts() -> frozenset[str] | None:
     development only.
     """
     return _readable.get()
+
+
+def may_read_migration(entity_id: str) -> bool:
+    """Whether the current caller may read the migrations of ``entity_id`` (any, when no
+    caller is authenticated: the gateway runs insecure)."""
+    entities = _readable_entities.get()
+    return entities is None or entity_id in entities

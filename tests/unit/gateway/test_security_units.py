@@ -13,9 +13,11 @@ from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.security.certs import init_dev_pki
 from gateway.security.instructions import SIGNED_METHODS, canonical_bytes, sign_request
-from gateway.security.policy import RPC_ROLES
+from gateway.security.policy import RPC_ROLES, authorize, may_read_migration, reading_as
 from gateway.security.ratelimit import RateLimited, RateLimiter
 from gateway.security.settings import warn_if_insecure
+from gateway.security.tokens import Principal
+from registry_bridge.errors import PermissionDenied
 
 
 def test_every_rpc_declares_its_roles_and_every_mover_is_signed() -> None:
@@ -76,3 +78,22 @@ def test_token_buckets_refill() -> None:
     limiter.take("b")
     now[0] = 0.5
     limiter.take("a")
+
+
+def _principal(role: str, entities: tuple[str, ...] = ()) -> Principal:
+    return Principal(role, frozenset({role}), frozenset(), frozenset(entities))
+
+
+def test_an_entity_plans_and_reads_only_its_own_migration() -> None:
+    plan = gateway_pb2.PlanMigrationRequest(entity_id="steel-01")
+    authorize("PlanMigration", _principal("covered_entity", ("steel-01",)), plan)
+    with pytest.raises(PermissionDenied, match="entity_id: the caller's token does not name"):
+        authorize("PlanMigration", _principal("covered_entity", ("steel-02",)), plan)
+    authorize("PlanMigration", _principal("auditor"), plan)  # the auditor plans any
+    assert may_read_migration("steel-01")  # no caller: the gateway runs insecure
+    with reading_as(_principal("covered_entity", ("steel-01",))):
+        assert may_read_migration("steel-01") and not may_read_migration("steel-02")
+    with reading_as(_principal("exchange_operator")):
+        assert not may_read_migration("steel-01")
+    with reading_as(_principal("regulator")):
+        assert may_read_migration("steel-02")

@@ -17,10 +17,10 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
-from gateway import client_security
+from gateway import client_security, convert
 from gateway.blocks import parse_block
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
@@ -65,15 +65,6 @@ def bundle_from_response(
     )
 
 
-def _block_pb(block: BlockId) -> model_pb2.BlockId:
-    return model_pb2.BlockId(
-        program=block.program.value,
-        serial_series=block.serial_series,
-        serial_start=block.serial_start,
-        serial_end=block.serial_end,
-    )
-
-
 def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stdout = sys.stdout if out is None else out
     if (args.block is None) == (args.serial is None):
@@ -81,7 +72,7 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_USAGE
     if args.block is not None:
         query: BlockId = args.block
-        request = gateway_pb2.TraceUnitsRequest(block=_block_pb(query))
+        request = gateway_pb2.TraceUnitsRequest(block=convert.block_id_to_pb(query))
         registry, serial = "", ""
     else:
         if not args.registry:

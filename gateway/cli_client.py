@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway import client_security
+from gateway import client_security, convert
 from gateway.blocks import parse_block
 
 EXIT_OK = 0
@@ -79,17 +79,7 @@ def _call(args: argparse.Namespace, invoke: Any) -> int:
 def _selectors(args: argparse.Namespace) -> list[model_pb2.UnitSelector]:
     """The units named by ``--serial`` and ``--block``, in that order."""
     selectors = [model_pb2.UnitSelector(serial=s) for s in args.serial]
-    for block in args.block:
-        selectors.append(
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=block.program.value,
-                    serial_series=block.serial_series,
-                    serial_start=block.serial_start,
-                    serial_end=block.serial_end,
-                )
-            )
-        )
+    selectors += [model_pb2.UnitSelector(block=convert.block_id_to_pb(b)) for b in args.block]
     return selectors
 
 

@@ -24,7 +24,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
-from gateway import demo_security
+from gateway import convert, demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.demo_auditor import demo_log_key, journey_auditor
 from gateway.demo_migration import journey_covered_entity
@@ -188,7 +188,7 @@ def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> No
     rest = BlockId(origin.program, "", sold.serial_end + 1, origin.serial_end)
     _say(f"   hk-seller holds {origin.quantity} VCUs {VERRA_SERIAL} at the HK venue")
 
-    selector = model_pb2.UnitSelector(block=_block_pb(sold))
+    selector = model_pb2.UnitSelector(block=convert.block_id_to_pb(sold))
     evaluation = gateway.EvaluateTransfer(
         gateway_pb2.EvaluateTransferRequest(
             instruction=model_pb2.TransferInstruction(
@@ -349,15 +349,6 @@ def _journey_foreign_issuer(channel: grpc.Channel) -> None:
         _say(f"     refused {violation.rule_id}: {violation.message}")
     if refused.listed or not refused.refusals:
         raise DemoFailure("a project already issued under CCER for the same period was listed")
-
-
-def _block_pb(block: BlockId) -> model_pb2.BlockId:
-    return model_pb2.BlockId(
-        program=block.program.value,
-        serial_series=block.serial_series,
-        serial_start=block.serial_start,
-        serial_end=block.serial_end,
-    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import grpc
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.serials import parse_serial
+from gateway import convert
 from gateway.cli_audit import bundle_from_response
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
 from registry_bridge.audit import AuditFailure, AuditReport, bundle_from_json, verify_bundle
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId
 from registry_bridge.signed_note import NoteSigner, Verifier
 
 LOG_ORIGIN = "carbonlink.local/provenance"
@@ -110,17 +111,8 @@ def journey_auditor(
     _say(f"   the history shows a Shenzhen mirror {_describe(mirror)}; tracing it")
     _audit(
         gateway,
-        gateway_pb2.TraceUnitsRequest(
-            block=model_pb2.BlockId(
-                program=mirror.program.value,
-                serial_series=mirror.serial_series,
-                serial_start=mirror.serial_start,
-                serial_end=mirror.serial_end,
-            )
-        ),
-        BlockId(
-            Program(mirror.program), mirror.serial_series, mirror.serial_start, mirror.serial_end
-        ),
+        gateway_pb2.TraceUnitsRequest(block=convert.block_id_to_pb(mirror)),
+        mirror,
         workdir / "audit-shenzhen-mirror.json",
         trusted,
         failure,

@@ -297,6 +297,22 @@ def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return EXIT_OK if report.consistent else EXIT_FAILED
 
 
+def _log_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-key",
+        required=True,
+        metavar="KEY",
+        help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
+    )
+
+
+def _gateway_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """Where the gateway is, how long to wait for it, and how to reach it securely."""
+    parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait")
+    client_security.add_arguments(parser)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``trace``, ``audit verify|key|keygen`` and ``reconcile`` to the CLI.
 
@@ -320,9 +336,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     trace.add_argument("--json", action="store_true", help="print the audit bundle as JSON")
     trace.add_argument("--out", help="write the audit bundle to this file")
-    trace.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
-    trace.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
-    client_security.add_arguments(trace)
+    _gateway_arguments(trace, timeout=60.0)
     trace.set_defaults(handler=_trace, client="auditor")
 
     audit = subparsers.add_parser("audit", help="verify provenance offline")
@@ -336,12 +350,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     verify.add_argument("bundle", help="the bundle written by carbonlink trace --json")
-    verify.add_argument(
-        "--log-key",
-        required=True,
-        metavar="KEY",
-        help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
-    )
+    _log_key_argument(verify)
     verify.set_defaults(handler=_verify)
     consistency = commands.add_parser(
         "consistency",
@@ -354,16 +363,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     consistency.add_argument("checkpoint", help="a checkpoint kept earlier, or a bundle")
-    consistency.add_argument(
-        "--log-key",
-        required=True,
-        metavar="KEY",
-        help="the log's verifier key (NAME+ID+KEY), or a file holding it; get it out of band",
-    )
+    _log_key_argument(consistency)
     consistency.add_argument("--save", help="write the latest checkpoint here, to keep")
-    consistency.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
-    consistency.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
-    client_security.add_arguments(consistency)
+    _gateway_arguments(consistency, timeout=60.0)
     consistency.set_defaults(handler=_consistency, client="auditor")
     key = commands.add_parser("key", help="print the verifier key of a log signing key")
     key.add_argument("--signing-key", required=True, help="the PEM file of the signing key")
@@ -385,7 +387,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--registry", action="append", help="only this registry (repeatable; default all)"
     )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
-    reconcile.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
-    reconcile.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
-    client_security.add_arguments(reconcile)
+    _gateway_arguments(reconcile, timeout=120.0)
     reconcile.set_defaults(handler=_reconcile, client="auditor")

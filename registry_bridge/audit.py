@@ -44,7 +44,7 @@ from typing import Any
 from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
 from registry_bridge.errors import CarbonlinkError
-from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.model import BlockId, HoldingStatus, merge_spans, spans_missing
 from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint, open_note
 
 BUNDLE_FORMAT = "carbonlink-audit-bundle/2"
@@ -253,14 +253,8 @@ def _terminal(status: str) -> bool:
 
 def _covered(block: BlockId, spans: Sequence[BlockId]) -> bool:
     """Whether the union of ``spans`` covers every serial of ``block``."""
-    at = block.serial_start
-    for span in sorted(s for s in spans if s.overlaps(block)):
-        if span.serial_start > at:
-            return False
-        at = max(at, span.serial_end + 1)
-        if at > block.serial_end:
-            return True
-    return at > block.serial_end
+    runs = merge_spans((s.serial_start, s.serial_end) for s in spans if s.overlaps(block))
+    return not spans_missing(block.serial_start, block.serial_end, runs)
 
 
 def _origin_part(block: BlockId, origin: BlockId, query: BlockId) -> BlockId | None:

@@ -46,7 +46,7 @@ from registry_bridge import ledger, reconcile
 from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.event_log import leaf_hash
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.model import BlockId, HoldingStatus, merge_spans
 from registry_bridge.port import RegistryPort
 from registry_bridge.schema import (
     LedgerEvent,
@@ -98,17 +98,6 @@ def _intervals(blocks: Iterable[BlockId]) -> dict[tuple[str, str], list[tuple[in
             (block.serial_start, block.serial_end)
         )
     return {k: sorted(v) for k, v in spans.items()}
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Adjacent or overlapping sorted intervals joined into maximal runs."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 # ------------------------------------------------------------------------ invariant 2
@@ -181,8 +170,8 @@ def check_conservation(
             )
 
     # Then serial by serial: equal totals could still hide a lost run and a doubled one.
-    issued_spans = {k: _merge(v) for k, v in _intervals(issued).items()}
-    live_spans = {k: _merge(v) for k, v in _intervals(r.block.id for r in origins).items()}
+    issued_spans = {k: merge_spans(v) for k, v in _intervals(issued).items()}
+    live_spans = {k: merge_spans(v) for k, v in _intervals(r.block.id for r in origins).items()}
     for series in sorted(set(issued_spans) | set(live_spans)):
         if issued_spans.get(series, []) != live_spans.get(series, []):
             problems.append(
@@ -239,7 +228,7 @@ def check_conservation(
         if row.status is not HoldingStatus.BRIDGED:
             continue
         series = (row.block.id.program.value, row.block.id.serial_series)
-        spans_here = _merge(
+        spans_here = merge_spans(
             [
                 (max(s, row.block.id.serial_start), min(e, row.block.id.serial_end))
                 for s, e, _ in mirrored.get(series, [])

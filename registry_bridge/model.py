@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -97,6 +98,40 @@ class Authorization:
     authorized_uses: frozenset[str]
     """For example ``{"ndc", "corsia", "oimp"}``."""
     issued_on: date
+
+
+Span = tuple[int, int]
+"""An inclusive run of serial numbers, ``(start, end)``."""
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Adjacent or overlapping spans joined into maximal runs, in order."""
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def spans_missing(start: int, end: int, merged: Sequence[Span]) -> list[Span]:
+    """The parts of ``start..end`` outside ``merged`` (as :func:`merge_spans` returns)."""
+    gaps: list[Span] = []
+    at = start
+    for low, high in merged:
+        if high < at:
+            continue
+        if low > end:
+            break
+        if low > at:
+            gaps.append((at, low - 1))
+        at = max(at, high + 1)
+        if at > end:
+            return gaps
+    if at <= end:
+        gaps.append((at, end))
+    return gaps
 
 
 MAX_SERIAL = 2**63 - 1

@@ -24,7 +24,7 @@ from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import attributes_to_json, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
-from registry_bridge.model import BlockId, Program, UnitBlock
+from registry_bridge.model import BlockId, Program, UnitBlock, merge_spans, spans_missing
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead, MerkleHead
 from registry_bridge.signed_note import Checkpoint, NoteSigner
 
@@ -124,13 +124,9 @@ def _check_covered(query: BlockId, bodies: Iterable[dict[str, Any]]) -> None:
                 clipped = _clip(block_id_from_dict(body[key]), query)
                 if clipped is not None:
                     spans.append(clipped)
-    at = query.serial_start
-    for start, end in sorted(spans):
-        if start > at:
-            break
-        at = max(at, end + 1)
-    if at <= query.serial_end:
-        gap_end = min((s for s, _ in spans if s > at), default=query.serial_end + 1) - 1
+    gaps = spans_missing(query.serial_start, query.serial_end, merge_spans(spans))
+    if gaps:
+        at, gap_end = gaps[0]
         series = f"/{query.serial_series}" if query.serial_series else ""
         # Rendered "... not found": never issued, or issued where the gateway has not
         # looked yet.

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
 from registry_bridge.port import BlockStatusRequest, ListHoldingsRequest, RegistryPort
 from registry_bridge.schema import EventBlock, LedgerEvent
 
@@ -78,16 +78,6 @@ class ReconcileReport:
 def _describe(block: BlockId) -> str:
     series = f"/{block.serial_series}" if block.serial_series else ""
     return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def registry_view(row: LedgerHolding) -> list[tuple[str, str]]:
@@ -156,7 +146,7 @@ def compare_blocks(
                 continue
             shown = list(reached.block_status(BlockStatusRequest(row.block.id)))
             held = [h for h in shown if h.account == account and h.status is row.status]
-            spans = _merge(
+            spans = merge_spans(
                 [
                     (
                         max(h.block.id.serial_start, row.block.id.serial_start),
@@ -186,25 +176,6 @@ def compare_blocks(
     return found
 
 
-def _uncovered(start: int, end: int, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``start..end`` outside the merged, sorted ``spans``."""
-    gaps: list[tuple[int, int]] = []
-    at = start
-    for low, high in spans:
-        if high < at:
-            continue
-        if low > end:
-            break
-        if low > at:
-            gaps.append((at, low - 1))
-        at = max(at, high + 1)
-        if at > end:
-            return gaps
-    if at <= end:
-        gaps.append((at, end))
-    return gaps
-
-
 def compare_holdings(
     rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
 ) -> list[Discrepancy]:
@@ -217,7 +188,7 @@ def compare_holdings(
         for registry_id, account in registry_view(row):
             key = (registry_id, account, row.status, block.program, block.serial_series)
             placed[key].append((block.serial_start, block.serial_end))
-    merged = {key: _merge(spans) for key, spans in placed.items()}
+    merged = {key: merge_spans(spans) for key, spans in placed.items()}
     found: list[Discrepancy] = []
     for registry_id, port in ports.items():
         for holding in port.list_holdings(ListHoldingsRequest()):
@@ -225,7 +196,8 @@ def compare_holdings(
                 continue  # gone from this registry: the ledger keeps no live row of it
             block = holding.block.id
             key = (registry_id, holding.account, holding.status, block.program, block.serial_series)
-            for start, end in _uncovered(block.serial_start, block.serial_end, merged.get(key, [])):
+            placed_here = merged.get(key, [])
+            for start, end in spans_missing(block.serial_start, block.serial_end, placed_here):
                 unknown = BlockId(block.program, block.serial_series, start, end)
                 found.append(
                     Discrepancy(

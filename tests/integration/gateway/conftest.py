@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -71,21 +73,31 @@ class LiveGateway:
     target: str
 
 
-@pytest.fixture
-def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
-    registries.seed_venue()
+@contextmanager
+def running_gateway(
+    database_url: str, registries: LinkedRegistries, **settings: Any
+) -> Iterator[LiveGateway]:
+    """An insecure gateway on ``registries`` with ``settings`` over the defaults; stopped
+    afterwards (the secure path has its own fixtures, test_security*.py)."""
     config = GatewayConfig(
         listen="127.0.0.1:0",
         database_url=database_url,
         registries=registries.endpoints(),
-        insecure=True,  # the secure path has its own fixtures (test_security*.py)
+        insecure=True,
+        **settings,
     )
     server = GatewayServer(config)
-    port = server.start()
-    target = f"127.0.0.1:{port}"
+    target = f"127.0.0.1:{server.start()}"
     channel = grpc.insecure_channel(target)
     try:
         yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel), target)
     finally:
         channel.close()
         server.stop(grace_seconds=0)
+
+
+@pytest.fixture
+def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
+    registries.seed_venue()
+    with running_gateway(database_url, registries) as gateway:
+        yield gateway

@@ -6,17 +6,19 @@ import base64
 import json
 from pathlib import Path
 
-import grpc
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway.cli import main
-from gateway.config import GatewayConfig
 from gateway.log_keys import write_new_key
-from gateway.server import GatewayServer
 from registry_bridge.signed_note import Checkpoint, NoteSigner, generate_private_key_pem
-from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    LiveGateway,
+    running_gateway,
+)
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
 
@@ -150,19 +152,9 @@ def test_a_rewritten_log_fails_against_a_kept_checkpoint(
     registries.seed_venue()  # imported at start: the log holds its issuance
     key_file = tmp_path / "log.pem"
     write_new_key(key_file)
-    config = GatewayConfig(
-        listen="127.0.0.1:0",
-        database_url=database_url,
-        registries=registries.endpoints(),
-        insecure=True,
-        log_signing_key_file=str(key_file),
-    )
-    server = GatewayServer(config)
-    target = ["--target", f"127.0.0.1:{server.start()}", "--insecure"]
-    try:
-        with grpc.insecure_channel(target[1]) as channel:
-            stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
-            latest = stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)
+    with running_gateway(database_url, registries, log_signing_key_file=str(key_file)) as gw:
+        target = ["--target", gw.target, "--insecure"]
+        latest = gw.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)
         signer = NoteSigner.from_pem(latest.origin, key_file.read_bytes())
         key = ["--log-key", latest.verifier_key]
         # What an auditor kept, signed by the log's own key, that the log no longer extends.
@@ -180,5 +172,3 @@ def test_a_rewritten_log_fails_against_a_kept_checkpoint(
         stranger.write_text(other.sign(Checkpoint(latest.origin, 1, b"\x07" * 32)))
         assert main(["audit", "consistency", str(stranger), *key, *target]) == 2
         assert "is not signed by" in capsys.readouterr().err
-    finally:
-        server.stop(grace_seconds=0)

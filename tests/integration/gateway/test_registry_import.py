@@ -6,44 +6,31 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import grpc
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
-from gateway.config import GatewayConfig
-from gateway.server import GatewayServer
 from registry_bridge import db, ledger
 from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import IssueRequest, RetireRequest
-from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    LiveGateway,
+    running_gateway,
+)
 
 ISSUED = parse_serial("verra", VERRA_SERIAL)
 START = ISSUED.id.serial_start
 
 
-@contextmanager
 def _gateway(
     database_url: str, registries: LinkedRegistries, import_every: float = 60.0
-) -> Iterator[LiveGateway]:
-    config = GatewayConfig(
-        listen="127.0.0.1:0",
-        database_url=database_url,
-        registries=registries.endpoints(),
-        insecure=True,
-        registry_import_interval_seconds=import_every,
-    )
-    server = GatewayServer(config)
-    target = f"127.0.0.1:{server.start()}"
-    channel = grpc.insecure_channel(target)
-    try:
-        yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel), target)
-    finally:
-        channel.close()
-        server.stop(grace_seconds=0)
+) -> AbstractContextManager[LiveGateway]:
+    return running_gateway(database_url, registries, registry_import_interval_seconds=import_every)
 
 
 def _statuses(gateway: LiveGateway, block: BlockId) -> list[tuple[int, int, HoldingStatus]]:

@@ -185,25 +185,7 @@ def test_a_steel_entity_plans_and_executes_its_migration(world: World) -> None:
     # Nor can its record gain a year on the wrong side of the move.
     for jurisdiction, year in [("national", 2023), ("shenzhen", 2024)]:
         with pytest.raises(grpc.RpcError) as misplaced:
-            world.stub.UpsertCoveredEntity(
-                gateway_pb2.UpsertCoveredEntityRequest(
-                    request_id=f"late-{jurisdiction}",
-                    entity=gateway_pb2.CoveredEntity(
-                        entity_id="steel-01",
-                        sector="steel",
-                        gases=["CO2"],
-                        years=[
-                            gateway_pb2.ComplianceYear(
-                                jurisdiction=jurisdiction,
-                                compliance_year=year,
-                                verified_emissions=1,
-                                allowances_due=1,
-                            )
-                        ],
-                    ),
-                ),
-                timeout=30,
-            )
+            _record_steel_year(world, f"late-{jurisdiction}", "steel-01", jurisdiction, year, 1, 1)
         assert misplaced.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "moved from shenzhen to national from 2024" in (misplaced.value.details() or "")
 
@@ -287,31 +269,44 @@ def test_a_driver_that_read_the_cancel_step_before_another_took_it_changes_nothi
     world.check_invariants()
 
 
-def test_a_late_first_year_and_an_amount_due_below_emissions_are_flagged(world: World) -> None:
-    steel = pilot_entity("steel-03", "steel", 2023, 4_000_000)
-    seed_registries(world.ports, steel)
-    world.server.import_registries()
-    record_entity(world.stub, steel)
-    # Recorded as owing nothing for 2023, though it emitted 60,000 t.
+def _record_steel_year(
+    world: World,
+    request_id: str,
+    entity_id: str,
+    jurisdiction: str,
+    year: int,
+    verified: int,
+    due: int,
+) -> None:
+    """UpsertCoveredEntity: one compliance year of a steel entity."""
     world.stub.UpsertCoveredEntity(
         gateway_pb2.UpsertCoveredEntityRequest(
-            request_id="steel-03-due",
+            request_id=request_id,
             entity=gateway_pb2.CoveredEntity(
-                entity_id="steel-03",
+                entity_id=entity_id,
                 sector="steel",
                 gases=["CO2"],
                 years=[
                     gateway_pb2.ComplianceYear(
-                        jurisdiction="shenzhen",
-                        compliance_year=2023,
-                        verified_emissions=60_000,
-                        allowances_due=0,
+                        jurisdiction=jurisdiction,
+                        compliance_year=year,
+                        verified_emissions=verified,
+                        allowances_due=due,
                     )
                 ],
             ),
         ),
         timeout=30,
     )
+
+
+def test_a_late_first_year_and_an_amount_due_below_emissions_are_flagged(world: World) -> None:
+    steel = pilot_entity("steel-03", "steel", 2023, 4_000_000)
+    seed_registries(world.ports, steel)
+    world.server.import_registries()
+    record_entity(world.stub, steel)
+    # Recorded as owing nothing for 2023, though it emitted 60,000 t.
+    _record_steel_year(world, "steel-03-due", "steel-03", "shenzhen", 2023, 60_000, 0)
     late = gateway_pb2.PlanMigrationRequest(
         entity_id="steel-03",
         from_jurisdiction="shenzhen",
@@ -331,25 +326,7 @@ def test_every_blocking_violation_is_listed(world: World) -> None:
     world.server.import_registries()
     record_entity(world.stub, steel)
     # The national ETS already has a 2023 year for it, and nothing was surrendered in 2023.
-    world.stub.UpsertCoveredEntity(
-        gateway_pb2.UpsertCoveredEntityRequest(
-            request_id="steel-02-national",
-            entity=gateway_pb2.CoveredEntity(
-                entity_id="steel-02",
-                sector="steel",
-                gases=["CO2"],
-                years=[
-                    gateway_pb2.ComplianceYear(
-                        jurisdiction="national",
-                        compliance_year=2023,
-                        verified_emissions=1,
-                        allowances_due=1,
-                    )
-                ],
-            ),
-        ),
-        timeout=30,
-    )
+    _record_steel_year(world, "steel-02-national", "steel-02", "national", 2023, 1, 1)
     plan = world.stub.PlanMigration(migration_request(steel), timeout=60)
     assert not plan.executable
     ids = {v.rule_id for v in plan.blocking_violations}

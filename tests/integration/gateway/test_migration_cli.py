@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,11 +93,10 @@ def test_an_import_file_with_a_bad_entity_imports_nothing(
         accounts={"shenzhen": "sz-fine"},
         years=(ComplianceYear("shenzhen", 2023, 1_000, 1_000),),
     )
-    bad = CoveredEntity(
+    bad = dataclasses.replace(
+        good,
         entity_id="bad-co",
         display_name="Bad Co.",
-        sector="steel",
-        gases=("CO2",),
         accounts={"shenzhen": "sz-bad"},
         years=(ComplianceYear("shenzhen", 2023, -5, 0),),
     )

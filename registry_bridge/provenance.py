@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import merkle
 from registry_bridge.audit import TraceStatement
-from registry_bridge.block_json import attributes_to_json, block_id_from_dict
+from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
 from registry_bridge.model import BlockId, Program, UnitBlock, merge_spans, spans_missing
@@ -148,20 +148,20 @@ def check_serial_claims(trace: Trace, serial: str, claimed: UnitBlock) -> None:
         InvalidRequest: Naming each attribute the serial states otherwise than the
             issuance of its units.
     """
-    stated = json.loads(attributes_to_json(claimed))
     own = claimed.id
     problems: list[str] = []
     for event in trace.events:
         if event.kind != "issuance":
             continue
         body = json.loads(event.leaf_data)
-        issued = block_id_from_dict(body["block"])
-        recorded = json.loads(body.get("attributes") or "{}")
+        if not body.get("attributes"):
+            continue
+        issued = block_from_parts(block_id_from_dict(body["block"]), body["attributes"])
         names: tuple[str, ...] = _CLAIMED
-        if (issued.program, issued.serial_series) == (own.program, own.serial_series):
+        if (issued.id.program, issued.id.serial_series) == (own.program, own.serial_series):
             names = (*_CLAIMED, "issuance_id")
         for name in names:
-            said, was = stated.get(name), recorded.get(name)
+            said, was = getattr(claimed, name), getattr(issued, name)
             if said and was and said != was:
                 problems.append(f"{name} {said} (issued as {was})")
     if problems:

@@ -107,6 +107,12 @@ def validate_entity(entity: CoveredEntity) -> None:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 
 
+def covered_twice(jurisdiction: str, year: int, pilot: str, national: str, first: int) -> bool:
+    """Whether ``jurisdiction``'s ``year`` falls on the wrong side of a move from ``pilot``
+    to ``national`` from ``first``: a pilot year from then on, or a national year before."""
+    return (jurisdiction == pilot and year >= first) or (jurisdiction == national and year < first)
+
+
 def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
     """A migrated (or migrating) entity's years stay on their side of its first year: a
     pilot year from then on, or a national year before it, would be a year that two
@@ -129,8 +135,7 @@ def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
         )
         for pilot, national, first in moves
         for i, year in enumerate(entity.years)
-        if (year.jurisdiction == pilot and year.compliance_year >= first)
-        or (year.jurisdiction == national and year.compliance_year < first)
+        if covered_twice(year.jurisdiction, year.compliance_year, pilot, national, first)
     ]
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)

@@ -46,7 +46,7 @@ from registry_bridge.block_json import (
     block_to_json,
 )
 from registry_bridge.bridge import ORIGIN_REGISTRY, Bridge
-from registry_bridge.covered_entities import CoveredEntity, get_entity
+from registry_bridge.covered_entities import CoveredEntity, covered_twice, get_entity
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import (
     FailedPrecondition,
@@ -619,7 +619,7 @@ class Migrations:
             )
         elif request.first_year > first:
             # Not blocking: an entity can enter the national ETS after its sector did (its
-            # emissions crossed the threshold later), and then stays in the pilot until.
+            # emissions crossed the threshold later), and stays in the pilot until then.
             warnings.append(
                 _violation(
                     LATE_FIRST_YEAR,
@@ -708,16 +708,14 @@ class Migrations:
         for record in session.execute(
             sa.select(EntityYearRecord).where(EntityYearRecord.entity_id == request.entity_id)
         ).scalars():
-            if record.jurisdiction == pilot and record.compliance_year >= first:
-                twice.append((pilot, record.compliance_year, "has a compliance year recorded"))
-            if record.jurisdiction == national and record.compliance_year < first:
-                twice.append((national, record.compliance_year, "has a compliance year recorded"))
+            if covered_twice(record.jurisdiction, record.compliance_year, pilot, national, first):
+                twice.append(
+                    (record.jurisdiction, record.compliance_year, "has a compliance year recorded")
+                )
         for jurisdiction in (pilot, national):
-            for year in _surrendered(session, request.entity_id, jurisdiction):
-                if (jurisdiction == pilot and year >= first) or (
-                    jurisdiction == national and year < first
-                ):
-                    twice.append((jurisdiction, year, "has surrenders"))
+            for surrendered in _surrendered(session, request.entity_id, jurisdiction):
+                if covered_twice(jurisdiction, surrendered, pilot, national, first):
+                    twice.append((jurisdiction, surrendered, "has surrenders"))
         for jurisdiction, year, what in sorted(set(twice)):
             blocking.append(
                 _violation(

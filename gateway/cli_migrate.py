@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print
+from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print, _usage
 from registry_bridge.covered_entities import parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
@@ -111,11 +111,7 @@ def _import(args: argparse.Namespace) -> int:
         except InvalidRequest as exc:
             bad.append(f"entities[{i}] ({entity.entity_id or 'no id'}): {exc}")
     if bad:
-        print(
-            f"carbonlink entity import: {args.file}: nothing imported: " + "; ".join(bad),
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _usage("entity import", f"{args.file}: nothing imported: " + "; ".join(bad))
     batch = args.request_id or uuid.uuid4().hex
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:

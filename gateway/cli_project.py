@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import yaml
 from google.protobuf import json_format
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print
+from gateway.cli_client import EXIT_OK, EXIT_REFUSED, _call, _common, _print, _usage
 
 _JURISDICTIONS = ("shenzhen", "guangdong", "national")
 
@@ -57,8 +56,7 @@ def _list(args: argparse.Namespace) -> int:
     try:
         project = _read_project(Path(args.file))
     except ValueError as exc:
-        print(f"carbonlink project list: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("project list", str(exc))
     request = gateway_pb2.ListProjectRequest(
         request_id=args.request_id or uuid.uuid4().hex,
         project=project,

@@ -65,7 +65,7 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
 """Roles accepted by each RPC of the gateway service (by method name)."""
 
 
-READ_EVERY_TRANSFER = frozenset({"auditor", "regulator"})
+READ_EVERYTHING = frozenset({"auditor", "regulator"})
 """Roles that read every transfer and migration; the others only their own accounts' and
 entities'."""
 
@@ -113,7 +113,7 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
     if isinstance(request, gateway_pb2.ExecuteMigrationRequest):
         entity = ("plan.entity_id", request.plan.entity_id)
     elif isinstance(request, gateway_pb2.PlanMigrationRequest) and not (
-        principal.roles & READ_EVERY_TRANSFER
+        principal.roles & READ_EVERYTHING
     ):
         entity = ("entity_id", request.entity_id)
     if entity is not None and entity[1] not in principal.entities:
@@ -133,7 +133,7 @@ _readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.
 @contextlib.contextmanager
 def reading_as(principal: Principal) -> Iterator[None]:
     """Scope the transfer reads of the block to what ``principal`` may see."""
-    everything = bool(principal.roles & READ_EVERY_TRANSFER)
+    everything = bool(principal.roles & READ_EVERYTHING)
     token = _readable.set(None if everything else frozenset(principal.accounts))
     entities = _readable_entities.set(None if everything else frozenset(principal.entities))
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -46,14 +49,32 @@ def stored(database_url: str) -> Iterator[tuple[sa.Engine, list[bytes]]]:
         engine.dispose()
 
 
-def _count_statements(engine: sa.Engine) -> list[str]:
+@contextmanager
+def _driver_statements(session: Session) -> Iterator[list[str]]:
+    """Every statement the session's driver connection sends while the block runs.
+
+    At the driver, not SQLAlchemy's ``before_cursor_execute``: proofs run their fixed
+    text on the driver's own cursor, which SQLAlchemy's events never see.
+    """
     seen: list[str] = []
+    driver = session.connection().connection.driver_connection
+    if isinstance(driver, sqlite3.Connection):
+        driver.set_trace_callback(seen.append)  # the text with its values bound
+        try:
+            yield seen
+        finally:
+            driver.set_trace_callback(None)
+        return
+    original = psycopg.Cursor.execute
 
-    def record(*args: Any) -> None:
-        seen.append(str(args[2]))
+    def record(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if cursor.connection is driver:
+            seen.append(str(query))
+        return original(cursor, query, *args, **kwargs)
 
-    sa.event.listen(engine, "before_cursor_execute", record)
-    return seen
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(psycopg.Cursor, "execute", record)
+        yield seen
 
 
 def test_cache_grows_incrementally_and_answers_any_size(
@@ -88,9 +109,9 @@ def test_a_proof_is_one_statement_that_never_reads_the_log(
         merkle.extend_cache(session, SIZE)
     with Session(engine) as session:
         session.connection()  # the transaction's BEGIN is not the proofs' business
-        statements = _count_statements(engine)
-        merkle.inclusion_proof(session, 2_345, SIZE)
-        merkle.consistency_proof(session, 1_234, SIZE)
+        with _driver_statements(session) as statements:
+            merkle.inclusion_proof(session, 2_345, SIZE)
+            merkle.consistency_proof(session, 1_234, SIZE)
     # Every node of a proof (leaf siblings and cached subtrees) in one round trip.
     assert len(statements) == 2
     assert not any("ledger_events.idx >=" in s for s in statements)
@@ -104,22 +125,12 @@ def test_sqlite_probes_the_primary_keys_instead_of_scanning(
         pytest.skip("SQLite's planner only: it scanned merkle_nodes for a row-value IN")
     with Session(engine) as session, session.begin():
         merkle.extend_cache(session, SIZE)
-    executed: list[tuple[str, Any]] = []
-
-    def record(*args: Any) -> None:
-        executed.append((args[2], args[3]))
-
     with Session(engine) as session:
         session.connection()
-        sa.event.listen(engine, "before_cursor_execute", record)
-        merkle.inclusion_proof(session, 2_345, SIZE)
-        sa.event.remove(engine, "before_cursor_execute", record)
-        [(statement, parameters)] = executed
-        plan = (
-            session.connection()
-            .exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
-            .all()
-        )
+        with _driver_statements(session) as executed:
+            merkle.inclusion_proof(session, 2_345, SIZE)
+        [statement] = executed
+        plan = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement).all()
     details = [str(row[-1]) for row in plan]
     assert not any(d.startswith("SCAN") for d in details), details
     assert any("merkle_nodes USING" in d for d in details), details

@@ -26,7 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from registry_bridge.db import before_deferred_inserts, read_plain, read_plain_in, run_plain_many
+from registry_bridge.db import (
+    before_deferred_inserts,
+    insert_rows,
+    read_plain,
+    read_plain_in,
+    run_plain_many,
+)
 
 
 class PlainRow:
@@ -45,12 +51,12 @@ class PlainRow:
     KEY: ClassVar[str] = "id"
     SELECT: ClassVar[sa.Select[Any]]
     """Every column, labelled with its attribute name: add a WHERE to read rows."""
-    _INSERT: ClassVar[sa.Insert]
     _UPDATE: ClassVar[sa.Update]
     # C getters of the changeable and of all attributes, each as a tuple: a batch's
     # write reads them for tens of thousands of rows.
     _changeable: ClassVar[Callable[[Any], tuple[Any, ...]]]
     _all: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    _column_names: ClassVar[tuple[str, ...]]
     _book: _Book | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -61,9 +67,7 @@ class PlainRow:
         cls._changeable = operator.attrgetter(*cls.CHANGEABLE)
         cls._all = operator.attrgetter(*columns)
         cls.SELECT = sa.select(*(table.c[c].label(a) for a, c in columns.items()))
-        cls._INSERT = table.insert().values(
-            {c: sa.bindparam(a, type_=table.c[c].type) for a, c in columns.items()}
-        )
+        cls._column_names = tuple(columns.values())
         key_column = table.c[columns[cls.KEY]]
         cls._UPDATE = (
             table.update()
@@ -103,8 +107,9 @@ class PlainRow:
         for name, value in zip(self.CHANGEABLE, values, strict=True):
             object.__setattr__(self, name, value)
 
-    def values(self) -> dict[str, Any]:
-        return dict(zip(self.COLUMNS, type(self)._all(self), strict=True))
+    def column_values(self) -> dict[str, Any]:
+        """The row as its table's columns name them."""
+        return dict(zip(self._column_names, type(self)._all(self), strict=True))
 
 
 Row = TypeVar("Row", bound=PlainRow)
@@ -155,7 +160,9 @@ class _Book:
         # Taken off before writing: a write that fails leaves them to the rollback.
         self.new, self.changed = {}, {}
         run_plain_many(session, kind._UPDATE, updates)
-        run_plain_many(session, kind._INSERT, [row.values() for _, row in new])
+        # Through insert_rows: a batch step's thousands of new rows are one COPY on
+        # PostgreSQL, as its deferred rows are.
+        insert_rows(session, kind.TABLE, [row.column_values() for _, row in new])
         for key, row in (*changed, *new):
             self.written[key] = row.changeable()
 

@@ -7,13 +7,15 @@ one else's; a row changed after its transaction ended is not written anywhere.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import db, transfer_rows
+from registry_bridge import db, plain_rows, transfer_rows
 from registry_bridge.schema import TransferRecord, TransferStepRecord
 from registry_bridge.transfer_rows import TransferRow
 
@@ -258,3 +260,30 @@ def test_a_write_that_fails_in_a_savepoint_is_undone_with_it(
         assert transfer_rows.lock(session, ["t2"]) == {}
         row.failure_reason = "after the savepoint"
     assert _stored(sessions) == {"t1": ("PROPOSED", "after the savepoint", None)}
+
+
+def test_many_new_rows_read_back_as_given_and_are_copied_on_postgresql(
+    database_url: str, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies: list[str] = []
+    copy = psycopg.Cursor.copy
+
+    def counted(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
+        copies.append(str(statement))
+        return copy(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", counted)
+    east = timezone(timedelta(hours=8))
+    rows = []
+    for n in range(db.COPY_MIN_ROWS + 5):
+        row = _row(f"t{n:03}", state="CHECKED")
+        row.failure_reason = ("a\tb", "line\nbreak", "back\\slash", "\\N", "碳")[n % 5]
+        row.lock_expires_at = None if n % 2 else datetime(2026, 11, 27, 8, n % 60, tzinfo=east)
+        rows.append(row)
+    with db.unit_of_work(sessions) as session:
+        for row in rows:
+            transfer_rows.add(session, row)
+        plain_rows.write(session, TransferRow)  # outside a pipeline, as a batch step's are
+    assert _stored(sessions) == {r.id: (r.state, r.failure_reason, r.lock_expires_at) for r in rows}
+    on_postgresql = database_url.startswith("postgresql")
+    assert [c.split(" (")[0] for c in copies] == (["COPY transfers"] if on_postgresql else [])

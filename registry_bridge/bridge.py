@@ -548,8 +548,11 @@ _IMPORTED_STATUSES = frozenset(
 """Registry holdings the ledger records when it learns them (see ``import_registry``)."""
 
 
-_USE_START_ATTEMPTS = 5
-"""Transactions a use's start may take when concurrent writers keep winning its rows."""
+_USE_START_PATIENCE_SECONDS = 10.0
+"""How long a use's start tries again while concurrent writers keep winning its rows.
+
+A time, not a count of attempts: each round one of the contenders wins, so n of them
+all finish within n rounds, and a count below n failed the unluckiest for no reason."""
 
 
 class Bridge:
@@ -2101,7 +2104,10 @@ class Bridge:
         """
         self._validate_use(request_id, request)
         digest = body_digest(request.canonical())
-        for attempt in range(1, _USE_START_ATTEMPTS + 1):
+        give_up_at = time.monotonic() + _USE_START_PATIENCE_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 use_id = self._start_or_find_use(request_id, request, digest)
                 break
@@ -2109,9 +2115,9 @@ class Bridge:
                 # Another writer changed a row this use reads (a concurrent retirement of
                 # another part of the same holding): nothing was kept, so it starts again
                 # on the rows as they are now.
-                if attempt == _USE_START_ATTEMPTS:
+                if time.monotonic() >= give_up_at:
                     raise
-                time.sleep(random.uniform(0, 0.02 * attempt))
+                time.sleep(random.uniform(0, min(0.1, 0.01 * attempt)))
         self._finish_use(use_id)
         return self.get_use(use_id)
 

@@ -102,13 +102,13 @@ SECTOR_YEAR_UNCONFIRMED = "CL-MIGRATION-0012"
 NO_DISPOSITION_RULE = "CL-MIGRATION-0013"
 """A warning: the pack says nothing about a program held; the units stay where they are."""
 UNCONFIRMED_DISPOSITION = "CL-MIGRATION-0014"
+"""A warning: a disposition rests on a pack parameter marked unconfirmed."""
 IRREVERSIBLE_UNCONFIRMED = "CL-MIGRATION-0015"
 """A cancellation rests on an unconfirmed disposition the entity has not acknowledged."""
 LATE_FIRST_YEAR = "CL-MIGRATION-0016"
-"""The first national year is after the sector's: the years between stay in the pilot."""
+"""A warning: the first national year is after the sector's; the years between stay in the pilot."""
 DUE_BELOW_VERIFIED = "CL-MIGRATION-0017"
-"""The final pilot year's allowances due are below its verified emissions."""
-"""A warning: a disposition rests on a pack parameter marked unconfirmed."""
+"""A warning: the final pilot year's allowances due are below its verified emissions."""
 
 STEP_STATES = ("pending", "applied", "done", "failed")
 
@@ -1329,6 +1329,9 @@ def _step_view(record: MigrationStepRecord) -> MigrationStep:
 __all__ = [
     "ALREADY_MIGRATING",
     "DISPOSITION_REFUSED",
+    "DUE_BELOW_VERIFIED",
+    "IRREVERSIBLE_UNCONFIRMED",
+    "LATE_FIRST_YEAR",
     "MIGRATED_OUT",
     "NO_DESTINATION_ACCOUNT",
     "NO_DISPOSITION_RULE",

@@ -61,7 +61,7 @@ from registry_bridge.errors import (
 )
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import HoldingStatus
-from registry_bridge.port import CancelRequest, RegistryPort
+from registry_bridge.port import CancelRequest, ListHoldingsRequest, RegistryPort
 from registry_bridge.rules_gate import (
     MARKET_TIME,
     MIGRATED_OUT,
@@ -109,6 +109,10 @@ LATE_FIRST_YEAR = "CL-MIGRATION-0016"
 """A warning: the first national year is after the sector's; the years between stay in the pilot."""
 DUE_BELOW_VERIFIED = "CL-MIGRATION-0017"
 """A warning: the final pilot year's allowances due are below its verified emissions."""
+PILOT_ACCOUNT_UNKNOWN = "CL-MIGRATION-0018"
+"""The pilot registry knows no account the entity is recorded with there (or is not wired,
+so it cannot be asked): a plan against that account would leave the entity's real pilot
+holdings behind."""
 
 STEP_STATES = ("pending", "applied", "done", "failed")
 
@@ -455,16 +459,23 @@ class Migrations:
     def plan(self, request: MigrationRequest) -> MigrationPlan:
         """Dry run of a migration: nothing changes.
 
+        The pilot registry is asked once whether it knows the entity's account there
+        (``PILOT_ACCOUNT_UNKNOWN`` blocks the plan when it does not).
+
         Raises:
             InvalidRequest: The request is malformed.
             NotFound: The entity is not recorded.
+            RegistryUnavailable: The pilot registry could not be asked about the account.
         """
         self._validate(request)
         with unit_of_work(self._sessions) as session:
-            plan, checks = self._plan(session, request, own_migration="")
-        # The bridge's dry run opens its own transaction: never inside ours (SQLite has one
+            plan, pilot, checks = self._plan(session, request, own_migration="")
+        # The registry call and the bridge's dry run run outside our transaction: no
+        # transaction waits on a registry, and the dry run opens its own (SQLite has one
         # writer, and a second BEGIN IMMEDIATE from this thread would wait on the first).
         refused: list[RuleViolation] = []
+        if pilot is not None:
+            self._check_pilot_account(request.entity_id, pilot, refused)
         for row, source, destination in checks:
             self._check_transfer(row, source, destination, refused)
         if not refused:
@@ -482,7 +493,11 @@ class Migrations:
 
     def _plan(
         self, session: Session, request: MigrationRequest, own_migration: str
-    ) -> tuple[MigrationPlan, list[tuple[LedgerHolding, AccountRef, AccountRef]]]:
+    ) -> tuple[
+        MigrationPlan, AccountRef | None, list[tuple[LedgerHolding, AccountRef, AccountRef]]
+    ]:
+        """The plan as the ledger sees it, the pilot account the registry must confirm (None
+        when none is recorded: a violation says so), and the transfers to dry-run."""
         entity = get_entity(session, request.entity_id)
         source_registry = request.from_jurisdiction
         destination_registry = request.to_jurisdiction
@@ -542,9 +557,10 @@ class Migrations:
             )
 
         source_account = entity.accounts.get(source_registry)
+        pilot = None if source_account is None else AccountRef(source_registry, source_account)
         dispositions: list[PlannedDisposition] = []
         checks: list[tuple[LedgerHolding, AccountRef, AccountRef]] = []
-        if source_account is None:
+        if pilot is None:
             blocking.append(
                 _violation(
                     NO_DESTINATION_ACCOUNT,
@@ -558,7 +574,7 @@ class Migrations:
                 dispositions = self._dispositions(
                     session,
                     request,
-                    AccountRef(source_registry, source_account),
+                    pilot,
                     entity,
                     rules,
                     blocking,
@@ -575,7 +591,7 @@ class Migrations:
             warnings=tuple(warnings),
             pack_version=pack_version,
         )
-        return plan, checks
+        return plan, pilot, checks
 
     @staticmethod
     def _check_sector(
@@ -862,6 +878,39 @@ class Migrations:
                     )
         return out
 
+    def _check_pilot_account(
+        self, entity_id: str, account: AccountRef, blocking: list[RuleViolation]
+    ) -> None:
+        """The pilot registry must know the account the entity is recorded with there.
+
+        The port has no account lookup: a registry knows an account by the units it holds
+        in it, whatever their state (a covered entity's pilot account holds at least its
+        allocations, surrendered or not). One call per plan, however many units it holds.
+        """
+        details = (("registry", account.registry), ("account", account.account))
+        port = self._registries.get(account.registry)
+        if port is None:
+            blocking.append(
+                _violation(
+                    PILOT_ACCOUNT_UNKNOWN,
+                    f"the {account.registry} registry is not wired in this gateway, so "
+                    f"account {account.account} (recorded for {entity_id}) cannot be "
+                    "confirmed there",
+                    *details,
+                )
+            )
+        elif not port.list_holdings(ListHoldingsRequest(account=account.account)):
+            blocking.append(
+                _violation(
+                    PILOT_ACCOUNT_UNKNOWN,
+                    f"the {account.registry} registry knows no account {account.account} "
+                    f"(recorded for {entity_id}): it holds no units there, so the entity's "
+                    f"pilot holdings cannot be found; correct its {account.registry} account "
+                    "(UpsertCoveredEntity) before migrating",
+                    *details,
+                )
+            )
+
     def _check_transfer(
         self,
         row: LedgerHolding,
@@ -896,6 +945,8 @@ class Migrations:
             NotFound: The entity is not recorded.
             RequestIdConflict: The request id was used for another migration.
             FailedPrecondition: The plan has blocking violations (nothing was recorded).
+            RegistryUnavailable: The pilot registry could not be asked about the entity's
+                account (nothing was recorded).
         """
         if not request_id or len(request_id) > 128:
             raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
@@ -1338,6 +1389,7 @@ __all__ = [
     "NO_FINAL_YEAR",
     "NO_MIGRATION_RULES",
     "PENDING_OPERATIONS",
+    "PILOT_ACCOUNT_UNKNOWN",
     "PILOT_COVERED",
     "SECTOR_NOT_COVERED_YET",
     "SECTOR_YEAR_UNCONFIRMED",

@@ -8,13 +8,17 @@ an offset from being used twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
@@ -31,6 +35,8 @@ from gateway.demo_migration import (
 )
 from gateway.server import GatewayServer
 from registry_bridge import db, invariants
+from registry_bridge.errors import FailedPrecondition
+from registry_bridge.migration import MigrationRequest, Migrations
 from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import RegistryPort
 from registry_bridge.schema import MigrationRecord, MigrationStepRecord
@@ -356,6 +362,179 @@ def test_every_blocking_violation_is_listed(world: World) -> None:
             timeout=30,
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _unknown_to_the_pilot(world: World, case: str) -> PilotEntity:
+    """An entity recorded in the gateway whose Shenzhen account the registry does not know.
+
+    ``typo``: a settled steel entity, recorded again with a mistyped Shenzhen account.
+    ``unknown``: an entity the pilot registry never heard of, recorded as owing nothing,
+    so that nothing else would stop its migration.
+    """
+    if case == "typo":
+        steel = pilot_entity("steel-04", "steel", 2023, 7_000_000)
+        _seeded(world, steel)
+        typo = dataclasses.replace(steel, shenzhen_account="sz-steel-O4")
+        record_entity(world.stub, typo)
+        return typo
+    ghost = pilot_entity("ghost-01", "steel", 2023, 8_000_000)
+    record_entity(world.stub, ghost)
+    _record_steel_year(world, "ghost-01-due", "ghost-01", "shenzhen", 2023, 0, 0)
+    return ghost
+
+
+def _migration_count(world: World) -> int:
+    engine = db.create_engine(world.database_url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count()).select_from(MigrationRecord)
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("case", ["typo", "unknown"])
+def test_an_account_the_pilot_registry_does_not_know_is_refused_before_anything_changes(
+    world: World, case: str
+) -> None:
+    entity = _unknown_to_the_pilot(world, case)
+    before = statuses(world.ports["shenzhen"], entity.sza.id)
+
+    plan = world.stub.PlanMigration(
+        migration_request(entity, acknowledged=[ACCEPT_UNCONFIRMED]), timeout=60
+    )
+    assert not plan.executable
+    [unknown] = plan.blocking_violations
+    assert unknown.rule_id == "CL-MIGRATION-0018"
+    assert unknown.message.startswith(
+        f"the shenzhen registry knows no account {entity.shenzhen_account} "
+        f"(recorded for {entity.entity_id})"
+    )
+    assert dict(unknown.details) == {"registry": "shenzhen", "account": entity.shenzhen_account}
+
+    with pytest.raises(grpc.RpcError) as refused:
+        _execute(world, entity)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"CL-MIGRATION-0018: {unknown.message}" in (refused.value.details() or "")
+    status = rpc_status.from_call(refused.value)
+    assert status is not None
+    failure = error_details_pb2.PreconditionFailure()
+    assert status.details[0].Unpack(failure)
+    assert [(v.type, v.subject) for v in failure.violations] == [("MIGRATION", "CL-MIGRATION-0018")]
+
+    # Nothing changed: no migration is recorded, and the pilot's units are as they were.
+    assert _migration_count(world) == 0
+    assert statuses(world.ports["shenzhen"], entity.sza.id) == before
+    world.check_invariants()
+
+
+def test_once_its_account_is_corrected_the_refused_entity_migrates(world: World) -> None:
+    typo = _unknown_to_the_pilot(world, "typo")
+    with pytest.raises(grpc.RpcError):
+        _execute(world, typo)
+    steel = dataclasses.replace(typo, shenzhen_account="sz-steel-04")
+    record_entity(world.stub, steel)
+    migration = _execute(world, steel)
+    assert migration.state == "completed", migration.failure_reason
+    sza = steel.sza.id
+    assert (
+        statuses(world.ports["shenzhen"], sza)[(sza.serial_start + 46_000, sza.serial_end)]
+        == HoldingStatus.CANCELLED
+    )
+    world.check_invariants()
+
+
+def test_a_pilot_registry_the_gateway_is_not_wired_to_cannot_confirm_the_account(
+    world: World,
+) -> None:
+    steel = pilot_entity("steel-06", "steel", 2023, 10_000_000)
+    _seeded(world, steel)
+    national_only = Migrations(
+        world.server.bridge,
+        {"national": world.ports["national"]},
+        clock=world.server.migrations.now,
+    )
+    request = MigrationRequest(
+        "steel-06", "shenzhen", "national", 2024, frozenset({ACCEPT_UNCONFIRMED})
+    )
+    plan = national_only.plan(request)
+    [unwired] = plan.blocking
+    assert unwired.rule_id == "CL-MIGRATION-0018"
+    assert unwired.message == (
+        "the shenzhen registry is not wired in this gateway, so account sz-steel-06 "
+        "(recorded for steel-06) cannot be confirmed there"
+    )
+    with pytest.raises(FailedPrecondition, match="CL-MIGRATION-0018"):
+        national_only.execute("migrate-steel-06", request)
+    assert _migration_count(world) == 0
+
+
+def test_a_pilot_registry_that_does_not_answer_is_unavailable_and_nothing_is_recorded(
+    world: World, pilot_registries: dict[str, RunningEmulator]
+) -> None:
+    steel = pilot_entity("steel-07", "steel", 2023, 11_000_000)
+    _seeded(world, steel)
+    pilot_registries["shenzhen"].stop(grace=0)
+    with pytest.raises(grpc.RpcError) as planned:
+        world.stub.PlanMigration(
+            migration_request(steel, acknowledged=[ACCEPT_UNCONFIRMED]), timeout=60
+        )
+    with pytest.raises(grpc.RpcError) as executed:
+        _execute(world, steel)
+    for caught in (planned, executed):
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "registry shenzhen unavailable" in (caught.value.details() or "")
+    assert _migration_count(world) == 0
+
+
+def test_a_plan_asks_the_pilot_registry_once_whatever_the_entity_holds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account check is one lookup per plan, not a round trip per unit."""
+    steel = pilot_entity("steel-05", "steel", 2023, 9_000_000)
+    _seeded(world, steel)
+    calls: list[tuple[str, str]] = []
+    for registry, port in world.server.adapters.items():
+        for name in _PORT_CALLS:
+            monkeypatch.setattr(port, name, _recording(calls, registry, name, getattr(port, name)))
+    plan = world.stub.PlanMigration(
+        migration_request(steel, acknowledged=[ACCEPT_UNCONFIRMED]), timeout=60
+    )
+    assert plan.executable, list(plan.blocking_violations)
+    assert len(plan.dispositions) == 3  # SZA, SZ-CI and the CCER mirror
+    assert calls == [("shenzhen", "list_holdings")]
+
+
+_PORT_CALLS = (
+    "issue",
+    "block_status",
+    "lock",
+    "unlock",
+    "finalize",
+    "credit",
+    "retire",
+    "surrender",
+    "cancel",
+    "list_holdings",
+    "totals",
+    "lock_many",
+    "credit_many",
+    "finalize_many",
+)
+"""Every call of :class:`~registry_bridge.port.RegistryPort` that reaches a registry."""
+
+
+def _recording(
+    calls: list[tuple[str, str]], registry: str, name: str, call: Callable[..., Any]
+) -> Callable[..., Any]:
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append((registry, name))
+        return call(*args, **kwargs)
+
+    return recorded
 
 
 def test_bad_requests_name_the_field(world: World) -> None:

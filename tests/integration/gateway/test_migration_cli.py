@@ -82,6 +82,44 @@ def test_import_plan_and_execute_from_the_command_line(
         assert main(["migrate", "plan", *blocked, *common]) == 1
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_command_line_names_an_entity_the_pilot_registry_does_not_know(
+    database_url: str,
+    pilot: LinkedRegistries,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Recorded at the gateway, owing nothing, but never seen by the Shenzhen registry.
+    ghost = CoveredEntity(
+        entity_id="ghost-cli",
+        display_name="Ghost Co.",
+        sector="steel",
+        gases=("CO2",),
+        accounts={"shenzhen": "sz-ghost-cli", "national": "cn-ghost-cli"},
+        years=(ComplianceYear("shenzhen", 2023, 0, 0),),
+    )
+    export = tmp_path / "entities.json"
+    export.write_text(json.dumps({"entities": [entity_to_json(ghost)]}))
+    unknown = (
+        "CL-MIGRATION-0018: the shenzhen registry knows no account sz-ghost-cli "
+        "(recorded for ghost-cli): it holds no units there"
+    )
+    with _gateway(database_url, pilot) as (_, target):
+        common = ["--target", target, "--insecure"]
+        assert main(["entity", "import", str(export), *common]) == 0
+        capsys.readouterr()
+        args = ["--entity", "ghost-cli", "--from-year", "2024", *common]
+        assert main(["migrate", "plan", *args]) == 1
+        assert f"BLOCKED {unknown}" in capsys.readouterr().out
+        assert main(["migrate", "execute", *args]) == 1
+        refused = capsys.readouterr().err
+        assert refused.startswith("carbonlink: FAILED_PRECONDITION: the migration is blocked: ")
+        assert unknown in refused
+        # An entity the gateway has no record of is not found, by name.
+        assert main(["migrate", "plan", "--entity", "nobody", "--from-year", "2024", *common]) == 1
+        assert capsys.readouterr().err == "carbonlink: NOT_FOUND: entities/nobody not found\n"
+
+
 def test_an_import_file_with_a_bad_entity_imports_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,15 +86,16 @@ class SecureGateway:
 
 
 def start_secure_gateway(
-    pki: TlsLayout, database_url: str, **settings: Any
+    pki: TlsLayout, database_url: str, registries: Sequence[str] = WIRED, **settings: Any
 ) -> tuple[GatewayServer, dict[str, RunningEmulator], dict[str, RegistryPort]]:
-    """Emulators serving mutual TLS, and a gateway with every security setting on."""
+    """Emulators of ``registries`` serving mutual TLS, and a gateway with every security
+    setting on."""
     emulators = {
         r: start_emulator(
             REGISTRIES[r].emulator(),
             credentials=server_credentials(pki.registry_cert(r), pki.registry_key(r), pki.ca_cert),
         )
-        for r in WIRED
+        for r in registries
     }
     seeding = channel_credentials(
         pki.ca_cert, pki.client_cert("registry"), pki.client_key("registry")
@@ -116,10 +117,14 @@ def start_secure_gateway(
 
 @contextlib.contextmanager
 def running_secure_gateway(
-    pki: TlsLayout, database_url: str, **settings: Any
+    pki: TlsLayout, database_url: str, also_wired: Sequence[str] = (), **settings: Any
 ) -> Iterator[SecureGateway]:
-    """Start a secure gateway (with its emulators, the HK venue seeded); stop it after."""
-    server, emulators, ports = start_secure_gateway(pki, database_url, **settings)
+    """Start a secure gateway (with its emulators, the HK venue seeded); stop it after.
+
+    The gateway is wired to WIRED's registries and to ``also_wired``'s.
+    """
+    wired = (*WIRED, *also_wired)
+    server, emulators, ports = start_secure_gateway(pki, database_url, wired, **settings)
     try:
         gateway = SecureGateway(server, "", pki, ports, emulators)
         gateway.seed_venue()

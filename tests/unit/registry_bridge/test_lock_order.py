@@ -121,31 +121,34 @@ def test_a_deadlock_the_database_breaks_is_a_retryable_conflict(
     """Whichever way the statement ran, the aborted writer gets TransactionAborted (a
     LedgerConflict, which callers retry), never the driver's error."""
     first, second = _two_rows(postgres_sessions)
-    victim_outcome: list[BaseException | None] = []
+    waiter_outcome: list[BaseException | None] = []
 
-    def victim() -> None:
+    def waiter() -> None:
         try:
-            with db.unit_of_work(postgres_sessions) as v:
-                # Its wait is checked for a cycle first, so it is the one aborted.
-                v.execute(sa.text("SET LOCAL deadlock_timeout = '50ms'"))
-                lock(v, second.row_id)
+            with db.unit_of_work(postgres_sessions) as w:
+                w.execute(sa.text("SET LOCAL deadlock_timeout = '10s'"))
+                lock(w, second.row_id)
                 holds_second.set()
-                lock(v, first.row_id)
-            victim_outcome.append(None)
+                lock(w, first.row_id)
+            waiter_outcome.append(None)
         except BaseException as exc:  # reported to the test thread
-            victim_outcome.append(exc)
+            waiter_outcome.append(exc)
 
     holds_second = threading.Event()
-    with db.unit_of_work(postgres_sessions) as survivor:
-        survivor.execute(sa.text("SET LOCAL deadlock_timeout = '10s'"))
-        lock(survivor, first.row_id)
-        thread = threading.Thread(target=victim)
+    thread = threading.Thread(target=waiter)
+    with pytest.raises(TransactionAborted) as aborted, db.unit_of_work(postgres_sessions) as closer:
+        # PostgreSQL looks for a cycle once, deadlock_timeout into a wait. The closer's
+        # wait starts after the waiter's (checked below) and is looked at 50 ms in, when
+        # the cycle is there however slow the machine: it is the one aborted. (The other
+        # way round, a waiter looked at before the closer began to wait found no cycle.)
+        closer.execute(sa.text("SET LOCAL deadlock_timeout = '50ms'"))
+        lock(closer, first.row_id)
         thread.start()
         assert holds_second.wait(timeout=30)
         _wait_until_blocked(postgres_sessions, 1)
-        lock(survivor, second.row_id)
+        lock(closer, second.row_id)
     thread.join(timeout=30)
-    (error,) = victim_outcome
-    assert isinstance(error, TransactionAborted), error
+    assert waiter_outcome == [None]
+    error = aborted.value
     assert isinstance(error, LedgerConflict)
     assert "deadlock" in str(error)

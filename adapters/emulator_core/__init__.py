@@ -1,7 +1,7 @@
 """Shared machinery of the registry emulators: store, fault injection, server runner."""
 
 from adapters.client_core import REJECTION_CODE_KEY
-from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
+from adapters.emulator_core.faults import FaultConfig, FaultInterceptor, ScriptedRefusal
 from adapters.emulator_core.server import (
     EmulatorSpec,
     RunningEmulator,
@@ -43,6 +43,7 @@ __all__ = [
     "OperationRecord",
     "Rejection",
     "RunningEmulator",
+    "ScriptedRefusal",
     "Store",
     "StoredHolding",
     "UnitState",

@@ -13,9 +13,14 @@ gets the same faults without its servicer knowing:
 * ``crash_mid_batch_fraction``: a batch call commits only a leading part of its items
   (cut at a random item), then its reply is lost as with a crash after commit, as a
   registry that commits item by item and dies mid-batch would; calls that are not
-  batches are left alone.
+  batches are left alone;
+* ``refusals``: chosen calls of a named method are refused with a chosen status before
+  they are handled (say, the first two ``ListAccountHoldings`` with UNAVAILABLE), for a
+  test that needs one read to fail exactly so many times and then answer.
 
-Draws come from one RNG seeded by ``seed``, so a test's faults repeat exactly.
+Draws come from one RNG seeded by ``seed``, so a test's faults repeat exactly.  A call a
+scripted refusal answers draws nothing, so the fractions meet the same draws with or
+without refusals configured.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,59 @@ import yaml
 
 # Exit status of a standalone emulator killed by an injected crash (EX_SOFTWARE).
 _CRASH_EXIT_STATUS = 70
+
+
+@dataclass(frozen=True)
+class ScriptedRefusal:
+    """Calls ``after + 1`` to ``after + calls`` of one method, refused with one status."""
+
+    method: str
+    """The native RPC's name, as in its service (``ListAccountHoldings``)."""
+    code: str = "UNAVAILABLE"
+    """The gRPC status name the calls are refused with (``DEADLINE_EXCEEDED``...)."""
+    calls: int = 1
+    """How many consecutive calls of the method are refused."""
+    after: int = 0
+    """Calls of the method answered before the first refused one (counted from start)."""
+
+    def __post_init__(self) -> None:
+        if not self.method or "/" in self.method:
+            raise ValueError(
+                f"refusal method must be an RPC name without its service, got {self.method!r}"
+            )
+        if self.code == "OK" or self.code not in grpc.StatusCode.__members__:
+            raise ValueError(f"refusal code must name a gRPC error status, got {self.code!r}")
+        if self.calls < 1:
+            raise ValueError(f"refusal calls must be >= 1, got {self.calls}")
+        if self.after < 0:
+            raise ValueError(f"refusal after must be >= 0, got {self.after}")
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        """The status the calls are refused with."""
+        return grpc.StatusCode[self.code]
+
+    def refuses(self, number: int) -> bool:
+        """True when the method's ``number``-th call (from 1) is refused."""
+        return self.after < number <= self.after + self.calls
+
+    @classmethod
+    def from_mapping(cls, data: object) -> ScriptedRefusal:
+        """Build from a mapping, refusing unknown keys.
+
+        Raises:
+            ValueError: Not a mapping, an unknown key, or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a refusal must be a mapping, got {data!r}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown refusal settings: {', '.join(map(str, unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad refusal settings: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -56,6 +115,8 @@ class FaultConfig:
     """Standalone only: an injected crash exits the process instead of failing the call."""
     seed: int = 0
     """Seed of the fault RNG."""
+    refusals: tuple[ScriptedRefusal, ...] = ()
+    """Calls refused by method and number, whatever the RNG draws (see the module)."""
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
@@ -79,6 +140,7 @@ class FaultConfig:
             or self.crash_after_commit_fraction
             or self.duplicate_delivery_fraction
             or self.crash_mid_batch_fraction
+            or self.refusals
         )
 
     @classmethod
@@ -92,8 +154,14 @@ class FaultConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
+        settings = dict(data)
+        if "refusals" in settings:
+            listed = settings["refusals"]
+            if not isinstance(listed, list):
+                raise ValueError(f"refusals must be a list, got {listed!r}")
+            settings["refusals"] = tuple(ScriptedRefusal.from_mapping(item) for item in listed)
         try:
-            return cls(**data)
+            return cls(**settings)
         except TypeError as exc:
             raise ValueError(f"bad fault settings: {exc}") from exc
 
@@ -150,10 +218,23 @@ class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._config = config
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        """Calls so far per method with a scripted refusal (guarded by ``_rng_lock``)."""
 
     def _draw(self) -> tuple[float, float, float]:
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def _scripted(self, method: str) -> ScriptedRefusal | None:
+        """The refusal scripted for this call of ``method`` (``/service/Name``), if any."""
+        name = method.rsplit("/", 1)[-1]
+        scripted = [r for r in self._config.refusals if r.method == name]
+        if not scripted:
+            return None
+        with self._rng_lock:
+            self._calls[name] += 1
+            number = self._calls[name]
+        return next((r for r in scripted if r.refuses(number)), None)
 
     def _draw_batch_crash(self) -> _BatchCrash | None:
         # Drawn only when configured, so configurations without it see the same fault
@@ -175,10 +256,14 @@ class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
         inner = handler.unary_unary
         config = self._config
+        method = str(handler_call_details.method)
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             if config.latency_ms:
                 time.sleep(config.latency_ms / 1000)
+            refusal = self._scripted(method)
+            if refusal is not None:
+                context.abort(refusal.status, f"injected fault: scripted {refusal.code}")
             unavailable, duplicate, crash = self._draw()
             if unavailable < config.unavailable_fraction:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault: unavailable")

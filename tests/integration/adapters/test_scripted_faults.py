@@ -1,0 +1,54 @@
+"""Scripted refusals of an emulator, seen by a client without retries over real gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from adapters.emulator_core import FaultConfig, RunningEmulator, ScriptedRefusal, start_emulator
+from adapters.registry import REGISTRIES
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.port import ListHoldingsRequest, RegistryPort
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[RunningEmulator, RegistryPort]]:
+    """Verra refusing its second and third holdings listings, and its first totals."""
+    faults = FaultConfig(
+        refusals=(
+            ScriptedRefusal("ListAccountHoldings", calls=2, after=1),
+            ScriptedRefusal("GetRegistryTotals", "INVALID_ARGUMENT"),
+        )
+    )
+    running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
+    channel = grpc.insecure_channel(running.target)
+    try:
+        yield running, REGISTRIES["verra"].client(channel)
+    finally:
+        channel.close()
+        running.stop(grace=None)
+
+
+def test_the_scripted_calls_of_a_method_are_refused_and_no_others(
+    scripted: tuple[RunningEmulator, RegistryPort],
+) -> None:
+    _, client = scripted
+    listing = ListHoldingsRequest()
+    assert list(client.list_holdings(listing)) == []
+    for _ in range(2):
+        with pytest.raises(RegistryUnavailable, match="injected fault: scripted UNAVAILABLE"):
+            client.list_holdings(listing)
+    assert list(client.list_holdings(listing)) == []
+    assert list(client.list_holdings(listing)) == []
+
+
+def test_a_refusal_with_a_final_status_is_the_registry_refusing(
+    scripted: tuple[RunningEmulator, RegistryPort],
+) -> None:
+    _, client = scripted
+    with pytest.raises(RegistryRejected) as refused:
+        client.totals()
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert list(client.totals()) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
-from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
@@ -53,16 +53,28 @@ class LinkedRegistries:
         return block
 
 
-@pytest.fixture
-def registries() -> Iterator[LinkedRegistries]:
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in WIRED}
+@contextmanager
+def linked_registries(
+    faults: Mapping[str, FaultConfig] | None = None,
+) -> Iterator[LinkedRegistries]:
+    """The WIRED emulators (each with its ``faults``, if any), stopped afterwards."""
+    faults = faults or {}
+    emulators: dict[str, RunningEmulator] = {}
     try:
+        for r in WIRED:
+            emulators[r] = start_emulator(REGISTRIES[r].emulator(), faults=faults.get(r))
         yield LinkedRegistries(
             emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
         )
     finally:
         for emulator in emulators.values():
             emulator.stop()
+
+
+@pytest.fixture
+def registries() -> Iterator[LinkedRegistries]:
+    with linked_registries() as linked:
+        yield linked
 
 
 @dataclass

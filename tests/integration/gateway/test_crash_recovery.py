@@ -20,12 +20,16 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from adapters.emulator_core import FaultConfig, start_emulator
-from adapters.registry import REGISTRIES, build_adapter
+from adapters.emulator_core import FaultConfig
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
-from tests.integration.gateway.conftest import WIRED, LinkedRegistries, free_port
+from tests.integration.gateway.conftest import (
+    WIRED,
+    LinkedRegistries,
+    free_port,
+    linked_registries,
+)
 
 FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
 
@@ -187,14 +191,8 @@ def faulty_registries() -> Iterator[LinkedRegistries]:
         duplicate_delivery_fraction=0.2,
         seed=7,
     )
-    emulators = {r: start_emulator(REGISTRIES[r].emulator(), faults=faults) for r in WIRED}
-    try:
-        yield LinkedRegistries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
-        )
-    finally:
-        for emulator in emulators.values():
-            emulator.stop()
+    with linked_registries(dict.fromkeys(WIRED, faults)) as linked:
+        yield linked
 
 
 @pytest.mark.parametrize("crash_after", ["SOURCE_LOCKED", "DESTINATION_CREDITED"])

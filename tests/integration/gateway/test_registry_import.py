@@ -4,22 +4,30 @@ have been left in, and again at every import interval."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, MutableMapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import date
+from typing import Any
 
 import grpc
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from adapters.serials import parse_serial
 from registry_bridge import db, ledger
-from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.port import IssueRequest, RetireRequest
 from tests.integration.gateway.conftest import (
     VERRA_SERIAL,
     LinkedRegistries,
     LiveGateway,
+    linked_registries,
     running_gateway,
 )
 
@@ -28,9 +36,11 @@ START = ISSUED.id.serial_start
 
 
 def _gateway(
-    database_url: str, registries: LinkedRegistries, import_every: float = 60.0
+    database_url: str, registries: LinkedRegistries, import_every: float = 60.0, **settings: Any
 ) -> AbstractContextManager[LiveGateway]:
-    return running_gateway(database_url, registries, registry_import_interval_seconds=import_every)
+    return running_gateway(
+        database_url, registries, registry_import_interval_seconds=import_every, **settings
+    )
 
 
 def _statuses(gateway: LiveGateway, block: BlockId) -> list[tuple[int, int, HoldingStatus]]:
@@ -120,3 +130,78 @@ def test_a_later_look_reads_the_ledger_only_for_what_changed(
         verra.issue(IssueRequest("issue-2", "issuer", dataclasses.replace(ISSUED, id=later)))
         assert gateway.server.import_registries()["verra"] == 1
         assert later in looked and ISSUED.id not in looked
+
+
+ATTEMPTS = 3
+"""The gateway's registry retry attempts in the fault tests (the first call included)."""
+
+SZA = UnitBlock(
+    BlockId(Program.SZA, "", 700_000_000, 700_000_099),
+    project_id="",
+    country="CN",
+    vintage_start=date(2024, 1, 1),
+    vintage_end=date(2024, 12, 31),
+)
+
+
+@contextmanager
+def _logged() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log event while open, whatever level earlier tests left the process's logging
+    at (the benchmarks set ``error``); that logging is restored afterwards."""
+    kept = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**kept)
+
+
+@contextmanager
+def _refusing_listings(
+    database_url: str, calls: int, after: int, issued_first: bool
+) -> Iterator[tuple[LinkedRegistries, LiveGateway]]:
+    """A gateway whose Verra refuses its holdings listings ``after + 1`` to
+    ``after + calls``; ``issued_first``: Verra issued ISSUED before the gateway started.
+    No periodic look runs during the test: the test looks itself."""
+    refusal = ScriptedRefusal("ListAccountHoldings", calls=calls, after=after)
+    with linked_registries({"verra": FaultConfig(refusals=(refusal,))}) as registries:
+        if issued_first:
+            registries.ports["verra"].issue(IssueRequest("issue-1", "issuer", ISSUED))
+        with _gateway(
+            database_url, registries, import_every=3600.0, registry_retry_attempts=ATTEMPTS
+        ) as gateway:
+            yield registries, gateway
+
+
+def test_a_listing_failing_transiently_at_start_up_is_retried(database_url: str) -> None:
+    with _refusing_listings(database_url, ATTEMPTS - 1, after=0, issued_first=True) as (_, gateway):
+        assert _statuses(gateway, ISSUED.id) == [
+            (START, ISSUED.id.serial_end, HoldingStatus.ACTIVE)
+        ]
+
+
+def test_a_registry_failing_every_attempt_is_skipped_named_and_imported_at_the_next_look(
+    database_url: str,
+) -> None:
+    # The start-up look lists Verra's holdings (call 1); the next look fails every attempt.
+    with _refusing_listings(database_url, ATTEMPTS, after=1, issued_first=False) as (
+        registries,
+        gateway,
+    ):
+        registries.ports["verra"].issue(IssueRequest("issue-1", "issuer", ISSUED))
+        registries.ports["shenzhen"].issue(IssueRequest("issue-sza", "sz-entity", SZA))
+        with _logged() as logs:
+            imported = gateway.server.import_registries()
+        # The registries that answered are imported; Verra is left for the next look.
+        assert imported == {"hkmo": 0, "shenzhen": 1}
+        skipped = [e for e in logs if e["event"] == "registry_import_skipped"]
+        assert [e["registry"] for e in skipped] == ["verra"]
+        assert skipped[0]["error"].startswith(
+            "registry verra unavailable: UNAVAILABLE: injected fault: scripted UNAVAILABLE"
+        )
+        assert _statuses(gateway, ISSUED.id) == []
+        assert gateway.server.import_registries()["verra"] == 1
+        assert _statuses(gateway, ISSUED.id) == [
+            (START, ISSUED.id.serial_end, HoldingStatus.ACTIVE)
+        ]

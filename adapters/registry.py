@@ -136,6 +136,19 @@ def entry(registry_id: str) -> RegistryEntry:
         raise NotFound(f"registry {registry_id}") from exc
 
 
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+"""Options of every adapter's channel.
+
+gRPC waits longer and longer between dials of an address that refuses it, up to two
+minutes by default: a registry back from an outage would stay unreachable, each retry of
+each call failing at once, long after it answers again.  A dial a second (a connection
+attempt to a registry that is down costs nothing) keeps that wait within the retries of
+one call (:class:`RetryPolicy`: about 1.5 s by default)."""
+
+
 def build_adapter(
     registry_id: str,
     target: str,
@@ -161,8 +174,8 @@ def build_adapter(
     """
     registry = entry(registry_id)
     channel = (
-        grpc.insecure_channel(target)
+        grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         if credentials is None
-        else grpc.secure_channel(target, credentials)
+        else grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
     )
     return RetryingRegistry(registry.client(channel, timeout_s), retry or RetryPolicy())

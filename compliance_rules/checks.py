@@ -396,6 +396,27 @@ class DoubleIssuanceProject(_SubjectCheck):
         return "reductions already issued elsewhere: " + "; ".join(sorted(clashes))
 
 
+class UseRefused(_SubjectCheck):
+    """Every unit is refused for the rule's uses: the pack lacks the list that would decide.
+
+    For a period (a scheme's phase) whose eligibility list is not in the pack, no program can
+    be shown eligible, so the use fails closed, naming what is missing, until the list is
+    added. It takes no ``programs`` filter: a use refused for some programs only is what
+    ``accepted_programs`` says.
+    """
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._missing = _str(spec.params, "missing")
+
+    def check(self, subject: Subject, ctx: Context) -> str | None:
+        return (
+            f"no unit can be shown eligible for {ctx.use.value} under the version in force from "
+            f"{ctx.version.effective_from}: the pack does not hold {self._missing} "
+            "(refused until it is added)"
+        )
+
+
 # --- block checks ---------------------------------------------------------------------------
 
 _OK: tuple[str, tuple[tuple[str, DetailValue], ...]] = ("", ())
@@ -726,6 +747,7 @@ KINDS: dict[str, type[_Check]] = {
     "date_window": DateWindow,
     "project_label_excluded": ProjectLabelExcluded,
     "double_issuance_project": DoubleIssuanceProject,
+    "use_refused": UseRefused,
     "block_label_required": BlockLabelRequired,
     "block_label_implies": BlockLabelImplies,
     "authorization": AuthorizationRequired,

@@ -6,7 +6,8 @@ JSON path rather than stopping at the first:
 1. the pack document against ``schemas/pack.schema.json``
    (``Draft202012Validator.check_schema`` first, then ``iter_errors``);
 2. semantics the schema cannot say: dates, ascending versions, unique rule ids, references
-   to named parameters, an ``accepted_programs`` rule for every use of a version;
+   to named parameters, an ``accepted_programs`` rule (or a ``use_refused`` rule, which
+   refuses every unit) for every use of a version;
 3. each rule's resolved ``params`` against the schema's ``$defs/params/<kind>``.
 
 A version's GWP basis names an IPCC report; its values come from the package's GWP data
@@ -298,11 +299,7 @@ def _build_version(
             )
         )
     if pack_doc["role"] == "scheme":
-        accepted = {u for r in rules if r.kind == "accepted_programs" for u in r.uses}
-        for missing in sorted(uses - accepted):
-            issues.append(
-                Issue(f"{base}.rules", f"no accepted_programs rule for use {missing.value!r}")
-            )
+        _check_uses_decided(rules, uses, base, issues)
     migration = (
         _build_migration(doc["migration"], parameters, index, issues)
         if "migration" in doc
@@ -319,6 +316,35 @@ def _build_version(
         rules=tuple(rules),
         migration=migration,
     )
+
+
+def _check_uses_decided(
+    rules: Sequence[RuleSpec], uses: frozenset[Use], base: str, issues: list[Issue]
+) -> None:
+    """Every use of a scheme version must say which units it accepts, or that it refuses all.
+
+    An ``accepted_programs`` rule names the programs accepted; a ``use_refused`` rule says
+    the version holds no eligibility list for the use, so every unit is refused. A use with
+    neither would be decided by whatever other rules happen to apply; a use with both would
+    accept programs the refusal makes moot, which is a contradiction in the pack.
+    """
+    accepted = {u for r in rules if r.kind == "accepted_programs" for u in r.uses}
+    refused = {u for r in rules if r.kind == "use_refused" for u in r.uses}
+    for missing in sorted(uses - accepted - refused):
+        issues.append(
+            Issue(
+                f"{base}.rules",
+                f"no accepted_programs or use_refused rule for use {missing.value!r}",
+            )
+        )
+    for both in sorted(accepted & refused):
+        issues.append(
+            Issue(
+                f"{base}.rules",
+                f"use {both.value!r} has both an accepted_programs and a use_refused rule: "
+                "a refused use accepts no program",
+            )
+        )
 
 
 def _build_gwp(doc: Mapping[str, Any], path: str, issues: list[Issue]) -> GwpBasis | None:

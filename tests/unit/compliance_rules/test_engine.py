@@ -221,6 +221,47 @@ def test_non_co2_without_a_usable_basis_is_refused_with_the_reason() -> None:
     assert evaluate_transfer(pack, co2, CLOCK).allowed
 
 
+_REFUSING_PACK = """
+pack: refusing
+title: A phase without an eligibility list
+rule_id_prefix: CR-DEMO-
+role: scheme
+versions:
+  - effective_from: 2027-01-01
+    description: A phase whose eligible-units list is not in the pack.
+    uses: [corsia]
+    gwp: {report: IPCC AR5, horizon_years: 100, confidence: unconfirmed, note: n}
+    rules:
+      - id: CR-DEMO-0001
+        kind: use_refused
+        message: No eligible-units list for the phase
+        source: {document: d, clause: c, confidence: secondary}
+        uses: [corsia]
+        params: {missing: the phase's eligible-units list}
+"""
+
+
+def test_a_use_refused_rule_refuses_every_unit_and_names_what_is_missing() -> None:
+    pack = load_pack_text(_REFUSING_PACK, origin="refusing")
+    vcs = Block(BlockRef("VCS", "", 1, 10), Project("VCS", "1748", "ID"), YEAR)
+    blocks = (ccer(1, 10), vcs)
+    decision = evaluate_transfer(pack, TransferFacts(Use.CORSIA, blocks, "CN"), date(2027, 1, 1))
+    assert not decision.allowed
+    assert [(v.rule_id, v.blocks) for v in decision.violations] == [
+        ("CR-DEMO-0001", (BlockRef("CCER", "", 1, 10),)),
+        ("CR-DEMO-0001", (BlockRef("VCS", "", 1, 10),)),
+    ]
+    assert decision.violations[0].detail == (
+        "CCER project CCER-1 (2022-01-01..2022-12-31): no unit can be shown eligible for "
+        "corsia under the version in force from 2027-01-01: the pack does not hold the "
+        "phase's eligible-units list (refused until it is added)"
+    )
+    listing = evaluate_listing(pack, ListingFacts(GANSU_WIND, (YEAR,)), date(2027, 1, 1))
+    (corsia,) = listing.uses
+    assert not corsia.eligible
+    assert [v.rule_id for v in corsia.violations] == ["CR-DEMO-0001"]
+
+
 @pytest.mark.parametrize(
     ("document", "field"),
     [

@@ -238,3 +238,81 @@ def test_load_pack_by_path_and_errors(tmp_path: Path) -> None:
 
 def test_schema_is_a_valid_2020_12_schema() -> None:
     assert pack_schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def _refusing() -> dict[str, Any]:
+    """The minimal pack whose compliance use is refused outright instead of listing programs."""
+    doc = _minimal()
+    doc["versions"][0]["rules"][0] = {
+        "id": "CR-DEMO-0001",
+        "kind": "use_refused",
+        "message": "m",
+        "source": {"document": "d", "clause": "c", "confidence": "secondary"},
+        "uses": ["compliance"],
+        "params": {"missing": "the phase's eligible-units list"},
+    }
+    return doc
+
+
+def test_a_use_refused_rule_decides_a_use_in_place_of_accepted_programs() -> None:
+    (version,) = build_pack(_refusing(), origin="test").versions
+    refusal = version.rules[0]
+    assert (refusal.kind, dict(refusal.params)) == (
+        "use_refused",
+        {"missing": "the phase's eligible-units list"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, ("$.versions[0].rules[0].params", "'missing' is a required property")),
+        ({"missing": ""}, ("$.versions[0].rules[0].params.missing", "'' should be non-empty")),
+        (
+            {"missing": "the list", "programs": ["VCS"]},
+            (
+                "$.versions[0].rules[0].params",
+                "Additional properties are not allowed ('programs' was unexpected)",
+            ),
+        ),
+        (
+            {"missing": 7},
+            ("$.versions[0].rules[0].params.missing", "7 is not of type 'string'"),
+        ),
+        (
+            {"missing": {"param": "unknown"}},
+            (
+                "$.versions[0].rules[0].params.missing",
+                "refers to parameter 'unknown' whose value is unknown (null)",
+            ),
+        ),
+    ],
+)
+def test_use_refused_params_are_refused_naming_what_is_wrong(
+    params: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    doc = _refusing()
+    doc["versions"][0]["rules"][0]["params"] = params
+    assert expected in _issues(doc)
+
+
+def test_a_use_is_not_both_accepted_and_refused() -> None:
+    doc = _refusing()
+    doc["versions"][0]["rules"].append(
+        {**_minimal()["versions"][0]["rules"][0], "id": "CR-DEMO-0003"}
+    )
+    assert _issues(doc) == [
+        (
+            "$.versions[0].rules",
+            "use 'compliance' has both an accepted_programs and a use_refused rule: "
+            "a refused use accepts no program",
+        )
+    ]
+
+
+def test_a_use_needs_an_accepted_programs_or_a_use_refused_rule() -> None:
+    doc = _refusing()
+    doc["versions"][0]["uses"] = ["compliance", "listing"]
+    assert _issues(doc) == [
+        ("$.versions[0].rules", "no accepted_programs or use_refused rule for use 'listing'")
+    ]

@@ -470,6 +470,35 @@ def test_a_corsia_use_is_decided_by_the_corsia_pack_too() -> None:
     assert decision.pack_versions.count("baseline@2000-01-01") == 1
 
 
+def test_a_corsia_use_from_the_second_phase_is_refused_for_the_missing_list() -> None:
+    """The phase changes at midnight market time (UTC+8) on 1 Jan 2027, not at midnight UTC."""
+    block = vcs()
+
+    def corsia_at(at: datetime) -> RulesDecision:
+        return gate().check_transfer(
+            transfer(
+                (block,),
+                (row(7, block, "hkmo", "seller"),),
+                source=("hkmo", "seller"),
+                destination=("shenzhen", "airline"),
+                use="corsia",
+                at=at,
+            )
+        )
+
+    first_phase = corsia_at(datetime(2026, 12, 31, 15, 59, tzinfo=UTC))
+    assert ids(first_phase) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
+    assert "corsia@2024-10-31" in first_phase.pack_versions
+    second_phase = corsia_at(datetime(2026, 12, 31, 16, 0, tzinfo=UTC))
+    (refused,) = second_phase.violations
+    assert refused.rule_id == "CR-CORSIA-0008"
+    assert refused.blocks == (block.id,)
+    assert "the pack does not hold the ICAO list of CORSIA eligible emissions units" in (
+        refused.message
+    )
+    assert "corsia@2027-01-01" in second_phase.pack_versions
+
+
 def test_an_unknown_destination_and_units_missing_from_the_ledger_fail_closed() -> None:
     block = vcs()
     held = (row(7, block, "hkmo", "seller"),)

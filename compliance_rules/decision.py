@@ -28,7 +28,8 @@ class Violation:
     details: tuple[tuple[str, DetailValue], ...] = ()
     """The figures behind the violation, e.g. ``limit``, ``already_used``, ``asked``."""
     unconfirmed_params: tuple[str, ...] = ()
-    """Unconfirmed pack figures the rule relied on: a reviewer must treat them with care."""
+    """Unconfirmed pack figures the rule relied on (``pack:name``), including an unconfirmed
+    compliance cycle that chose the rule's version: a reviewer must treat them with care."""
 
     def sort_key(self) -> tuple[str, tuple[BlockRef, ...], str]:
         """A total order that does not depend on the order the facts were given in."""
@@ -84,7 +85,8 @@ class Decision:
     evaluated_rules: tuple[str, ...]
     """Ids of every rule that was evaluated (passed or not)."""
     unconfirmed_params: tuple[str, ...] = ()
-    """Unconfirmed figures any evaluated rule relied on (``pack:name``)."""
+    """Unconfirmed figures any evaluated rule relied on (``pack:name``), and the unconfirmed
+    compliance cycle that chose the version, if one did."""
     deferred_rules: tuple[str, ...] = ()
     """Rules that need the entity's compliance year and were not evaluated because the
     request is a transfer toward compliance, not the surrender (``defer_entity_rules``):

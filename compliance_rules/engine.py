@@ -1,13 +1,16 @@
 """The engine: facts in, decision out. Pure; the clock is a parameter.
 
 Which pack version applies: for a request with a compliance year, the version in force on the
-last day of that year (the rules that govern the year's compliance); otherwise the version in
-force on ``clock``. The baseline pack (double counting) is applied under every scheme pack,
-with its own version chosen the same way.
+last day of that year (the rules that govern the year's compliance), or, for a year of a
+compliance cycle the pack declares, on the cycle's surrender deadline (the rules the cycle was
+complied under: the national ETS's 2019-2020 cycle, under the measures of 2021); otherwise the
+version in force on ``clock``. The baseline pack (double counting) is applied under every
+scheme pack, its version chosen on the same day.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import date
 
@@ -28,7 +31,7 @@ from compliance_rules.facts import (
     Use,
 )
 from compliance_rules.loader import BASELINE_PACK, load_builtin
-from compliance_rules.pack import PackVersion, RulePack, RuleSpec
+from compliance_rules.pack import Confidence, PackVersion, RulePack, RuleSpec
 from compliance_rules.rules import (
     ENGINE_SOURCE,
     NO_BLOCKS,
@@ -41,19 +44,30 @@ from compliance_rules.rules import (
 )
 
 
-def decision_date(facts: TransferFacts, clock: date) -> date:
-    """The date whose rules apply: end of the compliance year if any, else the clock.
+def decision_date(pack: RulePack, facts: TransferFacts, clock: date) -> date:
+    """The date whose rules apply: the compliance year's decision day if any, else the clock.
 
     Args:
+        pack: The scheme's pack (its compliance cycles move some years' decision day).
         facts: The request.
         clock: Today, as injected by the caller.
 
     Returns:
-        The date to choose pack versions by.
+        The date to choose pack versions by (see :meth:`RulePack.decision_day`).
     """
     if facts.entity is not None:
-        return date(facts.entity.compliance_year, 12, 31)
+        return pack.decision_day(facts.entity.compliance_year)
     return clock
+
+
+def _unconfirmed_cycle(pack: RulePack, facts: TransferFacts) -> tuple[str, ...]:
+    """The pack's unconfirmed compliance cycle the decision's version was chosen by, if any."""
+    if facts.entity is None:
+        return ()
+    cycle = pack.cycle_for(facts.entity.compliance_year)
+    if cycle is None or cycle.confidence is not Confidence.UNCONFIRMED:
+        return ()
+    return (f"{pack.name}:{cycle.name}",)
 
 
 def _specs(
@@ -106,7 +120,7 @@ def evaluate_transfer(
         NoVersionInForceError: The pack has no version in force on the decision date.
     """
     base = default_baseline() if baseline is None else baseline
-    day = decision_date(facts, clock)
+    day = decision_date(pack, facts, clock)
     version, specs = _specs(pack, base, day, facts.use)
     deferred: tuple[str, ...] = ()
     if defer_entity_rules and facts.entity is None:
@@ -137,6 +151,16 @@ def evaluate_transfer(
         )
     else:
         violations.extend(AllOf(rules).evaluate(ctx))
+    cycle = _unconfirmed_cycle(pack, facts)
+    if cycle:
+        # The pack's own rules were chosen by the cycle: each refusal rests on it too.
+        own = {s.rule_id for s in version.rules}
+        violations = [
+            dataclasses.replace(v, unconfirmed_params=(*v.unconfirmed_params, *cycle))
+            if v.rule_id in own
+            else v
+            for v in violations
+        ]
     violations.sort(key=Violation.sort_key)
     return Decision(
         allowed=not violations,
@@ -145,7 +169,7 @@ def evaluate_transfer(
         pack_version=version.effective_from,
         use=facts.use,
         evaluated_rules=tuple(sorted(r.rule_id for r in rules)),
-        unconfirmed_params=_unconfirmed(pack, rules),
+        unconfirmed_params=tuple(sorted({*_unconfirmed(pack, rules), *cycle})),
         deferred_rules=deferred,
     )
 
@@ -195,9 +219,12 @@ def offset_limits(pack: RulePack, entity: EntityYear) -> tuple[OffsetLimitStatus
         entity: The entity's year.
 
     Returns:
-        One status per ``offset_limit`` rule in force for the year.
+        One status per ``offset_limit`` rule of the version governing the year.
+
+    Raises:
+        NoVersionInForceError: No version governs the year.
     """
-    version = pack.version_for(date(entity.compliance_year, 12, 31))
+    version = pack.version_for_year(entity.compliance_year)
     out = []
     for spec in version.rules:
         if spec.kind != "offset_limit":

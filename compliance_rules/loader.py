@@ -7,7 +7,8 @@ JSON path rather than stopping at the first:
    (``Draft202012Validator.check_schema`` first, then ``iter_errors``);
 2. semantics the schema cannot say: dates, ascending versions, unique rule ids, references
    to named parameters, an ``accepted_programs`` rule (or a ``use_refused`` rule, which
-   refuses every unit) for every use of a version;
+   refuses every unit) for every use of a version, compliance cycles in order, apart and
+   surrendered under a version in force;
 3. each rule's resolved ``params`` against the schema's ``$defs/params/<kind>``.
 
 A version's GWP basis names an IPCC report; its values come from the package's GWP data
@@ -39,6 +40,7 @@ from compliance_rules.errors import DocumentError, Issue, PackInvalidError, Pack
 from compliance_rules.facts import Use
 from compliance_rules.gwp import GwpCatalog, GwpReport
 from compliance_rules.pack import (
+    ComplianceCycle,
     Confidence,
     Disposition,
     GwpBasis,
@@ -453,6 +455,7 @@ def build_pack(document: Any, *, origin: str) -> RulePack:
                     "versions must be in strictly ascending effective_from order",
                 )
             )
+    cycles = _build_cycles(document.get("compliance_cycles", []), versions, issues)
     if issues:
         raise PackInvalidError(origin, issues)
     return RulePack(
@@ -462,7 +465,64 @@ def build_pack(document: Any, *, origin: str) -> RulePack:
         baseline=document["role"] == "baseline",
         versions=tuple(versions),
         origin=origin,
+        cycles=cycles,
     )
+
+
+def _build_cycles(
+    docs: Sequence[Mapping[str, Any]], versions: Sequence[PackVersion], issues: list[Issue]
+) -> tuple[ComplianceCycle, ...]:
+    """The pack's compliance cycles, each checked against the others and the versions."""
+    cycles: list[ComplianceCycle] = []
+    indices: list[int] = []
+    for i, doc in enumerate(docs):
+        path = f"$.compliance_cycles[{i}]"
+        first, last = doc["first_year"], doc["last_year"]
+        deadline = _parse_date(doc["surrender_deadline"], f"{path}.surrender_deadline", issues)
+        if first > last:
+            issues.append(Issue(f"{path}.last_year", f"{last} is before first_year {first}"))
+        for j, other in zip(indices, cycles, strict=True):
+            if other.name == doc["name"]:
+                issues.append(Issue(f"{path}.name", f"cycle {doc['name']!r} is declared twice"))
+            if other.first_year <= last and first <= other.last_year:
+                issues.append(
+                    Issue(
+                        path,
+                        f"years {first}-{last} overlap those of compliance_cycles[{j}] "
+                        f"({other.first_year}-{other.last_year}): a year has one cycle",
+                    )
+                )
+        if deadline is None:
+            continue
+        if deadline <= date(last, 12, 31):
+            issues.append(
+                Issue(
+                    f"{path}.surrender_deadline",
+                    f"{deadline} is not after the cycle's last year ({last}): a cycle is "
+                    "surrendered after its years",
+                )
+            )
+        if versions and deadline < versions[0].effective_from:
+            issues.append(
+                Issue(
+                    f"{path}.surrender_deadline",
+                    f"no version is in force on {deadline} (first version: "
+                    f"{versions[0].effective_from}), so the cycle's years could not be decided",
+                )
+            )
+        indices.append(i)
+        cycles.append(
+            ComplianceCycle(
+                name=doc["name"],
+                first_year=first,
+                last_year=last,
+                surrender_deadline=deadline,
+                confidence=Confidence(doc["confidence"]),
+                note=doc["note"],
+                source=_source(doc["source"]),
+            )
+        )
+    return tuple(cycles)
 
 
 def load_pack_text(text: str, *, origin: str, json_only: bool = False) -> RulePack:

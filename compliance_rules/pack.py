@@ -129,6 +129,32 @@ class PackVersion:
 
 
 @dataclass(frozen=True)
+class ComplianceCycle:
+    """Compliance years a scheme had surrendered together, by one deadline.
+
+    A decision for one of these years is made under the pack version in force on
+    ``surrender_deadline``: the rules the cycle was complied under. A year outside every
+    cycle is decided under the version in force on its own last day. A cycle is declared
+    where that default is wrong, e.g. a scheme whose first rules came into force after the
+    years they governed (the national ETS's 2019-2020 cycle, under measures of 2021).
+    """
+
+    name: str
+    """How decisions name the cycle, e.g. among the unconfirmed figures they rest on."""
+    first_year: int
+    last_year: int
+    surrender_deadline: date
+    confidence: Confidence
+    """How sure the pack is of the cycle as a whole (its years and its deadline)."""
+    note: str
+    source: Source
+
+    def holds(self, compliance_year: int) -> bool:
+        """Whether ``compliance_year`` is one of the cycle's years."""
+        return self.first_year <= compliance_year <= self.last_year
+
+
+@dataclass(frozen=True)
 class RulePack:
     """A scheme's rule pack: versions in ascending ``effective_from`` order."""
 
@@ -140,6 +166,8 @@ class RulePack:
     versions: tuple[PackVersion, ...]
     origin: str
     """Where the pack was loaded from (for messages)."""
+    cycles: tuple[ComplianceCycle, ...] = ()
+    """Compliance cycles whose years are decided at the cycle's surrender deadline."""
 
     def version_for(self, day: date) -> PackVersion:
         """The version in force on ``day``.
@@ -160,6 +188,31 @@ class RulePack:
                 f"(first version: {self.versions[0].effective_from.isoformat()})"
             )
         return in_force[-1]
+
+    def cycle_for(self, compliance_year: int) -> ComplianceCycle | None:
+        """The declared compliance cycle holding ``compliance_year``, if any."""
+        return next((c for c in self.cycles if c.holds(compliance_year)), None)
+
+    def decision_day(self, compliance_year: int) -> date:
+        """The day whose rules govern a compliance year's obligations.
+
+        Args:
+            compliance_year: The year the entity complies for.
+
+        Returns:
+            The surrender deadline of the cycle holding the year, if the pack declares one;
+            otherwise the year's last day.
+        """
+        cycle = self.cycle_for(compliance_year)
+        return date(compliance_year, 12, 31) if cycle is None else cycle.surrender_deadline
+
+    def version_for_year(self, compliance_year: int) -> PackVersion:
+        """The version that governs a compliance year (see :meth:`decision_day`).
+
+        Raises:
+            NoVersionInForceError: No version is in force on the year's decision day.
+        """
+        return self.version_for(self.decision_day(compliance_year))
 
     @property
     def rule_ids(self) -> frozenset[str]:

@@ -26,7 +26,9 @@
         destination_country: CN          # ISO alpha-2 of where the units land (default CN)
         entity:                          # required for compliance (offset limits)
           entity_id: SZ-0001
-          compliance_year: 2023          # chooses the pack version (rules in force that year)
+          compliance_year: 2023          # chooses the pack version: the one in force on the
+                                         # year's last day, or on the surrender deadline of
+                                         # the pack's compliance cycle holding the year
           verified_emissions: 100000
           allowances_due: 100000
           covered_by_national_ets: false

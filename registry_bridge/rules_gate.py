@@ -867,7 +867,7 @@ class ComplianceRules:
                 decision = evaluate_transfer(
                     pack, facts, day, baseline=baseline, defer_entity_rules=defer_entity_rules
                 )
-                base_version = baseline.version_for(decision_date(facts, day))
+                base_version = baseline.version_for(decision_date(pack, facts, day))
             except NoVersionInForceError as exc:
                 combined.add([_gate_violation(NO_VERSION_IN_FORCE, str(exc))])
                 continue

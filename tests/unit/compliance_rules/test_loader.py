@@ -12,12 +12,19 @@ import pytest
 
 from compliance_rules import (
     BUILTIN_PACKS,
+    Block,
+    BlockRef,
     Confidence,
+    EntityYear,
     NoVersionInForceError,
     PackInvalidError,
     PackNotFoundError,
+    Period,
+    Project,
+    evaluate_surrender,
     load_builtin,
     load_pack,
+    offset_limits,
 )
 from compliance_rules.loader import (
     build_gwp_catalog,
@@ -316,3 +323,116 @@ def test_a_use_needs_an_accepted_programs_or_a_use_refused_rule() -> None:
     assert _issues(doc) == [
         ("$.versions[0].rules", "no accepted_programs or use_refused rule for use 'listing'")
     ]
+
+
+def _cycle(**changes: Any) -> dict[str, Any]:
+    cycle = {
+        "name": "first_cycle",
+        "first_year": 2019,
+        "last_year": 2020,
+        "surrender_deadline": "2021-12-31",
+        "confidence": "unconfirmed",
+        "note": "the scheme's first rules came into force after the years they governed",
+        "source": {"document": "d", "clause": "c", "confidence": "secondary"},
+    }
+    return {**cycle, **changes}
+
+
+def _with_cycles(*cycles: dict[str, Any]) -> dict[str, Any]:
+    """A pack whose first version is in force from 2021-02-01 (5%), the next from 2023 (10%)."""
+    doc = _minimal()
+    first = doc["versions"][0]
+    first["effective_from"] = "2021-02-01"
+    second = copy.deepcopy(first)
+    second["effective_from"] = "2023-01-01"
+    second["parameters"]["share"]["value"] = Decimal("0.10")
+    doc["versions"].append(second)
+    doc["compliance_cycles"] = list(cycles)
+    return doc
+
+
+def test_a_cycles_years_are_decided_on_its_surrender_deadline() -> None:
+    pack = build_pack(_with_cycles(_cycle()), origin="test")
+    assert [pack.decision_day(y) for y in (2018, 2019, 2020, 2021, 2022)] == [
+        date(2018, 12, 31),
+        date(2021, 12, 31),
+        date(2021, 12, 31),
+        date(2021, 12, 31),
+        date(2022, 12, 31),
+    ]
+    assert pack.version_for_year(2019).effective_from == date(2021, 2, 1)
+    assert pack.version_for_year(2023).effective_from == date(2023, 1, 1)
+    with pytest.raises(NoVersionInForceError, match="no version in force on 2018-12-31"):
+        pack.version_for_year(2018)
+
+
+def test_a_decision_for_a_cycle_year_names_the_cycle_when_it_is_unconfirmed() -> None:
+    pack = build_pack(_with_cycles(_cycle()), origin="test")
+    project = Project("CCER", "C-1", "CN")
+    block = Block(
+        BlockRef("CCER", "", 1, 60), project, Period(date(2019, 1, 1), date(2019, 12, 31))
+    )
+    year = EntityYear("E-1", 2019, verified_emissions=1_000, allowances_due=1_000)
+    decision = evaluate_surrender(pack, year, [block], date(2025, 1, 1))
+    assert decision.pack_version == date(2021, 2, 1)
+    assert decision.rule_ids == ("CR-DEMO-0002",)  # 60 > 5% of 1,000 under the 2021 version
+    assert decision.unconfirmed_params == ("demo:first_cycle",)
+    assert decision.violations[0].unconfirmed_params == ("demo:first_cycle",)
+    (status,) = offset_limits(pack, year)
+    assert status.limit == 50
+    sourced = build_pack(_with_cycles(_cycle(confidence="secondary")), origin="test")
+    assert evaluate_surrender(sourced, year, [block], date(2025, 1, 1)).unconfirmed_params == ()
+
+
+@pytest.mark.parametrize(
+    ("cycles", "expected"),
+    [
+        (
+            [_cycle(first_year=2021, last_year=2020, surrender_deadline="2022-12-31")],
+            ("$.compliance_cycles[0].last_year", "2020 is before first_year 2021"),
+        ),
+        (
+            [_cycle(surrender_deadline="2020-12-31")],
+            (
+                "$.compliance_cycles[0].surrender_deadline",
+                "2020-12-31 is not after the cycle's last year (2020): a cycle is surrendered "
+                "after its years",
+            ),
+        ),
+        (
+            [_cycle(surrender_deadline="2021-01-31")],
+            (
+                "$.compliance_cycles[0].surrender_deadline",
+                "no version is in force on 2021-01-31 (first version: 2021-02-01), so the "
+                "cycle's years could not be decided",
+            ),
+        ),
+        (
+            [_cycle(surrender_deadline="2021-02-30")],
+            (
+                "$.compliance_cycles[0].surrender_deadline",
+                "'2021-02-30' is not a valid calendar date",
+            ),
+        ),
+        (
+            [_cycle(), _cycle(name="second", first_year=2020, last_year=2021)],
+            (
+                "$.compliance_cycles[1]",
+                "years 2020-2021 overlap those of compliance_cycles[0] (2019-2020): a year has "
+                "one cycle",
+            ),
+        ),
+        (
+            [_cycle(), _cycle(first_year=2021, last_year=2022, surrender_deadline="2023-12-31")],
+            ("$.compliance_cycles[1].name", "cycle 'first_cycle' is declared twice"),
+        ),
+        (
+            [{k: v for k, v in _cycle().items() if k != "source"}],
+            ("$.compliance_cycles[0]", "'source' is a required property"),
+        ),
+    ],
+)
+def test_compliance_cycles_are_checked(
+    cycles: list[dict[str, Any]], expected: tuple[str, str]
+) -> None:
+    assert expected in _issues(_with_cycles(*cycles))

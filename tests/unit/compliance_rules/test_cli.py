@@ -196,7 +196,8 @@ def test_evaluate_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert _run(*base, "--pack", "national", "--use", "hoarding")[0] == 2
     assert _run(*base, "--pack", "national", "--use", "compliance", "--clock", "soon")[0] == 2
     early = tmp_path / "early.yaml"
-    early.write_text(FACTS.replace("compliance_year: 2024", "compliance_year: 2019"), "utf-8")
+    # 2018 is before the national ETS's first compliance cycle (2019-2020): no rules govern it.
+    early.write_text(FACTS.replace("compliance_year: 2024", "compliance_year: 2018"), "utf-8")
     code, _, err = _run(
         "evaluate",
         "--facts",
@@ -208,7 +209,7 @@ def test_evaluate_bad_arguments_exit_2(tmp_path: Path) -> None:
         "--clock",
         "2025-06-01",
     )
-    assert code == 2 and "no version in force on 2019-12-31" in err
+    assert code == 2 and "no version in force on 2018-12-31" in err
     missing = _run(
         "evaluate",
         "--pack",
@@ -219,6 +220,23 @@ def test_evaluate_bad_arguments_exit_2(tmp_path: Path) -> None:
         str(tmp_path / "none.yaml"),
     )
     assert missing[0] == 2 and "cannot read" in missing[2]
+
+
+def test_evaluate_decides_the_national_first_cycle_under_the_2021_measures(
+    tmp_path: Path,
+) -> None:
+    facts = tmp_path / "first-cycle.yaml"
+    facts.write_text(FACTS.replace("compliance_year: 2024", "compliance_year: 2019"), "utf-8")
+    code, out, err = _run(
+        "evaluate",
+        *("--facts", str(facts), "--pack", "national", "--use", "compliance"),
+        *("--clock", "2021-12-01", "--json"),
+    )
+    assert code == 1, err  # denied on its merits: 6,000 CCER exceed 5% of 100,000 due
+    decision = json.loads(out)
+    assert decision["pack_version"] == "2021-02-01"
+    assert [v["rule_id"] for v in decision["violations"]] == ["CR-NAT-0002"]
+    assert "national:first_compliance_cycle" in decision["unconfirmed_params"]
 
 
 def test_evaluate_listing(tmp_path: Path) -> None:

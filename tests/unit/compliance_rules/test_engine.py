@@ -25,6 +25,7 @@ from compliance_rules import (
     HoldingStatus,
     KnownBlock,
     ListingFacts,
+    NoVersionInForceError,
     OffsetUse,
     Period,
     Project,
@@ -107,6 +108,36 @@ def test_offset_limits_reports_headroom() -> None:
     assert (status.limit, status.already_used, status.remaining) == (5_000, 1_200, 3_800)
     (gd,) = offset_limits(load_builtin("guangdong"), entity(compliance_year=2023))
     assert gd.limit == 10_999  # strictly below 10% of 110,000
+
+
+@pytest.mark.parametrize("year", [2019, 2020])
+def test_the_national_first_cycle_is_decided_under_the_version_in_force_at_its_surrender(
+    year: int,
+) -> None:
+    """The 2019-2020 cycle was surrendered by 31 Dec 2021 under the 2021 measures."""
+    pack = load_builtin("national")
+    cycle_year = entity(compliance_year=year)
+    vintage = Period(date(year, 1, 1), date(year, 12, 31))
+    within = evaluate_surrender(pack, cycle_year, [ccer(1, 5_000, vintage=vintage)], CLOCK)
+    assert within.allowed, within.violations
+    assert within.pack_version == date(2021, 2, 1)
+    # The cycle's years are not in RULES-REFERENCE: a decision resting on them says so.
+    assert "national:first_compliance_cycle" in within.unconfirmed_params
+    over = evaluate_surrender(pack, cycle_year, [ccer(1, 5_001, vintage=vintage)], CLOCK)
+    assert over.rule_ids == ("CR-NAT-0002",)
+    (status,) = offset_limits(pack, cycle_year)
+    assert (status.limit, status.remaining) == (5_000, 5_000)
+
+
+def test_national_years_outside_the_first_cycle_keep_the_years_last_day() -> None:
+    pack = load_builtin("national")
+    decided = evaluate_surrender(pack, entity(compliance_year=2021), [ccer(1, 10)], CLOCK)
+    assert decided.pack_version == date(2021, 2, 1)
+    assert "national:first_compliance_cycle" not in decided.unconfirmed_params
+    later = evaluate_surrender(pack, entity(compliance_year=2023), [ccer(1, 10)], CLOCK)
+    assert later.pack_version == date(2023, 10, 19)
+    with pytest.raises(NoVersionInForceError, match="no version in force on 2018-12-31"):
+        evaluate_surrender(pack, entity(compliance_year=2018), [ccer(1, 10)], CLOCK)
 
 
 def test_all_violations_are_returned_across_blocks() -> None:

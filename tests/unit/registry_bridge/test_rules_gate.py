@@ -661,6 +661,34 @@ def test_gec_exclusivity_fails_closed_when_the_gec_status_is_not_recorded() -> N
     assert ("rule", "CR-NAT-0007") in gec.details
 
 
+@pytest.mark.parametrize("year", [2019, 2020])
+def test_the_national_first_cycle_is_surrendered_under_the_2021_measures(year: int) -> None:
+    """2019 and 2020 were surrendered by 31 Dec 2021 under the measures in force from 1 Feb
+    2021: they are decided under that version, not refused for having none in force."""
+    block = ccer(1, 100)
+    entity = EntityYear("SZ-0007", year, verified_emissions=50_000, allowances_due=2_000)
+    check = surrender((block,), "national", "national", year)
+    decision = gate(("national", entity)).check_use(check)
+    assert decision == RulesDecision(
+        allowed=True, pack_versions=("national@2021-02-01", "baseline@2000-01-01")
+    )
+    over = surrender((ccer(1, 101),), "national", "national", year)
+    (limit,) = gate(("national", entity)).check_use(over).violations
+    assert (limit.rule_id, dict(limit.details)["limit"]) == ("CR-NAT-0002", "100")
+    # The years of the cycle are unconfirmed: a refusal decided under it says so.
+    assert dict(limit.details)["unconfirmed_params"] == "national:first_compliance_cycle"
+
+
+def test_a_national_year_before_the_first_cycle_has_no_rules() -> None:
+    entity = EntityYear("SZ-0007", 2018, verified_emissions=50_000, allowances_due=50_000)
+    decision = gate(("national", entity)).check_use(
+        surrender((ccer(1, 100),), "national", "national", 2018)
+    )
+    (refused,) = decision.violations
+    assert refused.rule_id == "CL-GATE-0002"
+    assert "pack national has no version in force on 2018-12-31" in refused.message
+
+
 # ----------------------------------------------------------------------------- ListProject
 
 

@@ -826,10 +826,11 @@ class ComplianceRules:
                 source=ENTITY_SOURCE,
             )
             # The other rules are still evaluated, so the refusal lists every violation.
-            # The engine picks a compliance year's rules by the year's last day; without the
-            # record it cannot know the year, so the same day is passed as the clock (the
-            # clock only selects pack versions: no rule reads it).
-            decided = self._run(evaluations, known, country, date(year, 12, 31), None)
+            # The engine picks a compliance year's rules by the year's decision day (its last
+            # day, or the surrender deadline of the pack's cycle holding it); without the
+            # record it cannot know the year, so each pack's decision day for the year is
+            # passed as its clock (the clock only selects pack versions: no rule reads it).
+            decided = self._run(evaluations, known, country, day, None, compliance_year=year)
             return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
         return self._run(evaluations, known, country, day, entity)
 
@@ -844,7 +845,13 @@ class ComplianceRules:
         entity: EntityYear | None,
         *,
         defer_entity_rules: bool = False,
+        compliance_year: int | None = None,
     ) -> RulesDecision:
+        """Evaluate every pack asked and combine their decisions (deny-overrides).
+
+        ``compliance_year`` is the year whose rules decide when no ``entity`` gives it: each
+        pack is then evaluated on its own decision day for that year instead of ``day``.
+        """
         combined = _Combined()
         all_moving = tuple(m for e in evaluations for m in e.moving)
         known_blocks = _known_blocks(known, all_moving)
@@ -863,11 +870,12 @@ class ComplianceRules:
                 known_blocks=known_blocks,
             )
             pack = self._packs[evaluation.pack]
+            clock = day if compliance_year is None else pack.decision_day(compliance_year)
             try:
                 decision = evaluate_transfer(
-                    pack, facts, day, baseline=baseline, defer_entity_rules=defer_entity_rules
+                    pack, facts, clock, baseline=baseline, defer_entity_rules=defer_entity_rules
                 )
-                base_version = baseline.version_for(decision_date(pack, facts, day))
+                base_version = baseline.version_for(decision_date(pack, facts, clock))
             except NoVersionInForceError as exc:
                 combined.add([_gate_violation(NO_VERSION_IN_FORCE, str(exc))])
                 continue

@@ -679,6 +679,21 @@ def test_the_national_first_cycle_is_surrendered_under_the_2021_measures(year: i
     assert dict(limit.details)["unconfirmed_params"] == "national:first_compliance_cycle"
 
 
+@pytest.mark.parametrize("year", [2019, 2020])
+def test_a_first_cycle_surrender_without_a_record_is_decided_under_the_cycles_rules(
+    year: int,
+) -> None:
+    """Without the entity's record the year's rules are still those of the cycle's deadline:
+    the refusal is for the missing record and the limit it leaves unchecked, not for having
+    no version in force."""
+    decision = gate().check_use(surrender((ccer(1, 100),), "national", "national", year))
+    assert [v.rule_id for v in decision.violations] == ["CL-ENTITY-0001", "CR-NAT-0002"]
+    record, limit = decision.violations
+    assert f"no verified emissions recorded for entity SZ-0007 in year {year}" in record.message
+    assert "the entity and its compliance year are required" in limit.message
+    assert decision.pack_versions == ("national@2021-02-01", "baseline@2000-01-01")
+
+
 def test_a_national_year_before_the_first_cycle_has_no_rules() -> None:
     entity = EntityYear("SZ-0007", 2018, verified_emissions=50_000, allowances_due=50_000)
     decision = gate(("national", entity)).check_use(

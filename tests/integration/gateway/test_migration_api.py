@@ -3,7 +3,8 @@
 A steel entity and an aviation entity settle their final pilot year, plan and execute their
 migration; the registries (read through their own APIs) and the ledger's invariants are
 checked afterwards, and so are the refusals that keep a year from being covered twice and
-an offset from being used twice.
+an offset from being used twice. A power entity, in the national ETS from its first cycle
+(2019-2020), surrenders for those years under the rules they were complied under.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from registry_bridge import db, invariants
 from registry_bridge.errors import FailedPrecondition
 from registry_bridge.migration import MigrationRequest, Migrations
 from registry_bridge.model import BlockId, HoldingStatus
-from registry_bridge.port import RegistryPort
+from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.schema import MigrationRecord, MigrationStepRecord
 
 MIGRATION_REGISTRIES = ("shenzhen", "national")
@@ -535,6 +536,73 @@ def _recording(
         return call(*args, **kwargs)
 
     return recorded
+
+
+def test_a_power_entity_surrenders_for_the_national_first_cycle(world: World) -> None:
+    """The national ETS's first cycle (2019-2020) was complied under the 2021 measures: a
+    surrender for 2019 or 2020 is decided under them, not refused for want of a version."""
+    power = pilot_entity("power-01", "power", 2019, 5_000_000)
+    world.ports["national"].issue(
+        IssueRequest("seed-power-ccer", power.national_account, power.ccer)
+    )
+    world.server.import_registries()
+    world.stub.UpsertCoveredEntity(
+        gateway_pb2.UpsertCoveredEntityRequest(
+            request_id="power-01",
+            entity=gateway_pb2.CoveredEntity(
+                entity_id="power-01",
+                sector="power",
+                gases=["CO2"],
+                accounts=[
+                    model_pb2.AccountRef(registry="national", account=power.national_account)
+                ],
+                years=[
+                    gateway_pb2.ComplianceYear(
+                        jurisdiction="national",
+                        compliance_year=year,
+                        verified_emissions=20_000,
+                        allowances_due=20_000,
+                    )
+                    for year in (2019, 2020)
+                ],
+            ),
+        ),
+        timeout=30,
+    )
+    ccer = power.ccer.id
+
+    def surrender(year: int, start: int, end: int) -> model_pb2.UnitUse:
+        used: model_pb2.UnitUse = world.stub.Surrender(
+            gateway_pb2.SurrenderRequest(
+                request_id=f"power-01-{year}-{start}",
+                account=model_pb2.AccountRef(registry="national", account=power.national_account),
+                units=[
+                    model_pb2.UnitSelector(
+                        block=model_pb2.BlockId(
+                            program="CCER",
+                            serial_start=ccer.serial_start + start,
+                            serial_end=ccer.serial_start + end,
+                        )
+                    )
+                ],
+                entity_id="power-01",
+                compliance_year=year,
+                jurisdiction="national",
+            ),
+            timeout=30,
+        )
+        return used
+
+    # 5% of 20,000 due: 1,000 CCER at most.
+    used = surrender(2019, 0, 999)
+    assert used.decision.allowed
+    assert "national@2021-02-01" in used.decision.pack_versions
+    with pytest.raises(grpc.RpcError) as over:
+        surrender(2020, 1_000, 2_000)
+    assert over.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = over.value.details() or ""
+    assert "CR-NAT-0002" in details and "no version in force" not in details
+    world.check_invariants()
 
 
 def test_bad_requests_name_the_field(world: World) -> None:

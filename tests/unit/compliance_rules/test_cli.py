@@ -236,7 +236,7 @@ def test_evaluate_decides_the_national_first_cycle_under_the_2021_measures(
     decision = json.loads(out)
     assert decision["pack_version"] == "2021-02-01"
     assert [v["rule_id"] for v in decision["violations"]] == ["CR-NAT-0002"]
-    assert "national:first_compliance_cycle" in decision["unconfirmed_params"]
+    assert "national:first_compliance_cycle" not in decision["unconfirmed_params"]
 
 
 def test_evaluate_listing(tmp_path: Path) -> None:

@@ -121,8 +121,8 @@ def test_the_national_first_cycle_is_decided_under_the_version_in_force_at_its_s
     within = evaluate_surrender(pack, cycle_year, [ccer(1, 5_000, vintage=vintage)], CLOCK)
     assert within.allowed, within.violations
     assert within.pack_version == date(2021, 2, 1)
-    # The cycle's years are not in RULES-REFERENCE: a decision resting on them says so.
-    assert "national:first_compliance_cycle" in within.unconfirmed_params
+    # The cycle is sourced (secondary): a decision under it carries no unconfirmed figure.
+    assert "national:first_compliance_cycle" not in within.unconfirmed_params
     over = evaluate_surrender(pack, cycle_year, [ccer(1, 5_001, vintage=vintage)], CLOCK)
     assert over.rule_ids == ("CR-NAT-0002",)
     (status,) = offset_limits(pack, cycle_year)

@@ -675,8 +675,8 @@ def test_the_national_first_cycle_is_surrendered_under_the_2021_measures(year: i
     over = surrender((ccer(1, 101),), "national", "national", year)
     (limit,) = gate(("national", entity)).check_use(over).violations
     assert (limit.rule_id, dict(limit.details)["limit"]) == ("CR-NAT-0002", "100")
-    # The years of the cycle are unconfirmed: a refusal decided under it says so.
-    assert dict(limit.details)["unconfirmed_params"] == "national:first_compliance_cycle"
+    # The cycle is sourced (secondary): the refusal rests on no unconfirmed figure.
+    assert "unconfirmed_params" not in dict(limit.details)
 
 
 @pytest.mark.parametrize("year", [2019, 2020])

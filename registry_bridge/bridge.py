@@ -1132,9 +1132,11 @@ class Bridge:
     @staticmethod
     def _same_request(stored: bytes, digest: bytes, request_id: str, transfer_id: str) -> str:
         if stored != digest:
+            # Request ids are one space for every caller: the transfer is not named, as
+            # the caller may be another party, who must not learn it exists.
             raise RequestIdConflict(
-                f"request_id {request_id!r} was already used for a different instruction "
-                f"(transfers/{transfer_id}); use a new request id for a new instruction"
+                f"request_id {request_id!r} was already used for a different instruction; "
+                "use a new request id for a new instruction"
             )
         return transfer_id
 
@@ -2130,9 +2132,10 @@ class Bridge:
             ).scalar_one_or_none()
             if existing is not None:
                 if existing.body_sha256 != digest:
+                    # Not named: the caller may be another party (see _same_request).
                     raise RequestIdConflict(
-                        f"request_id {request_id!r} was already used for a different request "
-                        f"(uses/{existing.id})"
+                        f"request_id {request_id!r} was already used for a different request; "
+                        "use a new request id for a new request"
                     )
                 if existing.state == "rejected":
                     reason = json.loads(existing.detail).get("rejection", "refused")

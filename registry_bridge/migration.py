@@ -1039,9 +1039,11 @@ class Migrations:
         session: Session, existing: MigrationRecord, digest: bytes, request_id: str, now: datetime
     ) -> str:
         if existing.body_sha256 != digest:
+            # Request ids are one space for every caller: the migration is not named, as
+            # the caller may be another entity, who must not learn it exists.
             raise RequestIdConflict(
-                f"request_id {request_id!r} was already used for a different migration "
-                f"(migrations/{existing.id})"
+                f"request_id {request_id!r} was already used for a different migration; "
+                "use a new request id for a new migration"
             )
         if existing.state == "failed":
             # A repeat of a failed migration retries its failed steps under new derived ids

@@ -136,8 +136,10 @@ def test_same_request_id_other_body_is_refused(world: World) -> None:
     source = AccountRef("verra", "dev-1")
     first = world.bridge.submit("req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),)))
     events_before = _log_size(world)
-    with pytest.raises(RequestIdConflict, match=first.transfer_id):
+    with pytest.raises(RequestIdConflict, match="'req-1' was already used") as caught:
         world.bridge.submit("req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 11),)))
+    # Request ids are shared by every caller: the answer names no one else's transfer.
+    assert first.transfer_id not in str(caught.value)
     assert _log_size(world) == events_before
     assert world.bridge.get(first.transfer_id).instruction.units == (vcs(1, 10),)
 
@@ -150,8 +152,9 @@ def test_use_request_id_is_idempotent_too(world: World) -> None:
     events_before = _log_size(world)
     assert world.bridge.use("u-1", request).use_id == first.use_id
     assert _log_size(world) == events_before
-    with pytest.raises(RequestIdConflict):
+    with pytest.raises(RequestIdConflict, match="'u-1' was already used") as caught:
         world.bridge.use("u-1", dataclasses.replace(request, beneficiary="Other"))
+    assert first.use_id not in str(caught.value)
     assert world.violations() == []
 
 

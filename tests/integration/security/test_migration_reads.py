@@ -152,3 +152,30 @@ def test_each_entity_reads_its_own_migration_and_not_the_others(gateway: SecureG
                 stub.GetMigration(gateway_pb2.GetMigrationRequest(name=foreign), timeout=10)
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             assert caught.value.details() == f"{foreign} not found"
+
+
+def test_a_request_id_taken_by_another_entity_names_nothing_of_its_migration(
+    gateway: SecureGateway,
+) -> None:
+    """Request ids are one space for every caller: reusing another entity's (the CLI's
+    default is guessable: entity and years) is refused without naming its migration."""
+    steel = _migrate(gateway, STEEL, STEEL_ACCOUNTS)
+    seed_registries(gateway.ports, OTHER)
+    gateway.server.import_registries()
+    with _party(gateway, "regulator") as regulator:
+        record_entity(gateway_pb2_grpc.LinkageGatewayStub(regulator), OTHER)
+    with _party(gateway, "covered_entity", OTHER_ACCOUNTS, [OTHER.entity_id]) as channel:
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        settle_final_pilot_year(stub, OTHER)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ExecuteMigration(
+                gateway_pb2.ExecuteMigrationRequest(
+                    request_id=f"migrate-{STEEL.entity_id}",
+                    plan=migration_request(OTHER, acknowledged=["CL-MIGRATION-0014"]),
+                ),
+                timeout=120,
+            )
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    details = caught.value.details() or ""
+    assert f"'migrate-{STEEL.entity_id}' was already used" in details
+    assert steel.split("/")[-1] not in details

@@ -661,9 +661,16 @@ class TransferInstruction(_message.Message):
     UNITS_FIELD_NUMBER: _builtins.int
     INTENDED_USE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
+    COMPLIANCE_YEAR_FIELD_NUMBER: _builtins.int
     intended_use: _builtins.str
     """The use the units are moved for: "holding", "compliance", "voluntary_retirement",
     "listing", "corsia".
+    """
+    compliance_year: _builtins.int
+    """For intended_use "corsia": the year of the offsetting obligation the units are for,
+    whose CORSIA rules decide the transfer (a 2026 obligation is decided under the first
+    phase's rules, even when the units move in 2027). 0 = none: decided on the transfer's
+    day. Any other intended use must leave it 0.
     """
     @_builtins.property
     def source(self) -> Global___AccountRef: ...
@@ -681,10 +688,11 @@ class TransferInstruction(_message.Message):
         units: _abc.Iterable[Global___UnitSelector] | None = ...,
         intended_use: _builtins.str = ...,
         settlement: Global___Settlement | None = ...,
+        compliance_year: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "settlement", b"settlement", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "intended_use", b"intended_use", "settlement", b"settlement", "source", b"source", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compliance_year", b"compliance_year", "destination", b"destination", "intended_use", b"intended_use", "settlement", b"settlement", "source", b"source", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,6 +89,7 @@ from registry_bridge.transfers import (
     UnitUse,
     UseRequest,
     body_digest,
+    compliance_year_problem,
 )
 
 _logger = structlog.get_logger(__name__)
@@ -249,6 +250,8 @@ def _instruction_from_json(text: str) -> TransferInstruction:
         else Settlement(
             settlement["currency"], Decimal(settlement["amount"]), settlement["trade_reference"]
         ),
+        # Absent from instructions stored before the field existed, and from any without one.
+        compliance_year=data.get("compliance_year", 0),
     )
 
 
@@ -713,6 +716,9 @@ class Bridge:
                     "use the registry's own internal transfer",
                 )
             )
+        year = compliance_year_problem(instruction.intended_use, instruction.compliance_year)
+        if year is not None:
+            problems.append(("instruction.compliance_year", year))
         if not instruction.units:
             problems.append(("instruction.units", "must name at least one block"))
         for i, unit in enumerate(instruction.units):

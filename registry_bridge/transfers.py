@@ -65,10 +65,17 @@ class TransferInstruction:
     units: tuple[BlockId, ...]
     intended_use: str = "holding"
     settlement: Settlement | None = None
+    compliance_year: int = 0
+    """For intended use ``"corsia"``: the year of the offsetting obligation the units are
+    for, whose CORSIA rules decide the transfer; 0 = none (decided on the transfer's day)."""
 
     def canonical(self) -> dict[str, Any]:
-        """The instruction as plain data, for hashing and storage."""
-        return {
+        """The instruction as plain data, for hashing and storage.
+
+        ``compliance_year`` appears only when set: an instruction without one keeps the form
+        (and so the request digest) it had before the field existed.
+        """
+        body: dict[str, Any] = {
             "source": {"registry": self.source.registry, "account": self.source.account},
             "destination": {
                 "registry": self.destination.registry,
@@ -84,6 +91,42 @@ class TransferInstruction:
                 "trade_reference": self.settlement.trade_reference,
             },
         }
+        if self.compliance_year:
+            body["compliance_year"] = self.compliance_year
+        return body
+
+
+CORSIA_FIRST_YEAR = 2021
+"""CORSIA's first year (pilot phase 2021-2023, RULES-REFERENCE §6): no obligation is older."""
+LAST_COMPLIANCE_YEAR = 2100
+"""The latest compliance year accepted: a later one is a typo, not an obligation."""
+
+
+def compliance_year_problem(intended_use: str, compliance_year: int) -> str | None:
+    """What is wrong with a transfer instruction's compliance year, if anything.
+
+    One rule for the gateway's edge (which names the field in its request) and the bridge.
+
+    Args:
+        intended_use: The instruction's intended use.
+        compliance_year: Its compliance year, 0 when none.
+
+    Returns:
+        The problem, worded for the ``compliance_year`` field, or None when it is fine.
+    """
+    if compliance_year == 0:
+        return None
+    if intended_use != "corsia":
+        return (
+            f"names a compliance year ({compliance_year}) only for intended use 'corsia', "
+            f"not {intended_use!r}"
+        )
+    if not CORSIA_FIRST_YEAR <= compliance_year <= LAST_COMPLIANCE_YEAR:
+        return (
+            f"{compliance_year} is not a CORSIA compliance year: it must be between "
+            f"{CORSIA_FIRST_YEAR} and {LAST_COMPLIANCE_YEAR}, or 0 for none"
+        )
+    return None
 
 
 def body_digest(body: dict[str, Any]) -> bytes:

@@ -290,6 +290,72 @@ def test_routes_the_bridge_does_not_take_are_rejected(world: World) -> None:
     assert world.violations() == []
 
 
+def test_a_corsia_obligation_year_is_kept_with_the_transfer_and_its_request_id(
+    world: World,
+) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    for_2026 = TransferInstruction(
+        AccountRef("verra", "dev-1"),
+        NATIONAL_BUYER,
+        (vcs(1, 10),),
+        intended_use="corsia",
+        compliance_year=2026,
+    )
+    moved = world.bridge.submit("r-corsia", for_2026)
+    assert moved.state is TransferState.COMPLETED, moved.failure_reason
+    # Read back from the stored instruction, not from the submission in memory.
+    assert world.bridge.get(moved.transfer_id).instruction == for_2026
+    assert world.bridge.submit("r-corsia", for_2026).transfer_id == moved.transfer_id
+    events_before = _log_size(world)
+    # Another obligation year is another body for the same request id.
+    with pytest.raises(RequestIdConflict, match="'r-corsia' was already used"):
+        world.bridge.submit("r-corsia", dataclasses.replace(for_2026, compliance_year=2027))
+    with pytest.raises(RequestIdConflict, match="'r-corsia' was already used"):
+        world.bridge.submit("r-corsia", dataclasses.replace(for_2026, compliance_year=0))
+    assert _log_size(world) == events_before
+    assert world.violations() == []
+
+
+@pytest.mark.parametrize(
+    ("use", "year", "problem"),
+    [
+        ("holding", 2026, "only for intended use 'corsia', not 'holding'"),
+        ("corsia", 2020, "2020 is not a CORSIA compliance year"),
+        ("corsia", 2101, "2101 is not a CORSIA compliance year"),
+    ],
+)
+def test_a_bad_compliance_year_is_refused_naming_it_and_changes_nothing(
+    world: World, use: str, year: int, problem: str
+) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    instruction = TransferInstruction(
+        AccountRef("verra", "dev-1"),
+        NATIONAL_BUYER,
+        (vcs(1, 10),),
+        intended_use=use,
+        compliance_year=year,
+    )
+    rows_before = {(h.block.id, h.registry, h.account, h.status) for h in world.live()}
+    events_before = _log_size(world)
+    for attempt in (
+        lambda: world.bridge.evaluate(instruction),
+        lambda: world.bridge.submit("r-bad-year", instruction),
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            attempt()
+        (violation,) = caught.value.violations
+        assert violation.field == "instruction.compliance_year"
+        assert problem in violation.description
+    (refused,) = world.bridge.submit_many([("r-bad-year", instruction)])
+    assert isinstance(refused, InvalidRequest)
+    assert {(h.block.id, h.registry, h.account, h.status) for h in world.live()} == rows_before
+    assert _log_size(world) == events_before
+    # The request id was not taken: a good instruction may still use it.
+    good = dataclasses.replace(instruction, intended_use="corsia", compliance_year=2026)
+    assert world.bridge.submit("r-bad-year", good).state is TransferState.COMPLETED
+    assert world.violations() == []
+
+
 def test_foreign_units_refused_by_the_destination_roll_back(world: World) -> None:
     world.seed("gold-standard", "gs-dev", gs_block(1, 30))
     gs = gs_block(1, 30).id

@@ -13,7 +13,9 @@ Which packs decide:
   ``guangdong``, ``hkmo``, ``bri`` -> ``article6-bri``), with the baseline double-counting
   pack under it. Verra and Gold Standard, and any mirror returning to its own origin
   registry, get the baseline pack only: the units go home, where they are native, and the
-  only question is whether they are counted once. A ``corsia`` use adds the ``corsia`` pack;
+  only question is whether they are counted once. A ``corsia`` use adds the ``corsia`` pack,
+  under the rules of the offsetting obligation's compliance year when the instruction names
+  one (a first-phase obligation met in 2027 is decided under the first phase);
   Belt-and-Road ITMOs add ``article6-bri`` (for those blocks) wherever they go, because
   authorization and corresponding adjustment travel with the unit, not with the market;
 - a retirement: the pack of the registry the units are retired in, for voluntary
@@ -30,6 +32,7 @@ id, because a bridged origin and its mirror are one holding (DESIGN.md, invarian
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -505,6 +508,9 @@ class _Evaluation:
     pack: str
     use: Use
     moving: tuple[_Moving, ...]
+    compliance_year: int | None = None
+    """The year whose rules decide, on the pack's decision day for it (see
+    :meth:`RulePack.decision_day`); None: the check's own day (or the entity's year)."""
 
 
 class _Combined:
@@ -583,7 +589,10 @@ class ComplianceRules:
         before surrender). Every scheme pack provides a listing use; one that did not would
         refuse a holding transfer with ``CR-ENGINE-0002`` (fail closed rather than admit
         units no rule speaks to). ``"corsia"`` is a holding in the destination market plus
-        :attr:`Use.CORSIA` under the ``corsia`` pack. ``"compliance"``,
+        :attr:`Use.CORSIA` under the ``corsia`` pack, decided on that pack's decision day
+        for the instruction's ``compliance_year`` when it names one (the obligation's
+        phase decides which units are eligible), else on the transfer's day; the
+        destination market's rules are always those of the transfer's day. ``"compliance"``,
         ``"voluntary_retirement"`` and ``"listing"`` map to the use of the same name; a
         transfer for compliance moves units into an entity's account but is not the
         surrender, so the rules decided on the entity's compliance year (offset limits,
@@ -643,7 +652,11 @@ class ComplianceRules:
             pack = PACK_BY_REGISTRY[destination]
             evaluations.append(_Evaluation(pack, use, tuple(moving)))
             if instruction.intended_use == "corsia":
-                evaluations.append(_Evaluation(CORSIA, Use.CORSIA, tuple(moving)))
+                # An offsetting obligation is met under its own year's CORSIA rules: units
+                # cancelled in 2027 for a 2026 obligation are first-phase units. The
+                # destination market still admits them under its rules of the day.
+                year = instruction.compliance_year or None
+                evaluations.append(_Evaluation(CORSIA, Use.CORSIA, tuple(moving), year))
             itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
             if itmos and pack != ARTICLE6:
                 evaluations.append(_Evaluation(ARTICLE6, use, itmos))
@@ -830,7 +843,8 @@ class ComplianceRules:
             # day, or the surrender deadline of the pack's cycle holding it); without the
             # record it cannot know the year, so each pack's decision day for the year is
             # passed as its clock (the clock only selects pack versions: no rule reads it).
-            decided = self._run(evaluations, known, country, day, None, compliance_year=year)
+            for_year = [dataclasses.replace(e, compliance_year=year) for e in evaluations]
+            decided = self._run(for_year, known, country, day, None)
             return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
         return self._run(evaluations, known, country, day, entity)
 
@@ -845,12 +859,12 @@ class ComplianceRules:
         entity: EntityYear | None,
         *,
         defer_entity_rules: bool = False,
-        compliance_year: int | None = None,
     ) -> RulesDecision:
         """Evaluate every pack asked and combine their decisions (deny-overrides).
 
-        ``compliance_year`` is the year whose rules decide when no ``entity`` gives it: each
-        pack is then evaluated on its own decision day for that year instead of ``day``.
+        An evaluation with a ``compliance_year`` is decided on its pack's decision day for
+        that year instead of ``day`` (the clock only selects pack versions: no rule reads
+        it); an ``entity`` gives the engine its year itself.
         """
         combined = _Combined()
         all_moving = tuple(m for e in evaluations for m in e.moving)
@@ -870,7 +884,8 @@ class ComplianceRules:
                 known_blocks=known_blocks,
             )
             pack = self._packs[evaluation.pack]
-            clock = day if compliance_year is None else pack.decision_day(compliance_year)
+            year = evaluation.compliance_year
+            clock = day if year is None else pack.decision_day(year)
             try:
                 decision = evaluate_transfer(
                     pack, facts, clock, baseline=baseline, defer_entity_rules=defer_entity_rules

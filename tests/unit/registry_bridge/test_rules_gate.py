@@ -125,12 +125,14 @@ def transfer(
     use: str = "holding",
     kind: TransferKind = TransferKind.BRIDGE_OUT,
     at: datetime = AT,
+    compliance_year: int = 0,
 ) -> TransferCheck:
     instruction = TransferInstruction(
         source=AccountRef(*source),
         destination=AccountRef(*destination),
         units=tuple(b.id for b in blocks),
         intended_use=use,
+        compliance_year=compliance_year,
     )
     return TransferCheck(instruction, kind, blocks, known, at)
 
@@ -497,6 +499,78 @@ def test_a_corsia_use_from_the_second_phase_is_refused_for_the_missing_list() ->
         refused.message
     )
     assert "corsia@2027-01-01" in second_phase.pack_versions
+
+
+SECOND_PHASE_DAY = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
+"""In the second phase, while airlines still cancel units for first-phase obligations."""
+
+
+def corsia_eligible() -> UnitBlock:
+    """A VCU meeting every first-phase condition: letter, adjustment, registry tag."""
+    return dataclasses.replace(
+        vcs(),
+        authorization=Authorization("LOA-ID-9", "ID", frozenset({"corsia"}), date(2024, 6, 3)),
+        corresponding_adjustment=CorrespondingAdjustment.APPLIED,
+        labels=frozenset({"corsia_eligible"}),
+    )
+
+
+def corsia_for(
+    block: UnitBlock, compliance_year: int, at: datetime = SECOND_PHASE_DAY
+) -> RulesDecision:
+    return gate().check_transfer(
+        transfer(
+            (block,),
+            (row(7, block, "hkmo", "seller"),),
+            source=("hkmo", "seller"),
+            destination=("shenzhen", "airline"),
+            use="corsia",
+            at=at,
+            compliance_year=compliance_year,
+        )
+    )
+
+
+def test_a_first_phase_obligation_met_in_the_second_phase_is_decided_under_the_first() -> None:
+    allowed = corsia_for(corsia_eligible(), 2026)
+    assert allowed.allowed, allowed.violations
+    assert "corsia@2024-10-31" in allowed.pack_versions
+    assert "corsia@2027-01-01" not in allowed.pack_versions
+    refused = corsia_for(vcs(), 2026)
+    assert ids(refused) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
+    assert "corsia@2024-10-31" in refused.pack_versions
+
+
+def test_a_pilot_year_is_decided_under_the_pilot_rules() -> None:
+    # Pilot units had to be for reductions on or before 31 Dec 2020; these are of 2021.
+    refused = corsia_for(corsia_eligible(), 2022)
+    assert "CR-CORSIA-0003" in ids(refused)
+    assert "corsia@2021-01-01" in refused.pack_versions
+
+
+@pytest.mark.parametrize("compliance_year", [2027, 0])
+def test_a_second_phase_obligation_or_none_is_refused_for_the_missing_list(
+    compliance_year: int,
+) -> None:
+    (refused,) = corsia_for(corsia_eligible(), compliance_year).violations
+    assert refused.rule_id == "CR-CORSIA-0008"
+
+
+def test_a_second_phase_obligation_is_refused_even_before_the_phase_starts() -> None:
+    decision = corsia_for(corsia_eligible(), 2027, at=AT)
+    assert ids(decision) == {"CR-CORSIA-0008"}
+    assert "corsia@2027-01-01" in decision.pack_versions
+
+
+def test_the_destination_market_decides_on_the_transfer_day_whatever_the_obligation_year() -> None:
+    """Only the CORSIA evaluation moves to the obligation's year: the market pack and the
+    baseline under it keep the transfer's day."""
+    for_2022 = corsia_for(corsia_eligible(), 2022, at=AT)
+    assert "corsia@2021-01-01" in for_2022.pack_versions
+    # Shenzhen's version of 1 Oct 2024 is in force on the transfer's day (1 Mar 2025), its
+    # version of 1 Jul 2022 on the 2022 obligation's decision day.
+    assert "shenzhen@2024-10-01" in for_2022.pack_versions
+    assert "shenzhen@2022-07-01" not in for_2022.pack_versions
 
 
 def test_an_unknown_destination_and_units_missing_from_the_ledger_fail_closed() -> None:

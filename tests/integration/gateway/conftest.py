@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
-from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator
+from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator, utc_now
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
@@ -56,13 +57,18 @@ class LinkedRegistries:
 @contextmanager
 def linked_registries(
     faults: Mapping[str, FaultConfig] | None = None,
+    *,
+    clock: Callable[[], datetime] = utc_now,
 ) -> Iterator[LinkedRegistries]:
-    """The WIRED emulators (each with its ``faults``, if any), stopped afterwards."""
+    """The WIRED emulators (each with its ``faults``, if any, and ``clock``), stopped
+    afterwards."""
     faults = faults or {}
     emulators: dict[str, RunningEmulator] = {}
     try:
         for r in WIRED:
-            emulators[r] = start_emulator(REGISTRIES[r].emulator(), faults=faults.get(r))
+            emulators[r] = start_emulator(
+                REGISTRIES[r].emulator(), faults=faults.get(r), clock=clock
+            )
         yield LinkedRegistries(
             emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
         )
@@ -87,10 +93,14 @@ class LiveGateway:
 
 @contextmanager
 def running_gateway(
-    database_url: str, registries: LinkedRegistries, **settings: Any
+    database_url: str,
+    registries: LinkedRegistries,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    **settings: Any,
 ) -> Iterator[LiveGateway]:
-    """An insecure gateway on ``registries`` with ``settings`` over the defaults; stopped
-    afterwards (the secure path has its own fixtures, test_security*.py)."""
+    """An insecure gateway on ``registries`` with ``settings`` over the defaults, on
+    ``clock``; stopped afterwards (the secure path has its own fixtures, test_security*.py)."""
     config = GatewayConfig(
         listen="127.0.0.1:0",
         database_url=database_url,
@@ -98,7 +108,7 @@ def running_gateway(
         insecure=True,
         **settings,
     )
-    server = GatewayServer(config)
+    server = GatewayServer(config, clock=clock)
     target = f"127.0.0.1:{server.start()}"
     channel = grpc.insecure_channel(target)
     try:

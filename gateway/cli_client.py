@@ -95,6 +95,12 @@ def _submit(args: argparse.Namespace) -> int:
         return _usage(
             "transfer submit", "a settlement needs both --currency and --amount, or neither"
         )
+    if args.compliance_year is not None and args.use != "corsia":
+        return _usage(
+            "transfer submit",
+            f"--compliance-year names a CORSIA obligation's year: it needs --use corsia, "
+            f"not --use {args.use}",
+        )
     request = gateway_pb2.SubmitTransferRequest(
         request_id=args.request_id or uuid.uuid4().hex,
         instruction=model_pb2.TransferInstruction(
@@ -102,6 +108,7 @@ def _submit(args: argparse.Namespace) -> int:
             destination=args.destination,
             units=_selectors(args),
             intended_use=args.use,
+            compliance_year=args.compliance_year or 0,
         ),
     )
     if args.currency:
@@ -204,6 +211,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _unit_arguments(submit, "serial in the source registry's format (repeatable)")
     submit.add_argument("--use", default="holding", help="intended use of the units")
+    submit.add_argument(
+        "--compliance-year",
+        type=int,
+        metavar="YEAR",
+        help="with --use corsia: the offsetting obligation's year, whose CORSIA rules decide "
+        "(default: the rules of the transfer's day)",
+    )
     submit.add_argument("--request-id", help="idempotency key (default: a new one)")
     submit.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
     submit.add_argument("--amount", help="settlement amount, a decimal")

@@ -33,6 +33,7 @@ from registry_bridge.transfers import (
     TransferInstruction,
     TransferState,
     UnitUse,
+    compliance_year_problem,
 )
 
 _UNIT_KIND = {
@@ -227,6 +228,9 @@ def instruction_from_pb(
         problems.append(
             FieldViolation(f"{path}.intended_use", f"must be one of {', '.join(sorted(_USES))}")
         )
+    year_problem = compliance_year_problem(use, message.compliance_year)
+    if year_problem is not None:
+        problems.append(FieldViolation(f"{path}.compliance_year", year_problem))
     settlement = None
     if message.HasField("settlement"):
         currency = message.settlement.currency
@@ -258,7 +262,9 @@ def instruction_from_pb(
         )
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
-    return TransferInstruction(source, destination, units, use, settlement)
+    return TransferInstruction(
+        source, destination, units, use, settlement, compliance_year=message.compliance_year
+    )
 
 
 def decision_to_pb(decision: RulesDecision) -> model_pb2.Decision:
@@ -296,6 +302,7 @@ def transfer_to_pb(transfer: Transfer) -> model_pb2.Transfer:
             ),
             units=[model_pb2.UnitSelector(block=block_id_to_pb(u)) for u in instruction.units],
             intended_use=instruction.intended_use,
+            compliance_year=instruction.compliance_year,
         ),
         state=_TRANSFER_STATE[transfer.state],
         history=[

@@ -1664,8 +1664,20 @@ class Bridge:
         self._advance(session, record, TransferState.SOURCE_LOCKED)
 
     def _credit_plan(self, record: TransferRow) -> list[_Leg]:
-        """Credit the destination; the lock's expiry is the registry's deadline for it."""
+        """Credit the destination; the lock's expiry is the registry's deadline for it.
+
+        Only the first credit has the lock's expiry as its deadline.  The legs run in
+        order and stop at the first that fails, so a later leg goes out only once the
+        first is applied, and from then on the transfer can no longer roll back (see
+        ``_credit_verdict``): the rest of its credits must land even past the gateway's
+        expiry, or a gateway back after a crash (or a destination back after an outage)
+        past it would find them refused and the transfer stuck half credited.  Their
+        deadline is the registries' lock instead, which holds the source units until
+        then.
+        """
         kind = TransferKind(record.kind)
+        expires = record.lock_expires_at
+        later = None if expires is None else expires + self._registry_lock_grace
         legs: list[_Leg] = []
         for i, piece in enumerate(self._pieces(record)):
             origin_registry = ORIGIN_REGISTRY[piece.origin_block.program]
@@ -1678,7 +1690,7 @@ class Bridge:
                         piece.block,
                         origin_registry,
                         record.id,
-                        record.lock_expires_at,
+                        expires if not legs else later,
                     ),
                     piece=i,
                 )
@@ -1693,7 +1705,7 @@ class Bridge:
                             piece.block,
                             origin_registry,
                             record.id,
-                            record.lock_expires_at,
+                            later,
                         ),
                         piece=i,
                         follows=True,
@@ -1710,9 +1722,11 @@ class Bridge:
         for index, outcome in enumerate(outcomes):
             leg = legs[index]
             if isinstance(outcome, RegistryRejected):
-                if credited:
-                    # Part of a multi-block transfer was credited; the rest must follow,
-                    # so the transfer waits rather than rolling back.
+                if index:
+                    # An earlier leg was credited (a piece of a multi-block transfer, or
+                    # a venue's credit before its origin's): the rest must follow, so the
+                    # transfer waits.  Rolling back would unlock the source while the
+                    # credited units stay at the destination: counted twice.
                     return "wait", f"credit refused after a partial credit: {outcome}"
                 return "rollback", f"credit refused: {outcome}"
             if isinstance(outcome, RegistryUnavailable):

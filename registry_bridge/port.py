@@ -115,7 +115,9 @@ class CreditRequest:
     transfer: str
     deadline: datetime | None = None
     """A registry must refuse the credit after this instant (the source lock's expiry), so
-    a transfer rolled back for an expired lock can never be credited late."""
+    a transfer rolled back for an expired lock can never be credited late.  A transfer's
+    later credits, sent once its first was applied (it can no longer roll back), carry the
+    registries' own lock expiry instead, which is later."""
 
 
 @dataclass(frozen=True)

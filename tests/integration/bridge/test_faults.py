@@ -8,14 +8,17 @@ as a flaky network would.  A registry that stays down is a stopped server.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import pytest
 
 from adapters.emulator_core import FaultConfig
-from registry_bridge.errors import RegistryUnavailable
+from adapters.retry import RetryingRegistry
+from registry_bridge.bridge import Bridge
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.port import CreditRequest, RegistryHolding
 from registry_bridge.transfers import (
     AccountRef,
     Transfer,
@@ -23,7 +26,14 @@ from registry_bridge.transfers import (
     TransferState,
     UseRequest,
 )
-from tests.integration.bridge.conftest import World, gs_block, make_world, vcs_block
+from tests.integration.bridge.conftest import (
+    FAST_RETRY,
+    PermitAllRules,
+    World,
+    gs_block,
+    make_world,
+    vcs_block,
+)
 
 # Every registry flaky at once.  Seeded: a failure reproduces exactly.
 FLAKY = FaultConfig(
@@ -233,4 +243,95 @@ def test_lock_expired_before_the_source_answered_rolls_back(world: World) -> Non
         ),
     )
     assert again.state is TransferState.COMPLETED, again.failure_reason
+    assert world.violations() == []
+
+
+class _CutOff(RetryingRegistry):
+    """A registry no credit whose operation id ends with ``cut`` reaches: the network
+    drops there, as it does for a gateway killed right before that call."""
+
+    def __init__(self, inner: RetryingRegistry, cut: str) -> None:
+        super().__init__(inner, FAST_RETRY)
+        self._cut = cut
+
+    def credit(self, request: CreditRequest) -> RegistryHolding:
+        if request.operation_id.endswith(self._cut):
+            raise RegistryUnavailable(self.registry_id, "cut off")
+        return super().credit(request)
+
+    def credit_many(
+        self, requests: Sequence[CreditRequest]
+    ) -> Sequence[RegistryHolding | RegistryRejected]:
+        if any(r.operation_id.endswith(self._cut) for r in requests):
+            raise RegistryUnavailable(self.registry_id, "cut off")
+        return super().credit_many(requests)
+
+
+def _cut_off(world: World, registry: str, cut: str) -> Bridge:
+    """A gateway on ``world``'s ledger whose credits ending with ``cut`` never reach
+    ``registry`` (the one that dies there; ``world.bridge`` is the one restarted)."""
+    port = world.ports[registry]
+    assert isinstance(port, RetryingRegistry)
+    return Bridge(
+        world.sessions,
+        {**world.ports, registry: _CutOff(port, cut)},
+        PermitAllRules(),
+        clock=world.clock,
+    )
+
+
+def test_a_transfer_cut_off_between_its_credits_completes_past_the_lock_expiry(
+    world: World,
+) -> None:
+    """Two blocks move to one destination, one credit each.  The gateway dies after the
+    first credit, and the one restarted comes back past the lock's TTL: the first credit
+    is applied and cannot be undone, so the second must land too."""
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    blocks = (BlockId(Program.VCS, "", 1, 10), BlockId(Program.VCS, "", 21, 30))
+    instruction = TransferInstruction(
+        AccountRef("verra", "dev-1"), AccountRef("national", "buyer"), blocks
+    )
+    transfer = _cut_off(world, "national", ":credit:1").submit("r-1", instruction)
+    assert transfer.state is TransferState.SOURCE_LOCKED
+    world.clock.advance(timedelta(minutes=6))
+
+    assert world.bridge.resume_unfinished() == {transfer.transfer_id: TransferState.COMPLETED}
+    done = world.bridge.get(transfer.transfer_id)
+    assert [b.quantity for b in done.credited_blocks] == [10, 10]
+    for block in blocks:
+        assert world.statuses("verra", "dev-1", block) == {HoldingStatus.BRIDGED}
+    assert world.violations() == []
+
+
+def test_a_return_cut_off_between_the_venue_and_the_origin_never_rolls_back(
+    world: World,
+) -> None:
+    """A mirror returns to a custody venue: the venue is credited, then the origin
+    registry.  The gateway dies between the two, and the one restarted comes back past the
+    lock's TTL: rolling back now would leave the units active at the venue and the mirror
+    active in Shenzhen, so the origin's credit must land instead."""
+    world.seed("hkmo", "hk-seller", vcs_block(1, 50))
+    out = world.bridge.submit(
+        "out-1",
+        TransferInstruction(
+            AccountRef("hkmo", "hk-seller"),
+            AccountRef("shenzhen", "buyer"),
+            (BlockId(Program.VCS, "", 1, 30),),
+        ),
+    )
+    assert out.state is TransferState.COMPLETED, out.failure_reason
+    mirror = out.credited_blocks[0].id
+    back = _cut_off(world, "verra", ":credit-origin:0").submit(
+        "back-1",
+        TransferInstruction(
+            AccountRef("shenzhen", "buyer"), AccountRef("hkmo", "hk-buyer"), (mirror,)
+        ),
+    )
+    assert back.state is TransferState.SOURCE_LOCKED
+    world.clock.advance(timedelta(minutes=6))
+
+    assert world.bridge.resume_unfinished() == {back.transfer_id: TransferState.COMPLETED}
+    assert world.statuses("hkmo", "hk-buyer", BlockId(Program.VCS, "", 1, 30)) == {
+        HoldingStatus.ACTIVE
+    }
     assert world.violations() == []

@@ -23,7 +23,7 @@ from gateway.migration_api import (
 )
 from gateway.security.policy import may_read_migration, readable_accounts
 from registry_bridge.bridge import Bridge
-from registry_bridge.db import unit_of_work
+from registry_bridge.db import read_only
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
@@ -405,6 +405,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             raise InvalidRequest.field(
                 "registries", f"not wired: {', '.join(unknown)} (wired: {sorted(self._ports)})"
             )
-        with unit_of_work(self._bridge.sessions) as session:
+        # Read only: a reconciliation asks every registry about every block, which takes
+        # long on a large ledger, and on SQLite a write transaction would hold the one
+        # write lock all that time, stopping every transfer.
+        with read_only(self._bridge.sessions) as session:
             report = reconcile(session, self._ports, request.registries)
         return convert_provenance.report_to_pb(report)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import date
 from typing import cast
@@ -15,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.emulator_core import UnitState
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from registry_bridge import db, invariants, ledger, merkle
@@ -439,3 +442,43 @@ def test_replaying_the_traced_log_rebuilds_the_ledger(moved: Moved) -> None:
         }
     assert rebuilt == live
     assert any(state[2] == HoldingStatus.RETIRED.value for state in rebuilt.values())
+
+
+def test_a_reconciliation_waiting_on_a_registry_holds_no_transfer_up(
+    live_gateway: LiveGateway, registries: LinkedRegistries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconciliation reads the ledger and then asks every registry, which takes long on
+    a large ledger: the transfers meanwhile must not wait for it (on SQLite its
+    transaction held the one write lock until it ended, and every write queued)."""
+    store = registries.emulators["verra"].store
+    asked, answer = threading.Event(), threading.Event()
+    totals = store.totals
+
+    def slow_totals() -> list[tuple[Program, UnitState, int]]:
+        asked.set()
+        answer.wait(timeout=60)
+        return totals()
+
+    monkeypatch.setattr(store, "totals", slow_totals)
+    with futures.ThreadPoolExecutor(max_workers=1) as pool:
+        report = pool.submit(
+            live_gateway.stub.Reconcile, gateway_pb2.ReconcileRequest(), timeout=90
+        )
+        try:
+            assert asked.wait(timeout=30)
+            transfer = live_gateway.stub.SubmitTransfer(
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="during-reconcile",
+                    instruction=model_pb2.TransferInstruction(
+                        source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                        destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+                        units=[_selector(BlockId(Program.VCS, "", START, START + 9))],
+                    ),
+                ),
+                timeout=20,
+            )
+        finally:
+            answer.set()
+        assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED, transfer.failure_reason
+        report.result(timeout=90)
+    assert live_gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60).consistent

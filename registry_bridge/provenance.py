@@ -110,6 +110,21 @@ def origin_ranges(bodies: Iterable[dict[str, Any]], query: BlockId) -> list[Bloc
     return sorted(found)
 
 
+def _merged(ranges: Iterable[BlockId]) -> list[BlockId]:
+    """``ranges`` with adjacent and overlapping ones joined: the same serials, looked up
+    once per run rather than once per range (units sold in lots leave one range each)."""
+    spans: dict[tuple[Program, str], list[tuple[int, int]]] = {}
+    for block in ranges:
+        spans.setdefault((block.program, block.serial_series), []).append(
+            (block.serial_start, block.serial_end)
+        )
+    return [
+        BlockId(program, series, start, end)
+        for (program, series), runs in spans.items()
+        for start, end in merge_spans(runs)
+    ]
+
+
 def _check_covered(query: BlockId, bodies: Iterable[dict[str, Any]]) -> None:
     """Every serial of ``query`` is a row of some event (its own range or, for a row that
     stands for other units, its origin range).
@@ -261,7 +276,7 @@ class ProvenanceLog:
             direct = self._bodies(session, first)
             _check_covered(query, direct.values())
             found = set(first)
-            for origin in origin_ranges(direct.values(), query):
+            for origin in _merged(origin_ranges(direct.values(), query)):
                 found |= _overlap(session, origin, size)
             events = list(
                 session.execute(

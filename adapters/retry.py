@@ -91,6 +91,11 @@ class RetryingRegistry:
         """The wrapped adapter."""
         return self._inner
 
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy it applies."""
+        return self._policy
+
     def _call(self, operation: Callable[[], T]) -> T:
         # The first attempt is made here: tenacity's controller costs ~10 us a call, as
         # much as a call's own client-side work, and most calls succeed at once.

@@ -68,6 +68,10 @@ class GatewayConfig:
     """Deadline of one call to a registry."""
     registry_retry_attempts: int = 5
     """Attempts for a transient registry failure before the transfer gives up on the step."""
+    registry_retry_initial_wait_seconds: float = 0.1
+    """Wait before the second attempt; it doubles per attempt up to the maximum."""
+    registry_retry_max_wait_seconds: float = 2.0
+    """Longest wait between two attempts (a registry known to restart slowly wants more)."""
     recovery_interval_seconds: float = 5.0
     """How often unfinished transfers are resumed (and expired locks rolled back)."""
     registry_import_interval_seconds: float = 60.0
@@ -136,6 +140,8 @@ _FIELD_TYPES: dict[str, type] = {
     "lock_ttl_seconds": int,
     "registry_timeout_seconds": float,
     "registry_retry_attempts": int,
+    "registry_retry_initial_wait_seconds": float,
+    "registry_retry_max_wait_seconds": float,
     "recovery_interval_seconds": float,
     "registry_import_interval_seconds": float,
     "fault_crash_after_state": str,
@@ -235,6 +241,8 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "lock_ttl_seconds": config.lock_ttl_seconds,
         "registry_timeout_seconds": config.registry_timeout_seconds,
         "registry_retry_attempts": config.registry_retry_attempts,
+        "registry_retry_initial_wait_seconds": config.registry_retry_initial_wait_seconds,
+        "registry_retry_max_wait_seconds": config.registry_retry_max_wait_seconds,
         "recovery_interval_seconds": config.recovery_interval_seconds,
         "registry_import_interval_seconds": config.registry_import_interval_seconds,
         "transfer_lease_seconds": config.transfer_lease_seconds,
@@ -245,6 +253,14 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name}: must be greater than 0, got {value} ({origin(name)})")
+    if config.registry_retry_initial_wait_seconds > config.registry_retry_max_wait_seconds:
+        raise ConfigError(
+            "registry_retry_initial_wait_seconds: "
+            f"{config.registry_retry_initial_wait_seconds} is above "
+            f"registry_retry_max_wait_seconds, {config.registry_retry_max_wait_seconds} "
+            f"({origin('registry_retry_initial_wait_seconds')}, "
+            f"{origin('registry_retry_max_wait_seconds')})"
+        )
     states = (
         "",
         "PROPOSED",

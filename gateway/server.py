@@ -158,7 +158,11 @@ class GatewayServer:
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
         self._registries = wired_registries(config)
-        retry = RetryPolicy(attempts=config.registry_retry_attempts)
+        retry = RetryPolicy(
+            attempts=config.registry_retry_attempts,
+            initial_wait_s=config.registry_retry_initial_wait_seconds,
+            max_wait_s=config.registry_retry_max_wait_seconds,
+        )
         self.adapters: dict[str, RegistryPort] = {
             info.registry_id: build_adapter(
                 info.registry_id,

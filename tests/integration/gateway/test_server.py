@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from adapters.retry import RetryingRegistry
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
@@ -239,3 +241,22 @@ def test_parse_serial_names_the_bad_segment(gateway: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ParseSerial(gateway_pb2.ParseSerialRequest(registry="nowhere", serial="x"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_registry_retry_policy_is_the_configured_one(tmp_path: Path) -> None:
+    config = GatewayConfig(
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        registries=(RegistryEndpoint("verra", "127.0.0.1:1"),),
+        registry_retry_attempts=7,
+        registry_retry_initial_wait_seconds=0.5,
+        registry_retry_max_wait_seconds=4.0,
+        insecure=True,
+    )
+    server = GatewayServer(config)
+    try:
+        adapter = server.adapters["verra"]
+        assert isinstance(adapter, RetryingRegistry)
+        policy = adapter.policy
+        assert (policy.attempts, policy.initial_wait_s, policy.max_wait_s) == (7, 0.5, 4.0)
+    finally:
+        server.engine.dispose()

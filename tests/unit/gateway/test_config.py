@@ -65,6 +65,15 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
         ({"CARBONLINK_REGISTRIES": "verra=a:1,verra=b:2"}, "'verra' is listed twice"),
         ({"CARBONLINK_REGISTRIES": "verra=nohost"}, "registries.verra: 'nohost' is not HOST:PORT"),
         ({"CARBONLINK_COLOUR": "blue"}, "colour: unknown setting (env CARBONLINK_COLOUR)"),
+        (
+            {"CARBONLINK_REGISTRY_RETRY_MAX_WAIT_SECONDS": "0"},
+            "registry_retry_max_wait_seconds: must be greater than 0",
+        ),
+        (
+            {"CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS": "3"},
+            "registry_retry_initial_wait_seconds: 3.0 is above registry_retry_max_wait_seconds,"
+            " 2.0 (env CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS, default)",
+        ),
     ],
 )
 def test_bad_values_are_refused_by_name(environ: dict[str, str], named: str) -> None:

@@ -455,52 +455,6 @@ def test_a_mirror_returning_home_gets_the_baseline_pack_only() -> None:
     assert decision == RulesDecision(allowed=True, pack_versions=("baseline@2000-01-01",))
 
 
-def test_a_corsia_use_is_decided_by_the_corsia_pack_too() -> None:
-    block = vcs()
-    decision = gate().check_transfer(
-        transfer(
-            (block,),
-            (row(7, block, "hkmo", "seller"),),
-            source=("hkmo", "seller"),
-            destination=("shenzhen", "airline"),
-            use="corsia",
-        )
-    )
-    assert ids(decision) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
-    assert "corsia@2024-10-31" in decision.pack_versions
-    # The baseline ran under both packs; its versions and violations appear once.
-    assert decision.pack_versions.count("baseline@2000-01-01") == 1
-
-
-def test_a_corsia_use_from_the_second_phase_is_refused_for_the_missing_list() -> None:
-    """The phase changes at midnight market time (UTC+8) on 1 Jan 2027, not at midnight UTC."""
-    block = vcs()
-
-    def corsia_at(at: datetime) -> RulesDecision:
-        return gate().check_transfer(
-            transfer(
-                (block,),
-                (row(7, block, "hkmo", "seller"),),
-                source=("hkmo", "seller"),
-                destination=("shenzhen", "airline"),
-                use="corsia",
-                at=at,
-            )
-        )
-
-    first_phase = corsia_at(datetime(2026, 12, 31, 15, 59, tzinfo=UTC))
-    assert ids(first_phase) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
-    assert "corsia@2024-10-31" in first_phase.pack_versions
-    second_phase = corsia_at(datetime(2026, 12, 31, 16, 0, tzinfo=UTC))
-    (refused,) = second_phase.violations
-    assert refused.rule_id == "CR-CORSIA-0008"
-    assert refused.blocks == (block.id,)
-    assert "the pack does not hold the ICAO list of CORSIA eligible emissions units" in (
-        refused.message
-    )
-    assert "corsia@2027-01-01" in second_phase.pack_versions
-
-
 SECOND_PHASE_DAY = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 """In the second phase, while airlines still cancel units for first-phase obligations."""
 
@@ -529,6 +483,30 @@ def corsia_for(
             compliance_year=compliance_year,
         )
     )
+
+
+def test_a_corsia_use_is_decided_by_the_corsia_pack_too() -> None:
+    decision = corsia_for(vcs(), 0, at=AT)
+    assert ids(decision) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
+    assert "corsia@2024-10-31" in decision.pack_versions
+    # The baseline ran under both packs; its versions and violations appear once.
+    assert decision.pack_versions.count("baseline@2000-01-01") == 1
+
+
+def test_a_corsia_use_from_the_second_phase_is_refused_for_the_missing_list() -> None:
+    """The phase changes at midnight market time (UTC+8) on 1 Jan 2027, not at midnight UTC."""
+    block = vcs()
+    first_phase = corsia_for(block, 0, at=datetime(2026, 12, 31, 15, 59, tzinfo=UTC))
+    assert ids(first_phase) == {"CR-CORSIA-0005", "CR-CORSIA-0006", "CR-CORSIA-0007"}
+    assert "corsia@2024-10-31" in first_phase.pack_versions
+    second_phase = corsia_for(block, 0, at=datetime(2026, 12, 31, 16, 0, tzinfo=UTC))
+    (refused,) = second_phase.violations
+    assert refused.rule_id == "CR-CORSIA-0008"
+    assert refused.blocks == (block.id,)
+    assert "the pack does not hold the ICAO list of CORSIA eligible emissions units" in (
+        refused.message
+    )
+    assert "corsia@2027-01-01" in second_phase.pack_versions
 
 
 def test_a_first_phase_obligation_met_in_the_second_phase_is_decided_under_the_first() -> None:

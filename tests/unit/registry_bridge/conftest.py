@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,3 +31,17 @@ def _migrated(url: str) -> Iterator[sessionmaker[Session]]:
         yield db.session_factory(engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The COPY statements psycopg is asked to run."""
+    seen: list[str] = []
+    copy = psycopg.Cursor.copy
+
+    def counted(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(statement))
+        return copy(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", counted)
+    return seen

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,20 +59,6 @@ def _events(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
 
 def _as_utc(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "created_at": row["created_at"].astimezone(UTC)}
-
-
-@pytest.fixture
-def copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The COPY statements psycopg is asked to run."""
-    seen: list[str] = []
-    copy = psycopg.Cursor.copy
-
-    def counted(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(str(statement))
-        return copy(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "copy", counted)
-    return seen
 
 
 def test_many_rows_read_back_as_they_were_given(

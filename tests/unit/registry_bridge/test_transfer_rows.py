@@ -8,9 +8,7 @@ one else's; a row changed after its transaction ended is not written anywhere.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -263,16 +261,8 @@ def test_a_write_that_fails_in_a_savepoint_is_undone_with_it(
 
 
 def test_many_new_rows_read_back_as_given_and_are_copied_on_postgresql(
-    database_url: str, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+    database_url: str, sessions: sessionmaker[Session], copies: list[str]
 ) -> None:
-    copies: list[str] = []
-    copy = psycopg.Cursor.copy
-
-    def counted(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
-        copies.append(str(statement))
-        return copy(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "copy", counted)
     east = timezone(timedelta(hours=8))
     rows = []
     for n in range(db.COPY_MIN_ROWS + 5):

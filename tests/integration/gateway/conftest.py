@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,13 +59,14 @@ def linked_registries(
     faults: Mapping[str, FaultConfig] | None = None,
     *,
     clock: Callable[[], datetime] = utc_now,
+    wired: Sequence[str] = WIRED,
 ) -> Iterator[LinkedRegistries]:
-    """The WIRED emulators (each with its ``faults``, if any, and ``clock``), stopped
+    """The ``wired`` emulators (each with its ``faults``, if any, and ``clock``), stopped
     afterwards."""
     faults = faults or {}
     emulators: dict[str, RunningEmulator] = {}
     try:
-        for r in WIRED:
+        for r in wired:
             emulators[r] = start_emulator(
                 REGISTRIES[r].emulator(), faults=faults.get(r), clock=clock
             )

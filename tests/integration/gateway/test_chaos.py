@@ -42,8 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from adapters.emulator_core import FaultConfig, start_emulator
-from adapters.registry import REGISTRIES, build_adapter
+from adapters.emulator_core import FaultConfig
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from gateway.log_keys import write_new_key
@@ -58,6 +57,7 @@ from tests.integration.gateway.conftest import (
     WIRED,
     LinkedRegistries,
     free_port,
+    linked_registries,
 )
 
 SEED = 20261127
@@ -350,14 +350,8 @@ def chaos_registries() -> Iterator[LinkedRegistries]:
     faults = FaultConfig(
         latency_ms=2, crash_after_commit_fraction=0.03, duplicate_delivery_fraction=0.05, seed=SEED
     )
-    emulators = {r: start_emulator(REGISTRIES[r].emulator(), faults=faults) for r in WIRED}
-    try:
-        yield LinkedRegistries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
-        )
-    finally:
-        for emulator in emulators.values():
-            emulator.stop()
+    with linked_registries(dict.fromkeys(WIRED, faults)) as linked:
+        yield linked
 
 
 def _poll(what: str, done: Callable[[], bool]) -> None:

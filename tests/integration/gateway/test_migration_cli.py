@@ -11,25 +11,17 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
-from adapters.emulator_core import start_emulator
-from adapters.registry import REGISTRIES, build_adapter
 from gateway.cli import main
 from gateway.demo_migration import pilot_entity, seed_registries, settle_final_pilot_year
 from registry_bridge.covered_entities import ComplianceYear, CoveredEntity, entity_to_json
-from tests.integration.gateway.conftest import LinkedRegistries
+from tests.integration.gateway.conftest import LinkedRegistries, linked_registries
 from tests.integration.gateway.test_crash_recovery import _gateway
 
 
 @pytest.fixture
 def pilot() -> Iterator[LinkedRegistries]:
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in ("shenzhen", "national")}
-    try:
-        yield LinkedRegistries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
-        )
-    finally:
-        for emulator in emulators.values():
-            emulator.stop()
+    with linked_registries(wired=("shenzhen", "national")) as linked:
+        yield linked
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -15,8 +15,6 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
-from adapters.emulator_core import start_emulator
-from adapters.registry import REGISTRIES, build_adapter
 from gateway.demo_migration import (
     migration_request,
     pilot_entity,
@@ -27,20 +25,14 @@ from gateway.demo_migration import (
 )
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
-from tests.integration.gateway.conftest import LinkedRegistries
+from tests.integration.gateway.conftest import LinkedRegistries, linked_registries
 from tests.integration.gateway.test_crash_recovery import _gateway
 
 
 @pytest.fixture
 def pilot(database_url: str) -> Iterator[LinkedRegistries]:
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in ("shenzhen", "national")}
-    try:
-        yield LinkedRegistries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
-        )
-    finally:
-        for emulator in emulators.values():
-            emulator.stop()
+    with linked_registries(wired=("shenzhen", "national")) as linked:
+        yield linked
 
 
 @pytest.mark.parametrize("crash_after", ["cancel:applied", "transfer:done"])

@@ -45,6 +45,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
+from gateway.convert import block_id_to_pb
 from gateway.log_keys import write_new_key
 from registry_bridge import db, invariants, merkle
 from registry_bridge.audit import verify_bundle
@@ -257,14 +258,7 @@ class Clients:
 
 
 def _selector(block: BlockId) -> model_pb2.UnitSelector:
-    return model_pb2.UnitSelector(
-        block=model_pb2.BlockId(
-            program=block.program.value,
-            serial_series=block.serial_series,
-            serial_start=block.serial_start,
-            serial_end=block.serial_end,
-        )
-    )
+    return model_pb2.UnitSelector(block=block_id_to_pb(block))
 
 
 def _instruction(

@@ -20,6 +20,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import UnitState
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
+from gateway.convert import block_id_to_pb
 from registry_bridge import db, invariants, ledger, merkle
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -35,14 +36,7 @@ BENEFICIARY = "Shenzhen Example Manufacturing Co."
 
 
 def _selector(block: BlockId) -> model_pb2.UnitSelector:
-    return model_pb2.UnitSelector(
-        block=model_pb2.BlockId(
-            program=block.program.value,
-            serial_series=block.serial_series,
-            serial_start=block.serial_start,
-            serial_end=block.serial_end,
-        )
-    )
+    return model_pb2.UnitSelector(block=block_id_to_pb(block))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from adapters.serials import parse_serial
+from gateway.convert import block_id_to_pb
 from registry_bridge import db, ledger
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.port import IssueRequest, RetireRequest
@@ -52,14 +53,7 @@ def _statuses(gateway: LiveGateway, block: BlockId) -> list[tuple[int, int, Hold
 
 
 def _retire(gateway: LiveGateway, block: BlockId) -> model_pb2.UnitUse:
-    selector = model_pb2.UnitSelector(
-        block=model_pb2.BlockId(
-            program=block.program.value,
-            serial_series=block.serial_series,
-            serial_start=block.serial_start,
-            serial_end=block.serial_end,
-        )
-    )
+    selector = model_pb2.UnitSelector(block=block_id_to_pb(block))
     reply: model_pb2.UnitUse = gateway.stub.Retire(
         gateway_pb2.RetireRequest(
             request_id=uuid.uuid4().hex,

@@ -35,13 +35,33 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import yaml
 
 # Exit status of a standalone emulator killed by an injected crash (EX_SOFTWARE).
 _CRASH_EXIT_STATUS = 70
+
+
+_Settings = TypeVar("_Settings")
+
+
+def _build(cls: type[_Settings], data: Mapping[Any, Any], what: str) -> _Settings:
+    """``cls`` from the mapping of its fields ``data``, refusing unknown keys (a typo must
+    not disable a fault) and values its fields refuse.
+
+    Raises:
+        ValueError: An unknown key or a bad value, named as ``what`` settings.
+    """
+    known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(map(str, set(data) - known))
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ValueError(f"bad {what} settings: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -87,14 +107,7 @@ class ScriptedRefusal:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"a refusal must be a mapping, got {data!r}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown refusal settings: {', '.join(map(str, unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"bad refusal settings: {exc}") from exc
+        return _build(cls, data, "refusal")
 
 
 @dataclass(frozen=True)
@@ -150,20 +163,13 @@ class FaultConfig:
         Raises:
             ValueError: An unknown key or a value out of range.
         """
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
         settings = dict(data)
         if "refusals" in settings:
             listed = settings["refusals"]
             if not isinstance(listed, list):
                 raise ValueError(f"refusals must be a list, got {listed!r}")
             settings["refusals"] = tuple(ScriptedRefusal.from_mapping(item) for item in listed)
-        try:
-            return cls(**settings)
-        except TypeError as exc:
-            raise ValueError(f"bad fault settings: {exc}") from exc
+        return _build(cls, settings, "fault")
 
     @classmethod
     def from_yaml(cls, path: Path) -> FaultConfig:

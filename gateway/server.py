@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from adapters.retry import RetryPolicy
 from gateway.catalog import RegistryInfo
 from gateway.config import ConfigError, GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
+from gateway.in_flight import InFlightCalls
 from gateway.log_keys import load_signer
 from gateway.security.settings import GatewaySecurity, warn_if_insecure
 from gateway.servicer import LinkageGatewayServicer
@@ -43,6 +45,10 @@ _logger = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"].full_name
 _PROBE_TIMEOUT_SECONDS = 0.5
+_HANDLER_END_SECONDS = 1.0
+"""After the grace period, how long a stop waits for the handlers of the calls it
+cancelled: one that was between two statements ends within it, one waiting on a registry
+that does not answer is left."""
 
 
 class RegistryProbe:
@@ -156,6 +162,7 @@ class GatewayServer:
         self.security = GatewaySecurity.from_config(config, db.session_factory(self.engine))
         self._probe = RegistryProbe(self.security.registry_credentials)
         self._server: grpc.Server | None = None
+        self._in_flight = InFlightCalls()
         self._health = health.HealthServicer()
         self._registries = wired_registries(config)
         retry = RetryPolicy(
@@ -217,8 +224,13 @@ class GatewayServer:
             futures.ThreadPoolExecutor(
                 max_workers=self.config.max_workers, thread_name_prefix="rpc"
             ),
-            # Error mapping outermost: it maps what the security interceptor refuses.
-            interceptors=[ErrorMappingInterceptor(), *self.security.interceptors],
+            # Counting outermost, so that a call counts until its last step; error mapping
+            # next: it maps what the security interceptor refuses.
+            interceptors=[
+                self._in_flight,
+                ErrorMappingInterceptor(),
+                *self.security.interceptors,
+            ],
             options=[
                 ("grpc.max_receive_message_length", self.config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -270,21 +282,35 @@ class GatewayServer:
         )
         return port
 
-    def stop(self, grace_seconds: float | None = None) -> None:
-        """Stop taking calls, let in-flight calls finish within the grace period, close."""
+    def stop(self, grace_seconds: float | None = None) -> dict[str, int]:
+        """Stop taking calls, let in-flight calls finish within the grace period, close.
+
+        The stop ends within the grace period and a second, whatever the calls do.
+
+        Returns:
+            The calls, by method, whose handlers still ran when the stop gave up on them
+            (empty when every call ended). They run on in their threads; a process that
+            exits now leaves what they had not committed to recovery, as a crash does.
+        """
         if self._server is None:
-            return
+            return {}
+        grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
+        deadline = time.monotonic() + grace + _HANDLER_END_SECONDS
         self._health.enter_graceful_shutdown()
         self._recovery_stop.set()
-        grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
         self._server.stop(grace).wait()
+        abandoned = self._in_flight.wait_until_idle(deadline - time.monotonic())
         for thread in (self._recovery, self._importing):
             if thread is not None:
-                thread.join(timeout=grace + 5)
+                # Daemon threads: one waiting on a registry is left, as a handler is.
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         self._server = None
         self._probe.close()
         self.engine.dispose()
+        if abandoned:
+            _logger.warning("calls_abandoned", calls=abandoned)
         _logger.info("gateway_stopped")
+        return abandoned
 
     def import_registries(self) -> dict[str, int]:
         """Record in the ledger the units each reachable registry issued; count per registry."""

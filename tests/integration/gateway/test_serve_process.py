@@ -12,8 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
+from bench.stack import SERIAL_START, registries, transfer_request
+from registry_bridge.schema import TransferRecord
 from tests.integration.gateway.conftest import free_port
 from tests.integration.signals import signal_another_thread
 
@@ -73,6 +77,96 @@ def test_serve_stops_on_a_sigterm_taken_by_another_thread(database_url: str) -> 
     names = [e["event"] for e in events]
     assert "shutdown_requested" in names
     assert names[-1] == "gateway_stopped"
+
+
+def _state_of(engine: sa.Engine, request_id: str) -> str | None:
+    with engine.connect() as connection:
+        state: str | None = connection.execute(
+            sa.select(TransferRecord.state).where(TransferRecord.request_id == request_id)
+        ).scalar_one_or_none()
+    return state
+
+
+def test_serve_stops_within_its_grace_period_while_a_registry_hangs(database_url: str) -> None:
+    """A call waiting on a registry that does not answer held ``serve`` until the call's
+    registry deadlines passed (minutes, with retries). Now the stop ends a second after
+    the grace period and names the call it left; a restarted gateway finishes it."""
+    grace_seconds, registry_timeout_seconds = 1.0, 20.0
+    with registries() as linked:
+        target = f"127.0.0.1:{free_port()}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
+        env.update(
+            CARBONLINK_REGISTRIES=",".join(f"{r}={t}" for r, t in linked.targets.items()),
+            CARBONLINK_GRACE_PERIOD_SECONDS=str(grace_seconds),
+            CARBONLINK_REGISTRY_TIMEOUT_SECONDS=str(registry_timeout_seconds),
+            CARBONLINK_RECOVERY_INTERVAL_SECONDS="0.2",
+            CARBONLINK_TRANSFER_LEASE_SECONDS="1",
+        )
+        command = [*CARBONLINK, "serve", "--insecure", "--listen", target]
+        command += ["--database-url", database_url]
+        engine = sa.create_engine(database_url)
+        channel = grpc.insecure_channel(target)
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        try:
+            process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                _wait_serving(target)
+                first = stub.SubmitTransfer(transfer_request("first", SERIAL_START), timeout=30)
+                assert first.state == model_pb2.TRANSFER_STATE_COMPLETED
+                os.kill(linked.pid, signal.SIGSTOP)
+                try:
+                    waiting = stub.SubmitTransfer.future(
+                        transfer_request("second", SERIAL_START + 1), timeout=60
+                    )
+                    # Recorded before its first registry call, which then waits.
+                    deadline = time.monotonic() + 30
+                    while _state_of(engine, "second") is None:
+                        assert time.monotonic() < deadline, "the transfer never reached the ledger"
+                        time.sleep(0.05)
+                    stopping = time.monotonic()
+                    process.send_signal(signal.SIGTERM)
+                    _, stderr = process.communicate(timeout=registry_timeout_seconds * 3)
+                    stopped_after = time.monotonic() - stopping
+                finally:
+                    os.kill(linked.pid, signal.SIGCONT)
+                assert waiting.exception(timeout=10) is not None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            assert process.returncode == 0, stderr
+            events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+            abandoned = [e for e in events if e["event"] == "calls_abandoned"]
+            assert [e["calls"] for e in abandoned] == [
+                {"/carbonlink.v1.LinkageGateway/SubmitTransfer": 1}
+            ]
+            assert events[-1]["event"] == "gateway_stopped"
+            assert stopped_after < registry_timeout_seconds / 2, stopped_after
+
+            # Nothing is lost: the restarted gateway settles what the stop left.
+            process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                _wait_serving(target)
+                deadline = time.monotonic() + 60
+                while _state_of(engine, "second") not in ("COMPLETED", "ROLLED_BACK"):
+                    assert time.monotonic() < deadline, _state_of(engine, "second")
+                    time.sleep(0.1)
+                again = stub.SubmitTransfer(
+                    transfer_request("second", SERIAL_START + 1), timeout=30
+                )
+                assert again.state in (
+                    model_pb2.TRANSFER_STATE_COMPLETED,
+                    model_pb2.TRANSFER_STATE_ROLLED_BACK,
+                )
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            assert process.returncode == 0, stderr
+            assert "calls_abandoned" not in stderr
+        finally:
+            channel.close()
+            engine.dispose()
 
 
 def test_serve_refuses_a_bad_setting_and_names_it() -> None:

@@ -41,6 +41,9 @@ REJECTION_CODE_KEY = "registry-rejection-code"
 
 _TRANSIENT = frozenset(
     {
+        # A cancelled call may have been applied before it was cancelled: taking it for
+        # a refusal would roll back a transfer whose units the registry had locked.
+        grpc.StatusCode.CANCELLED,
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.UNKNOWN,

@@ -76,6 +76,7 @@ def _failing(error: grpc.RpcError) -> Any:
 @pytest.mark.parametrize(
     "status",
     [
+        grpc.StatusCode.CANCELLED,
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.UNKNOWN,

@@ -68,7 +68,7 @@ class RawWriter:
         if self.sqlite:
             path = sa.make_url(url).database or ""
             self._connection: Any = sqlite3.connect(path, isolation_level=None)
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
                 self._connection.execute(f"PRAGMA {pragma}")
         else:
             parsed = sa.make_url(url)

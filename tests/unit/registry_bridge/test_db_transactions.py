@@ -190,3 +190,16 @@ def test_postgresql_writes_a_transactions_deferred_rows_in_one_pipeline(
         db.defer_insert(session, _LOG_HEAD, {"id": 7, "size": 0})
     assert entered == [1]
     assert _written(sessions) == [1]
+
+
+def test_a_sqlite_commit_is_on_disk_before_it_returns(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    """synchronous=FULL: WAL with NORMAL survives a process crash, not a power loss, and
+    an answered transfer must survive both."""
+    with db.read_only(sqlite_sessions) as session:
+        settings = {
+            pragma: session.connection().exec_driver_sql(f"PRAGMA {pragma}").scalar()
+            for pragma in ("journal_mode", "synchronous")
+        }
+    assert settings == {"journal_mode": "wal", "synchronous": 2}  # 2 is FULL

@@ -1,11 +1,13 @@
 """The engine: facts in, decision out. Pure; the clock is a parameter.
 
-Which pack version applies: for a request with a compliance year, the version in force on the
-last day of that year (the rules that govern the year's compliance), or, for a year of a
-compliance cycle the pack declares, on the cycle's surrender deadline (the rules the cycle was
-complied under: the national ETS's 2019-2020 cycle, under the measures of 2021); otherwise the
-version in force on ``clock``. The baseline pack (double counting) is applied under every
-scheme pack, its version chosen on the same day.
+Which pack version applies: for a request with a compliance year (an entity's, or an
+obligation's named without one), the version in force on the last day of that year (the rules
+that govern the year's compliance), or, for a year of a compliance cycle the pack declares, on
+the cycle's ``rules_on`` day (the rules the cycle was complied under: the national ETS's
+2019-2020 cycle, under the measures of 2021); otherwise the version in force on ``clock``. The
+baseline pack (double counting) is applied under every scheme pack, its version chosen on the
+same day. ``clock`` stays today's date whatever day chose the version: a cycle that closes at
+its deadline refuses a use decided after it (``CR-ENGINE-0004``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from compliance_rules.facts import (
     Use,
 )
 from compliance_rules.loader import BASELINE_PACK, load_builtin
-from compliance_rules.pack import Confidence, PackVersion, RulePack, RuleSpec
+from compliance_rules.pack import ComplianceCycle, Confidence, PackVersion, RulePack, RuleSpec
 from compliance_rules.rules import (
+    CYCLE_CLOSED,
     ENGINE_SOURCE,
     NO_BLOCKS,
     USE_NOT_SUPPORTED,
@@ -55,19 +58,53 @@ def decision_date(pack: RulePack, facts: TransferFacts, clock: date) -> date:
     Returns:
         The date to choose pack versions by (see :meth:`RulePack.decision_day`).
     """
-    if facts.entity is not None:
-        return pack.decision_day(facts.entity.compliance_year)
-    return clock
+    year = facts.obligation_year
+    return clock if year is None else pack.decision_day(year)
+
+
+def _cycle(pack: RulePack, facts: TransferFacts) -> ComplianceCycle | None:
+    year = facts.obligation_year
+    return None if year is None else pack.cycle_for(year)
 
 
 def _unconfirmed_cycle(pack: RulePack, facts: TransferFacts) -> tuple[str, ...]:
     """The pack's unconfirmed compliance cycle the decision's version was chosen by, if any."""
-    if facts.entity is None:
-        return ()
-    cycle = pack.cycle_for(facts.entity.compliance_year)
+    cycle = _cycle(pack, facts)
     if cycle is None or cycle.confidence is not Confidence.UNCONFIRMED:
         return ()
     return (f"{pack.name}:{cycle.name}",)
+
+
+def _cycle_closed(pack: RulePack, facts: TransferFacts, clock: date) -> list[Violation]:
+    """A refusal when the request's compliance cycle closed at its deadline before ``clock``.
+
+    Decided apart from the pack's rules because the version those rules come from is chosen
+    for the cycle, not for today: only the clock can tell that the cycle is over.
+    """
+    cycle = _cycle(pack, facts)
+    if cycle is None or not cycle.closed_on(clock):
+        return []
+    return [
+        Violation(
+            rule_id=CYCLE_CLOSED,
+            message=(
+                "The compliance cycle closed at its surrender deadline: units used now do not "
+                "count toward it"
+            ),
+            source=cycle.source,
+            blocks=tuple(sorted(b.ref for b in facts.blocks)),
+            detail=(
+                f"{pack.name} {cycle.name} ({cycle.first_year}-{cycle.last_year}) had to be met "
+                f"by {cycle.surrender_deadline.isoformat()}; a use for "
+                f"{facts.obligation_year} decided on {clock.isoformat()} is after it"
+            ),
+            details=(
+                ("cycle", cycle.name),
+                ("surrender_deadline", cycle.surrender_deadline.isoformat()),
+                ("decided_on", clock.isoformat()),
+            ),
+        )
+    ]
 
 
 def _specs(
@@ -104,8 +141,11 @@ def evaluate_transfer(
 
     Args:
         pack: The destination scheme's pack.
-        facts: The blocks, the use, the entity and the known blocks elsewhere.
-        clock: Today (injected; no rule reads the system clock).
+        facts: The blocks, the use, the entity (or the obligation's compliance year) and the
+            known blocks elsewhere.
+        clock: Today (injected; no rule reads the system clock). It chooses the version when
+            the request names no compliance year, and says whether the year's cycle has
+            closed when it does.
         baseline: The baseline pack; the built-in one when ``None``.
         defer_entity_rules: The request moves units toward compliance (into an entity's
             account) but is not the surrender: when it names no entity, the rules decided on
@@ -151,10 +191,12 @@ def evaluate_transfer(
         )
     else:
         violations.extend(AllOf(rules).evaluate(ctx))
+    violations.extend(_cycle_closed(pack, facts, clock))
     cycle = _unconfirmed_cycle(pack, facts)
     if cycle:
-        # The pack's own rules were chosen by the cycle: each refusal rests on it too.
-        own = {s.rule_id for s in version.rules}
+        # The pack's own rules, and its cycle's closing, were chosen by the cycle: each
+        # refusal rests on it too.
+        own = {s.rule_id for s in version.rules} | {CYCLE_CLOSED}
         violations = [
             dataclasses.replace(v, unconfirmed_params=(*v.unconfirmed_params, *cycle))
             if v.rule_id in own

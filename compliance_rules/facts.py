@@ -250,6 +250,26 @@ class TransferFacts:
     """Required for compliance surrenders (offset limits); absent for other uses."""
     known_blocks: tuple[KnownBlock, ...] = ()
     """Other live or used blocks the gateway knows of, for the double-counting checks."""
+    compliance_year: int | None = None
+    """The year of the obligation the units are for, when it is known without the entity's
+    record (a CORSIA offsetting obligation named by a transfer instruction). With an
+    ``entity`` it may be omitted, and if given must be the entity's year."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.entity is not None
+            and self.compliance_year is not None
+            and self.compliance_year != self.entity.compliance_year
+        ):
+            raise ValueError(
+                f"compliance_year {self.compliance_year} differs from the entity's "
+                f"{self.entity.compliance_year}"
+            )
+
+    @property
+    def obligation_year(self) -> int | None:
+        """The compliance year the request is for: the entity's, else ``compliance_year``."""
+        return self.entity.compliance_year if self.entity is not None else self.compliance_year
 
 
 @dataclass(frozen=True)

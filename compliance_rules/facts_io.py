@@ -3,6 +3,8 @@
 The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case files::
 
     destination_country: CN          # ISO alpha-2 of where the units land (default CN)
+    compliance_year: 2026            # optional: the obligation's year, when there is no
+                                     # entity (a CORSIA offsetting obligation)
     entity:                          # required for compliance surrenders
       entity_id: SZ-0001
       compliance_year: 2023
@@ -375,7 +377,11 @@ def parse_transfer(value: Any, use: Use | str) -> TransferFacts:
     except ValueError as exc:
         allowed = ", ".join(u.value for u in Use)
         raise FactsError("use", f"{use!r} is not one of: {allowed}") from exc
-    o = _Obj(value, "", frozenset({"destination_country", "entity", "blocks", "known_blocks"}))
+    o = _Obj(
+        value,
+        "",
+        frozenset({"destination_country", "compliance_year", "entity", "blocks", "known_blocks"}),
+    )
     blocks = tuple(parse_block(item, path) for path, item in o.items("blocks", required=True))
     known = []
     for kpath, item in o.items("known_blocks"):
@@ -403,12 +409,23 @@ def parse_transfer(value: Any, use: Use | str) -> TransferFacts:
             )
         )
     entity = parse_entity(o.raw("entity")) if o.has("entity") else None
+    year: int | None = None
+    if o.has("compliance_year"):
+        year = o.integer("compliance_year")
+        if not 1990 <= year <= 2200:
+            raise FactsError(o.at("compliance_year"), f"{year} is not a plausible year")
+        if entity is not None and year != entity.compliance_year:
+            raise FactsError(
+                o.at("compliance_year"),
+                f"{year} differs from the entity's compliance year {entity.compliance_year}",
+            )
     return TransferFacts(
         use=the_use,
         blocks=blocks,
         destination_country=_country(o, "destination_country", "CN"),
         entity=entity,
         known_blocks=tuple(known),
+        compliance_year=year,
     )
 
 

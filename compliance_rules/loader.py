@@ -7,8 +7,9 @@ JSON path rather than stopping at the first:
    (``Draft202012Validator.check_schema`` first, then ``iter_errors``);
 2. semantics the schema cannot say: dates, ascending versions, unique rule ids, references
    to named parameters, an ``accepted_programs`` rule (or a ``use_refused`` rule, which
-   refuses every unit) for every use of a version, compliance cycles in order, apart and
-   surrendered under a version in force;
+   refuses every unit) for every use of a version, compliance cycles in order, apart, and
+   decided (on their ``rules_on`` day, by default their surrender deadline) under a version
+   in force no later than their deadline;
 3. each rule's resolved ``params`` against the schema's ``$defs/params/<kind>``.
 
 A version's GWP basis names an IPCC report; its values come from the package's GWP data
@@ -492,7 +493,9 @@ def _build_cycles(
                         f"({other.first_year}-{other.last_year}): a year has one cycle",
                     )
                 )
-        if deadline is None:
+        named = "rules_on" in doc
+        rules_on = _parse_date(doc["rules_on"], f"{path}.rules_on", issues) if named else deadline
+        if deadline is None or rules_on is None:
             continue
         if deadline <= date(last, 12, 31):
             issues.append(
@@ -502,11 +505,19 @@ def _build_cycles(
                     "surrendered after its years",
                 )
             )
-        if versions and deadline < versions[0].effective_from:
+        if rules_on > deadline:
             issues.append(
                 Issue(
-                    f"{path}.surrender_deadline",
-                    f"no version is in force on {deadline} (first version: "
+                    f"{path}.rules_on",
+                    f"{rules_on} is after the surrender deadline {deadline}: a cycle cannot be "
+                    "decided under rules that came after it closed",
+                )
+            )
+        if versions and rules_on < versions[0].effective_from:
+            issues.append(
+                Issue(
+                    f"{path}.{'rules_on' if named else 'surrender_deadline'}",
+                    f"no version is in force on {rules_on} (first version: "
                     f"{versions[0].effective_from}), so the cycle's years could not be decided",
                 )
             )
@@ -517,6 +528,8 @@ def _build_cycles(
                 first_year=first,
                 last_year=last,
                 surrender_deadline=deadline,
+                rules_on=rules_on,
+                closes_at_deadline=doc["closes_at_deadline"],
                 confidence=Confidence(doc["confidence"]),
                 note=doc["note"],
                 source=_source(doc["source"]),

@@ -133,10 +133,12 @@ class ComplianceCycle:
     """Compliance years a scheme had surrendered together, by one deadline.
 
     A decision for one of these years is made under the pack version in force on
-    ``surrender_deadline``: the rules the cycle was complied under. A year outside every
-    cycle is decided under the version in force on its own last day. A cycle is declared
-    where that default is wrong, e.g. a scheme whose first rules came into force after the
-    years they governed (the national ETS's 2019-2020 cycle, under measures of 2021).
+    ``rules_on``: the rules the cycle was complied under, by default those in force on its
+    surrender deadline. A year outside every cycle is decided under the version in force on
+    its own last day. A cycle is declared where that default is wrong, e.g. a scheme whose
+    first rules came into force after the years they governed (the national ETS's 2019-2020
+    cycle, under measures of 2021), or whose units are still used for a phase after the
+    next phase's rules are in force (CORSIA's 2024-2026 phase, cancelled until 2028).
     """
 
     name: str
@@ -144,6 +146,13 @@ class ComplianceCycle:
     first_year: int
     last_year: int
     surrender_deadline: date
+    rules_on: date
+    """The day whose version decides the cycle's years: ``surrender_deadline`` unless the
+    pack names another (never later than the deadline)."""
+    closes_at_deadline: bool
+    """True when units used for the cycle after ``surrender_deadline`` no longer count
+    toward it, so such a use is refused; False when the deadline only places the rules (a
+    late surrender is then the regulator's matter, not the gateway's refusal)."""
     confidence: Confidence
     """How sure the pack is of the cycle as a whole (its years and its deadline)."""
     note: str
@@ -152,6 +161,10 @@ class ComplianceCycle:
     def holds(self, compliance_year: int) -> bool:
         """Whether ``compliance_year`` is one of the cycle's years."""
         return self.first_year <= compliance_year <= self.last_year
+
+    def closed_on(self, day: date) -> bool:
+        """Whether a use for the cycle decided on ``day`` comes after the cycle has closed."""
+        return self.closes_at_deadline and day > self.surrender_deadline
 
 
 @dataclass(frozen=True)
@@ -200,11 +213,11 @@ class RulePack:
             compliance_year: The year the entity complies for.
 
         Returns:
-            The surrender deadline of the cycle holding the year, if the pack declares one;
-            otherwise the year's last day.
+            The day the cycle holding the year is decided on (its ``rules_on``), if the
+            pack declares one; otherwise the year's last day.
         """
         cycle = self.cycle_for(compliance_year)
-        return date(compliance_year, 12, 31) if cycle is None else cycle.surrender_deadline
+        return date(compliance_year, 12, 31) if cycle is None else cycle.rules_on
 
     def version_for_year(self, compliance_year: int) -> PackVersion:
         """The version that governs a compliance year (see :meth:`decision_day`).

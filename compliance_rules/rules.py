@@ -88,6 +88,9 @@ ENGINE_SOURCE = Source(
 EMPTY_RULE_SET = "CR-ENGINE-0001"
 USE_NOT_SUPPORTED = "CR-ENGINE-0002"
 NO_BLOCKS = "CR-ENGINE-0003"
+CYCLE_CLOSED = "CR-ENGINE-0004"
+"""A use for a compliance cycle's year decided after the cycle closed at its deadline; the
+violation carries the cycle's own source."""
 
 
 class AllOf:

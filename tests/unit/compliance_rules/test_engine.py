@@ -371,6 +371,20 @@ def test_a_use_refused_rule_refuses_every_unit_and_names_what_is_missing() -> No
             "blocks[0].project.country",
         ),
         ({"blocks": [], "entity": {"entity_id": "E"}}, "entity.compliance_year"),
+        ({"blocks": [], "compliance_year": 1800}, "compliance_year"),
+        (
+            {
+                "blocks": [],
+                "compliance_year": 2023,
+                "entity": {
+                    "entity_id": "E",
+                    "compliance_year": 2024,
+                    "verified_emissions": 1,
+                    "allowances_due": 1,
+                },
+            },
+            "compliance_year",
+        ),
         ({"blocks": [], "colour": "red"}, "colour"),
     ],
 )
@@ -378,6 +392,21 @@ def test_bad_facts_name_the_field(document: dict[str, Any], field: str) -> None:
     with pytest.raises(FactsError) as info:
         parse_transfer(document, "compliance")
     assert info.value.field == field
+
+
+_ENTITY_DOC = {
+    "entity_id": "E",
+    "compliance_year": 2024,
+    "verified_emissions": 1,
+    "allowances_due": 1,
+}
+
+
+def test_facts_may_name_an_obligation_year_without_an_entity() -> None:
+    facts = parse_transfer({"blocks": [], "compliance_year": 2026}, "corsia")
+    assert (facts.entity, facts.compliance_year, facts.obligation_year) == (None, 2026, 2026)
+    with_entity = parse_transfer({"blocks": [], "entity": {**_ENTITY_DOC}}, "compliance")
+    assert (with_entity.compliance_year, with_entity.obligation_year) == (None, 2024)
 
 
 def test_unknown_use_is_a_facts_error() -> None:

@@ -21,7 +21,11 @@ from compliance_rules import (
     PackNotFoundError,
     Period,
     Project,
+    Source,
+    TransferFacts,
+    Use,
     evaluate_surrender,
+    evaluate_transfer,
     load_builtin,
     load_pack,
     offset_limits,
@@ -33,6 +37,7 @@ from compliance_rules.loader import (
     pack_schema,
     parse_document,
 )
+from compliance_rules.rules import CYCLE_CLOSED
 
 
 def _minimal() -> dict[str, Any]:
@@ -331,6 +336,7 @@ def _cycle(**changes: Any) -> dict[str, Any]:
         "first_year": 2019,
         "last_year": 2020,
         "surrender_deadline": "2021-12-31",
+        "closes_at_deadline": False,
         "confidence": "unconfirmed",
         "note": "the scheme's first rules came into force after the years they governed",
         "source": {"document": "d", "clause": "c", "confidence": "secondary"},
@@ -366,6 +372,32 @@ def test_a_cycles_years_are_decided_on_its_surrender_deadline() -> None:
         pack.version_for_year(2018)
 
 
+def test_a_cycle_naming_its_rules_day_is_decided_on_it_not_on_its_deadline() -> None:
+    """A cycle surrendered after a later version came into force keeps its own rules."""
+    late = _cycle(first_year=2021, last_year=2022, surrender_deadline="2023-12-31")
+    by_deadline = build_pack(_with_cycles(late), origin="test")
+    assert by_deadline.decision_day(2022) == date(2023, 12, 31)
+    assert by_deadline.version_for_year(2022).effective_from == date(2023, 1, 1)
+    pack = build_pack(_with_cycles({**late, "rules_on": "2022-12-31"}), origin="test")
+    (cycle,) = pack.cycles
+    assert (cycle.rules_on, cycle.surrender_deadline) == (date(2022, 12, 31), date(2023, 12, 31))
+    assert pack.decision_day(2021) == pack.decision_day(2022) == date(2022, 12, 31)
+    assert pack.version_for_year(2022).effective_from == date(2021, 2, 1)
+    year = EntityYear("E-1", 2022, verified_emissions=1_000, allowances_due=1_000)
+    (status,) = offset_limits(pack, year)
+    assert status.limit == 50  # the 2021 version's 5%, not the 2023 version's 10%
+
+
+def test_a_cycle_says_whether_it_closes_at_its_deadline() -> None:
+    open_cycle, closing = (
+        build_pack(_with_cycles(_cycle(closes_at_deadline=flag)), origin="test").cycles[0]
+        for flag in (False, True)
+    )
+    assert not open_cycle.closed_on(date(2030, 1, 1))
+    assert not closing.closed_on(date(2021, 12, 31))
+    assert closing.closed_on(date(2022, 1, 1))
+
+
 def test_a_decision_for_a_cycle_year_names_the_cycle_when_it_is_unconfirmed() -> None:
     pack = build_pack(_with_cycles(_cycle()), origin="test")
     project = Project("CCER", "C-1", "CN")
@@ -382,6 +414,67 @@ def test_a_decision_for_a_cycle_year_names_the_cycle_when_it_is_unconfirmed() ->
     assert status.limit == 50
     sourced = build_pack(_with_cycles(_cycle(confidence="secondary")), origin="test")
     assert evaluate_surrender(sourced, year, [block], date(2025, 1, 1)).unconfirmed_params == ()
+
+
+def _cycle_year_block() -> Block:
+    project = Project("CCER", "C-1", "CN")
+    return Block(BlockRef("CCER", "", 1, 50), project, Period(date(2019, 1, 1), date(2019, 12, 31)))
+
+
+def test_a_use_for_a_closing_cycle_is_refused_after_its_deadline_with_the_cycles_source() -> None:
+    pack = build_pack(
+        _with_cycles(_cycle(closes_at_deadline=True, confidence="secondary")), origin="test"
+    )
+    year = EntityYear("E-1", 2019, verified_emissions=1_000, allowances_due=1_000)
+    block = _cycle_year_block()
+    on_the_deadline = evaluate_surrender(pack, year, [block], date(2021, 12, 31))
+    assert on_the_deadline.allowed, on_the_deadline.violations
+    late = evaluate_surrender(pack, year, [block], date(2022, 1, 1))
+    assert late.rule_ids == (CYCLE_CLOSED,)
+    assert late.pack_version == date(2021, 2, 1)  # still the cycle's rules, not the clock's
+    (closed,) = late.violations
+    assert closed.source == Source("d", "c", Confidence.SECONDARY)
+    assert closed.blocks == (block.ref,)
+    assert "demo first_cycle (2019-2020) had to be met by 2021-12-31" in closed.detail
+    assert dict(closed.details) == {
+        "cycle": "first_cycle",
+        "surrender_deadline": "2021-12-31",
+        "decided_on": "2022-01-01",
+    }
+    assert closed.unconfirmed_params == ()
+    # A cycle that does not close decides a late surrender like any other.
+    open_pack = build_pack(_with_cycles(_cycle(confidence="secondary")), origin="test")
+    assert evaluate_surrender(open_pack, year, [block], date(2030, 1, 1)).allowed
+
+
+def test_the_closing_of_an_unconfirmed_cycle_says_it_rests_on_it() -> None:
+    pack = build_pack(_with_cycles(_cycle(closes_at_deadline=True)), origin="test")
+    year = EntityYear("E-1", 2020, verified_emissions=1_000, allowances_due=1_000)
+    late = evaluate_surrender(pack, year, [_cycle_year_block()], date(2022, 1, 1))
+    (closed,) = late.violations
+    assert closed.rule_id == CYCLE_CLOSED
+    assert closed.unconfirmed_params == ("demo:first_cycle",)
+    assert late.unconfirmed_params == ("demo:first_cycle",)
+
+
+def test_an_obligation_year_without_an_entity_chooses_the_version_and_closes_the_cycle() -> None:
+    pack = build_pack(_with_cycles(_cycle(closes_at_deadline=True)), origin="test")
+    block = _cycle_year_block()
+    # The year, not the clock, chooses the version: 2023's last day is under the 2023 version.
+    named = TransferFacts(Use.COMPLIANCE, (block,), "CN", compliance_year=2023)
+    assert evaluate_transfer(pack, named, date(2022, 6, 1)).pack_version == date(2023, 1, 1)
+    for_2019 = TransferFacts(Use.COMPLIANCE, (block,), "CN", compliance_year=2019)
+    late = evaluate_transfer(pack, for_2019, date(2022, 6, 1))
+    assert late.pack_version == date(2021, 2, 1)
+    assert CYCLE_CLOSED in late.rule_ids
+    with pytest.raises(ValueError, match="compliance_year 2020 differs from the entity's 2019"):
+        TransferFacts(
+            Use.COMPLIANCE,
+            (block,),
+            "CN",
+            EntityYear("E-1", 2019, verified_emissions=1, allowances_due=1),
+            compliance_year=2020,
+        )
 
 
 @pytest.mark.parametrize(
@@ -429,6 +522,30 @@ def test_a_decision_for_a_cycle_year_names_the_cycle_when_it_is_unconfirmed() ->
         (
             [{k: v for k, v in _cycle().items() if k != "source"}],
             ("$.compliance_cycles[0]", "'source' is a required property"),
+        ),
+        (
+            [{k: v for k, v in _cycle().items() if k != "closes_at_deadline"}],
+            ("$.compliance_cycles[0]", "'closes_at_deadline' is a required property"),
+        ),
+        (
+            [_cycle(rules_on="2022-01-01")],
+            (
+                "$.compliance_cycles[0].rules_on",
+                "2022-01-01 is after the surrender deadline 2021-12-31: a cycle cannot be "
+                "decided under rules that came after it closed",
+            ),
+        ),
+        (
+            [_cycle(rules_on="2021-01-31")],
+            (
+                "$.compliance_cycles[0].rules_on",
+                "no version is in force on 2021-01-31 (first version: 2021-02-01), so the "
+                "cycle's years could not be decided",
+            ),
+        ),
+        (
+            [_cycle(rules_on="2021-06-31")],
+            ("$.compliance_cycles[0].rules_on", "'2021-06-31' is not a valid calendar date"),
         ),
     ],
 )

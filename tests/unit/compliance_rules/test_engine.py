@@ -19,6 +19,7 @@ from compliance_rules import (
     Block,
     BlockRef,
     CaStatus,
+    Confidence,
     EntityYear,
     FactsError,
     GecStatus,
@@ -129,11 +130,65 @@ def test_the_national_first_cycle_is_decided_under_the_version_in_force_at_its_s
     assert (status.limit, status.remaining) == (5_000, 5_000)
 
 
-def test_national_years_outside_the_first_cycle_keep_the_years_last_day() -> None:
+def test_the_national_second_cycle_is_declared_with_its_deadline_and_source() -> None:
     pack = load_builtin("national")
-    decided = evaluate_surrender(pack, entity(compliance_year=2021), [ccer(1, 10)], CLOCK)
-    assert decided.pack_version == date(2021, 2, 1)
-    assert "national:first_compliance_cycle" not in decided.unconfirmed_params
+    cycle = pack.cycle_for(2021)
+    assert cycle is not None
+    assert pack.cycle_for(2022) is cycle
+    assert (cycle.name, cycle.first_year, cycle.last_year) == (
+        "second_compliance_cycle",
+        2021,
+        2022,
+    )
+    assert cycle.surrender_deadline == date(2023, 12, 31)
+    # Decided under the rules of MEE's surrender notice, before the 2023 CCER measures.
+    assert cycle.rules_on == date(2023, 7, 17)
+    assert not cycle.closes_at_deadline
+    assert cycle.confidence is Confidence.SECONDARY
+    assert "237号" in cycle.source.document
+    assert cycle.source.confidence is Confidence.SECONDARY
+    assert cycle.source.url.startswith("http")
+    assert pack.cycle_for(2023) is None
+
+
+@pytest.mark.parametrize("year", [2021, 2022])
+def test_the_national_second_cycle_is_decided_under_the_2021_measures_and_their_5_percent(
+    year: int,
+) -> None:
+    """2021 and 2022 were surrendered by 31 Dec 2023 with pre-2017 CCER, each year within 5%
+    of its own allowances due; the 2023 CCER measures' construction date did not apply."""
+    pack = load_builtin("national")
+    assert pack.decision_day(year) == date(2023, 7, 17)
+    cycle_year = entity(compliance_year=year)
+    built_2010 = dataclasses.replace(GANSU_WIND, construction_start=date(2010, 6, 1))
+    vintage = Period(date(year, 1, 1), date(year, 12, 31))
+    legacy = ccer(1, 5_000, project=built_2010, vintage=vintage)
+    november = date(2023, 11, 20)  # after the 2023 CCER measures came into force
+    within = evaluate_surrender(pack, cycle_year, [legacy], november)
+    assert within.allowed, within.violations
+    assert within.pack_version == date(2021, 2, 1)
+    assert "national:second_compliance_cycle" not in within.unconfirmed_params
+    over = evaluate_surrender(
+        pack,
+        cycle_year,
+        [dataclasses.replace(legacy, ref=BlockRef("CCER", "", 1, 5_001))],
+        november,
+    )
+    assert over.rule_ids == ("CR-NAT-0002",)
+    assert over.violations[0].detail_value("limit") == 5_000
+    (status,) = offset_limits(pack, cycle_year)
+    assert (status.limit, status.remaining) == (5_000, 5_000)
+    # The deadline does not close the cycle: a late surrender is decided like any other.
+    late = evaluate_surrender(pack, cycle_year, [legacy], date(2024, 3, 1))
+    assert late.allowed, late.violations
+    # The year after the cycle is decided on its own last day, under the 2023 measures.
+    after = evaluate_surrender(pack, entity(compliance_year=2023), [legacy], november)
+    assert after.pack_version == date(2023, 10, 19)
+    assert after.rule_ids == ("CR-NAT-0006",)
+
+
+def test_national_years_outside_the_cycles_keep_the_years_last_day() -> None:
+    pack = load_builtin("national")
     later = evaluate_surrender(pack, entity(compliance_year=2023), [ccer(1, 10)], CLOCK)
     assert later.pack_version == date(2023, 10, 19)
     with pytest.raises(NoVersionInForceError, match="no version in force on 2018-12-31"):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import compliance_rules
 from compliance_rules import (
+    Authorization,
     Block,
     BlockRef,
     CaStatus,
@@ -43,7 +44,14 @@ from compliance_rules import (
     parse_transfer,
 )
 from compliance_rules.loader import load_pack_text
-from compliance_rules.rules import EMPTY_RULE_SET, NO_BLOCKS, AllOf, Context
+from compliance_rules.rules import (
+    CYCLE_CLOSED,
+    EMPTY_RULE_SET,
+    NO_BLOCKS,
+    USE_NOT_SUPPORTED,
+    AllOf,
+    Context,
+)
 
 CLOCK = date(2025, 6, 1)
 GANSU_WIND = Project(
@@ -305,6 +313,92 @@ def test_non_co2_without_a_usable_basis_is_refused_with_the_reason() -> None:
     assert "'AR3' is not a known IPCC report (known: AR2, AR4, AR5, AR6)" in v.detail
     co2 = dataclasses.replace(facts, blocks=(ccer(1, 10, gas="co2"),))
     assert evaluate_transfer(pack, co2, CLOCK).allowed
+
+
+ART_TREES = Project("ART", "TREES-GY-1", "GY", project_type="forestry_sink")
+
+
+def corsia_unit(**changes: Any) -> Block:
+    """A first-phase unit meeting every condition: letter, adjustment, registry tag."""
+    block = Block(
+        BlockRef("ART", "", 1, 1_000),
+        ART_TREES,
+        Period(date(2021, 1, 1), date(2021, 12, 31)),
+        authorization=Authorization("GY-LoA-1", "GY", frozenset({"corsia"})),
+        ca_status=CaStatus.APPLIED,
+        labels=frozenset({"corsia_eligible"}),
+    )
+    return dataclasses.replace(block, **changes)
+
+
+def test_corsia_declares_its_first_phase_with_the_cancellation_deadline_and_source() -> None:
+    pack = load_builtin("corsia")
+    cycle = pack.cycle_for(2024)
+    assert cycle is not None
+    assert pack.cycle_for(2025) is cycle
+    assert pack.cycle_for(2026) is cycle
+    assert (cycle.name, cycle.first_year, cycle.last_year) == ("first_phase", 2024, 2026)
+    assert cycle.surrender_deadline == date(2028, 1, 31)
+    # The phase's own rules (its last day's), not the second phase's in force at the deadline.
+    assert cycle.rules_on == date(2026, 12, 31)
+    assert cycle.closes_at_deadline
+    assert cycle.confidence is Confidence.SECONDARY
+    assert cycle.source.url.startswith("https://")
+    assert pack.cycle_for(2027) is None
+
+
+@pytest.mark.parametrize("year", [2024, 2025, 2026])
+def test_a_first_phase_obligation_is_decided_under_the_first_phase_until_its_deadline(
+    year: int,
+) -> None:
+    pack = load_builtin("corsia")
+    facts = TransferFacts(Use.CORSIA, (corsia_unit(),), "CN", compliance_year=year)
+    for day in (date(2027, 6, 1), date(2028, 1, 31)):
+        decided = evaluate_transfer(pack, facts, day)
+        assert decided.allowed, (day, decided.violations)
+        assert decided.pack_version == date(2024, 10, 31)
+
+
+@pytest.mark.parametrize("year", [2024, 2025, 2026])
+def test_a_first_phase_obligation_decided_after_its_deadline_is_refused(year: int) -> None:
+    pack = load_builtin("corsia")
+    unit = corsia_unit()
+    facts = TransferFacts(Use.CORSIA, (unit,), "CN", compliance_year=year)
+    late = evaluate_transfer(pack, facts, date(2028, 2, 1))
+    assert late.rule_ids == (CYCLE_CLOSED,)
+    assert late.pack_version == date(2024, 10, 31)
+    (closed,) = late.violations
+    assert closed.blocks == (unit.ref,)
+    assert closed.source == pack.cycles[0].source
+    assert closed.detail == (
+        f"corsia first_phase (2024-2026) had to be met by 2028-01-31; a use for {year} "
+        "decided on 2028-02-01 is after it"
+    )
+    assert closed.detail_value("surrender_deadline") == "2028-01-31"
+    # The first phase's own conditions are still reported with it, every violation listed.
+    untagged = corsia_unit(labels=frozenset())
+    bare = TransferFacts(Use.CORSIA, (untagged,), "CN", compliance_year=year)
+    assert evaluate_transfer(pack, bare, date(2028, 2, 1)).rule_ids == (
+        "CR-CORSIA-0007",
+        CYCLE_CLOSED,
+    )
+
+
+def test_the_first_phase_closes_for_an_obligation_named_through_its_entity_too() -> None:
+    pack = load_builtin("corsia")
+    airline = EntityYear("AIRLINE-1", 2026, verified_emissions=100_000, allowances_due=0)
+    late = evaluate_surrender(pack, airline, [corsia_unit()], date(2028, 2, 1))
+    # evaluate_surrender asks for compliance use, which the CORSIA pack does not provide.
+    assert late.rule_ids == (USE_NOT_SUPPORTED, CYCLE_CLOSED)
+    facts = TransferFacts(Use.CORSIA, (corsia_unit(),), "CN", airline)
+    assert evaluate_transfer(pack, facts, date(2028, 2, 1)).rule_ids == (CYCLE_CLOSED,)
+    assert evaluate_transfer(pack, facts, date(2028, 1, 31)).allowed
+
+
+def test_a_second_phase_obligation_is_not_held_to_the_first_phase_deadline() -> None:
+    pack = load_builtin("corsia")
+    facts = TransferFacts(Use.CORSIA, (corsia_unit(),), "CN", compliance_year=2027)
+    assert evaluate_transfer(pack, facts, date(2028, 2, 1)).rule_ids == ("CR-CORSIA-0008",)
 
 
 _REFUSING_PACK = """

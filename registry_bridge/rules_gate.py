@@ -15,7 +15,8 @@ Which packs decide:
   registry, get the baseline pack only: the units go home, where they are native, and the
   only question is whether they are counted once. A ``corsia`` use adds the ``corsia`` pack,
   under the rules of the offsetting obligation's compliance year when the instruction names
-  one (a first-phase obligation met in 2027 is decided under the first phase);
+  one (a first-phase obligation met in 2027 is decided under the first phase; met after the
+  phase's cancellation deadline, it is refused);
   Belt-and-Road ITMOs add ``article6-bri`` (for those blocks) wherever they go, because
   authorization and corresponding adjustment travel with the unit, not with the market;
 - a retirement: the pack of the registry the units are retired in, for voluntary
@@ -509,8 +510,10 @@ class _Evaluation:
     use: Use
     moving: tuple[_Moving, ...]
     compliance_year: int | None = None
-    """The year whose rules decide, on the pack's decision day for it (see
-    :meth:`RulePack.decision_day`); None: the check's own day (or the entity's year)."""
+    """The obligation's year, given to the engine without an entity: its rules decide, on the
+    pack's decision day for it (see :meth:`RulePack.decision_day`), and a cycle of the pack
+    that closed before the check's day refuses it; None: the check's own day (or the
+    entity's year)."""
 
 
 class _Combined:
@@ -591,8 +594,9 @@ class ComplianceRules:
         units no rule speaks to). ``"corsia"`` is a holding in the destination market plus
         :attr:`Use.CORSIA` under the ``corsia`` pack, decided on that pack's decision day
         for the instruction's ``compliance_year`` when it names one (the obligation's
-        phase decides which units are eligible), else on the transfer's day; the
-        destination market's rules are always those of the transfer's day. ``"compliance"``,
+        phase decides which units are eligible, and a phase past its cancellation deadline
+        on the transfer's day refuses them), else on the transfer's day; the destination
+        market's rules are always those of the transfer's day. ``"compliance"``,
         ``"voluntary_retirement"`` and ``"listing"`` map to the use of the same name; a
         transfer for compliance moves units into an entity's account but is not the
         surrender, so the rules decided on the entity's compliance year (offset limits,
@@ -653,8 +657,9 @@ class ComplianceRules:
             evaluations.append(_Evaluation(pack, use, tuple(moving)))
             if instruction.intended_use == "corsia":
                 # An offsetting obligation is met under its own year's CORSIA rules: units
-                # cancelled in 2027 for a 2026 obligation are first-phase units. The
-                # destination market still admits them under its rules of the day.
+                # cancelled in 2027 for a 2026 obligation are first-phase units, until the
+                # phase's cancellation deadline. The destination market still admits them
+                # under its rules of the day.
                 year = instruction.compliance_year or None
                 evaluations.append(_Evaluation(CORSIA, Use.CORSIA, tuple(moving), year))
             itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
@@ -839,10 +844,9 @@ class ComplianceRules:
                 source=ENTITY_SOURCE,
             )
             # The other rules are still evaluated, so the refusal lists every violation.
-            # The engine picks a compliance year's rules by the year's decision day (its last
-            # day, or the surrender deadline of the pack's cycle holding it); without the
-            # record it cannot know the year, so each pack's decision day for the year is
-            # passed as its clock (the clock only selects pack versions: no rule reads it).
+            # Without the record the engine has no entity to take the year from, so each
+            # evaluation names the year itself: the year's rules decide, and a closed cycle
+            # is refused as with the record.
             for_year = [dataclasses.replace(e, compliance_year=year) for e in evaluations]
             decided = self._run(for_year, known, country, day, None)
             return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
@@ -862,9 +866,10 @@ class ComplianceRules:
     ) -> RulesDecision:
         """Evaluate every pack asked and combine their decisions (deny-overrides).
 
-        An evaluation with a ``compliance_year`` is decided on its pack's decision day for
-        that year instead of ``day`` (the clock only selects pack versions: no rule reads
-        it); an ``entity`` gives the engine its year itself.
+        An evaluation with a ``compliance_year`` gives the engine that year, which decides it
+        on its pack's decision day for the year, while ``day`` stays the engine's clock: a
+        use for a cycle that closed at its deadline before ``day`` is refused. An ``entity``
+        gives the engine its year itself.
         """
         combined = _Combined()
         all_moving = tuple(m for e in evaluations for m in e.moving)
@@ -882,15 +887,14 @@ class ComplianceRules:
                 destination_country=destination_country,
                 entity=entity,
                 known_blocks=known_blocks,
+                compliance_year=None if entity is not None else evaluation.compliance_year,
             )
             pack = self._packs[evaluation.pack]
-            year = evaluation.compliance_year
-            clock = day if year is None else pack.decision_day(year)
             try:
                 decision = evaluate_transfer(
-                    pack, facts, clock, baseline=baseline, defer_entity_rules=defer_entity_rules
+                    pack, facts, day, baseline=baseline, defer_entity_rules=defer_entity_rules
                 )
-                base_version = baseline.version_for(decision_date(pack, facts, clock))
+                base_version = baseline.version_for(decision_date(pack, facts, day))
             except NoVersionInForceError as exc:
                 combined.add([_gate_violation(NO_VERSION_IN_FORCE, str(exc))])
                 continue

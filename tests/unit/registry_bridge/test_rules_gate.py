@@ -519,6 +519,26 @@ def test_a_first_phase_obligation_met_in_the_second_phase_is_decided_under_the_f
     assert "corsia@2024-10-31" in refused.pack_versions
 
 
+def test_a_first_phase_obligation_met_after_the_cancellation_deadline_is_refused() -> None:
+    """The first phase closes at the end of 31 Jan 2028, market time (UTC+8)."""
+    block = corsia_eligible()
+    last_minute = corsia_for(block, 2026, at=datetime(2028, 1, 31, 15, 59, tzinfo=UTC))
+    assert last_minute.allowed, last_minute.violations
+    assert "corsia@2024-10-31" in last_minute.pack_versions
+    late = corsia_for(block, 2026, at=datetime(2028, 1, 31, 16, 0, tzinfo=UTC))
+    (closed,) = late.violations
+    assert closed.rule_id == "CR-ENGINE-0004"
+    assert closed.blocks == (block.id,)
+    assert "closed at its surrender deadline" in closed.message
+    assert "corsia first_phase (2024-2026) had to be met by 2028-01-31" in closed.message
+    assert "decided on 2028-02-01" in closed.message
+    assert "31 Jan 2028" in closed.source
+    assert ("surrender_deadline", "2028-01-31") in closed.details
+    # Still decided under the first phase's rules, which the unit meets.
+    assert "corsia@2024-10-31" in late.pack_versions
+    assert "corsia@2027-01-01" not in late.pack_versions
+
+
 def test_a_pilot_year_is_decided_under_the_pilot_rules() -> None:
     # Pilot units had to be for reductions on or before 31 Dec 2020; these are of 2021.
     refused = corsia_for(corsia_eligible(), 2022)

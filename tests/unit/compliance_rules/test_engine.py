@@ -369,7 +369,9 @@ def test_a_first_phase_obligation_decided_after_its_deadline_is_refused(year: in
     assert late.pack_version == date(2024, 10, 31)
     (closed,) = late.violations
     assert closed.blocks == (unit.ref,)
-    assert closed.source == pack.cycles[0].source
+    cycle = pack.cycle_for(year)
+    assert cycle is not None
+    assert closed.source == cycle.source
     assert closed.detail == (
         f"corsia first_phase (2024-2026) had to be met by 2028-01-31; a use for {year} "
         "decided on 2028-02-01 is after it"
@@ -393,6 +395,27 @@ def test_the_first_phase_closes_for_an_obligation_named_through_its_entity_too()
     facts = TransferFacts(Use.CORSIA, (corsia_unit(),), "CN", airline)
     assert evaluate_transfer(pack, facts, date(2028, 2, 1)).rule_ids == (CYCLE_CLOSED,)
     assert evaluate_transfer(pack, facts, date(2028, 1, 31)).allowed
+
+
+@pytest.mark.parametrize("year", [2021, 2022, 2023])
+def test_a_pilot_obligation_is_decided_under_the_pilot_rules_until_31_january_2025(
+    year: int,
+) -> None:
+    pack = load_builtin("corsia")
+    cycle = pack.cycle_for(year)
+    assert cycle is not None
+    assert (cycle.name, cycle.surrender_deadline) == ("pilot_phase", date(2025, 1, 31))
+    assert cycle.confidence is Confidence.SECONDARY
+    pilot_unit = Block(
+        BlockRef("VCS", "", 1, 500),
+        Project("VCS", "2250", "IN", project_type="solar", start_date=date(2016, 5, 1)),
+        Period(date(2019, 1, 1), date(2019, 12, 31)),
+    )
+    facts = TransferFacts(Use.CORSIA, (pilot_unit,), "CN", compliance_year=year)
+    on_time = evaluate_transfer(pack, facts, date(2025, 1, 31))
+    assert on_time.allowed, on_time.violations
+    assert on_time.pack_version == date(2021, 1, 1)
+    assert evaluate_transfer(pack, facts, date(2025, 2, 1)).rule_ids == (CYCLE_CLOSED,)
 
 
 def test_a_second_phase_obligation_is_not_held_to_the_first_phase_deadline() -> None:

@@ -24,11 +24,14 @@
     re-expresses it in Decimal arithmetic, never binary floats)::
 
         destination_country: CN          # ISO alpha-2 of where the units land (default CN)
+        compliance_year: 2026            # optional, without an entity: the obligation's year
+                                         # (a CORSIA offsetting obligation), as below
         entity:                          # required for compliance (offset limits)
           entity_id: SZ-0001
           compliance_year: 2023          # chooses the pack version: the one in force on the
-                                         # year's last day, or on the surrender deadline of
-                                         # the pack's compliance cycle holding the year
+                                         # year's last day, or on the day of the pack's
+                                         # compliance cycle holding the year; a cycle that
+                                         # closed before the clock refuses the use
           verified_emissions: 100000
           allowances_due: 100000
           covered_by_national_ets: false

@@ -271,6 +271,47 @@ def _alembic_config(connection: sa.Connection) -> AlembicConfig:
     return config
 
 
+def _sqlite_foreign_keys(connection: sa.Connection, enforced: bool) -> None:
+    # On the driver's own connection: SQLite ignores the pragma inside a transaction, and
+    # a statement through SQLAlchemy would begin one first.
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise DatabaseError("the database connection closed during a migration")
+    driver.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[sa.Connection]:
+    """The one transaction a schema migration runs in.
+
+    On SQLite, foreign keys are not enforced while it runs and are all checked before it
+    commits: SQLite changes a table's constraints only by rebuilding the table, and
+    dropping the old copy of a table other rows refer to would fail (or, deferred, fail
+    the commit) though the new copy keeps every row.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(connection, enforced=False)
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
+                    )
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise DatabaseError(
+                            f"the migration left a row of {broken[0]} referring to a missing "
+                            f"row of {broken[2]}; nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, enforced=True)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision``; safe when several gateways start at once.
 
@@ -278,11 +319,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         DatabaseError: The database cannot be reached or a migration fails.
     """
     try:
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
-                )
+        with _migrating(engine) as connection:
             command.upgrade(_alembic_config(connection), revision)
     except (sa.exc.SQLAlchemyError, DatabaseUnavailable) as exc:
         raise DatabaseError(
@@ -292,7 +329,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
     """Roll the schema back to ``revision`` (used by migration tests)."""
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
 
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -60,6 +60,7 @@ from registry_bridge.errors import (
     RequestIdConflict,
 )
 from registry_bridge.event_log import append_event
+from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.port import (
@@ -305,8 +306,13 @@ def _first_failure(
     return next((o for o in outcomes if not isinstance(o, RegistryHolding)), None)
 
 
-_Submission = tuple[str, TransferInstruction]
-"""A request id and its instruction."""
+class _Submission(NamedTuple):
+    """An instruction and the request id its caller gave it."""
+
+    caller: str
+    """Whose request-id space ``request_id`` is in (see ``idempotency.LOCAL_CALLER``)."""
+    request_id: str
+    instruction: TransferInstruction
 
 
 _Answer = TypeVar("_Answer")
@@ -450,17 +456,26 @@ _VIEW_STEPS = (
     .order_by(_STEPS.c.transfer_id, _STEPS.c.seq)
 )
 _BY_REQUEST_IDS = sa.select(
-    TransferRecord.request_id, TransferRecord.id, TransferRecord.body_sha256
+    TransferRecord.request_id, TransferRecord.caller, TransferRecord.id, TransferRecord.body_sha256
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
 
 
-def _proposed_under(session: Session, request_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
-    """The transfers already proposed under these request ids: each one's id and body
-    digest, by request id."""
+def _proposed_under(
+    session: Session, submissions: Sequence[_Submission]
+) -> dict[tuple[str, str], tuple[str, bytes]]:
+    """The transfers already proposed under these submissions' request ids, each by its
+    caller: each one's id and body digest, by ``(caller, request_id)``."""
     # As plain text: through the ORM, the lookup cost a single transfer more than a
-    # third of a millisecond.
-    rows = read_plain_in(session, _BY_REQUEST_IDS, "request_ids", request_ids)
-    return {r["request_id"]: (r["id"], bytes(r["body_sha256"])) for r in rows}
+    # third of a millisecond.  By request id alone, which leads the unique index; other
+    # callers' transfers under the same ids are found too, and left out here.
+    wanted = {(s.caller, s.request_id) for s in submissions}
+    request_ids = list(dict.fromkeys(s.request_id for s in submissions))
+    found: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for r in read_plain_in(session, _BY_REQUEST_IDS, "request_ids", request_ids):
+        key = (r["caller"], r["request_id"])
+        if key in wanted:
+            found[key] = (r["id"], bytes(r["body_sha256"]))
+    return found
 
 
 @dataclass(frozen=True)
@@ -905,28 +920,45 @@ class Bridge:
 
     # ------------------------------------------------------------------------- submission
 
-    def submit(self, request_id: str, instruction: TransferInstruction) -> Transfer:
+    def submit(
+        self, request_id: str, instruction: TransferInstruction, *, caller: str = LOCAL_CALLER
+    ) -> Transfer:
         """Propose a transfer and drive it as far as the registries let it go now.
 
-        The same request id with the same instruction returns the first transfer; with a
-        different instruction it is refused.
+        The caller's request id with the same instruction returns the caller's first
+        transfer; with a different instruction it is refused.  Another caller's request
+        under the same id is another request.
+
+        Args:
+            request_id: The caller's id of the request.
+            instruction: What to transfer.
+            caller: Whose request-id space ``request_id`` is in.
 
         Raises:
             InvalidRequest: The instruction is malformed.
-            RequestIdConflict: The request id was used for another instruction.
+            RequestIdConflict: The caller used the request id for another instruction.
         """
         if not request_id:
             raise InvalidRequest.field("request_id", "is required")
         self._validate(instruction)
-        return self._shared_rounds.submit((request_id, instruction))
+        return self._shared_rounds.submit(_Submission(caller, request_id, instruction))
 
-    def submit_many(self, items: Sequence[_Submission]) -> list[Transfer | Exception]:
+    def submit_many(
+        self,
+        items: Sequence[tuple[str, TransferInstruction]],
+        *,
+        caller: str = LOCAL_CALLER,
+    ) -> list[Transfer | Exception]:
         """Submit a batch of settlement instructions; each succeeds or fails on its own.
 
         The batch's database work is grouped: one transaction proposes and checks every
         new transfer, then each step of the state machine is taken for the whole batch at
         once (see ``_settle``).  An instruction that is malformed or reuses a request id
         for another body fails alone, as its own exception in the result list.
+
+        Args:
+            items: Each instruction with its request id.
+            caller: Whose request-id space the batch's request ids are in.
         """
         results: list[Transfer | Exception | None] = [None] * len(items)
         valid: list[tuple[int, _Submission]] = []
@@ -935,7 +967,7 @@ class Bridge:
                 if not request_id:
                     raise InvalidRequest.field("request_id", "is required")
                 self._validate(instruction)
-                valid.append((position, (request_id, instruction)))
+                valid.append((position, _Submission(caller, request_id, instruction)))
             except InvalidRequest as exc:
                 results[position] = exc
         parts = [valid[i : i + _PIPELINE_PART] for i in range(0, len(valid), _PIPELINE_PART)]
@@ -1023,7 +1055,7 @@ class Bridge:
         """
         if not items:
             return [], {}
-        digests = [body_digest(i.canonical()) for _, i in items]
+        digests = [body_digest(item.instruction.canonical()) for item in items]
         now = self._clock()
         entered: list[_Entered] = []
         try:
@@ -1031,27 +1063,28 @@ class Bridge:
                 if check:
                     ledger.defer_claims(session)
                 session.info[_ENTERED] = entered
-                known = _proposed_under(session, [r for r, _ in items])
+                known = _proposed_under(session, items)
                 results: list[str | Exception] = []
                 new: dict[str, TransferRow] = {}
                 new_instructions: list[TransferInstruction] = []
-                for (request_id, instruction), digest in zip(items, digests, strict=True):
-                    if request_id in known:
-                        transfer_id, stored = known[request_id]
+                for item, digest in zip(items, digests, strict=True):
+                    key = (item.caller, item.request_id)
+                    if key in known:
+                        transfer_id, stored = known[key]
                         try:
                             results.append(
-                                self._same_request(stored, digest, request_id, transfer_id)
+                                self._same_request(stored, digest, item.request_id, transfer_id)
                             )
                         except RequestIdConflict as exc:
                             results.append(exc)
                         continue
                     transfer_id = uuid.uuid4().hex
-                    record = self._new_record(transfer_id, request_id, instruction, digest, now)
+                    record = self._new_record(transfer_id, item, digest, now)
                     transfer_rows.add(session, record)
-                    known[request_id] = (transfer_id, digest)
+                    known[key] = (transfer_id, digest)
                     results.append(transfer_id)
                     new[transfer_id] = record
-                    new_instructions.append(instruction)
+                    new_instructions.append(item.instruction)
                 # The new transfers are written at the commit, with the state the check
                 # leaves them in (one INSERT each, no UPDATE); their steps after them.
                 for transfer_id in new:
@@ -1068,9 +1101,9 @@ class Bridge:
             # Another gateway proposed one of these request ids at the same moment: fall
             # back to one transaction per instruction, which answers each race exactly.
             fallback: list[str | Exception] = []
-            for request_id, instruction in items:
+            for item in items:
                 try:
-                    fallback.append(self._propose(request_id, instruction))
+                    fallback.append(self._propose(item))
                 except RequestIdConflict as exc:
                     fallback.append(exc)
             # Driven as repeats are: claimed afresh (the lease is this gateway's already).
@@ -1079,16 +1112,13 @@ class Bridge:
         return results, new
 
     def _new_record(
-        self,
-        transfer_id: str,
-        request_id: str,
-        instruction: TransferInstruction,
-        digest: bytes,
-        now: datetime,
+        self, transfer_id: str, submission: _Submission, digest: bytes, now: datetime
     ) -> TransferRow:
+        instruction = submission.instruction
         return TransferRow(
             id=transfer_id,
-            request_id=request_id,
+            request_id=submission.request_id,
+            caller=submission.caller,
             body_sha256=digest,
             state=TransferState.PROPOSED.value,
             kind="",
@@ -1107,30 +1137,29 @@ class Bridge:
             updated_at=now,
         )
 
-    def _propose(self, request_id: str, instruction: TransferInstruction) -> str:
+    def _propose(self, submission: _Submission) -> str:
         """Propose one transfer in a transaction of its own; its id (new or the request's)."""
-        digest = body_digest(instruction.canonical())
+        request_id = submission.request_id
+        digest = body_digest(submission.instruction.canonical())
         now = self._clock()
         entered: list[_Entered] = []
+        same_request = sa.select(TransferRecord).where(
+            TransferRecord.request_id == request_id, TransferRecord.caller == submission.caller
+        )
         try:
             with unit_of_work(self._sessions) as session:
                 session.info[_ENTERED] = entered
-                existing = session.execute(
-                    sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
-                ).scalar_one_or_none()
+                existing = session.execute(same_request).scalar_one_or_none()
                 if existing is not None:
                     return self._same_request(existing.body_sha256, digest, request_id, existing.id)
                 transfer_id = uuid.uuid4().hex
-                transfer_rows.add(
-                    session, self._new_record(transfer_id, request_id, instruction, digest, now)
-                )
+                transfer_rows.add(session, self._new_record(transfer_id, submission, digest, now))
                 self._step(session, transfer_id, TransferState.PROPOSED, now)
         except sa.exc.IntegrityError:
-            # Another gateway inserted the same request id first: answer with its transfer.
+            # Another gateway inserted the caller's request id first: answer with its
+            # transfer.
             with unit_of_work(self._sessions) as session:
-                existing = session.execute(
-                    sa.select(TransferRecord).where(TransferRecord.request_id == request_id)
-                ).scalar_one()
+                existing = session.execute(same_request).scalar_one()
                 return self._same_request(existing.body_sha256, digest, request_id, existing.id)
         self._entered(entered)
         return transfer_id
@@ -1138,8 +1167,8 @@ class Bridge:
     @staticmethod
     def _same_request(stored: bytes, digest: bytes, request_id: str, transfer_id: str) -> str:
         if stored != digest:
-            # Request ids are one space for every caller: the transfer is not named, as
-            # the caller may be another party, who must not learn it exists.
+            # Not named, though the request is the caller's own (ids are scoped per caller):
+            # the caller gets its transfer back by repeating the instruction it first sent.
             raise RequestIdConflict(
                 f"request_id {request_id!r} was already used for a different instruction; "
                 "use a new request id for a new instruction"
@@ -2115,12 +2144,20 @@ class Bridge:
 
     # ------------------------------------------------------------------------ final uses
 
-    def use(self, request_id: str, request: UseRequest) -> UnitUse:
+    def use(self, request_id: str, request: UseRequest, *, caller: str = LOCAL_CALLER) -> UnitUse:
         """Retire or surrender units: at their registry and, for a mirror, at its origin.
+
+        The caller's request id with the same request returns the caller's first use;
+        another caller's request under the same id is another request.
+
+        Args:
+            request_id: The caller's id of the request.
+            request: What to retire or surrender.
+            caller: Whose request-id space ``request_id`` is in.
 
         Raises:
             InvalidRequest: The request is malformed.
-            RequestIdConflict: The request id was used for another request.
+            RequestIdConflict: The caller used the request id for another request.
             FailedPrecondition: The units are not held active by the account, or the rules
                 refuse the use (the violations say why).
         """
@@ -2131,7 +2168,7 @@ class Bridge:
         while True:
             attempt += 1
             try:
-                use_id = self._start_or_find_use(request_id, request, digest)
+                use_id = self._start_or_find_use(caller, request_id, request, digest)
                 break
             except LedgerConflict:
                 # Another writer changed a row this use reads (a concurrent retirement of
@@ -2143,16 +2180,21 @@ class Bridge:
         self._finish_use(use_id)
         return self.get_use(use_id)
 
-    def _start_or_find_use(self, request_id: str, request: UseRequest, digest: bytes) -> str:
-        """The use recorded under ``request_id``, or a new one started in one transaction."""
+    def _start_or_find_use(
+        self, caller: str, request_id: str, request: UseRequest, digest: bytes
+    ) -> str:
+        """The use the caller recorded under ``request_id``, or a new one started in one
+        transaction."""
         now = self._clock()
         with unit_of_work(self._sessions) as session:
             existing = session.execute(
-                sa.select(UnitUseRecord).where(UnitUseRecord.request_id == request_id)
+                sa.select(UnitUseRecord).where(
+                    UnitUseRecord.request_id == request_id, UnitUseRecord.caller == caller
+                )
             ).scalar_one_or_none()
             if existing is not None:
                 if existing.body_sha256 != digest:
-                    # Not named: the caller may be another party (see _same_request).
+                    # Not named, as a transfer is not (see _same_request).
                     raise RequestIdConflict(
                         f"request_id {request_id!r} was already used for a different request; "
                         "use a new request id for a new request"
@@ -2165,7 +2207,7 @@ class Bridge:
                     )
                 use_id: str = existing.id
             else:
-                use_id = self._start_use(session, request_id, request, digest, now)
+                use_id = self._start_use(session, caller, request_id, request, digest, now)
         return use_id
 
     def _validate_use(self, request_id: str, request: UseRequest) -> None:
@@ -2202,7 +2244,13 @@ class Bridge:
             )
 
     def _start_use(
-        self, session: Session, request_id: str, request: UseRequest, digest: bytes, now: datetime
+        self,
+        session: Session,
+        caller: str,
+        request_id: str,
+        request: UseRequest,
+        digest: bytes,
+        now: datetime,
     ) -> str:
         use_id = uuid.uuid4().hex
         rows: list[LedgerHolding] = []
@@ -2273,6 +2321,7 @@ class Bridge:
             UnitUseRecord(
                 id=use_id,
                 request_id=request_id,
+                caller=caller,
                 body_sha256=digest,
                 kind=request.kind,
                 state="pending",

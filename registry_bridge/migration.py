@@ -59,6 +59,7 @@ from registry_bridge.errors import (
     RegistryUnavailable,
     RequestIdConflict,
 )
+from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import CancelRequest, ListHoldingsRequest, RegistryPort
@@ -937,13 +938,22 @@ class Migrations:
 
     # -------------------------------------------------------------------------- execute
 
-    def execute(self, request_id: str, request: MigrationRequest) -> Migration:
-        """Carry a migration out (or resume it): the same request id resumes the same one.
+    def execute(
+        self, request_id: str, request: MigrationRequest, *, caller: str = LOCAL_CALLER
+    ) -> Migration:
+        """Carry a migration out (or resume it): the caller's same request id resumes the
+        same one.
+
+        Args:
+            request_id: The caller's id of the request.
+            request: The migration.
+            caller: Whose request-id space ``request_id`` is in; the migration's transfers
+                are requested in it too.
 
         Raises:
             InvalidRequest: The request is malformed.
             NotFound: The entity is not recorded.
-            RequestIdConflict: The request id was used for another migration.
+            RequestIdConflict: The caller used the request id for another migration.
             FailedPrecondition: The plan has blocking violations (nothing was recorded).
             RegistryUnavailable: The pilot registry could not be asked about the entity's
                 account (nothing was recorded).
@@ -952,16 +962,17 @@ class Migrations:
             raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
         self._validate(request)
         digest = body_digest(request.canonical())
-        migration_id = self._start(request_id, request, digest)
+        migration_id = self._start(caller, request_id, request, digest)
         self.drive(migration_id)
         return self.get(migration_id)
 
-    def _start(self, request_id: str, request: MigrationRequest, digest: bytes) -> str:
+    def _start(self, caller: str, request_id: str, request: MigrationRequest, digest: bytes) -> str:
         now = self._clock()
+        same_request = sa.select(MigrationRecord).where(
+            MigrationRecord.request_id == request_id, MigrationRecord.caller == caller
+        )
         with unit_of_work(self._sessions) as session:
-            existing = session.execute(
-                sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
-            ).scalar_one_or_none()
+            existing = session.execute(same_request).scalar_one_or_none()
             if existing is not None:
                 return self._repeat(session, existing, digest, request_id, now)
         # Planned outside the transaction that records it (the plan asks the bridge); each
@@ -970,9 +981,7 @@ class Migrations:
         plan = self.plan(request)
         try:
             with unit_of_work(self._sessions) as session:
-                existing = session.execute(
-                    sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
-                ).scalar_one_or_none()
+                existing = session.execute(same_request).scalar_one_or_none()
                 if existing is not None:
                     return self._repeat(session, existing, digest, request_id, now)
                 if not plan.executable:
@@ -989,6 +998,7 @@ class Migrations:
                     MigrationRecord(
                         id=migration_id,
                         request_id=request_id,
+                        caller=caller,
                         body_sha256=digest,
                         entity_id=request.entity_id,
                         from_jurisdiction=request.from_jurisdiction,
@@ -1014,12 +1024,10 @@ class Migrations:
                         )
                     )
         except sa.exc.IntegrityError as exc:
-            # Another gateway recorded a migration of the same entity (or this request id)
-            # first: answer with it, or refuse a second migration of the entity.
+            # Another gateway recorded a migration of the same entity (or this caller's
+            # request id) first: answer with it, or refuse a second migration of the entity.
             with unit_of_work(self._sessions) as session:
-                existing = session.execute(
-                    sa.select(MigrationRecord).where(MigrationRecord.request_id == request_id)
-                ).scalar_one_or_none()
+                existing = session.execute(same_request).scalar_one_or_none()
                 if existing is not None:
                     return self._repeat(session, existing, digest, request_id, now)
             raise FailedPrecondition(
@@ -1039,8 +1047,7 @@ class Migrations:
         session: Session, existing: MigrationRecord, digest: bytes, request_id: str, now: datetime
     ) -> str:
         if existing.body_sha256 != digest:
-            # Request ids are one space for every caller: the migration is not named, as
-            # the caller may be another entity, who must not learn it exists.
+            # Not named, as a transfer is not (see Bridge._same_request).
             raise RequestIdConflict(
                 f"request_id {request_id!r} was already used for a different migration; "
                 "use a new request id for a new migration"
@@ -1103,9 +1110,9 @@ class Migrations:
                     record.updated_at = self._clock()
                     _logger.info("migration_completed", migration=migration_id)
                     return "completed"
-                seq, kind = step.seq, step.kind
+                seq, kind, caller = step.seq, step.kind, record.caller
             try:
-                progressed = self._run_step(migration_id, seq, kind)
+                progressed = self._run_step(migration_id, seq, kind, caller)
             except (RegistryUnavailable, LedgerConflict) as exc:
                 self._note(migration_id, f"waiting: {exc}")
                 _logger.warning(
@@ -1166,8 +1173,9 @@ class Migrations:
         if self._on_step is not None:
             self._on_step(migration_id, step)
 
-    def _run_step(self, migration_id: str, seq: int, kind: str) -> bool:
-        """Advance one step; True when it moved (so the next may run)."""
+    def _run_step(self, migration_id: str, seq: int, kind: str, caller: str) -> bool:
+        """Advance one step of ``caller``'s migration; True when it moved (so the next may
+        run)."""
         with unit_of_work(self._sessions) as session:
             record = session.get(MigrationStepRecord, (migration_id, seq))
             assert record is not None
@@ -1184,7 +1192,7 @@ class Migrations:
         if kind == "cancel":
             return self._cancel(migration_id, seq, detail, state)
         if kind == "transfer":
-            return self._transfer(migration_id, seq, detail)
+            return self._transfer(migration_id, seq, detail, caller)
         raise LedgerConflict(f"migrations/{migration_id} step {seq} has unknown kind {kind!r}")
 
     def _cancel(self, migration_id: str, seq: int, detail: dict[str, Any], state: str) -> bool:
@@ -1235,7 +1243,7 @@ class Migrations:
         self._hook(migration_id, step)
         return True
 
-    def _transfer(self, migration_id: str, seq: int, detail: dict[str, Any]) -> bool:
+    def _transfer(self, migration_id: str, seq: int, detail: dict[str, Any], caller: str) -> bool:
         request_id = f"{detail['operation']}:{detail.get('attempt', 0)}"
         instruction = TransferInstruction(
             AccountRef(detail["registry"], detail["account"]),
@@ -1243,7 +1251,9 @@ class Migrations:
             (block_id_from_dict(detail["block"]),),
             intended_use="holding",
         )
-        transfer = self._bridge.submit(request_id, instruction)
+        # In the space of the caller who asked for the migration: a migration recorded
+        # before request ids were scoped finds the transfers its steps already proposed.
+        transfer = self._bridge.submit(request_id, instruction, caller=caller)
         with unit_of_work(self._sessions) as session:
             if transfer.state is TransferState.COMPLETED:
                 step = self._set_step(

@@ -78,10 +78,12 @@ class Base(DeclarativeBase):
 
 
 class IdempotencyRecord(Base):
-    """The first answer to each mutating request, keyed by the client's request id."""
+    """The first answer to each mutating request, keyed by its caller and request id."""
 
     __tablename__ = "idempotency_records"
 
+    caller: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    """Whose request-id space the id is in (see ``idempotency.LOCAL_CALLER``)."""
     method: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     """Full gRPC method name: request ids are scoped per method."""
     request_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
@@ -158,8 +160,10 @@ class TransferRecord(Base):
     __tablename__ = "transfers"
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
-    """Client request id: one transfer per id (the database refuses a second)."""
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    """Client request id: one transfer per id and caller (the database refuses a second)."""
+    caller: Mapped[str] = mapped_column(sa.String(128))
+    """Whose request-id space the id is in (see ``idempotency.LOCAL_CALLER``)."""
     body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
     state: Mapped[str] = mapped_column(sa.String(32))
     kind: Mapped[str] = mapped_column(sa.String(16))
@@ -181,7 +185,11 @@ class TransferRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
-    __table_args__ = (sa.Index("ix_transfers_state", "state"),)
+    # The request id leads so that a batch's lookup by request ids alone uses the index.
+    __table_args__ = (
+        sa.Index("ix_transfers_state", "state"),
+        sa.UniqueConstraint("request_id", "caller", name="uq_transfers_request_id_caller"),
+    )
 
 
 class TransferStepRecord(Base):
@@ -204,7 +212,10 @@ class UnitUseRecord(Base):
     __tablename__ = "unit_uses"
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    """Client request id: one use per id and caller (the database refuses a second)."""
+    caller: Mapped[str] = mapped_column(sa.String(128))
+    """Whose request-id space the id is in (see ``idempotency.LOCAL_CALLER``)."""
     body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
     kind: Mapped[str] = mapped_column(sa.String(16))
     """retirement or surrender."""
@@ -216,6 +227,10 @@ class UnitUseRecord(Base):
     """Beneficiary, claim, entity, year, jurisdiction, blocks and legs, canonical JSON."""
     decision: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        sa.UniqueConstraint("request_id", "caller", name="uq_unit_uses_request_id_caller"),
+    )
 
 
 class LogHead(Base):
@@ -348,7 +363,11 @@ class MigrationRecord(Base):
     __tablename__ = "migrations"
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    """Client request id: one migration per id and caller (the database refuses a second)."""
+    caller: Mapped[str] = mapped_column(sa.String(128))
+    """Whose request-id space the id is in (see ``idempotency.LOCAL_CALLER``); the
+    migration's own transfers are requested in it too."""
     body_sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
     entity_id: Mapped[str] = mapped_column(
         sa.String(128), sa.ForeignKey("covered_entities.entity_id", ondelete="RESTRICT")
@@ -365,7 +384,10 @@ class MigrationRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
-    __table_args__ = (sa.UniqueConstraint("entity_id", "from_jurisdiction"),)
+    __table_args__ = (
+        sa.UniqueConstraint("entity_id", "from_jurisdiction"),
+        sa.UniqueConstraint("request_id", "caller", name="uq_migrations_request_id_caller"),
+    )
 
 
 class MigrationStepRecord(Base):

@@ -53,6 +53,7 @@ class TransferRow(PlainRow):
 
     id: str
     request_id: str
+    caller: str
     body_sha256: bytes
     state: str
     kind: str

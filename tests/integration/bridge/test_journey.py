@@ -138,7 +138,7 @@ def test_same_request_id_other_body_is_refused(world: World) -> None:
     events_before = _log_size(world)
     with pytest.raises(RequestIdConflict, match="'req-1' was already used") as caught:
         world.bridge.submit("req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 11),)))
-    # Request ids are shared by every caller: the answer names no one else's transfer.
+    # The refusal names no transfer, not even the caller's own.
     assert first.transfer_id not in str(caught.value)
     assert _log_size(world) == events_before
     assert world.bridge.get(first.transfer_id).instruction.units == (vcs(1, 10),)
@@ -155,6 +155,71 @@ def test_use_request_id_is_idempotent_too(world: World) -> None:
     with pytest.raises(RequestIdConflict, match="'u-1' was already used") as caught:
         world.bridge.use("u-1", dataclasses.replace(request, beneficiary="Other"))
     assert first.use_id not in str(caught.value)
+    assert world.violations() == []
+
+
+def test_request_ids_are_each_callers_own(world: World) -> None:
+    """The same id from two callers names two transfers, and each repeat is answered
+    within its caller's space: a single repeated in a batch too."""
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    source = AccountRef("verra", "dev-1")
+    first_ten = TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),))
+    next_ten = TransferInstruction(source, NATIONAL_BUYER, (vcs(11, 20),))
+    a = world.bridge.submit("req-1", first_ten, caller="desk-a")
+    b = world.bridge.submit("req-1", next_ten, caller="desk-b")
+    assert a.state is b.state is TransferState.COMPLETED, (a.failure_reason, b.failure_reason)
+    assert a.transfer_id != b.transfer_id
+    events_before = _log_size(world)
+    assert world.bridge.submit("req-1", first_ten, caller="desk-a").transfer_id == a.transfer_id
+    (again,) = world.bridge.submit_many([("req-1", next_ten)], caller="desk-b")
+    assert isinstance(again, Transfer) and again.transfer_id == b.transfer_id
+    with pytest.raises(RequestIdConflict, match="'req-1' was already used"):
+        world.bridge.submit("req-1", first_ten, caller="desk-b")
+    assert _log_size(world) == events_before
+    # The local caller's space (an insecure gateway's) is one more: its req-1 is free.
+    local = world.bridge.submit(
+        "req-1", TransferInstruction(source, NATIONAL_BUYER, (vcs(21, 30),))
+    )
+    assert local.state is TransferState.COMPLETED
+    assert len({a.transfer_id, b.transfer_id, local.transfer_id}) == 3
+    assert world.violations() == []
+
+
+def test_a_replay_of_another_callers_request_is_a_request_of_its_own(world: World) -> None:
+    """Never answered with the other caller's transfer or use: decided afresh, and here
+    refused, as the units it names have left the account."""
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    source = AccountRef("verra", "dev-1")
+    instruction = TransferInstruction(source, NATIONAL_BUYER, (vcs(1, 10),))
+    theirs = world.bridge.submit("req-1", instruction, caller="desk-a")
+    assert theirs.state is TransferState.COMPLETED
+    mine = world.bridge.submit("req-1", instruction, caller="desk-b")
+    assert mine.transfer_id != theirs.transfer_id
+    assert mine.state is TransferState.REJECTED
+    (batched,) = world.bridge.submit_many([("req-1", instruction)], caller="desk-c")
+    assert isinstance(batched, Transfer) and batched.transfer_id != theirs.transfer_id
+    retirement = UseRequest("retirement", source, (vcs(11, 15),), beneficiary="ACME")
+    world.bridge.use("u-1", retirement, caller="desk-a")
+    with pytest.raises(FailedPrecondition):
+        world.bridge.use("u-1", retirement, caller="desk-b")
+    assert world.bridge.get(theirs.transfer_id) == theirs
+    assert world.violations() == []
+
+
+def test_use_request_ids_are_each_callers_own(world: World) -> None:
+    world.seed("verra", "dev-1", vcs_block(1, 50))
+    owner = AccountRef("verra", "dev-1")
+    first_five = UseRequest("retirement", owner, (vcs(1, 5),), beneficiary="ACME")
+    next_five = UseRequest("retirement", owner, (vcs(6, 10),), beneficiary="ACME")
+    a = world.bridge.use("u-1", first_five, caller="desk-a")
+    b = world.bridge.use("u-1", next_five, caller="desk-b")
+    assert a.state == b.state == "completed"
+    assert a.use_id != b.use_id
+    events_before = _log_size(world)
+    assert world.bridge.use("u-1", next_five, caller="desk-b").use_id == b.use_id
+    with pytest.raises(RequestIdConflict, match="'u-1' was already used"):
+        world.bridge.use("u-1", first_five, caller="desk-b")
+    assert _log_size(world) == events_before
     assert world.violations() == []
 
 

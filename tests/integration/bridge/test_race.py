@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import db, ledger
-from registry_bridge.bridge import Bridge
+from registry_bridge.bridge import Bridge, _Submission
 from registry_bridge.errors import LedgerConflict, RequestIdConflict
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import (
@@ -218,7 +218,7 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     settle, read = world.bridge._settle, world.bridge._get_many
 
     def counted_settle(
-        group: Sequence[tuple[str, TransferInstruction]],
+        group: Sequence[_Submission],
     ) -> tuple[list[str | Exception], dict[str, Transfer]]:
         rounds.append(len(group))
         return settle(group)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 import sqlalchemy as sa
 
 from registry_bridge import db
-from registry_bridge.schema import metadata
+from registry_bridge.idempotency import LOCAL_CALLER, answer_once
+from registry_bridge.schema import (
+    Base,
+    CoveredEntityRecord,
+    IdempotencyRecord,
+    MigrationRecord,
+    MigrationStepRecord,
+    TransferRecord,
+    TransferStepRecord,
+    UnitUseRecord,
+    metadata,
+)
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -36,5 +52,186 @@ def test_migrations_match_the_models(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection)
             assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+_BEFORE_CALLERS = "0008"
+"""The last revision whose request ids were one space for every caller."""
+_AT = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+
+
+def _insert(connection: sa.Connection, model: type[Base], **values: Any) -> None:
+    """Insert ``values`` alone into ``model``'s table (its schema of then may lack columns
+    the model has now)."""
+    columns = [sa.column(c.name, c.type) for c in model.__table__.columns if c.name in values]
+    connection.execute(sa.table(str(model.__tablename__), *columns).insert().values(**values))
+
+
+def _rows_of_one_space(connection: sa.Connection) -> None:
+    """One row of each kind that keeps a request id, and rows that refer to them, as a
+    gateway before 0009 wrote them (no caller)."""
+    body = hashlib.sha256(b"old body").digest()
+    _insert(
+        connection,
+        IdempotencyRecord,
+        method="ListProject",
+        request_id="listing-1",
+        response=b"old answer",
+        body_sha256=body,
+    )
+    _insert(
+        connection,
+        TransferRecord,
+        id="t-old",
+        request_id="trade-1",
+        state="COMPLETED",
+        kind="bridge_out",
+        source_registry="hkmo",
+        source_account="hk-seller",
+        destination_registry="shenzhen",
+        destination_account="sz-buyer",
+        instruction="{}",
+        plan="",
+        decision="",
+        failure_reason="",
+        lease_owner="",
+        created_at=_AT,
+        updated_at=_AT,
+        body_sha256=body,
+    )
+    _insert(
+        connection,
+        TransferStepRecord,
+        transfer_id="t-old",
+        seq=0,
+        state="PROPOSED",
+        reason="",
+        at=_AT,
+    )
+    _insert(
+        connection,
+        UnitUseRecord,
+        id="u-old",
+        request_id="retire-1",
+        kind="retirement",
+        state="completed",
+        registry="hkmo",
+        account="hk-seller",
+        detail="{}",
+        decision="",
+        created_at=_AT,
+        body_sha256=body,
+    )
+    _insert(
+        connection,
+        CoveredEntityRecord,
+        entity_id="steel-a",
+        display_name="Steel A",
+        sector="steel",
+        gases="[]",
+        updated_at=_AT,
+    )
+    _insert(
+        connection,
+        MigrationRecord,
+        id="m-old",
+        request_id="migrate-steel-a",
+        entity_id="steel-a",
+        from_jurisdiction="shenzhen",
+        to_jurisdiction="national",
+        first_year=2024,
+        state="completed",
+        plan="{}",
+        failure_reason="",
+        created_at=_AT,
+        updated_at=_AT,
+        body_sha256=body,
+    )
+    _insert(
+        connection,
+        MigrationStepRecord,
+        migration_id="m-old",
+        seq=0,
+        kind="register",
+        state="done",
+        detail="{}",
+        updated_at=_AT,
+    )
+
+
+def _kept(connection: sa.Connection) -> dict[str, list[tuple[object, ...]]]:
+    def rows(statement: sa.Select[Any]) -> list[tuple[object, ...]]:
+        return [tuple(r) for r in connection.execute(statement)]
+
+    return {
+        "idempotency_records": rows(
+            sa.select(
+                IdempotencyRecord.method, IdempotencyRecord.request_id, IdempotencyRecord.response
+            )
+        ),
+        "transfers": rows(
+            sa.select(TransferRecord.id, TransferRecord.request_id, TransferRecord.created_at)
+        ),
+        "transfer_steps": rows(sa.select(TransferStepRecord.transfer_id, TransferStepRecord.seq)),
+        "unit_uses": rows(sa.select(UnitUseRecord.id, UnitUseRecord.request_id)),
+        "migrations": rows(sa.select(MigrationRecord.id, MigrationRecord.request_id)),
+        "migration_steps": rows(
+            sa.select(MigrationStepRecord.migration_id, MigrationStepRecord.seq)
+        ),
+    }
+
+
+def test_an_upgrade_to_per_caller_request_ids_keeps_every_row_in_the_local_space(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine, _BEFORE_CALLERS)
+        with engine.begin() as connection:
+            _rows_of_one_space(connection)
+            before = _kept(connection)
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            assert _kept(connection) == before
+            for record in (IdempotencyRecord, TransferRecord, UnitUseRecord, MigrationRecord):
+                assert set(connection.execute(sa.select(record.caller)).scalars()) == {LOCAL_CALLER}
+            if connection.dialect.name == "sqlite":
+                # Enforcement, off while the tables were rebuilt, is back on.
+                assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+        # The local caller (an insecure gateway's) still gets its old answer; any other
+        # caller's request under the same id is its own.
+        sessions = db.session_factory(engine)
+        body = hashlib.sha256(b"old body").digest()
+
+        def fresh() -> bytes:
+            return b"new answer"
+
+        def ask(caller: str) -> bytes:
+            return answer_once(sessions, "ListProject", "listing-1", body, fresh, caller=caller)
+
+        assert ask(LOCAL_CALLER) == b"old answer"
+        assert ask("verra-desk") == b"new answer"
+        # Every foreign key is enforced again.
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            _insert(
+                connection,
+                TransferStepRecord,
+                transfer_id="no-such-transfer",
+                seq=0,
+                state="PROPOSED",
+                reason="",
+                at=_AT,
+            )
+
+        # One space cannot hold two callers' listing-1: the downgrade refuses, and leaves
+        # the database as it was.
+        with pytest.raises(RuntimeError, match="'listing-1' is used by more than one caller"):
+            db.downgrade(engine, _BEFORE_CALLERS)
+        assert db.current_revision(engine) != _BEFORE_CALLERS
+        with engine.connect() as connection:
+            assert len(_kept(connection)["idempotency_records"]) == 2
+            assert _kept(connection)["transfers"] == before["transfers"]
     finally:
         engine.dispose()

@@ -10,6 +10,7 @@ import pytest
 
 from registry_bridge.bridge import _SharedRounds, _Submission
 from registry_bridge.errors import RequestIdConflict
+from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.model import BlockId, Program
 from registry_bridge.transfers import AccountRef, TransferInstruction
 
@@ -21,7 +22,7 @@ _INSTRUCTION = TransferInstruction(
 
 
 def _submission(request_id: str) -> _Submission:
-    return request_id, _INSTRUCTION
+    return _Submission(LOCAL_CALLER, request_id, _INSTRUCTION)
 
 
 class _Recorder:
@@ -39,7 +40,7 @@ class _Recorder:
         self._conflicting = conflicting
 
     def __call__(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
-        request_ids = [r for r, _ in submissions]
+        request_ids = [s.request_id for s in submissions]
         self.groups.append(request_ids)
         if len(self.groups) == 1:
             self.first_started.set()
@@ -152,7 +153,7 @@ class _Paced:
         self.release_first = threading.Event()
 
     def __call__(self, submissions: Sequence[_Submission]) -> list[str | Exception]:
-        request_ids = [r for r, _ in submissions]
+        request_ids = [s.request_id for s in submissions]
         self.groups.append(request_ids)
         if len(self.groups) == 1:
             self.release_first.wait(timeout=10)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import db, plain_rows, transfer_rows
+from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.schema import TransferRecord, TransferStepRecord
 from registry_bridge.transfer_rows import TransferRow
 
@@ -24,6 +25,7 @@ def _row(transfer_id: str, state: str = "PROPOSED", request_id: str = "") -> Tra
     return TransferRow(
         id=transfer_id,
         request_id=request_id or f"request-{transfer_id}",
+        caller=LOCAL_CALLER,
         body_sha256=bytes(32),
         state=state,
         kind="",

@@ -233,15 +233,15 @@ def plan_migration(
 
 
 def execute_migration(
-    migrations: Migrations, request: gateway_pb2.ExecuteMigrationRequest
+    migrations: Migrations, request: gateway_pb2.ExecuteMigrationRequest, caller: str
 ) -> gateway_pb2.Migration:
-    """ExecuteMigration: start, or resume, the migration of the request id."""
+    """ExecuteMigration: start, or resume, the migration of ``caller``'s request id."""
     if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
         raise InvalidRequest.field("request_id", "is required on every mutating call")
     if not request.HasField("plan"):
         raise InvalidRequest.field("plan", "is required")
     return migration_to_pb(
-        migrations.execute(request.request_id, request_from_pb(request.plan, "plan"))
+        migrations.execute(request.request_id, request_from_pb(request.plan, "plan"), caller=caller)
     )
 
 
@@ -253,9 +253,10 @@ def get_migration(
 
 
 def upsert_covered_entity(
-    migrations: Migrations, request: gateway_pb2.UpsertCoveredEntityRequest
+    migrations: Migrations, request: gateway_pb2.UpsertCoveredEntityRequest, caller: str
 ) -> gateway_pb2.CoveredEntity:
-    """UpsertCoveredEntity: record the entity once per request id; answer with its record."""
+    """UpsertCoveredEntity: record the entity once per request id of ``caller``; answer
+    with its record."""
     if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
         raise InvalidRequest.field("request_id", "is required on every mutating call")
     entity = entity_from_pb(request.entity)
@@ -269,5 +270,7 @@ def upsert_covered_entity(
             reply = entity_to_pb(get_entity(session, entity.entity_id))
         return bytes(reply.SerializeToString(deterministic=True))
 
-    answer = answer_once(sessions, "UpsertCoveredEntity", request.request_id, body, record)
+    answer = answer_once(
+        sessions, "UpsertCoveredEntity", request.request_id, body, record, caller=caller
+    )
     return gateway_pb2.CoveredEntity.FromString(answer)

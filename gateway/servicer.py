@@ -21,7 +21,7 @@ from gateway.migration_api import (
     plan_migration,
     upsert_covered_entity,
 )
-from gateway.security.policy import may_read_migration, readable_accounts
+from gateway.security.policy import current_caller, may_read_migration, readable_accounts
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import read_only
 from registry_bridge.errors import (
@@ -156,7 +156,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             reply = convert.listing_to_pb(outcome, f"listings/{uuid.uuid4().hex}")
             return bytes(reply.SerializeToString(deterministic=True))
 
-        answer = answer_once(self._bridge.sessions, "ListProject", request_id, body, decide)
+        answer = answer_once(
+            self._bridge.sessions, "ListProject", request_id, body, decide, caller=current_caller()
+        )
         return gateway_pb2.ListProjectResponse.FromString(answer)
 
     def EvaluateTransfer(
@@ -171,7 +173,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> model_pb2.Transfer:
         request_id = _request_id(request.request_id)
         instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
-        return convert.transfer_to_pb(self._bridge.submit(request_id, instruction))
+        return convert.transfer_to_pb(
+            self._bridge.submit(request_id, instruction, caller=current_caller())
+        )
 
     def SubmitTransfers(
         self, request: gateway_pb2.SubmitTransfersRequest, context: grpc.ServicerContext
@@ -201,7 +205,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                         request_id=item.request_id, error=error_mapping.to_rpc_status(exc)
                     )
                 )
-        outcomes = self._bridge.submit_many([(rid, ins) for _, rid, ins in parsed])
+        outcomes = self._bridge.submit_many(
+            [(rid, ins) for _, rid, ins in parsed], caller=current_caller()
+        )
         for (_, request_id, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, CarbonlinkError):
                 results.append(
@@ -288,6 +294,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 beneficiary=request.beneficiary,
                 claim_text=request.claim_text,
             ),
+            caller=current_caller(),
         )
         return convert.use_to_pb(use)
 
@@ -319,6 +326,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 compliance_year=request.compliance_year,
                 jurisdiction=request.jurisdiction,
             ),
+            caller=current_caller(),
         )
         return convert.use_to_pb(use)
 
@@ -330,7 +338,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def ExecuteMigration(
         self, request: gateway_pb2.ExecuteMigrationRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.Migration:
-        return execute_migration(self._migration_service(), request)
+        return execute_migration(self._migration_service(), request, current_caller())
 
     def GetMigration(
         self, request: gateway_pb2.GetMigrationRequest, context: grpc.ServicerContext
@@ -344,7 +352,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def UpsertCoveredEntity(
         self, request: gateway_pb2.UpsertCoveredEntityRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.CoveredEntity:
-        return upsert_covered_entity(self._migration_service(), request)
+        return upsert_covered_entity(self._migration_service(), request, current_caller())
 
     def _migration_service(self) -> Migrations:
         if self._migrations is None:

@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
-from gateway.security.policy import SERVICE_PREFIX, authorize, reading_as
+from gateway.security.policy import SERVICE_PREFIX, acting_as, authorize
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.tokens import Principal, TokenVerifier
 from registry_bridge.errors import Unauthenticated
@@ -89,7 +89,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             principal, signed_by = self._admit(full_method, request, context)
-            with reading_as(principal):
+            with acting_as(principal):
                 if signed_by is None:
                     return behavior(request, context)
                 with signed_instruction(signed_by):
@@ -102,7 +102,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             principal, _ = self._admit(full_method, request, context)
-            with reading_as(principal):
+            with acting_as(principal):
                 yield from behavior(request, context)
 
         return wrapped

@@ -13,7 +13,12 @@ the transfers whose source or destination is an account its token names, and the
 migrations of the entities its token names (a plan shows an entity's holdings and
 obligations); the auditor and the regulator see all of them.  The servicer asks
 :func:`readable_accounts` and :func:`may_read_migration`, which the security interceptor
-sets for the call (:func:`reading_as`).
+sets for the call (:func:`acting_as`).
+
+Request ids are scoped per caller, the token subject: the servicer asks
+:func:`current_caller` whose space a call's request ids are in, so one party's ids never
+block another's, nor answer another's repeat with its own result.  Tokens of one subject
+are one caller, whatever roles or accounts each names.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from google.protobuf.message import Message
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway.security.tokens import Principal
 from registry_bridge.errors import PermissionDenied
+from registry_bridge.idempotency import LOCAL_CALLER
 
 SERVICE_PREFIX = "/carbonlink.v1.LinkageGateway/"
 
@@ -128,19 +134,32 @@ _readable: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVa
 _readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "readable_entities", default=None
 )
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=LOCAL_CALLER)
 
 
 @contextlib.contextmanager
-def reading_as(principal: Principal) -> Iterator[None]:
-    """Scope the transfer reads of the block to what ``principal`` may see."""
+def acting_as(principal: Principal) -> Iterator[None]:
+    """Scope the block's transfer reads to what ``principal`` may see, and its request ids
+    to ``principal``'s own."""
     everything = bool(principal.roles & READ_EVERYTHING)
     token = _readable.set(None if everything else frozenset(principal.accounts))
     entities = _readable_entities.set(None if everything else frozenset(principal.entities))
+    caller = _caller.set(principal.subject)
     try:
         yield
     finally:
+        _caller.reset(caller)
         _readable_entities.reset(entities)
         _readable.reset(token)
+
+
+def current_caller() -> str:
+    """Whose request-id space the current call's request ids are in: the token subject.
+
+    The local caller when no caller is authenticated: the gateway runs insecure, for local
+    development only, and all its clients are one party.
+    """
+    return _caller.get()
 
 
 def readable_accounts() -> frozenset[str] | None:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
 from adapters.emulator_core import RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
-from gateway.security.certs import init_dev_pki, load_private_key
+from gateway.security.certs import init_dev_pki, instruction_key_entry, load_private_key
 from gateway.security.client import InstructionSigner, role_channel
+from gateway.security.instructions import SIGNED_METHODS
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
 from gateway.security.tls import channel_credentials, server_credentials
 from gateway.security.tokens import mint_token
@@ -78,11 +81,50 @@ class SecureGateway:
     def signer(self, party: str) -> InstructionSigner:
         return InstructionSigner.from_file(self.pki.instruction_key(party))
 
+    def party(
+        self,
+        role: str,
+        subject: str,
+        accounts: Sequence[str] = (),
+        entities: Sequence[str] = (),
+    ) -> grpc.Channel:
+        """A channel of a party of ``role`` with a ``subject`` of its own: its token names
+        that subject, and a key registered for the subject signs its every instruction.
+
+        The key is added to the PKI's instruction-key file, which the gateway re-reads:
+        use it with a PKI of the test's own, not the session's.
+        """
+        key = ed25519.Ed25519PrivateKey.generate()
+        key_id = f"{subject}-{uuid.uuid4().hex[:8]}"
+        registry = json.loads(self.pki.instruction_keys.read_text(encoding="utf-8"))
+        registry["keys"][key_id] = instruction_key_entry(key, subject)
+        self.pki.instruction_keys.write_text(json.dumps(registry), encoding="utf-8")
+        token = self.token(role, subject=subject, accounts=accounts, entities=entities)
+        return grpc.intercept_channel(
+            self.channel(role, token), _Signing(InstructionSigner(key, key_id))
+        )
+
     def seed_venue(self, account: str = "hk-seller") -> None:
         block = parse_serial("verra", VERRA_SERIAL)
         seed = uuid.uuid4().hex
         self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
         self.ports["hkmo"].credit(CreditRequest(f"dep-{seed}", account, block, "verra", "seed"))
+
+
+class _Signing(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+    """Signs every instruction a channel sends (with a fresh nonce each time)."""
+
+    def __init__(self, signer: InstructionSigner) -> None:
+        self._signer = signer
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        method = str(client_call_details.method).rsplit("/", 1)[-1]
+        if method in SIGNED_METHODS:
+            self._signer.sign(method, request)
+        return continuation(client_call_details, request)
 
 
 def start_secure_gateway(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
@@ -27,6 +28,7 @@ from gateway.demo_migration import (
     seed_registries,
     settle_final_pilot_year,
 )
+from registry_bridge.schema import TransferRecord
 from tests.integration.security.conftest import SecureGateway, running_secure_gateway
 
 STEEL = pilot_entity("steel-a", "steel", 2023, 12_000_000)
@@ -154,11 +156,12 @@ def test_each_entity_reads_its_own_migration_and_not_the_others(gateway: SecureG
             assert caught.value.details() == f"{foreign} not found"
 
 
-def test_a_request_id_taken_by_another_entity_names_nothing_of_its_migration(
+def test_entities_of_one_token_subject_share_request_ids_and_a_reuse_names_nothing(
     gateway: SecureGateway,
 ) -> None:
-    """Request ids are one space for every caller: reusing another entity's (the CLI's
-    default is guessable: entity and years) is refused without naming its migration."""
+    """Request ids are scoped per token subject, and the demo's PKI gives every covered
+    entity the same one: reusing another entity's id (the CLI's default is guessable:
+    entity and years) is refused without naming its migration."""
     steel = _migrate(gateway, STEEL, STEEL_ACCOUNTS)
     seed_registries(gateway.ports, OTHER)
     gateway.server.import_registries()
@@ -179,3 +182,36 @@ def test_a_request_id_taken_by_another_entity_names_nothing_of_its_migration(
     details = caught.value.details() or ""
     assert f"'migrate-{STEEL.entity_id}' was already used" in details
     assert steel.split("/")[-1] not in details
+
+
+def test_an_entity_of_its_own_subject_migrates_under_a_request_id_another_used(
+    gateway: SecureGateway,
+) -> None:
+    """Another subject is another caller: the id the first entity took blocks nothing of
+    the second's, and the second's migration requests its transfers in its own space."""
+    steel = _migrate(gateway, STEEL, STEEL_ACCOUNTS)
+    seed_registries(gateway.ports, OTHER)
+    gateway.server.import_registries()
+    with _party(gateway, "regulator") as regulator:
+        record_entity(gateway_pb2_grpc.LinkageGatewayStub(regulator), OTHER)
+    with gateway.party(
+        "covered_entity", "steel-b-desk", OTHER_ACCOUNTS, [OTHER.entity_id]
+    ) as channel:
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        settle_final_pilot_year(stub, OTHER)
+        other: gateway_pb2.Migration = stub.ExecuteMigration(
+            gateway_pb2.ExecuteMigrationRequest(
+                request_id=f"migrate-{STEEL.entity_id}",
+                plan=migration_request(OTHER, acknowledged=["CL-MIGRATION-0014"]),
+            ),
+            timeout=120,
+        )
+    assert other.state == "completed", other.failure_reason
+    assert other.name != steel and other.plan.entity_id == OTHER.entity_id
+    transfer_ids = [name.split("/")[-1] for name in other.transfers]
+    assert transfer_ids
+    with gateway.server.engine.connect() as connection:
+        callers = connection.execute(
+            sa.select(TransferRecord.caller).where(TransferRecord.id.in_(transfer_ids))
+        ).scalars()
+        assert set(callers) == {"steel-b-desk"}

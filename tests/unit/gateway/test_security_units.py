@@ -13,11 +13,18 @@ from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.security.certs import init_dev_pki
 from gateway.security.instructions import SIGNED_METHODS, canonical_bytes, sign_request
-from gateway.security.policy import RPC_ROLES, authorize, may_read_migration, reading_as
+from gateway.security.policy import (
+    RPC_ROLES,
+    acting_as,
+    authorize,
+    current_caller,
+    may_read_migration,
+)
 from gateway.security.ratelimit import RateLimited, RateLimiter
 from gateway.security.settings import warn_if_insecure
 from gateway.security.tokens import Principal
 from registry_bridge.errors import PermissionDenied
+from registry_bridge.idempotency import LOCAL_CALLER
 
 
 def test_every_rpc_declares_its_roles_and_every_mover_is_signed() -> None:
@@ -91,9 +98,20 @@ def test_an_entity_plans_and_reads_only_its_own_migration() -> None:
         authorize("PlanMigration", _principal("covered_entity", ("steel-02",)), plan)
     authorize("PlanMigration", _principal("auditor"), plan)  # the auditor plans any
     assert may_read_migration("steel-01")  # no caller: the gateway runs insecure
-    with reading_as(_principal("covered_entity", ("steel-01",))):
+    with acting_as(_principal("covered_entity", ("steel-01",))):
         assert may_read_migration("steel-01") and not may_read_migration("steel-02")
-    with reading_as(_principal("exchange_operator")):
+    with acting_as(_principal("exchange_operator")):
         assert not may_read_migration("steel-01")
-    with reading_as(_principal("regulator")):
+    with acting_as(_principal("regulator")):
         assert may_read_migration("steel-02")
+
+
+def test_request_ids_are_in_the_token_subjects_space_and_the_local_one_without_a_token() -> None:
+    assert current_caller() == LOCAL_CALLER  # no caller: the gateway runs insecure
+    desk = Principal("hkex-desk-7", frozenset({"exchange_operator"}), frozenset(), frozenset())
+    with acting_as(desk):
+        assert current_caller() == "hkex-desk-7"
+        with acting_as(_principal("regulator")):
+            assert current_caller() == "regulator"
+        assert current_caller() == "hkex-desk-7"
+    assert current_caller() == LOCAL_CALLER

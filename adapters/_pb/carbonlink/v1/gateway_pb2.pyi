@@ -7,7 +7,8 @@ Conventions (Google API design guide): collections are addressed by resource
 name ("transfers/{id}", "registries/{id}"); List methods page with page_size and
 page_token; every mutating call carries a client-chosen request_id, and the same
 request_id with the same body returns the first result while a different body
-is refused with ALREADY_EXISTS.
+is refused with ALREADY_EXISTS. Request ids are scoped per caller (the bearer
+token's subject): the same request_id from two callers names two requests.
 """
 
 from adapters._pb.carbonlink.v1 import model_pb2 as _model_pb2

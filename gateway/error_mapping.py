@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from registry_bridge.errors import (
     CarbonlinkError,
     DatabaseUnavailable,
@@ -140,12 +141,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
-        return handler
+        return wrap_behavior(handler, handler_call_details.method, _wrap_unary, _wrap_stream)
 
 
 def _enter(context: grpc.ServicerContext, method: str) -> str:
@@ -171,9 +167,7 @@ def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
     return type(exc) is Exception and context.code() is not None
 
 
-def _wrap_unary(
-    behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
-) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _wrap_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
         _enter(context, method)
         try:
@@ -189,9 +183,7 @@ def _wrap_unary(
     return wrapped
 
 
-def _wrap_stream(
-    behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+def _wrap_stream(behavior: StreamBehavior, method: str) -> StreamBehavior:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         request_id = _enter(context, method)
         try:

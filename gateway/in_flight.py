@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
+
 
 class InFlightCalls(grpc.ServerInterceptor):  # type: ignore[misc]
     # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
@@ -35,12 +37,9 @@ class InFlightCalls(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._count_unary(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._count_stream(handler.unary_stream, method))
-        return handler
+        return wrap_behavior(
+            handler, handler_call_details.method, self._count_unary, self._count_stream
+        )
 
     def running(self) -> dict[str, int]:
         """The calls being served now, by full method name."""
@@ -71,9 +70,7 @@ class InFlightCalls(grpc.ServerInterceptor):  # type: ignore[misc]
             self._running[method] -= 1
             self._changed.notify_all()
 
-    def _count_unary(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _count_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         def counted(request: Any, context: grpc.ServicerContext) -> Any:
             self._enter(method)
             try:
@@ -83,9 +80,7 @@ class InFlightCalls(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return counted
 
-    def _count_stream(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def _count_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         def counted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             # Counted from the first item asked for: a generator's body runs only then.
             self._enter(method)

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import structlog
 
+from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
 from gateway.security.policy import SERVICE_PREFIX, acting_as, authorize
 from gateway.security.ratelimit import RateLimiter
@@ -50,11 +51,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         full_method: str = handler_call_details.method
         if handler is None or not full_method.startswith(SERVICE_PREFIX):
             return handler  # health, reflection: open by design
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, full_method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, full_method))
-        return handler
+        return wrap_behavior(handler, full_method, self._unary, self._stream)
 
     def _admit(
         self, full_method: str, request: Any, context: grpc.ServicerContext
@@ -84,9 +81,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise Unauthenticated("authorization must be one 'Bearer <JWT>' header")
         return self._tokens.verify(values[0][len(_BEARER) :].strip())
 
-    def _unary(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Any], full_method: str
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _unary(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             principal, signed_by = self._admit(full_method, request, context)
             with acting_as(principal):
@@ -97,9 +92,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
-    def _stream(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], full_method: str
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def _stream(self, behavior: StreamBehavior, full_method: str) -> StreamBehavior:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             principal, _ = self._admit(full_method, request, context)
             with acting_as(principal):

@@ -3,6 +3,7 @@
 from adapters.client_core import REJECTION_CODE_KEY
 from adapters.emulator_core.faults import FaultConfig, FaultInterceptor, ScriptedRefusal
 from adapters.emulator_core.server import (
+    CallCounter,
     EmulatorSpec,
     RunningEmulator,
     abort_rejected,
@@ -34,6 +35,7 @@ __all__ = [
     "BATCH_ITEMS_CAP",
     "RECORD_PREFIX",
     "REJECTION_CODE_KEY",
+    "CallCounter",
     "CreditMode",
     "EmulatorSpec",
     "FaultConfig",

@@ -8,12 +8,14 @@ a gRPC server.  :func:`start_emulator` runs one in the background and returns a 
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -83,15 +85,46 @@ class EmulatorSpec:
         return Store(self.registry_id, self.programs, self.credit_mode, path, clock)
 
 
+class CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]
+    # NOTE(registry-adapters): grpc ships no type stubs, so its base classes are Any.
+    """Counts the calls an emulator receives, per native method.
+
+    What a gateway operation costs a registry is part of its contract (reconciliation
+    reads each registry a fixed number of times, however large the ledger), and only the
+    registry sees every call, retries and refused ones included.  Counting happens before
+    the call is dispatched, so it costs a lock and an increment, not a wrapped handler.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        """Count the call under its method's name, then dispatch it unchanged."""
+        name = str(handler_call_details.method).rsplit("/", 1)[-1]
+        with self._lock:
+            self._calls[name] += 1
+        return continuation(handler_call_details)
+
+    def snapshot(self) -> Counter[str]:
+        """Calls received so far per method name (``ListAccountHoldings``), a copy."""
+        with self._lock:
+            return Counter(self._calls)
+
+
 @dataclass
 class RunningEmulator:
-    """A started emulator: its address, its store and how to stop it."""
+    """A started emulator: its address, its store, the calls it received, how to stop it."""
 
     spec: EmulatorSpec
     server: grpc.Server
     store: Store
     port: int
     host: str
+    calls: CallCounter = field(default_factory=CallCounter)
+    """The calls the emulator received (see :class:`CallCounter`)."""
 
     @property
     def target(self) -> str:
@@ -132,7 +165,11 @@ def start_emulator(
         OSError: The address could not be bound.
     """
     store = spec.open_store(data_dir, clock)
-    interceptors = [FaultInterceptor(faults)] if faults is not None and faults.active else []
+    calls = CallCounter()
+    # Outermost, so a call a fault refuses is counted too: the client made it.
+    interceptors: list[grpc.ServerInterceptor] = [calls]
+    if faults is not None and faults.active:
+        interceptors.append(FaultInterceptor(faults))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
     )
@@ -152,4 +189,4 @@ def start_emulator(
     server.start()
     host = listen.rsplit(":", 1)[0] or "127.0.0.1"
     _logger.info("emulator_started", registry=spec.registry_id, host=host, port=port)
-    return RunningEmulator(spec, server, store, port, host)
+    return RunningEmulator(spec, server, store, port, host, calls)

@@ -1,4 +1,5 @@
-"""Scripted refusals of an emulator, seen by a client without retries over real gRPC."""
+"""Scripted refusals of an emulator, seen by a client without retries over real gRPC, and
+the emulator's count of the calls it received."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ def test_a_refusal_with_a_final_status_is_the_registry_refusing(
         client.totals()
     assert refused.value.code == "INVALID_ARGUMENT"
     assert list(client.totals()) == []
+
+
+def test_an_emulator_counts_every_call_it_receives_refused_ones_included(
+    scripted: tuple[RunningEmulator, RegistryPort],
+) -> None:
+    running, client = scripted
+    listing = ListHoldingsRequest()
+    client.list_holdings(listing)
+    for _ in range(2):
+        with pytest.raises(RegistryUnavailable):
+            client.list_holdings(listing)
+    with pytest.raises(RegistryRejected):
+        client.totals()
+    calls = running.calls.snapshot()
+    assert (calls["ListAccountHoldings"], calls["GetRegistryTotals"]) == (3, 1)
+    # A snapshot is a copy: later calls do not change it.
+    client.totals()
+    assert calls["GetRegistryTotals"] == 1
+    assert running.calls.snapshot()["GetRegistryTotals"] == 2

@@ -10,6 +10,7 @@ It is the empty string for programs whose serials are unique program-wide (Verra
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
@@ -119,7 +120,12 @@ def spans_missing(start: int, end: int, merged: Sequence[Span]) -> list[Span]:
     """The parts of ``start..end`` outside ``merged`` (as :func:`merge_spans` returns)."""
     gaps: list[Span] = []
     at = start
-    for low, high in merged:
+    # Reconciliation asks this once per block against one account's runs, which may be
+    # tens of thousands: the runs before the last one starting at or before ``start`` end
+    # before it, so a search skips them instead of a walk.
+    first = max(bisect.bisect_right(merged, start, key=lambda span: span[0]) - 1, 0)
+    for index in range(first, len(merged)):
+        low, high = merged[index]
         if high < at:
             continue
         if low > end:

@@ -136,9 +136,16 @@ def entry(registry_id: str) -> RegistryEntry:
         raise NotFound(f"registry {registry_id}") from exc
 
 
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""Largest registry reply an adapter accepts.  The native holdings listings answer in one
+message (none pages), and gRPC refuses a reply over 4 MiB by default: about 30,000 Verra
+holdings, the size of a registry reconciliation and the registry import must read whole.
+64 MiB holds roughly half a million holdings and still bounds what one reply may cost."""
+
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
 )
 """Options of every adapter's channel.
 
@@ -146,7 +153,8 @@ gRPC waits longer and longer between dials of an address that refuses it, up to 
 minutes by default: a registry back from an outage would stay unreachable, each retry of
 each call failing at once, long after it answers again.  A dial a second (a connection
 attempt to a registry that is down costs nothing) keeps that wait within the retries of
-one call (:class:`RetryPolicy`: about 1.5 s by default)."""
+one call (:class:`RetryPolicy`: about 1.5 s by default).  Replies may be up to
+:data:`MAX_REPLY_BYTES`."""
 
 
 def build_adapter(

@@ -413,9 +413,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             raise InvalidRequest.field(
                 "registries", f"not wired: {', '.join(unknown)} (wired: {sorted(self._ports)})"
             )
-        # Read only: a reconciliation asks every registry about every block, which takes
-        # long on a large ledger, and on SQLite a write transaction would hold the one
-        # write lock all that time, stopping every transfer.
+        # Read only: a reconciliation waits on every registry's totals and holdings,
+        # which takes a while on a large ledger, and on SQLite a write transaction would
+        # hold the one write lock all that time, stopping every transfer.
         with read_only(self._bridge.sessions) as session:
             report = reconcile(session, self._ports, request.registries)
         return convert_provenance.report_to_pb(report)

@@ -47,7 +47,7 @@ from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.event_log import leaf_hash
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, merge_spans
-from registry_bridge.port import RegistryPort
+from registry_bridge.port import ListHoldingsRequest, RegistryPort
 from registry_bridge.schema import (
     LedgerEvent,
     LogHead,
@@ -581,26 +581,31 @@ def check_registries(
 
     Phase 1 compares each registry's totals per program and status with the ledger's
     (a custody venue's origin units count at the venue and, as its backing, at their
-    origin registry).  Phase 2 (``blocks``) asks each registry about every block the
-    ledger places there and checks that the same account holds every serial of it in the
-    same status, then lists each registry's holdings and checks that the ledger places
-    every serial of them there.  Call it only while no transfer is between two registry
-    calls: a step committed in the ledger but not yet acted on differs from the
-    registries by design.
+    origin registry).  Phase 2 (``blocks``) lists each registry's holdings once and
+    checks, in memory, that the same account holds every serial of each block the ledger
+    places there, in the same status, and that the ledger places there every serial the
+    registry lists.  Call it only while no transfer is between two registry calls: a
+    step committed in the ledger but not yet acted on differs from the registries by
+    design.
 
     Args:
         session: A session on the ledger database (only read).
         ports: The registries, by id; ledger rows at registries not given are skipped.
-        blocks: Also compare block by block (one registry call per ledger row).
+        blocks: Also compare block by block (one more registry call per registry).
 
     Returns:
         The violations; empty when the registries agree with the ledger.
     """
     rows = ledger.all_live(session)
-    problems = [f"[I6 totals] {d.detail}" for d in reconcile.compare_totals(rows, ports)]
+    totals = {registry_id: port.totals() for registry_id, port in ports.items()}
+    problems = [f"[I6 totals] {d.detail}" for d in reconcile.compare_totals(rows, totals)]
     if blocks:
-        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_blocks(rows, ports)]
-        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_holdings(rows, ports)]
+        listings = {
+            registry_id: port.list_holdings(ListHoldingsRequest())
+            for registry_id, port in ports.items()
+        }
+        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_blocks(rows, listings)]
+        problems += [f"[I6 blocks] {d.detail}" for d in reconcile.compare_holdings(rows, listings)]
     return problems
 
 

@@ -11,7 +11,9 @@ The Kyoto ITL reconciles in three phases (ANCHORS §1.6): ``TOTALS(1)``, then
    serial a registry lists (in any status but exported) must be one the ledger places
    in that account there, in that status -- units a registry holds that the ledger does
    not know (created, or moved, behind the gateway's back) are named, not netted into a
-   total;
+   total.  Both directions compare one listing of each registry's holdings with the
+   ledger in memory: a registry is asked twice in all (totals, then holdings), however
+   many blocks the ledger holds;
 3. trail: for every block that differs, the ledger's own audit trail of it, read from
    the provenance log, so an operator sees which change the registry missed or made
    behind the gateway's back.
@@ -22,6 +24,8 @@ formats the same values as invariant violations for the test suite.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +38,7 @@ from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
-from registry_bridge.port import BlockStatusRequest, ListHoldingsRequest, RegistryPort
+from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding, RegistryPort
 from registry_bridge.schema import EventBlock, LedgerEvent
 
 TOTALS = "totals"
@@ -104,14 +108,19 @@ def expected_totals(
 
 
 def compare_totals(
-    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+    rows: Sequence[LedgerHolding], totals: Mapping[str, Sequence[ProgramTotal]]
 ) -> list[Discrepancy]:
-    """Phase 1: each registry's totals per program and status against the ledger's."""
+    """Phase 1: each registry's totals per program and status against the ledger's.
+
+    Args:
+        rows: The ledger's live rows.
+        totals: Each registry's totals (``RegistryPort.totals``), by registry id.
+    """
     found: list[Discrepancy] = []
     expected = expected_totals(rows)
-    for registry_id, port in sorted(ports.items()):
+    for registry_id, registry_totals in sorted(totals.items()):
         reported: Counter[tuple[Program, HoldingStatus]] = Counter()
-        for total in port.totals():
+        for total in registry_totals:
             reported[(total.program, total.status)] += total.quantity
         want = expected.get(registry_id, Counter())
         for program, status in sorted(set(reported) | set(want)):
@@ -134,17 +143,60 @@ def compare_totals(
     return found
 
 
+class _Overlaps:
+    """One registry's holdings of one program and serial series, found by overlap.
+
+    What a registry's ``block_status`` answers for a block, looked up in its listing
+    instead of asked for: every holding sharing a serial with the block, by first serial
+    (holdings of one first serial in listing order), as the registries answer both.
+    """
+
+    def __init__(self, holdings: Iterable[RegistryHolding]) -> None:
+        self._holdings = sorted(holdings, key=lambda h: h.block.id.serial_start)
+        self._starts = [h.block.id.serial_start for h in self._holdings]
+        # The furthest serial reached by any holding up to each position: it only grows,
+        # so one search finds the first holding that can reach a block's start.
+        self._reach = list(
+            itertools.accumulate((h.block.id.serial_end for h in self._holdings), max)
+        )
+
+    def of(self, block: BlockId) -> list[RegistryHolding]:
+        """The holdings sharing a serial with ``block``."""
+        first = bisect.bisect_left(self._reach, block.serial_start)
+        last = bisect.bisect_right(self._starts, block.serial_end)
+        return [
+            h for h in self._holdings[first:last] if h.block.id.serial_end >= block.serial_start
+        ]
+
+
+def _overlaps_by_series(
+    holdings: Iterable[RegistryHolding],
+) -> dict[tuple[Program, str], _Overlaps]:
+    grouped: dict[tuple[Program, str], list[RegistryHolding]] = defaultdict(list)
+    for holding in holdings:
+        grouped[(holding.block.id.program, holding.block.id.serial_series)].append(holding)
+    return {key: _Overlaps(group) for key, group in grouped.items()}
+
+
 def compare_blocks(
-    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+    rows: Sequence[LedgerHolding], listings: Mapping[str, Sequence[RegistryHolding]]
 ) -> list[Discrepancy]:
-    """Phase 2: every ledger block, serial by serial, at the registries that must hold it."""
+    """Phase 2: every ledger block, serial by serial, at the registries that must hold it.
+
+    Args:
+        rows: The ledger's live rows.
+        listings: Each registry's holdings (``RegistryPort.list_holdings`` of every
+            account), by registry id; rows at registries not given are skipped.
+    """
+    shown_at = {registry_id: _overlaps_by_series(h) for registry_id, h in listings.items()}
     found: list[Discrepancy] = []
     for row in rows:
         for registry_id, account in registry_view(row):
-            reached = ports.get(registry_id)
-            if reached is None:
+            series = shown_at.get(registry_id)
+            if series is None:
                 continue
-            shown = list(reached.block_status(BlockStatusRequest(row.block.id)))
+            overlapping = series.get((row.block.id.program, row.block.id.serial_series))
+            shown = [] if overlapping is None else overlapping.of(row.block.id)
             held = [h for h in shown if h.account == account and h.status is row.status]
             spans = merge_spans(
                 [
@@ -153,7 +205,6 @@ def compare_blocks(
                         min(h.block.id.serial_end, row.block.id.serial_end),
                     )
                     for h in held
-                    if h.block.id.overlaps(row.block.id)
                 ]
             )
             if spans != [(row.block.id.serial_start, row.block.id.serial_end)]:
@@ -177,9 +228,15 @@ def compare_blocks(
 
 
 def compare_holdings(
-    rows: Sequence[LedgerHolding], ports: Mapping[str, RegistryPort]
+    rows: Sequence[LedgerHolding], listings: Mapping[str, Sequence[RegistryHolding]]
 ) -> list[Discrepancy]:
-    """Phase 2, the registries' side: every serial each registry lists, against the ledger."""
+    """Phase 2, the registries' side: every serial each registry lists, against the ledger.
+
+    Args:
+        rows: The ledger's live rows.
+        listings: Each registry's holdings (``RegistryPort.list_holdings`` of every
+            account), by registry id.
+    """
     placed: dict[tuple[str, str, HoldingStatus, Program, str], list[tuple[int, int]]] = defaultdict(
         list
     )
@@ -190,8 +247,8 @@ def compare_holdings(
             placed[key].append((block.serial_start, block.serial_end))
     merged = {key: merge_spans(spans) for key, spans in placed.items()}
     found: list[Discrepancy] = []
-    for registry_id, port in ports.items():
-        for holding in port.list_holdings(ListHoldingsRequest()):
+    for registry_id, holdings in listings.items():
+        for holding in holdings:
             if holding.status is HoldingStatus.EXPORTED:
                 continue  # gone from this registry: the ledger keeps no live row of it
             block = holding.block.id
@@ -268,8 +325,15 @@ def reconcile(
     wanted = set(registries)
     chosen = {r: p for r, p in ports.items() if not wanted or r in wanted}
     rows = ledger.all_live(session)
+    totals = {registry_id: port.totals() for registry_id, port in chosen.items()}
+    listings = {
+        registry_id: port.list_holdings(ListHoldingsRequest())
+        for registry_id, port in chosen.items()
+    }
     found = (
-        compare_totals(rows, chosen) + compare_blocks(rows, chosen) + compare_holdings(rows, chosen)
+        compare_totals(rows, totals)
+        + compare_blocks(rows, listings)
+        + compare_holdings(rows, listings)
     )
     if not found:
         return ReconcileReport(COMPLETED, ())

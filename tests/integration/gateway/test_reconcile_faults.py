@@ -26,13 +26,11 @@ from tests.integration.gateway.conftest import LiveGateway, linked_registries, r
 ATTEMPTS = 3
 """The gateway's registry retry attempts in these tests (the first call included)."""
 
-# Verra's native reads of a reconciliation: its totals, the status of each block the
-# ledger places there (here the HK venue's backing), and its holdings listing.  The
+# Verra's native reads of a reconciliation: its totals and its holdings listing.  The
 # gateway's start-up import lists the holdings once first, hence ``after``.
 TOTALS = "GetRegistryTotals"
-BLOCK = "GetVcuBlock"
 LISTING = "ListAccountHoldings"
-AFTER = {TOTALS: 0, BLOCK: 0, LISTING: 1}
+AFTER = {TOTALS: 0, LISTING: 1}
 
 
 @contextmanager
@@ -64,7 +62,7 @@ def _reconcile(
 
 @pytest.mark.parametrize(
     ("method", "status"),
-    [(TOTALS, "UNAVAILABLE"), (BLOCK, "DEADLINE_EXCEEDED"), (LISTING, "UNAVAILABLE")],
+    [(TOTALS, "UNAVAILABLE"), (LISTING, "DEADLINE_EXCEEDED"), (LISTING, "UNAVAILABLE")],
 )
 def test_a_read_failing_transiently_is_retried_and_the_registry_reconciles(
     database_url: str, method: str, status: str, capsys: pytest.CaptureFixture[str]

@@ -1106,27 +1106,67 @@ class Discrepancy(_message.Message):
 Global___Discrepancy: _TypeAlias = Discrepancy  # noqa: Y015
 
 @_typing.final
+class UnreadableRegistry(_message.Message):
+    """A registry a reconciliation could not read, after the gateway's retries: the report
+    says nothing of whether it agrees with the ledger.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why: UNAVAILABLE when it could not be reached or kept failing, FAILED_PRECONDITION
+        when it refused the read; the message names the registry and its own words.
+        """
+
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "registry", b"registry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnreadableRegistry: _TypeAlias = UnreadableRegistry  # noqa: Y015
+
+@_typing.final
 class ReconcileReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PHASE_FIELD_NUMBER: _builtins.int
     DISCREPANCIES_FIELD_NUMBER: _builtins.int
     CONSISTENT_FIELD_NUMBER: _builtins.int
+    UNREADABLE_REGISTRIES_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """The last phase reached: "totals", "unit_blocks", "trail" or "completed"."""
+    """The last phase reached over the registries read: "totals", "unit_blocks", "trail",
+    or "completed" when none of them differs from the ledger.
+    """
     consistent: _builtins.bool
+    """True only when every registry asked for was read and none differs from the ledger."""
     @_builtins.property
     def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Discrepancy]: ...
+    @_builtins.property
+    def unreadable_registries(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnreadableRegistry]:
+        """The registries that could not be read; every other one is reconciled all the same."""
+
     def __init__(
         self,
         *,
         phase: _builtins.str = ...,
         discrepancies: _abc.Iterable[Global___Discrepancy] | None = ...,
         consistent: _builtins.bool = ...,
+        unreadable_registries: _abc.Iterable[Global___UnreadableRegistry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "discrepancies", b"discrepancies", "phase", b"phase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "discrepancies", b"discrepancies", "phase", b"phase", "unreadable_registries", b"unreadable_registries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

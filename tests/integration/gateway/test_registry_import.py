@@ -4,18 +4,15 @@ have been left in, and again at every import interval."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from typing import Any
 
 import grpc
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
@@ -29,6 +26,7 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
     linked_registries,
+    logged_events,
     running_gateway,
 )
 
@@ -139,19 +137,6 @@ SZA = UnitBlock(
 
 
 @contextmanager
-def _logged() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every log event while open, whatever level earlier tests left the process's logging
-    at (the benchmarks set ``error``); that logging is restored afterwards."""
-    kept = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(**kept)
-
-
-@contextmanager
 def _refusing_listings(
     database_url: str, calls: int, after: int, issued_first: bool
 ) -> Iterator[tuple[LinkedRegistries, LiveGateway]]:
@@ -185,7 +170,7 @@ def test_a_registry_failing_every_attempt_is_skipped_named_and_imported_at_the_n
     ):
         registries.ports["verra"].issue(IssueRequest("issue-1", "issuer", ISSUED))
         registries.ports["shenzhen"].issue(IssueRequest("issue-sza", "sz-entity", SZA))
-        with _logged() as logs:
+        with logged_events() as logs:
             imported = gateway.server.import_registries()
         # The registries that answered are imported; Verra is left for the next look.
         assert imported == {"hkmo": 0, "shenzhen": 1}

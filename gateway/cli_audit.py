@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
+from google.rpc import code_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.serial_errors import RegistryFormatError
@@ -292,6 +293,9 @@ def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
     else:
         print(f"consistent={str(report.consistent).lower()} phase={report.phase}", file=stdout)
+        for unread in report.unreadable_registries:
+            code = code_pb2.Code.Name(unread.error.code)
+            print(f"  [unreadable] {unread.registry}: {code}: {unread.error.message}", file=stdout)
         for item in report.discrepancies:
             print(f"  [{item.phase}] {item.registry}: {item.detail}", file=stdout)
     return EXIT_OK if report.consistent else EXIT_FAILED
@@ -381,7 +385,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "reconcile",
         help="ITL-style reconciliation of the gateway with each registry",
         description="Totals per program and status, then unit blocks, then the trail of "
-        "any block that differs. Exits 1 when a registry disagrees.",
+        "any block that differs. A registry that cannot be read is named, with why, and "
+        "the others are reconciled all the same. Exits 1 when a registry disagrees or "
+        "cannot be read.",
     )
     reconcile.add_argument(
         "--registry", action="append", help="only this registry (repeatable; default all)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
-from gateway import convert
+from gateway import convert, error_mapping
 from registry_bridge.merkle import StoredProof
 from registry_bridge.provenance import SignedCheckpoint, Trace
 from registry_bridge.reconcile import ReconcileReport
@@ -61,7 +61,7 @@ def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
 
 
 def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
-    """A reconciliation report."""
+    """A reconciliation report; an unreadable registry's error is mapped as an RPC's is."""
     return gateway_pb2.ReconcileReport(
         phase=report.phase,
         consistent=report.consistent,
@@ -81,5 +81,11 @@ def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
                 detail=d.detail,
             )
             for d in report.discrepancies
+        ],
+        unreadable_registries=[
+            gateway_pb2.UnreadableRegistry(
+                registry=u.registry, error=error_mapping.to_rpc_status(u.error)
+            )
+            for u in report.unreadable
         ],
     )

@@ -146,6 +146,8 @@ def journey_auditor(
     reconciled = gateway.Reconcile(gateway_pb2.ReconcileRequest(), timeout=120)
     consistent = str(reconciled.consistent).lower()
     _say(f"   Reconcile (totals, unit blocks, trail): consistent={consistent}")
+    for unread in reconciled.unreadable_registries:
+        _say(f"     [unreadable] {unread.registry}: {unread.error.message}")
     for item in reconciled.discrepancies:
         _say(f"     [{item.phase}] {item.registry}: {item.detail}")
     if not reconciled.consistent:

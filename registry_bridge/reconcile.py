@@ -20,6 +20,10 @@ The Kyoto ITL reconciles in three phases (ANCHORS §1.6): ``TOTALS(1)``, then
 
 The phases return structured :class:`Discrepancy` values; ``invariants.check_registries``
 formats the same values as invariant violations for the test suite.
+
+A registry that cannot be read (unreachable or failing after the adapter's retries, or
+refusing the read) is named in the report with the error, and nothing is said of whether
+it agrees; the registries that answer are reconciled all the same.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.orm import Session
 
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
 from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding, RegistryPort
@@ -48,6 +54,8 @@ COMPLETED = "completed"
 
 _TRAIL_EVENTS = 20
 """Most events of one block's trail put in a report (the newest ones)."""
+
+_logger = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,17 +74,29 @@ class Discrepancy:
 
 
 @dataclass(frozen=True)
+class UnreadableRegistry:
+    """A registry a reconciliation could not read: nothing is said of whether it agrees."""
+
+    registry: str
+    error: RegistryUnavailable | RegistryRejected
+    """Why: the read's last failure after the adapter's retries, or the registry's refusal."""
+
+
+@dataclass(frozen=True)
 class ReconcileReport:
     """The outcome of a reconciliation."""
 
     phase: str
-    """The last phase reached: ``completed`` when nothing differs, else ``trail``."""
+    """The last phase reached over the registries read: ``completed`` when none of them
+    differs, else ``trail``."""
     discrepancies: tuple[Discrepancy, ...]
+    unreadable: tuple[UnreadableRegistry, ...] = ()
+    """The registries that could not be read, in the order they were asked."""
 
     @property
     def consistent(self) -> bool:
-        """True when the ledger and every registry agree."""
-        return not self.discrepancies
+        """True when every registry was read and agrees with the ledger."""
+        return not self.discrepancies and not self.unreadable
 
 
 def _describe(block: BlockId) -> str:
@@ -319,24 +339,35 @@ def reconcile(
         registries: Registry ids to reconcile; empty means every wired registry.
 
     Returns:
-        The report: every discrepancy of phases 1 and 2, and the ledger's trail of every
-        block that differs (phase 3).
+        The report: every discrepancy of phases 1 and 2 with the registries read, the
+        ledger's trail of every block that differs (phase 3), and the registries that
+        could not be read.
     """
     wanted = set(registries)
     chosen = {r: p for r, p in ports.items() if not wanted or r in wanted}
     rows = ledger.all_live(session)
-    totals = {registry_id: port.totals() for registry_id, port in chosen.items()}
-    listings = {
-        registry_id: port.list_holdings(ListHoldingsRequest())
-        for registry_id, port in chosen.items()
-    }
+    totals: dict[str, Sequence[ProgramTotal]] = {}
+    listings: dict[str, Sequence[RegistryHolding]] = {}
+    unreadable: list[UnreadableRegistry] = []
+    for registry_id, port in chosen.items():
+        try:
+            registry_totals = port.totals()
+            holdings = port.list_holdings(ListHoldingsRequest())
+        except (RegistryUnavailable, RegistryRejected) as exc:
+            # One registry down must not hide what the others say; its totals, if read,
+            # are left out too, so nothing is claimed of it from half its answers.
+            _logger.warning("reconcile_registry_unreadable", registry=registry_id, error=str(exc))
+            unreadable.append(UnreadableRegistry(registry_id, exc))
+            continue
+        totals[registry_id] = registry_totals
+        listings[registry_id] = holdings
     found = (
         compare_totals(rows, totals)
         + compare_blocks(rows, listings)
         + compare_holdings(rows, listings)
     )
     if not found:
-        return ReconcileReport(COMPLETED, ())
+        return ReconcileReport(COMPLETED, (), tuple(unreadable))
     trails: list[Discrepancy] = []
     for item in found:
         if item.block is None:
@@ -355,4 +386,6 @@ def reconcile(
                 block=item.block,
             )
         )
-    return ReconcileReport(TRAIL if trails else UNIT_BLOCKS, tuple(found + trails))
+    return ReconcileReport(
+        TRAIL if trails else UNIT_BLOCKS, tuple(found + trails), tuple(unreadable)
+    )

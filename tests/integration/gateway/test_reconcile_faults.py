@@ -1,11 +1,11 @@
 """Reconciliation meets a registry that fails to answer: ``Reconcile`` and ``carbonlink
-reconcile`` against a live gateway whose Verra emulator refuses chosen reads.
+reconcile`` against a live gateway whose Verra emulator refuses chosen reads, or is down.
 
 The gateway reads every registry through its adapters' one retry policy
 (``adapters.retry``): a read that fails transiently fewer times than the policy's attempts
 is retried and the reconciliation answers as if nothing had failed; a read refused for
-good, or failing on every attempt, fails the reconciliation naming the registry and why,
-and no report claims that registry matches or differs.
+good, or failing on every attempt, makes the report name the registry unreadable and why,
+claim nothing of whether it matches, and reconcile the other registries all the same.
 """
 
 from __future__ import annotations
@@ -13,15 +13,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 
-import grpc
 import pytest
+from google.rpc import code_pb2
 from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from gateway.cli import main
-from tests.integration.gateway.conftest import LiveGateway, linked_registries, running_gateway
+from registry_bridge.model import BlockId, Program, UnitBlock
+from tests.integration.gateway.conftest import (
+    LinkedRegistries,
+    LiveGateway,
+    linked_registries,
+    logged_events,
+    running_gateway,
+)
 
 ATTEMPTS = 3
 """The gateway's registry retry attempts in these tests (the first call included)."""
@@ -34,18 +42,30 @@ AFTER = {TOTALS: 0, LISTING: 1}
 
 
 @contextmanager
-def _gateway(database_url: str, *refusals: ScriptedRefusal) -> Iterator[LiveGateway]:
-    """A gateway on the linked registries, Verra refusing ``refusals``, the HK venue
-    holding Verra units; no periodic import reads a registry during the test."""
+def _registries(*refusals: ScriptedRefusal) -> Iterator[LinkedRegistries]:
+    """The linked registries, Verra refusing ``refusals``, the HK venue holding Verra units."""
     with linked_registries({"verra": FaultConfig(refusals=refusals)}) as registries:
         registries.seed_venue()
-        with running_gateway(
-            database_url,
-            registries,
-            registry_retry_attempts=ATTEMPTS,
-            registry_import_interval_seconds=3600.0,
-        ) as gateway:
-            yield gateway
+        yield registries
+
+
+@contextmanager
+def _serving(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
+    """A gateway on ``registries``; no periodic import reads a registry during the test."""
+    with running_gateway(
+        database_url,
+        registries,
+        registry_retry_attempts=ATTEMPTS,
+        registry_import_interval_seconds=3600.0,
+    ) as gateway:
+        yield gateway
+
+
+@contextmanager
+def _gateway(database_url: str, *refusals: ScriptedRefusal) -> Iterator[LiveGateway]:
+    """A gateway on the linked registries, Verra refusing ``refusals``."""
+    with _registries(*refusals) as registries, _serving(database_url, registries) as gateway:
+        yield gateway
 
 
 def _reconcile(
@@ -76,33 +96,76 @@ def test_a_read_failing_transiently_is_retried_and_the_registry_reconciles(
         assert report["discrepancies"] == []
 
 
-def test_a_read_failing_on_every_attempt_fails_the_reconciliation_naming_the_registry(
+def test_a_read_failing_on_every_attempt_names_the_registry_unreadable(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Exactly the policy's attempts fail: one more would have been answered.
     refusal = ScriptedRefusal(LISTING, calls=ATTEMPTS, after=AFTER[LISTING])
     with _gateway(database_url, refusal) as gateway:
-        code, out, err = _reconcile(capsys, gateway)
+        code, out, _ = _reconcile(capsys, gateway)
         assert code == 1
-        assert out == ""  # no report: nothing claimed about Verra, either way
-        assert err.startswith("carbonlink reconcile: UNAVAILABLE: registry verra unavailable: ")
-        assert "injected fault: scripted UNAVAILABLE" in err
+        # Nothing claimed about Verra, either way; Hong Kong and Shenzhen agree.
+        assert out == (
+            "consistent=false phase=completed\n"
+            "  [unreadable] verra: UNAVAILABLE: registry verra unavailable: UNAVAILABLE: "
+            "injected fault: scripted UNAVAILABLE\n"
+        )
         # Verra answers again: the next reconciliation reads it and finds it consistent.
         code, out, _ = _reconcile(capsys, gateway)
         assert (code, out) == (0, "consistent=true phase=completed\n")
 
 
-def test_a_registry_down_fails_a_reconciliation_of_it_and_not_of_the_others(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+def _phantom_at_shenzhen(registries: LinkedRegistries) -> None:
+    """Shenzhen issues units behind the gateway's back: a difference to be found there."""
+    registries.emulators["shenzhen"].store.issue(
+        "phantom",
+        "sz-thief",
+        UnitBlock(
+            BlockId(Program.SZA, "", 900_000_000, 900_000_099),
+            project_id="",
+            country="CN",
+            vintage_start=date(2024, 1, 1),
+            vintage_end=date(2024, 12, 31),
+        ),
+    )
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["refusing", "stopped"])
+def test_a_registry_down_is_named_unreadable_and_the_others_are_reconciled(
+    database_url: str, stopped: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    refusal = ScriptedRefusal(LISTING, calls=1_000, after=AFTER[LISTING])
-    with _gateway(database_url, refusal) as gateway:
-        with pytest.raises(grpc.RpcError) as failed:
-            gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
-        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "registry verra unavailable" in (failed.value.details() or "")
-        # The registries that answer are reconciled when named.
-        code, out, _ = _reconcile(capsys, gateway, "--registry", "hkmo", "--registry", "shenzhen")
+    # Verra refuses every listing after the start-up import's, or does not answer at all.
+    refusals = () if stopped else (ScriptedRefusal(LISTING, calls=1_000, after=AFTER[LISTING]),)
+    with _registries(*refusals) as registries, _serving(database_url, registries) as gateway:
+        _phantom_at_shenzhen(registries)
+        if stopped:
+            registries.emulators["verra"].server.stop(None).wait()
+        with logged_events() as logs:
+            report = gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
+        assert [e["registry"] for e in logs if e["event"] == "reconcile_registry_unreadable"] == [
+            "verra"
+        ]
+        assert not report.consistent
+        assert [(u.registry, u.error.code) for u in report.unreadable_registries] == [
+            ("verra", code_pb2.UNAVAILABLE)
+        ]
+        assert report.unreadable_registries[0].error.message.startswith(
+            "registry verra unavailable: "
+        )
+        # Shenzhen is reconciled: its phantom units are named, and nothing of Verra is.
+        assert {d.registry for d in report.discrepancies} == {"shenzhen"}
+        assert any("sz-thief" in d.detail for d in report.discrepancies)
+        assert report.phase == "trail"
+
+        code, out, _ = _reconcile(capsys, gateway, "--json")
+        assert code == 1
+        printed = json.loads(out)
+        assert printed["consistent"] is False
+        assert [(u["registry"], u["error"]["code"]) for u in printed["unreadableRegistries"]] == [
+            ("verra", code_pb2.UNAVAILABLE)
+        ]
+        # Named alone, the registries that answer reconcile as ever.
+        code, out, _ = _reconcile(capsys, gateway, "--registry", "hkmo")
         assert (code, out) == (0, "consistent=true phase=completed\n")
 
 
@@ -110,11 +173,13 @@ def test_a_registry_down_fails_a_reconciliation_of_it_and_not_of_the_others(
 def test_a_read_refused_for_good_is_not_retried(
     database_url: str, status: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Refused once only: a retry would have been answered, so failing shows none was made.
+    # Refused once only: a retry would have been answered, so Verra unreadable shows none
+    # was made.
     with _gateway(database_url, ScriptedRefusal(TOTALS, status)) as gateway:
-        code, out, err = _reconcile(capsys, gateway)
-        assert (code, out) == (1, "")
-        assert err.startswith(
-            f"carbonlink reconcile: FAILED_PRECONDITION: registry verra rejected the "
-            f"operation ({status}): injected fault: scripted {status}"
+        code, out, _ = _reconcile(capsys, gateway)
+        assert code == 1
+        assert out == (
+            "consistent=false phase=completed\n"
+            f"  [unreadable] verra: FAILED_PRECONDITION: registry verra rejected the "
+            f"operation ({status}): injected fault: scripted {status}\n"
         )

@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from registry_bridge.errors import (
+    Abandoned,
     CarbonlinkError,
     DatabaseUnavailable,
     FailedPrecondition,
@@ -52,6 +53,8 @@ _STATUS_TABLE: tuple[tuple[type[CarbonlinkError], grpc.StatusCode], ...] = (
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotYetImplemented, grpc.StatusCode.UNIMPLEMENTED),
+    # The caller is gone and reads no answer; the status is for the server's own log.
+    (Abandoned, grpc.StatusCode.CANCELLED),
 )
 
 INTERNAL_MESSAGE = "internal error; the gateway logged the details under this request id"

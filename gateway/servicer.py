@@ -416,6 +416,11 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # Read only: a reconciliation waits on every registry's totals and holdings,
         # which takes a while on a large ledger, and on SQLite a write transaction would
         # hold the one write lock all that time, stopping every transfer.
+        # A caller gone (cancelled, past its deadline, or cut off by a stopping server)
+        # stops it between registry reads: it would otherwise hold a worker, and the
+        # server's shutdown, until every registry had answered.
         with read_only(self._bridge.sessions) as session:
-            report = reconcile(session, self._ports, request.registries)
+            report = reconcile(
+                session, self._ports, request.registries, still_wanted=context.is_active
+            )
         return convert_provenance.report_to_pb(report)

@@ -105,6 +105,15 @@ class RegistryRejected(CarbonlinkError):
         self.code = code
 
 
+class Abandoned(CarbonlinkError):
+    """Work stopped part-way because no one waits for it any more.
+
+    Raised by long read-only work (a reconciliation) when its caller cancelled, its
+    deadline passed, or the server is stopping: going on would only keep a worker thread,
+    and the server's shutdown, waiting on registries for an answer no one will read.
+    """
+
+
 class Unauthenticated(CarbonlinkError):
     """The caller's credentials are missing or invalid."""
 

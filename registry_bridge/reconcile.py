@@ -24,6 +24,10 @@ formats the same values as invariant violations for the test suite.
 A registry that cannot be read (unreachable or failing after the adapter's retries, or
 refusing the read) is named in the report with the error, and nothing is said of whether
 it agrees; the registries that answer are reconciled all the same.
+
+A reconciliation whose caller is gone stops between two registry reads, or two phases,
+with :class:`~registry_bridge.errors.Abandoned`: it changes nothing, so stopping anywhere
+leaves nothing half done.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import bisect
 import itertools
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -41,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
-from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
 from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding, RegistryPort
@@ -325,8 +329,20 @@ def trail(session: Session, block: BlockId, limit: int = _TRAIL_EVENTS) -> list[
     return lines
 
 
+def _always() -> bool:
+    return True
+
+
+def _go_on(still_wanted: Callable[[], bool], before: str) -> None:
+    if not still_wanted():
+        raise Abandoned(f"reconciliation stopped before {before}: its caller is gone")
+
+
 def reconcile(
-    session: Session, ports: Mapping[str, RegistryPort], registries: Iterable[str] = ()
+    session: Session,
+    ports: Mapping[str, RegistryPort],
+    registries: Iterable[str] = (),
+    still_wanted: Callable[[], bool] = _always,
 ) -> ReconcileReport:
     """Reconcile the ledger with the given registries (all of ``ports`` when none named).
 
@@ -337,11 +353,17 @@ def reconcile(
         session: A session on the ledger (only read).
         ports: The wired registries by id.
         registries: Registry ids to reconcile; empty means every wired registry.
+        still_wanted: Asked before each registry read and each phase: false when the
+            caller is gone (a gRPC call's ``context.is_active``).  A read under way is
+            let finish; none is started after.
 
     Returns:
         The report: every discrepancy of phases 1 and 2 with the registries read, the
         ledger's trail of every block that differs (phase 3), and the registries that
         could not be read.
+
+    Raises:
+        Abandoned: ``still_wanted`` answered false; nothing was reported.
     """
     wanted = set(registries)
     chosen = {r: p for r, p in ports.items() if not wanted or r in wanted}
@@ -351,7 +373,9 @@ def reconcile(
     unreadable: list[UnreadableRegistry] = []
     for registry_id, port in chosen.items():
         try:
+            _go_on(still_wanted, f"reading {registry_id}'s totals")
             registry_totals = port.totals()
+            _go_on(still_wanted, f"reading {registry_id}'s holdings")
             holdings = port.list_holdings(ListHoldingsRequest())
         except (RegistryUnavailable, RegistryRejected) as exc:
             # One registry down must not hide what the others say; its totals, if read,
@@ -361,6 +385,7 @@ def reconcile(
             continue
         totals[registry_id] = registry_totals
         listings[registry_id] = holdings
+    _go_on(still_wanted, "comparing")
     found = (
         compare_totals(rows, totals)
         + compare_blocks(rows, listings)
@@ -372,6 +397,8 @@ def reconcile(
     for item in found:
         if item.block is None:
             continue
+        # A query per block that differs: many, when a registry is far out of step.
+        _go_on(still_wanted, "reading the trail of the blocks that differ")
         lines = trail(session, item.block)
         trails.append(
             Discrepancy(

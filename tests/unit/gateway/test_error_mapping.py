@@ -6,6 +6,7 @@ from google.rpc import code_pb2, error_details_pb2
 
 from gateway.error_mapping import internal_status, status_code_for, to_rpc_status
 from registry_bridge.errors import (
+    Abandoned,
     CarbonlinkError,
     DatabaseUnavailable,
     FailedPrecondition,
@@ -36,6 +37,7 @@ from registry_bridge.errors import (
         (RegistryUnavailable("verra", "timeout"), grpc.StatusCode.UNAVAILABLE),
         (DatabaseUnavailable("connection lost"), grpc.StatusCode.UNAVAILABLE),
         (NotYetImplemented("X", issue=6), grpc.StatusCode.UNIMPLEMENTED),
+        (Abandoned("caller gone"), grpc.StatusCode.CANCELLED),
     ],
 )
 def test_each_error_has_its_code(error: CarbonlinkError, code: grpc.StatusCode) -> None:

@@ -67,7 +67,17 @@ def _optional_date(params: Mapping[str, object], key: str) -> date | None:
         return None
     if not isinstance(value, str):
         raise EngineInvariantError(f"param {key!r} should be a date string, got {value!r}")
-    return date.fromisoformat(value)
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise EngineInvariantError(f"param {key!r} is not a calendar date: {value!r}") from exc
+
+
+def _date(params: Mapping[str, object], key: str) -> date:
+    value = _optional_date(params, key)
+    if value is None:
+        raise EngineInvariantError(f"param {key!r} should be a date string, got None")
+    return value
 
 
 _LEVELS = ("country", "province", "city")
@@ -334,10 +344,17 @@ class OriginExcluded(_SubjectCheck):
 
 
 class DateWindow(_SubjectCheck):
-    """A project or vintage date must fall inside a window."""
+    """A project or vintage date must fall inside a window.
+
+    Units carrying one of ``exempt_labels`` are outside the rule: a condition of one issuing
+    regime does not bind units issued under an earlier one (CCER recorded under the 2012
+    interim measures and the 2023 measures' construction date). A listing has no units, so
+    the exemption never applies to it.
+    """
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
+        self._exempt = _strs(spec.params, "exempt_labels")
         self._field = _str(spec.params, "field")
         self._after = _optional_date(spec.params, "after")
         self._on_or_after = _optional_date(spec.params, "on_or_after")
@@ -357,6 +374,8 @@ class DateWindow(_SubjectCheck):
         raise EngineInvariantError(f"unknown date field {self._field!r}")
 
     def check(self, subject: Subject, ctx: Context) -> str | None:
+        if subject.block is not None and subject.block.labels & self._exempt:
+            return None
         value = self._value(subject)
         if value is None:
             return f"{self._field} is not given, so the date window cannot be checked"
@@ -439,6 +458,29 @@ class BlockLabelImplies(_BlockCheck):
         if label in block.labels and requires not in block.labels:
             return f"units labelled {label!r} lack {requires!r}", ()
         return _OK
+
+
+class BlockLabelUseUntil(_BlockCheck):
+    """Units carrying a label may be used until a last day, and are refused after it.
+
+    The day compared is the decision's clock (the day of the use), never the compliance
+    year's decision day: a notice that ends a kind of unit's use on a date ends it for every
+    year still being surrendered, under whichever version decides that year.
+    """
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._label = _str(spec.params, "label")
+        self._last_day = _date(spec.params, "last_day")
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        if self._label not in block.labels or ctx.clock <= self._last_day:
+            return _OK
+        return (
+            f"units labelled {self._label!r} are used on {ctx.clock.isoformat()}, after their "
+            f"last day of use {self._last_day.isoformat()}",
+            (("last_day", self._last_day.isoformat()), ("decided_on", ctx.clock.isoformat())),
+        )
 
 
 class AuthorizationRequired(_BlockCheck):
@@ -750,6 +792,7 @@ KINDS: dict[str, type[_Check]] = {
     "use_refused": UseRefused,
     "block_label_required": BlockLabelRequired,
     "block_label_implies": BlockLabelImplies,
+    "block_label_use_until": BlockLabelUseUntil,
     "authorization": AuthorizationRequired,
     "corresponding_adjustment": CorrespondingAdjustment,
     "gec_exclusivity": GecExclusivity,

@@ -8,6 +8,7 @@ import json
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from compliance_rules import (
     BlockRef,
     CaStatus,
     Confidence,
+    EngineInvariantError,
     EntityYear,
     FactsError,
     GecStatus,
@@ -33,6 +35,7 @@ from compliance_rules import (
     Project,
     Registration,
     RulePack,
+    Source,
     TransferFacts,
     Use,
     co2e,
@@ -43,7 +46,9 @@ from compliance_rules import (
     offset_limits,
     parse_transfer,
 )
+from compliance_rules.checks import build_rule
 from compliance_rules.loader import load_pack_text
+from compliance_rules.pack import RuleSpec
 from compliance_rules.rules import (
     CYCLE_CLOSED,
     EMPTY_RULE_SET,
@@ -51,6 +56,7 @@ from compliance_rules.rules import (
     USE_NOT_SUPPORTED,
     AllOf,
     Context,
+    Subject,
 )
 
 CLOCK = date(2025, 6, 1)
@@ -313,6 +319,56 @@ def test_non_co2_without_a_usable_basis_is_refused_with_the_reason() -> None:
     assert "'AR3' is not a known IPCC report (known: AR2, AR4, AR5, AR6)" in v.detail
     co2 = dataclasses.replace(facts, blocks=(ccer(1, 10, gas="co2"),))
     assert evaluate_transfer(pack, co2, CLOCK).allowed
+
+
+def _rule(kind: str, **params: object) -> RuleSpec:
+    source = Source("d", "c", Confidence.SECONDARY)
+    return RuleSpec("CR-DEMO-0001", kind, "m", source, frozenset(Use), MappingProxyType(params))
+
+
+def test_a_labelled_units_use_ends_after_its_last_day() -> None:
+    """The day compared is the clock (the use's day), inclusive of the last day."""
+    spec = _rule("block_label_use_until", programs=("CCER",), label="old", last_day="2024-12-31")
+    rule = build_rule(spec)
+    version = load_builtin("national").version_for(CLOCK)
+    labelled = ccer(1, 10, labels=frozenset({"old"}))
+    facts = TransferFacts(Use.COMPLIANCE, (labelled, ccer(20, 30)), "CN", entity())
+    assert rule.evaluate(Context.for_transfer(facts, date(2024, 12, 31), version)) == []
+    (late,) = rule.evaluate(Context.for_transfer(facts, date(2025, 1, 1), version))
+    assert late.blocks == (labelled.ref,)
+    assert late.detail_value("last_day") == "2024-12-31"
+    assert late.detail_value("decided_on") == "2025-01-01"
+    assert "after their last day of use 2024-12-31" in late.detail
+    with pytest.raises(EngineInvariantError, match="not a calendar date") as info:
+        build_rule(
+            dataclasses.replace(
+                spec, params=MappingProxyType({"label": "old", "last_day": "2024-02-30"})
+            )
+        )
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_date_window_leaves_out_units_with_an_exempt_label_but_not_a_listing() -> None:
+    rule = build_rule(
+        _rule(
+            "date_window",
+            programs=("CCER",),
+            field="construction_start",
+            after="2012-11-08",
+            exempt_labels=("old",),
+        )
+    )
+    version = load_builtin("national").version_for(CLOCK)
+    built_2010 = dataclasses.replace(GANSU_WIND, construction_start=date(2010, 6, 1))
+    old = ccer(1, 10, project=built_2010, labels=frozenset({"old"}))
+    new = ccer(20, 30, project=built_2010)
+    facts = TransferFacts(Use.COMPLIANCE, (old, new), "CN", entity())
+    (refused,) = rule.evaluate(Context.for_transfer(facts, CLOCK, version))
+    assert refused.blocks == (new.ref,)
+    # A listing has no units: a project label does not exempt it.
+    labelled = dataclasses.replace(built_2010, labels=frozenset({"old"}))
+    listing = Context(Use.COMPLIANCE, (Subject(labelled, YEAR),), CLOCK, version, "CN")
+    assert [v.rule_id for v in rule.evaluate(listing)] == ["CR-DEMO-0001"]
 
 
 ART_TREES = Project("ART", "TREES-GY-1", "GY", project_type="forestry_sink")

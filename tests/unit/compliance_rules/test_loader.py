@@ -308,6 +308,43 @@ def test_use_refused_params_are_refused_naming_what_is_wrong(
     assert expected in _issues(doc)
 
 
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {"label": "old"},
+            ("$.versions[0].rules[2].params", "'last_day' is a required property"),
+        ),
+        (
+            {"label": "old", "last_day": "31 Dec 2024"},
+            (
+                "$.versions[0].rules[2].params.last_day",
+                "'31 Dec 2024' does not match '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'",
+            ),
+        ),
+        (
+            {"label": "", "last_day": "2024-12-31"},
+            ("$.versions[0].rules[2].params.label", "'' should be non-empty"),
+        ),
+    ],
+)
+def test_a_label_use_until_rule_needs_a_label_and_a_last_day(
+    params: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    doc = _minimal()
+    doc["versions"][0]["rules"].append(
+        {
+            "id": "CR-DEMO-0003",
+            "kind": "block_label_use_until",
+            "message": "m",
+            "source": {"document": "d", "clause": "c", "confidence": "secondary"},
+            "uses": ["compliance"],
+            "params": params,
+        }
+    )
+    assert expected in _issues(doc)
+
+
 def test_a_use_is_not_both_accepted_and_refused() -> None:
     doc = _refusing()
     doc["versions"][0]["rules"].append(

@@ -177,7 +177,13 @@ class Block:
     authorization: Authorization | None = None
     ca_status: CaStatus = CaStatus.NOT_APPLICABLE
     labels: frozenset[str] = frozenset()
-    """Unit-level labels, e.g. ``corsia_eligible``, ``tokenized``."""
+    """Unit-level labels, e.g. ``corsia_eligible``, ``tokenized``, or
+    ``ccer_recorded_before_2017_03_14`` for CCER recorded (备案) under the 2012 interim
+    measures before issuance was suspended on 14 Mar 2017, as the registry holding them
+    reports. Neither the serial (no public CCER format) nor the vintage says it: reductions
+    before 14 Mar 2017 would set old CCER apart only if the 2023 measures' cut-off for
+    reductions were confirmed, and it is not (the national pack's
+    ``ccer_reduction_vintage_cutoff``)."""
     gec_status: GecStatus = GecStatus.NONE
     holding_id: str = ""
     """The gateway's id of the holding this block sits in; a known block with the same

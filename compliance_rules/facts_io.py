@@ -24,7 +24,8 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
         gwp_basis: AR5               # IPCC report the tCO2e were converted with (SAR/AR2..AR6)
         authorization: {letter_id: LoA-1, host_country: KE, authorized_uses: [ndc, oimp]}
         ca_status: not_applicable    # not_applicable | pending | applied
-        labels: []                   # e.g. corsia_eligible, tokenized
+        labels: []                   # e.g. corsia_eligible, tokenized,
+                                     # ccer_recorded_before_2017_03_14
         gec_status: none             # none | frozen | cancelled | active | traded
         holding_id: ""               # the gateway's holding id, optional
         project:

@@ -24,7 +24,11 @@ CCER, eight segments, e.g. ``CN-CCER-1-250000-20240101-20241231-HI-0001``:
    giving ``UnitBlock.region`` ``CN-HI`` for the local-origin rules.
 8. ``project_id``: the CCER project number, 1-32 upper-case letters or digits.
 
-A CCER block keeps this spelling wherever it is held (Shenzhen, Hong Kong, ...).
+A CCER block keeps this spelling wherever it is held (Shenzhen, Hong Kong, ...). The
+spelling does not say whether the units were recorded under the 2012 interim measures
+(before the suspension of 14 Mar 2017) or registered under the 2023 measures, and the
+vintage cannot be relied on to: the registry reports it with the units, as the label
+``ccer_recorded_before_2017_03_14``, which the national rule pack reads.
 """
 
 from __future__ import annotations

@@ -209,6 +209,43 @@ def test_national_years_outside_the_cycles_keep_the_years_last_day() -> None:
         evaluate_surrender(pack, entity(compliance_year=2018), [ccer(1, 10)], CLOCK)
 
 
+OLD_CCER = frozenset({"ccer_recorded_before_2017_03_14"})
+"""The label a registry gives CCER recorded under the 2012 interim measures."""
+
+
+@pytest.mark.parametrize("year", [2022, 2023, 2024])
+def test_ccer_recorded_before_14_march_2017_offset_national_surrenders_until_2024_ends(
+    year: int,
+) -> None:
+    """MEE's notice of 24 Oct 2023 (item 3): such CCER offset national surrenders until
+    31 Dec 2024 and no longer from 1 Jan 2025, whatever year they are surrendered for; the
+    2023 measures' construction date never bound them."""
+    pack = load_builtin("national")
+    built_2010 = dataclasses.replace(GANSU_WIND, construction_start=date(2010, 6, 1))
+    vintage = Period(date(2015, 1, 1), date(2015, 12, 31))
+    old = ccer(1, 5_000, project=built_2010, vintage=vintage, labels=OLD_CCER)
+    obligation = entity(compliance_year=year)
+    on_time = evaluate_surrender(pack, obligation, [old], date(2024, 12, 31))
+    assert on_time.allowed, on_time.violations
+    assert "CR-NAT-0009" in on_time.evaluated_rules
+    (late,) = evaluate_surrender(pack, obligation, [old], date(2025, 1, 1)).violations
+    assert (late.rule_id, late.blocks) == ("CR-NAT-0009", (old.ref,))
+    assert "关于全国温室气体自愿减排交易市场有关工作事项安排的通告" in late.source.document
+    assert late.source.confidence is Confidence.SECONDARY
+    assert late.source.url.startswith("http")
+
+
+def test_ccer_not_recorded_before_2017_keep_the_construction_date_and_have_no_last_day() -> None:
+    pack = load_builtin("national")
+    built_2010 = dataclasses.replace(GANSU_WIND, construction_start=date(2010, 6, 1))
+    unlabelled = ccer(1, 10, project=built_2010)
+    refused = evaluate_surrender(
+        pack, entity(compliance_year=2023), [unlabelled], date(2024, 12, 31)
+    )
+    assert refused.rule_ids == ("CR-NAT-0006",)
+    assert evaluate_surrender(pack, entity(), [ccer(1, 10)], date(2025, 1, 1)).allowed
+
+
 def test_all_violations_are_returned_across_blocks() -> None:
     hydro = dataclasses.replace(GANSU_WIND, project_type="hydro", country="VN")
     blocks = (ccer(1, 10, project=hydro), ccer(20, 30, gec_status="traded"))

@@ -766,6 +766,32 @@ def test_a_first_cycle_surrender_without_a_record_is_decided_under_the_cycles_ru
     assert decision.pack_versions == ("national@2021-02-01", "baseline@2000-01-01")
 
 
+def test_ccer_recorded_before_2017_are_surrendered_nationally_until_2024_ends_in_china() -> None:
+    """The label the registry reports with the units reaches the national pack, and the
+    surrender's market day (UTC+8) is the day of use: 1 Jan 2025 begins at 16:00 UTC."""
+    old = dataclasses.replace(
+        ccer(1, 100),
+        vintage_start=date(2015, 1, 1),
+        vintage_end=date(2015, 12, 31),
+        labels=frozenset({"ccer_recorded_before_2017_03_14"}),
+    )
+    entity = EntityYear("SZ-0007", 2023, verified_emissions=50_000, allowances_due=50_000)
+    rules = gate(("national", entity))
+    check = surrender((old,), "national", "national", 2023)
+    # Without the project's listing the construction date is unknown: old CCER are outside it.
+    on_time = rules.check_use(
+        dataclasses.replace(check, at=datetime(2024, 12, 31, 15, 59, tzinfo=UTC))
+    )
+    assert on_time.allowed, on_time.violations
+    late = rules.check_use(dataclasses.replace(check, at=datetime(2024, 12, 31, 16, 0, tzinfo=UTC)))
+    (refused,) = late.violations
+    assert (refused.rule_id, refused.blocks) == ("CR-NAT-0009", (old.id,))
+    assert dict(refused.details)["last_day"] == "2024-12-31"
+    unlabelled = dataclasses.replace(old, labels=frozenset())
+    new = rules.check_use(surrender((unlabelled,), "national", "national", 2023))
+    assert ids(new) == {"CR-NAT-0006"}
+
+
 def test_a_national_year_before_the_first_cycle_has_no_rules() -> None:
     entity = EntityYear("SZ-0007", 2018, verified_emissions=50_000, allowances_due=50_000)
     decision = gate(("national", entity)).check_use(

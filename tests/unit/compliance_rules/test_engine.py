@@ -162,7 +162,7 @@ def test_the_national_second_cycle_is_declared_with_its_deadline_and_source() ->
     assert "237号" in cycle.source.document
     assert cycle.source.confidence is Confidence.SECONDARY
     assert cycle.source.url.startswith("http")
-    assert pack.cycle_for(2023) is None
+    assert pack.cycle_for(2023) is not cycle
 
 
 @pytest.mark.parametrize("year", [2021, 2022])
@@ -195,16 +195,59 @@ def test_the_national_second_cycle_is_decided_under_the_2021_measures_and_their_
     # The deadline does not close the cycle: a late surrender is decided like any other.
     late = evaluate_surrender(pack, cycle_year, [legacy], date(2024, 3, 1))
     assert late.allowed, late.violations
-    # The year after the cycle is decided on its own last day, under the 2023 measures.
+    # The year after the cycle is its own cycle, under rules holding the 2023 measures.
     after = evaluate_surrender(pack, entity(compliance_year=2023), [legacy], november)
-    assert after.pack_version == date(2023, 10, 19)
+    assert after.pack_version == date(2024, 10, 1)
     assert after.rule_ids == ("CR-NAT-0006",)
+
+
+@pytest.mark.parametrize(
+    ("year", "name", "deadline"),
+    [
+        (2023, "third_compliance_cycle", date(2024, 12, 31)),
+        (2024, "fourth_compliance_cycle", date(2025, 12, 31)),
+    ],
+)
+def test_the_national_2023_and_2024_years_are_cycles_of_their_own(
+    year: int, name: str, deadline: date
+) -> None:
+    """From 2023 each year is surrendered by the end of the next (People's Daily, 5 Jan
+    2025), under the version in force on that deadline."""
+    pack = load_builtin("national")
+    cycle = pack.cycle_for(year)
+    assert cycle is not None
+    assert (cycle.name, cycle.first_year, cycle.last_year) == (name, year, year)
+    assert cycle.surrender_deadline == deadline
+    assert cycle.rules_on == deadline
+    assert pack.decision_day(year) == deadline
+    assert pack.version_for_year(year).effective_from == date(2024, 10, 1)
+    assert not cycle.closes_at_deadline
+    assert cycle.confidence is Confidence.SECONDARY
+    assert cycle.source.confidence is Confidence.SECONDARY
+    assert cycle.source.url.startswith("http")
+    assert pack.cycle_for(2025) is None
+
+
+def test_the_2023_year_is_decided_under_the_gec_notice_in_force_for_its_surrenders() -> None:
+    """2023 was surrendered from Oct to Dec 2024, under the GEC notice of 1 Oct 2024: its own
+    last day (under the version of 19 Oct 2023) no longer chooses its rules."""
+    pack = load_builtin("national")
+    solar_thermal = dataclasses.replace(GANSU_WIND, project_type="solar_thermal")
+    traded = ccer(1, 10, project=solar_thermal, gec_status=GecStatus.TRADED)
+    decision = evaluate_surrender(pack, entity(compliance_year=2023), [traded], date(2024, 12, 1))
+    assert decision.pack_version == date(2024, 10, 1)
+    assert decision.rule_ids == ("CR-NAT-0007",)
+    assert "national:third_compliance_cycle" not in decision.unconfirmed_params
+    # The deadline does not close the cycle: a late surrender is decided like any other.
+    late = evaluate_surrender(pack, entity(compliance_year=2023), [ccer(1, 10)], date(2025, 2, 1))
+    assert late.allowed, late.violations
 
 
 def test_national_years_outside_the_cycles_keep_the_years_last_day() -> None:
     pack = load_builtin("national")
-    later = evaluate_surrender(pack, entity(compliance_year=2023), [ccer(1, 10)], CLOCK)
-    assert later.pack_version == date(2023, 10, 19)
+    assert pack.decision_day(2025) == date(2025, 12, 31)
+    later = evaluate_surrender(pack, entity(compliance_year=2025), [ccer(1, 10)], CLOCK)
+    assert later.pack_version == date(2024, 10, 1)
     with pytest.raises(NoVersionInForceError, match="no version in force on 2018-12-31"):
         evaluate_surrender(pack, entity(compliance_year=2018), [ccer(1, 10)], CLOCK)
 

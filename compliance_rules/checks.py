@@ -349,12 +349,15 @@ class DateWindow(_SubjectCheck):
     Units carrying one of ``exempt_labels`` are outside the rule: a condition of one issuing
     regime does not bind units issued under an earlier one (CCER recorded under the 2012
     interim measures and the 2023 measures' construction date). A listing has no units, so
-    the exemption never applies to it.
+    the exemption never applies to it. With ``only_labels`` the rule binds only units
+    carrying one of them (a label's own claim checked against the units' dates), and so
+    never a listing.
     """
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
         self._exempt = _strs(spec.params, "exempt_labels")
+        self._only = _strs(spec.params, "only_labels")
         self._field = _str(spec.params, "field")
         self._after = _optional_date(spec.params, "after")
         self._on_or_after = _optional_date(spec.params, "on_or_after")
@@ -375,6 +378,8 @@ class DateWindow(_SubjectCheck):
 
     def check(self, subject: Subject, ctx: Context) -> str | None:
         if subject.block is not None and subject.block.labels & self._exempt:
+            return None
+        if self._only and (subject.block is None or not subject.block.labels & self._only):
             return None
         value = self._value(subject)
         if value is None:

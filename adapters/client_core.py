@@ -18,8 +18,9 @@ import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import grpc
 from google.protobuf.message import Message
@@ -34,7 +35,7 @@ from registry_bridge.model import (
     Program,
     UnitBlock,
 )
-from registry_bridge.port import ProgramTotal, RegistryHolding
+from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
@@ -224,6 +225,90 @@ def invoke_batch(
             except RegistryRejected as refusal:
                 results[position] = refusal
     return [results[position] for position in range(len(requests))]
+
+
+LISTING_PAGE_SIZE = 500
+"""Holdings asked for per page of a native listing.  A registry may answer fewer (its own
+cap), and a page of this many holdings of a few hundred bytes each stays far below gRPC's
+default 4 MiB reply limit, so no channel needs a larger one; a few hundred pages list a
+registry of 100,000 holdings."""
+
+
+@dataclass(frozen=True)
+class HoldingsPage:
+    """One page of a registry's native holdings listing, in canonical terms."""
+
+    holdings: tuple[RegistryHolding, ...]
+    next_page: str
+    """The registry's token of the page after this one; '' after the last page."""
+
+
+@runtime_checkable
+class PagedListing(Protocol):
+    """A client whose holdings listing is read a page per native call.
+
+    :class:`adapters.retry.RetryingRegistry` retries such a listing page by page, so a
+    transient failure repeats the page that failed, not the pages already read.
+    """
+
+    @property
+    def registry_id(self) -> str: ...
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One page of the listing: the first for ``page`` '', else the one ``page`` names.
+
+        Raises:
+            RegistryUnavailable: The call failed in transit; asking for the same page
+                again is safe.
+            RegistryRejected: The registry refused the call (a token it did not give).
+        """
+        ...
+
+
+def read_pages(
+    registry_id: str, fetch: Callable[[str], HoldingsPage]
+) -> tuple[RegistryHolding, ...]:
+    """Every page of a native listing, in order, from the first to the one without a next.
+
+    Pages resume after the last holding of the page before (see
+    ``adapters.emulator_core.paging`` for what that guarantees while the registry
+    changes); a registry answering an empty page with a next token is still followed.
+
+    Args:
+        registry_id: The registry, named in the error.
+        fetch: One page by its token ('' for the first).
+
+    Returns:
+        The holdings of every page, in the order the registry listed them.
+
+    Raises:
+        RegistryUnavailable: ``fetch`` failed in transit.
+        RegistryRejected: ``fetch`` was refused, or ``PAGE_TOKEN_REPEATED``: the
+            registry answered a token it had answered before, which would list the same
+            pages for ever.
+    """
+    holdings: list[RegistryHolding] = []
+    answered: set[str] = set()
+    page = fetch("")
+    holdings.extend(page.holdings)
+    while page.next_page:
+        if page.next_page in answered:
+            raise RegistryRejected(
+                registry_id,
+                "PAGE_TOKEN_REPEATED",
+                f"{registry_id} answered the page token {page.next_page!r} twice",
+            )
+        answered.add(page.next_page)
+        page = fetch(page.next_page)
+        holdings.extend(page.holdings)
+    return tuple(holdings)
+
+
+def list_all_holdings(
+    client: PagedListing, request: ListHoldingsRequest
+) -> tuple[RegistryHolding, ...]:
+    """A client's whole listing (``RegistryPort.list_holdings``), read page by page."""
+    return read_pages(client.registry_id, lambda page: client.list_holdings_page(request, page))
 
 
 SERIALS_KEPT = 8192

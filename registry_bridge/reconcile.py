@@ -12,8 +12,10 @@ The Kyoto ITL reconciles in three phases (ANCHORS §1.6): ``TOTALS(1)``, then
    in that account there, in that status -- units a registry holds that the ledger does
    not know (created, or moved, behind the gateway's back) are named, not netted into a
    total.  Both directions compare one listing of each registry's holdings with the
-   ledger in memory: a registry is asked twice in all (totals, then holdings), however
-   many blocks the ledger holds;
+   ledger in memory: a registry is asked for its totals once, then for its holdings a
+   page per call (its adapter reads every page), however many blocks the ledger holds;
+   the pages follow each other without a snapshot, so a holding that changes while a
+   reconciliation runs may differ, as with any change not yet settled;
 3. trail: for every block that differs, the ledger's own audit trail of it, read from
    the provenance log, so an operator sees which change the registry missed or made
    behind the gateway's back.

@@ -32,14 +32,18 @@ import grpc
 from adapters._pb.registries.bri.v1 import bri_pb2 as pb
 from adapters._pb.registries.bri.v1 import bri_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
+    HoldingsPage,
     canonical_status,
     from_iso_date,
     from_rfc3339,
     invoke,
     invoke_batch,
     item_refused,
+    list_all_holdings,
     not_supported,
     program_totals,
+    read_pages,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -214,19 +218,31 @@ class BriClient:
         )
         return self._holding(native)
 
-    def _holdings(self, request: pb.GetHoldingsRequest) -> Sequence[RegistryHolding]:
+    def _holdings(self, query: pb.GetHoldingsRequest, resumption: str) -> HoldingsPage:
+        """One list of ``query``, transferred holdings omitted."""
+        request = pb.GetHoldingsRequest(max_entries=LISTING_PAGE_SIZE, resumption_token=resumption)
+        request.MergeFrom(query)
         native = invoke(REGISTRY_ID, self._stub.GetHoldings, request, self._timeout_s)
-        return tuple(
-            self._holding(h) for h in native.holdings if h.status != pb.ITMO_STATUS_TRANSFERRED
+        return HoldingsPage(
+            tuple(
+                self._holding(h) for h in native.holdings if h.status != pb.ITMO_STATUS_TRANSFERRED
+            ),
+            native.resumption_token,
         )
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """``GetHoldings`` overlapping the block."""
-        return self._holdings(pb.GetHoldingsRequest(overlapping=range_to_native(request.block)))
+        """``GetHoldings`` overlapping the block, resumed until complete."""
+        query = pb.GetHoldingsRequest(overlapping=range_to_native(request.block))
+        return read_pages(REGISTRY_ID, lambda resumption: self._holdings(query, resumption))
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One list of ``GetHoldings`` of one holding account or all, ``page`` its
+        resumption token."""
+        return self._holdings(pb.GetHoldingsRequest(holding_account=request.account), page)
 
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """``GetHoldings`` of one holding account or all."""
-        return self._holdings(pb.GetHoldingsRequest(holding_account=request.account))
+        """``GetHoldings`` of one holding account or all, resumed until complete."""
+        return list_all_holdings(self, request)
 
     def _reserve(self, request: LockRequest) -> pb.ReserveForTransferRequest:
         return pb.ReserveForTransferRequest(

@@ -35,14 +35,15 @@ from adapters.emulator_core import (
     RECORD_PREFIX,
     CreditMode,
     EmulatorSpec,
+    PageAsked,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
-    query_holdings,
     required_moment,
     serve_batch_into,
+    serve_page,
 )
 from registry_bridge.model import CorrespondingAdjustment, Program, UnitBlock
 
@@ -157,13 +158,25 @@ class BriServicer(pb_grpc.ItmoRegistryServicer):
     def GetHoldings(
         self, request: pb.GetHoldingsRequest, context: grpc.ServicerContext
     ) -> pb.ItmoHoldingList:
-        """Holdings of an account, or overlapping a range."""
+        """Holdings of an account, or overlapping a range, resumed by a token."""
         with native_rules(context):
             overlapping = (
                 range_from_native(request.overlapping) if request.HasField("overlapping") else None
             )
-            found = query_holdings(self._store, overlapping, request.holding_account)
-            return pb.ItmoHoldingList(holdings=[self._holding(h) for h in found])
+            asked = PageAsked(
+                request.max_entries,
+                "max_entries",
+                request.resumption_token,
+                "resumption_token",
+            )
+            holdings, token = serve_page(
+                self._store,
+                asked,
+                self._holding,
+                account=request.holding_account,
+                overlapping=overlapping,
+            )
+            return pb.ItmoHoldingList(holdings=holdings, resumption_token=token)
 
     def _reserve(self, request: pb.ReserveForTransferRequest) -> pb.ItmoHolding:
         until = required_moment(

@@ -2,6 +2,7 @@
 
 from adapters.client_core import REJECTION_CODE_KEY
 from adapters.emulator_core.faults import FaultConfig, FaultInterceptor, ScriptedRefusal
+from adapters.emulator_core.paging import PAGE_BYTES_CAP, PageAsked, serve_page
 from adapters.emulator_core.server import (
     CallCounter,
     EmulatorSpec,
@@ -14,15 +15,16 @@ from adapters.emulator_core.servicing import (
     BATCH_ITEMS_CAP,
     Identified,
     operation_id_of,
-    query_holdings,
     required_moment,
     serve_batch,
     serve_batch_into,
 )
 from adapters.emulator_core.store import (
+    PAGE_SIZE_CAP,
     RECORD_PREFIX,
     CreditMode,
     Guard,
+    ListingKey,
     OperationRecord,
     Rejection,
     Store,
@@ -33,6 +35,8 @@ from adapters.emulator_core.store import (
 
 __all__ = [
     "BATCH_ITEMS_CAP",
+    "PAGE_BYTES_CAP",
+    "PAGE_SIZE_CAP",
     "RECORD_PREFIX",
     "REJECTION_CODE_KEY",
     "CallCounter",
@@ -42,7 +46,9 @@ __all__ = [
     "FaultInterceptor",
     "Guard",
     "Identified",
+    "ListingKey",
     "OperationRecord",
+    "PageAsked",
     "Rejection",
     "RunningEmulator",
     "ScriptedRefusal",
@@ -52,10 +58,10 @@ __all__ = [
     "abort_rejected",
     "native_rules",
     "operation_id_of",
-    "query_holdings",
     "required_moment",
     "serve_batch",
     "serve_batch_into",
+    "serve_page",
     "start_emulator",
     "utc_now",
 ]

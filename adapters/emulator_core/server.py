@@ -23,7 +23,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from adapters.client_core import REJECTION_CODE_KEY
 from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
-from adapters.emulator_core.store import Clock, CreditMode, Rejection, Store, utc_now
+from adapters.emulator_core.store import (
+    PAGE_SIZE_CAP,
+    Clock,
+    CreditMode,
+    Rejection,
+    Store,
+    utc_now,
+)
 from registry_bridge.model import Program
 
 _logger = structlog.get_logger(__name__)
@@ -41,6 +48,8 @@ _STATUS_OF_CODE: dict[str, grpc.StatusCode] = {
     "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
     "OPERATION_ID_REQUIRED": grpc.StatusCode.INVALID_ARGUMENT,
     "BATCH_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "INVALID_PAGE_SIZE": grpc.StatusCode.INVALID_ARGUMENT,
+    "INVALID_PAGE_TOKEN": grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -76,13 +85,19 @@ class EmulatorSpec:
     add_servicer: Callable[[grpc.Server, Store], None]
     """Adds the registry's native servicer, bound to ``store``, to a server."""
 
-    def open_store(self, data_dir: Path | None, clock: Clock = utc_now) -> Store:
-        """Open the registry's store: ``<data_dir>/<registry_id>.sqlite3`` or in memory."""
+    def open_store(
+        self, data_dir: Path | None, clock: Clock = utc_now, page_size_cap: int = PAGE_SIZE_CAP
+    ) -> Store:
+        """Open the registry's store: ``<data_dir>/<registry_id>.sqlite3`` or in memory.
+
+        Raises:
+            ValueError: ``page_size_cap`` is below 1.
+        """
         path = None
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             path = data_dir / f"{self.registry_id}.sqlite3"
-        return Store(self.registry_id, self.programs, self.credit_mode, path, clock)
+        return Store(self.registry_id, self.programs, self.credit_mode, path, clock, page_size_cap)
 
 
 class CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -145,6 +160,7 @@ def start_emulator(
     clock: Clock = utc_now,
     max_workers: int = 8,
     credentials: grpc.ServerCredentials | None = None,
+    page_size_cap: int = PAGE_SIZE_CAP,
 ) -> RunningEmulator:
     """Start an emulator in the background.
 
@@ -157,14 +173,17 @@ def start_emulator(
         max_workers: Threads serving calls.
         credentials: TLS server credentials (requiring a client certificate, as a real
             registry does); ``None`` serves plaintext (tests of the adapters alone).
+        page_size_cap: Rows per page of a holdings listing at most (tests lower it to
+            page small listings).
 
     Returns:
         The running emulator; call ``stop()`` when done.
 
     Raises:
         OSError: The address could not be bound.
+        ValueError: ``page_size_cap`` is below 1.
     """
-    store = spec.open_store(data_dir, clock)
+    store = spec.open_store(data_dir, clock, page_size_cap)
     calls = CallCounter()
     # Outermost, so a call a fault refuses is counted too: the client made it.
     interceptors: list[grpc.ServerInterceptor] = [calls]

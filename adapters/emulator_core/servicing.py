@@ -17,8 +17,7 @@ from google.protobuf.message import Message
 from adapters.client_core import from_rfc3339
 from adapters.emulator_core.faults import batch_cut
 from adapters.emulator_core.server import native_rules
-from adapters.emulator_core.store import Rejection, Store, StoredHolding
-from registry_bridge.model import BlockId
+from adapters.emulator_core.store import Rejection, Store
 
 BATCH_ITEMS_CAP = 1000
 """Items one batch call may carry; a longer batch is refused whole (``BATCH_TOO_LARGE``).
@@ -48,26 +47,6 @@ class Identified(Protocol):
 def operation_id_of(item: Identified) -> str:
     """The operation id of an item that names it ``operation_id`` (see :func:`serve_batch`)."""
     return item.operation_id
-
-
-def query_holdings(store: Store, overlapping: BlockId | None, account: str) -> list[StoredHolding]:
-    """A holdings query: rows overlapping a block (exported included), or an account's rows.
-
-    Args:
-        store: The registry's store.
-        overlapping: The block asked about, or ``None`` to list by account.
-        account: With ``overlapping``, keeps only this account's rows ('' keeps all);
-            without, the account to list ('' lists all, exported left out).
-
-    Returns:
-        The matching rows.
-    """
-    if overlapping is None:
-        return store.holdings(account)
-    found = store.find(overlapping)
-    if account:
-        found = [h for h in found if h.account == account]
-    return found
 
 
 def required_moment(text: str, message: str) -> datetime:

@@ -62,6 +62,27 @@ written stays, and later operations keep it (unlike other details, which describ
 the last operation)."""
 
 
+PAGE_SIZE_CAP = 1000
+"""Rows one listing page carries at most, whatever the caller asks: it bounds what one
+call reads and holds the store's lock for, and (with the pages' byte cap,
+``adapters.emulator_core.paging``) what one reply weighs."""
+
+
+class ListingKey(NamedTuple):
+    """Where a row sits in a listing, which pages resume after.
+
+    Unique among the store's rows (the rows of one program, series and layer never share
+    a serial) and kept by a row for as long as it exists: a row changes state in place,
+    and a split or a merge keeps the first serial of its leftmost piece.  Units held
+    again over serials they left (layer 0) come before their exported history.
+    """
+
+    program: str
+    series: str
+    serial_start: int
+    layer: int
+
+
 def utc_now() -> datetime:
     """The wall clock, timezone-aware (the default clock of a store)."""
     return datetime.now(UTC)
@@ -377,6 +398,10 @@ class Store:
         credit_mode: What the registry does with arriving foreign units.
         path: The sqlite3 file, or ``None`` for an in-memory store.
         clock: The registry's clock, for lock expiry (tests inject one).
+        page_size_cap: Rows per listing page at most (see :data:`PAGE_SIZE_CAP`).
+
+    Raises:
+        ValueError: ``page_size_cap`` is below 1.
     """
 
     def __init__(
@@ -386,10 +411,14 @@ class Store:
         credit_mode: CreditMode,
         path: Path | None = None,
         clock: Clock = utc_now,
+        page_size_cap: int = PAGE_SIZE_CAP,
     ) -> None:
+        if page_size_cap < 1:
+            raise ValueError(f"page_size_cap must be >= 1, got {page_size_cap}")
         self.registry_id = registry_id
         self.programs = programs
         self.credit_mode = credit_mode
+        self.page_size_cap = page_size_cap
         self.mirror_series = f"{registry_id}-mirror"
         self._clock = clock
         # One connection used under one lock: sqlite serializes writers anyway, and the
@@ -1381,6 +1410,64 @@ class Store:
             return self._read(f"{where} AND account = ?", (account,))
         return self._read(where, ())
 
+    def listing_page(
+        self, account: str, overlapping: BlockId | None, after: ListingKey | None, limit: int
+    ) -> list[tuple[ListingKey, StoredHolding]]:
+        """Up to ``limit`` rows of a holdings query, in key order, after the key ``after``.
+
+        The query is every row overlapping ``overlapping`` (exported ones included),
+        narrowed to ``account`` when set; or without ``overlapping``, the rows of
+        ``account`` (of every account when empty), exported ones left out.  One call
+        reads in one transaction; calls resuming after the last key of the one before
+        list each row present throughout exactly once (see :class:`ListingKey`).
+
+        Args:
+            account: The account, or ''.
+            overlapping: The block asked about, or ``None`` to list by account.
+            after: The key the rows follow; ``None`` from the first.
+            limit: Rows at most.
+
+        Returns:
+            Each row with its key.
+        """
+        with self._transaction() as db:
+            self._expire_locks(db, self._clock())
+            if overlapping is None:
+                return self._listed_after(db, account, after, limit)
+            keyed = [(_key(row, 0), row.holding) for row in self._live(db, overlapping)] + [
+                (_key(row, layer), row.holding)
+                for layer in range(1, self._top_layer(db, overlapping) + 1)
+                for row in self._layer(db, overlapping, layer)
+            ]
+        found = [
+            (key, held)
+            for key, held in keyed
+            if (not account or held.account == account) and (after is None or key > after)
+        ]
+        return sorted(found, key=lambda pair: pair[0])[:limit]
+
+    def _listed_after(
+        self, db: sqlite3.Connection, account: str, after: ListingKey | None, limit: int
+    ) -> list[tuple[ListingKey, StoredHolding]]:
+        """The rows of :meth:`listing_page` without a block asked about."""
+        # Rows not exported are layer 0 and never share a serial of their series, so the
+        # range index orders them and seeks the first row after ``after``: a page reads
+        # its own rows (an account's listing also walks past other accounts' rows).
+        where = ["state != 'exported'"]
+        args: list[Any] = []
+        if account:
+            where.append("account = ?")
+            args.append(account)
+        if after is not None:
+            where.append("(program, series, serial_start) > (?, ?, ?)")
+            args.extend((after.program, after.series, after.serial_start))
+        rows = db.execute(
+            f"SELECT {self._COLUMNS} FROM blocks WHERE {' AND '.join(where)} "
+            "ORDER BY program, series, serial_start LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [(_key(row, 0), row.holding) for row in map(self._row, rows)]
+
     def totals(self) -> list[tuple[Program, UnitState, int]]:
         """Units held per program and state (exported units are no longer held here)."""
         with self._transaction() as db:
@@ -1475,6 +1562,12 @@ def _store_order(row: _Row) -> tuple[str, str, int, int]:
     """The order ``_select`` reads rows in: by program, series and start, then as written."""
     block_id = row.holding.block.id
     return (block_id.program.value, block_id.serial_series, block_id.serial_start, row.rowid)
+
+
+def _key(row: _Row, layer: int) -> ListingKey:
+    """The listing key of ``row``, read from ``layer``."""
+    block_id = row.holding.block.id
+    return ListingKey(block_id.program.value, block_id.serial_series, block_id.serial_start, layer)
 
 
 def _mirror_start(row: _Row, start: int) -> int | None:

@@ -19,6 +19,8 @@ import grpc
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2 as pb
 from adapters._pb.registries.gold_standard.v1 import gold_standard_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
+    HoldingsPage,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -27,6 +29,7 @@ from adapters.client_core import (
     invoke,
     invoke_batch,
     item_refused,
+    list_all_holdings,
     not_supported,
     program_totals,
     read_serial,
@@ -396,17 +399,29 @@ class GoldStandardClient:
         )
         return self._holding(native)
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """Holdings of one account or all (``ListAccountCredits``)."""
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """The credits after the cursor ``page`` (``ListAccountCredits``), transferred ones
+        omitted."""
         native = invoke(
             REGISTRY_ID,
             self._stub.ListAccountCredits,
-            pb.ListAccountCreditsRequest(account_id=request.account),
+            pb.ListAccountCreditsRequest(
+                account_id=request.account, limit=LISTING_PAGE_SIZE, cursor=page
+            ),
             self._timeout_s,
         )
-        return tuple(
-            self._holding(h) for h in native.holdings if h.status != pb.CREDIT_STATUS_TRANSFERRED
+        return HoldingsPage(
+            tuple(
+                self._holding(h)
+                for h in native.holdings
+                if h.status != pb.CREDIT_STATUS_TRANSFERRED
+            ),
+            native.next_cursor,
         )
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """Holdings of one account or all: ``ListAccountCredits`` from cursor to cursor."""
+        return list_all_holdings(self, request)
 
     def totals(self) -> Sequence[ProgramTotal]:
         """Credit quantities per status (``GetTotals``)."""

@@ -18,6 +18,7 @@ from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
     Identified,
+    PageAsked,
     Store,
     StoredHolding,
     UnitState,
@@ -25,6 +26,7 @@ from adapters.emulator_core import (
     operation_id_of,
     required_moment,
     serve_batch_into,
+    serve_page,
 )
 from adapters.gold_standard.client import (
     REGISTRY_ID,
@@ -223,11 +225,12 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
 
     def ListAccountCredits(
         self, request: pb.ListAccountCreditsRequest, context: grpc.ServicerContext
-    ) -> pb.CreditHoldingList:
-        """Holdings of one account, or of all."""
+    ) -> pb.ListAccountCreditsResponse:
+        """The holdings of one account, or of all, after a cursor."""
         with native_rules(context):
-            held = self._store.holdings(request.account_id)
-            return pb.CreditHoldingList(holdings=[_holding(h) for h in held])
+            asked = PageAsked(request.limit, "limit", request.cursor, "cursor")
+            holdings, cursor = serve_page(self._store, asked, _holding, account=request.account_id)
+            return pb.ListAccountCreditsResponse(holdings=holdings, next_cursor=cursor)
 
     def GetTotals(self, request: pb.GetTotalsRequest, context: grpc.ServicerContext) -> pb.Totals:
         """Credit quantities per status."""

@@ -30,6 +30,8 @@ import grpc
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2 as pb
 from adapters._pb.registries.guangdong.v1 import guangdong_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
+    HoldingsPage,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -38,7 +40,9 @@ from adapters.client_core import (
     from_rfc3339,
     invoke,
     invoke_batch,
+    list_all_holdings,
     program_totals,
+    read_pages,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -355,19 +359,32 @@ class GuangdongClient:
             ),
         )
 
-    def _batches(self, request: pb.ListBatchesRequest) -> Sequence[RegistryHolding]:
+    def _batches(self, query: pb.ListBatchesRequest, resume_key: str) -> HoldingsPage:
+        """One page of ``query`` (分页查询), transferred-out batches omitted."""
+        request = pb.ListBatchesRequest(rows_per_page=LISTING_PAGE_SIZE, resume_key=resume_key)
+        request.MergeFrom(query)
         native = invoke(REGISTRY_ID, self._stub.ListBatches, request, self._timeout_s)
-        return tuple(
-            self._holding(b) for b in native.batches if b.status != pb.BATCH_STATUS_TRANSFERRED_OUT
+        return HoldingsPage(
+            tuple(
+                self._holding(b)
+                for b in native.batches
+                if b.status != pb.BATCH_STATUS_TRANSFERRED_OUT
+            ),
+            native.next_resume_key,
         )
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """``ListBatches`` overlapping the block."""
-        return self._batches(pb.ListBatchesRequest(overlapping=range_to_native(request.block)))
+        """Every page of ``ListBatches`` overlapping the block."""
+        query = pb.ListBatchesRequest(overlapping=range_to_native(request.block))
+        return read_pages(REGISTRY_ID, lambda resume_key: self._batches(query, resume_key))
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One page of ``ListBatches`` of one holder or all, ``page`` its resume key."""
+        return self._batches(pb.ListBatchesRequest(holder_code=request.account), page)
 
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """``ListBatches`` of one holder or all."""
-        return self._batches(pb.ListBatchesRequest(holder_code=request.account))
+        """Every page of ``ListBatches`` of one holder or all."""
+        return list_all_holdings(self, request)
 
     def totals(self) -> Sequence[ProgramTotal]:
         """``Summarize`` (汇总): quantities per variety and batch status."""

@@ -22,14 +22,15 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    PageAsked,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
-    query_holdings,
     required_moment,
     serve_batch,
+    serve_page,
 )
 from adapters.guangdong.client import (
     REGISTRY_ID,
@@ -314,13 +315,22 @@ class GuangdongServicer(pb_grpc.GuangdongRegistryServicer):
     def ListBatches(
         self, request: pb.ListBatchesRequest, context: grpc.ServicerContext
     ) -> pb.BatchList:
-        """持仓查询: batches of a holder, or overlapping a range."""
+        """持仓查询: a page of the batches of a holder, or overlapping a range."""
         with native_rules(context):
             overlapping = (
                 range_from_native(request.overlapping) if request.HasField("overlapping") else None
             )
-            found = query_holdings(self._store, overlapping, request.holder_code)
-            return pb.BatchList(batches=[_held(h) for h in found])
+            asked = PageAsked(
+                request.rows_per_page, "rows_per_page", request.resume_key, "resume_key"
+            )
+            batches, resume_key = serve_page(
+                self._store,
+                asked,
+                _held,
+                account=request.holder_code,
+                overlapping=overlapping,
+            )
+            return pb.BatchList(batches=batches, next_resume_key=resume_key)
 
     def Summarize(self, request: pb.SummarizeRequest, context: grpc.ServicerContext) -> pb.Summary:
         """汇总: quantities per variety and batch status."""

@@ -19,7 +19,9 @@ import grpc
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2 as pb
 from adapters._pb.registries.hkmo.v1 import hkmo_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
     AttributeMemo,
+    HoldingsPage,
     NativeAttributeMemo,
     adjustment_from_native,
     authorization_from_native,
@@ -30,8 +32,10 @@ from adapters.client_core import (
     invoke,
     invoke_batch,
     item_refused,
+    list_all_holdings,
     not_supported,
     program_totals,
+    read_pages,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -222,17 +226,28 @@ class VenueClient:
         )
         return self._holding(native)
 
-    def _positions(self, request: pb.QueryPositionsRequest) -> Sequence[RegistryHolding]:
+    def _positions(self, query: pb.QueryPositionsRequest, next_token: str) -> HoldingsPage:
+        """One reply of ``query``, positions delivered out omitted."""
+        request = pb.QueryPositionsRequest(max_results=LISTING_PAGE_SIZE, next_token=next_token)
+        request.MergeFrom(query)
         native = invoke(REGISTRY_ID, self._stub.QueryPositions, request, self._timeout_s)
-        return tuple(self._holding(p) for p in native.positions if p.state != pb.DELIVERED_OUT)
+        return HoldingsPage(
+            tuple(self._holding(p) for p in native.positions if p.state != pb.DELIVERED_OUT),
+            native.next_token,
+        )
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """Positions overlapping the block (``QueryPositions``)."""
-        return self._positions(pb.QueryPositionsRequest(overlapping=range_to_native(request.block)))
+        """Positions overlapping the block (``QueryPositions``, every reply)."""
+        query = pb.QueryPositionsRequest(overlapping=range_to_native(request.block))
+        return read_pages(REGISTRY_ID, lambda token: self._positions(query, token))
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One reply of ``QueryPositions`` of one client account or all, after ``page``."""
+        return self._positions(pb.QueryPositionsRequest(client_account=request.account), page)
 
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """Positions of one client account or all (``QueryPositions``)."""
-        return self._positions(pb.QueryPositionsRequest(client_account=request.account))
+        """Positions of one client account or all (``QueryPositions``, every reply)."""
+        return list_all_holdings(self, request)
 
     def _earmark(self, request: LockRequest) -> pb.EarmarkForSettlementRequest:
         return pb.EarmarkForSettlementRequest(

@@ -19,15 +19,16 @@ from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
     Identified,
+    PageAsked,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
     operation_id_of,
-    query_holdings,
     required_moment,
     serve_batch_into,
+    serve_page,
 )
 from adapters.hkmo.client import REGISTRY_ID, range_from_native, units_from_native, units_into
 from registry_bridge.model import Program
@@ -98,13 +99,20 @@ class VenueServicer(pb_grpc.CarbonVenueServicer):
     def QueryPositions(
         self, request: pb.QueryPositionsRequest, context: grpc.ServicerContext
     ) -> pb.PositionList:
-        """Positions of a client account, or overlapping a serial range."""
+        """Positions of a client account, or overlapping a serial range, after a token."""
         with native_rules(context):
             overlapping = (
                 range_from_native(request.overlapping) if request.HasField("overlapping") else None
             )
-            found = query_holdings(self._store, overlapping, request.client_account)
-            return pb.PositionList(positions=[_position(h) for h in found])
+            asked = PageAsked(request.max_results, "max_results", request.next_token, "next_token")
+            positions, token = serve_page(
+                self._store,
+                asked,
+                _position,
+                account=request.client_account,
+                overlapping=overlapping,
+            )
+            return pb.PositionList(positions=positions, next_token=token)
 
     def _earmark(self, request: pb.EarmarkForSettlementRequest) -> pb.Position:
         until = required_moment(request.earmark_until, "earmark_until is required")

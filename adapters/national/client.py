@@ -33,6 +33,8 @@ import grpc
 from adapters._pb.registries.national.v1 import national_pb2 as pb
 from adapters._pb.registries.national.v1 import national_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
+    HoldingsPage,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -41,7 +43,9 @@ from adapters.client_core import (
     from_rfc3339,
     invoke,
     invoke_batch,
+    list_all_holdings,
     program_totals,
+    read_pages,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -388,19 +392,31 @@ class NationalClient:
             )
         )
 
-    def _blocks(self, request: pb.ProvideUnitBlocksRequest) -> Sequence[RegistryHolding]:
+    def _blocks(self, query: pb.ProvideUnitBlocksRequest, continuation: str) -> HoldingsPage:
+        """One response of ``query``, exported blocks omitted."""
+        request = pb.ProvideUnitBlocksRequest(
+            max_blocks=LISTING_PAGE_SIZE, continuation_token=continuation
+        )
+        request.MergeFrom(query)
         native = invoke(REGISTRY_ID, self._stub.ProvideUnitBlocks, request, self._timeout_s)
-        return tuple(self._holding(b) for b in native.blocks if b.state != pb.BLOCK_EXPORTED)
-
-    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """``ProvideUnitBlocks`` overlapping the block."""
-        return self._blocks(
-            pb.ProvideUnitBlocksRequest(overlapping=identifier_to_native(request.block))
+        return HoldingsPage(
+            tuple(self._holding(b) for b in native.blocks if b.state != pb.BLOCK_EXPORTED),
+            native.continuation_token,
         )
 
+    def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
+        """``ProvideUnitBlocks`` overlapping the block, every response."""
+        query = pb.ProvideUnitBlocksRequest(overlapping=identifier_to_native(request.block))
+        return read_pages(REGISTRY_ID, lambda continuation: self._blocks(query, continuation))
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One response of ``ProvideUnitBlocks`` of one account or all, ``page`` its
+        continuation token."""
+        return self._blocks(pb.ProvideUnitBlocksRequest(account_identifier=request.account), page)
+
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """``ProvideUnitBlocks`` of one account or all."""
-        return self._blocks(pb.ProvideUnitBlocksRequest(account_identifier=request.account))
+        """``ProvideUnitBlocks`` of one account or all, every response."""
+        return list_all_holdings(self, request)
 
     def totals(self) -> Sequence[ProgramTotal]:
         """``ProvideTotals``: quantities per originating program and block state."""

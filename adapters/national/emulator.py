@@ -19,14 +19,15 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    PageAsked,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
-    query_holdings,
     required_moment,
     serve_batch,
+    serve_page,
 )
 from adapters.national.client import (
     REGISTRY_CODE,
@@ -246,15 +247,27 @@ class NationalServicer(pb_grpc.NationalRegistryServicer):
     def ProvideUnitBlocks(
         self, request: pb.ProvideUnitBlocksRequest, context: grpc.ServicerContext
     ) -> pb.ProvideUnitBlocksResponse:
-        """Blocks of an account, or overlapping a block (reconciliation phase 2)."""
+        """Blocks of an account, or overlapping a block (reconciliation phase 2), in parts."""
         with native_rules(context):
             overlapping = (
                 identifier_from_native(request.overlapping)
                 if request.HasField("overlapping")
                 else None
             )
-            found = query_holdings(self._store, overlapping, request.account_identifier)
-            return pb.ProvideUnitBlocksResponse(blocks=[_held(h) for h in found])
+            asked = PageAsked(
+                request.max_blocks,
+                "max_blocks",
+                request.continuation_token,
+                "continuation_token",
+            )
+            blocks, token = serve_page(
+                self._store,
+                asked,
+                _held,
+                account=request.account_identifier,
+                overlapping=overlapping,
+            )
+            return pb.ProvideUnitBlocksResponse(blocks=blocks, continuation_token=token)
 
 
 def _rejected(request: pb.ProposalRequest, rejection: Rejection) -> pb.ProposalResponse:

@@ -31,7 +31,9 @@ import grpc
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2 as pb
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
     AttributeMemo,
+    HoldingsPage,
     NativeAttributeMemo,
     adjustment_from_native,
     authorization_from_native,
@@ -42,7 +44,9 @@ from adapters.client_core import (
     invoke,
     invoke_batch,
     item_refused,
+    list_all_holdings,
     program_totals,
+    read_pages,
     to_rfc3339,
 )
 from registry_bridge.errors import RegistryRejected
@@ -219,19 +223,32 @@ class ShenzhenClient:
         )
         return self._holding(native)
 
-    def _lots(self, request: pb.QueryLotsRequest) -> Sequence[RegistryHolding]:
+    def _lots(self, query: pb.QueryLotsRequest, after_key: str) -> HoldingsPage:
+        """One answer of ``query`` after ``after_key``, lots transferred out omitted."""
+        request = pb.QueryLotsRequest(max_lots=LISTING_PAGE_SIZE, after_key=after_key)
+        request.MergeFrom(query)
         native = invoke(REGISTRY_ID, self._stub.QueryLots, request, self._timeout_s)
-        return tuple(
-            self._holding(lot) for lot in native.lots if lot.state != pb.LOT_STATE_TRANSFERRED_OUT
+        return HoldingsPage(
+            tuple(
+                self._holding(lot)
+                for lot in native.lots
+                if lot.state != pb.LOT_STATE_TRANSFERRED_OUT
+            ),
+            native.next_after_key,
         )
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """Lots overlapping the block (``QueryLots``)."""
-        return self._lots(pb.QueryLotsRequest(overlapping=numbers_to_native(request.block)))
+        """Lots overlapping the block (``QueryLots``, every answer)."""
+        query = pb.QueryLotsRequest(overlapping=numbers_to_native(request.block))
+        return read_pages(REGISTRY_ID, lambda after_key: self._lots(query, after_key))
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One answer of ``QueryLots`` of one account or all, ``page`` its after key."""
+        return self._lots(pb.QueryLotsRequest(account_no=request.account), page)
 
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """Lots of one account or all (``QueryLots``)."""
-        return self._lots(pb.QueryLotsRequest(account_no=request.account))
+        """Lots of one account or all (``QueryLots``, every answer)."""
+        return list_all_holdings(self, request)
 
     def _freeze(self, request: LockRequest) -> pb.FreezeRequest:
         return pb.FreezeRequest(

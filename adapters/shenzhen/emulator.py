@@ -20,14 +20,15 @@ from adapters.client_core import from_rfc3339, to_rfc3339
 from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
+    PageAsked,
     Rejection,
     Store,
     StoredHolding,
     UnitState,
     native_rules,
-    query_holdings,
     required_moment,
     serve_batch_into,
+    serve_page,
 )
 from adapters.shenzhen.client import (
     REGISTRY_ID,
@@ -110,15 +111,22 @@ class ShenzhenServicer(pb_grpc.ShenzhenRegistryServicer):
             return _lot(held)
 
     def QueryLots(self, request: pb.QueryLotsRequest, context: grpc.ServicerContext) -> pb.LotList:
-        """查询: lots of an account, or overlapping a number range."""
+        """查询: lots of an account, or overlapping a number range, after a key."""
         with native_rules(context):
             overlapping = (
                 numbers_from_native(request.overlapping)
                 if request.HasField("overlapping")
                 else None
             )
-            found = query_holdings(self._store, overlapping, request.account_no)
-            return pb.LotList(lots=[_lot(h) for h in found])
+            asked = PageAsked(request.max_lots, "max_lots", request.after_key, "after_key")
+            lots, after_key = serve_page(
+                self._store,
+                asked,
+                _lot,
+                account=request.account_no,
+                overlapping=overlapping,
+            )
+            return pb.LotList(lots=lots, next_after_key=after_key)
 
     def _freeze(self, request: pb.FreezeRequest) -> pb.Lot:
         until = required_moment(request.frozen_until, "frozen_until is required to freeze units")

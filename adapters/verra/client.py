@@ -18,7 +18,9 @@ import grpc
 from adapters._pb.registries.verra.v1 import verra_pb2 as pb
 from adapters._pb.registries.verra.v1 import verra_pb2_grpc as pb_grpc
 from adapters.client_core import (
+    LISTING_PAGE_SIZE,
     AttributeMemo,
+    HoldingsPage,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -27,6 +29,7 @@ from adapters.client_core import (
     invoke,
     invoke_batch,
     item_refused,
+    list_all_holdings,
     not_supported,
     program_totals,
     read_serial,
@@ -408,17 +411,28 @@ class VerraClient:
         )
         return self._holding(native)
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """Holdings of one account or all (``ListAccountHoldings``)."""
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        """One page of ``ListAccountHoldings``, transferred-out holdings omitted."""
         native = invoke(
             REGISTRY_ID,
             self._stub.ListAccountHoldings,
-            pb.ListAccountHoldingsRequest(account_id=request.account),
+            pb.ListAccountHoldingsRequest(
+                account_id=request.account, page_size=LISTING_PAGE_SIZE, page_token=page
+            ),
             self._timeout_s,
         )
-        return tuple(
-            self._holding(h) for h in native.holdings if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
+        return HoldingsPage(
+            tuple(
+                self._holding(h)
+                for h in native.holdings
+                if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
+            ),
+            native.next_page_token,
         )
+
+    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+        """Holdings of one account or all: every page of ``ListAccountHoldings``."""
+        return list_all_holdings(self, request)
 
     def totals(self) -> Sequence[ProgramTotal]:
         """VCU quantities per status (``GetRegistryTotals``)."""

@@ -18,6 +18,7 @@ from adapters.emulator_core import (
     CreditMode,
     EmulatorSpec,
     Identified,
+    PageAsked,
     Store,
     StoredHolding,
     UnitState,
@@ -25,6 +26,7 @@ from adapters.emulator_core import (
     operation_id_of,
     required_moment,
     serve_batch_into,
+    serve_page,
 )
 from adapters.verra.client import (
     REGISTRY_ID,
@@ -221,11 +223,12 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
 
     def ListAccountHoldings(
         self, request: pb.ListAccountHoldingsRequest, context: grpc.ServicerContext
-    ) -> pb.VcuHoldingList:
-        """Holdings of one account, or of all."""
+    ) -> pb.ListAccountHoldingsResponse:
+        """A page of the holdings of one account, or of all."""
         with native_rules(context):
-            held = self._store.holdings(request.account_id)
-            return pb.VcuHoldingList(holdings=[_holding(h) for h in held])
+            asked = PageAsked(request.page_size, "page_size", request.page_token, "page_token")
+            holdings, token = serve_page(self._store, asked, _holding, account=request.account_id)
+            return pb.ListAccountHoldingsResponse(holdings=holdings, next_page_token=token)
 
     def GetRegistryTotals(
         self, request: pb.GetRegistryTotalsRequest, context: grpc.ServicerContext

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adapters import serials
-from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator
+from adapters.emulator_core import PAGE_SIZE_CAP, FaultConfig, RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from registry_bridge.model import Authorization, CorrespondingAdjustment, Program, UnitBlock
@@ -142,11 +142,16 @@ def start_harness(
     faults: FaultConfig | None = None,
     data_dir: Path | None = None,
     clock: TestClock | None = None,
+    page_size_cap: int = PAGE_SIZE_CAP,
 ) -> Harness:
     """Start ``registry_id``'s emulator on port 0 and build its adapter."""
     clock = clock or TestClock()
     running = start_emulator(
-        REGISTRIES[registry_id].emulator(), data_dir=data_dir, faults=faults, clock=clock
+        REGISTRIES[registry_id].emulator(),
+        data_dir=data_dir,
+        faults=faults,
+        clock=clock,
+        page_size_cap=page_size_cap,
     )
     adapter = build_adapter(registry_id, running.target, FAST_RETRY, timeout_s=5.0)
     return Harness(registry_id, running, adapter, clock)

@@ -1,9 +1,11 @@
-"""What a reconciliation costs the registries: two reads each, however large the ledger.
+"""What a reconciliation costs the registries: its totals, then its holdings a page per
+call, however large the ledger.
 
 Phase 2 compares each registry's holdings listing with the ledger in memory, both ways;
 it once asked each registry about every ledger block, one call per block, and a ledger of
-some 30,000 blocks outlasted a client's two minutes.  Calls are counted by the emulators,
-which see every call the gateway makes, retries included.
+some 30,000 blocks outlasted a client's two minutes.  The listing pages, so it costs one
+call per page of the registry's holdings, whatever the ledger holds.  Calls are counted
+by the emulators, which see every call the gateway makes, retries included.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.client_core import LISTING_PAGE_SIZE
+from adapters.emulator_core import PAGE_SIZE_CAP
 from adapters.serials import parse_serial
 from gateway.convert import block_id_to_pb
 from registry_bridge import db, ledger
@@ -27,6 +31,8 @@ from tests.integration.gateway.conftest import (
 )
 
 # Each wired registry's native reads of a reconciliation: its totals and its holdings.
+# (The holdings weigh a few hundred bytes each: the pages' byte cap is never reached.)
+PAGE = min(LISTING_PAGE_SIZE, PAGE_SIZE_CAP)
 READS = {
     "verra": ("GetRegistryTotals", "ListAccountHoldings"),
     "hkmo": ("VenueTotals", "QueryPositions"),
@@ -51,8 +57,21 @@ def _made_since(
     return made
 
 
-def _two_reads_each() -> dict[str, Counter[str]]:
-    return {r: Counter({totals: 1, listing: 1}) for r, (totals, listing) in READS.items()}
+def _reads(registries: LinkedRegistries) -> dict[str, Counter[str]]:
+    """One totals read per registry, and one listing call per page of its holdings."""
+    reads = {}
+    for registry, (totals, listing) in READS.items():
+        held = len(registries.emulators[registry].store.holdings())
+        reads[registry] = Counter({totals: 1, listing: max(1, -(-held // PAGE))})
+    return reads
+
+
+def _pages(**listing_calls: int) -> dict[str, Counter[str]]:
+    """One totals read per registry, and its listing calls."""
+    return {
+        registry: Counter({totals: 1, listing: listing_calls[registry]})
+        for registry, (totals, listing) in READS.items()
+    }
 
 
 def test_a_reconciliation_reads_each_registry_once_for_totals_and_once_for_holdings(
@@ -87,7 +106,10 @@ def test_a_reconciliation_reads_each_registry_once_for_totals_and_once_for_holdi
     before = _calls(registries)
     report = live_gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
     assert report.consistent, report.discrepancies
-    assert _made_since(before, registries) == _two_reads_each()
+    # Some eighty holdings: one page each.
+    assert (
+        _made_since(before, registries) == _reads(registries) == _pages(verra=1, hkmo=1, shenzhen=1)
+    )
 
 
 # Blocks bulk-loaded at Verra and in the ledger for the large reconciliation: each in one
@@ -120,7 +142,9 @@ def _bulk_load(gateway: LiveGateway, registries: LinkedRegistries) -> None:
             ledger.issue(session, "verra", f"bulk-{n % ACCOUNTS}", block, ISSUED_AT)
 
 
-def test_a_large_ledger_reconciles_in_two_reads_per_registry(database_url: str) -> None:
+def test_a_large_ledger_reconciles_in_a_totals_read_and_a_call_per_page_per_registry(
+    database_url: str,
+) -> None:
     with linked_registries() as registries:
         registries.seed_venue()
         # No periodic import: the bulk-loaded blocks are the ledger's already.
@@ -134,7 +158,10 @@ def test_a_large_ledger_reconciles_in_two_reads_per_registry(database_url: str) 
             before = _calls(registries)
             report = gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
             assert report.consistent, report.discrepancies[:5]
-            assert _made_since(before, registries) == _two_reads_each()
+            made = _made_since(before, registries)
+            assert made == _reads(registries)
+            # Verra's thousands of holdings take a call per page; the others one.
+            assert made["verra"]["ListAccountHoldings"] >= BLOCKS // PAGE > 1
 
             # One block retired behind the gateway's back, among thousands, is found from
             # both sides, and nothing else is.

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bregistries/bri/v1/bri.proto\x12\x11registries.bri.v1\"K\n\tUnitRange\x12\x11\n\tunit_type\x18\x01 \x01(\t\x12\x0e\n\x06series\x18\x02 \x01(\t\x12\r\n\x05\x66irst\x18\x03 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x03\"j\n\x11HostAuthorization\x12\x11\n\tletter_id\x18\x01 \x01(\t\x12\x12\n\nhost_party\x18\x02 \x01(\t\x12\x17\n\x0f\x61uthorized_uses\x18\x03 \x03(\t\x12\x15\n\rauthorized_on\x18\x04 \x01(\t\"-\n\x0fNativeAttribute\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xda\x03\n\x05Itmos\x12+\n\x05range\x18\x01 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\t\x12\x12\n\nhost_party\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rvintage_start\x18\x05 \x01(\t\x12\x13\n\x0bvintage_end\x18\x06 \x01(\t\x12\x15\n\ractivity_type\x18\x07 \x01(\t\x12\x13\n\x0bmethodology\x18\x08 \x01(\t\x12\x0b\n\x03gas\x18\t \x01(\t\x12\x11\n\tgwp_basis\x18\n \x01(\t\x12\x13\n\x0bissuance_id\x18\x0b \x01(\t\x12\x0e\n\x06labels\x18\x0c \x03(\t\x12;\n\rauthorization\x18\r \x01(\x0b\x32$.registries.bri.v1.HostAuthorization\x12R\n\x18\x63orresponding_adjustment\x18\x0e \x01(\x0e\x32\x30.registries.bri.v1.CorrespondingAdjustmentStatus\x12=\n\x11serial_attributes\x18\x0f \x03(\x0b\x32\".registries.bri.v1.NativeAttribute\"n\n\x13\x46irstTransferRecord\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x63quiring_registry\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\x12\x13\n\x0brecorded_at\x18\x04 \x01(\t\"\xde\x02\n\x0bItmoHolding\x12\'\n\x05itmos\x18\x01 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.registries.bri.v1.ItmoStatus\x12\x16\n\x0ereserved_until\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12>\n\x0e\x66irst_transfer\x18\x06 \x01(\x0b\x32&.registries.bri.v1.FirstTransferRecord\x12/\n\tmirror_of\x18\x07 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x17\n\x0fmirror_registry\x18\x08 \x01(\t\x12\x14\n\x0cusing_entity\x18\t \x01(\t\x12\x11\n\tstatement\x18\n \x01(\t\"C\n\x0fItmoHoldingList\x12\x30\n\x08holdings\x18\x01 \x03(\x0b\x32\x1e.registries.bri.v1.ItmoHolding\"l\n\x15RecordIssuanceRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12\'\n\x05itmos\x18\x03 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\"`\n\x12GetHoldingsRequest\x12\x17\n\x0fholding_account\x18\x01 \x01(\t\x12\x31\n\x0boverlapping\x18\x02 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\"\xa1\x01\n\x19ReserveForTransferRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x16\n\x0ereserved_until\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\"\x89\x01\n\x19ReleaseReservationRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\"\xd0\x01\n\x15RecordTransferRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\x12-\n\x04kind\x18\x05 \x01(\x0e\x32\x1f.registries.bri.v1.TransferKind\x12\x1a\n\x12\x61\x63quiring_registry\x18\x06 \x01(\t\"\xb7\x01\n\x18RecordAcquisitionRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12\'\n\x05itmos\x18\x03 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\x12\x1d\n\x15transferring_registry\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12\x12\n\nacquire_by\x18\x06 \x01(\t\"\x94\x01\n\x10RecordUseRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x14\n\x0cusing_entity\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\"\x84\x01\n\x19RecordCancellationRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ReportTotalsRequest\"_\n\tUnitTotal\x12\x11\n\tunit_type\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.registries.bri.v1.ItmoStatus\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"D\n\x14ReportTotalsResponse\x12,\n\x06totals\x18\x01 \x03(\x0b\x32\x1c.registries.bri.v1.UnitTotal\"`\n\x1eReserveForTransferBatchRequest\x12>\n\x08requests\x18\x01 \x03(\x0b\x32,.registries.bri.v1.ReserveForTransferRequest\"X\n\x1aRecordTransferBatchRequest\x12:\n\x08requests\x18\x01 \x03(\x0b\x32(.registries.bri.v1.RecordTransferRequest\"^\n\x1dRecordAcquisitionBatchRequest\x12=\n\x08requests\x18\x01 \x03(\x0b\x32+.registries.bri.v1.RecordAcquisitionRequest\",\n\x0bItmoRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x0fItmoBatchResult\x12\x31\n\x07holding\x18\x01 \x01(\x0b\x32\x1e.registries.bri.v1.ItmoHoldingH\x00\x12\x31\n\x07refusal\x18\x02 \x01(\x0b\x32\x1e.registries.bri.v1.ItmoRefusalH\x00\x42\x08\n\x06result\"H\n\x11ItmoBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".registries.bri.v1.ItmoBatchResult*\xee\x01\n\nItmoStatus\x12\x1b\n\x17ITMO_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10ITMO_STATUS_HELD\x10\x01\x12\x18\n\x14ITMO_STATUS_RESERVED\x10\x02\x12(\n$ITMO_STATUS_HELD_FOR_LINKED_REGISTRY\x10\x03\x12\x14\n\x10ITMO_STATUS_USED\x10\x04\x12\x19\n\x15ITMO_STATUS_CANCELLED\x10\x05\x12\x1b\n\x17ITMO_STATUS_TRANSFERRED\x10\x06\x12\x1b\n\x17ITMO_STATUS_SURRENDERED\x10\x07*z\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRANSFER_KIND_INTERNATIONAL\x10\x01\x12*\n&TRANSFER_KIND_HOLD_FOR_LINKED_REGISTRY\x10\x02*\xde\x01\n\x1d\x43orrespondingAdjustmentStatus\x12/\n+CORRESPONDING_ADJUSTMENT_STATUS_UNSPECIFIED\x10\x00\x12\x32\n.CORRESPONDING_ADJUSTMENT_STATUS_NOT_APPLICABLE\x10\x01\x12+\n\'CORRESPONDING_ADJUSTMENT_STATUS_PENDING\x10\x02\x12+\n\'CORRESPONDING_ADJUSTMENT_STATUS_APPLIED\x10\x03\x32\xb3\t\n\x0cItmoRegistry\x12Z\n\x0eRecordIssuance\x12(.registries.bri.v1.RecordIssuanceRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12X\n\x0bGetHoldings\x12%.registries.bri.v1.GetHoldingsRequest\x1a\".registries.bri.v1.ItmoHoldingList\x12\x62\n\x12ReserveForTransfer\x12,.registries.bri.v1.ReserveForTransferRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12\x62\n\x12ReleaseReservation\x12,.registries.bri.v1.ReleaseReservationRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12Z\n\x0eRecordTransfer\x12(.registries.bri.v1.RecordTransferRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12`\n\x11RecordAcquisition\x12+.registries.bri.v1.RecordAcquisitionRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12P\n\tRecordUse\x12#.registries.bri.v1.RecordUseRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12\x62\n\x12RecordCancellation\x12,.registries.bri.v1.RecordCancellationRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12r\n\x17ReserveForTransferBatch\x12\x31.registries.bri.v1.ReserveForTransferBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12j\n\x13RecordTransferBatch\x12-.registries.bri.v1.RecordTransferBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12p\n\x16RecordAcquisitionBatch\x12\x30.registries.bri.v1.RecordAcquisitionBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12_\n\x0cReportTotals\x12&.registries.bri.v1.ReportTotalsRequest\x1a\'.registries.bri.v1.ReportTotalsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bregistries/bri/v1/bri.proto\x12\x11registries.bri.v1\"K\n\tUnitRange\x12\x11\n\tunit_type\x18\x01 \x01(\t\x12\x0e\n\x06series\x18\x02 \x01(\t\x12\r\n\x05\x66irst\x18\x03 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x03\"j\n\x11HostAuthorization\x12\x11\n\tletter_id\x18\x01 \x01(\t\x12\x12\n\nhost_party\x18\x02 \x01(\t\x12\x17\n\x0f\x61uthorized_uses\x18\x03 \x03(\t\x12\x15\n\rauthorized_on\x18\x04 \x01(\t\"-\n\x0fNativeAttribute\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xda\x03\n\x05Itmos\x12+\n\x05range\x18\x01 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\t\x12\x12\n\nhost_party\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rvintage_start\x18\x05 \x01(\t\x12\x13\n\x0bvintage_end\x18\x06 \x01(\t\x12\x15\n\ractivity_type\x18\x07 \x01(\t\x12\x13\n\x0bmethodology\x18\x08 \x01(\t\x12\x0b\n\x03gas\x18\t \x01(\t\x12\x11\n\tgwp_basis\x18\n \x01(\t\x12\x13\n\x0bissuance_id\x18\x0b \x01(\t\x12\x0e\n\x06labels\x18\x0c \x03(\t\x12;\n\rauthorization\x18\r \x01(\x0b\x32$.registries.bri.v1.HostAuthorization\x12R\n\x18\x63orresponding_adjustment\x18\x0e \x01(\x0e\x32\x30.registries.bri.v1.CorrespondingAdjustmentStatus\x12=\n\x11serial_attributes\x18\x0f \x03(\x0b\x32\".registries.bri.v1.NativeAttribute\"n\n\x13\x46irstTransferRecord\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x63quiring_registry\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\x12\x13\n\x0brecorded_at\x18\x04 \x01(\t\"\xde\x02\n\x0bItmoHolding\x12\'\n\x05itmos\x18\x01 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.registries.bri.v1.ItmoStatus\x12\x16\n\x0ereserved_until\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12>\n\x0e\x66irst_transfer\x18\x06 \x01(\x0b\x32&.registries.bri.v1.FirstTransferRecord\x12/\n\tmirror_of\x18\x07 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x17\n\x0fmirror_registry\x18\x08 \x01(\t\x12\x14\n\x0cusing_entity\x18\t \x01(\t\x12\x11\n\tstatement\x18\n \x01(\t\"]\n\x0fItmoHoldingList\x12\x30\n\x08holdings\x18\x01 \x03(\x0b\x32\x1e.registries.bri.v1.ItmoHolding\x12\x18\n\x10resumption_token\x18\x02 \x01(\t\"l\n\x15RecordIssuanceRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12\'\n\x05itmos\x18\x03 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\"\x8f\x01\n\x12GetHoldingsRequest\x12\x17\n\x0fholding_account\x18\x01 \x01(\t\x12\x31\n\x0boverlapping\x18\x02 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0bmax_entries\x18\x03 \x01(\x05\x12\x18\n\x10resumption_token\x18\x04 \x01(\t\"\xa1\x01\n\x19ReserveForTransferRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x16\n\x0ereserved_until\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\"\x89\x01\n\x19ReleaseReservationRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\"\xd0\x01\n\x15RecordTransferRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\x12-\n\x04kind\x18\x05 \x01(\x0e\x32\x1f.registries.bri.v1.TransferKind\x12\x1a\n\x12\x61\x63quiring_registry\x18\x06 \x01(\t\"\xb7\x01\n\x18RecordAcquisitionRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12\'\n\x05itmos\x18\x03 \x01(\x0b\x32\x18.registries.bri.v1.Itmos\x12\x1d\n\x15transferring_registry\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12\x12\n\nacquire_by\x18\x06 \x01(\t\"\x94\x01\n\x10RecordUseRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x14\n\x0cusing_entity\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\"\x84\x01\n\x19RecordCancellationRequest\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x17\n\x0fholding_account\x18\x02 \x01(\t\x12+\n\x05range\x18\x03 \x01(\x0b\x32\x1c.registries.bri.v1.UnitRange\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ReportTotalsRequest\"_\n\tUnitTotal\x12\x11\n\tunit_type\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.registries.bri.v1.ItmoStatus\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"D\n\x14ReportTotalsResponse\x12,\n\x06totals\x18\x01 \x03(\x0b\x32\x1c.registries.bri.v1.UnitTotal\"`\n\x1eReserveForTransferBatchRequest\x12>\n\x08requests\x18\x01 \x03(\x0b\x32,.registries.bri.v1.ReserveForTransferRequest\"X\n\x1aRecordTransferBatchRequest\x12:\n\x08requests\x18\x01 \x03(\x0b\x32(.registries.bri.v1.RecordTransferRequest\"^\n\x1dRecordAcquisitionBatchRequest\x12=\n\x08requests\x18\x01 \x03(\x0b\x32+.registries.bri.v1.RecordAcquisitionRequest\",\n\x0bItmoRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x0fItmoBatchResult\x12\x31\n\x07holding\x18\x01 \x01(\x0b\x32\x1e.registries.bri.v1.ItmoHoldingH\x00\x12\x31\n\x07refusal\x18\x02 \x01(\x0b\x32\x1e.registries.bri.v1.ItmoRefusalH\x00\x42\x08\n\x06result\"H\n\x11ItmoBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".registries.bri.v1.ItmoBatchResult*\xee\x01\n\nItmoStatus\x12\x1b\n\x17ITMO_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10ITMO_STATUS_HELD\x10\x01\x12\x18\n\x14ITMO_STATUS_RESERVED\x10\x02\x12(\n$ITMO_STATUS_HELD_FOR_LINKED_REGISTRY\x10\x03\x12\x14\n\x10ITMO_STATUS_USED\x10\x04\x12\x19\n\x15ITMO_STATUS_CANCELLED\x10\x05\x12\x1b\n\x17ITMO_STATUS_TRANSFERRED\x10\x06\x12\x1b\n\x17ITMO_STATUS_SURRENDERED\x10\x07*z\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRANSFER_KIND_INTERNATIONAL\x10\x01\x12*\n&TRANSFER_KIND_HOLD_FOR_LINKED_REGISTRY\x10\x02*\xde\x01\n\x1d\x43orrespondingAdjustmentStatus\x12/\n+CORRESPONDING_ADJUSTMENT_STATUS_UNSPECIFIED\x10\x00\x12\x32\n.CORRESPONDING_ADJUSTMENT_STATUS_NOT_APPLICABLE\x10\x01\x12+\n\'CORRESPONDING_ADJUSTMENT_STATUS_PENDING\x10\x02\x12+\n\'CORRESPONDING_ADJUSTMENT_STATUS_APPLIED\x10\x03\x32\xb3\t\n\x0cItmoRegistry\x12Z\n\x0eRecordIssuance\x12(.registries.bri.v1.RecordIssuanceRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12X\n\x0bGetHoldings\x12%.registries.bri.v1.GetHoldingsRequest\x1a\".registries.bri.v1.ItmoHoldingList\x12\x62\n\x12ReserveForTransfer\x12,.registries.bri.v1.ReserveForTransferRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12\x62\n\x12ReleaseReservation\x12,.registries.bri.v1.ReleaseReservationRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12Z\n\x0eRecordTransfer\x12(.registries.bri.v1.RecordTransferRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12`\n\x11RecordAcquisition\x12+.registries.bri.v1.RecordAcquisitionRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12P\n\tRecordUse\x12#.registries.bri.v1.RecordUseRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12\x62\n\x12RecordCancellation\x12,.registries.bri.v1.RecordCancellationRequest\x1a\x1e.registries.bri.v1.ItmoHolding\x12r\n\x17ReserveForTransferBatch\x12\x31.registries.bri.v1.ReserveForTransferBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12j\n\x13RecordTransferBatch\x12-.registries.bri.v1.RecordTransferBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12p\n\x16RecordAcquisitionBatch\x12\x30.registries.bri.v1.RecordAcquisitionBatchRequest\x1a$.registries.bri.v1.ItmoBatchResponse\x12_\n\x0cReportTotals\x12&.registries.bri.v1.ReportTotalsRequest\x1a\'.registries.bri.v1.ReportTotalsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'registries.bri.v1.bri_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITMOSTATUS']._serialized_start=3215
-  _globals['_ITMOSTATUS']._serialized_end=3453
-  _globals['_TRANSFERKIND']._serialized_start=3455
-  _globals['_TRANSFERKIND']._serialized_end=3577
-  _globals['_CORRESPONDINGADJUSTMENTSTATUS']._serialized_start=3580
-  _globals['_CORRESPONDINGADJUSTMENTSTATUS']._serialized_end=3802
+  _globals['_ITMOSTATUS']._serialized_start=3289
+  _globals['_ITMOSTATUS']._serialized_end=3527
+  _globals['_TRANSFERKIND']._serialized_start=3529
+  _globals['_TRANSFERKIND']._serialized_end=3651
+  _globals['_CORRESPONDINGADJUSTMENTSTATUS']._serialized_start=3654
+  _globals['_CORRESPONDINGADJUSTMENTSTATUS']._serialized_end=3876
   _globals['_UNITRANGE']._serialized_start=50
   _globals['_UNITRANGE']._serialized_end=125
   _globals['_HOSTAUTHORIZATION']._serialized_start=127
@@ -50,41 +50,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITMOHOLDING']._serialized_start=872
   _globals['_ITMOHOLDING']._serialized_end=1222
   _globals['_ITMOHOLDINGLIST']._serialized_start=1224
-  _globals['_ITMOHOLDINGLIST']._serialized_end=1291
-  _globals['_RECORDISSUANCEREQUEST']._serialized_start=1293
-  _globals['_RECORDISSUANCEREQUEST']._serialized_end=1401
-  _globals['_GETHOLDINGSREQUEST']._serialized_start=1403
-  _globals['_GETHOLDINGSREQUEST']._serialized_end=1499
-  _globals['_RESERVEFORTRANSFERREQUEST']._serialized_start=1502
-  _globals['_RESERVEFORTRANSFERREQUEST']._serialized_end=1663
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1666
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1803
-  _globals['_RECORDTRANSFERREQUEST']._serialized_start=1806
-  _globals['_RECORDTRANSFERREQUEST']._serialized_end=2014
-  _globals['_RECORDACQUISITIONREQUEST']._serialized_start=2017
-  _globals['_RECORDACQUISITIONREQUEST']._serialized_end=2200
-  _globals['_RECORDUSEREQUEST']._serialized_start=2203
-  _globals['_RECORDUSEREQUEST']._serialized_end=2351
-  _globals['_RECORDCANCELLATIONREQUEST']._serialized_start=2354
-  _globals['_RECORDCANCELLATIONREQUEST']._serialized_end=2486
-  _globals['_REPORTTOTALSREQUEST']._serialized_start=2488
-  _globals['_REPORTTOTALSREQUEST']._serialized_end=2509
-  _globals['_UNITTOTAL']._serialized_start=2511
-  _globals['_UNITTOTAL']._serialized_end=2606
-  _globals['_REPORTTOTALSRESPONSE']._serialized_start=2608
-  _globals['_REPORTTOTALSRESPONSE']._serialized_end=2676
-  _globals['_RESERVEFORTRANSFERBATCHREQUEST']._serialized_start=2678
-  _globals['_RESERVEFORTRANSFERBATCHREQUEST']._serialized_end=2774
-  _globals['_RECORDTRANSFERBATCHREQUEST']._serialized_start=2776
-  _globals['_RECORDTRANSFERBATCHREQUEST']._serialized_end=2864
-  _globals['_RECORDACQUISITIONBATCHREQUEST']._serialized_start=2866
-  _globals['_RECORDACQUISITIONBATCHREQUEST']._serialized_end=2960
-  _globals['_ITMOREFUSAL']._serialized_start=2962
-  _globals['_ITMOREFUSAL']._serialized_end=3006
-  _globals['_ITMOBATCHRESULT']._serialized_start=3009
-  _globals['_ITMOBATCHRESULT']._serialized_end=3138
-  _globals['_ITMOBATCHRESPONSE']._serialized_start=3140
-  _globals['_ITMOBATCHRESPONSE']._serialized_end=3212
-  _globals['_ITMOREGISTRY']._serialized_start=3805
-  _globals['_ITMOREGISTRY']._serialized_end=5008
+  _globals['_ITMOHOLDINGLIST']._serialized_end=1317
+  _globals['_RECORDISSUANCEREQUEST']._serialized_start=1319
+  _globals['_RECORDISSUANCEREQUEST']._serialized_end=1427
+  _globals['_GETHOLDINGSREQUEST']._serialized_start=1430
+  _globals['_GETHOLDINGSREQUEST']._serialized_end=1573
+  _globals['_RESERVEFORTRANSFERREQUEST']._serialized_start=1576
+  _globals['_RESERVEFORTRANSFERREQUEST']._serialized_end=1737
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1740
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1877
+  _globals['_RECORDTRANSFERREQUEST']._serialized_start=1880
+  _globals['_RECORDTRANSFERREQUEST']._serialized_end=2088
+  _globals['_RECORDACQUISITIONREQUEST']._serialized_start=2091
+  _globals['_RECORDACQUISITIONREQUEST']._serialized_end=2274
+  _globals['_RECORDUSEREQUEST']._serialized_start=2277
+  _globals['_RECORDUSEREQUEST']._serialized_end=2425
+  _globals['_RECORDCANCELLATIONREQUEST']._serialized_start=2428
+  _globals['_RECORDCANCELLATIONREQUEST']._serialized_end=2560
+  _globals['_REPORTTOTALSREQUEST']._serialized_start=2562
+  _globals['_REPORTTOTALSREQUEST']._serialized_end=2583
+  _globals['_UNITTOTAL']._serialized_start=2585
+  _globals['_UNITTOTAL']._serialized_end=2680
+  _globals['_REPORTTOTALSRESPONSE']._serialized_start=2682
+  _globals['_REPORTTOTALSRESPONSE']._serialized_end=2750
+  _globals['_RESERVEFORTRANSFERBATCHREQUEST']._serialized_start=2752
+  _globals['_RESERVEFORTRANSFERBATCHREQUEST']._serialized_end=2848
+  _globals['_RECORDTRANSFERBATCHREQUEST']._serialized_start=2850
+  _globals['_RECORDTRANSFERBATCHREQUEST']._serialized_end=2938
+  _globals['_RECORDACQUISITIONBATCHREQUEST']._serialized_start=2940
+  _globals['_RECORDACQUISITIONBATCHREQUEST']._serialized_end=3034
+  _globals['_ITMOREFUSAL']._serialized_start=3036
+  _globals['_ITMOREFUSAL']._serialized_end=3080
+  _globals['_ITMOBATCHRESULT']._serialized_start=3083
+  _globals['_ITMOBATCHRESULT']._serialized_end=3212
+  _globals['_ITMOBATCHRESPONSE']._serialized_start=3214
+  _globals['_ITMOBATCHRESPONSE']._serialized_end=3286
+  _globals['_ITMOREGISTRY']._serialized_start=3879
+  _globals['_ITMOREGISTRY']._serialized_end=5082
 # @@protoc_insertion_point(module_scope)

@@ -351,19 +351,29 @@ Global___ItmoHolding: _TypeAlias = ItmoHolding  # noqa: Y015
 
 @_typing.final
 class ItmoHoldingList(_message.Message):
+    """A list is incomplete while it carries a resumption token, which stands for its last
+    holding: the next list resumes after it, so a holding present all along is listed exactly
+    once whatever is recorded meanwhile; one changed meanwhile may be seen before or after
+    its change, or in part.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOLDINGS_FIELD_NUMBER: _builtins.int
+    RESUMPTION_TOKEN_FIELD_NUMBER: _builtins.int
+    resumption_token: _builtins.str
+    """Empty when the list is complete."""
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItmoHolding]: ...
     def __init__(
         self,
         *,
         holdings: _abc.Iterable[Global___ItmoHolding] | None = ...,
+        resumption_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "resumption_token", b"resumption_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,8 +411,18 @@ class GetHoldingsRequest(_message.Message):
 
     HOLDING_ACCOUNT_FIELD_NUMBER: _builtins.int
     OVERLAPPING_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    RESUMPTION_TOKEN_FIELD_NUMBER: _builtins.int
     holding_account: _builtins.str
     """Both empty: every holding."""
+    max_entries: _builtins.int
+    """Holdings per list at most; 0 or above the registry's maximum gets the maximum,
+    negative is refused (INVALID_ARGUMENT).
+    """
+    resumption_token: _builtins.str
+    """Empty for the first list; else the previous list's resumption_token, with the same
+    holding_account and overlapping (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def overlapping(self) -> Global___UnitRange: ...
     def __init__(
@@ -410,10 +430,12 @@ class GetHoldingsRequest(_message.Message):
         *,
         holding_account: _builtins.str = ...,
         overlapping: Global___UnitRange | None = ...,
+        max_entries: _builtins.int = ...,
+        resumption_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlapping", b"overlapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holding_account", b"holding_account", "overlapping", b"overlapping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holding_account", b"holding_account", "max_entries", b"max_entries", "overlapping", b"overlapping", "resumption_token", b"resumption_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,7 +107,8 @@ class ItmoRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetHoldings(self, request, context):
-        """Holdings of one account, or overlapping one range, whatever their status.
+        """Holdings of one account, or overlapping one range, whatever their status, by series and
+        start, in incomplete lists resumed with a resumption token (as OAI-PMH lists records).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

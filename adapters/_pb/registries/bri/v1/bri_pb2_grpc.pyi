@@ -46,7 +46,9 @@ class ItmoRegistryStub:
     RecordIssuance: _grpc.UnaryUnaryMultiCallable[_bri_pb2.RecordIssuanceRequest, _bri_pb2.ItmoHolding]
     """Issuance into a holding account (host-Party issuance, import, seeding)."""
     GetHoldings: _grpc.UnaryUnaryMultiCallable[_bri_pb2.GetHoldingsRequest, _bri_pb2.ItmoHoldingList]
-    """Holdings of one account, or overlapping one range, whatever their status."""
+    """Holdings of one account, or overlapping one range, whatever their status, by series and
+    start, in incomplete lists resumed with a resumption token (as OAI-PMH lists records).
+    """
     ReserveForTransfer: _grpc.UnaryUnaryMultiCallable[_bri_pb2.ReserveForTransferRequest, _bri_pb2.ItmoHolding]
     """Reserve ITMOs for a transfer until reserved_until. Refused with ITMO_NOT_AUTHORIZED
     for an ITMO never transferred (a first transfer) without an authorization.
@@ -80,7 +82,9 @@ class ItmoRegistryAsyncStub(ItmoRegistryStub):
     RecordIssuance: _aio.UnaryUnaryMultiCallable[_bri_pb2.RecordIssuanceRequest, _bri_pb2.ItmoHolding]  # type: ignore[assignment]
     """Issuance into a holding account (host-Party issuance, import, seeding)."""
     GetHoldings: _aio.UnaryUnaryMultiCallable[_bri_pb2.GetHoldingsRequest, _bri_pb2.ItmoHoldingList]  # type: ignore[assignment]
-    """Holdings of one account, or overlapping one range, whatever their status."""
+    """Holdings of one account, or overlapping one range, whatever their status, by series and
+    start, in incomplete lists resumed with a resumption token (as OAI-PMH lists records).
+    """
     ReserveForTransfer: _aio.UnaryUnaryMultiCallable[_bri_pb2.ReserveForTransferRequest, _bri_pb2.ItmoHolding]  # type: ignore[assignment]
     """Reserve ITMOs for a transfer until reserved_until. Refused with ITMO_NOT_AUTHORIZED
     for an ITMO never transferred (a first transfer) without an authorization.
@@ -123,7 +127,9 @@ class ItmoRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _bri_pb2.GetHoldingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bri_pb2.ItmoHoldingList, _abc.Awaitable[_bri_pb2.ItmoHoldingList]]:
-        """Holdings of one account, or overlapping one range, whatever their status."""
+        """Holdings of one account, or overlapping one range, whatever their status, by series and
+        start, in incomplete lists resumed with a resumption token (as OAI-PMH lists records).
+        """
 
     @_abc_1.abstractmethod
     def ReserveForTransfer(

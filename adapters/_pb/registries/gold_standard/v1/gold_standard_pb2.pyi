@@ -492,19 +492,60 @@ class ListAccountCreditsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    limit: _builtins.int
+    """Holdings per answer at most; 0 or more than the registry's maximum gets the maximum.
+    Negative is refused (INVALID_ARGUMENT).
+    """
+    cursor: _builtins.str
+    """Empty to start; else the next_cursor of the answer before, with the same account_id
+    (anything else is INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "cursor", b"cursor", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccountCreditsRequest: _TypeAlias = ListAccountCreditsRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountCreditsResponse(_message.Message):
+    """A cursor stands for the last holding answered (by serial): the next answer starts after
+    it, whatever was added or removed meanwhile, so a holding present all along is answered
+    exactly once; one changed meanwhile may be seen as it was, as it is, or in part.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Empty when no credit follows."""
+    @_builtins.property
+    def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditHolding]: ...
+    def __init__(
+        self,
+        *,
+        holdings: _abc.Iterable[Global___CreditHolding] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountCreditsResponse: _TypeAlias = ListAccountCreditsResponse  # noqa: Y015
 
 @_typing.final
 class GetTotalsRequest(_message.Message):

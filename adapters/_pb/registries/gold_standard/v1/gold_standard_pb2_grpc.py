@@ -77,7 +77,7 @@ class GoldStandardRegistryStub:
         self.ListAccountCredits = channel.unary_unary(
                 '/registries.gold_standard.v1.GoldStandardRegistry/ListAccountCredits',
                 request_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.SerializeToString,
-                response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.FromString,
+                response_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsResponse.FromString,
                 _registered_method=True)
         self.InitiateTransferBatch = channel.unary_unary(
                 '/registries.gold_standard.v1.GoldStandardRegistry/InitiateTransferBatch',
@@ -158,7 +158,9 @@ class GoldStandardRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountCredits(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Credits of one account, or of all, transferred ones left out, by cursor: each
+        answer names the cursor to pass for the credits after it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -238,7 +240,7 @@ def add_GoldStandardRegistryServicer_to_server(servicer, server):
             'ListAccountCredits': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccountCredits,
                     request_deserializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.FromString,
-                    response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.SerializeToString,
+                    response_serializer=registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsResponse.SerializeToString,
             ),
             'InitiateTransferBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.InitiateTransferBatch,
@@ -503,7 +505,7 @@ class GoldStandardRegistry:
             target,
             '/registries.gold_standard.v1.GoldStandardRegistry/ListAccountCredits',
             registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsRequest.SerializeToString,
-            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.CreditHoldingList.FromString,
+            registries_dot_gold__standard_dot_v1_dot_gold__standard__pb2.ListAccountCreditsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,7 +53,10 @@ class GoldStandardRegistryStub:
     """Take back immobilized credits once their related instrument is gone."""
     RetireCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.RetireCreditsRequest, _gold_standard_pb2.CreditHolding]
     CancelCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.CancelCreditsRequest, _gold_standard_pb2.CreditHolding]
-    ListAccountCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.CreditHoldingList]
+    ListAccountCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.ListAccountCreditsResponse]
+    """Credits of one account, or of all, transferred ones left out, by cursor: each
+    answer names the cursor to pass for the credits after it.
+    """
     InitiateTransferBatch: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]
     """Batches of the three settlement steps, so a settlement batch costs one call per step.
     Each item is applied on its own, exactly as its single call would be (same rules, same
@@ -81,7 +84,10 @@ class GoldStandardRegistryAsyncStub(GoldStandardRegistryStub):
     """Take back immobilized credits once their related instrument is gone."""
     RetireCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.RetireCreditsRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
     CancelCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.CancelCreditsRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
-    ListAccountCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.CreditHoldingList]  # type: ignore[assignment]
+    ListAccountCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.ListAccountCreditsRequest, _gold_standard_pb2.ListAccountCreditsResponse]  # type: ignore[assignment]
+    """Credits of one account, or of all, transferred ones left out, by cursor: each
+    answer names the cursor to pass for the credits after it.
+    """
     InitiateTransferBatch: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferBatchRequest, _gold_standard_pb2.CreditBatchResponse]  # type: ignore[assignment]
     """Batches of the three settlement steps, so a settlement batch costs one call per step.
     Each item is applied on its own, exactly as its single call would be (same rules, same
@@ -160,7 +166,10 @@ class GoldStandardRegistryServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _gold_standard_pb2.ListAccountCreditsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gold_standard_pb2.CreditHoldingList, _abc.Awaitable[_gold_standard_pb2.CreditHoldingList]]: ...
+    ) -> _typing.Union[_gold_standard_pb2.ListAccountCreditsResponse, _abc.Awaitable[_gold_standard_pb2.ListAccountCreditsResponse]]:
+        """Credits of one account, or of all, transferred ones left out, by cursor: each
+        answer names the cursor to pass for the credits after it.
+        """
 
     @_abc_1.abstractmethod
     def InitiateTransferBatch(

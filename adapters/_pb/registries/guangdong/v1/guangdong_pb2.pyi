@@ -324,19 +324,29 @@ Global___HeldBatch: _TypeAlias = HeldBatch  # noqa: Y015
 
 @_typing.final
 class BatchList(_message.Message):
+    """A page of batches. The resume key stands for the last batch of the page: the next page
+    starts after it, whatever applications were approved in between, so a batch held all
+    along is listed exactly once; one changed in between may be seen before or after its
+    change, or (split or merged) in part.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCHES_FIELD_NUMBER: _builtins.int
+    NEXT_RESUME_KEY_FIELD_NUMBER: _builtins.int
+    next_resume_key: _builtins.str
+    """续查键: pass it as resume_key for the next page; empty on the last page."""
     @_builtins.property
     def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldBatch]: ...
     def __init__(
         self,
         *,
         batches: _abc.Iterable[Global___HeldBatch] | None = ...,
+        next_resume_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "next_resume_key", b"next_resume_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -661,8 +671,18 @@ class ListBatchesRequest(_message.Message):
 
     HOLDER_CODE_FIELD_NUMBER: _builtins.int
     OVERLAPPING_FIELD_NUMBER: _builtins.int
+    ROWS_PER_PAGE_FIELD_NUMBER: _builtins.int
+    RESUME_KEY_FIELD_NUMBER: _builtins.int
     holder_code: _builtins.str
     """Both empty: every batch held."""
+    rows_per_page: _builtins.int
+    """每页条数: batches per page at most; 0 or above the registry's maximum gets the maximum,
+    negative is refused (INVALID_ARGUMENT).
+    """
+    resume_key: _builtins.str
+    """续查键: empty for the first page, else the page before's next_resume_key with the same
+    holder_code and overlapping (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def overlapping(self) -> Global___BatchRange: ...
     def __init__(
@@ -670,10 +690,12 @@ class ListBatchesRequest(_message.Message):
         *,
         holder_code: _builtins.str = ...,
         overlapping: Global___BatchRange | None = ...,
+        rows_per_page: _builtins.int = ...,
+        resume_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlapping", b"overlapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder_code", b"holder_code", "overlapping", b"overlapping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder_code", b"holder_code", "overlapping", b"overlapping", "resume_key", b"resume_key", "rows_per_page", b"rows_per_page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -196,7 +196,8 @@ class GuangdongRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListBatches(self, request, context):
-        """持仓查询: batches of a holder, or overlapping a range, whatever their status.
+        """持仓查询: batches of a holder, or overlapping a range, whatever their status, in pages
+        (分页查询) resumed by key (续查): by variety and start_no.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

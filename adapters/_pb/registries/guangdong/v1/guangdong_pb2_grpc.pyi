@@ -74,7 +74,9 @@ class GuangdongRegistryStub:
     GetReceipt: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.GetReceiptRequest, _guangdong_pb2.Receipt]
     """回执查询: the receipt of an application, by its number."""
     ListBatches: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.ListBatchesRequest, _guangdong_pb2.BatchList]
-    """持仓查询: batches of a holder, or overlapping a range, whatever their status."""
+    """持仓查询: batches of a holder, or overlapping a range, whatever their status, in pages
+    (分页查询) resumed by key (续查): by variety and start_no.
+    """
     Summarize: _grpc.UnaryUnaryMultiCallable[_guangdong_pb2.SummarizeRequest, _guangdong_pb2.Summary]
     """汇总: quantities per variety and batch status, for reconciliation."""
 
@@ -109,7 +111,9 @@ class GuangdongRegistryAsyncStub(GuangdongRegistryStub):
     GetReceipt: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.GetReceiptRequest, _guangdong_pb2.Receipt]  # type: ignore[assignment]
     """回执查询: the receipt of an application, by its number."""
     ListBatches: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.ListBatchesRequest, _guangdong_pb2.BatchList]  # type: ignore[assignment]
-    """持仓查询: batches of a holder, or overlapping a range, whatever their status."""
+    """持仓查询: batches of a holder, or overlapping a range, whatever their status, in pages
+    (分页查询) resumed by key (续查): by variety and start_no.
+    """
     Summarize: _aio.UnaryUnaryMultiCallable[_guangdong_pb2.SummarizeRequest, _guangdong_pb2.Summary]  # type: ignore[assignment]
     """汇总: quantities per variety and batch status, for reconciliation."""
 
@@ -219,7 +223,9 @@ class GuangdongRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _guangdong_pb2.ListBatchesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_guangdong_pb2.BatchList, _abc.Awaitable[_guangdong_pb2.BatchList]]:
-        """持仓查询: batches of a holder, or overlapping a range, whatever their status."""
+        """持仓查询: batches of a holder, or overlapping a range, whatever their status, in pages
+        (分页查询) resumed by key (续查): by variety and start_no.
+        """
 
     @_abc_1.abstractmethod
     def Summarize(

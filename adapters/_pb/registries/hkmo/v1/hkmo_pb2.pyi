@@ -291,19 +291,28 @@ Global___Position: _TypeAlias = Position  # noqa: Y015
 
 @_typing.final
 class PositionList(_message.Message):
+    """The next_token stands for the last position of the reply (by program and serial): the
+    next reply starts after it, so a position held all along is answered exactly once
+    whatever settles meanwhile; one changed meanwhile may be seen before or after its change.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITIONS_FIELD_NUMBER: _builtins.int
+    NEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    next_token: _builtins.str
+    """Pass it back as next_token for the positions after these; empty when there are none."""
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]: ...
     def __init__(
         self,
         *,
         positions: _abc.Iterable[Global___Position] | None = ...,
+        next_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["positions", b"positions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_token", b"next_token", "positions", b"positions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,7 +350,17 @@ class QueryPositionsRequest(_message.Message):
 
     CLIENT_ACCOUNT_FIELD_NUMBER: _builtins.int
     OVERLAPPING_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_TOKEN_FIELD_NUMBER: _builtins.int
     client_account: _builtins.str
+    max_results: _builtins.int
+    """Positions per reply at most; 0 or above the venue's maximum gets the maximum, negative
+    is refused (INVALID_ARGUMENT).
+    """
+    next_token: _builtins.str
+    """Empty at first; then the previous reply's next_token, with the same client_account and
+    overlapping (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def overlapping(self) -> Global___SerialRange: ...
     def __init__(
@@ -349,10 +368,12 @@ class QueryPositionsRequest(_message.Message):
         *,
         client_account: _builtins.str = ...,
         overlapping: Global___SerialRange | None = ...,
+        max_results: _builtins.int = ...,
+        next_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlapping", b"overlapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_account", b"client_account", "overlapping", b"overlapping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_account", b"client_account", "max_results", b"max_results", "next_token", b"next_token", "overlapping", b"overlapping"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

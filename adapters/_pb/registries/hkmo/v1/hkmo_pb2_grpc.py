@@ -107,7 +107,8 @@ class CarbonVenueServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryPositions(self, request, context):
-        """Positions of one client account, or overlapping one serial range.
+        """Positions of one client account, or overlapping one serial range, max_results at a
+        time: a reply with a next_token has more positions after it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class CarbonVenueStub:
     DepositUnits: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.DepositUnitsRequest, _hkmo_pb2.Position]
     """Venue administration: list units onto the venue into a client account (import, seeding)."""
     QueryPositions: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.QueryPositionsRequest, _hkmo_pb2.PositionList]
-    """Positions of one client account, or overlapping one serial range."""
+    """Positions of one client account, or overlapping one serial range, max_results at a
+    time: a reply with a next_token has more positions after it.
+    """
     EarmarkForSettlement: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.EarmarkForSettlementRequest, _hkmo_pb2.Position]
     """Earmark units of a position for a pending settlement, until earmark_until."""
     ReleaseEarmark: _grpc.UnaryUnaryMultiCallable[_hkmo_pb2.ReleaseEarmarkRequest, _hkmo_pb2.Position]
@@ -69,7 +71,9 @@ class CarbonVenueAsyncStub(CarbonVenueStub):
     DepositUnits: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.DepositUnitsRequest, _hkmo_pb2.Position]  # type: ignore[assignment]
     """Venue administration: list units onto the venue into a client account (import, seeding)."""
     QueryPositions: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.QueryPositionsRequest, _hkmo_pb2.PositionList]  # type: ignore[assignment]
-    """Positions of one client account, or overlapping one serial range."""
+    """Positions of one client account, or overlapping one serial range, max_results at a
+    time: a reply with a next_token has more positions after it.
+    """
     EarmarkForSettlement: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.EarmarkForSettlementRequest, _hkmo_pb2.Position]  # type: ignore[assignment]
     """Earmark units of a position for a pending settlement, until earmark_until."""
     ReleaseEarmark: _aio.UnaryUnaryMultiCallable[_hkmo_pb2.ReleaseEarmarkRequest, _hkmo_pb2.Position]  # type: ignore[assignment]
@@ -105,7 +109,9 @@ class CarbonVenueServicer(metaclass=_abc_1.ABCMeta):
         request: _hkmo_pb2.QueryPositionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hkmo_pb2.PositionList, _abc.Awaitable[_hkmo_pb2.PositionList]]:
-        """Positions of one client account, or overlapping one serial range."""
+        """Positions of one client account, or overlapping one serial range, max_results at a
+        time: a reply with a next_token has more positions after it.
+        """
 
     @_abc_1.abstractmethod
     def EarmarkForSettlement(

@@ -634,8 +634,18 @@ class ProvideUnitBlocksRequest(_message.Message):
 
     ACCOUNT_IDENTIFIER_FIELD_NUMBER: _builtins.int
     OVERLAPPING_FIELD_NUMBER: _builtins.int
+    MAX_BLOCKS_FIELD_NUMBER: _builtins.int
+    CONTINUATION_TOKEN_FIELD_NUMBER: _builtins.int
     account_identifier: _builtins.str
     """Filters; both empty: every block held."""
+    max_blocks: _builtins.int
+    """Blocks per response at most; 0 or above the registry's maximum gets the maximum,
+    negative is refused (INVALID_ARGUMENT).
+    """
+    continuation_token: _builtins.str
+    """Empty for the first response; else the previous response's continuation_token, with
+    the same filters (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def overlapping(self) -> Global___UnitBlockIdentifier: ...
     def __init__(
@@ -643,10 +653,12 @@ class ProvideUnitBlocksRequest(_message.Message):
         *,
         account_identifier: _builtins.str = ...,
         overlapping: Global___UnitBlockIdentifier | None = ...,
+        max_blocks: _builtins.int = ...,
+        continuation_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlapping", b"overlapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_identifier", b"account_identifier", "overlapping", b"overlapping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_identifier", b"account_identifier", "continuation_token", b"continuation_token", "max_blocks", b"max_blocks", "overlapping", b"overlapping"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,19 +666,28 @@ Global___ProvideUnitBlocksRequest: _TypeAlias = ProvideUnitBlocksRequest  # noqa
 
 @_typing.final
 class ProvideUnitBlocksResponse(_message.Message):
+    """A continuation token stands for the last block provided: the next response continues
+    after it, so a block held all along is provided exactly once whatever proposals are
+    applied meanwhile; one changed meanwhile may be seen before or after, or in part.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOCKS_FIELD_NUMBER: _builtins.int
+    CONTINUATION_TOKEN_FIELD_NUMBER: _builtins.int
+    continuation_token: _builtins.str
+    """Empty when every block was provided."""
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldUnitBlock]: ...
     def __init__(
         self,
         *,
         blocks: _abc.Iterable[Global___HeldUnitBlock] | None = ...,
+        continuation_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "continuation_token", b"continuation_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

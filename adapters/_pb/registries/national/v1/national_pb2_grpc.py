@@ -94,7 +94,9 @@ class NationalRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProvideUnitBlocks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Held unit blocks, in (originating registry code, series, start) order, max_blocks at
+        a time: a response with a continuation_token is followed by more blocks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -52,6 +52,9 @@ class NationalRegistryStub:
     GetTransactionStatus: _grpc.UnaryUnaryMultiCallable[_national_pb2.TransactionStatusRequest, _national_pb2.TransactionStatusResponse]
     ProvideTotals: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProvideTotalsRequest, _national_pb2.ProvideTotalsResponse]
     ProvideUnitBlocks: _grpc.UnaryUnaryMultiCallable[_national_pb2.ProvideUnitBlocksRequest, _national_pb2.ProvideUnitBlocksResponse]
+    """Held unit blocks, in (originating registry code, series, start) order, max_blocks at
+    a time: a response with a continuation_token is followed by more blocks.
+    """
 
 @_typing.type_check_only
 class NationalRegistryAsyncStub(NationalRegistryStub):
@@ -67,6 +70,9 @@ class NationalRegistryAsyncStub(NationalRegistryStub):
     GetTransactionStatus: _aio.UnaryUnaryMultiCallable[_national_pb2.TransactionStatusRequest, _national_pb2.TransactionStatusResponse]  # type: ignore[assignment]
     ProvideTotals: _aio.UnaryUnaryMultiCallable[_national_pb2.ProvideTotalsRequest, _national_pb2.ProvideTotalsResponse]  # type: ignore[assignment]
     ProvideUnitBlocks: _aio.UnaryUnaryMultiCallable[_national_pb2.ProvideUnitBlocksRequest, _national_pb2.ProvideUnitBlocksResponse]  # type: ignore[assignment]
+    """Held unit blocks, in (originating registry code, series, start) order, max_blocks at
+    a time: a response with a continuation_token is followed by more blocks.
+    """
 
 class NationalRegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -108,6 +114,9 @@ class NationalRegistryServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _national_pb2.ProvideUnitBlocksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_national_pb2.ProvideUnitBlocksResponse, _abc.Awaitable[_national_pb2.ProvideUnitBlocksResponse]]: ...
+    ) -> _typing.Union[_national_pb2.ProvideUnitBlocksResponse, _abc.Awaitable[_national_pb2.ProvideUnitBlocksResponse]]:
+        """Held unit blocks, in (originating registry code, series, start) order, max_blocks at
+        a time: a response with a continuation_token is followed by more blocks.
+        """
 
 def add_NationalRegistryServicer_to_server(servicer: NationalRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -354,19 +354,28 @@ Global___Lot: _TypeAlias = Lot  # noqa: Y015
 
 @_typing.final
 class LotList(_message.Message):
+    """The key of a lot is its product and first number: an answer continues after a key, so a
+    lot held all along is answered exactly once whatever is registered or settled meanwhile;
+    one changed meanwhile may be seen before or after its change, or (split) in part.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOTS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_KEY_FIELD_NUMBER: _builtins.int
+    next_after_key: _builtins.str
+    """The after_key of the next answer; empty when this answer ends the query."""
     @_builtins.property
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]: ...
     def __init__(
         self,
         *,
         lots: _abc.Iterable[Global___Lot] | None = ...,
+        next_after_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lots", b"lots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lots", b"lots", "next_after_key", b"next_after_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,8 +413,18 @@ class QueryLotsRequest(_message.Message):
 
     ACCOUNT_NO_FIELD_NUMBER: _builtins.int
     OVERLAPPING_FIELD_NUMBER: _builtins.int
+    MAX_LOTS_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
     account_no: _builtins.str
     """Both empty: every lot held."""
+    max_lots: _builtins.int
+    """Lots per answer at most; 0 or above the registry's maximum gets the maximum, negative
+    is refused (INVALID_ARGUMENT).
+    """
+    after_key: _builtins.str
+    """Empty for the first answer; else the next_after_key of the one before, with the same
+    account_no and overlapping (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def overlapping(self) -> Global___NumberRange: ...
     def __init__(
@@ -413,10 +432,12 @@ class QueryLotsRequest(_message.Message):
         *,
         account_no: _builtins.str = ...,
         overlapping: Global___NumberRange | None = ...,
+        max_lots: _builtins.int = ...,
+        after_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlapping", b"overlapping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_no", b"account_no", "overlapping", b"overlapping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_no", b"account_no", "after_key", b"after_key", "max_lots", b"max_lots", "overlapping", b"overlapping"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

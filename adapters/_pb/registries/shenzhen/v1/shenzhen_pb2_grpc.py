@@ -107,7 +107,8 @@ class ShenzhenRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryLots(self, request, context):
-        """查询: lots of one account, or overlapping one number range, whatever their state.
+        """查询: lots of one account, or overlapping one number range, whatever their state, at
+        most max_lots at a time, each answer continuing after the lot named by after_key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,9 @@ class ShenzhenRegistryStub:
     Register: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.RegisterRequest, _shenzhen_pb2.Lot]
     """登记: register units into an account (allocation, issuance, import, seeding)."""
     QueryLots: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.QueryLotsRequest, _shenzhen_pb2.LotList]
-    """查询: lots of one account, or overlapping one number range, whatever their state."""
+    """查询: lots of one account, or overlapping one number range, whatever their state, at
+    most max_lots at a time, each answer continuing after the lot named by after_key.
+    """
     Freeze: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.FreezeRequest, _shenzhen_pb2.Lot]
     """冻结: freeze units against a transfer order until frozen_until."""
     Unfreeze: _grpc.UnaryUnaryMultiCallable[_shenzhen_pb2.UnfreezeRequest, _shenzhen_pb2.Lot]
@@ -80,7 +82,9 @@ class ShenzhenRegistryAsyncStub(ShenzhenRegistryStub):
     Register: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.RegisterRequest, _shenzhen_pb2.Lot]  # type: ignore[assignment]
     """登记: register units into an account (allocation, issuance, import, seeding)."""
     QueryLots: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.QueryLotsRequest, _shenzhen_pb2.LotList]  # type: ignore[assignment]
-    """查询: lots of one account, or overlapping one number range, whatever their state."""
+    """查询: lots of one account, or overlapping one number range, whatever their state, at
+    most max_lots at a time, each answer continuing after the lot named by after_key.
+    """
     Freeze: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.FreezeRequest, _shenzhen_pb2.Lot]  # type: ignore[assignment]
     """冻结: freeze units against a transfer order until frozen_until."""
     Unfreeze: _aio.UnaryUnaryMultiCallable[_shenzhen_pb2.UnfreezeRequest, _shenzhen_pb2.Lot]  # type: ignore[assignment]
@@ -121,7 +125,9 @@ class ShenzhenRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _shenzhen_pb2.QueryLotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_shenzhen_pb2.LotList, _abc.Awaitable[_shenzhen_pb2.LotList]]:
-        """查询: lots of one account, or overlapping one number range, whatever their state."""
+        """查询: lots of one account, or overlapping one number range, whatever their state, at
+        most max_lots at a time, each answer continuing after the lot named by after_key.
+        """
 
     @_abc_1.abstractmethod
     def Freeze(

@@ -489,20 +489,62 @@ class ListAccountHoldingsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Empty: every account."""
+    page_size: _builtins.int
+    """Holdings per page at most; 0 asks for the registry's own maximum, and more than it
+    gets that maximum. Negative is refused (INVALID_ARGUMENT).
+    """
+    page_token: _builtins.str
+    """Empty for the first page; else the next_page_token of the page before, with the same
+    account_id (another value, or a token the registry never gave, is INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccountHoldingsRequest: _TypeAlias = ListAccountHoldingsRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountHoldingsResponse(_message.Message):
+    """Pages follow each other by position, not by count: a page resumes after the last
+    holding of the page before, so a holding present all along is listed exactly once even
+    while others are added or removed; one changed between pages may be seen as it was, as
+    it is, or (split or merged) in part.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The page after this one; empty after the last page."""
+    @_builtins.property
+    def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___VcuHolding]: ...
+    def __init__(
+        self,
+        *,
+        holdings: _abc.Iterable[Global___VcuHolding] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountHoldingsResponse: _TypeAlias = ListAccountHoldingsResponse  # noqa: Y015
 
 @_typing.final
 class GetRegistryTotalsRequest(_message.Message):

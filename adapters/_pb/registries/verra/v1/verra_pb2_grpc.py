@@ -77,7 +77,7 @@ class VerraRegistryStub:
         self.ListAccountHoldings = channel.unary_unary(
                 '/registries.verra.v1.VerraRegistry/ListAccountHoldings',
                 request_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.SerializeToString,
-                response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.FromString,
+                response_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsResponse.FromString,
                 _registered_method=True)
         self.ImmobilizeBatch = channel.unary_unary(
                 '/registries.verra.v1.VerraRegistry/ImmobilizeBatch',
@@ -159,7 +159,9 @@ class VerraRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountHoldings(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Holdings of one account, or of all, transferred-out ones left out, a page at a time
+        (Google AIP-158), in the order of their first block number.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -240,7 +242,7 @@ def add_VerraRegistryServicer_to_server(servicer, server):
             'ListAccountHoldings': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccountHoldings,
                     request_deserializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.FromString,
-                    response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.SerializeToString,
+                    response_serializer=registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsResponse.SerializeToString,
             ),
             'ImmobilizeBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ImmobilizeBatch,
@@ -505,7 +507,7 @@ class VerraRegistry:
             target,
             '/registries.verra.v1.VerraRegistry/ListAccountHoldings',
             registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsRequest.SerializeToString,
-            registries_dot_verra_dot_v1_dot_verra__pb2.VcuHoldingList.FromString,
+            registries_dot_verra_dot_v1_dot_verra__pb2.ListAccountHoldingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,7 +52,10 @@ class VerraRegistryStub:
     """Immobilized VCUs restored to an account once their related instrument is gone."""
     Retire: _grpc.UnaryUnaryMultiCallable[_verra_pb2.RetireRequest, _verra_pb2.VcuHolding]
     Cancel: _grpc.UnaryUnaryMultiCallable[_verra_pb2.CancelRequest, _verra_pb2.VcuHolding]
-    ListAccountHoldings: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.VcuHoldingList]
+    ListAccountHoldings: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.ListAccountHoldingsResponse]
+    """Holdings of one account, or of all, transferred-out ones left out, a page at a time
+    (Google AIP-158), in the order of their first block number.
+    """
     ImmobilizeBatch: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeBatchRequest, _verra_pb2.VcuBatchResponse]
     """Batches of the three settlement steps, so a settlement batch costs one call per step.
     Each item is applied on its own, exactly as its single call would be (same rules, same
@@ -82,7 +85,10 @@ class VerraRegistryAsyncStub(VerraRegistryStub):
     """Immobilized VCUs restored to an account once their related instrument is gone."""
     Retire: _aio.UnaryUnaryMultiCallable[_verra_pb2.RetireRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_verra_pb2.CancelRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
-    ListAccountHoldings: _aio.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.VcuHoldingList]  # type: ignore[assignment]
+    ListAccountHoldings: _aio.UnaryUnaryMultiCallable[_verra_pb2.ListAccountHoldingsRequest, _verra_pb2.ListAccountHoldingsResponse]  # type: ignore[assignment]
+    """Holdings of one account, or of all, transferred-out ones left out, a page at a time
+    (Google AIP-158), in the order of their first block number.
+    """
     ImmobilizeBatch: _aio.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeBatchRequest, _verra_pb2.VcuBatchResponse]  # type: ignore[assignment]
     """Batches of the three settlement steps, so a settlement batch costs one call per step.
     Each item is applied on its own, exactly as its single call would be (same rules, same
@@ -163,7 +169,10 @@ class VerraRegistryServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _verra_pb2.ListAccountHoldingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_verra_pb2.VcuHoldingList, _abc.Awaitable[_verra_pb2.VcuHoldingList]]: ...
+    ) -> _typing.Union[_verra_pb2.ListAccountHoldingsResponse, _abc.Awaitable[_verra_pb2.ListAccountHoldingsResponse]]:
+        """Holdings of one account, or of all, transferred-out ones left out, a page at a time
+        (Google AIP-158), in the order of their first block number.
+        """
 
     @_abc_1.abstractmethod
     def ImmobilizeBatch(

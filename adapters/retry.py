@@ -3,6 +3,13 @@
 Only :class:`RegistryUnavailable` is retried: a registry that answered (even with a
 refusal) has spoken, and every mutating call carries an operation id, so repeating it
 after a lost reply returns the first result instead of applying it twice.
+
+A paged holdings listing is retried a page at a time: the page that failed is asked
+again with its token, and the pages already read are kept.  Starting over would read
+them again, and a listing of many pages would then need every page of one pass to
+succeed in a row, which a registry failing now and then may never grant.  The token
+names the last holding read, not a count of rows, so a page asked again later resumes
+where the listing stood (``adapters.emulator_core.paging``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from adapters.client_core import PagedListing, read_pages
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.port import (
     BlockStatusRequest,
@@ -153,8 +161,14 @@ class RetryingRegistry:
         return self._call(lambda: self._inner.cancel(request))
 
     def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """See :meth:`RegistryPort.list_holdings`."""
-        return self._call(lambda: self._inner.list_holdings(request))
+        """See :meth:`RegistryPort.list_holdings`; a paged listing is retried per page."""
+        inner = self._inner
+        if not isinstance(inner, PagedListing):
+            return self._call(lambda: inner.list_holdings(request))
+        return read_pages(
+            inner.registry_id,
+            lambda page: self._call(lambda: inner.list_holdings_page(request, page)),
+        )
 
     def totals(self) -> Sequence[ProgramTotal]:
         """See :meth:`RegistryPort.totals`."""

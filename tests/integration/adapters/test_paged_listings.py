@@ -3,8 +3,9 @@
 Each registry names its paging in its own words (``LISTINGS``).  Every one caps its pages,
 refuses a negative size or a token it did not give (naming the field), and resumes a page
 after the last holding of the page before, so holdings present throughout a listing are
-listed exactly once however others come and go; each adapter reads every page.  The
-emulators here cap a page at four holdings, so ten holdings take three pages.
+listed exactly once however others come and go; each adapter reads every page, and
+retries a page that fails in transit without reading the others again.  The emulators
+here cap a page at four holdings, so ten holdings take three pages.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from adapters._pb.registries.national.v1 import national_pb2, national_pb2_grpc
 from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2, shenzhen_pb2_grpc
 from adapters._pb.registries.verra.v1 import verra_pb2, verra_pb2_grpc
 from adapters.client_core import PagedListing, rejection_code
+from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from adapters.retry import RetryingRegistry
-from registry_bridge.errors import RegistryRejected
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.port import (
     BlockStatusRequest,
     IssueRequest,
@@ -313,3 +315,38 @@ def test_holdings_present_throughout_are_listed_once_while_others_come_and_go(
     # The rest is in order, has what arrived ahead and nothing of what left ahead.
     assert starts(rest) == [STARTS[4], STARTS[5], STARTS[7], STARTS[8], ahead, STARTS[9]]
     assert behind not in listed
+
+
+def _refusing_the_second_page(registry_id: str, calls: int) -> Harness:
+    """An emulator capping pages at ``CAP`` whose listing refuses ``calls`` calls after the
+    first page (UNAVAILABLE), holding ten holdings."""
+    refusal = ScriptedRefusal(LISTINGS[registry_id].method, calls=calls, after=1)
+    h = start_harness(registry_id, faults=FaultConfig(refusals=(refusal,)), page_size_cap=CAP)
+    seed(h)
+    return h
+
+
+@pytest.mark.parametrize("registry_id", ALL_REGISTRIES)
+def test_a_page_failing_transiently_is_asked_again_and_the_pages_read_are_kept(
+    registry_id: str,
+) -> None:
+    h = _refusing_the_second_page(registry_id, calls=2)
+    try:
+        assert starts(h.adapter.list_holdings(ListHoldingsRequest())) == STARTS
+        # Three pages and the second page's two refused calls: the first page was not
+        # read again.
+        assert listing_calls(h) == 3 + 2
+    finally:
+        h.running.stop(grace=None)
+
+
+@pytest.mark.parametrize("registry_id", ALL_REGISTRIES)
+def test_a_page_failing_on_every_attempt_fails_the_listing(registry_id: str) -> None:
+    h = _refusing_the_second_page(registry_id, calls=1_000)
+    try:
+        with pytest.raises(RegistryUnavailable, match="injected fault: scripted UNAVAILABLE"):
+            h.adapter.list_holdings(ListHoldingsRequest())
+        assert isinstance(h.adapter, RetryingRegistry)
+        assert listing_calls(h) == 1 + h.adapter.policy.attempts
+    finally:
+        h.running.stop(grace=None)

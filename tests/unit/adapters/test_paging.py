@@ -1,5 +1,5 @@
-"""Paged listings without a network: the emulators' pages (``serve_page`` on a store) and
-the clients' loop over them (``read_pages``)."""
+"""Paged listings without a network: the emulators' pages (``serve_page`` on a store), the
+clients' loop over them (``read_pages``), and the retries of a page that fails."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
-from adapters.client_core import HoldingsPage, read_pages
+from adapters.client_core import HoldingsPage, list_all_holdings, read_pages
 from adapters.emulator_core import (
     PAGE_BYTES_CAP,
     CreditMode,
@@ -19,9 +19,10 @@ from adapters.emulator_core import (
     StoredHolding,
     serve_page,
 )
-from registry_bridge.errors import RegistryRejected
+from adapters.retry import RetryingRegistry, RetryPolicy
+from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
-from registry_bridge.port import RegistryHolding
+from registry_bridge.port import ListHoldingsRequest, RegistryHolding, RegistryPort
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -166,3 +167,49 @@ def test_a_registry_answering_a_token_twice_is_refused_instead_of_read_for_ever(
     with pytest.raises(RegistryRejected, match="answered the page token 't1' twice") as refused:
         read_pages("reg", pages.__getitem__)
     assert refused.value.code == "PAGE_TOKEN_REPEATED"
+
+
+class FlakyPages:
+    """A paged client whose pages fail in transit as scripted, recording what is asked."""
+
+    registry_id = "reg"
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        self.failures = dict(failures)
+        self.asked: list[str] = []
+        self.pages = {
+            "": HoldingsPage((holding(1),), "t1"),
+            "t1": HoldingsPage((holding(2),), "t2"),
+            "t2": HoldingsPage((holding(3),), ""),
+        }
+
+    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+        self.asked.append(page)
+        if self.failures.get(page, 0):
+            self.failures[page] -= 1
+            raise RegistryUnavailable("reg", "lost")
+        return self.pages[page]
+
+    def list_holdings(self, request: ListHoldingsRequest) -> tuple[RegistryHolding, ...]:
+        return list_all_holdings(self, request)
+
+
+QUICK = RetryPolicy(attempts=3, initial_wait_s=0.0, max_wait_s=0.0, jitter_s=0.0)
+
+
+def test_a_retried_listing_asks_again_for_the_page_that_failed_only() -> None:
+    client = FlakyPages({"t1": 2})
+    port: RegistryPort = RetryingRegistry(client, QUICK)  # type: ignore[arg-type]
+    # NOTE(registry-adapters): the fake has only the listing of the port's operations.
+    listed = port.list_holdings(ListHoldingsRequest())
+    assert [h.block.id.serial_start for h in listed] == [1, 2, 3]
+    assert client.asked == ["", "t1", "t1", "t1", "t2"]
+
+
+def test_a_page_failing_past_the_policys_attempts_fails_the_listing() -> None:
+    client = FlakyPages({"t2": 3})
+    port: RegistryPort = RetryingRegistry(client, QUICK)  # type: ignore[arg-type]
+    # NOTE(registry-adapters): as above.
+    with pytest.raises(RegistryUnavailable):
+        port.list_holdings(ListHoldingsRequest())
+    assert client.asked == ["", "t1", "t2", "t2", "t2"]

@@ -136,11 +136,15 @@ def entry(registry_id: str) -> RegistryEntry:
         raise NotFound(f"registry {registry_id}") from exc
 
 
-MAX_REPLY_BYTES = 64 * 1024 * 1024
-"""Largest registry reply an adapter accepts.  The native holdings listings answer in one
-message (none pages), and gRPC refuses a reply over 4 MiB by default: about 30,000 Verra
-holdings, the size of a registry reconciliation and the registry import must read whole.
-64 MiB holds roughly half a million holdings and still bounds what one reply may cost."""
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""Largest registry reply an adapter accepts: gRPC's default, stated where the channels
+are made.  Every reply is bounded well below it: a holdings listing comes a page per
+call, each asking for ``LISTING_PAGE_SIZE`` (500) holdings of a few hundred bytes (and
+capped by the emulators at 1 MiB); a batch reply answers a request kept to 512 KiB
+(``BATCH_MAX_REQUEST_BYTES``); totals are a few rows; Verra's and Gold Standard's
+lookups of one block, which do not page, answer its pieces (some 30,000 would be needed).
+A registry answering more anyway is refused (``RESOURCE_EXHAUSTED``, a rejection) rather
+than let cost the gateway what it sent."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),

@@ -1,8 +1,8 @@
-"""A registry's reply larger than gRPC's default 4 MiB cap reaches its adapter whole.
+"""A holdings listing larger than gRPC's default 4 MiB reply cap reaches its adapter whole,
+a page per call, over a channel that accepts no larger reply than the default.
 
-The native holdings listings answer in one message; reconciliation and the registry
-import read them whole, and a registry of some 30,000 holdings already answers more than
-4 MiB.
+Reconciliation and the registry import read a registry's listing whole, and a registry of
+some 30,000 holdings already weighs more than 4 MiB; each page weighs a fraction of it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
-from adapters.emulator_core import RunningEmulator, start_emulator
-from adapters.registry import MAX_REPLY_BYTES, REGISTRIES, build_adapter
+from adapters._pb.registries.verra.v1 import verra_pb2, verra_pb2_grpc
+from adapters.emulator_core import PAGE_BYTES_CAP, PAGE_SIZE_CAP, RunningEmulator, start_emulator
+from adapters.registry import CHANNEL_OPTIONS, MAX_REPLY_BYTES, REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from registry_bridge.model import BlockId
 from registry_bridge.port import ListHoldingsRequest
@@ -41,12 +43,30 @@ def crowded_verra() -> Iterator[RunningEmulator]:
         running.stop(grace=None)
 
 
-def test_a_listing_larger_than_the_default_cap_is_read_whole(
+def test_a_listing_larger_than_the_default_cap_is_read_whole_in_pages(
     crowded_verra: RunningEmulator,
 ) -> None:
     assert HOLDINGS * len(ACCOUNT) > DEFAULT_GRPC_CAP
-    assert MAX_REPLY_BYTES > DEFAULT_GRPC_CAP
+    assert MAX_REPLY_BYTES == DEFAULT_GRPC_CAP
     port = build_adapter("verra", crowded_verra.target)
     listed = port.list_holdings(ListHoldingsRequest())
-    assert len(listed) == HOLDINGS
-    assert {h.block.id.serial_start for h in listed} == {10**9 + 10 * i for i in range(HOLDINGS)}
+    assert [h.block.id.serial_start for h in listed] == [10**9 + 10 * i for i in range(HOLDINGS)]
+    assert crowded_verra.calls.snapshot()["ListAccountHoldings"] > 1
+
+
+def test_a_page_of_the_registrys_largest_size_stays_under_its_byte_cap(
+    crowded_verra: RunningEmulator,
+) -> None:
+    # A thousand holdings of a kilobyte would weigh about 1 MiB and more: the page stops
+    # at the byte cap, before the row cap.
+    channel = grpc.insecure_channel(crowded_verra.target, options=CHANNEL_OPTIONS)
+    try:
+        stub = verra_pb2_grpc.VerraRegistryStub(channel)
+        page = stub.ListAccountHoldings(
+            verra_pb2.ListAccountHoldingsRequest(page_size=PAGE_SIZE_CAP), timeout=10
+        )
+    finally:
+        channel.close()
+    assert 0 < len(page.holdings) < PAGE_SIZE_CAP
+    assert page.next_page_token
+    assert sum(h.ByteSize() for h in page.holdings) <= PAGE_BYTES_CAP < MAX_REPLY_BYTES

@@ -242,7 +242,9 @@ READ_ONLY = "carbonlink_read_only"
 
 @contextmanager
 def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A read-only transaction, always rolled back.
+    """A read-only session: on SQLite a deferred transaction (one snapshot), always rolled
+    back; on PostgreSQL no transaction at all (autocommit), each statement reading its own
+    snapshot as it would under READ COMMITTED inside one.
 
     For lookups made while the calling thread already holds a write transaction (the rules
     gate reads entity records inside the bridge's surrender transaction): on SQLite a
@@ -250,7 +252,13 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
     times out, so readers begin deferred instead.
     """
     with factory() as session:
-        session.connection(execution_options={READ_ONLY: True})
+        options: dict[str, Any] = {READ_ONLY: True}
+        if session.get_bind().dialect.name == "postgresql":
+            # Under READ COMMITTED each statement reads a snapshot of its own, inside a
+            # transaction or not: for a reader, the transaction only adds the round trips
+            # of its BEGIN and ROLLBACK (two of a one-statement read's three).
+            options["isolation_level"] = "AUTOCOMMIT"
+        session.connection(execution_options=options)
         try:
             yield session
         finally:

@@ -203,3 +203,23 @@ def test_a_sqlite_commit_is_on_disk_before_it_returns(
             for pragma in ("journal_mode", "synchronous")
         }
     assert settings == {"journal_mode": "wal", "synchronous": 2}  # 2 is FULL
+
+
+def test_a_postgresql_read_opens_no_transaction_and_leaves_writes_in_one(
+    postgres_sessions: sessionmaker[Session],
+) -> None:
+    """Under READ COMMITTED a reader's transaction only cost its BEGIN and ROLLBACK round
+    trips: a read runs without one, and the pooled connection then serves writes in one."""
+    with db.read_only(postgres_sessions) as session:
+        connection = session.connection()
+        connection.execute(sa.select(EventBlock.event_idx)).all()
+        reader = connection.connection.driver_connection
+        assert isinstance(reader, psycopg.Connection)
+        assert reader.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+    with pytest.raises(RuntimeError), db.unit_of_work(postgres_sessions) as session:
+        session.execute(sa.insert(EventBlock), [_row(1)])
+        writer = session.connection().connection.driver_connection
+        assert writer is reader  # the same pooled connection, back in transactions
+        assert writer.info.transaction_status is psycopg.pq.TransactionStatus.INTRANS
+        raise RuntimeError("roll it back")
+    assert _written(postgres_sessions) == []

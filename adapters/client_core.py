@@ -265,10 +265,11 @@ class PagedListing(Protocol):
         ...
 
 
-def read_pages(
+def iter_pages(
     registry_id: str, fetch: Callable[[str], HoldingsPage]
-) -> tuple[RegistryHolding, ...]:
-    """Every page of a native listing, in order, from the first to the one without a next.
+) -> Iterator[tuple[RegistryHolding, ...]]:
+    """Every page's holdings of a native listing, in order, each asked for only when the
+    one before has been taken, from the first page to the one without a next.
 
     Pages resume after the last holding of the page before (see
     ``adapters.emulator_core.paging`` for what that guarantees while the registry
@@ -278,19 +279,15 @@ def read_pages(
         registry_id: The registry, named in the error.
         fetch: One page by its token ('' for the first).
 
-    Returns:
-        The holdings of every page, in the order the registry listed them.
-
     Raises:
         RegistryUnavailable: ``fetch`` failed in transit.
         RegistryRejected: ``fetch`` was refused, or ``PAGE_TOKEN_REPEATED``: the
             registry answered a token it had answered before, which would list the same
             pages for ever.
     """
-    holdings: list[RegistryHolding] = []
     answered: set[str] = set()
     page = fetch("")
-    holdings.extend(page.holdings)
+    yield page.holdings
     while page.next_page:
         if page.next_page in answered:
             raise RegistryRejected(
@@ -300,8 +297,19 @@ def read_pages(
             )
         answered.add(page.next_page)
         page = fetch(page.next_page)
-        holdings.extend(page.holdings)
-    return tuple(holdings)
+        yield page.holdings
+
+
+def read_pages(
+    registry_id: str, fetch: Callable[[str], HoldingsPage]
+) -> tuple[RegistryHolding, ...]:
+    """Every page of a native listing (:func:`iter_pages`), its holdings in order.
+
+    Raises:
+        RegistryUnavailable: ``fetch`` failed in transit.
+        RegistryRejected: ``fetch`` was refused, or a page token came twice.
+    """
+    return tuple(h for page in iter_pages(registry_id, fetch) for h in page)
 
 
 def list_all_holdings(

@@ -27,7 +27,8 @@ A registry that cannot be read (unreachable or failing after the adapter's retri
 refusing the read) is named in the report with the error, and nothing is said of whether
 it agrees; the registries that answer are reconciled all the same.
 
-A reconciliation whose caller is gone stops between two registry reads, or two phases,
+A reconciliation whose caller is gone stops between two registry reads (two pages of a
+listing included), or two phases,
 with :class:`~registry_bridge.errors.Abandoned`: it changes nothing, so stopping anywhere
 leaves nothing half done.
 """
@@ -50,7 +51,13 @@ from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_accoun
 from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
-from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding, RegistryPort
+from registry_bridge.port import (
+    ListHoldingsRequest,
+    PagedHoldings,
+    ProgramTotal,
+    RegistryHolding,
+    RegistryPort,
+)
 from registry_bridge.schema import EventBlock, LedgerEvent
 
 TOTALS = "totals"
@@ -340,6 +347,25 @@ def _go_on(still_wanted: Callable[[], bool], before: str) -> None:
         raise Abandoned(f"reconciliation stopped before {before}: its caller is gone")
 
 
+def _holdings(
+    registry_id: str, port: RegistryPort, still_wanted: Callable[[], bool]
+) -> list[RegistryHolding]:
+    """Every holding ``port`` lists, asking before each page whether the caller is there.
+
+    Raises:
+        Abandoned: ``still_wanted`` answered false.
+    """
+    _go_on(still_wanted, f"reading {registry_id}'s holdings")
+    if not isinstance(port, PagedHoldings):
+        return list(port.list_holdings(ListHoldingsRequest()))
+    holdings: list[RegistryHolding] = []
+    for page in port.holdings_pages(ListHoldingsRequest()):
+        holdings.extend(page)
+        # A long listing is many pages: a caller gone stops it at the next one.
+        _go_on(still_wanted, f"reading {registry_id}'s next page of holdings")
+    return holdings
+
+
 def reconcile(
     session: Session,
     ports: Mapping[str, RegistryPort],
@@ -377,8 +403,7 @@ def reconcile(
         try:
             _go_on(still_wanted, f"reading {registry_id}'s totals")
             registry_totals = port.totals()
-            _go_on(still_wanted, f"reading {registry_id}'s holdings")
-            holdings = port.list_holdings(ListHoldingsRequest())
+            holdings = _holdings(registry_id, port, still_wanted)
         except (RegistryUnavailable, RegistryRejected) as exc:
             # One registry down must not hide what the others say; its totals, if read,
             # are left out too, so nothing is claimed of it from half its answers.

@@ -12,15 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy.orm import Session
 
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from adapters.emulator_core import UnitState
+from adapters.serials import parse_serial
+from adapters.verra import client as verra_client
+from gateway import servicer
 from registry_bridge.model import Program
+from registry_bridge.port import IssueRequest, RegistryPort
+from registry_bridge.reconcile import ReconcileReport, reconcile
 from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway, logged_events
 
 
@@ -44,6 +50,33 @@ def _server_stops(gateway: LiveGateway, reply: grpc.Future) -> None:
     assert not stopping.is_alive()
 
 
+@pytest.fixture
+def still_wanted(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], bool]]:
+    """Each reconciliation's ``still_wanted``, as the servicer passes it."""
+    seen: list[Callable[[], bool]] = []
+
+    def recording(
+        session: Session,
+        ports: Mapping[str, RegistryPort],
+        registries: Iterable[str],
+        still_wanted: Callable[[], bool],
+    ) -> ReconcileReport:
+        seen.append(still_wanted)
+        return reconcile(session, ports, registries, still_wanted)
+
+    monkeypatch.setattr(servicer, "reconcile", recording)
+    return seen
+
+
+def _until_the_server_knows(still_wanted: list[Callable[[], bool]]) -> None:
+    """Wait until the server sees the caller gone: a cancellation reaches it over the wire
+    after the client has it, and a registry answering before that would be read on."""
+    waited = time.monotonic() + 15
+    while still_wanted[0]():
+        assert time.monotonic() < waited, "the server never saw the caller gone"
+        time.sleep(0.01)
+
+
 def _stopped(logs: Sequence[MutableMapping[str, Any]]) -> bool:
     return any(e["event"] == "rpc_failed" and e.get("code") == "CANCELLED" for e in logs)
 
@@ -57,6 +90,7 @@ def test_a_reconciliation_whose_caller_is_gone_makes_no_further_registry_call(
     live_gateway: LiveGateway,
     registries: LinkedRegistries,
     monkeypatch: pytest.MonkeyPatch,
+    still_wanted: list[Callable[[], bool]],
     gone: Callable[[LiveGateway, grpc.Future], None],
     deadline_seconds: float,
 ) -> None:
@@ -79,6 +113,7 @@ def test_a_reconciliation_whose_caller_is_gone_makes_no_further_registry_call(
         try:
             assert asked.wait(timeout=30)
             gone(live_gateway, reply)
+            _until_the_server_knows(still_wanted)
         finally:
             answer.set()
         waited = time.monotonic() + 15
@@ -95,3 +130,45 @@ def test_a_reconciliation_whose_caller_is_gone_makes_no_further_registry_call(
         "hkmo": Counter(),
         "shenzhen": Counter(),
     }
+
+
+SECOND_SERIAL = "9660-300000001-300000010-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+
+
+def test_a_reconciliation_whose_caller_is_gone_stops_between_two_pages_of_a_listing(
+    live_gateway: LiveGateway,
+    registries: LinkedRegistries,
+    monkeypatch: pytest.MonkeyPatch,
+    still_wanted: list[Callable[[], bool]],
+) -> None:
+    """A registry's holdings may take many pages: the reconciliation asks before each."""
+    monkeypatch.setattr(verra_client, "LISTING_PAGE_SIZE", 1)  # a page per holding
+    second = parse_serial("verra", SECOND_SERIAL)
+    registries.ports["verra"].issue(IssueRequest("issue-second", "verra-issuer", second))
+    store = registries.emulators["verra"].store
+    asked, answer = threading.Event(), threading.Event()
+    listing_page = store.listing_page
+
+    def held_first_page(*args: Any, **kwargs: Any) -> Any:
+        if not asked.is_set():
+            asked.set()
+            answer.wait(timeout=4)  # within the adapter's own deadline (5 s)
+        return listing_page(*args, **kwargs)
+
+    monkeypatch.setattr(store, "listing_page", held_first_page)
+    before = registries.emulators["verra"].calls.snapshot()
+    with logged_events() as logs:
+        reply = live_gateway.stub.Reconcile.future(gateway_pb2.ReconcileRequest(), timeout=60)
+        try:
+            assert asked.wait(timeout=30)
+            _caller_cancels(live_gateway, reply)
+            _until_the_server_knows(still_wanted)
+        finally:
+            answer.set()
+        waited = time.monotonic() + 15
+        while not _stopped(logs) and time.monotonic() < waited:
+            time.sleep(0.05)
+        assert _stopped(logs), "the reconciliation did not stop"
+    made = registries.emulators["verra"].calls.snapshot() - before
+    del made["Check"]
+    assert made == Counter({"GetRegistryTotals": 1, "ListAccountHoldings": 1})

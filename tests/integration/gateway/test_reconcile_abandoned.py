@@ -81,6 +81,32 @@ def _stopped(logs: Sequence[MutableMapping[str, Any]]) -> bool:
     return any(e["event"] == "rpc_failed" and e.get("code") == "CANCELLED" for e in logs)
 
 
+def _reconcile_until_gone(
+    gateway: LiveGateway,
+    still_wanted: list[Callable[[], bool]],
+    asked: threading.Event,
+    answer: threading.Event,
+    gone: Callable[[LiveGateway, grpc.Future], None],
+    deadline_seconds: float,
+) -> None:
+    """Reconcile; once the registry read held on ``answer`` is ``asked``, let the caller be
+    ``gone``, release the read when the server knows, and see the reconciliation stop."""
+    with logged_events() as logs:
+        reply = gateway.stub.Reconcile.future(
+            gateway_pb2.ReconcileRequest(), timeout=deadline_seconds
+        )
+        try:
+            assert asked.wait(timeout=30)
+            gone(gateway, reply)
+            _until_the_server_knows(still_wanted)
+        finally:
+            answer.set()
+        waited = time.monotonic() + 15
+        while not _stopped(logs) and time.monotonic() < waited:
+            time.sleep(0.05)
+        assert _stopped(logs), "the reconciliation did not stop"
+
+
 @pytest.mark.parametrize(
     ("gone", "deadline_seconds"),
     [(_deadline_passes, 2.0), (_caller_cancels, 60.0), (_server_stops, 60.0)],
@@ -106,20 +132,7 @@ def test_a_reconciliation_whose_caller_is_gone_makes_no_further_registry_call(
 
     monkeypatch.setattr(store, "totals", held_totals)
     before = {r: e.calls.snapshot() for r, e in registries.emulators.items()}
-    with logged_events() as logs:
-        reply = live_gateway.stub.Reconcile.future(
-            gateway_pb2.ReconcileRequest(), timeout=deadline_seconds
-        )
-        try:
-            assert asked.wait(timeout=30)
-            gone(live_gateway, reply)
-            _until_the_server_knows(still_wanted)
-        finally:
-            answer.set()
-        waited = time.monotonic() + 15
-        while not _stopped(logs) and time.monotonic() < waited:
-            time.sleep(0.05)
-        assert _stopped(logs), "the reconciliation did not stop"
+    _reconcile_until_gone(live_gateway, still_wanted, asked, answer, gone, deadline_seconds)
     made = {}
     for registry, emulator in registries.emulators.items():
         since = emulator.calls.snapshot() - before[registry]
@@ -157,18 +170,7 @@ def test_a_reconciliation_whose_caller_is_gone_stops_between_two_pages_of_a_list
 
     monkeypatch.setattr(store, "listing_page", held_first_page)
     before = registries.emulators["verra"].calls.snapshot()
-    with logged_events() as logs:
-        reply = live_gateway.stub.Reconcile.future(gateway_pb2.ReconcileRequest(), timeout=60)
-        try:
-            assert asked.wait(timeout=30)
-            _caller_cancels(live_gateway, reply)
-            _until_the_server_knows(still_wanted)
-        finally:
-            answer.set()
-        waited = time.monotonic() + 15
-        while not _stopped(logs) and time.monotonic() < waited:
-            time.sleep(0.05)
-        assert _stopped(logs), "the reconciliation did not stop"
+    _reconcile_until_gone(live_gateway, still_wanted, asked, answer, _caller_cancels, 60.0)
     made = registries.emulators["verra"].calls.snapshot() - before
     del made["Check"]
     assert made == Counter({"GetRegistryTotals": 1, "ListAccountHoldings": 1})

@@ -20,6 +20,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway.security.layout import TlsLayout
 from registry_bridge.schema import TransferRecord
+from tests.integration.gateway.test_listing_api import LANDFILL
 from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
@@ -30,17 +31,6 @@ SELLER = "hkmo:hk-seller"
 OPERATOR = "exchange_operator"
 MEMBER = "covered_entity"
 """Both move units out of SELLER; each is a caller of its own (its token subject)."""
-
-LANDFILL = model_pb2.Project(
-    program="VCS",
-    project_id="5955",
-    project_type="Waste handling and disposal",
-    methodology="VMR0016",
-    country="BR",
-    start_date="2024-07-20",
-    crediting_period_start="2024-07-20",
-    crediting_period_end="2031-07-19",
-)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -68,6 +69,28 @@ def logged_events() -> Iterator[list[MutableMapping[str, Any]]]:
             yield logs
     finally:
         structlog.configure(**kept)
+
+
+def hold_calls(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str, timeout_s: float
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``target.name`` (say, an emulator store's ``totals``) wait before each call
+    until the returned ``answer`` is set, for at most ``timeout_s``; ``asked`` is set at
+    the first call.
+
+    Returns:
+        ``(asked, answer)``.
+    """
+    asked, answer = threading.Event(), threading.Event()
+    original = getattr(target, name)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        asked.set()
+        answer.wait(timeout=timeout_s)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, held)
+    return asked, answer
 
 
 @contextmanager

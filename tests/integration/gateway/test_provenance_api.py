@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
-from adapters.emulator_core import UnitState
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from gateway.convert import block_id_to_pb
@@ -26,7 +24,12 @@ from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.schema import LedgerEvent, MerkleHead, MerkleNode
 from registry_bridge.signed_note import open_checkpoint, parse_verifier_key
-from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    LiveGateway,
+    hold_calls,
+)
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
@@ -444,16 +447,7 @@ def test_a_reconciliation_waiting_on_a_registry_holds_no_transfer_up(
     """A reconciliation reads the ledger and then asks every registry, which takes long on
     a large ledger: the transfers meanwhile must not wait for it (on SQLite its
     transaction held the one write lock until it ended, and every write queued)."""
-    store = registries.emulators["verra"].store
-    asked, answer = threading.Event(), threading.Event()
-    totals = store.totals
-
-    def slow_totals() -> list[tuple[Program, UnitState, int]]:
-        asked.set()
-        answer.wait(timeout=60)
-        return totals()
-
-    monkeypatch.setattr(store, "totals", slow_totals)
+    asked, answer = hold_calls(monkeypatch, registries.emulators["verra"].store, "totals", 60)
     with futures.ThreadPoolExecutor(max_workers=1) as pool:
         report = pool.submit(
             live_gateway.stub.Reconcile, gateway_pb2.ReconcileRequest(), timeout=90

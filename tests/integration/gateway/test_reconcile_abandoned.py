@@ -20,14 +20,17 @@ import pytest
 from sqlalchemy.orm import Session
 
 from adapters._pb.carbonlink.v1 import gateway_pb2
-from adapters.emulator_core import UnitState
 from adapters.serials import parse_serial
 from adapters.verra import client as verra_client
 from gateway import servicer
-from registry_bridge.model import Program
 from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.reconcile import ReconcileReport, reconcile
-from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway, logged_events
+from tests.integration.gateway.conftest import (
+    LinkedRegistries,
+    LiveGateway,
+    hold_calls,
+    logged_events,
+)
 
 
 def _deadline_passes(gateway: LiveGateway, reply: grpc.Future) -> None:
@@ -120,17 +123,8 @@ def test_a_reconciliation_whose_caller_is_gone_makes_no_further_registry_call(
     gone: Callable[[LiveGateway, grpc.Future], None],
     deadline_seconds: float,
 ) -> None:
-    store = registries.emulators["verra"].store
-    asked, answer = threading.Event(), threading.Event()
-    totals = store.totals
-
-    def held_totals() -> list[tuple[Program, UnitState, int]]:
-        asked.set()
-        # Held within the adapter's own deadline (5 s), which would retry the read.
-        answer.wait(timeout=4)
-        return totals()
-
-    monkeypatch.setattr(store, "totals", held_totals)
+    # Held within the adapter's own deadline (5 s), which would retry the read.
+    asked, answer = hold_calls(monkeypatch, registries.emulators["verra"].store, "totals", 4)
     before = {r: e.calls.snapshot() for r, e in registries.emulators.items()}
     _reconcile_until_gone(live_gateway, still_wanted, asked, answer, gone, deadline_seconds)
     made = {}
@@ -159,16 +153,8 @@ def test_a_reconciliation_whose_caller_is_gone_stops_between_two_pages_of_a_list
     second = parse_serial("verra", SECOND_SERIAL)
     registries.ports["verra"].issue(IssueRequest("issue-second", "verra-issuer", second))
     store = registries.emulators["verra"].store
-    asked, answer = threading.Event(), threading.Event()
-    listing_page = store.listing_page
-
-    def held_first_page(*args: Any, **kwargs: Any) -> Any:
-        if not asked.is_set():
-            asked.set()
-            answer.wait(timeout=4)  # within the adapter's own deadline (5 s)
-        return listing_page(*args, **kwargs)
-
-    monkeypatch.setattr(store, "listing_page", held_first_page)
+    # The first page is held (within the adapter's deadline); the next would not be.
+    asked, answer = hold_calls(monkeypatch, store, "listing_page", 4)
     before = registries.emulators["verra"].calls.snapshot()
     _reconcile_until_gone(live_gateway, still_wanted, asked, answer, _caller_cancels, 60.0)
     made = registries.emulators["verra"].calls.snapshot() - before

@@ -470,7 +470,7 @@ class Migrations:
         """
         self._validate(request)
         with unit_of_work(self._sessions) as session:
-            plan, pilot, checks = self._plan(session, request, own_migration="")
+            plan, pilot, checks = self._plan(session, request)
         # The registry call and the bridge's dry run run outside our transaction: no
         # transaction waits on a registry, and the dry run opens its own (SQLite has one
         # writer, and a second BEGIN IMMEDIATE from this thread would wait on the first).
@@ -493,7 +493,7 @@ class Migrations:
         return version.migration, f"{pack.name}@{version.effective_from.isoformat()}"
 
     def _plan(
-        self, session: Session, request: MigrationRequest, own_migration: str
+        self, session: Session, request: MigrationRequest
     ) -> tuple[
         MigrationPlan, AccountRef | None, list[tuple[LedgerHolding, AccountRef, AccountRef]]
     ]:
@@ -522,15 +522,14 @@ class Migrations:
                 MigrationRecord.from_jurisdiction == request.from_jurisdiction,
             )
         ).scalars():
-            if other.id != own_migration:
-                blocking.append(
-                    _violation(
-                        ALREADY_MIGRATING,
-                        f"{request.entity_id} already has migrations/{other.id} out of "
-                        f"{request.from_jurisdiction} from {other.first_year} ({other.state})",
-                        ("migration", other.id),
-                    )
+            blocking.append(
+                _violation(
+                    ALREADY_MIGRATING,
+                    f"{request.entity_id} already has migrations/{other.id} out of "
+                    f"{request.from_jurisdiction} from {other.first_year} ({other.state})",
+                    ("migration", other.id),
                 )
+            )
 
         final_year = request.first_year - 1
         obligation = self._obligation(session, request, final_year, blocking, warnings)
@@ -570,7 +569,7 @@ class Migrations:
                 )
             )
         else:
-            self._check_pending(session, entity, blocking, own_migration)
+            self._check_pending(session, entity, blocking)
             if rules is not None:
                 dispositions = self._dispositions(
                     session,
@@ -749,7 +748,6 @@ class Migrations:
         session: Session,
         entity: CoveredEntity,
         blocking: list[RuleViolation],
-        own_migration: str,
     ) -> None:
         accounts = set(entity.accounts.items())
         finals = [s.value for s in TransferState if s.is_final]
@@ -760,10 +758,7 @@ class Migrations:
                 (t.source_registry, t.source_account),
                 (t.destination_registry, t.destination_account),
             }
-            # The migration's own transfers are its steps, not something it waits for.
-            if touched & accounts and not (
-                own_migration and t.request_id.startswith(f"{own_migration}:")
-            ):
+            if touched & accounts:
                 blocking.append(
                     _violation(
                         PENDING_OPERATIONS,

@@ -41,16 +41,12 @@ class InFlightCalls(grpc.ServerInterceptor):  # type: ignore[misc]
             handler, handler_call_details.method, self._count_unary, self._count_stream
         )
 
-    def running(self) -> dict[str, int]:
-        """The calls being served now, by full method name."""
-        with self._changed:
-            return dict(+self._running)
-
     def wait_until_idle(self, timeout_seconds: float) -> dict[str, int]:
         """Wait until no call is being served, for at most ``timeout_seconds``.
 
         Returns:
-            The calls still being served when the wait ended (empty when none).
+            The calls, by full method name, still being served when the wait ended (empty
+            when none); with a timeout of 0, those being served now.
         """
         deadline = time.monotonic() + max(timeout_seconds, 0.0)
         with self._changed:

@@ -50,12 +50,12 @@ def test_counts_calls_until_their_handlers_end() -> None:
             assert next(stream) == b"s"  # the stream's handler has started
             # Both handlers wait on ``release``: the wait ends at its timeout, naming them.
             assert calls.wait_until_idle(0.2) == {UNARY: 1, STREAM: 1}
-            assert calls.running() == {UNARY: 1, STREAM: 1}
+            assert calls.wait_until_idle(0) == {UNARY: 1, STREAM: 1}
             release.set()
             assert unary.result() == b"u"
             assert list(stream) == [b"s"]
             assert calls.wait_until_idle(5) == {}
-            assert calls.running() == {}
+            assert calls.wait_until_idle(0) == {}
     finally:
         release.set()
         server.stop(0)
@@ -70,7 +70,7 @@ def test_a_cancelled_stream_stops_counting_when_its_handler_ends() -> None:
             stream = channel.unary_stream(STREAM)(b"s", timeout=10)
             assert next(stream) == b"s"
             stream.cancel()
-            assert calls.running() == {STREAM: 1}  # its handler still waits
+            assert calls.wait_until_idle(0) == {STREAM: 1}  # its handler still waits
             release.set()
             assert calls.wait_until_idle(5) == {}
     finally:

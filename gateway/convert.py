@@ -7,7 +7,7 @@ way in and each domain result into a message on the way out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 
 from google.protobuf import timestamp_pb2
@@ -130,12 +130,25 @@ MAX_TEXT_LENGTH = 2000
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
 _USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timestamp_parts(value: datetime) -> tuple[int, int]:
+    """Seconds and nanoseconds since the epoch (a naive time is taken as UTC).
+
+    Computed here rather than by ``Timestamp.FromDatetime``, which goes through a time
+    tuple and ``calendar.timegm``: a batch reply carries eight times per transfer, and
+    that path was about a fifth of building the reply.
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    return since.days * 86_400 + since.seconds, since.microseconds * 1_000
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    seconds, nanos = _timestamp_parts(value)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 def _text(
@@ -305,17 +318,15 @@ def transfer_to_pb(transfer: Transfer) -> model_pb2.Transfer:
             compliance_year=instruction.compliance_year,
         ),
         state=_TRANSFER_STATE[transfer.state],
-        history=[
-            model_pb2.TransferStep(
-                state=_TRANSFER_STATE[step.state], time=_timestamp(step.at), reason=step.reason
-            )
-            for step in transfer.history
-        ],
         failure_reason=transfer.failure_reason,
         credited_blocks=[unit_block_to_pb(b) for b in transfer.credited_blocks],
         create_time=_timestamp(transfer.created_at),
         update_time=_timestamp(transfer.updated_at),
     )
+    for step in transfer.history:
+        # Filled in place: a step built apart and then passed in is copied.
+        added = message.history.add(state=_TRANSFER_STATE[step.state], reason=step.reason)
+        added.time.seconds, added.time.nanos = _timestamp_parts(step.at)
     if instruction.settlement is not None:
         message.instruction.settlement.CopyFrom(
             model_pb2.Settlement(

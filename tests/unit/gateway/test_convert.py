@@ -1,0 +1,99 @@
+"""Conversions between the API's messages and domain values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from adapters._pb.carbonlink.v1 import model_pb2
+from gateway import convert
+from registry_bridge.errors import InvalidRequest
+from registry_bridge.model import BlockId, Program, UnitBlock
+from registry_bridge.transfers import (
+    AccountRef,
+    Transfer,
+    TransferInstruction,
+    TransferState,
+    TransferStep,
+)
+
+# Before and after the epoch, with and without microseconds, UTC, another offset, naive
+# (taken as UTC, as protobuf's own conversion takes it).
+_TIMES = [
+    datetime(2026, 11, 27, 12, 39, 2, 123456, tzinfo=UTC),
+    datetime(2026, 11, 27, 20, 39, 2, 999999, tzinfo=timezone(timedelta(hours=8))),
+    datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2024, 2, 29, 0, 0, 0, 1),
+]
+
+
+def _protobuf_time(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _transfer(times: list[datetime]) -> Transfer:
+    block = BlockId(Program.VCS, "VCS-1", 1, 10)
+    return Transfer(
+        transfer_id="t-1",
+        request_id="r-1",
+        instruction=TransferInstruction(
+            AccountRef("verra", "seller"), AccountRef("shenzhen", "buyer"), (block,)
+        ),
+        state=TransferState.COMPLETED,
+        decision=None,
+        history=tuple(TransferStep(TransferState.PROPOSED, at) for at in times),
+        failure_reason="",
+        credited_blocks=(),
+        created_at=times[0],
+        updated_at=times[-1],
+    )
+
+
+@pytest.mark.parametrize("at", _TIMES, ids=str)
+def test_a_transfers_times_are_the_instants_protobuf_itself_would_give(at: datetime) -> None:
+    other = datetime(2026, 1, 1, tzinfo=UTC)
+    message = convert.transfer_to_pb(_transfer([at, other]))
+
+    assert message.create_time == _protobuf_time(at)
+    assert message.update_time == _protobuf_time(other)
+    assert [step.time for step in message.history] == [_protobuf_time(at), _protobuf_time(other)]
+    assert message.history[0].state == model_pb2.TRANSFER_STATE_PROPOSED
+
+
+def _instruction(account: str) -> model_pb2.TransferInstruction:
+    return model_pb2.TransferInstruction(
+        source=model_pb2.AccountRef(registry="verra", account=account),
+        destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program="VCS", serial_series="VCS-1", serial_start=1, serial_end=10
+                )
+            )
+        ],
+    )
+
+
+def _no_serials(registry: str, serial: str) -> UnitBlock:
+    raise AssertionError("the instructions here name blocks, not serials")
+
+
+@pytest.mark.parametrize("character", ["\x00", "\t", "\n", "\x1f"])
+def test_an_account_with_a_control_character_is_refused_by_name(character: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        convert.instruction_from_pb(_instruction(f"sel{character}ler"), _no_serials)
+
+    assert "instruction.source.account: contains control characters" in str(raised.value)
+
+
+@pytest.mark.parametrize("account", ["seller", "賣方-01", "s\x7fller", "ﬀ seller"])
+def test_an_account_of_printable_text_is_taken_as_given(account: str) -> None:
+    instruction = convert.instruction_from_pb(_instruction(account), _no_serials)
+
+    assert instruction.source == AccountRef("verra", account)

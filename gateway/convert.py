@@ -6,6 +6,7 @@ way in and each domain result into a message on the way out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -130,6 +131,7 @@ MAX_TEXT_LENGTH = 2000
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
 _USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -163,7 +165,7 @@ def _text(
         problems.append(FieldViolation(path, "is required"))
     elif len(value) > limit:
         problems.append(FieldViolation(path, f"is longer than {limit} characters"))
-    elif any(ord(c) < 32 for c in value):
+    elif _CONTROL_CHARACTER.search(value):
         problems.append(FieldViolation(path, "contains control characters"))
     return value
 

@@ -538,9 +538,16 @@ class CorrespondingAdjustment(_BlockCheck):
 
 
 class GecExclusivity(_BlockCheck):
-    """The same generation may not earn both a GEC and a CCER."""
+    """The same generation may not earn both a GEC and a CCER.
+
+    Units carrying one of ``exempt_labels`` are outside the rule: the GEC notice binds
+    projects registered under the 2023 CCER measures' methodologies, not CCER recorded
+    under the 2012 interim measures.
+    """
 
     def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        if block.labels & _strs(self.spec.params, "exempt_labels"):
+            return _OK
         if block.project.project_type not in _strs(self.spec.params, "project_types"):
             return _OK
         conflicting = {GecStatus(s) for s in _strs(self.spec.params, "conflicting_statuses")}

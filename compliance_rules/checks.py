@@ -559,6 +559,34 @@ class GecExclusivity(_BlockCheck):
         return _OK
 
 
+class VintageWithinPeriod(_BlockCheck):
+    """Units may not be of a year after the compliance period they are surrendered for.
+
+    The period is the pack's compliance cycle holding the obligation's year (the years
+    surrendered together, so a cycle's last year's units count toward its first year), or the
+    year alone where the pack declares no cycle. A block's year is its vintage's last year.
+    Without the obligation's year there is nothing to compare with: fail closed.
+    """
+
+    needs_entity = True
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        year = None if ctx.facts is None else ctx.facts.obligation_year
+        if year is None:
+            return "the compliance year is required to check the units' year (fail closed)", ()
+        cycle = ctx.cycle if ctx.cycle is not None and ctx.cycle.holds(year) else None
+        last = year if cycle is None else cycle.last_year
+        vintage = block.vintage.end.year
+        if vintage <= last:
+            return _OK
+        period = str(year) if cycle is None else f"{cycle.first_year}-{cycle.last_year}"
+        return (
+            f"units of {vintage} are surrendered for {year}, whose compliance period "
+            f"({period}) ends with {last}: a later year's units do not count toward it",
+            (("vintage_year", vintage), ("compliance_year", year), ("period_last_year", last)),
+        )
+
+
 class GasConversion(_BlockCheck):
     """A non-CO2 block may not claim more tCO2e than its gas converts to in the pack's table.
 
@@ -808,6 +836,7 @@ KINDS: dict[str, type[_Check]] = {
     "authorization": AuthorizationRequired,
     "corresponding_adjustment": CorrespondingAdjustment,
     "gec_exclusivity": GecExclusivity,
+    "vintage_within_period": VintageWithinPeriod,
     "gas_conversion": GasConversion,
     "offset_limit": OffsetLimit,
     "local_share": LocalShare,

@@ -167,7 +167,7 @@ def evaluate_transfer(
         deferred = tuple(sorted(s.rule_id for s in specs if s.kind in ENTITY_KINDS))
         specs = [s for s in specs if s.kind not in ENTITY_KINDS]
     rules = [build_rule(s) for s in specs]
-    ctx = Context.for_transfer(facts, clock, version)
+    ctx = Context.for_transfer(facts, clock, version, _cycle(pack, facts))
     violations = []
     if facts.use not in version.uses:
         violations.append(

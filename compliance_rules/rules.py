@@ -14,7 +14,7 @@ from typing import Protocol
 
 from compliance_rules.decision import Violation
 from compliance_rules.facts import Block, Period, Project, TransferFacts, Use
-from compliance_rules.pack import Confidence, PackVersion, Source
+from compliance_rules.pack import ComplianceCycle, Confidence, PackVersion, Source
 
 
 class Scope(enum.Enum):
@@ -48,12 +48,21 @@ class Context:
     destination_country: str
     facts: TransferFacts | None = None
     """``None`` for a listing."""
+    cycle: ComplianceCycle | None = None
+    """The pack's compliance cycle holding the request's compliance year, if it declares one:
+    the years surrendered together, which rules on a unit's year compare against."""
 
     @classmethod
-    def for_transfer(cls, facts: TransferFacts, clock: date, version: PackVersion) -> Context:
+    def for_transfer(
+        cls,
+        facts: TransferFacts,
+        clock: date,
+        version: PackVersion,
+        cycle: ComplianceCycle | None = None,
+    ) -> Context:
         """A context over the blocks of a transfer."""
         subjects = tuple(Subject(b.project, b.vintage, b) for b in facts.blocks)
-        return cls(facts.use, subjects, clock, version, facts.destination_country, facts)
+        return cls(facts.use, subjects, clock, version, facts.destination_country, facts, cycle)
 
 
 class Rule(Protocol):

@@ -451,6 +451,39 @@ def test_a_date_window_leaves_out_units_with_an_exempt_label_but_not_a_listing()
     assert [v.rule_id for v in rule.evaluate(listing)] == ["CR-DEMO-0001"]
 
 
+def _cea(year_from: int, year_to: int) -> Block:
+    project = Project("CEA", f"CEA-{year_from}", "CN", project_type="allowance")
+    vintage = Period(date(year_from, 1, 1), date(year_to, 12, 31))
+    return Block(BlockRef("CEA", "", 1, 1_000), project, vintage)
+
+
+def test_allowances_are_compared_with_the_cycle_of_the_year_or_the_year_alone() -> None:
+    """237号: 2022 allowances count toward 2021 in the cycle; without a cycle (a pack that
+    declares none) the year itself ends the period."""
+    rule = build_rule(_rule("vintage_within_period", programs=("CEA",)))
+    pack = load_builtin("national")
+    version = pack.version_for(CLOCK)
+    facts = TransferFacts(Use.COMPLIANCE, (_cea(2022, 2022),), "CN", entity(compliance_year=2021))
+    in_cycle = Context.for_transfer(facts, CLOCK, version, pack.cycle_for(2021))
+    assert rule.evaluate(in_cycle) == []
+    (alone,) = rule.evaluate(Context.for_transfer(facts, CLOCK, version))
+    assert alone.detail_value("period_last_year") == 2021
+    # A cycle that does not hold the year is not the year's period.
+    other = Context.for_transfer(facts, CLOCK, version, pack.cycle_for(2024))
+    assert [v.detail_value("period_last_year") for v in rule.evaluate(other)] == [2021]
+
+
+def test_allowances_without_a_compliance_year_fail_closed_or_wait_for_the_surrender() -> None:
+    pack = load_builtin("national")
+    facts = TransferFacts(Use.COMPLIANCE, (_cea(2024, 2024),), "CN")
+    refused = evaluate_transfer(pack, facts, CLOCK)
+    (own,) = [v for v in refused.violations if v.rule_id == "CR-NAT-0011"]
+    assert "compliance year is required" in own.detail
+    deferred = evaluate_transfer(pack, facts, CLOCK, defer_entity_rules=True)
+    assert deferred.allowed, deferred.violations
+    assert "CR-NAT-0011" in deferred.deferred_rules
+
+
 ART_TREES = Project("ART", "TREES-GY-1", "GY", project_type="forestry_sink")
 
 

@@ -22,6 +22,7 @@ from compliance_rules.facts import (
     EntityYear,
     GecStatus,
     HoldingStatus,
+    KnownBlock,
     OffsetUse,
     Project,
     TransferFacts,
@@ -52,6 +53,15 @@ def _bool(params: Mapping[str, object], key: str) -> bool:
     if not isinstance(value, bool):
         raise EngineInvariantError(f"param {key!r} should be a boolean, got {value!r}")
     return value
+
+
+def _ints(params: Mapping[str, object], key: str) -> frozenset[int]:
+    value = params.get(key, ())
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise EngineInvariantError(f"param {key!r} should be a list of integers, got {value!r}")
+    return frozenset(value)
 
 
 def _str(params: Mapping[str, object], key: str) -> str:
@@ -559,6 +569,51 @@ class GecExclusivity(_BlockCheck):
         return _OK
 
 
+class ReuseAfterCancellation(_BlockCheck):
+    """Units cancelled for one compliance period without being used there, which a notice
+    lets count toward named later years, and only toward those.
+
+    The units carry ``label`` (their registry's word, as for any label). For a request whose
+    compliance year is one of ``years`` the rule releases their own holding's ``statuses``
+    (:meth:`released`): the engine hands them to the double-use rule, which then does not
+    take that cancellation for a use. Any other use of the units (another holding, or a
+    status not released) is still one. For another year the units are refused; without the
+    year, fail closed.
+    """
+
+    needs_entity = True
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._label = _str(spec.params, "label")
+        self._years = _ints(spec.params, "years")
+        self._statuses = frozenset(HoldingStatus(s) for s in _strs(spec.params, "statuses"))
+
+    def released(self, compliance_year: int | None) -> frozenset[tuple[str, HoldingStatus]]:
+        """The (label, status) pairs not taken for a use for ``compliance_year``."""
+        if compliance_year not in self._years:
+            return frozenset()
+        return frozenset((self._label, s) for s in self._statuses)
+
+    def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
+        if self._label not in block.labels:
+            return _OK
+        year = None if ctx.facts is None else ctx.facts.obligation_year
+        if year is None:
+            return (
+                f"units labelled {self._label!r} count only toward some years: the compliance "
+                "year is required (fail closed)",
+                (),
+            )
+        if year in self._years:
+            return _OK
+        allowed = ", ".join(str(y) for y in sorted(self._years))
+        return (
+            f"units labelled {self._label!r} count only toward {allowed}, not {year}",
+            (("compliance_year", year), ("label", self._label)),
+        )
+
+
 class VintageWithinPeriod(_BlockCheck):
     """Units may not be of a year after the compliance period they are surrendered for.
 
@@ -799,7 +854,17 @@ class DoubleIssuanceSerial(_RequestCheck):
 
 
 class DoubleUse(_RequestCheck):
-    """A unit already retired, cancelled or surrendered anywhere known."""
+    """A unit already retired, cancelled or surrendered anywhere known.
+
+    A unit's own holding (same non-empty holding id) in a status the scheme releases for the
+    request's year (:attr:`Context.released`, for a label the unit carries) is not a use.
+    """
+
+    @staticmethod
+    def _released(block: Block, known: KnownBlock, ctx: Context) -> bool:
+        if not known.holding_id or known.holding_id != block.holding_id:
+            return False
+        return any((label, known.status) in ctx.released for label in block.labels)
 
     def evaluate(self, ctx: Context) -> list[Violation]:
         facts = self.facts(ctx)
@@ -807,6 +872,8 @@ class DoubleUse(_RequestCheck):
         out: list[Violation] = []
         for block in facts.blocks:
             for known in facts.known_blocks:
+                if self._released(block, known, ctx):
+                    continue
                 if known.status in used and block.ref.overlaps(known.ref):
                     where = f" at {known.registry}" if known.registry else ""
                     out.append(
@@ -837,6 +904,7 @@ KINDS: dict[str, type[_Check]] = {
     "corresponding_adjustment": CorrespondingAdjustment,
     "gec_exclusivity": GecExclusivity,
     "vintage_within_period": VintageWithinPeriod,
+    "reuse_after_cancellation": ReuseAfterCancellation,
     "gas_conversion": GasConversion,
     "offset_limit": OffsetLimit,
     "local_share": LocalShare,

@@ -16,7 +16,12 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import date
 
-from compliance_rules.checks import ENTITY_KINDS, build_rule, offset_limit_figures
+from compliance_rules.checks import (
+    ENTITY_KINDS,
+    ReuseAfterCancellation,
+    build_rule,
+    offset_limit_figures,
+)
 from compliance_rules.decision import (
     Decision,
     ListingDecision,
@@ -167,7 +172,14 @@ def evaluate_transfer(
         deferred = tuple(sorted(s.rule_id for s in specs if s.kind in ENTITY_KINDS))
         specs = [s for s in specs if s.kind not in ENTITY_KINDS]
     rules = [build_rule(s) for s in specs]
-    ctx = Context.for_transfer(facts, clock, version, _cycle(pack, facts))
+    # Only a rule in force for the request (not deferred) releases anything.
+    released = frozenset(
+        pair
+        for r in rules
+        if isinstance(r, ReuseAfterCancellation)
+        for pair in r.released(facts.obligation_year)
+    )
+    ctx = Context.for_transfer(facts, clock, version, _cycle(pack, facts), released)
     violations = []
     if facts.use not in version.uses:
         violations.append(

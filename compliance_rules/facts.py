@@ -183,7 +183,10 @@ class Block:
     reports. Neither the serial (no public CCER format) nor the vintage says it: reductions
     before 14 Mar 2017 would set old CCER apart only if the 2023 measures' cut-off for
     reductions were confirmed, and it is not (the national pack's
-    ``ccer_reduction_vintage_cutoff``)."""
+    ``ccer_reduction_vintage_cutoff``). ``ccer_cancelled_first_cycle_unused`` marks CCER
+    cancelled at their registry for the national ETS's first cycle but not counted there,
+    which MEE's 237号 lets offset the 2021 and 2022 surrenders; their registry reports it
+    too."""
     gec_status: GecStatus = GecStatus.NONE
     holding_id: str = ""
     """The gateway's id of the holding this block sits in; a known block with the same

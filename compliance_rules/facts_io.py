@@ -25,7 +25,8 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
         authorization: {letter_id: LoA-1, host_country: KE, authorized_uses: [ndc, oimp]}
         ca_status: not_applicable    # not_applicable | pending | applied
         labels: []                   # e.g. corsia_eligible, tokenized,
-                                     # ccer_recorded_before_2017_03_14
+                                     # ccer_recorded_before_2017_03_14,
+                                     # ccer_cancelled_first_cycle_unused
         gec_status: none             # none | frozen | cancelled | active | traded
         holding_id: ""               # the gateway's holding id, optional
         project:

@@ -13,7 +13,7 @@ from datetime import date
 from typing import Protocol
 
 from compliance_rules.decision import Violation
-from compliance_rules.facts import Block, Period, Project, TransferFacts, Use
+from compliance_rules.facts import Block, HoldingStatus, Period, Project, TransferFacts, Use
 from compliance_rules.pack import ComplianceCycle, Confidence, PackVersion, Source
 
 
@@ -51,6 +51,10 @@ class Context:
     cycle: ComplianceCycle | None = None
     """The pack's compliance cycle holding the request's compliance year, if it declares one:
     the years surrendered together, which rules on a unit's year compare against."""
+    released: frozenset[tuple[str, HoldingStatus]] = frozenset()
+    """(label, status) pairs the scheme releases for the request's year: a unit carrying the
+    label whose own holding has the status is not taken for used (a notice lets units
+    cancelled without being used count again)."""
 
     @classmethod
     def for_transfer(
@@ -59,10 +63,13 @@ class Context:
         clock: date,
         version: PackVersion,
         cycle: ComplianceCycle | None = None,
+        released: frozenset[tuple[str, HoldingStatus]] = frozenset(),
     ) -> Context:
         """A context over the blocks of a transfer."""
         subjects = tuple(Subject(b.project, b.vintage, b) for b in facts.blocks)
-        return cls(facts.use, subjects, clock, version, facts.destination_country, facts, cycle)
+        return cls(
+            facts.use, subjects, clock, version, facts.destination_country, facts, cycle, released
+        )
 
 
 class Rule(Protocol):

@@ -484,6 +484,41 @@ def test_allowances_without_a_compliance_year_fail_closed_or_wait_for_the_surren
     assert "CR-NAT-0011" in deferred.deferred_rules
 
 
+FIRST_CYCLE_UNUSED = frozenset({"ccer_cancelled_first_cycle_unused"})
+"""The label a registry gives CCER cancelled for the first cycle and not counted there."""
+
+
+def test_ccer_cancelled_for_the_first_cycle_need_the_year_to_count_again() -> None:
+    """Without the compliance year nothing is released: the units fail closed, and their
+    own cancellation is a use; a transfer toward compliance leaves the year's rule to the
+    surrender, and the cancellation is still a use then (nothing released yet)."""
+    pack = load_builtin("national")
+    block = ccer(1, 100, labels=FIRST_CYCLE_UNUSED, holding_id="H-1")
+    cancelled = KnownBlock(block.ref, HoldingStatus.CANCELLED, "ccer", "H-1")
+    facts = TransferFacts(Use.COMPLIANCE, (block,), "CN", known_blocks=(cancelled,))
+    refused = evaluate_transfer(pack, facts, CLOCK)
+    assert {"CR-NAT-0012", "CR-DC-0003"} <= set(refused.rule_ids)
+    (own,) = [v for v in refused.violations if v.rule_id == "CR-NAT-0012"]
+    assert "compliance year is required" in own.detail
+    deferred = evaluate_transfer(pack, facts, CLOCK, defer_entity_rules=True)
+    assert "CR-NAT-0012" in deferred.deferred_rules
+    assert deferred.rule_ids == ("CR-DC-0003",)
+    for_2022 = dataclasses.replace(facts, entity=entity(compliance_year=2022))
+    assert evaluate_transfer(pack, for_2022, date(2023, 11, 20)).allowed
+
+
+def test_a_reuse_rule_with_years_that_are_not_integers_is_an_engine_invariant_error() -> None:
+    spec = _rule(
+        "reuse_after_cancellation",
+        programs=("CCER",),
+        label="x",
+        statuses=("cancelled",),
+        years=(True,),
+    )
+    with pytest.raises(EngineInvariantError, match="list of integers"):
+        build_rule(spec)
+
+
 ART_TREES = Project("ART", "TREES-GY-1", "GY", project_type="forestry_sink")
 
 

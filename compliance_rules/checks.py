@@ -267,7 +267,8 @@ class _RequestCheck(_Check):
             # Without the entity's year there is no limit to check against: fail closed.
             return self.violation(
                 (b.ref for b in facts.blocks),
-                "the entity and its compliance year are required to check this rule",
+                "no record of the entity for the compliance year (its verified emissions "
+                "and allowances due) was given, and this rule cannot be checked without one",
             )
         return facts.entity
 

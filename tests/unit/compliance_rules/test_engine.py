@@ -95,6 +95,17 @@ def test_a_request_without_blocks_is_denied() -> None:
     assert decision.rule_ids == (NO_BLOCKS,)
 
 
+def test_a_surrender_without_the_entitys_record_names_the_missing_record() -> None:
+    # The bridge leaves the entity out when the entity was named but has no record for
+    # the year: the refusal must say the record is missing, not ask for what was given.
+    facts = TransferFacts(Use.COMPLIANCE, (ccer(1, 10),), "CN")
+    decision = evaluate_transfer(load_builtin("shenzhen"), facts, date(2024, 6, 1))
+
+    limit = [v for v in decision.violations if v.rule_id == "CR-SZ-0006"]
+    assert limit, decision.rule_ids
+    assert "no record of the entity for the compliance year" in limit[0].detail
+
+
 def test_surrender_over_the_limit_carries_limit_used_and_asked() -> None:
     used = (OffsetUse("CCER", 4_000),)
     decision = evaluate_surrender(

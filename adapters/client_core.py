@@ -20,13 +20,13 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import grpc
 from google.protobuf.message import Message
 
 from adapters import serials
-from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -35,7 +35,7 @@ from registry_bridge.model import (
     Program,
     UnitBlock,
 )
-from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding
+from registry_bridge.port import ListHoldingsRequest, ProgramTotal, RegistryHolding, StillWanted
 
 # Trailing-metadata key carrying a registry's own rejection code (set by the emulators).
 REJECTION_CODE_KEY = "registry-rejection-code"
@@ -70,6 +70,7 @@ working (and the retry would redo it from the operation log, slower still)."""
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Resp_co = TypeVar("Resp_co", covariant=True)
 Msg = TypeVar("Msg")
 Canonical = TypeVar("Canonical")
 Item = TypeVar("Item", bound=Message)
@@ -99,11 +100,40 @@ def rejection_code(error: grpc.RpcError) -> str:
     return str(error.code().name)
 
 
+class NativeCall(Protocol[Resp_co]):
+    """A native RPC under way (a gRPC call future)."""
+
+    def result(self, timeout: float | None = None) -> Resp_co:
+        """The answer, waiting at most ``timeout`` seconds (``grpc.FutureTimeoutError``),
+        or the call's failure (``grpc.RpcError``)."""
+        ...
+
+    def cancel(self) -> bool:
+        """Cancel the call: the registry sees it cancelled.  False when it had ended."""
+        ...
+
+
+class NativeMethod(Protocol[Resp_co]):
+    """A stub's unary method: called and waited for, or started as a :class:`NativeCall`."""
+
+    def __call__(self, request: Any, *, timeout: float) -> Resp_co: ...
+
+    def future(self, request: Any, *, timeout: float) -> NativeCall[Resp_co]: ...
+
+
+READ_POLL_S = 0.05
+"""How often a read given a ``still_wanted`` asks it while the registry has not answered,
+in seconds: the longest a read runs on for a caller who has gone.  Asking is cheap (a
+gRPC call's ``is_active``), and the wait ends as soon as the answer comes."""
+
+
 def invoke(
     registry_id: str,
-    method: Callable[..., Resp],
+    method: NativeMethod[Resp],
     request: Req,
     timeout_s: float,
+    *,
+    still_wanted: StillWanted | None = None,
 ) -> Resp:
     """Call one native RPC, typing its failure.
 
@@ -112,6 +142,8 @@ def invoke(
         method: A stub method.
         request: The native request.
         timeout_s: The call's deadline, in seconds.
+        still_wanted: For a read only: asked before the call and while it is under way;
+            false cancels the call (see ``registry_bridge.port.StillWanted``).
 
     Returns:
         The native response.
@@ -120,14 +152,47 @@ def invoke(
         RegistryUnavailable: The registry was unreachable, too slow, or failed while
             handling the call (transient: it may be retried with the same operation id).
         RegistryRejected: The registry refused the call (final).
+        Abandoned: ``still_wanted`` answered false; the call, if made, was cancelled.
     """
     try:
-        return method(request, timeout=timeout_s)
+        if still_wanted is None:
+            return method(request, timeout=timeout_s)
+        return _answer_while_wanted(registry_id, method, request, timeout_s, still_wanted)
     except grpc.RpcError as exc:
         status = exc.code()
         if status in _TRANSIENT:
             raise RegistryUnavailable(registry_id, f"{status.name}: {exc.details()}") from exc
         raise RegistryRejected(registry_id, rejection_code(exc), str(exc.details())) from exc
+
+
+def _answer_while_wanted(
+    registry_id: str,
+    method: NativeMethod[Resp],
+    request: Req,
+    timeout_s: float,
+    still_wanted: StillWanted,
+) -> Resp:
+    """The answer of a read, unless its caller goes first (see :func:`invoke`).
+
+    Raises:
+        grpc.RpcError: The call failed.
+        Abandoned: ``still_wanted`` answered false.
+    """
+    # Asked first too, so a retry of a read whose caller has gone is never sent.
+    if not still_wanted():
+        raise Abandoned(f"{registry_id}: read not started, its caller is gone")
+    call = method.future(request, timeout=timeout_s)
+    while True:
+        try:
+            return call.result(timeout=READ_POLL_S)
+        except grpc.FutureTimeoutError:
+            if not still_wanted():
+                # Cancelled rather than let run to its deadline: the registry stops
+                # working for no one, and the caller's worker (and a stopping server)
+                # is not held until the registry answers.  The call's own CANCELLED
+                # status would read as a transient failure and be retried.
+                call.cancel()
+                raise Abandoned(f"{registry_id}: read cancelled, its caller is gone") from None
 
 
 class NativeRefusal(Protocol):
@@ -254,13 +319,16 @@ class PagedListing(Protocol):
     @property
     def registry_id(self) -> str: ...
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One page of the listing: the first for ``page`` '', else the one ``page`` names.
 
         Raises:
             RegistryUnavailable: The call failed in transit; asking for the same page
                 again is safe.
             RegistryRejected: The registry refused the call (a token it did not give).
+            Abandoned: ``still_wanted`` answered false; the call was cancelled.
         """
         ...
 
@@ -313,10 +381,19 @@ def read_pages(
 
 
 def list_all_holdings(
-    client: PagedListing, request: ListHoldingsRequest
+    client: PagedListing, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
 ) -> tuple[RegistryHolding, ...]:
-    """A client's whole listing (``RegistryPort.list_holdings``), read page by page."""
-    return read_pages(client.registry_id, lambda page: client.list_holdings_page(request, page))
+    """A client's whole listing (``RegistryPort.list_holdings``), read page by page.
+
+    Raises:
+        RegistryUnavailable: A page failed in transit.
+        RegistryRejected: A page was refused, or a page token came twice.
+        Abandoned: ``still_wanted`` answered false; the page under way was cancelled.
+    """
+    return read_pages(
+        client.registry_id,
+        lambda page: client.list_holdings_page(request, page, still_wanted),
+    )
 
 
 SERIALS_KEPT = 8192

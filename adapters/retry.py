@@ -39,6 +39,7 @@ from registry_bridge.port import (
     RegistryHolding,
     RegistryPort,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -160,25 +161,33 @@ class RetryingRegistry:
         """See :meth:`RegistryPort.cancel`."""
         return self._call(lambda: self._inner.cancel(request))
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """See :meth:`RegistryPort.list_holdings`; a paged listing is retried per page."""
-        return tuple(h for page in self.holdings_pages(request) for h in page)
+    # A read given a ``still_wanted`` that answers false raises Abandoned, which is not a
+    # RegistryUnavailable: it is never retried, and a retry due is not sent (the client
+    # asks ``still_wanted`` before each call).
 
-    def holdings_pages(self, request: ListHoldingsRequest) -> Iterator[Sequence[RegistryHolding]]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
+        """See :meth:`RegistryPort.list_holdings`; a paged listing is retried per page."""
+        return tuple(h for page in self.holdings_pages(request, still_wanted) for h in page)
+
+    def holdings_pages(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Iterator[Sequence[RegistryHolding]]:
         """See :meth:`PagedHoldings.holdings_pages`; each page is retried alone, and a
         registry whose client does not page answers in one."""
         inner = self._inner
         if not isinstance(inner, PagedListing):
-            yield self._call(lambda: inner.list_holdings(request))
+            yield self._call(lambda: inner.list_holdings(request, still_wanted))
             return
         yield from iter_pages(
             inner.registry_id,
-            lambda page: self._call(lambda: inner.list_holdings_page(request, page)),
+            lambda page: self._call(lambda: inner.list_holdings_page(request, page, still_wanted)),
         )
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """See :meth:`RegistryPort.totals`."""
-        return self._call(self._inner.totals)
+        return self._call(lambda: self._inner.totals(still_wanted))
 
     # A batch is retried whole: a transient failure may have come after some items were
     # applied, and every item carries its operation id, so the repeat answers those from

@@ -417,8 +417,8 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # which takes a while on a large ledger, and on SQLite a write transaction would
         # hold the one write lock all that time, stopping every transfer.
         # A caller gone (cancelled, past its deadline, or cut off by a stopping server)
-        # stops it between registry reads: it would otherwise hold a worker, and the
-        # server's shutdown, until every registry had answered.
+        # stops it, the registry read under way cancelled: it would otherwise hold a
+        # worker, and the server's shutdown, until every registry had answered.
         with read_only(self._bridge.sessions) as session:
             report = reconcile(
                 session, self._ports, request.registries, still_wanted=context.is_active

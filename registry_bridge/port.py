@@ -14,10 +14,10 @@ unit held by someone else, a duplicate issuance) and is never retried.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from registry_bridge.errors import RegistryRejected
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
@@ -146,6 +146,15 @@ class CancelRequest:
     reason: str
 
 
+StillWanted: TypeAlias = Callable[[], bool]
+"""Whether whoever waits for a registry read is still there (a gRPC call's
+``context.is_active``).  A read given one asks it before it starts and while the registry
+has not answered; false stops the read: the adapter cancels its call, so the registry sees
+it cancelled, and raises :class:`~registry_bridge.errors.Abandoned` (never retried).  Only
+reads take one: a read stopped half-way changes nothing, a mutating call would leave the
+registry's answer unknown."""
+
+
 @dataclass(frozen=True)
 class ListHoldingsRequest:
     """All holdings, or those of one account when ``account`` is set."""
@@ -198,12 +207,22 @@ class RegistryPort(Protocol):
         """Cancel units; terminal."""
         ...
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
-        """Holdings at this registry (reconciliation phase 2)."""
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
+        """Holdings at this registry (reconciliation phase 2).
+
+        Raises:
+            Abandoned: ``still_wanted`` answered false (see :data:`StillWanted`).
+        """
         ...
 
-    def totals(self) -> Sequence[ProgramTotal]:
-        """Quantities per program and status (reconciliation phase 1)."""
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
+        """Quantities per program and status (reconciliation phase 1).
+
+        Raises:
+            Abandoned: ``still_wanted`` answered false (see :data:`StillWanted`).
+        """
         ...
 
     # -- batches of the settlement steps ------------------------------------------------
@@ -286,7 +305,14 @@ class PagedHoldings(Protocol):
     its caller has gone, instead of reading the registry to the end for no one.
     """
 
-    def holdings_pages(self, request: ListHoldingsRequest) -> Iterator[Sequence[RegistryHolding]]:
+    def holdings_pages(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Iterator[Sequence[RegistryHolding]]:
         """The holdings of :meth:`RegistryPort.list_holdings`, a page at a time: each page
-        is asked for only when the one before has been taken."""
+        is asked for only when the one before has been taken.
+
+        Raises:
+            Abandoned: ``still_wanted`` answered false while a page was read (see
+                :data:`StillWanted`).
+        """
         ...

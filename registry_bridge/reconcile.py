@@ -27,10 +27,11 @@ A registry that cannot be read (unreachable or failing after the adapter's retri
 refusing the read) is named in the report with the error, and nothing is said of whether
 it agrees; the registries that answer are reconciled all the same.
 
-A reconciliation whose caller is gone stops between two registry reads (two pages of a
-listing included), or two phases,
-with :class:`~registry_bridge.errors.Abandoned`: it changes nothing, so stopping anywhere
-leaves nothing half done.
+A reconciliation whose caller is gone stops with :class:`~registry_bridge.errors.Abandoned`:
+before its next registry read (the next page of a listing included) or phase, and within
+a registry read under way, which the adapter cancels (``registry_bridge.port.StillWanted``)
+rather than wait for the registry's answer or the read's deadline.  It changes nothing, so
+stopping anywhere leaves nothing half done.
 """
 
 from __future__ import annotations
@@ -357,9 +358,9 @@ def _holdings(
     """
     _go_on(still_wanted, f"reading {registry_id}'s holdings")
     if not isinstance(port, PagedHoldings):
-        return list(port.list_holdings(ListHoldingsRequest()))
+        return list(port.list_holdings(ListHoldingsRequest(), still_wanted))
     holdings: list[RegistryHolding] = []
-    for page in port.holdings_pages(ListHoldingsRequest()):
+    for page in port.holdings_pages(ListHoldingsRequest(), still_wanted):
         holdings.extend(page)
         # A long listing is many pages: a caller gone stops it at the next one.
         _go_on(still_wanted, f"reading {registry_id}'s next page of holdings")
@@ -381,9 +382,10 @@ def reconcile(
         session: A session on the ledger (only read).
         ports: The wired registries by id.
         registries: Registry ids to reconcile; empty means every wired registry.
-        still_wanted: Asked before each registry read and each phase: false when the
-            caller is gone (a gRPC call's ``context.is_active``).  A read under way is
-            let finish; none is started after.
+        still_wanted: Asked before each registry read and each phase, and while a read
+            is under way: false when the caller is gone (a gRPC call's
+            ``context.is_active``).  A read under way is then cancelled, and none is
+            started after.
 
     Returns:
         The report: every discrepancy of phases 1 and 2 with the registries read, the
@@ -402,7 +404,7 @@ def reconcile(
     for registry_id, port in chosen.items():
         try:
             _go_on(still_wanted, f"reading {registry_id}'s totals")
-            registry_totals = port.totals()
+            registry_totals = port.totals(still_wanted)
             holdings = _holdings(registry_id, port, still_wanted)
         except (RegistryUnavailable, RegistryRejected) as exc:
             # One registry down must not hide what the others say; its totals, if read,

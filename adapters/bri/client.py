@@ -67,6 +67,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -218,11 +219,15 @@ class BriClient:
         )
         return self._holding(native)
 
-    def _holdings(self, query: pb.GetHoldingsRequest, resumption: str) -> HoldingsPage:
+    def _holdings(
+        self, query: pb.GetHoldingsRequest, resumption: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One list of ``query``, transferred holdings omitted."""
         request = pb.GetHoldingsRequest(max_entries=LISTING_PAGE_SIZE, resumption_token=resumption)
         request.MergeFrom(query)
-        native = invoke(REGISTRY_ID, self._stub.GetHoldings, request, self._timeout_s)
+        native = invoke(
+            REGISTRY_ID, self._stub.GetHoldings, request, self._timeout_s, still_wanted=still_wanted
+        )
         return HoldingsPage(
             tuple(
                 self._holding(h) for h in native.holdings if h.status != pb.ITMO_STATUS_TRANSFERRED
@@ -235,14 +240,20 @@ class BriClient:
         query = pb.GetHoldingsRequest(overlapping=range_to_native(request.block))
         return read_pages(REGISTRY_ID, lambda resumption: self._holdings(query, resumption))
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One list of ``GetHoldings`` of one holding account or all, ``page`` its
         resumption token."""
-        return self._holdings(pb.GetHoldingsRequest(holding_account=request.account), page)
+        return self._holdings(
+            pb.GetHoldingsRequest(holding_account=request.account), page, still_wanted
+        )
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """``GetHoldings`` of one holding account or all, resumed until complete."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
     def _reserve(self, request: LockRequest) -> pb.ReserveForTransferRequest:
         return pb.ReserveForTransferRequest(
@@ -418,10 +429,14 @@ class BriClient:
         )
         return self._holding(native)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """``ReportTotals``: quantities per unit type and status."""
         native = invoke(
-            REGISTRY_ID, self._stub.ReportTotals, pb.ReportTotalsRequest(), self._timeout_s
+            REGISTRY_ID,
+            self._stub.ReportTotals,
+            pb.ReportTotalsRequest(),
+            self._timeout_s,
+            still_wanted=still_wanted,
         )
         return program_totals(
             STATUS_TO_CANONICAL, ((t.unit_type, t.status, t.quantity) for t in native.totals)

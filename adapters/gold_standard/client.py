@@ -55,6 +55,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -399,7 +400,9 @@ class GoldStandardClient:
         )
         return self._holding(native)
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """The credits after the cursor ``page`` (``ListAccountCredits``), transferred ones
         omitted."""
         native = invoke(
@@ -409,6 +412,7 @@ class GoldStandardClient:
                 account_id=request.account, limit=LISTING_PAGE_SIZE, cursor=page
             ),
             self._timeout_s,
+            still_wanted=still_wanted,
         )
         return HoldingsPage(
             tuple(
@@ -419,17 +423,20 @@ class GoldStandardClient:
             native.next_cursor,
         )
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """Holdings of one account or all: ``ListAccountCredits`` from cursor to cursor."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """Credit quantities per status (``GetTotals``)."""
         native = invoke(
             REGISTRY_ID,
             self._stub.GetTotals,
             pb.GetTotalsRequest(),
             self._timeout_s,
+            still_wanted=still_wanted,
         )
         return program_totals(
             STATUS_TO_CANONICAL, ((Program.GS, t.status, t.quantity) for t in native.totals)

@@ -23,7 +23,7 @@ The batch translation lives here once; the emulator reuses it to read its own wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import grpc
 
@@ -32,6 +32,7 @@ from adapters._pb.registries.guangdong.v1 import guangdong_pb2_grpc as pb_grpc
 from adapters.client_core import (
     LISTING_PAGE_SIZE,
     HoldingsPage,
+    NativeMethod,
     adjustment_from_native,
     authorization_from_native,
     authorization_to_native,
@@ -64,6 +65,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -177,7 +179,7 @@ class GuangdongClient:
             mirror_origin_registry=native.mirror_registry,
         )
 
-    def _apply(self, method: Callable[..., pb.Receipt], application: object) -> RegistryHolding:
+    def _apply(self, method: NativeMethod[pb.Receipt], application: object) -> RegistryHolding:
         return self._receipt(invoke(REGISTRY_ID, method, application, self._timeout_s))
 
     def _receipt(self, receipt: pb.Receipt) -> RegistryHolding:
@@ -359,11 +361,15 @@ class GuangdongClient:
             ),
         )
 
-    def _batches(self, query: pb.ListBatchesRequest, resume_key: str) -> HoldingsPage:
+    def _batches(
+        self, query: pb.ListBatchesRequest, resume_key: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One page of ``query`` (分页查询), transferred-out batches omitted."""
         request = pb.ListBatchesRequest(rows_per_page=LISTING_PAGE_SIZE, resume_key=resume_key)
         request.MergeFrom(query)
-        native = invoke(REGISTRY_ID, self._stub.ListBatches, request, self._timeout_s)
+        native = invoke(
+            REGISTRY_ID, self._stub.ListBatches, request, self._timeout_s, still_wanted=still_wanted
+        )
         return HoldingsPage(
             tuple(
                 self._holding(b)
@@ -378,17 +384,27 @@ class GuangdongClient:
         query = pb.ListBatchesRequest(overlapping=range_to_native(request.block))
         return read_pages(REGISTRY_ID, lambda resume_key: self._batches(query, resume_key))
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One page of ``ListBatches`` of one holder or all, ``page`` its resume key."""
-        return self._batches(pb.ListBatchesRequest(holder_code=request.account), page)
+        return self._batches(pb.ListBatchesRequest(holder_code=request.account), page, still_wanted)
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """Every page of ``ListBatches`` of one holder or all."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """``Summarize`` (汇总): quantities per variety and batch status."""
-        native = invoke(REGISTRY_ID, self._stub.Summarize, pb.SummarizeRequest(), self._timeout_s)
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Summarize,
+            pb.SummarizeRequest(),
+            self._timeout_s,
+            still_wanted=still_wanted,
+        )
         return program_totals(
             STATUS_TO_CANONICAL, ((t.variety, t.status, t.quantity) for t in native.totals)
         )

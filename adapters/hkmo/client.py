@@ -57,6 +57,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -226,11 +227,22 @@ class VenueClient:
         )
         return self._holding(native)
 
-    def _positions(self, query: pb.QueryPositionsRequest, next_token: str) -> HoldingsPage:
+    def _positions(
+        self,
+        query: pb.QueryPositionsRequest,
+        next_token: str,
+        still_wanted: StillWanted | None = None,
+    ) -> HoldingsPage:
         """One reply of ``query``, positions delivered out omitted."""
         request = pb.QueryPositionsRequest(max_results=LISTING_PAGE_SIZE, next_token=next_token)
         request.MergeFrom(query)
-        native = invoke(REGISTRY_ID, self._stub.QueryPositions, request, self._timeout_s)
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.QueryPositions,
+            request,
+            self._timeout_s,
+            still_wanted=still_wanted,
+        )
         return HoldingsPage(
             tuple(self._holding(p) for p in native.positions if p.state != pb.DELIVERED_OUT),
             native.next_token,
@@ -241,13 +253,19 @@ class VenueClient:
         query = pb.QueryPositionsRequest(overlapping=range_to_native(request.block))
         return read_pages(REGISTRY_ID, lambda token: self._positions(query, token))
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One reply of ``QueryPositions`` of one client account or all, after ``page``."""
-        return self._positions(pb.QueryPositionsRequest(client_account=request.account), page)
+        return self._positions(
+            pb.QueryPositionsRequest(client_account=request.account), page, still_wanted
+        )
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """Positions of one client account or all (``QueryPositions``, every reply)."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
     def _earmark(self, request: LockRequest) -> pb.EarmarkForSettlementRequest:
         return pb.EarmarkForSettlementRequest(
@@ -425,10 +443,14 @@ class VenueClient:
         )
         return self._holding(native)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """Quantities per program and position state (``VenueTotals``)."""
         native = invoke(
-            REGISTRY_ID, self._stub.VenueTotals, pb.VenueTotalsRequest(), self._timeout_s
+            REGISTRY_ID,
+            self._stub.VenueTotals,
+            pb.VenueTotalsRequest(),
+            self._timeout_s,
+            still_wanted=still_wanted,
         )
         return program_totals(
             STATE_TO_CANONICAL, ((t.program, t.state, t.quantity) for t in native.totals)

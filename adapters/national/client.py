@@ -68,6 +68,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -392,13 +393,24 @@ class NationalClient:
             )
         )
 
-    def _blocks(self, query: pb.ProvideUnitBlocksRequest, continuation: str) -> HoldingsPage:
+    def _blocks(
+        self,
+        query: pb.ProvideUnitBlocksRequest,
+        continuation: str,
+        still_wanted: StillWanted | None = None,
+    ) -> HoldingsPage:
         """One response of ``query``, exported blocks omitted."""
         request = pb.ProvideUnitBlocksRequest(
             max_blocks=LISTING_PAGE_SIZE, continuation_token=continuation
         )
         request.MergeFrom(query)
-        native = invoke(REGISTRY_ID, self._stub.ProvideUnitBlocks, request, self._timeout_s)
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.ProvideUnitBlocks,
+            request,
+            self._timeout_s,
+            still_wanted=still_wanted,
+        )
         return HoldingsPage(
             tuple(self._holding(b) for b in native.blocks if b.state != pb.BLOCK_EXPORTED),
             native.continuation_token,
@@ -409,19 +421,29 @@ class NationalClient:
         query = pb.ProvideUnitBlocksRequest(overlapping=identifier_to_native(request.block))
         return read_pages(REGISTRY_ID, lambda continuation: self._blocks(query, continuation))
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One response of ``ProvideUnitBlocks`` of one account or all, ``page`` its
         continuation token."""
-        return self._blocks(pb.ProvideUnitBlocksRequest(account_identifier=request.account), page)
+        return self._blocks(
+            pb.ProvideUnitBlocksRequest(account_identifier=request.account), page, still_wanted
+        )
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """``ProvideUnitBlocks`` of one account or all, every response."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """``ProvideTotals``: quantities per originating program and block state."""
         native = invoke(
-            REGISTRY_ID, self._stub.ProvideTotals, pb.ProvideTotalsRequest(), self._timeout_s
+            REGISTRY_ID,
+            self._stub.ProvideTotals,
+            pb.ProvideTotalsRequest(),
+            self._timeout_s,
+            still_wanted=still_wanted,
         )
         return program_totals(
             STATE_TO_CANONICAL,

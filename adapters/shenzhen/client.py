@@ -68,6 +68,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -223,11 +224,15 @@ class ShenzhenClient:
         )
         return self._holding(native)
 
-    def _lots(self, query: pb.QueryLotsRequest, after_key: str) -> HoldingsPage:
+    def _lots(
+        self, query: pb.QueryLotsRequest, after_key: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One answer of ``query`` after ``after_key``, lots transferred out omitted."""
         request = pb.QueryLotsRequest(max_lots=LISTING_PAGE_SIZE, after_key=after_key)
         request.MergeFrom(query)
-        native = invoke(REGISTRY_ID, self._stub.QueryLots, request, self._timeout_s)
+        native = invoke(
+            REGISTRY_ID, self._stub.QueryLots, request, self._timeout_s, still_wanted=still_wanted
+        )
         return HoldingsPage(
             tuple(
                 self._holding(lot)
@@ -242,13 +247,17 @@ class ShenzhenClient:
         query = pb.QueryLotsRequest(overlapping=numbers_to_native(request.block))
         return read_pages(REGISTRY_ID, lambda after_key: self._lots(query, after_key))
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One answer of ``QueryLots`` of one account or all, ``page`` its after key."""
-        return self._lots(pb.QueryLotsRequest(account_no=request.account), page)
+        return self._lots(pb.QueryLotsRequest(account_no=request.account), page, still_wanted)
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """Lots of one account or all (``QueryLots``, every answer)."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
     def _freeze(self, request: LockRequest) -> pb.FreezeRequest:
         return pb.FreezeRequest(
@@ -445,9 +454,15 @@ class ShenzhenClient:
         )
         return self._holding(native)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """Quantities per product and lot state (``Statistics``, 统计)."""
-        native = invoke(REGISTRY_ID, self._stub.Statistics, pb.StatisticsRequest(), self._timeout_s)
+        native = invoke(
+            REGISTRY_ID,
+            self._stub.Statistics,
+            pb.StatisticsRequest(),
+            self._timeout_s,
+            still_wanted=still_wanted,
+        )
         return program_totals(
             STATE_TO_CANONICAL, ((s.product, s.state, s.quantity) for s in native.statistics)
         )

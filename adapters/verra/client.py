@@ -56,6 +56,7 @@ from registry_bridge.port import (
     ProgramTotal,
     RegistryHolding,
     RetireRequest,
+    StillWanted,
     SurrenderRequest,
     UnlockRequest,
 )
@@ -411,7 +412,9 @@ class VerraClient:
         )
         return self._holding(native)
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         """One page of ``ListAccountHoldings``, transferred-out holdings omitted."""
         native = invoke(
             REGISTRY_ID,
@@ -420,6 +423,7 @@ class VerraClient:
                 account_id=request.account, page_size=LISTING_PAGE_SIZE, page_token=page
             ),
             self._timeout_s,
+            still_wanted=still_wanted,
         )
         return HoldingsPage(
             tuple(
@@ -430,17 +434,20 @@ class VerraClient:
             native.next_page_token,
         )
 
-    def list_holdings(self, request: ListHoldingsRequest) -> Sequence[RegistryHolding]:
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> Sequence[RegistryHolding]:
         """Holdings of one account or all: every page of ``ListAccountHoldings``."""
-        return list_all_holdings(self, request)
+        return list_all_holdings(self, request, still_wanted)
 
-    def totals(self) -> Sequence[ProgramTotal]:
+    def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """VCU quantities per status (``GetRegistryTotals``)."""
         native = invoke(
             REGISTRY_ID,
             self._stub.GetRegistryTotals,
             pb.GetRegistryTotalsRequest(),
             self._timeout_s,
+            still_wanted=still_wanted,
         )
         return program_totals(
             STATUS_TO_CANONICAL, ((Program.VCS, t.status, t.quantity) for t in native.totals)

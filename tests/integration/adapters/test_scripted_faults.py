@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from adapters.emulator_core import FaultConfig, RunningEmulator, ScriptedRefusal, start_emulator
-from adapters.registry import REGISTRIES
-from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from adapters.registry import REGISTRIES, build_adapter
+from adapters.retry import RetryPolicy
+from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.port import ListHoldingsRequest, RegistryPort
 
 
@@ -72,3 +73,24 @@ def test_an_emulator_counts_every_call_it_receives_refused_ones_included(
     client.totals()
     assert calls["GetRegistryTotals"] == 1
     assert running.calls.snapshot()["GetRegistryTotals"] == 2
+
+
+def test_a_read_whose_caller_went_while_it_failed_is_not_retried() -> None:
+    """A retry due when the caller has gone is not sent: no one waits for its answer."""
+    faults = FaultConfig(refusals=(ScriptedRefusal("GetRegistryTotals", calls=1),))
+    running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
+    try:
+        port = build_adapter("verra", running.target, RetryPolicy(attempts=5, initial_wait_s=0.0))
+        asked = 0
+
+        def still_wanted() -> bool:
+            # There when the first call is sent, gone by the time it has been refused.
+            nonlocal asked
+            asked += 1
+            return asked == 1
+
+        with pytest.raises(Abandoned):
+            port.totals(still_wanted)
+        assert running.calls.snapshot()["GetRegistryTotals"] == 1
+    finally:
+        running.stop(grace=None)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 from typing import Any
 
 import grpc
 import pytest
 
-from adapters.client_core import REJECTION_CODE_KEY, canonical_status, invoke
+from adapters.client_core import READ_POLL_S, REJECTION_CODE_KEY, canonical_status, invoke
 from adapters.registry import REGISTRIES
-from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.model import HoldingStatus
 
 
@@ -105,3 +107,57 @@ def test_a_registrys_answer_is_a_refusal_with_its_own_code(status: grpc.StatusCo
     with pytest.raises(RegistryRejected) as caught:
         invoke("verra", _failing(_Failed(status, "NOT_HELD")), object(), 1.0)
     assert caught.value.code == "NOT_HELD"
+
+
+class _Unanswered:
+    """A native call under way that the registry never answers: only cancelling ends it."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def result(self, timeout: float | None = None) -> object:
+        if self.cancelled.wait(timeout):
+            raise grpc.FutureCancelledError()
+        raise grpc.FutureTimeoutError()
+
+    def cancel(self) -> bool:
+        self.cancelled.set()
+        return True
+
+
+class _Unanswering:
+    """A stub method whose calls, started as futures, are never answered."""
+
+    def __init__(self) -> None:
+        self.started: list[_Unanswered] = []
+
+    def __call__(self, request: object, *, timeout: float) -> object:
+        raise AssertionError("a read that can be stopped must be started as a future")
+
+    def future(self, request: object, *, timeout: float) -> _Unanswered:
+        call = _Unanswered()
+        self.started.append(call)
+        return call
+
+
+def test_a_read_whose_caller_goes_is_cancelled_without_waiting_for_its_deadline() -> None:
+    method = _Unanswering()
+    asked = 0
+
+    def still_wanted() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked < 3  # before the call, once while waiting, then gone
+
+    began = time.monotonic()
+    with pytest.raises(Abandoned, match="verra: read cancelled"):
+        invoke("verra", method, object(), 60.0, still_wanted=still_wanted)
+    assert time.monotonic() - began < 10 * READ_POLL_S
+    assert [call.cancelled.is_set() for call in method.started] == [True]
+
+
+def test_a_read_whose_caller_has_gone_is_not_sent() -> None:
+    method = _Unanswering()
+    with pytest.raises(Abandoned, match="verra: read not started"):
+        invoke("verra", method, object(), 60.0, still_wanted=lambda: False)
+    assert method.started == []

@@ -22,7 +22,7 @@ from adapters.emulator_core import (
 from adapters.retry import RetryingRegistry, RetryPolicy
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
-from registry_bridge.port import ListHoldingsRequest, RegistryHolding, RegistryPort
+from registry_bridge.port import ListHoldingsRequest, RegistryHolding, RegistryPort, StillWanted
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -183,15 +183,19 @@ class FlakyPages:
             "t2": HoldingsPage((holding(3),), ""),
         }
 
-    def list_holdings_page(self, request: ListHoldingsRequest, page: str) -> HoldingsPage:
+    def list_holdings_page(
+        self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
+    ) -> HoldingsPage:
         self.asked.append(page)
         if self.failures.get(page, 0):
             self.failures[page] -= 1
             raise RegistryUnavailable("reg", "lost")
         return self.pages[page]
 
-    def list_holdings(self, request: ListHoldingsRequest) -> tuple[RegistryHolding, ...]:
-        return list_all_holdings(self, request)
+    def list_holdings(
+        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
+    ) -> tuple[RegistryHolding, ...]:
+        return list_all_holdings(self, request, still_wanted)
 
 
 QUICK = RetryPolicy(attempts=3, initial_wait_s=0.0, max_wait_s=0.0, jitter_s=0.0)

@@ -153,6 +153,12 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
+def has_control_characters(value: str) -> bool:
+    """Whether ``value`` holds a C0 control character, which no id or name needs (and a
+    NUL, which PostgreSQL cannot store or compare, fails any query it reaches)."""
+    return _CONTROL_CHARACTER.search(value) is not None
+
+
 def _text(
     problems: list[FieldViolation],
     path: str,
@@ -165,8 +171,37 @@ def _text(
         problems.append(FieldViolation(path, "is required"))
     elif len(value) > limit:
         problems.append(FieldViolation(path, f"is longer than {limit} characters"))
-    elif _CONTROL_CHARACTER.search(value):
+    elif has_control_characters(value):
         problems.append(FieldViolation(path, "contains control characters"))
+    return value
+
+
+def request_id(value: str, path: str = "request_id") -> str:
+    """A mutating call's request id.
+
+    Raises:
+        InvalidRequest: It is missing, too long or holds control characters, naming ``path``.
+    """
+    if not value:
+        raise InvalidRequest.field(path, "is required on every mutating call")
+    problems: list[FieldViolation] = []
+    _text(problems, path, value)
+    if problems:
+        raise InvalidRequest.field(path, problems[0].description)
+    return value
+
+
+def optional_text(path: str, value: str) -> str:
+    """An optional id-like field (a filter, a series): at most MAX_ID_LENGTH characters
+    and no control characters.
+
+    Raises:
+        InvalidRequest: It is too long or holds control characters, naming ``path``.
+    """
+    problems: list[FieldViolation] = []
+    _text(problems, path, value, required=False)
+    if problems:
+        raise InvalidRequest.field(path, problems[0].description)
     return value
 
 

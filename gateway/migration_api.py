@@ -52,6 +52,8 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
             problems.append(FieldViolation(f"{prefix}{name}", "is required"))
         elif len(value) > convert.MAX_ID_LENGTH:
             problems.append(FieldViolation(f"{prefix}{name}", "is too long"))
+        elif convert.has_control_characters(value):
+            problems.append(FieldViolation(f"{prefix}{name}", "contains control characters"))
     if not message.first_year:
         problems.append(FieldViolation(f"{prefix}first_year", "is required"))
     for i, code in enumerate(message.acknowledged_warnings):
@@ -163,7 +165,12 @@ def migration_id(name: str) -> str:
         InvalidRequest: The name is not of that form.
     """
     prefix = "migrations/"
-    if not name.startswith(prefix) or not name[len(prefix) :] or len(name) > 200:
+    if (
+        not name.startswith(prefix)
+        or not name[len(prefix) :]
+        or len(name) > 200
+        or convert.has_control_characters(name)
+    ):
         raise InvalidRequest.field("name", "must be migrations/{migration_id}")
     return name[len(prefix) :]
 
@@ -236,8 +243,7 @@ def execute_migration(
     migrations: Migrations, request: gateway_pb2.ExecuteMigrationRequest, caller: str
 ) -> gateway_pb2.Migration:
     """ExecuteMigration: start, or resume, the migration of ``caller``'s request id."""
-    if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
-        raise InvalidRequest.field("request_id", "is required on every mutating call")
+    convert.request_id(request.request_id)
     if not request.HasField("plan"):
         raise InvalidRequest.field("plan", "is required")
     return migration_to_pb(
@@ -257,8 +263,7 @@ def upsert_covered_entity(
 ) -> gateway_pb2.CoveredEntity:
     """UpsertCoveredEntity: record the entity once per request id of ``caller``; answer
     with its record."""
-    if not request.request_id or len(request.request_id) > convert.MAX_ID_LENGTH:
-        raise InvalidRequest.field("request_id", "is required on every mutating call")
+    convert.request_id(request.request_id)
     entity = entity_from_pb(request.entity)
     body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     sessions = migrations.sessions

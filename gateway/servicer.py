@@ -44,14 +44,6 @@ from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
 MAX_SERIAL_LENGTH = 256
 
 
-def _request_id(value: str, path: str = "request_id") -> str:
-    if not value:
-        raise InvalidRequest.field(path, "is required on every mutating call")
-    if len(value) > convert.MAX_ID_LENGTH:
-        raise InvalidRequest.field(path, f"is longer than {convert.MAX_ID_LENGTH} characters")
-    return value
-
-
 def _readable(transfer: Transfer) -> Transfer:
     """``transfer``, if the caller may read it.
 
@@ -70,7 +62,12 @@ def _readable(transfer: Transfer) -> Transfer:
 
 def _transfer_id(name: str) -> str:
     prefix = "transfers/"
-    if not name.startswith(prefix) or not name[len(prefix) :] or len(name) > 200:
+    if (
+        not name.startswith(prefix)
+        or not name[len(prefix) :]
+        or len(name) > 200
+        or convert.has_control_characters(name)
+    ):
         raise InvalidRequest.field("name", "must be transfers/{transfer_id}")
     return name[len(prefix) :]
 
@@ -141,7 +138,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def ListProject(
         self, request: gateway_pb2.ListProjectRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListProjectResponse:
-        request_id = _request_id(request.request_id)
+        request_id = convert.request_id(request.request_id)
         project = convert.project_from_pb(request.project)
         if not request.jurisdiction:
             raise InvalidRequest.field("jurisdiction", "is required")
@@ -171,7 +168,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def SubmitTransfer(
         self, request: gateway_pb2.SubmitTransferRequest, context: grpc.ServicerContext
     ) -> model_pb2.Transfer:
-        request_id = _request_id(request.request_id)
+        request_id = convert.request_id(request.request_id)
         instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
         return convert.transfer_to_pb(
             self._bridge.submit(request_id, instruction, caller=current_caller())
@@ -193,7 +190,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 parsed.append(
                     (
                         i,
-                        _request_id(item.request_id, f"transfers[{i}].request_id"),
+                        convert.request_id(item.request_id, f"transfers[{i}].request_id"),
                         convert.instruction_from_pb(
                             item.instruction, serials.parse_serial, f"transfers[{i}].instruction"
                         ),
@@ -241,6 +238,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             state = convert.TRANSFER_STATE_FROM_PB.get(request.state)
             if state is None:
                 raise InvalidRequest.field("state", f"unknown transfer state {request.state}")
+        convert.optional_text("registry", request.registry)
         accounts = readable_accounts()
         readable = "*" if accounts is None else ",".join(sorted(accounts))
         scope = f"transfers:{request.state}:{request.registry}:{readable}"
@@ -272,7 +270,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def Retire(
         self, request: gateway_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> model_pb2.UnitUse:
-        request_id = _request_id(request.request_id)
+        request_id = convert.request_id(request.request_id)
         problems: list[FieldViolation] = []
         account = convert.account_from_pb(problems, "account", request.account)
         units = convert.units_from_pb(
@@ -301,14 +299,22 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def Surrender(
         self, request: gateway_pb2.SurrenderRequest, context: grpc.ServicerContext
     ) -> model_pb2.UnitUse:
-        request_id = _request_id(request.request_id)
+        request_id = convert.request_id(request.request_id)
         problems: list[FieldViolation] = []
         account = convert.account_from_pb(problems, "account", request.account)
         units = convert.units_from_pb(
             problems, "units", account.registry, request.units, serials.parse_serial
         )
-        if not request.entity_id or len(request.entity_id) > convert.MAX_ID_LENGTH:
-            problems.append(FieldViolation("entity_id", "is required (at most 128 characters)"))
+        if (
+            not request.entity_id
+            or len(request.entity_id) > convert.MAX_ID_LENGTH
+            or convert.has_control_characters(request.entity_id)
+        ):
+            problems.append(
+                FieldViolation(
+                    "entity_id", "is required (at most 128 characters, no control characters)"
+                )
+            )
         if not 2000 <= request.compliance_year <= 2100:
             problems.append(FieldViolation("compliance_year", "must be between 2000 and 2100"))
         if request.jurisdiction not in ("shenzhen", "guangdong", "national"):
@@ -373,7 +379,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             try:
                 query = BlockId(
                     Program(request.block.program),
-                    request.block.serial_series,
+                    convert.optional_text("block.serial_series", request.block.serial_series),
                     request.block.serial_start,
                     request.block.serial_end,
                 )

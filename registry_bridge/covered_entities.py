@@ -60,6 +60,11 @@ class CoveredEntity:
     years: tuple[ComplianceYear, ...] = field(default=())
 
 
+def _has_control_characters(text: str) -> bool:
+    # No id or name needs one, and PostgreSQL cannot store or compare a NUL.
+    return any(ord(c) < 32 for c in text)
+
+
 def validate_entity(entity: CoveredEntity) -> None:
     """Refuse an entity the gateway would refuse, naming every bad field.
 
@@ -73,6 +78,13 @@ def validate_entity(entity: CoveredEntity) -> None:
         problems.append(FieldViolation("entity.sector", "is required (at most 64 characters)"))
     if len(entity.display_name) > 256:
         problems.append(FieldViolation("entity.display_name", "is longer than 256 characters"))
+    for path, text in (
+        ("entity.entity_id", entity.entity_id),
+        ("entity.sector", entity.sector),
+        ("entity.display_name", entity.display_name),
+    ):
+        if _has_control_characters(text):
+            problems.append(FieldViolation(path, "contains control characters"))
     if not entity.gases:
         problems.append(FieldViolation("entity.gases", "must name at least one gas"))
     for i, gas in enumerate(entity.gases):
@@ -81,11 +93,18 @@ def validate_entity(entity: CoveredEntity) -> None:
                 FieldViolation(f"entity.gases[{i}]", f"{gas!r} is none of {sorted(GASES)}")
             )
     for registry, account in entity.accounts.items():
-        if not registry or len(registry) > 32:
-            problems.append(FieldViolation("entity.accounts", "a registry id is empty or long"))
-        if not account or len(account) > MAX_ID_LENGTH:
+        if not registry or len(registry) > 32 or _has_control_characters(registry):
             problems.append(
-                FieldViolation(f"entity.accounts[{registry}]", "account is empty or too long")
+                FieldViolation(
+                    "entity.accounts", "a registry id is empty, long or holds control characters"
+                )
+            )
+        if not account or len(account) > MAX_ID_LENGTH or _has_control_characters(account):
+            problems.append(
+                FieldViolation(
+                    f"entity.accounts[{registry}]",
+                    "account is empty, too long or holds control characters",
+                )
             )
     seen: set[tuple[str, int]] = set()
     for i, year in enumerate(entity.years):

@@ -1,0 +1,212 @@
+"""A NUL or control character in any string of a request: a typed refusal, never INTERNAL.
+
+PostgreSQL cannot hold a NUL in a text value: the driver raises on it, in a query as in an
+insert, so a NUL that reaches SQL answers INTERNAL there while SQLite takes it. Each case
+starts from a request the gateway accepts and puts a NUL into one of its strings at a time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+
+_NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+_HKMO = model_pb2.AccountRef(registry="hkmo", account="hk-seller")
+_UNITS = [
+    model_pb2.UnitSelector(
+        block=model_pb2.BlockId(program="VCS", serial_start=115597313, serial_end=115597322)
+    )
+]
+_INSTRUCTION = model_pb2.TransferInstruction(
+    source=_HKMO,
+    destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+    units=_UNITS,
+    settlement=model_pb2.Settlement(currency="HKD", amount="10", trade_reference="t-1"),
+)
+_PLAN = gateway_pb2.PlanMigrationRequest(
+    entity_id="steelco", from_jurisdiction="shenzhen", to_jurisdiction="national", first_year=2025
+)
+_ENTITY = gateway_pb2.CoveredEntity(
+    entity_id="steelco",
+    display_name="Steel Co",
+    sector="steel",
+    gases=["CO2"],
+    accounts=[model_pb2.AccountRef(registry="shenzhen", account="steel-sz")],
+    years=[
+        gateway_pb2.ComplianceYear(
+            jurisdiction="shenzhen", compliance_year=2024, verified_emissions=1, allowances_due=1
+        )
+    ],
+)
+
+# One request each method accepts (or refuses for a reason of its own), in which every
+# string is set.
+BASELINES: dict[str, Message] = {
+    "ParseSerial": gateway_pb2.ParseSerialRequest(registry="verra", serial=VERRA_SERIAL),
+    "ListProject": gateway_pb2.ListProjectRequest(
+        request_id="list-1",
+        project=model_pb2.Project(
+            program="VCS",
+            project_id="1060",
+            display_name="Wind",
+            project_type="wind",
+            methodology="ACM0002",
+            country="US",
+            region="TX",
+            start_date="2019-01-01",
+            crediting_period_start="2019-01-01",
+            crediting_period_end="2028-12-31",
+        ),
+        jurisdiction="hkmo",
+        as_of="2024-06-01",
+    ),
+    "EvaluateTransfer": gateway_pb2.EvaluateTransferRequest(instruction=_INSTRUCTION),
+    "SubmitTransfer": gateway_pb2.SubmitTransferRequest(
+        request_id="trade-1", instruction=_INSTRUCTION
+    ),
+    "SubmitTransfers": gateway_pb2.SubmitTransfersRequest(
+        request_id="batch-1",
+        transfers=[gateway_pb2.SubmitTransferRequest(request_id="t-1", instruction=_INSTRUCTION)],
+    ),
+    "GetTransfer": gateway_pb2.GetTransferRequest(name="transfers/abc"),
+    "ListTransfers": gateway_pb2.ListTransfersRequest(registry="hkmo"),
+    "WatchTransfer": gateway_pb2.WatchTransferRequest(name="transfers/abc"),
+    "Retire": gateway_pb2.RetireRequest(
+        request_id="retire-1",
+        account=_HKMO,
+        units=_UNITS,
+        beneficiary="Acme",
+        claim_text="offsetting 2024",
+    ),
+    "Surrender": gateway_pb2.SurrenderRequest(
+        request_id="surrender-1",
+        account=_HKMO,
+        units=_UNITS,
+        entity_id="steelco",
+        compliance_year=2024,
+        jurisdiction="shenzhen",
+    ),
+    "PlanMigration": _PLAN,
+    "ExecuteMigration": gateway_pb2.ExecuteMigrationRequest(request_id="move-1", plan=_PLAN),
+    "GetMigration": gateway_pb2.GetMigrationRequest(name="migrations/abc"),
+    "UpsertCoveredEntity": gateway_pb2.UpsertCoveredEntityRequest(
+        request_id="entity-1", entity=_ENTITY
+    ),
+    "TraceUnits": gateway_pb2.TraceUnitsRequest(
+        block=model_pb2.BlockId(
+            program="VCS", serial_series="s", serial_start=115597313, serial_end=115597322
+        )
+    ),
+    "Reconcile": gateway_pb2.ReconcileRequest(request_id="rec-1", registries=["verra"]),
+}
+
+
+def _string_paths(message: Message, prefix: str = "") -> Iterator[str]:
+    """The path of every string set in ``message``, e.g. ``instruction.units[0].serial``."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        repeated = field.is_repeated
+        items = list(value) if repeated else [value]
+        for i, item in enumerate(items):
+            here = f"{path}[{i}]" if repeated else path
+            if field.type == FieldDescriptor.TYPE_STRING:
+                yield here
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                yield from _string_paths(item, f"{here}.")
+
+
+def _with(message: Message, path: str, suffix: str) -> Message:
+    """A copy of ``message`` with ``suffix`` appended to the string at ``path``, and every
+    other request id made new (a request id used before answers before any other check)."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    for other in _string_paths(message):
+        if other != path and other.rsplit(".", 1)[-1] == "request_id":
+            _append(copy, other, f"-{uuid.uuid4().hex}")
+    _append(copy, path, suffix)
+    return copy
+
+
+def _append(message: Message, path: str, suffix: str) -> None:
+    *parents, leaf = path.split(".")
+    target: Message = message
+    for part in parents:
+        name, _, index = part.partition("[")
+        child = getattr(target, name)
+        target = child[int(index[:-1])] if index else child
+    name, _, index = leaf.partition("[")
+    if index:
+        values = getattr(target, name)
+        values[int(index[:-1])] += suffix
+    else:
+        setattr(target, name, getattr(target, name) + suffix)
+
+
+def _rows(gateway: LiveGateway) -> dict[str, int]:
+    with gateway.server.engine.connect() as connection:
+        return {
+            table: int(connection.execute(sa.text(f'SELECT count(*) FROM "{table}"')).scalar_one())
+            for table in sa.inspect(connection).get_table_names()
+            # Filled lazily from the provenance log on a read: a cache, not state.
+            if table != "merkle_nodes"
+        }
+
+
+def _code(gateway: LiveGateway, method: str, request: Message) -> grpc.StatusCode:
+    service = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"]
+    path = f"/{service.full_name}/{method}"
+    serializer = type(request).SerializeToString
+    try:
+        if service.methods_by_name[method].server_streaming:
+            for _ in gateway.channel.unary_stream(path, request_serializer=serializer)(
+                request, timeout=30
+            ):
+                pass
+        else:
+            gateway.channel.unary_unary(path, request_serializer=serializer)(request, timeout=30)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+def test_a_nul_in_any_string_is_refused_as_bad_input(
+    live_gateway: LiveGateway, method: str
+) -> None:
+    baseline = BASELINES[method]
+    failures = []
+    for path in _string_paths(baseline):
+        before = _rows(live_gateway)
+        code = _code(live_gateway, method, _with(baseline, path, "\x00"))
+        if code in _NEVER:
+            failures.append(f"{path}: {code.name}")
+        elif code != grpc.StatusCode.OK and _rows(live_gateway) != before:
+            failures.append(f"{path}: refused ({code.name}) yet changed rows")
+    assert failures == []
+
+
+@pytest.mark.parametrize("method", ["SubmitTransfer", "Retire", "ExecuteMigration"])
+def test_a_request_id_with_a_control_character_is_refused_by_name(
+    live_gateway: LiveGateway, method: str
+) -> None:
+    request = _with(BASELINES[method], "request_id", "\n")
+    service = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"]
+    call = live_gateway.channel.unary_unary(
+        f"/{service.full_name}/{method}", request_serializer=type(request).SerializeToString
+    )
+    before = _rows(live_gateway)
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id: contains control characters" in (caught.value.details() or "")
+    assert _rows(live_gateway) == before

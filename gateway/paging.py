@@ -10,6 +10,9 @@ from registry_bridge.errors import InvalidRequest
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 2**53
+"""Past any listing the gateway holds, and far inside the 64-bit integers SQLite and
+PostgreSQL take for OFFSET: a forged token's larger offset would fail the query."""
 
 
 def page_size(requested: int) -> int:
@@ -41,7 +44,7 @@ def decode_token(token: str, scope: str) -> int:
         token_scope = data["s"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
-    if not isinstance(offset, int) or offset < 0 or token_scope != scope:
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET or token_scope != scope:
         raise InvalidRequest.field(
             "page_token", "does not belong to this listing (were the filters changed?)"
         )

@@ -9,6 +9,7 @@ from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from gateway import paging
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
 from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
@@ -126,6 +127,21 @@ def test_missing_request_id_is_refused(live_gateway: LiveGateway) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _field_violations(caught.value) == ["request_id"]
+
+
+def test_a_page_token_forged_past_any_offset_is_an_invalid_argument(
+    live_gateway: LiveGateway,
+) -> None:
+    # The same scope as the first page's token: only the offset is forged.
+    first = live_gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=30)
+    assert first.next_page_token == ""
+    forged = paging.encode_token(10**30, "transfers:0::*")
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.ListTransfers(
+            gateway_pb2.ListTransfersRequest(page_token=forged), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(caught.value) == ["page_token"]
 
 
 def test_units_not_held_end_rejected_and_change_nothing(

@@ -21,6 +21,13 @@ def test_foreign_or_garbage_token_is_refused() -> None:
         paging.decode_token("%%%not-base64", "x")
 
 
+def test_a_token_forged_past_the_largest_offset_is_refused() -> None:
+    # Well formed and in scope, but its offset would overflow the database's OFFSET.
+    for offset in (paging.MAX_OFFSET + 1, 2**63, 10**30):
+        with pytest.raises(InvalidRequest, match="page_token"):
+            paging.decode_token(paging.encode_token(offset, "transfers"), "transfers")
+
+
 def test_page_size_bounds() -> None:
     assert paging.page_size(0) == paging.DEFAULT_PAGE_SIZE
     assert paging.page_size(10**6) == paging.MAX_PAGE_SIZE

@@ -183,7 +183,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             raise InvalidRequest.field(
                 "transfers", f"holds more than the batch cap of {self._max_batch_size}"
             )
-        results: list[gateway_pb2.BatchTransferResult] = []
+        # By position in the request: request ids may be missing or repeated, so only the
+        # position tells the caller which instruction a result answers.
+        results: list[tuple[int, gateway_pb2.BatchTransferResult]] = []
         parsed: list[tuple[int, str, TransferInstruction]] = []
         for i, item in enumerate(request.transfers):
             try:
@@ -198,31 +200,30 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 )
             except CarbonlinkError as exc:
                 results.append(
-                    gateway_pb2.BatchTransferResult(
-                        request_id=item.request_id, error=error_mapping.to_rpc_status(exc)
+                    (
+                        i,
+                        gateway_pb2.BatchTransferResult(
+                            request_id=item.request_id, error=error_mapping.to_rpc_status(exc)
+                        ),
                     )
                 )
         outcomes = self._bridge.submit_many(
             [(rid, ins) for _, rid, ins in parsed], caller=current_caller()
         )
-        for (_, request_id, _), outcome in zip(parsed, outcomes, strict=True):
+        for (i, request_id, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, CarbonlinkError):
-                results.append(
-                    gateway_pb2.BatchTransferResult(
-                        request_id=request_id, error=error_mapping.to_rpc_status(outcome)
-                    )
+                result = gateway_pb2.BatchTransferResult(
+                    request_id=request_id, error=error_mapping.to_rpc_status(outcome)
                 )
             elif isinstance(outcome, Exception):
                 raise outcome
             else:
-                results.append(
-                    gateway_pb2.BatchTransferResult(
-                        request_id=request_id, transfer=convert.transfer_to_pb(outcome)
-                    )
+                result = gateway_pb2.BatchTransferResult(
+                    request_id=request_id, transfer=convert.transfer_to_pb(outcome)
                 )
-        order = {item.request_id: i for i, item in enumerate(request.transfers)}
-        results.sort(key=lambda r: order.get(r.request_id, len(order)))
-        return gateway_pb2.SubmitTransfersResponse(results=results)
+            results.append((i, result))
+        results.sort(key=lambda pair: pair[0])
+        return gateway_pb2.SubmitTransfersResponse(results=[r for _, r in results])
 
     def GetTransfer(
         self, request: gateway_pb2.GetTransferRequest, context: grpc.ServicerContext

@@ -192,6 +192,29 @@ def test_batch_settles_each_instruction_on_its_own(live_gateway: LiveGateway) ->
     assert reply.results[3].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
 
 
+def test_batch_results_follow_the_instructions_order(live_gateway: LiveGateway) -> None:
+    # Request ids cannot match results to instructions here: two are missing and two
+    # repeat, so the position must.
+    good = _instruction([_block(START, START + 9)])
+    bad = _instruction([_block(START + 9, START)])
+    reply = live_gateway.stub.SubmitTransfers(
+        gateway_pb2.SubmitTransfersRequest(
+            request_id="batch-order",
+            transfers=[
+                gateway_pb2.SubmitTransferRequest(request_id="", instruction=good),
+                gateway_pb2.SubmitTransferRequest(request_id="same", instruction=good),
+                gateway_pb2.SubmitTransferRequest(request_id="", instruction=good),
+                gateway_pb2.SubmitTransferRequest(request_id="same", instruction=bad),
+            ],
+        ),
+        timeout=60,
+    )
+    outcomes = [(r.request_id, r.WhichOneof("outcome")) for r in reply.results]
+    assert outcomes == [("", "error"), ("same", "transfer"), ("", "error"), ("same", "error")]
+    assert reply.results[1].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+    assert "transfers[3].instruction.units[0].block" in reply.results[3].error.message
+
+
 def test_get_list_and_watch(live_gateway: LiveGateway) -> None:
     created = live_gateway.stub.SubmitTransfer(
         gateway_pb2.SubmitTransferRequest(

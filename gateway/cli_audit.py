@@ -133,7 +133,7 @@ def read_log_key(text: str) -> Verifier:
     if "+" not in text or candidate.is_file():
         try:
             text = candidate.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise NoteError(f"{text!r} is neither a verifier key nor a readable file") from exc
     return parse_verifier_key(text)
 
@@ -180,8 +180,18 @@ def _describe(block: BlockId) -> str:
 
 
 def _kept_checkpoint(path: Path) -> str:
-    """The signed checkpoint note in ``path``: a note as written, or an audit bundle's."""
-    text = path.read_text(encoding="utf-8")
+    """The signed checkpoint note in ``path``: a note as written, or an audit bundle's.
+
+    Raises:
+        OSError: The file cannot be read.
+        NoteError: It is not UTF-8 text, or neither a note nor a bundle.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NoteError(
+            f"{path} is not UTF-8 text: neither a signed checkpoint nor a bundle"
+        ) from exc
     try:
         document = json.loads(text)
     except ValueError:

@@ -100,7 +100,8 @@ def _get(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     try:
         entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError, InvalidRequest) as exc:
+    # ValueError: not JSON, or not UTF-8 text at all.
+    except (OSError, ValueError, InvalidRequest) as exc:
         print(f"carbonlink entity import: {args.file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Every entity is checked before any is sent: a file is imported whole or not at all.

@@ -59,7 +59,7 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
     try:
         token = args.token_file.read_text(encoding="utf-8").strip()
         return role_channel(args.target, TlsLayout(args.tls_dir), args.client, token)
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ClientSetupError(f"cannot read the TLS or token files: {exc}") from exc
 
 

@@ -362,6 +362,8 @@ def load_config(
             document = yaml.safe_load(file.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"config file {file}: cannot be read: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {file}: not UTF-8 text: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {file}: not valid YAML: {exc}") from exc
         if document is None:

@@ -60,3 +60,32 @@ def test_an_unknown_transfer_state_is_a_usage_error(capsys: pytest.CaptureFixtur
         main(["transfer", "list", "--insecure", "--state", "bogus"])
     assert exited.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+_KEY = "carbonlink.local/provenance+45cd085e+AVsM+MbnAaQza/EX64goODZiYPX/wnaTXYCESSwRtfj2"
+_GATEWAY = ["--insecure", "--target", "127.0.0.1:1"]
+
+
+@pytest.mark.usefixtures("_keep_logging")
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["audit", "verify", "--log-key", "BIN", "BIN"], "'BIN' is neither a verifier key"),
+        (["audit", "consistency", *_GATEWAY, "--log-key", _KEY, "BIN"], "BIN is not UTF-8"),
+        (["entity", "import", *_GATEWAY, "BIN"], "BIN: 'utf-8' codec can't decode"),
+        (["serve", "--insecure", "--config", "BIN"], "config file BIN: not UTF-8 text"),
+        (
+            ["reconcile", "--tls-dir", ".", "--token-file", "BIN", "--target", "127.0.0.1:1"],
+            "cannot read the TLS or token files",
+        ),
+    ],
+    ids=["log-key", "checkpoint", "entities", "config", "token"],
+)
+def test_a_file_that_is_not_utf8_text_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    binary = tmp_path / "export.bin"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    argv = [str(binary) if a == "BIN" else a for a in argv]
+    assert main(argv) == 2
+    assert said.replace("BIN", str(binary)) in capsys.readouterr().err

@@ -103,7 +103,11 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json or args.out:
         text = json.dumps(bundle.to_json(), indent=2, sort_keys=True)
         if args.out:
-            Path(args.out).write_text(text + "\n", encoding="utf-8")
+            try:
+                Path(args.out).write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                print(f"carbonlink trace: cannot write {args.out}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         else:
             print(text, file=stdout)
         return EXIT_OK
@@ -247,7 +251,16 @@ def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"{name}: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.save:
-        Path(args.save).write_text(latest.signed_note, encoding="utf-8")
+        try:
+            Path(args.save).write_text(latest.signed_note, encoding="utf-8")
+        except OSError as exc:
+            # The log was verified all the same: say so, and that nothing was kept.
+            print(
+                f"{name}: the log extends the kept checkpoint, but the latest could not be "
+                f"saved to {args.save}: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     print(
         f"OK: the log now at size {now.size} extends the checkpoint of size {kept.size} "
         f"kept in {args.checkpoint}, both signed by {trusted.name}",

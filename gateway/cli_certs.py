@@ -77,9 +77,13 @@ def _token(args: argparse.Namespace) -> int:
     if args.out is None:
         print(token)
         return 0
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+    except OSError as exc:
+        print(f"carbonlink certs token: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -103,6 +103,26 @@ def test_trace_then_verify_offline(
     )
 
 
+def test_an_output_file_that_cannot_be_written_is_a_usage_error(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    missing = tmp_path / "no-such-dir" / "out"
+    argv = ["trace", "--registry", "verra", VERRA_SERIAL, "--out", str(missing)]
+    assert main([*argv, *target]) == 2
+    assert f"carbonlink trace: cannot write {missing}" in capsys.readouterr().err
+
+    _sell(live_gateway)
+    first = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
+    kept = tmp_path / "kept.note"
+    kept.write_text(first.signed_note)
+    _sell(live_gateway, offset=500)
+    argv = ["audit", "consistency", str(kept), "--log-key", first.verifier_key]
+    assert main([*argv, "--save", str(missing), *target]) == 2
+    err = capsys.readouterr().err
+    assert "the log extends the kept checkpoint" in err and f"saved to {missing}" in err
+
+
 def test_reconcile_command(live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]) -> None:
     _sell(live_gateway)
     target = f"127.0.0.1:{live_gateway.server.port}"

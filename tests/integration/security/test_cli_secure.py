@@ -9,6 +9,7 @@ import pytest
 
 from adapters.serials import format_serial, parse_serial
 from gateway.cli import main
+from gateway.security.layout import TlsLayout
 from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
 
 
@@ -57,3 +58,12 @@ def test_certs_token_then_a_signed_transfer_from_the_cli(
     # Plaintext against the secure gateway is refused by the transport.
     assert main(["transfer", "list", "--target", secure_gateway.target, "--insecure"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_a_token_file_that_cannot_be_written_is_a_usage_error(
+    pki: TlsLayout, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "no-such-dir" / "token"
+    argv = ["certs", "token", str(pki.root), "--role", "auditor", "--out", str(out)]
+    assert main(argv) == 2
+    assert f"carbonlink certs token: cannot write {out}" in capsys.readouterr().err

@@ -164,6 +164,13 @@ class BlockId:
             raise ValueError(
                 f"serial_end {self.serial_end} is above the largest serial {MAX_SERIAL}"
             )
+        if self.quantity > MAX_SERIAL:
+            # Only 0 to MAX_SERIAL: its count, one more than MAX_SERIAL, fits no 64-bit
+            # quantity (the API's, the ledger's), so the block could not be answered.
+            raise ValueError(
+                f"serials {self.serial_start}-{self.serial_end} are more units than one "
+                f"block holds (at most {MAX_SERIAL})"
+            )
 
     @property
     def quantity(self) -> int:

@@ -119,6 +119,17 @@ def test_a_serial_past_the_largest_is_an_invalid_argument(live_gateway: LiveGate
     assert _field_violations(caught.value) == ["instruction.units[0].serial"]
 
 
+def test_a_serial_of_every_serial_is_an_invalid_argument(live_gateway: LiveGateway) -> None:
+    # 0 to 2**63 - 1: each end fits, but the quantity, 2**63, fits no int64 of the reply.
+    every = f"9660-0-{2**63 - 1}-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.ParseSerial(
+            gateway_pb2.ParseSerialRequest(registry="verra", serial=every), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more units than one block holds" in (caught.value.details() or "")
+
+
 def test_missing_request_id_is_refused(live_gateway: LiveGateway) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         live_gateway.stub.SubmitTransfer(

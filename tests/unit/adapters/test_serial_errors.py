@@ -204,3 +204,14 @@ def test_a_block_past_the_largest_serial_cannot_exist() -> None:
     BlockId(Program.VCS, "", 1, 2**63 - 1)
     with pytest.raises(ValueError, match="above the largest serial"):
         BlockId(Program.VCS, "", 1, 2**63)
+
+
+def test_a_block_of_every_serial_cannot_exist() -> None:
+    # Its quantity, 2**63, is past every 64-bit count that would carry it.
+    assert BlockId(Program.VCS, "", 0, 2**63 - 2).quantity == 2**63 - 1
+    with pytest.raises(ValueError, match="more units than one block holds"):
+        BlockId(Program.VCS, "", 0, 2**63 - 1)
+    every = VCU.replace("941467007", "0").replace("941467431", str(2**63 - 1))
+    with pytest.raises(RegistryFormatError, match="more units than one block holds") as caught:
+        serials.parse_serial("verra", every)
+    assert [v.field for v in caught.value.violations] == ["serial"]

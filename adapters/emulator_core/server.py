@@ -197,11 +197,15 @@ def start_emulator(
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = (
-        server.add_insecure_port(listen)
-        if credentials is None
-        else server.add_secure_port(listen, credentials)
-    )
+    try:
+        port = (
+            server.add_insecure_port(listen)
+            if credentials is None
+            else server.add_secure_port(listen, credentials)
+        )
+    except RuntimeError as exc:  # grpcio raises where it once returned port 0
+        store.close()
+        raise OSError(f"could not listen on {listen}: {exc}") from exc
     if port == 0:
         store.close()
         raise OSError(f"could not listen on {listen}")

@@ -89,3 +89,18 @@ def test_a_file_that_is_not_utf8_text_is_a_usage_error(
     argv = [str(binary) if a == "BIN" else a for a in argv]
     assert main(argv) == 2
     assert said.replace("BIN", str(binary)) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listen", ["taken", "not-an-address"])
+def test_emulate_says_it_cannot_listen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}" if listen == "taken" else listen
+        argv = ["emulate", "verra", "--listen", address, "--data", str(tmp_path / "store")]
+        assert main(argv) == 1
+    assert f"carbonlink emulate: cannot serve: could not listen on {address}" in (
+        capsys.readouterr().err
+    )

@@ -99,7 +99,11 @@ def handle_import(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"carbonlink registry import: {exc}", file=sys.stderr)
         return 2
-    store = REGISTRIES[args.registry].emulator().open_store(args.data)
+    try:
+        store = REGISTRIES[args.registry].emulator().open_store(args.data)
+    except OSError as exc:
+        print(f"carbonlink registry import: --data: {exc}; nothing imported", file=sys.stderr)
+        return 2
     try:
         report = import_rows(store, rows, source)
     except ImportRowRejected as exc:

@@ -8,6 +8,7 @@ a gRPC server.  :func:`start_emulator` runs one in the background and returns a 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -92,12 +93,19 @@ class EmulatorSpec:
 
         Raises:
             ValueError: ``page_size_cap`` is below 1.
+            OSError: ``data_dir`` cannot be made a directory, or its store cannot be
+                opened (not an SQLite database, say), naming the path.
         """
         path = None
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             path = data_dir / f"{self.registry_id}.sqlite3"
-        return Store(self.registry_id, self.programs, self.credit_mode, path, clock, page_size_cap)
+        try:
+            return Store(
+                self.registry_id, self.programs, self.credit_mode, path, clock, page_size_cap
+            )
+        except sqlite3.DatabaseError as exc:
+            raise OSError(f"{path}: cannot open the {self.registry_id} store: {exc}") from exc
 
 
 class CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]

@@ -104,3 +104,23 @@ def test_emulate_says_it_cannot_listen(
     assert f"carbonlink emulate: cannot serve: could not listen on {address}" in (
         capsys.readouterr().err
     )
+
+
+_EXPORT = Path(__file__).parents[2] / "assets" / "registries" / "verra" / "transactions.csv"
+
+
+@pytest.mark.parametrize("data", ["a-file", "a-corrupt-store"])
+def test_a_store_that_cannot_be_opened_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: str
+) -> None:
+    store = tmp_path / "store"
+    if data == "a-file":
+        store.write_text("not a directory")
+    else:
+        store.mkdir()
+        (store / "verra.sqlite3").write_text("not a database")
+    assert main(["registry", "import", "verra", str(_EXPORT), "--data", str(store)]) == 2
+    assert "carbonlink registry import: --data: " in capsys.readouterr().err
+    argv = ["emulate", "verra", "--listen", "127.0.0.1:0", "--data", str(store)]
+    assert main(argv) == 1
+    assert "carbonlink emulate: cannot serve: " in capsys.readouterr().err

@@ -38,6 +38,18 @@ def _account(text: str) -> model_pb2.AccountRef:
     return model_pb2.AccountRef(registry=registry, account=account)
 
 
+def int32(text: str) -> int:
+    """An integer flag the API carries as int32: out of its range, a usage error here
+    (the server judges the value itself; the message could not even be built)."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if not -(2**31) <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is outside the 32-bit range the API carries")
+    return value
+
+
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
     channel = client_security.open_channel(args)
     return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
@@ -213,7 +225,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument("--use", default="holding", help="intended use of the units")
     submit.add_argument(
         "--compliance-year",
-        type=int,
+        type=int32,
         metavar="YEAR",
         help="with --use corsia: the offsetting obligation's year, whose CORSIA rules decide "
         "(default: the rules of the transfer's day)",
@@ -237,7 +249,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only transfers in this state, e.g. completed",
     )
     listing.add_argument("--registry", default="", help="only transfers touching this registry")
-    listing.add_argument("--page-size", type=int, default=50)
+    listing.add_argument("--page-size", type=int32, default=50)
     listing.add_argument("--page-token", default="")
     listing.set_defaults(handler=_list)
 

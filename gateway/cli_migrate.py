@@ -14,7 +14,16 @@ import uuid
 from pathlib import Path
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway.cli_client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, _call, _common, _print, _usage
+from gateway.cli_client import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    _call,
+    _common,
+    _print,
+    _usage,
+    int32,
+)
 from registry_bridge.covered_entities import parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
@@ -173,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument(
             "--from-year",
             dest="from_year",
-            type=int,
+            type=int32,
             required=True,
             help="first compliance year covered by the national ETS",
         )

@@ -124,3 +124,25 @@ def test_a_store_that_cannot_be_opened_is_named(
     argv = ["emulate", "verra", "--listen", "127.0.0.1:0", "--data", str(store)]
     assert main(argv) == 1
     assert "carbonlink emulate: cannot serve: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["transfer", "list", "--page-size", "99999999999"],
+        ["migrate", "plan", "--entity", "e", "--from-year", "99999999999"],
+        [
+            *["transfer", "submit", "--from", "hkmo:a", "--to", "shenzhen:b"],
+            *["--block", "VCS:1-2", "--use", "corsia", "--compliance-year", "-99999999999"],
+        ],
+    ],
+    ids=["page-size", "from-year", "compliance-year"],
+)
+def test_an_int32_flag_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # Refused before any connection: nothing listens on the target.
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--insecure", "--target", "127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "is outside the 32-bit range the API carries" in capsys.readouterr().err

@@ -60,6 +60,10 @@ class CoveredEntity:
     years: tuple[ComplianceYear, ...] = field(default=())
 
 
+_LARGEST_AMOUNT = 2**63 - 1
+"""tCO2e: the int64 the API and the ledger's columns carry."""
+
+
 def _has_control_characters(text: str) -> bool:
     # No id or name needs one, and PostgreSQL cannot store or compare a NUL.
     return any(ord(c) < 32 for c in text)
@@ -118,10 +122,17 @@ def validate_entity(entity: CoveredEntity) -> None:
         seen.add((year.jurisdiction, year.compliance_year))
         if not 2000 <= year.compliance_year <= 2100:
             problems.append(FieldViolation(f"{path}.compliance_year", "must be 2000-2100"))
-        if year.verified_emissions < 0:
-            problems.append(FieldViolation(f"{path}.verified_emissions", "must not be negative"))
-        if year.allowances_due < 0:
-            problems.append(FieldViolation(f"{path}.allowances_due", "must not be negative"))
+        for name, amount in (
+            ("verified_emissions", year.verified_emissions),
+            ("allowances_due", year.allowances_due),
+        ):
+            if amount < 0:
+                problems.append(FieldViolation(f"{path}.{name}", "must not be negative"))
+            elif amount > _LARGEST_AMOUNT:
+                # An import file can hold any integer; the API and the ledger hold int64.
+                problems.append(
+                    FieldViolation(f"{path}.{name}", f"is above the largest, {_LARGEST_AMOUNT}")
+                )
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 

@@ -138,3 +138,25 @@ def test_an_import_file_with_a_bad_entity_imports_nothing(
     err = capsys.readouterr().err
     assert "nothing imported: entities[1] (bad-co)" in err
     assert "entity.years[0].verified_emissions: must not be negative" in err
+
+
+def test_an_import_file_with_an_amount_past_int64_imports_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JSON holds any integer; the API's int64 could not carry this one.
+    huge = CoveredEntity(
+        entity_id="huge-co",
+        display_name="Huge Co.",
+        sector="steel",
+        gases=("CO2",),
+        accounts={"shenzhen": "sz-huge"},
+        years=(ComplianceYear("shenzhen", 2023, 2**63, 2**63 - 1),),
+    )
+    export = tmp_path / "entities.json"
+    export.write_text(json.dumps({"entities": [entity_to_json(huge)]}))
+    argv = ["entity", "import", str(export), "--target", "127.0.0.1:1", "--insecure"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nothing imported: entities[0] (huge-co)" in err
+    assert f"entity.years[0].verified_emissions: is above the largest, {2**63 - 1}" in err
+    assert "allowances_due" not in err

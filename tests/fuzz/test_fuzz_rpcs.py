@@ -1,9 +1,10 @@
 """Every RPC fuzzed with generated messages: no INTERNAL, no crash, refusals change nothing.
 
-Two gateways: one in development mode (``insecure``), so hostile messages reach the
-request validation of every RPC, and one with security on, whose refusals must come
-from the security layer before any handler runs. After the run the ledger invariants
-(``registry_bridge.invariants.check_ledger``) hold on both. Bounded well under a minute.
+Two gateways: one in development mode (``insecure``, on SQLite and on PostgreSQL), so
+hostile messages reach the request validation of every RPC, and one with security on,
+whose refusals must come from the security layer before any handler runs. After the run
+the ledger invariants (``registry_bridge.invariants.check_ledger``) hold on both. Bounded
+well under a minute.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gateway.security.layout import TlsLayout
 from gateway.server import GatewayServer
 from registry_bridge.invariants import check_ledger
 from registry_bridge.schema import LedgerEvent
+from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 from tests.fuzz.strategies import messages
 from tests.integration.security.conftest import (  # noqa: F401 -- pki is a fixture
     SecureGateway,
@@ -64,14 +66,24 @@ def _events(server: GatewayServer) -> int:
         return int(connection.execute(count).scalar_one())
 
 
-@pytest.fixture(scope="module")
-def dev_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayServer, str]]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def dev_gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayServer, str]]:
+    # PostgreSQL too: it refuses text SQLite takes (a NUL), so a string that reaches a
+    # query unchecked answers INTERNAL only there.
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'gateway.db'}"
+    else:
+        require_postgres()
+        database_url = create_postgres_database()
     emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in ("verra", "hkmo", "shenzhen")}
-    db = tmp_path_factory.mktemp("fuzz") / "gateway.db"
     server = GatewayServer(
         GatewayConfig(
             listen="127.0.0.1:0",
-            database_url=f"sqlite:///{db}",
+            database_url=database_url,
             registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
             insecure=True,
             max_batch_size=3,
@@ -85,6 +97,8 @@ def dev_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gate
         server.stop(grace_seconds=0)
         for emulator in emulators.values():
             emulator.stop()
+        if request.param == "postgresql":
+            drop_postgres_database(database_url)
 
 
 def _check(server: GatewayServer, target: str) -> None:

@@ -26,7 +26,8 @@ def _read_project(path: Path) -> model_pb2.Project:
     """
     try:
         document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    # ValueError: not UTF-8 text, or an unquoted date YAML cannot make (2024-13-01).
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from exc
     if not isinstance(document, dict):
         raise ValueError(f"{path}: a project is a mapping of Project's fields")

@@ -146,3 +146,14 @@ def test_an_int32_flag_out_of_range_is_a_usage_error(
         main([*argv, "--insecure", "--target", "127.0.0.1:1"])
     assert exited.value.code == 2
     assert "is outside the 32-bit range the API carries" in capsys.readouterr().err
+
+
+def test_a_project_file_with_an_impossible_date_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unquoted, YAML reads it as a date itself and fails before the API sees the text.
+    project = tmp_path / "project.yaml"
+    project.write_text("program: VCS\nproject_id: p-1\nstart_date: 2024-13-45\n")
+    argv = ["project", "list", str(project), "--jurisdiction", "shenzhen"]
+    assert main([*argv, "--insecure", "--target", "127.0.0.1:1"]) == 2
+    assert f"cannot read {project}: month must be in 1..12" in capsys.readouterr().err

@@ -8,6 +8,7 @@ it with a ``ConfigError`` naming the setting and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -163,6 +164,11 @@ _FIELD_TYPES: dict[str, type] = {
     "rate_limit_per_second": float,
     "rate_limit_burst": int,
 }
+LONGEST_SECONDS = 366 * 24 * 3600
+"""The longest duration setting: a year is past any interval, timeout or lifetime a
+gateway needs, and far inside what its timers and datetimes hold (a recovery interval of
+1e308 s overflowed the recovery thread's wait and ended it, so unfinished transfers were
+never resumed)."""
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -251,8 +257,15 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "rate_limit_burst": config.rate_limit_burst,
     }
     for name, value in positive.items():
+        # NaN passes `value <= 0`, so finiteness is asked first.
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value} ({origin(name)})")
         if value <= 0:
             raise ConfigError(f"{name}: must be greater than 0, got {value} ({origin(name)})")
+        if name.endswith("_seconds") and value > LONGEST_SECONDS:
+            raise ConfigError(
+                f"{name}: must be at most {LONGEST_SECONDS} (a year), got {value} ({origin(name)})"
+            )
     if config.registry_retry_initial_wait_seconds > config.registry_retry_max_wait_seconds:
         raise ConfigError(
             "registry_retry_initial_wait_seconds: "

@@ -70,6 +70,22 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
             "registry_retry_max_wait_seconds: must be greater than 0",
         ),
         (
+            {"CARBONLINK_RECOVERY_INTERVAL_SECONDS": "nan"},
+            "recovery_interval_seconds: must be a finite number, got nan",
+        ),
+        (
+            {"CARBONLINK_RATE_LIMIT_PER_SECOND": "inf"},
+            "rate_limit_per_second: must be a finite number, got inf",
+        ),
+        (
+            {"CARBONLINK_RECOVERY_INTERVAL_SECONDS": "1e308"},
+            "recovery_interval_seconds: must be at most 31622400 (a year), got 1e+308",
+        ),
+        (
+            {"CARBONLINK_LOCK_TTL_SECONDS": str(10**20)},
+            "lock_ttl_seconds: must be at most 31622400 (a year)",
+        ),
+        (
             {"CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS": "3"},
             "registry_retry_initial_wait_seconds: 3.0 is above registry_retry_max_wait_seconds,"
             " 2.0 (env CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS, default)",

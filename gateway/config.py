@@ -266,6 +266,12 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{name}: must be at most {LONGEST_SECONDS} (a year), got {value} ({origin(name)})"
             )
+    if config.max_message_bytes > 2**31 - 1:
+        # gRPC takes it as a C int: a larger one failed the start with an OverflowError.
+        raise ConfigError(
+            f"max_message_bytes: must be at most {2**31 - 1}, got {config.max_message_bytes} "
+            f"({origin('max_message_bytes')})"
+        )
     if config.registry_retry_initial_wait_seconds > config.registry_retry_max_wait_seconds:
         raise ConfigError(
             "registry_retry_initial_wait_seconds: "

@@ -86,6 +86,10 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
             "lock_ttl_seconds: must be at most 31622400 (a year)",
         ),
         (
+            {"CARBONLINK_MAX_MESSAGE_BYTES": str(2**31)},
+            f"max_message_bytes: must be at most {2**31 - 1}, got {2**31}",
+        ),
+        (
             {"CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS": "3"},
             "registry_retry_initial_wait_seconds: 3.0 is above registry_retry_max_wait_seconds,"
             " 2.0 (env CARBONLINK_REGISTRY_RETRY_INITIAL_WAIT_SECONDS, default)",

@@ -176,9 +176,14 @@ class FaultConfig:
         """Load a YAML mapping of the fields above.
 
         Raises:
-            ValueError: The file is not a mapping, or a setting is unknown or out of range.
+            OSError: The file cannot be read.
+            ValueError: The file is not YAML text, not a mapping, or a setting is unknown
+                or out of range.
         """
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: fault settings must be a mapping")
         return cls.from_mapping(data)

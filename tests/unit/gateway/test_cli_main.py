@@ -157,3 +157,13 @@ def test_a_project_file_with_an_impossible_date_names_the_file(
     argv = ["project", "list", str(project), "--jurisdiction", "shenzhen"]
     assert main([*argv, "--insecure", "--target", "127.0.0.1:1"]) == 2
     assert f"cannot read {project}: month must be in 1..12" in capsys.readouterr().err
+
+
+def test_emulate_names_a_fault_file_that_is_not_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    faults = tmp_path / "faults.yaml"
+    faults.write_text("unavailable_fraction: [0.5\n")
+    argv = ["emulate", "verra", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "store")]
+    assert main([*argv, "--faults", str(faults)]) == 2
+    assert f"bad fault settings: {faults}: not valid YAML" in capsys.readouterr().err

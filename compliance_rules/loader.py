@@ -128,6 +128,8 @@ def read_document(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from exc
     return parse_document(text, json_only=path.suffix == ".json")
 
 
@@ -576,6 +578,10 @@ def load_pack_file(path: Path) -> RulePack:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PackNotFoundError(f"cannot read rule pack {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise PackNotFoundError(
+            f"cannot read rule pack {path}: not UTF-8 text ({exc.reason})"
+        ) from exc
     return load_pack_text(text, origin=str(path), json_only=path.suffix == ".json")
 
 

@@ -77,6 +77,19 @@ def test_validate_unknown_pack(tmp_path: Path) -> None:
     assert "neither a built-in rule pack" in err
 
 
+def test_a_pack_or_facts_file_that_is_not_utf8_text_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "export.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    code, _, err = _run("validate", str(binary))
+    assert code == 1
+    assert f"cannot read rule pack {binary}: not UTF-8 text" in err
+    code, _, err = _run(
+        "evaluate", "--pack", "shenzhen", "--use", "compliance", "--facts", str(binary)
+    )
+    assert code == 2
+    assert f"cannot read {binary}: not UTF-8 text" in err
+
+
 def test_evaluate_json_denial(tmp_path: Path) -> None:
     facts = tmp_path / "facts.yaml"
     facts.write_text(FACTS, encoding="utf-8")

@@ -48,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _init(args: argparse.Namespace) -> int:
-    layout = init_dev_pki(args.dir, REGISTRIES)
+    try:
+        layout = init_dev_pki(args.dir, REGISTRIES)
+    except OSError as exc:
+        print(f"carbonlink certs init: cannot write {args.dir}: {exc}", file=sys.stderr)
+        return 2
     print(f"development PKI written to {layout.root}")
     print(f"  serve with: carbonlink serve --tls-dir {layout.root}")
     print(f"  tokens:     carbonlink certs token {layout.root} --role exchange_operator")

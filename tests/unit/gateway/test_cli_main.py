@@ -167,3 +167,12 @@ def test_emulate_names_a_fault_file_that_is_not_yaml(
     argv = ["emulate", "verra", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "store")]
     assert main([*argv, "--faults", str(faults)]) == 2
     assert f"bad fault settings: {faults}: not valid YAML" in capsys.readouterr().err
+
+
+def test_certs_init_names_a_directory_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    assert main(["certs", "init", str(taken)]) == 2
+    assert f"carbonlink certs init: cannot write {taken}" in capsys.readouterr().err

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -104,7 +106,7 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
         text = json.dumps(bundle.to_json(), indent=2, sort_keys=True)
         if args.out:
             try:
-                Path(args.out).write_text(text + "\n", encoding="utf-8")
+                write_atomically(Path(args.out), text + "\n")
             except OSError as exc:
                 print(f"carbonlink trace: cannot write {args.out}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
@@ -125,6 +127,28 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             file=stdout,
         )
     return EXIT_OK
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` whole or not at all: an auditor saves the latest
+    checkpoint over the one kept, and a crash half-way through must leave the kept one,
+    not a torn file.
+
+    Raises:
+        OSError: It could not be written; ``path`` is as it was.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            # mkstemp makes the file 0600: keep the mode of the file replaced, else 0644.
+            os.fchmod(out.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_log_key(text: str) -> Verifier:
@@ -252,7 +276,7 @@ def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     if args.save:
         try:
-            Path(args.save).write_text(latest.signed_note, encoding="utf-8")
+            write_atomically(Path(args.save), latest.signed_note)
         except OSError as exc:
             # The log was verified all the same: say so, and that nothing was kept.
             print(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +123,59 @@ def test_an_output_file_that_cannot_be_written_is_a_usage_error(
     assert main([*argv, "--save", str(missing), *target]) == 2
     err = capsys.readouterr().err
     assert "the log extends the kept checkpoint" in err and f"saved to {missing}" in err
+
+
+class _DiskFullAfterHalf:
+    """A file being written whose disk fills half-way through the first write."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> _DiskFullAfterHalf:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._handle.close()
+
+    def fileno(self) -> int:
+        fileno: int = self._handle.fileno()
+        return fileno
+
+    def write(self, text: str) -> int:
+        self._handle.write(text[: len(text) // 2])
+        self._handle.flush()
+        raise OSError(28, "No space left on device")
+
+
+def test_a_save_that_fails_leaves_the_kept_checkpoint_as_it_was(
+    live_gateway: LiveGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The auditor's usual rotation: save the latest over the checkpoint kept. The disk
+    # fails as the new one lands: the kept one must survive, whole.
+    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    _sell(live_gateway)
+    first = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    kept = notes / "kept.note"
+    kept.write_text(first.signed_note)
+    _sell(live_gateway, offset=500)
+
+    real_open = io.open
+
+    def half_written(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return _DiskFullAfterHalf(handle) if "w" in mode else handle
+
+    monkeypatch.setattr(io, "open", half_written)
+    argv = ["audit", "consistency", str(kept), "--log-key", first.verifier_key]
+    assert main([*argv, "--save", str(kept), *target]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert kept.read_text() == first.signed_note
+    assert sorted(p.name for p in notes.iterdir()) == ["kept.note"]
 
 
 def test_reconcile_command(live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]) -> None:

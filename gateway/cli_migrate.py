@@ -8,6 +8,7 @@ JSON mapping.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import uuid
@@ -24,6 +25,7 @@ from gateway.cli_client import (
     _usage,
     int32,
 )
+from gateway.convert import MAX_ID_LENGTH
 from registry_bridge.covered_entities import parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
@@ -78,13 +80,20 @@ def _plan(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
+def _derived_request_id(args: argparse.Namespace) -> str:
+    """The default request id of ``migrate execute``: derived, not random, so re-running
+    the same command resumes the same migration instead of being refused as a second one."""
+    derived = f"migrate-{args.entity}-{args.source}-{args.destination}-{args.from_year}"
+    if len(derived) <= MAX_ID_LENGTH:
+        return derived
+    # A long entity id would make it a request id the gateway refuses; a digest of it is
+    # as stable, so a re-run still resumes.
+    return f"migrate-{hashlib.sha256(derived.encode()).hexdigest()}"
+
+
 def _execute(args: argparse.Namespace) -> int:
     request = gateway_pb2.ExecuteMigrationRequest(
-        # The default is derived, not random: re-running the same command resumes the same
-        # migration instead of being refused as a second one.
-        request_id=args.request_id
-        or f"migrate-{args.entity}-{args.source}-{args.destination}-{args.from_year}",
-        plan=_request(args),
+        request_id=args.request_id or _derived_request_id(args), plan=_request(args)
     )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:

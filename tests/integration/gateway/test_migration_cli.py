@@ -14,7 +14,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
 from gateway.cli import main
 from gateway.demo_migration import pilot_entity, seed_registries, settle_final_pilot_year
 from registry_bridge.covered_entities import ComplianceYear, CoveredEntity, entity_to_json
-from tests.integration.gateway.conftest import LinkedRegistries, linked_registries
+from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway, linked_registries
 from tests.integration.gateway.test_crash_recovery import _gateway
 
 
@@ -160,3 +160,14 @@ def test_an_import_file_with_an_amount_past_int64_imports_nothing(
     assert "nothing imported: entities[0] (huge-co)" in err
     assert f"entity.years[0].verified_emissions: is above the largest, {2**63 - 1}" in err
     assert "allowances_due" not in err
+
+
+def test_execute_with_a_long_entity_id_derives_a_request_id_the_gateway_takes(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 120 characters: a valid entity id, but "migrate-{id}-shenzhen-national-2025" is not
+    # a valid request id. The refusal must be about the entity, which is unknown here.
+    entity = "e" * 120
+    argv = ["migrate", "execute", "--entity", entity, "--from-year", "2025"]
+    assert main([*argv, "--target", live_gateway.target, "--insecure"]) == 1
+    assert capsys.readouterr().err == f"carbonlink: NOT_FOUND: entities/{entity} not found\n"

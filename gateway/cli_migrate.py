@@ -115,6 +115,15 @@ def _get(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
+def _entity_request_id(batch: str, entity_id: str) -> str:
+    """The request id of one entity of an import: ``BATCH:ENTITY``, or, past a request
+    id's length (a long entity id or --request-id), its digest, as stable for a re-run."""
+    request_id = f"{batch}:{entity_id}"
+    if len(request_id) <= MAX_ID_LENGTH:
+        return request_id
+    return f"entity-{hashlib.sha256(request_id.encode()).hexdigest()}"
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
@@ -137,7 +146,7 @@ def _import(args: argparse.Namespace) -> int:
         for entity in entities:
             reply = stub.UpsertCoveredEntity(
                 gateway_pb2.UpsertCoveredEntityRequest(
-                    request_id=f"{batch}:{entity.entity_id}",
+                    request_id=_entity_request_id(batch, entity.entity_id),
                     entity=gateway_pb2.CoveredEntity(
                         entity_id=entity.entity_id,
                         display_name=entity.display_name,

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.cli import main
 from gateway.demo_migration import pilot_entity, seed_registries, settle_final_pilot_year
 from registry_bridge.covered_entities import ComplianceYear, CoveredEntity, entity_to_json
@@ -171,3 +171,37 @@ def test_execute_with_a_long_entity_id_derives_a_request_id_the_gateway_takes(
     argv = ["migrate", "execute", "--entity", entity, "--from-year", "2025"]
     assert main([*argv, "--target", live_gateway.target, "--insecure"]) == 1
     assert capsys.readouterr().err == f"carbonlink: NOT_FOUND: entities/{entity} not found\n"
+
+
+def test_an_import_with_a_long_entity_id_imports_every_entity(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "{batch}:{entity id}" past 128 characters was refused by the gateway after the
+    # entities before it were recorded: half a file imported.
+    entities = [
+        CoveredEntity(
+            entity_id=entity_id,
+            display_name="Co.",
+            sector="steel",
+            gases=("CO2",),
+            accounts={"shenzhen": f"sz-{i}"},
+            years=(ComplianceYear("shenzhen", 2023, 10, 10),),
+        )
+        for i, entity_id in enumerate(["short-co", "l" * 120])
+    ]
+    export = tmp_path / "entities.json"
+    export.write_text(json.dumps({"entities": [entity_to_json(e) for e in entities]}))
+    argv = ["entity", "import", str(export), "--target", live_gateway.target, "--insecure"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(argv) == 0  # a second run records them again, refused by nothing
+    for entity in entities:
+        plan = live_gateway.stub.PlanMigration(
+            gateway_pb2.PlanMigrationRequest(
+                entity_id=entity.entity_id,
+                from_jurisdiction="shenzhen",
+                to_jurisdiction="national",
+                first_year=2024,
+            ),
+            timeout=30,
+        )
+        assert plan.verified_emissions == 10

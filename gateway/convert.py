@@ -424,6 +424,19 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
     problems: list[FieldViolation] = []
     _text(problems, "project.program", message.program)
     _text(problems, "project.project_id", message.project_id)
+    # Stored with the listing and shown to whoever reads it: bounded, and no control
+    # characters (a NUL cannot be stored on PostgreSQL; a newline forges lines in a log).
+    for name in ("project_type", "methodology", "region", "gas"):
+        _text(problems, f"project.{name}", getattr(message, name), required=False)
+    _text(
+        problems,
+        "project.display_name",
+        message.display_name,
+        required=False,
+        limit=MAX_TEXT_LENGTH,
+    )
+    for i, label in enumerate(message.labels):
+        _text(problems, f"project.labels[{i}]", label)
     if message.gec_status not in _GEC_STATUSES:
         problems.append(
             FieldViolation(
@@ -455,10 +468,21 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
                 FieldViolation(f"project.other_registrations[{i}]", "needs both period dates")
             )
             continue
+        _text(problems, f"project.other_registrations[{i}].program", other.program)
+        _text(problems, f"project.other_registrations[{i}].project_id", other.project_id)
         registrations.append(OtherRegistration(other.program, other.project_id, start, end))
     authorization = None
     if message.HasField("authorization"):
         issued = optional_date("project.authorization.issued_on", message.authorization.issued_on)
+        for name in ("letter_id", "host_country"):
+            _text(
+                problems,
+                f"project.authorization.{name}",
+                getattr(message.authorization, name),
+                required=False,
+            )
+        for i, use in enumerate(message.authorization.authorized_uses):
+            _text(problems, f"project.authorization.authorized_uses[{i}]", use)
         authorization = Authorization(
             letter_id=message.authorization.letter_id,
             host_country=message.authorization.host_country,

@@ -97,3 +97,73 @@ def test_an_account_of_printable_text_is_taken_as_given(account: str) -> None:
     instruction = convert.instruction_from_pb(_instruction(account), _no_serials)
 
     assert instruction.source == AccountRef("verra", account)
+
+
+def _project(**fields: object) -> model_pb2.Project:
+    project = model_pb2.Project(
+        program="VCS",
+        project_id="VCS-5955",
+        display_name="Landfill gas capture",
+        project_type="landfill_gas",
+        methodology="ACM0001",
+        country="BR",
+        region="São Paulo",
+        labels=["methane"],
+        other_registrations=[
+            model_pb2.ProjectRegistration(
+                program="GS",
+                project_id="GS-1",
+                issued_period_start="2020-01-01",
+                issued_period_end="2020-12-31",
+            )
+        ],
+    )
+    for path, value in fields.items():
+        target: object = project
+        *parents, name = path.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        if isinstance(value, list):
+            del getattr(target, name)[:]
+            getattr(target, name).extend(value)
+        else:
+            setattr(target, name, value)
+    return project
+
+
+def test_a_project_of_plain_text_is_taken_as_given() -> None:
+    listing = convert.project_from_pb(_project())
+
+    assert (listing.display_name, listing.region, listing.labels) == (
+        "Landfill gas capture",
+        "São Paulo",
+        frozenset({"methane"}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"display_name": "x" * 2001}, "project.display_name: is longer than 2000 characters"),
+        ({"methodology": "ACM0001\nforged line"}, "project.methodology: contains control"),
+        ({"region": "\x00"}, "project.region: contains control characters"),
+        ({"project_type": "y" * 129}, "project.project_type: is longer than 128 characters"),
+        ({"labels": ["methane", ""]}, "project.labels[1]: is required"),
+    ],
+    ids=["long name", "newline", "nul", "long type", "empty label"],
+)
+def test_a_projects_bad_text_is_refused_by_its_field(fields: dict[str, object], named: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        convert.project_from_pb(_project(**fields))
+
+    assert named in str(raised.value)
+
+
+def test_an_other_registration_without_its_project_is_refused_by_its_field() -> None:
+    project = _project()
+    project.other_registrations[0].project_id = ""
+
+    with pytest.raises(InvalidRequest) as raised:
+        convert.project_from_pb(project)
+
+    assert "project.other_registrations[0].project_id: is required" in str(raised.value)

@@ -66,8 +66,12 @@ class JwksFile:
             document = json.loads(self._path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise Unauthenticated(f"token keys unavailable ({self._path})") from exc
+        listed = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(listed, list):
+            # Iterating null or a number would be a TypeError, every caller an INTERNAL.
+            raise Unauthenticated(f"token keys unavailable ({self._path}: 'keys' is not a list)")
         keys: dict[str, tuple[PublicKey, str]] = {}
-        for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+        for jwk in listed:
             if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
                 continue
             parsed = _public_key(jwk)

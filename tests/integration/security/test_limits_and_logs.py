@@ -119,3 +119,22 @@ def test_the_redaction_processor_scrubs_what_a_library_might_log() -> None:
     assert token not in output and token.split(".")[1] not in output
     assert "MIGHAgEAMBMG" not in output
     assert output.count("[redacted]") == 3
+
+
+@pytest.mark.parametrize("keys", [None, 5, {"kid": "auditor-1"}])
+def test_a_jwks_file_whose_keys_are_not_a_list_refuses_tokens_as_unauthenticated(
+    pki: TlsLayout, tmp_path: Path, keys: object
+) -> None:
+    """A JWKS file rewritten with ``keys`` not a list (a botched rotation) answers every call
+    UNAUTHENTICATED naming the key file, as an unparsable file does; before, iterating it
+    raised a TypeError that every caller got as INTERNAL."""
+    jwks = tmp_path / "jwks.json"
+    shutil.copy(pki.jwks, jwks)
+    with running_secure_gateway(pki, f"sqlite:///{tmp_path}/g.db", jwks_file=str(jwks)) as gateway:
+        stub = gateway.stub("auditor", gateway.token("auditor"))
+        assert stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
+        jwks.write_text(json.dumps({"keys": keys}))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "token keys unavailable" in (caught.value.details() or "")

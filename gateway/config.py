@@ -58,7 +58,8 @@ class GatewayConfig:
     grace_period_seconds: float = 10.0
     """How long in-flight calls may finish after SIGTERM before the server stops."""
     max_workers: int = 16
-    """Threads serving RPCs."""
+    """Threads serving RPCs. On a secure gateway one client's open streams (WatchTransfer)
+    hold at most a quarter of them (at least one), so that no client starves the others."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted: a safety cap against memory exhaustion by one client."""
     max_batch_size: int = 1000

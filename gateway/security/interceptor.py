@@ -19,7 +19,7 @@ import structlog
 from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
 from gateway.security.policy import SERVICE_PREFIX, acting_as, authorize
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter, StreamSlots
 from gateway.security.tokens import Principal, TokenVerifier
 from registry_bridge.errors import Unauthenticated
 from registry_bridge.event_log import signed_instruction
@@ -30,17 +30,20 @@ _BEARER = "bearer "
 
 class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
-    """Bearer JWT, rate limit, roles, account scope and instruction signature per call."""
+    """Bearer JWT, rate limit, roles, account scope and instruction signature per call;
+    open streams capped per client."""
 
     def __init__(
         self,
         tokens: TokenVerifier,
         limiter: RateLimiter,
         instructions: InstructionVerifier,
+        streams: StreamSlots,
     ) -> None:
         self._tokens = tokens
         self._limiter = limiter
         self._instructions = instructions
+        self._streams = streams
 
     def intercept_service(
         self,
@@ -95,7 +98,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _stream(self, behavior: StreamBehavior, full_method: str) -> StreamBehavior:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             principal, _ = self._admit(full_method, request, context)
-            with acting_as(principal):
+            with self._streams.holding(principal.subject), acting_as(principal):
                 yield from behavior(request, context)
 
         return wrapped

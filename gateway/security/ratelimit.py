@@ -7,9 +7,10 @@ a guard against one client starving the others, not a billing quota.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from registry_bridge.errors import ResourceExhausted
 
@@ -62,3 +63,50 @@ class RateLimiter:
                 self._buckets = {
                     s: (t, at) for s, (t, at) in self._buckets.items() if t < self._burst
                 }
+
+
+class TooManyStreams(ResourceExhausted):
+    """One client holds as many open streams as it may."""
+
+    def __init__(self, subject: str, limit: int) -> None:
+        super().__init__(
+            f"client {subject!r} already holds {limit} open streams; end one, or retry later"
+        )
+        self.subject = f"clients/{subject}"
+        self.description = f"at most {limit} open streams"
+
+
+class StreamSlots:
+    """Open streams per client identity, capped.
+
+    A stream holds a server worker for as long as it lasts, so a call rate does not bound
+    it: a client opening as many watches as the gateway has workers, well inside its rate,
+    would leave none for anyone else.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def holding(self, subject: str) -> Iterator[None]:
+        """Hold one of ``subject``'s stream slots for the block.
+
+        Raises:
+            TooManyStreams: The client already holds its every slot.
+        """
+        with self._lock:
+            held = self._open.get(subject, 0)
+            if held >= self._limit:
+                raise TooManyStreams(subject, self._limit)
+            self._open[subject] = held + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._open[subject] - 1
+                if left:
+                    self._open[subject] = left
+                else:
+                    del self._open[subject]

@@ -20,7 +20,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.security.instructions import InstructionKeys, InstructionVerifier
 from gateway.security.interceptor import SecurityInterceptor
 from gateway.security.nonces import DatabaseNonces
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter, StreamSlots
 from gateway.security.tls import channel_credentials, server_credentials
 from gateway.security.tokens import JwksFile, TokenVerifier
 from registry_bridge.errors import Unauthenticated
@@ -111,6 +111,9 @@ class GatewaySecurity:
                 DatabaseNonces(sessions),
                 timedelta(seconds=config.instruction_window_seconds),
             ),
+            # A stream holds a worker while it lasts: one client holding a quarter of them
+            # leaves the rest to the others.
+            StreamSlots(max(1, config.max_workers // 4)),
         )
         return GatewaySecurity(server, registry, (interceptor,))
 

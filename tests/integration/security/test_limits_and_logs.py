@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -14,12 +15,17 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from structlog.testing import capture_logs
 
-from adapters._pb.carbonlink.v1 import gateway_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.serials import parse_serial
 from gateway.logging_setup import configure_logging
 from gateway.security.certs import jwk_of
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
 from gateway.security.tokens import mint_token
-from tests.integration.security.conftest import running_secure_gateway
+from tests.integration.security.conftest import (
+    VERRA_SERIAL,
+    SecureGateway,
+    running_secure_gateway,
+)
 
 
 def test_a_client_over_its_rate_gets_resource_exhausted_with_quota_failure(
@@ -138,3 +144,85 @@ def test_a_jwks_file_whose_keys_are_not_a_list_refuses_tokens_as_unauthenticated
             stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "token keys unavailable" in (caught.value.details() or "")
+
+
+def _pending_transfer(gateway: SecureGateway) -> str:
+    """A transfer from the seller's account that stays unfinished: its destination registry
+    is down. Returns its name."""
+    gateway.emulators["shenzhen"].stop()
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    request = gateway_pb2.SubmitTransferRequest(
+        request_id="pending-1",
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program=origin.program.value,
+                        serial_start=origin.serial_start,
+                        serial_end=origin.serial_start + 9,
+                    )
+                )
+            ],
+            intended_use="holding",
+        ),
+    )
+    gateway.signer("exchange_operator").sign("SubmitTransfer", request)
+    operator = gateway.stub(
+        "exchange_operator", gateway.token("exchange_operator", accounts=["hkmo:hk-seller"])
+    )
+    transfer = operator.SubmitTransfer(request, timeout=60)
+    assert transfer.state not in (
+        model_pb2.TRANSFER_STATE_COMPLETED,
+        model_pb2.TRANSFER_STATE_REJECTED,
+        model_pb2.TRANSFER_STATE_ROLLED_BACK,
+    )
+    return str(transfer.name)
+
+
+def test_one_client_watching_cannot_hold_every_worker(pki: TlsLayout, tmp_path: Path) -> None:
+    """Streams hold a worker each while they last: one client opening as many as the
+    gateway has workers (well inside its call rate) would starve every other client. A
+    client holds at most a quarter of the workers in streams; past that its watch is
+    refused RESOURCE_EXHAUSTED, and the others are still served."""
+    with running_secure_gateway(
+        pki, f"sqlite:///{tmp_path}/g.db", max_workers=4, registry_retry_attempts=1
+    ) as gateway:
+        name = _pending_transfer(gateway)
+        watcher = gateway.stub(
+            "exchange_operator",
+            gateway.token("exchange_operator", subject="watcher", accounts=["hkmo:hk-seller"]),
+        )
+        streams = []
+        refused = []
+        for _ in range(4):
+            stream = watcher.WatchTransfer(gateway_pb2.WatchTransferRequest(name=name), timeout=30)
+            try:
+                next(stream)
+                streams.append(stream)
+            except grpc.RpcError as exc:
+                refused.append(exc)
+        try:
+            assert len(streams) == 1
+            assert {exc.code() for exc in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            other = gateway.stub("auditor", gateway.token("auditor", subject="patient"))
+            assert other.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=5).registries
+            # A stream ended gives its place back.
+            streams.pop().cancel()
+            deadline = time.monotonic() + 10
+            while True:
+                stream = watcher.WatchTransfer(
+                    gateway_pb2.WatchTransferRequest(name=name), timeout=30
+                )
+                try:
+                    next(stream)
+                    streams.append(stream)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        finally:
+            for stream in streams:
+                stream.cancel()

@@ -4,7 +4,8 @@ Each RPC of ``carbonlink.v1.LinkageGateway`` names the roles it accepts; an RPC 
 from the table is refused to everyone (fail closed), and a test pins the table to the
 service's methods. Roles that move units (exchange operator, covered entity, issuer)
 move them only out of the accounts their token names (``accounts: ["hkmo:hk-seller"]``),
-and a covered entity executes only its own migration (``entities: ["steelco"]``).
+and a covered entity executes only its own migration (``entities: ["steelco"]``); a
+surrender counts only for an entity the token names.
 The auditor's and the regulator's roles appear only on reads.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
@@ -104,7 +105,8 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
 
     Raises:
         PermissionDenied: No role of the caller is accepted by the RPC, or the request
-            moves units out of an account (or migrates an entity) the token does not name.
+            moves units out of an account (or migrates, or surrenders for, an entity) the
+            token does not name.
     """
     accepted = RPC_ROLES.get(method)
     if accepted is None or not principal.roles & accepted:
@@ -118,6 +120,10 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
     entity: tuple[str, str] | None = None
     if isinstance(request, gateway_pb2.ExecuteMigrationRequest):
         entity = ("plan.entity_id", request.plan.entity_id)
+    elif isinstance(request, gateway_pb2.SurrenderRequest):
+        # A surrender counts for the entity it names, and spends that entity's offset
+        # limit for the year: only the entity's own parties may name it.
+        entity = ("entity_id", request.entity_id)
     elif isinstance(request, gateway_pb2.PlanMigrationRequest) and not (
         principal.roles & READ_EVERYTHING
     ):

@@ -36,8 +36,9 @@ SIGNED_METHODS = frozenset(
     {"SubmitTransfer", "SubmitTransfers", "Retire", "Surrender", "ExecuteMigration"}
 )
 """RPCs whose requests must carry the instructing party's signature."""
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-_KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Matched whole (fullmatch): ``$`` also matches before a final newline.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_KEY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def canonical_bytes(full_method: str, request: Message) -> bytes:
@@ -185,9 +186,9 @@ class InstructionVerifier:
         if signature is None or not request.HasField("signature"):
             raise InvalidRequest.field("signature", "is required: sign the instruction")
         problems: list[FieldViolation] = []
-        if not _KEY_ID.match(signature.key_id):
+        if not _KEY_ID.fullmatch(signature.key_id):
             problems.append(FieldViolation("signature.key_id", "must be 1-128 of [A-Za-z0-9._:-]"))
-        if not _NONCE.match(signature.nonce):
+        if not _NONCE.fullmatch(signature.nonce):
             problems.append(FieldViolation("signature.nonce", "must be 16-128 of [A-Za-z0-9_-]"))
         if not signature.HasField("timestamp"):
             problems.append(FieldViolation("signature.timestamp", "is required"))

@@ -38,7 +38,11 @@ from gateway.security.tls import channel_credentials, server_credentials
 from gateway.security.tokens import mint_token
 from registry_bridge.errors import RegistryUnavailable
 from registry_bridge.schema import LedgerEvent
-from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
+from tests.integration.security.conftest import (
+    VERRA_SERIAL,
+    SecureGateway,
+    running_secure_gateway,
+)
 
 OPERATOR_ACCOUNTS = ("hkmo:hk-seller",)
 
@@ -447,3 +451,25 @@ def test_a_batch_is_signed_as_a_whole(secure_gateway: SecureGateway) -> None:
     signer.sign("SubmitTransfers", batch)
     reply = stub.SubmitTransfers(batch, timeout=60)
     assert reply.results[0].transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+
+
+@pytest.mark.parametrize(
+    "nonce", ["N" * 128 + "\n", "N" * 16 + "\n"], ids=["longest-and-newline", "short-and-newline"]
+)
+def test_a_nonce_with_a_trailing_newline_is_refused_by_its_field(
+    pki: TlsLayout, database_url: str, nonce: str
+) -> None:
+    """The nonce pattern matched up to a final newline (``$``): a longest nonce plus one was
+    stored past its column (INTERNAL on PostgreSQL), a shorter one was another nonce than
+    the same characters without it."""
+    with running_secure_gateway(pki, database_url) as gateway:
+        request = _transfer_request()
+        key = load_private_key(gateway.pki.instruction_key("exchange_operator"))
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        sign_request(
+            SERVICE_PREFIX + "SubmitTransfer", request, key, "exchange_operator-1", nonce=nonce
+        )
+        code, details = _refused(lambda: _operator(gateway).SubmitTransfer(request, timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "signature.nonce" in details
+        _no_transfers(gateway)

@@ -22,6 +22,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
+from gateway.convert import has_control_characters
 from gateway.security.layout import ROLES
 from registry_bridge.errors import Unauthenticated
 
@@ -190,8 +191,16 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid bearer token: {type(exc).__name__}") from exc
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not 0 < len(subject) <= 128:
-            raise Unauthenticated("bearer token subject must be 1 to 128 characters")
+        # The subject is stored as the caller of its request ids and bound to log lines: a
+        # NUL fails every PostgreSQL query it reaches, a newline forges a log line.
+        if (
+            not isinstance(subject, str)
+            or not 0 < len(subject) <= 128
+            or has_control_characters(subject)
+        ):
+            raise Unauthenticated(
+                "bearer token subject must be 1 to 128 characters, no control characters"
+            )
         roles = _strings(claims, "roles", limit=len(ROLES))
         unknown = roles - set(ROLES)
         if unknown or not roles:

@@ -187,3 +187,20 @@ def test_the_caller_is_the_token_subject_not_the_role(pki: TlsLayout, tmp_path: 
         )
         first = narrow.SubmitTransfer(_transfer(gateway, OPERATOR, "trade-1"), timeout=60)
         assert wide.SubmitTransfer(_transfer(gateway, OPERATOR, "trade-1"), timeout=60) == first
+
+
+@pytest.mark.parametrize("subject", ["desk\x00two", "desk\ntwo"], ids=["nul", "newline"])
+def test_a_subject_with_control_characters_is_refused_as_unauthenticated(
+    gateway: SecureGateway, subject: str
+) -> None:
+    """The subject is the caller whose request ids are stored, and a log key: one with a
+    NUL was refused by PostgreSQL's text columns (INTERNAL), one with a newline split a
+    log line."""
+    issuer = gateway.stub("issuer", gateway.token("issuer", subject=subject))
+    listing = gateway_pb2.ListProjectRequest(
+        request_id="listing-1", project=LANDFILL, jurisdiction="shenzhen", as_of="2026-11-26"
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        issuer.ListProject(listing, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "subject" in (caught.value.details() or "")

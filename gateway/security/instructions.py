@@ -126,14 +126,24 @@ class InstructionKeys:
         self._stamp = (stat.st_mtime_ns, stat.st_size)
 
     def get(self, key_id: str) -> InstructionKey | None:
-        """The key of that id, re-reading the file if it changed; None if unknown."""
+        """The key of that id, re-reading the file if it changed; None if unknown.
+
+        Raises:
+            Unauthenticated: The file changed and cannot be read as a key registry: the
+                keys read before it may be the ones it revokes, so none is trusted.
+        """
         with self._lock:
             try:
                 stat = os.stat(self._path)
-                if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+            except OSError:
+                return self._keys.get(key_id)  # briefly absent while it is replaced
+            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+                try:
                     self._reload()
-            except (OSError, ValueError):
-                pass  # keep the keys last read while the file is being replaced
+                except ValueError as exc:
+                    raise Unauthenticated(
+                        f"instruction keys unavailable ({self._path}): cannot be read"
+                    ) from exc
             return self._keys.get(key_id)
 
 
@@ -180,7 +190,8 @@ class InstructionVerifier:
         Raises:
             InvalidRequest: The signature fields are missing or malformed.
             Unauthenticated: Unknown key, a key of another subject, a timestamp outside
-                the window, a nonce seen before, or a signature that does not verify.
+                the window, a nonce seen before, a signature that does not verify, or a key
+                registry file that cannot be read.
         """
         signature: Any = getattr(request, "signature", None)
         if signature is None or not request.HasField("signature"):

@@ -473,3 +473,27 @@ def test_a_nonce_with_a_trailing_newline_is_refused_by_its_field(
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "signature.nonce" in details
         _no_transfers(gateway)
+
+
+def test_an_instruction_key_file_rewritten_unreadable_refuses_instructions(
+    pki: TlsLayout, tmp_path: Path
+) -> None:
+    """An operator revoking a key writes the key file anew; written wrong (not JSON), the
+    gateway must not go on trusting the keys it read before, the revoked one among them,
+    without a word: it refuses signed instructions, naming the file, until it is fixed."""
+    keys = tmp_path / "instruction-keys.json"
+    keys.write_bytes(pki.instruction_keys.read_bytes())
+    with running_secure_gateway(
+        pki, f"sqlite:///{tmp_path}/g.db", instruction_keys_file=str(keys)
+    ) as gateway:
+        keys.write_text('{"keys": {', encoding="utf-8")
+        code, details = _refused(
+            lambda: _operator(gateway).SubmitTransfer(_signed(gateway), timeout=30)
+        )
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert "instruction keys" in details
+        _no_transfers(gateway)
+        # Fixed, the file is read again.
+        keys.write_bytes(pki.instruction_keys.read_bytes() + b"\n")
+        done = _operator(gateway).SubmitTransfer(_signed(gateway, "trade-2"), timeout=60)
+        assert done.state == model_pb2.TRANSFER_STATE_COMPLETED

@@ -21,7 +21,12 @@ from gateway.migration_api import (
     plan_migration,
     upsert_covered_entity,
 )
-from gateway.security.policy import current_caller, may_read_migration, readable_accounts
+from gateway.security.policy import (
+    current_caller,
+    is_regulator,
+    may_read_migration,
+    readable_accounts,
+)
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import read_only
 from registry_bridge.errors import (
@@ -149,7 +154,12 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             outcome = list_project(project, request.jurisdiction, as_of or self._bridge.today())
             if outcome.listed:
                 # The declared facts decide every later transfer of the project's units.
-                DatabaseProjectRecords(self._bridge.sessions).record(project, datetime.now(UTC))
+                DatabaseProjectRecords(self._bridge.sessions).record(
+                    project,
+                    datetime.now(UTC),
+                    caller=current_caller(),
+                    may_replace_any=is_regulator(),
+                )
             reply = convert.listing_to_pb(outcome, f"listings/{uuid.uuid4().hex}")
             return bytes(reply.SerializeToString(deterministic=True))
 

@@ -3,7 +3,8 @@
 A project's start and construction dates, its green-electricity-certificate status and
 its registrations under other programs are carried by no serial; the issuer declares them
 when listing the project (ListProject), and every later transfer of the project's units is
-decided on them.  A re-listing replaces the facts (the issuer's latest declaration).
+decided on them.  A re-listing replaces the facts (the issuer's latest declaration), but
+only the caller who listed the project, or a regulator, may re-list it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge.block_json import authorization_from_dict, authorization_to_dict
 from registry_bridge.db import read_only, run_plain, scope_session, scoped_lookup, unit_of_work
+from registry_bridge.errors import PermissionDenied
 from registry_bridge.rules_gate import OtherRegistration, ProjectListing
 from registry_bridge.schema import ProjectListingRecord
 
@@ -91,16 +93,57 @@ def listing_from_json(text: str) -> ProjectListing:
     )
 
 
-def record_listing(session: Session, listing: ProjectListing, at: datetime) -> None:
-    """Record (or replace) a listed project's declared facts, in the caller's transaction."""
-    session.merge(
-        ProjectListingRecord(
-            program=listing.program,
-            project_id=listing.project_id,
-            facts=listing_to_json(listing),
-            listed_at=at,
+def record_listing(
+    session: Session,
+    listing: ProjectListing,
+    at: datetime,
+    *,
+    caller: str,
+    may_replace_any: bool = False,
+) -> None:
+    """Record (or replace) a listed project's declared facts, in the caller's transaction.
+
+    Args:
+        session: The transaction to record in.
+        listing: The declared facts.
+        at: When.
+        caller: Who lists it (the token subject; ``LOCAL_CALLER`` when none is
+            authenticated).
+        may_replace_any: The caller may replace a listing another caller recorded (a
+            regulator); the listing then stays its first lister's.
+
+    Raises:
+        PermissionDenied: The project was listed by another caller.
+    """
+    # Locked where the database can: two callers listing one project at once are decided
+    # one after the other (on SQLite a write transaction holds the database already).
+    current = session.execute(
+        sa.select(ProjectListingRecord)
+        .where(
+            ProjectListingRecord.program == listing.program,
+            ProjectListingRecord.project_id == listing.project_id,
         )
-    )
+        .with_for_update()
+    ).scalar_one_or_none()
+    if current is None:
+        session.add(
+            ProjectListingRecord(
+                program=listing.program,
+                project_id=listing.project_id,
+                facts=listing_to_json(listing),
+                listed_at=at,
+                listed_by=caller,
+            )
+        )
+        return
+    if current.listed_by != caller and not may_replace_any:
+        # Whose it is stays unsaid: the caller learns only that it is not theirs.
+        raise PermissionDenied(
+            f"project {listing.program} {listing.project_id} was listed by another party: "
+            "only they, or a regulator, may replace its facts"
+        )
+    current.facts = listing_to_json(listing)
+    current.listed_at = at
 
 
 # Built once, and only the facts column, run as plain text (db.run_plain): every
@@ -140,7 +183,19 @@ class DatabaseProjectRecords:
 
         return scoped_lookup(("project_listing", program, project_id), load)
 
-    def record(self, listing: ProjectListing, at: datetime) -> None:
-        """Record a listing in a transaction of its own."""
-        with unit_of_work(self._sessions) as session:
-            record_listing(session, listing, at)
+    def record(
+        self, listing: ProjectListing, at: datetime, *, caller: str, may_replace_any: bool = False
+    ) -> None:
+        """Record a listing in a transaction of its own (see :func:`record_listing`).
+
+        Raises:
+            PermissionDenied: The project was listed by another caller.
+        """
+        try:
+            with unit_of_work(self._sessions) as session:
+                record_listing(session, listing, at, caller=caller, may_replace_any=may_replace_any)
+        except sa.exc.IntegrityError:
+            # Another caller listed the project first, between our read and our insert:
+            # decided again, now against their row.
+            with unit_of_work(self._sessions) as session:
+                record_listing(session, listing, at, caller=caller, may_replace_any=may_replace_any)

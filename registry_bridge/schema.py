@@ -439,3 +439,6 @@ class ProjectListingRecord(Base):
     facts: Mapped[str] = mapped_column(sa.Text)
     """The declared facts, canonical JSON."""
     listed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    listed_by: Mapped[str] = mapped_column(sa.String(128))
+    """The caller who listed the project (the token subject; the local caller before
+    schema 0010): only they, or a regulator, may replace its facts."""

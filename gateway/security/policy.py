@@ -141,6 +141,7 @@ _readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.
     "readable_entities", default=None
 )
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=LOCAL_CALLER)
+_regulator: contextvars.ContextVar[bool] = contextvars.ContextVar("regulator", default=False)
 
 
 @contextlib.contextmanager
@@ -151,9 +152,11 @@ def acting_as(principal: Principal) -> Iterator[None]:
     token = _readable.set(None if everything else frozenset(principal.accounts))
     entities = _readable_entities.set(None if everything else frozenset(principal.entities))
     caller = _caller.set(principal.subject)
+    regulator = _regulator.set("regulator" in principal.roles)
     try:
         yield
     finally:
+        _regulator.reset(regulator)
         _caller.reset(caller)
         _readable_entities.reset(entities)
         _readable.reset(token)
@@ -166,6 +169,13 @@ def current_caller() -> str:
     development only, and all its clients are one party.
     """
     return _caller.get()
+
+
+def is_regulator() -> bool:
+    """Whether the current caller acts as a regulator (who may, for one, correct any
+    project's listed facts).  False when no caller is authenticated: an insecure gateway's
+    clients are one caller, who owns every listing they made."""
+    return _regulator.get()
 
 
 def readable_accounts() -> frozenset[str] | None:

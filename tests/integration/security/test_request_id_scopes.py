@@ -166,12 +166,16 @@ def test_an_issuer_replaying_another_issuers_listing_gets_its_own_answer(
     verra = gateway.stub("issuer", gateway.token("issuer", subject="verra-desk"))
     other = gateway.stub("issuer", gateway.token("issuer", subject="gold-standard-desk"))
     theirs = verra.ListProject(listing, timeout=30)
-    mine = other.ListProject(listing, timeout=30)
+    # Their own project (a project is re-listed only by whoever listed it), same request id.
+    own = gateway_pb2.ListProjectRequest()
+    own.CopyFrom(listing)
+    own.project.project_id = "5957"
+    mine = other.ListProject(own, timeout=30)
     assert theirs.listed and mine.listed
     assert mine.name != theirs.name
-    assert other.ListProject(listing, timeout=30) == mine
+    assert other.ListProject(own, timeout=30) == mine
     changed = gateway_pb2.ListProjectRequest()
-    changed.CopyFrom(listing)
+    changed.CopyFrom(own)
     changed.project.project_id = "5956"
     with pytest.raises(grpc.RpcError) as caught:
         other.ListProject(changed, timeout=30)

@@ -1,0 +1,78 @@
+"""A listed project's facts are its lister's: another issuer cannot replace them.
+
+The facts an issuer declares when listing a project (construction date, GEC status,
+registrations under other programs) decide every later transfer of its units, so a
+re-listing by anyone else would rewrite the rules applied to units that are not theirs.
+Only the first lister, or a regulator, may replace them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.security.layout import TlsLayout
+from registry_bridge.schema import ProjectListingRecord
+from tests.integration.gateway.test_listing_api import LANDFILL
+from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+
+
+@pytest.fixture
+def gateway(pki: TlsLayout, database_url: str) -> Iterator[SecureGateway]:
+    with running_secure_gateway(pki, database_url) as gateway:
+        yield gateway
+
+
+def _listing(request_id: str, display_name: str) -> gateway_pb2.ListProjectRequest:
+    request = gateway_pb2.ListProjectRequest(
+        request_id=request_id, project=LANDFILL, jurisdiction="shenzhen", as_of="2026-11-26"
+    )
+    request.project.display_name = display_name
+    return request
+
+
+def _stored(gateway: SecureGateway) -> tuple[str, str]:
+    """The stored listing's display name and lister."""
+    with gateway.server.engine.connect() as connection:
+        facts, listed_by = connection.execute(
+            sa.select(ProjectListingRecord.facts, ProjectListingRecord.listed_by).where(
+                ProjectListingRecord.program == LANDFILL.program,
+                ProjectListingRecord.project_id == LANDFILL.project_id,
+            )
+        ).one()
+    return str(json.loads(facts)["display_name"]), str(listed_by)
+
+
+def _issuer(gateway: SecureGateway, subject: str) -> gateway_pb2_grpc.LinkageGatewayStub:
+    return gateway.stub("issuer", gateway.token("issuer", subject=subject))
+
+
+def test_another_issuer_cannot_replace_a_listed_projects_facts(gateway: SecureGateway) -> None:
+    lister = _issuer(gateway, "verra-desk")
+    assert lister.ListProject(_listing("first", "Landfill gas"), timeout=30).listed
+
+    with pytest.raises(grpc.RpcError) as caught:
+        _issuer(gateway, "other-desk").ListProject(_listing("mine", "Rewritten"), timeout=30)
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "listed by another party" in str(caught.value.details())
+    assert "verra-desk" not in str(caught.value.details())
+    assert _stored(gateway) == ("Landfill gas", "verra-desk")
+
+
+def test_the_lister_and_a_regulator_may_replace_the_facts(gateway: SecureGateway) -> None:
+    lister = _issuer(gateway, "verra-desk")
+    lister.ListProject(_listing("first", "Landfill gas"), timeout=30)
+
+    assert lister.ListProject(_listing("again", "Landfill gas, phase 2"), timeout=30).listed
+    assert _stored(gateway) == ("Landfill gas, phase 2", "verra-desk")
+
+    regulator = gateway.stub("regulator", gateway.token("regulator", subject="sz-ee-bureau"))
+    assert regulator.ListProject(_listing("correction", "Corrected"), timeout=30).listed
+    # Corrected, and still the lister's to update.
+    assert _stored(gateway) == ("Corrected", "verra-desk")

@@ -109,6 +109,9 @@ class GatewayConfig:
     """The ``aud`` every bearer token must carry."""
     jwt_leeway_seconds: float = 30.0
     """Clock skew tolerated on ``exp`` and ``nbf``."""
+    jwt_max_lifetime_seconds: float = 86_400.0
+    """The longest a bearer token may live (``exp`` minus ``iat``): a token leaked from a
+    log or a laptop is of use for at most this long, whatever expiry its issuer gave it."""
     instruction_keys_file: str = ""
     """JSON registry of the parties' Ed25519 instruction-signing keys (``certs init``)."""
     instruction_window_seconds: float = 300.0
@@ -160,6 +163,7 @@ _FIELD_TYPES: dict[str, type] = {
     "jwt_issuer": str,
     "jwt_audience": str,
     "jwt_leeway_seconds": float,
+    "jwt_max_lifetime_seconds": float,
     "instruction_keys_file": str,
     "instruction_window_seconds": float,
     "rate_limit_per_second": float,
@@ -254,6 +258,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "registry_import_interval_seconds": config.registry_import_interval_seconds,
         "transfer_lease_seconds": config.transfer_lease_seconds,
         "instruction_window_seconds": config.instruction_window_seconds,
+        "jwt_max_lifetime_seconds": config.jwt_max_lifetime_seconds,
         "rate_limit_per_second": config.rate_limit_per_second,
         "rate_limit_burst": config.rate_limit_burst,
     }

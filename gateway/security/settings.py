@@ -104,7 +104,13 @@ class GatewaySecurity:
         except ValueError as exc:
             raise ConfigError(f"instruction_keys_file: {exc}") from exc
         interceptor = SecurityInterceptor(
-            TokenVerifier(jwks, config.jwt_issuer, config.jwt_audience, config.jwt_leeway_seconds),
+            TokenVerifier(
+                jwks,
+                config.jwt_issuer,
+                config.jwt_audience,
+                config.jwt_leeway_seconds,
+                max_lifetime_seconds=config.jwt_max_lifetime_seconds,
+            ),
             RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
             InstructionVerifier(
                 keys,

@@ -143,12 +143,15 @@ class TokenVerifier:
         audience: str,
         leeway_seconds: float,
         clock: Callable[[], float] = time.time,
+        *,
+        max_lifetime_seconds: float = 86_400.0,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
         self._clock = clock
+        self._max_lifetime = max_lifetime_seconds
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token.
@@ -190,6 +193,20 @@ class TokenVerifier:
             raise Unauthenticated(f"bearer token algorithm is not {algorithm}") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid bearer token: {type(exc).__name__}") from exc
+        # PyJWT takes any value int() takes ("123" too) for exp and iat.  A token whose
+        # issuer gave it a longer life is refused, not trusted for the maximum: its issuer
+        # is misconfigured.
+        expires, issued = claims["exp"], claims["iat"]
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (expires, issued)
+        ):
+            raise Unauthenticated("bearer token exp and iat must be numbers")
+        lifetime = expires - issued
+        if lifetime > self._max_lifetime:
+            raise Unauthenticated(
+                f"bearer token lives {lifetime:g} s (exp - iat), longer than the gateway's "
+                f"maximum of {self._max_lifetime:g} s"
+            )
         subject = claims.get("sub")
         # The subject is stored as the caller of its request ids and bound to log lines: a
         # NUL fails every PostgreSQL query it reaches, a newline forges a log line.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt as pyjwt
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
@@ -211,6 +212,7 @@ def test_no_token(secure_gateway: SecureGateway) -> None:
         ({"issuer": "https://evil.example"}, "issuer"),
         ({"now": time.time() + 3600}, "not yet valid"),
         ({"roles": ["superuser"]}, "roles"),
+        ({"ttl_seconds": 86_401}, "longer than the gateway's maximum of 86400 s"),
     ],
 )
 def test_bad_tokens(secure_gateway: SecureGateway, overrides: dict[str, Any], message: str) -> None:
@@ -220,6 +222,26 @@ def test_bad_tokens(secure_gateway: SecureGateway, overrides: dict[str, Any], me
     )
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert message in details
+
+
+def test_a_token_of_the_longest_lifetime_is_accepted(secure_gateway: SecureGateway) -> None:
+    stub = secure_gateway.stub("auditor", secure_gateway.token("auditor", ttl_seconds=86_400))
+    assert stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
+
+
+def test_a_token_whose_expiry_is_text_is_refused(secure_gateway: SecureGateway) -> None:
+    """PyJWT takes an ``exp`` that ``int()`` takes, text included; the lifetime check
+    must refuse it by name, not fail on it (INTERNAL)."""
+    claims = _claims(secure_gateway)
+    claims["exp"] = str(claims["exp"])
+    key = load_private_key(secure_gateway.pki.jwt_key("auditor"))
+    token = pyjwt.encode(claims, key, algorithm="ES256", headers={"kid": "auditor-1"})
+    stub = secure_gateway.stub("auditor", token)
+    code, details = _refused(
+        lambda: stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "exp and iat must be numbers" in details
 
 
 def test_alg_none_is_refused(secure_gateway: SecureGateway) -> None:

@@ -82,6 +82,10 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
             "recovery_interval_seconds: must be at most 31622400 (a year), got 1e+308",
         ),
         (
+            {"CARBONLINK_JWT_MAX_LIFETIME_SECONDS": "0"},
+            "jwt_max_lifetime_seconds: must be greater than 0",
+        ),
+        (
             {"CARBONLINK_LOCK_TTL_SECONDS": str(10**20)},
             "lock_ttl_seconds: must be at most 31622400 (a year)",
         ),

@@ -105,8 +105,8 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
 
     Raises:
         PermissionDenied: No role of the caller is accepted by the RPC, or the request
-            moves units out of an account (or migrates, or surrenders for, an entity) the
-            token does not name.
+            moves units out of an account (or dry-runs such a move, or migrates, or
+            surrenders for, an entity) the token does not name.
     """
     accepted = RPC_ROLES.get(method)
     if accepted is None or not principal.roles & accepted:
@@ -117,6 +117,17 @@ def authorize(method: str, principal: Principal, request: Message) -> None:
     for path, account in _accounts_moved(method, request):
         if account not in principal.accounts:
             raise PermissionDenied(f"{path}: the caller's token does not name account {account!r}")
+    if isinstance(request, gateway_pb2.EvaluateTransferRequest) and not (
+        principal.roles & READ_EVERYTHING
+    ):
+        # A dry run answers from the ledger (who holds the units, what became of them):
+        # only who could submit the transfer, or reads everything, may ask.
+        source = request.instruction.source
+        if f"{source.registry}:{source.account}" not in principal.accounts:
+            raise PermissionDenied(
+                "instruction.source: the caller's token does not name account "
+                f"{source.registry + ':' + source.account!r}"
+            )
     entity: tuple[str, str] | None = None
     if isinstance(request, gateway_pb2.ExecuteMigrationRequest):
         entity = ("plan.entity_id", request.plan.entity_id)

@@ -333,6 +333,32 @@ def test_another_partys_account_is_refused(secure_gateway: SecureGateway) -> Non
     assert _event_count(secure_gateway) == before
 
 
+def test_a_dry_run_is_for_who_could_submit_it_or_reads_everything(
+    secure_gateway: SecureGateway,
+) -> None:
+    """EvaluateTransfer answers from the ledger: whether the source holds the units, what
+    became of them.  Another party's account is refused as a submit of it would be."""
+    evaluation = gateway_pb2.EvaluateTransferRequest(instruction=_transfer_request().instruction)
+    outsider = secure_gateway.stub(
+        "exchange_operator",
+        secure_gateway.token("exchange_operator", accounts=["hkmo:someone-else"]),
+    )
+    code, details = _refused(lambda: outsider.EvaluateTransfer(evaluation, timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "instruction.source" in details and "hkmo:hk-seller" in details
+    issuer = secure_gateway.stub("issuer", secure_gateway.token("issuer"))
+    code, _ = _refused(lambda: issuer.EvaluateTransfer(evaluation, timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+    holder = secure_gateway.stub(
+        "exchange_operator",
+        secure_gateway.token("exchange_operator", accounts=["hkmo:hk-seller"]),
+    )
+    assert holder.EvaluateTransfer(evaluation, timeout=10).decision.allowed
+    auditor = secure_gateway.stub("auditor", secure_gateway.token("auditor"))
+    assert auditor.EvaluateTransfer(evaluation, timeout=10).decision.allowed
+
+
 def test_a_replayed_nonce_is_refused(secure_gateway: SecureGateway) -> None:
     stub = _operator(secure_gateway)
     request = _signed(secure_gateway)

@@ -15,7 +15,7 @@ from pathlib import Path
 from adapters.registry import REGISTRIES
 from gateway.security.certs import init_dev_pki, load_private_key
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, ROLES, TlsLayout
-from gateway.security.tokens import mint_token
+from gateway.security.tokens import certificate_thumbprint, mint_token
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--entity", action="append", default=[], help="a covered entity id (repeatable)"
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument(
+        "--bind-certificate",
+        type=Path,
+        metavar="PEM",
+        help="bind the token to this client certificate (RFC 8705 cnf x5t#S256): it is then "
+        "good only on connections made with it",
+    )
     token.add_argument("--out", type=Path, help="write the token here (0600) instead of stdout")
     token.set_defaults(handler=_token)
 
@@ -67,6 +74,17 @@ def _token(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"carbonlink certs token: cannot read the {args.role} key: {exc}", file=sys.stderr)
         return 2
+    thumbprint = None
+    if args.bind_certificate is not None:
+        try:
+            thumbprint = certificate_thumbprint(args.bind_certificate.read_bytes())
+        except (OSError, ValueError) as exc:
+            print(
+                f"carbonlink certs token: cannot read the certificate "
+                f"{args.bind_certificate}: {exc}",
+                file=sys.stderr,
+            )
+            return 2
     token = mint_token(
         key,
         f"{args.role}-1",
@@ -77,6 +95,7 @@ def _token(args: argparse.Namespace) -> int:
         accounts=args.account,
         entities=args.entity,
         ttl_seconds=args.ttl,
+        certificate_thumbprint=thumbprint,
     )
     if args.out is None:
         print(token)

@@ -109,6 +109,9 @@ class GatewayConfig:
     """The ``aud`` every bearer token must carry."""
     jwt_leeway_seconds: float = 30.0
     """Clock skew tolerated on ``exp`` and ``nbf``."""
+    jwt_require_certificate_binding: bool = False
+    """Refuse bearer tokens not bound to the caller's client certificate (RFC 8705
+    ``cnf.x5t#S256``). A bound token is checked against the certificate either way."""
     jwt_max_lifetime_seconds: float = 86_400.0
     """The longest a bearer token may live (``exp`` minus ``iat``): a token leaked from a
     log or a laptop is of use for at most this long, whatever expiry its issuer gave it."""
@@ -164,6 +167,7 @@ _FIELD_TYPES: dict[str, type] = {
     "jwt_audience": str,
     "jwt_leeway_seconds": float,
     "jwt_max_lifetime_seconds": float,
+    "jwt_require_certificate_binding": bool,
     "instruction_keys_file": str,
     "instruction_window_seconds": float,
     "rate_limit_per_second": float,

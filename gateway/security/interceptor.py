@@ -10,6 +10,7 @@ interceptor, which turns the typed errors raised here into status codes with det
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
 from gateway.security.policy import SERVICE_PREFIX, acting_as, authorize
 from gateway.security.ratelimit import RateLimiter, StreamSlots
-from gateway.security.tokens import Principal, TokenVerifier
+from gateway.security.tokens import Principal, TokenVerifier, certificate_thumbprint
 from registry_bridge.errors import Unauthenticated
 from registry_bridge.event_log import signed_instruction
 
@@ -39,11 +40,14 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         limiter: RateLimiter,
         instructions: InstructionVerifier,
         streams: StreamSlots,
+        *,
+        require_bound_tokens: bool = False,
     ) -> None:
         self._tokens = tokens
         self._limiter = limiter
         self._instructions = instructions
         self._streams = streams
+        self._require_bound_tokens = require_bound_tokens
 
     def intercept_service(
         self,
@@ -82,7 +86,29 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise Unauthenticated("no bearer token: send 'authorization: Bearer <JWT>'")
         if len(values) > 1 or not values[0][: len(_BEARER)].lower() == _BEARER:
             raise Unauthenticated("authorization must be one 'Bearer <JWT>' header")
-        return self._tokens.verify(values[0][len(_BEARER) :].strip())
+        principal = self._tokens.verify(values[0][len(_BEARER) :].strip())
+        self._check_binding(principal, context)
+        return principal
+
+    def _check_binding(self, principal: Principal, context: grpc.ServicerContext) -> None:
+        """A token bound to a client certificate (RFC 8705) is good only on a connection
+        made with that certificate: a token copied off one client is of no use to another
+        holder of a certificate of the same CA."""
+        bound = principal.certificate_thumbprint
+        if bound is None:
+            if self._require_bound_tokens:
+                raise Unauthenticated(
+                    "bearer token is bound to no client certificate (cnf x5t#S256), which "
+                    "this gateway requires"
+                )
+            return
+        presented = context.auth_context().get("x509_pem_cert") or []
+        if not presented:
+            raise Unauthenticated(
+                "bearer token is bound to a client certificate; the call presented none"
+            )
+        if not hmac.compare_digest(certificate_thumbprint(presented[0]), bound):
+            raise Unauthenticated("bearer token is bound to another client certificate")
 
     def _unary(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:

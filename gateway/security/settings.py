@@ -120,6 +120,7 @@ class GatewaySecurity:
             # A stream holds a worker while it lasts: one client holding a quarter of them
             # leaves the rest to the others.
             StreamSlots(max(1, config.max_workers // 4)),
+            require_bound_tokens=config.jwt_require_certificate_binding,
         )
         return GatewaySecurity(server, registry, (interceptor,))
 

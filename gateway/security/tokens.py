@@ -9,8 +9,11 @@ checked with a small leeway for clock skew.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
@@ -44,6 +49,36 @@ class Principal:
     """``registry:account`` the caller may move units out of."""
     entities: frozenset[str]
     """Covered entity ids the caller acts for (migrations)."""
+    certificate_thumbprint: str | None = None
+    """``cnf.x5t#S256`` (RFC 8705): the client certificate the token is bound to, as the
+    base64url SHA-256 of its DER; None for a token bound to none."""
+
+
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
+"""A SHA-256 digest in unpadded base64url."""
+
+
+def certificate_thumbprint(pem: bytes) -> str:
+    """``x5t#S256`` of a PEM certificate (RFC 8705 §3.1): base64url SHA-256 of its DER.
+
+    Raises:
+        ValueError: ``pem`` is not a PEM certificate.
+    """
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def _bound_certificate(claims: Mapping[str, Any]) -> str | None:
+    if "cnf" not in claims:
+        return None
+    confirmation = claims["cnf"]
+    thumbprint = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
+    if not isinstance(thumbprint, str) or not _THUMBPRINT.fullmatch(thumbprint):
+        raise Unauthenticated(
+            "bearer token claim 'cnf' must carry 'x5t#S256', a certificate's SHA-256 in "
+            "base64url (RFC 8705)"
+        )
+    return thumbprint
 
 
 class JwksFile:
@@ -222,7 +257,13 @@ class TokenVerifier:
         unknown = roles - set(ROLES)
         if unknown or not roles:
             raise Unauthenticated("bearer token roles must be known roles, at least one")
-        return Principal(subject, roles, _strings(claims, "accounts"), _strings(claims, "entities"))
+        return Principal(
+            subject,
+            roles,
+            _strings(claims, "accounts"),
+            _strings(claims, "entities"),
+            _bound_certificate(claims),
+        )
 
 
 def mint_token(
@@ -237,6 +278,7 @@ def mint_token(
     entities: Sequence[str] = (),
     ttl_seconds: int = 3600,
     now: float | None = None,
+    certificate_thumbprint: str | None = None,
 ) -> str:
     """Sign a token (ES256 for a P-256 key, EdDSA for Ed25519), as an identity provider does.
 
@@ -257,5 +299,7 @@ def mint_token(
         claims["accounts"] = list(accounts)
     if entities:
         claims["entities"] = list(entities)
+    if certificate_thumbprint is not None:
+        claims["cnf"] = {"x5t#S256": certificate_thumbprint}
     algorithm = "EdDSA" if isinstance(key, ed25519.Ed25519PrivateKey) else "ES256"
     return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})

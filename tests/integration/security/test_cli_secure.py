@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jwt
 import pytest
 
 from adapters.serials import format_serial, parse_serial
 from gateway.cli import main
 from gateway.security.layout import TlsLayout
+from gateway.security.tokens import certificate_thumbprint
 from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
 
 
@@ -67,3 +69,20 @@ def test_a_token_file_that_cannot_be_written_is_a_usage_error(
     argv = ["certs", "token", str(pki.root), "--role", "auditor", "--out", str(out)]
     assert main(argv) == 2
     assert f"carbonlink certs token: cannot write {out}" in capsys.readouterr().err
+
+
+def test_certs_token_binds_a_token_to_a_certificate(
+    pki: TlsLayout, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "token"
+    argv = ["certs", "token", str(pki.root), "--role", "auditor", "--out", str(out)]
+    certificate = pki.client_cert("auditor")
+    assert main([*argv, "--bind-certificate", str(certificate)]) == 0
+
+    claims = jwt.decode(out.read_text().strip(), options={"verify_signature": False})
+    assert claims["cnf"] == {"x5t#S256": certificate_thumbprint(certificate.read_bytes())}
+
+    not_a_certificate = tmp_path / "key.pem"
+    not_a_certificate.write_text("-----BEGIN NOTHING-----\n")
+    assert main([*argv, "--bind-certificate", str(not_a_certificate)]) == 2
+    assert f"cannot read the certificate {not_a_certificate}" in capsys.readouterr().err

@@ -14,7 +14,7 @@ where the listing stood (``adapters.emulator_core.paging``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from adapters.client_core import PagedListing, iter_pages
+from adapters.client_core import PagedListing, read_pages
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
 from registry_bridge.port import (
     BlockStatusRequest,
@@ -168,19 +168,12 @@ class RetryingRegistry:
     def list_holdings(
         self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
     ) -> Sequence[RegistryHolding]:
-        """See :meth:`RegistryPort.list_holdings`; a paged listing is retried per page."""
-        return tuple(h for page in self.holdings_pages(request, still_wanted) for h in page)
-
-    def holdings_pages(
-        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
-    ) -> Iterator[Sequence[RegistryHolding]]:
-        """See :meth:`PagedHoldings.holdings_pages`; each page is retried alone, and a
-        registry whose client does not page answers in one."""
+        """See :meth:`RegistryPort.list_holdings`; a paged listing is retried per page, and
+        a registry whose client does not page answers in one."""
         inner = self._inner
         if not isinstance(inner, PagedListing):
-            yield self._call(lambda: inner.list_holdings(request, still_wanted))
-            return
-        yield from iter_pages(
+            return self._call(lambda: inner.list_holdings(request, still_wanted))
+        return read_pages(
             inner.registry_id,
             lambda page: self._call(lambda: inner.list_holdings_page(request, page, still_wanted)),
         )

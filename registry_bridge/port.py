@@ -14,7 +14,7 @@ unit held by someone else, a duplicate issuance) and is never retried.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeAlias, runtime_checkable
@@ -293,26 +293,5 @@ class RegistryPort(Protocol):
         Raises:
             RegistryUnavailable: The call failed in transit; repeat the whole batch.
             RegistryRejected: The registry refused the batch call as a whole.
-        """
-        ...
-
-
-@runtime_checkable
-class PagedHoldings(Protocol):
-    """A registry whose holdings listing can be read a page at a time.
-
-    A reader of a long listing (a reconciliation) can then stop between two pages, when
-    its caller has gone, instead of reading the registry to the end for no one.
-    """
-
-    def holdings_pages(
-        self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None
-    ) -> Iterator[Sequence[RegistryHolding]]:
-        """The holdings of :meth:`RegistryPort.list_holdings`, a page at a time: each page
-        is asked for only when the one before has been taken.
-
-        Raises:
-            Abandoned: ``still_wanted`` answered false while a page was read (see
-                :data:`StillWanted`).
         """
         ...

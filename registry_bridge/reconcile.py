@@ -54,7 +54,6 @@ from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
 from registry_bridge.port import (
     ListHoldingsRequest,
-    PagedHoldings,
     ProgramTotal,
     RegistryHolding,
     RegistryPort,
@@ -399,21 +398,16 @@ def trails(
 
 def _holdings(
     registry_id: str, port: RegistryPort, still_wanted: Callable[[], bool]
-) -> list[RegistryHolding]:
-    """Every holding ``port`` lists, asking before each page whether the caller is there.
+) -> Sequence[RegistryHolding]:
+    """Every holding ``port`` lists.  The adapter asks ``still_wanted`` before each page
+    of the listing and while one is under way, so a caller gone stops a long listing at
+    once (see :data:`~registry_bridge.port.StillWanted`).
 
     Raises:
         Abandoned: ``still_wanted`` answered false.
     """
     _go_on(still_wanted, f"reading {registry_id}'s holdings")
-    if not isinstance(port, PagedHoldings):
-        return list(port.list_holdings(ListHoldingsRequest(), still_wanted))
-    holdings: list[RegistryHolding] = []
-    for page in port.holdings_pages(ListHoldingsRequest(), still_wanted):
-        holdings.extend(page)
-        # A long listing is many pages: a caller gone stops it at the next one.
-        _go_on(still_wanted, f"reading {registry_id}'s next page of holdings")
-    return holdings
+    return port.list_holdings(ListHoldingsRequest(), still_wanted)
 
 
 def reconcile(

@@ -159,7 +159,7 @@ def has_control_characters(value: str) -> bool:
     return _CONTROL_CHARACTER.search(value) is not None
 
 
-def _text(
+def check_text(
     problems: list[FieldViolation],
     path: str,
     value: str,
@@ -167,6 +167,8 @@ def _text(
     required: bool = True,
     limit: int = MAX_ID_LENGTH,
 ) -> str:
+    """``value``, with what is wrong with it recorded in ``problems`` under ``path``:
+    missing (when ``required``), longer than ``limit``, or holding control characters."""
     if required and not value:
         problems.append(FieldViolation(path, "is required"))
     elif len(value) > limit:
@@ -185,7 +187,7 @@ def request_id(value: str, path: str = "request_id") -> str:
     if not value:
         raise InvalidRequest.field(path, "is required on every mutating call")
     problems: list[FieldViolation] = []
-    _text(problems, path, value)
+    check_text(problems, path, value)
     if problems:
         raise InvalidRequest.field(path, problems[0].description)
     return value
@@ -199,7 +201,7 @@ def optional_text(path: str, value: str) -> str:
         InvalidRequest: It is too long or holds control characters, naming ``path``.
     """
     problems: list[FieldViolation] = []
-    _text(problems, path, value, required=False)
+    check_text(problems, path, value, required=False)
     if problems:
         raise InvalidRequest.field(path, problems[0].description)
     return value
@@ -210,8 +212,8 @@ def account_from_pb(
 ) -> AccountRef:
     """A registry account, with field violations recorded in ``problems``."""
     return AccountRef(
-        _text(problems, f"{path}.registry", message.registry),
-        _text(problems, f"{path}.account", message.account),
+        check_text(problems, f"{path}.registry", message.registry),
+        check_text(problems, f"{path}.account", message.account),
     )
 
 
@@ -242,7 +244,7 @@ def units_from_pb(
                 blocks.append(
                     BlockId(
                         Program(block.program),
-                        _text(
+                        check_text(
                             problems,
                             f"{path}[{i}].block.serial_series",
                             block.serial_series,
@@ -303,7 +305,7 @@ def instruction_from_pb(
         settlement = Settlement(
             currency,
             amount,
-            _text(
+            check_text(
                 problems,
                 f"{path}.settlement.trade_reference",
                 message.settlement.trade_reference,
@@ -422,13 +424,13 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
         InvalidRequest: Every bad field, each with its path.
     """
     problems: list[FieldViolation] = []
-    _text(problems, "project.program", message.program)
-    _text(problems, "project.project_id", message.project_id)
+    check_text(problems, "project.program", message.program)
+    check_text(problems, "project.project_id", message.project_id)
     # Stored with the listing and shown to whoever reads it: bounded, and no control
     # characters (a NUL cannot be stored on PostgreSQL; a newline forges lines in a log).
     for name in ("project_type", "methodology", "region", "gas"):
-        _text(problems, f"project.{name}", getattr(message, name), required=False)
-    _text(
+        check_text(problems, f"project.{name}", getattr(message, name), required=False)
+    check_text(
         problems,
         "project.display_name",
         message.display_name,
@@ -436,7 +438,7 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
         limit=MAX_TEXT_LENGTH,
     )
     for i, label in enumerate(message.labels):
-        _text(problems, f"project.labels[{i}]", label)
+        check_text(problems, f"project.labels[{i}]", label)
     if message.gec_status not in _GEC_STATUSES:
         problems.append(
             FieldViolation(
@@ -468,21 +470,21 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
                 FieldViolation(f"project.other_registrations[{i}]", "needs both period dates")
             )
             continue
-        _text(problems, f"project.other_registrations[{i}].program", other.program)
-        _text(problems, f"project.other_registrations[{i}].project_id", other.project_id)
+        check_text(problems, f"project.other_registrations[{i}].program", other.program)
+        check_text(problems, f"project.other_registrations[{i}].project_id", other.project_id)
         registrations.append(OtherRegistration(other.program, other.project_id, start, end))
     authorization = None
     if message.HasField("authorization"):
         issued = optional_date("project.authorization.issued_on", message.authorization.issued_on)
         for name in ("letter_id", "host_country"):
-            _text(
+            check_text(
                 problems,
                 f"project.authorization.{name}",
                 getattr(message.authorization, name),
                 required=False,
             )
         for i, use in enumerate(message.authorization.authorized_uses):
-            _text(problems, f"project.authorization.authorized_uses[{i}]", use)
+            check_text(problems, f"project.authorization.authorized_uses[{i}]", use)
         authorization = Authorization(
             letter_id=message.authorization.letter_id,
             host_country=message.authorization.host_country,

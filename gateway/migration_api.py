@@ -47,13 +47,7 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
     prefix = f"{path}." if path else ""
     problems: list[FieldViolation] = []
     for name in ("entity_id", "from_jurisdiction", "to_jurisdiction"):
-        value = getattr(message, name)
-        if not value:
-            problems.append(FieldViolation(f"{prefix}{name}", "is required"))
-        elif len(value) > convert.MAX_ID_LENGTH:
-            problems.append(FieldViolation(f"{prefix}{name}", "is too long"))
-        elif convert.has_control_characters(value):
-            problems.append(FieldViolation(f"{prefix}{name}", "contains control characters"))
+        convert.check_text(problems, f"{prefix}{name}", getattr(message, name))
     if not message.first_year:
         problems.append(FieldViolation(f"{prefix}first_year", "is required"))
     for i, code in enumerate(message.acknowledged_warnings):

@@ -316,16 +316,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         units = convert.units_from_pb(
             problems, "units", account.registry, request.units, serials.parse_serial
         )
-        if (
-            not request.entity_id
-            or len(request.entity_id) > convert.MAX_ID_LENGTH
-            or convert.has_control_characters(request.entity_id)
-        ):
-            problems.append(
-                FieldViolation(
-                    "entity_id", "is required (at most 128 characters, no control characters)"
-                )
-            )
+        convert.check_text(problems, "entity_id", request.entity_id)
         if not 2000 <= request.compliance_year <= 2100:
             problems.append(FieldViolation("compliance_year", "must be between 2000 and 2100"))
         if request.jurisdiction not in ("shenzhen", "guangdong", "national"):

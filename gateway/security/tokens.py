@@ -179,7 +179,7 @@ class TokenVerifier:
         leeway_seconds: float,
         clock: Callable[[], float] = time.time,
         *,
-        max_lifetime_seconds: float = 86_400.0,
+        max_lifetime_seconds: float,
     ) -> None:
         self._keys = keys
         self._issuer = issuer

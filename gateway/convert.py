@@ -6,7 +6,6 @@ way in and each domain result into a message on the way out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -24,6 +23,7 @@ from registry_bridge.model import (
     Program,
     UnitBlock,
     UnitKind,
+    has_control_characters,
 )
 from registry_bridge.rules_gate import ListingOutcome, OtherRegistration, ProjectListing
 from registry_bridge.transfers import (
@@ -131,7 +131,6 @@ MAX_TEXT_LENGTH = 2000
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
 _USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -151,12 +150,6 @@ def _timestamp_parts(value: datetime) -> tuple[int, int]:
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     seconds, nanos = _timestamp_parts(value)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
-
-
-def has_control_characters(value: str) -> bool:
-    """Whether ``value`` holds a C0 control character, which no id or name needs (and a
-    NUL, which PostgreSQL cannot store or compare, fails any query it reaches)."""
-    return _CONTROL_CHARACTER.search(value) is not None
 
 
 def check_text(

@@ -23,6 +23,7 @@ from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.idempotency import answer_once
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.migration import Migration, MigrationPlan, MigrationRequest, Migrations
+from registry_bridge.model import has_control_characters
 from registry_bridge.transfers import AccountRef, RuleViolation
 
 _MAX_ITEMS = 100
@@ -163,7 +164,7 @@ def migration_id(name: str) -> str:
         not name.startswith(prefix)
         or not name[len(prefix) :]
         or len(name) > 200
-        or convert.has_control_characters(name)
+        or has_control_characters(name)
     ):
         raise InvalidRequest.field("name", "must be migrations/{migration_id}")
     return name[len(prefix) :]

@@ -38,7 +38,7 @@ from registry_bridge.errors import (
 )
 from registry_bridge.idempotency import answer_once
 from registry_bridge.migration import Migrations
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId, Program, has_control_characters
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog, check_serial_claims
@@ -71,7 +71,7 @@ def _transfer_id(name: str) -> str:
         not name.startswith(prefix)
         or not name[len(prefix) :]
         or len(name) > 200
-        or convert.has_control_characters(name)
+        or has_control_characters(name)
     ):
         raise InvalidRequest.field("name", "must be transfers/{transfer_id}")
     return name[len(prefix) :]

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from registry_bridge.entities import record_entity_year
 from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound
+from registry_bridge.model import has_control_characters
 from registry_bridge.schema import (
     CoveredEntityAccountRecord,
     CoveredEntityRecord,
@@ -64,11 +65,6 @@ _LARGEST_AMOUNT = 2**63 - 1
 """tCO2e: the int64 the API and the ledger's columns carry."""
 
 
-def _has_control_characters(text: str) -> bool:
-    # No id or name needs one, and PostgreSQL cannot store or compare a NUL.
-    return any(ord(c) < 32 for c in text)
-
-
 def validate_entity(entity: CoveredEntity) -> None:
     """Refuse an entity the gateway would refuse, naming every bad field.
 
@@ -87,7 +83,7 @@ def validate_entity(entity: CoveredEntity) -> None:
         ("entity.sector", entity.sector),
         ("entity.display_name", entity.display_name),
     ):
-        if _has_control_characters(text):
+        if has_control_characters(text):
             problems.append(FieldViolation(path, "contains control characters"))
     if not entity.gases:
         problems.append(FieldViolation("entity.gases", "must name at least one gas"))
@@ -97,13 +93,13 @@ def validate_entity(entity: CoveredEntity) -> None:
                 FieldViolation(f"entity.gases[{i}]", f"{gas!r} is none of {sorted(GASES)}")
             )
     for registry, account in entity.accounts.items():
-        if not registry or len(registry) > 32 or _has_control_characters(registry):
+        if not registry or len(registry) > 32 or has_control_characters(registry):
             problems.append(
                 FieldViolation(
                     "entity.accounts", "a registry id is empty, long or holds control characters"
                 )
             )
-        if not account or len(account) > MAX_ID_LENGTH or _has_control_characters(account):
+        if not account or len(account) > MAX_ID_LENGTH or has_control_characters(account):
             problems.append(
                 FieldViolation(
                     f"entity.accounts[{registry}]",

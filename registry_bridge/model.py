@@ -13,9 +13,18 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a C0 control character, which no id or name needs (and a
+    NUL, which PostgreSQL cannot store or compare, fails any query it reaches)."""
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 class UnitKind(enum.StrEnum):

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-from gateway.convert import has_control_characters
 from gateway.security.layout import ROLES
 from registry_bridge.errors import Unauthenticated
+from registry_bridge.model import has_control_characters
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 MAX_TOKEN_BYTES = 8192

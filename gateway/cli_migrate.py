@@ -80,15 +80,21 @@ def _plan(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
+def _fitting_request_id(derived: str, kind: str) -> str:
+    """``derived`` as a request id, or, past a request id's length (a long entity id
+    would make one the gateway refuses), ``kind-`` and its digest: as stable, so a re-run
+    of the same command still resumes."""
+    if len(derived) <= MAX_ID_LENGTH:
+        return derived
+    return f"{kind}-{hashlib.sha256(derived.encode()).hexdigest()}"
+
+
 def _derived_request_id(args: argparse.Namespace) -> str:
     """The default request id of ``migrate execute``: derived, not random, so re-running
     the same command resumes the same migration instead of being refused as a second one."""
-    derived = f"migrate-{args.entity}-{args.source}-{args.destination}-{args.from_year}"
-    if len(derived) <= MAX_ID_LENGTH:
-        return derived
-    # A long entity id would make it a request id the gateway refuses; a digest of it is
-    # as stable, so a re-run still resumes.
-    return f"migrate-{hashlib.sha256(derived.encode()).hexdigest()}"
+    return _fitting_request_id(
+        f"migrate-{args.entity}-{args.source}-{args.destination}-{args.from_year}", "migrate"
+    )
 
 
 def _execute(args: argparse.Namespace) -> int:
@@ -116,12 +122,9 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _entity_request_id(batch: str, entity_id: str) -> str:
-    """The request id of one entity of an import: ``BATCH:ENTITY``, or, past a request
-    id's length (a long entity id or --request-id), its digest, as stable for a re-run."""
-    request_id = f"{batch}:{entity_id}"
-    if len(request_id) <= MAX_ID_LENGTH:
-        return request_id
-    return f"entity-{hashlib.sha256(request_id.encode()).hexdigest()}"
+    """The request id of one entity of an import: ``BATCH:ENTITY`` (see
+    :func:`_fitting_request_id`; a long --request-id too)."""
+    return _fitting_request_id(f"{batch}:{entity_id}", "entity")
 
 
 def _import(args: argparse.Namespace) -> int:

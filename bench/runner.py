@@ -43,10 +43,11 @@ def run(
 
     if "transport" in only:
         echo = stage("transport (echo)", partial(transport.echo, sizes))
+        floor = stage("transport (floor)", partial(transport.transport_floor, sizes, echo))
         for database in databases:
             stage(
                 f"transport ({database})",
-                partial(transport.submit_transfer, sizes, database, echo),
+                partial(transport.submit_transfer, sizes, database, echo, floor),
             )
     if "rules" in only:
         stage("rules", lambda: rules.run(sizes))
@@ -88,6 +89,7 @@ _NOTES = {
     "p50_ms": "p50_ms",
     "p99_ms": "p99_ms",
     "ratio_to_echo": "ratio_to_echo",
+    "ratio_to_floor": "ratio_to_floor",
     "ratio_to_raw": "ratio_to_raw",
     "p99_us": "p99_us",
     "growth_vs_smallest": "growth_vs_smallest",

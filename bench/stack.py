@@ -39,6 +39,8 @@ from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 WIRED = ("verra", "hkmo", "shenzhen")
+ECHO = "echo"
+"""Served by :func:`serving_process` as a bare echo server instead of an emulator."""
 SERIAL_START = 300_000_001
 LANES = 8
 LANE_SIZE = 100_000
@@ -138,19 +140,26 @@ _START_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
-@contextmanager
-def registries() -> Iterator[Registries]:
-    """Verra, HK/Macau and Shenzhen emulators on loopback, seeded; stopped afterwards.
+@dataclass
+class ServingProcess:
+    """A child process serving emulators (or an echo server) on loopback."""
 
-    They run in one child process (:mod:`bench.registry_process`), as real registries
-    are other systems: inside the gateway's process they competed with it for one GIL
-    (on 2 cores), and their work was counted as the gateway's.  The child stops when
-    its stdin closes -- here on the way out, whatever happened inside, or by itself if
-    this process dies -- and is killed if it does not stop in time.
+    targets: dict[str, str]
+    """Each served name's ``host:port``."""
+    pid: int
+
+
+@contextmanager
+def serving_process(names: tuple[str, ...]) -> Iterator[ServingProcess]:
+    """A child process (:mod:`bench.registry_process`) serving ``names``; stopped afterwards.
+
+    The child stops when its stdin closes -- here on the way out, whatever happened
+    inside, or by itself if this process dies -- and is killed if it does not stop in
+    time.
     """
     # -P: the working directory must not shadow the installed packages (a stray
     # ``bench.py`` there would be imported instead of this package).
-    command = [sys.executable, "-P", "-m", "bench.registry_process", *WIRED]
+    command = [sys.executable, "-P", "-m", "bench.registry_process", *names]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdin is not None and process.stdout is not None  # PIPE sets both
     try:
@@ -158,18 +167,13 @@ def registries() -> Iterator[Registries]:
         line = process.stdout.readline() if ready else ""
         if not line:
             raise RuntimeError(
-                "the registry emulators did not start "
-                f"(exit code {process.poll()}; see stderr above)"
+                f"the bench's serving process did not start (exit code {process.poll()}; "
+                "see stderr above)"
             )
         answer = json.loads(line)
         if "targets" not in answer:
-            raise RuntimeError(f"the registry emulators did not start: {answer.get('error')}")
-        targets: dict[str, str] = answer["targets"]
-        linked = Registries(
-            targets, {r: build_adapter(r, t) for r, t in targets.items()}, process.pid
-        )
-        linked.seed_venue()
-        yield linked
+            raise RuntimeError(f"the bench's serving process did not start: {answer.get('error')}")
+        yield ServingProcess(answer["targets"], process.pid)
     finally:
         with contextlib.suppress(OSError):
             process.stdin.close()  # the child's signal to stop
@@ -179,6 +183,23 @@ def registries() -> Iterator[Registries]:
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+@contextmanager
+def registries() -> Iterator[Registries]:
+    """Verra, HK/Macau and Shenzhen emulators on loopback, seeded; stopped afterwards.
+
+    They run in a child process of their own, as real registries are other systems:
+    inside the gateway's process they competed with it for one GIL (on 2 cores), and
+    their work was counted as the gateway's.
+    """
+    with serving_process(WIRED) as serving:
+        targets = serving.targets
+        linked = Registries(
+            targets, {r: build_adapter(r, t) for r, t in targets.items()}, serving.pid
+        )
+        linked.seed_venue()
+        yield linked
 
 
 @functools.cache

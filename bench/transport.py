@@ -11,10 +11,11 @@ Clients are closed loops: each sends its next call when the last one answered.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from typing import Any
@@ -41,14 +42,19 @@ from registry_bridge import db
 ECHO_METHOD = "/carbonlink.bench.v1.Echo/Echo"
 
 
+Behaviour = Callable[[gateway_pb2.SubmitTransferRequest], gateway_pb2.SubmitTransferRequest]
+"""What a bench server's one method does with a request."""
+
+
 @contextmanager
-def echo_server(config: GatewayConfig) -> Iterator[str]:
-    """An echo server on the gateway's server stack; yields its target."""
+def _gateway_stack_server(config: GatewayConfig, behaviour: Behaviour) -> Iterator[str]:
+    """A server built as ``GatewayServer.start`` builds its own, with one method that
+    answers by ``behaviour``; yields its target."""
     engine = db.create_engine("sqlite://")
     security = GatewaySecurity.from_config(config, db.session_factory(engine))
 
-    def echo(request: gateway_pb2.SubmitTransferRequest, _: grpc.ServicerContext) -> Any:
-        return request
+    def method(request: gateway_pb2.SubmitTransferRequest, _: grpc.ServicerContext) -> Any:
+        return behaviour(request)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
@@ -59,7 +65,7 @@ def echo_server(config: GatewayConfig) -> Iterator[str]:
         ],
     )
     handler = grpc.unary_unary_rpc_method_handler(
-        echo,
+        method,
         request_deserializer=gateway_pb2.SubmitTransferRequest.FromString,
         response_serializer=gateway_pb2.SubmitTransferRequest.SerializeToString,
     )
@@ -73,6 +79,48 @@ def echo_server(config: GatewayConfig) -> Iterator[str]:
     finally:
         server.stop(0).wait()
         engine.dispose()
+
+
+def echo_server(config: GatewayConfig) -> contextlib.AbstractContextManager[str]:
+    """An echo server on the gateway's server stack; yields its target."""
+    return _gateway_stack_server(config, lambda request: request)
+
+
+def echo_method(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """The echo method over ``channel``."""
+    return channel.unary_unary(
+        ECHO_METHOD,
+        request_serializer=gateway_pb2.SubmitTransferRequest.SerializeToString,
+        response_deserializer=gateway_pb2.SubmitTransferRequest.FromString,
+    )
+
+
+@contextmanager
+def relay_server(config: GatewayConfig, downstream: str, waves: Sequence[int]) -> Iterator[str]:
+    """A server on the gateway's stack whose method makes echo calls to the echo server
+    at ``downstream`` over one shared channel, then answers: a gateway that does nothing
+    but a transfer's registry round trips.
+
+    ``waves``: how many calls go out together at each step, one step after another (a
+    transfer's locks at two registries go out together, its credit after them).
+    """
+    channel = grpc.insecure_channel(downstream)
+    echo = echo_method(channel)
+
+    def relay(request: gateway_pb2.SubmitTransferRequest) -> gateway_pb2.SubmitTransferRequest:
+        for calls in waves:
+            if calls == 1:
+                echo(request, timeout=30)
+                continue
+            for answer in [echo.future(request, timeout=30) for _ in range(calls)]:
+                answer.result()
+        return request
+
+    try:
+        with _gateway_stack_server(config, relay) as target:
+            yield target
+    finally:
+        channel.close()
 
 
 Call = Callable[[int], None]
@@ -163,11 +211,7 @@ def _echo_client(
 ) -> Callable[[], tuple[grpc.Channel, Call]]:
     def make() -> tuple[grpc.Channel, Call]:
         channel = grpc.insecure_channel(target)
-        method = channel.unary_unary(
-            ECHO_METHOD,
-            request_serializer=gateway_pb2.SubmitTransferRequest.SerializeToString,
-            response_deserializer=gateway_pb2.SubmitTransferRequest.FromString,
-        )
+        method = echo_method(channel)
 
         def call(_: int) -> None:
             method(payload, timeout=30)
@@ -213,8 +257,57 @@ def echo(sizes: Sizes) -> list[Result]:
         ]
 
 
-def submit_transfer(sizes: Sizes, database: str, echo_results: list[Result]) -> list[Result]:
-    """SubmitTransfer end to end with 1 and N clients, with the ratio to echo."""
+FLOOR_WAVES = {3: (1, 1, 1), 5: (2, 1, 2)}
+"""A transfer's registry round trips, by their count: 3 between an origin registry and
+another (lock, credit, immobilize, one after another); 5 for the benchmark's transfer
+out of a venue (the locks at the venue and at the origin registry together, the credit
+at the destination, then both finalizes together)."""
+TRANSFER_REGISTRY_CALLS = 5
+
+
+def transport_floor(sizes: Sizes, echo_results: list[Result]) -> list[Result]:
+    """The most a transfer could reach with no work but its gRPC calls, with 1 and N
+    clients: a relay on the gateway's stack that makes a transfer's registry round trips
+    to an echo server in another process (where the registries run) and answers.
+
+    Its ratio to echo bounds SubmitTransfer's from above, whatever the gateway does
+    besides.  Each run makes as many client calls as echo's divided by the calls each
+    costs, so the figure takes about as long as echo's.
+    """
+    config = stack.gateway_config("sqlite://", ())
+    payload = stack.transfer_request(uuid.uuid4().hex, stack.SERIAL_START)
+    out: list[Result] = []
+    with stack.serving_process((stack.ECHO,)) as downstream:
+        for registry_calls, waves in FLOOR_WAVES.items():
+            target_of_echo = downstream.targets[stack.ECHO]
+            with relay_server(config, target_of_echo, waves) as target:
+                make = _echo_client(target, payload)
+                calls = sizes.echo_calls // (registry_calls + 1)
+                for clients, echo_result in zip((1, sizes.clients), echo_results, strict=True):
+                    figure = _throughput(
+                        f"floor_{registry_calls}_calls.clients_{clients}",
+                        "-",
+                        sizes,
+                        clients,
+                        max(clients, calls),
+                        make,
+                        downstream.pid,
+                    )
+                    figure.extra["ratio_to_echo"] = figure.median / echo_result.median
+                    out.append(figure)
+    return out
+
+
+def submit_transfer(
+    sizes: Sizes, database: str, echo_results: list[Result], floor_results: list[Result]
+) -> list[Result]:
+    """SubmitTransfer end to end with 1 and N clients, with the ratios to echo and to the
+    transport floor of a transfer's registry calls."""
+    floors = {
+        r.extra["clients"]: r
+        for r in floor_results
+        if r.name.startswith(f"floor_{TRANSFER_REGISTRY_CALLS}_calls.")
+    }
     out: list[Result] = []
     with stack.scratch_database(database) as url, stack.registries() as linked:
         config = stack.gateway_config(url, linked.endpoints())
@@ -231,5 +324,7 @@ def submit_transfer(sizes: Sizes, database: str, echo_results: list[Result]) -> 
                     linked.pid,
                 )
                 figure.extra["ratio_to_echo"] = figure.median / echo_result.median
+                if clients in floors:
+                    figure.extra["ratio_to_floor"] = figure.median / floors[clients].median
                 out.append(figure)
     return out

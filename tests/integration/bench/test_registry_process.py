@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from bench import stack
+from bench import stack, transport
+from bench.common import process_cpu_seconds
 
 
 def _gone(pid: int, within_seconds: float = 15.0) -> bool:
@@ -80,3 +82,28 @@ def test_the_emulators_stop_when_the_bench_process_is_killed() -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+def test_the_serving_process_serves_an_echo_and_a_relay_makes_its_calls_to_it() -> None:
+    config = stack.gateway_config("sqlite://", ())
+    request = stack.transfer_request("floor", stack.SERIAL_START)
+    with stack.serving_process((stack.ECHO,)) as downstream:
+        assert set(downstream.targets) == {stack.ECHO}
+        before = process_cpu_seconds(downstream.pid)
+        with transport.relay_server(config, downstream.targets[stack.ECHO], (100, 1, 99)) as target:
+            channel = grpc.insecure_channel(target)
+            try:
+                reply = transport.echo_method(channel)(request, timeout=30)
+            finally:
+                channel.close()
+        assert reply == request
+        # The relay's 200 calls were answered in the other process, not in this one.
+        assert process_cpu_seconds(downstream.pid) > before
+
+
+def test_a_serving_process_that_cannot_start_says_why() -> None:
+    with (
+        pytest.raises(RuntimeError, match="did not start: KeyError"),
+        stack.serving_process(("no-such-registry",)),
+    ):
+        pass

@@ -120,9 +120,12 @@ class GatewayConfig:
     instruction_window_seconds: float = 300.0
     """How far an instruction's signing time may be from the gateway's clock."""
     rate_limit_per_second: float = 50.0
-    """Calls per second each client (token subject) may make, per gateway process."""
+    """Calls per second each client (token subject) may make, per gateway process; a
+    SubmitTransfers batch counts one call per transfer in it."""
     rate_limit_burst: int = 100
-    """Calls a client may make at once before the per-second rate applies."""
+    """Calls a client may make at once before the per-second rate applies. A batch larger
+    than this is still let in when the client has budget left, and its next call then
+    waits until the rate has paid off the rest."""
     fault_crash_after_state: str = ""
     """FAULT INJECTION, for crash tests only: the gateway SIGKILLs itself as soon as a
     transfer's state of this name is committed (e.g. ``SOURCE_LOCKED``). Empty: off."""

@@ -7,6 +7,7 @@ anything else into INTERNAL with a generic message and one full log line.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -117,6 +118,11 @@ def to_rpc_status(error: CarbonlinkError) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(quota))
+        retry_after = getattr(error, "retry_after_seconds", None)
+        if retry_after is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromNanoseconds(math.ceil(retry_after * 1e9))
+            status.details.append(_pack(retry))
     return status
 
 

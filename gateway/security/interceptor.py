@@ -1,7 +1,8 @@
 """The authentication and authorization interceptor of the gateway service.
 
 For every call to ``carbonlink.v1.LinkageGateway`` (health and reflection stay open) it
-reads the bearer token, verifies it, spends one call of the caller's rate budget,
+reads the bearer token, verifies it, spends the call's cost of the caller's rate budget
+(one, or one per transfer of a batch),
 checks the RPC's roles and the accounts the request moves, and for a signed RPC checks
 the instruction signature and claims its nonce; the handler then runs with the
 signature bound to the provenance events it appends. It sits inside the error-mapping
@@ -27,6 +28,14 @@ from registry_bridge.event_log import signed_instruction
 
 _logger = structlog.get_logger(__name__)
 _BEARER = "bearer "
+
+
+def rate_cost(method: str, request: Any) -> int:
+    """What a call spends of its caller's rate budget: one, and a batch one per transfer,
+    so that batching is no way around the limit."""
+    if method == "SubmitTransfers":
+        return max(1, len(request.transfers))
+    return 1
 
 
 class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -67,8 +76,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         unsigned RPCs)."""
         principal = self._principal(context)
         structlog.contextvars.bind_contextvars(client=principal.subject)
-        self._limiter.take(principal.subject)
         method = full_method[len(SERVICE_PREFIX) :]
+        self._limiter.take(principal.subject, rate_cost(method, request))
         authorize(method, principal, request)
         if method not in SIGNED_METHODS:
             return principal, None

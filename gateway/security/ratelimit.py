@@ -1,5 +1,9 @@
 """Per-client rate limits: a token bucket per token subject, in this gateway process.
 
+A call costs one token, and a batch one per transfer in it: the limit guards the other
+clients from one client's load, and a batch of 1,000 transfers is a thousand transfers'
+work, not one call's.
+
 Several gateways behind one balancer each keep their own buckets, so a client's
 effective ceiling is the per-process rate times the number of gateways; the setting is
 a guard against one client starving the others, not a billing quota.
@@ -20,13 +24,19 @@ _MAX_CLIENTS = 100_000
 class RateLimited(ResourceExhausted):
     """One client called faster than its configured rate."""
 
-    def __init__(self, subject: str, rate_per_second: float, burst: int) -> None:
+    def __init__(
+        self, subject: str, rate_per_second: float, burst: int, retry_after_seconds: float
+    ) -> None:
         super().__init__(
             f"client {subject!r} exceeded {rate_per_second:g} calls per second "
-            f"(burst {burst}); retry later"
+            f"(burst {burst}; a batch counts one call per transfer); "
+            f"retry in {retry_after_seconds:.3g} s"
         )
         self.subject = f"clients/{subject}"
-        self.description = f"at most {rate_per_second:g} calls/s, burst {burst}"
+        self.description = (
+            f"at most {rate_per_second:g} calls/s, burst {burst}, a batch one per transfer"
+        )
+        self.retry_after_seconds = retry_after_seconds
 
 
 class RateLimiter:
@@ -44,20 +54,27 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, subject: str) -> None:
-        """Spend one call of ``subject``'s budget.
+    def take(self, subject: str, cost: int = 1) -> None:
+        """Spend ``cost`` calls of ``subject``'s budget.
+
+        A call is let in while the bucket holds a token, whatever it costs, and the bucket
+        then owes the rest: a batch larger than the burst still goes through once, and
+        its client waits until the bucket has refilled past what it took.
 
         Raises:
-            RateLimited: The bucket is empty.
+            RateLimited: The bucket holds less than one token; says how long until it does.
+            ValueError: ``cost`` is less than one.
         """
+        if cost < 1:
+            raise ValueError(f"a call costs at least one token, not {cost}")
         now = self._clock()
         with self._lock:
             tokens, last = self._buckets.get(subject, (float(self._burst), now))
             tokens = min(float(self._burst), tokens + (now - last) * self._rate)
             if tokens < 1.0:
                 self._buckets[subject] = (tokens, now)
-                raise RateLimited(subject, self._rate, self._burst)
-            self._buckets[subject] = (tokens - 1.0, now)
+                raise RateLimited(subject, self._rate, self._burst, (1.0 - tokens) / self._rate)
+            self._buckets[subject] = (tokens - cost, now)
             if len(self._buckets) > _MAX_CLIENTS:
                 # Forget full buckets (idle clients); bounds memory whatever the subjects.
                 self._buckets = {

@@ -50,6 +50,54 @@ def test_a_client_over_its_rate_gets_resource_exhausted_with_quota_failure(
         assert other.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
 
 
+def _one_unit_transfer(request_id: str, serial: int) -> gateway_pb2.SubmitTransferRequest:
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    return gateway_pb2.SubmitTransferRequest(
+        request_id=request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program=origin.program.value, serial_start=serial, serial_end=serial
+                    )
+                )
+            ],
+        ),
+    )
+
+
+def test_a_batch_spends_a_call_per_transfer_and_its_client_then_waits_off_the_rest(
+    pki: TlsLayout, tmp_path: Path
+) -> None:
+    with running_secure_gateway(
+        pki, f"sqlite:///{tmp_path}/g.db", rate_limit_burst=3, rate_limit_per_second=0.01
+    ) as gateway:
+        token = gateway.token("exchange_operator", accounts=["hkmo:hk-seller"])
+        batcher = gateway.stub("exchange_operator", token)
+        first = parse_serial("verra", VERRA_SERIAL).id.serial_start
+        batch = gateway_pb2.SubmitTransfersRequest(
+            request_id="batch-of-five",
+            transfers=[_one_unit_transfer(f"item-{i}", first + i) for i in range(5)],
+        )
+        gateway.signer("exchange_operator").sign("SubmitTransfers", batch)
+        # Larger than the burst, yet let in: the client had budget left.
+        reply = batcher.SubmitTransfers(batch, timeout=60)
+        assert [r.transfer.state for r in reply.results] == [model_pb2.TRANSFER_STATE_COMPLETED] * 5
+        # Five calls spent of a burst of three: the client owes two, and waits them off.
+        with pytest.raises(grpc.RpcError) as caught:
+            batcher.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "a batch counts one call per transfer" in (caught.value.details() or "")
+        status = rpc_status.from_call(caught.value)
+        assert status is not None
+        retry = error_details_pb2.RetryInfo()
+        assert any(detail.Unpack(retry) for detail in status.details)
+        # Three tokens to refill at 0.01/s: about 300 s.
+        assert 290 <= retry.retry_delay.ToTimedelta().total_seconds() <= 300
+
+
 def test_a_new_token_key_is_picked_up_without_a_restart(pki: TlsLayout, tmp_path: Path) -> None:
     jwks = tmp_path / "jwks.json"
     shutil.copy(pki.jwks, jwks)

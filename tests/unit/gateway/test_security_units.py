@@ -13,6 +13,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.security.certs import init_dev_pki
 from gateway.security.instructions import SIGNED_METHODS, canonical_bytes, sign_request
+from gateway.security.interceptor import rate_cost
 from gateway.security.policy import (
     RPC_ROLES,
     acting_as,
@@ -85,6 +86,33 @@ def test_token_buckets_refill() -> None:
     limiter.take("b")
     now[0] = 0.5
     limiter.take("a")
+
+
+def test_a_call_costing_more_than_the_bucket_holds_goes_through_and_its_debt_is_waited() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2.0, 2, clock=lambda: now[0])
+    limiter.take("batcher", 5)  # a batch of five with a burst of two: in, owing three
+    with pytest.raises(RateLimited, match=r"retry in 2 s") as refused:
+        limiter.take("batcher")
+    assert refused.value.retry_after_seconds == pytest.approx(2.0)
+    now[0] = 1.9
+    with pytest.raises(RateLimited):
+        limiter.take("batcher")
+    now[0] = 2.0  # four tokens refilled: the three owed and one to spend
+    limiter.take("batcher")
+    limiter.take("other", 2)  # another client's budget is its own
+    with pytest.raises(ValueError, match="at least one"):
+        limiter.take("other", 0)
+
+
+def test_a_batch_costs_one_call_per_transfer_and_every_other_call_one() -> None:
+    batch = gateway_pb2.SubmitTransfersRequest(
+        transfers=[gateway_pb2.SubmitTransferRequest(request_id=str(i)) for i in range(7)]
+    )
+    assert rate_cost("SubmitTransfers", batch) == 7
+    assert rate_cost("SubmitTransfers", gateway_pb2.SubmitTransfersRequest()) == 1
+    assert rate_cost("SubmitTransfer", gateway_pb2.SubmitTransferRequest()) == 1
+    assert rate_cost("ListRegistries", gateway_pb2.ListRegistriesRequest()) == 1
 
 
 def _principal(role: str, entities: tuple[str, ...] = ()) -> Principal:

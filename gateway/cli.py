@@ -33,6 +33,7 @@ _logger = structlog.get_logger(__name__)
 def _serve(args: argparse.Namespace) -> int:
     flags = {
         "listen": args.listen,
+        "metrics_listen": args.metrics_listen,
         "database_url": args.database_url,
         "log_level": args.log_level,
         "log_format": args.log_format,
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="YAML configuration file")
     serve.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http(s)://HOST:PORT/metrics (default: none)",
+    )
     serve.add_argument(
         "--database-url",
         help="SQLAlchemy URL: sqlite:///PATH (default) or postgresql+psycopg://...",

@@ -47,6 +47,9 @@ class GatewayConfig:
 
     listen: str = "127.0.0.1:50051"
     """Address the gRPC server binds, ``HOST:PORT``; port 0 picks a free port."""
+    metrics_listen: str = ""
+    """Address of the Prometheus metrics endpoint (``/metrics``), ``HOST:PORT``; empty:
+    none. On a secure gateway it speaks TLS and asks for a client certificate of the CA."""
     database_url: str = "sqlite:///carbonlink.db"
     """SQLAlchemy URL: the embedded SQLite file by default, or ``postgresql+psycopg://...``."""
     log_level: str = "info"
@@ -141,6 +144,7 @@ _STEP_STATES = ("applied", "pending", "done", "failed")
 
 _FIELD_TYPES: dict[str, type] = {
     "listen": str,
+    "metrics_listen": str,
     "database_url": str,
     "log_level": str,
     "log_format": str,
@@ -234,8 +238,12 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
     def origin(name: str) -> str:
         return origins.get(name, "default")
 
-    if not _HOST_PORT.match(config.listen) or int(config.listen.rsplit(":", 1)[1]) > 65535:
-        raise ConfigError(f"listen: {config.listen!r} is not HOST:PORT ({origin('listen')})")
+    for name in ("listen", "metrics_listen"):
+        address = getattr(config, name)
+        if name == "metrics_listen" and not address:
+            continue  # no metrics endpoint
+        if not _HOST_PORT.match(address) or int(address.rsplit(":", 1)[1]) > 65535:
+            raise ConfigError(f"{name}: {address!r} is not HOST:PORT ({origin(name)})")
     if not config.database_url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
         raise ConfigError(
             "database_url: must start with sqlite:// or postgresql+psycopg:// "

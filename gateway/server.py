@@ -28,6 +28,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
 from gateway.in_flight import InFlightCalls
 from gateway.log_keys import load_signer
+from gateway.metrics import GatewayMetrics, MetricsEndpoint
 from gateway.security.settings import GatewaySecurity, warn_if_insecure
 from gateway.servicer import LinkageGatewayServicer
 from registry_bridge import db
@@ -142,6 +143,23 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _each(
+    *hooks: Callable[[str, TransferState], None] | None,
+) -> Callable[[str, TransferState], None] | None:
+    """One ``on_state`` hook calling each of ``hooks`` given, in order (None: none given)."""
+    given = [h for h in hooks if h is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        return given[0]
+
+    def each(transfer_id: str, state: TransferState) -> None:
+        for hook in given:
+            hook(transfer_id, state)
+
+    return each
+
+
 class GatewayServer:
     """One gateway process."""
 
@@ -181,6 +199,10 @@ class GatewayServer:
             for info in self._registries
         }
         sessions = db.session_factory(self.engine)
+        self.metrics = GatewayMetrics(sessions, clock) if config.metrics_listen else None
+        self._metrics_endpoint = (
+            MetricsEndpoint(self.metrics, config) if self.metrics is not None else None
+        )
         self.bridge = Bridge(
             sessions,
             self.adapters,
@@ -193,7 +215,11 @@ class GatewayServer:
             ),
             clock=clock,
             lock_ttl=timedelta(seconds=config.lock_ttl_seconds),
-            on_state=_crash_hook(config.fault_crash_after_state),
+            on_state=_each(
+                None if self.metrics is None else self.metrics.transfer_step,
+                # Last: the crash hook ends the process.
+                _crash_hook(config.fault_crash_after_state),
+            ),
             lease=timedelta(seconds=config.transfer_lease_seconds),
         )
         self.migrations = Migrations(
@@ -224,10 +250,12 @@ class GatewayServer:
             futures.ThreadPoolExecutor(
                 max_workers=self.config.max_workers, thread_name_prefix="rpc"
             ),
-            # Counting outermost, so that a call counts until its last step; error mapping
+            # Counting outermost, so that a call counts until its last step; metrics next,
+            # outside error mapping, to see the status code the client sees; error mapping
             # next: it maps what the security interceptor refuses.
             interceptors=[
                 self._in_flight,
+                *(() if self.metrics is None else (self.metrics.interceptor,)),
                 ErrorMappingInterceptor(),
                 *self.security.interceptors,
             ],
@@ -261,6 +289,14 @@ class GatewayServer:
             raise OSError(f"cannot bind {self.config.listen}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot bind {self.config.listen}")
+        if self._metrics_endpoint is not None:
+            try:
+                self._metrics_endpoint.start()
+            except OSError as exc:
+                server.stop(0)
+                raise OSError(
+                    f"cannot serve metrics on {self.config.metrics_listen}: {exc}"
+                ) from exc
         server.start()
         self._server = server
         self.port = port
@@ -281,6 +317,11 @@ class GatewayServer:
             database=self.engine.url.render_as_string(hide_password=True),
         )
         return port
+
+    @property
+    def metrics_port(self) -> int:
+        """The metrics endpoint's bound port (0: none serving)."""
+        return 0 if self._metrics_endpoint is None else self._metrics_endpoint.port
 
     def stop(self, grace_seconds: float | None = None) -> dict[str, int]:
         """Stop taking calls, let in-flight calls finish within the grace period, close.
@@ -305,6 +346,8 @@ class GatewayServer:
                 # Daemon threads: one waiting on a registry is left, as a handler is.
                 thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         self._server = None
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
         self._probe.close()
         self.engine.dispose()
         if abandoned:

@@ -1,0 +1,205 @@
+"""Operational metrics in the Prometheus text format, on an HTTP endpoint of their own.
+
+What an operator watches and alerts on: calls by method and status code and how long
+they take; transfer steps as they commit; and, read from the database at each scrape,
+the transfers not yet final by state with the age of the oldest (a transfer waiting on a
+registry that stays down shows here first), and the provenance log's size. Counts only:
+no account, unit or party appears in a label.
+
+On a secure gateway the endpoint speaks TLS with the gateway's certificate and requires
+a client certificate of the configured CA, as the gRPC API does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import GatewayConfig
+from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
+from registry_bridge.schema import LogHead, TransferRecord
+from registry_bridge.transfers import TransferState
+
+_UNFINISHED = tuple(s.value for s in TransferState if not s.is_final)
+_CALL_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _DatabaseCollector(Collector):
+    """Gauges read from the database at each scrape, so that every gateway sharing the
+    database reports the same, and a restarted one is right from its first scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], datetime]) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        unfinished = GaugeMetricFamily(
+            "carbonlink_transfers_unfinished",
+            "Transfers not yet in a final state, by state.",
+            labels=["state"],
+        )
+        oldest = GaugeMetricFamily(
+            "carbonlink_transfer_oldest_unfinished_age_seconds",
+            "Seconds since the oldest transfer in each unfinished state was proposed.",
+            labels=["state"],
+        )
+        log_size = GaugeMetricFamily(
+            "carbonlink_provenance_log_size", "Events in the provenance log."
+        )
+        with self._sessions() as session:
+            by_state = {
+                state: (count, first)
+                for state, count, first in session.execute(
+                    sa.select(
+                        TransferRecord.state,
+                        sa.func.count(),
+                        sa.func.min(TransferRecord.created_at),
+                    )
+                    .where(TransferRecord.state.in_(_UNFINISHED))
+                    .group_by(TransferRecord.state)
+                )
+            }
+            size = session.execute(sa.select(LogHead.size)).scalar()
+        now = self._clock()
+        for state in _UNFINISHED:
+            count, first = by_state.get(state, (0, None))
+            unfinished.add_metric([state], count)
+            age = 0.0 if first is None else max(0.0, (now - _aware(first)).total_seconds())
+            oldest.add_metric([state], age)
+        log_size.add_metric([], size or 0)
+        return [unfinished, oldest, log_size]
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the schema stores UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class GatewayMetrics:
+    """The gateway's metrics, in a registry of its own (several gateways in one process,
+    as in tests, do not share counters)."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "carbonlink_rpc_calls",
+            "Calls answered, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "carbonlink_rpc_call_duration_seconds",
+            "Time from a call's arrival to its answer (a stream's: to its end), by method.",
+            ["method"],
+            buckets=_CALL_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.transfer_steps = Counter(
+            "carbonlink_transfer_steps",
+            "Transfer states committed by this gateway, by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.registry.register(_DatabaseCollector(sessions, clock or (lambda: datetime.now(UTC))))
+        self.interceptor = MetricsInterceptor(self)
+
+    def transfer_step(self, _: str, state: TransferState) -> None:
+        """Count a committed transfer state (the bridge's ``on_state`` hook)."""
+        self.transfer_steps.labels(state.value).inc()
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+    """Counts each call of the gateway service by method and final status code, and
+    times it. It sits outside error mapping, so it sees the code the client sees."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        full_method: str = handler_call_details.method
+        if handler is None or not full_method.startswith("/carbonlink.v1."):
+            return handler  # health and reflection are not the gateway's work
+        return wrap_behavior(handler, full_method, self._unary, self._stream)
+
+    def _record(self, full_method: str, context: grpc.ServicerContext, began: float) -> None:
+        method = full_method.rsplit("/", 1)[-1]
+        code = context.code()
+        name = grpc.StatusCode.OK.name if code is None else code.name
+        self._metrics.calls.labels(method, name).inc()
+        self._metrics.call_seconds.labels(method).observe(time.perf_counter() - began)
+
+    def _unary(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            began = time.perf_counter()
+            try:
+                return behavior(request, context)
+            finally:
+                self._record(full_method, context, began)
+
+        return timed
+
+    def _stream(self, behavior: StreamBehavior, full_method: str) -> StreamBehavior:
+        def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            began = time.perf_counter()
+            try:
+                yield from behavior(request, context)
+            finally:
+                self._record(full_method, context, began)
+
+        return timed
+
+
+class MetricsEndpoint:
+    """The HTTP(S) server of ``/metrics``; started by :meth:`start`, ended by :meth:`stop`."""
+
+    def __init__(self, metrics: GatewayMetrics, config: GatewayConfig) -> None:
+        self._metrics = metrics
+        self._config = config
+        self._server: Any = None
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind and serve; returns the bound port.
+
+        Raises:
+            OSError: The address cannot be bound, or a TLS file cannot be read.
+        """
+        host, port = self._config.metrics_listen.rsplit(":", 1)
+        tls: dict[str, Any] = {}
+        if not self._config.insecure:
+            tls = {
+                "certfile": self._config.tls_cert_file,
+                "keyfile": self._config.tls_key_file,
+                "client_cafile": self._config.tls_ca_file,
+                "client_auth_required": True,
+            }
+        server, _ = start_http_server(
+            int(port), addr=host.strip("[]"), registry=self._metrics.registry, **tls
+        )
+        self._server = server
+        self.port = int(server.server_port)
+        return self.port
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

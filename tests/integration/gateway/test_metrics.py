@@ -1,0 +1,142 @@
+"""The Prometheus metrics endpoint: calls by code, transfer steps, unfinished transfers."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.serials import parse_serial
+from gateway.config import ConfigError, GatewayConfig, RegistryEndpoint, load_config
+from gateway.server import GatewayServer
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    free_port,
+    running_gateway,
+)
+
+START = parse_serial("verra", VERRA_SERIAL).id.serial_start
+
+
+def scrape(
+    port: int, opener: urllib.request.OpenerDirector | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint, keyed by name and sorted labels."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with (opener or urllib.request.build_opener()).open(url, timeout=10) as answer:
+        text = answer.read().decode("utf-8")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _request(request_id: str, start: int, end: int) -> gateway_pb2.SubmitTransferRequest:
+    return gateway_pb2.SubmitTransferRequest(
+        request_id=request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(program="VCS", serial_start=start, serial_end=end)
+                )
+            ],
+        ),
+    )
+
+
+def test_calls_are_counted_by_method_and_code_and_steps_by_state(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    registries.seed_venue()
+    with running_gateway(database_url, registries, metrics_listen="127.0.0.1:0") as gateway:
+        port = gateway.server.metrics_port
+        assert port > 0
+        before = scrape(port)
+        assert before[("carbonlink_provenance_log_size", ())] >= 1  # the import's issuance
+        reply = gateway.stub.SubmitTransfer(_request("trade-1", START, START + 9), timeout=30)
+        assert reply.state == model_pb2.TRANSFER_STATE_COMPLETED
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway.stub.SubmitTransfer(_request("", START, START + 9), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        gateway.stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
+        after = scrape(port)
+    ok = ("carbonlink_rpc_calls_total", (("code", "OK"), ("method", "SubmitTransfer")))
+    bad = (
+        "carbonlink_rpc_calls_total",
+        (("code", "INVALID_ARGUMENT"), ("method", "SubmitTransfer")),
+    )
+    listed = ("carbonlink_rpc_calls_total", (("code", "OK"), ("method", "ListRegistries")))
+    assert (after[ok], after[bad], after[listed]) == (1, 1, 1)
+    timed = ("carbonlink_rpc_call_duration_seconds_count", (("method", "SubmitTransfer"),))
+    assert after[timed] == 2
+    for state in ("CHECKED", "SOURCE_LOCKED", "DESTINATION_CREDITED", "COMPLETED"):
+        assert after[("carbonlink_transfer_steps_total", (("state", state),))] == 1, state
+    unfinished = {
+        labels: value
+        for (name, labels), value in after.items()
+        if name == "carbonlink_transfers_unfinished"
+    }
+    assert unfinished and set(unfinished.values()) == {0}
+    assert (
+        after[("carbonlink_provenance_log_size", ())]
+        > before[("carbonlink_provenance_log_size", ())]
+    )
+
+
+@contextmanager
+def _gateway_with_shenzhen_down(
+    database_url: str, registries: LinkedRegistries, clock: list[datetime]
+) -> Iterator[tuple[GatewayServer, gateway_pb2_grpc.LinkageGatewayStub]]:
+    dead = f"127.0.0.1:{free_port()}"
+    config = GatewayConfig(
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        database_url=database_url,
+        registries=tuple(
+            RegistryEndpoint(e.registry_id, dead if e.registry_id == "shenzhen" else e.target)
+            for e in registries.endpoints()
+        ),
+        insecure=True,
+        registry_retry_attempts=1,
+        registry_timeout_seconds=1.0,
+    )
+    server = GatewayServer(config, clock=lambda: clock[0])
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield server, gateway_pb2_grpc.LinkageGatewayStub(channel)
+    finally:
+        channel.close()
+        server.stop(grace_seconds=0)
+
+
+def test_a_transfer_waiting_on_a_registry_shows_as_unfinished_with_its_age(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    registries.seed_venue()
+    clock = [datetime(2026, 11, 27, 9, 0, tzinfo=UTC)]
+    with _gateway_with_shenzhen_down(database_url, registries, clock) as (server, stub):
+        reply = stub.SubmitTransfer(_request("stuck-1", START, START + 9), timeout=30)
+        assert reply.state == model_pb2.TRANSFER_STATE_SOURCE_LOCKED  # the credit waits
+        clock[0] += timedelta(seconds=90)
+        samples = scrape(server.metrics_port)
+    locked = (("state", "SOURCE_LOCKED"),)
+    assert samples[("carbonlink_transfers_unfinished", locked)] == 1
+    assert samples[("carbonlink_transfer_oldest_unfinished_age_seconds", locked)] == 90
+    assert samples[("carbonlink_transfers_unfinished", (("state", "CHECKED"),))] == 0
+
+
+def test_no_metrics_endpoint_unless_asked_and_a_bad_address_is_named() -> None:
+    assert GatewayConfig().metrics_listen == ""
+    with pytest.raises(ConfigError, match="metrics_listen: 'nine' is not HOST:PORT"):
+        load_config(flags={"metrics_listen": "nine"})

@@ -20,7 +20,7 @@ from types import MappingProxyType
 import grpc
 
 from adapters.emulator_core import EmulatorSpec
-from adapters.retry import RetryingRegistry, RetryPolicy
+from adapters.retry import CallObserver, RetryingRegistry, RetryPolicy
 from registry_bridge.errors import NotFound
 from registry_bridge.model import Program
 from registry_bridge.port import RegistryPort
@@ -168,6 +168,7 @@ def build_adapter(
     *,
     timeout_s: float = 5.0,
     credentials: grpc.ChannelCredentials | None = None,
+    observer: CallObserver | None = None,
 ) -> RegistryPort:
     """Build the adapter of ``registry_id`` talking to ``target``, with the retry policy.
 
@@ -177,6 +178,7 @@ def build_adapter(
         retry: The retry policy (default :class:`RetryPolicy`).
         timeout_s: Deadline of each native call, in seconds.
         credentials: TLS credentials; ``None`` opens an insecure channel (emulators).
+        observer: Told of every attempt at a call (for metrics); None: nobody.
 
     Returns:
         The adapter, retrying transient failures.
@@ -190,4 +192,4 @@ def build_adapter(
         if credentials is None
         else grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
     )
-    return RetryingRegistry(registry.client(channel, timeout_s), retry or RetryPolicy())
+    return RetryingRegistry(registry.client(channel, timeout_s), retry or RetryPolicy(), observer)

@@ -14,6 +14,7 @@ where the listing stood (``adapters.emulator_core.paging``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,7 +27,7 @@ from tenacity import (
 )
 
 from adapters.client_core import PagedListing, read_pages
-from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.port import (
     BlockStatusRequest,
     CancelRequest,
@@ -45,6 +46,11 @@ from registry_bridge.port import (
 )
 
 T = TypeVar("T")
+
+CallObserver = Callable[[str, str, str, float], None]
+"""Told of every attempt at a registry call: registry id, operation (the port's method),
+outcome (``ok``, ``rejected``, ``unavailable``, ``abandoned`` by its caller, or ``error``)
+and seconds taken."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,15 @@ class RetryingRegistry:
     Args:
         inner: The adapter to wrap.
         policy: The retry policy.
+        observer: Told of every attempt (for metrics); None: nobody.
     """
 
-    def __init__(self, inner: RegistryPort, policy: RetryPolicy) -> None:
+    def __init__(
+        self, inner: RegistryPort, policy: RetryPolicy, observer: CallObserver | None = None
+    ) -> None:
         self._inner = inner
         self._policy = policy
+        self._observer = observer
 
     @property
     def registry_id(self) -> str:
@@ -105,7 +115,31 @@ class RetryingRegistry:
         """The retry policy it applies."""
         return self._policy
 
-    def _call(self, operation: Callable[[], T]) -> T:
+    def _call(self, name: str, call: Callable[[], T]) -> T:
+        observer = self._observer
+        if observer is None:
+            operation = call
+        else:
+
+            def operation() -> T:
+                began = time.perf_counter()
+                outcome = "error"  # neither an answer nor a registry's failure: a bug
+                try:
+                    answer = call()
+                    outcome = "ok"
+                    return answer
+                except RegistryRejected:
+                    outcome = "rejected"
+                    raise
+                except RegistryUnavailable:
+                    outcome = "unavailable"
+                    raise
+                except Abandoned:
+                    outcome = "abandoned"
+                    raise
+                finally:
+                    observer(self._inner.registry_id, name, outcome, time.perf_counter() - began)
+
         # The first attempt is made here: tenacity's controller costs ~10 us a call, as
         # much as a call's own client-side work, and most calls succeed at once.
         try:
@@ -127,39 +161,39 @@ class RetryingRegistry:
 
     def issue(self, request: IssueRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.issue`."""
-        return self._call(lambda: self._inner.issue(request))
+        return self._call("issue", lambda: self._inner.issue(request))
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
         """See :meth:`RegistryPort.block_status`."""
-        return self._call(lambda: self._inner.block_status(request))
+        return self._call("block_status", lambda: self._inner.block_status(request))
 
     def lock(self, request: LockRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.lock`."""
-        return self._call(lambda: self._inner.lock(request))
+        return self._call("lock", lambda: self._inner.lock(request))
 
     def unlock(self, request: UnlockRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.unlock`."""
-        return self._call(lambda: self._inner.unlock(request))
+        return self._call("unlock", lambda: self._inner.unlock(request))
 
     def finalize(self, request: FinalizeRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.finalize`."""
-        return self._call(lambda: self._inner.finalize(request))
+        return self._call("finalize", lambda: self._inner.finalize(request))
 
     def credit(self, request: CreditRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.credit`."""
-        return self._call(lambda: self._inner.credit(request))
+        return self._call("credit", lambda: self._inner.credit(request))
 
     def retire(self, request: RetireRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.retire`."""
-        return self._call(lambda: self._inner.retire(request))
+        return self._call("retire", lambda: self._inner.retire(request))
 
     def surrender(self, request: SurrenderRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.surrender`."""
-        return self._call(lambda: self._inner.surrender(request))
+        return self._call("surrender", lambda: self._inner.surrender(request))
 
     def cancel(self, request: CancelRequest) -> RegistryHolding:
         """See :meth:`RegistryPort.cancel`."""
-        return self._call(lambda: self._inner.cancel(request))
+        return self._call("cancel", lambda: self._inner.cancel(request))
 
     # A read given a ``still_wanted`` that answers false raises Abandoned, which is not a
     # RegistryUnavailable: it is never retried, and a retry due is not sent (the client
@@ -172,15 +206,17 @@ class RetryingRegistry:
         a registry whose client does not page answers in one."""
         inner = self._inner
         if not isinstance(inner, PagedListing):
-            return self._call(lambda: inner.list_holdings(request, still_wanted))
+            return self._call("list_holdings", lambda: inner.list_holdings(request, still_wanted))
         return read_pages(
             inner.registry_id,
-            lambda page: self._call(lambda: inner.list_holdings_page(request, page, still_wanted)),
+            lambda page: self._call(
+                "list_holdings", lambda: inner.list_holdings_page(request, page, still_wanted)
+            ),
         )
 
     def totals(self, still_wanted: StillWanted | None = None) -> Sequence[ProgramTotal]:
         """See :meth:`RegistryPort.totals`."""
-        return self._call(lambda: self._inner.totals(still_wanted))
+        return self._call("totals", lambda: self._inner.totals(still_wanted))
 
     # A batch is retried whole: a transient failure may have come after some items were
     # applied, and every item carries its operation id, so the repeat answers those from
@@ -191,16 +227,16 @@ class RetryingRegistry:
         self, requests: Sequence[LockRequest]
     ) -> Sequence[RegistryHolding | RegistryRejected]:
         """See :meth:`RegistryPort.lock_many`; the whole batch is retried."""
-        return self._call(lambda: self._inner.lock_many(requests))
+        return self._call("lock_many", lambda: self._inner.lock_many(requests))
 
     def credit_many(
         self, requests: Sequence[CreditRequest]
     ) -> Sequence[RegistryHolding | RegistryRejected]:
         """See :meth:`RegistryPort.credit_many`; the whole batch is retried."""
-        return self._call(lambda: self._inner.credit_many(requests))
+        return self._call("credit_many", lambda: self._inner.credit_many(requests))
 
     def finalize_many(
         self, requests: Sequence[FinalizeRequest]
     ) -> Sequence[RegistryHolding | RegistryRejected]:
         """See :meth:`RegistryPort.finalize_many`; the whole batch is retried."""
-        return self._call(lambda: self._inner.finalize_many(requests))
+        return self._call("finalize_many", lambda: self._inner.finalize_many(requests))

@@ -1,10 +1,11 @@
 """Operational metrics in the Prometheus text format, on an HTTP endpoint of their own.
 
 What an operator watches and alerts on: calls by method and status code and how long
-they take; transfer steps as they commit; and, read from the database at each scrape,
-the transfers not yet final by state with the age of the oldest (a transfer waiting on a
-registry that stays down shows here first), and the provenance log's size. Counts only:
-no account, unit or party appears in a label.
+they take; calls to each registry by operation and outcome (every attempt, retries
+included) and how long they take; transfer steps as they commit; and, read from the
+database at each scrape, the transfers not yet final by state with the age of the oldest
+(a transfer waiting on a registry that stays down shows here first), and the provenance
+log's size. Counts only: no account, unit or party appears in a label.
 
 On a secure gateway the endpoint speaks TLS with the gateway's certificate and requires
 a client certificate of the configured CA, as the gRPC API does.
@@ -105,6 +106,20 @@ class GatewayMetrics:
             buckets=_CALL_SECONDS_BUCKETS,
             registry=self.registry,
         )
+        self.registry_calls = Counter(
+            "carbonlink_registry_calls",
+            "Attempts at calls to a registry, retries included, by registry, operation and "
+            "outcome (ok, rejected, unavailable, abandoned, error).",
+            ["registry", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.registry_call_seconds = Histogram(
+            "carbonlink_registry_call_duration_seconds",
+            "Time one attempt at a registry call took, by registry.",
+            ["registry"],
+            buckets=_CALL_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
         self.transfer_steps = Counter(
             "carbonlink_transfer_steps",
             "Transfer states committed by this gateway, by state.",
@@ -113,6 +128,11 @@ class GatewayMetrics:
         )
         self.registry.register(_DatabaseCollector(sessions, clock or (lambda: datetime.now(UTC))))
         self.interceptor = MetricsInterceptor(self)
+
+    def registry_call(self, registry: str, operation: str, outcome: str, seconds: float) -> None:
+        """Count and time one attempt at a registry call (the adapters' observer)."""
+        self.registry_calls.labels(registry, operation, outcome).inc()
+        self.registry_call_seconds.labels(registry).observe(seconds)
 
     def transfer_step(self, _: str, state: TransferState) -> None:
         """Count a committed transfer state (the bridge's ``on_state`` hook)."""

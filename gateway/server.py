@@ -183,6 +183,11 @@ class GatewayServer:
         self._in_flight = InFlightCalls()
         self._health = health.HealthServicer()
         self._registries = wired_registries(config)
+        sessions = db.session_factory(self.engine)
+        self.metrics = GatewayMetrics(sessions, clock) if config.metrics_listen else None
+        self._metrics_endpoint = (
+            MetricsEndpoint(self.metrics, config) if self.metrics is not None else None
+        )
         retry = RetryPolicy(
             attempts=config.registry_retry_attempts,
             initial_wait_s=config.registry_retry_initial_wait_seconds,
@@ -195,14 +200,10 @@ class GatewayServer:
                 retry,
                 timeout_s=config.registry_timeout_seconds,
                 credentials=self.security.registry_credentials,
+                observer=None if self.metrics is None else self.metrics.registry_call,
             )
             for info in self._registries
         }
-        sessions = db.session_factory(self.engine)
-        self.metrics = GatewayMetrics(sessions, clock) if config.metrics_listen else None
-        self._metrics_endpoint = (
-            MetricsEndpoint(self.metrics, config) if self.metrics is not None else None
-        )
         self.bridge = Bridge(
             sessions,
             self.adapters,

@@ -81,6 +81,21 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
     assert after[timed] == 2
     for state in ("CHECKED", "SOURCE_LOCKED", "DESTINATION_CREDITED", "COMPLETED"):
         assert after[("carbonlink_transfer_steps_total", (("state", state),))] == 1, state
+    # The transfer's registry calls: locks and finalizes at the venue and at Verra, the
+    # credit at Shenzhen, each once and answered.
+    calls = {
+        (dict(labels)["registry"], dict(labels)["operation"]): value
+        for (name, labels), value in after.items()
+        if name == "carbonlink_registry_calls_total" and dict(labels)["outcome"] == "ok"
+    }
+    for registry, operation in (
+        ("hkmo", "lock"),
+        ("verra", "lock"),
+        ("shenzhen", "credit"),
+        ("hkmo", "finalize"),
+        ("verra", "finalize"),
+    ):
+        assert calls[(registry, operation)] == 1, (registry, operation)
     unfinished = {
         labels: value
         for (name, labels), value in after.items()
@@ -134,6 +149,11 @@ def test_a_transfer_waiting_on_a_registry_shows_as_unfinished_with_its_age(
     assert samples[("carbonlink_transfers_unfinished", locked)] == 1
     assert samples[("carbonlink_transfer_oldest_unfinished_age_seconds", locked)] == 90
     assert samples[("carbonlink_transfers_unfinished", (("state", "CHECKED"),))] == 0
+    refused_credit = (
+        "carbonlink_registry_calls_total",
+        (("operation", "credit"), ("outcome", "unavailable"), ("registry", "shenzhen")),
+    )
+    assert samples[refused_credit] >= 1
 
 
 def test_no_metrics_endpoint_unless_asked_and_a_bad_address_is_named() -> None:

@@ -122,6 +122,11 @@ class GatewayConfig:
     """JSON registry of the parties' Ed25519 instruction-signing keys (``certs init``)."""
     instruction_window_seconds: float = 300.0
     """How far an instruction's signing time may be from the gateway's clock."""
+    reconcile_interval_seconds: float = 0.0
+    """How often the gateway reconciles its ledger with every wired registry by itself,
+    reporting (log and metrics) the differences found in two runs in a row; 0: only on
+    demand (the Reconcile RPC). Each run reads every registry's holdings: enable it on one
+    gateway of a deployment, at an interval of minutes or more."""
     rate_limit_per_second: float = 50.0
     """Calls per second each client (token subject) may make, per gateway process; a
     SubmitTransfers batch counts one call per transfer in it."""
@@ -177,6 +182,7 @@ _FIELD_TYPES: dict[str, type] = {
     "jwt_require_certificate_binding": bool,
     "instruction_keys_file": str,
     "instruction_window_seconds": float,
+    "reconcile_interval_seconds": float,
     "rate_limit_per_second": float,
     "rate_limit_burst": int,
 }
@@ -287,6 +293,12 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{name}: must be at most {LONGEST_SECONDS} (a year), got {value} ({origin(name)})"
             )
+    interval = config.reconcile_interval_seconds
+    if not math.isfinite(interval) or not 0 <= interval <= LONGEST_SECONDS:
+        raise ConfigError(
+            f"reconcile_interval_seconds: must be 0 (off) or up to {LONGEST_SECONDS} (a year), "
+            f"got {interval} ({origin('reconcile_interval_seconds')})"
+        )
     if config.max_message_bytes > 2**31 - 1:
         # gRPC takes it as a C int: a larger one failed the start with an OverflowError.
         raise ConfigError(

@@ -20,13 +20,14 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
+from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
 from registry_bridge.schema import LogHead, TransferRecord
 from registry_bridge.transfers import TransferState
 
@@ -126,6 +127,24 @@ class GatewayMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.reconcile_differences = Gauge(
+            "carbonlink_reconcile_differences",
+            "Differences between the ledger and a registry found by the last scheduled "
+            "reconciliation and the one before it, by registry.",
+            ["registry"],
+            registry=self.registry,
+        )
+        self.reconcile_unreadable = Gauge(
+            "carbonlink_reconcile_unreadable",
+            "1 when the last scheduled reconciliation could not read the registry.",
+            ["registry"],
+            registry=self.registry,
+        )
+        self.reconcile_last_run = Gauge(
+            "carbonlink_reconcile_last_run_timestamp_seconds",
+            "When the last scheduled reconciliation ended (Unix time).",
+            registry=self.registry,
+        )
         self.registry.register(_DatabaseCollector(sessions, clock or (lambda: datetime.now(UTC))))
         self.interceptor = MetricsInterceptor(self)
 
@@ -133,6 +152,25 @@ class GatewayMetrics:
         """Count and time one attempt at a registry call (the adapters' observer)."""
         self.registry_calls.labels(registry, operation, outcome).inc()
         self.registry_call_seconds.labels(registry).observe(seconds)
+
+    def reconciled(
+        self,
+        registries: Iterable[str],
+        report: ReconcileReport,
+        persisting: Iterable[Discrepancy],
+        at: datetime,
+    ) -> None:
+        """Record a scheduled reconciliation of ``registries``: the differences it found
+        that the run before found too, and the registries it could not read."""
+        differences = dict.fromkeys(registries, 0)
+        for difference in persisting:
+            if difference.phase != TRAIL:
+                differences[difference.registry] = differences.get(difference.registry, 0) + 1
+        unreadable = {u.registry for u in report.unreadable}
+        for registry, count in differences.items():
+            self.reconcile_differences.labels(registry).set(count)
+            self.reconcile_unreadable.labels(registry).set(1 if registry in unreadable else 0)
+        self.reconcile_last_run.set(at.timestamp())
 
     def transfer_step(self, _: str, state: TransferState) -> None:
         """Count a committed transfer state (the bridge's ``on_state`` hook)."""

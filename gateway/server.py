@@ -34,11 +34,12 @@ from gateway.servicer import LinkageGatewayServicer
 from registry_bridge import db
 from registry_bridge.bridge import Bridge, TransferRules
 from registry_bridge.entities import DatabaseEntityRecords
-from registry_bridge.errors import CarbonlinkError
+from registry_bridge.errors import Abandoned, CarbonlinkError
 from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationStep
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
+from registry_bridge.reconcile import ReconcileReport, persisting, reconcile
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
 
@@ -233,6 +234,8 @@ class GatewayServer:
         self._recovery_stop = threading.Event()
         self._recovery: threading.Thread | None = None
         self._importing: threading.Thread | None = None
+        self._reconciling: threading.Thread | None = None
+        self._clock = clock
         self.port = 0
 
     def start(self) -> int:
@@ -311,6 +314,11 @@ class GatewayServer:
             target=self._import_forever, name="registry-import", daemon=True
         )
         self._importing.start()
+        if self.config.reconcile_interval_seconds > 0:
+            self._reconciling = threading.Thread(
+                target=self._reconcile_forever, name="reconcile", daemon=True
+            )
+            self._reconciling.start()
         host = self.config.listen.rsplit(":", 1)[0]
         _logger.info(
             "gateway_started",
@@ -342,7 +350,7 @@ class GatewayServer:
         self._recovery_stop.set()
         self._server.stop(grace).wait()
         abandoned = self._in_flight.wait_until_idle(deadline - time.monotonic())
-        for thread in (self._recovery, self._importing):
+        for thread in (self._recovery, self._importing, self._reconciling):
             if thread is not None:
                 # Daemon threads: one waiting on a registry is left, as a handler is.
                 thread.join(timeout=max(deadline - time.monotonic(), 0.0))
@@ -376,6 +384,47 @@ class GatewayServer:
             except Exception:
                 # A database busy past its timeout: this look is lost, not the later ones.
                 _logger.exception("registry_import_crashed")
+
+    def _reconcile_forever(self) -> None:
+        """Reconcile with every wired registry each interval; report what persists."""
+        previous: ReconcileReport | None = None
+        while not self._recovery_stop.wait(self.config.reconcile_interval_seconds):
+            try:
+                previous = self.reconcile_once(previous)
+            except Abandoned:
+                return  # stopping: the read under way was cancelled
+            except Exception:
+                # A database busy past its timeout: this run is lost, not the later ones.
+                _logger.exception("scheduled_reconcile_crashed")
+
+    def reconcile_once(self, previous: ReconcileReport | None) -> ReconcileReport:
+        """One scheduled reconciliation: logs and counts the differences that
+        ``previous`` (the run before) found too; returns this run's report.
+
+        Raises:
+            Abandoned: The gateway began stopping during the run.
+        """
+        with db.read_only(self.bridge.sessions) as session:
+            report = reconcile(
+                session, self.adapters, still_wanted=lambda: not self._recovery_stop.is_set()
+            )
+        persistent = persisting(previous, report)
+        if persistent:
+            _logger.error(
+                "reconcile_differences_persist",
+                count=len(persistent),
+                registries=sorted({d.registry for d in persistent}),
+                first=[d.detail for d in persistent[:5]],
+            )
+        else:
+            _logger.info(
+                "scheduled_reconcile_done",
+                consistent=report.consistent,
+                unreadable=[u.registry for u in report.unreadable],
+            )
+        if self.metrics is not None:
+            self.metrics.reconciled(self.adapters, report, persistent, self._clock())
+        return report
 
     def _recover_forever(self) -> None:
         """Resume unfinished transfers at start-up, then every recovery interval."""

@@ -485,3 +485,19 @@ def reconcile(
     return ReconcileReport(
         TRAIL if trailed else UNIT_BLOCKS, tuple(found + trailed), tuple(unreadable)
     )
+
+
+def persisting(
+    previous: ReconcileReport | None, current: ReconcileReport
+) -> tuple[Discrepancy, ...]:
+    """The differences (totals and unit blocks) of ``current`` that ``previous`` found too.
+
+    A reconciliation run while transfers move sees each one between its ledger step and
+    its registry call as a difference that is gone by the next run; one found twice in a
+    row, minutes apart, is not a transfer under way.  Trail lines explain differences and
+    are not counted themselves.
+    """
+    if previous is None:
+        return ()
+    before = {d for d in previous.discrepancies if d.phase != TRAIL}
+    return tuple(d for d in current.discrepancies if d.phase != TRAIL and d in before)

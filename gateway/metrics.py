@@ -28,10 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import GatewayConfig
 from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
 from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
-from registry_bridge.schema import LogHead, TransferRecord
+from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
 
 _UNFINISHED = tuple(s.value for s in TransferState if not s.is_final)
+_USE_KINDS = ("retirement", "surrender")
+_PENDING_USE = "pending"
+_RUNNING_MIGRATION = "running"
 _CALL_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -54,6 +57,19 @@ class _DatabaseCollector(Collector):
             "Seconds since the oldest transfer in each unfinished state was proposed.",
             labels=["state"],
         )
+        uses = GaugeMetricFamily(
+            "carbonlink_uses_pending",
+            "Retirements and surrenders whose registry legs are under way, by kind.",
+            labels=["kind"],
+        )
+        oldest_use = GaugeMetricFamily(
+            "carbonlink_use_oldest_pending_age_seconds",
+            "Seconds since the oldest pending retirement or surrender was requested.",
+            labels=["kind"],
+        )
+        migrations = GaugeMetricFamily(
+            "carbonlink_migrations_running", "Migrations of covered entities under way."
+        )
         log_size = GaugeMetricFamily(
             "carbonlink_provenance_log_size", "Events in the provenance log."
         )
@@ -70,6 +86,21 @@ class _DatabaseCollector(Collector):
                     .group_by(TransferRecord.state)
                 )
             }
+            pending_uses = {
+                kind: (count, first)
+                for kind, count, first in session.execute(
+                    sa.select(
+                        UnitUseRecord.kind,
+                        sa.func.count(),
+                        sa.func.min(UnitUseRecord.created_at),
+                    )
+                    .where(UnitUseRecord.state == _PENDING_USE)
+                    .group_by(UnitUseRecord.kind)
+                )
+            }
+            running = session.execute(
+                sa.select(sa.func.count()).where(MigrationRecord.state == _RUNNING_MIGRATION)
+            ).scalar_one()
             size = session.execute(sa.select(LogHead.size)).scalar()
         now = self._clock()
         for state in _UNFINISHED:
@@ -77,8 +108,14 @@ class _DatabaseCollector(Collector):
             unfinished.add_metric([state], count)
             age = 0.0 if first is None else max(0.0, (now - _aware(first)).total_seconds())
             oldest.add_metric([state], age)
+        for kind in _USE_KINDS:
+            count, first = pending_uses.get(kind, (0, None))
+            uses.add_metric([kind], count)
+            age = 0.0 if first is None else max(0.0, (now - _aware(first)).total_seconds())
+            oldest_use.add_metric([kind], age)
+        migrations.add_metric([], running)
         log_size.add_metric([], size or 0)
-        return [unfinished, oldest, log_size]
+        return [unfinished, oldest, uses, oldest_use, migrations, log_size]
 
 
 def _aware(moment: datetime) -> datetime:

@@ -102,6 +102,9 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
         if name == "carbonlink_transfers_unfinished"
     }
     assert unfinished and set(unfinished.values()) == {0}
+    for kind in ("retirement", "surrender"):
+        assert after[("carbonlink_uses_pending", (("kind", kind),))] == 0
+    assert after[("carbonlink_migrations_running", ())] == 0
     assert (
         after[("carbonlink_provenance_log_size", ())]
         > before[("carbonlink_provenance_log_size", ())]

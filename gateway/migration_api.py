@@ -31,6 +31,11 @@ _MAX_ITEMS = 100
 request that would hold a transaction open for long."""
 
 
+MAX_ACKNOWLEDGED_WARNINGS = 64
+"""Warning codes one migration request may acknowledge, a repeated code counted each
+time: a plan warns of a handful of rules, and without a cap a request of millions of codes
+had each one checked, and each bad one named in the refusal."""
+
 _WARNING_CODE = re.compile(r"CL-[A-Z]+-\d{4}")
 
 
@@ -43,7 +48,8 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
     """A migration request; every missing field reported at once.
 
     Raises:
-        InvalidRequest: A field is missing or too long.
+        InvalidRequest: A field is missing or too long, or more than
+            ``MAX_ACKNOWLEDGED_WARNINGS`` warnings are acknowledged.
     """
     prefix = f"{path}." if path else ""
     problems: list[FieldViolation] = []
@@ -51,11 +57,19 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
         convert.check_text(problems, f"{prefix}{name}", getattr(message, name))
     if not message.first_year:
         problems.append(FieldViolation(f"{prefix}first_year", "is required"))
-    for i, code in enumerate(message.acknowledged_warnings):
-        if not _WARNING_CODE.fullmatch(code):
-            problems.append(
-                FieldViolation(f"{prefix}acknowledged_warnings[{i}]", "is not a warning code")
+    if len(message.acknowledged_warnings) > MAX_ACKNOWLEDGED_WARNINGS:
+        problems.append(
+            FieldViolation(
+                f"{prefix}acknowledged_warnings",
+                f"holds more than {MAX_ACKNOWLEDGED_WARNINGS} warning codes",
             )
+        )
+    else:
+        for i, code in enumerate(message.acknowledged_warnings):
+            if not _WARNING_CODE.fullmatch(code):
+                problems.append(
+                    FieldViolation(f"{prefix}acknowledged_warnings[{i}]", "is not a warning code")
+                )
     _raise_if(problems)
     return MigrationRequest(
         entity_id=message.entity_id,

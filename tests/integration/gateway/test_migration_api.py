@@ -34,6 +34,7 @@ from gateway.demo_migration import (
     settle_final_pilot_year,
     statuses,
 )
+from gateway.migration_api import MAX_ACKNOWLEDGED_WARNINGS
 from gateway.server import GatewayServer
 from registry_bridge import db, invariants
 from registry_bridge.errors import FailedPrecondition
@@ -610,6 +611,21 @@ def test_bad_requests_name_the_field(world: World) -> None:
         world.stub.PlanMigration(gateway_pb2.PlanMigrationRequest(entity_id="x"), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "from_jurisdiction" in (caught.value.details() or "")
+    flood = gateway_pb2.PlanMigrationRequest(
+        entity_id="steel-01",
+        from_jurisdiction="shenzhen",
+        to_jurisdiction="national",
+        first_year=2026,
+        acknowledged_warnings=[ACCEPT_UNCONFIRMED] * (MAX_ACKNOWLEDGED_WARNINGS + 1),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        world.stub.ExecuteMigration(
+            gateway_pb2.ExecuteMigrationRequest(request_id="flood", plan=flood), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "") == (
+        f"plan.acknowledged_warnings: holds more than {MAX_ACKNOWLEDGED_WARNINGS} warning codes"
+    )
     with pytest.raises(grpc.RpcError) as caught:
         world.stub.UpsertCoveredEntity(
             gateway_pb2.UpsertCoveredEntityRequest(

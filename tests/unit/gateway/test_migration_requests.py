@@ -1,0 +1,56 @@
+"""A migration request as the gateway reads it from PlanMigration and ExecuteMigration."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from gateway.migration_api import MAX_ACKNOWLEDGED_WARNINGS, request_from_pb
+from registry_bridge.errors import InvalidRequest
+
+CODES = ["CL-MIGRATION-0014", "CL-MIGRATION-0016", "CL-MIGRATION-0017"]
+
+
+def _plan(acknowledged: list[str]) -> gateway_pb2.PlanMigrationRequest:
+    return gateway_pb2.PlanMigrationRequest(
+        entity_id="steel-01",
+        from_jurisdiction="shenzhen",
+        to_jurisdiction="national",
+        first_year=2026,
+        acknowledged_warnings=acknowledged,
+    )
+
+
+def test_up_to_the_cap_of_acknowledged_warnings_repeats_included_is_read() -> None:
+    acknowledged = [CODES[i % len(CODES)] for i in range(MAX_ACKNOWLEDGED_WARNINGS)]
+
+    request = request_from_pb(_plan(acknowledged))
+
+    assert request.acknowledged == frozenset(CODES)
+
+
+@pytest.mark.parametrize(
+    ("count", "path"),
+    [(MAX_ACKNOWLEDGED_WARNINGS + 1, ""), (1_000_000, ""), (MAX_ACKNOWLEDGED_WARNINGS + 1, "plan")],
+)
+def test_more_acknowledged_warnings_than_the_cap_are_refused_by_the_field(
+    count: int, path: str
+) -> None:
+    # Repeats of one good code count: the cap is on the work a request asks for.
+    field = f"{path}.acknowledged_warnings" if path else "acknowledged_warnings"
+
+    with pytest.raises(InvalidRequest) as refused:
+        request_from_pb(_plan([CODES[0]] * count), path)
+
+    assert str(refused.value) == (
+        f"{field}: holds more than {MAX_ACKNOWLEDGED_WARNINGS} warning codes"
+    )
+    assert [v.field for v in refused.value.violations] == [field]
+
+
+def test_past_the_cap_bad_codes_are_not_each_named() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        request_from_pb(_plan(["no"] * 100_000))
+
+    assert len(refused.value.violations) == 1
+    assert len(str(refused.value)) < 200

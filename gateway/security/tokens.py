@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -168,6 +169,18 @@ def _strings(claims: Mapping[str, Any], name: str, limit: int = 256) -> frozense
     return frozenset(value)
 
 
+def _is_seconds(value: object) -> bool:
+    """Whether a time claim is a number of seconds: an int or a float, not a bool, and
+    finite as a float (JSON's integers have no bound, and one past a float's range is no
+    time at all; comparing and showing it failed with an OverflowError)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 class TokenVerifier:
     """Checks bearer tokens against the JWKS, issuer and audience of the configuration."""
 
@@ -232,9 +245,7 @@ class TokenVerifier:
         # issuer gave it a longer life is refused, not trusted for the maximum: its issuer
         # is misconfigured.
         expires, issued = claims["exp"], claims["iat"]
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in (expires, issued)
-        ):
+        if not all(_is_seconds(v) for v in (expires, issued)):
             raise Unauthenticated("bearer token exp and iat must be numbers")
         lifetime = expires - issued
         if lifetime > self._max_lifetime:

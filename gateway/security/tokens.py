@@ -3,8 +3,9 @@
 The algorithm of a token is decided by the key its ``kid`` names in the gateway's JWKS
 (ES256 for a P-256 key, EdDSA for an Ed25519 key), never by the token's own header: a
 token that says ``alg: none``, or HS256 with the public key as its secret, is refused
-because that algorithm is not the key's.  Issuer, audience, expiry and not-before are
-checked with a small leeway for clock skew.
+because that algorithm is not the key's.  Issuer, audience, expiry, not-before and
+issued-at are checked with a small leeway for clock skew; the times on the verifier's own
+clock, not PyJWT's.
 """
 
 from __future__ import annotations
@@ -194,6 +195,17 @@ class TokenVerifier:
         *,
         max_lifetime_seconds: float,
     ) -> None:
+        """A verifier of the configured issuer, audience and maximum lifetime.
+
+        Args:
+            keys: The token-verification keys.
+            issuer: The one ``iss`` accepted.
+            audience: The ``aud`` a token must name.
+            leeway_seconds: Clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+            clock: Seconds since the epoch now: what ``exp``, ``nbf`` and ``iat`` are
+                checked against.
+            max_lifetime_seconds: Longest ``exp - iat`` accepted.
+        """
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
@@ -226,13 +238,14 @@ class TokenVerifier:
                 algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub"]},
+                options={
+                    "require": ["exp", "nbf", "iat", "iss", "aud", "sub"],
+                    # Checked below on the verifier's clock: PyJWT reads the system's own.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthenticated("bearer token expired") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise Unauthenticated("bearer token not yet valid") from exc
         except jwt.InvalidAudienceError as exc:
             raise Unauthenticated("bearer token is for another audience") from exc
         except jwt.InvalidIssuerError as exc:
@@ -241,18 +254,7 @@ class TokenVerifier:
             raise Unauthenticated(f"bearer token algorithm is not {algorithm}") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid bearer token: {type(exc).__name__}") from exc
-        # PyJWT takes any value int() takes ("123" too) for exp and iat.  A token whose
-        # issuer gave it a longer life is refused, not trusted for the maximum: its issuer
-        # is misconfigured.
-        expires, issued = claims["exp"], claims["iat"]
-        if not all(_is_seconds(v) for v in (expires, issued)):
-            raise Unauthenticated("bearer token exp and iat must be numbers")
-        lifetime = expires - issued
-        if lifetime > self._max_lifetime:
-            raise Unauthenticated(
-                f"bearer token lives {lifetime:g} s (exp - iat), longer than the gateway's "
-                f"maximum of {self._max_lifetime:g} s"
-            )
+        self._check_times(claims)
         subject = claims.get("sub")
         # The subject is stored as the caller of its request ids and bound to log lines: a
         # NUL fails every PostgreSQL query it reaches, a newline forges a log line.
@@ -275,6 +277,37 @@ class TokenVerifier:
             _strings(claims, "entities"),
             _bound_certificate(claims),
         )
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        """Refuse a token not valid now on the verifier's clock, or living too long.
+
+        In PyJWT's order: not yet issued (``iat``) or valid (``nbf``), then expired
+        (``exp``); after the signature, issuer and audience, which PyJWT checks.
+
+        Raises:
+            Unauthenticated: A time claim is not a number, the token is not yet valid or
+                has expired (each beyond the leeway), or it lives longer than the maximum.
+        """
+        expires, not_before, issued = claims["exp"], claims["nbf"], claims["iat"]
+        # Numbers only: PyJWT took any value int() takes ("123" too).
+        if not all(_is_seconds(v) for v in (expires, issued)):
+            raise Unauthenticated("bearer token exp and iat must be numbers")
+        if not _is_seconds(not_before):
+            raise Unauthenticated("bearer token nbf must be a number")
+        now = self._clock()
+        if issued > now + self._leeway or not_before > now + self._leeway:
+            raise Unauthenticated("bearer token not yet valid")
+        if expires <= now - self._leeway:
+            raise Unauthenticated("bearer token expired")
+        # A token whose issuer gave it a longer life is refused, not trusted for the
+        # maximum: its issuer is misconfigured.  As floats: the difference of two ints
+        # each within a float's range may not be, and it is shown.
+        lifetime = float(expires) - float(issued)
+        if lifetime > self._max_lifetime:
+            raise Unauthenticated(
+                f"bearer token lives {lifetime:g} s (exp - iat), longer than the gateway's "
+                f"maximum of {self._max_lifetime:g} s"
+            )
 
 
 def mint_token(

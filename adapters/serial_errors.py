@@ -10,6 +10,8 @@ it to ``INVALID_ARGUMENT`` with a field violation without parsing messages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from registry_bridge.errors import FieldViolation, InvalidRequest
 
 
@@ -71,6 +73,16 @@ class SerialEncodeError(RegistryFormatError):
         )
 
 
+def unknown_registry_reason(registry: str, known: Sequence[str]) -> str:
+    """Why ``registry`` is refused when it names no registry: it, and every id that does.
+
+    One wording wherever an unknown registry id is refused (the ``serial`` command, the
+    gateway's ParseSerial, TraceUnits, transfer instructions, filters), so a caller who
+    mistyped one reads what to type instead.
+    """
+    return f"unknown registry {registry!r}; known registries: {', '.join(known)}"
+
+
 class UnknownRegistryError(RegistryFormatError):
     """A registry id names no registry carbonlink has a codec for.
 
@@ -82,7 +94,7 @@ class UnknownRegistryError(RegistryFormatError):
     def __init__(self, registry: str, known: tuple[str, ...]) -> None:
         self.registry = registry
         self.known = known
-        reason = f"unknown registry {registry!r}; known registries: {', '.join(known)}"
+        reason = unknown_registry_reason(registry, known)
         super().__init__(reason, [FieldViolation("registry", reason)])
 
 

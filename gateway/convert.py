@@ -13,6 +13,8 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf import timestamp_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.serial_errors import UnknownRegistryError, unknown_registry_reason
+from adapters.serials import REGISTRY_IDS
 from gateway.catalog import RegistryInfo
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.model import (
@@ -200,12 +202,40 @@ def optional_text(path: str, value: str) -> str:
     return value
 
 
+def check_registry(
+    problems: list[FieldViolation], path: str, value: str, *, required: bool = True
+) -> str:
+    """``value``, a registry id, with what is wrong with it recorded in ``problems`` under
+    ``path``: what :func:`check_text` finds, or no registry of that id (the description
+    naming it and every registry that exists)."""
+    recorded = len(problems)
+    check_text(problems, path, value, required=required)
+    if len(problems) == recorded and value and value not in REGISTRY_IDS:
+        problems.append(FieldViolation(path, unknown_registry_reason(value, REGISTRY_IDS)))
+    return value
+
+
+def registry_id(path: str, value: str, *, required: bool = True) -> str:
+    """A request's registry id (see :func:`check_registry`).
+
+    Raises:
+        InvalidRequest: It is missing (when ``required``), too long, holds control
+            characters or names no registry, naming ``path`` (and the registries that
+            exist).
+    """
+    problems: list[FieldViolation] = []
+    check_registry(problems, path, value, required=required)
+    if problems:
+        raise InvalidRequest.field(path, problems[0].description)
+    return value
+
+
 def account_from_pb(
     problems: list[FieldViolation], path: str, message: model_pb2.AccountRef
 ) -> AccountRef:
     """A registry account, with field violations recorded in ``problems``."""
     return AccountRef(
-        check_text(problems, f"{path}.registry", message.registry),
+        check_registry(problems, f"{path}.registry", message.registry),
         check_text(problems, f"{path}.account", message.account),
     )
 
@@ -229,6 +259,10 @@ def units_from_pb(
         if which == "serial":
             try:
                 blocks.append(parse_serial(registry, selector.serial).id)
+            except UnknownRegistryError:
+                # The account's registry field is refused for it, once; no serial of a
+                # registry that does not exist can be read, nor is any at fault.
+                pass
             except InvalidRequest as exc:
                 problems.append(FieldViolation(f"{path}[{i}].serial", str(exc)))
         elif which == "block":

@@ -195,6 +195,7 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
         problems.append(FieldViolation("entity", f"at most {_MAX_ITEMS} accounts and years"))
     accounts: dict[str, str] = {}
     for i, a in enumerate(message.accounts):
+        convert.check_registry(problems, f"entity.accounts[{i}].registry", a.registry)
         if a.registry in accounts:
             problems.append(
                 FieldViolation(f"entity.accounts[{i}].registry", "names a registry twice")

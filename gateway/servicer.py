@@ -127,8 +127,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def ParseSerial(
         self, request: gateway_pb2.ParseSerialRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ParseSerialResponse:
-        if not request.registry:
-            raise InvalidRequest.field("registry", "is required")
+        convert.registry_id("registry", request.registry)
         if not request.serial:
             raise InvalidRequest.field("serial", "is required")
         if len(request.serial) > MAX_SERIAL_LENGTH:
@@ -249,7 +248,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             state = convert.TRANSFER_STATE_FROM_PB.get(request.state)
             if state is None:
                 raise InvalidRequest.field("state", f"unknown transfer state {request.state}")
-        convert.optional_text("registry", request.registry)
+        # A registry that does not exist is refused by name: as a filter it would answer
+        # an empty list, as if the registry had no transfers.
+        convert.registry_id("registry", request.registry, required=False)
         accounts = readable_accounts()
         readable = "*" if accounts is None else ",".join(sorted(accounts))
         scope = f"transfers:{request.state}:{request.registry}:{readable}"
@@ -390,6 +391,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         else:
             if not request.registry:
                 raise InvalidRequest.field("registry", "is required with a serial")
+            convert.registry_id("registry", request.registry)
             if not request.serial or len(request.serial) > MAX_SERIAL_LENGTH:
                 raise InvalidRequest.field(
                     "serial", f"is required (at most {MAX_SERIAL_LENGTH} characters)"
@@ -416,11 +418,20 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> gateway_pb2.ReconcileReport:
         # Read-only: request_id is accepted for symmetry with the ITL's reconciliation
         # id, but a reconciliation changes nothing, so it is not answered once-only.
-        unknown = sorted(set(request.registries) - set(self._ports))
-        if unknown:
-            raise InvalidRequest.field(
-                "registries", f"not wired: {', '.join(unknown)} (wired: {sorted(self._ports)})"
-            )
+        problems: list[FieldViolation] = []
+        for i, registry in enumerate(request.registries):
+            path = f"registries[{i}]"
+            recorded = len(problems)
+            convert.check_registry(problems, path, registry)
+            if len(problems) == recorded and registry not in self._ports:
+                problems.append(
+                    FieldViolation(
+                        path,
+                        f"registry {registry!r} is not wired in this gateway; wired "
+                        f"registries: {', '.join(sorted(self._ports))}",
+                    )
+                )
+        _raise_if(problems)
         # Read only: a reconciliation waits on every registry's totals and holdings,
         # which takes a while on a large ledger, and on SQLite a write transaction would
         # hold the one write lock all that time, stopping every transfer.

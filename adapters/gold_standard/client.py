@@ -32,6 +32,7 @@ from adapters.client_core import (
     list_all_holdings,
     not_supported,
     program_totals,
+    read_pages,
     read_serial,
     spell_serial,
     to_rfc3339,
@@ -199,18 +200,29 @@ class GoldStandardClient:
         return self._holding(native)
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """Holdings overlapping the block (``GetCreditBlock``), transferred-out ones omitted."""
+        """Holdings overlapping the block (``GetCreditBlock``, every answer), transferred-out
+        ones omitted."""
         if request.block.program is not Program.GS:
             return ()
-        native = invoke(
-            REGISTRY_ID,
-            self._stub.GetCreditBlock,
-            pb.GetCreditBlockRequest(range=self._range(request.block)),
-            self._timeout_s,
-        )
-        return tuple(
-            self._holding(h) for h in native.holdings if h.status != pb.CREDIT_STATUS_TRANSFERRED
-        )
+        credits = self._range(request.block)
+
+        def answer(cursor: str) -> HoldingsPage:
+            native = invoke(
+                REGISTRY_ID,
+                self._stub.GetCreditBlock,
+                pb.GetCreditBlockRequest(range=credits, limit=LISTING_PAGE_SIZE, cursor=cursor),
+                self._timeout_s,
+            )
+            return HoldingsPage(
+                tuple(
+                    self._holding(h)
+                    for h in native.holdings
+                    if h.status != pb.CREDIT_STATUS_TRANSFERRED
+                ),
+                native.next_cursor,
+            )
+
+        return read_pages(REGISTRY_ID, answer)
 
     def _initiate(self, request: LockRequest) -> pb.InitiateTransferRequest:
         return pb.InitiateTransferRequest(

@@ -83,10 +83,13 @@ class GoldStandardServicer(pb_grpc.GoldStandardRegistryServicer):
     def GetCreditBlock(
         self, request: pb.GetCreditBlockRequest, context: grpc.ServicerContext
     ) -> pb.CreditHoldingList:
-        """Every holding overlapping a block range."""
+        """The holdings overlapping a block range, after a cursor."""
         with native_rules(context):
-            found = self._store.find(range_from_native(request.range))
-            return pb.CreditHoldingList(holdings=[_holding(h) for h in found])
+            asked = PageAsked(request.limit, "limit", request.cursor, "cursor")
+            holdings, cursor = serve_page(
+                self._store, asked, _holding, overlapping=range_from_native(request.range)
+            )
+            return pb.CreditHoldingList(holdings=holdings, next_cursor=cursor)
 
     def _initiate(self, request: pb.InitiateTransferRequest) -> pb.CreditHolding:
         until = required_moment(request.pending_until, "hold_until is required")

@@ -32,6 +32,7 @@ from adapters.client_core import (
     list_all_holdings,
     not_supported,
     program_totals,
+    read_pages,
     read_serial,
     spell_serial,
     to_ddmmyyyy,
@@ -212,18 +213,29 @@ class VerraClient:
         return self._holding(native)
 
     def block_status(self, request: BlockStatusRequest) -> Sequence[RegistryHolding]:
-        """Holdings overlapping the block (``GetVcuBlock``), transferred-out ones omitted."""
+        """Holdings overlapping the block (``GetVcuBlock``, every page), transferred-out
+        ones omitted."""
         if request.block.program is not Program.VCS:
             return ()
-        native = invoke(
-            REGISTRY_ID,
-            self._stub.GetVcuBlock,
-            pb.GetVcuBlockRequest(range=self._range(request.block)),
-            self._timeout_s,
-        )
-        return tuple(
-            self._holding(h) for h in native.holdings if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
-        )
+        vcus = self._range(request.block)
+
+        def page(token: str) -> HoldingsPage:
+            native = invoke(
+                REGISTRY_ID,
+                self._stub.GetVcuBlock,
+                pb.GetVcuBlockRequest(range=vcus, page_size=LISTING_PAGE_SIZE, page_token=token),
+                self._timeout_s,
+            )
+            return HoldingsPage(
+                tuple(
+                    self._holding(h)
+                    for h in native.holdings
+                    if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
+                ),
+                native.next_page_token,
+            )
+
+        return read_pages(REGISTRY_ID, page)
 
     def _immobilize(self, request: LockRequest) -> pb.ImmobilizeRequest:
         return pb.ImmobilizeRequest(

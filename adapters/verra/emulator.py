@@ -86,10 +86,13 @@ class VerraServicer(pb_grpc.VerraRegistryServicer):
     def GetVcuBlock(
         self, request: pb.GetVcuBlockRequest, context: grpc.ServicerContext
     ) -> pb.VcuHoldingList:
-        """Every holding overlapping a block range."""
+        """A page of the holdings overlapping a block range."""
         with native_rules(context):
-            found = self._store.find(range_from_native(request.range))
-            return pb.VcuHoldingList(holdings=[_holding(h) for h in found])
+            asked = PageAsked(request.page_size, "page_size", request.page_token, "page_token")
+            holdings, token = serve_page(
+                self._store, asked, _holding, overlapping=range_from_native(request.range)
+            )
+            return pb.VcuHoldingList(holdings=holdings, next_page_token=token)
 
     def _immobilize(self, request: pb.ImmobilizeRequest) -> pb.VcuHolding:
         until = required_moment(request.hold_until, "hold_until is required")

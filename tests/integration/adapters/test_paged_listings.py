@@ -4,8 +4,10 @@ Each registry names its paging in its own words (``LISTINGS``).  Every one caps 
 refuses a negative size or a token it did not give (naming the field), and resumes a page
 after the last holding of the page before, so holdings present throughout a listing are
 listed exactly once however others come and go; each adapter reads every page, and
-retries a page that fails in transit without reading the others again.  The emulators
-here cap a page at four holdings, so ten holdings take three pages.
+retries a page that fails in transit without reading the others again.  Verra and Gold
+Standard look up the holdings overlapping a range with a call of their own, paged as their
+listings are.  The emulators here cap a page at four holdings, so ten holdings take three
+pages.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from adapters._pb.registries.shenzhen.v1 import shenzhen_pb2, shenzhen_pb2_grpc
 from adapters._pb.registries.verra.v1 import verra_pb2, verra_pb2_grpc
 from adapters.client_core import PagedListing, rejection_code
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
+from adapters.gold_standard import client as gold_standard_client
 from adapters.retry import RetryingRegistry
+from adapters.verra import client as verra_client
 from registry_bridge.errors import RegistryRejected, RegistryUnavailable
+from registry_bridge.model import BlockId
 from registry_bridge.port import (
     BlockStatusRequest,
     IssueRequest,
@@ -234,6 +239,104 @@ def test_the_pages_asked_for_one_at_a_time_list_every_holding_once(
         counted += rows
         pages += 1
     assert (counted, pages) == (10, 4)
+
+
+@dataclass(frozen=True)
+class NativeBlockLookup:
+    """A registry's own call for the holdings overlapping a range, where it has one apart
+    from its listing (the other registries filter their listing by range), and the names
+    it gives its paging: those of its listing."""
+
+    stub: Callable[[grpc.Channel], Any]
+    method: str
+    request: Callable[..., Message]
+    range_of: Callable[[BlockId], Message]
+    size_field: str
+    token_field: str
+    next_field: str
+    block_field: str
+    """The holding's field of its block, which carries the block's serial number."""
+
+    def call(
+        self, channel: grpc.Channel, block_id: BlockId, size: int = 0, token: str = ""
+    ) -> tuple[list[str], str]:
+        """One call: the serial numbers of the page's holdings, and the token of the next."""
+        request = self.request(
+            range=self.range_of(block_id), **{self.size_field: size, self.token_field: token}
+        )
+        reply = getattr(self.stub(channel), self.method)(request, timeout=5)
+        serials = [str(getattr(h, self.block_field).serial_number) for h in reply.holdings]
+        return serials, str(getattr(reply, self.next_field))
+
+
+BLOCK_LOOKUPS: dict[str, NativeBlockLookup] = {
+    "verra": NativeBlockLookup(
+        verra_pb2_grpc.VerraRegistryStub,
+        "GetVcuBlock",
+        verra_pb2.GetVcuBlockRequest,
+        verra_client.range_to_native,
+        "page_size",
+        "page_token",
+        "next_page_token",
+        "vcus",
+    ),
+    "gold-standard": NativeBlockLookup(
+        gold_standard_pb2_grpc.GoldStandardRegistryStub,
+        "GetCreditBlock",
+        gold_standard_pb2.GetCreditBlockRequest,
+        gold_standard_client.range_to_native,
+        "limit",
+        "cursor",
+        "next_cursor",
+        "credits",
+    ),
+}
+
+
+@pytest.fixture(params=sorted(BLOCK_LOOKUPS))
+def looked_up(request: pytest.FixtureRequest) -> Iterator[tuple[Harness, grpc.Channel]]:
+    """``paged``, for the registries with a block lookup of their own."""
+    h = start_harness(str(request.param), page_size_cap=CAP)
+    channel = grpc.insecure_channel(h.running.target)
+    try:
+        seed(h)
+        yield h, channel
+    finally:
+        channel.close()
+        h.running.stop(grace=None)
+
+
+def test_a_block_lookup_pages_as_its_registrys_listing_does(
+    looked_up: tuple[Harness, grpc.Channel],
+) -> None:
+    h, channel = looked_up
+    lookup, whole = BLOCK_LOOKUPS[h.registry_id], h.block(STARTS[0], STARTS[-1] + 9).id
+    first, token = lookup.call(channel, whole, size=1_000)
+    assert len(first) == CAP and token
+    seen = list(first)
+    while token:
+        page, token = lookup.call(channel, whole, size=3, token=token)
+        seen += page
+    assert len(set(seen)) == len(seen) == len(STARTS)
+    # Through the adapter: every page, one call each.
+    before = h.running.calls.snapshot()[lookup.method]
+    assert starts(h.adapter.block_status(BlockStatusRequest(whole))) == STARTS
+    assert h.running.calls.snapshot()[lookup.method] - before == 3  # 4 + 4 + 2
+
+
+def test_a_block_lookups_token_answers_its_own_range_only(
+    looked_up: tuple[Harness, grpc.Channel],
+) -> None:
+    h, channel = looked_up
+    lookup = BLOCK_LOOKUPS[h.registry_id]
+    whole, part = h.block(STARTS[0], STARTS[-1] + 9).id, h.block(STARTS[0], STARTS[5]).id
+    _, token = lookup.call(channel, whole, size=1)
+    refused = _refusal(lambda: lookup.call(channel, part, size=1, token=token))
+    assert rejection_code(refused) == "INVALID_PAGE_TOKEN"
+    assert refused.details().startswith(f"{lookup.token_field} was given for another query")
+    refused = _refusal(lambda: lookup.call(channel, whole, size=-1))
+    assert rejection_code(refused) == "INVALID_PAGE_SIZE"
+    assert refused.details() == f"{lookup.size_field} must not be negative, got -1"
 
 
 def _refusal(call: Callable[[], object]) -> grpc.RpcError:

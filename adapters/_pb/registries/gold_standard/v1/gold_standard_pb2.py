@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/registries/gold_standard/v1/gold_standard.proto\x12\x1bregistries.gold_standard.v1\"n\n\x17\x41rticleSixAuthorization\x12\x11\n\tletter_id\x18\x01 \x01(\t\x12\x14\n\x0chost_country\x18\x02 \x01(\t\x12\x17\n\x0f\x61uthorized_uses\x18\x03 \x03(\t\x12\x11\n\tissued_on\x18\x04 \x01(\t\"\xe5\x02\n\x0b\x43reditBlock\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12\x14\n\x0cproject_type\x18\x02 \x01(\t\x12\x13\n\x0bmethodology\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0b\n\x03gas\x18\x05 \x01(\t\x12\x11\n\tgwp_basis\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12W\n\x19\x61rticle_six_authorization\x18\x08 \x01(\x0b\x32\x34.registries.gold_standard.v1.ArticleSixAuthorization\x12 \n\x18\x63orresponding_adjustment\x18\t \x01(\t\x12\x1f\n\x17monitoring_period_start\x18\n \x01(\t\x12\x1d\n\x15monitoring_period_end\x18\x0b \x01(\t\x12\x19\n\x11number_of_credits\x18\x0c \x01(\x03\"P\n\x0b\x43reditRange\x12\x16\n\x0eissuance_batch\x18\x01 \x01(\t\x12\x14\n\x0c\x66irst_credit\x18\x02 \x01(\x03\x12\x13\n\x0blast_credit\x18\x03 \x01(\x03\"\x81\x02\n\rCreditHolding\x12\x39\n\x07\x63redits\x18\x01 \x01(\x0b\x32(.registries.gold_standard.v1.CreditBlock\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x39\n\x06status\x18\x03 \x01(\x0e\x32).registries.gold_standard.v1.CreditStatus\x12\x15\n\rpending_until\x18\x04 \x01(\t\x12\x1a\n\x12transfer_reference\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x65neficiary\x18\x06 \x01(\t\x12\x10\n\x08use_case\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\"Q\n\x11\x43reditHoldingList\x12<\n\x08holdings\x18\x01 \x03(\x0b\x32*.registries.gold_standard.v1.CreditHolding\"z\n\x13IssueCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x39\n\x07\x63redits\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditBlock\"P\n\x15GetCreditBlockRequest\x12\x37\n\x05range\x18\x01 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\"\xaf\x01\n\x17InitiateTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x15\n\rpending_until\x18\x04 \x01(\t\x12\x1a\n\x12transfer_reference\x18\x05 \x01(\t\"\x98\x01\n\x17WithdrawTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\"\xf3\x01\n\x17\x43ompleteTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\x12;\n\ncompletion\x18\x05 \x01(\x0e\x32\'.registries.gold_standard.v1.Completion\x12\x1c\n\x14\x64\x65stination_registry\x18\x06 \x01(\t\"\xa7\x01\n\x13\x41\x63\x63\x65ptReturnRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\x12\x11\n\taccept_by\x18\x05 \x01(\t\"\xae\x01\n\x14RetireCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x13\n\x0b\x62\x65neficiary\x18\x04 \x01(\t\x12\x10\n\x08use_case\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\"\x89\x01\n\x14\x43\x61ncelCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x19ListAccountCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"o\n\x1aListAccountCreditsResponse\x12<\n\x08holdings\x18\x01 \x03(\x0b\x32*.registries.gold_standard.v1.CreditHolding\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x12\n\x10GetTotalsRequest\"Z\n\x0bStatusTotal\x12\x39\n\x06status\x18\x01 \x01(\x0e\x32).registries.gold_standard.v1.CreditStatus\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"B\n\x06Totals\x12\x38\n\x06totals\x18\x01 \x03(\x0b\x32(.registries.gold_standard.v1.StatusTotal\"f\n\x1cInitiateTransferBatchRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x34.registries.gold_standard.v1.InitiateTransferRequest\"f\n\x1c\x43ompleteTransferBatchRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x34.registries.gold_standard.v1.CompleteTransferRequest\"^\n\x18\x41\x63\x63\x65ptReturnBatchRequest\x12\x42\n\x08requests\x18\x01 \x03(\x0b\x32\x30.registries.gold_standard.v1.AcceptReturnRequest\".\n\rCreditRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9b\x01\n\x11\x43reditBatchResult\x12=\n\x07holding\x18\x01 \x01(\x0b\x32*.registries.gold_standard.v1.CreditHoldingH\x00\x12=\n\x07refusal\x18\x02 \x01(\x0b\x32*.registries.gold_standard.v1.CreditRefusalH\x00\x42\x08\n\x06result\"V\n\x13\x43reditBatchResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..registries.gold_standard.v1.CreditBatchResult*\xe1\x01\n\x0c\x43reditStatus\x12\x1d\n\x19\x43REDIT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43REDIT_STATUS_ISSUED\x10\x01\x12\"\n\x1e\x43REDIT_STATUS_PENDING_TRANSFER\x10\x02\x12\x1d\n\x19\x43REDIT_STATUS_IMMOBILIZED\x10\x03\x12\x19\n\x15\x43REDIT_STATUS_RETIRED\x10\x04\x12\x1b\n\x17\x43REDIT_STATUS_CANCELLED\x10\x05\x12\x1d\n\x19\x43REDIT_STATUS_TRANSFERRED\x10\x06*`\n\nCompletion\x12\x1a\n\x16\x43OMPLETION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMPLETION_IMMOBILIZE\x10\x01\x12\x1b\n\x17\x43OMPLETION_TRANSFER_OUT\x10\x02\x32\x9f\x0c\n\x14GoldStandardRegistry\x12l\n\x0cIssueCredits\x12\x30.registries.gold_standard.v1.IssueCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x0eGetCreditBlock\x12\x32.registries.gold_standard.v1.GetCreditBlockRequest\x1a..registries.gold_standard.v1.CreditHoldingList\x12t\n\x10InitiateTransfer\x12\x34.registries.gold_standard.v1.InitiateTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x10WithdrawTransfer\x12\x34.registries.gold_standard.v1.WithdrawTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x10\x43ompleteTransfer\x12\x34.registries.gold_standard.v1.CompleteTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12l\n\x0c\x41\x63\x63\x65ptReturn\x12\x30.registries.gold_standard.v1.AcceptReturnRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12n\n\rRetireCredits\x12\x31.registries.gold_standard.v1.RetireCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12n\n\rCancelCredits\x12\x31.registries.gold_standard.v1.CancelCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12\x85\x01\n\x12ListAccountCredits\x12\x36.registries.gold_standard.v1.ListAccountCreditsRequest\x1a\x37.registries.gold_standard.v1.ListAccountCreditsResponse\x12\x84\x01\n\x15InitiateTransferBatch\x12\x39.registries.gold_standard.v1.InitiateTransferBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12\x84\x01\n\x15\x43ompleteTransferBatch\x12\x39.registries.gold_standard.v1.CompleteTransferBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12|\n\x11\x41\x63\x63\x65ptReturnBatch\x12\x35.registries.gold_standard.v1.AcceptReturnBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12_\n\tGetTotals\x12-.registries.gold_standard.v1.GetTotalsRequest\x1a#.registries.gold_standard.v1.Totalsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/registries/gold_standard/v1/gold_standard.proto\x12\x1bregistries.gold_standard.v1\"n\n\x17\x41rticleSixAuthorization\x12\x11\n\tletter_id\x18\x01 \x01(\t\x12\x14\n\x0chost_country\x18\x02 \x01(\t\x12\x17\n\x0f\x61uthorized_uses\x18\x03 \x03(\t\x12\x11\n\tissued_on\x18\x04 \x01(\t\"\xe5\x02\n\x0b\x43reditBlock\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12\x14\n\x0cproject_type\x18\x02 \x01(\t\x12\x13\n\x0bmethodology\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0b\n\x03gas\x18\x05 \x01(\t\x12\x11\n\tgwp_basis\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12W\n\x19\x61rticle_six_authorization\x18\x08 \x01(\x0b\x32\x34.registries.gold_standard.v1.ArticleSixAuthorization\x12 \n\x18\x63orresponding_adjustment\x18\t \x01(\t\x12\x1f\n\x17monitoring_period_start\x18\n \x01(\t\x12\x1d\n\x15monitoring_period_end\x18\x0b \x01(\t\x12\x19\n\x11number_of_credits\x18\x0c \x01(\x03\"P\n\x0b\x43reditRange\x12\x16\n\x0eissuance_batch\x18\x01 \x01(\t\x12\x14\n\x0c\x66irst_credit\x18\x02 \x01(\x03\x12\x13\n\x0blast_credit\x18\x03 \x01(\x03\"\x81\x02\n\rCreditHolding\x12\x39\n\x07\x63redits\x18\x01 \x01(\x0b\x32(.registries.gold_standard.v1.CreditBlock\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x39\n\x06status\x18\x03 \x01(\x0e\x32).registries.gold_standard.v1.CreditStatus\x12\x15\n\rpending_until\x18\x04 \x01(\t\x12\x1a\n\x12transfer_reference\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x65neficiary\x18\x06 \x01(\t\x12\x10\n\x08use_case\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\"f\n\x11\x43reditHoldingList\x12<\n\x08holdings\x18\x01 \x03(\x0b\x32*.registries.gold_standard.v1.CreditHolding\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"z\n\x13IssueCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x39\n\x07\x63redits\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditBlock\"o\n\x15GetCreditBlockRequest\x12\x37\n\x05range\x18\x01 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\xaf\x01\n\x17InitiateTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x15\n\rpending_until\x18\x04 \x01(\t\x12\x1a\n\x12transfer_reference\x18\x05 \x01(\t\"\x98\x01\n\x17WithdrawTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\"\xf3\x01\n\x17\x43ompleteTransferRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\x12;\n\ncompletion\x18\x05 \x01(\x0e\x32\'.registries.gold_standard.v1.Completion\x12\x1c\n\x14\x64\x65stination_registry\x18\x06 \x01(\t\"\xa7\x01\n\x13\x41\x63\x63\x65ptReturnRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x1a\n\x12transfer_reference\x18\x04 \x01(\t\x12\x11\n\taccept_by\x18\x05 \x01(\t\"\xae\x01\n\x14RetireCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x13\n\x0b\x62\x65neficiary\x18\x04 \x01(\t\x12\x10\n\x08use_case\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\"\x89\x01\n\x14\x43\x61ncelCreditsRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x37\n\x05range\x18\x03 \x01(\x0b\x32(.registries.gold_standard.v1.CreditRange\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x19ListAccountCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"o\n\x1aListAccountCreditsResponse\x12<\n\x08holdings\x18\x01 \x03(\x0b\x32*.registries.gold_standard.v1.CreditHolding\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x12\n\x10GetTotalsRequest\"Z\n\x0bStatusTotal\x12\x39\n\x06status\x18\x01 \x01(\x0e\x32).registries.gold_standard.v1.CreditStatus\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"B\n\x06Totals\x12\x38\n\x06totals\x18\x01 \x03(\x0b\x32(.registries.gold_standard.v1.StatusTotal\"f\n\x1cInitiateTransferBatchRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x34.registries.gold_standard.v1.InitiateTransferRequest\"f\n\x1c\x43ompleteTransferBatchRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x34.registries.gold_standard.v1.CompleteTransferRequest\"^\n\x18\x41\x63\x63\x65ptReturnBatchRequest\x12\x42\n\x08requests\x18\x01 \x03(\x0b\x32\x30.registries.gold_standard.v1.AcceptReturnRequest\".\n\rCreditRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9b\x01\n\x11\x43reditBatchResult\x12=\n\x07holding\x18\x01 \x01(\x0b\x32*.registries.gold_standard.v1.CreditHoldingH\x00\x12=\n\x07refusal\x18\x02 \x01(\x0b\x32*.registries.gold_standard.v1.CreditRefusalH\x00\x42\x08\n\x06result\"V\n\x13\x43reditBatchResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..registries.gold_standard.v1.CreditBatchResult*\xe1\x01\n\x0c\x43reditStatus\x12\x1d\n\x19\x43REDIT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43REDIT_STATUS_ISSUED\x10\x01\x12\"\n\x1e\x43REDIT_STATUS_PENDING_TRANSFER\x10\x02\x12\x1d\n\x19\x43REDIT_STATUS_IMMOBILIZED\x10\x03\x12\x19\n\x15\x43REDIT_STATUS_RETIRED\x10\x04\x12\x1b\n\x17\x43REDIT_STATUS_CANCELLED\x10\x05\x12\x1d\n\x19\x43REDIT_STATUS_TRANSFERRED\x10\x06*`\n\nCompletion\x12\x1a\n\x16\x43OMPLETION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMPLETION_IMMOBILIZE\x10\x01\x12\x1b\n\x17\x43OMPLETION_TRANSFER_OUT\x10\x02\x32\x9f\x0c\n\x14GoldStandardRegistry\x12l\n\x0cIssueCredits\x12\x30.registries.gold_standard.v1.IssueCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x0eGetCreditBlock\x12\x32.registries.gold_standard.v1.GetCreditBlockRequest\x1a..registries.gold_standard.v1.CreditHoldingList\x12t\n\x10InitiateTransfer\x12\x34.registries.gold_standard.v1.InitiateTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x10WithdrawTransfer\x12\x34.registries.gold_standard.v1.WithdrawTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12t\n\x10\x43ompleteTransfer\x12\x34.registries.gold_standard.v1.CompleteTransferRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12l\n\x0c\x41\x63\x63\x65ptReturn\x12\x30.registries.gold_standard.v1.AcceptReturnRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12n\n\rRetireCredits\x12\x31.registries.gold_standard.v1.RetireCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12n\n\rCancelCredits\x12\x31.registries.gold_standard.v1.CancelCreditsRequest\x1a*.registries.gold_standard.v1.CreditHolding\x12\x85\x01\n\x12ListAccountCredits\x12\x36.registries.gold_standard.v1.ListAccountCreditsRequest\x1a\x37.registries.gold_standard.v1.ListAccountCreditsResponse\x12\x84\x01\n\x15InitiateTransferBatch\x12\x39.registries.gold_standard.v1.InitiateTransferBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12\x84\x01\n\x15\x43ompleteTransferBatch\x12\x39.registries.gold_standard.v1.CompleteTransferBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12|\n\x11\x41\x63\x63\x65ptReturnBatch\x12\x35.registries.gold_standard.v1.AcceptReturnBatchRequest\x1a\x30.registries.gold_standard.v1.CreditBatchResponse\x12_\n\tGetTotals\x12-.registries.gold_standard.v1.GetTotalsRequest\x1a#.registries.gold_standard.v1.Totalsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'registries.gold_standard.v1.gold_standard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDITSTATUS']._serialized_start=3221
-  _globals['_CREDITSTATUS']._serialized_end=3446
-  _globals['_COMPLETION']._serialized_start=3448
-  _globals['_COMPLETION']._serialized_end=3544
+  _globals['_CREDITSTATUS']._serialized_start=3273
+  _globals['_CREDITSTATUS']._serialized_end=3498
+  _globals['_COMPLETION']._serialized_start=3500
+  _globals['_COMPLETION']._serialized_end=3596
   _globals['_ARTICLESIXAUTHORIZATION']._serialized_start=80
   _globals['_ARTICLESIXAUTHORIZATION']._serialized_end=190
   _globals['_CREDITBLOCK']._serialized_start=193
@@ -44,45 +44,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITHOLDING']._serialized_start=635
   _globals['_CREDITHOLDING']._serialized_end=892
   _globals['_CREDITHOLDINGLIST']._serialized_start=894
-  _globals['_CREDITHOLDINGLIST']._serialized_end=975
-  _globals['_ISSUECREDITSREQUEST']._serialized_start=977
-  _globals['_ISSUECREDITSREQUEST']._serialized_end=1099
-  _globals['_GETCREDITBLOCKREQUEST']._serialized_start=1101
-  _globals['_GETCREDITBLOCKREQUEST']._serialized_end=1181
-  _globals['_INITIATETRANSFERREQUEST']._serialized_start=1184
-  _globals['_INITIATETRANSFERREQUEST']._serialized_end=1359
-  _globals['_WITHDRAWTRANSFERREQUEST']._serialized_start=1362
-  _globals['_WITHDRAWTRANSFERREQUEST']._serialized_end=1514
-  _globals['_COMPLETETRANSFERREQUEST']._serialized_start=1517
-  _globals['_COMPLETETRANSFERREQUEST']._serialized_end=1760
-  _globals['_ACCEPTRETURNREQUEST']._serialized_start=1763
-  _globals['_ACCEPTRETURNREQUEST']._serialized_end=1930
-  _globals['_RETIRECREDITSREQUEST']._serialized_start=1933
-  _globals['_RETIRECREDITSREQUEST']._serialized_end=2107
-  _globals['_CANCELCREDITSREQUEST']._serialized_start=2110
-  _globals['_CANCELCREDITSREQUEST']._serialized_end=2247
-  _globals['_LISTACCOUNTCREDITSREQUEST']._serialized_start=2249
-  _globals['_LISTACCOUNTCREDITSREQUEST']._serialized_end=2327
-  _globals['_LISTACCOUNTCREDITSRESPONSE']._serialized_start=2329
-  _globals['_LISTACCOUNTCREDITSRESPONSE']._serialized_end=2440
-  _globals['_GETTOTALSREQUEST']._serialized_start=2442
-  _globals['_GETTOTALSREQUEST']._serialized_end=2460
-  _globals['_STATUSTOTAL']._serialized_start=2462
-  _globals['_STATUSTOTAL']._serialized_end=2552
-  _globals['_TOTALS']._serialized_start=2554
-  _globals['_TOTALS']._serialized_end=2620
-  _globals['_INITIATETRANSFERBATCHREQUEST']._serialized_start=2622
-  _globals['_INITIATETRANSFERBATCHREQUEST']._serialized_end=2724
-  _globals['_COMPLETETRANSFERBATCHREQUEST']._serialized_start=2726
-  _globals['_COMPLETETRANSFERBATCHREQUEST']._serialized_end=2828
-  _globals['_ACCEPTRETURNBATCHREQUEST']._serialized_start=2830
-  _globals['_ACCEPTRETURNBATCHREQUEST']._serialized_end=2924
-  _globals['_CREDITREFUSAL']._serialized_start=2926
-  _globals['_CREDITREFUSAL']._serialized_end=2972
-  _globals['_CREDITBATCHRESULT']._serialized_start=2975
-  _globals['_CREDITBATCHRESULT']._serialized_end=3130
-  _globals['_CREDITBATCHRESPONSE']._serialized_start=3132
-  _globals['_CREDITBATCHRESPONSE']._serialized_end=3218
-  _globals['_GOLDSTANDARDREGISTRY']._serialized_start=3547
-  _globals['_GOLDSTANDARDREGISTRY']._serialized_end=5114
+  _globals['_CREDITHOLDINGLIST']._serialized_end=996
+  _globals['_ISSUECREDITSREQUEST']._serialized_start=998
+  _globals['_ISSUECREDITSREQUEST']._serialized_end=1120
+  _globals['_GETCREDITBLOCKREQUEST']._serialized_start=1122
+  _globals['_GETCREDITBLOCKREQUEST']._serialized_end=1233
+  _globals['_INITIATETRANSFERREQUEST']._serialized_start=1236
+  _globals['_INITIATETRANSFERREQUEST']._serialized_end=1411
+  _globals['_WITHDRAWTRANSFERREQUEST']._serialized_start=1414
+  _globals['_WITHDRAWTRANSFERREQUEST']._serialized_end=1566
+  _globals['_COMPLETETRANSFERREQUEST']._serialized_start=1569
+  _globals['_COMPLETETRANSFERREQUEST']._serialized_end=1812
+  _globals['_ACCEPTRETURNREQUEST']._serialized_start=1815
+  _globals['_ACCEPTRETURNREQUEST']._serialized_end=1982
+  _globals['_RETIRECREDITSREQUEST']._serialized_start=1985
+  _globals['_RETIRECREDITSREQUEST']._serialized_end=2159
+  _globals['_CANCELCREDITSREQUEST']._serialized_start=2162
+  _globals['_CANCELCREDITSREQUEST']._serialized_end=2299
+  _globals['_LISTACCOUNTCREDITSREQUEST']._serialized_start=2301
+  _globals['_LISTACCOUNTCREDITSREQUEST']._serialized_end=2379
+  _globals['_LISTACCOUNTCREDITSRESPONSE']._serialized_start=2381
+  _globals['_LISTACCOUNTCREDITSRESPONSE']._serialized_end=2492
+  _globals['_GETTOTALSREQUEST']._serialized_start=2494
+  _globals['_GETTOTALSREQUEST']._serialized_end=2512
+  _globals['_STATUSTOTAL']._serialized_start=2514
+  _globals['_STATUSTOTAL']._serialized_end=2604
+  _globals['_TOTALS']._serialized_start=2606
+  _globals['_TOTALS']._serialized_end=2672
+  _globals['_INITIATETRANSFERBATCHREQUEST']._serialized_start=2674
+  _globals['_INITIATETRANSFERBATCHREQUEST']._serialized_end=2776
+  _globals['_COMPLETETRANSFERBATCHREQUEST']._serialized_start=2778
+  _globals['_COMPLETETRANSFERBATCHREQUEST']._serialized_end=2880
+  _globals['_ACCEPTRETURNBATCHREQUEST']._serialized_start=2882
+  _globals['_ACCEPTRETURNBATCHREQUEST']._serialized_end=2976
+  _globals['_CREDITREFUSAL']._serialized_start=2978
+  _globals['_CREDITREFUSAL']._serialized_end=3024
+  _globals['_CREDITBATCHRESULT']._serialized_start=3027
+  _globals['_CREDITBATCHRESULT']._serialized_end=3182
+  _globals['_CREDITBATCHRESPONSE']._serialized_start=3184
+  _globals['_CREDITBATCHRESPONSE']._serialized_end=3270
+  _globals['_GOLDSTANDARDREGISTRY']._serialized_start=3599
+  _globals['_GOLDSTANDARDREGISTRY']._serialized_end=5166
 # @@protoc_insertion_point(module_scope)

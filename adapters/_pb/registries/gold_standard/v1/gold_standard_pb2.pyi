@@ -230,19 +230,25 @@ Global___CreditHolding: _TypeAlias = CreditHolding  # noqa: Y015
 
 @_typing.final
 class CreditHoldingList(_message.Message):
+    """Answered by cursor as ListAccountCreditsResponse is."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOLDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Empty when no credit follows."""
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditHolding]: ...
     def __init__(
         self,
         *,
         holdings: _abc.Iterable[Global___CreditHolding] | None = ...,
+        next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "next_cursor", b"next_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,16 +285,28 @@ class GetCreditBlockRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RANGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Holdings per answer at most; 0 or more than the registry's maximum gets the maximum.
+    Negative is refused (INVALID_ARGUMENT).
+    """
+    cursor: _builtins.str
+    """Empty to start; else the next_cursor of the answer before, with the same range
+    (anything else is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def range(self) -> Global___CreditRange: ...
     def __init__(
         self,
         *,
         range: Global___CreditRange | None = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "range", b"range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,7 +112,10 @@ class GoldStandardRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCreditBlock(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every holding whose range overlaps the range, whatever its status, by cursor as
+        ListAccountCredits answers: a range may overlap any number of holdings (credits split
+        by partial transfers and retirements, a wide range).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

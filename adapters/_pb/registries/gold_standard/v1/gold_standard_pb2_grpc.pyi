@@ -43,6 +43,10 @@ class GoldStandardRegistryStub:
     IssueCredits: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.IssueCreditsRequest, _gold_standard_pb2.CreditHolding]
     """Registry administration: issue credits into a project account (import, seeding)."""
     GetCreditBlock: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.GetCreditBlockRequest, _gold_standard_pb2.CreditHoldingList]
+    """Every holding whose range overlaps the range, whatever its status, by cursor as
+    ListAccountCredits answers: a range may overlap any number of holdings (credits split
+    by partial transfers and retirements, a wide range).
+    """
     InitiateTransfer: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferRequest, _gold_standard_pb2.CreditHolding]
     """Put credits in "pending transfer" until pending_until."""
     WithdrawTransfer: _grpc.UnaryUnaryMultiCallable[_gold_standard_pb2.WithdrawTransferRequest, _gold_standard_pb2.CreditHolding]
@@ -74,6 +78,10 @@ class GoldStandardRegistryAsyncStub(GoldStandardRegistryStub):
     IssueCredits: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.IssueCreditsRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
     """Registry administration: issue credits into a project account (import, seeding)."""
     GetCreditBlock: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.GetCreditBlockRequest, _gold_standard_pb2.CreditHoldingList]  # type: ignore[assignment]
+    """Every holding whose range overlaps the range, whatever its status, by cursor as
+    ListAccountCredits answers: a range may overlap any number of holdings (credits split
+    by partial transfers and retirements, a wide range).
+    """
     InitiateTransfer: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.InitiateTransferRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
     """Put credits in "pending transfer" until pending_until."""
     WithdrawTransfer: _aio.UnaryUnaryMultiCallable[_gold_standard_pb2.WithdrawTransferRequest, _gold_standard_pb2.CreditHolding]  # type: ignore[assignment]
@@ -113,7 +121,11 @@ class GoldStandardRegistryServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _gold_standard_pb2.GetCreditBlockRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gold_standard_pb2.CreditHoldingList, _abc.Awaitable[_gold_standard_pb2.CreditHoldingList]]: ...
+    ) -> _typing.Union[_gold_standard_pb2.CreditHoldingList, _abc.Awaitable[_gold_standard_pb2.CreditHoldingList]]:
+        """Every holding whose range overlaps the range, whatever its status, by cursor as
+        ListAccountCredits answers: a range may overlap any number of holdings (credits split
+        by partial transfers and retirements, a wide range).
+        """
 
     @_abc_1.abstractmethod
     def InitiateTransfer(

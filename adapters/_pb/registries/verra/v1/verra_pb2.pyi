@@ -229,19 +229,25 @@ Global___VcuHolding: _TypeAlias = VcuHolding  # noqa: Y015
 
 @_typing.final
 class VcuHoldingList(_message.Message):
+    """Paged as ListAccountHoldingsResponse is."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOLDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The page after this one; empty after the last page."""
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___VcuHolding]: ...
     def __init__(
         self,
         *,
         holdings: _abc.Iterable[Global___VcuHolding] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,16 +284,28 @@ class GetVcuBlockRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RANGE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Holdings per page at most; 0 asks for the registry's own maximum, and more than it
+    gets that maximum. Negative is refused (INVALID_ARGUMENT).
+    """
+    page_token: _builtins.str
+    """Empty for the first page; else the next_page_token of the page before, with the same
+    range (another value, or a token the registry never gave, is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def range(self) -> Global___VcuRange: ...
     def __init__(
         self,
         *,
         range: Global___VcuRange | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "range", b"range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

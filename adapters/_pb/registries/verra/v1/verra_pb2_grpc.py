@@ -112,7 +112,9 @@ class VerraRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetVcuBlock(self, request, context):
-        """Every holding whose block range overlaps the range, whatever its status.
+        """Every holding whose block range overlaps the range, whatever its status, a page at a
+        time as ListAccountHoldings pages, in the order of their first block number: a range
+        may overlap any number of holdings (a block split by partial transfers, a wide range).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

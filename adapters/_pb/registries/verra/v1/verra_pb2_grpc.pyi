@@ -41,7 +41,10 @@ class VerraRegistryStub:
     IssueVcus: _grpc.UnaryUnaryMultiCallable[_verra_pb2.IssueVcusRequest, _verra_pb2.VcuHolding]
     """Registry administration: issue VCUs into a proponent account (import, seeding)."""
     GetVcuBlock: _grpc.UnaryUnaryMultiCallable[_verra_pb2.GetVcuBlockRequest, _verra_pb2.VcuHoldingList]
-    """Every holding whose block range overlaps the range, whatever its status."""
+    """Every holding whose block range overlaps the range, whatever its status, a page at a
+    time as ListAccountHoldings pages, in the order of their first block number: a range
+    may overlap any number of holdings (a block split by partial transfers, a wide range).
+    """
     Immobilize: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeRequest, _verra_pb2.VcuHolding]
     """Place VCUs on hold pending immobilization, until hold_until."""
     ReleaseImmobilization: _grpc.UnaryUnaryMultiCallable[_verra_pb2.ReleaseImmobilizationRequest, _verra_pb2.VcuHolding]
@@ -74,7 +77,10 @@ class VerraRegistryAsyncStub(VerraRegistryStub):
     IssueVcus: _aio.UnaryUnaryMultiCallable[_verra_pb2.IssueVcusRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
     """Registry administration: issue VCUs into a proponent account (import, seeding)."""
     GetVcuBlock: _aio.UnaryUnaryMultiCallable[_verra_pb2.GetVcuBlockRequest, _verra_pb2.VcuHoldingList]  # type: ignore[assignment]
-    """Every holding whose block range overlaps the range, whatever its status."""
+    """Every holding whose block range overlaps the range, whatever its status, a page at a
+    time as ListAccountHoldings pages, in the order of their first block number: a range
+    may overlap any number of holdings (a block split by partial transfers, a wide range).
+    """
     Immobilize: _aio.UnaryUnaryMultiCallable[_verra_pb2.ImmobilizeRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
     """Place VCUs on hold pending immobilization, until hold_until."""
     ReleaseImmobilization: _aio.UnaryUnaryMultiCallable[_verra_pb2.ReleaseImmobilizationRequest, _verra_pb2.VcuHolding]  # type: ignore[assignment]
@@ -116,7 +122,10 @@ class VerraRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _verra_pb2.GetVcuBlockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verra_pb2.VcuHoldingList, _abc.Awaitable[_verra_pb2.VcuHoldingList]]:
-        """Every holding whose block range overlaps the range, whatever its status."""
+        """Every holding whose block range overlaps the range, whatever its status, a page at a
+        time as ListAccountHoldings pages, in the order of their first block number: a range
+        may overlap any number of holdings (a block split by partial transfers, a wide range).
+        """
 
     @_abc_1.abstractmethod
     def Immobilize(

@@ -6,7 +6,7 @@ way in and each domain result into a message on the way out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 
@@ -130,6 +130,11 @@ TRANSFER_STATE_FROM_PB = {v: k for k, v in _TRANSFER_STATE.items()}
 MAX_ID_LENGTH = 128
 MAX_UNITS_PER_REQUEST = 1000
 MAX_TEXT_LENGTH = 2000
+MAX_LIST_ENTRIES = 64
+"""Entries of a request's list field at most (a project's labels, registrations under other
+programs and authorized uses, a reconciliation's registries): far above any real request,
+and a bound on the work one request asks for, and on its refusal, which names each bad
+entry."""
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
 _USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
@@ -171,6 +176,22 @@ def check_text(
     elif has_control_characters(value):
         problems.append(FieldViolation(path, "contains control characters"))
     return value
+
+
+def check_count(
+    problems: list[FieldViolation],
+    path: str,
+    entries: Sized,
+    what: str,
+    limit: int = MAX_LIST_ENTRIES,
+) -> bool:
+    """Whether a list field holds at most ``limit`` entries; when not, that is recorded
+    in ``problems`` under ``path`` (its entries are then left unread: one violation, not
+    one per entry)."""
+    if len(entries) > limit:
+        problems.append(FieldViolation(path, f"holds more than {limit} {what}"))
+        return False
+    return True
 
 
 def request_id(value: str, path: str = "request_id") -> str:
@@ -464,8 +485,9 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
         required=False,
         limit=MAX_TEXT_LENGTH,
     )
-    for i, label in enumerate(message.labels):
-        check_text(problems, f"project.labels[{i}]", label)
+    if check_count(problems, "project.labels", message.labels, "labels"):
+        for i, label in enumerate(message.labels):
+            check_text(problems, f"project.labels[{i}]", label)
     if message.gec_status not in _GEC_STATUSES:
         problems.append(
             FieldViolation(
@@ -485,7 +507,12 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
             return None
 
     registrations = []
-    for i, other in enumerate(message.other_registrations):
+    others: Sequence[model_pb2.ProjectRegistration] = ()
+    if check_count(
+        problems, "project.other_registrations", message.other_registrations, "registrations"
+    ):
+        others = message.other_registrations
+    for i, other in enumerate(others):
         start = optional_date(
             f"project.other_registrations[{i}].issued_period_start", other.issued_period_start
         )
@@ -510,8 +537,10 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
                 getattr(message.authorization, name),
                 required=False,
             )
-        for i, use in enumerate(message.authorization.authorized_uses):
-            check_text(problems, f"project.authorization.authorized_uses[{i}]", use)
+        uses = message.authorization.authorized_uses
+        if check_count(problems, "project.authorization.authorized_uses", uses, "uses"):
+            for i, use in enumerate(uses):
+                check_text(problems, f"project.authorization.authorized_uses[{i}]", use)
         authorization = Authorization(
             letter_id=message.authorization.letter_id,
             host_country=message.authorization.host_country,

@@ -57,14 +57,13 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
         convert.check_text(problems, f"{prefix}{name}", getattr(message, name))
     if not message.first_year:
         problems.append(FieldViolation(f"{prefix}first_year", "is required"))
-    if len(message.acknowledged_warnings) > MAX_ACKNOWLEDGED_WARNINGS:
-        problems.append(
-            FieldViolation(
-                f"{prefix}acknowledged_warnings",
-                f"holds more than {MAX_ACKNOWLEDGED_WARNINGS} warning codes",
-            )
-        )
-    else:
+    if convert.check_count(
+        problems,
+        f"{prefix}acknowledged_warnings",
+        message.acknowledged_warnings,
+        "warning codes",
+        MAX_ACKNOWLEDGED_WARNINGS,
+    ):
         for i, code in enumerate(message.acknowledged_warnings):
             if not _WARNING_CODE.fullmatch(code):
                 problems.append(
@@ -188,11 +187,15 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
     """A covered entity from its message (checked again by the domain on upsert).
 
     Raises:
-        InvalidRequest: Duplicate registries or too many accounts or years.
+        InvalidRequest: Too many accounts, years or gases, an unknown or repeated
+            registry.
     """
     problems: list[FieldViolation] = []
     if len(message.accounts) > _MAX_ITEMS or len(message.years) > _MAX_ITEMS:
         problems.append(FieldViolation("entity", f"at most {_MAX_ITEMS} accounts and years"))
+    convert.check_count(problems, "entity.gases", message.gases, "gases", _MAX_ITEMS)
+    # Past a cap, nothing more is read: one violation, not one per account, year or gas.
+    _raise_if(problems)
     accounts: dict[str, str] = {}
     for i, a in enumerate(message.accounts):
         convert.check_registry(problems, f"entity.accounts[{i}].registry", a.registry)

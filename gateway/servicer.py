@@ -419,7 +419,10 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # Read-only: request_id is accepted for symmetry with the ITL's reconciliation
         # id, but a reconciliation changes nothing, so it is not answered once-only.
         problems: list[FieldViolation] = []
-        for i, registry in enumerate(request.registries):
+        registries: Sequence[str] = ()
+        if convert.check_count(problems, "registries", request.registries, "registries"):
+            registries = request.registries
+        for i, registry in enumerate(registries):
             path = f"registries[{i}]"
             recorded = len(problems)
             convert.check_registry(problems, path, registry)

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import REGISTRY_IDS
+from gateway.convert import MAX_LIST_ENTRIES
 from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
 from tests.integration.gateway.test_hostile_strings import BASELINES, _string_paths
 
@@ -147,3 +148,15 @@ def test_a_known_registry_the_gateway_is_not_wired_to_is_named_with_the_wired_on
         "registries[1]: registry 'national' is not wired in this gateway; "
         "wired registries: hkmo, shenzhen, verra"
     )
+
+
+def test_a_reconciliation_of_more_registries_than_its_cap_is_refused_once(
+    live_gateway: LiveGateway,
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        live_gateway.stub.Reconcile(
+            gateway_pb2.ReconcileRequest(registries=[UNKNOWN] * 100_000), timeout=30
+        )
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (f"registries: holds more than {MAX_LIST_ENTRIES} registries")

@@ -167,3 +167,48 @@ def test_an_other_registration_without_its_project_is_refused_by_its_field() -> 
         convert.project_from_pb(project)
 
     assert "project.other_registrations[0].project_id: is required" in str(raised.value)
+
+
+def _registration(n: int) -> model_pb2.ProjectRegistration:
+    return model_pb2.ProjectRegistration(
+        program="GS",
+        project_id=f"GS-{n}",
+        issued_period_start="2020-01-01",
+        issued_period_end="2020-12-31",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "what"),
+    [
+        ({"labels": ["methane"] * 65}, "project.labels", "labels"),
+        (
+            {"other_registrations": [_registration(n) for n in range(65)]},
+            "project.other_registrations",
+            "registrations",
+        ),
+        (
+            {"authorization.authorized_uses": ["ndc"] * 65},
+            "project.authorization.authorized_uses",
+            "uses",
+        ),
+    ],
+    ids=["labels", "registrations", "authorized uses"],
+)
+def test_a_list_of_a_project_past_its_cap_is_refused_by_its_field(
+    fields: dict[str, list[object]], path: str, what: str
+) -> None:
+    at_cap = {name: value[: convert.MAX_LIST_ENTRIES] for name, value in fields.items()}
+    convert.project_from_pb(_project(**at_cap))
+
+    with pytest.raises(InvalidRequest) as raised:
+        convert.project_from_pb(_project(**fields))
+
+    assert str(raised.value) == f"{path}: holds more than {convert.MAX_LIST_ENTRIES} {what}"
+
+
+def test_past_the_cap_a_projects_bad_labels_are_not_each_named() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        convert.project_from_pb(_project(labels=["\x00"] * 100_000))
+
+    assert [v.field for v in raised.value.violations] == ["project.labels"]

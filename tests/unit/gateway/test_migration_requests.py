@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2
-from gateway.migration_api import MAX_ACKNOWLEDGED_WARNINGS, request_from_pb
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from gateway.migration_api import MAX_ACKNOWLEDGED_WARNINGS, entity_from_pb, request_from_pb
 from registry_bridge.errors import InvalidRequest
 
 CODES = ["CL-MIGRATION-0014", "CL-MIGRATION-0016", "CL-MIGRATION-0017"]
@@ -54,3 +54,34 @@ def test_past_the_cap_bad_codes_are_not_each_named() -> None:
 
     assert len(refused.value.violations) == 1
     assert len(str(refused.value)) < 200
+
+
+def _entity(**fields: object) -> gateway_pb2.CoveredEntity:
+    entity = gateway_pb2.CoveredEntity(entity_id="steel-01", sector="steel", gases=["CO2"])
+    for name, value in fields.items():
+        getattr(entity, name).extend(value)
+    return entity
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        (
+            {"accounts": [model_pb2.AccountRef(registry="vera", account="a")] * 101},
+            "entity: at most 100 accounts and years",
+        ),
+        (
+            {"years": [gateway_pb2.ComplianceYear(jurisdiction="x")] * 101},
+            "entity: at most 100 accounts and years",
+        ),
+        ({"gases": ["H2O"] * 101}, "entity.gases: holds more than 100 gases"),
+    ],
+    ids=["accounts", "years", "gases"],
+)
+def test_an_entity_past_a_cap_is_refused_once_not_for_each_entry(
+    fields: dict[str, object], named: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        entity_from_pb(_entity(**fields))
+
+    assert str(refused.value) == named

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
-from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
+from gateway.handlers import GatewayCallInterceptor, StreamBehavior, UnaryBehavior
 from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
 from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
@@ -214,24 +214,12 @@ class GatewayMetrics:
         self.transfer_steps.labels(state.value).inc()
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+class MetricsInterceptor(GatewayCallInterceptor):
     """Counts each call of the gateway service by method and final status code, and
     times it. It sits outside error mapping, so it sees the code the client sees."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        full_method: str = handler_call_details.method
-        if handler is None or not full_method.startswith("/carbonlink.v1."):
-            return handler  # health and reflection are not the gateway's work
-        return wrap_behavior(handler, full_method, self._unary, self._stream)
 
     def _record(self, full_method: str, context: grpc.ServicerContext, began: float) -> None:
         method = full_method.rsplit("/", 1)[-1]

@@ -15,10 +15,10 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import Message
 
+from gateway.handlers import SERVICE_PREFIX
 from gateway.security.certs import instruction_key_id, load_private_key
 from gateway.security.instructions import sign_request
 from gateway.security.layout import TlsLayout
-from gateway.security.policy import SERVICE_PREFIX
 from gateway.security.tls import channel_credentials
 
 

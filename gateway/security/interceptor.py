@@ -12,15 +12,15 @@ interceptor, which turns the typed errors raised here into status codes with det
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import structlog
 
-from gateway.handlers import StreamBehavior, UnaryBehavior, wrap_behavior
+from gateway.handlers import SERVICE_PREFIX, GatewayCallInterceptor, StreamBehavior, UnaryBehavior
 from gateway.security.instructions import SIGNED_METHODS, InstructionVerifier
-from gateway.security.policy import SERVICE_PREFIX, acting_as, authorize
+from gateway.security.policy import acting_as, authorize
 from gateway.security.ratelimit import RateLimiter, StreamSlots
 from gateway.security.tokens import Principal, TokenVerifier, certificate_thumbprint
 from registry_bridge.errors import Unauthenticated
@@ -38,8 +38,7 @@ def rate_cost(method: str, request: Any) -> int:
     return 1
 
 
-class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    # NOTE(carbonlink): grpc ships no type stubs here, so its base class is Any.
+class SecurityInterceptor(GatewayCallInterceptor):
     """Bearer JWT, rate limit, roles, account scope and instruction signature per call;
     open streams capped per client."""
 
@@ -57,17 +56,6 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._instructions = instructions
         self._streams = streams
         self._require_bound_tokens = require_bound_tokens
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        full_method: str = handler_call_details.method
-        if handler is None or not full_method.startswith(SERVICE_PREFIX):
-            return handler  # health, reflection: open by design
-        return wrap_behavior(handler, full_method, self._unary, self._stream)
 
     def _admit(
         self, full_method: str, request: Any, context: grpc.ServicerContext

@@ -36,8 +36,6 @@ from gateway.security.tokens import Principal
 from registry_bridge.errors import PermissionDenied
 from registry_bridge.idempotency import LOCAL_CALLER
 
-SERVICE_PREFIX = "/carbonlink.v1.LinkageGateway/"
-
 _EVERYONE = frozenset(
     {"exchange_operator", "issuer", "covered_entity", "auditor", "regulator", "registry"}
 )

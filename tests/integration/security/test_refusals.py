@@ -30,11 +30,11 @@ from adapters.emulator_core import start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from adapters.serials import parse_serial
+from gateway.handlers import SERVICE_PREFIX
 from gateway.security.certs import init_dev_pki, load_private_key
 from gateway.security.client import secure_channel
 from gateway.security.instructions import sign_request
 from gateway.security.layout import TlsLayout
-from gateway.security.policy import SERVICE_PREFIX
 from gateway.security.tls import channel_credentials, server_credentials
 from gateway.security.tokens import mint_token
 from registry_bridge.errors import RegistryUnavailable

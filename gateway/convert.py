@@ -130,6 +130,8 @@ TRANSFER_STATE_FROM_PB = {v: k for k, v in _TRANSFER_STATE.items()}
 MAX_ID_LENGTH = 128
 MAX_UNITS_PER_REQUEST = 1000
 MAX_TEXT_LENGTH = 2000
+MAX_PROGRAM_LENGTH = 16
+"""A crediting program's name at most, as the ledger and the project listings store it."""
 MAX_LIST_ENTRIES = 64
 """Entries of a request's list field at most (a project's labels, registrations under other
 programs and authorized uses, a reconciliation's registries): far above any real request,
@@ -472,7 +474,7 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
         InvalidRequest: Every bad field, each with its path.
     """
     problems: list[FieldViolation] = []
-    check_text(problems, "project.program", message.program)
+    check_text(problems, "project.program", message.program, limit=MAX_PROGRAM_LENGTH)
     check_text(problems, "project.project_id", message.project_id)
     # Stored with the listing and shown to whoever reads it: bounded, and no control
     # characters (a NUL cannot be stored on PostgreSQL; a newline forges lines in a log).

@@ -134,3 +134,15 @@ def test_an_issuer_lists_a_project_from_the_command_line(
     wrong.write_text("program: VCS\nproject_idd: '1'\n")
     assert main(["project", "list", str(wrong), "--jurisdiction", "shenzhen", *target]) == 2
     assert "project_idd" in capsys.readouterr().err
+
+
+def test_a_program_longer_than_the_ledger_stores_is_refused_by_its_field(
+    live_gateway: LiveGateway,
+) -> None:
+    project = model_pb2.Project()
+    project.CopyFrom(LANDFILL)
+    project.program = "VCS-" + "X" * 20
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, "listing-long-program", project)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "project.program" in (caught.value.details() or "")

@@ -714,13 +714,17 @@ class Bridge:
 
     # ------------------------------------------------------------------------ evaluation
 
+    def _not_wired(self, registry: str) -> str:
+        return (
+            f"registry {registry!r} is not wired in this gateway; wired registries: "
+            f"{', '.join(sorted(self._registries))}"
+        )
+
     def _validate(self, instruction: TransferInstruction) -> None:
         problems = []
         for name, ref in (("source", instruction.source), ("destination", instruction.destination)):
             if ref.registry not in self._registries:
-                problems.append(
-                    (f"instruction.{name}.registry", f"registry {ref.registry!r} is not wired")
-                )
+                problems.append((f"instruction.{name}.registry", self._not_wired(ref.registry)))
             if not ref.account:
                 problems.append((f"instruction.{name}.account", "is required"))
         if instruction.source.registry == instruction.destination.registry:
@@ -2216,9 +2220,7 @@ class Bridge:
             problems.append(FieldViolation("request_id", "is required"))
         if request.account.registry not in self._registries:
             problems.append(
-                FieldViolation(
-                    "account.registry", f"registry {request.account.registry!r} is not wired"
-                )
+                FieldViolation("account.registry", self._not_wired(request.account.registry))
             )
         if not request.account.account:
             problems.append(FieldViolation("account.account", "is required"))

@@ -160,3 +160,38 @@ def test_a_reconciliation_of_more_registries_than_its_cap_is_refused_once(
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == (f"registries: holds more than {MAX_LIST_ENTRIES} registries")
+
+
+def test_a_transfer_or_use_at_a_registry_not_wired_names_the_wired_ones(
+    live_gateway: LiveGateway,
+) -> None:
+    wired = (
+        "registry 'national' is not wired in this gateway; wired registries: hkmo, shenzhen, verra"
+    )
+    instruction = model_pb2.TransferInstruction(
+        source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        destination=model_pb2.AccountRef(registry="national", account="buyer"),
+        units=[model_pb2.UnitSelector(serial=VERRA_SERIAL)],
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        live_gateway.stub.EvaluateTransfer(
+            gateway_pb2.EvaluateTransferRequest(instruction=instruction), timeout=30
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == f"instruction.destination.registry: {wired}"
+    with pytest.raises(grpc.RpcError) as refused:
+        live_gateway.stub.Retire(
+            gateway_pb2.RetireRequest(
+                request_id="retire-national",
+                account=model_pb2.AccountRef(registry="national", account="cn-holder"),
+                units=[
+                    model_pb2.UnitSelector(
+                        block=model_pb2.BlockId(program="CCER", serial_start=1, serial_end=9)
+                    )
+                ],
+                beneficiary="someone",
+            ),
+            timeout=30,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"account.registry: {wired}" in (refused.value.details() or "")

@@ -230,6 +230,9 @@ class UnitUseRecord(Base):
 
     __table_args__ = (
         sa.UniqueConstraint("request_id", "caller", name="uq_unit_uses_request_id_caller"),
+        # Recovery looks for pending uses every few seconds, and metrics at each scrape:
+        # without it, each look reads every retirement ever made.
+        sa.Index("ix_unit_uses_state", "state"),
     )
 
 
@@ -387,6 +390,7 @@ class MigrationRecord(Base):
     __table_args__ = (
         sa.UniqueConstraint("entity_id", "from_jurisdiction"),
         sa.UniqueConstraint("request_id", "caller", name="uq_migrations_request_id_caller"),
+        sa.Index("ix_migrations_state", "state"),
     )
 
 

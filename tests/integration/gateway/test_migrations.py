@@ -235,3 +235,21 @@ def test_an_upgrade_to_per_caller_request_ids_keeps_every_row_in_the_local_space
             assert _kept(connection)["transfers"] == before["transfers"]
     finally:
         engine.dispose()
+
+
+def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path: Any) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            for table, state in (("unit_uses", "pending"), ("migrations", "running")):
+                plan = " ".join(
+                    str(row[-1])
+                    for row in connection.execute(
+                        sa.text(f"EXPLAIN QUERY PLAN SELECT id FROM {table} WHERE state = :s"),
+                        {"s": state},
+                    )
+                )
+                assert f"USING INDEX ix_{table}_state" in plan, plan
+    finally:
+        engine.dispose()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
@@ -23,6 +26,7 @@ from tests.integration.gateway.conftest import (
 )
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
+ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus-alerts.yaml"
 
 
 def scrape(
@@ -163,3 +167,21 @@ def test_no_metrics_endpoint_unless_asked_and_a_bad_address_is_named() -> None:
     assert GatewayConfig().metrics_listen == ""
     with pytest.raises(ConfigError, match="metrics_listen: 'nine' is not HOST:PORT"):
         load_config(flags={"metrics_listen": "nine"})
+
+
+def test_every_metric_the_deployments_alert_rules_name_is_served(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    rules = yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    named = {name for expr in expressions for name in re.findall(r"carbonlink_[a-z_]+", expr)}
+    assert named
+    with running_gateway(database_url, registries, metrics_listen="127.0.0.1:0") as gateway:
+        assert gateway.server.metrics is not None
+        families = list(gateway.server.metrics.registry.collect())
+    served = {
+        family.name + suffix
+        for family in families
+        for suffix in ("", "_total", "_count", "_sum", "_bucket")
+    }
+    assert named <= served, named - served

@@ -28,6 +28,7 @@ from gateway import convert, demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.demo_auditor import demo_log_key, journey_auditor
 from gateway.demo_migration import journey_covered_entity
+from gateway.demo_operations import journey_operator
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, GatewayServer
 from registry_bridge.bridge import venue_account
@@ -97,6 +98,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
         database_url=f"sqlite:///{workdir / 'gateway.db'}",
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
         log_signing_key_file=str(demo_log_key(workdir)),
+        metrics_listen="127.0.0.1:0",
         **demo_security.gateway_settings(workdir),
     )
     server = GatewayServer(config)
@@ -116,6 +118,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
             _journey_foreign_issuer(issuer)
             journey_auditor(auditor, workdir, VERRA_SERIAL, DemoFailure)
         journey_covered_entity(workdir, target, registry_ports, server.import_registries)
+        journey_operator(workdir, server.metrics_port, DemoFailure)
     finally:
         server.stop(grace_seconds=1)
 

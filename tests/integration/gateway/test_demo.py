@@ -20,4 +20,6 @@ def test_demo_runs_every_journey(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== exchange operator" in result.stdout
     assert "== foreign credit issuer" in result.stdout
+    assert "== operator: the gateway's metrics" in result.stdout
+    assert "nothing unfinished" in result.stdout
     assert "demo finished" in result.stdout

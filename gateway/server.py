@@ -235,6 +235,8 @@ class GatewayServer:
         self._recovery: threading.Thread | None = None
         self._importing: threading.Thread | None = None
         self._reconciling: threading.Thread | None = None
+        # One reconciliation at a time, the RPC's or the scheduled one's (ReconcileBusy).
+        self._reconcile_slot = threading.Lock()
         self._clock = clock
         self.port = 0
 
@@ -276,6 +278,7 @@ class GatewayServer:
             migrations=self.migrations,
             provenance=self.provenance,
             ports=self.adapters,
+            reconcile_slot=self._reconcile_slot,
         )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -390,24 +393,34 @@ class GatewayServer:
         previous: ReconcileReport | None = None
         while not self._recovery_stop.wait(self.config.reconcile_interval_seconds):
             try:
-                previous = self.reconcile_once(previous)
+                report = self.reconcile_once(previous)
+                if report is not None:
+                    previous = report
             except Abandoned:
                 return  # stopping: the read under way was cancelled
             except Exception:
                 # A database busy past its timeout: this run is lost, not the later ones.
                 _logger.exception("scheduled_reconcile_crashed")
 
-    def reconcile_once(self, previous: ReconcileReport | None) -> ReconcileReport:
+    def reconcile_once(self, previous: ReconcileReport | None) -> ReconcileReport | None:
         """One scheduled reconciliation: logs and counts the differences that
-        ``previous`` (the run before) found too; returns this run's report.
+        ``previous`` (the run before) found too; returns this run's report, or None when
+        a reconciliation asked for over the API is under way (this run is skipped; the
+        next comes at the interval).
 
         Raises:
             Abandoned: The gateway began stopping during the run.
         """
-        with db.read_only(self.bridge.sessions) as session:
-            report = reconcile(
-                session, self.adapters, still_wanted=lambda: not self._recovery_stop.is_set()
-            )
+        if not self._reconcile_slot.acquire(blocking=False):
+            _logger.info("scheduled_reconcile_skipped", reason="a reconciliation is under way")
+            return None
+        try:
+            with db.read_only(self.bridge.sessions) as session:
+                report = reconcile(
+                    session, self.adapters, still_wanted=lambda: not self._recovery_stop.is_set()
+                )
+        finally:
+            self._reconcile_slot.release()
         persistent = persisting(previous, report)
         if persistent:
             _logger.error(

@@ -49,7 +49,12 @@ from sqlalchemy.orm import Session
 
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
-from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
+from registry_bridge.errors import (
+    Abandoned,
+    RegistryRejected,
+    RegistryUnavailable,
+    ResourceExhausted,
+)
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
 from registry_bridge.port import (
@@ -69,6 +74,21 @@ _TRAIL_EVENTS = 20
 """Most events of one block's trail put in a report (the newest ones)."""
 
 _logger = structlog.get_logger(__name__)
+
+
+class ReconcileBusy(ResourceExhausted):
+    """A reconciliation is already under way on this gateway.
+
+    Each one reads every holding of the registries it covers: run side by side they would
+    only multiply the load on the registries and answer the same.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a reconciliation is already under way on this gateway; retry when it ends"
+        )
+        self.subject = "reconciliations"
+        self.description = "one reconciliation at a time per gateway"
 
 
 @dataclass(frozen=True)

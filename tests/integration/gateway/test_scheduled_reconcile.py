@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
+import pytest
 from structlog.testing import capture_logs
 
+from adapters._pb.carbonlink.v1 import gateway_pb2
 from adapters.serials import parse_serial
 from registry_bridge.model import BlockId
-from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, running_gateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    hold_calls,
+    running_gateway,
+)
 from tests.integration.gateway.test_metrics import scrape
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
@@ -34,11 +43,11 @@ def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
     ) as gateway:
         server = gateway.server
         clean = server.reconcile_once(None)
-        assert clean.consistent
+        assert clean is not None and clean.consistent
         _retire_behind_the_gateway(registries)
         with capture_logs() as logs:
             first = server.reconcile_once(clean)  # seen once: it may be a transfer under way
-        assert not first.consistent
+        assert first is not None and not first.consistent
         assert not [e for e in logs if e["event"] == "reconcile_differences_persist"]
         samples = scrape(server.metrics_port)
         assert samples[("carbonlink_reconcile_differences", (("registry", "hkmo"),))] == 0
@@ -77,3 +86,27 @@ def test_the_gateway_reconciles_on_its_interval(
         while scrape(gateway.server.metrics_port).get(key, 0) < 1:
             assert time.monotonic() < deadline, "no scheduled reconciliation reported it"
             time.sleep(0.1)
+
+
+def test_one_reconciliation_at_a_time_the_others_are_refused_or_skipped(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, registries: LinkedRegistries
+) -> None:
+    registries.seed_venue()
+    asked, answer = hold_calls(monkeypatch, registries.emulators["verra"].store, "totals", 20)
+    with (
+        running_gateway(database_url, registries, reconcile_interval_seconds=86_400) as gateway,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(
+            gateway.stub.Reconcile, gateway_pb2.ReconcileRequest(registries=["verra"]), timeout=30
+        )
+        assert asked.wait(10), "the first reconciliation never reached Verra"
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "already under way" in (refused.value.details() or "")
+        assert gateway.server.reconcile_once(None) is None  # the scheduled run skips
+        answer.set()
+        assert first.result(timeout=30).consistent
+        # Once it has ended, the next is let in.
+        assert gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=30).consistent

@@ -109,6 +109,7 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
     for kind in ("retirement", "surrender"):
         assert after[("carbonlink_uses_pending", (("kind", kind),))] == 0
     assert after[("carbonlink_migrations_running", ())] == 0
+    assert after[("process_resident_memory_bytes", ())] > 0
     assert (
         after[("carbonlink_provenance_log_size", ())]
         > before[("carbonlink_provenance_log_size", ())]

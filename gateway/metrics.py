@@ -2,10 +2,11 @@
 
 What an operator watches and alerts on: calls by method and status code and how long
 they take; calls to each registry by operation and outcome (every attempt, retries
-included) and how long they take; transfer steps as they commit; and, read from the
-database at each scrape, the transfers not yet final by state with the age of the oldest
-(a transfer waiting on a registry that stays down shows here first), and the provenance
-log's size. Counts only: no account, unit or party appears in a label.
+included) and how long they take; transfer steps as they commit; what the scheduled
+reconciliation found; and, read from the database at each scrape, the transfers not yet
+final by state with the age of the oldest (a transfer waiting on a registry that stays
+down shows here first), the retirements and surrenders pending, the migrations running,
+and the provenance log's size. Counts only: no account, unit or party appears in a label.
 
 On a secure gateway the endpoint speaks TLS with the gateway's certificate and requires
 a client certificate of the configured CA, as the gRPC API does.
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.handlers import GatewayCallInterceptor, StreamBehavior, UnaryBehavior
+from registry_bridge.db import read_only
 from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
 from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
@@ -85,7 +87,8 @@ class _DatabaseCollector(Collector):
         log_size = GaugeMetricFamily(
             "carbonlink_provenance_log_size", "Events in the provenance log."
         )
-        with self._sessions() as session:
+        # Read only: on SQLite a session's transaction would take the one write lock.
+        with read_only(self._sessions) as session:
             by_state = {
                 state: (count, first)
                 for state, count, first in session.execute(

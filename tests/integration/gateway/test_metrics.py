@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -186,3 +188,20 @@ def test_every_metric_the_deployments_alert_rules_name_is_served(
         for suffix in ("", "_total", "_count", "_sum", "_bucket")
     }
     assert named <= served, named - served
+
+
+def test_a_scrape_reads_while_a_transfer_holds_sqlites_write_lock(
+    tmp_path: Path, registries: LinkedRegistries
+) -> None:
+    path = tmp_path / "gateway.db"
+    with running_gateway(f"sqlite:///{path}", registries, metrics_listen="127.0.0.1:0") as gateway:
+        writer = sqlite3.connect(path, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # as a transfer step's transaction does
+            began = time.monotonic()
+            samples = scrape(gateway.server.metrics_port)
+            assert time.monotonic() - began < 5
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    assert ("carbonlink_provenance_log_size", ()) in samples

@@ -143,8 +143,14 @@ class GatewayMetrics:
     as in tests, do not share counters)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], clock: Callable[[], datetime] | None = None
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime] | None = None,
+        reconcile_interval_seconds: float = 0.0,
     ) -> None:
+        """Metrics of a gateway on ``sessions``; ``reconcile_interval_seconds``: its
+        scheduled reconciliation's interval (0: none)."""
+        now = clock or (lambda: datetime.now(UTC))
         self.registry = CollectorRegistry()
         self.calls = Counter(
             "carbonlink_rpc_calls",
@@ -192,12 +198,21 @@ class GatewayMetrics:
             ["registry"],
             registry=self.registry,
         )
-        self.reconcile_last_run = Gauge(
-            "carbonlink_reconcile_last_run_timestamp_seconds",
-            "When the last scheduled reconciliation ended (Unix time).",
+        self.reconcile_interval = Gauge(
+            "carbonlink_reconcile_interval_seconds",
+            "The scheduled reconciliation's interval (0: this gateway runs none).",
             registry=self.registry,
         )
-        self.registry.register(_DatabaseCollector(sessions, clock or (lambda: datetime.now(UTC))))
+        self.reconcile_interval.set(reconcile_interval_seconds)
+        self.reconcile_last_run = Gauge(
+            "carbonlink_reconcile_last_run_timestamp_seconds",
+            "When the last scheduled reconciliation ended, or the gateway started when none "
+            "has yet (Unix time; 0 when this gateway runs none).",
+            registry=self.registry,
+        )
+        if reconcile_interval_seconds > 0:
+            self.reconcile_last_run.set(now().timestamp())
+        self.registry.register(_DatabaseCollector(sessions, now))
         # The process's CPU, memory, open files and garbage collections, as every
         # Prometheus client exports them (they describe the process, not this gateway).
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -185,7 +185,11 @@ class GatewayServer:
         self._health = health.HealthServicer()
         self._registries = wired_registries(config)
         sessions = db.session_factory(self.engine)
-        self.metrics = GatewayMetrics(sessions, clock) if config.metrics_listen else None
+        self.metrics = (
+            GatewayMetrics(sessions, clock, config.reconcile_interval_seconds)
+            if config.metrics_listen
+            else None
+        )
         self._metrics_endpoint = (
             MetricsEndpoint(self.metrics, config) if self.metrics is not None else None
         )

@@ -112,6 +112,9 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
         assert after[("carbonlink_uses_pending", (("kind", kind),))] == 0
     assert after[("carbonlink_migrations_running", ())] == 0
     assert after[("process_resident_memory_bytes", ())] > 0
+    # No scheduled reconciliation on this gateway: nothing for the not-running alert.
+    assert after[("carbonlink_reconcile_interval_seconds", ())] == 0
+    assert after[("carbonlink_reconcile_last_run_timestamp_seconds", ())] == 0
     assert (
         after[("carbonlink_provenance_log_size", ())]
         > before[("carbonlink_provenance_log_size", ())]

@@ -42,6 +42,10 @@ def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
         reconcile_interval_seconds=86_400,
     ) as gateway:
         server = gateway.server
+        started = scrape(server.metrics_port)
+        assert started[("carbonlink_reconcile_interval_seconds", ())] == 86_400
+        # None has run yet: the start counts as the last, so no alert fires at once.
+        assert started[("carbonlink_reconcile_last_run_timestamp_seconds", ())] > 0
         clean = server.reconcile_once(None)
         assert clean is not None and clean.consistent
         _retire_behind_the_gateway(registries)

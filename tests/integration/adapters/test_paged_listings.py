@@ -164,11 +164,8 @@ def seed(h: Harness) -> None:
         h.adapter.issue(IssueRequest(h.op("issue"), account_of(start), h.block(start, start + 9)))
 
 
-@pytest.fixture(params=ALL_REGISTRIES)
-def paged(request: pytest.FixtureRequest) -> Iterator[tuple[Harness, grpc.Channel]]:
-    """Each registry's emulator capping pages at ``CAP``, holding ten holdings, with its
-    adapter and a bare channel for native calls."""
-    h = start_harness(str(request.param), page_size_cap=CAP)
+def _seeded(registry_id: str) -> Iterator[tuple[Harness, grpc.Channel]]:
+    h = start_harness(registry_id, page_size_cap=CAP)
     channel = grpc.insecure_channel(h.running.target)
     try:
         seed(h)
@@ -176,6 +173,13 @@ def paged(request: pytest.FixtureRequest) -> Iterator[tuple[Harness, grpc.Channe
     finally:
         channel.close()
         h.running.stop(grace=None)
+
+
+@pytest.fixture(params=ALL_REGISTRIES)
+def paged(request: pytest.FixtureRequest) -> Iterator[tuple[Harness, grpc.Channel]]:
+    """Each registry's emulator capping pages at ``CAP``, holding ten holdings, with its
+    adapter and a bare channel for native calls."""
+    yield from _seeded(str(request.param))
 
 
 def starts(holdings: Sequence[RegistryHolding]) -> list[int]:
@@ -296,14 +300,7 @@ BLOCK_LOOKUPS: dict[str, NativeBlockLookup] = {
 @pytest.fixture(params=sorted(BLOCK_LOOKUPS))
 def looked_up(request: pytest.FixtureRequest) -> Iterator[tuple[Harness, grpc.Channel]]:
     """``paged``, for the registries with a block lookup of their own."""
-    h = start_harness(str(request.param), page_size_cap=CAP)
-    channel = grpc.insecure_channel(h.running.target)
-    try:
-        seed(h)
-        yield h, channel
-    finally:
-        channel.close()
-        h.running.stop(grace=None)
+    yield from _seeded(str(request.param))
 
 
 def test_a_block_lookup_pages_as_its_registrys_listing_does(

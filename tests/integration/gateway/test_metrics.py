@@ -25,6 +25,7 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     free_port,
     running_gateway,
+    venue_to_shenzhen,
 )
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
@@ -45,21 +46,6 @@ def scrape(
     }
 
 
-def _request(request_id: str, start: int, end: int) -> gateway_pb2.SubmitTransferRequest:
-    return gateway_pb2.SubmitTransferRequest(
-        request_id=request_id,
-        instruction=model_pb2.TransferInstruction(
-            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
-            units=[
-                model_pb2.UnitSelector(
-                    block=model_pb2.BlockId(program="VCS", serial_start=start, serial_end=end)
-                )
-            ],
-        ),
-    )
-
-
 def test_calls_are_counted_by_method_and_code_and_steps_by_state(
     database_url: str, registries: LinkedRegistries
 ) -> None:
@@ -69,10 +55,12 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
         assert port > 0
         before = scrape(port)
         assert before[("carbonlink_provenance_log_size", ())] >= 1  # the import's issuance
-        reply = gateway.stub.SubmitTransfer(_request("trade-1", START, START + 9), timeout=30)
+        reply = gateway.stub.SubmitTransfer(
+            venue_to_shenzhen("trade-1", START, START + 9), timeout=30
+        )
         assert reply.state == model_pb2.TRANSFER_STATE_COMPLETED
         with pytest.raises(grpc.RpcError) as refused:
-            gateway.stub.SubmitTransfer(_request("", START, START + 9), timeout=30)
+            gateway.stub.SubmitTransfer(venue_to_shenzhen("", START, START + 9), timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         gateway.stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
         after = scrape(port)
@@ -154,7 +142,7 @@ def test_a_transfer_waiting_on_a_registry_shows_as_unfinished_with_its_age(
     registries.seed_venue()
     clock = [datetime(2026, 11, 27, 9, 0, tzinfo=UTC)]
     with _gateway_with_shenzhen_down(database_url, registries, clock) as (server, stub):
-        reply = stub.SubmitTransfer(_request("stuck-1", START, START + 9), timeout=30)
+        reply = stub.SubmitTransfer(venue_to_shenzhen("stuck-1", START, START + 9), timeout=30)
         assert reply.state == model_pb2.TRANSFER_STATE_SOURCE_LOCKED  # the credit waits
         clock[0] += timedelta(seconds=90)
         samples = scrape(server.metrics_port)

@@ -21,6 +21,7 @@ from gateway.logging_setup import configure_logging
 from gateway.security.certs import jwk_of
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
 from gateway.security.tokens import mint_token
+from tests.integration.gateway.conftest import venue_to_shenzhen
 from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
@@ -50,24 +51,6 @@ def test_a_client_over_its_rate_gets_resource_exhausted_with_quota_failure(
         assert other.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
 
 
-def _one_unit_transfer(request_id: str, serial: int) -> gateway_pb2.SubmitTransferRequest:
-    origin = parse_serial("verra", VERRA_SERIAL).id
-    return gateway_pb2.SubmitTransferRequest(
-        request_id=request_id,
-        instruction=model_pb2.TransferInstruction(
-            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-            destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
-            units=[
-                model_pb2.UnitSelector(
-                    block=model_pb2.BlockId(
-                        program=origin.program.value, serial_start=serial, serial_end=serial
-                    )
-                )
-            ],
-        ),
-    )
-
-
 def test_a_batch_spends_a_call_per_transfer_and_its_client_then_waits_off_the_rest(
     pki: TlsLayout, tmp_path: Path
 ) -> None:
@@ -79,7 +62,7 @@ def test_a_batch_spends_a_call_per_transfer_and_its_client_then_waits_off_the_re
         first = parse_serial("verra", VERRA_SERIAL).id.serial_start
         batch = gateway_pb2.SubmitTransfersRequest(
             request_id="batch-of-five",
-            transfers=[_one_unit_transfer(f"item-{i}", first + i) for i in range(5)],
+            transfers=[venue_to_shenzhen(f"item-{i}", first + i) for i in range(5)],
         )
         gateway.signer("exchange_operator").sign("SubmitTransfers", batch)
         # Larger than the burst, yet let in: the client had budget left.

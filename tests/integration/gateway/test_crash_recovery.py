@@ -30,6 +30,7 @@ from tests.integration.gateway.conftest import (
     free_port,
     linked_registries,
 )
+from tests.integration.serving import wait_serving
 
 FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
 
@@ -65,8 +66,7 @@ def _gateway(
         text=True,
     )
     try:
-        with grpc.insecure_channel(target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=30)
+        wait_serving(target, timeout_s=30)
         yield process, target
     finally:
         if process.poll() is None:

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator, utc_now
 from adapters.registry import REGISTRIES, build_adapter
+from adapters.retry import RetryPolicy
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.server import GatewayServer
@@ -29,6 +30,10 @@ from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
 
 WIRED = ("verra", "hkmo", "shenzhen")
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+READER_RETRY = RetryPolicy(attempts=12, initial_wait_s=0.001, max_wait_s=0.004, jitter_s=0.001)
+"""Retries of the test's own adapters (seeding the registries, reading them back), which
+only registries with faults ever need: many, and short, so that checking the registries
+after a test neither gives up on a fault nor waits seconds between attempts."""
 
 
 def free_port() -> int:
@@ -110,7 +115,7 @@ def linked_registries(
                 REGISTRIES[r].emulator(), faults=faults.get(r), clock=clock
             )
         yield LinkedRegistries(
-            emulators, {r: build_adapter(r, e.target) for r, e in emulators.items()}
+            emulators, {r: build_adapter(r, e.target, READER_RETRY) for r, e in emulators.items()}
         )
     finally:
         for emulator in emulators.values():

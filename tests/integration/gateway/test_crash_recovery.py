@@ -15,15 +15,18 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
+from registry_bridge.schema import TransferRecord
 from tests.integration.gateway.conftest import (
     WIRED,
     LinkedRegistries,
@@ -126,6 +129,19 @@ def _check_invariants(database_url: str, registries: LinkedRegistries) -> None:
         engine.dispose()
 
 
+def _until_its_lock_expired(database_url: str) -> None:
+    """Wait until the one transfer's lock is past the expiry it was given."""
+    engine = db.create_engine(database_url)
+    try:
+        with db.read_only(db.session_factory(engine)) as session:
+            expires = session.execute(sa.select(TransferRecord.lock_expires_at)).scalar_one()
+    finally:
+        engine.dispose()
+    assert expires is not None, "the transfer was never given a lock"
+    # A little past it: the restarted gateway's clock must find it expired.
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
+
+
 @pytest.mark.parametrize(
     "crash_after",
     ["PROPOSED", "CHECKED", "SOURCE_LOCKED", "DESTINATION_CREDITED", "SOURCE_FINALIZED"],
@@ -166,7 +182,7 @@ def test_an_expired_lock_rolls_back_after_a_crash(
         with pytest.raises(grpc.RpcError):
             _submit(target, "crash-2", start, 50)
         assert process.wait(timeout=30) == -signal.SIGKILL
-    time.sleep(1.5)
+    _until_its_lock_expired(database_url)
     with _gateway(database_url, registries) as (_, target):
         transfer = _wait_final(target)
     assert transfer.state == model_pb2.TRANSFER_STATE_ROLLED_BACK

@@ -211,6 +211,14 @@ def faulty_registries() -> Iterator[LinkedRegistries]:
         yield linked
 
 
+QUICK_RETRIES = {
+    "registry_retry_initial_wait_seconds": "0.01",
+    "registry_retry_max_wait_seconds": "0.05",
+}
+"""Short waits between a gateway's retries of a failed registry call (as many retries):
+the retries are under test, not the waits, which came to seconds with the defaults."""
+
+
 @pytest.mark.parametrize("crash_after", ["SOURCE_LOCKED", "DESTINATION_CREDITED"])
 def test_crash_recovery_with_registry_faults(
     database_url: str, faulty_registries: LinkedRegistries, crash_after: str
@@ -218,14 +226,13 @@ def test_crash_recovery_with_registry_faults(
     registries = faulty_registries
     origin = registries.seed_venue()
     start, quantity = origin.id.serial_start, 300
-    with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (
-        process,
-        target,
-    ):
+    with _gateway(
+        database_url, registries, fault_crash_after_state=crash_after, **QUICK_RETRIES
+    ) as (process, target):
         with pytest.raises(grpc.RpcError):
             _submit(target, "crash-faults", start, quantity)
         assert process.wait(timeout=30) == -signal.SIGKILL
-    with _gateway(database_url, registries) as (_, target):
+    with _gateway(database_url, registries, **QUICK_RETRIES) as (_, target):
         transfer = _wait_final(target)
     assert transfer.state == model_pb2.TRANSFER_STATE_COMPLETED, transfer.failure_reason
     verra = {

@@ -60,6 +60,7 @@ from tests.integration.gateway.conftest import (
     free_port,
     linked_registries,
 )
+from tests.integration.serving import quick_redial_channel
 
 SEED = 20261127
 KILLS = 4
@@ -166,7 +167,7 @@ class Clients:
         """``count`` transfers to Shenzhen, some of two or three blocks with gaps."""
         rng = random.Random(f"{SEED}-{name}")
         at = start
-        with grpc.insecure_channel(self.target) as channel:
+        with quick_redial_channel(self.target) as channel:
             stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
             for n in range(count):
                 units = []
@@ -181,7 +182,7 @@ class Clients:
         rng = random.Random(f"{SEED}-{name}")
         at = start
         destination = ("shenzhen", f"buyer-{name}")
-        with grpc.insecure_channel(self.target) as channel:
+        with quick_redial_channel(self.target) as channel:
             stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
             for n in range(count):
                 items = []
@@ -219,7 +220,7 @@ class Clients:
         """Retire part of a mirror, or send part of it back to the Hong Kong venue."""
         rng = random.Random(f"{SEED}-{name}")
         done = 0
-        with grpc.insecure_channel(self.target) as channel:
+        with quick_redial_channel(self.target) as channel:
             stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
             while done < count and not self.stop.is_set():
                 with self.lock:
@@ -315,7 +316,7 @@ class GatewayProcess:
                 stderr=log,
             )
         process = self.process
-        with grpc.insecure_channel(self.target) as channel:
+        with quick_redial_channel(self.target) as channel:
             ready = grpc.channel_ready_future(channel)
             # Ready, or gone already (killed by its fault hook as soon as it served).
             _poll("the gateway to serve", lambda: ready.done() or process.poll() is not None)

@@ -27,6 +27,7 @@ from adapters.serials import format_serial
 from registry_bridge import db, invariants
 from registry_bridge.model import UnitBlock
 from tests.integration.gateway.conftest import LinkedRegistries, free_port
+from tests.integration.serving import wait_serving
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_CONFIG = ROOT / "deploy" / "gateway.example.yaml"
@@ -55,8 +56,7 @@ def _deployed_gateway(database_url: str, registries: LinkedRegistries) -> Iterat
         stderr=subprocess.DEVNULL,
     )
     try:
-        with grpc.insecure_channel(target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
+        wait_serving(target, timeout_s=60)
         yield target
     finally:
         process.send_signal(signal.SIGTERM)

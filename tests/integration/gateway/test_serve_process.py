@@ -19,6 +19,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
 from bench.stack import SERIAL_START, registries, transfer_request
 from registry_bridge.schema import TransferRecord
 from tests.integration.gateway.conftest import free_port
+from tests.integration.serving import quick_redial_channel
 from tests.integration.signals import signal_another_thread
 
 CARBONLINK = [sys.executable, "-m", "gateway.cli"]
@@ -26,7 +27,7 @@ CARBONLINK = [sys.executable, "-m", "gateway.cli"]
 
 def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
     deadline = time.monotonic() + deadline_seconds
-    with grpc.insecure_channel(target) as channel:
+    with quick_redial_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -37,7 +38,7 @@ def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"gateway at {target} never became SERVING")
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def _serve_then_stop(database_url: str, send_stop: Callable[[int], None]) -> list[dict[str, Any]]:
@@ -91,7 +92,7 @@ def test_serve_stops_within_its_grace_period_while_a_registry_hangs(database_url
     """A call waiting on a registry that does not answer held ``serve`` until the call's
     registry deadlines passed (minutes, with retries). Now the stop ends a second after
     the grace period and names the call it left; a restarted gateway finishes it."""
-    grace_seconds, registry_timeout_seconds = 1.0, 20.0
+    grace_seconds, registry_timeout_seconds = 0.5, 20.0
     with registries() as linked:
         target = f"127.0.0.1:{free_port()}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}

@@ -82,6 +82,10 @@ def world(database_url: str, pilot_registries: dict[str, RunningEmulator]) -> It
         database_url=database_url,
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in pilot_registries.items()),
         recovery_interval_seconds=3600,
+        # A registry that stops answering is retried as often, only sooner: the waits
+        # between the attempts are not under test, and came to 1.5 s a call.
+        registry_retry_initial_wait_seconds=0.01,
+        registry_retry_max_wait_seconds=0.02,
         insecure=True,
     )
     server = GatewayServer(config)

@@ -56,6 +56,10 @@ def _serving(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGa
         database_url,
         registries,
         registry_retry_attempts=ATTEMPTS,
+        # As many attempts, with waits of milliseconds: which reads are retried is under
+        # test, not how long the waits between them are.
+        registry_retry_initial_wait_seconds=0.01,
+        registry_retry_max_wait_seconds=0.02,
         registry_import_interval_seconds=3600.0,
     ) as gateway:
         yield gateway

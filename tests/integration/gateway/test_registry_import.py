@@ -148,7 +148,13 @@ def _refusing_listings(
         if issued_first:
             registries.ports["verra"].issue(IssueRequest("issue-1", "issuer", ISSUED))
         with _gateway(
-            database_url, registries, import_every=3600.0, registry_retry_attempts=ATTEMPTS
+            database_url,
+            registries,
+            import_every=3600.0,
+            registry_retry_attempts=ATTEMPTS,
+            # As many attempts, milliseconds apart: the waits are not under test.
+            registry_retry_initial_wait_seconds=0.01,
+            registry_retry_max_wait_seconds=0.02,
         ) as gateway:
             yield registries, gateway
 

@@ -274,8 +274,11 @@ class SerialCursor:
         return serial
 
 
-def transfer_request(request_id: str, serial: int) -> gateway_pb2.SubmitTransferRequest:
-    """A one-unit transfer from the HK venue's seller to a Shenzhen buyer."""
+def transfer_request(
+    request_id: str, serial: int, last: int | None = None
+) -> gateway_pb2.SubmitTransferRequest:
+    """A transfer of VCS units ``serial``..``last`` (one unit when no ``last``) from the HK
+    venue's seller to a Shenzhen buyer."""
     return gateway_pb2.SubmitTransferRequest(
         request_id=request_id,
         instruction=model_pb2.TransferInstruction(
@@ -284,7 +287,10 @@ def transfer_request(request_id: str, serial: int) -> gateway_pb2.SubmitTransfer
             units=[
                 model_pb2.UnitSelector(
                     block=model_pb2.BlockId(
-                        program="VCS", serial_series="", serial_start=serial, serial_end=serial
+                        program="VCS",
+                        serial_series="",
+                        serial_start=serial,
+                        serial_end=serial if last is None else last,
                     )
                 )
             ],

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
 from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator, utc_now
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
@@ -168,24 +168,3 @@ def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[Li
     registries.seed_venue()
     with running_gateway(database_url, registries) as gateway:
         yield gateway
-
-
-def venue_to_shenzhen(
-    request_id: str, start: int, end: int | None = None
-) -> gateway_pb2.SubmitTransferRequest:
-    """A transfer of VCS units ``start``..``end`` (one unit when no end) from the HK venue's
-    ``hk-seller`` to Shenzhen's ``buyer``."""
-    return gateway_pb2.SubmitTransferRequest(
-        request_id=request_id,
-        instruction=model_pb2.TransferInstruction(
-            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
-            units=[
-                model_pb2.UnitSelector(
-                    block=model_pb2.BlockId(
-                        program="VCS", serial_start=start, serial_end=start if end is None else end
-                    )
-                )
-            ],
-        ),
-    )

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
+from bench.stack import transfer_request
 from gateway.config import ConfigError, GatewayConfig, RegistryEndpoint, load_config
 from gateway.server import GatewayServer
 from tests.integration.gateway.conftest import (
@@ -25,7 +26,6 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     free_port,
     running_gateway,
-    venue_to_shenzhen,
 )
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
@@ -56,11 +56,11 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
         before = scrape(port)
         assert before[("carbonlink_provenance_log_size", ())] >= 1  # the import's issuance
         reply = gateway.stub.SubmitTransfer(
-            venue_to_shenzhen("trade-1", START, START + 9), timeout=30
+            transfer_request("trade-1", START, START + 9), timeout=30
         )
         assert reply.state == model_pb2.TRANSFER_STATE_COMPLETED
         with pytest.raises(grpc.RpcError) as refused:
-            gateway.stub.SubmitTransfer(venue_to_shenzhen("", START, START + 9), timeout=30)
+            gateway.stub.SubmitTransfer(transfer_request("", START, START + 9), timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         gateway.stub.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10)
         after = scrape(port)
@@ -142,7 +142,7 @@ def test_a_transfer_waiting_on_a_registry_shows_as_unfinished_with_its_age(
     registries.seed_venue()
     clock = [datetime(2026, 11, 27, 9, 0, tzinfo=UTC)]
     with _gateway_with_shenzhen_down(database_url, registries, clock) as (server, stub):
-        reply = stub.SubmitTransfer(venue_to_shenzhen("stuck-1", START, START + 9), timeout=30)
+        reply = stub.SubmitTransfer(transfer_request("stuck-1", START, START + 9), timeout=30)
         assert reply.state == model_pb2.TRANSFER_STATE_SOURCE_LOCKED  # the credit waits
         clock[0] += timedelta(seconds=90)
         samples = scrape(server.metrics_port)

@@ -17,11 +17,11 @@ from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from bench.stack import transfer_request
 from gateway.logging_setup import configure_logging
 from gateway.security.certs import jwk_of
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, TlsLayout
 from gateway.security.tokens import mint_token
-from tests.integration.gateway.conftest import venue_to_shenzhen
 from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
@@ -62,7 +62,7 @@ def test_a_batch_spends_a_call_per_transfer_and_its_client_then_waits_off_the_re
         first = parse_serial("verra", VERRA_SERIAL).id.serial_start
         batch = gateway_pb2.SubmitTransfersRequest(
             request_id="batch-of-five",
-            transfers=[venue_to_shenzhen(f"item-{i}", first + i) for i in range(5)],
+            transfers=[transfer_request(f"item-{i}", first + i) for i in range(5)],
         )
         gateway.signer("exchange_operator").sign("SubmitTransfers", batch)
         # Larger than the burst, yet let in: the client had budget left.

@@ -8,7 +8,7 @@ starts from a request the gateway accepts and puts a NUL into one of its strings
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -137,6 +137,11 @@ def _with(message: Message, path: str, suffix: str) -> Message:
 
 
 def _append(message: Message, path: str, suffix: str) -> None:
+    change_string(message, path, lambda value: value + suffix)
+
+
+def change_string(message: Message, path: str, change: Callable[[str], str]) -> None:
+    """Replace the string at ``path`` (``a.b[2].c``) in ``message`` by ``change`` of it."""
     *parents, leaf = path.split(".")
     target: Message = message
     for part in parents:
@@ -146,9 +151,9 @@ def _append(message: Message, path: str, suffix: str) -> None:
     name, _, index = leaf.partition("[")
     if index:
         values = getattr(target, name)
-        values[int(index[:-1])] += suffix
+        values[int(index[:-1])] = change(values[int(index[:-1])])
     else:
-        setattr(target, name, getattr(target, name) + suffix)
+        setattr(target, name, change(getattr(target, name)))
 
 
 def _rows(gateway: LiveGateway) -> dict[str, int]:

@@ -17,7 +17,11 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import REGISTRY_IDS
 from gateway.convert import MAX_LIST_ENTRIES
 from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
-from tests.integration.gateway.test_hostile_strings import BASELINES, _string_paths
+from tests.integration.gateway.test_hostile_strings import (
+    BASELINES,
+    _string_paths,
+    change_string,
+)
 
 UNKNOWN = "vera"
 REASON = f"unknown registry {UNKNOWN!r}; known registries: {', '.join(REGISTRY_IDS)}"
@@ -43,17 +47,7 @@ def _registry_paths(message: Message) -> list[str]:
 def _with_value(message: Message, path: str, value: str) -> Message:
     copy = type(message)()
     copy.CopyFrom(message)
-    *parents, leaf = path.split(".")
-    target: Message = copy
-    for part in parents:
-        name, _, index = part.partition("[")
-        child = getattr(target, name)
-        target = child[int(index[:-1])] if index else child
-    name, _, index = leaf.partition("[")
-    if index:
-        getattr(target, name)[int(index[:-1])] = value
-    else:
-        setattr(target, name, value)
+    change_string(copy, path, lambda _: value)
     return copy
 
 

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import GatewayConfig
 from gateway.handlers import GatewayCallInterceptor, StreamBehavior, UnaryBehavior
 from registry_bridge.db import read_only
-from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
+from registry_bridge.reconcile import Discrepancy, ReconcileReport
 from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
 
@@ -121,21 +121,20 @@ class _DatabaseCollector(Collector):
         for state in _UNFINISHED:
             count, first = by_state.get(state, (0, None))
             unfinished.add_metric([state], count)
-            age = 0.0 if first is None else max(0.0, (now - _aware(first)).total_seconds())
-            oldest.add_metric([state], age)
+            oldest.add_metric([state], _age(now, first))
         for kind in _USE_KINDS:
             count, first = pending_uses.get(kind, (0, None))
             uses.add_metric([kind], count)
-            age = 0.0 if first is None else max(0.0, (now - _aware(first)).total_seconds())
-            oldest_use.add_metric([kind], age)
+            oldest_use.add_metric([kind], _age(now, first))
         migrations.add_metric([], running)
         log_size.add_metric([], size or 0)
         return [unfinished, oldest, uses, oldest_use, migrations, log_size]
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; the schema stores UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _age(now: datetime, since: datetime | None) -> float:
+    """Seconds from ``since`` to ``now``; 0 when there is none (the minimum of no rows).
+    Both are aware: the columns' UtcDateTime type reads the minimum too."""
+    return 0.0 if since is None else max(0.0, (now - since).total_seconds())
 
 
 class GatewayMetrics:
@@ -234,9 +233,8 @@ class GatewayMetrics:
         """Record a scheduled reconciliation of ``registries``: the differences it found
         that the run before found too, and the registries it could not read."""
         differences = dict.fromkeys(registries, 0)
-        for difference in persisting:
-            if difference.phase != TRAIL:
-                differences[difference.registry] = differences.get(difference.registry, 0) + 1
+        for difference in persisting:  # trail lines are never among them
+            differences[difference.registry] = differences.get(difference.registry, 0) + 1
         unreadable = {u.registry for u in report.unreadable}
         for registry, count in differences.items():
             self.reconcile_differences.labels(registry).set(count)

@@ -39,7 +39,7 @@ from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationSte
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
-from registry_bridge.reconcile import ReconcileReport, persisting, reconcile
+from registry_bridge.reconcile import ReconcileBusy, Reconciler, ReconcileReport, persisting
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
 
@@ -239,8 +239,7 @@ class GatewayServer:
         self._recovery: threading.Thread | None = None
         self._importing: threading.Thread | None = None
         self._reconciling: threading.Thread | None = None
-        # One reconciliation at a time, the RPC's or the scheduled one's (ReconcileBusy).
-        self._reconcile_slot = threading.Lock()
+        self._reconciler = Reconciler(sessions, self.adapters)
         self._clock = clock
         self.port = 0
 
@@ -282,7 +281,7 @@ class GatewayServer:
             migrations=self.migrations,
             provenance=self.provenance,
             ports=self.adapters,
-            reconcile_slot=self._reconcile_slot,
+            reconciler=self._reconciler,
         )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -415,16 +414,11 @@ class GatewayServer:
         Raises:
             Abandoned: The gateway began stopping during the run.
         """
-        if not self._reconcile_slot.acquire(blocking=False):
+        try:
+            report = self._reconciler.run(still_wanted=lambda: not self._recovery_stop.is_set())
+        except ReconcileBusy:
             _logger.info("scheduled_reconcile_skipped", reason="a reconciliation is under way")
             return None
-        try:
-            with db.read_only(self.bridge.sessions) as session:
-                report = reconcile(
-                    session, self.adapters, still_wanted=lambda: not self._recovery_stop.is_set()
-                )
-        finally:
-            self._reconcile_slot.release()
         persistent = persisting(previous, report)
         if persistent:
             _logger.error(

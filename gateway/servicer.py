@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +28,6 @@ from gateway.security.policy import (
     readable_accounts,
 )
 from registry_bridge.bridge import Bridge
-from registry_bridge.db import read_only
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
@@ -43,7 +41,7 @@ from registry_bridge.model import BlockId, Program, has_control_characters
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog, check_serial_claims
-from registry_bridge.reconcile import ReconcileBusy, reconcile
+from registry_bridge.reconcile import Reconciler
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
 
@@ -99,7 +97,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         migrations: Migrations | None = None,
         provenance: ProvenanceLog | None = None,
         ports: Mapping[str, RegistryPort] | None = None,
-        reconcile_slot: threading.Lock | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
         self._probe_registry = probe_registry
@@ -109,8 +107,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self._migrations = migrations
         self._provenance = provenance
         self._ports = dict(ports or {})
-        # Held by the reconciliation under way (this RPC's or the scheduled one's).
-        self._reconcile_slot = reconcile_slot or threading.Lock()
+        self._reconciler = reconciler or Reconciler(bridge.sessions, self._ports)
 
     def ListRegistries(
         self, request: gateway_pb2.ListRegistriesRequest, context: grpc.ServicerContext
@@ -439,19 +436,8 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                     )
                 )
         _raise_if(problems)
-        # Read only: a reconciliation waits on every registry's totals and holdings,
-        # which takes a while on a large ledger, and on SQLite a write transaction would
-        # hold the one write lock all that time, stopping every transfer.
         # A caller gone (cancelled, past its deadline, or cut off by a stopping server)
         # stops it, the registry read under way cancelled: it would otherwise hold a
         # worker, and the server's shutdown, until every registry had answered.
-        if not self._reconcile_slot.acquire(blocking=False):
-            raise ReconcileBusy()
-        try:
-            with read_only(self._bridge.sessions) as session:
-                report = reconcile(
-                    session, self._ports, request.registries, still_wanted=context.is_active
-                )
-        finally:
-            self._reconcile_slot.release()
+        report = self._reconciler.run(request.registries, still_wanted=context.is_active)
         return convert_provenance.report_to_pb(report)

@@ -39,16 +39,18 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
+from registry_bridge.db import read_only
 from registry_bridge.errors import (
     Abandoned,
     RegistryRejected,
@@ -521,3 +523,35 @@ def persisting(
         return ()
     before = {d for d in previous.discrepancies if d.phase != TRAIL}
     return tuple(d for d in current.discrepancies if d.phase != TRAIL and d in before)
+
+
+class Reconciler:
+    """Reconciles the ledger with the wired registries, one reconciliation at a time (the
+    Reconcile RPC's and the scheduled one's alike).
+
+    Each reads the ledger read-only: it waits on every registry's totals and holdings,
+    which takes a while on a large ledger, and on SQLite a write transaction would hold
+    the one write lock all that time, stopping every transfer.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], ports: Mapping[str, RegistryPort]) -> None:
+        self._sessions = sessions
+        self._ports = ports
+        self._running = threading.Lock()
+
+    def run(
+        self, registries: Iterable[str] = (), still_wanted: Callable[[], bool] = _always
+    ) -> ReconcileReport:
+        """See :func:`reconcile`.
+
+        Raises:
+            ReconcileBusy: Another reconciliation is under way.
+            Abandoned: ``still_wanted`` answered false; nothing was reported.
+        """
+        if not self._running.acquire(blocking=False):
+            raise ReconcileBusy()
+        try:
+            with read_only(self._sessions) as session:
+                return reconcile(session, self._ports, registries, still_wanted)
+        finally:
+            self._running.release()

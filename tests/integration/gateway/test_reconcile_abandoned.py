@@ -28,7 +28,7 @@ from adapters._pb.registries.verra.v1 import verra_pb2
 from adapters.serials import parse_serial
 from adapters.verra import client as verra_client
 from adapters.verra import emulator as verra_emulator
-from gateway import servicer
+from registry_bridge import reconcile as reconcile_module
 from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.reconcile import ReconcileReport, reconcile
 from tests.integration.gateway.conftest import (
@@ -67,7 +67,8 @@ def _server_stops(gateway: LiveGateway, reply: grpc.Future) -> None:
 
 @pytest.fixture
 def still_wanted(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], bool]]:
-    """Each reconciliation's ``still_wanted``, as the servicer passes it."""
+    """Each reconciliation's ``still_wanted``, as the servicer passes it (through the
+    gateway's Reconciler)."""
     seen: list[Callable[[], bool]] = []
 
     def recording(
@@ -79,7 +80,7 @@ def still_wanted(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], bool]]:
         seen.append(still_wanted)
         return reconcile(session, ports, registries, still_wanted)
 
-    monkeypatch.setattr(servicer, "reconcile", recording)
+    monkeypatch.setattr(reconcile_module, "reconcile", recording)
     return seen
 
 

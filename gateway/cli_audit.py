@@ -1,4 +1,5 @@
-"""Auditor commands: ``carbonlink trace``, ``audit verify|key|keygen`` and ``reconcile``.
+"""Auditor commands: ``carbonlink trace``, ``audit verify|key|keygen``, ``reconcile`` and
+``reconciliations``.
 
 ``trace`` asks a running gateway (``--target``) for the history of some units and, with
 ``--json``, writes an audit bundle.  ``audit verify`` checks such a bundle with no
@@ -339,13 +340,71 @@ def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
             file=stdout,
         )
     else:
-        print(f"consistent={str(report.consistent).lower()} phase={report.phase}", file=stdout)
-        for unread in report.unreadable_registries:
-            code = code_pb2.Code.Name(unread.error.code)
-            print(f"  [unreadable] {unread.registry}: {code}: {unread.error.message}", file=stdout)
-        for item in report.discrepancies:
-            print(f"  [{item.phase}] {item.registry}: {item.detail}", file=stdout)
+        print(
+            f"reconciliation {report.reconciliation_id}: "
+            f"consistent={str(report.consistent).lower()} phase={report.phase}",
+            file=stdout,
+        )
+        _print_findings(report, stdout)
     return EXIT_OK if report.consistent else EXIT_FAILED
+
+
+def _print_findings(report: gateway_pb2.ReconcileReport, stdout: TextIO) -> None:
+    for unread in report.unreadable_registries:
+        code = code_pb2.Code.Name(unread.error.code)
+        print(f"  [unreadable] {unread.registry}: {code}: {unread.error.message}", file=stdout)
+    for item in report.discrepancies:
+        persisting = " (persisting)" if item.persistent else ""
+        print(f"  [{item.phase}] {item.registry}: {item.detail}{persisting}", file=stdout)
+
+
+def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    try:
+        channel = client_security.open_channel(args)
+    except ClientSetupError as exc:
+        print(f"carbonlink reconciliations: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with channel:
+        try:
+            listed = gateway_pb2_grpc.LinkageGatewayStub(channel).ListReconciliations(
+                gateway_pb2.ListReconciliationsRequest(
+                    page_size=args.limit, trigger=args.trigger or ""
+                ),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as exc:
+            print(
+                f"carbonlink reconciliations: {exc.code().name}: {exc.details()}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    if args.json:
+        print(
+            json.dumps(
+                json_format.MessageToDict(listed, always_print_fields_with_no_presence=True),
+                indent=2,
+                sort_keys=True,
+            ),
+            file=stdout,
+        )
+        return EXIT_OK
+    for run in listed.reconciliations:
+        who = run.requested_by or "schedule"
+        ended = run.ended_at.ToJsonString() if run.HasField("ended_at") else "-"
+        outcome = run.state
+        if run.HasField("report"):
+            outcome = f"consistent={str(run.report.consistent).lower()}"
+        print(
+            f"{run.id} {run.started_at.ToJsonString()} .. {ended} {run.trigger} by {who} on "
+            f"{run.runner}: {','.join(run.registries)}: {outcome}",
+            file=stdout,
+        )
+        if run.failure:
+            print(f"  {run.state}: {run.failure}", file=stdout)
+        if run.HasField("report"):
+            _print_findings(run.report, stdout)
+    return EXIT_OK
 
 
 def _log_key_argument(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +424,7 @@ def _gateway_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``trace``, ``audit verify|key|keygen`` and ``reconcile`` to the CLI.
+    """Add ``trace``, ``audit verify|key|keygen``, ``reconcile`` and ``reconciliations``.
 
     Args:
         subparsers: The top-level CLI's subparsers.
@@ -442,3 +501,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     _gateway_arguments(reconcile, timeout=120.0)
     reconcile.set_defaults(handler=_reconcile, client="auditor")
+
+    runs = subparsers.add_parser(
+        "reconciliations",
+        help="the reconciliations run so far, newest first",
+        description="Every reconciliation recorded by the gateways sharing the database, "
+        "asked for or scheduled: who asked, which gateway ran it, when, and what it found "
+        "(a scheduled run marks the differences the run before it found too as "
+        "persisting).",
+    )
+    runs.add_argument(
+        "--trigger", choices=("request", "schedule"), help="only runs asked for, or scheduled"
+    )
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
+    _gateway_arguments(runs, timeout=30.0)
+    runs.set_defaults(handler=_reconciliations, client="auditor")

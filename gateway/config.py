@@ -123,10 +123,11 @@ class GatewayConfig:
     instruction_window_seconds: float = 300.0
     """How far an instruction's signing time may be from the gateway's clock."""
     reconcile_interval_seconds: float = 0.0
-    """How often the gateway reconciles its ledger with every wired registry by itself,
+    """How often the gateways reconcile the ledger with every wired registry by themselves,
     reporting (log and metrics) the differences found in two runs in a row; 0: only on
-    demand (the Reconcile RPC). Each run reads every registry's holdings: enable it on one
-    gateway of a deployment, at an interval of minutes or more."""
+    demand (the Reconcile RPC). The gateways sharing a database keep one schedule: a run
+    starts only when none of theirs has within the interval. Each run reads every
+    registry's holdings: an interval of minutes or more."""
     rate_limit_per_second: float = 50.0
     """Calls per second each client (token subject) may make, per gateway process; a
     SubmitTransfers batch counts one call per transfer in it."""

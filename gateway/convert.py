@@ -156,7 +156,8 @@ def _timestamp_parts(value: datetime) -> tuple[int, int]:
     return since.days * 86_400 + since.seconds, since.microseconds * 1_000
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A UTC timestamp as a protobuf Timestamp."""
     seconds, nanos = _timestamp_parts(value)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
@@ -409,8 +410,8 @@ def transfer_to_pb(transfer: Transfer) -> model_pb2.Transfer:
         state=_TRANSFER_STATE[transfer.state],
         failure_reason=transfer.failure_reason,
         credited_blocks=[unit_block_to_pb(b) for b in transfer.credited_blocks],
-        create_time=_timestamp(transfer.created_at),
-        update_time=_timestamp(transfer.updated_at),
+        create_time=timestamp(transfer.created_at),
+        update_time=timestamp(transfer.updated_at),
     )
     for step in transfer.history:
         # Filled in place: a step built apart and then passed in is copied.
@@ -445,7 +446,7 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
         entity_id=request.entity_id,
         compliance_year=request.compliance_year,
         jurisdiction=request.jurisdiction,
-        create_time=_timestamp(use.created_at),
+        create_time=timestamp(use.created_at),
     )
     if use.decision is not None:
         message.decision.CopyFrom(decision_to_pb(use.decision))

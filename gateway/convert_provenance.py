@@ -5,13 +5,16 @@ Part of the gRPC edge, like ``gateway.convert``: generated types stop here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import timestamp_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert, error_mapping
 from registry_bridge.merkle import StoredProof
 from registry_bridge.provenance import SignedCheckpoint, Trace
-from registry_bridge.reconcile import ReconcileReport
+from registry_bridge.reconcile import Discrepancy, ReconcileReport
+from registry_bridge.reconciliations import Reconciliation
 
 
 def checkpoint_to_pb(signed: SignedCheckpoint) -> model_pb2.Checkpoint:
@@ -60,9 +63,14 @@ def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
     )
 
 
-def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
-    """A reconciliation report; an unreadable registry's error is mapped as an RPC's is."""
+def report_to_pb(
+    report: ReconcileReport, persistent: Sequence[Discrepancy] = (), reconciliation_id: int = 0
+) -> gateway_pb2.ReconcileReport:
+    """A reconciliation report (``persistent``: the differences to mark so); an unreadable
+    registry's error is mapped as an RPC's is."""
+    marked = set(persistent)
     return gateway_pb2.ReconcileReport(
+        reconciliation_id=reconciliation_id,
         phase=report.phase,
         consistent=report.consistent,
         discrepancies=[
@@ -79,6 +87,7 @@ def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
                 registry_quantity=d.registry_quantity,
                 block=convert.block_id_to_pb(d.block) if d.block is not None else None,
                 detail=d.detail,
+                persistent=d in marked,
             )
             for d in report.discrepancies
         ],
@@ -88,4 +97,24 @@ def report_to_pb(report: ReconcileReport) -> gateway_pb2.ReconcileReport:
             )
             for u in report.unreadable
         ],
+    )
+
+
+def reconciliation_to_pb(run: Reconciliation) -> gateway_pb2.Reconciliation:
+    """A recorded reconciliation run."""
+    return gateway_pb2.Reconciliation(
+        id=run.id,
+        trigger=run.trigger,
+        requested_by=run.requested_by,
+        runner=run.runner,
+        registries=run.registries,
+        state=run.state,
+        started_at=convert.timestamp(run.started_at),
+        ended_at=None if run.ended_at is None else convert.timestamp(run.ended_at),
+        report=(
+            None
+            if run.report is None
+            else report_to_pb(run.report, run.persistent, reconciliation_id=run.id)
+        ),
+        failure=run.failure,
     )

@@ -152,3 +152,12 @@ def journey_auditor(
         _say(f"     [{item.phase}] {item.registry}: {item.detail}")
     if not reconciled.consistent:
         raise failure("the registries do not reconcile with the gateway")
+    (recorded,) = gateway.ListReconciliations(
+        gateway_pb2.ListReconciliationsRequest(page_size=1), timeout=30
+    ).reconciliations
+    if recorded.id != reconciled.reconciliation_id or not recorded.requested_by:
+        raise failure(f"reconciliation {reconciled.reconciliation_id} is not on record")
+    _say(
+        f"   on record: reconciliation {recorded.id}, asked for by {recorded.requested_by}, "
+        f"run by gateway {recorded.runner}, {recorded.state}"
+    )

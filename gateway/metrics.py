@@ -14,6 +14,7 @@ a client certificate of the configured CA, as the gRPC API does.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import GatewayConfig
 from gateway.handlers import GatewayCallInterceptor, StreamBehavior, UnaryBehavior
 from registry_bridge.db import read_only
-from registry_bridge.reconcile import Discrepancy, ReconcileReport
+from registry_bridge.reconciliations import SCHEDULE, last_completed
 from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
 
@@ -56,9 +57,17 @@ class _DatabaseCollector(Collector):
     """Gauges read from the database at each scrape, so that every gateway sharing the
     database reports the same, and a restarted one is right from its first scrape."""
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        started: datetime | None,
+    ) -> None:
+        """``started``: when this gateway's schedule of reconciliations began (None:
+        this gateway runs none)."""
         self._sessions = sessions
         self._clock = clock
+        self._started = started
 
     def collect(self) -> Iterable[Metric]:
         unfinished = GaugeMetricFamily(
@@ -86,6 +95,24 @@ class _DatabaseCollector(Collector):
         )
         log_size = GaugeMetricFamily(
             "carbonlink_provenance_log_size", "Events in the provenance log."
+        )
+        differences = GaugeMetricFamily(
+            "carbonlink_reconcile_differences",
+            "Differences between the ledger and a registry found by the last completed "
+            "scheduled reconciliation (of any gateway sharing the database) and the one "
+            "before it, by registry.",
+            labels=["registry"],
+        )
+        unreadable = GaugeMetricFamily(
+            "carbonlink_reconcile_unreadable",
+            "1 when the last completed scheduled reconciliation could not read the registry.",
+            labels=["registry"],
+        )
+        last_run = GaugeMetricFamily(
+            "carbonlink_reconcile_last_run_timestamp_seconds",
+            "When the last scheduled reconciliation of any gateway sharing the database "
+            "completed, or this gateway started when none has yet (Unix time; 0 when none "
+            "has and this gateway runs none).",
         )
         # Read only: on SQLite a session's transaction would take the one write lock.
         with read_only(self._sessions) as session:
@@ -117,6 +144,7 @@ class _DatabaseCollector(Collector):
                 sa.select(sa.func.count()).where(MigrationRecord.state == _RUNNING_MIGRATION)
             ).scalar_one()
             size = session.execute(sa.select(LogHead.size)).scalar()
+            reconciled = last_completed(session, SCHEDULE)
         now = self._clock()
         for state in _UNFINISHED:
             count, first = by_state.get(state, (0, None))
@@ -128,7 +156,29 @@ class _DatabaseCollector(Collector):
             oldest_use.add_metric([kind], _age(now, first))
         migrations.add_metric([], running)
         log_size.add_metric([], size or 0)
-        return [unfinished, oldest, uses, oldest_use, migrations, log_size]
+        if reconciled is not None and reconciled.report is not None:
+            persisting = collections.Counter(d.registry for d in reconciled.persistent)
+            not_read = {u.registry for u in reconciled.report.unreadable}
+            for registry in reconciled.registries:
+                differences.add_metric([registry], persisting[registry])
+                unreadable.add_metric([registry], 1 if registry in not_read else 0)
+        last = (
+            reconciled.ended_at
+            if reconciled is not None and reconciled.ended_at is not None
+            else self._started
+        )
+        last_run.add_metric([], 0.0 if last is None else last.timestamp())
+        return [
+            unfinished,
+            oldest,
+            uses,
+            oldest_use,
+            migrations,
+            log_size,
+            differences,
+            unreadable,
+            last_run,
+        ]
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -184,34 +234,16 @@ class GatewayMetrics:
             ["state"],
             registry=self.registry,
         )
-        self.reconcile_differences = Gauge(
-            "carbonlink_reconcile_differences",
-            "Differences between the ledger and a registry found by the last scheduled "
-            "reconciliation and the one before it, by registry.",
-            ["registry"],
-            registry=self.registry,
-        )
-        self.reconcile_unreadable = Gauge(
-            "carbonlink_reconcile_unreadable",
-            "1 when the last scheduled reconciliation could not read the registry.",
-            ["registry"],
-            registry=self.registry,
-        )
         self.reconcile_interval = Gauge(
             "carbonlink_reconcile_interval_seconds",
             "The scheduled reconciliation's interval (0: this gateway runs none).",
             registry=self.registry,
         )
         self.reconcile_interval.set(reconcile_interval_seconds)
-        self.reconcile_last_run = Gauge(
-            "carbonlink_reconcile_last_run_timestamp_seconds",
-            "When the last scheduled reconciliation ended, or the gateway started when none "
-            "has yet (Unix time; 0 when this gateway runs none).",
-            registry=self.registry,
-        )
-        if reconcile_interval_seconds > 0:
-            self.reconcile_last_run.set(now().timestamp())
-        self.registry.register(_DatabaseCollector(sessions, now))
+        # Before any scheduled run, the gateway's start counts as the last: an alert on
+        # the time since the last run does not fire the moment a gateway starts.
+        started = now() if reconcile_interval_seconds > 0 else None
+        self.registry.register(_DatabaseCollector(sessions, now, started))
         # The process's CPU, memory, open files and garbage collections, as every
         # Prometheus client exports them (they describe the process, not this gateway).
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -222,24 +254,6 @@ class GatewayMetrics:
         """Count and time one attempt at a registry call (the adapters' observer)."""
         self.registry_calls.labels(registry, operation, outcome).inc()
         self.registry_call_seconds.labels(registry).observe(seconds)
-
-    def reconciled(
-        self,
-        registries: Iterable[str],
-        report: ReconcileReport,
-        persisting: Iterable[Discrepancy],
-        at: datetime,
-    ) -> None:
-        """Record a scheduled reconciliation of ``registries``: the differences it found
-        that the run before found too, and the registries it could not read."""
-        differences = dict.fromkeys(registries, 0)
-        for difference in persisting:  # trail lines are never among them
-            differences[difference.registry] = differences.get(difference.registry, 0) + 1
-        unreadable = {u.registry for u in report.unreadable}
-        for registry, count in differences.items():
-            self.reconcile_differences.labels(registry).set(count)
-            self.reconcile_unreadable.labels(registry).set(1 if registry in unreadable else 0)
-        self.reconcile_last_run.set(at.timestamp())
 
     def transfer_step(self, _: str, state: TransferState) -> None:
         """Count a committed transfer state (the bridge's ``on_state`` hook)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationSte
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
-from registry_bridge.reconcile import ReconcileBusy, Reconciler, ReconcileReport, persisting
+from registry_bridge.reconciliations import Reconciler, Reconciliation
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
 
@@ -51,6 +52,9 @@ _HANDLER_END_SECONDS = 1.0
 """After the grace period, how long a stop waits for the handlers of the calls it
 cancelled: one that was between two statements ends within it, one waiting on a registry
 that does not answer is left."""
+_SCHEDULE_LOOKS_PER_INTERVAL = 4
+"""How often per interval a gateway looks whether a scheduled reconciliation is due: the
+runs of a fleet then follow each other within 1.25 intervals."""
 
 
 class RegistryProbe:
@@ -239,7 +243,9 @@ class GatewayServer:
         self._recovery: threading.Thread | None = None
         self._importing: threading.Thread | None = None
         self._reconciling: threading.Thread | None = None
-        self._reconciler = Reconciler(sessions, self.adapters)
+        self._reconciler = Reconciler(
+            sessions, self.adapters, runner=f"{socket.gethostname()}:{os.getpid()}", clock=clock
+        )
         self._clock = clock
         self.port = 0
 
@@ -392,50 +398,49 @@ class GatewayServer:
                 _logger.exception("registry_import_crashed")
 
     def _reconcile_forever(self) -> None:
-        """Reconcile with every wired registry each interval; report what persists."""
-        previous: ReconcileReport | None = None
-        while not self._recovery_stop.wait(self.config.reconcile_interval_seconds):
+        """Take part in the schedule of reconciliations shared by every gateway on the
+        database: look a few times per interval whether a run is due, and run it if so."""
+        interval = self.config.reconcile_interval_seconds
+        while not self._recovery_stop.wait(interval / _SCHEDULE_LOOKS_PER_INTERVAL):
             try:
-                report = self.reconcile_once(previous)
-                if report is not None:
-                    previous = report
+                self.reconcile_once()
             except Abandoned:
                 return  # stopping: the read under way was cancelled
             except Exception:
                 # A database busy past its timeout: this run is lost, not the later ones.
                 _logger.exception("scheduled_reconcile_crashed")
 
-    def reconcile_once(self, previous: ReconcileReport | None) -> ReconcileReport | None:
-        """One scheduled reconciliation: logs and counts the differences that
-        ``previous`` (the run before) found too; returns this run's report, or None when
-        a reconciliation asked for over the API is under way (this run is skipped; the
-        next comes at the interval).
+    def reconcile_once(self) -> Reconciliation | None:
+        """The scheduled reconciliation, if one is due (none of any gateway sharing the
+        database started within the interval): logs the differences the scheduled run
+        completed before it found too, and returns the run; None when none was due or
+        another reconciliation is under way.
 
         Raises:
             Abandoned: The gateway began stopping during the run.
         """
-        try:
-            report = self._reconciler.run(still_wanted=lambda: not self._recovery_stop.is_set())
-        except ReconcileBusy:
-            _logger.info("scheduled_reconcile_skipped", reason="a reconciliation is under way")
+        run = self._reconciler.run_scheduled(
+            timedelta(seconds=self.config.reconcile_interval_seconds),
+            still_wanted=lambda: not self._recovery_stop.is_set(),
+        )
+        if run is None or run.report is None:
             return None
-        persistent = persisting(previous, report)
-        if persistent:
+        if run.persistent:
             _logger.error(
                 "reconcile_differences_persist",
-                count=len(persistent),
-                registries=sorted({d.registry for d in persistent}),
-                first=[d.detail for d in persistent[:5]],
+                reconciliation=run.id,
+                count=len(run.persistent),
+                registries=sorted({d.registry for d in run.persistent}),
+                first=[d.detail for d in run.persistent[:5]],
             )
         else:
             _logger.info(
                 "scheduled_reconcile_done",
-                consistent=report.consistent,
-                unreadable=[u.registry for u in report.unreadable],
+                reconciliation=run.id,
+                consistent=run.report.consistent,
+                unreadable=[u.registry for u in run.report.unreadable],
             )
-        if self.metrics is not None:
-            self.metrics.reconciled(self.adapters, report, persistent, self._clock())
-        return report
+        return run
 
     def _recover_forever(self) -> None:
         """Resume unfinished transfers at start-up, then every recovery interval."""

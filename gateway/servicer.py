@@ -27,7 +27,9 @@ from gateway.security.policy import (
     may_read_migration,
     readable_accounts,
 )
+from registry_bridge import reconciliations
 from registry_bridge.bridge import Bridge
+from registry_bridge.db import read_only
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
@@ -41,7 +43,7 @@ from registry_bridge.model import BlockId, Program, has_control_characters
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog, check_serial_claims
-from registry_bridge.reconcile import Reconciler
+from registry_bridge.reconciliations import Reconciler
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
 
@@ -93,11 +95,11 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         probe_registry: Callable[[RegistryInfo], bool],
         bridge: Bridge,
         max_batch_size: int,
+        reconciler: Reconciler,
         watch_poll_seconds: float = 0.1,
         migrations: Migrations | None = None,
         provenance: ProvenanceLog | None = None,
         ports: Mapping[str, RegistryPort] | None = None,
-        reconciler: Reconciler | None = None,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
         self._probe_registry = probe_registry
@@ -107,7 +109,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self._migrations = migrations
         self._provenance = provenance
         self._ports = dict(ports or {})
-        self._reconciler = reconciler or Reconciler(bridge.sessions, self._ports)
+        self._reconciler = reconciler
 
     def ListRegistries(
         self, request: gateway_pb2.ListRegistriesRequest, context: grpc.ServicerContext
@@ -439,5 +441,27 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # A caller gone (cancelled, past its deadline, or cut off by a stopping server)
         # stops it, the registry read under way cancelled: it would otherwise hold a
         # worker, and the server's shutdown, until every registry had answered.
-        report = self._reconciler.run(request.registries, still_wanted=context.is_active)
-        return convert_provenance.report_to_pb(report)
+        run = self._reconciler.run(
+            request.registries, still_wanted=context.is_active, requested_by=current_caller()
+        )
+        assert run.report is not None  # a run returned has completed
+        return convert_provenance.report_to_pb(run.report, reconciliation_id=run.id)
+
+    def ListReconciliations(
+        self, request: gateway_pb2.ListReconciliationsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListReconciliationsResponse:
+        size = paging.page_size(request.page_size)
+        scope = f"reconciliations:{request.trigger}"
+        # The token holds the id the next page's runs are below: runs recorded while a
+        # client pages (newest first) never shift the pages it has not read yet.
+        before = paging.decode_token(request.page_token, scope) or None
+        with read_only(self._bridge.sessions) as session:
+            runs = reconciliations.list_runs(
+                session, before_id=before, limit=size + 1, trigger=request.trigger
+            )
+        more = len(runs) > size
+        page = runs[:size]
+        return gateway_pb2.ListReconciliationsResponse(
+            reconciliations=[convert_provenance.reconciliation_to_pb(r) for r in page],
+            next_page_token=paging.encode_token(page[-1].id, scope) if more else "",
+        )

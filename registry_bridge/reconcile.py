@@ -39,23 +39,20 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from registry_bridge import ledger
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
-from registry_bridge.db import read_only
 from registry_bridge.errors import (
     Abandoned,
     RegistryRejected,
     RegistryUnavailable,
-    ResourceExhausted,
 )
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
@@ -76,21 +73,6 @@ _TRAIL_EVENTS = 20
 """Most events of one block's trail put in a report (the newest ones)."""
 
 _logger = structlog.get_logger(__name__)
-
-
-class ReconcileBusy(ResourceExhausted):
-    """A reconciliation is already under way on this gateway.
-
-    Each one reads every holding of the registries it covers: run side by side they would
-    only multiply the load on the registries and answer the same.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            "a reconciliation is already under way on this gateway; retry when it ends"
-        )
-        self.subject = "reconciliations"
-        self.description = "one reconciliation at a time per gateway"
 
 
 @dataclass(frozen=True)
@@ -507,51 +489,3 @@ def reconcile(
     return ReconcileReport(
         TRAIL if trailed else UNIT_BLOCKS, tuple(found + trailed), tuple(unreadable)
     )
-
-
-def persisting(
-    previous: ReconcileReport | None, current: ReconcileReport
-) -> tuple[Discrepancy, ...]:
-    """The differences (totals and unit blocks) of ``current`` that ``previous`` found too.
-
-    A reconciliation run while transfers move sees each one between its ledger step and
-    its registry call as a difference that is gone by the next run; one found twice in a
-    row, minutes apart, is not a transfer under way.  Trail lines explain differences and
-    are not counted themselves.
-    """
-    if previous is None:
-        return ()
-    before = {d for d in previous.discrepancies if d.phase != TRAIL}
-    return tuple(d for d in current.discrepancies if d.phase != TRAIL and d in before)
-
-
-class Reconciler:
-    """Reconciles the ledger with the wired registries, one reconciliation at a time (the
-    Reconcile RPC's and the scheduled one's alike).
-
-    Each reads the ledger read-only: it waits on every registry's totals and holdings,
-    which takes a while on a large ledger, and on SQLite a write transaction would hold
-    the one write lock all that time, stopping every transfer.
-    """
-
-    def __init__(self, sessions: sessionmaker[Session], ports: Mapping[str, RegistryPort]) -> None:
-        self._sessions = sessions
-        self._ports = ports
-        self._running = threading.Lock()
-
-    def run(
-        self, registries: Iterable[str] = (), still_wanted: Callable[[], bool] = _always
-    ) -> ReconcileReport:
-        """See :func:`reconcile`.
-
-        Raises:
-            ReconcileBusy: Another reconciliation is under way.
-            Abandoned: ``still_wanted`` answered false; nothing was reported.
-        """
-        if not self._running.acquire(blocking=False):
-            raise ReconcileBusy()
-        try:
-            with read_only(self._sessions) as session:
-                return reconcile(session, self._ports, registries, still_wanted)
-        finally:
-            self._running.release()

@@ -446,3 +446,48 @@ class ProjectListingRecord(Base):
     listed_by: Mapped[str] = mapped_column(sa.String(128))
     """The caller who listed the project (the token subject; the local caller before
     schema 0010): only they, or a regulator, may replace its facts."""
+
+
+class ReconciliationRecord(Base):
+    """A reconciliation of the ledger with registries: who ran it, when, and what it found.
+
+    Kept for every run, asked for or scheduled, so an auditor can see when the ledger was
+    last compared with a registry and what differed, whichever gateway ran it. The
+    database lets one run at a time over all the gateways sharing it: each reads every
+    holding of the registries it covers, and two side by side would only double that
+    load and answer the same.
+    """
+
+    __tablename__ = "reconciliations"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(sa.String(16))
+    """``request`` (the Reconcile RPC) or ``schedule`` (``reconcile_interval_seconds``)."""
+    requested_by: Mapped[str] = mapped_column(sa.String(128))
+    """The caller who asked for it (the token subject); empty for a scheduled run."""
+    runner: Mapped[str] = mapped_column(sa.String(128))
+    """The gateway process that ran it (host and process id)."""
+    registries: Mapped[str] = mapped_column(sa.Text)
+    """The registries it covers, canonical JSON (a list of ids)."""
+    state: Mapped[str] = mapped_column(sa.String(16))
+    """running, completed, abandoned (its caller went away, or its gateway stopped or
+    died) or failed (the ledger could not be read)."""
+    report: Mapped[str] = mapped_column(sa.Text, default="")
+    """What a completed run found, canonical JSON; why a failed one failed."""
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    lease_expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    """While running: when the run counts as dead if its gateway has not renewed it."""
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+    __table_args__ = (
+        # At most one running row: the database, not a lock in one process, decides
+        # which of two gateways starting a reconciliation at once runs it.
+        sa.Index(
+            "uq_reconciliations_running",
+            "state",
+            unique=True,
+            sqlite_where=sa.text("state = 'running'"),
+            postgresql_where=sa.text("state = 'running'"),
+        ),
+        sa.Index("ix_reconciliations_trigger_started_at", "trigger", "started_at"),
+    )

@@ -57,6 +57,7 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         # Dry runs and audits that change nothing.
         "PlanMigration": frozenset({"covered_entity", "regulator", "auditor"}),
         "Reconcile": frozenset({"auditor", "regulator"}),
+        "ListReconciliations": frozenset({"auditor", "regulator"}),
         # Writes.
         "ListProject": frozenset({"issuer", "regulator"}),
         "SubmitTransfer": _MOVERS,

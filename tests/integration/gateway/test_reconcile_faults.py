@@ -109,14 +109,24 @@ def test_a_read_failing_on_every_attempt_names_the_registry_unreadable(
         code, out, _ = _reconcile(capsys, gateway)
         assert code == 1
         # Nothing claimed about Verra, either way; Hong Kong and Shenzhen agree.
-        assert out == (
-            "consistent=false phase=completed\n"
+        unreadable = (
             "  [unreadable] verra: UNAVAILABLE: registry verra unavailable: UNAVAILABLE: "
             "injected fault: scripted UNAVAILABLE\n"
         )
+        assert out == "reconciliation 1: consistent=false phase=completed\n" + unreadable
         # Verra answers again: the next reconciliation reads it and finds it consistent.
         code, out, _ = _reconcile(capsys, gateway)
-        assert (code, out) == (0, "consistent=true phase=completed\n")
+        assert (code, out) == (0, "reconciliation 2: consistent=true phase=completed\n")
+        # Both are recorded, the first with what it could not read, as it was said.
+        capsys.readouterr()
+        with capture_logs():
+            code = main(["reconciliations", "--target", gateway.target, "--insecure"])
+        out, _ = capsys.readouterr()
+    assert code == 0
+    second, first, *rest = out.splitlines(keepends=True)
+    assert second.startswith("2 ") and second.endswith(": consistent=true\n")
+    assert first.startswith("1 ") and " request by " in first
+    assert first.endswith(": consistent=false\n") and rest == [unreadable]
 
 
 def _phantom_at_shenzhen(registries: LinkedRegistries) -> None:
@@ -170,7 +180,7 @@ def test_a_registry_down_is_named_unreadable_and_the_others_are_reconciled(
         ]
         # Named alone, the registries that answer reconcile as ever.
         code, out, _ = _reconcile(capsys, gateway, "--registry", "hkmo")
-        assert (code, out) == (0, "consistent=true phase=completed\n")
+        assert (code, out) == (0, "reconciliation 3: consistent=true phase=completed\n")
 
 
 @pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "NOT_FOUND"])
@@ -183,7 +193,7 @@ def test_a_read_refused_for_good_is_not_retried(
         code, out, _ = _reconcile(capsys, gateway)
         assert code == 1
         assert out == (
-            "consistent=false phase=completed\n"
+            "reconciliation 1: consistent=false phase=completed\n"
             f"  [unreadable] verra: FAILED_PRECONDITION: registry verra rejected the "
             f"operation ({status}): injected fault: scripted {status}\n"
         )

@@ -1,9 +1,12 @@
-"""The gateway reconciles by itself, and reports only the differences that persist."""
+"""The gateways reconcile by themselves, on one schedule over every gateway sharing the
+database, one run at a time; each run is recorded, and only the differences found by
+two scheduled runs in a row are reported as persisting."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -30,14 +33,29 @@ def _retire_behind_the_gateway(registries: LinkedRegistries) -> None:
     )
 
 
+class _Days:
+    """A clock a test moves a day at a time: each scheduled run is due when asked for."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def next_day(self) -> None:
+        self.now += timedelta(days=1)
+
+
 def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
     database_url: str, registries: LinkedRegistries
 ) -> None:
     registries.seed_venue()
-    # A day's interval: the test makes the runs itself.
+    days = _Days()
+    # A day's interval: the test makes the runs itself, a day apart.
     with running_gateway(
         database_url,
         registries,
+        clock=days,
         metrics_listen="127.0.0.1:0",
         reconcile_interval_seconds=86_400,
     ) as gateway:
@@ -46,20 +64,29 @@ def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
         assert started[("carbonlink_reconcile_interval_seconds", ())] == 86_400
         # None has run yet: the start counts as the last, so no alert fires at once.
         assert started[("carbonlink_reconcile_last_run_timestamp_seconds", ())] > 0
-        clean = server.reconcile_once(None)
-        assert clean is not None and clean.consistent
+        days.next_day()
+        clean = server.reconcile_once()
+        assert clean is not None and clean.report is not None and clean.report.consistent
+        assert server.reconcile_once() is None  # the next is not due for a day
         _retire_behind_the_gateway(registries)
+        days.next_day()
         with capture_logs() as logs:
-            first = server.reconcile_once(clean)  # seen once: it may be a transfer under way
-        assert first is not None and not first.consistent
+            first = server.reconcile_once()  # seen once: it may be a transfer under way
+        assert first is not None and first.report is not None and not first.report.consistent
+        assert first.persistent == ()
         assert not [e for e in logs if e["event"] == "reconcile_differences_persist"]
         samples = scrape(server.metrics_port)
         assert samples[("carbonlink_reconcile_differences", (("registry", "hkmo"),))] == 0
+        days.next_day()
         with capture_logs() as logs:
-            server.reconcile_once(first)
+            second = server.reconcile_once()
         [persisting] = [e for e in logs if e["event"] == "reconcile_differences_persist"]
         assert persisting["log_level"] == "error" and persisting["registries"] == ["hkmo"]
+        assert second is not None and persisting["reconciliation"] == second.id
         samples = scrape(server.metrics_port)
+        listed = gateway.stub.ListReconciliations(
+            gateway_pb2.ListReconciliationsRequest(trigger="schedule"), timeout=10
+        )
     differences = {
         dict(labels)["registry"]: value
         for (name, labels), value in samples.items()
@@ -69,7 +96,17 @@ def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
     assert {r: v for r, v in differences.items() if r != "hkmo"} == dict.fromkeys(
         (r for r in differences if r != "hkmo"), 0
     )
-    assert samples[("carbonlink_reconcile_last_run_timestamp_seconds", ())] > 0
+    assert samples[("carbonlink_reconcile_last_run_timestamp_seconds", ())] == (
+        days.now.timestamp()
+    )
+    # Over the API, the auditor sees the three runs, and which differences persisted.
+    assert [r.id for r in listed.reconciliations] == [second.id, first.id, clean.id]
+    latest = listed.reconciliations[0]
+    assert latest.state == "completed" and latest.trigger == "schedule"
+    assert latest.report.reconciliation_id == second.id
+    marked = [d for d in latest.report.discrepancies if d.persistent]
+    assert marked and {d.registry for d in marked} == {"hkmo"}
+    assert not any(d.persistent for d in listed.reconciliations[1].report.discrepancies)
 
 
 def test_the_gateway_reconciles_on_its_interval(
@@ -92,25 +129,43 @@ def test_the_gateway_reconciles_on_its_interval(
             time.sleep(0.1)
 
 
-def test_one_reconciliation_at_a_time_the_others_are_refused_or_skipped(
+def test_one_reconciliation_at_a_time_over_the_gateways_on_one_database(
     monkeypatch: pytest.MonkeyPatch, database_url: str, registries: LinkedRegistries
 ) -> None:
     registries.seed_venue()
     asked, answer = hold_calls(monkeypatch, registries.emulators["verra"].store, "totals", 20)
     with (
-        running_gateway(database_url, registries, reconcile_interval_seconds=86_400) as gateway,
+        running_gateway(database_url, registries, reconcile_interval_seconds=86_400) as first,
+        running_gateway(database_url, registries, reconcile_interval_seconds=86_400) as other,
         ThreadPoolExecutor(1) as pool,
     ):
-        first = pool.submit(
-            gateway.stub.Reconcile, gateway_pb2.ReconcileRequest(registries=["verra"]), timeout=30
+        running = pool.submit(
+            first.stub.Reconcile, gateway_pb2.ReconcileRequest(registries=["verra"]), timeout=30
         )
         assert asked.wait(10), "the first reconciliation never reached Verra"
-        with pytest.raises(grpc.RpcError) as refused:
-            gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=10)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "already under way" in (refused.value.details() or "")
-        assert gateway.server.reconcile_once(None) is None  # the scheduled run skips
+        for gateway in (first, other):
+            with pytest.raises(grpc.RpcError) as refused:
+                gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "already under way" in (refused.value.details() or "")
+            assert gateway.server.reconcile_once() is None  # the scheduled run skips
+        (listed,) = other.stub.ListReconciliations(
+            gateway_pb2.ListReconciliationsRequest(), timeout=10
+        ).reconciliations
+        assert listed.state == "running" and list(listed.registries) == ["verra"]
+        assert not listed.HasField("ended_at") and not listed.HasField("report")
         answer.set()
-        assert first.result(timeout=30).consistent
-        # Once it has ended, the next is let in.
-        assert gateway.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=30).consistent
+        report = running.result(timeout=30)
+        assert report.consistent and report.reconciliation_id == listed.id
+        # Once it has ended, the next is let in, on either gateway.
+        assert other.stub.Reconcile(gateway_pb2.ReconcileRequest(), timeout=30).consistent
+        runs = first.stub.ListReconciliations(
+            gateway_pb2.ListReconciliationsRequest(page_size=1), timeout=10
+        )
+        (newest,) = runs.reconciliations
+        assert newest.trigger == "request" and newest.state == "completed"
+        (older,) = first.stub.ListReconciliations(
+            gateway_pb2.ListReconciliationsRequest(page_size=1, page_token=runs.next_page_token),
+            timeout=10,
+        ).reconciliations
+        assert older.id == listed.id and older.state == "completed"

@@ -305,6 +305,10 @@ def test_wrong_role_and_an_auditor_only_reads(secure_gateway: SecureGateway) -> 
     issuer = secure_gateway.stub("issuer", secure_gateway.token("issuer"))
     code, _ = _refused(lambda: issuer.Reconcile(gateway_pb2.ReconcileRequest(), timeout=10))
     assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _ = _refused(
+        lambda: issuer.ListReconciliations(gateway_pb2.ListReconciliationsRequest(), timeout=10)
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
     assert auditor.ListRegistries(gateway_pb2.ListRegistriesRequest(), timeout=10).registries
     _no_transfers(secure_gateway)
     assert _event_count(secure_gateway) == before
@@ -545,3 +549,19 @@ def test_an_instruction_key_file_rewritten_unreadable_refuses_instructions(
         keys.write_bytes(pki.instruction_keys.read_bytes() + b"\n")
         done = _operator(gateway).SubmitTransfer(_signed(gateway, "trade-2"), timeout=60)
         assert done.state == model_pb2.TRANSFER_STATE_COMPLETED
+
+
+def test_a_reconciliation_is_on_record_under_the_subject_who_asked(
+    secure_gateway: SecureGateway,
+) -> None:
+    auditor = secure_gateway.stub("auditor", secure_gateway.token("auditor", subject="kpmg-1"))
+    report = auditor.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
+    regulator = secure_gateway.stub("regulator", secure_gateway.token("regulator"))
+    (run,) = regulator.ListReconciliations(
+        gateway_pb2.ListReconciliationsRequest(), timeout=10
+    ).reconciliations
+    assert (run.id, run.requested_by, run.trigger) == (
+        report.reconciliation_id,
+        "kpmg-1",
+        "request",
+    )

@@ -1075,6 +1075,7 @@ class Discrepancy(_message.Message):
     REGISTRY_QUANTITY_FIELD_NUMBER: _builtins.int
     BLOCK_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    PERSISTENT_FIELD_NUMBER: _builtins.int
     registry: _builtins.str
     phase: _builtins.str
     """"totals", "unit_blocks" or "trail"."""
@@ -1083,6 +1084,11 @@ class Discrepancy(_message.Message):
     gateway_quantity: _builtins.int
     registry_quantity: _builtins.int
     detail: _builtins.str
+    persistent: _builtins.bool
+    """In a scheduled run's report: the scheduled run completed before it found the same
+    difference (a transfer under way between its ledger step and its registry call is
+    seen once; one found twice in a row is not a transfer under way).
+    """
     @_builtins.property
     def block(self) -> _model_pb2.BlockId: ...
     def __init__(
@@ -1096,10 +1102,11 @@ class Discrepancy(_message.Message):
         registry_quantity: _builtins.int = ...,
         block: _model_pb2.BlockId | None = ...,
         detail: _builtins.str = ...,
+        persistent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "detail", b"detail", "gateway_quantity", b"gateway_quantity", "phase", b"phase", "program", b"program", "registry", b"registry", "registry_quantity", b"registry_quantity", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "detail", b"detail", "gateway_quantity", b"gateway_quantity", "persistent", b"persistent", "phase", b"phase", "program", b"program", "registry", b"registry", "registry_quantity", b"registry_quantity", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1144,12 +1151,15 @@ class ReconcileReport(_message.Message):
     DISCREPANCIES_FIELD_NUMBER: _builtins.int
     CONSISTENT_FIELD_NUMBER: _builtins.int
     UNREADABLE_REGISTRIES_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """The last phase reached over the registries read: "totals", "unit_blocks", "trail",
     or "completed" when none of them differs from the ledger.
     """
     consistent: _builtins.bool
     """True only when every registry asked for was read and none differs from the ledger."""
+    reconciliation_id: _builtins.int
+    """The recorded run this report is of (see ListReconciliations)."""
     @_builtins.property
     def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Discrepancy]: ...
     @_builtins.property
@@ -1163,14 +1173,127 @@ class ReconcileReport(_message.Message):
         discrepancies: _abc.Iterable[Global___Discrepancy] | None = ...,
         consistent: _builtins.bool = ...,
         unreadable_registries: _abc.Iterable[Global___UnreadableRegistry] | None = ...,
+        reconciliation_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "discrepancies", b"discrepancies", "phase", b"phase", "unreadable_registries", b"unreadable_registries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "discrepancies", b"discrepancies", "phase", b"phase", "reconciliation_id", b"reconciliation_id", "unreadable_registries", b"unreadable_registries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileReport: _TypeAlias = ReconcileReport  # noqa: Y015
+
+@_typing.final
+class Reconciliation(_message.Message):
+    """One reconciliation run, as the gateways record it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    RUNNER_FIELD_NUMBER: _builtins.int
+    REGISTRIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    trigger: _builtins.str
+    """"request" (asked for with Reconcile) or "schedule" (reconcile_interval_seconds)."""
+    requested_by: _builtins.str
+    """Who asked for it (the token subject); empty for a scheduled run."""
+    runner: _builtins.str
+    """The gateway process that ran it (host and process id)."""
+    state: _builtins.str
+    """"running", "completed", "abandoned" (its caller went away, or its gateway stopped
+    or died during it) or "failed" (the ledger could not be read).
+    """
+    failure: _builtins.str
+    """Why an abandoned or failed run did not complete."""
+    @_builtins.property
+    def registries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset while running."""
+
+    @_builtins.property
+    def report(self) -> Global___ReconcileReport:
+        """What a completed run found; unset for any other."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        trigger: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        runner: _builtins.str = ...,
+        registries: _abc.Iterable[_builtins.str] | None = ...,
+        state: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+        report: Global___ReconcileReport | None = ...,
+        failure: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "report", b"report", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "failure", b"failure", "id", b"id", "registries", b"registries", "report", b"report", "requested_by", b"requested_by", "runner", b"runner", "started_at", b"started_at", "state", b"state", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reconciliation: _TypeAlias = Reconciliation  # noqa: Y015
+
+@_typing.final
+class ListReconciliationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    trigger: _builtins.str
+    """Only runs of this trigger ("request" or "schedule"), when set."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReconciliationsRequest: _TypeAlias = ListReconciliationsRequest  # noqa: Y015
+
+@_typing.final
+class ListReconciliationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECONCILIATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def reconciliations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reconciliation]: ...
+    def __init__(
+        self,
+        *,
+        reconciliations: _abc.Iterable[Global___Reconciliation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reconciliations", b"reconciliations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReconciliationsResponse: _TypeAlias = ListReconciliationsResponse  # noqa: Y015
 
 @_typing.final
 class InstructionSignature(_message.Message):

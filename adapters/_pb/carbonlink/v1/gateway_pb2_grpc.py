@@ -130,6 +130,11 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ReconcileReport.FromString,
                 _registered_method=True)
+        self.ListReconciliations = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/ListReconciliations',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsResponse.FromString,
+                _registered_method=True)
 
 
 class LinkageGatewayServicer:
@@ -260,7 +265,17 @@ class LinkageGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconcile(self, request, context):
-        """ITL-style reconciliation of the gateway's ledger with each registry.
+        """ITL-style reconciliation of the gateway's ledger with each registry. One runs at a
+        time over every gateway sharing the database: another asked for meanwhile is
+        RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReconciliations(self, request, context):
+        """The reconciliations run so far, asked for or scheduled, by every gateway sharing the
+        database, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -363,6 +378,11 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ReconcileRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_gateway__pb2.ReconcileReport.SerializeToString,
+            ),
+            'ListReconciliations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReconciliations,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -878,6 +898,33 @@ class LinkageGateway:
             '/carbonlink.v1.LinkageGateway/Reconcile',
             carbonlink_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
             carbonlink_dot_v1_dot_gateway__pb2.ReconcileReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReconciliations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/ListReconciliations',
+            carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.ListReconciliationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

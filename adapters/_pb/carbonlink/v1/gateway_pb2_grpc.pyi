@@ -77,7 +77,14 @@ class LinkageGatewayStub:
     """The latest signed checkpoint of the provenance log."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetConsistencyProofRequest, _model_pb2.ConsistencyProof]
     Reconcile: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReconcileRequest, _gateway_pb2.ReconcileReport]
-    """ITL-style reconciliation of the gateway's ledger with each registry."""
+    """ITL-style reconciliation of the gateway's ledger with each registry. One runs at a
+    time over every gateway sharing the database: another asked for meanwhile is
+    RESOURCE_EXHAUSTED.
+    """
+    ListReconciliations: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListReconciliationsRequest, _gateway_pb2.ListReconciliationsResponse]
+    """The reconciliations run so far, asked for or scheduled, by every gateway sharing the
+    database, newest first.
+    """
 
 @_typing.type_check_only
 class LinkageGatewayAsyncStub(LinkageGatewayStub):
@@ -119,7 +126,14 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """The latest signed checkpoint of the provenance log."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetConsistencyProofRequest, _model_pb2.ConsistencyProof]  # type: ignore[assignment]
     Reconcile: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReconcileRequest, _gateway_pb2.ReconcileReport]  # type: ignore[assignment]
-    """ITL-style reconciliation of the gateway's ledger with each registry."""
+    """ITL-style reconciliation of the gateway's ledger with each registry. One runs at a
+    time over every gateway sharing the database: another asked for meanwhile is
+    RESOURCE_EXHAUSTED.
+    """
+    ListReconciliations: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListReconciliationsRequest, _gateway_pb2.ListReconciliationsResponse]  # type: ignore[assignment]
+    """The reconciliations run so far, asked for or scheduled, by every gateway sharing the
+    database, newest first.
+    """
 
 class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -272,6 +286,19 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ReconcileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ReconcileReport, _abc.Awaitable[_gateway_pb2.ReconcileReport]]:
-        """ITL-style reconciliation of the gateway's ledger with each registry."""
+        """ITL-style reconciliation of the gateway's ledger with each registry. One runs at a
+        time over every gateway sharing the database: another asked for meanwhile is
+        RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReconciliations(
+        self,
+        request: _gateway_pb2.ListReconciliationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListReconciliationsResponse, _abc.Awaitable[_gateway_pb2.ListReconciliationsResponse]]:
+        """The reconciliations run so far, asked for or scheduled, by every gateway sharing the
+        database, newest first.
+        """
 
 def add_LinkageGatewayServicer_to_server(servicer: LinkageGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

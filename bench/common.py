@@ -222,6 +222,9 @@ class CpuShares:
             extra["registries_cpu_ms_per_op"] = self.registries_ms
             if self.registries_ms > 0:
                 extra["gateway_cpu_per_registries_cpu"] = self.gateway_ms / self.registries_ms
+                # The registries' own bound: with a core to themselves and a gateway that
+                # cost nothing, they could serve no more operations per second than this.
+                extra["registries_bound_ops_per_s"] = 1e3 / self.registries_ms
         return extra
 
 

@@ -96,6 +96,7 @@ _NOTES = {
     "gateway_cpu_ms_per_op": "cpu_ms",
     "registries_cpu_ms_per_op": "registries_cpu_ms",
     "gateway_cpu_per_registries_cpu": "cpu_vs_registries",
+    "registries_bound_ops_per_s": "registries_bound",
 }
 
 

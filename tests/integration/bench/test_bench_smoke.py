@@ -107,12 +107,17 @@ def test_cpu_meter_counts_the_server_side_and_leaves_out_the_clients() -> None:
         "gateway_cpu_ms_per_op",
         "registries_cpu_ms_per_op",
         "gateway_cpu_per_registries_cpu",
+        "registries_bound_ops_per_s",
     }
     assert extra["gateway_cpu_per_registries_cpu"] == pytest.approx(
         as_server.gateway_ms / as_server.registries_ms
     )
-    # Where the registries used no measurable CPU there is no multiple of it.
-    assert "gateway_cpu_per_registries_cpu" not in CpuShares(1.0, 0.0).to_extra()
+    assert extra["registries_bound_ops_per_s"] == pytest.approx(1e3 / as_server.registries_ms)
+    assert CpuShares(1.0, 0.25).to_extra()["registries_bound_ops_per_s"] == 4_000
+    # Where the registries used no measurable CPU there is no multiple of it, nor bound.
+    unmeasured = CpuShares(1.0, 0.0).to_extra()
+    assert "gateway_cpu_per_registries_cpu" not in unmeasured
+    assert "registries_bound_ops_per_s" not in unmeasured
     assert process_cpu_seconds(os.getpid()) > 0
 
 

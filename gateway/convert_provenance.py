@@ -88,6 +88,7 @@ def report_to_pb(
                 block=convert.block_id_to_pb(d.block) if d.block is not None else None,
                 detail=d.detail,
                 persistent=d in marked,
+                differing=[convert.block_id_to_pb(b) for b in d.differing],
             )
             for d in report.discrepancies
         ],

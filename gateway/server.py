@@ -40,7 +40,8 @@ from registry_bridge.migration import DatabaseCutovers, Migrations, MigrationSte
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog
-from registry_bridge.reconciliations import Reconciler, Reconciliation
+from registry_bridge.reconcile import Reconciler
+from registry_bridge.reconciliations import Reconciliation
 from registry_bridge.rules_gate import ComplianceRules
 from registry_bridge.transfers import TransferState
 

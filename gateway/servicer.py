@@ -43,7 +43,7 @@ from registry_bridge.model import BlockId, Program, has_control_characters
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import ProvenanceLog, check_serial_claims
-from registry_bridge.reconciliations import Reconciler
+from registry_bridge.reconcile import Reconciler
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
 

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import ledger, plain_rows, transfer_rows
+from registry_bridge import ledger, plain_rows, reconciliations, transfer_rows
 from registry_bridge.block_json import (
     block_from_json,
     block_id_from_dict,
@@ -94,6 +94,11 @@ from registry_bridge.transfers import (
 )
 
 _logger = structlog.get_logger(__name__)
+
+HELD_BY_RECONCILIATION = "CL-RECONCILE-0001"
+"""The rule refusing units a reconciliation found differing from a registry twice in a row."""
+_HELD = "carbonlink.held_blocks"
+"""Session info key: the held blocks, read once per transaction."""
 
 ORIGIN_REGISTRY: Mapping[Program, str] = {
     Program.VCS: "verra",
@@ -519,6 +524,11 @@ class _PlanCache:
 _PLANS = _PlanCache(8192)
 
 
+def _piece_blocks(pieces: Sequence[_Piece]) -> list[BlockId]:
+    """The blocks a transfer's pieces take, at their source and at their origin."""
+    return [b for p in pieces for b in (p.source_block, p.origin_block)]
+
+
 def _plan_pieces(plan: str) -> tuple[_Piece, ...]:
     return _PLANS.get(plan).pieces
 
@@ -613,6 +623,8 @@ class Bridge:
         self._lock_ttl = lock_ttl
         self._registry_lock_grace = registry_lock_grace
         self._owner = owner or uuid.uuid4().hex
+        self._held: tuple[int | None, tuple[reconciliations.HeldBlock, ...]] = (None, ())
+        """The held blocks as of the newest completed reconciliation (its id)."""
         self._imported: dict[str, set[tuple[str, BlockId, HoldingStatus]]] = {}
         """Per registry, the holdings its imports have already looked at."""
         self._lease = lease
@@ -719,6 +731,55 @@ class Bridge:
             f"registry {registry!r} is not wired in this gateway; wired registries: "
             f"{', '.join(sorted(self._registries))}"
         )
+
+    def _held_violations(
+        self, session: Session, blocks: Sequence[BlockId]
+    ) -> tuple[RuleViolation, ...]:
+        """The blocks among ``blocks`` that reconciliation holds, as violations (one per
+        held block they touch).
+
+        Units a registry and the ledger tell differently, found twice in a row by the
+        scheduled reconciliation, are not moved or used until a reconciliation finds
+        them agreeing: taking them could count them twice (the Kyoto ITL refuses any
+        transaction on units whose reconciliation is unresolved).
+        """
+        held: tuple[reconciliations.HeldBlock, ...] | None = session.info.get(_HELD)
+        if held is None:
+            latest = reconciliations.latest_completed_id(session)
+            cached_id, cached = self._held
+            if latest != cached_id:
+                cached = () if latest is None else reconciliations.held_blocks(session)
+                self._held = (latest, cached)
+            held = cached
+            session.info[_HELD] = held
+        violations: list[RuleViolation] = []
+        for hold in held:
+            touched = tuple(dict.fromkeys(b for b in blocks if b.overlaps(hold.block)))
+            if touched:
+                violations.append(
+                    RuleViolation(
+                        rule_id=HELD_BY_RECONCILIATION,
+                        message=(
+                            f"units held: reconciliation {hold.reconciliation_id} and the "
+                            f"scheduled one before it found {hold.registry} differing from "
+                            f"the ledger ({hold.detail}); they move again once a "
+                            f"reconciliation finds them agreeing"
+                        ),
+                        source=(
+                            "carbonlink reconciliation (as the Kyoto ITL's check 3016: no "
+                            "transaction on units whose reconciliation is unresolved)"
+                        ),
+                        blocks=touched,
+                    )
+                )
+        return tuple(violations)
+
+    @staticmethod
+    def _with_held(decision: RulesDecision, held: tuple[RuleViolation, ...]) -> RulesDecision:
+        """``decision`` refused for ``held`` too (every violated rule is listed)."""
+        if not held:
+            return decision
+        return RulesDecision(allowed=False, violations=held + decision.violations)
 
     def _validate(self, instruction: TransferInstruction) -> None:
         problems = []
@@ -914,10 +975,17 @@ class Bridge:
                 kind, pieces, _, known = self._plan(session, instruction)
             except FailedPrecondition as exc:
                 return RulesDecision(allowed=False, violations=_ledger_violations(exc))
-            decision = self._rules.check_transfer(
-                TransferCheck(
-                    instruction, kind, tuple(p.block for p in pieces), tuple(known), self._clock()
-                )
+            decision = self._with_held(
+                self._rules.check_transfer(
+                    TransferCheck(
+                        instruction,
+                        kind,
+                        tuple(p.block for p in pieces),
+                        tuple(known),
+                        self._clock(),
+                    )
+                ),
+                self._held_violations(session, _piece_blocks(pieces)),
             )
             session.rollback()
         return decision
@@ -1587,8 +1655,11 @@ class Bridge:
             record.decision = _decision_json(decision)
             self._advance(session, record, TransferState.REJECTED, str(exc))
             return
-        decision = self._rules.check_transfer(
-            TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
+        decision = self._with_held(
+            self._rules.check_transfer(
+                TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
+            ),
+            self._held_violations(session, _piece_blocks(pieces)),
         )
         record.decision = _decision_json(decision)
         if not decision.allowed:
@@ -2265,8 +2336,11 @@ class Bridge:
         for row in rows:
             known.extend(ledger.origin_rows(session, row.origin))
             known.extend(ledger.mirrors_of(session, row.origin))
-        decision = self._rules.check_use(
-            UseCheck(request, tuple(r.block for r in rows), tuple(known), now)
+        decision = self._with_held(
+            self._rules.check_use(
+                UseCheck(request, tuple(r.block for r in rows), tuple(known), now)
+            ),
+            self._held_violations(session, [b for r in rows for b in (r.block.id, r.origin)]),
         )
         if not decision.allowed:
             raise FailedPrecondition(

@@ -39,20 +39,23 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import ledger
+from registry_bridge import ledger, reconciliations
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
+from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import (
     Abandoned,
     RegistryRejected,
     RegistryUnavailable,
+    ResourceExhausted,
 )
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, merge_spans, spans_missing
@@ -62,58 +65,35 @@ from registry_bridge.port import (
     RegistryHolding,
     RegistryPort,
 )
-from registry_bridge.schema import EventBlock, LedgerEvent
+from registry_bridge.reconcile_report import (
+    COMPLETED,
+    TOTALS,
+    TRAIL,
+    UNIT_BLOCKS,
+    Discrepancy,
+    ReconcileReport,
+    UnreadableRegistry,
+    report_json,
+)
+from registry_bridge.schema import EventBlock, LedgerEvent, ReconciliationRecord
 
-TOTALS = "totals"
-UNIT_BLOCKS = "unit_blocks"
-TRAIL = "trail"
-COMPLETED = "completed"
+__all__ = [
+    "COMPLETED",
+    "TOTALS",
+    "TRAIL",
+    "UNIT_BLOCKS",
+    "Discrepancy",
+    "ReconcileBusy",
+    "ReconcileReport",
+    "Reconciler",
+    "UnreadableRegistry",
+    "reconcile",
+]
 
 _TRAIL_EVENTS = 20
 """Most events of one block's trail put in a report (the newest ones)."""
 
 _logger = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Discrepancy:
-    """One difference between the ledger and a registry."""
-
-    registry: str
-    phase: str
-    """``totals``, ``unit_blocks`` or ``trail``."""
-    detail: str
-    program: Program | None = None
-    status: HoldingStatus | None = None
-    gateway_quantity: int = 0
-    registry_quantity: int = 0
-    block: BlockId | None = None
-
-
-@dataclass(frozen=True)
-class UnreadableRegistry:
-    """A registry a reconciliation could not read: nothing is said of whether it agrees."""
-
-    registry: str
-    error: RegistryUnavailable | RegistryRejected
-    """Why: the read's last failure after the adapter's retries, or the registry's refusal."""
-
-
-@dataclass(frozen=True)
-class ReconcileReport:
-    """The outcome of a reconciliation."""
-
-    phase: str
-    """The last phase reached over the registries read: ``completed`` when none of them
-    differs, else ``trail``."""
-    discrepancies: tuple[Discrepancy, ...]
-    unreadable: tuple[UnreadableRegistry, ...] = ()
-    """The registries that could not be read, in the order they were asked."""
-
-    @property
-    def consistent(self) -> bool:
-        """True when every registry was read and agrees with the ledger."""
-        return not self.discrepancies and not self.unreadable
 
 
 def _describe(block: BlockId) -> str:
@@ -259,6 +239,12 @@ def compare_blocks(
                         gateway_quantity=row.block.quantity,
                         registry_quantity=sum(e - s + 1 for s, e in spans),
                         block=row.block.id,
+                        differing=tuple(
+                            BlockId(row.block.id.program, row.block.id.serial_series, s, e)
+                            for s, e in spans_missing(
+                                row.block.id.serial_start, row.block.id.serial_end, spans
+                            )
+                        ),
                     )
                 )
     return found
@@ -489,3 +475,273 @@ def reconcile(
     return ReconcileReport(
         TRAIL if trailed else UNIT_BLOCKS, tuple(found + trailed), tuple(unreadable)
     )
+
+
+RUN_LEASE = timedelta(seconds=60)
+"""How long a run counts as alive without its gateway renewing it."""
+RENEW_EVERY = timedelta(seconds=15)
+"""How often a run renews its lease while it reads (at each registry page or phase)."""
+
+DIED = "its gateway stopped renewing it (stopped or died during the run)"
+
+_logger = structlog.get_logger(__name__)
+
+
+class ReconcileBusy(ResourceExhausted):
+    """A reconciliation is already under way, on this gateway or another sharing its
+    database.
+
+    Each one reads every holding of the registries it covers: run side by side they would
+    only multiply the load on the registries and answer the same.
+    """
+
+    def __init__(self, running: reconciliations.Reconciliation | None) -> None:
+        where = (
+            ""
+            if running is None
+            else f" (reconciliation {running.id}, started {running.started_at.isoformat()} "
+            f"by gateway {running.runner})"
+        )
+        super().__init__(f"a reconciliation is already under way{where}; retry when it ends")
+        self.running = running
+        self.subject = "reconciliations"
+        self.description = "one reconciliation at a time over the gateways sharing a database"
+
+
+class _Renewing:
+    """``still_wanted`` for a run that also renews the run's lease every so often."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        run_id: int,
+        still_wanted: Callable[[], bool],
+    ) -> None:
+        self._reconciler = reconciler
+        self._run_id = run_id
+        self._still_wanted = still_wanted
+        self._renewed = reconciler.clock()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        wanted = self._still_wanted()
+        if wanted:
+            now = self._reconciler.clock()
+            with self._lock:
+                due = now - self._renewed >= self._reconciler.renew_every
+                if due:
+                    self._renewed = now
+            if due:
+                self._reconciler.renew(self._run_id, now)
+        return wanted
+
+
+class Reconciler:
+    """Runs reconciliations of the ledger with the wired registries, one at a time over
+    every gateway sharing the database, and records each.
+
+    Each reads the ledger read-only: it waits on every registry's totals and holdings,
+    which takes a while on a large ledger, and on SQLite a write transaction would hold
+    the one write lock all that time, stopping every transfer.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        ports: Mapping[str, RegistryPort],
+        *,
+        runner: str,
+        clock: Callable[[], datetime],
+        lease: timedelta = RUN_LEASE,
+        renew_every: timedelta = RENEW_EVERY,
+    ) -> None:
+        self._sessions = sessions
+        self._ports = ports
+        self.runner = runner
+        self.clock = clock
+        self.lease = lease
+        self.renew_every = renew_every
+
+    def run(
+        self,
+        registries: Iterable[str] = (),
+        still_wanted: Callable[[], bool] = _always,
+        *,
+        requested_by: str = "",
+    ) -> reconciliations.Reconciliation:
+        """Reconcile now with ``registries`` (every wired one when none named).
+
+        Raises:
+            ReconcileBusy: Another reconciliation is under way.
+            Abandoned: ``still_wanted`` answered false; the run is recorded abandoned.
+        """
+        run = self._start(
+            reconciliations.REQUEST, tuple(registries) or tuple(self._ports), requested_by, None
+        )
+        assert run is not None  # only a scheduled run is ever not due
+        return self._complete(run, still_wanted, previous=None)
+
+    def run_scheduled(
+        self, interval: timedelta, still_wanted: Callable[[], bool] = _always
+    ) -> reconciliations.Reconciliation | None:
+        """The schedule's run with every wired registry, if one is due: when no scheduled
+        run (of any gateway sharing the database) has started within ``interval``.
+
+        Returns:
+            The run, or None when none was due or another reconciliation is under way.
+
+        Raises:
+            Abandoned: ``still_wanted`` answered false; the run is recorded abandoned.
+        """
+        previous = self.last_completed(reconciliations.SCHEDULE)
+        try:
+            run = self._start(reconciliations.SCHEDULE, tuple(self._ports), "", interval)
+        except ReconcileBusy:
+            _logger.info("scheduled_reconcile_skipped", reason="a reconciliation is under way")
+            return None
+        if run is None:
+            return None
+        return self._complete(
+            run, still_wanted, previous=None if previous is None else previous.report
+        )
+
+    def _complete(
+        self,
+        run: reconciliations.Reconciliation,
+        still_wanted: Callable[[], bool],
+        previous: ReconcileReport | None,
+    ) -> reconciliations.Reconciliation:
+        wanted = _Renewing(self, run.id, still_wanted)
+        try:
+            with read_only(self._sessions) as session:
+                report = reconcile(session, self._ports, run.registries, wanted)
+        except Abandoned as exc:
+            self._end(run.id, reconciliations.ABANDONED, str(exc))
+            raise
+        except Exception as exc:
+            self._end(run.id, reconciliations.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        persistent = (
+            reconciliations.persisting(previous, report)
+            if run.trigger == reconciliations.SCHEDULE
+            else ()
+        )
+        ended = self._end(run.id, reconciliations.COMPLETED, report_json(report, persistent))
+        return reconciliations.Reconciliation(
+            id=run.id,
+            trigger=run.trigger,
+            requested_by=run.requested_by,
+            runner=run.runner,
+            registries=run.registries,
+            state=reconciliations.COMPLETED,
+            started_at=run.started_at,
+            ended_at=ended,
+            report=report,
+            persistent=persistent,
+        )
+
+    def _start(
+        self,
+        trigger: str,
+        registries: tuple[str, ...],
+        requested_by: str,
+        interval: timedelta | None,
+    ) -> reconciliations.Reconciliation | None:
+        """Record a run as running; None when ``interval`` is given and a scheduled run
+        started within it.
+
+        Raises:
+            ReconcileBusy: A run is under way (its lease not run out).
+        """
+        now = self.clock()
+        try:
+            with unit_of_work(self._sessions) as session:
+                running = session.scalars(
+                    sa.select(ReconciliationRecord).where(
+                        ReconciliationRecord.state == reconciliations.RUNNING
+                    )
+                ).one_or_none()
+                if running is not None:
+                    if running.lease_expires_at > now:
+                        raise ReconcileBusy(reconciliations.run_from_row(running))
+                    running.state = reconciliations.ABANDONED
+                    running.report = DIED
+                    running.ended_at = now
+                    _logger.warning(
+                        "reconcile_run_died", reconciliation=running.id, runner=running.runner
+                    )
+                    session.flush()
+                if interval is not None:
+                    last = session.scalar(
+                        sa.select(sa.func.max(ReconciliationRecord.started_at)).where(
+                            ReconciliationRecord.trigger == reconciliations.SCHEDULE
+                        )
+                    )
+                    if last is not None and last > now - interval:
+                        return None
+                row = ReconciliationRecord(
+                    trigger=trigger,
+                    requested_by=requested_by,
+                    runner=self.runner,
+                    registries=json.dumps(list(registries)),
+                    state=reconciliations.RUNNING,
+                    report="",
+                    started_at=now,
+                    lease_expires_at=now + self.lease,
+                    ended_at=None,
+                )
+                session.add(row)
+                session.flush()
+                return reconciliations.run_from_row(row)
+        except sa.exc.IntegrityError as exc:
+            # Another gateway recorded its run between the read and the insert.
+            raise ReconcileBusy(self.running()) from exc
+
+    def renew(self, run_id: int, now: datetime) -> None:
+        """Extend a run's lease; a failure is logged, not raised (the run goes on, and at
+        worst another may start once the lease has run out)."""
+        try:
+            with unit_of_work(self._sessions) as session:
+                session.execute(
+                    sa.update(ReconciliationRecord)
+                    .where(
+                        ReconciliationRecord.id == run_id,
+                        ReconciliationRecord.state == reconciliations.RUNNING,
+                    )
+                    .values(lease_expires_at=now + self.lease)
+                )
+        except sa.exc.SQLAlchemyError:
+            _logger.exception("reconcile_lease_not_renewed", reconciliation=run_id)
+
+    def _end(self, run_id: int, state: str, report: str) -> datetime:
+        now = self.clock()
+        try:
+            with unit_of_work(self._sessions) as session:
+                # By id, whatever its state: a run whose lease ran out (marked abandoned
+                # by another gateway) that completed all the same is recorded as such.
+                session.execute(
+                    sa.update(ReconciliationRecord)
+                    .where(ReconciliationRecord.id == run_id)
+                    .values(state=state, report=report, ended_at=now)
+                )
+        except sa.exc.SQLAlchemyError:
+            if state == reconciliations.COMPLETED:
+                raise
+            # Already failing: the lease runs out and the next run records it abandoned.
+            _logger.exception("reconcile_run_not_ended", reconciliation=run_id, state=state)
+        return now
+
+    def running(self) -> reconciliations.Reconciliation | None:
+        """The run under way, if any."""
+        with read_only(self._sessions) as session:
+            row = session.scalars(
+                sa.select(ReconciliationRecord).where(
+                    ReconciliationRecord.state == reconciliations.RUNNING
+                )
+            ).one_or_none()
+            return None if row is None else reconciliations.run_from_row(row)
+
+    def last_completed(self, trigger: str) -> reconciliations.Reconciliation | None:
+        """The latest completed run of ``trigger``, of any gateway."""
+        with read_only(self._sessions) as session:
+            return reconciliations.last_completed(session, trigger)

@@ -490,4 +490,6 @@ class ReconciliationRecord(Base):
             postgresql_where=sa.text("state = 'running'"),
         ),
         sa.Index("ix_reconciliations_trigger_started_at", "trigger", "started_at"),
+        # The newest completed run, looked up before every transfer's check.
+        sa.Index("ix_reconciliations_state_id", "state", "id"),
     )

@@ -48,9 +48,11 @@ def upgrade() -> None:
     op.create_index(
         "ix_reconciliations_trigger_started_at", "reconciliations", ["trigger", "started_at"]
     )
+    op.create_index("ix_reconciliations_state_id", "reconciliations", ["state", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_reconciliations_state_id", table_name="reconciliations")
     op.drop_index("ix_reconciliations_trigger_started_at", table_name="reconciliations")
     op.drop_index("uq_reconciliations_running", table_name="reconciliations")
     op.drop_table("reconciliations")

@@ -28,7 +28,7 @@ from adapters._pb.registries.verra.v1 import verra_pb2
 from adapters.serials import parse_serial
 from adapters.verra import client as verra_client
 from adapters.verra import emulator as verra_emulator
-from registry_bridge import reconciliations as reconcile_module
+from registry_bridge import reconcile as reconcile_module
 from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.reconcile import ReconcileReport, reconcile
 from tests.integration.gateway.conftest import (

@@ -12,8 +12,9 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from adapters._pb.carbonlink.v1 import gateway_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from bench.stack import transfer_request
 from registry_bridge.model import BlockId
 from tests.integration.gateway.conftest import (
     VERRA_SERIAL,
@@ -169,3 +170,50 @@ def test_one_reconciliation_at_a_time_over_the_gateways_on_one_database(
             timeout=10,
         ).reconciliations
         assert older.id == listed.id and older.state == "completed"
+
+
+def test_units_a_difference_persists_over_are_held(
+    database_url: str, registries: LinkedRegistries
+) -> None:
+    registries.seed_venue()
+    days = _Days()
+    with running_gateway(
+        database_url, registries, clock=days, reconcile_interval_seconds=86_400
+    ) as gateway:
+        _retire_behind_the_gateway(registries)
+        for _ in range(2):
+            days.next_day()
+            run = gateway.server.reconcile_once()
+        assert run is not None and run.persistent
+        victim = ORIGIN.serial_start + 3
+        # Dry run, transfer and retirement of the units: refused by the hold, every
+        # violated rule listed, before any registry is asked.
+        held = transfer_request("held", victim)
+        evaluated = gateway.stub.EvaluateTransfer(
+            gateway_pb2.EvaluateTransferRequest(instruction=held.instruction), timeout=10
+        )
+        assert not evaluated.decision.allowed
+        (violation,) = [
+            v for v in evaluated.decision.violations if v.rule_id == "CL-RECONCILE-0001"
+        ]
+        assert f"reconciliation {run.id}" in violation.message and "hkmo" in violation.message
+        refused = gateway.stub.SubmitTransfer(held, timeout=30)
+        assert refused.state == model_pb2.TRANSFER_STATE_REJECTED
+        assert "CL-RECONCILE-0001" in refused.failure_reason
+        with pytest.raises(grpc.RpcError) as retire:
+            gateway.stub.Retire(
+                gateway_pb2.RetireRequest(
+                    request_id="retire-held",
+                    account=held.instruction.source,
+                    units=held.instruction.units,
+                    beneficiary="someone",
+                ),
+                timeout=30,
+            )
+        assert retire.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "CL-RECONCILE-0001" in (retire.value.details() or "")
+        # Units the difference does not touch move as ever.
+        free = gateway.stub.SubmitTransfer(
+            transfer_request("free", ORIGIN.serial_start + 100), timeout=30
+        )
+        assert free.state == model_pb2.TRANSFER_STATE_COMPLETED

@@ -76,9 +76,27 @@ def _asked_block_by_block(
                 gateway_quantity=row.block.quantity,
                 registry_quantity=sum(e - s + 1 for s, e in spans),
                 block=row.block.id,
+                differing=_serial_by_serial_gaps(row.block.id, held),
             )
         )
     return found
+
+
+def _serial_by_serial_gaps(block: BlockId, held: Sequence[RegistryHolding]) -> tuple[BlockId, ...]:
+    """The runs of ``block``'s serials no holding of ``held`` covers, found serial by serial."""
+    covered = {
+        serial for h in held for serial in range(h.block.id.serial_start, h.block.id.serial_end + 1)
+    }
+    gaps: list[BlockId] = []
+    for serial in range(block.serial_start, block.serial_end + 1):
+        if serial in covered:
+            continue
+        if gaps and gaps[-1].serial_end == serial - 1:
+            last = gaps.pop()
+            gaps.append(BlockId(last.program, last.serial_series, last.serial_start, serial))
+        else:
+            gaps.append(BlockId(block.program, block.serial_series, serial, serial))
+    return tuple(gaps)
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,8 +4,9 @@ difference found by two scheduled runs in a row reported as persisting."""
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 from adapters.emulator_core import start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from registry_bridge import reconciliations
-from registry_bridge.db import read_only
+from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import (
     Abandoned,
     InvalidRequest,
@@ -27,20 +28,19 @@ from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.port import RegistryPort
 from registry_bridge.reconcile import (
     COMPLETED,
+    RUN_LEASE,
     TOTALS,
     TRAIL,
     UNIT_BLOCKS,
     Discrepancy,
+    ReconcileBusy,
+    Reconciler,
     ReconcileReport,
     UnreadableRegistry,
 )
-from registry_bridge.reconciliations import (
-    ReconcileBusy,
-    Reconciler,
-    persisting,
-    report_from_json,
-    report_json,
-)
+from registry_bridge.reconcile_report import report_from_json, report_json
+from registry_bridge.reconciliations import persisting
+from registry_bridge.schema import ReconciliationRecord
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -184,10 +184,10 @@ def test_a_dead_gateways_run_is_given_up_once_its_lease_runs_out(
     with ThreadPoolExecutor(1) as pool:
         hanging = pool.submit(dead.run, still_wanted=hung)
         assert reading.wait(10)
-        clock.now = T0 + reconciliations.RUN_LEASE - timedelta(seconds=1)
+        clock.now = T0 + RUN_LEASE - timedelta(seconds=1)
         with pytest.raises(ReconcileBusy):
             alive.run()
-        clock.now = T0 + reconciliations.RUN_LEASE + timedelta(seconds=1)
+        clock.now = T0 + RUN_LEASE + timedelta(seconds=1)
         with capture_logs() as logs:
             taken_over = alive.run()
         assert taken_over.state == reconciliations.COMPLETED
@@ -223,7 +223,7 @@ def _renewing_run(
         asked += 1
         if asked == 1:
             # Long into the run: past the first lease, which the run renews now.
-            clock.now = T0 + reconciliations.RUN_LEASE * 2
+            clock.now = T0 + RUN_LEASE * 2
             return True
         reading.set()
         return release.wait(30)
@@ -231,7 +231,7 @@ def _renewing_run(
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(slow.run, still_wanted=reading_long)
         assert reading.wait(10)
-        clock.now = T0 + reconciliations.RUN_LEASE * 2 + timedelta(seconds=30)
+        clock.now = T0 + RUN_LEASE * 2 + timedelta(seconds=30)
         with pytest.raises(ReconcileBusy):
             other.run()
         release.set()
@@ -299,3 +299,86 @@ def test_runs_are_listed_newest_first_by_page_and_trigger(
     assert len(ids) == 5 and ids == sorted(ids, reverse=True)
     assert [r.started_at for r in scheduled] == [T0 + 4 * HOUR, T0 + 2 * HOUR, T0]
     assert "trigger" in str(refused.value) and "hourly" in str(refused.value)
+
+
+def _record(
+    sessions: sessionmaker[Session],
+    trigger: str,
+    registries: Sequence[str],
+    found: Sequence[Discrepancy] = (),
+    persistent: Sequence[Discrepancy] = (),
+    unreadable: Sequence[str] = (),
+) -> int:
+    """A completed run as a gateway records it."""
+    report = ReconcileReport(
+        TRAIL if found else COMPLETED,
+        tuple(found),
+        tuple(UnreadableRegistry(r, RegistryUnavailable(r, "down")) for r in unreadable),
+    )
+    with unit_of_work(sessions) as session:
+        row = ReconciliationRecord(
+            trigger=trigger,
+            requested_by="",
+            runner="gw",
+            registries=json.dumps(list(registries)),
+            state=reconciliations.COMPLETED,
+            report=report_json(report, persistent),
+            started_at=T0,
+            lease_expires_at=T0,
+            ended_at=T0,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _held(sessions: sessionmaker[Session]) -> list[tuple[str, BlockId, int]]:
+    with read_only(sessions) as session:
+        return [
+            (h.registry, h.block, h.reconciliation_id) for h in reconciliations.held_blocks(session)
+        ]
+
+
+def test_units_a_difference_persists_over_are_held_until_a_run_finds_them_agreeing(
+    sessions: sessionmaker[Session],
+) -> None:
+    schedule, request = reconciliations.SCHEDULE, reconciliations.REQUEST
+    stuck = _difference("hkmo", 100)
+    totals = Discrepancy("hkmo", TOTALS, "VCS retired", Program.VCS, None, 0, 10)
+    assert _held(sessions) == []
+    _record(sessions, schedule, ["hkmo", "verra"], [stuck, totals])
+    assert _held(sessions) == []  # seen once: it may be a transfer under way
+    second = _record(sessions, schedule, ["hkmo", "verra"], [stuck, totals], [stuck, totals])
+    # Held: the block of the difference; a difference of totals names no units to hold.
+    assert _held(sessions) == [("hkmo", _block(100), second)]
+    # Runs that say nothing of those units at hkmo leave them held: one not covering hkmo,
+    # one that could not read it, one that still finds them differing.
+    _record(sessions, request, ["verra"])
+    _record(sessions, request, ["hkmo"], unreadable=["hkmo"])
+    _record(sessions, request, ["hkmo"], [_difference("hkmo", 105)])
+    assert _held(sessions) == [("hkmo", _block(100), second)]
+    # A run reading hkmo that finds nothing over them releases them.
+    _record(sessions, request, ["hkmo"], [_difference("hkmo", 300)])
+    assert _held(sessions) == []
+    # The next scheduled run finding them once more does not hold them yet.
+    _record(sessions, schedule, ["hkmo", "verra"], [stuck])
+    assert _held(sessions) == []
+
+
+def test_only_the_serials_that_differ_are_held_and_once_for_both_sides(
+    sessions: sessionmaker[Session],
+) -> None:
+    schedule = reconciliations.SCHEDULE
+    part = BlockId(Program.VCS, "", 100, 102)
+    # The ledger's block 100-109, of which the registry shows 100-102 otherwise; and the
+    # registry's side of the same difference.
+    ledger_side = Discrepancy(
+        "hkmo", UNIT_BLOCKS, "ledger has 100-109", block=_block(100), differing=(part,)
+    )
+    registry_side = Discrepancy("hkmo", UNIT_BLOCKS, "hkmo shows 100-102", block=part)
+    found = [ledger_side, registry_side]
+    _record(sessions, schedule, ["hkmo"], found)
+    second = _record(sessions, schedule, ["hkmo"], found, found)
+    assert _held(sessions) == [("hkmo", part, second)]
+    read, _ = report_from_json(report_json(ReconcileReport(TRAIL, (ledger_side,))))
+    assert read.discrepancies == (ledger_side,)

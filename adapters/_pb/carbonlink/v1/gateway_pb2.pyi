@@ -1076,6 +1076,7 @@ class Discrepancy(_message.Message):
     BLOCK_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     PERSISTENT_FIELD_NUMBER: _builtins.int
+    DIFFERING_FIELD_NUMBER: _builtins.int
     registry: _builtins.str
     phase: _builtins.str
     """"totals", "unit_blocks" or "trail"."""
@@ -1091,6 +1092,14 @@ class Discrepancy(_message.Message):
     """
     @_builtins.property
     def block(self) -> _model_pb2.BlockId: ...
+    @_builtins.property
+    def differing(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.BlockId]:
+        """Of a ledger block a registry does not show as the ledger has it: the serials that
+        differ (the rest of `block` agrees). Empty: the whole of `block`. Units a
+        persistent difference names are held: no transfer or use takes them (rule
+        CL-RECONCILE-0001) until a reconciliation reads the registry and finds them agreeing.
+        """
+
     def __init__(
         self,
         *,
@@ -1103,10 +1112,11 @@ class Discrepancy(_message.Message):
         block: _model_pb2.BlockId | None = ...,
         detail: _builtins.str = ...,
         persistent: _builtins.bool = ...,
+        differing: _abc.Iterable[_model_pb2.BlockId] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "detail", b"detail", "gateway_quantity", b"gateway_quantity", "persistent", b"persistent", "phase", b"phase", "program", b"program", "registry", b"registry", "registry_quantity", b"registry_quantity", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "detail", b"detail", "differing", b"differing", "gateway_quantity", b"gateway_quantity", "persistent", b"persistent", "phase", b"phase", "program", b"program", "registry", b"registry", "registry_quantity", b"registry_quantity", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,18 +1,22 @@
 """Covered entities' compliance years, stored in the ledger database.
 
 Offsets an entity already surrendered are not stored twice: they are summed from the
-surrenders the bridge completed for that entity, jurisdiction and year.
+surrenders the bridge recorded for that entity, jurisdiction and year, those still waiting
+on a registry included.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from compliance_rules import EntityYear, OffsetUse
+from registry_bridge import ledger
+from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.db import read_only
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.schema import EntityYearRecord, UnitUseRecord
@@ -64,12 +68,15 @@ class DatabaseEntityRecords:
             if record is None:
                 return None
             used: dict[tuple[str, str, str], int] = defaultdict(int)
+            # A pending surrender has spent its units as surely as a completed one: its
+            # holder's leg may be done and only an origin registry, down, still to answer.
             uses = session.execute(
-                sa.select(UnitUseRecord.detail).where(
-                    UnitUseRecord.kind == "surrender", UnitUseRecord.state == "completed"
+                sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
+                    UnitUseRecord.kind == "surrender",
+                    UnitUseRecord.state.in_(("pending", "completed")),
                 )
-            ).scalars()
-            for raw in uses:
+            ).all()
+            for use_id, state, raw in uses:
                 detail = json.loads(raw)
                 request = detail["request"]
                 if (request["entity_id"], request["jurisdiction"], request["compliance_year"]) != (
@@ -78,7 +85,12 @@ class DatabaseEntityRecords:
                     year,
                 ):
                     continue
-                for spent in detail.get("surrendered", []):
+                spending = (
+                    detail.get("surrendered", [])
+                    if state == "completed"
+                    else _locked_for(session, use_id, detail["legs"])
+                )
+                for spent in spending:
                     if spent["offset"]:
                         used[(spent["program"], spent["country"], spent["region"])] += spent[
                             "quantity"
@@ -94,3 +106,24 @@ class DatabaseEntityRecords:
                 ),
                 covered_by_national_ets=record.covered_by_national_ets,
             )
+
+
+def _locked_for(session: Session, use_id: str, legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a pending surrender spends, in the form its record takes once it completes:
+    the holder's rows it locked (an origin's leg holds no row of the holder)."""
+    spent: list[dict[str, Any]] = []
+    for leg in legs:
+        if leg["origin"] is None:
+            continue
+        block = block_id_from_dict(leg["block"])
+        for row in ledger.locked_by(session, leg["registry"], leg["account"], block, use_id):
+            spent.append(
+                {
+                    "program": row.origin.program.value,
+                    "quantity": row.block.quantity,
+                    "country": row.block.country,
+                    "region": row.block.region,
+                    "offset": row.block.unit_kind.value == "offset_credit",
+                }
+            )
+    return spent

@@ -303,6 +303,17 @@ def _place(country: str, region: str) -> tuple[str, str]:
     return province.strip(), city.strip()
 
 
+def _placed_offsets(entity: EntityYear) -> EntityYear:
+    """The entity's year with the offsets it already used placed as the packs name places:
+    their record keeps each unit's region as its registry gave it (``CN-GD``), which no
+    pack's place list names, so a local-origin share would count them as from elsewhere."""
+    placed = []
+    for used in entity.offsets_surrendered:
+        region, city = _place(used.country, used.region)
+        placed.append(dataclasses.replace(used, region=region, city=used.city or city))
+    return dataclasses.replace(entity, offsets_surrendered=tuple(placed))
+
+
 def _ref(block_id: BlockId) -> BlockRef:
     return BlockRef(
         block_id.program.value, block_id.serial_series, block_id.serial_start, block_id.serial_end
@@ -850,7 +861,7 @@ class ComplianceRules:
             for_year = [dataclasses.replace(e, compliance_year=year) for e in evaluations]
             decided = self._run(for_year, known, country, day, None)
             return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
-        return self._run(evaluations, known, country, day, entity)
+        return self._run(evaluations, known, country, day, _placed_offsets(entity))
 
     # ------------------------------------------------------------------------------ engine
 

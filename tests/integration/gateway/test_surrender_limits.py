@@ -8,6 +8,7 @@ whose registry names their province by its ISO 3166-2 code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +16,10 @@ import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.serials import parse_serial
 from gateway.demo_migration import pilot_entity, record_entity, seed_registries
-from registry_bridge.model import BlockId
+from registry_bridge.model import BlockId, UnitBlock
+from registry_bridge.port import IssueRequest
 from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
@@ -132,3 +135,117 @@ def test_a_surrender_still_waiting_on_a_registry_counts_toward_the_offset_limit(
         details = over.value.details() or ""
         assert "CR-SZ-0006" in details
         assert "5000 already used + 1 asked" in details
+
+
+def _ccer(start: int, quantity: int, province: str, project: str) -> UnitBlock:
+    """National CCER of a forestry sink in ``province`` (its ISO 3166-2:CN code's suffix)."""
+    block = parse_serial(
+        "national",
+        f"CN-CCER-{start}-{start + quantity - 1}-20220101-20221231-{province}-{project}",
+    )
+    return dataclasses.replace(block, project_type="forestry_sink")
+
+
+GUANGDONG_2023 = ("gd-cement", 2023, "guangdong")
+
+
+def test_earlier_local_offsets_count_toward_the_local_share(
+    database_url: str, pilots: LinkedRegistries
+) -> None:
+    """Guangdong wants at least 70% of the CCER an entity uses for a year from Guangdong
+    (CR-GD-0003). The national registry names a project's province by its ISO code
+    (CN-GD): 700 Guangdong CCER surrendered first, then 300 from Gansu, make 70% local; one
+    more from Gansu is one too many."""
+    guangdong_ccer = _ccer(8_000_001, 700, "GD", "0701")
+    gansu_ccer = _ccer(8_100_001, 301, "GS", "0702")
+    for seed, block in [("gd", guangdong_ccer), ("gs", gansu_ccer)]:
+        pilots.ports["national"].issue(IssueRequest(f"seed-{seed}", "cn-gd-cement", block))
+    with running_gateway(database_url, pilots, **FAST_RETRIES) as gateway:
+        gateway.server.import_registries()
+        gateway.stub.UpsertCoveredEntity(
+            gateway_pb2.UpsertCoveredEntityRequest(
+                request_id="gd-cement",
+                entity=gateway_pb2.CoveredEntity(
+                    entity_id="gd-cement",
+                    sector="cement",
+                    gases=["CO2"],
+                    accounts=[
+                        model_pb2.AccountRef(registry="guangdong", account="gd-cement"),
+                        model_pb2.AccountRef(registry="national", account="cn-gd-cement"),
+                    ],
+                    years=[
+                        gateway_pb2.ComplianceYear(
+                            jurisdiction="guangdong",
+                            compliance_year=2023,
+                            verified_emissions=100_000,
+                            allowances_due=100_000,
+                        )
+                    ],
+                ),
+            ),
+            timeout=30,
+        )
+        # Guangdong excludes projects of other pilot regions, Shenzhen among them: its
+        # project's lister says in which city the Guangdong one lies.
+        listed = gateway.stub.ListProject(
+            gateway_pb2.ListProjectRequest(
+                request_id="list-0701",
+                project=model_pb2.Project(
+                    program="CCER",
+                    project_id="0701",
+                    country="CN",
+                    region="Guangdong/Meizhou",
+                    project_type="forestry_sink",
+                    construction_start="2015-01-01",
+                    crediting_period_start="2022-01-01",
+                    crediting_period_end="2022-12-31",
+                ),
+                jurisdiction="guangdong",
+            ),
+            timeout=30,
+        )
+        assert listed.listed, [
+            (v.rule_id, v.message) for e in listed.eligibility for v in e.decision.violations
+        ]
+        account = model_pb2.AccountRef(registry="guangdong", account="gd-cement")
+        mirrors = []
+        for block in (guangdong_ccer, gansu_ccer):
+            moved = gateway.stub.SubmitTransfer(
+                gateway_pb2.SubmitTransferRequest(
+                    request_id=f"in-{block.id.serial_start}",
+                    instruction=model_pb2.TransferInstruction(
+                        source=model_pb2.AccountRef(registry="national", account="cn-gd-cement"),
+                        destination=account,
+                        units=[_selector(block.id, 0, block.quantity - 1)],
+                    ),
+                ),
+                timeout=60,
+            )
+            assert moved.state == model_pb2.TRANSFER_STATE_COMPLETED, moved.failure_reason
+            mirrors.append(moved.credited_blocks[0].id)
+
+        local = _surrender(
+            gateway,
+            "local",
+            account,
+            [_selector(mirrors[0], 0, 699)],
+            "gd-cement",
+            2023,
+            "guangdong",
+        )
+        assert local.decision.allowed
+        rest = _surrender(
+            gateway,
+            "rest",
+            account,
+            [_selector(mirrors[1], 0, 299)],
+            "gd-cement",
+            2023,
+            "guangdong",
+        )
+        assert rest.decision.allowed
+        with pytest.raises(grpc.RpcError) as over:
+            _surrender(gateway, "over", account, [_selector(mirrors[1], 300, 300)], *GUANGDONG_2023)
+        assert over.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "CR-GD-0003" in (over.value.details() or "")
+        assert "700 of 1001 offsets come from CN/Guangdong" in (over.value.details() or "")

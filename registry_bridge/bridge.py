@@ -75,7 +75,12 @@ from registry_bridge.port import (
     SurrenderRequest,
     UnlockRequest,
 )
-from registry_bridge.schema import TransferRecord, TransferStepRecord, UnitUseRecord
+from registry_bridge.schema import (
+    EntityYearRecord,
+    TransferRecord,
+    TransferStepRecord,
+    UnitUseRecord,
+)
 from registry_bridge.transfer_rows import TransferRow
 from registry_bridge.transfers import (
     AccountRef,
@@ -2326,6 +2331,14 @@ class Bridge:
         now: datetime,
     ) -> str:
         use_id = uuid.uuid4().hex
+        if request.kind == "surrender":
+            # The offset limits count the year's earlier surrenders: two decided side by side
+            # would each miss the other's, so the second waits here for the first to commit.
+            session.get(
+                EntityYearRecord,
+                (request.entity_id, request.jurisdiction, request.compliance_year),
+                with_for_update=True,
+            )
         rows: list[LedgerHolding] = []
         for unit in request.units:
             for row in ledger.require_holding(

@@ -8,8 +8,11 @@ whose registry names their province by its ISO 3166-2 code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -18,6 +21,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway.demo_migration import pilot_entity, record_entity, seed_registries
+from registry_bridge.entities import DatabaseEntityRecords
 from registry_bridge.model import BlockId, UnitBlock
 from registry_bridge.port import IssueRequest
 from tests.integration.gateway.conftest import (
@@ -249,3 +253,73 @@ def test_earlier_local_offsets_count_toward_the_local_share(
         assert over.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "CR-GD-0003" in (over.value.details() or "")
         assert "700 of 1001 offsets come from CN/Guangdong" in (over.value.details() or "")
+
+
+def test_two_surrenders_at_once_cannot_both_take_the_last_of_the_limit(
+    database_url: str, pilots: LinkedRegistries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two surrenders of 3,000 CCER each, for a year whose limit is 5,000, asked at the same
+    moment: whichever is decided second sees the first, and is refused. Each waits at its
+    limit check (up to two seconds) for the other to arrive there too, so a gateway that
+    decided them side by side would let both through."""
+    power = pilot_entity("power-09", "power", 2019, 9_000_000)
+    # Two holdings, so that neither surrender touches a row the other does.
+    halves = [_ccer(9_000_001, 3_000, "HI", "0901"), _ccer(9_100_001, 3_000, "HI", "0902")]
+    for half in halves:
+        pilots.ports["national"].issue(
+            IssueRequest(f"seed-{half.id.serial_start}", power.national_account, half)
+        )
+    both_checking = threading.Barrier(2)
+    original = DatabaseEntityRecords.get
+
+    def meeting(self: DatabaseEntityRecords, *args: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checking.wait(timeout=2)
+        return original(self, *args)
+
+    with running_gateway(database_url, pilots, **FAST_RETRIES) as gateway:
+        gateway.server.import_registries()
+        gateway.stub.UpsertCoveredEntity(
+            gateway_pb2.UpsertCoveredEntityRequest(
+                request_id="power-09",
+                entity=gateway_pb2.CoveredEntity(
+                    entity_id="power-09",
+                    sector="power",
+                    gases=["CO2"],
+                    accounts=[
+                        model_pb2.AccountRef(registry="national", account=power.national_account)
+                    ],
+                    years=[
+                        gateway_pb2.ComplianceYear(
+                            jurisdiction="national",
+                            compliance_year=2019,
+                            verified_emissions=100_000,
+                            allowances_due=100_000,
+                        )
+                    ],
+                ),
+            ),
+            timeout=30,
+        )
+        monkeypatch.setattr(DatabaseEntityRecords, "get", meeting)
+        account = model_pb2.AccountRef(registry="national", account=power.national_account)
+
+        def surrender(half: UnitBlock) -> grpc.StatusCode:
+            try:
+                _surrender(
+                    gateway,
+                    f"half-{half.id.serial_start}",
+                    account,
+                    [_selector(half.id, 0, half.quantity - 1)],
+                    "power-09",
+                    2019,
+                    "national",
+                )
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        with ThreadPoolExecutor(2) as pool:
+            codes = sorted(pool.map(surrender, halves), key=str)
+    # 5% of 100,000 due: 5,000 CCER at most (CR-NAT-0002).
+    assert codes == sorted([grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION], key=str)

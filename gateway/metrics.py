@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import GatewayConfig
 from gateway.handlers import GatewayCallInterceptor, StreamBehavior, UnaryBehavior
 from registry_bridge.db import read_only
-from registry_bridge.reconciliations import SCHEDULE, last_completed
+from registry_bridge.reconciliations import SCHEDULE, held_blocks, last_completed
 from registry_bridge.schema import LogHead, MigrationRecord, TransferRecord, UnitUseRecord
 from registry_bridge.transfers import TransferState
 
@@ -108,6 +108,12 @@ class _DatabaseCollector(Collector):
             "1 when the last completed scheduled reconciliation could not read the registry.",
             labels=["registry"],
         )
+        held_units = GaugeMetricFamily(
+            "carbonlink_units_held",
+            "Units no transfer or use may take because the last two scheduled "
+            "reconciliations found them differing from the registry, by registry.",
+            labels=["registry"],
+        )
         last_run = GaugeMetricFamily(
             "carbonlink_reconcile_last_run_timestamp_seconds",
             "When the last scheduled reconciliation of any gateway sharing the database "
@@ -145,6 +151,7 @@ class _DatabaseCollector(Collector):
             ).scalar_one()
             size = session.execute(sa.select(LogHead.size)).scalar()
             reconciled = last_completed(session, SCHEDULE)
+            held = held_blocks(session)
         now = self._clock()
         for state in _UNFINISHED:
             count, first = by_state.get(state, (0, None))
@@ -162,6 +169,9 @@ class _DatabaseCollector(Collector):
             for registry in reconciled.registries:
                 differences.add_metric([registry], persisting[registry])
                 unreadable.add_metric([registry], 1 if registry in not_read else 0)
+                held_units.add_metric(
+                    [registry], sum(h.block.quantity for h in held if h.registry == registry)
+                )
         last = (
             reconciled.ended_at
             if reconciled is not None and reconciled.ended_at is not None
@@ -177,6 +187,7 @@ class _DatabaseCollector(Collector):
             log_size,
             differences,
             unreadable,
+            held_units,
             last_run,
         ]
 

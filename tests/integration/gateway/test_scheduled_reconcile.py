@@ -178,13 +178,21 @@ def test_units_a_difference_persists_over_are_held(
     registries.seed_venue()
     days = _Days()
     with running_gateway(
-        database_url, registries, clock=days, reconcile_interval_seconds=86_400
+        database_url,
+        registries,
+        clock=days,
+        metrics_listen="127.0.0.1:0",
+        reconcile_interval_seconds=86_400,
     ) as gateway:
         _retire_behind_the_gateway(registries)
         for _ in range(2):
             days.next_day()
             run = gateway.server.reconcile_once()
         assert run is not None and run.persistent
+        # The ten units retired behind the gateway's back, and only they.
+        held_units = scrape(gateway.server.metrics_port)
+        assert held_units[("carbonlink_units_held", (("registry", "hkmo"),))] == 10
+        assert held_units[("carbonlink_units_held", (("registry", "verra"),))] == 0
         victim = ORIGIN.serial_start + 3
         # Dry run, transfer and retirement of the units: refused by the hold, every
         # violated rule listed, before any registry is asked.

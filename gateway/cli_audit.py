@@ -250,6 +250,17 @@ def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
         try:
             latest = stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=args.timeout)
             now = open_checkpoint(latest.signed_note, trusted)
+            if kept.size > now.size:
+                # The log's key vouched for events the log no longer holds (say, its
+                # database put back to an older copy): no proof can mend that, so the
+                # gateway is not asked for one it would refuse as a bad request.
+                print(
+                    f"{name}: FAILED: the log is now at size {now.size}, smaller than the "
+                    f"kept checkpoint of size {kept.size}: it lost events it had signed "
+                    "(rolled back or rewritten)",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
             proof = (
                 stub.GetConsistencyProof(
                     gateway_pb2.GetConsistencyProofRequest(

@@ -247,3 +247,30 @@ def test_a_rewritten_log_fails_against_a_kept_checkpoint(
         stranger.write_text(other.sign(Checkpoint(latest.origin, 1, b"\x07" * 32)))
         assert main(["audit", "consistency", str(stranger), *key, *target]) == 2
         assert "is not signed by" in capsys.readouterr().err
+
+
+def test_a_log_shorter_than_a_kept_checkpoint_fails_as_rolled_back(
+    database_url: str,
+    registries: LinkedRegistries,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registries.seed_venue()
+    key_file = tmp_path / "log.pem"
+    write_new_key(key_file)
+    with running_gateway(database_url, registries, log_signing_key_file=str(key_file)) as gw:
+        latest = gw.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)
+        signer = NoteSigner.from_pem(latest.origin, key_file.read_bytes())
+        # What an auditor kept before the gateway's database was put back to an older copy:
+        # a checkpoint the log's own key signed, of more events than the log now holds.
+        kept = tmp_path / "kept.note"
+        later = latest.tree_size + 5
+        kept.write_text(signer.sign(Checkpoint(latest.origin, later, b"\x07" * 32)))
+        argv = ["audit", "consistency", str(kept), "--log-key", latest.verifier_key]
+        assert main([*argv, "--target", gw.target, "--insecure"]) == 1
+        err = capsys.readouterr().err
+        # The log lost events the kept checkpoint vouched for: a failure of the log, said
+        # as such, not a complaint about the sizes the command itself asked the gateway for.
+        assert "FAILED" in err, err
+        assert f"size {latest.tree_size}" in err and f"size {later}" in err, err
+        assert "INVALID_ARGUMENT" not in err, err

@@ -274,3 +274,23 @@ def test_a_log_shorter_than_a_kept_checkpoint_fails_as_rolled_back(
         assert "FAILED" in err, err
         assert f"size {latest.tree_size}" in err and f"size {later}" in err, err
         assert "INVALID_ARGUMENT" not in err, err
+
+
+def test_the_traced_history_names_the_units_of_each_event(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror = _sell(live_gateway)
+    end = parse_serial("verra", VERRA_SERIAL).id.serial_end
+    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    capsys.readouterr()
+    assert main(["trace", "--registry", "verra", VERRA_SERIAL, *target]) == 0
+    lines = {
+        line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()
+    }
+    # After a split, one event's holder and status alone do not say which units it moved:
+    # each line names its block, and a split the pieces it cut.
+    assert f"VCS:{START}-{end}" in lines["issuance"], lines
+    assert f"VCS:{START}-{START + 49}, VCS:{START + 50}-{end}" in lines["split"], lines
+    assert f"VCS:{START}-{START + 49}" in lines["lock"], lines
+    mirror_block = f"VCS/{mirror.serial_series}:{mirror.serial_start}-{mirror.serial_end}"
+    assert mirror_block in lines["credit"], lines

@@ -181,6 +181,16 @@ def check_text(
     return value
 
 
+def _check_country(problems: list[FieldViolation], path: str, value: str) -> None:
+    """An optional ISO 3166-1 alpha-2 code, spelt as registries spell their units' host
+    country (two upper-case letters, as every serial codec checks): another spelling of
+    one country would never match its units' or its authorization's."""
+    if value and not (len(value) == 2 and value.isascii() and value.isalpha() and value.isupper()):
+        problems.append(
+            FieldViolation(path, f"{value!r} is not an ISO 3166-1 alpha-2 code (e.g. BR)")
+        )
+
+
 def check_count(
     problems: list[FieldViolation],
     path: str,
@@ -497,8 +507,7 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
                 "project.gec_status", f"must be one of {', '.join(sorted(_GEC_STATUSES - {''}))}"
             )
         )
-    if message.country and len(message.country) != 2:
-        problems.append(FieldViolation("project.country", "must be an ISO 3166-1 alpha-2 code"))
+    _check_country(problems, "project.country", message.country)
 
     def optional_date(path: str, text: str) -> date | None:
         if not text:
@@ -533,13 +542,15 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
     authorization = None
     if message.HasField("authorization"):
         issued = optional_date("project.authorization.issued_on", message.authorization.issued_on)
-        for name in ("letter_id", "host_country"):
-            check_text(
-                problems,
-                f"project.authorization.{name}",
-                getattr(message.authorization, name),
-                required=False,
-            )
+        check_text(
+            problems,
+            "project.authorization.letter_id",
+            message.authorization.letter_id,
+            required=False,
+        )
+        _check_country(
+            problems, "project.authorization.host_country", message.authorization.host_country
+        )
         uses = message.authorization.authorized_uses
         if check_count(problems, "project.authorization.authorized_uses", uses, "uses"):
             for i, use in enumerate(uses):

@@ -85,6 +85,34 @@ def test_bad_dates_and_places_are_named(live_gateway: LiveGateway) -> None:
     assert "jurisdiction" in (caught.value.details() or "")
 
 
+@pytest.mark.parametrize("country", ["br", "12", "B1", "Br"])
+def test_a_country_that_is_not_an_iso_code_is_refused_and_nothing_recorded(
+    live_gateway: LiveGateway, country: str
+) -> None:
+    # Registries spell a host country as two upper-case letters (every serial codec checks
+    # it): a listing's "br" would never match its units' BR, nor an authorization's host.
+    project = model_pb2.Project()
+    project.CopyFrom(LANDFILL)
+    project.country = country
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, f"listing-country-{country}", project)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "project.country" in (caught.value.details() or "")
+    assert DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("VCS", "5955") is None
+
+    project.country = "KH"
+    project.authorization.CopyFrom(
+        model_pb2.Authorization(
+            letter_id="LoA-1", host_country=country, authorized_uses=["voluntary_retirement"]
+        )
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(live_gateway, f"listing-host-{country}", project)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "project.authorization.host_country" in (caught.value.details() or "")
+    assert DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("VCS", "5955") is None
+
+
 def test_a_listed_projects_facts_are_recorded_for_its_transfers(live_gateway: LiveGateway) -> None:
     project = model_pb2.Project()
     project.CopyFrom(LANDFILL)

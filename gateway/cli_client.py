@@ -163,7 +163,12 @@ def _list(args: argparse.Namespace) -> int:
             ),
             timeout=args.timeout,
         )
-        _print(reply, args, "\n".join(_summary(t) for t in reply.transfers) or "no transfers")
+        lines = [_summary(t) for t in reply.transfers] or ["no transfers"]
+        if reply.next_page_token:
+            # Else a page reads as the whole listing: say that there is more, and how.
+            token = reply.next_page_token
+            lines.append(f"more: ask again, same filters, with --page-token {token}")
+        _print(reply, args, "\n".join(lines))
         return EXIT_OK
 
     return _call(args, invoke)

@@ -150,3 +150,41 @@ def test_a_malformed_block_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         main(["retire", "--account", "hkmo:a", "--beneficiary", "B", "--block", "VCS:9-1"])
     assert exited.value.code == 2
     assert "serial_end 1 is below serial_start 9" in capsys.readouterr().err
+
+
+def test_a_listing_longer_than_a_page_says_how_to_read_on(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--target", live_gateway.target]
+    start = parse_serial("verra", VERRA_SERIAL).id.serial_start
+    names = []
+    for lot in range(3):
+        first = start + 10 * lot
+        code, out, err = _run(
+            capsys,
+            "transfer",
+            "submit",
+            "--from",
+            "hkmo:hk-seller",
+            "--to",
+            "shenzhen:buyer",
+            "--block",
+            f"VCS:{first}-{first + 9}",
+            *target,
+        )
+        assert code == 0, err
+        names.append(out.split()[0])
+
+    # Without --json, a reader shown two of three transfers must learn that there are
+    # more and how to ask for them, or the listing reads as complete.
+    code, out, _ = _run(capsys, "transfer", "list", "--page-size", "2", *target)
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == names[:2]
+    token = lines[-1].split("--page-token ")[-1].strip()
+    assert lines[-1].startswith("more:") and token, out
+    code, out, _ = _run(
+        capsys, "transfer", "list", "--page-size", "2", "--page-token", token, *target
+    )
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == names[2:], out

@@ -121,7 +121,7 @@ def open_trace_note(note: str, trusted: Verifier) -> TraceStatement:
     try:
         root = base64.b64decode(root_text, validate=True)
         query = block_id_from_dict(json.loads(query_text))
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise NoteError(f"the trace note's root or query is malformed: {exc}") from exc
     return TraceStatement(origin, int(size_text), root, query, _parse_index_ranges(ranges))
 
@@ -205,7 +205,8 @@ def bundle_from_json(document: Any) -> Bundle:
         )
     except AuditFailure:
         raise
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    # OverflowError: JSON's Infinity, which int() cannot make a number of.
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
         raise AuditFailure(f"not an audit bundle: {exc.__class__.__name__}: {exc}") from exc
 
 
@@ -287,7 +288,7 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
             origin = block_id_from_dict(body["origin"])
             registry, account = str(body["registry"]), str(body["account"])
             status, mirror = str(body["status"]), bool(body["mirror"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise AuditFailure(f"{where}: malformed row event: {exc}") from exc
         part = _origin_part(block, origin, report.query)
         if part is not None:
@@ -334,7 +335,7 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
                 raise AuditFailure(f"{where}: a split must not change holder or state")
             try:
                 pieces = sorted(block_id_from_dict(p) for p in body["pieces"])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise AuditFailure(f"{where}: malformed split pieces: {exc}") from exc
             at = block.serial_start
             for piece in pieces:
@@ -469,12 +470,16 @@ def verify_bundle(bundle: Bundle, trusted: Verifier) -> AuditReport:
         bodies.append((event.index, dict(body)))
     report = AuditReport(query=bundle.query, tree_size=checkpoint.size, events=len(bodies))
     _check_history(bodies, report)
-    touched = [
-        block_id_from_dict(b[key])
-        for _, b in bodies
-        for key in ("block", "origin")
-        if isinstance(b.get(key), dict)
-    ]
+    touched: list[BlockId] = []
+    for index, body in bodies:
+        for key in ("block", "origin"):
+            if isinstance(body.get(key), dict):
+                try:
+                    touched.append(block_id_from_dict(body[key]))
+                except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                    # Only events that change no row get here unread: the history's
+                    # check read every row event's blocks already.
+                    raise AuditFailure(f"event {index}: malformed {key}: {exc}") from exc
     if not _covered(bundle.query, touched):
         raise AuditFailure(f"the events do not cover the queried units {_describe(bundle.query)}")
     return report

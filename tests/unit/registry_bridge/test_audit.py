@@ -276,3 +276,50 @@ def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
 
 def open_trace_statement(bundle: Bundle, signer: NoteSigner) -> TraceStatement:
     return open_trace_note(bundle.trace_note, signer.verifier)
+
+
+@pytest.mark.parametrize(
+    ("bodies", "reason"),
+    [
+        # JSON's Infinity reads as a float no serial number can be: refused with the
+        # event it is in, where int() of it raised OverflowError through the verifier.
+        (
+            [_row("issuance", {**_block(100, 199), "serial_end": float("inf")}, "active")],
+            "event 0",
+        ),
+        (
+            [
+                HONEST[0],
+                _row(
+                    "split",
+                    _block(100, 199),
+                    "active",
+                    pieces=[_block(100, 149), {**_block(150, 199), "serial_start": float("inf")}],
+                ),
+            ],
+            "event 1",
+        ),
+        # An event that changes no row but names an origin the verifier cannot read.
+        (
+            [*HONEST, {"kind": "transfer_state", "origin": {**_block(100, 199), "program": "X"}}],
+            "event 4",
+        ),
+    ],
+    ids=["infinite-serial", "infinite-piece", "unreadable-origin"],
+)
+def test_unreadable_numbers_and_blocks_in_signed_events_fail_with_the_event(
+    signer: NoteSigner, bodies: list[dict[str, Any]], reason: str
+) -> None:
+    with pytest.raises(AuditFailure, match=reason):
+        verify_bundle(_bundle(bodies, signer), signer.verifier)
+
+
+@pytest.mark.parametrize("where", ["index", "query"])
+def test_an_infinite_number_in_a_bundle_is_not_a_bundle(signer: NoteSigner, where: str) -> None:
+    document = _bundle(HONEST, signer).to_json()
+    if where == "index":
+        document["events"][0]["index"] = float("inf")
+    else:
+        document["query"]["block"]["serial_start"] = float("inf")
+    with pytest.raises(AuditFailure, match="not an audit bundle"):
+        bundle_from_json(document)

@@ -3,7 +3,7 @@
 carbonlink's log keeps its leaves in ``ledger_events`` and caches every complete subtree
 in ``merkle_nodes``; a proof reads O(log n) stored nodes.  The set-up writes the leaves
 straight into ``ledger_events`` (``executemany`` on SQLite, ``COPY`` on PostgreSQL), then
-``merkle.extend_cache`` builds the node cache, as the gateway does.  pymerkle's in-memory
+``merkle_store.extend_cache`` builds the node cache, as the gateway does.  pymerkle's in-memory
 tree does the same work on the same machine: append the same entries, prove and verify
 the same leaves and sizes.
 """
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import stack
 from bench.common import Result, Sizes, per_second, percentile, result
-from registry_bridge import db, merkle
+from registry_bridge import db, merkle, merkle_store
 from registry_bridge.db import unit_of_work
 from registry_bridge.event_log import append_event, canonical_json, leaf_hash
 from registry_bridge.model import BlockId, Program
@@ -136,7 +136,7 @@ def run(sizes: Sizes, database: str) -> list[Result]:
         load_s = time.perf_counter() - began
         began = time.perf_counter()
         with unit_of_work(sessions) as session:
-            merkle.extend_cache(session, n)
+            merkle_store.extend_cache(session, n)
         cache_s = time.perf_counter() - began
         out.append(
             result(
@@ -151,7 +151,7 @@ def run(sizes: Sizes, database: str) -> list[Result]:
         )
         # Read-only, as the gateway's provenance reads are (no write lock on SQLite).
         with db.read_only(sessions) as session:
-            root = merkle.stored_root(session, n)
+            root = merkle_store.stored_root(session, n)
             hashes = {
                 int(idx): bytes(digest)
                 for idx, digest in session.execute(
@@ -160,7 +160,7 @@ def run(sizes: Sizes, database: str) -> list[Result]:
                     )
                 ).tuples()
             }
-            first_roots = {f: merkle.stored_root(session, f) for f in firsts}
+            first_roots = {f: merkle_store.stored_root(session, f) for f in firsts}
             ours = _our_proofs(session, n, leaves, firsts, root, hashes, first_roots)
         ours["consistency_prove.via_log"] = _via_log(sessions, n, firsts)
         engine.dispose()
@@ -193,10 +193,10 @@ def _our_proofs(
         "consistency_prove": [],
         "consistency_verify": [],
     }
-    merkle.inclusion_proof(session, leaves[0], n)  # warm-up
+    merkle_store.inclusion_proof(session, leaves[0], n)  # warm-up
     for index in leaves:
         began = time.perf_counter()
-        proof = merkle.inclusion_proof(session, index, n)
+        proof = merkle_store.inclusion_proof(session, index, n)
         mid = time.perf_counter()
         merkle.verify_inclusion(index, n, bytes(hashes[index]), proof.hashes, root)
         end = time.perf_counter()
@@ -204,7 +204,7 @@ def _our_proofs(
         timings["inclusion_verify"].append((end - mid) * 1e6)
     for first in firsts:
         began = time.perf_counter()
-        proof = merkle.consistency_proof(session, first, n)
+        proof = merkle_store.consistency_proof(session, first, n)
         mid = time.perf_counter()
         merkle.verify_consistency(first, n, proof.hashes, first_roots[first], root)
         end = time.perf_counter()

@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert, error_mapping
-from registry_bridge.merkle import StoredProof
+from registry_bridge.merkle_store import StoredProof
 from registry_bridge.provenance import SignedCheckpoint, Trace
 from registry_bridge.reconcile import Discrepancy, ReconcileReport
 from registry_bridge.reconciliations import Reconciliation

@@ -2,7 +2,7 @@
 
 Every ledger change is already an event of the log (``event_log``) with its serial
 ranges indexed (``event_blocks``).  This module signs checkpoints over the log's Merkle
-tree (``merkle``), proves consistency between any two sizes, and traces units: given any
+tree (``merkle_store``), proves consistency between any two sizes, and traces units: given any
 serial range, on the origin side or a mirror's, it finds every event of every unit in
 it, each with an inclusion proof against one checkpoint.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import merkle
+from registry_bridge import merkle_store
 from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
@@ -226,7 +226,7 @@ class ProvenanceLog:
                 yield session, size
                 return
         with unit_of_work(self._sessions) as session:
-            merkle.extend_cache(session, size)
+            merkle_store.extend_cache(session, size)
         # A new snapshot: the one above predates the extension. The log may have grown
         # since, but the cache now covers at least ``size``, which is all this answer uses.
         with read_only(self._sessions) as session:
@@ -239,10 +239,10 @@ class ProvenanceLog:
     def checkpoint(self) -> SignedCheckpoint:
         """A signed checkpoint of the log as it is now."""
         with self._covered() as (session, size):
-            root = merkle.stored_root(session, size)
+            root = merkle_store.stored_root(session, size)
         return self._sign(size, root)
 
-    def consistency(self, first: int, second: int) -> merkle.StoredProof:
+    def consistency(self, first: int, second: int) -> merkle_store.StoredProof:
         """The proof that the log at ``second`` extends the log at ``first``.
 
         Raises:
@@ -253,7 +253,7 @@ class ProvenanceLog:
                 raise InvalidRequest.field(
                     "second_size", f"{second} is beyond the log's size {size}"
                 )
-            return merkle.consistency_proof(session, first, second)
+            return merkle_store.consistency_proof(session, first, second)
 
     def trace(self, query: BlockId) -> Trace:
         """Every event of every unit of ``query``, proven against one fresh checkpoint.
@@ -296,8 +296,8 @@ class ProvenanceLog:
                         Program(row.program), row.serial_series, row.serial_start, row.serial_end
                     )
                 )
-            proofs = merkle.inclusion_proofs(session, [e.idx for e in events], size)
-            root = merkle.stored_root(session, size)
+            proofs = merkle_store.inclusion_proofs(session, [e.idx for e in events], size)
+            root = merkle_store.stored_root(session, size)
             # Built inside the snapshot: the read-only session rolls back on exit, which
             # expires the loaded rows.
             proven = tuple(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry_bridge import db, merkle
+from registry_bridge import db, merkle, merkle_store
 from registry_bridge.schema import LedgerEvent, LogHead
 
 SIZE = 5_000
@@ -82,22 +82,22 @@ def test_cache_grows_incrementally_and_answers_any_size(
 ) -> None:
     engine, leaves = stored
     with Session(engine) as session, session.begin():
-        assert merkle.extend_cache(session, 3_001) == 3_001
+        assert merkle_store.extend_cache(session, 3_001) == 3_001
     with Session(engine) as session, session.begin():
-        assert merkle.cached_size(session) == 3_001
-        assert merkle.extend_cache(session, SIZE) == SIZE
+        assert merkle_store.cached_size(session) == 3_001
+        assert merkle_store.extend_cache(session, SIZE) == SIZE
     with Session(engine) as session:
         for size in (1, 2, 3, 1_024, 3_001, 4_097, SIZE):
-            root = merkle.stored_root(session, size)
+            root = merkle_store.stored_root(session, size)
             assert root == merkle.root_from_leaves(leaves[:size])
             for index in {0, size // 3, size - 1}:
-                proof = merkle.inclusion_proof(session, index, size)
+                proof = merkle_store.inclusion_proof(session, index, size)
                 merkle.verify_inclusion(index, size, leaves[index], proof.hashes, root)
-        full = merkle.stored_root(session, SIZE)
+        full = merkle_store.stored_root(session, SIZE)
         for first in (1, 7, 1_000, 4_096, SIZE):
-            proof = merkle.consistency_proof(session, first, SIZE)
+            proof = merkle_store.consistency_proof(session, first, SIZE)
             merkle.verify_consistency(
-                first, SIZE, proof.hashes, merkle.stored_root(session, first), full
+                first, SIZE, proof.hashes, merkle_store.stored_root(session, first), full
             )
 
 
@@ -106,12 +106,12 @@ def test_a_proof_is_one_statement_that_never_reads_the_log(
 ) -> None:
     engine, _ = stored
     with Session(engine) as session, session.begin():
-        merkle.extend_cache(session, SIZE)
+        merkle_store.extend_cache(session, SIZE)
     with Session(engine) as session:
         session.connection()  # the transaction's BEGIN is not the proofs' business
         with _driver_statements(session) as statements:
-            merkle.inclusion_proof(session, 2_345, SIZE)
-            merkle.consistency_proof(session, 1_234, SIZE)
+            merkle_store.inclusion_proof(session, 2_345, SIZE)
+            merkle_store.consistency_proof(session, 1_234, SIZE)
     # Every node of a proof (leaf siblings and cached subtrees) in one round trip.
     assert len(statements) == 2
     assert not any("ledger_events.idx >=" in s for s in statements)
@@ -124,11 +124,11 @@ def test_sqlite_probes_the_primary_keys_instead_of_scanning(
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's planner only: it scanned merkle_nodes for a row-value IN")
     with Session(engine) as session, session.begin():
-        merkle.extend_cache(session, SIZE)
+        merkle_store.extend_cache(session, SIZE)
     with Session(engine) as session:
         session.connection()
         with _driver_statements(session) as executed:
-            merkle.inclusion_proof(session, 2_345, SIZE)
+            merkle_store.inclusion_proof(session, 2_345, SIZE)
         [statement] = executed
         plan = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement).all()
     details = [str(row[-1]) for row in plan]
@@ -141,11 +141,11 @@ def test_many_proofs_at_once_span_several_statements(
 ) -> None:
     engine, leaves = stored
     with Session(engine) as session, session.begin():
-        merkle.extend_cache(session, SIZE)
+        merkle_store.extend_cache(session, SIZE)
     indexes = list(range(0, SIZE, 7))  # ~700 leaves, more nodes than one SQLite statement
     with Session(engine) as session:
-        root = merkle.stored_root(session, SIZE)
-        proofs = merkle.inclusion_proofs(session, indexes, SIZE)
+        root = merkle_store.stored_root(session, SIZE)
+        proofs = merkle_store.inclusion_proofs(session, indexes, SIZE)
     assert sorted(proofs) == indexes
     for index, proof in proofs.items():
         merkle.verify_inclusion(index, SIZE, leaves[index], proof.hashes, root)

@@ -29,6 +29,7 @@ from registry_bridge.signed_note import (
     open_checkpoint,
     parse_verifier_key,
 )
+from tests.imports import SQL_STACK, loaded, modules_loaded_by
 
 ORIGIN = "test.example/log"
 BLOCK = BlockId(Program.VCS, "", 100, 199)
@@ -272,6 +273,13 @@ def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
     assert [(b.serial_start, r, a, s) for b, r, a, s in report.final] == [
         (100, "hkmo", "b", "active")
     ]
+
+
+def test_the_verifier_loads_no_database_code() -> None:
+    # The auditor's trusted code runs offline: the Merkle proofs it checks must not
+    # drag in the database layer that stores the gateway's node cache.
+    modules = modules_loaded_by("import registry_bridge.audit, registry_bridge.merkle")
+    assert loaded(modules, SQL_STACK) == []
 
 
 def open_trace_statement(bundle: Bundle, signer: NoteSigner) -> TraceStatement:

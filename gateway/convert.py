@@ -17,6 +17,7 @@ from adapters.serial_errors import UnknownRegistryError, unknown_registry_reason
 from adapters.serials import REGISTRY_IDS
 from gateway.catalog import RegistryInfo
 from registry_bridge.errors import FieldViolation, InvalidRequest
+from registry_bridge.listing import ListingOutcome, OtherRegistration, ProjectListing
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -27,7 +28,6 @@ from registry_bridge.model import (
     UnitKind,
     has_control_characters,
 )
-from registry_bridge.rules_gate import ListingOutcome, OtherRegistration, ProjectListing
 from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry_bridge.block_json import authorization_from_dict, authorization_to_dict
 from registry_bridge.db import read_only, run_plain, scope_session, scoped_lookup, unit_of_work
 from registry_bridge.errors import PermissionDenied
-from registry_bridge.rules_gate import OtherRegistration, ProjectListing
+from registry_bridge.listing import OtherRegistration, ProjectListing
 from registry_bridge.schema import ProjectListingRecord
 
 

@@ -67,7 +67,7 @@ from compliance_rules.engine import decision_date
 from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.model import Authorization as UnitAuthorization
+from registry_bridge.listing import ListingEligibility, ListingOutcome, ProjectListing
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import RulesDecision, RuleViolation, TransferKind
 
@@ -215,72 +215,6 @@ class ProjectRecords(Protocol):
     def get(self, program: str, project_id: str) -> ProjectListing | None:
         """The project's recorded facts, or None when the project was never listed."""
         ...
-
-
-@dataclass(frozen=True)
-class OtherRegistration:
-    """The same project registered under another program, with a period issued there."""
-
-    program: str
-    project_id: str
-    issued_period_start: date
-    issued_period_end: date
-
-
-@dataclass(frozen=True)
-class ProjectListing:
-    """A crediting project as an issuer presents it for listing (``carbonlink.v1.Project``).
-
-    Dates are already parsed: the gateway turns a bad ISO date into INVALID_ARGUMENT.
-    """
-
-    program: str
-    """Originating program, e.g. ``"VCS"``, ``"GS"``, ``"BRI-ITMO"``."""
-    project_id: str
-    display_name: str = ""
-    project_type: str = ""
-    methodology: str = ""
-    country: str = ""
-    """ISO 3166-1 alpha-2 host country."""
-    region: str = ""
-    """Province (``"Guangdong"``, or ISO ``"CN-GD"``), optionally ``"Guangdong/Meizhou"``."""
-    start_date: date | None = None
-    construction_start: date | None = None
-    """Construction start (CCER eligibility: after 2012-11-08)."""
-    crediting_period_start: date | None = None
-    crediting_period_end: date | None = None
-    gec_status: str = ""
-    """Green-electricity-certificate status of the generation (``GecStatus`` value);
-    empty when not declared, and then GEC/CCER exclusivity refuses covered units."""
-    other_registrations: tuple[OtherRegistration, ...] = ()
-    """Registrations of the same project under other programs (double-issuance checks)."""
-    authorization: UnitAuthorization | None = None
-    """Unit-level: checked on each transfer, not at listing."""
-    labels: frozenset[str] = frozenset()
-    gas: str = "CO2"
-    """Unit-level: checked on each transfer, not at listing."""
-
-
-@dataclass(frozen=True)
-class ListingEligibility:
-    """Whether a listed project's units would be eligible for one use."""
-
-    use: str
-    decision: RulesDecision
-    conditions: tuple[str, ...] = ()
-    """Rules that depend on unit-level facts and so are checked on each transfer."""
-
-
-@dataclass(frozen=True)
-class ListingOutcome:
-    """The answer to ListProject."""
-
-    listed: bool
-    """True when the project is not refused and at least one use is eligible."""
-    eligibility: tuple[ListingEligibility, ...]
-    refusals: tuple[RuleViolation, ...]
-    """Violations that refuse the listing as a whole (double issuance)."""
-    pack_versions: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------ translation
@@ -1096,9 +1030,5 @@ __all__ = [
     "Cutover",
     "Cutovers",
     "EntityRecords",
-    "ListingEligibility",
-    "ListingOutcome",
-    "OtherRegistration",
-    "ProjectListing",
     "list_project",
 ]

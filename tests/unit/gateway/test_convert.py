@@ -18,6 +18,7 @@ from registry_bridge.transfers import (
     TransferState,
     TransferStep,
 )
+from tests.imports import SQL_STACK, loaded, modules_loaded_by
 
 # Before and after the epoch, with and without microseconds, UTC, another offset, naive
 # (taken as UTC, as protobuf's own conversion takes it).
@@ -212,3 +213,11 @@ def test_past_the_cap_a_projects_bad_labels_are_not_each_named() -> None:
         convert.project_from_pb(_project(labels=["\x00"] * 100_000))
 
     assert [v.field for v in raised.value.violations] == ["project.labels"]
+
+
+def test_converting_loads_neither_the_bridge_nor_the_database() -> None:
+    # The CLI's client commands convert too: a script calling the gateway should not
+    # start by loading the bridge, its rules gate and the database layer.
+    modules = modules_loaded_by("import gateway.convert")
+    heavy = (*SQL_STACK, "registry_bridge.bridge", "registry_bridge.ledger")
+    assert loaded(modules, (*heavy, "registry_bridge.rules_gate", "compliance_rules")) == []

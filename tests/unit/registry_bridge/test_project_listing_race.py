@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry_bridge import projects
 from registry_bridge.errors import PermissionDenied
+from registry_bridge.listing import ProjectListing
 from registry_bridge.projects import DatabaseProjectRecords, listing_from_json
-from registry_bridge.rules_gate import ProjectListing
 from registry_bridge.schema import ProjectListingRecord
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

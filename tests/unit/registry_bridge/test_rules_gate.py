@@ -11,6 +11,7 @@ from compliance_rules import EntityYear, OffsetUse
 from registry_bridge.bridge import TransferCheck, TransferRules, UseCheck
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding
+from registry_bridge.listing import OtherRegistration, ProjectListing
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -19,12 +20,7 @@ from registry_bridge.model import (
     Program,
     UnitBlock,
 )
-from registry_bridge.rules_gate import (
-    ComplianceRules,
-    OtherRegistration,
-    ProjectListing,
-    list_project,
-)
+from registry_bridge.rules_gate import ComplianceRules, list_project
 from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,

@@ -1,0 +1,80 @@
+"""A crediting project as its issuer presents it for listing, and the answer (ListProject).
+
+Plain values, apart from the rules that decide them (``rules_gate``) and their storage
+(``projects``): the gateway converts requests into them, and its client commands need
+them without the rules engine or the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from registry_bridge.model import Authorization as UnitAuthorization
+from registry_bridge.transfers import RulesDecision, RuleViolation
+
+
+@dataclass(frozen=True)
+class OtherRegistration:
+    """The same project registered under another program, with a period issued there."""
+
+    program: str
+    project_id: str
+    issued_period_start: date
+    issued_period_end: date
+
+
+@dataclass(frozen=True)
+class ProjectListing:
+    """A crediting project as an issuer presents it for listing (``carbonlink.v1.Project``).
+
+    Dates are already parsed: the gateway turns a bad ISO date into INVALID_ARGUMENT.
+    """
+
+    program: str
+    """Originating program, e.g. ``"VCS"``, ``"GS"``, ``"BRI-ITMO"``."""
+    project_id: str
+    display_name: str = ""
+    project_type: str = ""
+    methodology: str = ""
+    country: str = ""
+    """ISO 3166-1 alpha-2 host country."""
+    region: str = ""
+    """Province (``"Guangdong"``, or ISO ``"CN-GD"``), optionally ``"Guangdong/Meizhou"``."""
+    start_date: date | None = None
+    construction_start: date | None = None
+    """Construction start (CCER eligibility: after 2012-11-08)."""
+    crediting_period_start: date | None = None
+    crediting_period_end: date | None = None
+    gec_status: str = ""
+    """Green-electricity-certificate status of the generation (``GecStatus`` value);
+    empty when not declared, and then GEC/CCER exclusivity refuses covered units."""
+    other_registrations: tuple[OtherRegistration, ...] = ()
+    """Registrations of the same project under other programs (double-issuance checks)."""
+    authorization: UnitAuthorization | None = None
+    """Unit-level: checked on each transfer, not at listing."""
+    labels: frozenset[str] = frozenset()
+    gas: str = "CO2"
+    """Unit-level: checked on each transfer, not at listing."""
+
+
+@dataclass(frozen=True)
+class ListingEligibility:
+    """Whether a listed project's units would be eligible for one use."""
+
+    use: str
+    decision: RulesDecision
+    conditions: tuple[str, ...] = ()
+    """Rules that depend on unit-level facts and so are checked on each transfer."""
+
+
+@dataclass(frozen=True)
+class ListingOutcome:
+    """The answer to ListProject."""
+
+    listed: bool
+    """True when the project is not refused and at least one use is eligible."""
+    eligibility: tuple[ListingEligibility, ...]
+    refusals: tuple[RuleViolation, ...]
+    """Violations that refuse the listing as a whole (double issuance)."""
+    pack_versions: tuple[str, ...] = ()

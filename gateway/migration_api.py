@@ -12,13 +12,9 @@ import re
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert
-from registry_bridge.covered_entities import (
-    ComplianceYear,
-    CoveredEntity,
-    get_entity,
-    upsert_entity,
-)
+from registry_bridge.covered_entities import ComplianceYear, CoveredEntity
 from registry_bridge.db import unit_of_work
+from registry_bridge.entities import get_entity, upsert_entity
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.idempotency import answer_once
 from registry_bridge.ledger import LedgerHolding

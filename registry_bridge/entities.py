@@ -1,4 +1,4 @@
-"""Covered entities' compliance years, stored in the ledger database.
+"""Covered entities and their compliance years, stored in the ledger database.
 
 Offsets an entity already surrendered are not stored twice: they are summed from the
 surrenders the bridge recorded for that entity, jurisdiction and year, those still waiting
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,9 +18,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from compliance_rules import EntityYear, OffsetUse
 from registry_bridge import ledger
 from registry_bridge.block_json import block_id_from_dict
+from registry_bridge.covered_entities import (
+    ComplianceYear,
+    CoveredEntity,
+    covered_twice,
+    validate_entity,
+)
 from registry_bridge.db import read_only
-from registry_bridge.errors import InvalidRequest
-from registry_bridge.schema import EntityYearRecord, UnitUseRecord
+from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound
+from registry_bridge.schema import (
+    CoveredEntityAccountRecord,
+    CoveredEntityRecord,
+    EntityYearRecord,
+    MigrationRecord,
+    UnitUseRecord,
+)
 
 
 def record_entity_year(
@@ -51,6 +64,107 @@ def record_entity_year(
             allowances_due=allowances_due,
             covered_by_national_ets=covered_by_national_ets,
         )
+    )
+
+
+def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
+    """A migrated (or migrating) entity's years stay on their side of its first year: a
+    pilot year from then on, or a national year before it, would be a year that two
+    schemes cover (the migration plan refuses the same, CL-MIGRATION-0007)."""
+    moves = session.execute(
+        sa.select(
+            MigrationRecord.from_jurisdiction,
+            MigrationRecord.to_jurisdiction,
+            MigrationRecord.first_year,
+        ).where(
+            MigrationRecord.entity_id == entity.entity_id,
+            MigrationRecord.state.in_(("running", "completed")),
+        )
+    ).all()
+    problems = [
+        FieldViolation(
+            f"entity.years[{i}]",
+            f"{year.jurisdiction} {year.compliance_year}: the entity moved from "
+            f"{pilot} to {national} from {first}, so that year is not {year.jurisdiction}'s",
+        )
+        for pilot, national, first in moves
+        for i, year in enumerate(entity.years)
+        if covered_twice(year.jurisdiction, year.compliance_year, pilot, national, first)
+    ]
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
+
+def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None:
+    """Record (or correct) a covered entity, its accounts and the years it gives.
+
+    Accounts and years not given are left as they are: a correction names what it
+    corrects. The caller owns the transaction.
+
+    Raises:
+        InvalidRequest: A field is missing or out of range (every problem listed), or a
+            year falls on the wrong side of the entity's migration.
+    """
+    validate_entity(entity)
+    _check_migrated_years(session, entity)
+    session.merge(
+        CoveredEntityRecord(
+            entity_id=entity.entity_id,
+            display_name=entity.display_name,
+            sector=entity.sector,
+            gases=json.dumps(sorted(set(entity.gases))),
+            updated_at=at,
+        )
+    )
+    session.flush()
+    for registry, account in sorted(entity.accounts.items()):
+        session.merge(
+            CoveredEntityAccountRecord(
+                entity_id=entity.entity_id, registry_id=registry, account=account
+            )
+        )
+    for year in entity.years:
+        record_entity_year(
+            session,
+            entity.entity_id,
+            year.jurisdiction,
+            year.compliance_year,
+            year.verified_emissions,
+            year.allowances_due,
+        )
+
+
+def get_entity(session: Session, entity_id: str) -> CoveredEntity:
+    """A covered entity with its accounts and every recorded year.
+
+    Raises:
+        NotFound: No such entity.
+    """
+    record = session.get(CoveredEntityRecord, entity_id)
+    if record is None:
+        raise NotFound(f"entities/{entity_id}")
+    accounts = session.execute(
+        sa.select(CoveredEntityAccountRecord).where(
+            CoveredEntityAccountRecord.entity_id == entity_id
+        )
+    ).scalars()
+    years = session.execute(
+        sa.select(EntityYearRecord)
+        .where(EntityYearRecord.entity_id == entity_id)
+        .order_by(EntityYearRecord.jurisdiction, EntityYearRecord.compliance_year)
+    ).scalars()
+    return CoveredEntity(
+        entity_id=record.entity_id,
+        display_name=record.display_name,
+        sector=record.sector,
+        gases=tuple(json.loads(record.gases)),
+        accounts={a.registry_id: a.account for a in accounts},
+        years=tuple(
+            ComplianceYear(
+                y.jurisdiction, y.compliance_year, y.verified_emissions, y.allowances_due
+            )
+            for y in years
+        ),
     )
 
 

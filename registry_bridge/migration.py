@@ -46,8 +46,9 @@ from registry_bridge.block_json import (
     block_to_json,
 )
 from registry_bridge.bridge import ORIGIN_REGISTRY, Bridge
-from registry_bridge.covered_entities import CoveredEntity, covered_twice, get_entity
+from registry_bridge.covered_entities import CoveredEntity, covered_twice
 from registry_bridge.db import read_only, unit_of_work
+from registry_bridge.entities import get_entity
 from registry_bridge.errors import (
     FailedPrecondition,
     FieldViolation,

@@ -16,14 +16,19 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import grpc
 
-from adapters.emulator_core import EmulatorSpec
 from adapters.retry import CallObserver, RetryingRegistry, RetryPolicy
 from registry_bridge.errors import NotFound
 from registry_bridge.model import Program
 from registry_bridge.port import RegistryPort
+
+if TYPE_CHECKING:
+    # Only to name the type: the emulators (their gRPC servers and stores) load when
+    # RegistryEntry.emulator() is called, as the adapters' clients load in client().
+    from adapters.emulator_core import EmulatorSpec
 
 ClientFactory = Callable[..., RegistryPort]
 

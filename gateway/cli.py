@@ -1,4 +1,12 @@
-"""The ``carbonlink`` command line."""
+"""The ``carbonlink`` command line.
+
+Building the parser and running a client or offline command (``transfer``, ``trace``,
+``audit verify``, ``serial parse``...) loads no server code: an auditor's or a script's
+command starts in a fraction of the time the server stack takes to import.  The
+commands that need that stack import it in their handler, in one place each: ``serve``
+(``cli_serve``), ``demo``, ``emulate`` and ``registry import`` (``cli_registry``) and
+``bench`` (``cli_bench``).  ``tests/unit/gateway/test_cli_imports.py`` holds them to it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from gateway import (
     cli_audit,
+    cli_bench,
     cli_certs,
     cli_client,
     cli_migrate,
@@ -19,64 +26,19 @@ from gateway import (
     cli_registry,
     cli_rules,
     cli_serial,
-    demo,
 )
-from gateway.config import ConfigError, load_config
-from gateway.logging_setup import configure_logging
-from gateway.server import GatewayServer
-from gateway.stop_signals import StopSignals
-from registry_bridge.errors import CarbonlinkError
-
-_logger = structlog.get_logger(__name__)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    flags = {
-        "listen": args.listen,
-        "metrics_listen": args.metrics_listen,
-        "database_url": args.database_url,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "registries": ",".join(args.registry) if args.registry else None,
-        "insecure": True if args.insecure else None,
-        **cli_certs.serve_flags(args.tls_dir),
-    }
-    try:
-        config = load_config(
-            file=args.config,
-            flags=flags,
-            flag_names={
-                "registries": "--registry",
-                **{name: "--tls-dir" for name in cli_certs.serve_flags(None)},
-            },
-        )
-    except ConfigError as exc:
-        print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level, config.log_format)
-    try:
-        server = GatewayServer(config)
-    except ConfigError as exc:  # a setting only the server can judge (a registry's name)
-        print(f"carbonlink serve: configuration error: {exc}", file=sys.stderr)
-        return 2
-    with StopSignals() as stop:
-        try:
-            server.start()
-        except (CarbonlinkError, OSError) as exc:
-            _logger.error("gateway_start_failed", error=str(exc))
-            print(f"carbonlink serve: cannot start: {exc}", file=sys.stderr)
-            return 1
-        received = stop.wait()
-        _logger.info("shutdown_requested", signal=received.name)
-        abandoned = server.stop()
-    if abandoned:
-        # Python joins the handlers' threads at exit, so calls still waiting on a registry
-        # would hold the process past the grace period its supervisor allows. Exiting now
-        # is as safe as a crash: recovery finishes what they had not committed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    from gateway import cli_serve  # the server stack: for this command only
+
+    return cli_serve.serve(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway import demo  # the server, the emulators and every journey's client
+
+    return demo.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument(
         "--workdir", type=Path, help="keep the demo's databases here (default: a temp dir)"
     )
-    demo_parser.set_defaults(handler=demo.run)
+    demo_parser.set_defaults(handler=_demo)
 
     cli_serial.register(commands)
     cli_rules.register(commands)
@@ -133,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_migrate.register(commands)
     cli_certs.register(commands)
     cli_audit.register(commands)
-    __import__("gateway.cli_bench").cli_bench.register(commands)
+    cli_bench.register(commands)
     return parser
 
 

@@ -5,6 +5,10 @@ serves an emulated registry's native API until SIGTERM or SIGINT;
 ``carbonlink registry import <registry> FILE --data DIR`` loads a registry export into
 that registry's emulator store.  ``register`` adds both to the main parser; each handler
 is the ``handler`` default of its namespace and returns the process exit code.
+
+The emulators (their gRPC servers, stores and export readers) are imported by the
+handler of the command that runs them, not with this module: ``gateway.cli`` builds its
+parser, for every command, from this module's ``register``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ from pathlib import Path
 
 import structlog
 
-from adapters.emulator_core import FaultConfig, start_emulator
-from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
 from adapters.registry import REGISTRIES
 from adapters.serial_errors import RegistryFormatError
 from gateway.security.layout import TlsLayout
@@ -52,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle_emulate(args: argparse.Namespace) -> int:
     """Serve the emulator until SIGTERM or SIGINT."""
+    from adapters.emulator_core import FaultConfig, start_emulator
+
     faults = None
     if args.faults is not None:
         try:
@@ -90,6 +94,8 @@ def handle_emulate(args: argparse.Namespace) -> int:
 
 def handle_import(args: argparse.Namespace) -> int:
     """Import an export file; on a bad row report its line and import nothing."""
+    from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
+
     source = str(args.file)
     try:
         rows = read_export(args.registry, args.file)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
+from gateway import cli_serve
 from gateway.cli import EXIT_BROKEN_PIPE, main
 
 
@@ -29,7 +29,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
 def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     # serve points the process's logging at the stderr of the moment: here a capture
     # that closes with the test, which later tests' logging would then write to.
-    monkeypatch.setattr(cli, "configure_logging", lambda *_: None)
+    monkeypatch.setattr(cli_serve, "configure_logging", lambda *_: None)
 
 
 @pytest.mark.usefixtures("_keep_logging")

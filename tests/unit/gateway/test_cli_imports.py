@@ -1,0 +1,145 @@
+"""What each kind of ``carbonlink`` command loads: only what it runs.
+
+An auditor verifying a bundle offline, an operator's script calling the gateway, and
+anyone asking for ``--help`` wait for every module the command imports.  None of them
+should load the server stack: the database layer, the bridge and its rules gate, the
+servicer, the emulators, the demo or the bench.  Only the commands that run them do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_bridge import merkle
+from registry_bridge.audit import Bundle, BundleEvent, TraceStatement
+from registry_bridge.event_log import canonical_json
+from registry_bridge.model import BlockId, Program
+from registry_bridge.signed_note import Checkpoint, NoteSigner, generate_private_key_pem
+from tests.imports import SQL_STACK, Probe, loaded, probe
+
+SERVER_STACK = (
+    *SQL_STACK,
+    "registry_bridge.bridge",
+    "registry_bridge.ledger",
+    "registry_bridge.rules_gate",
+    "registry_bridge.provenance",
+    "gateway.server",
+    "gateway.servicer",
+    "gateway.demo",
+    "adapters.emulator_core",
+    "bench.runner",
+    "prometheus_client",
+    "grpc_health.v1.health",
+)
+"""What only serve, demo, emulate, registry import and bench need."""
+
+_DEAD_GATEWAY = ["--insecure", "--target", "127.0.0.1:1", "--timeout", "0.5"]
+"""Nothing listens there: the command fails at its call, having loaded all it needs."""
+
+
+def _run(argv: list[str]) -> tuple[int, Probe]:
+    """Run ``carbonlink ARGV`` in a new interpreter: its exit code, output and modules."""
+    ran = probe(
+        "from gateway.cli import main\n"
+        "try:\n"
+        f"    code = main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(f'exit {code}')"
+    )
+    *output, exit_line = ran.output.splitlines()
+    return int(exit_line.removeprefix("exit ")), Probe("\n".join(output), ran.modules)
+
+
+def _bundle_and_key(tmp_path: Path) -> tuple[Path, str]:
+    """An honest one-event audit bundle on disk, and the log key that signed it."""
+    signer = NoteSigner.from_pem("test.example/log", generate_private_key_pem())
+    block = {"program": "VCS", "serial_series": "", "serial_start": 100, "serial_end": 199}
+    body: dict[str, Any] = {"kind": "issuance", "block": block, "origin": block, "row": 1}
+    body |= {"registry": "verra", "account": "a", "status": "active", "mirror": False, "index": 0}
+    payload = canonical_json(body)
+    root = merkle.root_from_leaves([hashlib.sha256(b"\x00" + payload).digest()])
+    query = BlockId(Program.VCS, "", 100, 199)
+    bundle = Bundle(
+        registry="verra",
+        serial="",
+        query=query,
+        checkpoint=signer.sign(Checkpoint(signer.name, 1, root)),
+        log_key=signer.verifier.encode(),
+        events=(BundleEvent(0, payload, ()),),
+        trace_note=signer.sign_body(TraceStatement(signer.name, 1, root, query, (0,)).body()),
+    )
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle.to_json()))
+    return path, signer.verifier.encode()
+
+
+def test_help_loads_no_command() -> None:
+    code, ran = _run(["--help"])
+    assert code == 0 and "transfer" in ran.output
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
+def test_parsing_a_serial_loads_no_server_code() -> None:
+    code, ran = _run(
+        [
+            "serial",
+            "parse",
+            "--registry",
+            "verra",
+            "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0",
+        ]
+    )
+    assert code == 0 and "115597313" in ran.output
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
+def test_offline_verification_loads_no_database_code(tmp_path: Path) -> None:
+    bundle, key = _bundle_and_key(tmp_path)
+    code, ran = _run(["audit", "verify", str(bundle), "--log-key", key])
+    assert code == 0 and ran.output.startswith("OK: 1 events verified")
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["transfer", "list"],
+        ["trace", "--block", "VCS:100-199"],
+        ["migrate", "get", "migrations/m-1"],
+        ["project", "list", "PROJECT", "--jurisdiction", "shenzhen"],
+        ["entity", "import", "ENTITIES"],
+    ],
+    ids=["transfer", "trace", "migrate", "project", "entity"],
+)
+def test_a_client_command_loads_no_server_code(tmp_path: Path, argv: list[str]) -> None:
+    project = tmp_path / "project.yaml"
+    project.write_text("program: VCS\nproject_id: p-1\n")
+    entities = tmp_path / "entities.json"
+    entity = {"entity_id": "e-1", "sector": "steel", "gases": ["CO2"], "accounts": {}}
+    entities.write_text(json.dumps({"entities": [entity]}))
+    files = {"PROJECT": str(project), "ENTITIES": str(entities)}
+    code, ran = _run([files.get(a, a) for a in argv] + _DEAD_GATEWAY)
+    assert code == 1  # UNAVAILABLE: it got as far as calling the gateway
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
+def test_rules_commands_load_the_engine_but_no_server_code() -> None:
+    code, ran = _run(["rules", "validate", "shenzhen"])
+    assert code == 0
+    assert loaded(ran.modules, ("compliance_rules.engine",)) == ["compliance_rules.engine"]
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
+def test_serve_loads_the_server_stack_when_it_runs(tmp_path: Path) -> None:
+    # The probe's own check: a command that needs the stack does load it.
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(b"\xff\xfe")
+    code, ran = _run(["serve", "--insecure", "--config", str(config)])
+    assert code == 2
+    assert {"gateway.server", "sqlalchemy"} <= ran.modules

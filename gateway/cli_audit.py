@@ -14,11 +14,13 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.rpc import code_pb2
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
@@ -342,31 +344,47 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    stdout = sys.stdout if out is None else out
+def _ask(args: argparse.Namespace, command: str, call: Callable[[Any], Message]) -> Message | int:
+    """``call`` on a stub of the gateway ``args`` name: its answer, or the exit code
+    after saying why there is none."""
     try:
         channel = client_security.open_channel(args)
     except ClientSetupError as exc:
-        print(f"carbonlink reconcile: {exc}", file=sys.stderr)
+        print(f"carbonlink {command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with channel:
         try:
-            report = gateway_pb2_grpc.LinkageGatewayStub(channel).Reconcile(
-                gateway_pb2.ReconcileRequest(registries=args.registry or []),
-                timeout=args.timeout,
-            )
+            return call(gateway_pb2_grpc.LinkageGatewayStub(channel))
         except grpc.RpcError as exc:
-            print(f"carbonlink reconcile: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"carbonlink {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_FAILED
+
+
+def _print_json(message: Message, stdout: TextIO) -> None:
+    print(
+        json.dumps(
+            json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
+            indent=2,
+            sort_keys=True,
+        ),
+        file=stdout,
+    )
+
+
+def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stdout = sys.stdout if out is None else out
+    report = _ask(
+        args,
+        "reconcile",
+        lambda stub: stub.Reconcile(
+            gateway_pb2.ReconcileRequest(registries=args.registry or []), timeout=args.timeout
+        ),
+    )
+    if isinstance(report, int):
+        return report
+    assert isinstance(report, gateway_pb2.ReconcileReport)
     if args.json:
-        print(
-            json.dumps(
-                json_format.MessageToDict(report, always_print_fields_with_no_presence=True),
-                indent=2,
-                sort_keys=True,
-            ),
-            file=stdout,
-        )
+        _print_json(report, stdout)
     else:
         print(
             f"reconciliation {report.reconciliation_id}: "
@@ -388,34 +406,21 @@ def _print_findings(report: gateway_pb2.ReconcileReport, stdout: TextIO) -> None
 
 def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stdout = sys.stdout if out is None else out
-    try:
-        channel = client_security.open_channel(args)
-    except ClientSetupError as exc:
-        print(f"carbonlink reconciliations: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    with channel:
-        try:
-            listed = gateway_pb2_grpc.LinkageGatewayStub(channel).ListReconciliations(
-                gateway_pb2.ListReconciliationsRequest(
-                    page_size=args.limit, trigger=args.trigger or ""
-                ),
-                timeout=args.timeout,
-            )
-        except grpc.RpcError as exc:
-            print(
-                f"carbonlink reconciliations: {exc.code().name}: {exc.details()}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-    if args.json:
-        print(
-            json.dumps(
-                json_format.MessageToDict(listed, always_print_fields_with_no_presence=True),
-                indent=2,
-                sort_keys=True,
+    listed = _ask(
+        args,
+        "reconciliations",
+        lambda stub: stub.ListReconciliations(
+            gateway_pb2.ListReconciliationsRequest(
+                page_size=args.limit, trigger=args.trigger or ""
             ),
-            file=stdout,
-        )
+            timeout=args.timeout,
+        ),
+    )
+    if isinstance(listed, int):
+        return listed
+    assert isinstance(listed, gateway_pb2.ListReconciliationsResponse)
+    if args.json:
+        _print_json(listed, stdout)
         return EXIT_OK
     for run in listed.reconciliations:
         who = run.requested_by or "schedule"

@@ -59,7 +59,7 @@ def bundle_from_response(
         serial=serial,
         query=query,
         checkpoint=response.checkpoint.signed_note,
-        trace_note=response.trace_note,
+        trace_notes=(response.trace_note,),
         log_key=response.checkpoint.verifier_key,
         events=tuple(
             BundleEvent(

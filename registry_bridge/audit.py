@@ -7,8 +7,10 @@ stops at the first failure with its reason:
 
 1. the bundle was signed by the key the auditor trusts (given out of band);
 2. the checkpoint's signature;
-3. the trace note's signature, and that it answers this bundle's query at this
-   checkpoint with exactly this bundle's events: none left out, none added;
+3. the trace notes' signatures, and that they answer this bundle's query at this
+   checkpoint with exactly this bundle's events: none left out, none added.  A trace
+   read in pages has one note per page, each for a window of the log's indexes; the
+   windows must tile the whole log, so a page left out (note and events) is seen too;
 4. every event's inclusion proof against the checkpoint's root, and that each event's
    bytes name its own position;
 5. that the history is well formed: every unit traces back to an issuance in the bundle,
@@ -20,9 +22,10 @@ stops at the first failure with its reason:
 Inclusion proofs show that each event given is in the log; they cannot show that none
 was left out, and a history cut short reads as a consistent, wrong present (units shown
 spendable that were retired since).  So the gateway signs, with the log's key, which
-events answer the query at the checkpoint (the trace note), and a bundle missing one of
-them is refused.  A gateway that signs an incomplete list has put its key to a false
-statement, which a later trace of the same units exposes.
+events answer the query at the checkpoint (the trace note; for a paged trace, one note
+per page, each saying which events answer among the indexes of its window), and a
+bundle missing one of them is refused.  A gateway that signs an incomplete list has put
+its key to a false statement, which a later trace of the same units exposes.
 
 Everything checked comes from the proven bytes; the bundle's other fields are only
 conveniences and are never trusted.  This module deliberately re-implements the little
@@ -39,7 +42,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
@@ -47,11 +50,17 @@ from registry_bridge.errors import CarbonlinkError
 from registry_bridge.model import BlockId, HoldingStatus, merge_spans, spans_missing
 from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint, open_note
 
-BUNDLE_FORMAT = "carbonlink-audit-bundle/2"
+BUNDLE_FORMAT = "carbonlink-audit-bundle/3"
 _FORMAT_1 = "carbonlink-audit-bundle/1"
+_FORMAT_2 = "carbonlink-audit-bundle/2"
+"""One trace note, for the whole log: still verified (a trace too long for one reply
+could not be written in it)."""
 _LEAF_PREFIX = b"\x00"
 TRACE_NOTE_TYPE = "carbonlink trace/1"
-"""The second line of a trace note (a checkpoint's second line is its tree size)."""
+"""The second line of a trace note for the whole log (a checkpoint's second line is its
+tree size)."""
+PAGE_NOTE_TYPE = "carbonlink trace/2"
+"""The second line of a trace note for a window of the log: one page of a paged trace."""
 
 
 class AuditFailure(CarbonlinkError):
@@ -88,21 +97,39 @@ def _parse_index_ranges(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TraceStatement:
-    """What the gateway signs with a trace: these events answer this query at this tree."""
+    """What the gateway signs with a trace: these events answer this query at this tree.
+
+    With a ``window``, only of the indexes in it: a paged trace signs one statement per
+    page, and the windows of a whole trace tile ``[0, size)``.
+    """
 
     origin: str
     size: int
     root: bytes
     query: BlockId
     indexes: tuple[int, ...]
-    """Every event of the trace, in rising order."""
+    """Every event of the trace (in the window), in rising order."""
+    window: tuple[int, int] | None = None
+    """``(start, end)``: the statement is of the indexes ``start <= i < end`` only.
+    None, or the whole log, is written as a statement of the first kind (which verifiers
+    of bundles before paging read)."""
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The indexes the statement answers for, ``[start, end)``."""
+        return self.window if self.window is not None else (0, self.size)
 
     def body(self) -> str:
         """The exact text that is signed."""
         query = json.dumps(block_id_to_dict(self.query), sort_keys=True, separators=(",", ":"))
+        root = base64.b64encode(self.root).decode()
+        ranges = index_ranges(self.indexes)
+        start, end = self.span
+        if (start, end) == (0, self.size):
+            return f"{self.origin}\n{TRACE_NOTE_TYPE}\n{self.size}\n{root}\n{query}\n{ranges}\n"
         return (
-            f"{self.origin}\n{TRACE_NOTE_TYPE}\n{self.size}\n"
-            f"{base64.b64encode(self.root).decode()}\n{query}\n{index_ranges(self.indexes)}\n"
+            f"{self.origin}\n{PAGE_NOTE_TYPE}\n{self.size}\n{root}\n{query}\n"
+            f"{start} {end}\n{ranges}\n"
         )
 
 
@@ -110,20 +137,40 @@ def open_trace_note(note: str, trusted: Verifier) -> TraceStatement:
     """Verify a trace note against the log key and return what it states.
 
     Raises:
-        NoteError: The note is malformed, or not signed by ``trusted``.
+        NoteError: The note is malformed, lists an event outside its window, or is not
+            signed by ``trusted``.
     """
     lines = open_note(note, trusted, "trace note")
-    if len(lines) != 6 or lines[1] != TRACE_NOTE_TYPE:
-        raise NoteError(f"a trace note's body is six lines, the second {TRACE_NOTE_TYPE!r}")
-    origin, _, size_text, root_text, query_text, ranges = lines
+    if len(lines) == 7 and lines[1] == PAGE_NOTE_TYPE:
+        origin, _, size_text, root_text, query_text, window_text, ranges = lines
+    elif len(lines) == 6 and lines[1] == TRACE_NOTE_TYPE:
+        origin, _, size_text, root_text, query_text, ranges = lines
+        window_text = f"0 {size_text}"
+    else:
+        raise NoteError(
+            f"a trace note's body is six lines, the second {TRACE_NOTE_TYPE!r}, or seven, "
+            f"the second {PAGE_NOTE_TYPE!r}"
+        )
     if not size_text.isdigit():
         raise NoteError(f"tree size {size_text!r} is not a decimal number")
+    size = int(size_text)
+    start_text, _, end_text = window_text.partition(" ")
+    if not (start_text.isdigit() and end_text.isdigit()):
+        raise NoteError(f"window {window_text!r} is not two decimal numbers")
+    start, end = int(start_text), int(end_text)
+    if not 0 <= start < end <= size:
+        raise NoteError(f"window {start}-{end - 1} is not a part of a log of size {size}")
     try:
         root = base64.b64decode(root_text, validate=True)
         query = block_id_from_dict(json.loads(query_text))
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise NoteError(f"the trace note's root or query is malformed: {exc}") from exc
-    return TraceStatement(origin, int(size_text), root, query, _parse_index_ranges(ranges))
+    indexes = _parse_index_ranges(ranges)
+    for index in (indexes[0], indexes[-1]):
+        if not start <= index < end:
+            raise NoteError(f"event {index} is outside the note's window {start}-{end - 1}")
+    window = None if (start, end) == (0, size) else (start, end)
+    return TraceStatement(origin, size, root, query, indexes, window)
 
 
 @dataclass(frozen=True)
@@ -145,8 +192,9 @@ class Bundle:
     checkpoint: str
     log_key: str
     events: tuple[BundleEvent, ...]
-    trace_note: str
-    """The gateway's signed list of the events answering the query (a TraceStatement)."""
+    trace_notes: tuple[str, ...]
+    """The gateway's signed lists of the events answering the query (TraceStatements):
+    one for a trace read whole, one per page for a paged one."""
 
     def to_json(self) -> dict[str, Any]:
         """The bundle as a JSON document (bytes in base64)."""
@@ -158,7 +206,7 @@ class Bundle:
                 "block": block_id_to_dict(self.query),
             },
             "checkpoint": self.checkpoint,
-            "trace_note": self.trace_note,
+            "trace_notes": list(self.trace_notes),
             "log_key": self.log_key,
             "events": [
                 {
@@ -184,15 +232,22 @@ def bundle_from_json(document: Any) -> Bundle:
                 "detected, so it is not verified; trace the units again for a bundle of "
                 f"format {BUNDLE_FORMAT}"
             )
-        if document["format"] != BUNDLE_FORMAT:
+        notes: Any
+        if document["format"] == _FORMAT_2:
+            notes = [document["trace_note"]]
+        elif document["format"] == BUNDLE_FORMAT:
+            notes = document["trace_notes"]
+        else:
             raise AuditFailure(f"bundle format is {document['format']!r}, not {BUNDLE_FORMAT}")
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise AuditFailure("not an audit bundle: its trace notes are not a list of text")
         query = document["query"]
         return Bundle(
             registry=str(query["registry"]),
             serial=str(query["serial"]),
             query=block_id_from_dict(query["block"]),
             checkpoint=str(document["checkpoint"]),
-            trace_note=str(document["trace_note"]),
+            trace_notes=tuple(notes),
             log_key=str(document["log_key"]),
             events=tuple(
                 BundleEvent(
@@ -390,23 +445,47 @@ def _check_history(bodies: Sequence[tuple[int, dict[str, Any]]], report: AuditRe
     )
 
 
-def _check_trace_note(bundle: Bundle, size: int, root: bytes, trusted: Verifier) -> None:
-    """The signed trace note answers this query at this checkpoint with these events."""
-    try:
-        statement = open_trace_note(bundle.trace_note, trusted)
-    except NoteError as exc:
-        raise AuditFailure(f"trace note: {exc}") from exc
-    if (statement.origin, statement.size, statement.root) != (trusted.name, size, root):
-        raise AuditFailure(
-            f"the trace note is for tree size {statement.size} of {statement.origin!r}, not "
-            "the checkpoint's"
-        )
-    if statement.query != bundle.query:
-        raise AuditFailure(
-            f"the trace note answers {_describe(statement.query)}, not the queried "
-            f"{_describe(bundle.query)}"
-        )
-    signed = set(statement.indexes)
+def _missing_page(start: int, end: int) -> NoReturn:
+    span = str(start) if end == start + 1 else f"{start}-{end - 1}"
+    raise AuditFailure(
+        f"no trace note answers for events {span} of the log: a page of the trace is "
+        "missing, the history is incomplete"
+    )
+
+
+def _check_trace_notes(bundle: Bundle, size: int, root: bytes, trusted: Verifier) -> None:
+    """The signed trace notes answer this query at this checkpoint with these events, and
+    together answer for every index of the log: a page left out leaves a gap."""
+    if not bundle.trace_notes:
+        raise AuditFailure("the bundle holds no trace note: events left out cannot be detected")
+    statements: list[TraceStatement] = []
+    for note in bundle.trace_notes:
+        try:
+            statement = open_trace_note(note, trusted)
+        except NoteError as exc:
+            raise AuditFailure(f"trace note: {exc}") from exc
+        if (statement.origin, statement.size, statement.root) != (trusted.name, size, root):
+            raise AuditFailure(
+                f"the trace note is for tree size {statement.size} of {statement.origin!r}, "
+                "not the checkpoint's"
+            )
+        if statement.query != bundle.query:
+            raise AuditFailure(
+                f"the trace note answers {_describe(statement.query)}, not the queried "
+                f"{_describe(bundle.query)}"
+            )
+        statements.append(statement)
+    at = 0
+    for statement in sorted(statements, key=lambda s: s.span):
+        start, end = statement.span
+        if start < at:
+            raise AuditFailure(f"the trace notes overlap at event {start}")
+        if start > at:
+            _missing_page(at, start)
+        at = end
+    if at != size:
+        _missing_page(at, size)
+    signed = {i for statement in statements for i in statement.indexes}
     given = {e.index for e in bundle.events}
     if missing := sorted(signed - given):
         raise AuditFailure(
@@ -443,7 +522,7 @@ def verify_bundle(bundle: Bundle, trusted: Verifier) -> AuditReport:
         raise AuditFailure(f"checkpoint: {exc}") from exc
     if checkpoint.origin != trusted.name:
         raise AuditFailure(f"checkpoint origin {checkpoint.origin!r} is not {trusted.name!r}")
-    _check_trace_note(bundle, checkpoint.size, checkpoint.root, trusted)
+    _check_trace_notes(bundle, checkpoint.size, checkpoint.root, trusted)
     if not bundle.events:
         raise AuditFailure("the bundle holds no events")
     bodies: list[tuple[int, dict[str, Any]]] = []

@@ -89,7 +89,7 @@ def _bundle(
         checkpoint=signer.sign(Checkpoint(ORIGIN, size, root)),
         log_key=signer.verifier.encode(),
         events=tuple(BundleEvent(i, payloads[i], proof(i)) for i in chosen),
-        trace_note=signer.sign_body(TraceStatement(ORIGIN, size, root, BLOCK, listed).body()),
+        trace_notes=(signer.sign_body(TraceStatement(ORIGIN, size, root, BLOCK, listed).body()),),
     )
 
 
@@ -208,26 +208,28 @@ def test_a_trace_note_for_another_query_size_or_key_is_refused(signer: NoteSigne
     )
     with pytest.raises(AuditFailure, match="answers VCS 100-120, not the queried VCS 100-199"):
         verify_bundle(
-            dataclasses.replace(bundle, trace_note=signer.sign_body(elsewhere.body())),
+            dataclasses.replace(bundle, trace_notes=(signer.sign_body(elsewhere.body()),)),
             signer.verifier,
         )
     with pytest.raises(AuditFailure, match=r"trace note is for tree size 4 .* not the checkpoint"):
         verify_bundle(
-            dataclasses.replace(bundle, trace_note=signer.sign_body(statement.body())),
+            dataclasses.replace(bundle, trace_notes=(signer.sign_body(statement.body()),)),
             signer.verifier,
         )
     stranger = NoteSigner.from_pem(ORIGIN, generate_private_key_pem())
     with pytest.raises(AuditFailure, match="trace note: the trace note is not signed by"):
         verify_bundle(
-            dataclasses.replace(bundle, trace_note=stranger.sign_body(statement.body())),
+            dataclasses.replace(bundle, trace_notes=(stranger.sign_body(statement.body()),)),
             signer.verifier,
         )
     # A checkpoint is not a trace note, though signed by the same key.
     with pytest.raises(AuditFailure, match="trace note: a trace note's body is six lines"):
-        verify_bundle(dataclasses.replace(bundle, trace_note=bundle.checkpoint), signer.verifier)
-    changed = bundle.trace_note.replace("\n0-3\n", "\n0-2\n")
+        verify_bundle(
+            dataclasses.replace(bundle, trace_notes=(bundle.checkpoint,)), signer.verifier
+        )
+    changed = bundle.trace_notes[0].replace("\n0-3\n", "\n0-2\n")
     with pytest.raises(AuditFailure, match=r"trace note: the signature by .* does not verify"):
-        verify_bundle(dataclasses.replace(bundle, trace_note=changed), signer.verifier)
+        verify_bundle(dataclasses.replace(bundle, trace_notes=(changed,)), signer.verifier)
 
 
 def _root(bundle: Bundle, signer: NoteSigner) -> bytes:
@@ -239,7 +241,7 @@ def test_a_bundle_of_the_first_format_is_not_verified(signer: NoteSigner) -> Non
     document = bundle.to_json()
     assert bundle_from_json(document) == bundle
     old = {**document, "format": "carbonlink-audit-bundle/1"}
-    del old["trace_note"]
+    del old["trace_notes"]
     with pytest.raises(AuditFailure, match="has no trace note: events left out of it cannot"):
         bundle_from_json(old)
 
@@ -266,7 +268,8 @@ def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
     bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
     statement = open_trace_statement(bundle, signer)
     bundle = dataclasses.replace(
-        bundle, trace_note=signer.sign_body(dataclasses.replace(statement, query=query).body())
+        bundle,
+        trace_notes=(signer.sign_body(dataclasses.replace(statement, query=query).body()),),
     )
     report = verify_bundle(bundle, signer.verifier)
     # The mirror's units are back at their origin, in the buyer's hands at the venue.
@@ -283,7 +286,7 @@ def test_the_verifier_loads_no_database_code() -> None:
 
 
 def open_trace_statement(bundle: Bundle, signer: NoteSigner) -> TraceStatement:
-    return open_trace_note(bundle.trace_note, signer.verifier)
+    return open_trace_note(bundle.trace_notes[0], signer.verifier)
 
 
 @pytest.mark.parametrize(
@@ -331,3 +334,92 @@ def test_an_infinite_number_in_a_bundle_is_not_a_bundle(signer: NoteSigner, wher
         document["query"]["block"]["serial_start"] = float("inf")
     with pytest.raises(AuditFailure, match="not an audit bundle"):
         bundle_from_json(document)
+
+
+def _paged(bundle: Bundle, signer: NoteSigner, *windows: tuple[int, int]) -> Bundle:
+    """``bundle`` with one trace note per window ``[start, end)``, as a paged trace has."""
+    statement = open_trace_statement(bundle, signer)
+    notes = tuple(
+        signer.sign_body(
+            dataclasses.replace(
+                statement,
+                indexes=tuple(i for i in statement.indexes if start <= i < end),
+                window=(start, end),
+            ).body()
+        )
+        for start, end in windows
+    )
+    return dataclasses.replace(bundle, trace_notes=notes)
+
+
+def test_a_trace_read_in_pages_verifies_and_round_trips(signer: NoteSigner) -> None:
+    bundle = _paged(_bundle(HONEST, signer), signer, (0, 2), (2, 3), (3, 4))
+    document = bundle.to_json()
+    assert document["format"] == "carbonlink-audit-bundle/3"
+    assert len(document["trace_notes"]) == 3
+    assert bundle_from_json(document) == bundle
+    report = verify_bundle(bundle_from_json(document), signer.verifier)
+    assert report.events == 4 and [(b.quantity, who) for b, who in report.retirements] == [
+        (50, "B Co.")
+    ]
+    # The notes may come in any order: each says which indexes it answers for.
+    shuffled = dataclasses.replace(bundle, trace_notes=bundle.trace_notes[::-1])
+    assert verify_bundle(shuffled, signer.verifier).events == 4
+
+
+def test_a_page_of_a_paged_trace_left_out_is_refused(signer: NoteSigner) -> None:
+    paged = _paged(_bundle(HONEST, signer), signer, (0, 2), (2, 4))
+    # The page's events and its note gone: the notes no longer account for every index.
+    without_page = dataclasses.replace(
+        paged, trace_notes=paged.trace_notes[:1], events=paged.events[:2]
+    )
+    with pytest.raises(AuditFailure, match=r"no trace note answers for events 2-3 .* incomplete"):
+        verify_bundle(without_page, signer.verifier)
+    # The note kept, one of its events dropped.
+    dropped = dataclasses.replace(paged, events=paged.events[:3])
+    with pytest.raises(AuditFailure, match="leaves out events 3 of the 4 the gateway signed"):
+        verify_bundle(dropped, signer.verifier)
+    first_missing = dataclasses.replace(
+        paged, trace_notes=paged.trace_notes[1:], events=paged.events[2:]
+    )
+    with pytest.raises(AuditFailure, match="no trace note answers for events 0-1"):
+        verify_bundle(first_missing, signer.verifier)
+
+
+def test_paged_trace_notes_must_tile_the_log(signer: NoteSigner) -> None:
+    bundle = _bundle(HONEST, signer)
+    with pytest.raises(AuditFailure, match="trace notes overlap at event 1"):
+        verify_bundle(_paged(bundle, signer, (0, 2), (1, 4)), signer.verifier)
+    with pytest.raises(AuditFailure, match="no trace note answers for events 3"):
+        verify_bundle(
+            dataclasses.replace(_paged(bundle, signer, (0, 3)), events=bundle.events[:3]),
+            signer.verifier,
+        )
+    with pytest.raises(AuditFailure, match="holds no trace note"):
+        verify_bundle(dataclasses.replace(bundle, trace_notes=()), signer.verifier)
+
+
+def test_a_trace_note_listing_an_event_outside_its_window_is_refused(
+    signer: NoteSigner,
+) -> None:
+    statement = open_trace_statement(_bundle(HONEST, signer), signer)
+    outside = dataclasses.replace(statement, indexes=(0, 1, 2), window=(0, 2))
+    with pytest.raises(NoteError, match="event 2 is outside the note's window 0-1"):
+        open_trace_note(signer.sign_body(outside.body()), signer.verifier)
+    for window in ((2, 2), (0, 5), (3, 1)):
+        empty = dataclasses.replace(statement, indexes=(0,), window=window)
+        with pytest.raises(NoteError, match="window"):
+            open_trace_note(signer.sign_body(empty.body()), signer.verifier)
+
+
+def test_a_bundle_of_the_second_format_still_verifies(signer: NoteSigner) -> None:
+    document = _bundle(HONEST, signer).to_json()
+    (note,) = document.pop("trace_notes")
+    second = {**document, "format": "carbonlink-audit-bundle/2", "trace_note": note}
+    assert "carbonlink trace/1" in note
+    assert verify_bundle(bundle_from_json(second), signer.verifier).events == 4
+    # A note of one window that is not the whole log is refused there too.
+    paged = _paged(_bundle(HONEST, signer), signer, (0, 2))
+    second["trace_note"] = paged.trace_notes[0]
+    with pytest.raises(AuditFailure, match="no trace note answers for events 2-3"):
+        verify_bundle(bundle_from_json(second), signer.verifier)

@@ -1,10 +1,11 @@
 """Auditor commands: ``carbonlink trace``, ``audit verify|key|keygen``, ``reconcile`` and
 ``reconciliations``.
 
-``trace`` asks a running gateway (``--target``) for the history of some units and, with
-``--json``, writes an audit bundle.  ``audit verify`` checks such a bundle with no
-database and no network: the checkpoint's signature under the log key the auditor
-trusts, every inclusion proof, and the history's shape (``registry_bridge.audit``).
+``trace`` asks a running gateway (``--target``) for the history of some units, page by
+page, and, with ``--json`` or ``--out``, writes one audit bundle of every page.  ``audit
+verify`` checks such a bundle with no database and no network: the checkpoint's
+signature under the log key the auditor trusts, every inclusion proof, and the history's
+shape (``registry_bridge.audit``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -53,23 +54,59 @@ _DEFAULT_TARGET = "127.0.0.1:50051"
 def bundle_from_response(
     response: gateway_pb2.TraceUnitsResponse, registry: str, serial: str, query: BlockId
 ) -> Bundle:
-    """The audit bundle of a TraceUnits answer."""
+    """The audit bundle of a TraceUnits answer of one page."""
+    return bundle_from_pages([response], registry, serial, query)
+
+
+def bundle_from_pages(
+    pages: Sequence[gateway_pb2.TraceUnitsResponse], registry: str, serial: str, query: BlockId
+) -> Bundle:
+    """The audit bundle of a trace read in ``pages``: the first page's checkpoint (every
+    page's, from an honest gateway), every page's note and every page's events."""
     return Bundle(
         registry=registry,
         serial=serial,
         query=query,
-        checkpoint=response.checkpoint.signed_note,
-        trace_notes=(response.trace_note,),
-        log_key=response.checkpoint.verifier_key,
+        checkpoint=pages[0].checkpoint.signed_note,
+        trace_notes=tuple(page.trace_note for page in pages),
+        log_key=pages[0].checkpoint.verifier_key,
         events=tuple(
             BundleEvent(
                 index=e.event.index,
                 leaf_data=bytes(e.event.leaf_data),
                 proof=tuple(bytes(h) for h in e.proof.hashes),
             )
-            for e in response.events
+            for page in pages
+            for e in page.events
         ),
     )
+
+
+def read_trace_pages(
+    stub: gateway_pb2_grpc.LinkageGatewayStub,
+    request: gateway_pb2.TraceUnitsRequest,
+    timeout: float,
+) -> list[gateway_pb2.TraceUnitsResponse]:
+    """Every page of a trace, each against the first page's checkpoint.
+
+    Raises:
+        grpc.RpcError: The gateway refused a page.
+        ValueError: A page is not of the same trace (another checkpoint, no progress).
+    """
+    pages = [stub.TraceUnits(request, timeout=timeout)]
+    while token := pages[-1].next_page_token:
+        request.page_token = token
+        page = stub.TraceUnits(request, timeout=timeout)
+        if page.checkpoint.signed_note != pages[0].checkpoint.signed_note:
+            raise ValueError(
+                f"page {len(pages) + 1} is proven against another checkpoint (size "
+                f"{page.checkpoint.tree_size}) than the first page (size "
+                f"{pages[0].checkpoint.tree_size})"
+            )
+        if not page.events or page.next_page_token == token:
+            raise ValueError(f"page {len(pages) + 1} does not go on from the one before")
+        pages.append(page)
+    return pages
 
 
 def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -97,15 +134,20 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except ClientSetupError as exc:
         print(f"carbonlink trace: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.page_size is not None:
+        request.page_size = args.page_size
     with channel:
         try:
-            response = gateway_pb2_grpc.LinkageGatewayStub(channel).TraceUnits(
-                request, timeout=args.timeout
+            pages = read_trace_pages(
+                gateway_pb2_grpc.LinkageGatewayStub(channel), request, args.timeout
             )
         except grpc.RpcError as exc:
             print(f"carbonlink trace: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_FAILED
-    bundle = bundle_from_response(response, registry, serial, query)
+        except ValueError as exc:
+            print(f"carbonlink trace: FAILED: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    bundle = bundle_from_pages(pages, registry, serial, query)
     if args.json or args.out:
         text = json.dumps(bundle.to_json(), indent=2, sort_keys=True)
         if args.out:
@@ -118,12 +160,11 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(text, file=stdout)
         return EXIT_OK
     print(
-        f"{len(response.events)} events, proven against checkpoint size "
-        f"{response.checkpoint.tree_size}",
+        f"{len(bundle.events)} events in {len(pages)} page{'' if len(pages) == 1 else 's'}, "
+        f"proven against checkpoint size {pages[0].checkpoint.tree_size}",
         file=stdout,
     )
-    for traced in response.events:
-        event = traced.event
+    for event in (traced.event for page in pages for traced in page.events):
         body = json.loads(event.leaf_data)
         where = f"{body.get('registry', '')}/{body.get('account', '')}".strip("/")
         print(
@@ -440,6 +481,16 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
     return EXIT_OK
 
 
+def _page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if not 1 <= size <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{size} is not a page size (1 or more)")
+    return size
+
+
 def _log_key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-key",
@@ -479,6 +530,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     trace.add_argument("--json", action="store_true", help="print the audit bundle as JSON")
     trace.add_argument("--out", help="write the audit bundle to this file")
+    trace.add_argument(
+        "--page-size",
+        type=_page_size,
+        metavar="N",
+        help="events per page asked of the gateway (default its own, 200; at most 1000); "
+        "every page is read and the bundle holds them all",
+    )
     _gateway_arguments(trace, timeout=60.0)
     trace.set_defaults(handler=_trace, client="auditor")
 

@@ -67,6 +67,11 @@ class GatewayConfig:
     """Largest request accepted: a safety cap against memory exhaustion by one client."""
     max_batch_size: int = 1000
     """Most instructions in one SubmitTransfers call, bounding one transaction's size."""
+    trace_page_bytes: int = 1024 * 1024
+    """Largest TraceUnits reply: a page ends early rather than grow past it (a single
+    event larger than it is still sent whole). At most 4 MiB, gRPC's default receive
+    limit, which an auditor's client has unless it raised it; kept well below it so
+    that a reply never comes near it."""
     lock_ttl_seconds: int = 300
     """How long a source lock lives before a stuck transfer rolls back."""
     registry_timeout_seconds: float = 5.0
@@ -158,6 +163,7 @@ _FIELD_TYPES: dict[str, type] = {
     "max_workers": int,
     "max_message_bytes": int,
     "max_batch_size": int,
+    "trace_page_bytes": int,
     "lock_ttl_seconds": int,
     "registry_timeout_seconds": float,
     "registry_retry_attempts": int,
@@ -187,6 +193,10 @@ _FIELD_TYPES: dict[str, type] = {
     "rate_limit_per_second": float,
     "rate_limit_burst": int,
 }
+CLIENT_RECEIVE_LIMIT_BYTES = 4 * 1024 * 1024
+"""gRPC's default receive limit, which clients have unless they raise it."""
+MIN_TRACE_PAGE_BYTES = 16 * 1024
+"""The smallest trace page budget: room for the checkpoint, the note and a few events."""
 LONGEST_SECONDS = 366 * 24 * 3600
 """The longest duration setting: a year is past any interval, timeout or lifetime a
 gateway needs, and far inside what its timers and datetimes hold (a recovery interval of
@@ -271,6 +281,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "max_workers": config.max_workers,
         "max_message_bytes": config.max_message_bytes,
         "max_batch_size": config.max_batch_size,
+        "trace_page_bytes": config.trace_page_bytes,
         "lock_ttl_seconds": config.lock_ttl_seconds,
         "registry_timeout_seconds": config.registry_timeout_seconds,
         "registry_retry_attempts": config.registry_retry_attempts,
@@ -294,6 +305,13 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{name}: must be at most {LONGEST_SECONDS} (a year), got {value} ({origin(name)})"
             )
+    if not MIN_TRACE_PAGE_BYTES <= config.trace_page_bytes <= CLIENT_RECEIVE_LIMIT_BYTES:
+        raise ConfigError(
+            f"trace_page_bytes: must be from {MIN_TRACE_PAGE_BYTES} to "
+            f"{CLIENT_RECEIVE_LIMIT_BYTES} (gRPC's default receive limit, past which "
+            f"clients refuse a page), got {config.trace_page_bytes} "
+            f"({origin('trace_page_bytes')})"
+        )
     interval = config.reconcile_interval_seconds
     if not math.isfinite(interval) or not 0 <= interval <= LONGEST_SECONDS:
         raise ConfigError(

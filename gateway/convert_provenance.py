@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert, error_mapping
 from registry_bridge.merkle_store import StoredProof
-from registry_bridge.provenance import SignedCheckpoint, Trace
+from registry_bridge.provenance import SignedCheckpoint, TracePage
 from registry_bridge.reconcile import Discrepancy, ReconcileReport
 from registry_bridge.reconciliations import Reconciliation
 
@@ -35,10 +35,11 @@ def consistency_to_pb(first: int, proof: StoredProof) -> model_pb2.ConsistencyPr
     )
 
 
-def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
-    """A trace: its checkpoint, every event with its inclusion proof, and its note."""
+def trace_page_to_pb(page: TracePage) -> gateway_pb2.TraceUnitsResponse:
+    """A page of a trace: its checkpoint, its events with their inclusion proofs, and its
+    note (the next page's token is the servicer's)."""
     events = []
-    for event in trace.events:
+    for event in page.events:
         at = timestamp_pb2.Timestamp()
         at.FromDatetime(event.at)
         events.append(
@@ -53,13 +54,13 @@ def trace_to_pb(trace: Trace) -> gateway_pb2.TraceUnitsResponse:
                 ),
                 proof=model_pb2.InclusionProof(
                     leaf_index=event.index,
-                    tree_size=trace.checkpoint.checkpoint.size,
+                    tree_size=page.checkpoint.checkpoint.size,
                     hashes=list(event.proof),
                 ),
             )
         )
     return gateway_pb2.TraceUnitsResponse(
-        checkpoint=checkpoint_to_pb(trace.checkpoint), events=events, trace_note=trace.trace_note
+        checkpoint=checkpoint_to_pb(page.checkpoint), events=events, trace_note=page.trace_note
     )
 
 

@@ -18,7 +18,7 @@ import grpc
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.serials import parse_serial
 from gateway import convert
-from gateway.cli_audit import bundle_from_response
+from gateway.cli_audit import bundle_from_pages, read_trace_pages
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
 from registry_bridge.audit import AuditFailure, AuditReport, bundle_from_json, verify_bundle
@@ -53,8 +53,11 @@ def _audit(
     trusted: Verifier,
     failure: type[Exception],
 ) -> tuple[gateway_pb2.TraceUnitsResponse, AuditReport]:
-    response: gateway_pb2.TraceUnitsResponse = gateway.TraceUnits(request, timeout=30)
-    bundle = bundle_from_response(response, request.registry, request.serial, query)
+    try:
+        pages = read_trace_pages(gateway, request, timeout=30)
+    except ValueError as exc:
+        raise failure(f"tracing {_describe(query)}: {exc}") from exc
+    bundle = bundle_from_pages(pages, request.registry, request.serial, query)
     bundle_path.write_text(json.dumps(bundle.to_json(), indent=2, sort_keys=True) + "\n")
     # Read the bundle back from disk, as an auditor elsewhere would.
     try:
@@ -68,7 +71,8 @@ def _audit(
     )
     for block, beneficiary in report.retirements:
         _say(f"     retired {block.quantity} units {_describe(block)} for {beneficiary}")
-    return response, report
+    # Every page has the first's checkpoint: the caller reads it there.
+    return pages[0], report
 
 
 def journey_auditor(

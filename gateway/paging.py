@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+from collections.abc import Mapping, Sequence
 
 from registry_bridge.errors import InvalidRequest
 
@@ -49,3 +52,65 @@ def decode_token(token: str, scope: str) -> int:
             "page_token", "does not belong to this listing (were the filters changed?)"
         )
     return offset
+
+
+TRACE_DEFAULT_PAGE_SIZE = 200
+TRACE_MAX_PAGE_SIZE = 1000
+"""Events of a TraceUnits page: about a kilobyte each with its proof, so the largest page
+stays near the reply budget (``trace_page_bytes``), which also ends a page early."""
+
+
+def trace_page_size(requested: int) -> int:
+    """The effective page size of a trace: the default for 0, capped at the maximum.
+
+    Raises:
+        InvalidRequest: ``requested`` is negative.
+    """
+    if requested < 0:
+        raise InvalidRequest.field("page_size", f"must not be negative, got {requested}")
+    return min(requested or TRACE_DEFAULT_PAGE_SIZE, TRACE_MAX_PAGE_SIZE)
+
+
+_SEAL_BYTES = 16
+
+
+def _seal(key: bytes, scope: str, payload: str) -> str:
+    mac = hmac.new(key, f"{scope}\n{payload}".encode(), hashlib.sha256).digest()[:_SEAL_BYTES]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def encode_sealed_token(fields: Mapping[str, int], scope: str, key: bytes) -> str:
+    """A token holding ``fields``, sealed with ``key`` for the listing ``scope``.
+
+    Unlike :func:`encode_token`'s, what it holds is more than a position: a client that
+    changed it could make the gateway answer another question than the one it began (a
+    trace at another tree size), so it is sealed, and only a gateway holding ``key``
+    issues one.
+    """
+    raw = json.dumps(dict(fields), separators=(",", ":"), sort_keys=True).encode()
+    payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{payload}.{_seal(key, scope, payload)}"
+
+
+def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]) -> list[int]:
+    """The values of ``names`` a sealed token holds.
+
+    Raises:
+        InvalidRequest: On ``page_token``: the token is malformed, was changed, was
+            issued by a gateway with another key, or belongs to another listing.
+    """
+    payload, dot, seal = token.partition(".")
+    if not dot or not hmac.compare_digest(seal, _seal(key, scope, payload)):
+        raise InvalidRequest.field(
+            "page_token",
+            "is not a token this gateway issued for this query (was it changed, or the "
+            "query changed between pages?)",
+        )
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        values = [data[name] for name in names]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
+    if not all(isinstance(v, int) and 0 <= v <= MAX_OFFSET for v in values):
+        raise InvalidRequest.field("page_token", "is not a token this server issued")
+    return values

@@ -289,6 +289,7 @@ class GatewayServer:
             provenance=self.provenance,
             ports=self.adapters,
             reconciler=self._reconciler,
+            trace_page_bytes=self.config.trace_page_bytes,
         )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -39,10 +39,10 @@ from registry_bridge.errors import (
 )
 from registry_bridge.idempotency import answer_once
 from registry_bridge.migration import Migrations
-from registry_bridge.model import BlockId, Program, has_control_characters
+from registry_bridge.model import BlockId, Program, UnitBlock, has_control_characters
 from registry_bridge.port import RegistryPort
 from registry_bridge.projects import DatabaseProjectRecords
-from registry_bridge.provenance import ProvenanceLog, check_serial_claims
+from registry_bridge.provenance import DEFAULT_PAGE_BYTES, ProvenanceLog
 from registry_bridge.reconcile import Reconciler
 from registry_bridge.rules_gate import list_project
 from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
@@ -78,6 +78,10 @@ def _transfer_id(name: str) -> str:
     return name[len(prefix) :]
 
 
+def _block_scope(block: BlockId) -> str:
+    return f"{block.program.value}/{block.serial_series}:{block.serial_start}-{block.serial_end}"
+
+
 def _raise_if(problems: list[FieldViolation]) -> None:
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
@@ -100,6 +104,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         migrations: Migrations | None = None,
         provenance: ProvenanceLog | None = None,
         ports: Mapping[str, RegistryPort] | None = None,
+        trace_page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
         self._probe_registry = probe_registry
@@ -110,6 +115,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self._provenance = provenance
         self._ports = dict(ports or {})
         self._reconciler = reconciler
+        self._trace_page_bytes = trace_page_bytes
 
     def ListRegistries(
         self, request: gateway_pb2.ListRegistriesRequest, context: grpc.ServicerContext
@@ -379,6 +385,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def TraceUnits(
         self, request: gateway_pb2.TraceUnitsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.TraceUnitsResponse:
+        claim: tuple[str, UnitBlock] | None = None
         if request.HasField("block"):
             if request.registry or request.serial:
                 raise InvalidRequest.field("block", "give either registry and serial, or block")
@@ -391,6 +398,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 )
             except ValueError as exc:
                 raise InvalidRequest.field("block", str(exc)) from exc
+            scope = f"trace:block:{_block_scope(query)}"
         else:
             if not request.registry:
                 raise InvalidRequest.field("registry", "is required with a serial")
@@ -400,10 +408,34 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                     "serial", f"is required (at most {MAX_SERIAL_LENGTH} characters)"
                 )
             claimed = serials.parse_serial(request.registry, request.serial)
-            trace = self._log().trace(claimed.id)
-            check_serial_claims(trace, request.serial, claimed)
-            return convert_provenance.trace_to_pb(trace)
-        return convert_provenance.trace_to_pb(self._log().trace(query))
+            query, claim = claimed.id, (request.serial, claimed)
+            scope = f"trace:serial:{request.registry}:{request.serial}"
+        limit = paging.trace_page_size(request.page_size)
+        log = self._log()
+        # The token pins the first page's tree size and says where to resume: every page
+        # is proven against that one checkpoint, however the log grows meanwhile.
+        pinned: int | None = None
+        start = 0
+        if request.page_token:
+            pinned, start = paging.decode_sealed_token(
+                request.page_token, scope, log.page_token_key, ("n", "a")
+            )
+        page = log.trace_page(
+            query,
+            limit=limit,
+            pinned_size=pinned,
+            start=start,
+            max_bytes=self._trace_page_bytes,
+            claim=claim,
+        )
+        response = convert_provenance.trace_page_to_pb(page)
+        if page.next_start is not None:
+            response.next_page_token = paging.encode_sealed_token(
+                {"n": page.checkpoint.checkpoint.size, "a": page.next_start},
+                scope,
+                log.page_token_key,
+            )
+        return response
 
     def GetCheckpoint(
         self, request: gateway_pb2.GetCheckpointRequest, context: grpc.ServicerContext

@@ -5,12 +5,19 @@ ranges indexed (``event_blocks``).  This module signs checkpoints over the log's
 tree (``merkle_store``), proves consistency between any two sizes, and traces units: given any
 serial range, on the origin side or a mirror's, it finds every event of every unit in
 it, each with an inclusion proof against one checkpoint.
+
+A trace is read in pages of bounded size (an issuance sold in thousands of lots has
+thousands of events, each a kilobyte of reply with its proof): every page of one trace
+is proven against the checkpoint of its first, and signs which events answer the query
+among the log indexes it covers, so the pages of a trace, together, say which events
+answer it in the whole log.  A page reads the log a chunk at a time: no page holds the
+whole history in memory, however long.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import merkle_store
+from registry_bridge import merkle, merkle_store
 from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
@@ -55,29 +62,59 @@ class ProvenEvent:
 
 
 @dataclass(frozen=True)
-class Trace:
-    """The history of a serial range, proven against one checkpoint."""
+class TracePage:
+    """One page of the history of a serial range, proven against one checkpoint."""
 
     query: BlockId
     checkpoint: SignedCheckpoint
+    """The same on every page of one trace: the first page's pins it."""
     events: tuple[ProvenEvent, ...]
     trace_note: str
     """The log key's signature that ``events`` are every event of ``query`` at the
-    checkpoint (an ``audit.TraceStatement``): what lets an auditor see one left out."""
+    checkpoint among the indexes of ``window`` (an ``audit.TraceStatement``): what lets
+    an auditor see one left out, or a page."""
+    window: tuple[int, int]
+    """The indexes ``[start, end)`` this page answers for; the next starts at ``end``."""
+
+    @property
+    def next_start(self) -> int | None:
+        """Where the next page starts, or None when this page is the last."""
+        end = self.window[1]
+        return None if end == self.checkpoint.checkpoint.size else end
 
 
-def _overlap(session: Session, block: BlockId, size: int) -> set[int]:
-    """Indexes (below ``size``) of events whose indexed ranges overlap ``block``."""
-    return set(
-        session.execute(
-            sa.select(EventBlock.event_idx).where(
+DEFAULT_PAGE_BYTES = 1024 * 1024
+"""A page's reply budget unless the caller gives one: a quarter of gRPC's default 4 MiB
+receive limit."""
+
+_CHUNK = 512
+"""Events (or their ranges) read per statement while a page is worked out: bounds what
+a page holds in memory, whatever the length of the history."""
+
+_STATEMENT_RANGES = 100
+"""Serial ranges ORed in one statement (SQLite's expression depth is 1000)."""
+
+_EVENT_OVERHEAD = 128
+"""Bytes of a traced event's reply besides its payload, proof hashes, transfer id and
+blocks: field tags and lengths, index, tree size, kind, time (generous; see the tests),
+and its index in the page's trace note."""
+
+_NOTE_BYTES = 2048
+"""Bytes of a page's checkpoint, and of its trace note but for the list of indexes."""
+
+
+def _overlaps_any(ranges: Iterable[BlockId]) -> sa.ColumnElement[bool]:
+    """Rows of ``event_blocks`` that overlap one of ``ranges``."""
+    return sa.or_(
+        *(
+            sa.and_(
                 EventBlock.program == block.program.value,
                 EventBlock.serial_series == block.serial_series,
                 EventBlock.serial_start <= block.serial_end,
                 EventBlock.serial_end >= block.serial_start,
-                EventBlock.event_idx < size,
             )
-        ).scalars()
+            for block in ranges
+        )
     )
 
 
@@ -125,20 +162,24 @@ def _merged(ranges: Iterable[BlockId]) -> list[BlockId]:
     ]
 
 
-def _check_covered(query: BlockId, bodies: Iterable[dict[str, Any]]) -> None:
-    """Every serial of ``query`` is a row of some event (its own range or, for a row that
-    stands for other units, its origin range).
+def _covered_spans(body: dict[str, Any], query: BlockId) -> list[tuple[int, int]]:
+    """The serials of ``query`` an event's row concerns (its own range or, for a row that
+    stands for other units, its origin range)."""
+    spans: list[tuple[int, int]] = []
+    for key in ("block", "origin"):
+        if isinstance(body.get(key), dict):
+            clipped = _clip(block_id_from_dict(body[key]), query)
+            if clipped is not None:
+                spans.append(clipped)
+    return spans
+
+
+def _check_covered(query: BlockId, spans: Iterable[tuple[int, int]]) -> None:
+    """Every serial of ``query`` is in ``spans``, what the events of its units concern.
 
     Raises:
         NotFound: Naming the first serials of ``query`` no event concerns.
     """
-    spans: list[tuple[int, int]] = []
-    for body in bodies:
-        for key in ("block", "origin"):
-            if isinstance(body.get(key), dict):
-                clipped = _clip(block_id_from_dict(body[key]), query)
-                if clipped is not None:
-                    spans.append(clipped)
     gaps = spans_missing(query.serial_start, query.serial_end, merge_spans(spans))
     if gaps:
         at, gap_end = gaps[0]
@@ -155,9 +196,14 @@ _CLAIMED = ("project_id", "country", "vintage_start", "vintage_end")
 """Attributes a registry's serial states about its units, checked against their issuance."""
 
 
-def check_serial_claims(trace: Trace, serial: str, claimed: UnitBlock) -> None:
+def check_serial_claims(issuances: Iterable[bytes], serial: str, claimed: UnitBlock) -> None:
     """The units were issued as ``serial`` says: same project, country and vintage (and,
     for an origin serial, the same issuance), not merely the same serial numbers.
+
+    Args:
+        issuances: The leaf data of the issuance events of the serial's units.
+        serial: The serial as the caller wrote it.
+        claimed: What the serial says of its units.
 
     Raises:
         InvalidRequest: Naming each attribute the serial states otherwise than the
@@ -165,10 +211,8 @@ def check_serial_claims(trace: Trace, serial: str, claimed: UnitBlock) -> None:
     """
     own = claimed.id
     problems: list[str] = []
-    for event in trace.events:
-        if event.kind != "issuance":
-            continue
-        body = json.loads(event.leaf_data)
+    for leaf_data in issuances:
+        body = json.loads(leaf_data)
         if not body.get("attributes"):
             continue
         issued = block_from_parts(block_id_from_dict(body["block"]), body["attributes"])
@@ -184,6 +228,19 @@ def check_serial_claims(trace: Trace, serial: str, claimed: UnitBlock) -> None:
             "serial",
             f"{serial!r} does not describe the units it numbers: " + ", ".join(problems),
         )
+
+
+def _event_bytes(event: LedgerEvent, blocks: Sequence[BlockId], proof_hashes: int) -> int:
+    """What one traced event adds to a reply, at most."""
+    # A BlockId: its two strings, two varint serials of at most 10 bytes, tags, lengths.
+    block_bytes = sum(len(b.program.value) + len(b.serial_series.encode()) + 30 for b in blocks)
+    return (
+        len(event.payload)
+        + 34 * proof_hashes
+        + len(event.transfer_id.encode())
+        + block_bytes
+        + _EVENT_OVERHEAD
+    )
 
 
 _SIZES = sa.select(
@@ -204,6 +261,8 @@ class ProvenanceLog:
         """
         self._sessions = sessions
         self._signer = signer
+        self.page_token_key = signer.derive_secret("trace page token")
+        """Seals trace page tokens: the same at every gateway signing with this key."""
 
     @property
     def verifier_key(self) -> str:
@@ -255,48 +314,86 @@ class ProvenanceLog:
                 )
             return merkle_store.consistency_proof(session, first, second)
 
-    def trace(self, query: BlockId) -> Trace:
-        """Every event of every unit of ``query``, proven against one fresh checkpoint.
+    def trace_page(
+        self,
+        query: BlockId,
+        *,
+        limit: int,
+        pinned_size: int | None = None,
+        start: int = 0,
+        max_bytes: int = DEFAULT_PAGE_BYTES,
+        claim: tuple[str, UnitBlock] | None = None,
+    ) -> TracePage:
+        """A page of every event of every unit of ``query``, proven against one checkpoint.
 
         ``query`` may be an origin range or a mirror's local range: the units' origin
         serials are found first, then every event of any row standing for them (origin
-        rows, their splits, their mirrors at any registry).
+        rows, their splits, their mirrors at any registry).  The events are read in index
+        order from ``start``, at most ``limit`` of them and no more than fit ``max_bytes``
+        of reply (at least one, though), never the whole history at once: a history of
+        any length is traced in pages, each page's events proven against the checkpoint
+        of ``pinned_size`` (the first page's, given back by the next), however the log
+        has grown since.
+
+        Args:
+            query: The serial range traced.
+            limit: Most events in the page.
+            pinned_size: The tree size of the trace's first page; None for the first.
+            start: The first index this page answers for (the previous page's end).
+            max_bytes: The reply's budget (checkpoint, note and events).
+            claim: The serial the caller gave, and what it says of its units: checked
+                against their issuance (see :func:`check_serial_claims`).
 
         Raises:
             NotFound: No event concerns some of these serials: the answer would be the
                 history of only part of what was asked, so there is none.
+            InvalidRequest: ``pinned_size`` is beyond the log's size, or ``start`` not
+                below it (``page_token``, where they come from), or the serial's claims
+                are not those of its units' issuance.
         """
         with self._covered() as (session, size):
-            first = _overlap(session, query, size)
-            if not first:
-                raise NotFound(
-                    f"units {query.program.value}/{query.serial_series or '-'} "
-                    f"{query.serial_start}-{query.serial_end}"
-                )
-            direct = self._bodies(session, first)
-            _check_covered(query, direct.values())
-            found = set(first)
-            for origin in _merged(origin_ranges(direct.values(), query)):
-                found |= _overlap(session, origin, size)
-            events = list(
-                session.execute(
-                    sa.select(LedgerEvent)
-                    .where(LedgerEvent.idx.in_(sorted(found)))
-                    .order_by(LedgerEvent.idx)
-                ).scalars()
-            )
-            ranges: dict[int, list[BlockId]] = {}
-            for row in session.execute(
-                sa.select(EventBlock)
-                .where(EventBlock.event_idx.in_(sorted(found)))
-                .order_by(EventBlock.event_idx, EventBlock.seq)
-            ).scalars():
-                ranges.setdefault(row.event_idx, []).append(
-                    BlockId(
-                        Program(row.program), row.serial_series, row.serial_start, row.serial_end
+            if pinned_size is not None:
+                if pinned_size > size:
+                    raise InvalidRequest.field(
+                        "page_token",
+                        f"is for the log at size {pinned_size}, but the log now has {size} "
+                        "events: it lost events it had signed",
                     )
+                size = pinned_size
+            if pinned_size is not None and not 0 <= start < size:
+                raise InvalidRequest.field(
+                    "page_token", f"resumes at event {start}, outside the log of size {size}"
                 )
-            proofs = merkle_store.inclusion_proofs(session, [e.idx for e in events], size)
+            ranges = self._answering_ranges(session, query, size)
+            if claim is not None:
+                check_serial_claims(self._issuances(session, ranges, size), *claim)
+            indexes = self._next_indexes(session, ranges, start, size, limit + 1)
+            budget = max_bytes - _NOTE_BYTES - len(query.serial_series)
+            ranges_of = self._ranges_of(session, indexes[:limit])
+            taken: list[LedgerEvent] = []
+            for event in session.execute(
+                sa.select(LedgerEvent)
+                .where(LedgerEvent.idx.in_(indexes[:limit]))
+                .order_by(LedgerEvent.idx)
+            ).scalars():
+                cost = _event_bytes(
+                    event,
+                    ranges_of.get(event.idx, ()),
+                    len(merkle.inclusion_plan(event.idx, size)),
+                )
+                if taken and cost > budget:
+                    break
+                budget -= cost
+                taken.append(event)
+            if not taken:
+                # Only a log rewritten under a trace (its events gone) gets here: a
+                # token is issued only where an event follows.
+                raise InvalidRequest.field(
+                    "page_token", f"resumes at event {start}, past the last of this trace"
+                )
+            last_page = len(taken) == len(indexes)
+            window = (start, size if last_page else taken[-1].idx + 1)
+            proofs = merkle_store.inclusion_proofs(session, [e.idx for e in taken], size)
             root = merkle_store.stored_root(session, size)
             # Built inside the snapshot: the read-only session rolls back on exit, which
             # expires the loaded rows.
@@ -306,31 +403,127 @@ class ProvenanceLog:
                     kind=e.kind,
                     at=e.created_at,
                     transfer_id=e.transfer_id,
-                    blocks=tuple(ranges.get(e.idx, ())),
+                    blocks=tuple(ranges_of.get(e.idx, ())),
                     leaf_data=bytes(e.payload),
                     proof=proofs[e.idx].hashes,
                 )
-                for e in events
+                for e in taken
             )
         statement = TraceStatement(
-            self._signer.name, size, root, query, tuple(e.index for e in proven)
+            self._signer.name, size, root, query, tuple(e.index for e in proven), window
         )
-        return Trace(
-            query, self._sign(size, root), proven, self._signer.sign_body(statement.body())
+        return TracePage(
+            query,
+            self._sign(size, root),
+            proven,
+            self._signer.sign_body(statement.body()),
+            window,
         )
 
     @staticmethod
-    def _bodies(session: Session, indexes: Iterable[int]) -> dict[int, dict[str, Any]]:
-        bodies: dict[int, dict[str, Any]] = {}
-        for idx, payload in session.execute(
-            sa.select(LedgerEvent.idx, LedgerEvent.payload).where(
-                LedgerEvent.idx.in_(sorted(indexes))
+    def _answering_ranges(session: Session, query: BlockId, size: int) -> list[BlockId]:
+        """The serial ranges whose events (below ``size``) answer ``query``: ``query``
+        itself and the origin serials its units stand for, per the rows of the events
+        that concern it, which are read a chunk at a time.
+
+        Raises:
+            NotFound: No event concerns some of these serials.
+        """
+        spans: list[tuple[int, int]] = []
+        origins: list[BlockId] = []
+        after, direct = -1, 0
+        while True:
+            chunk = session.execute(
+                sa.select(LedgerEvent.idx, LedgerEvent.payload)
+                .where(
+                    LedgerEvent.idx.in_(
+                        sa.select(EventBlock.event_idx).where(
+                            _overlaps_any([query]),
+                            EventBlock.event_idx > after,
+                            EventBlock.event_idx < size,
+                        )
+                    )
+                )
+                .order_by(LedgerEvent.idx)
+                .limit(_CHUNK)
+            ).all()
+            for idx, payload in chunk:
+                after, direct = int(idx), direct + 1
+                try:
+                    body = json.loads(bytes(payload))
+                except ValueError:
+                    continue
+                if isinstance(body, dict):
+                    spans.extend(_covered_spans(body, query))
+                    origins.extend(origin_ranges([body], query))
+            # Kept merged as they come: a run of lots leaves one range, not one per lot.
+            spans = merge_spans(spans)
+            origins = _merged(origins)
+            if len(chunk) < _CHUNK:
+                break
+        if not direct:
+            raise NotFound(
+                f"units {query.program.value}/{query.serial_series or '-'} "
+                f"{query.serial_start}-{query.serial_end}"
             )
-        ).tuples():
-            try:
-                body = json.loads(bytes(payload))
-            except ValueError:
-                continue
-            if isinstance(body, dict):
-                bodies[int(idx)] = body
-        return bodies
+        _check_covered(query, spans)
+        return _merged([query, *origins])
+
+    @staticmethod
+    def _next_indexes(
+        session: Session, ranges: Sequence[BlockId], start: int, size: int, count: int
+    ) -> list[int]:
+        """The first ``count`` indexes from ``start`` (below ``size``) of events that
+        concern one of ``ranges``, in rising order."""
+        found: set[int] = set()
+        for at in range(0, len(ranges), _STATEMENT_RANGES):
+            found.update(
+                session.execute(
+                    sa.select(EventBlock.event_idx)
+                    .where(
+                        _overlaps_any(ranges[at : at + _STATEMENT_RANGES]),
+                        EventBlock.event_idx >= start,
+                        EventBlock.event_idx < size,
+                    )
+                    .distinct()
+                    .order_by(EventBlock.event_idx)
+                    .limit(count)
+                ).scalars()
+            )
+            # Only the first ``count`` overall can be on this page.
+            found = set(sorted(found)[:count])
+        return sorted(found)
+
+    @staticmethod
+    def _ranges_of(session: Session, indexes: Sequence[int]) -> dict[int, list[BlockId]]:
+        """The serial ranges each of ``indexes`` is indexed under, in their order."""
+        ranges: dict[int, list[BlockId]] = {}
+        for row in session.execute(
+            sa.select(EventBlock)
+            .where(EventBlock.event_idx.in_(indexes))
+            .order_by(EventBlock.event_idx, EventBlock.seq)
+        ).scalars():
+            ranges.setdefault(row.event_idx, []).append(
+                BlockId(Program(row.program), row.serial_series, row.serial_start, row.serial_end)
+            )
+        return ranges
+
+    @staticmethod
+    def _issuances(session: Session, ranges: Sequence[BlockId], size: int) -> Iterator[bytes]:
+        """The leaf data of the issuance events (below ``size``) of ``ranges``' units."""
+        seen: set[int] = set()
+        for at in range(0, len(ranges), _STATEMENT_RANGES):
+            for idx, payload in session.execute(
+                sa.select(LedgerEvent.idx, LedgerEvent.payload).where(
+                    LedgerEvent.kind == "issuance",
+                    LedgerEvent.idx.in_(
+                        sa.select(EventBlock.event_idx).where(
+                            _overlaps_any(ranges[at : at + _STATEMENT_RANGES]),
+                            EventBlock.event_idx < size,
+                        )
+                    ),
+                )
+            ).tuples():
+                if idx not in seen:
+                    seen.add(idx)
+                    yield bytes(payload)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -136,6 +137,20 @@ class NoteSigner:
         if not isinstance(key, Ed25519PrivateKey):
             raise NoteError(f"the key is {type(key).__name__}, not Ed25519")
         return cls(name, key)
+
+    def derive_secret(self, purpose: str) -> bytes:
+        """A 32-byte secret for ``purpose``, derived from the signing key.
+
+        Every gateway holding the log's key derives the same one, so what one seals
+        (a trace's page token) another opens; and none is ever a signature, which a
+        verifier could mistake for a statement of the log.
+        """
+        raw = self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hmac.new(raw, b"carbonlink derived secret\n" + purpose.encode(), "sha256").digest()
 
     def sign(self, checkpoint: Checkpoint) -> str:
         """The signed note of ``checkpoint``."""

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
 from adapters.serials import parse_serial
-from gateway.cli_audit import bundle_from_response
+from gateway.cli_audit import bundle_from_pages, read_trace_pages
 from gateway.convert import block_id_to_pb
 from gateway.log_keys import write_new_key
 from registry_bridge import db, invariants, merkle
@@ -581,7 +581,9 @@ def _check_log(target: str, trusted: Verifier, earlier: model_pb2.Checkpoint) ->
         )
         for block in (VENUE_BLOCK, ORIGIN_BLOCK.id):
             query = BlockId(block.program, "", block.serial_start, block.serial_start + 299)
-            response = stub.TraceUnits(
+            # A long history: more than one page, read whole into one bundle.
+            pages = read_trace_pages(
+                stub,
                 gateway_pb2.TraceUnitsRequest(
                     block=model_pb2.BlockId(
                         program=query.program.value,
@@ -591,6 +593,6 @@ def _check_log(target: str, trusted: Verifier, earlier: model_pb2.Checkpoint) ->
                 ),
                 timeout=60,
             )
-            report = verify_bundle(bundle_from_response(response, "", "", query), trusted)
-            assert report.events == len(response.events)
+            report = verify_bundle(bundle_from_pages(pages, "", "", query), trusted)
+            assert report.events == sum(len(page.events) for page in pages)
             assert report.issued and report.tree_size == later.tree_size

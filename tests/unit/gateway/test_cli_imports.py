@@ -72,7 +72,7 @@ def _bundle_and_key(tmp_path: Path) -> tuple[Path, str]:
         checkpoint=signer.sign(Checkpoint(signer.name, 1, root)),
         log_key=signer.verifier.encode(),
         events=(BundleEvent(0, payload, ()),),
-        trace_note=signer.sign_body(TraceStatement(signer.name, 1, root, query, (0,)).body()),
+        trace_notes=(signer.sign_body(TraceStatement(signer.name, 1, root, query, (0,)).body()),),
     )
     path = tmp_path / "bundle.json"
     path.write_text(json.dumps(bundle.to_json()))

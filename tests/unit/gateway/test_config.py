@@ -59,6 +59,12 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
         ({"CARBONLINK_LISTEN": "127.0.0.1:99999"}, "listen"),
         ({"CARBONLINK_MAX_BATCH_SIZE": "ten"}, "max_batch_size: expected int, got 'ten'"),
         ({"CARBONLINK_MAX_BATCH_SIZE": "0"}, "max_batch_size: must be greater than 0"),
+        # Past a client's default receive limit, every full page would be refused.
+        (
+            {"CARBONLINK_TRACE_PAGE_BYTES": "5000000"},
+            "trace_page_bytes: must be from 16384 to 4194304 (gRPC's default receive limit",
+        ),
+        ({"CARBONLINK_TRACE_PAGE_BYTES": "100"}, "trace_page_bytes: must be from 16384"),
         ({"CARBONLINK_LOG_LEVEL": "loud"}, "log_level: 'loud' is not one of"),
         ({"CARBONLINK_DATABASE_URL": "mysql://x"}, "database_url: must start with"),
         ({"CARBONLINK_REGISTRIES": "verra"}, "registries: 'verra' is not ID=HOST:PORT"),

@@ -33,3 +33,22 @@ def test_page_size_bounds() -> None:
     assert paging.page_size(10**6) == paging.MAX_PAGE_SIZE
     with pytest.raises(InvalidRequest, match="page_size"):
         paging.page_size(-1)
+
+
+def test_a_sealed_token_opens_only_with_its_key_and_scope() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    token = paging.encode_sealed_token({"n": 42, "a": 7}, "trace:x", key)
+    assert paging.decode_sealed_token(token, "trace:x", key, ("n", "a")) == [42, 7]
+    for scope, with_key in (("trace:y", key), ("trace:x", other)):
+        with pytest.raises(InvalidRequest) as caught:
+            paging.decode_sealed_token(token, scope, with_key, ("n", "a"))
+        assert [v.field for v in caught.value.violations] == ["page_token"]
+    with pytest.raises(InvalidRequest):
+        paging.decode_sealed_token(token.replace(".", ""), "trace:x", key, ("n", "a"))
+
+
+def test_trace_page_sizes() -> None:
+    assert paging.trace_page_size(0) == paging.TRACE_DEFAULT_PAGE_SIZE
+    assert paging.trace_page_size(10**6) == paging.TRACE_MAX_PAGE_SIZE
+    with pytest.raises(InvalidRequest):
+        paging.trace_page_size(-1)

@@ -920,9 +920,21 @@ class TraceUnitsRequest(_message.Message):
     REGISTRY_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     BLOCK_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     registry: _builtins.str
     """Registry whose serial format the serial is in (origin or mirror)."""
     serial: _builtins.str
+    page_size: _builtins.int
+    """Most events in one page (0: the default, 200; at most 1000). A page also ends
+    early rather than grow past the gateway's reply budget (trace_page_bytes, 1 MiB by
+    default), so that every reply fits a client's receive limit.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same query; empty for the first.
+    It pins the checkpoint of the first page: every page of one trace is proven against
+    the same tree size, however the log grows meanwhile.
+    """
     @_builtins.property
     def block(self) -> _model_pb2.BlockId:
         """Or, instead of registry and serial: a canonical block (origin or mirror serials)."""
@@ -933,10 +945,12 @@ class TraceUnitsRequest(_message.Message):
         registry: _builtins.str = ...,
         serial: _builtins.str = ...,
         block: _model_pb2.BlockId | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "registry", b"registry", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "page_size", b"page_size", "page_token", b"page_token", "registry", b"registry", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -970,16 +984,25 @@ Global___TracedEvent: _TypeAlias = TracedEvent  # noqa: Y015
 
 @_typing.final
 class TraceUnitsResponse(_message.Message):
+    """One page of a trace: events in rising index order, each proven against `checkpoint`
+    (the same on every page of one trace).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     TRACE_NOTE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     trace_note: _builtins.str
     """A signed note, by the checkpoint's key, listing the index of every event that
-    answers the query at the checkpoint: an auditor refuses an answer that leaves one
-    out (inclusion proofs alone cannot show that none is missing).
+    answers the query at the checkpoint among the indexes of this page's window (the
+    whole log when the trace is one page): an auditor refuses an answer that leaves
+    one out (inclusion proofs alone cannot show that none is missing), and the windows
+    of a trace's pages tile the log, so a page left out is seen too.
     """
+    next_page_token: _builtins.str
+    """Where the next page starts; empty on the last page."""
     @_builtins.property
     def checkpoint(self) -> _model_pb2.Checkpoint: ...
     @_builtins.property
@@ -990,10 +1013,11 @@ class TraceUnitsResponse(_message.Message):
         checkpoint: _model_pb2.Checkpoint | None = ...,
         events: _abc.Iterable[Global___TracedEvent] | None = ...,
         trace_note: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "events", b"events", "trace_note", b"trace_note"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "events", b"events", "next_page_token", b"next_page_token", "trace_note", b"trace_note"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

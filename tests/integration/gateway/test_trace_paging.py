@@ -1,0 +1,254 @@
+"""TraceUnits in pages: a history of any length is traced, and verified offline, in
+replies that each stay under a client's receive limit.
+
+An issuance sold in one-tonne lots leaves one split event per lot, each about a kilobyte
+of reply with its inclusion proof: 1,200 lots made a 1.3 MB trace of one tonne and 4.7 MB
+of the whole issuance, past gRPC's default 4 MiB receive limit, so the auditor got
+RESOURCE_EXHAUSTED and no history at all.  Here the same shape is built at a smaller
+scale, against a gateway (and a client) whose limit is as much smaller.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from adapters import serials
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from gateway import client_security
+from gateway.cli import main
+from gateway.cli_audit import bundle_from_pages
+from gateway.convert import block_id_to_pb
+from registry_bridge import db, ledger
+from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
+from registry_bridge.model import BlockId, Program
+from registry_bridge.signed_note import parse_verifier_key
+from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway, running_gateway
+
+AT = datetime(2026, 11, 27, tzinfo=UTC)
+START = 500_000
+ISSUED = 1_000
+LOTS = 60
+SERIAL = f"9660-{START}-{START + ISSUED - 1}-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+ISSUANCE = serials.parse_serial("verra", SERIAL).id
+LAST_TONNE = BlockId(Program.VCS, "", ISSUANCE.serial_end, ISSUANCE.serial_end)
+
+
+def _cut_lots(gateway: LiveGateway, first: int, lots: int) -> None:
+    """Cut one-tonne lots off the issuance, from its ``first`` serial on: one split event
+    each, and every one of them concerns the last tonne too."""
+    sessions = db.session_factory(gateway.server.engine)
+    for lot in range(first, first + lots):
+        piece = BlockId(Program.VCS, "", START + lot, START + lot)
+        with db.unit_of_work(sessions) as session:
+            (row,) = ledger.live_at(session, "verra", "seller", piece)
+            ledger.carve(session, row, piece, AT)
+
+
+def _issue_and_cut(gateway: LiveGateway, lots: int = LOTS) -> None:
+    sessions = db.session_factory(gateway.server.engine)
+    with db.unit_of_work(sessions) as session:
+        ledger.issue(session, "verra", "seller", serials.parse_serial("verra", SERIAL), AT)
+    _cut_lots(gateway, 0, lots)
+
+
+@pytest.fixture
+def long_history(live_gateway: LiveGateway) -> Iterator[LiveGateway]:
+    _issue_and_cut(live_gateway)
+    yield live_gateway
+
+
+def _request(block: BlockId, page_size: int = 0, token: str = "") -> gateway_pb2.TraceUnitsRequest:
+    return gateway_pb2.TraceUnitsRequest(
+        block=block_id_to_pb(block), page_size=page_size, page_token=token
+    )
+
+
+def _pages(
+    gateway: LiveGateway, block: BlockId, page_size: int
+) -> list[gateway_pb2.TraceUnitsResponse]:
+    pages = [gateway.stub.TraceUnits(_request(block, page_size), timeout=30)]
+    while pages[-1].next_page_token:
+        pages.append(
+            gateway.stub.TraceUnits(
+                _request(block, page_size, pages[-1].next_page_token), timeout=30
+            )
+        )
+    return pages
+
+
+def _kinds(pages: list[gateway_pb2.TraceUnitsResponse]) -> list[str]:
+    return [e.event.kind for page in pages for e in page.events]
+
+
+def test_a_trace_longer_than_a_page_round_trips_and_verifies_offline(
+    long_history: LiveGateway,
+) -> None:
+    pages = _pages(long_history, LAST_TONNE, page_size=16)
+    assert len(pages) == 4  # the issuance and 60 splits, 16 a page
+    assert [len(p.events) for p in pages] == [16, 16, 16, 13]
+    assert _kinds(pages) == ["issuance"] + ["split"] * LOTS
+    assert len({p.checkpoint.signed_note for p in pages}) == 1
+    indexes = [e.event.index for page in pages for e in page.events]
+    assert indexes == sorted(set(indexes))
+    # Paged or read at once, the same events.
+    (whole,) = _pages(long_history, LAST_TONNE, page_size=1000)
+    assert [e.event.index for e in whole.events] == indexes
+
+    trusted = parse_verifier_key(pages[0].checkpoint.verifier_key)
+    document = bundle_from_pages(pages, "", "", LAST_TONNE).to_json()
+    report = verify_bundle(bundle_from_json(json.loads(json.dumps(document))), trusted)
+    assert report.events == LOTS + 1
+    assert [(b.serial_start, s) for b, _, _, s in report.final] == [
+        (ISSUANCE.serial_start + LOTS, "active")
+    ]
+
+
+def test_a_bundle_with_one_pages_event_dropped_is_refused(long_history: LiveGateway) -> None:
+    pages = _pages(long_history, LAST_TONNE, page_size=16)
+    trusted = parse_verifier_key(pages[0].checkpoint.verifier_key)
+    honest = bundle_from_pages(pages, "", "", LAST_TONNE).to_json()
+    verify_bundle(bundle_from_json(honest), trusted)
+    dropped = pages[2].events[5].event.index
+    events = [e for e in honest["events"] if e["index"] != dropped]
+    with pytest.raises(AuditFailure, match=f"leaves out events {dropped} of the {LOTS + 1}"):
+        verify_bundle(bundle_from_json({**honest, "events": events}), trusted)
+    # A whole page left out, its note with it: the other pages' notes do not answer for
+    # the indexes it did.
+    without = bundle_from_pages([pages[0], pages[1], pages[3]], "", "", LAST_TONNE).to_json()
+    first_gone = pages[1].events[-1].event.index + 1
+    with pytest.raises(AuditFailure, match=f"no trace note answers for events {first_gone}-"):
+        verify_bundle(bundle_from_json(without), trusted)
+
+
+def test_paging_while_the_log_grows_verifies_against_the_pinned_checkpoint(
+    long_history: LiveGateway,
+) -> None:
+    stub = long_history.stub
+    first = stub.TraceUnits(_request(LAST_TONNE, 16), timeout=30)
+    pinned = first.checkpoint.tree_size
+    # More lots are cut meanwhile: new events of the traced tonne, past the pinned size.
+    _cut_lots(long_history, LOTS, 10)
+    assert stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).tree_size == pinned + 10
+    pages = [first]
+    while pages[-1].next_page_token:
+        pages.append(
+            stub.TraceUnits(_request(LAST_TONNE, 16, pages[-1].next_page_token), timeout=30)
+        )
+    assert {p.checkpoint.tree_size for p in pages} == {pinned}
+    assert {e.proof.tree_size for p in pages for e in p.events} == {pinned}
+    assert max(e.event.index for p in pages for e in p.events) < pinned
+    trusted = parse_verifier_key(first.checkpoint.verifier_key)
+    report = verify_bundle(
+        bundle_from_json(bundle_from_pages(pages, "", "", LAST_TONNE).to_json()), trusted
+    )
+    assert report.events == LOTS + 1 and report.tree_size == pinned
+    # A trace begun now sees the new lots, against the log as it is now.
+    again = _pages(long_history, LAST_TONNE, page_size=1000)
+    assert again[0].checkpoint.tree_size == pinned + 10
+    assert _kinds(again).count("split") == LOTS + 10
+
+
+def _violations(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    return [v.field for v in bad_request.field_violations]
+
+
+def test_a_bad_or_tampered_page_token_is_an_invalid_argument(long_history: LiveGateway) -> None:
+    stub = long_history.stub
+    token = stub.TraceUnits(_request(LAST_TONNE, 16), timeout=30).next_page_token
+    assert token
+    sealed, _, seal = token.partition(".")
+    fields = json.loads(base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4)))
+    # Asked to resume elsewhere, or at another tree size, with the seal kept.
+    forged = [
+        base64.urlsafe_b64encode(
+            json.dumps({**fields, **change}, separators=(",", ":")).encode()
+        ).decode()
+        for change in ({"a": fields["a"] + 1}, {"n": fields["n"] - 1})
+    ]
+    other_query = BlockId(Program.VCS, "", ISSUANCE.serial_end - 1, ISSUANCE.serial_end)
+    for bad, block in [
+        *((f"{payload}.{seal}", LAST_TONNE) for payload in forged),
+        ("not a token", LAST_TONNE),
+        (token[:-2], LAST_TONNE),
+        (token + "A", LAST_TONNE),
+        (token, other_query),  # issued for another query
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.TraceUnits(_request(block, 16, bad), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _violations(caught.value) == ["page_token"]
+        assert "page_token" in (caught.value.details() or "")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.TraceUnits(_request(LAST_TONNE, -1), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(caught.value) == ["page_size"]
+    # Refusals change nothing: the token still reads its page.
+    assert stub.TraceUnits(_request(LAST_TONNE, 16, token), timeout=30).events
+
+
+REPLY_LIMIT = 20 * 1024
+"""The client's receive limit here, and the gateway's page budget: gRPC's 4 MiB scaled
+down, so that a history several times the limit is quick to build."""
+
+
+def test_a_history_past_the_receive_limit_is_traced_through_the_cli(
+    database_url: str,
+    registries: LinkedRegistries,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with running_gateway(database_url, registries, trace_page_bytes=REPLY_LIMIT) as gateway:
+        _issue_and_cut(gateway, lots=160)
+        # What the CLI receives, each reply measured as it comes off the wire.
+        monkeypatch.setattr(
+            client_security,
+            "open_channel",
+            lambda _args: grpc.insecure_channel(
+                gateway.target, options=[("grpc.max_receive_message_length", REPLY_LIMIT)]
+            ),
+        )
+        pages = [gateway.stub.TraceUnits(_request(ISSUANCE), timeout=30)]
+        while pages[-1].next_page_token:
+            pages.append(gateway.stub.TraceUnits(_request(ISSUANCE, 0, pages[-1].next_page_token)))
+        sizes = [p.ByteSize() for p in pages]
+        assert sum(sizes) > 4 * REPLY_LIMIT, sizes
+        assert max(sizes) <= REPLY_LIMIT, sizes
+
+        bundle = tmp_path / "bundle.json"
+        target = ["--target", gateway.target, "--insecure"]
+        assert main(["trace", "--registry", "verra", SERIAL, "--out", str(bundle), *target]) == 0
+        key = gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).verifier_key
+        capsys.readouterr()
+        assert main(["audit", "verify", str(bundle), "--log-key", key]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("OK: 161 events verified"), out
+        assert len(json.loads(bundle.read_text())["trace_notes"]) == len(pages)
+
+        # Smaller pages on request, and the summary says how many were read.
+        assert main(["trace", "--block", f"VCS:{START}-{START}", "--page-size", "1", *target]) == 0
+        summary = capsys.readouterr().out
+        assert summary.startswith("2 events in 2 pages, proven against checkpoint size"), summary
+
+
+def test_each_page_stays_under_the_default_limit(long_history: LiveGateway) -> None:
+    """At the default settings, the largest page the gateway answers fits gRPC's default
+    receive limit with room to spare."""
+    config = long_history.server.config
+    assert config.trace_page_bytes < 4 * 1024 * 1024
+    pages = _pages(long_history, ISSUANCE, page_size=1000)
+    assert all(p.ByteSize() <= config.trace_page_bytes for p in pages)
+    assert _kinds(pages).count("split") == LOTS

@@ -450,7 +450,7 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
         account=model_pb2.AccountRef(
             registry=request.account.registry, account=request.account.account
         ),
-        blocks=[],
+        blocks=[unit_block_to_pb(b) for b in use.blocks],
         beneficiary=request.beneficiary,
         claim_text=request.claim_text,
         entity_id=request.entity_id,

@@ -17,6 +17,7 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import random
 import threading
@@ -2380,6 +2381,9 @@ class Bridge:
                     "block": block_id_to_dict(row.block.id),
                     "mirror": row.is_mirror,
                     "origin": block_id_to_dict(row.origin),
+                    # What the use took, with its attributes, for every later answer:
+                    # the row itself ends (or splits) with the use.
+                    "unit": block_to_json(row.block),
                 }
             )
             origin_registry = ORIGIN_REGISTRY[row.origin.program]
@@ -2586,11 +2590,25 @@ class Bridge:
                 request_id=record.request_id,
                 request=request,
                 state=record.state,
-                blocks=(),
+                blocks=tuple(
+                    _leg_unit(session, leg) for leg in detail["legs"] if leg["origin"] is not None
+                ),
                 decision=_decision_from_json(record.decision),
                 created_at=record.created_at,
                 legs=tuple(leg["op"] for leg in detail["legs"]),
             )
+
+
+def _leg_unit(session: Session, leg: dict[str, Any]) -> UnitBlock:
+    """The holder's block a use's leg took, with its attributes."""
+    if "unit" in leg:
+        return block_from_json(leg["unit"])
+    # A use recorded before its legs kept their blocks: the holder's rows over the leg
+    # still carry the attributes (a row only splits, keeping them, or ends terminal).
+    block = block_id_from_dict(leg["block"])
+    for row in ledger.live_at(session, leg["registry"], leg["account"], block):
+        return dataclasses.replace(row.block, id=block)
+    raise LedgerConflict(f"the ledger holds no row for the use's block {block}")
 
 
 def _unlock(

@@ -815,7 +815,12 @@ class UnitUse(_message.Message):
     @_builtins.property
     def account(self) -> Global___AccountRef: ...
     @_builtins.property
-    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnitBlock]: ...
+    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnitBlock]:
+        """The units the use took, as the account's registry holds them (a mirror's own
+        serials, not the origin units retired behind it), one block per run, with their
+        attributes, in the order of the request's units.
+        """
+
     @_builtins.property
     def decision(self) -> Global___Decision: ...
     @_builtins.property

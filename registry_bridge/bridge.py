@@ -65,6 +65,7 @@ from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.port import (
+    BlockStatusRequest,
     CreditRequest,
     FinalizeDisposition,
     FinalizeRequest,
@@ -587,6 +588,14 @@ _USE_START_PATIENCE_SECONDS = 10.0
 
 A time, not a count of attempts: each round one of the contenders wins, so n of them
 all finish within n rounds, and a count below n failed the unluckiest for no reason."""
+_REFUSED_USE_STATES = frozenset({"rejected", "failed"})
+"""Final states of a use a registry refused: before any leg was done, or after some."""
+_USED_ELSEWHERE = frozenset(
+    {HoldingStatus.RETIRED, HoldingStatus.CANCELLED, HoldingStatus.SURRENDERED}
+)
+"""Registry statuses of units already used (a use's units found so are a double use)."""
+_USED_CODES = frozenset({"UNITS_RETIRED", "UNITS_CANCELLED", "UNITS_SURRENDERED"})
+"""The registries' refusal codes for units already used (see the emulators' ``_take``)."""
 
 
 class Bridge:
@@ -2259,7 +2268,11 @@ class Bridge:
                     raise
                 time.sleep(random.uniform(0, min(0.1, 0.01 * attempt)))
         self._finish_use(use_id)
-        return self.get_use(use_id)
+        use = self.get_use(use_id)
+        if use.state in _REFUSED_USE_STATES:
+            # Another driver (the recovery loop) ended it refused meanwhile.
+            raise self._use_refusal(use_id)
+        return use
 
     def _start_or_find_use(
         self, caller: str, request_id: str, request: UseRequest, digest: bytes
@@ -2280,12 +2293,8 @@ class Bridge:
                         f"request_id {request_id!r} was already used for a different request; "
                         "use a new request id for a new request"
                     )
-                if existing.state == "rejected":
-                    reason = json.loads(existing.detail).get("rejection", "refused")
-                    raise FailedPrecondition(
-                        f"the {request.kind} was refused: {reason}",
-                        [PreconditionViolation("REGISTRY", existing.registry_id, reason)],
-                    )
+                if existing.state in _REFUSED_USE_STATES:
+                    raise _refusal_of(existing)
                 use_id: str = existing.id
             else:
                 use_id = self._start_use(session, caller, request_id, request, digest, now)
@@ -2362,7 +2371,11 @@ class Bridge:
                 + "; ".join(f"{v.rule_id}: {v.message}" for v in decision.violations),
                 [PreconditionViolation("RULE", v.rule_id, v.message) for v in decision.violations],
             )
+        # The origin's legs go first: the origin registry is where a unit used behind
+        # the gateway's back (retired at Verra by its account holder) shows, and a refusal
+        # of the first leg leaves nothing of the use done anywhere (see _finish_use).
         legs: list[dict[str, Any]] = []
+        origin_legs: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             ledger.change(
                 session,
@@ -2396,7 +2409,7 @@ class Bridge:
                         if row.registry in CUSTODY_VENUES and not row.is_mirror
                         else origin_row.account
                     )
-                    legs.append(
+                    origin_legs.append(
                         {
                             "op": f"{use_id}:{i}:origin:{j}",
                             "registry": origin_registry,
@@ -2420,7 +2433,14 @@ class Bridge:
                 state="pending",
                 registry_id=request.account.registry,
                 account=request.account.account,
-                detail=json.dumps({"request": request.canonical(), "legs": legs}, sort_keys=True),
+                detail=json.dumps(
+                    {
+                        "request": request.canonical(),
+                        "legs": origin_legs + legs,
+                        "under_way": False,
+                    },
+                    sort_keys=True,
+                ),
                 decision=_decision_json(decision),
                 created_at=now,
             )
@@ -2428,6 +2448,21 @@ class Bridge:
         return use_id
 
     def _finish_use(self, use_id: str) -> None:
+        """Carry a pending use out at its registries and record the outcome.
+
+        A use is checked at every registry it touches before any of them is asked to
+        apply it (``_check_at_registries``), and is marked under way, committed, before
+        its first leg goes out; legs then run in their recorded order and stop at the
+        first that fails.  A registry's refusal is final: of the first leg, nothing of
+        the use was done, and it ends ``rejected``; of a later one, what the earlier legs
+        did cannot be undone (a retirement is terminal), and it ends ``failed``.  Either
+        way its caller hears FAILED_PRECONDITION, the same on every repeat, and nothing
+        retries it.  Only a registry that does not answer leaves the use pending.
+
+        Raises:
+            FailedPrecondition: A registry refused the use (it is final now).
+            RegistryUnavailable: A registry did not answer; the use stays pending.
+        """
         with unit_of_work(self._sessions) as session:
             record = session.get(UnitUseRecord, use_id)
             if record is None:
@@ -2435,9 +2470,13 @@ class Bridge:
             if record.state != "pending":
                 return
             detail = json.loads(record.detail)
+        # Uses recorded before the check existed may have legs done: they go on.
+        if not detail.get("under_way", True):
+            used = self._check_at_registries(detail)
+            if not self._set_under_way(use_id, used):
+                raise self._use_refusal(use_id)
         request = detail["request"]
         kind = request["kind"]
-        terminal = HoldingStatus.RETIRED if kind == "retirement" else HoldingStatus.SURRENDERED
         for position, leg in enumerate(detail["legs"]):
             block = block_id_from_dict(leg["block"])
             port = self._port(leg["registry"])
@@ -2453,9 +2492,9 @@ class Bridge:
                         )
                     )
                 else:
-                    # The holder's leg comes first; the origin behind a mirror or a venue
-                    # position is then retired for the use, whatever the use was (origin
-                    # registries such as Verra know retirement, not foreign compliance).
+                    # The origin behind a mirror or a venue position is retired for the
+                    # use, whatever the use was (origin registries such as Verra know
+                    # retirement, not foreign compliance).
                     port.retire(
                         RetireRequest(
                             leg["op"],
@@ -2467,87 +2506,185 @@ class Bridge:
                     )
             except RegistryRejected as exc:
                 if position == 0:
-                    self._reject_use(use_id, f"{leg['registry']} refused the {kind}: {exc}")
-                    raise FailedPrecondition(
-                        f"the {kind} is refused by {leg['registry']}: {exc}",
-                        [PreconditionViolation("REGISTRY", leg["registry"], str(exc))],
-                    ) from exc
-                # Part of the use is done and cannot be undone: it stays pending and the
-                # recovery loop retries it (the registry's refusal is logged).
-                _logger.error(
-                    "use_leg_refused", use=use_id, registry=leg["registry"], error=str(exc)
-                )
-                raise RegistryUnavailable(leg["registry"], f"use leg refused: {exc}") from exc
-        now = self._clock()
+                    self._reject_use(use_id, _refused_leg(kind, leg, exc, done=()))
+                else:
+                    self._fail_use(use_id, position, exc)
+                raise self._use_refusal(use_id) from exc
         with unit_of_work(self._sessions) as session:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
             if record is None or record.state != "pending":
                 return
-            surrendered: list[dict[str, Any]] = []
-            for leg in detail["legs"]:
-                block = block_id_from_dict(leg["block"])
-                if leg["origin"] is not None:
-                    # The holder's own rows (an origin row, or a mirror).
-                    for row in ledger.locked_by(
-                        session, leg["registry"], leg["account"], block, use_id
-                    ):
-                        surrendered.append(
-                            {
-                                "program": row.origin.program.value,
-                                "quantity": row.block.quantity,
-                                "country": row.block.country,
-                                "region": row.block.region,
-                                "offset": row.block.unit_kind.value == "offset_credit",
-                            }
-                        )
-                        ledger.change(
-                            session,
-                            row,
-                            kind_event(kind),
-                            now,
-                            status=terminal,
-                            transfer_id=use_id,
-                            detail=_use_detail(request),
-                        )
-                else:
-                    # The origin behind a mirror or a custody position ends with it, retired
-                    # at its registry whatever the use was.
-                    for origin_row in ledger.origin_rows(session, block):
-                        if origin_row.status in (HoldingStatus.BRIDGED, HoldingStatus.ACTIVE):
-                            carved = ledger.carve(session, origin_row, block, now, use_id)
-                            ledger.change(
-                                session,
-                                carved,
-                                "retire",
-                                now,
-                                status=HoldingStatus.RETIRED,
-                                transfer_id=use_id,
-                                detail=_use_detail(request),
-                            )
-            detail["surrendered"] = surrendered
+            detail["surrendered"] = self._record_legs(session, use_id, detail, detail["legs"])
             record.detail = json.dumps(detail, sort_keys=True)
             record.state = "completed"
 
+    def _check_at_registries(self, detail: dict[str, Any]) -> str:
+        """Why the use's units cannot be used, as its registries show them; "" if they can.
+
+        Units retired, cancelled or surrendered at a registry behind the gateway's back
+        (at Verra by its account holder, at Shenzhen by the mirror's) are a double use:
+        found here, before any leg goes out, the use is refused with nothing done.  The
+        ledger is not asked: it knows only what the gateway did.
+
+        Raises:
+            RegistryUnavailable: A registry did not answer (the use stays pending).
+        """
+        used: list[str] = []
+        for leg in detail["legs"]:
+            block = block_id_from_dict(leg["block"])
+            for holding in self._port(leg["registry"]).block_status(BlockStatusRequest(block)):
+                if holding.block.id.overlaps(block) and holding.status in _USED_ELSEWHERE:
+                    used.append(
+                        f"units {holding.block.id} are already {holding.status.value} at "
+                        f"{leg['registry']}"
+                    )
+        if not used:
+            return ""
+        kind = detail["request"]["kind"]
+        return (
+            f"double use: {'; '.join(used)}, by a use the gateway did not make; nothing of "
+            f"this {kind} was done"
+        )
+
+    def _set_under_way(self, use_id: str, used: str) -> bool:
+        """Mark a checked use under way, or end it rejected for ``used``; whether it goes on.
+
+        Decided under the use's row lock: of two drivers of one use (its caller and a
+        recovery loop), one that checked after the other's first leg went out sees that
+        leg's own retirement, and must not take it for a double use.
+        """
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id, with_for_update=True)
+            if record is None or record.state != "pending":
+                return record is not None and record.state == "completed"
+            detail = json.loads(record.detail)
+            if detail.get("under_way", True):
+                return True
+            if used:
+                self._release(session, record, detail, detail["legs"], "rejected", used)
+                return False
+            detail["under_way"] = True
+            record.detail = json.dumps(detail, sort_keys=True)
+            return True
+
+    def _record_legs(
+        self,
+        session: Session,
+        use_id: str,
+        detail: dict[str, Any],
+        legs: Sequence[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Record in the ledger what ``legs``, done at their registries, did; returns the
+        holder's units they used, as a surrender's record keeps them for offset limits."""
+        request = detail["request"]
+        kind = request["kind"]
+        terminal = HoldingStatus.RETIRED if kind == "retirement" else HoldingStatus.SURRENDERED
+        now = self._clock()
+        used: list[dict[str, Any]] = []
+        for leg in legs:
+            block = block_id_from_dict(leg["block"])
+            if leg["origin"] is not None:
+                # The holder's own rows (an origin row, or a mirror).
+                for row in ledger.locked_by(
+                    session, leg["registry"], leg["account"], block, use_id
+                ):
+                    used.append(
+                        {
+                            "program": row.origin.program.value,
+                            "quantity": row.block.quantity,
+                            "country": row.block.country,
+                            "region": row.block.region,
+                            "offset": row.block.unit_kind.value == "offset_credit",
+                        }
+                    )
+                    ledger.change(
+                        session,
+                        row,
+                        kind_event(kind),
+                        now,
+                        status=terminal,
+                        transfer_id=use_id,
+                        detail=_use_detail(request),
+                    )
+            else:
+                # The origin behind a mirror or a custody position ends with it, retired
+                # at its registry whatever the use was.
+                for origin_row in ledger.origin_rows(session, block):
+                    if origin_row.status in (HoldingStatus.BRIDGED, HoldingStatus.ACTIVE):
+                        carved = ledger.carve(session, origin_row, block, now, use_id)
+                        ledger.change(
+                            session,
+                            carved,
+                            "retire",
+                            now,
+                            status=HoldingStatus.RETIRED,
+                            transfer_id=use_id,
+                            detail=_use_detail(request),
+                        )
+        return used
+
+    def _release(
+        self,
+        session: Session,
+        record: UnitUseRecord,
+        detail: dict[str, Any],
+        legs: Sequence[dict[str, Any]],
+        state: str,
+        reason: str,
+    ) -> None:
+        """End a use ``state`` for ``reason``, unlocking the holder's rows of ``legs``."""
+        now = self._clock()
+        for leg in legs:
+            if leg["origin"] is None:
+                continue
+            block = block_id_from_dict(leg["block"])
+            locked = ledger.locked_by(session, leg["registry"], leg["account"], block, record.id)
+            _unlock(session, locked, record.id, now, reason)
+        detail["rejection"] = reason
+        record.detail = json.dumps(detail, sort_keys=True)
+        record.state = state
+
     def _reject_use(self, use_id: str, reason: str) -> None:
         """A use refused before any registry applied it: release its units."""
-        now = self._clock()
         with unit_of_work(self._sessions) as session:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
             if record is None or record.state != "pending":
                 return
             detail = json.loads(record.detail)
-            for leg in detail["legs"]:
-                if leg["origin"] is None:
-                    continue
-                block = block_id_from_dict(leg["block"])
-                locked = ledger.locked_by(session, leg["registry"], leg["account"], block, use_id)
-                _unlock(session, locked, use_id, now, reason)
-            detail["rejection"] = reason
-            record.detail = json.dumps(detail, sort_keys=True)
-            record.state = "rejected"
+            self._release(session, record, detail, detail["legs"], "rejected", reason)
+
+    def _fail_use(self, use_id: str, refused_at: int, error: RegistryRejected) -> None:
+        """A use a registry refused after the legs before ``refused_at`` were done.
+
+        Those cannot be undone (a retirement is terminal): the ledger records them, the
+        holder's units no leg used are released, and the use ends ``failed``, logged
+        once at error level for an operator to settle with the registries (the refusing
+        registry's units were used by someone else: a double use).
+        """
+        with unit_of_work(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id, with_for_update=True)
+            if record is None or record.state != "pending":
+                return
+            detail = json.loads(record.detail)
+            legs = detail["legs"]
+            done, rest = legs[:refused_at], legs[refused_at:]
+            reason = _refused_leg(detail["request"]["kind"], legs[refused_at], error, done)
+            detail["surrendered"] = self._record_legs(session, use_id, detail, done)
+            detail["done_legs"] = [leg["op"] for leg in done]
+            self._release(session, record, detail, rest, "failed", reason)
+        _logger.error("use_failed", use=use_id, registry=error.registry, reason=reason)
+
+    def _use_refusal(self, use_id: str) -> FailedPrecondition:
+        """The answer to a use that ended refused (the same on every repeat)."""
+        with read_only(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id)
+            if record is None:
+                raise NotFound(f"uses/{use_id}")
+            return _refusal_of(record)
 
     def resume_uses(self) -> int:
-        """Finish every pending retirement or surrender; returns how many completed."""
+        """Finish or end refused every pending retirement or surrender; returns how many
+        completed."""
         with unit_of_work(self._sessions) as session:
             pending = list(
                 session.execute(
@@ -2559,7 +2696,10 @@ class Bridge:
             try:
                 self._finish_use(use_id)
                 done += 1
-            except (RegistryUnavailable, FailedPrecondition) as exc:
+            except FailedPrecondition as exc:
+                # Final now (refused by a registry); a partial one was logged as an error.
+                _logger.info("use_refused", use=use_id, error=str(exc))
+            except RegistryUnavailable as exc:
                 _logger.warning("use_waiting", use=use_id, error=str(exc))
         return done
 
@@ -2597,6 +2737,35 @@ class Bridge:
                 created_at=record.created_at,
                 legs=tuple(leg["op"] for leg in detail["legs"]),
             )
+
+
+def _refused_leg(
+    kind: str, leg: dict[str, Any], error: RegistryRejected, done: Sequence[dict[str, Any]]
+) -> str:
+    """Why a registry's refusal of ``leg`` ended a use whose ``done`` legs were applied."""
+    block = block_id_from_dict(leg["block"])
+    what = (
+        f"double use: units {block} are already used at {leg['registry']}, by a use the "
+        "gateway did not make"
+        if error.code in _USED_CODES
+        else f"{leg['registry']} refused units {block}"
+    )
+    reason = f"{what} ({error})"
+    if not done:
+        return f"{reason}; nothing of this {kind} was done"
+    registries = ", ".join(dict.fromkeys(leg["registry"] for leg in done))
+    return (
+        f"{reason}; {registries} had already done its part of this {kind}, which cannot be "
+        "undone: the use needs an operator to settle it with the registries"
+    )
+
+
+def _refusal_of(record: UnitUseRecord) -> FailedPrecondition:
+    reason = json.loads(record.detail).get("rejection", "refused")
+    return FailedPrecondition(
+        f"the {record.kind} is refused: {reason}",
+        [PreconditionViolation("REGISTRY", record.registry_id, reason)],
+    )
 
 
 def _leg_unit(session: Session, leg: dict[str, Any]) -> UnitBlock:

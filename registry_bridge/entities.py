@@ -184,10 +184,11 @@ class DatabaseEntityRecords:
             used: dict[tuple[str, str, str], int] = defaultdict(int)
             # A pending surrender has spent its units as surely as a completed one: its
             # holder's leg may be done and only an origin registry, down, still to answer.
+            # A failed one (refused part-way) spent what its done legs surrendered.
             uses = session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
                     UnitUseRecord.kind == "surrender",
-                    UnitUseRecord.state.in_(("pending", "completed")),
+                    UnitUseRecord.state.in_(("pending", "completed", "failed")),
                 )
             ).all()
             for use_id, state, raw in uses:
@@ -201,7 +202,7 @@ class DatabaseEntityRecords:
                     continue
                 spending = (
                     detail.get("surrendered", [])
-                    if state == "completed"
+                    if state != "pending"
                     else _locked_for(session, use_id, detail["legs"])
                 )
                 for spent in spending:

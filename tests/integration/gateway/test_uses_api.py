@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from registry_bridge import ledger
+from registry_bridge.bridge import venue_account
 from registry_bridge.db import unit_of_work
+from registry_bridge.model import BlockId, HoldingStatus, Program
+from registry_bridge.port import BlockStatusRequest, RetireRequest
 from registry_bridge.schema import UnitUseRecord
-from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    LiveGateway,
+    logged_events,
+    running_gateway,
+)
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
@@ -118,3 +134,174 @@ def test_a_use_recorded_before_its_legs_kept_their_blocks_still_names_them(
     assert list(again.blocks) == list(first.blocks)
     assert again.blocks[0].quantity == 10
     assert again.blocks[0].project_id == mirror.project_id
+
+
+# ------------------------------------------------------------------ units used elsewhere
+
+QUIET_RECOVERY: dict[str, Any] = {
+    # The tests drive recovery themselves: the loop must not settle a use meanwhile.
+    "recovery_interval_seconds": 3600,
+    "registry_retry_initial_wait_seconds": 0.01,
+    "registry_retry_max_wait_seconds": 0.02,
+}
+
+
+@pytest.fixture
+def quiet_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
+    registries.seed_venue()
+    with running_gateway(database_url, registries, **QUIET_RECOVERY) as gateway:
+        yield gateway
+
+
+def _mirror_units(mirror: model_pb2.UnitBlock, first: int, last: int) -> BlockId:
+    m = mirror.id
+    return BlockId(
+        Program(m.program), m.serial_series, m.serial_start + first, m.serial_start + last
+    )
+
+
+def _retire_request(request_id: str, units: BlockId) -> gateway_pb2.RetireRequest:
+    return gateway_pb2.RetireRequest(
+        request_id=request_id,
+        account=BUYER,
+        units=[
+            _selector(
+                units.program.value, units.serial_series, units.serial_start, units.serial_end
+            )
+        ],
+        beneficiary="Acme Ltd",
+    )
+
+
+def _statuses(registries: LinkedRegistries, registry: str, block: BlockId) -> set[HoldingStatus]:
+    return {h.status for h in registries.ports[registry].block_status(BlockStatusRequest(block))}
+
+
+def _use_states(gateway: LiveGateway) -> dict[str, str]:
+    with unit_of_work(gateway.server.bridge.sessions) as session:
+        return {r.request_id: r.state for r in session.execute(sa.select(UnitUseRecord)).scalars()}
+
+
+def _refused(gateway: LiveGateway, request: gateway_pb2.RetireRequest) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        gateway.stub.Retire(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    return caught.value.details() or ""
+
+
+def test_a_mirror_whose_origin_was_retired_at_its_registry_is_refused_and_nothing_is_done(
+    quiet_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    """The origin retired at Verra behind the gateway's back: retiring its Shenzhen mirror
+    would count the tonnes twice. The retirement is refused for good, naming the double
+    use, and the mirror is left as it was at Shenzhen (not retired there)."""
+    mirror = _bridge_to_shenzhen(quiet_gateway, "to-retire", 50)
+    behind = BlockId(Program.VCS, "", START, START + 9)
+    registries.ports["verra"].retire(
+        RetireRequest("elsewhere-1", venue_account("hkmo"), behind, "Someone else", "")
+    )
+    request = _retire_request("retire-used", _mirror_units(mirror, 0, 9))
+    with logged_events() as logs:
+        message = _refused(quiet_gateway, request)
+        assert "double use" in message and "verra" in message and "retired" in message
+        assert _statuses(registries, "shenzhen", _mirror_units(mirror, 0, 9)) == {
+            HoldingStatus.ACTIVE
+        }
+        assert _use_states(quiet_gateway)["retire-used"] == "rejected"
+        # Final: the same request gets the same answer, and recovery has nothing to retry.
+        assert _refused(quiet_gateway, request) == message
+        assert quiet_gateway.server.bridge.resume_uses() == 0
+    assert not [e for e in logs if e["log_level"] == "error"]
+    # The mirror's other units, whose origin is still immobilized, retire as before.
+    quiet_gateway.stub.Retire(
+        _retire_request("retire-rest", _mirror_units(mirror, 10, 19)), timeout=30
+    )
+    assert _statuses(registries, "verra", BlockId(Program.VCS, "", START + 10, START + 19)) == {
+        HoldingStatus.RETIRED
+    }
+
+
+def test_a_mirror_retired_at_its_own_registry_is_refused_before_the_origin_is_touched(
+    quiet_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    mirror = _bridge_to_shenzhen(quiet_gateway, "to-retire", 50)
+    units = _mirror_units(mirror, 0, 9)
+    registries.ports["shenzhen"].retire(
+        RetireRequest("elsewhere-2", "buyer", units, "Someone else", "")
+    )
+    message = _refused(quiet_gateway, _retire_request("retire-used", units))
+    assert "double use" in message and "shenzhen" in message
+    # The origin behind it is still immobilized: nothing of the use was done anywhere.
+    assert _statuses(registries, "verra", BlockId(Program.VCS, "", START, START + 9)) == {
+        HoldingStatus.BRIDGED
+    }
+    assert _use_states(quiet_gateway)["retire-used"] == "rejected"
+
+
+def test_a_pending_use_whose_origin_was_retired_meanwhile_is_resolved_by_recovery(
+    quiet_gateway: LiveGateway, registries: LinkedRegistries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway stops after recording the use, before any registry hears of it; the
+    origin is retired elsewhere meanwhile. Recovery ends the use refused, once."""
+    mirror = _bridge_to_shenzhen(quiet_gateway, "to-retire", 50)
+    bridge = quiet_gateway.server.bridge
+
+    def crash(use_id: str) -> None:
+        raise RuntimeError("the gateway stopped here")
+
+    monkeypatch.setattr(bridge, "_finish_use", crash)
+    request = _retire_request("retire-pending", _mirror_units(mirror, 0, 9))
+    with pytest.raises(grpc.RpcError):
+        quiet_gateway.stub.Retire(request, timeout=30)
+    monkeypatch.undo()
+    assert _use_states(quiet_gateway)["retire-pending"] == "pending"
+    registries.ports["verra"].retire(
+        RetireRequest(
+            "elsewhere-3",
+            venue_account("hkmo"),
+            BlockId(Program.VCS, "", START, START + 9),
+            "X",
+            "",
+        )
+    )
+    assert bridge.resume_uses() == 0
+    assert _use_states(quiet_gateway)["retire-pending"] == "rejected"
+    assert bridge.resume_uses() == 0
+    assert "double use" in _refused(quiet_gateway, request)
+    assert _statuses(registries, "shenzhen", _mirror_units(mirror, 0, 9)) == {HoldingStatus.ACTIVE}
+
+
+def test_a_refusal_after_part_of_a_use_was_done_ends_it_failed_not_pending(
+    quiet_gateway: LiveGateway, registries: LinkedRegistries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone retires the mirror at Shenzhen between the gateway's checks and its own
+    retirement there, after the origin was retired for the use: the origin's retirement
+    cannot be undone. The use ends failed, named as a double use, once; never retried."""
+    mirror = _bridge_to_shenzhen(quiet_gateway, "to-retire", 50)
+    units = _mirror_units(mirror, 0, 9)
+    store = registries.emulators["shenzhen"].store
+    original = store.retire
+
+    def retired_elsewhere_first(operation_id: str, account: str, *args: Any, **kwargs: Any) -> Any:
+        if not operation_id.startswith("elsewhere"):
+            original("elsewhere-4", account, *args, **kwargs)
+        return original(operation_id, account, *args, **kwargs)
+
+    monkeypatch.setattr(store, "retire", retired_elsewhere_first)
+    request = _retire_request("retire-raced", units)
+    with logged_events() as logs:
+        message = _refused(quiet_gateway, request)
+        monkeypatch.undo()
+        assert "double use" in message and "shenzhen" in message and "verra" in message
+        assert _use_states(quiet_gateway)["retire-raced"] == "failed"
+        assert _refused(quiet_gateway, request) == message
+        assert quiet_gateway.server.bridge.resume_uses() == 0
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["use_failed"]
+    # The ledger says what the use did: the origin retired at Verra, the mirror released.
+    origin = BlockId(Program.VCS, "", START, START + 9)
+    assert _statuses(registries, "verra", origin) == {HoldingStatus.RETIRED}
+    with unit_of_work(quiet_gateway.server.bridge.sessions) as session:
+        assert {r.status for r in ledger.origin_rows(session, origin)} == {HoldingStatus.RETIRED}
+        assert {r.status for r in ledger.live_at(session, "shenzhen", "buyer", units)} == {
+            HoldingStatus.ACTIVE
+        }

@@ -47,6 +47,11 @@ class RegistryEntry:
     """The adapter package under ``adapters/``."""
     client_class: str
     """The client class in ``adapters/<package>/client.py``."""
+    credited_programs: frozenset[Program] | None
+    """Programs whose units the registry can be credited with from another registry:
+    None for any (it issues a mirror block of them); a custody venue, those it holds;
+    Verra and Gold Standard, only their own, back from a mirror elsewhere.  The gateway
+    refuses a transfer of other units there before anything is locked."""
 
     def client(self, channel: grpc.Channel, timeout_s: float = 5.0) -> RegistryPort:
         """A client of the registry's native API over ``channel`` (without retries)."""
@@ -72,6 +77,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "batch-start-end-VCS-VCU-vvb-VER-CC-type-project-DDMMYYYY-DDMMYYYY-flag",
                 "verra",
                 "VerraClient",
+                frozenset({Program.VCS}),
             ),
             RegistryEntry(
                 "gold-standard",
@@ -80,6 +86,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "GS serial: GS1-1-CC-GSnnnn-type-YYYY-batch-first-last",
                 "gold_standard",
                 "GoldStandardClient",
+                frozenset({Program.GS}),
             ),
             RegistryEntry(
                 "national",
@@ -88,6 +95,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "DES-style unit block: originating program, start, end (adapters.national)",
                 "national",
                 "NationalClient",
+                None,
             ),
             RegistryEntry(
                 "hkmo",
@@ -96,6 +104,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "the originating program's serial, held as it is",
                 "hkmo",
                 "VenueClient",
+                frozenset({Program.VCS, Program.GS, Program.CCER, Program.BRI_ITMO}),
             ),
             RegistryEntry(
                 "shenzhen",
@@ -105,6 +114,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "CCER as national (adapters.shenzhen)",
                 "shenzhen",
                 "ShenzhenClient",
+                None,
             ),
             RegistryEntry(
                 "guangdong",
@@ -114,6 +124,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "(adapters.guangdong)",
                 "guangdong",
                 "GuangdongClient",
+                None,
             ),
             RegistryEntry(
                 "bri",
@@ -122,6 +133,7 @@ REGISTRIES: Mapping[str, RegistryEntry] = MappingProxyType(
                 "HOST-ITMO-scope-programme-YYYY-reserved-start-end (adapters.bri)",
                 "bri",
                 "BriClient",
+                None,
             ),
         )
     }

@@ -232,6 +232,11 @@ class GatewayServer:
                 _crash_hook(config.fault_crash_after_state),
             ),
             lease=timedelta(seconds=config.transfer_lease_seconds),
+            credited_programs={
+                info.registry_id: programs
+                for info in self._registries
+                if (programs := REGISTRIES[info.registry_id].credited_programs) is not None
+            },
         )
         self.migrations = Migrations(
             self.bridge,

@@ -613,6 +613,7 @@ class Bridge:
         owner: str = "",
         lease: timedelta = timedelta(seconds=15),
         on_state: Callable[[str, TransferState], None] | None = None,
+        credited_programs: Mapping[str, frozenset[Program]] | None = None,
     ) -> None:
         """Build a bridge.
 
@@ -630,6 +631,10 @@ class Bridge:
             lease: How long a gateway's claim on driving a transfer lasts.
             on_state: Called after each new state of a transfer is committed (crash-test
                 fault injection hooks in here).
+            credited_programs: Per registry, the programs whose units it can be credited
+                with from another registry (``adapters.registry.RegistryEntry``); one not
+                named takes any (issuing a mirror).  A transfer of other units there is
+                rejected before anything is locked, not rolled back once refused.
         """
         self._sessions = sessions
         self._registries = dict(registries)
@@ -644,6 +649,7 @@ class Bridge:
         """Per registry, the holdings its imports have already looked at."""
         self._lease = lease
         self._on_state = on_state
+        self._credited_programs = dict(credited_programs or {})
         self._driving: set[str] = set()
         self._driving_lock = threading.Lock()
         # Registry calls of a batch's transfers run side by side.
@@ -864,6 +870,19 @@ class Bridge:
                 origin = _origin_part(row, start, end)
                 origin_registry = ORIGIN_REGISTRY[origin.program]
                 source_block = BlockId(row.block.id.program, row.block.id.serial_series, start, end)
+                takes = self._credited_programs.get(destination.registry)
+                if takes is not None and origin.program not in takes:
+                    # Its credit would be refused for good after the source was locked
+                    # (Gold Standard takes back only its own units): refused before.
+                    route_problems.append(
+                        PreconditionViolation(
+                            "ROUTE",
+                            destination.registry,
+                            f"cannot hold {origin.program.value} units: it is credited only "
+                            f"with {', '.join(sorted(p.value for p in takes))} units",
+                        )
+                    )
+                    continue
                 if kind is TransferKind.BRIDGE_OUT:
                     if source.registry != origin_registry and source.registry not in CUSTODY_VENUES:
                         route_problems.append(

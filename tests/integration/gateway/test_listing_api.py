@@ -10,7 +10,9 @@ import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway.cli import main
+from gateway.cli_project import _JURISDICTIONS
 from registry_bridge.projects import DatabaseProjectRecords
+from registry_bridge.rules_gate import PACK_BY_REGISTRY
 from tests.integration.gateway.conftest import LiveGateway
 
 LANDFILL = model_pb2.Project(
@@ -174,3 +176,24 @@ def test_a_program_longer_than_the_ledger_stores_is_refused_by_its_field(
         _ask(live_gateway, "listing-long-program", project)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "project.program" in (caught.value.details() or "")
+
+
+def test_the_command_line_offers_every_jurisdiction_the_server_lists_in(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI's choices were shenzhen, guangdong and national while the server also lists
+    # in the Hong Kong/Macau venues and the Belt-and-Road registries: an issuer could not
+    # ask for either from the command line.
+    assert set(_JURISDICTIONS) == set(PACK_BY_REGISTRY)
+    landfill = tmp_path / "landfill.yaml"
+    landfill.write_text(
+        "program: VCS\nproject_id: '5955'\nproject_type: Waste handling and disposal\n"
+        "methodology: VMR0016\ncountry: BR\nstart_date: 2024-07-20\n"
+        "crediting_period_start: 2024-07-20\ncrediting_period_end: 2031-07-19\n"
+    )
+    target = ["--target", live_gateway.target, "--insecure", "--as-of", "2026-11-26"]
+    for where in ("hkmo", "bri"):
+        argv = ["project", "list", str(landfill), "--jurisdiction", where, *target]
+        assert main(argv) in (0, 1)
+        out = capsys.readouterr().out
+        assert out.startswith("listings/"), out

@@ -127,7 +127,10 @@ class ListProjectRequest(_message.Message):
     AS_OF_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     jurisdiction: _builtins.str
-    """Destination jurisdiction: "shenzhen", "guangdong" or "national"."""
+    """Destination jurisdiction, one with a rule pack: "shenzhen", "guangdong",
+    "national", "hkmo" (the Hong Kong and Macau venues) or "bri" (Belt-and-Road
+    registries, under the Article 6 pack).
+    """
     as_of: _builtins.str
     """ISO 8601 date the decision is taken for; empty means today."""
     @_builtins.property

@@ -49,10 +49,20 @@ def _summary(reply: gateway_pb2.ListProjectResponse) -> str:
     for refusal in reply.refusals:
         lines.append(f"  refused {refusal.rule_id}: {refusal.message}")
     for use in reply.eligibility:
-        verdict = "eligible" if use.decision.allowed else "not eligible"
+        if not use.decision.allowed:
+            verdict = "not eligible"
+        elif use.conditions:
+            # Never a bare "eligible": authorization, corresponding adjustment and gas are
+            # facts of each unit, so a transfer can still be refused on them.
+            verdict = "eligible, subject to each transfer's check of"
+        else:
+            verdict = "eligible"
         lines.append(f"  {use.use}: {verdict}")
         for violation in use.decision.violations:
             lines.append(f"    {violation.rule_id}: {violation.message}")
+        if use.decision.allowed:
+            for condition in use.conditions:
+                lines.append(f"    {condition.rule_id}: {condition.message}")
     return "\n".join(lines)
 
 

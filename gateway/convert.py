@@ -594,7 +594,16 @@ def listing_to_pb(outcome: ListingOutcome, name: str) -> gateway_pb2.ListProject
         name=name,
         listed=outcome.listed,
         eligibility=[
-            gateway_pb2.UseEligibility(use=e.use, decision=decision_to_pb(e.decision))
+            gateway_pb2.UseEligibility(
+                use=e.use,
+                decision=decision_to_pb(e.decision),
+                conditions=[
+                    gateway_pb2.ListingCondition(
+                        rule_id=c.rule_id, message=c.message, source=c.source
+                    )
+                    for c in e.conditions
+                ],
+            )
             for e in outcome.eligibility
         ],
         refusals=[

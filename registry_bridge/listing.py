@@ -59,13 +59,25 @@ class ProjectListing:
 
 
 @dataclass(frozen=True)
+class ListingCondition:
+    """A rule a listing does not settle: it is checked on each transfer of the units."""
+
+    rule_id: str
+    message: str
+    """What the rule requires, as its pack words it."""
+    source: str
+    """Document and clause the rule comes from."""
+
+
+@dataclass(frozen=True)
 class ListingEligibility:
     """Whether a listed project's units would be eligible for one use."""
 
     use: str
     decision: RulesDecision
-    conditions: tuple[str, ...] = ()
-    """Rules that depend on unit-level facts and so are checked on each transfer."""
+    conditions: tuple[ListingCondition, ...] = ()
+    """Rules that depend on unit-level facts and so are checked on each transfer: an
+    allowed decision holds only subject to them."""
 
 
 @dataclass(frozen=True)

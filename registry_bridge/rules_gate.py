@@ -67,7 +67,12 @@ from compliance_rules.engine import decision_date
 from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.listing import ListingEligibility, ListingOutcome, ProjectListing
+from registry_bridge.listing import (
+    ListingCondition,
+    ListingEligibility,
+    ListingOutcome,
+    ProjectListing,
+)
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import RulesDecision, RuleViolation, TransferKind
 
@@ -1001,6 +1006,11 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
     except NoVersionInForceError as exc:
         raise InvalidRequest.field("as_of", str(exc)) from exc
     versions = (_version(decision.pack, decision.pack_version), _version(BASELINE, base_from))
+    # The pack's own rules first: a scheme that restates a baseline rule words it for itself.
+    specs = {
+        spec.rule_id: spec
+        for spec in (*baseline.version_for(as_of).rules, *pack.version_for(as_of).rules)
+    }
     eligibility = tuple(
         ListingEligibility(
             use=u.use.value,
@@ -1009,7 +1019,10 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
                 violations=tuple(_violation(v, {}) for v in u.violations),
                 pack_versions=versions,
             ),
-            conditions=u.conditions,
+            conditions=tuple(
+                ListingCondition(rule_id, specs[rule_id].message, str(specs[rule_id].source))
+                for rule_id in u.conditions
+            ),
         )
         for u in decision.uses
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway.cli import main
@@ -197,3 +198,40 @@ def test_the_command_line_offers_every_jurisdiction_the_server_lists_in(
         assert main(argv) in (0, 1)
         out = capsys.readouterr().out
         assert out.startswith("listings/"), out
+
+
+CAMBODIAN_SOLAR = model_pb2.Project(
+    program="BRI-ITMO",
+    project_id="KH-SOLAR-1",
+    project_type="solar",
+    country="KH",
+    start_date="2024-01-01",
+    crediting_period_start="2024-01-01",
+    crediting_period_end="2030-12-31",
+    authorization=model_pb2.Authorization(
+        letter_id="LoA-TH-1", host_country="TH", authorized_uses=["voluntary_retirement"]
+    ),
+)
+
+
+def test_each_use_says_which_rules_every_transfer_is_still_checked_against(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A use is eligible only subject to the rules on facts each unit carries: the
+    # authorization, the corresponding adjustment, the gas. Without them, a Cambodian
+    # project whose letter comes from Thailand read "eligible" for every use.
+    reply = _ask(live_gateway, "listing-conditions", CAMBODIAN_SOLAR, where="bri")
+    assert reply.eligibility
+    for use in reply.eligibility:
+        conditions = {c.rule_id: c for c in use.conditions}
+        assert {"CR-A6-0002", "CR-A6-0003", "CR-A6-0004"} <= set(conditions), use
+        authorization = conditions["CR-A6-0002"]
+        assert "authorized by the host Party" in authorization.message
+        assert "2/CMA.3" in authorization.source
+    project = tmp_path / "solar.json"
+    project.write_text(json_format.MessageToJson(CAMBODIAN_SOLAR))
+    target = ["--target", live_gateway.target, "--insecure", "--as-of", "2026-11-26"]
+    main(["project", "list", str(project), "--jurisdiction", "bri", *target])
+    out = capsys.readouterr().out
+    assert "voluntary_retirement: eligible, subject to each transfer's check of" in out, out
+    assert "CR-A6-0002: An ITMO may be transferred only once authorized" in out, out

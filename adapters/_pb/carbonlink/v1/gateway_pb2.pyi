@@ -159,22 +159,63 @@ class UseEligibility(_message.Message):
 
     USE_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     use: _builtins.str
     @_builtins.property
     def decision(self) -> _model_pb2.Decision: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListingCondition]:
+        """Rules a listing cannot settle, checked on every transfer of the project's units for
+        this use: an allowed decision means eligible subject to these, never unconditionally.
+        """
+
     def __init__(
         self,
         *,
         use: _builtins.str = ...,
         decision: _model_pb2.Decision | None = ...,
+        conditions: _abc.Iterable[Global___ListingCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "use", b"use"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "decision", b"decision", "use", b"use"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UseEligibility: _TypeAlias = UseEligibility  # noqa: Y015
+
+@_typing.final
+class ListingCondition(_message.Message):
+    """A rule decided on facts each unit carries (its authorization, corresponding
+    adjustment, gas, serials) or on the using entity's year (offset limits), which a
+    project's listing does not settle.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Stable rule id, e.g. "CR-A6-0002"."""
+    message: _builtins.str
+    """What the rule requires, as its pack words it."""
+    source: _builtins.str
+    """Document and clause the rule comes from."""
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "rule_id", b"rule_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListingCondition: _TypeAlias = ListingCondition  # noqa: Y015
 
 @_typing.final
 class ListProjectResponse(_message.Message):

@@ -302,18 +302,26 @@ def evaluate_listing(
     clock: date,
     *,
     baseline: RulePack | None = None,
+    market: bool = False,
 ) -> ListingDecision:
     """Which uses a project's units would be eligible for in ``pack``'s jurisdiction.
 
     Only rules about the project and its periods are decided here; unit-level and
     request-level rules are returned as ``conditions`` checked on each transfer. A project
     whose reductions for a period are already issued under another program is refused.
+    So is one the pack's listing rules refuse: the listing use is what admits units to be
+    held and traded in the market (the gate checks every holding transfer under it), so
+    a project it refuses is not listed, whatever other use its program would be eligible
+    for (SZA are surrendered in Shenzhen, but CR-SZ-0009 does not accept them for
+    listing). A market's pack version without a listing use admits no project (fail
+    closed: no rule speaks to it); a pack that is no market (CORSIA's) only answers per use.
 
     Args:
         pack: The destination scheme's pack.
         listing: The project and the periods it would bring in.
         clock: Today (injected); chooses the pack version.
         baseline: The baseline pack; the built-in one when ``None``.
+        market: ``pack`` is a market's, whose listing use admits projects to it.
 
     Returns:
         The listing decision.
@@ -343,9 +351,41 @@ def evaluate_listing(
             if spec_kind == "double_issuance_project":
                 refusals[(v.rule_id, v.detail)] = v
         uses.append(UseEligibility(use, not found, tuple(found), later))
+    admission = next((u for u in uses if u.use is Use.LISTING), None)
+    if admission is not None:
+        for v in admission.violations:
+            refusals[(v.rule_id, v.detail)] = v
+    elif market:
+        unsupported = Violation(
+            rule_id=USE_NOT_SUPPORTED,
+            message="The pack does not provide for listing",
+            source=ENGINE_SOURCE,
+            detail=(
+                f"{pack.name} (version {version.effective_from}) provides for "
+                f"{', '.join(sorted(u.value for u in version.uses))}, not listing"
+            ),
+        )
+        refusals[(unsupported.rule_id, unsupported.detail)] = unsupported
     refused = bool(refusals)
     if refused:
-        uses = [UseEligibility(u.use, False, u.violations, u.conditions) for u in uses]
+        # Every use says why it is not eligible: a use whose own rules pass is refused by
+        # the listing's refusal.
+        uses = [
+            UseEligibility(
+                u.use,
+                False,
+                tuple(
+                    sorted(
+                        {
+                            (v.rule_id, v.detail): v for v in (*u.violations, *refusals.values())
+                        }.values(),
+                        key=Violation.sort_key,
+                    )
+                ),
+                u.conditions,
+            )
+            for u in uses
+        ]
     return ListingDecision(
         pack=pack.name,
         pack_version=version.effective_from,

@@ -85,7 +85,8 @@ class ListingOutcome:
     """The answer to ListProject."""
 
     listed: bool
-    """True when the project is not refused and at least one use is eligible."""
+    """True when the project is not refused: its units are admitted to the market (the
+    pack's listing use allows them) and nothing refuses it as a whole."""
     eligibility: tuple[ListingEligibility, ...]
     refusals: tuple[RuleViolation, ...]
     """Violations that refuse the listing as a whole (double issuance)."""

@@ -976,7 +976,8 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
     """Which uses a project's units would be eligible for in a jurisdiction (ListProject).
 
     A project whose reductions for an overlapping period are already issued under another
-    program is refused as a whole. Unit-level rules (authorization, corresponding
+    program is refused as a whole, and so is one the jurisdiction's listing rules refuse
+    (its listing use admits units to the market). Unit-level rules (authorization, corresponding
     adjustment, gas, offset limits) are returned as each use's ``conditions``: they are
     checked on every transfer.
 
@@ -1001,7 +1002,7 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
     facts = _listing_facts(project, DESTINATION_COUNTRY.get(jurisdiction, ""))
     pack, baseline = load_builtin(pack_name), load_builtin(BASELINE)
     try:
-        decision = evaluate_listing(pack, facts, as_of, baseline=baseline)
+        decision = evaluate_listing(pack, facts, as_of, baseline=baseline, market=True)
         base_from = baseline.version_for(as_of).effective_from
     except NoVersionInForceError as exc:
         raise InvalidRequest.field("as_of", str(exc)) from exc
@@ -1027,7 +1028,7 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
         for u in decision.uses
     )
     return ListingOutcome(
-        listed=not decision.refused and bool(decision.eligible_uses),
+        listed=not decision.refused,
         eligibility=eligibility,
         refusals=tuple(_violation(v, {}) for v in decision.refusals),
         pack_versions=versions,

@@ -235,3 +235,48 @@ def test_each_use_says_which_rules_every_transfer_is_still_checked_against(
     out = capsys.readouterr().out
     assert "voluntary_retirement: eligible, subject to each transfer's check of" in out, out
     assert "CR-A6-0002: An ITMO may be transferred only once authorized" in out, out
+
+
+def test_a_program_the_listing_rules_do_not_accept_is_refused_and_not_recorded(
+    live_gateway: LiveGateway,
+) -> None:
+    # CR-SZ-0009: Shenzhen takes VCS, GS, CCER, SZ-CI and BRI-ITMO for listing, not its
+    # own allowances. An SZA "project" read as listed because SZA are eligible for
+    # compliance, and its facts were then recorded for its transfers.
+    allowances = model_pb2.Project(
+        program="SZA",
+        project_id="SZA-2023",
+        country="CN",
+        region="Guangdong/Shenzhen",
+        start_date="2023-01-01",
+        crediting_period_start="2023-01-01",
+        crediting_period_end="2023-12-31",
+    )
+    reply = _ask(live_gateway, "listing-sza", allowances)
+    assert not reply.listed
+    assert [v.rule_id for v in reply.refusals] == ["CR-SZ-0009"]
+    uses = {e.use: e.decision for e in reply.eligibility}
+    assert not any(d.allowed for d in uses.values())
+    # Every use says why it is not eligible: the listing's refusal.
+    assert "CR-SZ-0009" in [v.rule_id for v in uses["compliance"].violations]
+    assert (
+        DatabaseProjectRecords(live_gateway.server.bridge.sessions).get("SZA", "SZA-2023") is None
+    )
+
+
+def test_no_project_is_listed_where_no_listing_rules_are_in_force(
+    live_gateway: LiveGateway,
+) -> None:
+    # Shenzhen took no foreign projects before its 2023 plan: its pack then has only
+    # compliance rules, and a listing no rule admits is refused (fail closed).
+    reply: gateway_pb2.ListProjectResponse = live_gateway.stub.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id="listing-before-the-plan",
+            project=LANDFILL,
+            jurisdiction="shenzhen",
+            as_of="2023-01-01",
+        ),
+        timeout=30,
+    )
+    assert not reply.listed
+    assert [v.rule_id for v in reply.refusals] == ["CR-ENGINE-0002"]

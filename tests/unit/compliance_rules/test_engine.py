@@ -971,3 +971,28 @@ def test_errors_share_one_root() -> None:
         "EngineInvariantError",
     ):
         assert issubclass(getattr(compliance_rules, name), compliance_rules.ComplianceRulesError)
+
+
+def test_a_listing_the_packs_listing_rules_refuse_is_refused_whatever_else_is_eligible() -> None:
+    # SZA are eligible for compliance in Shenzhen but not accepted for listing
+    # (CR-SZ-0009): the listing use decides whether the project enters the market.
+    sza = Project("SZA", "SZA-2023", "CN", "Guangdong", "Shenzhen")
+    decision = evaluate_listing(load_builtin("shenzhen"), ListingFacts(sza, (YEAR,)), CLOCK)
+    assert decision.refused
+    assert [v.rule_id for v in decision.refusals] == ["CR-SZ-0009"]
+    assert decision.eligible_uses == ()
+    for use in decision.uses:
+        assert "CR-SZ-0009" in [v.rule_id for v in use.violations]
+
+
+def test_a_market_whose_pack_provides_no_listing_lists_nothing() -> None:
+    # Before the 2023 plan the Shenzhen pack has only compliance: no rule admits a
+    # project to be held and traded there, so a market lists none (fail closed); the
+    # engine asked per use, not as a market, still answers per use.
+    ccer_wind = Project("CCER", "CCER-1", "CN", "Guangdong", "Meizhou", project_type="wind")
+    facts, day = ListingFacts(ccer_wind, (YEAR,)), date(2023, 1, 1)
+    decision = evaluate_listing(load_builtin("shenzhen"), facts, day, market=True)
+    assert decision.refused
+    assert [v.rule_id for v in decision.refusals] == ["CR-ENGINE-0002"]
+    assert decision.eligible_uses == ()
+    assert not evaluate_listing(load_builtin("shenzhen"), facts, day).refused

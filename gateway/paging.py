@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from registry_bridge.errors import InvalidRequest
 
@@ -31,6 +32,17 @@ def encode_token(offset: int, scope: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _load(token: str) -> dict[str, Any]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest.field("page_token", "is not a token this server issued")
+    return data
+
+
 def decode_token(token: str, scope: str) -> int:
     """The offset a token stands for; 0 for an empty token.
 
@@ -40,12 +52,11 @@ def decode_token(token: str, scope: str) -> int:
     """
     if not token:
         return 0
+    data = _load(token)
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         offset = data["o"]
         token_scope = data["s"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
     if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET or token_scope != scope:
         raise InvalidRequest.field(
@@ -114,3 +125,43 @@ def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]
     if not all(isinstance(v, int) and 0 <= v <= MAX_OFFSET for v in values):
         raise InvalidRequest.field("page_token", "is not a token this server issued")
     return values
+
+
+def encode_key_token(key: Sequence[str], scope: str) -> str:
+    """A token for the page after the item whose sort key is ``key``, in ``scope``.
+
+    A position by key, not by count: items that leave the listing, or enter it before the
+    key, between two pages shift nothing the client has not read yet.
+    """
+    raw = json.dumps({"k": list(key), "s": scope}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_key_token(token: str, scope: str, length: int) -> tuple[str, ...] | None:
+    """The sort key of the last item the previous page returned; None for an empty token.
+
+    Raises:
+        InvalidRequest: The token is malformed, belongs to another listing (filters
+            changed between pages), or is an offset token of an earlier server version.
+    """
+    if not token:
+        return None
+    data = _load(token)
+    if "o" in data and "k" not in data:
+        raise InvalidRequest.field(
+            "page_token",
+            "is an offset token of an earlier server version, whose pages could skip or "
+            "repeat items; start the listing again without a page_token",
+        )
+    key, token_scope = data.get("k"), data.get("s")
+    if (
+        not isinstance(key, list)
+        or len(key) != length
+        or not all(isinstance(part, str) for part in key)
+    ):
+        raise InvalidRequest.field("page_token", "is not a token this server issued")
+    if token_scope != scope:
+        raise InvalidRequest.field(
+            "page_token", "does not belong to this listing (were the filters changed?)"
+        )
+    return tuple(key)

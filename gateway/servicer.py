@@ -82,6 +82,24 @@ def _block_scope(block: BlockId) -> str:
     return f"{block.program.value}/{block.serial_series}:{block.serial_start}-{block.serial_end}"
 
 
+def _transfer_key(key: tuple[str, ...] | None) -> tuple[datetime, str] | None:
+    """The ``(created_at, transfer_id)`` a ListTransfers page token resumes after.
+
+    Raises:
+        InvalidRequest: The key is not one this server wrote.
+    """
+    if key is None:
+        return None
+    created, transfer_id = key
+    try:
+        at = datetime.fromisoformat(created)
+    except ValueError as exc:
+        raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
+    if at.tzinfo is None or not transfer_id or len(transfer_id) > 64:
+        raise InvalidRequest.field("page_token", "is not a token this server issued")
+    return at, transfer_id
+
+
 def _raise_if(problems: list[FieldViolation]) -> None:
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
@@ -263,13 +281,19 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         accounts = readable_accounts()
         readable = "*" if accounts is None else ",".join(sorted(accounts))
         scope = f"transfers:{request.state}:{request.registry}:{readable}"
-        offset = paging.decode_token(request.page_token, scope)
+        after = _transfer_key(paging.decode_key_token(request.page_token, scope, 2))
         transfers, more = self._bridge.list_transfers(
-            offset, size, state, request.registry, accounts
+            after, size, state, request.registry, accounts
         )
+        next_token = ""
+        if more:
+            last = transfers[-1]
+            next_token = paging.encode_key_token(
+                (last.created_at.isoformat(), last.transfer_id), scope
+            )
         return gateway_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_pb(t) for t in transfers],
-            next_page_token=paging.encode_token(offset + len(transfers), scope) if more else "",
+            next_page_token=next_token,
         )
 
     def WatchTransfer(

@@ -695,19 +695,31 @@ class Bridge:
 
     def list_transfers(
         self,
-        offset: int,
+        after: tuple[datetime, str] | None,
         limit: int,
         state: TransferState | None = None,
         registry: str = "",
         accounts: frozenset[str] | None = None,
     ) -> tuple[list[Transfer], bool]:
-        """A page of transfers, oldest first; the flag tells whether more follow.
+        """A page of transfers, oldest first (by creation, then id); the flag tells whether
+        more follow.
 
-        ``accounts`` (``registry:account``), when given, keeps only the transfers whose
-        source or destination is one of them.
+        ``after`` is the ``(created_at, transfer_id)`` of the last transfer of the previous
+        page: a position by key, which transfers changing state or committed late never
+        shift (an offset did). ``accounts`` (``registry:account``), when given, keeps only
+        the transfers whose source or destination is one of them.
         """
         with unit_of_work(self._sessions) as session:
             query = sa.select(TransferRecord)
+            if after is not None:
+                query = query.where(
+                    sa.or_(
+                        TransferRecord.created_at > after[0],
+                        sa.and_(
+                            TransferRecord.created_at == after[0], TransferRecord.id > after[1]
+                        ),
+                    )
+                )
             if accounts is not None:
                 pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
                 source = sa.tuple_(TransferRecord.source_registry, TransferRecord.source_account)
@@ -726,9 +738,7 @@ class Bridge:
                 )
             rows = list(
                 session.execute(
-                    query.order_by(TransferRecord.created_at, TransferRecord.id)
-                    .offset(offset)
-                    .limit(limit + 1)
+                    query.order_by(TransferRecord.created_at, TransferRecord.id).limit(limit + 1)
                 ).scalars()
             )
             return self._views(session, rows[:limit]), len(rows) > limit

@@ -121,7 +121,7 @@ def test_a_batch_under_registry_faults_ends_completed(flaky_world: World) -> Non
     results = world.bridge.submit_many(batch)
     assert all(isinstance(r, Transfer) for r in results), results
     _settle(world)
-    final = {t.request_id: t for t in world.bridge.list_transfers(0, 100)[0]}
+    final = {t.request_id: t for t in world.bridge.list_transfers(None, 100)[0]}
     for i in range(len(good)):
         assert final[f"b-{i}"].state is TransferState.COMPLETED, final[f"b-{i}"].failure_reason
     for i in range(len(good), len(batch)):
@@ -148,7 +148,7 @@ def test_a_batch_under_registry_faults_ends_completed(flaky_world: World) -> Non
         returns.append((f"back-{i}", TransferInstruction(national, home, (mirror.block.id,))))
     world.bridge.submit_many(returns)
     _settle(world)
-    final = {t.request_id: t for t in world.bridge.list_transfers(0, 100)[0]}
+    final = {t.request_id: t for t in world.bridge.list_transfers(None, 100)[0]}
     for request_id, _ in returns:
         assert final[request_id].state is TransferState.COMPLETED, final[request_id].failure_reason
 

@@ -676,7 +676,7 @@ def test_a_conflict_met_while_checking_new_transfers_leaves_them_proposed_for_th
         TransferState.COMPLETED,
     ]
     assert len(checked) == 3  # the undone attempt, then each transfer once
-    transfers, _ = world.bridge.list_transfers(0, 10)
+    transfers, _ = world.bridge.list_transfers(None, 10)
     assert sorted(t.request_id for t in transfers) == ["conflict-0", "conflict-1"]
     for transfer in transfers:
         assert [s.state for s in transfer.history][:2] == [

@@ -60,7 +60,7 @@ def _race(world: World, ranges: list[BlockId], label: str) -> list[tuple[BlockId
         list(pool.map(submit, range(len(ranges))))
     # Settle anything a lost race left unfinished (what a gateway does periodically).
     world.bridge.resume_unfinished()
-    transfers, _ = world.bridge.list_transfers(0, 1000)
+    transfers, _ = world.bridge.list_transfers(None, 1000)
     mine = {t.request_id: t for t in transfers if t.request_id.startswith(f"{label}-")}
     assert len(mine) == len(ranges)
     return [(ranges[i], mine[f"{label}-{i}"]) for i in range(len(ranges))]
@@ -250,7 +250,7 @@ def test_concurrent_submissions_to_one_gateway_share_rounds_and_keep_their_answe
     for answer in [first, *[a for a in reused if isinstance(a, Transfer)], *answers[4:]]:
         assert isinstance(answer, Transfer)
         assert answer.state is TransferState.COMPLETED, answer.failure_reason
-    transfers, _ = world.bridge.list_transfers(0, 100)
+    transfers, _ = world.bridge.list_transfers(None, 100)
     assert len(transfers) == 1 + 1 + (THREADS - 4)  # one per distinct request id
     _check(world)
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway import paging
+from registry_bridge.db import unit_of_work
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
+from registry_bridge.schema import TransferRecord
+from registry_bridge.transfers import TransferState
 from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
@@ -297,3 +304,112 @@ def test_retire_mirror_retires_origin_and_is_idempotent(
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "retired" in (caught.value.details() or "")
+
+
+def _page_through(
+    gateway: LiveGateway,
+    state: model_pb2.TransferState.ValueType,
+    between_pages: Callable[[int], None],
+) -> list[str]:
+    """Every transfer name a client reads paging one at a time; ``between_pages(n)`` runs
+    after the n-th page."""
+    names: list[str] = []
+    token = ""
+    for n in range(1, 50):
+        page = gateway.stub.ListTransfers(
+            gateway_pb2.ListTransfersRequest(page_size=1, page_token=token, state=state),
+            timeout=30,
+        )
+        names.extend(t.name for t in page.transfers)
+        between_pages(n)
+        token = page.next_page_token
+        if not token:
+            return names
+    raise AssertionError("paging never ended")
+
+
+def test_paging_neither_skips_nor_repeats_while_transfers_change(
+    live_gateway: LiveGateway,
+) -> None:
+    # Offset paging skipped a transfer when one already read left the filtered state, and
+    # repeated one when a transfer created earlier was committed after the client began.
+    names = [
+        live_gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(
+                request_id=f"paged-{i}",
+                instruction=_instruction([_block(START + 10 * i, START + 10 * i + 4)]),
+            ),
+            timeout=30,
+        ).name
+        for i in range(5)
+    ]
+    ids = [n.removeprefix("transfers/") for n in names]
+    sessions = live_gateway.server.bridge.sessions
+    with unit_of_work(sessions) as session:
+        # Two transfers created in the same microsecond: their ids order them.
+        same = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=UTC)
+        for i, transfer_id in enumerate(ids):
+            at = same if i >= 3 else same - timedelta(seconds=10 - i)
+            session.execute(
+                sa.update(TransferRecord)
+                .where(TransferRecord.id == transfer_id)
+                .values(created_at=at)
+            )
+    expected = names[:3] + sorted(names[3:], key=lambda n: n.removeprefix("transfers/"))
+
+    def meanwhile(page: int) -> None:
+        if page == 1:
+            with unit_of_work(sessions) as session:
+                # The first transfer read leaves the state listed (it stands for a
+                # transfer in flight moving on; a final state keeps recovery away).
+                session.execute(
+                    sa.update(TransferRecord)
+                    .where(TransferRecord.id == ids[0])
+                    .values(state=TransferState.ROLLED_BACK.value)
+                )
+        if page != 3:
+            return
+        with unit_of_work(sessions) as session:
+            # A transfer created before the first one but committed only now.
+            late = session.get(TransferRecord, ids[1])
+            assert late is not None
+            session.add(
+                TransferRecord(
+                    **{
+                        c.key: getattr(late, c.key)
+                        for c in sa.inspect(TransferRecord).column_attrs
+                        if c.key not in ("id", "request_id", "created_at")
+                    },
+                    id="0" * 32,
+                    request_id="committed-late",
+                    created_at=same - timedelta(seconds=60),
+                )
+            )
+
+    completed = model_pb2.TRANSFER_STATE_COMPLETED
+    assert _page_through(live_gateway, completed, meanwhile) == expected
+
+
+def test_an_offset_page_token_of_an_earlier_server_is_refused_by_name(
+    live_gateway: LiveGateway,
+) -> None:
+    for i in range(2):
+        live_gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(
+                request_id=f"old-token-{i}",
+                instruction=_instruction([_block(START + 10 * i, START + 10 * i + 4)]),
+            ),
+            timeout=30,
+        )
+    first = live_gateway.stub.ListTransfers(
+        gateway_pb2.ListTransfersRequest(page_size=1), timeout=30
+    )
+    assert first.next_page_token
+    old = paging.encode_token(1, "transfers:0::*")
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.ListTransfers(
+            gateway_pb2.ListTransfersRequest(page_size=1, page_token=old), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(caught.value) == ["page_token"]
+    assert "start the listing again" in (caught.value.details() or "")

@@ -52,3 +52,23 @@ def test_trace_page_sizes() -> None:
     assert paging.trace_page_size(10**6) == paging.TRACE_MAX_PAGE_SIZE
     with pytest.raises(InvalidRequest):
         paging.trace_page_size(-1)
+
+
+@given(st.lists(st.text(max_size=30), min_size=2, max_size=2), st.text(max_size=20))
+def test_key_token_round_trip(key: list[str], scope: str) -> None:
+    token = paging.encode_key_token(key, scope)
+    assert paging.decode_key_token(token, scope, 2) == tuple(key)
+    assert paging.decode_key_token("", scope, 2) is None
+
+
+def test_a_key_token_of_another_listing_an_offset_token_or_garbage_is_refused() -> None:
+    token = paging.encode_key_token(("2026-11-26T09:30:15+00:00", "abc"), "transfers:1")
+    with pytest.raises(InvalidRequest, match="filters"):
+        paging.decode_key_token(token, "transfers:2", 2)
+    with pytest.raises(InvalidRequest, match="start the listing again"):
+        paging.decode_key_token(paging.encode_token(50, "transfers:1"), "transfers:1", 2)
+    with pytest.raises(InvalidRequest, match="page_token"):
+        paging.decode_key_token(paging.encode_key_token(("x",), "t"), "t", 2)
+    for garbage in ("%%%not-base64", "bnVsbA", "WzFd"):  # not base64, null, [1]
+        with pytest.raises(InvalidRequest, match="page_token"):
+            paging.decode_key_token(garbage, "t", 2)

@@ -17,7 +17,12 @@ from adapters.serial_errors import UnknownRegistryError, unknown_registry_reason
 from adapters.serials import REGISTRY_IDS
 from gateway.catalog import RegistryInfo
 from registry_bridge.errors import FieldViolation, InvalidRequest
-from registry_bridge.listing import ListingOutcome, OtherRegistration, ProjectListing
+from registry_bridge.listing import (
+    ListingOutcome,
+    OtherRegistration,
+    ProjectListing,
+    RecordedListing,
+)
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -586,6 +591,69 @@ def project_from_pb(message: model_pb2.Project) -> ProjectListing:
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
     return listing
+
+
+def project_to_pb(project: ProjectListing) -> model_pb2.Project:
+    """A project's declared facts, as the issuer sent them (:func:`project_from_pb`)."""
+
+    def day(value: date | None) -> str:
+        return "" if value is None else value.isoformat()
+
+    message = model_pb2.Project(
+        program=project.program,
+        project_id=project.project_id,
+        display_name=project.display_name,
+        project_type=project.project_type,
+        methodology=project.methodology,
+        country=project.country,
+        region=project.region,
+        start_date=day(project.start_date),
+        crediting_period_start=day(project.crediting_period_start),
+        crediting_period_end=day(project.crediting_period_end),
+        other_registrations=[
+            model_pb2.ProjectRegistration(
+                program=r.program,
+                project_id=r.project_id,
+                issued_period_start=r.issued_period_start.isoformat(),
+                issued_period_end=r.issued_period_end.isoformat(),
+            )
+            for r in project.other_registrations
+        ],
+        labels=sorted(project.labels),
+        # The default project_from_pb gave an undeclared gas is given back as undeclared.
+        gas="" if project.gas == "CO2" else project.gas,
+        construction_start=day(project.construction_start),
+        gec_status=project.gec_status,
+    )
+    auth = project.authorization
+    if auth is not None:
+        message.authorization.CopyFrom(
+            model_pb2.Authorization(
+                letter_id=auth.letter_id,
+                host_country=auth.host_country,
+                authorized_uses=sorted(auth.authorized_uses),
+                # date.min stands for an undeclared date (project_from_pb).
+                issued_on="" if auth.issued_on == date.min else auth.issued_on.isoformat(),
+            )
+        )
+    return message
+
+
+def recorded_listing_to_pb(listing: RecordedListing) -> gateway_pb2.Listing:
+    """A listing read back (GetListing)."""
+    answer = listing_to_pb(listing.outcome, f"listings/{listing.listing_id}")
+    return gateway_pb2.Listing(
+        name=answer.name,
+        project=project_to_pb(listing.project),
+        jurisdiction=listing.jurisdiction,
+        as_of=listing.as_of.isoformat(),
+        listed=answer.listed,
+        eligibility=answer.eligibility,
+        refusals=answer.refusals,
+        pack_versions=listing.outcome.pack_versions,
+        requested_by=listing.requested_by,
+        create_time=timestamp(listing.created_at),
+    )
 
 
 def listing_to_pb(outcome: ListingOutcome, name: str) -> gateway_pb2.ListProjectResponse:

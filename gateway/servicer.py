@@ -27,7 +27,7 @@ from gateway.security.policy import (
     may_read_migration,
     readable_accounts,
 )
-from registry_bridge import reconciliations
+from registry_bridge import listing_decisions, reconciliations
 from registry_bridge.bridge import Bridge
 from registry_bridge.db import read_only
 from registry_bridge.errors import (
@@ -38,10 +38,10 @@ from registry_bridge.errors import (
     NotYetImplemented,
 )
 from registry_bridge.idempotency import answer_once
+from registry_bridge.listing import RecordedListing
 from registry_bridge.migration import Migrations
 from registry_bridge.model import BlockId, Program, UnitBlock, has_control_characters
 from registry_bridge.port import RegistryPort
-from registry_bridge.projects import DatabaseProjectRecords
 from registry_bridge.provenance import DEFAULT_PAGE_BYTES, ProvenanceLog
 from registry_bridge.reconcile import Reconciler
 from registry_bridge.rules_gate import list_project
@@ -80,6 +80,19 @@ def _transfer_id(name: str) -> str:
 
 def _block_scope(block: BlockId) -> str:
     return f"{block.program.value}/{block.serial_series}:{block.serial_start}-{block.serial_end}"
+
+
+def _listing_id(name: str) -> str:
+    prefix = "listings/"
+    listing_id = name[len(prefix) :]
+    if (
+        not name.startswith(prefix)
+        or not listing_id
+        or len(listing_id) > 32
+        or has_control_characters(name)
+    ):
+        raise InvalidRequest.field("name", "must be listings/{listing_id}")
+    return listing_id
 
 
 def _transfer_key(key: tuple[str, ...] | None) -> tuple[datetime, str] | None:
@@ -177,22 +190,42 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
         def decide() -> bytes:
-            outcome = list_project(project, request.jurisdiction, as_of or self._bridge.today())
-            if outcome.listed:
-                # The declared facts decide every later transfer of the project's units.
-                DatabaseProjectRecords(self._bridge.sessions).record(
-                    project,
-                    datetime.now(UTC),
-                    caller=current_caller(),
-                    may_replace_any=is_regulator(),
-                )
-            reply = convert.listing_to_pb(outcome, f"listings/{uuid.uuid4().hex}")
+            day = as_of or self._bridge.today()
+            outcome = list_project(project, request.jurisdiction, day)
+            listing_id = uuid.uuid4().hex
+            # Recorded under its name, so GetListing reads it back; a listed project's
+            # facts with it, as they decide every later transfer of its units.
+            listing_decisions.record(
+                self._bridge.sessions,
+                RecordedListing(
+                    listing_id=listing_id,
+                    project=project,
+                    jurisdiction=request.jurisdiction,
+                    as_of=day,
+                    outcome=outcome,
+                    requested_by=current_caller(),
+                    created_at=datetime.now(UTC),
+                ),
+                may_replace_any=is_regulator(),
+            )
+            reply = convert.listing_to_pb(outcome, f"listings/{listing_id}")
             return bytes(reply.SerializeToString(deterministic=True))
 
         answer = answer_once(
             self._bridge.sessions, "ListProject", request_id, body, decide, caller=current_caller()
         )
         return gateway_pb2.ListProjectResponse.FromString(answer)
+
+    def GetListing(
+        self, request: gateway_pb2.GetListingRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Listing:
+        listing_id = _listing_id(request.name)
+        listing = listing_decisions.get(self._bridge.sessions, listing_id)
+        # Its requester's and the regulator's only: to anyone else, as a listing that does
+        # not exist, so that a name tells a stranger nothing.
+        if listing is None or not (is_regulator() or listing.requested_by == current_caller()):
+            raise NotFound(f"listings/{listing_id}")
+        return convert.recorded_listing_to_pb(listing)
 
     def EvaluateTransfer(
         self, request: gateway_pb2.EvaluateTransferRequest, context: grpc.ServicerContext

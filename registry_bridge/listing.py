@@ -8,7 +8,7 @@ them without the rules engine or the database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from registry_bridge.model import Authorization as UnitAuthorization
 from registry_bridge.transfers import RulesDecision, RuleViolation
@@ -91,3 +91,16 @@ class ListingOutcome:
     refusals: tuple[RuleViolation, ...]
     """Violations that refuse the listing as a whole (double issuance)."""
     pack_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordedListing:
+    """A listing as ListProject decided it."""
+
+    listing_id: str
+    project: ProjectListing
+    jurisdiction: str
+    as_of: date
+    outcome: ListingOutcome
+    requested_by: str
+    created_at: datetime

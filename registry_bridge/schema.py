@@ -6,7 +6,7 @@ agrees on the clock of record.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -447,6 +447,33 @@ class ProjectListingRecord(Base):
     listed_by: Mapped[str] = mapped_column(sa.String(128))
     """The caller who listed the project (the token subject; the local caller before
     schema 0010): only they, or a regulator, may replace its facts."""
+
+
+class ListingDecisionRecord(Base):
+    """One answer to ListProject, listed or refused, as it was given (GetListing reads it).
+
+    Kept apart from ``project_listings``, which holds only the latest facts of listed
+    projects for the rules to read: this is the record of each decision, never changed.
+    """
+
+    __tablename__ = "listing_decisions"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    """The ``{listing_id}`` of its ``listings/{listing_id}`` name."""
+    program: Mapped[str] = mapped_column(sa.String(16))
+    project_id: Mapped[str] = mapped_column(sa.String(128))
+    jurisdiction: Mapped[str] = mapped_column(sa.String(32))
+    as_of: Mapped[date] = mapped_column(sa.Date())
+    """The day whose rules decided."""
+    facts: Mapped[str] = mapped_column(sa.Text)
+    """The declared facts, canonical JSON (as ``project_listings.facts``)."""
+    outcome: Mapped[str] = mapped_column(sa.Text)
+    """Listed or not, per-use eligibility and conditions, refusals, pack versions: JSON."""
+    requested_by: Mapped[str] = mapped_column(sa.String(128))
+    """The caller who asked (the token subject): they, or a regulator, may read it."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (sa.Index("ix_listing_decisions_project", "program", "project_id"),)
 
 
 class ReconciliationRecord(Base):

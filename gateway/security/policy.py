@@ -60,6 +60,9 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "ListReconciliations": frozenset({"auditor", "regulator"}),
         # Writes.
         "ListProject": frozenset({"issuer", "regulator"}),
+        # A read, but of what only its requester and regulators may see (the servicer
+        # answers anyone else NOT_FOUND): no role that cannot list a project reads one.
+        "GetListing": frozenset({"issuer", "regulator"}),
         "SubmitTransfer": _MOVERS,
         "SubmitTransfers": _MOVERS,
         "Retire": _MOVERS | {"issuer"},

@@ -78,6 +78,7 @@ BASELINES: dict[str, Message] = {
         transfers=[gateway_pb2.SubmitTransferRequest(request_id="t-1", instruction=_INSTRUCTION)],
     ),
     "GetTransfer": gateway_pb2.GetTransferRequest(name="transfers/abc"),
+    "GetListing": gateway_pb2.GetListingRequest(name="listings/abc"),
     "ListTransfers": gateway_pb2.ListTransfersRequest(registry="hkmo"),
     "WatchTransfer": gateway_pb2.WatchTransferRequest(name="transfers/abc"),
     "Retire": gateway_pb2.RetireRequest(

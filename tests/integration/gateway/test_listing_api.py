@@ -27,6 +27,16 @@ LANDFILL = model_pb2.Project(
     crediting_period_end="2031-07-19",
 )
 
+SZA_PROJECT = model_pb2.Project(
+    program="SZA",
+    project_id="SZA-2023",
+    country="CN",
+    region="Guangdong/Shenzhen",
+    start_date="2023-01-01",
+    crediting_period_start="2023-01-01",
+    crediting_period_end="2023-12-31",
+)
+
 
 def _ask(
     gateway: LiveGateway, request_id: str, project: model_pb2.Project, where: str = "shenzhen"
@@ -243,16 +253,7 @@ def test_a_program_the_listing_rules_do_not_accept_is_refused_and_not_recorded(
     # CR-SZ-0009: Shenzhen takes VCS, GS, CCER, SZ-CI and BRI-ITMO for listing, not its
     # own allowances. An SZA "project" read as listed because SZA are eligible for
     # compliance, and its facts were then recorded for its transfers.
-    allowances = model_pb2.Project(
-        program="SZA",
-        project_id="SZA-2023",
-        country="CN",
-        region="Guangdong/Shenzhen",
-        start_date="2023-01-01",
-        crediting_period_start="2023-01-01",
-        crediting_period_end="2023-12-31",
-    )
-    reply = _ask(live_gateway, "listing-sza", allowances)
+    reply = _ask(live_gateway, "listing-sza", SZA_PROJECT)
     assert not reply.listed
     assert [v.rule_id for v in reply.refusals] == ["CR-SZ-0009"]
     uses = {e.use: e.decision for e in reply.eligibility}
@@ -280,3 +281,39 @@ def test_no_project_is_listed_where_no_listing_rules_are_in_force(
     )
     assert not reply.listed
     assert [v.rule_id for v in reply.refusals] == ["CR-ENGINE-0002"]
+
+
+def test_a_listing_reads_back_with_its_facts_outcome_requester_and_time(
+    live_gateway: LiveGateway,
+) -> None:
+    listed = _ask(live_gateway, "listing-read-back", CAMBODIAN_SOLAR, where="bri")
+    read = live_gateway.stub.GetListing(gateway_pb2.GetListingRequest(name=listed.name), timeout=30)
+    assert read.name == listed.name
+    assert read.project == CAMBODIAN_SOLAR
+    assert (read.jurisdiction, read.as_of) == ("bri", "2026-11-26")
+    assert read.listed == listed.listed
+    assert list(read.eligibility) == list(listed.eligibility)
+    assert list(read.refusals) == list(listed.refusals)
+    assert read.requested_by == ""  # an insecure gateway's one local caller
+    assert read.create_time.seconds > 0
+    assert read.pack_versions
+
+    # A refused listing reads back as refused, and changes nothing else.
+    refused = _ask(live_gateway, "listing-read-back-sza", SZA_PROJECT)
+    again = live_gateway.stub.GetListing(
+        gateway_pb2.GetListingRequest(name=refused.name), timeout=30
+    )
+    assert not again.listed
+    assert [v.rule_id for v in again.refusals] == ["CR-SZ-0009"]
+    # The repeat of a request reads the same listing, not a second one.
+    assert _ask(live_gateway, "listing-read-back", CAMBODIAN_SOLAR, where="bri").name == listed.name
+
+    for name in ("listings/", "transfers/abc", "listings/" + "f" * 32, "listings/a\nb"):
+        with pytest.raises(grpc.RpcError) as caught:
+            live_gateway.stub.GetListing(gateway_pb2.GetListingRequest(name=name), timeout=30)
+        expected = (
+            grpc.StatusCode.NOT_FOUND
+            if name.endswith("f" * 32)
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert caught.value.code() == expected, name

@@ -27,6 +27,7 @@ REQUIRED_RPCS = {
     "ListRegistries",
     "ParseSerial",
     "ListProject",
+    "GetListing",
     "EvaluateTransfer",
     "SubmitTransfer",
     "SubmitTransfers",

@@ -76,3 +76,38 @@ def test_the_lister_and_a_regulator_may_replace_the_facts(gateway: SecureGateway
     assert regulator.ListProject(_listing("correction", "Corrected"), timeout=30).listed
     # Corrected, and still the lister's to update.
     assert _stored(gateway) == ("Corrected", "verra-desk")
+
+
+def test_a_listing_is_read_back_by_who_asked_for_it_and_by_a_regulator(
+    gateway: SecureGateway,
+) -> None:
+    # ListProject answered with a listings/{id} name that no call could read: an issuer,
+    # or the regulator supervising the market, could not see a listing's outcome again.
+    lister = _issuer(gateway, "verra-desk")
+    answer = lister.ListProject(_listing("first", "Landfill gas"), timeout=30)
+    request = gateway_pb2.GetListingRequest(name=answer.name)
+
+    mine = lister.GetListing(request, timeout=30)
+    assert mine.name == answer.name
+    assert mine.requested_by == "verra-desk"
+    assert mine.project.display_name == "Landfill gas"
+    regulator = gateway.stub("regulator", gateway.token("regulator", subject="sz-ee-bureau"))
+    assert regulator.GetListing(request, timeout=30) == mine
+
+    # Another issuer learns nothing, not even that it exists.
+    with pytest.raises(grpc.RpcError) as caught:
+        _issuer(gateway, "other-desk").GetListing(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as unknown:
+        _issuer(gateway, "other-desk").GetListing(
+            gateway_pb2.GetListingRequest(name="listings/" + "0" * 32), timeout=30
+        )
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.value.details() == caught.value.details().replace(
+        answer.name.removeprefix("listings/"), "0" * 32
+    )
+    # Roles ListProject does not accept are refused outright.
+    operator = gateway.stub("exchange_operator", gateway.token("exchange_operator"))
+    with pytest.raises(grpc.RpcError) as refused:
+        operator.GetListing(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

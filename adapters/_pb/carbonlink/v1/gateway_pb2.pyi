@@ -252,6 +252,86 @@ class ListProjectResponse(_message.Message):
 Global___ListProjectResponse: _TypeAlias = ListProjectResponse  # noqa: Y015
 
 @_typing.final
+class GetListingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"listings/{listing_id}", as ListProject answered it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetListingRequest: _TypeAlias = GetListingRequest  # noqa: Y015
+
+@_typing.final
+class Listing(_message.Message):
+    """A listing as ListProject decided it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    JURISDICTION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    LISTED_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    PACK_VERSIONS_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: "listings/{listing_id}"."""
+    jurisdiction: _builtins.str
+    as_of: _builtins.str
+    """ISO 8601 date whose rules decided."""
+    listed: _builtins.bool
+    requested_by: _builtins.str
+    """Who asked for it: the token subject (empty on an insecure gateway)."""
+    @_builtins.property
+    def project(self) -> _model_pb2.Project:
+        """The project's facts as its issuer declared them."""
+
+    @_builtins.property
+    def eligibility(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseEligibility]: ...
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Violation]: ...
+    @_builtins.property
+    def pack_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rule pack versions that decided, e.g. "shenzhen@2024-10-01"."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        project: _model_pb2.Project | None = ...,
+        jurisdiction: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+        listed: _builtins.bool = ...,
+        eligibility: _abc.Iterable[Global___UseEligibility] | None = ...,
+        refusals: _abc.Iterable[_model_pb2.Violation] | None = ...,
+        pack_versions: _abc.Iterable[_builtins.str] | None = ...,
+        requested_by: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "project", b"project"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "eligibility", b"eligibility", "jurisdiction", b"jurisdiction", "listed", b"listed", "name", b"name", "pack_versions", b"pack_versions", "project", b"project", "refusals", b"refusals", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Listing: _TypeAlias = Listing  # noqa: Y015
+
+@_typing.final
 class EvaluateTransferRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

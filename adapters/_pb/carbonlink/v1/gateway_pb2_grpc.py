@@ -50,6 +50,11 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListProjectRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListProjectResponse.FromString,
                 _registered_method=True)
+        self.GetListing = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/GetListing',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.GetListingRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.Listing.FromString,
+                _registered_method=True)
         self.EvaluateTransfer = channel.unary_unary(
                 '/carbonlink.v1.LinkageGateway/EvaluateTransfer',
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.EvaluateTransferRequest.SerializeToString,
@@ -157,6 +162,15 @@ class LinkageGatewayServicer:
     def ListProject(self, request, context):
         """Asks to list a foreign project in a domestic market; answers which uses its
         units are eligible for. (Named by the product: "list a project", not an AIP List.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetListing(self, request, context):
+        """Reads back a listing ListProject answered, listed or refused: the facts declared,
+        the outcome, who asked for it and when. Its requester and regulators may read it;
+        to anyone else it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -298,6 +312,11 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
                     servicer.ListProject,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListProjectRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListProjectResponse.SerializeToString,
+            ),
+            'GetListing': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetListing,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.GetListingRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.Listing.SerializeToString,
             ),
             'EvaluateTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateTransfer,
@@ -466,6 +485,33 @@ class LinkageGateway:
             '/carbonlink.v1.LinkageGateway/ListProject',
             carbonlink_dot_v1_dot_gateway__pb2.ListProjectRequest.SerializeToString,
             carbonlink_dot_v1_dot_gateway__pb2.ListProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetListing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/GetListing',
+            carbonlink_dot_v1_dot_gateway__pb2.GetListingRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.Listing.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class LinkageGatewayStub:
     """Asks to list a foreign project in a domestic market; answers which uses its
     units are eligible for. (Named by the product: "list a project", not an AIP List.)
     """
+    GetListing: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetListingRequest, _gateway_pb2.Listing]
+    """Reads back a listing ListProject answered, listed or refused: the facts declared,
+    the outcome, who asked for it and when. Its requester and regulators may read it;
+    to anyone else it does not exist.
+    """
     EvaluateTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
     SubmitTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransferRequest, _model_pb2.Transfer]
@@ -96,6 +101,11 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     ListProject: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListProjectRequest, _gateway_pb2.ListProjectResponse]  # type: ignore[assignment]
     """Asks to list a foreign project in a domestic market; answers which uses its
     units are eligible for. (Named by the product: "list a project", not an AIP List.)
+    """
+    GetListing: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetListingRequest, _gateway_pb2.Listing]  # type: ignore[assignment]
+    """Reads back a listing ListProject answered, listed or refused: the facts declared,
+    the outcome, who asked for it and when. Its requester and regulators may read it;
+    to anyone else it does not exist.
     """
     EvaluateTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]  # type: ignore[assignment]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
@@ -160,6 +170,17 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.ListProjectResponse, _abc.Awaitable[_gateway_pb2.ListProjectResponse]]:
         """Asks to list a foreign project in a domestic market; answers which uses its
         units are eligible for. (Named by the product: "list a project", not an AIP List.)
+        """
+
+    @_abc_1.abstractmethod
+    def GetListing(
+        self,
+        request: _gateway_pb2.GetListingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Listing, _abc.Awaitable[_gateway_pb2.Listing]]:
+        """Reads back a listing ListProject answered, listed or refused: the facts declared,
+        the outcome, who asked for it and when. Its requester and regulators may read it;
+        to anyone else it does not exist.
         """
 
     @_abc_1.abstractmethod

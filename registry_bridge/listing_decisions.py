@@ -1,0 +1,157 @@
+"""Every answer to ListProject, recorded so that it can be read back (GetListing).
+
+A listing's answer names it ``listings/{listing_id}``; the record under that id keeps the
+facts the issuer declared, the outcome exactly as answered, who asked and when.  A listed
+project's facts are also recorded, in the same transaction, where the rules read them for
+its transfers (:mod:`registry_bridge.projects`); a refused one's are not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
+from registry_bridge.db import read_only, unit_of_work
+from registry_bridge.listing import (
+    ListingCondition,
+    ListingEligibility,
+    ListingOutcome,
+    RecordedListing,
+)
+from registry_bridge.projects import listing_from_json, listing_to_json, record_listing
+from registry_bridge.schema import ListingDecisionRecord
+from registry_bridge.transfers import RulesDecision, RuleViolation
+
+
+def _violation_to_dict(v: RuleViolation) -> dict[str, Any]:
+    return {
+        "rule_id": v.rule_id,
+        "message": v.message,
+        "source": v.source,
+        "blocks": [block_id_to_dict(b) for b in v.blocks],
+        "details": [list(d) for d in v.details],
+    }
+
+
+def _violation_from_dict(data: dict[str, Any]) -> RuleViolation:
+    return RuleViolation(
+        rule_id=data["rule_id"],
+        message=data["message"],
+        source=data["source"],
+        blocks=tuple(block_id_from_dict(b) for b in data["blocks"]),
+        details=tuple((str(k), str(v)) for k, v in data["details"]),
+    )
+
+
+def outcome_to_json(outcome: ListingOutcome) -> str:
+    """The canonical JSON of a listing's outcome."""
+    return json.dumps(
+        {
+            "listed": outcome.listed,
+            "pack_versions": list(outcome.pack_versions),
+            "refusals": [_violation_to_dict(v) for v in outcome.refusals],
+            "eligibility": [
+                {
+                    "use": e.use,
+                    "allowed": e.decision.allowed,
+                    "violations": [_violation_to_dict(v) for v in e.decision.violations],
+                    "pack_versions": list(e.decision.pack_versions),
+                    "deferred_rules": list(e.decision.deferred_rules),
+                    "conditions": [[c.rule_id, c.message, c.source] for c in e.conditions],
+                }
+                for e in outcome.eligibility
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def outcome_from_json(text: str) -> ListingOutcome:
+    """The outcome of :func:`outcome_to_json`."""
+    data = json.loads(text)
+    return ListingOutcome(
+        listed=data["listed"],
+        pack_versions=tuple(data["pack_versions"]),
+        refusals=tuple(_violation_from_dict(v) for v in data["refusals"]),
+        eligibility=tuple(
+            ListingEligibility(
+                use=e["use"],
+                decision=RulesDecision(
+                    allowed=e["allowed"],
+                    violations=tuple(_violation_from_dict(v) for v in e["violations"]),
+                    pack_versions=tuple(e["pack_versions"]),
+                    deferred_rules=tuple(e["deferred_rules"]),
+                ),
+                conditions=tuple(ListingCondition(*c) for c in e["conditions"]),
+            )
+            for e in data["eligibility"]
+        ),
+    )
+
+
+def _record(session: Session, listing: RecordedListing, may_replace_any: bool) -> None:
+    if listing.outcome.listed:
+        record_listing(
+            session,
+            listing.project,
+            listing.created_at,
+            caller=listing.requested_by,
+            may_replace_any=may_replace_any,
+        )
+    session.add(
+        ListingDecisionRecord(
+            id=listing.listing_id,
+            program=listing.project.program,
+            project_id=listing.project.project_id,
+            jurisdiction=listing.jurisdiction,
+            as_of=listing.as_of,
+            facts=listing_to_json(listing.project),
+            outcome=outcome_to_json(listing.outcome),
+            requested_by=listing.requested_by,
+            created_at=listing.created_at,
+        )
+    )
+
+
+def record(
+    sessions: sessionmaker[Session], listing: RecordedListing, *, may_replace_any: bool = False
+) -> None:
+    """Record a ListProject answer, and a listed project's facts, in one transaction.
+
+    Args:
+        sessions: The ledger database.
+        listing: The answer, under its id.
+        may_replace_any: The caller may replace facts another caller listed (a regulator).
+
+    Raises:
+        PermissionDenied: The project was listed by another caller: nothing is recorded.
+    """
+    try:
+        with unit_of_work(sessions) as session:
+            _record(session, listing, may_replace_any)
+    except sa.exc.IntegrityError:
+        # Another caller listed the project first, between our read and our insert:
+        # decided again, now against their row.
+        with unit_of_work(sessions) as session:
+            _record(session, listing, may_replace_any)
+
+
+def get(sessions: sessionmaker[Session], listing_id: str) -> RecordedListing | None:
+    """The recorded listing, or None when no listing has that id."""
+    with read_only(sessions) as session:
+        row = session.get(ListingDecisionRecord, listing_id)
+        if row is None:
+            return None
+        return RecordedListing(
+            listing_id=row.id,
+            project=listing_from_json(row.facts),
+            jurisdiction=row.jurisdiction,
+            as_of=row.as_of,
+            outcome=outcome_from_json(row.outcome),
+            requested_by=row.requested_by,
+            created_at=row.created_at,
+        )

@@ -712,14 +712,11 @@ class Bridge:
         with unit_of_work(self._sessions) as session:
             query = sa.select(TransferRecord)
             if after is not None:
-                query = query.where(
-                    sa.or_(
-                        TransferRecord.created_at > after[0],
-                        sa.and_(
-                            TransferRecord.created_at == after[0], TransferRecord.id > after[1]
-                        ),
-                    )
-                )
+                # A row-value comparison, not its spelled-out OR: both databases bound an
+                # index search on (created_at, id) with it, where the OR is a filter of a
+                # scan from the first transfer ever recorded. (A plain tuple on the right
+                # binds with the columns' types: the timestamp as UtcDateTime.)
+                query = query.where(sa.tuple_(TransferRecord.created_at, TransferRecord.id) > after)
             if accounts is not None:
                 pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
                 source = sa.tuple_(TransferRecord.source_registry, TransferRecord.source_account)

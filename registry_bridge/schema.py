@@ -186,8 +186,11 @@ class TransferRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     # The request id leads so that a batch's lookup by request ids alone uses the index.
+    # ListTransfers pages in (created_at, id) order, filtered by state or not: each page
+    # seeks its position in one of the two ordered indexes instead of sorting the table.
     __table_args__ = (
-        sa.Index("ix_transfers_state", "state"),
+        sa.Index("ix_transfers_created", "created_at", "id"),
+        sa.Index("ix_transfers_state_created", "state", "created_at", "id"),
         sa.UniqueConstraint("request_id", "caller", name="uq_transfers_request_id_caller"),
     )
 

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry_bridge import db
+from registry_bridge.bridge import Bridge
 from registry_bridge.idempotency import LOCAL_CALLER, answer_once
 from registry_bridge.schema import (
     Base,
@@ -22,6 +23,8 @@ from registry_bridge.schema import (
     UnitUseRecord,
     metadata,
 )
+from registry_bridge.transfers import TransferState
+from tests.integration.bridge.conftest import PermitAllRules
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -251,5 +254,69 @@ def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path
                     )
                 )
                 assert f"USING INDEX ix_{table}_state" in plan, plan
+    finally:
+        engine.dispose()
+
+
+_RESUME_AT = (datetime(2026, 11, 1, 9, 30, tzinfo=UTC), "t-0042")
+
+
+def _page_plan(
+    engine: sa.Engine, after: tuple[datetime, str] | None, filters: dict[str, Any]
+) -> list[str]:
+    """SQLite's plan for the statement ``Bridge.list_transfers`` runs for one page."""
+    bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
+    statements: list[tuple[str, Any]] = []
+
+    def grab(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM transfers" in statement and "ORDER BY" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    try:
+        bridge.list_transfers(after, 50, **filters)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", grab)
+    assert len(statements) == 1, statements
+    statement, parameters = statements[0]
+    with engine.connect() as connection:
+        return [
+            str(row[-1])
+            for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "ix_transfers_created"),
+        ({"state": TransferState.PROPOSED}, "ix_transfers_state_created"),
+        ({"registry": "hkmo"}, "ix_transfers_created"),
+        ({"accounts": frozenset({"hkmo:hk-seller", "shenzhen:sz-buyer"})}, "ix_transfers_created"),
+        ({"state": TransferState.COMPLETED, "registry": "hkmo"}, "ix_transfers_state_created"),
+    ],
+    ids=["all", "state", "registry", "accounts", "state-and-registry"],
+)
+def test_a_transfers_page_reads_an_index_from_its_position_instead_of_sorting(
+    tmp_path: Any, filters: dict[str, Any], index: str
+) -> None:
+    """ListTransfers' page reads an index in (created_at, id) order, from the position of
+    the previous page's last transfer, and stops after the page: neither a scan from the
+    start nor a sort of every matching transfer, whose cost would grow with the history."""
+    engine = db.create_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        db.upgrade(engine)
+        for after in (None, _RESUME_AT):
+            plan = _page_plan(engine, after, filters)
+            assert not any("TEMP B-TREE" in step for step in plan), plan
+            (read,) = [
+                step
+                for step in plan
+                if f"{step} ".startswith(("SCAN transfers ", "SEARCH transfers "))
+            ]
+            assert f" USING INDEX {index} " in f"{read} ", plan
+            if after is not None:
+                # The position is a bound of the index search, not a filter of a scan.
+                assert read.startswith("SEARCH") and "(created_at,id)>(?,?)" in read, plan
     finally:
         engine.dispose()

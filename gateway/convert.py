@@ -41,6 +41,7 @@ from registry_bridge.transfers import (
     TransferInstruction,
     TransferState,
     UnitUse,
+    UseState,
     compliance_year_problem,
 )
 
@@ -445,6 +446,14 @@ def transfer_to_pb(transfer: Transfer) -> model_pb2.Transfer:
     return message
 
 
+_USE_STATE = {
+    UseState.PENDING: model_pb2.USE_STATE_PENDING,
+    UseState.COMPLETED: model_pb2.USE_STATE_COMPLETED,
+    UseState.REJECTED: model_pb2.USE_STATE_REJECTED,
+    UseState.FAILED: model_pb2.USE_STATE_FAILED,
+}
+
+
 def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
     """A retirement or surrender resource."""
     request = use.request
@@ -462,6 +471,7 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
         compliance_year=request.compliance_year,
         jurisdiction=request.jurisdiction,
         create_time=timestamp(use.created_at),
+        state=_USE_STATE[use.state],
     )
     if use.decision is not None:
         message.decision.CopyFrom(decision_to_pb(use.decision))

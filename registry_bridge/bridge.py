@@ -96,6 +96,7 @@ from registry_bridge.transfers import (
     TransferStep,
     UnitUse,
     UseRequest,
+    UseState,
     body_digest,
     compliance_year_problem,
 )
@@ -2755,7 +2756,7 @@ class Bridge:
                 use_id=record.id,
                 request_id=record.request_id,
                 request=request,
-                state=record.state,
+                state=UseState(record.state),
                 blocks=tuple(
                     _leg_unit(session, leg) for leg in detail["legs"] if leg["origin"] is not None
                 ),

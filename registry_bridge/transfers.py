@@ -32,6 +32,18 @@ class TransferState(enum.StrEnum):
         return self in (TransferState.COMPLETED, TransferState.REJECTED, TransferState.ROLLED_BACK)
 
 
+class UseState(enum.StrEnum):
+    """Where a retirement or surrender stands (``unit_uses.state``)."""
+
+    PENDING = "pending"
+    """Recorded, its legs not all done: a registry has not answered yet."""
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    """Refused before any leg was done (a double use, a registry's refusal of the first)."""
+    FAILED = "failed"
+    """A registry refused a leg after earlier ones were done, which cannot be undone."""
+
+
 class TransferKind(enum.StrEnum):
     BRIDGE_OUT = "bridge_out"
     """Origin units leave for a registry that issues a mirror of them."""
@@ -209,12 +221,12 @@ class UseRequest:
 
 @dataclass(frozen=True)
 class UnitUse:
-    """A completed (or refused) retirement or surrender."""
+    """A retirement or surrender, wherever it stands."""
 
     use_id: str
     request_id: str
     request: UseRequest
-    state: str
+    state: UseState
     blocks: tuple[UnitBlock, ...]
     decision: RulesDecision | None
     created_at: datetime

@@ -75,6 +75,7 @@ def test_a_retirement_names_the_holders_blocks_it_took_with_their_attributes(
         beneficiary="Acme Ltd",
     )
     use = live_gateway.stub.Retire(request, timeout=30)
+    assert use.state == model_pb2.USE_STATE_COMPLETED
     # The holder's (Shenzhen mirror) serials, not the Verra origin behind them.
     assert [
         (b.id.program, b.id.serial_series, b.id.serial_start, b.id.serial_end) for b in use.blocks
@@ -88,8 +89,10 @@ def test_a_retirement_names_the_holders_blocks_it_took_with_their_attributes(
         assert block.vintage_start == mirror.vintage_start
         assert block.unit_kind == mirror.unit_kind == model_pb2.UNIT_KIND_OFFSET_CREDIT
         assert block.methodology == mirror.methodology
-    # The same request answered again names the same blocks.
-    assert list(live_gateway.stub.Retire(request, timeout=30).blocks) == list(use.blocks)
+    # The same request answered again names the same blocks, and says it is done.
+    again = live_gateway.stub.Retire(request, timeout=30)
+    assert list(again.blocks) == list(use.blocks)
+    assert again.state == model_pb2.USE_STATE_COMPLETED
 
 
 def test_a_retirement_at_a_custody_venue_names_the_origin_serials_the_venue_holds(

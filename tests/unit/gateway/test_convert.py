@@ -17,6 +17,9 @@ from registry_bridge.transfers import (
     TransferInstruction,
     TransferState,
     TransferStep,
+    UnitUse,
+    UseRequest,
+    UseState,
 )
 from tests.imports import SQL_STACK, loaded, modules_loaded_by
 
@@ -213,6 +216,34 @@ def test_past_the_cap_a_projects_bad_labels_are_not_each_named() -> None:
         convert.project_from_pb(_project(labels=["\x00"] * 100_000))
 
     assert [v.field for v in raised.value.violations] == ["project.labels"]
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (UseState.PENDING, model_pb2.USE_STATE_PENDING),
+        (UseState.COMPLETED, model_pb2.USE_STATE_COMPLETED),
+        (UseState.REJECTED, model_pb2.USE_STATE_REJECTED),
+        (UseState.FAILED, model_pb2.USE_STATE_FAILED),
+    ],
+    ids=str,
+)
+def test_a_use_says_where_it_stands(state: UseState, expected: int) -> None:
+    use = UnitUse(
+        use_id="u-1",
+        request_id="retire-1",
+        request=UseRequest(
+            "retirement",
+            AccountRef("verra", "holder"),
+            (BlockId(Program.VCS, "VCS-1", 1, 10),),
+            beneficiary="Acme Ltd",
+        ),
+        state=state,
+        blocks=(),
+        decision=None,
+        created_at=_TIMES[0],
+    )
+    assert convert.use_to_pb(use).state == expected
 
 
 def test_converting_loads_neither_the_bridge_nor_the_database() -> None:

@@ -125,6 +125,44 @@ TRANSFER_STATE_REJECTED: TransferState.ValueType  # 7
 TRANSFER_STATE_ROLLED_BACK: TransferState.ValueType  # 8
 Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
 
+class _UseState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USE_STATE_UNSPECIFIED: _UseState.ValueType  # 0
+    USE_STATE_PENDING: _UseState.ValueType  # 1
+    """Recorded and its units locked; a registry has not yet answered every leg."""
+    USE_STATE_COMPLETED: _UseState.ValueType  # 2
+    """Done at every registry it touches."""
+    USE_STATE_REJECTED: _UseState.ValueType  # 3
+    """Refused before anything was done anywhere (e.g. the units were already used at
+    their registry): the units are the holder's again.
+    """
+    USE_STATE_FAILED: _UseState.ValueType  # 4
+    """A registry refused it after another had done its part, which cannot be undone:
+    an operator settles it with the registries.
+    """
+
+class UseState(_UseState, metaclass=_UseStateEnumTypeWrapper):
+    """Where a retirement or surrender stands."""
+
+USE_STATE_UNSPECIFIED: UseState.ValueType  # 0
+USE_STATE_PENDING: UseState.ValueType  # 1
+"""Recorded and its units locked; a registry has not yet answered every leg."""
+USE_STATE_COMPLETED: UseState.ValueType  # 2
+"""Done at every registry it touches."""
+USE_STATE_REJECTED: UseState.ValueType  # 3
+"""Refused before anything was done anywhere (e.g. the units were already used at
+their registry): the units are the holder's again.
+"""
+USE_STATE_FAILED: UseState.ValueType  # 4
+"""A registry refused it after another had done its part, which cannot be undone:
+an operator settles it with the registries.
+"""
+Global___UseState: _TypeAlias = UseState  # noqa: Y015
+
 @_typing.final
 class BlockId(_message.Message):
     """The global identity of a run of units, after the Kyoto DES UnitBlockIdentifier."""
@@ -802,6 +840,7 @@ class UnitUse(_message.Message):
     JURISDICTION_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "uses/{use_id}"."""
     request_id: _builtins.str
@@ -812,6 +851,12 @@ class UnitUse(_message.Message):
     entity_id: _builtins.str
     compliance_year: _builtins.int
     jurisdiction: _builtins.str
+    state: Global___UseState.ValueType
+    """Where the use stands. Retire and Surrender answer a use once it is COMPLETED, the
+    same on a retry with the same request_id; one REJECTED or FAILED is answered
+    FAILED_PRECONDITION, and one still PENDING (a registry did not answer) UNAVAILABLE,
+    after which a retry with the same request_id carries the same use on.
+    """
     @_builtins.property
     def account(self) -> Global___AccountRef: ...
     @_builtins.property
@@ -840,10 +885,11 @@ class UnitUse(_message.Message):
         jurisdiction: _builtins.str = ...,
         decision: Global___Decision | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___UseState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "name", b"name", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

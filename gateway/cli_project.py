@@ -1,10 +1,12 @@
-"""``carbonlink project list``: a foreign issuer asks to list a project in a jurisdiction."""
+"""``carbonlink project list|get``: a foreign issuer asks to list a project in a
+jurisdiction, and reads a listing back."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,10 @@ def _read_project(path: Path) -> model_pb2.Project:
     return project
 
 
-def _summary(reply: gateway_pb2.ListProjectResponse) -> str:
-    lines = [f"{reply.name}: {'listed' if reply.listed else 'REFUSED'}"]
+def _summary(
+    reply: gateway_pb2.ListProjectResponse | gateway_pb2.Listing, about: Sequence[str] = ()
+) -> str:
+    lines = [f"{reply.name}: {'listed' if reply.listed else 'REFUSED'}", *about]
     for refusal in reply.refusals:
         lines.append(f"  refused {refusal.rule_id}: {refusal.message}")
     for use in reply.eligibility:
@@ -86,8 +90,49 @@ def _list(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
+def _facts(project: model_pb2.Project) -> list[str]:
+    """One line per fact the issuer declared, as the API's JSON spells it."""
+    declared = json_format.MessageToDict(project)
+    lines = []
+    for field in sorted(declared.keys() - {"program", "projectId"}):
+        value = declared[field]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        lines.append(f"    {field}: {text}")
+    return lines
+
+
+def _about(listing: gateway_pb2.Listing) -> list[str]:
+    """What a read-back adds to ListProject's answer: the facts, who asked, and when."""
+    project = listing.project
+    when = listing.create_time.ToDatetime().isoformat(timespec="seconds") + "Z"
+    return [
+        f"  {project.program} project {project.project_id} in {listing.jurisdiction} "
+        f"as of {listing.as_of} (rules: {', '.join(listing.pack_versions)})",
+        # An insecure gateway knows no caller: say so rather than print an empty name.
+        f"  requested by {listing.requested_by or '(insecure gateway: no caller)'} at {when}",
+        "  facts:",
+        *_facts(project),
+    ]
+
+
+def _get(args: argparse.Namespace) -> int:
+    prefix, sep, listing_id = args.name.rpartition("/")
+    if sep and prefix != "listings":
+        # The server would refuse it too; naming the shape here saves the call.
+        return _usage("project get", f"{args.name!r} is not listings/ID or ID")
+    request = gateway_pb2.GetListingRequest(name=f"listings/{listing_id}")
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        listing = stub.GetListing(request, timeout=args.timeout)
+        _print(listing, args, _summary(listing, _about(listing)))
+        # As `project list` exits: a script reading a listing back learns its outcome.
+        return EXIT_OK if listing.listed else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``project list`` to the CLI."""
+    """Add ``project list`` and ``project get`` to the CLI."""
     project = subparsers.add_parser("project", help="foreign projects listed in a jurisdiction")
     commands = project.add_subparsers(dest="project_command", required=True)
     listing = commands.add_parser(
@@ -105,3 +150,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--as-of", help="ISO 8601 date the decision is taken for (default today)")
     listing.add_argument("--request-id", help="idempotency key (default: a new one)")
     listing.set_defaults(handler=_list, client="issuer")
+
+    get = commands.add_parser(
+        "get",
+        help="read a listing back: facts, outcome per use, refusals, who asked and when",
+        description=(
+            "NAME is the listings/ID `project list` answered (or the bare ID). Only who "
+            "asked for the listing, or a regulator, may read it. Exits 1 when the listing "
+            "was refused."
+        ),
+    )
+    _common(get)
+    get.add_argument("name", help="listings/ID or ID")
+    get.set_defaults(handler=_get, client="issuer")

@@ -317,3 +317,40 @@ def test_a_listing_reads_back_with_its_facts_outcome_requester_and_time(
             else grpc.StatusCode.INVALID_ARGUMENT
         )
         assert caught.value.code() == expected, name
+
+
+def test_a_listing_reads_back_from_the_command_line(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GetListing had no command: an issuer told "listings/{id}" by `project list` could not
+    # read that listing again without writing a gRPC client.
+    target = ["--target", live_gateway.target, "--insecure"]
+    listed = _ask(live_gateway, "listing-cli-read", CAMBODIAN_SOLAR, where="bri")
+    assert main(["project", "get", listed.name, *target]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{listed.name}: listed"), out
+    assert "BRI-ITMO project KH-SOLAR-1 in bri as of 2026-11-26" in out, out
+    assert "requested by (insecure gateway: no caller)" in out, out
+    assert "voluntary_retirement: eligible, subject to each transfer's check of" in out, out
+    assert "CR-A6-0002: An ITMO may be transferred only once authorized" in out, out
+    # The bare id names it too, and --json prints the whole resource.
+    listing_id = listed.name.removeprefix("listings/")
+    assert main(["project", "get", listing_id, "--json", *target]) == 0
+    read = json_format.Parse(capsys.readouterr().out, gateway_pb2.Listing())
+    assert read == live_gateway.stub.GetListing(
+        gateway_pb2.GetListingRequest(name=listed.name), timeout=30
+    )
+    assert read.project == CAMBODIAN_SOLAR and read.create_time.seconds > 0
+
+    # A refused listing reads back refused, with its rule, and exits 1 as `project list` did.
+    refused = _ask(live_gateway, "listing-cli-read-sza", SZA_PROJECT)
+    assert main(["project", "get", refused.name, *target]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{refused.name}: REFUSED"), out
+    assert "refused CR-SZ-0009" in out, out
+
+    # A listing nobody recorded is NOT_FOUND, a malformed name the server's own error.
+    assert main(["project", "get", "listings/" + "f" * 32, *target]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["project", "get", "transfers/abc", *target]) == 2
+    assert "listings/ID" in capsys.readouterr().err

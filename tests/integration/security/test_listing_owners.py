@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.cli import main
 from gateway.security.layout import TlsLayout
 from registry_bridge.schema import ProjectListingRecord
 from tests.integration.gateway.test_listing_api import LANDFILL
@@ -111,3 +113,23 @@ def test_a_listing_is_read_back_by_who_asked_for_it_and_by_a_regulator(
     with pytest.raises(grpc.RpcError) as refused:
         operator.GetListing(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_project_get_reads_a_listing_over_tls_with_the_callers_token(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = _issuer(gateway, "verra-desk").ListProject(_listing("first", "Landfill"), timeout=30)
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.write_text(gateway.token("issuer", subject="verra-desk"))
+    theirs.write_text(gateway.token("issuer", subject="other-desk"))
+    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
+
+    # An issuer's command: its client certificate is the default, as for `project list`.
+    assert main(["project", "get", answer.name, *secure, "--token-file", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert f"{answer.name}: listed" in out and "requested by verra-desk at " in out, out
+    assert main(["project", "get", answer.name, *secure, "--token-file", str(theirs)]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    # Neither TLS files nor --insecure: a usage error naming the options, before any call.
+    assert main(["project", "get", answer.name, "--target", gateway.target]) == 2
+    assert "--tls-dir" in capsys.readouterr().err

@@ -113,9 +113,10 @@ def test_offline_verification_loads_no_database_code(tmp_path: Path) -> None:
         ["trace", "--block", "VCS:100-199"],
         ["migrate", "get", "migrations/m-1"],
         ["project", "list", "PROJECT", "--jurisdiction", "shenzhen"],
+        ["project", "get", "listings/l-1"],
         ["entity", "import", "ENTITIES"],
     ],
-    ids=["transfer", "trace", "migrate", "project", "entity"],
+    ids=["transfer", "trace", "migrate", "project", "project-get", "entity"],
 )
 def test_a_client_command_loads_no_server_code(tmp_path: Path, argv: list[str]) -> None:
     project = tmp_path / "project.yaml"

@@ -66,7 +66,13 @@
     With ``--listing`` the document is a ListProject request instead,
     ``{destination_country, project: {...as above...}, periods: [{start, end}]}``; the
     output lists, per use of the pack, whether the project's units would be eligible, and
-    whether the project is refused for double issuance (exit 0 unless refused).
+    whether the project is refused (exit 0 unless refused). It is decided as ListProject
+    decides it (``registry_bridge.listing_rules.decide_listing``): by the market's own
+    listing rules, so a project they refuse, or any project where the version in force has
+    no listing rule (CR-ENGINE-0002), is refused, as is one issued twice; CORSIA's pack, no
+    market, only answers per use. Without ``destination_country`` the units land where
+    ListProject lands them in the pack's market (``CN``, ``HK`` for hkmo, none for
+    article6-bri).
 
     The full shape is documented in ``compliance_rules.facts_io``.
 """
@@ -74,6 +80,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import date
@@ -87,17 +94,18 @@ from compliance_rules import (
     DocumentError,
     FactsError,
     ListingDecision,
+    ListingFacts,
     NoVersionInForceError,
     PackInvalidError,
     PackNotFoundError,
     Use,
-    evaluate_listing,
     evaluate_transfer,
     load_pack,
     parse_listing,
     parse_transfer,
 )
 from compliance_rules.loader import read_document
+from registry_bridge.listing_rules import decide_listing, market_destination
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -219,6 +227,17 @@ def _print_listing(decision: ListingDecision, out: TextIO) -> None:
             print(f"    checked per transfer: {', '.join(u.conditions)}", file=out)
 
 
+def _listing_facts(document: Any, pack_name: str) -> ListingFacts:
+    """The listing ``document`` describes, landing where ListProject lands its units in the
+    pack's market when the document does not say (Hong Kong for ``hkmo``, nowhere in
+    particular for ``article6-bri``), so that the offline answer is the gateway's."""
+    facts = parse_listing(document)
+    destination = market_destination(pack_name)
+    if destination is not None and "destination_country" not in document:
+        facts = dataclasses.replace(facts, destination_country=destination)
+    return facts
+
+
 def handle_evaluate(
     args: argparse.Namespace,
     *,
@@ -256,7 +275,7 @@ def handle_evaluate(
         pack = load_pack(args.pack)
         document = read_document(args.facts)
         if args.listing:
-            listing = evaluate_listing(pack, parse_listing(document), clock)
+            listing = decide_listing(pack, _listing_facts(document, pack.name), clock)
         else:
             decision = evaluate_transfer(pack, parse_transfer(document, use), clock)
     except PackInvalidError as exc:

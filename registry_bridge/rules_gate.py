@@ -58,7 +58,6 @@ from compliance_rules import (
     TransferFacts,
     Use,
     Violation,
-    evaluate_listing,
     evaluate_transfer,
     load_builtin,
 )
@@ -73,41 +72,20 @@ from registry_bridge.listing import (
     ListingOutcome,
     ProjectListing,
 )
+from registry_bridge.listing_rules import (
+    ARTICLE6,
+    BASELINE,
+    CORSIA,
+    DESTINATION_COUNTRY,
+    PACK_BY_REGISTRY,
+    decide_listing,
+)
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import RulesDecision, RuleViolation, TransferKind
-
-BASELINE = "baseline"
-CORSIA = "corsia"
-ARTICLE6 = "article6-bri"
-
-PACK_BY_REGISTRY: Mapping[str, str] = {
-    "shenzhen": "shenzhen",
-    "national": "national",
-    "guangdong": "guangdong",
-    "hkmo": "hkmo",
-    "bri": ARTICLE6,
-}
-"""The rule pack of each registry (or jurisdiction) that has one."""
 
 BASELINE_ONLY_REGISTRIES = frozenset({"verra", "gold-standard"})
 """International standards' home registries: no market rules of ours apply there, only the
 double-counting checks (units going there are mirrors returning home)."""
-
-DESTINATION_COUNTRY: Mapping[str, str] = {
-    "shenzhen": "CN",
-    "national": "CN",
-    "guangdong": "CN",
-    # NOTE(rules-gate): one registry id serves both venues and the check does not say which;
-    # the country only matters to corresponding-adjustment rules, where a Hong Kong and a
-    # Macau destination are both cross-border for any project not hosted there.
-    "hkmo": "HK",
-    # The Belt-and-Road registries span many host countries: no single destination country,
-    # so every project counts as cross-border there (the stricter reading).
-    "bri": "",
-    "verra": "",
-    "gold-standard": "",
-}
-"""ISO alpha-2 of where units land, for the corresponding-adjustment rules."""
 
 INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
 """The intended uses a transfer instruction may name (as the gateway validates them)."""
@@ -1002,7 +980,7 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
     facts = _listing_facts(project, DESTINATION_COUNTRY.get(jurisdiction, ""))
     pack, baseline = load_builtin(pack_name), load_builtin(BASELINE)
     try:
-        decision = evaluate_listing(pack, facts, as_of, baseline=baseline, market=True)
+        decision = decide_listing(pack, facts, as_of)
         base_from = baseline.version_for(as_of).effective_from
     except NoVersionInForceError as exc:
         raise InvalidRequest.field("as_of", str(exc)) from exc

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -354,3 +356,66 @@ def test_a_listing_reads_back_from_the_command_line(
     assert "NOT_FOUND" in capsys.readouterr().err
     assert main(["project", "get", "transfers/abc", *target]) == 2
     assert "listings/ID" in capsys.readouterr().err
+
+
+def _facts_document(project: model_pb2.Project) -> dict[str, Any]:
+    """The offline command's listing document of the facts ListProject is given."""
+    facts = json_format.MessageToDict(project, preserving_proto_field_name=True)
+    period = {"start": facts["crediting_period_start"], "end": facts["crediting_period_end"]}
+    province, _, city = facts.pop("region", "").partition("/")
+    kept = ("program", "project_id", "country", "project_type", "methodology", "start_date")
+    document = {k: facts[k] for k in kept if k in facts}
+    return {"project": {**document, "region": province, "city": city}, "periods": [period]}
+
+
+@pytest.mark.parametrize(
+    ("project", "jurisdiction", "as_of"),
+    [
+        (SZA_PROJECT, "shenzhen", "2026-11-26"),
+        (LANDFILL, "shenzhen", "2023-01-01"),
+        (LANDFILL, "shenzhen", "2026-11-26"),
+        (CAMBODIAN_SOLAR, "bri", "2026-11-26"),
+        (LANDFILL, "hkmo", "2026-11-26"),
+    ],
+    ids=["sza", "shenzhen-before-its-plan", "vcs", "bri", "hkmo"],
+)
+def test_the_offline_listing_answer_is_the_gateways(
+    live_gateway: LiveGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    project: model_pb2.Project,
+    jurisdiction: str,
+    as_of: str,
+) -> None:
+    # `rules evaluate --listing` said LISTABLE for a project the gateway refused: it did
+    # not decide by the market's own listing rules (Shenzhen before its 2023 plan has none,
+    # so the gateway refuses with CR-ENGINE-0002).
+    reply: gateway_pb2.ListProjectResponse = live_gateway.stub.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id=f"offline-{jurisdiction}-{as_of}-{project.project_id}",
+            project=project,
+            jurisdiction=jurisdiction,
+            as_of=as_of,
+        ),
+        timeout=30,
+    )
+    facts = tmp_path / "listing.json"
+    facts.write_text(json.dumps(_facts_document(project)))
+    argv = ["rules", "evaluate", "--pack", PACK_BY_REGISTRY[jurisdiction], "--use", "listing"]
+    code = main([*argv, "--listing", "--facts", str(facts), "--clock", as_of, "--json"])
+    offline = json.loads(capsys.readouterr().out)
+
+    assert code == (0 if reply.listed else 1)
+    assert offline["refused"] is not reply.listed
+    assert [v["rule_id"] for v in offline["refusals"]] == [v.rule_id for v in reply.refusals]
+    assert {
+        u["use"]: (u["eligible"], [v["rule_id"] for v in u["violations"]], u["conditions"])
+        for u in offline["uses"]
+    } == {
+        e.use: (
+            e.decision.allowed,
+            [v.rule_id for v in e.decision.violations],
+            [c.rule_id for c in e.conditions],
+        )
+        for e in reply.eligibility
+    }

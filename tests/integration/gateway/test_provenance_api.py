@@ -284,9 +284,7 @@ def test_a_payload_changed_behind_the_gateway_is_detected(moved: Moved) -> None:
         verify_bundle(bundle_from_json(_bundle_json(tampered, ORIGIN)), trusted)
     # The first event checked whose proof holds the forged leaf: the forged event, or its
     # sibling leaf checked before it (the sibling's proof starts from the forged hash).
-    assert str(refused.value).startswith(
-        (f"event {retire.index}:", f"event {retire.index ^ 1}:")
-    )
+    assert str(refused.value).startswith((f"event {retire.index}:", f"event {retire.index ^ 1}:"))
 
     # A forger who also rebuilds the node cache gets bundles that verify on their own,
     # but the new checkpoint is not consistent with any checkpoint taken before.

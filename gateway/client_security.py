@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client",
         default="exchange_operator",
         choices=ROLES,
-        help="whose client certificate of --tls-dir to present (default exchange_operator)",
+        help="whose client certificate of --tls-dir to present (default %(default)s)",
     )
     parser.add_argument("--token-file", type=Path, help="file holding the bearer JWT")
     parser.add_argument(

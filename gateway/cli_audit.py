@@ -583,8 +583,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="ITL-style reconciliation of the gateway with each registry",
         description="Totals per program and status, then unit blocks, then the trail of "
         "any block that differs. A registry that cannot be read is named, with why, and "
-        "the others are reconciled all the same. Exits 1 when a registry disagrees or "
-        "cannot be read.",
+        "the others are reconciled all the same. The run is recorded and its number "
+        "printed (see `carbonlink reconciliations`); one runs at a time over the gateways "
+        "sharing the database, so while another is under way this one is refused with "
+        "RESOURCE_EXHAUSTED. Auditors and regulators only. Exits 1 when a registry "
+        "disagrees or cannot be read, or the gateway refuses.",
     )
     reconcile.add_argument(
         "--registry", action="append", help="only this registry (repeatable; default all)"
@@ -599,12 +602,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Every reconciliation recorded by the gateways sharing the database, "
         "asked for or scheduled: who asked, which gateway ran it, when, and what it found "
         "(a scheduled run marks the differences the run before it found too as "
-        "persisting).",
+        "persisting). Auditors and regulators only.",
     )
     runs.add_argument(
         "--trigger", choices=("request", "schedule"), help="only runs asked for, or scheduled"
     )
-    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    runs.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        help="at most this many, newest first (default 20; the gateway answers at most 1000)",
+    )
     runs.add_argument("--json", action="store_true", help="print the runs as JSON")
     _gateway_arguments(runs, timeout=30.0)
     runs.set_defaults(handler=_reconciliations, client="auditor")

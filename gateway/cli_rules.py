@@ -139,7 +139,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate = commands.add_parser(
         "evaluate",
         help="decide facts against a rule pack",
-        description="Evaluate the facts in FILE against pack P for use U.",
+        description="Evaluate the facts in FILE against pack P for use U. Exits 1 when "
+        "denied (with --listing: when the project is refused), 2 on bad input.",
     )
     evaluate.add_argument("--pack", required=True, metavar="P", help="pack name or path")
     evaluate.add_argument(
@@ -155,7 +156,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--clock", metavar="YYYY-MM-DD", help="the date to decide on (default: today)"
     )
     evaluate.add_argument(
-        "--listing", action="store_true", help="FILE is a ListProject request, not a transfer"
+        "--listing",
+        action="store_true",
+        help="FILE is a listing ({destination_country, project, periods}), not a transfer: "
+        "decided as the gateway's ListProject decides it, for every use of the pack (U is "
+        "checked but not used)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the decision as JSON")
     evaluate.set_defaults(handler=handle_evaluate)

@@ -245,7 +245,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     get.add_argument("name", help="transfers/ID or ID")
     get.set_defaults(handler=_get)
 
-    listing = commands.add_parser("list", help="list transfers")
+    listing = commands.add_parser(
+        "list",
+        help="list transfers",
+        description="The transfers you may read, oldest first, a page at a time: a page that "
+        "is not the last ends with the --page-token to read on, each page going on after the "
+        "last transfer of the one before.",
+    )
     _common(listing)
     listing.add_argument(
         "--state",
@@ -254,8 +260,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only transfers in this state, e.g. completed",
     )
     listing.add_argument("--registry", default="", help="only transfers touching this registry")
-    listing.add_argument("--page-size", type=int32, default=50)
-    listing.add_argument("--page-token", default="")
+    listing.add_argument(
+        "--page-size", type=int32, default=50, help="transfers per page (default 50, at most 1000)"
+    )
+    listing.add_argument(
+        "--page-token", default="", help="the token the previous page ended with (same filters)"
+    )
     listing.set_defaults(handler=_list)
 
     retire = subparsers.add_parser("retire", help="retire units for a voluntary claim")

@@ -170,7 +170,7 @@ class LinkageGatewayServicer:
     def GetListing(self, request, context):
         """Reads back a listing ListProject answered, listed or refused: the facts declared,
         the outcome, who asked for it and when. Its requester and regulators may read it;
-        to anyone else it does not exist.
+        to another issuer it does not exist (NOT_FOUND); other roles are refused by role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

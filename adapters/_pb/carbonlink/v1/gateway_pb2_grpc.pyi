@@ -51,7 +51,7 @@ class LinkageGatewayStub:
     GetListing: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetListingRequest, _gateway_pb2.Listing]
     """Reads back a listing ListProject answered, listed or refused: the facts declared,
     the outcome, who asked for it and when. Its requester and regulators may read it;
-    to anyone else it does not exist.
+    to another issuer it does not exist (NOT_FOUND); other roles are refused by role.
     """
     EvaluateTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
@@ -105,7 +105,7 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     GetListing: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetListingRequest, _gateway_pb2.Listing]  # type: ignore[assignment]
     """Reads back a listing ListProject answered, listed or refused: the facts declared,
     the outcome, who asked for it and when. Its requester and regulators may read it;
-    to anyone else it does not exist.
+    to another issuer it does not exist (NOT_FOUND); other roles are refused by role.
     """
     EvaluateTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]  # type: ignore[assignment]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
@@ -180,7 +180,7 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.Listing, _abc.Awaitable[_gateway_pb2.Listing]]:
         """Reads back a listing ListProject answered, listed or refused: the facts declared,
         the outcome, who asked for it and when. Its requester and regulators may read it;
-        to anyone else it does not exist.
+        to another issuer it does not exist (NOT_FOUND); other roles are refused by role.
         """
 
     @_abc_1.abstractmethod

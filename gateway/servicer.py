@@ -27,9 +27,8 @@ from gateway.security.policy import (
     may_read_migration,
     readable_accounts,
 )
-from registry_bridge import listing_decisions, reconciliations
+from registry_bridge import listing_decisions
 from registry_bridge.bridge import Bridge
-from registry_bridge.db import read_only
 from registry_bridge.errors import (
     CarbonlinkError,
     FieldViolation,
@@ -544,10 +543,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # The token holds the id the next page's runs are below: runs recorded while a
         # client pages (newest first) never shift the pages it has not read yet.
         before = paging.decode_token(request.page_token, scope) or None
-        with read_only(self._bridge.sessions) as session:
-            runs = reconciliations.list_runs(
-                session, before_id=before, limit=size + 1, trigger=request.trigger
-            )
+        runs = self._reconciler.runs(before_id=before, limit=size + 1, trigger=request.trigger)
         more = len(runs) > size
         page = runs[:size]
         return gateway_pb2.ListReconciliationsResponse(

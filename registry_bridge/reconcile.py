@@ -482,7 +482,6 @@ RUN_LEASE = timedelta(seconds=60)
 RENEW_EVERY = timedelta(seconds=15)
 """How often a run renews its lease while it reads (at each registry page or phase)."""
 
-DIED = "its gateway stopped renewing it (stopped or died during the run)"
 
 _logger = structlog.get_logger(__name__)
 
@@ -665,7 +664,7 @@ class Reconciler:
                     if running.lease_expires_at > now:
                         raise ReconcileBusy(reconciliations.run_from_row(running))
                     running.state = reconciliations.ABANDONED
-                    running.report = DIED
+                    running.report = reconciliations.DIED
                     running.ended_at = now
                     _logger.warning(
                         "reconcile_run_died", reconciliation=running.id, runner=running.runner
@@ -740,6 +739,18 @@ class Reconciler:
                 )
             ).one_or_none()
             return None if row is None else reconciliations.run_from_row(row)
+
+    def runs(
+        self, *, before_id: int | None, limit: int, trigger: str = ""
+    ) -> list[reconciliations.Reconciliation]:
+        """Recorded runs newest first (see :func:`reconciliations.list_runs`), each as it
+        stands now (:meth:`reconciliations.Reconciliation.as_seen_at`)."""
+        now = self.clock()
+        with read_only(self._sessions) as session:
+            runs = reconciliations.list_runs(
+                session, before_id=before_id, limit=limit, trigger=trigger
+            )
+        return [run.as_seen_at(now) for run in runs]
 
     def last_completed(self, trigger: str) -> reconciliations.Reconciliation | None:
         """The latest completed run of ``trigger``, of any gateway."""

@@ -15,7 +15,7 @@ may take them until a later run reads the registry and finds them agreeing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -43,6 +43,8 @@ COMPLETED = "completed"
 ABANDONED = "abandoned"
 FAILED = "failed"
 
+DIED = "its gateway stopped renewing it (stopped or died during the run)"
+
 
 @dataclass(frozen=True)
 class Reconciliation:
@@ -67,6 +69,18 @@ class Reconciliation:
     scheduled run completed before it found too (see :func:`persisting`)."""
     failure: str = ""
     """Why a failed or abandoned run did not complete."""
+    lease_expires_at: datetime | None = None
+    """While running: when it counts as dead unless its gateway renews it."""
+
+    def as_seen_at(self, now: datetime) -> Reconciliation:
+        """The run as it stands at ``now``: one still recorded running whose lease has run
+        out is abandoned (its gateway stopped renewing it), though no run has started
+        since to record it so."""
+        if self.state != RUNNING or self.lease_expires_at is None:
+            return self
+        if self.lease_expires_at > now:
+            return self
+        return replace(self, state=ABANDONED, failure=DIED)
 
 
 def persisting(
@@ -105,6 +119,7 @@ def run_from_row(row: ReconciliationRecord) -> Reconciliation:
         report=report,
         persistent=persistent,
         failure=failure,
+        lease_expires_at=row.lease_expires_at if row.state == RUNNING else None,
     )
 
 

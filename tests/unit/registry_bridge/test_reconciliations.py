@@ -187,7 +187,12 @@ def test_a_dead_gateways_run_is_given_up_once_its_lease_runs_out(
         clock.now = T0 + RUN_LEASE - timedelta(seconds=1)
         with pytest.raises(ReconcileBusy):
             alive.run()
+        (seen,) = alive.runs(before_id=None, limit=10)
+        assert seen.state == reconciliations.RUNNING
         clock.now = T0 + RUN_LEASE + timedelta(seconds=1)
+        # Listed as abandoned once its lease has run out, before any run records it so.
+        (seen,) = alive.runs(before_id=None, limit=10)
+        assert (seen.state, seen.failure) == (reconciliations.ABANDONED, reconciliations.DIED)
         with capture_logs() as logs:
             taken_over = alive.run()
         assert taken_over.state == reconciliations.COMPLETED

@@ -452,7 +452,7 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
         "reconciliations",
         lambda stub: stub.ListReconciliations(
             gateway_pb2.ListReconciliationsRequest(
-                page_size=args.limit, trigger=args.trigger or ""
+                page_size=args.limit, page_token=args.page_token, trigger=args.trigger or ""
             ),
             timeout=args.timeout,
         ),
@@ -478,7 +478,23 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
             print(f"  {run.state}: {run.failure}", file=stdout)
         if run.HasField("report"):
             _print_findings(run.report, stdout)
+    if listed.next_page_token:
+        print(
+            f"more: ask again, same filters, with --page-token {listed.next_page_token}",
+            file=stdout,
+        )
     return EXIT_OK
+
+
+def _page_limit(text: str) -> int:
+    """A page size of at least one (0 would mean the gateway's default, not none)."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, got {value}")
+    return value
 
 
 def _page_size(text: str) -> int:
@@ -609,9 +625,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     runs.add_argument(
         "--limit",
-        type=int,
+        type=_page_limit,
         default=20,
         help="at most this many, newest first (default 20; the gateway answers at most 1000)",
+    )
+    runs.add_argument(
+        "--page-token", default="", help="the token the previous page ended with (same filters)"
     )
     runs.add_argument("--json", action="store_true", help="print the runs as JSON")
     _gateway_arguments(runs, timeout=30.0)

@@ -119,14 +119,28 @@ def test_a_read_failing_on_every_attempt_names_the_registry_unreadable(
         assert (code, out) == (0, "reconciliation 2: consistent=true phase=completed\n")
         # Both are recorded, the first with what it could not read, as it was said.
         capsys.readouterr()
+        target = ["--target", gateway.target, "--insecure"]
         with capture_logs():
-            code = main(["reconciliations", "--target", gateway.target, "--insecure"])
+            code = main(["reconciliations", *target])
         out, _ = capsys.readouterr()
-    assert code == 0
-    second, first, *rest = out.splitlines(keepends=True)
-    assert second.startswith("2 ") and second.endswith(": consistent=true\n")
-    assert first.startswith("1 ") and " request by " in first
-    assert first.endswith(": consistent=false\n") and rest == [unreadable]
+        assert code == 0
+        second, first, *rest = out.splitlines(keepends=True)
+        assert second.startswith("2 ") and second.endswith(": consistent=true\n")
+        assert first.startswith("1 ") and " request by " in first
+        assert first.endswith(": consistent=false\n") and rest == [unreadable]
+        # A page at a time: the first ends with the token that reads on.
+        with capture_logs():
+            code = main(["reconciliations", *target, "--limit", "1"])
+        out, _ = capsys.readouterr()
+        newest, more = out.splitlines()
+        assert code == 0 and newest.startswith("2 ")
+        token = more.removeprefix("more: ask again, same filters, with --page-token ")
+        with capture_logs():
+            code = main(["reconciliations", *target, "--limit", "1", "--page-token", token])
+        out, _ = capsys.readouterr()
+        assert code == 0 and out.startswith("1 ") and "more:" not in out
+        with pytest.raises(SystemExit):
+            main(["reconciliations", *target, "--limit", "0"])
 
 
 def _phantom_at_shenzhen(registries: LinkedRegistries) -> None:

@@ -99,6 +99,8 @@ from registry_bridge.transfers import (
     UseState,
     body_digest,
     compliance_year_problem,
+    decision_from_dict,
+    decision_to_dict,
 )
 
 _logger = structlog.get_logger(__name__)
@@ -208,46 +210,11 @@ def _ledger_violations(error: FailedPrecondition) -> tuple[RuleViolation, ...]:
 
 
 def _decision_json(decision: RulesDecision) -> str:
-    return json.dumps(
-        {
-            "allowed": decision.allowed,
-            "pack_versions": list(decision.pack_versions),
-            "deferred_rules": list(decision.deferred_rules),
-            "violations": [
-                {
-                    "rule_id": v.rule_id,
-                    "message": v.message,
-                    "source": v.source,
-                    "blocks": [block_id_to_dict(b) for b in v.blocks],
-                    "details": [list(d) for d in v.details],
-                }
-                for v in decision.violations
-            ],
-        },
-        sort_keys=True,
-    )
+    return json.dumps(decision_to_dict(decision), sort_keys=True)
 
 
 def _decision_from_json(text: str) -> RulesDecision | None:
-    if not text:
-        return None
-    data = json.loads(text)
-    return RulesDecision(
-        allowed=data["allowed"],
-        pack_versions=tuple(data["pack_versions"]),
-        # Decisions recorded before deferred rules were reported carry none.
-        deferred_rules=tuple(data.get("deferred_rules", ())),
-        violations=tuple(
-            RuleViolation(
-                rule_id=v["rule_id"],
-                message=v["message"],
-                source=v["source"],
-                blocks=tuple(block_id_from_dict(b) for b in v["blocks"]),
-                details=tuple((str(k), str(val)) for k, val in v["details"]),
-            )
-            for v in data["violations"]
-        ),
-    )
+    return decision_from_dict(json.loads(text)) if text else None
 
 
 def _instruction_from_json(text: str) -> TransferInstruction:

@@ -9,12 +9,10 @@ its transfers (:mod:`registry_bridge.projects`); a refused one's are not.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.listing import (
     ListingCondition,
@@ -24,27 +22,12 @@ from registry_bridge.listing import (
 )
 from registry_bridge.projects import listing_from_json, listing_to_json, record_listing
 from registry_bridge.schema import ListingDecisionRecord
-from registry_bridge.transfers import RulesDecision, RuleViolation
-
-
-def _violation_to_dict(v: RuleViolation) -> dict[str, Any]:
-    return {
-        "rule_id": v.rule_id,
-        "message": v.message,
-        "source": v.source,
-        "blocks": [block_id_to_dict(b) for b in v.blocks],
-        "details": [list(d) for d in v.details],
-    }
-
-
-def _violation_from_dict(data: dict[str, Any]) -> RuleViolation:
-    return RuleViolation(
-        rule_id=data["rule_id"],
-        message=data["message"],
-        source=data["source"],
-        blocks=tuple(block_id_from_dict(b) for b in data["blocks"]),
-        details=tuple((str(k), str(v)) for k, v in data["details"]),
-    )
+from registry_bridge.transfers import (
+    decision_from_dict,
+    decision_to_dict,
+    violation_from_dict,
+    violation_to_dict,
+)
 
 
 def outcome_to_json(outcome: ListingOutcome) -> str:
@@ -53,14 +36,11 @@ def outcome_to_json(outcome: ListingOutcome) -> str:
         {
             "listed": outcome.listed,
             "pack_versions": list(outcome.pack_versions),
-            "refusals": [_violation_to_dict(v) for v in outcome.refusals],
+            "refusals": [violation_to_dict(v) for v in outcome.refusals],
             "eligibility": [
                 {
+                    **decision_to_dict(e.decision),
                     "use": e.use,
-                    "allowed": e.decision.allowed,
-                    "violations": [_violation_to_dict(v) for v in e.decision.violations],
-                    "pack_versions": list(e.decision.pack_versions),
-                    "deferred_rules": list(e.decision.deferred_rules),
                     "conditions": [[c.rule_id, c.message, c.source] for c in e.conditions],
                 }
                 for e in outcome.eligibility
@@ -76,16 +56,11 @@ def outcome_from_json(text: str) -> ListingOutcome:
     return ListingOutcome(
         listed=data["listed"],
         pack_versions=tuple(data["pack_versions"]),
-        refusals=tuple(_violation_from_dict(v) for v in data["refusals"]),
+        refusals=tuple(violation_from_dict(v) for v in data["refusals"]),
         eligibility=tuple(
             ListingEligibility(
                 use=e["use"],
-                decision=RulesDecision(
-                    allowed=e["allowed"],
-                    violations=tuple(_violation_from_dict(v) for v in e["violations"]),
-                    pack_versions=tuple(e["pack_versions"]),
-                    deferred_rules=tuple(e["deferred_rules"]),
-                ),
+                decision=decision_from_dict(e),
                 conditions=tuple(ListingCondition(*c) for c in e["conditions"]),
             )
             for e in data["eligibility"]

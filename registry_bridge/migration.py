@@ -84,6 +84,8 @@ from registry_bridge.transfers import (
     TransferInstruction,
     TransferState,
     body_digest,
+    violation_from_dict,
+    violation_to_dict,
 )
 
 _logger = structlog.get_logger(__name__)
@@ -266,26 +268,6 @@ def _holding_from_json(d: dict[str, Any]) -> LedgerHolding:
     )
 
 
-def _violation_to_json(v: RuleViolation) -> dict[str, Any]:
-    return {
-        "rule_id": v.rule_id,
-        "message": v.message,
-        "source": v.source,
-        "blocks": [block_id_to_dict(b) for b in v.blocks],
-        "details": [list(d) for d in v.details],
-    }
-
-
-def _violation_from_json(d: dict[str, Any]) -> RuleViolation:
-    return RuleViolation(
-        d["rule_id"],
-        d["message"],
-        d["source"],
-        tuple(block_id_from_dict(b) for b in d["blocks"]),
-        tuple((str(k), str(v)) for k, v in d["details"]),
-    )
-
-
 def _account_json(a: AccountRef | None) -> dict[str, str] | None:
     return None if a is None else {"registry": a.registry, "account": a.account}
 
@@ -320,8 +302,8 @@ def plan_to_json(plan: MigrationPlan) -> dict[str, Any]:
             for d in plan.dispositions
         ],
         "destination_account": _account_json(plan.destination_account),
-        "blocking": [_violation_to_json(v) for v in plan.blocking],
-        "warnings": [_violation_to_json(v) for v in plan.warnings],
+        "blocking": [violation_to_dict(v) for v in plan.blocking],
+        "warnings": [violation_to_dict(v) for v in plan.warnings],
         "pack_version": plan.pack_version,
     }
 
@@ -344,8 +326,8 @@ def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
             for x in d["dispositions"]
         ),
         destination_account=_account_from(d["destination_account"]),
-        blocking=tuple(_violation_from_json(v) for v in d["blocking"]),
-        warnings=tuple(_violation_from_json(v) for v in d["warnings"]),
+        blocking=tuple(violation_from_dict(v) for v in d["blocking"]),
+        warnings=tuple(violation_from_dict(v) for v in d["warnings"]),
         pack_version=d["pack_version"],
     )
 

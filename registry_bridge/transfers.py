@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from registry_bridge.block_json import block_id_to_dict
+from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
 from registry_bridge.model import BlockId, UnitBlock
 
 
@@ -166,6 +166,49 @@ class RulesDecision:
     pack_versions: tuple[str, ...] = ()
     deferred_rules: tuple[str, ...] = ()
     """Rules left to the later surrender (decided on the entity's compliance year)."""
+
+
+def violation_to_dict(violation: RuleViolation) -> dict[str, Any]:
+    """A violation as stored (transfers' decisions, migration plans, listing outcomes)."""
+    return {
+        "rule_id": violation.rule_id,
+        "message": violation.message,
+        "source": violation.source,
+        "blocks": [block_id_to_dict(b) for b in violation.blocks],
+        "details": [list(d) for d in violation.details],
+    }
+
+
+def violation_from_dict(data: dict[str, Any]) -> RuleViolation:
+    """The violation of :func:`violation_to_dict`."""
+    return RuleViolation(
+        rule_id=data["rule_id"],
+        message=data["message"],
+        source=data["source"],
+        blocks=tuple(block_id_from_dict(b) for b in data["blocks"]),
+        details=tuple((str(k), str(v)) for k, v in data["details"]),
+    )
+
+
+def decision_to_dict(decision: RulesDecision) -> dict[str, Any]:
+    """A decision as stored."""
+    return {
+        "allowed": decision.allowed,
+        "pack_versions": list(decision.pack_versions),
+        "deferred_rules": list(decision.deferred_rules),
+        "violations": [violation_to_dict(v) for v in decision.violations],
+    }
+
+
+def decision_from_dict(data: dict[str, Any]) -> RulesDecision:
+    """The decision of :func:`decision_to_dict`."""
+    return RulesDecision(
+        allowed=data["allowed"],
+        pack_versions=tuple(data["pack_versions"]),
+        # Decisions recorded before deferred rules were reported carry none.
+        deferred_rules=tuple(data.get("deferred_rules", ())),
+        violations=tuple(violation_from_dict(v) for v in data["violations"]),
+    )
 
 
 @dataclass(frozen=True)

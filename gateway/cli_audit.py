@@ -486,17 +486,6 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
     return EXIT_OK
 
 
-def _page_limit(text: str) -> int:
-    """A page size of at least one (0 would mean the gateway's default, not none)."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, got {value}")
-    return value
-
-
 def _page_size(text: str) -> int:
     try:
         size = int(text)
@@ -625,7 +614,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     runs.add_argument(
         "--limit",
-        type=_page_limit,
+        type=_page_size,
         default=20,
         help="at most this many, newest first (default 20; the gateway answers at most 1000)",
     )

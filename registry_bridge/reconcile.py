@@ -42,6 +42,7 @@ import json
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -626,17 +627,13 @@ class Reconciler:
             else ()
         )
         ended = self._end(run.id, reconciliations.COMPLETED, report_json(report, persistent))
-        return reconciliations.Reconciliation(
-            id=run.id,
-            trigger=run.trigger,
-            requested_by=run.requested_by,
-            runner=run.runner,
-            registries=run.registries,
+        return replace(
+            run,
             state=reconciliations.COMPLETED,
-            started_at=run.started_at,
             ended_at=ended,
             report=report,
             persistent=persistent,
+            lease_expires_at=None,
         )
 
     def _start(

@@ -141,6 +141,38 @@ def test_a_surrender_still_waiting_on_a_registry_counts_toward_the_offset_limit(
         assert "5000 already used + 1 asked" in details
 
 
+def _record_entity(
+    gateway: LiveGateway,
+    entity_id: str,
+    sector: str,
+    accounts: list[tuple[str, str]],
+    year: tuple[str, int],
+) -> None:
+    """UpsertCoveredEntity: a CO2 entity with these accounts and one compliance year (its
+    jurisdiction and year) of 100,000 t verified and due."""
+    jurisdiction, compliance_year = year
+    gateway.stub.UpsertCoveredEntity(
+        gateway_pb2.UpsertCoveredEntityRequest(
+            request_id=entity_id,
+            entity=gateway_pb2.CoveredEntity(
+                entity_id=entity_id,
+                sector=sector,
+                gases=["CO2"],
+                accounts=[model_pb2.AccountRef(registry=r, account=a) for r, a in accounts],
+                years=[
+                    gateway_pb2.ComplianceYear(
+                        jurisdiction=jurisdiction,
+                        compliance_year=compliance_year,
+                        verified_emissions=100_000,
+                        allowances_due=100_000,
+                    )
+                ],
+            ),
+        ),
+        timeout=30,
+    )
+
+
 def _ccer(start: int, quantity: int, province: str, project: str) -> UnitBlock:
     """National CCER of a forestry sink in ``province`` (its ISO 3166-2:CN code's suffix)."""
     block = parse_serial(
@@ -166,28 +198,12 @@ def test_earlier_local_offsets_count_toward_the_local_share(
         pilots.ports["national"].issue(IssueRequest(f"seed-{seed}", "cn-gd-cement", block))
     with running_gateway(database_url, pilots, **FAST_RETRIES) as gateway:
         gateway.server.import_registries()
-        gateway.stub.UpsertCoveredEntity(
-            gateway_pb2.UpsertCoveredEntityRequest(
-                request_id="gd-cement",
-                entity=gateway_pb2.CoveredEntity(
-                    entity_id="gd-cement",
-                    sector="cement",
-                    gases=["CO2"],
-                    accounts=[
-                        model_pb2.AccountRef(registry="guangdong", account="gd-cement"),
-                        model_pb2.AccountRef(registry="national", account="cn-gd-cement"),
-                    ],
-                    years=[
-                        gateway_pb2.ComplianceYear(
-                            jurisdiction="guangdong",
-                            compliance_year=2023,
-                            verified_emissions=100_000,
-                            allowances_due=100_000,
-                        )
-                    ],
-                ),
-            ),
-            timeout=30,
+        _record_entity(
+            gateway,
+            "gd-cement",
+            "cement",
+            [("guangdong", "gd-cement"), ("national", "cn-gd-cement")],
+            ("guangdong", 2023),
         )
         # Guangdong excludes projects of other pilot regions, Shenzhen among them: its
         # project's lister says in which city the Guangdong one lies.
@@ -279,27 +295,8 @@ def test_two_surrenders_at_once_cannot_both_take_the_last_of_the_limit(
 
     with running_gateway(database_url, pilots, **FAST_RETRIES) as gateway:
         gateway.server.import_registries()
-        gateway.stub.UpsertCoveredEntity(
-            gateway_pb2.UpsertCoveredEntityRequest(
-                request_id="power-09",
-                entity=gateway_pb2.CoveredEntity(
-                    entity_id="power-09",
-                    sector="power",
-                    gases=["CO2"],
-                    accounts=[
-                        model_pb2.AccountRef(registry="national", account=power.national_account)
-                    ],
-                    years=[
-                        gateway_pb2.ComplianceYear(
-                            jurisdiction="national",
-                            compliance_year=2019,
-                            verified_emissions=100_000,
-                            allowances_due=100_000,
-                        )
-                    ],
-                ),
-            ),
-            timeout=30,
+        _record_entity(
+            gateway, "power-09", "power", [("national", power.national_account)], ("national", 2019)
         )
         monkeypatch.setattr(DatabaseEntityRecords, "get", meeting)
         account = model_pb2.AccountRef(registry="national", account=power.national_account)

@@ -213,14 +213,7 @@ class GoldStandardClient:
                 pb.GetCreditBlockRequest(range=credits, limit=LISTING_PAGE_SIZE, cursor=cursor),
                 self._timeout_s,
             )
-            return HoldingsPage(
-                tuple(
-                    self._holding(h)
-                    for h in native.holdings
-                    if h.status != pb.CREDIT_STATUS_TRANSFERRED
-                ),
-                native.next_cursor,
-            )
+            return self._page(native)
 
         return read_pages(REGISTRY_ID, answer)
 
@@ -412,6 +405,18 @@ class GoldStandardClient:
         )
         return self._holding(native)
 
+    def _page(self, native: pb.CreditHoldingList | pb.ListAccountCreditsResponse) -> HoldingsPage:
+        """Holdings as the registry listed them, its transferred-out ones omitted (they
+        are held elsewhere now)."""
+        return HoldingsPage(
+            tuple(
+                self._holding(h)
+                for h in native.holdings
+                if h.status != pb.CREDIT_STATUS_TRANSFERRED
+            ),
+            native.next_cursor,
+        )
+
     def list_holdings_page(
         self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
     ) -> HoldingsPage:
@@ -426,14 +431,7 @@ class GoldStandardClient:
             self._timeout_s,
             still_wanted=still_wanted,
         )
-        return HoldingsPage(
-            tuple(
-                self._holding(h)
-                for h in native.holdings
-                if h.status != pb.CREDIT_STATUS_TRANSFERRED
-            ),
-            native.next_cursor,
-        )
+        return self._page(native)
 
     def list_holdings(
         self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None

@@ -226,14 +226,7 @@ class VerraClient:
                 pb.GetVcuBlockRequest(range=vcus, page_size=LISTING_PAGE_SIZE, page_token=token),
                 self._timeout_s,
             )
-            return HoldingsPage(
-                tuple(
-                    self._holding(h)
-                    for h in native.holdings
-                    if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
-                ),
-                native.next_page_token,
-            )
+            return self._page(native)
 
         return read_pages(REGISTRY_ID, page)
 
@@ -424,6 +417,18 @@ class VerraClient:
         )
         return self._holding(native)
 
+    def _page(self, native: pb.VcuHoldingList | pb.ListAccountHoldingsResponse) -> HoldingsPage:
+        """Holdings as the registry listed them, its transferred-out ones omitted (they
+        are held elsewhere now)."""
+        return HoldingsPage(
+            tuple(
+                self._holding(h)
+                for h in native.holdings
+                if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
+            ),
+            native.next_page_token,
+        )
+
     def list_holdings_page(
         self, request: ListHoldingsRequest, page: str, still_wanted: StillWanted | None = None
     ) -> HoldingsPage:
@@ -437,14 +442,7 @@ class VerraClient:
             self._timeout_s,
             still_wanted=still_wanted,
         )
-        return HoldingsPage(
-            tuple(
-                self._holding(h)
-                for h in native.holdings
-                if h.status != pb.VCU_STATUS_TRANSFERRED_OUT
-            ),
-            native.next_page_token,
-        )
+        return self._page(native)
 
     def list_holdings(
         self, request: ListHoldingsRequest, still_wanted: StillWanted | None = None

@@ -319,8 +319,15 @@ class GatewayProcess:
         with quick_redial_channel(self.target) as channel:
             ready = grpc.channel_ready_future(channel)
             # Ready, or gone already (killed by its fault hook as soon as it served).
-            _poll("the gateway to serve", lambda: ready.done() or process.poll() is not None)
-            ready.cancel()
+            try:
+                _poll("the gateway to serve", lambda: ready.done() or process.poll() is not None)
+            except AssertionError as exc:
+                # What the gateway was doing: a start that never serves is otherwise
+                # reported with no clue, its log gone with the test's folder.
+                tail = self._log.read_text(errors="replace")[-4000:]
+                raise AssertionError(f"{exc}; its log ends:\n{tail}") from exc
+            finally:
+                ready.cancel()
         if not settings:
             assert process.poll() is None, f"the gateway died on start-up: {self._log}"
 

@@ -325,7 +325,9 @@ class GatewayProcess:
                 # What the gateway was doing: a start that never serves is otherwise
                 # reported with no clue, its log gone with the test's folder.
                 tail = self._log.read_text(errors="replace")[-4000:]
-                raise AssertionError(f"{exc}; its log ends:\n{tail}") from exc
+                raise AssertionError(
+                    f"{exc} ({_reached_afresh(self.target)}); its log ends:\n{tail}"
+                ) from exc
             finally:
                 ready.cancel()
         if not settings:
@@ -354,6 +356,17 @@ def chaos_registries() -> Iterator[LinkedRegistries]:
     )
     with linked_registries(dict.fromkeys(WIRED, faults)) as linked:
         yield linked
+
+
+def _reached_afresh(target: str) -> str:
+    """Whether a new channel reaches ``target``: tells a gateway that does not serve from
+    a test channel that stopped dialling."""
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
+        try:
+            grpc.channel_ready_future(fresh).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            return "a new channel did not reach it either"
+    return "a new channel reached it"
 
 
 def _poll(what: str, done: Callable[[], bool]) -> None:

@@ -452,6 +452,7 @@ _USE_STATE = {
     UseState.REJECTED: model_pb2.USE_STATE_REJECTED,
     UseState.FAILED: model_pb2.USE_STATE_FAILED,
 }
+USE_STATE_FROM_PB = {v: k for k, v in _USE_STATE.items()}
 
 
 def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
@@ -472,6 +473,7 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
         jurisdiction=request.jurisdiction,
         create_time=timestamp(use.created_at),
         state=_USE_STATE[use.state],
+        refusal_reason=use.refusal,
     )
     if use.decision is not None:
         message.decision.CopyFrom(decision_to_pb(use.decision))

@@ -44,7 +44,13 @@ from registry_bridge.port import RegistryPort
 from registry_bridge.provenance import DEFAULT_PAGE_BYTES, ProvenanceLog
 from registry_bridge.reconcile import Reconciler
 from registry_bridge.rules_gate import list_project
-from registry_bridge.transfers import Transfer, TransferInstruction, UseRequest
+from registry_bridge.transfers import (
+    AccountRef,
+    Transfer,
+    TransferInstruction,
+    UnitUse,
+    UseRequest,
+)
 
 MAX_SERIAL_LENGTH = 256
 
@@ -65,16 +71,38 @@ def _readable(transfer: Transfer) -> Transfer:
     raise NotFound(f"transfers/{transfer.transfer_id}")
 
 
-def _transfer_id(name: str) -> str:
-    prefix = "transfers/"
+def _resource_id(name: str, collection: str) -> str:
+    """The id of ``name``, ``{collection}/{id}``.
+
+    Raises:
+        InvalidRequest: ``name`` is not of that form.
+    """
+    prefix = f"{collection}/"
     if (
         not name.startswith(prefix)
         or not name[len(prefix) :]
         or len(name) > 200
         or has_control_characters(name)
     ):
-        raise InvalidRequest.field("name", "must be transfers/{transfer_id}")
+        raise InvalidRequest.field("name", f"must be {collection}/{{{collection[:-1]}_id}}")
     return name[len(prefix) :]
+
+
+def _transfer_id(name: str) -> str:
+    return _resource_id(name, "transfers")
+
+
+def _readable_use(use: UnitUse) -> UnitUse:
+    """``use``, if the caller may read it: as a transfer, by the account it used units of.
+
+    Raises:
+        NotFound: The caller may not (the answer for a use that does not exist).
+    """
+    accounts = readable_accounts()
+    holder = use.request.account
+    if accounts is None or f"{holder.registry}:{holder.account}" in accounts:
+        return use
+    raise NotFound(f"uses/{use.use_id}")
 
 
 def _block_scope(block: BlockId) -> str:
@@ -94,22 +122,22 @@ def _listing_id(name: str) -> str:
     return listing_id
 
 
-def _transfer_key(key: tuple[str, ...] | None) -> tuple[datetime, str] | None:
-    """The ``(created_at, transfer_id)`` a ListTransfers page token resumes after.
+def _page_key(key: tuple[str, ...] | None) -> tuple[datetime, str] | None:
+    """The ``(created_at, id)`` a ListTransfers or ListUses page token resumes after.
 
     Raises:
         InvalidRequest: The key is not one this server wrote.
     """
     if key is None:
         return None
-    created, transfer_id = key
+    created, item_id = key
     try:
         at = datetime.fromisoformat(created)
     except ValueError as exc:
         raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
-    if at.tzinfo is None or not transfer_id or len(transfer_id) > 64:
+    if at.tzinfo is None or not item_id or len(item_id) > 64:
         raise InvalidRequest.field("page_token", "is not a token this server issued")
-    return at, transfer_id
+    return at, item_id
 
 
 def _raise_if(problems: list[FieldViolation]) -> None:
@@ -313,7 +341,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         accounts = readable_accounts()
         readable = "*" if accounts is None else ",".join(sorted(accounts))
         scope = f"transfers:{request.state}:{request.registry}:{readable}"
-        after = _transfer_key(paging.decode_key_token(request.page_token, scope, 2))
+        after = _page_key(paging.decode_key_token(request.page_token, scope, 2))
         transfers, more = self._bridge.list_transfers(
             after, size, state, request.registry, accounts
         )
@@ -403,6 +431,51 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             caller=current_caller(),
         )
         return convert.use_to_pb(use)
+
+    def GetUse(
+        self, request: gateway_pb2.GetUseRequest, context: grpc.ServicerContext
+    ) -> model_pb2.UnitUse:
+        use_id = _resource_id(request.name, "uses")
+        return convert.use_to_pb(_readable_use(self._bridge.get_use(use_id)))
+
+    def ListUses(
+        self, request: gateway_pb2.ListUsesRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListUsesResponse:
+        size = paging.page_size(request.page_size)
+        problems: list[FieldViolation] = []
+        if request.kind not in ("", "retirement", "surrender"):
+            problems.append(FieldViolation("kind", "must be retirement or surrender, or unset"))
+        state = None
+        if request.state:
+            state = convert.USE_STATE_FROM_PB.get(request.state)
+            if state is None:
+                problems.append(FieldViolation("state", f"unknown use state {request.state}"))
+        holder = None
+        if request.HasField("holder"):
+            # A registry that does not exist is refused by name, as ListTransfers' is: as a
+            # filter it would answer an empty list, as if no one had used units there.
+            holder = AccountRef(
+                convert.check_registry(problems, "holder.registry", request.holder.registry),
+                convert.check_text(
+                    problems, "holder.account", request.holder.account, required=False
+                ),
+            )
+        _raise_if(problems)
+        accounts = readable_accounts()
+        readable = "*" if accounts is None else ",".join(sorted(accounts))
+        holding = "" if holder is None else f"{holder.registry}:{holder.account}"
+        scope = f"uses:{request.kind}:{request.state}:{holding}:{readable}"
+        after = _page_key(paging.decode_key_token(request.page_token, scope, 2))
+        uses, more = self._bridge.list_uses(
+            after, size, kind=request.kind, holder=holder, state=state, accounts=accounts
+        )
+        next_token = ""
+        if more:
+            last = uses[-1]
+            next_token = paging.encode_key_token((last.created_at.isoformat(), last.use_id), scope)
+        return gateway_pb2.ListUsesResponse(
+            uses=[convert.use_to_pb(u) for u in uses], next_page_token=next_token
+        )
 
     def PlanMigration(
         self, request: gateway_pb2.PlanMigrationRequest, context: grpc.ServicerContext

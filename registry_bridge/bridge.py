@@ -2707,30 +2707,81 @@ class Bridge:
             record = session.get(UnitUseRecord, use_id)
             if record is None:
                 raise NotFound(f"uses/{use_id}")
-            detail = json.loads(record.detail)
-            request_data = detail["request"]
-            request = UseRequest(
-                kind=request_data["kind"],
-                account=AccountRef(**request_data["account"]),
-                units=tuple(block_id_from_dict(u) for u in request_data["units"]),
-                beneficiary=request_data["beneficiary"],
-                claim_text=request_data["claim_text"],
-                entity_id=request_data["entity_id"],
-                compliance_year=request_data["compliance_year"],
-                jurisdiction=request_data["jurisdiction"],
+            return _use_view(session, record)
+
+    def list_uses(
+        self,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        *,
+        kind: str = "",
+        holder: AccountRef | None = None,
+        state: UseState | None = None,
+        accounts: frozenset[str] | None = None,
+    ) -> tuple[list[UnitUse], bool]:
+        """A page of retirements and surrenders, oldest first (by creation, then id); the
+        flag tells whether more follow.
+
+        ``after`` is the ``(created_at, use_id)`` of the last use of the previous page, a
+        position by key as ``list_transfers``'s.  ``holder`` keeps the uses of one account
+        (of every account of its registry when its account is ""); ``accounts``
+        (``registry:account``), when given, only the uses of those accounts.
+        """
+        with unit_of_work(self._sessions) as session:
+            query = sa.select(UnitUseRecord)
+            if after is not None:
+                # As in list_transfers: a row-value comparison bounds the index search.
+                query = query.where(sa.tuple_(UnitUseRecord.created_at, UnitUseRecord.id) > after)
+            if accounts is not None:
+                pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
+                query = query.where(
+                    sa.tuple_(UnitUseRecord.registry_id, UnitUseRecord.account).in_(pairs)
+                )
+            if kind:
+                query = query.where(UnitUseRecord.kind == kind)
+            if holder is not None:
+                query = query.where(UnitUseRecord.registry_id == holder.registry)
+                if holder.account:
+                    query = query.where(UnitUseRecord.account == holder.account)
+            if state is not None:
+                query = query.where(UnitUseRecord.state == state.value)
+            rows = list(
+                session.execute(
+                    query.order_by(UnitUseRecord.created_at, UnitUseRecord.id).limit(limit + 1)
+                ).scalars()
             )
-            return UnitUse(
-                use_id=record.id,
-                request_id=record.request_id,
-                request=request,
-                state=UseState(record.state),
-                blocks=tuple(
-                    _leg_unit(session, leg) for leg in detail["legs"] if leg["origin"] is not None
-                ),
-                decision=_decision_from_json(record.decision),
-                created_at=record.created_at,
-                legs=tuple(leg["op"] for leg in detail["legs"]),
-            )
+            return [_use_view(session, r) for r in rows[:limit]], len(rows) > limit
+
+
+def _use_view(session: Session, record: UnitUseRecord) -> UnitUse:
+    """A use as its row records it."""
+    detail = json.loads(record.detail)
+    request_data = detail["request"]
+    request = UseRequest(
+        kind=request_data["kind"],
+        account=AccountRef(**request_data["account"]),
+        units=tuple(block_id_from_dict(u) for u in request_data["units"]),
+        beneficiary=request_data["beneficiary"],
+        claim_text=request_data["claim_text"],
+        entity_id=request_data["entity_id"],
+        compliance_year=request_data["compliance_year"],
+        jurisdiction=request_data["jurisdiction"],
+    )
+    return UnitUse(
+        use_id=record.id,
+        request_id=record.request_id,
+        request=request,
+        state=UseState(record.state),
+        blocks=tuple(
+            _leg_unit(session, leg) for leg in detail["legs"] if leg["origin"] is not None
+        ),
+        decision=_decision_from_json(record.decision),
+        created_at=record.created_at,
+        legs=tuple(leg["op"] for leg in detail["legs"]),
+        # The words _refusal_of answers Retire and Surrender with: what a client read
+        # then, it reads again here.
+        refusal=(detail.get("rejection", "refused") if record.state in _REFUSED_USE_STATES else ""),
+    )
 
 
 def _refused_leg(

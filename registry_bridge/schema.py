@@ -234,9 +234,13 @@ class UnitUseRecord(Base):
 
     __table_args__ = (
         sa.UniqueConstraint("request_id", "caller", name="uq_unit_uses_request_id_caller"),
-        # Recovery looks for pending uses every few seconds, and metrics at each scrape:
-        # without it, each look reads every retirement ever made.
-        sa.Index("ix_unit_uses_state", "state"),
+        # ListUses pages in (created_at, id) order, unfiltered, by holder or by state: each
+        # page seeks its position in one of these instead of sorting the table. The state
+        # one also serves recovery's look for pending uses every few seconds, and metrics'
+        # at each scrape: without it, each look reads every retirement ever made.
+        sa.Index("ix_unit_uses_created", "created_at", "id"),
+        sa.Index("ix_unit_uses_holder_created", "registry", "account", "created_at", "id"),
+        sa.Index("ix_unit_uses_state_created", "state", "created_at", "id"),
     )
 
 

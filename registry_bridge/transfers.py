@@ -274,3 +274,5 @@ class UnitUse:
     decision: RulesDecision | None
     created_at: datetime
     legs: tuple[str, ...] = field(default=())
+    refusal: str = ""
+    """Why a rejected or failed use was refused, as recorded when it ended; "" otherwise."""

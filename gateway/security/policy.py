@@ -10,7 +10,8 @@ The auditor's and the regulator's roles appear only on reads.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
 and their settlement amounts are its own business, not its competitors'.  A caller sees
-the transfers whose source or destination is an account its token names, and the
+the transfers whose source or destination is an account its token names, the
+retirements and surrenders of units those accounts held, and the
 migrations of the entities its token names (a plan shows an entity's holdings and
 obligations); the auditor and the regulator see all of them.  The servicer asks
 :func:`readable_accounts` and :func:`may_read_migration`, which the security interceptor
@@ -50,6 +51,9 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "GetTransfer": _EVERYONE,
         "ListTransfers": _EVERYONE,
         "WatchTransfer": _EVERYONE,
+        # Read as transfers are: the servicer keeps each caller to its own accounts' uses.
+        "GetUse": _EVERYONE,
+        "ListUses": _EVERYONE,
         "GetMigration": _EVERYONE,
         "TraceUnits": _EVERYONE,
         "GetCheckpoint": _EVERYONE,

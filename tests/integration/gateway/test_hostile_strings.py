@@ -96,6 +96,10 @@ BASELINES: dict[str, Message] = {
         compliance_year=2024,
         jurisdiction="shenzhen",
     ),
+    "GetUse": gateway_pb2.GetUseRequest(name="uses/abc"),
+    "ListUses": gateway_pb2.ListUsesRequest(
+        kind="retirement", holder=model_pb2.AccountRef(registry="hkmo", account="hk-seller")
+    ),
     "PlanMigration": _PLAN,
     "ExecuteMigration": gateway_pb2.ExecuteMigrationRequest(request_id="move-1", plan=_PLAN),
     "GetMigration": gateway_pb2.GetMigrationRequest(name="migrations/abc"),

@@ -23,7 +23,7 @@ from registry_bridge.schema import (
     UnitUseRecord,
     metadata,
 )
-from registry_bridge.transfers import TransferState
+from registry_bridge.transfers import AccountRef, TransferState, UseState
 from tests.integration.bridge.conftest import PermitAllRules
 
 
@@ -253,7 +253,8 @@ def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path
                         {"s": state},
                     )
                 )
-                assert f"USING INDEX ix_{table}_state" in plan, plan
+                # ix_unit_uses_state_created covers the query: "USING COVERING INDEX".
+                assert f" INDEX ix_{table}_state" in plan, plan
     finally:
         engine.dispose()
 
@@ -262,19 +263,26 @@ _RESUME_AT = (datetime(2026, 11, 1, 9, 30, tzinfo=UTC), "t-0042")
 
 
 def _page_plan(
-    engine: sa.Engine, after: tuple[datetime, str] | None, filters: dict[str, Any]
+    engine: sa.Engine,
+    after: tuple[datetime, str] | None,
+    filters: dict[str, Any],
+    table: str = "transfers",
 ) -> list[str]:
-    """SQLite's plan for the statement ``Bridge.list_transfers`` runs for one page."""
+    """SQLite's plan for the statement ``Bridge.list_transfers`` (or ``list_uses``, for
+    ``unit_uses``) runs for one page."""
     bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
     statements: list[tuple[str, Any]] = []
 
     def grab(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "FROM transfers" in statement and "ORDER BY" in statement:
+        if f"FROM {table}" in statement and "ORDER BY" in statement:
             statements.append((statement, parameters))
 
     sa.event.listen(engine, "before_cursor_execute", grab)
     try:
-        bridge.list_transfers(after, 50, **filters)
+        if table == "transfers":
+            bridge.list_transfers(after, 50, **filters)
+        else:
+            bridge.list_uses(after, 50, **filters)
     finally:
         sa.event.remove(engine, "before_cursor_execute", grab)
     assert len(statements) == 1, statements
@@ -317,6 +325,43 @@ def test_a_transfers_page_reads_an_index_from_its_position_instead_of_sorting(
             assert f" USING INDEX {index} " in f"{read} ", plan
             if after is not None:
                 # The position is a bound of the index search, not a filter of a scan.
+                assert read.startswith("SEARCH") and "(created_at,id)>(?,?)" in read, plan
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "ix_unit_uses_created"),
+        ({"state": UseState.PENDING}, "ix_unit_uses_state_created"),
+        ({"holder": AccountRef("hkmo", "hk-seller")}, "ix_unit_uses_holder_created"),
+        (
+            {"holder": AccountRef("hkmo", "hk-seller"), "kind": "retirement"},
+            "ix_unit_uses_holder_created",
+        ),
+        ({"kind": "surrender"}, "ix_unit_uses_created"),
+    ],
+    ids=["all", "state", "holder", "holder-and-kind", "kind"],
+)
+def test_a_uses_page_reads_an_index_from_its_position_instead_of_sorting(
+    tmp_path: Any, filters: dict[str, Any], index: str
+) -> None:
+    """ListUses' page, as ListTransfers' does, reads an index in (created_at, id) order
+    from the previous page's last use, and stops after the page."""
+    engine = db.create_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        db.upgrade(engine)
+        for after in (None, _RESUME_AT):
+            plan = _page_plan(engine, after, filters, table="unit_uses")
+            assert not any("TEMP B-TREE" in step for step in plan), plan
+            (read,) = [
+                step
+                for step in plan
+                if f"{step} ".startswith(("SCAN unit_uses ", "SEARCH unit_uses "))
+            ]
+            assert f" USING INDEX {index} " in f"{read} ", plan
+            if after is not None:
                 assert read.startswith("SEARCH") and "(created_at,id)>(?,?)" in read, plan
     finally:
         engine.dispose()

@@ -36,6 +36,8 @@ REQUIRED_RPCS = {
     "WatchTransfer",
     "Retire",
     "Surrender",
+    "GetUse",
+    "ListUses",
     "PlanMigration",
     "ExecuteMigration",
     "TraceUnits",

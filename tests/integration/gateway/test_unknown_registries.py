@@ -1,7 +1,7 @@
 """A registry id that names no registry is refused by its field, naming it and every known id.
 
 One wording wherever a registry id enters the API (ParseSerial, TraceUnits, transfer
-instructions, retirements, surrenders, covered entities, the transfer filter,
+instructions, retirements, surrenders, covered entities, the transfer and use filters,
 reconciliation), the ``serial`` command's own: a caller who mistyped a registry reads which
 field held it and what to type instead, and nothing changes.
 """
@@ -90,6 +90,7 @@ def test_every_registry_field_names_an_unknown_registry_and_the_known_ones(
     assert {method for method, _ in cases} == {
         "EvaluateTransfer",
         "ListTransfers",
+        "ListUses",
         "ParseSerial",
         "Reconcile",
         "Retire",

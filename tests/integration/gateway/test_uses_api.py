@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,16 +13,18 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from gateway.demo_migration import pilot_entity, record_entity
 from registry_bridge import ledger
 from registry_bridge.bridge import venue_account
 from registry_bridge.db import unit_of_work
 from registry_bridge.model import BlockId, HoldingStatus, Program
-from registry_bridge.port import BlockStatusRequest, RetireRequest
+from registry_bridge.port import BlockStatusRequest, IssueRequest, RetireRequest
 from registry_bridge.schema import UnitUseRecord
 from tests.integration.gateway.conftest import (
     VERRA_SERIAL,
     LinkedRegistries,
     LiveGateway,
+    linked_registries,
     logged_events,
     running_gateway,
 )
@@ -297,6 +300,10 @@ def test_a_refusal_after_part_of_a_use_was_done_ends_it_failed_not_pending(
         monkeypatch.undo()
         assert "double use" in message and "shenzhen" in message and "verra" in message
         assert _use_states(quiet_gateway)["retire-raced"] == "failed"
+        read = _get_use(quiet_gateway, _use_name(quiet_gateway, "retire-raced"))
+        assert read.state == model_pb2.USE_STATE_FAILED
+        assert message == f"the retirement is refused: {read.refusal_reason}"
+        assert "needs an operator" in read.refusal_reason
         assert _refused(quiet_gateway, request) == message
         assert quiet_gateway.server.bridge.resume_uses() == 0
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["use_failed"]
@@ -308,3 +315,243 @@ def test_a_refusal_after_part_of_a_use_was_done_ends_it_failed_not_pending(
         assert {r.status for r in ledger.live_at(session, "shenzhen", "buyer", units)} == {
             HoldingStatus.ACTIVE
         }
+
+
+# ------------------------------------------------------------------ reading uses back
+
+
+def _get_use(gateway: LiveGateway, name: str) -> model_pb2.UnitUse:
+    use: model_pb2.UnitUse = gateway.stub.GetUse(gateway_pb2.GetUseRequest(name=name), timeout=30)
+    return use
+
+
+def _use_name(gateway: LiveGateway, request_id: str) -> str:
+    with unit_of_work(gateway.server.bridge.sessions) as session:
+        use_id = session.execute(
+            sa.select(UnitUseRecord.id).where(UnitUseRecord.request_id == request_id)
+        ).scalar_one()
+    return f"uses/{use_id}"
+
+
+def _refusal_code(invoke: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        invoke()
+    return caught.value.code(), caught.value.details() or ""
+
+
+def test_a_completed_use_reads_back_as_retire_answered_it(live_gateway: LiveGateway) -> None:
+    use = live_gateway.stub.Retire(
+        gateway_pb2.RetireRequest(
+            request_id="retire-to-read",
+            account=SELLER,
+            units=[_selector("VCS", "", START + 200, START + 209)],
+            beneficiary="Acme Ltd",
+            claim_text="2025 flights",
+        ),
+        timeout=30,
+    )
+    read = _get_use(live_gateway, use.name)
+    assert read == use
+    assert read.state == model_pb2.USE_STATE_COMPLETED and read.refusal_reason == ""
+    assert (read.kind, read.beneficiary, read.claim_text) == (
+        "retirement",
+        "Acme Ltd",
+        "2025 flights",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "words"),
+    [
+        ("transfers/abc", grpc.StatusCode.INVALID_ARGUMENT, "name: must be uses/{use_id}"),
+        ("uses/", grpc.StatusCode.INVALID_ARGUMENT, "name: must be uses/{use_id}"),
+        ("uses/a\nb", grpc.StatusCode.INVALID_ARGUMENT, "name: must be uses/{use_id}"),
+        ("uses/" + "0" * 32, grpc.StatusCode.NOT_FOUND, "uses/" + "0" * 32),
+    ],
+    ids=["other-collection", "no-id", "control-character", "unknown"],
+)
+def test_a_use_name_that_is_malformed_or_unknown_is_refused_by_name(
+    live_gateway: LiveGateway, name: str, code: grpc.StatusCode, words: str
+) -> None:
+    got, details = _refusal_code(lambda: _get_use(live_gateway, name))
+    assert got == code and words in details
+
+
+def test_a_use_refused_as_a_double_use_reads_back_rejected_with_why(
+    quiet_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    """Retire answers a refused use with FAILED_PRECONDITION only; GetUse shows it as the
+    gateway keeps it: rejected, the units it would have taken, and the same reason."""
+    mirror = _bridge_to_shenzhen(quiet_gateway, "to-retire", 50)
+    registries.ports["verra"].retire(
+        RetireRequest(
+            "elsewhere-5",
+            venue_account("hkmo"),
+            BlockId(Program.VCS, "", START, START + 9),
+            "Someone else",
+            "",
+        )
+    )
+    units = _mirror_units(mirror, 0, 9)
+    message = _refused(quiet_gateway, _retire_request("retire-twice", units))
+    # The caller learns its name from the listing of its refused uses.
+    rejected = quiet_gateway.stub.ListUses(
+        gateway_pb2.ListUsesRequest(holder=BUYER, state=model_pb2.USE_STATE_REJECTED), timeout=30
+    )
+    assert [u.name for u in rejected.uses] == [_use_name(quiet_gateway, "retire-twice")]
+    read = _get_use(quiet_gateway, rejected.uses[0].name)
+    assert read == rejected.uses[0]
+    assert read.state == model_pb2.USE_STATE_REJECTED
+    assert "double use" in read.refusal_reason and "verra" in read.refusal_reason
+    assert message == f"the retirement is refused: {read.refusal_reason}"
+    assert [(b.id.serial_series, b.id.serial_start, b.id.serial_end) for b in read.blocks] == [
+        (units.serial_series, units.serial_start, units.serial_end)
+    ]
+    assert read.beneficiary == "Acme Ltd" and read.request_id == "retire-twice"
+
+
+# ------------------------------------------------------------------ listing uses
+
+STEEL = pilot_entity("steel-uses", "steel", 2023, 9_000_000)
+STEEL_SZ = model_pb2.AccountRef(registry="shenzhen", account=STEEL.shenzhen_account)
+
+
+@contextlib.contextmanager
+def pilot_gateway(database_url: str) -> Iterator[LiveGateway]:
+    """A gateway with Verra units at the Hong Kong venue and ``STEEL``'s Shenzhen
+    allowances, learnt from the registries at start-up, and ``STEEL`` recorded."""
+    with linked_registries() as registries:
+        registries.seed_venue()
+        registries.ports["shenzhen"].issue(
+            IssueRequest("seed-steel-sza", STEEL.shenzhen_account, STEEL.sza)
+        )
+        with running_gateway(database_url, registries) as gateway:
+            record_entity(gateway.stub, STEEL)
+            yield gateway
+
+
+def surrender_request(request_id: str, first: int, last: int) -> gateway_pb2.SurrenderRequest:
+    """``STEEL``'s allowances ``first`` to ``last`` (from 0), for its final pilot year."""
+    sza = STEEL.sza.id
+    return gateway_pb2.SurrenderRequest(
+        request_id=request_id,
+        account=STEEL_SZ,
+        units=[_selector(sza.program.value, "", sza.serial_start + first, sza.serial_start + last)],
+        entity_id=STEEL.entity_id,
+        compliance_year=STEEL.final_year,
+        jurisdiction="shenzhen",
+    )
+
+
+def _venue_retirement(request_id: str, first: int, last: int) -> gateway_pb2.RetireRequest:
+    return gateway_pb2.RetireRequest(
+        request_id=request_id,
+        account=SELLER,
+        units=[_selector("VCS", "", START + first, START + last)],
+        beneficiary="Acme Ltd",
+    )
+
+
+@pytest.fixture
+def five_uses(database_url: str) -> Iterator[tuple[LiveGateway, list[str]]]:
+    """Three retirements at the Hong Kong venue and two surrenders of allowances at
+    Shenzhen, interleaved; their names in the order they were made."""
+    with pilot_gateway(database_url) as gateway:
+        names = []
+        for i in range(5):
+            if i % 2 == 0:
+                use = gateway.stub.Retire(
+                    _venue_retirement(f"r-{i}", 10 * i, 10 * i + 9), timeout=60
+                )
+            else:
+                use = gateway.stub.Surrender(
+                    surrender_request(f"s-{i}", 10 * i, 10 * i + 9), timeout=60
+                )
+            assert use.state == model_pb2.USE_STATE_COMPLETED
+            names.append(use.name)
+        yield gateway, names
+
+
+def _list(gateway: LiveGateway, **fields: Any) -> gateway_pb2.ListUsesResponse:
+    reply: gateway_pb2.ListUsesResponse = gateway.stub.ListUses(
+        gateway_pb2.ListUsesRequest(**fields), timeout=30
+    )
+    return reply
+
+
+def test_uses_are_listed_oldest_first_a_page_at_a_time(
+    five_uses: tuple[LiveGateway, list[str]],
+) -> None:
+    gateway, names = five_uses
+    first = _list(gateway, page_size=3)
+    assert [u.name for u in first.uses] == names[:3] and first.next_page_token
+    second = _list(gateway, page_size=3, page_token=first.next_page_token)
+    assert [u.name for u in second.uses] == names[3:] and second.next_page_token == ""
+    # Each listed use is the resource GetUse reads.
+    for use in [*first.uses, *second.uses]:
+        assert _get_use(gateway, use.name) == use
+    # A use made after the first page does not shift the pages still to read.
+    gateway.stub.Retire(_venue_retirement("r-late", 100, 109), timeout=60)
+    again = _list(gateway, page_size=3, page_token=first.next_page_token)
+    assert [u.name for u in again.uses] == [*names[3:], again.uses[-1].name]
+    assert again.uses[-1].request_id == "r-late"
+
+
+def test_uses_are_filtered_by_kind_holder_and_state(
+    five_uses: tuple[LiveGateway, list[str]],
+) -> None:
+    gateway, names = five_uses
+
+    def listed(**fields: Any) -> list[str]:
+        return [u.name for u in _list(gateway, **fields).uses]
+
+    assert listed(kind="surrender") == [names[1], names[3]]
+    assert listed(kind="retirement") == [names[0], names[2], names[4]]
+    assert listed(holder=SELLER) == [names[0], names[2], names[4]]
+    assert listed(holder=model_pb2.AccountRef(registry="shenzhen")) == [names[1], names[3]]
+    assert listed(holder=model_pb2.AccountRef(registry="shenzhen", account="sz-other")) == []
+    assert listed(kind="retirement", holder=STEEL_SZ) == []
+    assert listed(state=model_pb2.USE_STATE_COMPLETED) == names
+    assert listed(state=model_pb2.USE_STATE_PENDING) == []
+    # Filtered pages go on as unfiltered ones do.
+    page = _list(gateway, kind="retirement", page_size=2)
+    assert [u.name for u in page.uses] == [names[0], names[2]]
+    rest = _list(gateway, kind="retirement", page_size=2, page_token=page.next_page_token)
+    assert [u.name for u in rest.uses] == [names[4]] and rest.next_page_token == ""
+    surrender = _list(gateway, kind="surrender").uses[0]
+    assert (surrender.entity_id, surrender.compliance_year, surrender.jurisdiction) == (
+        STEEL.entity_id,
+        STEEL.final_year,
+        "shenzhen",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"page_token": "not-a-token"}, "page_token: is not a token this server issued"),
+        ({"kind": "retire"}, "kind: must be retirement or surrender"),
+        ({"state": 9}, "state: unknown use state 9"),
+        ({"page_size": -1}, "page_size: must not be negative"),
+        ({"holder": model_pb2.AccountRef(account="cn-steel")}, "holder.registry: is required"),
+        ({"holder": model_pb2.AccountRef(registry="vera")}, "holder.registry: unknown registry"),
+    ],
+    ids=["token", "kind", "state", "page-size", "holder-without-registry", "unknown-registry"],
+)
+def test_a_bad_listing_request_is_refused_by_its_field(
+    live_gateway: LiveGateway, fields: dict[str, Any], words: str
+) -> None:
+    code, details = _refusal_code(lambda: _list(live_gateway, **fields))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details, details
+
+
+def test_a_page_token_is_refused_when_the_filters_change_between_pages(
+    five_uses: tuple[LiveGateway, list[str]],
+) -> None:
+    gateway, _ = five_uses
+    token = _list(gateway, kind="retirement", page_size=1).next_page_token
+    code, details = _refusal_code(
+        lambda: _list(gateway, kind="surrender", page_size=1, page_token=token)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token: does not belong to this listing" in details

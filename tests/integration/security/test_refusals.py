@@ -187,6 +187,63 @@ def test_a_transfer_is_read_only_by_its_parties_and_the_auditor(
     }
 
 
+def test_a_use_is_read_only_by_its_holder_and_the_auditor(
+    secure_gateway: SecureGateway,
+) -> None:
+    """GetUse and ListUses are scoped as GetTransfer and ListTransfers are: a retirement
+    is its holder's business; to anyone else its name names nothing."""
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    request = gateway_pb2.RetireRequest(
+        request_id="retire-1",
+        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=origin.program.value,
+                    serial_start=origin.serial_start,
+                    serial_end=origin.serial_start + 9,
+                )
+            )
+        ],
+        beneficiary="Acme Ltd",
+    )
+    secure_gateway.signer("exchange_operator").sign("Retire", request)
+    use = _operator(secure_gateway).Retire(request, timeout=60)
+    assert use.state == model_pb2.USE_STATE_COMPLETED
+
+    def sees(stub: gateway_pb2_grpc.LinkageGatewayStub) -> bool:
+        listed = [u.name for u in stub.ListUses(gateway_pb2.ListUsesRequest(), timeout=10).uses]
+        try:
+            found = stub.GetUse(gateway_pb2.GetUseRequest(name=use.name), timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+            assert listed == []
+            return False
+        assert found == use and listed == [use.name]
+        return True
+
+    parties = {
+        "holder": ("exchange_operator", ["hkmo:hk-seller"]),
+        "another member": ("exchange_operator", ["hkmo:someone-else"]),
+        "a covered entity": ("covered_entity", ["shenzhen:sz-buyer"]),
+        "an issuer": ("issuer", []),
+        "the auditor": ("auditor", []),
+        "the regulator": ("regulator", []),
+    }
+    seen = {
+        who: sees(secure_gateway.stub(role, secure_gateway.token(role, accounts=accounts)))
+        for who, (role, accounts) in parties.items()
+    }
+    assert seen == {
+        "holder": True,
+        "another member": False,
+        "a covered entity": False,
+        "an issuer": False,
+        "the auditor": True,
+        "the regulator": True,
+    }
+
+
 def test_health_and_reflection_need_no_token(secure_gateway: SecureGateway) -> None:
     with secure_gateway.channel("auditor", None) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(

@@ -656,6 +656,86 @@ class SurrenderRequest(_message.Message):
 Global___SurrenderRequest: _TypeAlias = SurrenderRequest  # noqa: Y015
 
 @_typing.final
+class GetUseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"uses/{use_id}", as Retire, Surrender or ListUses named it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUseRequest: _TypeAlias = GetUseRequest  # noqa: Y015
+
+@_typing.final
+class ListUsesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same filters; empty for the first."""
+    kind: _builtins.str
+    """Only uses of this kind, "retirement" or "surrender", when set."""
+    state: _model_pb2.UseState.ValueType
+    """Only uses in this state, when set."""
+    @_builtins.property
+    def holder(self) -> _model_pb2.AccountRef:
+        """Only uses of units this account held, when set: a registry alone, every account of it."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        holder: _model_pb2.AccountRef | None = ...,
+        state: _model_pb2.UseState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsesRequest: _TypeAlias = ListUsesRequest  # noqa: Y015
+
+@_typing.final
+class ListUsesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def uses(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.UnitUse]: ...
+    def __init__(
+        self,
+        *,
+        uses: _abc.Iterable[_model_pb2.UnitUse] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsesResponse: _TypeAlias = ListUsesResponse  # noqa: Y015
+
+@_typing.final
 class PlanMigrationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

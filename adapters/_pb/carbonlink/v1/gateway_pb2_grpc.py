@@ -95,6 +95,16 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.SurrenderRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
                 _registered_method=True)
+        self.GetUse = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/GetUse',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.GetUseRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
+                _registered_method=True)
+        self.ListUses = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/ListUses',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.FromString,
+                _registered_method=True)
         self.PlanMigration = channel.unary_unary(
                 '/carbonlink.v1.LinkageGateway/PlanMigration',
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.PlanMigrationRequest.SerializeToString,
@@ -230,6 +240,23 @@ class LinkageGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUse(self, request, context):
+        """Reads back a retirement or surrender in the state the gateway holds it: pending,
+        completed, rejected or failed (with why), whatever Retire or Surrender answered.
+        Read as a transfer is: by the holder of its account, and by auditors and regulators;
+        to anyone else it does not exist (NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUses(self, request, context):
+        """The retirements and surrenders the caller may read, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PlanMigration(self, request, context):
         """Dry run of a covered entity's migration from a pilot ETS to the national ETS.
         """
@@ -357,6 +384,16 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
                     servicer.Surrender,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.SurrenderRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.SerializeToString,
+            ),
+            'GetUse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUse,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.GetUseRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.SerializeToString,
+            ),
+            'ListUses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUses,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.SerializeToString,
             ),
             'PlanMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.PlanMigration,
@@ -728,6 +765,60 @@ class LinkageGateway:
             '/carbonlink.v1.LinkageGateway/Surrender',
             carbonlink_dot_v1_dot_gateway__pb2.SurrenderRequest.SerializeToString,
             carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/GetUse',
+            carbonlink_dot_v1_dot_gateway__pb2.GetUseRequest.SerializeToString,
+            carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/ListUses',
+            carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.FromString,
             options,
             channel_credentials,
             insecure,

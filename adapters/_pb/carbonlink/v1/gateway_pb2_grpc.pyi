@@ -67,6 +67,14 @@ class LinkageGatewayStub:
     """Voluntary retirement with beneficiary and claim text."""
     Surrender: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SurrenderRequest, _model_pb2.UnitUse]
     """Compliance use by a covered entity for a compliance year in a jurisdiction."""
+    GetUse: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUseRequest, _model_pb2.UnitUse]
+    """Reads back a retirement or surrender in the state the gateway holds it: pending,
+    completed, rejected or failed (with why), whatever Retire or Surrender answered.
+    Read as a transfer is: by the holder of its account, and by auditors and regulators;
+    to anyone else it does not exist (NOT_FOUND).
+    """
+    ListUses: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUsesRequest, _gateway_pb2.ListUsesResponse]
+    """The retirements and surrenders the caller may read, oldest first."""
     PlanMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]
@@ -121,6 +129,14 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """Voluntary retirement with beneficiary and claim text."""
     Surrender: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SurrenderRequest, _model_pb2.UnitUse]  # type: ignore[assignment]
     """Compliance use by a covered entity for a compliance year in a jurisdiction."""
+    GetUse: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUseRequest, _model_pb2.UnitUse]  # type: ignore[assignment]
+    """Reads back a retirement or surrender in the state the gateway holds it: pending,
+    completed, rejected or failed (with why), whatever Retire or Surrender answered.
+    Read as a transfer is: by the holder of its account, and by auditors and regulators;
+    to anyone else it does not exist (NOT_FOUND).
+    """
+    ListUses: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUsesRequest, _gateway_pb2.ListUsesResponse]  # type: ignore[assignment]
+    """The retirements and surrenders the caller may read, oldest first."""
     PlanMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]  # type: ignore[assignment]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
@@ -244,6 +260,26 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.UnitUse, _abc.Awaitable[_model_pb2.UnitUse]]:
         """Compliance use by a covered entity for a compliance year in a jurisdiction."""
+
+    @_abc_1.abstractmethod
+    def GetUse(
+        self,
+        request: _gateway_pb2.GetUseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.UnitUse, _abc.Awaitable[_model_pb2.UnitUse]]:
+        """Reads back a retirement or surrender in the state the gateway holds it: pending,
+        completed, rejected or failed (with why), whatever Retire or Surrender answered.
+        Read as a transfer is: by the holder of its account, and by auditors and regulators;
+        to anyone else it does not exist (NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUses(
+        self,
+        request: _gateway_pb2.ListUsesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListUsesResponse, _abc.Awaitable[_gateway_pb2.ListUsesResponse]]:
+        """The retirements and surrenders the caller may read, oldest first."""
 
     @_abc_1.abstractmethod
     def PlanMigration(

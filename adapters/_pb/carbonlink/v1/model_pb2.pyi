@@ -841,6 +841,7 @@ class UnitUse(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "uses/{use_id}"."""
     request_id: _builtins.str
@@ -856,6 +857,10 @@ class UnitUse(_message.Message):
     same on a retry with the same request_id; one REJECTED or FAILED is answered
     FAILED_PRECONDITION, and one still PENDING (a registry did not answer) UNAVAILABLE,
     after which a retry with the same request_id carries the same use on.
+    """
+    refusal_reason: _builtins.str
+    """Why a REJECTED or FAILED use was refused, as the gateway recorded it (the words of
+    its FAILED_PRECONDITION); empty for any other.
     """
     @_builtins.property
     def account(self) -> Global___AccountRef: ...
@@ -886,10 +891,11 @@ class UnitUse(_message.Message):
         decision: Global___Decision | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___UseState.ValueType = ...,
+        refusal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "name", b"name", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "name", b"name", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

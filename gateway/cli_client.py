@@ -1,7 +1,10 @@
-"""Client commands of a running gateway: ``carbonlink transfer submit|get|list`` and ``retire``.
+"""Client commands of a running gateway: ``carbonlink transfer submit|get|list``,
+``retire``, ``surrender`` and ``use get|list``.
 
-They speak the public gRPC API (``--target``), like any other client, and print either a
-short human summary or, with ``--json``, the resource in protobuf's JSON mapping.
+They speak the public gRPC API (``--target``), like any other client. The commands that
+act print a short human summary or, with ``--json``, the resource in protobuf's JSON
+mapping; ``use get|list`` print the JSON always (every field, unset ones too), as the
+auditor's listings do.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ _STATE_NAMES = tuple(
     for name, _ in model_pb2.TransferState.items()
     if name != "TRANSFER_STATE_UNSPECIFIED"
 )
+_USE_STATE_NAMES = tuple(
+    name.removeprefix("USE_STATE_").lower()
+    for name, _ in model_pb2.UseState.items()
+    if name != "USE_STATE_UNSPECIFIED"
+)
 
 
 def _account(text: str) -> model_pb2.AccountRef:
@@ -36,6 +44,24 @@ def _account(text: str) -> model_pb2.AccountRef:
     if not sep or not registry or not account:
         raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT")
     return model_pb2.AccountRef(registry=registry, account=account)
+
+
+def _holder(text: str) -> model_pb2.AccountRef:
+    """``REGISTRY:ACCOUNT``, or a bare ``REGISTRY`` for every account of it."""
+    registry, sep, account = text.partition(":")
+    if not registry or (sep and not account):
+        raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT or REGISTRY")
+    return model_pb2.AccountRef(registry=registry, account=account)
+
+
+def _page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if not 1 <= size <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{size} is not a page size (1 or more)")
+    return size
 
 
 def int32(text: str) -> int:
@@ -53,6 +79,16 @@ def int32(text: str) -> int:
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
     channel = client_security.open_channel(args)
     return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
+
+
+def _print_json(message: Message) -> None:
+    print(
+        json.dumps(
+            json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
+            indent=2,
+            sort_keys=True,
+        )
+    )
 
 
 def _print(message: Message, args: argparse.Namespace, summary: str) -> None:
@@ -194,11 +230,73 @@ def _retire(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _surrender(args: argparse.Namespace) -> int:
+    if not (args.serial or args.block):
+        return _usage("surrender", "name the units with --serial or --block")
+    request = gateway_pb2.SurrenderRequest(
+        request_id=args.request_id or uuid.uuid4().hex,
+        account=args.account,
+        units=_selectors(args),
+        entity_id=args.entity,
+        compliance_year=args.year,
+        jurisdiction=args.jurisdiction,
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "Surrender", request)
+        use = stub.Surrender(request, timeout=args.timeout)
+        _print(
+            use,
+            args,
+            f"{use.name} surrendered for {use.entity_id}, {use.jurisdiction} {use.compliance_year}",
+        )
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _use_get(args: argparse.Namespace) -> int:
+    name = args.name if args.name.startswith("uses/") else f"uses/{args.name}"
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        _print_json(stub.GetUse(gateway_pb2.GetUseRequest(name=name), timeout=args.timeout))
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _use_list(args: argparse.Namespace) -> int:
+    request = gateway_pb2.ListUsesRequest(
+        page_size=args.limit, page_token=args.page_token, kind=args.kind or ""
+    )
+    if args.holder is not None:
+        request.holder.CopyFrom(args.holder)
+    if args.state:
+        request.state = model_pb2.UseState.Value(f"USE_STATE_{args.state.upper()}")
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        reply = stub.ListUses(request, timeout=args.timeout)
+        _print_json(reply)
+        if reply.next_page_token:
+            # On stderr: stdout stays one JSON document for a script to read.
+            print(
+                f"more: ask again, same filters, with --page-token {reply.next_page_token}",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
-    parser.add_argument("--json", action="store_true", help="print the resource as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     client_security.add_arguments(parser)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _connection(parser)
+    parser.add_argument("--json", action="store_true", help="print the resource as JSON")
 
 
 def _unit_arguments(parser: argparse.ArgumentParser, serial_help: str) -> None:
@@ -214,7 +312,7 @@ def _unit_arguments(parser: argparse.ArgumentParser, serial_help: str) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``transfer submit|get|list`` and ``retire`` to the CLI."""
+    """Add ``transfer submit|get|list``, ``retire``, ``surrender`` and ``use get|list``."""
     transfer = subparsers.add_parser("transfer", help="cross-registry transfers")
     commands = transfer.add_subparsers(dest="transfer_command", required=True)
 
@@ -276,3 +374,65 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retire.add_argument("--claim", default="", help="claim text recorded with the retirement")
     retire.add_argument("--request-id", help="idempotency key (default: a new one)")
     retire.set_defaults(handler=_retire)
+
+    surrender = subparsers.add_parser(
+        "surrender",
+        help="surrender units for a covered entity's compliance year",
+        description="Surrender units of ACCOUNT toward ENTITY's obligation for YEAR in "
+        "JURISDICTION: the jurisdiction's rules (eligible units, offset limits) decide, and "
+        "the token must name both the account and the entity.",
+    )
+    _common(surrender)
+    surrender.add_argument("--account", type=_account, required=True, metavar="REGISTRY:ACCOUNT")
+    _unit_arguments(surrender, "serial in the account's registry format (repeatable)")
+    surrender.add_argument("--entity", required=True, help="the covered entity's id")
+    surrender.add_argument(
+        "--year", type=int32, required=True, help="the compliance year surrendered for"
+    )
+    surrender.add_argument(
+        "--jurisdiction", required=True, choices=("shenzhen", "guangdong", "national")
+    )
+    surrender.add_argument("--request-id", help="idempotency key (default: a new one)")
+    surrender.set_defaults(handler=_surrender)
+
+    use = subparsers.add_parser(
+        "use",
+        help="retirements and surrenders, as the gateway holds them",
+        description="Read back retirements and surrenders in their state: pending (a "
+        "registry has not answered), completed, rejected (refused before anything was done, "
+        "e.g. a double use) or failed (refused after a registry had done its part), with "
+        "why. Each prints JSON. You read the uses of the accounts your token names; "
+        "auditors and regulators read all.",
+    )
+    use_commands = use.add_subparsers(dest="use_command", required=True)
+    get_use = use_commands.add_parser("get", help="show one retirement or surrender")
+    _connection(get_use)
+    get_use.add_argument("name", help="uses/ID or ID")
+    get_use.set_defaults(handler=_use_get)
+    list_uses = use_commands.add_parser(
+        "list",
+        help="list retirements and surrenders",
+        description="The uses you may read, oldest first, a page at a time: a page that "
+        "is not the last says on stderr the --page-token to read on with.",
+    )
+    _connection(list_uses)
+    list_uses.add_argument("--kind", choices=("retirement", "surrender"), help="only this kind")
+    list_uses.add_argument(
+        "--holder",
+        type=_holder,
+        metavar="REGISTRY[:ACCOUNT]",
+        help="only uses of this account's units (of every account of REGISTRY alone)",
+    )
+    list_uses.add_argument(
+        "--state", type=str.lower, choices=_USE_STATE_NAMES, help="only uses in this state"
+    )
+    list_uses.add_argument(
+        "--limit",
+        type=_page_size,
+        default=50,
+        help="uses per page (default 50; the gateway answers at most 1000)",
+    )
+    list_uses.add_argument(
+        "--page-token", default="", help="the token the previous page ended with (same filters)"
+    )
+    list_uses.set_defaults(handler=_use_list)

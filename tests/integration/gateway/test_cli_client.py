@@ -1,14 +1,18 @@
-"""`carbonlink transfer submit|get|list` and `carbonlink retire` against a running gateway."""
+"""`carbonlink transfer submit|get|list`, `retire`, `surrender` and `use get|list` against a
+running gateway."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from google.protobuf import json_format
 
+from adapters._pb.carbonlink.v1 import model_pb2
 from adapters.serials import format_serial, parse_serial
 from gateway.cli import main
 from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+from tests.integration.gateway.test_uses_api import STEEL, pilot_gateway
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -132,6 +136,11 @@ def test_mirror_units_are_retired_and_returned_by_block(
         (["transfer", "submit", "--from", "hkmo:a", "--to", "shenzhen:b"], "--serial or --block"),
         (["retire", "--account", "hkmo:a", "--beneficiary", "B"], "--serial or --block"),
         (
+            ["surrender", "--account", "shenzhen:a", "--entity", "e", "--year", "2023",
+             "--jurisdiction", "shenzhen"],
+            "--serial or --block",
+        ),
+        (
             ["transfer", "submit", "--from", "hkmo:a", "--to", "shenzhen:b", "--block",
              "VCS:1-2", "--amount", "10"],
             "both --currency and --amount",
@@ -188,3 +197,100 @@ def test_a_listing_longer_than_a_page_says_how_to_read_on(
     )
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == names[2:], out
+
+
+def test_surrender_then_read_the_uses_back(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sza = STEEL.sza.id
+    with pilot_gateway(database_url) as gateway:
+        capsys.readouterr()  # the gateway's start-up log, not a command's output
+        target = ["--target", gateway.target]
+        code, out, err = _run(
+            capsys, "surrender", *target, "--json",
+            "--account", f"shenzhen:{STEEL.shenzhen_account}",
+            "--block", f"SZA:{sza.serial_start}-{sza.serial_start + 9}",
+            "--entity", STEEL.entity_id, "--year", str(STEEL.final_year),
+            "--jurisdiction", "shenzhen", "--request-id", "cli-surrender",
+        )  # fmt: skip
+        assert code == 0, err
+        surrendered = json.loads(out)
+        assert surrendered["state"] == "USE_STATE_COMPLETED"
+        assert (surrendered["kind"], surrendered["entityId"], surrendered["complianceYear"]) == (
+            "surrender",
+            STEEL.entity_id,
+            STEEL.final_year,
+        )
+        assert int(surrendered["blocks"][0]["quantity"]) == 10
+        origin = parse_serial("verra", VERRA_SERIAL).id
+        code, out, err = _run(
+            capsys, "retire", *target, "--account", "hkmo:hk-seller",
+            "--block", f"VCS:{origin.serial_start}-{origin.serial_start + 4}",
+            "--beneficiary", "Acme Ltd",
+        )  # fmt: skip
+        assert code == 0, err
+        retired = out.split()[0]
+        # A second surrender, summarized.
+        code, out, err = _run(
+            capsys, "surrender", *target,
+            "--account", f"shenzhen:{STEEL.shenzhen_account}",
+            "--block", f"SZA:{sza.serial_start + 10}-{sza.serial_start + 19}",
+            "--entity", STEEL.entity_id, "--year", str(STEEL.final_year),
+            "--jurisdiction", "shenzhen",
+        )  # fmt: skip
+        assert code == 0, err
+        second = out.split()[0]
+        assert out.strip() == f"{second} surrendered for {STEEL.entity_id}, shenzhen 2023"
+
+        # use get, by name or bare id: every field, the refusal reason (empty) included.
+        code, out, err = _run(capsys, "use", "get", surrendered["name"], *target)
+        assert code == 0, err
+        read = json.loads(out)
+        assert read["refusalReason"] == "" and read["beneficiary"] == ""
+        assert json_format.ParseDict(read, model_pb2.UnitUse()) == json_format.ParseDict(
+            surrendered, model_pb2.UnitUse()
+        )
+        code, out, _ = _run(capsys, "use", "get", retired.removeprefix("uses/"), *target)
+        assert json.loads(out)["name"] == retired and json.loads(out)["kind"] == "retirement"
+
+        def listed(*filters: str) -> tuple[list[str], str]:
+            code, out, err = _run(capsys, "use", "list", *filters, *target)
+            assert code == 0, err
+            return [u["name"] for u in json.loads(out)["uses"]], err
+
+        everything = [surrendered["name"], retired, second]
+        assert listed() == (everything, "")
+        assert listed("--kind", "surrender")[0] == [surrendered["name"], second]
+        assert listed("--holder", "hkmo:hk-seller")[0] == [retired]
+        assert listed("--holder", "shenzhen")[0] == [surrendered["name"], second]
+        assert listed("--state", "completed")[0] == everything
+        assert listed("--state", "rejected")[0] == []
+        # A page that is not the last says how to read on, on stderr: stdout stays JSON.
+        first, more = listed("--limit", "2")
+        token = more.split("--page-token ")[-1].strip()
+        assert first == everything[:2] and more.startswith("more:") and token
+        assert listed("--limit", "2", "--page-token", token) == (everything[2:], "")
+
+        code, _, err = _run(capsys, "use", "get", "uses/" + "0" * 32, *target)
+        assert code == 1 and "NOT_FOUND" in err
+        code, _, err = _run(capsys, "use", "list", "--page-token", "bogus", *target)
+        assert code == 1 and "INVALID_ARGUMENT: page_token" in err
+        code, _, err = _run(capsys, "use", "list", "--holder", "vera", *target)
+        assert code == 1 and "holder.registry: unknown registry 'vera'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["use", "list", "--holder", "shenzhen:"], "is not REGISTRY:ACCOUNT or REGISTRY"),
+        (["use", "list", "--limit", "0"], "0 is not a page size"),
+        (["use", "list", "--state", "done"], "invalid choice: 'done'"),
+    ],
+)
+def test_a_bad_use_listing_is_a_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--insecure", "--target", "127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -3,7 +3,8 @@
 The auditor trusts only the log key it was given out of band (here: derived from the
 demo's key file, not asked of the gateway), traces the units the exchange journey moved
 from their Verra serial, finds their Shenzhen mirror in that history, traces the mirror
-too, writes each audit bundle to disk and verifies it with the offline verifier, then
+too, writes each audit bundle to disk and verifies it with the offline verifier, reads
+the exchange journey's retirement back (ListUses, GetUse) and checks it completed, then
 checks that a later checkpoint is consistent with the first and that every registry
 reconciles with the gateway.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway import convert
 from gateway.cli_audit import bundle_from_pages, read_trace_pages
@@ -120,6 +121,19 @@ def journey_auditor(
         workdir / "audit-shenzhen-mirror.json",
         trusted,
         failure,
+    )
+
+    retirements = gateway.ListUses(gateway_pb2.ListUsesRequest(kind="retirement"), timeout=30).uses
+    if not retirements:
+        raise failure("ListUses shows no retirement, though the exchange journey made one")
+    use = gateway.GetUse(gateway_pb2.GetUseRequest(name=retirements[0].name), timeout=30)
+    state = model_pb2.UseState.Name(use.state).removeprefix("USE_STATE_").lower()
+    if use.state != model_pb2.USE_STATE_COMPLETED:
+        raise failure(f"{use.name} is {state}, not completed: {use.refusal_reason}")
+    units = sum(b.quantity for b in use.blocks)
+    _say(
+        f"   GetUse {use.name}: {use.kind} of {units} units at "
+        f"{use.account.registry}:{use.account.account} for {use.beneficiary}, {state}"
     )
 
     latest = gateway.GetCheckpoint(gateway_pb2.GetCheckpointRequest(), timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ def test_demo_runs_every_journey(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== exchange operator" in result.stdout
     assert "== foreign credit issuer" in result.stdout
+    # The auditor reads the exchange journey's retirement back, in its stored state.
+    assert re.search(
+        r"GetUse uses/\w+: retirement of \d+ units at shenzhen:sz-buyer .*, completed",
+        result.stdout,
+    )
     assert "== operator: the gateway's metrics" in result.stdout
     assert "nothing unfinished" in result.stdout
     assert "demo finished" in result.stdout

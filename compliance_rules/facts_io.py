@@ -48,7 +48,9 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
       - {program: VCS, serial_series: "", serial_start: 1, serial_end: 10,
          status: retired, registry: verra, holding_id: ""}
 
-A listing (ListProject) is ``{destination_country, project: {...}, periods: [{start, end}]}``.
+A listing, as the rule case files write one, is
+``{destination_country, project: {...}, periods: [{start, end}]}`` (``carbonlink rules
+evaluate --listing`` reads ListProject's project instead, converted as the gateway converts it).
 Reals are read as ``Decimal`` by the package's loaders; a float that reaches this module
 anyway (e.g. from ``json.loads`` without ``parse_float``) is refused.
 """

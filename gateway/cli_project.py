@@ -22,8 +22,9 @@ _JURISDICTIONS = ("shenzhen", "guangdong", "national", "hkmo", "bri")
 that the CLI does not load the rules engine to parse its arguments."""
 
 
-def _read_project(path: Path) -> model_pb2.Project:
-    """The project described in ``path`` (YAML or JSON, the fields of ``Project``).
+def read_project(path: Path) -> model_pb2.Project:
+    """The project described in ``path`` (YAML or JSON, the fields of ``Project``): what
+    ``project list`` sends, and what ``rules evaluate --listing`` decides offline.
 
     Raises:
         ValueError: The file is unreadable, not a mapping, or names an unknown field or a
@@ -72,7 +73,7 @@ def _summary(
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        project = _read_project(Path(args.file))
+        project = read_project(Path(args.file))
     except ValueError as exc:
         return _usage("project list", str(exc))
     request = gateway_pb2.ListProjectRequest(

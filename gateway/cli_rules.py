@@ -63,16 +63,19 @@
         known_blocks:                    # other blocks the gateway knows of, with status
           - {program: VCS, serial_start: 1, serial_end: 10, status: retired, registry: verra}
 
-    With ``--listing`` the document is a ListProject request instead,
-    ``{destination_country, project: {...as above...}, periods: [{start, end}]}``; the
+    With ``--listing`` FILE is the project ``carbonlink project list`` sends to ListProject
+    instead (YAML or JSON, the fields of ``carbonlink.v1.Project``: program, project_id,
+    country, region, project_type, start_date, crediting_period_start/end,
+    other_registrations, authorization, labels...), read, checked and converted to the
+    rules' facts exactly as ListProject does (``registry_bridge.listing_rules.listing_facts``
+    and ``decide_listing``); a field ListProject would refuse is named and exits 2. The
     output lists, per use of the pack, whether the project's units would be eligible, and
-    whether the project is refused (exit 0 unless refused). It is decided as ListProject
-    decides it (``registry_bridge.listing_rules.decide_listing``): by the market's own
-    listing rules, so a project they refuse, or any project where the version in force has
-    no listing rule (CR-ENGINE-0002), is refused, as is one issued twice; CORSIA's pack, no
-    market, only answers per use. Without ``destination_country`` the units land where
-    ListProject lands them in the pack's market (``CN``, ``HK`` for hkmo, none for
-    article6-bri).
+    whether the project is refused (exit 0 unless refused): by the market's own listing
+    rules, so a project they refuse, or any project where the version in force has no
+    listing rule (CR-ENGINE-0002), is refused, as is one issued twice; CORSIA's pack, no
+    market, only answers per use. The units land where ListProject lands them in the pack's
+    market (``CN``, ``HK`` for hkmo, none for article6-bri or a pack no jurisdiction lists
+    under).
 
     The full shape is documented in ``compliance_rules.facts_io``.
 """
@@ -80,7 +83,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from datetime import date
@@ -94,18 +96,20 @@ from compliance_rules import (
     DocumentError,
     FactsError,
     ListingDecision,
-    ListingFacts,
     NoVersionInForceError,
     PackInvalidError,
     PackNotFoundError,
+    RulePack,
     Use,
     evaluate_transfer,
     load_pack,
-    parse_listing,
     parse_transfer,
 )
 from compliance_rules.loader import read_document
-from registry_bridge.listing_rules import decide_listing, market_destination
+from gateway.cli_project import read_project
+from gateway.convert import project_from_pb
+from registry_bridge.errors import InvalidRequest
+from registry_bridge.listing_rules import decide_listing, listing_facts, market_destination
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -158,9 +162,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument(
         "--listing",
         action="store_true",
-        help="FILE is a listing ({destination_country, project, periods}), not a transfer: "
-        "decided as the gateway's ListProject decides it, for every use of the pack (U is "
-        "checked but not used)",
+        help="FILE is a project as `project list` sends it (the fields of carbonlink.v1."
+        "Project), not a transfer: decided as the gateway's ListProject decides it, for every "
+        "use of the pack (U is checked but not used)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the decision as JSON")
     evaluate.set_defaults(handler=handle_evaluate)
@@ -232,15 +236,23 @@ def _print_listing(decision: ListingDecision, out: TextIO) -> None:
             print(f"    checked per transfer: {', '.join(u.conditions)}", file=out)
 
 
-def _listing_facts(document: Any, pack_name: str) -> ListingFacts:
-    """The listing ``document`` describes, landing where ListProject lands its units in the
-    pack's market when the document does not say (Hong Kong for ``hkmo``, nowhere in
-    particular for ``article6-bri``), so that the offline answer is the gateway's."""
-    facts = parse_listing(document)
-    destination = market_destination(pack_name)
-    if destination is not None and "destination_country" not in document:
-        facts = dataclasses.replace(facts, destination_country=destination)
-    return facts
+def _decide_listing(path: Path, pack: RulePack, clock: date) -> ListingDecision:
+    """The project in ``path`` (as ``project list`` sends it) decided as ListProject decides
+    it: read and checked by the gateway's own conversion, its facts made by the listing
+    rules' one conversion, landing where ListProject lands units in the pack's market
+    (nowhere in particular for a pack no jurisdiction lists under).
+
+    Raises:
+        DocumentError: The file is unreadable or not a project.
+        InvalidRequest: A field ListProject would refuse (named).
+    """
+    try:
+        message = read_project(path)
+    except ValueError as exc:
+        raise DocumentError(str(exc)) from exc
+    project = project_from_pb(message)
+    facts = listing_facts(project, market_destination(pack.name) or "")
+    return decide_listing(pack, facts, clock)
 
 
 def handle_evaluate(
@@ -278,11 +290,16 @@ def handle_evaluate(
         return EXIT_INVALID
     try:
         pack = load_pack(args.pack)
-        document = read_document(args.facts)
         if args.listing:
-            listing = decide_listing(pack, _listing_facts(document, pack.name), clock)
+            listing = _decide_listing(args.facts, pack, clock)
         else:
-            decision = evaluate_transfer(pack, parse_transfer(document, use), clock)
+            decision = evaluate_transfer(
+                pack, parse_transfer(read_document(args.facts), use), clock
+            )
+    except InvalidRequest as exc:
+        # A listing's field ListProject would refuse, named as the gateway names it.
+        print(f"{prog}: --facts {args.facts}: {exc}", file=err)
+        return EXIT_INVALID
     except PackInvalidError as exc:
         print(f"{prog}: --pack: {exc}", file=err)
         return EXIT_INVALID

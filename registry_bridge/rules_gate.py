@@ -34,7 +34,6 @@ id, because a bridged origin and its mirror are one holding (DESIGN.md, invarian
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -49,11 +48,9 @@ from compliance_rules import (
     EntityYear,
     GecStatus,
     KnownBlock,
-    ListingFacts,
     NoVersionInForceError,
     Period,
     Project,
-    Registration,
     RulePack,
     TransferFacts,
     Use,
@@ -79,6 +76,9 @@ from registry_bridge.listing_rules import (
     DESTINATION_COUNTRY,
     PACK_BY_REGISTRY,
     decide_listing,
+    listing_facts,
+    place,
+    registrations,
 )
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.transfers import RulesDecision, RuleViolation, TransferKind
@@ -114,44 +114,6 @@ MIGRATION_SOURCE = (
     "Order No. 775 (2024): key emitters stop trading in local ETSs for the same gases and "
     "industries (RULES-REFERENCE §2); carbonlink DESIGN.md: no year covered twice"
 )
-
-# ISO 3166-2:CN subdivision codes (2017 revision) to the province names the packs use in
-# their place lists ("CN/Guangdong/Meizhou"). Hong Kong, Macau and Taiwan are left out: their
-# projects carry their own ISO 3166-1 country code.
-_CN_PROVINCES: Mapping[str, str] = {
-    "AH": "Anhui",
-    "BJ": "Beijing",
-    "CQ": "Chongqing",
-    "FJ": "Fujian",
-    "GD": "Guangdong",
-    "GS": "Gansu",
-    "GX": "Guangxi",
-    "GZ": "Guizhou",
-    "HA": "Henan",
-    "HB": "Hubei",
-    "HE": "Hebei",
-    "HI": "Hainan",
-    "HL": "Heilongjiang",
-    "HN": "Hunan",
-    "JL": "Jilin",
-    "JS": "Jiangsu",
-    "JX": "Jiangxi",
-    "LN": "Liaoning",
-    "NM": "Inner Mongolia",
-    "NX": "Ningxia",
-    "QH": "Qinghai",
-    "SC": "Sichuan",
-    "SD": "Shandong",
-    "SH": "Shanghai",
-    "SN": "Shaanxi",
-    "SX": "Shanxi",
-    "TJ": "Tianjin",
-    "XJ": "Xinjiang",
-    "XZ": "Tibet",
-    "YN": "Yunnan",
-    "ZJ": "Zhejiang",
-}
-_ISO_SUBDIVISION = re.compile(r"CN-([A-Z]{2})")
 
 
 class EntityRecords(Protocol):
@@ -210,23 +172,13 @@ def _market_day(at: datetime) -> date:
     return at.astimezone(MARKET_TIME).date()
 
 
-def _place(country: str, region: str) -> tuple[str, str]:
-    """The pack's (region, city) for a block's region: ``CN-GD`` -> ``("Guangdong", "")``."""
-    if country == "CN":
-        match = _ISO_SUBDIVISION.fullmatch(region)
-        if match is not None and match.group(1) in _CN_PROVINCES:
-            return _CN_PROVINCES[match.group(1)], ""
-    province, _, city = region.partition("/")
-    return province.strip(), city.strip()
-
-
 def _placed_offsets(entity: EntityYear) -> EntityYear:
     """The entity's year with the offsets it already used placed as the packs name places:
     their record keeps each unit's region as its registry gave it (``CN-GD``), which no
     pack's place list names, so a local-origin share would count them as from elsewhere."""
     placed = []
     for used in entity.offsets_surrendered:
-        region, city = _place(used.country, used.region)
+        region, city = place(used.country, used.region)
         placed.append(dataclasses.replace(used, region=region, city=used.city or city))
     return dataclasses.replace(entity, offsets_surrendered=tuple(placed))
 
@@ -241,15 +193,6 @@ def _block_id(ref: BlockRef) -> BlockId:
     return BlockId(Program(ref.program), ref.serial_series, ref.serial_start, ref.serial_end)
 
 
-def _registrations(project: ProjectListing) -> tuple[Registration, ...]:
-    grouped: dict[tuple[str, str], list[Period]] = {}
-    for reg in project.other_registrations:
-        grouped.setdefault((reg.program, reg.project_id), []).append(
-            Period(reg.issued_period_start, reg.issued_period_end)
-        )
-    return tuple(Registration(p, i, tuple(issued)) for (p, i), issued in grouped.items())
-
-
 def _fact_block(
     unit: UnitBlock, origin: BlockId, holding_id: str, listing: ProjectListing | None = None
 ) -> Block:
@@ -262,9 +205,9 @@ def _fact_block(
     Unit labels are also given as project labels, because the model keeps one label set
     (``pre_cdm`` is a project label, ``corsia_eligible`` a unit one).
     """
-    region, city = _place(unit.country, unit.region)
+    region, city = place(unit.country, unit.region)
     if listing is not None and not city:
-        city = _place(listing.country or unit.country, listing.region)[1]
+        city = place(listing.country or unit.country, listing.region)[1]
     auth = unit.authorization
     return Block(
         ref=_ref(origin),
@@ -279,7 +222,7 @@ def _fact_block(
             labels=unit.labels | (listing.labels if listing is not None else frozenset()),
             start_date=None if listing is None else listing.start_date,
             construction_start=None if listing is None else listing.construction_start,
-            registrations=() if listing is None else _registrations(listing),
+            registrations=() if listing is None else registrations(listing),
         ),
         vintage=Period(unit.vintage_start, unit.vintage_end),
         gas=unit.gas,
@@ -906,50 +849,6 @@ def _unrecorded_gec(
 # ------------------------------------------------------------------------------ ListProject
 
 
-def _listing_facts(project: ProjectListing, destination_country: str) -> ListingFacts:
-    grouped: dict[tuple[str, str], list[Period]] = {}
-    for i, reg in enumerate(project.other_registrations):
-        if reg.issued_period_end < reg.issued_period_start:
-            raise InvalidRequest.field(
-                f"project.other_registrations[{i}].issued_period_end",
-                f"{reg.issued_period_end} is before issued_period_start {reg.issued_period_start}",
-            )
-        grouped.setdefault((reg.program, reg.project_id), []).append(
-            Period(reg.issued_period_start, reg.issued_period_end)
-        )
-    start, end = project.crediting_period_start, project.crediting_period_end
-    periods: tuple[Period, ...] = ()
-    if start is not None and end is not None:
-        if end < start:
-            raise InvalidRequest.field(
-                "project.crediting_period_end", f"{end} is before crediting_period_start {start}"
-            )
-        periods = (Period(start, end),)
-    # Without a crediting period there is nothing to decide on: the engine refuses every use
-    # (fail closed) rather than the gate inventing a period.
-    region, city = _place(project.country, project.region)
-    return ListingFacts(
-        project=Project(
-            program=project.program,
-            project_id=project.project_id,
-            country=project.country,
-            region=region,
-            city=city,
-            project_type=project.project_type,
-            methodology=project.methodology,
-            start_date=project.start_date,
-            construction_start=project.construction_start,
-            labels=project.labels,
-            registrations=tuple(
-                Registration(program, project_id, tuple(issued))
-                for (program, project_id), issued in grouped.items()
-            ),
-        ),
-        periods=periods,
-        destination_country=destination_country,
-    )
-
-
 def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> ListingOutcome:
     """Which uses a project's units would be eligible for in a jurisdiction (ListProject).
 
@@ -977,7 +876,7 @@ def list_project(project: ProjectListing, jurisdiction: str, as_of: date) -> Lis
             "jurisdiction",
             f"{jurisdiction!r} has no rule pack (known: {', '.join(sorted(PACK_BY_REGISTRY))})",
         )
-    facts = _listing_facts(project, DESTINATION_COUNTRY.get(jurisdiction, ""))
+    facts = listing_facts(project, DESTINATION_COUNTRY.get(jurisdiction, ""))
     pack, baseline = load_builtin(pack_name), load_builtin(BASELINE)
     try:
         decision = decide_listing(pack, facts, as_of)

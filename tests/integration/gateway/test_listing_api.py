@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -358,14 +357,18 @@ def test_a_listing_reads_back_from_the_command_line(
     assert "listings/ID" in capsys.readouterr().err
 
 
-def _facts_document(project: model_pb2.Project) -> dict[str, Any]:
-    """The offline command's listing document of the facts ListProject is given."""
-    facts = json_format.MessageToDict(project, preserving_proto_field_name=True)
-    period = {"start": facts["crediting_period_start"], "end": facts["crediting_period_end"]}
-    province, _, city = facts.pop("region", "").partition("/")
-    kept = ("program", "project_id", "country", "project_type", "methodology", "start_date")
-    document = {k: facts[k] for k in kept if k in facts}
-    return {"project": {**document, "region": province, "city": city}, "periods": [period]}
+GANSU_WIND = model_pb2.Project(
+    program="CCER",
+    project_id="GS-WIND-1",
+    project_type="wind",
+    country="CN",
+    # ISO 3166-2, as registries write it: Gansu, on Shenzhen's renewable origin list.
+    region="CN-GS",
+    start_date="2016-03-01",
+    construction_start="2015-06-01",
+    crediting_period_start="2024-01-01",
+    crediting_period_end="2024-12-31",
+)
 
 
 @pytest.mark.parametrize(
@@ -376,8 +379,9 @@ def _facts_document(project: model_pb2.Project) -> dict[str, Any]:
         (LANDFILL, "shenzhen", "2026-11-26"),
         (CAMBODIAN_SOLAR, "bri", "2026-11-26"),
         (LANDFILL, "hkmo", "2026-11-26"),
+        (GANSU_WIND, "shenzhen", "2026-11-26"),
     ],
-    ids=["sza", "shenzhen-before-its-plan", "vcs", "bri", "hkmo"],
+    ids=["sza", "shenzhen-before-its-plan", "vcs", "bri", "hkmo", "iso-region"],
 )
 def test_the_offline_listing_answer_is_the_gateways(
     live_gateway: LiveGateway,
@@ -389,7 +393,9 @@ def test_the_offline_listing_answer_is_the_gateways(
 ) -> None:
     # `rules evaluate --listing` said LISTABLE for a project the gateway refused: it did
     # not decide by the market's own listing rules (Shenzhen before its 2023 plan has none,
-    # so the gateway refuses with CR-ENGINE-0002).
+    # so the gateway refuses with CR-ENGINE-0002). It also read its own document, converted
+    # apart from ListProject's: a region in ISO form (CN-GS) was placed by the gateway only.
+    # Now it reads the file `project list` sends, converted as ListProject converts it.
     reply: gateway_pb2.ListProjectResponse = live_gateway.stub.ListProject(
         gateway_pb2.ListProjectRequest(
             request_id=f"offline-{jurisdiction}-{as_of}-{project.project_id}",
@@ -399,8 +405,8 @@ def test_the_offline_listing_answer_is_the_gateways(
         ),
         timeout=30,
     )
-    facts = tmp_path / "listing.json"
-    facts.write_text(json.dumps(_facts_document(project)))
+    facts = tmp_path / "project.json"
+    facts.write_text(json_format.MessageToJson(project))
     argv = ["rules", "evaluate", "--pack", PACK_BY_REGISTRY[jurisdiction], "--use", "listing"]
     code = main([*argv, "--listing", "--facts", str(facts), "--clock", as_of, "--json"])
     offline = json.loads(capsys.readouterr().out)

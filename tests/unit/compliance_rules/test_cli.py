@@ -252,19 +252,12 @@ def test_evaluate_decides_the_national_first_cycle_under_the_2021_measures(
     assert "national:first_compliance_cycle" not in decision["unconfirmed_params"]
 
 
-def test_evaluate_listing(tmp_path: Path) -> None:
-    facts = tmp_path / "listing.yaml"
-    facts.write_text(
-        "project: {program: VCS, project_id: '1060', country: CN, project_type: wind,\n"
-        "          registrations: [{program: CCER, project_id: C-9,\n"
-        "                           issued_periods: [{start: 2021-03-01, end: 2021-04-01}]}]}\n"
-        "periods: [{start: 2021-01-01, end: 2021-12-31}]\n",
-        encoding="utf-8",
-    )
-    code, out, _ = _run(
+def _listing(tmp_path: Path, project: str, *argv: str) -> tuple[int, str, str]:
+    """``rules evaluate --listing`` of a project file as ``project list`` sends it."""
+    facts = tmp_path / "project.yaml"
+    facts.write_text(project, encoding="utf-8")
+    return _run(
         "evaluate",
-        "--pack",
-        "shenzhen",
         "--use",
         "listing",
         "--facts",
@@ -273,11 +266,63 @@ def test_evaluate_listing(tmp_path: Path) -> None:
         "2024-06-01",
         "--listing",
         "--json",
+        *argv,
     )
-    assert code == 1
+
+
+def test_evaluate_listing(tmp_path: Path) -> None:
+    code, out, err = _listing(
+        tmp_path,
+        "program: VCS\nproject_id: '1060'\ncountry: CN\nproject_type: wind\n"
+        "crediting_period_start: 2021-01-01\ncrediting_period_end: 2021-12-31\n"
+        "other_registrations:\n  - {program: CCER, project_id: C-9,\n"
+        "     issued_period_start: 2021-03-01, issued_period_end: 2021-04-01}\n",
+        "--pack",
+        "shenzhen",
+    )
+    assert code == 1, err
     view = json.loads(out)
     assert view["refused"] is True
     assert view["refusals"][0]["rule_id"] == "CR-DC-0002"
+
+
+def test_a_listed_region_is_placed_as_listproject_places_it(tmp_path: Path) -> None:
+    # The command read a listing's region as it was written, the gateway as the packs name
+    # places: a wind project declared in CN-GS (Gansu, on Shenzhen's renewable origin list)
+    # was not eligible for compliance offline and eligible through ListProject.
+    code, out, err = _listing(
+        tmp_path,
+        "program: CCER\nproject_id: GS-WIND-1\ncountry: CN\nregion: CN-GS\n"
+        "project_type: wind\nstart_date: 2016-03-01\nconstruction_start: 2015-06-01\n"
+        "crediting_period_start: 2024-01-01\ncrediting_period_end: 2024-12-31\n",
+        "--pack",
+        "shenzhen",
+    )
+    assert code == 0, err
+    uses = {u["use"]: u for u in json.loads(out)["uses"]}
+    assert uses["compliance"]["eligible"] is True, uses["compliance"]
+
+
+@pytest.mark.parametrize(
+    ("project", "needle"),
+    [
+        (
+            "program: VCS\nproject_id: p\ncountry: BR\ncrediting_period_start: 2024-02-01\n"
+            "crediting_period_end: 2024-01-01\n",
+            "project.crediting_period_end: 2024-01-01 is before crediting_period_start",
+        ),
+        ("program: VCS\nproject_id: p\ncountry: br\n", "project.country"),
+        ("program: VCS\nproject_id: p\nperiods: []\n", "periods"),
+        ("- not a project\n", "a project is a mapping of Project's fields"),
+    ],
+    ids=["period", "country", "unknown-field", "not-a-mapping"],
+)
+def test_a_bad_listing_is_named_as_listproject_names_it(
+    tmp_path: Path, project: str, needle: str
+) -> None:
+    code, out, err = _listing(tmp_path, project, "--pack", "shenzhen")
+    assert (code, out) == (2, ""), err
+    assert needle in err, err
 
 
 def test_the_readme_example_is_denied_over_the_national_ccer_limit() -> None:

@@ -9,7 +9,7 @@
     when every pack is valid; otherwise every error of every pack is printed with its JSON
     path and the exit code is 1.
 
-``rules evaluate --pack P --use U --facts FILE [--clock YYYY-MM-DD] [--listing] [--json]``
+``rules evaluate --pack P (--use U | --listing) --facts FILE [--clock YYYY-MM-DD] [--json]``
     Decides the facts in FILE (JSON when it ends in ``.json``, YAML otherwise) against pack
     P for use U (``compliance``, ``voluntary_retirement``, ``listing``, ``corsia``). The clock
     defaults to today; rules never read the clock themselves. With ``--json`` the decision is
@@ -75,7 +75,9 @@
     listing rule (CR-ENGINE-0002), is refused, as is one issued twice; CORSIA's pack, no
     market, only answers per use. The units land where ListProject lands them in the pack's
     market (``CN``, ``HK`` for hkmo, none for article6-bri or a pack no jurisdiction lists
-    under).
+    under). ``--use`` is refused with ``--listing``: no listing rule depends on an intended
+    use (the listing use admits the project, and every use of the pack is answered), and
+    ListProject takes none.
 
     The full shape is documented in ``compliance_rules.facts_io``.
 """
@@ -143,15 +145,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate = commands.add_parser(
         "evaluate",
         help="decide facts against a rule pack",
-        description="Evaluate the facts in FILE against pack P for use U. Exits 1 when "
+        description="Evaluate the facts in FILE against pack P for use U (a listing: for "
+        "every use of P). Exits 1 when "
         "denied (with --listing: when the project is refused), 2 on bad input.",
     )
     evaluate.add_argument("--pack", required=True, metavar="P", help="pack name or path")
     evaluate.add_argument(
         "--use",
-        required=True,
         metavar="U",
-        help=f"one of: {', '.join(u.value for u in Use)}",
+        help=f"the transfer's use, one of: {', '.join(u.value for u in Use)} (required "
+        "without --listing; refused with it: a listing is decided for every use)",
     )
     evaluate.add_argument(
         "--facts", required=True, type=Path, metavar="FILE", help="facts as JSON or YAML"
@@ -164,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="FILE is a project as `project list` sends it (the fields of carbonlink.v1."
         "Project), not a transfer: decided as the gateway's ListProject decides it, for every "
-        "use of the pack (U is checked but not used)",
+        "use of the pack (so without --use)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the decision as JSON")
     evaluate.set_defaults(handler=handle_evaluate)
@@ -282,15 +285,29 @@ def handle_evaluate(
     except ValueError:
         print(f"{prog}: --clock: {args.clock!r} is not a date (YYYY-MM-DD)", file=err)
         return EXIT_INVALID
-    try:
-        use = Use(args.use)
-    except ValueError:
-        allowed = ", ".join(u.value for u in Use)
-        print(f"{prog}: --use: {args.use!r} is not one of: {allowed}", file=err)
+    allowed = ", ".join(u.value for u in Use)
+    if args.listing and args.use is not None:
+        # A listing's rules are the pack's for every use, its refusal the listing use's, and
+        # ListProject takes no use: a --use here would be ignored, so it is refused.
+        print(
+            f"{prog}: --use: means nothing with --listing (a listing is decided for every use "
+            "of the pack, as ListProject decides it): leave it out",
+            file=err,
+        )
         return EXIT_INVALID
+    if not args.listing and args.use is None:
+        print(f"{prog}: --use is required for a transfer (one of: {allowed})", file=err)
+        return EXIT_INVALID
+    use = None
+    if args.use is not None:
+        try:
+            use = Use(args.use)
+        except ValueError:
+            print(f"{prog}: --use: {args.use!r} is not one of: {allowed}", file=err)
+            return EXIT_INVALID
     try:
         pack = load_pack(args.pack)
-        if args.listing:
+        if use is None:
             listing = _decide_listing(args.facts, pack, clock)
         else:
             decision = evaluate_transfer(

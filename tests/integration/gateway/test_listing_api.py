@@ -407,7 +407,7 @@ def test_the_offline_listing_answer_is_the_gateways(
     )
     facts = tmp_path / "project.json"
     facts.write_text(json_format.MessageToJson(project))
-    argv = ["rules", "evaluate", "--pack", PACK_BY_REGISTRY[jurisdiction], "--use", "listing"]
+    argv = ["rules", "evaluate", "--pack", PACK_BY_REGISTRY[jurisdiction]]
     code = main([*argv, "--listing", "--facts", str(facts), "--clock", as_of, "--json"])
     offline = json.loads(capsys.readouterr().out)
 

@@ -258,8 +258,6 @@ def _listing(tmp_path: Path, project: str, *argv: str) -> tuple[int, str, str]:
     facts.write_text(project, encoding="utf-8")
     return _run(
         "evaluate",
-        "--use",
-        "listing",
         "--facts",
         str(facts),
         "--clock",
@@ -323,6 +321,26 @@ def test_a_bad_listing_is_named_as_listproject_names_it(
     code, out, err = _listing(tmp_path, project, "--pack", "shenzhen")
     assert (code, out) == (2, ""), err
     assert needle in err, err
+
+
+def test_use_means_nothing_to_a_listing_and_is_refused_with_it(tmp_path: Path) -> None:
+    # A listing is decided for every use of the pack (ListProject takes no use): --use was
+    # required with --listing, checked, and then ignored.
+    project = "program: VCS\nproject_id: p\ncountry: BR\n"
+    code, out, err = _listing(tmp_path, project, "--pack", "hkmo", "--use", "compliance")
+    assert (code, out) == (2, ""), err
+    assert "--use: means nothing with --listing" in err, err
+    code, out, err = _listing(tmp_path, project, "--pack", "hkmo")
+    assert code == 1, err  # no crediting period: refused (fail closed), but decided
+    assert {u["use"] for u in json.loads(out)["uses"]} == {"listing", "voluntary_retirement"}
+
+
+def test_a_transfer_still_needs_its_use(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.yaml"
+    facts.write_text(FACTS, encoding="utf-8")
+    code, out, err = _run("evaluate", "--pack", "national", "--facts", str(facts))
+    assert (code, out) == (2, ""), err
+    assert "--use is required" in err, err
 
 
 def test_the_readme_example_is_denied_over_the_national_ccer_limit() -> None:

@@ -16,6 +16,7 @@ from typing import ClassVar
 from compliance_rules.decision import DetailValue, Violation
 from compliance_rules.errors import EngineInvariantError
 from compliance_rules.facts import (
+    Authorization,
     Block,
     BlockRef,
     CaStatus,
@@ -499,8 +500,40 @@ class BlockLabelUseUntil(_BlockCheck):
         )
 
 
+def _foreign_letter(letter: Authorization, project: Project) -> str:
+    """Why ``letter`` cannot authorize ``project``'s units whatever it says ("" if it can):
+    authorization is the host Party's prerogative, so another country's letter is none."""
+    if letter.host_country == project.country:
+        return ""
+    return (
+        f"letter {letter.letter_id} is from {letter.host_country}, "
+        f"but the project is hosted in {project.country}"
+    )
+
+
 class AuthorizationRequired(_BlockCheck):
-    """A host-country letter of authorization covering the use."""
+    """A host-country letter of authorization covering the use.
+
+    At listing (:meth:`check_declared`) the letter the owner declares is checked for what a
+    letter alone settles, the country that issued it; what it authorizes is left to each
+    transfer, whose units carry their own letters (a host may authorize further uses later).
+    """
+
+    def check_declared(self, project: Project, letter: Authorization) -> list[Violation]:
+        """The violation of a letter declared for ``project`` at listing, if it is foreign."""
+        if not self._applies(project.program):
+            return []
+        foreign = _foreign_letter(letter, project)
+        if not foreign:
+            return []
+        where = f"{project.program} project {project.project_id}"
+        return [
+            self.violation(
+                (),
+                f"{where}: {foreign}",
+                (("letter_id", letter.letter_id), ("host_country", letter.host_country)),
+            )
+        ]
 
     def check(self, block: Block, ctx: Context) -> tuple[str, tuple[tuple[str, DetailValue], ...]]:
         mapping = self.spec.params.get("authorized_uses")
@@ -513,12 +546,9 @@ class AuthorizationRequired(_BlockCheck):
         auth = block.authorization
         if auth is None:
             return "no letter of authorization from the host country", ()
-        if auth.host_country != block.project.country:
-            return (
-                f"letter {auth.letter_id} is from {auth.host_country}, "
-                f"but the project is hosted in {block.project.country}",
-                (),
-            )
+        foreign = _foreign_letter(auth, block.project)
+        if foreign:
+            return foreign, ()
         if not auth.authorized_uses & needed_set:
             return (
                 f"letter {auth.letter_id} authorizes {sorted(auth.authorized_uses)}, "

@@ -18,6 +18,7 @@ from datetime import date
 
 from compliance_rules.checks import (
     ENTITY_KINDS,
+    AuthorizationRequired,
     ReuseAfterCancellation,
     build_rule,
     offset_limit_figures,
@@ -306,8 +307,10 @@ def evaluate_listing(
 ) -> ListingDecision:
     """Which uses a project's units would be eligible for in ``pack``'s jurisdiction.
 
-    Only rules about the project and its periods are decided here; unit-level and
-    request-level rules are returned as ``conditions`` checked on each transfer. A project
+    Only rules about the project and its periods are decided here, and the issuing country
+    of a letter of authorization the owner declares (a foreign letter breaks the pack's
+    authorization rule for each use it covers); unit-level and request-level rules are
+    returned as ``conditions`` checked on each transfer. A project
     whose reductions for a period are already issued under another program is refused.
     So is one the pack's listing rules refuse: the listing use is what admits units to be
     held and traded in the market (the gate checks every holding transfer under it), so
@@ -346,6 +349,13 @@ def evaluate_listing(
                     source=ENGINE_SOURCE,
                 )
             ]
+        if listing.authorization is not None:
+            # The letter's country is settled once it is declared; the rule stays a
+            # condition for what each unit's letter authorizes.
+            for rule in rules:
+                if isinstance(rule, AuthorizationRequired):
+                    found.extend(rule.check_declared(listing.project, listing.authorization))
+            found.sort(key=Violation.sort_key)
         for v in found:
             spec_kind = next((s.kind for s in specs if s.rule_id == v.rule_id), "")
             if spec_kind == "double_issuance_project":

@@ -289,6 +289,11 @@ class ListingFacts:
     periods: tuple[Period, ...]
     """The monitoring periods whose reductions would be brought in."""
     destination_country: str = "CN"
+    authorization: Authorization | None = None
+    """The letter of authorization the owner declares for the project, if any. Its issuing
+    country is decided at listing by the authorization rules (a letter from a country that
+    does not host the project authorizes none of its units); what it authorizes, and each
+    unit's own letter, on each transfer."""
 
 
 GwpTable = Mapping[str, Decimal | int]

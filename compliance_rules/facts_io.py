@@ -49,7 +49,8 @@ The shape, shared by the CLI's ``rules evaluate --facts FILE`` and the rule case
          status: retired, registry: verra, holding_id: ""}
 
 A listing, as the rule case files write one, is
-``{destination_country, project: {...}, periods: [{start, end}]}`` (``carbonlink rules
+``{destination_country, project: {...}, periods: [{start, end}], authorization}`` (the
+letter declared for the project, optional, as a block's) (``carbonlink rules
 evaluate --listing`` reads ListProject's project instead, converted as the gateway converts it).
 Reals are read as ``Decimal`` by the package's loaders; a float that reaches this module
 anyway (e.g. from ``json.loads`` without ``parse_float``) is refused.
@@ -276,6 +277,19 @@ def _ref(o: _Obj, program: str) -> BlockRef:
     return BlockRef(program, o.text("serial_series", ""), start, end)
 
 
+def _authorization(o: _Obj) -> Authorization | None:
+    if not o.has("authorization"):
+        return None
+    a = _Obj(
+        o.raw("authorization"),
+        o.at("authorization"),
+        frozenset({"letter_id", "host_country", "authorized_uses"}),
+    )
+    return Authorization(
+        a.text("letter_id"), _country(a, "host_country"), a.texts("authorized_uses")
+    )
+
+
 def parse_block(value: Any, path: str) -> Block:
     """A :class:`Block` from plain data.
 
@@ -294,23 +308,13 @@ def parse_block(value: Any, path: str) -> Block:
     if vend < vstart:
         raise FactsError(o.at("vintage_end"), f"{vend} is before vintage_start {vstart}")
     gas = o.text("gas", "CO2")
-    authorization = None
-    if o.has("authorization"):
-        a = _Obj(
-            o.raw("authorization"),
-            o.at("authorization"),
-            frozenset({"letter_id", "host_country", "authorized_uses"}),
-        )
-        authorization = Authorization(
-            a.text("letter_id"), _country(a, "host_country"), a.texts("authorized_uses")
-        )
     return Block(
         ref=ref,
         project=project,
         vintage=Period(vstart, vend),
         gas=gas,
         gwp_basis=o.text("gwp_basis", ""),
-        authorization=authorization,
+        authorization=_authorization(o),
         ca_status=o.enum("ca_status", CaStatus, CaStatus.NOT_APPLICABLE),
         labels=o.texts("labels"),
         gec_status=o.enum("gec_status", GecStatus, GecStatus.NONE),
@@ -439,9 +443,10 @@ def parse_listing(value: Any) -> ListingFacts:
     Raises:
         FactsError: Naming the offending field.
     """
-    o = _Obj(value, "", frozenset({"destination_country", "project", "periods"}))
+    o = _Obj(value, "", frozenset({"destination_country", "project", "periods", "authorization"}))
     return ListingFacts(
         project=parse_project(o.raw("project")),
         periods=tuple(_period(p, path) for path, p in o.items("periods", required=True)),
         destination_country=_country(o, "destination_country", "CN"),
+        authorization=_authorization(o),
     )

@@ -52,7 +52,10 @@ class ProjectListing:
     other_registrations: tuple[OtherRegistration, ...] = ()
     """Registrations of the same project under other programs (double-issuance checks)."""
     authorization: UnitAuthorization | None = None
-    """Unit-level: checked on each transfer, not at listing."""
+    """The letter of authorization declared for the project. Its issuing country is checked
+    at listing (a letter from a country that does not host the project is refused by the
+    pack's authorization rule, e.g. CR-A6-0002); what it authorizes, and each unit's own
+    letter, on each transfer."""
     labels: frozenset[str] = frozenset()
     gas: str = "CO2"
     """Unit-level: checked on each transfer, not at listing."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import date
 
 from compliance_rules import (
+    Authorization,
     ListingDecision,
     ListingFacts,
     Period,
@@ -134,7 +135,8 @@ def listing_facts(project: ProjectListing, destination_country: str) -> ListingF
         destination_country: Where the market's units land (:data:`DESTINATION_COUNTRY`).
 
     Returns:
-        The project, placed as the packs name places, and its crediting period. Without a
+        The project, placed as the packs name places, its crediting period and its declared
+        letter of authorization (whose country the listing rules check). Without a
         crediting period there is nothing to decide on: the engine refuses every use (fail
         closed) rather than a period being invented here.
 
@@ -156,6 +158,7 @@ def listing_facts(project: ProjectListing, destination_country: str) -> ListingF
             )
         periods = (Period(start, end),)
     region, city = place(project.country, project.region)
+    letter = project.authorization
     return ListingFacts(
         project=Project(
             program=project.program,
@@ -172,6 +175,9 @@ def listing_facts(project: ProjectListing, destination_country: str) -> ListingF
         ),
         periods=periods,
         destination_country=destination_country,
+        authorization=None
+        if letter is None
+        else Authorization(letter.letter_id, letter.host_country, letter.authorized_uses),
     )
 
 

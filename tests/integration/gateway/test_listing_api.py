@@ -220,9 +220,15 @@ CAMBODIAN_SOLAR = model_pb2.Project(
     crediting_period_start="2024-01-01",
     crediting_period_end="2030-12-31",
     authorization=model_pb2.Authorization(
-        letter_id="LoA-TH-1", host_country="TH", authorized_uses=["voluntary_retirement"]
+        letter_id="LoA-KH-1", host_country="KH", authorized_uses=["ndc", "oimp"]
     ),
 )
+
+THAI_LETTER_SOLAR = model_pb2.Project()
+THAI_LETTER_SOLAR.CopyFrom(CAMBODIAN_SOLAR)
+THAI_LETTER_SOLAR.project_id = "KH-SOLAR-2"
+THAI_LETTER_SOLAR.authorization.letter_id = "LoA-TH-1"
+THAI_LETTER_SOLAR.authorization.host_country = "TH"
 
 
 def test_each_use_says_which_rules_every_transfer_is_still_checked_against(
@@ -230,7 +236,7 @@ def test_each_use_says_which_rules_every_transfer_is_still_checked_against(
 ) -> None:
     # A use is eligible only subject to the rules on facts each unit carries: the
     # authorization, the corresponding adjustment, the gas. Without them, a Cambodian
-    # project whose letter comes from Thailand read "eligible" for every use.
+    # project read "eligible" for every use, whatever letter its units would carry.
     reply = _ask(live_gateway, "listing-conditions", CAMBODIAN_SOLAR, where="bri")
     assert reply.eligibility
     for use in reply.eligibility:
@@ -282,6 +288,34 @@ def test_no_project_is_listed_where_no_listing_rules_are_in_force(
     )
     assert not reply.listed
     assert [v.rule_id for v in reply.refusals] == ["CR-ENGINE-0002"]
+
+
+def test_a_letter_of_authorization_from_another_country_is_refused_at_listing(
+    live_gateway: LiveGateway,
+) -> None:
+    # A Cambodian project declared with Thailand's letter was listed, eligible for every use
+    # subject to CR-A6-0002: only each transfer of its units found that the letter does not
+    # authorize them. The letter's country is known at listing: the listing is refused then.
+    reply = _ask(live_gateway, "listing-thai-letter", THAI_LETTER_SOLAR, where="bri")
+    assert not reply.listed
+    assert [v.rule_id for v in reply.refusals] == ["CR-A6-0002"]
+    (refusal,) = reply.refusals
+    assert "letter LoA-TH-1 is from TH, but the project is hosted in KH" in refusal.message
+    assert "2/CMA.3" in refusal.source
+    for use in reply.eligibility:
+        assert not use.decision.allowed, use
+        assert "CR-A6-0002" in [v.rule_id for v in use.decision.violations], use
+    # Recorded as answered, and read back so; the project's facts are not recorded for
+    # its transfers.
+    read = live_gateway.stub.GetListing(gateway_pb2.GetListingRequest(name=reply.name), timeout=30)
+    assert not read.listed
+    assert list(read.refusals) == list(reply.refusals)
+    assert list(read.eligibility) == list(reply.eligibility)
+    assert read.project == THAI_LETTER_SOLAR
+    records = DatabaseProjectRecords(live_gateway.server.bridge.sessions)
+    assert records.get("BRI-ITMO", "KH-SOLAR-2") is None
+    # The host's own letter lists the same project.
+    assert _ask(live_gateway, "listing-khmer-letter", CAMBODIAN_SOLAR, where="bri").listed
 
 
 def test_a_listing_reads_back_with_its_facts_outcome_requester_and_time(
@@ -380,8 +414,9 @@ GANSU_WIND = model_pb2.Project(
         (CAMBODIAN_SOLAR, "bri", "2026-11-26"),
         (LANDFILL, "hkmo", "2026-11-26"),
         (GANSU_WIND, "shenzhen", "2026-11-26"),
+        (THAI_LETTER_SOLAR, "bri", "2026-11-26"),
     ],
-    ids=["sza", "shenzhen-before-its-plan", "vcs", "bri", "hkmo", "iso-region"],
+    ids=["sza", "shenzhen-before-its-plan", "vcs", "bri", "hkmo", "iso-region", "foreign-letter"],
 )
 def test_the_offline_listing_answer_is_the_gateways(
     live_gateway: LiveGateway,

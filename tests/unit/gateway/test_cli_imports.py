@@ -162,6 +162,20 @@ def test_rules_commands_load_the_engine_but_no_server_code() -> None:
     assert loaded(ran.modules, SERVER_STACK) == []
 
 
+def test_an_offline_listing_loads_no_server_code(tmp_path: Path) -> None:
+    # It reads the project as `project list` does and converts it as ListProject does, from
+    # the modules the gateway shares with its clients, never the gate or the database.
+    project = tmp_path / "project.yaml"
+    project.write_text(
+        "program: VCS\nproject_id: p-1\ncountry: BR\n"
+        "crediting_period_start: 2024-01-01\ncrediting_period_end: 2024-12-31\n"
+    )
+    argv = ["rules", "evaluate", "--pack", "hkmo", "--listing", "--facts", str(project)]
+    code, ran = _run([*argv, "--clock", "2026-11-26"])
+    assert code == 0 and ran.output.startswith("LISTABLE"), ran.output
+    assert loaded(ran.modules, SERVER_STACK) == []
+
+
 def test_serve_loads_the_server_stack_when_it_runs(tmp_path: Path) -> None:
     # The probe's own check: a command that needs the stack does load it.
     config = tmp_path / "bad.yaml"

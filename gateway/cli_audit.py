@@ -29,6 +29,7 @@ from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
 from gateway import client_security, convert
 from gateway.blocks import parse_block
+from gateway.cli_client import page_size
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
@@ -486,16 +487,6 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
     return EXIT_OK
 
 
-def _page_size(text: str) -> int:
-    try:
-        size = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-    if not 1 <= size <= 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"{size} is not a page size (1 or more)")
-    return size
-
-
 def _log_key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-key",
@@ -537,7 +528,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     trace.add_argument("--out", help="write the audit bundle to this file")
     trace.add_argument(
         "--page-size",
-        type=_page_size,
+        type=page_size,
         metavar="N",
         help="events per page asked of the gateway (default its own, 200; at most 1000); "
         "every page is read and the bundle holds them all",
@@ -614,7 +605,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     runs.add_argument(
         "--limit",
-        type=_page_size,
+        type=page_size,
         default=20,
         help="at most this many, newest first (default 20; the gateway answers at most 1000)",
     )

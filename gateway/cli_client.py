@@ -54,7 +54,8 @@ def _holder(text: str) -> model_pb2.AccountRef:
     return model_pb2.AccountRef(registry=registry, account=account)
 
 
-def _page_size(text: str) -> int:
+def page_size(text: str) -> int:
+    """A ``--limit`` flag: a page size of 1 or more that fits the API's int32."""
     try:
         size = int(text)
     except ValueError as exc:
@@ -428,7 +429,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     list_uses.add_argument(
         "--limit",
-        type=_page_size,
+        type=page_size,
         default=50,
         help="uses per page (default 50; the gateway answers at most 1000)",
     )

@@ -435,6 +435,72 @@ _VIEW_STEPS = (
     .where(_STEPS.c.transfer_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(_STEPS.c.transfer_id, _STEPS.c.seq)
 )
+_UNION_READS = 200
+"""Reads of keys merged by one UNION: SQLite refuses a compound statement of more than
+500 parts, and a bearer token may name 256 accounts (two reads each)."""
+
+
+def _transfer_filters(
+    query: sa.Select[Any], state: TransferState | None, registry: str
+) -> sa.Select[Any]:
+    """``query`` keeping the transfers in ``state`` and touching ``registry`` (either
+    filter unset keeps all)."""
+    if state is not None:
+        query = query.where(TransferRecord.state == state.value)
+    if registry:
+        # Either side's registry, asked as "registry IN (source, destination)": SQLite,
+        # which keeps no statistics, read the OR of two comparisons as two searches of the
+        # side indexes (0016) by registry alone, then sorted every transfer of the
+        # registry for one page; this form it does not search by, and walks the
+        # (created_at, id) order from the position as before those indexes.
+        query = query.where(
+            sa.literal(registry, sa.String()).in_(
+                [TransferRecord.source_registry, TransferRecord.destination_registry]
+            )
+        )
+    return query
+
+
+def _first_keys(
+    query: sa.Select[tuple[datetime, str]], count: int
+) -> sa.Select[tuple[datetime, str]]:
+    """The first ``count`` ``(created_at, id)`` of ``query`` in page order, as a part
+    of a union (which takes no ORDER BY or LIMIT of its parts but in a subquery)."""
+    first = query.order_by(TransferRecord.created_at, TransferRecord.id).limit(count).subquery()
+    return sa.select(first.c.created_at, first.c.id)
+
+
+def _merged_keys(
+    reads: Sequence[sa.Select[tuple[datetime, str]]], count: int
+) -> sa.Select[tuple[str]]:
+    """The ids of the first ``count`` distinct keys of ``reads``, in page order.
+
+    Past ``_UNION_READS`` reads, the reads are merged a group at a time and the groups'
+    firsts merged again: each group's first ``count`` hold every key of the overall
+    first ``count`` that the group read.
+    """
+    while len(reads) > _UNION_READS:
+        reads = [
+            _first_merged(reads[at : at + _UNION_READS], count)
+            for at in range(0, len(reads), _UNION_READS)
+        ]
+    union = (sa.union(*reads) if len(reads) > 1 else reads[0]).subquery()
+    return sa.select(union.c.id).order_by(union.c.created_at, union.c.id).limit(count)
+
+
+def _first_merged(
+    reads: Sequence[sa.Select[tuple[datetime, str]]], count: int
+) -> sa.Select[tuple[datetime, str]]:
+    union = sa.union(*reads).subquery()
+    first = (
+        sa.select(union.c.created_at, union.c.id)
+        .order_by(union.c.created_at, union.c.id)
+        .limit(count)
+        .subquery()
+    )
+    return sa.select(first.c.created_at, first.c.id)
+
+
 _BY_REQUEST_IDS = sa.select(
     TransferRecord.request_id, TransferRecord.caller, TransferRecord.id, TransferRecord.body_sha256
 ).where(TransferRecord.request_id.in_(sa.bindparam("request_ids", expanding=True)))
@@ -677,6 +743,8 @@ class Bridge:
         shift (an offset did). ``accounts`` (``registry:account``), when given, keeps only
         the transfers whose source or destination is one of them.
         """
+        if accounts is not None:
+            return self._list_account_transfers(after, limit, state, registry, accounts)
         with unit_of_work(self._sessions) as session:
             query = sa.select(TransferRecord)
             if after is not None:
@@ -685,28 +753,61 @@ class Bridge:
                 # scan from the first transfer ever recorded. (A plain tuple on the right
                 # binds with the columns' types: the timestamp as UtcDateTime.)
                 query = query.where(sa.tuple_(TransferRecord.created_at, TransferRecord.id) > after)
-            if accounts is not None:
-                pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
-                source = sa.tuple_(TransferRecord.source_registry, TransferRecord.source_account)
-                destination = sa.tuple_(
-                    TransferRecord.destination_registry, TransferRecord.destination_account
-                )
-                query = query.where(sa.or_(source.in_(pairs), destination.in_(pairs)))
-            if state is not None:
-                query = query.where(TransferRecord.state == state.value)
-            if registry:
-                query = query.where(
-                    sa.or_(
-                        TransferRecord.source_registry == registry,
-                        TransferRecord.destination_registry == registry,
-                    )
-                )
+            query = _transfer_filters(query, state, registry)
             rows = list(
                 session.execute(
                     query.order_by(TransferRecord.created_at, TransferRecord.id).limit(limit + 1)
                 ).scalars()
             )
             return self._views(session, rows[:limit]), len(rows) > limit
+
+    def _list_account_transfers(
+        self,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        state: TransferState | None,
+        registry: str,
+        accounts: frozenset[str],
+    ) -> tuple[list[Transfer], bool]:
+        """``list_transfers`` of the transfers whose source or destination is one of
+        ``accounts``, read a page at most per account and side.
+
+        One OR over both sides served by no index walked every transfer after the
+        position; instead each account is sought in the index of each side (0016) from
+        the position, each read stops at ``limit + 1`` in page order, and the page is the
+        first ``limit + 1`` of their union. A union, not UNION ALL: a transfer between two
+        of the accounts (or from one to itself) is found by both its sides, and is one
+        item of the page. The union is of keys only, read from the indexes alone; the
+        page's rows are then read by id.
+        """
+        # ``registry:account``; a string of no colon names no account, as before.
+        pairs = sorted({(r, a) for r, colon, a in (x.partition(":") for x in accounts) if colon})
+        if not pairs:
+            return [], False
+        reads: list[sa.Select[tuple[datetime, str]]] = []
+        for side_registry, side_account in (
+            (TransferRecord.source_registry, TransferRecord.source_account),
+            (TransferRecord.destination_registry, TransferRecord.destination_account),
+        ):
+            for account_registry, account in pairs:
+                read = sa.select(TransferRecord.created_at, TransferRecord.id).where(
+                    side_registry == account_registry, side_account == account
+                )
+                if after is not None:
+                    # Row values bound the index search, as in list_transfers.
+                    read = read.where(
+                        sa.tuple_(TransferRecord.created_at, TransferRecord.id) > after
+                    )
+                read = _transfer_filters(read, state, registry)
+                reads.append(_first_keys(read, limit + 1))
+        keys = _merged_keys(reads, limit + 1)
+        with unit_of_work(self._sessions) as session:
+            found = [str(transfer_id) for transfer_id in session.execute(keys).scalars()]
+            if not found:
+                return [], False
+            records = {r.id: r for r in session.execute(_VIEW_COLUMNS, {"ids": found[:limit]})}
+            # A transfer is never deleted, so every key read names a row.
+            return self._views(session, [records[i] for i in found[:limit]]), len(found) > limit
 
     def _views(
         self, session: Session, records: Sequence[TransferRecord | sa.Row[Any]]

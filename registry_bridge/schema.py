@@ -188,9 +188,20 @@ class TransferRecord(Base):
     # The request id leads so that a batch's lookup by request ids alone uses the index.
     # ListTransfers pages in (created_at, id) order, filtered by state or not: each page
     # seeks its position in one of the two ordered indexes instead of sorting the table.
+    # A page for accounts seeks each account in the index of each side and merges them.
     __table_args__ = (
         sa.Index("ix_transfers_created", "created_at", "id"),
         sa.Index("ix_transfers_state_created", "state", "created_at", "id"),
+        sa.Index(
+            "ix_transfers_source_created", "source_registry", "source_account", "created_at", "id"
+        ),
+        sa.Index(
+            "ix_transfers_destination_created",
+            "destination_registry",
+            "destination_account",
+            "created_at",
+            "id",
+        ),
         sa.UniqueConstraint("request_id", "caller", name="uq_transfers_request_id_caller"),
     )
 

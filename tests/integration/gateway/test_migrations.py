@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -262,14 +262,14 @@ def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path
 _RESUME_AT = (datetime(2026, 11, 1, 9, 30, tzinfo=UTC), "t-0042")
 
 
-def _page_plan(
+def _page_statement(
     engine: sa.Engine,
     after: tuple[datetime, str] | None,
     filters: dict[str, Any],
     table: str = "transfers",
-) -> list[str]:
-    """SQLite's plan for the statement ``Bridge.list_transfers`` (or ``list_uses``, for
-    ``unit_uses``) runs for one page."""
+) -> tuple[str, Any]:
+    """The statement ``Bridge.list_transfers`` (or ``list_uses``, for ``unit_uses``)
+    runs to find one page, and its parameters."""
     bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
     statements: list[tuple[str, Any]] = []
 
@@ -286,7 +286,18 @@ def _page_plan(
     finally:
         sa.event.remove(engine, "before_cursor_execute", grab)
     assert len(statements) == 1, statements
-    statement, parameters = statements[0]
+    return statements[0]
+
+
+def _page_plan(
+    engine: sa.Engine,
+    after: tuple[datetime, str] | None,
+    filters: dict[str, Any],
+    table: str = "transfers",
+) -> list[str]:
+    """SQLite's plan for the statement ``Bridge.list_transfers`` (or ``list_uses``, for
+    ``unit_uses``) runs for one page."""
+    statement, parameters = _page_statement(engine, after, filters, table)
     with engine.connect() as connection:
         return [
             str(row[-1])
@@ -300,10 +311,9 @@ def _page_plan(
         ({}, "ix_transfers_created"),
         ({"state": TransferState.PROPOSED}, "ix_transfers_state_created"),
         ({"registry": "hkmo"}, "ix_transfers_created"),
-        ({"accounts": frozenset({"hkmo:hk-seller", "shenzhen:sz-buyer"})}, "ix_transfers_created"),
         ({"state": TransferState.COMPLETED, "registry": "hkmo"}, "ix_transfers_state_created"),
     ],
-    ids=["all", "state", "registry", "accounts", "state-and-registry"],
+    ids=["all", "state", "registry", "state-and-registry"],
 )
 def test_a_transfers_page_reads_an_index_from_its_position_instead_of_sorting(
     tmp_path: Any, filters: dict[str, Any], index: str
@@ -363,5 +373,115 @@ def test_a_uses_page_reads_an_index_from_its_position_instead_of_sorting(
             assert f" USING INDEX {index} " in f"{read} ", plan
             if after is not None:
                 assert read.startswith("SEARCH") and "(created_at,id)>(?,?)" in read, plan
+    finally:
+        engine.dispose()
+
+
+_TWO_ACCOUNTS = frozenset({"hkmo:hk-seller", "shenzhen:sz-buyer"})
+_ACCOUNT_INDEXES = ("ix_transfers_source_created", "ix_transfers_destination_created")
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"accounts": _TWO_ACCOUNTS},
+        {"accounts": _TWO_ACCOUNTS, "state": TransferState.PROPOSED},
+        {"accounts": _TWO_ACCOUNTS, "registry": "hkmo"},
+    ],
+    ids=["accounts", "accounts-and-state", "accounts-and-registry"],
+)
+def test_a_transfers_page_for_accounts_seeks_each_account_on_each_side(
+    tmp_path: Any, filters: dict[str, Any]
+) -> None:
+    """A page of the transfers of some accounts reads, for each account, its transfers
+    as source and as destination in (created_at, id) order from the previous page's
+    last one, a page at most of each: never a scan of every transfer filtered by an OR,
+    nor a sort of all the account's transfers."""
+    engine = db.create_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        db.upgrade(engine)
+        for after in (None, _RESUME_AT):
+            statement, parameters = _page_statement(engine, after, filters)
+            with engine.connect() as connection:
+                plan = [
+                    (int(row[0]), int(row[1]), str(row[-1]))
+                    for row in connection.exec_driver_sql(
+                        f"EXPLAIN QUERY PLAN {statement}", parameters
+                    )
+                ]
+            reads = [
+                p for p in plan if f"{p[2]} ".startswith(("SCAN transfers ", "SEARCH transfers "))
+            ]
+            # One read per account and side, and each a search of its side's index.
+            assert len(reads) == 2 * len(filters["accounts"]), plan
+            sides = []
+            for node, parent, detail in reads:
+                assert detail.startswith("SEARCH transfers USING "), plan
+                (index,) = [i for i in _ACCOUNT_INDEXES if f" INDEX {i} (" in detail]
+                side = index.split("_")[2]
+                sides.append(side)
+                assert f"({side}_registry=? AND {side}_account=?" in detail, plan
+                if after is not None:
+                    assert "(created_at,id)>(?,?)" in detail, plan
+                # The read gives its rows in page order: nothing beside it sorts them.
+                assert not any(
+                    "TEMP B-TREE" in d for _, p, d in plan if p == parent and _ != node
+                ), plan
+            assert sorted(sides) == sorted(["source", "destination"] * len(filters["accounts"]))
+    finally:
+        engine.dispose()
+
+
+def test_postgres_pages_transfers_of_accounts_by_one_limited_index_read_per_side(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL's plan for a page of two accounts' transfers, over a history large
+    enough for its planner to choose by cost: per account and side, an index scan from
+    the previous page's position under a limit, no sequential scan and no sort of an
+    account's transfers."""
+    from tests.unit.registry_bridge.test_transfer_account_pages import Row, transfer_rows
+
+    engine = db.create_engine(postgres_url)
+    try:
+        db.upgrade(engine)
+        # Many accounts, each with a few hundred transfers per side: a page of one
+        # account is a small part of the history, and of that account's transfers.
+        accounts = [f"{r}:acct-{i:02d}" for r in ("hkmo", "shenzhen") for i in range(20)]
+        rows = [
+            Row(
+                f"t-{i:05d}",
+                _AT + timedelta(seconds=i),
+                accounts[i % 40],
+                accounts[(i // 40 + i) % 40],
+                TransferState.COMPLETED,
+            )
+            for i in range(12_000)
+        ]
+        with engine.begin() as connection:
+            connection.execute(sa.insert(TransferRecord), transfer_rows(rows))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE transfers")
+        wanted = frozenset({accounts[1], accounts[4]})
+        for after in (None, (_AT + timedelta(seconds=6000), "t-06000")):
+            statement, parameters = _page_statement(engine, after, {"accounts": wanted})
+            with engine.connect() as connection:
+                plan = [
+                    str(row[0])
+                    for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+                ]
+            text = "\n".join(plan)
+            assert "Seq Scan" not in text, text
+            scans = [i for i, line in enumerate(plan) if " on transfers " in line]
+            assert len(scans) == 2 * len(wanted), text
+            used = sorted(
+                next(index for index in _ACCOUNT_INDEXES if f"using {index} on" in plan[i])
+                for i in scans
+            )
+            assert used == sorted(_ACCOUNT_INDEXES * len(wanted)), text
+            for i in scans:
+                # Straight under its limit: read in page order, not sorted after.
+                assert plan[i - 1].strip().startswith("->  Limit"), text
+                if after is not None:
+                    assert "ROW(created_at, id) > ROW(" in plan[i + 1], text
     finally:
         engine.dispose()

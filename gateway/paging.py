@@ -8,9 +8,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from registry_bridge.errors import InvalidRequest
+from registry_bridge.model import BlockId, Program
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -90,8 +92,14 @@ def _seal(key: bytes, scope: str, payload: str) -> str:
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def encode_sealed_token(fields: Mapping[str, int], scope: str, key: bytes) -> str:
-    """A token holding ``fields``, sealed with ``key`` for the listing ``scope``.
+MAX_SEALED_TOKEN_CHARS = 4096
+"""The longest sealed token a gateway issues, or opens: what a trace's token carries
+beside its position (its serial ranges) has a bound, so that a token stays a small part
+of a request, and a larger one is refused before its seal is computed."""
+
+
+def encode_sealed_token(fields: Mapping[str, object], scope: str, key: bytes) -> str:
+    """A token holding ``fields`` (JSON values), sealed with ``key`` for ``scope``.
 
     Unlike :func:`encode_token`'s, what it holds is more than a position: a client that
     changed it could make the gateway answer another question than the one it began (a
@@ -103,13 +111,18 @@ def encode_sealed_token(fields: Mapping[str, int], scope: str, key: bytes) -> st
     return f"{payload}.{_seal(key, scope, payload)}"
 
 
-def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]) -> list[int]:
-    """The values of ``names`` a sealed token holds.
+def _open_sealed(token: str, scope: str, key: bytes) -> dict[str, Any]:
+    """The fields of a sealed token, its size and seal checked.
 
     Raises:
-        InvalidRequest: On ``page_token``: the token is malformed, was changed, was
-            issued by a gateway with another key, or belongs to another listing.
+        InvalidRequest: On ``page_token``: the token is too long, malformed, was
+            changed, was issued by a gateway with another key, or belongs to another
+            listing.
     """
+    if len(token) > MAX_SEALED_TOKEN_CHARS:
+        raise InvalidRequest.field(
+            "page_token", f"is longer than any this gateway issues ({MAX_SEALED_TOKEN_CHARS})"
+        )
     payload, dot, seal = token.partition(".")
     if not dot or not hmac.compare_digest(seal, _seal(key, scope, payload)):
         raise InvalidRequest.field(
@@ -119,12 +132,105 @@ def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]
         )
     try:
         data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        values = [data[name] for name in names]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+    except (binascii.Error, ValueError, TypeError) as exc:
         raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
-    if not all(isinstance(v, int) and 0 <= v <= MAX_OFFSET for v in values):
+    if not isinstance(data, dict):
+        raise InvalidRequest.field("page_token", "is not a token this server issued")
+    return data
+
+
+def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]) -> list[int]:
+    """The values of ``names`` a sealed token holds.
+
+    Raises:
+        InvalidRequest: On ``page_token``: the token is too long, malformed, was
+            changed, was issued by a gateway with another key, or belongs to another
+            listing.
+    """
+    data = _open_sealed(token, scope, key)
+    try:
+        values = [data[name] for name in names]
+    except KeyError as exc:
+        raise InvalidRequest.field("page_token", "is not a token this server issued") from exc
+    if not all(_is_position(v) for v in values):
         raise InvalidRequest.field("page_token", "is not a token this server issued")
     return values
+
+
+def _is_position(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_OFFSET
+
+
+TRACE_TOKEN_RANGES = 32
+"""Serial ranges a trace's page token carries at most (a trace's are its units' own and
+the origin serials they stand for: one or a few).  A trace with more gets tokens without
+them, and each of its pages works them out again, as every page did before tokens
+carried them."""
+
+
+@dataclass(frozen=True)
+class TraceResume:
+    """Where the next page of a trace starts, as its page token says."""
+
+    pinned_size: int
+    """The tree size of the trace's first page, against which every page is proven."""
+    start: int
+    """The first log index the page answers for: the previous page's end."""
+    ranges: tuple[BlockId, ...] | None
+    """The serial ranges answering the query at ``pinned_size``, as the first page worked
+    them out (see ``TracePage.ranges``); None from a token without them."""
+
+
+def encode_trace_token(resume: TraceResume, scope: str, key: bytes) -> str:
+    """The sealed token of the trace page ``resume`` says, for the query ``scope``.
+
+    The ranges are left out past :data:`TRACE_TOKEN_RANGES` or
+    :data:`MAX_SEALED_TOKEN_CHARS`: the next page then works them out itself.
+    """
+    fields: dict[str, object] = {"n": resume.pinned_size, "a": resume.start}
+    position = encode_sealed_token(fields, scope, key)
+    if resume.ranges is None or len(resume.ranges) > TRACE_TOKEN_RANGES:
+        return position
+    fields["r"] = [
+        [r.program.value, r.serial_series, r.serial_start, r.serial_end] for r in resume.ranges
+    ]
+    token = encode_sealed_token(fields, scope, key)
+    return token if len(token) <= MAX_SEALED_TOKEN_CHARS else position
+
+
+def decode_trace_token(token: str, scope: str, key: bytes) -> TraceResume:
+    """What a trace's page token says: its pinned tree size, where the page starts, and
+    the serial ranges that answer the query, if it carries them.
+
+    Raises:
+        InvalidRequest: On ``page_token``: as :func:`decode_sealed_token`, or its ranges
+            are more than :data:`TRACE_TOKEN_RANGES` or not serial ranges.
+    """
+    pinned, start = decode_sealed_token(token, scope, key, ("n", "a"))
+    carried = _open_sealed(token, scope, key).get("r")
+    if carried is None:
+        return TraceResume(pinned, start, None)
+    if not isinstance(carried, list) or not 0 < len(carried) <= TRACE_TOKEN_RANGES:
+        raise InvalidRequest.field(
+            "page_token", f"carries other than 1 to {TRACE_TOKEN_RANGES} serial ranges"
+        )
+    ranges: list[BlockId] = []
+    for item in carried:
+        try:
+            program, series, first, last = item
+            if not (
+                isinstance(program, str)
+                and isinstance(series, str)
+                and type(first) is int
+                and type(last) is int
+            ):
+                raise ValueError(f"not a serial range: {item!r}")
+            ranges.append(BlockId(Program(program), series, first, last))
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest.field(
+                "page_token", "carries something other than serial ranges"
+            ) from exc
+    return TraceResume(pinned, start, tuple(ranges))
 
 
 def encode_key_token(key: Sequence[str], scope: str) -> str:

@@ -543,24 +543,25 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         log = self._log()
         # The token pins the first page's tree size and says where to resume: every page
         # is proven against that one checkpoint, however the log grows meanwhile.
-        pinned: int | None = None
-        start = 0
+        # It also carries the serial ranges the first page found answering the query, so
+        # that a page reads the log from where the last ended and not every event of the
+        # units again: a long history is read once, not once per page.
+        resume = paging.TraceResume(0, 0, None)
         if request.page_token:
-            pinned, start = paging.decode_sealed_token(
-                request.page_token, scope, log.page_token_key, ("n", "a")
-            )
+            resume = paging.decode_trace_token(request.page_token, scope, log.page_token_key)
         page = log.trace_page(
             query,
             limit=limit,
-            pinned_size=pinned,
-            start=start,
+            pinned_size=resume.pinned_size if request.page_token else None,
+            start=resume.start,
             max_bytes=self._trace_page_bytes,
             claim=claim,
+            ranges=resume.ranges,
         )
         response = convert_provenance.trace_page_to_pb(page)
         if page.next_start is not None:
-            response.next_page_token = paging.encode_sealed_token(
-                {"n": page.checkpoint.checkpoint.size, "a": page.next_start},
+            response.next_page_token = paging.encode_trace_token(
+                paging.TraceResume(page.checkpoint.checkpoint.size, page.next_start, page.ranges),
                 scope,
                 log.page_token_key,
             )

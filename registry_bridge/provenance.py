@@ -75,6 +75,11 @@ class TracePage:
     an auditor see one left out, or a page."""
     window: tuple[int, int]
     """The indexes ``[start, end)`` this page answers for; the next starts at ``end``."""
+    ranges: tuple[BlockId, ...] = ()
+    """The serial ranges whose events answer ``query`` at the checkpoint: ``query`` and
+    the origin serials its units stand for.  Fixed by the checkpoint, so the trace's
+    later pages take them (``trace_page``'s ``ranges``) rather than read every event of
+    the units again to work them out."""
 
     @property
     def next_start(self) -> int | None:
@@ -115,6 +120,17 @@ def _overlaps_any(ranges: Iterable[BlockId]) -> sa.ColumnElement[bool]:
             )
             for block in ranges
         )
+    )
+
+
+def _holds(ranges: Iterable[BlockId], query: BlockId) -> bool:
+    """Whether one of ``ranges`` holds every serial of ``query`` (answering ranges are
+    merged, so the query's own serials are inside one of them)."""
+    return any(
+        (r.program, r.serial_series) == (query.program, query.serial_series)
+        and r.serial_start <= query.serial_start
+        and query.serial_end <= r.serial_end
+        for r in ranges
     )
 
 
@@ -323,6 +339,7 @@ class ProvenanceLog:
         start: int = 0,
         max_bytes: int = DEFAULT_PAGE_BYTES,
         claim: tuple[str, UnitBlock] | None = None,
+        ranges: Sequence[BlockId] | None = None,
     ) -> TracePage:
         """A page of every event of every unit of ``query``, proven against one checkpoint.
 
@@ -343,14 +360,23 @@ class ProvenanceLog:
             max_bytes: The reply's budget (checkpoint, note and events).
             claim: The serial the caller gave, and what it says of its units: checked
                 against their issuance (see :func:`check_serial_claims`).
+            ranges: The first page's ``TracePage.ranges``, given back by a later page
+                (with ``pinned_size``): the page then reads the log from ``start`` on
+                only, where working them out reads every event of the units, and the
+                claim, checked by the first page against the same checkpoint, is not
+                checked again.  None works them out (and checks the claim).
 
         Raises:
             NotFound: No event concerns some of these serials: the answer would be the
                 history of only part of what was asked, so there is none.
             InvalidRequest: ``pinned_size`` is beyond the log's size, or ``start`` not
-                below it (``page_token``, where they come from), or the serial's claims
-                are not those of its units' issuance.
+                below it, or ``ranges`` do not hold ``query`` (``page_token``, where they
+                come from), or the serial's claims are not those of its units' issuance.
         """
+        if ranges is not None and (pinned_size is None or not _holds(ranges, query)):
+            raise InvalidRequest.field(
+                "page_token", "carries serial ranges that are not those of this query"
+            )
         with self._covered() as (session, size):
             if pinned_size is not None:
                 if pinned_size > size:
@@ -364,9 +390,10 @@ class ProvenanceLog:
                 raise InvalidRequest.field(
                     "page_token", f"resumes at event {start}, outside the log of size {size}"
                 )
-            ranges = self._answering_ranges(session, query, size)
-            if claim is not None:
-                check_serial_claims(self._issuances(session, ranges, size), *claim)
+            if ranges is None:
+                ranges = self._answering_ranges(session, query, size)
+                if claim is not None:
+                    check_serial_claims(self._issuances(session, ranges, size), *claim)
             indexes = self._next_indexes(session, ranges, start, size, limit + 1)
             budget = max_bytes - _NOTE_BYTES - len(query.serial_series)
             ranges_of = self._ranges_of(session, indexes[:limit])
@@ -418,6 +445,7 @@ class ProvenanceLog:
             proven,
             self._signer.sign_body(statement.body()),
             window,
+            tuple(ranges),
         )
 
     @staticmethod

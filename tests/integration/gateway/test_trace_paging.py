@@ -15,19 +15,21 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2
-from gateway import client_security
+from gateway import client_security, paging
 from gateway.cli import main
 from gateway.cli_audit import bundle_from_pages
 from gateway.convert import block_id_to_pb
-from registry_bridge import db, ledger
+from registry_bridge import db, ledger, provenance
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, Program
 from registry_bridge.signed_note import parse_verifier_key
@@ -252,3 +254,119 @@ def test_each_page_stays_under_the_default_limit(long_history: LiveGateway) -> N
     pages = _pages(long_history, ISSUANCE, page_size=1000)
     assert all(p.ByteSize() <= config.trace_page_bytes for p in pages)
     assert _kinds(pages).count("split") == LOTS
+
+
+def _statements_per_page(
+    gateway: LiveGateway, block: BlockId, page_size: int
+) -> tuple[list[gateway_pb2.TraceUnitsResponse], list[int]]:
+    """A trace's pages, and how many statements the gateway ran for each."""
+    pages: list[gateway_pb2.TraceUnitsResponse] = []
+    counts: list[int] = []
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    engine = gateway.server.engine
+    token = ""
+    while not pages or token:
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            pages.append(gateway.stub.TraceUnits(_request(block, page_size, token), timeout=30))
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+        counts.append(len(seen))
+        seen.clear()
+        token = pages[-1].next_page_token
+    return pages, counts
+
+
+def test_a_page_reads_on_from_where_the_one_before_ended(
+    long_history: LiveGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page k of a trace reads the log's events from page k-1's end: it reads none of
+    the events before it again, so a history is read once however many pages it takes.
+
+    The first page works out which serial ranges answer the query (the traced units and
+    the origin serials they stand for) from every event of them, and the page token
+    carries those; a page that worked them out again read every event of the trace
+    from the first, a chunk at a time, and a trace of n pages read the history n times.
+    Chunks of four events make such a reread show as statements.
+    """
+    monkeypatch.setattr(provenance, "_CHUNK", 4)
+    short, short_counts = _statements_per_page(long_history, LAST_TONNE, 8)
+    assert len(short) == 8  # the issuance and 60 splits
+    _cut_lots(long_history, LOTS, 3 * LOTS)  # a history four times as long
+    long, long_counts = _statements_per_page(long_history, LAST_TONNE, 8)
+    assert len(long) == 31
+    assert _kinds(long) == ["issuance"] + ["split"] * 4 * LOTS
+    # Every page after the first, of either history, costs the same: what the page
+    # itself reads, nothing of the events before it.
+    later = {*short_counts[1:-1], *long_counts[1:-1]}
+    assert len(later) == 1, (short_counts, long_counts)
+    # The first page alone read the whole history (61 and 241 events, four a statement).
+    assert long_counts[0] - short_counts[0] == (241 - 61) // 4
+    assert later.pop() < short_counts[0] - 61 // 4
+    trusted = parse_verifier_key(long[0].checkpoint.verifier_key)
+    report = verify_bundle(
+        bundle_from_json(bundle_from_pages(long, "", "", LAST_TONNE).to_json()), trusted
+    )
+    assert report.events == 4 * LOTS + 1
+
+
+def test_a_page_token_carries_the_trace_state_bounded_and_sealed(
+    long_history: LiveGateway,
+) -> None:
+    """The token's ranges are read back only as the gateway sealed them, and only so
+    many: a token sealed with the gateway's key (as by a gateway of another version, or
+    with its key leaked) that carries too many, other serials than the query's, or
+    other than serial ranges is refused on page_token, and changes nothing."""
+    stub = long_history.stub
+    key = long_history.server.provenance.page_token_key
+    scope = f"trace:block:VCS/:{LAST_TONNE.serial_start}-{LAST_TONNE.serial_end}"
+    first = stub.TraceUnits(_request(LAST_TONNE, 16), timeout=30)
+    resume = paging.decode_trace_token(first.next_page_token, scope, key)
+    assert resume.ranges is not None and len(resume.ranges) == 1
+    assert resume.ranges[0].serial_start <= LAST_TONNE.serial_start
+    # A token without ranges (a gateway's before tokens carried them) pages as before.
+    bare = paging.encode_sealed_token({"n": resume.pinned_size, "a": resume.start}, scope, key)
+    carried = stub.TraceUnits(_request(LAST_TONNE, 16, first.next_page_token), timeout=30)
+    again = stub.TraceUnits(_request(LAST_TONNE, 16, bare), timeout=30)
+    assert again == carried
+
+    tonne = ["VCS", "", LAST_TONNE.serial_start, LAST_TONNE.serial_end]
+    position = {"n": resume.pinned_size, "a": resume.start}
+    for ranges, why in [
+        ([tonne] * (paging.TRACE_TOKEN_RANGES + 1), "serial ranges"),
+        ([], "serial ranges"),
+        ([["VCS", "", 1, 2]], "not those of this query"),
+        ([["NOPE", "", 1, 2]], "other than serial ranges"),
+        ([["VCS", "", 5, 2]], "other than serial ranges"),
+        ([["VCS", "", "1", 2]], "other than serial ranges"),
+        ([["VCS", ""]], "other than serial ranges"),
+        ("VCS", "serial ranges"),
+        ([["VCS", "x" * 4096, 1, 2]], "longer than any"),
+    ]:
+        forged = paging.encode_sealed_token({**position, "r": ranges}, scope, key)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.TraceUnits(_request(LAST_TONNE, 16, forged), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ranges
+        assert _violations(caught.value) == ["page_token"]
+        assert why in (caught.value.details() or ""), caught.value.details()
+    assert stub.TraceUnits(_request(LAST_TONNE, 16, first.next_page_token), timeout=30) == carried
+
+
+def test_a_trace_of_more_ranges_than_a_token_carries_pages_without_them() -> None:
+    key = b"k" * 32
+    many = tuple(BlockId(Program.VCS, "", 10 * i, 10 * i + 1) for i in range(40))
+    for ranges, carried in [
+        (many[:1], many[:1]),
+        (many[: paging.TRACE_TOKEN_RANGES], many[: paging.TRACE_TOKEN_RANGES]),
+        (many, None),
+        ((BlockId(Program.VCS, "s" * 4000, 1, 2),), None),  # past the token's length
+    ]:
+        token = paging.encode_trace_token(paging.TraceResume(70, 16, ranges), "trace:x", key)
+        assert len(token) <= paging.MAX_SEALED_TOKEN_CHARS
+        assert paging.decode_trace_token(token, "trace:x", key) == paging.TraceResume(
+            70, 16, carried
+        )

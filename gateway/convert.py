@@ -41,6 +41,7 @@ from registry_bridge.transfers import (
     TransferInstruction,
     TransferState,
     UnitUse,
+    UseLegState,
     UseState,
     compliance_year_problem,
 )
@@ -453,6 +454,11 @@ _USE_STATE = {
     UseState.FAILED: model_pb2.USE_STATE_FAILED,
 }
 USE_STATE_FROM_PB = {v: k for k, v in _USE_STATE.items()}
+_USE_LEG_STATE = {
+    UseLegState.OPEN: model_pb2.USE_LEG_STATE_OPEN,
+    UseLegState.DONE: model_pb2.USE_LEG_STATE_DONE,
+    UseLegState.REFUSED: model_pb2.USE_LEG_STATE_REFUSED,
+}
 
 
 def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
@@ -474,6 +480,18 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
         create_time=timestamp(use.created_at),
         state=_USE_STATE[use.state],
         refusal_reason=use.refusal,
+        legs=[
+            model_pb2.UseLeg(
+                registry=leg.registry,
+                account=leg.account,
+                block=block_id_to_pb(leg.block),
+                holder=leg.holder,
+                state=_USE_LEG_STATE[leg.state],
+                refusal_code=leg.refusal_code,
+                refusal=leg.refusal,
+            )
+            for leg in use.legs
+        ],
     )
     if use.decision is not None:
         message.decision.CopyFrom(decision_to_pb(use.decision))

@@ -95,6 +95,8 @@ from registry_bridge.transfers import (
     TransferState,
     TransferStep,
     UnitUse,
+    UseLeg,
+    UseLegState,
     UseRequest,
     UseState,
     body_digest,
@@ -2601,7 +2603,7 @@ class Bridge:
                     )
             except RegistryRejected as exc:
                 if position == 0:
-                    self._reject_use(use_id, _refused_leg(kind, leg, exc, done=()))
+                    self._reject_use(use_id, _refused_leg(kind, leg, exc, done=()), exc)
                 else:
                     self._fail_use(use_id, position, exc)
                 raise self._use_refusal(use_id) from exc
@@ -2739,13 +2741,14 @@ class Bridge:
         record.detail = json.dumps(detail, sort_keys=True)
         record.state = state
 
-    def _reject_use(self, use_id: str, reason: str) -> None:
-        """A use refused before any registry applied it: release its units."""
+    def _reject_use(self, use_id: str, reason: str, error: RegistryRejected) -> None:
+        """A use its first leg's registry refused, before any applied it: release its units."""
         with unit_of_work(self._sessions) as session:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
             if record is None or record.state != "pending":
                 return
             detail = json.loads(record.detail)
+            detail["refused_leg"] = _refusal_record(0, error)
             self._release(session, record, detail, detail["legs"], "rejected", reason)
 
     def _fail_use(self, use_id: str, refused_at: int, error: RegistryRejected) -> None:
@@ -2766,6 +2769,7 @@ class Bridge:
             reason = _refused_leg(detail["request"]["kind"], legs[refused_at], error, done)
             detail["surrendered"] = self._record_legs(session, use_id, detail, done)
             detail["done_legs"] = [leg["op"] for leg in done]
+            detail["refused_leg"] = _refusal_record(refused_at, error)
             self._release(session, record, detail, rest, "failed", reason)
         _logger.error("use_failed", use=use_id, registry=error.registry, reason=reason)
 
@@ -2878,11 +2882,56 @@ def _use_view(session: Session, record: UnitUseRecord) -> UnitUse:
         ),
         decision=_decision_from_json(record.decision),
         created_at=record.created_at,
-        legs=tuple(leg["op"] for leg in detail["legs"]),
+        legs=_leg_views(record.state, detail),
         # The words _refusal_of answers Retire and Surrender with: what a client read
         # then, it reads again here.
         refusal=(detail.get("rejection", "refused") if record.state in _REFUSED_USE_STATES else ""),
     )
+
+
+def _refusal_record(index: int, error: RegistryRejected) -> dict[str, Any]:
+    """What a use keeps of a registry's refusal of its leg ``index``."""
+    return {"index": index, "code": error.code, "message": str(error)}
+
+
+def _done_and_refused(detail: dict[str, Any]) -> tuple[list[int], int | None]:
+    """The positions of a use's legs done so far, and of the leg a registry refused (None
+    if none was; for a failed use recorded before refusals were kept, the first leg not
+    done, where it stopped)."""
+    done_ops = set(detail.get("done_legs", ()))
+    legs = detail["legs"]
+    done = [i for i, leg in enumerate(legs) if leg["op"] in done_ops]
+    refused_leg = detail.get("refused_leg")
+    if refused_leg is not None:
+        return done, int(refused_leg["index"])
+    return done, (len(done) if done and len(done) < len(legs) else None)
+
+
+def _leg_views(state: str, detail: dict[str, Any]) -> tuple[UseLeg, ...]:
+    """Where each leg of a use stands, as its record says."""
+    done, refused = _done_and_refused(detail)
+    refusal = detail.get("refused_leg") or {}
+    views: list[UseLeg] = []
+    for i, leg in enumerate(detail["legs"]):
+        if state == UseState.COMPLETED.value or i in done:
+            leg_state = UseLegState.DONE
+        elif i == refused and state in _REFUSED_USE_STATES:
+            leg_state = UseLegState.REFUSED
+        else:
+            leg_state = UseLegState.OPEN
+        mine = i == refused and state != UseState.PENDING.value
+        views.append(
+            UseLeg(
+                registry=leg["registry"],
+                account=leg["account"],
+                block=block_id_from_dict(leg["block"]),
+                holder=leg["origin"] is not None,
+                state=leg_state,
+                refusal_code=refusal.get("code", "") if mine else "",
+                refusal=refusal.get("message", "") if mine else "",
+            )
+        )
+    return tuple(views)
 
 
 def _refused_leg(

@@ -44,6 +44,17 @@ class UseState(enum.StrEnum):
     """A registry refused a leg after earlier ones were done, which cannot be undone."""
 
 
+class UseLegState(enum.StrEnum):
+    """Where one registry leg of a use stands."""
+
+    OPEN = "open"
+    """Not done yet (the use is pending), or never attempted (an earlier leg was refused)."""
+    DONE = "done"
+    """Applied by its registry through the gateway."""
+    REFUSED = "refused"
+    """Refused by its registry: the leg a rejected or failed use stopped at."""
+
+
 class TransferKind(enum.StrEnum):
     BRIDGE_OUT = "bridge_out"
     """Origin units leave for a registry that issues a mirror of them."""
@@ -273,6 +284,25 @@ class UnitUse:
     blocks: tuple[UnitBlock, ...]
     decision: RulesDecision | None
     created_at: datetime
-    legs: tuple[str, ...] = field(default=())
+    legs: tuple[UseLeg, ...] = field(default=())
+    """Its registry legs, in the order they run (the origin registry's first)."""
     refusal: str = ""
     """Why a rejected or failed use was refused, as recorded when it ended; "" otherwise."""
+
+
+@dataclass(frozen=True)
+class UseLeg:
+    """One registry's part of a use."""
+
+    registry: str
+    account: str
+    block: BlockId
+    """The units, as ``registry`` holds them."""
+    holder: bool
+    """The holder's own units; False for the origin units retired behind a mirror or a
+    custody venue's position."""
+    state: UseLegState
+    refusal_code: str = ""
+    """For the leg a registry refused: its code."""
+    refusal: str = ""
+    """... and its words."""

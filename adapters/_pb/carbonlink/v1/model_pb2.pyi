@@ -125,6 +125,32 @@ TRANSFER_STATE_REJECTED: TransferState.ValueType  # 7
 TRANSFER_STATE_ROLLED_BACK: TransferState.ValueType  # 8
 Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
 
+class _UseLegState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UseLegStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseLegState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USE_LEG_STATE_UNSPECIFIED: _UseLegState.ValueType  # 0
+    USE_LEG_STATE_OPEN: _UseLegState.ValueType  # 1
+    """Not yet done (the use is pending), or never attempted (an earlier leg was refused)."""
+    USE_LEG_STATE_DONE: _UseLegState.ValueType  # 2
+    """Applied by its registry through the gateway."""
+    USE_LEG_STATE_REFUSED: _UseLegState.ValueType  # 3
+    """Refused by its registry (the leg a REJECTED or FAILED use stopped at)."""
+
+class UseLegState(_UseLegState, metaclass=_UseLegStateEnumTypeWrapper):
+    """Where one leg of a use stands."""
+
+USE_LEG_STATE_UNSPECIFIED: UseLegState.ValueType  # 0
+USE_LEG_STATE_OPEN: UseLegState.ValueType  # 1
+"""Not yet done (the use is pending), or never attempted (an earlier leg was refused)."""
+USE_LEG_STATE_DONE: UseLegState.ValueType  # 2
+"""Applied by its registry through the gateway."""
+USE_LEG_STATE_REFUSED: UseLegState.ValueType  # 3
+"""Refused by its registry (the leg a REJECTED or FAILED use stopped at)."""
+Global___UseLegState: _TypeAlias = UseLegState  # noqa: Y015
+
 class _UseState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -842,6 +868,7 @@ class UnitUse(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REFUSAL_REASON_FIELD_NUMBER: _builtins.int
+    LEGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "uses/{use_id}"."""
     request_id: _builtins.str
@@ -875,6 +902,12 @@ class UnitUse(_message.Message):
     def decision(self) -> Global___Decision: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseLeg]:
+        """Each registry leg that carries the use out, in the order the gateway runs them
+        (the origin registry's legs first): what each did, and which one a registry refused.
+        """
+
     def __init__(
         self,
         *,
@@ -892,14 +925,64 @@ class UnitUse(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___UseState.ValueType = ...,
         refusal_reason: _builtins.str = ...,
+        legs: _abc.Iterable[Global___UseLeg] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "name", b"name", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "legs", b"legs", "name", b"name", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnitUse: _TypeAlias = UnitUse  # noqa: Y015
+
+@_typing.final
+class UseLeg(_message.Message):
+    """One registry's part of a retirement or surrender."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REFUSAL_CODE_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    """The registry and account the leg retires or surrenders units at."""
+    account: _builtins.str
+    holder: _builtins.bool
+    """True for the holder's own units; false for the origin units retired behind them."""
+    state: Global___UseLegState.ValueType
+    refusal_code: _builtins.str
+    """For the leg a registry refused: the registry's refusal code and words, as it
+    answered.
+    """
+    refusal: _builtins.str
+    @_builtins.property
+    def block(self) -> Global___BlockId:
+        """The units, as that registry holds them (the origin units behind a mirror at the
+        origin registry, the holder's own at the holder's registry).
+        """
+
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        account: _builtins.str = ...,
+        block: Global___BlockId | None = ...,
+        holder: _builtins.bool = ...,
+        state: Global___UseLegState.ValueType = ...,
+        refusal_code: _builtins.str = ...,
+        refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "block", b"block", "holder", b"holder", "refusal", b"refusal", "refusal_code", b"refusal_code", "registry", b"registry", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseLeg: _TypeAlias = UseLeg  # noqa: Y015
 
 @_typing.final
 class ProvenanceEvent(_message.Message):

@@ -401,8 +401,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="retirements and surrenders, as the gateway holds them",
         description="Read back retirements and surrenders in their state: pending (a "
         "registry has not answered), completed, rejected (refused before anything was done, "
-        "e.g. a double use) or failed (refused after a registry had done its part), with "
-        "why. Each prints JSON. You read the uses of the accounts your token names; "
+        "e.g. a double use) or failed (refused after a registry had done its part: its units "
+        "are held, rule CL-USE-0001, until an operator settles it), with why and each "
+        "registry leg. Each prints JSON. You read the uses of the accounts your token names; "
         "auditors and regulators read all.",
     )
     use_commands = use.add_subparsers(dest="use_command", required=True)

@@ -46,6 +46,7 @@ from registry_bridge.transfers import TransferState
 _UNFINISHED = tuple(s.value for s in TransferState if not s.is_final)
 _USE_KINDS = ("retirement", "surrender")
 _PENDING_USE = "pending"
+_FAILED_USE = "failed"
 _RUNNING_MIGRATION = "running"
 _CALL_SECONDS_BUCKETS = (
     *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
@@ -83,6 +84,12 @@ class _DatabaseCollector(Collector):
         uses = GaugeMetricFamily(
             "carbonlink_uses_pending",
             "Retirements and surrenders whose registry legs are under way, by kind.",
+            labels=["kind"],
+        )
+        failed_uses = GaugeMetricFamily(
+            "carbonlink_uses_failed",
+            "Retirements and surrenders done at one registry and refused at another, not "
+            "yet resolved by an operator (their units are held, rule CL-USE-0001), by kind.",
             labels=["kind"],
         )
         oldest_use = GaugeMetricFamily(
@@ -146,6 +153,14 @@ class _DatabaseCollector(Collector):
                     .group_by(UnitUseRecord.kind)
                 )
             }
+            failed: dict[str, int] = {
+                kind: count
+                for kind, count in session.execute(
+                    sa.select(UnitUseRecord.kind, sa.func.count())
+                    .where(UnitUseRecord.state == _FAILED_USE)
+                    .group_by(UnitUseRecord.kind)
+                )
+            }
             running = session.execute(
                 sa.select(sa.func.count()).where(MigrationRecord.state == _RUNNING_MIGRATION)
             ).scalar_one()
@@ -160,6 +175,7 @@ class _DatabaseCollector(Collector):
         for kind in _USE_KINDS:
             count, first = pending_uses.get(kind, (0, None))
             uses.add_metric([kind], count)
+            failed_uses.add_metric([kind], failed.get(kind, 0))
             oldest_use.add_metric([kind], _age(now, first))
         migrations.add_metric([], running)
         log_size.add_metric([], size or 0)
@@ -182,6 +198,7 @@ class _DatabaseCollector(Collector):
             unfinished,
             oldest,
             uses,
+            failed_uses,
             oldest_use,
             migrations,
             log_size,

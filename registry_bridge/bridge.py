@@ -109,8 +109,80 @@ _logger = structlog.get_logger(__name__)
 
 HELD_BY_RECONCILIATION = "CL-RECONCILE-0001"
 """The rule refusing units a reconciliation found differing from a registry twice in a row."""
+HELD_BY_FAILED_USE = "CL-USE-0001"
+"""The rule refusing units of a use done at one registry and refused at another, until an
+operator settles it with the registries."""
 _HELD = "carbonlink.held_blocks"
-"""Session info key: the held blocks, read once per transaction."""
+"""Session info key: the holds in force, read once per transaction (with that transaction)."""
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """Units no transfer or use may take now, and the rule that says why."""
+
+    rule_id: str
+    blocks: tuple[BlockId, ...]
+    message: str
+    source: str
+
+
+def _reconciliation_hold(hold: reconciliations.HeldBlock) -> _Hold:
+    return _Hold(
+        HELD_BY_RECONCILIATION,
+        (hold.block,),
+        (
+            f"units held: reconciliation {hold.reconciliation_id} and the scheduled one "
+            f"before it found {hold.registry} differing from the ledger ({hold.detail}); "
+            "they move again once a reconciliation finds them agreeing"
+        ),
+        (
+            "carbonlink reconciliation (as the Kyoto ITL's check 3016: no transaction on "
+            "units whose reconciliation is unresolved)"
+        ),
+    )
+
+
+def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
+    """The units of every failed use no operator has resolved yet.
+
+    Such a use is done at one registry and not at another: the units are used at the
+    first and still active at the second (and in the ledger), so taking them again
+    through the gateway would use them twice.  Failed uses are rare and read through the
+    state index, so this costs one short query per transaction.
+    """
+    holds: list[_Hold] = []
+    for use_id, kind, raw in session.execute(
+        sa.select(UnitUseRecord.id, UnitUseRecord.kind, UnitUseRecord.detail).where(
+            UnitUseRecord.state == UseState.FAILED.value
+        )
+    ):
+        detail = json.loads(raw)
+        legs = detail["legs"]
+        blocks: list[BlockId] = []
+        for leg in legs:
+            blocks.append(block_id_from_dict(leg["block"]))
+            if leg["origin"] is not None:
+                blocks.append(block_id_from_dict(leg["origin"]))
+        done, refused = _done_and_refused(detail)
+        done_at = ", ".join(dict.fromkeys(legs[i]["registry"] for i in done)) or "no registry"
+        refused_at = legs[refused]["registry"] if refused is not None else "a registry"
+        holds.append(
+            _Hold(
+                HELD_BY_FAILED_USE,
+                tuple(dict.fromkeys(blocks)),
+                (
+                    f"units held: uses/{use_id} ({kind}) was done at {done_at} and refused "
+                    f"at {refused_at}, and is not settled yet; they move again once an "
+                    "operator settles it with the registries"
+                ),
+                (
+                    "carbonlink use settlement (DESIGN.md, double use: units used at one "
+                    "registry and not at another are not used again until settled)"
+                ),
+            )
+        )
+    return tuple(holds)
+
 
 ORIGIN_REGISTRY: Mapping[Program, str] = {
     Program.VCS: "verra",
@@ -679,8 +751,8 @@ class Bridge:
         self._lock_ttl = lock_ttl
         self._registry_lock_grace = registry_lock_grace
         self._owner = owner or uuid.uuid4().hex
-        self._held: tuple[int | None, tuple[reconciliations.HeldBlock, ...]] = (None, ())
-        """The held blocks as of the newest completed reconciliation (its id)."""
+        self._held: tuple[int | None, tuple[_Hold, ...]] = (None, ())
+        """Reconciliation's holds as of the newest completed reconciliation (its id)."""
         self._imported: dict[str, set[tuple[str, BlockId, HoldingStatus]]] = {}
         """Per registry, the holdings its imports have already looked at."""
         self._lease = lease
@@ -831,43 +903,51 @@ class Bridge:
             f"{', '.join(sorted(self._registries))}"
         )
 
+    def _holds(self, session: Session) -> tuple[_Hold, ...]:
+        """Every hold in force, read once per transaction: the units reconciliation holds
+        and those of failed uses no operator has resolved."""
+        transaction = session.get_transaction()
+        cached_holds: tuple[Any, tuple[_Hold, ...]] | None = session.info.get(_HELD)
+        if cached_holds is not None and cached_holds[0] is transaction:
+            return cached_holds[1]
+        # Reconciliation's holds change only with a completed reconciliation: kept across
+        # transactions until a newer one completes.
+        latest = reconciliations.latest_completed_id(session)
+        cached_id, cached = self._held
+        if latest != cached_id:
+            cached = (
+                ()
+                if latest is None
+                else tuple(_reconciliation_hold(h) for h in reconciliations.held_blocks(session))
+            )
+            self._held = (latest, cached)
+        holds = cached + _failed_use_holds(session)
+        session.info[_HELD] = (transaction, holds)
+        return holds
+
     def _held_violations(
         self, session: Session, blocks: Sequence[BlockId]
     ) -> tuple[RuleViolation, ...]:
-        """The blocks among ``blocks`` that reconciliation holds, as violations (one per
-        held block they touch).
+        """The holds ``blocks`` run into, as violations (one per hold they touch).
 
         Units a registry and the ledger tell differently, found twice in a row by the
         scheduled reconciliation, are not moved or used until a reconciliation finds
         them agreeing: taking them could count them twice (the Kyoto ITL refuses any
-        transaction on units whose reconciliation is unresolved).
+        transaction on units whose reconciliation is unresolved).  Units of a use done at
+        one registry and refused at another are not moved or used until an operator
+        resolves it, for the same reason.
         """
-        held: tuple[reconciliations.HeldBlock, ...] | None = session.info.get(_HELD)
-        if held is None:
-            latest = reconciliations.latest_completed_id(session)
-            cached_id, cached = self._held
-            if latest != cached_id:
-                cached = () if latest is None else reconciliations.held_blocks(session)
-                self._held = (latest, cached)
-            held = cached
-            session.info[_HELD] = held
         violations: list[RuleViolation] = []
-        for hold in held:
-            touched = tuple(dict.fromkeys(b for b in blocks if b.overlaps(hold.block)))
+        for hold in self._holds(session):
+            touched = tuple(
+                dict.fromkeys(b for b in blocks if any(b.overlaps(h) for h in hold.blocks))
+            )
             if touched:
                 violations.append(
                     RuleViolation(
-                        rule_id=HELD_BY_RECONCILIATION,
-                        message=(
-                            f"units held: reconciliation {hold.reconciliation_id} and the "
-                            f"scheduled one before it found {hold.registry} differing from "
-                            f"the ledger ({hold.detail}); they move again once a "
-                            f"reconciliation finds them agreeing"
-                        ),
-                        source=(
-                            "carbonlink reconciliation (as the Kyoto ITL's check 3016: no "
-                            "transaction on units whose reconciliation is unresolved)"
-                        ),
+                        rule_id=hold.rule_id,
+                        message=hold.message,
+                        source=hold.source,
                         blocks=touched,
                     )
                 )

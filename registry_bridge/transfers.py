@@ -41,7 +41,8 @@ class UseState(enum.StrEnum):
     REJECTED = "rejected"
     """Refused before any leg was done (a double use, a registry's refusal of the first)."""
     FAILED = "failed"
-    """A registry refused a leg after earlier ones were done, which cannot be undone."""
+    """A registry refused a leg after earlier ones were done, which cannot be undone; its
+    units are held (``bridge.HELD_BY_FAILED_USE``) until an operator settles it."""
 
 
 class UseLegState(enum.StrEnum):

@@ -1,5 +1,5 @@
-"""A use done at one registry and refused at another: what GetUse shows of it, over real
-gRPC on both databases.
+"""A use done at one registry and refused at another: what GetUse shows of it, and the
+hold on its units, over real gRPC on both databases.
 
 The failed use is real: the Hong Kong venue's emulator refuses its ``RetireOnBehalf``
 (FAILED_PRECONDITION, a final refusal) for as many calls as a test scripts, after Verra
@@ -8,7 +8,7 @@ has retired the origin units behind the venue's position.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -17,7 +17,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from adapters.serials import parse_serial
-from registry_bridge.bridge import venue_account
+from registry_bridge.bridge import HELD_BY_FAILED_USE, venue_account
 from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.port import BlockStatusRequest
 from tests.integration.gateway.conftest import (
@@ -27,11 +27,13 @@ from tests.integration.gateway.conftest import (
     linked_registries,
     running_gateway,
 )
+from tests.integration.gateway.test_metrics import scrape
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
 UNITS = BlockId(Program.VCS, "", START, START + 9)
 SELLER = model_pb2.AccountRef(registry="hkmo", account="hk-seller")
+BUYER = model_pb2.AccountRef(registry="shenzhen", account="buyer")
 
 
 def _selector(block: BlockId) -> model_pb2.UnitSelector:
@@ -66,6 +68,7 @@ def _venue_refusing(
             recovery_interval_seconds=3600,
             registry_retry_initial_wait_seconds=0.01,
             registry_retry_max_wait_seconds=0.02,
+            metrics_listen="127.0.0.1:0",
         ) as gateway:
             yield gateway, registries
 
@@ -81,6 +84,12 @@ def _fail(gateway: LiveGateway, request_id: str = "retire-failing") -> str:
     names = [str(u.name) for u in listed.uses if u.request_id == request_id]
     assert len(names) == 1, names
     return names[0]
+
+
+def _refused(invoke: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        invoke()
+    return caught.value.code(), caught.value.details() or ""
 
 
 def _statuses(registries: LinkedRegistries, registry: str, block: BlockId) -> set[HoldingStatus]:
@@ -123,3 +132,39 @@ def test_a_completed_use_names_every_leg_done(database_url: str) -> None:
             ("hkmo", True, "USE_LEG_STATE_DONE"),
         ]
         assert [leg.refusal for leg in use.legs] == ["", ""]
+
+
+def test_the_units_of_a_failed_use_are_refused_to_every_use_and_transfer(
+    database_url: str,
+) -> None:
+    with _venue_refusing(database_url, 1) as (gateway, _):
+        name = _fail(gateway)
+        failed = ("carbonlink_uses_failed", (("kind", "retirement"),))
+        assert scrape(gateway.server.metrics_port)[failed] == 1
+        code, details = _refused(lambda: gateway.stub.Retire(_retirement("again"), timeout=30))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert HELD_BY_FAILED_USE in details and name in details
+        # A part of them, in a transfer: rejected by the same rule, naming the use.
+        part = BlockId(Program.VCS, "", START + 5, START + 14)
+        moved = gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(
+                request_id="move-held",
+                instruction=model_pb2.TransferInstruction(
+                    source=SELLER, destination=BUYER, units=[_selector(part)]
+                ),
+            ),
+            timeout=30,
+        )
+        assert moved.state == model_pb2.TRANSFER_STATE_REJECTED
+        (violation,) = [v for v in moved.decision.violations if v.rule_id == HELD_BY_FAILED_USE]
+        assert name in violation.message
+        # The dry run says the same.
+        decision = gateway.stub.EvaluateTransfer(
+            gateway_pb2.EvaluateTransferRequest(instruction=moved.instruction), timeout=30
+        ).decision
+        assert HELD_BY_FAILED_USE in [v.rule_id for v in decision.violations]
+        # Units the use did not touch move as before.
+        other = gateway.stub.Retire(
+            _retirement("other", BlockId(Program.VCS, "", START + 20, START + 29)), timeout=30
+        )
+        assert other.state == model_pb2.USE_STATE_COMPLETED

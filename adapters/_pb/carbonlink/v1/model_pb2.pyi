@@ -168,7 +168,8 @@ class _UseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseState.Val
     """
     USE_STATE_FAILED: _UseState.ValueType  # 4
     """A registry refused it after another had done its part, which cannot be undone:
-    an operator settles it with the registries.
+    an operator settles it with the registries. Until then its units are refused to
+    every transfer, retirement and surrender (rule CL-USE-0001).
     """
 
 class UseState(_UseState, metaclass=_UseStateEnumTypeWrapper):
@@ -185,7 +186,8 @@ their registry): the units are the holder's again.
 """
 USE_STATE_FAILED: UseState.ValueType  # 4
 """A registry refused it after another had done its part, which cannot be undone:
-an operator settles it with the registries.
+an operator settles it with the registries. Until then its units are refused to
+every transfer, retirement and surrender (rule CL-USE-0001).
 """
 Global___UseState: _TypeAlias = UseState  # noqa: Y015
 

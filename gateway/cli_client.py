@@ -266,6 +266,38 @@ def _use_get(args: argparse.Namespace) -> int:
     return _call(args, invoke)
 
 
+def _use_resolve(args: argparse.Namespace) -> int:
+    name = args.name if args.name.startswith("uses/") else f"uses/{args.name}"
+    if args.settle_manually and not args.reason.strip():
+        return _usage(
+            "use resolve",
+            "--settle-manually needs --reason: what was settled where (the registry's reference)",
+        )
+    request = gateway_pb2.ResolveUseRequest(
+        request_id=args.request_id or uuid.uuid4().hex,
+        name=name,
+        action=(
+            model_pb2.USE_RESOLUTION_ACTION_RETRY
+            if args.retry
+            else model_pb2.USE_RESOLUTION_ACTION_SETTLE_MANUALLY
+        ),
+        reason=args.reason,
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "ResolveUse", request)
+        use = stub.ResolveUse(request, timeout=args.timeout)
+        _print_json(use)
+        if use.state == model_pb2.USE_STATE_FAILED:
+            # A retry the registry refused again: the use is as unsettled as before.
+            refusal = use.resolutions[-1].refusal if use.resolutions else use.refusal_reason
+            print(f"carbonlink: {use.name} is still failed: {refusal}", file=sys.stderr)
+            return EXIT_REFUSED
+        return EXIT_OK
+
+    return _call(args, invoke)
+
+
 def _use_list(args: argparse.Namespace) -> int:
     request = gateway_pb2.ListUsesRequest(
         page_size=args.limit, page_token=args.page_token, kind=args.kind or ""
@@ -401,16 +433,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="retirements and surrenders, as the gateway holds them",
         description="Read back retirements and surrenders in their state: pending (a "
         "registry has not answered), completed, rejected (refused before anything was done, "
-        "e.g. a double use) or failed (refused after a registry had done its part: its units "
-        "are held, rule CL-USE-0001, until an operator settles it), with why and each "
-        "registry leg. Each prints JSON. You read the uses of the accounts your token names; "
-        "auditors and regulators read all.",
+        "e.g. a double use), failed (refused after a registry had done its part: its units "
+        "are held, rule CL-USE-0001, until an operator resolves it) or resolved (settled by "
+        "hand), with why and each registry leg. Each prints JSON. You read the uses of the "
+        "accounts your token names; auditors and regulators read all.",
     )
     use_commands = use.add_subparsers(dest="use_command", required=True)
     get_use = use_commands.add_parser("get", help="show one retirement or surrender")
     _connection(get_use)
     get_use.add_argument("name", help="uses/ID or ID")
     get_use.set_defaults(handler=_use_get)
+    resolve_use = use_commands.add_parser(
+        "resolve",
+        help="settle a failed retirement or surrender (exchange operators)",
+        description="Settle a failed use: one registry did its part and a later one "
+        "refused, so the units are used at one and not the other, and held until this is "
+        "settled. --retry asks the refusing registry again (the use completes, or stays "
+        "failed with the new refusal: exit 1). --settle-manually records that the remaining "
+        "part was settled at its registry outside the gateway, which the gateway checks "
+        "with the registry first; --reason is then required. Either is recorded in the "
+        "provenance log. Prints the use as JSON. The same --request-id asked again changes "
+        "nothing more.",
+    )
+    _connection(resolve_use)
+    resolve_use.add_argument("name", help="uses/ID or ID of a failed use")
+    how = resolve_use.add_mutually_exclusive_group(required=True)
+    how.add_argument("--retry", action="store_true", help="ask the refusing registry again")
+    how.add_argument(
+        "--settle-manually",
+        action="store_true",
+        help="record the remaining part settled outside the gateway (needs --reason)",
+    )
+    resolve_use.add_argument(
+        "--reason", default="", help="why, in your words (the registry's reference)"
+    )
+    resolve_use.add_argument("--request-id", help="idempotency key (default: a new one)")
+    resolve_use.set_defaults(handler=_use_resolve)
     list_uses = use_commands.add_parser(
         "list",
         help="list retirements and surrenders",

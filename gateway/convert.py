@@ -42,6 +42,7 @@ from registry_bridge.transfers import (
     TransferState,
     UnitUse,
     UseLegState,
+    UseResolutionAction,
     UseState,
     compliance_year_problem,
 )
@@ -452,13 +453,20 @@ _USE_STATE = {
     UseState.COMPLETED: model_pb2.USE_STATE_COMPLETED,
     UseState.REJECTED: model_pb2.USE_STATE_REJECTED,
     UseState.FAILED: model_pb2.USE_STATE_FAILED,
+    UseState.RESOLVED: model_pb2.USE_STATE_RESOLVED,
 }
 USE_STATE_FROM_PB = {v: k for k, v in _USE_STATE.items()}
 _USE_LEG_STATE = {
     UseLegState.OPEN: model_pb2.USE_LEG_STATE_OPEN,
     UseLegState.DONE: model_pb2.USE_LEG_STATE_DONE,
     UseLegState.REFUSED: model_pb2.USE_LEG_STATE_REFUSED,
+    UseLegState.SETTLED: model_pb2.USE_LEG_STATE_SETTLED,
 }
+_USE_RESOLUTION_ACTION = {
+    UseResolutionAction.RETRY: model_pb2.USE_RESOLUTION_ACTION_RETRY,
+    UseResolutionAction.SETTLE_MANUALLY: model_pb2.USE_RESOLUTION_ACTION_SETTLE_MANUALLY,
+}
+USE_RESOLUTION_ACTION_FROM_PB = {v: k for k, v in _USE_RESOLUTION_ACTION.items()}
 
 
 def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
@@ -491,6 +499,18 @@ def use_to_pb(use: UnitUse) -> model_pb2.UnitUse:
                 refusal=leg.refusal,
             )
             for leg in use.legs
+        ],
+        resolutions=[
+            model_pb2.UseResolution(
+                request_id=r.request_id,
+                action=_USE_RESOLUTION_ACTION[r.action],
+                reason=r.reason,
+                resolved_by=r.resolved_by,
+                time=timestamp(r.at),
+                outcome=_USE_STATE[r.outcome],
+                refusal=r.refusal,
+            )
+            for r in use.resolutions
         ],
     )
     if use.decision is not None:

@@ -438,6 +438,36 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         use_id = _resource_id(request.name, "uses")
         return convert.use_to_pb(_readable_use(self._bridge.get_use(use_id)))
 
+    def ResolveUse(
+        self, request: gateway_pb2.ResolveUseRequest, context: grpc.ServicerContext
+    ) -> model_pb2.UnitUse:
+        request_id = convert.request_id(request.request_id)
+        use_id = _resource_id(request.name, "uses")
+        problems: list[FieldViolation] = []
+        action = convert.USE_RESOLUTION_ACTION_FROM_PB.get(request.action)
+        if action is None:
+            problems.append(
+                FieldViolation(
+                    "action",
+                    "must be USE_RESOLUTION_ACTION_RETRY or USE_RESOLUTION_ACTION_SETTLE_MANUALLY",
+                )
+            )
+        # Required to settle manually: the bridge says so, with what the words are for.
+        convert.check_text(
+            problems, "reason", request.reason, required=False, limit=convert.MAX_TEXT_LENGTH
+        )
+        if action is None or problems:
+            raise InvalidRequest(
+                "; ".join(f"{p.field}: {p.description}" for p in problems), problems
+            )
+        # An operator resolves the uses of the accounts its token names; to it any other
+        # does not exist, as for GetUse.
+        _readable_use(self._bridge.get_use(use_id))
+        use = self._bridge.resolve_use(
+            request_id, use_id, action, request.reason, caller=current_caller()
+        )
+        return convert.use_to_pb(use)
+
     def ListUses(
         self, request: gateway_pb2.ListUsesRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ListUsesResponse:

@@ -16,6 +16,7 @@ registry receives a *mirror* block while the origin is immobilized (Verra's mode
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -98,6 +99,8 @@ from registry_bridge.transfers import (
     UseLeg,
     UseLegState,
     UseRequest,
+    UseResolution,
+    UseResolutionAction,
     UseState,
     body_digest,
     compliance_year_problem,
@@ -111,7 +114,7 @@ HELD_BY_RECONCILIATION = "CL-RECONCILE-0001"
 """The rule refusing units a reconciliation found differing from a registry twice in a row."""
 HELD_BY_FAILED_USE = "CL-USE-0001"
 """The rule refusing units of a use done at one registry and refused at another, until an
-operator settles it with the registries."""
+operator resolves it (``Bridge.resolve_use``)."""
 _HELD = "carbonlink.held_blocks"
 """Session info key: the holds in force, read once per transaction (with that transaction)."""
 
@@ -172,8 +175,8 @@ def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
                 tuple(dict.fromkeys(blocks)),
                 (
                     f"units held: uses/{use_id} ({kind}) was done at {done_at} and refused "
-                    f"at {refused_at}, and is not settled yet; they move again once an "
-                    "operator settles it with the registries"
+                    f"at {refused_at}, and is not resolved yet; they move again once an "
+                    "operator resolves it (ResolveUse: retry, or settle manually)"
                 ),
                 (
                     "carbonlink use settlement (DESIGN.md, double use: units used at one "
@@ -182,6 +185,19 @@ def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
             )
         )
     return tuple(holds)
+
+
+def _done_and_refused(detail: dict[str, Any]) -> tuple[list[int], int | None]:
+    """The positions of a use's legs done so far, and of the leg a registry refused last
+    (None if none was, or the use was recorded before refusals were kept: then the first
+    leg not done, where a failed use stopped)."""
+    done_ops = set(detail.get("done_legs", ()))
+    legs = detail["legs"]
+    done = [i for i, leg in enumerate(legs) if leg["op"] in done_ops]
+    refused_leg = detail.get("refused_leg")
+    if refused_leg is not None:
+        return done, int(refused_leg["index"])
+    return done, (len(done) if done and len(done) < len(legs) else None)
 
 
 ORIGIN_REGISTRY: Mapping[Program, str] = {
@@ -2654,7 +2670,12 @@ class Bridge:
                 raise self._use_refusal(use_id)
         request = detail["request"]
         kind = request["kind"]
+        # A retried failed use (resolve_use) goes on from its refused leg: the legs before
+        # it were done, and recorded, when it failed.
+        done_before = set(detail.get("done_legs", ()))
         for position, leg in enumerate(detail["legs"]):
+            if leg["op"] in done_before:
+                continue
             block = block_id_from_dict(leg["block"])
             port = self._port(leg["registry"])
             try:
@@ -2691,7 +2712,14 @@ class Bridge:
             record = session.get(UnitUseRecord, use_id, with_for_update=True)
             if record is None or record.state != "pending":
                 return
-            detail["surrendered"] = self._record_legs(session, use_id, detail, detail["legs"])
+            detail = json.loads(record.detail)
+            done_ops = set(detail.get("done_legs", ()))
+            fresh = [leg for leg in detail["legs"] if leg["op"] not in done_ops]
+            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
+                session, use_id, detail, fresh
+            )
+            detail["done_legs"] = [leg["op"] for leg in detail["legs"]]
+            _end_resolution(detail, UseState.COMPLETED, "")
             record.detail = json.dumps(detail, sort_keys=True)
             record.state = "completed"
 
@@ -2847,9 +2875,15 @@ class Bridge:
             legs = detail["legs"]
             done, rest = legs[:refused_at], legs[refused_at:]
             reason = _refused_leg(detail["request"]["kind"], legs[refused_at], error, done)
-            detail["surrendered"] = self._record_legs(session, use_id, detail, done)
+            # A retried use recorded its earlier legs when it first failed.
+            recorded = set(detail.get("done_legs", ()))
+            fresh = [leg for leg in done if leg["op"] not in recorded]
+            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
+                session, use_id, detail, fresh
+            )
             detail["done_legs"] = [leg["op"] for leg in done]
             detail["refused_leg"] = _refusal_record(refused_at, error)
+            _end_resolution(detail, UseState.FAILED, reason)
             self._release(session, record, detail, rest, "failed", reason)
         _logger.error("use_failed", use=use_id, registry=error.registry, reason=reason)
 
@@ -2860,6 +2894,282 @@ class Bridge:
             if record is None:
                 raise NotFound(f"uses/{use_id}")
             return _refusal_of(record)
+
+    # ------------------------------------------------------------------- resolving uses
+
+    def resolve_use(
+        self,
+        request_id: str,
+        use_id: str,
+        action: UseResolutionAction,
+        reason: str,
+        *,
+        caller: str = LOCAL_CALLER,
+    ) -> UnitUse:
+        """Settle a failed use (done at one registry, refused at a later one).
+
+        RETRY puts the use back under way from its refused leg: the holder's units of the
+        remaining legs are locked for it again, each remaining leg goes out under a new
+        operation id (a registry answers a repeated one with its first refusal), and the
+        use ends completed, or failed again with the new refusal (the answer, not an
+        error: the resolution was carried out).  SETTLE_MANUALLY first asks every
+        remaining leg's registry whether its units are used there (retired, cancelled or
+        surrendered), then records them used in the ledger and ends the use resolved.
+        Either appends one ``use_resolution`` event to the provenance log, over the use's
+        units, naming the action, the reason and who asked.
+
+        The caller's request id, asked again, answers the use as it stands and changes
+        nothing more (a retry still under way is carried on); with another action or
+        reason it is refused.
+
+        Args:
+            request_id: The caller's id of the resolution.
+            use_id: The failed use.
+            action: Retry, or settle manually.
+            reason: The operator's words; required to settle manually.
+            caller: Whose request-id space ``request_id`` is in.
+
+        Raises:
+            InvalidRequest: No request id, or no reason to settle manually.
+            NotFound: No such use.
+            RequestIdConflict: The caller used the request id on this use for another
+                resolution.
+            FailedPrecondition: The use is not failed; or, to settle it, a registry does
+                not show the remaining units used; or, to retry it, the ledger no longer
+                holds the holder's units active.  Nothing changed.
+            RegistryUnavailable: A registry did not answer: a settlement changed nothing;
+                a retry stays pending, and the gateway carries it on.
+        """
+        problems: list[FieldViolation] = []
+        if not request_id:
+            problems.append(FieldViolation("request_id", "is required"))
+        if action is UseResolutionAction.SETTLE_MANUALLY and not reason.strip():
+            problems.append(
+                FieldViolation(
+                    "reason",
+                    "is required to settle a use manually: say what was settled where "
+                    "(the registry's reference)",
+                )
+            )
+        if problems:
+            raise InvalidRequest(
+                "; ".join(f"{p.field}: {p.description}" for p in problems), problems
+            )
+        digest = body_digest({"action": action.value, "reason": reason}).hex()
+        with read_only(self._sessions) as session:
+            record = session.get(UnitUseRecord, use_id)
+            if record is None:
+                raise NotFound(f"uses/{use_id}")
+            detail = json.loads(record.detail)
+            state = record.state
+        if _resolution_of(detail, caller, request_id, digest) is not None:
+            return self._answer_resolution(use_id, state)
+        if state != UseState.FAILED.value:
+            raise _not_failed(use_id, state)
+        if action is UseResolutionAction.RETRY:
+            if self._start_retry(use_id, caller, request_id, digest, reason):
+                # Refused again, the use is failed again, and its answer says why.
+                with contextlib.suppress(FailedPrecondition):
+                    self._finish_use(use_id)
+            return self.get_use(use_id)
+        remaining = [
+            leg for i, leg in enumerate(detail["legs"]) if i not in _done_and_refused(detail)[0]
+        ]
+        unsettled = self._unsettled(remaining)
+        if unsettled:
+            raise FailedPrecondition(
+                f"uses/{use_id} cannot be settled manually: "
+                + "; ".join(unsettled)
+                + "; settle them at their registries first, or retry the use",
+                [PreconditionViolation("UNSETTLED", f"uses/{use_id}", u) for u in unsettled],
+            )
+        self._settle_manually(use_id, caller, request_id, digest, reason)
+        return self.get_use(use_id)
+
+    def _answer_resolution(self, use_id: str, state: str) -> UnitUse:
+        """The answer to a resolution asked again: the use as it stands, a retry still
+        under way carried on."""
+        if state == UseState.PENDING.value:
+            with contextlib.suppress(FailedPrecondition):
+                self._finish_use(use_id)
+        return self.get_use(use_id)
+
+    def _claim_resolution(
+        self,
+        session: Session,
+        use_id: str,
+        caller: str,
+        request_id: str,
+        digest: str,
+    ) -> tuple[UnitUseRecord, dict[str, Any]] | None:
+        """The failed use locked for a new resolution; None when the same resolution was
+        recorded meanwhile (by a concurrent repeat of the request).
+
+        Raises:
+            NotFound: No such use.
+            FailedPrecondition: Another resolution ended the use's failure meanwhile.
+        """
+        record = session.get(UnitUseRecord, use_id, with_for_update=True)
+        if record is None:
+            raise NotFound(f"uses/{use_id}")
+        detail = json.loads(record.detail)
+        if _resolution_of(detail, caller, request_id, digest) is not None:
+            return None
+        if record.state != UseState.FAILED.value:
+            raise _not_failed(use_id, record.state)
+        return record, detail
+
+    def _start_retry(
+        self, use_id: str, caller: str, request_id: str, digest: str, reason: str
+    ) -> bool:
+        """Put a failed use back under way from its refused leg; whether this call did
+        (False: a concurrent repeat of the same request did)."""
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            claimed = self._claim_resolution(session, use_id, caller, request_id, digest)
+            if claimed is None:
+                return False
+            record, detail = claimed
+            done, _ = _done_and_refused(detail)
+            retries = 1 + sum(1 for r in detail.get("resolutions", ()) if r["action"] == "retry")
+            remaining = [leg for i, leg in enumerate(detail["legs"]) if i not in done]
+            for leg in remaining:
+                # A registry answers an operation id it refused with that refusal again.
+                leg["op"] = f"{leg['op'].split(':retry-')[0]}:retry-{retries}"
+            self._take_back(session, use_id, remaining, now)
+            self._resolution(
+                session,
+                record,
+                detail,
+                _new_resolution(UseResolutionAction.RETRY, caller, request_id, digest, reason, now),
+            )
+            detail["under_way"] = True
+            record.detail = json.dumps(detail, sort_keys=True)
+            record.state = UseState.PENDING.value
+        _logger.warning("use_retry", use=use_id, request_id=request_id, caller=caller)
+        return True
+
+    def _settle_manually(
+        self, use_id: str, caller: str, request_id: str, digest: str, reason: str
+    ) -> None:
+        """Record a failed use's remaining legs as settled outside the gateway: their
+        units used in the ledger, the use resolved."""
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            claimed = self._claim_resolution(session, use_id, caller, request_id, digest)
+            if claimed is None:
+                return
+            record, detail = claimed
+            done, _ = _done_and_refused(detail)
+            remaining = [leg for i, leg in enumerate(detail["legs"]) if i not in done]
+            self._take_back(session, use_id, remaining, now)
+            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
+                session, use_id, detail, remaining
+            )
+            detail["settled_legs"] = [leg["op"] for leg in remaining]
+            resolution = _new_resolution(
+                UseResolutionAction.SETTLE_MANUALLY, caller, request_id, digest, reason, now
+            )
+            resolution["outcome"] = UseState.RESOLVED.value
+            self._resolution(session, record, detail, resolution)
+            record.detail = json.dumps(detail, sort_keys=True)
+            record.state = UseState.RESOLVED.value
+        _logger.warning("use_settled_manually", use=use_id, request_id=request_id, caller=caller)
+
+    def _resolution(
+        self,
+        session: Session,
+        record: UnitUseRecord,
+        detail: dict[str, Any],
+        resolution: dict[str, Any],
+    ) -> None:
+        """Keep ``resolution`` with the use and append its provenance event, over the
+        use's units (so a trace of them shows it)."""
+        detail.setdefault("resolutions", []).append(resolution)
+        blocks: list[BlockId] = []
+        for leg in detail["legs"]:
+            blocks.append(block_id_from_dict(leg["block"]))
+            if leg["origin"] is not None:
+                blocks.append(block_id_from_dict(leg["origin"]))
+        append_event(
+            session,
+            "use_resolution",
+            {
+                "use": record.id,
+                "use_kind": record.kind,
+                "action": resolution["action"],
+                "reason": resolution["reason"],
+                "request_id": resolution["request_id"],
+                "resolved_by": resolution["caller"],
+                "outcome": resolution["outcome"],
+                "refusal": detail.get("rejection", ""),
+                "legs": [
+                    {
+                        "registry": leg["registry"],
+                        "account": leg["account"],
+                        "block": leg["block"],
+                        "done": leg["op"] in set(detail.get("done_legs", ())),
+                    }
+                    for leg in detail["legs"]
+                ],
+            },
+            self._clock(),
+            record.id,
+            blocks=blocks,
+        )
+
+    def _take_back(
+        self, session: Session, use_id: str, legs: Sequence[dict[str, Any]], now: datetime
+    ) -> None:
+        """Lock for the use again the holder's units of ``legs``, released when it failed.
+
+        Raises:
+            FailedPrecondition: The ledger no longer holds them active for the holder.
+        """
+        for leg in legs:
+            if leg["origin"] is None:
+                continue
+            block = block_id_from_dict(leg["block"])
+            for row in ledger.require_holding(session, leg["registry"], leg["account"], block):
+                ledger.change(
+                    session,
+                    ledger.carve(session, row, block, now, use_id),
+                    "lock",
+                    now,
+                    status=HoldingStatus.LOCKED,
+                    lock_transfer_id=use_id,
+                    transfer_id=use_id,
+                )
+
+    def _unsettled(self, legs: Sequence[dict[str, Any]]) -> list[str]:
+        """What of ``legs`` their registries do not show used (retired, cancelled or
+        surrendered), as they answer now.
+
+        Raises:
+            RegistryUnavailable: A registry did not answer.
+        """
+        unsettled: list[str] = []
+        for leg in legs:
+            block = block_id_from_dict(leg["block"])
+            used = sorted(
+                (
+                    max(h.block.id.serial_start, block.serial_start),
+                    min(h.block.id.serial_end, block.serial_end),
+                )
+                for h in self._port(leg["registry"]).block_status(BlockStatusRequest(block))
+                if h.block.id.overlaps(block) and h.status in _USED_ELSEWHERE
+            )
+            covered = block.serial_start
+            for start, end in used:
+                if start > covered:
+                    break
+                covered = max(covered, end + 1)
+            if covered <= block.serial_end:
+                unsettled.append(
+                    f"{leg['registry']} does not show units {block} used (serials from "
+                    f"{covered} are not retired, cancelled or surrendered there)"
+                )
+        return unsettled
 
     def resume_uses(self) -> int:
         """Finish or end refused every pending retirement or surrender; returns how many
@@ -2966,6 +3276,7 @@ def _use_view(session: Session, record: UnitUseRecord) -> UnitUse:
         # The words _refusal_of answers Retire and Surrender with: what a client read
         # then, it reads again here.
         refusal=(detail.get("rejection", "refused") if record.state in _REFUSED_USE_STATES else ""),
+        resolutions=_resolution_views(detail),
     )
 
 
@@ -2974,27 +3285,72 @@ def _refusal_record(index: int, error: RegistryRejected) -> dict[str, Any]:
     return {"index": index, "code": error.code, "message": str(error)}
 
 
-def _done_and_refused(detail: dict[str, Any]) -> tuple[list[int], int | None]:
-    """The positions of a use's legs done so far, and of the leg a registry refused (None
-    if none was; for a failed use recorded before refusals were kept, the first leg not
-    done, where it stopped)."""
-    done_ops = set(detail.get("done_legs", ()))
-    legs = detail["legs"]
-    done = [i for i, leg in enumerate(legs) if leg["op"] in done_ops]
-    refused_leg = detail.get("refused_leg")
-    if refused_leg is not None:
-        return done, int(refused_leg["index"])
-    return done, (len(done) if done and len(done) < len(legs) else None)
+def _new_resolution(
+    action: UseResolutionAction,
+    caller: str,
+    request_id: str,
+    digest: str,
+    reason: str,
+    at: datetime,
+) -> dict[str, Any]:
+    return {
+        "action": action.value,
+        "caller": caller,
+        "request_id": request_id,
+        "digest": digest,
+        "reason": reason,
+        "at": at.isoformat(),
+        "outcome": UseState.PENDING.value,
+        "refusal": "",
+    }
+
+
+def _resolution_of(
+    detail: dict[str, Any], caller: str, request_id: str, digest: str
+) -> dict[str, Any] | None:
+    """The caller's resolution of the use under ``request_id``, if one was recorded.
+
+    Raises:
+        RequestIdConflict: It was recorded for another action or reason.
+    """
+    for resolution in detail.get("resolutions", ()):
+        if (resolution["caller"], resolution["request_id"]) == (caller, request_id):
+            if resolution["digest"] != digest:
+                raise RequestIdConflict(
+                    f"request_id {request_id!r} was already used for a different resolution "
+                    "of this use; use a new request id for a new resolution"
+                )
+            return dict(resolution)
+    return None
+
+
+def _end_resolution(detail: dict[str, Any], outcome: UseState, refusal: str) -> None:
+    """Record how a retry under way ended, if one is."""
+    resolutions = detail.get("resolutions", [])
+    if resolutions and resolutions[-1]["outcome"] == UseState.PENDING.value:
+        resolutions[-1]["outcome"] = outcome.value
+        resolutions[-1]["refusal"] = refusal
+
+
+def _not_failed(use_id: str, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"uses/{use_id} is {state}, not failed: only a use done at one registry and refused "
+        "at another is resolved",
+        [PreconditionViolation("STATE", f"uses/{use_id}", state)],
+    )
 
 
 def _leg_views(state: str, detail: dict[str, Any]) -> tuple[UseLeg, ...]:
     """Where each leg of a use stands, as its record says."""
     done, refused = _done_and_refused(detail)
+    settled = set(detail.get("settled_legs", ()))
     refusal = detail.get("refused_leg") or {}
     views: list[UseLeg] = []
     for i, leg in enumerate(detail["legs"]):
         if state == UseState.COMPLETED.value or i in done:
             leg_state = UseLegState.DONE
+        elif leg["op"] in settled:
+            leg_state = UseLegState.SETTLED
         elif i == refused and state in _REFUSED_USE_STATES:
             leg_state = UseLegState.REFUSED
         else:
@@ -3012,6 +3368,21 @@ def _leg_views(state: str, detail: dict[str, Any]) -> tuple[UseLeg, ...]:
             )
         )
     return tuple(views)
+
+
+def _resolution_views(detail: dict[str, Any]) -> tuple[UseResolution, ...]:
+    return tuple(
+        UseResolution(
+            request_id=r["request_id"],
+            action=UseResolutionAction(r["action"]),
+            reason=r["reason"],
+            resolved_by=r["caller"],
+            at=datetime.fromisoformat(r["at"]),
+            outcome=UseState(r["outcome"]),
+            refusal=r["refusal"],
+        )
+        for r in detail.get("resolutions", ())
+    )
 
 
 def _refused_leg(

@@ -184,11 +184,13 @@ class DatabaseEntityRecords:
             used: dict[tuple[str, str, str], int] = defaultdict(int)
             # A pending surrender has spent its units as surely as a completed one: its
             # holder's leg may be done and only an origin registry, down, still to answer.
-            # A failed one (refused part-way) spent what its done legs surrendered.
+            # A failed one (refused part-way) spent what its done legs surrendered; one an
+            # operator settled by hand (resolved), all of it.  A failed one retried is
+            # pending again, and has spent its done legs' units and those it locked again.
             uses = session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
                     UnitUseRecord.kind == "surrender",
-                    UnitUseRecord.state.in_(("pending", "completed", "failed")),
+                    UnitUseRecord.state.in_(("pending", "completed", "failed", "resolved")),
                 )
             ).all()
             for use_id, state, raw in uses:
@@ -200,10 +202,8 @@ class DatabaseEntityRecords:
                     year,
                 ):
                     continue
-                spending = (
-                    detail.get("surrendered", [])
-                    if state != "pending"
-                    else _locked_for(session, use_id, detail["legs"])
+                spending = detail.get("surrendered", []) + (
+                    _locked_for(session, use_id, detail["legs"]) if state == "pending" else []
                 )
                 for spent in spending:
                     if spent["offset"]:

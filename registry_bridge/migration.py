@@ -365,11 +365,14 @@ class DatabaseCutovers:
 
 
 def _surrendered(session: Session, entity_id: str, jurisdiction: str) -> dict[int, tuple[int, int]]:
-    """Completed surrenders per compliance year: (allowances, offsets) surrendered."""
+    """Completed surrenders per compliance year: (allowances, offsets) surrendered.
+
+    A failed one an operator settled by hand (resolved) surrendered all its units too."""
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     uses = session.execute(
         sa.select(UnitUseRecord.detail).where(
-            UnitUseRecord.kind == "surrender", UnitUseRecord.state == "completed"
+            UnitUseRecord.kind == "surrender",
+            UnitUseRecord.state.in_(("completed", "resolved")),
         )
     ).scalars()
     for raw in uses:

@@ -235,7 +235,8 @@ class UnitUseRecord(Base):
     """retirement or surrender."""
     state: Mapped[str] = mapped_column(sa.String(16))
     """pending (legs under way), completed, rejected (a registry refused it before any
-    leg was done) or failed (refused after some were: see ``Bridge._finish_use``)."""
+    leg was done), failed (refused after some were: see ``Bridge._finish_use``) or
+    resolved (a failed one an operator settled by hand: see ``Bridge.resolve_use``)."""
     registry_id: Mapped[str] = mapped_column("registry", sa.String(32))
     account: Mapped[str] = mapped_column(sa.String(128))
     detail: Mapped[str] = mapped_column(sa.Text)

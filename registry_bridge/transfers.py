@@ -42,7 +42,10 @@ class UseState(enum.StrEnum):
     """Refused before any leg was done (a double use, a registry's refusal of the first)."""
     FAILED = "failed"
     """A registry refused a leg after earlier ones were done, which cannot be undone; its
-    units are held (``bridge.HELD_BY_FAILED_USE``) until an operator settles it."""
+    units are held (``bridge.HELD_BY_FAILED_USE``) until an operator resolves it."""
+    RESOLVED = "resolved"
+    """A failed use an operator settled by hand: its remaining legs were done at their
+    registries outside the gateway (``Bridge.resolve_use``).  Final; its units are used."""
 
 
 class UseLegState(enum.StrEnum):
@@ -53,7 +56,18 @@ class UseLegState(enum.StrEnum):
     DONE = "done"
     """Applied by its registry through the gateway."""
     REFUSED = "refused"
-    """Refused by its registry: the leg a rejected or failed use stopped at."""
+    """Refused by its registry: the leg a failed use stopped at."""
+    SETTLED = "settled"
+    """Settled at its registry outside the gateway, as an operator recorded it."""
+
+
+class UseResolutionAction(enum.StrEnum):
+    """How an operator settles a failed use (``Bridge.resolve_use``)."""
+
+    RETRY = "retry"
+    """Ask the refusing registry again, from the refused leg on."""
+    SETTLE_MANUALLY = "settle_manually"
+    """Record that the remaining legs were settled at their registries outside the gateway."""
 
 
 class TransferKind(enum.StrEnum):
@@ -289,6 +303,8 @@ class UnitUse:
     """Its registry legs, in the order they run (the origin registry's first)."""
     refusal: str = ""
     """Why a rejected or failed use was refused, as recorded when it ended; "" otherwise."""
+    resolutions: tuple[UseResolution, ...] = field(default=())
+    """Each resolution an operator asked for, oldest first."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +320,23 @@ class UseLeg:
     custody venue's position."""
     state: UseLegState
     refusal_code: str = ""
-    """For the leg a registry refused: its code."""
+    """For the leg a registry refused (kept after it is retried or settled): its code."""
     refusal: str = ""
     """... and its words."""
+
+
+@dataclass(frozen=True)
+class UseResolution:
+    """One resolution of a failed use, as recorded."""
+
+    request_id: str
+    action: UseResolutionAction
+    reason: str
+    resolved_by: str
+    """The caller who asked (the token subject; "" on an insecure gateway)."""
+    at: datetime
+    outcome: UseState
+    """Where the use stands after it: pending while a retry is under way, then completed
+    or failed (a retry refused again); resolved for a settlement."""
+    refusal: str = ""
+    """For a retry refused again: the new refusal."""

@@ -1,7 +1,8 @@
 """Signed instructions: canonical bytes, Ed25519 signing and the gateway's checks.
 
 Requests that move units (SubmitTransfer, SubmitTransfers, Retire, Surrender,
-ExecuteMigration) carry an ``InstructionSignature``. The signed bytes are
+ExecuteMigration) or settle where they stand (ResolveUse) carry an
+``InstructionSignature``. The signed bytes are
 ``DOMAIN + method + "\\n" + request`` where ``request`` is the deterministic protobuf
 serialization of the request with only ``signature.signature`` cleared, so the key id,
 nonce and timestamp are signed with the rest; the method name keeps a signature for one
@@ -33,7 +34,14 @@ from registry_bridge.errors import FieldViolation, InvalidRequest, Unauthenticat
 
 DOMAIN = b"carbonlink.v1 signed instruction\n"
 SIGNED_METHODS = frozenset(
-    {"SubmitTransfer", "SubmitTransfers", "Retire", "Surrender", "ExecuteMigration"}
+    {
+        "SubmitTransfer",
+        "SubmitTransfers",
+        "Retire",
+        "Surrender",
+        "ExecuteMigration",
+        "ResolveUse",
+    }
 )
 """RPCs whose requests must carry the instructing party's signature."""
 # Matched whole (fullmatch): ``$`` also matches before a final newline.

@@ -72,6 +72,11 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "Retire": _MOVERS | {"issuer"},
         "Surrender": _MOVERS,
         "ExecuteMigration": frozenset({"covered_entity"}),
+        # Settling a use one registry did and another refused: the exchange operator's
+        # job, on the accounts its token names (the servicer answers any other use
+        # NOT_FOUND); never the holders' own (a covered entity or issuer), who could
+        # otherwise mark their own units used.  Auditors and regulators read it (GetUse).
+        "ResolveUse": frozenset({"exchange_operator"}),
         "UpsertCoveredEntity": frozenset({"regulator", "registry"}),
     }
 )

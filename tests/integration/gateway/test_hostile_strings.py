@@ -100,6 +100,12 @@ BASELINES: dict[str, Message] = {
     "ListUses": gateway_pb2.ListUsesRequest(
         kind="retirement", holder=model_pb2.AccountRef(registry="hkmo", account="hk-seller")
     ),
+    "ResolveUse": gateway_pb2.ResolveUseRequest(
+        request_id="resolve-1",
+        name="uses/abc",
+        action=model_pb2.USE_RESOLUTION_ACTION_SETTLE_MANUALLY,
+        reason="settled at the venue, ticket HK-1",
+    ),
     "PlanMigration": _PLAN,
     "ExecuteMigration": gateway_pb2.ExecuteMigrationRequest(request_id="move-1", plan=_PLAN),
     "GetMigration": gateway_pb2.GetMigrationRequest(name="migrations/abc"),

@@ -38,6 +38,7 @@ REQUIRED_RPCS = {
     "Surrender",
     "GetUse",
     "ListUses",
+    "ResolveUse",
     "PlanMigration",
     "ExecuteMigration",
     "TraceUnits",

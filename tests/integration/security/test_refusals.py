@@ -622,3 +622,58 @@ def test_a_reconciliation_is_on_record_under_the_subject_who_asked(
         "kpmg-1",
         "request",
     )
+
+
+def test_a_use_is_resolved_only_by_the_exchange_operator_of_its_account(
+    secure_gateway: SecureGateway,
+) -> None:
+    """ResolveUse decides where units stand: exchange operators only, on the accounts
+    their token names, with a signed request; holders, auditors and regulators are
+    refused by role before anything is read (they read the use with GetUse)."""
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    retire = gateway_pb2.RetireRequest(
+        request_id="retire-1",
+        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=origin.program.value,
+                    serial_start=origin.serial_start,
+                    serial_end=origin.serial_start + 9,
+                )
+            )
+        ],
+        beneficiary="Acme Ltd",
+    )
+    secure_gateway.signer("exchange_operator").sign("Retire", retire)
+    use = _operator(secure_gateway).Retire(retire, timeout=60)
+
+    def resolve(role: str, accounts: tuple[str, ...], signed: bool = True) -> grpc.StatusCode:
+        request = gateway_pb2.ResolveUseRequest(
+            request_id="resolve-1",
+            name=use.name,
+            action=model_pb2.USE_RESOLUTION_ACTION_SETTLE_MANUALLY,
+            reason="settled at the venue, ticket HK-1",
+        )
+        if signed:
+            secure_gateway.signer(role).sign("ResolveUse", request)
+        stub = secure_gateway.stub(role, secure_gateway.token(role, accounts=accounts))
+        code, _ = _refused(lambda: stub.ResolveUse(request, timeout=10))
+        return code
+
+    assert {
+        role: resolve(role, OPERATOR_ACCOUNTS)
+        for role in ("covered_entity", "issuer", "auditor", "regulator", "registry")
+    } == dict.fromkeys(
+        ("covered_entity", "issuer", "auditor", "regulator", "registry"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    # Another member's operator: the use does not exist to it.
+    assert resolve("exchange_operator", ("hkmo:someone-else",)) == grpc.StatusCode.NOT_FOUND
+    # Unsigned, the holder's operator is refused as any unsigned instruction is.
+    assert (
+        resolve("exchange_operator", OPERATOR_ACCOUNTS, signed=False)
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # Signed, it reaches the use, which is completed: nothing to resolve.
+    assert resolve("exchange_operator", OPERATOR_ACCOUNTS) == grpc.StatusCode.FAILED_PRECONDITION

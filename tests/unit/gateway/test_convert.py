@@ -225,6 +225,7 @@ def test_past_the_cap_a_projects_bad_labels_are_not_each_named() -> None:
         (UseState.COMPLETED, model_pb2.USE_STATE_COMPLETED),
         (UseState.REJECTED, model_pb2.USE_STATE_REJECTED),
         (UseState.FAILED, model_pb2.USE_STATE_FAILED),
+        (UseState.RESOLVED, model_pb2.USE_STATE_RESOLVED),
     ],
     ids=str,
 )

@@ -736,6 +736,46 @@ class ListUsesResponse(_message.Message):
 Global___ListUsesResponse: _TypeAlias = ListUsesResponse  # noqa: Y015
 
 @_typing.final
+class ResolveUseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    """"uses/{use_id}" of a FAILED use."""
+    action: _model_pb2.UseResolutionAction.ValueType
+    reason: _builtins.str
+    """Why, in the operator's words: required for SETTLE_MANUALLY (what was settled
+    where, the registry's reference), optional for RETRY.
+    """
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The operator's signature (see InstructionSignature): a resolution decides where
+        units stand, as an instruction does.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        action: _model_pb2.UseResolutionAction.ValueType = ...,
+        reason: _builtins.str = ...,
+        signature: Global___InstructionSignature | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "name", b"name", "reason", b"reason", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveUseRequest: _TypeAlias = ResolveUseRequest  # noqa: Y015
+
+@_typing.final
 class PlanMigrationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -105,6 +105,11 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.FromString,
                 _registered_method=True)
+        self.ResolveUse = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/ResolveUse',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.ResolveUseRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
+                _registered_method=True)
         self.PlanMigration = channel.unary_unary(
                 '/carbonlink.v1.LinkageGateway/PlanMigration',
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.PlanMigrationRequest.SerializeToString,
@@ -257,6 +262,20 @@ class LinkageGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveUse(self, request, context):
+        """Settles a FAILED retirement or surrender (one registry did its part, a later one
+        refused): RETRY asks the refusing registry again, SETTLE_MANUALLY records that the
+        remaining legs were settled outside the gateway (which their registries must show).
+        Exchange operators only, on the accounts their token names, signed; every resolution
+        is a provenance event. A use that is not FAILED is FAILED_PRECONDITION. Request ids
+        are per use: the same one asked again answers the use as it stands and changes
+        nothing (a retry still under way is carried on); with another action or reason it is
+        ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PlanMigration(self, request, context):
         """Dry run of a covered entity's migration from a pilot ETS to the national ETS.
         """
@@ -394,6 +413,11 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
                     servicer.ListUses,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.SerializeToString,
+            ),
+            'ResolveUse': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveUse,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.ResolveUseRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_model__pb2.UnitUse.SerializeToString,
             ),
             'PlanMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.PlanMigration,
@@ -819,6 +843,33 @@ class LinkageGateway:
             '/carbonlink.v1.LinkageGateway/ListUses',
             carbonlink_dot_v1_dot_gateway__pb2.ListUsesRequest.SerializeToString,
             carbonlink_dot_v1_dot_gateway__pb2.ListUsesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveUse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/ResolveUse',
+            carbonlink_dot_v1_dot_gateway__pb2.ResolveUseRequest.SerializeToString,
+            carbonlink_dot_v1_dot_model__pb2.UnitUse.FromString,
             options,
             channel_credentials,
             insecure,

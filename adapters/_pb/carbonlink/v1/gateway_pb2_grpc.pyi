@@ -75,6 +75,16 @@ class LinkageGatewayStub:
     """
     ListUses: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUsesRequest, _gateway_pb2.ListUsesResponse]
     """The retirements and surrenders the caller may read, oldest first."""
+    ResolveUse: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ResolveUseRequest, _model_pb2.UnitUse]
+    """Settles a FAILED retirement or surrender (one registry did its part, a later one
+    refused): RETRY asks the refusing registry again, SETTLE_MANUALLY records that the
+    remaining legs were settled outside the gateway (which their registries must show).
+    Exchange operators only, on the accounts their token names, signed; every resolution
+    is a provenance event. A use that is not FAILED is FAILED_PRECONDITION. Request ids
+    are per use: the same one asked again answers the use as it stands and changes
+    nothing (a retry still under way is carried on); with another action or reason it is
+    ALREADY_EXISTS.
+    """
     PlanMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]
@@ -137,6 +147,16 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """
     ListUses: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUsesRequest, _gateway_pb2.ListUsesResponse]  # type: ignore[assignment]
     """The retirements and surrenders the caller may read, oldest first."""
+    ResolveUse: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ResolveUseRequest, _model_pb2.UnitUse]  # type: ignore[assignment]
+    """Settles a FAILED retirement or surrender (one registry did its part, a later one
+    refused): RETRY asks the refusing registry again, SETTLE_MANUALLY records that the
+    remaining legs were settled outside the gateway (which their registries must show).
+    Exchange operators only, on the accounts their token names, signed; every resolution
+    is a provenance event. A use that is not FAILED is FAILED_PRECONDITION. Request ids
+    are per use: the same one asked again answers the use as it stands and changes
+    nothing (a retry still under way is carried on); with another action or reason it is
+    ALREADY_EXISTS.
+    """
     PlanMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]  # type: ignore[assignment]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
@@ -280,6 +300,22 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListUsesResponse, _abc.Awaitable[_gateway_pb2.ListUsesResponse]]:
         """The retirements and surrenders the caller may read, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ResolveUse(
+        self,
+        request: _gateway_pb2.ResolveUseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.UnitUse, _abc.Awaitable[_model_pb2.UnitUse]]:
+        """Settles a FAILED retirement or surrender (one registry did its part, a later one
+        refused): RETRY asks the refusing registry again, SETTLE_MANUALLY records that the
+        remaining legs were settled outside the gateway (which their registries must show).
+        Exchange operators only, on the accounts their token names, signed; every resolution
+        is a provenance event. A use that is not FAILED is FAILED_PRECONDITION. Request ids
+        are per use: the same one asked again answers the use as it stands and changes
+        nothing (a retry still under way is carried on); with another action or reason it is
+        ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def PlanMigration(

@@ -137,7 +137,9 @@ class _UseLegStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseLegSta
     USE_LEG_STATE_DONE: _UseLegState.ValueType  # 2
     """Applied by its registry through the gateway."""
     USE_LEG_STATE_REFUSED: _UseLegState.ValueType  # 3
-    """Refused by its registry (the leg a REJECTED or FAILED use stopped at)."""
+    """Refused by its registry (the leg a FAILED use stopped at)."""
+    USE_LEG_STATE_SETTLED: _UseLegState.ValueType  # 4
+    """Settled outside the gateway, as an operator recorded it (ResolveUse SETTLE_MANUALLY)."""
 
 class UseLegState(_UseLegState, metaclass=_UseLegStateEnumTypeWrapper):
     """Where one leg of a use stands."""
@@ -148,8 +150,40 @@ USE_LEG_STATE_OPEN: UseLegState.ValueType  # 1
 USE_LEG_STATE_DONE: UseLegState.ValueType  # 2
 """Applied by its registry through the gateway."""
 USE_LEG_STATE_REFUSED: UseLegState.ValueType  # 3
-"""Refused by its registry (the leg a REJECTED or FAILED use stopped at)."""
+"""Refused by its registry (the leg a FAILED use stopped at)."""
+USE_LEG_STATE_SETTLED: UseLegState.ValueType  # 4
+"""Settled outside the gateway, as an operator recorded it (ResolveUse SETTLE_MANUALLY)."""
 Global___UseLegState: _TypeAlias = UseLegState  # noqa: Y015
+
+class _UseResolutionAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UseResolutionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseResolutionAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USE_RESOLUTION_ACTION_UNSPECIFIED: _UseResolutionAction.ValueType  # 0
+    USE_RESOLUTION_ACTION_RETRY: _UseResolutionAction.ValueType  # 1
+    """Ask the refusing registry again, from the refused leg on: COMPLETED if every
+    remaining leg is done now, FAILED again (with the new refusal) if not.
+    """
+    USE_RESOLUTION_ACTION_SETTLE_MANUALLY: _UseResolutionAction.ValueType  # 2
+    """Record that the remaining legs were settled at their registries outside the gateway
+    (each registry must show the units used): the use ends RESOLVED.
+    """
+
+class UseResolutionAction(_UseResolutionAction, metaclass=_UseResolutionActionEnumTypeWrapper):
+    """How an operator settles a FAILED use (ResolveUse)."""
+
+USE_RESOLUTION_ACTION_UNSPECIFIED: UseResolutionAction.ValueType  # 0
+USE_RESOLUTION_ACTION_RETRY: UseResolutionAction.ValueType  # 1
+"""Ask the refusing registry again, from the refused leg on: COMPLETED if every
+remaining leg is done now, FAILED again (with the new refusal) if not.
+"""
+USE_RESOLUTION_ACTION_SETTLE_MANUALLY: UseResolutionAction.ValueType  # 2
+"""Record that the remaining legs were settled at their registries outside the gateway
+(each registry must show the units used): the use ends RESOLVED.
+"""
+Global___UseResolutionAction: _TypeAlias = UseResolutionAction  # noqa: Y015
 
 class _UseState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -168,8 +202,12 @@ class _UseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseState.Val
     """
     USE_STATE_FAILED: _UseState.ValueType  # 4
     """A registry refused it after another had done its part, which cannot be undone:
-    an operator settles it with the registries. Until then its units are refused to
-    every transfer, retirement and surrender (rule CL-USE-0001).
+    an operator settles it with the registries (ResolveUse). Until then its units are
+    refused to every transfer, retirement and surrender (rule CL-USE-0001).
+    """
+    USE_STATE_RESOLVED: _UseState.ValueType  # 5
+    """A FAILED use an operator settled by hand (ResolveUse SETTLE_MANUALLY): its remaining
+    legs were done at their registries outside the gateway. Final; its units are used.
     """
 
 class UseState(_UseState, metaclass=_UseStateEnumTypeWrapper):
@@ -186,8 +224,12 @@ their registry): the units are the holder's again.
 """
 USE_STATE_FAILED: UseState.ValueType  # 4
 """A registry refused it after another had done its part, which cannot be undone:
-an operator settles it with the registries. Until then its units are refused to
-every transfer, retirement and surrender (rule CL-USE-0001).
+an operator settles it with the registries (ResolveUse). Until then its units are
+refused to every transfer, retirement and surrender (rule CL-USE-0001).
+"""
+USE_STATE_RESOLVED: UseState.ValueType  # 5
+"""A FAILED use an operator settled by hand (ResolveUse SETTLE_MANUALLY): its remaining
+legs were done at their registries outside the gateway. Final; its units are used.
 """
 Global___UseState: _TypeAlias = UseState  # noqa: Y015
 
@@ -871,6 +913,7 @@ class UnitUse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     LEGS_FIELD_NUMBER: _builtins.int
+    RESOLUTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "uses/{use_id}"."""
     request_id: _builtins.str
@@ -882,14 +925,15 @@ class UnitUse(_message.Message):
     compliance_year: _builtins.int
     jurisdiction: _builtins.str
     state: Global___UseState.ValueType
-    """Where the use stands. Retire and Surrender answer a use once it is COMPLETED, the
-    same on a retry with the same request_id; one REJECTED or FAILED is answered
-    FAILED_PRECONDITION, and one still PENDING (a registry did not answer) UNAVAILABLE,
-    after which a retry with the same request_id carries the same use on.
+    """Where the use stands. Retire and Surrender answer a use once it is COMPLETED (or
+    RESOLVED), the same on a retry with the same request_id; one REJECTED or FAILED is
+    answered FAILED_PRECONDITION, and one still PENDING (a registry did not answer)
+    UNAVAILABLE, after which a retry with the same request_id carries the same use on.
     """
     refusal_reason: _builtins.str
     """Why a REJECTED or FAILED use was refused, as the gateway recorded it (the words of
-    its FAILED_PRECONDITION); empty for any other.
+    its FAILED_PRECONDITION); empty for any other. A FAILED use later RESOLVED, or
+    COMPLETED by a retry, keeps it empty: its resolutions say what it was.
     """
     @_builtins.property
     def account(self) -> Global___AccountRef: ...
@@ -910,6 +954,10 @@ class UnitUse(_message.Message):
         (the origin registry's legs first): what each did, and which one a registry refused.
         """
 
+    @_builtins.property
+    def resolutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseResolution]:
+        """Each ResolveUse that settled (or tried to settle) a FAILED use, oldest first."""
+
     def __init__(
         self,
         *,
@@ -928,10 +976,11 @@ class UnitUse(_message.Message):
         state: Global___UseState.ValueType = ...,
         refusal_reason: _builtins.str = ...,
         legs: _abc.Iterable[Global___UseLeg] | None = ...,
+        resolutions: _abc.Iterable[Global___UseResolution] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "create_time", b"create_time", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "legs", b"legs", "name", b"name", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "beneficiary", b"beneficiary", "blocks", b"blocks", "claim_text", b"claim_text", "compliance_year", b"compliance_year", "create_time", b"create_time", "decision", b"decision", "entity_id", b"entity_id", "jurisdiction", b"jurisdiction", "kind", b"kind", "legs", b"legs", "name", b"name", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "resolutions", b"resolutions", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -957,8 +1006,8 @@ class UseLeg(_message.Message):
     """True for the holder's own units; false for the origin units retired behind them."""
     state: Global___UseLegState.ValueType
     refusal_code: _builtins.str
-    """For the leg a registry refused: the registry's refusal code and words, as it
-    answered.
+    """For the leg a registry refused last (kept once it is retried or settled): the
+    registry's refusal code and words, as it answered.
     """
     refusal: _builtins.str
     @_builtins.property
@@ -985,6 +1034,52 @@ class UseLeg(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UseLeg: _TypeAlias = UseLeg  # noqa: Y015
+
+@_typing.final
+class UseResolution(_message.Message):
+    """One ResolveUse of a FAILED use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    action: Global___UseResolutionAction.ValueType
+    reason: _builtins.str
+    """The operator's words (required for SETTLE_MANUALLY)."""
+    resolved_by: _builtins.str
+    """Who asked: the bearer token's subject."""
+    outcome: Global___UseState.ValueType
+    """The state the use ended in: COMPLETED, RESOLVED or FAILED (a retry refused again);
+    PENDING while a retry waits on a registry that does not answer.
+    """
+    refusal: _builtins.str
+    """For a retry refused again: the refusal."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        action: Global___UseResolutionAction.ValueType = ...,
+        reason: _builtins.str = ...,
+        resolved_by: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        outcome: Global___UseState.ValueType = ...,
+        refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "outcome", b"outcome", "reason", b"reason", "refusal", b"refusal", "request_id", b"request_id", "resolved_by", b"resolved_by", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseResolution: _TypeAlias = UseResolution  # noqa: Y015
 
 @_typing.final
 class ProvenanceEvent(_message.Message):

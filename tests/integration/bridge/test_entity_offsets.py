@@ -52,3 +52,31 @@ def test_a_failed_surrender_counts_the_units_its_done_legs_surrendered(database_
         assert [(u.program, u.quantity) for u in year.offsets_surrendered] == [("CCER", 120)]
     finally:
         engine.dispose()
+
+
+def test_a_settled_or_retried_surrender_counts_everything_it_surrendered(
+    database_url: str,
+) -> None:
+    """A failed surrender an operator settled by hand (``resolved``) surrendered all its
+    units; one being retried (``pending`` again) keeps what its done legs surrendered."""
+    engine = db.create_engine(database_url)
+    db.upgrade(engine)
+    sessions = db.session_factory(engine)
+    try:
+        with db.unit_of_work(sessions) as session:
+            session.add(
+                EntityYearRecord(
+                    entity_id="steel-1",
+                    jurisdiction="shenzhen",
+                    compliance_year=2024,
+                    verified_emissions=50_000,
+                    allowances_due=50_000,
+                )
+            )
+            session.add(_surrender("settled", "resolved", 30))
+            session.add(_surrender("retrying", "pending", 4))
+        year = DatabaseEntityRecords(sessions).get("steel-1", "shenzhen", 2024)
+        assert year is not None
+        assert [(u.program, u.quantity) for u in year.offsets_surrendered] == [("CCER", 34)]
+    finally:
+        engine.dispose()

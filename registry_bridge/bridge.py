@@ -127,6 +127,8 @@ class _Hold:
     blocks: tuple[BlockId, ...]
     message: str
     source: str
+    subject: tuple[str, str]
+    """What holds them, as a violation detail: ``("use", id)`` or ``("reconciliation", id)``."""
 
 
 def _reconciliation_hold(hold: reconciliations.HeldBlock) -> _Hold:
@@ -142,6 +144,7 @@ def _reconciliation_hold(hold: reconciliations.HeldBlock) -> _Hold:
             "carbonlink reconciliation (as the Kyoto ITL's check 3016: no transaction on "
             "units whose reconciliation is unresolved)"
         ),
+        ("reconciliation", str(hold.reconciliation_id)),
     )
 
 
@@ -182,6 +185,7 @@ def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
                     "carbonlink use settlement (DESIGN.md, double use: units used at one "
                     "registry and not at another are not used again until settled)"
                 ),
+                ("use", use_id),
             )
         )
     return tuple(holds)
@@ -941,10 +945,12 @@ class Bridge:
         session.info[_HELD] = (transaction, holds)
         return holds
 
-    def _held_violations(
+    def held_violations(
         self, session: Session, blocks: Sequence[BlockId]
     ) -> tuple[RuleViolation, ...]:
-        """The holds ``blocks`` run into, as violations (one per hold they touch).
+        """The holds ``blocks`` run into, as violations (one per hold they touch), read in
+        ``session``'s transaction; each names what holds them in its details (``use`` or
+        ``reconciliation``).
 
         Units a registry and the ledger tell differently, found twice in a row by the
         scheduled reconciliation, are not moved or used until a reconciliation finds
@@ -965,6 +971,7 @@ class Bridge:
                         message=hold.message,
                         source=hold.source,
                         blocks=touched,
+                        details=(hold.subject,),
                     )
                 )
         return tuple(violations)
@@ -1193,7 +1200,7 @@ class Bridge:
                         self._clock(),
                     )
                 ),
-                self._held_violations(session, _piece_blocks(pieces)),
+                self.held_violations(session, _piece_blocks(pieces)),
             )
             session.rollback()
         return decision
@@ -1867,7 +1874,7 @@ class Bridge:
             self._rules.check_transfer(
                 TransferCheck(instruction, kind, tuple(p.block for p in pieces), tuple(known), now)
             ),
-            self._held_violations(session, _piece_blocks(pieces)),
+            self.held_violations(session, _piece_blocks(pieces)),
         )
         record.decision = _decision_json(decision)
         if not decision.allowed:
@@ -2556,7 +2563,7 @@ class Bridge:
             self._rules.check_use(
                 UseCheck(request, tuple(r.block for r in rows), tuple(known), now)
             ),
-            self._held_violations(session, [b for r in rows for b in (r.block.id, r.origin)]),
+            self.held_violations(session, [b for r in rows for b in (r.block.id, r.origin)]),
         )
         if not decision.allowed:
             raise FailedPrecondition(

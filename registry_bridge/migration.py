@@ -118,6 +118,12 @@ PILOT_ACCOUNT_UNKNOWN = "CL-MIGRATION-0018"
 so it cannot be asked): a plan against that account would leave the entity's real pilot
 holdings behind."""
 
+HELD_UNITS = "CL-MIGRATION-0019"
+"""Units the entity holds in the pilot are held by the bridge: a failed use no operator
+has resolved (``CL-USE-0001``) or a reconciliation (``CL-RECONCILE-0001``). Moving or
+cancelling them could use them twice, or settle units whose whereabouts the registry and
+the ledger tell differently; the plan waits until the hold is gone."""
+
 STEP_STATES = ("pending", "applied", "done", "failed")
 
 
@@ -792,6 +798,8 @@ class Migrations:
                     )
                 )
                 continue
+            held = self._held_findings(session, row)
+            blocking.extend(held)
             action = rules.dispositions.get(program)
             if action is None:
                 warnings.append(
@@ -822,7 +830,8 @@ class Migrations:
                 account = entity.accounts.get(registry)
                 if account is not None:
                     destination = AccountRef(registry, account)
-                    checks.append((row, source, destination))
+                    if not held:  # the transfer's dry run would only repeat the hold
+                        checks.append((row, source, destination))
             elif action is Disposition.CANCEL and (
                 row.is_mirror or ORIGIN_REGISTRY.get(row.origin.program) != source.registry
             ):
@@ -859,6 +868,21 @@ class Migrations:
                         )
                     )
         return out
+
+    def _held_findings(self, session: Session, row: LedgerHolding) -> list[RuleViolation]:
+        """The bridge's holds on ``row`` (its units or their origin), as migration findings
+        naming the hold's rule and what holds them (the use or the reconciliation)."""
+        block = row.block.id
+        return [
+            _violation(
+                HELD_UNITS,
+                f"{row.origin.program.value} {block.serial_start}-{block.serial_end} in "
+                f"{row.registry}/{row.account} is held ({v.rule_id}): {v.message}",
+                ("rule", v.rule_id),
+                *v.details,
+            )
+            for v in self._bridge.held_violations(session, (block, row.origin))
+        ]
 
     def _check_pilot_account(
         self, entity_id: str, account: AccountRef, blocking: list[RuleViolation]
@@ -965,13 +989,21 @@ class Migrations:
                 existing = session.execute(same_request).scalar_one_or_none()
                 if existing is not None:
                     return self._repeat(session, existing, digest, request_id, now)
-                if not plan.executable:
+                # A hold that appeared since the plan was read (a use failed, a
+                # reconciliation completed) is read again here, where the migration is
+                # recorded: no step may start on held units.
+                blocking = plan.blocking or tuple(
+                    finding
+                    for d in plan.dispositions
+                    for finding in self._held_findings(session, d.holding)
+                )
+                if blocking:
                     raise FailedPrecondition(
                         "the migration is blocked: "
-                        + "; ".join(f"{v.rule_id}: {v.message}" for v in plan.blocking),
+                        + "; ".join(f"{v.rule_id}: {v.message}" for v in blocking),
                         [
                             PreconditionViolation("MIGRATION", v.rule_id, v.message)
-                            for v in plan.blocking
+                            for v in blocking
                         ],
                     )
                 migration_id = uuid.uuid4().hex
@@ -1374,6 +1406,7 @@ __all__ = [
     "ALREADY_MIGRATING",
     "DISPOSITION_REFUSED",
     "DUE_BELOW_VERIFIED",
+    "HELD_UNITS",
     "IRREVERSIBLE_UNCONFIRMED",
     "LATE_FIRST_YEAR",
     "MIGRATED_OUT",

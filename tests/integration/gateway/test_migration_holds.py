@@ -1,7 +1,9 @@
-"""Failed uses and a migration, over real gRPC on both databases.
+"""Held units and a migration, over real gRPC on both databases.
 
-A surrender an operator settled by hand counts in the plan's surrendered units like a
-completed one.
+Units a failed use left held (rule CL-USE-0001) or a reconciliation holds (CL-RECONCILE-0001)
+block a covered entity's migration out of the Shenzhen pilot before anything changes: the
+plan names the hold, and ExecuteMigration refuses while it stands. A surrender an operator
+settled by hand counts in the plan's surrendered units like a completed one.
 
 The failed uses are real: the Shenzhen emulator refuses a scripted ``Fulfil`` (its
 retirement and surrender call) for good, after an earlier leg of the same use was done.
@@ -11,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal, utc_now
@@ -25,9 +28,15 @@ from gateway.demo_migration import (
     record_entity,
     seed_registries,
     settle_final_pilot_year,
+    statuses,
 )
+from registry_bridge import invariants
+from registry_bridge.bridge import HELD_BY_FAILED_USE, HELD_BY_RECONCILIATION
+from registry_bridge.db import unit_of_work
+from registry_bridge.migration import MigrationPlan, MigrationRequest
 from registry_bridge.model import BlockId, Program
 from registry_bridge.port import SurrenderRequest
+from registry_bridge.schema import MigrationRecord
 from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
@@ -36,8 +45,22 @@ from tests.integration.gateway.conftest import (
 )
 
 ACCEPT_UNCONFIRMED = "CL-MIGRATION-0014"
+HELD_UNITS = "CL-MIGRATION-0019"
 SETTLE_FULFILS = 2
 """Shenzhen ``Fulfil`` calls of settle_final_pilot_year: its SZA and its CCER mirror."""
+
+
+class _Days:
+    """A clock a test moves a day at a time: each scheduled reconciliation is due when asked."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def next_day(self) -> None:
+        self.now += timedelta(days=1)
 
 
 @contextmanager
@@ -71,11 +94,206 @@ def _seeded(gateway: LiveGateway, registries: LinkedRegistries, entity: PilotEnt
     record_entity(gateway.stub, entity)
 
 
+def _selector(block: BlockId) -> model_pb2.UnitSelector:
+    return model_pb2.UnitSelector(
+        block=model_pb2.BlockId(
+            program=block.program.value,
+            serial_series=block.serial_series,
+            serial_start=block.serial_start,
+            serial_end=block.serial_end,
+        )
+    )
+
+
+def _head(block: BlockId, start: int, end: int) -> BlockId:
+    return BlockId(
+        block.program, block.serial_series, block.serial_start + start, block.serial_start + end
+    )
+
+
+def _account(entity: PilotEntity) -> model_pb2.AccountRef:
+    return model_pb2.AccountRef(registry="shenzhen", account=entity.shenzhen_account)
+
+
+def _failed_surrender(gateway: LiveGateway, entity: PilotEntity, sza: BlockId) -> str:
+    """The entity surrenders SZ-CI then SZA units more for its final pilot year; Shenzhen
+    does the first and refuses the second (scripted), so the use fails with its SZA units
+    held; the use's name."""
+    request = gateway_pb2.SurrenderRequest(
+        request_id=f"surrender-more-{entity.entity_id}",
+        account=_account(entity),
+        units=[_selector(_head(entity.sz_ci.id, 0, 9)), _selector(sza)],
+        entity_id=entity.entity_id,
+        compliance_year=entity.final_year,
+        jurisdiction="shenzhen",
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.stub.Surrender(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = gateway.stub.ListUses(
+        gateway_pb2.ListUsesRequest(state=model_pb2.USE_STATE_FAILED), timeout=30
+    )
+    (name,) = [str(u.name) for u in listed.uses if u.request_id == request.request_id]
+    return name
+
+
+def _execute(gateway: LiveGateway, entity: PilotEntity, request_id: str) -> gateway_pb2.Migration:
+    migration: gateway_pb2.Migration = gateway.stub.ExecuteMigration(
+        gateway_pb2.ExecuteMigrationRequest(
+            request_id=request_id,
+            plan=migration_request(entity, acknowledged=[ACCEPT_UNCONFIRMED]),
+        ),
+        timeout=120,
+    )
+    return migration
+
+
 def _plan(gateway: LiveGateway, entity: PilotEntity) -> gateway_pb2.MigrationPlan:
     plan: gateway_pb2.MigrationPlan = gateway.stub.PlanMigration(
         migration_request(entity, acknowledged=[ACCEPT_UNCONFIRMED]), timeout=60
     )
     return plan
+
+
+def _migrations(gateway: LiveGateway) -> int:
+    with unit_of_work(gateway.server.bridge.sessions) as session:
+        return int(session.scalar(sa.select(sa.func.count()).select_from(MigrationRecord)) or 0)
+
+
+def _check_invariants(gateway: LiveGateway, registries: LinkedRegistries) -> None:
+    with unit_of_work(gateway.server.bridge.sessions) as session:
+        assert invariants.check_all(session, registries.ports) == []
+
+
+# The SZA the pilot cancels on migration: past the 46,000 surrendered for the final year.
+HELD_SZA = (46_100, 46_109)
+
+
+def test_a_failed_use_on_the_entitys_units_blocks_the_plan_until_it_is_resolved(
+    database_url: str,
+) -> None:
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-h1", "steel", 2023, 20_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        held = _head(steel.sza.id, *HELD_SZA)
+        name = _failed_surrender(gateway, steel, held)
+
+        plan = _plan(gateway, steel)
+        assert not plan.executable
+        (finding,) = [v for v in plan.blocking_violations if v.rule_id == HELD_UNITS]
+        assert [v.rule_id for v in plan.blocking_violations] == [HELD_UNITS]
+        assert name in finding.message and HELD_BY_FAILED_USE in finding.message
+        assert f"SZA {held.serial_start}-{held.serial_end}" in finding.message
+        assert dict(finding.details) == {
+            "rule": HELD_BY_FAILED_USE,
+            "use": name.removeprefix("uses/"),
+        }
+
+        # Executing it is refused the same way, with nothing recorded or cancelled.
+        before = statuses(registries.ports["shenzhen"], steel.sza.id)
+        with pytest.raises(grpc.RpcError) as refused:
+            _execute(gateway, steel, "migrate-held")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = refused.value.details() or ""
+        assert HELD_UNITS in details and name in details and HELD_BY_FAILED_USE in details
+        assert _migrations(gateway) == 0
+        assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
+
+        # The operator retries; Shenzhen accepts now, the hold is gone, and it migrates.
+        resolved = gateway.stub.ResolveUse(
+            gateway_pb2.ResolveUseRequest(
+                request_id="retry-1", name=name, action=model_pb2.USE_RESOLUTION_ACTION_RETRY
+            ),
+            timeout=30,
+        )
+        assert resolved.state == model_pb2.USE_STATE_COMPLETED
+        assert _plan(gateway, steel).executable
+        migration = _execute(gateway, steel, "migrate-held")
+        assert migration.state == "completed", migration.failure_reason
+        _check_invariants(gateway, registries)
+
+
+def test_a_hold_that_appears_after_planning_refuses_the_execution(database_url: str) -> None:
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-h2", "steel", 2023, 21_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        assert _plan(gateway, steel).executable
+
+        name = _failed_surrender(gateway, steel, _head(steel.sza.id, *HELD_SZA))
+        before = statuses(registries.ports["shenzhen"], steel.sza.id)
+        with pytest.raises(grpc.RpcError) as refused:
+            _execute(gateway, steel, "migrate-after-plan")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = refused.value.details() or ""
+        assert HELD_UNITS in details and name in details
+        assert _migrations(gateway) == 0
+        assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
+
+
+def test_a_hold_that_appears_while_the_migration_is_recorded_refuses_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ExecuteMigration plans outside the transaction that records the migration: a use
+    that fails in between is read where the migration would be recorded, and refuses it."""
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-h5", "steel", 2023, 24_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        migrations = gateway.server.migrations
+        planned = migrations.plan
+        failed: list[str] = []
+
+        def plan_then_fail(request: MigrationRequest) -> MigrationPlan:
+            plan = planned(request)
+            failed.append(_failed_surrender(gateway, steel, _head(steel.sza.id, *HELD_SZA)))
+            return plan
+
+        monkeypatch.setattr(migrations, "plan", plan_then_fail)
+        before = statuses(registries.ports["shenzhen"], steel.sza.id)
+        with pytest.raises(grpc.RpcError) as refused:
+            _execute(gateway, steel, "migrate-raced")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = refused.value.details() or ""
+        assert HELD_UNITS in details and failed[0] in details
+        assert _migrations(gateway) == 0
+        assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
+
+
+def test_units_a_reconciliation_holds_block_the_plan(database_url: str) -> None:
+    days = _Days()
+    with _pilot(database_url, clock=days) as (gateway, registries):
+        steel = pilot_entity("steel-h3", "steel", 2023, 22_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        held = _head(steel.sza.id, *HELD_SZA)
+        # Surrendered at Shenzhen behind the gateway's back: two scheduled runs in a row
+        # find Shenzhen differing from the ledger, and hold the units.
+        registries.ports["shenzhen"].surrender(
+            SurrenderRequest("behind-the-back", steel.shenzhen_account, held, "nobody", 2023)
+        )
+        for _ in range(2):
+            days.next_day()
+            run = gateway.server.reconcile_once()
+        assert run is not None and run.persistent
+
+        plan = _plan(gateway, steel)
+        assert not plan.executable
+        findings = [v for v in plan.blocking_violations if v.rule_id == HELD_UNITS]
+        assert findings, list(plan.blocking_violations)
+        assert all(HELD_BY_RECONCILIATION in v.message for v in findings)
+        assert any(f"SZA {held.serial_start}-{held.serial_end}" in v.message for v in findings)
+        assert {dict(v.details)["reconciliation"] for v in findings} == {str(run.id)}
+        assert {dict(v.details)["rule"] for v in findings} == {HELD_BY_RECONCILIATION}
+        with pytest.raises(grpc.RpcError) as refused:
+            _execute(gateway, steel, "migrate-reconciled")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert HELD_BY_RECONCILIATION in (refused.value.details() or "")
+        assert _migrations(gateway) == 0
 
 
 def test_a_surrender_settled_by_hand_counts_in_the_plans_surrendered_units(

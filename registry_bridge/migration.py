@@ -1224,8 +1224,24 @@ class Migrations:
                         # gateway) took the step since it was read: its ledger change is
                         # made, and this one would only find the units already cancelled.
                         return True
-                    for row in ledger.require_holding(session, registry, account, block):
-                        carved = ledger.carve(session, row, block, now, migration_id)
+                    carved_rows = [
+                        ledger.carve(session, row, block, now, migration_id)
+                        for row in ledger.require_holding(session, registry, account, block)
+                    ]
+                    # Units held since the plan (a use failed on them, a reconciliation
+                    # found them differing) are not cancelled, as a transfer step's bridge
+                    # transfer refuses them: an operator settles them first. The cuts
+                    # above roll back with the refusal.
+                    held = [f for row in carved_rows for f in self._held_findings(session, row)]
+                    if held:
+                        raise FailedPrecondition(
+                            "; ".join(f"{v.rule_id}: {v.message}" for v in held),
+                            [
+                                PreconditionViolation("MIGRATION", v.rule_id, v.message)
+                                for v in held
+                            ],
+                        )
+                    for carved in carved_rows:
                         ledger.change(
                             session,
                             carved,

@@ -34,7 +34,7 @@ from registry_bridge import invariants
 from registry_bridge.bridge import HELD_BY_FAILED_USE, HELD_BY_RECONCILIATION
 from registry_bridge.db import unit_of_work
 from registry_bridge.migration import MigrationPlan, MigrationRequest
-from registry_bridge.model import BlockId, Program
+from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.port import SurrenderRequest
 from registry_bridge.schema import MigrationRecord
 from tests.integration.gateway.conftest import (
@@ -262,6 +262,43 @@ def test_a_hold_that_appears_while_the_migration_is_recorded_refuses_it(
         assert HELD_UNITS in details and failed[0] in details
         assert _migrations(gateway) == 0
         assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
+
+
+def test_a_hold_that_appears_while_the_steps_run_fails_the_cancellation_of_its_units(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A use that fails on the entity's SZA once the migration is recorded, before its
+    steps run, leaves those units held: the cancel step refuses them, as a transfer step's
+    bridge transfer would, instead of cancelling units an operator must settle."""
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-h6", "steel", 2023, 25_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        held = _head(steel.sza.id, *HELD_SZA)
+        migrations = gateway.server.migrations
+        run_step = migrations._run_step
+        failed: list[str] = []
+
+        def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
+            if not failed:  # the migration is recorded, and no step has run yet
+                failed.append(_failed_surrender(gateway, steel, held))
+            return run_step(migration_id, seq, kind, caller)
+
+        monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+        migration = _execute(gateway, steel, "migrate-during")
+        assert failed, [(s.kind, s.state) for s in migration.steps]
+        assert migration.state == "failed"
+        (cancel,) = [s for s in migration.steps if s.kind == "cancel"]
+        assert cancel.state == "failed"
+        assert HELD_UNITS in cancel.error and failed[0] in cancel.error
+        assert HELD_BY_FAILED_USE in migration.failure_reason
+        # Nothing of the SZA was cancelled, in the ledger or at Shenzhen.
+        assert (
+            HoldingStatus.CANCELLED
+            not in statuses(registries.ports["shenzhen"], steel.sza.id).values()
+        )
+        _check_invariants(gateway, registries)
 
 
 def test_units_a_reconciliation_holds_block_the_plan(database_url: str) -> None:

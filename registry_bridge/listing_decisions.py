@@ -3,7 +3,10 @@
 A listing's answer names it ``listings/{listing_id}``; the record under that id keeps the
 facts the issuer declared, the outcome exactly as answered, who asked and when.  A listed
 project's facts are also recorded, in the same transaction, where the rules read them for
-its transfers (:mod:`registry_bridge.projects`); a refused one's are not.
+its transfers (:mod:`registry_bridge.projects`); a refused one's are not, but the
+jurisdiction's latest decision is the project's standing there: while it is a refusal,
+its units are refused there (``rules_gate``). Either is recorded only for a caller who
+may list the project (its lister, a regulator, or anyone while no one has listed it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from registry_bridge.listing import (
     ListingOutcome,
     RecordedListing,
 )
-from registry_bridge.projects import listing_from_json, listing_to_json, record_listing
+from registry_bridge.projects import (
+    check_lister,
+    listing_from_json,
+    listing_to_json,
+    record_listing,
+)
 from registry_bridge.schema import ListingDecisionRecord
 from registry_bridge.transfers import (
     decision_from_dict,
@@ -74,6 +82,13 @@ def _record(session: Session, listing: RecordedListing, may_replace_any: bool) -
             session,
             listing.project,
             listing.created_at,
+            caller=listing.requested_by,
+            may_replace_any=may_replace_any,
+        )
+    else:
+        check_lister(
+            session,
+            listing.project,
             caller=listing.requested_by,
             may_replace_any=may_replace_any,
         )

@@ -115,16 +115,7 @@ def record_listing(
     Raises:
         PermissionDenied: The project was listed by another caller.
     """
-    # Locked where the database can: two callers listing one project at once are decided
-    # one after the other (on SQLite a write transaction holds the database already).
-    current = session.execute(
-        sa.select(ProjectListingRecord)
-        .where(
-            ProjectListingRecord.program == listing.program,
-            ProjectListingRecord.project_id == listing.project_id,
-        )
-        .with_for_update()
-    ).scalar_one_or_none()
+    current = _lister_row(session, listing, caller=caller, may_replace_any=may_replace_any)
     if current is None:
         session.add(
             ProjectListingRecord(
@@ -136,14 +127,47 @@ def record_listing(
             )
         )
         return
-    if current.listed_by != caller and not may_replace_any:
+    current.facts = listing_to_json(listing)
+    current.listed_at = at
+
+
+def check_lister(
+    session: Session, listing: ProjectListing, *, caller: str, may_replace_any: bool = False
+) -> None:
+    """Refuse a caller who may not list the project (see :func:`record_listing`), in the
+    caller's transaction.
+
+    A refused listing records no facts, but it is the project's standing in its
+    jurisdiction: the project's units are refused there until a listing that is not
+    refused (``rules_gate``). So only who may list the project may be refused it: its
+    lister, a regulator, or anyone while no one has listed it.
+
+    Raises:
+        PermissionDenied: The project was listed by another caller.
+    """
+    _lister_row(session, listing, caller=caller, may_replace_any=may_replace_any)
+
+
+def _lister_row(
+    session: Session, listing: ProjectListing, *, caller: str, may_replace_any: bool
+) -> ProjectListingRecord | None:
+    # Locked where the database can: two callers listing one project at once are decided
+    # one after the other (on SQLite a write transaction holds the database already).
+    current = session.execute(
+        sa.select(ProjectListingRecord)
+        .where(
+            ProjectListingRecord.program == listing.program,
+            ProjectListingRecord.project_id == listing.project_id,
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+    if current is not None and current.listed_by != caller and not may_replace_any:
         # Whose it is stays unsaid: the caller learns only that it is not theirs.
         raise PermissionDenied(
             f"project {listing.program} {listing.project_id} was listed by another party: "
-            "only they, or a regulator, may replace its facts"
+            "only they, or a regulator, may list it or replace its facts"
         )
-    current.facts = listing_to_json(listing)
-    current.listed_at = at
+    return current
 
 
 # Built once, and only the facts column, run as plain text (db.run_plain): every

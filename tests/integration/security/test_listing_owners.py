@@ -16,10 +16,10 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
+from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway.cli import main
 from gateway.security.layout import TlsLayout
-from registry_bridge.schema import ProjectListingRecord
+from registry_bridge.schema import ListingDecisionRecord, ProjectListingRecord
 from tests.integration.gateway.test_listing_api import LANDFILL
 from tests.integration.security.conftest import SecureGateway, running_secure_gateway
 
@@ -78,6 +78,61 @@ def test_the_lister_and_a_regulator_may_replace_the_facts(gateway: SecureGateway
     assert regulator.ListProject(_listing("correction", "Corrected"), timeout=30).listed
     # Corrected, and still the lister's to update.
     assert _stored(gateway) == ("Corrected", "verra-desk")
+
+
+def _double_issued(request_id: str) -> gateway_pb2.ListProjectRequest:
+    """The landfill listed with its 2025 reductions also issued as CCER (CR-DC-0002)."""
+    request = _listing(request_id, "Landfill gas")
+    request.project.other_registrations.append(
+        model_pb2.ProjectRegistration(
+            program="CCER",
+            project_id="CCER-1",
+            issued_period_start="2025-01-01",
+            issued_period_end="2025-12-31",
+        )
+    )
+    return request
+
+
+def _decisions(gateway: SecureGateway) -> list[tuple[str, str]]:
+    """Who asked for each recorded listing decision of the landfill, and where."""
+    with gateway.server.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(ListingDecisionRecord.requested_by, ListingDecisionRecord.jurisdiction)
+            .where(
+                ListingDecisionRecord.program == LANDFILL.program,
+                ListingDecisionRecord.project_id == LANDFILL.project_id,
+            )
+            .order_by(ListingDecisionRecord.created_at)
+        ).all()
+    return [(str(r.requested_by), str(r.jurisdiction)) for r in rows]
+
+
+def test_another_issuer_cannot_record_a_refusal_of_a_listed_project(
+    gateway: SecureGateway,
+) -> None:
+    # A refused listing is the project's standing in its market: its units are refused
+    # there until a listing that is not refused. Recorded for anyone who asked, another
+    # issuer's declaration of a registration elsewhere would freeze units not theirs.
+    lister = _issuer(gateway, "verra-desk")
+    assert lister.ListProject(_listing("first", "Landfill gas"), timeout=30).listed
+
+    with pytest.raises(grpc.RpcError) as caught:
+        _issuer(gateway, "other-desk").ListProject(_double_issued("theirs"), timeout=30)
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "listed by another party" in str(caught.value.details())
+    assert "verra-desk" not in str(caught.value.details())
+    assert _decisions(gateway) == [("verra-desk", "shenzhen")]
+    # Its lister and a regulator may record one.
+    assert not lister.ListProject(_double_issued("own"), timeout=30).listed
+    regulator = gateway.stub("regulator", gateway.token("regulator", subject="sz-ee-bureau"))
+    assert not regulator.ListProject(_double_issued("supervised"), timeout=30).listed
+    assert _decisions(gateway) == [
+        ("verra-desk", "shenzhen"),
+        ("verra-desk", "shenzhen"),
+        ("sz-ee-bureau", "shenzhen"),
+    ]
 
 
 def test_a_listing_is_read_back_by_who_asked_for_it_and_by_a_regulator(

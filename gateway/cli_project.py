@@ -142,7 +142,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "FILE describes the project (YAML or JSON, the fields of carbonlink.v1.Project: "
             "program, project_id, country, project_type, start_date, other_registrations, "
-            "authorization, labels...). Exits 1 when the listing is refused."
+            "authorization, labels...). Exits 1 when the listing is refused: the "
+            "project's units are then refused in that jurisdiction (transfers into it, "
+            "retirements and surrenders there) until a listing there is not refused."
         ),
     )
     _common(listing)

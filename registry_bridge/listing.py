@@ -97,6 +97,26 @@ class ListingOutcome:
 
 
 @dataclass(frozen=True)
+class RefusedListing:
+    """A project's latest listing decision in a jurisdiction, when it refused the project.
+
+    The project's units are refused in that jurisdiction, with these refusals, until a
+    later listing there is not refused.
+    """
+
+    listing_id: str
+    """The ``{listing_id}`` of its ``listings/{listing_id}`` name."""
+    jurisdiction: str
+    refusals: tuple[RuleViolation, ...]
+    """The listing's violations that refused it as a whole, as ListProject answered them."""
+
+    @property
+    def name(self) -> str:
+        """The listing's resource name (GetListing reads it)."""
+        return f"listings/{self.listing_id}"
+
+
+@dataclass(frozen=True)
 class RecordedListing:
     """A listing as ListProject decided it."""
 

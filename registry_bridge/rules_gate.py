@@ -24,6 +24,11 @@ Which packs decide:
 - a surrender: the pack of the request's jurisdiction, with the entity's compliance year
   from :class:`EntityRecords` (no record: refused, never guessed).
 
+A project whose latest listing in the jurisdiction the units land or are used in (the
+destination registry of a transfer decided by its market's pack, the registry of a
+retirement, the jurisdiction of a surrender) was refused has its units refused there, with
+the listing's own violations (see :meth:`ComplianceRules._refused_listings`).
+
 Double counting is decided in *origin coordinates*: every ledger row, origin or mirror, is
 given to the engine as the origin serial range it stands for, so a mirror at Shenzhen and
 its origin at Verra are recognised as the same units. A moving block carries its ledger row
@@ -68,6 +73,7 @@ from registry_bridge.listing import (
     ListingEligibility,
     ListingOutcome,
     ProjectListing,
+    RefusedListing,
 )
 from registry_bridge.listing_rules import (
     ARTICLE6,
@@ -159,6 +165,11 @@ class ProjectRecords(Protocol):
 
     def get(self, program: str, project_id: str) -> ProjectListing | None:
         """The project's recorded facts, or None when the project was never listed."""
+        ...
+
+    def refused(self, program: str, project_id: str, jurisdiction: str) -> RefusedListing | None:
+        """The project's latest listing decision in ``jurisdiction`` if it refused the
+        project; None when it listed it, or the project was never listed there."""
         ...
 
 
@@ -521,9 +532,11 @@ class ComplianceRules:
         )
         use = _market_use(instruction.intended_use)
         evaluations: list[_Evaluation] = []
+        refused: list[RuleViolation] = []
         if destination in BASELINE_ONLY_REGISTRIES or returning_home:
             evaluations.append(_Evaluation(BASELINE, use, tuple(moving)))
         elif destination in PACK_BY_REGISTRY:
+            refused = self._refused_listings(moving, destination)
             pack = PACK_BY_REGISTRY[destination]
             evaluations.append(_Evaluation(pack, use, tuple(moving)))
             if instruction.intended_use == "corsia":
@@ -545,6 +558,7 @@ class ComplianceRules:
             day,
             entity=None,
             defer_entity_rules=True,
+            refused=refused,
         )
 
     # --------------------------------------------------------------------------------- uses
@@ -609,9 +623,11 @@ class ComplianceRules:
         self, moving: tuple[_Moving, ...], known: Sequence[LedgerHolding], registry: str, day: date
     ) -> RulesDecision:
         use = Use.VOLUNTARY_RETIREMENT
+        refused: list[RuleViolation] = []
         if registry in BASELINE_ONLY_REGISTRIES:
             evaluations = [_Evaluation(BASELINE, use, moving)]
         elif registry in PACK_BY_REGISTRY:
+            refused = self._refused_listings(moving, registry)
             pack = PACK_BY_REGISTRY[registry]
             evaluations = [_Evaluation(pack, use, moving)]
             itmos = tuple(m for m in moving if m.unit.program is Program.BRI_ITMO)
@@ -619,7 +635,9 @@ class ComplianceRules:
                 evaluations.append(_Evaluation(ARTICLE6, use, itmos))
         else:
             return _deny(self._unknown_jurisdiction("registry", registry))
-        return self._run(evaluations, known, DESTINATION_COUNTRY.get(registry, ""), day, None)
+        return self._run(
+            evaluations, known, DESTINATION_COUNTRY.get(registry, ""), day, None, refused=refused
+        )
 
     def _surrender(
         self,
@@ -638,15 +656,16 @@ class ComplianceRules:
         if itmos and pack != ARTICLE6:
             evaluations.append(_Evaluation(ARTICLE6, Use.COMPLIANCE, itmos))
         country = DESTINATION_COUNTRY.get(jurisdiction, "")
+        refused = self._refused_listings(moving, jurisdiction)
         moved = self._migrated(moving, entity_id, jurisdiction, year)
         if moved:
             # Reported with every other violation, so the refusal explains itself fully.
             decided = self._surrender_rules(
-                moving, known, entity_id, jurisdiction, year, day, evaluations, country
+                moving, known, entity_id, jurisdiction, year, day, evaluations, country, refused
             )
             return RulesDecision(False, (*moved, *decided.violations), decided.pack_versions)
         return self._surrender_rules(
-            moving, known, entity_id, jurisdiction, year, day, evaluations, country
+            moving, known, entity_id, jurisdiction, year, day, evaluations, country, refused
         )
 
     def _migrated(
@@ -693,6 +712,7 @@ class ComplianceRules:
         day: date,
         evaluations: list[_Evaluation],
         country: str,
+        refused: Sequence[RuleViolation],
     ) -> RulesDecision:
         entity = self._entities.get(entity_id, jurisdiction, year)
         if entity is not None and (entity.entity_id, entity.compliance_year) != (entity_id, year):
@@ -703,10 +723,11 @@ class ComplianceRules:
                     f"{entity.entity_id}'s for {entity.compliance_year}",
                     (m.unit.id for m in moving),
                     source=ENTITY_SOURCE,
-                )
+                ),
+                *refused,
             )
         if entity is None:
-            refused = _gate_violation(
+            no_record = _gate_violation(
                 NO_ENTITY_RECORD,
                 f"no verified emissions recorded for entity {entity_id} in year {year} "
                 f"({jurisdiction}): the offset limit cannot be computed",
@@ -719,9 +740,9 @@ class ComplianceRules:
             # evaluation names the year itself: the year's rules decide, and a closed cycle
             # is refused as with the record.
             for_year = [dataclasses.replace(e, compliance_year=year) for e in evaluations]
-            decided = self._run(for_year, known, country, day, None)
-            return RulesDecision(False, (refused, *decided.violations), decided.pack_versions)
-        return self._run(evaluations, known, country, day, _placed_offsets(entity))
+            decided = self._run(for_year, known, country, day, None, refused=refused)
+            return RulesDecision(False, (no_record, *decided.violations), decided.pack_versions)
+        return self._run(evaluations, known, country, day, _placed_offsets(entity), refused=refused)
 
     # ------------------------------------------------------------------------------ engine
 
@@ -734,8 +755,12 @@ class ComplianceRules:
         entity: EntityYear | None,
         *,
         defer_entity_rules: bool = False,
+        refused: Sequence[RuleViolation] = (),
     ) -> RulesDecision:
         """Evaluate every pack asked and combine their decisions (deny-overrides).
+
+        ``refused`` are the refusals of the projects' listings where the units land or are
+        used (:meth:`_refused_listings`), reported first with every other violation.
 
         An evaluation with a ``compliance_year`` gives the engine that year, which decides it
         on its pack's decision day for the year, while ``day`` stays the engine's clock: a
@@ -743,6 +768,7 @@ class ComplianceRules:
         gives the engine its year itself.
         """
         combined = _Combined()
+        combined.add(refused)
         all_moving = tuple(m for e in evaluations for m in e.moving)
         known_blocks = _known_blocks(known, all_moving)
         baseline = self._packs[BASELINE]
@@ -781,6 +807,53 @@ class ComplianceRules:
             ]
             combined.add(_unrecorded_gec(pack, decision, unrecorded))
         return combined.decision()
+
+    def _refused_listings(
+        self, moving: Sequence[_Moving], jurisdiction: str
+    ) -> list[RuleViolation]:
+        """The refusals of the listings, in ``jurisdiction``, of the projects of ``moving``.
+
+        A project whose latest listing decision there refused it (double issuance, the
+        market's listing rules, a foreign letter of authorization) has its units refused
+        there, whatever the rest of the check finds: the refusal says the reductions are
+        not to be counted in that market, and the unit-level rules cannot see why (a
+        registration elsewhere is declared only with the listing, which records no facts
+        when refused). Each of the listing's violations is reported under its own rule id,
+        naming the listing, with the blocks of that project; a later listing there that is
+        not refused lifts them. A project never listed there is left to the rules.
+        """
+        if self._projects is None:
+            return []
+        by_project: dict[tuple[str, str], list[BlockId]] = {}
+        for m in moving:
+            if m.unit.project_id:
+                by_project.setdefault((m.unit.program.value, m.unit.project_id), []).append(
+                    m.unit.id
+                )
+        out: list[RuleViolation] = []
+        for (program, project_id), blocks in by_project.items():
+            listing = self._projects.refused(program, project_id, jurisdiction)
+            if listing is None:
+                continue
+            out.extend(
+                RuleViolation(
+                    rule_id=v.rule_id,
+                    message=(
+                        f"{v.message} (project {program} {project_id}'s listing in "
+                        f"{jurisdiction}, {listing.name}, was refused: its units are refused "
+                        "there until it is listed again)"
+                    ),
+                    source=v.source,
+                    blocks=tuple(blocks),
+                    details=(
+                        *v.details,
+                        ("listing", listing.name),
+                        ("jurisdiction", jurisdiction),
+                    ),
+                )
+                for v in listing.refusals
+            )
+        return out
 
     def _listing(self, unit: UnitBlock) -> ProjectListing | None:
         if self._projects is None:

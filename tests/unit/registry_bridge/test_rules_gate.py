@@ -11,7 +11,7 @@ from compliance_rules import EntityYear, OffsetUse
 from registry_bridge.bridge import TransferCheck, TransferRules, UseCheck
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.listing import OtherRegistration, ProjectListing
+from registry_bridge.listing import OtherRegistration, ProjectListing, RefusedListing
 from registry_bridge.model import (
     Authorization,
     BlockId,
@@ -24,6 +24,7 @@ from registry_bridge.rules_gate import ComplianceRules, list_project
 from registry_bridge.transfers import (
     AccountRef,
     RulesDecision,
+    RuleViolation,
     TransferInstruction,
     TransferKind,
     UseRequest,
@@ -859,11 +860,19 @@ def test_list_project_refuses_bad_input() -> None:
 class Projects:
     """Listed projects' facts (the real ProjectRecords port, in memory)."""
 
-    def __init__(self, *listings: ProjectListing) -> None:
+    def __init__(
+        self,
+        *listings: ProjectListing,
+        refused: dict[tuple[str, str], RefusedListing] | None = None,
+    ) -> None:
         self._listings = {(p.program, p.project_id): p for p in listings}
+        self._refused = {(*project, r.jurisdiction): r for project, r in (refused or {}).items()}
 
     def get(self, program: str, project_id: str) -> ProjectListing | None:
         return self._listings.get((program, project_id))
+
+    def refused(self, program: str, project_id: str, jurisdiction: str) -> RefusedListing | None:
+        return self._refused.get((program, project_id, jurisdiction))
 
 
 NATIONAL_ENTITY = EntityYear("SZ-0007", 2024, verified_emissions=50_000, allowances_due=50_000)
@@ -894,3 +903,58 @@ def test_listed_facts_decide_rules_the_serial_cannot() -> None:
     ).check_use(check)
     assert {"CR-NAT-0006", "CR-NAT-0007"} <= ids(refused)
     assert "CL-GATE-0006" not in ids(refused)
+
+
+# ------------------------------------------------------------------------ refused listings
+
+DOUBLE_ISSUED = RefusedListing(
+    "abc123",
+    "shenzhen",
+    (
+        RuleViolation(
+            "CR-DC-0002",
+            "Double issuance: the same project's reductions for an overlapping period are "
+            "issued under another program: GS GS-1748",
+            "GCC Standard on Avoidance of Double Counting v1.0",
+        ),
+    ),
+)
+
+
+def test_a_refused_listing_refuses_its_projects_units_where_it_was_refused() -> None:
+    refused, other = vcs(1001, 1100), dataclasses.replace(vcs(2001, 2100), project_id="2000")
+    rows = (row(7, refused, "verra", "seller"), row(8, other, "verra", "seller"))
+    rules = ComplianceRules(Entities(), projects=Projects(refused={("VCS", "1748"): DOUBLE_ISSUED}))
+
+    def to(destination: str) -> RulesDecision:
+        return rules.check_transfer(
+            transfer(
+                (refused, other), rows, source=("verra", "seller"), destination=(destination, "b")
+            )
+        )
+
+    (violation,) = to("shenzhen").violations
+    assert violation.rule_id == "CR-DC-0002"
+    assert violation.blocks == (refused.id,)
+    assert "listings/abc123" in violation.message and "in shenzhen" in violation.message
+    assert ("listing", "listings/abc123") in violation.details
+    assert ("jurisdiction", "shenzhen") in violation.details
+    assert violation.source == DOUBLE_ISSUED.refusals[0].source
+    # Refused in Shenzhen, never listed in Hong Kong: Hong Kong's rules decide there.
+    assert to("hkmo").allowed
+
+
+def test_a_mirror_of_a_refused_project_may_still_return_home() -> None:
+    origin = vcs()
+    mirror = row(8, vcs(1, 100, series="shenzhen-mirror"), "shenzhen", "b", origin=origin.id)
+    rules = ComplianceRules(Entities(), projects=Projects(refused={("VCS", "1748"): DOUBLE_ISSUED}))
+    decision = rules.check_transfer(
+        transfer(
+            (origin,),
+            (row(7, origin, "verra", "owner", HoldingStatus.BRIDGED), mirror),
+            source=("shenzhen", "b"),
+            destination=("verra", "owner"),
+            kind=TransferKind.RETURN,
+        )
+    )
+    assert decision.allowed, decision.violations

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
@@ -67,8 +68,32 @@ def _migration_summary(migration: gateway_pb2.Migration) -> str:
     lines = [f"{migration.name} {migration.state}"]
     if migration.failure_reason:
         lines[0] += f": {migration.failure_reason}"
-    lines += [f"  step {s.seq} {s.kind} {s.state}: {s.description}" for s in migration.steps]
+    for s in migration.steps:
+        lines.append(f"  step {s.seq} {s.kind} {s.state}: {s.description}")
+        # A step's attempts are shown once there is more to them than the step's line: a
+        # retry, or units an attempt left alone.
+        if len(s.attempts) > 1 or any(a.left for a in s.attempts):
+            lines += _attempt_lines(s.attempts)
     return "\n".join(lines)
+
+
+def _range(block: model_pb2.BlockId) -> str:
+    return f"{block.program} {block.serial_start}-{block.serial_end}"
+
+
+def _attempt_lines(attempts: Sequence[gateway_pb2.MigrationStepAttempt]) -> list[str]:
+    lines = []
+    for a in attempts:
+        line = f"    attempt {a.attempt} {a.state} ({a.operation})"
+        if a.units:
+            line += ": " + ", ".join(_range(b) for b in a.units)
+        if a.transfer:
+            line += f" [{a.transfer}]"
+        lines.append(line)
+        if a.error:
+            lines.append(f"      error: {a.error}")
+        lines += [f"      left {_range(x.block)}: {x.reason}" for x in a.left]
+    return lines
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -18,7 +18,13 @@ from registry_bridge.entities import get_entity, upsert_entity
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.idempotency import answer_once
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.migration import Migration, MigrationPlan, MigrationRequest, Migrations
+from registry_bridge.migration import (
+    Migration,
+    MigrationPlan,
+    MigrationRequest,
+    Migrations,
+    StepAttempt,
+)
 from registry_bridge.model import has_control_characters
 from registry_bridge.transfers import AccountRef, RuleViolation
 
@@ -155,11 +161,32 @@ def migration_to_pb(migration: Migration) -> gateway_pb2.Migration:
                 operation=s.operation,
                 transfer=f"transfers/{s.transfer_id}" if s.transfer_id else "",
                 error=s.error,
+                attempts=[_attempt_to_pb(a) for a in s.attempts],
             )
             for s in migration.steps
         ],
         failure_reason=migration.failure_reason,
     )
+
+
+def _attempt_to_pb(attempt: StepAttempt) -> gateway_pb2.MigrationStepAttempt:
+    message = gateway_pb2.MigrationStepAttempt(
+        attempt=attempt.attempt,
+        state=attempt.state,
+        operation=attempt.operation,
+        units=[convert.block_id_to_pb(b) for b in attempt.units],
+        left=[
+            gateway_pb2.MigrationUnitsLeft(block=convert.block_id_to_pb(x.block), reason=x.reason)
+            for x in attempt.left
+        ],
+        transfer=f"transfers/{attempt.transfer_id}" if attempt.transfer_id else "",
+        error=attempt.error,
+    )
+    if attempt.started_at is not None:
+        message.started_at.CopyFrom(convert.timestamp(attempt.started_at))
+    if attempt.ended_at is not None:
+        message.ended_at.CopyFrom(convert.timestamp(attempt.ended_at))
+    return message
 
 
 def migration_id(name: str) -> str:

@@ -13,7 +13,12 @@ it over in two calls:
   migration id. The migration and its steps are persisted *before* anything is done; each
   step's registry call carries an id derived from the migration id (a cancellation's
   operation id, a transfer's request id), so a step repeated after a crash has one effect.
-  The gateway's recovery loop calls :meth:`Migrations.resume`.
+  The gateway's recovery loop calls :meth:`Migrations.resume`. A step that fails (its
+  units held since the plan, a registry refusing its transfer) fails the migration; the
+  same execute repeated tries that step again as a new attempt, under new derived ids, over
+  the units of its block the entity still holds, unused, read from the ledger when the
+  attempt runs (see :meth:`Migrations._retry_units`). Each attempt stays on the step's
+  record.
 
 From the moment a migration is recorded the pilot covers the entity's years before the
 first national year only, and the national ETS the years from it: the rules gate refuses a
@@ -62,7 +67,7 @@ from registry_bridge.errors import (
 )
 from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.ledger import LedgerHolding
-from registry_bridge.model import HoldingStatus
+from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import CancelRequest, ListHoldingsRequest, RegistryPort
 from registry_bridge.rules_gate import (
     MARKET_TIME,
@@ -208,6 +213,39 @@ class MigrationPlan:
 
 
 @dataclass(frozen=True)
+class UnitsLeft:
+    """Units of a step's block that an attempt did not act on, and why."""
+
+    block: BlockId
+    reason: str
+    """Where they are now and in what state, e.g. ``surrendered at shenzhen/sz-1``."""
+
+
+@dataclass(frozen=True)
+class StepAttempt:
+    """One attempt at a migration step, as the migration's record keeps it."""
+
+    attempt: int
+    """0 for the first; a repeated ExecuteMigration of a failed migration adds one."""
+    state: str
+    """pending, applied, done or failed."""
+    operation: str
+    """The derived id the attempt's registry calls carry (a cancel of several ranges
+    suffixes ``:N`` for the Nth)."""
+    units: tuple[BlockId, ...]
+    """What the attempt acts on: the plan's block for the first; for a retry, the units of
+    the block the ledger showed still held when it ran (none before that, or when it
+    failed before acting)."""
+    left: tuple[UnitsLeft, ...]
+    transfer_id: str
+    error: str
+    started_at: datetime | None
+    """When the attempt was recorded (None for a step recorded before attempts were)."""
+    ended_at: datetime | None
+    """When it ended (done or failed); None while it is under way."""
+
+
+@dataclass(frozen=True)
 class MigrationStep:
     """One operation of a migration, as clients see it."""
 
@@ -221,6 +259,8 @@ class MigrationStep:
     """The derived id the step's registry call carries (operation or transfer request id)."""
     transfer_id: str = ""
     error: str = ""
+    attempts: tuple[StepAttempt, ...] = ()
+    """Every attempt at the step, oldest first; the last is the current one."""
 
 
 @dataclass(frozen=True)
@@ -239,8 +279,15 @@ class Migration:
 
     @property
     def transfers(self) -> tuple[str, ...]:
-        """Ids of the bridge transfers the migration made."""
-        return tuple(s.transfer_id for s in self.steps if s.transfer_id)
+        """Ids of the bridge transfers the migration made, a failed attempt's too."""
+        return tuple(
+            dict.fromkeys(
+                t
+                for s in self.steps
+                for t in (*(a.transfer_id for a in s.attempts), s.transfer_id)
+                if t
+            )
+        )
 
 
 def _violation(rule_id: str, message: str, *details: tuple[str, str]) -> RuleViolation:
@@ -947,7 +994,7 @@ class Migrations:
         self, request_id: str, request: MigrationRequest, *, caller: str = LOCAL_CALLER
     ) -> Migration:
         """Carry a migration out (or resume it): the caller's same request id resumes the
-        same one.
+        same one, and retries its failed step, if any, as a new attempt.
 
         Args:
             request_id: The caller's id of the request.
@@ -1032,7 +1079,9 @@ class Migrations:
                             seq=seq,
                             kind=detail["kind"],
                             state="pending",
-                            detail=json.dumps(detail, sort_keys=True),
+                            detail=json.dumps(
+                                {**detail, "started_at": now.isoformat()}, sort_keys=True
+                            ),
                             updated_at=now,
                         )
                     )
@@ -1066,8 +1115,11 @@ class Migrations:
                 "use a new request id for a new migration"
             )
         if existing.state == "failed":
-            # A repeat of a failed migration retries its failed steps under new derived ids
-            # (a rolled-back transfer is final under its own request id).
+            # A repeat of a failed migration is a new attempt at its failed step, under new
+            # derived ids: a registry answers a repeated id with what it answered before (a
+            # rolled-back transfer is final under its own request id, a refused
+            # cancellation refused). The attempt reads what is left of the step's units
+            # when it runs (see _retry_units); the failed one stays on the record.
             for step in session.execute(
                 sa.select(MigrationStepRecord).where(
                     MigrationStepRecord.migration_id == existing.id,
@@ -1075,8 +1127,13 @@ class Migrations:
                 )
             ).scalars():
                 detail = json.loads(step.detail)
+                history = detail.get("attempts", [])
+                history.append(_attempt_record(step.kind, step.state, detail))
+                for key in _CURRENT_ATTEMPT_KEYS:
+                    detail.pop(key, None)
+                detail["attempts"] = history
                 detail["attempt"] = detail.get("attempt", 0) + 1
-                detail.pop("error", None)
+                detail["started_at"] = now.isoformat()
                 step.detail = json.dumps(detail, sort_keys=True)
                 step.state = "pending"
                 step.updated_at = now
@@ -1159,6 +1216,8 @@ class Migrations:
         assert step is not None  # the step was read just before, and steps are never deleted
         detail = json.loads(step.detail)
         detail.update(extra)
+        if state in ("done", "failed"):
+            detail["ended_at"] = self._clock().isoformat()
         step.detail = json.dumps(detail, sort_keys=True)
         step.state = state
         step.updated_at = self._clock()
@@ -1224,9 +1283,29 @@ class Migrations:
                         # gateway) took the step since it was read: its ledger change is
                         # made, and this one would only find the units already cancelled.
                         return True
+                    # The step as its lock holds it: a driver that read it earlier may
+                    # have read an attempt that has since ended.
+                    locked = session.get(MigrationStepRecord, (migration_id, seq))
+                    assert locked is not None
+                    detail = json.loads(locked.detail)
+                    retried: dict[str, Any] = {}
+                    if _current_units(detail) is None:
+                        # A retry: what is left of the block, read where it is cancelled,
+                        # and recorded with the cancellation in one commit.
+                        parts, left = self._retry_units(session, detail)
+                        pieces = [(row, part.block.id) for row, part in parts]
+                        retried = {
+                            "units": [block_id_to_dict(b) for _, b in pieces],
+                            "left": left,
+                        }
+                    else:
+                        pieces = [
+                            (row, block)
+                            for row in ledger.require_holding(session, registry, account, block)
+                        ]
                     carved_rows = [
-                        ledger.carve(session, row, block, now, migration_id)
-                        for row in ledger.require_holding(session, registry, account, block)
+                        ledger.carve(session, row, piece, now, migration_id)
+                        for row, piece in pieces
                     ]
                     # Units held since the plan (a use failed on them, a reconciliation
                     # found them differing) are not cancelled, as a transfer step's bridge
@@ -1251,7 +1330,8 @@ class Migrations:
                             transfer_id=migration_id,
                             detail={"migration": migration_id, "reason": detail["reason"]},
                         )
-                    step = self._set_step(session, migration_id, seq, "applied")
+                    step = self._set_step(session, migration_id, seq, "applied", **retried)
+                    detail.update(retried)
             except FailedPrecondition as exc:
                 with unit_of_work(self._sessions) as session:
                     step = self._set_step(session, migration_id, seq, "failed", error=str(exc))
@@ -1259,9 +1339,10 @@ class Migrations:
                 return False
             self._hook(migration_id, step)
         try:
-            self._port(registry).cancel(
-                CancelRequest(detail["operation"], account, block, detail["reason"])
-            )
+            for operation, units in _cancel_calls(detail):
+                self._port(registry).cancel(
+                    CancelRequest(operation, account, units, detail["reason"])
+                )
         except RegistryRejected as exc:
             # The ledger already cancelled the units; the registry must follow. Keep
             # retrying (the recovery loop) and say why loudly.
@@ -1273,11 +1354,22 @@ class Migrations:
         return True
 
     def _transfer(self, migration_id: str, seq: int, detail: dict[str, Any], caller: str) -> bool:
-        request_id = f"{detail['operation']}:{detail.get('attempt', 0)}"
+        units = _current_units(detail)
+        if units is None:
+            units = self._read_retry(migration_id, seq)
+            if units is None:
+                return False
+        if not units:
+            # Nothing of the block is left to move: the retry's record says where it went.
+            with unit_of_work(self._sessions) as session:
+                step = self._set_step(session, migration_id, seq, "done")
+            self._hook(migration_id, step)
+            return True
+        request_id = _attempt_operation("transfer", detail)
         instruction = TransferInstruction(
             AccountRef(detail["registry"], detail["account"]),
             AccountRef(detail["destination"]["registry"], detail["destination"]["account"]),
-            (block_id_from_dict(detail["block"]),),
+            tuple(units),
             intended_use="holding",
         )
         # In the space of the caller who asked for the migration: a migration recorded
@@ -1311,6 +1403,108 @@ class Migrations:
                 )
         self._hook(migration_id, step)
         return step.state == "done"
+
+    def _read_retry(self, migration_id: str, seq: int) -> list[BlockId] | None:
+        """Record what a transfer step's retry moves (None when it fails instead).
+
+        Committed before the transfer is submitted: a driver that runs the step again
+        (after a crash, or a second one) submits the same units under the same request id,
+        which the bridge answers with the first submission.
+        """
+        try:
+            with unit_of_work(self._sessions) as session:
+                record = session.get(
+                    MigrationStepRecord,
+                    (migration_id, seq),
+                    with_for_update=True,
+                    populate_existing=True,
+                )
+                assert record is not None
+                detail = json.loads(record.detail)
+                recorded = _current_units(detail)
+                if record.state != "pending":
+                    return None  # another driver ended the attempt; it goes on from there
+                if recorded is not None:
+                    return recorded  # another driver read them first
+                parts, left = self._retry_units(session, detail)
+                units = [part.block.id for _, part in parts]
+                step = self._set_step(
+                    session,
+                    migration_id,
+                    seq,
+                    "pending",
+                    units=[block_id_to_dict(b) for b in units],
+                    left=left,
+                )
+        except FailedPrecondition as exc:
+            with unit_of_work(self._sessions) as session:
+                step = self._set_step(session, migration_id, seq, "failed", error=str(exc))
+            self._hook(migration_id, step)
+            return None
+        self._hook(migration_id, step)
+        return units
+
+    def _retry_units(
+        self, session: Session, detail: dict[str, Any]
+    ) -> tuple[list[tuple[LedgerHolding, LedgerHolding]], list[dict[str, Any]]]:
+        """What a retry of a step acts on, read from the ledger now.
+
+        Only the units of the step's block its account still holds, active: each as the
+        live row holding it and the part of that row inside the block. Whatever else of the
+        block (used, moved, cancelled, unknown to the ledger) is left, each range with where
+        it is and in what state, so the attempt reports it instead of acting on it twice.
+
+        Raises:
+            FailedPrecondition: The cause may still stand: units still held by the bridge
+                (a failed use, a reconciliation; ``HELD_UNITS``), or locked by a transfer
+                in flight (they may come back). Nothing is done; the attempt fails with it.
+        """
+        registry, account = detail["registry"], detail["account"]
+        block = block_id_from_dict(detail["block"])
+        parts: list[tuple[LedgerHolding, LedgerHolding]] = []
+        left: list[dict[str, Any]] = []
+        waiting: list[RuleViolation] = []
+
+        # Serials with no live row any more left the registry (a mirror sent home to its
+        # origin is exported, its row no longer live).
+        gone = f"no longer in {registry} (exported to another registry)"
+
+        def leave(start: int, end: int, reason: str) -> None:
+            piece = BlockId(block.program, block.serial_series, start, end)
+            left.append({"block": block_id_to_dict(piece), "reason": reason})
+
+        covered = block.serial_start
+        for row in ledger.overlapping(session, block):
+            start = max(row.block.id.serial_start, block.serial_start)
+            end = min(row.block.id.serial_end, block.serial_end)
+            if start > covered:
+                leave(covered, start - 1, gone)
+            covered = end + 1
+            part = _clipped(row, start, end)
+            here = (row.registry, row.account) == (registry, account)
+            if here and row.status is HoldingStatus.ACTIVE:
+                parts.append((row, part))
+            elif here and row.status is HoldingStatus.LOCKED:
+                waiting.append(
+                    _violation(
+                        PENDING_OPERATIONS,
+                        f"{row.origin.program.value} {start}-{end} in {registry}/{account} is "
+                        f"locked ({row.lock_transfer_id or 'no lock owner'}): retry once it "
+                        "is settled",
+                    )
+                )
+            else:
+                leave(start, end, f"{row.status.value} at {row.registry}/{row.account}")
+        if covered <= block.serial_end:
+            leave(covered, block.serial_end, gone)
+        problems = [f for _, part in parts for f in self._held_findings(session, part)]
+        problems += waiting
+        if problems:
+            raise FailedPrecondition(
+                "; ".join(f"{v.rule_id}: {v.message}" for v in problems),
+                [PreconditionViolation("MIGRATION", v.rule_id, v.message) for v in problems],
+            )
+        return parts, left
 
     def _port(self, registry: str) -> RegistryPort:
         port = self._registries.get(registry)
@@ -1404,18 +1598,100 @@ def _step_view(record: MigrationStepRecord) -> MigrationStep:
         if record.kind == "transfer":
             dest = detail["destination"]
             description += f" -> {dest['registry']}/{dest['account']}"
-    operation = detail["operation"]
-    if record.kind == "transfer":
-        operation = f"{operation}:{detail.get('attempt', 0)}"
+    current = _attempt_record(record.kind, record.state, detail)
     return MigrationStep(
         seq=record.seq,
         kind=record.kind,
         state=record.state,
         description=description,
-        operation=operation,
+        operation=current["operation"],
         transfer_id=detail.get("transfer_id", ""),
         error=detail.get("error", ""),
+        attempts=tuple(_attempt_view(a) for a in (*detail.get("attempts", ()), current)),
     )
+
+
+_CURRENT_ATTEMPT_KEYS = ("error", "transfer_id", "units", "left", "started_at", "ended_at")
+"""A step detail's keys that describe its current attempt (the others, the step)."""
+
+
+def _attempt_operation(kind: str, detail: dict[str, Any]) -> str:
+    """The id the current attempt's registry calls carry: the step's derived id with the
+    attempt's number (a transfer's first attempt too; a cancel's first keeps the bare id
+    it had before retries were numbered)."""
+    operation: str = detail["operation"]
+    attempt = detail.get("attempt", 0)
+    if kind == "transfer" or (kind == "cancel" and attempt):
+        return f"{operation}:{attempt}"
+    return operation
+
+
+def _current_units(detail: dict[str, Any]) -> list[BlockId] | None:
+    """The units the step's current attempt acts on; None for a retry that has still to
+    read them."""
+    if "units" in detail:
+        return [block_id_from_dict(b) for b in detail["units"]]
+    if "block" not in detail:
+        return []
+    # A first attempt acts on the plan's block; so does a retry recorded before retries
+    # re-read their units (it may have submitted its transfer, under the whole block).
+    if detail.get("attempt", 0) == 0 or detail.get("transfer_id"):
+        return [block_id_from_dict(detail["block"])]
+    return None
+
+
+def _cancel_calls(detail: dict[str, Any]) -> list[tuple[str, BlockId]]:
+    """A cancel step's registry calls: operation id and units, one per range."""
+    if "units" not in detail:
+        return [(detail["operation"], block_id_from_dict(detail["block"]))]
+    operation = _attempt_operation("cancel", detail)
+    return [(f"{operation}:{i}", block_id_from_dict(b)) for i, b in enumerate(detail["units"])]
+
+
+def _attempt_record(kind: str, state: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """The step's current attempt, as the step's history keeps it once it has ended."""
+    units = _current_units(detail)
+    return {
+        "attempt": detail.get("attempt", 0),
+        "state": state,
+        "operation": _attempt_operation(kind, detail) if "operation" in detail else "",
+        "units": [block_id_to_dict(b) for b in units or ()],
+        "left": detail.get("left", []),
+        "transfer_id": detail.get("transfer_id", ""),
+        "error": detail.get("error", ""),
+        "started_at": detail.get("started_at"),
+        "ended_at": detail.get("ended_at") if state in ("done", "failed") else None,
+    }
+
+
+def _when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _attempt_view(record: dict[str, Any]) -> StepAttempt:
+    return StepAttempt(
+        attempt=record["attempt"],
+        state=record["state"],
+        operation=record["operation"],
+        units=tuple(block_id_from_dict(b) for b in record["units"]),
+        left=tuple(UnitsLeft(block_id_from_dict(x["block"]), x["reason"]) for x in record["left"]),
+        transfer_id=record["transfer_id"],
+        error=record["error"],
+        started_at=_when(record["started_at"]),
+        ended_at=_when(record["ended_at"]),
+    )
+
+
+def _clipped(row: LedgerHolding, start: int, end: int) -> LedgerHolding:
+    """The part ``start``-``end`` of ``row`` (and of its origin), as a holding."""
+    offset = start - row.block.id.serial_start
+    origin = BlockId(
+        row.origin.program,
+        row.origin.serial_series,
+        row.origin.serial_start + offset,
+        row.origin.serial_start + offset + (end - start),
+    )
+    return dataclasses.replace(row, block=row.block.with_range(start, end), origin=origin)
 
 
 __all__ = [
@@ -1446,6 +1722,8 @@ __all__ = [
     "MigrationStep",
     "Migrations",
     "PlannedDisposition",
+    "StepAttempt",
+    "UnitsLeft",
     "plan_from_json",
     "plan_to_json",
 ]

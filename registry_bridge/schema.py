@@ -428,7 +428,8 @@ class MigrationStepRecord(Base):
     state: Mapped[str] = mapped_column(sa.String(16))
     """pending, applied (ledger committed, registry call may be outstanding), done, failed."""
     detail: Mapped[str] = mapped_column(sa.Text)
-    """What the step does and what came of it (operation ids, transfer id), canonical JSON."""
+    """What the step does and what came of it (operation ids, transfer id), canonical JSON;
+    with the attempts a failed step was retried in (``attempts``, see migration.py)."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

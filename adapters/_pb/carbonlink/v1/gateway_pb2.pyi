@@ -1009,6 +1009,7 @@ class MigrationStep(_message.Message):
     OPERATION_FIELD_NUMBER: _builtins.int
     TRANSFER_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     kind: _builtins.str
     """"cancel", "transfer", "keep" or "register"."""
@@ -1018,8 +1019,16 @@ class MigrationStep(_message.Message):
     operation: _builtins.str
     """The operation id (cancel) or transfer request id (transfer) the step uses."""
     transfer: _builtins.str
-    """Resource name of the step's transfer, "transfers/{id}", if any."""
+    """Resource name of the step's transfer, "transfers/{id}", if any (its current attempt's)."""
     error: _builtins.str
+    """Why the step's current attempt failed."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationStepAttempt]:
+        """Every attempt at the step, oldest first; the last is the current one (its state,
+        operation, transfer and error are the step's). A repeated ExecuteMigration of a failed
+        migration starts a new attempt of its failed step.
+        """
+
     def __init__(
         self,
         *,
@@ -1030,14 +1039,109 @@ class MigrationStep(_message.Message):
         operation: _builtins.str = ...,
         transfer: _builtins.str = ...,
         error: _builtins.str = ...,
+        attempts: _abc.Iterable[Global___MigrationStepAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error", "kind", b"kind", "operation", b"operation", "seq", b"seq", "state", b"state", "transfer", b"transfer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "description", b"description", "error", b"error", "kind", b"kind", "operation", b"operation", "seq", b"seq", "state", b"state", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrationStep: _TypeAlias = MigrationStep  # noqa: Y015
+
+@_typing.final
+class MigrationStepAttempt(_message.Message):
+    """One attempt at a migration step. The first acts on the units the plan named; a retry
+    (a repeated ExecuteMigration after the step failed) re-reads the ledger when it runs and
+    acts only on the units of the step's block the entity still holds and that nothing else
+    has used, under ids of its own, so that no registry answers it with an earlier refusal.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """0 for the first attempt."""
+    state: _builtins.str
+    """"pending", "applied", "done" or "failed"."""
+    operation: _builtins.str
+    """The operation id (cancel) or transfer request id (transfer) the attempt's registry
+    calls carry; a cancel of several ranges suffixes ":N" for the Nth.
+    """
+    transfer: _builtins.str
+    """"transfers/{id}" of the attempt's transfer, if any."""
+    error: _builtins.str
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.BlockId]:
+        """The units the attempt acts on: the plan's block for the first attempt; for a retry,
+        those of the block the entity still held, unused, when it ran (empty before it read
+        them, when it failed before acting, or when nothing was left to act on).
+        """
+
+    @_builtins.property
+    def left(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationUnitsLeft]:
+        """Units of the step's block the attempt left alone, and why (used, moved, ...)."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset while the attempt is under way."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        state: _builtins.str = ...,
+        operation: _builtins.str = ...,
+        units: _abc.Iterable[_model_pb2.BlockId] | None = ...,
+        left: _abc.Iterable[Global___MigrationUnitsLeft] | None = ...,
+        transfer: _builtins.str = ...,
+        error: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "ended_at", b"ended_at", "error", b"error", "left", b"left", "operation", b"operation", "started_at", b"started_at", "state", b"state", "transfer", b"transfer", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationStepAttempt: _TypeAlias = MigrationStepAttempt  # noqa: Y015
+
+@_typing.final
+class MigrationUnitsLeft(_message.Message):
+    """Units of a migration step's block that an attempt did not act on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Where they are now and in what state, e.g. "surrendered at shenzhen/sz-1"."""
+    @_builtins.property
+    def block(self) -> _model_pb2.BlockId: ...
+    def __init__(
+        self,
+        *,
+        block: _model_pb2.BlockId | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationUnitsLeft: _TypeAlias = MigrationUnitsLeft  # noqa: Y015
 
 @_typing.final
 class GetMigrationRequest(_message.Message):

@@ -284,7 +284,9 @@ class LinkageGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteMigration(self, request, context):
-        """Carries a migration plan out, resumably, under one migration id.
+        """Carries a migration plan out, resumably, under one migration id. Repeated (same
+        request id) after a step failed, it tries that step again as a new attempt over what
+        the entity still holds of the step's units (see MigrationStepAttempt).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

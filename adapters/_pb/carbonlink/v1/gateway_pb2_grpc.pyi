@@ -88,7 +88,10 @@ class LinkageGatewayStub:
     PlanMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]
-    """Carries a migration plan out, resumably, under one migration id."""
+    """Carries a migration plan out, resumably, under one migration id. Repeated (same
+    request id) after a step failed, it tries that step again as a new attempt over what
+    the entity still holds of the step's units (see MigrationStepAttempt).
+    """
     GetMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]
     UpsertCoveredEntity: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
@@ -160,7 +163,10 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     PlanMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PlanMigrationRequest, _gateway_pb2.MigrationPlan]  # type: ignore[assignment]
     """Dry run of a covered entity's migration from a pilot ETS to the national ETS."""
     ExecuteMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
-    """Carries a migration plan out, resumably, under one migration id."""
+    """Carries a migration plan out, resumably, under one migration id. Repeated (same
+    request id) after a step failed, it tries that step again as a new attempt over what
+    the entity still holds of the step's units (see MigrationStepAttempt).
+    """
     GetMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
     UpsertCoveredEntity: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]  # type: ignore[assignment]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
@@ -331,7 +337,10 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ExecuteMigrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Migration, _abc.Awaitable[_gateway_pb2.Migration]]:
-        """Carries a migration plan out, resumably, under one migration id."""
+        """Carries a migration plan out, resumably, under one migration id. Repeated (same
+        request id) after a step failed, it tries that step again as a new attempt over what
+        the entity still holds of the step's units (see MigrationStepAttempt).
+        """
 
     @_abc_1.abstractmethod
     def GetMigration(

@@ -1,0 +1,256 @@
+"""A migration whose step failed is retried, on a repeated ExecuteMigration, over what the
+entity holds now, over real gRPC on both databases.
+
+The failures are real: a failed use (the Shenzhen emulator refuses a scripted ``Fulfil``)
+holds units of a cancel step's block under CL-USE-0001, or Shenzhen refuses a transfer
+step's ``Freeze``. Each repeat is a new attempt of the failed step under new derived ids;
+one whose cause remains fails again with its current reason and does nothing else; one
+whose cause is gone acts only on the units of the step's block the entity still holds, and
+reports the rest. Every attempt stays on the migration's record.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.emulator_core import ScriptedRefusal
+from gateway.cli import main
+from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
+from registry_bridge.bridge import HELD_BY_FAILED_USE
+from registry_bridge.model import HoldingStatus
+from tests.integration.gateway.test_migration_holds import (
+    HELD_SZA,
+    HELD_UNITS,
+    SETTLE_FULFILS,
+    _check_invariants,
+    _execute,
+    _failed_surrender,
+    _head,
+    _pilot,
+    _seeded,
+)
+
+
+def _step(migration: gateway_pb2.Migration, kind: str) -> gateway_pb2.MigrationStep:
+    (step,) = [s for s in migration.steps if s.kind == kind]
+    return step
+
+
+def _range(block: model_pb2.BlockId) -> tuple[int, int]:
+    return (block.serial_start, block.serial_end)
+
+
+def test_a_cancel_step_failed_on_held_units_is_retried_over_the_units_still_held(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-r1", "steel", 2023, 31_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        held = _head(steel.sza.id, *HELD_SZA)
+        migrations = gateway.server.migrations
+        run_step = migrations._run_step
+        failed: list[str] = []
+
+        def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
+            if not failed:  # the migration is recorded, and no step has run yet
+                failed.append(_failed_surrender(gateway, steel, held))
+            return run_step(migration_id, seq, kind, caller)
+
+        monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+        first = _execute(gateway, steel, "migrate-r1")
+        assert first.state == "failed"
+        assert _step(first, "cancel").state == "failed"
+        shenzhen = registries.ports["shenzhen"]
+        before = statuses(shenzhen, steel.sza.id)
+
+        # The hold stands: the repeat is a second attempt, failing for the same reason
+        # now, and nothing is cancelled.
+        second = _execute(gateway, steel, "migrate-r1")
+        assert second.state == "failed"
+        cancel = _step(second, "cancel")
+        assert cancel.state == "failed"
+        assert [(a.attempt, a.state) for a in cancel.attempts] == [(0, "failed"), (1, "failed")]
+        assert HELD_UNITS in cancel.attempts[1].error and failed[0] in cancel.attempts[1].error
+        assert cancel.error == cancel.attempts[1].error
+        assert cancel.attempts[0].operation != cancel.attempts[1].operation
+        assert list(cancel.attempts[1].units) == []
+        assert statuses(shenzhen, steel.sza.id) == before
+
+        # The operator retries the use; Shenzhen accepts it now: the held units are
+        # surrendered, no longer the entity's to cancel, and the hold is gone.
+        resolved = gateway.stub.ResolveUse(
+            gateway_pb2.ResolveUseRequest(
+                request_id="retry-r1", name=failed[0], action=model_pb2.USE_RESOLUTION_ACTION_RETRY
+            ),
+            timeout=30,
+        )
+        assert resolved.state == model_pb2.USE_STATE_COMPLETED
+
+        third = _execute(gateway, steel, "migrate-r1")
+        assert third.state == "completed", third.failure_reason
+        assert all(s.state == "done" for s in third.steps)
+        cancel = _step(third, "cancel")
+        assert [(a.attempt, a.state) for a in cancel.attempts] == [
+            (0, "failed"),
+            (1, "failed"),
+            (2, "done"),
+        ]
+        assert len({a.operation for a in cancel.attempts}) == 3
+        sza = steel.sza.id
+        cut = sza.serial_start + 46_000
+        retried = cancel.attempts[2]
+        assert [_range(b) for b in retried.units] == [
+            (cut, held.serial_start - 1),
+            (held.serial_end + 1, sza.serial_end),
+        ]
+        (left,) = retried.left
+        assert _range(left.block) == (held.serial_start, held.serial_end)
+        assert "surrendered" in left.reason
+        # At Shenzhen, through its own API: the surrendered units stay surrendered, and
+        # everything else of the step's block is cancelled, once.
+        assert statuses(shenzhen, sza) == {
+            (sza.serial_start, cut - 1): HoldingStatus.SURRENDERED,
+            (cut, held.serial_start - 1): HoldingStatus.CANCELLED,
+            (held.serial_start, held.serial_end): HoldingStatus.SURRENDERED,
+            (held.serial_end + 1, sza.serial_end): HoldingStatus.CANCELLED,
+        }
+        _check_invariants(gateway, registries)
+
+        # The record keeps the history; a repeat of the completed migration changes nothing.
+        got = gateway.stub.GetMigration(gateway_pb2.GetMigrationRequest(name=third.name))
+        assert list(got.steps) == list(third.steps)
+        assert list(_execute(gateway, steel, "migrate-r1").steps) == list(third.steps)
+        assert HELD_BY_FAILED_USE in cancel.attempts[0].error
+
+
+def test_a_refused_transfer_step_is_retried_under_new_ids_over_the_units_still_held(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Shenzhen refuses the first two freezes: the migration's transfer step, and its retry.
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=2)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-r2", "steel", 2023, 32_000_000)
+        _seeded(gateway, registries, steel)
+        mirror = settle_final_pilot_year(gateway.stub, steel)
+        first = _execute(gateway, steel, "migrate-r2")
+        assert first.state == "failed"
+        assert "FAILED_PRECONDITION" in _step(first, "transfer").error
+
+        # Still refused: a second attempt under a new request id, failing for its own
+        # reason with a transfer of its own (the first one's refusal is not replayed).
+        second = _execute(gateway, steel, "migrate-r2")
+        assert second.state == "failed"
+        transfer = _step(second, "transfer")
+        assert [(a.attempt, a.state) for a in transfer.attempts] == [(0, "failed"), (1, "failed")]
+        assert transfer.attempts[0].operation != transfer.attempts[1].operation
+        assert transfer.attempts[0].transfer != transfer.attempts[1].transfer
+        assert "FAILED_PRECONDITION" in transfer.attempts[1].error
+
+        # Meanwhile the entity retires some of the CCER it was to take home.
+        used = model_pb2.BlockId(
+            program=mirror.program,
+            serial_series=mirror.serial_series,
+            serial_start=mirror.serial_start + 4_000,
+            serial_end=mirror.serial_start + 4_099,
+        )
+        gateway.stub.Retire(
+            gateway_pb2.RetireRequest(
+                request_id="retire-r2",
+                account=model_pb2.AccountRef(registry="shenzhen", account=steel.shenzhen_account),
+                units=[model_pb2.UnitSelector(block=used)],
+                beneficiary=steel.entity_id,
+                claim_text="voluntary",
+            ),
+            timeout=60,
+        )
+
+        third = _execute(gateway, steel, "migrate-r2")
+        assert third.state == "completed", third.failure_reason
+        transfer = _step(third, "transfer")
+        assert [(a.attempt, a.state) for a in transfer.attempts] == [
+            (0, "failed"),
+            (1, "failed"),
+            (2, "done"),
+        ]
+        retried = transfer.attempts[2]
+        assert [_range(b) for b in retried.units] == [
+            (used.serial_end + 1, mirror.serial_start + 4_999)
+        ]
+        (left,) = retried.left
+        assert _range(left.block) == _range(used) and "retired" in left.reason
+        assert list(third.transfers) == [a.transfer for a in transfer.attempts]
+        # Only what was still held came home; the retired units stay retired at origin.
+        ccer = steel.ccer.id
+        national = statuses(registries.ports["national"], ccer)
+        assert national[(ccer.serial_start + 4_000, ccer.serial_start + 4_099)] == (
+            HoldingStatus.RETIRED
+        )
+        assert national[(ccer.serial_start + 4_100, ccer.serial_end)] == HoldingStatus.ACTIVE
+        _check_invariants(gateway, registries)
+
+        # ``carbonlink migrate get`` shows every attempt.
+        capsys.readouterr()
+        assert main(["migrate", "get", third.name, "--target", gateway.target, "--insecure"]) == 0
+        out = capsys.readouterr().out
+        assert "attempt 0 failed" in out and "attempt 2 done" in out
+        assert f"left {mirror.program}" in out
+
+
+def test_a_retry_of_a_step_whose_units_are_all_gone_moves_nothing(database_url: str) -> None:
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-r3", "steel", 2023, 33_000_000)
+        _seeded(gateway, registries, steel)
+        mirror = settle_final_pilot_year(gateway.stub, steel)
+        assert _execute(gateway, steel, "migrate-r3").state == "failed"
+        shenzhen = model_pb2.AccountRef(registry="shenzhen", account=steel.shenzhen_account)
+
+        def part(first: int, last: int) -> model_pb2.BlockId:
+            return model_pb2.BlockId(
+                program=mirror.program,
+                serial_series=mirror.serial_series,
+                serial_start=mirror.serial_start + first,
+                serial_end=mirror.serial_start + last,
+            )
+
+        # The entity takes half the CCER home itself, and retires the other half.
+        home, used = part(4_000, 4_499), part(4_500, 4_999)
+        moved = gateway.stub.SubmitTransfer(
+            gateway_pb2.SubmitTransferRequest(
+                request_id="home-r3",
+                instruction=model_pb2.TransferInstruction(
+                    source=shenzhen,
+                    destination=model_pb2.AccountRef(
+                        registry="national", account=steel.national_account
+                    ),
+                    units=[model_pb2.UnitSelector(block=home)],
+                ),
+            ),
+            timeout=60,
+        )
+        assert moved.state == model_pb2.TRANSFER_STATE_COMPLETED, moved.failure_reason
+        gateway.stub.Retire(
+            gateway_pb2.RetireRequest(
+                request_id="retire-r3",
+                account=shenzhen,
+                units=[model_pb2.UnitSelector(block=used)],
+                beneficiary=steel.entity_id,
+                claim_text="voluntary",
+            ),
+            timeout=60,
+        )
+        transfers = len(gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest()).transfers)
+        migration = _execute(gateway, steel, "migrate-r3")
+        assert migration.state == "completed", migration.failure_reason
+        retried = _step(migration, "transfer").attempts[-1]
+        assert (retried.state, list(retried.units), retried.transfer) == ("done", [], "")
+        assert [(_range(x.block), x.reason) for x in retried.left] == [
+            (_range(home), "no longer in shenzhen (exported to another registry)"),
+            (_range(used), f"retired at shenzhen/{steel.shenzhen_account}"),
+        ]
+        after = len(gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest()).transfers)
+        assert after == transfers
+        _check_invariants(gateway, registries)

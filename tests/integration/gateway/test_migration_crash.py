@@ -31,11 +31,9 @@ from registry_bridge.model import HoldingStatus
 from tests.integration.gateway.conftest import LinkedRegistries, linked_registries
 from tests.integration.gateway.test_crash_recovery import _gateway
 from tests.integration.gateway.test_migration_holds import (
-    HELD_SZA,
     SETTLE_FULFILS,
     _execute,
-    _failed_surrender,
-    _head,
+    _fail_a_use_once_recorded,
     _pilot,
     _seeded,
 )
@@ -191,18 +189,7 @@ def test_a_cancel_retry_killed_after_the_ledger_cancelled_resumes_it_once(
     with _pilot(database_url, (refusal,)) as (gateway, registries):
         steel = pilot_entity("steel-crash-c", "steel", 2023, 35_000_000)
         _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        held = _head(steel.sza.id, *HELD_SZA)
-        migrations = gateway.server.migrations
-        run_step = migrations._run_step
-        failed: list[str] = []
-
-        def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
-            if not failed:  # the migration is recorded, and no step has run yet
-                failed.append(_failed_surrender(gateway, steel, held))
-            return run_step(migration_id, seq, kind, caller)
-
-        monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+        held, failed = _fail_a_use_once_recorded(gateway, steel, monkeypatch)
         assert _execute(gateway, steel, "migrate-crash-c").state == "failed"
         gateway.stub.ResolveUse(
             gateway_pb2.ResolveUseRequest(

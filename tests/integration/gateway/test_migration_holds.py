@@ -169,6 +169,28 @@ def _check_invariants(gateway: LiveGateway, registries: LinkedRegistries) -> Non
 HELD_SZA = (46_100, 46_109)
 
 
+def _fail_a_use_once_recorded(
+    gateway: LiveGateway, entity: PilotEntity, monkeypatch: pytest.MonkeyPatch
+) -> tuple[BlockId, list[str]]:
+    """Settle the entity's final pilot year, then have a surrender of its :data:`HELD_SZA`
+    fail once its migration is recorded, before any step runs (the registry refuses the
+    use's later leg). Returns those units, and a list that names the failed use once the
+    migration has started."""
+    settle_final_pilot_year(gateway.stub, entity)
+    held = _head(entity.sza.id, *HELD_SZA)
+    migrations = gateway.server.migrations
+    run_step = migrations._run_step
+    failed: list[str] = []
+
+    def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
+        if not failed:  # the migration is recorded, and no step has run yet
+            failed.append(_failed_surrender(gateway, entity, held))
+        return run_step(migration_id, seq, kind, caller)
+
+    monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+    return held, failed
+
+
 def test_a_failed_use_on_the_entitys_units_blocks_the_plan_until_it_is_resolved(
     database_url: str,
 ) -> None:
@@ -274,18 +296,7 @@ def test_a_hold_that_appears_while_the_steps_run_fails_the_cancellation_of_its_u
     with _pilot(database_url, (refusal,)) as (gateway, registries):
         steel = pilot_entity("steel-h6", "steel", 2023, 25_000_000)
         _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        held = _head(steel.sza.id, *HELD_SZA)
-        migrations = gateway.server.migrations
-        run_step = migrations._run_step
-        failed: list[str] = []
-
-        def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
-            if not failed:  # the migration is recorded, and no step has run yet
-                failed.append(_failed_surrender(gateway, steel, held))
-            return run_step(migration_id, seq, kind, caller)
-
-        monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+        _, failed = _fail_a_use_once_recorded(gateway, steel, monkeypatch)
         migration = _execute(gateway, steel, "migrate-during")
         assert failed, [(s.kind, s.state) for s in migration.steps]
         assert migration.state == "failed"

@@ -20,13 +20,11 @@ from gateway.demo_migration import pilot_entity, settle_final_pilot_year, status
 from registry_bridge.bridge import HELD_BY_FAILED_USE
 from registry_bridge.model import HoldingStatus
 from tests.integration.gateway.test_migration_holds import (
-    HELD_SZA,
     HELD_UNITS,
     SETTLE_FULFILS,
     _check_invariants,
     _execute,
-    _failed_surrender,
-    _head,
+    _fail_a_use_once_recorded,
     _pilot,
     _seeded,
 )
@@ -48,18 +46,7 @@ def test_a_cancel_step_failed_on_held_units_is_retried_over_the_units_still_held
     with _pilot(database_url, (refusal,)) as (gateway, registries):
         steel = pilot_entity("steel-r1", "steel", 2023, 31_000_000)
         _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        held = _head(steel.sza.id, *HELD_SZA)
-        migrations = gateway.server.migrations
-        run_step = migrations._run_step
-        failed: list[str] = []
-
-        def fail_a_use_first(migration_id: str, seq: int, kind: str, caller: str) -> bool:
-            if not failed:  # the migration is recorded, and no step has run yet
-                failed.append(_failed_surrender(gateway, steel, held))
-            return run_step(migration_id, seq, kind, caller)
-
-        monkeypatch.setattr(migrations, "_run_step", fail_a_use_first)
+        held, failed = _fail_a_use_once_recorded(gateway, steel, monkeypatch)
         first = _execute(gateway, steel, "migrate-r1")
         assert first.state == "failed"
         assert _step(first, "cancel").state == "failed"

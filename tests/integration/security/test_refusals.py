@@ -81,6 +81,28 @@ def _operator(gateway: SecureGateway) -> gateway_pb2_grpc.LinkageGatewayStub:
     return gateway.stub("exchange_operator", token)
 
 
+def _retire_ten_venue_units(gateway: SecureGateway) -> model_pb2.UnitUse:
+    """The operator's signed retirement of the venue seller's first ten Verra units."""
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    request = gateway_pb2.RetireRequest(
+        request_id="retire-1",
+        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=origin.program.value,
+                    serial_start=origin.serial_start,
+                    serial_end=origin.serial_start + 9,
+                )
+            )
+        ],
+        beneficiary="Acme Ltd",
+    )
+    gateway.signer("exchange_operator").sign("Retire", request)
+    use: model_pb2.UnitUse = _operator(gateway).Retire(request, timeout=60)
+    return use
+
+
 def _code(call: object) -> tuple[grpc.StatusCode, str]:
     assert isinstance(call, grpc.RpcError)
     return call.code(), call.details() or ""
@@ -192,23 +214,7 @@ def test_a_use_is_read_only_by_its_holder_and_the_auditor(
 ) -> None:
     """GetUse and ListUses are scoped as GetTransfer and ListTransfers are: a retirement
     is its holder's business; to anyone else its name names nothing."""
-    origin = parse_serial("verra", VERRA_SERIAL).id
-    request = gateway_pb2.RetireRequest(
-        request_id="retire-1",
-        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-        units=[
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=origin.program.value,
-                    serial_start=origin.serial_start,
-                    serial_end=origin.serial_start + 9,
-                )
-            )
-        ],
-        beneficiary="Acme Ltd",
-    )
-    secure_gateway.signer("exchange_operator").sign("Retire", request)
-    use = _operator(secure_gateway).Retire(request, timeout=60)
+    use = _retire_ten_venue_units(secure_gateway)
     assert use.state == model_pb2.USE_STATE_COMPLETED
 
     def sees(stub: gateway_pb2_grpc.LinkageGatewayStub) -> bool:
@@ -630,23 +636,7 @@ def test_a_use_is_resolved_only_by_the_exchange_operator_of_its_account(
     """ResolveUse decides where units stand: exchange operators only, on the accounts
     their token names, with a signed request; holders, auditors and regulators are
     refused by role before anything is read (they read the use with GetUse)."""
-    origin = parse_serial("verra", VERRA_SERIAL).id
-    retire = gateway_pb2.RetireRequest(
-        request_id="retire-1",
-        account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-        units=[
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=origin.program.value,
-                    serial_start=origin.serial_start,
-                    serial_end=origin.serial_start + 9,
-                )
-            )
-        ],
-        beneficiary="Acme Ltd",
-    )
-    secure_gateway.signer("exchange_operator").sign("Retire", retire)
-    use = _operator(secure_gateway).Retire(retire, timeout=60)
+    use = _retire_ten_venue_units(secure_gateway)
 
     def resolve(role: str, accounts: tuple[str, ...], signed: bool = True) -> grpc.StatusCode:
         request = gateway_pb2.ResolveUseRequest(

@@ -1214,6 +1214,10 @@ class Migrations:
     ) -> MigrationStep:
         step = session.get(MigrationStepRecord, (migration_id, seq), with_for_update=True)
         assert step is not None  # the step was read just before, and steps are never deleted
+        if step.state == state and state in ("done", "failed"):
+            # ExecuteMigration and the recovery loop's resume may both drive the step and
+            # both end it: the first ending is the record, and the second changes nothing.
+            return _step_view(step)
         detail = json.loads(step.detail)
         detail.update(extra)
         if state in ("done", "failed"):

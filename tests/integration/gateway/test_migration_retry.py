@@ -18,7 +18,9 @@ from adapters.emulator_core import ScriptedRefusal
 from gateway.cli import main
 from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
 from registry_bridge.bridge import HELD_BY_FAILED_USE
+from registry_bridge.db import unit_of_work
 from registry_bridge.model import HoldingStatus
+from registry_bridge.schema import MigrationRecord
 from tests.integration.gateway.test_migration_holds import (
     HELD_UNITS,
     SETTLE_FULFILS,
@@ -240,4 +242,30 @@ def test_a_retry_of_a_step_whose_units_are_all_gone_moves_nothing(database_url: 
         ]
         after = len(gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest()).transfers)
         assert after == transfers
+        _check_invariants(gateway, registries)
+
+
+def test_a_step_a_second_driver_ends_again_keeps_its_first_ending(database_url: str) -> None:
+    """ExecuteMigration and the recovery loop's resume can both drive one migration: each
+    picks the first step not done, and the slower ends it again after the faster. The
+    step's record stays as the first ending left it (a repeated ExecuteMigration then
+    answers the same migration, step for step, as the first)."""
+    with _pilot(database_url) as (gateway, registries):
+        steel = pilot_entity("steel-r4", "steel", 2023, 34_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        first = _execute(gateway, steel, "migrate-r4")
+        assert first.state == "completed"
+        migration_id = first.name.removeprefix("migrations/")
+        with unit_of_work(gateway.server.bridge.sessions) as session:
+            record = session.get(MigrationRecord, migration_id)
+            assert record is not None
+            caller = record.caller
+        # The second driver, which had picked each step before the first ended it.
+        for step in first.steps:
+            gateway.server.migrations._run_step(migration_id, step.seq, step.kind, caller)
+        again = gateway.stub.GetMigration(
+            gateway_pb2.GetMigrationRequest(name=first.name), timeout=30
+        )
+        assert list(again.steps) == list(first.steps)
         _check_invariants(gateway, registries)

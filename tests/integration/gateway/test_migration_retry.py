@@ -6,7 +6,9 @@ holds units of a cancel step's block under CL-USE-0001, or Shenzhen refuses a tr
 step's ``Freeze``. Each repeat is a new attempt of the failed step under new derived ids;
 one whose cause remains fails again with its current reason and does nothing else; one
 whose cause is gone acts only on the units of the step's block the entity still holds, and
-reports the rest. Every attempt stays on the migration's record.
+reports the rest. A repeat while a transfer in flight holds some of those units locked (the
+national emulator's credit held unanswered) waits for it the same way. Every attempt stays
+on the migration's record.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
-from adapters.emulator_core import ScriptedRefusal
+from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from gateway.cli import main
 from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
 from registry_bridge.bridge import HELD_BY_FAILED_USE
 from registry_bridge.db import unit_of_work
-from registry_bridge.model import HoldingStatus
+from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.schema import MigrationRecord
+from registry_bridge.transfers import TransferState
+from tests.integration.gateway.conftest import hold_calls, linked_registries, running_gateway
 from tests.integration.gateway.test_migration_holds import (
     HELD_UNITS,
     SETTLE_FULFILS,
@@ -268,4 +272,126 @@ def test_a_step_a_second_driver_ends_again_keeps_its_first_ending(database_url: 
             gateway_pb2.GetMigrationRequest(name=first.name), timeout=30
         )
         assert list(again.steps) == list(first.steps)
+        _check_invariants(gateway, registries)
+
+
+def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry while a transfer holds some of the step's units locked (its credit at the
+    national registry not answered yet) fails naming that transfer and moves nothing; once
+    the transfer has ended, the next repeat moves what the entity still holds."""
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    faults = {"shenzhen": FaultConfig(refusals=(refusal,))}
+    with (
+        linked_registries(faults, wired=("shenzhen", "national")) as registries,
+        running_gateway(
+            database_url,
+            registries,
+            recovery_interval_seconds=3600,
+            reconcile_interval_seconds=86_400,
+            # A credit the national registry does not answer leaves its transfer
+            # SOURCE_LOCKED after one short try, instead of after seconds of retries.
+            registry_timeout_seconds=0.5,
+            registry_retry_attempts=1,
+        ) as gateway,
+    ):
+        steel = pilot_entity("steel-r5", "steel", 2023, 35_000_000)
+        _seeded(gateway, registries, steel)
+        mirror = settle_final_pilot_year(gateway.stub, steel)
+        assert _execute(gateway, steel, "migrate-r5").state == "failed"
+
+        # The entity sends some of the CCER home itself; the national registry takes the
+        # credit but does not answer, so the transfer stays in flight, its units locked.
+        away = model_pb2.BlockId(
+            program=mirror.program,
+            serial_series=mirror.serial_series,
+            serial_start=mirror.serial_start + 4_000,
+            serial_end=mirror.serial_start + 4_199,
+        )
+        asked, answer = hold_calls(
+            monkeypatch, registries.emulators["national"].store, "credit", 30
+        )
+        try:
+            moving = gateway.stub.SubmitTransfer(
+                gateway_pb2.SubmitTransferRequest(
+                    request_id="home-r5",
+                    instruction=model_pb2.TransferInstruction(
+                        source=model_pb2.AccountRef(
+                            registry="shenzhen", account=steel.shenzhen_account
+                        ),
+                        destination=model_pb2.AccountRef(
+                            registry="national", account=steel.national_account
+                        ),
+                        units=[model_pb2.UnitSelector(block=away)],
+                    ),
+                ),
+                timeout=60,
+            )
+            assert asked.is_set()
+            assert moving.state == model_pb2.TRANSFER_STATE_SOURCE_LOCKED, moving.failure_reason
+            in_flight = moving.name.removeprefix("transfers/")
+            national, shenzhen = registries.ports["national"], registries.ports["shenzhen"]
+            held = BlockId(
+                Program(mirror.program),
+                mirror.serial_series,
+                mirror.serial_start,
+                mirror.serial_end,
+            )
+            before = (
+                statuses(national, steel.ccer.id),
+                statuses(shenzhen, held),
+                len(gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest()).transfers),
+            )
+
+            second = _execute(gateway, steel, "migrate-r5")
+            assert second.state == "failed"
+            transfer = _step(second, "transfer")
+            assert [(a.attempt, a.state) for a in transfer.attempts] == [
+                (0, "failed"),
+                (1, "failed"),
+            ]
+            waiting = transfer.attempts[1]
+            assert "CL-MIGRATION-0006" in waiting.error and in_flight in waiting.error
+            assert f"{away.serial_start}-{away.serial_end}" in waiting.error
+            assert "locked" in waiting.error and transfer.error == waiting.error
+            assert (list(waiting.units), waiting.transfer) == ([], "")
+            after = (
+                statuses(national, steel.ccer.id),
+                statuses(shenzhen, held),
+                len(gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest()).transfers),
+            )
+            assert after == before
+            assert before[1][_range(away)] == HoldingStatus.LOCKED
+        finally:
+            answer.set()
+
+        # The national registry answers now; the bridge's recovery completes the transfer.
+        assert gateway.server.bridge.resume_unfinished() == {in_flight: TransferState.COMPLETED}
+
+        third = _execute(gateway, steel, "migrate-r5")
+        assert third.state == "completed", third.failure_reason
+        transfer = _step(third, "transfer")
+        assert [(a.attempt, a.state) for a in transfer.attempts] == [
+            (0, "failed"),
+            (1, "failed"),
+            (2, "done"),
+        ]
+        retried = transfer.attempts[2]
+        assert [_range(b) for b in retried.units] == [
+            (mirror.serial_start + 4_200, mirror.serial_start + 4_999)
+        ]
+        assert [(_range(x.block), x.reason) for x in retried.left] == [
+            (_range(away), "no longer in shenzhen (exported to another registry)")
+        ]
+        assert in_flight not in {a.transfer for a in transfer.attempts}
+        # Every unit of the step's block came home once: by the entity's own transfer, or
+        # by the retry.
+        ccer = steel.ccer.id
+        assert (
+            statuses(registries.ports["national"], ccer)[
+                (ccer.serial_start + 4_000, ccer.serial_end)
+            ]
+            == HoldingStatus.ACTIVE
+        )
         _check_invariants(gateway, registries)

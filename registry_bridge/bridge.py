@@ -164,18 +164,13 @@ def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
     ):
         detail = json.loads(raw)
         legs = detail["legs"]
-        blocks: list[BlockId] = []
-        for leg in legs:
-            blocks.append(block_id_from_dict(leg["block"]))
-            if leg["origin"] is not None:
-                blocks.append(block_id_from_dict(leg["origin"]))
         done, refused = _done_and_refused(detail)
         done_at = ", ".join(dict.fromkeys(legs[i]["registry"] for i in done)) or "no registry"
         refused_at = legs[refused]["registry"] if refused is not None else "a registry"
         holds.append(
             _Hold(
                 HELD_BY_FAILED_USE,
-                tuple(dict.fromkeys(blocks)),
+                tuple(dict.fromkeys(_use_blocks(detail))),
                 (
                     f"units held: uses/{use_id} ({kind}) was done at {done_at} and refused "
                     f"at {refused_at}, and is not resolved yet; they move again once an "
@@ -202,6 +197,22 @@ def _done_and_refused(detail: dict[str, Any]) -> tuple[list[int], int | None]:
     if refused_leg is not None:
         return done, int(refused_leg["index"])
     return done, (len(done) if done and len(done) < len(legs) else None)
+
+
+def _remaining_legs(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """The legs of a failed use not done: from its refused leg on."""
+    done, _ = _done_and_refused(detail)
+    return [leg for i, leg in enumerate(detail["legs"]) if i not in done]
+
+
+def _use_blocks(detail: dict[str, Any]) -> list[BlockId]:
+    """Every block a use's legs name: each leg's own, and the holder's origin behind it."""
+    blocks: list[BlockId] = []
+    for leg in detail["legs"]:
+        blocks.append(block_id_from_dict(leg["block"]))
+        if leg["origin"] is not None:
+            blocks.append(block_id_from_dict(leg["origin"]))
+    return blocks
 
 
 ORIGIN_REGISTRY: Mapping[Program, str] = {
@@ -2720,12 +2731,7 @@ class Bridge:
             if record is None or record.state != "pending":
                 return
             detail = json.loads(record.detail)
-            done_ops = set(detail.get("done_legs", ()))
-            fresh = [leg for leg in detail["legs"] if leg["op"] not in done_ops]
-            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
-                session, use_id, detail, fresh
-            )
-            detail["done_legs"] = [leg["op"] for leg in detail["legs"]]
+            self._record_done(session, use_id, detail, detail["legs"])
             _end_resolution(detail, UseState.COMPLETED, "")
             record.detail = json.dumps(detail, sort_keys=True)
             record.state = "completed"
@@ -2785,9 +2791,9 @@ class Bridge:
         use_id: str,
         detail: dict[str, Any],
         legs: Sequence[dict[str, Any]],
-    ) -> list[dict[str, Any]]:
-        """Record in the ledger what ``legs``, done at their registries, did; returns the
-        holder's units they used, as a surrender's record keeps them for offset limits."""
+    ) -> None:
+        """Record in the ledger what ``legs``, done at their registries, did, and add the
+        holder's units they used to the use's ``surrendered`` (kept for offset limits)."""
         request = detail["request"]
         kind = request["kind"]
         terminal = HoldingStatus.RETIRED if kind == "retirement" else HoldingStatus.SURRENDERED
@@ -2833,7 +2839,20 @@ class Bridge:
                             transfer_id=use_id,
                             detail=_use_detail(request),
                         )
-        return used
+        detail["surrendered"] = detail.get("surrendered", []) + used
+
+    def _record_done(
+        self,
+        session: Session,
+        use_id: str,
+        detail: dict[str, Any],
+        done: Sequence[dict[str, Any]],
+    ) -> None:
+        """Make ``done`` the use's done legs, recording in the ledger those not recorded
+        yet (a retried use recorded its earlier legs when it first failed)."""
+        recorded = set(detail.get("done_legs", ()))
+        self._record_legs(session, use_id, detail, [g for g in done if g["op"] not in recorded])
+        detail["done_legs"] = [leg["op"] for leg in done]
 
     def _release(
         self,
@@ -2882,13 +2901,7 @@ class Bridge:
             legs = detail["legs"]
             done, rest = legs[:refused_at], legs[refused_at:]
             reason = _refused_leg(detail["request"]["kind"], legs[refused_at], error, done)
-            # A retried use recorded its earlier legs when it first failed.
-            recorded = set(detail.get("done_legs", ()))
-            fresh = [leg for leg in done if leg["op"] not in recorded]
-            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
-                session, use_id, detail, fresh
-            )
-            detail["done_legs"] = [leg["op"] for leg in done]
+            self._record_done(session, use_id, detail, done)
             detail["refused_leg"] = _refusal_record(refused_at, error)
             _end_resolution(detail, UseState.FAILED, reason)
             self._release(session, record, detail, rest, "failed", reason)
@@ -2979,10 +2992,7 @@ class Bridge:
                 with contextlib.suppress(FailedPrecondition):
                     self._finish_use(use_id)
             return self.get_use(use_id)
-        remaining = [
-            leg for i, leg in enumerate(detail["legs"]) if i not in _done_and_refused(detail)[0]
-        ]
-        unsettled = self._unsettled(remaining)
+        unsettled = self._unsettled(_remaining_legs(detail))
         if unsettled:
             raise FailedPrecondition(
                 f"uses/{use_id} cannot be settled manually: "
@@ -3037,9 +3047,8 @@ class Bridge:
             if claimed is None:
                 return False
             record, detail = claimed
-            done, _ = _done_and_refused(detail)
             retries = 1 + sum(1 for r in detail.get("resolutions", ()) if r["action"] == "retry")
-            remaining = [leg for i, leg in enumerate(detail["legs"]) if i not in done]
+            remaining = _remaining_legs(detail)
             for leg in remaining:
                 # A registry answers an operation id it refused with that refusal again.
                 leg["op"] = f"{leg['op'].split(':retry-')[0]}:retry-{retries}"
@@ -3067,12 +3076,9 @@ class Bridge:
             if claimed is None:
                 return
             record, detail = claimed
-            done, _ = _done_and_refused(detail)
-            remaining = [leg for i, leg in enumerate(detail["legs"]) if i not in done]
+            remaining = _remaining_legs(detail)
             self._take_back(session, use_id, remaining, now)
-            detail["surrendered"] = detail.get("surrendered", []) + self._record_legs(
-                session, use_id, detail, remaining
-            )
+            self._record_legs(session, use_id, detail, remaining)
             detail["settled_legs"] = [leg["op"] for leg in remaining]
             resolution = _new_resolution(
                 UseResolutionAction.SETTLE_MANUALLY, caller, request_id, digest, reason, now
@@ -3093,11 +3099,6 @@ class Bridge:
         """Keep ``resolution`` with the use and append its provenance event, over the
         use's units (so a trace of them shows it)."""
         detail.setdefault("resolutions", []).append(resolution)
-        blocks: list[BlockId] = []
-        for leg in detail["legs"]:
-            blocks.append(block_id_from_dict(leg["block"]))
-            if leg["origin"] is not None:
-                blocks.append(block_id_from_dict(leg["origin"]))
         append_event(
             session,
             "use_resolution",
@@ -3122,7 +3123,7 @@ class Bridge:
             },
             self._clock(),
             record.id,
-            blocks=blocks,
+            blocks=_use_blocks(detail),
         )
 
     def _take_back(

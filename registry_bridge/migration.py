@@ -290,6 +290,14 @@ class Migration:
         )
 
 
+def _refused_for(findings: Sequence[RuleViolation], lead: str = "") -> FailedPrecondition:
+    """The refusal of a migration or a step for ``findings``, each named by its rule."""
+    return FailedPrecondition(
+        lead + "; ".join(f"{v.rule_id}: {v.message}" for v in findings),
+        [PreconditionViolation("MIGRATION", v.rule_id, v.message) for v in findings],
+    )
+
+
 def _violation(rule_id: str, message: str, *details: tuple[str, str]) -> RuleViolation:
     return RuleViolation(rule_id, message, SOURCE, (), tuple(details))
 
@@ -1045,14 +1053,7 @@ class Migrations:
                     for finding in self._held_findings(session, d.holding)
                 )
                 if blocking:
-                    raise FailedPrecondition(
-                        "the migration is blocked: "
-                        + "; ".join(f"{v.rule_id}: {v.message}" for v in blocking),
-                        [
-                            PreconditionViolation("MIGRATION", v.rule_id, v.message)
-                            for v in blocking
-                        ],
-                    )
+                    raise _refused_for(blocking, "the migration is blocked: ")
                 migration_id = uuid.uuid4().hex
                 session.add(
                     MigrationRecord(
@@ -1317,13 +1318,7 @@ class Migrations:
                     # above roll back with the refusal.
                     held = [f for row in carved_rows for f in self._held_findings(session, row)]
                     if held:
-                        raise FailedPrecondition(
-                            "; ".join(f"{v.rule_id}: {v.message}" for v in held),
-                            [
-                                PreconditionViolation("MIGRATION", v.rule_id, v.message)
-                                for v in held
-                            ],
-                        )
+                        raise _refused_for(held)
                     for carved in carved_rows:
                         ledger.change(
                             session,
@@ -1504,10 +1499,7 @@ class Migrations:
         problems = [f for _, part in parts for f in self._held_findings(session, part)]
         problems += waiting
         if problems:
-            raise FailedPrecondition(
-                "; ".join(f"{v.rule_id}: {v.message}" for v in problems),
-                [PreconditionViolation("MIGRATION", v.rule_id, v.message) for v in problems],
-            )
+            raise _refused_for(problems)
         return parts, left
 
     def _port(self, registry: str) -> RegistryPort:

@@ -378,13 +378,6 @@ class _Leg:
 _LegOutcome = RegistryHolding | RegistryRejected | RegistryUnavailable
 
 
-def _origin_part(row: LedgerHolding, start: int, end: int) -> BlockId:
-    """The origin serials that ``start``..``end`` of ``row`` stand for."""
-    offset = start - row.block.id.serial_start
-    first = row.origin.serial_start + offset
-    return BlockId(row.origin.program, row.origin.serial_series, first, first + (end - start))
-
-
 def _first_failure(
     outcomes: Sequence[_LegOutcome],
 ) -> RegistryRejected | RegistryUnavailable | None:
@@ -1059,7 +1052,7 @@ class Bridge:
                     continue
                 start = max(row.block.id.serial_start, unit.serial_start)
                 end = min(row.block.id.serial_end, unit.serial_end)
-                origin = _origin_part(row, start, end)
+                origin = ledger.origin_part(row, start, end)
                 origin_registry = ORIGIN_REGISTRY[origin.program]
                 source_block = BlockId(row.block.id.program, row.block.id.serial_series, start, end)
                 takes = self._credited_programs.get(destination.registry)
@@ -1182,7 +1175,7 @@ class Bridge:
                     continue  # _plan refuses it; nothing of it is looked up
                 start = max(row.block.id.serial_start, unit.serial_start)
                 end = min(row.block.id.serial_end, unit.serial_end)
-                origin = _origin_part(row, start, end)
+                origin = ledger.origin_part(row, start, end)
                 origins.append(origin)
                 if row.is_mirror:
                     returning.append(origin)

@@ -111,6 +111,14 @@ class LedgerHolding:
     lock_expires_at: datetime | None = None
 
 
+def origin_part(holding: LedgerHolding, start: int, end: int) -> BlockId:
+    """The origin serials that ``start``..``end`` of ``holding`` stand for."""
+    first = holding.origin.serial_start + (start - holding.block.id.serial_start)
+    return BlockId(
+        holding.origin.program, holding.origin.serial_series, first, first + (end - start)
+    )
+
+
 def _to_holding(row: LedgerRow) -> LedgerHolding:
     block_id = BlockId(Program(row.program), row.serial_series, row.serial_start, row.serial_end)
     origin = BlockId(
@@ -751,13 +759,7 @@ def carve(
     ):
         if piece_start > piece_end:
             continue
-        offset = piece_start - own.serial_start
-        origin = BlockId(
-            holding.origin.program,
-            holding.origin.serial_series,
-            holding.origin.serial_start + offset,
-            holding.origin.serial_start + offset + (piece_end - piece_start),
-        )
+        origin = origin_part(holding, piece_start, piece_end)
         new_rows.append(
             (
                 piece_start,

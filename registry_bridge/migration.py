@@ -1680,14 +1680,11 @@ def _attempt_view(record: dict[str, Any]) -> StepAttempt:
 
 def _clipped(row: LedgerHolding, start: int, end: int) -> LedgerHolding:
     """The part ``start``-``end`` of ``row`` (and of its origin), as a holding."""
-    offset = start - row.block.id.serial_start
-    origin = BlockId(
-        row.origin.program,
-        row.origin.serial_series,
-        row.origin.serial_start + offset,
-        row.origin.serial_start + offset + (end - start),
+    return dataclasses.replace(
+        row,
+        block=row.block.with_range(start, end),
+        origin=ledger.origin_part(row, start, end),
     )
-    return dataclasses.replace(row, block=row.block.with_range(start, end), origin=origin)
 
 
 __all__ = [

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2
 
@@ -29,7 +28,7 @@ from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
 from gateway import client_security, convert
 from gateway.blocks import parse_block
-from gateway.cli_client import page_size
+from gateway.cli_client import page_size, print_json
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
@@ -402,17 +401,6 @@ def _ask(args: argparse.Namespace, command: str, call: Callable[[Any], Message])
             return EXIT_FAILED
 
 
-def _print_json(message: Message, stdout: TextIO) -> None:
-    print(
-        json.dumps(
-            json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
-            indent=2,
-            sort_keys=True,
-        ),
-        file=stdout,
-    )
-
-
 def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stdout = sys.stdout if out is None else out
     report = _ask(
@@ -426,7 +414,7 @@ def _reconcile(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return report
     assert isinstance(report, gateway_pb2.ReconcileReport)
     if args.json:
-        _print_json(report, stdout)
+        print_json(report, stdout)
     else:
         print(
             f"reconciliation {report.reconciliation_id}: "
@@ -462,7 +450,7 @@ def _reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int
         return listed
     assert isinstance(listed, gateway_pb2.ListReconciliationsResponse)
     if args.json:
-        _print_json(listed, stdout)
+        print_json(listed, stdout)
         return EXIT_OK
     for run in listed.reconciliations:
         who = run.requested_by or "schedule"

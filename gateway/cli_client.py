@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import uuid
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -82,13 +82,15 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.Link
     return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
 
 
-def _print_json(message: Message) -> None:
+def print_json(message: Message, stdout: TextIO | None = None) -> None:
+    """``message`` as protobuf's JSON, every field shown (unset ones with their zero)."""
     print(
         json.dumps(
             json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
             indent=2,
             sort_keys=True,
-        )
+        ),
+        file=stdout,
     )
 
 
@@ -260,7 +262,7 @@ def _use_get(args: argparse.Namespace) -> int:
     name = args.name if args.name.startswith("uses/") else f"uses/{args.name}"
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        _print_json(stub.GetUse(gateway_pb2.GetUseRequest(name=name), timeout=args.timeout))
+        print_json(stub.GetUse(gateway_pb2.GetUseRequest(name=name), timeout=args.timeout))
         return EXIT_OK
 
     return _call(args, invoke)
@@ -287,7 +289,7 @@ def _use_resolve(args: argparse.Namespace) -> int:
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         client_security.sign(args, "ResolveUse", request)
         use = stub.ResolveUse(request, timeout=args.timeout)
-        _print_json(use)
+        print_json(use)
         if use.state == model_pb2.USE_STATE_FAILED:
             # A retry the registry refused again: the use is as unsettled as before.
             refusal = use.resolutions[-1].refusal if use.resolutions else use.refusal_reason
@@ -309,7 +311,7 @@ def _use_list(args: argparse.Namespace) -> int:
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         reply = stub.ListUses(request, timeout=args.timeout)
-        _print_json(reply)
+        print_json(reply)
         if reply.next_page_token:
             # On stderr: stdout stays one JSON document for a script to read.
             print(

@@ -147,7 +147,11 @@ def decode_sealed_token(token: str, scope: str, key: bytes, names: Sequence[str]
             changed, was issued by a gateway with another key, or belongs to another
             listing.
     """
-    data = _open_sealed(token, scope, key)
+    return _positions(_open_sealed(token, scope, key), names)
+
+
+def _positions(data: Mapping[str, Any], names: Sequence[str]) -> list[int]:
+    """The positions ``names`` of an opened token's fields."""
     try:
         values = [data[name] for name in names]
     except KeyError as exc:
@@ -187,15 +191,15 @@ def encode_trace_token(resume: TraceResume, scope: str, key: bytes) -> str:
     The ranges are left out past :data:`TRACE_TOKEN_RANGES` or
     :data:`MAX_SEALED_TOKEN_CHARS`: the next page then works them out itself.
     """
-    fields: dict[str, object] = {"n": resume.pinned_size, "a": resume.start}
-    position = encode_sealed_token(fields, scope, key)
-    if resume.ranges is None or len(resume.ranges) > TRACE_TOKEN_RANGES:
-        return position
-    fields["r"] = [
-        [r.program.value, r.serial_series, r.serial_start, r.serial_end] for r in resume.ranges
-    ]
-    token = encode_sealed_token(fields, scope, key)
-    return token if len(token) <= MAX_SEALED_TOKEN_CHARS else position
+    position: dict[str, object] = {"n": resume.pinned_size, "a": resume.start}
+    if resume.ranges is not None and len(resume.ranges) <= TRACE_TOKEN_RANGES:
+        ranges = [
+            [r.program.value, r.serial_series, r.serial_start, r.serial_end] for r in resume.ranges
+        ]
+        token = encode_sealed_token({**position, "r": ranges}, scope, key)
+        if len(token) <= MAX_SEALED_TOKEN_CHARS:
+            return token
+    return encode_sealed_token(position, scope, key)
 
 
 def decode_trace_token(token: str, scope: str, key: bytes) -> TraceResume:
@@ -206,8 +210,9 @@ def decode_trace_token(token: str, scope: str, key: bytes) -> TraceResume:
         InvalidRequest: On ``page_token``: as :func:`decode_sealed_token`, or its ranges
             are more than :data:`TRACE_TOKEN_RANGES` or not serial ranges.
     """
-    pinned, start = decode_sealed_token(token, scope, key, ("n", "a"))
-    carried = _open_sealed(token, scope, key).get("r")
+    data = _open_sealed(token, scope, key)
+    pinned, start = _positions(data, ("n", "a"))
+    carried = data.get("r")
     if carried is None:
         return TraceResume(pinned, start, None)
     if not isinstance(carried, list) or not 0 < len(carried) <= TRACE_TOKEN_RANGES:

@@ -40,6 +40,13 @@ DEMO_REGISTRIES = ("verra", "gold-standard", "hkmo", "shenzhen", "guangdong", "n
 DEMO_OPERATOR_ACCOUNTS = ("hkmo:hk-seller", "shenzhen:sz-buyer")
 # A real Verra issuance (Verra public export): 20,745 VCUs of project 1060, vintage 2019.
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
+# The foreign issuer's desk at Verra: Verra issued it the units of the projects it lists
+# (VCS 5955 and 5954), which is what proves to the gateway that the projects are its own.
+DEMO_ISSUER_ACCOUNT = ("verra", "project-proponent")
+DEMO_ISSUER_SERIALS = (
+    "17000-500000001-500001000-VCS-VCU-997-VER-BR-13-5955-20072024-19072025-0",
+    "17001-500001001-500002000-VCS-VCU-997-VER-CN-1-5954-21092024-20092025-0",
+)
 SOLD_QUANTITY = 5_000
 RETIRED_QUANTITY = 1_200
 
@@ -93,6 +100,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
         r: build_adapter(r, e.target, credentials=seeding) for r, e in emulators.items()
     }
     _seed_hong_kong_venue(registry_ports)
+    _seed_issuer(registry_ports)
     config = GatewayConfig(
         listen="127.0.0.1:0",
         database_url=f"sqlite:///{workdir / 'gateway.db'}",
@@ -110,7 +118,9 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
             demo_security.channel(
                 workdir, target, "exchange_operator", accounts=DEMO_OPERATOR_ACCOUNTS
             ) as channel,
-            demo_security.channel(workdir, target, "issuer") as issuer,
+            demo_security.channel(
+                workdir, target, "issuer", accounts=[":".join(DEMO_ISSUER_ACCOUNT)]
+            ) as issuer,
             demo_security.channel(workdir, target, "auditor") as auditor,
         ):
             _journey_gateway_up(channel, target)
@@ -129,6 +139,15 @@ def _seed_hong_kong_venue(ports: dict[str, RegistryPort]) -> None:
     seed = uuid.uuid4().hex
     ports["verra"].issue(IssueRequest(f"demo-seed-{seed}", venue_account("hkmo"), block))
     ports["hkmo"].credit(CreditRequest(f"demo-deposit-{seed}", "hk-seller", block, "verra", "seed"))
+
+
+def _seed_issuer(ports: dict[str, RegistryPort]) -> None:
+    """Verra issues the projects' units into their issuer's account."""
+    registry, account = DEMO_ISSUER_ACCOUNT
+    seed = uuid.uuid4().hex
+    for i, serial in enumerate(DEMO_ISSUER_SERIALS):
+        block = parse_serial(registry, serial)
+        ports[registry].issue(IssueRequest(f"demo-issue-{seed}-{i}", account, block))
 
 
 def _journey_gateway_up(channel: grpc.Channel, target: str) -> None:
@@ -352,6 +371,24 @@ def _journey_foreign_issuer(channel: grpc.Channel) -> None:
         _say(f"     refused {violation.rule_id}: {violation.message}")
     if refused.listed or not refused.refusals:
         raise DemoFailure("a project already issued under CCER for the same period was listed")
+
+    # A project whose units sit in another party's account (the HK venue's VCS 1060): the
+    # gateway asks Verra, finds none of them in the issuer's account, and lists nothing.
+    squatted = model_pb2.Project(program="VCS", project_id="1060", country="US")
+    try:
+        gateway.ListProject(
+            gateway_pb2.ListProjectRequest(
+                request_id=f"list-{uuid.uuid4().hex[:8]}", project=squatted, jurisdiction="shenzhen"
+            ),
+            timeout=30,
+        )
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        _say(f"   VCS 1060, none of its units in the issuer's account: {exc.code().name}")
+        _say(f"     {exc.details()}")
+    else:
+        raise DemoFailure("a project none of whose units the issuer holds was listed")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from gateway.security.policy import (
     current_caller,
     is_regulator,
     may_read_migration,
+    proving_accounts,
     readable_accounts,
 )
 from registry_bridge import listing_decisions
@@ -38,6 +39,7 @@ from registry_bridge.errors import (
 )
 from registry_bridge.idempotency import answer_once
 from registry_bridge.listing import RecordedListing
+from registry_bridge.listing_proof import check_first_lister
 from registry_bridge.migration import Migrations
 from registry_bridge.model import BlockId, Program, UnitBlock, has_control_characters
 from registry_bridge.port import RegistryPort
@@ -217,6 +219,13 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
         def decide() -> bytes:
+            accounts = proving_accounts()
+            if accounts is not None:
+                # Asked of the project's registry before the listing's transaction, and
+                # only of a caller its token scopes to accounts (listing_proof).
+                check_first_lister(
+                    self._bridge.sessions, self._ports, project, accounts, context.is_active
+                )
             day = as_of or self._bridge.today()
             outcome = list_project(project, request.jurisdiction, day)
             listing_id = uuid.uuid4().hex

@@ -6,7 +6,8 @@ project's facts are also recorded, in the same transaction, where the rules read
 its transfers (:mod:`registry_bridge.projects`); a refused one's are not, but the
 jurisdiction's latest decision is the project's standing there: while it is a refusal,
 its units are refused there (``rules_gate``). Either is recorded only for a caller who
-may list the project (its lister, a regulator, or anyone while no one has listed it).
+may list the project (its lister, a regulator, or anyone while no one has listed it: an
+issuer once the project's registry of origin proved its holding, ``listing_proof``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A project's start and construction dates, its green-electricity-certificate stat
 its registrations under other programs are carried by no serial; the issuer declares them
 when listing the project (ListProject), and every later transfer of the project's units is
 decided on them.  A re-listing replaces the facts (the issuer's latest declaration), but
-only the caller who listed the project, or a regulator, may re-list it.
+only the caller who listed the project, or a regulator, may re-list it; who may list it
+first is checked against its registry of origin (:mod:`registry_bridge.listing_proof`).
 
 A refused listing records no facts, but the latest listing decision of a project in each
 jurisdiction is read with them (:meth:`DatabaseProjectRecords.refused`): while it is a
@@ -148,12 +149,26 @@ def check_lister(
     A refused listing records no facts, but it is the project's standing in its
     jurisdiction: the project's units are refused there until a listing that is not
     refused (``rules_gate``). So only who may list the project may be refused it: its
-    lister, a regulator, or anyone while no one has listed it.
+    lister, a regulator, or anyone while no one has listed it (a caller scoped to accounts
+    once the project's registry of origin proved its holding, before this transaction:
+    :mod:`registry_bridge.listing_proof`).
 
     Raises:
         PermissionDenied: The project was listed by another caller.
     """
     _lister_row(session, listing, caller=caller, may_replace_any=may_replace_any)
+
+
+def lister(sessions: sessionmaker[Session], program: str, project_id: str) -> str | None:
+    """Who listed the project (the token subject of its first lister), or None when no
+    one has: a project refused everywhere it was asked for has no lister either."""
+    with read_only(sessions) as session:
+        return session.execute(
+            sa.select(ProjectListingRecord.listed_by).where(
+                ProjectListingRecord.program == program,
+                ProjectListingRecord.project_id == project_id,
+            )
+        ).scalar_one_or_none()
 
 
 def _lister_row(

@@ -5,7 +5,10 @@ from the table is refused to everyone (fail closed), and a test pins the table t
 service's methods. Roles that move units (exchange operator, covered entity, issuer)
 move them only out of the accounts their token names (``accounts: ["hkmo:hk-seller"]``),
 and a covered entity executes only its own migration (``entities: ["steelco"]``); a
-surrender counts only for an entity the token names.
+surrender counts only for an entity the token names.  An issuer lists (or has refused) a
+project no one has listed only when the project's registry of origin answers that one of
+the accounts its token names there holds or held the project's units
+(:func:`proving_accounts`, ``registry_bridge.listing_proof``).
 The auditor's and the regulator's roles appear only on reads.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
@@ -164,6 +167,9 @@ _readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.
 )
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=LOCAL_CALLER)
 _regulator: contextvars.ContextVar[bool] = contextvars.ContextVar("regulator", default=False)
+_proving: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "proving_accounts", default=None
+)
 
 
 @contextlib.contextmanager
@@ -174,10 +180,13 @@ def acting_as(principal: Principal) -> Iterator[None]:
     token = _readable.set(None if everything else frozenset(principal.accounts))
     entities = _readable_entities.set(None if everything else frozenset(principal.entities))
     caller = _caller.set(principal.subject)
-    regulator = _regulator.set("regulator" in principal.roles)
+    is_regulator = "regulator" in principal.roles
+    regulator = _regulator.set(is_regulator)
+    proving = _proving.set(None if is_regulator else frozenset(principal.accounts))
     try:
         yield
     finally:
+        _proving.reset(proving)
         _regulator.reset(regulator)
         _caller.reset(caller)
         _readable_entities.reset(entities)
@@ -198,6 +207,17 @@ def is_regulator() -> bool:
     project's listed facts).  False when no caller is authenticated: an insecure gateway's
     clients are one caller, who owns every listing they made."""
     return _regulator.get()
+
+
+def proving_accounts() -> frozenset[str] | None:
+    """``registry:account`` whose holdings may prove the current caller's claim to a project
+    no one has listed (``registry_bridge.listing_proof``); None when it need prove nothing.
+
+    None for a regulator, who lists any project in its supervision, and when no caller is
+    authenticated: the gateway runs insecure, for local development only, and its one
+    local party has no accounts to scope it to (as :func:`readable_accounts`).
+    """
+    return _proving.get()
 
 
 def readable_accounts() -> frozenset[str] | None:

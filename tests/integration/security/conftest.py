@@ -33,6 +33,11 @@ WIRED = ("verra", "hkmo", "shenzhen")
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
 
 
+def vcs_serial(project_id: str, first: int) -> str:
+    """A Verra serial of 1,000 VCUs of ``project_id`` (Brazil, 2024-25) from ``first`` on."""
+    return f"17000-{first}-{first + 999}-VCS-VCU-997-VER-BR-13-{project_id}-20072024-19072025-0"
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsLayout:
     """One development PKI for the session (tests that rotate keys make their own)."""
@@ -103,6 +108,11 @@ class SecureGateway:
         return grpc.intercept_channel(
             self.channel(role, token), _Signing(InstructionSigner(key, key_id))
         )
+
+    def issue(self, registry: str, account: str, serial: str) -> None:
+        """``registry`` issues the block of ``serial`` into ``account``, through its own API."""
+        block = parse_serial(registry, serial)
+        self.ports[registry].issue(IssueRequest(f"issue-{uuid.uuid4().hex}", account, block))
 
     def seed_venue(self, account: str = "hk-seller") -> None:
         block = parse_serial("verra", VERRA_SERIAL)

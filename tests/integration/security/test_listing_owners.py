@@ -3,14 +3,17 @@
 The facts an issuer declares when listing a project (construction date, GEC status,
 registrations under other programs) decide every later transfer of its units, so a
 re-listing by anyone else would rewrite the rules applied to units that are not theirs.
-Only the first lister, or a regulator, may replace them.
+Only the first lister, or a regulator, may replace them; and an issuer lists first (or
+has refused) only a project whose registry of origin answers that one of the issuer's
+accounts there holds, or held, its units.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,14 +22,23 @@ import sqlalchemy as sa
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway.cli import main
 from gateway.security.layout import TlsLayout
+from registry_bridge.port import ListHoldingsRequest, RetireRequest
 from registry_bridge.schema import ListingDecisionRecord, ProjectListingRecord
 from tests.integration.gateway.test_listing_api import LANDFILL
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import (
+    SecureGateway,
+    running_secure_gateway,
+    vcs_serial,
+)
+
+# Verra issued units of the landfill (VCS 5955) into the account of its issuer's desk.
+LANDFILL_UNITS = vcs_serial(LANDFILL.project_id, 500_000_001)
 
 
 @pytest.fixture
 def gateway(pki: TlsLayout, database_url: str) -> Iterator[SecureGateway]:
     with running_secure_gateway(pki, database_url) as gateway:
+        gateway.issue("verra", "verra-desk", LANDFILL_UNITS)
         yield gateway
 
 
@@ -50,8 +62,12 @@ def _stored(gateway: SecureGateway) -> tuple[str, str]:
     return str(json.loads(facts)["display_name"]), str(listed_by)
 
 
-def _issuer(gateway: SecureGateway, subject: str) -> gateway_pb2_grpc.LinkageGatewayStub:
-    return gateway.stub("issuer", gateway.token("issuer", subject=subject))
+def _issuer(
+    gateway: SecureGateway, subject: str, accounts: Sequence[str] | None = None
+) -> gateway_pb2_grpc.LinkageGatewayStub:
+    """An issuer's stub; its token names its own Verra account unless ``accounts`` says."""
+    named = [f"verra:{subject}"] if accounts is None else list(accounts)
+    return gateway.stub("issuer", gateway.token("issuer", subject=subject, accounts=named))
 
 
 def test_another_issuer_cannot_replace_a_listed_projects_facts(gateway: SecureGateway) -> None:
@@ -94,14 +110,17 @@ def _double_issued(request_id: str) -> gateway_pb2.ListProjectRequest:
     return request
 
 
-def _decisions(gateway: SecureGateway) -> list[tuple[str, str]]:
-    """Who asked for each recorded listing decision of the landfill, and where."""
+def _decisions(
+    gateway: SecureGateway, project_id: str = LANDFILL.project_id
+) -> list[tuple[str, str]]:
+    """Who asked for each recorded listing decision of a VCS project (the landfill's
+    unless said), and where."""
     with gateway.server.engine.connect() as connection:
         rows = connection.execute(
             sa.select(ListingDecisionRecord.requested_by, ListingDecisionRecord.jurisdiction)
             .where(
-                ListingDecisionRecord.program == LANDFILL.program,
-                ListingDecisionRecord.project_id == LANDFILL.project_id,
+                ListingDecisionRecord.program == "VCS",
+                ListingDecisionRecord.project_id == project_id,
             )
             .order_by(ListingDecisionRecord.created_at)
         ).all()
@@ -188,3 +207,139 @@ def test_project_get_reads_a_listing_over_tls_with_the_callers_token(
     # Neither TLS files nor --insecure: a usage error naming the options, before any call.
     assert main(["project", "get", answer.name, "--target", gateway.target]) == 2
     assert "--tls-dir" in capsys.readouterr().err
+
+
+def _listers(gateway: SecureGateway, project_id: str = LANDFILL.project_id) -> list[str]:
+    """Who the recorded listing of a VCS project is, if any, as the ledger keeps it."""
+    with gateway.server.engine.connect() as connection:
+        return [
+            str(listed_by)
+            for listed_by in connection.execute(
+                sa.select(ProjectListingRecord.listed_by).where(
+                    ProjectListingRecord.program == "VCS",
+                    ProjectListingRecord.project_id == project_id,
+                )
+            ).scalars()
+        ]
+
+
+def _denied(stub: gateway_pb2_grpc.LinkageGatewayStub, request: Any) -> str:
+    """The details of the PERMISSION_DENIED ``stub`` answers ``request`` with."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListProject(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, caught.value.details()
+    return str(caught.value.details())
+
+
+def test_an_issuer_without_units_of_the_project_cannot_list_it_first(
+    gateway: SecureGateway,
+) -> None:
+    # The first lister owns the project's listing: taken on its word, any issuer could
+    # list a project not its own with facts of its choosing, and lock out the real one.
+    gateway.issue("verra", "squatter", vcs_serial("5957", 600_000_001))
+    attempts = {
+        "no account at verra": ((), "the caller's token names no account at verra"),
+        "an account at another registry": (["hkmo:hk-seller"], "names no account at verra"),
+        # The squatter's Verra account holds units, but of another project.
+        "its own account at verra": (None, "no account of the caller at verra (squatter)"),
+    }
+    for i, (accounts, missing) in enumerate(attempts.values()):
+        details = _denied(_issuer(gateway, "squatter", accounts), _listing(f"squat-{i}", "Mine"))
+        assert "project VCS 5955" in details and missing in details, details
+
+    assert _listers(gateway) == [] and _decisions(gateway) == []
+    # The issuer whose account holds the units lists it, and owns its listing.
+    desk = _issuer(gateway, "verra-desk")
+    assert desk.ListProject(_listing("own", "Landfill"), timeout=30).listed
+    assert _stored(gateway) == ("Landfill", "verra-desk")
+    assert "listed by another party" in _denied(
+        _issuer(gateway, "squatter"), _listing("squat-again", "Mine")
+    )
+
+
+def test_an_issuer_whose_units_were_retired_proves_it_held_them(gateway: SecureGateway) -> None:
+    gateway.issue("verra", "retired-desk", vcs_serial(LANDFILL.project_id, 500_001_001))
+    retired = next(
+        h.block.id
+        for h in gateway.ports["verra"].list_holdings(ListHoldingsRequest("retired-desk"))
+    )
+    gateway.ports["verra"].retire(RetireRequest("retire-1", "retired-desk", retired, "Co.", ""))
+
+    answer = _issuer(gateway, "retired-desk").ListProject(_listing("mine", "Landfill"), timeout=30)
+
+    assert answer.listed
+    assert _listers(gateway) == ["retired-desk"]
+
+
+def test_a_non_holder_cannot_have_a_project_no_one_listed_refused(gateway: SecureGateway) -> None:
+    # A refused listing freezes the project's units in the jurisdiction until a listing
+    # that is not refused: recorded for anyone who asked, a stranger's declaration of a
+    # registration elsewhere would freeze units it never held.
+    details = _denied(_issuer(gateway, "squatter"), _double_issued("freeze"))
+
+    assert "project VCS 5955" in details and "verra (squatter)" in details
+    assert _decisions(gateway) == [] and _listers(gateway) == []
+    # The holder may have it refused; a refusal lists it for no one, so the squatter
+    # still has to prove a holding.
+    assert not _issuer(gateway, "verra-desk").ListProject(_double_issued("own"), timeout=30).listed
+    assert _decisions(gateway) == [("verra-desk", "shenzhen")] and _listers(gateway) == []
+    _denied(_issuer(gateway, "squatter"), _listing("squat", "Mine"))
+    assert _decisions(gateway) == [("verra-desk", "shenzhen")]
+
+
+def test_a_regulator_lists_a_project_no_one_listed_without_holding_it(
+    gateway: SecureGateway,
+) -> None:
+    regulator = gateway.stub("regulator", gateway.token("regulator", subject="sz-ee-bureau"))
+
+    assert regulator.ListProject(_listing("supervised", "Landfill"), timeout=30).listed
+    assert _listers(gateway) == ["sz-ee-bureau"]
+
+
+def test_an_unreachable_registry_of_origin_fails_a_first_listing_and_records_nothing(
+    pki: TlsLayout, database_url: str
+) -> None:
+    with running_secure_gateway(pki, database_url, registry_retry_attempts=2) as gateway:
+        gateway.issue("verra", "verra-desk", LANDFILL_UNITS)
+        gateway.issue("verra", "verra-desk", vcs_serial("5957", 600_000_001))
+        desk = _issuer(gateway, "verra-desk")
+        first = _listing("first", "Landfill")
+        answer = desk.ListProject(first, timeout=30)
+        gateway.emulators["verra"].stop(grace=0)
+
+        other = _listing("other", "Landfill, phase 2")
+        other.project.project_id = "5957"
+        with pytest.raises(grpc.RpcError) as caught:
+            desk.ListProject(other, timeout=60)
+
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "verra" in str(caught.value.details())
+        assert _listers(gateway, "5957") == [] and _decisions(gateway, "5957") == []
+        assert _decisions(gateway) == [("verra-desk", "shenzhen")]
+        # Its lister's project asks the registry nothing: a repeat is answered as first,
+        # and a re-listing is recorded.
+        assert desk.ListProject(first, timeout=30) == answer
+        assert desk.ListProject(_listing("again", "Landfill gas"), timeout=30).listed
+        assert _stored(gateway) == ("Landfill gas", "verra-desk")
+
+
+def test_a_project_whose_registry_of_origin_cannot_be_asked_is_not_listed_first(
+    gateway: SecureGateway,
+) -> None:
+    desk = _issuer(gateway, "verra-desk", ["verra:verra-desk", "gold-standard:verra-desk"])
+    unknown = _listing("unknown", "Landfill")
+    unknown.project.program = "ACR"
+    assert "no registry carbonlink links issues 'ACR' units" in _denied(desk, unknown)
+    # Gold Standard issues GS units, but this gateway is not linked to it.
+    unlinked = _listing("unlinked", "Cookstoves")
+    unlinked.project.program = "GS"
+    unlinked.project.project_id = "GS7495"
+    with pytest.raises(grpc.RpcError) as caught:
+        desk.ListProject(unlinked, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not linked to gold-standard" in str(caught.value.details())
+    with gateway.server.engine.connect() as connection:
+        recorded = connection.execute(
+            sa.select(sa.func.count()).select_from(ListingDecisionRecord)
+        ).scalar_one()
+    assert recorded == 0

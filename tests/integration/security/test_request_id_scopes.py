@@ -25,6 +25,7 @@ from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
     running_secure_gateway,
+    vcs_serial,
 )
 
 SELLER = "hkmo:hk-seller"
@@ -163,8 +164,16 @@ def test_an_issuer_replaying_another_issuers_listing_gets_its_own_answer(
     listing = gateway_pb2.ListProjectRequest(
         request_id="listing-1", project=LANDFILL, jurisdiction="shenzhen", as_of="2026-11-26"
     )
-    verra = gateway.stub("issuer", gateway.token("issuer", subject="verra-desk"))
-    other = gateway.stub("issuer", gateway.token("issuer", subject="gold-standard-desk"))
+    # Each desk lists a project whose units its Verra account holds.
+    gateway.issue("verra", "verra-desk", vcs_serial(LANDFILL.project_id, 500_000_001))
+    gateway.issue("verra", "other-desk", vcs_serial("5957", 600_000_001))
+    verra = gateway.stub(
+        "issuer", gateway.token("issuer", subject="verra-desk", accounts=["verra:verra-desk"])
+    )
+    other = gateway.stub(
+        "issuer",
+        gateway.token("issuer", subject="gold-standard-desk", accounts=["verra:other-desk"]),
+    )
     theirs = verra.ListProject(listing, timeout=30)
     # Their own project (a project is re-listed only by whoever listed it), same request id.
     own = gateway_pb2.ListProjectRequest()

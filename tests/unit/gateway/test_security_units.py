@@ -20,6 +20,7 @@ from gateway.security.policy import (
     authorize,
     current_caller,
     may_read_migration,
+    proving_accounts,
 )
 from gateway.security.ratelimit import RateLimited, RateLimiter
 from gateway.security.settings import warn_if_insecure
@@ -143,3 +144,17 @@ def test_request_ids_are_in_the_token_subjects_space_and_the_local_one_without_a
             assert current_caller() == "regulator"
         assert current_caller() == "hkex-desk-7"
     assert current_caller() == LOCAL_CALLER
+
+
+def test_an_issuer_proves_a_claim_to_a_project_by_its_tokens_accounts_a_regulator_by_none() -> None:
+    assert proving_accounts() is None  # no caller: the gateway runs insecure
+    desk = Principal("verra-desk", frozenset({"issuer"}), frozenset({"verra:desk"}), frozenset())
+    with acting_as(desk):
+        assert proving_accounts() == frozenset({"verra:desk"})
+        # An issuer that is also an auditor still proves: reading everything is no claim.
+        with acting_as(Principal("a", frozenset({"issuer", "auditor"}), frozenset(), frozenset())):
+            assert proving_accounts() == frozenset()
+        with acting_as(_principal("regulator")):
+            assert proving_accounts() is None
+        assert proving_accounts() == frozenset({"verra:desk"})
+    assert proving_accounts() is None

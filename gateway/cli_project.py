@@ -144,7 +144,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "program, project_id, country, project_type, start_date, other_registrations, "
             "authorization, labels...). Exits 1 when the listing is refused: the "
             "project's units are then refused in that jurisdiction (transfers into it, "
-            "retirements and surrenders there) until a listing there is not refused."
+            "retirements and surrenders there) until a listing there is not refused. "
+            "A project no one has listed is listed (or refused) only for an issuer whose "
+            "token names an account at the project's registry of origin (e.g. "
+            "verra:ACCOUNT) that holds or held its units; only its lister, or a "
+            "regulator, lists it again."
         ),
     )
     _common(listing)

@@ -97,7 +97,9 @@ _CHUNK = 512
 a page holds in memory, whatever the length of the history."""
 
 _STATEMENT_RANGES = 100
-"""Serial ranges ORed in one statement (SQLite's expression depth is 1000)."""
+"""Serial ranges ORed, or read side by side (``UNION ALL``, seven parameters each), in one
+statement: SQLite's expression depth is 1000, its compound selects 500 members, and old
+builds bind at most 999 parameters."""
 
 _EVENT_OVERHEAD = 128
 """Bytes of a traced event's reply besides its payload, proof hashes, transfer id and
@@ -502,22 +504,33 @@ class ProvenanceLog:
         session: Session, ranges: Sequence[BlockId], start: int, size: int, count: int
     ) -> list[int]:
         """The first ``count`` indexes from ``start`` (below ``size``) of events that
-        concern one of ``ranges``, in rising order."""
+        concern one of ``ranges``, in rising order.
+
+        Each range is sought in the index in log order (``ix_event_blocks_log_order``) at
+        ``start`` and read on until ``count`` of its events are found: a page reads
+        nothing of the log before where the page before it ended, however far into the
+        trace it is, and nothing of other programs' events.
+        """
         found: set[int] = set()
         for at in range(0, len(ranges), _STATEMENT_RANGES):
-            found.update(
-                session.execute(
+            reads = [
+                sa.select(
                     sa.select(EventBlock.event_idx)
                     .where(
-                        _overlaps_any(ranges[at : at + _STATEMENT_RANGES]),
+                        _overlaps_any([block]),
                         EventBlock.event_idx >= start,
                         EventBlock.event_idx < size,
                     )
-                    .distinct()
+                    # An event indexed under two ranges of the program counts once.
+                    .group_by(EventBlock.event_idx)
                     .order_by(EventBlock.event_idx)
                     .limit(count)
-                ).scalars()
-            )
+                    .subquery()
+                    .c.event_idx
+                )
+                for block in ranges[at : at + _STATEMENT_RANGES]
+            ]
+            found.update(session.execute(sa.union_all(*reads)).scalars())
             # Only the first ``count`` overall can be on this page.
             found = set(sorted(found)[:count])
         return sorted(found)

@@ -304,8 +304,17 @@ class EventBlock(Base):
     serial_start: Mapped[int] = mapped_column(sa.BigInteger)
     serial_end: Mapped[int] = mapped_column(sa.BigInteger)
 
+    # In log order within a program and series, the ranges inside the index: a trace's
+    # page seeks where the page before it ended and tests the ranges as it reads on.
     __table_args__ = (
-        sa.Index("ix_event_blocks_range", "program", "serial_series", "serial_start"),
+        sa.Index(
+            "ix_event_blocks_log_order",
+            "program",
+            "serial_series",
+            "event_idx",
+            "serial_start",
+            "serial_end",
+        ),
     )
 
 

@@ -32,6 +32,7 @@ from gateway.convert import block_id_to_pb
 from registry_bridge import db, ledger, provenance
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, Program
+from registry_bridge.schema import EventBlock
 from registry_bridge.signed_note import parse_verifier_key
 from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway, running_gateway
 
@@ -370,3 +371,133 @@ def test_a_trace_of_more_ranges_than_a_token_carries_pages_without_them() -> Non
         assert paging.decode_trace_token(token, "trace:x", key) == paging.TraceResume(
             70, 16, carried
         )
+
+
+OTHERS = (
+    ("gold-standard", "GS1-1-KE-GS7495-16-2025-30645-30000-30999"),
+    ("verra", "9661-100000-100999-VCS-VCU-261-VER-US-14-1061-01012019-31122019-0"),
+)
+"""Units cut in lots between the trace's own events, so that every page's window of the
+log holds others' events too: another program's (Gold Standard), and the traced
+program's of serials below the traced ones (entries that start below them)."""
+
+
+def _cut_with_others_between(gateway: LiveGateway, lots: int) -> None:
+    """Issue the traced units and ``OTHERS``, then cut ``lots`` one-tonne lots off each,
+    in turn: the trace's lot, then one of each of the others."""
+    sessions = db.session_factory(gateway.server.engine)
+    issuances = [("verra", serials.parse_serial("verra", SERIAL))] + [
+        (registry, serials.parse_serial(registry, serial)) for registry, serial in OTHERS
+    ]
+    with db.unit_of_work(sessions) as session:
+        for registry, issued in issuances:
+            ledger.issue(session, registry, "seller", issued, AT)
+    for lot in range(lots):
+        for registry, issued in issuances:
+            first = issued.id.serial_start + lot
+            piece = BlockId(issued.id.program, issued.id.serial_series, first, first)
+            with db.unit_of_work(sessions) as session:
+                (row,) = ledger.live_at(session, registry, "seller", piece)
+                ledger.carve(session, row, piece, AT)
+
+
+def _event_block_reads(
+    gateway: LiveGateway, block: BlockId, page_size: int
+) -> list[tuple[int, int, str, Any]]:
+    """For each page of a trace: the first log index it answers for, the last it may
+    read to know whether an event follows (the next page's first event, or the log's
+    last), and the statement (with its parameters) that found its events' indexes
+    among the traced ranges' index entries."""
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "event_blocks.event_idx >=" in statement:
+            statements.append((statement, parameters))
+
+    engine = gateway.server.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        pages = _pages(gateway, block, page_size)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == len(pages)
+    firsts = [page.events[0].event.index for page in pages]
+    starts = [0, *(page.events[-1].event.index + 1 for page in pages[:-1])]
+    lasts = [*firsts[1:], pages[0].checkpoint.tree_size - 1]
+    return [
+        (start, last, *statement)
+        for start, last, statement in zip(starts, lasts, statements, strict=True)
+    ]
+
+
+def test_a_page_seeks_the_traced_entries_where_the_page_before_ended(
+    live_gateway: LiveGateway,
+) -> None:
+    """A page reads the traced ranges' index entries from where the page before it ended,
+    and only the traced program's: page k reads no more than page 2, however far into
+    the log it is.
+
+    SQLite read, on every page, every entry of the traced program that starts below the
+    traced serials, from the log's first event, and sorted them; PostgreSQL walked the
+    log's primary key from the page's position through every program's events.
+    Here every page's window holds as many events of another program, and of the traced
+    program's lower serials, as of the trace.
+    """
+    _cut_with_others_between(live_gateway, lots=40)
+    engine = live_gateway.server.engine
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:
+        # The planner chooses by cost: let it know the table.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE event_blocks")
+    reads = _event_block_reads(live_gateway, LAST_TONNE, page_size=8)
+    assert len(reads) == 6  # the issuance and 40 splits, 8 a page
+    with engine.connect() as connection:
+        for start, last, statement, parameters in reads:
+            if not postgres:
+                plan = [
+                    str(row[-1])
+                    for row in connection.exec_driver_sql(
+                        f"EXPLAIN QUERY PLAN {statement}", parameters
+                    )
+                ]
+                assert not any("TEMP B-TREE" in step for step in plan), plan
+                searches = [step for step in plan if " event_blocks " in f"{step} "]
+                assert searches, plan
+                for step in searches:
+                    # The position bounds the seek: the index is read from it, not
+                    # filtered from the program's first entry.
+                    assert step.startswith(
+                        "SEARCH event_blocks USING COVERING INDEX ix_event_blocks_log_order "
+                        "(program=? AND serial_series=? AND event_idx>? AND event_idx<?)"
+                    ), plan
+                continue
+            (explained,) = connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
+            ).scalar_one()
+            read = _entries_read(explained["Plan"])
+            # At most the traced program's entries from the page's position to the next
+            # page's first event (one more than the page, to know whether one follows).
+            traced = connection.execute(
+                sa.select(sa.func.count())
+                .select_from(EventBlock)
+                .where(
+                    EventBlock.program == "VCS",
+                    EventBlock.event_idx >= start,
+                    EventBlock.event_idx <= last,
+                )
+            ).scalar_one()
+            assert 0 < read <= traced, (start, last, read, traced, explained)
+
+
+def _entries_read(node: dict[str, Any]) -> int:
+    """The event_blocks index entries (or rows) a PostgreSQL plan node and those under it
+    read, as EXPLAIN ANALYZE counts them: returned or removed by a filter."""
+    read = 0
+    if node.get("Relation Name") == "event_blocks":
+        read += (
+            node["Actual Rows"]
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Index Recheck", 0)
+        ) * node["Actual Loops"]
+    return read + sum(_entries_read(child) for child in node.get("Plans", ()))

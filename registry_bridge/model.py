@@ -205,6 +205,22 @@ class BlockId:
         )
 
 
+def merge_blocks(blocks: Iterable[BlockId]) -> list[BlockId]:
+    """``blocks`` with overlapping and adjacent ones of a program and series joined: the
+    same serials in as few ranges as they make (units sold in lots leave one range per
+    lot; their run is one)."""
+    runs: dict[tuple[Program, str], list[Span]] = {}
+    for block in blocks:
+        runs.setdefault((block.program, block.serial_series), []).append(
+            (block.serial_start, block.serial_end)
+        )
+    return [
+        BlockId(program, series, start, end)
+        for (program, series), spans in runs.items()
+        for start, end in merge_spans(spans)
+    ]
+
+
 @dataclass(frozen=True)
 class UnitBlock:
     """A run of units with everything the rules need to know about them.

@@ -31,7 +31,14 @@ from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import InvalidRequest, NotFound
-from registry_bridge.model import BlockId, Program, UnitBlock, merge_spans, spans_missing
+from registry_bridge.model import (
+    BlockId,
+    Program,
+    UnitBlock,
+    merge_blocks,
+    merge_spans,
+    spans_missing,
+)
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead, MerkleHead
 from registry_bridge.signed_note import Checkpoint, NoteSigner
 
@@ -163,21 +170,6 @@ def origin_ranges(bodies: Iterable[dict[str, Any]], query: BlockId) -> list[Bloc
         if direct is not None:
             found.add(BlockId(origin.program, origin.serial_series, *direct))
     return sorted(found)
-
-
-def _merged(ranges: Iterable[BlockId]) -> list[BlockId]:
-    """``ranges`` with adjacent and overlapping ones joined: the same serials, looked up
-    once per run rather than once per range (units sold in lots leave one range each)."""
-    spans: dict[tuple[Program, str], list[tuple[int, int]]] = {}
-    for block in ranges:
-        spans.setdefault((block.program, block.serial_series), []).append(
-            (block.serial_start, block.serial_end)
-        )
-    return [
-        BlockId(program, series, start, end)
-        for (program, series), runs in spans.items()
-        for start, end in merge_spans(runs)
-    ]
 
 
 def _covered_spans(body: dict[str, Any], query: BlockId) -> list[tuple[int, int]]:
@@ -488,7 +480,7 @@ class ProvenanceLog:
                     origins.extend(origin_ranges([body], query))
             # Kept merged as they come: a run of lots leaves one range, not one per lot.
             spans = merge_spans(spans)
-            origins = _merged(origins)
+            origins = merge_blocks(origins)
             if len(chunk) < _CHUNK:
                 break
         if not direct:
@@ -497,7 +489,7 @@ class ProvenanceLog:
                 f"{query.serial_start}-{query.serial_end}"
             )
         _check_covered(query, spans)
-        return _merged([query, *origins])
+        return merge_blocks([query, *origins])
 
     @staticmethod
     def _next_indexes(

@@ -2,10 +2,11 @@
 ``reconciliations``.
 
 ``trace`` asks a running gateway (``--target``) for the history of some units, page by
-page, and, with ``--json`` or ``--out``, writes one audit bundle of every page.  ``audit
-verify`` checks such a bundle with no database and no network: the checkpoint's
-signature under the log key the auditor trusts, every inclusion proof, and the history's
-shape (``registry_bridge.audit``).
+page, and, with ``--json`` or ``--out``, writes one audit bundle of every page, as JSON
+lines, each page as it comes.  ``audit verify`` checks such a bundle with no database and
+no network, a line at a time as it reads it: the checkpoint's signature under the log
+key the auditor trusts, every inclusion proof, and the history's shape
+(``registry_bridge.audit``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,8 +33,14 @@ from gateway.cli_client import page_size, print_json
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
-from registry_bridge.audit import AuditFailure, Bundle, BundleEvent, bundle_from_json
-from registry_bridge.audit import verify_bundle as verify_audit_bundle
+from registry_bridge.audit import (
+    AuditFailure,
+    Bundle,
+    BundleEvent,
+    BundleHead,
+    note_line,
+    verify_lines,
+)
 from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.model import BlockId
 from registry_bridge.signed_note import (
@@ -58,28 +65,81 @@ def bundle_from_response(
     return bundle_from_pages([response], registry, serial, query)
 
 
+def bundle_head(
+    first: gateway_pb2.TraceUnitsResponse, registry: str, serial: str, query: BlockId
+) -> BundleHead:
+    """What a bundle of a trace says before its pages: the first page's checkpoint
+    (every page's, from an honest gateway) and log key."""
+    return BundleHead(
+        registry, serial, query, first.checkpoint.signed_note, first.checkpoint.verifier_key
+    )
+
+
+def page_events(page: gateway_pb2.TraceUnitsResponse) -> list[BundleEvent]:
+    """A page's events, each with its proof, as a bundle holds them."""
+    return [
+        BundleEvent(
+            index=e.event.index,
+            leaf_data=bytes(e.event.leaf_data),
+            proof=tuple(bytes(h) for h in e.proof.hashes),
+        )
+        for e in page.events
+    ]
+
+
+def page_lines(page: gateway_pb2.TraceUnitsResponse) -> Iterator[str]:
+    """A page's lines of a bundle: its trace note, then its events."""
+    yield note_line(page.trace_note)
+    for event in page_events(page):
+        yield event.line()
+
+
 def bundle_from_pages(
     pages: Sequence[gateway_pb2.TraceUnitsResponse], registry: str, serial: str, query: BlockId
 ) -> Bundle:
-    """The audit bundle of a trace read in ``pages``: the first page's checkpoint (every
-    page's, from an honest gateway), every page's note and every page's events."""
+    """The audit bundle of a trace read in ``pages``, held whole: every page's note and
+    every page's events."""
+    head = bundle_head(pages[0], registry, serial, query)
     return Bundle(
         registry=registry,
         serial=serial,
         query=query,
-        checkpoint=pages[0].checkpoint.signed_note,
+        checkpoint=head.checkpoint,
         trace_notes=tuple(page.trace_note for page in pages),
-        log_key=pages[0].checkpoint.verifier_key,
-        events=tuple(
-            BundleEvent(
-                index=e.event.index,
-                leaf_data=bytes(e.event.leaf_data),
-                proof=tuple(bytes(h) for h in e.proof.hashes),
-            )
-            for page in pages
-            for e in page.events
-        ),
+        log_key=head.log_key,
+        events=tuple(event for page in pages for event in page_events(page)),
     )
+
+
+def trace_pages(
+    stub: gateway_pb2_grpc.LinkageGatewayStub,
+    request: gateway_pb2.TraceUnitsRequest,
+    timeout: float,
+) -> Iterator[gateway_pb2.TraceUnitsResponse]:
+    """Every page of a trace, each against the first page's checkpoint, asked for as
+    the one before has been used: a caller that writes each away holds one at a time.
+
+    Raises:
+        grpc.RpcError: The gateway refused a page.
+        ValueError: A page is not of the same trace (another checkpoint, no progress).
+    """
+    first = stub.TraceUnits(request, timeout=timeout)
+    yield first
+    token, count = first.next_page_token, 1
+    while token:
+        request.page_token = token
+        page = stub.TraceUnits(request, timeout=timeout)
+        count += 1
+        if page.checkpoint.signed_note != first.checkpoint.signed_note:
+            raise ValueError(
+                f"page {count} is proven against another checkpoint (size "
+                f"{page.checkpoint.tree_size}) than the first page (size "
+                f"{first.checkpoint.tree_size})"
+            )
+        if not page.events or page.next_page_token == token:
+            raise ValueError(f"page {count} does not go on from the one before")
+        yield page
+        token = page.next_page_token
 
 
 def read_trace_pages(
@@ -87,26 +147,25 @@ def read_trace_pages(
     request: gateway_pb2.TraceUnitsRequest,
     timeout: float,
 ) -> list[gateway_pb2.TraceUnitsResponse]:
-    """Every page of a trace, each against the first page's checkpoint.
+    """Every page of a trace (see :func:`trace_pages`), held together.
 
     Raises:
         grpc.RpcError: The gateway refused a page.
         ValueError: A page is not of the same trace (another checkpoint, no progress).
     """
-    pages = [stub.TraceUnits(request, timeout=timeout)]
-    while token := pages[-1].next_page_token:
-        request.page_token = token
-        page = stub.TraceUnits(request, timeout=timeout)
-        if page.checkpoint.signed_note != pages[0].checkpoint.signed_note:
-            raise ValueError(
-                f"page {len(pages) + 1} is proven against another checkpoint (size "
-                f"{page.checkpoint.tree_size}) than the first page (size "
-                f"{pages[0].checkpoint.tree_size})"
-            )
-        if not page.events or page.next_page_token == token:
-            raise ValueError(f"page {len(pages) + 1} does not go on from the one before")
-        pages.append(page)
-    return pages
+    return list(trace_pages(stub, request, timeout))
+
+
+def bundle_lines(
+    pages: Iterator[gateway_pb2.TraceUnitsResponse], registry: str, serial: str, query: BlockId
+) -> Iterator[str]:
+    """The lines of the audit bundle of a trace, written as its pages come: the head
+    once the first has, then each page's note and events."""
+    first = next(pages)
+    yield bundle_head(first, registry, serial, query).line()
+    yield from page_lines(first)
+    for page in pages:
+        yield from page_lines(page)
 
 
 def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -137,30 +196,43 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.page_size is not None:
         request.page_size = args.page_size
     with channel:
+        pages = trace_pages(gateway_pb2_grpc.LinkageGatewayStub(channel), request, args.timeout)
         try:
-            pages = read_trace_pages(
-                gateway_pb2_grpc.LinkageGatewayStub(channel), request, args.timeout
-            )
+            if args.out:
+                return _write_bundle(Path(args.out), bundle_lines(pages, registry, serial, query))
+            if args.json:
+                stdout.writelines(bundle_lines(pages, registry, serial, query))
+                return EXIT_OK
+            _print_trace(list(pages), stdout)
         except grpc.RpcError as exc:
             print(f"carbonlink trace: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_FAILED
         except ValueError as exc:
             print(f"carbonlink trace: FAILED: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    bundle = bundle_from_pages(pages, registry, serial, query)
-    if args.json or args.out:
-        text = json.dumps(bundle.to_json(), indent=2, sort_keys=True)
-        if args.out:
-            try:
-                write_atomically(Path(args.out), text + "\n")
-            except OSError as exc:
-                print(f"carbonlink trace: cannot write {args.out}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-        else:
-            print(text, file=stdout)
-        return EXIT_OK
+    return EXIT_OK
+
+
+def _write_bundle(path: Path, lines: Iterator[str]) -> int:
+    """Write a bundle's lines to ``path`` as the pages come, whole or not at all.
+
+    Raises:
+        grpc.RpcError: The gateway refused a page: nothing is written.
+        ValueError: A page is not of the same trace: nothing is written.
+    """
+    try:
+        write_atomically(path, lines)
+    except OSError as exc:
+        print(f"carbonlink trace: cannot write {path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _print_trace(pages: Sequence[gateway_pb2.TraceUnitsResponse], stdout: TextIO) -> None:
+    """The trace for a reader: how many events, and a line for each."""
+    events = sum(len(page.events) for page in pages)
     print(
-        f"{len(bundle.events)} events in {len(pages)} page{'' if len(pages) == 1 else 's'}, "
+        f"{events} events in {len(pages)} page{'' if len(pages) == 1 else 's'}, "
         f"proven against checkpoint size {pages[0].checkpoint.tree_size}",
         file=stdout,
     )
@@ -172,7 +244,6 @@ def _trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f" {_event_units(body)}".rstrip(),
             file=stdout,
         )
-    return EXIT_OK
 
 
 def _event_units(body: Any) -> str:
@@ -190,20 +261,23 @@ def _event_units(body: Any) -> str:
     return text
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` whole or not at all: an auditor saves the latest
-    checkpoint over the one kept, and a crash half-way through must leave the kept one,
-    not a torn file.
+def write_atomically(path: Path, chunks: Iterable[str]) -> None:
+    """Replace ``path`` with the text of ``chunks`` whole or not at all: an auditor saves
+    the latest checkpoint over the one kept, and a crash half-way through must leave the
+    kept one, not a torn file; a bundle is written as its pages come, and a page the
+    gateway refuses leaves no part of it.
 
     Raises:
         OSError: It could not be written; ``path`` is as it was.
+        Exception: Whatever producing ``chunks`` raised; ``path`` is as it was.
     """
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             # mkstemp makes the file 0600: keep the mode of the file replaced, else 0644.
             os.fchmod(out.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)
-            out.write(text)
+            for chunk in chunks:
+                out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -235,12 +309,12 @@ def _verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"carbonlink audit verify: --log-key: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        document: Any = json.loads(Path(args.bundle).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        # Read a line at a time as it is verified: a bundle of any length fits.
+        with Path(args.bundle).open(encoding="utf-8") as lines:
+            report = verify_lines(lines, trusted)
+    except (OSError, UnicodeDecodeError) as exc:
         print(f"carbonlink audit verify: cannot read {args.bundle}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        report = verify_audit_bundle(bundle_from_json(document), trusted)
     except AuditFailure as exc:
         print(f"carbonlink audit verify: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -276,19 +350,31 @@ def _kept_checkpoint(path: Path) -> str:
         NoteError: It is not UTF-8 text, or neither a note nor a bundle.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as lines:
+            first = lines.readline()
+            # A bundle of lines has its checkpoint in its first; a note, or a bundle of
+            # one document, is read whole.
+            document = _json_or_none(first)
+            if not isinstance(document, dict):
+                text = first + lines.read()
+                document = _json_or_none(text)
+                if document is None:
+                    return text
     except UnicodeDecodeError as exc:
         raise NoteError(
             f"{path} is not UTF-8 text: neither a signed checkpoint nor a bundle"
         ) from exc
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return text
     checkpoint = document.get("checkpoint") if isinstance(document, dict) else None
     if isinstance(checkpoint, str):
         return checkpoint
     raise NoteError(f"{path} is neither a signed checkpoint nor an audit bundle")
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -348,7 +434,7 @@ def _consistency(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     if args.save:
         try:
-            write_atomically(Path(args.save), latest.signed_note)
+            write_atomically(Path(args.save), [latest.signed_note])
         except OSError as exc:
             # The log was verified all the same: say so, and that nothing was kept.
             print(
@@ -512,8 +598,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=parse_block,
         help="a canonical block instead, PROGRAM[/SERIES]:START-END (e.g. a mirror's)",
     )
-    trace.add_argument("--json", action="store_true", help="print the audit bundle as JSON")
-    trace.add_argument("--out", help="write the audit bundle to this file")
+    trace.add_argument(
+        "--json", action="store_true", help="print the audit bundle (JSON lines) as it is read"
+    )
+    trace.add_argument(
+        "--out", help="write the audit bundle (JSON lines) to this file, a page at a time"
+    )
     trace.add_argument(
         "--page-size",
         type=page_size,
@@ -531,10 +621,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify an audit bundle offline (no database, no network)",
         description=(
             "Check the checkpoint signature under KEY, every inclusion proof, and that the "
-            "history is well formed. Exits 1 at the first failure, with the reason."
+            "history is well formed, a line at a time as the bundle is read (bundles of one "
+            "JSON document, written before, are read whole). Exits 1 at the first failure, "
+            "with the reason and the event it is in."
         ),
     )
-    verify.add_argument("bundle", help="the bundle written by carbonlink trace --json")
+    verify.add_argument("bundle", help="the bundle written by carbonlink trace --out or --json")
     _log_key_argument(verify)
     verify.set_defaults(handler=_verify)
     consistency = commands.add_parser(

@@ -11,7 +11,7 @@ reconciles with the gateway.
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 
 import grpc
@@ -19,10 +19,10 @@ import grpc
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway import convert
-from gateway.cli_audit import bundle_from_pages, read_trace_pages
+from gateway.cli_audit import bundle_lines, trace_pages, write_atomically
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
-from registry_bridge.audit import AuditFailure, AuditReport, bundle_from_json, verify_bundle
+from registry_bridge.audit import AuditFailure, AuditReport, verify_lines
 from registry_bridge.model import BlockId
 from registry_bridge.signed_note import NoteSigner, Verifier
 
@@ -54,15 +54,20 @@ def _audit(
     trusted: Verifier,
     failure: type[Exception],
 ) -> tuple[gateway_pb2.TraceUnitsResponse, AuditReport]:
+    pages = trace_pages(gateway, request, timeout=30)
     try:
-        pages = read_trace_pages(gateway, request, timeout=30)
+        # Written a page at a time as the pages come, then read back from disk a line at
+        # a time, as an auditor elsewhere would.
+        first = next(pages)
+        lines = bundle_lines(
+            itertools.chain([first], pages), request.registry, request.serial, query
+        )
+        write_atomically(bundle_path, lines)
     except ValueError as exc:
         raise failure(f"tracing {_describe(query)}: {exc}") from exc
-    bundle = bundle_from_pages(pages, request.registry, request.serial, query)
-    bundle_path.write_text(json.dumps(bundle.to_json(), indent=2, sort_keys=True) + "\n")
-    # Read the bundle back from disk, as an auditor elsewhere would.
     try:
-        report = verify_bundle(bundle_from_json(json.loads(bundle_path.read_text())), trusted)
+        with bundle_path.open(encoding="utf-8") as written:
+            report = verify_lines(written, trusted)
     except AuditFailure as exc:
         raise failure(f"audit of {bundle_path.name} failed: {exc}") from exc
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
@@ -73,7 +78,7 @@ def _audit(
     for block, beneficiary in report.retirements:
         _say(f"     retired {block.quantity} units {_describe(block)} for {beneficiary}")
     # Every page has the first's checkpoint: the caller reads it there.
-    return pages[0], report
+    return first, report
 
 
 def journey_auditor(
@@ -101,7 +106,7 @@ def journey_auditor(
         gateway,
         gateway_pb2.TraceUnitsRequest(registry="verra", serial=verra_serial),
         origin,
-        workdir / "audit-verra.json",
+        workdir / "audit-verra.jsonl",
         trusted,
         failure,
     )
@@ -118,7 +123,7 @@ def journey_auditor(
         gateway,
         gateway_pb2.TraceUnitsRequest(block=convert.block_id_to_pb(mirror)),
         mirror,
-        workdir / "audit-shenzhen-mirror.json",
+        workdir / "audit-shenzhen-mirror.jsonl",
         trusted,
         failure,
     )

@@ -83,15 +83,34 @@ def test_trace_then_verify_offline(
     assert main(["audit", "verify", str(bundle), "--log-key", key]) == 0
     capsys.readouterr()
 
-    document = json.loads(bundle.read_text())
-    event = document["events"][-1]
-    body = json.loads(base64.b64decode(event["leaf_data"]))
-    body["account"] = "someone-else"
-    event["leaf_data"] = base64.b64encode(json.dumps(body).encode()).decode()
-    forged = tmp_path / "forged.json"
-    forged.write_text(json.dumps(document))
-    assert main(["audit", "verify", str(forged), "--log-key", key]) == 1
-    assert f"FAILED: event {event['index']}: not in the log" in capsys.readouterr().err
+    # The bundle is JSON lines: its head, then each page's note and the page's events.
+    lines = bundle.read_text().splitlines(keepends=True)
+    head, *pages = [json.loads(line) for line in lines]
+    assert head["format"] == "carbonlink-audit-bundle/4" and "checkpoint" in head
+    events = [n for n, record in enumerate(pages, start=1) if "index" in record]
+    assert "trace_note" in pages[0] and len(events) >= 3
+    # An event changed at the start, in the middle or at the end fails, named.
+    for line in (events[0], events[len(events) // 2], events[-1]):
+        event = json.loads(lines[line])
+        body = json.loads(base64.b64decode(event["leaf_data"]))
+        body["account"] = "someone-else"
+        event["leaf_data"] = base64.b64encode(json.dumps(body).encode()).decode()
+        forged = tmp_path / "forged.jsonl"
+        forged.write_text("".join([*lines[:line], json.dumps(event) + "\n", *lines[line + 1 :]]))
+        assert main(["audit", "verify", str(forged), "--log-key", key]) == 1
+        assert f"FAILED: event {event['index']}: not in the log" in capsys.readouterr().err
+
+    # A bundle written before bundles were lines, one JSON document, still verifies.
+    document = {
+        **{k: v for k, v in head.items() if k != "format"},
+        "format": "carbonlink-audit-bundle/3",
+        "trace_notes": [r["trace_note"] for r in pages if "trace_note" in r],
+        "events": [r for r in pages if "index" in r],
+    }
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(document, indent=2))
+    assert main(["audit", "verify", str(older), "--log-key", key]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
 
     assert main(["audit", "verify", str(bundle), "--log-key", "no+such+key"]) == 2
     capsys.readouterr()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_a_bundle_with_one_pages_event_dropped_is_refused(long_history: LiveGate
     verify_bundle(bundle_from_json(honest), trusted)
     dropped = pages[2].events[5].event.index
     events = [e for e in honest["events"] if e["index"] != dropped]
-    with pytest.raises(AuditFailure, match=f"leaves out events {dropped} of the {LOTS + 1}"):
+    # Named with the note of its page, of 16 events.
+    with pytest.raises(AuditFailure, match=f"leaves out events {dropped} of the 16 the gateway"):
         verify_bundle(bundle_from_json({**honest, "events": events}), trusted)
     # A whole page left out, its note with it: the other pages' notes do not answer for
     # the indexes it did.
@@ -239,7 +241,8 @@ def test_a_history_past_the_receive_limit_is_traced_through_the_cli(
         assert main(["audit", "verify", str(bundle), "--log-key", key]) == 0
         out = capsys.readouterr().out
         assert out.startswith("OK: 161 events verified"), out
-        assert len(json.loads(bundle.read_text())["trace_notes"]) == len(pages)
+        notes = [line for line in bundle.read_text().splitlines() if '"trace_note"' in line]
+        assert len(notes) == len(pages)
 
         # Smaller pages on request, and the summary says how many were read.
         assert main(["trace", "--block", f"VCS:{START}-{START}", "--page-size", "1", *target]) == 0
@@ -501,3 +504,62 @@ def _entries_read(node: dict[str, Any]) -> int:
             + node.get("Rows Removed by Index Recheck", 0)
         ) * node["Actual Loops"]
     return read + sum(_entries_read(child) for child in node.get("Plans", ()))
+
+
+def _peak_bytes(argv: list[str]) -> int:
+    """The most memory the CLI's command ``argv`` held at once (it must succeed)."""
+    tracemalloc.start()
+    try:
+        assert main(argv) == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_trace_is_written_and_verified_a_page_at_a_time(
+    long_history: LiveGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``trace --out`` writes each page as it comes and ``audit verify`` checks a line at
+    a time: four times the history, the same memory (both held every page, and the
+    bundle's text, at once). And an event tampered with at the start, in the middle or at
+    the end of a long bundle fails, named."""
+    # The gateway runs in this process, and its first page reads the units' events a
+    # chunk at a time: chunks smaller than either history keep its share the same.
+    monkeypatch.setattr(provenance, "_CHUNK", 8)
+    target = ["--target", long_history.target, "--insecure"]
+    tonne = f"VCS:{LAST_TONNE.serial_start}-{LAST_TONNE.serial_end}"
+    key = long_history.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).verifier_key
+    bundle = tmp_path / "bundle.jsonl"
+    trace = ["trace", "--block", tonne, "--out", str(bundle), "--page-size", "16", *target]
+    verify = ["audit", "verify", str(bundle), "--log-key", key]
+    peaks: list[tuple[int, int]] = []
+    for lots in (LOTS, 4 * LOTS):
+        if lots > LOTS:
+            _cut_lots(long_history, LOTS, lots - LOTS)
+            key = long_history.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).verifier_key
+        peaks.append((_peak_bytes(trace), _peak_bytes(verify)))
+        assert capsys.readouterr().out.startswith(f"OK: {lots + 1} events verified")
+    (trace_few, verify_few), (trace_many, verify_many) = peaks
+    assert trace_many < 1.5 * trace_few, peaks
+    assert verify_many < 1.5 * verify_few, peaks
+
+    lines = bundle.read_text().splitlines(keepends=True)
+    assert sum('"trace_note"' in line for line in lines) == 16  # 241 events, 16 a page
+    events = [n for n, line in enumerate(lines) if '"leaf_data"' in line]
+    for line in (events[0], events[len(events) // 2], events[-1]):
+        event = json.loads(lines[line])
+        proof = base64.b64decode(event["proof"][-1])
+        event["proof"][-1] = base64.b64encode(bytes([proof[0] ^ 1]) + proof[1:]).decode()
+        forged = tmp_path / "forged.jsonl"
+        forged.write_text("".join([*lines[:line], json.dumps(event) + "\n", *lines[line + 1 :]]))
+        assert main(["audit", "verify", str(forged), "--log-key", key]) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED: event {event['index']}: not in the log" in err, err
+        # Left out, it is named too, with its page's note.
+        forged.write_text("".join([*lines[:line], *lines[line + 1 :]]))
+        assert main(["audit", "verify", str(forged), "--log-key", key]) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED: the bundle leaves out events {event['index']} of the " in err, err

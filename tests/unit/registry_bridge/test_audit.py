@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 import hashlib
+import io
+import json
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,11 +19,14 @@ from registry_bridge.audit import (
     AuditFailure,
     Bundle,
     BundleEvent,
+    BundleHead,
     TraceStatement,
     bundle_from_json,
     index_ranges,
+    note_line,
     open_trace_note,
     verify_bundle,
+    verify_lines,
 )
 from registry_bridge.event_log import canonical_json
 from registry_bridge.model import BlockId, Program
@@ -70,16 +79,7 @@ def _bundle(
 ) -> Bundle:
     """A bundle of the events ``keep`` (all by default), its trace note listing ``signed``
     (those kept by default: a gateway that signs what it sends)."""
-    payloads = [canonical_json({**b, "index": i}) for i, b in enumerate(bodies)]
-    leaves = [hashlib.sha256(b"\x00" + p).digest() for p in payloads]
-    size = len(leaves)
-    root = merkle.root_from_leaves(leaves)
-
-    def proof(index: int) -> tuple[bytes, ...]:
-        return tuple(
-            merkle.root_from_leaves(leaves[a:b]) for a, b in merkle.inclusion_plan(index, size)
-        )
-
+    payloads, size, root, proof = _log_of(bodies)
     chosen = range(size) if keep is None else keep
     listed = tuple(chosen if signed is None else signed)
     return Bundle(
@@ -91,6 +91,25 @@ def _bundle(
         events=tuple(BundleEvent(i, payloads[i], proof(i)) for i in chosen),
         trace_notes=(signer.sign_body(TraceStatement(ORIGIN, size, root, BLOCK, listed).body()),),
     )
+
+
+def _log_of(
+    bodies: list[dict[str, Any]],
+) -> tuple[list[bytes], int, bytes, Callable[[int], tuple[bytes, ...]]]:
+    """The payloads of a log of ``bodies``, its size and root, and its inclusion proofs
+    (each subtree hashed once, however many proofs use it)."""
+    payloads = [canonical_json({**b, "index": i}) for i, b in enumerate(bodies)]
+    leaves = [hashlib.sha256(b"\x00" + p).digest() for p in payloads]
+    size = len(leaves)
+
+    @functools.cache
+    def subtree(start: int, end: int) -> bytes:
+        return merkle.root_from_leaves(leaves[start:end])
+
+    def proof(index: int) -> tuple[bytes, ...]:
+        return tuple(subtree(a, b) for a, b in merkle.inclusion_plan(index, size))
+
+    return payloads, size, merkle.root_from_leaves(leaves), proof
 
 
 @pytest.fixture(scope="module")
@@ -375,9 +394,11 @@ def test_a_page_of_a_paged_trace_left_out_is_refused(signer: NoteSigner) -> None
     )
     with pytest.raises(AuditFailure, match=r"no trace note answers for events 2-3 .* incomplete"):
         verify_bundle(without_page, signer.verifier)
-    # The note kept, one of its events dropped.
+    # The note kept, one of its events dropped: named with its page's note.
     dropped = dataclasses.replace(paged, events=paged.events[:3])
-    with pytest.raises(AuditFailure, match="leaves out events 3 of the 4 the gateway signed"):
+    with pytest.raises(
+        AuditFailure, match=r"leaves out events 3 of the 2 the gateway signed .* among events 2-3"
+    ):
         verify_bundle(dropped, signer.verifier)
     first_missing = dataclasses.replace(
         paged, trace_notes=paged.trace_notes[1:], events=paged.events[2:]
@@ -421,5 +442,133 @@ def test_a_bundle_of_the_second_format_still_verifies(signer: NoteSigner) -> Non
     # A note of one window that is not the whole log is refused there too.
     paged = _paged(_bundle(HONEST, signer), signer, (0, 2))
     second["trace_note"] = paged.trace_notes[0]
-    with pytest.raises(AuditFailure, match="no trace note answers for events 2-3"):
+    with pytest.raises(AuditFailure, match="no trace note answers for events 2 of the log"):
         verify_bundle(bundle_from_json(second), signer.verifier)
+
+
+def _lots(count: int) -> list[dict[str, Any]]:
+    """An issuance of ``count + 1`` units cut one tonne at a time from its front: the
+    history of its last tonne, one split per lot."""
+    end = 100 + count
+    return [
+        _row("issuance", _block(100, end), "active"),
+        *(
+            _row(
+                "split",
+                _block(100 + lot, end),
+                "active",
+                pieces=[_block(100 + lot, 100 + lot), _block(101 + lot, end)],
+            )
+            for lot in range(count)
+        ),
+    ]
+
+
+def _lines_of(
+    bodies: list[dict[str, Any]], signer: NoteSigner, page: int
+) -> tuple[BlockId, Iterator[str]]:
+    """The last tonne's query, and a bundle of ``bodies`` as the lines ``trace`` writes,
+    ``page`` events a page: made as they are read, so that a test measures only what
+    the verifier holds."""
+    payloads, size, root, proof = _log_of(bodies)
+    last = bodies[0]["block"]["serial_end"]
+    query = BlockId(Program.VCS, "", last, last)
+
+    def lines() -> Iterator[str]:
+        checkpoint = signer.sign(Checkpoint(ORIGIN, size, root))
+        yield BundleHead("verra", "", query, checkpoint, signer.verifier.encode()).line()
+        for start in range(0, size, page):
+            end = min(start + page, size)
+            statement = TraceStatement(
+                ORIGIN, size, root, query, tuple(range(start, end)), (start, end)
+            )
+            yield note_line(signer.sign_body(statement.body()))
+            for i in range(start, end):
+                yield BundleEvent(i, payloads[i], proof(i)).line()
+
+    return query, lines()
+
+
+def test_a_bundle_written_as_lines_verifies_as_it_is_read(signer: NoteSigner) -> None:
+    bundle = _paged(_bundle(HONEST, signer), signer, (0, 2), (2, 3), (3, 4))
+    lines = list(bundle.lines())
+    assert json.loads(lines[0])["format"] == "carbonlink-audit-bundle/4"
+    # Each page's note, then the page's events: read one line at a time.
+    assert ["trace_note" in json.loads(line) for line in lines[1:]] == [
+        True, False, False, True, False, True, False,
+    ]  # fmt: skip
+    assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
+    report = verify_lines(iter(lines), signer.verifier)
+    assert report == verify_bundle(bundle, signer.verifier)
+    assert report.events == 4 and [(b.quantity, who) for b, who in report.retirements] == [
+        (50, "B Co.")
+    ]
+    # What trace wrote before, one JSON document (format /3), is read and verified too.
+    written = json.dumps(bundle.to_json(), indent=2, sort_keys=True) + "\n"
+    assert verify_lines(io.StringIO(written), signer.verifier) == report
+
+
+LOTS = 40
+
+
+@pytest.mark.parametrize("tamper", ["leaf", "proof", "dropped"])
+@pytest.mark.parametrize("at", [0, LOTS // 2, LOTS], ids=["start", "middle", "end"])
+def test_a_tampered_line_fails_naming_its_event(signer: NoteSigner, tamper: str, at: int) -> None:
+    _, lines = _lines_of(_lots(LOTS), signer, page=8)
+    written = list(lines)
+    assert verify_lines(iter(written), signer.verifier).events == LOTS + 1
+    (position,) = [n for n, line in enumerate(written) if json.loads(line).get("index") == at]
+    record = json.loads(written[position])
+    if tamper == "leaf":
+        leaf = base64.b64decode(record["leaf_data"])
+        assert b'"account":"a"' in leaf
+        changed = leaf.replace(b'"account":"a"', b'"account":"z"')
+        record["leaf_data"] = base64.b64encode(changed).decode()
+        reason = f"event {at}: not in the log of checkpoint size {LOTS + 1}"
+    elif tamper == "proof":
+        first = base64.b64decode(record["proof"][0])
+        record["proof"][0] = base64.b64encode(bytes([first[0] ^ 1]) + first[1:]).decode()
+        reason = f"event {at}: not in the log of checkpoint size {LOTS + 1}"
+    else:
+        record = None
+        reason = f"leaves out events {at} of the"
+    tampered = [
+        *written[:position],
+        *([] if record is None else [json.dumps(record) + "\n"]),
+        *written[position + 1 :],
+    ]
+    with pytest.raises(AuditFailure, match=reason):
+        verify_lines(iter(tampered), signer.verifier)
+
+
+def test_verification_stops_at_the_first_bad_line_without_reading_on(signer: NoteSigner) -> None:
+    _, lines = _lines_of(_lots(400), signer, page=8)
+    read: list[str] = []
+
+    def tampered() -> Iterator[str]:
+        for n, line in enumerate(lines):
+            read.append(line)
+            # The first event's line, its leaf's bytes changed.
+            yield line.replace('"leaf_data":"', '"leaf_data":"AAAA') if n == 2 else line
+
+    with pytest.raises(AuditFailure, match="event 0: "):
+        verify_lines(tampered(), signer.verifier)
+    assert len(read) == 3  # the head, the first page's note, its first event
+
+
+def test_verification_holds_no_more_for_a_longer_history(signer: NoteSigner) -> None:
+    """The verifier holds a line at a time and the units' state, not the events read:
+    four times the history, the same memory."""
+    peaks = []
+    for lots in (200, 800):
+        _, made = _lines_of(_lots(lots), signer, page=50)
+        lines = list(made)  # made before measuring: the bundle on disk, not the verifier
+        tracemalloc.start()
+        try:
+            report = verify_lines(iter(lines), signer.verifier)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert report.events == lots + 1
+        assert [(b.serial_start, s) for b, _, _, s in report.final] == [(100 + lots, "active")]
+    assert peaks[1] < 1.25 * peaks[0], peaks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway.cli import main
+from gateway.cli_audit import write_atomically
 from gateway.log_keys import write_new_key
 from registry_bridge.signed_note import Checkpoint, NoteSigner, generate_private_key_pem
 from tests.integration.gateway.conftest import (
@@ -313,3 +315,19 @@ def test_the_traced_history_names_the_units_of_each_event(
     assert f"VCS:{START}-{START + 49}" in lines["lock"], lines
     mirror_block = f"VCS/{mirror.serial_series}:{mirror.serial_start}-{mirror.serial_end}"
     assert mirror_block in lines["credit"], lines
+
+
+def test_a_bundle_whose_trace_fails_half_way_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """``trace --out`` writes the pages as they come: a page the gateway refuses after
+    some were written leaves the file as it was, not a bundle cut short."""
+    kept = tmp_path / "bundle.jsonl"
+    kept.write_text("an earlier bundle\n")
+
+    def refused_after_one_page() -> Iterator[str]:
+        yield '{"format":"carbonlink-audit-bundle/4"}\n'
+        raise ValueError("page 2 does not go on from the one before")
+
+    with pytest.raises(ValueError, match="page 2"):
+        write_atomically(kept, refused_after_one_page())
+    assert kept.read_text() == "an earlier bundle\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle.jsonl"]

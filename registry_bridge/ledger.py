@@ -676,8 +676,12 @@ def locked_by(
 
 
 def _bridged(session: Session, holding: LedgerHolding) -> str:
-    """Why bridged units cannot be used here: immobilized, their mirror is elsewhere."""
-    mirrors = sorted({f"{m.registry}/{m.account}" for m in mirrors_of(session, holding.origin)})
+    """Why bridged units cannot be used here: immobilized, their mirror is elsewhere.
+
+    The mirror's registry is named, never its account: whoever holds the mirror now may
+    have bought it since, and who holds which units is each holder's own business.
+    """
+    mirrors = sorted({m.registry for m in mirrors_of(session, holding.origin)})
     return f"units are bridged out: their mirror is at {', '.join(mirrors) or 'no registry'}"
 
 
@@ -701,10 +705,19 @@ def require_holding(
         if holding.block.id.serial_start > covered:
             break
         if holding.registry != registry or holding.account != account:
-            where = f"held by {holding.registry}/{holding.account}, not {registry}/{account}"
-            if holding.status is HoldingStatus.BRIDGED:
-                where = _bridged(session, holding)
-            problems.append(PreconditionViolation("HOLDER", _describe(holding.block.id), where))
+            # Another party's units: the caller learns they are not its own, never whose
+            # they are, what became of them, nor how many more that party holds.
+            asked = BlockId(
+                block_id.program,
+                block_id.serial_series,
+                max(holding.block.id.serial_start, block_id.serial_start),
+                min(holding.block.id.serial_end, block_id.serial_end),
+            )
+            problems.append(
+                PreconditionViolation(
+                    "HOLDER", _describe(asked), f"not held by {registry}/{account}"
+                )
+            )
         elif holding.status not in allowed:
             problems.append(
                 PreconditionViolation(

@@ -173,7 +173,9 @@ def test_units_not_held_end_rejected_and_change_nothing(
         timeout=30,
     )
     assert transfer.state == model_pb2.TRANSFER_STATE_REJECTED
-    assert "hk-seller" in transfer.failure_reason
+    # The units are not the source's: whose they are is their holder's business.
+    assert "not held by hkmo/someone-else" in transfer.failure_reason
+    assert "hk-seller" not in transfer.failure_reason
     assert not transfer.decision.allowed
     assert {v.rule_id for v in transfer.decision.violations} == {"CL-LEDGER-HOLDER"}
     states = {h.status for h in registries.ports["verra"].block_status(BlockStatusRequest(ORIGIN))}

@@ -16,7 +16,8 @@ and their settlement amounts are its own business, not its competitors'.  A call
 the transfers whose source or destination is an account its token names, the
 retirements and surrenders of units those accounts held, and the
 migrations of the entities its token names (a plan shows an entity's holdings and
-obligations); the auditor and the regulator see all of them.  The servicer asks
+obligations); the auditor and the regulator see all of them, and they alone trace a unit's
+history, which names every account that held the units.  The servicer asks
 :func:`readable_accounts` and :func:`may_read_migration`, which the security interceptor
 sets for the call (:func:`acting_as`).
 
@@ -58,7 +59,9 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "GetUse": _EVERYONE,
         "ListUses": _EVERYONE,
         "GetMigration": _EVERYONE,
-        "TraceUnits": _EVERYONE,
+        # A unit's history names every account that held it and every move between them:
+        # the auditor's and the regulator's to read, as every transfer is (READ_EVERYTHING).
+        "TraceUnits": frozenset({"auditor", "regulator"}),
         "GetCheckpoint": _EVERYONE,
         "GetConsistencyProof": _EVERYONE,
         # Dry runs and audits that change nothing.

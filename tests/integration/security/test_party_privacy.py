@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
@@ -65,6 +66,54 @@ def _submit(
     request = gateway_pb2.SubmitTransferRequest(request_id=request_id, instruction=instruction)
     gateway.signer("exchange_operator").sign("SubmitTransfer", request)
     return _operator(gateway, instruction.source).SubmitTransfer(request, timeout=60)
+
+
+def test_a_units_history_is_traced_by_the_auditor_and_the_regulator_only(
+    gateway: SecureGateway,
+) -> None:
+    """A trace shows every holder of the units and every move between them: the
+    transfers' parties, which ListTransfers keeps to each party, would be anyone's."""
+    sold = _submit(gateway, _instruction(SELLER, BUYER, 0), "sale-1")
+    assert sold.state == model_pb2.TRANSFER_STATE_COMPLETED
+    by_serial = gateway_pb2.TraceUnitsRequest(registry="verra", serial=VERRA_SERIAL)
+    mirror = model_pb2.BlockId(
+        program="VCS", serial_series="shenzhen-mirror", serial_start=1, serial_end=100
+    )
+    by_block = gateway_pb2.TraceUnitsRequest(block=mirror)
+    callers = {
+        "seller": ("exchange_operator", ["hkmo:hk-seller"]),
+        "buyer": ("covered_entity", ["shenzhen:sz-buyer"]),
+        "another member": ("exchange_operator", ["hkmo:hk-stranger"]),
+        "an issuer": ("issuer", ["verra:hk-seller"]),
+        "a registry": ("registry", []),
+        "the auditor": ("auditor", []),
+        "the regulator": ("regulator", []),
+    }
+    traced: dict[str, bool] = {}
+    for who, (role, accounts) in callers.items():
+        stub = gateway.stub(role, gateway.token(role, accounts=accounts))
+        answers = []
+        for request in (by_serial, by_block):
+            try:
+                page = stub.TraceUnits(request, timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, (who, exc)
+                assert "TraceUnits needs one of the roles auditor, regulator" in str(exc.details())
+                answers.append(False)
+            else:
+                assert b"hk-seller" in b"".join(e.event.leaf_data for e in page.events)
+                answers.append(True)
+        assert answers[0] == answers[1], who
+        traced[who] = answers[0]
+    assert traced == {
+        "seller": False,
+        "buyer": False,
+        "another member": False,
+        "an issuer": False,
+        "a registry": False,
+        "the auditor": True,
+        "the regulator": True,
+    }
 
 
 def test_a_refusal_says_the_units_are_not_the_callers_and_never_whose_they_are(

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -60,6 +61,16 @@ _STATUS_TABLE: tuple[tuple[type[CarbonlinkError], grpc.StatusCode], ...] = (
 
 INTERNAL_MESSAGE = "internal error; the gateway logged the details under this request id"
 
+MAX_MESSAGE_BYTES = 1024
+"""Longest status message sent (UTF-8 bytes): a message repeats what it refuses, and a
+refused value may be as long as the request."""
+MAX_DETAIL_TEXT_BYTES = 256
+"""Longest field, subject or description of one violation in a status's details."""
+MAX_STATUS_BYTES = 3072
+"""Largest serialized status, details and all. A status travels in the trailers, twice
+(``grpc-message``, and ``grpc-status-details-bin`` in base64), and a client refuses
+trailers past 8 KiB (gRPC's default metadata limit: RESOURCE_EXHAUSTED naming nothing)."""
+
 
 def status_code_for(error: CarbonlinkError) -> grpc.StatusCode:
     """The gRPC status code of a domain error."""
@@ -75,45 +86,78 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (and a marker) when longer."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 5].decode(errors="ignore") + " [..]"
+
+
 def to_rpc_status(error: CarbonlinkError) -> status_pb2.Status:
-    """A ``google.rpc.Status`` for the error, with BadRequest or PreconditionFailure details."""
+    """A ``google.rpc.Status`` for the error, with BadRequest or PreconditionFailure details,
+    within ``MAX_STATUS_BYTES``: every text clipped, and the violations past the budget
+    left out (the message says how many)."""
     code = status_code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=str(error))
+    message = str(error)
+    text = MAX_DETAIL_TEXT_BYTES
+    detail: Message | None = None
+    violations: Any = ()
     if isinstance(error, InvalidRequest) and error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=clipped(v.field, text), description=clipped(v.description, text)
                 )
                 for v in error.violations
             ]
         )
-        status.details.append(_pack(bad_request))
+        detail, violations = bad_request, bad_request.field_violations
     elif isinstance(error, FailedPrecondition) and error.violations:
         failure = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type=v.type, subject=v.subject, description=v.description
+                    type=clipped(v.type, text),
+                    subject=clipped(v.subject, text),
+                    description=clipped(v.description, text),
                 )
                 for v in error.violations
             ]
         )
-        status.details.append(_pack(failure))
+        detail, violations = failure, failure.violations
     elif isinstance(error, RegistryRejected):
-        failure = error_details_pb2.PreconditionFailure(
+        detail = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type=f"REGISTRY_{error.code}", subject=error.registry, description=str(error)
+                    type=clipped(f"REGISTRY_{error.code}", text),
+                    subject=clipped(error.registry, text),
+                    description=clipped(message, text),
                 )
             ]
         )
-        status.details.append(_pack(failure))
-    elif isinstance(error, ResourceExhausted):
+    # What the message may take leaves the rest of the budget to the violations, the
+    # first ones kept (each violation costs its size and a few bytes of framing).
+    room = MAX_STATUS_BYTES - MAX_MESSAGE_BYTES - 64
+    kept = 0
+    for violation in violations:
+        room -= violation.ByteSize() + 4
+        if room < 0 and kept:
+            break
+        kept += 1
+    left_out = len(violations) - kept
+    if left_out:
+        del violations[kept:]
+        note = f" ({left_out} more violations left out)"
+        message = clipped(message, MAX_MESSAGE_BYTES - len(note)) + note
+    status = status_pb2.Status(code=code.value[0], message=clipped(message, MAX_MESSAGE_BYTES))
+    if detail is not None:
+        status.details.append(_pack(detail))
+    if isinstance(error, ResourceExhausted):
         quota = error_details_pb2.QuotaFailure(
             violations=[
                 error_details_pb2.QuotaFailure.Violation(
-                    subject=getattr(error, "subject", ""),
-                    description=getattr(error, "description", str(error)),
+                    subject=clipped(getattr(error, "subject", ""), text),
+                    description=clipped(getattr(error, "description", message), text),
                 )
             ]
         )
@@ -164,7 +208,8 @@ def _enter(context: grpc.ServicerContext, method: str) -> str:
 def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, CarbonlinkError):
         status = to_rpc_status(exc)
-        _logger.info("rpc_failed", code=status_code_for(exc).name, error=str(exc))
+        # As sent: a refused value may be as long as the request, and is the caller's.
+        _logger.info("rpc_failed", code=status_code_for(exc).name, error=status.message)
     else:
         status = internal_status()
         _logger.exception("rpc_internal_error", error_type=type(exc).__name__)

@@ -222,6 +222,7 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
     accounts: dict[str, str] = {}
     for i, a in enumerate(message.accounts):
         convert.check_registry(problems, f"entity.accounts[{i}].registry", a.registry)
+        convert.check_text(problems, f"entity.accounts[{i}].account", a.account)
         if a.registry in accounts:
             problems.append(
                 FieldViolation(f"entity.accounts[{i}].registry", "names a registry twice")

@@ -282,6 +282,8 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def SubmitTransfers(
         self, request: gateway_pb2.SubmitTransfersRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.SubmitTransfersResponse:
+        # Optional (each instruction is answered once by its own), but bounded as any id.
+        convert.optional_text("request_id", request.request_id)
         if not request.transfers:
             raise InvalidRequest.field("transfers", "must hold at least one instruction")
         if len(request.transfers) > self._max_batch_size:
@@ -623,6 +625,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         # Read-only: request_id is accepted for symmetry with the ITL's reconciliation
         # id, but a reconciliation changes nothing, so it is not answered once-only.
         problems: list[FieldViolation] = []
+        convert.check_text(problems, "request_id", request.request_id, required=False)
         registries: Sequence[str] = ()
         if convert.check_count(problems, "registries", request.registries, "registries"):
             registries = request.registries

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
@@ -226,3 +229,63 @@ def test_a_request_id_with_a_control_character_is_refused_by_name(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "request_id: contains control characters" in (caught.value.details() or "")
     assert _rows(live_gateway) == before
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+def test_a_string_far_too_long_anywhere_is_refused_by_its_field(
+    live_gateway: LiveGateway, method: str
+) -> None:
+    """A refusal that repeated the whole bad value outgrew what a client reads of a
+    status (gRPC's metadata limit: 8 KiB taken, 16 KiB refused), and the client got
+    RESOURCE_EXHAUSTED naming nothing; the batch's own request id was not checked at all."""
+    baseline = BASELINES[method]
+    failures = []
+    for path in _string_paths(baseline):
+        request = _with(baseline, path, "x" * 20_000)
+        before = _rows(live_gateway)
+        try:
+            reply = _call(live_gateway, method, request)
+            if method == "SubmitTransfers":
+                # Each instruction of a batch is answered on its own, in the reply.
+                (result,) = gateway_pb2.SubmitTransfersResponse.FromString(reply).results
+                if result.WhichOneof("outcome") != "error":
+                    failures.append(f"{path}: accepted")
+                elif result.error.code != grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+                    failures.append(f"{path}: {result.error.code} in the batch's reply")
+                elif len(result.error.message) > 1024:
+                    failures.append(f"{path}: a {len(result.error.message)}-character error")
+            else:
+                failures.append(f"{path}: accepted")
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                failures.append(f"{path}: {exc.code().name}")
+            else:
+                status = rpc_status.from_call(exc)
+                assert status is not None
+                named = [
+                    v.field
+                    for detail in status.details
+                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR)
+                    for v in _unpacked_bad_request(detail).field_violations
+                ]
+                if not any(path.startswith(field) for field in named):
+                    failures.append(f"{path}: refused naming {named}")
+        if _rows(live_gateway) != before:
+            failures.append(f"{path}: changed rows")
+    assert failures == []
+
+
+def _call(gateway: LiveGateway, method: str, request: Message) -> Any:
+    """The serialized reply of ``method`` (the last message of a stream)."""
+    service = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"]
+    path = f"/{service.full_name}/{method}"
+    serializer = type(request).SerializeToString
+    if service.methods_by_name[method].server_streaming:
+        return list(gateway.channel.unary_stream(path, request_serializer=serializer)(request))[-1]
+    return gateway.channel.unary_unary(path, request_serializer=serializer)(request, timeout=30)
+
+
+def _unpacked_bad_request(detail: Any) -> error_details_pb2.BadRequest:
+    bad_request = error_details_pb2.BadRequest()
+    detail.Unpack(bad_request)
+    return bad_request

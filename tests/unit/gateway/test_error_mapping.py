@@ -4,7 +4,13 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
-from gateway.error_mapping import internal_status, status_code_for, to_rpc_status
+from gateway.error_mapping import (
+    MAX_MESSAGE_BYTES,
+    MAX_STATUS_BYTES,
+    internal_status,
+    status_code_for,
+    to_rpc_status,
+)
 from registry_bridge.errors import (
     Abandoned,
     CarbonlinkError,
@@ -76,3 +82,31 @@ def test_internal_status_leaks_nothing() -> None:
     assert status.code == code_pb2.INTERNAL
     assert "Traceback" not in status.message
     assert not status.details
+
+
+def test_a_status_fits_what_a_client_reads_however_much_it_refuses() -> None:
+    """Each text clipped, the violations past the budget left out and counted: a client
+    refuses trailers past 8 KiB, and the status travels in them twice (once in base64)."""
+    long = "é" * 10_000
+    many = InvalidRequest(
+        f"units: {long}",
+        [
+            FieldViolation(f"units[{i}].block", f"{long!r} is not a valid Program")
+            for i in range(999)
+        ],
+    )
+    status = to_rpc_status(many)
+    assert status.ByteSize() <= MAX_STATUS_BYTES
+    assert len(status.message.encode()) <= MAX_MESSAGE_BYTES
+    bad_request = error_details_pb2.BadRequest()
+    status.details[0].Unpack(bad_request)
+    kept = len(bad_request.field_violations)
+    assert 1 <= kept < 999
+    assert bad_request.field_violations[0].field == "units[0].block"
+    assert status.message.endswith(f"({999 - kept} more violations left out)")
+    one = to_rpc_status(FailedPrecondition(long, [PreconditionViolation("T", long, long)]))
+    assert one.ByteSize() <= MAX_STATUS_BYTES
+    assert len(one.details) == 1
+    # What fits is sent as it is.
+    short = to_rpc_status(InvalidRequest.field("serial", "is required"))
+    assert short.message == "serial: is required"

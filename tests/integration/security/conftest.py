@@ -14,7 +14,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
@@ -36,6 +36,26 @@ VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-311
 def vcs_serial(project_id: str, first: int) -> str:
     """A Verra serial of 1,000 VCUs of ``project_id`` (Brazil, 2024-25) from ``first`` on."""
     return f"17000-{first}-{first + 999}-VCS-VCU-997-VER-BR-13-{project_id}-20072024-19072025-0"
+
+
+def venue_instruction(
+    source: model_pb2.AccountRef, destination: model_pb2.AccountRef, first: int, count: int
+) -> model_pb2.TransferInstruction:
+    """``count`` of the venue's Verra units (VERRA_SERIAL's), from offset ``first`` on."""
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    return model_pb2.TransferInstruction(
+        source=source,
+        destination=destination,
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=origin.program.value,
+                    serial_start=origin.serial_start + first,
+                    serial_end=origin.serial_start + first + count - 1,
+                )
+            )
+        ],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,11 @@ from grpc_status import rpc_status
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway.security.layout import TlsLayout
 from registry_bridge.schema import LedgerEvent, TransferRecord
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import (
+    SecureGateway,
+    running_secure_gateway,
+    venue_instruction,
+)
 
 
 @pytest.fixture
@@ -35,18 +39,14 @@ def test_a_signed_instruction_with_a_huge_bad_value_is_refused_by_its_field(
 ) -> None:
     """The refusal repeated the whole value: past gRPC's trailer limit the operator got
     RESOURCE_EXHAUSTED, naming no field."""
-    request = gateway_pb2.SubmitTransferRequest(
-        request_id="huge-program",
-        instruction=model_pb2.TransferInstruction(
-            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-            destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
-            units=[
-                model_pb2.UnitSelector(
-                    block=model_pb2.BlockId(program="V" * 20_000, serial_start=1, serial_end=9)
-                )
-            ],
-        ),
+    instruction = venue_instruction(
+        model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+        model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+        0,
+        10,
     )
+    instruction.units[0].block.program = "V" * 20_000
+    request = gateway_pb2.SubmitTransferRequest(request_id="huge-program", instruction=instruction)
     gateway.signer("exchange_operator").sign("SubmitTransfer", request)
     operator = gateway.stub(
         "exchange_operator", gateway.token("exchange_operator", accounts=["hkmo:hk-seller"])

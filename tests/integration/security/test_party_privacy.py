@@ -19,6 +19,7 @@ from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
     running_secure_gateway,
+    venue_instruction,
 )
 
 SELLER = model_pb2.AccountRef(registry="hkmo", account="hk-seller")
@@ -33,26 +34,6 @@ def gateway(pki: TlsLayout, database_url: str) -> Iterator[SecureGateway]:
         yield gateway
 
 
-def _instruction(
-    source: model_pb2.AccountRef, destination: model_pb2.AccountRef, first: int
-) -> model_pb2.TransferInstruction:
-    """A hundred of the venue's Verra units, from offset ``first`` on."""
-    origin = parse_serial("verra", VERRA_SERIAL).id
-    return model_pb2.TransferInstruction(
-        source=source,
-        destination=destination,
-        units=[
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=origin.program.value,
-                    serial_start=origin.serial_start + first,
-                    serial_end=origin.serial_start + first + 99,
-                )
-            )
-        ],
-    )
-
-
 def _operator(
     gateway: SecureGateway, account: model_pb2.AccountRef
 ) -> gateway_pb2_grpc.LinkageGatewayStub:
@@ -65,7 +46,10 @@ def _submit(
 ) -> model_pb2.Transfer:
     request = gateway_pb2.SubmitTransferRequest(request_id=request_id, instruction=instruction)
     gateway.signer("exchange_operator").sign("SubmitTransfer", request)
-    return _operator(gateway, instruction.source).SubmitTransfer(request, timeout=60)
+    transfer: model_pb2.Transfer = _operator(gateway, instruction.source).SubmitTransfer(
+        request, timeout=60
+    )
+    return transfer
 
 
 def test_a_units_history_is_traced_by_the_auditor_and_the_regulator_only(
@@ -73,7 +57,7 @@ def test_a_units_history_is_traced_by_the_auditor_and_the_regulator_only(
 ) -> None:
     """A trace shows every holder of the units and every move between them: the
     transfers' parties, which ListTransfers keeps to each party, would be anyone's."""
-    sold = _submit(gateway, _instruction(SELLER, BUYER, 0), "sale-1")
+    sold = _submit(gateway, venue_instruction(SELLER, BUYER, 0, 100), "sale-1")
     assert sold.state == model_pb2.TRANSFER_STATE_COMPLETED
     by_serial = gateway_pb2.TraceUnitsRequest(registry="verra", serial=VERRA_SERIAL)
     mirror = model_pb2.BlockId(
@@ -121,14 +105,14 @@ def test_a_refusal_says_the_units_are_not_the_callers_and_never_whose_they_are(
 ) -> None:
     """Another member asking to move units it does not hold, or dry-running it, learns
     that it does not hold them: not which account does, nor where their mirror went."""
-    sold = _submit(gateway, _instruction(SELLER, BUYER, 0), "sale-1")
+    sold = _submit(gateway, venue_instruction(SELLER, BUYER, 0, 100), "sale-1")
     assert sold.state == model_pb2.TRANSFER_STATE_COMPLETED
     stranger = _operator(gateway, STRANGER)
     answers: list[str] = []
     # The first hundred units now have a mirror at the buyer's; the next hundred are the
     # seller's still.
     for request_id, first in (("sold", 0), ("unsold", 100)):
-        instruction = _instruction(STRANGER, STRANGERS_BUYER, first)
+        instruction = venue_instruction(STRANGER, STRANGERS_BUYER, first, 100)
         refused = _submit(gateway, instruction, request_id)
         assert refused.state == model_pb2.TRANSFER_STATE_REJECTED, refused
         assert [v.rule_id for v in refused.decision.violations] == ["CL-LEDGER-HOLDER"]

@@ -71,6 +71,11 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
                 problems.append(
                     FieldViolation(f"{prefix}acknowledged_warnings[{i}]", "is not a warning code")
                 )
+    destination = None
+    if message.HasField("destination_account"):
+        destination = convert.account_from_pb(
+            problems, f"{prefix}destination_account", message.destination_account
+        )
     _raise_if(problems)
     return MigrationRequest(
         entity_id=message.entity_id,
@@ -78,6 +83,7 @@ def request_from_pb(message: gateway_pb2.PlanMigrationRequest, path: str = "") -
         to_jurisdiction=message.to_jurisdiction,
         first_year=message.first_year,
         acknowledged=frozenset(message.acknowledged_warnings),
+        destination=destination,
     )
 
 

@@ -129,6 +129,10 @@ has resolved (``CL-USE-0001``) or a reconciliation (``CL-RECONCILE-0001``). Movi
 cancelling them could use them twice, or settle units whose whereabouts the registry and
 the ledger tell differently; the plan waits until the hold is gone."""
 
+DESTINATION_NOT_AS_SIGNED = "CL-MIGRATION-0020"
+"""The request names the account the units are to land in, and the entity's recorded
+account is another: its record changed since the plan the entity signed for."""
+
 STEP_STATES = ("pending", "applied", "done", "failed")
 
 
@@ -143,6 +147,9 @@ class MigrationRequest:
     """First compliance year the destination covers; the pilot's last is the year before."""
     acknowledged: frozenset[str] = frozenset()
     """Codes of the plan's warnings the entity accepts (see IRREVERSIBLE_UNCONFIRMED)."""
+    destination: AccountRef | None = None
+    """The account the units must land in (see DESTINATION_NOT_AS_SIGNED); None: the one
+    recorded for the entity."""
 
     def canonical(self) -> dict[str, Any]:
         """The request as plain data, for hashing and storage."""
@@ -154,6 +161,8 @@ class MigrationRequest:
         }
         if self.acknowledged:  # absent when empty: requests made before it hash as they did
             body["acknowledged"] = sorted(self.acknowledged)
+        if self.destination is not None:  # absent when unset, as acknowledged
+            body["destination"] = _account_json(self.destination)
         return body
 
 
@@ -369,11 +378,17 @@ def plan_to_json(plan: MigrationPlan) -> dict[str, Any]:
     }
 
 
+def _request_from_json(d: dict[str, Any]) -> MigrationRequest:
+    fields = dict(d)
+    destination = _account_from(fields.pop("destination", None))
+    return MigrationRequest(**fields, destination=destination)
+
+
 def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
     """The plan stored by :func:`plan_to_json`."""
     o = d["obligation"]
     return MigrationPlan(
-        request=MigrationRequest(**d["request"]),
+        request=_request_from_json(d["request"]),
         final_pilot_year=d["final_pilot_year"],
         obligation=None if o is None else FinalObligation(**o),
         dispositions=tuple(
@@ -601,6 +616,22 @@ class Migrations:
         else:
             destination_account = AccountRef(
                 destination_registry, entity.accounts[destination_registry]
+            )
+        pinned = request.destination
+        if pinned is not None and pinned != destination_account:
+            blocking.append(
+                _violation(
+                    DESTINATION_NOT_AS_SIGNED,
+                    f"the request names {pinned.registry}/{pinned.account} for the units, "
+                    f"but {request.entity_id}'s account recorded at the {destination_registry} "
+                    f"registry is "
+                    + (
+                        "none"
+                        if destination_account is None
+                        else f"{destination_account.registry}/{destination_account.account}"
+                    )
+                    + ": plan again, and sign for the account the plan names",
+                )
             )
 
         source_account = entity.accounts.get(source_registry)

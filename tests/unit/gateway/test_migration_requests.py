@@ -7,6 +7,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway.migration_api import MAX_ACKNOWLEDGED_WARNINGS, entity_from_pb, request_from_pb
 from registry_bridge.errors import InvalidRequest
+from registry_bridge.transfers import AccountRef
 
 CODES = ["CL-MIGRATION-0014", "CL-MIGRATION-0016", "CL-MIGRATION-0017"]
 
@@ -85,3 +86,20 @@ def test_an_entity_past_a_cap_is_refused_once_not_for_each_entry(
         entity_from_pb(_entity(**fields))
 
     assert str(refused.value) == named
+
+
+def test_a_destination_account_is_read_when_given_and_refused_by_its_field_when_bad() -> None:
+    plan = _plan([])
+    assert request_from_pb(plan).destination is None
+    plan.destination_account.CopyFrom(model_pb2.AccountRef(registry="national", account="cn-1"))
+    request = request_from_pb(plan, "plan")
+    assert request.destination == AccountRef("national", "cn-1")
+    assert request.canonical()["destination"] == {"registry": "national", "account": "cn-1"}
+    plan.destination_account.registry = "nowhere"
+    plan.destination_account.account = ""
+    with pytest.raises(InvalidRequest) as refused:
+        request_from_pb(plan, "plan")
+    assert [v.field for v in refused.value.violations] == [
+        "plan.destination_account.registry",
+        "plan.destination_account.account",
+    ]

@@ -784,6 +784,7 @@ class PlanMigrationRequest(_message.Message):
     TO_JURISDICTION_FIELD_NUMBER: _builtins.int
     FIRST_YEAR_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_WARNINGS_FIELD_NUMBER: _builtins.int
+    DESTINATION_ACCOUNT_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     from_jurisdiction: _builtins.str
     to_jurisdiction: _builtins.str
@@ -796,6 +797,16 @@ class PlanMigrationRequest(_message.Message):
         the plan until it is acknowledged here.
         """
 
+    @_builtins.property
+    def destination_account(self) -> _model_pb2.AccountRef:
+        """The account the entity's units are to land in, as the plan it read named it
+        (MigrationPlan.destination_account). Signed with the rest of an ExecuteMigration, it
+        pins what the signature does not otherwise cover: the entity's recorded accounts,
+        which UpsertCoveredEntity may change between the plan and its execution. A plan whose
+        destination is another is blocked (CL-MIGRATION-0020). Unset: the account recorded
+        for the entity when the migration starts.
+        """
+
     def __init__(
         self,
         *,
@@ -804,10 +815,11 @@ class PlanMigrationRequest(_message.Message):
         to_jurisdiction: _builtins.str = ...,
         first_year: _builtins.int = ...,
         acknowledged_warnings: _abc.Iterable[_builtins.str] | None = ...,
+        destination_account: _model_pb2.AccountRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination_account", b"destination_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_warnings", b"acknowledged_warnings", "entity_id", b"entity_id", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "to_jurisdiction", b"to_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_warnings", b"acknowledged_warnings", "destination_account", b"destination_account", "entity_id", b"entity_id", "first_year", b"first_year", "from_jurisdiction", b"from_jurisdiction", "to_jurisdiction", b"to_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

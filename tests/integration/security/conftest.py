@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
@@ -56,6 +57,15 @@ def venue_instruction(
             )
         ],
     )
+
+
+def row_counts(gateway: SecureGateway, *tables: type[Any]) -> list[int]:
+    """How many rows each of ``tables`` (mapped classes) holds in the gateway's database."""
+    with gateway.server.engine.connect() as connection:
+        return [
+            int(connection.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+            for t in tables
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -15,6 +14,7 @@ from gateway.security.layout import TlsLayout
 from registry_bridge.schema import LedgerEvent, TransferRecord
 from tests.integration.security.conftest import (
     SecureGateway,
+    row_counts,
     running_secure_gateway,
     venue_instruction,
 )
@@ -24,14 +24,6 @@ from tests.integration.security.conftest import (
 def gateway(pki: TlsLayout, database_url: str) -> Iterator[SecureGateway]:
     with running_secure_gateway(pki, database_url) as gateway:
         yield gateway
-
-
-def _counts(gateway: SecureGateway) -> tuple[int, int]:
-    with gateway.server.engine.connect() as connection:
-        return tuple(  # type: ignore[return-value]
-            int(connection.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-            for t in (LedgerEvent, TransferRecord)
-        )
 
 
 def test_a_signed_instruction_with_a_huge_bad_value_is_refused_by_its_field(
@@ -51,7 +43,7 @@ def test_a_signed_instruction_with_a_huge_bad_value_is_refused_by_its_field(
     operator = gateway.stub(
         "exchange_operator", gateway.token("exchange_operator", accounts=["hkmo:hk-seller"])
     )
-    before = _counts(gateway)
+    before = row_counts(gateway, LedgerEvent, TransferRecord)
     with pytest.raises(grpc.RpcError) as refused:
         operator.SubmitTransfer(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
@@ -60,4 +52,4 @@ def test_a_signed_instruction_with_a_huge_bad_value_is_refused_by_its_field(
     bad_request = error_details_pb2.BadRequest()
     status.details[0].Unpack(bad_request)
     assert [v.field for v in bad_request.field_violations] == ["instruction.units[0].block"]
-    assert _counts(gateway) == before
+    assert row_counts(gateway, LedgerEvent, TransferRecord) == before

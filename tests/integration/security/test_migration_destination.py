@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import demo_security
@@ -26,7 +25,11 @@ from gateway.demo_migration import (
     settle_final_pilot_year,
 )
 from registry_bridge.schema import MigrationRecord, TransferRecord
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import (
+    SecureGateway,
+    row_counts,
+    running_secure_gateway,
+)
 
 STEEL = pilot_entity("steel-pin", "steel", 2023, 14_000_000)
 ACCOUNTS = (f"shenzhen:{STEEL.shenzhen_account}", f"national:{STEEL.national_account}")
@@ -41,14 +44,6 @@ def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
 
 def _stub(gateway: SecureGateway, role: str, **scope: tuple[str, ...]) -> grpc.Channel:
     return demo_security.channel(gateway.pki.root.parent, gateway.target, role, **scope)
-
-
-def _rows(gateway: SecureGateway) -> tuple[int, int]:
-    with gateway.server.engine.connect() as connection:
-        return tuple(  # type: ignore[return-value]
-            int(connection.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-            for t in (MigrationRecord, TransferRecord)
-        )
 
 
 def test_a_migration_signed_for_the_planned_account_is_refused_once_the_record_changed(
@@ -82,7 +77,7 @@ def test_a_migration_signed_for_the_planned_account_is_refused_once_the_record_c
             )
         assert not entity.PlanMigration(request, timeout=60).executable
 
-        before = _rows(gateway)
+        before = row_counts(gateway, MigrationRecord, TransferRecord)
         with pytest.raises(grpc.RpcError) as refused:
             entity.ExecuteMigration(
                 gateway_pb2.ExecuteMigrationRequest(request_id="migrate-pin", plan=request),
@@ -90,7 +85,7 @@ def test_a_migration_signed_for_the_planned_account_is_refused_once_the_record_c
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "CL-MIGRATION-0020" in str(refused.value.details())
-        assert _rows(gateway) == before
+        assert row_counts(gateway, MigrationRecord, TransferRecord) == before
 
         # The record put back, the same signed request (a new signature) carries out.
         with _stub(gateway, "regulator") as regulator:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from gateway import client_security
 from gateway.cli_client import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -128,6 +129,7 @@ def _execute(args: argparse.Namespace) -> int:
     )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "ExecuteMigration", request)
         migration = stub.ExecuteMigration(request, timeout=args.timeout)
         _print(migration, args, _migration_summary(migration))
         return EXIT_OK if migration.state == "completed" else EXIT_REFUSED

@@ -1,0 +1,91 @@
+"""``carbonlink migrate plan|execute|get`` against a secure gateway, as a covered entity runs
+them: mutual TLS, a token file naming the entity and its accounts, and its signing key.
+
+ExecuteMigration is a signed instruction: the command signs it with ``--signing-key`` as
+``transfer submit`` does, and without a key it is refused before any call, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from gateway import demo_security
+from gateway.cli import main
+from gateway.demo_migration import (
+    pilot_entity,
+    record_entity,
+    seed_registries,
+    settle_final_pilot_year,
+)
+from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+
+STEEL = pilot_entity("steel-cli", "steel", 2023, 14_000_000)
+STEEL_ACCOUNTS = (f"shenzhen:{STEEL.shenzhen_account}", f"national:{STEEL.national_account}")
+
+
+@pytest.fixture
+def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
+    """A secure gateway wired to Shenzhen and the national registry, with the PKI the
+    demo's client channels use (under ``tmp_path``)."""
+    pki = demo_security.layout(tmp_path)
+    with running_secure_gateway(pki, database_url, also_wired=("national",)) as gateway:
+        yield gateway
+
+
+def _settled_entity(gateway: SecureGateway) -> None:
+    """The regulator records the entity; the entity settles its final pilot year."""
+    seed_registries(gateway.ports, STEEL)
+    gateway.server.import_registries()
+    workdir = gateway.pki.root.parent
+    with demo_security.channel(workdir, gateway.target, "regulator") as regulator:
+        record_entity(gateway_pb2_grpc.LinkageGatewayStub(regulator), STEEL)
+    with demo_security.channel(
+        workdir,
+        gateway.target,
+        "covered_entity",
+        accounts=STEEL_ACCOUNTS,
+        entities=(STEEL.entity_id,),
+    ) as channel:
+        settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), STEEL)
+
+
+def _printed_json(out: str) -> dict[str, object]:
+    """The JSON document a command printed (the in-process gateway's logs share stdout)."""
+    document, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
+    assert isinstance(document, dict)
+    return document
+
+
+def test_migrate_execute_signs_its_instruction_with_the_signing_key(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _settled_entity(gateway)
+    token = tmp_path / "token"
+    entity_token = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
+    entity_token += ["--entity", STEEL.entity_id, "--out", str(token)]
+    for account in STEEL_ACCOUNTS:
+        entity_token += ["--account", account]
+    assert main(entity_token) == 0
+    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
+    secure += ["--client", "covered_entity", "--token-file", str(token)]
+    migration = ["--entity", STEEL.entity_id, "--from-year", str(STEEL.first_national_year)]
+    migration += ["--acknowledge", "CL-MIGRATION-0014", "--json", *secure]
+    capsys.readouterr()
+
+    # Unsigned: refused before any call, naming the option; nothing was started.
+    assert main(["migrate", "execute", *migration]) == 2
+    assert "ExecuteMigration is an instruction: give --signing-key" in capsys.readouterr().err
+    assert main(["migrate", "plan", *migration]) == 0
+    assert _printed_json(capsys.readouterr().out)["executable"] is True
+
+    signing_key = ["--signing-key", str(gateway.pki.instruction_key("covered_entity"))]
+    assert main(["migrate", "execute", *migration, *signing_key]) == 0
+    executed = _printed_json(capsys.readouterr().out)
+    assert executed["state"] == "completed"
+    assert main(["migrate", "get", str(executed["name"]), "--json", *secure]) == 0
+    assert _printed_json(capsys.readouterr().out)["state"] == "completed"

@@ -96,7 +96,9 @@ def print_json(message: Message, stdout: TextIO | None = None) -> None:
 
 def _print(message: Message, args: argparse.Namespace, summary: str) -> None:
     if args.json:
-        print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+        # Every field, so that a script reads a false ``allowed`` or an empty list as
+        # such rather than finding the key missing.
+        print_json(message)
     else:
         print(summary)
 

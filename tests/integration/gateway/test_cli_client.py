@@ -52,7 +52,12 @@ def test_submit_get_list_and_retire(
     assert code == 0, err
     transfer = json.loads(out)
     assert transfer["state"] == "TRANSFER_STATE_COMPLETED"
-    assert transfer["instruction"]["settlement"] == {"currency": "HKD", "amount": "8250.00"}
+    # Every field, the unset trade reference too.
+    assert transfer["instruction"]["settlement"] == {
+        "currency": "HKD",
+        "amount": "8250.00",
+        "tradeReference": "",
+    }
     mirror = transfer["creditedBlocks"][0]["id"]
 
     code, out, _ = _run(capsys, "transfer", "get", transfer["name"], "--target", target)
@@ -63,6 +68,11 @@ def test_submit_get_list_and_retire(
         capsys, "transfer", "list", "--state", "completed", "--target", target, "--json"
     )
     assert [t["name"] for t in json.loads(out)["transfers"]] == [transfer["name"]]
+    # An empty page is an empty list, not a missing key.
+    code, out, _ = _run(
+        capsys, "transfer", "list", "--state", "rejected", "--target", target, "--json"
+    )
+    assert json.loads(out) == {"nextPageToken": "", "transfers": []}
 
     code, out, err = _run(
         capsys,

@@ -1,5 +1,5 @@
-"""Client commands of a running gateway: ``carbonlink transfer submit|get|list``,
-``retire``, ``surrender`` and ``use get|list``.
+"""Client commands of a running gateway: ``carbonlink transfer
+submit|evaluate|batch|get|list``, ``retire``, ``surrender`` and ``use get|list|resolve``.
 
 They speak the public gRPC API (``--target``), like any other client. The commands that
 act print a short human summary or, with ``--json``, the resource in protobuf's JSON
@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import uuid
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -141,39 +142,132 @@ def _usage(command: str, message: str) -> int:
     return EXIT_USAGE
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _instruction(args: argparse.Namespace, command: str) -> model_pb2.TransferInstruction | int:
+    """The transfer instruction ``transfer submit`` and ``transfer evaluate`` name, or the
+    usage error's exit code when the flags cannot make one."""
     if not (args.serial or args.block):
-        return _usage("transfer submit", "name the units with --serial or --block")
+        return _usage(command, "name the units with --serial or --block")
     if bool(args.currency) != bool(args.amount):
-        return _usage(
-            "transfer submit", "a settlement needs both --currency and --amount, or neither"
-        )
+        return _usage(command, "a settlement needs both --currency and --amount, or neither")
     if args.compliance_year is not None and args.use != "corsia":
         return _usage(
-            "transfer submit",
+            command,
             f"--compliance-year names a CORSIA obligation's year: it needs --use corsia, "
             f"not --use {args.use}",
         )
-    request = gateway_pb2.SubmitTransferRequest(
-        request_id=args.request_id or uuid.uuid4().hex,
-        instruction=model_pb2.TransferInstruction(
-            source=args.source,
-            destination=args.destination,
-            units=_selectors(args),
-            intended_use=args.use,
-            compliance_year=args.compliance_year or 0,
-        ),
+    instruction = model_pb2.TransferInstruction(
+        source=args.source,
+        destination=args.destination,
+        units=_selectors(args),
+        intended_use=args.use,
+        compliance_year=args.compliance_year or 0,
     )
     if args.currency:
-        request.instruction.settlement.CopyFrom(
+        instruction.settlement.CopyFrom(
             model_pb2.Settlement(currency=args.currency, amount=args.amount)
         )
+    return instruction
+
+
+def _submit(args: argparse.Namespace) -> int:
+    instruction = _instruction(args, "transfer submit")
+    if isinstance(instruction, int):
+        return instruction
+    request = gateway_pb2.SubmitTransferRequest(
+        request_id=args.request_id or uuid.uuid4().hex, instruction=instruction
+    )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         client_security.sign(args, "SubmitTransfer", request)
         transfer = stub.SubmitTransfer(request, timeout=args.timeout)
         _print(transfer, args, _summary(transfer))
         return EXIT_OK if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def _decision_summary(decision: model_pb2.Decision) -> str:
+    verdict = "allowed" if decision.allowed else "DENIED"
+    if decision.pack_versions:
+        verdict += f" by {', '.join(decision.pack_versions)}"
+    lines = [verdict]
+    for v in decision.violations:
+        lines.append(f"  {v.rule_id}: {v.message}")
+        if v.source:
+            lines.append(f"    source: {v.source}")
+    if decision.deferred_rules:
+        lines.append(f"  left to the surrender: {', '.join(decision.deferred_rules)}")
+    return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    instruction = _instruction(args, "transfer evaluate")
+    if isinstance(instruction, int):
+        return instruction
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        reply = stub.EvaluateTransfer(
+            gateway_pb2.EvaluateTransferRequest(instruction=instruction), timeout=args.timeout
+        )
+        _print(reply, args, _decision_summary(reply.decision))
+        return EXIT_OK if reply.decision.allowed else EXIT_REFUSED
+
+    return _call(args, invoke)
+
+
+def _batch_request(args: argparse.Namespace) -> gateway_pb2.SubmitTransfersRequest | int:
+    """The batch of ``FILE``, each instruction without a request id given
+    ``BATCH-INDEX``, or the usage error's exit code."""
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+        request = json_format.Parse(text, gateway_pb2.SubmitTransfersRequest())
+    # ValueError: not UTF-8 text; ParseError: not JSON, or not the batch message.
+    except (OSError, ValueError, json_format.ParseError) as exc:
+        return _usage("transfer batch", f"{args.file}: {exc}")
+    if not request.transfers:
+        return _usage("transfer batch", f'{args.file}: no instructions in "transfers"')
+    if request.request_id or request.HasField("signature"):
+        return _usage(
+            "transfer batch",
+            f"{args.file}: give the batch's request id with --request-id; the command signs it",
+        )
+    request.request_id = args.request_id or uuid.uuid4().hex
+    for i, item in enumerate(request.transfers):
+        if not item.request_id:
+            item.request_id = f"{request.request_id}-{i}"
+    return request
+
+
+def _batch_summary(reply: gateway_pb2.SubmitTransfersResponse) -> str:
+    lines = []
+    for i, result in enumerate(reply.results):
+        if result.HasField("transfer"):
+            outcome = _summary(result.transfer)
+        else:
+            outcome = f"{_code_name(result.error.code)}: {result.error.message}"
+        lines.append(f"[{i}] {result.request_id}: {outcome}")
+    return "\n".join(lines)
+
+
+def _code_name(code: int) -> str:
+    """A google.rpc.Status code by its name, as a refused call's is printed."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"code {code}")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    request = _batch_request(args)
+    if isinstance(request, int):
+        return request
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "SubmitTransfers", request)
+        reply = stub.SubmitTransfers(request, timeout=args.timeout)
+        _print(reply, args, _batch_summary(reply))
+        completed = all(
+            r.HasField("transfer") and r.transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
+            for r in reply.results
+        )
+        return EXIT_OK if completed else EXIT_REFUSED
 
     return _call(args, invoke)
 
@@ -348,32 +442,94 @@ def _unit_arguments(parser: argparse.ArgumentParser, serial_help: str) -> None:
     )
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``transfer submit|get|list``, ``retire``, ``surrender`` and ``use get|list``."""
-    transfer = subparsers.add_parser("transfer", help="cross-registry transfers")
-    commands = transfer.add_subparsers(dest="transfer_command", required=True)
-
-    submit = commands.add_parser("submit", help="move units from one registry to another")
-    _common(submit)
-    submit.add_argument(
-        "--from", dest="source", type=_account, required=True, metavar="REGISTRY:ACCOUNT"
+def _instruction_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of one transfer instruction (``transfer submit`` and ``evaluate``)."""
+    _common(parser)
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=_account,
+        required=True,
+        metavar="REGISTRY:ACCOUNT",
+        help="the account the units leave (your token must name it)",
     )
-    submit.add_argument(
-        "--to", dest="destination", type=_account, required=True, metavar="REGISTRY:ACCOUNT"
+    parser.add_argument(
+        "--to",
+        dest="destination",
+        type=_account,
+        required=True,
+        metavar="REGISTRY:ACCOUNT",
+        help="the account credited",
     )
-    _unit_arguments(submit, "serial in the source registry's format (repeatable)")
-    submit.add_argument("--use", default="holding", help="intended use of the units")
-    submit.add_argument(
+    _unit_arguments(parser, "serial in the source registry's format (repeatable)")
+    parser.add_argument(
+        "--use",
+        default="holding",
+        choices=sorted(convert.INTENDED_USES),
+        help="intended use of the units, whose rules decide (default %(default)s)",
+    )
+    parser.add_argument(
         "--compliance-year",
         type=int32,
         metavar="YEAR",
         help="with --use corsia: the offsetting obligation's year, whose CORSIA rules decide "
         "(default: the rules of the transfer's day)",
     )
-    submit.add_argument("--request-id", help="idempotency key (default: a new one)")
-    submit.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
-    submit.add_argument("--amount", help="settlement amount, a decimal")
+    parser.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
+    parser.add_argument("--amount", help="settlement amount, a decimal")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``transfer submit|evaluate|batch|get|list``, ``retire``, ``surrender`` and ``use
+    get|list|resolve``."""
+    transfer = subparsers.add_parser("transfer", help="cross-registry transfers")
+    commands = transfer.add_subparsers(dest="transfer_command", required=True)
+
+    submit = commands.add_parser(
+        "submit",
+        help="move units from one registry account to another",
+        description="Move units from one registry account to another: the rules of the "
+        "destination decide, then the units are locked at the source, credited at the "
+        "destination and finalized. Prints the transfer's name and state; exits 1 unless it "
+        "completed (REJECTED by the rules, or waiting on a registry that does not answer: "
+        "the gateway carries it on; read it with `transfer get`).",
+    )
+    _instruction_arguments(submit)
+    submit.add_argument(
+        "--request-id",
+        help="idempotency key (default: a new one); the same key and instruction again "
+        "answer the first transfer",
+    )
     submit.set_defaults(handler=_submit)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="dry run: would the rules allow this transfer? (nothing changes)",
+        description="Dry run of a transfer (EvaluateTransfer): the rules engine's decision "
+        "on the instruction as `transfer submit` would send it, every violated rule with "
+        "its source, nothing locked or moved. Exits 1 when the transfer would be denied.",
+    )
+    _instruction_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="submit a file of transfer instructions as one batch",
+        description="Submit the instructions of FILE as one SubmitTransfers batch, signed "
+        "once: each succeeds or fails on its own. FILE is JSON in the API's form: "
+        '{"transfers": [{"request_id": "...", "instruction": {"source": {"registry": '
+        '"hkmo", "account": "hk-seller"}, "destination": {...}, "units": [{"serial": '
+        '"..."}], "intended_use": "holding", "settlement": {"currency": "HKD", "amount": '
+        '"1000.00"}}}, ...]}. An instruction without a request_id gets BATCH-INDEX, so '
+        "re-running the command with the same --request-id repeats the same requests. "
+        "Prints one line per instruction; exits 1 unless every one completed.",
+    )
+    _common(batch)
+    batch.add_argument("file", type=Path, help="the batch, JSON (see above)")
+    batch.add_argument(
+        "--request-id", help="the batch's idempotency key, BATCH (default: a new one)"
+    )
+    batch.set_defaults(handler=_batch)
 
     get = commands.add_parser("get", help="show one transfer")
     _common(get)

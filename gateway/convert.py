@@ -147,7 +147,8 @@ and a bound on the work one request asks for, and on its refusal, which names ea
 entry."""
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
-_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+"""The intended uses a transfer instruction may name."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -345,9 +346,11 @@ def instruction_from_pb(
     destination = account_from_pb(problems, f"{path}.destination", message.destination)
     units = units_from_pb(problems, f"{path}.units", source.registry, message.units, parse_serial)
     use = message.intended_use or "holding"
-    if use not in _USES:
+    if use not in INTENDED_USES:
         problems.append(
-            FieldViolation(f"{path}.intended_use", f"must be one of {', '.join(sorted(_USES))}")
+            FieldViolation(
+                f"{path}.intended_use", f"must be one of {', '.join(sorted(INTENDED_USES))}"
+            )
         )
     year_problem = compliance_year_problem(use, message.compliance_year)
     if year_problem is not None:

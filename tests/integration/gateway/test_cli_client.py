@@ -1,9 +1,10 @@
-"""`carbonlink transfer submit|get|list`, `retire`, `surrender` and `use get|list` against a
-running gateway."""
+"""`carbonlink transfer submit|evaluate|batch|get|list`, `retire`, `surrender` and `use
+get|list` against a running gateway."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -303,4 +304,119 @@ def test_a_bad_use_listing_is_a_usage_error(
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--insecure", "--target", "127.0.0.1:1"])
     assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _listed_transfers(capsys: pytest.CaptureFixture[str], target: str) -> list[str]:
+    code, out, err = _run(capsys, "transfer", "list", "--target", target, "--json")
+    assert code == 0, err
+    return [t["name"] for t in json.loads(out)["transfers"]]
+
+
+def test_evaluate_is_a_dry_run_of_the_transfer_instruction(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = live_gateway.target
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    instruction = ["--target", target, "--from", "hkmo:hk-seller", "--to", "shenzhen:buyer"]
+    instruction += ["--block", f"VCS:{origin.serial_start}-{origin.serial_start + 9}"]
+
+    code, out, err = _run(capsys, "transfer", "evaluate", *instruction)
+    assert code == 0, err
+    assert out.startswith("allowed by shenzhen@"), out
+    # Denied: exit 1, every violated rule, and in JSON a false `allowed` that is there.
+    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, "--use", "corsia")
+    assert code == 1, err
+    assert out.startswith("DENIED by ") and "  CR-CORSIA-0006: " in out, out
+    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, "--use", "corsia", "--json")
+    assert code == 1, err
+    decision = json.loads(out)["decision"]
+    assert decision["allowed"] is False
+    assert "CR-CORSIA-0006" in [v["ruleId"] for v in decision["violations"]]
+    # Units the source does not hold: denied by the ledger, named.
+    code, out, _ = _run(
+        capsys, "transfer", "evaluate", "--target", target, "--from", "hkmo:hk-seller",
+        "--to", "shenzhen:buyer", "--block", "VCS:1-10",
+    )  # fmt: skip
+    assert code == 1
+    assert "CL-LEDGER-UNKNOWN_UNITS: VCS 1-10: serials from 1 are not in the ledger" in out
+    # A dry run moves nothing.
+    assert _listed_transfers(capsys, target) == []
+
+
+def _batch_file(path: Path, *instructions: dict[str, object]) -> Path:
+    path.write_text(json.dumps({"transfers": list(instructions)}), encoding="utf-8")
+    return path
+
+
+def _instruction(first: int, last: int, destination: str = "buyer") -> dict[str, object]:
+    return {
+        "source": {"registry": "hkmo", "account": "hk-seller"},
+        "destination": {"registry": "shenzhen", "account": destination},
+        "units": [{"block": {"program": "VCS", "serial_start": first, "serial_end": last}}],
+        "settlement": {"currency": "HKD", "amount": "1000.00"},
+    }
+
+
+def test_a_batch_file_is_submitted_as_one_batch_each_instruction_on_its_own(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = ["--target", live_gateway.target]
+    start = parse_serial("verra", VERRA_SERIAL).id.serial_start
+    batch = _batch_file(
+        tmp_path / "batch.json",
+        {"instruction": _instruction(start, start + 9)},
+        {"request_id": "trade-2", "instruction": _instruction(start + 10, start + 19)},
+        {"request_id": "trade-3", "instruction": _instruction(1, 10)},
+    )
+    submit = ["transfer", "batch", str(batch), "--request-id", "day-1", *target]
+    code, out, err = _run(capsys, *submit)
+    assert code == 1, err  # one of the three is rejected
+    lines = out.splitlines()
+    assert [line.split()[:3] for line in lines[:2]] == [
+        ["[0]", "day-1-0:", lines[0].split()[2]],
+        ["[1]", "trade-2:", lines[1].split()[2]],
+    ]
+    assert all(line.endswith(" COMPLETED") for line in lines[:2]), out
+    assert lines[2].startswith("[2] trade-3: transfers/") and " REJECTED: " in lines[2], out
+    moved = [line.split()[2] for line in lines]
+    assert sorted(_listed_transfers(capsys, live_gateway.target)) == sorted(moved)
+
+    # The same command again answers the same transfers, moving nothing more.
+    code, out, _ = _run(capsys, *submit, "--json")
+    assert code == 1
+    results = json.loads(out)["results"]
+    assert [r["transfer"]["name"] for r in results] == moved
+    # The same request ids with another body: each refused, by its position, nothing moved.
+    changed = _batch_file(
+        tmp_path / "changed.json",
+        {"instruction": _instruction(start + 20, start + 29)},
+        {"request_id": "trade-2", "instruction": _instruction(start + 10, start + 19, "other")},
+    )
+    code, out, _ = _run(capsys, "transfer", "batch", str(changed), "--request-id", "day-1", *target)
+    assert code == 1
+    assert out.splitlines() == [
+        "[0] day-1-0: ALREADY_EXISTS: request_id 'day-1-0' was already used for a different "
+        "instruction; use a new request id for a new instruction",
+        "[1] trade-2: ALREADY_EXISTS: request_id 'trade-2' was already used for a different "
+        "instruction; use a new request id for a new instruction",
+    ]
+    assert sorted(_listed_transfers(capsys, live_gateway.target)) == sorted(moved)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "batch.json: Failed to load JSON"),
+        ('{"transfers": []}', 'batch.json: no instructions in "transfers"'),
+        ('{"transfer": []}', 'has no field named "transfer"'),
+        ('{"request_id": "b", "transfers": [{}]}', "give the batch's request id with --request-id"),
+    ],
+)
+def test_a_bad_batch_file_is_a_usage_error_before_any_call(
+    content: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    batch = tmp_path / "batch.json"
+    batch.write_text(content, encoding="utf-8")
+    assert main(["transfer", "batch", str(batch), "--insecure", "--target", "127.0.0.1:1"]) == 2
     assert message in capsys.readouterr().err

@@ -42,6 +42,12 @@ def _request(args: argparse.Namespace) -> gateway_pb2.PlanMigrationRequest:
     )
 
 
+def _range(block: model_pb2.BlockId) -> str:
+    """As the gateway's messages name a block: a mirror's series told from its origin."""
+    series = f"/{block.serial_series}" if block.serial_series else ""
+    return f"{block.program}{series} {block.serial_start}-{block.serial_end}"
+
+
 def _plan_summary(plan: gateway_pb2.MigrationPlan) -> str:
     lines = [
         f"{plan.entity_id}: {plan.from_jurisdiction} -> {plan.to_jurisdiction} from "
@@ -54,11 +60,9 @@ def _plan_summary(plan: gateway_pb2.MigrationPlan) -> str:
     if plan.HasField("destination_account"):
         account = plan.destination_account
         lines.append(f"  national registration: {account.registry}/{account.account}")
-    for d in plan.dispositions:
-        block = d.holding.block.id
-        lines.append(
-            f"  {d.action:14} {block.program} {block.serial_start}-{block.serial_end}: {d.reason}"
-        )
+    lines += [
+        f"  {d.action:14} {_range(d.holding.block.id)}: {d.reason}" for d in plan.dispositions
+    ]
     lines += [f"  BLOCKED {v.rule_id}: {v.message}" for v in plan.blocking_violations]
     lines += [f"  warning {v.rule_id}: {v.message}" for v in plan.warnings]
     lines.append("  executable" if plan.executable else "  not executable")
@@ -76,10 +80,6 @@ def _migration_summary(migration: gateway_pb2.Migration) -> str:
         if len(s.attempts) > 1 or any(a.left for a in s.attempts):
             lines += _attempt_lines(s.attempts)
     return "\n".join(lines)
-
-
-def _range(block: model_pb2.BlockId) -> str:
-    return f"{block.program} {block.serial_start}-{block.serial_end}"
 
 
 def _attempt_lines(attempts: Sequence[gateway_pb2.MigrationStepAttempt]) -> list[str]:

@@ -1616,11 +1616,9 @@ def _step_view(record: MigrationStepRecord) -> MigrationStep:
     if record.kind == "register":
         description = f"register {detail['registry']}/{detail['account']}: {detail['reason']}"
     else:
-        block = detail["block"]
         description = (
-            f"{record.kind} {detail['quantity']} {detail['program']} "
-            f"{block['serial_start']}-{block['serial_end']} at "
-            f"{detail['registry']}/{detail['account']}"
+            f"{record.kind} {detail['quantity']} {block_id_from_dict(detail['block']).label} "
+            f"at {detail['registry']}/{detail['account']}"
         )
         if record.kind == "transfer":
             dest = detail["destination"]

@@ -186,6 +186,13 @@ class BlockId:
         """Number of units (tCO2e) in the inclusive range."""
         return self.serial_end - self.serial_start + 1
 
+    @property
+    def label(self) -> str:
+        """``PROGRAM[/SERIES] START-END``: the block as messages name it (a mirror's series
+        told from its origin's serials)."""
+        series = f"/{self.serial_series}" if self.serial_series else ""
+        return f"{self.program.value}{series} {self.serial_start}-{self.serial_end}"
+
     def overlaps(self, other: BlockId) -> bool:
         """True when both blocks share at least one serial of the same program and series."""
         return (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
+from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
 from gateway import demo_security
 from gateway.cli import main
 from gateway.demo_migration import (
@@ -37,8 +37,11 @@ def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
         yield gateway
 
 
-def _settled_entity(gateway: SecureGateway) -> None:
-    """The regulator records the entity; the entity settles its final pilot year."""
+def _settled_entity(gateway: SecureGateway) -> model_pb2.BlockId:
+    """The regulator records the entity; the entity settles its final pilot year.
+
+    Returns the Shenzhen mirror of the entity's CCER (the part not surrendered migrates).
+    """
     seed_registries(gateway.ports, STEEL)
     gateway.server.import_registries()
     workdir = gateway.pki.root.parent
@@ -51,7 +54,7 @@ def _settled_entity(gateway: SecureGateway) -> None:
         accounts=STEEL_ACCOUNTS,
         entities=(STEEL.entity_id,),
     ) as channel:
-        settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), STEEL)
+        return settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), STEEL)
 
 
 def _printed_json(out: str) -> dict[str, object]:
@@ -89,3 +92,34 @@ def test_migrate_execute_signs_its_instruction_with_the_signing_key(
     assert executed["state"] == "completed"
     assert main(["migrate", "get", str(executed["name"]), "--json", *secure]) == 0
     assert _printed_json(capsys.readouterr().out)["state"] == "completed"
+
+
+def test_migrate_names_a_mirror_block_by_its_series(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror = _settled_entity(gateway)
+    token = tmp_path / "token"
+    gateway_token = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
+    gateway_token += ["--entity", STEEL.entity_id, "--out", str(token)]
+    for account in STEEL_ACCOUNTS:
+        gateway_token += ["--account", account]
+    assert main(gateway_token) == 0
+    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
+    secure += ["--client", "covered_entity", "--token-file", str(token)]
+    signing_key = ["--signing-key", str(gateway.pki.instruction_key("covered_entity"))]
+    migration = ["--entity", STEEL.entity_id, "--from-year", str(STEEL.first_national_year)]
+    migration += ["--acknowledge", "CL-MIGRATION-0014", *secure]
+    capsys.readouterr()
+    # The CCER left to migrate are the Shenzhen mirror's, not the national CCER of the
+    # same numbers: each line names the mirror's series.
+    left = f"CCER/shenzhen-mirror {mirror.serial_start + 4_000}-{mirror.serial_end}"
+    assert mirror.serial_series == "shenzhen-mirror"
+    assert main(["migrate", "plan", *migration]) == 0
+    assert f"  transfer       {left}: " in capsys.readouterr().out
+    assert main(["migrate", "execute", *migration, *signing_key]) == 0
+    executed = capsys.readouterr().out
+    moved = f": transfer 1000 {left} at shenzhen/{STEEL.shenzhen_account} -> national/"
+    assert moved in executed
+    name = executed[executed.index("migrations/") :].split()[0]
+    assert main(["migrate", "get", name, *secure]) == 0
+    assert moved in capsys.readouterr().out

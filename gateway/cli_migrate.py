@@ -141,7 +141,9 @@ def _get(args: argparse.Namespace) -> int:
     name = args.name if args.name.startswith("migrations/") else f"migrations/{args.name}"
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        migration = stub.GetMigration(gateway_pb2.GetMigrationRequest(name=name), timeout=10)
+        migration = stub.GetMigration(
+            gateway_pb2.GetMigrationRequest(name=name), timeout=args.timeout
+        )
         _print(migration, args, _migration_summary(migration))
         return EXIT_OK
 

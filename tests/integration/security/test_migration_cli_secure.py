@@ -94,7 +94,7 @@ def test_migrate_execute_signs_its_instruction_with_the_signing_key(
     assert _printed_json(capsys.readouterr().out)["state"] == "completed"
 
 
-def test_migrate_names_a_mirror_block_by_its_series(
+def test_migrate_names_a_mirror_block_by_its_series_and_takes_the_timeout_given(
     gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mirror = _settled_entity(gateway)
@@ -121,5 +121,8 @@ def test_migrate_names_a_mirror_block_by_its_series(
     moved = f": transfer 1000 {left} at shenzhen/{STEEL.shenzhen_account} -> national/"
     assert moved in executed
     name = executed[executed.index("migrations/") :].split()[0]
+    # `migrate get` waits --timeout, as every client command does.
+    assert main(["migrate", "get", name, *secure, "--timeout", "0.000001"]) == 1
+    assert "carbonlink: DEADLINE_EXCEEDED" in capsys.readouterr().err
     assert main(["migrate", "get", name, *secure]) == 0
     assert moved in capsys.readouterr().out

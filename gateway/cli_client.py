@@ -112,7 +112,17 @@ def _summary(transfer: model_pb2.Transfer) -> str:
     return line
 
 
-def _call(args: argparse.Namespace, invoke: Any) -> int:
+_OUTCOME_UNKNOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""Codes after which an instruction may have been recorded, or may yet be carried on."""
+
+
+def _call(args: argparse.Namespace, invoke: Any, request_id: str = "") -> int:
+    """Run ``invoke`` on a stub of the gateway; a refusal printed, and its exit code.
+
+    ``request_id`` is the instruction's idempotency key: when the call ends with its
+    outcome unknown (the gateway or a registry did not answer), it is printed, since only
+    the same key asks after the same instruction; a new one would make another.
+    """
     try:
         channel, stub = _stub(args)
     except client_security.ClientSetupError as exc:
@@ -122,6 +132,13 @@ def _call(args: argparse.Namespace, invoke: Any) -> int:
         return int(invoke(stub))
     except grpc.RpcError as exc:
         print(f"carbonlink: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if request_id and exc.code() in _OUTCOME_UNKNOWN:
+            print(
+                f"carbonlink: the request may have been recorded and carried on: run the "
+                f"same command with --request-id {request_id} for its outcome (another id "
+                "would be another request)",
+                file=sys.stderr,
+            )
         return EXIT_REFUSED
     except client_security.ClientSetupError as exc:
         print(f"carbonlink: {exc}", file=sys.stderr)
@@ -183,7 +200,7 @@ def _submit(args: argparse.Namespace) -> int:
         _print(transfer, args, _summary(transfer))
         return EXIT_OK if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _decision_summary(decision: model_pb2.Decision) -> str:
@@ -269,7 +286,7 @@ def _batch(args: argparse.Namespace) -> int:
         )
         return EXIT_OK if completed else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -326,7 +343,7 @@ def _retire(args: argparse.Namespace) -> int:
         _print(use, args, f"{use.name} retired for {use.beneficiary}")
         return EXIT_OK
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _surrender(args: argparse.Namespace) -> int:
@@ -351,7 +368,7 @@ def _surrender(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _use_get(args: argparse.Namespace) -> int:
@@ -393,7 +410,7 @@ def _use_resolve(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         return EXIT_OK
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _use_list(args: argparse.Namespace) -> int:

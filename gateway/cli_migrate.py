@@ -134,7 +134,7 @@ def _execute(args: argparse.Namespace) -> int:
         _print(migration, args, _migration_summary(migration))
         return EXIT_OK if migration.state == "completed" else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return _call(args, invoke, request.request_id)
 
 
 def _get(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from adapters._pb.carbonlink.v1 import model_pb2
 from adapters.serials import format_serial, parse_serial
 from gateway.cli import main
-from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
 from tests.integration.gateway.test_uses_api import STEEL, pilot_gateway
 
 
@@ -420,3 +420,37 @@ def test_a_bad_batch_file_is_a_usage_error_before_any_call(
     batch.write_text(content, encoding="utf-8")
     assert main(["transfer", "batch", str(batch), "--insecure", "--target", "127.0.0.1:1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_use_whose_registry_does_not_answer_says_which_request_id_asks_after_it(
+    live_gateway: LiveGateway,
+    registries: LinkedRegistries,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = ["--target", live_gateway.target]
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    code, out, err = _run(
+        capsys, "transfer", "submit", *target, "--json", "--from", "hkmo:hk-seller",
+        "--to", "shenzhen:buyer", "--block", f"VCS:{origin.serial_start}-{origin.serial_start + 9}",
+    )  # fmt: skip
+    assert code == 0, err
+    mirror = json.loads(out)["creditedBlocks"][0]["id"]
+    # Retiring a mirror retires its origin at Verra, which is down: the use stays pending.
+    registries.emulators["verra"].stop()
+    retire = ["retire", *target, "--account", "shenzhen:buyer", "--beneficiary", "Acme"]
+    retire += ["--block", f"VCS/shenzhen-mirror:{mirror['serialStart']}-{mirror['serialEnd']}"]
+    code, _, err = _run(capsys, *retire)
+    assert code == 1
+    first, advice = err.splitlines()
+    assert first.startswith("carbonlink: UNAVAILABLE: registry verra unavailable"), err
+    request_id = advice.split("--request-id ")[1].split()[0]
+    assert advice == (
+        "carbonlink: the request may have been recorded and carried on: run the same command "
+        f"with --request-id {request_id} for its outcome (another id would be another request)"
+    )
+    # Asked again under that id: the same use, still waiting, not a second one.
+    code, _, err = _run(capsys, *retire, "--request-id", request_id)
+    assert code == 1 and f"--request-id {request_id} " in err, err
+    code, out, err = _run(capsys, "use", "list", *target)
+    assert code == 0, err
+    assert [u["state"] for u in json.loads(out)["uses"]] == ["USE_STATE_PENDING"]

@@ -447,6 +447,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the resource as JSON")
 
 
+def _json_always(parser: argparse.ArgumentParser) -> None:
+    """``--json`` on a command that prints JSON whatever: taken, so that a script passing
+    it to every client command is not refused here."""
+    parser.add_argument("--json", action="store_true", help="JSON (what this prints anyway)")
+
+
 def _unit_arguments(parser: argparse.ArgumentParser, serial_help: str) -> None:
     parser.add_argument("--serial", action="append", default=[], help=serial_help)
     parser.add_argument(
@@ -618,6 +624,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     use_commands = use.add_subparsers(dest="use_command", required=True)
     get_use = use_commands.add_parser("get", help="show one retirement or surrender")
     _connection(get_use)
+    _json_always(get_use)
     get_use.add_argument("name", help="uses/ID or ID")
     get_use.set_defaults(handler=_use_get)
     resolve_use = use_commands.add_parser(
@@ -633,6 +640,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "nothing more.",
     )
     _connection(resolve_use)
+    _json_always(resolve_use)
     resolve_use.add_argument("name", help="uses/ID or ID of a failed use")
     how = resolve_use.add_mutually_exclusive_group(required=True)
     how.add_argument("--retry", action="store_true", help="ask the refusing registry again")
@@ -653,6 +661,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "is not the last says on stderr the --page-token to read on with.",
     )
     _connection(list_uses)
+    _json_always(list_uses)
     list_uses.add_argument("--kind", choices=("retirement", "surrender"), help="only this kind")
     list_uses.add_argument(
         "--holder",

@@ -291,6 +291,22 @@ def test_surrender_then_read_the_uses_back(
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["use", "get", "uses/1", "--json"],
+        ["use", "list", "--json"],
+        ["use", "resolve", "uses/1", "--retry", "--json"],
+    ],
+)
+def test_use_commands_take_json_as_every_client_command_does(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They print JSON anyway; a script passing --json to every command is not refused.
+    assert main([*argv, "--insecure", "--target", "127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err.startswith("carbonlink: UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["use", "list", "--holder", "shenzhen:"], "is not REGISTRY:ACCOUNT or REGISTRY"),

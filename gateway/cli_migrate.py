@@ -123,6 +123,20 @@ def _derived_request_id(args: argparse.Namespace) -> str:
     )
 
 
+def _next_step(name: str, state: str, request_id: str) -> str:
+    """What the caller of an unfinished migration does next."""
+    if state == "failed":
+        return (
+            f"carbonlink: {name} failed: once the cause is settled, run the same command "
+            f"again (request id {request_id}): the failed step is tried again over the units "
+            "still held, the rest of the steps waiting until then"
+        )
+    return (
+        f"carbonlink: {name} is {state}: the gateway carries it on by itself; "
+        f"`carbonlink migrate get {name}` shows where it stands"
+    )
+
+
 def _execute(args: argparse.Namespace) -> int:
     request = gateway_pb2.ExecuteMigrationRequest(
         request_id=args.request_id or _derived_request_id(args), plan=_request(args)
@@ -132,7 +146,10 @@ def _execute(args: argparse.Namespace) -> int:
         client_security.sign(args, "ExecuteMigration", request)
         migration = stub.ExecuteMigration(request, timeout=args.timeout)
         _print(migration, args, _migration_summary(migration))
-        return EXIT_OK if migration.state == "completed" else EXIT_REFUSED
+        if migration.state == "completed":
+            return EXIT_OK
+        print(_next_step(migration.name, migration.state, request.request_id), file=sys.stderr)
+        return EXIT_REFUSED
 
     return _call(args, invoke, request.request_id)
 
@@ -220,7 +237,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = migrate.add_subparsers(dest="migrate_command", required=True)
     for name, handler, text in (
         ("plan", _plan, "dry run: obligation, dispositions, blocking violations"),
-        ("execute", _execute, "carry the migration out (re-run to resume)"),
+        (
+            "execute",
+            _execute,
+            "carry the migration out (the same command again resumes it, or retries a "
+            "failed step once its cause is settled)",
+        ),
     ):
         sub = commands.add_parser(name, help=text)
         _common(sub)

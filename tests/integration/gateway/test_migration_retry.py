@@ -395,3 +395,36 @@ def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
             == HoldingStatus.ACTIVE
         )
         _check_invariants(gateway, registries)
+
+
+def test_migrate_execute_says_how_to_retry_a_failed_step_and_the_same_command_does(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-r9", "steel", 2023, 39_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        command = ["migrate", "execute", "--entity", steel.entity_id]
+        command += ["--from-year", str(steel.first_national_year)]
+        command += ["--acknowledge", "CL-MIGRATION-0014", "--target", gateway.target]
+        command += ["--insecure"]
+        capsys.readouterr()
+        assert main(command) == 1
+        failed = capsys.readouterr()
+        # The in-process gateway's log shares stdout: the summary starts at its name.
+        summary = failed.out[failed.out.index("migrations/") :]
+        name = summary.split()[0]
+        assert summary.startswith(f"{name} failed: step 2 (transfer) failed: "), summary
+        request_id = f"migrate-{steel.entity_id}-shenzhen-national-{steel.first_national_year}"
+        assert failed.err == (
+            f"carbonlink: {name} failed: once the cause is settled, run the same command "
+            f"again (request id {request_id}): the failed step is tried again over the units "
+            "still held, the rest of the steps waiting until then\n"
+        )
+        # Shenzhen refused once: the same command again retries the step, and completes.
+        assert main(command) == 0
+        done = capsys.readouterr()
+        summary = done.out[done.out.index("migrations/") :]
+        assert summary.startswith(f"{name} completed") and done.err == ""
+        assert "attempt 0 failed" in summary and "attempt 1 done" in summary

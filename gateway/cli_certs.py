@@ -1,25 +1,28 @@
-"""``carbonlink certs init DIR`` and ``carbonlink certs token DIR --role ROLE``.
+"""``carbonlink certs init DIR``, ``carbonlink certs token DIR --role ROLE`` and
+``carbonlink certs key DIR --subject SUBJECT``.
 
 ``init`` writes a development PKI (see ``gateway.security.layout``); ``token`` signs a
 bearer token with a role's development key, as an identity provider would, and prints
-it (or writes it 0600 with ``--out``) for ``--token-file``.
+it (or writes it 0600 with ``--out``) for ``--token-file``; ``key`` gives a subject of
+its own an instruction-signing key, as ``init`` gives each role's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 from adapters.registry import REGISTRIES
-from gateway.security.certs import init_dev_pki, load_private_key
+from gateway.security.certs import add_instruction_key, init_dev_pki, load_private_key
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, ROLES, TlsLayout
 from gateway.security.tokens import certificate_thumbprint, mint_token
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``certs init`` and ``certs token`` to the ``carbonlink`` parser."""
+    """Add ``certs init``, ``certs token`` and ``certs key`` to the ``carbonlink`` parser."""
     certs = subparsers.add_parser("certs", help="development certificates, keys and tokens")
     commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
     init = commands.add_parser(
@@ -31,7 +34,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     token = commands.add_parser("token", help="sign a development bearer token for a role")
     token.add_argument("dir", type=Path, help="a directory made by `certs init`")
     token.add_argument("--role", required=True, choices=ROLES)
-    token.add_argument("--subject", help="the token's sub (default: the role's name)")
+    token.add_argument(
+        "--subject",
+        help="the token's sub (default: the role's name). Request ids are scoped per subject, "
+        "and an instruction is signed with a key of the token's subject: give a subject of "
+        "its own a key with `certs key DIR --subject SUBJECT`",
+    )
     token.add_argument(
         "--account",
         action="append",
@@ -52,6 +60,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     token.add_argument("--out", type=Path, help="write the token here (0600) instead of stdout")
     token.set_defaults(handler=_token)
+
+    key = commands.add_parser(
+        "key",
+        help="create an instruction-signing key for a subject of its own",
+        description="Create an Ed25519 instruction-signing key for SUBJECT (the sub of "
+        "tokens made with `certs token --subject SUBJECT`) at DIR/signing/SUBJECT.key, and "
+        "register it in DIR/signing/keys.json as SUBJECT-1, which a running gateway re-reads. "
+        "Sign that subject's instructions with --signing-key DIR/signing/SUBJECT.key.",
+    )
+    key.add_argument("dir", type=Path, help="a directory made by `certs init`")
+    key.add_argument(
+        "--subject", required=True, type=_subject, help="the tokens' sub, e.g. steel-works"
+    )
+    key.set_defaults(handler=_key)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -107,6 +129,29 @@ def _token(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"carbonlink certs token: cannot write {args.out}: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+_SUBJECT = re.compile(r"[A-Za-z0-9._-]{1,100}")
+"""A subject that names a key file and, with ``-1``, a valid key id."""
+
+
+def _subject(text: str) -> str:
+    if not _SUBJECT.fullmatch(text) or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a subject: 1-100 of [A-Za-z0-9._-], not starting with '.'"
+        )
+    return text
+
+
+def _key(args: argparse.Namespace) -> int:
+    try:
+        key_id, path = add_instruction_key(TlsLayout(args.dir), args.subject)
+    except (OSError, ValueError) as exc:
+        print(f"carbonlink certs key: {exc}; nothing written", file=sys.stderr)
+        return 2
+    print(f"instruction key {key_id} of subject {args.subject!r} written to {path}")
+    print(f"  sign with: --signing-key {path}")
     return 0
 
 

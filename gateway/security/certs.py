@@ -211,9 +211,7 @@ def init_dev_pki(directory: Path, registries: Iterable[str]) -> TlsLayout:
     if not layout.log_signing_key.exists():
         _write_key(layout.log_signing_key, ed25519.Ed25519PrivateKey.generate())
     layout.jwks.write_text(json.dumps({"keys": jwks}, indent=2) + "\n", encoding="utf-8")
-    layout.instruction_keys.write_text(
-        json.dumps({"keys": instruction_keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    _write_instruction_keys(layout, instruction_keys)
     layout.gateway_config.write_text(
         "\n".join(
             [
@@ -232,6 +230,45 @@ def init_dev_pki(directory: Path, registries: Iterable[str]) -> TlsLayout:
         encoding="utf-8",
     )
     return layout
+
+
+def _write_instruction_keys(layout: TlsLayout, keys: dict[str, dict[str, str]]) -> None:
+    """Replace the instruction-key registry at once: a gateway re-reading it meanwhile
+    finds the old file or the new one, never half of one."""
+    staged = layout.instruction_keys.with_suffix(".json.new")
+    staged.write_text(json.dumps({"keys": keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    staged.replace(layout.instruction_keys)
+
+
+def add_instruction_key(layout: TlsLayout, subject: str) -> tuple[str, Path]:
+    """Create an instruction-signing key for ``subject`` (a token's ``sub``) in a
+    ``certs init`` directory, and register it for that subject.
+
+    Returns:
+        The key's id (``SUBJECT-1``, what ``--signing-key`` derives from the file's name)
+        and the private key's path.
+
+    Raises:
+        FileExistsError: The subject has a key already (a role's own, say).
+        OSError: The directory cannot be read or written.
+        ValueError: The registry file is not one ``certs init`` wrote.
+    """
+    key_id = instruction_key_id(subject)
+    path = layout.instruction_key(subject)
+    keys = json.loads(layout.instruction_keys.read_text(encoding="utf-8")).get("keys")
+    if not isinstance(keys, dict):
+        raise ValueError(f"{layout.instruction_keys} holds no instruction keys")
+    if key_id in keys or path.exists():
+        raise FileExistsError(f"subject {subject!r} has an instruction key already ({path})")
+    key = ed25519.Ed25519PrivateKey.generate()
+    _write_key(path, key)
+    keys[key_id] = instruction_key_entry(key, subject)
+    try:
+        _write_instruction_keys(layout, keys)
+    except OSError:
+        path.unlink()  # a key no registry names would only mislead
+        raise
+    return key_id, path
 
 
 def load_private_key(path: Path) -> PrivateKey:

@@ -227,7 +227,8 @@ class InstructionVerifier:
             raise Unauthenticated(f"instruction signed with an unknown key {signature.key_id!r}")
         if key.subject != principal.subject:
             raise Unauthenticated(
-                f"instruction key {signature.key_id!r} does not belong to the caller"
+                f"instruction key {signature.key_id!r} does not belong to the caller, subject "
+                f"{principal.subject!r} (the token's sub): sign with a key registered for it"
             )
         now = self._clock()
         try:

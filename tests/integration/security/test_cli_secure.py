@@ -9,10 +9,15 @@ import jwt
 import pytest
 
 from adapters.serials import format_serial, parse_serial
+from gateway import demo_security
 from gateway.cli import main
 from gateway.security.layout import TlsLayout
 from gateway.security.tokens import certificate_thumbprint
-from tests.integration.security.conftest import VERRA_SERIAL, SecureGateway
+from tests.integration.security.conftest import (
+    VERRA_SERIAL,
+    SecureGateway,
+    running_secure_gateway,
+)
 
 
 def test_certs_token_then_a_signed_transfer_from_the_cli(
@@ -86,3 +91,52 @@ def test_certs_token_binds_a_token_to_a_certificate(
     not_a_certificate.write_text("-----BEGIN NOTHING-----\n")
     assert main([*argv, "--bind-certificate", str(not_a_certificate)]) == 2
     assert f"cannot read the certificate {not_a_certificate}" in capsys.readouterr().err
+
+
+def test_a_subject_of_its_own_signs_with_a_key_of_its_own_from_certs_key(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The PKI is the test's own: `certs key` adds to its instruction-key registry.
+    pki = demo_security.layout(tmp_path)
+    with running_secure_gateway(pki, database_url) as gateway:
+        token = tmp_path / "token"
+        mint = ["certs", "token", str(pki.root), "--role", "exchange_operator"]
+        mint += ["--subject", "desk-a", "--account", "hkmo:hk-seller", "--out", str(token)]
+        assert main(mint) == 0
+        origin = parse_serial("verra", VERRA_SERIAL)
+        serial = format_serial(
+            "verra", origin.with_range(origin.id.serial_start, origin.id.serial_start + 9)
+        )
+        move = ["transfer", "submit", "--from", "hkmo:hk-seller", "--to", "shenzhen:b"]
+        move += ["--serial", serial, "--target", gateway.target, "--tls-dir", str(pki.root)]
+        move += ["--token-file", str(token)]
+        capsys.readouterr()
+
+        # The role's key is not the subject's: refused, saying whose key is wanted.
+        role_key = ["--signing-key", str(pki.instruction_key("exchange_operator"))]
+        assert main([*move, *role_key, "--request-id", "desk-a-1"]) == 1
+        assert (
+            "UNAUTHENTICATED: instruction key 'exchange_operator-1' does not belong to the "
+            "caller, subject 'desk-a' (the token's sub): sign with a key registered for it"
+        ) in capsys.readouterr().err
+
+        assert main(["certs", "key", str(pki.root), "--subject", "desk-a"]) == 0
+        key = pki.instruction_key("desk-a")
+        assert capsys.readouterr().out == (
+            f"instruction key desk-a-1 of subject 'desk-a' written to {key}\n"
+            f"  sign with: --signing-key {key}\n"
+        )
+        assert (key.stat().st_mode & 0o777) == 0o600
+        assert main([*move, "--signing-key", str(key), "--request-id", "desk-a-1"]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[-1].endswith(" COMPLETED"), out
+
+        # A subject keeps the key it has, a role's included: nothing is overwritten.
+        registered = pki.instruction_keys.read_text(encoding="utf-8")
+        for subject in ("desk-a", "exchange_operator"):
+            assert main(["certs", "key", str(pki.root), "--subject", subject]) == 2
+            assert "has an instruction key already" in capsys.readouterr().err
+        assert pki.instruction_keys.read_text(encoding="utf-8") == registered
+        with pytest.raises(SystemExit):
+            main(["certs", "key", str(pki.root), "--subject", "../desk-b"])
+        assert "'../desk-b' is not a subject" in capsys.readouterr().err

@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     token = commands.add_parser("token", help="sign a development bearer token for a role")
     token.add_argument("dir", type=Path, help="a directory made by `certs init`")
-    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument(
+        "--role",
+        required=True,
+        choices=ROLES,
+        help="the holder's role, which decides the calls it may make",
+    )
     token.add_argument(
         "--subject",
         help="the token's sub (default: the role's name). Request ids are scoped per subject, "

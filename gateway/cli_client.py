@@ -582,11 +582,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     listing.set_defaults(handler=_list)
 
-    retire = subparsers.add_parser("retire", help="retire units for a voluntary claim")
+    retire = subparsers.add_parser(
+        "retire",
+        help="retire units for a voluntary claim",
+        description="Retire units of ACCOUNT for BENEFICIARY's claim: checked at their "
+        "registries first (units used there already are a double use, refused with nothing "
+        "done), then retired at each (a mirror's origin too). Prints the use's name; "
+        "`carbonlink use get` reads it back.",
+    )
     _common(retire)
-    retire.add_argument("--account", type=_account, required=True, metavar="REGISTRY:ACCOUNT")
+    retire.add_argument(
+        "--account",
+        type=_account,
+        required=True,
+        metavar="REGISTRY:ACCOUNT",
+        help="the account holding the units (your token must name it)",
+    )
     _unit_arguments(retire, "serial in the account's registry format (repeatable)")
-    retire.add_argument("--beneficiary", required=True)
+    retire.add_argument(
+        "--beneficiary", required=True, help="on whose behalf the units are retired"
+    )
     retire.add_argument("--claim", default="", help="claim text recorded with the retirement")
     retire.add_argument("--request-id", help="idempotency key (default: a new one)")
     retire.set_defaults(handler=_retire)
@@ -599,14 +614,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the token must name both the account and the entity.",
     )
     _common(surrender)
-    surrender.add_argument("--account", type=_account, required=True, metavar="REGISTRY:ACCOUNT")
+    surrender.add_argument(
+        "--account",
+        type=_account,
+        required=True,
+        metavar="REGISTRY:ACCOUNT",
+        help="the account holding the units (your token must name it)",
+    )
     _unit_arguments(surrender, "serial in the account's registry format (repeatable)")
     surrender.add_argument("--entity", required=True, help="the covered entity's id")
     surrender.add_argument(
         "--year", type=int32, required=True, help="the compliance year surrendered for"
     )
     surrender.add_argument(
-        "--jurisdiction", required=True, choices=("shenzhen", "guangdong", "national")
+        "--jurisdiction",
+        required=True,
+        choices=("shenzhen", "guangdong", "national"),
+        help="the scheme whose obligation the units settle, and whose rules decide",
     )
     surrender.add_argument("--request-id", help="idempotency key (default: a new one)")
     surrender.set_defaults(handler=_surrender)

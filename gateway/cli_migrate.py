@@ -250,7 +250,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument(
             "--from", dest="source", default="shenzhen", help="pilot ETS (default shenzhen)"
         )
-        sub.add_argument("--to", dest="destination", default="national", choices=["national"])
+        sub.add_argument(
+            "--to",
+            dest="destination",
+            default="national",
+            choices=["national"],
+            help="the scheme the entity moves to (national, the default and only one)",
+        )
         sub.add_argument(
             "--from-year",
             dest="from_year",
@@ -278,9 +284,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     entity = subparsers.add_parser("entity", help="covered entities")
     entity_commands = entity.add_subparsers(dest="entity_command", required=True)
     load = entity_commands.add_parser(
-        "import", help="record covered entities from a JSON export (UpsertCoveredEntity)"
+        "import",
+        help="record covered entities from a JSON export (UpsertCoveredEntity)",
+        description="Record each covered entity of FILE (regulators and registries): "
+        '{"entities": [{"entity_id": "steel", "display_name": "Steel Works", "sector": '
+        '"steel", "gases": ["CO2"], "accounts": {"shenzhen": "sz-steel", "national": '
+        '"cn-steel"}, "years": [{"jurisdiction": "shenzhen", "compliance_year": 2023, '
+        '"verified_emissions": 50000, "allowances_due": 50000}]}]}. Every entity is checked '
+        "before any is sent: a file with a bad one imports nothing. An entity recorded "
+        "again is replaced.",
     )
     _common(load)
-    load.add_argument("file", help='JSON: {"entities": [{entity_id, sector, gases, ...}]}')
+    load.add_argument("file", help="the JSON export (see above)")
     load.add_argument("--request-id", help="idempotency key prefix (default: a new one)")
     load.set_defaults(handler=_import)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway import cli_serve
-from gateway.cli import EXIT_BROKEN_PIPE, main
+from gateway.cli import EXIT_BROKEN_PIPE, build_parser, main
+from registry_bridge.covered_entities import parse_entities, validate_entity
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
@@ -176,3 +181,39 @@ def test_certs_init_names_a_directory_it_cannot_write(
     taken.write_text("not a directory")
     assert main(["certs", "init", str(taken)]) == 2
     assert f"carbonlink certs init: cannot write {taken}" in capsys.readouterr().err
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    """Every command under ``parser``, by its words (``transfer submit``), and its parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, f"{path} {name}".strip())
+            return
+    yield path, parser
+
+
+@pytest.mark.parametrize(
+    "command", ["transfer", "retire", "surrender", "use", "migrate", "entity", "certs"]
+)
+def test_every_option_of_the_client_commands_says_what_it_is(command: str) -> None:
+    # A newcomer reads --help: an option shown bare leaves them guessing its meaning.
+    bare = [
+        f"{path}: {', '.join(action.option_strings) or action.dest}"
+        for path, sub in _subcommands(build_parser(), "")
+        if path.split()[0] == command
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert bare == []
+
+
+def test_the_entity_import_help_shows_a_file_the_command_takes() -> None:
+    (load,) = [sub for path, sub in _subcommands(build_parser(), "") if path == "entity import"]
+    description = load.description or ""
+    example, _ = json.JSONDecoder().raw_decode(description[description.index("{") :])
+    entities = parse_entities(example)
+    for entity in entities:
+        validate_entity(entity)
+    assert {"shenzhen", "national"} == set(entities[0].accounts)
+    assert entities[0].years[0].compliance_year == 2023

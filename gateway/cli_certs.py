@@ -55,7 +55,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     token.add_argument(
         "--entity", action="append", default=[], help="a covered entity id (repeatable)"
     )
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument(
+        "--ttl",
+        type=_lifetime,
+        default=3600,
+        help="lifetime in seconds, 1 or more (default 3600; a gateway refuses a token "
+        "living longer than its jwt_max_lifetime_seconds, a day by default)",
+    )
     token.add_argument(
         "--bind-certificate",
         type=Path,
@@ -135,6 +141,17 @@ def _token(args: argparse.Namespace) -> int:
         print(f"carbonlink certs token: cannot write {args.out}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _lifetime(text: str) -> int:
+    """A token's lifetime: a token born expired would be refused by every gateway."""
+    try:
+        seconds = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from exc
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{seconds} is not a lifetime: 1 second or more")
+    return seconds
 
 
 _SUBJECT = re.compile(r"[A-Za-z0-9._-]{1,100}")

@@ -217,3 +217,15 @@ def test_the_entity_import_help_shows_a_file_the_command_takes() -> None:
         validate_entity(entity)
     assert {"shenzhen", "national"} == set(entities[0].accounts)
     assert entities[0].years[0].compliance_year == 2023
+
+
+@pytest.mark.parametrize(
+    ("ttl", "message"), [("-3600", "-3600 is not a lifetime"), ("1h", "'1h' is not a whole number")]
+)
+def test_certs_token_refuses_a_lifetime_that_makes_a_dead_token(
+    ttl: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["certs", "token", str(tmp_path), "--role", "auditor", "--ttl", ttl])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -499,7 +499,9 @@ def _instruction_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the rules of the transfer's day)",
     )
     parser.add_argument("--currency", help="settlement currency (HKD, RMB, MOP...)")
-    parser.add_argument("--amount", help="settlement amount, a decimal")
+    parser.add_argument(
+        "--amount", help="settlement amount in plain digits, to the cent at most: 1250.50"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

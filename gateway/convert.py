@@ -6,9 +6,10 @@ way in and each domain result into a message on the way out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence, Sized
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf import timestamp_pb2
 
@@ -150,6 +151,9 @@ _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"
 INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
 """The intended uses a transfer instruction may name."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?")
+"""A settlement amount as the venues book it: no exponent (``1E+3`` reached the venue and
+the transfer's record so), no sign, nothing below the currencies' minor unit."""
 
 
 def _timestamp_parts(value: datetime) -> tuple[int, int]:
@@ -365,15 +369,17 @@ def instruction_from_pb(
                     f"must be one of {', '.join(sorted(_CURRENCIES))}",
                 )
             )
-        try:
+        amount = Decimal(0)
+        if _AMOUNT.fullmatch(message.settlement.amount):
             amount = Decimal(message.settlement.amount)
-            if not amount.is_finite() or amount < 0:
-                raise InvalidOperation
-        except InvalidOperation:
+        else:
             problems.append(
-                FieldViolation(f"{path}.settlement.amount", "must be a non-negative decimal")
+                FieldViolation(
+                    f"{path}.settlement.amount",
+                    "must be a non-negative decimal in plain digits, at most 15 before the "
+                    "point and 2 after (the currencies' minor unit), e.g. 1250.50",
+                )
             )
-            amount = Decimal(0)
         settlement = Settlement(
             currency,
             amount,

@@ -470,3 +470,25 @@ def test_a_use_whose_registry_does_not_answer_says_which_request_id_asks_after_i
     code, out, err = _run(capsys, "use", "list", *target)
     assert code == 0, err
     assert [u["state"] for u in json.loads(out)["uses"]] == ["USE_STATE_PENDING"]
+
+
+@pytest.mark.parametrize("amount", ["1e3", "1250.505", "-5", "NaN", "01250", "1" * 16])
+def test_a_settlement_amount_is_refused_unless_in_plain_digits_to_the_cent(
+    amount: str, live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = live_gateway.target
+    start = parse_serial("verra", VERRA_SERIAL).id.serial_start
+    trade = ["--target", target, "--from", "hkmo:hk-seller", "--to", "shenzhen:buyer"]
+    trade += ["--block", f"VCS:{start}-{start + 9}", "--currency", "HKD", "--amount", amount]
+    for command in ("submit", "evaluate"):
+        code, _, err = _run(capsys, "transfer", command, *trade)
+        assert code == 1
+        assert err.startswith(
+            "carbonlink: INVALID_ARGUMENT: instruction.settlement.amount: must be a "
+            "non-negative decimal in plain digits"
+        ), err
+    assert _listed_transfers(capsys, target) == []
+    # In plain digits it settles.
+    code, out, err = _run(capsys, "transfer", "submit", *trade[:-1], "1250.5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["instruction"]["settlement"]["amount"] == "1250.5"

@@ -33,6 +33,12 @@ _STATE_NAMES = tuple(
     for name, _ in model_pb2.TransferState.items()
     if name != "TRANSFER_STATE_UNSPECIFIED"
 )
+_FINAL_STATES = (
+    model_pb2.TRANSFER_STATE_COMPLETED,
+    model_pb2.TRANSFER_STATE_REJECTED,
+    model_pb2.TRANSFER_STATE_ROLLED_BACK,
+)
+"""The states a transfer never leaves."""
 _USE_STATE_NAMES = tuple(
     name.removeprefix("USE_STATE_").lower()
     for name, _ in model_pb2.UseState.items()
@@ -198,7 +204,16 @@ def _submit(args: argparse.Namespace) -> int:
         client_security.sign(args, "SubmitTransfer", request)
         transfer = stub.SubmitTransfer(request, timeout=args.timeout)
         _print(transfer, args, _summary(transfer))
-        return EXIT_OK if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED else EXIT_REFUSED
+        if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED:
+            return EXIT_OK
+        if transfer.state not in _FINAL_STATES:
+            # Not refused: waiting on a registry, which the gateway retries by itself.
+            print(
+                f"carbonlink: {transfer.name} is not final yet: the gateway carries it on by "
+                f"itself; `carbonlink transfer get {transfer.name}` shows where it stands",
+                file=sys.stderr,
+            )
+        return EXIT_REFUSED
 
     return _call(args, invoke, request.request_id)
 

@@ -438,7 +438,7 @@ def test_a_bad_batch_file_is_a_usage_error_before_any_call(
     assert message in capsys.readouterr().err
 
 
-def test_a_use_whose_registry_does_not_answer_says_which_request_id_asks_after_it(
+def test_an_instruction_whose_registry_does_not_answer_says_how_to_follow_it(
     live_gateway: LiveGateway,
     registries: LinkedRegistries,
     capsys: pytest.CaptureFixture[str],
@@ -453,6 +453,20 @@ def test_a_use_whose_registry_does_not_answer_says_which_request_id_asks_after_i
     mirror = json.loads(out)["creditedBlocks"][0]["id"]
     # Retiring a mirror retires its origin at Verra, which is down: the use stays pending.
     registries.emulators["verra"].stop()
+    # A transfer waiting on Verra is not refused: the command says it goes on, and where
+    # to read it.
+    code, out, err = _run(
+        capsys, "transfer", "submit", *target, "--from", "hkmo:hk-seller",
+        "--to", "shenzhen:buyer", "--block",
+        f"VCS:{origin.serial_start + 10}-{origin.serial_start + 19}",
+    )  # fmt: skip
+    summary = out[out.index("transfers/") :]  # after the gateway's warning, logged here
+    waiting = summary.split()[0]
+    assert code == 1 and summary.startswith(f"{waiting} CHECKED: waiting for a registry"), out
+    assert err == (
+        f"carbonlink: {waiting} is not final yet: the gateway carries it on by itself; "
+        f"`carbonlink transfer get {waiting}` shows where it stands\n"
+    )
     retire = ["retire", *target, "--account", "shenzhen:buyer", "--beneficiary", "Acme"]
     retire += ["--block", f"VCS/shenzhen-mirror:{mirror['serialStart']}-{mirror['serialEnd']}"]
     code, _, err = _run(capsys, *retire)

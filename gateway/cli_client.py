@@ -89,16 +89,15 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.Link
     return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
 
 
+def message_dict(message: Message) -> dict[str, Any]:
+    """``message`` in protobuf's JSON mapping, every field shown (unset ones with their
+    zero)."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
 def print_json(message: Message, stdout: TextIO | None = None) -> None:
     """``message`` as protobuf's JSON, every field shown (unset ones with their zero)."""
-    print(
-        json.dumps(
-            json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
-            indent=2,
-            sort_keys=True,
-        ),
-        file=stdout,
-    )
+    print(json.dumps(message_dict(message), indent=2, sort_keys=True), file=stdout)
 
 
 def _print(message: Message, args: argparse.Namespace, summary: str) -> None:

@@ -26,9 +26,10 @@ from gateway.cli_client import (
     _print,
     _usage,
     int32,
+    message_dict,
 )
 from gateway.convert import MAX_ID_LENGTH
-from registry_bridge.covered_entities import parse_entities, validate_entity
+from registry_bridge.covered_entities import CoveredEntity, parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
 
@@ -173,6 +174,31 @@ def _entity_request_id(batch: str, entity_id: str) -> str:
     return _fitting_request_id(f"{batch}:{entity_id}", "entity")
 
 
+def _upsert_request(batch: str, entity: CoveredEntity) -> gateway_pb2.UpsertCoveredEntityRequest:
+    return gateway_pb2.UpsertCoveredEntityRequest(
+        request_id=_entity_request_id(batch, entity.entity_id),
+        entity=gateway_pb2.CoveredEntity(
+            entity_id=entity.entity_id,
+            display_name=entity.display_name,
+            sector=entity.sector,
+            gases=list(entity.gases),
+            accounts=[
+                model_pb2.AccountRef(registry=r, account=a)
+                for r, a in sorted(entity.accounts.items())
+            ],
+            years=[
+                gateway_pb2.ComplianceYear(
+                    jurisdiction=y.jurisdiction,
+                    compliance_year=y.compliance_year,
+                    verified_emissions=y.verified_emissions,
+                    allowances_due=y.allowances_due,
+                )
+                for y in entity.years
+            ],
+        ),
+    )
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
@@ -192,38 +218,24 @@ def _import(args: argparse.Namespace) -> int:
     batch = args.request_id or uuid.uuid4().hex
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        for entity in entities:
-            reply = stub.UpsertCoveredEntity(
-                gateway_pb2.UpsertCoveredEntityRequest(
-                    request_id=_entity_request_id(batch, entity.entity_id),
-                    entity=gateway_pb2.CoveredEntity(
-                        entity_id=entity.entity_id,
-                        display_name=entity.display_name,
-                        sector=entity.sector,
-                        gases=list(entity.gases),
-                        accounts=[
-                            model_pb2.AccountRef(registry=r, account=a)
-                            for r, a in sorted(entity.accounts.items())
-                        ],
-                        years=[
-                            gateway_pb2.ComplianceYear(
-                                jurisdiction=y.jurisdiction,
-                                compliance_year=y.compliance_year,
-                                verified_emissions=y.verified_emissions,
-                                allowances_due=y.allowances_due,
-                            )
-                            for y in entity.years
-                        ],
-                    ),
-                ),
-                timeout=args.timeout,
-            )
-            _print(
-                reply,
-                args,
-                f"entities/{reply.entity_id}: {reply.sector}, "
-                f"{len(reply.accounts)} accounts, {len(reply.years)} years",
-            )
+        recorded: list[gateway_pb2.CoveredEntity] = []
+        try:
+            for entity in entities:
+                reply = stub.UpsertCoveredEntity(
+                    _upsert_request(batch, entity), timeout=args.timeout
+                )
+                recorded.append(reply)
+                if not args.json:
+                    print(
+                        f"entities/{reply.entity_id}: {reply.sector}, "
+                        f"{len(reply.accounts)} accounts, {len(reply.years)} years"
+                    )
+        finally:
+            if args.json:
+                # One document for the file, the entities recorded (before a refusal, if
+                # one stopped the import), so that a script parses the whole output.
+                recorded_json = [message_dict(r) for r in recorded]
+                print(json.dumps({"entities": recorded_json}, indent=2, sort_keys=True))
         return EXIT_OK
 
     return _call(args, invoke)

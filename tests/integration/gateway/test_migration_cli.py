@@ -205,3 +205,27 @@ def test_an_import_with_a_long_entity_id_imports_every_entity(
             timeout=30,
         )
         assert plan.verified_emissions == 10
+
+
+def test_import_with_json_prints_one_document_of_every_entity_recorded(
+    live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entities = [
+        CoveredEntity(
+            entity_id=entity_id,
+            display_name="Co.",
+            sector="steel",
+            gases=("CO2",),
+            accounts={"shenzhen": f"sz-{entity_id}"},
+            years=(ComplianceYear("shenzhen", 2023, 10, 10),),
+        )
+        for entity_id in ("json-a", "json-b")
+    ]
+    export = tmp_path / "entities.json"
+    export.write_text(json.dumps({"entities": [entity_to_json(e) for e in entities]}))
+    capsys.readouterr()
+    argv = ["entity", "import", str(export), "--target", live_gateway.target, "--insecure"]
+    assert main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [e["entityId"] for e in printed["entities"]] == ["json-a", "json-b"]
+    assert printed["entities"][0]["accounts"] == [{"registry": "shenzhen", "account": "sz-json-a"}]

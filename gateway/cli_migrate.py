@@ -28,7 +28,7 @@ from gateway.cli_client import (
     int32,
     message_dict,
 )
-from gateway.convert import MAX_ID_LENGTH
+from gateway.convert import MAX_ID_LENGTH, entity_to_pb
 from registry_bridge.covered_entities import CoveredEntity, parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
@@ -176,26 +176,7 @@ def _entity_request_id(batch: str, entity_id: str) -> str:
 
 def _upsert_request(batch: str, entity: CoveredEntity) -> gateway_pb2.UpsertCoveredEntityRequest:
     return gateway_pb2.UpsertCoveredEntityRequest(
-        request_id=_entity_request_id(batch, entity.entity_id),
-        entity=gateway_pb2.CoveredEntity(
-            entity_id=entity.entity_id,
-            display_name=entity.display_name,
-            sector=entity.sector,
-            gases=list(entity.gases),
-            accounts=[
-                model_pb2.AccountRef(registry=r, account=a)
-                for r, a in sorted(entity.accounts.items())
-            ],
-            years=[
-                gateway_pb2.ComplianceYear(
-                    jurisdiction=y.jurisdiction,
-                    compliance_year=y.compliance_year,
-                    verified_emissions=y.verified_emissions,
-                    allowances_due=y.allowances_due,
-                )
-                for y in entity.years
-            ],
-        ),
+        request_id=_entity_request_id(batch, entity.entity_id), entity=entity_to_pb(entity)
     )
 
 

@@ -17,6 +17,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serial_errors import UnknownRegistryError, unknown_registry_reason
 from adapters.serials import REGISTRY_IDS
 from gateway.catalog import RegistryInfo
+from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.listing import (
     ListingOutcome,
@@ -742,5 +743,27 @@ def listing_to_pb(outcome: ListingOutcome, name: str) -> gateway_pb2.ListProject
                 details=dict(v.details),
             )
             for v in outcome.refusals
+        ],
+    )
+
+
+def entity_to_pb(entity: CoveredEntity) -> gateway_pb2.CoveredEntity:
+    """A covered entity resource, with every recorded year."""
+    return gateway_pb2.CoveredEntity(
+        entity_id=entity.entity_id,
+        display_name=entity.display_name,
+        sector=entity.sector,
+        gases=list(entity.gases),
+        accounts=[
+            model_pb2.AccountRef(registry=r, account=a) for r, a in sorted(entity.accounts.items())
+        ],
+        years=[
+            gateway_pb2.ComplianceYear(
+                jurisdiction=y.jurisdiction,
+                compliance_year=y.compliance_year,
+                verified_emissions=y.verified_emissions,
+                allowances_due=y.allowances_due,
+            )
+            for y in entity.years
         ],
     )

@@ -250,28 +250,6 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
     )
 
 
-def entity_to_pb(entity: CoveredEntity) -> gateway_pb2.CoveredEntity:
-    """A covered entity resource, with every recorded year."""
-    return gateway_pb2.CoveredEntity(
-        entity_id=entity.entity_id,
-        display_name=entity.display_name,
-        sector=entity.sector,
-        gases=list(entity.gases),
-        accounts=[
-            model_pb2.AccountRef(registry=r, account=a) for r, a in sorted(entity.accounts.items())
-        ],
-        years=[
-            gateway_pb2.ComplianceYear(
-                jurisdiction=y.jurisdiction,
-                compliance_year=y.compliance_year,
-                verified_emissions=y.verified_emissions,
-                allowances_due=y.allowances_due,
-            )
-            for y in entity.years
-        ],
-    )
-
-
 # ----------------------------------------------------------------------------- handlers
 
 
@@ -315,7 +293,7 @@ def upsert_covered_entity(
         with unit_of_work(sessions) as session:
             upsert_entity(session, entity, migrations.now())
         with unit_of_work(sessions) as session:
-            reply = entity_to_pb(get_entity(session, entity.entity_id))
+            reply = convert.entity_to_pb(get_entity(session, entity.entity_id))
         return bytes(reply.SerializeToString(deterministic=True))
 
     answer = answer_once(

@@ -19,6 +19,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
+from gateway import demo_security
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.security.certs import init_dev_pki, instruction_key_entry, load_private_key
 from gateway.security.client import InstructionSigner, role_channel
@@ -222,4 +223,13 @@ def running_secure_gateway(
 @pytest.fixture
 def secure_gateway(pki: TlsLayout, tmp_path: Path) -> Iterator[SecureGateway]:
     with running_secure_gateway(pki, f"sqlite:///{tmp_path}/gateway.db") as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def national_gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
+    """A secure gateway wired to Shenzhen and the national registry too, with the PKI the
+    demo's client channels use (under ``tmp_path``): a covered entity's migration."""
+    pki = demo_security.layout(tmp_path)
+    with running_secure_gateway(pki, database_url, also_wired=("national",)) as gateway:
         yield gateway

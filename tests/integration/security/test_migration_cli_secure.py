@@ -8,7 +8,6 @@ ExecuteMigration is a signed instruction: the command signs it with ``--signing-
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,15 @@ from gateway.demo_migration import (
     seed_registries,
     settle_final_pilot_year,
 )
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import SecureGateway
 
 STEEL = pilot_entity("steel-cli", "steel", 2023, 14_000_000)
 STEEL_ACCOUNTS = (f"shenzhen:{STEEL.shenzhen_account}", f"national:{STEEL.national_account}")
 
 
 @pytest.fixture
-def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
-    """A secure gateway wired to Shenzhen and the national registry, with the PKI the
-    demo's client channels use (under ``tmp_path``)."""
-    pki = demo_security.layout(tmp_path)
-    with running_secure_gateway(pki, database_url, also_wired=("national",)) as gateway:
-        yield gateway
+def gateway(national_gateway: SecureGateway) -> SecureGateway:
+    return national_gateway
 
 
 def _settled_entity(gateway: SecureGateway) -> model_pb2.BlockId:
@@ -57,6 +52,19 @@ def _settled_entity(gateway: SecureGateway) -> model_pb2.BlockId:
         return settle_final_pilot_year(gateway_pb2_grpc.LinkageGatewayStub(channel), STEEL)
 
 
+def _entity_options(gateway: SecureGateway, tmp_path: Path) -> list[str]:
+    """The options of the entity's commands: its certificate and a token from `certs token`
+    naming it and its accounts (instructions need --signing-key as well)."""
+    token = tmp_path / "token"
+    mint = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
+    mint += ["--entity", STEEL.entity_id, "--out", str(token)]
+    for account in STEEL_ACCOUNTS:
+        mint += ["--account", account]
+    assert main(mint) == 0
+    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
+    return [*secure, "--client", "covered_entity", "--token-file", str(token)]
+
+
 def _printed_json(out: str) -> dict[str, object]:
     """The JSON document a command printed (the in-process gateway's logs share stdout)."""
     document, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
@@ -68,14 +76,7 @@ def test_migrate_execute_signs_its_instruction_with_the_signing_key(
     gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _settled_entity(gateway)
-    token = tmp_path / "token"
-    entity_token = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
-    entity_token += ["--entity", STEEL.entity_id, "--out", str(token)]
-    for account in STEEL_ACCOUNTS:
-        entity_token += ["--account", account]
-    assert main(entity_token) == 0
-    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
-    secure += ["--client", "covered_entity", "--token-file", str(token)]
+    secure = _entity_options(gateway, tmp_path)
     migration = ["--entity", STEEL.entity_id, "--from-year", str(STEEL.first_national_year)]
     migration += ["--acknowledge", "CL-MIGRATION-0014", "--json", *secure]
     capsys.readouterr()
@@ -98,14 +99,7 @@ def test_migrate_names_a_mirror_block_by_its_series_and_takes_the_timeout_given(
     gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mirror = _settled_entity(gateway)
-    token = tmp_path / "token"
-    gateway_token = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
-    gateway_token += ["--entity", STEEL.entity_id, "--out", str(token)]
-    for account in STEEL_ACCOUNTS:
-        gateway_token += ["--account", account]
-    assert main(gateway_token) == 0
-    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
-    secure += ["--client", "covered_entity", "--token-file", str(token)]
+    secure = _entity_options(gateway, tmp_path)
     signing_key = ["--signing-key", str(gateway.pki.instruction_key("covered_entity"))]
     migration = ["--entity", STEEL.entity_id, "--from-year", str(STEEL.first_national_year)]
     migration += ["--acknowledge", "CL-MIGRATION-0014", *secure]

@@ -10,8 +10,7 @@ gateway has no call that lists migrations, so GetMigration is the only read ther
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -29,7 +28,7 @@ from gateway.demo_migration import (
     settle_final_pilot_year,
 )
 from registry_bridge.schema import TransferRecord
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import SecureGateway
 
 STEEL = pilot_entity("steel-a", "steel", 2023, 12_000_000)
 STEEL_ACCOUNTS = (f"shenzhen:{STEEL.shenzhen_account}", f"national:{STEEL.national_account}")
@@ -38,12 +37,8 @@ OTHER_ACCOUNTS = (f"shenzhen:{OTHER.shenzhen_account}", f"national:{OTHER.nation
 
 
 @pytest.fixture
-def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
-    """A secure gateway wired to Shenzhen and the national registry, with the PKI the
-    demo's client channels use (under ``tmp_path``)."""
-    pki = demo_security.layout(tmp_path)
-    with running_secure_gateway(pki, database_url, also_wired=("national",)) as gateway:
-        yield gateway
+def gateway(national_gateway: SecureGateway) -> SecureGateway:
+    return national_gateway
 
 
 def _party(

@@ -9,9 +9,6 @@ read its figures in the refusal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -20,17 +17,15 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import demo_security
 from gateway.demo_migration import PilotEntity, pilot_entity, record_entity, seed_registries
 from registry_bridge.schema import LedgerEvent
-from tests.integration.security.conftest import SecureGateway, running_secure_gateway
+from tests.integration.security.conftest import SecureGateway
 
 VICTIM = pilot_entity("steel-a", "steel", 2023, 12_000_000)
 ACTOR = pilot_entity("steel-b", "steel", 2023, 13_000_000)
 
 
 @pytest.fixture
-def gateway(database_url: str, tmp_path: Path) -> Iterator[SecureGateway]:
-    pki = demo_security.layout(tmp_path)
-    with running_secure_gateway(pki, database_url, also_wired=("national",)) as gateway:
-        yield gateway
+def gateway(national_gateway: SecureGateway) -> SecureGateway:
+    return national_gateway
 
 
 def _surrender(

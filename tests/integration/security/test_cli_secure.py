@@ -140,3 +140,49 @@ def test_a_subject_of_its_own_signs_with_a_key_of_its_own_from_certs_key(
         with pytest.raises(SystemExit):
             main(["certs", "key", str(pki.root), "--subject", "../desk-b"])
         assert "'../desk-b' is not a subject" in capsys.readouterr().err
+
+
+def test_a_batch_from_the_cli_is_signed_once_with_the_signing_key(
+    secure_gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = secure_gateway.pki
+    token = tmp_path / "token"
+    mint = ["certs", "token", str(pki.root), "--role", "exchange_operator"]
+    assert main([*mint, "--account", "hkmo:hk-seller", "--out", str(token)]) == 0
+    start = parse_serial("verra", VERRA_SERIAL).id.serial_start
+    batch = tmp_path / "batch.json"
+    batch.write_text(
+        json.dumps(
+            {
+                "transfers": [
+                    {
+                        "instruction": {
+                            "source": {"registry": "hkmo", "account": "hk-seller"},
+                            "destination": {"registry": "shenzhen", "account": "b"},
+                            "units": [
+                                {
+                                    "block": {
+                                        "program": "VCS",
+                                        "serialStart": first,
+                                        "serialEnd": last,
+                                    }
+                                }
+                            ],
+                        }
+                    }
+                    for first, last in ((start, start + 9), (start + 10, start + 19))
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
+    submit = ["transfer", "batch", str(batch), "--target", secure_gateway.target]
+    submit += ["--tls-dir", str(pki.root), "--token-file", str(token)]
+    capsys.readouterr()
+    assert main(submit) == 2
+    assert "SubmitTransfers is an instruction: give --signing-key" in capsys.readouterr().err
+    signing_key = ["--signing-key", str(pki.instruction_key("exchange_operator"))]
+    assert main([*submit, *signing_key, "--request-id", "day-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()[-2:]
+    assert [line.split()[:2] for line in lines] == [["[0]", "day-1-0:"], ["[1]", "day-1-1:"]]
+    assert all(line.endswith(" COMPLETED") for line in lines), lines

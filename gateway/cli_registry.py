@@ -45,7 +45,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     registry = subparsers.add_parser("registry", help="work with emulated registry data")
     commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
-    imp = commands.add_parser("import", help="load a registry export into an emulator store")
+    imp = commands.add_parser(
+        "import",
+        help="load a registry export into an emulator store",
+        description="Load a registry's public export (Verra's VCU export, Gold Standard's "
+        "issuances and retirements) into the emulator store at --data, every row issued "
+        "into the account IMPORTED (exports name no holder), the retired rows then retired. "
+        "The gateway learns of the units when it next reads the registry.",
+    )
     imp.add_argument("registry", choices=sorted(REGISTRIES), help="the registry")
     imp.add_argument("file", type=Path, help="the export (CSV)")
     imp.add_argument("--data", required=True, type=Path, help="directory of the store")
@@ -94,7 +101,12 @@ def handle_emulate(args: argparse.Namespace) -> int:
 
 def handle_import(args: argparse.Namespace) -> int:
     """Import an export file; on a bad row report its line and import nothing."""
-    from adapters.emulator_core.importer import ImportRowRejected, import_rows, read_export
+    from adapters.emulator_core.importer import (
+        IMPORT_ACCOUNT,
+        ImportRowRejected,
+        import_rows,
+        read_export,
+    )
 
     source = str(args.file)
     try:
@@ -117,8 +129,10 @@ def handle_import(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+    # Exports name no holder: say where the units are, the account a transfer takes them
+    # from (--from REGISTRY:IMPORTED).
     print(
-        f"imported {report.imported} of {report.rows} rows into {args.registry} "
-        f"({report.already_present} already present)"
+        f"imported {report.imported} of {report.rows} rows into {args.registry} account "
+        f"{IMPORT_ACCOUNT} ({report.already_present} already present)"
     )
     return 0

@@ -61,11 +61,14 @@ def test_import_loads_every_row_and_is_idempotent(
         expected[row.status] += row.quantity
 
     assert run_cli("registry", "import", "verra", str(VERRA_EXPORT), "--data", str(tmp_path)) == 0
-    assert "imported 140 of 140 rows" in capsys.readouterr().out
+    assert "imported 140 of 140 rows into verra account IMPORTED" in capsys.readouterr().out
     assert verra_totals(tmp_path) == expected
 
     assert run_cli("registry", "import", "verra", str(VERRA_EXPORT), "--data", str(tmp_path)) == 0
-    assert "imported 0 of 140 rows into verra (140 already present)" in capsys.readouterr().out
+    assert (
+        "imported 0 of 140 rows into verra account IMPORTED (140 already present)"
+        in capsys.readouterr().out
+    )
     assert verra_totals(tmp_path) == expected
 
 

@@ -61,17 +61,6 @@ def _holder(text: str) -> model_pb2.AccountRef:
     return model_pb2.AccountRef(registry=registry, account=account)
 
 
-def page_size(text: str) -> int:
-    """A ``--limit`` flag: a page size of 1 or more that fits the API's int32."""
-    try:
-        size = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-    if not 1 <= size <= 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"{size} is not a page size (1 or more)")
-    return size
-
-
 def int32(text: str) -> int:
     """An integer flag the API carries as int32: out of its range, a usage error here
     (the server judges the value itself; the message could not even be built)."""
@@ -82,6 +71,15 @@ def int32(text: str) -> int:
     if not -(2**31) <= value < 2**31:
         raise argparse.ArgumentTypeError(f"{value} is outside the 32-bit range the API carries")
     return value
+
+
+def page_size(text: str) -> int:
+    """A ``--limit`` or ``--page-size`` flag: a page size of 1 or more that fits the API's
+    int32."""
+    size = int32(text)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{size} is not a page size (1 or more)")
+    return size
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
@@ -591,7 +589,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     listing.add_argument("--registry", default="", help="only transfers touching this registry")
     listing.add_argument(
-        "--page-size", type=int32, default=50, help="transfers per page (default 50, at most 1000)"
+        "--page-size",
+        "--limit",
+        dest="page_size",
+        type=page_size,
+        default=50,
+        help="transfers per page (default 50; the gateway answers at most 1000)",
     )
     listing.add_argument(
         "--page-token", default="", help="the token the previous page ended with (same filters)"
@@ -714,6 +717,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     list_uses.add_argument(
         "--limit",
+        "--page-size",
+        dest="limit",
         type=page_size,
         default=50,
         help="uses per page (default 50; the gateway answers at most 1000)",

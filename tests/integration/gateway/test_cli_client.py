@@ -208,6 +208,9 @@ def test_a_listing_longer_than_a_page_says_how_to_read_on(
     )
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == names[2:], out
+    # --limit, as `use list` names it, is the same flag.
+    code, out, _ = _run(capsys, "transfer", "list", "--limit", "2", *target)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[:2]] == names[:2]
 
 
 def test_surrender_then_read_the_uses_back(
@@ -311,6 +314,9 @@ def test_use_commands_take_json_as_every_client_command_does(
     [
         (["use", "list", "--holder", "shenzhen:"], "is not REGISTRY:ACCOUNT or REGISTRY"),
         (["use", "list", "--limit", "0"], "0 is not a page size"),
+        (["use", "list", "--page-size", "0"], "0 is not a page size"),
+        (["transfer", "list", "--limit", "0"], "0 is not a page size"),
+        (["transfer", "list", "--page-size", "-5"], "-5 is not a page size"),
         (["use", "list", "--state", "done"], "invalid choice: 'done'"),
     ],
 )

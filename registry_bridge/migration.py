@@ -55,6 +55,7 @@ from registry_bridge.covered_entities import CoveredEntity, covered_twice
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.entities import get_entity
 from registry_bridge.errors import (
+    CarbonlinkError,
     FailedPrecondition,
     FieldViolation,
     InvalidRequest,
@@ -297,6 +298,19 @@ class Migration:
                 if t
             )
         )
+
+
+class CancelNotFollowed(CarbonlinkError):
+    """A registry refused to cancel units the ledger has cancelled (terminal there): the
+    migration waits and asks again until it follows, as it waits on a registry that does
+    not answer, while an operator settles the refusal with the registry."""
+
+    def __init__(self, registry: str, refusal: RegistryRejected) -> None:
+        super().__init__(
+            f"registry {registry} refused to cancel units the ledger has cancelled (asked "
+            f"again until it follows): {refusal}"
+        )
+        self.registry = registry
 
 
 def _refused_for(findings: Sequence[RuleViolation], lead: str = "") -> FailedPrecondition:
@@ -1215,7 +1229,7 @@ class Migrations:
                 seq, kind, caller = step.seq, step.kind, record.caller
             try:
                 progressed = self._run_step(migration_id, seq, kind, caller)
-            except (RegistryUnavailable, LedgerConflict) as exc:
+            except (RegistryUnavailable, LedgerConflict, CancelNotFollowed) as exc:
                 self._note(migration_id, f"waiting: {exc}")
                 _logger.warning(
                     "migration_waiting", migration=migration_id, step=seq, error=str(exc)
@@ -1377,7 +1391,7 @@ class Migrations:
             # The ledger already cancelled the units; the registry must follow. Keep
             # retrying (the recovery loop) and say why loudly.
             _logger.error("migration_cancel_refused", migration=migration_id, error=str(exc))
-            raise RegistryUnavailable(registry, f"cancel refused: {exc}") from exc
+            raise CancelNotFollowed(registry, exc) from exc
         with unit_of_work(self._sessions) as session:
             step = self._set_step(session, migration_id, seq, "done")
         self._hook(migration_id, step)

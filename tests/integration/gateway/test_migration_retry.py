@@ -428,3 +428,34 @@ def test_migrate_execute_says_how_to_retry_a_failed_step_and_the_same_command_do
         summary = done.out[done.out.index("migrations/") :]
         assert summary.startswith(f"{name} completed") and done.err == ""
         assert "attempt 0 failed" in summary and "attempt 1 done" in summary
+
+
+def test_a_cancellation_the_registry_refuses_is_asked_again_until_it_follows(
+    database_url: str,
+) -> None:
+    """The ledger cancels the units first (terminal), so a registry's refusal to follow
+    does not fail the migration: it waits, saying so in those words (not as a registry
+    that did not answer), and the next drive asks again."""
+    refusal = ScriptedRefusal("Cancel", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-r10", "steel", 2023, 40_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        first = _execute(gateway, steel, "migrate-r10")
+        assert first.state == "running"
+        assert first.failure_reason.startswith(
+            "waiting: registry shenzhen refused to cancel units the ledger has cancelled "
+            "(asked again until it follows): registry shenzhen rejected the operation "
+            "(FAILED_PRECONDITION)"
+        ), first.failure_reason
+        assert _step(first, "cancel").state == "applied"
+        cancelled = BlockId(
+            Program.SZA, "", steel.sza.id.serial_start + 46_000, steel.sza.id.serial_end
+        )
+        shenzhen = registries.ports["shenzhen"]
+        assert set(statuses(shenzhen, cancelled).values()) == {HoldingStatus.ACTIVE}
+
+        again = _execute(gateway, steel, "migrate-r10")
+        assert (again.name, again.state, again.failure_reason) == (first.name, "completed", "")
+        assert set(statuses(shenzhen, cancelled).values()) == {HoldingStatus.CANCELLED}
+        _check_invariants(gateway, registries)

@@ -46,7 +46,8 @@ _USE_STATE_NAMES = tuple(
 )
 
 
-def _account(text: str) -> model_pb2.AccountRef:
+def account_ref(text: str) -> model_pb2.AccountRef:
+    """``REGISTRY:ACCOUNT``, an argparse type."""
     registry, sep, account = text.partition(":")
     if not sep or not registry or not account:
         raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT")
@@ -483,7 +484,7 @@ def _instruction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from",
         dest="source",
-        type=_account,
+        type=account_ref,
         required=True,
         metavar="REGISTRY:ACCOUNT",
         help="the account the units leave (your token must name it)",
@@ -491,7 +492,7 @@ def _instruction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--to",
         dest="destination",
-        type=_account,
+        type=account_ref,
         required=True,
         metavar="REGISTRY:ACCOUNT",
         help="the account credited",
@@ -612,7 +613,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(retire)
     retire.add_argument(
         "--account",
-        type=_account,
+        type=account_ref,
         required=True,
         metavar="REGISTRY:ACCOUNT",
         help="the account holding the units (your token must name it)",
@@ -635,7 +636,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(surrender)
     surrender.add_argument(
         "--account",
-        type=_account,
+        type=account_ref,
         required=True,
         metavar="REGISTRY:ACCOUNT",
         help="the account holding the units (your token must name it)",

@@ -25,6 +25,7 @@ from gateway.cli_client import (
     _common,
     _print,
     _usage,
+    account_ref,
     int32,
     message_dict,
 )
@@ -40,6 +41,7 @@ def _request(args: argparse.Namespace) -> gateway_pb2.PlanMigrationRequest:
         to_jurisdiction=args.destination,
         first_year=args.from_year,
         acknowledged_warnings=args.acknowledge,
+        destination_account=args.destination_account,
     )
 
 
@@ -60,7 +62,10 @@ def _plan_summary(plan: gateway_pb2.MigrationPlan) -> str:
     ]
     if plan.HasField("destination_account"):
         account = plan.destination_account
-        lines.append(f"  national registration: {account.registry}/{account.account}")
+        lines.append(
+            f"  national registration: {account.registry}/{account.account} (execute with "
+            f"--destination-account {account.registry}:{account.account} to pin it)"
+        )
     lines += [
         f"  {d.action:14} {_range(d.holding.block.id)}: {d.reason}" for d in plan.dispositions
     ]
@@ -263,6 +268,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default=[],
             metavar="CODE",
             help="a warning of the plan accepted, e.g. CL-MIGRATION-0014 (repeatable)",
+        )
+        sub.add_argument(
+            "--destination-account",
+            type=account_ref,
+            metavar="REGISTRY:ACCOUNT",
+            help="the account the units are to land in, as a plan showed it (signed with "
+            "execute): should the entity's record name another by then, the migration is "
+            "blocked (CL-MIGRATION-0020) and nothing is done",
         )
         if name == "execute":
             sub.add_argument(

@@ -120,3 +120,48 @@ def test_migrate_names_a_mirror_block_by_its_series_and_takes_the_timeout_given(
     assert "carbonlink: DEADLINE_EXCEEDED" in capsys.readouterr().err
     assert main(["migrate", "get", name, *secure]) == 0
     assert moved in capsys.readouterr().out
+
+
+def test_migrate_pins_the_destination_account_the_plan_showed(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _settled_entity(gateway)
+    secure = _entity_options(gateway, tmp_path)
+    signing_key = ["--signing-key", str(gateway.pki.instruction_key("covered_entity"))]
+    migration = ["--entity", STEEL.entity_id, "--from-year", str(STEEL.first_national_year)]
+    migration += ["--acknowledge", "CL-MIGRATION-0014", *secure]
+    capsys.readouterr()
+    shown = f"national:{STEEL.national_account}"
+    assert main(["migrate", "plan", *migration]) == 0
+    # The plan says how to pin the account it shows.
+    assert f"--destination-account {shown}" in capsys.readouterr().out
+
+    # Pinned to another account than the entity's record names: blocked, nothing done.
+    other = ["--destination-account", "national:someone-else"]
+    assert main(["migrate", "plan", *migration, *other, "--json"]) == 1
+    blocked = _printed_json(capsys.readouterr().out)
+    assert blocked["executable"] is False
+    violations = blocked["blockingViolations"]
+    assert isinstance(violations, list)
+    rules = [v["ruleId"] for v in violations]
+    assert "CL-MIGRATION-0020" in rules
+    assert main(["migrate", "execute", *migration, *other, *signing_key]) == 1
+    assert "CL-MIGRATION-0020" in capsys.readouterr().out + capsys.readouterr().err
+
+    # Pinned to the account shown (under a new request id: the refused one keeps its
+    # answer): it migrates.
+    pinned = ["--destination-account", shown, "--request-id", "steel-cli-pinned"]
+    assert main(["migrate", "execute", *migration, *pinned, *signing_key, "--json"]) == 0
+    assert _printed_json(capsys.readouterr().out)["state"] == "completed"
+
+
+def test_migrate_refuses_a_destination_account_not_registry_colon_account(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secure = _entity_options(gateway, tmp_path)
+    migration = ["--entity", STEEL.entity_id, "--from-year", "2025", *secure]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate", "plan", *migration, "--destination-account", "national"])
+    assert exited.value.code == 2
+    assert "'national' is not REGISTRY:ACCOUNT" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.retry import RetryingRegistry
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.logging_setup import configure_logging
-from gateway.server import SERVICE_NAME, GatewayServer
+from gateway.server import SERVICE_NAME, YOUNG_COLLECTION_THRESHOLD, GatewayServer
 from registry_bridge import db
 
 REQUIRED_RPCS = {
@@ -70,6 +71,15 @@ def log_lines() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
+def default_collector() -> Iterator[None]:
+    """Python's default collector thresholds until the test ends, then the earlier ones."""
+    earlier = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*earlier)
+
+
+@pytest.fixture
 def gateway(database_url: str, registry_with_health: str) -> Iterator[grpc.Channel]:
     config = GatewayConfig(
         listen="127.0.0.1:0",
@@ -97,6 +107,14 @@ def test_health_is_serving(gateway: grpc.Channel) -> None:
     for service in ("", SERVICE_NAME):
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_started_gateway_runs_the_cycle_collector_less_often(
+    default_collector: None, gateway: grpc.Channel
+) -> None:
+    # Default thresholds ran a full collection once or twice per batch of 1,000 transfers.
+    assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
+    assert YOUNG_COLLECTION_THRESHOLD > 700
 
 
 def test_migrations_ran(gateway: grpc.Channel, database_url: str) -> None:

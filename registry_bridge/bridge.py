@@ -1382,8 +1382,20 @@ class Bridge:
                     self._step(session, transfer_id, TransferState.PROPOSED, now)
                 if check:
                     self._prefetch_plans(session, new_instructions)
+                    if len(new) > 1:
+                        # Many transfers from one source row: split it once per 32 of
+                        # them, not once each (see ledger.cut_together).
+                        ledger.cut_together(
+                            session,
+                            [
+                                (i.source.registry, i.source.account, unit, transfer_id)
+                                for transfer_id, i in zip(new, new_instructions, strict=True)
+                                for unit in i.units
+                            ],
+                        )
                     for transfer_id in new:
                         self._check_in(session, transfer_id, None, now)
+                        ledger.checked(session, transfer_id)
         except (LedgerConflict, sa.exc.IntegrityError) as exc:
             if check and (isinstance(exc, LedgerConflict) or ledger.is_claim_conflict(exc)):
                 # Another gateway claimed some of the same units meanwhile: propose alone;

@@ -148,6 +148,12 @@ _PENDING = "carbonlink.ledger_pending"
 _IDS = "carbonlink.ledger_ids"
 # session.info key: what the transaction's group lookups read at once (see prefetch).
 _PREFETCHED = "carbonlink.ledger_prefetched"
+# session.info key: the ranges a group checked in this transaction will carve (_Cuts).
+_CUTS = "carbonlink.ledger_cuts"
+# At most this many ranges are carved by one split: each piece and the transfer it was
+# cut for make ~110 bytes of the event, which a trace page of the smallest size allowed
+# (16 KiB, see gateway.config) must hold whole with its proof.
+_CUTS_PER_SPLIT = 32
 # session.info key: the last row id allocated on SQLite in this transaction.
 _LAST_SQLITE_ID = "carbonlink.ledger_last_id"
 # Ids are allocated for a transaction's new rows a few at first, then in doubling chunks
@@ -324,6 +330,85 @@ def defer_claims(session: Session) -> None:
     ``is_claim_conflict`` recognizes, instead of as a LedgerConflict at the insert.
     """
     session.info.setdefault(_PENDING, _Pending())
+
+
+class _Cuts:
+    """Ranges that transfers of one group will each carve from their source's rows (see
+    ``cut_together``), by holder and run, sorted; none overlaps another."""
+
+    def __init__(self, wanted: Sequence[tuple[str, str, BlockId, str]]) -> None:
+        runs: dict[tuple[str, str, str, str], list[tuple[int, int, str]]] = {}
+        for registry, account, block_id, transfer_id in wanted:
+            key = (registry, account, block_id.program.value, block_id.serial_series)
+            runs.setdefault(key, []).append(
+                (block_id.serial_start, block_id.serial_end, transfer_id)
+            )
+        self._runs: dict[tuple[str, str, str, str], list[tuple[int, int, str]]] = {}
+        for key, ranges in runs.items():
+            ranges.sort()
+            # Ranges two transfers want are left to be carved one by one: at most one of
+            # the two gets them, and a cut for the other would only cut the winner's.
+            apart = [
+                r
+                for i, r in enumerate(ranges)
+                if (i == 0 or ranges[i - 1][1] < r[0])
+                and (i + 1 == len(ranges) or r[1] < ranges[i + 1][0])
+            ]
+            if apart:
+                self._runs[key] = apart
+        self._decided: set[str] = set()
+
+    def decide(self, transfer_id: str) -> None:
+        """``transfer_id`` is checked: nothing more is cut for it."""
+        self._decided.add(transfer_id)
+
+    def take(
+        self, holding: LedgerHolding, start: int, end: int, transfer_id: str
+    ) -> list[tuple[int, int, str]]:
+        """The cuts of one split of ``holding``: ``start``..``end`` for ``transfer_id``
+        and the other wanted ranges inside the row (at most ``_CUTS_PER_SPLIT`` in all),
+        sorted; those are taken and never cut again."""
+        own = holding.block.id
+        key = (holding.registry, holding.account, own.program.value, own.serial_series)
+        ranges = self._runs.get(key, [])
+        first = bisect.bisect_left(ranges, (own.serial_start, -1, ""))
+        last = bisect.bisect_right(ranges, (own.serial_end, sys.maxsize, ""))
+        inside = [
+            r for r in ranges[first:last] if r[1] <= own.serial_end and r[2] not in self._decided
+        ]
+        after = [r for r in inside if r[0] > end]
+        before = [r for r in inside if r[1] < start]
+        others = (after + before[::-1])[: _CUTS_PER_SPLIT - 1]
+        cut = {(s, e) for s, e, _ in others}
+        # Taken: the ranges cut here, and any over the requested one (cut here as asked).
+        ranges[first:last] = [
+            r
+            for r in ranges[first:last]
+            if (r[0], r[1]) not in cut and not (r[0] <= end and start <= r[1])
+        ]
+        return sorted([(start, end, transfer_id), *others])
+
+
+def cut_together(session: Session, wanted: Sequence[tuple[str, str, BlockId, str]]) -> None:
+    """Tell this transaction's splits what a group it checks will carve: (registry,
+    account, range, transfer) for each range a transfer will take from its source.
+
+    When one of them carves a row, the split cuts out at once the others' ranges inside
+    that row too (up to ``_CUTS_PER_SPLIT``): a later carve of such a range finds it a
+    row already and splits nothing.  1,000 transfers from one row so leave 32 splits and
+    32 remainder rows, not 1,000 of each; the split's event names the transfer each piece
+    was cut for.  A range whose transfer is then refused stays a row of its own, with
+    the same holder and state: the pieces still sum to the whole.
+    """
+    session.info[_CUTS] = _Cuts(wanted)
+
+
+def checked(session: Session, transfer_id: str) -> None:
+    """``transfer_id``'s check is over (claimed or refused): no later split of this
+    transaction cuts anything for it (see ``cut_together``)."""
+    cuts: _Cuts | None = session.info.get(_CUTS)
+    if cuts is not None:
+        cuts.decide(transfer_id)
 
 
 def is_claim_conflict(error: sa.exc.IntegrityError) -> bool:
@@ -751,57 +836,67 @@ def carve(
 ) -> LedgerHolding:
     """Split ``holding`` so that exactly ``block_id`` (within it) is one row; returns that row.
 
-    The pieces always sum to the whole; one ``split`` event records the cut.
+    The pieces always sum to the whole; one ``split`` event records the cut (with, under
+    ``cut_together``, the other ranges of the group cut in the same split).
     """
     own = holding.block.id
     start = max(own.serial_start, block_id.serial_start)
     end = min(own.serial_end, block_id.serial_end)
     if (start, end) == (own.serial_start, own.serial_end):
         return holding
+    if start > end:
+        raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
     row = _row(session, holding)
     row.live = False
+    group: _Cuts | None = session.info.get(_CUTS)
+    cuts = (
+        [(start, end, transfer_id)]
+        if group is None
+        else group.take(holding, start, end, transfer_id)
+    )
     # The pieces lie inside a live row this transaction holds, and live rows never overlap,
     # so they need no overlap check of their own; one write (or the commit, under
     # defer_claims) ends the row and inserts them (changed rows are written before new
     # ones, as PostgreSQL's exclusion constraint needs).
-    new_rows: list[tuple[int, LedgerRow]] = []
-    for piece_start, piece_end in (
-        (own.serial_start, start - 1),
-        (start, end),
-        (end + 1, own.serial_end),
-    ):
-        if piece_start > piece_end:
-            continue
-        origin = origin_part(holding, piece_start, piece_end)
-        new_rows.append(
-            (
-                piece_start,
-                _new_row(
-                    session,
-                    holding.block.with_range(piece_start, piece_end),
-                    holding.registry,
-                    holding.account,
-                    holding.status,
-                    origin,
-                    holding.is_mirror,
-                    holding.lock_transfer_id,
-                    holding.lock_expires_at,
-                    # A split keeps every attribute but the range, which is not in them.
-                    attributes=row.attributes,
-                ),
+    spans: list[tuple[int, int, str]] = []
+    at_serial = own.serial_start
+    for cut_start, cut_end, cut_for in cuts:
+        if at_serial < cut_start:
+            spans.append((at_serial, cut_start - 1, ""))
+        spans.append((cut_start, cut_end, cut_for))
+        at_serial = cut_end + 1
+    if at_serial <= own.serial_end:
+        spans.append((at_serial, own.serial_end, ""))
+    pieces: list[LedgerHolding] = []
+    wanted: LedgerHolding | None = None
+    for piece_start, piece_end, _ in spans:
+        piece = _to_holding(
+            _new_row(
+                session,
+                holding.block.with_range(piece_start, piece_end),
+                holding.registry,
+                holding.account,
+                holding.status,
+                origin_part(holding, piece_start, piece_end),
+                holding.is_mirror,
+                holding.lock_transfer_id,
+                holding.lock_expires_at,
+                # A split keeps every attribute but the range, which is not in them.
+                attributes=row.attributes,
             )
         )
+        pieces.append(piece)
+        if piece_start == start:
+            wanted = piece
     _write_claims(session, own)
-    pieces = [_to_holding(r) for _, r in new_rows]
-    wanted = next(
-        (p for (first, _), p in zip(new_rows, pieces, strict=True) if first == start), None
-    )
     if wanted is None:
         raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
+    # Cut for others too: each piece names the transfer it was cut for ("" for the rest).
+    named = {"cut_for": [c for _, _, c in spans]} if len(cuts) > 1 else {}
     append_event(
         session,
         "split",
-        _event_body(holding, pieces=[block_id_to_dict(p.block.id) for p in pieces]),
+        _event_body(holding, pieces=[block_id_to_dict(p.block.id) for p in pieces], **named),
         at,
         transfer_id,
         blocks=_ranges(holding),

@@ -24,8 +24,9 @@ from adapters.retry import RetryPolicy
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.server import GatewayServer
+from registry_bridge import db, ledger
 from registry_bridge.bridge import venue_account
-from registry_bridge.model import UnitBlock
+from registry_bridge.model import BlockId, UnitBlock
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
 
 WIRED = ("verra", "hkmo", "shenzhen")
@@ -168,3 +169,22 @@ def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[Li
     registries.seed_venue()
     with running_gateway(database_url, registries) as gateway:
         yield gateway
+
+
+def live_rows_over(
+    gateway: LiveGateway, origin: BlockId
+) -> dict[tuple[str, str, int, int], tuple[str, str, str, bool]]:
+    """The gateway's live ledger rows standing for ``origin``'s units, as
+    ``invariants.replay`` rebuilds them from a trace: block -> (registry, account,
+    status, mirror)."""
+    with db.session_factory(gateway.server.engine)() as session:
+        return {
+            (
+                r.block.id.program.value,
+                r.block.id.serial_series,
+                r.block.id.serial_start,
+                r.block.id.serial_end,
+            ): (r.registry, r.account, r.status.value, r.is_mirror)
+            for r in ledger.all_live(session)
+            if r.origin.overlaps(origin)
+        }

@@ -12,12 +12,12 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from gateway.convert import block_id_to_pb
-from registry_bridge import db, invariants, ledger
+from registry_bridge import db, invariants
 from registry_bridge.audit import bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, Program
 from registry_bridge.schema import LedgerEvent
 from registry_bridge.signed_note import parse_verifier_key
-from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway
+from tests.integration.gateway.conftest import VERRA_SERIAL, LiveGateway, live_rows_over
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
@@ -122,15 +122,4 @@ def test_every_lot_of_a_batch_is_traced_verified_and_replayed(live_gateway: Live
         [(e.event.kind, json.loads(e.event.leaf_data)) for page in whole for e in page.events]
     )
     assert problems == []
-    with db.session_factory(live_gateway.server.engine)() as session:
-        live = {
-            (
-                r.block.id.program.value,
-                r.block.id.serial_series,
-                r.block.id.serial_start,
-                r.block.id.serial_end,
-            ): (r.registry, r.account, r.status.value, r.is_mirror)
-            for r in ledger.all_live(session)
-            if r.origin.overlaps(ORIGIN)
-        }
-    assert rebuilt == live
+    assert rebuilt == live_rows_over(live_gateway, ORIGIN)

@@ -19,7 +19,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
 from gateway.cli_audit import bundle_from_response
 from gateway.convert import block_id_to_pb
-from registry_bridge import db, invariants, ledger, merkle
+from registry_bridge import invariants, merkle
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.schema import LedgerEvent, MerkleHead, MerkleNode
@@ -29,6 +29,7 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
     hold_calls,
+    live_rows_over,
 )
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
@@ -428,19 +429,7 @@ def test_replaying_the_traced_log_rebuilds_the_ledger(moved: Moved) -> None:
     bodies = [(e.event.kind, json.loads(e.event.leaf_data)) for e in response.events]
     rebuilt, problems = invariants.replay(bodies)
     assert problems == []
-    sessions = db.session_factory(moved.gateway.server.engine)
-    with sessions() as session:
-        live = {
-            (
-                r.block.id.program.value,
-                r.block.id.serial_series,
-                r.block.id.serial_start,
-                r.block.id.serial_end,
-            ): (r.registry, r.account, r.status.value, r.is_mirror)
-            for r in ledger.all_live(session)
-            if r.origin.overlaps(ORIGIN)
-        }
-    assert rebuilt == live
+    assert rebuilt == live_rows_over(moved.gateway, ORIGIN)
     assert any(state[2] == HoldingStatus.RETIRED.value for state in rebuilt.values())
 
 

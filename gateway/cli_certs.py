@@ -56,6 +56,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--entity", action="append", default=[], help="a covered entity id (repeatable)"
     )
     token.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="REGISTRY",
+        help="a registry a registry-role token stands for: it records the covered entities "
+        "of that registry's jurisdiction (repeatable)",
+    )
+    token.add_argument(
         "--ttl",
         type=_lifetime,
         default=3600,
@@ -127,6 +135,7 @@ def _token(args: argparse.Namespace) -> int:
         audience=DEV_AUDIENCE,
         accounts=args.account,
         entities=args.entity,
+        registries=args.registry,
         ttl_seconds=args.ttl,
         certificate_thumbprint=thumbprint,
     )

@@ -280,10 +280,14 @@ def get_migration(
 
 
 def upsert_covered_entity(
-    migrations: Migrations, request: gateway_pb2.UpsertCoveredEntityRequest, caller: str
+    migrations: Migrations,
+    request: gateway_pb2.UpsertCoveredEntityRequest,
+    caller: str,
+    maintainer: frozenset[str] | None,
 ) -> gateway_pb2.CoveredEntity:
-    """UpsertCoveredEntity: record the entity once per request id of ``caller``; answer
-    with its record."""
+    """UpsertCoveredEntity: record the entity once per request id of ``caller``, within
+    what the registries of ``maintainer`` maintain (anything, when None); answer with its
+    record."""
     convert.request_id(request.request_id)
     entity = entity_from_pb(request.entity)
     body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
@@ -291,7 +295,7 @@ def upsert_covered_entity(
 
     def record() -> bytes:
         with unit_of_work(sessions) as session:
-            upsert_entity(session, entity, migrations.now())
+            upsert_entity(session, entity, migrations.now(), maintainer)
         with unit_of_work(sessions) as session:
             reply = convert.entity_to_pb(get_entity(session, entity.entity_id))
         return bytes(reply.SerializeToString(deterministic=True))

@@ -24,6 +24,7 @@ from gateway.migration_api import (
 from gateway.security.policy import (
     current_caller,
     is_regulator,
+    maintained_registries,
     may_read_migration,
     proving_accounts,
     readable_accounts,
@@ -540,7 +541,9 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def UpsertCoveredEntity(
         self, request: gateway_pb2.UpsertCoveredEntityRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.CoveredEntity:
-        return upsert_covered_entity(self._migration_service(), request, current_caller())
+        return upsert_covered_entity(
+            self._migration_service(), request, current_caller(), maintained_registries()
+        )
 
     def _migration_service(self) -> Migrations:
         if self._migrations is None:

@@ -25,7 +25,7 @@ from registry_bridge.covered_entities import (
     validate_entity,
 )
 from registry_bridge.db import read_only
-from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound
+from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound, PermissionDenied
 from registry_bridge.schema import (
     CoveredEntityAccountRecord,
     CoveredEntityRecord,
@@ -95,17 +95,82 @@ def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 
 
-def upsert_entity(session: Session, entity: CoveredEntity, at: datetime) -> None:
+def _check_maintainer(session: Session, entity: CoveredEntity, registries: frozenset[str]) -> None:
+    """Refuse a registry's record of what is not its own to record.
+
+    A scheme's registry has its jurisdiction's id, and records only its own scheme's
+    compliance years and its own accounts of entities already under it (a year in its
+    jurisdiction or an account with it), or of an entity new to the gateway.  Moving an
+    entity between schemes, as the national account a migration's units land in, is
+    then the regulator's, or each registry's for its own side.
+    """
+    if not registries:
+        raise PermissionDenied(
+            "the caller's token names no registry (claim 'registries'): it maintains no "
+            "covered entity"
+        )
+    theirs = ", ".join(sorted(registries))
+    for i, year in enumerate(entity.years):
+        if year.jurisdiction not in registries:
+            raise PermissionDenied(
+                f"entity.years[{i}].jurisdiction: {year.jurisdiction!r} is not the "
+                f"jurisdiction of the caller's registry ({theirs})"
+            )
+    for i, registry in enumerate(entity.accounts):
+        if registry not in registries:
+            raise PermissionDenied(
+                f"entity.accounts[{i}].registry: an account at {registry!r} is not the "
+                f"caller's registry's ({theirs}) to record"
+            )
+    if session.get(CoveredEntityRecord, entity.entity_id) is None:
+        return
+    under = set(
+        session.execute(
+            sa.select(CoveredEntityAccountRecord.registry_id).where(
+                CoveredEntityAccountRecord.entity_id == entity.entity_id
+            )
+        ).scalars()
+    ) | set(
+        session.execute(
+            sa.select(EntityYearRecord.jurisdiction).where(
+                EntityYearRecord.entity_id == entity.entity_id
+            )
+        ).scalars()
+    )
+    if not under & registries:
+        raise PermissionDenied(
+            f"entity.entity_id: {entity.entity_id!r} is recorded under "
+            f"{', '.join(sorted(under)) or 'no registry'}, not the caller's registry ({theirs})"
+        )
+
+
+def upsert_entity(
+    session: Session,
+    entity: CoveredEntity,
+    at: datetime,
+    maintainer: frozenset[str] | None = None,
+) -> None:
     """Record (or correct) a covered entity, its accounts and the years it gives.
 
     Accounts and years not given are left as they are: a correction names what it
     corrects. The caller owns the transaction.
 
+    Args:
+        session: The caller's transaction.
+        entity: The record.
+        at: When it is recorded.
+        maintainer: The registries a registry that records it stands for; None for a
+            regulator (or a local import), who records any entity.
+
     Raises:
         InvalidRequest: A field is missing or out of range (every problem listed), or a
             year falls on the wrong side of the entity's migration.
+        PermissionDenied: A registry records a year of another jurisdiction, an account
+            at another registry, or an entity under other registries only.
     """
     validate_entity(entity)
+    if maintainer is not None:
+        _check_maintainer(session, entity, maintainer)
     _check_migrated_years(session, entity)
     session.merge(
         CoveredEntityRecord(

@@ -8,7 +8,9 @@ and a covered entity executes only its own migration (``entities: ["steelco"]``)
 surrender counts only for an entity the token names.  An issuer lists (or has refused) a
 project no one has listed only when the project's registry of origin answers that one of
 the accounts its token names there holds or held the project's units
-(:func:`proving_accounts`, ``registry_bridge.listing_proof``).
+(:func:`proving_accounts`, ``registry_bridge.listing_proof``).  A registry records the
+covered entities of its own jurisdiction only, those of the registries its token names
+(``registries: ["shenzhen"]``, :func:`maintained_registries`).
 The auditor's and the regulator's roles appear only on reads.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
@@ -173,6 +175,9 @@ _regulator: contextvars.ContextVar[bool] = contextvars.ContextVar("regulator", d
 _proving: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "proving_accounts", default=None
 )
+_maintained: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "maintained_registries", default=None
+)
 
 
 @contextlib.contextmanager
@@ -186,9 +191,11 @@ def acting_as(principal: Principal) -> Iterator[None]:
     is_regulator = "regulator" in principal.roles
     regulator = _regulator.set(is_regulator)
     proving = _proving.set(None if is_regulator else frozenset(principal.accounts))
+    maintained = _maintained.set(None if is_regulator else principal.registries)
     try:
         yield
     finally:
+        _maintained.reset(maintained)
         _proving.reset(proving)
         _regulator.reset(regulator)
         _caller.reset(caller)
@@ -221,6 +228,17 @@ def proving_accounts() -> frozenset[str] | None:
     local party has no accounts to scope it to (as :func:`readable_accounts`).
     """
     return _proving.get()
+
+
+def maintained_registries() -> frozenset[str] | None:
+    """Registry ids whose covered entities the current caller records (a registry's token
+    names them, ``registries``); None for any entity.
+
+    None for a regulator, who supervises every scheme, and when no caller is
+    authenticated: the gateway runs insecure, for local development only, and its one
+    local party imports any registry's export (as :func:`proving_accounts`).
+    """
+    return _maintained.get()
 
 
 def readable_accounts() -> frozenset[str] | None:

@@ -54,6 +54,9 @@ class Principal:
     certificate_thumbprint: str | None = None
     """``cnf.x5t#S256`` (RFC 8705): the client certificate the token is bound to, as the
     base64url SHA-256 of its DER; None for a token bound to none."""
+    registries: frozenset[str] = frozenset()
+    """Registry ids a ``registry`` token stands for: the registries whose covered entities
+    it maintains (a scheme's registry has its jurisdiction's id, ``shenzhen``)."""
 
 
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -276,6 +279,7 @@ class TokenVerifier:
             _strings(claims, "accounts"),
             _strings(claims, "entities"),
             _bound_certificate(claims),
+            _strings(claims, "registries"),
         )
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
@@ -320,6 +324,7 @@ def mint_token(
     audience: str,
     accounts: Sequence[str] = (),
     entities: Sequence[str] = (),
+    registries: Sequence[str] = (),
     ttl_seconds: int = 3600,
     now: float | None = None,
     certificate_thumbprint: str | None = None,
@@ -343,6 +348,8 @@ def mint_token(
         claims["accounts"] = list(accounts)
     if entities:
         claims["entities"] = list(entities)
+    if registries:
+        claims["registries"] = list(registries)
     if certificate_thumbprint is not None:
         claims["cnf"] = {"x5t#S256": certificate_thumbprint}
     algorithm = "EdDSA" if isinstance(key, ed25519.Ed25519PrivateKey) else "ES256"

@@ -1,8 +1,8 @@
 """What an entity's signed migration pins: the account its units land in.
 
 The entity signs its ExecuteMigration request, but the account its units go to comes from
-its record, which a regulator or a registry changes with UpsertCoveredEntity (unsigned,
-and no business of the entity's). A request that names the account of the plan the
+its record, which a regulator or the national registry changes with UpsertCoveredEntity
+(unsigned, and no business of the entity's). A request that names the account of the plan the
 entity read is refused when the record names another by then, so that a changed record
 cannot send the entity's units elsewhere under the entity's own signature.
 """
@@ -64,13 +64,15 @@ def test_a_migration_signed_for_the_planned_account_is_refused_once_the_record_c
         # What the entity signs for: the account the plan it read names.
         request.destination_account.CopyFrom(plan.destination_account)
 
-        # A registry (any: the role names none) records another national account.
+        # The national registry records another national account (its own to record).
         changed = gateway_pb2.CoveredEntity()
         with _stub(gateway, "regulator") as regulator:
             changed.CopyFrom(record_entity(gateway_pb2_grpc.LinkageGatewayStub(regulator), STEEL))
         del changed.accounts[:]
+        del changed.years[:]
         changed.accounts.add(registry="national", account="somebody-else")
-        with _stub(gateway, "registry") as registry:
+        national = gateway.token("registry", subject="national-registry", registries=["national"])
+        with gateway.channel("registry", national) as registry:
             gateway_pb2_grpc.LinkageGatewayStub(registry).UpsertCoveredEntity(
                 gateway_pb2.UpsertCoveredEntityRequest(request_id="redirect", entity=changed),
                 timeout=30,

@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
 
@@ -49,7 +49,11 @@ from registry_bridge.transfers import TransferState
 _logger = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"].full_name
-_PROBE_TIMEOUT_SECONDS = 0.5
+PROBE_TIMEOUT_SECONDS = 0.5
+"""How long a registry's health service is given to answer ListRegistries."""
+PROBE_REUSE_SECONDS = 2.0
+"""How long a registry's health answer is reused: any token lists the registries, and
+calls in a loop would otherwise each wait on the registries that do not answer."""
 _HANDLER_END_SECONDS = 1.0
 """After the grace period, how long a stop waits for the handlers of the calls it
 cancelled: one that was between two statements ends within it, one waiting on a registry
@@ -69,36 +73,67 @@ of the process's CPU, against about 1 % with this threshold (docs/performance.md
 
 
 class RegistryProbe:
-    """Asks a registry's standard health service whether it is up; one channel per target."""
+    """Asks registries' standard health services whether they are up; one channel per
+    target."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
+        # Target -> (monotonic time asked, whether it served).
+        self._answers: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, info: RegistryInfo) -> bool:
+    def __call__(self, infos: Sequence[RegistryInfo]) -> list[bool]:
+        """Whether each registry serves.
+
+        Every registry not asked within ``PROBE_REUSE_SECONDS`` is asked at once, so a
+        call waits one check (``PROBE_TIMEOUT_SECONDS``) at most, not one per registry
+        that drops traffic.
+        """
+        now = time.monotonic()
         with self._lock:
-            channel = self._channels.get(info.target)
-            if channel is None:
-                channel = (
-                    grpc.insecure_channel(info.target)
-                    if self._credentials is None
-                    else grpc.secure_channel(info.target, self._credentials)
+            serving = {
+                target: answer
+                for target, (asked_at, answer) in self._answers.items()
+                if now - asked_at < PROBE_REUSE_SECONDS
+            }
+            checks = {
+                info.target: health_pb2_grpc.HealthStub(self._channel(info.target)).Check.future(
+                    health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT_SECONDS
                 )
-                self._channels[info.target] = channel
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=_PROBE_TIMEOUT_SECONDS
+                for info in infos
+                if info.target not in serving
+            }
+        asked = {target: _serving(check) for target, check in checks.items()}
+        with self._lock:
+            self._answers.update({target: (now, answer) for target, answer in asked.items()})
+        serving.update(asked)
+        return [serving[info.target] for info in infos]
+
+    def _channel(self, target: str) -> grpc.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = (
+                grpc.insecure_channel(target)
+                if self._credentials is None
+                else grpc.secure_channel(target, self._credentials)
             )
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            self._channels[target] = channel
+        return channel
 
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+def _serving(check: grpc.Future) -> bool:
+    try:
+        reply = check.result()
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def wired_registries(config: GatewayConfig) -> list[RegistryInfo]:

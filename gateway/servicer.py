@@ -157,7 +157,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     def __init__(
         self,
         registries: Sequence[RegistryInfo],
-        probe_registry: Callable[[RegistryInfo], bool],
+        probe_registries: Callable[[Sequence[RegistryInfo]], Sequence[bool]],
         bridge: Bridge,
         max_batch_size: int,
         reconciler: Reconciler,
@@ -168,7 +168,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         trace_page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self._registries = tuple(sorted(registries, key=lambda r: r.registry_id))
-        self._probe_registry = probe_registry
+        self._probe_registries = probe_registries
         self._bridge = bridge
         self._max_batch_size = max_batch_size
         self._watch_poll_seconds = watch_poll_seconds
@@ -186,7 +186,10 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         page = self._registries[offset : offset + size]
         next_offset = offset + len(page)
         return gateway_pb2.ListRegistriesResponse(
-            registries=[convert.registry_to_pb(r, self._probe_registry(r)) for r in page],
+            registries=[
+                convert.registry_to_pb(r, reachable)
+                for r, reachable in zip(page, self._probe_registries(page), strict=True)
+            ],
             next_page_token=(
                 paging.encode_token(next_offset, scope="registries")
                 if next_offset < len(self._registries)

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import Message
 
-from gateway.security.client import InstructionSigner, role_channel
+from gateway.security.client import InstructionSigner, role_channel, token_audience
 from gateway.security.layout import ROLES, TlsLayout
 
 
@@ -64,16 +64,23 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def sign(args: argparse.Namespace, method: str, request: Message) -> None:
-    """Sign an instruction with ``--signing-key`` (nothing under --insecure without a key).
+    """Sign an instruction with ``--signing-key`` for the deployment ``--token-file``'s
+    token is for (nothing under --insecure without a key or a token).
 
     Raises:
         ClientSetupError: No key given on a secure connection, or the key is unreadable.
     """
+    if args.insecure and (args.signing_key is None or args.token_file is None):
+        return  # nothing checks a signature, and no token names the deployment to sign for
     if args.signing_key is None:
-        if args.insecure:
-            return
         raise ClientSetupError(f"{method} is an instruction: give --signing-key")
+    if args.token_file is None:
+        raise ClientSetupError(f"{method} is signed for the deployment of --token-file's token")
     try:
-        InstructionSigner.from_file(args.signing_key, args.key_id).sign(method, request)
+        audience = token_audience(args.token_file.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ClientSetupError(f"cannot tell the deployment to sign for: {exc}") from exc
+    try:
+        InstructionSigner.from_file(args.signing_key, audience, args.key_id).sign(method, request)
     except (OSError, ValueError) as exc:
         raise ClientSetupError(f"cannot use the signing key: {exc}") from exc

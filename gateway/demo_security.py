@@ -72,7 +72,13 @@ class _SigningInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[mis
     ) -> Any:
         method = str(client_call_details.method)
         if method.rsplit("/", 1)[-1] in SIGNED_METHODS:
-            sign_request(method, request, self._signer.key, self._signer.key_id)
+            sign_request(
+                method,
+                request,
+                self._signer.key,
+                self._signer.key_id,
+                audience=self._signer.audience,
+            )
         return continuation(client_call_details, request)
 
 
@@ -102,7 +108,7 @@ def channel(
         accounts=accounts,
         entities=entities,
     )
-    signer = InstructionSigner.from_file(tls.instruction_key(role))
+    signer = InstructionSigner.from_file(tls.instruction_key(role), DEV_AUDIENCE)
     return grpc.intercept_channel(
         role_channel(target, tls, role, token), _SigningInterceptor(signer)
     )

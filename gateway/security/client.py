@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import Message
 
@@ -43,15 +44,38 @@ def role_channel(target: str, layout: TlsLayout, role: str, token: str | None) -
     )
 
 
+def token_audience(token: str) -> str:
+    """The one audience (``aud``) a bearer token names: the gateway deployment it is for,
+    which the party's instructions are signed for too.
+
+    The token is read, not verified: it is the party's own, and the gateway verifies it.
+
+    Raises:
+        ValueError: The token is not a JWT, or names no audience or several.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        raise ValueError(f"the bearer token is not a JWT: {exc}") from exc
+    audience = claims.get("aud")
+    if isinstance(audience, list) and len(audience) == 1:
+        audience = audience[0]
+    if not isinstance(audience, str) or not audience:
+        raise ValueError("the bearer token names no single audience (aud) to sign for")
+    return audience
+
+
 @dataclass(frozen=True)
 class InstructionSigner:
-    """Signs requests as one party."""
+    """Signs requests as one party, for one gateway deployment."""
 
     key: ed25519.Ed25519PrivateKey
     key_id: str
+    audience: str
+    """The deployment's ``jwt_audience``: an instruction is good at that deployment only."""
 
     @staticmethod
-    def from_file(path: Path, key_id: str | None = None) -> InstructionSigner:
+    def from_file(path: Path, audience: str, key_id: str | None = None) -> InstructionSigner:
         """Load a party's PEM key; the key id defaults to the ``certs init`` one of its name.
 
         Raises:
@@ -61,9 +85,11 @@ class InstructionSigner:
         key = load_private_key(path)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
-        return InstructionSigner(key, key_id or instruction_key_id(path.stem))
+        return InstructionSigner(key, key_id or instruction_key_id(path.stem), audience)
 
     def sign(self, method: str, request: Message) -> Message:
         """Sign ``request`` in place for the gateway RPC ``method`` (``Retire``...); returns it."""
-        sign_request(SERVICE_PREFIX + method, request, self.key, self.key_id)
+        sign_request(
+            SERVICE_PREFIX + method, request, self.key, self.key_id, audience=self.audience
+        )
         return request

@@ -5,8 +5,10 @@ ExecuteMigration) or settle where they stand (ResolveUse) carry an
 ``InstructionSignature``. The signed bytes are
 ``DOMAIN + method + "\\n" + request`` where ``request`` is the deterministic protobuf
 serialization of the request with only ``signature.signature`` cleared, so the key id,
-nonce and timestamp are signed with the rest; the method name keeps a signature for one
-RPC from being replayed against another.
+nonce, timestamp and audience are signed with the rest; the method name keeps a signature
+for one RPC from being replayed against another, and the audience (the deployment's
+``jwt_audience``) one for a deployment from being replayed against another that shares
+the party's key, each keeping nonces of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from google.protobuf.message import Message
 
 from gateway.security.tokens import Principal
 from registry_bridge.errors import FieldViolation, InvalidRequest, Unauthenticated
+from registry_bridge.model import has_control_characters
 
 DOMAIN = b"carbonlink.v1 signed instruction\n"
 SIGNED_METHODS = frozenset(
@@ -73,6 +76,7 @@ def sign_request(
     key: ed25519.Ed25519PrivateKey,
     key_id: str,
     *,
+    audience: str,
     now: datetime | None = None,
     nonce: str | None = None,
 ) -> None:
@@ -83,12 +87,15 @@ def sign_request(
         request: A request with a ``signature`` field; it is overwritten.
         key: The party's Ed25519 private key.
         key_id: The key's id in the gateway's instruction-key registry.
+        audience: The gateway deployment the instruction is for: its ``jwt_audience``,
+            the ``aud`` of the party's token (``client.token_audience``).
         now: Signing time (default: now, UTC).
         nonce: A fresh single-use value (default: 32 random URL-safe characters).
     """
     signature: Any = getattr(request, "signature")  # noqa: B009
     signature.Clear()
     signature.key_id = key_id
+    signature.audience = audience
     signature.nonce = nonce or secrets.token_urlsafe(24)
     signature.timestamp.FromDatetime(now or datetime.now(UTC))
     signature.signature = key.sign(canonical_bytes(full_method, request))
@@ -171,11 +178,23 @@ class InstructionVerifier:
         keys: InstructionKeys,
         nonces: NonceStore,
         window: timedelta,
+        audience: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """A verifier of the instructions for the deployment of ``audience``.
+
+        Args:
+            keys: The parties' instruction-signing keys.
+            nonces: Where the nonces seen are kept.
+            window: How far a signature's timestamp may be from the gateway's clock.
+            audience: The deployment instructions must be signed for: the gateway's
+                ``jwt_audience``, which its tokens name too.
+            clock: Now, in UTC.
+        """
         self._keys = keys
         self._nonces = nonces
         self._window = window
+        self._audience = audience
         self._clock = clock
 
     def verify(self, full_method: str, request: Message, principal: Principal) -> dict[str, str]:
@@ -197,9 +216,10 @@ class InstructionVerifier:
 
         Raises:
             InvalidRequest: The signature fields are missing or malformed.
-            Unauthenticated: Unknown key, a key of another subject, a timestamp outside
-                the window, a nonce seen before, a signature that does not verify, or a key
-                registry file that cannot be read.
+            Unauthenticated: Unknown key, a key of another subject, an instruction for
+                another deployment, a timestamp outside the window, a nonce seen before,
+                a signature that does not verify, or a key registry file that cannot be
+                read.
         """
         signature: Any = getattr(request, "signature", None)
         if signature is None or not request.HasField("signature"):
@@ -213,6 +233,18 @@ class InstructionVerifier:
             problems.append(FieldViolation("signature.timestamp", "is required"))
         if len(signature.signature) != 64:
             problems.append(FieldViolation("signature.signature", "must be 64 bytes (Ed25519)"))
+        if (
+            not signature.audience
+            or len(signature.audience) > 256
+            or has_control_characters(signature.audience)
+        ):
+            problems.append(
+                FieldViolation(
+                    "signature.audience",
+                    f"must name the deployment the instruction is for, this gateway's "
+                    f"{self._audience!r} (at most 256 characters, no control characters)",
+                )
+            )
         # A batch is signed as a whole; a signature inside it would be checked by nobody.
         for i, item in enumerate(getattr(request, "transfers", ())):
             if item.HasField("signature"):
@@ -229,6 +261,11 @@ class InstructionVerifier:
             raise Unauthenticated(
                 f"instruction key {signature.key_id!r} does not belong to the caller, subject "
                 f"{principal.subject!r} (the token's sub): sign with a key registered for it"
+            )
+        if signature.audience != self._audience:
+            raise Unauthenticated(
+                f"instruction signed for {signature.audience!r}, another deployment than "
+                f"this gateway's {self._audience!r}"
             )
         now = self._clock()
         try:

@@ -116,6 +116,7 @@ class GatewaySecurity:
                 keys,
                 DatabaseNonces(sessions),
                 timedelta(seconds=config.instruction_window_seconds),
+                config.jwt_audience,
             ),
             # A stream holds a worker while it lasts: one client holding a quarter of them
             # leaves the rest to the others.

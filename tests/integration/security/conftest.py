@@ -40,23 +40,26 @@ def vcs_serial(project_id: str, first: int) -> str:
     return f"17000-{first}-{first + 999}-VCS-VCU-997-VER-BR-13-{project_id}-20072024-19072025-0"
 
 
+def venue_units(first: int, count: int) -> list[model_pb2.UnitSelector]:
+    """``count`` of the venue's Verra units (VERRA_SERIAL's), from offset ``first`` on."""
+    origin = parse_serial("verra", VERRA_SERIAL).id
+    return [
+        model_pb2.UnitSelector(
+            block=model_pb2.BlockId(
+                program=origin.program.value,
+                serial_start=origin.serial_start + first,
+                serial_end=origin.serial_start + first + count - 1,
+            )
+        )
+    ]
+
+
 def venue_instruction(
     source: model_pb2.AccountRef, destination: model_pb2.AccountRef, first: int, count: int
 ) -> model_pb2.TransferInstruction:
     """``count`` of the venue's Verra units (VERRA_SERIAL's), from offset ``first`` on."""
-    origin = parse_serial("verra", VERRA_SERIAL).id
     return model_pb2.TransferInstruction(
-        source=source,
-        destination=destination,
-        units=[
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=origin.program.value,
-                    serial_start=origin.serial_start + first,
-                    serial_end=origin.serial_start + first + count - 1,
-                )
-            )
-        ],
+        source=source, destination=destination, units=venue_units(first, count)
     )
 
 
@@ -115,7 +118,7 @@ class SecureGateway:
         return gateway_pb2_grpc.LinkageGatewayStub(self.channel(role, token))
 
     def signer(self, party: str) -> InstructionSigner:
-        return InstructionSigner.from_file(self.pki.instruction_key(party))
+        return InstructionSigner.from_file(self.pki.instruction_key(party), DEV_AUDIENCE)
 
     def party(
         self,
@@ -137,7 +140,7 @@ class SecureGateway:
         self.pki.instruction_keys.write_text(json.dumps(registry), encoding="utf-8")
         token = self.token(role, subject=subject, accounts=accounts, entities=entities)
         return grpc.intercept_channel(
-            self.channel(role, token), _Signing(InstructionSigner(key, key_id))
+            self.channel(role, token), _Signing(InstructionSigner(key, key_id, DEV_AUDIENCE))
         )
 
     def issue(self, registry: str, account: str, serial: str) -> None:

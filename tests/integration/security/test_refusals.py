@@ -34,7 +34,7 @@ from gateway.handlers import SERVICE_PREFIX
 from gateway.security.certs import init_dev_pki, load_private_key
 from gateway.security.client import secure_channel
 from gateway.security.instructions import sign_request
-from gateway.security.layout import TlsLayout
+from gateway.security.layout import DEV_AUDIENCE, TlsLayout
 from gateway.security.tls import channel_credentials, server_credentials
 from gateway.security.tokens import mint_token
 from registry_bridge.errors import RegistryUnavailable
@@ -43,6 +43,7 @@ from tests.integration.security.conftest import (
     VERRA_SERIAL,
     SecureGateway,
     running_secure_gateway,
+    venue_units,
 )
 
 OPERATOR_ACCOUNTS = ("hkmo:hk-seller",)
@@ -83,19 +84,10 @@ def _operator(gateway: SecureGateway) -> gateway_pb2_grpc.LinkageGatewayStub:
 
 def _retire_ten_venue_units(gateway: SecureGateway) -> model_pb2.UnitUse:
     """The operator's signed retirement of the venue seller's first ten Verra units."""
-    origin = parse_serial("verra", VERRA_SERIAL).id
     request = gateway_pb2.RetireRequest(
         request_id="retire-1",
         account=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-        units=[
-            model_pb2.UnitSelector(
-                block=model_pb2.BlockId(
-                    program=origin.program.value,
-                    serial_start=origin.serial_start,
-                    serial_end=origin.serial_start + 9,
-                )
-            )
-        ],
+        units=venue_units(0, 10),
         beneficiary="Acme Ltd",
     )
     gateway.signer("exchange_operator").sign("Retire", request)
@@ -452,6 +444,7 @@ def test_a_stale_or_future_timestamp_is_refused(
         request,
         key,
         "exchange_operator-1",
+        audience=DEV_AUDIENCE,
         now=datetime.now(UTC) + skew,
     )
     code, details = _refused(lambda: _operator(secure_gateway).SubmitTransfer(request, timeout=10))
@@ -487,7 +480,9 @@ def test_bad_signatures_unknown_keys_and_others_keys_are_refused(
     cross = _transfer_request()
     key = load_private_key(secure_gateway.pki.instruction_key("exchange_operator"))
     assert isinstance(key, ed25519.Ed25519PrivateKey)
-    sign_request(SERVICE_PREFIX + "Retire", cross, key, "exchange_operator-1")
+    sign_request(
+        SERVICE_PREFIX + "Retire", cross, key, "exchange_operator-1", audience=DEV_AUDIENCE
+    )
     code, _ = _refused(lambda: stub.SubmitTransfer(cross, timeout=10))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     _no_transfers(secure_gateway)
@@ -582,7 +577,12 @@ def test_a_nonce_with_a_trailing_newline_is_refused_by_its_field(
         key = load_private_key(gateway.pki.instruction_key("exchange_operator"))
         assert isinstance(key, ed25519.Ed25519PrivateKey)
         sign_request(
-            SERVICE_PREFIX + "SubmitTransfer", request, key, "exchange_operator-1", nonce=nonce
+            SERVICE_PREFIX + "SubmitTransfer",
+            request,
+            key,
+            "exchange_operator-1",
+            audience=DEV_AUDIENCE,
+            nonce=nonce,
         )
         code, details = _refused(lambda: _operator(gateway).SubmitTransfer(request, timeout=30))
         assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -69,10 +69,18 @@ def test_canonical_bytes_cover_everything_but_the_signature_bytes() -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     request = gateway_pb2.RetireRequest(request_id="r", beneficiary="b")
     method = "/carbonlink.v1.LinkageGateway/Retire"
-    sign_request(method, request, key, "k-1", now=datetime(2026, 1, 1, tzinfo=UTC), nonce="n" * 16)
+    sign_request(
+        method,
+        request,
+        key,
+        "k-1",
+        audience="carbonlink-sz-prod",
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        nonce="n" * 16,
+    )
     signed = canonical_bytes(method, request)
     key.public_key().verify(request.signature.signature, signed)
-    assert b"k-1" in signed and b"n" * 16 in signed
+    assert b"k-1" in signed and b"n" * 16 in signed and b"carbonlink-sz-prod" in signed
     assert request.signature.signature not in signed
     assert canonical_bytes("/carbonlink.v1.LinkageGateway/Surrender", request) != signed
 

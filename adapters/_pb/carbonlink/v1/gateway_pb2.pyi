@@ -1696,9 +1696,10 @@ class InstructionSignature(_message.Message):
     Signed bytes: the ASCII string "carbonlink.v1 signed instruction\\n", the full gRPC
     method name (e.g. "/carbonlink.v1.LinkageGateway/SubmitTransfer"), "\\n", then the
     request serialized deterministically with only `signature.signature` cleared -- so
-    key_id, nonce and timestamp are signed too. The gateway refuses an unknown key, a key
-    not owned by the token's subject, a timestamp outside its window, a nonce seen before
-    for the key, or a signature that does not verify; it keeps key id and signature in
+    key_id, nonce, timestamp and audience are signed too. The gateway refuses an unknown
+    key, a key not owned by the token's subject, an instruction for another deployment
+    (audience), a timestamp outside its window, a nonce seen before for the key, or a
+    signature that does not verify; it keeps key id and signature in
     the provenance events of the change. In a SubmitTransfers batch only the batch's own
     signature counts and each item's must be unset.
     """
@@ -1709,12 +1710,19 @@ class InstructionSignature(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Id of the signing key in the gateway's instruction-key registry."""
     nonce: _builtins.str
     """Single use per key: 16 to 128 characters of [A-Za-z0-9_-]."""
     signature: _builtins.bytes
     """The 64-byte Ed25519 signature."""
+    audience: _builtins.str
+    """The gateway deployment the instruction is for: the bearer-token audience it is
+    configured with (`jwt_audience`, the `aud` of the party's own token). Two deployments
+    that share a party's key would otherwise each carry out an instruction signed for the
+    other, since each keeps its own nonces.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the party signed; must be within the gateway's window of its clock."""
@@ -1726,10 +1734,11 @@ class InstructionSignature(_message.Message):
         nonce: _builtins.str = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         signature: _builtins.bytes = ...,
+        audience: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "nonce", b"nonce", "signature", b"signature", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "key_id", b"key_id", "nonce", b"nonce", "signature", b"signature", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -100,9 +100,10 @@ def _check_maintainer(session: Session, entity: CoveredEntity, registries: froze
 
     A scheme's registry has its jurisdiction's id, and records only its own scheme's
     compliance years and its own accounts of entities already under it (a year in its
-    jurisdiction or an account with it), or of an entity new to the gateway.  Moving an
-    entity between schemes, as the national account a migration's units land in, is
-    then the regulator's, or each registry's for its own side.
+    jurisdiction or an account with it), or of an entity new to the gateway, which it
+    then records under itself.  Moving an entity between schemes, as the national account
+    a migration's units land in, is then the regulator's, or each registry's for its own
+    side.
     """
     if not registries:
         raise PermissionDenied(
@@ -123,6 +124,12 @@ def _check_maintainer(session: Session, entity: CoveredEntity, registries: froze
                 f"caller's registry's ({theirs}) to record"
             )
     if session.get(CoveredEntityRecord, entity.entity_id) is None:
+        if not entity.accounts and not entity.years:
+            # Under no registry, its id would be taken and no registry could record it.
+            raise PermissionDenied(
+                f"entity.accounts: a registry records a new entity under itself: name its "
+                f"account with the caller's registry ({theirs}) or a year of its jurisdiction"
+            )
         return
     under = set(
         session.execute(

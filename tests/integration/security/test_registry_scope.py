@@ -21,6 +21,7 @@ from gateway import demo_security
 from gateway.cli import main
 from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.entities import get_entity
+from registry_bridge.errors import NotFound
 from registry_bridge.schema import IdempotencyRecord
 from tests.integration.security.conftest import SecureGateway, row_counts, running_secure_gateway
 
@@ -170,6 +171,19 @@ def test_a_registry_may_not_move_an_entity_out_of_another_jurisdiction(
         "shenzhen": "sz-migrant-1",
         "national": "cn-2",
     }
+
+
+def test_a_registry_records_a_new_entity_only_under_itself(gateway: SecureGateway) -> None:
+    """An entity with neither an account nor a year would be under no registry: its id
+    taken, and no registry could record it again."""
+    shenzhen = _registry(gateway, "shenzhen")
+    with pytest.raises(grpc.RpcError) as refused:
+        _upsert(gateway, shenzhen, "registry", "bare", _entity("sz-bare", [], []))
+
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "entity.accounts" in str(refused.value.details())
+    with pytest.raises(NotFound):
+        _recorded(gateway, "sz-bare")
 
 
 def test_a_registry_token_naming_no_registry_records_nothing(gateway: SecureGateway) -> None:

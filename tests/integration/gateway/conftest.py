@@ -36,6 +36,14 @@ READER_RETRY = RetryPolicy(attempts=12, initial_wait_s=0.001, max_wait_s=0.004, 
 only registries with faults ever need: many, and short, so that checking the registries
 after a test neither gives up on a fault nor waits seconds between attempts."""
 
+COUNTED_CALLS_TIMEOUT_S = 60.0
+"""The gateway's registry deadline in tests that script a registry's refusals by call
+number (``ScriptedRefusal``), which need each attempt of the gateway to meet exactly the
+registry's call it made.  Under the default deadline (5 s) a stall of the test process
+(a loaded machine, a full collection of a large heap) can end an attempt while the
+registry still handles its call: that call takes the scripted refusal unseen, and the
+retry meets the next call's answer.  No run that stalls this long passes anyway."""
+
 
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""

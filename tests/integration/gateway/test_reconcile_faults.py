@@ -11,6 +11,7 @@ claim nothing of whether it matches, and reconcile the other registries all the 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -22,8 +23,10 @@ from structlog.testing import capture_logs
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from gateway.cli import main
+from gateway.config import GatewayConfig
 from registry_bridge.model import BlockId, Program, UnitBlock
 from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
     LinkedRegistries,
     LiveGateway,
     linked_registries,
@@ -51,11 +54,13 @@ def _registries(*refusals: ScriptedRefusal) -> Iterator[LinkedRegistries]:
 
 @contextmanager
 def _serving(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
-    """A gateway on ``registries``; no periodic import reads a registry during the test."""
+    """A gateway on ``registries``; no periodic import reads a registry during the test,
+    and no attempt of the gateway ends before the registry's answer to it."""
     with running_gateway(
         database_url,
         registries,
         registry_retry_attempts=ATTEMPTS,
+        registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
         # As many attempts, with waits of milliseconds: which reads are retried is under
         # test, not how long the waits between them are.
         registry_retry_initial_wait_seconds=0.01,
@@ -197,12 +202,40 @@ def test_a_registry_down_is_named_unreadable_and_the_others_are_reconciled(
         assert (code, out) == (0, "reconciliation 3: consistent=true phase=completed\n")
 
 
-@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "NOT_FOUND"])
+def _stall_refusals(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every scripted refusal answer ``seconds`` late, as a stall of the whole test
+    process (a loaded machine, a full collection of a large heap) would."""
+    refuses = ScriptedRefusal.refuses
+
+    def late(refusal: ScriptedRefusal, number: int) -> bool:
+        refused = refuses(refusal, number)
+        if refused:
+            time.sleep(seconds)
+        return refused
+
+    monkeypatch.setattr(ScriptedRefusal, "refuses", late)
+
+
+STALL_SECONDS = GatewayConfig().registry_timeout_seconds + 0.5
+"""Longer than a gateway's default registry deadline."""
+
+
+@pytest.mark.parametrize(
+    ("status", "stall_seconds"),
+    [("INVALID_ARGUMENT", 0.0), ("NOT_FOUND", 0.0), ("INVALID_ARGUMENT", STALL_SECONDS)],
+    ids=["INVALID_ARGUMENT", "NOT_FOUND", "INVALID_ARGUMENT-stalled"],
+)
 def test_a_read_refused_for_good_is_not_retried(
-    database_url: str, status: str, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    status: str,
+    stall_seconds: float,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Refused once only: a retry would have been answered, so Verra unreadable shows none
-    # was made.
+    # was made.  Stalled, the refusal comes after the default registry deadline: the
+    # gateway's attempt must still be there to hear it.
+    _stall_refusals(monkeypatch, stall_seconds)
     with _gateway(database_url, ScriptedRefusal(TOTALS, status)) as gateway:
         code, out, _ = _reconcile(capsys, gateway)
         assert code == 1

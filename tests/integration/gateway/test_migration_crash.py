@@ -28,7 +28,11 @@ from gateway.demo_migration import (
 )
 from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
-from tests.integration.gateway.conftest import LinkedRegistries, linked_registries
+from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
+    LinkedRegistries,
+    linked_registries,
+)
 from tests.integration.gateway.test_crash_recovery import _gateway
 from tests.integration.gateway.test_migration_holds import (
     SETTLE_FULFILS,
@@ -134,7 +138,12 @@ def test_a_transfer_retry_killed_before_its_transfer_resumes_it_once(database_ur
             request_id="migrate-steel-crash-t",
             plan=migration_request(steel, acknowledged=["CL-MIGRATION-0014"]),
         )
-        with _gateway(database_url, pilot) as (_, target), grpc.insecure_channel(target) as ch:
+        # Shenzhen's refusal is scripted by call number.
+        timeout = str(COUNTED_CALLS_TIMEOUT_S)
+        with (
+            _gateway(database_url, pilot, registry_timeout_seconds=timeout) as (_, target),
+            grpc.insecure_channel(target) as ch,
+        ):
             stub = gateway_pb2_grpc.LinkageGatewayStub(ch)
             record_entity(stub, steel)
             mirror = settle_final_pilot_year(stub, steel)

@@ -38,6 +38,7 @@ from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.port import SurrenderRequest
 from registry_bridge.schema import MigrationRecord
 from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
     LinkedRegistries,
     LiveGateway,
     linked_registries,
@@ -81,6 +82,8 @@ def _pilot(
             # The tests drive every resolution and reconciliation themselves.
             recovery_interval_seconds=3600,
             reconcile_interval_seconds=86_400,
+            # Shenzhen's refusals are scripted by call number.
+            registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
             registry_retry_initial_wait_seconds=0.01,
             registry_retry_max_wait_seconds=0.02,
         ) as gateway,

@@ -22,6 +22,7 @@ from registry_bridge import db, ledger
 from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
 from registry_bridge.port import IssueRequest, RetireRequest
 from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
     VERRA_SERIAL,
     LinkedRegistries,
     LiveGateway,
@@ -152,6 +153,7 @@ def _refusing_listings(
             registries,
             import_every=3600.0,
             registry_retry_attempts=ATTEMPTS,
+            registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
             # As many attempts, milliseconds apart: the waits are not under test.
             registry_retry_initial_wait_seconds=0.01,
             registry_retry_max_wait_seconds=0.02,

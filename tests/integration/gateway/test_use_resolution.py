@@ -35,6 +35,7 @@ from registry_bridge.port import (
 )
 from registry_bridge.schema import LedgerEvent, UnitUseRecord
 from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
     VERRA_SERIAL,
     LinkedRegistries,
     LiveGateway,
@@ -84,6 +85,8 @@ def _venue_refusing(
             registries,
             # The tests drive every resolution: no recovery loop settles a use meanwhile.
             recovery_interval_seconds=3600,
+            # The venue's refusals are scripted by call number.
+            registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
             registry_retry_initial_wait_seconds=0.01,
             registry_retry_max_wait_seconds=0.02,
             metrics_listen="127.0.0.1:0",

@@ -107,6 +107,31 @@ def hold_calls(
     return asked, answer
 
 
+def lose_answers(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``target.name`` (say, an emulator store's ``credit``) apply each call, then fail
+    it, as a registry whose reply is lost after its commit would, until the returned
+    ``answering`` is set; ``asked`` is set at the first call.  The gateway sees a transient
+    failure (UNKNOWN) at once, with no deadline to wait for or to race.
+
+    Returns:
+        ``(asked, answering)``.
+    """
+    asked, answering = threading.Event(), threading.Event()
+    original = getattr(target, name)
+
+    def applied_unanswered(*args: Any, **kwargs: Any) -> Any:
+        asked.set()
+        result = original(*args, **kwargs)
+        if not answering.is_set():
+            raise RuntimeError(f"injected fault: {name} applied, its answer lost")
+        return result
+
+    monkeypatch.setattr(target, name, applied_unanswered)
+    return asked, answering
+
+
 @contextmanager
 def linked_registries(
     faults: Mapping[str, FaultConfig] | None = None,

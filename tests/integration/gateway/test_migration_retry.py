@@ -7,7 +7,7 @@ step's ``Freeze``. Each repeat is a new attempt of the failed step under new der
 one whose cause remains fails again with its current reason and does nothing else; one
 whose cause is gone acts only on the units of the step's block the entity still holds, and
 reports the rest. A repeat while a transfer in flight holds some of those units locked (the
-national emulator's credit held unanswered) waits for it the same way. Every attempt stays
+national emulator's credit applied, its answer lost) waits for it the same way. Every attempt stays
 on the migration's record.
 """
 
@@ -24,7 +24,12 @@ from registry_bridge.db import unit_of_work
 from registry_bridge.model import BlockId, HoldingStatus, Program
 from registry_bridge.schema import MigrationRecord
 from registry_bridge.transfers import TransferState
-from tests.integration.gateway.conftest import hold_calls, linked_registries, running_gateway
+from tests.integration.gateway.conftest import (
+    COUNTED_CALLS_TIMEOUT_S,
+    linked_registries,
+    lose_answers,
+    running_gateway,
+)
 from tests.integration.gateway.test_migration_holds import (
     HELD_UNITS,
     SETTLE_FULFILS,
@@ -290,10 +295,11 @@ def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
             registries,
             recovery_interval_seconds=3600,
             reconcile_interval_seconds=86_400,
-            # A credit the national registry does not answer leaves its transfer
-            # SOURCE_LOCKED after one short try, instead of after seconds of retries.
-            registry_timeout_seconds=0.5,
+            # A credit whose answer the national registry loses leaves its transfer
+            # SOURCE_LOCKED after one try, instead of being repeated at once.
             registry_retry_attempts=1,
+            # Shenzhen's refusal is scripted by call number.
+            registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
         ) as gateway,
     ):
         steel = pilot_entity("steel-r5", "steel", 2023, 35_000_000)
@@ -302,15 +308,15 @@ def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
         assert _execute(gateway, steel, "migrate-r5").state == "failed"
 
         # The entity sends some of the CCER home itself; the national registry takes the
-        # credit but does not answer, so the transfer stays in flight, its units locked.
+        # credit but its answer is lost, so the transfer stays in flight, its units locked.
         away = model_pb2.BlockId(
             program=mirror.program,
             serial_series=mirror.serial_series,
             serial_start=mirror.serial_start + 4_000,
             serial_end=mirror.serial_start + 4_199,
         )
-        asked, answer = hold_calls(
-            monkeypatch, registries.emulators["national"].store, "credit", 30
+        asked, answering = lose_answers(
+            monkeypatch, registries.emulators["national"].store, "credit"
         )
         try:
             moving = gateway.stub.SubmitTransfer(
@@ -364,9 +370,10 @@ def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
             assert after == before
             assert before[1][_range(away)] == HoldingStatus.LOCKED
         finally:
-            answer.set()
+            answering.set()
 
-        # The national registry answers now; the bridge's recovery completes the transfer.
+        # The national registry answers now (the credit's repeat from its operation log);
+        # the bridge's recovery completes the transfer.
         assert gateway.server.bridge.resume_unfinished() == {in_flight: TransferState.COMPLETED}
 
         third = _execute(gateway, steel, "migrate-r5")

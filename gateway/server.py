@@ -69,7 +69,7 @@ generation runs the next one: a full run walks every long-lived object of the pr
 (~130,000 after start: rule packs, schema, modules, caches).  With the default, a batch
 of 1,000 transfers ran the collector ~170 times and the full one once or twice: 8-11 %
 of the process's CPU, against about 1 % with this threshold (docs/performance.md, item
-45)."""
+47)."""
 
 
 class RegistryProbe:

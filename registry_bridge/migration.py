@@ -1295,6 +1295,12 @@ class Migrations:
         if self._on_step is not None:
             self._on_step(migration_id, step)
 
+    def _fail_step(self, migration_id: str, seq: int, refusal: FailedPrecondition) -> None:
+        """Record step ``seq`` failed with ``refusal``'s words, in a transaction of its own."""
+        with unit_of_work(self._sessions) as session:
+            step = self._set_step(session, migration_id, seq, "failed", error=str(refusal))
+        self._hook(migration_id, step)
+
     def _run_step(self, migration_id: str, seq: int, kind: str, caller: str) -> bool:
         """Advance one step of ``caller``'s migration; True when it moved (so the next may
         run)."""
@@ -1377,9 +1383,7 @@ class Migrations:
                     step = self._set_step(session, migration_id, seq, "applied", **retried)
                     detail.update(retried)
             except FailedPrecondition as exc:
-                with unit_of_work(self._sessions) as session:
-                    step = self._set_step(session, migration_id, seq, "failed", error=str(exc))
-                self._hook(migration_id, step)
+                self._fail_step(migration_id, seq, exc)
                 return False
             self._hook(migration_id, step)
         try:
@@ -1481,9 +1485,7 @@ class Migrations:
                     left=left,
                 )
         except FailedPrecondition as exc:
-            with unit_of_work(self._sessions) as session:
-                step = self._set_step(session, migration_id, seq, "failed", error=str(exc))
-            self._hook(migration_id, step)
+            self._fail_step(migration_id, seq, exc)
             return None
         self._hook(migration_id, step)
         return units

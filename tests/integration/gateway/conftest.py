@@ -24,7 +24,7 @@ from adapters.retry import RetryPolicy
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.server import GatewayServer
-from registry_bridge import db, ledger
+from registry_bridge import db, invariants, ledger
 from registry_bridge.bridge import venue_account
 from registry_bridge.model import BlockId, UnitBlock
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
@@ -202,6 +202,17 @@ def live_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[Li
     registries.seed_venue()
     with running_gateway(database_url, registries) as gateway:
         yield gateway
+
+
+def check_invariants(database_url: str, ports: Mapping[str, RegistryPort]) -> None:
+    """Every invariant of the ledger at ``database_url`` holds against ``ports``, read
+    through an engine of its own (the gateway that wrote it may be gone)."""
+    engine = db.create_engine(database_url)
+    try:
+        with db.session_factory(engine)() as session:
+            assert invariants.check_all(session, ports) == []
+    finally:
+        engine.dispose()
 
 
 def live_rows_over(

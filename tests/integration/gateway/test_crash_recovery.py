@@ -23,13 +23,14 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
-from registry_bridge import db, invariants
+from registry_bridge import db
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
 from registry_bridge.schema import TransferRecord
 from tests.integration.gateway.conftest import (
     WIRED,
     LinkedRegistries,
+    check_invariants,
     free_port,
     linked_registries,
 )
@@ -120,15 +121,6 @@ def _wait_final(target: str, deadline_seconds: float = 60) -> model_pb2.Transfer
             time.sleep(0.2)
 
 
-def _check_invariants(database_url: str, registries: LinkedRegistries) -> None:
-    engine = db.create_engine(database_url)
-    try:
-        with db.session_factory(engine)() as session:
-            assert invariants.check_all(session, registries.ports) == []
-    finally:
-        engine.dispose()
-
-
 def _until_its_lock_expired(database_url: str) -> None:
     """Wait until the one transfer's lock is past the expiry it was given."""
     engine = db.create_engine(database_url)
@@ -168,7 +160,7 @@ def test_a_killed_gateway_finishes_the_transfer_after_restart(
         for h in registries.ports["verra"].block_status(BlockStatusRequest(origin.id))
     }
     assert verra[(start, start + quantity - 1)] == HoldingStatus.BRIDGED
-    _check_invariants(database_url, registries)
+    check_invariants(database_url, registries.ports)
 
 
 def test_an_expired_lock_rolls_back_after_a_crash(
@@ -194,7 +186,7 @@ def test_an_expired_lock_rolls_back_after_a_crash(
         h.status for h in registries.ports["hkmo"].block_status(BlockStatusRequest(origin.id))
     }
     assert statuses == {HoldingStatus.ACTIVE}
-    _check_invariants(database_url, registries)
+    check_invariants(database_url, registries.ports)
 
 
 @pytest.fixture
@@ -240,4 +232,4 @@ def test_crash_recovery_with_registry_faults(
         for h in registries.ports["verra"].block_status(BlockStatusRequest(origin.id))
     }
     assert verra[(start, start + quantity - 1)] == HoldingStatus.BRIDGED
-    _check_invariants(database_url, registries)
+    check_invariants(database_url, registries.ports)

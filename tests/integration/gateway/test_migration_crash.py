@@ -26,11 +26,11 @@ from gateway.demo_migration import (
     settle_final_pilot_year,
     statuses,
 )
-from registry_bridge import db, invariants
 from registry_bridge.model import HoldingStatus
 from tests.integration.gateway.conftest import (
     COUNTED_CALLS_TIMEOUT_S,
     LinkedRegistries,
+    check_invariants,
     linked_registries,
 )
 from tests.integration.gateway.test_crash_recovery import _gateway
@@ -91,21 +91,7 @@ def test_a_killed_migration_completes_on_a_second_execute(
     }
     national = statuses(pilot.ports["national"], ccer)
     assert national[(ccer.serial_start + 4_000, ccer.serial_end)] == HoldingStatus.ACTIVE
-    engine = db.create_engine(database_url)
-    try:
-        with db.session_factory(engine)() as session:
-            assert invariants.check_all(session, pilot.ports) == []
-    finally:
-        engine.dispose()
-
-
-def _check_invariants(database_url: str, registries: LinkedRegistries) -> None:
-    engine = db.create_engine(database_url)
-    try:
-        with db.session_factory(engine)() as session:
-            assert invariants.check_all(session, registries.ports) == []
-    finally:
-        engine.dispose()
+    check_invariants(database_url, pilot.ports)
 
 
 def _killed(
@@ -188,7 +174,7 @@ def test_a_transfer_retry_killed_before_its_transfer_resumes_it_once(database_ur
         ccer = steel.ccer.id
         national = statuses(pilot.ports["national"], ccer)
         assert national[(ccer.serial_start + 4_100, ccer.serial_end)] == HoldingStatus.ACTIVE
-        _check_invariants(database_url, pilot)
+        check_invariants(database_url, pilot.ports)
 
 
 def test_a_cancel_retry_killed_after_the_ledger_cancelled_resumes_it_once(
@@ -235,4 +221,4 @@ def test_a_cancel_retry_killed_after_the_ledger_cancelled_resumes_it_once(
             (held.serial_start, held.serial_end): HoldingStatus.SURRENDERED,
             (held.serial_end + 1, sza.serial_end): HoldingStatus.CANCELLED,
         }
-        _check_invariants(database_url, registries)
+        check_invariants(database_url, registries.ports)

@@ -24,9 +24,8 @@ import grpc
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import format_serial
-from registry_bridge import db, invariants
 from registry_bridge.model import UnitBlock
-from tests.integration.gateway.conftest import LinkedRegistries, free_port
+from tests.integration.gateway.conftest import LinkedRegistries, check_invariants, free_port
 from tests.integration.serving import wait_serving
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -166,9 +165,4 @@ def test_two_gateways_one_winner_per_conflict(
                 if r.startswith(f"g{g}-") and state == "TRANSFER_STATE_COMPLETED"
             ]
             assert len(winners) == 1, (g, results)
-    engine = db.create_engine(database_url)
-    try:
-        with db.session_factory(engine)() as session:
-            assert invariants.check_all(session, registries.ports) == []
-    finally:
-        engine.dispose()
+    check_invariants(database_url, registries.ports)

@@ -889,8 +889,7 @@ def carve(
         if piece_start == start:
             wanted = piece
     _write_claims(session, own)
-    if wanted is None:
-        raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
+    assert wanted is not None  # start..end is one of the spans (start <= end, checked above)
     # Cut for others too: each piece names the transfer it was cut for ("" for the rest).
     named = {"cut_for": [c for _, _, c in spans]} if len(cuts) > 1 else {}
     append_event(

@@ -54,7 +54,14 @@ from typing import Any, NoReturn
 from registry_bridge import merkle
 from registry_bridge.block_json import block_id_from_dict, block_id_to_dict
 from registry_bridge.errors import CarbonlinkError
-from registry_bridge.model import BlockId, HoldingStatus, merge_blocks, merge_spans, spans_missing
+from registry_bridge.model import (
+    BlockId,
+    HoldingStatus,
+    merge_blocks,
+    merge_spans,
+    origin_serials,
+    spans_missing,
+)
 from registry_bridge.signed_note import NoteError, Verifier, open_checkpoint, open_note
 
 BUNDLE_FORMAT = "carbonlink-audit-bundle/4"
@@ -437,13 +444,8 @@ def _origin_part(block: BlockId, origin: BlockId, query: BlockId) -> BlockId | N
     """The origin serials that the part of ``block`` inside ``query`` stands for."""
     if not block.overlaps(query):
         return None
-    offset = origin.serial_start - block.serial_start
-    return BlockId(
-        origin.program,
-        origin.serial_series,
-        max(block.serial_start, query.serial_start) + offset,
-        min(block.serial_end, query.serial_end) + offset,
-    )
+    start = max(block.serial_start, query.serial_start)
+    return origin_serials(block, origin, start, min(block.serial_end, query.serial_end))
 
 
 class _History:

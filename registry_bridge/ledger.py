@@ -24,7 +24,7 @@ from registry_bridge.block_json import attributes_to_json, block_from_parts, blo
 from registry_bridge.db import run_plain
 from registry_bridge.errors import FailedPrecondition, LedgerConflict, PreconditionViolation
 from registry_bridge.event_log import append_event, hold_head
-from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock
+from registry_bridge.model import BlockId, HoldingStatus, Program, UnitBlock, origin_serials
 from registry_bridge.plain_rows import PlainRow
 from registry_bridge.schema import LedgerBlock
 
@@ -113,10 +113,7 @@ class LedgerHolding:
 
 def origin_part(holding: LedgerHolding, start: int, end: int) -> BlockId:
     """The origin serials that ``start``..``end`` of ``holding`` stand for."""
-    first = holding.origin.serial_start + (start - holding.block.id.serial_start)
-    return BlockId(
-        holding.origin.program, holding.origin.serial_series, first, first + (end - start)
-    )
+    return origin_serials(holding.block.id, holding.origin, start, end)
 
 
 def _to_holding(row: LedgerRow) -> LedgerHolding:

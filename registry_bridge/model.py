@@ -228,6 +228,13 @@ def merge_blocks(blocks: Iterable[BlockId]) -> list[BlockId]:
     ]
 
 
+def origin_serials(block: BlockId, origin: BlockId, start: int, end: int) -> BlockId:
+    """The serials of ``origin`` that ``start``..``end`` of ``block`` stand for, ``block``
+    standing for ``origin`` serial for serial (a mirror, or a piece of one)."""
+    first = origin.serial_start + (start - block.serial_start)
+    return BlockId(origin.program, origin.serial_series, first, first + (end - start))
+
+
 @dataclass(frozen=True)
 class UnitBlock:
     """A run of units with everything the rules need to know about them.

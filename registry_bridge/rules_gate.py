@@ -67,7 +67,7 @@ from compliance_rules import HoldingStatus as FactStatus
 from compliance_rules.engine import decision_date
 from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
 from registry_bridge.errors import InvalidRequest
-from registry_bridge.ledger import LedgerHolding
+from registry_bridge.ledger import LedgerHolding, origin_part
 from registry_bridge.listing import (
     ListingCondition,
     ListingEligibility,
@@ -249,17 +249,6 @@ def _fact_block(
             else GecStatus.NONE
         ),
         holding_id=holding_id,
-    )
-
-
-def _origin_part(row: LedgerHolding, part: BlockId) -> BlockId:
-    """The origin range of ``part``, a sub-range of ``row``'s own serials."""
-    offset = part.serial_start - row.block.id.serial_start
-    return BlockId(
-        row.origin.program,
-        row.origin.serial_series,
-        row.origin.serial_start + offset,
-        row.origin.serial_start + offset + part.quantity - 1,
     )
 
 
@@ -596,7 +585,13 @@ class ComplianceRules:
                 and r.block.id.contains(unit.id)
             ]
             if len(rows) == 1:
-                moving.append(_Moving(unit, _origin_part(rows[0], unit.id), rows[0]))
+                moving.append(
+                    _Moving(
+                        unit,
+                        origin_part(rows[0], unit.id.serial_start, unit.id.serial_end),
+                        rows[0],
+                    )
+                )
             else:
                 missing.append(unit.id)
         if missing:

@@ -12,7 +12,7 @@ by each transfer's own rules, as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -87,6 +87,17 @@ def _listing_refusal(decision: model_pb2.Decision, name: str) -> model_pb2.Viola
     assert violation.details["jurisdiction"] == "shenzhen"
     assert "GCC Standard" in violation.source
     return violation
+
+
+def _use_refused_under(listing: str, use: Callable[[], object]) -> None:
+    """``use`` (a retirement or surrender) is refused FAILED_PRECONDITION, naming
+    CR-DC-0002 and the refused listing ``listing``."""
+    with pytest.raises(grpc.RpcError) as caught:
+        use()
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = caught.value.details() or ""
+    assert "CR-DC-0002" in details
+    assert listing in details
 
 
 def _to_shenzhen(first: int, last: int) -> model_pb2.TransferInstruction:
@@ -176,12 +187,7 @@ def test_units_moved_in_before_a_refusal_cannot_be_retired_there_but_may_leave(
         return use
 
     name = _refused(live_gateway, "dc-after-transfer", VCS_1060)
-    with pytest.raises(grpc.RpcError) as caught:
-        retire("retire-refused")
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    details = caught.value.details() or ""
-    assert "CR-DC-0002" in details
-    assert name in details
+    _use_refused_under(name, lambda: retire("retire-refused"))
     # They may leave, for a market whose rules admit them: back to the Hong Kong venue.
     back = live_gateway.stub.SubmitTransfer(
         gateway_pb2.SubmitTransferRequest(
@@ -256,12 +262,7 @@ def test_a_refused_listing_refuses_surrenders_in_its_jurisdiction_until_relisted
             return used
 
         name = _refused(gateway, "szci-double", carbon_inclusive)
-        with pytest.raises(grpc.RpcError) as caught:
-            surrender("surrender-refused")
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        details = caught.value.details() or ""
-        assert "CR-DC-0002" in details
-        assert name in details
+        _use_refused_under(name, lambda: surrender("surrender-refused"))
 
         assert _list(gateway, "szci-relisted", carbon_inclusive).listed
         assert surrender("surrender-after").decision.allowed

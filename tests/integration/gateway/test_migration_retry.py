@@ -46,6 +46,20 @@ def _step(migration: gateway_pb2.Migration, kind: str) -> gateway_pb2.MigrationS
     return step
 
 
+def _done_on_the_third_attempt(
+    migration: gateway_pb2.Migration, kind: str
+) -> gateway_pb2.MigrationStep:
+    """The migration completed, its ``kind`` step failed twice and done on a third attempt."""
+    assert migration.state == "completed", migration.failure_reason
+    step = _step(migration, kind)
+    assert [(a.attempt, a.state) for a in step.attempts] == [
+        (0, "failed"),
+        (1, "failed"),
+        (2, "done"),
+    ]
+    return step
+
+
 def _range(block: model_pb2.BlockId) -> tuple[int, int]:
     return (block.serial_start, block.serial_end)
 
@@ -88,14 +102,8 @@ def test_a_cancel_step_failed_on_held_units_is_retried_over_the_units_still_held
         assert resolved.state == model_pb2.USE_STATE_COMPLETED
 
         third = _execute(gateway, steel, "migrate-r1")
-        assert third.state == "completed", third.failure_reason
+        cancel = _done_on_the_third_attempt(third, "cancel")
         assert all(s.state == "done" for s in third.steps)
-        cancel = _step(third, "cancel")
-        assert [(a.attempt, a.state) for a in cancel.attempts] == [
-            (0, "failed"),
-            (1, "failed"),
-            (2, "done"),
-        ]
         assert len({a.operation for a in cancel.attempts}) == 3
         sza = steel.sza.id
         cut = sza.serial_start + 46_000
@@ -166,13 +174,7 @@ def test_a_refused_transfer_step_is_retried_under_new_ids_over_the_units_still_h
         )
 
         third = _execute(gateway, steel, "migrate-r2")
-        assert third.state == "completed", third.failure_reason
-        transfer = _step(third, "transfer")
-        assert [(a.attempt, a.state) for a in transfer.attempts] == [
-            (0, "failed"),
-            (1, "failed"),
-            (2, "done"),
-        ]
+        transfer = _done_on_the_third_attempt(third, "transfer")
         retried = transfer.attempts[2]
         assert [_range(b) for b in retried.units] == [
             (used.serial_end + 1, mirror.serial_start + 4_999)
@@ -377,13 +379,7 @@ def test_a_retry_waits_for_a_transfer_in_flight_on_the_steps_units(
         assert gateway.server.bridge.resume_unfinished() == {in_flight: TransferState.COMPLETED}
 
         third = _execute(gateway, steel, "migrate-r5")
-        assert third.state == "completed", third.failure_reason
-        transfer = _step(third, "transfer")
-        assert [(a.attempt, a.state) for a in transfer.attempts] == [
-            (0, "failed"),
-            (1, "failed"),
-            (2, "done"),
-        ]
+        transfer = _done_on_the_third_attempt(third, "transfer")
         retried = transfer.attempts[2]
         assert [_range(b) for b in retried.units] == [
             (mirror.serial_start + 4_200, mirror.serial_start + 4_999)

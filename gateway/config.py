@@ -67,6 +67,11 @@ class GatewayConfig:
     """Largest request accepted: a safety cap against memory exhaustion by one client."""
     max_batch_size: int = 1000
     """Most instructions in one SubmitTransfers call, bounding one transaction's size."""
+    accepted_backlog_transfers: int = 2000
+    """Most transfers accepted (SubmitTransfer with REPLY_WHEN_ACCEPTED) and not yet
+    settled at once; past it, acceptance waits for settlement to catch up. Each waits in
+    it holding its lease (renewed when its settlement starts), so keep it small enough to
+    settle well within transfer_lease_seconds."""
     trace_page_bytes: int = 1024 * 1024
     """Largest TraceUnits reply: a page ends early rather than grow past it (a single
     event larger than it is still sent whole). At most 4 MiB, gRPC's default receive
@@ -163,6 +168,7 @@ _FIELD_TYPES: dict[str, type] = {
     "max_workers": int,
     "max_message_bytes": int,
     "max_batch_size": int,
+    "accepted_backlog_transfers": int,
     "trace_page_bytes": int,
     "lock_ttl_seconds": int,
     "registry_timeout_seconds": float,
@@ -281,6 +287,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "max_workers": config.max_workers,
         "max_message_bytes": config.max_message_bytes,
         "max_batch_size": config.max_batch_size,
+        "accepted_backlog_transfers": config.accepted_backlog_transfers,
         "trace_page_bytes": config.trace_page_bytes,
         "lock_ttl_seconds": config.lock_ttl_seconds,
         "registry_timeout_seconds": config.registry_timeout_seconds,

@@ -277,6 +277,7 @@ class GatewayServer:
                 _crash_hook(config.fault_crash_after_state),
             ),
             lease=timedelta(seconds=config.transfer_lease_seconds),
+            accepted_backlog=config.accepted_backlog_transfers,
             credited_programs={
                 info.registry_id: programs
                 for info in self._registries
@@ -416,6 +417,9 @@ class GatewayServer:
         self._recovery_stop.set()
         self._server.stop(grace).wait()
         abandoned = self._in_flight.wait_until_idle(deadline - time.monotonic())
+        # Accepted transfers settle on within what is left of the grace period; those
+        # not started are let go for recovery (the next start, or another gateway).
+        self.bridge.stop_settling(deadline - time.monotonic())
         for thread in (self._recovery, self._importing, self._reconciling):
             if thread is not None:
                 # Daemon threads: one waiting on a registry is left, as a handler is.

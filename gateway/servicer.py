@@ -279,9 +279,18 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> model_pb2.Transfer:
         request_id = convert.request_id(request.request_id)
         instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
-        return convert.transfer_to_pb(
-            self._bridge.submit(request_id, instruction, caller=current_caller())
-        )
+        if request.reply_when == gateway_pb2.REPLY_WHEN_ACCEPTED:
+            transfer = self._bridge.accept(request_id, instruction, caller=current_caller())
+        elif request.reply_when in (
+            gateway_pb2.REPLY_WHEN_UNSPECIFIED,
+            gateway_pb2.REPLY_WHEN_SETTLED,
+        ):
+            transfer = self._bridge.submit(request_id, instruction, caller=current_caller())
+        else:
+            raise InvalidRequest.field(
+                "reply_when", f"{request.reply_when} is not a ReplyWhen this gateway knows"
+            )
+        return convert.transfer_to_pb(transfer)
 
     def SubmitTransfers(
         self, request: gateway_pb2.SubmitTransfersRequest, context: grpc.ServicerContext

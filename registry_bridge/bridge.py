@@ -84,6 +84,7 @@ from registry_bridge.schema import (
     TransferStepRecord,
     UnitUseRecord,
 )
+from registry_bridge.settling import Settler
 from registry_bridge.transfer_rows import TransferRow
 from registry_bridge.transfers import (
     AccountRef,
@@ -233,6 +234,12 @@ _MAX_CONFLICT_RETRIES = 10
 # A batch larger than one part is driven as parts of this many transfers, this many at once.
 _PIPELINE_PART = 250
 _PIPELINE_PARTS = 3
+_SETTLER_WORKERS = 1
+"""Groups of accepted transfers settling at once.  One: the transfers accepted while a
+group settles build the next group, which is what makes settling accepted transfers
+cheaper than settling each call's own (measured, docs/performance.md item 49: with two or
+three, an idle worker took each acceptance alone as it arrived, and accepted transfers
+cost as much gateway CPU as settled ones)."""
 
 
 def venue_account(venue: str) -> str:
@@ -730,6 +737,22 @@ _USED_CODES = frozenset({"UNITS_RETIRED", "UNITS_CANCELLED", "UNITS_SURRENDERED"
 """The registries' refusal codes for units already used (see the emulators' ``_take``)."""
 
 
+def _seen_whole(record: TransferRow, taken: Sequence[tuple[int, TransferStep]]) -> Transfer | None:
+    """The transfer's view from steps this call committed, if they are its whole history.
+
+    Whole: every step from the proposal (numbered from 0, none missing) to the state the
+    row is in.  Anything else (a transfer finished by another gateway meanwhile, say) is
+    read back instead.
+    """
+    if (
+        taken
+        and [seq for seq, _ in taken] == list(range(len(taken)))
+        and taken[-1][1].state.value == record.state
+    ):
+        return _view(record, [step for _, step in taken])
+    return None
+
+
 class Bridge:
     """Drives transfers and uses of units across the wired registries."""
 
@@ -746,6 +769,7 @@ class Bridge:
         lease: timedelta = timedelta(seconds=15),
         on_state: Callable[[str, TransferState], None] | None = None,
         credited_programs: Mapping[str, frozenset[Program]] | None = None,
+        accepted_backlog: int = 2000,
     ) -> None:
         """Build a bridge.
 
@@ -767,6 +791,8 @@ class Bridge:
                 with from another registry (``adapters.registry.RegistryEntry``); one not
                 named takes any (issuing a mirror).  A transfer of other units there is
                 rejected before anything is locked, not rolled back once refused.
+            accepted_backlog: How many accepted transfers (``accept``) may wait for or
+                be in settlement at once before acceptance waits.
         """
         self._sessions = sessions
         self._registries = dict(registries)
@@ -791,6 +817,14 @@ class Bridge:
         self._shared_rounds = _SharedRounds(self._settled_views)
         # Parts of a large batch are driven side by side (see drive_many).
         self._parts = ThreadPoolExecutor(max_workers=_PIPELINE_PARTS, thread_name_prefix="batch")
+        # Accepted transfers are settled in the background, in groups (see accept).
+        self._settler = Settler(
+            self._settle_accepted,
+            backlog=accepted_backlog,
+            group_size=_PIPELINE_PART,
+            workers=_SETTLER_WORKERS,
+        )
+        self._accepting_rounds = _SharedRounds(self._accept_many)
 
     # ----------------------------------------------------------------------------- reads
 
@@ -1234,6 +1268,78 @@ class Bridge:
         self._validate(instruction)
         return self._shared_rounds.submit(_Submission(caller, request_id, instruction))
 
+    def accept(
+        self, request_id: str, instruction: TransferInstruction, *, caller: str = LOCAL_CALLER
+    ) -> Transfer:
+        """Propose and check a transfer, answer, and settle it in the background.
+
+        The answer is the transfer as checked: CHECKED, or REJECTED by the rules (final),
+        or, when another gateway's claim on the same units met the check, PROPOSED (it is
+        checked in the background).  A repeated request answers its transfer as it stands
+        and settles it on if it is unfinished and no one is driving it.  Concurrent
+        acceptances share a proposal round; the settler drives what was accepted in
+        groups (see ``settling``).  While the backlog is full, acceptance waits.
+
+        Raises:
+            InvalidRequest: The instruction is malformed.
+            RequestIdConflict: The caller used the request id for another instruction.
+        """
+        if not request_id:
+            raise InvalidRequest.field("request_id", "is required")
+        self._validate(instruction)
+        return self._accepting_rounds.submit(_Submission(caller, request_id, instruction))
+
+    def _accept_many(self, submissions: Sequence[_Submission]) -> list[Transfer | Exception]:
+        """Propose and check submissions in one transaction and queue them for settling."""
+        self._settler.make_room(len(submissions))
+        steps: dict[str, list[tuple[int, TransferStep]]] = {}
+        collecting = _SETTLED_STEPS.set(steps)
+        try:
+            with self._checking:
+                outcomes, proposed = self._propose_many(submissions, check=True)
+        finally:
+            _SETTLED_STEPS.reset(collecting)
+        views: dict[str, Transfer] = {}
+        for transfer_id, record in proposed.items():
+            view = _seen_whole(record, steps.get(transfer_id, []))
+            if view is not None:
+                views[transfer_id] = view
+        unread = [o for o in dict.fromkeys(outcomes) if isinstance(o, str) and o not in views]
+        if unread:
+            views.update(self._get_many(unread))
+        unsettled = [t for t, v in views.items() if not v.state.is_final]
+        with self._driving_lock:
+            # A repeat's transfer may be in another driver's hands (the recovery loop's,
+            # or a settler group's): left to it.
+            mine = [t for t in unsettled if t in proposed or t not in self._driving]
+            self._driving.update(mine)
+        if not self._settler.add(mine):
+            self._let_go(mine, {})  # stopping: the next gateway's recovery settles them
+        return [o if isinstance(o, Exception) else views[o] for o in outcomes]
+
+    def _settle_accepted(self, transfer_ids: list[str]) -> None:
+        """Drive accepted transfers as one group and give up what is left unfinished."""
+        reached: dict[str, TransferRow] = {}
+        try:
+            reached = self._drive_rounds(transfer_ids, self._claim_many(transfer_ids))
+        finally:
+            self._let_go(transfer_ids, reached)
+
+    def stop_settling(self, timeout: float) -> None:
+        """Settle no more accepted transfers; wait up to ``timeout`` s for groups settling.
+
+        Those still queued are let go at once, for recovery (this gateway's next start, or
+        another gateway) to settle.
+        """
+        left = self._settler.stop(timeout)
+        if left:
+            self._let_go(left, {})
+
+    @property
+    def accepted_pending(self) -> int:
+        """Accepted transfers queued for or in settlement by this bridge."""
+        return self._settler.pending
+
     def submit_many(
         self,
         items: Sequence[tuple[str, TransferInstruction]],
@@ -1325,14 +1431,10 @@ class Bridge:
             # Only a history this call saw whole: every step from the proposal (numbered
             # from 0, none missing) to the state the row ended in.  Anything else (a
             # transfer left waiting, or finished by another gateway) is read back.
-            if (
-                record is not None
-                and TransferState(record.state).is_final
-                and taken
-                and [seq for seq, _ in taken] == list(range(len(taken)))
-                and taken[-1][1].state.value == record.state
-            ):
-                ended[transfer_id] = _view(record, [step for _, step in taken])
+            if record is not None and TransferState(record.state).is_final:
+                view = _seen_whole(record, taken)
+                if view is not None:
+                    ended[transfer_id] = view
         return outcomes, ended
 
     def _propose_many(

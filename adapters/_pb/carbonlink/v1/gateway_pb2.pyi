@@ -17,6 +17,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
@@ -28,6 +29,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReplyWhen:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplyWhenEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplyWhen.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLY_WHEN_UNSPECIFIED: _ReplyWhen.ValueType  # 0
+    """As REPLY_WHEN_SETTLED."""
+    REPLY_WHEN_SETTLED: _ReplyWhen.ValueType  # 1
+    """Once the transfer is settled as far as the registries let it go now: COMPLETED,
+    REJECTED, ROLLED_BACK, or an earlier state left waiting for a registry.
+    """
+    REPLY_WHEN_ACCEPTED: _ReplyWhen.ValueType  # 2
+    """Once the transfer is recorded and checked (CHECKED, or REJECTED by the rules): the
+    gateway settles it in the background, with others accepted meanwhile, and a
+    recovery resumes it after a crash. GetTransfer and WatchTransfer follow it to its
+    end. While the gateway's backlog of accepted transfers is full, acceptance waits.
+    """
+
+class ReplyWhen(_ReplyWhen, metaclass=_ReplyWhenEnumTypeWrapper):
+    """When SubmitTransfer answers."""
+
+REPLY_WHEN_UNSPECIFIED: ReplyWhen.ValueType  # 0
+"""As REPLY_WHEN_SETTLED."""
+REPLY_WHEN_SETTLED: ReplyWhen.ValueType  # 1
+"""Once the transfer is settled as far as the registries let it go now: COMPLETED,
+REJECTED, ROLLED_BACK, or an earlier state left waiting for a registry.
+"""
+REPLY_WHEN_ACCEPTED: ReplyWhen.ValueType  # 2
+"""Once the transfer is recorded and checked (CHECKED, or REJECTED by the rules): the
+gateway settles it in the background, with others accepted meanwhile, and a
+recovery resumes it after a crash. GetTransfer and WatchTransfer follow it to its
+end. While the gateway's backlog of accepted transfers is full, acceptance waits.
+"""
+Global___ReplyWhen: _TypeAlias = ReplyWhen  # noqa: Y015
 
 @_typing.final
 class ListRegistriesRequest(_message.Message):
@@ -377,8 +414,13 @@ class SubmitTransferRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
+    REPLY_WHEN_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    reply_when: Global___ReplyWhen.ValueType
+    """When to answer; not part of the instruction (a repeat with another value is the
+    same request).
+    """
     @_builtins.property
     def instruction(self) -> _model_pb2.TransferInstruction: ...
     @_builtins.property
@@ -390,11 +432,12 @@ class SubmitTransferRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         instruction: _model_pb2.TransferInstruction | None = ...,
+        reply_when: Global___ReplyWhen.ValueType = ...,
         signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "reply_when", b"reply_when", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -199,7 +199,8 @@ class LinkageGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitTransfer(self, request, context):
-        """Moves units from one registry account to another, atomically.
+        """Moves units from one registry account to another, atomically. Answers once the
+        transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

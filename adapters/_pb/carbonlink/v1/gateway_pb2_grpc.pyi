@@ -56,7 +56,9 @@ class LinkageGatewayStub:
     EvaluateTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
     SubmitTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransferRequest, _model_pb2.Transfer]
-    """Moves units from one registry account to another, atomically."""
+    """Moves units from one registry account to another, atomically. Answers once the
+    transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
+    """
     SubmitTransfers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransfersRequest, _gateway_pb2.SubmitTransfersResponse]
     """A batch of settlement instructions; each succeeds or fails on its own."""
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTransferRequest, _model_pb2.Transfer]
@@ -131,7 +133,9 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     EvaluateTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateTransferRequest, _gateway_pb2.EvaluateTransferResponse]  # type: ignore[assignment]
     """Dry run of a transfer: the rules engine's decision, nothing changes."""
     SubmitTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransferRequest, _model_pb2.Transfer]  # type: ignore[assignment]
-    """Moves units from one registry account to another, atomically."""
+    """Moves units from one registry account to another, atomically. Answers once the
+    transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
+    """
     SubmitTransfers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransfersRequest, _gateway_pb2.SubmitTransfersResponse]  # type: ignore[assignment]
     """A batch of settlement instructions; each succeeds or fails on its own."""
     GetTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTransferRequest, _model_pb2.Transfer]  # type: ignore[assignment]
@@ -239,7 +243,9 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SubmitTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.Transfer, _abc.Awaitable[_model_pb2.Transfer]]:
-        """Moves units from one registry account to another, atomically."""
+        """Moves units from one registry account to another, atomically. Answers once the
+        transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
+        """
 
     @_abc_1.abstractmethod
     def SubmitTransfers(

@@ -195,7 +195,11 @@ def _submit(args: argparse.Namespace) -> int:
     if isinstance(instruction, int):
         return instruction
     request = gateway_pb2.SubmitTransferRequest(
-        request_id=args.request_id or uuid.uuid4().hex, instruction=instruction
+        request_id=args.request_id or uuid.uuid4().hex,
+        instruction=instruction,
+        reply_when=(
+            gateway_pb2.REPLY_WHEN_ACCEPTED if args.accept_only else gateway_pb2.REPLY_WHEN_SETTLED
+        ),
     )
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
@@ -203,6 +207,13 @@ def _submit(args: argparse.Namespace) -> int:
         transfer = stub.SubmitTransfer(request, timeout=args.timeout)
         _print(transfer, args, _summary(transfer))
         if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED:
+            return EXIT_OK
+        if args.accept_only and transfer.state not in _FINAL_STATES:
+            print(
+                f"carbonlink: {transfer.name} is accepted: the gateway settles it in the "
+                f"background; `carbonlink transfer get {transfer.name}` shows where it stands",
+                file=sys.stderr,
+            )
             return EXIT_OK
         if transfer.state not in _FINAL_STATES:
             # Not refused: waiting on a registry, which the gateway retries by itself.
@@ -537,6 +548,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--request-id",
         help="idempotency key (default: a new one); the same key and instruction again "
         "answer the first transfer",
+    )
+    submit.add_argument(
+        "--accept-only",
+        action="store_true",
+        help="answer once the rules allowed the transfer and it is recorded (CHECKED; exit "
+        "0), not once it is settled: the gateway settles it in the background; follow it "
+        "with `transfer get`",
     )
     submit.set_defaults(handler=_submit)
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from gateway.cli import main
 from registry_bridge import db
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
@@ -209,3 +210,29 @@ def test_accepted_transfers_a_stopped_gateway_left_are_settled_by_the_next(
     assert set(ends.values()) == {model_pb2.TRANSFER_STATE_COMPLETED}, ends
     check_invariants(database_url, registries.ports)
 
+
+def test_the_cli_submits_accept_only_and_exits_0_once_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+    live_gateway: LiveGateway,
+    registries: LinkedRegistries,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asked, answer = hold_calls(
+        monkeypatch, registries.emulators["shenzhen"].store, "credit", HELD_S
+    )
+    block = f"VCS:{START}-{START + 9}"
+    argv = ["--target", live_gateway.target, "--from", "hkmo:hk-seller", "--to", "shenzhen:buyer"]
+    code = main(["transfer", "submit", *argv, "--block", block, "--accept-only", "--insecure"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    name = captured.out.split()[0]
+    assert captured.out.split()[1] == "CHECKED"
+    assert f"carbonlink transfer get {name}" in captured.err
+    assert asked.wait(30)
+    answer.set()
+    assert _end_of(live_gateway, name).state == model_pb2.TRANSFER_STATE_COMPLETED
+    # Refused by the rules: the answer is final at acceptance, and the exit says so.
+    code = main(["transfer", "submit", *argv, "--block", block, "--accept-only", "--insecure"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "REJECTED" in captured.out

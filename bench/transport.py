@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from bench import stack
@@ -37,7 +39,10 @@ from bench.common import (
 from gateway.config import GatewayConfig
 from gateway.error_mapping import ErrorMappingInterceptor
 from gateway.security.settings import GatewaySecurity
+from gateway.server import GatewayServer
 from registry_bridge import db
+from registry_bridge.schema import TransferRecord
+from registry_bridge.transfers import TransferState
 
 ECHO_METHOD = "/carbonlink.bench.v1.Echo/Echo"
 
@@ -128,9 +133,15 @@ Call = Callable[[int], None]
 
 
 def closed_loop(
-    make_client: Callable[[], tuple[grpc.Channel, Call]], clients: int, calls: int
+    make_client: Callable[[], tuple[grpc.Channel, Call]],
+    clients: int,
+    calls: int,
+    until_done: Callable[[], None] = lambda: None,
 ) -> tuple[float, list[float], float]:
     """Run ``clients`` closed-loop clients making ``calls`` calls in all.
+
+    ``until_done`` is waited for after the last call answered, inside the wall time (the
+    settlement of transfers the calls accepted).
 
     Returns:
         Wall seconds for all of them, every call's latency in seconds, and the CPU seconds
@@ -164,6 +175,8 @@ def closed_loop(
     began = time.perf_counter()
     for thread in threads:
         thread.join()
+    if not errors:
+        until_done()
     wall = time.perf_counter() - began
     for channel, _ in made:
         channel.close()
@@ -180,15 +193,16 @@ def _throughput(
     calls: int,
     make_client: Callable[[], tuple[grpc.Channel, Call]],
     registries_pid: int | None = None,
+    until_done: Callable[[], None] = lambda: None,
 ) -> Result:
-    closed_loop(make_client, clients, max(clients, calls // 5))  # warm-up
+    closed_loop(make_client, clients, max(clients, calls // 5), until_done)  # warm-up
     rates: list[float] = []
     latencies: list[float] = []
     shares: list[CpuShares] = []
     meter = CpuMeter(registries_pid)
     for _ in range(sizes.runs):
         meter.start()
-        wall, own, client_cpu = closed_loop(make_client, clients, calls)
+        wall, own, client_cpu = closed_loop(make_client, clients, calls, until_done)
         shares.append(meter.shares(len(own), client_cpu))
         rates.append(per_second(len(own), wall))
         latencies.extend(own)
@@ -221,22 +235,43 @@ def _echo_client(
     return make
 
 
-def _transfer_client(target: str) -> Callable[[], tuple[grpc.Channel, Call]]:
-    """Clients that each take units from a lane (a seeded block) of their own."""
-    cursors = [stack.SerialCursor(lane) for lane in range(stack.LANES)]
-    made = [0]
+class _Lanes:
+    """The seeded lanes' cursors, handed to clients in turn (each client its own lane)."""
+
+    def __init__(self) -> None:
+        self._cursors = [stack.SerialCursor(lane) for lane in range(stack.LANES)]
+        self._handed = 0
+
+    def next(self) -> stack.SerialCursor:
+        cursor = self._cursors[self._handed % stack.LANES]
+        self._handed += 1
+        return cursor
+
+
+def _transfer_client(
+    target: str,
+    lanes: _Lanes,
+    reply_when: gateway_pb2.ReplyWhen.ValueType = gateway_pb2.REPLY_WHEN_SETTLED,
+) -> Callable[[], tuple[grpc.Channel, Call]]:
+    """Clients that each take units from a lane (a seeded block) of their own.
+
+    With ``REPLY_WHEN_ACCEPTED`` each call must be answered CHECKED (settled later)."""
+    expected = (
+        model_pb2.TRANSFER_STATE_CHECKED
+        if reply_when == gateway_pb2.REPLY_WHEN_ACCEPTED
+        else model_pb2.TRANSFER_STATE_COMPLETED
+    )
 
     def make() -> tuple[grpc.Channel, Call]:
         channel, gateway = stack.stub(target)
-        cursor = cursors[made[0] % stack.LANES]
-        made[0] += 1
+        cursor = lanes.next()
 
         def call(_: int) -> None:
-            reply = gateway.SubmitTransfer(
-                stack.transfer_request(uuid.uuid4().hex, cursor.take()), timeout=60
-            )
-            if reply.state != model_pb2.TRANSFER_STATE_COMPLETED:
-                raise RuntimeError(f"transfer ended {reply.state}: {reply.failure_reason}")
+            request = stack.transfer_request(uuid.uuid4().hex, cursor.take())
+            request.reply_when = reply_when
+            reply = gateway.SubmitTransfer(request, timeout=60)
+            if reply.state != expected:
+                raise RuntimeError(f"transfer answered {reply.state}: {reply.failure_reason}")
 
         return channel, call
 
@@ -312,7 +347,8 @@ def submit_transfer(
     with stack.scratch_database(database) as url, stack.registries() as linked:
         config = stack.gateway_config(url, linked.endpoints())
         with stack.gateway(config) as running:
-            make = _transfer_client(running.target)
+            lanes = _Lanes()
+            make = _transfer_client(running.target, lanes)
             for clients, echo_result in zip((1, sizes.clients), echo_results, strict=True):
                 figure = _throughput(
                     f"submit_transfer.clients_{clients}",
@@ -327,4 +363,43 @@ def submit_transfer(
                 if clients in floors:
                     figure.extra["ratio_to_floor"] = figure.median / floors[clients].median
                 out.append(figure)
+            accepted = _transfer_client(running.target, lanes, gateway_pb2.REPLY_WHEN_ACCEPTED)
+            for clients, echo_result in zip((1, sizes.clients), echo_results, strict=True):
+                figure = _throughput(
+                    f"submit_accepted.clients_{clients}",
+                    database,
+                    sizes,
+                    clients,
+                    sizes.transfer_calls,
+                    accepted,
+                    linked.pid,
+                    until_done=partial(_settled, running.server),
+                )
+                figure.extra["ratio_to_echo"] = figure.median / echo_result.median
+                out.append(figure)
     return out
+
+
+_SETTLED_POLL_SECONDS = 0.002
+
+
+def _settled(server: GatewayServer) -> None:
+    """Wait until every transfer the gateway accepted is settled; each must be COMPLETED.
+
+    The accepted figures count a call only once its transfer is settled: their wall time
+    runs to the end of the last settlement, not the last answer.
+
+    Raises:
+        RuntimeError: A transfer ended otherwise, or was left unfinished (a registry did
+            not answer), which the figure must not count.
+    """
+    while server.bridge.accepted_pending:
+        time.sleep(_SETTLED_POLL_SECONDS)
+    with server.engine.connect() as connection:
+        unfinished = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(TransferRecord)
+            .where(TransferRecord.state != TransferState.COMPLETED.value)
+        ).scalar_one()
+    if unfinished:
+        raise RuntimeError(f"{unfinished} accepted transfers did not complete")

@@ -43,6 +43,9 @@ def test_smoke_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     assert ("transport", "floor_5_calls.clients_1") in names
     transfer = next(r for r in results if r["name"] == "submit_transfer.clients_1")
     assert {"p50_ms", "p99_ms", "ratio_to_echo", "ratio_to_floor"} <= set(transfer["extra"])
+    accepted = next(r for r in results if r["name"] == "submit_accepted.clients_1")
+    assert {"p50_ms", "p99_ms", "ratio_to_echo"} <= set(accepted["extra"])
+    assert accepted["median"] > 0
     batch = next(r for r in results if r["name"].startswith("submit_transfers.batch_"))
     assert "ratio_to_raw" in batch["extra"]
     # Where the CPU went: the gateway's share always, the registries' where they run apart.

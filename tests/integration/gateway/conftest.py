@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc
 from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator, utc_now
@@ -70,19 +67,6 @@ class LinkedRegistries:
         self.ports["verra"].issue(IssueRequest(f"seed-{seed}", venue_account("hkmo"), block))
         self.ports["hkmo"].credit(CreditRequest(f"deposit-{seed}", account, block, "verra", "seed"))
         return block
-
-
-@contextmanager
-def logged_events() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every log event while open, whatever level earlier tests left the process's logging
-    at (the benchmarks set ``error``); that logging is restored afterwards."""
-    kept = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(**kept)
 
 
 def hold_calls(

@@ -36,9 +36,9 @@ from tests.integration.gateway.conftest import (
     LiveGateway,
     hold_calls,
     linked_registries,
-    logged_events,
     running_gateway,
 )
+from tests.logs import logged_events
 
 SHORT_DEADLINE_S = 1.0
 """The deadline of a call let pass: the gateway asks its first registry within

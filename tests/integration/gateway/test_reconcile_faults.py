@@ -30,9 +30,9 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
     linked_registries,
-    logged_events,
     running_gateway,
 )
+from tests.logs import logged_events
 
 ATTEMPTS = 3
 """The gateway's registry retry attempts in these tests (the first call included)."""

@@ -27,9 +27,9 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
     linked_registries,
-    logged_events,
     running_gateway,
 )
+from tests.logs import logged_events
 
 ISSUED = parse_serial("verra", VERRA_SERIAL)
 START = ISSUED.id.serial_start

@@ -25,9 +25,9 @@ from tests.integration.gateway.conftest import (
     LinkedRegistries,
     LiveGateway,
     linked_registries,
-    logged_events,
     running_gateway,
 )
+from tests.logs import logged_events
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.log_keys import load_signer, write_new_key
+from tests.logs import logged_events
 
 
 def test_a_configured_key_signs_under_the_log_origin(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_a_configured_key_signs_under_the_log_origin(tmp_path: Path) -> None:
 
 
 def test_no_key_means_an_ephemeral_one_and_an_error_log() -> None:
-    with capture_logs() as logs:
+    with logged_events() as logs:
         signer = load_signer(GatewayConfig())
     assert [e["event"] for e in logs] == ["log_signing_key_ephemeral"]
     assert logs[0]["log_level"] == "error"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from structlog.testing import capture_logs
 
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -27,6 +26,7 @@ from gateway.security.settings import warn_if_insecure
 from gateway.security.tokens import Principal
 from registry_bridge.errors import PermissionDenied
 from registry_bridge.idempotency import LOCAL_CALLER
+from tests.logs import logged_events
 
 
 def test_every_rpc_declares_its_roles_and_every_mover_is_signed() -> None:
@@ -59,7 +59,7 @@ def test_a_tls_dir_configures_everything(tmp_path: Path) -> None:
 
 
 def test_insecure_mode_warns_loudly() -> None:
-    with capture_logs() as logs:
+    with logged_events() as logs:
         warn_if_insecure(GatewayConfig(insecure=True))
         warn_if_insecure(GatewayConfig())
     assert [(e["event"], e["log_level"]) for e in logs] == [("INSECURE_MODE", "warning")]

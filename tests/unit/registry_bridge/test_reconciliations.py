@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
-from structlog.testing import capture_logs
 
 from adapters.emulator_core import start_emulator
 from adapters.registry import REGISTRIES, build_adapter
@@ -41,6 +40,7 @@ from registry_bridge.reconcile import (
 from registry_bridge.reconcile_report import report_from_json, report_json
 from registry_bridge.reconciliations import persisting
 from registry_bridge.schema import ReconciliationRecord
+from tests.logs import logged_events
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -193,7 +193,7 @@ def test_a_dead_gateways_run_is_given_up_once_its_lease_runs_out(
         # Listed as abandoned once its lease has run out, before any run records it so.
         (seen,) = alive.runs(before_id=None, limit=10)
         assert (seen.state, seen.failure) == (reconciliations.ABANDONED, reconciliations.DIED)
-        with capture_logs() as logs:
+        with logged_events() as logs:
             taken_over = alive.run()
         assert taken_over.state == reconciliations.COMPLETED
         assert [e["runner"] for e in logs if e["event"] == "reconcile_run_died"] == ["gw-dead"]

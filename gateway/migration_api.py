@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert
 from registry_bridge.covered_entities import ComplianceYear, CoveredEntity
 from registry_bridge.db import unit_of_work
 from registry_bridge.entities import get_entity, upsert_entity
-from registry_bridge.errors import FieldViolation, InvalidRequest
+from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound, PermissionDenied
 from registry_bridge.idempotency import answer_once
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.migration import (
+    Abandonment,
     Migration,
     MigrationPlan,
     MigrationRequest,
@@ -172,6 +174,19 @@ def migration_to_pb(migration: Migration) -> gateway_pb2.Migration:
             for s in migration.steps
         ],
         failure_reason=migration.failure_reason,
+        abandonment=_abandonment_pb(migration.abandonment),
+    )
+
+
+def _abandonment_pb(abandonment: Abandonment | None) -> gateway_pb2.MigrationAbandonment | None:
+    if abandonment is None:
+        return None
+    return gateway_pb2.MigrationAbandonment(
+        request_id=abandonment.request_id,
+        abandoned_by=abandonment.caller,
+        reason=abandonment.reason,
+        abandoned_at=convert.timestamp(abandonment.at),
+        signature_key_id=abandonment.signature_key_id,
     )
 
 
@@ -277,6 +292,40 @@ def get_migration(
 ) -> gateway_pb2.Migration:
     """GetMigration."""
     return migration_to_pb(migrations.get(migration_id(request.name)))
+
+
+def abandon_migration(
+    migrations: Migrations,
+    request: gateway_pb2.AbandonMigrationRequest,
+    caller: str,
+    may_read: Callable[[str], bool],
+    may_act_for: Callable[[str], bool],
+) -> gateway_pb2.Migration:
+    """AbandonMigration: give a failed migration up as ``caller``, if ``may_act_for`` its
+    entity; a migration the caller may not read (``may_read``) does not exist to it.
+
+    Raises:
+        InvalidRequest: The request id, name or reason is missing or malformed.
+        NotFound: No such migration, or one the caller may not read.
+        PermissionDenied: The caller reads the migration but may not decide for its entity.
+    """
+    request_id = convert.request_id(request.request_id)
+    problems: list[FieldViolation] = []
+    convert.check_text(problems, "reason", request.reason, limit=convert.MAX_TEXT_LENGTH)
+    if not problems and not request.reason.strip():
+        problems.append(FieldViolation("reason", "is required: say why it is given up"))
+    _raise_if(problems)
+    wanted = migration_id(request.name)
+    entity_id = migrations.get(wanted).plan.request.entity_id
+    if not may_read(entity_id):
+        # As for a migration that does not exist: a name tells a stranger nothing.
+        raise NotFound(request.name)
+    if not may_act_for(entity_id):
+        raise PermissionDenied(
+            f"name: the caller's token does not name entity {entity_id!r}, whose migration "
+            f"{request.name} is"
+        )
+    return migration_to_pb(migrations.abandon(wanted, request_id, request.reason, caller=caller))
 
 
 def upsert_covered_entity(

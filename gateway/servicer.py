@@ -16,6 +16,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import convert, convert_provenance, error_mapping, paging
 from gateway.catalog import RegistryInfo
 from gateway.migration_api import (
+    abandon_migration,
     execute_migration,
     get_migration,
     plan_migration,
@@ -25,6 +26,7 @@ from gateway.security.policy import (
     current_caller,
     is_regulator,
     maintained_registries,
+    may_act_for_entity,
     may_read_migration,
     proving_accounts,
     readable_accounts,
@@ -549,6 +551,17 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
             # As for a migration that does not exist: a name tells a stranger nothing.
             raise NotFound(migration.name)
         return migration
+
+    def AbandonMigration(
+        self, request: gateway_pb2.AbandonMigrationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Migration:
+        return abandon_migration(
+            self._migration_service(),
+            request,
+            current_caller(),
+            may_read_migration,
+            may_act_for_entity,
+        )
 
     def UpsertCoveredEntity(
         self, request: gateway_pb2.UpsertCoveredEntityRequest, context: grpc.ServicerContext

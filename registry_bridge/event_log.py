@@ -49,6 +49,14 @@ def signed_instruction(signed_by: Mapping[str, str]) -> Iterator[None]:
         _signed_by.reset(token)
 
 
+def current_signature() -> Mapping[str, str] | None:
+    """The signature of the instruction being carried out by this thread (key id,
+    signature, nonce, timestamp, SHA-256 of the signed bytes), or None for an unsigned one:
+    for a record that keeps who signed a decision the log holds no event of."""
+    signed_by = _signed_by.get()
+    return None if signed_by is None else dict(signed_by)
+
+
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """The one byte encoding of an event: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -19,10 +19,16 @@ it over in two calls:
   the units of its block the entity still holds, unused, read from the ledger when the
   attempt runs (see :meth:`Migrations._retry_units`). Each attempt stays on the step's
   record.
+- :meth:`Migrations.abandon` gives a failed migration up for good when its failure will
+  not go away: its done steps stay done (a cancellation cannot be undone, moved units stay
+  moved), the steps not yet taken are marked ``not_taken``, and the migration ends
+  ``abandoned``, with who gave it up, when and why. An abandoned migration covers no year
+  and blocks no new one: the entity may plan again, from what the ledger holds then.
 
-From the moment a migration is recorded the pilot covers the entity's years before the
-first national year only, and the national ETS the years from it: the rules gate refuses a
-surrender on the wrong side (``CL-MIGRATION-0001``/``0002``, via :class:`DatabaseCutovers`).
+From the moment a migration is recorded (until it is abandoned) the pilot covers the
+entity's years before the first national year only, and the national ETS the years from
+it: the rules gate refuses a surrender on the wrong side (``CL-MIGRATION-0001``/``0002``,
+via :class:`DatabaseCutovers`).
 Offsets the entity surrendered in the pilot are terminal in the ledger (and their origin
 retired at the national registry), so the national surrender path refuses them.
 """
@@ -66,6 +72,7 @@ from registry_bridge.errors import (
     RegistryUnavailable,
     RequestIdConflict,
 )
+from registry_bridge.event_log import current_signature
 from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.ledger import LedgerHolding
 from registry_bridge.model import BlockId, HoldingStatus
@@ -134,7 +141,11 @@ DESTINATION_NOT_AS_SIGNED = "CL-MIGRATION-0020"
 """The request names the account the units are to land in, and the entity's recorded
 account is another: its record changed since the plan the entity signed for."""
 
-STEP_STATES = ("pending", "applied", "done", "failed")
+STEP_STATES = ("pending", "applied", "done", "failed", "not_taken")
+"""``not_taken``: the step's migration was abandoned before the step ran."""
+
+ABANDONED = "abandoned"
+"""The final state of a failed migration given up (:meth:`Migrations.abandon`)."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +285,20 @@ class MigrationStep:
 
 
 @dataclass(frozen=True)
+class Abandonment:
+    """Who gave a failed migration up, when and why."""
+
+    request_id: str
+    caller: str
+    """Who asked: the caller's request-id space (a token's subject)."""
+    reason: str
+    at: datetime
+    signature_key_id: str
+    """The instruction key the request was signed with; empty for an unsigned one (an
+    insecure gateway's)."""
+
+
+@dataclass(frozen=True)
 class Migration:
     """A migration as clients see it."""
 
@@ -281,11 +306,13 @@ class Migration:
     request_id: str
     plan: MigrationPlan
     state: str
-    """running, completed or failed."""
+    """running, completed, failed or abandoned."""
     steps: tuple[MigrationStep, ...]
     failure_reason: str
     created_at: datetime
     updated_at: datetime
+    abandonment: Abandonment | None = None
+    """Set once the migration is abandoned."""
 
     @property
     def transfers(self) -> tuple[str, ...]:
@@ -428,9 +455,10 @@ def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
 class DatabaseCutovers:
     """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``.
 
-    Every recorded migration counts, whatever its state: from the moment it is recorded
-    the entity's years are split between the two schemes, so no surrender can slip into a
-    year while the steps run.
+    Every recorded migration counts, whatever its state, but abandoned: from the moment it
+    is recorded the entity's years are split between the two schemes, so no surrender can
+    slip into a year while the steps run. An abandoned migration was given up before its
+    national registration, the last step: the entity never left the pilot under it.
     """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
@@ -442,7 +470,10 @@ class DatabaseCutovers:
         with read_only(self._sessions) as session:
             rows = session.execute(
                 sa.select(MigrationRecord)
-                .where(MigrationRecord.entity_id == entity_id)
+                .where(
+                    MigrationRecord.entity_id == entity_id,
+                    MigrationRecord.state != ABANDONED,
+                )
                 .order_by(MigrationRecord.created_at)
             ).scalars()
             return [
@@ -596,6 +627,8 @@ class Migrations:
             sa.select(MigrationRecord).where(
                 MigrationRecord.entity_id == request.entity_id,
                 MigrationRecord.from_jurisdiction == request.from_jurisdiction,
+                # What an abandoned one did is in the ledger, which the plan reads.
+                MigrationRecord.state != ABANDONED,
             )
         ).scalars():
             blocking.append(
@@ -1073,8 +1106,12 @@ class Migrations:
 
     def _start(self, caller: str, request_id: str, request: MigrationRequest, digest: bytes) -> str:
         now = self._clock()
-        same_request = sa.select(MigrationRecord).where(
-            MigrationRecord.request_id == request_id, MigrationRecord.caller == caller
+        # Locked: a repeat of a failed migration starts a new attempt, and an abandonment
+        # ends the migration; the row's lock lets one of them act on the failed state.
+        same_request = (
+            sa.select(MigrationRecord)
+            .where(MigrationRecord.request_id == request_id, MigrationRecord.caller == caller)
+            .with_for_update()
         )
         with unit_of_work(self._sessions) as session:
             existing = session.execute(same_request).scalar_one_or_none()
@@ -1187,6 +1224,58 @@ class Migrations:
             existing.failure_reason = ""
             existing.updated_at = now
         return existing.id
+
+    def abandon(
+        self, migration_id: str, request_id: str, reason: str, *, caller: str = LOCAL_CALLER
+    ) -> Migration:
+        """Give a failed migration up for good, in one transaction.
+
+        Nothing done is undone: a cancellation cannot be, and units moved stay where they
+        landed; the failed step stays failed, and the steps not yet taken are marked
+        ``not_taken``. The migration ends ``abandoned`` with who (``caller``, and the
+        instruction key the request was signed with), when and why; it then covers no
+        year (see :class:`DatabaseCutovers`) and blocks no new migration of the entity,
+        whose plan reads from the ledger what the abandoned one left.
+
+        Args:
+            migration_id: The migration.
+            request_id: The caller's id of the request: the same one again (same reason)
+                answers the abandoned migration unchanged.
+            reason: Why the migration is given up.
+            caller: Whose request-id space ``request_id`` is in, recorded as who abandoned.
+
+        Raises:
+            InvalidRequest: The request id or the reason is missing.
+            NotFound: No such migration.
+            FailedPrecondition: The migration is not failed (running, completed, or
+                abandoned under another request), named with its state.
+            RequestIdConflict: The caller abandoned it under this request id for another
+                reason.
+        """
+        if not request_id or len(request_id) > 128:
+            raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
+        if not reason.strip():
+            raise InvalidRequest.field("reason", "is required: say why the migration is given up")
+        now = self._clock()
+        with unit_of_work(self._sessions) as session:
+            # Locked, as a repeated ExecuteMigration locks it before it retries the failed
+            # step: of the two, the one that takes the lock first acts, and the other
+            # finds the migration running or abandoned.
+            record = session.get(
+                MigrationRecord, migration_id, with_for_update=True, populate_existing=True
+            )
+            if record is None:
+                raise NotFound(f"migrations/{migration_id}")
+            repeated = record.state == ABANDONED
+            if repeated:
+                _repeat_abandonment(record, request_id, reason, caller)
+            else:
+                _abandon_failed(session, record, request_id, reason, caller, now)
+        if not repeated:
+            _logger.warning(
+                "migration_abandoned", migration=migration_id, request_id=request_id, caller=caller
+            )
+        return self.get(migration_id)
 
     def resume(self) -> int:
         """Drive every running migration; returns how many completed now."""
@@ -1581,7 +1670,92 @@ class Migrations:
                 failure_reason=record.failure_reason,
                 created_at=record.created_at,
                 updated_at=record.updated_at,
+                abandonment=_abandonment_view(record.abandonment),
             )
+
+
+def _abandon_failed(
+    session: Session,
+    record: MigrationRecord,
+    request_id: str,
+    reason: str,
+    caller: str,
+    now: datetime,
+) -> None:
+    """Abandon ``record`` (locked in ``session``), refused unless it is failed."""
+    migration_id = record.id
+    if record.state != "failed":
+        raise _not_abandonable(migration_id, record.state)
+    signed_by = current_signature()
+    steps = session.execute(
+        sa.select(MigrationStepRecord)
+        .where(MigrationStepRecord.migration_id == migration_id)
+        .order_by(MigrationStepRecord.seq)
+        .with_for_update()
+    ).scalars()
+    for step in steps:
+        if step.state in ("done", "failed"):
+            continue
+        detail = json.loads(step.detail)
+        if step.state != "pending" or detail.get("transfer_id"):
+            # A failed migration's steps after the failed one never started; one
+            # under way would be left half done.
+            raise FailedPrecondition(
+                f"migrations/{migration_id} step {step.seq} ({step.kind}) is "
+                f"{step.state}, under way: it cannot be abandoned",
+                [PreconditionViolation("MIGRATION", f"migrations/{migration_id}", "under way")],
+            )
+        detail["ended_at"] = now.isoformat()
+        step.detail = json.dumps(detail, sort_keys=True)
+        step.state = "not_taken"
+        step.updated_at = now
+    abandonment: dict[str, Any] = {
+        "request_id": request_id,
+        "caller": caller,
+        "reason": reason,
+        "at": now.isoformat(),
+    }
+    if signed_by is not None:
+        abandonment["signed_by"] = dict(signed_by)
+    record.abandonment = json.dumps(abandonment, sort_keys=True)
+    record.state = ABANDONED
+    record.updated_at = now
+
+
+def _not_abandonable(migration_id: str, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"migrations/{migration_id} is {state}: only a failed migration can be abandoned",
+        [PreconditionViolation("MIGRATION", f"migrations/{migration_id}", state)],
+    )
+
+
+def _repeat_abandonment(record: MigrationRecord, request_id: str, reason: str, caller: str) -> None:
+    """Accept a repeat of the request that abandoned ``record``; refuse any other.
+
+    Raises:
+        RequestIdConflict: The same request id of the same caller, for another reason.
+        FailedPrecondition: Another request (it is abandoned already).
+    """
+    first = json.loads(record.abandonment)
+    if (first["request_id"], first["caller"]) != (request_id, caller):
+        raise _not_abandonable(record.id, record.state)
+    if first["reason"] != reason:
+        raise RequestIdConflict(
+            f"request_id {request_id!r} already abandoned migrations/{record.id} for another reason"
+        )
+
+
+def _abandonment_view(stored: str) -> Abandonment | None:
+    if not stored:
+        return None
+    d = json.loads(stored)
+    return Abandonment(
+        request_id=d["request_id"],
+        caller=d["caller"],
+        reason=d["reason"],
+        at=datetime.fromisoformat(d["at"]),
+        signature_key_id=d.get("signed_by", {}).get("key_id", ""),
+    )
 
 
 def _steps(migration_id: str, plan: MigrationPlan) -> list[dict[str, Any]]:
@@ -1701,7 +1875,7 @@ def _attempt_record(kind: str, state: str, detail: dict[str, Any]) -> dict[str, 
         "transfer_id": detail.get("transfer_id", ""),
         "error": detail.get("error", ""),
         "started_at": detail.get("started_at"),
-        "ended_at": detail.get("ended_at") if state in ("done", "failed") else None,
+        "ended_at": detail.get("ended_at") if state in ("done", "failed", "not_taken") else None,
     }
 
 
@@ -1733,6 +1907,7 @@ def _clipped(row: LedgerHolding, start: int, end: int) -> LedgerHolding:
 
 
 __all__ = [
+    "ABANDONED",
     "ALREADY_MIGRATING",
     "DISPOSITION_REFUSED",
     "DUE_BELOW_VERIFIED",
@@ -1752,6 +1927,7 @@ __all__ = [
     "UNCONFIRMED_DISPOSITION",
     "UNFINISHED_COMPLIANCE",
     "YEAR_COVERED_TWICE",
+    "Abandonment",
     "DatabaseCutovers",
     "FinalObligation",
     "Migration",

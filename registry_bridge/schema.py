@@ -388,8 +388,10 @@ class CoveredEntityAccountRecord(Base):
 class MigrationRecord(Base):
     """A covered entity's migration from a pilot ETS to the national ETS, and its plan.
 
-    One per entity and pilot (the database refuses a second): an entity leaves a scheme
-    once, so no two migrations can cover the same years differently.
+    One per entity and pilot that is not abandoned (the database refuses a second): an
+    entity leaves a scheme once, so no two migrations can cover the same years
+    differently. An abandoned one was given up for good (AbandonMigration) and covers no
+    year, so a new one may follow it.
     """
 
     __tablename__ = "migrations"
@@ -409,15 +411,25 @@ class MigrationRecord(Base):
     first_year: Mapped[int] = mapped_column(sa.Integer)
     """First compliance year the destination covers; the pilot covers the years before."""
     state: Mapped[str] = mapped_column(sa.String(16))
-    """running, completed or failed."""
+    """running, completed, failed or abandoned (final)."""
     plan: Mapped[str] = mapped_column(sa.Text)
     """The plan as executed, canonical JSON, fixed when the migration starts."""
     failure_reason: Mapped[str] = mapped_column(sa.Text, default="")
+    abandonment: Mapped[str] = mapped_column(sa.Text, default="")
+    """Who abandoned the migration, when, why and under which request id and signature,
+    canonical JSON; empty until it is abandoned."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (
-        sa.UniqueConstraint("entity_id", "from_jurisdiction"),
+        sa.Index(
+            "uq_migrations_live_entity",
+            "entity_id",
+            "from_jurisdiction",
+            unique=True,
+            sqlite_where=sa.text("state <> 'abandoned'"),
+            postgresql_where=sa.text("state <> 'abandoned'"),
+        ),
         sa.UniqueConstraint("request_id", "caller", name="uq_migrations_request_id_caller"),
         sa.Index("ix_migrations_state", "state"),
     )

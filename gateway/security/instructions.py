@@ -1,7 +1,7 @@
 """Signed instructions: canonical bytes, Ed25519 signing and the gateway's checks.
 
 Requests that move units (SubmitTransfer, SubmitTransfers, Retire, Surrender,
-ExecuteMigration) or settle where they stand (ResolveUse) carry an
+ExecuteMigration) or settle where they stand (ResolveUse, AbandonMigration) carry an
 ``InstructionSignature``. The signed bytes are
 ``DOMAIN + method + "\\n" + request`` where ``request`` is the deterministic protobuf
 serialization of the request with only ``signature.signature`` cleared, so the key id,
@@ -44,6 +44,7 @@ SIGNED_METHODS = frozenset(
         "Surrender",
         "ExecuteMigration",
         "ResolveUse",
+        "AbandonMigration",
     }
 )
 """RPCs whose requests must carry the instructing party's signature."""

@@ -4,7 +4,8 @@ Each RPC of ``carbonlink.v1.LinkageGateway`` names the roles it accepts; an RPC 
 from the table is refused to everyone (fail closed), and a test pins the table to the
 service's methods. Roles that move units (exchange operator, covered entity, issuer)
 move them only out of the accounts their token names (``accounts: ["hkmo:hk-seller"]``),
-and a covered entity executes only its own migration (``entities: ["steelco"]``); a
+and a covered entity executes, or abandons once failed, only its own migration
+(``entities: ["steelco"]``; a regulator abandons any, :func:`may_act_for_entity`); a
 surrender counts only for an entity the token names.  An issuer lists (or has refused) a
 project no one has listed only when the project's registry of origin answers that one of
 the accounts its token names there holds or held the project's units
@@ -80,6 +81,10 @@ RPC_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "Retire": _MOVERS | {"issuer"},
         "Surrender": _MOVERS,
         "ExecuteMigration": frozenset({"covered_entity"}),
+        # Giving a failed migration up: the entity's own decision (the servicer keeps it
+        # to the entities its token names), or its regulator's, who supervises the move
+        # and may end one the entity cannot carry on; never an auditor, who only reads.
+        "AbandonMigration": frozenset({"covered_entity", "regulator"}),
         # Settling a use one registry did and another refused: the exchange operator's
         # job, on the accounts its token names (the servicer answers any other use
         # NOT_FOUND); never the holders' own (a covered entity or issuer), who could
@@ -172,6 +177,9 @@ _readable_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.
 )
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=LOCAL_CALLER)
 _regulator: contextvars.ContextVar[bool] = contextvars.ContextVar("regulator", default=False)
+_acting_entities: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "acting_entities", default=None
+)
 _proving: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "proving_accounts", default=None
 )
@@ -190,6 +198,7 @@ def acting_as(principal: Principal) -> Iterator[None]:
     caller = _caller.set(principal.subject)
     is_regulator = "regulator" in principal.roles
     regulator = _regulator.set(is_regulator)
+    acting = _acting_entities.set(None if is_regulator else frozenset(principal.entities))
     proving = _proving.set(None if is_regulator else frozenset(principal.accounts))
     maintained = _maintained.set(None if is_regulator else principal.registries)
     try:
@@ -197,6 +206,7 @@ def acting_as(principal: Principal) -> Iterator[None]:
     finally:
         _maintained.reset(maintained)
         _proving.reset(proving)
+        _acting_entities.reset(acting)
         _regulator.reset(regulator)
         _caller.reset(caller)
         _readable_entities.reset(entities)
@@ -248,6 +258,14 @@ def readable_accounts() -> frozenset[str] | None:
     development only.
     """
     return _readable.get()
+
+
+def may_act_for_entity(entity_id: str) -> bool:
+    """Whether the current caller may decide for ``entity_id``'s migrations (abandon one):
+    a regulator for any entity, another caller for the entities its token names. True
+    when no caller is authenticated: the gateway runs insecure."""
+    entities = _acting_entities.get()
+    return entities is None or entity_id in entities
 
 
 def may_read_migration(entity_id: str) -> bool:

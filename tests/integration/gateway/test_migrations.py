@@ -240,6 +240,71 @@ def test_an_upgrade_to_per_caller_request_ids_keeps_every_row_in_the_local_space
         engine.dispose()
 
 
+_BEFORE_ABANDONMENT = "0017"
+"""The last revision that allowed one migration per entity and pilot, whatever its state."""
+
+
+def _migration(connection: sa.Connection, migration_id: str, state: str, **columns: str) -> None:
+    """A migration of steel-a out of Shenzhen, with ``columns`` a revision added."""
+    _insert(
+        connection,
+        MigrationRecord,
+        id=migration_id,
+        request_id=f"migrate-{migration_id}",
+        caller=LOCAL_CALLER,
+        entity_id="steel-a",
+        from_jurisdiction="shenzhen",
+        to_jurisdiction="national",
+        first_year=2024,
+        state=state,
+        plan="{}",
+        failure_reason="",
+        created_at=_AT,
+        updated_at=_AT,
+        body_sha256=hashlib.sha256(migration_id.encode()).digest(),
+        **columns,
+    )
+
+
+def test_an_abandoned_migration_leaves_room_for_one_more_of_its_entity(database_url: str) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine, _BEFORE_ABANDONMENT)
+        with engine.begin() as connection:
+            _insert(
+                connection,
+                CoveredEntityRecord,
+                entity_id="steel-a",
+                display_name="Steel A",
+                sector="steel",
+                gases="[]",
+                updated_at=_AT,
+            )
+            _migration(connection, "m-failed", "failed")
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(sa.select(MigrationRecord.id, MigrationRecord.abandonment))
+            assert [tuple(r) for r in kept] == [("m-failed", "")]
+        # Not abandoned, it is the entity's one migration out of the pilot.
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            _migration(connection, "m-second", "running", abandonment="")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.update(MigrationRecord)
+                .where(MigrationRecord.id == "m-failed")
+                .values(state="abandoned")
+            )
+            _migration(connection, "m-second", "running", abandonment="")
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            _migration(connection, "m-third", "failed", abandonment="")
+        # The schema before cannot hold the abandoned one and the one after it.
+        with pytest.raises(RuntimeError, match="migrations/m-failed is abandoned"):
+            db.downgrade(engine, _BEFORE_ABANDONMENT)
+        assert db.current_revision(engine) != _BEFORE_ABANDONMENT
+    finally:
+        engine.dispose()
+
+
 def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path: Any) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path}/plan.db")
     try:

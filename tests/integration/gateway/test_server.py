@@ -42,6 +42,7 @@ REQUIRED_RPCS = {
     "ResolveUse",
     "PlanMigration",
     "ExecuteMigration",
+    "AbandonMigration",
     "TraceUnits",
     "GetCheckpoint",
     "GetConsistencyProof",

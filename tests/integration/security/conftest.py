@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
-from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.emulator_core import FaultConfig, RunningEmulator, start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway import demo_security
@@ -172,13 +172,18 @@ class _Signing(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 def start_secure_gateway(
-    pki: TlsLayout, database_url: str, registries: Sequence[str] = WIRED, **settings: Any
+    pki: TlsLayout,
+    database_url: str,
+    registries: Sequence[str] = WIRED,
+    faults: Mapping[str, FaultConfig] | None = None,
+    **settings: Any,
 ) -> tuple[GatewayServer, dict[str, RunningEmulator], dict[str, RegistryPort]]:
-    """Emulators of ``registries`` serving mutual TLS, and a gateway with every security
-    setting on."""
+    """Emulators of ``registries`` serving mutual TLS (injecting ``faults``, by registry),
+    and a gateway with every security setting on."""
     emulators = {
         r: start_emulator(
             REGISTRIES[r].emulator(),
+            faults=(faults or {}).get(r),
             credentials=server_credentials(pki.registry_cert(r), pki.registry_key(r), pki.ca_cert),
         )
         for r in registries
@@ -203,14 +208,19 @@ def start_secure_gateway(
 
 @contextlib.contextmanager
 def running_secure_gateway(
-    pki: TlsLayout, database_url: str, also_wired: Sequence[str] = (), **settings: Any
+    pki: TlsLayout,
+    database_url: str,
+    also_wired: Sequence[str] = (),
+    faults: Mapping[str, FaultConfig] | None = None,
+    **settings: Any,
 ) -> Iterator[SecureGateway]:
     """Start a secure gateway (with its emulators, the HK venue seeded); stop it after.
 
-    The gateway is wired to WIRED's registries and to ``also_wired``'s.
+    The gateway is wired to WIRED's registries and to ``also_wired``'s, whose emulators
+    inject ``faults`` (by registry).
     """
     wired = (*WIRED, *also_wired)
-    server, emulators, ports = start_secure_gateway(pki, database_url, wired, **settings)
+    server, emulators, ports = start_secure_gateway(pki, database_url, wired, faults, **settings)
     try:
         gateway = SecureGateway(server, "", pki, ports, emulators)
         gateway.seed_venue()

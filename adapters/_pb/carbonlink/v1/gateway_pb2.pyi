@@ -1017,12 +1017,15 @@ class Migration(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ABANDONMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "migrations/{migration_id}"."""
     state: _builtins.str
-    """"running", "completed" or "failed"."""
+    """"running", "completed", "failed" or "abandoned" (final: see AbandonMigration)."""
     failure_reason: _builtins.str
-    """Why the migration failed, or what it is waiting for while running."""
+    """Why the migration failed (kept once it is abandoned), or what it is waiting for while
+    running.
+    """
     request_id: _builtins.str
     @_builtins.property
     def plan(self) -> Global___MigrationPlan: ...
@@ -1030,6 +1033,10 @@ class Migration(_message.Message):
     def transfers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationStep]: ...
+    @_builtins.property
+    def abandonment(self) -> Global___MigrationAbandonment:
+        """Set once the migration is abandoned."""
+
     def __init__(
         self,
         *,
@@ -1040,14 +1047,89 @@ class Migration(_message.Message):
         steps: _abc.Iterable[Global___MigrationStep] | None = ...,
         failure_reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        abandonment: Global___MigrationAbandonment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandonment", b"abandonment", "plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "name", b"name", "plan", b"plan", "request_id", b"request_id", "state", b"state", "steps", b"steps", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandonment", b"abandonment", "failure_reason", b"failure_reason", "name", b"name", "plan", b"plan", "request_id", b"request_id", "state", b"state", "steps", b"steps", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Migration: _TypeAlias = Migration  # noqa: Y015
+
+@_typing.final
+class MigrationAbandonment(_message.Message):
+    """Who gave a failed migration up, when and why (AbandonMigration)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ABANDONED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ABANDONED_AT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_KEY_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The AbandonMigration request id."""
+    abandoned_by: _builtins.str
+    """The caller: its token's subject."""
+    reason: _builtins.str
+    signature_key_id: _builtins.str
+    """The id of the instruction key the abandonment was signed with (empty on an insecure
+    gateway, whose calls are unsigned).
+    """
+    @_builtins.property
+    def abandoned_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        abandoned_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        abandoned_at: _timestamp_pb2.Timestamp | None = ...,
+        signature_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandoned_at", b"abandoned_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_at", b"abandoned_at", "abandoned_by", b"abandoned_by", "reason", b"reason", "request_id", b"request_id", "signature_key_id", b"signature_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationAbandonment: _TypeAlias = MigrationAbandonment  # noqa: Y015
+
+@_typing.final
+class AbandonMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    """"migrations/{migration_id}" of a FAILED migration."""
+    reason: _builtins.str
+    """Why it is given up, in the caller's words (required)."""
+    @_builtins.property
+    def signature(self) -> Global___InstructionSignature:
+        """The caller's signature (see InstructionSignature): abandoning decides that the
+        migration's remaining steps are never taken.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        signature: Global___InstructionSignature | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonMigrationRequest: _TypeAlias = AbandonMigrationRequest  # noqa: Y015
 
 @_typing.final
 class MigrationStep(_message.Message):
@@ -1069,7 +1151,9 @@ class MigrationStep(_message.Message):
     kind: _builtins.str
     """"cancel", "transfer", "keep" or "register"."""
     state: _builtins.str
-    """"pending", "applied" (ledger committed, registry call outstanding), "done" or "failed"."""
+    """"pending", "applied" (ledger committed, registry call outstanding), "done", "failed"
+    or "not_taken" (its migration was abandoned before it ran).
+    """
     description: _builtins.str
     operation: _builtins.str
     """The operation id (cancel) or transfer request id (transfer) the step uses."""
@@ -1126,7 +1210,7 @@ class MigrationStepAttempt(_message.Message):
     attempt: _builtins.int
     """0 for the first attempt."""
     state: _builtins.str
-    """"pending", "applied", "done" or "failed"."""
+    """"pending", "applied", "done", "failed" or "not_taken"."""
     operation: _builtins.str
     """The operation id (cancel) or transfer request id (transfer) the attempt's registry
     calls carry; a cancel of several ranges suffixes ":N" for the Nth.

@@ -125,6 +125,11 @@ class LinkageGatewayStub:
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.SerializeToString,
                 response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
                 _registered_method=True)
+        self.AbandonMigration = channel.unary_unary(
+                '/carbonlink.v1.LinkageGateway/AbandonMigration',
+                request_serializer=carbonlink_dot_v1_dot_gateway__pb2.AbandonMigrationRequest.SerializeToString,
+                response_deserializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
+                _registered_method=True)
         self.UpsertCoveredEntity = channel.unary_unary(
                 '/carbonlink.v1.LinkageGateway/UpsertCoveredEntity',
                 request_serializer=carbonlink_dot_v1_dot_gateway__pb2.UpsertCoveredEntityRequest.SerializeToString,
@@ -299,6 +304,20 @@ class LinkageGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbandonMigration(self, request, context):
+        """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
+        (cancelled units stay cancelled, moved units stay moved), the steps not taken are
+        marked "not_taken", and the record keeps who abandoned it, when and why. The entity
+        may then plan and execute a new migration, which plans only what is still held.
+        Covered entities (of the entities their token names) and regulators, signed. A
+        migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
+        per migration: the same one asked again answers the abandoned migration unchanged;
+        with another reason it is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpsertCoveredEntity(self, request, context):
         """Records (or corrects) a covered entity: sector, gases, registry accounts and
         verified emissions / allowances due per jurisdiction and year.
@@ -435,6 +454,11 @@ def add_LinkageGatewayServicer_to_server(servicer, server):
             'GetMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigration,
                     request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.FromString,
+                    response_serializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.SerializeToString,
+            ),
+            'AbandonMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonMigration,
+                    request_deserializer=carbonlink_dot_v1_dot_gateway__pb2.AbandonMigrationRequest.FromString,
                     response_serializer=carbonlink_dot_v1_dot_gateway__pb2.Migration.SerializeToString,
             ),
             'UpsertCoveredEntity': grpc.unary_unary_rpc_method_handler(
@@ -953,6 +977,33 @@ class LinkageGateway:
             target,
             '/carbonlink.v1.LinkageGateway/GetMigration',
             carbonlink_dot_v1_dot_gateway__pb2.GetMigrationRequest.SerializeToString,
+            carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbonlink.v1.LinkageGateway/AbandonMigration',
+            carbonlink_dot_v1_dot_gateway__pb2.AbandonMigrationRequest.SerializeToString,
             carbonlink_dot_v1_dot_gateway__pb2.Migration.FromString,
             options,
             channel_credentials,

@@ -95,6 +95,16 @@ class LinkageGatewayStub:
     the entity still holds of the step's units (see MigrationStepAttempt).
     """
     GetMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]
+    AbandonMigration: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.AbandonMigrationRequest, _gateway_pb2.Migration]
+    """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
+    (cancelled units stay cancelled, moved units stay moved), the steps not taken are
+    marked "not_taken", and the record keeps who abandoned it, when and why. The entity
+    may then plan and execute a new migration, which plans only what is still held.
+    Covered entities (of the entities their token names) and regulators, signed. A
+    migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
+    per migration: the same one asked again answers the abandoned migration unchanged;
+    with another reason it is ALREADY_EXISTS.
+    """
     UpsertCoveredEntity: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
     verified emissions / allowances due per jurisdiction and year.
@@ -172,6 +182,16 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     the entity still holds of the step's units (see MigrationStepAttempt).
     """
     GetMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
+    AbandonMigration: _aio.UnaryUnaryMultiCallable[_gateway_pb2.AbandonMigrationRequest, _gateway_pb2.Migration]  # type: ignore[assignment]
+    """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
+    (cancelled units stay cancelled, moved units stay moved), the steps not taken are
+    marked "not_taken", and the record keeps who abandoned it, when and why. The entity
+    may then plan and execute a new migration, which plans only what is still held.
+    Covered entities (of the entities their token names) and regulators, signed. A
+    migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
+    per migration: the same one asked again answers the abandoned migration unchanged;
+    with another reason it is ALREADY_EXISTS.
+    """
     UpsertCoveredEntity: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]  # type: ignore[assignment]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
     verified emissions / allowances due per jurisdiction and year.
@@ -354,6 +374,22 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetMigrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Migration, _abc.Awaitable[_gateway_pb2.Migration]]: ...
+
+    @_abc_1.abstractmethod
+    def AbandonMigration(
+        self,
+        request: _gateway_pb2.AbandonMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Migration, _abc.Awaitable[_gateway_pb2.Migration]]:
+        """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
+        (cancelled units stay cancelled, moved units stay moved), the steps not taken are
+        marked "not_taken", and the record keeps who abandoned it, when and why. The entity
+        may then plan and execute a new migration, which plans only what is still held.
+        Covered entities (of the entities their token names) and regulators, signed. A
+        migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
+        per migration: the same one asked again answers the abandoned migration unchanged;
+        with another reason it is ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def UpsertCoveredEntity(

@@ -1,0 +1,217 @@
+"""A failed migration is abandoned (AbandonMigration), over real gRPC on both databases.
+
+The failure is real: Shenzhen refuses the ``Freeze`` of the migration's transfer step (a
+scripted refusal), after the step before it cancelled the entity's SZA. Abandoning keeps
+what was done (the SZA stays cancelled at Shenzhen), marks the steps not taken, records
+who, when and why, and frees the entity to plan again from what it holds then.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import grpc
+import pytest
+
+from adapters._pb.carbonlink.v1 import gateway_pb2
+from adapters.emulator_core import ScriptedRefusal
+from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
+from registry_bridge.migration import DatabaseCutovers
+from registry_bridge.model import HoldingStatus
+from tests.integration.gateway.test_migration_holds import (
+    _check_invariants,
+    _execute,
+    _pilot,
+    _plan,
+    _seeded,
+)
+
+ALREADY_MIGRATING = "CL-MIGRATION-0009"
+REASON = "the national registry refuses the destination account for good"
+
+
+def _abandon(
+    stub: Any, name: str, request_id: str = "abandon-1", reason: str = REASON
+) -> gateway_pb2.Migration:
+    migration: gateway_pb2.Migration = stub.AbandonMigration(
+        gateway_pb2.AbandonMigrationRequest(request_id=request_id, name=name, reason=reason),
+        timeout=60,
+    )
+    return migration
+
+
+def _refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value.code(), str(refused.value.details())
+
+
+def _states(migration: gateway_pb2.Migration) -> list[tuple[str, str]]:
+    return [(s.kind, s.state) for s in migration.steps]
+
+
+def test_an_abandoned_migration_keeps_what_it_did_and_a_new_plan_takes_only_what_is_left(
+    database_url: str,
+) -> None:
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-a1", "steel", 2023, 34_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        failed = _execute(gateway, steel, "migrate-a1")
+        assert failed.state == "failed"
+        assert _states(failed) == [
+            ("keep", "done"),
+            ("cancel", "done"),
+            ("transfer", "failed"),
+            ("register", "pending"),
+        ]
+        # While it stands, no other migration of the entity can start.
+        assert ALREADY_MIGRATING in [v.rule_id for v in _plan(gateway, steel).blocking_violations]
+        code, _ = _refused(lambda: _execute(gateway, steel, "migrate-a1-again"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        shenzhen = registries.ports["shenzhen"]
+        cancelled = statuses(shenzhen, steel.sza.id)
+        assert HoldingStatus.CANCELLED in cancelled.values()
+
+        abandoned = _abandon(gateway.stub, failed.name)
+        assert abandoned.state == "abandoned"
+        # Done stays done, the failed step stays failed with its error, the rest is not
+        # taken; the failure reason and every attempt stay on the record.
+        assert _states(abandoned) == [
+            ("keep", "done"),
+            ("cancel", "done"),
+            ("transfer", "failed"),
+            ("register", "not_taken"),
+        ]
+        assert abandoned.failure_reason == failed.failure_reason
+        assert [list(s.attempts)[:-1] for s in abandoned.steps] == [
+            list(s.attempts)[:-1] for s in failed.steps
+        ]
+        assert abandoned.steps[3].attempts[-1].HasField("ended_at")
+        record = abandoned.abandonment
+        assert (record.request_id, record.reason) == ("abandon-1", REASON)
+        assert record.HasField("abandoned_at")
+        # Nothing at the registries was undone: the SZA stays cancelled.
+        assert statuses(shenzhen, steel.sza.id) == cancelled
+        got = gateway.stub.GetMigration(gateway_pb2.GetMigrationRequest(name=failed.name))
+        assert got == abandoned
+
+        # Idempotent: the same request answers the migration unchanged; the same id for
+        # another reason is another request; another request finds it abandoned.
+        assert _abandon(gateway.stub, failed.name) == abandoned
+        code, _ = _refused(lambda: _abandon(gateway.stub, failed.name, reason="another"))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        code, details = _refused(lambda: _abandon(gateway.stub, failed.name, "abandon-2"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "is abandoned" in details
+        # Its ExecuteMigration repeated answers it as it stands, and retries nothing.
+        assert _execute(gateway, steel, "migrate-a1") == abandoned
+        # It no longer splits the entity's years between the schemes: the entity never
+        # reached its national registration.
+        cutovers = DatabaseCutovers(gateway.server.bridge.sessions)
+        assert cutovers.cutovers(steel.entity_id) == []
+
+        # A new plan starts from what the entity holds now: the SZA cancelled is not
+        # planned again; the SZ-CI kept and the CCER the failed transfer left are.
+        plan = _plan(gateway, steel)
+        assert plan.executable, [v.message for v in plan.blocking_violations]
+        first = [(d.action, d.holding.block.id) for d in failed.plan.dispositions]
+        assert [action for action, _ in first] == ["keep_for_sale", "cancel", "transfer"]
+        assert [(d.action, d.holding.block.id) for d in plan.dispositions] == [
+            first[0],
+            first[2],
+        ]
+        again = _execute(gateway, steel, "migrate-a2")
+        assert again.state == "completed", again.failure_reason
+        assert _states(again) == [("keep", "done"), ("transfer", "done"), ("register", "done")]
+        assert again.name != abandoned.name
+        assert [c.migration_id for c in cutovers.cutovers(steel.entity_id)] == [
+            again.name.removeprefix("migrations/")
+        ]
+        # At the national registry, through its own API: the CCER left came home.
+        ccer = steel.ccer.id
+        national = statuses(registries.ports["national"], ccer)
+        assert national[(ccer.serial_start + 4_000, ccer.serial_end)] == HoldingStatus.ACTIVE
+        assert statuses(shenzhen, steel.sza.id) == cancelled
+        _check_invariants(gateway, registries)
+
+
+def test_only_a_failed_migration_is_abandoned(database_url: str) -> None:
+    with _pilot(database_url) as (gateway, registries):
+        steel = pilot_entity("steel-a2", "steel", 2023, 35_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        completed = _execute(gateway, steel, "migrate-a3")
+        assert completed.state == "completed", completed.failure_reason
+
+        code, details = _refused(lambda: _abandon(gateway.stub, completed.name))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"{completed.name} is completed" in details
+        code, _ = _refused(lambda: _abandon(gateway.stub, "migrations/no-such-migration"))
+        assert code == grpc.StatusCode.NOT_FOUND
+        # Bad input names its field and changes nothing.
+        for request_id, name, reason, field in (
+            ("", completed.name, REASON, "request_id"),
+            ("abandon-x", completed.name, "", "reason"),
+            ("abandon-x", completed.name, "  ", "reason"),
+            ("abandon-x", "transfers/x", REASON, "name"),
+        ):
+            request = gateway_pb2.AbandonMigrationRequest(
+                request_id=request_id, name=name, reason=reason
+            )
+            code, details = _refused(partial(gateway.stub.AbandonMigration, request, timeout=60))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert field in details
+        got = gateway.stub.GetMigration(gateway_pb2.GetMigrationRequest(name=completed.name))
+        assert got == completed
+
+
+def test_a_retry_and_an_abandonment_at_once_do_not_both_win(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated ExecuteMigration reads the failed migration; an abandonment arrives before
+    it has started its new attempt. The migration row's lock lets only one of them act on
+    the failed state: the abandonment waits, finds the migration running, and is refused."""
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-a3", "steel", 2023, 36_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        failed = _execute(gateway, steel, "migrate-a4")
+        assert failed.state == "failed"
+
+        migrations = gateway.server.migrations
+        repeat = migrations._repeat
+        read, abandon_returned = threading.Event(), threading.Event()
+
+        def repeat_once_abandon_had_its_chance(*args: Any) -> str:
+            read.set()
+            # Long enough for an abandonment that is not held back to commit.
+            abandon_returned.wait(timeout=2)
+            return repeat(*args)
+
+        monkeypatch.setattr(migrations, "_repeat", repeat_once_abandon_had_its_chance)
+        answers: dict[str, object] = {}
+
+        def abandon() -> None:
+            read.wait(timeout=60)
+            try:
+                answers["abandon"] = _abandon(gateway.stub, failed.name)
+            except grpc.RpcError as exc:
+                answers["abandon"] = exc.code()
+            finally:
+                abandon_returned.set()
+
+        abandoning = threading.Thread(target=abandon)
+        abandoning.start()
+        retried = _execute(gateway, steel, "migrate-a4")
+        abandoning.join(timeout=120)
+        assert answers["abandon"] == grpc.StatusCode.FAILED_PRECONDITION
+        assert retried.state == "completed", retried.failure_reason
+        got = gateway.stub.GetMigration(gateway_pb2.GetMigrationRequest(name=failed.name))
+        assert got.state == "completed" and not got.HasField("abandonment")
+        _check_invariants(gateway, registries)

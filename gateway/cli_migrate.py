@@ -1,4 +1,4 @@
-"""``carbonlink migrate plan|execute|get`` and ``carbonlink entity import``.
+"""``carbonlink migrate plan|execute|get|abandon`` and ``carbonlink entity import``.
 
 Clients of a running gateway, like ``carbonlink transfer``: they speak the public gRPC API
 (``--target``) and print a short summary or, with ``--json``, the resource in protobuf's
@@ -79,6 +79,13 @@ def _migration_summary(migration: gateway_pb2.Migration) -> str:
     lines = [f"{migration.name} {migration.state}"]
     if migration.failure_reason:
         lines[0] += f": {migration.failure_reason}"
+    if migration.HasField("abandonment"):
+        given_up = migration.abandonment
+        at = given_up.abandoned_at.ToDatetime().isoformat(timespec="seconds")
+        lines.append(
+            f"  abandoned by {given_up.abandoned_by or 'the local caller'} at {at}Z "
+            f"(request {given_up.request_id}): {given_up.reason}"
+        )
     for s in migration.steps:
         lines.append(f"  step {s.seq} {s.kind} {s.state}: {s.description}")
         # A step's attempts are shown once there is more to them than the step's line: a
@@ -135,7 +142,9 @@ def _next_step(name: str, state: str, request_id: str) -> str:
         return (
             f"carbonlink: {name} failed: once the cause is settled, run the same command "
             f"again (request id {request_id}): the failed step is tried again over the units "
-            "still held, the rest of the steps waiting until then"
+            "still held, the rest of the steps waiting until then; a cause that will not go "
+            f"away: `carbonlink migrate abandon {name} --reason TEXT` gives it up (what is "
+            "done stays done) and lets the entity plan again"
         )
     return (
         f"carbonlink: {name} is {state}: the gateway carries it on by itself; "
@@ -161,7 +170,7 @@ def _execute(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    name = args.name if args.name.startswith("migrations/") else f"migrations/{args.name}"
+    name = _migration_name(args.name)
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         migration = stub.GetMigration(
@@ -171,6 +180,29 @@ def _get(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _call(args, invoke)
+
+
+def _migration_name(name: str) -> str:
+    return name if name.startswith("migrations/") else f"migrations/{name}"
+
+
+def _abandon(args: argparse.Namespace) -> int:
+    name = _migration_name(args.name)
+    request = gateway_pb2.AbandonMigrationRequest(
+        # Derived, not random: re-running the same command answers the same abandonment.
+        request_id=args.request_id
+        or _fitting_request_id(f"abandon-{name.removeprefix('migrations/')}", "abandon"),
+        name=name,
+        reason=args.reason,
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        client_security.sign(args, "AbandonMigration", request)
+        migration = stub.AbandonMigration(request, timeout=args.timeout)
+        _print(migration, args, _migration_summary(migration))
+        return EXIT_OK
+
+    return _call(args, invoke, request.request_id)
 
 
 def _entity_request_id(batch: str, entity_id: str) -> str:
@@ -228,7 +260,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``migrate plan|execute|get`` and ``entity import`` to the CLI."""
+    """Add ``migrate plan|execute|get|abandon`` and ``entity import`` to the CLI."""
     migrate = subparsers.add_parser(
         "migrate", help="move a covered entity from a pilot ETS to the national ETS"
     )
@@ -286,6 +318,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(get)
     get.add_argument("name", help="migrations/ID or ID")
     get.set_defaults(handler=_get)
+    abandon = commands.add_parser(
+        "abandon",
+        help="give a failed migration up for good (signed; the entity or a regulator)",
+        description="Give a FAILED migration up for good: what its steps did stays done "
+        "(cancelled units stay cancelled, moved units stay moved), the steps not taken are "
+        "marked not_taken, and it ends abandoned with who, when and why; the entity may then "
+        "plan and execute a new migration from what it holds. Any other migration is "
+        "refused, naming its state.",
+    )
+    _common(abandon)
+    abandon.add_argument("name", help="migrations/ID or ID")
+    abandon.add_argument("--reason", required=True, help="why it is given up (recorded)")
+    abandon.add_argument(
+        "--request-id", help="idempotency key (default: derived from the migration)"
+    )
+    abandon.set_defaults(handler=_abandon)
 
     entity = subparsers.add_parser("entity", help="covered entities")
     entity_commands = entity.add_subparsers(dest="entity_command", required=True)

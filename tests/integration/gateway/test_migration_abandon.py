@@ -18,6 +18,7 @@ import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from adapters.emulator_core import ScriptedRefusal
+from gateway.cli import main
 from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
 from registry_bridge.migration import DatabaseCutovers
 from registry_bridge.model import HoldingStatus
@@ -215,3 +216,52 @@ def test_a_retry_and_an_abandonment_at_once_do_not_both_win(
         got = gateway.stub.GetMigration(gateway_pb2.GetMigrationRequest(name=failed.name))
         assert got.state == "completed" and not got.HasField("abandonment")
         _check_invariants(gateway, registries)
+
+
+def _summary(out: str) -> str:
+    """What a command printed of a migration (the in-process gateway's logs share stdout)."""
+    return out[out.index("migrations/") :]
+
+
+def test_migrate_abandon_from_the_command_line(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-a4", "steel", 2023, 37_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        common = ["--target", gateway.target, "--insecure"]
+        migration = ["--entity", steel.entity_id, "--from-year", str(steel.first_national_year)]
+        migration += ["--acknowledge", "CL-MIGRATION-0014", *common]
+        capsys.readouterr()
+        # A failed execution says how to give it up, should its cause not go away.
+        assert main(["migrate", "execute", *migration]) == 1
+        failed = capsys.readouterr()
+        name = failed.out[failed.out.index("migrations/") :].split()[0]
+        assert f"`carbonlink migrate abandon {name} --reason TEXT`" in failed.err
+
+        # The reason is required.
+        with pytest.raises(SystemExit) as exited:
+            main(["migrate", "abandon", name, *common])
+        assert exited.value.code == 2
+        capsys.readouterr()
+        abandon = ["migrate", "abandon", name.removeprefix("migrations/"), "--reason", REASON]
+        assert main([*abandon, *common]) == 0
+        shown = _summary(capsys.readouterr().out)
+        assert shown.startswith(f"{name} abandoned: ")
+        assert "abandoned by the local caller at " in shown and f"): {REASON}" in shown
+        assert "step 3 register not_taken" in shown
+        # The same command again answers the same abandonment; `migrate get` shows it.
+        assert main([*abandon, *common]) == 0
+        assert _summary(capsys.readouterr().out) == shown
+        assert main(["migrate", "get", name, *common]) == 0
+        assert _summary(capsys.readouterr().out) == shown
+        # Another reason under the same (derived) request id is another request.
+        assert main(["migrate", "abandon", name, "--reason", "another", *common]) == 1
+        assert "ALREADY_EXISTS" in capsys.readouterr().err
+
+        # The entity migrates anew, under a request id of its own.
+        again = ["migrate", "execute", *migration, "--request-id", "migrate-a4-again"]
+        assert main(again) == 0
+        assert "completed" in capsys.readouterr().out

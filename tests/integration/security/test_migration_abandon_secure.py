@@ -10,6 +10,7 @@ for good: the case abandoning is for.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc
 from adapters.emulator_core import FaultConfig, ScriptedRefusal
 from gateway import demo_security
+from gateway.cli import main
 from gateway.demo_migration import (
     migration_request,
     pilot_entity,
@@ -168,3 +170,29 @@ def test_a_regulator_abandons_a_failed_migration_and_the_entity_may_plan_again(
         )
     assert "CL-MIGRATION-0009" not in [v.rule_id for v in plan.blocking_violations]
     assert [d.action for d in plan.dispositions] == ["keep_for_sale", "transfer"]
+
+
+def test_migrate_abandon_signs_its_instruction_with_the_signing_key(
+    gateway: SecureGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failed = _failed_migration(gateway)
+    token = tmp_path / "token"
+    mint = ["certs", "token", str(gateway.pki.root), "--role", "covered_entity"]
+    assert main([*mint, "--entity", STEEL.entity_id, "--out", str(token)]) == 0
+    secure = ["--target", gateway.target, "--tls-dir", str(gateway.pki.root)]
+    secure += ["--client", "covered_entity", "--token-file", str(token)]
+    abandon = ["migrate", "abandon", failed.name, "--reason", REASON, *secure]
+    capsys.readouterr()
+
+    # Unsigned: refused before any call, naming the option; nothing changed.
+    assert main(abandon) == 2
+    assert "AbandonMigration is an instruction: give --signing-key" in capsys.readouterr().err
+    assert _state(gateway, failed.name) == "failed"
+
+    signing_key = ["--signing-key", str(gateway.pki.instruction_key("covered_entity"))]
+    assert main([*abandon, *signing_key, "--json"]) == 0
+    out = capsys.readouterr().out
+    document, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
+    assert document["state"] == "abandoned"
+    assert document["abandonment"]["abandonedBy"] == "covered_entity"
+    assert _state(gateway, failed.name) == "abandoned"

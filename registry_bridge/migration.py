@@ -249,7 +249,7 @@ class StepAttempt:
     attempt: int
     """0 for the first; a repeated ExecuteMigration of a failed migration adds one."""
     state: str
-    """pending, applied, done or failed."""
+    """pending, applied, done, failed or not_taken (its migration was abandoned first)."""
     operation: str
     """The derived id the attempt's registry calls carry (a cancel of several ranges
     suffixes ``:N`` for the Nth)."""
@@ -274,7 +274,7 @@ class MigrationStep:
     kind: str
     """cancel, transfer, keep or register."""
     state: str
-    """pending, applied, done or failed."""
+    """pending, applied, done, failed or not_taken (its migration was abandoned first)."""
     description: str
     operation: str
     """The derived id the step's registry call carries (operation or transfer request id)."""

@@ -447,7 +447,8 @@ class MigrationStepRecord(Base):
     kind: Mapped[str] = mapped_column(sa.String(16))
     """cancel, transfer, keep or register."""
     state: Mapped[str] = mapped_column(sa.String(16))
-    """pending, applied (ledger committed, registry call may be outstanding), done, failed."""
+    """pending, applied (ledger committed, registry call may be outstanding), done, failed,
+    or not_taken (the migration was abandoned before the step ran)."""
     detail: Mapped[str] = mapped_column(sa.Text)
     """What the step does and what came of it (operation ids, transfer id), canonical JSON;
     with the attempts a failed step was retried in (``attempts``, see migration.py)."""

@@ -12,7 +12,8 @@ the accounts its token names there holds or held the project's units
 (:func:`proving_accounts`, ``registry_bridge.listing_proof``).  A registry records the
 covered entities of its own jurisdiction only, those of the registries its token names
 (``registries: ["shenzhen"]``, :func:`maintained_registries`).
-The auditor's and the regulator's roles appear only on reads.
+The auditor's role appears only on reads and audits; the regulator's also on what it
+supervises: project listings, covered entities' records, and giving up a failed migration.
 
 Transfers are also read by account: an exchange operator's or a covered entity's trades
 and their settlement amounts are its own business, not its competitors'.  A caller sees

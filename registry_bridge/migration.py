@@ -22,13 +22,15 @@ it over in two calls:
 - :meth:`Migrations.abandon` gives a failed migration up for good when its failure will
   not go away: its done steps stay done (a cancellation cannot be undone, moved units stay
   moved), the steps not yet taken are marked ``not_taken``, and the migration ends
-  ``abandoned``, with who gave it up, when and why. An abandoned migration covers no year
-  and blocks no new one: the entity may plan again, from what the ledger holds then.
+  ``abandoned``, with who gave it up, when and why. An abandoned migration blocks no new
+  one: the entity may plan again, from what the ledger holds then.
 
-From the moment a migration is recorded (until it is abandoned) the pilot covers the
-entity's years before the first national year only, and the national ETS the years from
-it: the rules gate refuses a surrender on the wrong side (``CL-MIGRATION-0001``/``0002``,
-via :class:`DatabaseCutovers`).
+From the moment a migration is recorded the pilot covers the entity's years before the
+first national year only, and the national ETS the years from it: the rules gate refuses a
+surrender on the wrong side (``CL-MIGRATION-0001``/``0002``, via :class:`DatabaseCutovers`).
+An abandoned migration's split stands until a newer migration of the entity is recorded,
+whose split then counts: the entity may have surrendered in the national ETS for a year
+from the first on while the migration stood, and that year must not go back to the pilot.
 Offsets the entity surrendered in the pilot are terminal in the ledger (and their origin
 retired at the national registry), so the national surrender path refuses them.
 """
@@ -455,31 +457,43 @@ def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
 class DatabaseCutovers:
     """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``.
 
-    Every recorded migration counts, whatever its state, but abandoned: from the moment it
-    is recorded the entity's years are split between the two schemes, so no surrender can
-    slip into a year while the steps run. An abandoned migration was given up before its
-    national registration, the last step: the entity never left the pilot under it.
+    Per entity and pilot, one migration splits the entity's years between the two
+    schemes: the one not abandoned, from the moment it is recorded, whatever its state,
+    so no surrender can slip into a year while the steps run; while every one is
+    abandoned, the newest of them. An abandoned migration's split stands until a newer
+    one is recorded: while it ran or was failed, the entity may have surrendered in the
+    national ETS for a year from its first year on, and giving that year back to the
+    pilot would let the same year's obligation be claimed in both schemes.
     """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
     def cutovers(self, entity_id: str) -> Sequence[Cutover]:
-        """The entity's migrations, oldest first."""
+        """The migration that splits the entity's years, per pilot, oldest first."""
         # Read-only: the gate asks while the bridge's surrender transaction is open.
         with read_only(self._sessions) as session:
             rows = session.execute(
-                sa.select(MigrationRecord)
-                .where(
-                    MigrationRecord.entity_id == entity_id,
-                    MigrationRecord.state != ABANDONED,
+                sa.select(
+                    MigrationRecord.id,
+                    MigrationRecord.from_jurisdiction,
+                    MigrationRecord.to_jurisdiction,
+                    MigrationRecord.first_year,
+                    MigrationRecord.state,
                 )
-                .order_by(MigrationRecord.created_at)
-            ).scalars()
-            return [
-                Cutover(r.id, r.entity_id, r.from_jurisdiction, r.to_jurisdiction, r.first_year)
-                for r in rows
-            ]
+                .where(MigrationRecord.entity_id == entity_id)
+                # ix_migrations_entity_created: abandoned ones too, in this order.
+                .order_by(MigrationRecord.created_at, MigrationRecord.id)
+            ).all()
+        # Per pilot: the migration in force, its position in ``rows``, and whether it is
+        # abandoned (then a newer one takes over).
+        in_force: dict[str, tuple[int, Cutover, bool]] = {}
+        for position, (migration_id, pilot, national, first_year, state) in enumerate(rows):
+            current = in_force.get(pilot)
+            if current is None or current[2]:
+                cutover = Cutover(migration_id, entity_id, pilot, national, first_year)
+                in_force[pilot] = (position, cutover, state == ABANDONED)
+        return [cutover for _, cutover, _ in sorted(in_force.values(), key=lambda c: c[0])]
 
 
 # ------------------------------------------------------------------------------ service
@@ -1233,9 +1247,10 @@ class Migrations:
         Nothing done is undone: a cancellation cannot be, and units moved stay where they
         landed; the failed step stays failed, and the steps not yet taken are marked
         ``not_taken``. The migration ends ``abandoned`` with who (``caller``, and the
-        instruction key the request was signed with), when and why; it then covers no
-        year (see :class:`DatabaseCutovers`) and blocks no new migration of the entity,
-        whose plan reads from the ledger what the abandoned one left.
+        instruction key the request was signed with), when and why. It then blocks no new
+        migration of the entity, whose plan reads from the ledger what the abandoned one
+        left; its split of the entity's years stands until that new one is recorded (see
+        :class:`DatabaseCutovers`).
 
         Args:
             migration_id: The migration.

@@ -156,7 +156,8 @@ class Cutovers(Protocol):
     """Where the entities' migrations between schemes come from."""
 
     def cutovers(self, entity_id: str) -> Sequence[Cutover]:
-        """Every recorded migration of the entity (in any state)."""
+        """The entity's migrations whose split of its years counts, one per scheme it
+        leaves (see ``migration.DatabaseCutovers`` for which)."""
         ...
 
 

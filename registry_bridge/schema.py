@@ -390,8 +390,9 @@ class MigrationRecord(Base):
 
     One per entity and pilot that is not abandoned (the database refuses a second): an
     entity leaves a scheme once, so no two migrations can cover the same years
-    differently. An abandoned one was given up for good (AbandonMigration) and covers no
-    year, so a new one may follow it.
+    differently. An abandoned one was given up for good (AbandonMigration), so a new one
+    may follow it; its split of the entity's years stands until then (see
+    ``migration.DatabaseCutovers``).
     """
 
     __tablename__ = "migrations"
@@ -432,6 +433,9 @@ class MigrationRecord(Base):
         ),
         sa.UniqueConstraint("request_id", "caller", name="uq_migrations_request_id_caller"),
         sa.Index("ix_migrations_state", "state"),
+        # Every migration of an entity, abandoned ones too, in the order recorded: the
+        # rules gate's cutovers (the index above leaves abandoned ones out).
+        sa.Index("ix_migrations_entity_created", "entity_id", "created_at", "id"),
     )
 
 

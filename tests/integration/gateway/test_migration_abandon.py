@@ -8,20 +8,28 @@ who, when and why, and frees the entity to plan again from what it holds then.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from adapters._pb.carbonlink.v1 import gateway_pb2
+from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import ScriptedRefusal
 from gateway.cli import main
-from gateway.demo_migration import pilot_entity, settle_final_pilot_year, statuses
+from gateway.demo_migration import PilotEntity, pilot_entity, settle_final_pilot_year, statuses
+from registry_bridge import db
+from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.migration import DatabaseCutovers
 from registry_bridge.model import HoldingStatus
+from registry_bridge.schema import CoveredEntityRecord, MigrationRecord
+from tests.integration.gateway.conftest import LiveGateway
 from tests.integration.gateway.test_migration_holds import (
     _check_invariants,
     _execute,
@@ -31,6 +39,7 @@ from tests.integration.gateway.test_migration_holds import (
 )
 
 ALREADY_MIGRATING = "CL-MIGRATION-0009"
+MIGRATED_OUT = "CL-MIGRATION-0001"
 REASON = "the national registry refuses the destination account for good"
 
 
@@ -111,10 +120,11 @@ def test_an_abandoned_migration_keeps_what_it_did_and_a_new_plan_takes_only_what
         assert "is abandoned" in details
         # Its ExecuteMigration repeated answers it as it stands, and retries nothing.
         assert _execute(gateway, steel, "migrate-a1") == abandoned
-        # It no longer splits the entity's years between the schemes: the entity never
-        # reached its national registration.
+        # Its split of the entity's years stands until a new migration is recorded.
         cutovers = DatabaseCutovers(gateway.server.bridge.sessions)
-        assert cutovers.cutovers(steel.entity_id) == []
+        assert [c.migration_id for c in cutovers.cutovers(steel.entity_id)] == [
+            failed.name.removeprefix("migrations/")
+        ]
 
         # A new plan starts from what the entity holds now: the SZA cancelled is not
         # planned again; the SZ-CI kept and the CCER the failed transfer left are.
@@ -139,6 +149,153 @@ def test_an_abandoned_migration_keeps_what_it_did_and_a_new_plan_takes_only_what
         assert national[(ccer.serial_start + 4_000, ccer.serial_end)] == HoldingStatus.ACTIVE
         assert statuses(shenzhen, steel.sza.id) == cancelled
         _check_invariants(gateway, registries)
+
+
+def _refused_in_the_pilot(
+    gateway: LiveGateway, entity: PilotEntity, request_id: str, year: int
+) -> list[tuple[str, str]]:
+    """The entity surrenders 10 of its SZ-CI in the pilot for ``year``: the refusal's
+    violations that put the year in another scheme (CL-MIGRATION-0001), as (rule id,
+    message)."""
+    sz_ci = entity.sz_ci.id
+    request = gateway_pb2.SurrenderRequest(
+        request_id=request_id,
+        account=model_pb2.AccountRef(registry="shenzhen", account=entity.shenzhen_account),
+        units=[
+            model_pb2.UnitSelector(
+                block=model_pb2.BlockId(
+                    program=sz_ci.program.value,
+                    serial_start=sz_ci.serial_start,
+                    serial_end=sz_ci.serial_start + 9,
+                )
+            )
+        ],
+        entity_id=entity.entity_id,
+        compliance_year=year,
+        jurisdiction="shenzhen",
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.stub.Surrender(request, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = rpc_status.from_call(refused.value)
+    assert status is not None
+    failure = error_details_pb2.PreconditionFailure()
+    assert status.details[0].Unpack(failure)
+    return [(v.subject, v.description) for v in failure.violations if v.subject == MIGRATED_OUT]
+
+
+def test_an_abandoned_migrations_split_stands_until_a_new_migration_is_recorded(
+    database_url: str,
+) -> None:
+    """While the migration was failed, the entity's years from its first national year on
+    were the national ETS's: it may have surrendered there for them. Abandoning does not
+    give those years back to the pilot, or the same year's obligation could be claimed in
+    both schemes; the next migration recorded splits the years anew."""
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-a5", "steel", 2023, 38_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        failed = _execute(gateway, steel, "migrate-a5")
+        assert failed.state == "failed"
+        national_year = steel.first_national_year
+        while_failed = _refused_in_the_pilot(gateway, steel, "late-failed", national_year)
+        assert len(while_failed) == 1 and failed.name in while_failed[0][1], while_failed
+
+        _abandon(gateway.stub, failed.name)
+        # Refused as before, under the same rule, naming the abandoned migration; so is
+        # every later year.
+        assert _refused_in_the_pilot(gateway, steel, "late-abandoned", national_year) == (
+            while_failed
+        )
+        later = _refused_in_the_pilot(gateway, steel, "later-abandoned", national_year + 1)
+        assert len(later) == 1 and failed.name in later[0][1], later
+
+        again = _execute(gateway, steel, "migrate-a5-again")
+        assert again.state == "completed", again.failure_reason
+        renewed = _refused_in_the_pilot(gateway, steel, "late-renewed", national_year)
+        assert len(renewed) == 1, renewed
+        assert again.name in renewed[0][1] and failed.name not in renewed[0][1], renewed
+        _check_invariants(gateway, registries)
+
+
+_AT = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+
+
+def _record(
+    migration_id: str, entity_id: str, pilot: str, first_year: int, state: str, minutes: int
+) -> MigrationRecord:
+    """A migration row as ExecuteMigration records one (its plan aside), ``minutes`` after
+    ``_AT``."""
+    at = _AT + timedelta(minutes=minutes)
+    return MigrationRecord(
+        id=migration_id,
+        request_id=f"migrate-{migration_id}",
+        caller=LOCAL_CALLER,
+        body_sha256=hashlib.sha256(migration_id.encode()).digest(),
+        entity_id=entity_id,
+        from_jurisdiction=pilot,
+        to_jurisdiction="national",
+        first_year=first_year,
+        state=state,
+        plan="{}",
+        failure_reason="",
+        abandonment="",
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def test_the_newest_abandoned_migration_splits_the_years_until_another_is_recorded(
+    database_url: str,
+) -> None:
+    """Per entity and pilot: the migration not abandoned, once one is recorded; until then
+    the newest abandoned one, whose split the entity may already have surrendered under."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        with sessions.begin() as session:
+            for entity_id in ("steel-a", "steel-b"):
+                session.add(
+                    CoveredEntityRecord(
+                        entity_id=entity_id,
+                        display_name=entity_id,
+                        sector="steel",
+                        gases="[]",
+                        updated_at=_AT,
+                    )
+                )
+            session.flush()
+            session.add_all(
+                [
+                    _record("sz-1", "steel-a", "shenzhen", 2024, "abandoned", 0),
+                    _record("gd-1", "steel-a", "guangdong", 2024, "abandoned", 1),
+                    _record("sz-2", "steel-a", "shenzhen", 2025, "abandoned", 2),
+                    _record("b-1", "steel-b", "shenzhen", 2026, "running", 3),
+                ]
+            )
+        cutovers = DatabaseCutovers(sessions)
+
+        def split() -> list[tuple[str, str, int]]:
+            return [
+                (c.migration_id, c.from_jurisdiction, c.first_year)
+                for c in cutovers.cutovers("steel-a")
+            ]
+
+        assert split() == [("gd-1", "guangdong", 2024), ("sz-2", "shenzhen", 2025)]
+        # A new migration out of Shenzhen, with a first year of its own, takes over there,
+        # from the moment it is recorded, in whatever state it ends.
+        for state in ("running", "failed", "completed"):
+            with sessions.begin() as session:
+                session.merge(_record("sz-3", "steel-a", "shenzhen", 2026, state, 4))
+            assert split() == [("gd-1", "guangdong", 2024), ("sz-3", "shenzhen", 2026)]
+        # Abandoned in turn, it is the newest abandoned one.
+        with sessions.begin() as session:
+            session.merge(_record("sz-3", "steel-a", "shenzhen", 2026, "abandoned", 4))
+        assert split() == [("gd-1", "guangdong", 2024), ("sz-3", "shenzhen", 2026)]
+    finally:
+        engine.dispose()
 
 
 def test_only_a_failed_migration_is_abandoned(database_url: str) -> None:

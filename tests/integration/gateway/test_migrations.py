@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from registry_bridge import db
 from registry_bridge.bridge import Bridge
 from registry_bridge.idempotency import LOCAL_CALLER, answer_once
+from registry_bridge.migration import DatabaseCutovers
 from registry_bridge.schema import (
     Base,
     CoveredEntityRecord,
@@ -320,6 +321,63 @@ def test_recovery_finds_pending_uses_and_running_migrations_by_an_index(tmp_path
                 )
                 # ix_unit_uses_state_created covers the query: "USING COVERING INDEX".
                 assert f" INDEX ix_{table}_state" in plan, plan
+    finally:
+        engine.dispose()
+
+
+def _cutovers_statement(engine: sa.Engine) -> tuple[str, Any]:
+    """The statement the rules gate's ``DatabaseCutovers`` runs for an entity, and its
+    parameters."""
+    statements: list[tuple[str, Any]] = []
+
+    def grab(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM migrations" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    try:
+        DatabaseCutovers(db.session_factory(engine)).cutovers("steel-a")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", grab)
+    assert len(statements) == 1, statements
+    return statements[0]
+
+
+def test_the_rules_gate_seeks_an_entitys_migrations_abandoned_ones_too(
+    database_url: str,
+) -> None:
+    """Every surrender asks for the entity's migrations, the abandoned ones included (the
+    newest abandoned one splits the entity's years until another is recorded): an index
+    seek on the entity, read in the order asked, never a scan of every migration nor a
+    sort. PostgreSQL's planner chooses by cost, and a table this small is cheaper to scan:
+    with scans priced out, it still finds the index that seeks the entity in order."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        statement, parameters = _cutovers_statement(engine)
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                plan = [
+                    str(row[-1])
+                    for row in connection.exec_driver_sql(
+                        f"EXPLAIN QUERY PLAN {statement}", parameters
+                    )
+                ]
+                assert plan == [
+                    "SEARCH migrations USING INDEX ix_migrations_entity_created (entity_id=?)"
+                ], plan
+            else:
+                connection.exec_driver_sql("SET enable_seqscan = off")
+                connection.exec_driver_sql("SET enable_bitmapscan = off")
+                plan = [
+                    str(row[0])
+                    for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+                ]
+                text = "\n".join(plan)
+                assert plan[0].startswith(
+                    "Index Scan using ix_migrations_entity_created on migrations"
+                ), text
+                assert "Sort" not in text and "Seq Scan" not in text, text
     finally:
         engine.dispose()
 

@@ -423,7 +423,9 @@ def test_migrate_execute_says_how_to_retry_a_failed_step_and_the_same_command_do
         assert failed.err == (
             f"carbonlink: {name} failed: once the cause is settled, run the same command "
             f"again (request id {request_id}): the failed step is tried again over the units "
-            "still held, the rest of the steps waiting until then\n"
+            "still held, the rest of the steps waiting until then; a cause that will not go "
+            f"away: `carbonlink migrate abandon {name} --reason TEXT` gives it up (what is "
+            "done stays done) and lets the entity plan again\n"
         )
         # Shenzhen refused once: the same command again retries the step, and completes.
         assert main(command) == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,29 +67,70 @@ def record_entity_year(
     )
 
 
-def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
-    """A migrated (or migrating) entity's years stay on their side of its first year: a
-    pilot year from then on, or a national year before it, would be a year that two
-    schemes cover (the migration plan refuses the same, CL-MIGRATION-0007)."""
-    moves = session.execute(
+MIGRATION_ABANDONED = "abandoned"
+"""A migration's final state once its failure was given up (``migration.ABANDONED``)."""
+
+
+class MigrationSplit(NamedTuple):
+    """The migration whose split of an entity's years between two schemes is in force."""
+
+    migration_id: str
+    pilot: str
+    national: str
+    first_year: int
+    """The national scheme covers this year and later; the pilot the years before."""
+
+
+def migration_splits(session: Session, entity_id: str) -> list[MigrationSplit]:
+    """Per pilot the entity leaves, the migration that splits its years, oldest first.
+
+    The one not abandoned (at most one per pilot), from the moment it is recorded,
+    whatever its state, so no year slips to the wrong side while its steps run; while
+    every one is abandoned, the newest of them.  An abandoned migration's split stands
+    until a newer one is recorded: while it ran or was failed the entity may have
+    surrendered in the national scheme for a year from its first year on, and giving
+    that year back to the pilot would let its obligation be claimed in both schemes.
+    """
+    rows = session.execute(
         sa.select(
+            MigrationRecord.id,
             MigrationRecord.from_jurisdiction,
             MigrationRecord.to_jurisdiction,
             MigrationRecord.first_year,
-        ).where(
-            MigrationRecord.entity_id == entity.entity_id,
-            MigrationRecord.state.in_(("running", "completed")),
+            MigrationRecord.state,
         )
+        .where(MigrationRecord.entity_id == entity_id)
+        # ix_migrations_entity_created: abandoned ones too, in this order.
+        .order_by(MigrationRecord.created_at, MigrationRecord.id)
     ).all()
+    # Per pilot: the split in force, its position in ``rows``, and whether its migration
+    # is abandoned (then a newer one takes over).
+    in_force: dict[str, tuple[int, MigrationSplit, bool]] = {}
+    for position, (migration_id, pilot, national, first_year, state) in enumerate(rows):
+        current = in_force.get(pilot)
+        if current is None or current[2]:
+            split = MigrationSplit(migration_id, pilot, national, first_year)
+            in_force[pilot] = (position, split, state == MIGRATION_ABANDONED)
+    return [split for _, split, _ in sorted(in_force.values(), key=lambda c: c[0])]
+
+
+def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
+    """A migrated (or migrating) entity's years stay on their side of its first year: a
+    pilot year from then on, or a national year before it, would be a year that two
+    schemes cover (the migration plan refuses the same, CL-MIGRATION-0007).  The split
+    is the one surrenders are checked against (``migration_splits``)."""
     problems = [
         FieldViolation(
             f"entity.years[{i}]",
             f"{year.jurisdiction} {year.compliance_year}: the entity moved from "
-            f"{pilot} to {national} from {first}, so that year is not {year.jurisdiction}'s",
+            f"{split.pilot} to {split.national} from {split.first_year}, so that year is not "
+            f"{year.jurisdiction}'s",
         )
-        for pilot, national, first in moves
+        for split in migration_splits(session, entity.entity_id)
         for i, year in enumerate(entity.years)
-        if covered_twice(year.jurisdiction, year.compliance_year, pilot, national, first)
+        if covered_twice(
+            year.jurisdiction, year.compliance_year, split.pilot, split.national, split.first_year
+        )
     ]
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)

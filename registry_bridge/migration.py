@@ -61,7 +61,7 @@ from registry_bridge.block_json import (
 from registry_bridge.bridge import ORIGIN_REGISTRY, Bridge
 from registry_bridge.covered_entities import CoveredEntity, covered_twice
 from registry_bridge.db import read_only, unit_of_work
-from registry_bridge.entities import get_entity
+from registry_bridge.entities import MIGRATION_ABANDONED, get_entity, migration_splits
 from registry_bridge.errors import (
     CarbonlinkError,
     FailedPrecondition,
@@ -146,7 +146,7 @@ account is another: its record changed since the plan the entity signed for."""
 STEP_STATES = ("pending", "applied", "done", "failed", "not_taken")
 """``not_taken``: the step's migration was abandoned before the step ran."""
 
-ABANDONED = "abandoned"
+ABANDONED = MIGRATION_ABANDONED
 """The final state of a failed migration given up (:meth:`Migrations.abandon`)."""
 
 
@@ -455,16 +455,10 @@ def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
 
 
 class DatabaseCutovers:
-    """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``.
-
-    Per entity and pilot, one migration splits the entity's years between the two
-    schemes: the one not abandoned, from the moment it is recorded, whatever its state,
-    so no surrender can slip into a year while the steps run; while every one is
-    abandoned, the newest of them. An abandoned migration's split stands until a newer
-    one is recorded: while it ran or was failed, the entity may have surrendered in the
-    national ETS for a year from its first year on, and giving that year back to the
-    pilot would let the same year's obligation be claimed in both schemes.
-    """
+    """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``:
+    per entity and pilot, the migration whose split of its years is in force
+    (``entities.migration_splits``: an abandoned one's stands until a newer one is
+    recorded)."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -473,27 +467,11 @@ class DatabaseCutovers:
         """The migration that splits the entity's years, per pilot, oldest first."""
         # Read-only: the gate asks while the bridge's surrender transaction is open.
         with read_only(self._sessions) as session:
-            rows = session.execute(
-                sa.select(
-                    MigrationRecord.id,
-                    MigrationRecord.from_jurisdiction,
-                    MigrationRecord.to_jurisdiction,
-                    MigrationRecord.first_year,
-                    MigrationRecord.state,
-                )
-                .where(MigrationRecord.entity_id == entity_id)
-                # ix_migrations_entity_created: abandoned ones too, in this order.
-                .order_by(MigrationRecord.created_at, MigrationRecord.id)
-            ).all()
-        # Per pilot: the migration in force, its position in ``rows``, and whether it is
-        # abandoned (then a newer one takes over).
-        in_force: dict[str, tuple[int, Cutover, bool]] = {}
-        for position, (migration_id, pilot, national, first_year, state) in enumerate(rows):
-            current = in_force.get(pilot)
-            if current is None or current[2]:
-                cutover = Cutover(migration_id, entity_id, pilot, national, first_year)
-                in_force[pilot] = (position, cutover, state == ABANDONED)
-        return [cutover for _, cutover, _ in sorted(in_force.values(), key=lambda c: c[0])]
+            splits = migration_splits(session, entity_id)
+        return [
+            Cutover(split.migration_id, entity_id, split.pilot, split.national, split.first_year)
+            for split in splits
+        ]
 
 
 # ------------------------------------------------------------------------------ service

@@ -219,6 +219,54 @@ def test_an_abandoned_migrations_split_stands_until_a_new_migration_is_recorded(
         _check_invariants(gateway, registries)
 
 
+def _pilot_year_refused(gateway: LiveGateway, entity: PilotEntity, year: int) -> str:
+    """UpsertCoveredEntity recording a Shenzhen compliance year ``year`` for the entity is
+    refused as a year on the wrong side of its split; the refusal's text."""
+    record = gateway_pb2.CoveredEntity(
+        entity_id=entity.entity_id,
+        display_name=entity.display_name,
+        sector=entity.sector,
+        gases=list(entity.gases),
+        years=[
+            gateway_pb2.ComplianceYear(
+                jurisdiction="shenzhen",
+                compliance_year=year,
+                verified_emissions=1_000,
+                allowances_due=1_000,
+            )
+        ],
+    )
+    code, details = _refused(
+        lambda: gateway.stub.UpsertCoveredEntity(
+            gateway_pb2.UpsertCoveredEntityRequest(request_id=f"year-{year}", entity=record),
+            timeout=30,
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "entity.years[0]" in details, details
+    return details
+
+
+def test_a_pilot_year_past_a_failed_or_abandoned_migrations_split_is_not_recorded(
+    database_url: str,
+) -> None:
+    """The years an entity's record takes follow the split surrenders are checked against:
+    a failed migration's, and an abandoned one's until a newer one is recorded."""
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-a6", "steel", 2023, 38_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        failed = _execute(gateway, steel, "migrate-a6")
+        assert failed.state == "failed"
+        national_year = steel.first_national_year
+        assert "from shenzhen to national" in _pilot_year_refused(gateway, steel, national_year)
+        _abandon(gateway.stub, failed.name)
+        _pilot_year_refused(gateway, steel, national_year)
+        _pilot_year_refused(gateway, steel, national_year + 1)
+        _check_invariants(gateway, registries)
+
+
 _AT = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 
 

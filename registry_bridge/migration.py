@@ -134,10 +134,11 @@ so it cannot be asked): a plan against that account would leave the entity's rea
 holdings behind."""
 
 HELD_UNITS = "CL-MIGRATION-0019"
-"""Units the entity holds in the pilot are held by the bridge: a failed use no operator
-has resolved (``CL-USE-0001``) or a reconciliation (``CL-RECONCILE-0001``). Moving or
-cancelling them could use them twice, or settle units whose whereabouts the registry and
-the ledger tell differently; the plan waits until the hold is gone."""
+"""Units the migration would move or cancel are held by the bridge: a failed use no
+operator has resolved (``CL-USE-0001``) or a reconciliation (``CL-RECONCILE-0001``).
+Moving or cancelling them could use them twice, or settle units whose whereabouts the
+registry and the ledger tell differently; the plan waits until the hold is gone.  Units
+the migration keeps in the pilot account stay held there and block nothing."""
 
 DESTINATION_NOT_AS_SIGNED = "CL-MIGRATION-0020"
 """The request names the account the units are to land in, and the entity's recorded
@@ -452,6 +453,11 @@ def plan_from_json(d: dict[str, Any]) -> MigrationPlan:
 
 
 # --------------------------------------------------------------------------- cutovers
+
+
+def _moves(action: Disposition | None) -> bool:
+    """Whether a disposition takes the units out of the entity's pilot account."""
+    return action in (Disposition.CANCEL, Disposition.TRANSFER)
 
 
 class DatabaseCutovers:
@@ -923,9 +929,11 @@ class Migrations:
                     )
                 )
                 continue
-            held = self._held_findings(session, row)
-            blocking.extend(held)
             action = rules.dispositions.get(program)
+            # Units the migration keeps where they are are not its to settle: a hold on
+            # them (a failed use an operator resolves later) stays with them.
+            held = self._held_findings(session, row) if _moves(action) else []
+            blocking.extend(held)
             if action is None:
                 warnings.append(
                     _violation(
@@ -1124,6 +1132,7 @@ class Migrations:
                 blocking = plan.blocking or tuple(
                     finding
                     for d in plan.dispositions
+                    if _moves(d.action)
                     for finding in self._held_findings(session, d.holding)
                 )
                 if blocking:

@@ -395,3 +395,48 @@ def test_a_surrender_settled_by_hand_counts_in_the_plans_surrendered_units(
         assert (plan.allowances_surrendered, plan.offsets_surrendered) == (46_000, 4_000)
         assert (plan.units_surrendered, plan.shortfall) == (50_000, 0)
         assert plan.executable, list(plan.blocking_violations)
+
+
+def test_a_hold_on_units_the_migration_keeps_in_the_pilot_does_not_block_it(
+    database_url: str,
+) -> None:
+    """SZ-CI stay in the entity's pilot account (keep_for_sale): the migration neither
+    moves nor cancels them, so a failed use holding some of them is no reason to stop it,
+    and the operator still resolves the use after the move."""
+    refusal = ScriptedRefusal("Fulfil", "FAILED_PRECONDITION", calls=1, after=SETTLE_FULFILS + 1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity("steel-h7", "steel", 2023, 20_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        kept = _head(steel.sz_ci.id, 0, 9)
+        # Shenzhen surrenders the SZA, then refuses the SZ-CI: the use fails, the SZ-CI held.
+        request = gateway_pb2.SurrenderRequest(
+            request_id="surrender-kept",
+            account=_account(steel),
+            units=[_selector(_head(steel.sza.id, *HELD_SZA)), _selector(kept)],
+            entity_id=steel.entity_id,
+            compliance_year=steel.final_year,
+            jurisdiction="shenzhen",
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway.stub.Surrender(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        listed = gateway.stub.ListUses(
+            gateway_pb2.ListUsesRequest(state=model_pb2.USE_STATE_FAILED), timeout=30
+        )
+        (name,) = [str(u.name) for u in listed.uses if u.request_id == request.request_id]
+
+        plan = _plan(gateway, steel)
+        assert HELD_UNITS not in [v.rule_id for v in plan.blocking_violations]
+        assert plan.executable, [v.message for v in plan.blocking_violations]
+        migration = _execute(gateway, steel, "migrate-kept-held")
+        assert migration.state == "completed", migration.failure_reason
+
+        resolved = gateway.stub.ResolveUse(
+            gateway_pb2.ResolveUseRequest(
+                request_id="retry-kept", name=name, action=model_pb2.USE_RESOLUTION_ACTION_RETRY
+            ),
+            timeout=30,
+        )
+        assert resolved.state == model_pb2.USE_STATE_COMPLETED
+        _check_invariants(gateway, registries)

@@ -17,6 +17,10 @@ locked, bridged out (immobilized), retired, cancelled or surrendered.  Units tha
 the registry altogether (exported) are no longer listed under the account, and prove
 nothing.
 
+A custody venue's account at the registry (``bridge.venue_account``) proves nothing: it
+holds the venue's clients' units, and naming it in a token would let its bearer prove
+every project any client of the venue holds.
+
 A regulator proves nothing (it corrects any listing), nor does the one local party of an
 insecure gateway, which no token scopes to accounts (``gateway.security.policy``).
 
@@ -35,7 +39,7 @@ from collections.abc import Collection, Mapping
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge.bridge import ORIGIN_REGISTRY
+from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.errors import FailedPrecondition, PermissionDenied
 from registry_bridge.listing import ProjectListing
 from registry_bridge.model import Program
@@ -130,18 +134,29 @@ def check_first_lister(
             f"{program.value} units, so the caller's holding of the project cannot be checked"
         )
     prefix = f"{registry}:"
-    own = sorted(a.removeprefix(prefix) for a in accounts if a.startswith(prefix))
+    named = sorted(a.removeprefix(prefix) for a in accounts if a.startswith(prefix))
+    # A custody venue's account holds its clients' units, whoever they are: it proves no
+    # one's own holding, whoever's token names it.
+    custody = {venue_account(venue): venue for venue in CUSTODY_VENUES}
+    own = [a for a in named if a not in custody]
+    not_proof = "".join(
+        f"; {a} is the {custody[a]} custody venue's account, holding its clients' units, and "
+        "proves no one's own holding"
+        for a in named
+        if a in custody
+    )
     rule = (
         "only an issuer holding, or having held, units of a project at its registry of "
         "origin may list a project no one has listed, or have it refused"
     )
-    if not own:
+    if not named:
         raise PermissionDenied(
             f"{project}: the caller's token names no account at {registry}, the registry of "
             f"origin of {program.value} units, to prove a holding of the project: {rule}"
         )
-    if not holds_units(port, program, listing.project_id, own, still_wanted):
+    if not own or not holds_units(port, program, listing.project_id, own, still_wanted):
+        asked = f" ({', '.join(own)})" if own else ""
         raise PermissionDenied(
-            f"{project}: no account of the caller at {registry} ({', '.join(own)}) holds or "
-            f"held units of the project, as {registry} answers: {rule}"
+            f"{project}: no account of the caller at {registry}{asked} holds or held units "
+            f"of the project, as {registry} answers{not_proof}: {rule}"
         )

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway.cli import main
 from gateway.security.layout import TlsLayout
+from registry_bridge.bridge import venue_account
 from registry_bridge.port import ListHoldingsRequest, RetireRequest
 from registry_bridge.schema import ListingDecisionRecord, ProjectListingRecord
 from tests.integration.gateway.test_listing_api import LANDFILL
@@ -255,6 +256,24 @@ def test_an_issuer_without_units_of_the_project_cannot_list_it_first(
     assert "listed by another party" in _denied(
         _issuer(gateway, "squatter"), _listing("squat-again", "Mine")
     )
+
+
+def test_a_custody_venues_account_at_the_origin_proves_no_issuers_holding(
+    gateway: SecureGateway,
+) -> None:
+    # The HK venue's account at Verra holds its clients' units, whoever they are: a token
+    # naming it would let its bearer prove every project any client of the venue holds.
+    gateway.issue("verra", venue_account("hkmo"), vcs_serial(LANDFILL.project_id, 500_002_001))
+    for accounts in (
+        [f"verra:{venue_account('hkmo')}"],
+        [f"verra:{venue_account('hkmo')}", "verra:nobody"],
+    ):
+        details = _denied(
+            _issuer(gateway, "venue-client", accounts), _listing("through-the-venue", "Mine")
+        )
+        assert "project VCS 5955" in details, details
+        assert f"{venue_account('hkmo')} is the hkmo custody venue's account" in details, details
+    assert _listers(gateway) == [] and _decisions(gateway) == []
 
 
 def test_an_issuer_whose_units_were_retired_proves_it_held_them(gateway: SecureGateway) -> None:

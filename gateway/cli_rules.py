@@ -1,7 +1,9 @@
 """The ``carbonlink rules`` commands: validate rule packs and evaluate facts against one.
 
 ``gateway.cli`` calls :func:`register` with its subparsers; each handler is stored as the
-``handler`` default of the parsed namespace and returns the process exit code.
+``handler`` default of the parsed namespace and returns the process exit code.  Parsing
+loads no rules engine (the help's pack and use names are ``gateway.rule_names``): each
+handler imports the engine when it runs.
 
 ``rules validate PACK...``
     PACK is a built-in pack name (``shenzhen``, ``national``, ``guangdong``, ``hkmo``,
@@ -89,29 +91,12 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from compliance_rules import (
-    BUILTIN_PACKS,
-    ComplianceRulesError,
-    Decision,
-    DocumentError,
-    FactsError,
-    ListingDecision,
-    NoVersionInForceError,
-    PackInvalidError,
-    PackNotFoundError,
-    RulePack,
-    Use,
-    evaluate_transfer,
-    load_pack,
-    parse_transfer,
-)
-from compliance_rules.loader import read_document
-from gateway.cli_project import read_project
-from gateway.convert import project_from_pb
-from registry_bridge.errors import InvalidRequest
-from registry_bridge.listing_rules import decide_listing, listing_facts, market_destination
+from gateway.rule_names import BUILTIN_PACKS, USES
+
+if TYPE_CHECKING:
+    from compliance_rules import Decision, ListingDecision, RulePack
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -153,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument(
         "--use",
         metavar="U",
-        help=f"the transfer's use, one of: {', '.join(u.value for u in Use)} (required "
+        help=f"the transfer's use, one of: {', '.join(USES)} (required "
         "without --listing; refused with it: a listing is decided for every use)",
     )
     evaluate.add_argument(
@@ -186,6 +171,8 @@ def handle_validate(
     Returns:
         ``EXIT_OK`` when every pack is valid, else ``EXIT_DENIED``.
     """
+    from compliance_rules import PackInvalidError, PackNotFoundError, load_pack
+
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     failed = False
@@ -249,6 +236,11 @@ def _decide_listing(path: Path, pack: RulePack, clock: date) -> ListingDecision:
         DocumentError: The file is unreadable or not a project.
         InvalidRequest: A field ListProject would refuse (named).
     """
+    from compliance_rules import DocumentError
+    from gateway.cli_project import read_project
+    from gateway.convert import project_from_pb
+    from registry_bridge.listing_rules import decide_listing, listing_facts, market_destination
+
     try:
         message = read_project(path)
     except ValueError as exc:
@@ -277,6 +269,21 @@ def handle_evaluate(
     Returns:
         ``EXIT_OK`` when allowed, ``EXIT_DENIED`` when denied, ``EXIT_INVALID`` on bad input.
     """
+    from compliance_rules import (
+        ComplianceRulesError,
+        DocumentError,
+        FactsError,
+        NoVersionInForceError,
+        PackInvalidError,
+        PackNotFoundError,
+        Use,
+        evaluate_transfer,
+        load_pack,
+        parse_transfer,
+    )
+    from compliance_rules.loader import read_document
+    from registry_bridge.errors import InvalidRequest
+
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     prog = "carbonlink rules evaluate"
@@ -285,7 +292,7 @@ def handle_evaluate(
     except ValueError:
         print(f"{prog}: --clock: {args.clock!r} is not a date (YYYY-MM-DD)", file=err)
         return EXIT_INVALID
-    allowed = ", ".join(u.value for u in Use)
+    allowed = ", ".join(USES)
     if args.listing and args.use is not None:
         # A listing's rules are the pack's for every use, its refusal the listing use's, and
         # ListProject takes no use: a --use here would be ignored, so it is refused.

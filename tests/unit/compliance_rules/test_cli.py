@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli_rules
+import compliance_rules
+from gateway import cli_rules, rule_names
 
 FACTS = """
 entity: {entity_id: E-1, compliance_year: 2024, verified_emissions: 110000,
@@ -369,3 +370,10 @@ def test_the_readme_example_is_denied_over_the_national_ccer_limit() -> None:
         "share": "0.05",
         "basis": "allowances_due",
     }
+
+
+def test_the_help_lists_the_packs_and_uses_the_engine_knows() -> None:
+    # The help's lists are spelt out so that parsing loads no engine: they must stay the
+    # engine's own, in its order.
+    assert rule_names.BUILTIN_PACKS == compliance_rules.BUILTIN_PACKS
+    assert tuple(use.value for use in compliance_rules.Use) == rule_names.USES

@@ -4,7 +4,8 @@
 ``init`` writes a development PKI (see ``gateway.security.layout``); ``token`` signs a
 bearer token with a role's development key, as an identity provider would, and prints
 it (or writes it 0600 with ``--out``) for ``--token-file``; ``key`` gives a subject of
-its own an instruction-signing key, as ``init`` gives each role's.
+its own an instruction-signing key, as ``init`` gives each role's.  Parsing loads no
+cryptography: each handler imports the key and token code when it runs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from adapters.registry import REGISTRIES
-from gateway.security.certs import add_instruction_key, init_dev_pki, load_private_key
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, ROLES, TlsLayout
-from gateway.security.tokens import certificate_thumbprint, mint_token
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _init(args: argparse.Namespace) -> int:
+    from adapters.registry import REGISTRIES
+    from gateway.security.certs import init_dev_pki
+
     try:
         layout = init_dev_pki(args.dir, REGISTRIES)
     except OSError as exc:
@@ -109,6 +110,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from gateway.security.certs import load_private_key
+    from gateway.security.tokens import certificate_thumbprint, mint_token
+
     layout = TlsLayout(args.dir)
     try:
         key = load_private_key(layout.jwt_key(args.role))
@@ -176,6 +180,8 @@ def _subject(text: str) -> str:
 
 
 def _key(args: argparse.Namespace) -> int:
+    from gateway.security.certs import add_instruction_key
+
     try:
         key_id, path = add_instruction_key(TlsLayout(args.dir), args.subject)
     except (OSError, ValueError) as exc:

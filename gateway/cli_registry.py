@@ -6,9 +6,10 @@ serves an emulated registry's native API until SIGTERM or SIGINT;
 that registry's emulator store.  ``register`` adds both to the main parser; each handler
 is the ``handler`` default of its namespace and returns the process exit code.
 
-The emulators (their gRPC servers, stores and export readers) are imported by the
-handler of the command that runs them, not with this module: ``gateway.cli`` builds its
-parser, for every command, from this module's ``register``.
+The emulators (their gRPC servers, stores and export readers), the registry table and
+TLS are imported by the handler of the command that runs them, not with this module:
+``gateway.cli`` builds its parser, for every command, from this module's ``register``,
+which names the registries by their serial codecs' ids (the same ids, a test holds).
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import structlog
 
-from adapters.registry import REGISTRIES
 from adapters.serial_errors import RegistryFormatError
+from adapters.serials import REGISTRY_IDS
 from gateway.security.layout import TlsLayout
-from gateway.security.tls import server_credentials
 from gateway.stop_signals import StopSignals
 
 _logger = structlog.get_logger(__name__)
@@ -31,7 +31,7 @@ _logger = structlog.get_logger(__name__)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``emulate`` and ``registry import`` to the ``carbonlink`` parser."""
     emulate = subparsers.add_parser("emulate", help="serve an emulated registry's native API")
-    emulate.add_argument("registry", choices=sorted(REGISTRIES), help="the registry")
+    emulate.add_argument("registry", choices=sorted(REGISTRY_IDS), help="the registry")
     emulate.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
     emulate.add_argument("--data", required=True, type=Path, help="directory of the store")
     emulate.add_argument("--faults", type=Path, help="YAML fault-injection settings")
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "into the account IMPORTED (exports name no holder), the retired rows then retired. "
         "The gateway learns of the units when it next reads the registry.",
     )
-    imp.add_argument("registry", choices=sorted(REGISTRIES), help="the registry")
+    imp.add_argument("registry", choices=sorted(REGISTRY_IDS), help="the registry")
     imp.add_argument("file", type=Path, help="the export (CSV)")
     imp.add_argument("--data", required=True, type=Path, help="directory of the store")
     imp.set_defaults(handler=handle_import)
@@ -62,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def handle_emulate(args: argparse.Namespace) -> int:
     """Serve the emulator until SIGTERM or SIGINT."""
     from adapters.emulator_core import FaultConfig, start_emulator
+    from adapters.registry import REGISTRIES
+    from gateway.security.tls import server_credentials
 
     faults = None
     if args.faults is not None:
@@ -107,6 +109,7 @@ def handle_import(args: argparse.Namespace) -> int:
         import_rows,
         read_export,
     )
+    from adapters.registry import REGISTRIES
 
     source = str(args.file)
     try:

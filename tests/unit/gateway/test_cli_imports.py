@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from adapters.registry import REGISTRIES
+from adapters.serials import REGISTRY_IDS
 from registry_bridge import merkle
 from registry_bridge.audit import Bundle, BundleEvent, TraceStatement
 from registry_bridge.event_log import canonical_json
@@ -183,3 +185,9 @@ def test_serve_loads_the_server_stack_when_it_runs(tmp_path: Path) -> None:
     code, ran = _run(["serve", "--insecure", "--config", str(config)])
     assert code == 2
     assert {"gateway.server", "sqlalchemy"} <= ran.modules
+
+
+def test_the_registry_commands_offer_every_registry() -> None:
+    # `emulate` and `registry import` name the registries by their serial codecs' ids, so
+    # that parsing loads no registry table (its clients load gRPC): the same registries.
+    assert sorted(REGISTRY_IDS) == sorted(REGISTRIES)

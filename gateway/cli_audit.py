@@ -29,7 +29,8 @@ from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS, parse_serial
 from gateway import client_security, convert
 from gateway.blocks import parse_block
-from gateway.cli_client import page_size, print_json
+from gateway.cli_client import page_size
+from gateway.client_commands import print_json
 from gateway.client_security import ClientSetupError
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle

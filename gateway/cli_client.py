@@ -1,65 +1,53 @@
-"""Client commands of a running gateway: ``carbonlink transfer
+"""The parser of the client commands of a running gateway: ``carbonlink transfer
 submit|evaluate|batch|get|list``, ``retire``, ``surrender`` and ``use get|list|resolve``.
 
 They speak the public gRPC API (``--target``), like any other client. The commands that
 act print a short human summary or, with ``--json``, the resource in protobuf's JSON
 mapping; ``use get|list`` print the JSON always (every field, unset ones too), as the
-auditor's listings do.
+auditor's listings do.  Parsing loads neither gRPC nor the generated messages: each
+handler imports ``gateway.client_commands``, which does, when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import uuid
 from pathlib import Path
-from typing import Any, TextIO
 
-import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway import client_security, convert
+from gateway import client_security
 from gateway.blocks import parse_block
+from registry_bridge.transfers import INTENDED_USES, AccountRef
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 _DEFAULT_TARGET = "127.0.0.1:50051"
-_STATE_NAMES = tuple(
-    name.removeprefix("TRANSFER_STATE_").lower()
-    for name, _ in model_pb2.TransferState.items()
-    if name != "TRANSFER_STATE_UNSPECIFIED"
+TRANSFER_STATE_NAMES = (
+    "proposed",
+    "checked",
+    "source_locked",
+    "destination_credited",
+    "source_finalized",
+    "completed",
+    "rejected",
+    "rolled_back",
 )
-_FINAL_STATES = (
-    model_pb2.TRANSFER_STATE_COMPLETED,
-    model_pb2.TRANSFER_STATE_REJECTED,
-    model_pb2.TRANSFER_STATE_ROLLED_BACK,
-)
-"""The states a transfer never leaves."""
-_USE_STATE_NAMES = tuple(
-    name.removeprefix("USE_STATE_").lower()
-    for name, _ in model_pb2.UseState.items()
-    if name != "USE_STATE_UNSPECIFIED"
-)
+"""``transfer list --state``: carbonlink.v1.TransferState's values, lower case and without
+their prefix (a test holds them to the generated enum)."""
+USE_STATE_NAMES = ("pending", "completed", "rejected", "failed", "resolved")
+"""``use list --state``: carbonlink.v1.UseState's values, as ``TRANSFER_STATE_NAMES``."""
 
 
-def account_ref(text: str) -> model_pb2.AccountRef:
+def account_ref(text: str) -> AccountRef:
     """``REGISTRY:ACCOUNT``, an argparse type."""
     registry, sep, account = text.partition(":")
     if not sep or not registry or not account:
         raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT")
-    return model_pb2.AccountRef(registry=registry, account=account)
+    return AccountRef(registry=registry, account=account)
 
 
-def _holder(text: str) -> model_pb2.AccountRef:
+def _holder(text: str) -> AccountRef:
     """``REGISTRY:ACCOUNT``, or a bare ``REGISTRY`` for every account of it."""
     registry, sep, account = text.partition(":")
     if not registry or (sep and not account):
         raise argparse.ArgumentTypeError(f"{text!r} is not REGISTRY:ACCOUNT or REGISTRY")
-    return model_pb2.AccountRef(registry=registry, account=account)
+    return AccountRef(registry=registry, account=account)
 
 
 def int32(text: str) -> int:
@@ -83,381 +71,64 @@ def page_size(text: str) -> int:
     return size
 
 
-def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, gateway_pb2_grpc.LinkageGatewayStub]:
-    channel = client_security.open_channel(args)
-    return channel, gateway_pb2_grpc.LinkageGatewayStub(channel)
-
-
-def message_dict(message: Message) -> dict[str, Any]:
-    """``message`` in protobuf's JSON mapping, every field shown (unset ones with their
-    zero)."""
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-
-
-def print_json(message: Message, stdout: TextIO | None = None) -> None:
-    """``message`` as protobuf's JSON, every field shown (unset ones with their zero)."""
-    print(json.dumps(message_dict(message), indent=2, sort_keys=True), file=stdout)
-
-
-def _print(message: Message, args: argparse.Namespace, summary: str) -> None:
-    if args.json:
-        # Every field, so that a script reads a false ``allowed`` or an empty list as
-        # such rather than finding the key missing.
-        print_json(message)
-    else:
-        print(summary)
-
-
-def _summary(transfer: model_pb2.Transfer) -> str:
-    state = model_pb2.TransferState.Name(transfer.state).removeprefix("TRANSFER_STATE_")
-    line = f"{transfer.name} {state}"
-    if transfer.failure_reason:
-        line += f": {transfer.failure_reason}"
-    return line
-
-
-_OUTCOME_UNKNOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-"""Codes after which an instruction may have been recorded, or may yet be carried on."""
-
-
-def _call(args: argparse.Namespace, invoke: Any, request_id: str = "") -> int:
-    """Run ``invoke`` on a stub of the gateway; a refusal printed, and its exit code.
-
-    ``request_id`` is the instruction's idempotency key: when the call ends with its
-    outcome unknown (the gateway or a registry did not answer), it is printed, since only
-    the same key asks after the same instruction; a new one would make another.
-    """
-    try:
-        channel, stub = _stub(args)
-    except client_security.ClientSetupError as exc:
-        print(f"carbonlink: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return int(invoke(stub))
-    except grpc.RpcError as exc:
-        print(f"carbonlink: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        if request_id and exc.code() in _OUTCOME_UNKNOWN:
-            print(
-                f"carbonlink: the request may have been recorded and carried on: run the "
-                f"same command with --request-id {request_id} for its outcome (another id "
-                "would be another request)",
-                file=sys.stderr,
-            )
-        return EXIT_REFUSED
-    except client_security.ClientSetupError as exc:
-        print(f"carbonlink: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        channel.close()
-
-
-def _selectors(args: argparse.Namespace) -> list[model_pb2.UnitSelector]:
-    """The units named by ``--serial`` and ``--block``, in that order."""
-    selectors = [model_pb2.UnitSelector(serial=s) for s in args.serial]
-    selectors += [model_pb2.UnitSelector(block=convert.block_id_to_pb(b)) for b in args.block]
-    return selectors
-
-
-def _usage(command: str, message: str) -> int:
-    print(f"carbonlink {command}: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _instruction(args: argparse.Namespace, command: str) -> model_pb2.TransferInstruction | int:
-    """The transfer instruction ``transfer submit`` and ``transfer evaluate`` name, or the
-    usage error's exit code when the flags cannot make one."""
-    if not (args.serial or args.block):
-        return _usage(command, "name the units with --serial or --block")
-    if bool(args.currency) != bool(args.amount):
-        return _usage(command, "a settlement needs both --currency and --amount, or neither")
-    if args.compliance_year is not None and args.use != "corsia":
-        return _usage(
-            command,
-            f"--compliance-year names a CORSIA obligation's year: it needs --use corsia, "
-            f"not --use {args.use}",
-        )
-    instruction = model_pb2.TransferInstruction(
-        source=args.source,
-        destination=args.destination,
-        units=_selectors(args),
-        intended_use=args.use,
-        compliance_year=args.compliance_year or 0,
-    )
-    if args.currency:
-        instruction.settlement.CopyFrom(
-            model_pb2.Settlement(currency=args.currency, amount=args.amount)
-        )
-    return instruction
-
-
 def _submit(args: argparse.Namespace) -> int:
-    instruction = _instruction(args, "transfer submit")
-    if isinstance(instruction, int):
-        return instruction
-    request = gateway_pb2.SubmitTransferRequest(
-        request_id=args.request_id or uuid.uuid4().hex,
-        instruction=instruction,
-        reply_when=(
-            gateway_pb2.REPLY_WHEN_ACCEPTED if args.accept_only else gateway_pb2.REPLY_WHEN_SETTLED
-        ),
-    )
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        client_security.sign(args, "SubmitTransfer", request)
-        transfer = stub.SubmitTransfer(request, timeout=args.timeout)
-        _print(transfer, args, _summary(transfer))
-        if transfer.state == model_pb2.TRANSFER_STATE_COMPLETED:
-            return EXIT_OK
-        if args.accept_only and transfer.state not in _FINAL_STATES:
-            print(
-                f"carbonlink: {transfer.name} is accepted: the gateway settles it in the "
-                f"background; `carbonlink transfer get {transfer.name}` shows where it stands",
-                file=sys.stderr,
-            )
-            return EXIT_OK
-        if transfer.state not in _FINAL_STATES:
-            # Not refused: waiting on a registry, which the gateway retries by itself.
-            print(
-                f"carbonlink: {transfer.name} is not final yet: the gateway carries it on by "
-                f"itself; `carbonlink transfer get {transfer.name}` shows where it stands",
-                file=sys.stderr,
-            )
-        return EXIT_REFUSED
-
-    return _call(args, invoke, request.request_id)
-
-
-def _decision_summary(decision: model_pb2.Decision) -> str:
-    verdict = "allowed" if decision.allowed else "DENIED"
-    if decision.pack_versions:
-        verdict += f" by {', '.join(decision.pack_versions)}"
-    lines = [verdict]
-    for v in decision.violations:
-        lines.append(f"  {v.rule_id}: {v.message}")
-        if v.source:
-            lines.append(f"    source: {v.source}")
-    if decision.deferred_rules:
-        lines.append(f"  left to the surrender: {', '.join(decision.deferred_rules)}")
-    return "\n".join(lines)
+    return client_commands.submit(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    instruction = _instruction(args, "transfer evaluate")
-    if isinstance(instruction, int):
-        return instruction
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        reply = stub.EvaluateTransfer(
-            gateway_pb2.EvaluateTransferRequest(instruction=instruction), timeout=args.timeout
-        )
-        _print(reply, args, _decision_summary(reply.decision))
-        return EXIT_OK if reply.decision.allowed else EXIT_REFUSED
-
-    return _call(args, invoke)
-
-
-def _batch_request(args: argparse.Namespace) -> gateway_pb2.SubmitTransfersRequest | int:
-    """The batch of ``FILE``, each instruction without a request id given
-    ``BATCH-INDEX``, or the usage error's exit code."""
-    try:
-        text = Path(args.file).read_text(encoding="utf-8")
-        request = json_format.Parse(text, gateway_pb2.SubmitTransfersRequest())
-    # ValueError: not UTF-8 text; ParseError: not JSON, or not the batch message.
-    except (OSError, ValueError, json_format.ParseError) as exc:
-        return _usage("transfer batch", f"{args.file}: {exc}")
-    if not request.transfers:
-        return _usage("transfer batch", f'{args.file}: no instructions in "transfers"')
-    if request.request_id or request.HasField("signature"):
-        return _usage(
-            "transfer batch",
-            f"{args.file}: give the batch's request id with --request-id; the command signs it",
-        )
-    request.request_id = args.request_id or uuid.uuid4().hex
-    for i, item in enumerate(request.transfers):
-        if not item.request_id:
-            item.request_id = f"{request.request_id}-{i}"
-    return request
-
-
-def _batch_summary(reply: gateway_pb2.SubmitTransfersResponse) -> str:
-    lines = []
-    for i, result in enumerate(reply.results):
-        if result.HasField("transfer"):
-            outcome = _summary(result.transfer)
-        else:
-            outcome = f"{_code_name(result.error.code)}: {result.error.message}"
-        lines.append(f"[{i}] {result.request_id}: {outcome}")
-    return "\n".join(lines)
-
-
-def _code_name(code: int) -> str:
-    """A google.rpc.Status code by its name, as a refused call's is printed."""
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"code {code}")
+    return client_commands.evaluate(args)
 
 
 def _batch(args: argparse.Namespace) -> int:
-    request = _batch_request(args)
-    if isinstance(request, int):
-        return request
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        client_security.sign(args, "SubmitTransfers", request)
-        reply = stub.SubmitTransfers(request, timeout=args.timeout)
-        _print(reply, args, _batch_summary(reply))
-        completed = all(
-            r.HasField("transfer") and r.transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
-            for r in reply.results
-        )
-        return EXIT_OK if completed else EXIT_REFUSED
-
-    return _call(args, invoke, request.request_id)
+    return client_commands.batch(args)
 
 
 def _get(args: argparse.Namespace) -> int:
-    name = args.name if args.name.startswith("transfers/") else f"transfers/{args.name}"
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        transfer = stub.GetTransfer(gateway_pb2.GetTransferRequest(name=name), timeout=args.timeout)
-        _print(transfer, args, _summary(transfer))
-        return EXIT_OK
-
-    return _call(args, invoke)
+    return client_commands.get(args)
 
 
 def _list(args: argparse.Namespace) -> int:
-    state = model_pb2.TRANSFER_STATE_UNSPECIFIED
-    if args.state:
-        state = model_pb2.TransferState.Value(f"TRANSFER_STATE_{args.state.upper()}")
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        reply = stub.ListTransfers(
-            gateway_pb2.ListTransfersRequest(
-                page_size=args.page_size,
-                page_token=args.page_token,
-                state=state,
-                registry=args.registry,
-            ),
-            timeout=args.timeout,
-        )
-        lines = [_summary(t) for t in reply.transfers] or ["no transfers"]
-        if reply.next_page_token:
-            # Else a page reads as the whole listing: say that there is more, and how.
-            token = reply.next_page_token
-            lines.append(f"more: ask again, same filters, with --page-token {token}")
-        _print(reply, args, "\n".join(lines))
-        return EXIT_OK
-
-    return _call(args, invoke)
+    return client_commands.list_transfers(args)
 
 
 def _retire(args: argparse.Namespace) -> int:
-    if not (args.serial or args.block):
-        return _usage("retire", "name the units with --serial or --block")
-    request = gateway_pb2.RetireRequest(
-        request_id=args.request_id or uuid.uuid4().hex,
-        account=args.account,
-        units=_selectors(args),
-        beneficiary=args.beneficiary,
-        claim_text=args.claim,
-    )
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        client_security.sign(args, "Retire", request)
-        use = stub.Retire(request, timeout=args.timeout)
-        _print(use, args, f"{use.name} retired for {use.beneficiary}")
-        return EXIT_OK
-
-    return _call(args, invoke, request.request_id)
+    return client_commands.retire(args)
 
 
 def _surrender(args: argparse.Namespace) -> int:
-    if not (args.serial or args.block):
-        return _usage("surrender", "name the units with --serial or --block")
-    request = gateway_pb2.SurrenderRequest(
-        request_id=args.request_id or uuid.uuid4().hex,
-        account=args.account,
-        units=_selectors(args),
-        entity_id=args.entity,
-        compliance_year=args.year,
-        jurisdiction=args.jurisdiction,
-    )
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        client_security.sign(args, "Surrender", request)
-        use = stub.Surrender(request, timeout=args.timeout)
-        _print(
-            use,
-            args,
-            f"{use.name} surrendered for {use.entity_id}, {use.jurisdiction} {use.compliance_year}",
-        )
-        return EXIT_OK
-
-    return _call(args, invoke, request.request_id)
+    return client_commands.surrender(args)
 
 
 def _use_get(args: argparse.Namespace) -> int:
-    name = args.name if args.name.startswith("uses/") else f"uses/{args.name}"
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        print_json(stub.GetUse(gateway_pb2.GetUseRequest(name=name), timeout=args.timeout))
-        return EXIT_OK
-
-    return _call(args, invoke)
+    return client_commands.use_get(args)
 
 
 def _use_resolve(args: argparse.Namespace) -> int:
-    name = args.name if args.name.startswith("uses/") else f"uses/{args.name}"
-    if args.settle_manually and not args.reason.strip():
-        return _usage(
-            "use resolve",
-            "--settle-manually needs --reason: what was settled where (the registry's reference)",
-        )
-    request = gateway_pb2.ResolveUseRequest(
-        request_id=args.request_id or uuid.uuid4().hex,
-        name=name,
-        action=(
-            model_pb2.USE_RESOLUTION_ACTION_RETRY
-            if args.retry
-            else model_pb2.USE_RESOLUTION_ACTION_SETTLE_MANUALLY
-        ),
-        reason=args.reason,
-    )
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        client_security.sign(args, "ResolveUse", request)
-        use = stub.ResolveUse(request, timeout=args.timeout)
-        print_json(use)
-        if use.state == model_pb2.USE_STATE_FAILED:
-            # A retry the registry refused again: the use is as unsettled as before.
-            refusal = use.resolutions[-1].refusal if use.resolutions else use.refusal_reason
-            print(f"carbonlink: {use.name} is still failed: {refusal}", file=sys.stderr)
-            return EXIT_REFUSED
-        return EXIT_OK
-
-    return _call(args, invoke, request.request_id)
+    return client_commands.use_resolve(args)
 
 
 def _use_list(args: argparse.Namespace) -> int:
-    request = gateway_pb2.ListUsesRequest(
-        page_size=args.limit, page_token=args.page_token, kind=args.kind or ""
-    )
-    if args.holder is not None:
-        request.holder.CopyFrom(args.holder)
-    if args.state:
-        request.state = model_pb2.UseState.Value(f"USE_STATE_{args.state.upper()}")
+    from gateway import client_commands  # gRPC and the messages: for running it only
 
-    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
-        reply = stub.ListUses(request, timeout=args.timeout)
-        print_json(reply)
-        if reply.next_page_token:
-            # On stderr: stdout stays one JSON document for a script to read.
-            print(
-                f"more: ask again, same filters, with --page-token {reply.next_page_token}",
-                file=sys.stderr,
-            )
-        return EXIT_OK
-
-    return _call(args, invoke)
+    return client_commands.use_list(args)
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -512,7 +183,7 @@ def _instruction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--use",
         default="holding",
-        choices=sorted(convert.INTENDED_USES),
+        choices=sorted(INTENDED_USES),
         help="intended use of the units, whose rules decide (default %(default)s)",
     )
     parser.add_argument(
@@ -603,7 +274,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument(
         "--state",
         type=str.lower,
-        choices=_STATE_NAMES,
+        choices=TRANSFER_STATE_NAMES,
         help="only transfers in this state, e.g. completed",
     )
     listing.add_argument("--registry", default="", help="only transfers touching this registry")
@@ -732,7 +403,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only uses of this account's units (of every account of REGISTRY alone)",
     )
     list_uses.add_argument(
-        "--state", type=str.lower, choices=_USE_STATE_NAMES, help="only uses in this state"
+        "--state", type=str.lower, choices=USE_STATE_NAMES, help="only uses in this state"
     )
     list_uses.add_argument(
         "--limit",

@@ -2,7 +2,8 @@
 
 Clients of a running gateway, like ``carbonlink transfer``: they speak the public gRPC API
 (``--target``) and print a short summary or, with ``--json``, the resource in protobuf's
-JSON mapping.
+JSON mapping.  Parsing loads neither gRPC nor the generated messages: each handler
+imports them when it runs.
 """
 
 from __future__ import annotations
@@ -14,34 +15,29 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from gateway import client_security
-from gateway.cli_client import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    _call,
-    _common,
-    _print,
-    _usage,
-    account_ref,
-    int32,
-    message_dict,
-)
-from gateway.convert import MAX_ID_LENGTH, entity_to_pb
+from gateway.cli_client import _common, account_ref, int32
 from registry_bridge.covered_entities import CoveredEntity, parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
+if TYPE_CHECKING:
+    from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+
 
 def _request(args: argparse.Namespace) -> gateway_pb2.PlanMigrationRequest:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import account_to_pb
+
+    destination = args.destination_account
     return gateway_pb2.PlanMigrationRequest(
         entity_id=args.entity,
         from_jurisdiction=args.source,
         to_jurisdiction=args.destination,
         first_year=args.from_year,
         acknowledged_warnings=args.acknowledge,
-        destination_account=args.destination_account,
+        destination_account=None if destination is None else account_to_pb(destination),
     )
 
 
@@ -111,18 +107,22 @@ def _attempt_lines(attempts: Sequence[gateway_pb2.MigrationStepAttempt]) -> list
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from gateway.client_commands import EXIT_OK, EXIT_REFUSED, call, print_message
+
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         plan = stub.PlanMigration(_request(args), timeout=args.timeout)
-        _print(plan, args, _plan_summary(plan))
+        print_message(plan, args, _plan_summary(plan))
         return EXIT_OK if plan.executable else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return call(args, invoke)
 
 
 def _fitting_request_id(derived: str, kind: str) -> str:
     """``derived`` as a request id, or, past a request id's length (a long entity id
     would make one the gateway refuses), ``kind-`` and its digest: as stable, so a re-run
     of the same command still resumes."""
+    from gateway.convert import MAX_ID_LENGTH
+
     if len(derived) <= MAX_ID_LENGTH:
         return derived
     return f"{kind}-{hashlib.sha256(derived.encode()).hexdigest()}"
@@ -153,6 +153,9 @@ def _next_step(name: str, state: str, request_id: str) -> str:
 
 
 def _execute(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, EXIT_REFUSED, call, print_message
+
     request = gateway_pb2.ExecuteMigrationRequest(
         request_id=args.request_id or _derived_request_id(args), plan=_request(args)
     )
@@ -160,26 +163,29 @@ def _execute(args: argparse.Namespace) -> int:
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         client_security.sign(args, "ExecuteMigration", request)
         migration = stub.ExecuteMigration(request, timeout=args.timeout)
-        _print(migration, args, _migration_summary(migration))
+        print_message(migration, args, _migration_summary(migration))
         if migration.state == "completed":
             return EXIT_OK
         print(_next_step(migration.name, migration.state, request.request_id), file=sys.stderr)
         return EXIT_REFUSED
 
-    return _call(args, invoke, request.request_id)
+    return call(args, invoke, request.request_id)
 
 
 def _get(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, call, print_message
+
     name = _migration_name(args.name)
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         migration = stub.GetMigration(
             gateway_pb2.GetMigrationRequest(name=name), timeout=args.timeout
         )
-        _print(migration, args, _migration_summary(migration))
+        print_message(migration, args, _migration_summary(migration))
         return EXIT_OK
 
-    return _call(args, invoke)
+    return call(args, invoke)
 
 
 def _migration_name(name: str) -> str:
@@ -187,6 +193,9 @@ def _migration_name(name: str) -> str:
 
 
 def _abandon(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, call, print_message
+
     name = _migration_name(args.name)
     request = gateway_pb2.AbandonMigrationRequest(
         # Derived, not random: re-running the same command answers the same abandonment.
@@ -199,10 +208,10 @@ def _abandon(args: argparse.Namespace) -> int:
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         client_security.sign(args, "AbandonMigration", request)
         migration = stub.AbandonMigration(request, timeout=args.timeout)
-        _print(migration, args, _migration_summary(migration))
+        print_message(migration, args, _migration_summary(migration))
         return EXIT_OK
 
-    return _call(args, invoke, request.request_id)
+    return call(args, invoke, request.request_id)
 
 
 def _entity_request_id(batch: str, entity_id: str) -> str:
@@ -212,12 +221,17 @@ def _entity_request_id(batch: str, entity_id: str) -> str:
 
 
 def _upsert_request(batch: str, entity: CoveredEntity) -> gateway_pb2.UpsertCoveredEntityRequest:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.convert import entity_to_pb
+
     return gateway_pb2.UpsertCoveredEntityRequest(
         request_id=_entity_request_id(batch, entity.entity_id), entity=entity_to_pb(entity)
     )
 
 
 def _import(args: argparse.Namespace) -> int:
+    from gateway.client_commands import EXIT_OK, EXIT_USAGE, call, message_dict, usage_error
+
     try:
         entities = parse_entities(json.loads(Path(args.file).read_text(encoding="utf-8")))
     # ValueError: not JSON, or not UTF-8 text at all.
@@ -232,7 +246,7 @@ def _import(args: argparse.Namespace) -> int:
         except InvalidRequest as exc:
             bad.append(f"entities[{i}] ({entity.entity_id or 'no id'}): {exc}")
     if bad:
-        return _usage("entity import", f"{args.file}: nothing imported: " + "; ".join(bad))
+        return usage_error("entity import", f"{args.file}: nothing imported: " + "; ".join(bad))
     batch = args.request_id or uuid.uuid4().hex
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
@@ -256,7 +270,7 @@ def _import(args: argparse.Namespace) -> int:
                 print(json.dumps({"entities": recorded_json}, indent=2, sort_keys=True))
         return EXIT_OK
 
-    return _call(args, invoke)
+    return call(args, invoke)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

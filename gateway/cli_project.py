@@ -1,5 +1,9 @@
 """``carbonlink project list|get``: a foreign issuer asks to list a project in a
-jurisdiction, and reads a listing back."""
+jurisdiction, and reads a listing back.
+
+Parsing loads neither gRPC, the generated messages nor YAML: each handler imports them when
+it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,12 @@ import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from google.protobuf import json_format
+from gateway.cli_client import _common
 
-from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
-from gateway.cli_client import EXIT_OK, EXIT_REFUSED, _call, _common, _print, _usage
+if TYPE_CHECKING:
+    from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 
 _JURISDICTIONS = ("shenzhen", "guangdong", "national", "hkmo", "bri")
 """Where the server lists projects: every jurisdiction with a rule pack (the gate's
@@ -30,6 +33,11 @@ def read_project(path: Path) -> model_pb2.Project:
         ValueError: The file is unreadable, not a mapping, or names an unknown field or a
             value of the wrong type (the message says which).
     """
+    import yaml
+    from google.protobuf import json_format
+
+    from adapters._pb.carbonlink.v1 import model_pb2
+
     try:
         document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     # ValueError: not UTF-8 text, or an unquoted date YAML cannot make (2024-13-01).
@@ -72,10 +80,13 @@ def _summary(
 
 
 def _list(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, EXIT_REFUSED, call, print_message, usage_error
+
     try:
         project = read_project(Path(args.file))
     except ValueError as exc:
-        return _usage("project list", str(exc))
+        return usage_error("project list", str(exc))
     request = gateway_pb2.ListProjectRequest(
         request_id=args.request_id or uuid.uuid4().hex,
         project=project,
@@ -85,14 +96,16 @@ def _list(args: argparse.Namespace) -> int:
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         reply = stub.ListProject(request, timeout=args.timeout)
-        _print(reply, args, _summary(reply))
+        print_message(reply, args, _summary(reply))
         return EXIT_OK if reply.listed else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return call(args, invoke)
 
 
 def _facts(project: model_pb2.Project) -> list[str]:
     """One line per fact the issuer declared, as the API's JSON spells it."""
+    from google.protobuf import json_format
+
     declared = json_format.MessageToDict(project)
     lines = []
     for field in sorted(declared.keys() - {"program", "projectId"}):
@@ -117,19 +130,22 @@ def _about(listing: gateway_pb2.Listing) -> list[str]:
 
 
 def _get(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, EXIT_REFUSED, call, print_message, usage_error
+
     prefix, sep, listing_id = args.name.rpartition("/")
     if sep and prefix != "listings":
         # The server would refuse it too; naming the shape here saves the call.
-        return _usage("project get", f"{args.name!r} is not listings/ID or ID")
+        return usage_error("project get", f"{args.name!r} is not listings/ID or ID")
     request = gateway_pb2.GetListingRequest(name=f"listings/{listing_id}")
 
     def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
         listing = stub.GetListing(request, timeout=args.timeout)
-        _print(listing, args, _summary(listing, _about(listing)))
+        print_message(listing, args, _summary(listing, _about(listing)))
         # As `project list` exits: a script reading a listing back learns its outcome.
         return EXIT_OK if listing.listed else EXIT_REFUSED
 
-    return _call(args, invoke)
+    return call(args, invoke)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

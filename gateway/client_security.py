@@ -3,19 +3,21 @@
 ``--tls-dir DIR`` (a ``carbonlink certs init`` directory: its CA and the client
 certificate of ``--client ROLE``), ``--token-file FILE`` (the bearer JWT),
 ``--signing-key FILE`` (the party's Ed25519 key, for instructions) or ``--insecure``
-(plaintext, no token: only against a gateway started with ``--insecure``).
+(plaintext, no token: only against a gateway started with ``--insecure``).  Adding the
+options loads neither gRPC nor cryptography: opening a channel and signing import them.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from google.protobuf.message import Message
-
-from gateway.security.client import InstructionSigner, role_channel, token_audience
 from gateway.security.layout import ROLES, TlsLayout
+
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.message import Message
 
 
 class ClientSetupError(Exception):
@@ -50,6 +52,10 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
         ClientSetupError: Neither --insecure nor --tls-dir with --token-file, or a file
             cannot be read.
     """
+    import grpc
+
+    from gateway.security.client import role_channel
+
     if args.insecure:
         return grpc.insecure_channel(args.target)
     if args.tls_dir is None or args.token_file is None:
@@ -70,6 +76,8 @@ def sign(args: argparse.Namespace, method: str, request: Message) -> None:
     Raises:
         ClientSetupError: No key given on a secure connection, or the key is unreadable.
     """
+    from gateway.security.client import InstructionSigner, token_audience
+
     if args.insecure and (args.signing_key is None or args.token_file is None):
         return  # nothing checks a signature, and no token names the deployment to sign for
     if args.signing_key is None:

@@ -36,6 +36,7 @@ from registry_bridge.model import (
     has_control_characters,
 )
 from registry_bridge.transfers import (
+    INTENDED_USES,
     AccountRef,
     RulesDecision,
     Settlement,
@@ -149,8 +150,6 @@ and a bound on the work one request asks for, and on its refusal, which names ea
 entry."""
 _CURRENCIES = frozenset({"HKD", "CNY", "RMB", "MOP", "USD", "EUR"})
 _GEC_STATUSES = frozenset({"", "none", "frozen", "cancelled", "active", "traded"})
-INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
-"""The intended uses a transfer instruction may name."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?")
 """A settlement amount as the venues book it: no exponent (``1E+3`` reached the venue and

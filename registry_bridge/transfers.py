@@ -77,6 +77,10 @@ class TransferKind(enum.StrEnum):
     """A mirror goes back to its origin side: the origin registry or a custody venue."""
 
 
+INTENDED_USES = frozenset({"holding", "compliance", "voluntary_retirement", "listing", "corsia"})
+"""The intended uses a transfer instruction may name."""
+
+
 @dataclass(frozen=True)
 class AccountRef:
     """A registry account."""

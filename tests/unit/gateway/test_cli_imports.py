@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from adapters._pb.carbonlink.v1 import model_pb2
 from adapters.registry import REGISTRIES
 from adapters.serials import REGISTRY_IDS
+from gateway.cli_client import TRANSFER_STATE_NAMES, USE_STATE_NAMES
 from registry_bridge import merkle
 from registry_bridge.audit import Bundle, BundleEvent, TraceStatement
 from registry_bridge.event_log import canonical_json
@@ -191,3 +193,14 @@ def test_the_registry_commands_offer_every_registry() -> None:
     # `emulate` and `registry import` name the registries by their serial codecs' ids, so
     # that parsing loads no registry table (its clients load gRPC): the same registries.
     assert sorted(REGISTRY_IDS) == sorted(REGISTRIES)
+
+
+def test_the_state_choices_are_the_apis_states() -> None:
+    # `transfer list --state` and `use list --state` spell the generated enums' values out,
+    # so that parsing loads no generated messages: the same values, in the same order.
+    def values(enum: Any, prefix: str) -> tuple[str, ...]:
+        names = (value.name for value in enum.DESCRIPTOR.values)
+        return tuple(n.removeprefix(prefix).lower() for n in names if n != f"{prefix}UNSPECIFIED")
+
+    assert values(model_pb2.TransferState, "TRANSFER_STATE_") == TRANSFER_STATE_NAMES
+    assert values(model_pb2.UseState, "USE_STATE_") == USE_STATE_NAMES

@@ -19,7 +19,8 @@ import grpc
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway import convert
-from gateway.cli_audit import bundle_lines, trace_pages, write_atomically
+from gateway.audit_client import bundle_lines, trace_pages
+from gateway.audit_offline import write_atomically
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
 from registry_bridge.audit import AuditFailure, AuditReport, verify_lines

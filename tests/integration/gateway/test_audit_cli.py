@@ -13,8 +13,8 @@ import pytest
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
+from gateway.audit_offline import write_atomically
 from gateway.cli import main
-from gateway.cli_audit import write_atomically
 from gateway.log_keys import write_new_key
 from registry_bridge.signed_note import Checkpoint, NoteSigner, generate_private_key_pem
 from tests.integration.gateway.conftest import (

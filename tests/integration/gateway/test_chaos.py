@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
 from adapters.serials import parse_serial
-from gateway.cli_audit import bundle_from_pages, read_trace_pages
+from gateway.audit_client import bundle_from_pages, read_trace_pages
 from gateway.convert import block_id_to_pb
 from gateway.log_keys import write_new_key
 from registry_bridge import db, invariants, merkle

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serials import parse_serial
-from gateway.cli_audit import bundle_from_response
+from gateway.audit_client import bundle_from_response
 from gateway.convert import block_id_to_pb
 from registry_bridge import invariants, merkle
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle

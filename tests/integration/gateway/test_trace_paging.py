@@ -27,8 +27,8 @@ from grpc_status import rpc_status
 from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2
 from gateway import client_security, paging
+from gateway.audit_client import bundle_from_pages
 from gateway.cli import main
-from gateway.cli_audit import bundle_from_pages
 from gateway.convert import block_id_to_pb
 from registry_bridge import db, ledger, provenance
 from registry_bridge.audit import AuditFailure, bundle_from_json, verify_bundle

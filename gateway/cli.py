@@ -5,7 +5,11 @@ Building the parser and running a client or offline command (``transfer``, ``tra
 command starts in a fraction of the time the server stack takes to import.  The
 commands that need that stack import it in their handler, in one place each: ``serve``
 (``cli_serve``), ``demo``, ``emulate`` and ``registry import`` (``cli_registry``) and
-``bench`` (``cli_bench``).  ``tests/unit/gateway/test_cli_imports.py`` holds them to it.
+``bench`` (``cli_bench``).  Parsing alone (``--help``, a usage error) loads no gRPC,
+generated messages, cryptography or rules engine either: the ``cli_*`` modules only
+parse, and each handler imports what runs the command (``client_commands``,
+``audit_client``, ``audit_offline``, the engine) when it runs.
+``tests/unit/gateway/test_cli_imports.py`` holds them to it.
 """
 
 from __future__ import annotations

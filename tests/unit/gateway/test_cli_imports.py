@@ -4,12 +4,17 @@ An auditor verifying a bundle offline, an operator's script calling the gateway,
 anyone asking for ``--help`` wait for every module the command imports.  None of them
 should load the server stack: the database layer, the bridge and its rules gate, the
 servicer, the emulators, the demo or the bench.  Only the commands that run them do.
+Parsing alone (``--help``, a usage error) loads none of the client stack either: gRPC,
+the generated messages, cryptography or the rules engine load in the handler that uses
+them.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ import pytest
 from adapters._pb.carbonlink.v1 import model_pb2
 from adapters.registry import REGISTRIES
 from adapters.serials import REGISTRY_IDS
+from gateway.cli import build_parser
 from gateway.cli_client import TRANSFER_STATE_NAMES, USE_STATE_NAMES
 from registry_bridge import merkle
 from registry_bridge.audit import Bundle, BundleEvent, TraceStatement
@@ -41,6 +47,16 @@ SERVER_STACK = (
     "grpc_health.v1.health",
 )
 """What only serve, demo, emulate, registry import and bench need."""
+
+CLIENT_STACK = (
+    "grpc",
+    "google.protobuf",
+    "cryptography",
+    "jsonschema",
+    "compliance_rules",
+    "structlog",
+)
+"""What a command's handler may need, and parsing never does."""
 
 _DEAD_GATEWAY = ["--insecure", "--target", "127.0.0.1:1", "--timeout", "0.5"]
 """Nothing listens there: the command fails at its call, having loaded all it needs."""
@@ -83,6 +99,76 @@ def _bundle_and_key(tmp_path: Path) -> tuple[Path, str]:
     return path, signer.verifier.encode()
 
 
+def _parsers(parser: argparse.ArgumentParser, argv: list[str]) -> Iterator[list[str]]:
+    """``argv`` and the argument vector of each subcommand under it, at any depth."""
+    yield argv
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, [*argv, name])
+
+
+def _command_groups() -> list[list[list[str]]]:
+    """Per top-level command, its argument vector and each of its subcommands'."""
+    groups: dict[str, list[list[str]]] = {}
+    for argv in _parsers(build_parser(), []):
+        if argv:
+            groups.setdefault(argv[0], []).append(argv)
+    return list(groups.values())
+
+
+def _parse_all(argvs: list[list[str]]) -> tuple[list[int], frozenset[str]]:
+    """Run ``carbonlink ARGV`` for each of ``argvs`` in one new interpreter, which only
+    parses (each asks for help or is a usage error): their exit codes and its modules."""
+    ran = probe(
+        "import contextlib, io\n"
+        "from gateway.cli import main\n"
+        "codes = []\n"
+        f"for argv in {argvs!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), "
+        "contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            codes.append(main(argv))\n"
+        "        except SystemExit as exc:\n"
+        "            codes.append(exc.code)\n"
+        "print(codes)"
+    )
+    return json.loads(ran.output), ran.modules
+
+
+def test_the_top_level_help_loads_no_client_stack() -> None:
+    codes, modules = _parse_all([["--help"]])
+    assert codes == [0]
+    assert loaded(modules, CLIENT_STACK) == []
+
+
+@pytest.mark.parametrize("group", _command_groups(), ids=lambda group: group[0][0])
+def test_a_command_groups_help_loads_no_client_stack(group: list[list[str]]) -> None:
+    codes, modules = _parse_all([[*argv, "--help"] for argv in group])
+    assert codes == [0] * len(group)
+    assert loaded(modules, CLIENT_STACK) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no-such-command"],
+        ["transfer"],
+        ["transfer", "submit", "--from", "hkmo:a", "--block", "VCS:1-2"],  # no --to
+        ["use", "list", "--holder", "hkmo:a", "--state", "no-such-state"],
+        ["migrate", "plan", "--entity", "e", "--destination-account", "shenzhen:a"],
+        ["rules", "evaluate", "--pack", "hkmo"],
+        ["audit", "verify"],
+        ["certs", "token", "DIR"],
+    ],
+    ids=lambda argv: "-".join(argv[:2]),
+)
+def test_a_usage_error_loads_no_client_stack(argv: list[str]) -> None:
+    codes, modules = _parse_all([argv])
+    assert codes == [2]
+    assert loaded(modules, CLIENT_STACK) == []
+
+
 def test_help_loads_no_command() -> None:
     code, ran = _run(["--help"])
     assert code == 0 and "transfer" in ran.output
@@ -101,6 +187,7 @@ def test_parsing_a_serial_loads_no_server_code() -> None:
     )
     assert code == 0 and "115597313" in ran.output
     assert loaded(ran.modules, SERVER_STACK) == []
+    assert loaded(ran.modules, CLIENT_STACK) == []
 
 
 def test_offline_verification_loads_no_database_code(tmp_path: Path) -> None:
@@ -108,6 +195,9 @@ def test_offline_verification_loads_no_database_code(tmp_path: Path) -> None:
     code, ran = _run(["audit", "verify", str(bundle), "--log-key", key])
     assert code == 0 and ran.output.startswith("OK: 1 events verified")
     assert loaded(ran.modules, SERVER_STACK) == []
+    # It checks signatures (cryptography) and asks no gateway: no gRPC, no messages.
+    no_call = ("grpc", "google.protobuf", "adapters._pb", "jsonschema", "compliance_rules")
+    assert loaded(ran.modules, no_call) == []
 
 
 @pytest.mark.parametrize(

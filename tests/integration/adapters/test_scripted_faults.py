@@ -14,6 +14,9 @@ from adapters.retry import RetryPolicy
 from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.port import ListHoldingsRequest, RegistryPort
 
+COUNTED_CALLS_TIMEOUT_S = 60.0
+"""Deadline of the scripted emulator's calls (see the fixture)."""
+
 
 @pytest.fixture
 def scripted() -> Iterator[tuple[RunningEmulator, RegistryPort]]:
@@ -27,7 +30,9 @@ def scripted() -> Iterator[tuple[RunningEmulator, RegistryPort]]:
     running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
     channel = grpc.insecure_channel(running.target)
     try:
-        yield running, REGISTRIES["verra"].client(channel)
+        # Each call is counted by the script: one that outlived a 5 s default deadline on a
+        # stalled test process would take its scripted refusal unseen.
+        yield running, REGISTRIES["verra"].client(channel, timeout_s=COUNTED_CALLS_TIMEOUT_S)
     finally:
         channel.close()
         running.stop(grace=None)
@@ -80,7 +85,12 @@ def test_a_read_whose_caller_went_while_it_failed_is_not_retried() -> None:
     faults = FaultConfig(refusals=(ScriptedRefusal("GetRegistryTotals", calls=1),))
     running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
     try:
-        port = build_adapter("verra", running.target, RetryPolicy(attempts=5, initial_wait_s=0.0))
+        port = build_adapter(
+            "verra",
+            running.target,
+            RetryPolicy(attempts=5, initial_wait_s=0.0),
+            timeout_s=COUNTED_CALLS_TIMEOUT_S,
+        )
 
         def still_wanted() -> bool:
             # There until the registry has the first call, gone from then on: by the time

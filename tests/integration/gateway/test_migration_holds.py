@@ -122,10 +122,20 @@ def _failed_surrender(gateway: LiveGateway, entity: PilotEntity, sza: BlockId) -
     """The entity surrenders SZ-CI then SZA units more for its final pilot year; Shenzhen
     does the first and refuses the second (scripted), so the use fails with its SZA units
     held; the use's name."""
+    return _failed_use(
+        gateway, entity, f"surrender-more-{entity.entity_id}", [_head(entity.sz_ci.id, 0, 9), sza]
+    )
+
+
+def _failed_use(
+    gateway: LiveGateway, entity: PilotEntity, request_id: str, blocks: list[BlockId]
+) -> str:
+    """The entity surrenders ``blocks`` for its final pilot year, in order, and the use
+    fails (a scripted refusal of a later block's leg): the use's name."""
     request = gateway_pb2.SurrenderRequest(
-        request_id=f"surrender-more-{entity.entity_id}",
+        request_id=request_id,
         account=_account(entity),
-        units=[_selector(_head(entity.sz_ci.id, 0, 9)), _selector(sza)],
+        units=[_selector(block) for block in blocks],
         entity_id=entity.entity_id,
         compliance_year=entity.final_year,
         jurisdiction="shenzhen",
@@ -410,21 +420,7 @@ def test_a_hold_on_units_the_migration_keeps_in_the_pilot_does_not_block_it(
         settle_final_pilot_year(gateway.stub, steel)
         kept = _head(steel.sz_ci.id, 0, 9)
         # Shenzhen surrenders the SZA, then refuses the SZ-CI: the use fails, the SZ-CI held.
-        request = gateway_pb2.SurrenderRequest(
-            request_id="surrender-kept",
-            account=_account(steel),
-            units=[_selector(_head(steel.sza.id, *HELD_SZA)), _selector(kept)],
-            entity_id=steel.entity_id,
-            compliance_year=steel.final_year,
-            jurisdiction="shenzhen",
-        )
-        with pytest.raises(grpc.RpcError) as refused:
-            gateway.stub.Surrender(request, timeout=30)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        listed = gateway.stub.ListUses(
-            gateway_pb2.ListUsesRequest(state=model_pb2.USE_STATE_FAILED), timeout=30
-        )
-        (name,) = [str(u.name) for u in listed.uses if u.request_id == request.request_id]
+        name = _failed_use(gateway, steel, "surrender-kept", [_head(steel.sza.id, *HELD_SZA), kept])
 
         plan = _plan(gateway, steel)
         assert HELD_UNITS not in [v.rule_id for v in plan.blocking_violations]

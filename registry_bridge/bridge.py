@@ -1263,10 +1263,7 @@ class Bridge:
             InvalidRequest: The instruction is malformed.
             RequestIdConflict: The caller used the request id for another instruction.
         """
-        if not request_id:
-            raise InvalidRequest.field("request_id", "is required")
-        self._validate(instruction)
-        return self._shared_rounds.submit(_Submission(caller, request_id, instruction))
+        return self._shared_rounds.submit(self._submission(caller, request_id, instruction))
 
     def accept(
         self, request_id: str, instruction: TransferInstruction, *, caller: str = LOCAL_CALLER
@@ -1284,10 +1281,20 @@ class Bridge:
             InvalidRequest: The instruction is malformed.
             RequestIdConflict: The caller used the request id for another instruction.
         """
+        return self._accepting_rounds.submit(self._submission(caller, request_id, instruction))
+
+    def _submission(
+        self, caller: str, request_id: str, instruction: TransferInstruction
+    ) -> _Submission:
+        """The request, once its id and instruction are found valid.
+
+        Raises:
+            InvalidRequest: The request id is missing or the instruction malformed.
+        """
         if not request_id:
             raise InvalidRequest.field("request_id", "is required")
         self._validate(instruction)
-        return self._accepting_rounds.submit(_Submission(caller, request_id, instruction))
+        return _Submission(caller, request_id, instruction)
 
     def _accept_many(self, submissions: Sequence[_Submission]) -> list[Transfer | Exception]:
         """Propose and check submissions in one transaction and queue them for settling."""
@@ -1361,10 +1368,7 @@ class Bridge:
         valid: list[tuple[int, _Submission]] = []
         for position, (request_id, instruction) in enumerate(items):
             try:
-                if not request_id:
-                    raise InvalidRequest.field("request_id", "is required")
-                self._validate(instruction)
-                valid.append((position, _Submission(caller, request_id, instruction)))
+                valid.append((position, self._submission(caller, request_id, instruction)))
             except InvalidRequest as exc:
                 results[position] = exc
         parts = [valid[i : i + _PIPELINE_PART] for i in range(0, len(valid), _PIPELINE_PART)]

@@ -49,6 +49,7 @@ DEMO_ISSUER_SERIALS = (
 )
 SOLD_QUANTITY = 5_000
 RETIRED_QUANTITY = 1_200
+ACCEPTED_QUANTITY = 800
 
 
 class DemoFailure(Exception):
@@ -306,6 +307,48 @@ def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> No
         {
             (sold.serial_start, retired_origin_end): HoldingStatus.RETIRED,
             (retired_origin_end + 1, origin.serial_end): HoldingStatus.ACTIVE,
+        },
+    )
+
+    _say("   a second trade answered at acceptance: the order flow does not wait on registries")
+    second = BlockId(
+        origin.program, "", rest.serial_start, rest.serial_start + ACCEPTED_QUANTITY - 1
+    )
+    accepted: model_pb2.Transfer = gateway.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(
+            request_id=f"hkex-trade-{uuid.uuid4().hex[:8]}",
+            reply_when=gateway_pb2.REPLY_WHEN_ACCEPTED,
+            instruction=model_pb2.TransferInstruction(
+                source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                destination=model_pb2.AccountRef(registry="shenzhen", account="sz-buyer"),
+                units=[model_pb2.UnitSelector(block=convert.block_id_to_pb(second))],
+            ),
+        ),
+        timeout=60,
+    )
+    answered = model_pb2.TransferState.Name(accepted.state).removeprefix("TRANSFER_STATE_")
+    _say(f"   {accepted.name}: answered {answered}; WatchTransfer follows its settlement")
+    if accepted.state != model_pb2.TRANSFER_STATE_CHECKED:
+        raise DemoFailure(f"{accepted.name} was answered {answered}: {accepted.failure_reason}")
+    watched = list(
+        gateway.WatchTransfer(gateway_pb2.WatchTransferRequest(name=accepted.name), timeout=60)
+    )
+    settled = watched[-1]
+    states = " -> ".join(
+        model_pb2.TransferState.Name(s.state).removeprefix("TRANSFER_STATE_")
+        for s in settled.history
+    )
+    _say(f"   {settled.name}: {states}")
+    if settled.state != model_pb2.TRANSFER_STATE_COMPLETED:
+        raise DemoFailure(f"{settled.name} ended {settled.state}: {settled.failure_reason}")
+    _expect_verra(
+        verra,
+        origin,
+        {
+            (sold.serial_start, retired_origin_end): HoldingStatus.RETIRED,
+            (retired_origin_end + 1, sold.serial_end): HoldingStatus.ACTIVE,
+            (second.serial_start, second.serial_end): HoldingStatus.BRIDGED,
+            (second.serial_end + 1, origin.serial_end): HoldingStatus.ACTIVE,
         },
     )
 

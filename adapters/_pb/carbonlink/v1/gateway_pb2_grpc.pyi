@@ -99,7 +99,9 @@ class LinkageGatewayStub:
     """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
     (cancelled units stay cancelled, moved units stay moved), the steps not taken are
     marked "not_taken", and the record keeps who abandoned it, when and why. The entity
-    may then plan and execute a new migration, which plans only what is still held.
+    may then plan and execute a new migration, which plans only what is still held;
+    until one is recorded, the abandoned migration's split of the entity's years stands
+    (a year it may have surrendered in the national scheme is not the pilot's again).
     Covered entities (of the entities their token names) and regulators, signed. A
     migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
     per migration: the same one asked again answers the abandoned migration unchanged;
@@ -186,7 +188,9 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
     (cancelled units stay cancelled, moved units stay moved), the steps not taken are
     marked "not_taken", and the record keeps who abandoned it, when and why. The entity
-    may then plan and execute a new migration, which plans only what is still held.
+    may then plan and execute a new migration, which plans only what is still held;
+    until one is recorded, the abandoned migration's split of the entity's years stands
+    (a year it may have surrendered in the national scheme is not the pilot's again).
     Covered entities (of the entities their token names) and regulators, signed. A
     migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
     per migration: the same one asked again answers the abandoned migration unchanged;
@@ -384,7 +388,9 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         """Gives up a FAILED migration for good: it ends "abandoned", its done steps stay done
         (cancelled units stay cancelled, moved units stay moved), the steps not taken are
         marked "not_taken", and the record keeps who abandoned it, when and why. The entity
-        may then plan and execute a new migration, which plans only what is still held.
+        may then plan and execute a new migration, which plans only what is still held;
+        until one is recorded, the abandoned migration's split of the entity's years stands
+        (a year it may have surrendered in the national scheme is not the pilot's again).
         Covered entities (of the entities their token names) and regulators, signed. A
         migration that is not FAILED is FAILED_PRECONDITION naming its state. Request ids are
         per migration: the same one asked again answers the abandoned migration unchanged;

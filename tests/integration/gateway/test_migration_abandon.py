@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.migration import DatabaseCutovers
 from registry_bridge.model import HoldingStatus
 from registry_bridge.schema import CoveredEntityRecord, MigrationRecord
-from tests.integration.gateway.conftest import LiveGateway
+from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway
 from tests.integration.gateway.test_migration_holds import (
     _check_invariants,
     _execute,
@@ -63,16 +64,32 @@ def _states(migration: gateway_pb2.Migration) -> list[tuple[str, str]]:
     return [(s.kind, s.state) for s in migration.steps]
 
 
+@contextmanager
+def _failed_migration(
+    database_url: str, entity_id: str, emissions: int, request_id: str
+) -> Iterator[tuple[LiveGateway, LinkedRegistries, PilotEntity, gateway_pb2.Migration]]:
+    """A steel works whose final pilot year is settled and whose migration failed at its
+    transfer step (Shenzhen refuses the ``Freeze``, after the SZA were cancelled): the
+    gateway, the registries, the entity and the failed migration."""
+    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
+    with _pilot(database_url, (refusal,)) as (gateway, registries):
+        steel = pilot_entity(entity_id, "steel", 2023, emissions)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        failed = _execute(gateway, steel, request_id)
+        assert failed.state == "failed"
+        yield gateway, registries, steel, failed
+
+
 def test_an_abandoned_migration_keeps_what_it_did_and_a_new_plan_takes_only_what_is_left(
     database_url: str,
 ) -> None:
-    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
-    with _pilot(database_url, (refusal,)) as (gateway, registries):
-        steel = pilot_entity("steel-a1", "steel", 2023, 34_000_000)
-        _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        failed = _execute(gateway, steel, "migrate-a1")
-        assert failed.state == "failed"
+    with _failed_migration(database_url, "steel-a1", 34_000_000, "migrate-a1") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
         assert _states(failed) == [
             ("keep", "done"),
             ("cancel", "done"),
@@ -191,13 +208,12 @@ def test_an_abandoned_migrations_split_stands_until_a_new_migration_is_recorded(
     were the national ETS's: it may have surrendered there for them. Abandoning does not
     give those years back to the pilot, or the same year's obligation could be claimed in
     both schemes; the next migration recorded splits the years anew."""
-    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
-    with _pilot(database_url, (refusal,)) as (gateway, registries):
-        steel = pilot_entity("steel-a5", "steel", 2023, 38_000_000)
-        _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        failed = _execute(gateway, steel, "migrate-a5")
-        assert failed.state == "failed"
+    with _failed_migration(database_url, "steel-a5", 38_000_000, "migrate-a5") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
         national_year = steel.first_national_year
         while_failed = _refused_in_the_pilot(gateway, steel, "late-failed", national_year)
         assert len(while_failed) == 1 and failed.name in while_failed[0][1], while_failed
@@ -252,13 +268,12 @@ def test_a_pilot_year_past_a_failed_or_abandoned_migrations_split_is_not_recorde
 ) -> None:
     """The years an entity's record takes follow the split surrenders are checked against:
     a failed migration's, and an abandoned one's until a newer one is recorded."""
-    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
-    with _pilot(database_url, (refusal,)) as (gateway, registries):
-        steel = pilot_entity("steel-a6", "steel", 2023, 38_000_000)
-        _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        failed = _execute(gateway, steel, "migrate-a6")
-        assert failed.state == "failed"
+    with _failed_migration(database_url, "steel-a6", 38_000_000, "migrate-a6") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
         national_year = steel.first_national_year
         assert "from shenzhen to national" in _pilot_year_refused(gateway, steel, national_year)
         _abandon(gateway.stub, failed.name)
@@ -382,14 +397,12 @@ def test_a_retry_and_an_abandonment_at_once_do_not_both_win(
     """A repeated ExecuteMigration reads the failed migration; an abandonment arrives before
     it has started its new attempt. The migration row's lock lets only one of them act on
     the failed state: the abandonment waits, finds the migration running, and is refused."""
-    refusal = ScriptedRefusal("Freeze", "FAILED_PRECONDITION", calls=1)
-    with _pilot(database_url, (refusal,)) as (gateway, registries):
-        steel = pilot_entity("steel-a3", "steel", 2023, 36_000_000)
-        _seeded(gateway, registries, steel)
-        settle_final_pilot_year(gateway.stub, steel)
-        failed = _execute(gateway, steel, "migrate-a4")
-        assert failed.state == "failed"
-
+    with _failed_migration(database_url, "steel-a3", 36_000_000, "migrate-a4") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
         migrations = gateway.server.migrations
         repeat = migrations._repeat
         read, abandon_returned = threading.Event(), threading.Event()

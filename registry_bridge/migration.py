@@ -59,7 +59,7 @@ from registry_bridge.block_json import (
     block_to_json,
 )
 from registry_bridge.bridge import ORIGIN_REGISTRY, Bridge
-from registry_bridge.covered_entities import CoveredEntity, covered_twice
+from registry_bridge.covered_entities import MAX_ID_LENGTH, CoveredEntity, covered_twice
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.entities import MIGRATION_ABANDONED, get_entity, migration_splits
 from registry_bridge.errors import (
@@ -1096,8 +1096,7 @@ class Migrations:
             RegistryUnavailable: The pilot registry could not be asked about the entity's
                 account (nothing was recorded).
         """
-        if not request_id or len(request_id) > 128:
-            raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
+        _check_request_id(request_id)
         self._validate(request)
         digest = body_digest(request.canonical())
         migration_id = self._start(caller, request_id, request, digest)
@@ -1254,8 +1253,7 @@ class Migrations:
             RequestIdConflict: The caller abandoned it under this request id for another
                 reason.
         """
-        if not request_id or len(request_id) > 128:
-            raise InvalidRequest.field("request_id", "is required (at most 128 characters)")
+        _check_request_id(request_id)
         if not reason.strip():
             raise InvalidRequest.field("reason", "is required: say why the migration is given up")
         now = self._clock()
@@ -1674,6 +1672,14 @@ class Migrations:
                 updated_at=record.updated_at,
                 abandonment=_abandonment_view(record.abandonment),
             )
+
+
+def _check_request_id(request_id: str) -> None:
+    """Refuse a missing request id, or one longer than an id may be."""
+    if not request_id or len(request_id) > MAX_ID_LENGTH:
+        raise InvalidRequest.field(
+            "request_id", f"is required (at most {MAX_ID_LENGTH} characters)"
+        )
 
 
 def _abandon_failed(

@@ -234,12 +234,6 @@ _MAX_CONFLICT_RETRIES = 10
 # A batch larger than one part is driven as parts of this many transfers, this many at once.
 _PIPELINE_PART = 250
 _PIPELINE_PARTS = 3
-_SETTLER_WORKERS = 1
-"""Groups of accepted transfers settling at once.  One: the transfers accepted while a
-group settles build the next group, which is what makes settling accepted transfers
-cheaper than settling each call's own (measured, docs/performance.md item 49: with two or
-three, an idle worker took each acceptance alone as it arrived, and accepted transfers
-cost as much gateway CPU as settled ones)."""
 
 
 def venue_account(venue: str) -> str:
@@ -822,7 +816,6 @@ class Bridge:
             self._settle_accepted,
             backlog=accepted_backlog,
             group_size=_PIPELINE_PART,
-            workers=_SETTLER_WORKERS,
         )
         self._accepting_rounds = _SharedRounds(self._accept_many)
 

@@ -17,7 +17,6 @@ it to the recovery loop of whichever gateway runs next.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -27,38 +26,36 @@ _logger = structlog.get_logger(__name__)
 
 
 class Settler:
-    """Drives accepted transfers to their end, in groups, on threads of its own."""
+    """Drives accepted transfers to their end, in groups, on a thread of its own.
+
+    One thread, one group at a time: the transfers accepted while a group settles build
+    the next one, which is what makes settling them cheaper than settling each call's
+    own.  With two or three threads (as a batch's parts run), an idle one took each
+    acceptance alone as it arrived and no group formed (docs/performance.md, item 49).
+    """
 
     def __init__(
-        self,
-        drive: Callable[[list[str]], None],
-        *,
-        backlog: int,
-        group_size: int,
-        workers: int,
+        self, drive: Callable[[list[str]], None], *, backlog: int, group_size: int
     ) -> None:
-        """Build a settler; its threads start with the first transfer added.
+        """Build a settler; its thread starts with the first transfer added.
 
         Args:
             drive: Drives a group of transfers as far as the registries let them go and
                 gives up their lease (``Bridge._settle_accepted``).
             backlog: How many transfers may be queued or settling at once.
             group_size: The most transfers one group takes.
-            workers: How many groups settle side by side: while one waits for the
-                registries another records its step.
         """
-        if backlog < 1 or group_size < 1 or workers < 1:
-            raise ValueError("backlog, group_size and workers must each be at least 1")
+        if backlog < 1 or group_size < 1:
+            raise ValueError("backlog and group_size must each be at least 1")
         self._drive = drive
         self._backlog = backlog
         self._group_size = group_size
-        self._workers = workers
         self._changed = threading.Condition(threading.Lock())
         self._queue: deque[str] = deque()
         self._settling = 0
-        """Transfers a worker took and has not finished with."""
+        """Transfers the thread took and has not finished with."""
         self._stopping = False
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     @property
     def pending(self) -> int:
@@ -92,13 +89,9 @@ class Settler:
             if self._stopping:
                 return False
             self._queue.extend(transfer_ids)
-            if not self._threads:
-                self._threads = [
-                    threading.Thread(target=self._work, name=f"settler-{i}", daemon=True)
-                    for i in range(self._workers)
-                ]
-                for thread in self._threads:
-                    thread.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="settler", daemon=True)
+                self._thread.start()
             self._changed.notify_all()
         return True
 
@@ -116,10 +109,9 @@ class Settler:
             left = list(self._queue)
             self._queue.clear()
             self._changed.notify_all()
-            threads = list(self._threads)
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=max(timeout, 0.0))
         return left
 
     def _work(self) -> None:

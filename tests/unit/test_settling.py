@@ -38,7 +38,7 @@ class _Driven:
 
 
 def _settler(driven: Callable[[list[str]], None], **settings: int) -> Settler:
-    return Settler(driven, **({"backlog": 100, "group_size": 10, "workers": 1} | settings))
+    return Settler(driven, **({"backlog": 100, "group_size": 10} | settings))
 
 
 def test_transfers_accepted_while_a_group_settles_are_taken_together() -> None:
@@ -122,7 +122,7 @@ def test_a_group_that_fails_leaves_the_settler_settling() -> None:
     settler.stop(WAIT_S)
 
 
-@pytest.mark.parametrize("setting", ["backlog", "group_size", "workers"])
+@pytest.mark.parametrize("setting", ["backlog", "group_size"])
 def test_a_setting_below_one_is_refused(setting: str) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         _settler(_Driven(), **{setting: 0})

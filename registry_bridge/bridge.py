@@ -1321,7 +1321,7 @@ class Bridge:
         """Drive accepted transfers as one group and give up what is left unfinished."""
         reached: dict[str, TransferRow] = {}
         try:
-            reached = self._drive_rounds(transfer_ids, self._claim_many(transfer_ids))
+            reached = self._claim_and_drive(transfer_ids)
         finally:
             self._let_go(transfer_ids, reached)
 
@@ -1684,14 +1684,11 @@ class Bridge:
         try:
             parts = [mine[i : i + _PIPELINE_PART] for i in range(0, len(mine), _PIPELINE_PART)]
             if len(parts) == 1:
-                reached = self._drive_rounds(mine, self._claim_many(mine))
+                reached = self._claim_and_drive(mine)
             else:
                 # While one part waits for the registries, another records its step:
                 # the gateway's work and the registries' overlap instead of alternating.
-                running = [
-                    self._parts.submit(lambda p: self._drive_rounds(p, self._claim_many(p)), p)
-                    for p in parts
-                ]
+                running = [self._parts.submit(self._claim_and_drive, p) for p in parts]
                 for part in running:
                     reached.update(part.result())
         finally:
@@ -1712,6 +1709,10 @@ class Bridge:
         if missing:
             raise NotFound(f"transfers/{missing[0]}")
         return {t: states[t] for t in transfer_ids}
+
+    def _claim_and_drive(self, transfer_ids: list[str]) -> dict[str, TransferRow]:
+        """Drive the transfers this gateway can claim; the last row seen of each."""
+        return self._drive_rounds(transfer_ids, self._claim_many(transfer_ids))
 
     def _let_go(self, transfer_ids: Sequence[str], reached: Mapping[str, TransferRow]) -> None:
         """Stop driving transfers: give up the lease of those left unfinished.

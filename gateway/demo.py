@@ -187,18 +187,23 @@ def _expect_verra(
         raise DemoFailure(f"Verra shows {found}, expected {expected}")
 
 
-def _transfer(
-    gateway: gateway_pb2_grpc.LinkageGatewayStub, request: gateway_pb2.SubmitTransferRequest
-) -> model_pb2.Transfer:
-    transfer: model_pb2.Transfer = gateway.SubmitTransfer(request, timeout=60)
-    states = " -> ".join(
-        model_pb2.TransferState.Name(s.state).removeprefix("TRANSFER_STATE_")
-        for s in transfer.history
-    )
+def _state_name(state: model_pb2.TransferState.ValueType) -> str:
+    return model_pb2.TransferState.Name(state).removeprefix("TRANSFER_STATE_")
+
+
+def _completed(transfer: model_pb2.Transfer) -> model_pb2.Transfer:
+    """Say the transfer's history; it must have completed."""
+    states = " -> ".join(_state_name(s.state) for s in transfer.history)
     _say(f"   {transfer.name}: {states}")
     if transfer.state != model_pb2.TRANSFER_STATE_COMPLETED:
         raise DemoFailure(f"{transfer.name} ended {transfer.state}: {transfer.failure_reason}")
     return transfer
+
+
+def _transfer(
+    gateway: gateway_pb2_grpc.LinkageGatewayStub, request: gateway_pb2.SubmitTransferRequest
+) -> model_pb2.Transfer:
+    return _completed(gateway.SubmitTransfer(request, timeout=60))
 
 
 def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> None:
@@ -326,21 +331,14 @@ def _journey_exchange_operator(channel: grpc.Channel, verra: RegistryPort) -> No
         ),
         timeout=60,
     )
-    answered = model_pb2.TransferState.Name(accepted.state).removeprefix("TRANSFER_STATE_")
+    answered = _state_name(accepted.state)
     _say(f"   {accepted.name}: answered {answered}; WatchTransfer follows its settlement")
     if accepted.state != model_pb2.TRANSFER_STATE_CHECKED:
         raise DemoFailure(f"{accepted.name} was answered {answered}: {accepted.failure_reason}")
     watched = list(
         gateway.WatchTransfer(gateway_pb2.WatchTransferRequest(name=accepted.name), timeout=60)
     )
-    settled = watched[-1]
-    states = " -> ".join(
-        model_pb2.TransferState.Name(s.state).removeprefix("TRANSFER_STATE_")
-        for s in settled.history
-    )
-    _say(f"   {settled.name}: {states}")
-    if settled.state != model_pb2.TRANSFER_STATE_COMPLETED:
-        raise DemoFailure(f"{settled.name} ended {settled.state}: {settled.failure_reason}")
+    _completed(watched[-1])
     _expect_verra(
         verra,
         origin,

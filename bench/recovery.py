@@ -1,19 +1,21 @@
 """Recovery: how long a restarted gateway takes to resolve in-flight transfers.
 
 A first gateway settles one batch while the destination registry (Shenzhen) is out of
-its reach (its endpoint points at a closed loopback port): every transfer locks its
-source and stops at SOURCE_LOCKED, waiting for the credit.  That gateway stops; once
-its lease on the transfers has run out, a second gateway starts on the same database
-with Shenzhen reachable, and its recovery loop rolls every transfer forward.  The
-figure is the time from the second gateway's ``start()`` until the last transfer is
-COMPLETED (start-up and registry import included).
+its reach (its endpoint is a loopback port bound by nothing that listens): every
+transfer locks its source and stops at SOURCE_LOCKED, waiting for the credit.  That
+gateway stops; once its lease on the transfers has run out, a second gateway starts on
+the same database with Shenzhen reachable, and its recovery loop rolls every transfer
+forward.  The figure is the time from the second gateway's ``start()`` until the last
+transfer is COMPLETED (start-up and registry import included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import time
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 
@@ -26,11 +28,17 @@ _LEASE_SECONDS = 1.0
 _DEADLINE_SECONDS = 600.0
 
 
-def _closed_port() -> str:
-    """A loopback address nothing listens on (bound, then released)."""
+@contextlib.contextmanager
+def _refusing_address() -> Iterator[str]:
+    """A loopback address that refuses connections while the block runs.
+
+    The port stays bound (never listening) rather than released: a released port can be
+    taken by another process's server meanwhile (gRPC servers bind with SO_REUSEPORT),
+    and the first gateway would then credit Shenzhen units somewhere else.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _states(engine: sa.Engine) -> dict[str, int]:
@@ -46,8 +54,12 @@ def _states(engine: sa.Engine) -> dict[str, int]:
 def run(sizes: Sizes, database: str) -> list[Result]:
     """One measured recovery of ``sizes.recovery_transfers`` in-flight transfers."""
     count = sizes.recovery_transfers
-    with stack.scratch_database(database) as url, stack.registries() as linked:
-        down = stack.gateway_config(url, linked.endpoints(("shenzhen",), _closed_port()))
+    with (
+        stack.scratch_database(database) as url,
+        stack.registries() as linked,
+        _refusing_address() as refusing,
+    ):
+        down = stack.gateway_config(url, linked.endpoints(("shenzhen",), refusing))
         down = dataclasses.replace(
             down,
             registry_retry_attempts=1,

@@ -37,6 +37,7 @@ from tests.integration.security.conftest import (  # noqa: F401 -- pki is a fixt
     pki,
     running_secure_gateway,
 )
+from tests.loopback import ANY_PORT, HOST
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["LinkageGateway"]
 METHODS = [m for m in SERVICE.methods]
@@ -79,10 +80,13 @@ def dev_gateway(
     else:
         require_postgres()
         database_url = create_postgres_database()
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in ("verra", "hkmo", "shenzhen")}
+    emulators = {
+        r: start_emulator(REGISTRIES[r].emulator(), listen=ANY_PORT)
+        for r in ("verra", "hkmo", "shenzhen")
+    }
     server = GatewayServer(
         GatewayConfig(
-            listen="127.0.0.1:0",
+            listen=ANY_PORT,
             database_url=database_url,
             registries=tuple(RegistryEndpoint(r, e.target) for r, e in emulators.items()),
             insecure=True,
@@ -92,7 +96,7 @@ def dev_gateway(
     )
     port = server.start()
     try:
-        yield server, f"127.0.0.1:{port}"
+        yield server, f"{HOST}:{port}"
     finally:
         server.stop(grace_seconds=0)
         for emulator in emulators.values():

@@ -21,6 +21,7 @@ from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from registry_bridge.model import Authorization, CorrespondingAdjustment, Program, UnitBlock
 from registry_bridge.port import RegistryPort
+from tests.loopback import ANY_PORT
 
 ALL_REGISTRIES = tuple(REGISTRIES)
 
@@ -148,6 +149,7 @@ def start_harness(
     clock = clock or TestClock()
     running = start_emulator(
         REGISTRIES[registry_id].emulator(),
+        listen=ANY_PORT,
         data_dir=data_dir,
         faults=faults,
         clock=clock,

@@ -25,6 +25,7 @@ from tests.integration.adapters.conftest import (
     start_harness,
 )
 from tests.integration.signals import signal_another_thread
+from tests.loopback import ANY_PORT
 
 SAMPLES = Path("/work/shared/data/registry-samples")
 VERRA_EXPORT = SAMPLES / "verra" / "transactions.csv"
@@ -152,7 +153,7 @@ def test_emulate_serves_until_sigterm_and_keeps_its_data(tmp_path: Path) -> None
                 "emulate",
                 "national",
                 "--listen",
-                "127.0.0.1:0",
+                ANY_PORT,
                 "--data",
                 str(tmp_path),
             ],

@@ -19,6 +19,7 @@ from adapters.registry import CHANNEL_OPTIONS, MAX_REPLY_BYTES, REGISTRIES, buil
 from adapters.serials import parse_serial
 from registry_bridge.model import BlockId
 from registry_bridge.port import ListHoldingsRequest
+from tests.loopback import ANY_PORT
 
 SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
 DEFAULT_GRPC_CAP = 4 * 1024 * 1024
@@ -30,7 +31,7 @@ HOLDINGS = 4_500
 
 @pytest.fixture
 def crowded_verra() -> Iterator[RunningEmulator]:
-    running = start_emulator(REGISTRIES["verra"].emulator())
+    running = start_emulator(REGISTRIES["verra"].emulator(), listen=ANY_PORT)
     block = parse_serial("verra", SERIAL)
     try:
         with running.store.batch():

@@ -18,6 +18,7 @@ from adapters.emulator_core import start_emulator
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from registry_bridge.errors import RegistryUnavailable
+from tests.loopback import ANY_PORT
 
 _POLICY = RetryPolicy(attempts=6)
 """Retries spanning about 3 s: the capped channel dials at least once a second, well
@@ -30,7 +31,7 @@ the call has given up (gRPC's dial times are random, so not always)."""
 
 def test_a_registry_back_after_an_outage_answers_the_next_call(tmp_path: Path) -> None:
     spec = REGISTRIES["verra"].emulator()
-    running = start_emulator(spec, data_dir=tmp_path)
+    running = start_emulator(spec, listen=ANY_PORT, data_dir=tmp_path)
     port = build_adapter("verra", running.target, _POLICY, timeout_s=2.0)
     assert port.totals() == port.totals()  # connected and answering
     target = running.target

@@ -13,6 +13,7 @@ from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from registry_bridge.errors import Abandoned, RegistryRejected, RegistryUnavailable
 from registry_bridge.port import ListHoldingsRequest, RegistryPort
+from tests.loopback import ANY_PORT
 
 COUNTED_CALLS_TIMEOUT_S = 60.0
 """Deadline of the scripted emulator's calls (see the fixture)."""
@@ -27,7 +28,7 @@ def scripted() -> Iterator[tuple[RunningEmulator, RegistryPort]]:
             ScriptedRefusal("GetRegistryTotals", "INVALID_ARGUMENT"),
         )
     )
-    running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
+    running = start_emulator(REGISTRIES["verra"].emulator(), listen=ANY_PORT, faults=faults)
     channel = grpc.insecure_channel(running.target)
     try:
         # Each call is counted by the script: one that outlived a 5 s default deadline on a
@@ -83,7 +84,7 @@ def test_an_emulator_counts_every_call_it_receives_refused_ones_included(
 def test_a_read_whose_caller_went_while_it_failed_is_not_retried() -> None:
     """A retry due when the caller has gone is not sent: no one waits for its answer."""
     faults = FaultConfig(refusals=(ScriptedRefusal("GetRegistryTotals", calls=1),))
-    running = start_emulator(REGISTRIES["verra"].emulator(), faults=faults)
+    running = start_emulator(REGISTRIES["verra"].emulator(), listen=ANY_PORT, faults=faults)
     try:
         port = build_adapter(
             "verra",

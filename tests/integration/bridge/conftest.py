@@ -42,6 +42,7 @@ from registry_bridge.port import (
     RegistryPort,
 )
 from registry_bridge.transfers import RulesDecision
+from tests.loopback import ANY_PORT
 
 # Fast backoff: the tests exercise retries, not waiting.  Enough attempts that a fault
 # fraction of 0.3 almost never exhausts them, few enough that a registry that is down
@@ -219,7 +220,10 @@ def make_world(
     try:
         for registry_id in registries or tuple(REGISTRIES):
             emulators[registry_id] = start_emulator(
-                REGISTRIES[registry_id].emulator(), faults=faults.get(registry_id), clock=clock
+                REGISTRIES[registry_id].emulator(),
+                listen=ANY_PORT,
+                faults=faults.get(registry_id),
+                clock=clock,
             )
     except BaseException:
         for running in emulators.values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from registry_bridge import db, invariants, ledger
 from registry_bridge.bridge import venue_account
 from registry_bridge.model import BlockId, UnitBlock
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+from tests.loopback import ANY_PORT, HOST
 
 WIRED = ("verra", "hkmo", "shenzhen")
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
@@ -40,14 +40,6 @@ registry's call it made.  Under the default deadline (5 s) a stall of the test p
 (a loaded machine, a full collection of a large heap) can end an attempt while the
 registry still handles its call: that call takes the scripted refusal unseen, and the
 retry meets the next call's answer.  No run that stalls this long passes anyway."""
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -130,7 +122,7 @@ def linked_registries(
     try:
         for r in wired:
             emulators[r] = start_emulator(
-                REGISTRIES[r].emulator(), faults=faults.get(r), clock=clock
+                REGISTRIES[r].emulator(), listen=ANY_PORT, faults=faults.get(r), clock=clock
             )
         yield LinkedRegistries(
             emulators, {r: build_adapter(r, e.target, READER_RETRY) for r, e in emulators.items()}
@@ -165,14 +157,14 @@ def running_gateway(
     """An insecure gateway on ``registries`` with ``settings`` over the defaults, on
     ``clock``; stopped afterwards (the secure path has its own fixtures, test_security*.py)."""
     config = GatewayConfig(
-        listen="127.0.0.1:0",
+        listen=ANY_PORT,
         database_url=database_url,
         registries=registries.endpoints(),
         insecure=True,
         **settings,
     )
     server = GatewayServer(config, clock=clock)
-    target = f"127.0.0.1:{server.start()}"
+    target = f"{HOST}:{server.start()}"
     channel = grpc.insecure_channel(target)
     try:
         yield LiveGateway(server, channel, gateway_pb2_grpc.LinkageGatewayStub(channel), target)

@@ -23,6 +23,7 @@ from tests.integration.gateway.conftest import (
     LiveGateway,
     running_gateway,
 )
+from tests.loopback import HOST
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
 
@@ -56,7 +57,7 @@ def test_trace_then_verify_offline(
     live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mirror = _sell(live_gateway)
-    target = f"127.0.0.1:{live_gateway.server.port}"
+    target = f"{HOST}:{live_gateway.server.port}"
     bundle = tmp_path / "bundle.json"
     assert (
         main(
@@ -129,7 +130,7 @@ def test_trace_then_verify_offline(
 def test_an_output_file_that_cannot_be_written_is_a_usage_error(
     live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    target = ["--target", f"{HOST}:{live_gateway.server.port}", "--insecure"]
     missing = tmp_path / "no-such-dir" / "out"
     argv = ["trace", "--registry", "verra", VERRA_SERIAL, "--out", str(missing)]
     assert main([*argv, *target]) == 2
@@ -176,7 +177,7 @@ def test_a_save_that_fails_leaves_the_kept_checkpoint_as_it_was(
 ) -> None:
     # The auditor's usual rotation: save the latest over the checkpoint kept. The disk
     # fails as the new one lands: the kept one must survive, whole.
-    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    target = ["--target", f"{HOST}:{live_gateway.server.port}", "--insecure"]
     _sell(live_gateway)
     first = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
     notes = tmp_path / "notes"
@@ -201,7 +202,7 @@ def test_a_save_that_fails_leaves_the_kept_checkpoint_as_it_was(
 
 def test_reconcile_command(live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]) -> None:
     _sell(live_gateway)
-    target = f"127.0.0.1:{live_gateway.server.port}"
+    target = f"{HOST}:{live_gateway.server.port}"
     assert main(["reconcile", "--json", "--target", target, "--insecure"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["consistent"] is True and report["phase"] == "completed"
@@ -220,7 +221,7 @@ def test_keygen_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_the_log_still_extends_a_kept_checkpoint(
     live_gateway: LiveGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    target = ["--target", f"{HOST}:{live_gateway.server.port}", "--insecure"]
     _sell(live_gateway)
     first = live_gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())
     key = first.verifier_key
@@ -302,7 +303,7 @@ def test_the_traced_history_names_the_units_of_each_event(
 ) -> None:
     mirror = _sell(live_gateway)
     end = parse_serial("verra", VERRA_SERIAL).id.serial_end
-    target = ["--target", f"127.0.0.1:{live_gateway.server.port}", "--insecure"]
+    target = ["--target", f"{HOST}:{live_gateway.server.port}", "--insecure"]
     capsys.readouterr()
     assert main(["trace", "--registry", "verra", VERRA_SERIAL, *target]) == 0
     lines = {

@@ -57,10 +57,10 @@ from tests.integration.gateway.conftest import (
     VERRA_SERIAL,
     WIRED,
     LinkedRegistries,
-    free_port,
     linked_registries,
 )
 from tests.integration.serving import quick_redial_channel
+from tests.loopback import HOST, free_port
 
 SEED = 20261127
 KILLS = 4
@@ -278,7 +278,7 @@ class GatewayProcess:
     def __init__(
         self, database_url: str, registries: LinkedRegistries, key: Path, log: Path
     ) -> None:
-        self.target = f"127.0.0.1:{free_port()}"
+        self.target = f"{HOST}:{free_port()}"
         self._database_url = database_url
         self._log = log
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}

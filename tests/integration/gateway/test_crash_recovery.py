@@ -31,10 +31,10 @@ from tests.integration.gateway.conftest import (
     WIRED,
     LinkedRegistries,
     check_invariants,
-    free_port,
     linked_registries,
 )
 from tests.integration.serving import wait_serving
+from tests.loopback import HOST, free_port
 
 FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
 
@@ -43,7 +43,7 @@ FINAL = (model_pb2.TRANSFER_STATE_COMPLETED, model_pb2.TRANSFER_STATE_ROLLED_BAC
 def _gateway(
     database_url: str, registries: LinkedRegistries, **settings: str
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    target = f"127.0.0.1:{free_port()}"
+    target = f"{HOST}:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
     env["CARBONLINK_REGISTRIES"] = ",".join(
         f"{e.registry_id}={e.target}" for e in registries.endpoints()

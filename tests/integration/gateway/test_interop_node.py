@@ -19,6 +19,7 @@ import pytest
 
 from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.server import GatewayServer
+from tests.loopback import ANY_PORT, HOST
 
 ROOT = Path(__file__).resolve().parents[3]
 INTEROP = ROOT / "tests" / "interop"
@@ -43,7 +44,7 @@ def _require_node() -> str:
 @pytest.fixture
 def gateway_target(tmp_path: Path) -> Iterator[str]:
     config = GatewayConfig(
-        listen="127.0.0.1:0",
+        listen=ANY_PORT,
         database_url=f"sqlite:///{tmp_path}/gateway.db",
         registries=(RegistryEndpoint("verra", "127.0.0.1:1"),),
         # The start-up import retries Verra, which nothing answers, until its attempts are
@@ -54,7 +55,7 @@ def gateway_target(tmp_path: Path) -> Iterator[str]:
     )
     server = GatewayServer(config)
     port = server.start()
-    yield f"127.0.0.1:{port}"
+    yield f"{HOST}:{port}"
     server.stop(grace_seconds=0)
 
 

@@ -24,9 +24,9 @@ from gateway.server import GatewayServer
 from tests.integration.gateway.conftest import (
     VERRA_SERIAL,
     LinkedRegistries,
-    free_port,
     running_gateway,
 )
+from tests.loopback import ANY_PORT, HOST, free_port
 
 START = parse_serial("verra", VERRA_SERIAL).id.serial_start
 ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus-alerts.yaml"
@@ -36,7 +36,7 @@ def scrape(
     port: int, opener: urllib.request.OpenerDirector | None = None
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the endpoint, keyed by name and sorted labels."""
-    url = f"http://127.0.0.1:{port}/metrics"
+    url = f"http://{HOST}:{port}/metrics"
     with (opener or urllib.request.build_opener()).open(url, timeout=10) as answer:
         text = answer.read().decode("utf-8")
     return {
@@ -50,7 +50,7 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
     database_url: str, registries: LinkedRegistries
 ) -> None:
     registries.seed_venue()
-    with running_gateway(database_url, registries, metrics_listen="127.0.0.1:0") as gateway:
+    with running_gateway(database_url, registries, metrics_listen=ANY_PORT) as gateway:
         port = gateway.server.metrics_port
         assert port > 0
         before = scrape(port)
@@ -113,10 +113,10 @@ def test_calls_are_counted_by_method_and_code_and_steps_by_state(
 def _gateway_with_shenzhen_down(
     database_url: str, registries: LinkedRegistries, clock: list[datetime]
 ) -> Iterator[tuple[GatewayServer, gateway_pb2_grpc.LinkageGatewayStub]]:
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"{HOST}:{free_port()}"
     config = GatewayConfig(
-        listen="127.0.0.1:0",
-        metrics_listen="127.0.0.1:0",
+        listen=ANY_PORT,
+        metrics_listen=ANY_PORT,
         database_url=database_url,
         registries=tuple(
             RegistryEndpoint(e.registry_id, dead if e.registry_id == "shenzhen" else e.target)
@@ -128,7 +128,7 @@ def _gateway_with_shenzhen_down(
     )
     server = GatewayServer(config, clock=lambda: clock[0])
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.insecure_channel(f"{HOST}:{port}")
     try:
         yield server, gateway_pb2_grpc.LinkageGatewayStub(channel)
     finally:
@@ -170,7 +170,7 @@ def test_every_metric_the_deployments_alert_rules_name_is_served(
     expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     named = {name for expr in expressions for name in re.findall(r"carbonlink_[a-z_]+", expr)}
     assert named
-    with running_gateway(database_url, registries, metrics_listen="127.0.0.1:0") as gateway:
+    with running_gateway(database_url, registries, metrics_listen=ANY_PORT) as gateway:
         assert gateway.server.metrics is not None
         families = list(gateway.server.metrics.registry.collect())
     served = {
@@ -185,7 +185,7 @@ def test_a_scrape_reads_while_a_transfer_holds_sqlites_write_lock(
     tmp_path: Path, registries: LinkedRegistries
 ) -> None:
     path = tmp_path / "gateway.db"
-    with running_gateway(f"sqlite:///{path}", registries, metrics_listen="127.0.0.1:0") as gateway:
+    with running_gateway(f"sqlite:///{path}", registries, metrics_listen=ANY_PORT) as gateway:
         writer = sqlite3.connect(path, isolation_level=None)
         try:
             writer.execute("BEGIN IMMEDIATE")  # as a transfer step's transaction does

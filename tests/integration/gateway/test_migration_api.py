@@ -42,6 +42,7 @@ from registry_bridge.migration import MigrationRequest, Migrations
 from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.schema import MigrationRecord, MigrationStepRecord
+from tests.loopback import ANY_PORT, HOST
 
 MIGRATION_REGISTRIES = ("shenzhen", "national")
 
@@ -67,7 +68,9 @@ class World:
 
 @pytest.fixture
 def pilot_registries() -> Iterator[dict[str, RunningEmulator]]:
-    emulators = {r: start_emulator(REGISTRIES[r].emulator()) for r in MIGRATION_REGISTRIES}
+    emulators = {
+        r: start_emulator(REGISTRIES[r].emulator(), listen=ANY_PORT) for r in MIGRATION_REGISTRIES
+    }
     try:
         yield emulators
     finally:
@@ -78,7 +81,7 @@ def pilot_registries() -> Iterator[dict[str, RunningEmulator]]:
 @pytest.fixture
 def world(database_url: str, pilot_registries: dict[str, RunningEmulator]) -> Iterator[World]:
     config = GatewayConfig(
-        listen="127.0.0.1:0",
+        listen=ANY_PORT,
         database_url=database_url,
         registries=tuple(RegistryEndpoint(r, e.target) for r, e in pilot_registries.items()),
         recovery_interval_seconds=3600,
@@ -90,7 +93,7 @@ def world(database_url: str, pilot_registries: dict[str, RunningEmulator]) -> It
     )
     server = GatewayServer(config)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.insecure_channel(f"{HOST}:{port}")
     ports = {r: build_adapter(r, e.target) for r, e in pilot_registries.items()}
     try:
         yield World(server, gateway_pb2_grpc.LinkageGatewayStub(channel), ports, database_url)

@@ -25,8 +25,9 @@ import grpc
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import format_serial
 from registry_bridge.model import UnitBlock
-from tests.integration.gateway.conftest import LinkedRegistries, check_invariants, free_port
+from tests.integration.gateway.conftest import LinkedRegistries, check_invariants
 from tests.integration.serving import wait_serving
+from tests.loopback import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_CONFIG = ROOT / "deploy" / "gateway.example.yaml"
@@ -38,7 +39,7 @@ FINAL = {"TRANSFER_STATE_COMPLETED", "TRANSFER_STATE_REJECTED", "TRANSFER_STATE_
 
 @contextmanager
 def _deployed_gateway(database_url: str, registries: LinkedRegistries) -> Iterator[str]:
-    target = f"127.0.0.1:{free_port()}"
+    target = f"{HOST}:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
     env["CARBONLINK_INSECURE"] = "true"
     # The example's key file lives on a real host; here each gateway signs with its own.

@@ -23,6 +23,7 @@ from tests.integration.gateway.conftest import (
     running_gateway,
 )
 from tests.integration.gateway.test_metrics import scrape
+from tests.loopback import ANY_PORT
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 
@@ -57,7 +58,7 @@ def test_a_difference_is_reported_once_two_runs_in_a_row_find_it(
         database_url,
         registries,
         clock=days,
-        metrics_listen="127.0.0.1:0",
+        metrics_listen=ANY_PORT,
         reconcile_interval_seconds=86_400,
     ) as gateway:
         server = gateway.server
@@ -120,7 +121,7 @@ def test_the_gateway_reconciles_on_its_interval(
     with running_gateway(
         database_url,
         registries,
-        metrics_listen="127.0.0.1:0",
+        metrics_listen=ANY_PORT,
         reconcile_interval_seconds=0.2,
     ) as gateway:
         key = ("carbonlink_reconcile_differences", (("registry", "verra"),))
@@ -181,7 +182,7 @@ def test_units_a_difference_persists_over_are_held(
         database_url,
         registries,
         clock=days,
-        metrics_listen="127.0.0.1:0",
+        metrics_listen=ANY_PORT,
         reconcile_interval_seconds=86_400,
     ) as gateway:
         _retire_behind_the_gateway(registries)

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters._pb.carbonlink.v1 import gateway_pb2_grpc, model_pb2
 from bench.stack import SERIAL_START, registries, transfer_request
 from registry_bridge.schema import TransferRecord
-from tests.integration.gateway.conftest import free_port
 from tests.integration.serving import quick_redial_channel
 from tests.integration.signals import signal_another_thread
+from tests.loopback import ANY_PORT, HOST, free_port
 
 CARBONLINK = [sys.executable, "-m", "gateway.cli"]
 
@@ -44,7 +44,7 @@ def _wait_serving(target: str, deadline_seconds: float = 30) -> None:
 def _serve_then_stop(database_url: str, send_stop: Callable[[int], None]) -> list[dict[str, Any]]:
     """Run ``carbonlink serve`` until it serves, stop it with ``send_stop(pid)``, and
     return its log events once it has exited with 0."""
-    target = f"127.0.0.1:{free_port()}"
+    target = f"{HOST}:{free_port()}"
     process = subprocess.Popen(
         [*CARBONLINK, "serve", "--insecure", "--listen", target, "--database-url", database_url],
         stdout=subprocess.PIPE,
@@ -94,7 +94,7 @@ def test_serve_stops_within_its_grace_period_while_a_registry_hangs(database_url
     the grace period and names the call it left; a restarted gateway finishes it."""
     grace_seconds, registry_timeout_seconds = 0.5, 20.0
     with registries() as linked:
-        target = f"127.0.0.1:{free_port()}"
+        target = f"{HOST}:{free_port()}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONLINK_")}
         env.update(
             CARBONLINK_REGISTRIES=",".join(f"{r}={t}" for r, t in linked.targets.items()),
@@ -189,7 +189,7 @@ def test_serve_refuses_an_unreachable_database() -> None:
             "serve",
             "--insecure",
             "--listen",
-            "127.0.0.1:0",
+            ANY_PORT,
             "--database-url",
             "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
         ],

@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig, RegistryEndpoint
 from gateway.logging_setup import configure_logging
 from gateway.server import SERVICE_NAME, YOUNG_COLLECTION_THRESHOLD, GatewayServer
 from registry_bridge import db
+from tests.loopback import ANY_PORT, HOST
 
 REQUIRED_RPCS = {
     "ListRegistries",
@@ -57,9 +58,9 @@ def registry_with_health() -> Iterator[str]:
     servicer = health.HealthServicer()
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(ANY_PORT)
     server.start()
-    yield f"127.0.0.1:{port}"
+    yield f"{HOST}:{port}"
     server.stop(0)
 
 
@@ -83,7 +84,7 @@ def default_collector() -> Iterator[None]:
 @pytest.fixture
 def gateway(database_url: str, registry_with_health: str) -> Iterator[grpc.Channel]:
     config = GatewayConfig(
-        listen="127.0.0.1:0",
+        listen=ANY_PORT,
         database_url=database_url,
         registries=(
             RegistryEndpoint("verra", registry_with_health),
@@ -97,7 +98,7 @@ def gateway(database_url: str, registry_with_health: str) -> Iterator[grpc.Chann
     )
     server = GatewayServer(config)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.insecure_channel(f"{HOST}:{port}")
     yield channel
     channel.close()
     server.stop(grace_seconds=0)
@@ -213,11 +214,11 @@ def test_unexpected_error_becomes_internal_with_one_full_log_line(log_lines: io.
         futures.ThreadPoolExecutor(max_workers=1), interceptors=[ErrorMappingInterceptor()]
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(ANY_PORT)
     server.start()
     try:
         with (
-            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            grpc.insecure_channel(f"{HOST}:{port}") as channel,
             pytest.raises(grpc.RpcError) as caught,
         ):
             channel.unary_unary("/test.Exploding/Boom")(b"", timeout=5)

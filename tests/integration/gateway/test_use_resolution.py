@@ -43,6 +43,7 @@ from tests.integration.gateway.conftest import (
     running_gateway,
 )
 from tests.integration.gateway.test_metrics import scrape
+from tests.loopback import ANY_PORT
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
@@ -89,7 +90,7 @@ def _venue_refusing(
             registry_timeout_seconds=COUNTED_CALLS_TIMEOUT_S,
             registry_retry_initial_wait_seconds=0.01,
             registry_retry_max_wait_seconds=0.02,
-            metrics_listen="127.0.0.1:0",
+            metrics_listen=ANY_PORT,
         ) as gateway:
             yield gateway, registries
 

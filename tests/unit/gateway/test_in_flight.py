@@ -9,6 +9,7 @@ from concurrent import futures
 import grpc
 
 from gateway.in_flight import InFlightCalls
+from tests.loopback import ANY_PORT, HOST
 
 SERVICE = "test.Blocking"
 UNARY = f"/{SERVICE}/Unary"
@@ -34,7 +35,7 @@ def _serve(calls: InFlightCalls, release: threading.Event) -> tuple[grpc.Server,
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[calls])
     server.add_generic_rpc_handlers((handlers,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(ANY_PORT)
     server.start()
     return server, port
 
@@ -44,7 +45,7 @@ def test_counts_calls_until_their_handlers_end() -> None:
     release = threading.Event()
     server, port = _serve(calls, release)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
             unary = channel.unary_unary(UNARY).future(b"u", timeout=10)
             stream = channel.unary_stream(STREAM)(b"s", timeout=10)
             assert next(stream) == b"s"  # the stream's handler has started
@@ -66,7 +67,7 @@ def test_a_cancelled_stream_stops_counting_when_its_handler_ends() -> None:
     release = threading.Event()
     server, port = _serve(calls, release)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
             stream = channel.unary_stream(STREAM)(b"s", timeout=10)
             assert next(stream) == b"s"
             stream.cancel()

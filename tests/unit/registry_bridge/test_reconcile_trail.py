@@ -26,6 +26,7 @@ from registry_bridge.model import BlockId, Program
 from registry_bridge.port import IssueRequest, RegistryPort
 from registry_bridge.reconcile import TRAIL, Discrepancy, ReconcileReport
 from registry_bridge.schema import EventBlock, LedgerEvent
+from tests.loopback import ANY_PORT
 
 AT = datetime(2026, 11, 27, tzinfo=UTC)
 LOT = 10
@@ -64,7 +65,7 @@ def _issue_singles(sessions: sessionmaker[Session], first: int, count: int) -> N
 def verra() -> Iterator[RegistryPort]:
     """Verra, holding the split issuance in an account the ledger does not place it in:
     every ledger block differs, and so does Verra's block, whose trail is cut at 20."""
-    running = start_emulator(REGISTRIES["verra"].emulator())
+    running = start_emulator(REGISTRIES["verra"].emulator(), listen=ANY_PORT)
     try:
         port = build_adapter("verra", running.target)
         whole = _issuance(SPLIT_START, SPLIT_START + LOTS * LOT - 1)

@@ -41,6 +41,7 @@ from registry_bridge.reconcile_report import report_from_json, report_json
 from registry_bridge.reconciliations import persisting
 from registry_bridge.schema import ReconciliationRecord
 from tests.logs import logged_events
+from tests.loopback import ANY_PORT
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -208,7 +209,7 @@ def test_a_dead_gateways_run_is_given_up_once_its_lease_runs_out(
 def test_a_run_renews_its_lease_while_it_reads(sessions: sessionmaker[Session]) -> None:
     clock = _Clock()
     # A registry to read, so the run asks still_wanted at each read and phase.
-    verra = start_emulator(REGISTRIES["verra"].emulator())
+    verra = start_emulator(REGISTRIES["verra"].emulator(), listen=ANY_PORT)
     try:
         _renewing_run(sessions, clock, {"verra": build_adapter("verra", verra.target)})
     finally:

@@ -59,6 +59,11 @@ def _summary(
     reply: gateway_pb2.ListProjectResponse | gateway_pb2.Listing, about: Sequence[str] = ()
 ) -> str:
     lines = [f"{reply.name}: {'listed' if reply.listed else 'REFUSED'}", *about]
+    if not reply.binding:
+        lines.append(
+            "  not binding: decided by the rules of another day than the gateway's today, "
+            "so it is not the project's standing and records no facts"
+        )
     for refusal in reply.refusals:
         lines.append(f"  refused {refusal.rule_id}: {refusal.message}")
     for use in reply.eligibility:

@@ -700,7 +700,7 @@ def project_to_pb(project: ProjectListing) -> model_pb2.Project:
 
 def recorded_listing_to_pb(listing: RecordedListing) -> gateway_pb2.Listing:
     """A listing read back (GetListing)."""
-    answer = listing_to_pb(listing.outcome, f"listings/{listing.listing_id}")
+    answer = listing_to_pb(listing.outcome, f"listings/{listing.listing_id}", listing.binding)
     return gateway_pb2.Listing(
         name=answer.name,
         project=project_to_pb(listing.project),
@@ -712,14 +712,18 @@ def recorded_listing_to_pb(listing: RecordedListing) -> gateway_pb2.Listing:
         pack_versions=listing.outcome.pack_versions,
         requested_by=listing.requested_by,
         create_time=timestamp(listing.created_at),
+        binding=listing.binding,
     )
 
 
-def listing_to_pb(outcome: ListingOutcome, name: str) -> gateway_pb2.ListProjectResponse:
+def listing_to_pb(
+    outcome: ListingOutcome, name: str, binding: bool
+) -> gateway_pb2.ListProjectResponse:
     """The answer to ListProject."""
     return gateway_pb2.ListProjectResponse(
         name=name,
         listed=outcome.listed,
+        binding=binding,
         eligibility=[
             gateway_pb2.UseEligibility(
                 use=e.use,

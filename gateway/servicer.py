@@ -232,7 +232,8 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                 check_first_lister(
                     self._bridge.sessions, self._ports, project, accounts, context.is_active
                 )
-            day = as_of or self._bridge.today()
+            today = self._bridge.today()
+            day = as_of or today
             outcome = list_project(project, request.jurisdiction, day)
             listing_id = uuid.uuid4().hex
             # Recorded under its name, so GetListing reads it back; a listed project's
@@ -247,10 +248,11 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                     outcome=outcome,
                     requested_by=current_caller(),
                     created_at=datetime.now(UTC),
+                    binding=day == today,
                 ),
                 may_replace_any=is_regulator(),
             )
-            reply = convert.listing_to_pb(outcome, f"listings/{listing_id}")
+            reply = convert.listing_to_pb(outcome, f"listings/{listing_id}", binding=day == today)
             return bytes(reply.SerializeToString(deterministic=True))
 
         answer = answer_once(

@@ -127,3 +127,6 @@ class RecordedListing:
     outcome: ListingOutcome
     requested_by: str
     created_at: datetime
+    binding: bool = True
+    """Taken for the gateway's today: the project's standing in ``jurisdiction``. A
+    decision taken for another day only answers what that day's rules say."""

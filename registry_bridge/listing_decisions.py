@@ -8,6 +8,8 @@ jurisdiction's latest decision is the project's standing there: while it is a re
 its units are refused there (``rules_gate``). Either is recorded only for a caller who
 may list the project (its lister, a regulator, or anyone while no one has listed it: an
 issuer once the project's registry of origin proved its holding, ``listing_proof``).
+Only a decision taken for the gateway's today binds so: one asked for another day is
+recorded as answered, and neither records facts nor counts as the standing.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def outcome_from_json(text: str) -> ListingOutcome:
 
 
 def _record(session: Session, listing: RecordedListing, may_replace_any: bool) -> None:
-    if listing.outcome.listed:
+    if listing.binding and listing.outcome.listed:
         record_listing(
             session,
             listing.project,
@@ -104,6 +106,7 @@ def _record(session: Session, listing: RecordedListing, may_replace_any: bool) -
             outcome=outcome_to_json(listing.outcome),
             requested_by=listing.requested_by,
             created_at=listing.created_at,
+            binding=listing.binding,
         )
     )
 
@@ -111,7 +114,7 @@ def _record(session: Session, listing: RecordedListing, may_replace_any: bool) -
 def record(
     sessions: sessionmaker[Session], listing: RecordedListing, *, may_replace_any: bool = False
 ) -> None:
-    """Record a ListProject answer, and a listed project's facts, in one transaction.
+    """Record a ListProject answer, and a binding listed project's facts, in one transaction.
 
     Args:
         sessions: The ledger database.
@@ -145,4 +148,5 @@ def get(sessions: sessionmaker[Session], listing_id: str) -> RecordedListing | N
             outcome=outcome_from_json(row.outcome),
             requested_by=row.requested_by,
             created_at=row.created_at,
+            binding=row.binding,
         )

@@ -197,10 +197,12 @@ def _lister_row(
 # projects' listings, and SQLAlchemy's per-execution work cost more than the lookup (0.13
 # ms of a single transfer's ~5 ms of gateway CPU, against 0.02 ms). One statement answers
 # both questions a check asks of a project, in one round trip: its recorded facts, and its
-# latest listing decision in each jurisdiction (the facts row has no jurisdiction). A
-# decision is the latest of its jurisdiction when none there was made after it (by time,
-# then id), found through the decisions' (program, project_id) index: a project has a
-# handful.
+# latest binding listing decision in each jurisdiction (the facts row has no
+# jurisdiction). A decision is the latest of its jurisdiction when no binding one there
+# was made after it (by time, then id), found through the decisions' (program,
+# project_id) index: a project has a handful. A decision asked for another day than the
+# gateway's today binds nothing: it would let anyone set a project's standing by the
+# rules of a day of their choosing.
 _LATER = sa.orm.aliased(ListingDecisionRecord)
 _LISTING: sa.CompoundSelect[tuple[str | None, str | None, str]] = sa.union_all(
     sa.select(
@@ -218,10 +220,12 @@ _LISTING: sa.CompoundSelect[tuple[str | None, str | None, str]] = sa.union_all(
     ).where(
         ListingDecisionRecord.program == sa.bindparam("program"),
         ListingDecisionRecord.project_id == sa.bindparam("project_id"),
+        ListingDecisionRecord.binding,
         ~sa.exists().where(
             _LATER.program == ListingDecisionRecord.program,
             _LATER.project_id == ListingDecisionRecord.project_id,
             _LATER.jurisdiction == ListingDecisionRecord.jurisdiction,
+            _LATER.binding,
             sa.or_(
                 _LATER.created_at > ListingDecisionRecord.created_at,
                 sa.and_(

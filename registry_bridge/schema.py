@@ -518,6 +518,9 @@ class ListingDecisionRecord(Base):
     requested_by: Mapped[str] = mapped_column(sa.String(128))
     """The caller who asked (the token subject): they, or a regulator, may read it."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    binding: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
+    """Taken for the gateway's today, so the project's standing in its jurisdiction while
+    it is the latest binding one; false for a decision asked for another day."""
 
     __table_args__ = (sa.Index("ix_listing_decisions_project", "program", "project_id"),)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import grpc
@@ -43,9 +43,7 @@ def _ask(
     gateway: LiveGateway, request_id: str, project: model_pb2.Project, where: str = "shenzhen"
 ) -> gateway_pb2.ListProjectResponse:
     reply: gateway_pb2.ListProjectResponse = gateway.stub.ListProject(
-        gateway_pb2.ListProjectRequest(
-            request_id=request_id, project=project, jurisdiction=where, as_of="2026-11-26"
-        ),
+        gateway_pb2.ListProjectRequest(request_id=request_id, project=project, jurisdiction=where),
         timeout=30,
     )
     return reply
@@ -290,6 +288,76 @@ def test_no_project_is_listed_where_no_listing_rules_are_in_force(
     assert [v.rule_id for v in reply.refusals] == ["CR-ENGINE-0002"]
 
 
+def _ask_for_day(
+    gateway: LiveGateway, request_id: str, as_of: str
+) -> gateway_pb2.ListProjectResponse:
+    reply: gateway_pb2.ListProjectResponse = gateway.stub.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id=request_id, project=LANDFILL, jurisdiction="shenzhen", as_of=as_of
+        ),
+        timeout=30,
+    )
+    return reply
+
+
+def test_a_decision_for_another_day_is_answered_but_binds_nothing(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A refusal asked for a past day (Shenzhen before its 2023 plan refuses every listing)
+    # became the project's standing: its units were refused in Shenzhen today, by rules no
+    # longer in force. And a listing asked for a day of the caller's choosing lifted a
+    # refusal taken by today's rules. Only a decision for the gateway's today binds now.
+    records = DatabaseProjectRecords(live_gateway.server.bridge.sessions)
+    before_the_plan = _ask_for_day(live_gateway, "listing-2023", "2023-01-01")
+    assert not before_the_plan.listed and not before_the_plan.binding
+    assert records.refused("VCS", "5955", "shenzhen") is None
+    assert records.get("VCS", "5955") is None  # nor are the facts recorded
+    read = live_gateway.stub.GetListing(
+        gateway_pb2.GetListingRequest(name=before_the_plan.name), timeout=30
+    )
+    assert (read.as_of, read.listed, read.binding) == ("2023-01-01", False, False)
+    target = ["--target", live_gateway.target, "--insecure"]
+    assert main(["project", "get", read.name, *target]) == 1
+    assert "not binding: decided by the rules of another day" in capsys.readouterr().out
+
+    today = live_gateway.server.bridge.today()
+    listed = _ask(live_gateway, "listing-today", LANDFILL)
+    assert listed.listed and listed.binding
+    assert records.get("VCS", "5955") is not None
+    # Asked again for the past day, and for a day to come: today's listing stands.
+    assert not _ask_for_day(live_gateway, "listing-2023-again", "2023-01-01").binding
+    tomorrow = (today + timedelta(days=1)).isoformat()
+    assert not _ask_for_day(live_gateway, "listing-tomorrow", tomorrow).binding
+    assert records.refused("VCS", "5955", "shenzhen") is None
+
+    # Today's own date, given explicitly, binds as an empty one does.
+    explicit = _ask_for_day(live_gateway, "listing-today-explicit", today.isoformat())
+    assert explicit.binding
+
+
+def test_a_refusal_for_another_day_does_not_replace_a_binding_one_as_the_standing(
+    live_gateway: LiveGateway,
+) -> None:
+    records = DatabaseProjectRecords(live_gateway.server.bridge.sessions)
+    refused = _ask(live_gateway, "listing-thai-today", THAI_LETTER_SOLAR, where="bri")
+    assert not refused.listed and refused.binding
+    assert records.refused("BRI-ITMO", "KH-SOLAR-2", "bri") is not None
+    # The same refusal under whichever day's rules: asked for another day, it binds nothing,
+    # and today's binding refusal stays the standing.
+    later = live_gateway.stub.ListProject(
+        gateway_pb2.ListProjectRequest(
+            request_id="listing-thai-other-day",
+            project=THAI_LETTER_SOLAR,
+            jurisdiction="bri",
+            as_of="2025-06-01",
+        ),
+        timeout=30,
+    )
+    assert not later.binding
+    standing = records.refused("BRI-ITMO", "KH-SOLAR-2", "bri")
+    assert standing is not None and standing.listing_id == refused.name.removeprefix("listings/")
+
+
 def test_a_letter_of_authorization_from_another_country_is_refused_at_listing(
     live_gateway: LiveGateway,
 ) -> None:
@@ -325,7 +393,9 @@ def test_a_listing_reads_back_with_its_facts_outcome_requester_and_time(
     read = live_gateway.stub.GetListing(gateway_pb2.GetListingRequest(name=listed.name), timeout=30)
     assert read.name == listed.name
     assert read.project == CAMBODIAN_SOLAR
-    assert (read.jurisdiction, read.as_of) == ("bri", "2026-11-26")
+    today = live_gateway.server.bridge.today().isoformat()
+    assert (read.jurisdiction, read.as_of, read.binding) == ("bri", today, True)
+    assert listed.binding
     assert read.listed == listed.listed
     assert list(read.eligibility) == list(listed.eligibility)
     assert list(read.refusals) == list(listed.refusals)
@@ -364,7 +434,9 @@ def test_a_listing_reads_back_from_the_command_line(
     assert main(["project", "get", listed.name, *target]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{listed.name}: listed"), out
-    assert "BRI-ITMO project KH-SOLAR-1 in bri as of 2026-11-26" in out, out
+    today = live_gateway.server.bridge.today().isoformat()
+    assert f"BRI-ITMO project KH-SOLAR-1 in bri as of {today}" in out, out
+    assert "not binding" not in out, out
     assert "requested by (insecure gateway: no caller)" in out, out
     assert "voluntary_retirement: eligible, subject to each transfer's check of" in out, out
     assert "CR-A6-0002: An ITMO may be transferred only once authorized" in out, out

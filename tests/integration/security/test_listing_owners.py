@@ -45,7 +45,7 @@ def gateway(pki: TlsLayout, database_url: str) -> Iterator[SecureGateway]:
 
 def _listing(request_id: str, display_name: str) -> gateway_pb2.ListProjectRequest:
     request = gateway_pb2.ListProjectRequest(
-        request_id=request_id, project=LANDFILL, jurisdiction="shenzhen", as_of="2026-11-26"
+        request_id=request_id, project=LANDFILL, jurisdiction="shenzhen"
     )
     request.project.display_name = display_name
     return request

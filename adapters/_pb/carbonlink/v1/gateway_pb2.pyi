@@ -169,7 +169,9 @@ class ListProjectRequest(_message.Message):
     registries, under the Article 6 pack).
     """
     as_of: _builtins.str
-    """ISO 8601 date the decision is taken for; empty means today."""
+    """ISO 8601 date the decision is taken for; empty means the gateway's today. A
+    decision for another day is answered and recorded, but does not bind (see binding).
+    """
     @_builtins.property
     def project(self) -> _model_pb2.Project: ...
     def __init__(
@@ -262,10 +264,17 @@ class ListProjectResponse(_message.Message):
     LISTED_FIELD_NUMBER: _builtins.int
     ELIGIBILITY_FIELD_NUMBER: _builtins.int
     REFUSALS_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "listings/{listing_id}"."""
     listed: _builtins.bool
     """Whether the project was listed: false when a blocking violation refused it."""
+    binding: _builtins.bool
+    """Whether the decision binds: taken for the gateway's today, it is the project's
+    standing in the jurisdiction (a refusal refuses its units there; a listing records
+    its facts). One taken for another day (as_of) only answers what that day's rules
+    say: it changes no standing and records no facts.
+    """
     @_builtins.property
     def eligibility(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseEligibility]: ...
     @_builtins.property
@@ -279,10 +288,11 @@ class ListProjectResponse(_message.Message):
         listed: _builtins.bool = ...,
         eligibility: _abc.Iterable[Global___UseEligibility] | None = ...,
         refusals: _abc.Iterable[_model_pb2.Violation] | None = ...,
+        binding: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligibility", b"eligibility", "listed", b"listed", "name", b"name", "refusals", b"refusals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "eligibility", b"eligibility", "listed", b"listed", "name", b"name", "refusals", b"refusals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,6 +334,7 @@ class Listing(_message.Message):
     PACK_VERSIONS_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "listings/{listing_id}"."""
     jurisdiction: _builtins.str
@@ -332,6 +343,8 @@ class Listing(_message.Message):
     listed: _builtins.bool
     requested_by: _builtins.str
     """Who asked for it: the token subject (empty on an insecure gateway)."""
+    binding: _builtins.bool
+    """As ListProjectResponse.binding."""
     @_builtins.property
     def project(self) -> _model_pb2.Project:
         """The project's facts as its issuer declared them."""
@@ -359,10 +372,11 @@ class Listing(_message.Message):
         pack_versions: _abc.Iterable[_builtins.str] | None = ...,
         requested_by: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        binding: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "create_time", b"create_time", "eligibility", b"eligibility", "jurisdiction", b"jurisdiction", "listed", b"listed", "name", b"name", "pack_versions", b"pack_versions", "project", b"project", "refusals", b"refusals", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "binding", b"binding", "create_time", b"create_time", "eligibility", b"eligibility", "jurisdiction", b"jurisdiction", "listed", b"listed", "name", b"name", "pack_versions", b"pack_versions", "project", b"project", "refusals", b"refusals", "requested_by", b"requested_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

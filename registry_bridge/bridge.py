@@ -47,6 +47,7 @@ from registry_bridge.db import (
     read_only,
     read_plain_in,
     read_scope,
+    run_plain,
     savepoint,
     unit_of_work,
 )
@@ -149,6 +150,13 @@ def _reconciliation_hold(hold: reconciliations.HeldBlock) -> _Hold:
     )
 
 
+# Read by every transaction that checks a transfer or a use, and almost always empty: run
+# as plain text (db.run_plain), whose cost is the index seek's, not SQLAlchemy's.
+_FAILED_USES = sa.select(UnitUseRecord.id, UnitUseRecord.kind, UnitUseRecord.detail).where(
+    UnitUseRecord.state == UseState.FAILED.value
+)
+
+
 def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
     """The units of every failed use no operator has resolved yet.
 
@@ -158,11 +166,7 @@ def _failed_use_holds(session: Session) -> tuple[_Hold, ...]:
     state index, so this costs one short query per transaction.
     """
     holds: list[_Hold] = []
-    for use_id, kind, raw in session.execute(
-        sa.select(UnitUseRecord.id, UnitUseRecord.kind, UnitUseRecord.detail).where(
-            UnitUseRecord.state == UseState.FAILED.value
-        )
-    ):
+    for use_id, kind, raw in run_plain(session, _FAILED_USES, {}):
         detail = json.loads(raw)
         legs = detail["legs"]
         done, refused = _done_and_refused(detail)

@@ -21,6 +21,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from registry_bridge.db import run_plain
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.model import BlockId
 from registry_bridge.reconcile_report import (
@@ -171,13 +172,17 @@ class HeldBlock:
     detail: str
 
 
+_LATEST_COMPLETED = sa.select(sa.func.max(ReconciliationRecord.id)).where(
+    ReconciliationRecord.state == COMPLETED
+)
+
+
 def latest_completed_id(session: Session) -> int | None:
     """The id of the newest completed run (the held blocks change only with it)."""
-    return session.scalar(
-        sa.select(sa.func.max(ReconciliationRecord.id)).where(
-            ReconciliationRecord.state == COMPLETED
-        )
-    )
+    # Asked by every transaction that checks a transfer or a use: built once and run as
+    # plain text, as SQLAlchemy's per-execution work cost more than the index seek.
+    ((latest,),) = run_plain(session, _LATEST_COMPLETED, {})
+    return None if latest is None else int(latest)
 
 
 def held_blocks(session: Session) -> tuple[HeldBlock, ...]:

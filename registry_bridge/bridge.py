@@ -81,6 +81,7 @@ from registry_bridge.port import (
 )
 from registry_bridge.schema import (
     EntityYearRecord,
+    IdempotencyRecord,
     TransferRecord,
     TransferStepRecord,
     UnitUseRecord,
@@ -3091,6 +3092,9 @@ class Bridge:
                 raise NotFound(f"uses/{use_id}")
             detail = json.loads(record.detail)
             state = record.state
+            # Refused before a settlement asks any registry, and again under the use's
+            # lock (a concurrent resolution of another use may take the id meanwhile).
+            _check_resolution_id(session, caller, request_id, use_id)
         if _resolution_of(detail, caller, request_id, digest) is not None:
             return self._answer_resolution(use_id, state)
         if state != UseState.FAILED.value:
@@ -3143,6 +3147,23 @@ class Bridge:
             return None
         if record.state != UseState.FAILED.value:
             raise _not_failed(use_id, record.state)
+        if _check_resolution_id(session, caller, request_id, use_id):
+            return record, detail
+        session.add(
+            IdempotencyRecord(
+                caller=caller,
+                method=_RESOLVE_USE,
+                request_id=request_id,
+                body_sha256=body_digest({"use": use_id}),
+                response=use_id.encode(),
+            )
+        )
+        try:
+            # Now, not at commit: of two resolutions of different uses under one id, the
+            # second meets the first's row here (on PostgreSQL once the first commits).
+            session.flush()
+        except sa.exc.IntegrityError as exc:
+            raise _resolution_id_taken(request_id) from exc
         return record, detail
 
     def _start_retry(
@@ -3420,6 +3441,34 @@ def _new_resolution(
         "outcome": UseState.PENDING.value,
         "refusal": "",
     }
+
+
+_RESOLVE_USE = "ResolveUse"
+"""The request-id space of use resolutions in ``idempotency_records``."""
+
+
+def _resolution_id_taken(request_id: str) -> RequestIdConflict:
+    return RequestIdConflict(
+        f"request_id {request_id!r} was already used to resolve another use; use a new "
+        "request id for each resolution"
+    )
+
+
+def _check_resolution_id(session: Session, caller: str, request_id: str, use_id: str) -> bool:
+    """Refuse a request id the caller already used to resolve another use; whether it is
+    already recorded for this one.
+
+    A resolution's id is recorded with the use, which answers a repeat of it; it is also
+    recorded for the caller across uses, as every request id is (DESIGN.md, invariant 4):
+    an id used again for another use is another request under the same id.
+
+    Raises:
+        RequestIdConflict: The caller resolved another use under ``request_id``.
+    """
+    taken = session.get(IdempotencyRecord, (caller, _RESOLVE_USE, request_id))
+    if taken is not None and taken.response != use_id.encode():
+        raise _resolution_id_taken(request_id)
+    return taken is not None
 
 
 def _resolution_of(

@@ -95,10 +95,10 @@ def _venue_refusing(
             yield gateway, registries
 
 
-def _fail(gateway: LiveGateway, request_id: str = "retire-failing") -> str:
-    """Retire ``UNITS`` at the venue, which refuses after Verra did its part; the use's name."""
+def _fail(gateway: LiveGateway, request_id: str = "retire-failing", block: BlockId = UNITS) -> str:
+    """Retire ``block`` at the venue, which refuses after Verra did its part; the use's name."""
     with pytest.raises(grpc.RpcError) as refused:
-        gateway.stub.Retire(_retirement(request_id), timeout=30)
+        gateway.stub.Retire(_retirement(request_id, block), timeout=30)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     listed = gateway.stub.ListUses(
         gateway_pb2.ListUsesRequest(state=model_pb2.USE_STATE_FAILED), timeout=30
@@ -246,6 +246,31 @@ def test_a_retry_the_registry_accepts_completes_the_use_once(database_url: str) 
         code, details = _refused(lambda: gateway.stub.Retire(_retirement("again"), timeout=30))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert HELD_BY_FAILED_USE not in details and "retired" in details
+
+
+def test_a_request_id_resolves_one_use_only(database_url: str) -> None:
+    # A resolution's request id was looked up on its own use only: the same id resolved a
+    # second use too, where every other request id of a caller names one request.
+    with _venue_refusing(database_url, 2) as (gateway, registries):
+        first = _fail(gateway, "retire-first")
+        second = _fail(gateway, "retire-second", BlockId(Program.VCS, "", START + 10, START + 19))
+        done = _resolve(gateway, first, "resolution-1", RETRY)
+        assert done.state == model_pb2.USE_STATE_COMPLETED
+        events = _events(gateway)
+        for action, reason in ((RETRY, ""), (SETTLE, "settled at the venue, ref V-9")):
+            with pytest.raises(grpc.RpcError) as caught:
+                _resolve(gateway, second, "resolution-1", action, reason)
+            code, details = caught.value.code(), caught.value.details() or ""
+            assert code == grpc.StatusCode.ALREADY_EXISTS
+            assert "'resolution-1' was already used to resolve another use" in details
+        assert _events(gateway) == events
+        read = gateway.stub.GetUse(gateway_pb2.GetUseRequest(name=second), timeout=30)
+        assert read.state == model_pb2.USE_STATE_FAILED and not read.resolutions
+        # Its own use, asked again, answers as before; a new id resolves the other.
+        assert _resolve(gateway, first, "resolution-1", RETRY) == done
+        other = _resolve(gateway, second, "resolution-2", RETRY)
+        assert other.state == model_pb2.USE_STATE_COMPLETED
+        assert _problems(gateway, registries) == []
 
 
 def test_a_retry_after_the_registry_put_its_own_state_right_completes_the_use(

@@ -187,7 +187,7 @@ def trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if args.json:
                 stdout.writelines(bundle_lines(pages, registry, serial, query))
                 return EXIT_OK
-            _print_trace(list(pages), stdout)
+            _print_trace(pages, stdout)
         except grpc.RpcError as exc:
             print(f"carbonlink trace: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return EXIT_FAILED
@@ -212,22 +212,25 @@ def _write_bundle(path: Path, lines: Iterator[str]) -> int:
     return EXIT_OK
 
 
-def _print_trace(pages: Sequence[gateway_pb2.TraceUnitsResponse], stdout: TextIO) -> None:
-    """The trace for a reader: how many events, and a line for each."""
-    events = sum(len(page.events) for page in pages)
-    print(
-        f"{events} events in {len(pages)} page{'' if len(pages) == 1 else 's'}, "
-        f"proven against checkpoint size {pages[0].checkpoint.tree_size}",
-        file=stdout,
-    )
-    for event in (traced.event for page in pages for traced in page.events):
-        body = json.loads(event.leaf_data)
-        where = f"{body.get('registry', '')}/{body.get('account', '')}".strip("/")
-        print(
-            f"  #{event.index:<6} {event.kind:<15} {where:<32} {body.get('status', ''):<12}"
-            f" {_event_units(body)}".rstrip(),
-            file=stdout,
-        )
+def _print_trace(pages: Iterator[gateway_pb2.TraceUnitsResponse], stdout: TextIO) -> None:
+    """The trace for a reader: a line for each event, printed as its page comes (a long
+    history is never held whole), then how many events and pages there were."""
+    events = count = 0
+    for page in pages:
+        if not count:
+            print(f"proven against checkpoint size {page.checkpoint.tree_size}:", file=stdout)
+        count += 1
+        for traced in page.events:
+            event = traced.event
+            body = json.loads(event.leaf_data)
+            where = f"{body.get('registry', '')}/{body.get('account', '')}".strip("/")
+            print(
+                f"  #{event.index:<6} {event.kind:<15} {where:<32} {body.get('status', ''):<12}"
+                f" {_event_units(body)}".rstrip(),
+                file=stdout,
+            )
+            events += 1
+    print(f"{events} events in {count} page{'' if count == 1 else 's'}", file=stdout)
 
 
 def _event_units(body: Any) -> str:

@@ -11,7 +11,9 @@ scale, against a gateway (and a client) whose limit is as much smaller.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from grpc_status import rpc_status
 
 from adapters import serials
 from adapters._pb.carbonlink.v1 import gateway_pb2
-from gateway import client_security, paging
+from gateway import audit_client, client_security, paging
 from gateway.audit_client import bundle_from_pages
 from gateway.cli import main
 from gateway.convert import block_id_to_pb
@@ -244,10 +246,33 @@ def test_a_history_past_the_receive_limit_is_traced_through_the_cli(
         notes = [line for line in bundle.read_text().splitlines() if '"trace_note"' in line]
         assert len(notes) == len(pages)
 
-        # Smaller pages on request, and the summary says how many were read.
+        # Smaller pages on request, each page's events printed before the next page is
+        # asked for (a long history is never held whole), and the summary says how many
+        # were read.
+        pages_read: list[gateway_pb2.TraceUnitsResponse] = []
+        reading = audit_client.trace_pages
+
+        def counted(*args: Any) -> Iterator[gateway_pb2.TraceUnitsResponse]:
+            for page in reading(*args):
+                pages_read.append(page)
+                yield page
+
+        pages_at_event_lines: list[int] = []
+
+        class Recording(io.StringIO):
+            def write(self, text: str) -> int:
+                if text.startswith("  #"):
+                    pages_at_event_lines.append(len(pages_read))
+                return super().write(text)
+
+        printed = Recording()
+        monkeypatch.setattr(audit_client, "trace_pages", counted)
+        monkeypatch.setattr(sys, "stdout", printed)
         assert main(["trace", "--block", f"VCS:{START}-{START}", "--page-size", "1", *target]) == 0
-        summary = capsys.readouterr().out
-        assert summary.startswith("2 events in 2 pages, proven against checkpoint size"), summary
+        assert pages_at_event_lines == [1, 2]
+        lines = printed.getvalue().splitlines()
+        assert lines[0].startswith("proven against checkpoint size"), lines
+        assert lines[-1] == "2 events in 2 pages", lines
 
 
 def test_each_page_stays_under_the_default_limit(long_history: LiveGateway) -> None:

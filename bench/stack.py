@@ -28,6 +28,7 @@ import grpc
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
+from adapters.emulator_core.admin import open_accounts
 from adapters.registry import build_adapter
 from adapters.serials import parse_serial
 from gateway.config import GatewayConfig, RegistryEndpoint
@@ -123,7 +124,14 @@ class Registries:
         )
 
     def seed_venue(self) -> list[UnitBlock]:
-        """Verra issues each lane's block to the HK venue, which credits ``hk-seller``."""
+        """Verra issues each lane's block to the HK venue, which credits ``hk-seller``.
+
+        The venue's back office opens ``hk-seller`` first, and Shenzhen's the buyer's
+        account the transfers credit: a registry refuses units sent to an account it has
+        not opened.
+        """
+        open_accounts(self.targets["hkmo"], ["hk-seller"])
+        open_accounts(self.targets["shenzhen"], ["buyer"])
         blocks = []
         for lane in range(LANES):
             block = parse_serial("verra", lane_serial(lane))

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import RunningEmulator, start_emulator
+from adapters.emulator_core.admin import open_accounts
 from adapters.registry import REGISTRIES, build_adapter
 from adapters.serials import parse_serial
 from gateway import convert, demo_security
@@ -38,6 +39,11 @@ from registry_bridge.port import BlockStatusRequest, CreditRequest, IssueRequest
 DEMO_REGISTRIES = ("verra", "gold-standard", "hkmo", "shenzhen", "guangdong", "national", "bri")
 # The exchange operator settles for its members: it moves units out of these accounts only.
 DEMO_OPERATOR_ACCOUNTS = ("hkmo:hk-seller", "shenzhen:sz-buyer")
+
+DEMO_OPENED_ACCOUNTS = {"hkmo": ("hk-seller", "hk-buyer"), "shenzhen": ("sz-buyer",)}
+"""The accounts the journeys send units to, which each registry's back office opens
+first: a registry refuses units sent to an account it has not opened (the others are
+opened by the issuances into them)."""
 # A real Verra issuance (Verra public export): 20,745 VCUs of project 1060, vintage 2019.
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
 # The foreign issuer's desk at Verra: Verra issued it the units of the projects it lists
@@ -100,6 +106,7 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
     registry_ports = {
         r: build_adapter(r, e.target, credentials=seeding) for r, e in emulators.items()
     }
+    _open_accounts(emulators, seeding)
     _seed_hong_kong_venue(registry_ports)
     _seed_issuer(registry_ports)
     config = GatewayConfig(
@@ -132,6 +139,14 @@ def _run_journeys(workdir: Path, emulators: dict[str, RunningEmulator]) -> None:
         journey_operator(workdir, server.metrics_port, DemoFailure)
     finally:
         server.stop(grace_seconds=1)
+
+
+def _open_accounts(
+    emulators: dict[str, RunningEmulator], credentials: grpc.ChannelCredentials
+) -> None:
+    """Each registry's back office opens the accounts the journeys send units to."""
+    for registry, accounts in DEMO_OPENED_ACCOUNTS.items():
+        open_accounts(emulators[registry].target, accounts, credentials=credentials)
 
 
 def _seed_hong_kong_venue(ports: dict[str, RegistryPort]) -> None:

@@ -96,6 +96,12 @@ class DatabaseUnavailable(CarbonlinkError):
     """
 
 
+ACCOUNT_NOT_OPEN = "ACCOUNT_NOT_OPEN"
+"""The code of a :class:`RegistryRejected` for units sent to an account the registry has
+not opened (a mistyped destination, say): final, as any refusal is, so a transfer
+refused so at its destination rolls back."""
+
+
 class RegistryRejected(CarbonlinkError):
     """A registry refused an operation for good (e.g. the units are retired)."""
 

@@ -20,8 +20,10 @@ from adapters.emulator_core.servicing import (
     serve_batch_into,
 )
 from adapters.emulator_core.store import (
+    INVALID_ACCOUNT,
     PAGE_SIZE_CAP,
     RECORD_PREFIX,
+    Account,
     CreditMode,
     Guard,
     ListingKey,
@@ -32,13 +34,17 @@ from adapters.emulator_core.store import (
     UnitState,
     utc_now,
 )
+from registry_bridge.errors import ACCOUNT_NOT_OPEN
 
 __all__ = [
+    "ACCOUNT_NOT_OPEN",
     "BATCH_ITEMS_CAP",
+    "INVALID_ACCOUNT",
     "PAGE_BYTES_CAP",
     "PAGE_SIZE_CAP",
     "RECORD_PREFIX",
     "REJECTION_CODE_KEY",
+    "Account",
     "CallCounter",
     "CreditMode",
     "EmulatorSpec",

@@ -11,69 +11,43 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent import futures
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from adapters.client_core import REJECTION_CODE_KEY
+from adapters.emulator_core.admin import add_admin_servicer
 from adapters.emulator_core.faults import FaultConfig, FaultInterceptor
+from adapters.emulator_core.rejections import abort_rejected, native_rules
 from adapters.emulator_core.store import (
     PAGE_SIZE_CAP,
     Clock,
     CreditMode,
-    Rejection,
     Store,
     utc_now,
 )
+from registry_bridge.bridge import CUSTODY_VENUES, venue_account
 from registry_bridge.model import Program
 
 _logger = structlog.get_logger(__name__)
 
+__all__ = [
+    "CallCounter",
+    "EmulatorSpec",
+    "RunningEmulator",
+    "abort_rejected",
+    "native_rules",
+    "start_emulator",
+]
+
 
 # Seconds a stopping server lets in-flight calls finish.
 _GRACE_SECONDS = 2.0
-
-_STATUS_OF_CODE: dict[str, grpc.StatusCode] = {
-    "UNITS_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "DUPLICATE_ISSUANCE": grpc.StatusCode.ALREADY_EXISTS,
-    "DUPLICATE_MIRROR": grpc.StatusCode.ALREADY_EXISTS,
-    "DUPLICATE_CREDIT": grpc.StatusCode.ALREADY_EXISTS,
-    "OPERATION_ID_REUSED": grpc.StatusCode.ALREADY_EXISTS,
-    "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
-    "OPERATION_ID_REQUIRED": grpc.StatusCode.INVALID_ARGUMENT,
-    "BATCH_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "INVALID_PAGE_SIZE": grpc.StatusCode.INVALID_ARGUMENT,
-    "INVALID_PAGE_TOKEN": grpc.StatusCode.INVALID_ARGUMENT,
-}
-
-
-def abort_rejected(context: grpc.ServicerContext, rejection: Rejection) -> NoReturn:
-    """End a call with the registry's rejection: a gRPC status plus its own code."""
-    context.set_trailing_metadata(((REJECTION_CODE_KEY, rejection.code),))
-    context.abort(
-        _STATUS_OF_CODE.get(rejection.code, grpc.StatusCode.FAILED_PRECONDITION),
-        rejection.message,
-    )
-    raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-@contextmanager
-def native_rules(context: grpc.ServicerContext) -> Iterator[None]:
-    """Answer a :class:`Rejection` (or a malformed native value) as a rejected call."""
-    try:
-        yield
-    except Rejection as rejection:
-        abort_rejected(context, rejection)
-    except ValueError as exc:
-        # A native message that does not translate (a bad date, an unknown program).
-        abort_rejected(context, Rejection("INVALID_REQUEST", str(exc)))
 
 
 @dataclass(frozen=True)
@@ -89,7 +63,8 @@ class EmulatorSpec:
     def open_store(
         self, data_dir: Path | None, clock: Clock = utc_now, page_size_cap: int = PAGE_SIZE_CAP
     ) -> Store:
-        """Open the registry's store: ``<data_dir>/<registry_id>.sqlite3`` or in memory.
+        """Open the registry's store: ``<data_dir>/<registry_id>.sqlite3`` or in memory,
+        its :attr:`standing_accounts` open.
 
         Raises:
             ValueError: ``page_size_cap`` is below 1.
@@ -101,11 +76,26 @@ class EmulatorSpec:
             data_dir.mkdir(parents=True, exist_ok=True)
             path = data_dir / f"{self.registry_id}.sqlite3"
         try:
-            return Store(
+            store = Store(
                 self.registry_id, self.programs, self.credit_mode, path, clock, page_size_cap
             )
         except sqlite3.DatabaseError as exc:
             raise OSError(f"{path}: cannot open the {self.registry_id} store: {exc}") from exc
+        try:
+            store.open_accounts(self.standing_accounts)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @property
+    def standing_accounts(self) -> tuple[str, ...]:
+        """The accounts the registry holds open from its first day: each custody venue's
+        account here, which units returned to the venue come back into (the venue's
+        clients' units sit there while the venue books them)."""
+        return tuple(
+            venue_account(venue) for venue in sorted(CUSTODY_VENUES) if venue != self.registry_id
+        )
 
 
 class CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -169,6 +159,7 @@ def start_emulator(
     max_workers: int = 8,
     credentials: grpc.ServerCredentials | None = None,
     page_size_cap: int = PAGE_SIZE_CAP,
+    accounts: Iterable[str] = (),
 ) -> RunningEmulator:
     """Start an emulator in the background.
 
@@ -183,6 +174,8 @@ def start_emulator(
             registry does); ``None`` serves plaintext (tests of the adapters alone).
         page_size_cap: Rows per page of a holdings listing at most (tests lower it to
             page small listings).
+        accounts: Accounts the registry holds open from the start (its seed data),
+            besides those its store has opened already.
 
     Returns:
         The running emulator; call ``stop()`` when done.
@@ -190,8 +183,14 @@ def start_emulator(
     Raises:
         OSError: The address could not be bound.
         ValueError: ``page_size_cap`` is below 1.
+        Rejection: ``INVALID_ACCOUNT``: an account of ``accounts`` cannot be opened.
     """
     store = spec.open_store(data_dir, clock, page_size_cap)
+    try:
+        store.open_accounts(accounts)
+    except BaseException:
+        store.close()
+        raise
     calls = CallCounter()
     # Outermost, so a call a fault refuses is counted too: the client made it.
     interceptors: list[grpc.ServerInterceptor] = [calls]
@@ -201,6 +200,8 @@ def start_emulator(
         futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
     )
     spec.add_servicer(server, store)
+    # The registry's back office (its accounts), the same service at every emulator.
+    add_admin_servicer(server, store)
     # The standard health service lets the gateway (and operators) probe the registry.
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from adapters.client_core import from_rfc3339
 from adapters.emulator_core.faults import batch_cut
-from adapters.emulator_core.server import native_rules
+from adapters.emulator_core.rejections import native_rules
 from adapters.emulator_core.store import Rejection, Store
 
 BATCH_ITEMS_CAP = 1000

@@ -12,6 +12,10 @@ registry keeps:
 * every mutating operation is recorded under its operation id with its outcome (the
   holding, or the rejection), so a repeat of the same operation returns the first outcome,
   and a reuse of the id for a different request is refused;
+* units go only into an open account: issuance opens the account it issues into, the
+  registry's back office opens others (:meth:`Store.open_account`), and a credit or a
+  reactivation into an account not open is refused (``ACCOUNT_NOT_OPEN``), as a real
+  registry refuses a transfer to a mistyped account;
 * arriving units are credited only until the credit's deadline (the source lock's expiry),
   so a transfer rolled back for an expired lock can never be credited late; the op log
   answers a repeat before the deadline is looked at, so a credit applied in time stays
@@ -37,7 +41,7 @@ import enum
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +56,8 @@ from registry_bridge.block_json import (
     block_id_from_dict,
     block_id_to_dict,
 )
-from registry_bridge.model import BlockId, Program, UnitBlock
+from registry_bridge.errors import ACCOUNT_NOT_OPEN
+from registry_bridge.model import BlockId, Program, UnitBlock, has_control_characters
 
 Clock = Callable[[], datetime]
 
@@ -81,6 +86,16 @@ class ListingKey(NamedTuple):
     series: str
     serial_start: int
     layer: int
+
+
+INVALID_ACCOUNT = "INVALID_ACCOUNT"
+"""The rejection code of an account (or holder) name the registry cannot open."""
+
+MAX_ACCOUNT_LENGTH = 128
+"""An account name's characters at most (the gateway's bound on an id, too)."""
+
+MAX_HOLDER_LENGTH = 256
+"""An account holder's name's characters at most."""
 
 
 def utc_now() -> datetime:
@@ -153,6 +168,18 @@ class StoredHolding:
     def records(self) -> tuple[tuple[str, str], ...]:
         """The permanent records (details under :data:`RECORD_PREFIX`), in order."""
         return tuple(pair for pair in self.details if pair[0].startswith(RECORD_PREFIX))
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account open at the registry."""
+
+    account: str
+    holder: str
+    """Who holds it, as the back office recorded it when opening it ('' when not said)."""
+    opened_at: datetime
+    newly_opened: bool = False
+    """Whether the call that answered this opened it (``False``: it was open already)."""
 
 
 Guard = Callable[[StoredHolding], None]
@@ -274,8 +301,18 @@ _NO_LOCKS = "\uffff"
 """Stands for the earliest lock expiry when no lock is held: after every ISO 8601 text."""
 
 
-def _open_schema(db: sqlite3.Connection) -> None:
-    """Create the tables and indexes, bringing a store file from before layers up to date."""
+_ACCOUNTS = """
+CREATE TABLE accounts (
+    account TEXT PRIMARY KEY,
+    holder TEXT NOT NULL DEFAULT '',
+    opened_at TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+
+def _open_schema(db: sqlite3.Connection, now: datetime) -> None:
+    """Create the tables and indexes, bringing a store file from before layers (or from
+    before accounts) up to date."""
     db.executescript(_SCHEMA)
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -283,6 +320,18 @@ def _open_schema(db: sqlite3.Connection) -> None:
         if "layer" not in columns:
             db.execute("ALTER TABLE blocks ADD COLUMN layer INTEGER NOT NULL DEFAULT 0")
             _assign_layers(db)
+        if not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accounts'"
+        ).fetchone():
+            # A store from before accounts were kept opened every account a credit
+            # named: those its blocks sit in (exported ones included: the account held
+            # them) are its open accounts, so a store served again keeps working.
+            db.execute(_ACCOUNTS)
+            db.execute(
+                "INSERT INTO accounts (account, holder, opened_at) "
+                "SELECT DISTINCT account, '', ? FROM blocks",
+                (_iso(now.astimezone(UTC)),),
+            )
         # One statement at a time: executescript would commit the transaction first.
         for statement in _INDEXES.split(";"):
             if statement.strip():
@@ -430,7 +479,7 @@ class Store:
             check_same_thread=False,
             isolation_level=None,
         )
-        _open_schema(self._db)
+        _open_schema(self._db, clock())
         # The earliest expiry of a lock held (ISO 8601 UTC text, as stored), or
         # _NO_LOCKS, or None when not known: an operation before it has no lock to
         # release and skips the expiry query.  Lowered by every lock written; forgotten
@@ -1012,6 +1061,84 @@ class Store:
             f"units {_describe(block_id)} are not held as one block in account {account}",
         )
 
+    # -- accounts -------------------------------------------------------------------------
+
+    def open_account(self, account: str, holder: str = "") -> Account:
+        """Open ``account`` (the registry's back office), idempotently.
+
+        Opening an open account changes nothing and answers it as it was opened (its
+        first holder kept): the back office may repeat a request whose answer it lost.
+
+        Args:
+            account: The account's name.
+            holder: Who holds it, '' when not said.
+
+        Returns:
+            The open account; ``newly_opened`` says whether this call opened it.
+
+        Raises:
+            Rejection: ``INVALID_ACCOUNT``: ``account`` is empty, longer than
+                :data:`MAX_ACCOUNT_LENGTH`, starts or ends with a space or holds a
+                control character, or ``holder`` is too long or holds one; the message
+                starts with the field's name.  Nothing was opened.
+        """
+        _check_name("account", account, MAX_ACCOUNT_LENGTH, required=True)
+        _check_name("holder", holder, MAX_HOLDER_LENGTH, required=False)
+        with self._transaction() as db:
+            now = self._clock()
+            newly = self._open(db, account, holder, now)
+            row = db.execute(
+                "SELECT holder, opened_at FROM accounts WHERE account = ?", (account,)
+            ).fetchone()
+        return Account(account, row[0], datetime.fromisoformat(row[1]), newly)
+
+    def open_accounts(self, accounts: Iterable[str]) -> None:
+        """Open every account of ``accounts`` (as :meth:`open_account`) in one transaction.
+
+        Raises:
+            Rejection: ``INVALID_ACCOUNT``, naming the field; nothing was opened.
+        """
+        with self._transaction():
+            for account in accounts:
+                self.open_account(account)
+
+    def accounts(self) -> list[Account]:
+        """Every open account, by name."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT account, holder, opened_at FROM accounts ORDER BY account"
+            ).fetchall()
+        return [Account(a, h, datetime.fromisoformat(t)) for a, h, t in rows]
+
+    def is_open(self, account: str) -> bool:
+        """Whether ``account`` is open."""
+        with self._transaction() as db:
+            return self._is_open(db, account)
+
+    @staticmethod
+    def _is_open(db: sqlite3.Connection, account: str) -> bool:
+        return (
+            db.execute("SELECT 1 FROM accounts WHERE account = ?", (account,)).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _open(db: sqlite3.Connection, account: str, holder: str, now: datetime) -> bool:
+        """Open ``account`` unless it is open; whether it was opened now."""
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO accounts (account, holder, opened_at) VALUES (?, ?, ?)",
+            (account, holder, _iso(now.astimezone(UTC))),
+        )
+        return cursor.rowcount == 1
+
+    def _require_open(self, db: sqlite3.Connection, account: str) -> None:
+        """Refuse units sent to ``account`` unless it is open (one seek of its key)."""
+        if not self._is_open(db, account):
+            raise Rejection(
+                ACCOUNT_NOT_OPEN,
+                f"account {account!r} is not open at registry {self.registry_id}",
+            )
+
     # -- operations -----------------------------------------------------------------------
 
     def issue(self, operation_id: str, account: str, block: UnitBlock) -> StoredHolding:
@@ -1035,7 +1162,13 @@ class Store:
                     f"{_describe(clash[0].holding.block.id)}",
                 )
             holding = StoredHolding(block=block, account=account, state=UnitState.ACTIVE)
-            return lambda: self._insert_new(db, holding, None, attributes)
+
+            def write() -> _Held:
+                # The registry issues to a proponent's account, which it opens.
+                self._open(db, account, "", now)
+                return self._insert_new(db, holding, None, attributes)
+
+            return write
 
         attributes = _attributes_json(block)
         return self._run(
@@ -1171,11 +1304,15 @@ class Store:
         """Credit arriving units: re-activate returning units, or mirror or hold them.
 
         A credit after ``deadline`` is refused (``DEADLINE_PASSED``); a repeat of a credit
-        applied in time is answered from the op log, whatever the time.
+        applied in time is answered from the op log, whatever the time.  A credit into an
+        account not open is refused (``ACCOUNT_NOT_OPEN``), and the refusal recorded like
+        any other: a repeat after the account is opened is refused still, as the gateway
+        has rolled its transfer back on the first answer.
         """
 
         def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             _check_deadline(deadline, now)
+            self._require_open(db, account)
             live = self._live(db, origin.id)
             if any(r.holding.state is UnitState.IMMOBILIZED for r in live):
                 return self._reactivate(db, account, origin.id, details)
@@ -1300,11 +1437,13 @@ class Store:
     ) -> StoredHolding:
         """Release immobilized units back to ``account`` (their mirror was returned).
 
-        Refused after ``deadline`` (``DEADLINE_PASSED``), as :meth:`credit` is.
+        Refused after ``deadline`` (``DEADLINE_PASSED``), or into an account not open
+        (``ACCOUNT_NOT_OPEN``), as :meth:`credit` is.
         """
 
         def check(db: sqlite3.Connection, now: datetime) -> Callable[[], _Held]:
             _check_deadline(deadline, now)
+            self._require_open(db, account)
             return self._reactivate(db, account, block_id, details)
 
         return self._run(
@@ -1477,6 +1616,22 @@ class Store:
                 "WHERE state != 'exported' GROUP BY program, state ORDER BY program, state"
             ).fetchall()
         return [(Program(p), UnitState(s), int(q)) for p, s, q in rows]
+
+
+def _check_name(field: str, value: str, limit: int, *, required: bool) -> None:
+    """Refuse a name the registry cannot open an account under (``INVALID_ACCOUNT``)."""
+    problem = ""
+    if required and not value:
+        problem = "is required"
+    elif len(value) > limit:
+        problem = f"is longer than {limit} characters"
+    elif has_control_characters(value):
+        problem = "contains control characters"
+    elif value != value.strip():
+        # " B" and "B" would be two accounts no one can tell apart.
+        problem = "starts or ends with white space"
+    if problem:
+        raise Rejection(INVALID_ACCOUNT, f"{field}: {problem}")
 
 
 def _check_deadline(deadline: datetime | None, now: datetime) -> None:

@@ -21,6 +21,7 @@ from adapters.registry import REGISTRIES, build_adapter
 from adapters.retry import RetryPolicy
 from registry_bridge.model import Authorization, CorrespondingAdjustment, Program, UnitBlock
 from registry_bridge.port import RegistryPort
+from tests.integration.accounts import WELL_KNOWN_ACCOUNTS
 from tests.loopback import ANY_PORT
 
 ALL_REGISTRIES = tuple(REGISTRIES)
@@ -154,6 +155,7 @@ def start_harness(
         faults=faults,
         clock=clock,
         page_size_cap=page_size_cap,
+        accounts=WELL_KNOWN_ACCOUNTS,
     )
     adapter = build_adapter(registry_id, running.target, FAST_RETRY, timeout_s=5.0)
     return Harness(registry_id, running, adapter, clock)

@@ -42,6 +42,7 @@ from registry_bridge.port import (
     RegistryPort,
 )
 from registry_bridge.transfers import RulesDecision
+from tests.integration.accounts import WELL_KNOWN_ACCOUNTS
 from tests.loopback import ANY_PORT
 
 # Fast backoff: the tests exercise retries, not waiting.  Enough attempts that a fault
@@ -224,6 +225,7 @@ def make_world(
                 listen=ANY_PORT,
                 faults=faults.get(registry_id),
                 clock=clock,
+                accounts=WELL_KNOWN_ACCOUNTS,
             )
     except BaseException:
         for running in emulators.values():

@@ -24,6 +24,7 @@ from registry_bridge import db, invariants, ledger
 from registry_bridge.bridge import venue_account
 from registry_bridge.model import BlockId, UnitBlock
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+from tests.integration.accounts import WELL_KNOWN_ACCOUNTS
 from tests.loopback import ANY_PORT, HOST
 
 WIRED = ("verra", "hkmo", "shenzhen")
@@ -122,7 +123,11 @@ def linked_registries(
     try:
         for r in wired:
             emulators[r] = start_emulator(
-                REGISTRIES[r].emulator(), listen=ANY_PORT, faults=faults.get(r), clock=clock
+                REGISTRIES[r].emulator(),
+                listen=ANY_PORT,
+                faults=faults.get(r),
+                clock=clock,
+                accounts=WELL_KNOWN_ACCOUNTS,
             )
         yield LinkedRegistries(
             emulators, {r: build_adapter(r, e.target, READER_RETRY) for r, e in emulators.items()}

@@ -30,6 +30,7 @@ from gateway.security.tokens import mint_token
 from gateway.server import GatewayServer
 from registry_bridge.bridge import venue_account
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
+from tests.integration.accounts import WELL_KNOWN_ACCOUNTS
 
 WIRED = ("verra", "hkmo", "shenzhen")
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
@@ -185,6 +186,7 @@ def start_secure_gateway(
             REGISTRIES[r].emulator(),
             faults=(faults or {}).get(r),
             credentials=server_credentials(pki.registry_cert(r), pki.registry_key(r), pki.ca_cert),
+            accounts=WELL_KNOWN_ACCOUNTS,
         )
         for r in registries
     }

@@ -38,7 +38,9 @@ def block(start: int, end: int, series: str = "") -> UnitBlock:
 
 
 def store(mode: CreditMode = CreditMode.MIRROR, cap: int = 1000) -> Store:
-    return Store("reg", frozenset({Program.CCER}), mode, clock=lambda: NOW, page_size_cap=cap)
+    opened = Store("reg", frozenset({Program.CCER}), mode, clock=lambda: NOW, page_size_cap=cap)
+    opened.open_account("A")  # credited before anything is issued into it
+    return opened
 
 
 def start_of(held: StoredHolding) -> StringValue:

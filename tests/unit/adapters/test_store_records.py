@@ -42,7 +42,9 @@ def unit(serial: int) -> BlockId:
 
 
 def store(mode: CreditMode) -> Store:
-    return Store("reg", frozenset({Program.CCER}), mode, clock=lambda: NOW)
+    opened = Store("reg", frozenset({Program.CCER}), mode, clock=lambda: NOW)
+    opened.open_account("B")  # credited, never issued into
+    return opened
 
 
 @pytest.mark.parametrize("mode", [CreditMode.MIRROR, CreditMode.HOLD])

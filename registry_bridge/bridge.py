@@ -52,6 +52,7 @@ from registry_bridge.db import (
     unit_of_work,
 )
 from registry_bridge.errors import (
+    ACCOUNT_NOT_OPEN,
     FailedPrecondition,
     FieldViolation,
     InvalidRequest,
@@ -2168,6 +2169,12 @@ class Bridge:
                     # transfer waits.  Rolling back would unlock the source while the
                     # credited units stay at the destination: counted twice.
                     return "wait", f"credit refused after a partial credit: {outcome}"
+                if outcome.code == ACCOUNT_NOT_OPEN:
+                    # Said in the client's terms: the account it named does not exist there.
+                    return "rollback", (
+                        f"credit refused: the destination account {record.destination_account!r} "
+                        f"is not open at registry {record.destination_registry} ({outcome.code})"
+                    )
                 return "rollback", f"credit refused: {outcome}"
             if isinstance(outcome, RegistryUnavailable):
                 return "wait", outcome

@@ -512,3 +512,17 @@ def test_a_settlement_amount_is_refused_unless_in_plain_digits_to_the_cent(
     code, out, err = _run(capsys, "transfer", "submit", *trade[:-1], "1250.5", "--json")
     assert code == 0, err
     assert json.loads(out)["instruction"]["settlement"]["amount"] == "1250.5"
+
+
+def test_a_transfer_to_an_account_not_open_says_so(
+    live_gateway: LiveGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = parse_serial("verra", VERRA_SERIAL).id.serial_start
+    code, out, _ = _run(
+        capsys, "transfer", "submit", "--target", live_gateway.target,
+        "--from", "hkmo:hk-seller", "--to", "shenzhen:no-such-buyer",
+        "--block", f"VCS:{start}-{start + 9}",
+    )  # fmt: skip
+    assert code == 1
+    assert " ROLLED_BACK: " in out
+    assert "destination account 'no-such-buyer' is not open at registry shenzhen" in out

@@ -12,14 +12,20 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from adapters.emulator_core.admin import open_accounts
 from adapters.serials import parse_serial
 from gateway import paging
 from registry_bridge.db import unit_of_work
 from registry_bridge.model import HoldingStatus
-from registry_bridge.port import BlockStatusRequest
+from registry_bridge.port import BlockStatusRequest, ListHoldingsRequest
 from registry_bridge.schema import TransferRecord
 from registry_bridge.transfers import TransferState
-from tests.integration.gateway.conftest import VERRA_SERIAL, LinkedRegistries, LiveGateway
+from tests.integration.gateway.conftest import (
+    VERRA_SERIAL,
+    LinkedRegistries,
+    LiveGateway,
+    check_invariants,
+)
 
 ORIGIN = parse_serial("verra", VERRA_SERIAL).id
 START = ORIGIN.serial_start
@@ -415,3 +421,37 @@ def test_an_offset_page_token_of_an_earlier_server_is_refused_by_name(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _field_violations(caught.value) == ["page_token"]
     assert "start the listing again" in (caught.value.details() or "")
+
+
+def test_a_transfer_to_an_account_not_open_rolls_back_until_it_is_opened(
+    database_url: str, live_gateway: LiveGateway, registries: LinkedRegistries
+) -> None:
+    units = _instruction([_block(START, START + 9)], destination=("shenzhen", "buyre"))
+    refused = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(request_id="typo", instruction=units), timeout=30
+    )
+    assert refused.state == model_pb2.TRANSFER_STATE_ROLLED_BACK
+    said = "the destination account 'buyre' is not open at registry shenzhen"
+    assert said in refused.failure_reason
+    fetched = live_gateway.stub.GetTransfer(
+        gateway_pb2.GetTransferRequest(name=refused.name), timeout=30
+    )
+    assert fetched.state == model_pb2.TRANSFER_STATE_ROLLED_BACK and said in fetched.failure_reason
+    # The source's units are active again, at the venue and at their origin, and nothing
+    # reached the destination.
+    for registry in ("hkmo", "verra"):
+        held = registries.ports[registry].block_status(BlockStatusRequest(ORIGIN))
+        assert {h.status for h in held} == {HoldingStatus.ACTIVE}, registry
+    assert not registries.ports["shenzhen"].list_holdings(ListHoldingsRequest("buyre"))
+    check_invariants(database_url, registries.ports)
+
+    # Once the registry opens the account, the same units go through.
+    open_accounts(registries.emulators["shenzhen"].target, ["buyre"])
+    done = live_gateway.stub.SubmitTransfer(
+        gateway_pb2.SubmitTransferRequest(request_id="typo-fixed", instruction=units), timeout=30
+    )
+    assert done.state == model_pb2.TRANSFER_STATE_COMPLETED, done.failure_reason
+    assert [
+        h.account for h in registries.ports["shenzhen"].list_holdings(ListHoldingsRequest("buyre"))
+    ] == ["buyre"]
+    check_invariants(database_url, registries.ports)

@@ -69,8 +69,11 @@ def test_a_credit_into_an_account_not_open_is_refused_until_it_is_opened(
 ) -> None:
     block = immobilized(harness, 1, 10)
     before = harness.adapter.list_holdings(ListHoldingsRequest())
+    calls = harness.running.calls.snapshot()
     with pytest.raises(RegistryRejected) as refused:
         harness.adapter.credit(CreditRequest("credit-1", NEVER_OPENED, block, "x", "t-back"))
+    # A final refusal: the retrying adapter made the one call, and never again.
+    assert sum((harness.running.calls.snapshot() - calls).values()) == 1
     assert refused.value.code == ACCOUNT_NOT_OPEN
     assert NEVER_OPENED in str(refused.value) and harness.registry_id in str(refused.value)
     assert harness.adapter.list_holdings(ListHoldingsRequest()) == before
@@ -118,7 +121,12 @@ def test_open_account_is_idempotent_and_listed(verra: Harness) -> None:
 
 @pytest.mark.parametrize(
     ("account", "holder", "field"),
-    [("", "", "account"), (" x", "", "account"), ("x" * 129, "", "account"), ("x", "\t", "holder")],
+    [
+        ("", "", "account"),
+        (" x", "", "account"),
+        ("x" * 129, "", "account"),
+        ("new-account", "\t", "holder"),
+    ],
 )
 def test_a_bad_account_is_refused_invalid_argument_naming_the_field(
     verra: Harness, account: str, holder: str, field: str

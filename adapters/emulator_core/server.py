@@ -3,7 +3,8 @@
 Each registry's ``emulator.py`` provides an :class:`EmulatorSpec`: which programs the
 registry issues, what it does with arriving units, and how to add its native servicer to
 a gRPC server.  :func:`start_emulator` runs one in the background and returns a handle
-(``carbonlink emulate`` runs one until SIGTERM or SIGINT).
+(``carbonlink emulate`` runs one until SIGTERM or SIGINT), serving next to the native API
+the back office every emulator shares (:mod:`adapters.emulator_core.admin`: its accounts).
 """
 
 from __future__ import annotations

@@ -67,9 +67,18 @@ def _issue_and_cut(gateway: LiveGateway, lots: int = LOTS) -> None:
 
 
 @pytest.fixture
-def long_history(live_gateway: LiveGateway) -> Iterator[LiveGateway]:
-    _issue_and_cut(live_gateway)
-    yield live_gateway
+def long_history(database_url: str, registries: LinkedRegistries) -> Iterator[LiveGateway]:
+    registries.seed_venue()
+    # No recovery pass or registry import while a test runs: the tests count the
+    # statements a page runs on the gateway's engine, and a background pass's would count.
+    with running_gateway(
+        database_url,
+        registries,
+        recovery_interval_seconds=3600,
+        registry_import_interval_seconds=3600,
+    ) as gateway:
+        _issue_and_cut(gateway)
+        yield gateway
 
 
 def _request(block: BlockId, page_size: int = 0, token: str = "") -> gateway_pb2.TraceUnitsRequest:

@@ -72,6 +72,10 @@ class GatewayConfig:
     settled at once; past it, acceptance waits for settlement to catch up. Each waits in
     it holding its lease (renewed when its settlement starts), so keep it small enough to
     settle well within transfer_lease_seconds."""
+    watch_fallback_seconds: float = 1.0
+    """How often a WatchTransfer stream reads its transfer when nothing has told it of a
+    change. A change this gateway commits wakes the stream at once; one made by another
+    gateway sharing the database is seen at the next of these reads."""
     trace_page_bytes: int = 1024 * 1024
     """Largest TraceUnits reply: a page ends early rather than grow past it (a single
     event larger than it is still sent whole). At most 4 MiB, gRPC's default receive
@@ -169,6 +173,7 @@ _FIELD_TYPES: dict[str, type] = {
     "max_message_bytes": int,
     "max_batch_size": int,
     "accepted_backlog_transfers": int,
+    "watch_fallback_seconds": float,
     "trace_page_bytes": int,
     "lock_ttl_seconds": int,
     "registry_timeout_seconds": float,
@@ -288,6 +293,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         "max_message_bytes": config.max_message_bytes,
         "max_batch_size": config.max_batch_size,
         "accepted_backlog_transfers": config.accepted_backlog_transfers,
+        "watch_fallback_seconds": config.watch_fallback_seconds,
         "trace_page_bytes": config.trace_page_bytes,
         "lock_ttl_seconds": config.lock_ttl_seconds,
         "registry_timeout_seconds": config.registry_timeout_seconds,

@@ -343,6 +343,7 @@ class GatewayServer:
             ports=self.adapters,
             reconciler=self._reconciler,
             trace_page_bytes=self.config.trace_page_bytes,
+            watch_fallback_seconds=self.config.watch_fallback_seconds,
         )
         gateway_pb2_grpc.add_LinkageGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -163,7 +162,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         bridge: Bridge,
         max_batch_size: int,
         reconciler: Reconciler,
-        watch_poll_seconds: float = 0.1,
+        watch_fallback_seconds: float = 1.0,
         migrations: Migrations | None = None,
         provenance: ProvenanceLog | None = None,
         ports: Mapping[str, RegistryPort] | None = None,
@@ -173,7 +172,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self._probe_registries = probe_registries
         self._bridge = bridge
         self._max_batch_size = max_batch_size
-        self._watch_poll_seconds = watch_poll_seconds
+        self._watch_fallback_seconds = watch_fallback_seconds
         self._migrations = migrations
         self._provenance = provenance
         self._ports = dict(ports or {})
@@ -388,17 +387,28 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         self, request: gateway_pb2.WatchTransferRequest, context: grpc.ServicerContext
     ) -> Iterator[model_pb2.Transfer]:
         transfer_id = _transfer_id(request.name)
-        last: tuple[str, int] | None = None
         _readable(self._bridge.get(transfer_id))
-        while context.is_active():
-            transfer = self._bridge.get(transfer_id)
-            seen = (transfer.state.value, len(transfer.history))
-            if seen != last:
-                last = seen
-                yield convert.transfer_to_pb(transfer)
-            if transfer.state.is_final:
+        last: tuple[str, int] | None = None
+        with self._bridge.changes.watch(transfer_id) as watch:
+            # A client gone (cancelled, past its deadline, or cut off by a stopping server)
+            # wakes the wait at once: it would otherwise hold a worker until the fallback
+            # read came round.
+            if not context.add_callback(watch.cancel):
                 return
-            time.sleep(self._watch_poll_seconds)
+            while context.is_active():
+                # Taken before the read: a step committed after it is announced after
+                # this, and the wait below returns at once (no wake-up lost in between).
+                seen = watch.version
+                transfer = self._bridge.get(transfer_id)
+                at = (transfer.state.value, len(transfer.history))
+                if at != last:
+                    last = at
+                    yield convert.transfer_to_pb(transfer)
+                if transfer.state.is_final:
+                    return
+                # Woken by this gateway's steps; another gateway's are seen at the
+                # fallback read.
+                watch.wait(seen, self._watch_fallback_seconds)
 
     def Retire(
         self, request: gateway_pb2.RetireRequest, context: grpc.ServicerContext

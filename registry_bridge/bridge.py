@@ -88,6 +88,7 @@ from registry_bridge.schema import (
     UnitUseRecord,
 )
 from registry_bridge.settling import Settler
+from registry_bridge.transfer_changes import TransferChanges
 from registry_bridge.transfer_rows import TransferRow
 from registry_bridge.transfers import (
     AccountRef,
@@ -824,6 +825,7 @@ class Bridge:
             group_size=_PIPELINE_PART,
         )
         self._accepting_rounds = _SharedRounds(self._accept_many)
+        self._changes = TransferChanges()
 
     # ----------------------------------------------------------------------------- reads
 
@@ -831,6 +833,11 @@ class Bridge:
     def sessions(self) -> sessionmaker[Session]:
         """The ledger database's sessions."""
         return self._sessions
+
+    @property
+    def changes(self) -> TransferChanges:
+        """News of every transfer state change this bridge commits, told after the commit."""
+        return self._changes
 
     def today(self) -> date:
         """The bridge clock's date (UTC)."""
@@ -1788,7 +1795,15 @@ class Bridge:
         return reached
 
     def _entered(self, entered: Sequence[_Entered]) -> None:
-        """Tell the on_state hook, and the _settle running here, of steps just committed."""
+        """Tell the watchers, the on_state hook and the _settle running here of steps just
+        committed.
+
+        Every transaction that records a step calls it once committed, with the steps it
+        recorded (less those a savepoint undid), and only then: what is told here is never
+        rolled back.
+        """
+        # First: a hook that raises must not keep a watcher from a step that is committed.
+        self._changes.announce(transfer_id for transfer_id, _, _ in entered)
         settled = _SETTLED_STEPS.get()
         for transfer_id, seq, step in entered:
             if settled is not None:

@@ -87,6 +87,11 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
             {"CARBONLINK_RECOVERY_INTERVAL_SECONDS": "1e308"},
             "recovery_interval_seconds: must be at most 31622400 (a year), got 1e+308",
         ),
+        # A stream that never reads on its own would miss other gateways' steps for good.
+        (
+            {"CARBONLINK_WATCH_FALLBACK_SECONDS": "0"},
+            "watch_fallback_seconds: must be greater than 0",
+        ),
         (
             {"CARBONLINK_JWT_MAX_LIFETIME_SECONDS": "0"},
             "jwt_max_lifetime_seconds: must be greater than 0",

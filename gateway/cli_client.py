@@ -249,12 +249,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         '"..."}], "intended_use": "holding", "settlement": {"currency": "HKD", "amount": '
         '"1000.00"}}}, ...]}. An instruction without a request_id gets BATCH-INDEX, so '
         "re-running the command with the same --request-id repeats the same requests. "
-        "Prints one line per instruction; exits 1 unless every one completed.",
+        "Prints one line per instruction; exits 1 unless every one completed (with "
+        "--accept-only: unless every one was accepted).",
     )
     _common(batch)
     batch.add_argument("file", type=Path, help="the batch, JSON (see above)")
     batch.add_argument(
         "--request-id", help="the batch's idempotency key, BATCH (default: a new one)"
+    )
+    batch.add_argument(
+        "--accept-only",
+        action="store_true",
+        help="answer once the rules allowed each instruction and it is recorded (CHECKED), "
+        "not once it is settled: the gateway settles the batch in the background; follow "
+        "each transfer with `transfer get`",
     )
     batch.set_defaults(handler=_batch)
 

@@ -232,6 +232,16 @@ def _batch_request(args: argparse.Namespace) -> gateway_pb2.SubmitTransfersReque
             "transfer batch",
             f"{args.file}: give the batch's request id with --request-id; the command signs it",
         )
+    if args.accept_only:
+        if request.reply_when not in (
+            gateway_pb2.REPLY_WHEN_UNSPECIFIED,
+            gateway_pb2.REPLY_WHEN_ACCEPTED,
+        ):
+            return usage_error(
+                "transfer batch",
+                f'{args.file}: its "reply_when" asks for another answer than --accept-only',
+            )
+        request.reply_when = gateway_pb2.REPLY_WHEN_ACCEPTED
     request.request_id = args.request_id or uuid.uuid4().hex
     for i, item in enumerate(request.transfers):
         if not item.request_id:
@@ -264,6 +274,19 @@ def batch(args: argparse.Namespace) -> int:
         client_security.sign(args, "SubmitTransfers", request)
         reply = stub.SubmitTransfers(request, timeout=args.timeout)
         print_message(reply, args, _batch_summary(reply))
+        if request.reply_when == gateway_pb2.REPLY_WHEN_ACCEPTED:
+            # Accepted is as good as completed: the gateway settles the rest by itself.
+            refused = (model_pb2.TRANSFER_STATE_REJECTED, model_pb2.TRANSFER_STATE_ROLLED_BACK)
+            fine = all(
+                r.HasField("transfer") and r.transfer.state not in refused for r in reply.results
+            )
+            if fine:
+                print(
+                    "carbonlink: the batch is accepted: the gateway settles it in the "
+                    "background; `carbonlink transfer get NAME` shows where each stands",
+                    file=sys.stderr,
+                )
+            return EXIT_OK if fine else EXIT_REFUSED
         completed = all(
             r.HasField("transfer") and r.transfer.state == model_pb2.TRANSFER_STATE_COMPLETED
             for r in reply.results

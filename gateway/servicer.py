@@ -144,6 +144,19 @@ def _page_key(key: tuple[str, ...] | None) -> tuple[datetime, str] | None:
     return at, item_id
 
 
+def _reply_when(value: int) -> gateway_pb2.ReplyWhen.ValueType:
+    """REPLY_WHEN_ACCEPTED or REPLY_WHEN_SETTLED (what UNSPECIFIED means), as ``value`` asks.
+
+    Raises:
+        InvalidRequest: ``value`` is none this gateway knows (a newer client's, say).
+    """
+    if value == gateway_pb2.REPLY_WHEN_ACCEPTED:
+        return gateway_pb2.REPLY_WHEN_ACCEPTED
+    if value in (gateway_pb2.REPLY_WHEN_UNSPECIFIED, gateway_pb2.REPLY_WHEN_SETTLED):
+        return gateway_pb2.REPLY_WHEN_SETTLED
+    raise InvalidRequest.field("reply_when", f"{value} is not a ReplyWhen this gateway knows")
+
+
 def _raise_if(problems: list[FieldViolation]) -> None:
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
@@ -282,17 +295,10 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> model_pb2.Transfer:
         request_id = convert.request_id(request.request_id)
         instruction = convert.instruction_from_pb(request.instruction, serials.parse_serial)
-        if request.reply_when == gateway_pb2.REPLY_WHEN_ACCEPTED:
+        if _reply_when(request.reply_when) == gateway_pb2.REPLY_WHEN_ACCEPTED:
             transfer = self._bridge.accept(request_id, instruction, caller=current_caller())
-        elif request.reply_when in (
-            gateway_pb2.REPLY_WHEN_UNSPECIFIED,
-            gateway_pb2.REPLY_WHEN_SETTLED,
-        ):
-            transfer = self._bridge.submit(request_id, instruction, caller=current_caller())
         else:
-            raise InvalidRequest.field(
-                "reply_when", f"{request.reply_when} is not a ReplyWhen this gateway knows"
-            )
+            transfer = self._bridge.submit(request_id, instruction, caller=current_caller())
         return convert.transfer_to_pb(transfer)
 
     def SubmitTransfers(
@@ -300,6 +306,7 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
     ) -> gateway_pb2.SubmitTransfersResponse:
         # Optional (each instruction is answered once by its own), but bounded as any id.
         convert.optional_text("request_id", request.request_id)
+        reply_when = _reply_when(request.reply_when)
         if not request.transfers:
             raise InvalidRequest.field("transfers", "must hold at least one instruction")
         if len(request.transfers) > self._max_batch_size:
@@ -312,6 +319,13 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         parsed: list[tuple[int, str, TransferInstruction]] = []
         for i, item in enumerate(request.transfers):
             try:
+                if item.reply_when not in (gateway_pb2.REPLY_WHEN_UNSPECIFIED, reply_when):
+                    # One answer for the whole batch: an instruction cannot have its own.
+                    raise InvalidRequest.field(
+                        f"transfers[{i}].reply_when",
+                        "is the batch's to say: leave it unset, or set "
+                        "SubmitTransfersRequest.reply_when",
+                    )
                 parsed.append(
                     (
                         i,
@@ -330,9 +344,12 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
                         ),
                     )
                 )
-        outcomes = self._bridge.submit_many(
-            [(rid, ins) for _, rid, ins in parsed], caller=current_caller()
+        answer = (
+            self._bridge.accept_many
+            if reply_when == gateway_pb2.REPLY_WHEN_ACCEPTED
+            else self._bridge.submit_many
         )
+        outcomes = answer([(rid, ins) for _, rid, ins in parsed], caller=current_caller())
         for (i, request_id, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, CarbonlinkError):
                 result = gateway_pb2.BatchTransferResult(

@@ -1289,6 +1289,49 @@ class Bridge:
         """
         return self._accepting_rounds.submit(self._submission(caller, request_id, instruction))
 
+    def accept_many(
+        self,
+        items: Sequence[tuple[str, TransferInstruction]],
+        *,
+        caller: str = LOCAL_CALLER,
+    ) -> list[Transfer | Exception]:
+        """Accept a batch of settlement instructions (``accept``); each on its own.
+
+        Each instruction is answered as ``accept`` answers one (CHECKED, REJECTED by the
+        rules, or PROPOSED; a repeat with its transfer as it stands) and then settled by
+        the settler.  The batch is proposed and checked in parts no larger than the
+        backlog (nor than a settler group), a transaction each, and each part waits for
+        room as a single acceptance does: a batch larger than the backlog is accepted
+        part by part as the settler makes room, so the backlog's bound holds for batches
+        too, and no part ever waits for room the backlog cannot make.
+
+        Args:
+            items: Each instruction with its request id.
+            caller: Whose request-id space the batch's request ids are in.
+        """
+        results, valid = self._submissions(items, caller)
+        size = min(_PIPELINE_PART, self._settler.backlog)
+        for start in range(0, len(valid), size):
+            part = valid[start : start + size]
+            accepted = self._accept_many([s for _, s in part])
+            for (position, _), outcome in zip(part, accepted, strict=True):
+                results[position] = outcome
+        return [r for r in results if r is not None]
+
+    def _submissions(
+        self, items: Sequence[tuple[str, TransferInstruction]], caller: str
+    ) -> tuple[list[Transfer | Exception | None], list[tuple[int, _Submission]]]:
+        """A batch's results so far (each malformed item's error) and its valid items,
+        by their positions in it."""
+        results: list[Transfer | Exception | None] = [None] * len(items)
+        valid: list[tuple[int, _Submission]] = []
+        for position, (request_id, instruction) in enumerate(items):
+            try:
+                valid.append((position, self._submission(caller, request_id, instruction)))
+            except InvalidRequest as exc:
+                results[position] = exc
+        return results, valid
+
     def _submission(
         self, caller: str, request_id: str, instruction: TransferInstruction
     ) -> _Submission:
@@ -1370,13 +1413,7 @@ class Bridge:
             items: Each instruction with its request id.
             caller: Whose request-id space the batch's request ids are in.
         """
-        results: list[Transfer | Exception | None] = [None] * len(items)
-        valid: list[tuple[int, _Submission]] = []
-        for position, (request_id, instruction) in enumerate(items):
-            try:
-                valid.append((position, self._submission(caller, request_id, instruction)))
-            except InvalidRequest as exc:
-                results[position] = exc
+        results, valid = self._submissions(items, caller)
         parts = [valid[i : i + _PIPELINE_PART] for i in range(0, len(valid), _PIPELINE_PART)]
         if len(parts) <= 1:
             settled = self._settled_views([s for _, s in valid])

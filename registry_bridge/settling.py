@@ -58,6 +58,11 @@ class Settler:
         self._thread: threading.Thread | None = None
 
     @property
+    def backlog(self) -> int:
+        """How many transfers may be queued or settling at once."""
+        return self._backlog
+
+    @property
     def pending(self) -> int:
         """Transfers queued or being settled."""
         with self._changed:

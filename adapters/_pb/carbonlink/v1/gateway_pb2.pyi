@@ -50,7 +50,7 @@ class _ReplyWhenEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplyWhen.V
     """
 
 class ReplyWhen(_ReplyWhen, metaclass=_ReplyWhenEnumTypeWrapper):
-    """When SubmitTransfer answers."""
+    """When SubmitTransfer (or SubmitTransfers, for all of its instructions) answers."""
 
 REPLY_WHEN_UNSPECIFIED: ReplyWhen.ValueType  # 0
 """As REPLY_WHEN_SETTLED."""
@@ -463,11 +463,20 @@ class SubmitTransfersRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    REPLY_WHEN_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Identifies the batch as a whole; each instruction keeps its own request_id."""
+    reply_when: Global___ReplyWhen.ValueType
+    """When to answer, for every instruction of the batch (see ReplyWhen). Not part of
+    the instructions: a repeat with another value is the same requests.
+    """
     @_builtins.property
-    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransferRequest]: ...
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransferRequest]:
+        """Each instruction's reply_when is left unset (or set to this same value): the
+        batch's one answer comes when every instruction is settled, or accepted.
+        """
+
     @_builtins.property
     def signature(self) -> Global___InstructionSignature:
         """The instructing party's signature (see InstructionSignature)."""
@@ -477,11 +486,12 @@ class SubmitTransfersRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         transfers: _abc.Iterable[Global___SubmitTransferRequest] | None = ...,
+        reply_when: Global___ReplyWhen.ValueType = ...,
         signature: Global___InstructionSignature | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "signature", b"signature", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply_when", b"reply_when", "request_id", b"request_id", "signature", b"signature", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

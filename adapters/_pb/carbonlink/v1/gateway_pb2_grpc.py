@@ -212,7 +212,8 @@ class LinkageGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitTransfers(self, request, context):
-        """A batch of settlement instructions; each succeeds or fails on its own.
+        """A batch of settlement instructions; each succeeds or fails on its own. Answered
+        once each is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once each is checked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

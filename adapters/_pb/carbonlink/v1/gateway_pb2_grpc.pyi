@@ -60,7 +60,9 @@ class LinkageGatewayStub:
     transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
     """
     SubmitTransfers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransfersRequest, _gateway_pb2.SubmitTransfersResponse]
-    """A batch of settlement instructions; each succeeds or fails on its own."""
+    """A batch of settlement instructions; each succeeds or fails on its own. Answered
+    once each is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once each is checked.
+    """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTransferRequest, _model_pb2.Transfer]
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListTransfersRequest, _gateway_pb2.ListTransfersResponse]
     WatchTransfer: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchTransferRequest, _model_pb2.Transfer]
@@ -149,7 +151,9 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     transfer is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once it is checked.
     """
     SubmitTransfers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitTransfersRequest, _gateway_pb2.SubmitTransfersResponse]  # type: ignore[assignment]
-    """A batch of settlement instructions; each succeeds or fails on its own."""
+    """A batch of settlement instructions; each succeeds or fails on its own. Answered
+    once each is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once each is checked.
+    """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTransferRequest, _model_pb2.Transfer]  # type: ignore[assignment]
     ListTransfers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListTransfersRequest, _gateway_pb2.ListTransfersResponse]  # type: ignore[assignment]
     WatchTransfer: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchTransferRequest, _model_pb2.Transfer]  # type: ignore[assignment]
@@ -277,7 +281,9 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SubmitTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SubmitTransfersResponse, _abc.Awaitable[_gateway_pb2.SubmitTransfersResponse]]:
-        """A batch of settlement instructions; each succeeds or fails on its own."""
+        """A batch of settlement instructions; each succeeds or fails on its own. Answered
+        once each is settled, or (reply_when = REPLY_WHEN_ACCEPTED) once each is checked.
+        """
 
     @_abc_1.abstractmethod
     def GetTransfer(

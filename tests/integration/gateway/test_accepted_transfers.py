@@ -71,6 +71,32 @@ def _end_of(gateway: LiveGateway, name: str) -> model_pb2.Transfer:
     return last
 
 
+def _completed_by_the_next_gateway(
+    database_url: str, registries: LinkedRegistries, names: list[str], answer: threading.Event
+) -> None:
+    """The transfers ``names``, accepted by a gateway stopped with each settlement held
+    at its credit (until ``answer``) or still queued, are each where acceptance or its
+    last committed step left them, none lost; a next gateway completes them all."""
+    engine = db.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            asked_for = sa.select(TransferRecord.id, TransferRecord.state).where(
+                TransferRecord.id.in_([n.removeprefix("transfers/") for n in names])
+            )
+            states = {row.id: row.state for row in connection.execute(asked_for)}
+    finally:
+        engine.dispose()
+    assert len(states) == len(names)
+    assert set(states.values()) <= {"CHECKED", "SOURCE_LOCKED"}, states
+    answer.set()
+    with running_gateway(
+        database_url, registries, transfer_lease_seconds=1.0, recovery_interval_seconds=0.2
+    ) as second:
+        ends = {name: _end_of(second, name).state for name in names}
+    assert set(ends.values()) == {model_pb2.TRANSFER_STATE_COMPLETED}, ends
+    check_invariants(database_url, registries.ports)
+
+
 def test_an_accepted_transfer_is_answered_checked_before_any_registry_settles_it(
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
@@ -191,26 +217,7 @@ def test_accepted_transfers_a_stopped_gateway_left_are_settled_by_the_next(
             assert accepted.state == model_pb2.TRANSFER_STATE_CHECKED
             names.append(accepted.name)
         assert asked.wait(30)
-    # Stopped with each settlement held at its credit or still queued: every transfer is
-    # where acceptance or its last committed step left it, none lost.
-    engine = db.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            asked_for = sa.select(TransferRecord.id, TransferRecord.state).where(
-                TransferRecord.id.in_([n.removeprefix("transfers/") for n in names])
-            )
-            states = {row.id: row.state for row in connection.execute(asked_for)}
-    finally:
-        engine.dispose()
-    assert len(states) == len(names)
-    assert set(states.values()) <= {"CHECKED", "SOURCE_LOCKED"}, states
-    answer.set()
-    with running_gateway(
-        database_url, registries, transfer_lease_seconds=1.0, recovery_interval_seconds=0.2
-    ) as second:
-        ends = {name: _end_of(second, name).state for name in names}
-    assert set(ends.values()) == {model_pb2.TRANSFER_STATE_COMPLETED}, ends
-    check_invariants(database_url, registries.ports)
+    _completed_by_the_next_gateway(database_url, registries, names, answer)
 
 
 def test_the_cli_submits_accept_only_and_exits_0_once_accepted(
@@ -428,24 +435,7 @@ def test_accepted_batch_transfers_a_stopped_gateway_left_are_settled_by_the_next
         assert _states(reply) == ["TRANSFER_STATE_CHECKED"] * 6
         names = [r.transfer.name for r in reply.results]
         assert asked.wait(30)
-    engine = db.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            asked_for = sa.select(TransferRecord.id, TransferRecord.state).where(
-                TransferRecord.id.in_([n.removeprefix("transfers/") for n in names])
-            )
-            states = {row.id: row.state for row in connection.execute(asked_for)}
-    finally:
-        engine.dispose()
-    assert len(states) == len(names)
-    assert set(states.values()) <= {"CHECKED", "SOURCE_LOCKED"}, states
-    answer.set()
-    with running_gateway(
-        database_url, registries, transfer_lease_seconds=1.0, recovery_interval_seconds=0.2
-    ) as second:
-        ends = {name: _end_of(second, name).state for name in names}
-    assert set(ends.values()) == {model_pb2.TRANSFER_STATE_COMPLETED}, ends
-    check_invariants(database_url, registries.ports)
+    _completed_by_the_next_gateway(database_url, registries, names, answer)
 
 
 def test_the_cli_submits_a_batch_accept_only_and_exits_0_once_all_are_accepted(

@@ -9,7 +9,6 @@ nothing.
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from adapters._pb.registries.emulator.v1 import emulator_admin_pb2_grpc as admin
 from adapters.client_core import REJECTION_CODE_KEY
 from adapters.emulator_core.admin import list_accounts, open_accounts
 from adapters.registry import REGISTRIES
-from gateway import cli_registry
 from registry_bridge.bridge import venue_account
 from registry_bridge.errors import ACCOUNT_NOT_OPEN, RegistryRejected
 from registry_bridge.model import UnitBlock
@@ -36,16 +34,9 @@ from registry_bridge.port import (
     RegistryHolding,
 )
 from tests.integration.adapters.conftest import Harness, later, start_harness
+from tests.integration.adapters.test_cli_and_persistence import run_cli
 
 NEVER_OPENED = "ACC-NEVER-OPENED"
-
-
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    cli_registry.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    code: int = args.handler(args)
-    return code
 
 
 def immobilized(harness: Harness, start: int, end: int) -> UnitBlock:

@@ -435,6 +435,21 @@ class GatewayServer:
         _logger.info("gateway_stopped")
         return abandoned
 
+    def wait_background(self, timeout_s: float) -> bool:
+        """After :meth:`stop`, wait up to ``timeout_s`` for the recovery, registry import
+        and reconciliation loops to end; whether they all did.
+
+        ``stop`` gives them what is left of its grace period: a pass under way then (one
+        waiting on a registry, say) runs on in its thread. An embedder about to remove
+        what that pass uses, as a test removes its database, waits here first.
+        """
+        deadline = time.monotonic() + timeout_s
+        threads = (self._recovery, self._importing, self._reconciling)
+        for thread in threads:
+            if thread is not None:
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        return not any(t is not None and t.is_alive() for t in threads)
+
     def import_registries(self) -> dict[str, int]:
         """Record in the ledger the units each reachable registry issued; count per registry."""
         imported: dict[str, int] = {}

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import grpc
 
+BACKGROUND_END_S = 10.0
+"""How long a test gateway's teardown waits for a background pass under way to end
+(``GatewayServer.wait_background``)."""
+
 QUICK_REDIAL: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 200),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 import io
 import json
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -288,3 +290,32 @@ def test_the_registry_retry_policy_is_the_configured_one(tmp_path: Path) -> None
         assert (policy.attempts, policy.initial_wait_s, policy.max_wait_s) == (7, 0.5, 4.0)
     finally:
         server.engine.dispose()
+
+
+def test_a_stopped_gateway_can_be_waited_for_until_its_background_pass_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stop`` leaves a recovery pass under way running in its thread; ``wait_background``
+    waits for it to end (a test drops its database only then)."""
+    config = GatewayConfig(
+        listen=ANY_PORT,
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        insecure=True,
+        recovery_interval_seconds=3600,
+    )
+    server = GatewayServer(config)
+    in_pass, release = threading.Event(), threading.Event()
+    resume = server.bridge.resume_unfinished
+
+    def held_pass() -> Any:
+        in_pass.set()
+        release.wait(timeout=60)
+        return resume()
+
+    monkeypatch.setattr(server.bridge, "resume_unfinished", held_pass)
+    server.start()
+    assert in_pass.wait(30)
+    server.stop(grace_seconds=0)
+    assert not server.wait_background(0.2)  # the pass is still under way
+    release.set()
+    assert server.wait_background(30)

@@ -31,6 +31,7 @@ from gateway.server import GatewayServer
 from registry_bridge.bridge import venue_account
 from registry_bridge.port import CreditRequest, IssueRequest, RegistryPort
 from tests.integration.accounts import WELL_KNOWN_ACCOUNTS
+from tests.integration.serving import BACKGROUND_END_S
 
 WIRED = ("verra", "hkmo", "shenzhen")
 VERRA_SERIAL = "9660-115597313-115618057-VCS-VCU-261-VER-US-14-1060-01012019-31122019-0"
@@ -231,6 +232,7 @@ def running_secure_gateway(
         yield gateway
     finally:
         server.stop(grace_seconds=0)
+        server.wait_background(BACKGROUND_END_S)
         for emulator in emulators.values():
             emulator.stop()
 

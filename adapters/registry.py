@@ -204,9 +204,13 @@ def build_adapter(
         NotFound: No registry has that id.
     """
     registry = entry(registry_id)
-    channel = (
-        grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        if credentials is None
-        else grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-    )
+    channel = registry_channel(target, credentials)
     return RetryingRegistry(registry.client(channel, timeout_s), retry or RetryPolicy(), observer)
+
+
+def registry_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel to a registry's (or its emulator's back office's) ``target``, with
+    :data:`CHANNEL_OPTIONS`; ``credentials`` None for a plaintext one (emulators)."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)

@@ -19,6 +19,7 @@ from adapters._pb.registries.emulator.v1 import emulator_admin_pb2_grpc as pb_gr
 from adapters.client_core import from_rfc3339, invoke, to_rfc3339
 from adapters.emulator_core.rejections import native_rules
 from adapters.emulator_core.store import Account, Store
+from adapters.registry import registry_channel
 
 ADMIN_REGISTRY_ID = "emulator-admin"
 """Names the admin service in the errors of its client (it is not a registry)."""
@@ -61,12 +62,6 @@ def add_admin_servicer(server: grpc.Server, store: Store) -> None:
     pb_grpc.add_EmulatorAdminServicer_to_server(EmulatorAdminServicer(store), server)
 
 
-def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
-    if credentials is None:
-        return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, credentials)
-
-
 def _account_from_native(native: pb.Account, newly_opened: bool = False) -> Account:
     opened_at = from_rfc3339(native.opened_at)
     if opened_at is None:
@@ -100,7 +95,7 @@ def open_accounts(
             message naming the field); the accounts before it are open.
         RegistryUnavailable: The emulator could not be reached or failed.
     """
-    with _channel(target, credentials) as channel:
+    with registry_channel(target, credentials) as channel:
         stub = pb_grpc.EmulatorAdminStub(channel)
         opened = []
         for account in accounts:
@@ -123,7 +118,7 @@ def list_accounts(
         RegistryRejected: The emulator refused the call.
         RegistryUnavailable: The emulator could not be reached or failed.
     """
-    with _channel(target, credentials) as channel:
+    with registry_channel(target, credentials) as channel:
         reply = invoke(
             ADMIN_REGISTRY_ID,
             pb_grpc.EmulatorAdminStub(channel).ListAccounts,

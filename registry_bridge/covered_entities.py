@@ -12,7 +12,7 @@ import file with this module before sending it, without the database layer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,44 @@ def covered_twice(jurisdiction: str, year: int, pilot: str, national: str, first
     """Whether ``jurisdiction``'s ``year`` falls on the wrong side of a move from ``pilot``
     to ``national`` from ``first``: a pilot year from then on, or a national year before."""
     return (jurisdiction == pilot and year >= first) or (jurisdiction == national and year < first)
+
+
+def claimed_by_the_other(
+    jurisdiction: str,
+    year: int,
+    pilot: str,
+    national: str,
+    first: int,
+    claimed: Mapping[str, Set[int]],
+) -> bool:
+    """Whether ``jurisdiction``'s ``year`` is not its own under an *abandoned* move from
+    ``pilot`` to ``national`` from ``first``, ``claimed`` holding the compliance years the
+    entity claimed in each scheme (surrendered for, see ``entities.claimed_years``).
+
+    An obligation year must never be claimed in both schemes.  An abandoned move never
+    took place: the pilot covers the entity as it did before.  But while the migration
+    stood, the national ETS covered the years from ``first`` on and the entity may have
+    surrendered there for some of them; giving those back to the pilot would let it claim
+    them twice, and refusing the pilot every year from ``first`` on (as a standing move
+    does) would leave it unable to meet the obligations it keeps there, or to plan a move
+    from a later year (whose final pilot year must be paid).  So each year from ``first``
+    on is the scheme's that claimed it first:
+
+    - a pilot year is refused only when the national ETS claimed it;
+    - a national year from ``first`` on is refused once the pilot claimed it, which it
+      may now do for any year the national ETS did not;
+    - a national year before ``first`` stays refused, claimed or not: no move ever gave
+      it to the national ETS (the pilot covered it before the migration, and the
+      migration left it there), so relaxing that side would let an obligation the pilot
+      holds move to the national ETS, and be paid in neither or in both.
+
+    A year neither scheme claimed is open to both, and goes to the first to claim it.
+    """
+    if jurisdiction == pilot:
+        return year in claimed.get(national, ())
+    if jurisdiction == national:
+        return year < first or year in claimed.get(pilot, ())
+    return False
 
 
 def _int(value: Any, path: str) -> int:

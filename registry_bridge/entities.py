@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -21,6 +22,7 @@ from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.covered_entities import (
     ComplianceYear,
     CoveredEntity,
+    claimed_by_the_other,
     covered_twice,
     validate_entity,
 )
@@ -70,6 +72,28 @@ def record_entity_year(
 MIGRATION_ABANDONED = "abandoned"
 """A migration's final state once its failure was given up (``migration.ABANDONED``)."""
 
+SPENDING_SURRENDER_STATES = ("pending", "completed", "failed", "resolved")
+"""A surrender in one of these states may have spent units for its year: a pending one has
+(its holder's leg may be done, only an origin registry still to answer), a failed one its
+done legs', one an operator settled by hand (resolved) all of it.  A rejected one spent
+none (nothing of it was done anywhere)."""
+
+
+def claimed_years(session: Session, entity_id: str) -> dict[str, frozenset[int]]:
+    """Per jurisdiction, the compliance years the entity claimed there: it has a surrender
+    for the year that may have spent units (:data:`SPENDING_SURRENDER_STATES`)."""
+    claimed: dict[str, set[int]] = defaultdict(set)
+    for raw in session.execute(
+        sa.select(UnitUseRecord.detail).where(
+            UnitUseRecord.kind == "surrender",
+            UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
+        )
+    ).scalars():
+        request = json.loads(raw)["request"]
+        if request["entity_id"] == entity_id:
+            claimed[request["jurisdiction"]].add(request["compliance_year"])
+    return {jurisdiction: frozenset(years) for jurisdiction, years in claimed.items()}
+
 
 class MigrationSplit(NamedTuple):
     """The migration whose split of an entity's years between two schemes is in force."""
@@ -79,17 +103,42 @@ class MigrationSplit(NamedTuple):
     national: str
     first_year: int
     """The national scheme covers this year and later; the pilot the years before."""
+    claimed: Mapping[str, frozenset[int]] | None = None
+    """None while the migration is not abandoned: ``first_year`` splits the years.  For an
+    abandoned one, the years the entity claimed per scheme (:func:`claimed_years`), which
+    decide the years from ``first_year`` on (``covered_entities.claimed_by_the_other``)."""
+
+    def refuses(self, jurisdiction: str, year: int) -> bool:
+        """Whether ``jurisdiction``'s ``year`` is not that scheme's under this split."""
+        if self.claimed is None:
+            return covered_twice(jurisdiction, year, self.pilot, self.national, self.first_year)
+        return claimed_by_the_other(
+            jurisdiction, year, self.pilot, self.national, self.first_year, self.claimed
+        )
+
+    def why(self, jurisdiction: str, year: int) -> str:
+        """Why :meth:`refuses` refuses ``jurisdiction``'s ``year`` (for a message)."""
+        if self.claimed is None:
+            return f"the entity moved from {self.pilot} to {self.national} from {self.first_year}"
+        abandoned = f"migrations/{self.migration_id}, abandoned"
+        if jurisdiction == self.pilot:
+            return f"the entity surrendered in the {self.national} ETS for {year} ({abandoned})"
+        if year < self.first_year:
+            return f"{self.pilot} covers the entity until {self.first_year - 1} ({abandoned})"
+        return f"the entity surrendered in {self.pilot} for {year} ({abandoned})"
 
 
 def migration_splits(session: Session, entity_id: str) -> list[MigrationSplit]:
     """Per pilot the entity leaves, the migration that splits its years, oldest first.
 
     The one not abandoned (at most one per pilot), from the moment it is recorded,
-    whatever its state, so no year slips to the wrong side while its steps run; while
-    every one is abandoned, the newest of them.  An abandoned migration's split stands
-    until a newer one is recorded: while it ran or was failed the entity may have
-    surrendered in the national scheme for a year from its first year on, and giving
-    that year back to the pilot would let its obligation be claimed in both schemes.
+    whatever its state, so no year slips to the wrong side while its steps run; its
+    first year splits the years, as it always did.  While every one is abandoned, the
+    newest of them, with the years the entity claimed in each scheme: a year from its
+    first year on is then the scheme's that claimed it (the national ETS may have, while
+    the migration stood), and a year neither claimed may go to either, so the entity can
+    meet the obligations it keeps in the pilot and plan a move from a later year
+    (``covered_entities.claimed_by_the_other`` says why, and what stays refused).
     """
     rows = session.execute(
         sa.select(
@@ -111,26 +160,34 @@ def migration_splits(session: Session, entity_id: str) -> list[MigrationSplit]:
         if current is None or current[2]:
             split = MigrationSplit(migration_id, pilot, national, first_year)
             in_force[pilot] = (position, split, state == MIGRATION_ABANDONED)
-    return [split for _, split, _ in sorted(in_force.values(), key=lambda c: c[0])]
+    splits = [
+        (split, abandoned) for _, split, abandoned in sorted(in_force.values(), key=lambda c: c[0])
+    ]
+    if not any(abandoned for _, abandoned in splits):
+        return [split for split, _ in splits]
+    # Read only when a split needs them: every surrender of the entity's, read in full.
+    claimed = claimed_years(session, entity_id)
+    return [split._replace(claimed=claimed) if abandoned else split for split, abandoned in splits]
 
 
 def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
     """A migrated (or migrating) entity's years stay on their side of its first year: a
     pilot year from then on, or a national year before it, would be a year that two
     schemes cover (the migration plan refuses the same, CL-MIGRATION-0007).  The split
-    is the one surrenders are checked against (``migration_splits``)."""
+    is the one surrenders are checked against (``migration_splits``), so under an
+    abandoned migration a year from its first year on is refused only to the scheme that
+    did not claim it: the pilot records a year the national ETS never claimed, as it
+    takes surrenders for it."""
     problems = [
         FieldViolation(
             f"entity.years[{i}]",
-            f"{year.jurisdiction} {year.compliance_year}: the entity moved from "
-            f"{split.pilot} to {split.national} from {split.first_year}, so that year is not "
+            f"{year.jurisdiction} {year.compliance_year}: "
+            f"{split.why(year.jurisdiction, year.compliance_year)}, so that year is not "
             f"{year.jurisdiction}'s",
         )
         for split in migration_splits(session, entity.entity_id)
         for i, year in enumerate(entity.years)
-        if covered_twice(
-            year.jurisdiction, year.compliance_year, split.pilot, split.national, split.first_year
-        )
+        if split.refuses(year.jurisdiction, year.compliance_year)
     ]
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
@@ -303,7 +360,7 @@ class DatabaseEntityRecords:
             uses = session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
                     UnitUseRecord.kind == "surrender",
-                    UnitUseRecord.state.in_(("pending", "completed", "failed", "resolved")),
+                    UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
                 )
             ).all()
             for use_id, state, raw in uses:

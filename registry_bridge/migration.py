@@ -28,9 +28,17 @@ it over in two calls:
 From the moment a migration is recorded the pilot covers the entity's years before the
 first national year only, and the national ETS the years from it: the rules gate refuses a
 surrender on the wrong side (``CL-MIGRATION-0001``/``0002``, via :class:`DatabaseCutovers`).
-An abandoned migration's split stands until a newer migration of the entity is recorded,
-whose split then counts: the entity may have surrendered in the national ETS for a year
-from the first on while the migration stood, and that year must not go back to the pilot.
+Once every migration of the entity out of the pilot is abandoned, the move never took
+place, but while it stood the entity may have surrendered in the national ETS for a year
+from the first on: each such year stays the national ETS's, never the pilot's too. The
+years from the first on that the national ETS did not claim go back to the pilot, which
+may record them, take surrenders for them and, once it has, keep them (the national ETS
+then refuses them); the years before the first stay the pilot's alone
+(``covered_entities.claimed_by_the_other``). So the entity can meet the obligations it
+keeps in the pilot and plan again from a later first year, whose final pilot year must be
+paid; a new migration's plan refuses a year on its wrong side that either scheme claimed
+(``CL-MIGRATION-0007``), and from its recording its own split counts, as any standing
+migration's does.
 Offsets the entity surrendered in the pilot are terminal in the ledger (and their origin
 retired at the national registry), so the national surrender path refuses them.
 """
@@ -463,8 +471,9 @@ def _moves(action: Disposition | None) -> bool:
 class DatabaseCutovers:
     """The rules gate's :class:`~registry_bridge.rules_gate.Cutovers` over ``migrations``:
     per entity and pilot, the migration whose split of its years is in force
-    (``entities.migration_splits``: an abandoned one's stands until a newer one is
-    recorded)."""
+    (``entities.migration_splits``: while every one is abandoned, the newest, with the
+    years the entity claimed in each scheme, which then decide the years from its first
+    year on)."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -475,7 +484,14 @@ class DatabaseCutovers:
         with read_only(self._sessions) as session:
             splits = migration_splits(session, entity_id)
         return [
-            Cutover(split.migration_id, entity_id, split.pilot, split.national, split.first_year)
+            Cutover(
+                split.migration_id,
+                entity_id,
+                split.pilot,
+                split.national,
+                split.first_year,
+                split.claimed,
+            )
             for split in splits
         ]
 
@@ -837,7 +853,16 @@ class Migrations:
     def _check_coverage(
         session: Session, request: MigrationRequest, blocking: list[RuleViolation]
     ) -> None:
-        """No year may be covered by both schemes once the entity moves."""
+        """No year may be covered by both schemes once the entity moves: a year recorded,
+        or surrendered for, on the wrong side of the new split blocks it.
+
+        After an abandoned migration this keeps each year where the entity claimed it (see
+        ``covered_entities.claimed_by_the_other``): a national year it surrendered for
+        under the abandoned split cannot become a pilot year of the new one, nor a pilot
+        year it took back a national one.  A surrender needs the year recorded in its
+        scheme, so the records alone would block as much; a year recorded on the wrong
+        side blocks too, claimed or not, since both schemes would then hold an obligation
+        for it."""
         pilot, national, first = (
             request.from_jurisdiction,
             request.to_jurisdiction,
@@ -1235,7 +1260,9 @@ class Migrations:
         ``not_taken``. The migration ends ``abandoned`` with who (``caller``, and the
         instruction key the request was signed with), when and why. It then blocks no new
         migration of the entity, whose plan reads from the ledger what the abandoned one
-        left; its split of the entity's years stands until that new one is recorded (see
+        left. Until that new one is recorded, a year from its first year on is the
+        scheme's that claimed it, the national ETS's if the entity surrendered there for
+        it while the migration stood, and one neither claimed is open to both (see
         :class:`DatabaseCutovers`).
 
         Args:

@@ -66,6 +66,7 @@ from compliance_rules import (
 from compliance_rules import HoldingStatus as FactStatus
 from compliance_rules.engine import decision_date
 from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
+from registry_bridge.covered_entities import claimed_by_the_other, covered_twice
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding, origin_part
 from registry_bridge.listing import (
@@ -150,6 +151,11 @@ class Cutover:
     to_jurisdiction: str
     first_year: int
     """The destination covers this year and later; the origin the years before."""
+    claimed: Mapping[str, frozenset[int]] | None = None
+    """None while the migration is not abandoned: ``first_year`` splits the years.  For an
+    abandoned one, the compliance years the entity claimed (surrendered for) per scheme:
+    a year from ``first_year`` on is the scheme's that claimed it, and one neither claimed
+    is open to both (``covered_entities.claimed_by_the_other``)."""
 
 
 class Cutovers(Protocol):
@@ -372,6 +378,48 @@ def _deny(*violations: RuleViolation) -> RulesDecision:
 
 def _version(pack: str, day: date) -> str:
     return f"{pack}@{day.isoformat()}"
+
+
+def _wrong_side(c: Cutover, entity_id: str, jurisdiction: str, year: int) -> tuple[str, str] | None:
+    """The rule and message refusing a surrender in ``jurisdiction`` for ``year`` that
+    ``c`` puts in the other scheme; None when the year is ``jurisdiction``'s."""
+    if c.claimed is None:
+        if not covered_twice(
+            jurisdiction, year, c.from_jurisdiction, c.to_jurisdiction, c.first_year
+        ):
+            return None
+        if jurisdiction == c.from_jurisdiction:
+            return MIGRATED_OUT, (
+                f"{entity_id} moved from {jurisdiction} to the {c.to_jurisdiction} ETS "
+                f"from {c.first_year} (migrations/{c.migration_id}): it cannot "
+                f"surrender in {jurisdiction} for {year}"
+            )
+        return PILOT_COVERED, (
+            f"{entity_id} is covered by {c.from_jurisdiction} until "
+            f"{c.first_year - 1} (migrations/{c.migration_id}): {year} is not a "
+            f"{jurisdiction} compliance year for it"
+        )
+    if not claimed_by_the_other(
+        jurisdiction, year, c.from_jurisdiction, c.to_jurisdiction, c.first_year, c.claimed
+    ):
+        return None
+    abandoned = f"migrations/{c.migration_id}, abandoned"
+    if jurisdiction == c.from_jurisdiction:
+        return MIGRATED_OUT, (
+            f"{entity_id} surrendered in the {c.to_jurisdiction} ETS for {year} "
+            f"({abandoned}, from {c.first_year}): it cannot surrender in {jurisdiction} for "
+            f"{year} too"
+        )
+    if year < c.first_year:
+        return PILOT_COVERED, (
+            f"{entity_id} is covered by {c.from_jurisdiction} until "
+            f"{c.first_year - 1} ({abandoned}): {year} is not a "
+            f"{jurisdiction} compliance year for it"
+        )
+    return PILOT_COVERED, (
+        f"{entity_id} surrendered in {c.from_jurisdiction} for {year} ({abandoned}, from "
+        f"{c.first_year}): {year} is not a {jurisdiction} compliance year for it"
+    )
 
 
 @dataclass(frozen=True)
@@ -672,25 +720,13 @@ class ComplianceRules:
             return []
         out: list[RuleViolation] = []
         for c in self._cutovers.cutovers(entity_id):
-            if c.from_jurisdiction == jurisdiction and year >= c.first_year:
+            reason = _wrong_side(c, entity_id, jurisdiction, year)
+            if reason is not None:
+                rule_id, message = reason
                 out.append(
                     _gate_violation(
-                        MIGRATED_OUT,
-                        f"{entity_id} moved from {jurisdiction} to the {c.to_jurisdiction} ETS "
-                        f"from {c.first_year} (migrations/{c.migration_id}): it cannot "
-                        f"surrender in {jurisdiction} for {year}",
-                        (m.unit.id for m in moving),
-                        (("migration", c.migration_id), ("first_year", str(c.first_year))),
-                        source=MIGRATION_SOURCE,
-                    )
-                )
-            elif c.to_jurisdiction == jurisdiction and year < c.first_year:
-                out.append(
-                    _gate_violation(
-                        PILOT_COVERED,
-                        f"{entity_id} is covered by {c.from_jurisdiction} until "
-                        f"{c.first_year - 1} (migrations/{c.migration_id}): {year} is not a "
-                        f"{jurisdiction} compliance year for it",
+                        rule_id,
+                        message,
                         (m.unit.id for m in moving),
                         (("migration", c.migration_id), ("first_year", str(c.first_year))),
                         source=MIGRATION_SOURCE,

@@ -391,8 +391,8 @@ class MigrationRecord(Base):
     One per entity and pilot that is not abandoned (the database refuses a second): an
     entity leaves a scheme once, so no two migrations can cover the same years
     differently. An abandoned one was given up for good (AbandonMigration), so a new one
-    may follow it; its split of the entity's years stands until then (see
-    ``migration.DatabaseCutovers``).
+    may follow it; until then, the years from its first year on are each the scheme's
+    that claimed it (see ``migration.DatabaseCutovers``).
     """
 
     __tablename__ = "migrations"

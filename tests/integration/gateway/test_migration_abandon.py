@@ -8,7 +8,9 @@ who, when and why, and frees the entity to plan again from what it holds then.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,17 +25,20 @@ from grpc_status import rpc_status
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.emulator_core import ScriptedRefusal
+from adapters.serials import parse_serial
 from gateway.cli import main
 from gateway.demo_migration import PilotEntity, pilot_entity, settle_final_pilot_year, statuses
 from registry_bridge import db
 from registry_bridge.idempotency import LOCAL_CALLER
 from registry_bridge.migration import DatabaseCutovers
-from registry_bridge.model import HoldingStatus
-from registry_bridge.schema import CoveredEntityRecord, MigrationRecord
+from registry_bridge.model import BlockId, HoldingStatus
+from registry_bridge.port import IssueRequest
+from registry_bridge.schema import CoveredEntityRecord, MigrationRecord, UnitUseRecord
 from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway
 from tests.integration.gateway.test_migration_holds import (
     _check_invariants,
     _execute,
+    _head,
     _pilot,
     _plan,
     _seeded,
@@ -41,6 +46,8 @@ from tests.integration.gateway.test_migration_holds import (
 
 ALREADY_MIGRATING = "CL-MIGRATION-0009"
 MIGRATED_OUT = "CL-MIGRATION-0001"
+PILOT_COVERED = "CL-MIGRATION-0002"
+YEAR_COVERED_TWICE = "CL-MIGRATION-0007"
 REASON = "the national registry refuses the destination account for good"
 
 
@@ -201,37 +208,190 @@ def _refused_in_the_pilot(
     return [(v.subject, v.description) for v in failure.violations if v.subject == MIGRATED_OUT]
 
 
-def test_an_abandoned_migrations_split_stands_until_a_new_migration_is_recorded(
+def _surrender(
+    gateway: LiveGateway,
+    entity: PilotEntity,
+    request_id: str,
+    jurisdiction: str,
+    year: int,
+    block: BlockId,
+) -> model_pb2.UnitUse:
+    """The entity surrenders ``block`` from its account in ``jurisdiction``'s registry for
+    that jurisdiction's compliance ``year``."""
+    account = entity.shenzhen_account if jurisdiction == "shenzhen" else entity.national_account
+    use: model_pb2.UnitUse = gateway.stub.Surrender(
+        gateway_pb2.SurrenderRequest(
+            request_id=request_id,
+            account=model_pb2.AccountRef(registry=jurisdiction, account=account),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program=block.program.value,
+                        serial_start=block.serial_start,
+                        serial_end=block.serial_end,
+                    )
+                )
+            ],
+            entity_id=entity.entity_id,
+            compliance_year=year,
+            jurisdiction=jurisdiction,
+        ),
+        timeout=60,
+    )
+    return use
+
+
+def _refusal(call: Callable[[], object]) -> list[tuple[str, str]]:
+    """``call`` is refused FAILED_PRECONDITION: its violations, as (rule id, message)."""
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+    status = rpc_status.from_call(refused.value)
+    assert status is not None
+    failure = error_details_pb2.PreconditionFailure()
+    assert status.details[0].Unpack(failure)
+    return [(v.subject, v.description) for v in failure.violations]
+
+
+def _record_year(gateway: LiveGateway, entity: PilotEntity, jurisdiction: str, year: int) -> None:
+    """UpsertCoveredEntity: the entity's ``jurisdiction`` compliance ``year``, 1,000 t
+    verified and due."""
+    gateway.stub.UpsertCoveredEntity(
+        gateway_pb2.UpsertCoveredEntityRequest(
+            request_id=f"year-{jurisdiction}-{year}",
+            entity=gateway_pb2.CoveredEntity(
+                entity_id=entity.entity_id,
+                display_name=entity.display_name,
+                sector=entity.sector,
+                gases=list(entity.gases),
+                years=[
+                    gateway_pb2.ComplianceYear(
+                        jurisdiction=jurisdiction,
+                        compliance_year=year,
+                        verified_emissions=1_000,
+                        allowances_due=1_000,
+                    )
+                ],
+            ),
+        ),
+        timeout=30,
+    )
+
+
+def _allocated(
+    gateway: LiveGateway,
+    registries: LinkedRegistries,
+    entity: PilotEntity,
+    jurisdiction: str,
+    year: int,
+) -> BlockId:
+    """The registry of ``jurisdiction`` allocates the entity 1,000 allowances of ``year``
+    (SZA or CEA), past every serial the entity was seeded with; the gateway learns of them."""
+    start = entity.sza.id.serial_start + 100_000 + (year - 2000) * 1_000
+    program = "SZA" if jurisdiction == "shenzhen" else "CEA"
+    account = entity.shenzhen_account if jurisdiction == "shenzhen" else entity.national_account
+    block = parse_serial(jurisdiction, f"{program}-{year}-{start}-{start + 999}")
+    registries.ports[jurisdiction].issue(
+        IssueRequest(f"allocate-{entity.entity_id}-{jurisdiction}-{year}", account, block)
+    )
+    gateway.server.import_registries()
+    return block.id
+
+
+def test_an_abandoned_migration_gives_the_pilot_back_the_years_the_national_ets_never_claimed(
     database_url: str,
 ) -> None:
-    """While the migration was failed, the entity's years from its first national year on
-    were the national ETS's: it may have surrendered there for them. Abandoning does not
-    give those years back to the pilot, or the same year's obligation could be claimed in
-    both schemes; the next migration recorded splits the years anew."""
+    """The migration out of the pilot from 2024 fails and is abandoned: the entity stays in
+    the pilot for 2024. The national ETS never claimed 2024 (no surrender there), so the
+    pilot records and takes the entity's 2024 obligation, and the entity migrates again
+    with 2024 as its final pilot year."""
     with _failed_migration(database_url, "steel-a5", 38_000_000, "migrate-a5") as (
         gateway,
         registries,
         steel,
         failed,
     ):
-        national_year = steel.first_national_year
-        while_failed = _refused_in_the_pilot(gateway, steel, "late-failed", national_year)
+        year = steel.first_national_year
+        # While the migration stands (failed), the year is the national ETS's.
+        while_failed = _refused_in_the_pilot(gateway, steel, "late-failed", year)
         assert len(while_failed) == 1 and failed.name in while_failed[0][1], while_failed
+        assert "from shenzhen to national" in _pilot_year_refused(gateway, steel, year)
 
         _abandon(gateway.stub, failed.name)
-        # Refused as before, under the same rule, naming the abandoned migration; so is
-        # every later year.
-        assert _refused_in_the_pilot(gateway, steel, "late-abandoned", national_year) == (
-            while_failed
-        )
-        later = _refused_in_the_pilot(gateway, steel, "later-abandoned", national_year + 1)
-        assert len(later) == 1 and failed.name in later[0][1], later
+        _record_year(gateway, steel, "shenzhen", year)
+        sza = _allocated(gateway, registries, steel, "shenzhen", year)
+        paid = _surrender(gateway, steel, "pilot-2024", "shenzhen", year, sza)
+        assert paid.state == model_pb2.USE_STATE_COMPLETED, paid
 
-        again = _execute(gateway, steel, "migrate-a5-again")
+        stays = dataclasses.replace(steel, final_year=year)
+        plan = _plan(gateway, stays)
+        assert plan.executable, [v.message for v in plan.blocking_violations]
+        assert (plan.final_pilot_year, plan.shortfall) == (year, 0)
+        again = _execute(gateway, stays, "migrate-a5-again")
         assert again.state == "completed", again.failure_reason
-        renewed = _refused_in_the_pilot(gateway, steel, "late-renewed", national_year)
+        # The new migration's split counts as it always did: the pilot's years end at 2024.
+        renewed = _refused_in_the_pilot(gateway, steel, "late-renewed", year + 1)
         assert len(renewed) == 1, renewed
         assert again.name in renewed[0][1] and failed.name not in renewed[0][1], renewed
+        _pilot_year_refused(gateway, steel, year + 1)
+        _check_invariants(gateway, registries)
+
+
+def test_a_year_one_scheme_claimed_under_an_abandoned_migration_stays_that_schemes(
+    database_url: str,
+) -> None:
+    """The entity surrendered in the national ETS for 2024 while its migration from 2024
+    stood: once it is abandoned, 2024 is still not the pilot's (no surrender, no record,
+    no new migration from a later year), or the one obligation would be claimed in both
+    schemes. 2025, which the national ETS never claimed, goes back to the pilot, and once
+    the pilot has claimed it the national ETS refuses it in turn."""
+    with _failed_migration(database_url, "steel-a7", 39_000_000, "migrate-a7") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
+        year = steel.first_national_year
+        _record_year(gateway, steel, "national", year)
+        _record_year(gateway, steel, "national", year + 1)
+        cea = _allocated(gateway, registries, steel, "national", year)
+        claimed = _surrender(gateway, steel, "national-2024", "national", year, _head(cea, 0, 499))
+        assert claimed.state == model_pb2.USE_STATE_COMPLETED, claimed
+
+        _abandon(gateway.stub, failed.name)
+        refused = _refused_in_the_pilot(gateway, steel, "pilot-2024", year)
+        assert len(refused) == 1, refused
+        assert failed.name in refused[0][1] and "surrendered in the national" in refused[0][1]
+        assert "surrendered in the national" in _pilot_year_refused(gateway, steel, year)
+        # A migration with 2024 as the final pilot year would cover 2024 twice.
+        stays = dataclasses.replace(steel, final_year=year)
+        twice = [
+            v.message
+            for v in _plan(gateway, stays).blocking_violations
+            if v.rule_id == YEAR_COVERED_TWICE
+        ]
+        assert any("has surrenders in national for 2024" in m for m in twice), twice
+
+        # 2025: the national ETS never claimed it, so the pilot may; then the national
+        # ETS may not.
+        _record_year(gateway, steel, "shenzhen", year + 1)
+        sza = _allocated(gateway, registries, steel, "shenzhen", year + 1)
+        paid = _surrender(gateway, steel, "pilot-2025", "shenzhen", year + 1, sza)
+        assert paid.state == model_pb2.USE_STATE_COMPLETED, paid
+        national_too = _refusal(
+            lambda: _surrender(
+                gateway, steel, "national-2025", "national", year + 1, _head(cea, 500, 509)
+            )
+        )
+        assert [rule for rule, _ in national_too if rule.startswith("CL-MIGRATION")] == [
+            PILOT_COVERED
+        ], national_too
+        assert "surrendered in shenzhen for 2025" in dict(national_too)[PILOT_COVERED]
+        # The national ETS keeps the year it claimed.
+        more = _surrender(
+            gateway, steel, "national-2024-more", "national", year, _head(cea, 500, 509)
+        )
+        assert more.state == model_pb2.USE_STATE_COMPLETED, more
         _check_invariants(gateway, registries)
 
 
@@ -263,25 +423,6 @@ def _pilot_year_refused(gateway: LiveGateway, entity: PilotEntity, year: int) ->
     return details
 
 
-def test_a_pilot_year_past_a_failed_or_abandoned_migrations_split_is_not_recorded(
-    database_url: str,
-) -> None:
-    """The years an entity's record takes follow the split surrenders are checked against:
-    a failed migration's, and an abandoned one's until a newer one is recorded."""
-    with _failed_migration(database_url, "steel-a6", 38_000_000, "migrate-a6") as (
-        gateway,
-        registries,
-        steel,
-        failed,
-    ):
-        national_year = steel.first_national_year
-        assert "from shenzhen to national" in _pilot_year_refused(gateway, steel, national_year)
-        _abandon(gateway.stub, failed.name)
-        _pilot_year_refused(gateway, steel, national_year)
-        _pilot_year_refused(gateway, steel, national_year + 1)
-        _check_invariants(gateway, registries)
-
-
 _AT = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 
 
@@ -309,11 +450,30 @@ def _record(
     )
 
 
+def _use(use_id: str, entity_id: str, jurisdiction: str, year: int, state: str) -> UnitUseRecord:
+    """A surrender row as the bridge records one (its legs aside)."""
+    request = {"entity_id": entity_id, "jurisdiction": jurisdiction, "compliance_year": year}
+    return UnitUseRecord(
+        id=use_id,
+        request_id=f"surrender-{use_id}",
+        caller=LOCAL_CALLER,
+        body_sha256=hashlib.sha256(use_id.encode()).digest(),
+        kind="surrender",
+        state=state,
+        registry_id=jurisdiction,
+        account=f"{jurisdiction}-{entity_id}",
+        detail=json.dumps({"request": request, "legs": []}),
+        decision="",
+        created_at=_AT,
+    )
+
+
 def test_the_newest_abandoned_migration_splits_the_years_until_another_is_recorded(
     database_url: str,
 ) -> None:
     """Per entity and pilot: the migration not abandoned, once one is recorded; until then
-    the newest abandoned one, whose split the entity may already have surrendered under."""
+    the newest abandoned one, with the years the entity claimed in each scheme, since it
+    may already have surrendered under its split."""
     engine = db.create_engine(database_url)
     try:
         db.upgrade(engine)
@@ -353,10 +513,27 @@ def test_the_newest_abandoned_migration_splits_the_years_until_another_is_record
             with sessions.begin() as session:
                 session.merge(_record("sz-3", "steel-a", "shenzhen", 2026, state, 4))
             assert split() == [("gd-1", "guangdong", 2024), ("sz-3", "shenzhen", 2026)]
+        assert [c.claimed for c in cutovers.cutovers("steel-a")] == [{}, None]
         # Abandoned in turn, it is the newest abandoned one.
         with sessions.begin() as session:
             session.merge(_record("sz-3", "steel-a", "shenzhen", 2026, "abandoned", 4))
         assert split() == [("gd-1", "guangdong", 2024), ("sz-3", "shenzhen", 2026)]
+        # An abandoned one's split carries the years the entity claimed in each scheme:
+        # a surrender that may have spent units (a rejected one spent none).
+        with sessions.begin() as session:
+            session.add_all(
+                [
+                    _use("u-1", "steel-a", "national", 2026, "completed"),
+                    _use("u-2", "steel-a", "shenzhen", 2027, "pending"),
+                    _use("u-3", "steel-a", "national", 2027, "failed"),
+                    _use("u-4", "steel-a", "shenzhen", 2028, "resolved"),
+                    _use("u-5", "steel-a", "national", 2029, "rejected"),
+                    _use("u-6", "steel-b", "national", 2030, "completed"),
+                ]
+            )
+        claimed = {"national": frozenset({2026, 2027}), "shenzhen": frozenset({2027, 2028})}
+        assert [c.claimed for c in cutovers.cutovers("steel-a")] == [claimed, claimed]
+        assert [c.claimed for c in cutovers.cutovers("steel-b")] == [None]
     finally:
         engine.dispose()
 

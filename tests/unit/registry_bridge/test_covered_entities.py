@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from registry_bridge.covered_entities import claimed_by_the_other
 from tests.imports import SQL_STACK, loaded, modules_loaded_by
 
 
@@ -10,3 +13,33 @@ def test_the_entity_model_loads_no_database_code() -> None:
     # that should not load the database layer that stores the entities.
     modules = modules_loaded_by("import registry_bridge.covered_entities")
     assert loaded(modules, SQL_STACK) == []
+
+
+@pytest.mark.parametrize(
+    ("jurisdiction", "year", "refused"),
+    [
+        # The pilot: only the years the national ETS claimed, on either side of the first.
+        ("shenzhen", 2023, False),
+        ("shenzhen", 2024, True),
+        ("shenzhen", 2025, False),
+        ("shenzhen", 2026, False),
+        # The national ETS: every year before the first, claimed or not (no move gave it
+        # one), and from the first on the years the pilot claimed.
+        ("national", 2022, True),
+        ("national", 2023, True),
+        ("national", 2024, False),
+        ("national", 2025, True),
+        ("national", 2026, False),
+        # Another scheme is not part of the move.
+        ("guangdong", 2024, False),
+    ],
+)
+def test_under_an_abandoned_move_a_year_is_refused_to_the_scheme_that_did_not_claim_it(
+    jurisdiction: str, year: int, refused: bool
+) -> None:
+    # Moved from 2024 and abandoned: the entity surrendered in the national ETS for 2024
+    # while the move stood, and in the pilot for 2023 and, once it was abandoned, 2025.
+    claimed = {"national": frozenset({2024}), "shenzhen": frozenset({2023, 2025})}
+    assert (
+        claimed_by_the_other(jurisdiction, year, "shenzhen", "national", 2024, claimed) is refused
+    )

@@ -81,6 +81,7 @@ from registry_bridge.port import (
     UnlockRequest,
 )
 from registry_bridge.schema import (
+    CoveredEntityRecord,
     EntityYearRecord,
     IdempotencyRecord,
     TransferRecord,
@@ -2722,6 +2723,13 @@ class Bridge:
     ) -> str:
         use_id = uuid.uuid4().hex
         if request.kind == "surrender":
+            # Every surrender of the entity, whatever its scheme and year, waits here for
+            # the one before to commit: under an abandoned migration a year goes to the
+            # scheme that claims it first (``covered_entities.claimed_by_the_other``), and
+            # a pilot and a national surrender for one year decided side by side would
+            # each find it unclaimed.  The entity's row first, as an upsert of the entity
+            # takes it before its years', so the two never wait on each other.
+            session.get(CoveredEntityRecord, request.entity_id, with_for_update=True)
             # The offset limits count the year's earlier surrenders: two decided side by side
             # would each miss the other's, so the second waits here for the first to commit.
             session.get(

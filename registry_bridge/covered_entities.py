@@ -159,7 +159,9 @@ def claimed_by_the_other(
       migration left it there), so relaxing that side would let an obligation the pilot
       holds move to the national ETS, and be paid in neither or in both.
 
-    A year neither scheme claimed is open to both, and goes to the first to claim it.
+    A year neither scheme claimed is open to both, and goes to the first to claim it: the
+    bridge decides an entity's surrenders one at a time (it locks the entity's row), so
+    two cannot claim it together.
     """
     if jurisdiction == pilot:
         return year in claimed.get(national, ())

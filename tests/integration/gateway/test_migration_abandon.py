@@ -395,6 +395,69 @@ def test_a_year_one_scheme_claimed_under_an_abandoned_migration_stays_that_schem
         _check_invariants(gateway, registries)
 
 
+def test_a_pilot_and_a_national_surrender_for_one_unclaimed_year_do_not_both_succeed(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under an abandoned migration a year goes to the scheme that claims it first. Two
+    surrenders for 2025, one in each scheme, decided side by side would each find the
+    year unclaimed: the pilot's is held after its decision until the national one has had
+    its chance, which must wait for it and then be refused."""
+    with _failed_migration(database_url, "steel-a8", 40_000_000, "migrate-a8") as (
+        gateway,
+        registries,
+        steel,
+        failed,
+    ):
+        year = steel.first_national_year + 1
+        _record_year(gateway, steel, "national", year)
+        cea = _allocated(gateway, registries, steel, "national", year)
+        _abandon(gateway.stub, failed.name)
+        _record_year(gateway, steel, "shenzhen", year)
+        sza = _allocated(gateway, registries, steel, "shenzhen", year)
+
+        rules = gateway.server.bridge._rules
+        check_use = rules.check_use
+        decided, national_returned = threading.Event(), threading.Event()
+
+        def pilot_waits_after_its_decision(check: Any) -> Any:
+            decision = check_use(check)
+            if check.request.jurisdiction == "shenzhen":
+                decided.set()
+                # Long enough for a national surrender that is not held back to finish.
+                national_returned.wait(timeout=2)
+            return decision
+
+        monkeypatch.setattr(rules, "check_use", pilot_waits_after_its_decision)
+        answers: dict[str, object] = {}
+
+        def pilot() -> None:
+            try:
+                answers["pilot"] = _surrender(gateway, steel, "pilot-race", "shenzhen", year, sza)
+            except grpc.RpcError as exc:
+                answers["pilot"] = exc.code()
+
+        racing = threading.Thread(target=pilot)
+        racing.start()
+        assert decided.wait(timeout=60)
+        try:
+            answers["national"] = _surrender(gateway, steel, "national-race", "national", year, cea)
+        except grpc.RpcError as exc:
+            answers["national"] = (exc.code(), exc.details())
+        finally:
+            national_returned.set()
+        racing.join(timeout=120)
+        pilot_use = answers["pilot"]
+        assert (
+            isinstance(pilot_use, model_pb2.UnitUse)
+            and pilot_use.state == model_pb2.USE_STATE_COMPLETED
+        )
+        national = answers["national"]
+        assert isinstance(national, tuple), national
+        code, details = national
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and PILOT_COVERED in details, details
+        _check_invariants(gateway, registries)
+
+
 def _pilot_year_refused(gateway: LiveGateway, entity: PilotEntity, year: int) -> str:
     """UpsertCoveredEntity recording a Shenzhen compliance year ``year`` for the entity is
     refused as a year on the wrong side of its split; the refusal's text."""

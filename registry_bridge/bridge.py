@@ -327,6 +327,17 @@ def _decision_json(decision: RulesDecision) -> str:
     return json.dumps(decision_to_dict(decision), sort_keys=True)
 
 
+def _surrender_keys(request: UseRequest) -> dict[str, Any]:
+    """The columns of a use's row that find a surrender by entity, scheme and year."""
+    if request.kind != "surrender":
+        return {}
+    return {
+        "entity_id": request.entity_id,
+        "jurisdiction": request.jurisdiction,
+        "compliance_year": request.compliance_year,
+    }
+
+
 def _decision_from_json(text: str) -> RulesDecision | None:
     return decision_from_dict(json.loads(text)) if text else None
 
@@ -2831,6 +2842,7 @@ class Bridge:
                 ),
                 decision=_decision_json(decision),
                 created_at=now,
+                **_surrender_keys(request),
             )
         )
         return use_id

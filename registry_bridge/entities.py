@@ -83,15 +83,14 @@ def claimed_years(session: Session, entity_id: str) -> dict[str, frozenset[int]]
     """Per jurisdiction, the compliance years the entity claimed there: it has a surrender
     for the year that may have spent units (:data:`SPENDING_SURRENDER_STATES`)."""
     claimed: dict[str, set[int]] = defaultdict(set)
-    for raw in session.execute(
-        sa.select(UnitUseRecord.detail).where(
+    for jurisdiction, year in session.execute(
+        sa.select(UnitUseRecord.jurisdiction, UnitUseRecord.compliance_year).where(
+            UnitUseRecord.entity_id == entity_id,
             UnitUseRecord.kind == "surrender",
             UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
         )
-    ).scalars():
-        request = json.loads(raw)["request"]
-        if request["entity_id"] == entity_id:
-            claimed[request["jurisdiction"]].add(request["compliance_year"])
+    ):
+        claimed[str(jurisdiction)].add(int(year))
     return {jurisdiction: frozenset(years) for jurisdiction, years in claimed.items()}
 
 
@@ -359,19 +358,15 @@ class DatabaseEntityRecords:
             # pending again, and has spent its done legs' units and those it locked again.
             uses = session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
+                    UnitUseRecord.entity_id == entity_id,
+                    UnitUseRecord.jurisdiction == jurisdiction,
+                    UnitUseRecord.compliance_year == year,
                     UnitUseRecord.kind == "surrender",
                     UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
                 )
             ).all()
             for use_id, state, raw in uses:
                 detail = json.loads(raw)
-                request = detail["request"]
-                if (request["entity_id"], request["jurisdiction"], request["compliance_year"]) != (
-                    entity_id,
-                    jurisdiction,
-                    year,
-                ):
-                    continue
                 spending = detail.get("surrendered", []) + (
                     _locked_for(session, use_id, detail["legs"]) if state == "pending" else []
                 )

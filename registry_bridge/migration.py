@@ -499,24 +499,24 @@ class DatabaseCutovers:
 # ------------------------------------------------------------------------------ service
 
 
-def _surrendered(session: Session, entity_id: str, jurisdiction: str) -> dict[int, tuple[int, int]]:
+def surrendered_per_year(
+    session: Session, entity_id: str, jurisdiction: str
+) -> dict[int, tuple[int, int]]:
     """Completed surrenders per compliance year: (allowances, offsets) surrendered.
 
     A failed one an operator settled by hand (resolved) surrendered all its units too."""
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     uses = session.execute(
-        sa.select(UnitUseRecord.detail).where(
+        sa.select(UnitUseRecord.compliance_year, UnitUseRecord.detail).where(
+            UnitUseRecord.entity_id == entity_id,
+            UnitUseRecord.jurisdiction == jurisdiction,
             UnitUseRecord.kind == "surrender",
             UnitUseRecord.state.in_(("completed", "resolved")),
         )
-    ).scalars()
-    for raw in uses:
-        detail = json.loads(raw)
-        request = detail["request"]
-        if (request["entity_id"], request["jurisdiction"]) != (entity_id, jurisdiction):
-            continue
-        for spent in detail.get("surrendered", []):
-            out[request["compliance_year"]][1 if spent["offset"] else 0] += spent["quantity"]
+    )
+    for year, raw in uses:
+        for spent in json.loads(raw).get("surrendered", []):
+            out[int(year)][1 if spent["offset"] else 0] += spent["quantity"]
     return {year: (a, o) for year, (a, o) in out.items()}
 
 
@@ -796,7 +796,7 @@ class Migrations:
         warnings: list[RuleViolation],
     ) -> FinalObligation | None:
         pilot = request.from_jurisdiction
-        surrendered = _surrendered(session, request.entity_id, pilot)
+        surrendered = surrendered_per_year(session, request.entity_id, pilot)
         years = {
             r.compliance_year: r
             for r in session.execute(
@@ -877,7 +877,7 @@ class Migrations:
                     (record.jurisdiction, record.compliance_year, "has a compliance year recorded")
                 )
         for jurisdiction in (pilot, national):
-            for surrendered in _surrendered(session, request.entity_id, jurisdiction):
+            for surrendered in surrendered_per_year(session, request.entity_id, jurisdiction):
                 if covered_twice(jurisdiction, surrendered, pilot, national, first):
                     twice.append((jurisdiction, surrendered, "has surrenders"))
         for jurisdiction, year, what in sorted(set(twice)):

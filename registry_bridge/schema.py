@@ -243,9 +243,18 @@ class UnitUseRecord(Base):
     """Beneficiary, claim, entity, year, jurisdiction, blocks and legs, canonical JSON."""
     decision: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    entity_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    """A surrender's covered entity, with the scheme and year it surrenders for (all three
+    None for a retirement).  Also in ``detail``; here so that the checks of a surrender,
+    which count the entity's earlier surrenders, seek them instead of reading every one."""
+    jurisdiction: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    compliance_year: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
 
     __table_args__ = (
         sa.UniqueConstraint("request_id", "caller", name="uq_unit_uses_request_id_caller"),
+        # A surrender's offset limits count its entity's surrenders for the year, and the
+        # migration checks the years it surrendered for in each scheme.
+        sa.Index("ix_unit_uses_entity_year", "entity_id", "jurisdiction", "compliance_year"),
         # ListUses pages in (created_at, id) order, unfiltered, by holder or by state: each
         # page seeks its position in one of these instead of sorting the table. The state
         # one also serves recovery's look for pending uses every few seconds, and metrics'

@@ -24,6 +24,7 @@ def _surrender(use_id: str, state: str, quantity: int) -> UnitUseRecord:
         account="steel-1",
         detail=json.dumps({"request": request, "legs": [], "surrendered": [spent]}),
         created_at=datetime(2025, 3, 1, tzinfo=UTC),
+        **request,
     )
 
 

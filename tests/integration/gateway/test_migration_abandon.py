@@ -528,6 +528,7 @@ def _use(use_id: str, entity_id: str, jurisdiction: str, year: int, state: str) 
         detail=json.dumps({"request": request, "legs": []}),
         decision="",
         created_at=_AT,
+        **request,
     )
 
 

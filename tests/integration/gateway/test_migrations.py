@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,11 +12,13 @@ import sqlalchemy as sa
 
 from registry_bridge import db
 from registry_bridge.bridge import Bridge
+from registry_bridge.entities import DatabaseEntityRecords, claimed_years
 from registry_bridge.idempotency import LOCAL_CALLER, answer_once
-from registry_bridge.migration import DatabaseCutovers
+from registry_bridge.migration import DatabaseCutovers, surrendered_per_year
 from registry_bridge.schema import (
     Base,
     CoveredEntityRecord,
+    EntityYearRecord,
     IdempotencyRecord,
     MigrationRecord,
     MigrationStepRecord,
@@ -606,5 +609,139 @@ def test_postgres_pages_transfers_of_accounts_by_one_limited_index_read_per_side
                 assert plan[i - 1].strip().startswith("->  Limit"), text
                 if after is not None:
                     assert "ROW(created_at, id) > ROW(" in plan[i + 1], text
+    finally:
+        engine.dispose()
+
+
+_BEFORE_SURRENDER_KEYS = "0020"
+"""The last revision whose ``unit_uses`` kept a surrender's entity, scheme and year only
+in ``detail``."""
+
+
+def _use_row(connection: sa.Connection, use_id: str, kind: str, request: dict[str, Any]) -> None:
+    """A use as a gateway before 0021 recorded one."""
+    _insert(
+        connection,
+        UnitUseRecord,
+        id=use_id,
+        request_id=f"use-{use_id}",
+        caller=LOCAL_CALLER,
+        body_sha256=hashlib.sha256(use_id.encode()).digest(),
+        kind=kind,
+        state="completed",
+        registry="shenzhen",
+        account="sz-steel-a",
+        detail=json.dumps({"request": request, "legs": [], "surrendered": []}),
+        decision="",
+        created_at=_AT,
+    )
+
+
+def test_an_upgrade_gives_each_recorded_surrender_its_entity_scheme_and_year(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine, _BEFORE_SURRENDER_KEYS)
+        with engine.begin() as connection:
+            for n in range(3):
+                _use_row(
+                    connection,
+                    f"s-{n}",
+                    "surrender",
+                    {
+                        "entity_id": f"steel-{n}",
+                        "jurisdiction": "shenzhen",
+                        "compliance_year": 2023,
+                    },
+                )
+            _use_row(
+                connection,
+                "r-0",
+                "retirement",
+                {"entity_id": "", "jurisdiction": "", "compliance_year": 0},
+            )
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            keys = connection.execute(
+                sa.select(
+                    UnitUseRecord.id,
+                    UnitUseRecord.entity_id,
+                    UnitUseRecord.jurisdiction,
+                    UnitUseRecord.compliance_year,
+                ).order_by(UnitUseRecord.id)
+            ).all()
+        assert [tuple(k) for k in keys] == [
+            ("r-0", None, None, None),
+            ("s-0", "steel-0", "shenzhen", 2023),
+            ("s-1", "steel-1", "shenzhen", 2023),
+            ("s-2", "steel-2", "shenzhen", 2023),
+        ]
+        db.downgrade(engine, _BEFORE_SURRENDER_KEYS)
+        assert "entity_id" not in {c["name"] for c in sa.inspect(engine).get_columns("unit_uses")}
+    finally:
+        engine.dispose()
+
+
+def _surrender_statements(engine: sa.Engine) -> list[tuple[str, Any]]:
+    """The statements that read an entity's surrenders: the offset limits' count of its
+    year, the years it claimed in each scheme, and a migration plan's count per year."""
+    statements: list[tuple[str, Any]] = []
+
+    def grab(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM unit_uses" in statement:
+            statements.append((statement, parameters))
+
+    sessions = db.session_factory(engine)
+    with sessions.begin() as session:
+        session.add(
+            EntityYearRecord(
+                entity_id="steel-a",
+                jurisdiction="shenzhen",
+                compliance_year=2023,
+                verified_emissions=1000,
+                allowances_due=1000,
+            )
+        )
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    try:
+        DatabaseEntityRecords(sessions).get("steel-a", "shenzhen", 2023)
+        with db.read_only(sessions) as session:
+            claimed_years(session, "steel-a")
+            surrendered_per_year(session, "steel-a", "shenzhen")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", grab)
+    assert len(statements) == 3, statements
+    return statements
+
+
+def test_an_entitys_surrenders_are_sought_by_an_index(database_url: str) -> None:
+    """Each surrender's checks read the entity's own surrenders through
+    ``ix_unit_uses_entity_year``, never every surrender of every entity (as they did,
+    parsing each one's detail). PostgreSQL's planner prices a scan of a table this small
+    below the index: with scans priced out, it still finds the index."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        statements = _surrender_statements(engine)
+        with engine.connect() as connection:
+            for statement, parameters in statements:
+                if engine.dialect.name == "sqlite":
+                    plan = " ".join(
+                        str(row[-1])
+                        for row in connection.exec_driver_sql(
+                            f"EXPLAIN QUERY PLAN {statement}", parameters
+                        )
+                    )
+                    assert "USING INDEX ix_unit_uses_entity_year (entity_id=?" in plan, plan
+                else:
+                    connection.exec_driver_sql("SET enable_seqscan = off")
+                    connection.exec_driver_sql("SET enable_bitmapscan = off")
+                    plan = "\n".join(
+                        str(row[0])
+                        for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+                    )
+                    assert "Index Scan using ix_unit_uses_entity_year" in plan, plan
+                    assert "Seq Scan" not in plan, plan
     finally:
         engine.dispose()

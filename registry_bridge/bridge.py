@@ -92,6 +92,7 @@ from registry_bridge.settling import Settler
 from registry_bridge.transfer_changes import TransferChanges
 from registry_bridge.transfer_rows import TransferRow
 from registry_bridge.transfers import (
+    UNFINISHED_TRANSFER_STATES,
     AccountRef,
     RulesDecision,
     RuleViolation,
@@ -2550,7 +2551,7 @@ class Bridge:
             pending = list(
                 session.execute(
                     sa.select(TransferRecord.id, TransferRecord.state).where(
-                        TransferRecord.state.not_in([s.value for s in TransferState if s.is_final]),
+                        TransferRecord.state.in_(UNFINISHED_TRANSFER_STATES),
                         sa.or_(
                             TransferRecord.lease_expires_at.is_(None),
                             TransferRecord.lease_expires_at < now,

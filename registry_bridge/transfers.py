@@ -32,6 +32,12 @@ class TransferState(enum.StrEnum):
         return self in (TransferState.COMPLETED, TransferState.REJECTED, TransferState.ROLLED_BACK)
 
 
+UNFINISHED_TRANSFER_STATES = tuple(s.value for s in TransferState if not s.is_final)
+"""The states a transfer may still leave, as stored.  A read of the unfinished transfers
+asks for these, each a seek of ``ix_transfers_state_created``: "not a final state" is a
+condition no index bounds, and read every transfer ever made."""
+
+
 class UseState(enum.StrEnum):
     """Where a retirement or surrender stands (``unit_uses.state``)."""
 

@@ -1,0 +1,89 @@
+"""Reads on a request's path, or on a background pass every few seconds, that concern a
+part of the ledger seek it through an index: their cost is that part's, never the whole
+history's (every transfer ever made read to find the few unfinished ones).
+
+Each test captures the statement the code runs and asks both databases for its plan.
+PostgreSQL's planner prices a scan of a table this small below an index: with scans
+priced out, it still finds the index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from registry_bridge import db
+from registry_bridge.bridge import Bridge
+from tests.integration.bridge.conftest import PermitAllRules
+
+_AT = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@contextmanager
+def _statements(engine: sa.Engine, table: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements run inside the block that read ``table``."""
+    statements: list[tuple[str, Any]] = []
+
+    def grab(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if f"FROM {table}" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", grab)
+
+
+def _plan(engine: sa.Engine, statement: str, parameters: Any) -> str:
+    """The database's plan for ``statement``, one line per step."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            return "\n".join(str(row[-1]) for row in rows)
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        connection.exec_driver_sql("SET enable_bitmapscan = off")
+        rows = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+        return "\n".join(str(row[0]) for row in rows)
+
+
+def _assert_seeks(
+    engine: sa.Engine, statement: str, parameters: Any, table: str, index: str
+) -> None:
+    """``statement`` seeks ``table`` through ``index``, and reads it through nothing else."""
+    plan = _plan(engine, statement, parameters)
+    if engine.dialect.name == "sqlite":
+        assert f"SEARCH {table} USING INDEX {index} (" in plan or (
+            f"SEARCH {table} USING COVERING INDEX {index} (" in plan
+        ), plan
+        assert f"SCAN {table}" not in plan, plan
+    else:
+        assert f"Index Scan using {index} on {table}" in plan or (
+            f"Index Only Scan using {index} on {table}" in plan
+        ), plan
+        assert "Seq Scan" not in plan, plan
+
+
+def _one_statement(engine: sa.Engine, table: str, run: Callable[[], object]) -> tuple[str, Any]:
+    with _statements(engine, table) as statements:
+        run()
+    assert len(statements) == 1, statements
+    return statements[0]
+
+
+def test_recovery_seeks_the_unfinished_transfers_by_their_state(database_url: str) -> None:
+    """The recovery loop looks for unfinished transfers every few seconds: a seek of each
+    unfinished state in ``ix_transfers_state_created``, not a scan of every transfer ever
+    made (``state NOT IN`` the final ones, which no index bounds)."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
+        statement, parameters = _one_statement(engine, "transfers", bridge.resume_unfinished)
+        _assert_seeks(engine, statement, parameters, "transfers", "ix_transfers_state_created")
+    finally:
+        engine.dispose()

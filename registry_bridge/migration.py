@@ -102,6 +102,7 @@ from registry_bridge.schema import (
     UnitUseRecord,
 )
 from registry_bridge.transfers import (
+    UNFINISHED_TRANSFER_STATES,
     AccountRef,
     RuleViolation,
     TransferInstruction,
@@ -898,22 +899,32 @@ class Migrations:
         blocking: list[RuleViolation],
     ) -> None:
         accounts = set(entity.accounts.items())
-        finals = [s.value for s in TransferState if s.is_final]
+        pairs = sorted(accounts)
+        # The transfers under way (each unfinished state a seek of its index), of those
+        # the ones on the entity's accounts: "not a final state" bounded no index, and
+        # read every transfer ever made to find them.
         for t in session.execute(
-            sa.select(TransferRecord).where(TransferRecord.state.not_in(finals))
-        ).scalars():
-            touched = {
-                (t.source_registry, t.source_account),
-                (t.destination_registry, t.destination_account),
-            }
-            if touched & accounts:
-                blocking.append(
-                    _violation(
-                        PENDING_OPERATIONS,
-                        f"transfers/{t.id} ({t.state}) touches an account of {entity.entity_id}",
-                        ("transfer", t.id),
-                    )
+            sa.select(TransferRecord.id, TransferRecord.state)
+            .where(
+                TransferRecord.state.in_(UNFINISHED_TRANSFER_STATES),
+                sa.or_(
+                    sa.tuple_(TransferRecord.source_registry, TransferRecord.source_account).in_(
+                        pairs
+                    ),
+                    sa.tuple_(
+                        TransferRecord.destination_registry, TransferRecord.destination_account
+                    ).in_(pairs),
+                ),
+            )
+            .order_by(TransferRecord.created_at, TransferRecord.id)
+        ):
+            blocking.append(
+                _violation(
+                    PENDING_OPERATIONS,
+                    f"transfers/{t.id} ({t.state}) touches an account of {entity.entity_id}",
+                    ("transfer", t.id),
                 )
+            )
         for u in session.execute(
             sa.select(UnitUseRecord).where(UnitUseRecord.state == "pending")
         ).scalars():

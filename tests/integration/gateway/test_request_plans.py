@@ -18,7 +18,12 @@ import sqlalchemy as sa
 
 from registry_bridge import db
 from registry_bridge.bridge import Bridge
+from registry_bridge.covered_entities import CoveredEntity
+from registry_bridge.migration import PENDING_OPERATIONS, Migrations
+from registry_bridge.schema import TransferRecord
+from registry_bridge.transfers import RuleViolation, TransferState
 from tests.integration.bridge.conftest import PermitAllRules
+from tests.unit.registry_bridge.test_transfer_account_pages import Row, transfer_rows
 
 _AT = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
@@ -84,6 +89,70 @@ def test_recovery_seeks_the_unfinished_transfers_by_their_state(database_url: st
         db.upgrade(engine)
         bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
         statement, parameters = _one_statement(engine, "transfers", bridge.resume_unfinished)
+        _assert_seeks(engine, statement, parameters, "transfers", "ix_transfers_state_created")
+    finally:
+        engine.dispose()
+
+
+_ENTITY = CoveredEntity(
+    entity_id="steel-a",
+    display_name="Steel A",
+    sector="steel",
+    gases=("CO2",),
+    accounts={"shenzhen": "sz-steel-a", "national": "cn-steel-a"},
+)
+
+
+def _pending_findings(engine: sa.Engine) -> list[RuleViolation]:
+    """What a migration plan of ``_ENTITY`` finds of the operations under way on its
+    accounts."""
+    blocking: list[RuleViolation] = []
+    with db.read_only(db.session_factory(engine)) as session:
+        Migrations._check_pending(session, _ENTITY, blocking)
+    return blocking
+
+
+def test_a_migration_plan_finds_the_unfinished_transfers_on_the_entitys_accounts(
+    database_url: str,
+) -> None:
+    """Every unfinished transfer from or to one of the entity's accounts blocks its
+    migration; a finished one, or one between other accounts, does not."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        rows = [
+            Row("t-out", _AT, "shenzhen:sz-steel-a", "hkmo:hk-buyer", TransferState.SOURCE_LOCKED),
+            Row("t-in", _AT, "hkmo:hk-seller", "national:cn-steel-a", TransferState.PROPOSED),
+            Row("t-done", _AT, "shenzhen:sz-steel-a", "hkmo:hk-buyer", TransferState.COMPLETED),
+            Row("t-back", _AT, "shenzhen:sz-steel-a", "hkmo:hk-buyer", TransferState.ROLLED_BACK),
+            Row("t-other", _AT, "shenzhen:sz-other", "hkmo:hk-buyer", TransferState.CHECKED),
+            # The entity's account name, at another registry: not its account.
+            Row("t-elsewhere", _AT, "hkmo:sz-steel-a", "hkmo:hk-buyer", TransferState.CHECKED),
+        ]
+        with engine.begin() as connection:
+            connection.execute(sa.insert(TransferRecord), transfer_rows(rows))
+        findings = _pending_findings(engine)
+        assert {f.rule_id for f in findings} == {PENDING_OPERATIONS}
+        assert sorted(f.message for f in findings) == [
+            "transfers/t-in (PROPOSED) touches an account of steel-a",
+            "transfers/t-out (SOURCE_LOCKED) touches an account of steel-a",
+        ]
+    finally:
+        engine.dispose()
+
+
+def test_a_migration_plan_seeks_the_unfinished_transfers_by_their_state(
+    database_url: str,
+) -> None:
+    """A migration plan's look for transfers under way on the entity's accounts seeks
+    each unfinished state in ``ix_transfers_state_created``: the transfers under way, of
+    every account, not every transfer ever made, read to find the entity's."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        statement, parameters = _one_statement(
+            engine, "transfers", lambda: _pending_findings(engine)
+        )
         _assert_seeks(engine, statement, parameters, "transfers", "ix_transfers_state_created")
     finally:
         engine.dispose()

@@ -583,9 +583,10 @@ def _transfer_filters(
 def _first_keys(
     query: sa.Select[tuple[datetime, str]], count: int
 ) -> sa.Select[tuple[datetime, str]]:
-    """The first ``count`` ``(created_at, id)`` of ``query`` in page order, as a part
-    of a union (which takes no ORDER BY or LIMIT of its parts but in a subquery)."""
-    first = query.order_by(TransferRecord.created_at, TransferRecord.id).limit(count).subquery()
+    """The first ``count`` ``(created_at, id)`` (the columns ``query`` selects) of
+    ``query`` in page order, as a part of a union (which takes no ORDER BY or LIMIT of
+    its parts but in a subquery)."""
+    first = query.order_by(*query.selected_columns).limit(count).subquery()
     return sa.select(first.c.created_at, first.c.id)
 
 
@@ -3440,16 +3441,13 @@ class Bridge:
         (of every account of its registry when its account is ""); ``accounts``
         (``registry:account``), when given, only the uses of those accounts.
         """
+        if accounts is not None:
+            return self._list_account_uses(after, limit, kind, holder, state, accounts)
         with unit_of_work(self._sessions) as session:
             query = sa.select(UnitUseRecord)
             if after is not None:
                 # As in list_transfers: a row-value comparison bounds the index search.
                 query = query.where(sa.tuple_(UnitUseRecord.created_at, UnitUseRecord.id) > after)
-            if accounts is not None:
-                pairs = [tuple(a.split(":", 1)) for a in sorted(accounts) if ":" in a]
-                query = query.where(
-                    sa.tuple_(UnitUseRecord.registry_id, UnitUseRecord.account).in_(pairs)
-                )
             if kind:
                 query = query.where(UnitUseRecord.kind == kind)
             if holder is not None:
@@ -3464,6 +3462,61 @@ class Bridge:
                 ).scalars()
             )
             return [_use_view(session, r) for r in rows[:limit]], len(rows) > limit
+
+    def _list_account_uses(
+        self,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        kind: str,
+        holder: AccountRef | None,
+        state: UseState | None,
+        accounts: frozenset[str],
+    ) -> tuple[list[UnitUse], bool]:
+        """``list_uses`` of the uses held by one of ``accounts``, read a page at most per
+        account.
+
+        The accounts as a filter of the (created_at, id) order read every use of every
+        holder after the position, the whole history for a page of an account that
+        uses units rarely; instead each account is sought in the holder index from the
+        position, each read stops at ``limit + 1`` in page order, and the page is the
+        first ``limit + 1`` of their union (of keys, read from the index alone; the
+        page's rows are then read by id), as ``_list_account_transfers`` does.
+        """
+        # ``registry:account``; a string of no colon names no account, as before.
+        pairs = sorted({(r, a) for r, colon, a in (x.partition(":") for x in accounts) if colon})
+        if holder is not None:
+            pairs = [(r, a) for r, a in pairs if r == holder.registry and holder.account in ("", a)]
+        if not pairs:
+            return [], False
+        reads: list[sa.Select[tuple[datetime, str]]] = []
+        for registry, account in pairs:
+            read = sa.select(UnitUseRecord.created_at, UnitUseRecord.id).where(
+                UnitUseRecord.registry_id == registry, UnitUseRecord.account == account
+            )
+            if after is not None:
+                read = read.where(sa.tuple_(UnitUseRecord.created_at, UnitUseRecord.id) > after)
+            if kind:
+                read = read.where(UnitUseRecord.kind == kind)
+            if state is not None:
+                # Tested on the account's uses, not sought: SQLite, which keeps no
+                # statistics, prices a search of the state index as it prices the
+                # holder's, and took the state's, a walk through every holder's uses in
+                # the state (for a completed one, nearly the whole history).
+                read = read.where(UnitUseRecord.state.concat("") == state.value)
+            reads.append(_first_keys(read, limit + 1))
+        keys = _merged_keys(reads, limit + 1)
+        with unit_of_work(self._sessions) as session:
+            found = [str(use_id) for use_id in session.execute(keys).scalars()]
+            if not found:
+                return [], False
+            records = {
+                r.id: r
+                for r in session.execute(
+                    sa.select(UnitUseRecord).where(UnitUseRecord.id.in_(found[:limit]))
+                ).scalars()
+            }
+            # A use is never deleted, so every key read names a row.
+            return [_use_view(session, records[i]) for i in found[:limit]], len(found) > limit
 
 
 def _use_view(session: Session, record: UnitUseRecord) -> UnitUse:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from registry_bridge import db
@@ -21,7 +22,7 @@ from registry_bridge.bridge import Bridge
 from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.migration import PENDING_OPERATIONS, Migrations
 from registry_bridge.schema import TransferRecord
-from registry_bridge.transfers import RuleViolation, TransferState
+from registry_bridge.transfers import AccountRef, RuleViolation, TransferState, UseState
 from tests.integration.bridge.conftest import PermitAllRules
 from tests.unit.registry_bridge.test_transfer_account_pages import Row, transfer_rows
 
@@ -154,5 +155,71 @@ def test_a_migration_plan_seeks_the_unfinished_transfers_by_their_state(
             engine, "transfers", lambda: _pending_findings(engine)
         )
         _assert_seeks(engine, statement, parameters, "transfers", "ix_transfers_state_created")
+    finally:
+        engine.dispose()
+
+
+_USE_ACCOUNTS = frozenset({"hkmo:hk-seller", "shenzhen:sz-buyer", "macau:mo-a"})
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"kind": "surrender"},
+        {"state": UseState.PENDING},
+        {"holder": AccountRef("hkmo", "hk-seller")},
+    ],
+    ids=["accounts", "accounts-and-kind", "accounts-and-state", "accounts-and-holder"],
+)
+def test_a_uses_page_for_accounts_seeks_each_account(
+    database_url: str, filters: dict[str, Any]
+) -> None:
+    """A page of the uses of some accounts (a caller whose token names them) reads each
+    account's uses in ``ix_unit_uses_holder_created`` from the previous page's last one,
+    a page at most of each: never every use of every holder after the position, tested
+    against the accounts, which read the whole history for a page of an account that
+    uses units rarely."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
+        holder: AccountRef | None = filters.get("holder")
+        # A holder keeps its own of the accounts: only those are read.
+        sought = [
+            a for a in _USE_ACCOUNTS if holder is None or a == f"{holder.registry}:{holder.account}"
+        ]
+        for after in (None, (_AT, "u-0042")):
+            with _statements(engine, "unit_uses") as statements:
+                bridge.list_uses(after, 50, accounts=_USE_ACCOUNTS, **filters)
+            (statement, parameters), *_ = statements
+            plan = _plan(engine, statement, parameters)
+            if engine.dialect.name == "sqlite":
+                reads = [
+                    step
+                    for step in plan.splitlines()
+                    if step.startswith(("SCAN unit_uses", "SEARCH unit_uses"))
+                ]
+                assert len(reads) == len(sought), plan
+                for read in reads:
+                    assert read.startswith(
+                        (
+                            "SEARCH unit_uses USING INDEX ix_unit_uses_holder_created "
+                            "(registry=? AND account=?",
+                            "SEARCH unit_uses USING COVERING INDEX ix_unit_uses_holder_created "
+                            "(registry=? AND account=?",
+                        )
+                    ), plan
+                    if after is not None:
+                        assert "(created_at,id)>(?,?)" in read, plan
+            else:
+                scans = [line for line in plan.splitlines() if " on unit_uses" in line]
+                assert len(scans) == len(sought), plan
+                assert all(
+                    "Scan using ix_unit_uses_holder_created on unit_uses" in scan
+                    and "Index" in scan
+                    for scan in scans
+                ), plan
+                assert "Seq Scan" not in plan, plan
     finally:
         engine.dispose()

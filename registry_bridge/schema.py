@@ -576,6 +576,8 @@ class ReconciliationRecord(Base):
             postgresql_where=sa.text("state = 'running'"),
         ),
         sa.Index("ix_reconciliations_trigger_started_at", "trigger", "started_at"),
+        # ListReconciliations of one trigger, newest first from a page's last run.
+        sa.Index("ix_reconciliations_trigger_id", "trigger", "id"),
         # The newest completed run, looked up before every transfer's check.
         sa.Index("ix_reconciliations_state_id", "state", "id"),
     )

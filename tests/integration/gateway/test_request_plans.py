@@ -9,6 +9,8 @@ priced out, it still finds the index.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from registry_bridge import db
+from registry_bridge import db, reconciliations
 from registry_bridge.bridge import Bridge
 from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.migration import PENDING_OPERATIONS, Migrations
@@ -68,9 +70,7 @@ def _assert_seeks(
         ), plan
         assert f"SCAN {table}" not in plan, plan
     else:
-        assert f"Index Scan using {index} on {table}" in plan or (
-            f"Index Only Scan using {index} on {table}" in plan
-        ), plan
+        assert re.search(rf"Index (Only )?Scan (Backward )?using {index} on {table}\b", plan), plan
         assert "Seq Scan" not in plan, plan
 
 
@@ -221,5 +221,34 @@ def test_a_uses_page_for_accounts_seeks_each_account(
                     for scan in scans
                 ), plan
                 assert "Seq Scan" not in plan, plan
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("trigger", ["request", "schedule"])
+def test_a_page_of_one_triggers_reconciliations_seeks_it_newest_first(
+    database_url: str, trigger: str
+) -> None:
+    """ListReconciliations of one trigger reads that trigger's runs newest first from the
+    previous page's last one, a page of them: not every run of the trigger ever recorded,
+    each with its report, sorted by id for a page (a scheduled run is recorded every
+    interval, for as long as the gateways run)."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        for before in (None, 42):
+            with db.read_only(db.session_factory(engine)) as session:
+                page = functools.partial(
+                    reconciliations.list_runs, session, before_id=before, limit=11, trigger=trigger
+                )
+                statement, parameters = _one_statement(engine, "reconciliations", page)
+            _assert_seeks(
+                engine, statement, parameters, "reconciliations", "ix_reconciliations_trigger_id"
+            )
+            plan = _plan(engine, statement, parameters)
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+            if before is not None:
+                # The position bounds the search, it does not filter a read from the newest.
+                assert "trigger=? AND id<?" in plan or "(id < " in plan, plan
     finally:
         engine.dispose()

@@ -273,6 +273,10 @@ def upsert_entity(
             at another registry, or an entity under other registries only.
     """
     validate_entity(entity)
+    # Locked before anything is checked, as a surrender and the recording of a migration
+    # lock it: a migration recorded meanwhile is then seen by the check of the years, or
+    # sees them.
+    session.get(CoveredEntityRecord, entity.entity_id, with_for_update=True)
     if maintainer is not None:
         _check_maintainer(session, entity, maintainer)
     _check_migrated_years(session, entity)

@@ -95,6 +95,7 @@ from registry_bridge.rules_gate import (
     Cutover,
 )
 from registry_bridge.schema import (
+    CoveredEntityRecord,
     EntityYearRecord,
     MigrationRecord,
     MigrationStepRecord,
@@ -1152,23 +1153,35 @@ class Migrations:
             existing = session.execute(same_request).scalar_one_or_none()
             if existing is not None:
                 return self._repeat(session, existing, digest, request_id, now)
-        # Planned outside the transaction that records it (the plan asks the bridge); each
-        # step re-checks its units when it runs, and the database refuses a second
-        # migration of the entity, so a change in between cannot slip through.
+        # Planned outside the transaction that records it (the plan asks the bridge); that
+        # transaction reads the holds and the entity's years again, each step re-checks
+        # its units when it runs, and the database refuses a second migration of the
+        # entity, so a change in between cannot slip through.
         plan = self.plan(request)
         try:
             with unit_of_work(self._sessions) as session:
                 existing = session.execute(same_request).scalar_one_or_none()
                 if existing is not None:
                     return self._repeat(session, existing, digest, request_id, now)
-                # A hold that appeared since the plan was read (a use failed, a
-                # reconciliation completed) is read again here, where the migration is
-                # recorded: no step may start on held units.
-                blocking = plan.blocking or tuple(
-                    finding
-                    for d in plan.dispositions
-                    if _moves(d.action)
-                    for finding in self._held_findings(session, d.holding)
+                # The entity's row, locked as its surrenders and the updates of its
+                # record lock it first: those that committed since the plan was read are
+                # seen below, and later ones see the migration.
+                session.get(CoveredEntityRecord, request.entity_id, with_for_update=True)
+                # What appeared since the plan was read is read again here, where the
+                # migration is recorded: a hold (a use failed, a reconciliation
+                # completed), as no step may start on held units; a year recorded or
+                # surrendered for on the wrong side of the split, as it would be covered
+                # by both schemes.
+                coverage: list[RuleViolation] = []
+                self._check_coverage(session, request, coverage)
+                blocking = plan.blocking or (
+                    *coverage,
+                    *(
+                        finding
+                        for d in plan.dispositions
+                        if _moves(d.action)
+                        for finding in self._held_findings(session, d.holding)
+                    ),
                 )
                 if blocking:
                     raise _refused_for(blocking, "the migration is blocked: ")

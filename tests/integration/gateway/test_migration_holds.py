@@ -47,6 +47,7 @@ from tests.integration.gateway.conftest import (
 
 ACCEPT_UNCONFIRMED = "CL-MIGRATION-0014"
 HELD_UNITS = "CL-MIGRATION-0019"
+YEAR_COVERED_TWICE = "CL-MIGRATION-0007"
 SETTLE_FULFILS = 2
 """Shenzhen ``Fulfil`` calls of settle_final_pilot_year: its SZA and its CCER mirror."""
 
@@ -295,6 +296,54 @@ def test_a_hold_that_appears_while_the_migration_is_recorded_refuses_it(
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         details = refused.value.details() or ""
         assert HELD_UNITS in details and failed[0] in details
+        assert _migrations(gateway) == 0
+        assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
+
+
+def test_a_year_recorded_while_the_migration_is_recorded_refuses_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pilot year from the migration's first year on, recorded after the plan was read
+    and before the migration is, would be a year both schemes cover: it is read again
+    where the migration would be recorded, and refuses it (CL-MIGRATION-0007)."""
+    with _pilot(database_url) as (gateway, registries):
+        steel = pilot_entity("steel-h7", "steel", 2023, 26_000_000)
+        _seeded(gateway, registries, steel)
+        settle_final_pilot_year(gateway.stub, steel)
+        migrations = gateway.server.migrations
+        planned = migrations.plan
+
+        def plan_then_record(request: MigrationRequest) -> MigrationPlan:
+            plan = planned(request)
+            gateway.stub.UpsertCoveredEntity(
+                gateway_pb2.UpsertCoveredEntityRequest(
+                    request_id="entity-steel-h7-2024",
+                    entity=gateway_pb2.CoveredEntity(
+                        entity_id=steel.entity_id,
+                        display_name=steel.display_name,
+                        sector=steel.sector,
+                        gases=list(steel.gases),
+                        years=[
+                            gateway_pb2.ComplianceYear(
+                                jurisdiction="shenzhen",
+                                compliance_year=steel.final_year + 1,
+                                verified_emissions=1_000,
+                                allowances_due=1_000,
+                            )
+                        ],
+                    ),
+                ),
+                timeout=30,
+            )
+            return plan
+
+        monkeypatch.setattr(migrations, "plan", plan_then_record)
+        before = statuses(registries.ports["shenzhen"], steel.sza.id)
+        with pytest.raises(grpc.RpcError) as refused:
+            _execute(gateway, steel, "migrate-raced-year")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = refused.value.details() or ""
+        assert YEAR_COVERED_TWICE in details and f"shenzhen for {steel.final_year + 1}" in details
         assert _migrations(gateway) == 0
         assert statuses(registries.ports["shenzhen"], steel.sza.id) == before
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from registry_bridge.db import defer_insert, on_write_deferred, run_plain
 from registry_bridge.model import BlockId
 from registry_bridge.schema import EventBlock, LedgerEvent, LogHead
+from registry_bridge.serial_tree import serial_node
 
 LEAF_PREFIX = b"\x00"
 _HEAD_KEY = "carbonlink.log_head"
@@ -179,6 +180,7 @@ def append_event(
                 "serial_series": block.serial_series,
                 "serial_start": block.serial_start,
                 "serial_end": block.serial_end,
+                "serial_node": serial_node(block.serial_start, block.serial_end),
             },
         )
     return index

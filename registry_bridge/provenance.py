@@ -16,8 +16,9 @@ whole history in memory, however long.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import merkle, merkle_store
+from registry_bridge import merkle, merkle_store, serial_tree
 from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
@@ -104,9 +105,8 @@ _CHUNK = 512
 a page holds in memory, whatever the length of the history."""
 
 _STATEMENT_RANGES = 100
-"""Serial ranges ORed, or read side by side (``UNION ALL``, seven parameters each), in one
-statement: SQLite's expression depth is 1000, its compound selects 500 members, and old
-builds bind at most 999 parameters."""
+"""Serial ranges ORed in one statement: SQLite's expression depth is 1000, and old builds
+bind at most 999 parameters."""
 
 _EVENT_OVERHEAD = 128
 """Bytes of a traced event's reply besides its payload, proof hashes, transfer id and
@@ -129,6 +129,196 @@ def _overlaps_any(ranges: Iterable[BlockId]) -> sa.ColumnElement[bool]:
             )
             for block in ranges
         )
+    )
+
+
+_NARROW = 32
+"""Serials a traced range has at most to be sought node by node (``serial_tree``): one
+read per serial of it and about one per level of the tree above.  A wider range is read
+in log order, its program's entries tested as they come."""
+
+_STATEMENT_READS = 100
+"""Limited reads side by side (``UNION ALL``, five parameters each and three shared) in
+one statement: SQLite's compound selects hold 500 members, and old builds bind at most
+999 parameters."""
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One limited read of the index: the entries of ``block``'s program and series that
+    overlap it, filed under ``node`` (``ix_event_blocks_node``), or under any node, in
+    log order (``ix_event_blocks_log_order``) for None."""
+
+    block: BlockId
+    node: int | None
+
+
+def _narrow(block: BlockId) -> bool:
+    return block.serial_end - block.serial_start < _NARROW
+
+
+@functools.lru_cache(maxsize=16)
+def _tops_statement(programs: int) -> sa.Select[Any]:
+    """The highest node filed in each of ``programs`` programs and series: one seek each."""
+    return sa.select(
+        *(
+            sa.select(sa.func.max(EventBlock.serial_node))
+            .where(
+                EventBlock.program == sa.bindparam(f"program_{n}"),
+                EventBlock.serial_series == sa.bindparam(f"series_{n}"),
+            )
+            .scalar_subquery()
+            for n in range(programs)
+        )
+    )
+
+
+def _top_nodes(session: Session, ranges: Sequence[BlockId]) -> dict[tuple[str, str], int | None]:
+    """The highest node anything is filed under in each program and series of the narrow
+    ``ranges`` (None where nothing is), in one statement."""
+    keys = sorted({(b.program.value, b.serial_series) for b in ranges if _narrow(b)})
+    tops: dict[tuple[str, str], int | None] = {}
+    for at in range(0, len(keys), _STATEMENT_RANGES):
+        chunk = keys[at : at + _STATEMENT_RANGES]
+        parameters: dict[str, Any] = {}
+        for n, (program, series) in enumerate(chunk):
+            parameters[f"program_{n}"], parameters[f"series_{n}"] = program, series
+        row = session.execute(_tops_statement(len(chunk)), parameters).one()
+        tops.update(zip(chunk, (None if top is None else int(top) for top in row), strict=True))
+    return tops
+
+
+def _reads(block: BlockId, tops: Mapping[tuple[str, str], int | None]) -> list[_Read]:
+    """The reads that find the events indexed under a range overlapping ``block``.
+
+    A narrow ``block`` is read under each node of the serials' tree a range overlapping it
+    can be filed under, up to the highest filed in its program and series (``tops``, see
+    :func:`_top_nodes`): the traced units' entries, and only those of other ranges that
+    hold one of the same nodes above it.  A wider one is read in its program's entries in
+    log order.
+    """
+    if not _narrow(block):
+        return [_Read(block, None)]
+    top = tops[(block.program.value, block.serial_series)]
+    if top is None:
+        return []  # nothing is filed in its program and series
+    nodes = serial_tree.nodes_over(block.serial_start, block.serial_end, top)
+    # Past one statement's reads (serials near the top of the tree), the program's
+    # entries in log order cost less than so many seeks.
+    if len(nodes) > _STATEMENT_READS:
+        return [_Read(block, None)]
+    return [_Read(block, node) for node in nodes]
+
+
+_POSTGRES_NODE_READS = (
+    sa.text(
+        "SELECT found.event_idx FROM unnest(CAST(:node_programs AS VARCHAR[]), "
+        "CAST(:node_series AS VARCHAR[]), CAST(:nodes AS BIGINT[]), "
+        "CAST(:node_firsts AS BIGINT[]), CAST(:node_lasts AS BIGINT[])) "
+        "AS filed(program, serial_series, node, first, last) "
+        "CROSS JOIN LATERAL (SELECT b.event_idx FROM event_blocks AS b "
+        "WHERE b.program = filed.program AND b.serial_series = filed.serial_series "
+        "AND b.serial_node = filed.node AND b.event_idx >= :start AND b.event_idx < :size "
+        "AND b.serial_start <= filed.last AND b.serial_end >= filed.first "
+        "GROUP BY b.event_idx ORDER BY b.event_idx LIMIT :count) AS found"
+    )
+    .columns(event_idx=sa.BigInteger)
+    .subquery("node_reads")
+)
+"""PostgreSQL's reads by node: one limited index read per node, the nodes bound as
+arrays.  A ``UNION ALL`` of as many reads costs PostgreSQL more to plan (about 2 ms for
+20) than to run; this statement is planned as one nested loop whatever their number."""
+
+
+@functools.lru_cache(maxsize=256)
+def _reads_statement(by_node: tuple[bool, ...], postgres: bool) -> sa.CompoundSelect[Any]:
+    """The reads, each by node or in log order as ``by_node`` says, side by side: each
+    seeks ``start`` in its index and reads on in log order until ``count`` events, the
+    ranges tested inside the index (no table read, no sort).  On ``postgres``, the reads
+    by node are one member (:data:`_POSTGRES_NODE_READS`).
+
+    Built once per shape, its values bound (see :func:`_read_parameters`): a page builds
+    no statement, so none is left for the cycle collector either.
+    """
+    members = []
+    if postgres and any(by_node):
+        members.append(sa.select(_POSTGRES_NODE_READS.c.event_idx))
+    for n, node in enumerate(by_node):
+        if postgres and node:
+            continue
+        where = [
+            EventBlock.program == sa.bindparam(f"program_{n}"),
+            EventBlock.serial_series == sa.bindparam(f"series_{n}"),
+            EventBlock.event_idx >= sa.bindparam("start"),
+            EventBlock.event_idx < sa.bindparam("size"),
+            EventBlock.serial_start <= sa.bindparam(f"last_{n}"),
+            EventBlock.serial_end >= sa.bindparam(f"first_{n}"),
+        ]
+        if node:
+            where.append(EventBlock.serial_node == sa.bindparam(f"node_{n}"))
+        members.append(
+            sa.select(
+                sa.select(EventBlock.event_idx)
+                .where(*where)
+                # An event indexed under two ranges of the program counts once.
+                .group_by(EventBlock.event_idx)
+                .order_by(EventBlock.event_idx)
+                .limit(sa.bindparam("count", type_=sa.Integer))
+                .subquery()
+                .c.event_idx
+            )
+        )
+    return sa.union_all(*members)
+
+
+def _read_parameters(
+    reads: Sequence[_Read], start: int, size: int, count: int, postgres: bool
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"start": start, "size": size, "count": count}
+    by_node: dict[str, list[Any]] = {
+        key: [] for key in ("node_programs", "node_series", "nodes", "node_firsts", "node_lasts")
+    }
+    for n, read in enumerate(reads):
+        block = read.block
+        if postgres and read.node is not None:
+            by_node["node_programs"].append(block.program.value)
+            by_node["node_series"].append(block.serial_series)
+            by_node["nodes"].append(read.node)
+            by_node["node_firsts"].append(block.serial_start)
+            by_node["node_lasts"].append(block.serial_end)
+            continue
+        parameters[f"program_{n}"] = block.program.value
+        parameters[f"series_{n}"] = block.serial_series
+        parameters[f"first_{n}"] = block.serial_start
+        parameters[f"last_{n}"] = block.serial_end
+        if read.node is not None:
+            parameters[f"node_{n}"] = read.node
+    if by_node["nodes"]:
+        parameters.update(by_node)
+    return parameters
+
+
+def _run_reads(
+    session: Session, reads: Sequence[_Read], start: int, size: int, count: int
+) -> list[int]:
+    """The indexes ``reads`` find (see :func:`_reads_statement`), in one statement."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    return list(
+        session.execute(
+            _reads_statement(tuple(r.node is not None for r in reads), postgres),
+            _read_parameters(reads, start, size, count, postgres),
+        ).scalars()
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _events_statement(by_node: tuple[bool, ...], postgres: bool) -> sa.Select[Any]:
+    """The first ``chunk`` events (index and payload) the reads of ``by_node`` find."""
+    return (
+        sa.select(LedgerEvent.idx, LedgerEvent.payload)
+        .where(LedgerEvent.idx.in_(_reads_statement(by_node, postgres)))
+        .order_by(LedgerEvent.idx)
+        .limit(sa.bindparam("chunk", type_=sa.Integer))
     )
 
 
@@ -454,20 +644,13 @@ class ProvenanceLog:
         spans: list[tuple[int, int]] = []
         origins: list[BlockId] = []
         after, direct = -1, 0
-        while True:
+        reads = _reads(query, _top_nodes(session, [query]))
+        shape = tuple(r.node is not None for r in reads)
+        postgres = session.get_bind().dialect.name == "postgresql"
+        while reads:
             chunk = session.execute(
-                sa.select(LedgerEvent.idx, LedgerEvent.payload)
-                .where(
-                    LedgerEvent.idx.in_(
-                        sa.select(EventBlock.event_idx).where(
-                            _overlaps_any([query]),
-                            EventBlock.event_idx > after,
-                            EventBlock.event_idx < size,
-                        )
-                    )
-                )
-                .order_by(LedgerEvent.idx)
-                .limit(_CHUNK)
+                _events_statement(shape, postgres),
+                {**_read_parameters(reads, after + 1, size, _CHUNK, postgres), "chunk": _CHUNK},
             ).all()
             for idx, payload in chunk:
                 after, direct = int(idx), direct + 1
@@ -498,31 +681,16 @@ class ProvenanceLog:
         """The first ``count`` indexes from ``start`` (below ``size``) of events that
         concern one of ``ranges``, in rising order.
 
-        Each range is sought in the index in log order (``ix_event_blocks_log_order``) at
-        ``start`` and read on until ``count`` of its events are found: a page reads
-        nothing of the log before where the page before it ended, however far into the
-        trace it is, and nothing of other programs' events.
+        Each read (see :func:`_reads`) seeks ``start`` and reads on until ``count``
+        of its events are found: a page reads nothing of the log before where the page
+        before it ended, however far into the trace it is, nor other programs' events,
+        nor (for a narrow range) the program's other units'.
         """
         found: set[int] = set()
-        for at in range(0, len(ranges), _STATEMENT_RANGES):
-            reads = [
-                sa.select(
-                    sa.select(EventBlock.event_idx)
-                    .where(
-                        _overlaps_any([block]),
-                        EventBlock.event_idx >= start,
-                        EventBlock.event_idx < size,
-                    )
-                    # An event indexed under two ranges of the program counts once.
-                    .group_by(EventBlock.event_idx)
-                    .order_by(EventBlock.event_idx)
-                    .limit(count)
-                    .subquery()
-                    .c.event_idx
-                )
-                for block in ranges[at : at + _STATEMENT_RANGES]
-            ]
-            found.update(session.execute(sa.union_all(*reads)).scalars())
+        tops = _top_nodes(session, ranges)
+        reads = [read for block in ranges for read in _reads(block, tops)]
+        for at in range(0, len(reads), _STATEMENT_READS):
+            found.update(_run_reads(session, reads[at : at + _STATEMENT_READS], start, size, count))
             # Only the first ``count`` overall can be on this page.
             found = set(sorted(found)[:count])
         return sorted(found)

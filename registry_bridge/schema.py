@@ -312,14 +312,28 @@ class EventBlock(Base):
     serial_series: Mapped[str] = mapped_column(sa.String(64))
     serial_start: Mapped[int] = mapped_column(sa.BigInteger)
     serial_end: Mapped[int] = mapped_column(sa.BigInteger)
+    serial_node: Mapped[int] = mapped_column(sa.BigInteger)
+    """The node of the serials' tree the range is filed under (``serial_tree``)."""
 
-    # In log order within a program and series, the ranges inside the index: a trace's
-    # page seeks where the page before it ended and tests the ranges as it reads on.
     __table_args__ = (
+        # In log order within a program and series, the ranges inside the index: a
+        # trace's first page, a wide range's page and a reconciliation read the events
+        # of a range from a position on (or back), testing the ranges as they read.
         sa.Index(
             "ix_event_blocks_log_order",
             "program",
             "serial_series",
+            "event_idx",
+            "serial_start",
+            "serial_end",
+        ),
+        # In log order within each node: a narrow range's page seeks, node by node, its
+        # own units' entries from its position, none of the program's other units'.
+        sa.Index(
+            "ix_event_blocks_node",
+            "program",
+            "serial_series",
+            "serial_node",
             "event_idx",
             "serial_start",
             "serial_end",

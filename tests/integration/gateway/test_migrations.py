@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from registry_bridge import db
+from registry_bridge import db, serial_tree
 from registry_bridge.bridge import Bridge
 from registry_bridge.entities import DatabaseEntityRecords, claimed_years
 from registry_bridge.idempotency import LOCAL_CALLER, answer_once
@@ -19,6 +19,7 @@ from registry_bridge.schema import (
     Base,
     CoveredEntityRecord,
     EntityYearRecord,
+    EventBlock,
     IdempotencyRecord,
     MigrationRecord,
     MigrationStepRecord,
@@ -743,5 +744,58 @@ def test_an_entitys_surrenders_are_sought_by_an_index(database_url: str) -> None
                     )
                     assert "Index Scan using ix_unit_uses_entity_year" in plan, plan
                     assert "Seq Scan" not in plan, plan
+    finally:
+        engine.dispose()
+
+
+def test_an_upgrade_files_each_logged_range_under_its_serial_node(database_url: str) -> None:
+    """The ranges logged before the serials' tree get their node, as new ones do, so a
+    trace finds their events node by node; the downgrade drops the nodes only."""
+    entries = [(0, 0, 0, 0), (0, 1, 5, 5), (1, 0, 1, 1_000), (2, 0, 100_000, 100_999)]
+    entries += [(3 + n, 0, n * 7, n * 7 + n) for n in range(2_100)]  # past one batch
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine, "0022")
+        blocks = sa.table(
+            "event_blocks",
+            *(sa.column(name) for name in ("event_idx", "seq", "program", "serial_series")),
+            *(sa.column(name) for name in ("serial_start", "serial_end")),
+        )
+        with engine.begin() as connection:
+            connection.execute(
+                sa.insert(blocks),
+                [
+                    {
+                        "event_idx": idx,
+                        "seq": seq,
+                        "program": "VCS",
+                        "serial_series": "",
+                        "serial_start": start,
+                        "serial_end": end,
+                    }
+                    for idx, seq, start, end in entries
+                ],
+            )
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            filed = connection.execute(
+                sa.select(
+                    EventBlock.event_idx,
+                    EventBlock.seq,
+                    EventBlock.serial_start,
+                    EventBlock.serial_end,
+                    EventBlock.serial_node,
+                ).order_by(EventBlock.event_idx, EventBlock.seq)
+            ).all()
+        assert [tuple(row) for row in filed] == [
+            (idx, seq, start, end, serial_tree.serial_node(start, end))
+            for idx, seq, start, end in entries
+        ]
+        assert [row.serial_node for row in filed[:4]] == [0, 5, 512, 100_352]
+        db.downgrade(engine, "0022")
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(blocks)).scalar() == (
+                len(entries)
+            )
     finally:
         engine.dispose()

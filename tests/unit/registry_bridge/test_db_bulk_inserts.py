@@ -45,6 +45,7 @@ def _range(index: int) -> dict[str, Any]:
         "serial_series": _AWKWARD_TEXT[index % len(_AWKWARD_TEXT)],
         "serial_start": 10**15 + index,
         "serial_end": 10**15 + index,
+        "serial_node": 10**15 + index,
     }
 
 
@@ -81,8 +82,8 @@ def test_many_rows_read_back_as_they_were_given(
         assert copies == [
             "COPY ledger_events (idx, kind, payload, leaf_hash, transfer_id, created_at)"
             " FROM STDIN",
-            "COPY event_blocks (event_idx, seq, program, serial_series, serial_start, serial_end)"
-            " FROM STDIN",
+            "COPY event_blocks (event_idx, seq, program, serial_series, serial_start, serial_end,"
+            " serial_node) FROM STDIN",
         ]
     else:
         assert copies == []

@@ -91,7 +91,9 @@ def _orm_select_one(session: Session) -> None:
 
 def _pipelined_write(session: Session) -> None:
     row = {"event_idx": 1, "seq": 0, "program": "VCS", "serial_series": ""}
-    db.defer_insert(session, EventBlock.__table__, {**row, "serial_start": 1, "serial_end": 1})
+    db.defer_insert(
+        session, EventBlock.__table__, {**row, "serial_start": 1, "serial_end": 1, "serial_node": 1}
+    )
     db.write_deferred(session)
 
 

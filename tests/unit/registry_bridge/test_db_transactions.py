@@ -41,6 +41,7 @@ def _row(index: int) -> dict[str, Any]:
         "serial_series": "",
         "serial_start": index,
         "serial_end": index,
+        "serial_node": index,
     }
 
 

@@ -8,6 +8,7 @@ minutes, long past any client's deadline.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,9 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import serials
-from registry_bridge import db, ledger
-from registry_bridge.model import BlockId, Program
+from registry_bridge import db, ledger, serial_tree
+from registry_bridge.model import MAX_SERIAL, BlockId, Program
 from registry_bridge.provenance import ProvenanceLog
+from registry_bridge.schema import EventBlock
 from registry_bridge.signed_note import NoteSigner, generate_private_key_pem
 
 AT = datetime(2026, 11, 27, tzinfo=UTC)
@@ -60,12 +62,14 @@ def _statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
 def test_a_trace_reads_as_much_for_many_lots_as_for_a_few(
     sessions: sessionmaker[Session],
 ) -> None:
-    few = _issue_in_lots(sessions, 1_000, 3)
+    # Both wider than a range sought node by node (provenance._NARROW), which reads in
+    # statements of its own.
+    few = _issue_in_lots(sessions, 1_000, 4)
     many = _issue_in_lots(sessions, 100_000, 60)
     log = ProvenanceLog(sessions, NoteSigner.from_pem("test/log", generate_private_key_pem()))
     log.checkpoint()  # the node cache is built once, not by either trace
     counts = []
-    for block, lots in ((few, 3), (many, 60)):
+    for block, lots in ((few, 4), (many, 60)):
         with _statements(sessions) as statements:
             page = log.trace_page(block, limit=1000)
         # The issuance and one split per lot cut off.
@@ -73,3 +77,49 @@ def test_a_trace_reads_as_much_for_many_lots_as_for_a_few(
         assert page.next_start is None
         counts.append(len(statements))
     assert counts[0] == counts[1]
+
+
+def test_a_narrow_range_finds_every_event_of_its_units_node_by_node(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The events a page finds under the nodes of a narrow range are those whose ranges
+    overlap it, whatever the ranges: holding it, inside it, across either end, from
+    serial 0, up to the largest serial, or of another series; in log order from the
+    page's position, and no more than asked."""
+    rng = random.Random(7)
+    edges = [0, 1, 2, 63, 64, 65, 1_000, 1_023, 1_024, MAX_SERIAL - 1, MAX_SERIAL]
+    rows: list[dict[str, Any]] = []
+    for index in range(600):
+        series = rng.choice(["", "", "", "x"])
+        start = rng.choice(edges) if rng.random() < 0.2 else rng.randrange(0, 3_000)
+        end = min(MAX_SERIAL, start + rng.choice([0, 0, 1, 5, 40, 700, 5_000, MAX_SERIAL]))
+        rows.append(
+            {
+                "event_idx": index,
+                "seq": 0,
+                "program": "VCS",
+                "serial_series": series,
+                "serial_start": start,
+                "serial_end": end,
+                "serial_node": serial_tree.serial_node(start, end),
+            }
+        )
+    with db.unit_of_work(sessions) as session:
+        session.execute(sa.insert(EventBlock), rows)
+    queries = [(start, start + width) for start in edges[:-1] for width in (0, 1, 31)]
+    queries += [(s, s + rng.randrange(0, 32)) for s in (rng.randrange(0, 3_100) for _ in range(40))]
+    with db.read_only(sessions) as session:
+        for first, last in queries:
+            last = min(last, MAX_SERIAL)
+            query = BlockId(Program.VCS, "", first, last)
+            for start, count in ((0, 1_000), (rng.randrange(0, 600), 5)):
+                found = ProvenanceLog._next_indexes(session, [query], start, 550, count)
+                expected = [
+                    r["event_idx"]
+                    for r in rows
+                    if r["serial_series"] == ""
+                    and r["serial_start"] <= last
+                    and r["serial_end"] >= first
+                    and start <= r["event_idx"] < 550
+                ][:count]
+                assert found == expected, (first, last, start, count)

@@ -297,6 +297,62 @@ def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
     ]
 
 
+def test_a_mirror_piece_outside_the_query_is_kept_for_its_units_coming_back(
+    signer: NoteSigner,
+) -> None:
+    """A mirror-side trace's verifier keeps the pieces of the mirror outside the queried
+    serials: whether an event of one answers the query depends on origin serials that
+    the queried units may come to stand for only later in the history, which the bundle
+    does not say beforehand.  Here half a mirror goes home, then comes back to the same
+    registry under the queried serials: the events of its first stay, as a piece of the
+    mirror that stood for none of the queried units yet, answer the query and follow."""
+    origin, first, rest = _block(100, 199), _block(100, 149), _block(150, 199)
+    mirror = _block(1, 100, "sz-mirror")
+    away, kept = _block(1, 50, "sz-mirror"), _block(51, 100, "sz-mirror")
+    back = _block(101, 150, "sz-mirror")
+
+    def at_shenzhen(stands_for: dict[str, Any]) -> dict[str, Any]:
+        return {"registry": "shenzhen", "mirror": True, "origin": stands_for}
+
+    at_hkmo = {"registry": "hkmo", "account": "b"}
+    bodies = [
+        _row("issuance", origin, "active"),
+        _row("lock", origin, "locked", previous_status="active"),
+        _row("finalize", origin, "bridged", previous_status="locked"),
+        _row("credit", mirror, "active", **at_shenzhen(origin)),
+        _row("split", mirror, "active", pieces=[away, kept], **at_shenzhen(origin)),
+        # The first half goes home ...
+        _row("lock", away, "locked", previous_status="active", **at_shenzhen(first)),
+        _row("split", origin, "bridged", pieces=[first, rest]),
+        _row("credit", first, "active", previous_status="bridged", **at_hkmo),
+        _row(
+            "finalize",
+            away,
+            "locked",
+            previous_status="locked",
+            exported=True,
+            **at_shenzhen(first),
+        ),
+        # ... and comes back, under the queried serials.
+        _row("lock", first, "locked", previous_status="active", **at_hkmo),
+        _row("finalize", first, "bridged", previous_status="locked", **at_hkmo),
+        _row("credit", back, "active", **at_shenzhen(first)),
+    ]
+    query = BlockId(Program.VCS, "sz-mirror", 101, 150)
+    bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
+    statement = open_trace_statement(bundle, signer)
+    bundle = dataclasses.replace(
+        bundle,
+        trace_notes=(signer.sign_body(dataclasses.replace(statement, query=query).body()),),
+    )
+    report = verify_bundle(bundle, signer.verifier)
+    assert report.events == len(bodies)
+    assert [(b.serial_series, b.serial_start, r, s) for b, r, _, s in report.final] == [
+        ("", 100, "hkmo", "bridged"),
+        ("sz-mirror", 101, "shenzhen", "active"),
+    ]
+
+
 def test_the_verifier_loads_no_database_code() -> None:
     # The auditor's trusted code runs offline: the Merkle proofs it checks must not
     # drag in the database layer that stores the gateway's node cache.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,9 +133,14 @@ def _overlaps_any(ranges: Iterable[BlockId]) -> sa.ColumnElement[bool]:
 
 
 _NARROW = 32
-"""Serials a traced range has at most to be sought node by node (``serial_tree``): one
-read per serial of it and about one per level of the tree above.  A wider range is read
-in log order, its program's entries tested as they come."""
+"""Serials a traced range has at most to be sought under each of them as a node of the
+serials' tree (``serial_tree``); inside a wider one, only the nodes its units' ranges are
+filed under are sought (:func:`_inner_nodes`)."""
+
+_INNER_NODES = 64
+"""Nodes filed under inside a wide traced range that its page seeks one by one at most:
+past them (a range split into so many pieces), reading its program's entries in log
+order costs less than finding and seeking them all, on every page."""
 
 _STATEMENT_READS = 100
 """Limited reads side by side (``UNION ALL``, five parameters each and three shared) in
@@ -151,10 +156,6 @@ class _Read:
 
     block: BlockId
     node: int | None
-
-
-def _narrow(block: BlockId) -> bool:
-    return block.serial_end - block.serial_start < _NARROW
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,9 +175,9 @@ def _tops_statement(programs: int) -> sa.Select[Any]:
 
 
 def _top_nodes(session: Session, ranges: Sequence[BlockId]) -> dict[tuple[str, str], int | None]:
-    """The highest node anything is filed under in each program and series of the narrow
-    ``ranges`` (None where nothing is), in one statement."""
-    keys = sorted({(b.program.value, b.serial_series) for b in ranges if _narrow(b)})
+    """The highest node anything is filed under in each program and series of ``ranges``
+    (None where nothing is), in one statement."""
+    keys = sorted({(b.program.value, b.serial_series) for b in ranges})
     tops: dict[tuple[str, str], int | None] = {}
     for at in range(0, len(keys), _STATEMENT_RANGES):
         chunk = keys[at : at + _STATEMENT_RANGES]
@@ -188,26 +189,68 @@ def _top_nodes(session: Session, ranges: Sequence[BlockId]) -> dict[tuple[str, s
     return tops
 
 
-def _reads(block: BlockId, tops: Mapping[tuple[str, str], int | None]) -> list[_Read]:
-    """The reads that find the events indexed under a range overlapping ``block``.
+_INNER_NODES_STATEMENT = sa.text(
+    "WITH RECURSIVE inner_nodes(node, n) AS ("
+    "SELECT (SELECT min(serial_node) FROM event_blocks WHERE program = :program "
+    "AND serial_series = :series AND serial_node >= :first AND serial_node <= :last), 1 "
+    "UNION ALL "
+    "SELECT (SELECT min(b.serial_node) FROM event_blocks AS b WHERE b.program = :program "
+    "AND b.serial_series = :series AND b.serial_node > inner_nodes.node "
+    "AND b.serial_node <= :last), inner_nodes.n + 1 "
+    "FROM inner_nodes WHERE inner_nodes.node IS NOT NULL AND inner_nodes.n <= :most) "
+    "SELECT node FROM inner_nodes WHERE node IS NOT NULL"
+)
+"""The nodes filed under inside ``first``..``last``, rising, one seek each (a loose index
+scan, which neither database does by itself), and one more than ``most`` at most."""
 
-    A narrow ``block`` is read under each node of the serials' tree a range overlapping it
-    can be filed under, up to the highest filed in its program and series (``tops``, see
-    :func:`_top_nodes`): the traced units' entries, and only those of other ranges that
-    hold one of the same nodes above it.  A wider one is read in its program's entries in
-    log order.
+
+def _inner_nodes(session: Session, block: BlockId) -> list[int] | None:
+    """The nodes inside ``block`` that something is filed under (every one a range inside
+    it is), or None past :data:`_INNER_NODES`."""
+    nodes = session.execute(
+        _INNER_NODES_STATEMENT,
+        {
+            "program": block.program.value,
+            "series": block.serial_series,
+            "first": block.serial_start,
+            "last": block.serial_end,
+            "most": _INNER_NODES,
+        },
+    ).scalars()
+    found = [int(node) for node in nodes]
+    return None if len(found) > _INNER_NODES else found
+
+
+def _plan_reads(session: Session, ranges: Sequence[BlockId]) -> list[_Read]:
+    """The reads that find the events indexed under a range overlapping one of
+    ``ranges``.
+
+    Each range is read under each node of the serials' tree a range overlapping it can
+    be filed under (``serial_tree``): the ancestors of its ends up to the highest node
+    filed in its program and series (:func:`_top_nodes`), and inside it, each of its
+    serials if it is narrow, else the nodes something is filed under
+    (:func:`_inner_nodes`).  It reads the traced units' entries, and only those of other
+    ranges that hold one of the same ancestors.  A range with more nodes than
+    :data:`_INNER_NODES` inside, or than one statement's reads, is read in its program's
+    entries in log order.
     """
-    if not _narrow(block):
-        return [_Read(block, None)]
-    top = tops[(block.program.value, block.serial_series)]
-    if top is None:
-        return []  # nothing is filed in its program and series
-    nodes = serial_tree.nodes_over(block.serial_start, block.serial_end, top)
-    # Past one statement's reads (serials near the top of the tree), the program's
-    # entries in log order cost less than so many seeks.
-    if len(nodes) > _STATEMENT_READS:
-        return [_Read(block, None)]
-    return [_Read(block, node) for node in nodes]
+    tops = _top_nodes(session, ranges)
+    reads: list[_Read] = []
+    for block in ranges:
+        top = tops[(block.program.value, block.serial_series)]
+        if top is None:
+            continue  # nothing is filed in its program and series
+        first, last = block.serial_start, block.serial_end
+        if last - first < _NARROW:
+            inside: list[int] | None = list(range(first, min(last, top) + 1))
+        else:
+            inside = _inner_nodes(session, block)
+        nodes = None if inside is None else {*serial_tree.nodes_around(first, last, top), *inside}
+        if nodes is None or len(nodes) > _STATEMENT_READS:
+            reads.append(_Read(block, None))
+        else:
+            reads.extend(_Read(block, node) for node in sorted(nodes))
+    return reads
 
 
 _POSTGRES_NODE_READS = (
@@ -644,7 +687,7 @@ class ProvenanceLog:
         spans: list[tuple[int, int]] = []
         origins: list[BlockId] = []
         after, direct = -1, 0
-        reads = _reads(query, _top_nodes(session, [query]))
+        reads = _plan_reads(session, [query])
         shape = tuple(r.node is not None for r in reads)
         postgres = session.get_bind().dialect.name == "postgresql"
         while reads:
@@ -681,14 +724,13 @@ class ProvenanceLog:
         """The first ``count`` indexes from ``start`` (below ``size``) of events that
         concern one of ``ranges``, in rising order.
 
-        Each read (see :func:`_reads`) seeks ``start`` and reads on until ``count``
+        Each read (see :func:`_plan_reads`) seeks ``start`` and reads on until ``count``
         of its events are found: a page reads nothing of the log before where the page
         before it ended, however far into the trace it is, nor other programs' events,
-        nor (for a narrow range) the program's other units'.
+        nor (but past :data:`_INNER_NODES`) the program's other units'.
         """
         found: set[int] = set()
-        tops = _top_nodes(session, ranges)
-        reads = [read for block in ranges for read in _reads(block, tops)]
+        reads = _plan_reads(session, ranges)
         for at in range(0, len(reads), _STATEMENT_READS):
             found.update(_run_reads(session, reads[at : at + _STATEMENT_READS], start, size, count))
             # Only the first ``count`` overall can be on this page.

@@ -44,13 +44,10 @@ def _ancestors(serial: int) -> list[int]:
     return [((serial >> (k + 1)) << (k + 1)) | (1 << k) for k in range(own, _LEVELS)]
 
 
-def nodes_over(start: int, end: int, top: int = MAX_SERIAL) -> list[int]:
-    """Every node up to ``top`` that a range overlapping ``start``..``end`` can be filed
-    under, in rising order: 0, the ancestors of both ends, and every serial between them.
-
-    As many as the range has serials, plus about two per level: meant for narrow ranges
-    (see ``provenance``, which reads wider ones in log order instead).  ``top``, the
-    highest node anything is filed under, leaves out the levels above the serials in use.
-    """
-    nodes = {0, *_ancestors(start), *_ancestors(end), *range(start, end + 1)}
-    return sorted(node for node in nodes if node <= top)
+def nodes_around(start: int, end: int, top: int = MAX_SERIAL) -> list[int]:
+    """The nodes up to ``top`` outside ``start``..``end`` that a range overlapping it can
+    be filed under, in rising order: 0 and the ancestors of both ends, about two per
+    level.  ``top``, the highest node anything is filed under, leaves out the levels above
+    the serials in use.  The others are the serials ``start``..``end`` themselves."""
+    nodes = {0, *_ancestors(start), *_ancestors(end)}
+    return sorted(node for node in nodes if node <= top and not start <= node <= end)

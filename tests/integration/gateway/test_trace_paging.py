@@ -11,6 +11,7 @@ scale, against a gateway (and a client) whose limit is as much smaller.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import sys
@@ -688,13 +689,18 @@ def test_a_page_reads_the_traced_units_entries_not_its_programs(
     busy = serials.parse_serial("verra", BUSY[0]).id
     _cut_among_others(live_gateway, quiet, lots=24, others=1)
     _cut_among_others(live_gateway, busy, lots=24, others=8)
-    works = {}
-    for name, block in [("quiet", quiet), ("busy", busy)]:
-        last = BlockId(Program.VCS, "", block.serial_end, block.serial_end)
-        works[name] = _page_work(live_gateway, last)
-        assert len(works[name]) == 4  # the issuance and 24 splits, 8 a page
-    # Every page, of a busy program or of a long log after the trace's last event, works
-    # as hard as a quiet program's middle page: the work follows the traced units'
-    # entries, not the window's.
-    quiet_page = works["quiet"][1]
-    assert all(work <= 1.25 * quiet_page for name in works for work in works[name]), works
+    for wide in (False, True):
+        works = {}
+        for name, block in [("quiet", quiet), ("busy", busy)]:
+            # The last tonne of each issuance, or the whole of it.
+            first = block.serial_start if wide else block.serial_end
+            works[name] = _page_work(live_gateway, dataclasses.replace(block, serial_start=first))
+            assert len(works[name]) == 4  # the issuance and 24 splits, 8 a page
+        # Every page, of a busy program or of a long log after the trace's last event,
+        # works as hard as a quiet program's middle page: the work follows the traced
+        # units' entries, not the window's.
+        quiet_page = works["quiet"][1]
+        assert all(work <= 1.25 * quiet_page for name in works for work in works[name]), (
+            wide,
+            works,
+        )

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import serials
-from registry_bridge import db, ledger, serial_tree
+from registry_bridge import db, ledger, provenance, serial_tree
 from registry_bridge.model import MAX_SERIAL, BlockId, Program
 from registry_bridge.provenance import ProvenanceLog
 from registry_bridge.schema import EventBlock
@@ -79,13 +79,14 @@ def test_a_trace_reads_as_much_for_many_lots_as_for_a_few(
     assert counts[0] == counts[1]
 
 
-def test_a_narrow_range_finds_every_event_of_its_units_node_by_node(
+def test_a_range_finds_every_event_of_its_units_node_by_node(
     sessions: sessionmaker[Session],
 ) -> None:
-    """The events a page finds under the nodes of a narrow range are those whose ranges
-    overlap it, whatever the ranges: holding it, inside it, across either end, from
-    serial 0, up to the largest serial, or of another series; in log order from the
-    page's position, and no more than asked."""
+    """The events a page finds under the nodes of the serials' tree a range can be filed
+    under are those whose ranges overlap it, whatever the ranges: holding it, inside it,
+    across either end, from serial 0, up to the largest serial, or of another series;
+    narrow or wide, sought node by node or (past the nodes it seeks) in log order; from
+    the page's position, and no more than asked."""
     rng = random.Random(7)
     edges = [0, 1, 2, 63, 64, 65, 1_000, 1_023, 1_024, MAX_SERIAL - 1, MAX_SERIAL]
     rows: list[dict[str, Any]] = []
@@ -106,12 +107,20 @@ def test_a_narrow_range_finds_every_event_of_its_units_node_by_node(
         )
     with db.unit_of_work(sessions) as session:
         session.execute(sa.insert(EventBlock), rows)
-    queries = [(start, start + width) for start in edges[:-1] for width in (0, 1, 31)]
-    queries += [(s, s + rng.randrange(0, 32)) for s in (rng.randrange(0, 3_100) for _ in range(40))]
+    widths = (0, 1, 31, 32, 100, 2_500)
+    queries = [(start, start + width) for start in edges[:-1] for width in widths]
+    queries += [
+        (s, s + rng.choice(widths) + rng.randrange(0, 32))
+        for s in (rng.randrange(0, 3_100) for _ in range(60))
+    ]
+    by_node = 0
     with db.read_only(sessions) as session:
         for first, last in queries:
             last = min(last, MAX_SERIAL)
             query = BlockId(Program.VCS, "", first, last)
+            by_node += (
+                last - first >= 32 and provenance._plan_reads(session, [query])[0].node is not None
+            )
             for start, count in ((0, 1_000), (rng.randrange(0, 600), 5)):
                 found = ProvenanceLog._next_indexes(session, [query], start, 550, count)
                 expected = [
@@ -123,3 +132,4 @@ def test_a_narrow_range_finds_every_event_of_its_units_node_by_node(
                     and start <= r["event_idx"] < 550
                 ][:count]
                 assert found == expected, (first, last, start, count)
+    assert by_node > 10  # wide ranges sought node by node too, not only in log order

@@ -455,7 +455,14 @@ class _History:
     and the origin serials the queried units stand for (kept merged).  A piece split off
     an origin row of the queried program and series outside the queried serials is not
     kept: no event of it answers the query (a mirror's serials are of a series of their
-    own), so it would only be carried to the end unread.
+    own), so it would only be carried to the end unread.  Once the queried serials are
+    seen issued at their origin, neither is a piece of a mirror that stands for none of
+    them: the origin serials asked are the queried ones, for good.
+
+    On a mirror's side the pieces of the mirror outside the queried serials are kept: the
+    queried units may come to stand for other origin serials later in the history (units
+    sent home and back under the queried serials), whose pieces' events then answer the
+    query too, and the bundle does not say beforehand which.
     """
 
     def __init__(self, report: AuditReport) -> None:
@@ -464,14 +471,23 @@ class _History:
         # The origin serials the queried units stand for: a mirror's query follows its
         # units home when they are returned, where they are origin rows of other serials.
         self._asked: list[BlockId] = [report.query]
+        self._issued_here = False
+        """Whether an issuance of queried serials was read: they are origin serials."""
+        self._dropped = False
+        """Whether a piece was left out for that (one of a mirror, or of another series)."""
 
     def _kept(self, row: _Row) -> bool:
         query = self._report.query
-        return (
-            row.mirror
-            or (row.block.program, row.block.serial_series) != (query.program, query.serial_series)
-            or row.block.overlaps(query)
+        if row.block.overlaps(query):
+            return True
+        kept = row.mirror or (row.block.program, row.block.serial_series) != (
+            query.program,
+            query.serial_series,
         )
+        if kept and self._issued_here and not row.origin.overlaps(query):
+            self._dropped = True
+            return False
+        return kept
 
     def add(self, index: int, body: Mapping[str, Any]) -> None:
         """Apply one event.
@@ -494,6 +510,14 @@ class _History:
             raise AuditFailure(f"{where}: malformed row event: {exc}") from exc
         part = _origin_part(block, origin, report.query)
         if part is not None and not _covered(part, self._asked):
+            if self._dropped:
+                # Only a mirror in the series of serials issued at their origin gets
+                # here: the pieces left out could answer the query after all.
+                raise AuditFailure(
+                    f"{where}: {_describe(block)} stands for origin units "
+                    f"{_describe(part)} among the queried serials, which were issued at "
+                    "their origin: a mirror's serials must be of a series of their own"
+                )
             self._asked = merge_blocks([*self._asked, part])
         if block.quantity != origin.quantity:
             raise AuditFailure(
@@ -502,6 +526,7 @@ class _History:
             )
         if kind == "issuance":
             report.issued.append(block)
+            self._issued_here = self._issued_here or block.overlaps(report.query)
         if not _covered(origin, report.issued):
             raise AuditFailure(
                 f"{where}: origin units {_describe(origin)} have no issuance earlier in the history"

@@ -140,7 +140,9 @@ def test_a_transfer_waiting_on_a_registry_shows_as_unfinished_with_its_age(
     database_url: str, registries: LinkedRegistries
 ) -> None:
     registries.seed_venue()
-    clock = [datetime(2026, 11, 27, 9, 0, tzinfo=UTC)]
+    # From the wall clock's now: the registries keep their own time, and refuse a lock
+    # whose expiry (the gateway's clock plus its lock TTL) is already past for them.
+    clock = [datetime.now(UTC).replace(microsecond=0)]
     with _gateway_with_shenzhen_down(database_url, registries, clock) as (server, stub):
         reply = stub.SubmitTransfer(transfer_request("stuck-1", START, START + 9), timeout=30)
         assert reply.state == model_pb2.TRANSFER_STATE_SOURCE_LOCKED  # the credit waits

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import merkle, merkle_store, serial_tree
+from registry_bridge import merkle, merkle_store, serial_nodes
 from registry_bridge.audit import TraceStatement
 from registry_bridge.block_json import block_from_parts, block_id_from_dict
 from registry_bridge.db import read_only, unit_of_work
@@ -132,16 +132,6 @@ def _overlaps_any(ranges: Iterable[BlockId]) -> sa.ColumnElement[bool]:
     )
 
 
-_NARROW = 32
-"""Serials a traced range has at most to be sought under each of them as a node of the
-serials' tree (``serial_tree``); inside a wider one, only the nodes its units' ranges are
-filed under are sought (:func:`_inner_nodes`)."""
-
-_INNER_NODES = 64
-"""Nodes filed under inside a wide traced range that its page seeks one by one at most:
-past them (a range split into so many pieces), reading its program's entries in log
-order costs less than finding and seeking them all, on every page."""
-
 _STATEMENT_READS = 100
 """Limited reads side by side (``UNION ALL``, five parameters each and three shared) in
 one statement: SQLite's compound selects hold 500 members, and old builds bind at most
@@ -158,98 +148,22 @@ class _Read:
     node: int | None
 
 
-@functools.lru_cache(maxsize=16)
-def _tops_statement(programs: int) -> sa.Select[Any]:
-    """The highest node filed in each of ``programs`` programs and series: one seek each."""
-    return sa.select(
-        *(
-            sa.select(sa.func.max(EventBlock.serial_node))
-            .where(
-                EventBlock.program == sa.bindparam(f"program_{n}"),
-                EventBlock.serial_series == sa.bindparam(f"series_{n}"),
-            )
-            .scalar_subquery()
-            for n in range(programs)
-        )
-    )
-
-
-def _top_nodes(session: Session, ranges: Sequence[BlockId]) -> dict[tuple[str, str], int | None]:
-    """The highest node anything is filed under in each program and series of ``ranges``
-    (None where nothing is), in one statement."""
-    keys = sorted({(b.program.value, b.serial_series) for b in ranges})
-    tops: dict[tuple[str, str], int | None] = {}
-    for at in range(0, len(keys), _STATEMENT_RANGES):
-        chunk = keys[at : at + _STATEMENT_RANGES]
-        parameters: dict[str, Any] = {}
-        for n, (program, series) in enumerate(chunk):
-            parameters[f"program_{n}"], parameters[f"series_{n}"] = program, series
-        row = session.execute(_tops_statement(len(chunk)), parameters).one()
-        tops.update(zip(chunk, (None if top is None else int(top) for top in row), strict=True))
-    return tops
-
-
-_INNER_NODES_STATEMENT = sa.text(
-    "WITH RECURSIVE inner_nodes(node, n) AS ("
-    "SELECT (SELECT min(serial_node) FROM event_blocks WHERE program = :program "
-    "AND serial_series = :series AND serial_node >= :first AND serial_node <= :last), 1 "
-    "UNION ALL "
-    "SELECT (SELECT min(b.serial_node) FROM event_blocks AS b WHERE b.program = :program "
-    "AND b.serial_series = :series AND b.serial_node > inner_nodes.node "
-    "AND b.serial_node <= :last), inner_nodes.n + 1 "
-    "FROM inner_nodes WHERE inner_nodes.node IS NOT NULL AND inner_nodes.n <= :most) "
-    "SELECT node FROM inner_nodes WHERE node IS NOT NULL"
-)
-"""The nodes filed under inside ``first``..``last``, rising, one seek each (a loose index
-scan, which neither database does by itself), and one more than ``most`` at most."""
-
-
-def _inner_nodes(session: Session, block: BlockId) -> list[int] | None:
-    """The nodes inside ``block`` that something is filed under (every one a range inside
-    it is), or None past :data:`_INNER_NODES`."""
-    nodes = session.execute(
-        _INNER_NODES_STATEMENT,
-        {
-            "program": block.program.value,
-            "series": block.serial_series,
-            "first": block.serial_start,
-            "last": block.serial_end,
-            "most": _INNER_NODES,
-        },
-    ).scalars()
-    found = [int(node) for node in nodes]
-    return None if len(found) > _INNER_NODES else found
-
-
 def _plan_reads(session: Session, ranges: Sequence[BlockId]) -> list[_Read]:
     """The reads that find the events indexed under a range overlapping one of
     ``ranges``.
 
     Each range is read under each node of the serials' tree a range overlapping it can
-    be filed under (``serial_tree``): the ancestors of its ends up to the highest node
-    filed in its program and series (:func:`_top_nodes`), and inside it, each of its
-    serials if it is narrow, else the nodes something is filed under
-    (:func:`_inner_nodes`).  It reads the traced units' entries, and only those of other
-    ranges that hold one of the same ancestors.  A range with more nodes than
-    :data:`_INNER_NODES` inside, or than one statement's reads, is read in its program's
-    entries in log order.
+    be filed under (``serial_nodes.nodes_to_seek``): it reads the traced units' entries,
+    and only those of other ranges that hold one of the same ancestors.  A range with
+    more nodes than ``serial_nodes.INNER_NODES`` inside, or than one statement's reads,
+    is read in its program's entries in log order.
     """
-    tops = _top_nodes(session, ranges)
     reads: list[_Read] = []
-    for block in ranges:
-        top = tops[(block.program.value, block.serial_series)]
-        if top is None:
-            continue  # nothing is filed in its program and series
-        first, last = block.serial_start, block.serial_end
-        if last - first < _NARROW:
-            inside: list[int] | None = list(range(first, min(last, top) + 1))
-        else:
-            inside = _inner_nodes(session, block)
-        nodes = None if inside is None else {*serial_tree.nodes_around(first, last, top), *inside}
+    for block, nodes in zip(ranges, serial_nodes.nodes_to_seek(session, ranges), strict=True):
         if nodes is None or len(nodes) > _STATEMENT_READS:
             reads.append(_Read(block, None))
         else:
-            reads.extend(_Read(block, node) for node in sorted(nodes))
+            reads.extend(_Read(block, node) for node in nodes)
     return reads
 
 
@@ -727,7 +641,7 @@ class ProvenanceLog:
         Each read (see :func:`_plan_reads`) seeks ``start`` and reads on until ``count``
         of its events are found: a page reads nothing of the log before where the page
         before it ended, however far into the trace it is, nor other programs' events,
-        nor (but past :data:`_INNER_NODES`) the program's other units'.
+        nor (but past ``serial_nodes.INNER_NODES``) the program's other units'.
         """
         found: set[int] = set()
         reads = _plan_reads(session, ranges)

@@ -62,7 +62,7 @@ def _statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
 def test_a_trace_reads_as_much_for_many_lots_as_for_a_few(
     sessions: sessionmaker[Session],
 ) -> None:
-    # Both wider than a range sought node by node (provenance._NARROW), which reads in
+    # Both wider than a range sought node by node (serial_nodes.NARROW), which reads in
     # statements of its own.
     few = _issue_in_lots(sessions, 1_000, 4)
     many = _issue_in_lots(sessions, 100_000, 60)

@@ -37,6 +37,7 @@ stopping anywhere leaves nothing half done.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import threading
@@ -44,12 +45,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry_bridge import ledger, reconciliations
+from registry_bridge import ledger, reconciliations, serial_nodes
 from registry_bridge.bridge import CUSTODY_VENUES, ORIGIN_REGISTRY, venue_account
 from registry_bridge.db import read_only, unit_of_work
 from registry_bridge.errors import (
@@ -76,7 +78,7 @@ from registry_bridge.reconcile_report import (
     UnreadableRegistry,
     report_json,
 )
-from registry_bridge.schema import EventBlock, LedgerEvent, ReconciliationRecord
+from registry_bridge.schema import LedgerEvent, ReconciliationRecord
 
 __all__ = [
     "COMPLETED",
@@ -308,32 +310,140 @@ def _go_on(still_wanted: Callable[[], bool], before: str) -> None:
 
 
 _TRAIL_BLOCKS_PER_QUERY = 100
-"""Blocks whose trails one statement reads.  Each block is a member of a ``UNION ALL``
-bound with five parameters: 500 stay below the 999 of old SQLite builds (PostgreSQL allows
-65,535), and 100 members below SQLite's 500 terms of a compound select."""
+"""Blocks whose trails one statement reads: their reads are bound as one list (a JSON
+array on SQLite, arrays on PostgreSQL), so this bounds the statement's work and the rows
+it holds, not its parameters."""
+
+_LIMITED = "GROUP BY b.event_idx ORDER BY b.event_idx DESC LIMIT :limit"
+"""Each read's newest ``limit`` events (an event indexed under two of its ranges once),
+read back from the log's end in its index, the ranges tested inside it."""
+
+_SQLITE_TRAIL_READS = {
+    "node_reads": (
+        "node_reads(block_position, program, serial_series, node, first, last) AS ("
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        "json_extract(value, '$[2]'), json_extract(value, '$[3]'), "
+        "json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(:node_reads))",
+        "SELECT r.block_position, e.event_idx FROM node_reads AS r JOIN event_blocks AS e "
+        "ON e.program = r.program AND e.serial_series = r.serial_series "
+        "AND e.serial_node = r.node AND e.event_idx IN (SELECT b.event_idx "
+        "FROM event_blocks AS b WHERE b.program = r.program "
+        "AND b.serial_series = r.serial_series AND b.serial_node = r.node "
+        f"AND b.serial_start <= r.last AND b.serial_end >= r.first {_LIMITED})",
+    ),
+    "scans": (
+        "scans(block_position, program, serial_series, first, last) AS ("
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        "json_extract(value, '$[2]'), json_extract(value, '$[3]'), "
+        "json_extract(value, '$[4]') FROM json_each(:scans))",
+        "SELECT r.block_position, e.event_idx FROM scans AS r JOIN event_blocks AS e "
+        "ON e.program = r.program AND e.serial_series = r.serial_series "
+        "AND e.event_idx IN (SELECT b.event_idx FROM event_blocks AS b "
+        "WHERE b.program = r.program AND b.serial_series = r.serial_series "
+        f"AND b.serial_start <= r.last AND b.serial_end >= r.first {_LIMITED})",
+    ),
+}
+"""SQLite's reads, by name: per node of each block (``ix_event_blocks_node``), or per block
+in log order (``ix_event_blocks_log_order``), a table bound as one JSON array, and the
+statement reading them.  SQLite has no ``LATERAL``: a correlated ``IN`` list, run once per
+read, stands for it, its events found again in the same index (by an event's other entries
+too, which :func:`_newest_statement` drops)."""
+
+_POSTGRES_TRAIL_READS = {
+    "node_reads": (
+        "node_reads(block_position, program, serial_series, node, first, last) AS ("
+        "SELECT * FROM unnest(CAST(:node_positions AS INTEGER[]), "
+        "CAST(:node_programs AS VARCHAR[]), CAST(:node_series AS VARCHAR[]), "
+        "CAST(:nodes AS BIGINT[]), CAST(:node_firsts AS BIGINT[]), "
+        "CAST(:node_lasts AS BIGINT[])))",
+        "SELECT r.block_position, found.event_idx FROM node_reads AS r "
+        "CROSS JOIN LATERAL (SELECT b.event_idx FROM event_blocks AS b "
+        "WHERE b.program = r.program AND b.serial_series = r.serial_series "
+        "AND b.serial_node = r.node AND b.serial_start <= r.last "
+        f"AND b.serial_end >= r.first {_LIMITED}) AS found",
+    ),
+    "scans": (
+        "scans(block_position, program, serial_series, first, last) AS ("
+        "SELECT * FROM unnest(CAST(:scan_positions AS INTEGER[]), "
+        "CAST(:scan_programs AS VARCHAR[]), CAST(:scan_series AS VARCHAR[]), "
+        "CAST(:scan_firsts AS BIGINT[]), CAST(:scan_lasts AS BIGINT[])))",
+        "SELECT r.block_position, found.event_idx FROM scans AS r "
+        "CROSS JOIN LATERAL (SELECT b.event_idx FROM event_blocks AS b "
+        "WHERE b.program = r.program AND b.serial_series = r.serial_series "
+        f"AND b.serial_start <= r.last AND b.serial_end >= r.first {_LIMITED}) AS found",
+    ),
+}
+"""PostgreSQL's reads, as SQLite's (:data:`_SQLITE_TRAIL_READS`): bound as arrays, each a
+``LATERAL`` limited read."""
 
 
-def _newest_events(position: int, block: BlockId, limit: int) -> sa.Select[tuple[int, int]]:
-    """The indexes of the newest ``limit`` events concerning ``block``, each with the
-    block's ``position`` among those asked about."""
+@functools.lru_cache(maxsize=8)
+def _newest_statement(postgres: bool, kinds: tuple[str, ...]) -> sa.Select[Any]:
+    """The newest ``limit`` events of each block that the reads of ``kinds`` find (see
+    :data:`_SQLITE_TRAIL_READS`), with the block's position: an event found under several
+    of a block's nodes, or by several of its entries, counts once."""
+    reads = [(_POSTGRES_TRAIL_READS if postgres else _SQLITE_TRAIL_READS)[k] for k in kinds]
+    tables = ", ".join(table for table, _ in reads)
+    found = " UNION ALL ".join(read for _, read in reads)
     newest = (
-        sa.select(EventBlock.event_idx)
-        .where(
-            EventBlock.program == block.program.value,
-            EventBlock.serial_series == block.serial_series,
-            EventBlock.serial_start <= block.serial_end,
-            EventBlock.serial_end >= block.serial_start,
+        sa.text(
+            f"WITH {tables}, found(block_position, event_idx) AS ({found}), "
+            "ranked AS (SELECT once.block_position, once.event_idx, row_number() OVER "
+            "(PARTITION BY once.block_position ORDER BY once.event_idx DESC) AS newness "
+            "FROM (SELECT DISTINCT block_position, event_idx FROM found) AS once) "
+            "SELECT block_position, event_idx FROM ranked WHERE newness <= :limit"
         )
-        .distinct()
-        .order_by(EventBlock.event_idx.desc())
-        .limit(limit)
-        .subquery()
+        .columns(block_position=sa.Integer, event_idx=sa.BigInteger)
+        .subquery("newest")
     )
-    # An int spelled in the statement, not bound: one parameter fewer per block.
-    return sa.select(
-        sa.literal_column(str(int(position)), sa.Integer).label("block_position"),
-        newest.c.event_idx,
+    return (
+        sa.select(newest.c.block_position, LedgerEvent)
+        .join(LedgerEvent, LedgerEvent.idx == newest.c.event_idx)
+        .order_by(newest.c.block_position, LedgerEvent.idx)
     )
+
+
+def _trail_reads(
+    planned: Sequence[tuple[int, BlockId, list[int] | None]], postgres: bool
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The kinds of reads of the blocks (their nodes as planned, at their positions) and
+    their values, as :func:`_newest_statement` binds them: one read per node a block is
+    sought under, or one in log order (where its nodes are None)."""
+    node_reads = [
+        (position, block, node) for position, block, nodes in planned for node in nodes or ()
+    ]
+    scans = [(position, block) for position, block, nodes in planned if nodes is None]
+    parameters: dict[str, Any] = {}
+    if node_reads and postgres:
+        parameters.update(
+            node_positions=[p for p, _, _ in node_reads],
+            node_programs=[b.program.value for _, b, _ in node_reads],
+            node_series=[b.serial_series for _, b, _ in node_reads],
+            nodes=[node for _, _, node in node_reads],
+            node_firsts=[b.serial_start for _, b, _ in node_reads],
+            node_lasts=[b.serial_end for _, b, _ in node_reads],
+        )
+    elif node_reads:
+        parameters["node_reads"] = json.dumps(
+            [
+                [p, b.program.value, b.serial_series, node, b.serial_start, b.serial_end]
+                for p, b, node in node_reads
+            ]
+        )
+    if scans and postgres:
+        parameters.update(
+            scan_positions=[p for p, _ in scans],
+            scan_programs=[b.program.value for _, b in scans],
+            scan_series=[b.serial_series for _, b in scans],
+            scan_firsts=[b.serial_start for _, b in scans],
+            scan_lasts=[b.serial_end for _, b in scans],
+        )
+    elif scans:
+        parameters["scans"] = json.dumps(
+            [[p, b.program.value, b.serial_series, b.serial_start, b.serial_end] for p, b in scans]
+        )
+    kinds = (*(("node_reads",) if node_reads else ()), *(("scans",) if scans else ()))
+    return kinds, parameters
 
 
 def _trail_line(event: LedgerEvent) -> str:
@@ -355,8 +465,11 @@ def trails(
     """The ledger's audit trail of each of ``blocks``: its newest ``limit`` events, oldest
     first, one line each.
 
-    One statement per :data:`_TRAIL_BLOCKS_PER_QUERY` blocks, not one per block: a
-    registry far out of step differs in thousands of blocks.
+    One statement per :data:`_TRAIL_BLOCKS_PER_QUERY` blocks, not one per block (a
+    registry far out of step differs in thousands of blocks), and two more that find
+    which nodes of the serials' tree to seek for them all (``serial_nodes``): each
+    block's newest events are read from its own index entries, node by node, however
+    busy its program since.
 
     Args:
         session: A session on the ledger (only read).
@@ -371,17 +484,24 @@ def trails(
         Abandoned: ``still_wanted`` answered false.
     """
     lines: list[list[str]] = [[] for _ in blocks]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    nodes: list[list[int] | None] = []
     for first in range(0, len(blocks), _TRAIL_BLOCKS_PER_QUERY):
         _go_on(still_wanted, "reading the trail of the blocks that differ")
-        chunk = blocks[first : first + _TRAIL_BLOCKS_PER_QUERY]
-        newest = sa.union_all(
-            *(_newest_events(first + i, block, limit) for i, block in enumerate(chunk))
-        ).subquery()
-        found = session.execute(
-            sa.select(newest.c.block_position, LedgerEvent)
-            .join(LedgerEvent, LedgerEvent.idx == newest.c.event_idx)
-            .order_by(newest.c.block_position, LedgerEvent.idx)
-        )
+        if not first:
+            # Each block is sought under the nodes of the serials' tree that its events'
+            # ranges are filed under, not in its program's entries back from the log's
+            # end: the trail of an old block in a busy program read every newer entry of
+            # the program.  Worked out for every block at once, in two statements.
+            nodes = serial_nodes.nodes_to_seek(session, blocks)
+        chunk = [
+            (position, blocks[position], nodes[position])
+            for position in range(first, min(first + _TRAIL_BLOCKS_PER_QUERY, len(blocks)))
+        ]
+        kinds, reads = _trail_reads(chunk, postgres)
+        if not kinds:
+            continue  # nothing is filed in their programs and series
+        found = session.execute(_newest_statement(postgres, kinds), {**reads, "limit": limit})
         for position, event in found.tuples():
             lines[position].append(_trail_line(event))
     return lines

@@ -17,7 +17,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from adapters.serial_errors import UnknownRegistryError, unknown_registry_reason
 from adapters.serials import REGISTRY_IDS
 from gateway.catalog import RegistryInfo
-from registry_bridge.covered_entities import CoveredEntity
+from registry_bridge.covered_entities import ComplianceYear, CoveredEntity, YearWithdrawal
 from registry_bridge.errors import FieldViolation, InvalidRequest
 from registry_bridge.listing import (
     ListingOutcome,
@@ -750,8 +750,20 @@ def listing_to_pb(
     )
 
 
-def entity_to_pb(entity: CoveredEntity) -> gateway_pb2.CoveredEntity:
-    """A covered entity resource, with every recorded year."""
+def compliance_year_to_pb(year: ComplianceYear) -> gateway_pb2.ComplianceYear:
+    """One compliance year's message."""
+    return gateway_pb2.ComplianceYear(
+        jurisdiction=year.jurisdiction,
+        compliance_year=year.compliance_year,
+        verified_emissions=year.verified_emissions,
+        allowances_due=year.allowances_due,
+    )
+
+
+def entity_to_pb(
+    entity: CoveredEntity, withdrawals: Sequence[YearWithdrawal] = ()
+) -> gateway_pb2.CoveredEntity:
+    """A covered entity resource, with every recorded year and every withdrawn one."""
     return gateway_pb2.CoveredEntity(
         entity_id=entity.entity_id,
         display_name=entity.display_name,
@@ -760,13 +772,13 @@ def entity_to_pb(entity: CoveredEntity) -> gateway_pb2.CoveredEntity:
         accounts=[
             model_pb2.AccountRef(registry=r, account=a) for r, a in sorted(entity.accounts.items())
         ],
-        years=[
-            gateway_pb2.ComplianceYear(
-                jurisdiction=y.jurisdiction,
-                compliance_year=y.compliance_year,
-                verified_emissions=y.verified_emissions,
-                allowances_due=y.allowances_due,
+        years=[compliance_year_to_pb(y) for y in entity.years],
+        withdrawn_years=[
+            gateway_pb2.YearWithdrawal(
+                year=compliance_year_to_pb(w.year),
+                withdrawn_by=w.withdrawn_by,
+                withdrawn_at=timestamp(w.withdrawn_at),
             )
-            for y in entity.years
+            for w in withdrawals
         ],
     )

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
 from gateway import convert
-from registry_bridge.covered_entities import ComplianceYear, CoveredEntity
+from registry_bridge.covered_entities import ComplianceYear, ComplianceYearRef, CoveredEntity
 from registry_bridge.db import unit_of_work
-from registry_bridge.entities import get_entity, upsert_entity
+from registry_bridge.entities import (
+    get_entity,
+    upsert_entity,
+    withdraw_entity_years,
+    year_withdrawals,
+)
 from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound, PermissionDenied
 from registry_bridge.idempotency import answer_once
 from registry_bridge.ledger import LedgerHolding
@@ -237,6 +242,15 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
     problems: list[FieldViolation] = []
     if len(message.accounts) > _MAX_ITEMS or len(message.years) > _MAX_ITEMS:
         problems.append(FieldViolation("entity", f"at most {_MAX_ITEMS} accounts and years"))
+    if message.withdrawn_years:
+        # Output only: a client that sends back a reply must not think it withdrew them.
+        problems.append(
+            FieldViolation(
+                "entity.withdrawn_years",
+                "is the gateway's record of withdrawals, not an input: name the years to "
+                "withdraw in withdraw_years",
+            )
+        )
     convert.check_count(problems, "entity.gases", message.gases, "gases", _MAX_ITEMS)
     # Past a cap, nothing more is read: one violation, not one per account, year or gas.
     _raise_if(problems)
@@ -263,6 +277,20 @@ def entity_from_pb(message: gateway_pb2.CoveredEntity) -> CoveredEntity:
             for y in message.years
         ),
     )
+
+
+def withdrawals_from_pb(
+    messages: Sequence[gateway_pb2.ComplianceYearRef],
+) -> tuple[ComplianceYearRef, ...]:
+    """The years an UpsertCoveredEntity withdraws (checked again by the domain).
+
+    Raises:
+        InvalidRequest: More than ``_MAX_ITEMS`` of them.
+    """
+    problems: list[FieldViolation] = []
+    convert.check_count(problems, "withdraw_years", messages, "years", _MAX_ITEMS)
+    _raise_if(problems)
+    return tuple(ComplianceYearRef(m.jurisdiction, m.compliance_year) for m in messages)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -338,15 +366,43 @@ def upsert_covered_entity(
     what the registries of ``maintainer`` maintain (anything, when None); answer with its
     record."""
     convert.request_id(request.request_id)
-    entity = entity_from_pb(request.entity)
+    withdraw = withdrawals_from_pb(request.withdraw_years)
+    # With years to withdraw, an entity that names only its id asks for nothing else:
+    # the party withdrawing a year need not know, nor restate, the rest of the record.
+    only_withdraw = bool(withdraw) and request.entity == gateway_pb2.CoveredEntity(
+        entity_id=request.entity.entity_id
+    )
+    entity = None if only_withdraw else entity_from_pb(request.entity)
+    entity_id = request.entity.entity_id
     body = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     sessions = migrations.sessions
 
     def record() -> bytes:
         with unit_of_work(sessions) as session:
-            upsert_entity(session, entity, migrations.now(), maintainer)
+            if entity is None:
+                withdraw_entity_years(
+                    session,
+                    entity_id,
+                    withdraw,
+                    migrations.now(),
+                    maintainer,
+                    by=caller,
+                    request_id=request.request_id,
+                )
+            else:
+                upsert_entity(
+                    session,
+                    entity,
+                    migrations.now(),
+                    maintainer,
+                    withdraw,
+                    by=caller,
+                    request_id=request.request_id,
+                )
         with unit_of_work(sessions) as session:
-            reply = convert.entity_to_pb(get_entity(session, entity.entity_id))
+            reply = convert.entity_to_pb(
+                get_entity(session, entity_id), year_withdrawals(session, entity_id)
+            )
         return bytes(reply.SerializeToString(deterministic=True))
 
     answer = answer_once(

@@ -12,8 +12,9 @@ import file with this module before sending it, without the database layer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from registry_bridge.errors import FieldViolation, InvalidRequest
@@ -50,6 +51,24 @@ class CoveredEntity:
     accounts: Mapping[str, str]
     """Registry id -> the entity's account there."""
     years: tuple[ComplianceYear, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ComplianceYearRef:
+    """One compliance year of an entity, by its scheme and year (one to withdraw)."""
+
+    jurisdiction: str
+    compliance_year: int
+
+
+@dataclass(frozen=True)
+class YearWithdrawal:
+    """A compliance year withdrawn from an entity's record, with the figures it had."""
+
+    year: ComplianceYear
+    withdrawn_by: str
+    """The caller who withdrew it (empty for the local caller)."""
+    withdrawn_at: datetime
 
 
 _LARGEST_AMOUNT = 2**63 - 1
@@ -120,6 +139,43 @@ def validate_entity(entity: CoveredEntity) -> None:
                 problems.append(
                     FieldViolation(f"{path}.{name}", f"is above the largest, {_LARGEST_AMOUNT}")
                 )
+    if problems:
+        raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
+
+
+def validate_withdrawals(
+    withdraw: Sequence[ComplianceYearRef], recorded: Sequence[ComplianceYear] = ()
+) -> None:
+    """Refuse years to withdraw that name no year, name one twice, or name one that
+    ``recorded`` (the same request's years) records: recording and withdrawing one year
+    at once says two things of it.
+
+    Raises:
+        InvalidRequest: Each problem as a field violation under ``withdraw_years[i]``.
+    """
+    problems: list[FieldViolation] = []
+    given = {(y.jurisdiction, y.compliance_year) for y in recorded}
+    seen: set[tuple[str, int]] = set()
+    for i, ref in enumerate(withdraw):
+        path = f"withdraw_years[{i}]"
+        key = (ref.jurisdiction, ref.compliance_year)
+        if ref.jurisdiction not in JURISDICTIONS:
+            problems.append(
+                FieldViolation(f"{path}.jurisdiction", f"must be one of {sorted(JURISDICTIONS)}")
+            )
+        if not 2000 <= ref.compliance_year <= 2100:
+            problems.append(FieldViolation(f"{path}.compliance_year", "must be 2000-2100"))
+        if key in seen:
+            problems.append(FieldViolation(path, "repeats a jurisdiction and year"))
+        seen.add(key)
+        if key in given:
+            problems.append(
+                FieldViolation(
+                    path,
+                    f"{ref.jurisdiction} {ref.compliance_year} is also in entity.years: a "
+                    "request records a year or withdraws it, not both",
+                )
+            )
     if problems:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 

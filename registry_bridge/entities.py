@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -20,18 +20,32 @@ from compliance_rules import EntityYear, OffsetUse
 from registry_bridge import ledger
 from registry_bridge.block_json import block_id_from_dict
 from registry_bridge.covered_entities import (
+    MAX_ID_LENGTH,
     ComplianceYear,
+    ComplianceYearRef,
     CoveredEntity,
+    YearWithdrawal,
     claimed_by_the_other,
     covered_twice,
     validate_entity,
+    validate_withdrawals,
 )
 from registry_bridge.db import read_only
-from registry_bridge.errors import FieldViolation, InvalidRequest, NotFound, PermissionDenied
+from registry_bridge.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+)
+from registry_bridge.idempotency import LOCAL_CALLER
+from registry_bridge.model import has_control_characters
 from registry_bridge.schema import (
     CoveredEntityAccountRecord,
     CoveredEntityRecord,
     EntityYearRecord,
+    EntityYearWithdrawalRecord,
     MigrationRecord,
     UnitUseRecord,
 )
@@ -192,7 +206,12 @@ def _check_migrated_years(session: Session, entity: CoveredEntity) -> None:
         raise InvalidRequest("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 
 
-def _check_maintainer(session: Session, entity: CoveredEntity, registries: frozenset[str]) -> None:
+def _check_maintainer(
+    session: Session,
+    entity: CoveredEntity,
+    registries: frozenset[str],
+    withdraw: Sequence[ComplianceYearRef] = (),
+) -> None:
     """Refuse a registry's record of what is not its own to record.
 
     A scheme's registry has its jurisdiction's id, and records only its own scheme's
@@ -200,7 +219,8 @@ def _check_maintainer(session: Session, entity: CoveredEntity, registries: froze
     jurisdiction or an account with it), or of an entity new to the gateway, which it
     then records under itself.  Moving an entity between schemes, as the national account
     a migration's units land in, is then the regulator's, or each registry's for its own
-    side.
+    side.  A year it may record is the one it may withdraw (``withdraw``): only its own
+    scheme's.
     """
     if not registries:
         raise PermissionDenied(
@@ -212,6 +232,12 @@ def _check_maintainer(session: Session, entity: CoveredEntity, registries: froze
         if year.jurisdiction not in registries:
             raise PermissionDenied(
                 f"entity.years[{i}].jurisdiction: {year.jurisdiction!r} is not the "
+                f"jurisdiction of the caller's registry ({theirs})"
+            )
+    for i, ref in enumerate(withdraw):
+        if ref.jurisdiction not in registries:
+            raise PermissionDenied(
+                f"withdraw_years[{i}].jurisdiction: {ref.jurisdiction!r} is not the "
                 f"jurisdiction of the caller's registry ({theirs})"
             )
     for i, registry in enumerate(entity.accounts):
@@ -253,11 +279,16 @@ def upsert_entity(
     entity: CoveredEntity,
     at: datetime,
     maintainer: frozenset[str] | None = None,
+    withdraw: Sequence[ComplianceYearRef] = (),
+    by: str = LOCAL_CALLER,
+    request_id: str = "",
 ) -> None:
-    """Record (or correct) a covered entity, its accounts and the years it gives.
+    """Record (or correct) a covered entity, its accounts and the years it gives, and
+    withdraw the recorded years ``withdraw`` names.
 
     Accounts and years not given are left as they are: a correction names what it
-    corrects. The caller owns the transaction.
+    corrects, and a withdrawal the years it withdraws (see :func:`withdraw_entity_years`).
+    The caller owns the transaction.
 
     Args:
         session: The caller's transaction.
@@ -265,46 +296,209 @@ def upsert_entity(
         at: When it is recorded.
         maintainer: The registries a registry that records it stands for; None for a
             regulator (or a local import), who records any entity.
+        withdraw: Recorded years of the entity to withdraw; none of ``entity.years``.
+        by: The caller, kept with each withdrawal.
+        request_id: The caller's request id, kept with each withdrawal.
 
     Raises:
-        InvalidRequest: A field is missing or out of range (every problem listed), or a
-            year falls on the wrong side of the entity's migration.
-        PermissionDenied: A registry records a year of another jurisdiction, an account
-            at another registry, or an entity under other registries only.
+        InvalidRequest: A field is missing or out of range (every problem listed), a
+            year falls on the wrong side of the entity's migration, or a year is both
+            recorded and withdrawn.
+        PermissionDenied: A registry records or withdraws a year of another jurisdiction,
+            records an account at another registry, or an entity under other registries
+            only.
+        NotFound: A year to withdraw is not recorded, or the entity is not.
+        FailedPrecondition: The entity surrendered for a year to withdraw.
     """
     validate_entity(entity)
+    _update(session, entity.entity_id, entity, withdraw, at, maintainer, by, request_id)
+
+
+def withdraw_entity_years(
+    session: Session,
+    entity_id: str,
+    withdraw: Sequence[ComplianceYearRef],
+    at: datetime,
+    maintainer: frozenset[str] | None = None,
+    by: str = LOCAL_CALLER,
+    request_id: str = "",
+) -> None:
+    """Withdraw recorded compliance years of an entity, its record otherwise left as is.
+
+    A withdrawn year is deleted from the years recorded (so a migration plan, the rules
+    gate and a surrender no longer see it) and kept, with its figures, who withdrew it
+    and when, among the entity's withdrawals (:func:`year_withdrawals`).  Only a year
+    nothing claims is withdrawn: a surrender for it that may have spent units
+    (``SPENDING_SURRENDER_STATES``) keeps it.  Under the entity's row lock, which a
+    surrender takes first too, so a surrender and the withdrawal of its year are decided
+    one after the other: the surrender's rules check then finds no year recorded, or the
+    withdrawal finds the surrender.  The caller owns the transaction.
+
+    Raises:
+        InvalidRequest: The entity id or a year to withdraw is malformed, or a year is
+            named twice.
+        PermissionDenied: A registry withdraws a year of another jurisdiction.
+        NotFound: The entity or a year to withdraw is not recorded.
+        FailedPrecondition: The entity surrendered for a year to withdraw.
+    """
+    if not entity_id or len(entity_id) > MAX_ID_LENGTH or has_control_characters(entity_id):
+        raise InvalidRequest.field(
+            "entity.entity_id", "is required (at most 128 characters, no control characters)"
+        )
+    if not withdraw:
+        raise InvalidRequest.field("withdraw_years", "must name at least one year")
+    _update(session, entity_id, None, withdraw, at, maintainer, by, request_id)
+
+
+def _update(
+    session: Session,
+    entity_id: str,
+    entity: CoveredEntity | None,
+    withdraw: Sequence[ComplianceYearRef],
+    at: datetime,
+    maintainer: frozenset[str] | None,
+    by: str,
+    request_id: str,
+) -> None:
+    """Record ``entity`` (None: leave the record as it is) and withdraw ``withdraw``."""
+    validate_withdrawals(withdraw, entity.years if entity is not None else ())
     # Locked before anything is checked, as a surrender and the recording of a migration
     # lock it: a migration recorded meanwhile is then seen by the check of the years, or
-    # sees them.
-    session.get(CoveredEntityRecord, entity.entity_id, with_for_update=True)
+    # sees them; a surrender for a year to withdraw is seen, or sees the year withdrawn.
+    record = session.get(CoveredEntityRecord, entity_id, with_for_update=True)
+    if withdraw and record is None:
+        raise NotFound(f"entities/{entity_id}")
     if maintainer is not None:
-        _check_maintainer(session, entity, maintainer)
-    _check_migrated_years(session, entity)
-    session.merge(
-        CoveredEntityRecord(
-            entity_id=entity.entity_id,
-            display_name=entity.display_name,
-            sector=entity.sector,
-            gases=json.dumps(sorted(set(entity.gases))),
-            updated_at=at,
+        _check_maintainer(
+            session, entity or CoveredEntity(entity_id, "", "", (), {}), maintainer, withdraw
         )
-    )
-    session.flush()
-    for registry, account in sorted(entity.accounts.items()):
+    if entity is not None:
+        _check_migrated_years(session, entity)
+    withdrawn = _withdrawable(session, entity_id, withdraw)
+    if entity is not None:
         session.merge(
-            CoveredEntityAccountRecord(
-                entity_id=entity.entity_id, registry_id=registry, account=account
+            CoveredEntityRecord(
+                entity_id=entity.entity_id,
+                display_name=entity.display_name,
+                sector=entity.sector,
+                gases=json.dumps(sorted(set(entity.gases))),
+                updated_at=at,
             )
         )
-    for year in entity.years:
-        record_entity_year(
-            session,
-            entity.entity_id,
-            year.jurisdiction,
-            year.compliance_year,
-            year.verified_emissions,
-            year.allowances_due,
+        session.flush()
+        for registry, account in sorted(entity.accounts.items()):
+            session.merge(
+                CoveredEntityAccountRecord(
+                    entity_id=entity.entity_id, registry_id=registry, account=account
+                )
+            )
+        for year in entity.years:
+            record_entity_year(
+                session,
+                entity.entity_id,
+                year.jurisdiction,
+                year.compliance_year,
+                year.verified_emissions,
+                year.allowances_due,
+            )
+    elif record is not None:
+        record.updated_at = at
+    for year_record in withdrawn:
+        session.add(
+            EntityYearWithdrawalRecord(
+                entity_id=entity_id,
+                jurisdiction=year_record.jurisdiction,
+                compliance_year=year_record.compliance_year,
+                verified_emissions=year_record.verified_emissions,
+                allowances_due=year_record.allowances_due,
+                covered_by_national_ets=year_record.covered_by_national_ets,
+                withdrawn_by=by,
+                request_id=request_id,
+                withdrawn_at=at,
+            )
         )
+        session.delete(year_record)
+    session.flush()
+
+
+def _withdrawable(
+    session: Session, entity_id: str, withdraw: Sequence[ComplianceYearRef]
+) -> list[EntityYearRecord]:
+    """The year records ``withdraw`` names, each recorded and claimed by no surrender.
+
+    Raises:
+        NotFound: A year is not recorded (the first such is named).
+        FailedPrecondition: The entity surrendered for some of them (each named with its
+            uses).
+    """
+    records: list[EntityYearRecord] = []
+    for i, ref in enumerate(withdraw):
+        found = session.get(EntityYearRecord, (entity_id, ref.jurisdiction, ref.compliance_year))
+        if found is None:
+            # As for the entity: a withdrawal is the delete of the year's record, and
+            # what is not there is not found (AIP-135), whatever else the request does.
+            raise NotFound(
+                f"withdraw_years[{i}]: the {ref.jurisdiction} year {ref.compliance_year} "
+                f"of entities/{entity_id}"
+            )
+        records.append(found)
+    claims: list[tuple[int, ComplianceYearRef, list[tuple[str, str]]]] = []
+    for i, ref in enumerate(withdraw):
+        uses = [
+            (str(use_id), str(state))
+            for use_id, state in session.execute(
+                sa.select(UnitUseRecord.id, UnitUseRecord.state)
+                .where(
+                    UnitUseRecord.entity_id == entity_id,
+                    UnitUseRecord.jurisdiction == ref.jurisdiction,
+                    UnitUseRecord.compliance_year == ref.compliance_year,
+                    UnitUseRecord.kind == "surrender",
+                    UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
+                )
+                .order_by(UnitUseRecord.created_at, UnitUseRecord.id)
+            )
+        ]
+        if uses:
+            claims.append((i, ref, uses))
+    if claims:
+        raise FailedPrecondition(
+            "; ".join(
+                f"withdraw_years[{i}]: entities/{entity_id} surrendered for {ref.jurisdiction} "
+                f"{ref.compliance_year} ({', '.join(f'uses/{u}' for u, _ in uses)}), so the "
+                "year stays recorded"
+                for i, ref, uses in claims
+            ),
+            [
+                PreconditionViolation(
+                    "SURRENDERED",
+                    f"uses/{use_id}",
+                    f"withdraw_years[{i}]: a {state} surrender for {ref.jurisdiction} "
+                    f"{ref.compliance_year}",
+                )
+                for i, ref, uses in claims
+                for use_id, state in uses
+            ],
+        )
+    return records
+
+
+def year_withdrawals(session: Session, entity_id: str) -> tuple[YearWithdrawal, ...]:
+    """Every year withdrawn from the entity's record, oldest first."""
+    return tuple(
+        YearWithdrawal(
+            ComplianceYear(
+                w.jurisdiction, w.compliance_year, w.verified_emissions, w.allowances_due
+            ),
+            w.withdrawn_by,
+            w.withdrawn_at,
+        )
+        for w in session.execute(
+            sa.select(EntityYearWithdrawalRecord)
+            .where(EntityYearWithdrawalRecord.entity_id == entity_id)
+            # ix_entity_year_withdrawals_entity_at
+            .order_by(EntityYearWithdrawalRecord.withdrawn_at, EntityYearWithdrawalRecord.id)
+        ).scalars()
+    )
 
 
 def get_entity(session: Session, entity_id: str) -> CoveredEntity:

@@ -393,6 +393,40 @@ class CoveredEntityRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class EntityYearWithdrawalRecord(Base):
+    """A compliance year withdrawn from an entity's record, with the figures it had.
+
+    A withdrawal deletes the year's ``entity_years`` row (the plan of a migration, the
+    rules gate and the recording of a year all read that table as the years recorded), so
+    this is where a withdrawn year is still seen: who withdrew it, when, and what it said.
+    """
+
+    __tablename__ = "entity_year_withdrawals"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    """In the order they were recorded: one request's withdrawals as it names them."""
+    entity_id: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("covered_entities.entity_id", ondelete="RESTRICT")
+    )
+    jurisdiction: Mapped[str] = mapped_column(sa.String(32))
+    compliance_year: Mapped[int] = mapped_column(sa.Integer)
+    verified_emissions: Mapped[int] = mapped_column(sa.BigInteger)
+    """As the year's record had it when withdrawn, tCO2e."""
+    allowances_due: Mapped[int] = mapped_column(sa.BigInteger)
+    """As the year's record had it when withdrawn."""
+    covered_by_national_ets: Mapped[bool] = mapped_column(sa.Boolean)
+    withdrawn_by: Mapped[str] = mapped_column(sa.String(128))
+    """The caller who withdrew it (the token subject; empty for the local caller)."""
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    """The caller's request id of the UpsertCoveredEntity that withdrew it."""
+    withdrawn_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        # An entity's withdrawals are read with its record, oldest first.
+        sa.Index("ix_entity_year_withdrawals_entity_at", "entity_id", "withdrawn_at", "id"),
+    )
+
+
 class CoveredEntityAccountRecord(Base):
     """The account a covered entity holds (or is registered for) at one registry."""
 

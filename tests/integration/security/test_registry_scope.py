@@ -22,7 +22,7 @@ from gateway.cli import main
 from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.entities import get_entity
 from registry_bridge.errors import NotFound
-from registry_bridge.schema import IdempotencyRecord
+from registry_bridge.schema import EntityYearWithdrawalRecord, IdempotencyRecord
 from tests.integration.security.conftest import SecureGateway, row_counts, running_secure_gateway
 
 
@@ -215,3 +215,95 @@ def test_certs_token_mints_a_registry_token_for_its_registry(
     _upsert(gateway, shenzhen, "registry", "sz-1", SHENZHEN_STEEL)
     refused = _refused(gateway, shenzhen, _entity("sz-steel", [], [("national", 2025, 1)]))
     assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _withdraw(
+    gateway: SecureGateway,
+    token: str,
+    role: str,
+    request_id: str,
+    entity_id: str,
+    *years: tuple[str, int],
+) -> gateway_pb2.CoveredEntity:
+    """UpsertCoveredEntity withdrawing the entity's ``(jurisdiction, year)`` ``years``,
+    the entity naming only its id."""
+    stub = gateway_pb2_grpc.LinkageGatewayStub(gateway.channel(role, token))
+    reply: gateway_pb2.CoveredEntity = stub.UpsertCoveredEntity(
+        gateway_pb2.UpsertCoveredEntityRequest(
+            request_id=request_id,
+            entity=gateway_pb2.CoveredEntity(entity_id=entity_id),
+            withdraw_years=[
+                gateway_pb2.ComplianceYearRef(jurisdiction=j, compliance_year=y) for j, y in years
+            ],
+        ),
+        timeout=30,
+    )
+    return reply
+
+
+MIGRANT = _entity(
+    "sz-leaver",
+    [("shenzhen", "sz-leaver-1"), ("national", "cn-leaver-1")],
+    [("shenzhen", 2024, 9_000), ("national", 2025, 8_000)],
+)
+
+
+def test_a_registry_withdraws_only_the_years_of_its_own_jurisdiction(
+    gateway: SecureGateway,
+) -> None:
+    """A year a registry may record is the one it may withdraw; the withdrawal keeps who
+    withdrew it (the caller's subject)."""
+    _upsert(gateway, gateway.token("regulator"), "regulator", "leaver", MIGRANT)
+    shenzhen = _registry(gateway, "shenzhen")
+    before = (
+        _recorded(gateway, "sz-leaver"),
+        row_counts(gateway, IdempotencyRecord, EntityYearWithdrawalRecord),
+    )
+    for token, request_id in ((shenzhen, "sz-w"), (gateway.token("registry"), "anon-w")):
+        with pytest.raises(grpc.RpcError) as refused:
+            _withdraw(gateway, token, "registry", request_id, "sz-leaver", ("national", 2025))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        details = str(refused.value.details())
+        assert "withdraw_years[0].jurisdiction" in details or "names no registry" in details
+    # Nor a role that records no entity at all.
+    with pytest.raises(grpc.RpcError) as refused:
+        _withdraw(
+            gateway,
+            gateway.token("covered_entity", entities=["sz-leaver"]),
+            "covered_entity",
+            "entity-w",
+            "sz-leaver",
+            ("shenzhen", 2024),
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        _recorded(gateway, "sz-leaver"),
+        row_counts(gateway, IdempotencyRecord, EntityYearWithdrawalRecord),
+    ) == before
+
+    national = _registry(gateway, "national")
+    reply = _withdraw(gateway, national, "registry", "cn-w", "sz-leaver", ("national", 2025))
+    assert [(y.jurisdiction, y.compliance_year) for y in reply.years] == [("shenzhen", 2024)]
+    assert [
+        (w.year.jurisdiction, w.year.compliance_year, w.year.verified_emissions, w.withdrawn_by)
+        for w in reply.withdrawn_years
+    ] == [("national", 2025, 8_000, "registry-national")]
+    # A regulator withdraws any year.
+    regulator = gateway.token("regulator", subject="regulator-1")
+    reply = _withdraw(gateway, regulator, "regulator", "reg-w", "sz-leaver", ("shenzhen", 2024))
+    assert not reply.years
+    assert [(w.year.jurisdiction, w.withdrawn_by) for w in reply.withdrawn_years] == [
+        ("national", "registry-national"),
+        ("shenzhen", "regulator-1"),
+    ]
+    # The entity stays under the registries of its accounts: Shenzhen records its year
+    # again.
+    reply = _upsert(
+        gateway,
+        shenzhen,
+        "registry",
+        "sz-again",
+        _entity("sz-leaver", [], [("shenzhen", 2024, 9_100)]),
+    )
+    assert [(y.jurisdiction, y.verified_emissions) for y in reply.years] == [("shenzhen", 9_100)]
+    assert len(reply.withdrawn_years) == 2

@@ -1367,6 +1367,7 @@ class CoveredEntity(_message.Message):
     GASES_FIELD_NUMBER: _builtins.int
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     YEARS_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_YEARS_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     display_name: _builtins.str
     sector: _builtins.str
@@ -1381,6 +1382,12 @@ class CoveredEntity(_message.Message):
 
     @_builtins.property
     def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceYear]: ...
+    @_builtins.property
+    def withdrawn_years(self) -> _containers.RepeatedCompositeFieldContainer[Global___YearWithdrawal]:
+        """Output only: every year withdrawn from the record (withdraw_years), oldest first.
+        Refused in a request (INVALID_ARGUMENT): name years to withdraw in withdraw_years.
+        """
+
     def __init__(
         self,
         *,
@@ -1390,14 +1397,71 @@ class CoveredEntity(_message.Message):
         gases: _abc.Iterable[_builtins.str] | None = ...,
         accounts: _abc.Iterable[_model_pb2.AccountRef] | None = ...,
         years: _abc.Iterable[Global___ComplianceYear] | None = ...,
+        withdrawn_years: _abc.Iterable[Global___YearWithdrawal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "display_name", b"display_name", "entity_id", b"entity_id", "gases", b"gases", "sector", b"sector", "years", b"years"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "display_name", b"display_name", "entity_id", b"entity_id", "gases", b"gases", "sector", b"sector", "withdrawn_years", b"withdrawn_years", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CoveredEntity: _TypeAlias = CoveredEntity  # noqa: Y015
+
+@_typing.final
+class ComplianceYearRef(_message.Message):
+    """One compliance year of a covered entity, by its jurisdiction and year."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JURISDICTION_FIELD_NUMBER: _builtins.int
+    COMPLIANCE_YEAR_FIELD_NUMBER: _builtins.int
+    jurisdiction: _builtins.str
+    """"shenzhen", "guangdong" or "national"."""
+    compliance_year: _builtins.int
+    def __init__(
+        self,
+        *,
+        jurisdiction: _builtins.str = ...,
+        compliance_year: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compliance_year", b"compliance_year", "jurisdiction", b"jurisdiction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceYearRef: _TypeAlias = ComplianceYearRef  # noqa: Y015
+
+@_typing.final
+class YearWithdrawal(_message.Message):
+    """A compliance year withdrawn from an entity's record: the figures it had, who withdrew it
+    (the caller's token subject; empty for an insecure gateway's local caller) and when.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    withdrawn_by: _builtins.str
+    @_builtins.property
+    def year(self) -> Global___ComplianceYear: ...
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        year: Global___ComplianceYear | None = ...,
+        withdrawn_by: _builtins.str = ...,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at", "year", b"year"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at", "withdrawn_by", b"withdrawn_by", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___YearWithdrawal: _TypeAlias = YearWithdrawal  # noqa: Y015
 
 @_typing.final
 class UpsertCoveredEntityRequest(_message.Message):
@@ -1405,20 +1469,35 @@ class UpsertCoveredEntityRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENTITY_FIELD_NUMBER: _builtins.int
+    WITHDRAW_YEARS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def entity(self) -> Global___CoveredEntity:
-        """Accounts and years given are recorded or corrected; those not given are kept."""
+        """Accounts and years given are recorded or corrected; those not given are kept. With
+        withdraw_years, an entity that names only its entity_id leaves the record as it is
+        and only withdraws.
+        """
+
+    @_builtins.property
+    def withdraw_years(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceYearRef]:
+        """Recorded years to withdraw (one recorded in error, or one a scheme no longer holds),
+        whoever may record them: a registry its own jurisdiction's, a regulator any. Not a
+        year of entity.years (INVALID_ARGUMENT). A year not recorded is NOT_FOUND, as is an
+        entity not recorded; a year the entity surrendered for (a surrender that may have
+        spent units: pending, completed, failed or resolved) is FAILED_PRECONDITION naming
+        the uses. Nothing is changed by a refusal; a withdrawn year may be recorded again.
+        """
 
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         entity: Global___CoveredEntity | None = ...,
+        withdraw_years: _abc.Iterable[Global___ComplianceYearRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "request_id", b"request_id", "withdraw_years", b"withdraw_years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -323,7 +323,8 @@ class LinkageGatewayServicer:
 
     def UpsertCoveredEntity(self, request, context):
         """Records (or corrects) a covered entity: sector, gases, registry accounts and
-        verified emissions / allowances due per jurisdiction and year.
+        verified emissions / allowances due per jurisdiction and year; withdraws the recorded
+        years it names (withdraw_years), each kept on the record as a YearWithdrawal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

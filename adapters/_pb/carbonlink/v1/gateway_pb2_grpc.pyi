@@ -111,7 +111,8 @@ class LinkageGatewayStub:
     """
     UpsertCoveredEntity: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
-    verified emissions / allowances due per jurisdiction and year.
+    verified emissions / allowances due per jurisdiction and year; withdraws the recorded
+    years it names (withdraw_years), each kept on the record as a YearWithdrawal.
     """
     TraceUnits: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.TraceUnitsRequest, _gateway_pb2.TraceUnitsResponse]
     """The whole history of every unit in a serial range, with inclusion proofs."""
@@ -202,7 +203,8 @@ class LinkageGatewayAsyncStub(LinkageGatewayStub):
     """
     UpsertCoveredEntity: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpsertCoveredEntityRequest, _gateway_pb2.CoveredEntity]  # type: ignore[assignment]
     """Records (or corrects) a covered entity: sector, gases, registry accounts and
-    verified emissions / allowances due per jurisdiction and year.
+    verified emissions / allowances due per jurisdiction and year; withdraws the recorded
+    years it names (withdraw_years), each kept on the record as a YearWithdrawal.
     """
     TraceUnits: _aio.UnaryUnaryMultiCallable[_gateway_pb2.TraceUnitsRequest, _gateway_pb2.TraceUnitsResponse]  # type: ignore[assignment]
     """The whole history of every unit in a serial range, with inclusion proofs."""
@@ -410,7 +412,8 @@ class LinkageGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CoveredEntity, _abc.Awaitable[_gateway_pb2.CoveredEntity]]:
         """Records (or corrects) a covered entity: sector, gases, registry accounts and
-        verified emissions / allowances due per jurisdiction and year.
+        verified emissions / allowances due per jurisdiction and year; withdraws the recorded
+        years it names (withdraw_years), each kept on the record as a YearWithdrawal.
         """
 
     @_abc_1.abstractmethod

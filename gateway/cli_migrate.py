@@ -1,4 +1,4 @@
-"""``carbonlink migrate plan|execute|get|abandon`` and ``carbonlink entity import``.
+"""``carbonlink migrate plan|execute|get|abandon`` and ``carbonlink entity import|withdraw``.
 
 Clients of a running gateway, like ``carbonlink transfer``: they speak the public gRPC API
 (``--target``) and print a short summary or, with ``--json``, the resource in protobuf's
@@ -273,8 +273,54 @@ def _import(args: argparse.Namespace) -> int:
     return call(args, invoke)
 
 
+def _year_ref(text: str) -> tuple[str, int]:
+    """``JURISDICTION:YEAR``, an argparse type (``national:2025``)."""
+    jurisdiction, sep, year = text.partition(":")
+    if not sep or not jurisdiction:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JURISDICTION:YEAR")
+    return jurisdiction, int32(year)
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    from adapters._pb.carbonlink.v1 import gateway_pb2
+    from gateway.client_commands import EXIT_OK, call, print_message
+
+    request = gateway_pb2.UpsertCoveredEntityRequest(
+        # A new one unless given: a year withdrawn, recorded again and withdrawn again is
+        # a new withdrawal, which a derived id would answer with the first.
+        request_id=args.request_id or uuid.uuid4().hex,
+        entity=gateway_pb2.CoveredEntity(entity_id=args.entity_id),
+        withdraw_years=[
+            gateway_pb2.ComplianceYearRef(jurisdiction=j, compliance_year=y) for j, y in args.year
+        ],
+    )
+
+    def invoke(stub: gateway_pb2_grpc.LinkageGatewayStub) -> int:
+        reply = stub.UpsertCoveredEntity(request, timeout=args.timeout)
+        lines = [f"entities/{reply.entity_id}: {len(reply.years)} years recorded"]
+        for jurisdiction, year in args.year:
+            # The newest withdrawal of the year: this one (a year may have been withdrawn,
+            # recorded again and withdrawn again).
+            done = [
+                w
+                for w in reply.withdrawn_years
+                if (w.year.jurisdiction, w.year.compliance_year) == (jurisdiction, year)
+            ][-1:]
+            for w in done:
+                at = w.withdrawn_at.ToDatetime().isoformat(timespec="seconds")
+                by = w.withdrawn_by or "the local caller"
+                lines.append(
+                    f"  withdrew {jurisdiction} {year} ({w.year.verified_emissions} verified, "
+                    f"{w.year.allowances_due} due) at {at}Z by {by}"
+                )
+        print_message(reply, args, "\n".join(lines))
+        return EXIT_OK
+
+    return call(args, invoke, request.request_id)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``migrate plan|execute|get|abandon`` and ``entity import`` to the CLI."""
+    """Add ``migrate plan|execute|get|abandon`` and ``entity import|withdraw`` to the CLI."""
     migrate = subparsers.add_parser(
         "migrate", help="move a covered entity from a pilot ETS to the national ETS"
     )
@@ -366,3 +412,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load.add_argument("file", help="the JSON export (see above)")
     load.add_argument("--request-id", help="idempotency key prefix (default: a new one)")
     load.set_defaults(handler=_import)
+    withdraw = entity_commands.add_parser(
+        "withdraw",
+        help="withdraw recorded compliance years of a covered entity (UpsertCoveredEntity)",
+        description="Withdraw compliance years recorded for ENTITY_ID in error, or that a "
+        "scheme no longer holds (regulators, and a registry its own jurisdiction's), the "
+        "rest of its record left as it is. A year the entity surrendered for stays "
+        "recorded (FAILED_PRECONDITION, naming the surrenders); a year not recorded is "
+        "NOT_FOUND; nothing is withdrawn unless every year named is. Each withdrawal stays "
+        "on the entity's record with the figures the year had, who and when.",
+    )
+    _common(withdraw)
+    withdraw.add_argument("entity_id", help="covered entity id")
+    withdraw.add_argument(
+        "--year",
+        type=_year_ref,
+        action="append",
+        required=True,
+        metavar="JURISDICTION:YEAR",
+        help="a recorded year to withdraw, e.g. national:2025 (repeatable)",
+    )
+    withdraw.add_argument(
+        "--request-id",
+        help="idempotency key (default: a new one; give the same to repeat a withdrawal "
+        "whose answer was lost)",
+    )
+    withdraw.set_defaults(handler=_withdraw)

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, model_pb2
+from gateway.cli import main
 from gateway.demo_migration import pilot_entity, settle_final_pilot_year
 from registry_bridge import entities
 from registry_bridge.db import unit_of_work
@@ -337,3 +338,34 @@ def test_a_withdrawal_committed_first_leaves_a_surrender_no_year_to_claim(
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
         assert "no verified emissions recorded for entity steel-w4 in year 2024" in details
         _check_invariants(gateway, registries)
+
+
+def test_entity_withdraw_from_the_command_line(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _pilot(database_url) as (gateway, registries):
+        steel = pilot_entity("steel-w5", "steel", 2023, 45_000_000)
+        _seeded(gateway, registries, steel)
+        _record_year(gateway, steel, "national", 2024)
+        _record_year(gateway, steel, "national", 2025)
+        common = ["--target", gateway.target, "--insecure"]
+        capsys.readouterr()
+        withdraw = ["entity", "withdraw", steel.entity_id, "--year", "national:2024"]
+        withdraw += ["--year", "national:2025", "--request-id", "cli-w5", *common]
+        assert main(withdraw) == 0
+        out = capsys.readouterr().out
+        shown = out[out.index(f"entities/{steel.entity_id}") :]
+        assert "withdrew national 2024 (1000 verified, 1000 due)" in shown, shown
+        assert "withdrew national 2025" in shown, shown
+        assert _years(gateway, steel.entity_id) == [("shenzhen", 2023)]
+        # The same command again answers the same; a year not recorded exits 1, saying so.
+        assert main(withdraw) == 0
+        assert capsys.readouterr().out[-len(shown) :] == shown
+        assert (
+            main(["entity", "withdraw", steel.entity_id, "--year", "national:2024", *common]) == 1
+        )
+        assert "NOT_FOUND" in capsys.readouterr().err
+        # A year is JURISDICTION:YEAR.
+        with pytest.raises(SystemExit) as exited:
+            main(["entity", "withdraw", steel.entity_id, "--year", "2024", *common])
+        assert exited.value.code == 2

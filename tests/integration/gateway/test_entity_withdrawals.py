@@ -31,6 +31,7 @@ from registry_bridge.schema import (
     UnitUseRecord,
 )
 from tests.integration.gateway.conftest import LiveGateway
+from tests.integration.gateway.entity_records import year_record
 from tests.integration.gateway.test_migration_abandon import (
     YEAR_COVERED_TWICE,
     _abandon,
@@ -176,20 +177,7 @@ def test_a_withdrawal_is_refused_naming_what_is_wrong_and_changes_nothing(
         )
         assert code == grpc.StatusCode.NOT_FOUND and "withdraw_years[1]" in details, details
         # Bad input names its field.
-        record_and_withdraw = gateway_pb2.CoveredEntity(
-            entity_id=steel.entity_id,
-            display_name=steel.display_name,
-            sector=steel.sector,
-            gases=list(steel.gases),
-            years=[
-                gateway_pb2.ComplianceYear(
-                    jurisdiction="national",
-                    compliance_year=2024,
-                    verified_emissions=5,
-                    allowances_due=5,
-                )
-            ],
-        )
+        record_and_withdraw = year_record(steel, "national", 2024, tonnes=5)
         for years, entity, field in (
             ((("national", 2024),), record_and_withdraw, "withdraw_years[0]"),
             ((("national", 2024), ("national", 2024)), None, "withdraw_years[1]"),

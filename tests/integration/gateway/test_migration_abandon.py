@@ -35,6 +35,7 @@ from registry_bridge.model import BlockId, HoldingStatus
 from registry_bridge.port import IssueRequest
 from registry_bridge.schema import CoveredEntityRecord, MigrationRecord, UnitUseRecord
 from tests.integration.gateway.conftest import LinkedRegistries, LiveGateway
+from tests.integration.gateway.entity_records import year_record
 from tests.integration.gateway.test_migration_holds import (
     _check_invariants,
     _execute,
@@ -259,20 +260,7 @@ def _record_year(gateway: LiveGateway, entity: PilotEntity, jurisdiction: str, y
     gateway.stub.UpsertCoveredEntity(
         gateway_pb2.UpsertCoveredEntityRequest(
             request_id=f"year-{jurisdiction}-{year}",
-            entity=gateway_pb2.CoveredEntity(
-                entity_id=entity.entity_id,
-                display_name=entity.display_name,
-                sector=entity.sector,
-                gases=list(entity.gases),
-                years=[
-                    gateway_pb2.ComplianceYear(
-                        jurisdiction=jurisdiction,
-                        compliance_year=year,
-                        verified_emissions=1_000,
-                        allowances_due=1_000,
-                    )
-                ],
-            ),
+            entity=year_record(entity, jurisdiction, year),
         ),
         timeout=30,
     )
@@ -461,20 +449,7 @@ def test_a_pilot_and_a_national_surrender_for_one_unclaimed_year_do_not_both_suc
 def _pilot_year_refused(gateway: LiveGateway, entity: PilotEntity, year: int) -> str:
     """UpsertCoveredEntity recording a Shenzhen compliance year ``year`` for the entity is
     refused as a year on the wrong side of its split; the refusal's text."""
-    record = gateway_pb2.CoveredEntity(
-        entity_id=entity.entity_id,
-        display_name=entity.display_name,
-        sector=entity.sector,
-        gases=list(entity.gases),
-        years=[
-            gateway_pb2.ComplianceYear(
-                jurisdiction="shenzhen",
-                compliance_year=year,
-                verified_emissions=1_000,
-                allowances_due=1_000,
-            )
-        ],
-    )
+    record = year_record(entity, "shenzhen", year)
     code, details = _refused(
         lambda: gateway.stub.UpsertCoveredEntity(
             gateway_pb2.UpsertCoveredEntityRequest(request_id=f"year-{year}", entity=record),

@@ -44,6 +44,7 @@ from tests.integration.gateway.conftest import (
     linked_registries,
     running_gateway,
 )
+from tests.integration.gateway.entity_records import year_record
 
 ACCEPT_UNCONFIRMED = "CL-MIGRATION-0014"
 HELD_UNITS = "CL-MIGRATION-0019"
@@ -318,20 +319,7 @@ def test_a_year_recorded_while_the_migration_is_recorded_refuses_it(
             gateway.stub.UpsertCoveredEntity(
                 gateway_pb2.UpsertCoveredEntityRequest(
                     request_id="entity-steel-h7-2024",
-                    entity=gateway_pb2.CoveredEntity(
-                        entity_id=steel.entity_id,
-                        display_name=steel.display_name,
-                        sector=steel.sector,
-                        gases=list(steel.gases),
-                        years=[
-                            gateway_pb2.ComplianceYear(
-                                jurisdiction="shenzhen",
-                                compliance_year=steel.final_year + 1,
-                                verified_emissions=1_000,
-                                allowances_due=1_000,
-                            )
-                        ],
-                    ),
+                    entity=year_record(steel, "shenzhen", steel.final_year + 1),
                 ),
                 timeout=30,
             )

@@ -570,8 +570,8 @@ def _transfer_filters(
         # Either side's registry, asked as "registry IN (source, destination)": SQLite,
         # which keeps no statistics, read the OR of two comparisons as two searches of the
         # side indexes (0016) by registry alone, then sorted every transfer of the
-        # registry for one page; this form it does not search by, and walks the
-        # (created_at, id) order from the position as before those indexes.
+        # registry for one page; this form it does not search by, and tests it on the
+        # reads of the accounts. (A registry alone is sought by _list_registry_transfers.)
         query = query.where(
             sa.literal(registry, sa.String()).in_(
                 [TransferRecord.source_registry, TransferRecord.destination_registry]
@@ -897,6 +897,8 @@ class Bridge:
         """
         if accounts is not None:
             return self._list_account_transfers(after, limit, state, registry, accounts)
+        if registry:
+            return self._list_registry_transfers(after, limit, state, registry)
         with unit_of_work(self._sessions) as session:
             query = sa.select(TransferRecord)
             if after is not None:
@@ -952,7 +954,43 @@ class Bridge:
                     )
                 read = _transfer_filters(read, state, registry)
                 reads.append(_first_keys(read, limit + 1))
-        keys = _merged_keys(reads, limit + 1)
+        return self._page_of_keys(_merged_keys(reads, limit + 1), limit)
+
+    def _list_registry_transfers(
+        self,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        state: TransferState | None,
+        registry: str,
+    ) -> tuple[list[Transfer], bool]:
+        """``list_transfers`` of the transfers whose source or destination is at
+        ``registry``, read a page at most per side.
+
+        The registry as a filter of the (created_at, id) order read every transfer after
+        the position, the whole history for a page of a registry that transfers rarely;
+        instead the registry is sought in the registry index of each side (0025) from the
+        position and the two reads merged, as ``_list_account_transfers`` merges its
+        accounts' (a transfer within the registry is found by both, and is one item).
+        """
+        reads: list[sa.Select[tuple[datetime, str]]] = []
+        for side_registry in (TransferRecord.source_registry, TransferRecord.destination_registry):
+            read = sa.select(TransferRecord.created_at, TransferRecord.id).where(
+                side_registry == registry
+            )
+            if after is not None:
+                # Row values bound the index search, as in list_transfers.
+                read = read.where(sa.tuple_(TransferRecord.created_at, TransferRecord.id) > after)
+            if state is not None:
+                # Tested on the side's transfers, not sought: SQLite, which keeps no
+                # statistics, took the state index's search, every transfer of every
+                # registry in the state (as _list_account_uses explains for uses).
+                read = read.where(TransferRecord.state.concat("") == state.value)
+            reads.append(_first_keys(read, limit + 1))
+        return self._page_of_keys(_merged_keys(reads, limit + 1), limit)
+
+    def _page_of_keys(self, keys: sa.Select[tuple[str]], limit: int) -> tuple[list[Transfer], bool]:
+        """The page of the transfers whose ids ``keys`` reads (``limit + 1`` at most, in
+        page order), and whether more follow."""
         with unit_of_work(self._sessions) as session:
             found = [str(transfer_id) for transfer_id in session.execute(keys).scalars()]
             if not found:
@@ -3455,7 +3493,12 @@ class Bridge:
                 if holder.account:
                     query = query.where(UnitUseRecord.account == holder.account)
             if state is not None:
-                query = query.where(UnitUseRecord.state == state.value)
+                if holder is not None:
+                    # Tested on the holder's uses, not sought, as in _list_account_uses:
+                    # SQLite took the state index's search over the holder's.
+                    query = query.where(UnitUseRecord.state.concat("") == state.value)
+                else:
+                    query = query.where(UnitUseRecord.state == state.value)
             rows = list(
                 session.execute(
                     query.order_by(UnitUseRecord.created_at, UnitUseRecord.id).limit(limit + 1)

@@ -188,7 +188,8 @@ class TransferRecord(Base):
     # The request id leads so that a batch's lookup by request ids alone uses the index.
     # ListTransfers pages in (created_at, id) order, filtered by state or not: each page
     # seeks its position in one of the two ordered indexes instead of sorting the table.
-    # A page for accounts seeks each account in the index of each side and merges them.
+    # A page for accounts seeks each account in the index of each side and merges them; a
+    # page for a registry alone seeks it in the registry index of each side.
     __table_args__ = (
         sa.Index("ix_transfers_created", "created_at", "id"),
         sa.Index("ix_transfers_state_created", "state", "created_at", "id"),
@@ -201,6 +202,10 @@ class TransferRecord(Base):
             "destination_account",
             "created_at",
             "id",
+        ),
+        sa.Index("ix_transfers_source_registry_created", "source_registry", "created_at", "id"),
+        sa.Index(
+            "ix_transfers_destination_registry_created", "destination_registry", "created_at", "id"
         ),
         sa.UniqueConstraint("request_id", "caller", name="uq_transfers_request_id_caller"),
     )
@@ -261,6 +266,8 @@ class UnitUseRecord(Base):
         # at each scrape: without it, each look reads every retirement ever made.
         sa.Index("ix_unit_uses_created", "created_at", "id"),
         sa.Index("ix_unit_uses_holder_created", "registry", "account", "created_at", "id"),
+        # A holder registry with no account: the holder index is not in page order for it.
+        sa.Index("ix_unit_uses_registry_created", "registry", "created_at", "id"),
         sa.Index("ix_unit_uses_state_created", "state", "created_at", "id"),
     )
 

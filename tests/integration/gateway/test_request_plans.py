@@ -13,7 +13,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,10 +23,11 @@ from registry_bridge import db, reconciliations
 from registry_bridge.bridge import Bridge
 from registry_bridge.covered_entities import CoveredEntity
 from registry_bridge.migration import PENDING_OPERATIONS, Migrations
-from registry_bridge.schema import TransferRecord
+from registry_bridge.schema import TransferRecord, UnitUseRecord
 from registry_bridge.transfers import AccountRef, RuleViolation, TransferState, UseState
 from tests.integration.bridge.conftest import PermitAllRules
 from tests.unit.registry_bridge.test_transfer_account_pages import Row, transfer_rows
+from tests.unit.registry_bridge.test_use_account_pages import Use, use_rows
 
 _AT = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
@@ -179,10 +180,33 @@ def test_a_uses_page_for_accounts_seeks_each_account(
     account's uses in ``ix_unit_uses_holder_created`` from the previous page's last one,
     a page at most of each: never every use of every holder after the position, tested
     against the accounts, which read the whole history for a page of an account that
-    uses units rarely."""
+    uses units rarely.
+
+    Over a history of many accounts per registry, analysed: on an empty table
+    PostgreSQL prices the smaller registry index (0025) below the holder index, both
+    seeks, though on any real history the holder index reads only the account's uses.
+    """
     engine = db.create_engine(database_url)
     try:
         db.upgrade(engine)
+        holders = sorted(_USE_ACCOUNTS) + [
+            f"{r}:acct-{i:02d}" for r in ("hkmo", "shenzhen", "macau") for i in range(20)
+        ]
+        history = [
+            Use(
+                f"u-{i:05d}",
+                _AT + timedelta(seconds=i),
+                holders[i % len(holders)],
+                "retirement",
+                UseState.COMPLETED,
+            )
+            for i in range(6_000)
+        ]
+        with db.session_factory(engine).begin() as session:
+            session.execute(sa.insert(UnitUseRecord), use_rows(history))
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.exec_driver_sql("VACUUM ANALYZE unit_uses")
         bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
         holder: AccountRef | None = filters.get("holder")
         # A holder keeps its own of the accounts: only those are read.
@@ -250,5 +274,100 @@ def test_a_page_of_one_triggers_reconciliations_seeks_it_newest_first(
             if before is not None:
                 # The position bounds the search, it does not filter a read from the newest.
                 assert "trigger=? AND id<?" in plan or "(id < " in plan, plan
+    finally:
+        engine.dispose()
+
+
+_REGISTRY_INDEXES = {
+    "source": "ix_transfers_source_registry_created",
+    "destination": "ix_transfers_destination_registry_created",
+}
+
+
+def _reads(engine: sa.Engine, plan: str, table: str) -> list[str]:
+    """The steps of ``plan`` that read ``table`` (SQLite: its SCAN and SEARCH steps;
+    PostgreSQL: its scans)."""
+    if engine.dialect.name == "sqlite":
+        return [
+            step
+            for step in plan.splitlines()
+            if f"{step} ".startswith((f"SCAN {table} ", f"SEARCH {table} "))
+        ]
+    return [line for line in plan.splitlines() if f" on {table}" in line]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"registry": "hkmo"}, {"registry": "hkmo", "state": TransferState.COMPLETED}],
+    ids=["registry", "registry-and-state"],
+)
+def test_a_transfers_page_for_a_registry_seeks_each_side(
+    database_url: str, filters: dict[str, Any]
+) -> None:
+    """A page of one registry's transfers (no accounts) reads the registry's transfers as
+    source and as destination, each from the previous page's last one in its side's
+    registry index, a page at most of each: never the (created_at, id) order of every
+    transfer after the position tested for the registry, the whole history for a page of
+    a registry that transfers rarely (nor, with a state, every transfer in the state)."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
+        for after in (None, (_AT, "t-0042")):
+            with _statements(engine, "transfers") as statements:
+                bridge.list_transfers(after, 50, **filters)
+            (statement, parameters), *_ = statements
+            plan = _plan(engine, statement, parameters)
+            reads = _reads(engine, plan, "transfers")
+            assert len(reads) == 2, plan
+            sides = []
+            for read in reads:
+                (side,) = [s for s, index in _REGISTRY_INDEXES.items() if index in read]
+                sides.append(side)
+                if engine.dialect.name == "sqlite":
+                    assert read.startswith("SEARCH transfers USING "), plan
+                    assert f"({side}_registry=?" in read, plan
+                    if after is not None:
+                        assert "(created_at,id)>(?,?)" in read, plan
+                else:
+                    assert "Index" in read, plan
+            assert sorted(sides) == ["destination", "source"], plan
+            if engine.dialect.name == "sqlite":
+                assert "SCAN transfers" not in plan, plan
+            else:
+                assert "Seq Scan" not in plan, plan
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"kind": "surrender"}, {"state": UseState.PENDING}],
+    ids=["registry", "registry-and-kind", "registry-and-state"],
+)
+def test_a_uses_page_for_a_holder_registry_seeks_it_in_page_order(
+    database_url: str, filters: dict[str, Any]
+) -> None:
+    """A page of the uses of every account of one registry (a holder whose account is
+    "") seeks the registry's uses in ``ix_unit_uses_registry_created`` from the previous
+    page's last one: the holder index, (registry, account, created_at, id), is not in
+    page order for a registry alone, so a page read either every use of the registry and
+    sorted them, or every use of every holder after the position."""
+    engine = db.create_engine(database_url)
+    try:
+        db.upgrade(engine)
+        bridge = Bridge(db.session_factory(engine), {}, PermitAllRules(), clock=lambda: _AT)
+        for after in (None, (_AT, "u-0042")):
+            with _statements(engine, "unit_uses") as statements:
+                bridge.list_uses(after, 50, holder=AccountRef("hkmo", ""), **filters)
+            (statement, parameters), *_ = statements
+            _assert_seeks(
+                engine, statement, parameters, "unit_uses", "ix_unit_uses_registry_created"
+            )
+            plan = _plan(engine, statement, parameters)
+            (read,) = _reads(engine, plan, "unit_uses")
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+            if engine.dialect.name == "sqlite" and after is not None:
+                assert "(registry=? AND (created_at,id)>(?,?))" in read, plan
     finally:
         engine.dispose()

@@ -112,7 +112,7 @@ def _all_pages(
     size: int,
     state: TransferState | None,
     registry: str,
-    accounts: frozenset[str],
+    accounts: frozenset[str] | None,
 ) -> list[str]:
     seen: list[str] = []
     after: tuple[datetime, str] | None = None
@@ -160,6 +160,31 @@ def test_pages_for_accounts_hold_each_transfer_touching_them_once_in_order(
     ]
     for size in (1, 4, 50):
         assert _all_pages(bridge, size, state, registry, accounts) == expected
+
+
+@pytest.mark.parametrize("registry", ["hkmo", "shenzhen", "macau", "nowhere"])
+@pytest.mark.parametrize(
+    "state",
+    [None, TransferState.PROPOSED, TransferState.COMPLETED],
+    ids=["unfiltered", "proposed", "completed"],
+)
+def test_pages_for_a_registry_hold_each_transfer_touching_it_once_in_order(
+    history: tuple[Bridge, list[Row]], registry: str, state: TransferState | None
+) -> None:
+    """A page for a registry alone (no accounts) merges a read of each side's registry
+    index: each transfer from or to the registry once, a transfer within it too, in
+    page order."""
+    bridge, rows = history
+    expected = [
+        r.transfer_id
+        for r in sorted(rows, key=lambda r: (r.created_at, r.transfer_id))
+        if registry in (r.source.split(":")[0], r.destination.split(":")[0])
+        and (state is None or r.state is state)
+    ]
+    # Transfers within one registry are in the history, found by both sides' reads.
+    assert any(r.source.startswith("hkmo:") and r.destination.startswith("hkmo:") for r in rows)
+    for size in (1, 4, 50):
+        assert _all_pages(bridge, size, state, registry, None) == expected
 
 
 def test_a_transfer_between_two_of_the_accounts_fills_one_place_of_a_page(

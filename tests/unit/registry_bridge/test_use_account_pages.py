@@ -40,7 +40,7 @@ class Use:
     state: UseState
 
 
-def _use_rows(uses: list[Use]) -> list[dict[str, Any]]:
+def use_rows(uses: list[Use]) -> list[dict[str, Any]]:
     """``uses`` as ``unit_uses`` rows a bridge can show (no legs: no ledger to read)."""
     rows = []
     for u in uses:
@@ -91,11 +91,13 @@ def history(sessions: sessionmaker[Session]) -> Iterator[tuple[Bridge, list[Use]
         for use_id in ids
     ]
     with sessions.begin() as session:
-        session.execute(sa.insert(UnitUseRecord), _use_rows(uses))
+        session.execute(sa.insert(UnitUseRecord), use_rows(uses))
     yield Bridge(sessions, {}, PermitAllRules(), clock=lambda: AT), uses
 
 
-def _all_pages(bridge: Bridge, size: int, accounts: frozenset[str], **filters: Any) -> list[str]:
+def _all_pages(
+    bridge: Bridge, size: int, accounts: frozenset[str] | None, **filters: Any
+) -> list[str]:
     seen: list[str] = []
     after: tuple[datetime, str] | None = None
     while True:
@@ -153,3 +155,28 @@ def test_pages_for_accounts_hold_each_use_of_them_once_in_order(
     ]
     for size in (1, 4, 50):
         assert _all_pages(bridge, size, accounts, **filters) == expected
+
+
+@pytest.mark.parametrize("registry", ["hkmo", "shenzhen", "nowhere"])
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"kind": "surrender"}, {"state": UseState.PENDING}],
+    ids=["unfiltered", "kind", "state"],
+)
+def test_pages_for_a_holder_registry_hold_each_use_of_its_accounts_once_in_order(
+    history: tuple[Bridge, list[Use]], registry: str, filters: dict[str, Any]
+) -> None:
+    """A page for a holder registry with no account (and no accounts) holds the uses of
+    every account of the registry, in page order."""
+    bridge, uses = history
+    expected = [
+        u.use_id
+        for u in sorted(uses, key=lambda u: (u.created_at, u.use_id))
+        if u.holder.split(":", 1)[0] == registry
+        and u.kind == filters.get("kind", u.kind)
+        and u.state is filters.get("state", u.state)
+    ]
+    for size in (1, 4, 50):
+        assert (
+            _all_pages(bridge, size, None, holder=AccountRef(registry, ""), **filters) == expected
+        )

@@ -346,11 +346,14 @@ def test_evaluate_is_a_dry_run_of_the_transfer_instruction(
     code, out, err = _run(capsys, "transfer", "evaluate", *instruction)
     assert code == 0, err
     assert out.startswith("allowed by shenzhen@"), out
-    # Denied: exit 1, every violated rule, and in JSON a false `allowed` that is there.
-    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, "--use", "corsia")
+    # Denied: exit 1, every violated rule, and in JSON a false `allowed` that is there. For
+    # the 2026 obligation, decided by the first phase's rules whatever today is (from 2027
+    # the day's rules are the second phase's, which refuse CORSIA use under another rule).
+    corsia = ["--use", "corsia", "--compliance-year", "2026"]
+    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, *corsia)
     assert code == 1, err
     assert out.startswith("DENIED by ") and "  CR-CORSIA-0006: " in out, out
-    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, "--use", "corsia", "--json")
+    code, out, err = _run(capsys, "transfer", "evaluate", *instruction, *corsia, "--json")
     assert code == 1, err
     decision = json.loads(out)["decision"]
     assert decision["allowed"] is False

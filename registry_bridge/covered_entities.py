@@ -226,6 +226,23 @@ def claimed_by_the_other(
     return False
 
 
+def not_its_year(
+    jurisdiction: str,
+    year: int,
+    pilot: str,
+    national: str,
+    first: int,
+    claimed: Mapping[str, Set[int]] | None,
+) -> bool:
+    """Whether ``jurisdiction``'s ``year`` is not that scheme's under a move from ``pilot``
+    to ``national`` from ``first``: split at ``first`` while the move stands (``claimed``
+    None, :func:`covered_twice`), by the years each scheme claimed once it is abandoned
+    (:func:`claimed_by_the_other`)."""
+    if claimed is None:
+        return covered_twice(jurisdiction, year, pilot, national, first)
+    return claimed_by_the_other(jurisdiction, year, pilot, national, first, claimed)
+
+
 def _int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest.field(path, "must be an integer")

@@ -25,8 +25,7 @@ from registry_bridge.covered_entities import (
     ComplianceYearRef,
     CoveredEntity,
     YearWithdrawal,
-    claimed_by_the_other,
-    covered_twice,
+    not_its_year,
     validate_entity,
     validate_withdrawals,
 )
@@ -93,15 +92,35 @@ done legs', one an operator settled by hand (resolved) all of it.  A rejected on
 none (nothing of it was done anywhere)."""
 
 
+def _spending_surrenders(
+    entity_id: str, year: tuple[str, int] | None = None
+) -> tuple[sa.ColumnElement[bool], ...]:
+    """The conditions that pick the entity's surrenders that may have spent units
+    (:data:`SPENDING_SURRENDER_STATES`), for ``year`` (jurisdiction, compliance year) if
+    given: a seek of ``ix_unit_uses_entity_year``."""
+    keys = (
+        ()
+        if year is None
+        else (
+            UnitUseRecord.jurisdiction == year[0],
+            UnitUseRecord.compliance_year == year[1],
+        )
+    )
+    return (
+        UnitUseRecord.entity_id == entity_id,
+        *keys,
+        UnitUseRecord.kind == "surrender",
+        UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
+    )
+
+
 def claimed_years(session: Session, entity_id: str) -> dict[str, frozenset[int]]:
     """Per jurisdiction, the compliance years the entity claimed there: it has a surrender
     for the year that may have spent units (:data:`SPENDING_SURRENDER_STATES`)."""
     claimed: dict[str, set[int]] = defaultdict(set)
     for jurisdiction, year in session.execute(
         sa.select(UnitUseRecord.jurisdiction, UnitUseRecord.compliance_year).where(
-            UnitUseRecord.entity_id == entity_id,
-            UnitUseRecord.kind == "surrender",
-            UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
+            *_spending_surrenders(entity_id)
         )
     ):
         claimed[str(jurisdiction)].add(int(year))
@@ -123,9 +142,7 @@ class MigrationSplit(NamedTuple):
 
     def refuses(self, jurisdiction: str, year: int) -> bool:
         """Whether ``jurisdiction``'s ``year`` is not that scheme's under this split."""
-        if self.claimed is None:
-            return covered_twice(jurisdiction, year, self.pilot, self.national, self.first_year)
-        return claimed_by_the_other(
+        return not_its_year(
             jurisdiction, year, self.pilot, self.national, self.first_year, self.claimed
         )
 
@@ -448,13 +465,7 @@ def _withdrawable(
             (str(use_id), str(state))
             for use_id, state in session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state)
-                .where(
-                    UnitUseRecord.entity_id == entity_id,
-                    UnitUseRecord.jurisdiction == ref.jurisdiction,
-                    UnitUseRecord.compliance_year == ref.compliance_year,
-                    UnitUseRecord.kind == "surrender",
-                    UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
-                )
+                .where(*_spending_surrenders(entity_id, (ref.jurisdiction, ref.compliance_year)))
                 .order_by(UnitUseRecord.created_at, UnitUseRecord.id)
             )
         ]
@@ -556,11 +567,7 @@ class DatabaseEntityRecords:
             # pending again, and has spent its done legs' units and those it locked again.
             uses = session.execute(
                 sa.select(UnitUseRecord.id, UnitUseRecord.state, UnitUseRecord.detail).where(
-                    UnitUseRecord.entity_id == entity_id,
-                    UnitUseRecord.jurisdiction == jurisdiction,
-                    UnitUseRecord.compliance_year == year,
-                    UnitUseRecord.kind == "surrender",
-                    UnitUseRecord.state.in_(SPENDING_SURRENDER_STATES),
+                    *_spending_surrenders(entity_id, (jurisdiction, year))
                 )
             ).all()
             for use_id, state, raw in uses:

@@ -66,7 +66,7 @@ from compliance_rules import (
 from compliance_rules import HoldingStatus as FactStatus
 from compliance_rules.engine import decision_date
 from registry_bridge.bridge import ORIGIN_REGISTRY, TransferCheck, UseCheck
-from registry_bridge.covered_entities import claimed_by_the_other, covered_twice
+from registry_bridge.covered_entities import not_its_year
 from registry_bridge.errors import InvalidRequest
 from registry_bridge.ledger import LedgerHolding, origin_part
 from registry_bridge.listing import (
@@ -383,11 +383,11 @@ def _version(pack: str, day: date) -> str:
 def _wrong_side(c: Cutover, entity_id: str, jurisdiction: str, year: int) -> tuple[str, str] | None:
     """The rule and message refusing a surrender in ``jurisdiction`` for ``year`` that
     ``c`` puts in the other scheme; None when the year is ``jurisdiction``'s."""
+    if not not_its_year(
+        jurisdiction, year, c.from_jurisdiction, c.to_jurisdiction, c.first_year, c.claimed
+    ):
+        return None
     if c.claimed is None:
-        if not covered_twice(
-            jurisdiction, year, c.from_jurisdiction, c.to_jurisdiction, c.first_year
-        ):
-            return None
         if jurisdiction == c.from_jurisdiction:
             return MIGRATED_OUT, (
                 f"{entity_id} moved from {jurisdiction} to the {c.to_jurisdiction} ETS "
@@ -399,10 +399,6 @@ def _wrong_side(c: Cutover, entity_id: str, jurisdiction: str, year: int) -> tup
             f"{c.first_year - 1} (migrations/{c.migration_id}): {year} is not a "
             f"{jurisdiction} compliance year for it"
         )
-    if not claimed_by_the_other(
-        jurisdiction, year, c.from_jurisdiction, c.to_jurisdiction, c.first_year, c.claimed
-    ):
-        return None
     abandoned = f"migrations/{c.migration_id}, abandoned"
     if jurisdiction == c.from_jurisdiction:
         return MIGRATED_OUT, (

@@ -590,6 +590,12 @@ def _first_keys(
     return sa.select(first.c.created_at, first.c.id)
 
 
+def _account_pairs(accounts: frozenset[str]) -> list[tuple[str, str]]:
+    """``registry:account`` strings as (registry, account), sorted; a string of no colon
+    names no account."""
+    return sorted({(r, a) for r, colon, a in (x.partition(":") for x in accounts) if colon})
+
+
 def _merged_keys(
     reads: Sequence[sa.Select[tuple[datetime, str]]], count: int
 ) -> sa.Select[tuple[str]]:
@@ -934,8 +940,7 @@ class Bridge:
         item of the page. The union is of keys only, read from the indexes alone; the
         page's rows are then read by id.
         """
-        # ``registry:account``; a string of no colon names no account, as before.
-        pairs = sorted({(r, a) for r, colon, a in (x.partition(":") for x in accounts) if colon})
+        pairs = _account_pairs(accounts)
         if not pairs:
             return [], False
         reads: list[sa.Select[tuple[datetime, str]]] = []
@@ -3525,8 +3530,7 @@ class Bridge:
         first ``limit + 1`` of their union (of keys, read from the index alone; the
         page's rows are then read by id), as ``_list_account_transfers`` does.
         """
-        # ``registry:account``; a string of no colon names no account, as before.
-        pairs = sorted({(r, a) for r, colon, a in (x.partition(":") for x in accounts) if colon})
+        pairs = _account_pairs(accounts)
         if holder is not None:
             pairs = [(r, a) for r, a in pairs if r == holder.registry and holder.account in ("", a)]
         if not pairs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -156,17 +157,24 @@ def test_an_accepted_request_repeated_answers_its_one_transfer(
     assert [t.name for t in listed.transfers] == [first.name]
 
 
+def _refused_naming_reply_when(live_gateway: LiveGateway, submit: Callable[[], object]) -> None:
+    """``submit`` is refused INVALID_ARGUMENT naming reply_when, and no transfer is made."""
+    with pytest.raises(grpc.RpcError) as caught:
+        submit()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reply_when" in (caught.value.details() or "")
+    listed = live_gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=30)
+    assert list(listed.transfers) == []
+
+
 def test_an_unknown_reply_when_is_refused_by_name_and_changes_nothing(
     live_gateway: LiveGateway,
 ) -> None:
     request = _request("odd", START, START + 4)
     request.reply_when = 7  # type: ignore[assignment]  # a value a newer client might send
-    with pytest.raises(grpc.RpcError) as caught:
-        live_gateway.stub.SubmitTransfer(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "reply_when" in (caught.value.details() or "")
-    listed = live_gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=30)
-    assert list(listed.transfers) == []
+    _refused_naming_reply_when(
+        live_gateway, lambda: live_gateway.stub.SubmitTransfer(request, timeout=30)
+    )
 
 
 def test_acceptance_waits_while_the_backlog_is_full(
@@ -364,12 +372,9 @@ def test_a_batch_with_an_unknown_reply_when_is_refused_by_name_and_changes_nothi
 ) -> None:
     request = _batch("odd-batch", *_tens("odd", 2))
     request.reply_when = 7  # type: ignore[assignment]  # a value a newer client might send
-    with pytest.raises(grpc.RpcError) as caught:
-        live_gateway.stub.SubmitTransfers(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "reply_when" in (caught.value.details() or "")
-    listed = live_gateway.stub.ListTransfers(gateway_pb2.ListTransfersRequest(), timeout=30)
-    assert list(listed.transfers) == []
+    _refused_naming_reply_when(
+        live_gateway, lambda: live_gateway.stub.SubmitTransfers(request, timeout=30)
+    )
 
 
 def test_an_instruction_asking_for_another_answer_than_its_batch_is_refused_alone(

@@ -284,12 +284,7 @@ def test_a_returned_mirror_is_followed_home(signer: NoteSigner) -> None:
         _row("finalize", mirror, "locked", previous_status="locked", exported=True, **at_shenzhen),
     ]
     query = BlockId(Program.VCS, "sz-mirror", 1, 100)
-    bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
-    statement = open_trace_statement(bundle, signer)
-    bundle = dataclasses.replace(
-        bundle,
-        trace_notes=(signer.sign_body(dataclasses.replace(statement, query=query).body()),),
-    )
+    bundle = _queried(bodies, signer, query)
     report = verify_bundle(bundle, signer.verifier)
     # The mirror's units are back at their origin, in the buyer's hands at the venue.
     assert [(b.serial_start, r, a, s) for b, r, a, s in report.final] == [
@@ -339,12 +334,7 @@ def test_a_mirror_piece_outside_the_query_is_kept_for_its_units_coming_back(
         _row("credit", back, "active", **at_shenzhen(first)),
     ]
     query = BlockId(Program.VCS, "sz-mirror", 101, 150)
-    bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
-    statement = open_trace_statement(bundle, signer)
-    bundle = dataclasses.replace(
-        bundle,
-        trace_notes=(signer.sign_body(dataclasses.replace(statement, query=query).body()),),
-    )
+    bundle = _queried(bodies, signer, query)
     report = verify_bundle(bundle, signer.verifier)
     assert report.events == len(bodies)
     assert [(b.serial_series, b.serial_start, r, s) for b, r, _, s in report.final] == [
@@ -409,6 +399,14 @@ def test_an_infinite_number_in_a_bundle_is_not_a_bundle(signer: NoteSigner, wher
         document["query"]["block"]["serial_start"] = float("inf")
     with pytest.raises(AuditFailure, match="not an audit bundle"):
         bundle_from_json(document)
+
+
+def _queried(bodies: list[dict[str, Any]], signer: NoteSigner, query: BlockId) -> Bundle:
+    """A bundle of every event of ``bodies`` answering ``query``, its trace note signed for
+    that query (a trace of a mirror's serials, whose history runs through its origin's)."""
+    bundle = dataclasses.replace(_bundle(bodies, signer), query=query)
+    statement = dataclasses.replace(open_trace_statement(bundle, signer), query=query)
+    return dataclasses.replace(bundle, trace_notes=(signer.sign_body(statement.body()),))
 
 
 def _paged(bundle: Bundle, signer: NoteSigner, *windows: tuple[int, int]) -> Bundle:

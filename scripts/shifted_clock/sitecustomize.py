@@ -84,7 +84,7 @@ class ShiftedDatetime(datetime, metaclass=_AnyDatetime):
 
     @classmethod
     def today(cls) -> ShiftedDatetime:
-        return cls.now().replace(tzinfo=None)
+        return cls.now()
 
 
 class ShiftedDate(date, metaclass=_AnyDate):
@@ -92,7 +92,8 @@ class ShiftedDate(date, metaclass=_AnyDate):
 
     @classmethod
     def today(cls) -> ShiftedDate:
-        moment = ShiftedDatetime.now(UTC)
+        # Local, as date.today is.
+        moment = ShiftedDatetime.now()
         return cls(moment.year, moment.month, moment.day)
 
 

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import batch, machine, overlap, provenance, recovery, rules, stack, transport
+from bench import batch, machine, minimums, overlap, provenance, recovery, rules, stack, transport
 from bench.common import BENCHES, Result, Sizes
 from gateway.logging_setup import configure_logging
 
@@ -65,6 +65,7 @@ def run(
             stage(f"recovery ({database})", partial(recovery.run, sizes, database))
     if "provenance" in only:
         stage("provenance (pymerkle)", lambda: provenance.pymerkle_run(sizes))
+    figures = [r.to_json() for r in results]
     return {
         "mode": sizes.mode,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -72,7 +73,8 @@ def run(
         "stage_seconds": stages,
         "databases": list(databases),
         "machine": machine.describe(),
-        "results": [r.to_json() for r in results],
+        "results": figures,
+        "minimums": [v.to_json() for v in minimums.judge(figures, databases)],
     }
 
 
@@ -131,6 +133,7 @@ def table(report: dict[str, Any]) -> str:
             "",
             f"mode={report['mode']} in {report['seconds']:.0f}s; {machine_line}",
             f"stages: {stage_line}",
+            *minimums.lines(report.get("minimums", [])),
         ]
     )
 

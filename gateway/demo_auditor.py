@@ -20,7 +20,7 @@ from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.serials import parse_serial
 from gateway import convert
 from gateway.audit_client import bundle_lines, trace_pages
-from gateway.audit_offline import write_atomically
+from gateway.audit_offline import describe, write_atomically
 from gateway.log_keys import write_new_key
 from registry_bridge import merkle
 from registry_bridge.audit import AuditFailure, AuditReport, verify_lines
@@ -42,11 +42,6 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _describe(block: BlockId) -> str:
-    series = f"/{block.serial_series}" if block.serial_series else ""
-    return f"{block.program.value}{series}:{block.serial_start}-{block.serial_end}"
-
-
 def _audit(
     gateway: gateway_pb2_grpc.LinkageGatewayStub,
     request: gateway_pb2.TraceUnitsRequest,
@@ -65,7 +60,7 @@ def _audit(
         )
         write_atomically(bundle_path, lines)
     except ValueError as exc:
-        raise failure(f"tracing {_describe(query)}: {exc}") from exc
+        raise failure(f"tracing {describe(query)}: {exc}") from exc
     try:
         with bundle_path.open(encoding="utf-8") as written:
             report = verify_lines(written, trusted)
@@ -77,7 +72,7 @@ def _audit(
         f"against checkpoint size {report.tree_size} ({kinds})"
     )
     for block, beneficiary in report.retirements:
-        _say(f"     retired {block.quantity} units {_describe(block)} for {beneficiary}")
+        _say(f"     retired {block.quantity} units {describe(block)} for {beneficiary}")
     # Every page has the first's checkpoint: the caller reads it there.
     return first, report
 
@@ -119,7 +114,7 @@ def journey_auditor(
     if not mirrors:
         raise failure("the Verra units' history shows no Shenzhen mirror")
     mirror = mirrors[0]
-    _say(f"   the history shows a Shenzhen mirror {_describe(mirror)}; tracing it")
+    _say(f"   the history shows a Shenzhen mirror {describe(mirror)}; tracing it")
     _audit(
         gateway,
         gateway_pb2.TraceUnitsRequest(block=convert.block_id_to_pb(mirror)),

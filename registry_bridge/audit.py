@@ -422,11 +422,6 @@ def _key(block: BlockId) -> tuple[str, str, int, int]:
     return (block.program.value, block.serial_series, block.serial_start, block.serial_end)
 
 
-def _describe(block: BlockId) -> str:
-    series = f"/{block.serial_series}" if block.serial_series else ""
-    return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
-
-
 def _terminal(status: str) -> bool:
     try:
         return HoldingStatus(status).is_terminal
@@ -514,22 +509,22 @@ class _History:
                 # Only a mirror in the series of serials issued at their origin gets
                 # here: the pieces left out could answer the query after all.
                 raise AuditFailure(
-                    f"{where}: {_describe(block)} stands for origin units "
-                    f"{_describe(part)} among the queried serials, which were issued at "
+                    f"{where}: {block.label} stands for origin units "
+                    f"{part.label} among the queried serials, which were issued at "
                     "their origin: a mirror's serials must be of a series of their own"
                 )
             self._asked = merge_blocks([*self._asked, part])
         if block.quantity != origin.quantity:
             raise AuditFailure(
-                f"{where}: {_describe(block)} holds {block.quantity} units but stands for "
-                f"{origin.quantity} origin units ({_describe(origin)}): units not conserved"
+                f"{where}: {block.label} holds {block.quantity} units but stands for "
+                f"{origin.quantity} origin units ({origin.label}): units not conserved"
             )
         if kind == "issuance":
             report.issued.append(block)
             self._issued_here = self._issued_here or block.overlaps(report.query)
         if not _covered(origin, report.issued):
             raise AuditFailure(
-                f"{where}: origin units {_describe(origin)} have no issuance earlier in the history"
+                f"{where}: origin units {origin.label} have no issuance earlier in the history"
             )
         live = self._live
         key = _key(block)
@@ -542,26 +537,24 @@ class _History:
             elif not mirror:
                 raise AuditFailure(f"{where}: a credit without a prior state must be a mirror")
             if previous is not None:
-                raise AuditFailure(f"{where}: {_describe(block)} is already live")
+                raise AuditFailure(f"{where}: {block.label} is already live")
             live[key] = _Row(block, registry, account, status, mirror, origin)
             return
         if previous is None:
-            raise AuditFailure(
-                f"{where}: {_describe(block)} is not live at this point of the history"
-            )
+            raise AuditFailure(f"{where}: {block.label} is not live at this point of the history")
         if _terminal(previous.status):
             raise AuditFailure(
-                f"{where}: {_describe(block)} changes after reaching the terminal state "
+                f"{where}: {block.label} changes after reaching the terminal state "
                 f"{previous.status}"
             )
         if previous.origin != origin or previous.mirror != mirror:
-            raise AuditFailure(f"{where}: {_describe(block)} changed the origin it stands for")
+            raise AuditFailure(f"{where}: {block.label} changed the origin it stands for")
         if kind == "split":
             self._split(where, body, previous, (registry, account, status))
             return
         if body.get("previous_status", previous.status) != previous.status:
             raise AuditFailure(
-                f"{where}: says {_describe(block)} was {body['previous_status']}, but the "
+                f"{where}: says {block.label} was {body['previous_status']}, but the "
                 f"history left it {previous.status}"
             )
         if body.get("exported"):
@@ -587,14 +580,13 @@ class _History:
                 piece.serial_start != at
             ):
                 raise AuditFailure(
-                    f"{where}: the pieces of {_describe(block)} do not tile it "
-                    f"({', '.join(_describe(p) for p in pieces)}): units not conserved"
+                    f"{where}: the pieces of {block.label} do not tile it "
+                    f"({', '.join(p.label for p in pieces)}): units not conserved"
                 )
             at = piece.serial_end + 1
         if at != block.serial_end + 1 or len(pieces) < 2:
             raise AuditFailure(
-                f"{where}: the pieces of {_describe(block)} do not sum to the whole: "
-                "units not conserved"
+                f"{where}: the pieces of {block.label} do not sum to the whole: units not conserved"
             )
         del self._live[_key(block)]
         for piece in pieces:
@@ -702,8 +694,8 @@ class _Verification:
             )
         if statement.query != self._query:
             raise AuditFailure(
-                f"the trace note answers {_describe(statement.query)}, not the queried "
-                f"{_describe(self._query)}"
+                f"the trace note answers {statement.query.label}, not the queried "
+                f"{self._query.label}"
             )
         start, end = statement.span
         if start < self._answered:
@@ -780,9 +772,7 @@ class _Verification:
             raise AuditFailure("the bundle holds no events")
         self.report.final = self._history.final()
         if not _covered(self._query, self._touched):
-            raise AuditFailure(
-                f"the events do not cover the queried units {_describe(self._query)}"
-            )
+            raise AuditFailure(f"the events do not cover the queried units {self._query.label}")
         return self.report
 
 

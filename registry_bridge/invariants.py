@@ -85,11 +85,6 @@ def _key(block: BlockId) -> _RowKey:
     return (block.program.value, block.serial_series, block.serial_start, block.serial_end)
 
 
-def _describe(block: BlockId) -> str:
-    series = f"/{block.serial_series}" if block.serial_series else ""
-    return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
-
-
 def _intervals(blocks: Iterable[BlockId]) -> dict[tuple[str, str], list[tuple[int, int]]]:
     """Blocks as sorted serial intervals per (program, series)."""
     spans: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
@@ -114,9 +109,9 @@ def check_no_overlap(rows: Iterable[LedgerHolding]) -> list[str]:
         for left, right in itertools.pairwise(series_rows):
             if right.block.id.serial_start <= left.block.id.serial_end:
                 problems.append(
-                    f"[I2 overlap] live rows {left.row_id} ({_describe(left.block.id)} at "
+                    f"[I2 overlap] live rows {left.row_id} ({left.block.id.label} at "
                     f"{left.registry}/{left.account}, {left.status.value}) and {right.row_id} "
-                    f"({_describe(right.block.id)} at {right.registry}/{right.account}, "
+                    f"({right.block.id.label} at {right.registry}/{right.account}, "
                     f"{right.status.value}) overlap"
                 )
     return problems
@@ -198,17 +193,17 @@ def check_conservation(
         )
         if covered != target.quantity:
             problems.append(
-                f"[I1 mirror] mirror {_describe(mirror.block.id)} at {mirror.registry}/"
-                f"{mirror.account} stands for {_describe(target)}, but live origin rows "
+                f"[I1 mirror] mirror {mirror.block.id.label} at {mirror.registry}/"
+                f"{mirror.account} stands for {target.label}, but live origin rows "
                 f"cover only {covered} of its {target.quantity} units"
             )
         for origin in covering:
             if not _fits(mirror, origin, transfers):
                 problems.append(
-                    f"[I1 mirror] mirror {_describe(mirror.block.id)} at {mirror.registry}/"
+                    f"[I1 mirror] mirror {mirror.block.id.label} at {mirror.registry}/"
                     f"{mirror.account} is {mirror.status.value} (lock "
                     f"{mirror.lock_transfer_id or '-'}) but its origin "
-                    f"{_describe(origin.block.id)} at {origin.registry}/{origin.account} is "
+                    f"{origin.block.id.label} at {origin.registry}/{origin.account} is "
                     f"{origin.status.value} (lock {origin.lock_transfer_id or '-'})"
                 )
 
@@ -218,8 +213,8 @@ def check_conservation(
         for (_, l_end, left), (r_start, _, right) in itertools.pairwise(spans):
             if r_start <= l_end:
                 problems.append(
-                    f"[I1 mirror] mirrors {_describe(left.block.id)} at {left.registry} and "
-                    f"{_describe(right.block.id)} at {right.registry} both stand for "
+                    f"[I1 mirror] mirrors {left.block.id.label} at {left.registry} and "
+                    f"{right.block.id.label} at {right.registry} both stand for "
                     f"serials of {series[0]}/{series[1] or '-'} from {r_start}"
                 )
 
@@ -237,7 +232,7 @@ def check_conservation(
         )
         if spans_here != [(row.block.id.serial_start, row.block.id.serial_end)]:
             problems.append(
-                f"[I1 mirror] origin {_describe(row.block.id)} at {row.registry}/{row.account} "
+                f"[I1 mirror] origin {row.block.id.label} at {row.registry}/{row.account} "
                 f"is bridged but live mirrors cover only {spans_here}"
             )
     return problems
@@ -295,7 +290,7 @@ def check_locks(
         if row.status is not HoldingStatus.LOCKED:
             if row.lock_transfer_id:
                 problems.append(
-                    f"[I3 lock] {_describe(row.block.id)} at {row.registry}/{row.account} is "
+                    f"[I3 lock] {row.block.id.label} at {row.registry}/{row.account} is "
                     f"{row.status.value} but still names lock {row.lock_transfer_id}"
                 )
             continue
@@ -305,7 +300,7 @@ def check_locks(
             continue
         if record is None or record.state not in in_flight:
             problems.append(
-                f"[I3 lock] {_describe(row.block.id)} at {row.registry}/{row.account} is "
+                f"[I3 lock] {row.block.id.label} at {row.registry}/{row.account} is "
                 f"locked by {owner or 'nothing'}, which is "
                 f"{'unknown' if record is None else record.state}: the lock can never resolve"
             )
@@ -407,7 +402,7 @@ def check_unchanged(session: Session, earlier: Snapshot) -> list[str]:
         changed = sorted({s.value for _, s in here if s is not status})
         if changed or covered != block.quantity:
             problems.append(
-                f"[I3 terminal] {_describe(block)} was {status.value}; now its live rows "
+                f"[I3 terminal] {block.label} was {status.value}; now its live rows "
                 f"cover {covered} units with statuses {changed or [status.value]}"
             )
     return problems
@@ -470,18 +465,18 @@ def replay(
         state: _RowState = (body["registry"], body["account"], body["status"], bool(body["mirror"]))
         if kind == "issuance" or (kind == "credit" and "previous_status" not in body):
             if key in live:
-                problems.append(f"[I5 replay] {at}: {_describe(block)} is already live")
+                problems.append(f"[I5 replay] {at}: {block.label} is already live")
             live[key] = state
             continue
         previous = live.get(key)
         if previous is None:
-            problems.append(f"[I5 replay] {at}: {_describe(block)} is not live at this point")
+            problems.append(f"[I5 replay] {at}: {block.label} is not live at this point")
             continue
         was = HoldingStatus(previous[2])
         if kind == _SPLIT:
             if previous != state:
                 problems.append(
-                    f"[I5 replay] {at}: split of {_describe(block)} as {state}, live as {previous}"
+                    f"[I5 replay] {at}: split of {block.label} as {state}, live as {previous}"
                 )
             del live[key]
             for piece in body.get("pieces", []):
@@ -489,17 +484,17 @@ def replay(
             continue
         if body.get("exported"):
             if was.is_terminal:
-                problems.append(f"[I3 terminal] {at}: {_describe(block)} ended while {was.value}")
+                problems.append(f"[I3 terminal] {at}: {block.label} ended while {was.value}")
             del live[key]
             continue
         if was.is_terminal and state != previous:
             problems.append(
-                f"[I3 terminal] {at}: {_describe(block)} left {was.value} for {state[2]} at "
+                f"[I3 terminal] {at}: {block.label} left {was.value} for {state[2]} at "
                 f"{state[0]}/{state[1]}"
             )
         if body.get("previous_status", was.value) != was.value:
             problems.append(
-                f"[I5 replay] {at}: says {_describe(block)} was {body['previous_status']}, "
+                f"[I5 replay] {at}: says {block.label} was {body['previous_status']}, "
                 f"the log says {was.value}"
             )
         live[key] = state

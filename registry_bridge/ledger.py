@@ -413,11 +413,6 @@ def is_claim_conflict(error: sa.exc.IntegrityError) -> bool:
     return "ex_ledger_blocks_live_overlap" in str(error.orig)
 
 
-def _describe(block_id: BlockId) -> str:
-    series = f"/{block_id.serial_series}" if block_id.serial_series else ""
-    return f"{block_id.program.value}{series} {block_id.serial_start}-{block_id.serial_end}"
-
-
 def _overlap_query() -> sa.Select[tuple[int]]:
     same_run = (
         LedgerBlock.program == sa.bindparam("program"),
@@ -581,8 +576,8 @@ def _claim_range(session: Session, block_id: BlockId) -> None:
         clash = _overlapping(session, block_id)
     if clash:
         raise LedgerConflict(
-            f"{_describe(block_id)} overlaps live units already in the ledger "
-            f"({', '.join(_describe(_to_holding(r).block.id) for r in clash)})"
+            f"{block_id.label} overlaps live units already in the ledger "
+            f"({', '.join(_to_holding(r).block.id.label for r in clash)})"
         )
 
 
@@ -657,9 +652,7 @@ def _write_claims(session: Session, block_id: BlockId) -> None:
     except sa.exc.IntegrityError as exc:
         # PostgreSQL's exclusion constraint caught a concurrent writer that our own check
         # could not see yet: the other transaction won the race for these serials.
-        raise LedgerConflict(
-            f"{_describe(block_id)} was claimed by a concurrent transaction"
-        ) from exc
+        raise LedgerConflict(f"{block_id.label} was claimed by a concurrent transaction") from exc
 
 
 def _insert(
@@ -707,7 +700,7 @@ def _row(session: Session, holding: LedgerHolding) -> LedgerRow:
         or row.registry_id != holding.registry
         or row.account != holding.account
     ):
-        raise LedgerConflict(f"{_describe(holding.block.id)} changed under a concurrent writer")
+        raise LedgerConflict(f"{holding.block.id.label} changed under a concurrent writer")
     return row
 
 
@@ -796,15 +789,13 @@ def require_holding(
                 min(holding.block.id.serial_end, block_id.serial_end),
             )
             problems.append(
-                PreconditionViolation(
-                    "HOLDER", _describe(asked), f"not held by {registry}/{account}"
-                )
+                PreconditionViolation("HOLDER", asked.label, f"not held by {registry}/{account}")
             )
         elif holding.status not in allowed:
             problems.append(
                 PreconditionViolation(
                     "STATUS",
-                    _describe(holding.block.id),
+                    holding.block.id.label,
                     _bridged(session, holding)
                     if holding.status is HoldingStatus.BRIDGED
                     else f"units are {holding.status.value}",
@@ -815,13 +806,13 @@ def require_holding(
         problems.append(
             PreconditionViolation(
                 "UNKNOWN_UNITS",
-                _describe(block_id),
+                block_id.label,
                 f"serials from {covered} are not in the ledger at {registry}/{account}",
             )
         )
     if problems:
         raise FailedPrecondition(
-            f"{registry}/{account} cannot use {_describe(block_id)}: "
+            f"{registry}/{account} cannot use {block_id.label}: "
             + "; ".join(f"{p.subject}: {p.description}" for p in problems),
             problems,
         )
@@ -842,7 +833,7 @@ def carve(
     if (start, end) == (own.serial_start, own.serial_end):
         return holding
     if start > end:
-        raise LedgerConflict(f"{_describe(block_id)} is not inside {_describe(own)}")
+        raise LedgerConflict(f"{block_id.label} is not inside {own.label}")
     row = _row(session, holding)
     row.live = False
     group: _Cuts | None = session.info.get(_CUTS)
@@ -921,9 +912,8 @@ def change(
     """
     if holding.status.is_terminal:
         raise FailedPrecondition(
-            f"{_describe(holding.block.id)} is {holding.status.value}: "
-            "terminal states never change",
-            [PreconditionViolation("TERMINAL", _describe(holding.block.id), holding.status.value)],
+            f"{holding.block.id.label} is {holding.status.value}: terminal states never change",
+            [PreconditionViolation("TERMINAL", holding.block.id.label, holding.status.value)],
         )
     row = _row(session, holding)
     if status is not None:
@@ -961,8 +951,8 @@ def add_mirror(
     """Record a mirror block a destination registry issued for ``origin``."""
     if mirror.quantity != origin.quantity:
         raise LedgerConflict(
-            f"mirror {_describe(mirror.id)} has {mirror.quantity} units but its origin "
-            f"{_describe(origin)} has {origin.quantity}"
+            f"mirror {mirror.id.label} has {mirror.quantity} units but its origin "
+            f"{origin.label} has {origin.quantity}"
         )
     holding = _insert(
         session, mirror, registry, account, HoldingStatus.ACTIVE, origin, is_mirror=True

@@ -99,11 +99,6 @@ _TRAIL_EVENTS = 20
 _logger = structlog.get_logger(__name__)
 
 
-def _describe(block: BlockId) -> str:
-    series = f"/{block.serial_series}" if block.serial_series else ""
-    return f"{block.program.value}{series} {block.serial_start}-{block.serial_end}"
-
-
 def registry_view(row: LedgerHolding) -> list[tuple[str, str]]:
     """(registry, account) where a ledger row's units must show at the registries.
 
@@ -228,13 +223,13 @@ def compare_blocks(
                 ]
             )
             if spans != [(row.block.id.serial_start, row.block.id.serial_end)]:
-                others = [(_describe(h.block.id), h.account, h.status.value) for h in shown]
+                others = [(h.block.id.label, h.account, h.status.value) for h in shown]
                 found.append(
                     Discrepancy(
                         registry=registry_id,
                         phase=UNIT_BLOCKS,
                         detail=(
-                            f"ledger has {_describe(row.block.id)} {row.status.value} at "
+                            f"ledger has {row.block.id.label} {row.status.value} at "
                             f"{registry_id}/{account}; {registry_id} shows {others}"
                         ),
                         program=row.block.id.program,
@@ -287,7 +282,7 @@ def compare_holdings(
                         registry=registry_id,
                         phase=UNIT_BLOCKS,
                         detail=(
-                            f"{registry_id} shows {_describe(unknown)} {holding.status.value} at "
+                            f"{registry_id} shows {unknown.label} {holding.status.value} at "
                             f"{registry_id}/{holding.account}; the ledger has no such units there"
                         ),
                         program=block.program,
@@ -584,7 +579,7 @@ def reconcile(
             Discrepancy(
                 registry=item.registry,
                 phase=TRAIL,
-                detail=f"ledger trail of {_describe(block)}: "
+                detail=f"ledger trail of {block.label}: "
                 + ("; ".join(lines) or "no event of the log concerns these units"),
                 program=item.program,
                 status=item.status,

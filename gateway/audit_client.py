@@ -183,7 +183,12 @@ def trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
         pages = trace_pages(gateway_pb2_grpc.LinkageGatewayStub(channel), request, args.timeout)
         try:
             if args.out:
-                return _write_bundle(Path(args.out), bundle_lines(pages, registry, serial, query))
+                tally = _Tally()
+                lines = bundle_lines(tally.counting(pages), registry, serial, query)
+                written = _write_bundle(Path(args.out), lines)
+                if written == EXIT_OK:
+                    print(tally.summary(args.out, query), file=stdout)
+                return written
             if args.json:
                 stdout.writelines(bundle_lines(pages, registry, serial, query))
                 return EXIT_OK
@@ -195,6 +200,36 @@ def trace(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"carbonlink trace: FAILED: {exc}", file=sys.stderr)
             return EXIT_FAILED
     return EXIT_OK
+
+
+class _Tally:
+    """What a bundle written to a file holds, for the line that says where it went."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.pages = 0
+        self.tree_size = 0
+
+    def counting(
+        self, pages: Iterator[gateway_pb2.TraceUnitsResponse]
+    ) -> Iterator[gateway_pb2.TraceUnitsResponse]:
+        """``pages`` as they come, counted."""
+        for page in pages:
+            self.pages += 1
+            self.events += len(page.events)
+            self.tree_size = page.checkpoint.tree_size
+            yield page
+
+    def summary(self, path: str, query: BlockId) -> str:
+        # The file is the answer; without this line a successful --out printed nothing,
+        # and the reader had to open the bundle to learn whether any history was in it.
+        pages = "1 page" if self.pages == 1 else f"{self.pages} pages"
+        events = "1 event" if self.events == 1 else f"{self.events} events"
+        return (
+            f"wrote {events} of {describe(query)} ({pages}) to {path}, proven against the "
+            f"checkpoint of size {self.tree_size}; check it offline with: "
+            f"carbonlink audit verify {path} --log-key KEY"
+        )
 
 
 def _write_bundle(path: Path, lines: Iterator[str]) -> int:

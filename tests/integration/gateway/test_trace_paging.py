@@ -248,7 +248,13 @@ def test_a_history_past_the_receive_limit_is_traced_through_the_cli(
         target = ["--target", gateway.target, "--insecure"]
         assert main(["trace", "--registry", "verra", SERIAL, "--out", str(bundle), *target]) == 0
         key = gateway.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).verifier_key
-        capsys.readouterr()
+        written = capsys.readouterr().out
+        # The file is the answer; the line says what went into it and how to check it.
+        assert (
+            "wrote 161 events of VCS:500000-500999" in written
+            and f"({len(pages)} pages) to {bundle}" in written
+        ), written
+        assert f"carbonlink audit verify {bundle} --log-key KEY" in written, written
         assert main(["audit", "verify", str(bundle), "--log-key", key]) == 0
         out = capsys.readouterr().out
         assert out.startswith("OK: 161 events verified"), out
@@ -580,7 +586,9 @@ def test_a_trace_is_written_and_verified_a_page_at_a_time(
             _cut_lots(long_history, LOTS, lots - LOTS)
             key = long_history.stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest()).verifier_key
         peaks.append((_peak_bytes(trace), _peak_bytes(verify)))
-        assert capsys.readouterr().out.startswith(f"OK: {lots + 1} events verified")
+        written, verified = capsys.readouterr().out.split("\n", 1)
+        assert written.startswith(f"wrote {lots + 1} events of {tonne} "), written
+        assert verified.startswith(f"OK: {lots + 1} events verified"), verified
     (trace_few, verify_few), (trace_many, verify_many) = peaks
     assert trace_many < 1.5 * trace_few, peaks
     assert verify_many < 1.5 * verify_few, peaks

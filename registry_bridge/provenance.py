@@ -340,12 +340,12 @@ def _check_covered(query: BlockId, spans: Iterable[tuple[int, int]]) -> None:
     gaps = spans_missing(query.serial_start, query.serial_end, merge_spans(spans))
     if gaps:
         at, gap_end = gaps[0]
-        series = f"/{query.serial_series}" if query.serial_series else ""
+        gap = BlockId(query.program, query.serial_series, at, gap_end)
         # Rendered "... not found": never issued, or issued where the gateway has not
         # looked yet.
         raise NotFound(
-            f"events of units {query.program.value}{series} {at}-{gap_end} (part of the "
-            f"queried {query.serial_start}-{query.serial_end})"
+            f"events of units {gap.label} (part of the queried "
+            f"{query.serial_start}-{query.serial_end})"
         )
 
 

@@ -233,3 +233,80 @@ def test_crash_recovery_with_registry_faults(
     }
     assert verra[(start, start + quantity - 1)] == HoldingStatus.BRIDGED
     check_invariants(database_url, registries.ports)
+
+
+# Before the credit (the group locked, transfers behind it queued) and after it (rolled
+# forward).
+@pytest.mark.parametrize("crash_after", ["SOURCE_LOCKED", "SOURCE_FINALIZED"])
+def test_transfers_answered_at_acceptance_survive_a_killed_gateway(
+    database_url: str, crash_after: str
+) -> None:
+    # The venue answers slowly, so the batch is answered CHECKED well before the settler
+    # commits its first step and the gateway kills itself there: the client was told
+    # "accepted" and nothing rests on that answer but the database.
+    slow_venue = {"hkmo": FaultConfig(latency_ms=200)}
+    with linked_registries(slow_venue) as registries:
+        origin = registries.seed_venue()
+        start = origin.id.serial_start
+        batch = gateway_pb2.SubmitTransfersRequest(
+            transfers=[
+                gateway_pb2.SubmitTransferRequest(
+                    request_id=f"accepted-{n}",
+                    instruction=model_pb2.TransferInstruction(
+                        source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+                        destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+                        units=[
+                            model_pb2.UnitSelector(
+                                block=model_pb2.BlockId(
+                                    program="VCS",
+                                    serial_start=start + 10 * n,
+                                    serial_end=start + 10 * n + 9,
+                                )
+                            )
+                        ],
+                    ),
+                )
+                for n in range(5)
+            ],
+            reply_when=gateway_pb2.REPLY_WHEN_ACCEPTED,
+        )
+        with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (
+            process,
+            target,
+        ):
+            with grpc.insecure_channel(target) as channel:
+                reply = gateway_pb2_grpc.LinkageGatewayStub(channel).SubmitTransfers(
+                    batch, timeout=30
+                )
+            assert [r.transfer.state for r in reply.results] == [
+                model_pb2.TRANSFER_STATE_CHECKED
+            ] * 5
+            assert process.wait(timeout=30) == -signal.SIGKILL
+        accepted = {r.transfer.name for r in reply.results}
+        with _gateway(database_url, registries) as (_, target):
+            settled = _wait_all_final(target, accepted)
+        assert {name: t.state for name, t in settled.items()} == dict.fromkeys(
+            accepted, model_pb2.TRANSFER_STATE_COMPLETED
+        ), {name: t.failure_reason for name, t in settled.items()}
+        check_invariants(database_url, registries.ports)
+
+
+def _wait_all_final(
+    target: str, names: set[str], deadline_seconds: float = 60
+) -> dict[str, model_pb2.Transfer]:
+    deadline = time.monotonic() + deadline_seconds
+    with grpc.insecure_channel(target) as channel:
+        stub = gateway_pb2_grpc.LinkageGatewayStub(channel)
+        while True:
+            found = {
+                name: stub.GetTransfer(gateway_pb2.GetTransferRequest(name=name), timeout=10)
+                for name in names
+            }
+            if all(t.state in FINAL for t in found.values()):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    "accepted transfers left unsettled: "
+                    + ", ".join(f"{n} {t.state}" for n, t in found.items() if t.state not in FINAL)
+                )
+            time.sleep(0.2)

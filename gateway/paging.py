@@ -124,7 +124,10 @@ def _open_sealed(token: str, scope: str, key: bytes) -> dict[str, Any]:
             "page_token", f"is longer than any this gateway issues ({MAX_SEALED_TOKEN_CHARS})"
         )
     payload, dot, seal = token.partition(".")
-    if not dot or not hmac.compare_digest(seal, _seal(key, scope, payload)):
+    # Compared as bytes: compare_digest raises TypeError on a str holding non-ASCII,
+    # and a client may send any text as a token; such a seal is simply not ours.
+    expected = _seal(key, scope, payload).encode()
+    if not dot or not hmac.compare_digest(seal.encode(), expected):
         raise InvalidRequest.field(
             "page_token",
             "is not a token this gateway issued for this query (was it changed, or the "

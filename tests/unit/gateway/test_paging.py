@@ -47,6 +47,20 @@ def test_a_sealed_token_opens_only_with_its_key_and_scope() -> None:
         paging.decode_sealed_token(token.replace(".", ""), "trace:x", key, ("n", "a"))
 
 
+def test_a_sealed_token_with_non_ascii_text_is_refused_on_page_token() -> None:
+    # A client may send any text as a token: a seal of non-ASCII characters is refused
+    # like any other wrong seal (it made compare_digest raise TypeError: INTERNAL).
+    key = b"k" * 32
+    token = paging.encode_sealed_token({"n": 42, "a": 7}, "trace:x", key)
+    for forged in (".\u00e9", token + "\u00e9", "\u00e9." + token.partition(".")[2]):
+        with pytest.raises(InvalidRequest) as caught:
+            paging.decode_sealed_token(forged, "trace:x", key, ("n", "a"))
+        assert [v.field for v in caught.value.violations] == ["page_token"]
+        with pytest.raises(InvalidRequest) as caught:
+            paging.decode_trace_token(forged, "trace:x", key)
+        assert [v.field for v in caught.value.violations] == ["page_token"]
+
+
 def test_trace_page_sizes() -> None:
     assert paging.trace_page_size(0) == paging.TRACE_DEFAULT_PAGE_SIZE
     assert paging.trace_page_size(10**6) == paging.TRACE_MAX_PAGE_SIZE

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXIT_BROKEN_PIPE = 141
 """As a shell reports a command killed by SIGPIPE (128 + 13)."""
+EXIT_INTERRUPTED = 130
+"""As a shell reports a command stopped by SIGINT (128 + 2): Ctrl-C."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a fault of ours: one line, not a traceback
+        # through gRPC's completion queue.  A command whose request may have reached the
+        # gateway has said by now how to ask after it (``client_commands.call``).
+        print("carbonlink: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -97,18 +97,29 @@ def call(args: argparse.Namespace, invoke: Any, request_id: str = "") -> int:
     except grpc.RpcError as exc:
         print(f"carbonlink: {exc.code().name}: {exc.details()}", file=sys.stderr)
         if request_id and exc.code() in _OUTCOME_UNKNOWN:
-            print(
-                f"carbonlink: the request may have been recorded and carried on: run the "
-                f"same command with --request-id {request_id} for its outcome (another id "
-                "would be another request)",
-                file=sys.stderr,
-            )
+            _say_how_to_ask_after(request_id)
         return EXIT_REFUSED
     except client_security.ClientSetupError as exc:
         print(f"carbonlink: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Interrupted while the gateway had the request: it may be recorded and carried
+        # on as if the answer had been lost, so say how to ask after it before
+        # ``gateway.cli`` reports the interruption.
+        if request_id:
+            _say_how_to_ask_after(request_id)
+        raise
     finally:
         channel.close()
+
+
+def _say_how_to_ask_after(request_id: str) -> None:
+    print(
+        f"carbonlink: the request may have been recorded and carried on: run the same "
+        f"command with --request-id {request_id} for its outcome (another id would be "
+        "another request)",
+        file=sys.stderr,
+    )
 
 
 def _selectors(args: argparse.Namespace) -> list[model_pb2.UnitSelector]:

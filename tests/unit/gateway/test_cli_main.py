@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import cli_serve
-from gateway.cli import EXIT_BROKEN_PIPE, build_parser, main
+from gateway.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, build_parser, main
 from registry_bridge.covered_entities import parse_entities, validate_entity
 
 
@@ -229,3 +230,38 @@ def test_certs_token_refuses_a_lifetime_that_makes_a_dead_token(
         main(["certs", "token", str(tmp_path), "--role", "auditor", "--ttl", ttl])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # An instruction: it may have reached the gateway, so the id to ask after it.
+        (
+            [
+                *("transfer", "submit", "--from", "verra:a", "--to", "shenzhen:b"),
+                *("--block", "VCS:1-5", "--request-id", "interrupted-1"),
+            ],
+            "--request-id interrupted-1",
+        ),
+        (["transfer", "list"], ""),
+        (["trace", "--block", "VCS:1-5"], ""),
+    ],
+)
+def test_ctrl_c_while_the_gateway_answers_is_one_line(argv: list[str], says: str) -> None:
+    # A gateway that takes the connection and never answers: the user gives up with Ctrl-C.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        command = [sys.executable, "-m", "gateway.cli", *argv, "--insecure", "--target", target]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the call is under way
+        with connection:
+            child.send_signal(signal.SIGINT)
+            _, stderr_bytes = child.communicate(timeout=60)
+    stderr = stderr_bytes.decode()
+    assert child.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.rstrip().endswith("carbonlink: interrupted")
+    assert says in stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from adapters.serials import REGISTRY_IDS
-from gateway import client_security
+from gateway import addresses, client_security
 from gateway.blocks import parse_block
 from gateway.cli_client import page_size
 
@@ -78,7 +78,9 @@ def _log_key_argument(parser: argparse.ArgumentParser) -> None:
 
 def _gateway_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     """Where the gateway is, how long to wait for it, and how to reach it securely."""
-    parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    parser.add_argument(
+        "--target", type=addresses.target, default=_DEFAULT_TARGET, help="gateway HOST:PORT"
+    )
     parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait")
     client_security.add_arguments(parser)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway import client_security
+from gateway import addresses, client_security
 from gateway.blocks import parse_block
 from registry_bridge.transfers import INTENDED_USES, AccountRef
 
@@ -132,7 +132,9 @@ def _use_list(args: argparse.Namespace) -> int:
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=_DEFAULT_TARGET, help="gateway HOST:PORT")
+    parser.add_argument(
+        "--target", type=addresses.target, default=_DEFAULT_TARGET, help="gateway HOST:PORT"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     client_security.add_arguments(parser)
 

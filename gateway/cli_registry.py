@@ -23,6 +23,7 @@ from typing import Any
 
 from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS
+from gateway import addresses
 from gateway.security.layout import TlsLayout
 from gateway.stop_signals import StopSignals
 
@@ -31,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``emulate`` and the ``registry`` commands to the ``carbonlink`` parser."""
     emulate = subparsers.add_parser("emulate", help="serve an emulated registry's native API")
     emulate.add_argument("registry", choices=sorted(REGISTRY_IDS), help="the registry")
-    emulate.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
+    emulate.add_argument(
+        "--listen",
+        required=True,
+        type=addresses.listen,
+        metavar="HOST:PORT",
+        help="address to serve on (port 0: any free one, printed)",
+    )
     emulate.add_argument("--data", required=True, type=Path, help="directory of the store")
     emulate.add_argument("--faults", type=Path, help="YAML fault-injection settings")
     emulate.add_argument(
@@ -88,7 +95,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", required=True, metavar="HOST:PORT", help="the emulator's address"
+        "--target",
+        required=True,
+        type=addresses.target,
+        metavar="HOST:PORT",
+        help="the emulator's address",
     )
     parser.add_argument(
         "--tls-dir",

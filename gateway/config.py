@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from gateway.addresses import is_host_port
 from registry_bridge.errors import CarbonlinkError
 
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
 _REGISTRY_ID = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("json", "console")
@@ -270,7 +270,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
         address = getattr(config, name)
         if name == "metrics_listen" and not address:
             continue  # no metrics endpoint
-        if not _HOST_PORT.match(address) or int(address.rsplit(":", 1)[1]) > 65535:
+        if not is_host_port(address, any_port=True):
             raise ConfigError(f"{name}: {address!r} is not HOST:PORT ({origin(name)})")
     if not config.database_url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
         raise ConfigError(
@@ -399,7 +399,7 @@ def _validate(config: GatewayConfig, origins: Mapping[str, str]) -> None:
                 f"registries: {endpoint.registry_id!r} is listed twice ({origin('registries')})"
             )
         seen.add(endpoint.registry_id)
-        if not _HOST_PORT.match(endpoint.target):
+        if not is_host_port(endpoint.target):
             raise ConfigError(
                 f"registries.{endpoint.registry_id}: {endpoint.target!r} is not HOST:PORT "
                 f"({origin('registries')})"

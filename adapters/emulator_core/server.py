@@ -198,7 +198,11 @@ def start_emulator(
     if faults is not None and faults.active:
         interceptors.append(FaultInterceptor(faults))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=interceptors,
+        # gRPC binds with SO_REUSEPORT by default: a second emulator on a served port
+        # would start, and the two take turns answering, each from its own store.
+        options=[("grpc.so_reuseport", 0)],
     )
     spec.add_servicer(server, store)
     # The registry's back office (its accounts), the same service at every emulator.

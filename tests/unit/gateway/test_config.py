@@ -70,6 +70,12 @@ def test_registries_from_file_and_env(tmp_path: Path) -> None:
         ({"CARBONLINK_REGISTRIES": "verra"}, "registries: 'verra' is not ID=HOST:PORT"),
         ({"CARBONLINK_REGISTRIES": "verra=a:1,verra=b:2"}, "'verra' is listed twice"),
         ({"CARBONLINK_REGISTRIES": "verra=nohost"}, "registries.verra: 'nohost' is not HOST:PORT"),
+        # gRPC would dial port 99999 modulo 65536 (34463), someone else's perhaps.
+        (
+            {"CARBONLINK_REGISTRIES": "verra=127.0.0.1:99999"},
+            "registries.verra: '127.0.0.1:99999' is not HOST:PORT",
+        ),
+        ({"CARBONLINK_REGISTRIES": "verra=127.0.0.1:0"}, "registries.verra: '127.0.0.1:0'"),
         ({"CARBONLINK_COLOUR": "blue"}, "colour: unknown setting (env CARBONLINK_COLOUR)"),
         (
             {"CARBONLINK_REGISTRY_RETRY_MAX_WAIT_SECONDS": "0"},

@@ -20,7 +20,7 @@ import argparse
 from adapters.serials import REGISTRY_IDS
 from gateway import addresses, client_security
 from gateway.blocks import parse_block
-from gateway.cli_client import page_size
+from gateway.cli_client import page_size, timeout_seconds
 
 _DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -81,7 +81,12 @@ def _gateway_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument(
         "--target", type=addresses.target, default=_DEFAULT_TARGET, help="gateway HOST:PORT"
     )
-    parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait")
+    parser.add_argument(
+        "--timeout",
+        type=timeout_seconds,
+        default=timeout,
+        help=f"seconds to wait (default {timeout:g})",
+    )
     client_security.add_arguments(parser)
 
 

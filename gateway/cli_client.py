@@ -62,6 +62,38 @@ def int32(text: str) -> int:
     return value
 
 
+MAX_TIMEOUT_SECONDS = 31_622_400
+"""A year: the longest ``--timeout`` (the gateway's own waits stop there too).  gRPC
+takes a deadline past a few centuries, or an infinite one, as already passed."""
+
+
+def timeout_seconds(text: str) -> float:
+    """A ``--timeout``: more than 0 seconds, at most a year, an argparse type.  gRPC
+    answers 0, a negative number, NaN or infinity with DEADLINE_EXCEEDED before asking
+    the gateway anything, which reads as a gateway too slow to answer."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # NaN too: every comparison is false
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a wait: more than 0 seconds, at most {MAX_TIMEOUT_SECONDS} (a year)"
+        )
+    return value
+
+
+def request_id_flag(text: str) -> str:
+    """A ``--request-id``, an argparse type.  An empty one (an unset shell variable, say)
+    would be replaced by a new id on every run, each run then another request: the
+    idempotency the flag is there for, silently lost."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "an empty request id would be a new request on every run: give the id, or leave "
+            "the flag out for a new one"
+        )
+    return text
+
+
 def page_size(text: str) -> int:
     """A ``--limit`` or ``--page-size`` flag: a page size of 1 or more that fits the API's
     int32."""
@@ -135,7 +167,9 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", type=addresses.target, default=_DEFAULT_TARGET, help="gateway HOST:PORT"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    parser.add_argument(
+        "--timeout", type=timeout_seconds, default=60.0, help="seconds to wait (default 60)"
+    )
     client_security.add_arguments(parser)
 
 
@@ -219,6 +253,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _instruction_arguments(submit)
     submit.add_argument(
         "--request-id",
+        type=request_id_flag,
         help="idempotency key (default: a new one); the same key and instruction again "
         "answer the first transfer",
     )
@@ -257,7 +292,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(batch)
     batch.add_argument("file", type=Path, help="the batch, JSON (see above)")
     batch.add_argument(
-        "--request-id", help="the batch's idempotency key, BATCH (default: a new one)"
+        "--request-id",
+        type=request_id_flag,
+        help="the batch's idempotency key, BATCH (default: a new one)",
     )
     batch.add_argument(
         "--accept-only",
@@ -322,7 +359,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--beneficiary", required=True, help="on whose behalf the units are retired"
     )
     retire.add_argument("--claim", default="", help="claim text recorded with the retirement")
-    retire.add_argument("--request-id", help="idempotency key (default: a new one)")
+    retire.add_argument(
+        "--request-id", type=request_id_flag, help="idempotency key (default: a new one)"
+    )
     retire.set_defaults(handler=_retire)
 
     surrender = subparsers.add_parser(
@@ -351,7 +390,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("shenzhen", "guangdong", "national"),
         help="the scheme whose obligation the units settle, and whose rules decide",
     )
-    surrender.add_argument("--request-id", help="idempotency key (default: a new one)")
+    surrender.add_argument(
+        "--request-id", type=request_id_flag, help="idempotency key (default: a new one)"
+    )
     surrender.set_defaults(handler=_surrender)
 
     use = subparsers.add_parser(
@@ -395,7 +436,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     resolve_use.add_argument(
         "--reason", default="", help="why, in your words (the registry's reference)"
     )
-    resolve_use.add_argument("--request-id", help="idempotency key (default: a new one)")
+    resolve_use.add_argument(
+        "--request-id", type=request_id_flag, help="idempotency key (default: a new one)"
+    )
     resolve_use.set_defaults(handler=_use_resolve)
     list_uses = use_commands.add_parser(
         "list",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import client_security
-from gateway.cli_client import _common, account_ref, int32
+from gateway.cli_client import _common, account_ref, int32, request_id_flag
 from registry_bridge.covered_entities import CoveredEntity, parse_entities, validate_entity
 from registry_bridge.errors import InvalidRequest
 
@@ -371,7 +371,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         if name == "execute":
             sub.add_argument(
-                "--request-id", help="idempotency key (default: derived from the migration)"
+                "--request-id",
+                type=request_id_flag,
+                help="idempotency key (default: derived from the migration)",
             )
         sub.set_defaults(handler=handler)
     get = commands.add_parser("get", help="show one migration and its steps")
@@ -391,7 +393,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     abandon.add_argument("name", help="migrations/ID or ID")
     abandon.add_argument("--reason", required=True, help="why it is given up (recorded)")
     abandon.add_argument(
-        "--request-id", help="idempotency key (default: derived from the migration)"
+        "--request-id",
+        type=request_id_flag,
+        help="idempotency key (default: derived from the migration)",
     )
     abandon.set_defaults(handler=_abandon)
 
@@ -410,7 +414,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _common(load)
     load.add_argument("file", help="the JSON export (see above)")
-    load.add_argument("--request-id", help="idempotency key prefix (default: a new one)")
+    load.add_argument(
+        "--request-id", type=request_id_flag, help="idempotency key prefix (default: a new one)"
+    )
     load.set_defaults(handler=_import)
     withdraw = entity_commands.add_parser(
         "withdraw",
@@ -434,6 +440,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     withdraw.add_argument(
         "--request-id",
+        type=request_id_flag,
         help="idempotency key (default: a new one; give the same to repeat a withdrawal "
         "whose answer was lost)",
     )

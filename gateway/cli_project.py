@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli_client import _common
+from gateway.cli_client import _common, request_id_flag
 
 if TYPE_CHECKING:
     from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
@@ -176,7 +176,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("file", help="the project, YAML or JSON")
     listing.add_argument("--jurisdiction", required=True, choices=_JURISDICTIONS)
     listing.add_argument("--as-of", help="ISO 8601 date the decision is taken for (default today)")
-    listing.add_argument("--request-id", help="idempotency key (default: a new one)")
+    listing.add_argument(
+        "--request-id", type=request_id_flag, help="idempotency key (default: a new one)"
+    )
     listing.set_defaults(handler=_list, client="issuer")
 
     get = commands.add_parser(

@@ -297,3 +297,47 @@ def test_emulate_refuses_an_address_it_cannot_listen_on(
     assert exited.value.code == 2
     assert f"argument --listen: {listen!r} is not HOST:PORT" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+_INSTRUCTIONS = [
+    ["transfer", "submit", "--from", "verra:a", "--to", "shenzhen:b", "--block", "VCS:1-5"],
+    ["transfer", "batch", "batch.json"],
+    ["retire", "--account", "verra:a", "--block", "VCS:1-5", "--beneficiary", "b"],
+    [
+        *("surrender", "--account", "shenzhen:a", "--block", "SZA:1-5", "--entity", "e"),
+        *("--year", "2023", "--jurisdiction", "shenzhen"),
+    ],
+    ["use", "resolve", "uses/u", "--retry"],
+    ["migrate", "execute", "--entity", "e", "--from-year", "2025"],
+    ["migrate", "abandon", "migrations/m", "--reason", "r"],
+    ["entity", "import", "entities.json"],
+    ["entity", "withdraw", "e", "--year", "national:2025"],
+    ["project", "list", "project.yaml", "--jurisdiction", "shenzhen"],
+]
+
+
+@pytest.mark.parametrize("argv", _INSTRUCTIONS, ids=lambda argv: " ".join(argv[:2]))
+def test_an_empty_request_id_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--request-id "$ID"` with ID unset: replaced by a new id, every run of the command
+    # was another request, the idempotency the flag is given for silently lost.
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--request-id", "", "--insecure"])
+    assert exited.value.code == 2
+    assert "argument --request-id: an empty request id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["transfer", "list"], ["use", "list"], ["trace", "--block", "VCS:1-5"]]
+)
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e300", "soon"])
+def test_a_timeout_that_is_not_a_wait_is_a_usage_error(
+    argv: list[str], timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # gRPC answers each with DEADLINE_EXCEEDED before asking anyone: a gateway too slow,
+    # as the user reads it.
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--timeout", timeout, "--insecure"])
+    assert exited.value.code == 2
+    assert f"argument --timeout: {timeout!r} is not a" in capsys.readouterr().err

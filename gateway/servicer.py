@@ -438,8 +438,14 @@ class LinkageGatewayServicer(gateway_pb2_grpc.LinkageGatewayServicer):
         )
         if not request.beneficiary:
             problems.append(FieldViolation("beneficiary", "is required for a retirement"))
-        if len(request.beneficiary) > convert.MAX_ID_LENGTH:
-            problems.append(FieldViolation("beneficiary", "is too long"))
+        elif not request.beneficiary.strip():
+            # A retirement is final: one for no one would stand as the claim for good.
+            problems.append(
+                FieldViolation("beneficiary", "is blank: name on whose behalf units retire")
+            )
+        else:
+            # Length, and control characters: the name is printed wherever the use is read.
+            convert.check_text(problems, "beneficiary", request.beneficiary)
         if len(request.claim_text) > convert.MAX_TEXT_LENGTH:
             problems.append(FieldViolation("claim_text", "is too long"))
         _raise_if(problems)

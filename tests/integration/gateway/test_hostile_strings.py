@@ -289,3 +289,28 @@ def _unpacked_bad_request(detail: Any) -> error_details_pb2.BadRequest:
     bad_request = error_details_pb2.BadRequest()
     detail.Unpack(bad_request)
     return bad_request
+
+
+@pytest.mark.parametrize(
+    ("beneficiary", "says"),
+    [
+        ("   ", "beneficiary: is blank"),
+        # Printed by `carbonlink use get` and every listing: a line of the attacker's.
+        ("Acme\nretired for: Someone Else", "beneficiary: contains control characters"),
+        ("Acme\x1b[2J", "beneficiary: contains control characters"),
+    ],
+)
+def test_a_retirement_for_no_one_is_refused_by_name(
+    live_gateway: LiveGateway, beneficiary: str, says: str
+) -> None:
+    # A retirement cannot be undone: one recorded for a blank beneficiary, or for a name
+    # that rewrites the terminal it is read on, stands as the claim for good.
+    request = gateway_pb2.RetireRequest.FromString(BASELINES["Retire"].SerializeToString())
+    request.request_id = f"retire-{uuid.uuid4().hex}"
+    request.beneficiary = beneficiary
+    before = _rows(live_gateway)
+    with pytest.raises(grpc.RpcError) as caught:
+        live_gateway.stub.Retire(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in (caught.value.details() or "")
+    assert _rows(live_gateway) == before

@@ -255,6 +255,34 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
+_ENTITY_FIELDS = frozenset({"entity_id", "display_name", "sector", "gases", "accounts", "years"})
+_YEAR_FIELDS = frozenset(
+    {"jurisdiction", "compliance_year", "verified_emissions", "allowances_due"}
+)
+
+
+def _known_fields(item: dict[Any, Any], fields: frozenset[str], path: str) -> None:
+    """Refuse a field the document does not have: a misspelt one would be read as
+    absent, and the entity recorded without what it named."""
+    unknown = sorted(str(key) for key in item.keys() - fields)
+    if unknown:
+        raise InvalidRequest.field(
+            path, f"unknown field {unknown[0]!r} (the fields: {', '.join(sorted(fields))})"
+        )
+
+
+def _year(value: Any, path: str) -> ComplianceYear:
+    if not isinstance(value, dict):
+        raise InvalidRequest.field(path, "must be an object")
+    _known_fields(value, _YEAR_FIELDS, path)
+    return ComplianceYear(
+        jurisdiction=_str(value.get("jurisdiction"), f"{path}.jurisdiction"),
+        compliance_year=_int(value.get("compliance_year"), f"{path}.compliance_year"),
+        verified_emissions=_int(value.get("verified_emissions"), f"{path}.verified_emissions"),
+        allowances_due=_int(value.get("allowances_due"), f"{path}.allowances_due"),
+    )
+
+
 def parse_entities(document: Any) -> list[CoveredEntity]:
     """Covered entities from an import document (a registry export, as JSON data).
 
@@ -263,7 +291,8 @@ def parse_entities(document: Any) -> list[CoveredEntity]:
     "verified_emissions", "allowances_due"}]}]}``.
 
     Raises:
-        InvalidRequest: The document does not have that shape (the path says where).
+        InvalidRequest: The document does not have that shape, or names a field it does
+            not have (the path says where).
     """
     if not isinstance(document, dict) or not isinstance(document.get("entities"), list):
         raise InvalidRequest.field("entities", "the document must hold a list of entities")
@@ -272,6 +301,7 @@ def parse_entities(document: Any) -> list[CoveredEntity]:
         path = f"entities[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest.field(path, "must be an object")
+        _known_fields(item, _ENTITY_FIELDS, path)
         accounts = item.get("accounts", {})
         gases = item.get("gases", [])
         years = item.get("years", [])
@@ -289,22 +319,7 @@ def parse_entities(document: Any) -> list[CoveredEntity]:
                     _str(r, f"{path}.accounts"): _str(a, f"{path}.accounts.{r}")
                     for r, a in accounts.items()
                 },
-                years=tuple(
-                    ComplianceYear(
-                        jurisdiction=_str(y.get("jurisdiction"), f"{path}.years[{j}].jurisdiction"),
-                        compliance_year=_int(
-                            y.get("compliance_year"), f"{path}.years[{j}].compliance_year"
-                        ),
-                        verified_emissions=_int(
-                            y.get("verified_emissions"), f"{path}.years[{j}].verified_emissions"
-                        ),
-                        allowances_due=_int(
-                            y.get("allowances_due"), f"{path}.years[{j}].allowances_due"
-                        ),
-                    )
-                    for j, y in enumerate(years)
-                    if isinstance(y, dict)
-                ),
+                years=tuple(_year(y, f"{path}.years[{j}]") for j, y in enumerate(years)),
             )
         )
     return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry_bridge.covered_entities import claimed_by_the_other
+from registry_bridge.covered_entities import claimed_by_the_other, parse_entities
+from registry_bridge.errors import InvalidRequest
 from tests.imports import SQL_STACK, loaded, modules_loaded_by
 
 
@@ -42,4 +43,50 @@ def test_under_an_abandoned_move_a_year_is_refused_to_the_scheme_that_did_not_cl
     claimed = {"national": frozenset({2024}), "shenzhen": frozenset({2023, 2025})}
     assert (
         claimed_by_the_other(jurisdiction, year, "shenzhen", "national", 2024, claimed) is refused
+    )
+
+
+_STEEL = {
+    "entity_id": "steel",
+    "display_name": "Steel Works",
+    "sector": "steel",
+    "gases": ["CO2"],
+    "accounts": {"shenzhen": "sz-steel"},
+}
+_YEAR = {
+    "jurisdiction": "shenzhen",
+    "compliance_year": 2023,
+    "verified_emissions": 50000,
+    "allowances_due": 50000,
+}
+
+
+@pytest.mark.parametrize(
+    ("entity", "says"),
+    [
+        # Was dropped: the import said "0 years" and succeeded, the year never recorded.
+        ({**_STEEL, "years": ["2023"]}, "entities[0].years[0]: must be an object"),
+        ({**_STEEL, "years": [_YEAR, 2024]}, "entities[0].years[1]: must be an object"),
+        # A misspelt field was ignored: the entity recorded without what it named.
+        ({**_STEEL, "acounts": {"national": "cn-steel"}}, "entities[0]: unknown field 'acounts'"),
+        (
+            {**_STEEL, "years": [{**_YEAR, "verified_emission": 1}]},
+            "entities[0].years[0]: unknown field 'verified_emission'",
+        ),
+    ],
+)
+def test_an_import_document_is_read_whole_or_refused_by_path(
+    entity: dict[str, object], says: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_entities({"entities": [entity]})
+    assert says in str(caught.value)
+
+
+def test_an_import_document_reads_every_field() -> None:
+    (entity,) = parse_entities({"entities": [{**_STEEL, "years": [_YEAR]}]})
+    assert (entity.entity_id, entity.accounts, entity.years[0].compliance_year) == (
+        "steel",
+        {"shenzhen": "sz-steel"},
+        2023,
     )

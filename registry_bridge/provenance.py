@@ -624,10 +624,7 @@ class ProvenanceLog:
             if len(chunk) < _CHUNK:
                 break
         if not direct:
-            raise NotFound(
-                f"units {query.program.value}/{query.serial_series or '-'} "
-                f"{query.serial_start}-{query.serial_end}"
-            )
+            raise NotFound(f"units {query.label}")
         _check_covered(query, spans)
         return merge_blocks([query, *origins])
 

@@ -226,6 +226,8 @@ def test_unknown_units_and_bad_queries(moved: Moved) -> None:
             ),
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # As every message names a block (BlockId.label): "VCS/- 1-5" read as a series "-".
+    assert caught.value.details() == "units VCS 1-5 not found"
     # Partly issued: the history of only the issued part would pass for the whole.
     issued = parse_serial("verra", VERRA_SERIAL).id
     for start, end, gap in [

@@ -231,10 +231,23 @@ def _batch_request(args: argparse.Namespace) -> gateway_pb2.SubmitTransfersReque
     """The batch of ``FILE``, each instruction without a request id given
     ``BATCH-INDEX``, or the usage error's exit code."""
     try:
-        text = Path(args.file).read_text(encoding="utf-8")
-        request = json_format.Parse(text, gateway_pb2.SubmitTransfersRequest())
-    # ValueError: not UTF-8 text; ParseError: not JSON, or not the batch message.
-    except (OSError, ValueError, json_format.ParseError) as exc:
+        document = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return usage_error("transfer batch", f"{args.file}: Failed to load JSON: {exc}")
+    # ValueError: not UTF-8 text.
+    except (OSError, ValueError) as exc:
+        return usage_error("transfer batch", f"{args.file}: {exc}")
+    if not isinstance(document, dict):
+        # protobuf's parser would read [] as a batch of no instructions, and a string as
+        # the names of fields.
+        return usage_error(
+            "transfer batch",
+            f'{args.file}: the batch is a JSON object, {{"transfers": [...]}}, not '
+            f"{_json_kind(document)}",
+        )
+    try:
+        request = json_format.ParseDict(document, gateway_pb2.SubmitTransfersRequest())
+    except json_format.ParseError as exc:  # not the batch message
         return usage_error("transfer batch", f"{args.file}: {exc}")
     if not request.transfers:
         return usage_error("transfer batch", f'{args.file}: no instructions in "transfers"')
@@ -258,6 +271,19 @@ def _batch_request(args: argparse.Namespace) -> gateway_pb2.SubmitTransfersReque
         if not item.request_id:
             item.request_id = f"{request.request_id}-{i}"
     return request
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "a number"
 
 
 def _batch_summary(reply: gateway_pb2.SubmitTransfersResponse) -> str:

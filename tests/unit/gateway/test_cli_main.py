@@ -341,3 +341,28 @@ def test_a_timeout_that_is_not_a_wait_is_a_usage_error(
         main([*argv, "--timeout", timeout, "--insecure"])
     assert exited.value.code == 2
     assert f"argument --timeout: {timeout!r} is not a" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("document", "kind"),
+    [
+        ("[]", "an array"),
+        ('[{"transfers": []}]', "an array"),
+        ('"transfers"', "a string"),
+        ("5", "a number"),
+        ("null", "null"),
+        ("true", "true"),
+    ],
+)
+def test_a_batch_file_that_is_not_an_object_says_so(
+    document: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # protobuf's parser read "[]" as a batch with no instructions, '"transfers"' as a
+    # field named "t", and 5 as "'int' object is not iterable".
+    batch = tmp_path / "batch.json"
+    batch.write_text(document)
+    assert main(["transfer", "batch", str(batch), "--insecure"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'carbonlink transfer batch: {batch}: the batch is a JSON object, {{"transfers": '
+        f"[...]}}, not {kind}"
+    )

@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from gateway import cli_paths
 from gateway.security.layout import DEV_AUDIENCE, DEV_ISSUER, ROLES, TlsLayout
 
 
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init = commands.add_parser(
         "init", help="create a development CA, certificates, token and signing keys"
     )
-    init.add_argument("dir", type=Path, help="directory to write (created if missing)")
+    init.add_argument(
+        "dir", type=cli_paths.directory, help="directory to write (created if missing)"
+    )
     init.set_defaults(handler=_init)
 
     token = commands.add_parser("token", help="sign a development bearer token for a role")
@@ -86,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "register it in DIR/signing/keys.json as SUBJECT-1, which a running gateway re-reads. "
         "Sign that subject's instructions with --signing-key DIR/signing/SUBJECT.key.",
     )
-    key.add_argument("dir", type=Path, help="a directory made by `certs init`")
+    key.add_argument("dir", type=cli_paths.directory, help="a directory made by `certs init`")
     key.add_argument(
         "--subject", required=True, type=_subject, help="the tokens' sub, e.g. steel-works"
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 from adapters.serial_errors import RegistryFormatError
 from adapters.serials import REGISTRY_IDS
-from gateway import addresses
+from gateway import addresses, cli_paths
 from gateway.security.layout import TlsLayout
 from gateway.stop_signals import StopSignals
 
@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help="address to serve on (port 0: any free one, printed)",
     )
-    emulate.add_argument("--data", required=True, type=Path, help="directory of the store")
+    emulate.add_argument(
+        "--data", required=True, type=cli_paths.directory, help="directory of the store"
+    )
     emulate.add_argument("--faults", type=Path, help="YAML fault-injection settings")
     emulate.add_argument(
         "--tls-dir",
@@ -69,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     imp.add_argument("registry", choices=sorted(REGISTRY_IDS), help="the registry")
     imp.add_argument("file", type=Path, help="the export (CSV)")
-    imp.add_argument("--data", required=True, type=Path, help="directory of the store")
+    imp.add_argument(
+        "--data", required=True, type=cli_paths.directory, help="directory of the store"
+    )
     imp.set_defaults(handler=handle_import)
 
     opening = commands.add_parser(

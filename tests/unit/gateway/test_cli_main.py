@@ -366,3 +366,30 @@ def test_a_batch_file_that_is_not_an_object_says_so(
         f'carbonlink transfer batch: {batch}: the batch is a JSON object, {{"transfers": '
         f"[...]}}, not {kind}"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["certs", "init", ""], "dir"),
+        (["certs", "key", "", "--subject", "steel"], "dir"),
+        (["registry", "import", "verra", "export.csv", "--data", ""], "--data"),
+        (["emulate", "verra", "--listen", "127.0.0.1:0", "--data", ""], "--data"),
+    ],
+)
+def test_an_empty_directory_to_write_is_a_usage_error(
+    argv: list[str],
+    flag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `--data "$DATA"` with DATA unset read as the current directory: a PKI or a registry
+    # store written, or served, wherever the command happened to run.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "export.csv").write_text("")
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert f"argument {flag}: an empty path" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["export.csv"]

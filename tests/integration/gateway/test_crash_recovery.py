@@ -83,24 +83,28 @@ def _gateway(
             process.stderr.close()
 
 
+def _request(request_id: str, start: int, quantity: int) -> gateway_pb2.SubmitTransferRequest:
+    """A transfer of ``quantity`` venue units from ``start`` to the Shenzhen buyer."""
+    return gateway_pb2.SubmitTransferRequest(
+        request_id=request_id,
+        instruction=model_pb2.TransferInstruction(
+            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
+            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
+            units=[
+                model_pb2.UnitSelector(
+                    block=model_pb2.BlockId(
+                        program="VCS", serial_start=start, serial_end=start + quantity - 1
+                    )
+                )
+            ],
+        ),
+    )
+
+
 def _submit(target: str, request_id: str, start: int, quantity: int) -> None:
     with grpc.insecure_channel(target) as channel:
         gateway_pb2_grpc.LinkageGatewayStub(channel).SubmitTransfer(
-            gateway_pb2.SubmitTransferRequest(
-                request_id=request_id,
-                instruction=model_pb2.TransferInstruction(
-                    source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-                    destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
-                    units=[
-                        model_pb2.UnitSelector(
-                            block=model_pb2.BlockId(
-                                program="VCS", serial_start=start, serial_end=start + quantity - 1
-                            )
-                        )
-                    ],
-                ),
-            ),
-            timeout=30,
+            _request(request_id, start, quantity), timeout=30
         )
 
 
@@ -249,25 +253,7 @@ def test_transfers_answered_at_acceptance_survive_a_killed_gateway(
         origin = registries.seed_venue()
         start = origin.id.serial_start
         batch = gateway_pb2.SubmitTransfersRequest(
-            transfers=[
-                gateway_pb2.SubmitTransferRequest(
-                    request_id=f"accepted-{n}",
-                    instruction=model_pb2.TransferInstruction(
-                        source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-                        destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
-                        units=[
-                            model_pb2.UnitSelector(
-                                block=model_pb2.BlockId(
-                                    program="VCS",
-                                    serial_start=start + 10 * n,
-                                    serial_end=start + 10 * n + 9,
-                                )
-                            )
-                        ],
-                    ),
-                )
-                for n in range(5)
-            ],
+            transfers=[_request(f"accepted-{n}", start + 10 * n, 10) for n in range(5)],
             reply_when=gateway_pb2.REPLY_WHEN_ACCEPTED,
         )
         with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (

@@ -424,6 +424,10 @@ def reconciliations(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         print_json(listed, stdout)
         return EXIT_OK
+    if not listed.reconciliations:
+        # As `transfer list` says "no transfers": an empty page printed nothing at all.
+        filtered = f" triggered {args.trigger}" if args.trigger else ""
+        print(f"no reconciliations{filtered}", file=stdout)
     for run in listed.reconciliations:
         who = run.requested_by or "schedule"
         ended = run.ended_at.ToJsonString() if run.HasField("ended_at") else "-"

@@ -144,6 +144,10 @@ def test_a_read_failing_on_every_attempt_names_the_registry_unreadable(
             code = main(["reconciliations", *target, "--limit", "1", "--page-token", token])
         out, _ = capsys.readouterr()
         assert code == 0 and out.startswith("1 ") and "more:" not in out
+        # None scheduled: an empty listing says so rather than printing nothing.
+        with capture_logs():
+            code = main(["reconciliations", *target, "--trigger", "schedule"])
+        assert (code, capsys.readouterr().out) == (0, "no reconciliations triggered schedule\n")
         with pytest.raises(SystemExit):
             main(["reconciliations", *target, "--limit", "0"])
 

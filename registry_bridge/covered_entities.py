@@ -13,7 +13,7 @@ import file with this module before sending it, without the database layer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -255,10 +255,9 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
-_ENTITY_FIELDS = frozenset({"entity_id", "display_name", "sector", "gases", "accounts", "years"})
-_YEAR_FIELDS = frozenset(
-    {"jurisdiction", "compliance_year", "verified_emissions", "allowances_due"}
-)
+# The document's fields are the records' own (entity_to_json writes them so).
+_ENTITY_FIELDS = frozenset(f.name for f in fields(CoveredEntity))
+_YEAR_FIELDS = frozenset(f.name for f in fields(ComplianceYear))
 
 
 def _known_fields(item: dict[Any, Any], fields: frozenset[str], path: str) -> None:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from adapters._pb.carbonlink.v1 import gateway_pb2, gateway_pb2_grpc, model_pb2
 from adapters.emulator_core import FaultConfig
+from bench.stack import transfer_request
 from registry_bridge import db
 from registry_bridge.model import HoldingStatus
 from registry_bridge.port import BlockStatusRequest
@@ -83,28 +84,10 @@ def _gateway(
             process.stderr.close()
 
 
-def _request(request_id: str, start: int, quantity: int) -> gateway_pb2.SubmitTransferRequest:
-    """A transfer of ``quantity`` venue units from ``start`` to the Shenzhen buyer."""
-    return gateway_pb2.SubmitTransferRequest(
-        request_id=request_id,
-        instruction=model_pb2.TransferInstruction(
-            source=model_pb2.AccountRef(registry="hkmo", account="hk-seller"),
-            destination=model_pb2.AccountRef(registry="shenzhen", account="buyer"),
-            units=[
-                model_pb2.UnitSelector(
-                    block=model_pb2.BlockId(
-                        program="VCS", serial_start=start, serial_end=start + quantity - 1
-                    )
-                )
-            ],
-        ),
-    )
-
-
 def _submit(target: str, request_id: str, start: int, quantity: int) -> None:
     with grpc.insecure_channel(target) as channel:
         gateway_pb2_grpc.LinkageGatewayStub(channel).SubmitTransfer(
-            _request(request_id, start, quantity), timeout=30
+            transfer_request(request_id, start, start + quantity - 1), timeout=30
         )
 
 
@@ -253,7 +236,10 @@ def test_transfers_answered_at_acceptance_survive_a_killed_gateway(
         origin = registries.seed_venue()
         start = origin.id.serial_start
         batch = gateway_pb2.SubmitTransfersRequest(
-            transfers=[_request(f"accepted-{n}", start + 10 * n, 10) for n in range(5)],
+            transfers=[
+                transfer_request(f"accepted-{n}", start + 10 * n, start + 10 * n + 9)
+                for n in range(5)
+            ],
             reply_when=gateway_pb2.REPLY_WHEN_ACCEPTED,
         )
         with _gateway(database_url, registries, fault_crash_after_state=crash_after) as (

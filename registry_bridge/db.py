@@ -241,10 +241,16 @@ READ_ONLY = "carbonlink_read_only"
 
 
 @contextmanager
-def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+def read_only(factory: sessionmaker[Session], *, one_snapshot: bool = False) -> Iterator[Session]:
     """A read-only session: on SQLite a deferred transaction (one snapshot), always rolled
     back; on PostgreSQL no transaction at all (autocommit), each statement reading its own
-    snapshot as it would under READ COMMITTED inside one.
+    snapshot as it would under READ COMMITTED inside one, unless ``one_snapshot``: then a
+    REPEATABLE READ transaction, every statement reading the snapshot of the first.
+
+    ``one_snapshot`` is for a reader whose statements must agree with each other: one that
+    reads a record and then rows it points to, which another writer may change in between
+    (a surrender's record still pending and its locked rows already surrendered, so the
+    units counted by neither).
 
     For lookups made while the calling thread already holds a write transaction (the rules
     gate reads entity records inside the bridge's surrender transaction): on SQLite a
@@ -257,7 +263,7 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
             # Under READ COMMITTED each statement reads a snapshot of its own, inside a
             # transaction or not: for a reader, the transaction only adds the round trips
             # of its BEGIN and ROLLBACK (two of a one-statement read's three).
-            options["isolation_level"] = "AUTOCOMMIT"
+            options["isolation_level"] = "REPEATABLE READ" if one_snapshot else "AUTOCOMMIT"
         session.connection(execution_options=options)
         try:
             yield session

@@ -554,8 +554,11 @@ class DatabaseEntityRecords:
 
     def get(self, entity_id: str, jurisdiction: str, year: int) -> EntityYear | None:
         """The entity's year with the offsets it already surrendered, or None."""
-        # Read-only: the gate asks while the bridge's surrender transaction is open.
-        with read_only(self._sessions) as session:
+        # Read-only: the gate asks while the bridge's surrender transaction is open.  One
+        # snapshot: a pending surrender's record and the rows it locked are read by two
+        # statements, and its completion committed between them would leave its units in
+        # neither (a concurrent surrender then overspending the offset limit).
+        with read_only(self._sessions, one_snapshot=True) as session:
             record = session.get(EntityYearRecord, (entity_id, jurisdiction, year))
             if record is None:
                 return None

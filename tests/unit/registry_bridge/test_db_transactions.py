@@ -224,3 +224,18 @@ def test_a_postgresql_read_opens_no_transaction_and_leaves_writes_in_one(
         assert writer.info.transaction_status is psycopg.pq.TransactionStatus.INTRANS
         raise RuntimeError("roll it back")
     assert _written(postgres_sessions) == []
+
+
+def test_a_one_snapshot_read_does_not_see_a_commit_made_between_its_statements(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A reader whose statements must agree (a surrender's record, then the rows it
+    locked) reads one snapshot: on PostgreSQL an autocommit reader's second statement
+    would see a write committed after its first."""
+    count = sa.select(sa.func.count()).select_from(EventBlock)
+    with db.read_only(sessions, one_snapshot=True) as session:
+        before = session.execute(count).scalar_one()
+        with db.unit_of_work(sessions) as writer:
+            writer.execute(sa.insert(EventBlock), [_row(1)])
+        assert session.execute(count).scalar_one() == before
+    assert _written(sessions) == [1]
